@@ -1,0 +1,9 @@
+# Warnings live in an INTERFACE target that our own targets link PRIVATE, so they never leak to
+# consumers of the installed package.
+add_library(flowreg_warnings INTERFACE)
+target_compile_options(flowreg_warnings INTERFACE
+  -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast -Wcast-align
+  -Woverloaded-virtual -Wconversion -Wsign-conversion -Wimplicit-fallthrough
+  $<$<CXX_COMPILER_ID:GNU>:-Wduplicated-cond -Wlogical-op>
+  $<$<CXX_COMPILER_ID:Clang>:-Wthread-safety>
+  $<$<BOOL:${FLOWREG_WERROR}>:-Werror>)

@@ -1,0 +1,63 @@
+#pragma once
+// flowreg's YAML files: one format for the configuration (flowreg.yaml) and for files of flows.
+// schemas/flow.schema.json describes it; flows.example.yaml shows all of it.
+//
+// Loading validates the document against the schema, then applies the semantic rules of
+// validate.hpp to each flow, and reports every problem with file:line:column. Nothing is returned
+// unless the whole file is valid.
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "flowreg/error.hpp"
+#include "flowreg/flow.hpp"
+
+namespace flowreg {
+
+struct PluginSettings {
+  std::filesystem::path dir = "plugins.d";
+  bool watch = true;
+  bool allow_symlinks = false;
+  bool allow_unsafe = false;
+  std::uint64_t max_bytes = 64u << 20;
+  Millis scan_timeout{10'000};
+  std::vector<std::string> sha256_allowlist;  // empty: any digest
+};
+
+struct DatabaseSettings {
+  std::string url;                              // empty: the embedded cluster under data_dir
+  std::filesystem::path data_dir = ".flowreg";  // relative to the working directory
+};
+
+struct WorkerSettings {
+  int concurrency = 4;
+  std::vector<std::string> flows;  // empty: every loaded flow
+  int batch_size = 32;
+  Millis poll_interval{1'000};
+  Millis shutdown_grace{30'000};
+};
+
+struct Config {
+  std::filesystem::path file;  // "" for built-in defaults
+  std::string module;          // module name of the file's flows
+  PluginSettings plugins;
+  DatabaseSettings database;
+  WorkerSettings worker;
+  std::vector<FlowDef> flows;
+};
+
+// Loads and validates a configuration or flow file. Relative plugin directories are resolved
+// against the file's directory. On failure the Error carries one Diagnostic per problem.
+Result<Config> load_config(const std::filesystem::path& file);
+
+// Same as load_config, from text; `file` names it in messages and resolves relative paths.
+Result<Config> parse_config(std::string_view text, const std::filesystem::path& file);
+
+// The module name a file's flows get when the file does not say `module:`: the file name up to
+// its first '.', lowercased, other characters than [a-z0-9_] turned into '_', prefixed with 'm_'
+// when it does not start with a letter.
+std::string module_name_for_file(const std::filesystem::path& file);
+
+}  // namespace flowreg

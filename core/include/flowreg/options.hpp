@@ -1,0 +1,61 @@
+#pragma once
+// Execution options of flows and steps: the single place where their defaults and ranges live.
+//
+// | option       | default | range                      | meaning |
+// |--------------|---------|----------------------------|--------------------------------------------|
+// | max_attempts | 3       | 1 .. 1000                  | attempts per task, the first one included
+// | | base_delay   | 1s      | 0 .. 7 days                | wait before the first retry | |
+// max_delay    | 5m      | base_delay .. 7 days       | cap of the exponential backoff | | timeout
+// | 60s     | 1ms .. 7 days              | lease of one attempt; expired -> retried    |
+//
+// Retry n (n = 1 for the first retry) waits min(max_delay, base_delay * 2^(n-1)), with jitter.
+// Durations are written with a unit in YAML: 250ms, 1s, 5m, 1h.
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace flowreg {
+
+using Millis = std::chrono::milliseconds;
+
+struct Options {
+  static constexpr int kDefaultMaxAttempts = 3;
+  static constexpr Millis kDefaultBaseDelay{1'000};
+  static constexpr Millis kDefaultMaxDelay{300'000};
+  static constexpr Millis kDefaultTimeout{60'000};
+
+  static constexpr int kMinAttempts = 1;
+  static constexpr int kMaxAttempts = 1000;
+  static constexpr Millis kMaxDuration{7LL * 24 * 3600 * 1000};
+
+  int max_attempts = kDefaultMaxAttempts;
+  Millis base_delay = kDefaultBaseDelay;
+  Millis max_delay = kDefaultMaxDelay;
+  Millis timeout = kDefaultTimeout;
+
+  friend bool operator==(const Options&, const Options&) = default;
+};
+
+// Options given explicitly on a flow or a step; what is unset is inherited (step <- flow <-
+// defaults).
+struct OptionOverrides {
+  std::optional<int> max_attempts;
+  std::optional<Millis> base_delay;
+  std::optional<Millis> max_delay;
+  std::optional<Millis> timeout;
+
+  bool empty() const noexcept { return !max_attempts && !base_delay && !max_delay && !timeout; }
+  // These overrides on top of `base`.
+  Options apply(const Options& base) const noexcept;
+  friend bool operator==(const OptionOverrides&, const OptionOverrides&) = default;
+};
+
+// "250ms", "1s", "5m", "1h" -> milliseconds; nullopt when malformed or above Options::kMaxDuration.
+std::optional<Millis> parse_duration(std::string_view text) noexcept;
+// The shortest exact form: 1500 -> "1500ms", 60000 -> "1m".
+std::string format_duration(Millis value);
+
+}  // namespace flowreg

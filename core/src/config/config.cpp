@@ -1,0 +1,187 @@
+#include "flowreg/config.hpp"
+
+#include <fmt/format.h>
+
+#include <map>
+
+#include "config/json_schema.hpp"
+#include "config/yaml_json.hpp"
+#include "flowreg/validate.hpp"
+
+namespace flowreg {
+
+std::string module_name_for_file(const std::filesystem::path& file) {
+  std::string name = file.filename().string();
+  name = name.substr(0, name.find('.'));
+  for (char& c : name) {
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) c = '_';
+  }
+  if (name.empty() || !(name[0] >= 'a' && name[0] <= 'z')) name = "m_" + name;
+  if (name.size() > kMaxSlugLength) name.resize(kMaxSlugLength);
+  return name;
+}
+
+namespace {
+
+using nlohmann::json;
+
+Millis duration_of(const json& value) {
+  // The schema guarantees the form; the range is checked by validate_flow.
+  auto parsed = parse_duration(value.get<std::string>());
+  return parsed ? *parsed : Millis{-1};
+}
+
+OptionOverrides overrides_of(const json& object) {
+  OptionOverrides o;
+  if (object.contains("max_attempts")) o.max_attempts = object["max_attempts"].get<int>();
+  if (object.contains("base_delay")) o.base_delay = duration_of(object["base_delay"]);
+  if (object.contains("max_delay")) o.max_delay = duration_of(object["max_delay"]);
+  if (object.contains("timeout")) o.timeout = duration_of(object["timeout"]);
+  return o;
+}
+
+FlowDef flow_of(const json& j, const std::string& module, const std::string& source) {
+  FlowDef flow;
+  flow.slug = j.at("slug").get<std::string>();
+  flow.module = module;
+  flow.source = source;
+  flow.description = j.value("description", "");
+  if (j.contains("options")) flow.options = overrides_of(j["options"]).apply(Options{});
+  if (j.contains("input_schema")) flow.input_schema = j["input_schema"];
+  for (const auto& s : j.at("steps")) {
+    StepDef step;
+    step.slug = s.at("slug").get<std::string>();
+    step.kind = parse_step_kind(s.value("kind", "single")).value_or(StepKind::single);
+    if (s.contains("depends_on")) step.depends_on = s["depends_on"].get<std::vector<std::string>>();
+    step.handler = s.at("handler").get<std::string>();
+    if (s.contains("options")) step.options = overrides_of(s["options"]);
+    flow.steps.push_back(std::move(step));
+  }
+  return flow;
+}
+
+// Index of the flow a JSON pointer lies in ("/flows/3/steps/0" -> 3), or -1.
+long flow_index_of(std::string_view pointer) {
+  static constexpr std::string_view kPrefix = "/flows/";
+  if (!pointer.starts_with(kPrefix)) return -1;
+  pointer.remove_prefix(kPrefix.size());
+  long index = 0;
+  std::size_t i = 0;
+  for (; i < pointer.size() && pointer[i] >= '0' && pointer[i] <= '9'; ++i)
+    index = index * 10 + (pointer[i] - '0');
+  return i == 0 ? -1 : index;
+}
+
+}  // namespace
+
+Result<Config> parse_config(std::string_view text, const std::filesystem::path& file) {
+  const std::string name = file.string();
+  auto doc = detail::parse_yaml(text, name);
+  if (!doc)
+    return make_error(Errc::parse, fmt::format("{}: not a valid flowreg file", name),
+                      std::move(doc.error()));
+  std::vector<Diagnostic> problems;
+  if (!doc->value.is_object()) {
+    problems.push_back(Diagnostic{doc->locate(""),
+                                  "expected a mapping at the top level (keys: "
+                                  "module, plugins, database, worker, flows)"});
+    return make_error(Errc::invalid_definition, fmt::format("{}: not a valid flowreg file", name),
+                      std::move(problems));
+  }
+
+  // Structure first. Flows with a structural problem are not checked further; the others get the
+  // semantic checks too, so one run reports as much as can be known.
+  std::map<long, bool> broken_flows;
+  bool broken_outside_flows = false;
+  for (auto& p : detail::flow_file_schema().validate(doc->value)) {
+    const long index = flow_index_of(p.pointer);
+    if (index >= 0)
+      broken_flows[index] = true;
+    else
+      broken_outside_flows = true;
+    problems.push_back(Diagnostic{doc->locate(p.pointer), std::move(p.message)});
+  }
+
+  Config config;
+  config.file = file;
+  const json& root = doc->value;
+  config.module = root.contains("module") && root["module"].is_string()
+                      ? root["module"].get<std::string>()
+                      : module_name_for_file(file);
+
+  if (!broken_outside_flows) {
+    const auto base_dir = file.has_parent_path() ? file.parent_path() : std::filesystem::path(".");
+    if (auto p = root.find("plugins"); p != root.end()) {
+      if (p->contains("dir")) config.plugins.dir = base_dir / (*p)["dir"].get<std::string>();
+      config.plugins.watch = p->value("watch", config.plugins.watch);
+      config.plugins.allow_symlinks = p->value("allow_symlinks", config.plugins.allow_symlinks);
+      config.plugins.allow_unsafe = p->value("allow_unsafe", config.plugins.allow_unsafe);
+      config.plugins.max_bytes = p->value("max_bytes", config.plugins.max_bytes);
+      if (p->contains("scan_timeout"))
+        config.plugins.scan_timeout = duration_of((*p)["scan_timeout"]);
+      config.plugins.sha256_allowlist = p->value("sha256_allowlist", std::vector<std::string>{});
+    } else {
+      config.plugins.dir = base_dir / config.plugins.dir;
+    }
+    if (auto d = root.find("database"); d != root.end()) {
+      config.database.url = d->value("url", "");
+      if (d->contains("data_dir")) config.database.data_dir = (*d)["data_dir"].get<std::string>();
+    }
+    if (auto w = root.find("worker"); w != root.end()) {
+      config.worker.concurrency = w->value("concurrency", config.worker.concurrency);
+      config.worker.flows = w->value("flows", std::vector<std::string>{});
+      config.worker.batch_size = w->value("batch_size", config.worker.batch_size);
+      if (w->contains("poll_interval"))
+        config.worker.poll_interval = duration_of((*w)["poll_interval"]);
+      if (w->contains("shutdown_grace"))
+        config.worker.shutdown_grace = duration_of((*w)["shutdown_grace"]);
+    }
+  }
+
+  if (auto f = root.find("flows"); f != root.end() && f->is_array()) {
+    std::map<std::string, std::size_t> slug_index;
+    for (std::size_t i = 0; i < f->size(); ++i) {
+      if (broken_flows.contains(static_cast<long>(i))) continue;
+      const std::string base = fmt::format("/flows/{}", i);
+      FlowDef flow = flow_of((*f)[i], config.module, name);
+      auto located = [&](std::string_view pointer) {
+        return doc->locate(base + std::string(pointer));
+      };
+      for (auto& d : validate_flow(flow, located)) problems.push_back(std::move(d));
+      if (auto [it, inserted] = slug_index.emplace(flow.slug, i); !inserted)
+        problems.push_back(Diagnostic{
+            doc->locate(base + "/slug"),
+            fmt::format("flow slug '{}' is declared twice in this file (flows[{}] and flows[{}])",
+                        flow.slug, it->second, i)});
+      if (flow.input_schema) {
+        if (auto compiled = detail::JsonSchema::compile(*flow.input_schema); !compiled)
+          problems.push_back(Diagnostic{
+              doc->locate(base + "/input_schema"),
+              fmt::format("flow '{}': input_schema: {}", flow.slug, compiled.error().message)});
+      }
+      config.flows.push_back(std::move(flow));
+    }
+  }
+
+  if (!problems.empty()) {
+    std::stable_sort(
+        problems.begin(), problems.end(), [](const Diagnostic& a, const Diagnostic& b) {
+          return std::pair(a.where.line, a.where.column) < std::pair(b.where.line, b.where.column);
+        });
+    return make_error(
+        Errc::invalid_definition,
+        fmt::format("{}: {} problem{}", name, problems.size(), problems.size() == 1 ? "" : "s"),
+        std::move(problems));
+  }
+  return config;
+}
+
+Result<Config> load_config(const std::filesystem::path& file) {
+  auto text = detail::read_text_file(file, detail::YamlLimits{}.max_file_bytes);
+  if (!text)
+    return make_error(Errc::io, fmt::format("{}: cannot load", file.string()), {text.error()});
+  return parse_config(*text, file);
+}
+
+}  // namespace flowreg

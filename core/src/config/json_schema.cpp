@@ -1,0 +1,261 @@
+#include "config/json_schema.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <valijson/adapters/nlohmann_json_adapter.hpp>
+#include <valijson/schema.hpp>
+#include <valijson/schema_parser.hpp>
+#include <valijson/validator.hpp>
+
+#include "config/yaml_json.hpp"
+#include "util/strings.hpp"
+
+namespace flowreg::detail {
+
+extern const char* const kFlowSchemaText;  // generated from schemas/flow.schema.json
+
+struct JsonSchema::Impl {
+  nlohmann::json document;
+  valijson::Schema schema;
+};
+
+JsonSchema::JsonSchema(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+JsonSchema::JsonSchema(JsonSchema&&) noexcept = default;
+JsonSchema& JsonSchema::operator=(JsonSchema&&) noexcept = default;
+JsonSchema::~JsonSchema() = default;
+
+const nlohmann::json& JsonSchema::document() const noexcept { return impl_->document; }
+
+Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
+  auto impl = std::make_unique<Impl>();
+  impl->document = std::move(schema);
+  if (!impl->document.is_object() && !impl->document.is_boolean())
+    return make_error(Errc::invalid_argument, "a JSON Schema must be an object or a boolean");
+  try {
+    valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
+    valijson::adapters::NlohmannJsonAdapter adapter(impl->document);
+    parser.populateSchema(adapter, impl->schema);
+  } catch (const std::exception& e) {
+    return make_error(Errc::invalid_argument, fmt::format("invalid JSON Schema: {}", e.what()));
+  }
+  return JsonSchema(std::move(impl));
+}
+
+std::string readable_path(std::string_view pointer) {
+  if (pointer.empty()) return "(top level)";
+  std::string out;
+  std::size_t pos = 1;
+  while (pos <= pointer.size()) {
+    std::size_t next = pointer.find('/', pos);
+    if (next == std::string_view::npos) next = pointer.size();
+    std::string token(pointer.substr(pos, next - pos));
+    for (std::size_t i; (i = token.find("~1")) != std::string::npos;) token.replace(i, 2, "/");
+    for (std::size_t i; (i = token.find("~0")) != std::string::npos;) token.replace(i, 2, "~");
+    const bool index = !token.empty() && token.find_first_not_of("0123456789") == std::string::npos;
+    if (index)
+      out += "[" + token + "]";
+    else
+      out += (out.empty() ? "" : ".") + token;
+    pos = next + 1;
+  }
+  return out;
+}
+
+namespace {
+
+// valijson context ["<root>", "[flows]", "[0]"] -> JSON pointer "/flows/0".
+std::string context_pointer(const std::vector<std::string>& context) {
+  std::string pointer;
+  for (const auto& c : context) {
+    if (c == "<root>") continue;
+    std::string_view token = c;
+    if (token.size() >= 2 && token.front() == '[' && token.back() == ']')
+      token = token.substr(1, token.size() - 2);
+    pointer = pointer_append(pointer, token);
+  }
+  return pointer;
+}
+
+const nlohmann::json* resolve_ref(const nlohmann::json& root, const nlohmann::json* node) {
+  for (int guard = 0; node && node->is_object() && node->contains("$ref") && guard < 16; ++guard) {
+    const std::string ref = (*node)["$ref"].get<std::string>();
+    if (!ref.starts_with("#")) return nullptr;
+    try {
+      node = &root.at(nlohmann::json::json_pointer(ref.substr(1)));
+    } catch (const std::exception&) {
+      return nullptr;
+    }
+  }
+  return node;
+}
+
+// The subschema that applies to the value at `pointer` (properties/additionalProperties/items and
+// local $refs only; enough for flowreg's own schemas), or nullptr.
+const nlohmann::json* subschema_at(const nlohmann::json& root, std::string_view pointer) {
+  const nlohmann::json* node = resolve_ref(root, &root);
+  std::size_t pos = 1;
+  while (node && pos <= pointer.size() && !pointer.empty()) {
+    std::size_t next = pointer.find('/', pos);
+    if (next == std::string_view::npos) next = pointer.size();
+    const std::string token(pointer.substr(pos, next - pos));
+    pos = next + 1;
+    if (!node->is_object()) return nullptr;
+    if (auto props = node->find("properties"); props != node->end() && props->contains(token))
+      node = &(*props)[token];
+    else if (auto items = node->find("items"); items != node->end() && items->is_object())
+      node = &*items;
+    else if (auto extra = node->find("additionalProperties");
+             extra != node->end() && extra->is_object())
+      node = &*extra;
+    else
+      return nullptr;
+    node = resolve_ref(root, node);
+  }
+  return node;
+}
+
+std::string type_name(const nlohmann::json& value) {
+  switch (value.type()) {
+    case nlohmann::json::value_t::null:
+      return "null";
+    case nlohmann::json::value_t::object:
+      return "a mapping";
+    case nlohmann::json::value_t::array:
+      return "a list";
+    case nlohmann::json::value_t::string:
+      return fmt::format("the string '{}'", value.get<std::string>());
+    case nlohmann::json::value_t::boolean:
+      return value.get<bool>() ? "true" : "false";
+    case nlohmann::json::value_t::number_float:
+      return fmt::format("the number {}", value.dump());
+    case nlohmann::json::value_t::number_integer:
+    case nlohmann::json::value_t::number_unsigned:
+      return fmt::format("the integer {}", value.dump());
+    default:
+      return "a value";
+  }
+}
+
+std::string expected_types(const nlohmann::json& schema) {
+  auto name = [](const std::string& t) -> std::string {
+    if (t == "object") return "a mapping";
+    if (t == "array") return "a list";
+    if (t == "integer") return "an integer";
+    if (t == "boolean") return "true or false";
+    if (t == "string") return "a string";
+    if (t == "number") return "a number";
+    return t;
+  };
+  std::vector<std::string> names;
+  if (auto t = schema.find("type"); t != schema.end()) {
+    if (t->is_string())
+      names.push_back(name(t->get<std::string>()));
+    else
+      for (const auto& one : *t) names.push_back(name(one.get<std::string>()));
+  }
+  return fmt::format("{}", fmt::join(names, " or "));
+}
+
+std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
+                     std::string& pointer, const std::string& description) {
+  const nlohmann::json* sub = subschema_at(root, pointer);
+  const nlohmann::json* value = nullptr;
+  try {
+    value = &instance.at(nlohmann::json::json_pointer(pointer));
+  } catch (const std::exception&) {
+  }
+  const std::string where = readable_path(pointer);
+  const std::string about = sub && sub->contains("description")
+                                ? (*sub)["description"].get<std::string>()
+                                : std::string();
+
+  static constexpr std::string_view kUnknown =
+      "Object contains a property that could not be validated using 'properties' or "
+      "'additionalProperties' constraints: '";
+  if (description.starts_with(kUnknown)) {
+    std::string key = description.substr(kUnknown.size());
+    if (auto q = key.rfind("'."); q != std::string::npos) key.erase(q);
+    std::vector<std::string> known;
+    if (sub && sub->contains("properties"))
+      for (const auto& [k, v] : (*sub)["properties"].items()) known.push_back(k);
+    const std::string hint = closest_match(key, known);
+    const std::string at = where == "(top level)" ? "" : " in " + where;
+    pointer = pointer_append(pointer, key);
+    if (!hint.empty()) return fmt::format("unknown key '{}'{} (did you mean '{}'?)", key, at, hint);
+    return fmt::format("unknown key '{}'{}; known keys: {}", key, at, fmt::join(known, ", "));
+  }
+  static constexpr std::string_view kRequired = "Missing required property '";
+  if (description.starts_with(kRequired)) {
+    std::string key = description.substr(kRequired.size());
+    if (auto q = key.rfind("'."); q != std::string::npos) key.erase(q);
+    return fmt::format("{}: missing required key '{}'", where, key);
+  }
+  if (description.starts_with("Value type not permitted") && sub && value)
+    return fmt::format("{}: expected {}, got {}", where, expected_types(*sub), type_name(*value));
+  if (description.starts_with("Failed to match regex") && value) {
+    return fmt::format("{}: {} is not valid{}", where, type_name(*value),
+                       about.empty() ? "" : ": " + about);
+  }
+  if (description.starts_with("Failed to match against any enum") && sub && value) {
+    std::vector<std::string> options;
+    for (const auto& e : (*sub)["enum"])
+      options.push_back(e.is_string() ? e.get<std::string>() : e.dump());
+    std::string hint;
+    if (value->is_string())
+      if (auto m = closest_match(value->get<std::string>(), options); !m.empty())
+        hint = fmt::format(" (did you mean '{}'?)", m);
+    return fmt::format("{}: expected one of {}, got {}{}", where, fmt::join(options, ", "),
+                       type_name(*value), hint);
+  }
+  if ((description.starts_with("Expected number greater") ||
+       description.starts_with("Expected number less")) &&
+      sub && value) {
+    std::string range;
+    if (sub->contains("minimum") && sub->contains("maximum"))
+      range = fmt::format("between {} and {}", (*sub)["minimum"].dump(), (*sub)["maximum"].dump());
+    else if (sub->contains("minimum"))
+      range = fmt::format("at least {}", (*sub)["minimum"].dump());
+    else if (sub->contains("maximum"))
+      range = fmt::format("at most {}", (*sub)["maximum"].dump());
+    return fmt::format("{}: {} is out of range; it must be {}", where, value->dump(), range);
+  }
+  if (description.starts_with("Array should contain no fewer than") && sub)
+    return fmt::format("{}: needs at least {} item(s)", where, (*sub).value("minItems", 0));
+  if (description.starts_with("Array should contain no more than") && sub)
+    return fmt::format("{}: has more than {} items", where, (*sub).value("maxItems", 0));
+  if (description.starts_with("String should be no longer than") && sub)
+    return fmt::format("{}: is longer than {} characters", where, (*sub).value("maxLength", 0));
+  return fmt::format("{}: {}", where, description);
+}
+
+}  // namespace
+
+std::vector<SchemaProblem> JsonSchema::validate(const nlohmann::json& instance) const {
+  valijson::Validator validator(valijson::Validator::kStrongTypes);
+  valijson::ValidationResults results;
+  valijson::adapters::NlohmannJsonAdapter adapter(instance);
+  std::vector<SchemaProblem> out;
+  if (validator.validate(impl_->schema, adapter, &results)) return out;
+  valijson::ValidationResults::Error error;
+  while (results.popError(error)) {
+    // The chain "Failed to validate item #0 in array" / "... property name 'x'" only repeats, one
+    // level up, the leaf error that caused it.
+    if (error.description.starts_with("Failed to validate")) continue;
+    std::string pointer = context_pointer(error.context);
+    std::string message = humanize(impl_->document, instance, pointer, error.description);
+    out.push_back(SchemaProblem{std::move(pointer), std::move(message)});
+  }
+  return out;
+}
+
+const JsonSchema& flow_file_schema() {
+  static const JsonSchema schema = [] {
+    auto compiled = JsonSchema::compile(nlohmann::json::parse(kFlowSchemaText));
+    if (!compiled) std::abort();  // the embedded schema is tested; this cannot fail at run time
+    return std::move(*compiled);
+  }();
+  return schema;
+}
+
+}  // namespace flowreg::detail

@@ -1,0 +1,87 @@
+#include "flowreg/flow.hpp"
+
+#include <algorithm>
+#include <unordered_map>
+
+#include "util/sha256.hpp"
+
+namespace flowreg {
+
+std::string_view to_string(StepKind kind) noexcept {
+  return kind == StepKind::map ? "map" : "single";
+}
+
+std::optional<StepKind> parse_step_kind(std::string_view text) noexcept {
+  if (text == "single") return StepKind::single;
+  if (text == "map") return StepKind::map;
+  return std::nullopt;
+}
+
+const StepDef* FlowDef::find_step(std::string_view step_slug) const noexcept {
+  for (const auto& step : steps)
+    if (step.slug == step_slug) return &step;
+  return nullptr;
+}
+
+std::string flow_version(const FlowDef& flow) {
+  // Canonical text of the shape: steps sorted by slug, each with its kind, handler and sorted
+  // dependencies. Separators cannot occur inside identifiers, so distinct shapes give distinct
+  // text.
+  std::vector<const StepDef*> steps;
+  steps.reserve(flow.steps.size());
+  for (const auto& s : flow.steps) steps.push_back(&s);
+  std::sort(steps.begin(), steps.end(),
+            [](const StepDef* a, const StepDef* b) { return a->slug < b->slug; });
+  std::string text = "flowreg-shape-v1\n";
+  for (const StepDef* s : steps) {
+    std::vector<std::string> deps = s->depends_on;
+    std::sort(deps.begin(), deps.end());
+    text += s->slug;
+    text += '|';
+    text += to_string(s->kind);
+    text += '|';
+    text += s->handler;
+    text += '|';
+    for (const auto& d : deps) {
+      text += d;
+      text += ',';
+    }
+    text += '\n';
+  }
+  return detail::sha256_hex(text).substr(0, 16);
+}
+
+std::vector<const StepDef*> topological_order(const FlowDef& flow) {
+  // Kahn's algorithm, always taking the earliest declared ready step.
+  std::unordered_map<std::string_view, std::size_t> index;
+  for (std::size_t i = 0; i < flow.steps.size(); ++i) index.emplace(flow.steps[i].slug, i);
+  std::vector<std::size_t> remaining(flow.steps.size());
+  std::vector<std::vector<std::size_t>> dependants(flow.steps.size());
+  for (std::size_t i = 0; i < flow.steps.size(); ++i) {
+    for (const auto& dep : flow.steps[i].depends_on) {
+      auto it = index.find(dep);
+      if (it == index.end()) continue;
+      ++remaining[i];
+      dependants[it->second].push_back(i);
+    }
+  }
+  std::vector<const StepDef*> out;
+  out.reserve(flow.steps.size());
+  std::vector<bool> done(flow.steps.size(), false);
+  while (out.size() < flow.steps.size()) {
+    std::size_t next = flow.steps.size();
+    for (std::size_t i = 0; i < flow.steps.size(); ++i) {
+      if (!done[i] && remaining[i] == 0) {
+        next = i;
+        break;
+      }
+    }
+    if (next == flow.steps.size()) break;  // a cycle: the precondition was violated
+    done[next] = true;
+    out.push_back(&flow.steps[next]);
+    for (std::size_t d : dependants[next]) --remaining[d];
+  }
+  return out;
+}
+
+}  // namespace flowreg

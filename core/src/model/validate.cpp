@@ -1,0 +1,213 @@
+#include "flowreg/validate.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace flowreg {
+
+std::string slug_problem(std::string_view slug) {
+  if (slug.empty()) return "must not be empty";
+  if (slug.size() > kMaxSlugLength)
+    return fmt::format("is {} characters long; the limit is {}", slug.size(), kMaxSlugLength);
+  if (!(slug[0] >= 'a' && slug[0] <= 'z')) return "must start with a lowercase letter";
+  for (char c : slug) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+    if (!ok)
+      return fmt::format("contains '{}'; only lowercase letters, digits and '_' are allowed",
+                         c == '\0' ? std::string("\\0") : std::string(1, c));
+  }
+  return {};
+}
+
+bool is_valid_slug(std::string_view slug) noexcept {
+  if (slug.empty() || slug.size() > kMaxSlugLength) return false;
+  if (!(slug[0] >= 'a' && slug[0] <= 'z')) return false;
+  return std::all_of(slug.begin(), slug.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+  });
+}
+
+bool is_valid_handler_name(std::string_view handler) noexcept {
+  const auto dot = handler.find('.');
+  if (dot == std::string_view::npos) return false;
+  return is_valid_slug(handler.substr(0, dot)) && is_valid_slug(handler.substr(dot + 1));
+}
+
+namespace {
+
+class Checker {
+ public:
+  Checker(const FlowDef& flow, const Locator& locate) : flow_(flow), locate_(locate) {}
+
+  std::vector<Diagnostic> run() {
+    const std::string flow_name = flow_.slug.empty() ? std::string("<unnamed>") : flow_.slug;
+    prefix_ = fmt::format("flow '{}': ", flow_name);
+    check_slug("/slug", "flow slug", flow_.slug);
+    check_slug("/module", "module name", flow_.module);
+    if (flow_.description.size() > kMaxDescriptionLength)
+      report("/description", fmt::format("description is {} characters long; the limit is {}",
+                                         flow_.description.size(), kMaxDescriptionLength));
+    check_options("/options", flow_.options, "");
+    if (flow_.steps.empty()) report("/steps", "has no steps; a flow needs at least one");
+    if (flow_.steps.size() > kMaxSteps)
+      report("/steps", fmt::format("has {} steps; the limit is {}", flow_.steps.size(), kMaxSteps));
+    check_steps();
+    check_cycles();
+    return std::move(out_);
+  }
+
+ private:
+  void report(const std::string& pointer, std::string message) {
+    Location where = locate_ ? locate_(pointer) : Location{flow_.source, 0, 0};
+    out_.push_back(Diagnostic{std::move(where), prefix_ + std::move(message)});
+  }
+
+  void check_slug(const std::string& pointer, std::string_view what, std::string_view value) {
+    if (auto problem = slug_problem(value); !problem.empty())
+      report(pointer, fmt::format("{} '{}' {}", what, value, problem));
+  }
+
+  // Checks `o`. For a step (`own` set), only the problems that involve an option the step sets
+  // itself: what it inherits from the flow was reported once, on the flow.
+  void check_options(const std::string& pointer, const Options& o, std::string_view step,
+                     const OptionOverrides* own = nullptr) {
+    const std::string who = step.empty() ? std::string() : fmt::format("step '{}': ", step);
+    const bool attempts_own = !own || own->max_attempts;
+    const bool base_own = !own || own->base_delay;
+    const bool max_own = !own || own->max_delay;
+    const bool timeout_own = !own || own->timeout;
+    if (attempts_own &&
+        (o.max_attempts < Options::kMinAttempts || o.max_attempts > Options::kMaxAttempts))
+      report(pointer + "/max_attempts",
+             fmt::format("{}max_attempts {} is out of range {}..{}", who, o.max_attempts,
+                         Options::kMinAttempts, Options::kMaxAttempts));
+    auto check_duration = [&](const char* name, bool is_own, Millis value, Millis min) {
+      if (is_own && (value < min || value > Options::kMaxDuration))
+        report(pointer + "/" + name,
+               fmt::format("{}{} {} is out of range {}..{}", who, name, format_duration(value),
+                           format_duration(min), format_duration(Options::kMaxDuration)));
+    };
+    check_duration("base_delay", base_own, o.base_delay, Millis{0});
+    check_duration("max_delay", max_own, o.max_delay, Millis{0});
+    check_duration("timeout", timeout_own, o.timeout, Millis{1});
+    if ((base_own || max_own) && o.max_delay < o.base_delay)
+      report(pointer + "/max_delay",
+             fmt::format("{}max_delay {} is shorter than base_delay {}", who,
+                         format_duration(o.max_delay), format_duration(o.base_delay)));
+  }
+
+  void check_steps() {
+    std::unordered_map<std::string_view, std::size_t> first_index;
+    for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
+      const StepDef& step = flow_.steps[i];
+      const std::string at = fmt::format("/steps/{}", i);
+      check_slug(at + "/slug", "step slug", step.slug);
+      if (auto [it, inserted] = first_index.emplace(step.slug, i); !inserted && !step.slug.empty())
+        report(at + "/slug", fmt::format("step slug '{}' is used twice (steps {} and {})",
+                                         step.slug, it->second + 1, i + 1));
+      if (!is_valid_handler_name(step.handler))
+        report(at + "/handler",
+               fmt::format("step '{}': handler '{}' must be 'module.handler', both parts "
+                           "lowercase identifiers",
+                           step.slug, step.handler));
+      check_options(at + "/options", step.options.apply(flow_.options), step.slug, &step.options);
+    }
+    for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
+      const StepDef& step = flow_.steps[i];
+      const std::string at = fmt::format("/steps/{}", i);
+      std::unordered_set<std::string_view> seen;
+      for (std::size_t d = 0; d < step.depends_on.size(); ++d) {
+        const std::string& dep = step.depends_on[d];
+        const std::string dep_at = fmt::format("{}/depends_on/{}", at, d);
+        if (!seen.insert(dep).second)
+          report(dep_at, fmt::format("step '{}' lists dependency '{}' twice", step.slug, dep));
+        else if (dep == step.slug)
+          report(dep_at, fmt::format("step '{}' depends on itself", step.slug));
+        else if (!first_index.contains(dep))
+          report(dep_at, fmt::format("step '{}' depends on unknown step '{}'", step.slug, dep));
+      }
+      if (step.kind == StepKind::map && step.depends_on.size() > 1)
+        report(at + "/depends_on",
+               fmt::format("map step '{}' has {} dependencies ({}); a map step takes at most one",
+                           step.slug, step.depends_on.size(), fmt::join(step.depends_on, ", ")));
+    }
+  }
+
+  // Reports each elementary cycle reachable by depth-first search once (up to a limit), as
+  // "a -> b -> c -> a" starting from the step declared first.
+  void check_cycles() {
+    const std::size_t n = flow_.steps.size();
+    std::unordered_map<std::string_view, std::size_t> index;
+    for (std::size_t i = 0; i < n; ++i) index.emplace(flow_.steps[i].slug, i);
+    std::vector<std::vector<std::size_t>> edges(n);
+    for (std::size_t i = 0; i < n; ++i)
+      for (const auto& dep : flow_.steps[i].depends_on)
+        if (auto it = index.find(dep); it != index.end() && it->second != i)
+          edges[i].push_back(it->second);
+
+    enum class Color { white, gray, black };
+    std::vector<Color> color(n, Color::white);
+    std::vector<std::size_t> stack;
+    std::set<std::vector<std::size_t>> reported;
+    constexpr std::size_t kMaxCyclesReported = 10;
+
+    // Iterative DFS (a flow may have 1000 steps in a chain).
+    struct Frame {
+      std::size_t node;
+      std::size_t next_edge;
+    };
+    for (std::size_t root = 0; root < n; ++root) {
+      if (color[root] != Color::white) continue;
+      std::vector<Frame> frames{{root, 0}};
+      color[root] = Color::gray;
+      stack.push_back(root);
+      while (!frames.empty()) {
+        Frame& f = frames.back();
+        if (f.next_edge == edges[f.node].size()) {
+          color[f.node] = Color::black;
+          stack.pop_back();
+          frames.pop_back();
+          continue;
+        }
+        const std::size_t to = edges[f.node][f.next_edge++];
+        if (color[to] == Color::white) {
+          color[to] = Color::gray;
+          stack.push_back(to);
+          frames.push_back({to, 0});
+        } else if (color[to] == Color::gray && reported.size() < kMaxCyclesReported) {
+          auto start = std::find(stack.begin(), stack.end(), to);
+          std::vector<std::size_t> cycle(start, stack.end());
+          // Edges point from a step to its dependency; show the flow of data instead
+          // (dependency -> dependant), starting at the earliest declared step.
+          std::reverse(cycle.begin(), cycle.end());
+          std::rotate(cycle.begin(), std::min_element(cycle.begin(), cycle.end()), cycle.end());
+          if (reported.insert(cycle).second) {
+            std::string path;
+            for (std::size_t s : cycle) path += flow_.steps[s].slug + " -> ";
+            path += flow_.steps[cycle.front()].slug;
+            report(fmt::format("/steps/{}/depends_on", cycle.front()),
+                   fmt::format("dependency cycle {}", path));
+          }
+        }
+      }
+    }
+  }
+
+  const FlowDef& flow_;
+  const Locator& locate_;
+  std::string prefix_;
+  std::vector<Diagnostic> out_;
+};
+
+}  // namespace
+
+std::vector<Diagnostic> validate_flow(const FlowDef& flow, const Locator& locate) {
+  return Checker(flow, locate).run();
+}
+
+}  // namespace flowreg

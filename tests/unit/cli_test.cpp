@@ -1,0 +1,123 @@
+#include <doctest/doctest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "support/process.hpp"
+
+using flowreg::test::run_process;
+
+namespace {
+
+const std::string kBinary = FLOWREG_BINARY;
+const std::string kExample = std::string(FLOWREG_SOURCE_DIR) + "/flows.example.yaml";
+const std::string kData = FLOWREG_TEST_DATA_DIR;
+
+}  // namespace
+
+TEST_SUITE("cli") {
+  TEST_CASE("flows validate exits 0 on the example") {
+    auto r = run_process({kBinary, "flows", "validate", kExample});
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find("ok (2 flows)") != std::string::npos);
+    CHECK(r.err.empty());
+  }
+
+  TEST_CASE("flows validate exits 1 and prints PATH:LINE:COL: message for each problem") {
+    auto r = run_process({kBinary, "flows", "validate", kExample, kData + "/bad_semantics.yaml"});
+    CHECK(r.exit_code == 1);
+    CHECK(r.out.find("ok (2 flows)") != std::string::npos);  // the valid file is still reported
+    CHECK(r.err.find(kData + "/bad_semantics.yaml:6:61: flow 'billing': step 'charge' depends on "
+                             "unknown step 'fetch2'\n") != std::string::npos);
+    CHECK(r.err.find("dependency cycle a -> b -> c -> a") != std::string::npos);
+  }
+
+  TEST_CASE("flows validate without a position prints PATH: message") {
+    auto r = run_process({kBinary, "flows", "validate", kData + "/empty.yaml"});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err == kData +
+                       "/empty.yaml: the file is empty; expected a mapping (for example with a "
+                       "'flows' key)\n");
+  }
+
+  TEST_CASE("usage errors exit 2") {
+    CHECK(run_process({kBinary}).exit_code == 2);
+    CHECK(run_process({kBinary, "nonsense"}).exit_code == 2);
+    CHECK(run_process({kBinary, "flows"}).exit_code == 2);
+    CHECK(run_process({kBinary, "flows", "list", "--bogus"}).exit_code == 2);
+    CHECK(run_process({kBinary, "flows", "validate"}).exit_code == 2);
+    CHECK(run_process({kBinary, "flows", "show"}).exit_code == 2);
+    CHECK(run_process({kBinary, "--config", "/nonexistent.yaml", "flows", "list"}).exit_code == 2);
+    CHECK(run_process({kBinary, "flows", "show", "x", "--json", "--dot"}).exit_code == 2);
+  }
+
+  TEST_CASE("--help works on every command and exits 0") {
+    for (auto args : std::vector<std::vector<std::string>>{{"--help"},
+                                                           {"flows", "--help"},
+                                                           {"flows", "list", "--help"},
+                                                           {"flows", "show", "--help"},
+                                                           {"flows", "validate", "--help"}}) {
+      args.insert(args.begin(), kBinary);
+      auto r = run_process(args);
+      CHECK(r.exit_code == 0);
+      CHECK(r.out.find("Usage") != std::string::npos);
+    }
+  }
+
+  TEST_CASE("flows list --json prints every flow with the documented fields") {
+    auto r = run_process({kBinary, "--config", kExample, "flows", "list", "--json"});
+    REQUIRE(r.exit_code == 0);
+    auto flows = nlohmann::json::parse(r.out);
+    REQUIRE(flows.is_array());
+    REQUIRE(flows.size() == 2);
+    const auto& f = flows[1];
+    CHECK(f["slug"] == "order_pipeline");
+    CHECK(f["module"] == "examples");
+    CHECK(f["version"].get<std::string>().size() == 16);
+    CHECK(f["description"] == "Charge and ship an order");
+    CHECK(f["options"]["max_attempts"] == 3);
+    CHECK(f["options"]["base_delay"] == "100ms");
+    CHECK(f["input_schema"]["required"][0] == "order_id");
+    REQUIRE(f["steps"].size() == 4);
+    CHECK(f["steps"][3] == nlohmann::json::parse(
+                               R"({"slug":"ship","kind":"single","depends_on":["charge","reserve"],
+                                   "handler":"orders.ship",
+                                   "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s"}})"));
+    CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
+  }
+
+  TEST_CASE("flows list prints slug, module, version and steps") {
+    auto r = run_process({kBinary, "--config", kExample, "flows", "list"});
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.out.find("order_pipeline  module=examples version=") != std::string::npos);
+    CHECK(r.out.find("ship     single  orders.ship  <- charge, reserve") != std::string::npos);
+  }
+
+  TEST_CASE("flows show prints one flow, as JSON or as DOT; an unknown slug exits 1") {
+    auto json =
+        run_process({kBinary, "--config", kExample, "flows", "show", "word_count", "--json"});
+    REQUIRE(json.exit_code == 0);
+    CHECK(nlohmann::json::parse(json.out)["steps"][1]["kind"] == "map");
+    auto dot =
+        run_process({kBinary, "--config", kExample, "flows", "show", "order_pipeline", "--dot"});
+    REQUIRE(dot.exit_code == 0);
+    CHECK(dot.out.starts_with("digraph \"order_pipeline\" {"));
+    CHECK(dot.out.find("\"fetch\" -> \"charge\";") != std::string::npos);
+    CHECK(dot.out.find("\"charge\" -> \"ship\";") != std::string::npos);
+    auto missing = run_process({kBinary, "--config", kExample, "flows", "show", "nope"});
+    CHECK(missing.exit_code == 1);
+    CHECK(missing.err == "flowreg: no flow with slug 'nope'\n");
+  }
+
+  TEST_CASE("an invalid --config makes every command fail with its problems") {
+    auto r = run_process({kBinary, "--config", kData + "/bad_schema.yaml", "flows", "list"});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("bad_schema.yaml:1:1: unknown key 'flowz'") != std::string::npos);
+    CHECK(r.out.empty());
+  }
+
+  TEST_CASE("./flowreg.yaml is the default configuration") {
+    auto r = run_process({kBinary, "flows", "list", "--json"}, kData + "/default_config");
+    REQUIRE(r.exit_code == 0);
+    CHECK(nlohmann::json::parse(r.out)[0]["slug"] == "from_default_config");
+  }
+}

@@ -1,0 +1,114 @@
+#include <doctest/doctest.h>
+
+#include <fstream>
+
+#include "config/json_schema.hpp"
+#include "flowreg/config.hpp"
+
+using namespace flowreg;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<std::string> problems_of_text(std::string_view text) {
+  auto config = parse_config(text, "inline.yaml");
+  std::vector<std::string> out;
+  if (!config)
+    for (const auto& d : config.error().details) out.push_back(d.format());
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("schema") {
+  TEST_CASE("the compiled-in schema is the one in schemas/") {
+    std::ifstream in(fs::path(FLOWREG_SOURCE_DIR) / "schemas/flow.schema.json");
+    REQUIRE(in);
+    CHECK(nlohmann::json::parse(in) == detail::flow_file_schema().document());
+  }
+
+  TEST_CASE("unknown keys are refused with a suggestion when one is close") {
+    CHECK(problems_of_text("flowz: []\n") ==
+          std::vector<std::string>{"inline.yaml:1:1: unknown key 'flowz' (did you mean 'flows'?)"});
+    CHECK(
+        problems_of_text("flows: [{slug: a, steps: [{slug: s, handler: m.s, dependson: []}]}]\n") ==
+        std::vector<std::string>{"inline.yaml:1:51: unknown key 'dependson' in flows[0].steps[0] "
+                                 "(did you mean 'depends_on'?)"});
+  }
+
+  TEST_CASE("an unknown key with no close match lists the known keys") {
+    CHECK(problems_of_text("zzzzzz: 1\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:1: unknown key 'zzzzzz'; known keys: database, flows, "
+              "module, plugins, worker"});
+  }
+
+  TEST_CASE("wrong types say what was expected and what was found") {
+    CHECK(problems_of_text("worker: {concurrency: many}\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:10: worker.concurrency: expected an integer, got the string 'many'"});
+    CHECK(problems_of_text("flows: {}\n") ==
+          std::vector<std::string>{"inline.yaml:1:1: flows: expected a list, got a mapping"});
+    CHECK(problems_of_text("plugins: {watch: 'yes'}\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:11: plugins.watch: expected true or false, got the string 'yes'"});
+  }
+
+  TEST_CASE("out-of-range numbers give the range") {
+    CHECK(
+        problems_of_text(
+            "flows: [{slug: a, options: {max_attempts: 0}, steps: [{slug: s, handler: m.s}]}]\n") ==
+        std::vector<std::string>{
+            "inline.yaml:1:29: flows[0].options.max_attempts: 0 is out of range; it "
+            "must be between 1 and 1000"});
+  }
+
+  TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
+    const auto p = problems_of_text(
+        "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "
+        "mapp}]}]\n");
+    REQUIRE(p.size() == 4);
+    CHECK(p[0] ==
+          "inline.yaml:1:10: flows[0].slug: the string 'Bad' is not valid: expected lowercase "
+          "letters, digits and _, a letter first, at most 63 characters");
+    CHECK(p[1] ==
+          "inline.yaml:1:31: flows[0].options.timeout: expected a string, got the integer 5");
+    CHECK(p[2] ==
+          "inline.yaml:1:62: flows[0].steps[0].handler: the string 'x' is not valid: expected "
+          "module.handler, both parts lowercase identifiers");
+    CHECK(p[3] ==
+          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, got the "
+          "string 'mapp' (did you mean 'map'?)");
+  }
+
+  TEST_CASE("missing required keys and empty step lists are reported") {
+    const auto p = problems_of_text("flows: [{steps: []}]\n");
+    REQUIRE(p.size() == 2);
+    CHECK(p[0] == "inline.yaml:1:9: flows[0]: missing required key 'slug'");
+    CHECK(p[1] == "inline.yaml:1:10: flows[0].steps: needs at least 1 item(s)");
+  }
+
+  TEST_CASE("structural problems of one flow do not hide semantic problems of another") {
+    const auto p = problems_of_text(R"(
+flows:
+  - {slug: Bad, steps: [{slug: s, handler: m.s}]}
+  - {slug: good, steps: [{slug: s, handler: m.s, depends_on: [zz]}]}
+)");
+    REQUIRE(p.size() == 2);
+    CHECK(p[0].find("flows[0].slug") != std::string::npos);
+    CHECK(p[1] == "inline.yaml:4:63: flow 'good': step 's' depends on unknown step 'zz'");
+  }
+
+  TEST_CASE("a JSON Schema validates instances and reports each problem with its path") {
+    auto schema = detail::JsonSchema::compile(nlohmann::json::parse(
+        R"({"type":"object","required":["order_id"],"properties":{"order_id":{"type":"string"}}})"));
+    REQUIRE(schema);
+    CHECK(schema->validate(nlohmann::json{{"order_id", "o-1"}}).empty());
+    auto problems = schema->validate(nlohmann::json{{"order_id", 5}});
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].pointer == "/order_id");
+    CHECK(problems[0].message == "order_id: expected a string, got the integer 5");
+    CHECK(schema->validate(nlohmann::json::object())[0].message ==
+          "(top level): missing required key 'order_id'");
+  }
+}

@@ -1,0 +1,206 @@
+#include <doctest/doctest.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+#include "config/yaml_json.hpp"
+#include "flowreg/config.hpp"
+
+using namespace flowreg;
+namespace fs = std::filesystem;
+
+namespace {
+
+const fs::path kData = FLOWREG_TEST_DATA_DIR;
+
+// The formatted problems of loading `file`; empty when it loads.
+std::vector<std::string> problems_of(const fs::path& file) {
+  auto config = load_config(file);
+  std::vector<std::string> out;
+  if (config) return out;
+  for (const auto& d : config.error().details) out.push_back(d.format());
+  if (out.empty()) out.push_back(config.error().message);
+  return out;
+}
+
+std::vector<std::string> problems_of_text(std::string_view text) {
+  auto config = parse_config(text, "inline.yaml");
+  std::vector<std::string> out;
+  if (!config)
+    for (const auto& d : config.error().details) out.push_back(d.format());
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("config") {
+  TEST_CASE("the example configuration loads with its two flows and settings") {
+    auto config = load_config(fs::path(FLOWREG_SOURCE_DIR) / "flows.example.yaml");
+    REQUIRE_MESSAGE(config, config.error().format());
+    CHECK(config->module == "examples");
+    REQUIRE(config->flows.size() == 2);
+    CHECK(config->flows[0].slug == "word_count");
+    CHECK(config->flows[0].steps[1].kind == StepKind::map);
+    CHECK(config->flows[1].slug == "order_pipeline");
+    CHECK(config->flows[1].find_step("charge")->options.max_attempts == 5);
+    CHECK(config->flows[1].options.base_delay == Millis{100});
+    CHECK(config->plugins.dir == fs::path(FLOWREG_SOURCE_DIR) / "build/plugins");
+    CHECK(config->worker.batch_size == 32);
+    CHECK(config->database.url.empty());
+  }
+
+  TEST_CASE("an empty file is an error, not an empty configuration") {
+    CHECK(problems_of(kData / "empty.yaml") ==
+          std::vector<std::string>{(kData / "empty.yaml").string() +
+                                   ": the file is empty; expected a mapping (for example with a "
+                                   "'flows' key)"});
+    CHECK(problems_of(kData / "comment_only.yaml").size() == 1);
+  }
+
+  TEST_CASE("a document that is not a mapping is refused at its position") {
+    const auto p = problems_of(kData / "not_mapping.yaml");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("not_mapping.yaml:1:1: expected a mapping at the top level") !=
+          std::string::npos);
+  }
+
+  TEST_CASE("duplicate keys are refused, naming both lines") {
+    const auto p = problems_of(kData / "duplicate_key.yaml");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].ends_with("duplicate_key.yaml:4:5: duplicate key 'slug' (first at line 2)"));
+  }
+
+  TEST_CASE("nesting deeper than the limit is refused") {
+    const auto p = problems_of(kData / "deep_nesting.yaml");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("nesting is deeper than 64 levels") != std::string::npos);
+  }
+
+  TEST_CASE("aliases that expand exponentially are refused without expanding them") {
+    const auto started = std::chrono::steady_clock::now();
+    const auto p = problems_of(kData / "alias_bomb.yaml");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("more than 200000 nodes once its aliases are expanded") != std::string::npos);
+    // Not a timing assertion: 10^12 nodes could not be walked at all; this documents the scale.
+    MESSAGE("refused in "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()
+            << " s");
+  }
+
+  TEST_CASE("a few harmless aliases are accepted") {
+    const auto p = problems_of_text(R"(
+defaults: &defaults {max_attempts: 2}
+)");
+    // 'defaults' is not a known key: aliases are parsed, the unknown key is what fails.
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("unknown key 'defaults'") != std::string::npos);
+    auto ok = parse_config(R"(
+flows:
+  - slug: a
+    options: &opts {max_attempts: 2}
+    steps:
+      - {slug: s, handler: m.s, options: *opts}
+)",
+                           "inline.yaml");
+    REQUIRE_MESSAGE(ok, ok.error().format());
+    CHECK(ok->flows[0].steps[0].options.max_attempts == 2);
+  }
+
+  TEST_CASE("a file over the size limit is refused before it is parsed") {
+    const fs::path big = fs::temp_directory_path() / "flowreg_oversized_test.yaml";
+    {
+      std::ofstream out(big);
+      const std::string line = "#" + std::string(1023, 'x') + "\n";
+      for (int i = 0; i < 4 * 1024 + 1; ++i) out << line;
+    }
+    const auto p = problems_of(big);
+    fs::remove(big);
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("bytes; the limit is 4194304 bytes") != std::string::npos);
+  }
+
+  TEST_CASE("invalid YAML syntax is reported with its position") {
+    const auto p = problems_of(kData / "invalid_yaml.yaml");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("invalid_yaml.yaml:3:4: invalid YAML:") != std::string::npos);
+  }
+
+  TEST_CASE("several YAML documents in one file are refused") {
+    const auto p = problems_of(kData / "two_documents.yaml");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("holds 2 YAML documents") != std::string::npos);
+  }
+
+  TEST_CASE("a missing file, a directory and a FIFO are refused without blocking") {
+    CHECK(problems_of(kData / "no_such_file.yaml")[0].ends_with("cannot read: no such file"));
+    CHECK(problems_of(kData)[0].ends_with("cannot read: not a regular file"));
+    const fs::path fifo = fs::temp_directory_path() / "flowreg_fifo_test.yaml";
+    fs::remove(fifo);
+    REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+    CHECK(problems_of(fifo)[0].ends_with("cannot read: not a regular file"));
+    fs::remove(fifo);
+  }
+
+  TEST_CASE("semantic problems carry file:line:column of the offending value") {
+    const auto p = problems_of(kData / "bad_semantics.yaml");
+    const std::string f = (kData / "bad_semantics.yaml").string();
+    const std::vector<std::string> expected{
+        f + ":3:32: flow 'billing': max_delay 1s is shorter than base_delay 10s",
+        f + ":6:61: flow 'billing': step 'charge' depends on unknown step 'fetch2'",
+        f + ":7:33: flow 'billing': dependency cycle a -> b -> c -> a",
+        f + ":10:52: flow 'billing': step 'self' depends on itself",
+        f + ":11:48: flow 'billing': map step 'fan' has 2 dependencies (fetch, a); a map step "
+            "takes at most one",
+        f + ":12:10: flow 'billing': step slug 'fetch' is used twice (steps 1 and 8)",
+    };
+    CHECK(p == expected);
+  }
+
+  TEST_CASE("YAML scalars are typed by the core schema; quoted values stay strings") {
+    auto typed =
+        detail::parse_yaml("a: 12\nb: '12'\nc: true\nd: ~\ne: 1.5\nf: 0x1f\ng: yes\n", "t.yaml");
+    REQUIRE(typed);
+    CHECK(typed->value["a"] == 12);
+    CHECK(typed->value["b"] == "12");
+    CHECK(typed->value["c"] == true);
+    CHECK(typed->value["d"].is_null());
+    CHECK(typed->value["e"] == 1.5);
+    CHECK(typed->value["f"] == 31);
+    CHECK(typed->value["g"] == "yes");  // YAML 1.2: only true/false are booleans
+    CHECK(typed->locate("/b").format() == "t.yaml:2:1");
+  }
+
+  TEST_CASE("two flows with one slug in the same file are refused") {
+    const auto p = problems_of_text(R"(
+flows:
+  - {slug: a, steps: [{slug: s, handler: m.s}]}
+  - {slug: a, steps: [{slug: s, handler: m.s}]}
+)");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0] ==
+          "inline.yaml:4:6: flow slug 'a' is declared twice in this file (flows[0] and flows[1])");
+  }
+
+  TEST_CASE("an input_schema that is not a valid JSON Schema is refused") {
+    const auto p = problems_of_text(R"(
+flows:
+  - slug: a
+    input_schema: {type: 12}
+    steps: [{slug: s, handler: m.s}]
+)");
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].starts_with("inline.yaml:4:5: flow 'a': input_schema: invalid JSON Schema"));
+  }
+
+  TEST_CASE("the module name defaults to a cleaned-up file name") {
+    CHECK(module_name_for_file("flows.example.yaml") == "flows");
+    CHECK(module_name_for_file("/x/My-Flows.yaml") == "my_flows");
+    CHECK(module_name_for_file("2024.yaml") == "m_2024");
+    auto config = parse_config("flows: []\n", "/tmp/Billing-Flows.yaml");
+    REQUIRE(config);
+    CHECK(config->module == "billing_flows");
+  }
+}
