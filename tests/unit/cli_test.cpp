@@ -69,7 +69,7 @@ TEST_SUITE("cli") {
     auto flows = nlohmann::json::parse(r.out);
     REQUIRE(flows.is_array());
     REQUIRE(flows.size() == 2);
-    const auto& f = flows[1];
+    const auto& f = flows[0];  // sorted by slug
     CHECK(f["slug"] == "order_pipeline");
     CHECK(f["module"] == "examples");
     CHECK(f["version"].get<std::string>().size() == 16);

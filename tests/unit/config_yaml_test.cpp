@@ -204,3 +204,15 @@ flows:
     CHECK(config->module == "billing_flows");
   }
 }
+
+TEST_SUITE("config") {
+  TEST_CASE("regression: the error message counts the problems it carries") {
+    // The count was once read after the problems had been moved into the error.
+    auto config =
+        parse_config("flows: [{slug: a, steps: [{slug: s, handler: m.s, depends_on: [x, y]}]}]\n",
+                     "inline.yaml");
+    REQUIRE_FALSE(config);
+    CHECK(config.error().details.size() == 2);
+    CHECK(config.error().message == "inline.yaml: 2 problems");
+  }
+}

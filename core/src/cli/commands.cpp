@@ -12,6 +12,7 @@
 
 #include "flowreg/config.hpp"
 #include "flowreg/flow.hpp"
+#include "flowreg/flow_registry.hpp"
 
 namespace flowreg::cli {
 namespace {
@@ -45,6 +46,19 @@ Result<Config> effective_config(const Globals& g) {
   return config;
 }
 
+// The registry the commands see: the configuration's YAML flows, registered as one module.
+Result<std::unique_ptr<FlowRegistry>> load_registry(const Globals& g) {
+  auto config = effective_config(g);
+  if (!config) return tl::unexpected(std::move(config.error()));
+  auto registry = std::make_unique<FlowRegistry>();
+  if (!config->flows.empty()) {
+    auto registered = registry->register_module(
+        Module{config->module, config->file.string(), std::move(config->flows), nullptr});
+    if (!registered) return tl::unexpected(std::move(registered.error()));
+  }
+  return registry;
+}
+
 json options_json(const Options& o) {
   return {{"max_attempts", o.max_attempts},
           {"base_delay", format_duration(o.base_delay)},
@@ -53,7 +67,8 @@ json options_json(const Options& o) {
 }
 
 // The documented JSON form of a flow (README, "JSON output").
-json flow_json(const FlowDef& flow) {
+json flow_json(const RegisteredFlow& registered) {
+  const FlowDef& flow = registered.def;
   json steps = json::array();
   for (const auto& s : flow.steps)
     steps.push_back({{"slug", s.slug},
@@ -72,8 +87,9 @@ json flow_json(const FlowDef& flow) {
       {"steps", std::move(steps)}};
 }
 
-void print_flow_text(const FlowDef& flow) {
-  fmt::print("{}  module={} version={}{}\n", flow.slug, flow.module, flow_version(flow),
+void print_flow_text(const RegisteredFlow& registered) {
+  const FlowDef& flow = registered.def;
+  fmt::print("{}  module={} version={}{}\n", flow.slug, flow.module, registered.version,
              flow.description.empty() ? "" : "  " + flow.description);
   std::size_t width = 0;
   for (const auto& s : flow.steps) width = std::max(width, s.slug.size());
@@ -107,40 +123,41 @@ void print_flow_dot(const FlowDef& flow) {
 }
 
 int flows_list(const Globals& g, bool as_json) {
-  auto config = effective_config(g);
-  if (!config) {
-    print_error(config.error());
+  auto registry = load_registry(g);
+  if (!registry) {
+    print_error(registry.error());
     return kExitFailure;
   }
+  const auto flows = (*registry)->list();
   if (as_json) {
     json out = json::array();
-    for (const auto& f : config->flows) out.push_back(flow_json(f));
+    for (const auto& f : flows) out.push_back(flow_json(*f));
     fmt::print("{}\n", out.dump(2));
     return kExitOk;
   }
-  if (config->flows.empty()) fmt::print(stderr, "no flows registered\n");
-  for (const auto& f : config->flows) print_flow_text(f);
+  if (flows.empty()) fmt::print(stderr, "no flows registered\n");
+  for (const auto& f : flows) print_flow_text(*f);
   return kExitOk;
 }
 
 int flows_show(const Globals& g, const std::string& slug, bool as_json, bool as_dot) {
-  auto config = effective_config(g);
-  if (!config) {
-    print_error(config.error());
+  auto registry = load_registry(g);
+  if (!registry) {
+    print_error(registry.error());
     return kExitFailure;
   }
-  for (const auto& f : config->flows) {
-    if (f.slug != slug) continue;
-    if (as_json)
-      fmt::print("{}\n", flow_json(f).dump(2));
-    else if (as_dot)
-      print_flow_dot(f);
-    else
-      print_flow_text(f);
-    return kExitOk;
+  const FlowRef flow = (*registry)->get(slug);
+  if (!flow) {
+    fmt::print(stderr, "flowreg: no flow with slug '{}'\n", slug);
+    return kExitFailure;
   }
-  fmt::print(stderr, "flowreg: no flow with slug '{}'\n", slug);
-  return kExitFailure;
+  if (as_json)
+    fmt::print("{}\n", flow_json(*flow).dump(2));
+  else if (as_dot)
+    print_flow_dot(flow->def);
+  else
+    print_flow_text(*flow);
+  return kExitOk;
 }
 
 int flows_validate(const std::vector<std::string>& paths) {

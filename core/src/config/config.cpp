@@ -169,10 +169,11 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
         problems.begin(), problems.end(), [](const Diagnostic& a, const Diagnostic& b) {
           return std::pair(a.where.line, a.where.column) < std::pair(b.where.line, b.where.column);
         });
-    return make_error(
-        Errc::invalid_definition,
-        fmt::format("{}: {} problem{}", name, problems.size(), problems.size() == 1 ? "" : "s"),
-        std::move(problems));
+    // The message is built before `problems` is moved into the error (argument order is
+    // unspecified).
+    std::string message =
+        fmt::format("{}: {} problem{}", name, problems.size(), problems.size() == 1 ? "" : "s");
+    return make_error(Errc::invalid_definition, std::move(message), std::move(problems));
   }
   return config;
 }
