@@ -1,0 +1,1 @@
+# Owned by the directory-watcher work: target_sources(flowreg_core PRIVATE ...).

@@ -1,0 +1,1 @@
+# Owned by the directory-watcher work: its test executable.
