@@ -13,6 +13,8 @@
 #include "flowreg/config.hpp"
 #include "flowreg/flow.hpp"
 #include "flowreg/flow_registry.hpp"
+#include "flowreg/plugins.hpp"
+#include "util/strings.hpp"
 
 namespace flowreg::cli {
 namespace {
@@ -24,6 +26,7 @@ struct Globals {
   std::string config_file;
   std::string plugins_dir;
   std::string log_level = "warn";
+  bool allow_unsafe_plugins = false;
 };
 
 void print_error(const Error& error) {
@@ -43,20 +46,79 @@ Result<Config> effective_config(const Globals& g) {
     config = load_config("flowreg.yaml");
   }
   if (config && !g.plugins_dir.empty()) config->plugins.dir = g.plugins_dir;
+  if (config && g.allow_unsafe_plugins) config->plugins.allow_unsafe = true;
   return config;
 }
 
-// The registry the commands see: the configuration's YAML flows, registered as one module.
-Result<std::unique_ptr<FlowRegistry>> load_registry(const Globals& g) {
+fs::path self_executable() {
+  std::error_code ec;
+  return fs::read_symlink("/proc/self/exe", ec);
+}
+
+PluginLoaderOptions loader_options(const Config& config) {
+  PluginLoaderOptions options;
+  options.settings = config.plugins;
+  options.cache_dir = config.database.data_dir / "plugin-cache";
+  options.inspector = self_executable();
+  return options;
+}
+
+// A registry with the plugins of the configured directory and the configuration's YAML flows.
+struct Catalog {
+  std::unique_ptr<FlowRegistry> registry = std::make_unique<FlowRegistry>();
+  std::unique_ptr<PluginLoader> loader;
+  std::vector<PluginInfo> plugins;
+};
+
+// Every handler a YAML flow names must be exported by a loaded plugin.
+std::vector<Diagnostic> unresolved_handlers(const Config& config, const PluginLoader& loader,
+                                            const std::vector<PluginInfo>& plugins) {
+  std::vector<std::string> known;
+  for (const auto& p : plugins)
+    if (p.status == PluginStatus::loaded)
+      known.insert(known.end(), p.handlers.begin(), p.handlers.end());
+  std::vector<Diagnostic> out;
+  for (const auto& flow : config.flows)
+    for (const auto& step : flow.steps)
+      if (!loader.handler(step.handler)) {
+        const std::string hint = detail::closest_match(step.handler, known);
+        out.push_back(Diagnostic{
+            Location{config.file.string()},
+            fmt::format("flow '{}': step '{}': handler '{}' is not exported by any loaded plugin{}",
+                        flow.slug, step.slug, step.handler,
+                        hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint))});
+      }
+  return out;
+}
+
+// The registry the commands see: the plugins of the configured directory (when it exists), then
+// the configuration's YAML flows as one module, their handlers resolved against the plugins.
+Result<Catalog> load_catalog(const Globals& g) {
   auto config = effective_config(g);
   if (!config) return tl::unexpected(std::move(config.error()));
-  auto registry = std::make_unique<FlowRegistry>();
+  Catalog catalog;
+  catalog.loader = std::make_unique<PluginLoader>(*catalog.registry, loader_options(*config));
+  std::error_code ec;
+  if (fs::is_directory(config->plugins.dir, ec)) {
+    auto scanned = catalog.loader->scan();
+    if (!scanned) return tl::unexpected(std::move(scanned.error()));
+    catalog.plugins = std::move(*scanned);
+    for (const auto& p : catalog.plugins)
+      if (p.error) fmt::print(stderr, "flowreg: warning: plugin {}\n", p.describe_error());
+  }
   if (!config->flows.empty()) {
-    auto registered = registry->register_module(
+    if (auto unresolved = unresolved_handlers(*config, *catalog.loader, catalog.plugins);
+        !unresolved.empty()) {
+      std::string message =
+          fmt::format("{}: {} handler(s) not found in the plugins of {}", config->file.string(),
+                      unresolved.size(), config->plugins.dir.string());
+      return make_error(Errc::invalid_definition, std::move(message), std::move(unresolved));
+    }
+    auto registered = catalog.registry->register_module(
         Module{config->module, config->file.string(), std::move(config->flows), nullptr});
     if (!registered) return tl::unexpected(std::move(registered.error()));
   }
-  return registry;
+  return catalog;
 }
 
 json options_json(const Options& o) {
@@ -123,12 +185,12 @@ void print_flow_dot(const FlowDef& flow) {
 }
 
 int flows_list(const Globals& g, bool as_json) {
-  auto registry = load_registry(g);
-  if (!registry) {
-    print_error(registry.error());
+  auto catalog = load_catalog(g);
+  if (!catalog) {
+    print_error(catalog.error());
     return kExitFailure;
   }
-  const auto flows = (*registry)->list();
+  const auto flows = catalog->registry->list();
   if (as_json) {
     json out = json::array();
     for (const auto& f : flows) out.push_back(flow_json(*f));
@@ -141,12 +203,12 @@ int flows_list(const Globals& g, bool as_json) {
 }
 
 int flows_show(const Globals& g, const std::string& slug, bool as_json, bool as_dot) {
-  auto registry = load_registry(g);
-  if (!registry) {
-    print_error(registry.error());
+  auto catalog = load_catalog(g);
+  if (!catalog) {
+    print_error(catalog.error());
     return kExitFailure;
   }
-  const FlowRef flow = (*registry)->get(slug);
+  const FlowRef flow = catalog->registry->get(slug);
   if (!flow) {
     fmt::print(stderr, "flowreg: no flow with slug '{}'\n", slug);
     return kExitFailure;
@@ -175,6 +237,76 @@ int flows_validate(const std::vector<std::string>& paths) {
   return status;
 }
 
+json plugin_json(const PluginInfo& p) {
+  json error = nullptr;
+  if (p.error) error = {{"stage", p.error->stage}, {"message", p.error->message}};
+  return {{"file", p.file.string()},
+          {"module", p.module.empty() ? json(nullptr) : json(p.module)},
+          {"sha256", p.sha256.empty() ? json(nullptr) : json(p.sha256)},
+          {"abi", p.abi.empty() ? json(nullptr) : json(p.abi)},
+          {"fingerprint", p.fingerprint.empty() ? json(nullptr) : json(p.fingerprint)},
+          {"status", to_string(p.status)},
+          {"error", std::move(error)},
+          {"flows", p.flows},
+          {"handlers", p.handlers}};
+}
+
+int plugins_list(const Globals& g, bool as_json) {
+  auto config = effective_config(g);
+  if (!config) {
+    print_error(config.error());
+    return kExitFailure;
+  }
+  FlowRegistry registry;
+  PluginLoader loader(registry, loader_options(*config));
+  auto scanned = loader.scan();
+  if (!scanned) {
+    print_error(scanned.error());
+    return kExitFailure;
+  }
+  if (as_json) {
+    json out = json::array();
+    for (const auto& p : *scanned) out.push_back(plugin_json(p));
+    fmt::print("{}\n", out.dump(2));
+    return kExitOk;
+  }
+  if (scanned->empty()) fmt::print(stderr, "no plugins in {}\n", config->plugins.dir.string());
+  for (const auto& p : *scanned) {
+    fmt::print("{}  {}  module={} abi={} sha256={}\n", p.file.filename().string(),
+               to_string(p.status), p.module.empty() ? "-" : p.module, p.abi.empty() ? "-" : p.abi,
+               p.sha256.empty() ? "-" : p.sha256.substr(0, 16));
+    if (p.error) fmt::print("  [{}] {}\n", p.error->stage, p.error->message);
+    if (!p.flows.empty()) fmt::print("  flows: {}\n", fmt::join(p.flows, ", "));
+  }
+  return kExitOk;
+}
+
+int plugins_check(const Globals& g, const std::vector<std::string>& files, bool as_json) {
+  auto config = effective_config(g);
+  if (!config) {
+    print_error(config.error());
+    return kExitFailure;
+  }
+  FlowRegistry registry;
+  PluginLoader loader(registry, loader_options(*config));
+  int status = kExitOk;
+  json out = json::array();
+  for (const auto& file : files) {
+    const PluginInfo info = loader.check(fs::absolute(file));
+    if (info.status != PluginStatus::loaded) status = kExitFailure;
+    if (as_json) {
+      out.push_back(plugin_json(info));
+    } else if (info.error) {
+      fmt::print(stderr, "{}: [{}] {}\n", file, info.error->stage, info.error->message);
+    } else {
+      fmt::print("{}: ok (module {}, abi {}, flows: {})\n", file, info.module, info.abi,
+                 fmt::join(info.flows, ", "));
+    }
+  }
+  if (as_json) fmt::print("{}\n", out.dump(2));
+  return status;
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -188,6 +320,8 @@ int run(int argc, char** argv) {
   app.add_option("--plugins", g.plugins_dir, "Plugins directory (overrides the configuration)");
   app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.add_flag("--allow-unsafe-plugins", g.allow_unsafe_plugins,
+               "Load plugin files and directories that others can write or that another user owns");
 
   int status = kExitOk;
   auto* flows = app.add_subcommand("flows", "Inspect and validate flows");
@@ -210,6 +344,20 @@ int run(int argc, char** argv) {
   auto* validate = flows->add_subcommand("validate", "Validate flowreg YAML files");
   validate->add_option("paths", validate_paths, "Files to validate")->required();
   validate->callback([&] { status = flows_validate(validate_paths); });
+
+  auto* plugins = app.add_subcommand("plugins", "Inspect and check plugin files");
+  plugins->require_subcommand(1);
+  bool plugins_list_json = false;
+  auto* plist =
+      plugins->add_subcommand("list", "Every file of the plugins directory and its status");
+  plist->add_flag("--json", plugins_list_json, "Print a JSON array (fields: see README)");
+  plist->callback([&] { status = plugins_list(g, plugins_list_json); });
+  std::vector<std::string> check_files;
+  bool check_json = false;
+  auto* pcheck = plugins->add_subcommand("check", "Would these files load? Exit 0 if all would");
+  pcheck->add_option("files", check_files, "Plugin files")->required();
+  pcheck->add_flag("--json", check_json, "Print a JSON array");
+  pcheck->callback([&] { status = plugins_check(g, check_files, check_json); });
 
   app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(g.log_level)); });
 

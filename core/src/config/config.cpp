@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <set>
 
+#include "config/definition.hpp"
 #include "config/json_schema.hpp"
 #include "config/yaml_json.hpp"
 #include "flowreg/validate.hpp"
@@ -177,6 +179,62 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
   }
   return config;
 }
+
+namespace detail {
+
+tl::expected<PluginDefinition, std::vector<Diagnostic>> parse_plugin_definition(
+    const nlohmann::json& definition, const std::string& source) {
+  std::vector<Diagnostic> problems;
+  auto fail = [&](std::string message) {
+    problems.push_back(Diagnostic{Location{source}, std::move(message)});
+    return tl::unexpected(std::move(problems));
+  };
+  if (!definition.is_object() || !definition.contains("module") || !definition.contains("flows"))
+    return fail("the plugin's definition lacks 'module' or 'flows'");
+  PluginDefinition out;
+  const json& handlers = definition.value("handlers", json::array());
+  if (!handlers.is_array()) return fail("the plugin's definition: 'handlers' is not a list");
+  std::set<std::string> names;
+  for (const auto& h : handlers) {
+    if (!h.is_string() || !is_valid_slug(h.get<std::string>()))
+      problems.push_back(Diagnostic{Location{source}, fmt::format("handler name {} {}", h.dump(),
+                                                                  "is not a valid identifier")});
+    else if (!names.insert(h.get<std::string>()).second)
+      problems.push_back(Diagnostic{
+          Location{source}, fmt::format("handler '{}' is exported twice", h.get<std::string>())});
+    else
+      out.handlers.push_back(h.get<std::string>());
+  }
+  // The flow part is checked against the same schema as a YAML file.
+  const json document = {{"module", definition["module"]}, {"flows", definition["flows"]}};
+  std::set<long> broken;
+  for (auto& p : flow_file_schema().validate(document)) {
+    broken.insert(flow_index_of(p.pointer));
+    problems.push_back(Diagnostic{Location{source}, std::move(p.message)});
+  }
+  if (broken.contains(-1)) return tl::unexpected(std::move(problems));
+  out.module = document["module"].get<std::string>();
+  for (std::size_t i = 0; i < document["flows"].size(); ++i) {
+    if (broken.contains(static_cast<long>(i))) continue;
+    FlowDef flow = flow_of(document["flows"][i], out.module, source);
+    for (auto& d : validate_flow(flow)) problems.push_back(std::move(d));
+    // A step naming a handler of this module must name one it exports.
+    for (const auto& step : flow.steps) {
+      const auto dot = step.handler.find('.');
+      if (dot == std::string::npos || step.handler.substr(0, dot) != out.module) continue;
+      if (!names.contains(step.handler.substr(dot + 1)))
+        problems.push_back(Diagnostic{
+            Location{source}, fmt::format("flow '{}': step '{}' uses handler '{}', which this "
+                                          "plugin does not export",
+                                          flow.slug, step.slug, step.handler)});
+    }
+    out.flows.push_back(std::move(flow));
+  }
+  if (!problems.empty()) return tl::unexpected(std::move(problems));
+  return out;
+}
+
+}  // namespace detail
 
 Result<Config> load_config(const std::filesystem::path& file) {
   auto text = detail::read_text_file(file, detail::YamlLimits{}.max_file_bytes);

@@ -1,0 +1,126 @@
+#pragma once
+// Loading plugins (.so files) from a drop-in directory into a FlowRegistry.
+//
+// Every file goes through these stages, and the first that fails rejects it with its reason:
+//   file         a regular file (a symlink only when allowed), no FIFO, device or directory
+//   permissions  file and directory owned by root or the running user, not writable by group or
+//                others (unless allow_unsafe)
+//   size, elf    at most max_bytes; ELF magic
+//   allowlist    its SHA-256 is in plugins.sha256_allowlist, when that list is not empty
+//   quarantine   its exact content has not crashed or hung a loader before
+//   symbol       exports flowreg_plugin in section "flowreg" (read from the file, no code runs)
+//   inspect      loads in a child process first (crash, abort or hang -> quarantined by hash)
+//   load, abi    dlopen of a private read-only copy named by its hash; ABI magic/major/minor/size
+//   definition   describes itself with valid flows (schema and semantic rules of YAML flows)
+//   register     registers atomically: no duplicate module name or flow slug
+//
+// Thread-safety: all member functions may be called concurrently; loading is serialized inside.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flowreg/config.hpp"
+#include "flowreg/error.hpp"
+#include "flowreg/flow_registry.hpp"
+
+namespace flowreg {
+
+namespace detail {
+class LoadedPlugin;
+}
+
+struct PluginError {
+  std::string stage;    // one of the stages above
+  std::string message;  // the reason, and what to do about it
+};
+
+enum class PluginStatus { loaded, rejected, quarantined };
+std::string_view to_string(PluginStatus status) noexcept;
+
+struct PluginInfo {
+  std::filesystem::path file;
+  std::string module;  // "" when it never got as far as describing itself
+  std::string sha256;  // "" when the file could not be read
+  std::string abi;     // "1.0"; "" when unknown
+  std::string fingerprint;
+  PluginStatus status = PluginStatus::rejected;
+  std::optional<PluginError> error;   // set unless loaded
+  std::vector<std::string> flows;     // slugs
+  std::vector<std::string> handlers;  // "module.handler"
+
+  // "FILE: [stage] message" for a rejected or quarantined file.
+  std::string describe_error() const;
+};
+
+struct HandlerOutcome {
+  enum class Status { ok, retry, permanent };
+  Status status = Status::ok;
+  std::string body;  // the output JSON (ok) or the error message
+};
+
+// A handler of a loaded plugin. Keeps that plugin's code loaded while it exists.
+class HandlerRef {
+ public:
+  HandlerRef() = default;
+  explicit operator bool() const noexcept { return plugin_ != nullptr; }
+  const std::string& name() const noexcept { return name_; }  // "module.handler"
+  // Runs the handler on a JSON input; `context_json` is {"run_id", "flow", "step", "task_index",
+  // "attempt"} (see flowreg/plugin_abi.h), or "" for none. Thread-safe.
+  HandlerOutcome invoke(std::string_view input_json, std::string_view context_json = {}) const;
+
+ private:
+  friend class PluginLoader;
+  std::shared_ptr<const detail::LoadedPlugin> plugin_;
+  std::uint32_t index_ = 0;
+  std::string name_;
+};
+
+struct PluginLoaderOptions {
+  PluginSettings settings;          // dir, watch, allow_symlinks, allow_unsafe, ...
+  std::filesystem::path cache_dir;  // private copies (0700); default: <data_dir>/plugin-cache
+  // Executable that inspects a plugin in a child process (`EXE __inspect FILE`); the flowreg
+  // binary. Empty: no inspection (a crashing plugin then crashes the host: tests of the loader
+  // only).
+  std::filesystem::path inspector;
+  std::chrono::milliseconds debounce{500};  // hot drop-in: quiet time before a file is read
+  std::chrono::milliseconds rescan_interval{30'000};  // hot drop-in: periodic full rescan
+};
+
+class PluginLoader {
+ public:
+  PluginLoader(FlowRegistry& registry, PluginLoaderOptions options);
+  ~PluginLoader();  // stops watching; registered modules stay registered
+  PluginLoader(const PluginLoader&) = delete;
+  PluginLoader& operator=(const PluginLoader&) = delete;
+
+  // Loads every plugin of the directory (new or changed files), unregisters removed ones; returns
+  // the status of every file. Errc::io when the directory itself is unusable.
+  Result<std::vector<PluginInfo>> scan();
+  // Starts hot drop-in: new files load, changed files reload, removed files unregister.
+  Result<void> watch();
+  void stop();
+
+  // The status of every file seen, sorted by file name.
+  std::vector<PluginInfo> plugins() const;
+  // Would `file` load? Runs every stage but registration (against the current registry for
+  // conflicts) and changes nothing.
+  PluginInfo check(const std::filesystem::path& file);
+  // The handler "module.handler" of the currently loaded version of that module.
+  HandlerRef handler(std::string_view qualified_name) const;
+
+  // Inspects `file` in this process and prints the result as one JSON object on stdout: what the
+  // `__inspect` mode of the flowreg binary runs in the child. Returns the process exit code.
+  static int inspect_main(const std::filesystem::path& file);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace flowreg

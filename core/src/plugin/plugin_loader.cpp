@@ -1,0 +1,525 @@
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+
+#include "config/definition.hpp"
+#include "flowreg/plugins.hpp"
+#include "plugin/directory_watcher.hpp"
+#include "plugin/plugin_library.hpp"
+#include "util/sha256.hpp"
+#include "util/subprocess.hpp"
+
+namespace flowreg {
+
+namespace fs = std::filesystem;
+
+std::string_view to_string(PluginStatus status) noexcept {
+  switch (status) {
+    case PluginStatus::loaded:
+      return "loaded";
+    case PluginStatus::rejected:
+      return "rejected";
+    case PluginStatus::quarantined:
+      return "quarantined";
+  }
+  return "unknown";
+}
+
+std::string PluginInfo::describe_error() const {
+  if (!error) return {};
+  return fmt::format("{}: [{}] {}", file.string(), error->stage, error->message);
+}
+
+HandlerOutcome HandlerRef::invoke(std::string_view input_json,
+                                  std::string_view context_json) const {
+  return plugin_->invoke(index_, input_json, context_json);
+}
+
+namespace {
+
+using detail::LoadedPlugin;
+using nlohmann::json;
+
+tl::unexpected<PluginError> reject(std::string stage, std::string message) {
+  return tl::unexpected(PluginError{std::move(stage), std::move(message)});
+}
+
+std::string file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISLNK(mode)) return "a symbolic link";
+  return "not a regular file";
+}
+
+// Ownership and mode rules of OpenSSH's StrictModes, for the file and its directory.
+tl::expected<void, PluginError> check_safety(const fs::path& path, const struct stat& st,
+                                             bool is_dir, bool allow_unsafe) {
+  if (allow_unsafe) return {};
+  const uid_t me = geteuid();
+  const char* what = is_dir ? "plugin directory" : "plugin file";
+  if (st.st_uid != 0 && st.st_uid != me)
+    return reject("permissions",
+                  fmt::format("{} {} is owned by uid {}, not by root or the user running flowreg "
+                              "(uid {}): run `chown {} {}` (or pass --allow-unsafe-plugins)",
+                              what, path.string(), st.st_uid, me, me, path.string()));
+  if (st.st_mode & (S_IWGRP | S_IWOTH))
+    return reject(
+        "permissions",
+        fmt::format("{} {} is writable by {} (mode {:04o}): run `chmod go-w {}` (or pass "
+                    "--allow-unsafe-plugins)",
+                    what, path.string(), (st.st_mode & S_IWOTH) ? "everyone" : "its group",
+                    st.st_mode & 07777, path.string()));
+  return {};
+}
+
+// The bytes of a plugin file, read once: they are hashed, checked and staged, so that what is
+// loaded is exactly what was checked.
+struct FileBytes {
+  std::string bytes;
+  std::string sha256;
+};
+
+}  // namespace
+
+struct PluginLoader::Impl {
+  struct FileRecord {
+    PluginInfo info;
+    std::string registered_module;  // the module this file has registered ("" if none)
+  };
+  struct ModuleOwner {
+    fs::path file;
+    std::shared_ptr<const LoadedPlugin> plugin;
+    std::vector<std::string> handlers;
+  };
+
+  FlowRegistry& registry;
+  PluginLoaderOptions options;
+
+  mutable std::mutex mutex;  // serializes loading; guards everything below
+  std::map<fs::path, FileRecord> files;
+  std::map<std::string, ModuleOwner, std::less<>> modules;
+  std::map<std::string, PluginError> quarantine;  // by sha256, persisted under cache_dir
+  std::unique_ptr<detail::DirectoryWatcher> watcher;
+
+  Impl(FlowRegistry& r, PluginLoaderOptions o) : registry(r), options(std::move(o)) {
+    if (options.cache_dir.empty()) options.cache_dir = fs::path(".flowreg") / "plugin-cache";
+    load_quarantine();
+  }
+
+  fs::path quarantine_dir() const { return options.cache_dir / "quarantine"; }
+
+  void load_quarantine() {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(quarantine_dir(), ec)) {
+      std::ifstream in(entry.path());
+      PluginError error;
+      if (std::getline(in, error.stage) && std::getline(in, error.message))
+        quarantine[entry.path().stem().string()] = error;
+    }
+  }
+
+  void remember_quarantine(const std::string& sha, const PluginError& error) {
+    quarantine[sha] = error;
+    std::error_code ec;
+    fs::create_directories(quarantine_dir(), ec);
+    std::ofstream out(quarantine_dir() / (sha + ".txt"));
+    out << error.stage << '\n' << error.message << '\n';
+  }
+
+  // Stages: file, permissions, size, elf, allowlist. No plugin code runs.
+  tl::expected<FileBytes, PluginError> read_checked(const fs::path& path) const {
+    const PluginSettings& s = options.settings;
+    struct stat lst {};
+    if (lstat(path.c_str(), &lst) != 0) return reject("file", "cannot be read: no such file");
+    struct stat st = lst;
+    if (S_ISLNK(lst.st_mode)) {
+      if (!s.allow_symlinks)
+        return reject("file",
+                      "is a symbolic link; plugins must be regular files (set "
+                      "plugins.allow_symlinks: true to accept links)");
+      if (stat(path.c_str(), &st) != 0) return reject("file", "is a dangling symbolic link");
+    }
+    if (!S_ISREG(st.st_mode))
+      return reject("file",
+                    fmt::format("is {}; plugins must be regular files", file_kind(st.st_mode)));
+    struct stat dst {};
+    const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+    if (stat(dir.c_str(), &dst) != 0) return reject("file", "its directory cannot be read");
+    if (auto ok = check_safety(dir, dst, true, s.allow_unsafe); !ok)
+      return tl::unexpected(ok.error());
+    if (auto ok = check_safety(path, st, false, s.allow_unsafe); !ok)
+      return tl::unexpected(ok.error());
+    if (static_cast<std::uint64_t>(st.st_size) > s.max_bytes)
+      return reject("size", fmt::format("is {} bytes; the limit (plugins.max_bytes) is {}",
+                                        st.st_size, s.max_bytes));
+    // O_NONBLOCK: never block on something that turned into a FIFO since the stat.
+    const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return reject("file", fmt::format("cannot be opened: {}", std::strerror(errno)));
+    FileBytes file;
+    struct stat fst {};
+    if (fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode)) {
+      close(fd);
+      return reject("file", "changed while being opened");
+    }
+    file.bytes.resize(static_cast<std::size_t>(
+        std::min<std::uint64_t>(static_cast<std::uint64_t>(fst.st_size), s.max_bytes + 1)));
+    std::size_t got = 0;
+    while (got < file.bytes.size()) {
+      const ssize_t n = read(fd, file.bytes.data() + got, file.bytes.size() - got);
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    close(fd);
+    file.bytes.resize(got);
+    if (file.bytes.size() > s.max_bytes)
+      return reject("size",
+                    fmt::format("is over the limit (plugins.max_bytes) of {} bytes", s.max_bytes));
+    if (file.bytes.size() < 4 || file.bytes.compare(0, 4,
+                                                    "\x7f"
+                                                    "ELF") != 0)
+      return reject("elf", "is not an ELF file (no ELF magic at its start)");
+    file.sha256 = detail::sha256_hex(file.bytes);
+    if (!s.sha256_allowlist.empty() &&
+        std::find(s.sha256_allowlist.begin(), s.sha256_allowlist.end(), file.sha256) ==
+            s.sha256_allowlist.end())
+      return reject(
+          "allowlist",
+          fmt::format("has SHA-256 {}, which is not in plugins.sha256_allowlist", file.sha256));
+    return file;
+  }
+
+  // A private, read-only copy named by content hash: a later write to the original can neither
+  // change nor crash what is loaded, and a changed file gets a new path (dlopen caches by path).
+  tl::expected<fs::path, PluginError> stage(const FileBytes& file) const {
+    std::error_code ec;
+    fs::create_directories(options.cache_dir, ec);
+    if (ec)
+      return reject("stage", fmt::format("cannot create the plugin cache {}: {}",
+                                         options.cache_dir.string(), ec.message()));
+    fs::permissions(options.cache_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+    const fs::path target = options.cache_dir / (file.sha256 + ".so");
+    if (fs::exists(target, ec)) {
+      auto sha = detail::sha256_file_hex(target);
+      if (sha && *sha == file.sha256) return target;
+      fs::permissions(target, fs::perms::owner_write, fs::perm_options::add, ec);
+      fs::remove(target, ec);
+    }
+    const fs::path tmp = options.cache_dir / (file.sha256 + ".tmp" + std::to_string(getpid()));
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out.write(file.bytes.data(), static_cast<std::streamsize>(file.bytes.size()));
+      if (!out) return reject("stage", fmt::format("cannot write {}", tmp.string()));
+    }
+    fs::permissions(tmp, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read,
+                    fs::perm_options::replace, ec);
+    fs::rename(tmp, target, ec);
+    if (ec)
+      return reject("stage", fmt::format("cannot stage {}: {}", target.string(), ec.message()));
+    return target;
+  }
+
+  // Loads the staged copy in a child process first. A crash, abort, or hang is a quarantine.
+  tl::expected<void, PluginError> inspect(const fs::path& staged, bool& quarantined) const {
+    quarantined = false;
+    if (options.inspector.empty()) return {};
+    const auto result = detail::run_subprocess(
+        {options.inspector.string(), "__inspect", staged.string()}, options.settings.scan_timeout);
+    if (!result.started)
+      return reject("inspect", fmt::format("cannot run the inspector {}: {}",
+                                           options.inspector.string(), result.error));
+    if (result.timed_out) {
+      quarantined = true;
+      return reject("inspect", fmt::format("did not finish loading within {} ms in the inspection "
+                                           "process (a hang in a static initializer or the entry "
+                                           "point?); quarantined until the file changes",
+                                           options.settings.scan_timeout.count()));
+    }
+    const json answer = json::parse(result.out, nullptr, false);
+    if (result.signal != 0 || result.exit_code != 0 || answer.is_discarded() ||
+        !answer.is_object()) {
+      quarantined = true;
+      std::string err = result.err.substr(0, 400);
+      while (!err.empty() && err.back() == '\n') err.pop_back();
+      return reject("inspect", fmt::format("crashed the inspection process while loading: it {}{}; "
+                                           "quarantined until the file changes",
+                                           result.describe_end(),
+                                           err.empty() ? "" : " (stderr: " + err + ")"));
+    }
+    if (!answer.value("ok", false))
+      return reject(answer.value("stage", "inspect"), answer.value("message", "rejected"));
+    return {};
+  }
+
+  // Every stage for `path`, up to a loaded plugin and its checked definition. Registers nothing.
+  struct Prepared {
+    std::shared_ptr<LoadedPlugin> plugin;
+    detail::PluginDefinition definition;
+  };
+  tl::expected<Prepared, PluginError> prepare(const fs::path& path, PluginInfo& info) {
+    auto file = read_checked(path);
+    if (!file) return tl::unexpected(file.error());
+    info.sha256 = file->sha256;
+    if (auto q = quarantine.find(file->sha256); q != quarantine.end()) {
+      info.status = PluginStatus::quarantined;
+      return tl::unexpected(q->second);
+    }
+    auto staged = stage(*file);
+    if (!staged) return tl::unexpected(staged.error());
+    if (auto exports = detail::check_exports(*staged); !exports)
+      return tl::unexpected(exports.error());
+    bool quarantined = false;
+    if (auto inspected = inspect(*staged, quarantined); !inspected) {
+      if (quarantined) {
+        info.status = PluginStatus::quarantined;
+        remember_quarantine(file->sha256, inspected.error());
+      }
+      return tl::unexpected(inspected.error());
+    }
+    return load_in_process(*staged, path.string(), info);
+  }
+
+  static tl::expected<Prepared, PluginError> load_in_process(const fs::path& staged,
+                                                             const std::string& source,
+                                                             PluginInfo& info) {
+    auto plugin = LoadedPlugin::open(staged);
+    if (!plugin) return tl::unexpected(plugin.error());
+    info.abi = (*plugin)->abi();
+    info.fingerprint = (*plugin)->fingerprint();
+    auto definition = detail::parse_plugin_definition((*plugin)->definition(), source);
+    if (!definition) {
+      std::string message = "its definition is invalid:";
+      for (const auto& d : definition.error()) message += " " + d.message + ";";
+      message.pop_back();
+      return reject("definition", std::move(message));
+    }
+    info.module = definition->module;
+    for (const auto& f : definition->flows) info.flows.push_back(f.slug);
+    for (const auto& h : definition->handlers)
+      info.handlers.push_back(definition->module + "." + h);
+    return Prepared{std::move(*plugin), std::move(*definition)};
+  }
+
+  // Loads (or reloads) one file and registers its module. REQUIRES: mutex held.
+  void load(const fs::path& path) {
+    FileRecord& record = files[path];
+    PluginInfo info;
+    info.file = path;
+    auto prepared = prepare(path, info);
+    if (prepared) {
+      auto registered = register_prepared(path, record, *prepared);
+      if (!registered) prepared = tl::unexpected(registered.error());
+    }
+    if (!prepared) {
+      if (info.status != PluginStatus::quarantined) info.status = PluginStatus::rejected;
+      info.error = prepared.error();
+      if (!record.registered_module.empty())
+        info.error->message += fmt::format(
+            " (the previously loaded version of module '{}' stays "
+            "registered)",
+            record.registered_module);
+      spdlog::warn("plugin {}", info.describe_error());
+    } else {
+      info.status = PluginStatus::loaded;
+      spdlog::info("plugin {}: loaded module '{}' ({} flows)", path.string(), info.module,
+                   info.flows.size());
+    }
+    record.info = std::move(info);
+  }
+
+  tl::expected<void, PluginError> register_prepared(const fs::path& path, FileRecord& record,
+                                                    Prepared& prepared) {
+    const std::string& module = prepared.definition.module;
+    if (auto owner = modules.find(module); owner != modules.end() && owner->second.file != path)
+      return reject("register", fmt::format("declares module '{}', which {} already registered",
+                                            module, owner->second.file.string()));
+    const bool reload = record.registered_module == module;
+    Module m{module, path.string(), std::move(prepared.definition.flows), prepared.plugin};
+    auto result = reload ? registry.replace_module(std::move(m), "plugin file changed")
+                         : registry.register_module(std::move(m), "plugin file loaded");
+    if (!result) return reject("register", result.error().message);
+    if (!record.registered_module.empty() && !reload) {
+      // The file now declares another module: the old one goes.
+      (void)registry.unregister_module(record.registered_module, "plugin file changed its module");
+      modules.erase(record.registered_module);
+    }
+    record.registered_module = module;
+    modules[module] = ModuleOwner{path, prepared.plugin, prepared.definition.handlers};
+    return {};
+  }
+
+  // REQUIRES: mutex held.
+  void remove(const fs::path& path) {
+    auto it = files.find(path);
+    if (it == files.end()) return;
+    if (!it->second.registered_module.empty()) {
+      (void)registry.unregister_module(it->second.registered_module, "plugin file removed");
+      modules.erase(it->second.registered_module);
+      spdlog::info("plugin {}: removed; module '{}' unregistered", path.string(),
+                   it->second.registered_module);
+    }
+    files.erase(it);
+  }
+
+  // REQUIRES: mutex held.
+  void apply(const std::vector<detail::FileChange>& changes) {
+    for (const auto& change : changes) {
+      if (change.kind == detail::FileChange::Kind::removed)
+        remove(change.path);
+      else
+        load(change.path);
+    }
+  }
+
+  detail::WatchOptions watch_options() const {
+    detail::WatchOptions w;
+    w.debounce = options.debounce;
+    w.rescan_interval = options.rescan_interval;
+    return w;
+  }
+};
+
+PluginLoader::PluginLoader(FlowRegistry& registry, PluginLoaderOptions options)
+    : impl_(std::make_unique<Impl>(registry, std::move(options))) {}
+
+PluginLoader::~PluginLoader() { stop(); }
+
+Result<std::vector<PluginInfo>> PluginLoader::scan() {
+  const fs::path& dir = impl_->options.settings.dir;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec))
+    return make_error(Errc::io, fmt::format("plugins directory {} does not exist or is not a "
+                                            "directory",
+                                            dir.string()));
+  const auto present = detail::scan_directory(dir, impl_->watch_options());
+  std::lock_guard lock(impl_->mutex);
+  std::set<fs::path> seen;
+  for (const auto& change : present) {
+    seen.insert(change.path);
+    auto it = impl_->files.find(change.path);
+    // Unchanged content that is already loaded stays as it is.
+    if (it != impl_->files.end() && it->second.info.status == PluginStatus::loaded) {
+      auto sha = detail::sha256_file_hex(change.path);
+      if (sha && *sha == it->second.info.sha256) continue;
+    }
+    impl_->load(change.path);
+  }
+  std::vector<fs::path> gone;
+  for (const auto& [path, record] : impl_->files)
+    if (!seen.contains(path)) gone.push_back(path);
+  for (const auto& path : gone) impl_->remove(path);
+  std::vector<PluginInfo> out;
+  for (const auto& [path, record] : impl_->files) out.push_back(record.info);
+  return out;
+}
+
+Result<void> PluginLoader::watch() {
+  std::lock_guard lock(impl_->mutex);
+  if (impl_->watcher) return {};
+  impl_->watcher = std::make_unique<detail::DirectoryWatcher>(
+      impl_->options.settings.dir, impl_->watch_options(),
+      [impl = impl_.get()](const std::vector<detail::FileChange>& changes) {
+        std::lock_guard inner(impl->mutex);
+        impl->apply(changes);
+      });
+  auto started = impl_->watcher->start();
+  if (!started) impl_->watcher.reset();
+  return started;
+}
+
+void PluginLoader::stop() {
+  std::unique_ptr<detail::DirectoryWatcher> watcher;
+  {
+    std::lock_guard lock(impl_->mutex);
+    watcher = std::move(impl_->watcher);
+  }
+  if (watcher) watcher->stop();  // outside the lock: its callback takes it
+}
+
+std::vector<PluginInfo> PluginLoader::plugins() const {
+  std::lock_guard lock(impl_->mutex);
+  std::vector<PluginInfo> out;
+  for (const auto& [path, record] : impl_->files) out.push_back(record.info);
+  return out;
+}
+
+PluginInfo PluginLoader::check(const fs::path& file) {
+  std::lock_guard lock(impl_->mutex);
+  PluginInfo info;
+  info.file = file;
+  auto prepared = impl_->prepare(file, info);
+  if (prepared) {
+    // Would registration succeed? Conflicts with modules and slugs registered from other files.
+    const std::string& module = prepared->definition.module;
+    if (auto owner = impl_->modules.find(module);
+        owner != impl_->modules.end() && owner->second.file != file) {
+      prepared = reject("register", fmt::format("declares module '{}', which {} already registered",
+                                                module, owner->second.file.string()));
+    } else {
+      for (const auto& flow : prepared->definition.flows) {
+        const RegisteredFlow* existing = impl_->registry.find(flow.slug);
+        if (existing && existing->module != module) {
+          prepared =
+              reject("register",
+                     fmt::format("flow slug '{}' is already registered by module '{}'{}", flow.slug,
+                                 existing->module,
+                                 existing->source.empty() ? "" : " (" + existing->source + ")"));
+          break;
+        }
+      }
+    }
+  }
+  if (prepared) {
+    info.status = PluginStatus::loaded;
+  } else {
+    if (info.status != PluginStatus::quarantined) info.status = PluginStatus::rejected;
+    info.error = prepared.error();
+  }
+  return info;
+}
+
+HandlerRef PluginLoader::handler(std::string_view qualified_name) const {
+  const auto dot = qualified_name.find('.');
+  if (dot == std::string_view::npos) return {};
+  std::lock_guard lock(impl_->mutex);
+  auto owner = impl_->modules.find(qualified_name.substr(0, dot));
+  if (owner == impl_->modules.end()) return {};
+  const auto& handlers = owner->second.handlers;
+  auto it = std::find(handlers.begin(), handlers.end(), qualified_name.substr(dot + 1));
+  if (it == handlers.end()) return {};
+  HandlerRef ref;
+  ref.plugin_ = owner->second.plugin;
+  ref.index_ = static_cast<std::uint32_t>(it - handlers.begin());
+  ref.name_ = std::string(qualified_name);
+  return ref;
+}
+
+int PluginLoader::inspect_main(const fs::path& file) {
+  PluginInfo info;
+  auto prepared = detail::check_exports(file).and_then(
+      [&]() { return Impl::load_in_process(file, file.string(), info); });
+  json out;
+  if (prepared) {
+    out = {{"ok", true},          {"module", info.module},
+           {"abi", info.abi},     {"fingerprint", info.fingerprint},
+           {"flows", info.flows}, {"handlers", info.handlers}};
+  } else {
+    out = {{"ok", false}, {"stage", prepared.error().stage}, {"message", prepared.error().message}};
+  }
+  std::fputs(out.dump().c_str(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace flowreg

@@ -1,0 +1,28 @@
+#pragma once
+// Runs a program to completion, or kills it when it overruns a deadline, capturing its output.
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace flowreg::detail {
+
+struct SubprocessResult {
+  bool started = false;    // false: fork or exec failed (see `error`)
+  bool timed_out = false;  // killed (SIGKILL) after the deadline
+  int exit_code = -1;      // when it exited
+  int signal = 0;          // when a signal ended it (also SIGKILL after a time-out)
+  std::string out, err;
+  std::string error;
+
+  bool exited_ok() const noexcept { return started && !timed_out && signal == 0 && exit_code == 0; }
+  // "exited with status 3", "killed by signal 11 (Segmentation fault)", "timed out after 2s"
+  std::string describe_end() const;
+};
+
+// argv[0] is the path of the program. Output beyond `max_output` bytes per stream is dropped.
+SubprocessResult run_subprocess(const std::vector<std::string>& argv,
+                                std::chrono::milliseconds timeout,
+                                std::size_t max_output = 16u << 20);
+
+}  // namespace flowreg::detail
