@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
@@ -310,6 +311,8 @@ int plugins_check(const Globals& g, const std::vector<std::string>& files, bool 
 }  // namespace
 
 int run(int argc, char** argv) {
+  // Logs go to stderr: stdout carries the commands' output (JSON, DOT) and nothing else.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("flowreg"));
   CLI::App app{"flowreg: a registry of flows loaded from plugins and YAML, and their runner"};
   app.require_subcommand(1);
   Globals g;
