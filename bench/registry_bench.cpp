@@ -16,6 +16,7 @@
 #include <unordered_map>
 
 #include "flowreg/flow_registry.hpp"
+#include "flowreg/handle_registry.hpp"
 
 namespace {
 
@@ -148,7 +149,65 @@ void BM_RegisterModule(benchmark::State& state) {
   }
 }
 
+struct NoOptions {
+  bool operator==(const NoOptions&) const = default;
+};
+using Handles = flowreg::HandleRegistry<std::int64_t, int, NoOptions>;
+
+Handles& handles() {
+  static Handles* registry = [] {
+    auto* r = new Handles();
+    (void)r->start();
+    return r;
+  }();
+  return *registry;
+}
+
+// get_or_start for a key that is already started: the hot path of "the flow's loop, please".
+void BM_GetOrStart_existing(benchmark::State& state) {
+  Handles& r = handles();
+  (void)r.get_or_start(
+      -1, [] { return flowreg::Result<std::shared_ptr<int>>(std::make_shared<int>(0)); });
+  for (auto _ : state) {
+    auto h = r.get_or_start(
+        -1, [] { return flowreg::Result<std::shared_ptr<int>>(std::make_shared<int>(0)); });
+    benchmark::DoNotOptimize(h);
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
+// Every thread asks for the same sequence of fresh keys: at 64 threads, 64 concurrent callers race
+// for each key, one runs the (cheap) factory, the others wait for it and share the handle.
+void BM_GetOrStart_fresh_keys(benchmark::State& state) {
+  Handles& r = handles();
+  static std::atomic<std::int64_t> base{0};
+  std::int64_t key = base.load() + 1;
+  std::atomic<long> started{0};
+  for (auto _ : state) {
+    auto h = r.get_or_start(key++, [&] {
+      started.fetch_add(1, std::memory_order_relaxed);
+      return flowreg::Result<std::shared_ptr<int>>(std::make_shared<int>(1));
+    });
+    benchmark::DoNotOptimize(h);
+  }
+  std::int64_t seen = base.load();
+  while (seen < key && !base.compare_exchange_weak(seen, key)) {
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+
 }  // namespace
+
+BENCHMARK(BM_GetOrStart_existing)
+    ->Name("BM_GetOrStart/existing")
+    ->Threads(1)
+    ->Threads(2)
+    ->Threads(64);
+BENCHMARK(BM_GetOrStart_fresh_keys)
+    ->Name("BM_GetOrStart/fresh_keys")
+    ->Threads(1)
+    ->Threads(64)
+    ->UseRealTime();
 
 BENCHMARK(BM_Lookup_flowreg)
     ->Name("BM_Lookup/flowreg")
