@@ -1,0 +1,1 @@
+# Owned by the store work: tests/pg executables.
