@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "support/process.hpp"
@@ -11,6 +12,8 @@ namespace {
 const std::string kBinary = FLOWREG_BINARY;
 const std::string kExample = std::string(FLOWREG_SOURCE_DIR) + "/flows.example.yaml";
 const std::string kData = FLOWREG_TEST_DATA_DIR;
+// The example plugins of this build (flows.example.yaml's own plugins.dir assumes build/).
+const std::string kPlugins = FLOWREG_EXAMPLE_PLUGIN_DIR;
 
 }  // namespace
 
@@ -64,12 +67,13 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("flows list --json prints every flow with the documented fields") {
-    auto r = run_process({kBinary, "--config", kExample, "flows", "list", "--json"});
+    auto r = run_process(
+        {kBinary, "--config", kExample, "--plugins", kPlugins, "flows", "list", "--json"});
     REQUIRE(r.exit_code == 0);
     auto flows = nlohmann::json::parse(r.out);
     REQUIRE(flows.is_array());
-    REQUIRE(flows.size() == 2);
-    const auto& f = flows[0];  // sorted by slug
+    REQUIRE(flows.size() == 4);  // two YAML flows, and one of each example plugin but orders
+    const auto& f = flows[1];    // sorted by slug: file_report, order_pipeline, ...
     CHECK(f["slug"] == "order_pipeline");
     CHECK(f["module"] == "examples");
     CHECK(f["version"].get<std::string>().size() == 16);
@@ -86,24 +90,25 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("flows list prints slug, module, version and steps") {
-    auto r = run_process({kBinary, "--config", kExample, "flows", "list"});
+    auto r = run_process({kBinary, "--config", kExample, "--plugins", kPlugins, "flows", "list"});
     REQUIRE(r.exit_code == 0);
     CHECK(r.out.find("order_pipeline  module=examples version=") != std::string::npos);
     CHECK(r.out.find("ship     single  orders.ship  <- charge, reserve") != std::string::npos);
   }
 
   TEST_CASE("flows show prints one flow, as JSON or as DOT; an unknown slug exits 1") {
-    auto json =
-        run_process({kBinary, "--config", kExample, "flows", "show", "word_count", "--json"});
+    auto json = run_process({kBinary, "--config", kExample, "--plugins", kPlugins, "flows", "show",
+                             "word_count", "--json"});
     REQUIRE(json.exit_code == 0);
     CHECK(nlohmann::json::parse(json.out)["steps"][1]["kind"] == "map");
-    auto dot =
-        run_process({kBinary, "--config", kExample, "flows", "show", "order_pipeline", "--dot"});
+    auto dot = run_process({kBinary, "--config", kExample, "--plugins", kPlugins, "flows", "show",
+                            "order_pipeline", "--dot"});
     REQUIRE(dot.exit_code == 0);
     CHECK(dot.out.starts_with("digraph \"order_pipeline\" {"));
     CHECK(dot.out.find("\"fetch\" -> \"charge\";") != std::string::npos);
     CHECK(dot.out.find("\"charge\" -> \"ship\";") != std::string::npos);
-    auto missing = run_process({kBinary, "--config", kExample, "flows", "show", "nope"});
+    auto missing = run_process(
+        {kBinary, "--config", kExample, "--plugins", kPlugins, "flows", "show", "nope"});
     CHECK(missing.exit_code == 1);
     CHECK(missing.err == "flowreg: no flow with slug 'nope'\n");
   }
@@ -116,8 +121,31 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("./flowreg.yaml is the default configuration") {
-    auto r = run_process({kBinary, "flows", "list", "--json"}, kData + "/default_config");
+    auto r = run_process({kBinary, "--plugins", kPlugins, "flows", "list", "--json"},
+                         kData + "/default_config");
     REQUIRE(r.exit_code == 0);
-    CHECK(nlohmann::json::parse(r.out)[0]["slug"] == "from_default_config");
+    std::vector<std::string> slugs;
+    for (const auto& f : nlohmann::json::parse(r.out)) slugs.push_back(f["slug"]);
+    CHECK(std::find(slugs.begin(), slugs.end(), "from_default_config") != slugs.end());
+  }
+
+  TEST_CASE("a YAML flow whose handler no loaded plugin exports fails with the name and a hint") {
+    auto r = run_process({kBinary, "--config", kData + "/unresolved_handler.yaml", "--plugins",
+                          kPlugins, "flows", "list"});
+    CHECK(r.exit_code == 1);
+    CHECK(
+        r.err.find("flow 'uses_typo': step 'count': handler 'text.count_wordz' is not exported by "
+                   "any loaded plugin (did you mean 'text.count_words'?)") != std::string::npos);
+    CHECK(r.out.empty());
+  }
+
+  TEST_CASE("flows list shows the flows of the loaded plugins beside the YAML flows") {
+    auto r = run_process(
+        {kBinary, "--config", kExample, "--plugins", kPlugins, "flows", "list", "--json"});
+    REQUIRE(r.exit_code == 0);
+    std::vector<std::string> slugs;
+    for (const auto& f : nlohmann::json::parse(r.out)) slugs.push_back(f["slug"]);
+    CHECK(slugs ==
+          std::vector<std::string>{"file_report", "order_pipeline", "text_stats", "word_count"});
   }
 }

@@ -4,21 +4,13 @@
 
 #include "config/json_schema.hpp"
 #include "flowreg/config.hpp"
+#include "support/config_problems.hpp"
 
 using namespace flowreg;
+using flowreg::test::problems_of_text;
 namespace fs = std::filesystem;
 
-namespace {
-
-std::vector<std::string> problems_of_text(std::string_view text) {
-  auto config = parse_config(text, "inline.yaml");
-  std::vector<std::string> out;
-  if (!config)
-    for (const auto& d : config.error().details) out.push_back(d.format());
-  return out;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 TEST_SUITE("schema") {
   TEST_CASE("the compiled-in schema is the one in schemas/") {

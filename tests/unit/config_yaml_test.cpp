@@ -8,8 +8,10 @@
 
 #include "config/yaml_json.hpp"
 #include "flowreg/config.hpp"
+#include "support/config_problems.hpp"
 
 using namespace flowreg;
+using flowreg::test::problems_of_text;
 namespace fs = std::filesystem;
 
 namespace {
@@ -23,14 +25,6 @@ std::vector<std::string> problems_of(const fs::path& file) {
   if (config) return out;
   for (const auto& d : config.error().details) out.push_back(d.format());
   if (out.empty()) out.push_back(config.error().message);
-  return out;
-}
-
-std::vector<std::string> problems_of_text(std::string_view text) {
-  auto config = parse_config(text, "inline.yaml");
-  std::vector<std::string> out;
-  if (!config)
-    for (const auto& d : config.error().details) out.push_back(d.format());
   return out;
 }
 

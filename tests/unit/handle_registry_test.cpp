@@ -14,10 +14,13 @@
 #include <vector>
 
 #include "flowreg/sync_point.hpp"
+#include "support/threads.hpp"
 
 using namespace flowreg;
 using flowreg::detail::SyncPoints;
 using namespace std::chrono_literals;
+
+using flowreg::test::Threads;
 
 namespace {
 
@@ -45,32 +48,6 @@ struct Plain {
 using Repos = HandleRegistry<std::string, Repo, Opts>;
 using RepoPtr = std::shared_ptr<Repo>;
 using Event = Repos::Event;
-
-// Threads of one test case. Destroying it releases every sync point first, so a failed REQUIRE
-// never leaves a parked thread that join() would wait for forever.
-class Threads {
- public:
-  Threads() { SyncPoints::instance().reset(); }
-  Threads(const Threads&) = delete;
-  Threads& operator=(const Threads&) = delete;
-  ~Threads() {
-    SyncPoints::instance().reset();
-    join();
-  }
-
-  template <class F>
-  void spawn(F&& f) {
-    threads_.emplace_back(std::forward<F>(f));
-  }
-  void join() {
-    for (auto& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
- private:
-  std::vector<std::thread> threads_;
-};
 
 // Deadlock guard: true when the future is ready within 10 s. Otherwise releases every sync point,
 // so that the future's destructor can join its thread, and returns false.

@@ -14,40 +14,17 @@
 #include <vector>
 
 #include "flowreg/sync_point.hpp"
+#include "support/threads.hpp"
 
 using namespace flowreg;
 using flowreg::detail::SyncPoints;
+
+using flowreg::test::Threads;
 
 namespace {
 
 using Reg = Registry<std::string, int>;
 using Event = Reg::Event;
-
-// Threads of one test case. Destroying it releases every sync point first, so a failed REQUIRE
-// never leaves a parked thread that join() would wait for forever.
-class Threads {
- public:
-  Threads() { SyncPoints::instance().reset(); }
-  Threads(const Threads&) = delete;
-  Threads& operator=(const Threads&) = delete;
-  ~Threads() {
-    SyncPoints::instance().reset();
-    join();
-  }
-
-  template <class F>
-  void spawn(F&& f) {
-    threads_.emplace_back(std::forward<F>(f));
-  }
-  void join() {
-    for (auto& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
- private:
-  std::vector<std::thread> threads_;
-};
 
 // Records every event a registry reports.
 template <class R>

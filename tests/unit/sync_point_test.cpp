@@ -8,36 +8,14 @@
 #include <thread>
 #include <vector>
 
+#include "support/threads.hpp"
+
 using flowreg::detail::SyncPoints;
 using namespace std::chrono_literals;
 
+using flowreg::test::Threads;
+
 namespace {
-
-// Threads of one test case. Destroying it releases every sync point first, so a failed REQUIRE
-// never leaves a parked thread that join() would wait for forever.
-class Threads {
- public:
-  Threads() { SyncPoints::instance().reset(); }
-  Threads(const Threads&) = delete;
-  Threads& operator=(const Threads&) = delete;
-  ~Threads() {
-    SyncPoints::instance().reset();
-    join();
-  }
-
-  template <class F>
-  void spawn(F&& f) {
-    threads_.emplace_back(std::forward<F>(f));
-  }
-  void join() {
-    for (auto& t : threads_) {
-      if (t.joinable()) t.join();
-    }
-  }
-
- private:
-  std::vector<std::thread> threads_;
-};
 
 // Runs fn on another thread and reports whether it returned before the deadlock guard expired.
 template <class F>

@@ -92,33 +92,39 @@ std::vector<Diagnostic> unresolved_handlers(const Config& config, const PluginLo
   return out;
 }
 
-// The registry the commands see: the plugins of the configured directory (when it exists), then
-// the configuration's YAML flows as one module, their handlers resolved against the plugins.
-Result<Catalog> load_catalog(const Globals& g) {
-  auto config = effective_config(g);
-  if (!config) return tl::unexpected(std::move(config.error()));
+// A registry with the plugins of the configured directory (when it exists) loaded into it.
+Result<Catalog> load_plugins(const Config& config, bool warn) {
   Catalog catalog;
-  catalog.loader = std::make_unique<PluginLoader>(*catalog.registry, loader_options(*config));
+  catalog.loader = std::make_unique<PluginLoader>(*catalog.registry, loader_options(config));
   std::error_code ec;
-  if (fs::is_directory(config->plugins.dir, ec)) {
+  if (fs::is_directory(config.plugins.dir, ec)) {
     auto scanned = catalog.loader->scan();
     if (!scanned) return tl::unexpected(std::move(scanned.error()));
     catalog.plugins = std::move(*scanned);
-    for (const auto& p : catalog.plugins)
-      if (p.error) fmt::print(stderr, "flowreg: warning: plugin {}\n", p.describe_error());
+    if (warn)
+      for (const auto& p : catalog.plugins)
+        if (p.error) fmt::print(stderr, "flowreg: warning: plugin {}\n", p.describe_error());
   }
-  if (!config->flows.empty()) {
-    if (auto unresolved = unresolved_handlers(*config, *catalog.loader, catalog.plugins);
-        !unresolved.empty()) {
-      std::string message =
-          fmt::format("{}: {} handler(s) not found in the plugins of {}", config->file.string(),
-                      unresolved.size(), config->plugins.dir.string());
-      return make_error(Errc::invalid_definition, std::move(message), std::move(unresolved));
-    }
-    auto registered = catalog.registry->register_module(
-        Module{config->module, config->file.string(), std::move(config->flows), nullptr});
-    if (!registered) return tl::unexpected(std::move(registered.error()));
+  return catalog;
+}
+
+// The registry the flows commands see: the plugins, then the configuration's YAML flows as one
+// module, their handlers resolved against the plugins.
+Result<Catalog> load_catalog(const Globals& g) {
+  auto config = effective_config(g);
+  if (!config) return tl::unexpected(std::move(config.error()));
+  auto catalog = load_plugins(*config, true);
+  if (!catalog || config->flows.empty()) return catalog;
+  if (auto unresolved = unresolved_handlers(*config, *catalog->loader, catalog->plugins);
+      !unresolved.empty()) {
+    std::string message =
+        fmt::format("{}: {} handler(s) not found in the plugins of {}", config->file.string(),
+                    unresolved.size(), config->plugins.dir.string());
+    return make_error(Errc::invalid_definition, std::move(message), std::move(unresolved));
   }
+  auto registered = catalog->registry->register_module(
+      Module{config->module, config->file.string(), std::move(config->flows), nullptr});
+  if (!registered) return tl::unexpected(std::move(registered.error()));
   return catalog;
 }
 
@@ -254,25 +260,20 @@ json plugin_json(const PluginInfo& p) {
 
 int plugins_list(const Globals& g, bool as_json) {
   auto config = effective_config(g);
-  if (!config) {
-    print_error(config.error());
+  auto catalog = config ? load_plugins(*config, false) : tl::unexpected(config.error());
+  if (!catalog) {
+    print_error(catalog.error());
     return kExitFailure;
   }
-  FlowRegistry registry;
-  PluginLoader loader(registry, loader_options(*config));
-  auto scanned = loader.scan();
-  if (!scanned) {
-    print_error(scanned.error());
-    return kExitFailure;
-  }
+  const std::vector<PluginInfo>& scanned = catalog->plugins;
   if (as_json) {
     json out = json::array();
-    for (const auto& p : *scanned) out.push_back(plugin_json(p));
+    for (const auto& p : scanned) out.push_back(plugin_json(p));
     fmt::print("{}\n", out.dump(2));
     return kExitOk;
   }
-  if (scanned->empty()) fmt::print(stderr, "no plugins in {}\n", config->plugins.dir.string());
-  for (const auto& p : *scanned) {
+  if (scanned.empty()) fmt::print(stderr, "no plugins in {}\n", config->plugins.dir.string());
+  for (const auto& p : scanned) {
     fmt::print("{}  {}  module={} abi={} sha256={}\n", p.file.filename().string(),
                to_string(p.status), p.module.empty() ? "-" : p.module, p.abi.empty() ? "-" : p.abi,
                p.sha256.empty() ? "-" : p.sha256.substr(0, 16));
@@ -282,14 +283,15 @@ int plugins_list(const Globals& g, bool as_json) {
   return kExitOk;
 }
 
+// Would each file load next to the plugins already in the directory?
 int plugins_check(const Globals& g, const std::vector<std::string>& files, bool as_json) {
   auto config = effective_config(g);
-  if (!config) {
-    print_error(config.error());
+  auto catalog = config ? load_plugins(*config, false) : tl::unexpected(config.error());
+  if (!catalog) {
+    print_error(catalog.error());
     return kExitFailure;
   }
-  FlowRegistry registry;
-  PluginLoader loader(registry, loader_options(*config));
+  PluginLoader& loader = *catalog->loader;
   int status = kExitOk;
   json out = json::array();
   for (const auto& file : files) {
