@@ -1,1 +1,12 @@
-# Owned by the store work: tests/pg executables.
+# Owned by the store work: tests/pg executables. They start real PostgreSQL clusters through
+# flowreg's EmbeddedCluster (never a mock) and fail, never skip, when the server binaries are missing.
+add_executable(flowreg_pg_tests
+  pg/pg_fixture.cpp
+  pg/embedded_cluster_test.cpp
+  pg/migrations_test.cpp
+)
+target_include_directories(flowreg_pg_tests PRIVATE ${PROJECT_SOURCE_DIR}/core/src)
+target_link_libraries(flowreg_pg_tests PRIVATE flowreg_test_support flowreg_warnings PkgConfig::PQXX)
+flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations)
+set_tests_properties(flowreg_pg_tests/embedded_cluster flowreg_pg_tests/migrations
+  PROPERTIES LABELS "pg" TIMEOUT 300)

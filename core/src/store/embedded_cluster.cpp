@@ -1,0 +1,702 @@
+#include "store/embedded_cluster.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <pqxx/pqxx>
+#include <thread>
+
+#include "util/sha256.hpp"
+#include "util/subprocess.hpp"
+
+namespace flowreg::detail {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr std::string_view kMissingBinaries =
+    "PostgreSQL server binaries (initdb, pg_ctl) not found";
+constexpr std::string_view kInstallHint = "apt-get install postgresql-15";
+
+tl::unexpected<Error> db_error(std::string message) {
+  return make_error(Errc::database, std::move(message));
+}
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+bool is_executable(const fs::path& p) { return ::access(p.c_str(), X_OK) == 0; }
+
+bool has_server_binaries(const fs::path& dir) {
+  return is_executable(dir / "initdb") && is_executable(dir / "pg_ctl") &&
+         is_executable(dir / "postgres");
+}
+
+std::string trim(std::string s) {
+  const auto not_space = [](unsigned char c) { return !std::isspace(c); };
+  s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
+  s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
+  return s;
+}
+
+std::optional<fs::path> find_in_path(std::string_view program) {
+  const char* path = std::getenv("PATH");
+  std::string_view rest = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  while (!rest.empty()) {
+    const auto colon = rest.find(':');
+    const std::string_view dir = rest.substr(0, colon);
+    if (!dir.empty()) {
+      fs::path candidate = fs::path(dir) / program;
+      if (is_executable(candidate)) return candidate;
+    }
+    if (colon == std::string_view::npos) break;
+    rest.remove_prefix(colon + 1);
+  }
+  return std::nullopt;
+}
+
+// The injected directory, else `pg_config --bindir`, else the newest /usr/lib/postgresql/N/bin.
+Result<fs::path> resolve_bin_dir(const fs::path& injected) {
+  if (!injected.empty()) {
+    if (has_server_binaries(injected)) return fs::absolute(injected);
+    return make_error(Errc::not_found, fmt::format("{} in {}: {}", kMissingBinaries,
+                                                   injected.string(), kInstallHint));
+  }
+  std::vector<std::string> looked;
+  if (auto pg_config = find_in_path("pg_config")) {
+    auto r = run_subprocess({pg_config->string(), "--bindir"}, std::chrono::seconds(10));
+    if (r.exited_ok()) {
+      fs::path dir = trim(r.out);
+      if (has_server_binaries(dir)) return dir;
+      looked.push_back(dir.string() + " (pg_config --bindir)");
+    }
+  }
+  std::error_code ec;
+  std::optional<std::pair<int, fs::path>> newest;
+  for (const auto& entry : fs::directory_iterator("/usr/lib/postgresql", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit) || name.size() > 4)
+      continue;
+    const int version = std::stoi(name);
+    if (has_server_binaries(entry.path() / "bin") && (!newest || version > newest->first))
+      newest = std::pair{version, entry.path() / "bin"};
+  }
+  if (newest) return newest->second;
+  looked.push_back("/usr/lib/postgresql/*/bin");
+  std::string where;
+  for (const auto& l : looked) where += (where.empty() ? "" : ", ") + l;
+  return make_error(Errc::not_found,
+                    fmt::format("{} (looked in {}): {}", kMissingBinaries, where, kInstallHint));
+}
+
+struct UserInfo {
+  std::string name;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+std::optional<UserInfo> user_by_name(const std::string& name) {
+  passwd pw{};
+  passwd* found = nullptr;
+  std::vector<char> buffer(16384);
+  if (getpwnam_r(name.c_str(), &pw, buffer.data(), buffer.size(), &found) != 0 || !found)
+    return std::nullopt;
+  return UserInfo{pw.pw_name, pw.pw_uid, pw.pw_gid};
+}
+
+std::optional<UserInfo> user_by_uid(uid_t uid) {
+  passwd pw{};
+  passwd* found = nullptr;
+  std::vector<char> buffer(16384);
+  if (getpwuid_r(uid, &pw, buffer.data(), buffer.size(), &found) != 0 || !found)
+    return std::nullopt;
+  return UserInfo{pw.pw_name, pw.pw_uid, pw.pw_gid};
+}
+
+std::optional<fs::path> first_executable(std::initializer_list<const char*> candidates) {
+  for (const char* c : candidates)
+    if (is_executable(c)) return fs::path(c);
+  return std::nullopt;
+}
+
+// A libpq connection string value: single-quoted, with \ and ' escaped.
+std::string conninfo_value(std::string_view v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\\' || c == '\'') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+// A postgresql.conf string value.
+std::string conf_value(std::string_view v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\'') out += '\'';
+    if (c == '\\') out += '\\';
+    out += c;
+  }
+  return out + "'";
+}
+
+// The last `max_lines` lines of `path` from byte `from` on (or of the whole file).
+std::string log_tail(const fs::path& path, std::uintmax_t from = 0, std::size_t max_lines = 30) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return "(no log at " + path.string() + ")";
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<std::uintmax_t>(in.tellg());
+  constexpr std::uintmax_t kMaxBytes = 64 * 1024;
+  std::uintmax_t start = from < size ? from : 0;
+  if (size - start > kMaxBytes) start = size - kMaxBytes;
+  in.seekg(static_cast<std::streamoff>(start));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  std::size_t pos = text.size();
+  for (std::size_t lines = 0; lines < max_lines && pos != std::string::npos && pos > 0; ++lines)
+    pos = text.rfind('\n', pos - 1);
+  if (pos != std::string::npos && pos > 0) text = "...\n" + text.substr(pos + 1);
+  return text.empty() ? "(the log is empty)" : text;
+}
+
+std::uintmax_t file_size_or_zero(const fs::path& p) {
+  std::error_code ec;
+  const auto size = fs::file_size(p, ec);
+  return ec ? 0 : size;
+}
+
+// Exclusive flock() on a file, polled until a deadline; released by the destructor. flock locks
+// belong to the open file description, so two objects in one process exclude each other too.
+class FileLock {
+ public:
+  static Result<FileLock> acquire(const fs::path& path, Clock::duration wait) {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+      return make_error(
+          Errc::io, fmt::format("cannot open lock file {}: {}", path.string(), errno_text(errno)));
+    FileLock lock(fd);
+    const auto deadline = Clock::now() + wait;
+    while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR)
+        return make_error(Errc::io,
+                          fmt::format("cannot lock {}: {}", path.string(), errno_text(errno)));
+      if (Clock::now() >= deadline)
+        return make_error(Errc::database,
+                          fmt::format("timed out waiting for {}: another process holds it while "
+                                      "it starts or stops the cluster",
+                                      path.string()));
+      std::this_thread::sleep_for(milliseconds(20));
+    }
+    return lock;
+  }
+  FileLock(FileLock&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  FileLock& operator=(FileLock&&) = delete;
+  FileLock(const FileLock&) = delete;
+  FileLock& operator=(const FileLock&) = delete;
+  ~FileLock() {
+    if (fd_ >= 0) ::close(fd_);  // closing the last descriptor releases the lock
+  }
+
+ private:
+  explicit FileLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+enum class ProcState { gone, zombie, postgres, other };
+
+// What `pid` is now, from /proc (the postmaster's command name is "postgres"). A pid from a stale
+// postmaster.pid may have been reused by an unrelated process: that is not a running server.
+ProcState process_state(pid_t pid) {
+  if (pid <= 0) return ProcState::gone;
+  std::ifstream in(fmt::format("/proc/{}/stat", pid));
+  std::string stat;
+  if (!in || !std::getline(in, stat)) {
+    if (::kill(pid, 0) == 0 || errno == EPERM) return ProcState::postgres;  // no /proc: trust it
+    return ProcState::gone;
+  }
+  const auto open = stat.find('(');
+  const auto close = stat.rfind(')');
+  if (open == std::string::npos || close == std::string::npos || close + 2 >= stat.size())
+    return ProcState::other;
+  const std::string comm = stat.substr(open + 1, close - open - 1);
+  const char state = stat[close + 2];
+  if (state == 'Z' || state == 'X') return ProcState::zombie;
+  return comm == "postgres" || comm == "postmaster" ? ProcState::postgres : ProcState::other;
+}
+
+std::optional<pid_t> read_postmaster_pid(const fs::path& cluster_dir) {
+  std::ifstream in(cluster_dir / "postmaster.pid");
+  long pid = 0;
+  if (!(in >> pid) || pid <= 0) return std::nullopt;
+  return static_cast<pid_t>(pid);
+}
+
+// The pid of a live postmaster of this cluster, if any.
+std::optional<pid_t> running_postmaster(const fs::path& cluster_dir) {
+  auto pid = read_postmaster_pid(cluster_dir);
+  if (pid && process_state(*pid) == ProcState::postgres) return pid;
+  return std::nullopt;
+}
+
+Result<void> chown_to(const fs::path& p, uid_t uid, gid_t gid) {
+  if (::chown(p.c_str(), uid, gid) != 0)
+    return make_error(
+        Errc::io, fmt::format("cannot chown {} to uid {}: {}", p.string(), uid, errno_text(errno)));
+  return {};
+}
+
+Result<void> chmod_to(const fs::path& p, mode_t mode) {
+  if (::chmod(p.c_str(), mode) != 0)
+    return make_error(Errc::io,
+                      fmt::format("cannot chmod {:o} {}: {}", mode, p.string(), errno_text(errno)));
+  return {};
+}
+
+// A directory that must belong to `uid` with no access for group and others. Created when missing;
+// an existing one must already be a real directory of that user.
+Result<void> private_dir(const fs::path& p, uid_t uid, gid_t gid, bool fix_existing) {
+  if (::mkdir(p.c_str(), 0700) == 0) {
+    if (::geteuid() != uid) return chown_to(p, uid, gid);
+    return {};
+  }
+  if (errno != EEXIST)
+    return make_error(Errc::io,
+                      fmt::format("cannot create directory {}: {}", p.string(), errno_text(errno)));
+  struct stat st {};
+  if (::lstat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    return make_error(Errc::io, fmt::format("{} exists and is not a directory", p.string()));
+  if (st.st_uid != uid || (st.st_mode & 077) != 0) {
+    if (!fix_existing)
+      return make_error(Errc::io,
+                        fmt::format("{} must be a directory owned by uid {} with mode 0700 (it is "
+                                    "owned by uid {}, mode {:o}): remove it",
+                                    p.string(), uid, st.st_uid, st.st_mode & 07777));
+    if (st.st_uid != uid)
+      if (auto r = chown_to(p, uid, gid); !r) return r;
+    return chmod_to(p, 0700);
+  }
+  return {};
+}
+
+Result<void> write_file(const fs::path& p, const std::string& text) {
+  const fs::path tmp = p.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << text;
+    if (!out.flush()) return make_error(Errc::io, fmt::format("cannot write {}", tmp.string()));
+  }
+  std::error_code ec;
+  fs::rename(tmp, p, ec);
+  if (ec)
+    return make_error(Errc::io, fmt::format("cannot rename {} to {}: {}", tmp.string(), p.string(),
+                                            ec.message()));
+  return {};
+}
+
+std::string join(const std::vector<std::string>& argv) {
+  std::string out;
+  for (const auto& a : argv) out += (out.empty() ? "" : " ") + a;
+  return out;
+}
+
+}  // namespace
+
+fs::path EmbeddedCluster::socket_dir_for(const fs::path& data_dir) {
+  // sun_path holds 108 bytes including the terminating NUL.
+  constexpr std::size_t kMaxSocketPath = sizeof(sockaddr_un::sun_path) - 1;
+  const fs::path preferred = data_dir / "run";
+  const std::string socket = (preferred / fmt::format(".s.PGSQL.{}", kPort)).string();
+  if (socket.size() <= kMaxSocketPath) return preferred;
+  return fs::path("/tmp") /
+         fmt::format("flowreg-{}", sha256_hex(data_dir.lexically_normal().string()).substr(0, 16));
+}
+
+Result<EmbeddedCluster> EmbeddedCluster::open(fs::path data_dir) {
+  ClusterOptions options;
+  options.data_dir = std::move(data_dir);
+  return open(std::move(options));
+}
+
+Result<EmbeddedCluster> EmbeddedCluster::open(ClusterOptions options) {
+  EmbeddedCluster cluster;
+  std::error_code ec;
+  if (options.data_dir.empty()) options.data_dir = ".flowreg";
+  options.data_dir = fs::absolute(options.data_dir, ec).lexically_normal();
+  if (ec)
+    return make_error(Errc::invalid_argument, fmt::format("data directory {}: {}",
+                                                          options.data_dir.string(), ec.message()));
+  if (options.data_dir.has_relative_path() && options.data_dir.filename().empty())
+    options.data_dir = options.data_dir.parent_path();  // drop a trailing '/'
+  auto bin_dir = resolve_bin_dir(options.bin_dir);
+  if (!bin_dir) return tl::unexpected(bin_dir.error());
+  options.bin_dir = *bin_dir;
+
+  // The owner: whoever owns an existing cluster; else ourselves, or "postgres" when we are root.
+  const uid_t euid = ::geteuid();
+  const fs::path cluster_dir = options.data_dir / "pg";
+  struct stat st {};
+  std::optional<UserInfo> owner;
+  if (::stat(cluster_dir.c_str(), &st) == 0) {
+    owner = user_by_uid(st.st_uid);
+    if (!owner) owner = UserInfo{std::to_string(st.st_uid), st.st_uid, st.st_gid};
+    if (st.st_uid == 0)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("cluster {} belongs to root, which PostgreSQL refuses to run "
+                                    "as: chown -R postgres {}",
+                                    cluster_dir.string(), cluster_dir.string()));
+    if (euid != 0 && st.st_uid != euid)
+      return make_error(
+          Errc::invalid_argument,
+          fmt::format("cluster {} belongs to user '{}' (uid {}), flowreg runs as uid "
+                      "{}: run flowreg as '{}' or use another data directory",
+                      cluster_dir.string(), owner->name, st.st_uid, euid, owner->name));
+  } else if (euid == 0) {
+    owner = user_by_name("postgres");
+    if (!owner)
+      return make_error(Errc::invalid_argument,
+                        "running as root, flowreg runs its PostgreSQL cluster as the user "
+                        "'postgres' (initdb and postgres refuse to run as root), and there is "
+                        "none: apt-get install postgresql-15, or run flowreg as another user");
+  } else {
+    owner = user_by_uid(euid);
+    if (!owner)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("uid {} has no user name (no passwd entry)", euid));
+  }
+  if (euid == 0) {
+    if (auto setpriv = first_executable({"/usr/bin/setpriv", "/bin/setpriv"})) {
+      cluster.run_as_owner_ = {setpriv->string(), "--reuid=" + std::to_string(owner->uid),
+                               "--regid=" + std::to_string(owner->gid), "--init-groups", "--"};
+    } else if (auto runuser = first_executable({"/usr/sbin/runuser", "/sbin/runuser"})) {
+      cluster.run_as_owner_ = {runuser->string(), "-u", owner->name, "--"};
+    } else {
+      return make_error(Errc::not_found,
+                        "running as root needs setpriv or runuser (util-linux) to run PostgreSQL "
+                        "as 'postgres': apt-get install util-linux");
+    }
+    // The owner's tools would otherwise complain that they cannot enter root's working directory.
+    if (is_executable("/usr/bin/env")) {
+      cluster.run_as_owner_.insert(cluster.run_as_owner_.end(), {"/usr/bin/env", "-C", "/"});
+    }
+  }
+  cluster.owner_name_ = owner->name;
+  cluster.owner_uid_ = owner->uid;
+  cluster.owner_gid_ = owner->gid;
+  cluster.socket_dir_ = socket_dir_for(options.data_dir);
+  cluster.options_ = std::move(options);
+  return cluster;
+}
+
+std::string EmbeddedCluster::connection_string(std::string_view database) const {
+  return fmt::format("host={} port={} dbname={} user={}", conninfo_value(socket_dir_.string()),
+                     kPort, conninfo_value(database), conninfo_value(owner_name_));
+}
+
+Result<ClusterStatus> EmbeddedCluster::status() const {
+  ClusterStatus s;
+  s.data_dir = options_.data_dir;
+  s.cluster_dir = options_.data_dir / "pg";
+  s.socket_dir = socket_dir_;
+  s.log_file = options_.data_dir / "pg.log";
+  s.bin_dir = options_.bin_dir;
+  s.owner = owner_name_;
+  s.connection_string = connection_string();
+  std::error_code ec;
+  s.initialized = fs::exists(s.cluster_dir / "PG_VERSION", ec);
+  if (s.initialized) {
+    if (auto pid = running_postmaster(s.cluster_dir)) {
+      s.running = true;
+      s.postmaster_pid = *pid;
+    }
+  }
+  return s;
+}
+
+namespace {
+
+// Everything start() and stop() need, bound to one cluster.
+struct Ops {
+  const ClusterOptions& options;
+  const std::vector<std::string>& run_as;
+  const fs::path& socket_dir;
+  const std::string& owner_name;
+  uid_t uid;
+  gid_t gid;
+  fs::path cluster_dir = options.data_dir / "pg";
+  fs::path log_file = options.data_dir / "pg.log";
+
+  bool as_other_user() const { return !run_as.empty(); }
+
+  SubprocessResult run(std::vector<std::string> argv, std::chrono::seconds timeout) const {
+    std::vector<std::string> full = run_as;
+    full.insert(full.end(), argv.begin(), argv.end());
+    return run_subprocess(full, timeout);
+  }
+
+  std::string tool(const char* name) const { return (options.bin_dir / name).string(); }
+
+  Result<void> prepare_dirs() const {
+    std::error_code ec;
+    fs::create_directories(options.data_dir, ec);
+    if (ec)
+      return make_error(Errc::io, fmt::format("cannot create data directory {}: {}",
+                                              options.data_dir.string(), ec.message()));
+    if (as_other_user()) {
+      // The owner must be able to reach its cluster inside our directory: search permission for
+      // others (no read: they cannot list it).
+      struct stat st {};
+      if (::stat(options.data_dir.c_str(), &st) != 0)
+        return make_error(Errc::io, fmt::format("cannot stat {}: {}", options.data_dir.string(),
+                                                errno_text(errno)));
+      if ((st.st_mode & S_IXOTH) == 0)
+        if (auto r = chmod_to(options.data_dir, (st.st_mode & 07777) | S_IXOTH); !r) return r;
+      auto probe =
+          run({"/usr/bin/test", "-x", options.data_dir.string()}, std::chrono::seconds(10));
+      if (!probe.exited_ok())
+        return make_error(
+            Errc::io,
+            fmt::format("the user '{}' that runs the cluster cannot enter {}: a parent directory "
+                        "is not searchable by it (chmod o+x the parents, or use a data directory "
+                        "elsewhere, such as under /var/lib)",
+                        owner_name, options.data_dir.string()));
+    }
+    const bool socket_in_data_dir = socket_dir.parent_path() == options.data_dir;
+    if (auto r = private_dir(socket_dir, uid, gid, socket_in_data_dir); !r) return r;
+    if (!fs::exists(log_file, ec)) {
+      const int fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+      if (fd < 0)
+        return make_error(
+            Errc::io, fmt::format("cannot create {}: {}", log_file.string(), errno_text(errno)));
+      ::close(fd);
+    }
+    if (as_other_user())
+      if (auto r = chown_to(log_file, uid, gid); !r) return r;
+    return {};
+  }
+
+  // initdb into a scratch directory, renamed into place when complete: a crash half-way leaves
+  // no half-made cluster behind.
+  Result<void> init() const {
+    const fs::path scratch = options.data_dir / "pg.initdb";
+    std::error_code ec;
+    fs::remove_all(scratch, ec);
+    if (auto r = private_dir(scratch, uid, gid, true); !r) return r;
+    std::vector<std::string> argv = {tool("initdb"), "-D",         scratch.string(),
+                                     "--auth=trust", "--locale=C", "--encoding=UTF8",
+                                     "-U",           owner_name};
+    if (!options.sync_init) argv.push_back("--no-sync");
+    auto r = run(argv, std::chrono::seconds(300));
+    if (!r.exited_ok())
+      return db_error(fmt::format("initdb of {} failed: {}\n{}", scratch.string(), r.describe_end(),
+                                  trim(r.out + "\n" + r.err)));
+    {
+      std::ofstream conf(scratch / "postgresql.conf", std::ios::app);
+      conf << "\n# flowreg: settings it rewrites at every start\ninclude_if_exists = "
+              "'flowreg.conf'\n";
+      if (!conf.flush())
+        return make_error(
+            Errc::io, fmt::format("cannot append to {}", (scratch / "postgresql.conf").string()));
+    }
+    fs::rename(scratch, cluster_dir, ec);
+    if (ec)
+      return make_error(Errc::io, fmt::format("cannot rename {} to {}: {}", scratch.string(),
+                                              cluster_dir.string(), ec.message()));
+    return {};
+  }
+
+  // Written before every start, so a moved data directory gets its new socket path.
+  Result<void> write_settings() const {
+    const fs::path conf = cluster_dir / "flowreg.conf";
+    const std::string text = fmt::format(
+        "# Written by flowreg before every start: edits are lost.\n"
+        "listen_addresses = ''\n"
+        "port = {}\n"
+        "unix_socket_directories = {}\n"
+        "unix_socket_permissions = 0700\n"
+        "max_connections = 100\n"
+        "shared_buffers = 64MB\n"
+        "fsync = on\n"
+        "synchronous_commit = on\n"
+        "full_page_writes = on\n"
+        "logging_collector = off\n"
+        "log_line_prefix = '%m [%p] '\n",
+        EmbeddedCluster::kPort, conf_value(socket_dir.string()));
+    if (auto r = write_file(conf, text); !r) return r;
+    if (as_other_user())
+      if (auto r = chown_to(conf, uid, gid); !r) return r;
+    return chmod_to(conf, 0600);
+  }
+
+  // After a crash the postmaster of postmaster.pid may linger as a zombie until it is reaped, and
+  // postgres refuses to start while that pid exists. Wait for it.
+  Result<void> wait_for_dead_postmaster(Clock::time_point deadline) const {
+    auto pid = read_postmaster_pid(cluster_dir);
+    if (!pid) return {};
+    while (process_state(*pid) == ProcState::zombie) {
+      if (Clock::now() >= deadline)
+        return db_error(
+            fmt::format("the previous postmaster (pid {}, from {}) died but was not "
+                        "reaped: its parent must wait() for it",
+                        *pid, (cluster_dir / "postmaster.pid").string()));
+      std::this_thread::sleep_for(milliseconds(50));
+    }
+    return {};
+  }
+
+  Result<void> start_server() const {
+    const auto deadline = Clock::now() + options.start_timeout;
+    while (true) {
+      if (auto r = wait_for_dead_postmaster(deadline); !r) return r;
+      const auto log_offset = file_size_or_zero(log_file);
+      const auto left = std::max<std::chrono::seconds::rep>(
+          1, std::chrono::duration_cast<std::chrono::seconds>(deadline - Clock::now()).count());
+      std::vector<std::string> argv = {
+          tool("pg_ctl"),    "start", "-D", cluster_dir.string(), "-l",
+          log_file.string(), "-w",    "-t", std::to_string(left), "-s"};
+      auto r = run(argv, std::chrono::seconds(left + 15));
+      if (r.exited_ok()) return {};
+      const std::string tail = log_tail(log_file, log_offset);
+      // Processes of a killed server still attached to its shared memory, or its pid still
+      // taken: postgres refuses, and a moment later it is fine.
+      const bool transient = tail.find("pre-existing shared memory block") != std::string::npos ||
+                             (tail.find("lock file") != std::string::npos &&
+                              tail.find("already exists") != std::string::npos);
+      if (transient && Clock::now() + milliseconds(250) < deadline) {
+        std::this_thread::sleep_for(milliseconds(250));
+        continue;
+      }
+      return db_error(
+          fmt::format("starting PostgreSQL (cluster {}) failed: {} {}: {}\n--- {} ---\n{}",
+                      cluster_dir.string(), join(argv), r.describe_end(),
+                      trim(r.err + "\n" + r.out), log_file.string(), tail));
+    }
+  }
+
+  // Connects to the maintenance database and creates ours when missing. `transient` tells
+  // whether the failure may pass by itself: the server is starting, shutting down, recovering, or
+  // dying (a killed postmaster that still looked alive a moment ago).
+  Result<void> ensure_database(const std::string& maintenance_conninfo, bool& transient) const {
+    transient = false;
+    try {
+      pqxx::connection conn(maintenance_conninfo);
+      pqxx::nontransaction tx(conn);
+      auto rows = tx.exec_params("SELECT 1 FROM pg_database WHERE datname = $1", options.database);
+      if (rows.empty()) tx.exec0("CREATE DATABASE " + conn.quote_name(options.database));
+      return {};
+    } catch (const pqxx::broken_connection& e) {
+      const std::string what = e.what();
+      for (const char* marker :
+           {"starting up", "shutting down", "recovery mode", "closed the connection",
+            "No such file or directory", "Connection refused"})
+        if (what.find(marker) != std::string::npos) transient = true;
+      return db_error(fmt::format("cannot connect to the cluster {} ({}): {}\n--- {} ---\n{}",
+                                  cluster_dir.string(), maintenance_conninfo, trim(what),
+                                  log_file.string(), log_tail(log_file)));
+    } catch (const std::exception& e) {
+      return db_error(fmt::format("creating database '{}' in cluster {} failed: {}",
+                                  options.database, cluster_dir.string(), trim(e.what())));
+    }
+  }
+};
+
+}  // namespace
+
+Result<std::string> EmbeddedCluster::ensure_running() {
+  auto outcome = start();
+  if (!outcome) return tl::unexpected(outcome.error());
+  return std::move(outcome->connection_string);
+}
+
+Result<StartOutcome> EmbeddedCluster::start() {
+  const Ops ops{options_, run_as_owner_, socket_dir_, owner_name_, owner_uid_, owner_gid_};
+  std::error_code ec;
+  fs::create_directories(options_.data_dir, ec);
+  if (ec)
+    return make_error(Errc::io, fmt::format("cannot create data directory {}: {}",
+                                            options_.data_dir.string(), ec.message()));
+  // Init and start may take a while in another process; wait for it a bit longer than that.
+  auto lock = FileLock::acquire(options_.data_dir / "cluster.lock",
+                                options_.start_timeout * 2 + std::chrono::seconds(300));
+  if (!lock) return tl::unexpected(lock.error());
+
+  StartOutcome outcome;
+  const auto deadline = Clock::now() + options_.start_timeout;
+  while (true) {
+    auto pid = running_postmaster(ops.cluster_dir);
+    if (!pid) {
+      if (auto r = ops.prepare_dirs(); !r) return tl::unexpected(r.error());
+      if (!fs::exists(ops.cluster_dir / "PG_VERSION", ec)) {
+        if (fs::exists(ops.cluster_dir, ec))
+          return db_error(
+              fmt::format("{} exists but holds no PostgreSQL cluster (no PG_VERSION): "
+                          "move it away to let flowreg create a new one",
+                          ops.cluster_dir.string()));
+        const auto t0 = Clock::now();
+        if (auto r = ops.init(); !r) return tl::unexpected(r.error());
+        outcome.initialized = true;
+        outcome.init_time = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
+      }
+      if (auto r = ops.write_settings(); !r) return tl::unexpected(r.error());
+      const auto t0 = Clock::now();
+      if (auto r = ops.start_server(); !r) return tl::unexpected(r.error());
+      outcome.started = true;
+      outcome.start_time = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
+      pid = read_postmaster_pid(ops.cluster_dir);
+    }
+    bool transient = false;
+    auto ready = ops.ensure_database(connection_string("postgres"), transient);
+    if (ready) {
+      outcome.postmaster_pid = pid.value_or(0);
+      outcome.connection_string = connection_string();
+      return outcome;
+    }
+    // The server we found (or just started) may be dying or still recovering: look again.
+    if (!transient || Clock::now() >= deadline) return tl::unexpected(ready.error());
+    std::this_thread::sleep_for(milliseconds(100));
+  }
+}
+
+Result<void> EmbeddedCluster::stop() {
+  const Ops ops{options_, run_as_owner_, socket_dir_, owner_name_, owner_uid_, owner_gid_};
+  std::error_code ec;
+  if (!fs::exists(options_.data_dir, ec)) return {};
+  auto lock = FileLock::acquire(options_.data_dir / "cluster.lock",
+                                options_.start_timeout * 2 + std::chrono::seconds(300));
+  if (!lock) return tl::unexpected(lock.error());
+  // A socket directory of our own in /tmp goes away with the server; <data_dir>/run stays.
+  const auto remove_private_socket_dir = [&] {
+    if (socket_dir_.parent_path() != options_.data_dir) fs::remove(socket_dir_, ec);
+  };
+  if (!running_postmaster(ops.cluster_dir)) {
+    remove_private_socket_dir();  // only when empty: a crashed server may have left its socket
+    return {};
+  }
+  const auto log_offset = file_size_or_zero(ops.log_file);
+  const auto timeout = options_.start_timeout.count();
+  std::vector<std::string> argv = {
+      ops.tool("pg_ctl"),      "stop", "-D", ops.cluster_dir.string(), "-m", "fast", "-w", "-t",
+      std::to_string(timeout), "-s"};
+  auto r = ops.run(argv, std::chrono::seconds(timeout + 15));
+  if (!r.exited_ok())
+    return db_error(fmt::format(
+        "stopping PostgreSQL (cluster {}) failed: {} {}: {}\n--- {} ---\n{}",
+        ops.cluster_dir.string(), join(argv), r.describe_end(), trim(r.err + "\n" + r.out),
+        ops.log_file.string(), log_tail(ops.log_file, log_offset)));
+  remove_private_socket_dir();
+  return {};
+}
+
+}  // namespace flowreg::detail

@@ -1,0 +1,86 @@
+// The cluster shared by the cases of one test process, and cleanup at exit.
+//
+// Declared again (extern) by each test file: tests/pg has no header of its own.
+//   flowreg::pgtest::test_root()       /tmp/flowreg_pg_test_<pid>, this process's scratch space
+//   flowreg::pgtest::shared_cluster()  started once per process, stopped and removed at exit
+//   flowreg::pgtest::track(cluster)    another cluster to stop at exit
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "store/embedded_cluster.hpp"
+
+namespace flowreg::pgtest {
+
+namespace fs = std::filesystem;
+using detail::ClusterOptions;
+using detail::EmbeddedCluster;
+
+fs::path test_root() {
+  static const fs::path root = fs::path("/tmp") / ("flowreg_pg_test_" + std::to_string(getpid()));
+  return root;
+}
+
+namespace {
+
+struct Cleanup {
+  std::mutex mutex;
+  std::vector<EmbeddedCluster> clusters;
+
+  // Runs after OpenSSL's own exit handler: nothing here may hash (EmbeddedCluster::open would).
+  ~Cleanup() {
+    if (getpid() != owner_pid) return;  // a forked child leaves the clusters to its parent
+    for (auto& cluster : clusters) {
+      if (auto r = cluster.stop(); !r)
+        std::fprintf(stderr, "cleanup: %s\n", r.error().format().c_str());
+    }
+    std::error_code ec;
+    fs::remove_all(test_root(), ec);
+  }
+  pid_t owner_pid = getpid();
+};
+
+Cleanup& cleanup() {
+  static Cleanup instance;
+  return instance;
+}
+
+}  // namespace
+
+void track(const EmbeddedCluster& cluster) {
+  auto& c = cleanup();
+  std::lock_guard lock(c.mutex);
+  c.clusters.push_back(cluster);
+}
+
+EmbeddedCluster& shared_cluster() {
+  // Deliberately long: "<data_dir>/run/.s.PGSQL.5432" exceeds sun_path, so every case that uses
+  // this cluster also exercises the short socket directory in /tmp.
+  static const fs::path data_dir =
+      test_root() / "shared_cluster_with_a_name_long_enough_to_push_the_socket_path_past_sun_path";
+  static EmbeddedCluster* cluster = [] {
+    cleanup();  // constructed first, so destroyed after the cluster is no longer used
+    ClusterOptions options;
+    options.data_dir = data_dir;
+    options.sync_init = false;  // a throwaway cluster
+    auto opened = EmbeddedCluster::open(options);
+    if (!opened) throw std::runtime_error(opened.error().format());
+    track(*opened);
+    auto started = opened->start();
+    if (!started) throw std::runtime_error(started.error().format());
+    std::fprintf(stderr, "shared cluster: initdb %lld ms, start %lld ms\n",
+                 static_cast<long long>(started->init_time.count()),
+                 static_cast<long long>(started->start_time.count()));
+    auto* c = new EmbeddedCluster(std::move(*opened));  // never destroyed: used until exit
+    return c;
+  }();
+  return *cluster;
+}
+
+}  // namespace flowreg::pgtest
