@@ -147,7 +147,7 @@ Result<void> DirectoryWatcher::start() {
     return make_error(Errc::invalid_argument,
                       "directory watcher '" + dir_.string() + "': start() from its own callback");
   }
-  std::lock_guard lock(lifecycle_mu_);
+  MutexLock lock(lifecycle_mu_);
   if (started_ || stop_requested_.load()) {
     return make_error(Errc::invalid_argument,
                       "directory watcher '" + dir_.string() + "' was already started or stopped");
@@ -206,7 +206,7 @@ void DirectoryWatcher::stop() {
   // From within a callback: the thread sees the flag when the callback returns and delivers
   // nothing more. Joining here would be joining itself.
   if (on_watcher_thread()) return;
-  std::lock_guard lock(lifecycle_mu_);
+  MutexLock lock(lifecycle_mu_);
   if (thread_.joinable()) thread_.join();
 }
 

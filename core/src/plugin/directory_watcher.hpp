@@ -19,19 +19,7 @@
 #include <vector>
 
 #include "flowreg/error.hpp"
-
-// Clang's -Wthread-safety annotations (no-ops elsewhere). Guarded so that another header may
-// define the same macros first.
-#ifndef FLOWREG_THREAD_ANNOTATION
-#if defined(__clang__)
-#define FLOWREG_THREAD_ANNOTATION(x) __attribute__((x))
-#else
-#define FLOWREG_THREAD_ANNOTATION(x)
-#endif
-#endif
-#ifndef FLOWREG_GUARDED_BY
-#define FLOWREG_GUARDED_BY(x) FLOWREG_THREAD_ANNOTATION(guarded_by(x))
-#endif
+#include "flowreg/thread_annotations.hpp"
 
 namespace flowreg::detail {
 
@@ -144,7 +132,7 @@ class DirectoryWatcher {
   std::atomic<std::uint64_t> rescans_{0};
   std::atomic<std::thread::id> worker_id_{};
 
-  std::mutex lifecycle_mu_;  // serializes start() and the join in stop()
+  AnnotatedMutex lifecycle_mu_;  // serializes start() and the join in stop()
   std::thread thread_ FLOWREG_GUARDED_BY(lifecycle_mu_);
   bool started_ FLOWREG_GUARDED_BY(lifecycle_mu_) = false;
 };
