@@ -21,7 +21,8 @@ std::string SubprocessResult::describe_end() const {
 }
 
 SubprocessResult run_subprocess(const std::vector<std::string>& argv,
-                                std::chrono::milliseconds timeout, std::size_t max_output) {
+                                std::chrono::milliseconds timeout, std::size_t max_output,
+                                const std::string& cwd) {
   SubprocessResult result;
   int out_pipe[2], err_pipe[2];
   if (pipe2(out_pipe, O_CLOEXEC) != 0) {
@@ -50,6 +51,10 @@ SubprocessResult run_subprocess(const std::vector<std::string>& argv,
     dup2(err_pipe[1], STDERR_FILENO);
     const int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, STDIN_FILENO);
+    if (!cwd.empty() && chdir(cwd.c_str()) != 0) _exit(127);
+    // Nothing else of ours leaks into the child (a long-lived child such as a postmaster would
+    // otherwise keep our descriptors open).
+    close_range(3, ~0U, 0);
     execv(args[0], args.data());
     _exit(127);
   }

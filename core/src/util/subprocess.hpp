@@ -20,9 +20,10 @@ struct SubprocessResult {
   std::string describe_end() const;
 };
 
-// argv[0] is the path of the program. Output beyond `max_output` bytes per stream is dropped.
+// argv[0] is the path of the program; it runs in `cwd` when given. Output beyond `max_output`
+// bytes per stream is dropped.
 SubprocessResult run_subprocess(const std::vector<std::string>& argv,
                                 std::chrono::milliseconds timeout,
-                                std::size_t max_output = 16u << 20);
+                                std::size_t max_output = 16u << 20, const std::string& cwd = {});
 
 }  // namespace flowreg::detail
