@@ -4,9 +4,11 @@ add_executable(flowreg_pg_tests
   pg/pg_fixture.cpp
   pg/embedded_cluster_test.cpp
   pg/migrations_test.cpp
+  pg/run_store_test.cpp
 )
 target_include_directories(flowreg_pg_tests PRIVATE ${PROJECT_SOURCE_DIR}/core/src)
 target_link_libraries(flowreg_pg_tests PRIVATE flowreg_test_support flowreg_warnings PkgConfig::PQXX)
-flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations)
+flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations run_store)
 set_tests_properties(flowreg_pg_tests/embedded_cluster flowreg_pg_tests/migrations
+  flowreg_pg_tests/run_store
   PROPERTIES LABELS "pg" TIMEOUT 300)

@@ -53,5 +53,6 @@ std::span<const Migration> builtin_migrations() noexcept {
 target_sources(flowreg_core PRIVATE
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/embedded_cluster.cpp
   ${CMAKE_CURRENT_SOURCE_DIR}/src/store/migrations.cpp
+  ${CMAKE_CURRENT_SOURCE_DIR}/src/store/run_store.cpp
   ${CMAKE_CURRENT_BINARY_DIR}/migrations_sql.cpp)
 target_link_libraries(flowreg_core PRIVATE PkgConfig::PQXX)

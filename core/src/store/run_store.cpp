@@ -1,0 +1,427 @@
+#include "store/run_store.hpp"
+
+#include <fmt/format.h>
+
+#include <deque>
+#include <pqxx/pqxx>
+#include <set>
+#include <utility>
+
+namespace flowreg::detail {
+
+namespace {
+
+// Timestamps travel as microseconds since the epoch.
+constexpr const char* kRunColumns =
+    "id::text, flow_slug, flow_version, status, input::text, output::text, error,"
+    " (extract(epoch FROM created_at) * 1000000)::bigint,"
+    " (extract(epoch FROM finished_at) * 1000000)::bigint, retry_of::text, idempotency_key";
+
+struct Statement {
+  const char* name;
+  std::string sql;
+};
+
+const std::vector<Statement>& statements() {
+  static const std::vector<Statement> list = {
+      {"upsert_flow", "SELECT flowreg.upsert_flow($1, $2, $3::jsonb)"},
+      {"start_run",
+       "SELECT run_id::text, created FROM flowreg.start_runs($1, $2, ARRAY[$3::jsonb],"
+       " CASE WHEN $4 = '' THEN NULL ELSE ARRAY[$4::text] END, NULLIF($5, '')::uuid)"},
+      {"start_runs",
+       "SELECT run_id::text FROM flowreg.start_runs($1, $2,"
+       " ARRAY(SELECT jsonb_array_elements($3::jsonb)))"},
+      {"claim",
+       "SELECT id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
+       " input::text, max_attempts, (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
+       " FROM flowreg.claim_tasks($1, $2::jsonb, $3::int)"},
+      {"renew", "SELECT unnest(flowreg.renew_leases($1, $2::jsonb))"},
+      {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb))"},
+      {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb))"},
+      {"cancel_run", "SELECT flowreg.cancel_run($1::uuid)"},
+      {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text"},
+      {"prune", "SELECT flowreg.prune($1::bigint * interval '1 ms')"},
+      {"get_run", std::string("SELECT ") + kRunColumns + " FROM flowreg.runs WHERE id = $1::uuid"},
+      {"list_runs", std::string("SELECT ") + kRunColumns +
+                        " FROM flowreg.runs WHERE ($1 = '' OR flow_slug = $1)"
+                        " AND ($2 = '' OR status = $2) ORDER BY created_at DESC, id LIMIT $3::int"},
+      {"run_steps",
+       "SELECT s.step_slug, s.kind, s.status, s.task_count,"
+       " coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
+       "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug), 0)::int,"
+       " (extract(epoch FROM s.started_at) * 1000000)::bigint,"
+       " (extract(epoch FROM s.finished_at) * 1000000)::bigint, s.error, s.output::text"
+       " FROM flowreg.step_states s WHERE s.run_id = $1::uuid ORDER BY s.step_index"},
+  };
+  return list;
+}
+
+TimePoint from_micros(std::int64_t us) {
+  return TimePoint(std::chrono::duration_cast<TimePoint::duration>(std::chrono::microseconds(us)));
+}
+
+std::optional<TimePoint> opt_time(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return from_micros(f.as<std::int64_t>());
+}
+
+std::optional<std::string> opt_text(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return f.as<std::string>();
+}
+
+std::optional<Json> opt_json(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return Json::parse(f.c_str());
+}
+
+// Runs `body`, translating what pqxx and the JSON parser throw into an Error naming `what`.
+template <class F>
+auto guarded(std::string_view what, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const pqxx::sql_error& e) {
+    const std::string state = e.sqlstate();
+    Errc code = Errc::database;
+    if (state == "P0002") code = Errc::not_found;
+    if (state == "22023" || state == "22P02") code = Errc::invalid_argument;
+    std::string message = e.what();
+    while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
+      message.pop_back();
+    if (message.rfind("ERROR:  ", 0) == 0) message.erase(0, 8);
+    return make_error(code, fmt::format("{}: {}", what, message));
+  } catch (const std::exception& e) {
+    return make_error(Errc::database, fmt::format("{}: {}", what, e.what()));
+  }
+}
+
+RunInfo run_of(const pqxx::row& r) {
+  RunInfo info;
+  info.id = r[0].as<std::string>();
+  info.flow_slug = r[1].as<std::string>();
+  info.flow_version = r[2].as<std::string>();
+  info.status = parse_run_status(r[3].as<std::string>()).value_or(RunStatus::started);
+  info.input = Json::parse(r[4].c_str());
+  info.output = opt_json(r[5]);
+  info.error = opt_text(r[6]);
+  info.created_at = from_micros(r[7].as<std::int64_t>());
+  info.finished_at = opt_time(r[8]);
+  info.retry_of = opt_text(r[9]);
+  info.idempotency_key = opt_text(r[10]);
+  return info;
+}
+
+std::vector<TaskId> ids_of(const pqxx::result& rows) {
+  std::vector<TaskId> out;
+  out.reserve(rows.size());
+  for (const auto& row : rows) out.push_back(row[0].as<TaskId>());
+  return out;
+}
+
+}  // namespace
+
+std::string_view to_string(RunStatus status) noexcept {
+  switch (status) {
+    case RunStatus::started:
+      return "started";
+    case RunStatus::completed:
+      return "completed";
+    case RunStatus::failed:
+      return "failed";
+    case RunStatus::cancelled:
+      return "cancelled";
+  }
+  return "?";
+}
+
+std::optional<RunStatus> parse_run_status(std::string_view text) noexcept {
+  for (auto s : {RunStatus::started, RunStatus::completed, RunStatus::failed, RunStatus::cancelled})
+    if (to_string(s) == text) return s;
+  return std::nullopt;
+}
+
+Json flow_definition_json(const FlowDef& flow) {
+  Json steps = Json::array();
+  for (const auto& step : flow.steps) {
+    const Options o = flow.step_options(step);
+    steps.push_back({{"slug", step.slug},
+                     {"kind", std::string(to_string(step.kind))},
+                     {"depends_on", step.depends_on},
+                     {"handler", step.handler},
+                     {"options",
+                      {{"max_attempts", o.max_attempts},
+                       {"base_delay_ms", o.base_delay.count()},
+                       {"max_delay_ms", o.max_delay.count()},
+                       {"timeout_ms", o.timeout.count()}}}});
+  }
+  return {{"slug", flow.slug},
+          {"steps", std::move(steps)},
+          {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
+}
+
+// ---------------------------------------------------------------------------------------------
+// RunStore
+
+struct RunStore::Impl {
+  explicit Impl(const std::string& conninfo) : conn(conninfo) {
+    for (const auto& s : statements()) conn.prepare(s.name, s.sql);
+  }
+
+  template <class... Args>
+  pqxx::result exec(const char* name, Args&&... args) {
+    pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
+    return tx.exec_prepared(name, std::forward<Args>(args)...);
+  }
+
+  pqxx::connection conn;
+};
+
+RunStore::RunStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RunStore::RunStore(RunStore&&) noexcept = default;
+RunStore& RunStore::operator=(RunStore&&) noexcept = default;
+RunStore::~RunStore() = default;
+
+Result<RunStore> RunStore::connect(const std::string& conninfo) {
+  return guarded("connecting to the run store",
+                 [&]() -> Result<RunStore> { return RunStore(std::make_unique<Impl>(conninfo)); });
+}
+
+Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version) {
+  const std::string what = fmt::format("storing flow '{}' version '{}'", flow.slug, version);
+  if (flow.slug.empty() || version.empty())
+    return make_error(Errc::invalid_argument, what + ": the slug and the version must be set");
+  if (flow.steps.empty())
+    return make_error(Errc::invalid_argument, what + ": the flow has no step");
+  std::set<std::string_view> seen;
+  for (const auto& step : flow.steps) {
+    for (const auto& dep : step.depends_on)
+      if (!seen.contains(dep))
+        return make_error(Errc::invalid_argument,
+                          fmt::format("{}: step '{}' depends on '{}', which is not declared before "
+                                      "it",
+                                      what, step.slug, dep));
+    if (step.kind == StepKind::map && step.depends_on.size() > 1)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("{}: map step '{}' has {} dependencies; a map step has at "
+                                    "most one",
+                                    what, step.slug, step.depends_on.size()));
+    if (!seen.insert(step.slug).second)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("{}: step '{}' is declared twice", what, step.slug));
+  }
+  const std::string def = flow_definition_json(flow).dump();
+  return guarded(what, [&]() -> Result<bool> {
+    return impl_->exec("upsert_flow", flow.slug, std::string(version), def)[0][0].as<bool>();
+  });
+}
+
+Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view version,
+                                  const Json& input, const StartOptions& options) {
+  const std::string what =
+      fmt::format("starting a run of flow '{}' version '{}'", flow_slug, version);
+  if (options.idempotency_key && options.idempotency_key->empty())
+    return make_error(Errc::invalid_argument, what + ": the idempotency key is empty");
+  return guarded(what, [&]() -> Result<RunId> {
+    auto rows = impl_->exec("start_run", std::string(flow_slug), std::string(version), input.dump(),
+                            options.idempotency_key.value_or(""), options.retry_of.value_or(""));
+    if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
+    return rows[0][0].as<std::string>();
+  });
+}
+
+Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
+                                                std::string_view version,
+                                                std::span<const Json> inputs) {
+  const std::string what =
+      fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(), flow_slug, version);
+  Json all = Json::array();
+  for (const auto& input : inputs) all.push_back(input);
+  return guarded(what, [&]() -> Result<std::vector<RunId>> {
+    auto rows = impl_->exec("start_runs", std::string(flow_slug), std::string(version), all.dump());
+    std::vector<RunId> out;
+    out.reserve(rows.size());
+    for (const auto& row : rows) out.push_back(row[0].as<std::string>());
+    return out;
+  });
+}
+
+Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
+                                                 std::span<const FlowKey> flows, int limit) {
+  if (limit <= 0 || flows.empty()) return std::vector<ClaimedTask>{};
+  Json keys = Json::array();
+  for (const auto& f : flows) keys.push_back({{"slug", f.slug}, {"version", f.version}});
+  return guarded("claiming tasks", [&]() -> Result<std::vector<ClaimedTask>> {
+    auto rows = impl_->exec("claim", std::string(worker_id), keys.dump(), limit);
+    std::vector<ClaimedTask> out;
+    out.reserve(rows.size());
+    for (const auto& r : rows) {
+      ClaimedTask t;
+      t.id = r[0].as<TaskId>();
+      t.run_id = r[1].as<std::string>();
+      t.flow_slug = r[2].as<std::string>();
+      t.flow_version = r[3].as<std::string>();
+      t.step_slug = r[4].as<std::string>();
+      t.task_index = r[5].as<int>();
+      t.attempt = r[6].as<int>();
+      t.input = Json::parse(r[7].c_str());
+      t.max_attempts = r[8].as<int>();
+      t.lease_expires_at = from_micros(r[9].as<std::int64_t>());
+      out.push_back(std::move(t));
+    }
+    return out;
+  });
+}
+
+Result<std::vector<TaskId>> RunStore::renew(std::string_view worker_id,
+                                            std::span<const TaskAttempt> tasks) {
+  if (tasks.empty()) return std::vector<TaskId>{};
+  Json batch = Json::array();
+  for (const auto& t : tasks) batch.push_back({{"id", t.id}, {"attempt", t.attempt}});
+  return guarded("renewing leases", [&]() -> Result<std::vector<TaskId>> {
+    return ids_of(impl_->exec("renew", std::string(worker_id), batch.dump()));
+  });
+}
+
+Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> completions) {
+  if (completions.empty()) return std::vector<TaskId>{};
+  Json batch = Json::array();
+  for (const auto& c : completions)
+    batch.push_back({{"id", c.id}, {"attempt", c.attempt}, {"output", c.output}});
+  return guarded("completing tasks", [&]() -> Result<std::vector<TaskId>> {
+    return ids_of(impl_->exec("complete", batch.dump()));
+  });
+}
+
+Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {
+  if (failures.empty()) return std::vector<TaskId>{};
+  Json batch = Json::array();
+  for (const auto& f : failures)
+    batch.push_back(
+        {{"id", f.id}, {"attempt", f.attempt}, {"error", f.error}, {"permanent", f.permanent}});
+  return guarded("failing tasks", [&]() -> Result<std::vector<TaskId>> {
+    return ids_of(impl_->exec("fail", batch.dump()));
+  });
+}
+
+Result<bool> RunStore::cancel_run(const RunId& run) {
+  return guarded(fmt::format("cancelling run {}", run),
+                 [&]() -> Result<bool> { return impl_->exec("cancel_run", run)[0][0].as<bool>(); });
+}
+
+Result<RunId> RunStore::retry_run(const RunId& run) {
+  return guarded(fmt::format("retrying run {}", run), [&]() -> Result<RunId> {
+    return impl_->exec("retry_run", run)[0][0].as<std::string>();
+  });
+}
+
+Result<std::int64_t> RunStore::prune(Millis older_than) {
+  return guarded("pruning runs", [&]() -> Result<std::int64_t> {
+    return impl_->exec("prune", static_cast<std::int64_t>(older_than.count()))[0][0]
+        .as<std::int64_t>();
+  });
+}
+
+Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
+  return guarded(fmt::format("reading run {}", run), [&]() -> Result<std::optional<RunInfo>> {
+    auto rows = impl_->exec("get_run", run);
+    if (rows.empty()) return std::optional<RunInfo>{};
+    return std::optional<RunInfo>(run_of(rows[0]));
+  });
+}
+
+Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter) {
+  return guarded("listing runs", [&]() -> Result<std::vector<RunInfo>> {
+    auto rows = impl_->exec("list_runs", filter.flow_slug.value_or(""),
+                            filter.status ? std::string(to_string(*filter.status)) : std::string(),
+                            filter.limit);
+    std::vector<RunInfo> out;
+    out.reserve(rows.size());
+    for (const auto& r : rows) out.push_back(run_of(r));
+    return out;
+  });
+}
+
+Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
+  return guarded(fmt::format("reading the steps of run {}", run),
+                 [&]() -> Result<std::vector<StepInfo>> {
+                   std::vector<StepInfo> out;
+                   for (const auto& r : impl_->exec("run_steps", run)) {
+                     StepInfo s;
+                     s.slug = r[0].as<std::string>();
+                     s.kind = r[1].as<std::string>();
+                     s.status = r[2].as<std::string>();
+                     s.task_count = r[3].as<int>();
+                     s.attempts = r[4].as<int>();
+                     s.started_at = opt_time(r[5]);
+                     s.finished_at = opt_time(r[6]);
+                     s.error = opt_text(r[7]);
+                     s.output = opt_json(r[8]);
+                     out.push_back(std::move(s));
+                   }
+                   return out;
+                 });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listener
+
+namespace {
+
+class QueueingReceiver final : public pqxx::notification_receiver {
+ public:
+  QueueingReceiver(pqxx::connection_base& conn, const std::string& channel,
+                   std::deque<Notification>& queue)
+      : pqxx::notification_receiver(conn, channel), queue_(queue) {}
+  void operator()(const std::string& payload, int /*backend_pid*/) override {
+    queue_.push_back(Notification{channel(), payload});
+  }
+
+ private:
+  std::deque<Notification>& queue_;
+};
+
+}  // namespace
+
+struct Listener::Impl {
+  explicit Impl(const std::string& conninfo) : conn(conninfo) {}
+  std::deque<Notification> queue;
+  pqxx::connection conn;
+  std::vector<std::unique_ptr<QueueingReceiver>> receivers;  // destroyed before conn
+};
+
+Listener::Listener(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Listener::Listener(Listener&&) noexcept = default;
+Listener& Listener::operator=(Listener&&) noexcept = default;
+Listener::~Listener() = default;
+
+Result<Listener> Listener::connect(const std::string& conninfo, std::vector<std::string> channels) {
+  return guarded("listening for run store notifications", [&]() -> Result<Listener> {
+    auto impl = std::make_unique<Impl>(conninfo);
+    for (const auto& channel : channels)
+      impl->receivers.push_back(
+          std::make_unique<QueueingReceiver>(impl->conn, channel, impl->queue));
+    impl->conn.get_notifs();  // sends the LISTENs now, so nothing after connect() is missed
+    return Listener(std::move(impl));
+  });
+}
+
+Result<std::optional<Notification>> Listener::wait(Millis timeout) {
+  return guarded("waiting for a notification", [&]() -> Result<std::optional<Notification>> {
+    auto& q = impl_->queue;
+    if (q.empty()) impl_->conn.get_notifs();
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (q.empty()) {
+      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      impl_->conn.await_notification(static_cast<long>(left.count() / 1'000'000),
+                                     static_cast<long>(left.count() % 1'000'000));
+    }
+    if (q.empty()) return std::optional<Notification>{};
+    Notification n = std::move(q.front());
+    q.pop_front();
+    return std::optional<Notification>(std::move(n));
+  });
+}
+
+}  // namespace flowreg::detail

@@ -1,0 +1,728 @@
+// The run store on the shared embedded cluster: every test case uses a database of its own,
+// migrated with the built-in migrations, and drives the RunStore API directly.
+#include "store/run_store.hpp"
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <chrono>
+#include <map>
+#include <pqxx/pqxx>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "store/embedded_cluster.hpp"
+#include "store/migrations.hpp"
+#include "support/threads.hpp"
+
+using flowreg::Errc;
+using flowreg::FlowDef;
+using flowreg::Millis;
+using flowreg::StepDef;
+using flowreg::StepKind;
+using flowreg::detail::ClaimedTask;
+using flowreg::detail::Completion;
+using flowreg::detail::EmbeddedCluster;
+using flowreg::detail::Failure;
+using flowreg::detail::FlowKey;
+using flowreg::detail::Json;
+using flowreg::detail::Listener;
+using flowreg::detail::RunFilter;
+using flowreg::detail::RunId;
+using flowreg::detail::RunStatus;
+using flowreg::detail::RunStore;
+using flowreg::detail::TaskId;
+namespace fd = flowreg::detail;
+
+namespace flowreg::pgtest {
+EmbeddedCluster& shared_cluster();
+}  // namespace flowreg::pgtest
+
+namespace {
+
+// A new database of the shared cluster holding the migrated schema; returns its connection string.
+std::string fresh_database(const std::string& name) {
+  auto& cluster = flowreg::pgtest::shared_cluster();
+  auto started = cluster.ensure_running();
+  if (!started) throw std::runtime_error(started.error().format());
+  {
+    pqxx::connection conn(cluster.connection_string("postgres"));
+    pqxx::nontransaction tx(conn);
+    tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
+    tx.exec0("CREATE DATABASE " + conn.quote_name(name));
+  }
+  const auto conninfo = cluster.connection_string(name);
+  auto migrated = fd::migrate(conninfo);
+  if (!migrated) throw std::runtime_error(migrated.error().format());
+  return conninfo;
+}
+
+std::string sql_one(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  auto r = tx.exec(sql);
+  return r.at(0).at(0).is_null() ? std::string("NULL") : r.at(0).at(0).as<std::string>();
+}
+
+void sql_exec(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  tx.exec(sql);
+}
+
+StepDef step(std::string slug, std::vector<std::string> deps = {},
+             StepKind kind = StepKind::single) {
+  StepDef s;
+  s.slug = std::move(slug);
+  s.kind = kind;
+  s.depends_on = std::move(deps);
+  s.handler = "test." + s.slug;
+  return s;
+}
+
+FlowDef flow(std::string slug, std::vector<StepDef> steps) {
+  FlowDef f;
+  f.slug = std::move(slug);
+  f.module = "test";
+  f.steps = std::move(steps);
+  return f;
+}
+
+struct Env {
+  std::string conninfo;
+  RunStore store;
+};
+
+Env open_env(const std::string& db) {
+  auto conninfo = fresh_database(db);
+  auto store = RunStore::connect(conninfo);
+  if (!store) throw std::runtime_error(store.error().format());
+  return Env{conninfo, std::move(*store)};
+}
+
+// Stores `f` as version "v1" and returns its key.
+FlowKey store_flow(RunStore& store, const FlowDef& f, const std::string& version = "v1") {
+  auto stored = store.upsert_flow(f, version);
+  REQUIRE_MESSAGE(stored, stored.error().format());
+  return FlowKey{f.slug, version};
+}
+
+RunId start(RunStore& store, const FlowKey& key, const Json& input,
+            const fd::StartOptions& options = {}) {
+  auto run = store.start_run(key.slug, key.version, input, options);
+  REQUIRE_MESSAGE(run, run.error().format());
+  return *run;
+}
+
+std::vector<ClaimedTask> claim(RunStore& store, const FlowKey& key, int limit = 100,
+                               const std::string& worker = "w1") {
+  auto tasks = store.claim(worker, std::span<const FlowKey>(&key, 1), limit);
+  REQUIRE_MESSAGE(tasks, tasks.error().format());
+  return *tasks;
+}
+
+std::vector<TaskId> complete(RunStore& store, std::vector<Completion> batch) {
+  auto rejected = store.complete(batch);
+  REQUIRE_MESSAGE(rejected, rejected.error().format());
+  return *rejected;
+}
+
+std::vector<TaskId> fail(RunStore& store, std::vector<Failure> batch) {
+  auto rejected = store.fail(batch);
+  REQUIRE_MESSAGE(rejected, rejected.error().format());
+  return *rejected;
+}
+
+fd::RunInfo run_info(RunStore& store, const RunId& id) {
+  auto run = store.get_run(id);
+  REQUIRE_MESSAGE(run, run.error().format());
+  REQUIRE(run->has_value());
+  return **run;
+}
+
+// Claims and completes until nothing is ready, with output = handler(task); returns every task.
+template <class F>
+std::vector<ClaimedTask> drain(RunStore& store, const FlowKey& key, F handler) {
+  std::vector<ClaimedTask> all;
+  for (;;) {
+    auto tasks = claim(store, key, 50);
+    if (tasks.empty()) return all;
+    std::vector<Completion> batch;
+    for (const auto& t : tasks) batch.push_back({t.id, t.attempt, handler(t)});
+    CHECK(complete(store, batch).empty());
+    all.insert(all.end(), tasks.begin(), tasks.end());
+  }
+}
+
+fd::StartOptions key_opt(std::string key) {
+  fd::StartOptions o;
+  o.idempotency_key = std::move(key);
+  return o;
+}
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+double ms_between(const std::string& conninfo, TaskId id, const std::string& from,
+                  const std::string& to) {
+  return std::stod(
+      sql_one(conninfo, "SELECT extract(epoch FROM " + to + " - " + from +
+                            ") * 1000 FROM flowreg.tasks WHERE id = " + std::to_string(id)));
+}
+
+}  // namespace
+
+TEST_SUITE("run_store") {
+  TEST_CASE("a diamond DAG passes the run input to its root and dependency outputs onward") {
+    auto env = open_env("rs_diamond");
+    auto key = store_flow(env.store, flow("diamond", {step("a"), step("b", {"a"}), step("c", {"a"}),
+                                                      step("d", {"b", "c"})}));
+    const Json input = {{"n", 1}};
+    auto run = start(env.store, key, input);
+    std::map<std::string, Json> inputs;
+    auto tasks = drain(env.store, key, [&](const ClaimedTask& t) {
+      inputs[t.step_slug] = t.input;
+      return Json{{"from", t.step_slug}};
+    });
+    CHECK(tasks.size() == 4);
+    CHECK(inputs["a"] == input);
+    CHECK(inputs["b"] == Json{{"a", {{"from", "a"}}}});
+    CHECK(inputs["c"] == Json{{"a", {{"from", "a"}}}});
+    CHECK(inputs["d"] == Json{{"b", {{"from", "b"}}}, {"c", {{"from", "c"}}}});
+    auto info = run_info(env.store, run);
+    CHECK(info.status == RunStatus::completed);
+    CHECK(info.output == Json{{"d", {{"from", "d"}}}});
+    CHECK(info.finished_at.has_value());
+    auto steps = env.store.run_steps(run);
+    REQUIRE(steps);
+    REQUIRE(steps->size() == 4);
+    for (const auto& s : *steps) {
+      CHECK(s.status == "completed");
+      CHECK(s.attempts == 1);
+      CHECK(s.started_at.has_value());
+      CHECK(s.finished_at.has_value());
+    }
+    CHECK((*steps)[3].output == Json{{"from", "d"}});
+  }
+
+  TEST_CASE("b waits for both of its dependencies before it is claimable") {
+    auto env = open_env("rs_wait_deps");
+    auto key = store_flow(env.store, flow("join", {step("x"), step("y"), step("z", {"x", "y"})}));
+    start(env.store, key, Json::object());
+    auto roots = claim(env.store, key);
+    REQUIRE(roots.size() == 2);
+    CHECK(complete(env.store, {{roots[0].id, roots[0].attempt, 1}}).empty());
+    CHECK(claim(env.store, key).empty());
+    CHECK(complete(env.store, {{roots[1].id, roots[1].attempt, 2}}).empty());
+    auto z = claim(env.store, key);
+    REQUIRE(z.size() == 1);
+    CHECK(z[0].step_slug == "z");
+  }
+
+  TEST_CASE("a map step over an empty array completes at once with [] and its dependents start") {
+    auto env = open_env("rs_map_empty");
+    SUBCASE("root map") {
+      auto key = store_flow(env.store, flow("map0", {step("m", {}, StepKind::map)}));
+      auto run = start(env.store, key, Json::array());
+      CHECK(claim(env.store, key).empty());
+      auto info = run_info(env.store, run);
+      CHECK(info.status == RunStatus::completed);
+      CHECK(info.output == Json{{"m", Json::array()}});
+    }
+    SUBCASE("dependent maps in a chain, emptied by their producer") {
+      auto key = store_flow(
+          env.store, flow("map0dep", {step("gen"), step("m", {"gen"}, StepKind::map),
+                                      step("m2", {"m"}, StepKind::map), step("after", {"m2"})}));
+      auto run = start(env.store, key, 1);
+      auto gen = claim(env.store, key);
+      REQUIRE(gen.size() == 1);
+      CHECK(complete(env.store, {{gen[0].id, gen[0].attempt, Json::array()}}).empty());
+      auto after = claim(env.store, key);
+      REQUIRE(after.size() == 1);
+      CHECK(after[0].step_slug == "after");
+      CHECK(after[0].input == Json{{"m2", Json::array()}});
+      CHECK(complete(env.store, {{after[0].id, after[0].attempt, "done"}}).empty());
+      CHECK(run_info(env.store, run).output == Json{{"after", "done"}});
+    }
+  }
+
+  TEST_CASE("a map step over one item runs one task with that item") {
+    auto env = open_env("rs_map_one");
+    auto key = store_flow(env.store, flow("map1", {step("m", {}, StepKind::map)}));
+    auto run = start(env.store, key, Json::array({{{"v", 5}}}));
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    CHECK(tasks[0].task_index == 0);
+    CHECK(tasks[0].input == Json{{"v", 5}});
+    CHECK(complete(env.store, {{tasks[0].id, tasks[0].attempt, 10}}).empty());
+    CHECK(run_info(env.store, run).output == Json{{"m", {10}}});
+  }
+
+  TEST_CASE("a map step over 1000 items aggregates outputs in task order, not completion order") {
+    auto env = open_env("rs_map_1000");
+    auto key =
+        store_flow(env.store, flow("map1000", {step("m", {}, StepKind::map), step("sum", {"m"})}));
+    Json input = Json::array();
+    for (int i = 0; i < 1000; ++i) input.push_back(i);
+    auto run = start(env.store, key, input);
+    std::vector<ClaimedTask> all;
+    for (;;) {
+      auto tasks = claim(env.store, key, 300);
+      if (tasks.empty()) break;
+      all.insert(all.end(), tasks.begin(), tasks.end());
+    }
+    REQUIRE(all.size() == 1000);
+    // Complete in reverse index order, in batches.
+    std::sort(all.begin(), all.end(),
+              [](const auto& a, const auto& b) { return a.task_index > b.task_index; });
+    for (std::size_t i = 0; i < all.size(); i += 128) {
+      std::vector<Completion> batch;
+      for (std::size_t j = i; j < std::min(all.size(), i + 128); ++j) {
+        CHECK(all[j].input == all[j].task_index);
+        batch.push_back({all[j].id, all[j].attempt, all[j].input.get<int>() * 2});
+      }
+      CHECK(complete(env.store, batch).empty());
+    }
+    auto sum = claim(env.store, key);
+    REQUIRE(sum.size() == 1);
+    const Json& m = sum[0].input["m"];
+    REQUIRE(m.size() == 1000);
+    bool ordered = true;
+    for (std::size_t i = 0; i < 1000; ++i) ordered = ordered && m[i] == 2 * i;
+    CHECK(ordered);
+    CHECK(complete(env.store, {{sum[0].id, sum[0].attempt, 999000}}).empty());
+    CHECK(run_info(env.store, run).status == RunStatus::completed);
+  }
+
+  TEST_CASE("a map step whose input is not an array fails the run with a type error") {
+    auto env = open_env("rs_map_bad");
+    SUBCASE("root map over an object") {
+      auto key = store_flow(env.store, flow("mapobj", {step("x", {}, StepKind::map)}));
+      auto run = start(env.store, key, Json{{"a", 1}});
+      auto info = run_info(env.store, run);
+      CHECK(info.status == RunStatus::failed);
+      CHECK(info.error == "step 'x' is a map step but its input is an object, not an array");
+      CHECK(claim(env.store, key).empty());
+    }
+    SUBCASE("dependent map over a number; its sibling's queued task is cancelled") {
+      auto key = store_flow(env.store, flow("mapnum", {step("gen"), step("other", {"gen"}),
+                                                       step("m", {"gen"}, StepKind::map)}));
+      auto run = start(env.store, key, 0);
+      auto gen = claim(env.store, key);
+      REQUIRE(gen.size() == 1);
+      CHECK(complete(env.store, {{gen[0].id, gen[0].attempt, 42}}).empty());
+      auto info = run_info(env.store, run);
+      CHECK(info.status == RunStatus::failed);
+      CHECK(info.error == "step 'm' is a map step but its input is a number, not an array");
+      CHECK(claim(env.store, key).empty());
+      CHECK(sql_one(env.conninfo, "SELECT status FROM flowreg.tasks WHERE step_slug = 'other'") ==
+            "cancelled");
+    }
+  }
+
+  TEST_CASE("a step exhausts its retries with exponential, capped, jittered delays") {
+    auto env = open_env("rs_retries");
+    auto flaky = step("flaky");
+    flaky.options.max_attempts = 5;
+    flaky.options.base_delay = Millis(100);
+    flaky.options.max_delay = Millis(300);
+    auto key = store_flow(env.store, flow("retries", {flaky, step("slow")}));
+    auto run = start(env.store, key, Json::object());
+    auto first = claim(env.store, key);
+    REQUIRE(first.size() == 2);
+    auto slow = first[0].step_slug == "slow" ? first[0] : first[1];
+    auto task = first[0].step_slug == "flaky" ? first[0] : first[1];
+    // Retry n waits min(300, 100 * 2^(n-1) * [0.8, 1.2]) ms.
+    const double low[] = {80, 160, 240, 240};
+    const double high[] = {120, 240, 300, 300};
+    for (int attempt = 1; attempt <= 5; ++attempt) {
+      CAPTURE(attempt);
+      REQUIRE(task.attempt == attempt);
+      CHECK(task.max_attempts == 5);
+      CHECK(fail(env.store, {{task.id, attempt, "boom " + std::to_string(attempt)}}).empty());
+      if (attempt == 5) break;
+      const double delay = ms_between(env.conninfo, task.id, "error_at", "available_at");
+      CHECK(delay >= low[attempt - 1]);
+      CHECK(delay <= high[attempt - 1]);
+      CHECK(claim(env.store, key).empty());  // not due yet
+      sql_exec(env.conninfo, "UPDATE flowreg.tasks SET available_at = now() WHERE id = " +
+                                 std::to_string(task.id));
+      auto again = claim(env.store, key);
+      REQUIRE(again.size() == 1);
+      task = again[0];
+    }
+    auto info = run_info(env.store, run);
+    CHECK(info.status == RunStatus::failed);
+    CHECK(info.error == "step 'flaky' failed after 5 attempts: boom 5");
+    auto steps = env.store.run_steps(run);
+    REQUIRE(steps);
+    REQUIRE(steps->size() == 2);
+    CHECK((*steps)[0].status == "failed");
+    CHECK((*steps)[0].attempts == 5);
+    CHECK((*steps)[1].status == "cancelled");
+    // The other in-flight task was cancelled: its completion is rejected.
+    CHECK(complete(env.store, {{slow.id, slow.attempt, 1}}) == std::vector<TaskId>{slow.id});
+    CHECK(run_info(env.store, run).output == std::nullopt);
+  }
+
+  TEST_CASE("a permanent error fails the step and the run at once") {
+    auto env = open_env("rs_permanent");
+    auto key = store_flow(env.store, flow("perm", {step("a")}));
+    auto run = start(env.store, key, Json::object());
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    CHECK(tasks[0].max_attempts == 3);
+    CHECK(fail(env.store, {{tasks[0].id, 1, "bad input", true}}).empty());
+    auto info = run_info(env.store, run);
+    CHECK(info.status == RunStatus::failed);
+    CHECK(info.error == "step 'a' failed permanently on attempt 1: bad input");
+    CHECK(claim(env.store, key).empty());
+    // A second failure report of the same attempt is rejected.
+    CHECK(fail(env.store, {{tasks[0].id, 1, "again"}}) == std::vector<TaskId>{tasks[0].id});
+  }
+
+  TEST_CASE("a claim leases for the step's timeout and renew extends it; stale renewals fail") {
+    auto env = open_env("rs_lease");
+    auto a = step("a");
+    a.options.timeout = Millis(45'000);  // the flow's is 60 s
+    auto key = store_flow(env.store, flow("lease", {a}));
+    start(env.store, key, Json::object());
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    const double lease = ms_between(env.conninfo, tasks[0].id, "started_at", "lease_expires_at");
+    CHECK(lease == doctest::Approx(45'000).epsilon(0.001));
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() + interval '1 s'");
+    fd::TaskAttempt current{tasks[0].id, tasks[0].attempt};
+    auto renewed = env.store.renew("w1", std::span(&current, 1));
+    REQUIRE(renewed);
+    CHECK(renewed->empty());
+    CHECK(std::stod(sql_one(env.conninfo,
+                            "SELECT extract(epoch FROM lease_expires_at - now()) FROM "
+                            "flowreg.tasks")) > 40);
+    fd::TaskAttempt stale{tasks[0].id, tasks[0].attempt + 1};
+    auto rejected = env.store.renew("w1", std::span(&stale, 1));
+    REQUIRE(rejected);
+    CHECK(*rejected == std::vector<TaskId>{tasks[0].id});
+    auto other = env.store.renew("w2", std::span(&current, 1));
+    REQUIRE(other);
+    CHECK(*other == std::vector<TaskId>{tasks[0].id});
+  }
+
+  TEST_CASE("a completion after the lease expired and the task was re-claimed is rejected") {
+    auto env = open_env("rs_fencing");
+    auto key = store_flow(env.store, flow("fence", {step("a")}));
+    auto run = start(env.store, key, Json::object());
+    auto first = claim(env.store, key, 10, "w1");
+    REQUIRE(first.size() == 1);
+    CHECK(claim(env.store, key, 10, "w2").empty());  // leased
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    auto second = claim(env.store, key, 10, "w2");
+    REQUIRE(second.size() == 1);
+    CHECK(second[0].id == first[0].id);
+    CHECK(second[0].attempt == 2);
+    CHECK(complete(env.store, {{first[0].id, first[0].attempt, "late"}}) ==
+          std::vector<TaskId>{first[0].id});
+    CHECK(fail(env.store, {{first[0].id, first[0].attempt, "late"}}) ==
+          std::vector<TaskId>{first[0].id});
+    CHECK(complete(env.store, {{second[0].id, second[0].attempt, "fresh"}}).empty());
+    // Recorded exactly once: a repeated completion is rejected and changes nothing.
+    CHECK(complete(env.store, {{second[0].id, second[0].attempt, "again"}}) ==
+          std::vector<TaskId>{second[0].id});
+    auto info = run_info(env.store, run);
+    CHECK(info.status == RunStatus::completed);
+    CHECK(info.output == Json{{"a", "fresh"}});
+  }
+
+  TEST_CASE("an expired lease on the last attempt fails the step and the run") {
+    auto env = open_env("rs_lease_exhausted");
+    auto a = step("a");
+    a.options.max_attempts = 1;
+    a.options.timeout = Millis(1500);
+    auto key = store_flow(env.store, flow("lastlease", {a}));
+    auto run = start(env.store, key, Json::object());
+    REQUIRE(claim(env.store, key).size() == 1);
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    CHECK(claim(env.store, key).empty());
+    auto info = run_info(env.store, run);
+    CHECK(info.status == RunStatus::failed);
+    CHECK(info.error ==
+          "step 'a' failed permanently on attempt 1: lease expired: no result within the step "
+          "timeout of 1500 ms");
+  }
+
+  TEST_CASE("two claimers racing on two connections get each task exactly once") {
+    auto env = open_env("rs_race");
+    auto key = store_flow(env.store, flow("race", {step("a")}));
+    auto second = RunStore::connect(env.conninfo);
+    REQUIRE(second);
+    RunStore* stores[2] = {&env.store, &*second};
+    constexpr int kRounds = 40, kRuns = 24, kLimit = 16;
+    std::vector<ClaimedTask> got[2];
+    std::atomic<int> errors{0};
+    std::barrier sync(3);
+    {
+      flowreg::test::Threads threads;
+      for (int w = 0; w < 2; ++w)
+        threads.spawn([&, w] {
+          const std::string worker = "w" + std::to_string(w);
+          for (int round = 0; round < kRounds; ++round) {
+            sync.arrive_and_wait();  // released together
+            auto tasks = stores[w]->claim(worker, std::span(&key, 1), kLimit);
+            if (!tasks) ++errors;
+            got[w] = tasks ? *tasks : std::vector<ClaimedTask>{};
+            sync.arrive_and_wait();  // checked by the main thread
+          }
+        });
+      for (int round = 0; round < kRounds; ++round) {
+        std::vector<Json> inputs(kRuns, Json::object());
+        auto runs = env.store.start_runs(key.slug, key.version, inputs);
+        REQUIRE(runs);
+        sync.arrive_and_wait();
+        sync.arrive_and_wait();
+        std::set<TaskId> ids;
+        std::size_t total = 0;
+        std::vector<Completion> batch;
+        for (const auto& list : got)
+          for (const auto& t : list) {
+            ids.insert(t.id);
+            ++total;
+            batch.push_back({t.id, t.attempt, round});
+          }
+        CHECK(ids.size() == total);  // no task claimed twice
+        auto rest = claim(env.store, key, 100, "main");
+        CHECK(rest.size() + total == kRuns);
+        for (const auto& t : rest) batch.push_back({t.id, t.attempt, round});
+        CHECK(complete(env.store, batch).empty());
+      }
+    }
+    CHECK(errors == 0);
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'") ==
+          std::to_string(kRounds * kRuns));
+    CHECK(sql_one(env.conninfo, "SELECT max(attempt) FROM flowreg.tasks") == "1");
+  }
+
+  TEST_CASE("cancel_run cancels queued tasks and rejects in-flight completions") {
+    auto env = open_env("rs_cancel");
+    auto key = store_flow(env.store, flow("cancel", {step("a"), step("b")}));
+    auto run = start(env.store, key, Json::object());
+    auto tasks = claim(env.store, key, 1);
+    REQUIRE(tasks.size() == 1);
+    auto cancelled = env.store.cancel_run(run);
+    REQUIRE(cancelled);
+    CHECK(*cancelled);
+    CHECK(run_info(env.store, run).status == RunStatus::cancelled);
+    CHECK(claim(env.store, key).empty());
+    CHECK(complete(env.store, {{tasks[0].id, tasks[0].attempt, 1}}) ==
+          std::vector<TaskId>{tasks[0].id});
+    CHECK(sql_one(env.conninfo, "SELECT string_agg(DISTINCT status, ',') FROM flowreg.tasks") ==
+          "cancelled");
+    auto again = env.store.cancel_run(run);
+    REQUIRE(again);
+    CHECK_FALSE(*again);
+    auto missing = env.store.cancel_run("00000000-0000-0000-0000-000000000000");
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().code == Errc::not_found);
+    auto malformed = env.store.cancel_run("not-a-uuid");
+    REQUIRE_FALSE(malformed);
+    CHECK(malformed.error().code == Errc::invalid_argument);
+  }
+
+  TEST_CASE("retry_run starts a linked run with the same input and flow version") {
+    auto env = open_env("rs_retry_run");
+    auto key = store_flow(env.store, flow("retry", {step("a")}));
+    auto run = start(env.store, key, Json{{"order", 7}});
+    auto running = env.store.retry_run(run);
+    REQUIRE_FALSE(running);
+    CHECK(running.error().code == Errc::invalid_argument);
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    CHECK(fail(env.store, {{tasks[0].id, 1, "down", true}}).empty());
+    // A new version of the flow is stored meanwhile: the retry keeps the original's.
+    store_flow(env.store, flow("retry", {step("a"), step("b", {"a"})}), "v2");
+    auto retried = env.store.retry_run(run);
+    REQUIRE_MESSAGE(retried, retried.error().format());
+    CHECK(*retried != run);
+    auto info = run_info(env.store, *retried);
+    CHECK(info.retry_of == run);
+    CHECK(info.input == Json{{"order", 7}});
+    CHECK(info.flow_version == "v1");
+    CHECK(info.status == RunStatus::started);
+    auto again = claim(env.store, key);
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].run_id == *retried);
+    CHECK(again[0].input == Json{{"order", 7}});
+    auto missing = env.store.retry_run("00000000-0000-0000-0000-000000000000");
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().code == Errc::not_found);
+  }
+
+  TEST_CASE("a second start with the same idempotency key returns the first run") {
+    auto env = open_env("rs_idempotency");
+    auto key = store_flow(env.store, flow("idem", {step("a")}));
+    auto other = store_flow(env.store, flow("idem2", {step("a")}));
+    auto first = start(env.store, key, 1, key_opt("order-1"));
+    CHECK(start(env.store, key, 2, key_opt("order-1")) == first);
+    CHECK(start(env.store, key, 1, key_opt("order-2")) != first);
+    CHECK(start(env.store, other, 1, key_opt("order-1")) != first);
+    CHECK(run_info(env.store, first).input == 1);
+    CHECK(run_info(env.store, first).idempotency_key == "order-1");
+    CHECK(claim(env.store, key).size() == 2);
+    auto empty = env.store.start_run(key.slug, key.version, 1, key_opt(""));
+    REQUIRE_FALSE(empty);
+    CHECK(empty.error().code == Errc::invalid_argument);
+  }
+
+  TEST_CASE("prune deletes ended runs older than the duration with their steps and tasks") {
+    auto env = open_env("rs_prune");
+    auto key = store_flow(env.store, flow("prune", {step("a"), step("b", {"a"})}));
+    std::vector<RunId> runs;
+    for (int i = 0; i < 3; ++i) runs.push_back(start(env.store, key, i));
+    CHECK(drain(env.store, key, [](const ClaimedTask&) { return 1; }).size() == 6);
+    auto fourth = start(env.store, key, 4);  // stays started
+    sql_exec(env.conninfo,
+             "UPDATE flowreg.runs SET finished_at = now() - interval '2 hours', created_at = "
+             "now() - interval '3 hours' WHERE id IN ('" +
+                 runs[0] + "', '" + runs[1] + "')");
+    auto pruned = env.store.prune(Millis(3600'000));
+    REQUIRE_MESSAGE(pruned, pruned.error().format());
+    CHECK(*pruned == 2);
+    auto gone = env.store.get_run(runs[0]);
+    REQUIRE(gone);
+    CHECK_FALSE(gone->has_value());
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "2");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.step_states WHERE run_id IN ('" +
+                                    runs[0] + "', '" + runs[1] + "')") == "0");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN ('" + runs[0] +
+                                    "', '" + runs[1] + "')") == "0");
+    auto everything = env.store.prune(Millis(0));
+    REQUIRE(everything);
+    CHECK(*everything == 1);  // run 2 (ended just now); the started one stays
+    CHECK(run_info(env.store, fourth).status == RunStatus::started);
+  }
+
+  TEST_CASE("a run stays pinned to its version while a new version is stored") {
+    auto env = open_env("rs_versions");
+    auto v1 = store_flow(env.store, flow("pinned", {step("a")}), "v1");
+    auto old_run = start(env.store, v1, 1);
+    auto v2 = store_flow(env.store, flow("pinned", {step("a"), step("b", {"a"})}), "v2");
+    auto new_run = start(env.store, v2, 2);
+    // Storing v1 again is a no-op; a different definition under v1 is refused.
+    auto again = env.store.upsert_flow(flow("pinned", {step("a")}), "v1");
+    REQUIRE(again);
+    CHECK_FALSE(*again);
+    auto changed = env.store.upsert_flow(flow("pinned", {step("a"), step("c", {"a"})}), "v1");
+    REQUIRE_FALSE(changed);
+    CHECK(changed.error().code == Errc::invalid_argument);
+    // A worker serving v1 gets only v1's tasks.
+    auto old_tasks = claim(env.store, v1);
+    REQUIRE(old_tasks.size() == 1);
+    CHECK(old_tasks[0].run_id == old_run);
+    CHECK(old_tasks[0].flow_version == "v1");
+    CHECK(complete(env.store, {{old_tasks[0].id, old_tasks[0].attempt, "a1"}}).empty());
+    auto info = run_info(env.store, old_run);
+    CHECK(info.status == RunStatus::completed);
+    CHECK(info.output == Json{{"a", "a1"}});
+    auto new_tasks = drain(env.store, v2, [](const ClaimedTask& t) { return t.step_slug; });
+    CHECK(new_tasks.size() == 2);
+    CHECK(run_info(env.store, new_run).output == Json{{"b", "b"}});
+  }
+
+  TEST_CASE("starting a run of a flow version that is not stored is not_found") {
+    auto env = open_env("rs_unknown_flow");
+    auto run = env.store.start_run("nope", "v1", 1);
+    REQUIRE_FALSE(run);
+    CHECK(run.error().code == Errc::not_found);
+    CHECK(contains(run.error().message, "flow 'nope' version 'v1' is not stored"));
+  }
+
+  TEST_CASE("upsert_flow refuses a map step with two dependencies and an unknown dependency") {
+    auto env = open_env("rs_bad_flow");
+    auto map2 = env.store.upsert_flow(
+        flow("bad", {step("a"), step("b"), step("m", {"a", "b"}, StepKind::map)}), "v1");
+    REQUIRE_FALSE(map2);
+    CHECK(map2.error().code == Errc::invalid_argument);
+    auto unknown = env.store.upsert_flow(flow("bad", {step("a", {"zz"})}), "v1");
+    REQUIRE_FALSE(unknown);
+    CHECK(contains(unknown.error().message, "depends on 'zz'"));
+  }
+
+  TEST_CASE("get_run and list_runs read runs back, filtered by flow and status") {
+    auto env = open_env("rs_read");
+    auto k1 = store_flow(env.store, flow("read1", {step("a")}));
+    auto k2 = store_flow(env.store, flow("read2", {step("a")}));
+    auto r1 = start(env.store, k1, 1);
+    start(env.store, k1, 2);
+    start(env.store, k2, 3);
+    drain(env.store, k2, [](const ClaimedTask&) { return 0; });
+    auto missing = env.store.get_run("00000000-0000-0000-0000-000000000000");
+    REQUIRE(missing);
+    CHECK_FALSE(missing->has_value());
+    auto info = run_info(env.store, r1);
+    CHECK(info.flow_slug == "read1");
+    CHECK(info.flow_version == "v1");
+    CHECK(info.status == RunStatus::started);
+    CHECK_FALSE(info.finished_at.has_value());
+    CHECK_FALSE(info.retry_of.has_value());
+    auto all = env.store.list_runs();
+    REQUIRE(all);
+    CHECK(all->size() == 3);
+    auto of_flow = env.store.list_runs(RunFilter{"read1", std::nullopt, 10});
+    REQUIRE(of_flow);
+    CHECK(of_flow->size() == 2);
+    CHECK(of_flow->front().input == 2);  // newest first
+    auto done = env.store.list_runs(RunFilter{std::nullopt, RunStatus::completed, 10});
+    REQUIRE(done);
+    REQUIRE(done->size() == 1);
+    CHECK(done->front().flow_slug == "read2");
+    auto one = env.store.list_runs(RunFilter{std::nullopt, std::nullopt, 1});
+    REQUIRE(one);
+    CHECK(one->size() == 1);
+  }
+
+  TEST_CASE("a listener is notified when tasks become ready and when a run ends") {
+    auto env = open_env("rs_notify");
+    auto key = store_flow(env.store, flow("notify", {step("a")}));
+    auto listener = Listener::connect(env.conninfo);
+    REQUIRE_MESSAGE(listener, listener.error().format());
+    auto nothing = listener->wait(Millis(20));
+    REQUIRE(nothing);
+    CHECK_FALSE(nothing->has_value());
+    // Every notification received so far; next_matching waits (woken by the notification) until
+    // one matching arrives.
+    std::vector<fd::Notification> seen;
+    auto next_matching = [&](const std::string& channel, const std::string& payload) {
+      auto match = [&] {
+        return std::any_of(seen.begin(), seen.end(), [&](const fd::Notification& n) {
+          return n.channel == channel && n.payload == payload;
+        });
+      };
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!match() && std::chrono::steady_clock::now() < deadline) {
+        auto n = listener->wait(Millis(10'000));
+        REQUIRE(n);
+        if (n->has_value()) seen.push_back(**n);
+      }
+      return match();
+    };
+    RunId run;
+    std::thread starter([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      auto started = env.store.start_run(key.slug, key.version, 1);
+      if (started) run = *started;
+    });
+    const bool ready = next_matching("flowreg_tasks", "notify");
+    starter.join();
+    CHECK(ready);
+    REQUIRE_FALSE(run.empty());
+    CHECK(next_matching("flowreg_runs", run + " started"));
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    CHECK(complete(env.store, {{tasks[0].id, tasks[0].attempt, 1}}).empty());
+    CHECK(next_matching("flowreg_runs", run + " completed"));
+  }
+}
