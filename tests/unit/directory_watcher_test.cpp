@@ -1,6 +1,7 @@
 #include "plugin/directory_watcher.hpp"
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -62,7 +63,9 @@ FileSignature lstat_signature(const fs::path& path) {
   return FileSignature{static_cast<std::uintmax_t>(st.st_size),
                        static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
                            static_cast<std::int64_t>(st.st_mtim.tv_nsec),
-                       static_cast<std::uint64_t>(st.st_ino)};
+                       static_cast<std::uint64_t>(st.st_ino),
+                       static_cast<std::uint32_t>(st.st_mode),
+                       static_cast<std::uint32_t>(st.st_uid)};
 }
 
 // Collects the watcher's callbacks; tests wait on it with a deadline.
@@ -329,11 +332,29 @@ TEST_SUITE("directory_watcher") {
     REQUIRE(rec.wait_batches(1));
     REQUIRE(rec.batches().front().size() == 1);
 
-    fs::permissions(dir.path() / "p.so", fs::perms::owner_read);  // IN_ATTRIB only
+    // Only the access time changes: IN_ATTRIB, nothing the signature holds.
+    const auto p = dir.path() / "p.so";
+    const timespec times[2] = {{1'000'000, 0}, {0, UTIME_OMIT}};
+    REQUIRE(::utimensat(AT_FDCWD, p.c_str(), times, 0) == 0);
     write_file(dir.path() / "q.so", "marker");  // a later change that must be reported
     REQUIRE(rec.wait_change("q.so", FileChange::Kind::present));
     settle(w);
     CHECK(names(rec.changes_after(1)) == std::vector<std::string>{"q.so"});
+  }
+
+  TEST_CASE("a change of permissions is reported, so a fixed plugin can load") {
+    TempDir dir;
+    write_file(dir.path() / "p.so", "content");
+    Recorder rec;
+    DirectoryWatcher w(dir.path(), fast_options(), rec.callback());
+    REQUIRE(w.start());
+    REQUIRE(rec.wait_batches(1));
+    fs::permissions(dir.path() / "p.so", fs::perms::group_write, fs::perm_options::remove);
+    fs::permissions(dir.path() / "p.so", fs::perms::others_write | fs::perms::group_write,
+                    fs::perm_options::add);  // IN_ATTRIB only: mode 0666
+    REQUIRE(rec.wait_change("p.so", FileChange::Kind::present));
+    settle(w);
+    CHECK(names(rec.changes_after(1)) == std::vector<std::string>{"p.so"});
   }
 
   TEST_CASE("deleted and moved-out files are reported as removed once") {

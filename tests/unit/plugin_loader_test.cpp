@@ -550,6 +550,23 @@ TEST_SUITE("plugin_reload") {
     box.loader->stop();
   }
 
+  TEST_CASE("a rejected plugin loads once its permissions are fixed, while watching") {
+    Sandbox box;
+    EventLog log(box.registry);
+    const fs::path file = box.add("other");
+    fs::permissions(file, fs::perms::others_write, fs::perm_options::add);
+    REQUIRE(box.loader->watch());
+    // The initial scan has been delivered when the rejection is visible.
+    for (int i = 0; i < 30000 && box.loader->plugins().empty(); ++i)
+      std::this_thread::sleep_for(2ms);
+    REQUIRE(box.info_of(file).error);
+    CHECK(box.info_of(file).error->stage == "permissions");
+    fs::permissions(file, fs::perms::others_write, fs::perm_options::remove);  // the advised chmod
+    REQUIRE(log.wait_for(ModuleEvent::Kind::registered, "other"));
+    CHECK(box.info_of(file).status == PluginStatus::loaded);
+    box.loader->stop();
+  }
+
   TEST_CASE("a file copied in slowly is loaded once, complete") {
     Sandbox box({}, 100ms);
     EventLog log(box.registry);

@@ -49,6 +49,8 @@ std::optional<FileSignature> look(const fs::path& path) {
   sig.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 +
                  static_cast<std::int64_t>(st.st_mtim.tv_nsec);
   sig.inode = static_cast<std::uint64_t>(st.st_ino);
+  sig.mode = static_cast<std::uint32_t>(st.st_mode);
+  sig.uid = static_cast<std::uint32_t>(st.st_uid);
   return sig;
 }
 

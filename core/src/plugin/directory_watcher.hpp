@@ -28,6 +28,10 @@ struct FileSignature {
   std::uintmax_t size = 0;
   std::int64_t mtime_ns = 0;
   std::uint64_t inode = 0;
+  // Mode and owner count too: whether a plugin may load depends on them, so a `chmod go-w` that
+  // fixes a rejected file must reach the loader.
+  std::uint32_t mode = 0;
+  std::uint32_t uid = 0;
   bool operator==(const FileSignature&) const = default;
 };
 
