@@ -90,6 +90,9 @@ struct PluginLoaderOptions {
   std::filesystem::path inspector;
   std::chrono::milliseconds debounce{500};  // hot drop-in: quiet time before a file is read
   std::chrono::milliseconds rescan_interval{30'000};  // hot drop-in: periodic full rescan
+  // Besides root, the user plugin files and their directory may belong to; -1: the effective uid
+  // of this process.
+  long trusted_uid = -1;
 };
 
 class PluginLoader {

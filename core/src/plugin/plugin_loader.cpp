@@ -64,9 +64,8 @@ std::string file_kind(mode_t mode) {
 
 // Ownership and mode rules of OpenSSH's StrictModes, for the file and its directory.
 tl::expected<void, PluginError> check_safety(const fs::path& path, const struct stat& st,
-                                             bool is_dir, bool allow_unsafe) {
+                                             bool is_dir, bool allow_unsafe, uid_t me) {
   if (allow_unsafe) return {};
-  const uid_t me = geteuid();
   const char* what = is_dir ? "plugin directory" : "plugin file";
   if (st.st_uid != 0 && st.st_uid != me)
     return reject("permissions",
@@ -156,9 +155,10 @@ struct PluginLoader::Impl {
     struct stat dst {};
     const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
     if (stat(dir.c_str(), &dst) != 0) return reject("file", "its directory cannot be read");
-    if (auto ok = check_safety(dir, dst, true, s.allow_unsafe); !ok)
+    const uid_t me = options.trusted_uid >= 0 ? static_cast<uid_t>(options.trusted_uid) : geteuid();
+    if (auto ok = check_safety(dir, dst, true, s.allow_unsafe, me); !ok)
       return tl::unexpected(ok.error());
-    if (auto ok = check_safety(path, st, false, s.allow_unsafe); !ok)
+    if (auto ok = check_safety(path, st, false, s.allow_unsafe, me); !ok)
       return tl::unexpected(ok.error());
     if (static_cast<std::uint64_t>(st.st_size) > s.max_bytes)
       return reject("size", fmt::format("is {} bytes; the limit (plugins.max_bytes) is {}",
