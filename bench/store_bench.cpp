@@ -163,6 +163,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   const fs::path dir = tmpl;
+  // mkdtemp makes it 0700; when root runs the bench, the cluster's owner (postgres) must enter it.
+  fs::permissions(dir, fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
   int rc = 0;
   std::optional<EmbeddedCluster> cluster;
   try {

@@ -185,7 +185,7 @@ BEGIN
   ),
   r AS (
     UPDATE flowreg.runs r SET status = 'failed', error = f.error, finished_at = now()
-    FROM f WHERE r.id = f.run_id AND r.status = 'started'
+    FROM f WHERE r.id = ANY (p_runs) AND r.id = f.run_id AND r.status = 'started'
     RETURNING r.id
   ),
   t AS (
@@ -214,12 +214,12 @@ BEGIN
           JOIN flowreg.flow_deps fd ON fd.flow_slug = r.flow_slug AND fd.version = r.flow_version
                                     AND fd.dep_slug = d.step_slug
           GROUP BY 1, 2) x
-    WHERE s.run_id = x.run_id AND s.step_slug = x.step_slug
+    WHERE s.run_id = ANY (p_runs) AND s.run_id = x.run_id AND s.step_slug = x.step_slug
   ),
   rs AS (
     UPDATE flowreg.runs r SET remaining_steps = r.remaining_steps - x.n
     FROM (SELECT run_id, count(*)::int AS n FROM d GROUP BY 1) x
-    WHERE r.id = x.run_id
+    WHERE r.id = ANY (p_runs) AND r.id = x.run_id
   )
   SELECT count(*) INTO v_n FROM d;
 END $$;
@@ -251,12 +251,13 @@ BEGIN
                     (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d
                      WHERE d.run_id = s.run_id AND d.step_slug = ANY (fs.deps))
              END AS input
-      FROM flowreg.step_states s
-      JOIN flowreg.runs r ON r.id = s.run_id
+      -- Driven by the run ids (primary key probes), whatever the statistics say.
+      FROM unnest(p_runs) AS p(id)
+      JOIN flowreg.runs r ON r.id = p.id
+      JOIN flowreg.step_states s ON s.run_id = p.id
       JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
                                  AND fs.step_slug = s.step_slug
-      WHERE s.run_id = ANY (p_runs) AND s.status = 'created' AND s.remaining_deps = 0
-        AND r.status = 'started'
+      WHERE s.status = 'created' AND s.remaining_deps = 0 AND r.status = 'started'
     ),
     sized AS MATERIALIZED (
       SELECT ready.*,
@@ -320,7 +321,8 @@ BEGIN
            JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
                                       AND fs.step_slug = s.step_slug
            WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb)
-    WHERE r.id = ANY (p_runs) AND r.status = 'started' AND r.remaining_steps = 0
+    FROM unnest(p_runs) AS p(id)
+    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_steps = 0
     RETURNING r.id
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' completed')) INTO v_n FROM done;
@@ -406,7 +408,8 @@ BEGIN
                            THEN now() END,
         error = coalesce(b.error, ''), error_at = now(), lease_expires_at = NULL
     FROM b
-    WHERE t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
+    WHERE t.id = ANY (ARRAY(SELECT (e->>'id')::bigint FROM jsonb_array_elements(p_batch) e))
+      AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
               t.flow_slug, t.available_at, coalesce(b.permanent, false) AS permanent
   )
@@ -443,8 +446,9 @@ CREATE FUNCTION flowreg._lock_runs_of(p_ids bigint[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   -- PERFORM runs the query to the end (a SQL function would stop at the first row).
+  -- The arrays (rather than joins) keep the plans on the primary keys whatever the statistics.
   PERFORM 1 FROM flowreg.runs r
-  WHERE r.id IN (SELECT t.run_id FROM flowreg.tasks t WHERE t.id = ANY (p_ids))
+  WHERE r.id = ANY (ARRAY(SELECT t.run_id FROM flowreg.tasks t WHERE t.id = ANY (p_ids)))
   ORDER BY r.id FOR UPDATE OF r;
 END $$;
 
@@ -488,7 +492,7 @@ BEGIN
     UPDATE flowreg.tasks t
     SET status = 'completed', output = b.output, finished_at = now(), lease_expires_at = NULL
     FROM unnest(v_ids, v_attempts, v_outputs) AS b(id, attempt, output)
-    WHERE t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
+    WHERE t.id = ANY (v_ids) AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
     RETURNING t.id, t.run_id, t.step_slug
   )
   SELECT array_agg(id), array_agg(run_id), array_agg(step_slug) INTO v_acc, v_truns, v_tsteps
@@ -516,7 +520,8 @@ BEGIN
                          WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug
                            AND t.task_index = 0) END
     FROM per
-    WHERE s.run_id = per.run_id AND s.step_slug = per.step_slug AND s.status = 'started'
+    WHERE s.run_id = ANY (v_truns) AND s.run_id = per.run_id AND s.step_slug = per.step_slug
+      AND s.status = 'started'
     RETURNING s.run_id, s.step_slug, s.status
   )
   SELECT array_agg(run_id), array_agg(step_slug) INTO v_druns, v_dsteps
@@ -617,7 +622,7 @@ BEGIN
   WITH upd AS (
     UPDATE flowreg.tasks t SET lease_expires_at = now() + t.timeout_ms * interval '1 ms'
     FROM jsonb_to_recordset(p_batch) AS b(id bigint, attempt int)
-    WHERE t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
+    WHERE t.id = ANY (v_ids) AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
       AND t.worker_id = p_worker
     RETURNING t.id
   )
