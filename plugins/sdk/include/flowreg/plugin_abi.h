@@ -30,10 +30,10 @@ extern "C" {
 
 /* Results of describe() and invoke(). */
 enum {
-  FLOWREG_OK = 0,         /* *out holds the JSON result */
-  FLOWREG_RETRY = 1,      /* *out holds an error message; the task may be retried */
-  FLOWREG_PERMANENT = 2,  /* *out holds an error message; do not retry */
-  FLOWREG_NO_HANDLER = 3  /* no handler with that index */
+  FLOWREG_OK = 0,        /* *out holds the JSON result */
+  FLOWREG_RETRY = 1,     /* *out holds an error message; the task may be retried */
+  FLOWREG_PERMANENT = 2, /* *out holds an error message; do not retry */
+  FLOWREG_NO_HANDLER = 3 /* no handler with that index */
 };
 
 /* Bytes allocated by the plugin; given back to it through release(). */
@@ -47,12 +47,13 @@ typedef struct flowreg_plugin_v1 {
   uint64_t magic;
   uint16_t abi_major;
   uint16_t abi_minor;
-  uint32_t struct_size;     /* sizeof(flowreg_plugin_v1) as the plugin was compiled */
-  const char* fingerprint;  /* build fingerprint: SDK version, compiler, standard library */
+  uint32_t struct_size;    /* sizeof(flowreg_plugin_v1) as the plugin was compiled */
+  const char* fingerprint; /* build fingerprint: SDK version, compiler, standard library */
 
   /* ABI 1.0 */
   /* The module's definition as JSON: {"module": "...", "handlers": ["name", ...], "flows": [...]},
-   * flows in the form of schemas/flow.schema.json. FLOWREG_OK, or FLOWREG_PERMANENT with a message. */
+   * flows in the form of schemas/flow.schema.json. FLOWREG_OK, or FLOWREG_PERMANENT with a message.
+   */
   int32_t (*describe)(flowreg_buffer* out);
   /* Runs handler number `handler` (its index in "handlers") on JSON input. `context` is a JSON
    * object about the task: {"run_id", "flow", "step", "task_index", "attempt"} (attempt 1 is the
