@@ -1,6 +1,8 @@
 #include <doctest/doctest.h>
+#include <stdlib.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "support/process.hpp"
@@ -121,8 +123,12 @@ TEST_SUITE("cli") {
   }
 
   TEST_CASE("./flowreg.yaml is the default configuration") {
-    auto r = run_process({kBinary, "--plugins", kPlugins, "flows", "list", "--json"},
-                         kData + "/default_config");
+    // In a scratch copy: flowreg keeps its plugin cache under ./.flowreg, never in the sources.
+    char tmpl[] = "/tmp/flowreg_cli_test_XXXXXX";
+    const std::filesystem::path dir = mkdtemp(tmpl);
+    std::filesystem::copy_file(kData + "/default_config/flowreg.yaml", dir / "flowreg.yaml");
+    auto r = run_process({kBinary, "--plugins", kPlugins, "flows", "list", "--json"}, dir.string());
+    std::filesystem::remove_all(dir);
     REQUIRE(r.exit_code == 0);
     std::vector<std::string> slugs;
     for (const auto& f : nlohmann::json::parse(r.out)) slugs.push_back(f["slug"]);
