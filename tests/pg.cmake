@@ -5,10 +5,12 @@ add_executable(flowreg_pg_tests
   pg/embedded_cluster_test.cpp
   pg/migrations_test.cpp
   pg/run_store_test.cpp
+  pg/cli_db_test.cpp
 )
+add_dependencies(flowreg_pg_tests flowreg)
 target_include_directories(flowreg_pg_tests PRIVATE ${PROJECT_SOURCE_DIR}/core/src)
 target_link_libraries(flowreg_pg_tests PRIVATE flowreg_test_support flowreg_warnings PkgConfig::PQXX)
-flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations run_store)
+flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations run_store cli_db)
 set_tests_properties(flowreg_pg_tests/embedded_cluster flowreg_pg_tests/migrations
-  flowreg_pg_tests/run_store
+  flowreg_pg_tests/run_store flowreg_pg_tests/cli_db
   PROPERTIES LABELS "pg" TIMEOUT 300)

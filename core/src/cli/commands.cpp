@@ -15,6 +15,8 @@
 #include "flowreg/flow.hpp"
 #include "flowreg/flow_registry.hpp"
 #include "flowreg/plugins.hpp"
+#include "store/embedded_cluster.hpp"
+#include "store/migrations.hpp"
 #include "util/strings.hpp"
 
 namespace flowreg::cli {
@@ -310,6 +312,100 @@ int plugins_check(const Globals& g, const std::vector<std::string>& files, bool 
   return status;
 }
 
+// The connection string in effect: database.url, else the embedded cluster (started on demand).
+Result<std::string> database_url(const Config& config) {
+  if (!config.database.url.empty()) return config.database.url;
+  auto cluster = detail::EmbeddedCluster::open(config.database.data_dir);
+  if (!cluster) return tl::unexpected(std::move(cluster.error()));
+  return cluster->ensure_running();
+}
+
+int db_migrate(const Globals& g) {
+  auto config = effective_config(g);
+  auto url = config ? database_url(*config) : tl::unexpected(config.error());
+  auto report = url ? detail::migrate(*url) : tl::unexpected(url.error());
+  if (!report) {
+    print_error(report.error());
+    return kExitFailure;
+  }
+  for (const auto& m : report->applied) fmt::print("applied {:04}_{}\n", m.version, m.name);
+  fmt::print("{} migration(s) applied, {} already applied\n", report->applied.size(),
+             report->already_applied);
+  return kExitOk;
+}
+
+int db_status(const Globals& g, bool as_json) {
+  auto config = effective_config(g);
+  if (!config) {
+    print_error(config.error());
+    return kExitFailure;
+  }
+  json out = {{"embedded", config->database.url.empty()}};
+  std::string url = config->database.url;
+  if (url.empty()) {
+    auto cluster = detail::EmbeddedCluster::open(config->database.data_dir);
+    auto status = cluster ? cluster->status() : tl::unexpected(cluster.error());
+    if (!status) {
+      print_error(status.error());
+      return kExitFailure;
+    }
+    out["data_dir"] = status->data_dir.string();
+    out["initialized"] = status->initialized;
+    out["running"] = status->running;
+    out["postmaster_pid"] = status->running ? json(status->postmaster_pid) : json(nullptr);
+    if (status->running) url = status->connection_string;
+  }
+  json migrations = nullptr;
+  if (!url.empty()) {
+    auto listed = detail::migration_status(url);
+    if (!listed) {
+      print_error(listed.error());
+      return kExitFailure;
+    }
+    migrations = json::array();
+    for (const auto& m : *listed)
+      migrations.push_back({{"version", m.version},
+                            {"name", m.name},
+                            {"state", to_string(m.state)},
+                            {"applied_at", m.applied_at ? json(*m.applied_at) : json(nullptr)}});
+  }
+  out["migrations"] = migrations;
+  if (as_json) {
+    fmt::print("{}\n", out.dump(2));
+    return kExitOk;
+  }
+  if (config->database.url.empty())
+    fmt::print("embedded cluster {}: {}\n", out["data_dir"].get<std::string>(),
+               out["running"].get<bool>()
+                   ? fmt::format("running (pid {})", out["postmaster_pid"].get<int>())
+                   : (out["initialized"].get<bool>() ? "stopped" : "not initialized"));
+  if (migrations.is_array())
+    for (const auto& m : migrations)
+      fmt::print("{:04}_{}  {}\n", m["version"].get<int>(), m["name"].get<std::string>(),
+                 m["state"].get<std::string>());
+  return kExitOk;
+}
+
+int db_stop(const Globals& g) {
+  auto config = effective_config(g);
+  if (!config) {
+    print_error(config.error());
+    return kExitFailure;
+  }
+  if (!config->database.url.empty()) {
+    fmt::print(stderr, "flowreg: database.url is set; `db stop` only stops the embedded cluster\n");
+    return kExitFailure;
+  }
+  auto cluster = detail::EmbeddedCluster::open(config->database.data_dir);
+  auto stopped = cluster ? cluster->stop() : tl::unexpected(cluster.error());
+  if (!stopped) {
+    print_error(stopped.error());
+    return kExitFailure;
+  }
+  fmt::print("embedded cluster {} stopped\n", cluster->data_dir().string());
+  return kExitOk;
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -363,6 +459,16 @@ int run(int argc, char** argv) {
   pcheck->add_option("files", check_files, "Plugin files")->required();
   pcheck->add_flag("--json", check_json, "Print a JSON array");
   pcheck->callback([&] { status = plugins_check(g, check_files, check_json); });
+
+  auto* db = app.add_subcommand("db", "The database: migrations and the embedded cluster");
+  db->require_subcommand(1);
+  db->add_subcommand("migrate", "Apply pending migrations (starts the embedded cluster if needed)")
+      ->callback([&] { status = db_migrate(g); });
+  bool db_status_json = false;
+  auto* dstatus = db->add_subcommand("status", "The embedded cluster and the migrations");
+  dstatus->add_flag("--json", db_status_json, "Print JSON");
+  dstatus->callback([&] { status = db_status(g, db_status_json); });
+  db->add_subcommand("stop", "Stop the embedded cluster")->callback([&] { status = db_stop(g); });
 
   app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(g.log_level)); });
 
