@@ -1,22 +1,28 @@
 #include "cli/commands.hpp"
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <optional>
+#include <thread>
 
+#include "config/json_schema.hpp"
+#include "config/yaml_json.hpp"
 #include "flowreg/config.hpp"
 #include "flowreg/flow.hpp"
 #include "flowreg/flow_registry.hpp"
 #include "flowreg/plugins.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
+#include "store/run_store.hpp"
 #include "util/strings.hpp"
 
 namespace flowreg::cli {
@@ -68,6 +74,7 @@ PluginLoaderOptions loader_options(const Config& config) {
 
 // A registry with the plugins of the configured directory and the configuration's YAML flows.
 struct Catalog {
+  Config config;  // its flows are in the registry, not here
   std::unique_ptr<FlowRegistry> registry = std::make_unique<FlowRegistry>();
   std::unique_ptr<PluginLoader> loader;
   std::vector<PluginInfo> plugins;
@@ -116,6 +123,7 @@ Result<Catalog> load_catalog(const Globals& g) {
   auto config = effective_config(g);
   if (!config) return tl::unexpected(std::move(config.error()));
   auto catalog = load_plugins(*config, true);
+  if (catalog) catalog->config = *config;
   if (!catalog || config->flows.empty()) return catalog;
   if (auto unresolved = unresolved_handlers(*config, *catalog->loader, catalog->plugins);
       !unresolved.empty()) {
@@ -406,6 +414,190 @@ int db_stop(const Globals& g) {
   return kExitOk;
 }
 
+// The run store on the configured database, migrated (migrations apply on first use).
+struct Database {
+  std::string url;
+  detail::RunStore store;
+};
+
+Result<Database> open_database(const Config& config) {
+  auto url = database_url(config);
+  if (!url) return tl::unexpected(std::move(url.error()));
+  if (auto migrated = detail::migrate(*url); !migrated) return tl::unexpected(migrated.error());
+  auto store = detail::RunStore::connect(*url);
+  if (!store) return tl::unexpected(std::move(store.error()));
+  return Database{std::move(*url), std::move(*store)};
+}
+
+std::string iso_time(const detail::TimePoint& t) {
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(t));
+}
+
+json to_ordered(const nlohmann::json& j) { return json::parse(j.dump()); }
+
+// The documented JSON form of a run (README, "runs").
+json run_json(const detail::RunInfo& r) {
+  return {{"id", r.id},
+          {"flow", r.flow_slug},
+          {"version", r.flow_version},
+          {"status", detail::to_string(r.status)},
+          {"input", to_ordered(r.input)},
+          {"output", r.output ? to_ordered(*r.output) : json(nullptr)},
+          {"error", r.error ? json(*r.error) : json(nullptr)},
+          {"created_at", iso_time(r.created_at)},
+          {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
+          {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)}};
+}
+
+json step_json(const detail::StepInfo& s) {
+  return {{"slug", s.slug},
+          {"kind", s.kind},
+          {"status", s.status},
+          {"tasks", s.task_count},
+          {"attempts", s.attempts},
+          {"started_at", s.started_at ? json(iso_time(*s.started_at)) : json(nullptr)},
+          {"finished_at", s.finished_at ? json(iso_time(*s.finished_at)) : json(nullptr)},
+          {"error", s.error ? json(*s.error) : json(nullptr)},
+          {"output", s.output ? to_ordered(*s.output) : json(nullptr)}};
+}
+
+void print_run_text(const detail::RunInfo& r) {
+  fmt::print("run {}  flow={} version={}  {}\n", r.id, r.flow_slug, r.flow_version,
+             detail::to_string(r.status));
+  if (r.output) fmt::print("output: {}\n", r.output->dump());
+  if (r.error) fmt::print("error: {}\n", *r.error);
+}
+
+struct RunArgs {
+  std::string slug, input = "{}", idempotency_key, timeout;
+  bool wait = false, as_json = false;
+};
+
+int run_flow(const Globals& g, const RunArgs& a) {
+  auto catalog = load_catalog(g);
+  if (!catalog) {
+    print_error(catalog.error());
+    return kExitFailure;
+  }
+  const FlowRef flow = catalog->registry->get(a.slug);
+  if (!flow) {
+    fmt::print(stderr, "flowreg: no flow with slug '{}'\n", a.slug);
+    return kExitFailure;
+  }
+  std::optional<Millis> timeout;
+  if (!a.timeout.empty() && !(timeout = parse_duration(a.timeout))) {
+    fmt::print(stderr, "flowreg: --timeout '{}' is not a duration such as 30s or 5m\n", a.timeout);
+    return kExitUsage;
+  }
+  // The input, checked before anything is written.
+  std::string text = a.input;
+  if (text.starts_with('@')) {
+    auto read = detail::read_text_file(text.substr(1), 64u << 20);
+    if (!read) {
+      fmt::print(stderr, "flowreg: --input {}\n", read.error().format());
+      return kExitFailure;
+    }
+    text = std::move(*read);
+  }
+  const nlohmann::json input = nlohmann::json::parse(text, nullptr, false);
+  if (input.is_discarded()) {
+    fmt::print(stderr, "flowreg: --input is not valid JSON\n");
+    return kExitFailure;
+  }
+  if (flow->def.input_schema) {
+    auto schema = detail::JsonSchema::compile(*flow->def.input_schema);
+    if (!schema) {
+      print_error(schema.error());
+      return kExitFailure;
+    }
+    const auto problems = schema->validate(input);
+    for (const auto& p : problems)
+      fmt::print(stderr, "flowreg: input of flow '{}': {}\n", a.slug, p.message);
+    if (!problems.empty()) return kExitFailure;
+  }
+  auto db = open_database(catalog->config);
+  if (!db) {
+    print_error(db.error());
+    return kExitFailure;
+  }
+  if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored) {
+    print_error(stored.error());
+    return kExitFailure;
+  }
+  // Listen before starting, so that the end of a quick run cannot be missed.
+  std::optional<detail::Listener> listener;
+  if (a.wait) {
+    auto l = detail::Listener::connect(db->url, {std::string(detail::kRunsChannel)});
+    if (l) listener = std::move(*l);  // without it, polling alone still works
+  }
+  detail::StartOptions options;
+  if (!a.idempotency_key.empty()) options.idempotency_key = a.idempotency_key;
+  auto id = db->store.start_run(a.slug, flow->version, input, options);
+  if (!id) {
+    print_error(id.error());
+    return kExitFailure;
+  }
+  auto info = db->store.get_run(*id);
+  if (!info || !*info) {
+    print_error(info ? Error{Errc::not_found, "the run vanished", {}} : info.error());
+    return kExitFailure;
+  }
+  const bool live = a.wait && !a.as_json && isatty(STDOUT_FILENO);
+  const auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout
+                                : std::chrono::steady_clock::time_point::max();
+  std::string last_progress;
+  while (a.wait && (*info)->status == detail::RunStatus::started) {
+    if (std::chrono::steady_clock::now() >= deadline) {
+      fmt::print(stderr, "flowreg: run {} still running after {}\n", *id, a.timeout);
+      return kExitFailure;
+    }
+    if (live) {
+      auto steps = db->store.run_steps(*id);
+      if (steps) {
+        std::string progress;
+        for (const auto& s : *steps) progress += fmt::format("{}:{} ", s.slug, s.status);
+        if (progress != last_progress) fmt::print("{}\n", progress);
+        last_progress = std::move(progress);
+      }
+    }
+    // NOTIFY wakes us at once; the poll is the fallback.
+    if (listener)
+      (void)listener->wait(Millis{1000});
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    info = db->store.get_run(*id);
+    if (!info || !*info) {
+      print_error(info ? Error{Errc::not_found, "the run vanished", {}} : info.error());
+      return kExitFailure;
+    }
+  }
+  const detail::RunInfo& r = **info;
+  if (a.as_json)
+    fmt::print("{}\n", run_json(r).dump(2));
+  else
+    print_run_text(r);
+  return r.status == detail::RunStatus::completed || r.status == detail::RunStatus::started
+             ? kExitOk
+             : kExitFailure;
+}
+
+// Runs a command against the store of the effective configuration.
+template <class F>
+int with_store(const Globals& g, F&& fn) {
+  auto config = effective_config(g);
+  auto db = config ? open_database(*config) : tl::unexpected(config.error());
+  if (!db) {
+    print_error(db.error());
+    return kExitFailure;
+  }
+  return fn(db->store);
+}
+
+int report(const Error& e) {
+  print_error(e);
+  return kExitFailure;
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -459,6 +651,111 @@ int run(int argc, char** argv) {
   pcheck->add_option("files", check_files, "Plugin files")->required();
   pcheck->add_flag("--json", check_json, "Print a JSON array");
   pcheck->callback([&] { status = plugins_check(g, check_files, check_json); });
+
+  RunArgs run_args;
+  auto* run_cmd = app.add_subcommand("run", "Start a run of a flow");
+  run_cmd->add_option("slug", run_args.slug, "Flow slug")->required();
+  run_cmd->add_option("--input", run_args.input, "The run's input: JSON, or @FILE (default {})");
+  run_cmd->add_flag("--wait", run_args.wait,
+                    "Return when the run ends (exit 0 completed, 1 failed)");
+  run_cmd->add_option("--timeout", run_args.timeout,
+                      "With --wait: give up after this long (30s, 5m)");
+  run_cmd->add_option("--idempotency-key", run_args.idempotency_key,
+                      "A second start with the same key returns the first run");
+  run_cmd->add_flag("--json", run_args.as_json, "Print {id, flow, status, output, error, ...}");
+  run_cmd->callback([&] { status = run_flow(g, run_args); });
+
+  auto* runs = app.add_subcommand("runs", "List, show, cancel, retry and prune runs");
+  runs->require_subcommand(1);
+  std::string runs_flow, runs_status, runs_id, prune_age;
+  bool runs_json = false;
+  int runs_limit = 100;
+  auto* rlist = runs->add_subcommand("list", "Runs, newest first");
+  rlist->add_option("--flow", runs_flow, "Only runs of this flow");
+  rlist->add_option("--status", runs_status, "started, completed, failed or cancelled")
+      ->check(CLI::IsMember({"started", "completed", "failed", "cancelled"}));
+  rlist->add_option("--limit", runs_limit, "At most this many (default 100)")
+      ->check(CLI::Range(1, 100000));
+  rlist->add_flag("--json", runs_json, "Print a JSON array");
+  rlist->callback([&] {
+    status = with_store(g, [&](detail::RunStore& store) {
+      detail::RunFilter filter;
+      if (!runs_flow.empty()) filter.flow_slug = runs_flow;
+      if (!runs_status.empty()) filter.status = detail::parse_run_status(runs_status);
+      filter.limit = runs_limit;
+      auto listed = store.list_runs(filter);
+      if (!listed) return report(listed.error());
+      json out = json::array();
+      for (const auto& r : *listed) {
+        if (runs_json)
+          out.push_back(run_json(r));
+        else
+          fmt::print("{}  {:<24} {:<10} {}\n", r.id, r.flow_slug, detail::to_string(r.status),
+                     iso_time(r.created_at));
+      }
+      if (runs_json) fmt::print("{}\n", out.dump(2));
+      return kExitOk;
+    });
+  });
+  auto* rshow = runs->add_subcommand("show", "One run and each of its steps");
+  rshow->add_option("id", runs_id, "Run id")->required();
+  rshow->add_flag("--json", runs_json, "Print JSON");
+  rshow->callback([&] {
+    status = with_store(g, [&](detail::RunStore& store) {
+      auto info = store.get_run(runs_id);
+      if (!info) return report(info.error());
+      if (!*info) return report(Error{Errc::not_found, fmt::format("no run {}", runs_id), {}});
+      auto steps = store.run_steps(runs_id);
+      if (!steps) return report(steps.error());
+      if (runs_json) {
+        json out = run_json(**info);
+        out["steps"] = json::array();
+        for (const auto& s : *steps) out["steps"].push_back(step_json(s));
+        fmt::print("{}\n", out.dump(2));
+        return kExitOk;
+      }
+      print_run_text(**info);
+      for (const auto& s : *steps)
+        fmt::print("  {:<16} {:<6} {:<10} tasks={} attempts={}{}\n", s.slug, s.kind, s.status,
+                   s.task_count, s.attempts, s.error ? "  error: " + *s.error : "");
+      return kExitOk;
+    });
+  });
+  auto* rcancel = runs->add_subcommand("cancel", "Cancel a running run");
+  rcancel->add_option("id", runs_id, "Run id")->required();
+  rcancel->callback([&] {
+    status = with_store(g, [&](detail::RunStore& store) {
+      auto cancelled = store.cancel_run(runs_id);
+      if (!cancelled) return report(cancelled.error());
+      fmt::print("{}\n", *cancelled ? "cancelled" : "not running (nothing to cancel)");
+      return *cancelled ? kExitOk : kExitFailure;
+    });
+  });
+  auto* rretry = runs->add_subcommand("retry", "Run a failed or cancelled run again, as a new run");
+  rretry->add_option("id", runs_id, "Run id")->required();
+  rretry->callback([&] {
+    status = with_store(g, [&](detail::RunStore& store) {
+      auto fresh = store.retry_run(runs_id);
+      if (!fresh) return report(fresh.error());
+      fmt::print("{}\n", *fresh);
+      return kExitOk;
+    });
+  });
+  auto* rprune = runs->add_subcommand("prune", "Delete finished runs older than a duration");
+  rprune->add_option("--older-than", prune_age, "A duration: 30m, 12h, ...")->required();
+  rprune->callback([&] {
+    status = with_store(g, [&](detail::RunStore& store) {
+      const auto age = parse_duration(prune_age);
+      if (!age)
+        return report(Error{Errc::invalid_argument,
+                            fmt::format("--older-than '{}' is not a duration", prune_age),
+                            {}});
+      auto pruned = store.prune(*age);
+      if (!pruned) return report(pruned.error());
+      fmt::print("{} run(s) pruned\n", *pruned);
+      return kExitOk;
+    });
+  });
 
   auto* db = app.add_subcommand("db", "The database: migrations and the embedded cluster");
   db->require_subcommand(1);

@@ -1,0 +1,140 @@
+// `flowreg run` and `flowreg runs ...` through the real binary, on a cluster of their own. The test
+// plays the worker through the store, so that `run --wait` can be seen to end.
+#include <doctest/doctest.h>
+#include <stdlib.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "store/embedded_cluster.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+
+namespace fs = std::filesystem;
+using flowreg::test::run_process;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Scratch {
+  fs::path dir, config;
+  Scratch() {
+    char tmpl[] = "/tmp/flowreg_cli_runs_XXXXXX";
+    dir = mkdtemp(tmpl);
+    // The cluster runs as `postgres` when the tests run as root: it must reach the data dir.
+    fs::permissions(dir, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
+    config = dir / "flowreg.yaml";
+    std::ofstream(config) << "plugins: {dir: " << FLOWREG_EXAMPLE_PLUGIN_DIR << "}\n"
+                          << "database: {data_dir: " << (dir / "data").string() << "}\n"
+                          << "flows:\n"
+                          << "  - slug: count\n"
+                          << "    input_schema: {type: string}\n"
+                          << "    steps: [{slug: words, handler: text.count_words}]\n";
+  }
+  ~Scratch() {
+    if (auto cluster = flowreg::detail::EmbeddedCluster::open(dir / "data")) (void)cluster->stop();
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+  }
+  flowreg::test::ProcessResult flowreg(std::vector<std::string> args) const {
+    args.insert(args.begin(), {FLOWREG_BINARY, "--config", config.string()});
+    return run_process(args);
+  }
+};
+
+}  // namespace
+
+TEST_SUITE("cli_runs") {
+  TEST_CASE("run starts a run, refuses bad input before writing, and --wait returns its output") {
+    Scratch s;
+    auto bad = s.flowreg({"run", "count", "--input", "{\"not\": \"a string\"}"});
+    CHECK(bad.exit_code == 1);
+    CHECK(bad.err.find("input of flow 'count': (top level): expected a string, got a mapping") !=
+          std::string::npos);
+
+    // --wait in the background; this test completes the task the way a worker would.
+    auto waiting = std::async(std::launch::async, [&] {
+      return s.flowreg({"run", "count", "--input", "\"three little words\"", "--wait", "--json",
+                        "--timeout", "120s"});
+    });
+    auto cluster = flowreg::detail::EmbeddedCluster::open(s.dir / "data");
+    REQUIRE(cluster);
+    std::optional<flowreg::detail::RunStore> store;
+    std::vector<flowreg::detail::ClaimedTask> tasks;
+    for (int i = 0; i < 600 && tasks.empty(); ++i) {
+      if (!store) {
+        auto url = cluster->ensure_running();
+        if (url) {
+          auto connected = flowreg::detail::RunStore::connect(*url);
+          if (connected) store = std::move(*connected);
+        }
+      }
+      if (store) {
+        auto listed = store->list_runs();
+        if (listed && !listed->empty()) {
+          const std::vector<flowreg::detail::FlowKey> keys{{"count", (*listed)[0].flow_version}};
+          auto claimed = store->claim("test-worker", keys, 10);
+          if (claimed) tasks = std::move(*claimed);
+        }
+      }
+      if (tasks.empty()) std::this_thread::sleep_for(100ms);
+    }
+    REQUIRE(tasks.size() == 1);
+    CHECK(tasks[0].input == "three little words");
+    const std::vector<flowreg::detail::Completion> done{{tasks[0].id, tasks[0].attempt, json(3)}};
+    REQUIRE(store->complete(done));
+    auto result = waiting.get();
+    REQUIRE_MESSAGE(result.exit_code == 0, result.err);
+    const json run = json::parse(result.out);
+    CHECK(run["status"] == "completed");
+    CHECK(run["output"] == json{{"words", 3}});
+    CHECK(run["error"].is_null());
+
+    // Only the good run was written.
+    auto listed = s.flowreg({"runs", "list", "--json"});
+    REQUIRE(listed.exit_code == 0);
+    CHECK(json::parse(listed.out).size() == 1);
+  }
+
+  TEST_CASE("runs list, show, cancel, retry and prune; an idempotency key returns the first run") {
+    Scratch s;
+    auto first =
+        s.flowreg({"run", "count", "--input", "\"a b\"", "--idempotency-key", "k1", "--json"});
+    REQUIRE_MESSAGE(first.exit_code == 0, first.err);
+    const std::string id = json::parse(first.out)["id"];
+    auto again =
+        s.flowreg({"run", "count", "--input", "\"a b\"", "--idempotency-key", "k1", "--json"});
+    REQUIRE(again.exit_code == 0);
+    CHECK(json::parse(again.out)["id"] == id);
+
+    auto shown = s.flowreg({"runs", "show", id, "--json"});
+    REQUIRE(shown.exit_code == 0);
+    const json run = json::parse(shown.out);
+    CHECK(run["status"] == "started");
+    REQUIRE(run["steps"].size() == 1);
+    CHECK(run["steps"][0]["slug"] == "words");
+
+    CHECK(s.flowreg({"runs", "cancel", id}).exit_code == 0);
+    CHECK(s.flowreg({"runs", "cancel", id}).exit_code == 1);  // nothing left to cancel
+    auto retried = s.flowreg({"runs", "retry", id});
+    REQUIRE(retried.exit_code == 0);
+    std::string retry_id = retried.out;
+    retry_id.erase(retry_id.find_last_not_of('\n') + 1);
+    auto retry = json::parse(s.flowreg({"runs", "show", retry_id, "--json"}).out);
+    CHECK(retry["retry_of"] == id);
+    CHECK(retry["input"] == "a b");
+
+    auto cancelled =
+        json::parse(s.flowreg({"runs", "list", "--status", "cancelled", "--json"}).out);
+    REQUIRE(cancelled.size() == 1);
+    auto pruned = s.flowreg({"runs", "prune", "--older-than", "0s"});
+    REQUIRE(pruned.exit_code == 0);
+    CHECK(pruned.out == "1 run(s) pruned\n");
+    CHECK(s.flowreg({"runs", "show", id}).exit_code == 1);
+    CHECK(s.flowreg({"runs", "show", "not-a-uuid"}).exit_code == 1);
+  }
+}
