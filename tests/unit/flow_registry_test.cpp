@@ -354,18 +354,27 @@ TEST_SUITE("flow_registry") {
       }
     };
     std::thread r1(read_loop, false), r2(read_loop, true);
-    for (int i = 0; i < 300; ++i) {
+    // The storm must overlap the reads: it starts once readers are looking up, and lasts at least
+    // 300 rounds and until they have made 2000 lookups during it (a deadlock guard bounds it).
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (lookups.load() == 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::yield();
+    const long before = lookups.load();
+    for (int i = 0;
+         i < 300 || (lookups.load() - before < 2000 && std::chrono::steady_clock::now() < deadline);
+         ++i) {
       REQUIRE(registry.register_module(module("churn", {flow("churn_x"), flow("churn_y")})));
       REQUIRE(registry.replace_module(
           module("churn", {flow("churn_x", {"a", "b"}), flow("churn_y", {"a", "b"})})));
       REQUIRE(registry.unregister_module("churn"));
     }
+    const long during = lookups.load() - before;
     stop = true;
     r1.join();
     r2.join();
     CHECK(misses.load() == 0);
     CHECK(torn.load() == 0);
-    CHECK(lookups.load() > 0);
+    CHECK(during >= 2000);
     CHECK(registry.size() == 2);
   }
 }
