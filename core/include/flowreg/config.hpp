@@ -37,6 +37,7 @@ struct WorkerSettings {
   int batch_size = 32;
   Millis poll_interval{1'000};
   Millis shutdown_grace{30'000};
+  Millis lease{10'000};  // a claimed task's lease, renewed while its handler runs
 };
 
 struct Config {

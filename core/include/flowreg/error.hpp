@@ -22,7 +22,9 @@ enum class Errc {
   parse,               // a file could not be parsed (YAML, JSON)
   not_started,         // the component is not running
   plugin,              // a plugin could not be loaded or failed at the boundary
-  database,            // PostgreSQL failed or is unreachable
+  database,            // PostgreSQL refused a statement or failed
+  unavailable,         // the database cannot be reached now (down, restarting, connection lost):
+                       // retry later with a new connection
   internal,            // a broken invariant: a bug in flowreg
 };
 

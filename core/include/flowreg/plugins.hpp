@@ -73,6 +73,10 @@ class HandlerRef {
   // Runs the handler on a JSON input; `context_json` is {"run_id", "flow", "step", "task_index",
   // "attempt"} (see flowreg/plugin_abi.h), or "" for none. Thread-safe.
   HandlerOutcome invoke(std::string_view input_json, std::string_view context_json = {}) const;
+  // The same handler of the same loaded copy of its plugin (a reload gives a different one).
+  bool same_code_as(const HandlerRef& other) const noexcept {
+    return plugin_ == other.plugin_ && index_ == other.index_;
+  }
 
  private:
   friend class PluginLoader;

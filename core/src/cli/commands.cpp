@@ -24,6 +24,7 @@
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "util/strings.hpp"
+#include "cli/worker_command.hpp"
 
 namespace flowreg::cli {
 namespace {
@@ -598,6 +599,34 @@ int report(const Error& e) {
   return kExitFailure;
 }
 
+// What a worker's flow owner builds each time it starts: the plugins (watched when
+// plugins.watch), and the configuration's YAML flows as one module. A YAML flow whose handlers no
+// plugin exports is registered but not served (the worker says so).
+detail::FlowSourceFactory worker_source(Config config) {
+  return [config]() -> Result<detail::FlowSource> {
+    auto catalog = load_plugins(config, true);
+    if (!catalog) return tl::unexpected(std::move(catalog.error()));
+    if (!config.flows.empty()) {
+      auto registered = catalog->registry->register_module(
+          Module{config.module, config.file.string(), config.flows, nullptr});
+      if (!registered) return tl::unexpected(std::move(registered.error()));
+    }
+    if (config.plugins.watch) {
+      if (auto watching = catalog->loader->watch(); !watching)
+        spdlog::warn("not watching {} for new plugins: {}", config.plugins.dir.string(),
+                     watching.error().format());
+    }
+    return detail::FlowSource{std::move(catalog->registry), std::move(catalog->loader)};
+  };
+}
+
+int worker(const Globals& g, const WorkerArgs& args) {
+  auto config = effective_config(g);
+  auto db = config ? open_database(*config) : tl::unexpected(config.error());
+  if (!db) return report(db.error());
+  return worker_command(*config, db->url, worker_source(*config), args);
+}
+
 }  // namespace
 
 int run(int argc, char** argv) {
@@ -754,6 +783,49 @@ int run(int argc, char** argv) {
       if (!pruned) return report(pruned.error());
       fmt::print("{} run(s) pruned\n", *pruned);
       return kExitOk;
+    });
+  });
+
+  WorkerArgs worker_args;
+  std::string worker_flows;
+  auto* worker_cmd = app.add_subcommand(
+      "worker", "Run flows: claim their tasks and run their handlers until SIGTERM/SIGINT");
+  worker_cmd->add_option("--concurrency", worker_args.concurrency,
+                         "Handlers running at once (default: worker.concurrency)")
+      ->check(CLI::Range(1, 1024));
+  worker_cmd->add_option("--flows", worker_flows,
+                         "Comma-separated slugs of the flows to serve (default: every loaded flow)");
+  worker_cmd->add_option("--batch", worker_args.batch_size,
+                         "Tasks claimed per round trip (default: worker.batch_size)")
+      ->check(CLI::Range(1, 1000));
+  worker_cmd->add_option("--lease", worker_args.lease,
+                         "Task lease, renewed while handlers run (default: worker.lease)");
+  worker_cmd->add_option("--poll-interval", worker_args.poll_interval,
+                         "Claim this often without notifications (default: worker.poll_interval)");
+  worker_cmd->add_option("--shutdown-grace", worker_args.shutdown_grace,
+                         "On SIGTERM, time in-flight handlers get (default: worker.shutdown_grace)");
+  worker_cmd->add_option("--id", worker_args.id, "Worker id (default: HOST:PID:RANDOM)");
+  worker_cmd->callback([&] {
+    worker_args.flows.clear();
+    std::string_view rest = worker_flows;
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      std::string_view slug = rest.substr(0, comma);
+      while (!slug.empty() && slug.front() == ' ') slug.remove_prefix(1);
+      while (!slug.empty() && slug.back() == ' ') slug.remove_suffix(1);
+      if (!slug.empty()) worker_args.flows.emplace_back(slug);
+      rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    }
+    status = worker(g, worker_args);
+  });
+
+  bool workers_json = false;
+  auto* workers_cmd =
+      app.add_subcommand("workers", "Workers seen on this database and their last heartbeat");
+  workers_cmd->add_flag("--json", workers_json, "Print a JSON array");
+  workers_cmd->callback([&] {
+    status = with_store(g, [&](detail::RunStore& store) {
+      return workers_command(store, workers_json);
     });
   });
 

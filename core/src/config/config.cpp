@@ -138,6 +138,7 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
         config.worker.poll_interval = duration_of((*w)["poll_interval"]);
       if (w->contains("shutdown_grace"))
         config.worker.shutdown_grace = duration_of((*w)["shutdown_grace"]);
+      if (w->contains("lease")) config.worker.lease = duration_of((*w)["lease"]);
     }
   }
 

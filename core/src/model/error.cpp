@@ -24,6 +24,8 @@ std::string_view to_string(Errc code) noexcept {
       return "plugin";
     case Errc::database:
       return "database";
+    case Errc::unavailable:
+      return "unavailable";
     case Errc::internal:
       return "internal";
   }

@@ -95,6 +95,7 @@ struct PluginLoader::Impl {
   struct FileRecord {
     PluginInfo info;
     std::string registered_module;  // the module this file has registered ("" if none)
+    detail::FileSignature signature;  // as seen when it was last loaded
   };
   struct ModuleOwner {
     fs::path file;
@@ -372,13 +373,29 @@ struct PluginLoader::Impl {
   }
 
   // REQUIRES: mutex held.
+  // The watcher's first batch holds every file present, and a rescan may report files that did
+  // not change: a file already loaded with the same content stays as it is.
   void apply(const std::vector<detail::FileChange>& changes) {
     for (const auto& change : changes) {
       if (change.kind == detail::FileChange::Kind::removed)
         remove(change.path);
       else
-        load(change.path);
+        load_changed(change);
     }
+  }
+
+  // Loads a file reported present, unless it is loaded already with the same content, mode and
+  // owner (whether it may load depends on those too).
+  void load_changed(const detail::FileChange& change) {
+    if (auto it = files.find(change.path);
+        it != files.end() && it->second.info.status == PluginStatus::loaded &&
+        it->second.signature.mode == change.signature.mode &&
+        it->second.signature.uid == change.signature.uid) {
+      auto sha = detail::sha256_file_hex(change.path);
+      if (sha && *sha == it->second.info.sha256) return;
+    }
+    load(change.path);
+    if (auto it = files.find(change.path); it != files.end()) it->second.signature = change.signature;
   }
 
   detail::WatchOptions watch_options() const {
@@ -406,13 +423,7 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
   std::set<fs::path> seen;
   for (const auto& change : present) {
     seen.insert(change.path);
-    auto it = impl_->files.find(change.path);
-    // Unchanged content that is already loaded stays as it is.
-    if (it != impl_->files.end() && it->second.info.status == PluginStatus::loaded) {
-      auto sha = detail::sha256_file_hex(change.path);
-      if (sha && *sha == it->second.info.sha256) continue;
-    }
-    impl_->load(change.path);
+    impl_->load_changed(change);
   }
   std::vector<fs::path> gone;
   for (const auto& [path, record] : impl_->files)

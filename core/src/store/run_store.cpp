@@ -33,9 +33,24 @@ const std::vector<Statement>& statements() {
        " ARRAY(SELECT jsonb_array_elements($3::jsonb)))"},
       {"claim",
        "SELECT id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
-       " input::text, max_attempts, (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
-       " FROM flowreg.claim_tasks($1, $2::jsonb, $3::int)"},
-      {"renew", "SELECT unnest(flowreg.renew_leases($1, $2::jsonb))"},
+       " input::text, max_attempts, (extract(epoch FROM lease_expires_at) * 1000000)::bigint,"
+       " timeout_ms FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
+      {"renew", "SELECT unnest(flowreg.renew_leases($1, $2::jsonb, NULLIF($3, -1)::bigint))"},
+      {"work",
+       "SELECT kind, id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
+       " input::text, max_attempts, timeout_ms,"
+       " (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
+       " FROM flowreg.work($1, $2::jsonb, $3::jsonb, $4::jsonb, $5::int,"
+       " NULLIF($6, -1)::bigint)"},
+      {"release", "SELECT unnest(flowreg.release_tasks($1, $2::jsonb))"},
+      {"heartbeat",
+       "SELECT flowreg.worker_heartbeat($1, $2, $3::int, $4::jsonb, $5::int, $6::boolean)"},
+      {"list_workers",
+       "SELECT id, host, pid, concurrency, flows::text,"
+       " (extract(epoch FROM started_at) * 1000000)::bigint,"
+       " (extract(epoch FROM last_heartbeat_at) * 1000000)::bigint,"
+       " (extract(epoch FROM stopped_at) * 1000000)::bigint"
+       " FROM flowreg.workers ORDER BY last_heartbeat_at DESC, id"},
       {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb))"},
       {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb))"},
       {"cancel_run", "SELECT flowreg.cancel_run($1::uuid)"},
@@ -85,11 +100,18 @@ auto guarded(std::string_view what, F&& body) -> decltype(body()) {
     Errc code = Errc::database;
     if (state == "P0002") code = Errc::not_found;
     if (state == "22023" || state == "22P02") code = Errc::invalid_argument;
+    // Connection exceptions (08) and operator intervention (57: shutdown, crash recovery).
+    if (state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0) code = Errc::unavailable;
     std::string message = e.what();
     while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
       message.pop_back();
     if (message.rfind("ERROR:  ", 0) == 0) message.erase(0, 8);
     return make_error(code, fmt::format("{}: {}", what, message));
+  } catch (const pqxx::broken_connection& e) {
+    return make_error(Errc::unavailable, fmt::format("{}: connection lost: {}", what, e.what()));
+  } catch (const pqxx::in_doubt_error& e) {
+    return make_error(Errc::unavailable,
+                      fmt::format("{}: connection lost during commit: {}", what, e.what()));
   } catch (const std::exception& e) {
     return make_error(Errc::database, fmt::format("{}: {}", what, e.what()));
   }
@@ -169,11 +191,27 @@ struct RunStore::Impl {
 
   template <class... Args>
   pqxx::result exec(const char* name, Args&&... args) {
-    pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
-    return tx.exec_prepared(name, std::forward<Args>(args)...);
+    try {
+      pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
+      return tx.exec_prepared(name, std::forward<Args>(args)...);
+    } catch (const pqxx::broken_connection&) {
+      lost = true;
+      throw;
+    } catch (const pqxx::in_doubt_error&) {
+      lost = true;
+      throw;
+    } catch (const pqxx::sql_error& e) {
+      const std::string state = e.sqlstate();
+      if (state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0 || !conn.is_open()) lost = true;
+      throw;
+    } catch (const pqxx::failure&) {
+      if (!conn.is_open()) lost = true;
+      throw;
+    }
   }
 
   pqxx::connection conn;
+  bool lost = false;
 };
 
 RunStore::RunStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -245,11 +283,35 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
   });
 }
 
+namespace {
+
+Json completions_json(std::span<const Completion> completions) {
+  Json batch = Json::array();
+  for (const auto& c : completions)
+    batch.push_back({{"id", c.id}, {"attempt", c.attempt}, {"output", c.output}});
+  return batch;
+}
+
+Json failures_json(std::span<const Failure> failures) {
+  Json batch = Json::array();
+  for (const auto& f : failures)
+    batch.push_back(
+        {{"id", f.id}, {"attempt", f.attempt}, {"error", f.error}, {"permanent", f.permanent}});
+  return batch;
+}
+
+Json flow_keys_json(std::span<const FlowKey> flows) {
+  Json keys = Json::array();
+  for (const auto& f : flows) keys.push_back({{"slug", f.slug}, {"version", f.version}});
+  return keys;
+}
+
+}  // namespace
+
 Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
                                                  std::span<const FlowKey> flows, int limit) {
   if (limit <= 0 || flows.empty()) return std::vector<ClaimedTask>{};
-  Json keys = Json::array();
-  for (const auto& f : flows) keys.push_back({{"slug", f.slug}, {"version", f.version}});
+  const Json keys = flow_keys_json(flows);
   return guarded("claiming tasks", [&]() -> Result<std::vector<ClaimedTask>> {
     auto rows = impl_->exec("claim", std::string(worker_id), keys.dump(), limit);
     std::vector<ClaimedTask> out;
@@ -266,6 +328,7 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
       t.input = Json::parse(r[7].c_str());
       t.max_attempts = r[8].as<int>();
       t.lease_expires_at = from_micros(r[9].as<std::int64_t>());
+      t.timeout = Millis(r[10].as<std::int64_t>());
       out.push_back(std::move(t));
     }
     return out;
@@ -273,33 +336,112 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
 }
 
 Result<std::vector<TaskId>> RunStore::renew(std::string_view worker_id,
-                                            std::span<const TaskAttempt> tasks) {
+                                            std::span<const TaskAttempt> tasks,
+                                            std::optional<Millis> lease) {
   if (tasks.empty()) return std::vector<TaskId>{};
   Json batch = Json::array();
   for (const auto& t : tasks) batch.push_back({{"id", t.id}, {"attempt", t.attempt}});
+  const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
   return guarded("renewing leases", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("renew", std::string(worker_id), batch.dump()));
+    return ids_of(impl_->exec("renew", std::string(worker_id), batch.dump(), lease_ms));
   });
 }
 
+Result<WorkResult> RunStore::work(std::string_view worker_id,
+                                  std::span<const Completion> completions,
+                                  std::span<const Failure> failures, std::span<const FlowKey> flows,
+                                  int limit, std::optional<Millis> lease) {
+  const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
+  const std::string done = completions_json(completions).dump();
+  const std::string failed = failures_json(failures).dump();
+  const std::string keys = flow_keys_json(flows).dump();
+  return guarded("recording results and claiming tasks", [&]() -> Result<WorkResult> {
+    auto rows = impl_->exec("work", std::string(worker_id), done, failed, keys, std::max(limit, 0),
+                            lease_ms);
+    WorkResult out;
+    out.claimed.reserve(rows.size());
+    for (const auto& r : rows) {
+      const std::string_view kind = r[0].c_str();
+      if (kind == "rejected") {
+        out.rejected.push_back(r[1].as<TaskId>());
+      } else if (kind == "due") {
+        out.next_due_in = Millis(std::max<std::int64_t>(0, r[10].as<std::int64_t>()));
+      } else {
+        ClaimedTask t;
+        t.id = r[1].as<TaskId>();
+        t.run_id = r[2].as<std::string>();
+        t.flow_slug = r[3].as<std::string>();
+        t.flow_version = r[4].as<std::string>();
+        t.step_slug = r[5].as<std::string>();
+        t.task_index = r[6].as<int>();
+        t.attempt = r[7].as<int>();
+        t.input = Json::parse(r[8].c_str());
+        t.max_attempts = r[9].as<int>();
+        t.timeout = Millis(r[10].as<std::int64_t>());
+        t.lease_expires_at = from_micros(r[11].as<std::int64_t>());
+        out.claimed.push_back(std::move(t));
+      }
+    }
+    return out;
+  });
+}
+
+Result<std::vector<TaskId>> RunStore::release(std::string_view worker_id,
+                                              std::span<const Release> tasks) {
+  if (tasks.empty()) return std::vector<TaskId>{};
+  Json batch = Json::array();
+  for (const auto& t : tasks)
+    batch.push_back({{"id", t.id}, {"attempt", t.attempt}, {"ran", t.ran}});
+  return guarded("releasing tasks", [&]() -> Result<std::vector<TaskId>> {
+    return ids_of(impl_->exec("release", std::string(worker_id), batch.dump()));
+  });
+}
+
+Result<void> RunStore::heartbeat(const WorkerRecord& worker, bool stopped) {
+  const std::string keys = flow_keys_json(worker.flows).dump();
+  return guarded(fmt::format("recording the heartbeat of worker {}", worker.id),
+                 [&]() -> Result<void> {
+                   impl_->exec("heartbeat", worker.id, worker.host, worker.pid, keys,
+                               worker.concurrency, stopped);
+                   return {};
+                 });
+}
+
+Result<std::vector<WorkerRecord>> RunStore::list_workers() {
+  return guarded("listing workers", [&]() -> Result<std::vector<WorkerRecord>> {
+    std::vector<WorkerRecord> out;
+    for (const auto& r : impl_->exec("list_workers")) {
+      WorkerRecord w;
+      w.id = r[0].as<std::string>();
+      w.host = r[1].as<std::string>();
+      w.pid = r[2].as<int>();
+      w.concurrency = r[3].as<int>();
+      for (const auto& f : Json::parse(r[4].c_str()))
+        w.flows.push_back(FlowKey{f.value("slug", ""), f.value("version", "")});
+      w.started_at = from_micros(r[5].as<std::int64_t>());
+      w.last_heartbeat_at = from_micros(r[6].as<std::int64_t>());
+      w.stopped_at = opt_time(r[7]);
+      out.push_back(std::move(w));
+    }
+    return out;
+  });
+}
+
+bool RunStore::connection_lost() const noexcept { return impl_ == nullptr || impl_->lost; }
+
 Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> completions) {
   if (completions.empty()) return std::vector<TaskId>{};
-  Json batch = Json::array();
-  for (const auto& c : completions)
-    batch.push_back({{"id", c.id}, {"attempt", c.attempt}, {"output", c.output}});
+  const std::string batch = completions_json(completions).dump();
   return guarded("completing tasks", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("complete", batch.dump()));
+    return ids_of(impl_->exec("complete", batch));
   });
 }
 
 Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {
   if (failures.empty()) return std::vector<TaskId>{};
-  Json batch = Json::array();
-  for (const auto& f : failures)
-    batch.push_back(
-        {{"id", f.id}, {"attempt", f.attempt}, {"error", f.error}, {"permanent", f.permanent}});
+  const std::string batch = failures_json(failures).dump();
   return guarded("failing tasks", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("fail", batch.dump()));
+    return ids_of(impl_->exec("fail", batch));
   });
 }
 
@@ -386,6 +528,7 @@ struct Listener::Impl {
   explicit Impl(const std::string& conninfo) : conn(conninfo) {}
   std::deque<Notification> queue;
   pqxx::connection conn;
+  bool lost = false;
   std::vector<std::unique_ptr<QueueingReceiver>> receivers;  // destroyed before conn
 };
 
@@ -405,7 +548,15 @@ Result<Listener> Listener::connect(const std::string& conninfo, std::vector<std:
   });
 }
 
+bool Listener::connection_lost() const noexcept { return impl_ == nullptr || impl_->lost; }
+
 Result<std::optional<Notification>> Listener::wait(Millis timeout) {
+  auto result = wait_for(timeout);
+  if (!result && !impl_->conn.is_open()) impl_->lost = true;
+  return result;
+}
+
+Result<std::optional<Notification>> Listener::wait_for(Millis timeout) {
   return guarded("waiting for a notification", [&]() -> Result<std::optional<Notification>> {
     auto& q = impl_->queue;
     if (q.empty()) impl_->conn.get_notifs();

@@ -72,6 +72,7 @@ struct ClaimedTask {
   int attempt = 0;     // 1 for the first attempt; pass it back to complete/fail/renew (fencing)
   Json input;
   int max_attempts = 0;
+  Millis timeout{0};  // the step's timeout: the worker gives up on the handler after it
   TimePoint lease_expires_at;
 };
 
@@ -91,6 +92,33 @@ struct Failure {
   int attempt = 0;
   std::string error;
   bool permanent = false;  // fail the step and run at once, whatever the attempts left
+};
+
+// A task a worker gives back on shutdown. ran = false: its handler never started (the attempt is
+// refunded); true: the handler was interrupted (handled like an expired lease, at once).
+struct Release {
+  TaskId id = 0;
+  int attempt = 0;
+  bool ran = false;
+};
+
+// What one worker cycle (RunStore::work) returns.
+struct WorkResult {
+  std::vector<ClaimedTask> claimed;
+  std::vector<TaskId> rejected;  // completions and failures not recorded
+  // How long until the next delayed task (a retry waiting for its backoff) of the flows becomes
+  // ready, by the server's clock; nullopt when none waits.
+  std::optional<Millis> next_due_in;
+};
+
+// A row of flowreg.workers.
+struct WorkerRecord {
+  std::string id, host;
+  int pid = 0;
+  int concurrency = 0;
+  std::vector<FlowKey> flows;
+  TimePoint started_at, last_heartbeat_at;
+  std::optional<TimePoint> stopped_at;
 };
 
 struct RunInfo {
@@ -138,9 +166,11 @@ class RunStore {
   RunStore& operator=(const RunStore&) = delete;
   ~RunStore();
 
-  // Stores `flow` as (flow.slug, version). Idempotent; Errc::invalid_argument when that version is
-  // stored with a different definition, or when the flow is malformed (unknown dependency, a map
-  // step with more than one dependency). Returns true when this call stored it.
+  // Stores `flow` as (flow.slug, version). Idempotent. A stored version whose options or input
+  // schema differ is updated: tasks created from then on use the new options.
+  // Errc::invalid_argument when that version is stored with a different shape (steps, kinds,
+  // dependencies, handlers), or when the flow is malformed (unknown dependency, a map step with
+  // more than one dependency). Returns true when this call stored or updated it.
   Result<bool> upsert_flow(const FlowDef& flow, std::string_view version);
 
   // Starts a run of a stored flow version (Errc::not_found when it is not stored). Input
@@ -155,9 +185,28 @@ class RunStore {
   // timeout. Never waits for tasks other claimers hold (SKIP LOCKED).
   Result<std::vector<ClaimedTask>> claim(std::string_view worker_id, std::span<const FlowKey> flows,
                                          int limit);
-  // Extends leases (by each step's timeout from now). Returns the ids rejected: not started, held
-  // by another worker, or a newer attempt.
-  Result<std::vector<TaskId>> renew(std::string_view worker_id, std::span<const TaskAttempt> tasks);
+  // Extends leases by min(each step's timeout, lease) from now (no lease: the timeout). Returns
+  // the ids rejected: not started, held by another worker, or a newer attempt.
+  Result<std::vector<TaskId>> renew(std::string_view worker_id, std::span<const TaskAttempt> tasks,
+                                    std::optional<Millis> lease = std::nullopt);
+  // One worker cycle in one transaction: records `completions` and `failures` (as complete() and
+  // fail() do), then claims up to `limit` tasks of `flows` (as claim() does, each leased for
+  // min(its step's timeout, lease)), tasks the completions just made ready included.
+  Result<WorkResult> work(std::string_view worker_id, std::span<const Completion> completions,
+                          std::span<const Failure> failures, std::span<const FlowKey> flows,
+                          int limit, std::optional<Millis> lease);
+  // Gives back tasks this worker holds (graceful shutdown); returns the ids released. Other
+  // workers are notified.
+  Result<std::vector<TaskId>> release(std::string_view worker_id, std::span<const Release> tasks);
+  // Records (upserts) a worker's heartbeat; stopped = true marks it stopped.
+  Result<void> heartbeat(const WorkerRecord& worker, bool stopped);
+  // Workers, most recent heartbeat first.
+  Result<std::vector<WorkerRecord>> list_workers();
+
+  // True once a call failed because the connection to the server broke (or a commit's outcome is
+  // unknown): the store is unusable and must be replaced by a fresh connect(). Calls that fail
+  // with an SQL error leave it usable.
+  bool connection_lost() const noexcept;
   // Records outputs; starts what becomes ready, completes steps and runs. Returns the ids
   // rejected (attempt no longer current, task no longer started): their result is not recorded.
   Result<std::vector<TaskId>> complete(std::span<const Completion> completions);
@@ -205,9 +254,12 @@ class Listener {
 
   // The next notification, waiting up to `timeout` for one; nullopt on timeout.
   Result<std::optional<Notification>> wait(Millis timeout);
+  // True once the connection broke: notifications may have been missed; connect a new Listener.
+  bool connection_lost() const noexcept;
 
  private:
   struct Impl;
+  Result<std::optional<Notification>> wait_for(Millis timeout);
   explicit Listener(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -1,0 +1,142 @@
+#pragma once
+// The parts of a worker that live as long as its process, whatever the supervision tree restarts:
+// the handler threads, the task capacity, the run-store connections, the notification listener
+// and the keeper (lease renewal, step timeouts, heartbeats, results of stopped loops).
+//
+// A flow loop (flow_loop.hpp) claims tasks of one flow version and hands them to the engine, which
+// runs them on the pool and puts each result in the loop's outbox; the loop records outboxes and
+// claims more in one round trip (RunStore::work). A loop's LoopState outlives the loop: when a
+// loop stops (its plugin was replaced, it failed, the worker drains), its handlers still running
+// finish on the code they started with (each job holds its HandlerRef), and the keeper records
+// their results; the old code is released when the last of them ends.
+//
+// Thread-safety: every member function may be called concurrently. Lock order: Engine::mu_, then
+// a LoopState::mu; never the other way round.
+
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "flowreg/plugins.hpp"
+#include "worker/handler_pool.hpp"
+#include "worker/store_pool.hpp"
+#include "worker/worker_options.hpp"
+
+namespace flowreg::detail {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+// A claimed task whose result is not recorded yet.
+struct HeldTask {
+  int attempt = 0;
+  Millis timeout{0};
+  std::optional<SteadyTime> running_since;  // set when its handler starts
+  bool abandoned = false;                   // timed out or lease lost: its result will be dropped
+};
+
+// The shared state of one flow loop (one flow version).
+struct LoopState {
+  LoopState(FlowKey flow_key, std::unordered_map<std::string, HandlerRef> step_handlers)
+      : key(std::move(flow_key)),
+        label(key.slug + "@" + key.version),
+        handlers(std::move(step_handlers)) {}
+
+  const FlowKey key;
+  const std::string label;                                     // "slug@version"
+  const std::unordered_map<std::string, HandlerRef> handlers;  // by step slug
+
+  std::mutex mu;
+  std::condition_variable cv;                 // outbox filled, claim wanted, stopping
+  std::unordered_map<TaskId, HeldTask> held;  // guarded by mu
+  std::vector<Completion> completions;        // outbox, guarded by mu
+  std::vector<Failure> failures;              // outbox, guarded by mu
+  SteadyTime first_result_at;                 // when the outbox last became non-empty
+  bool claim_wanted = true;  // a notification or a full claim: there may be tasks to claim
+  bool stopping = false;     // the loop thread must exit
+  bool retired = false;      // the loop stopped: the keeper records its outbox
+};
+
+struct DrainReport {
+  int released_unstarted = 0;  // given back before their handler started
+  int released_running = 0;    // handlers still running at the deadline
+  int results_recorded = 0;    // recorded during finish()
+};
+
+class Engine {
+ public:
+  // Starts the handler threads, the listener and the keeper.
+  explicit Engine(WorkerOptions options);
+  ~Engine();  // finish(), waiting for running handlers however long they take
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const WorkerOptions& options() const noexcept { return options_; }
+  const std::string& worker_id() const noexcept { return options_.worker_id; }
+  StorePool& stores() noexcept { return stores_; }
+
+  // A loop registers its state when it starts, and retires it when it stops.
+  void attach(const std::shared_ptr<LoopState>& state);
+  void retire(const std::shared_ptr<LoopState>& state);
+
+  // Capacity: at most concurrency + batch_size tasks held at once. acquire takes up to `wanted`
+  // slots; when it gets none, `state` is woken (claim_wanted) once some are released.
+  int acquire_slots(int wanted, const std::shared_ptr<LoopState>& state);
+  void release_slots(int n);
+
+  // Runs a task claimed by `state`'s loop on the pool. REQUIRES: a slot acquired for it.
+  void dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task);
+
+  // Graceful shutdown. begin_drain: no loop claims any more; tasks not started are given back to
+  // the database at once. held(): tasks still held (running, or results not recorded).
+  // finish(): gives back what still runs, records the results there are, marks the worker
+  // stopped, stops the listener and the keeper. Idempotent.
+  void begin_drain();
+  bool draining() const;
+  int held() const;
+  DrainReport finish(SteadyTime pool_deadline);
+
+  // What the flows served are, for heartbeats.
+  void set_served(std::vector<FlowKey> flows);
+
+ private:
+  void notifier_main();
+  void keeper_main();
+  void keeper_tick(bool renew_due, bool heartbeat_due);
+  void wake(std::string_view slug);
+  void wake_all();
+  std::vector<std::shared_ptr<LoopState>> states() const;
+  void run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task);
+  // Records results of retired loops and pending releases; false when the database is unreachable.
+  bool flush_retired();
+  bool flush_releases();
+  void heartbeat(bool stopped);
+  // Sleeps up to `d` unless stopping.
+  void nap(Millis d);
+
+  const WorkerOptions options_;
+  StorePool stores_;
+  HandlerPool pool_;
+
+  mutable std::mutex mu_;
+  std::condition_variable stop_cv_;
+  std::vector<std::shared_ptr<LoopState>> states_;  // guarded by mu_
+  std::vector<std::weak_ptr<LoopState>> starving_;  // guarded by mu_
+  std::vector<Release> releases_;                   // guarded by mu_: to give back
+  std::vector<FlowKey> served_;                     // guarded by mu_
+  int free_slots_ = 0;                              // guarded by mu_
+  bool draining_ = false;                           // guarded by mu_
+  bool stopping_ = false;                           // guarded by mu_
+  bool finished_ = false;                           // guarded by mu_
+  DrainReport report_;                              // guarded by mu_
+
+  std::thread notifier_;
+  std::thread keeper_;
+};
+
+}  // namespace flowreg::detail

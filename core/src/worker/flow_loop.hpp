@@ -1,0 +1,47 @@
+#pragma once
+// The loop of one flow version in a worker: stores the flow's definition, then, until stopped,
+// records its finished tasks and claims more in one round trip (RunStore::work) whenever there are
+// results to record, a notification says tasks are ready, capacity frees up after a full claim,
+// or the poll interval (or the next retry's due time) passes. Claimed tasks go to the engine.
+//
+// It is a supervised Service: it reports through its ExitSignal when it cannot go on (an error
+// other than the database being unreachable, which it rides out with backoff). Stopping it leaves
+// its handlers running: the engine records their results (see engine.hpp).
+//
+// Thread-safety: start() and stop() from the supervisor; the loop runs on its own thread.
+
+#include <memory>
+#include <thread>
+
+#include "flowreg/flow.hpp"
+#include "flowreg/supervisor.hpp"
+#include "worker/engine.hpp"
+
+namespace flowreg::detail {
+
+class FlowLoop final : public Service {
+ public:
+  // `flow` is the definition stored for `state->key`.
+  static Result<std::shared_ptr<FlowLoop>> start(Engine& engine, FlowDef flow,
+                                                 std::shared_ptr<LoopState> state, ExitSignal exit);
+  ~FlowLoop() override;
+  FlowLoop(const FlowLoop&) = delete;
+  FlowLoop& operator=(const FlowLoop&) = delete;
+
+  void stop() noexcept override;
+
+ private:
+  FlowLoop(Engine& engine, FlowDef flow, std::shared_ptr<LoopState> state, ExitSignal exit);
+  void run();
+  // Waits up to `d` unless stopping; false when stopping.
+  bool pause(Millis d);
+  Result<void> store_definition();
+
+  Engine& engine_;
+  const FlowDef flow_;
+  const std::shared_ptr<LoopState> state_;
+  const ExitSignal exit_;
+  std::thread thread_;
+};
+
+}  // namespace flowreg::detail

@@ -1,0 +1,44 @@
+#pragma once
+// What a worker is told: its identity, its database, its sizes and its clocks.
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "flowreg/error.hpp"
+#include "flowreg/options.hpp"
+#include "flowreg/supervisor.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::detail {
+
+struct WorkerOptions {
+  // Names the supervision tree (supervisor NAME, its children NAME.registry, NAME.flows and
+  // NAME.loops, loops NAME.loop:SLUG@VERSION) in events and logs; tests give each tree its own.
+  std::string name = "worker";
+  std::string worker_id;  // default: HOST:PID:RANDOM (unique per process start)
+  std::string conninfo;   // the run store's database
+
+  int concurrency = 4;   // handler threads
+  int batch_size = 32;   // tasks claimed per round trip; a worker holds at most concurrency + batch
+  Millis lease{10'000};  // a claimed task's lease (renewed every lease / 3 while its handler runs)
+  Millis poll_interval{1'000};       // claim without a notification this often
+  Millis heartbeat_interval{5'000};  // flowreg.workers.last_heartbeat_at
+  Millis reconnect_min{50};          // backoff after losing the database: doubles up to max
+  Millis reconnect_max{5'000};
+  int store_connections = 2;       // run-store connections shared by the flow loops
+  std::vector<std::string> flows;  // slugs served; empty: every loaded flow
+
+  // A flow loop that fails is restarted alone; more than this many restarts of the loops within
+  // the period make the loops' supervisor give up, and the tree restarts it; more than
+  // tree_restarts restarts of the tree's children within their period make the worker fail.
+  RestartLimit loop_restarts{20, Millis(60'000)};
+  RestartLimit tree_restarts{3, Millis(60'000)};
+
+  std::function<void(const SupervisorEvent&)> on_event;  // every supervisor's events
+  // Test hook: called by a flow loop before each round trip; an error makes that loop fail.
+  std::function<Result<void>(const FlowKey&)> loop_probe;
+};
+
+}  // namespace flowreg::detail
