@@ -24,6 +24,7 @@ namespace fd = flowreg::detail;
 
 namespace flowreg::pgtest {
 EmbeddedCluster& shared_cluster();
+std::string empty_database(const std::string& name);
 }  // namespace flowreg::pgtest
 
 namespace {
@@ -36,17 +37,7 @@ constexpr Migration kSteps[] = {
      "ALTER TABLE items ADD COLUMN note text;\nUPDATE items SET note = 'after ' || label;"},
 };
 
-// A new, empty database of the shared cluster; returns its connection string.
-std::string fresh_database(const std::string& name) {
-  auto& cluster = flowreg::pgtest::shared_cluster();
-  auto started = cluster.ensure_running();
-  if (!started) throw std::runtime_error(started.error().format());
-  pqxx::connection conn(cluster.connection_string("postgres"));
-  pqxx::nontransaction tx(conn);
-  tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
-  tx.exec0("CREATE DATABASE " + conn.quote_name(name));
-  return cluster.connection_string(name);
-}
+std::string fresh_database(const std::string& name) { return flowreg::pgtest::empty_database(name); }
 
 pqxx::result query(const std::string& conninfo, const std::string& sql) {
   pqxx::connection conn(conninfo);

@@ -4,12 +4,15 @@
 //   flowreg::pgtest::test_root()       /tmp/flowreg_pg_test_<pid>, this process's scratch space
 //   flowreg::pgtest::shared_cluster()  started once per process, stopped and removed at exit
 //   flowreg::pgtest::track(cluster)    another cluster to stop at exit
+//   flowreg::pgtest::empty_database(n) a new, empty database n of the shared cluster (dropped
+//                                      first when it exists); its connection string
 
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
+#include <pqxx/pqxx>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -81,6 +84,17 @@ EmbeddedCluster& shared_cluster() {
     return c;
   }();
   return *cluster;
+}
+
+std::string empty_database(const std::string& name) {
+  auto& cluster = shared_cluster();
+  auto started = cluster.ensure_running();
+  if (!started) throw std::runtime_error(started.error().format());
+  pqxx::connection conn(cluster.connection_string("postgres"));
+  pqxx::nontransaction tx(conn);
+  tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
+  tx.exec0("CREATE DATABASE " + conn.quote_name(name));
+  return cluster.connection_string(name);
 }
 
 }  // namespace flowreg::pgtest

@@ -40,22 +40,14 @@ namespace fd = flowreg::detail;
 
 namespace flowreg::pgtest {
 EmbeddedCluster& shared_cluster();
+std::string empty_database(const std::string& name);
 }  // namespace flowreg::pgtest
 
 namespace {
 
 // A new database of the shared cluster holding the migrated schema; returns its connection string.
 std::string fresh_database(const std::string& name) {
-  auto& cluster = flowreg::pgtest::shared_cluster();
-  auto started = cluster.ensure_running();
-  if (!started) throw std::runtime_error(started.error().format());
-  {
-    pqxx::connection conn(cluster.connection_string("postgres"));
-    pqxx::nontransaction tx(conn);
-    tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
-    tx.exec0("CREATE DATABASE " + conn.quote_name(name));
-  }
-  const auto conninfo = cluster.connection_string(name);
+  const auto conninfo = flowreg::pgtest::empty_database(name);
   auto migrated = fd::migrate(conninfo);
   if (!migrated) throw std::runtime_error(migrated.error().format());
   return conninfo;

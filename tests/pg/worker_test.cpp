@@ -1,0 +1,438 @@
+// `flowreg worker` on the embedded cluster: real worker processes (the flowreg binary) serving
+// the real fixture plugin tests/plugins/wprobe.cpp, killed, stopped, restarted and raced; and the
+// supervision tree in process, with a loop made to fail.
+
+#include "worker/worker.hpp"
+
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <pqxx/pqxx>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "flowreg/plugins.hpp"
+#include "store/embedded_cluster.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+
+namespace flowreg::pgtest {
+detail::EmbeddedCluster& shared_cluster();
+std::string empty_database(const std::string& name);
+std::filesystem::path test_root();
+}  // namespace flowreg::pgtest
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace fd = flowreg::detail;
+using flowreg::test::Child;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::string query_one(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  auto r = tx.exec(sql);
+  if (r.empty() || r[0][0].is_null()) return "";
+  return r[0][0].as<std::string>();
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Polls `ready` every 20 ms until it holds or `timeout` passes; whether it held.
+template <class F>
+bool eventually(F&& ready, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (ready()) return true;
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(20ms);
+  }
+}
+
+// A scratch directory with plugins/wprobe.so, a configuration and a fresh migrated database.
+struct Scene {
+  fs::path dir;
+  std::string conninfo;
+  fs::path config() const { return dir / "flowreg.yaml"; }
+  fs::path log() const { return dir / "handler.log"; }
+  fs::path plugins() const { return dir / "plugins"; }
+
+  Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
+    std::vector<std::string> argv = {
+        FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
+        "--id",         id,         "--poll-interval", "200ms"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
+  }
+
+  std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
+
+  // Waits until worker `id` serves `slug` (its startup line names it); returns the flow version.
+  std::string wait_serving(const std::string& id, const std::string& slug) const {
+    std::string version;
+    const bool ok = eventually(
+        [&] {
+          version = query_one(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                            "' ORDER BY created_at DESC LIMIT 1");
+          return !version.empty() && err(id).find("serving") != std::string::npos;
+        },
+        30s);
+    REQUIRE_MESSAGE(ok, "worker " << id << " never served " << slug << ": " << err(id));
+    return version;
+  }
+
+  fd::RunStore store() const {
+    auto s = fd::RunStore::connect(conninfo);
+    REQUIRE_MESSAGE(s, s.error().format());
+    return std::move(*s);
+  }
+
+  int count(const std::string& where) const {
+    return std::stoi(query_one(conninfo, "SELECT count(*) FROM flowreg." + where));
+  }
+
+  // Lines of the handlers' log: {run, step, task_index, attempt, pid, version}.
+  std::vector<std::vector<std::string>> log_lines() const {
+    std::vector<std::vector<std::string>> out;
+    std::ifstream in(log());
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream fields(line);
+      std::vector<std::string> f;
+      for (std::string x; fields >> x;) f.push_back(x);
+      out.push_back(std::move(f));
+    }
+    return out;
+  }
+};
+
+void install_plugin(const Scene& s, const std::string& fixture) {
+  // Renamed into place: the watcher sees one complete file.
+  const fs::path tmp = s.plugins() / ".incoming.tmp";
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / (fixture + ".so"), tmp,
+                fs::copy_options::overwrite_existing);
+  fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                           fs::perms::others_read);
+  fs::rename(tmp, s.plugins() / "wprobe.so");
+}
+
+Scene make_scene(const std::string& name) {
+  Scene s;
+  s.dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.plugins());
+  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.plugins()})
+    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+  install_plugin(s, "wprobe_v1");
+  s.conninfo = flowreg::pgtest::empty_database(name);
+  auto migrated = fd::migrate(s.conninfo);
+  REQUIRE_MESSAGE(migrated, migrated.error().format());
+  std::ofstream(s.config()) << "plugins:\n  dir: plugins\n  watch: true\n"
+                            << "database:\n  url: " << Json(s.conninfo).dump()  // quoted
+                            << "\n  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";
+  return s;
+}
+
+std::vector<fd::RunId> start_runs(const Scene& s, const std::string& slug,
+                                  const std::string& version, const Json& input, int n) {
+  auto store = s.store();
+  std::vector<Json> inputs(static_cast<std::size_t>(n), input);
+  auto runs = store.start_runs(slug, version, inputs);
+  REQUIRE_MESSAGE(runs, runs.error().format());
+  return *runs;
+}
+
+bool all_completed(const Scene& s, int n, std::chrono::milliseconds timeout) {
+  return eventually([&] { return s.count("runs WHERE status = 'completed'") == n; }, timeout);
+}
+
+}  // namespace
+
+TEST_SUITE("worker") {
+  TEST_CASE("a worker killed with SIGKILL mid-task: the task runs again elsewhere, once") {
+    auto s = make_scene("w_kill");
+    auto a = s.worker("a", {"--lease", "1s"});
+    const auto version = s.wait_serving("a", "wprobe_single");
+    const fs::path hung = s.dir / "hung";
+    const auto run =
+        start_runs(s, "wprobe_single", version,
+                   {{"log", s.log().string()}, {"hang_on_first", hung.string()}}, 1)[0];
+    REQUIRE_MESSAGE(eventually([&] { return fs::exists(hung); }, 30s), s.err("a"));
+    a.signal(SIGKILL);
+    CHECK(a.wait(10s) == 128 + SIGKILL);
+
+    auto b = s.worker("b", {"--lease", "1s"});
+    REQUIRE_MESSAGE(all_completed(s, 1, 60s), s.err("b"));
+    // The step's result is recorded once: one task, completed on its second attempt, by b.
+    CHECK(s.count("tasks WHERE run_id = '" + run + "'") == 1);
+    CHECK(query_one(s.conninfo,
+                    "SELECT status || ' ' || attempt || ' ' || worker_id || ' ' || "
+                    "(output->>'pid') FROM flowreg.tasks WHERE run_id = '" +
+                        run + "'") == "completed 2 b " + std::to_string(b.pid()));
+    CHECK(query_one(s.conninfo, "SELECT output->'only'->>'attempt' FROM flowreg.runs WHERE id = '" +
+                                    run + "'") == "2");
+    const auto lines = s.log_lines();
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0][3] == "1");
+    CHECK(lines[0][4] == std::to_string(a.pid()));
+    CHECK(lines[1][3] == "2");
+    CHECK(lines[1][4] == std::to_string(b.pid()));
+  }
+
+  TEST_CASE("two and four workers drain the same runs: no task runs twice, none is lost") {
+    for (const int n : {2, 4}) {
+      CAPTURE(n);
+      auto s = make_scene("w_drain_" + std::to_string(n));
+      std::vector<Child> workers;
+      for (int i = 0; i < n; ++i)
+        workers.push_back(
+            s.worker("w" + std::to_string(i), {"--concurrency", "4", "--batch", "8"}));
+      std::string version;
+      for (int i = 0; i < n; ++i) version = s.wait_serving("w" + std::to_string(i), "wprobe_chain");
+      constexpr int kRuns = 300;
+      start_runs(s, "wprobe_chain", version, {{"log", s.log().string()}, {"sleep_ms", 2}}, kRuns);
+      REQUIRE_MESSAGE(all_completed(s, kRuns, 180s), s.err("w0"));
+
+      CHECK(s.count("tasks WHERE status = 'completed'") == 3 * kRuns);
+      CHECK(s.count("tasks WHERE attempt <> 1") == 0);
+      const auto lines = s.log_lines();
+      std::set<std::pair<std::string, std::string>> tasks;
+      std::set<std::string> pids;
+      for (const auto& l : lines) {
+        tasks.emplace(l.at(0), l.at(1));
+        pids.insert(l.at(4));
+      }
+      CHECK(lines.size() == 3 * kRuns);  // each handler ran once
+      CHECK(tasks.size() == 3 * kRuns);  // and every task ran
+      CHECK(pids.size() >= 2);           // the work was shared
+      for (auto& w : workers) w.signal(SIGTERM);
+      for (auto& w : workers) CHECK(w.wait(30s) == 0);
+      CHECK(s.count("workers WHERE stopped_at IS NOT NULL") == n);
+    }
+  }
+
+  TEST_CASE("PostgreSQL restarted mid-run: the workers reconnect and every run completes") {
+    auto s = make_scene("w_pg_restart");
+    auto a = s.worker("a", {"--concurrency", "4"});
+    auto b = s.worker("b", {"--concurrency", "4"});
+    const auto version = s.wait_serving("a", "wprobe_single");
+    s.wait_serving("b", "wprobe_single");
+    constexpr int kRuns = 400;
+    start_runs(s, "wprobe_single", version, {{"log", s.log().string()}, {"sleep_ms", 20}}, kRuns);
+    REQUIRE(eventually([&] { return s.count("runs WHERE status = 'completed'") >= 40; }, 60s));
+
+    auto& cluster = flowreg::pgtest::shared_cluster();
+    auto stopped = cluster.stop();
+    REQUIRE_MESSAGE(stopped, stopped.error().format());
+    std::this_thread::sleep_for(500ms);  // the workers find the database gone
+    auto started = cluster.start();
+    REQUIRE_MESSAGE(started, started.error().format());
+
+    REQUIRE_MESSAGE(all_completed(s, kRuns, 120s), s.err("a") << s.err("b"));
+    CHECK(s.count("tasks WHERE status = 'completed'") == kRuns);
+    CHECK(a.wait(0ms) == std::nullopt);  // both rode it out
+    CHECK(b.wait(0ms) == std::nullopt);
+    CHECK(s.err("a").find("database unreachable") != std::string::npos);
+    a.signal(SIGTERM);
+    b.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+    CHECK(b.wait(30s) == 0);
+  }
+
+  TEST_CASE("SIGTERM: handlers in flight finish, tasks not started go to other workers at once") {
+    auto s = make_scene("w_sigterm");
+    auto a = s.worker("a", {"--concurrency", "2", "--batch", "4", "--shutdown-grace", "60s"});
+    const auto version = s.wait_serving("a", "wprobe_single");
+    const fs::path gate = s.dir / "gate";
+    std::vector<fd::RunId> runs;
+    for (int i = 0; i < 6; ++i)
+      runs.push_back(start_runs(s, "wprobe_single", version,
+                                {{"log", s.log().string()},
+                                 {"gate", gate.string()},
+                                 {"started", (s.dir / ("started_" + std::to_string(i))).string()}},
+                                1)[0]);
+    // a holds all 6 (2 running, 4 waiting for a thread).
+    REQUIRE(eventually([&] { return s.count("tasks WHERE status = 'started'") == 6; }, 30s));
+    a.signal(SIGTERM);
+    REQUIRE(eventually([&] { return s.count("tasks WHERE status = 'queued'") == 4; }, 10s));
+    CHECK(s.count("tasks WHERE status = 'queued' AND attempt = 0") == 4);  // refunded
+    CHECK(a.wait(0ms) == std::nullopt);  // still waiting for its 2 handlers
+
+    auto b = s.worker("b");
+    REQUIRE(eventually([&] { return s.count("tasks WHERE worker_id = 'b'") == 4; }, 30s));
+    std::ofstream(gate) << "open\n";
+    CHECK(a.wait(30s) == 0);
+    CHECK(s.err("a").find("4 task(s) given back unstarted, 0 interrupted") != std::string::npos);
+    REQUIRE(all_completed(s, 6, 30s));
+    CHECK(s.count("tasks WHERE attempt = 1") == 6);
+    CHECK(s.count("tasks WHERE worker_id = 'a' AND (output->>'pid')::int = " +
+                  std::to_string(a.pid())) == 2);
+    CHECK(s.count("tasks WHERE worker_id = 'b'") == 4);
+    b.signal(SIGTERM);
+    CHECK(b.wait(30s) == 0);
+  }
+
+  TEST_CASE("SIGTERM: a handler still running at the deadline is given back, and runs again") {
+    auto s = make_scene("w_grace");
+    auto a = s.worker("a", {"--concurrency", "1", "--shutdown-grace", "1s"});
+    const auto version = s.wait_serving("a", "wprobe_single");
+    const fs::path gate = s.dir / "gate";
+    const fs::path started = s.dir / "started";
+    const auto run = start_runs(
+        s, "wprobe_single", version,
+        {{"log", s.log().string()}, {"gate", gate.string()}, {"started", started.string()}}, 1)[0];
+    REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+    a.signal(SIGTERM);
+    CHECK(a.wait(20s) == 0);
+    CHECK(s.err("a").find("0 task(s) given back unstarted, 1 interrupted") != std::string::npos);
+    CHECK(query_one(s.conninfo, "SELECT status || ' ' || attempt FROM flowreg.tasks") ==
+          "queued 1");
+    CHECK(query_one(s.conninfo, "SELECT error FROM flowreg.tasks").find("interrupted") !=
+          std::string::npos);
+    std::ofstream(gate) << "open\n";
+    auto b = s.worker("b");
+    REQUIRE(all_completed(s, 1, 30s));
+    CHECK(query_one(s.conninfo,
+                    "SELECT attempt || ' ' || worker_id FROM flowreg.tasks WHERE "
+                    "run_id = '" +
+                        run + "'") == "2 b");
+  }
+
+  TEST_CASE(
+      "a plugin replaced while its handlers run: they finish on the old code, new tasks "
+      "run the new one, and the old code is unloaded after") {
+    auto s = make_scene("w_replace");
+    auto a = s.worker("a", {"--concurrency", "4"});
+    const auto version = s.wait_serving("a", "wprobe_single");
+    const fs::path gate = s.dir / "gate";
+    const fs::path started = s.dir / "started";
+    const auto old_run = start_runs(
+        s, "wprobe_single", version,
+        {{"log", s.log().string()}, {"gate", gate.string()}, {"started", started.string()}}, 1)[0];
+    REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+
+    // Private copies of loaded plugins mapped by the worker.
+    const auto mapped_copies = [&] {
+      std::set<std::string> files;
+      std::ifstream maps("/proc/" + std::to_string(a.pid()) + "/maps");
+      for (std::string line; std::getline(maps, line);)
+        if (auto at = line.find((s.dir / "data" / "plugin-cache").string());
+            at != std::string::npos)
+          files.insert(line.substr(at));
+      return files.size();
+    };
+    CHECK(mapped_copies() == 1);
+    install_plugin(s, "wprobe_v2");
+    REQUIRE_MESSAGE(eventually(
+                        [&] {
+                          return s.err("a").find("stopping the loop of wprobe_single@" + version +
+                                                 " (flow reloaded)") != std::string::npos;
+                        },
+                        30s),
+                    s.err("a"));
+    CHECK(mapped_copies() == 2);  // v1 still runs a handler
+
+    const auto new_run = start_runs(s, "wprobe_single", version, {{"log", s.log().string()}}, 1)[0];
+    REQUIRE(eventually(
+        [&] { return s.count("runs WHERE status = 'completed' AND id = '" + new_run + "'") == 1; },
+        30s));
+    CHECK(query_one(s.conninfo, "SELECT output->'only'->>'version' FROM flowreg.runs WHERE id = '" +
+                                    new_run + "'") == "2");
+    CHECK(s.count("runs WHERE status = 'started' AND id = '" + old_run + "'") == 1);
+
+    std::ofstream(gate) << "open\n";
+    REQUIRE(all_completed(s, 2, 30s));
+    CHECK(query_one(s.conninfo, "SELECT output->'only'->>'version' FROM flowreg.runs WHERE id = '" +
+                                    old_run + "'") == "1");
+    CHECK(eventually([&] { return mapped_copies() == 1; }, 10s));  // v1 unloaded
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE("a flow loop that keeps failing restarts alone, then hits its restart limit") {
+    const std::string conninfo = flowreg::pgtest::empty_database("w_limit");
+    REQUIRE(fd::migrate(conninfo));
+    const fs::path dir = flowreg::pgtest::test_root() / "w_limit";
+    fs::remove_all(dir);
+    fs::create_directories(dir / "plugins");
+    fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wprobe_v1.so", dir / "plugins" / "wprobe.so");
+
+    std::mutex mu;
+    std::vector<flowreg::SupervisorEvent> events;
+    fd::WorkerOptions options;
+    options.name = "limit_test";  // names of this tree, distinct from any other
+    options.conninfo = conninfo;
+    options.poll_interval = 50ms;
+    options.loop_restarts = {5, 60'000ms};
+    options.tree_restarts = {1, 60'000ms};
+    options.on_event = [&](const flowreg::SupervisorEvent& e) {
+      std::lock_guard lock(mu);
+      events.push_back(e);
+    };
+    std::atomic<bool> armed{false};
+    options.loop_probe = [&armed](const fd::FlowKey& key) -> flowreg::Result<void> {
+      if (armed && key.slug == "wprobe_chain")
+        return flowreg::make_error(flowreg::Errc::internal, "probe: the chain loop is broken");
+      return {};
+    };
+    const auto source = [dir]() -> flowreg::Result<fd::FlowSource> {
+      fd::FlowSource src;
+      src.registry = std::make_unique<flowreg::FlowRegistry>();
+      flowreg::PluginLoaderOptions lo;
+      lo.settings.dir = dir / "plugins";
+      lo.cache_dir = dir / "cache";
+      src.loader = std::make_unique<flowreg::PluginLoader>(*src.registry, lo);
+      if (auto scanned = src.loader->scan(); !scanned) return tl::unexpected(scanned.error());
+      return src;
+    };
+    auto worker = fd::Worker::start(options, source);
+    REQUIRE_MESSAGE(worker, worker.error().format());
+
+    // get_or_start: many callers, the running loop is reused.
+    std::vector<std::thread> callers;
+    std::atomic<int> served{0};
+    for (int i = 0; i < 16; ++i)
+      callers.emplace_back([&] { served += (*worker)->serve("wprobe_single") ? 1 : 0; });
+    for (auto& t : callers) t.join();
+    armed = true;  // from now on every round trip of the chain's loop fails
+
+    const auto failure = (*worker)->wait_failure(60s);
+    REQUIRE(failure.has_value());
+    CHECK(failure->message.find("limit_test") != std::string::npos);
+    std::lock_guard lock(mu);
+    const auto count = [&](flowreg::SupervisorEventKind kind, const std::string& child) {
+      int n = 0;
+      for (const auto& e : events)
+        if (e.kind == kind && e.child.find(child) != std::string::npos) ++n;
+      return n;
+    };
+    using K = flowreg::SupervisorEventKind;
+    // Two lives of limit_test.loops, each restarting the chain loop 5 times before giving up.
+    CHECK(count(K::child_restarted, "limit_test.loop:wprobe_chain@") == 10);
+    CHECK(count(K::limit_reached, "") >= 2);
+    CHECK(count(K::child_restarted, "limit_test.loops") == 1);
+    // The single-step loop was never restarted on its own: only with its supervisor.
+    CHECK(count(K::child_restarted, "limit_test.loop:wprobe_single@") == 0);
+    CHECK(count(K::child_started, "limit_test.loop:wprobe_single@") == 2);
+    CHECK(served.load() == 16);
+  }
+}
