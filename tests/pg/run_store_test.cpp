@@ -443,8 +443,8 @@ TEST_SUITE("run_store") {
     auto info = run_info(env.store, run);
     CHECK(info.status == RunStatus::failed);
     CHECK(info.error ==
-          "step 'a' failed permanently on attempt 1: lease expired: no result within the step "
-          "timeout of 1500 ms");
+          "step 'a' failed permanently on attempt 1: lease expired: its worker stopped renewing "
+          "it (the worker died, lost the database, or the step timed out)");
   }
 
   TEST_CASE("two claimers racing on two connections get each task exactly once") {
