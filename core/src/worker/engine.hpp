@@ -10,8 +10,9 @@
 // finish on the code they started with (each job holds its HandlerRef), and the keeper records
 // their results; the old code is released when the last of them ends.
 //
-// Thread-safety: every member function may be called concurrently. Lock order: Engine::mu_, then
-// a LoopState::mu; never the other way round.
+// Thread-safety: every member function may be called concurrently. Lock order: a LoopState::mu
+// may be held while Engine::mu_ is taken (a loop asks draining()); never the other way round: the
+// engine copies what it needs under mu_ and locks a loop's state after releasing it.
 
 #include <chrono>
 #include <condition_variable>
