@@ -6,7 +6,8 @@
 --   the step's whole timeout.
 -- * One round trip per worker cycle: flowreg.work() records a batch of completions and failures
 --   and claims the next batch in ONE transaction (one commit, one WAL flush), and tells the worker
---   when the next delayed task of its flows is due, so it sleeps exactly until then.
+--   when the next delayed task of its flows is due, so it sleeps exactly until then. A cycle that
+--   only claims commits without waiting for the flush (see work()).
 -- * Release on graceful shutdown: tasks a worker claimed but never started go back to the queue
 --   with their attempt refunded; tasks whose handler was still running are treated like an expired
 --   lease at once (requeued when attempts remain, else failed). Either way other workers are
@@ -178,6 +179,14 @@ LANGUAGE plpgsql AS $$
 DECLARE
   v_rejected bigint[] := '{}';
 BEGIN
+  IF coalesce(jsonb_array_length(p_completions), 0) = 0
+     AND coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
+    -- Nothing to record: a claim alone does not wait for its WAL flush (the first commit of a
+    -- run's work is then its completion's). Should the server crash before the flush, the claim
+    -- is lost and the task is queued again; its worker's completion is then rejected (or accepted
+    -- in place of a later claimer's, fenced by attempt): a result is never lost or recorded twice.
+    PERFORM set_config('synchronous_commit', 'off', true);
+  END IF;
   IF p_completions IS NOT NULL AND jsonb_array_length(p_completions) > 0 THEN
     v_rejected := v_rejected || flowreg.complete_tasks(p_completions);
   END IF;

@@ -227,6 +227,15 @@ TEST_SUITE("worker") {
       for (auto& w : workers) w.signal(SIGTERM);
       for (auto& w : workers) CHECK(w.wait(30s) == 0);
       CHECK(s.count("workers WHERE stopped_at IS NOT NULL") == n);
+      const auto listed = flowreg::test::run_process(
+          {FLOWREG_BINARY, "--config", s.config().string(), "workers", "--json"});
+      REQUIRE_MESSAGE(listed.exit_code == 0, listed.err);
+      const auto seen = Json::parse(listed.out);
+      REQUIRE(seen.size() == static_cast<std::size_t>(n));
+      for (const auto& w : seen) {
+        CHECK(w["stopped"] == true);
+        CHECK(w["flows"].size() == 2);  // wprobe_single and wprobe_chain
+      }
     }
   }
 
@@ -366,6 +375,74 @@ TEST_SUITE("worker") {
     CHECK(eventually([&] { return mapped_copies() == 1; }, 10s));  // v1 unloaded
     a.signal(SIGTERM);
     CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE("runs pinned to a replaced version finish on a worker that still has it") {
+    auto s = make_scene("w_pinned");
+    auto a = s.worker("a");
+    const auto v1 = s.wait_serving("a", "wprobe_chain");
+    const fs::path gate = s.dir / "gate";
+    const fs::path started = s.dir / "started";
+    const auto old_run = start_runs(
+        s, "wprobe_chain", v1,
+        {{"log", s.log().string()}, {"gate", gate.string()}, {"started", started.string()}}, 1)[0];
+    REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+
+    install_plugin(s, "wprobe_v3");  // wprobe_chain gets a step: a new version
+    std::string v3;
+    REQUIRE_MESSAGE(eventually(
+                        [&] {
+                          v3 = query_one(s.conninfo,
+                                         "SELECT version FROM flowreg.flows WHERE slug = "
+                                         "'wprobe_chain' AND version <> '" +
+                                             v1 + "'");
+                          return !v3.empty();
+                        },
+                        30s),
+                    s.err("a"));
+    std::ofstream(gate) << "open\n";
+    // Step a (running on the old code) completes; b and c of the old version wait: a serves v3.
+    REQUIRE(eventually(
+        [&] {
+          return s.count("tasks WHERE run_id = '" + old_run +
+                         "' AND step_slug = 'a' AND status = 'completed'") == 1;
+        },
+        30s));
+    const auto new_run = start_runs(s, "wprobe_chain", v3, {{"log", s.log().string()}}, 1)[0];
+    REQUIRE(eventually(
+        [&] { return s.count("runs WHERE status = 'completed' AND id = '" + new_run + "'") == 1; },
+        30s));
+    CHECK(s.count("tasks WHERE run_id = '" + new_run + "'") == 4);
+    CHECK(s.count("runs WHERE status = 'started' AND id = '" + old_run + "'") == 1);
+    CHECK(s.count("tasks WHERE run_id = '" + old_run +
+                  "' AND step_slug = 'b' AND status = "
+                  "'queued' AND attempt = 0") == 1);
+
+    // Worker b still has version 1 of the plugin: it finishes the old run.
+    Scene old_scene = s;
+    old_scene.dir = s.dir / "b";
+    fs::create_directories(old_scene.plugins());
+    fs::permissions(old_scene.dir, fs::perms::owner_all | fs::perms::others_read |
+                                       fs::perms::others_exec | fs::perms::group_read |
+                                       fs::perms::group_exec);
+    fs::permissions(old_scene.plugins(), fs::perms::owner_all | fs::perms::others_read |
+                                             fs::perms::others_exec | fs::perms::group_read |
+                                             fs::perms::group_exec);
+    install_plugin(old_scene, "wprobe_v1");
+    std::ofstream(old_scene.config())
+        << "plugins:\n  dir: plugins\n  watch: false\n"
+        << "database:\n  url: " << Json(s.conninfo).dump()
+        << "\n  data_dir: " << Json((old_scene.dir / "data").string()).dump() << "\n";
+    auto b = old_scene.worker("b");
+    REQUIRE_MESSAGE(all_completed(s, 2, 30s), old_scene.err("b"));
+    CHECK(query_one(s.conninfo,
+                    "SELECT string_agg(step_slug || ':' || worker_id, ' ' ORDER BY "
+                    "step_slug) FROM flowreg.tasks WHERE run_id = '" +
+                        old_run + "'") == "a:a b:b c:b");
+    a.signal(SIGTERM);
+    b.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+    CHECK(b.wait(30s) == 0);
   }
 
   TEST_CASE("a flow loop that keeps failing restarts alone, then hits its restart limit") {

@@ -1,6 +1,6 @@
-// Module "wprobe" for the worker tests (tests/pg/worker_test.cpp), in two builds (WPROBE_VERSION
-// 1 and 2) with the same flows, so that replacing one by the other keeps the flow versions and
-// changes the code.
+// Module "wprobe" for the worker tests (tests/pg/worker_test.cpp), in three builds: WPROBE_VERSION
+// 1 and 2 have the same flows (replacing one by the other keeps the flow versions and changes the
+// code); 3 adds a step to wprobe_chain (a new version of it).
 //
 // Handler "record" appends one line "<run> <step> <task_index> <attempt> <pid> <version>" to the
 // file named by input.log (one write(2) on an O_APPEND descriptor: lines never interleave), then
@@ -70,4 +70,7 @@ FLOWREG_PLUGIN(wprobe) {
   chain.step("a", "record");
   chain.step("b", "record").depends_on({"a"});
   chain.step("c", "record").depends_on({"b"});
+#if WPROBE_VERSION >= 3
+  chain.step("d", "record").depends_on({"c"});  // a new shape: a new version of wprobe_chain
+#endif
 }

@@ -60,13 +60,18 @@ int Engine::acquire_slots(int wanted, const std::shared_ptr<LoopState>& state) {
   return got;
 }
 
+int Engine::claim_threshold() const noexcept { return std::max(1, options_.batch_size / 2); }
+
 void Engine::release_slots(int n) {
   if (n <= 0) return;
   std::vector<std::weak_ptr<LoopState>> wake;
   {
     std::lock_guard lock(mu_);
     free_slots_ += n;
-    wake.swap(starving_);
+    // Starved loops are woken once half a batch is free, not for every finished handler (a claim
+    // per handler would cost a round trip each). All slots free is more than that, so a starved
+    // loop is always woken in the end.
+    if (free_slots_ >= claim_threshold()) wake.swap(starving_);
   }
   for (auto& weak : wake) {
     if (auto state = weak.lock()) {

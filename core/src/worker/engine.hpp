@@ -86,7 +86,7 @@ class Engine {
   void retire(const std::shared_ptr<LoopState>& state);
 
   // Capacity: at most concurrency + batch_size tasks held at once. acquire takes up to `wanted`
-  // slots; when it gets none, `state` is woken (claim_wanted) once some are released.
+  // slots; when it gets none, `state` is woken (claim_wanted) once batch_size / 2 are free.
   int acquire_slots(int wanted, const std::shared_ptr<LoopState>& state);
   void release_slots(int n);
 
@@ -109,6 +109,7 @@ class Engine {
   void notifier_main();
   void keeper_main();
   void keeper_tick(bool renew_due, bool heartbeat_due);
+  int claim_threshold() const noexcept;
   void wake(std::string_view slug);
   void wake_all();
   std::vector<std::shared_ptr<LoopState>> states() const;

@@ -98,7 +98,11 @@ void FlowLoop::run() {
       want_claim = !engine_.draining() && (state_->claim_wanted || Clock::now() >= next_poll);
       state_->claim_wanted = false;
     }
-    const int limit = want_claim ? engine_.acquire_slots(o.batch_size, state_) : 0;
+    // A round trip that records results claims too, whatever is free: it costs nothing more.
+    const bool flushing = !done.empty() || !failed.empty();
+    const int limit = want_claim || (flushing && !engine_.draining())
+                          ? engine_.acquire_slots(o.batch_size, state_)
+                          : 0;
     if (done.empty() && failed.empty() && limit == 0) {
       if (want_claim || engine_.draining()) next_poll = Clock::now() + o.poll_interval;
       continue;
