@@ -22,7 +22,9 @@ Result<std::shared_ptr<FlowLoop>> FlowLoop::start(Engine& engine, FlowDef flow,
   std::shared_ptr<FlowLoop> loop(
       new FlowLoop(engine, std::move(flow), std::move(state), std::move(exit)));
   engine.attach(loop->state_);
-  loop->thread_ = std::thread([raw = loop.get()] { raw->run(); });
+  const int lanes = std::max(1, engine.options().loop_lanes);
+  for (int lane = 0; lane < lanes; ++lane)
+    loop->threads_.emplace_back([raw = loop.get(), lane] { raw->run(lane); });
   return loop;
 }
 
@@ -34,7 +36,8 @@ void FlowLoop::stop() noexcept {
     state_->stopping = true;
   }
   state_->cv.notify_all();
-  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+  for (auto& t : threads_)
+    if (t.joinable() && t.get_id() != std::this_thread::get_id()) t.join();
   engine_.retire(state_);
 }
 
@@ -57,11 +60,22 @@ Result<void> FlowLoop::store_definition() {
   }
 }
 
-void FlowLoop::run() {
+void FlowLoop::run(int lane) {
   const WorkerOptions& o = engine_.options();
-  if (auto stored = store_definition(); !stored) {
-    exit_(stored.error());
-    return;
+  if (lane == 0) {
+    if (auto stored = store_definition(); !stored) {
+      exit_(stored.error());
+      return;
+    }
+    {
+      std::lock_guard lock(state_->mu);
+      defined_ = true;
+    }
+    state_->cv.notify_all();
+  } else {
+    std::unique_lock lock(state_->mu);
+    state_->cv.wait(lock, [&] { return defined_ || state_->stopping; });
+    if (state_->stopping) return;
   }
   const std::vector<FlowKey> keys{state_->key};
   auto next_poll = Clock::now();  // claim at once

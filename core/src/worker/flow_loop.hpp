@@ -4,6 +4,10 @@
 // results to record, a notification says tasks are ready, capacity frees up after a full claim,
 // or the poll interval (or the next retry's due time) passes. Claimed tasks go to the engine.
 //
+// It runs on `lanes` threads (WorkerOptions::loop_lanes) that share its outbox: while one lane
+// waits for its round trip, another records the results that arrived meanwhile and claims more,
+// so one worker keeps the database and its handlers busy at once.
+//
 // It is a supervised Service: it reports through its ExitSignal when it cannot go on (an error
 // other than the database being unreachable, which it rides out with backoff). Stopping it leaves
 // its handlers running: the engine records their results (see engine.hpp).
@@ -12,6 +16,7 @@
 
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "flowreg/flow.hpp"
 #include "flowreg/supervisor.hpp"
@@ -32,7 +37,7 @@ class FlowLoop final : public Service {
 
  private:
   FlowLoop(Engine& engine, FlowDef flow, std::shared_ptr<LoopState> state, ExitSignal exit);
-  void run();
+  void run(int lane);
   // Waits up to `d` unless stopping; false when stopping.
   bool pause(Millis d);
   Result<void> store_definition();
@@ -41,7 +46,8 @@ class FlowLoop final : public Service {
   const FlowDef flow_;
   const std::shared_ptr<LoopState> state_;
   const ExitSignal exit_;
-  std::thread thread_;
+  std::vector<std::thread> threads_;
+  bool defined_ = false;  // guarded by state_->mu: the flow version is stored
 };
 
 }  // namespace flowreg::detail

@@ -27,7 +27,8 @@ struct WorkerOptions {
   Millis heartbeat_interval{5'000};  // flowreg.workers.last_heartbeat_at
   Millis reconnect_min{50};          // backoff after losing the database: doubles up to max
   Millis reconnect_max{5'000};
-  int store_connections = 2;       // run-store connections shared by the flow loops
+  int store_connections = 2;  // run-store connections shared by the flow loops
+  int loop_lanes = 2;  // threads per flow loop, each with a round trip in flight (flow_loop.hpp)
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
 
   // A flow loop that fails is restarted alone; more than this many restarts of the loops within
