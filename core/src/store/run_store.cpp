@@ -33,8 +33,9 @@ const std::vector<Statement>& statements() {
        " ARRAY(SELECT jsonb_array_elements($3::jsonb)))"},
       {"claim",
        "SELECT id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
-       " input::text, max_attempts, (extract(epoch FROM lease_expires_at) * 1000000)::bigint,"
-       " timeout_ms FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
+       " input::text, max_attempts, timeout_ms,"
+       " (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
+       " FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
       {"renew", "SELECT unnest(flowreg.renew_leases($1, $2::jsonb, NULLIF($3, -1)::bigint))"},
       {"work",
        "SELECT kind, id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
@@ -131,6 +132,25 @@ RunInfo run_of(const pqxx::row& r) {
   info.retry_of = opt_text(r[9]);
   info.idempotency_key = opt_text(r[10]);
   return info;
+}
+
+// A claimed task from the columns id, run_id, flow_slug, flow_version, step_slug, task_index,
+// attempt, input, max_attempts, timeout_ms, lease (microseconds), starting at column `first`.
+ClaimedTask claimed_task(const pqxx::row& r, int first) {
+  const auto at = [&](int i) { return r[first + i]; };
+  ClaimedTask t;
+  t.id = at(0).as<TaskId>();
+  t.run_id = at(1).as<std::string>();
+  t.flow_slug = at(2).as<std::string>();
+  t.flow_version = at(3).as<std::string>();
+  t.step_slug = at(4).as<std::string>();
+  t.task_index = at(5).as<int>();
+  t.attempt = at(6).as<int>();
+  t.input = Json::parse(at(7).c_str());
+  t.max_attempts = at(8).as<int>();
+  t.timeout = Millis(at(9).as<std::int64_t>());
+  t.lease_expires_at = from_micros(at(10).as<std::int64_t>());
+  return t;
 }
 
 std::vector<TaskId> ids_of(const pqxx::result& rows) {
@@ -316,21 +336,7 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
     auto rows = impl_->exec("claim", std::string(worker_id), keys.dump(), limit);
     std::vector<ClaimedTask> out;
     out.reserve(rows.size());
-    for (const auto& r : rows) {
-      ClaimedTask t;
-      t.id = r[0].as<TaskId>();
-      t.run_id = r[1].as<std::string>();
-      t.flow_slug = r[2].as<std::string>();
-      t.flow_version = r[3].as<std::string>();
-      t.step_slug = r[4].as<std::string>();
-      t.task_index = r[5].as<int>();
-      t.attempt = r[6].as<int>();
-      t.input = Json::parse(r[7].c_str());
-      t.max_attempts = r[8].as<int>();
-      t.lease_expires_at = from_micros(r[9].as<std::int64_t>());
-      t.timeout = Millis(r[10].as<std::int64_t>());
-      out.push_back(std::move(t));
-    }
+    for (const auto& r : rows) out.push_back(claimed_task(r, 0));
     return out;
   });
 }
@@ -367,19 +373,7 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
       } else if (kind == "due") {
         out.next_due_in = Millis(std::max<std::int64_t>(0, r[10].as<std::int64_t>()));
       } else {
-        ClaimedTask t;
-        t.id = r[1].as<TaskId>();
-        t.run_id = r[2].as<std::string>();
-        t.flow_slug = r[3].as<std::string>();
-        t.flow_version = r[4].as<std::string>();
-        t.step_slug = r[5].as<std::string>();
-        t.task_index = r[6].as<int>();
-        t.attempt = r[7].as<int>();
-        t.input = Json::parse(r[8].c_str());
-        t.max_attempts = r[9].as<int>();
-        t.timeout = Millis(r[10].as<std::int64_t>());
-        t.lease_expires_at = from_micros(r[11].as<std::int64_t>());
-        out.claimed.push_back(std::move(t));
+        out.claimed.push_back(claimed_task(r, 1));
       }
     }
     return out;
