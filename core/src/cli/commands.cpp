@@ -14,6 +14,7 @@
 #include <optional>
 #include <thread>
 
+#include "cli/worker_command.hpp"
 #include "config/json_schema.hpp"
 #include "config/yaml_json.hpp"
 #include "flowreg/config.hpp"
@@ -24,7 +25,6 @@
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "util/strings.hpp"
-#include "cli/worker_command.hpp"
 
 namespace flowreg::cli {
 namespace {
@@ -790,20 +790,24 @@ int run(int argc, char** argv) {
   std::string worker_flows;
   auto* worker_cmd = app.add_subcommand(
       "worker", "Run flows: claim their tasks and run their handlers until SIGTERM/SIGINT");
-  worker_cmd->add_option("--concurrency", worker_args.concurrency,
-                         "Handlers running at once (default: worker.concurrency)")
+  worker_cmd
+      ->add_option("--concurrency", worker_args.concurrency,
+                   "Handlers running at once (default: worker.concurrency)")
       ->check(CLI::Range(1, 1024));
-  worker_cmd->add_option("--flows", worker_flows,
-                         "Comma-separated slugs of the flows to serve (default: every loaded flow)");
-  worker_cmd->add_option("--batch", worker_args.batch_size,
-                         "Tasks claimed per round trip (default: worker.batch_size)")
+  worker_cmd->add_option(
+      "--flows", worker_flows,
+      "Comma-separated slugs of the flows to serve (default: every loaded flow)");
+  worker_cmd
+      ->add_option("--batch", worker_args.batch_size,
+                   "Tasks claimed per round trip (default: worker.batch_size)")
       ->check(CLI::Range(1, 1000));
   worker_cmd->add_option("--lease", worker_args.lease,
                          "Task lease, renewed while handlers run (default: worker.lease)");
   worker_cmd->add_option("--poll-interval", worker_args.poll_interval,
                          "Claim this often without notifications (default: worker.poll_interval)");
-  worker_cmd->add_option("--shutdown-grace", worker_args.shutdown_grace,
-                         "On SIGTERM, time in-flight handlers get (default: worker.shutdown_grace)");
+  worker_cmd->add_option(
+      "--shutdown-grace", worker_args.shutdown_grace,
+      "On SIGTERM, time in-flight handlers get (default: worker.shutdown_grace)");
   worker_cmd->add_option("--id", worker_args.id, "Worker id (default: HOST:PID:RANDOM)");
   worker_cmd->callback([&] {
     worker_args.flows.clear();
@@ -824,9 +828,8 @@ int run(int argc, char** argv) {
       app.add_subcommand("workers", "Workers seen on this database and their last heartbeat");
   workers_cmd->add_flag("--json", workers_json, "Print a JSON array");
   workers_cmd->callback([&] {
-    status = with_store(g, [&](detail::RunStore& store) {
-      return workers_command(store, workers_json);
-    });
+    status = with_store(
+        g, [&](detail::RunStore& store) { return workers_command(store, workers_json); });
   });
 
   auto* db = app.add_subcommand("db", "The database: migrations and the embedded cluster");

@@ -94,7 +94,7 @@ struct FileBytes {
 struct PluginLoader::Impl {
   struct FileRecord {
     PluginInfo info;
-    std::string registered_module;  // the module this file has registered ("" if none)
+    std::string registered_module;    // the module this file has registered ("" if none)
     detail::FileSignature signature;  // as seen when it was last loaded
   };
   struct ModuleOwner {
@@ -387,15 +387,16 @@ struct PluginLoader::Impl {
   // Loads a file reported present, unless it is loaded already with the same content, mode and
   // owner (whether it may load depends on those too).
   void load_changed(const detail::FileChange& change) {
-    if (auto it = files.find(change.path);
-        it != files.end() && it->second.info.status == PluginStatus::loaded &&
-        it->second.signature.mode == change.signature.mode &&
-        it->second.signature.uid == change.signature.uid) {
+    if (auto it = files.find(change.path); it != files.end() &&
+                                           it->second.info.status == PluginStatus::loaded &&
+                                           it->second.signature.mode == change.signature.mode &&
+                                           it->second.signature.uid == change.signature.uid) {
       auto sha = detail::sha256_file_hex(change.path);
       if (sha && *sha == it->second.info.sha256) return;
     }
     load(change.path);
-    if (auto it = files.find(change.path); it != files.end()) it->second.signature = change.signature;
+    if (auto it = files.find(change.path); it != files.end())
+      it->second.signature = change.signature;
   }
 
   detail::WatchOptions watch_options() const {
