@@ -17,16 +17,12 @@
 #include <string>
 #include <thread>
 
+#include "pg/pg_fixture.hpp"
+
 using flowreg::Errc;
 using flowreg::detail::ClusterOptions;
 using flowreg::detail::EmbeddedCluster;
 namespace fs = std::filesystem;
-
-namespace flowreg::pgtest {
-fs::path test_root();
-EmbeddedCluster& shared_cluster();
-void track(const EmbeddedCluster& cluster);
-}  // namespace flowreg::pgtest
 
 using flowreg::pgtest::shared_cluster;
 using flowreg::pgtest::test_root;

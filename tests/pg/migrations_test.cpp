@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
 
 using flowreg::Errc;
@@ -22,11 +23,6 @@ using flowreg::detail::MigrationState;
 namespace fs = std::filesystem;
 namespace fd = flowreg::detail;
 
-namespace flowreg::pgtest {
-EmbeddedCluster& shared_cluster();
-std::string empty_database(const std::string& name);
-}  // namespace flowreg::pgtest
-
 namespace {
 
 // Each step needs the one before it: applied out of order, they fail.
@@ -37,7 +33,9 @@ constexpr Migration kSteps[] = {
      "ALTER TABLE items ADD COLUMN note text;\nUPDATE items SET note = 'after ' || label;"},
 };
 
-std::string fresh_database(const std::string& name) { return flowreg::pgtest::empty_database(name); }
+std::string fresh_database(const std::string& name) {
+  return flowreg::pgtest::empty_database(name);
+}
 
 pqxx::result query(const std::string& conninfo, const std::string& sql) {
   pqxx::connection conn(conninfo);

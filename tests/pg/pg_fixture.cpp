@@ -1,11 +1,13 @@
 // The cluster shared by the cases of one test process, and cleanup at exit.
 //
-// Declared again (extern) by each test file: tests/pg has no header of its own.
+// Declared in pg_fixture.hpp.
 //   flowreg::pgtest::test_root()       /tmp/flowreg_pg_test_<pid>, this process's scratch space
 //   flowreg::pgtest::shared_cluster()  started once per process, stopped and removed at exit
 //   flowreg::pgtest::track(cluster)    another cluster to stop at exit
 //   flowreg::pgtest::empty_database(n) a new, empty database n of the shared cluster (dropped
 //                                      first when it exists); its connection string
+
+#include "pg/pg_fixture.hpp"
 
 #include <unistd.h>
 

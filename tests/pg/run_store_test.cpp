@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "support/threads.hpp"
@@ -37,11 +38,6 @@ using flowreg::detail::RunStatus;
 using flowreg::detail::RunStore;
 using flowreg::detail::TaskId;
 namespace fd = flowreg::detail;
-
-namespace flowreg::pgtest {
-EmbeddedCluster& shared_cluster();
-std::string empty_database(const std::string& name);
-}  // namespace flowreg::pgtest
 
 namespace {
 

@@ -21,16 +21,11 @@
 #include <vector>
 
 #include "flowreg/plugins.hpp"
+#include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
-
-namespace flowreg::pgtest {
-detail::EmbeddedCluster& shared_cluster();
-std::string empty_database(const std::string& name);
-std::filesystem::path test_root();
-}  // namespace flowreg::pgtest
 
 namespace {
 

@@ -74,15 +74,15 @@ int worker_command(const Config& config, const std::string& conninfo,
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  const int concurrency = options.concurrency;
+  const int batch_size = options.batch_size;
   auto worker = detail::Worker::start(std::move(options), std::move(source));
   if (!worker) {
     fmt::print(stderr, "flowreg: worker: {}\n", worker.error().format());
     return kExitFailure;
   }
   fmt::print(stderr, "flowreg worker {}: serving {}; concurrency {}, batch {}\n", (*worker)->id(),
-             keys_text((*worker)->serving()),
-             args.concurrency > 0 ? args.concurrency : config.worker.concurrency,
-             args.batch_size > 0 ? args.batch_size : config.worker.batch_size);
+             keys_text((*worker)->serving()), concurrency, batch_size);
 
   int sig = 0;
   std::optional<Error> failure;
