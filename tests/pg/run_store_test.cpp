@@ -13,6 +13,8 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "pg/pg_fixture.hpp"
@@ -591,6 +593,60 @@ TEST_SUITE("run_store") {
     REQUIRE(everything);
     CHECK(*everything == 1);  // run 2 (ended just now); the started one stays
     CHECK(run_info(env.store, fourth).status == RunStatus::started);
+  }
+
+  // Migration 0004 gives _claim, _lock_runs_of and _account_steps one generic plan per session,
+  // made at their first call and kept. A worker connection that made them while the tables were
+  // empty must still walk indexes once the tables are full: counted with the server's per-table
+  // scan counters around calls made on one connection that first ran them on near-empty tables.
+  // (Other statements keep custom plans, which may legitimately scan a small table whole.)
+  TEST_CASE("the generic plans of the hot functions, made on empty tables, walk indexes later") {
+    auto env = open_env("rs_plans");
+    auto chain = store_flow(env.store, flow("plans", {step("a"), step("b", {"a"})}));
+    const std::string flows = R"([{"slug": "plans", "version": "v1"}])";
+    pqxx::connection worker(env.conninfo);
+    // Each call in a transaction rolled back: the plans stay, the rows do not change.
+    const auto call_all = [&](int n) {
+      pqxx::work tx(worker);
+      auto claimed = tx.exec_params(
+          "SELECT array_agg(id)::text, array_agg(run_id)::text, count(*) "
+          "FROM flowreg._claim('plans', $1::jsonb, $2, 10000)",
+          flows, n);
+      REQUIRE(claimed.at(0).at(2).as<int>() == n);
+      const auto ids = claimed.at(0).at(0).as<std::string>();
+      const auto runs = claimed.at(0).at(1).as<std::string>();
+      tx.exec_params("SELECT flowreg._lock_runs_of($1::bigint[])", ids);
+      tx.exec_params(
+          "UPDATE flowreg.step_states SET status = 'completed', output = '1' "
+          "WHERE run_id = ANY ($1::uuid[]) AND step_slug = 'a'",
+          runs);
+      auto going = tx.exec_params(
+          "SELECT cardinality(flowreg._account_steps($1::uuid[], "
+          "array_fill('a'::text, ARRAY[cardinality($1::uuid[])])))",
+          runs);
+      CHECK(going.at(0).at(0).as<int>() == n);  // b is left in each run
+      tx.abort();
+    };
+    start(env.store, chain, 0);
+    call_all(1);  // the plans are made here
+
+    std::vector<Json> inputs(1000, Json(1));
+    for (int i = 0; i < 10; ++i) REQUIRE(env.store.start_runs(chain.slug, chain.version, inputs));
+    const auto scans = [&] {
+      pqxx::nontransaction tx(worker);
+      tx.exec("SELECT pg_stat_force_next_flush()");  // this backend's counts, flushed when idle
+      pqxx::connection reader(env.conninfo);
+      pqxx::nontransaction rtx(reader);
+      auto r = rtx.exec(
+          "SELECT sum(seq_scan), sum(idx_scan) FROM pg_stat_user_tables "
+          "WHERE schemaname = 'flowreg' AND relname IN ('runs', 'tasks', 'step_states')");
+      return std::pair{r.at(0).at(0).as<long>(), r.at(0).at(1).as<long>()};
+    };
+    const auto before = scans();
+    for (int i = 0; i < 5; ++i) call_all(64);
+    const auto after = scans();
+    CHECK(after.second > before.second);  // the counters move...
+    CHECK(after.first == before.first);   // ...and no call scanned a table whole
   }
 
   TEST_CASE("a run stays pinned to its version while a new version is stored") {
