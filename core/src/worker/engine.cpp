@@ -26,7 +26,7 @@ Engine::Engine(WorkerOptions options)
     : options_(std::move(options)),
       stores_(options_.conninfo, options_.store_connections),
       pool_(options_.concurrency),
-      free_slots_(options_.concurrency + options_.batch_size) {
+      free_slots_(options_.concurrency + std::max(1, options_.loop_lanes) * options_.batch_size) {
   notifier_ = std::thread([this] { notifier_main(); });
   keeper_ = std::thread([this] { keeper_main(); });
 }

@@ -85,8 +85,11 @@ class Engine {
   void attach(const std::shared_ptr<LoopState>& state);
   void retire(const std::shared_ptr<LoopState>& state);
 
-  // Capacity: at most concurrency + batch_size tasks held at once. acquire takes up to `wanted`
-  // slots; when it gets none, `state` is woken (claim_wanted) once batch_size / 2 are free.
+  // Capacity: at most concurrency + loop_lanes * batch_size tasks held at once, so that each lane
+  // can claim a whole batch while the other's round trip is in flight (with room for one batch
+  // only, two lanes split it and every round trip carries half as much). acquire takes up to
+  // `wanted` slots; when it gets none, `state` is woken (claim_wanted) once batch_size / 2 are
+  // free.
   int acquire_slots(int wanted, const std::shared_ptr<LoopState>& state);
   void release_slots(int n);
 

@@ -21,7 +21,8 @@ struct WorkerOptions {
   std::string conninfo;   // the run store's database
 
   int concurrency = 4;   // handler threads
-  int batch_size = 32;   // tasks claimed per round trip; a worker holds at most concurrency + batch
+  int batch_size = 32;   // tasks claimed per round trip; a worker holds at most concurrency +
+                         // loop_lanes * batch
   Millis lease{10'000};  // a claimed task's lease (renewed every lease / 3 while its handler runs)
   Millis poll_interval{1'000};       // claim without a notification this often
   Millis heartbeat_interval{5'000};  // flowreg.workers.last_heartbeat_at
