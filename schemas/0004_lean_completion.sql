@@ -15,8 +15,9 @@
 -- * runs, step_states and tasks are updated a few times in their life; with full pages
 --   (fillfactor 100) an update cannot stay on its page, so even an update that changes no indexed
 --   column was not HOT, and each update of a task (claim, completion) moved it to another page.
---   They now keep room on each page (applies to pages filled from now on). Tasks take about twice
---   the space; prune() is what bounds the history.
+--   They now keep room on each page (applies to pages filled from now on). Space measured after
+--   20,000 single-step runs (worker_bench): tasks 15 MB (13 MB before), runs 6.7 MB (8.1 MB: the
+--   non-HOT updates left dead copies on new pages), step_states 5.0 MB (5.9 MB).
 -- * Some statements inside the lifecycle functions were planned again on every call: PL/pgSQL
 --   keeps a custom plan while it estimates the generic one dearer. In a worker draining 20,000
 --   tasks, _claim's claim query was planned on every call (0.4 ms of its 1.6 ms). In work() calls
