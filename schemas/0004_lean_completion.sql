@@ -166,9 +166,9 @@ BEGIN
   FROM upd WHERE status = 'completed';
 
   IF v_druns IS NOT NULL THEN
-    v_going := flowreg._account_steps(v_druns, v_dsteps);
+    v_going := flowreg._account_steps(v_druns, v_dsteps);  -- each run once
     IF cardinality(v_going) > 0 THEN
-      PERFORM flowreg._start_steps(ARRAY(SELECT DISTINCT r FROM unnest(v_going) r));
+      PERFORM flowreg._start_steps(v_going);
     END IF;
   END IF;
   RETURN ARRAY(SELECT DISTINCT i FROM unnest(v_ids) i WHERE i <> ALL (v_acc) ORDER BY 1);
