@@ -7,6 +7,7 @@
 #include <boost/dll/shared_library.hpp>
 
 #include "flowreg/plugin_abi.h"
+#include "util/strings.hpp"
 
 namespace flowreg::detail {
 
@@ -16,9 +17,10 @@ PluginError fail(std::string stage, std::string message) {
   return PluginError{std::move(stage), std::move(message)};
 }
 
-// Copies a plugin-owned buffer and gives it back to the plugin.
+// Copies a plugin-owned buffer and gives it back to the plugin. Text from a plugin is made valid
+// UTF-8 here, where it enters the host.
 std::string take(const flowreg_plugin_v1& abi, flowreg_buffer& buffer) {
-  std::string out = buffer.data ? std::string(buffer.data, buffer.size) : std::string();
+  std::string out = buffer.data ? utf8_valid(std::string_view(buffer.data, buffer.size)) : "";
   if (buffer.data) abi.release(&buffer);
   return out;
 }
@@ -109,7 +111,7 @@ tl::expected<std::shared_ptr<LoadedPlugin>, PluginError> LoadedPlugin::open(
   auto plugin = std::shared_ptr<LoadedPlugin>(new LoadedPlugin(std::move(impl)));
   plugin->definition_ = std::move(definition);
   plugin->abi_ = version;
-  plugin->fingerprint_ = abi->fingerprint ? abi->fingerprint : "";
+  plugin->fingerprint_ = abi->fingerprint ? utf8_valid(abi->fingerprint) : "";
   plugin->file_ = file;
   return plugin;
 }

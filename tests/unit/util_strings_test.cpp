@@ -1,0 +1,54 @@
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "util/strings.hpp"
+
+using flowreg::detail::is_utf8;
+using flowreg::detail::utf8_prefix;
+using flowreg::detail::utf8_valid;
+
+namespace {
+const std::string kReplacement = "\xEF\xBF\xBD";
+}
+
+TEST_SUITE("strings") {
+  TEST_CASE("valid UTF-8 passes through unchanged") {
+    for (const std::string s : {"", "plain ascii", "caf\xC3\xA9", "\xE2\x82\xAC 5",
+                                "\xF0\x9F\x98\x80 emoji", "\xF4\x8F\xBF\xBF"}) {
+      CHECK(is_utf8(s));
+      CHECK(utf8_valid(s) == s);
+    }
+  }
+
+  TEST_CASE("a Latin-1 byte becomes one replacement character") {
+    CHECK_FALSE(is_utf8("caf\xE9"));
+    CHECK(utf8_valid("caf\xE9") == "caf" + kReplacement);
+    CHECK(utf8_valid("caf\xE9-x") == "caf" + kReplacement + "-x");
+  }
+
+  TEST_CASE("overlong forms, surrogates and code points past U+10FFFF are refused") {
+    for (const std::string s : {"\xC0\xAF", "\xE0\x80\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80",
+                                "\xF5\x80\x80\x80", "\xFF"}) {
+      CAPTURE(s.size());
+      CHECK_FALSE(is_utf8(s));
+      CHECK(is_utf8(utf8_valid(s)));
+    }
+  }
+
+  TEST_CASE("a character cut at the end is replaced once (maximal subpart)") {
+    CHECK(utf8_valid("ab\xE2\x82") == "ab" + kReplacement);
+    CHECK(utf8_valid("\xF0\x9F\x98") == kReplacement);
+    CHECK(utf8_valid("\xF0\x9F\x98x") == kReplacement + "x");
+  }
+
+  TEST_CASE("a prefix never ends inside a character") {
+    const std::string euro = "a\xE2\x82\xAC";  // 1 + 3 bytes
+    CHECK(utf8_prefix(euro, 10) == euro);
+    CHECK(utf8_prefix(euro, 4) == euro);
+    CHECK(utf8_prefix(euro, 3) == "a");
+    CHECK(utf8_prefix(euro, 2) == "a");
+    CHECK(utf8_prefix(euro, 1) == "a");
+    CHECK(utf8_prefix(euro, 0).empty());
+  }
+}
