@@ -12,6 +12,8 @@ struct SubprocessResult {
   bool timed_out = false;  // killed (SIGKILL) after the deadline
   int exit_code = -1;      // when it exited
   int signal = 0;          // when a signal ended it (also SIGKILL after a time-out)
+  // With own_process_group: processes of its group outlived it (they were killed).
+  bool left_processes = false;
   std::string out, err;
   std::string error;
 
@@ -20,10 +22,23 @@ struct SubprocessResult {
   std::string describe_end() const;
 };
 
+struct SubprocessOptions {
+  std::size_t max_output = 16u << 20;  // per stream; output beyond it is dropped
+  std::string cwd;                     // runs there when not empty
+  // The child leads a process group of its own, and the whole group is killed (SIGKILL) when the
+  // child ends or overruns the deadline: nothing it started outlives it (unless it left the group
+  // with setsid). Off for programs whose children are meant to outlive them (pg_ctl's server).
+  bool own_process_group = false;
+};
+
 // argv[0] is the path of the program; it runs in `cwd` when given. Output beyond `max_output`
 // bytes per stream is dropped.
 SubprocessResult run_subprocess(const std::vector<std::string>& argv,
                                 std::chrono::milliseconds timeout,
                                 std::size_t max_output = 16u << 20, const std::string& cwd = {});
+
+SubprocessResult run_subprocess(const std::vector<std::string>& argv,
+                                std::chrono::milliseconds timeout,
+                                const SubprocessOptions& options);
 
 }  // namespace flowreg::detail
