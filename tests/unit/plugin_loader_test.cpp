@@ -1,16 +1,24 @@
 #include <dlfcn.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
+#include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
 #include <thread>
 
 #include "flowreg/plugins.hpp"
+#include "plugin/elf_reader.hpp"
+#include "plugin/plugin_library.hpp"
 #include "support/process.hpp"
 
 using namespace flowreg;
@@ -458,6 +466,384 @@ TEST_SUITE("plugin_loader") {
 
 namespace {
 
+// Runs the flowreg binary with `args` in `cwd`; returns the exit code (128 + signal when killed)
+// and the largest resident size it reached, in KiB.
+std::pair<int, long> run_measured(const std::vector<std::string>& args, const fs::path& cwd) {
+  std::vector<std::string> argv{FLOWREG_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  std::vector<char*> raw;
+  for (auto& a : argv) raw.push_back(a.data());
+  raw.push_back(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    if (null < 0 || dup2(null, 1) < 0 || dup2(null, 2) < 0 || chdir(cwd.c_str()) != 0) _exit(126);
+    execv(raw[0], raw.data());
+    _exit(127);
+  }
+  int status = 0;
+  struct rusage usage {};
+  REQUIRE(wait4(pid, &status, 0, &usage) == pid);
+  return {WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status), usage.ru_maxrss};
+}
+
+std::string read_all(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// A copy of a fixture with `n` bytes appended: the same plugin, another content (another sha256).
+fs::path add_variant(Sandbox& box, const std::string& fixture, int n, const std::string& name) {
+  const fs::path tmp = box.dir / ("." + name + ".tmp");
+  fs::copy_file(kFixtures / (fixture + ".so"), tmp, fs::copy_options::overwrite_existing);
+  std::ofstream(tmp, std::ios::binary | std::ios::app)
+      << std::string(static_cast<std::size_t>(n), '\0');
+  fs::permissions(tmp, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                           fs::perms::others_read);
+  fs::rename(tmp, box.dir / name);  // atomically, as a careful deployment does
+  return box.dir / name;
+}
+
+// The process is gone (or a zombie nobody reaped yet: it runs no more code).
+bool process_gone(pid_t pid) {
+  if (kill(pid, 0) != 0) return true;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(stat, line);
+  const auto close = line.rfind(')');
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z';
+}
+
+std::vector<std::string> staged_copies(const fs::path& cache) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(cache))
+    if (e.path().extension() == ".so") out.push_back(e.path().stem().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("plugin_loader") {
+  TEST_CASE(
+      "malformed ELF files are rejected at stage elf, naming the problem; the host survives") {
+    check_fixture("elf_zero_shstrndx", PluginStatus::rejected, "elf",
+                  "has no usable section-name table (e_shstrndx is 0");
+    check_fixture("elf_empty_shstrtab", PluginStatus::rejected, "elf",
+                  "has an empty or invalid section-name table");
+    check_fixture("elf_huge_shstrtab", PluginStatus::rejected, "elf",
+                  "has a section-name table of 1073741824 bytes");
+    check_fixture("elf_truncated", PluginStatus::rejected, "elf", "truncated");
+  }
+
+  TEST_CASE("a plugin for another architecture is rejected naming that architecture") {
+    check_fixture("elf_machine_aarch64", PluginStatus::rejected, "elf",
+                  "is an ELF file for AArch64 (64-bit, little-endian); this flowreg runs on "
+                  "64-bit little-endian x86-64");
+  }
+
+  TEST_CASE("regression: a section-name table claiming 1 GiB made the host allocate it") {
+    Sandbox box;
+    const fs::path bad = box.add("elf_huge_shstrtab");
+    const auto [status, max_rss_kib] =
+        run_measured({"--plugins", box.dir.string(), "plugins", "check", bad.string()}, box.root);
+    CHECK(status == 1);  // rejected, not crashed
+    CHECK_MESSAGE(max_rss_kib < 256 * 1024, "peak resident size " << max_rss_kib << " KiB");
+  }
+
+  TEST_CASE(
+      "regression: plugins stripped with --strip-unneeded or linked with --discard-locals "
+      "were not flowreg plugins") {
+    for (const std::string fixture : {"stripped_other", "discard_locals", "stripped_text"}) {
+      CAPTURE(fixture);
+      Sandbox box;
+      const fs::path file = box.add(fixture);
+      box.scan();
+      const PluginInfo info = box.info_of(file);
+      CHECK_MESSAGE(info.status == PluginStatus::loaded, info.describe_error());
+    }
+  }
+
+  TEST_CASE("the ELF reader refuses every cut of a valid plugin and reads nothing outside it") {
+    const std::string bytes = read_all(kFixtures / "other.so");
+    REQUIRE(bytes.size() > 4096);
+    REQUIRE(detail::check_plugin_elf(bytes));
+    for (std::size_t cut = 0; cut < bytes.size(); cut += 61) {
+      // A heap copy of exactly the cut length: AddressSanitizer sees any read past its end.
+      const std::unique_ptr<char[]> copy(new char[cut + 1]);
+      std::memcpy(copy.get(), bytes.data(), cut);
+      const auto facts = detail::inspect_elf(std::string_view(copy.get(), cut));
+      CAPTURE(cut);
+      REQUIRE_FALSE(facts);
+      CHECK(facts.error().stage == "elf");
+    }
+  }
+
+  TEST_CASE(
+      "regression: a plugin that crashes only in a multi-threaded process passed "
+      "inspection and crashed the threaded host") {
+    // This process is multi-threaded while it scans, as a worker is.
+    std::promise<void> done;
+    std::thread other([f = done.get_future()]() mutable { f.wait(); });
+    Sandbox box;
+    box.add("good");
+    const fs::path bad = box.add("threads_crash");
+    box.scan();
+    done.set_value();
+    other.join();
+    check_rejected("threads_crash", bad, box, PluginStatus::quarantined, "inspect",
+                   "crashed the inspection process while loading: it was killed by signal 11");
+  }
+
+  TEST_CASE("regression: a process forked by a plugin's constructor outlived the scan") {
+    Sandbox box;
+    const fs::path pids = box.root / "forked";
+    fs::create_directory(pids);
+    setenv("FLOWREG_TEST_FORK_DIR", pids.c_str(), 1);
+    box.add("good");
+    const fs::path bad = box.add("fork_child");
+    box.scan();
+    unsetenv("FLOWREG_TEST_FORK_DIR");
+    check_rejected("fork_child", bad, box, PluginStatus::quarantined, "inspect",
+                   "started a process that was still running after loading");
+    std::vector<pid_t> forked;
+    for (const auto& e : fs::directory_iterator(pids))
+      forked.push_back(static_cast<pid_t>(std::stol(e.path().filename().string())));
+    REQUIRE_FALSE(forked.empty());  // the fixture did fork
+    for (const pid_t pid : forked) {
+      CAPTURE(pid);
+      bool gone = false;
+      for (int i = 0; i < 1000 && !(gone = process_gone(pid)); ++i)
+        std::this_thread::sleep_for(10ms);
+      CHECK(gone);
+      if (!gone) kill(pid, SIGKILL);  // leave nothing behind even when failing
+    }
+  }
+
+  TEST_CASE(
+      "regression: replacing a plugin whose constructor started a thread crashed the "
+      "process when the old version was unloaded") {
+    Sandbox box;
+    const fs::path file = box.add("detached_thread", "thread.so");
+    box.scan();
+    REQUIRE(box.info_of(file).status == PluginStatus::loaded);
+    for (int version = 1; version <= 5; ++version) {
+      add_variant(box, "detached_thread", version, "thread.so");
+      box.scan();
+      REQUIRE(box.info_of(file).status == PluginStatus::loaded);
+      std::this_thread::sleep_for(50ms);  // every old version's thread runs on
+    }
+    const auto ticks = box.loader->handler("detached_thread.ticks").invoke("null");
+    CHECK(ticks.status == HandlerOutcome::Status::ok);
+    // Still here: no version's code was unmapped under its thread.
+  }
+
+  TEST_CASE("regression: plugins list crashed at exit with a plugin that started a thread") {
+    Sandbox box;
+    box.add("detached_thread");
+    for (int i = 0; i < 20; ++i) {
+      CAPTURE(i);
+      // A fresh data directory each time: inspected and loaded anew, never from a quarantine.
+      std::error_code ec;
+      fs::remove_all(box.root / ".flowreg", ec);
+      const auto r = flowreg::test::run_process(
+          {FLOWREG_BINARY, "--plugins", box.dir.string(), "plugins", "list", "--json"},
+          box.root.string());
+      REQUIRE(r.exit_code == 0);
+      const auto listed = nlohmann::json::parse(r.out);
+      REQUIRE(listed.size() == 1);
+      REQUIRE_MESSAGE(listed[0]["status"] == "loaded", listed[0].dump());
+    }
+  }
+
+  TEST_CASE(
+      "regression: a plugin that crashes flowreg while loading (not the inspection child) "
+      "crash-looped it; after 2 crashes it is quarantined") {
+    Sandbox box;
+    box.add("host_crash");
+    auto list = [&] {
+      return flowreg::test::run_process(
+          {FLOWREG_BINARY, "--plugins", box.dir.string(), "plugins", "list", "--json"},
+          box.root.string());
+    };
+    CHECK(list().exit_code == 128 + SIGSEGV);
+    CHECK(list().exit_code == 128 + SIGSEGV);
+    const auto third = list();
+    REQUIRE(third.exit_code == 0);
+    const auto listed = nlohmann::json::parse(third.out);
+    REQUIRE(listed.size() == 1);
+    CHECK(listed[0]["status"] == "quarantined");
+    CHECK(listed[0]["error"]["stage"] == "load");
+    CHECK(listed[0]["error"]["message"] ==
+          "crashed flowreg while loading (2 times); quarantined until the file changes");
+    // It stays quarantined, and nothing is left in the journal.
+    CHECK(list().exit_code == 0);
+    const fs::path journal = box.root / ".flowreg" / "plugin-cache" / "journal";
+    CHECK((!fs::exists(journal) || fs::is_empty(journal)));
+  }
+
+  TEST_CASE(
+      "regression: a plugin without the SDK that throws from describe() through the C ABI "
+      "aborted the process") {
+    // In this process, without the inspection child: the host itself must contain it.
+    const fs::path file = kFixtures / "raw_throw_describe.so";
+    auto opened = detail::LoadedPlugin::open(file);
+    REQUIRE_FALSE(opened);
+    CHECK(opened.error().stage == "definition");
+    CHECK(opened.error().message.find("function \"describe\" of plugin " + file.string() +
+                                      " threw std::runtime_error: \"raw describe exploded\"") !=
+          std::string::npos);
+    // Through the loader, with the inspection child: rejected, not quarantined.
+    Sandbox box;
+    box.add("good");
+    const fs::path bad = box.add("raw_throw_describe");
+    box.scan();
+    check_rejected("raw_throw_describe", bad, box, PluginStatus::rejected, "definition",
+                   "function \"describe\" of plugin " + bad.string() +
+                       " threw std::runtime_error: \"raw describe exploded\"");
+  }
+
+  TEST_CASE(
+      "regression: a plugin without the SDK that throws from invoke() through the C ABI "
+      "aborted the worker") {
+    Sandbox box;
+    const fs::path file = box.add("raw_throw_invoke");
+    box.scan();
+    REQUIRE_MESSAGE(box.info_of(file).status == PluginStatus::loaded,
+                    box.info_of(file).describe_error());
+    const auto thrown = box.loader->handler("raw.throws").invoke("{}");
+    CHECK(thrown.status == HandlerOutcome::Status::permanent);
+    CHECK_MESSAGE(thrown.body.find("handler 'raw.throws': function \"invoke\" of plugin " +
+                                   file.string() + " threw") != std::string::npos,
+                  thrown.body);
+    CHECK(thrown.body.find("threw std::runtime_error: \"raw invoke exploded\"") !=
+          std::string::npos);
+    const auto thrown_int = box.loader->handler("raw.throws_int").invoke("{}");
+    CHECK(thrown_int.status == HandlerOutcome::Status::permanent);
+    CHECK(thrown_int.body.find("threw an exception of type int") != std::string::npos);
+    const auto bad_release = box.loader->handler("raw.bad_release").invoke("{}");
+    CHECK(bad_release.status == HandlerOutcome::Status::permanent);
+    CHECK(bad_release.body.find("function \"release\"") != std::string::npos);
+    CHECK(bad_release.body.find("raw release exploded") != std::string::npos);
+  }
+
+  TEST_CASE("regression: raising plugins.scan_timeout was ignored for a quarantined hang") {
+    PluginSettings short_timeout;
+    Sandbox box(short_timeout);
+    PluginLoaderOptions options;
+    options.settings.dir = box.dir;
+    options.cache_dir = box.cache;
+    options.inspector = FLOWREG_BINARY;
+    const fs::path bad = box.add("entry_hang");
+    auto status_with = [&](std::chrono::milliseconds timeout) {
+      options.settings.scan_timeout = timeout;
+      FlowRegistry registry;
+      PluginLoader loader(registry, options);
+      auto scanned = loader.scan();
+      REQUIRE(scanned);
+      REQUIRE(scanned->size() == 1);
+      return scanned->front();
+    };
+    const PluginInfo first = status_with(1s);
+    CHECK(first.status == PluginStatus::quarantined);
+    CHECK(first.error->message.find("did not finish loading within 1000 ms") != std::string::npos);
+    const PluginInfo same = status_with(1s);  // the same limit: the quarantine holds
+    CHECK(same.error->message == first.error->message);
+    const PluginInfo raised = status_with(2500ms);  // a longer limit: inspected again, with it
+    CHECK(raised.status == PluginStatus::quarantined);
+    CHECK_MESSAGE(
+        raised.error->message.find("did not finish loading within 2500 ms") != std::string::npos,
+        raised.error->message);
+    (void)bad;
+  }
+
+  TEST_CASE(
+      "regression: raising plugins.scan_timeout in the configuration file still reported the old "
+      "limit") {
+    Sandbox box;
+    box.add("entry_hang");
+    auto list_with = [&](const std::string& timeout) {
+      std::ofstream(box.root / "flowreg.yaml")
+          << "plugins:\n  dir: plugins.d\n  scan_timeout: " << timeout << "\n";
+      const auto r = flowreg::test::run_process(
+          {FLOWREG_BINARY, "--config", (box.root / "flowreg.yaml").string(), "plugins", "list"},
+          box.root.string());
+      CHECK(r.exit_code == 0);
+      return r.out;
+    };
+    const std::string first = list_with("1500ms");
+    CHECK_MESSAGE(first.find("did not finish loading within 1500 ms") != std::string::npos, first);
+    const std::string raised = list_with("3s");
+    CHECK_MESSAGE(raised.find("did not finish loading within 3000 ms") != std::string::npos,
+                  raised);
+  }
+
+  TEST_CASE("regression: quarantine records kept only the first line of a multi-line reason") {
+    Sandbox box;
+    const fs::path bad = box.add("noisy_crash");
+    box.scan();
+    const PluginInfo info = box.info_of(bad);
+    REQUIRE(info.status == PluginStatus::quarantined);
+    const std::string reason = info.error->message;
+    CHECK(
+        reason.find("noisy: first line\nnoisy: second line, caf\xEF\xBF\xBD\nnoisy: third line") !=
+        std::string::npos);
+    // A restart reads the record back whole, without inspecting again.
+    PluginLoaderOptions options;
+    options.settings.dir = box.dir;
+    options.cache_dir = box.cache;
+    options.inspector = "/nonexistent/inspector";
+    FlowRegistry registry;
+    PluginLoader restarted(registry, options);
+    auto again = restarted.scan();
+    REQUIRE(again);
+    REQUIRE(again->size() == 1);
+    CHECK(again->front().status == PluginStatus::quarantined);
+    CHECK(again->front().error->message == reason);
+  }
+
+  TEST_CASE("a quarantine record of the older two-line text format is still honoured") {
+    Sandbox box;
+    const fs::path file = box.add("other");
+    box.scan();
+    const std::string sha = box.info_of(file).sha256;
+    fs::create_directories(box.cache / "quarantine");
+    std::ofstream(box.cache / "quarantine" / (sha + ".txt"))
+        << "inspect\ncrashed the inspection process while loading: it was killed by signal 11 "
+           "(Segmentation fault); quarantined until the file changes\n";
+    PluginLoaderOptions options;
+    options.settings.dir = box.dir;
+    options.cache_dir = box.cache;
+    FlowRegistry registry;
+    PluginLoader restarted(registry, options);
+    auto again = restarted.scan();
+    REQUIRE(again);
+    REQUIRE(again->size() == 1);
+    CHECK(again->front().status == PluginStatus::quarantined);
+    CHECK(again->front().error->stage == "inspect");
+    CHECK(again->front().error->message.starts_with("crashed the inspection process"));
+  }
+
+  TEST_CASE("regression: the plugin cache was never pruned; it keeps only what is in use") {
+    Sandbox box;
+    const fs::path file = box.add("other", "other.so");
+    box.add("static_crash");  // quarantined: its record stays, its staged copy goes
+    box.scan();
+    for (int version = 1; version <= 5; ++version) {
+      add_variant(box, "other", version, "other.so");
+      box.scan();
+      REQUIRE(box.info_of(file).status == PluginStatus::loaded);
+    }
+    CHECK(staged_copies(box.cache) == std::vector<std::string>{box.info_of(file).sha256});
+    const std::string crashed = box.info_of(box.dir / "static_crash.so").sha256;
+    CHECK(fs::exists(box.cache / "quarantine" / (crashed + ".json")));
+    CHECK(box.info_of(box.dir / "static_crash.so").status == PluginStatus::quarantined);
+  }
+}
+
+namespace {
+
 // Collects registry events and lets a test wait for one.
 struct EventLog {
   std::mutex mutex;
@@ -501,7 +887,7 @@ bool wait_until_exists(const fs::path& file) {
 TEST_SUITE("plugin_reload") {
   TEST_CASE(
       "a plugin renamed over a loaded one reloads; a running call finishes on the old code, "
-      "which is released afterwards") {
+      "which stays mapped afterwards") {
     Sandbox box;
     EventLog log(box.registry);
     const fs::path file = box.add("reload_v1", "reload.so");
@@ -536,7 +922,9 @@ TEST_SUITE("plugin_reload") {
     std::ofstream(gate) << "open\n";
     running.join();
     CHECK(nlohmann::json::parse(old_result.body)["version"] == 1);
-    CHECK_FALSE(is_mapped(v1_copy));  // released after its last call ended
+    // Never unloaded, even after its last call ended: a plugin may leave code running that no
+    // reference tracks (a thread it started), so plugin code stays mapped for the process's life.
+    CHECK(is_mapped(v1_copy));
     CHECK(is_mapped(box.cache / (box.info_of(file).sha256 + ".so")));
     box.loader->stop();
   }

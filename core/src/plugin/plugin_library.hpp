@@ -2,8 +2,15 @@
 // A loaded plugin library: the only place that includes Boost.DLL.
 //
 // Thread-safety: invoke() may be called concurrently (the ABI requires plugins to be thread-safe);
-// the rest is immutable after open(). The library is unloaded when the LoadedPlugin is destroyed:
-// keep it in a shared_ptr held by everything that may still call into it.
+// the rest is immutable after open().
+//
+// Lifetime: a LoadedPlugin is shared by everything that may still call into it (shared_ptr), but
+// its code is never unloaded: the library is opened with RTLD_NODELETE and stays mapped for the
+// life of the process. A plugin may leave code running that nobody holds a reference to (a thread
+// started by its constructor, a callback registered with a library, a thread_local destructor);
+// unmapping it would crash the process at some later point, for example when a new version
+// replaces it or at exit. What is released with the last reference is the lock on the staged copy
+// (so the cache may prune it) and the bookkeeping, never the code.
 
 #include <cstdint>
 #include <filesystem>
@@ -17,15 +24,20 @@
 
 namespace flowreg::detail {
 
-// Checks a file's exported symbols without running any of its code.
-tl::expected<void, PluginError> check_exports(const std::filesystem::path& file);
+// Reads `file` (at most `max_bytes`) and checks it with check_plugin_elf (elf_reader.hpp): an ELF
+// shared object for this machine exporting the flowreg entry symbol. No plugin code runs.
+tl::expected<void, PluginError> check_exports(const std::filesystem::path& file,
+                                              std::uint64_t max_bytes);
 
 class LoadedPlugin {
  public:
-  // dlopen (RTLD_NOW | RTLD_LOCAL), ABI checks, describe(). The returned definition is the JSON the
-  // plugin described itself with, not yet validated.
+  // dlopen (RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE), ABI checks, describe(). The returned definition
+  // is the JSON the plugin described itself with, not yet validated. REQUIRES: the caller checked
+  // the file's bytes (check_plugin_elf). `held_fd`, when not -1, is a descriptor of `file` that the
+  // plugin owns from now on and closes when it is destroyed (the loader's lock on the staged copy).
+  // `source` names the plugin in messages (the file the user dropped in; default: `file`).
   static tl::expected<std::shared_ptr<LoadedPlugin>, PluginError> open(
-      const std::filesystem::path& file);
+      const std::filesystem::path& file, int held_fd = -1, std::string source = {});
 
   ~LoadedPlugin();
   LoadedPlugin(const LoadedPlugin&) = delete;
@@ -36,7 +48,9 @@ class LoadedPlugin {
   const std::string& fingerprint() const noexcept { return fingerprint_; }
   const std::filesystem::path& file() const noexcept { return file_; }
 
-  // Runs handler number `index`. Never throws what the plugin throws (the SDK cannot let it out).
+  // Runs handler number `index`. Never lets out what the plugin throws: a plugin not built with the
+  // SDK may throw through the C boundary; that is caught here and reported as a permanent failure
+  // naming the file, the function and the handler.
   HandlerOutcome invoke(std::uint32_t index, std::string_view input,
                         std::string_view context) const;
 
@@ -47,6 +61,8 @@ class LoadedPlugin {
   nlohmann::json definition_;
   std::string abi_, fingerprint_;
   std::filesystem::path file_;
+  std::string source_;
+  std::vector<std::string> handler_names_;  // for messages: "module.handler" by index
 };
 
 }  // namespace flowreg::detail

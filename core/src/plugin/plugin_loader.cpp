@@ -1,20 +1,27 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <set>
+#include <sstream>
+#include <thread>
 
 #include "config/definition.hpp"
 #include "flowreg/plugins.hpp"
 #include "plugin/directory_watcher.hpp"
+#include "plugin/elf_reader.hpp"
 #include "plugin/plugin_library.hpp"
+#include "util/crash_journal.hpp"
 #include "util/sha256.hpp"
+#include "util/strings.hpp"
 #include "util/subprocess.hpp"
 
 namespace flowreg {
@@ -87,7 +94,61 @@ tl::expected<void, PluginError> check_safety(const fs::path& path, const struct 
 struct FileBytes {
   std::string bytes;
   std::string sha256;
+  detail::ElfFacts elf;
 };
+
+// An open file descriptor, closed by the destructor. Movable, not copyable.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+  int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
+  void reset() noexcept {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+// A staged copy in the plugin cache, and a descriptor of it holding a shared flock: the cache is
+// pruned of copies nobody holds (see prune_cache), in any process sharing the cache.
+struct StagedCopy {
+  fs::path path;
+  UniqueFd lock;
+};
+
+// Same file (device and inode) behind the descriptor and the path.
+bool same_file(int fd, const fs::path& path) {
+  struct stat by_fd {
+  }, by_path{};
+  return fstat(fd, &by_fd) == 0 && stat(path.c_str(), &by_path) == 0 &&
+         by_fd.st_dev == by_path.st_dev && by_fd.st_ino == by_path.st_ino;
+}
+
+// A quarantined content: why, and for a hang, the time it was given (a longer plugins.scan_timeout
+// gives it another chance).
+struct QuarantineRecord {
+  PluginError error;
+  std::optional<long long> timeout_ms;
+};
+
+// Loads that crashed the process (orphaned journal records) quarantine the content after this
+// many.
+constexpr std::size_t kMaxLoadCrashes = 2;
 
 }  // namespace
 
@@ -109,32 +170,130 @@ struct PluginLoader::Impl {
   mutable std::mutex mutex;  // serializes loading; guards everything below
   std::map<fs::path, FileRecord> files;
   std::map<std::string, ModuleOwner, std::less<>> modules;
-  std::map<std::string, PluginError> quarantine;  // by sha256, persisted under cache_dir
+  std::map<std::string, QuarantineRecord> quarantine;  // by sha256, persisted under cache_dir
   std::unique_ptr<detail::DirectoryWatcher> watcher;
+  // Records a load in this process before it starts and clears it after: a record left behind
+  // means this process died while loading (see CrashJournal).
+  detail::CrashJournal journal;
 
-  Impl(FlowRegistry& r, PluginLoaderOptions o) : registry(r), options(std::move(o)) {
+  Impl(FlowRegistry& r, PluginLoaderOptions o)
+      : registry(r),
+        options(std::move(o)),
+        journal((options.cache_dir.empty() ? fs::path(".flowreg") / "plugin-cache"
+                                           : options.cache_dir) /
+                "journal") {
     if (options.cache_dir.empty()) options.cache_dir = fs::path(".flowreg") / "plugin-cache";
     load_quarantine();
+    count_load_crashes();
   }
 
   fs::path quarantine_dir() const { return options.cache_dir / "quarantine"; }
+  fs::path crashes_dir(const std::string& sha) const { return options.cache_dir / "crashes" / sha; }
 
+  // Records are JSON ({"stage", "message", "timeout_ms"?}): the message is kept whole, also when
+  // it spans lines (a crash report with the child's stderr). Records of older versions are text,
+  // the stage on the first line and the message after it.
   void load_quarantine() {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(quarantine_dir(), ec)) {
+      const std::string sha = entry.path().stem().string();
       std::ifstream in(entry.path());
-      PluginError error;
-      if (std::getline(in, error.stage) && std::getline(in, error.message))
-        quarantine[entry.path().stem().string()] = error;
+      std::stringstream text;
+      text << in.rdbuf();
+      if (entry.path().extension() == ".json") {
+        const json record = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+        if (!record.is_object() || !record.contains("stage") || !record["stage"].is_string() ||
+            !record.contains("message") || !record["message"].is_string())
+          continue;
+        QuarantineRecord q{{record["stage"].get<std::string>(),
+                            detail::utf8_valid(record["message"].get<std::string>())},
+                           std::nullopt};
+        if (auto t = record.find("timeout_ms"); t != record.end() && t->is_number_integer())
+          q.timeout_ms = t->get<long long>();
+        quarantine[sha] = std::move(q);
+      } else if (entry.path().extension() == ".txt" && !quarantine.contains(sha)) {
+        const std::string all = text.str();
+        const auto eol = all.find('\n');
+        if (eol == std::string::npos) continue;
+        std::string message = all.substr(eol + 1);
+        while (!message.empty() && message.back() == '\n') message.pop_back();
+        if (message.empty()) continue;
+        QuarantineRecord q{{all.substr(0, eol), detail::utf8_valid(message)}, std::nullopt};
+        // A hang recorded by an older version names its time limit only in the message.
+        long long ms = 0;
+        if (const auto at = message.find("did not finish loading within ");
+            at != std::string::npos &&
+            std::sscanf(message.c_str() + at, "did not finish loading within %lld ms", &ms) == 1)
+          q.timeout_ms = ms;
+        quarantine[sha] = std::move(q);
+      }
     }
   }
 
-  void remember_quarantine(const std::string& sha, const PluginError& error) {
-    quarantine[sha] = error;
+  void remember_quarantine(const std::string& sha, const PluginError& error,
+                           std::optional<long long> timeout_ms = std::nullopt) {
+    quarantine[sha] = {error, timeout_ms};
     std::error_code ec;
     fs::create_directories(quarantine_dir(), ec);
-    std::ofstream out(quarantine_dir() / (sha + ".txt"));
-    out << error.stage << '\n' << error.message << '\n';
+    json record = {{"stage", error.stage}, {"message", error.message}};
+    if (timeout_ms) record["timeout_ms"] = *timeout_ms;
+    const fs::path target = quarantine_dir() / (sha + ".json");
+    const fs::path tmp = quarantine_dir() / (sha + ".json.tmp" + std::to_string(getpid()));
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << record.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+    }
+    fs::rename(tmp, target, ec);
+    fs::remove(quarantine_dir() / (sha + ".txt"), ec);  // an older record of the same content
+  }
+
+  void forget_quarantine(const std::string& sha) {
+    quarantine.erase(sha);
+    std::error_code ec;
+    fs::remove(quarantine_dir() / (sha + ".json"), ec);
+    fs::remove(quarantine_dir() / (sha + ".txt"), ec);
+  }
+
+  // Loads that a process did not survive: each orphaned journal record counts one crash against
+  // the content it was loading (a file per crash under crashes/<sha256>/, so that processes
+  // counting at the same time never lose one). After kMaxLoadCrashes the content is quarantined
+  // until the file changes.
+  void count_load_crashes() {
+    for (auto& orphan : journal.collect_orphans()) {
+      const json& r = orphan.record;
+      if (r.value("kind", "") != "plugin-load" || !r.contains("sha256") || !r["sha256"].is_string())
+        continue;
+      const std::string sha = r["sha256"].get<std::string>();
+      if (sha.size() != 64 || sha.find_first_not_of("0123456789abcdef") != std::string::npos)
+        continue;
+      std::error_code ec;
+      fs::create_directories(crashes_dir(sha), ec);
+      std::ofstream(crashes_dir(sha) / (orphan.id + ".json"))
+          << r.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+      spdlog::warn("plugin {}: a flowreg process (pid {}) died while loading it",
+                   r.value("file", sha), r.value("pid", 0L));
+    }
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(options.cache_dir / "crashes", ec)) {
+      const std::string sha = entry.path().filename().string();
+      if (quarantine.contains(sha)) continue;
+      const std::size_t crashes = load_crashes(sha);
+      if (crashes >= kMaxLoadCrashes)
+        remember_quarantine(
+            sha, PluginError{"load", fmt::format("crashed flowreg while loading ({} times); "
+                                                 "quarantined until the file changes",
+                                                 crashes)});
+    }
+  }
+
+  std::size_t load_crashes(const std::string& sha) const {
+    std::size_t n = 0;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(crashes_dir(sha), ec)) {
+      (void)entry;
+      ++n;
+    }
+    return n;
   }
 
   // Stages: file, permissions, size, elf, allowlist. No plugin code runs.
@@ -186,10 +345,11 @@ struct PluginLoader::Impl {
     if (file.bytes.size() > s.max_bytes)
       return reject("size",
                     fmt::format("is over the limit (plugins.max_bytes) of {} bytes", s.max_bytes));
-    if (file.bytes.size() < 4 || file.bytes.compare(0, 4,
-                                                    "\x7f"
-                                                    "ELF") != 0)
-      return reject("elf", "is not an ELF file (no ELF magic at its start)");
+    // A bounds-checked reader, in this process: nothing here trusts a size or an offset of the
+    // file (elf_reader.hpp).
+    auto elf = detail::inspect_elf(file.bytes);
+    if (!elf) return tl::unexpected(elf.error());
+    file.elf = *elf;
     file.sha256 = detail::sha256_hex(file.bytes);
     if (!s.sha256_allowlist.empty() &&
         std::find(s.sha256_allowlist.begin(), s.sha256_allowlist.end(), file.sha256) ==
@@ -202,7 +362,8 @@ struct PluginLoader::Impl {
 
   // A private, read-only copy named by content hash: a later write to the original can neither
   // change nor crash what is loaded, and a changed file gets a new path (dlopen caches by path).
-  tl::expected<fs::path, PluginError> stage(const FileBytes& file) const {
+  // The copy comes back locked (a shared flock) so that no process prunes it while it is used.
+  tl::expected<StagedCopy, PluginError> stage(const FileBytes& file) const {
     std::error_code ec;
     fs::create_directories(options.cache_dir, ec);
     if (ec)
@@ -210,55 +371,123 @@ struct PluginLoader::Impl {
                                          options.cache_dir.string(), ec.message()));
     fs::permissions(options.cache_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
     const fs::path target = options.cache_dir / (file.sha256 + ".so");
-    if (fs::exists(target, ec)) {
-      auto sha = detail::sha256_file_hex(target);
-      if (sha && *sha == file.sha256) return target;
-      fs::permissions(target, fs::perms::owner_write, fs::perm_options::add, ec);
-      fs::remove(target, ec);
+    if (UniqueFd fd(open(target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)); fd.get() >= 0) {
+      // Locked, then checked to be still the file of that name (a pruner may have removed it
+      // between the open and the lock) and still that content.
+      flock(fd.get(), LOCK_SH);
+      if (same_file(fd.get(), target)) {
+        auto sha = detail::sha256_file_hex(target);
+        if (sha && *sha == file.sha256) return StagedCopy{target, std::move(fd)};
+        fs::permissions(target, fs::perms::owner_write, fs::perm_options::add, ec);
+        fs::remove(target, ec);
+      }
     }
     const fs::path tmp = options.cache_dir / (file.sha256 + ".tmp" + std::to_string(getpid()));
-    {
-      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-      out.write(file.bytes.data(), static_cast<std::streamsize>(file.bytes.size()));
-      if (!out) return reject("stage", fmt::format("cannot write {}", tmp.string()));
+    UniqueFd out(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (out.get() < 0)
+      return reject("stage",
+                    fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno)));
+    flock(out.get(), LOCK_SH);  // held from creation on: never pruned half-written
+    std::size_t written = 0;
+    while (written < file.bytes.size()) {
+      const ssize_t n = write(out.get(), file.bytes.data() + written, file.bytes.size() - written);
+      if (n <= 0) {
+        fs::remove(tmp, ec);
+        return reject("stage", fmt::format("cannot write {}", tmp.string()));
+      }
+      written += static_cast<std::size_t>(n);
     }
-    fs::permissions(tmp, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read,
-                    fs::perm_options::replace, ec);
+    fchmod(out.get(), 0444);
     fs::rename(tmp, target, ec);
-    if (ec)
+    if (ec) {
+      fs::remove(tmp, ec);
       return reject("stage", fmt::format("cannot stage {}: {}", target.string(), ec.message()));
-    return target;
+    }
+    // A read-only descriptor takes over the lock; the writable one closes after it is taken.
+    UniqueFd fd(open(target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (fd.get() < 0)
+      return reject("stage",
+                    fmt::format("cannot open {}: {}", target.string(), std::strerror(errno)));
+    flock(fd.get(), LOCK_SH);
+    return StagedCopy{target, std::move(fd)};
   }
 
-  // Loads the staged copy in a child process first. A crash, abort, or hang is a quarantine.
-  tl::expected<void, PluginError> inspect(const fs::path& staged, bool& quarantined) const {
-    quarantined = false;
+  // Removes from the plugin cache every staged copy (and temporary file) that no process holds:
+  // the versions that were replaced or removed, copies of rejected or quarantined files. What a
+  // loaded plugin of any process uses is locked and stays; quarantine records and crash counts
+  // stay. A copy removed while some process still has it mapped is harmless: the mapping keeps
+  // the file's content alive.
+  void prune_cache() const {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(options.cache_dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      const bool staged = name.ends_with(".so") || name.find(".tmp") != std::string::npos;
+      std::error_code type_ec;
+      if (!staged || !entry.is_regular_file(type_ec)) continue;
+      UniqueFd fd(open(entry.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+      if (fd.get() < 0 || flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // in use
+      if (!same_file(fd.get(), entry.path())) continue;
+      std::error_code remove_ec;
+      fs::remove(entry.path(), remove_ec);
+      if (!remove_ec) spdlog::debug("plugin cache: removed {} (no longer used)", name);
+    }
+  }
+
+  // Loads the staged copy in a child process first. A crash, abort, or hang is a quarantine; so
+  // is a process the plugin started that outlives the load (it is killed with the child's group).
+  struct Inspection {
+    bool quarantined = false;
+    std::optional<long long> timeout_ms;  // set when it was cut off at the deadline
+  };
+  // `source` (the file in the plugins directory) replaces the staged copy's path in messages.
+  tl::expected<void, PluginError> inspect(const fs::path& staged, const std::string& source,
+                                          Inspection& inspection) const {
+    inspection = {};
     if (options.inspector.empty()) return {};
-    const auto result = detail::run_subprocess(
-        {options.inspector.string(), "__inspect", staged.string()}, options.settings.scan_timeout);
+    detail::SubprocessOptions run;
+    run.own_process_group = true;
+    const auto result =
+        detail::run_subprocess({options.inspector.string(), "__inspect", staged.string()},
+                               options.settings.scan_timeout, run);
     if (!result.started)
       return reject("inspect", fmt::format("cannot run the inspector {}: {}",
                                            options.inspector.string(), result.error));
     if (result.timed_out) {
-      quarantined = true;
-      return reject("inspect", fmt::format("did not finish loading within {} ms in the inspection "
-                                           "process (a hang in a static initializer or the entry "
-                                           "point?); quarantined until the file changes",
+      inspection.quarantined = true;
+      inspection.timeout_ms = options.settings.scan_timeout.count();
+      return reject("inspect", fmt::format("did not finish loading within {} ms "
+                                           "(plugins.scan_timeout) in the inspection process (a "
+                                           "hang in a static initializer or the entry point?); "
+                                           "quarantined until the file changes or "
+                                           "plugins.scan_timeout is raised",
                                            options.settings.scan_timeout.count()));
     }
     const json answer = json::parse(result.out, nullptr, false);
     if (result.signal != 0 || result.exit_code != 0 || answer.is_discarded() ||
         !answer.is_object()) {
-      quarantined = true;
-      std::string err = result.err.substr(0, 400);
-      while (!err.empty() && err.back() == '\n') err.pop_back();
+      inspection.quarantined = true;
+      // The child's stderr is text from outside: cut without splitting a character, made valid.
+      std::string err = detail::utf8_valid(detail::utf8_prefix(result.err, 2000));
+      while (!err.empty() && (err.back() == '\n' || err.back() == '\r')) err.pop_back();
       return reject("inspect", fmt::format("crashed the inspection process while loading: it {}{}; "
                                            "quarantined until the file changes",
                                            result.describe_end(),
                                            err.empty() ? "" : " (stderr: " + err + ")"));
     }
-    if (!answer.value("ok", false))
-      return reject(answer.value("stage", "inspect"), answer.value("message", "rejected"));
+    if (result.left_processes) {
+      inspection.quarantined = true;
+      return reject("inspect",
+                    "started a process that was still running after loading (a fork in a static "
+                    "initializer or the entry point?); it was killed, and the file is quarantined "
+                    "until it changes");
+    }
+    if (!answer.value("ok", false)) {
+      std::string message = detail::utf8_valid(answer.value("message", "rejected"));
+      for (auto at = message.find(staged.string()); at != std::string::npos;
+           at = message.find(staged.string(), at + source.size()))
+        message.replace(at, staged.string().size(), source);
+      return reject(detail::utf8_valid(answer.value("stage", "inspect")), std::move(message));
+    }
     return {};
   }
 
@@ -272,28 +501,51 @@ struct PluginLoader::Impl {
     if (!file) return tl::unexpected(file.error());
     info.sha256 = file->sha256;
     if (auto q = quarantine.find(file->sha256); q != quarantine.end()) {
-      info.status = PluginStatus::quarantined;
-      return tl::unexpected(q->second);
+      // A hang quarantined under a shorter plugins.scan_timeout gets the longer one.
+      if (q->second.timeout_ms && options.settings.scan_timeout.count() > *q->second.timeout_ms) {
+        spdlog::info(
+            "plugin {}: quarantined for a hang within {} ms; plugins.scan_timeout is now "
+            "{} ms: inspecting it again",
+            path.string(), *q->second.timeout_ms, options.settings.scan_timeout.count());
+        forget_quarantine(file->sha256);
+      } else {
+        info.status = PluginStatus::quarantined;
+        return tl::unexpected(q->second.error);
+      }
     }
+    if (auto exports = detail::check_entry_symbol(file->elf); !exports)
+      return tl::unexpected(exports.error());
     auto staged = stage(*file);
     if (!staged) return tl::unexpected(staged.error());
-    if (auto exports = detail::check_exports(*staged); !exports)
-      return tl::unexpected(exports.error());
-    bool quarantined = false;
-    if (auto inspected = inspect(*staged, quarantined); !inspected) {
-      if (quarantined) {
+    Inspection inspection;
+    if (auto inspected = inspect(staged->path, detail::utf8_valid(path.string()), inspection);
+        !inspected) {
+      if (inspection.quarantined) {
         info.status = PluginStatus::quarantined;
-        remember_quarantine(file->sha256, inspected.error());
+        remember_quarantine(file->sha256, inspected.error(), inspection.timeout_ms);
       }
       return tl::unexpected(inspected.error());
     }
-    return load_in_process(*staged, path.string(), info);
+    if (const std::size_t crashes = load_crashes(file->sha256); crashes > 0)
+      spdlog::warn(
+          "plugin {}: crashed flowreg while loading {} time(s) before; quarantined after "
+          "{}",
+          path.string(), crashes, kMaxLoadCrashes);
+    // The journal names this content while it loads here: if this process dies on the way, the
+    // next one counts the crash against it.
+    const auto record = journal.begin({{"kind", "plugin-load"},
+                                       {"sha256", file->sha256},
+                                       {"file", detail::utf8_valid(path.string())},
+                                       {"pid", static_cast<long>(getpid())}});
+    return load_in_process(staged->path, path.string(), info, staged->lock.release());
   }
 
+  // `held_fd` (or -1) goes to the loaded plugin, which closes it when it is destroyed (or to
+  // nobody when loading fails).
   static tl::expected<Prepared, PluginError> load_in_process(const fs::path& staged,
                                                              const std::string& source,
-                                                             PluginInfo& info) {
-    auto plugin = LoadedPlugin::open(staged);
+                                                             PluginInfo& info, int held_fd = -1) {
+    auto plugin = LoadedPlugin::open(staged, held_fd, detail::utf8_valid(source));
     if (!plugin) return tl::unexpected(plugin.error());
     info.abi = (*plugin)->abi();
     info.fingerprint = (*plugin)->fingerprint();
@@ -430,6 +682,7 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
   for (const auto& [path, record] : impl_->files)
     if (!seen.contains(path)) gone.push_back(path);
   for (const auto& path : gone) impl_->remove(path);
+  impl_->prune_cache();
   std::vector<PluginInfo> out;
   for (const auto& [path, record] : impl_->files) out.push_back(record.info);
   return out;
@@ -443,6 +696,7 @@ Result<void> PluginLoader::watch() {
       [impl = impl_.get()](const std::vector<detail::FileChange>& changes) {
         std::lock_guard inner(impl->mutex);
         impl->apply(changes);
+        impl->prune_cache();
       });
   auto started = impl_->watcher->start();
   if (!started) impl_->watcher.reset();
@@ -517,21 +771,41 @@ HandlerRef PluginLoader::handler(std::string_view qualified_name) const {
 }
 
 int PluginLoader::inspect_main(const fs::path& file) {
-  PluginInfo info;
-  auto prepared = detail::check_exports(file).and_then(
-      [&]() { return Impl::load_in_process(file, file.string(), info); });
+  // The host that loads the plugin next is multi-threaded (a worker): so is this process while it
+  // loads, so that a plugin that fails only with several threads fails here, where it is harmless.
+  constexpr int kThreads = 4;
+  static std::mutex idle_mutex;
+  static std::condition_variable idle;
+  for (int i = 0; i < kThreads; ++i)
+    std::thread([] {
+      std::unique_lock lock(idle_mutex);
+      idle.wait(lock, [] { return false; });
+    }).detach();
+
   json out;
-  if (prepared) {
-    out = {{"ok", true},          {"module", info.module},
-           {"abi", info.abi},     {"fingerprint", info.fingerprint},
-           {"flows", info.flows}, {"handlers", info.handlers}};
-  } else {
-    out = {{"ok", false}, {"stage", prepared.error().stage}, {"message", prepared.error().message}};
+  try {
+    PluginInfo info;
+    // The host checked the file within plugins.max_bytes; this bound only keeps the read finite.
+    auto prepared = detail::check_exports(file, std::uint64_t{4} << 30).and_then([&]() {
+      return Impl::load_in_process(file, file.string(), info);
+    });
+    if (prepared) {
+      out = {{"ok", true},          {"module", info.module},
+             {"abi", info.abi},     {"fingerprint", info.fingerprint},
+             {"flows", info.flows}, {"handlers", info.handlers}};
+    } else {
+      out = {
+          {"ok", false}, {"stage", prepared.error().stage}, {"message", prepared.error().message}};
+    }
+  } catch (const std::exception& e) {
+    out = {{"ok", false}, {"stage", "inspect"}, {"message", fmt::format("failed: {}", e.what())}};
   }
-  std::fputs(out.dump().c_str(), stdout);
+  std::fputs(out.dump(-1, ' ', false, json::error_handler_t::replace).c_str(), stdout);
   std::fputc('\n', stdout);
   std::fflush(stdout);
-  return 0;
+  // No unloading, no static destructors: code the plugin left running (threads) must not see its
+  // world torn down before this process ends.
+  std::_Exit(0);
 }
 
 }  // namespace flowreg
