@@ -555,7 +555,8 @@ TEST_SUITE("plugin_loader") {
   TEST_CASE(
       "regression: plugins stripped with --strip-unneeded or linked with --discard-locals "
       "were not flowreg plugins") {
-    for (const std::string fixture : {"stripped_other", "discard_locals", "stripped_text"}) {
+    for (const std::string fixture :
+         {"stripped_other", "discard_locals", "strip_all", "stripped_text"}) {
       CAPTURE(fixture);
       Sandbox box;
       const fs::path file = box.add(fixture);

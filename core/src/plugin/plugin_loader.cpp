@@ -297,7 +297,9 @@ struct PluginLoader::Impl {
   }
 
   // Stages: file, permissions, size, elf, allowlist. No plugin code runs.
-  tl::expected<FileBytes, PluginError> read_checked(const fs::path& path) const {
+  // `sha256` is set as soon as the bytes are read, also when a later stage rejects them.
+  tl::expected<FileBytes, PluginError> read_checked(const fs::path& path,
+                                                    std::string& sha256) const {
     const PluginSettings& s = options.settings;
     struct stat lst {};
     if (lstat(path.c_str(), &lst) != 0) return reject("file", "cannot be read: no such file");
@@ -345,12 +347,12 @@ struct PluginLoader::Impl {
     if (file.bytes.size() > s.max_bytes)
       return reject("size",
                     fmt::format("is over the limit (plugins.max_bytes) of {} bytes", s.max_bytes));
+    file.sha256 = sha256 = detail::sha256_hex(file.bytes);
     // A bounds-checked reader, in this process: nothing here trusts a size or an offset of the
     // file (elf_reader.hpp).
     auto elf = detail::inspect_elf(file.bytes);
     if (!elf) return tl::unexpected(elf.error());
     file.elf = *elf;
-    file.sha256 = detail::sha256_hex(file.bytes);
     if (!s.sha256_allowlist.empty() &&
         std::find(s.sha256_allowlist.begin(), s.sha256_allowlist.end(), file.sha256) ==
             s.sha256_allowlist.end())
@@ -497,9 +499,8 @@ struct PluginLoader::Impl {
     detail::PluginDefinition definition;
   };
   tl::expected<Prepared, PluginError> prepare(const fs::path& path, PluginInfo& info) {
-    auto file = read_checked(path);
+    auto file = read_checked(path, info.sha256);
     if (!file) return tl::unexpected(file.error());
-    info.sha256 = file->sha256;
     if (auto q = quarantine.find(file->sha256); q != quarantine.end()) {
       // A hang quarantined under a shorter plugins.scan_timeout gets the longer one.
       if (q->second.timeout_ms && options.settings.scan_timeout.count() > *q->second.timeout_ms) {
