@@ -61,11 +61,20 @@ CrashJournal::Entry::~Entry() {
 }
 
 CrashJournal::Entry CrashJournal::begin(const nlohmann::json& record) {
-  static const unsigned long long self_start = process_start_time(getpid());
+  // This process's identity (recomputed in a forked child, which has another pid and start).
+  thread_local long self_pid = 0;
+  thread_local unsigned long long self_start = 0;
+  if (self_pid != getpid()) {
+    self_pid = getpid();
+    self_start = process_start_time(self_pid);
+  }
+  // Without /proc nobody could tell this process alive from dead: no record rather than a false
+  // crash.
+  if (self_start == 0) return Entry{};
   std::error_code ec;
   fs::create_directories(dir_, ec);
   fs::permissions(dir_, fs::perms::owner_all, fs::perm_options::replace, ec);
-  const std::string name = fmt::format("{}-{}-{}.json", getpid(), self_start, next_++);
+  const std::string name = fmt::format("{}-{}-{}.json", self_pid, self_start, next_++);
   const fs::path tmp = dir_ / ("." + name + ".tmp");
   {
     std::ofstream out(tmp, std::ios::trunc);

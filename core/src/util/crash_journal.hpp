@@ -44,7 +44,8 @@ class CrashJournal {
     std::filesystem::path path_;
   };
 
-  // Writes `record` (a JSON object) for the duration of the returned Entry.
+  // Writes `record` (a JSON object) for the duration of the returned Entry. Nothing is written when
+  // this process cannot read its own start time (no /proc): it could not be told from a dead one.
   Entry begin(const nlohmann::json& record);
 
   struct Orphan {
