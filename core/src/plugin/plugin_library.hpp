@@ -22,8 +22,8 @@ tl::expected<void, PluginError> check_exports(const std::filesystem::path& file)
 
 class LoadedPlugin {
  public:
-  // dlopen (RTLD_NOW | RTLD_LOCAL), ABI checks, describe(). The returned definition is the JSON the
-  // plugin described itself with, not yet validated.
+  // dlopen (RTLD_NOW | RTLD_LOCAL), ABI checks, describe(). The returned definition is the text
+  // the plugin described itself with, not yet parsed (see parse_plugin_definition).
   static tl::expected<std::shared_ptr<LoadedPlugin>, PluginError> open(
       const std::filesystem::path& file);
 
@@ -31,7 +31,7 @@ class LoadedPlugin {
   LoadedPlugin(const LoadedPlugin&) = delete;
   LoadedPlugin& operator=(const LoadedPlugin&) = delete;
 
-  const nlohmann::json& definition() const noexcept { return definition_; }
+  const std::string& definition() const noexcept { return definition_; }
   const std::string& abi() const noexcept { return abi_; }
   const std::string& fingerprint() const noexcept { return fingerprint_; }
   const std::filesystem::path& file() const noexcept { return file_; }
@@ -44,8 +44,7 @@ class LoadedPlugin {
   struct Impl;
   explicit LoadedPlugin(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
-  nlohmann::json definition_;
-  std::string abi_, fingerprint_;
+  std::string definition_, abi_, fingerprint_;
   std::filesystem::path file_;
 };
 
