@@ -4,11 +4,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
+#include <tuple>
 
 #include "config/definition.hpp"
 #include "flowreg/plugins.hpp"
@@ -29,6 +32,8 @@ std::string_view to_string(PluginStatus status) noexcept {
       return "rejected";
     case PluginStatus::quarantined:
       return "quarantined";
+    case PluginStatus::waiting:
+      return "waiting";
   }
   return "unknown";
 }
@@ -96,6 +101,7 @@ struct PluginLoader::Impl {
     PluginInfo info;
     std::string registered_module;    // the module this file has registered ("" if none)
     detail::FileSignature signature;  // as seen when it was last loaded
+    std::uint64_t waiting_since = 0;  // its place in the queue for a held name; 0: not waiting
   };
   struct ModuleOwner {
     fs::path file;
@@ -112,9 +118,106 @@ struct PluginLoader::Impl {
   std::map<std::string, PluginError> quarantine;  // by sha256, persisted under cache_dir
   std::unique_ptr<detail::DirectoryWatcher> watcher;
 
+  // Ownership of module names and flow slugs contested by two files.
+  //
+  // The rule: the incumbent keeps a name. A file that declares a module name or a flow slug that
+  // another file holds waits (PluginStatus::waiting) until the name is free -- its holder removed,
+  // or changed so that it no longer declares the name -- and then gets it at once, the longest
+  // waiting file first. Neither file names nor directory order ever decide.
+  //
+  // Across restarts the incumbents are those of the last run, persisted in <cache_dir>/owners.json
+  // (file -> the names it held) after every change: at start they load before every other file,
+  // so a newcomer cannot take a name from them by sorting first. Files that claim a name nobody
+  // held before in the same batch (a first start with both present) are taken in order of their
+  // inode change time (ctime), oldest first, then by path: the file installed first wins, and a
+  // newcomer cannot make its ctime older (the kernel sets it on every change, chmod and touch
+  // included).
+  std::set<fs::path> incumbents;  // from owners.json: files that held a name in the last run
+  std::uint64_t wait_sequence = 0;
+
   Impl(FlowRegistry& r, PluginLoaderOptions o) : registry(r), options(std::move(o)) {
     if (options.cache_dir.empty()) options.cache_dir = fs::path(".flowreg") / "plugin-cache";
     load_quarantine();
+    load_owners();
+  }
+
+  // How a file is named in the owners ledger and compared with another: absolute, normalized and
+  // with symbolic links resolved, so that a relative plugins directory, another working directory
+  // or an absolute path given on the command line all name the same file the same way.
+  static fs::path file_key(const fs::path& path) {
+    std::error_code ec;
+    fs::path key = fs::weakly_canonical(path, ec);
+    if (ec) key = fs::absolute(path, ec).lexically_normal();
+    return key;
+  }
+  static bool same_file(const fs::path& a, const fs::path& b) {
+    return a == b || file_key(a) == file_key(b);
+  }
+
+  fs::path owners_file() const { return options.cache_dir / "owners.json"; }
+
+  json read_owners() const {
+    std::ifstream in(owners_file());
+    if (!in) return json::object();
+    json owners = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    return owners.is_object() ? owners : json::object();
+  }
+
+  void load_owners() {
+    const json owners = read_owners();
+    for (const auto& [file, names] : owners.items()) incumbents.insert(fs::path(file));
+  }
+
+  // REQUIRES: mutex held. Persists who holds what for the files of this loader's directory; the
+  // entries of other directories (another configuration sharing the cache) are kept.
+  void save_owners() const {
+    const fs::path dir = file_key(options.settings.dir);
+    const json before = read_owners();
+    json owners = json::object();
+    for (const auto& [file, names] : before.items())
+      if (file_key(fs::path(file)).parent_path() != dir) owners[file] = names;
+    for (const auto& [module, owner] : modules) {
+      json& names = owners[file_key(owner.file).string()];
+      names["module"] = module;
+      names["flows"] = json::array();
+      for (const auto& flow : registry.module_flows(module))
+        names["flows"].push_back(flow->def.slug);
+    }
+    if (owners == before) return;
+    std::error_code ec;
+    if (fs::create_directories(options.cache_dir, ec))
+      fs::permissions(options.cache_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+    const fs::path tmp = options.cache_dir / ("owners.json.tmp" + std::to_string(getpid()));
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << owners.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+      if (!out) return;
+    }
+    fs::rename(tmp, owners_file(), ec);
+    if (ec) fs::remove(tmp, ec);
+  }
+
+  // The holder that keeps `path` from registering `module` and `flows`: the module name held by
+  // another file, or a slug held by another module. REQUIRES: mutex held.
+  std::optional<PluginError> held_elsewhere(const fs::path& path, const std::string& module,
+                                            const std::vector<std::string>& flows) const {
+    if (auto owner = modules.find(module);
+        owner != modules.end() && !same_file(owner->second.file, path))
+      return PluginError{"register", fmt::format("waiting for module name '{}' held by {}", module,
+                                                 owner->second.file.string())};
+    for (const auto& slug : flows) {
+      const FlowRef existing = registry.get(slug);
+      if (!existing || existing->module == module) continue;
+      // A module this same file registered before (it changed its module name): not a contest.
+      if (auto owner = modules.find(existing->module);
+          owner != modules.end() && same_file(owner->second.file, path))
+        continue;
+      return PluginError{
+          "register",
+          fmt::format("waiting for slug '{}' held by module '{}'{}", slug, existing->module,
+                      existing->source.empty() ? "" : " (" + existing->source + ")")};
+    }
+    return std::nullopt;
   }
 
   fs::path quarantine_dir() const { return options.cache_dir / "quarantine"; }
@@ -317,12 +420,21 @@ struct PluginLoader::Impl {
     PluginInfo info;
     info.file = path;
     auto prepared = prepare(path, info);
+    bool waiting = false;
     if (prepared) {
-      auto registered = register_prepared(path, record, *prepared);
+      auto registered = register_prepared(path, record, *prepared, waiting);
       if (!registered) prepared = tl::unexpected(registered.error());
     }
+    if (waiting) {
+      if (record.waiting_since == 0) record.waiting_since = ++wait_sequence;
+    } else {
+      record.waiting_since = 0;
+    }
     if (!prepared) {
-      if (info.status != PluginStatus::quarantined) info.status = PluginStatus::rejected;
+      if (waiting)
+        info.status = PluginStatus::waiting;
+      else if (info.status != PluginStatus::quarantined)
+        info.status = PluginStatus::rejected;
       info.error = prepared.error();
       if (!record.registered_module.empty())
         info.error->message += fmt::format(
@@ -338,12 +450,16 @@ struct PluginLoader::Impl {
     record.info = std::move(info);
   }
 
+  // `waiting` is set when another file holds the module name or a slug (see held_elsewhere).
   tl::expected<void, PluginError> register_prepared(const fs::path& path, FileRecord& record,
-                                                    Prepared& prepared) {
+                                                    Prepared& prepared, bool& waiting) {
     const std::string& module = prepared.definition.module;
-    if (auto owner = modules.find(module); owner != modules.end() && owner->second.file != path)
-      return reject("register", fmt::format("declares module '{}', which {} already registered",
-                                            module, owner->second.file.string()));
+    std::vector<std::string> slugs;
+    for (const auto& flow : prepared.definition.flows) slugs.push_back(flow.slug);
+    if (auto held = held_elsewhere(path, module, slugs)) {
+      waiting = true;
+      return tl::unexpected(std::move(*held));
+    }
     const bool reload = record.registered_module == module;
     Module m{module, path.string(), std::move(prepared.definition.flows), prepared.plugin};
     auto result = reload ? registry.replace_module(std::move(m), "plugin file changed")
@@ -374,14 +490,65 @@ struct PluginLoader::Impl {
 
   // REQUIRES: mutex held.
   // The watcher's first batch holds every file present, and a rescan may report files that did
-  // not change: a file already loaded with the same content stays as it is.
+  // not change: a file already loaded with the same content stays as it is. Removals go first
+  // (they free names), then the incumbents of the last run, then the other files oldest first
+  // (see `incumbents`); names freed on the way go to the files waiting for them.
   void apply(const std::vector<detail::FileChange>& changes) {
+    std::vector<detail::FileChange> present;
     for (const auto& change : changes) {
       if (change.kind == detail::FileChange::Kind::removed)
         remove(change.path);
       else
-        load_changed(change);
+        present.push_back(change);
     }
+    for (const auto& change : claim_order(std::move(present))) load_changed(change);
+    settle();
+  }
+
+  // `present` in the order in which files claim names: incumbents, then by ctime, then by path.
+  std::vector<detail::FileChange> claim_order(std::vector<detail::FileChange> present) const {
+    struct Keyed {
+      bool newcomer;
+      std::int64_t ctime_ns;
+      detail::FileChange change;
+    };
+    std::vector<Keyed> keyed;
+    for (auto& change : present) {
+      struct stat st {};
+      const std::int64_t ctime_ns =
+          stat(change.path.c_str(), &st) == 0
+              ? static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec
+              : 0;
+      const bool newcomer = !incumbents.contains(file_key(change.path));
+      keyed.push_back(Keyed{newcomer, ctime_ns, std::move(change)});
+    }
+    std::stable_sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) {
+      return std::tie(a.newcomer, a.ctime_ns, a.change.path) <
+             std::tie(b.newcomer, b.ctime_ns, b.change.path);
+    });
+    std::vector<detail::FileChange> out;
+    for (auto& k : keyed) out.push_back(std::move(k.change));
+    return out;
+  }
+
+  // REQUIRES: mutex held. Gives names that are free now to the files waiting for them, longest
+  // waiting first, then persists who holds what.
+  void settle() {
+    for (bool progress = true; progress;) {
+      progress = false;
+      std::vector<std::pair<std::uint64_t, fs::path>> queue;
+      for (const auto& [path, record] : files)
+        if (record.info.status == PluginStatus::waiting)
+          queue.emplace_back(record.waiting_since, path);
+      std::sort(queue.begin(), queue.end());
+      for (const auto& [since, path] : queue) {
+        const PluginInfo& info = files[path].info;
+        if (held_elsewhere(path, info.module, info.flows)) continue;
+        load(path);
+        if (files[path].info.status == PluginStatus::loaded) progress = true;
+      }
+    }
+    save_owners();
   }
 
   // Loads a file reported present, unless it is loaded already with the same content, mode and
@@ -422,7 +589,7 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
   const auto present = detail::scan_directory(dir, impl_->watch_options());
   std::lock_guard lock(impl_->mutex);
   std::set<fs::path> seen;
-  for (const auto& change : present) {
+  for (const auto& change : impl_->claim_order(present)) {
     seen.insert(change.path);
     impl_->load_changed(change);
   }
@@ -430,6 +597,7 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
   for (const auto& [path, record] : impl_->files)
     if (!seen.contains(path)) gone.push_back(path);
   for (const auto& path : gone) impl_->remove(path);
+  impl_->settle();
   std::vector<PluginInfo> out;
   for (const auto& [path, record] : impl_->files) out.push_back(record.info);
   return out;
@@ -472,9 +640,11 @@ PluginInfo PluginLoader::check(const fs::path& file) {
   auto prepared = impl_->prepare(file, info);
   if (prepared) {
     // Would registration succeed? Conflicts with modules and slugs registered from other files.
+    // Paths are compared as files (file_key): `file` may be the same file as a registered one named
+    // through a relative plugins directory, and then it does not conflict with itself.
     const std::string& module = prepared->definition.module;
     if (auto owner = impl_->modules.find(module);
-        owner != impl_->modules.end() && owner->second.file != file) {
+        owner != impl_->modules.end() && !Impl::same_file(owner->second.file, file)) {
       prepared = reject("register", fmt::format("declares module '{}', which {} already registered",
                                                 module, owner->second.file.string()));
     } else {
