@@ -64,6 +64,25 @@ TEST_SUITE("plugin_registry") {
     CHECK(box.module_of("good_flow") == "good");
   }
 
+  TEST_CASE(
+      "after a restart an incumbent that now claims another incumbent's slug waits for it, even "
+      "when it is read first") {
+    Sandbox box;
+    box.add("good");
+    const fs::path changed = box.add("other", "a_changed.so");
+    box.scan();
+    REQUIRE(box.module_of("other_flow") == "other");
+    // While flowreg is down, a_changed.so becomes a plugin that also declares good_flow, and then
+    // good.so is updated: a_changed.so is now the older file of the two incumbents.
+    box.loader.reset();
+    box.add("slug_clash", "a_changed.so");
+    box.add("good");
+    box.restart();
+    box.scan();
+    CHECK(box.module_of("good_flow") == "good");
+    check_waiting(box, changed, slug_held_by_good(box));
+  }
+
   TEST_CASE("on a first start the file installed first takes a contested slug, whatever its name") {
     for (const std::string name : {"a_clash.so", "z_clash.so"}) {
       CAPTURE(name);

@@ -126,13 +126,20 @@ struct PluginLoader::Impl {
   // waiting file first. Neither file names nor directory order ever decide.
   //
   // Across restarts the incumbents are those of the last run, persisted in <cache_dir>/owners.json
-  // (file -> the names it held) after every change: at start they load before every other file,
-  // so a newcomer cannot take a name from them by sorting first. Files that claim a name nobody
-  // held before in the same batch (a first start with both present) are taken in order of their
-  // inode change time (ctime), oldest first, then by path: the file installed first wins, and a
-  // newcomer cannot make its ctime older (the kernel sets it on every change, chmod and touch
-  // included).
-  std::set<fs::path> incumbents;  // from owners.json: files that held a name in the last run
+  // (file -> the names it held) after every change. Until an incumbent of the last run has been
+  // loaded (or found gone), the names it held are reserved for it: a newcomer waits for them
+  // whatever the order in which the files are read (and incumbents are read first, so that it
+  // rarely has to). Files that claim a name nobody held before in the same batch (a first start
+  // with both present) are taken in order of their inode change time (ctime), oldest first, then
+  // by path: the file installed first wins, and a newcomer cannot make its ctime older (the kernel
+  // sets it on every change, chmod and touch included).
+  struct Reservation {
+    fs::path file;  // file_key of the incumbent
+    std::string module;
+  };
+  std::map<std::string, Reservation> reserved;  // "module:NAME" / "slug:NAME" -> its last holder
+  std::set<fs::path> incumbents;                // the files of `reserved`
+  std::set<fs::path> pending;  // file_keys of the batch being loaded, not yet loaded
   std::uint64_t wait_sequence = 0;
 
   Impl(FlowRegistry& r, PluginLoaderOptions o) : registry(r), options(std::move(o)) {
@@ -165,7 +172,15 @@ struct PluginLoader::Impl {
 
   void load_owners() {
     const json owners = read_owners();
-    for (const auto& [file, names] : owners.items()) incumbents.insert(fs::path(file));
+    for (const auto& [file, names] : owners.items()) {
+      if (!names.is_object() || !names.contains("module") || !names["module"].is_string()) continue;
+      const std::string module = names["module"].get<std::string>();
+      incumbents.insert(fs::path(file));
+      reserved["module:" + module] = Reservation{fs::path(file), module};
+      for (const auto& slug : names.value("flows", json::array()))
+        if (slug.is_string())
+          reserved["slug:" + slug.get<std::string>()] = {fs::path(file), module};
+    }
   }
 
   // REQUIRES: mutex held. Persists who holds what for the files of this loader's directory; the
@@ -217,6 +232,21 @@ struct PluginLoader::Impl {
           fmt::format("waiting for slug '{}' held by module '{}'{}", slug, existing->module,
                       existing->source.empty() ? "" : " (" + existing->source + ")")};
     }
+    // Names reserved for an incumbent of the last run that is still to be loaded.
+    const fs::path self = file_key(path);
+    auto reserved_for_other = [&](const std::string& key) -> const Reservation* {
+      auto it = reserved.find(key);
+      if (it == reserved.end() || it->second.file == self || !pending.contains(it->second.file))
+        return nullptr;
+      return &it->second;
+    };
+    if (const Reservation* r = reserved_for_other("module:" + module))
+      return PluginError{"register", fmt::format("waiting for module name '{}' held by {}", module,
+                                                 r->file.string())};
+    for (const auto& slug : flows)
+      if (const Reservation* r = reserved_for_other("slug:" + slug))
+        return PluginError{"register", fmt::format("waiting for slug '{}' held by module '{}' ({})",
+                                                   slug, r->module, r->file.string())};
     return std::nullopt;
   }
 
@@ -501,8 +531,19 @@ struct PluginLoader::Impl {
       else
         present.push_back(change);
     }
-    for (const auto& change : claim_order(std::move(present))) load_changed(change);
+    load_all(claim_order(std::move(present)));
     settle();
+  }
+
+  // Loads `present` in that order; the files of the batch still to be loaded keep the names
+  // reserved for them (see `reserved`). REQUIRES: mutex held.
+  void load_all(const std::vector<detail::FileChange>& present) {
+    for (const auto& change : present) pending.insert(file_key(change.path));
+    for (const auto& change : present) {
+      pending.erase(file_key(change.path));
+      load_changed(change);
+    }
+    pending.clear();
   }
 
   // `present` in the order in which files claim names: incumbents, then by ctime, then by path.
@@ -589,10 +630,8 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
   const auto present = detail::scan_directory(dir, impl_->watch_options());
   std::lock_guard lock(impl_->mutex);
   std::set<fs::path> seen;
-  for (const auto& change : impl_->claim_order(present)) {
-    seen.insert(change.path);
-    impl_->load_changed(change);
-  }
+  for (const auto& change : present) seen.insert(change.path);
+  impl_->load_all(impl_->claim_order(present));
   std::vector<fs::path> gone;
   for (const auto& [path, record] : impl_->files)
     if (!seen.contains(path)) gone.push_back(path);
