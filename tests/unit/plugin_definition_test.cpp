@@ -123,12 +123,18 @@ flows:
     CHECK(definition_problems(in_strings) == std::vector<std::string>{});
   }
 
-  TEST_CASE("a definition over the size limit, with duplicate keys, or not JSON is refused") {
+  TEST_CASE(
+      "a definition over the size or node limit, with duplicate keys, or not JSON is refused") {
     detail::YamlLimits small;
     small.max_file_bytes = 100;
     auto big = detail::parse_plugin_definition(definition_with(nested_schema(3)), "p.so", small);
     REQUIRE_FALSE(big);
     CHECK(big.error()[0].message.find("the limit is 100 bytes") != std::string::npos);
+    detail::YamlLimits few;
+    few.max_nodes = 10;
+    auto many = detail::parse_plugin_definition(definition_with(nested_schema(3)), "p.so", few);
+    REQUIRE_FALSE(many);
+    CHECK(many.error()[0].message == "the definition has more than 10 nodes; refusing it");
     CHECK(definition_problems(R"({"module": "m", "module": "n", "flows": []})") ==
           std::vector<std::string>{"duplicate key 'module'"});
     const auto garbage = definition_problems("{\"module\": \"\xe9\"}");
