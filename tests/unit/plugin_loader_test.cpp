@@ -244,8 +244,8 @@ TEST_SUITE("plugin_loader") {
   }
 
   TEST_CASE("a slug already taken by another plugin is refused; the first one keeps it") {
-    check_fixture("slug_clash", PluginStatus::rejected, "register",
-                  "flow slug 'good_flow' of module 'clash'");
+    check_fixture("slug_clash", PluginStatus::waiting, "register",
+                  "waiting for slug 'good_flow' held by module 'good'");
   }
 
   TEST_CASE("a second file declaring an existing module name is refused, naming the other file") {
@@ -253,9 +253,8 @@ TEST_SUITE("plugin_loader") {
     box.add("good");
     const fs::path bad = box.add("duplicate_module", "zz_duplicate.so");
     box.scan();
-    check_rejected(
-        "duplicate_module", bad, box, PluginStatus::rejected, "register",
-        "declares module 'good', which " + (box.dir / "good.so").string() + " already registered");
+    check_rejected("duplicate_module", bad, box, PluginStatus::waiting, "register",
+                   "waiting for module name 'good' held by " + (box.dir / "good.so").string());
   }
 
   TEST_CASE("a crash in a static initializer is quarantined; the host survives") {

@@ -12,7 +12,11 @@
 //   inspect      loads in a child process first (crash, abort or hang -> quarantined by hash)
 //   load, abi    dlopen of a private read-only copy named by its hash; ABI magic/major/minor/size
 //   definition   describes itself with valid flows (schema and semantic rules of YAML flows)
-//   register     registers atomically: no duplicate module name or flow slug
+//   register     registers atomically: no duplicate module name or flow slug. A file that declares
+//                a name another file holds waits for it (PluginStatus::waiting) and registers as
+//                soon as the holder is removed or stops declaring it. The incumbent keeps a name,
+//                across restarts too (<cache_dir>/owners.json): file names and directory order
+//                never decide (see PluginLoader::Impl for the rule).
 //
 // Thread-safety: all member functions may be called concurrently; loading is serialized inside.
 
@@ -40,7 +44,9 @@ struct PluginError {
   std::string message;  // the reason, and what to do about it
 };
 
-enum class PluginStatus { loaded, rejected, quarantined };
+// waiting: ready to register, but a module name or flow slug it declares is held by another file;
+// `error` (stage "register") names the name and its holder.
+enum class PluginStatus { loaded, rejected, quarantined, waiting };
 std::string_view to_string(PluginStatus status) noexcept;
 
 struct PluginInfo {

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -9,6 +11,7 @@
 #include "config/json_schema.hpp"
 #include "config/yaml_json.hpp"
 #include "flowreg/validate.hpp"
+#include "util/strings.hpp"
 
 namespace flowreg {
 
@@ -75,6 +78,89 @@ long flow_index_of(std::string_view pointer) {
   return i == 0 ? -1 : index;
 }
 
+// The checks every flow gets after the JSON Schema, whatever its source (a YAML file or a plugin's
+// definition): the semantic rules, a slug declared once per definition, and an input_schema that
+// is itself a valid JSON Schema. `flows` is the "flows" value of a document the schema accepted
+// except for the flows in `broken` (indexes), which are skipped; `at` locates a JSON pointer of
+// the document. Returns the flows checked; their problems are appended to `problems`.
+std::vector<FlowDef> check_flows(const json& flows, const std::string& module,
+                                 const std::string& source, const std::set<long>& broken,
+                                 const std::function<Location(std::string_view)>& at,
+                                 std::vector<Diagnostic>& problems) {
+  std::vector<FlowDef> out;
+  if (!flows.is_array()) return out;
+  std::map<std::string, std::size_t> slug_index;
+  for (std::size_t i = 0; i < flows.size(); ++i) {
+    if (broken.contains(static_cast<long>(i))) continue;
+    const std::string base = fmt::format("/flows/{}", i);
+    FlowDef flow = flow_of(flows[i], module, source);
+    auto located = [&](std::string_view pointer) { return at(base + std::string(pointer)); };
+    for (auto& d : validate_flow(flow, located)) problems.push_back(std::move(d));
+    if (auto [it, inserted] = slug_index.emplace(flow.slug, i); !inserted)
+      problems.push_back(Diagnostic{
+          at(base + "/slug"),
+          fmt::format("flow slug '{}' is declared twice in this file (flows[{}] and flows[{}])",
+                      flow.slug, it->second, i)});
+    if (flow.input_schema) {
+      if (auto compiled = detail::JsonSchema::compile(*flow.input_schema); !compiled)
+        problems.push_back(Diagnostic{
+            at(base + "/input_schema"),
+            fmt::format("flow '{}': input_schema: {}", flow.slug, compiled.error().message)});
+    }
+    out.push_back(std::move(flow));
+  }
+  return out;
+}
+
+// The deepest nesting of brackets in a JSON text, outside strings, without parsing it (nothing
+// recursive runs on text of unknown depth).
+std::size_t bracket_depth(std::string_view text) {
+  std::size_t depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (const char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+      continue;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == '}' || c == ']') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+// The limits of a YAML document, on a parsed JSON value whose depth is already known to be bounded
+// (the recursion here is at most max_depth + 1 deep): every node at most max_depth levels below
+// the root, at most max_nodes nodes. The messages are those of the YAML reader.
+class JsonLimitsChecker {
+ public:
+  explicit JsonLimitsChecker(const detail::YamlLimits& limits) : limits_(limits) {}
+
+  std::string check(const json& value, int depth = 0) {
+    if (++nodes_ > limits_.max_nodes)
+      return fmt::format("the definition has more than {} nodes; refusing it", limits_.max_nodes);
+    if (depth > limits_.max_depth)
+      return fmt::format("nesting is deeper than {} levels", limits_.max_depth);
+    if (value.is_structured())
+      for (const auto& child : value)
+        if (auto problem = check(child, depth + 1); !problem.empty()) return problem;
+    return {};
+  }
+
+ private:
+  const detail::YamlLimits& limits_;
+  std::size_t nodes_ = 0;
+};
+
 }  // namespace
 
 Result<Config> parse_config(std::string_view text, const std::filesystem::path& file) {
@@ -94,16 +180,12 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
 
   // Structure first. Flows with a structural problem are not checked further; the others get the
   // semantic checks too, so one run reports as much as can be known.
-  std::map<long, bool> broken_flows;
-  bool broken_outside_flows = false;
+  std::set<long> broken_flows;
   for (auto& p : detail::flow_file_schema().validate(doc->value)) {
-    const long index = flow_index_of(p.pointer);
-    if (index >= 0)
-      broken_flows[index] = true;
-    else
-      broken_outside_flows = true;
+    broken_flows.insert(flow_index_of(p.pointer));
     problems.push_back(Diagnostic{doc->locate(p.pointer), std::move(p.message)});
   }
+  const bool broken_outside_flows = broken_flows.contains(-1);
 
   Config config;
   config.file = file;
@@ -142,30 +224,10 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
     }
   }
 
-  if (auto f = root.find("flows"); f != root.end() && f->is_array()) {
-    std::map<std::string, std::size_t> slug_index;
-    for (std::size_t i = 0; i < f->size(); ++i) {
-      if (broken_flows.contains(static_cast<long>(i))) continue;
-      const std::string base = fmt::format("/flows/{}", i);
-      FlowDef flow = flow_of((*f)[i], config.module, name);
-      auto located = [&](std::string_view pointer) {
-        return doc->locate(base + std::string(pointer));
-      };
-      for (auto& d : validate_flow(flow, located)) problems.push_back(std::move(d));
-      if (auto [it, inserted] = slug_index.emplace(flow.slug, i); !inserted)
-        problems.push_back(Diagnostic{
-            doc->locate(base + "/slug"),
-            fmt::format("flow slug '{}' is declared twice in this file (flows[{}] and flows[{}])",
-                        flow.slug, it->second, i)});
-      if (flow.input_schema) {
-        if (auto compiled = detail::JsonSchema::compile(*flow.input_schema); !compiled)
-          problems.push_back(Diagnostic{
-              doc->locate(base + "/input_schema"),
-              fmt::format("flow '{}': input_schema: {}", flow.slug, compiled.error().message)});
-      }
-      config.flows.push_back(std::move(flow));
-    }
-  }
+  if (auto f = root.find("flows"); f != root.end())
+    config.flows = check_flows(
+        *f, config.module, name, broken_flows,
+        [&](std::string_view pointer) { return doc->locate(pointer); }, problems);
 
   if (!problems.empty()) {
     std::stable_sort(
@@ -184,12 +246,46 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
 namespace detail {
 
 tl::expected<PluginDefinition, std::vector<Diagnostic>> parse_plugin_definition(
-    const nlohmann::json& definition, const std::string& source) {
+    std::string_view text, const std::string& source, const YamlLimits& limits) {
   std::vector<Diagnostic> problems;
   auto fail = [&](std::string message) {
     problems.push_back(Diagnostic{Location{source}, std::move(message)});
     return tl::unexpected(std::move(problems));
   };
+  // The limits of a YAML file, in the order the YAML reader applies them: size, then nesting
+  // (bounded on the raw text first: parsing, walking, copying, validating and printing a JSON
+  // value all recurse), then the node count.
+  if (text.size() > limits.max_file_bytes)
+    return fail(fmt::format("the definition is {} bytes; the limit is {} bytes", text.size(),
+                            limits.max_file_bytes));
+  if (bracket_depth(text) > static_cast<std::size_t>(limits.max_depth) + 1)
+    return fail(fmt::format("nesting is deeper than {} levels", limits.max_depth));
+  json definition;
+  // Duplicate keys are refused as in YAML (a JSON parser would silently keep the last one).
+  std::vector<std::set<std::string>> keys;
+  std::vector<std::string> duplicates;
+  try {
+    definition = json::parse(text, [&](int, json::parse_event_t event, json& parsed) {
+      if (event == json::parse_event_t::object_start) {
+        keys.emplace_back();
+      } else if (event == json::parse_event_t::object_end) {
+        if (!keys.empty()) keys.pop_back();
+      } else if (event == json::parse_event_t::key && !keys.empty()) {
+        const std::string& key = parsed.get_ref<const std::string&>();
+        if (!keys.back().insert(key).second && duplicates.size() < 10) duplicates.push_back(key);
+      }
+      return true;
+    });
+  } catch (const json::exception& e) {
+    return fail(utf8_valid(fmt::format("invalid JSON: {}", e.what())));
+  }
+  for (const auto& key : duplicates)
+    problems.push_back(
+        Diagnostic{Location{source}, utf8_valid(fmt::format("duplicate key '{}'", key))});
+  if (!problems.empty()) return tl::unexpected(std::move(problems));
+  if (auto problem = JsonLimitsChecker(limits).check(definition); !problem.empty())
+    return fail(std::move(problem));
+
   if (!definition.is_object() || !definition.contains("module") || !definition.contains("flows"))
     return fail("the plugin's definition lacks 'module' or 'flows'");
   PluginDefinition out;
@@ -206,8 +302,10 @@ tl::expected<PluginDefinition, std::vector<Diagnostic>> parse_plugin_definition(
     else
       out.handlers.push_back(h.get<std::string>());
   }
-  // The flow part is checked against the same schema as a YAML file.
-  const json document = {{"module", definition["module"]}, {"flows", definition["flows"]}};
+  // The flow part is checked against the same schema as a YAML file, then as a YAML file's flows.
+  json document = json::object();
+  document["module"] = std::move(definition["module"]);
+  document["flows"] = std::move(definition["flows"]);
   std::set<long> broken;
   for (auto& p : flow_file_schema().validate(document)) {
     broken.insert(flow_index_of(p.pointer));
@@ -215,11 +313,11 @@ tl::expected<PluginDefinition, std::vector<Diagnostic>> parse_plugin_definition(
   }
   if (broken.contains(-1)) return tl::unexpected(std::move(problems));
   out.module = document["module"].get<std::string>();
-  for (std::size_t i = 0; i < document["flows"].size(); ++i) {
-    if (broken.contains(static_cast<long>(i))) continue;
-    FlowDef flow = flow_of(document["flows"][i], out.module, source);
-    for (auto& d : validate_flow(flow)) problems.push_back(std::move(d));
-    // A step naming a handler of this module must name one it exports.
+  out.flows = check_flows(
+      document["flows"], out.module, source, broken,
+      [&](std::string_view) { return Location{source}; }, problems);
+  // A step naming a handler of this module must name one it exports.
+  for (const auto& flow : out.flows)
     for (const auto& step : flow.steps) {
       const auto dot = step.handler.find('.');
       if (dot == std::string::npos || step.handler.substr(0, dot) != out.module) continue;
@@ -229,8 +327,6 @@ tl::expected<PluginDefinition, std::vector<Diagnostic>> parse_plugin_definition(
                                           "plugin does not export",
                                           flow.slug, step.slug, step.handler)});
     }
-    out.flows.push_back(std::move(flow));
-  }
   if (!problems.empty()) return tl::unexpected(std::move(problems));
   return out;
 }

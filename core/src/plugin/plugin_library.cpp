@@ -170,19 +170,9 @@ tl::expected<std::shared_ptr<LoadedPlugin>, PluginError> LoadedPlugin::open(
   if (!thrown.empty()) return tl::unexpected(fail("definition", std::move(thrown)));
   if (status != FLOWREG_OK)
     return tl::unexpected(fail("definition", fmt::format("failed to describe itself: {}", text)));
-  nlohmann::json definition = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (definition.is_discarded() || !definition.is_object())
-    return tl::unexpected(
-        fail("definition", "described itself with text that is not a JSON object"));
-
+  // Not parsed here: the text is untrusted, and parse_plugin_definition bounds it first.
   auto plugin = std::shared_ptr<LoadedPlugin>(new LoadedPlugin(std::move(impl)));
-  if (auto h = definition.find("handlers"); h != definition.end() && h->is_array()) {
-    const std::string module = definition.value("module", "");
-    for (const auto& name : *h)
-      plugin->handler_names_.push_back(
-          module + "." + (name.is_string() ? name.get<std::string>() : std::string("?")));
-  }
-  plugin->definition_ = std::move(definition);
+  plugin->definition_ = std::move(text);
   plugin->abi_ = version;
   plugin->fingerprint_ = abi->fingerprint ? utf8_valid(abi->fingerprint) : "";
   plugin->file_ = file;

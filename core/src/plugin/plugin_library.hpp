@@ -32,10 +32,11 @@ tl::expected<void, PluginError> check_exports(const std::filesystem::path& file,
 class LoadedPlugin {
  public:
   // dlopen (RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE), ABI checks, describe(). The returned definition
-  // is the JSON the plugin described itself with, not yet validated. REQUIRES: the caller checked
-  // the file's bytes (check_plugin_elf). `held_fd`, when not -1, is a descriptor of `file` that the
-  // plugin owns from now on and closes when it is destroyed (the loader's lock on the staged copy).
-  // `source` names the plugin in messages (the file the user dropped in; default: `file`).
+  // is the text the plugin described itself with, not yet parsed (see parse_plugin_definition).
+  // REQUIRES: the caller checked the file's bytes (check_plugin_elf). `held_fd`, when not -1, is a
+  // descriptor of `file` that the plugin owns from now on and closes when it is destroyed (the
+  // loader's lock on the staged copy). `source` names the plugin in messages (the file the user
+  // dropped in; default: `file`).
   static tl::expected<std::shared_ptr<LoadedPlugin>, PluginError> open(
       const std::filesystem::path& file, int held_fd = -1, std::string source = {});
 
@@ -43,10 +44,14 @@ class LoadedPlugin {
   LoadedPlugin(const LoadedPlugin&) = delete;
   LoadedPlugin& operator=(const LoadedPlugin&) = delete;
 
-  const nlohmann::json& definition() const noexcept { return definition_; }
+  const std::string& definition() const noexcept { return definition_; }
   const std::string& abi() const noexcept { return abi_; }
   const std::string& fingerprint() const noexcept { return fingerprint_; }
   const std::filesystem::path& file() const noexcept { return file_; }
+
+  // The handlers' names ("module.handler", by index) once the definition is checked, for messages.
+  // REQUIRES: the plugin is not yet shared with other threads.
+  void name_handlers(std::vector<std::string> names) { handler_names_ = std::move(names); }
 
   // Runs handler number `index`. Never lets out what the plugin throws: a plugin not built with the
   // SDK may throw through the C boundary; that is caught here and reported as a permanent failure
@@ -58,8 +63,7 @@ class LoadedPlugin {
   struct Impl;
   explicit LoadedPlugin(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
-  nlohmann::json definition_;
-  std::string abi_, fingerprint_;
+  std::string definition_, abi_, fingerprint_;
   std::filesystem::path file_;
   std::string source_;
   std::vector<std::string> handler_names_;  // for messages: "module.handler" by index

@@ -5,14 +5,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "config/definition.hpp"
 #include "flowreg/plugins.hpp"
@@ -36,6 +39,8 @@ std::string_view to_string(PluginStatus status) noexcept {
       return "rejected";
     case PluginStatus::quarantined:
       return "quarantined";
+    case PluginStatus::waiting:
+      return "waiting";
   }
   return "unknown";
 }
@@ -132,7 +137,7 @@ struct StagedCopy {
 };
 
 // Same file (device and inode) behind the descriptor and the path.
-bool same_file(int fd, const fs::path& path) {
+bool fd_is_path(int fd, const fs::path& path) {
   struct stat by_fd {
   }, by_path{};
   return fstat(fd, &by_fd) == 0 && stat(path.c_str(), &by_path) == 0 &&
@@ -157,6 +162,7 @@ struct PluginLoader::Impl {
     PluginInfo info;
     std::string registered_module;    // the module this file has registered ("" if none)
     detail::FileSignature signature;  // as seen when it was last loaded
+    std::uint64_t waiting_since = 0;  // its place in the queue for a held name; 0: not waiting
   };
   struct ModuleOwner {
     fs::path file;
@@ -176,6 +182,30 @@ struct PluginLoader::Impl {
   // means this process died while loading (see CrashJournal).
   detail::CrashJournal journal;
 
+  // Ownership of module names and flow slugs contested by two files.
+  //
+  // The rule: the incumbent keeps a name. A file that declares a module name or a flow slug that
+  // another file holds waits (PluginStatus::waiting) until the name is free -- its holder removed,
+  // or changed so that it no longer declares the name -- and then gets it at once, the longest
+  // waiting file first. Neither file names nor directory order ever decide.
+  //
+  // Across restarts the incumbents are those of the last run, persisted in <cache_dir>/owners.json
+  // (file -> the names it held) after every change. Until an incumbent of the last run has been
+  // loaded (or found gone), the names it held are reserved for it: a newcomer waits for them
+  // whatever the order in which the files are read (and incumbents are read first, so that it
+  // rarely has to). Files that claim a name nobody held before in the same batch (a first start
+  // with both present) are taken in order of their inode change time (ctime), oldest first, then
+  // by path: the file installed first wins, and a newcomer cannot make its ctime older (the kernel
+  // sets it on every change, chmod and touch included).
+  struct Reservation {
+    fs::path file;  // file_key of the incumbent
+    std::string module;
+  };
+  std::map<std::string, Reservation> reserved;  // "module:NAME" / "slug:NAME" -> its last holder
+  std::set<fs::path> incumbents;                // the files of `reserved`
+  std::set<fs::path> pending;  // file_keys of the batch being loaded, not yet loaded
+  std::uint64_t wait_sequence = 0;
+
   Impl(FlowRegistry& r, PluginLoaderOptions o)
       : registry(r),
         options(std::move(o)),
@@ -185,6 +215,109 @@ struct PluginLoader::Impl {
     if (options.cache_dir.empty()) options.cache_dir = fs::path(".flowreg") / "plugin-cache";
     load_quarantine();
     count_load_crashes();
+    load_owners();
+  }
+
+  // How a file is named in the owners ledger and compared with another: absolute, normalized and
+  // with symbolic links resolved, so that a relative plugins directory, another working directory
+  // or an absolute path given on the command line all name the same file the same way.
+  static fs::path file_key(const fs::path& path) {
+    std::error_code ec;
+    fs::path key = fs::weakly_canonical(path, ec);
+    if (ec) key = fs::absolute(path, ec).lexically_normal();
+    return key;
+  }
+  static bool same_file(const fs::path& a, const fs::path& b) {
+    return a == b || file_key(a) == file_key(b);
+  }
+
+  fs::path owners_file() const { return options.cache_dir / "owners.json"; }
+
+  json read_owners() const {
+    std::ifstream in(owners_file());
+    if (!in) return json::object();
+    json owners = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    return owners.is_object() ? owners : json::object();
+  }
+
+  void load_owners() {
+    const json owners = read_owners();
+    for (const auto& [file, names] : owners.items()) {
+      if (!names.is_object() || !names.contains("module") || !names["module"].is_string()) continue;
+      const std::string module = names["module"].get<std::string>();
+      incumbents.insert(fs::path(file));
+      reserved["module:" + module] = Reservation{fs::path(file), module};
+      for (const auto& slug : names.value("flows", json::array()))
+        if (slug.is_string())
+          reserved["slug:" + slug.get<std::string>()] = {fs::path(file), module};
+    }
+  }
+
+  // REQUIRES: mutex held. Persists who holds what for the files of this loader's directory; the
+  // entries of other directories (another configuration sharing the cache) are kept.
+  void save_owners() const {
+    const fs::path dir = file_key(options.settings.dir);
+    const json before = read_owners();
+    json owners = json::object();
+    for (const auto& [file, names] : before.items())
+      if (file_key(fs::path(file)).parent_path() != dir) owners[file] = names;
+    for (const auto& [module, owner] : modules) {
+      json& names = owners[file_key(owner.file).string()];
+      names["module"] = module;
+      names["flows"] = json::array();
+      for (const auto& flow : registry.module_flows(module))
+        names["flows"].push_back(flow->def.slug);
+    }
+    if (owners == before) return;
+    std::error_code ec;
+    if (fs::create_directories(options.cache_dir, ec))
+      fs::permissions(options.cache_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+    const fs::path tmp = options.cache_dir / ("owners.json.tmp" + std::to_string(getpid()));
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << owners.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+      if (!out) return;
+    }
+    fs::rename(tmp, owners_file(), ec);
+    if (ec) fs::remove(tmp, ec);
+  }
+
+  // The holder that keeps `path` from registering `module` and `flows`: the module name held by
+  // another file, or a slug held by another module. REQUIRES: mutex held.
+  std::optional<PluginError> held_elsewhere(const fs::path& path, const std::string& module,
+                                            const std::vector<std::string>& flows) const {
+    if (auto owner = modules.find(module);
+        owner != modules.end() && !same_file(owner->second.file, path))
+      return PluginError{"register", fmt::format("waiting for module name '{}' held by {}", module,
+                                                 owner->second.file.string())};
+    for (const auto& slug : flows) {
+      const FlowRef existing = registry.get(slug);
+      if (!existing || existing->module == module) continue;
+      // A module this same file registered before (it changed its module name): not a contest.
+      if (auto owner = modules.find(existing->module);
+          owner != modules.end() && same_file(owner->second.file, path))
+        continue;
+      return PluginError{
+          "register",
+          fmt::format("waiting for slug '{}' held by module '{}'{}", slug, existing->module,
+                      existing->source.empty() ? "" : " (" + existing->source + ")")};
+    }
+    // Names reserved for an incumbent of the last run that is still to be loaded.
+    const fs::path self = file_key(path);
+    auto reserved_for_other = [&](const std::string& key) -> const Reservation* {
+      auto it = reserved.find(key);
+      if (it == reserved.end() || it->second.file == self || !pending.contains(it->second.file))
+        return nullptr;
+      return &it->second;
+    };
+    if (const Reservation* r = reserved_for_other("module:" + module))
+      return PluginError{"register", fmt::format("waiting for module name '{}' held by {}", module,
+                                                 r->file.string())};
+    for (const auto& slug : flows)
+      if (const Reservation* r = reserved_for_other("slug:" + slug))
+        return PluginError{"register", fmt::format("waiting for slug '{}' held by module '{}' ({})",
+                                                   slug, r->module, r->file.string())};
+    return std::nullopt;
   }
 
   fs::path quarantine_dir() const { return options.cache_dir / "quarantine"; }
@@ -377,7 +510,7 @@ struct PluginLoader::Impl {
       // Locked, then checked to be still the file of that name (a pruner may have removed it
       // between the open and the lock) and still that content.
       flock(fd.get(), LOCK_SH);
-      if (same_file(fd.get(), target)) {
+      if (fd_is_path(fd.get(), target)) {
         auto sha = detail::sha256_file_hex(target);
         if (sha && *sha == file.sha256) return StagedCopy{target, std::move(fd)};
         fs::permissions(target, fs::perms::owner_write, fs::perm_options::add, ec);
@@ -428,7 +561,7 @@ struct PluginLoader::Impl {
       if (!staged || !entry.is_regular_file(type_ec)) continue;
       UniqueFd fd(open(entry.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
       if (fd.get() < 0 || flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // in use
-      if (!same_file(fd.get(), entry.path())) continue;
+      if (!fd_is_path(fd.get(), entry.path())) continue;
       std::error_code remove_ec;
       fs::remove(entry.path(), remove_ec);
       if (!remove_ec) spdlog::debug("plugin cache: removed {} (no longer used)", name);
@@ -561,6 +694,7 @@ struct PluginLoader::Impl {
     for (const auto& f : definition->flows) info.flows.push_back(f.slug);
     for (const auto& h : definition->handlers)
       info.handlers.push_back(definition->module + "." + h);
+    (*plugin)->name_handlers(info.handlers);
     return Prepared{std::move(*plugin), std::move(*definition)};
   }
 
@@ -570,12 +704,21 @@ struct PluginLoader::Impl {
     PluginInfo info;
     info.file = path;
     auto prepared = prepare(path, info);
+    bool waiting = false;
     if (prepared) {
-      auto registered = register_prepared(path, record, *prepared);
+      auto registered = register_prepared(path, record, *prepared, waiting);
       if (!registered) prepared = tl::unexpected(registered.error());
     }
+    if (waiting) {
+      if (record.waiting_since == 0) record.waiting_since = ++wait_sequence;
+    } else {
+      record.waiting_since = 0;
+    }
     if (!prepared) {
-      if (info.status != PluginStatus::quarantined) info.status = PluginStatus::rejected;
+      if (waiting)
+        info.status = PluginStatus::waiting;
+      else if (info.status != PluginStatus::quarantined)
+        info.status = PluginStatus::rejected;
       info.error = prepared.error();
       if (!record.registered_module.empty())
         info.error->message += fmt::format(
@@ -591,12 +734,16 @@ struct PluginLoader::Impl {
     record.info = std::move(info);
   }
 
+  // `waiting` is set when another file holds the module name or a slug (see held_elsewhere).
   tl::expected<void, PluginError> register_prepared(const fs::path& path, FileRecord& record,
-                                                    Prepared& prepared) {
+                                                    Prepared& prepared, bool& waiting) {
     const std::string& module = prepared.definition.module;
-    if (auto owner = modules.find(module); owner != modules.end() && owner->second.file != path)
-      return reject("register", fmt::format("declares module '{}', which {} already registered",
-                                            module, owner->second.file.string()));
+    std::vector<std::string> slugs;
+    for (const auto& flow : prepared.definition.flows) slugs.push_back(flow.slug);
+    if (auto held = held_elsewhere(path, module, slugs)) {
+      waiting = true;
+      return tl::unexpected(std::move(*held));
+    }
     const bool reload = record.registered_module == module;
     Module m{module, path.string(), std::move(prepared.definition.flows), prepared.plugin};
     auto result = reload ? registry.replace_module(std::move(m), "plugin file changed")
@@ -627,14 +774,76 @@ struct PluginLoader::Impl {
 
   // REQUIRES: mutex held.
   // The watcher's first batch holds every file present, and a rescan may report files that did
-  // not change: a file already loaded with the same content stays as it is.
+  // not change: a file already loaded with the same content stays as it is. Removals go first
+  // (they free names), then the incumbents of the last run, then the other files oldest first
+  // (see `incumbents`); names freed on the way go to the files waiting for them.
   void apply(const std::vector<detail::FileChange>& changes) {
+    std::vector<detail::FileChange> present;
     for (const auto& change : changes) {
       if (change.kind == detail::FileChange::Kind::removed)
         remove(change.path);
       else
-        load_changed(change);
+        present.push_back(change);
     }
+    load_all(claim_order(std::move(present)));
+    settle();
+  }
+
+  // Loads `present` in that order; the files of the batch still to be loaded keep the names
+  // reserved for them (see `reserved`). REQUIRES: mutex held.
+  void load_all(const std::vector<detail::FileChange>& present) {
+    for (const auto& change : present) pending.insert(file_key(change.path));
+    for (const auto& change : present) {
+      pending.erase(file_key(change.path));
+      load_changed(change);
+    }
+    pending.clear();
+  }
+
+  // `present` in the order in which files claim names: incumbents, then by ctime, then by path.
+  std::vector<detail::FileChange> claim_order(std::vector<detail::FileChange> present) const {
+    struct Keyed {
+      bool newcomer;
+      std::int64_t ctime_ns;
+      detail::FileChange change;
+    };
+    std::vector<Keyed> keyed;
+    for (auto& change : present) {
+      struct stat st {};
+      const std::int64_t ctime_ns =
+          stat(change.path.c_str(), &st) == 0
+              ? static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec
+              : 0;
+      const bool newcomer = !incumbents.contains(file_key(change.path));
+      keyed.push_back(Keyed{newcomer, ctime_ns, std::move(change)});
+    }
+    std::stable_sort(keyed.begin(), keyed.end(), [](const Keyed& a, const Keyed& b) {
+      return std::tie(a.newcomer, a.ctime_ns, a.change.path) <
+             std::tie(b.newcomer, b.ctime_ns, b.change.path);
+    });
+    std::vector<detail::FileChange> out;
+    for (auto& k : keyed) out.push_back(std::move(k.change));
+    return out;
+  }
+
+  // REQUIRES: mutex held. Gives names that are free now to the files waiting for them, longest
+  // waiting first, then persists who holds what.
+  void settle() {
+    for (bool progress = true; progress;) {
+      progress = false;
+      std::vector<std::pair<std::uint64_t, fs::path>> queue;
+      for (const auto& [path, record] : files)
+        if (record.info.status == PluginStatus::waiting)
+          queue.emplace_back(record.waiting_since, path);
+      std::sort(queue.begin(), queue.end());
+      for (const auto& [since, path] : queue) {
+        const PluginInfo& info = files[path].info;
+        if (held_elsewhere(path, info.module, info.flows)) continue;
+        load(path);
+        if (files[path].info.status == PluginStatus::loaded) progress = true;
+      }
+    }
+    save_owners();
   }
 
   // Loads a file reported present, unless it is loaded already with the same content, mode and
@@ -675,14 +884,13 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
   const auto present = detail::scan_directory(dir, impl_->watch_options());
   std::lock_guard lock(impl_->mutex);
   std::set<fs::path> seen;
-  for (const auto& change : present) {
-    seen.insert(change.path);
-    impl_->load_changed(change);
-  }
+  for (const auto& change : present) seen.insert(change.path);
+  impl_->load_all(impl_->claim_order(present));
   std::vector<fs::path> gone;
   for (const auto& [path, record] : impl_->files)
     if (!seen.contains(path)) gone.push_back(path);
   for (const auto& path : gone) impl_->remove(path);
+  impl_->settle();
   impl_->prune_cache();
   std::vector<PluginInfo> out;
   for (const auto& [path, record] : impl_->files) out.push_back(record.info);
@@ -727,9 +935,11 @@ PluginInfo PluginLoader::check(const fs::path& file) {
   auto prepared = impl_->prepare(file, info);
   if (prepared) {
     // Would registration succeed? Conflicts with modules and slugs registered from other files.
+    // Paths are compared as files (file_key): `file` may be the same file as a registered one named
+    // through a relative plugins directory, and then it does not conflict with itself.
     const std::string& module = prepared->definition.module;
     if (auto owner = impl_->modules.find(module);
-        owner != impl_->modules.end() && owner->second.file != file) {
+        owner != impl_->modules.end() && !Impl::same_file(owner->second.file, file)) {
       prepared = reject("register", fmt::format("declares module '{}', which {} already registered",
                                                 module, owner->second.file.string()));
     } else {

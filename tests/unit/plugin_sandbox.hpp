@@ -1,0 +1,107 @@
+#pragma once
+// A drop-in directory and plugin cache of their own for a plugin test, with the fixtures of
+// tests/plugins copied in (tests only).
+#include <doctest/doctest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "flowreg/plugins.hpp"
+
+namespace flowreg::test {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+inline const fs::path kFixtures = FLOWREG_FIXTURE_DIR;
+
+inline std::int64_t ctime_ns(const fs::path& file) {
+  struct stat st {};
+  REQUIRE(stat(file.c_str(), &st) == 0);
+  return static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
+}
+
+// A drop-in directory (0755) and a plugin cache of its own under a fresh temporary root.
+struct Sandbox {
+  fs::path root, dir, cache;
+  FlowRegistry registry;
+  std::unique_ptr<PluginLoader> loader;
+  fs::path last_added;
+
+  Sandbox() {
+    char tmpl[] = "/tmp/flowreg_registry_test_XXXXXX";
+    root = mkdtemp(tmpl);
+    dir = root / "plugins.d";
+    cache = root / "cache";
+    fs::create_directory(dir);
+    for (const auto& d : {root, dir})
+      fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                             fs::perms::others_read | fs::perms::others_exec);
+    restart();
+  }
+  ~Sandbox() {
+    loader.reset();
+    std::error_code ec;
+    fs::remove_all(root, ec);
+  }
+
+  PluginLoaderOptions options() const {
+    PluginLoaderOptions o;
+    o.settings.dir = dir;
+    o.settings.scan_timeout = 30s;
+    o.cache_dir = cache;
+    o.inspector = FLOWREG_BINARY;
+    o.debounce = 50ms;
+    o.rescan_interval = 0ms;
+    return o;
+  }
+
+  // A fresh loader and registry on the same directory and cache: what a restart sees.
+  void restart() {
+    loader.reset();
+    for (const auto& m : registry.modules()) (void)registry.unregister_module(m);
+    loader = std::make_unique<PluginLoader>(registry, options());
+  }
+
+  // Copies a fixture into the directory. Each file added gets a later inode change time than the
+  // one added before it (timestamps are coarse: wait for the clock to move on).
+  fs::path add(const std::string& fixture, std::string name = {}) {
+    if (name.empty()) name = fixture + ".so";
+    const fs::path target = dir / name;
+    const auto perms = fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                       fs::perms::others_read;
+    fs::copy_file(kFixtures / (fixture + ".so"), target, fs::copy_options::overwrite_existing);
+    fs::permissions(target, perms);
+    while (!last_added.empty() && last_added != target && fs::exists(last_added) &&
+           ctime_ns(target) <= ctime_ns(last_added)) {
+      std::this_thread::sleep_for(5ms);
+      fs::permissions(target, perms);  // sets the ctime again
+    }
+    last_added = target;
+    return target;
+  }
+
+  std::vector<PluginInfo> scan() {
+    auto result = loader->scan();
+    REQUIRE_MESSAGE(result, result.error().format());
+    return *result;
+  }
+
+  PluginInfo info_of(const fs::path& file) const {
+    for (auto& p : loader->plugins())
+      if (p.file == file) return p;
+    FAIL("no status for " << file);
+    return {};
+  }
+
+  std::string module_of(std::string_view slug) const {
+    const FlowRef flow = registry.get(slug);
+    return flow ? flow->module : std::string("(none)");
+  }
+};
+
+}  // namespace flowreg::test
