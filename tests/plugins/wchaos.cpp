@@ -57,10 +57,15 @@ FLOWREG_PLUGIN(wchaos) {
   plugin.handler("hang", hang);
   plugin.handler("big", big);
   plugin.handler("quick", quick);
-  plugin.flow("wchaos_crash").description("a handler that crashes its worker").max_attempts(3)
+  plugin.flow("wchaos_crash")
+      .description("a handler that crashes its worker")
+      .max_attempts(3)
       .step("only", "crash");
-  plugin.flow("wchaos_hang").description("a handler that never returns").max_attempts(1)
-      .timeout("1s").step("only", "hang");
+  plugin.flow("wchaos_hang")
+      .description("a handler that never returns")
+      .max_attempts(1)
+      .timeout("1s")
+      .step("only", "hang");
   plugin.flow("wchaos_big").description("a large output").max_attempts(1).step("only", "big");
   plugin.flow("wchaos_quick").description("returns at once").step("only", "quick");
 }
