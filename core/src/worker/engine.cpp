@@ -432,6 +432,8 @@ void Engine::notifier_main() {
 
 void Engine::keeper_main() {
   const Millis tick = std::clamp(options_.lease / 10, Millis(10), Millis(250));
+  const Millis renew_every = renew_period(Millis(0), options_.lease);
+  auto next_renew = Clock::now() + renew_every;
   auto next_heartbeat = Clock::now();
   for (;;) {
     {
@@ -440,13 +442,18 @@ void Engine::keeper_main() {
       if (stopping_) return;
     }
     const auto now = Clock::now();
+    const bool renew_due = now >= next_renew;
     const bool heartbeat_due = now >= next_heartbeat;
+    if (renew_due) next_renew = now + renew_every;
     if (heartbeat_due) next_heartbeat = now + options_.heartbeat_interval;
-    keeper_tick(heartbeat_due);
+    keeper_tick(renew_due, heartbeat_due);
   }
 }
 
-void Engine::keeper_tick(bool heartbeat_due) {
+// Every held task is renewed on the keeper's cadence (a third of the lease), in one statement; a
+// task whose step timeout is shorter than the lease gets a shorter lease, so it is renewed on its
+// own cadence too (else its lease would lapse before its timeout fails it).
+void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
   const auto now = Clock::now();
   std::vector<TaskAttempt> renew;
   std::unordered_map<TaskId, std::shared_ptr<LoopState>> owner;
@@ -474,7 +481,7 @@ void Engine::keeper_tick(bool heartbeat_due) {
               options_.worker_id, id, state->label, task.timeout.count());
           continue;
         }
-        if (now >= task.next_renew) {
+        if (renew_due || now >= task.next_renew) {
           task.next_renew = now + renew_period(task.timeout, options_.lease);
           renew.push_back(TaskAttempt{id, task.attempt});
           owner.emplace(id, state);

@@ -137,7 +137,7 @@ class Engine {
  private:
   void notifier_main();
   void keeper_main();
-  void keeper_tick(bool heartbeat_due);
+  void keeper_tick(bool renew_due, bool heartbeat_due);
   int claim_threshold() const noexcept;
   void wake(std::string_view slug);
   void wake_all();
