@@ -198,6 +198,37 @@ TEST_SUITE("worker_faults") {
   }
 
   TEST_CASE(
+      "a task running in workers killed with SIGKILL (no signal to blame) fails after 3 such "
+      "deaths, with attempts left") {
+    auto s = make_scene("wf_strikes");
+    const fs::path started = s.dir / "started";
+    fd::RunId run;
+    for (int death = 1; death <= 3; ++death) {
+      CAPTURE(death);
+      fs::remove(started);
+      auto w = s.worker("w" + std::to_string(death), {"--lease", "1s"});
+      s.wait_serving("w" + std::to_string(death), "wchaos_slow");
+      if (death == 1) run = s.start("wchaos_slow", {{"started", started.string()}});
+      REQUIRE_MESSAGE(eventually([&] { return fs::exists(started); }, 60s),
+                      s.err("w" + std::to_string(death)));
+      w.signal(SIGKILL);
+      CHECK(w.wait(10s) == 128 + SIGKILL);
+      CHECK(!s.ended(run));
+    }
+    auto last = s.worker("last");
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("last"));
+    CHECK(s.run_field(run, "status") == "failed");
+    CHECK(s.run_field(run, "error").find("handler was running in 3 workers that died") !=
+          std::string::npos);
+    CHECK(query_one(s.conninfo,
+                    "SELECT attempt || ' ' || crashes FROM flowreg.tasks WHERE "
+                    "run_id = '" +
+                        run + "'") == "3 3");
+    last.signal(SIGTERM);
+    CHECK(last.wait(30s) == 0);
+  }
+
+  TEST_CASE(
       "a handler that never returns does not starve other flows: the worker runs them on its free "
       "thread, stops claiming once every thread is stuck, and the stuck tasks fail at their "
       "timeout") {

@@ -3,6 +3,7 @@
 //   wchaos_crash  handler "crash": input.how = "segv" dereferences a null pointer (a real fault),
 //                 "abort" calls abort(); 3 attempts
 //   wchaos_hang   handler "hang": never returns; timeout 1s, 1 attempt
+//   wchaos_slow   handler "hang" with the default timeout and 5 attempts (for killing its worker)
 //   wchaos_big    handler "big": returns {"data": a string of input.bytes 'x'}
 //   wchaos_quick  handler "quick": returns {"pid": the worker's pid, "n": input.n}
 // Every handler first creates the file named by input.started, when given.
@@ -65,6 +66,10 @@ FLOWREG_PLUGIN(wchaos) {
       .description("a handler that never returns")
       .max_attempts(1)
       .timeout("1s")
+      .step("only", "hang");
+  plugin.flow("wchaos_slow")
+      .description("a handler that runs until killed")
+      .max_attempts(5)
       .step("only", "hang");
   plugin.flow("wchaos_big").description("a large output").max_attempts(1).step("only", "big");
   plugin.flow("wchaos_quick").description("returns at once").step("only", "quick");
