@@ -662,10 +662,10 @@ void Engine::heartbeat(bool stopped) {
   record.pid = static_cast<int>(getpid());
   record.concurrency = options_.concurrency;
   record.heartbeat_interval = options_.heartbeat_interval;
+  record.state = state();
   {
     std::lock_guard lock(mu_);
     record.flows = served_;
-    record.state = stuck_ >= options_.concurrency ? "stuck" : "running";
   }
   auto r = keeper_stores_.with([&](RunStore& s) { return s.heartbeat(record, stopped); });
   if (!r) {
