@@ -38,6 +38,7 @@ struct WorkerSettings {
   Millis poll_interval{1'000};
   Millis shutdown_grace{30'000};
   Millis lease{10'000};  // a claimed task's lease, renewed while its handler runs
+  std::int64_t max_output_bytes = std::int64_t{16} << 20;  // larger handler outputs fail the task
 };
 
 struct Config {

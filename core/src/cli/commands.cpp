@@ -809,6 +809,11 @@ int run(int argc, char** argv) {
       "--shutdown-grace", worker_args.shutdown_grace,
       "On SIGTERM, time in-flight handlers get (default: worker.shutdown_grace)");
   worker_cmd->add_option("--id", worker_args.id, "Worker id (default: HOST:PID:RANDOM)");
+  worker_cmd->add_option("--max-output", worker_args.max_output,
+                         "Largest handler output recorded: 16MiB, 500KB, 1048576 (default: "
+                         "worker.max_output_bytes); a larger one fails its task");
+  worker_cmd->add_option("--heartbeat-interval", worker_args.heartbeat_interval,
+                         "How often the worker records that it lives (default: 5s)");
   worker_cmd->callback([&] {
     worker_args.flows.clear();
     std::string_view rest = worker_flows;

@@ -8,12 +8,18 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string_view>
+#include <utility>
 
 #include "cli/commands.hpp"
 #include "flowreg/options.hpp"
+#include "store/embedded_cluster.hpp"
 
 namespace flowreg::cli {
 
@@ -28,6 +34,27 @@ Result<Millis> duration_or(const std::string& text, Millis fallback, std::string
     return make_error(Errc::invalid_argument,
                       fmt::format("{} '{}' is not a duration (250ms, 10s, 5m)", option, text));
   return *d;
+}
+
+// "1048576", "500KB", "16MiB" (KB/MB/GB: powers of 1000; KiB/MiB/GiB: of 1024; B: bytes).
+std::optional<std::int64_t> parse_size(std::string_view text) {
+  std::size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 12) return std::nullopt;
+  std::int64_t n = std::stoll(std::string(text.substr(0, digits)));
+  const std::string_view unit = text.substr(digits);
+  static constexpr std::pair<std::string_view, std::int64_t> kUnits[] = {
+      {"", 1},
+      {"B", 1},
+      {"KB", 1000},
+      {"MB", 1000 * 1000},
+      {"GB", 1000000000},
+      {"KiB", 1 << 10},
+      {"MiB", 1 << 20},
+      {"GiB", std::int64_t{1} << 30}};
+  for (const auto& [name, factor] : kUnits)
+    if (unit == name) return n * factor;
+  return std::nullopt;
 }
 
 // The signal received within `timeout`, or 0.
@@ -65,6 +92,42 @@ int worker_command(const Config& config, const std::string& conninfo,
     }
   options.lease = *lease;
   options.poll_interval = *poll;
+  auto heartbeat =
+      duration_or(args.heartbeat_interval, options.heartbeat_interval, "--heartbeat-interval");
+  if (!heartbeat) {
+    fmt::print(stderr, "flowreg: {}\n", heartbeat.error().message);
+    return kExitUsage;
+  }
+  options.heartbeat_interval = *heartbeat;
+  std::int64_t max_output = config.worker.max_output_bytes;
+  if (!args.max_output.empty()) {
+    auto size = parse_size(args.max_output);
+    if (!size || *size <= 0 || *size > static_cast<std::int64_t>(detail::Engine::kMaxOutputBytes)) {
+      fmt::print(stderr,
+                 "flowreg: --max-output '{}' is not a size from 1 byte to 128MiB (1048576, "
+                 "500KB, 16MiB)\n",
+                 args.max_output);
+      return kExitUsage;
+    }
+    max_output = *size;
+  }
+  options.max_output_bytes = static_cast<std::size_t>(max_output);
+
+  // Crashes are journaled beside the embedded cluster's data (one file per worker process), and
+  // the journals of workers that died there are reported when this one starts.
+  std::error_code ec;
+  options.journal_dir = std::filesystem::absolute(config.database.data_dir, ec) / "workers";
+  if (config.database.url.empty()) {
+    // This worker uses the embedded cluster: when it cannot reach it, it starts it again (the
+    // cluster's lock makes one process start it, the others find it running).
+    auto cluster = detail::EmbeddedCluster::open(config.database.data_dir);
+    if (cluster)
+      options.revive_database = [cluster = std::move(*cluster)]() mutable -> Result<void> {
+        auto running = cluster.ensure_running();
+        if (!running) return tl::unexpected(std::move(running.error()));
+        return {};
+      };
+  }
 
   // Signals are taken synchronously by this thread; every thread started from here inherits the
   // mask, so no handler thread is interrupted by them.
@@ -123,9 +186,14 @@ int workers_command(detail::RunStore& store, bool as_json) {
     fmt::print(stderr, "flowreg: {}\n", workers.error().format());
     return kExitFailure;
   }
-  const auto now = std::chrono::system_clock::now();
-  const auto ago = [&](detail::TimePoint t) {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(now - t).count();
+  // Liveness from the heartbeat's age (by the server's clock): a worker that missed
+  // kStaleAfter heartbeats in a row is stale (killed, frozen, or cut off from the database).
+  static constexpr int kStaleAfter = 3;
+  const auto status = [](const detail::WorkerRecord& w) -> std::string {
+    if (w.stopped_at) return "stopped";
+    const Millis every = w.heartbeat_interval.value_or(Millis(5'000));
+    if (w.heartbeat_age > every * kStaleAfter) return "stale";
+    return w.state == "stuck" ? "stuck" : "running";
   };
   if (as_json) {
     nlohmann::ordered_json out = nlohmann::ordered_json::array();
@@ -137,8 +205,12 @@ int workers_command(detail::RunStore& store, bool as_json) {
                      {"pid", w.pid},
                      {"concurrency", w.concurrency},
                      {"flows", flows},
+                     {"status", status(w)},
                      {"stopped", w.stopped_at.has_value()},
-                     {"last_heartbeat_ms_ago", ago(w.last_heartbeat_at)}});
+                     {"last_heartbeat_ms_ago", w.heartbeat_age.count()},
+                     {"heartbeat_interval_ms",
+                      w.heartbeat_interval ? nlohmann::ordered_json(w.heartbeat_interval->count())
+                                           : nlohmann::ordered_json(nullptr)}});
     }
     fmt::print("{}\n", out.dump(2));
     return kExitOk;
@@ -146,9 +218,8 @@ int workers_command(detail::RunStore& store, bool as_json) {
   if (workers->empty()) fmt::print("no worker has run on this database\n");
   for (const auto& w : *workers) {
     std::vector<detail::FlowKey> keys = w.flows;
-    fmt::print("{}  {}  heartbeat {:.1f}s ago  concurrency {}  flows: {}\n", w.id,
-               w.stopped_at ? "stopped" : "running",
-               static_cast<double>(ago(w.last_heartbeat_at)) / 1000.0, w.concurrency,
+    fmt::print("{}  {}  heartbeat {:.1f}s ago  concurrency {}  flows: {}\n", w.id, status(w),
+               static_cast<double>(w.heartbeat_age.count()) / 1000.0, w.concurrency,
                keys_text(keys));
   }
   return kExitOk;

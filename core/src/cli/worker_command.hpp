@@ -15,6 +15,8 @@ struct WorkerArgs {
   int batch_size = 0;                                // 0: worker.batch_size
   std::string lease, poll_interval, shutdown_grace;  // durations; "": the configuration's
   std::string id;                                    // "": HOST:PID:RANDOM
+  std::string max_output;          // a size ("16MiB", "500KB", "1048576"); "": the configuration's
+  std::string heartbeat_interval;  // a duration; "": 5s
 };
 
 // Runs a worker until SIGTERM or SIGINT (graceful: in-flight handlers get shutdown_grace, a second

@@ -221,6 +221,7 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
       if (w->contains("shutdown_grace"))
         config.worker.shutdown_grace = duration_of((*w)["shutdown_grace"]);
       if (w->contains("lease")) config.worker.lease = duration_of((*w)["lease"]);
+      config.worker.max_output_bytes = w->value("max_output_bytes", config.worker.max_output_bytes);
     }
   }
 

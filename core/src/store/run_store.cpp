@@ -36,7 +36,10 @@ const std::vector<Statement>& statements() {
        " input::text, max_attempts, timeout_ms,"
        " (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
        " FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
-      {"renew", "SELECT unnest(flowreg.renew_leases($1, $2::jsonb, NULLIF($3, -1)::bigint))"},
+      {"renew",
+       "SELECT unnest(flowreg.renew_leases($1, $2::jsonb, NULLIF($3, -1)::bigint,"
+       " $4::boolean))"},
+      {"report_crashes", "SELECT id, outcome FROM flowreg.report_crashes($1::jsonb, $2::int)"},
       {"work",
        "SELECT kind, id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
        " input::text, max_attempts, timeout_ms,"
@@ -45,12 +48,14 @@ const std::vector<Statement>& statements() {
        " NULLIF($6, -1)::bigint)"},
       {"release", "SELECT unnest(flowreg.release_tasks($1, $2::jsonb))"},
       {"heartbeat",
-       "SELECT flowreg.worker_heartbeat($1, $2, $3::int, $4::jsonb, $5::int, $6::boolean)"},
+       "SELECT flowreg.worker_heartbeat($1, $2, $3::int, $4::jsonb, $5::int, $6::boolean, $7,"
+       " NULLIF($8, -1)::bigint)"},
       {"list_workers",
        "SELECT id, host, pid, concurrency, flows::text,"
        " (extract(epoch FROM started_at) * 1000000)::bigint,"
        " (extract(epoch FROM last_heartbeat_at) * 1000000)::bigint,"
-       " (extract(epoch FROM stopped_at) * 1000000)::bigint"
+       " (extract(epoch FROM stopped_at) * 1000000)::bigint, state, heartbeat_ms,"
+       " (extract(epoch FROM clock_timestamp() - last_heartbeat_at) * 1000)::bigint"
        " FROM flowreg.workers ORDER BY last_heartbeat_at DESC, id"},
       {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb))"},
       {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb))"},
@@ -343,13 +348,35 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
 
 Result<std::vector<TaskId>> RunStore::renew(std::string_view worker_id,
                                             std::span<const TaskAttempt> tasks,
-                                            std::optional<Millis> lease) {
+                                            std::optional<Millis> lease, bool skip_locked) {
   if (tasks.empty()) return std::vector<TaskId>{};
   Json batch = Json::array();
   for (const auto& t : tasks) batch.push_back({{"id", t.id}, {"attempt", t.attempt}});
   const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
   return guarded("renewing leases", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("renew", std::string(worker_id), batch.dump(), lease_ms));
+    return ids_of(
+        impl_->exec("renew", std::string(worker_id), batch.dump(), lease_ms, skip_locked));
+  });
+}
+
+Result<std::vector<CrashOutcome>> RunStore::report_crashes(std::span<const CrashReport> reports,
+                                                           int limit) {
+  if (reports.empty()) return std::vector<CrashOutcome>{};
+  Json batch = Json::array();
+  for (const auto& r : reports)
+    batch.push_back({{"id", r.id},
+                     {"attempt", r.attempt},
+                     {"signal", r.signal ? Json(*r.signal) : Json(nullptr)}});
+  return guarded("reporting crashed handlers", [&]() -> Result<std::vector<CrashOutcome>> {
+    std::vector<CrashOutcome> out;
+    for (const auto& row : impl_->exec("report_crashes", batch.dump(), limit)) {
+      const std::string_view kind = row[1].c_str();
+      out.push_back(CrashOutcome{row[0].as<TaskId>(), kind == "failed" ? CrashOutcome::Kind::failed
+                                                      : kind == "counted"
+                                                          ? CrashOutcome::Kind::counted
+                                                          : CrashOutcome::Kind::stale});
+    }
+    return out;
   });
 }
 
@@ -395,8 +422,12 @@ Result<void> RunStore::heartbeat(const WorkerRecord& worker, bool stopped) {
   const std::string keys = flow_keys_json(worker.flows).dump();
   return guarded(fmt::format("recording the heartbeat of worker {}", worker.id),
                  [&]() -> Result<void> {
+                   const std::int64_t every_ms =
+                       worker.heartbeat_interval
+                           ? static_cast<std::int64_t>(worker.heartbeat_interval->count())
+                           : -1;
                    impl_->exec("heartbeat", worker.id, worker.host, worker.pid, keys,
-                               worker.concurrency, stopped);
+                               worker.concurrency, stopped, worker.state, every_ms);
                    return {};
                  });
 }
@@ -415,6 +446,9 @@ Result<std::vector<WorkerRecord>> RunStore::list_workers() {
       w.started_at = from_micros(r[5].as<std::int64_t>());
       w.last_heartbeat_at = from_micros(r[6].as<std::int64_t>());
       w.stopped_at = opt_time(r[7]);
+      w.state = r[8].as<std::string>();
+      if (!r[9].is_null()) w.heartbeat_interval = Millis(r[9].as<std::int64_t>());
+      w.heartbeat_age = Millis(std::max<std::int64_t>(0, r[10].as<std::int64_t>()));
       out.push_back(std::move(w));
     }
     return out;

@@ -85,6 +85,7 @@ struct Completion {
   TaskId id = 0;
   int attempt = 0;
   Json output;
+  std::size_t bytes = 0;  // the output's size as JSON text, when known (batches are cut by it)
 };
 
 struct Failure {
@@ -119,6 +120,24 @@ struct WorkerRecord {
   std::vector<FlowKey> flows;
   TimePoint started_at, last_heartbeat_at;
   std::optional<TimePoint> stopped_at;
+  // What the worker said of itself: "running", or "stuck" (every handler thread is held by a
+  // handler that timed out: it claims nothing).
+  std::string state = "running";
+  std::optional<Millis> heartbeat_interval;  // as the worker reported it (nullopt: not reported)
+  Millis heartbeat_age{0};  // now - last_heartbeat_at, by the server's clock (list_workers)
+};
+
+// A task that was running in a worker that died, from that worker's crash journal.
+struct CrashReport {
+  TaskId id = 0;
+  int attempt = 0;
+  std::optional<int> signal;  // the fatal signal attributed to its handler, when one was recorded
+};
+
+// What report_crashes() did with each report.
+struct CrashOutcome {
+  TaskId id = 0;
+  enum class Kind { failed, counted, stale } kind = Kind::stale;
 };
 
 struct RunInfo {
@@ -187,8 +206,11 @@ class RunStore {
                                          int limit);
   // Extends leases by min(each step's timeout, lease) from now (no lease: the timeout). Returns
   // the ids rejected: not started, held by another worker, or a newer attempt.
+  // skip_locked: tasks whose rows another transaction is writing (their result being recorded)
+  // are neither renewed nor rejected, instead of waiting for that transaction.
   Result<std::vector<TaskId>> renew(std::string_view worker_id, std::span<const TaskAttempt> tasks,
-                                    std::optional<Millis> lease = std::nullopt);
+                                    std::optional<Millis> lease = std::nullopt,
+                                    bool skip_locked = false);
   // One worker cycle in one transaction: records `completions` and `failures` (as complete() and
   // fail() do), then claims up to `limit` tasks of `flows` (as claim() does, each leased for
   // min(its step's timeout, lease)), tasks the completions just made ready included.
@@ -198,8 +220,13 @@ class RunStore {
   // Gives back tasks this worker holds (graceful shutdown); returns the ids released. Other
   // workers are notified.
   Result<std::vector<TaskId>> release(std::string_view worker_id, std::span<const Release> tasks);
-  // Records (upserts) a worker's heartbeat; stopped = true marks it stopped.
+  // Records (upserts) a worker's heartbeat, with its state and heartbeat interval; stopped = true
+  // marks it stopped.
   Result<void> heartbeat(const WorkerRecord& worker, bool stopped);
+  // Reports tasks that were running in a worker that died: one with a signal fails permanently
+  // ("handler crashed the worker (signal N)"); one without gets a crash counted and fails at
+  // `limit` crashes. Reports of an attempt that is no longer current are stale.
+  Result<std::vector<CrashOutcome>> report_crashes(std::span<const CrashReport> reports, int limit);
   // Workers, most recent heartbeat first.
   Result<std::vector<WorkerRecord>> list_workers();
 

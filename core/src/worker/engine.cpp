@@ -6,13 +6,24 @@
 
 #include <algorithm>
 #include <climits>
+#include <iterator>
 #include <utility>
+
+#include "util/strings.hpp"
 
 namespace flowreg::detail {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kMaxErrorBytes = 64 * 1024;
+
+// How often a held task's lease is renewed: a third of the lease it gets, min(timeout, lease).
+Millis renew_period(Millis timeout, Millis lease) {
+  const Millis granted = timeout.count() > 0 ? std::min(timeout, lease) : lease;
+  return std::max(granted / 3, Millis(1));
+}
 
 std::string hostname() {
   char buf[HOST_NAME_MAX + 1] = {};
@@ -25,8 +36,22 @@ std::string hostname() {
 Engine::Engine(WorkerOptions options)
     : options_(std::move(options)),
       stores_(options_.conninfo, options_.store_connections),
-      pool_(options_.concurrency),
-      free_slots_(options_.concurrency + std::max(1, options_.loop_lanes) * options_.batch_size) {
+      keeper_stores_(options_.conninfo, 1),
+      pool_(options_.concurrency) {
+  if (!options_.journal_dir.empty()) {
+    // The journals of dead workers first (this one's is not there yet), reported before any
+    // claim: a crashed task whose lease expired would otherwise be claimed again at once.
+    auto leftovers = CrashJournal::collect(options_.journal_dir);
+    for (auto& l : leftovers) leftovers_.push_back(std::move(l));
+    auto journal = CrashJournal::open(options_.journal_dir);
+    if (journal) {
+      journal_ = std::move(*journal);
+    } else {
+      spdlog::warn("worker {}: no crash journal, crashes will not be attributed: {}",
+                   options_.worker_id, journal.error().format());
+    }
+    report_crashes();
+  }
   notifier_ = std::thread([this] { notifier_main(); });
   keeper_ = std::thread([this] { keeper_main(); });
 }
@@ -52,12 +77,52 @@ std::vector<std::shared_ptr<LoopState>> Engine::states() const {
   return states_;
 }
 
+int Engine::capacity_locked() const {
+  const int healthy = options_.concurrency - stuck_;
+  return healthy > 0 ? healthy + std::max(1, options_.loop_lanes) * options_.batch_size : 0;
+}
+
+std::string Engine::state() const {
+  std::lock_guard lock(mu_);
+  return stuck_ >= options_.concurrency ? "stuck" : "running";
+}
+
 int Engine::acquire_slots(int wanted, const std::shared_ptr<LoopState>& state) {
   std::lock_guard lock(mu_);
-  const int got = std::min(wanted, free_slots_);
-  free_slots_ -= got;
+  const int got = std::clamp(capacity_locked() - in_use_, 0, std::max(wanted, 0));
+  in_use_ += got;
   if (got == 0) starving_.push_back(state);
   return got;
+}
+
+void Engine::take_results(LoopState& state, std::vector<Completion>& completions,
+                          std::vector<Failure>& failures) {
+  failures.swap(state.failures);  // error texts are short (cut in run_task)
+  std::size_t bytes = 0, n = 0;
+  while (n < state.completions.size() &&
+         (n == 0 || bytes + state.completions[n].bytes <= kMaxRecordBytes))
+    bytes += state.completions[n++].bytes;
+  if (n == state.completions.size()) {
+    completions.swap(state.completions);
+    return;
+  }
+  completions.assign(std::make_move_iterator(state.completions.begin()),
+                     std::make_move_iterator(state.completions.begin() + static_cast<long>(n)));
+  state.completions.erase(state.completions.begin(),
+                          state.completions.begin() + static_cast<long>(n));
+  if (!state.completions.empty()) state.first_result_at = Clock::now();
+}
+
+void Engine::forget_results(LoopState& state, const std::vector<Completion>& completions,
+                            const std::vector<Failure>& failures) {
+  if (completions.empty() && failures.empty()) return;
+  std::lock_guard lock(state.mu);
+  const auto forget = [&](TaskId id) {
+    auto it = state.held.find(id);
+    if (it != state.held.end() && it->second.result_pending) state.held.erase(it);
+  };
+  for (const auto& c : completions) forget(c.id);
+  for (const auto& f : failures) forget(f.id);
 }
 
 int Engine::claim_threshold() const noexcept { return std::max(1, options_.batch_size / 2); }
@@ -67,11 +132,11 @@ void Engine::release_slots(int n) {
   std::vector<std::weak_ptr<LoopState>> wake;
   {
     std::lock_guard lock(mu_);
-    free_slots_ += n;
+    in_use_ -= n;
     // Starved loops are woken once half a batch is free, not for every finished handler (a claim
     // per handler would cost a round trip each). All slots free is more than that, so a starved
     // loop is always woken in the end.
-    if (free_slots_ >= claim_threshold()) wake.swap(starving_);
+    if (capacity_locked() - in_use_ >= claim_threshold()) wake.swap(starving_);
   }
   for (auto& weak : wake) {
     if (auto state = weak.lock()) {
@@ -108,7 +173,11 @@ void Engine::wake_all() {
 void Engine::dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task) {
   {
     std::lock_guard lock(state->mu);
-    state->held[task.id] = HeldTask{task.attempt, task.timeout, std::nullopt, false};
+    HeldTask held;
+    held.attempt = task.attempt;
+    held.timeout = task.timeout;
+    held.next_renew = Clock::now() + renew_period(task.timeout, options_.lease);
+    state->held[task.id] = held;
   }
   auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
   HandlerPool::Job job;
@@ -156,20 +225,31 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
                                     {"step", task.step_slug},
                                     {"task_index", task.task_index},
                                     {"attempt", task.attempt}};
+    if (journal_) journal_->begin(task.id, task.attempt);
     outcome = handler->second.invoke(task.input.dump(), context.dump());
+    if (journal_) journal_->end();
   }
 
   std::optional<Completion> completion;
   std::optional<Failure> failure;
   switch (outcome.status) {
     case HandlerOutcome::Status::ok: {
+      const std::size_t limit = std::min(options_.max_output_bytes, kMaxOutputBytes);
+      if (outcome.body.size() > limit) {
+        failure = Failure{task.id, task.attempt,
+                          fmt::format("handler '{}' returned {} bytes of output, over the limit of "
+                                      "{} bytes (worker.max_output_bytes, --max-output)",
+                                      handler->second.name(), outcome.body.size(), limit),
+                          true};
+        break;
+      }
       auto output = nlohmann::json::parse(outcome.body, nullptr, /*allow_exceptions=*/false);
       if (output.is_discarded()) {
         failure = Failure{task.id, task.attempt,
                           fmt::format("handler '{}' returned invalid JSON", handler->second.name()),
                           true};
       } else {
-        completion = Completion{task.id, task.attempt, std::move(output)};
+        completion = Completion{task.id, task.attempt, std::move(output), outcome.body.size()};
       }
       break;
     }
@@ -180,8 +260,13 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
       failure = Failure{task.id, task.attempt, std::move(outcome.body), true};
       break;
   }
+  // An error message is for people: a huge one is cut (it would weigh on every round trip).
+  if (failure && failure->error.size() > kMaxErrorBytes)
+    failure->error = std::string(utf8_prefix(failure->error, kMaxErrorBytes)) +
+                     fmt::format(" [... cut: {} bytes in all]", failure->error.size());
 
   bool recorded = false;
+  bool was_stuck = false;
   {
     std::lock_guard lock(state->mu);
     auto it = state->held.find(task.id);
@@ -192,9 +277,22 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
         if (completion) state->completions.push_back(std::move(*completion));
         if (failure) state->failures.push_back(std::move(*failure));
         recorded = true;
+        it->second.result_pending = true;  // held (and its lease renewed) until recorded
+      } else {
+        was_stuck = it->second.stuck;
+        state->held.erase(it);
       }
-      state->held.erase(it);
     }
+  }
+  if (was_stuck) {
+    {
+      std::lock_guard lock(mu_);
+      --stuck_;
+    }
+    spdlog::info(
+        "worker {}: the handler of task {} of {} returned after its timeout; its thread "
+        "is free again",
+        options_.worker_id, task.id, state->label);
   }
   if (!recorded)
     spdlog::warn(
@@ -237,7 +335,10 @@ int Engine::held() const {
   int n = 0;
   for (const auto& state : states()) {
     std::lock_guard lock(state->mu);
-    n += static_cast<int>(state->held.size() + state->completions.size() + state->failures.size());
+    n += static_cast<int>(state->held.size());
+    // Results whose task is no longer held: timed out (the failure is the keeper's).
+    for (const auto& c : state->completions) n += state->held.count(c.id) ? 0 : 1;
+    for (const auto& f : state->failures) n += state->held.count(f.id) ? 0 : 1;
   }
   return n;
 }
@@ -267,8 +368,9 @@ DrainReport Engine::finish(SteadyTime pool_deadline) {
     std::lock_guard lock(state->mu);
     state->retired = true;
     for (auto& [id, task] : state->held) {
-      if (task.abandoned) continue;  // timed out (its failure is in the outbox) or lease lost
-      task.abandoned = true;         // a result arriving later is dropped
+      if (task.abandoned) continue;       // timed out (its failure is in the outbox) or lease lost
+      if (task.result_pending) continue;  // its result is recorded below
+      task.abandoned = true;              // a result arriving later is dropped
       running.push_back(Release{id, task.attempt, task.running_since.has_value()});
     }
   }
@@ -286,6 +388,9 @@ DrainReport Engine::finish(SteadyTime pool_deadline) {
   flush_retired();
   flush_releases();
   heartbeat(/*stopped=*/true);
+  // A clean stop leaves no journal. Handlers left running were given back above; should one of
+  // them crash the process now, nothing is attributed to it.
+  if (journal_) journal_->close();
   std::lock_guard lock(mu_);
   return report_;
 }
@@ -327,7 +432,7 @@ void Engine::notifier_main() {
 
 void Engine::keeper_main() {
   const Millis tick = std::clamp(options_.lease / 10, Millis(10), Millis(250));
-  const Millis renew_every = std::max(options_.lease / 3, Millis(1));
+  const Millis renew_every = renew_period(Millis(0), options_.lease);
   auto next_renew = Clock::now() + renew_every;
   auto next_heartbeat = Clock::now();
   for (;;) {
@@ -345,18 +450,25 @@ void Engine::keeper_main() {
   }
 }
 
+// Every held task is renewed on the keeper's cadence (a third of the lease), in one statement; a
+// task whose step timeout is shorter than the lease gets a shorter lease, so it is renewed on its
+// own cadence too (else its lease would lapse before its timeout fails it).
 void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
   const auto now = Clock::now();
   std::vector<TaskAttempt> renew;
   std::unordered_map<TaskId, std::shared_ptr<LoopState>> owner;
+  int newly_stuck = 0;
   for (const auto& state : states()) {
     bool timed_out = false;
     {
       std::lock_guard lock(state->mu);
       for (auto& [id, task] : state->held) {
         if (task.abandoned) continue;
-        if (task.running_since && now - *task.running_since >= task.timeout) {
+        if (task.running_since && !task.result_pending &&
+            now - *task.running_since >= task.timeout) {
           task.abandoned = true;
+          task.stuck = true;
+          ++newly_stuck;
           state->failures.push_back(
               Failure{id, task.attempt,
                       fmt::format("timed out: no result within the step timeout of {} ms",
@@ -369,7 +481,8 @@ void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
               options_.worker_id, id, state->label, task.timeout.count());
           continue;
         }
-        if (renew_due) {
+        if (renew_due || now >= task.next_renew) {
+          task.next_renew = now + renew_period(task.timeout, options_.lease);
           renew.push_back(TaskAttempt{id, task.attempt});
           owner.emplace(id, state);
         }
@@ -377,15 +490,36 @@ void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
     }
     if (timed_out) state->cv.notify_all();
   }
+  if (newly_stuck > 0) {
+    bool all_stuck = false;
+    {
+      std::lock_guard lock(mu_);
+      const bool was_all = stuck_ >= options_.concurrency;
+      stuck_ += newly_stuck;
+      all_stuck = !was_all && stuck_ >= options_.concurrency;
+    }
+    if (all_stuck) {
+      // Nothing can start here any more: what waits for a thread goes to other workers now.
+      const std::size_t given_back = pool_.cancel_queued();
+      spdlog::error(
+          "worker {}: all {} handler threads are held by handlers that timed out and never "
+          "returned; it claims nothing until one returns (state stuck), and gave back {} "
+          "task(s) that waited for a thread",
+          options_.worker_id, options_.concurrency, given_back);
+      heartbeat_due = true;
+    }
+  }
   if (!renew.empty()) {
-    auto rejected = stores_.with(
-        [&](RunStore& s) { return s.renew(options_.worker_id, renew, options_.lease); });
+    auto rejected = keeper_stores_.with([&](RunStore& s) {
+      return s.renew(options_.worker_id, renew, options_.lease, /*skip_locked=*/true);
+    });
     if (rejected) {
       for (TaskId id : *rejected) {
         auto it = owner.find(id);
         if (it == owner.end()) continue;
         std::lock_guard lock(it->second->mu);
-        if (auto held = it->second->held.find(id); held != it->second->held.end()) {
+        if (auto held = it->second->held.find(id);
+            held != it->second->held.end() && !held->second.result_pending) {
           held->second.abandoned = true;
           spdlog::warn(
               "worker {}: lost the lease of task {} of {} (it was claimed again "
@@ -395,11 +529,62 @@ void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
       }
     } else {
       spdlog::debug("worker {}: {}", options_.worker_id, rejected.error().format());
+      if (rejected.error().code == Errc::unavailable) database_unreachable();
     }
   }
   flush_retired();
   flush_releases();
   if (heartbeat_due) heartbeat(false);
+  report_crashes();
+}
+
+bool Engine::report_crashes() {
+  std::vector<CrashJournal::Leftover> pending;
+  {
+    std::lock_guard lock(mu_);
+    if (leftovers_.empty()) return true;
+    pending.swap(leftovers_);
+  }
+  std::vector<CrashReport> reports;
+  for (const auto& l : pending)
+    reports.insert(reports.end(), l.entries().begin(), l.entries().end());
+  auto outcome = keeper_stores_.with(
+      [&](RunStore& s) { return s.report_crashes(reports, options_.crash_limit); });
+  if (!outcome) {
+    spdlog::debug("worker {}: reporting crashed handlers: {}", options_.worker_id,
+                  outcome.error().format());
+    std::lock_guard lock(mu_);
+    for (auto& l : pending) leftovers_.push_back(std::move(l));
+    return false;
+  }
+  for (const auto& o : *outcome) {
+    if (o.kind == CrashOutcome::Kind::stale) continue;
+    const auto r = std::find_if(reports.begin(), reports.end(),
+                                [&](const CrashReport& c) { return c.id == o.id; });
+    if (o.kind == CrashOutcome::Kind::failed && r != reports.end() && r->signal)
+      spdlog::warn("worker {}: task {} failed: its handler crashed a worker (signal {})",
+                   options_.worker_id, o.id, *r->signal);
+    else if (o.kind == CrashOutcome::Kind::failed)
+      spdlog::warn("worker {}: task {} failed: it was running in {} workers that died",
+                   options_.worker_id, o.id, options_.crash_limit);
+    else
+      spdlog::info("worker {}: task {} was running in a worker that died; crash counted",
+                   options_.worker_id, o.id);
+  }
+  for (auto& l : pending) l.discard();
+  return true;
+}
+
+void Engine::database_unreachable() {
+  if (!options_.revive_database) return;
+  const auto now = Clock::now();
+  if (now < next_revive_) return;
+  next_revive_ = now + std::max(options_.reconnect_max, Millis(1'000));
+  if (auto revived = options_.revive_database(); !revived)
+    spdlog::warn("worker {}: the database is unreachable and could not be started: {}",
+                 options_.worker_id, revived.error().format());
+  else
+    spdlog::info("worker {}: the database was unreachable; it runs again", options_.worker_id);
 }
 
 bool Engine::flush_retired() {
@@ -411,8 +596,7 @@ bool Engine::flush_retired() {
     {
       std::lock_guard lock(state->mu);
       if (!state->retired) continue;
-      completions.swap(state->completions);
-      failures.swap(state->failures);
+      take_results(*state, completions, failures);
     }
     if (!completions.empty() || !failures.empty()) {
       auto r = stores_.with([&](RunStore& s) {
@@ -430,8 +614,10 @@ bool Engine::flush_retired() {
               "worker {}: results of {} not recorded: {}; their tasks run again when "
               "their leases expire",
               options_.worker_id, state->label, r.error().format());
+          forget_results(*state, completions, failures);
         }
       } else {
+        forget_results(*state, completions, failures);
         std::lock_guard lock(mu_);
         report_.results_recorded += static_cast<int>(completions.size() + failures.size());
       }
@@ -475,12 +661,17 @@ void Engine::heartbeat(bool stopped) {
   record.host = host;
   record.pid = static_cast<int>(getpid());
   record.concurrency = options_.concurrency;
+  record.heartbeat_interval = options_.heartbeat_interval;
+  record.state = state();
   {
     std::lock_guard lock(mu_);
     record.flows = served_;
   }
-  auto r = stores_.with([&](RunStore& s) { return s.heartbeat(record, stopped); });
-  if (!r) spdlog::debug("worker {}: heartbeat: {}", options_.worker_id, r.error().format());
+  auto r = keeper_stores_.with([&](RunStore& s) { return s.heartbeat(record, stopped); });
+  if (!r) {
+    spdlog::debug("worker {}: heartbeat: {}", options_.worker_id, r.error().format());
+    if (!stopped && r.error().code == Errc::unavailable) database_unreachable();
+  }
 }
 
 }  // namespace flowreg::detail

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "flowreg/plugins.hpp"
+#include "worker/crash_journal.hpp"
 #include "worker/handler_pool.hpp"
 #include "worker/store_pool.hpp"
 #include "worker/worker_options.hpp"
@@ -33,12 +34,17 @@ namespace flowreg::detail {
 
 using SteadyTime = std::chrono::steady_clock::time_point;
 
-// A claimed task whose result is not recorded yet.
+// A claimed task whose result is not recorded yet. Its lease is renewed (every third of
+// min(timeout, lease)) until then: while it waits for a thread, while its handler runs, and while
+// its result waits in the outbox or is being recorded.
 struct HeldTask {
   int attempt = 0;
   Millis timeout{0};
   std::optional<SteadyTime> running_since;  // set when its handler starts
   bool abandoned = false;                   // timed out or lease lost: its result will be dropped
+  bool stuck = false;                       // timed out: its handler still holds a thread
+  bool result_pending = false;              // its result is in the outbox or being recorded
+  SteadyTime next_renew{};
 };
 
 // The shared state of one flow loop (one flow version).
@@ -78,6 +84,8 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   const WorkerOptions& options() const noexcept { return options_; }
+  // "running", or "stuck" while every handler thread is held by a handler that timed out.
+  std::string state() const;
   const std::string& worker_id() const noexcept { return options_.worker_id; }
   StorePool& stores() noexcept { return stores_; }
 
@@ -85,13 +93,31 @@ class Engine {
   void attach(const std::shared_ptr<LoopState>& state);
   void retire(const std::shared_ptr<LoopState>& state);
 
-  // Capacity: at most concurrency + loop_lanes * batch_size tasks held at once, so that each lane
-  // can claim a whole batch while the other's round trip is in flight (with room for one batch
-  // only, two lanes split it and every round trip carries half as much). acquire takes up to
-  // `wanted` slots; when it gets none, `state` is woken (claim_wanted) once batch_size / 2 are
-  // free.
+  // Capacity: with h threads free of stuck handlers (h = concurrency - stuck), at most
+  // h + loop_lanes * batch_size tasks held at once, so that each lane can claim a whole batch
+  // while the other's round trip is in flight (with room for one batch only, two lanes split it
+  // and every round trip carries half as much); with h = 0, none: a worker whose threads are all
+  // stuck claims nothing and gives back what waits for a thread. A stuck handler keeps its slot
+  // until it returns. acquire takes up to `wanted` slots; when it gets none, `state` is woken
+  // (claim_wanted) once batch_size / 2 are free.
   int acquire_slots(int wanted, const std::shared_ptr<LoopState>& state);
   void release_slots(int n);
+
+  // Moves results from state's outbox into `completions` and `failures`, at most
+  // kMaxRecordBytes of outputs at once (at least one result): PostgreSQL refuses a JSON
+  // parameter over 255 MiB, and one round trip should not hold a lease hostage for long.
+  // REQUIRES: state.mu held.
+  static void take_results(LoopState& state, std::vector<Completion>& completions,
+                           std::vector<Failure>& failures);
+  static constexpr std::size_t kMaxRecordBytes = std::size_t{64} << 20;
+  // The largest handler output a worker accepts, whatever it is told: PostgreSQL stores at most
+  // 255 MiB in one JSON value, and a run's output holds its leaf steps' outputs.
+  static constexpr std::size_t kMaxOutputBytes = std::size_t{128} << 20;
+
+  // After a round trip recorded these results (or gave up on them): their tasks are no longer
+  // held. REQUIRES: state->mu not held.
+  static void forget_results(LoopState& state, const std::vector<Completion>& completions,
+                             const std::vector<Failure>& failures);
 
   // Runs a task claimed by `state`'s loop on the pool. REQUIRES: a slot acquired for it.
   void dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task);
@@ -121,12 +147,22 @@ class Engine {
   bool flush_retired();
   bool flush_releases();
   void heartbeat(bool stopped);
+  // Reports the crash journals of dead workers (before claiming, then by the keeper until the
+  // database takes them); false while some remain.
+  bool report_crashes();
+  // The database could not be reached: lets revive_database try (rate-limited).
+  void database_unreachable();
+  int capacity_locked() const;
   // Sleeps up to `d` unless stopping.
   void nap(Millis d);
 
   const WorkerOptions options_;
   StorePool stores_;
+  StorePool keeper_stores_;  // the keeper's own connection: renewals never wait for a loop's
   HandlerPool pool_;
+  std::unique_ptr<CrashJournal> journal_;          // null: no journal_dir
+  std::vector<CrashJournal::Leftover> leftovers_;  // guarded by mu_: dead workers' journals
+  SteadyTime next_revive_{};                       // keeper only
 
   mutable std::mutex mu_;
   std::condition_variable stop_cv_;
@@ -134,7 +170,9 @@ class Engine {
   std::vector<std::weak_ptr<LoopState>> starving_;  // guarded by mu_
   std::vector<Release> releases_;                   // guarded by mu_: to give back
   std::vector<FlowKey> served_;                     // guarded by mu_
-  int free_slots_ = 0;                              // guarded by mu_
+  int in_use_ = 0;                                  // guarded by mu_: slots taken
+  int stuck_ = 0;                                   // guarded by mu_: threads held by handlers
+                                                    // that timed out
   bool draining_ = false;                           // guarded by mu_
   bool stopping_ = false;                           // guarded by mu_
   bool finished_ = false;                           // guarded by mu_

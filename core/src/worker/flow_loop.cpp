@@ -92,9 +92,14 @@ void FlowLoop::run(int lane) {
       const auto results = [&] { return state_->completions.size() + state_->failures.size(); };
       const auto flush_due = [&] {
         const std::size_t n = results();
-        return n > 0 && (state_->held.empty() ||
-                         n >= static_cast<std::size_t>(std::max(1, o.batch_size / 2)) ||
-                         Clock::now() >= state_->first_result_at + kFlushDelay);
+        // Held tasks whose results wait here do not count: nothing else runs when only they do.
+        const auto running = [&] {
+          return std::any_of(state_->held.begin(), state_->held.end(),
+                             [](const auto& h) { return !h.second.result_pending; });
+        };
+        return n > 0 &&
+               (!running() || n >= static_cast<std::size_t>(std::max(1, o.batch_size / 2)) ||
+                Clock::now() >= state_->first_result_at + kFlushDelay);
       };
       const auto ready = [&] {
         return state_->stopping || flush_due() || (state_->claim_wanted && !engine_.draining());
@@ -107,8 +112,7 @@ void FlowLoop::run(int lane) {
           break;
       }
       if (state_->stopping) return;  // the engine records what is left (retired outbox)
-      done.swap(state_->completions);
-      failed.swap(state_->failures);
+      Engine::take_results(*state_, done, failed);
       want_claim = !engine_.draining() && (state_->claim_wanted || Clock::now() >= next_poll);
       state_->claim_wanted = false;
     }
@@ -156,6 +160,7 @@ void FlowLoop::run(int lane) {
       spdlog::info("worker {}: {}: database reachable again", engine_.worker_id(), state_->label);
     outage = false;
     backoff = o.reconnect_min;
+    Engine::forget_results(*state_, done, failed);
     done.clear();
     failed.clear();
     for (TaskId id : result->rejected)

@@ -2,6 +2,8 @@
 // What a worker is told: its identity, its database, its sizes and its clocks.
 
 #include <chrono>
+#include <cstddef>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -31,6 +33,18 @@ struct WorkerOptions {
   int store_connections = 2;  // run-store connections shared by the flow loops
   int loop_lanes = 2;  // threads per flow loop, each with a round trip in flight (flow_loop.hpp)
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
+
+  // A handler output larger than this (bytes of JSON) fails its task permanently, naming the limit.
+  std::size_t max_output_bytes = std::size_t{16} << 20;
+  // Where the crash journal lives (crash_journal.hpp); empty: no journal, no crash attribution.
+  // Journals left there by dead workers are reported when this worker starts.
+  std::filesystem::path journal_dir;
+  // A task running in this many workers that died, none of which recorded a fatal signal for it,
+  // fails permanently.
+  int crash_limit = 3;
+  // Called (by the keeper, at most every reconnect_max) while the database cannot be reached: the
+  // embedded cluster's owner starts it again. Empty: nothing is done but retrying.
+  std::function<Result<void>()> revive_database;
 
   // A flow loop that fails is restarted alone; more than this many restarts of the loops within
   // the period make the loops' supervisor give up, and the tree restarts it; more than

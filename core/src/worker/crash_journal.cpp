@@ -1,0 +1,227 @@
+#include "worker/crash_journal.hpp"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <sstream>
+
+namespace flowreg::detail {
+
+namespace {
+
+constexpr std::size_t kSlot = 64;  // bytes per slot, the last one '\n'
+constexpr int kSignals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+
+// What the signal handler reads. Plain integers: a signal handler may read them at any time.
+std::atomic<int> g_fd{-1};
+std::atomic<int> g_next_slot{0};
+struct sigaction g_previous[NSIG];
+bool g_installed = false;
+
+// Thread-local, of trivial types: no initialization guard, readable from a signal handler.
+thread_local int t_slot = -1;
+thread_local long long t_task = 0;
+thread_local int t_attempt = 0;
+
+// Appends the decimal digits of v to buf at *at (async-signal-safe).
+void put_number(char* buf, std::size_t* at, long long v) {
+  char digits[24];
+  int n = 0;
+  if (v < 0) {
+    buf[(*at)++] = '-';
+    v = -v;
+  }
+  do {
+    digits[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v > 0 && n < 20);
+  while (n > 0 && *at < kSlot - 1) buf[(*at)++] = digits[--n];
+}
+
+void put_char(char* buf, std::size_t* at, char c) {
+  if (*at < kSlot - 1) buf[(*at)++] = c;
+}
+
+// A full slot: the record, padded with spaces, ending in '\n'.
+void fill(char* buf, std::size_t used) {
+  for (std::size_t i = used; i < kSlot - 1; ++i) buf[i] = ' ';
+  buf[kSlot - 1] = '\n';
+}
+
+void write_slot(int fd, int slot, const char* buf) {
+  if (fd < 0 || slot < 0) return;
+  const off_t at = static_cast<off_t>(slot) * static_cast<off_t>(kSlot);
+  ssize_t n = 0;
+  do {
+    n = ::pwrite(fd, buf, kSlot, at);
+  } while (n < 0 && errno == EINTR);
+}
+
+void on_fatal_signal(int sig, siginfo_t* info, void*) {
+  const int saved_errno = errno;
+  const int fd = g_fd.load(std::memory_order_relaxed);
+  if (fd >= 0 && t_slot >= 0 && t_task > 0) {
+    char buf[kSlot];
+    std::size_t at = 0;
+    put_char(buf, &at, 'S');
+    put_char(buf, &at, ' ');
+    put_number(buf, &at, sig);
+    put_char(buf, &at, ' ');
+    put_number(buf, &at, t_task);
+    put_char(buf, &at, ' ');
+    put_number(buf, &at, t_attempt);
+    fill(buf, at);
+    write_slot(fd, t_slot, buf);
+  }
+  // Whatever handled the signal before takes it from here: a fault happens again when the
+  // instruction is retried; a signal that was sent (raise, abort, kill) is sent again.
+  ::sigaction(sig, &g_previous[sig], nullptr);
+  if (info == nullptr || info->si_code <= 0) ::raise(sig);
+  errno = saved_errno;
+}
+
+std::vector<CrashReport> parse(const std::string& text) {
+  std::vector<CrashReport> out;
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    std::istringstream fields(line);
+    std::string kind;
+    if (!(fields >> kind)) continue;
+    CrashReport r;
+    if (kind == "S") {
+      int sig = 0;
+      if (!(fields >> sig >> r.id >> r.attempt)) continue;
+      r.signal = sig;
+    } else if (kind != "R" || !(fields >> r.id >> r.attempt)) {
+      continue;
+    }
+    if (r.id > 0) out.push_back(r);
+  }
+  return out;
+}
+
+}  // namespace
+
+CrashJournal::Leftover::Leftover(std::filesystem::path file, int fd,
+                                 std::vector<CrashReport> entries)
+    : file_(std::move(file)), fd_(fd), entries_(std::move(entries)) {}
+
+CrashJournal::Leftover::Leftover(Leftover&& other) noexcept
+    : file_(std::move(other.file_)),
+      fd_(std::exchange(other.fd_, -1)),
+      entries_(std::move(other.entries_)) {}
+
+CrashJournal::Leftover::~Leftover() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void CrashJournal::Leftover::discard() {
+  if (fd_ < 0) return;
+  std::error_code ec;
+  std::filesystem::remove(file_, ec);  // before unlocking: nobody takes it up again
+  ::close(fd_);
+  fd_ = -1;
+}
+
+Result<std::unique_ptr<CrashJournal>> CrashJournal::open(const std::filesystem::path& dir) {
+  if (g_fd.load() >= 0)
+    return make_error(Errc::internal, "a crash journal is already open in this process");
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec)
+    return make_error(Errc::io, fmt::format("cannot create the crash journal directory {}: {}",
+                                            dir.string(), ec.message()));
+  std::random_device rd;
+  const auto file = dir / fmt::format("{}-{:08x}.journal", ::getpid(), rd());
+  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0)
+    return make_error(Errc::io, fmt::format("cannot create the crash journal {}: {}", file.string(),
+                                            std::strerror(errno)));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    ::close(fd);
+    return make_error(Errc::io, fmt::format("cannot lock the crash journal {}: {}", file.string(),
+                                            std::strerror(err)));
+  }
+  std::unique_ptr<CrashJournal> journal(new CrashJournal(file, fd));
+  g_next_slot = 0;
+  g_fd = fd;
+  struct sigaction action {};
+  action.sa_sigaction = on_fatal_signal;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  for (int sig : kSignals) ::sigaction(sig, &action, &g_previous[sig]);
+  g_installed = true;
+  return journal;
+}
+
+std::vector<CrashJournal::Leftover> CrashJournal::collect(const std::filesystem::path& dir) {
+  std::vector<Leftover> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    if (entry.path().extension() != ".journal") continue;
+    const int fd = ::open(entry.path().c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) continue;
+    struct stat st {};
+    // Locked: its process lives. Unlinked once locked: another worker took it up first.
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0 || ::fstat(fd, &st) != 0 || st.st_nlink == 0 ||
+        !S_ISREG(st.st_mode) || st.st_size > (1 << 20)) {
+      ::close(fd);
+      continue;
+    }
+    std::string text(static_cast<std::size_t>(st.st_size), '\0');
+    const ssize_t n = ::pread(fd, text.data(), text.size(), 0);
+    text.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    out.emplace_back(entry.path(), fd, parse(text));
+  }
+  return out;
+}
+
+CrashJournal::~CrashJournal() { close(); }
+
+void CrashJournal::begin(TaskId id, int attempt) noexcept {
+  if (fd_ < 0) return;
+  if (t_slot < 0) t_slot = g_next_slot.fetch_add(1);
+  t_task = id;
+  t_attempt = attempt;
+  char buf[kSlot];
+  std::size_t at = 0;
+  put_char(buf, &at, 'R');
+  put_char(buf, &at, ' ');
+  put_number(buf, &at, id);
+  put_char(buf, &at, ' ');
+  put_number(buf, &at, attempt);
+  fill(buf, at);
+  write_slot(fd_, t_slot, buf);
+}
+
+void CrashJournal::end() noexcept {
+  if (fd_ < 0 || t_slot < 0) return;
+  t_task = 0;
+  char buf[kSlot];
+  fill(buf, 0);
+  write_slot(fd_, t_slot, buf);
+}
+
+void CrashJournal::close() noexcept {
+  if (fd_ < 0) return;
+  if (g_installed) {
+    for (int sig : kSignals) ::sigaction(sig, &g_previous[sig], nullptr);
+    g_installed = false;
+  }
+  g_fd = -1;
+  std::error_code ec;
+  std::filesystem::remove(file_, ec);
+  ::close(fd_);
+  fd_ = -1;
+}
+
+}  // namespace flowreg::detail

@@ -1,0 +1,87 @@
+#pragma once
+// A worker's crash journal: which tasks have handlers running in this process, on disk, so that
+// a worker starting later can tell the store what a dead one was running (a handler that kills
+// its worker then fails its task instead of being retried until its attempts run out).
+//
+// One file per process, <dir>/<pid>-<random>.journal, flock()ed while the process lives (a
+// worker starting on the same directory recognises the journals of dead processes by taking
+// their lock; several workers may share a directory). The file is a row of fixed-size slots, one
+// per handler thread:
+//   "R <task> <attempt>"           the thread runs that task's handler
+//   "S <signal> <task> <attempt>"  a fatal signal hit the thread while it ran that handler
+//   blank                          idle
+// A slot is written with one pwrite(2) before the handler is called and cleared after it returns.
+// open() installs a handler for SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGABRT that turns the
+// crashing thread's slot into an "S" record (async-signal-safe: formatting by hand and pwrite to
+// the descriptor opened beforehand), restores the previous disposition and lets the signal take
+// its course (re-raised when it was sent rather than caused by a fault). A crash on a thread that
+// runs no handler, or a SIGKILL, leaves "R" records only: those tasks were running, but nothing
+// says they caused it.
+//
+// Limits: a stack overflow in a handler is not attributed (no alternate signal stack); the lock
+// is flock(2), which does not span hosts on every network file system.
+//
+// Thread-safety: begin() and end() from any thread (each touches only its own slot); one journal
+// per process (open() fails for a second one while the first is open).
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "flowreg/error.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::detail {
+
+class CrashJournal {
+ public:
+  // The journal of a process that died, still locked by the caller until released.
+  class Leftover {
+   public:
+    Leftover(std::filesystem::path file, int fd, std::vector<CrashReport> entries);
+    ~Leftover();  // releases the lock and keeps the file (its entries were not reported)
+    Leftover(Leftover&& other) noexcept;
+    Leftover& operator=(Leftover&&) = delete;
+    Leftover(const Leftover&) = delete;
+    Leftover& operator=(const Leftover&) = delete;
+
+    const std::filesystem::path& file() const noexcept { return file_; }
+    const std::vector<CrashReport>& entries() const noexcept { return entries_; }
+    // Removes the file (its entries are reported), then releases the lock.
+    void discard();
+
+   private:
+    std::filesystem::path file_;
+    int fd_ = -1;
+    std::vector<CrashReport> entries_;
+  };
+
+  // Creates `dir` when missing and opens this process's journal there; installs the signal
+  // handler. Errc::io when the directory or the file cannot be made.
+  static Result<std::unique_ptr<CrashJournal>> open(const std::filesystem::path& dir);
+  // The journals of dead processes in `dir` (none when it does not exist), each locked.
+  static std::vector<Leftover> collect(const std::filesystem::path& dir);
+
+  ~CrashJournal();  // close()
+  CrashJournal(const CrashJournal&) = delete;
+  CrashJournal& operator=(const CrashJournal&) = delete;
+
+  // The calling thread starts / ended running the handler of this task attempt.
+  void begin(TaskId id, int attempt) noexcept;
+  void end() noexcept;
+
+  // Uninstalls the signal handler and removes the file (a clean exit leaves no journal).
+  void close() noexcept;
+
+  const std::filesystem::path& file() const noexcept { return file_; }
+
+ private:
+  CrashJournal(std::filesystem::path file, int fd) : file_(std::move(file)), fd_(fd) {}
+
+  std::filesystem::path file_;
+  int fd_ = -1;
+};
+
+}  // namespace flowreg::detail

@@ -1,0 +1,372 @@
+// `flowreg worker` against handlers and machines that misbehave: real worker processes serving the
+// fixture plugin tests/plugins/wchaos.cpp (a handler that crashes the worker, one that never
+// returns, one with a huge output), workers killed with SIGKILL, and an embedded cluster whose
+// postmaster is killed.
+
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pg/pg_fixture.hpp"
+#include "store/embedded_cluster.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace fd = flowreg::detail;
+using flowreg::test::Child;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+std::string query_one(const std::string& conninfo, const std::string& sql) {
+  try {
+    pqxx::connection conn(conninfo);
+    pqxx::nontransaction tx(conn);
+    auto r = tx.exec(sql);
+    if (r.empty() || r[0][0].is_null()) return "";
+    return r[0][0].as<std::string>();
+  } catch (const std::exception&) {
+    return "";  // not reachable (yet)
+  }
+}
+
+std::string read_file(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+template <class F>
+bool eventually(F&& ready, std::chrono::milliseconds timeout) {
+  const auto deadline = Clock::now() + timeout;
+  for (;;) {
+    if (ready()) return true;
+    if (Clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(50ms);
+  }
+}
+
+void open_up(const fs::path& dir) {
+  fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+}
+
+// A scratch directory with plugins/wchaos.so and a configuration: on a fresh database of the
+// shared cluster, or (embedded = true) with no URL, so that the worker starts and owns an embedded
+// cluster under <dir>/data.
+struct Scene {
+  fs::path dir;
+  std::string conninfo;  // "" until known for an embedded scene
+  fs::path config() const { return dir / "flowreg.yaml"; }
+
+  Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
+    std::vector<std::string> argv = {
+        FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
+        "--id",         id,         "--poll-interval", "200ms"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
+  }
+  std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
+
+  std::string wait_serving(const std::string& id, const std::string& slug) const {
+    std::string version;
+    const bool ok = eventually(
+        [&] {
+          version = query_one(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                            "' ORDER BY created_at DESC LIMIT 1");
+          return !version.empty() && err(id).find("serving") != std::string::npos;
+        },
+        120s);
+    REQUIRE_MESSAGE(ok, "worker " << id << " never served " << slug << ": " << err(id));
+    return version;
+  }
+
+  fd::RunId start(const std::string& slug, const Json& input) const {
+    const std::string version =
+        query_one(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                "' ORDER BY created_at DESC LIMIT 1");
+    REQUIRE(!version.empty());
+    auto store = fd::RunStore::connect(conninfo);
+    REQUIRE_MESSAGE(store, store.error().format());
+    auto run = store->start_run(slug, version, input);
+    REQUIRE_MESSAGE(run, run.error().format());
+    return *run;
+  }
+
+  std::string run_field(const fd::RunId& run, const std::string& column) const {
+    return query_one(conninfo, "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
+  }
+  bool ended(const fd::RunId& run) const {
+    const std::string status = run_field(run, "status");
+    return !status.empty() && status != "started";
+  }
+
+  Json workers() const {
+    const auto listed = flowreg::test::run_process(
+        {FLOWREG_BINARY, "--config", config().string(), "workers", "--json"});
+    REQUIRE_MESSAGE(listed.exit_code == 0, listed.err);
+    return Json::parse(listed.out);
+  }
+  // Tasks worker `id` holds (started, not ended).
+  int count_held_by(const std::string& id) const {
+    return std::stoi(query_one(conninfo,
+                               "SELECT count(*) FROM flowreg.tasks WHERE status = 'started' AND "
+                               "worker_id = '" +
+                                   id + "'"));
+  }
+  std::string worker_status(const std::string& id) const {
+    for (const auto& w : workers())
+      if (w["id"] == id) return w["status"].get<std::string>();
+    return "";
+  }
+};
+
+Scene make_scene(const std::string& name, bool embedded = false) {
+  Scene s;
+  s.dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.dir / "plugins");
+  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"}) open_up(d);
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
+  fs::permissions(s.dir / "plugins" / "wchaos.so", fs::perms::owner_read | fs::perms::owner_write |
+                                                       fs::perms::group_read |
+                                                       fs::perms::others_read);
+  std::ofstream config(s.config());
+  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n";
+  if (!embedded) {
+    s.conninfo = flowreg::pgtest::empty_database(name);
+    auto migrated = fd::migrate(s.conninfo);
+    REQUIRE_MESSAGE(migrated, migrated.error().format());
+    config << "  url: " << Json(s.conninfo).dump() << "\n";
+  }
+  config << "  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("worker_faults") {
+  TEST_CASE(
+      "a handler that crashes its worker fails its task with the signal, not 'lease expired', "
+      "and the restarted worker serves other runs") {
+    for (const auto& [how, sig] :
+         {std::pair<std::string, int>{"segv", SIGSEGV}, {"abort", SIGABRT}}) {
+      CAPTURE(how);
+      auto s = make_scene("wf_crash_" + how);
+      auto a = s.worker("a", {"--lease", "2s"});
+      s.wait_serving("a", "wchaos_crash");
+      const auto crashed = s.start("wchaos_crash", {{"how", how}});
+      CHECK(a.wait(60s) == 128 + sig);
+
+      auto b = s.worker("b", {"--lease", "2s"});
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(crashed); }, 60s), s.err("b"));
+      CHECK(s.run_field(crashed, "status") == "failed");
+      CHECK(s.run_field(crashed, "error")
+                .find("handler crashed the worker (signal " + std::to_string(sig) + ")") !=
+            std::string::npos);
+      // Failed on the attempt that crashed: it never ran again.
+      CHECK(query_one(s.conninfo,
+                      "SELECT attempt FROM flowreg.tasks WHERE run_id = '" + crashed + "'") == "1");
+      const auto other = s.start("wchaos_quick", {{"n", 1}});
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(other); }, 60s), s.err("b"));
+      CHECK(s.run_field(other, "status") == "completed");
+      CHECK(b.wait(0ms) == std::nullopt);
+      // The dead worker's journal was reported and removed; b's own is there while it runs.
+      std::vector<fs::path> journals;
+      for (const auto& e : fs::directory_iterator(s.dir / "data" / "workers"))
+        journals.push_back(e.path());
+      CHECK(journals.size() == 1);
+      b.signal(SIGTERM);
+      CHECK(b.wait(30s) == 0);
+      CHECK(fs::is_empty(s.dir / "data" / "workers"));  // a clean stop leaves no journal
+    }
+  }
+
+  TEST_CASE(
+      "a task running in workers killed with SIGKILL (no signal to blame) fails after 3 such "
+      "deaths, with attempts left") {
+    auto s = make_scene("wf_strikes");
+    const fs::path started = s.dir / "started";
+    fd::RunId run;
+    for (int death = 1; death <= 3; ++death) {
+      CAPTURE(death);
+      fs::remove(started);
+      auto w = s.worker("w" + std::to_string(death), {"--lease", "1s"});
+      s.wait_serving("w" + std::to_string(death), "wchaos_slow");
+      if (death == 1) run = s.start("wchaos_slow", {{"started", started.string()}});
+      REQUIRE_MESSAGE(eventually([&] { return fs::exists(started); }, 60s),
+                      s.err("w" + std::to_string(death)));
+      w.signal(SIGKILL);
+      CHECK(w.wait(10s) == 128 + SIGKILL);
+      CHECK(!s.ended(run));
+    }
+    auto last = s.worker("last");
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("last"));
+    CHECK(s.run_field(run, "status") == "failed");
+    CHECK(s.run_field(run, "error").find("handler was running in 3 workers that died") !=
+          std::string::npos);
+    CHECK(query_one(s.conninfo,
+                    "SELECT attempt || ' ' || crashes FROM flowreg.tasks WHERE "
+                    "run_id = '" +
+                        run + "'") == "3 3");
+    last.signal(SIGTERM);
+    CHECK(last.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "a handler that never returns does not starve other flows: the worker runs them on its free "
+      "thread, stops claiming once every thread is stuck, and the stuck tasks fail at their "
+      "timeout") {
+    auto s = make_scene("wf_hang");
+    auto a = s.worker("a", {"--concurrency", "2", "--heartbeat-interval", "500ms"});
+    s.wait_serving("a", "wchaos_hang");
+    const fs::path first_started = s.dir / "hang1";
+    const auto hang1 = s.start("wchaos_hang", {{"started", first_started.string()}});
+    REQUIRE(eventually([&] { return fs::exists(first_started); }, 30s));
+
+    // One thread stuck, one free: runs of another flow still complete here.
+    std::vector<fd::RunId> quick;
+    for (int i = 0; i < 5; ++i) quick.push_back(s.start("wchaos_quick", {{"n", i}}));
+    for (const auto& r : quick) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("a"));
+      CHECK(s.run_field(r, "status") == "completed");
+    }
+    REQUIRE(eventually([&] { return s.ended(hang1); }, 30s));
+    CHECK(s.run_field(hang1, "status") == "failed");
+    CHECK(s.run_field(hang1, "error").find("timed out") != std::string::npos);
+
+    // Both threads stuck: the worker says so and claims nothing.
+    const fs::path second_started = s.dir / "hang2";
+    const auto hang2 = s.start("wchaos_hang", {{"started", second_started.string()}});
+    REQUIRE(eventually([&] { return fs::exists(second_started); }, 30s));
+    REQUIRE_MESSAGE(eventually([&] { return s.worker_status("a") == "stuck"; }, 30s), s.err("a"));
+    CHECK(s.err("a").find("all 2 handler threads are held by handlers that timed out") !=
+          std::string::npos);
+    std::vector<fd::RunId> later;
+    for (int i = 0; i < 3; ++i) later.push_back(s.start("wchaos_quick", {{"n", 10 + i}}));
+    std::this_thread::sleep_for(2s);  // a would have claimed them by now
+    for (const auto& r : later)
+      CHECK(query_one(s.conninfo,
+                      "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" + r +
+                          "'") == "-");
+
+    // Another worker takes them.
+    auto b = s.worker("b");
+    for (const auto& r : later) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("b"));
+      CHECK(s.run_field(r, "status") == "completed");
+      CHECK(query_one(s.conninfo,
+                      "SELECT worker_id FROM flowreg.tasks WHERE run_id = '" + r + "'") == "b");
+    }
+    CHECK(s.run_field(hang2, "status") == "failed");
+    CHECK(s.run_field(hang2, "error").find("timed out") != std::string::npos);
+    CHECK(s.count_held_by("a") == 0);
+    b.signal(SIGTERM);
+    CHECK(b.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "a handler output over max_output_bytes fails its task permanently naming the limit; a "
+      "large one under it completes, and the other tasks of the batch are unaffected") {
+    auto s = make_scene("wf_big");
+    auto a = s.worker("a", {"--max-output", "10MB", "--lease", "2s"});
+    s.wait_serving("a", "wchaos_big");
+    const auto over = s.start("wchaos_big", {{"bytes", 12'000'000}});
+    std::vector<fd::RunId> under, quick;
+    for (int i = 0; i < 3; ++i) under.push_back(s.start("wchaos_big", {{"bytes", 8'000'000}}));
+    for (int i = 0; i < 3; ++i) quick.push_back(s.start("wchaos_quick", {{"n", i}}));
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(over); }, 120s), s.err("a"));
+    CHECK(s.run_field(over, "status") == "failed");
+    const std::string error = s.run_field(over, "error");
+    CHECK(error.find("failed permanently on attempt 1") != std::string::npos);
+    CHECK(error.find("over the limit of 10000000 bytes (worker.max_output_bytes") !=
+          std::string::npos);
+    for (const auto& r : under) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 120s), s.err("a"));
+      CHECK(s.run_field(r, "status") == "completed");
+      CHECK(s.run_field(r, "length(output->'only'->>'data')") == "8000000");
+    }
+    for (const auto& r : quick) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("a"));
+      CHECK(s.run_field(r, "status") == "completed");
+    }
+    CHECK(s.count_held_by("a") == 0);
+    CHECK(s.err("a").find("lease") == std::string::npos);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE("workers: a worker killed with SIGKILL is listed as stale, not running forever") {
+    auto s = make_scene("wf_stale");
+    auto a = s.worker("a", {"--heartbeat-interval", "200ms"});
+    auto b = s.worker("b", {"--heartbeat-interval", "200ms"});
+    s.wait_serving("a", "wchaos_quick");
+    s.wait_serving("b", "wchaos_quick");
+    REQUIRE(eventually([&] { return s.worker_status("a") == "running"; }, 30s));
+    a.signal(SIGKILL);
+    CHECK(a.wait(10s) == 128 + SIGKILL);
+    REQUIRE(eventually([&] { return s.worker_status("a") == "stale"; }, 30s));
+    CHECK(s.worker_status("b") == "running");
+    const auto listed =
+        flowreg::test::run_process({FLOWREG_BINARY, "--config", s.config().string(), "workers"});
+    CHECK(listed.out.find("a  stale  heartbeat") != std::string::npos);
+    CHECK(listed.out.find("b  running  heartbeat") != std::string::npos);
+    b.signal(SIGTERM);
+    CHECK(b.wait(30s) == 0);
+    CHECK(s.worker_status("b") == "stopped");
+  }
+
+  TEST_CASE(
+      "the embedded cluster's postmaster killed with SIGKILL: the worker that uses it starts it "
+      "again, and runs started afterwards complete without any manual step") {
+    auto s = make_scene("wf_revive", /*embedded=*/true);
+    {
+      auto cluster = fd::EmbeddedCluster::open(s.dir / "data");
+      REQUIRE_MESSAGE(cluster, cluster.error().format());
+      flowreg::pgtest::track(*cluster);  // stopped at exit
+      s.conninfo = cluster->connection_string();
+    }
+    auto a = s.worker("a", {"--heartbeat-interval", "500ms"});
+    s.wait_serving("a", "wchaos_quick");
+    const auto before = s.start("wchaos_quick", {{"n", 1}});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(before); }, 60s), s.err("a"));
+
+    auto cluster = fd::EmbeddedCluster::open(s.dir / "data");
+    REQUIRE(cluster);
+    auto status = cluster->status();
+    REQUIRE_MESSAGE(status, status.error().format());
+    REQUIRE(status->running);
+    const pid_t postmaster = status->postmaster_pid;
+    REQUIRE(::kill(postmaster, SIGKILL) == 0);
+    // Nobody here starts it: the worker does.
+    REQUIRE_MESSAGE(eventually(
+                        [&] {
+                          auto now = cluster->status();
+                          return now && now->running && now->postmaster_pid != postmaster &&
+                                 query_one(s.conninfo, "SELECT 1") == "1";
+                        },
+                        120s),
+                    s.err("a"));
+    const auto after = s.start("wchaos_quick", {{"n", 2}});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(after); }, 60s), s.err("a"));
+    CHECK(s.run_field(after, "status") == "completed");
+    CHECK(a.wait(0ms) == std::nullopt);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+}
