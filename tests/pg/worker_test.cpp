@@ -323,7 +323,7 @@ TEST_SUITE("worker") {
 
   TEST_CASE(
       "a plugin replaced while its handlers run: they finish on the old code, new tasks "
-      "run the new one, and the old code is unloaded after") {
+      "run the new one, and the old code stays mapped after (plugin code is never unloaded)") {
     auto s = make_scene("w_replace");
     auto a = s.worker("a", {"--concurrency", "4"});
     const auto version = s.wait_serving("a", "wprobe_single");
@@ -367,7 +367,9 @@ TEST_SUITE("worker") {
     REQUIRE(all_completed(s, 2, 30s));
     CHECK(query_one(s.conninfo, "SELECT output->'only'->>'version' FROM flowreg.runs WHERE id = '" +
                                     old_run + "'") == "1");
-    CHECK(eventually([&] { return mapped_copies() == 1; }, 10s));  // v1 unloaded
+    // v1 is never unloaded: code it started (a thread) may still run. Its staged copy may be pruned
+    // from the cache once nothing holds it, but the mapping stays.
+    CHECK(mapped_copies() == 2);
     a.signal(SIGTERM);
     CHECK(a.wait(30s) == 0);
   }

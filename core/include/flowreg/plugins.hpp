@@ -5,14 +5,19 @@
 //   file         a regular file (a symlink only when allowed), no FIFO, device or directory
 //   permissions  file and directory owned by root or the running user, not writable by group or
 //                others (unless allow_unsafe)
-//   size, elf    at most max_bytes; ELF magic
+//   size, elf    at most max_bytes; an ELF shared object for this machine, every size and offset
+//                in it checked against the bytes read (no code runs, nothing in the file trusted)
 //   allowlist    its SHA-256 is in plugins.sha256_allowlist, when that list is not empty
-//   quarantine   its exact content has not crashed or hung a loader before
-//   symbol       exports flowreg_plugin in section "flowreg" (read from the file, no code runs)
-//   inspect      loads in a child process first (crash, abort or hang -> quarantined by hash)
-//   load, abi    dlopen of a private read-only copy named by its hash; ABI magic/major/minor/size
-//   definition   describes itself with valid flows (schema and semantic rules of YAML flows)
-//   register     registers atomically: no duplicate module name or flow slug. A file that declares
+//   quarantine   its exact content has not crashed, hung or left a process behind in a loader, nor
+//                crashed this host while loading (counted by a journal across restarts)
+//   symbol       exports flowreg_plugin in section "flowreg" (its dynamic symbol table)
+//   inspect      loads in a threaded child process in its own process group first (crash, abort,
+//                hang or a process left running -> quarantined by hash)
+//   load, abi    dlopen (never unloaded) of a private read-only copy named by its hash; ABI
+//                magic/major/minor/size; exceptions thrown through the C ABI are contained
+//   definition   describes itself with valid flows (the checks and limits of YAML flows)
+//   register     registers atomically; a module name or flow slug held by another file makes it
+//                wait (status waiting) until that name is free. A file that declares
 //                a name another file holds waits for it (PluginStatus::waiting) and registers as
 //                soon as the holder is removed or stops declaring it. The incumbent keeps a name,
 //                across restarts too (<cache_dir>/owners.json): file names and directory order

@@ -8,7 +8,7 @@
 // claims more in one round trip (RunStore::work). A loop's LoopState outlives the loop: when a
 // loop stops (its plugin was replaced, it failed, the worker drains), its handlers still running
 // finish on the code they started with (each job holds its HandlerRef), and the keeper records
-// their results; the old code is released when the last of them ends.
+// their results; the old plugin code stays mapped (plugin code is never unloaded).
 //
 // Thread-safety: every member function may be called concurrently. Lock order: a LoopState::mu
 // may be held while Engine::mu_ is taken (a loop asks draining()); never the other way round: the
