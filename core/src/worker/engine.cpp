@@ -41,9 +41,9 @@ Engine::Engine(WorkerOptions options)
   if (!options_.journal_dir.empty()) {
     // The journals of dead workers first (this one's is not there yet), reported before any
     // claim: a crashed task whose lease expired would otherwise be claimed again at once.
-    auto leftovers = CrashJournal::collect(options_.journal_dir);
+    auto leftovers = TaskJournal::collect(options_.journal_dir);
     for (auto& l : leftovers) leftovers_.push_back(std::move(l));
-    auto journal = CrashJournal::open(options_.journal_dir);
+    auto journal = TaskJournal::open(options_.journal_dir);
     if (journal) {
       journal_ = std::move(*journal);
     } else {
@@ -539,7 +539,7 @@ void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
 }
 
 bool Engine::report_crashes() {
-  std::vector<CrashJournal::Leftover> pending;
+  std::vector<TaskJournal::Leftover> pending;
   {
     std::lock_guard lock(mu_);
     if (leftovers_.empty()) return true;

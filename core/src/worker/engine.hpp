@@ -25,9 +25,9 @@
 #include <vector>
 
 #include "flowreg/plugins.hpp"
-#include "worker/crash_journal.hpp"
 #include "worker/handler_pool.hpp"
 #include "worker/store_pool.hpp"
+#include "worker/task_journal.hpp"
 #include "worker/worker_options.hpp"
 
 namespace flowreg::detail {
@@ -160,9 +160,9 @@ class Engine {
   StorePool stores_;
   StorePool keeper_stores_;  // the keeper's own connection: renewals never wait for a loop's
   HandlerPool pool_;
-  std::unique_ptr<CrashJournal> journal_;          // null: no journal_dir
-  std::vector<CrashJournal::Leftover> leftovers_;  // guarded by mu_: dead workers' journals
-  SteadyTime next_revive_{};                       // keeper only
+  std::unique_ptr<TaskJournal> journal_;          // null: no journal_dir
+  std::vector<TaskJournal::Leftover> leftovers_;  // guarded by mu_: dead workers' journals
+  SteadyTime next_revive_{};                      // keeper only
 
   mutable std::mutex mu_;
   std::condition_variable stop_cv_;

@@ -1,4 +1,4 @@
-#include "worker/crash_journal.hpp"
+#include "worker/task_journal.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -110,20 +110,20 @@ std::vector<CrashReport> parse(const std::string& text) {
 
 }  // namespace
 
-CrashJournal::Leftover::Leftover(std::filesystem::path file, int fd,
-                                 std::vector<CrashReport> entries)
+TaskJournal::Leftover::Leftover(std::filesystem::path file, int fd,
+                                std::vector<CrashReport> entries)
     : file_(std::move(file)), fd_(fd), entries_(std::move(entries)) {}
 
-CrashJournal::Leftover::Leftover(Leftover&& other) noexcept
+TaskJournal::Leftover::Leftover(Leftover&& other) noexcept
     : file_(std::move(other.file_)),
       fd_(std::exchange(other.fd_, -1)),
       entries_(std::move(other.entries_)) {}
 
-CrashJournal::Leftover::~Leftover() {
+TaskJournal::Leftover::~Leftover() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void CrashJournal::Leftover::discard() {
+void TaskJournal::Leftover::discard() {
   if (fd_ < 0) return;
   std::error_code ec;
   std::filesystem::remove(file_, ec);  // before unlocking: nobody takes it up again
@@ -131,7 +131,7 @@ void CrashJournal::Leftover::discard() {
   fd_ = -1;
 }
 
-Result<std::unique_ptr<CrashJournal>> CrashJournal::open(const std::filesystem::path& dir) {
+Result<std::unique_ptr<TaskJournal>> TaskJournal::open(const std::filesystem::path& dir) {
   if (g_fd.load() >= 0)
     return make_error(Errc::internal, "a crash journal is already open in this process");
   std::error_code ec;
@@ -151,7 +151,7 @@ Result<std::unique_ptr<CrashJournal>> CrashJournal::open(const std::filesystem::
     return make_error(Errc::io, fmt::format("cannot lock the crash journal {}: {}", file.string(),
                                             std::strerror(err)));
   }
-  std::unique_ptr<CrashJournal> journal(new CrashJournal(file, fd));
+  std::unique_ptr<TaskJournal> journal(new TaskJournal(file, fd));
   g_next_slot = 0;
   g_fd = fd;
   struct sigaction action {};
@@ -163,7 +163,7 @@ Result<std::unique_ptr<CrashJournal>> CrashJournal::open(const std::filesystem::
   return journal;
 }
 
-std::vector<CrashJournal::Leftover> CrashJournal::collect(const std::filesystem::path& dir) {
+std::vector<TaskJournal::Leftover> TaskJournal::collect(const std::filesystem::path& dir) {
   std::vector<Leftover> out;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
@@ -185,9 +185,9 @@ std::vector<CrashJournal::Leftover> CrashJournal::collect(const std::filesystem:
   return out;
 }
 
-CrashJournal::~CrashJournal() { close(); }
+TaskJournal::~TaskJournal() { close(); }
 
-void CrashJournal::begin(TaskId id, int attempt) noexcept {
+void TaskJournal::begin(TaskId id, int attempt) noexcept {
   if (fd_ < 0) return;
   if (t_slot < 0) t_slot = g_next_slot.fetch_add(1);
   t_task = id;
@@ -203,7 +203,7 @@ void CrashJournal::begin(TaskId id, int attempt) noexcept {
   write_slot(fd_, t_slot, buf);
 }
 
-void CrashJournal::end() noexcept {
+void TaskJournal::end() noexcept {
   if (fd_ < 0 || t_slot < 0) return;
   t_task = 0;
   char buf[kSlot];
@@ -211,7 +211,7 @@ void CrashJournal::end() noexcept {
   write_slot(fd_, t_slot, buf);
 }
 
-void CrashJournal::close() noexcept {
+void TaskJournal::close() noexcept {
   if (fd_ < 0) return;
   if (g_installed) {
     for (int sig : kSignals) ::sigaction(sig, &g_previous[sig], nullptr);

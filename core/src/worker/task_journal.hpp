@@ -3,6 +3,10 @@
 // a worker starting later can tell the store what a dead one was running (a handler that kills
 // its worker then fails its task instead of being retried until its attempts run out).
 //
+// Not util/crash_journal.hpp (a file written and renamed per record, used around plugin loads):
+// a task is the hot path, so a record here is one pwrite(2) into a slot of a file opened once, and
+// that descriptor is what the fatal-signal handler writes the attribution to.
+//
 // One file per process, <dir>/<pid>-<random>.journal, flock()ed while the process lives (a
 // worker starting on the same directory recognises the journals of dead processes by taking
 // their lock; several workers may share a directory). The file is a row of fixed-size slots, one
@@ -35,7 +39,7 @@
 
 namespace flowreg::detail {
 
-class CrashJournal {
+class TaskJournal {
  public:
   // The journal of a process that died, still locked by the caller until released.
   class Leftover {
@@ -60,13 +64,13 @@ class CrashJournal {
 
   // Creates `dir` when missing and opens this process's journal there; installs the signal
   // handler. Errc::io when the directory or the file cannot be made.
-  static Result<std::unique_ptr<CrashJournal>> open(const std::filesystem::path& dir);
+  static Result<std::unique_ptr<TaskJournal>> open(const std::filesystem::path& dir);
   // The journals of dead processes in `dir` (none when it does not exist), each locked.
   static std::vector<Leftover> collect(const std::filesystem::path& dir);
 
-  ~CrashJournal();  // close()
-  CrashJournal(const CrashJournal&) = delete;
-  CrashJournal& operator=(const CrashJournal&) = delete;
+  ~TaskJournal();  // close()
+  TaskJournal(const TaskJournal&) = delete;
+  TaskJournal& operator=(const TaskJournal&) = delete;
 
   // The calling thread starts / ended running the handler of this task attempt.
   void begin(TaskId id, int attempt) noexcept;
@@ -78,7 +82,7 @@ class CrashJournal {
   const std::filesystem::path& file() const noexcept { return file_; }
 
  private:
-  CrashJournal(std::filesystem::path file, int fd) : file_(std::move(file)), fd_(fd) {}
+  TaskJournal(std::filesystem::path file, int fd) : file_(std::move(file)), fd_(fd) {}
 
   std::filesystem::path file_;
   int fd_ = -1;
