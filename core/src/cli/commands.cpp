@@ -629,7 +629,9 @@ int run_flow(const Globals& g, const RunArgs& a) {
     // with backoff from 50 ms doubling to 5 s, and keep waiting.
     Millis backoff{50};
     bool reconnecting = false;
-    while (!info && (info.error().code == Errc::unavailable || db->store.connection_lost()) &&
+    while (!info &&
+           (info.error().code == Errc::unavailable ||
+            (!reconnecting && db->store.connection_lost())) &&
            std::chrono::steady_clock::now() < deadline) {
       if (!reconnecting)
         fmt::print(stderr,
