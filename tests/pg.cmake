@@ -7,6 +7,7 @@ add_executable(flowreg_pg_tests
   pg/run_store_test.cpp
   pg/cli_db_test.cpp
   pg/cli_runs_test.cpp
+  pg/cli_hostile_test.cpp
   pg/worker_test.cpp
   pg/worker_faults_test.cpp
 )
@@ -15,8 +16,8 @@ target_compile_definitions(flowreg_pg_tests PRIVATE
   FLOWREG_EXAMPLE_PLUGIN_DIR="${FLOWREG_EXAMPLE_PLUGIN_DIR}" FLOWREG_FIXTURE_DIR="${FLOWREG_FIXTURE_DIR}")
 target_include_directories(flowreg_pg_tests PRIVATE ${PROJECT_SOURCE_DIR}/core/src)
 target_link_libraries(flowreg_pg_tests PRIVATE flowreg_test_support flowreg_warnings PkgConfig::PQXX)
-flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations run_store cli_db cli_runs worker worker_faults)
+flowreg_add_suites(flowreg_pg_tests embedded_cluster migrations run_store cli_db cli_runs cli_hostile worker worker_faults)
 set_tests_properties(flowreg_pg_tests/embedded_cluster flowreg_pg_tests/migrations
   flowreg_pg_tests/run_store flowreg_pg_tests/cli_db flowreg_pg_tests/cli_runs
-  flowreg_pg_tests/worker flowreg_pg_tests/worker_faults
+  flowreg_pg_tests/cli_hostile flowreg_pg_tests/worker flowreg_pg_tests/worker_faults
   PROPERTIES LABELS "pg" TIMEOUT 600)

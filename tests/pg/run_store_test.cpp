@@ -551,12 +551,20 @@ TEST_SUITE("run_store") {
     CHECK(missing.error().code == Errc::not_found);
   }
 
-  TEST_CASE("a second start with the same idempotency key returns the first run") {
+  TEST_CASE(
+      "a second start with the same idempotency key and input returns the first run; another "
+      "input is a conflict") {
     auto env = open_env("rs_idempotency");
     auto key = store_flow(env.store, flow("idem", {step("a")}));
     auto other = store_flow(env.store, flow("idem2", {step("a")}));
     auto first = start(env.store, key, 1, key_opt("order-1"));
-    CHECK(start(env.store, key, 2, key_opt("order-1")) == first);
+    CHECK(start(env.store, key, 1, key_opt("order-1")) == first);
+    auto conflict = env.store.start_run(key.slug, key.version, 2, key_opt("order-1"));
+    REQUIRE_FALSE(conflict);
+    CHECK(conflict.error().code == Errc::invalid_argument);
+    CHECK(conflict.error().message.find("conflict: idempotency key 'order-1' was already used by "
+                                        "run " +
+                                        first) != std::string::npos);
     CHECK(start(env.store, key, 1, key_opt("order-2")) != first);
     CHECK(start(env.store, other, 1, key_opt("order-1")) != first);
     CHECK(run_info(env.store, first).input == 1);

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "support/process.hpp"
@@ -12,7 +14,31 @@ using flowreg::test::run_process;
 namespace {
 
 const std::string kBinary = FLOWREG_BINARY;
-const std::string kExample = std::string(FLOWREG_SOURCE_DIR) + "/flows.example.yaml";
+
+// A scratch directory for this process, removed at exit.
+struct ScratchDir {
+  std::filesystem::path path;
+  ScratchDir() {
+    char tmpl[] = "/tmp/flowreg_cli_test_XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+};
+
+// A copy of flows.example.yaml in a scratch directory: its data_dir (the plugin cache) is
+// relative to the file, and tests never write into the sources.
+std::string example_copy() {
+  static const ScratchDir dir;
+  const auto copy = dir.path / "flows.example.yaml";
+  std::filesystem::copy_file(std::string(FLOWREG_SOURCE_DIR) + "/flows.example.yaml", copy,
+                             std::filesystem::copy_options::skip_existing);
+  return copy.string();
+}
+
+const std::string kExample = example_copy();
 const std::string kData = FLOWREG_TEST_DATA_DIR;
 // The example plugins of this build (flows.example.yaml's own plugins.dir assumes build/).
 const std::string kPlugins = FLOWREG_EXAMPLE_PLUGIN_DIR;
@@ -153,5 +179,111 @@ TEST_SUITE("cli") {
     for (const auto& f : nlohmann::json::parse(r.out)) slugs.push_back(f["slug"]);
     CHECK(slugs ==
           std::vector<std::string>{"file_report", "order_pipeline", "text_stats", "word_count"});
+  }
+
+  TEST_CASE(
+      "regression: database.data_dir is relative to the configuration file, like plugins.dir "
+      "(one file run from two directories started two clusters)") {
+    const ScratchDir dir;
+    const auto config = dir.path / "flowreg.yaml";
+    std::ofstream(config) << "plugins: {dir: plugins}\ndatabase: {data_dir: state}\n";
+    std::vector<std::string> seen;
+    for (const std::string& cwd : {dir.path.string(), std::string("/")}) {
+      auto r = run_process({kBinary, "--config", config.string(), "db", "status", "--json"}, cwd);
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      seen.push_back(nlohmann::json::parse(r.out)["data_dir"]);
+    }
+    CHECK(seen[0] == (dir.path / "state").string());
+    CHECK(seen[1] == seen[0]);
+  }
+
+  TEST_CASE(
+      "regression: file names that are not UTF-8 print with U+FFFD in every --json output (a "
+      "plugin, a configuration file and a data directory named caf\\xE9 used to abort)") {
+    const ScratchDir scratch;
+    const auto dir = scratch.path / "caf\xE9";  // the configuration's directory
+    std::filesystem::create_directories(dir / "plugins");
+    std::filesystem::copy_file(kPlugins + "/text.so", dir / "plugins" / "caf\xE9.so");
+    const auto config = dir / "flowreg.yaml";
+    std::ofstream(config) << "plugins: {dir: plugins}\n"
+                          << "flows: [{slug: mine, steps: [{slug: a, handler: text.sum}]}]\n";
+    const std::string cafe = "caf\xEF\xBF\xBD";
+    const auto flowreg = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), {kBinary, "--config", config.string()});
+      return run_process(args);
+    };
+
+    auto plugins = flowreg({"plugins", "list", "--json"});
+    REQUIRE_MESSAGE(plugins.exit_code == 0, plugins.err);
+    const auto listed = nlohmann::json::parse(plugins.out);
+    REQUIRE(listed.size() == 1);
+    CHECK(listed[0]["status"] == "loaded");
+    CHECK(listed[0]["file"] == (scratch.path / cafe / "plugins" / (cafe + ".so")).string());
+
+    auto checked =
+        flowreg({"plugins", "check", (dir / "plugins" / "caf\xE9.so").string(), "--json"});
+    CHECK(checked.exit_code == 0);
+    CHECK(nlohmann::json::parse(checked.out)[0]["file"].get<std::string>().find(cafe) !=
+          std::string::npos);
+
+    auto flows = flowreg({"flows", "list", "--json"});
+    REQUIRE_MESSAGE(flows.exit_code == 0, flows.err);
+    std::map<std::string, std::string> sources;
+    for (const auto& f : nlohmann::json::parse(flows.out)) sources[f["slug"]] = f["source"];
+    CHECK(sources["mine"] == (scratch.path / cafe / "flowreg.yaml").string());
+    CHECK(sources["text_stats"].find(cafe + ".so") != std::string::npos);
+
+    auto shown = flowreg({"flows", "show", "mine", "--json"});
+    REQUIRE(shown.exit_code == 0);
+    CHECK(nlohmann::json::parse(shown.out)["source"].get<std::string>().find(cafe) !=
+          std::string::npos);
+
+    auto status = flowreg({"db", "status", "--json"});
+    REQUIRE_MESSAGE(status.exit_code == 0, status.err);
+    CHECK(nlohmann::json::parse(status.out)["data_dir"] ==
+          (scratch.path / cafe / ".flowreg").string());
+  }
+
+  TEST_CASE(
+      "regression: a YAML file with a Latin-1 byte is refused at its line and column (it loaded, "
+      "then --json output aborted)") {
+    const std::string file = kData + "/latin1_description.yaml";
+    auto validated = run_process({kBinary, "flows", "validate", file});
+    CHECK(validated.exit_code == 1);
+    CHECK(validated.err == file +
+                               ":4:22: byte 0xE9 is not valid UTF-8: flowreg files are UTF-8 "
+                               "(convert it, e.g. with iconv -f latin1 -t utf-8)\n");
+    auto listed =
+        run_process({kBinary, "--config", file, "--plugins", kPlugins, "flows", "list", "--json"});
+    CHECK(listed.exit_code == 1);
+    CHECK(listed.err.find(":4:22: byte 0xE9 is not valid UTF-8") != std::string::npos);
+    CHECK(listed.out.empty());
+  }
+
+  TEST_CASE(
+      "regression: durations of the command line state their limit, and retention has no 7-day "
+      "cap (runs prune --older-than 720h was 'not a duration')") {
+    const ScratchDir dir;
+    const auto config = dir.path / "flowreg.yaml";
+    // No server answers there: the durations are checked before anything connects.
+    std::ofstream(config) << "database: {url: 'host=" << dir.path.string() << " port=1'}\n";
+    const auto flowreg = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), {kBinary, "--config", config.string()});
+      return run_process(args);
+    };
+    auto too_long = flowreg({"runs", "prune", "--older-than", "876601h"});
+    CHECK(too_long.exit_code == 1);
+    CHECK(too_long.err ==
+          "flowreg: --older-than '876601h' is longer than the limit of 876600h (36525 days)\n");
+    auto malformed = flowreg({"runs", "prune", "--older-than", "30d"});
+    CHECK(malformed.exit_code == 1);
+    CHECK(malformed.err ==
+          "flowreg: --older-than '30d' is not a duration: write a whole number and a unit (ms, s, "
+          "m or h), such as 250ms, 30s, 5m or 720h\n");
+    // 720h passes the check and reaches the (absent) database.
+    auto accepted = flowreg({"runs", "prune", "--older-than", "720h"});
+    CHECK(accepted.exit_code == 1);
+    CHECK(accepted.err.find("duration") == std::string::npos);
+    CHECK(accepted.err.find(".s.PGSQL.1") != std::string::npos);
   }
 }

@@ -22,6 +22,25 @@ TEST_SUITE("model") {
     CHECK_FALSE(parse_duration("99999999999999h"));
   }
 
+  TEST_CASE(
+      "regression: durations take the limit of what they measure, and a refusal states it (720h "
+      "of retention was 'not a duration')") {
+    constexpr Millis kCentury{876'600LL * 3'600'000};
+    CHECK(parse_duration("720h", kCentury) == Millis{720LL * 3'600'000});
+    CHECK(parse_duration("876600h", kCentury) == kCentury);
+    CHECK_FALSE(parse_duration("876601h", kCentury));
+    CHECK_FALSE(parse_duration("720h"));  // flow options keep their 7 days
+    CHECK(duration_problem("169h") == "'169h' is longer than the limit of 168h (7 days)");
+    CHECK(duration_problem("876601h", kCentury) ==
+          "'876601h' is longer than the limit of 876600h (36525 days)");
+    CHECK(duration_problem("1.5s") ==
+          "'1.5s' is not a duration: write a whole number and a unit (ms, s, m or h), such as "
+          "250ms, 30s, 5m or 720h");
+    CHECK(duration_problem("caf\xE9") ==
+          "'caf\xEF\xBF\xBD' is not a duration: write a whole number and a unit (ms, s, m or h), "
+          "such as 250ms, 30s, 5m or 720h");
+  }
+
   TEST_CASE("durations format in the largest exact unit") {
     CHECK(format_duration(Millis{0}) == "0ms");
     CHECK(format_duration(Millis{1500}) == "1500ms");

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "flowreg/validate.hpp"
+#include "store/run_store.hpp"
 
 using namespace flowreg;
 
@@ -231,5 +232,22 @@ TEST_SUITE("model") {
     std::vector<std::string> order;
     for (const StepDef* s : topological_order(f)) order.push_back(s->slug);
     CHECK(order == std::vector<std::string>{"fetch", "charge", "reserve", "ship"});
+  }
+
+  TEST_CASE(
+      "regression: the stored definition lists steps dependencies first, in any declared order "
+      "(steps declared before their dependencies failed at run)") {
+    auto reversed =
+        flow({step("total", {"count"}), step("count", {"split"}, StepKind::map), step("split")});
+    std::vector<std::string> order;
+    const auto stored = detail::flow_definition_json(reversed);
+    for (const auto& s : stored["steps"]) order.push_back(s["slug"]);
+    CHECK(order == std::vector<std::string>{"split", "count", "total"});
+    // A flow already in dependency order keeps its own order.
+    auto declared = flow({step("fetch"), step("reserve", {"fetch"}), step("charge", {"fetch"})});
+    order.clear();
+    const auto stored_declared = detail::flow_definition_json(declared);
+    for (const auto& s : stored_declared["steps"]) order.push_back(s["slug"]);
+    CHECK(order == std::vector<std::string>{"fetch", "reserve", "charge"});
   }
 }

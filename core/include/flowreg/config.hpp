@@ -27,8 +27,10 @@ struct PluginSettings {
 };
 
 struct DatabaseSettings {
-  std::string url;                              // empty: the embedded cluster under data_dir
-  std::filesystem::path data_dir = ".flowreg";  // relative to the working directory
+  std::string url;  // empty: the embedded cluster under data_dir
+  // Relative to the configuration file's directory, as plugins.dir is (the built-in defaults,
+  // used without a file: to the working directory).
+  std::filesystem::path data_dir = ".flowreg";
 };
 
 struct WorkerSettings {

@@ -53,8 +53,15 @@ struct OptionOverrides {
   friend bool operator==(const OptionOverrides&, const OptionOverrides&) = default;
 };
 
-// "250ms", "1s", "5m", "1h" -> milliseconds; nullopt when malformed or above Options::kMaxDuration.
-std::optional<Millis> parse_duration(std::string_view text) noexcept;
+// "250ms", "1s", "5m", "1h" -> milliseconds; nullopt when malformed or longer than `max`. The
+// default is the 7-day limit of flow options; durations that are not flow options (how old a run
+// to prune, how long to wait) pass their own limit.
+std::optional<Millis> parse_duration(std::string_view text,
+                                     Millis max = Options::kMaxDuration) noexcept;
+// Why parse_duration(text, max) refused `text`, as a sentence that states the real limit:
+// "'1.5s' is not a duration: write a whole number and a unit (ms, s, m or h), such as ..." or
+// "'169h' is longer than the limit of 168h (7 days)".
+std::string duration_problem(std::string_view text, Millis max = Options::kMaxDuration);
 // The shortest exact form: 1500 -> "1500ms", 60000 -> "1m".
 std::string format_duration(Millis value);
 

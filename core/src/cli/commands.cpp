@@ -39,6 +39,49 @@ struct Globals {
   bool allow_unsafe_plugins = false;
 };
 
+// Durations of the command line that are not flow options (how old a run to prune, how long to
+// wait) have no 7-day limit: 100 years, far inside what PostgreSQL's interval holds.
+constexpr Millis kMaxCommandDuration{876'600LL * 3'600'000};
+
+// JSON for people and scripts. Strings are made valid UTF-8 where they enter (file names, rows,
+// plugins); U+FFFD for anything that slipped through is the second line of defence, so that the
+// serializer never throws.
+std::string json_text(const json& j, int indent = 2) {
+  return j.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
+// A file name, a path or other text from outside, for JSON.
+std::string valid_text(std::string_view raw) { return detail::utf8_valid(raw); }
+
+// Where JSON text first nests deeper than `limit` arrays and objects (its line and column), or
+// nullopt. Scans the raw text, before any parser or serializer (they recurse) sees it.
+std::optional<std::pair<int, int>> nesting_beyond(std::string_view json_text_in, int limit) {
+  int depth = 0, line = 1, column = 0;
+  bool in_string = false, escaped = false;
+  for (char c : json_text_in) {
+    ++column;
+    if (c == '\n') {
+      ++line;
+      column = 0;
+    }
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return std::pair{line, column};
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return std::nullopt;
+}
+
 void print_error(const Error& error) {
   if (error.details.empty()) {
     fmt::print(stderr, "flowreg: {}\n", error.message);
@@ -156,15 +199,16 @@ json flow_json(const RegisteredFlow& registered) {
                      {"depends_on", s.depends_on},
                      {"handler", s.handler},
                      {"options", options_json(flow.step_options(s))}});
-  return {
-      {"slug", flow.slug},
-      {"module", flow.module},
-      {"version", flow_version(flow)},
-      {"description", flow.description},
-      {"source", flow.source.empty() ? json(nullptr) : json(flow.source)},
-      {"options", options_json(flow.options)},
-      {"input_schema", flow.input_schema ? json::parse(flow.input_schema->dump()) : json(nullptr)},
-      {"steps", std::move(steps)}};
+  return {{"slug", flow.slug},
+          {"module", flow.module},
+          {"version", flow_version(flow)},
+          {"description", flow.description},
+          {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
+          {"options", options_json(flow.options)},
+          {"input_schema", flow.input_schema ? json::parse(flow.input_schema->dump(
+                                                   -1, ' ', false, json::error_handler_t::replace))
+                                             : json(nullptr)},
+          {"steps", std::move(steps)}};
 }
 
 void print_flow_text(const RegisteredFlow& registered) {
@@ -212,7 +256,7 @@ int flows_list(const Globals& g, bool as_json) {
   if (as_json) {
     json out = json::array();
     for (const auto& f : flows) out.push_back(flow_json(*f));
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", json_text(out));
     return kExitOk;
   }
   if (flows.empty()) fmt::print(stderr, "no flows registered\n");
@@ -232,7 +276,7 @@ int flows_show(const Globals& g, const std::string& slug, bool as_json, bool as_
     return kExitFailure;
   }
   if (as_json)
-    fmt::print("{}\n", flow_json(*flow).dump(2));
+    fmt::print("{}\n", json_text(flow_json(*flow)));
   else if (as_dot)
     print_flow_dot(flow->def);
   else
@@ -257,8 +301,8 @@ int flows_validate(const std::vector<std::string>& paths) {
 
 json plugin_json(const PluginInfo& p) {
   json error = nullptr;
-  if (p.error) error = {{"stage", p.error->stage}, {"message", p.error->message}};
-  return {{"file", p.file.string()},
+  if (p.error) error = {{"stage", p.error->stage}, {"message", valid_text(p.error->message)}};
+  return {{"file", valid_text(p.file.string())},
           {"module", p.module.empty() ? json(nullptr) : json(p.module)},
           {"sha256", p.sha256.empty() ? json(nullptr) : json(p.sha256)},
           {"abi", p.abi.empty() ? json(nullptr) : json(p.abi)},
@@ -280,7 +324,7 @@ int plugins_list(const Globals& g, bool as_json) {
   if (as_json) {
     json out = json::array();
     for (const auto& p : scanned) out.push_back(plugin_json(p));
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", json_text(out));
     return kExitOk;
   }
   if (scanned.empty()) fmt::print(stderr, "no plugins in {}\n", config->plugins.dir.string());
@@ -317,7 +361,7 @@ int plugins_check(const Globals& g, const std::vector<std::string>& files, bool 
                  fmt::join(info.flows, ", "));
     }
   }
-  if (as_json) fmt::print("{}\n", out.dump(2));
+  if (as_json) fmt::print("{}\n", json_text(out));
   return status;
 }
 
@@ -358,7 +402,8 @@ int db_status(const Globals& g, bool as_json) {
       print_error(status.error());
       return kExitFailure;
     }
-    out["data_dir"] = status->data_dir.string();
+    out["data_dir"] = valid_text(status->data_dir.string());
+    out["cluster_dir"] = valid_text(status->cluster_dir.string());
     out["initialized"] = status->initialized;
     out["running"] = status->running;
     out["postmaster_pid"] = status->running ? json(status->postmaster_pid) : json(nullptr);
@@ -380,7 +425,7 @@ int db_status(const Globals& g, bool as_json) {
   }
   out["migrations"] = migrations;
   if (as_json) {
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", json_text(out));
     return kExitOk;
   }
   if (config->database.url.empty())
@@ -434,7 +479,9 @@ std::string iso_time(const detail::TimePoint& t) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(t));
 }
 
-json to_ordered(const nlohmann::json& j) { return json::parse(j.dump()); }
+json to_ordered(const nlohmann::json& j) {
+  return json::parse(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+}
 
 // The documented JSON form of a run (README, "runs").
 json run_json(const detail::RunInfo& r) {
@@ -465,7 +512,9 @@ json step_json(const detail::StepInfo& s) {
 void print_run_text(const detail::RunInfo& r) {
   fmt::print("run {}  flow={} version={}  {}\n", r.id, r.flow_slug, r.flow_version,
              detail::to_string(r.status));
-  if (r.output) fmt::print("output: {}\n", r.output->dump());
+  if (r.output)
+    fmt::print("output: {}\n",
+               r.output->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   if (r.error) fmt::print("error: {}\n", *r.error);
 }
 
@@ -486,23 +535,32 @@ int run_flow(const Globals& g, const RunArgs& a) {
     return kExitFailure;
   }
   std::optional<Millis> timeout;
-  if (!a.timeout.empty() && !(timeout = parse_duration(a.timeout))) {
-    fmt::print(stderr, "flowreg: --timeout '{}' is not a duration such as 30s or 5m\n", a.timeout);
+  if (!a.timeout.empty() && !(timeout = parse_duration(a.timeout, kMaxCommandDuration))) {
+    fmt::print(stderr, "flowreg: --timeout {}\n", duration_problem(a.timeout, kMaxCommandDuration));
     return kExitUsage;
   }
   // The input, checked before anything is written.
-  std::string text = a.input;
-  if (text.starts_with('@')) {
-    auto read = detail::read_text_file(text.substr(1), 64u << 20);
+  std::string input_text = a.input;
+  if (input_text.starts_with('@')) {
+    auto read = detail::read_text_file(input_text.substr(1), 64u << 20);
     if (!read) {
       fmt::print(stderr, "flowreg: --input {}\n", read.error().format());
       return kExitFailure;
     }
-    text = std::move(*read);
+    input_text = std::move(*read);
   }
-  const nlohmann::json input = nlohmann::json::parse(text, nullptr, false);
-  if (input.is_discarded()) {
-    fmt::print(stderr, "flowreg: --input is not valid JSON\n");
+  // The same nesting limit as YAML files, checked on the text before anything recurses into it.
+  const int max_depth = detail::YamlLimits{}.max_depth;
+  if (auto at = nesting_beyond(input_text, max_depth)) {
+    fmt::print(stderr, "flowreg: --input nests deeper than {} levels (line {}, column {})\n",
+               max_depth, at->first, at->second);
+    return kExitFailure;
+  }
+  nlohmann::json input;
+  try {
+    input = nlohmann::json::parse(input_text);
+  } catch (const nlohmann::json::exception& e) {
+    fmt::print(stderr, "flowreg: --input is not valid JSON: {}\n", valid_text(e.what()));
     return kExitFailure;
   }
   if (flow->def.input_schema) {
@@ -562,11 +620,41 @@ int run_flow(const Globals& g, const RunArgs& a) {
       }
     }
     // NOTIFY wakes us at once; the poll is the fallback.
-    if (listener)
+    if (listener && !listener->connection_lost())
       (void)listener->wait(Millis{1000});
     else
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
     info = db->store.get_run(*id);
+    // The server went away (a restart, a crash and its recovery): reconnect as a worker does,
+    // with backoff from 50 ms doubling to 5 s, and keep waiting.
+    Millis backoff{50};
+    bool reconnecting = false;
+    while (!info &&
+           (info.error().code == Errc::unavailable ||
+            (!reconnecting && db->store.connection_lost())) &&
+           std::chrono::steady_clock::now() < deadline) {
+      if (!reconnecting)
+        fmt::print(stderr,
+                   "flowreg: lost the database while waiting for run {} ({}); reconnecting\n", *id,
+                   info.error().message);
+      reconnecting = true;
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+          backoff, deadline - std::chrono::steady_clock::now()));
+      backoff = std::min(backoff * 2, Millis{5000});
+      auto store = detail::RunStore::connect(db->url);
+      if (!store) {
+        info = tl::unexpected(std::move(store.error()));
+        continue;
+      }
+      db->store = std::move(*store);
+      if (a.wait) {
+        auto l = detail::Listener::connect(db->url, {std::string(detail::kRunsChannel)});
+        listener.reset();
+        if (l) listener = std::move(*l);
+      }
+      info = db->store.get_run(*id);
+    }
+    if (reconnecting && info) fmt::print(stderr, "flowreg: reconnected; still waiting\n");
     if (!info || !*info) {
       print_error(info ? Error{Errc::not_found, "the run vanished", {}} : info.error());
       return kExitFailure;
@@ -574,7 +662,7 @@ int run_flow(const Globals& g, const RunArgs& a) {
   }
   const detail::RunInfo& r = **info;
   if (a.as_json)
-    fmt::print("{}\n", run_json(r).dump(2));
+    fmt::print("{}\n", json_text(run_json(r)));
   else
     print_run_text(r);
   return r.status == detail::RunStatus::completed || r.status == detail::RunStatus::started
@@ -688,9 +776,10 @@ int run(int argc, char** argv) {
   run_cmd->add_flag("--wait", run_args.wait,
                     "Return when the run ends (exit 0 completed, 1 failed)");
   run_cmd->add_option("--timeout", run_args.timeout,
-                      "With --wait: give up after this long (30s, 5m)");
+                      "With --wait: give up after this long (30s, 5m, 24h; at most 876600h)");
   run_cmd->add_option("--idempotency-key", run_args.idempotency_key,
-                      "A second start with the same key returns the first run");
+                      "A second start with the same key and input returns the first run; with "
+                      "another input it is refused");
   run_cmd->add_flag("--json", run_args.as_json, "Print {id, flow, status, output, error, ...}");
   run_cmd->callback([&] { status = run_flow(g, run_args); });
 
@@ -722,7 +811,7 @@ int run(int argc, char** argv) {
           fmt::print("{}  {:<24} {:<10} {}\n", r.id, r.flow_slug, detail::to_string(r.status),
                      iso_time(r.created_at));
       }
-      if (runs_json) fmt::print("{}\n", out.dump(2));
+      if (runs_json) fmt::print("{}\n", json_text(out));
       return kExitOk;
     });
   });
@@ -740,7 +829,7 @@ int run(int argc, char** argv) {
         json out = run_json(**info);
         out["steps"] = json::array();
         for (const auto& s : *steps) out["steps"].push_back(step_json(s));
-        fmt::print("{}\n", out.dump(2));
+        fmt::print("{}\n", json_text(out));
         return kExitOk;
       }
       print_run_text(**info);
@@ -771,14 +860,20 @@ int run(int argc, char** argv) {
     });
   });
   auto* rprune = runs->add_subcommand("prune", "Delete finished runs older than a duration");
-  rprune->add_option("--older-than", prune_age, "A duration: 30m, 12h, ...")->required();
+  rprune
+      ->add_option("--older-than", prune_age,
+                   "A duration: 30m, 12h, 720h (at most 876600h, 100 years)")
+      ->required();
   rprune->callback([&] {
-    status = with_store(g, [&](detail::RunStore& store) {
-      const auto age = parse_duration(prune_age);
-      if (!age)
-        return report(Error{Errc::invalid_argument,
-                            fmt::format("--older-than '{}' is not a duration", prune_age),
+    // Checked before anything connects. Retention is not a flow option: no 7-day limit.
+    const auto age = parse_duration(prune_age, kMaxCommandDuration);
+    if (!age) {
+      status = report(Error{Errc::invalid_argument,
+                            "--older-than " + duration_problem(prune_age, kMaxCommandDuration),
                             {}});
+      return;
+    }
+    status = with_store(g, [&](detail::RunStore& store) {
       auto pruned = store.prune(*age);
       if (!pruned) return report(pruned.error());
       fmt::print("{} run(s) pruned\n", *pruned);

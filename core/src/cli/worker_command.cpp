@@ -31,8 +31,7 @@ Result<Millis> duration_or(const std::string& text, Millis fallback, std::string
   if (text.empty()) return fallback;
   auto d = parse_duration(text);
   if (!d)
-    return make_error(Errc::invalid_argument,
-                      fmt::format("{} '{}' is not a duration (250ms, 10s, 5m)", option, text));
+    return make_error(Errc::invalid_argument, fmt::format("{} {}", option, duration_problem(text)));
   return *d;
 }
 
@@ -212,7 +211,7 @@ int workers_command(detail::RunStore& store, bool as_json) {
                       w.heartbeat_interval ? nlohmann::ordered_json(w.heartbeat_interval->count())
                                            : nlohmann::ordered_json(nullptr)}});
     }
-    fmt::print("{}\n", out.dump(2));
+    fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
     return kExitOk;
   }
   if (workers->empty()) fmt::print("no worker has run on this database\n");

@@ -212,6 +212,9 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
       config.database.url = d->value("url", "");
       if (d->contains("data_dir")) config.database.data_dir = (*d)["data_dir"].get<std::string>();
     }
+    // Relative to the file, as plugins.dir is: the same file used from two working directories
+    // must mean the same cluster.
+    config.database.data_dir = base_dir / config.database.data_dir;
     if (auto w = root.find("worker"); w != root.end()) {
       config.worker.concurrency = w->value("concurrency", config.worker.concurrency);
       config.worker.flows = w->value("flows", std::vector<std::string>{});

@@ -4,11 +4,14 @@
 #include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <fstream>
 #include <sstream>
 #include <unordered_set>
+
+#include "util/strings.hpp"
 
 namespace flowreg::detail {
 
@@ -224,6 +227,25 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_vie
     return fail_at(
         0, 0,
         fmt::format("file is {} bytes; the limit is {} bytes", text.size(), limits.max_file_bytes));
+  // YAML text is Unicode, and flowreg reads it as UTF-8. yaml-cpp would pass other bytes through
+  // into strings (descriptions, schemas) that then break every JSON output: refuse them here, at
+  // their place. utf8_valid() leaves valid text unchanged, so the first byte where its result
+  // differs is the first invalid one.
+  if (!is_utf8(text)) {
+    const std::string valid = utf8_valid(text);
+    const auto bad = static_cast<std::size_t>(
+        std::mismatch(text.begin(), text.end(), valid.begin(), valid.end()).first - text.begin());
+    const std::size_t line_start = text.rfind('\n', bad == 0 ? 0 : bad - 1);
+    const std::size_t from = line_start == std::string_view::npos || bad == 0 ? 0 : line_start + 1;
+    int column = 1;  // in characters, as yaml-cpp counts them
+    for (std::size_t i = from; i < bad; ++i)
+      if ((static_cast<unsigned char>(text[i]) & 0xC0) != 0x80) ++column;
+    const int line = 1 + static_cast<int>(std::count(text.begin(), text.begin() + bad, '\n'));
+    return fail_at(line, column,
+                   fmt::format("byte 0x{:02X} is not valid UTF-8: flowreg files are UTF-8 (convert "
+                               "it, e.g. with iconv -f latin1 -t utf-8)",
+                               static_cast<unsigned char>(text[bad])));
+  }
   std::vector<YAML::Node> documents;
   try {
     std::string owned(text);

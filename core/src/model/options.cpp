@@ -2,6 +2,8 @@
 
 #include <charconv>
 
+#include "util/strings.hpp"
+
 namespace flowreg {
 
 Options OptionOverrides::apply(const Options& base) const noexcept {
@@ -13,7 +15,11 @@ Options OptionOverrides::apply(const Options& base) const noexcept {
   return out;
 }
 
-std::optional<Millis> parse_duration(std::string_view text) noexcept {
+namespace {
+
+// The milliseconds `text` says, or nullopt when it is not a whole number and a unit. At most 12
+// digits: 999999999999h still fits in 64 bits of milliseconds.
+std::optional<std::int64_t> duration_millis(std::string_view text) noexcept {
   std::size_t digits = 0;
   while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
   if (digits == 0 || digits > 12) return std::nullopt;
@@ -31,8 +37,29 @@ std::optional<Millis> parse_duration(std::string_view text) noexcept {
     scale = 3'600'000;
   else
     return std::nullopt;
-  if (amount > Options::kMaxDuration.count() / scale) return std::nullopt;
-  return Millis{amount * scale};
+  return amount * scale;
+}
+
+}  // namespace
+
+std::optional<Millis> parse_duration(std::string_view text, Millis max) noexcept {
+  const auto ms = duration_millis(text);
+  if (!ms || *ms > max.count()) return std::nullopt;
+  return Millis{*ms};
+}
+
+std::string duration_problem(std::string_view text, Millis max) {
+  const std::string quoted =
+      "'" + detail::utf8_valid(detail::utf8_prefix(text, 40)) + (text.size() > 40 ? "...'" : "'");
+  if (!duration_millis(text))
+    return quoted +
+           " is not a duration: write a whole number and a unit (ms, s, m or h), such as 250ms, "
+           "30s, 5m or 720h";
+  constexpr std::int64_t kDay = 24LL * 3'600'000;
+  std::string limit = format_duration(max);
+  if (max.count() % kDay == 0 && max.count() >= kDay)
+    limit += " (" + std::to_string(max.count() / kDay) + " days)";
+  return quoted + " is longer than the limit of " + limit;
 }
 
 std::string format_duration(Millis value) {

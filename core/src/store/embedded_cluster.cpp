@@ -132,6 +132,24 @@ std::optional<fs::path> first_executable(std::initializer_list<const char*> cand
   return std::nullopt;
 }
 
+// Whether `user` can reach `dir`: every existing directory above it grants `user` search
+// permission (as owner, as its primary group, or as others; supplementary groups are not
+// counted, which can only make this answer no where yes was right). Directories still to be
+// created are made by us with mode 0755. `dir` itself is made searchable by prepare_dirs.
+bool reachable_by(const fs::path& dir, const UserInfo& user) {
+  for (fs::path p = dir.parent_path(); !p.empty(); p = p.parent_path()) {
+    struct stat st {};
+    if (::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      const mode_t bit = st.st_uid == user.uid   ? S_IXUSR
+                         : st.st_gid == user.gid ? S_IXGRP
+                                                 : S_IXOTH;
+      if ((st.st_mode & bit) == 0) return false;
+    }
+    if (p == p.root_path()) break;
+  }
+  return true;
+}
+
 // A libpq connection string value: single-quoted, with \ and ' escaped.
 std::string conninfo_value(std::string_view v) {
   std::string out = "'";
@@ -344,9 +362,34 @@ Result<EmbeddedCluster> EmbeddedCluster::open(ClusterOptions options) {
   if (!bin_dir) return tl::unexpected(bin_dir.error());
   options.bin_dir = *bin_dir;
 
-  // The owner: whoever owns an existing cluster; else ourselves, or "postgres" when we are root.
+  // Where the cluster lives (its home: pg/, pg.log, run/). Normally in the data directory. Root
+  // runs the cluster as the user "postgres", which must reach it; a checkout in root's 0700 home
+  // (the usual case on a fresh machine) is out of its reach, and widening the permissions of
+  // root's home is not ours to do. Then the cluster lives in a directory of its own under
+  // options.relocation_root (/var/lib/flowreg/<hash of the data directory's path>), and
+  // <data_dir>/pg is a symbolic link to it: it is found again from the link at every start, and
+  // the link shows where it is. Everything else (the lock, the plugin cache) stays in data_dir.
   const uid_t euid = ::geteuid();
-  const fs::path cluster_dir = options.data_dir / "pg";
+  fs::path home = options.data_dir;
+  const fs::path link = options.data_dir / "pg";
+  if (struct stat lst{}; ::lstat(link.c_str(), &lst) == 0) {
+    if (S_ISLNK(lst.st_mode)) {
+      const fs::path target = fs::read_symlink(link, ec);
+      if (ec || !target.is_absolute() || target.filename() != "pg")
+        return make_error(Errc::invalid_argument,
+                          fmt::format("{} is a symbolic link to {}, not to the 'pg' directory of "
+                                      "a cluster home: remove it",
+                                      link.string(), target.string()));
+      home = target.parent_path();
+    }
+  } else if (euid == 0) {
+    const auto postgres = user_by_name("postgres");
+    if (postgres && !reachable_by(options.data_dir, *postgres))
+      home = options.relocation_root / sha256_hex(options.data_dir.string()).substr(0, 16);
+  }
+
+  // The owner: whoever owns an existing cluster; else ourselves, or "postgres" when we are root.
+  const fs::path cluster_dir = home / "pg";
   struct stat st {};
   std::optional<UserInfo> owner;
   if (::stat(cluster_dir.c_str(), &st) == 0) {
@@ -395,7 +438,8 @@ Result<EmbeddedCluster> EmbeddedCluster::open(ClusterOptions options) {
   cluster.owner_name_ = owner->name;
   cluster.owner_uid_ = owner->uid;
   cluster.owner_gid_ = owner->gid;
-  cluster.socket_dir_ = socket_dir_for(options.data_dir);
+  cluster.home_ = home;
+  cluster.socket_dir_ = socket_dir_for(home);
   cluster.options_ = std::move(options);
   return cluster;
 }
@@ -408,9 +452,9 @@ std::string EmbeddedCluster::connection_string(std::string_view database) const 
 Result<ClusterStatus> EmbeddedCluster::status() const {
   ClusterStatus s;
   s.data_dir = options_.data_dir;
-  s.cluster_dir = options_.data_dir / "pg";
+  s.cluster_dir = home_ / "pg";
   s.socket_dir = socket_dir_;
-  s.log_file = options_.data_dir / "pg.log";
+  s.log_file = home_ / "pg.log";
   s.bin_dir = options_.bin_dir;
   s.owner = owner_name_;
   s.connection_string = connection_string();
@@ -430,13 +474,14 @@ namespace {
 // Everything start() and stop() need, bound to one cluster.
 struct Ops {
   const ClusterOptions& options;
+  const fs::path& home;  // the data directory, or the cluster's own directory elsewhere
   const std::vector<std::string>& run_as;
   const fs::path& socket_dir;
   const std::string& owner_name;
   uid_t uid;
   gid_t gid;
-  fs::path cluster_dir = options.data_dir / "pg";
-  fs::path log_file = options.data_dir / "pg.log";
+  fs::path cluster_dir = home / "pg";
+  fs::path log_file = home / "pg.log";
 
   bool as_other_user() const { return !run_as.empty(); }
 
@@ -454,26 +499,27 @@ struct Ops {
     if (ec)
       return make_error(Errc::io, fmt::format("cannot create data directory {}: {}",
                                               options.data_dir.string(), ec.message()));
+    if (home != options.data_dir)
+      if (auto r = prepare_home(); !r) return r;
     if (as_other_user()) {
       // The owner must be able to reach its cluster inside our directory: search permission for
       // others (no read: they cannot list it).
       struct stat st {};
-      if (::stat(options.data_dir.c_str(), &st) != 0)
-        return make_error(Errc::io, fmt::format("cannot stat {}: {}", options.data_dir.string(),
-                                                errno_text(errno)));
+      if (::stat(home.c_str(), &st) != 0)
+        return make_error(Errc::io,
+                          fmt::format("cannot stat {}: {}", home.string(), errno_text(errno)));
       if ((st.st_mode & S_IXOTH) == 0)
-        if (auto r = chmod_to(options.data_dir, (st.st_mode & 07777) | S_IXOTH); !r) return r;
-      auto probe =
-          run({"/usr/bin/test", "-x", options.data_dir.string()}, std::chrono::seconds(10));
+        if (auto r = chmod_to(home, (st.st_mode & 07777) | S_IXOTH); !r) return r;
+      auto probe = run({"/usr/bin/test", "-x", home.string()}, std::chrono::seconds(10));
       if (!probe.exited_ok())
         return make_error(
             Errc::io,
             fmt::format("the user '{}' that runs the cluster cannot enter {}: a parent directory "
                         "is not searchable by it (chmod o+x the parents, or use a data directory "
                         "elsewhere, such as under /var/lib)",
-                        owner_name, options.data_dir.string()));
+                        owner_name, home.string()));
     }
-    const bool socket_in_data_dir = socket_dir.parent_path() == options.data_dir;
+    const bool socket_in_data_dir = socket_dir.parent_path() == home;
     if (auto r = private_dir(socket_dir, uid, gid, socket_in_data_dir); !r) return r;
     if (!fs::exists(log_file, ec)) {
       const int fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
@@ -487,10 +533,39 @@ struct Ops {
     return {};
   }
 
+  // A cluster home outside the data directory (see EmbeddedCluster::open): created (mode 0755,
+  // ours) under the relocation root, with a note naming the data directory it serves, and
+  // linked from <data_dir>/pg.
+  Result<void> prepare_home() const {
+    std::error_code ec;
+    fs::create_directories(home.parent_path().parent_path(), ec);
+    for (const fs::path& dir : {home.parent_path(), home}) {
+      if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+        return make_error(Errc::io, fmt::format("cannot create directory {}: {}", dir.string(),
+                                                errno_text(errno)));
+      struct stat st {};
+      if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
+          (st.st_mode & 022) != 0)
+        return make_error(Errc::io,
+                          fmt::format("{} must be a directory of uid {} that others cannot write "
+                                      "to: remove it or fix it",
+                                      dir.string(), ::geteuid()));
+    }
+    if (auto r = write_file(home / "data_dir", options.data_dir.string() + "\n"); !r) return r;
+    const fs::path link = options.data_dir / "pg";
+    if (!fs::is_symlink(link, ec)) {
+      fs::create_symlink(cluster_dir, link, ec);
+      if (ec)
+        return make_error(Errc::io, fmt::format("cannot link {} to {}: {}", link.string(),
+                                                cluster_dir.string(), ec.message()));
+    }
+    return {};
+  }
+
   // initdb into a scratch directory, renamed into place when complete: a crash half-way leaves
   // no half-made cluster behind.
   Result<void> init() const {
-    const fs::path scratch = options.data_dir / "pg.initdb";
+    const fs::path scratch = home / "pg.initdb";
     std::error_code ec;
     fs::remove_all(scratch, ec);
     if (auto r = private_dir(scratch, uid, gid, true); !r) return r;
@@ -621,7 +696,7 @@ Result<std::string> EmbeddedCluster::ensure_running() {
 }
 
 Result<StartOutcome> EmbeddedCluster::start() {
-  const Ops ops{options_, run_as_owner_, socket_dir_, owner_name_, owner_uid_, owner_gid_};
+  const Ops ops{options_, home_, run_as_owner_, socket_dir_, owner_name_, owner_uid_, owner_gid_};
   std::error_code ec;
   fs::create_directories(options_.data_dir, ec);
   if (ec)
@@ -670,7 +745,7 @@ Result<StartOutcome> EmbeddedCluster::start() {
 }
 
 Result<void> EmbeddedCluster::stop() {
-  const Ops ops{options_, run_as_owner_, socket_dir_, owner_name_, owner_uid_, owner_gid_};
+  const Ops ops{options_, home_, run_as_owner_, socket_dir_, owner_name_, owner_uid_, owner_gid_};
   std::error_code ec;
   if (!fs::exists(options_.data_dir, ec)) return {};
   auto lock = FileLock::acquire(options_.data_dir / "cluster.lock",
@@ -678,7 +753,7 @@ Result<void> EmbeddedCluster::stop() {
   if (!lock) return tl::unexpected(lock.error());
   // A socket directory of our own in /tmp goes away with the server; <data_dir>/run stays.
   const auto remove_private_socket_dir = [&] {
-    if (socket_dir_.parent_path() != options_.data_dir) fs::remove(socket_dir_, ec);
+    if (socket_dir_.parent_path() != home_) fs::remove(socket_dir_, ec);
   };
   if (!running_postmaster(ops.cluster_dir)) {
     remove_private_socket_dir();  // only when empty: a crashed server may have left its socket

@@ -7,6 +7,10 @@
 //   <data_dir>/pg.log         the server log (pg_ctl -l)
 //   <data_dir>/run/           the unix socket directory (0700), or /tmp/flowreg-<hash> when
 //                             "<data_dir>/run/.s.PGSQL.5432" would not fit in sun_path (107 bytes)
+// pg/, pg.log and run/ live in the cluster's home, which is the data directory, except when root
+// runs flowreg on a data directory the user "postgres" cannot reach (a checkout in root's 0700
+// home): then the home is <relocation_root>/<hash of data_dir> (/var/lib/flowreg/...), and
+// <data_dir>/pg is a symbolic link to <home>/pg, by which later starts find it.
 // The server listens on that unix socket only (listen_addresses = ''), authentication is "trust":
 // only the cluster owner (and root) can open the 0700 socket directory.
 //
@@ -39,6 +43,8 @@ struct ClusterOptions {
   // them, else the newest /usr/lib/postgresql/<version>/bin.
   std::filesystem::path bin_dir;
   std::string database = "flowreg";  // created on first start
+  // Where root keeps the homes of clusters whose data directory the user "postgres" cannot reach.
+  std::filesystem::path relocation_root = "/var/lib/flowreg";
   // Passed to pg_ctl -t for start and stop; a start also waits this long for a killed server's
   // processes to go away.
   std::chrono::seconds start_timeout{60};
@@ -97,6 +103,8 @@ class EmbeddedCluster {
   std::string connection_string() const { return connection_string(options_.database); }
 
   const std::filesystem::path& data_dir() const noexcept { return options_.data_dir; }
+  // Where pg/, pg.log and run/ live: data_dir(), or a directory under relocation_root.
+  const std::filesystem::path& home() const noexcept { return home_; }
   const std::filesystem::path& bin_dir() const noexcept { return options_.bin_dir; }
   const std::filesystem::path& socket_dir() const noexcept { return socket_dir_; }
 
@@ -108,6 +116,7 @@ class EmbeddedCluster {
   EmbeddedCluster() = default;
 
   ClusterOptions options_;
+  std::filesystem::path home_;
   std::filesystem::path socket_dir_;
   std::string owner_name_;
   uid_t owner_uid_ = 0;

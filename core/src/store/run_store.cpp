@@ -7,6 +7,9 @@
 #include <set>
 #include <utility>
 
+#include "util/sha256.hpp"
+#include "util/strings.hpp"
+
 namespace flowreg::detail {
 
 namespace {
@@ -63,6 +66,7 @@ const std::vector<Statement>& statements() {
       {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text"},
       {"prune", "SELECT flowreg.prune($1::bigint * interval '1 ms')"},
       {"get_run", std::string("SELECT ") + kRunColumns + " FROM flowreg.runs WHERE id = $1::uuid"},
+      {"same_input", "SELECT input = $2::jsonb, input::text FROM flowreg.runs WHERE id = $1::uuid"},
       {"list_runs", std::string("SELECT ") + kRunColumns +
                         " FROM flowreg.runs WHERE ($1 = '' OR flow_slug = $1)"
                         " AND ($2 = '' OR status = $2) ORDER BY created_at DESC, id LIMIT $3::int"},
@@ -86,14 +90,35 @@ std::optional<TimePoint> opt_time(const pqxx::field& f) {
   return from_micros(f.as<std::int64_t>());
 }
 
+// Text read from the server enters here. A UTF8 database only holds valid UTF-8, but a
+// database.url may name one in SQL_ASCII, which stores any byte: invalid sequences become U+FFFD.
+std::string row_text(const pqxx::field& f) {
+  return utf8_valid(std::string_view(f.c_str(), f.size()));
+}
+
 std::optional<std::string> opt_text(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
-  return f.as<std::string>();
+  return row_text(f);
 }
+
+Json row_json(const pqxx::field& f) { return Json::parse(row_text(f)); }
 
 std::optional<Json> opt_json(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
-  return Json::parse(f.c_str());
+  return row_json(f);
+}
+
+// JSON text sent to the server: never throws on invalid UTF-8 (it becomes U+FFFD).
+std::string json_text(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+// A run input in a message: its JSON text when short, else its size and SHA-256.
+std::string describe_input(std::string_view json) {
+  constexpr std::size_t kShown = 200;
+  if (json.size() <= kShown) return std::string(json);
+  return fmt::format("{}... ({} bytes of JSON, sha256 {})", utf8_prefix(json, 60), json.size(),
+                     sha256_hex(json));
 }
 
 // Runs `body`, translating what pqxx and the JSON parser throw into an Error naming `what`.
@@ -129,7 +154,7 @@ RunInfo run_of(const pqxx::row& r) {
   info.flow_slug = r[1].as<std::string>();
   info.flow_version = r[2].as<std::string>();
   info.status = parse_run_status(r[3].as<std::string>()).value_or(RunStatus::started);
-  info.input = Json::parse(r[4].c_str());
+  info.input = row_json(r[4]);
   info.output = opt_json(r[5]);
   info.error = opt_text(r[6]);
   info.created_at = from_micros(r[7].as<std::int64_t>());
@@ -151,7 +176,7 @@ ClaimedTask claimed_task(const pqxx::row& r, int first) {
   t.step_slug = at(4).as<std::string>();
   t.task_index = at(5).as<int>();
   t.attempt = at(6).as<int>();
-  t.input = Json::parse(at(7).c_str());
+  t.input = row_json(at(7));
   t.max_attempts = at(8).as<int>();
   t.timeout = Millis(at(9).as<std::int64_t>());
   t.lease_expires_at = from_micros(at(10).as<std::int64_t>());
@@ -188,8 +213,12 @@ std::optional<RunStatus> parse_run_status(std::string_view text) noexcept {
 }
 
 Json flow_definition_json(const FlowDef& flow) {
+  // Steps are stored dependencies first (the store numbers them in this order): a flow may list
+  // them in any order that validates. topological_order is stable (each time the earliest
+  // declared ready step), so a flow written in dependency order keeps its own order.
   Json steps = Json::array();
-  for (const auto& step : flow.steps) {
+  for (const StepDef* s : topological_order(flow)) {
+    const StepDef& step = *s;
     const Options o = flow.step_options(step);
     steps.push_back({{"slug", step.slug},
                      {"kind", std::string(to_string(step.kind))},
@@ -255,24 +284,29 @@ Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version
     return make_error(Errc::invalid_argument, what + ": the slug and the version must be set");
   if (flow.steps.empty())
     return make_error(Errc::invalid_argument, what + ": the flow has no step");
-  std::set<std::string_view> seen;
+  std::set<std::string_view> declared;
+  for (const auto& step : flow.steps)
+    if (!declared.insert(step.slug).second)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("{}: step '{}' is declared twice", what, step.slug));
   for (const auto& step : flow.steps) {
     for (const auto& dep : step.depends_on)
-      if (!seen.contains(dep))
+      if (!declared.contains(dep))
         return make_error(Errc::invalid_argument,
-                          fmt::format("{}: step '{}' depends on '{}', which is not declared before "
-                                      "it",
+                          fmt::format("{}: step '{}' depends on '{}', which is not a step of the "
+                                      "flow",
                                       what, step.slug, dep));
     if (step.kind == StepKind::map && step.depends_on.size() > 1)
       return make_error(Errc::invalid_argument,
                         fmt::format("{}: map step '{}' has {} dependencies; a map step has at "
                                     "most one",
                                     what, step.slug, step.depends_on.size()));
-    if (!seen.insert(step.slug).second)
-      return make_error(Errc::invalid_argument,
-                        fmt::format("{}: step '{}' is declared twice", what, step.slug));
   }
-  const std::string def = flow_definition_json(flow).dump();
+  // The declaration order does not matter; a cycle does (validate_flow names it).
+  if (topological_order(flow).size() != flow.steps.size())
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{}: its dependencies form a cycle", what));
+  const std::string def = json_text(flow_definition_json(flow));
   return guarded(what, [&]() -> Result<bool> {
     return impl_->exec("upsert_flow", flow.slug, std::string(version), def)[0][0].as<bool>();
   });
@@ -284,11 +318,25 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
       fmt::format("starting a run of flow '{}' version '{}'", flow_slug, version);
   if (options.idempotency_key && options.idempotency_key->empty())
     return make_error(Errc::invalid_argument, what + ": the idempotency key is empty");
+  const std::string text = json_text(input);
   return guarded(what, [&]() -> Result<RunId> {
-    auto rows = impl_->exec("start_run", std::string(flow_slug), std::string(version), input.dump(),
+    auto rows = impl_->exec("start_run", std::string(flow_slug), std::string(version), text,
                             options.idempotency_key.value_or(""), options.retry_of.value_or(""));
     if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
-    return rows[0][0].as<std::string>();
+    RunId id = rows[0][0].as<std::string>();
+    const bool created = rows[0][1].as<bool>();
+    if (created || !options.idempotency_key) return id;
+    // The key was used before: by the same input (compared as jsonb: key order and spacing do
+    // not matter), that run is the answer; by another input, the key is being reused by mistake.
+    auto prior = impl_->exec("same_input", id, text);
+    if (prior.empty() || prior[0][0].as<bool>()) return id;
+    return make_error(
+        Errc::invalid_argument,
+        fmt::format("{}: conflict: idempotency key '{}' was already used by run {} with another "
+                    "input (a key stands for one input; use a new key for a new input)\n"
+                    "  that run's input: {}\n  this input:       {}",
+                    what, utf8_valid(*options.idempotency_key), id,
+                    describe_input(row_text(prior[0][1])), describe_input(text)));
   });
 }
 
@@ -300,7 +348,8 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
   Json all = Json::array();
   for (const auto& input : inputs) all.push_back(input);
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
-    auto rows = impl_->exec("start_runs", std::string(flow_slug), std::string(version), all.dump());
+    auto rows =
+        impl_->exec("start_runs", std::string(flow_slug), std::string(version), json_text(all));
     std::vector<RunId> out;
     out.reserve(rows.size());
     for (const auto& row : rows) out.push_back(row[0].as<std::string>());
@@ -338,7 +387,7 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
   if (limit <= 0 || flows.empty()) return std::vector<ClaimedTask>{};
   const Json keys = flow_keys_json(flows);
   return guarded("claiming tasks", [&]() -> Result<std::vector<ClaimedTask>> {
-    auto rows = impl_->exec("claim", std::string(worker_id), keys.dump(), limit);
+    auto rows = impl_->exec("claim", std::string(worker_id), json_text(keys), limit);
     std::vector<ClaimedTask> out;
     out.reserve(rows.size());
     for (const auto& r : rows) out.push_back(claimed_task(r, 0));
@@ -355,7 +404,7 @@ Result<std::vector<TaskId>> RunStore::renew(std::string_view worker_id,
   const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
   return guarded("renewing leases", [&]() -> Result<std::vector<TaskId>> {
     return ids_of(
-        impl_->exec("renew", std::string(worker_id), batch.dump(), lease_ms, skip_locked));
+        impl_->exec("renew", std::string(worker_id), json_text(batch), lease_ms, skip_locked));
   });
 }
 
@@ -369,7 +418,7 @@ Result<std::vector<CrashOutcome>> RunStore::report_crashes(std::span<const Crash
                      {"signal", r.signal ? Json(*r.signal) : Json(nullptr)}});
   return guarded("reporting crashed handlers", [&]() -> Result<std::vector<CrashOutcome>> {
     std::vector<CrashOutcome> out;
-    for (const auto& row : impl_->exec("report_crashes", batch.dump(), limit)) {
+    for (const auto& row : impl_->exec("report_crashes", json_text(batch), limit)) {
       const std::string_view kind = row[1].c_str();
       out.push_back(CrashOutcome{row[0].as<TaskId>(), kind == "failed" ? CrashOutcome::Kind::failed
                                                       : kind == "counted"
@@ -385,9 +434,9 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
                                   std::span<const Failure> failures, std::span<const FlowKey> flows,
                                   int limit, std::optional<Millis> lease) {
   const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
-  const std::string done = completions_json(completions).dump();
-  const std::string failed = failures_json(failures).dump();
-  const std::string keys = flow_keys_json(flows).dump();
+  const std::string done = json_text(completions_json(completions));
+  const std::string failed = json_text(failures_json(failures));
+  const std::string keys = json_text(flow_keys_json(flows));
   return guarded("recording results and claiming tasks", [&]() -> Result<WorkResult> {
     auto rows = impl_->exec("work", std::string(worker_id), done, failed, keys, std::max(limit, 0),
                             lease_ms);
@@ -414,12 +463,12 @@ Result<std::vector<TaskId>> RunStore::release(std::string_view worker_id,
   for (const auto& t : tasks)
     batch.push_back({{"id", t.id}, {"attempt", t.attempt}, {"ran", t.ran}});
   return guarded("releasing tasks", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("release", std::string(worker_id), batch.dump()));
+    return ids_of(impl_->exec("release", std::string(worker_id), json_text(batch)));
   });
 }
 
 Result<void> RunStore::heartbeat(const WorkerRecord& worker, bool stopped) {
-  const std::string keys = flow_keys_json(worker.flows).dump();
+  const std::string keys = json_text(flow_keys_json(worker.flows));
   return guarded(fmt::format("recording the heartbeat of worker {}", worker.id),
                  [&]() -> Result<void> {
                    const std::int64_t every_ms =
@@ -437,11 +486,11 @@ Result<std::vector<WorkerRecord>> RunStore::list_workers() {
     std::vector<WorkerRecord> out;
     for (const auto& r : impl_->exec("list_workers")) {
       WorkerRecord w;
-      w.id = r[0].as<std::string>();
-      w.host = r[1].as<std::string>();
+      w.id = row_text(r[0]);
+      w.host = row_text(r[1]);
       w.pid = r[2].as<int>();
       w.concurrency = r[3].as<int>();
-      for (const auto& f : Json::parse(r[4].c_str()))
+      for (const auto& f : row_json(r[4]))
         w.flows.push_back(FlowKey{f.value("slug", ""), f.value("version", "")});
       w.started_at = from_micros(r[5].as<std::int64_t>());
       w.last_heartbeat_at = from_micros(r[6].as<std::int64_t>());
@@ -459,7 +508,7 @@ bool RunStore::connection_lost() const noexcept { return impl_ == nullptr || imp
 
 Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> completions) {
   if (completions.empty()) return std::vector<TaskId>{};
-  const std::string batch = completions_json(completions).dump();
+  const std::string batch = json_text(completions_json(completions));
   return guarded("completing tasks", [&]() -> Result<std::vector<TaskId>> {
     return ids_of(impl_->exec("complete", batch));
   });
@@ -467,7 +516,7 @@ Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> compl
 
 Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {
   if (failures.empty()) return std::vector<TaskId>{};
-  const std::string batch = failures_json(failures).dump();
+  const std::string batch = json_text(failures_json(failures));
   return guarded("failing tasks", [&]() -> Result<std::vector<TaskId>> {
     return ids_of(impl_->exec("fail", batch));
   });
@@ -517,7 +566,7 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                    std::vector<StepInfo> out;
                    for (const auto& r : impl_->exec("run_steps", run)) {
                      StepInfo s;
-                     s.slug = r[0].as<std::string>();
+                     s.slug = row_text(r[0]);
                      s.kind = r[1].as<std::string>();
                      s.status = r[2].as<std::string>();
                      s.task_count = r[3].as<int>();

@@ -59,7 +59,9 @@ struct FlowKey {
 };
 
 struct StartOptions {
-  // A second start of the same flow slug with the same key returns the first run.
+  // A second start of the same flow slug with the same key and the same input (compared as
+  // jsonb) returns the first run; with another input it is refused (Errc::invalid_argument, a
+  // message showing both inputs, or their digests when large).
   std::optional<std::string> idempotency_key;
   std::optional<RunId> retry_of;  // lineage: the run this one retries
 };
@@ -171,7 +173,8 @@ struct RunFilter {
 };
 
 // The JSON stored for a flow version: slug, input_schema, and per step its slug, kind, depends_on,
-// handler and effective options (max_attempts, base_delay_ms, max_delay_ms, timeout_ms).
+// handler and effective options (max_attempts, base_delay_ms, max_delay_ms, timeout_ms). Steps
+// come in a stable topological order (dependencies first, else as declared).
 Json flow_definition_json(const FlowDef& flow);
 
 class RunStore {
@@ -188,8 +191,9 @@ class RunStore {
   // Stores `flow` as (flow.slug, version). Idempotent. A stored version whose options or input
   // schema differ is updated: tasks created from then on use the new options.
   // Errc::invalid_argument when that version is stored with a different shape (steps, kinds,
-  // dependencies, handlers), or when the flow is malformed (unknown dependency, a map step with
-  // more than one dependency). Returns true when this call stored or updated it.
+  // dependencies, handlers), or when the flow is malformed (unknown dependency, a cycle, a map
+  // step with more than one dependency); steps may be declared in any order. Returns true when
+  // this call stored or updated it.
   Result<bool> upsert_flow(const FlowDef& flow, std::string_view version);
 
   // Starts a run of a stored flow version (Errc::not_found when it is not stored). Input
