@@ -121,6 +121,14 @@ std::string describe_input(std::string_view json) {
                      sha256_hex(json));
 }
 
+// The text of a libpq/pqxx exception as one line of a message: valid UTF-8 (it comes from the
+// server), without the trailing newlines libpq ends its messages with, nor its "ERROR:  " prefix.
+std::string server_text(std::string_view text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  if (text.starts_with("ERROR:  ")) text.remove_prefix(8);
+  return utf8_valid(text);
+}
+
 // Runs `body`, translating what pqxx and the JSON parser throw into an Error naming `what`.
 template <class F>
 auto guarded(std::string_view what, F&& body) -> decltype(body()) {
@@ -133,18 +141,15 @@ auto guarded(std::string_view what, F&& body) -> decltype(body()) {
     if (state == "22023" || state == "22P02") code = Errc::invalid_argument;
     // Connection exceptions (08) and operator intervention (57: shutdown, crash recovery).
     if (state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0) code = Errc::unavailable;
-    std::string message = e.what();
-    while (!message.empty() && (message.back() == '\n' || message.back() == ' '))
-      message.pop_back();
-    if (message.rfind("ERROR:  ", 0) == 0) message.erase(0, 8);
-    return make_error(code, fmt::format("{}: {}", what, message));
+    return make_error(code, fmt::format("{}: {}", what, server_text(e.what())));
   } catch (const pqxx::broken_connection& e) {
-    return make_error(Errc::unavailable, fmt::format("{}: connection lost: {}", what, e.what()));
-  } catch (const pqxx::in_doubt_error& e) {
     return make_error(Errc::unavailable,
-                      fmt::format("{}: connection lost during commit: {}", what, e.what()));
+                      fmt::format("{}: connection lost: {}", what, server_text(e.what())));
+  } catch (const pqxx::in_doubt_error& e) {
+    return make_error(Errc::unavailable, fmt::format("{}: connection lost during commit: {}", what,
+                                                     server_text(e.what())));
   } catch (const std::exception& e) {
-    return make_error(Errc::database, fmt::format("{}: {}", what, e.what()));
+    return make_error(Errc::database, fmt::format("{}: {}", what, server_text(e.what())));
   }
 }
 
