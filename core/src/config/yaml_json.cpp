@@ -2,13 +2,17 @@
 
 #include <fmt/format.h>
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <unordered_set>
+
+#include "util/strings.hpp"
 
 namespace flowreg::detail {
 
@@ -211,6 +215,37 @@ class Converter {
   std::vector<Diagnostic> errors_;
 };
 
+// Where yaml-cpp stops making progress, if it does. On some stray tokens at the start of a
+// document (", a]"), its parser returns an empty document without consuming anything, again and
+// again, and YAML::LoadAll loops for ever, growing its list of documents. The documents are walked
+// here first as events, without building nodes; each must start further on than the one before.
+std::optional<YAML::Mark> stuck_at(const std::string& text) {
+  struct DocumentStarts final : YAML::EventHandler {
+    void OnDocumentStart(const YAML::Mark& mark) override { last = mark; }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                         YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                    YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+    YAML::Mark last = YAML::Mark::null_mark();
+  };
+  std::istringstream stream(text);
+  YAML::Parser parser(stream);
+  DocumentStarts starts;
+  std::optional<int> previous;
+  while (parser.HandleNextDocument(starts)) {
+    if (previous && starts.last.pos <= *previous) return starts.last;
+    previous = starts.last.pos;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_view text,
@@ -227,13 +262,23 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_vie
   std::vector<YAML::Node> documents;
   try {
     std::string owned(text);
+    if (auto stuck = stuck_at(owned)) {
+      const auto at = static_cast<std::size_t>(stuck->pos);
+      return fail_at(stuck->line + 1, stuck->column + 1,
+                     at < owned.size()
+                         ? fmt::format("invalid YAML: unexpected '{}'",
+                                       utf8_valid(std::string_view(owned).substr(at, 1)))
+                         : std::string("invalid YAML: unexpected end of file"));
+    }
     documents = YAML::LoadAll(owned);
   } catch (const YAML::DeepRecursion& e) {
     return fail_at(e.mark.line + 1, e.mark.column + 1,
                    fmt::format("nesting is deeper than {} levels", limits.max_depth));
   } catch (const YAML::Exception& e) {
-    if (e.mark.is_null()) return fail_at(0, 0, "invalid YAML: " + e.msg);
-    return fail_at(e.mark.line + 1, e.mark.column + 1, "invalid YAML: " + e.msg);
+    // yaml-cpp quotes single bytes of the input ("unknown escape character: \xC3"), which can cut
+    // a character in two.
+    if (e.mark.is_null()) return fail_at(0, 0, "invalid YAML: " + utf8_valid(e.msg));
+    return fail_at(e.mark.line + 1, e.mark.column + 1, "invalid YAML: " + utf8_valid(e.msg));
   }
   if (documents.empty() || (documents.size() == 1 && documents[0].IsNull()))
     return fail_at(0, 0, "the file is empty; expected a mapping (for example with a 'flows' key)");
