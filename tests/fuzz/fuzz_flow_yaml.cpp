@@ -21,13 +21,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (!config) {
     FUZZ_CHECK(!config.error().message.empty());
     FUZZ_CHECK(!config.error().details.empty());
-    // Messages quote the input; they must not cut a character of a valid input in two.
-    if (detail::is_utf8(text))
-      for (const auto& d : config.error().details) FUZZ_CHECK(detail::is_utf8(d.format()));
+    // Messages quote the input, which is made valid UTF-8 where it enters: they are valid too.
+    for (const auto& d : config.error().details) FUZZ_CHECK(detail::is_utf8(d.format()));
     return 0;
   }
   for (const FlowDef& flow : config->flows) {
     FUZZ_CHECK(validate_flow(flow).empty());
+    FUZZ_CHECK(detail::is_utf8(flow.description));
     // Every accepted flow can be scheduled: each step after the steps it depends on.
     const auto order = topological_order(flow);
     FUZZ_CHECK(order.size() == flow.steps.size());

@@ -36,6 +36,19 @@ TEST_SUITE("config") {
     CHECK(problems[0] == "inline.yaml:1:12: invalid YAML: unknown escape character: \xef\xbf\xbd");
   }
 
+  TEST_CASE(
+      "regression: a YAML string that is not UTF-8 reached valijson, which read past a table") {
+    // fuzz_flow_yaml (UBSan): valijson's maxLength counts UTF-8 characters with a table indexed by
+    // the lead byte. The text is made valid where it enters.
+    auto config = parse_config(
+        "flows:\n  - slug: f\n    description: caf\xe9 \x8e\n    steps: [{slug: s, handler: "
+        "m.s}]\n",
+        "inline.yaml");
+    REQUIRE(config);
+    REQUIRE(config->flows.size() == 1);
+    CHECK(config->flows[0].description == "caf\xef\xbf\xbd \xef\xbf\xbd");
+  }
+
   TEST_CASE("regression: a stray ',' at the start of a YAML document hung the loader for ever") {
     // fuzz_flow_yaml: yaml-cpp's LoadAll returned an empty document at the same place, forever.
     CHECK(problems_of_text(", a]\n") ==

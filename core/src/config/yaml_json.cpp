@@ -261,7 +261,10 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_vie
         fmt::format("file is {} bytes; the limit is {} bytes", text.size(), limits.max_file_bytes));
   std::vector<YAML::Node> documents;
   try {
-    std::string owned(text);
+    // Text that is not UTF-8 (a Latin-1 description) gets U+FFFD where it is invalid, here where
+    // it enters: nothing downstream (valijson's string lengths, messages, JSON output, the
+    // database) ever sees invalid UTF-8.
+    std::string owned = utf8_valid(text);
     if (auto stuck = stuck_at(owned)) {
       const auto at = static_cast<std::size_t>(stuck->pos);
       return fail_at(stuck->line + 1, stuck->column + 1,
