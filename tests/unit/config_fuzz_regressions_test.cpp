@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <string_view>
 
 #include "config/json_schema.hpp"
 #include "support/config_problems.hpp"
@@ -47,6 +48,16 @@ TEST_SUITE("config") {
     REQUIRE(config);
     REQUIRE(config->flows.size() == 1);
     CHECK(config->flows[0].description == "caf\xef\xbf\xbd \xef\xbf\xbd");
+  }
+
+  TEST_CASE(
+      "regression: yaml-cpp turned a NUL byte of valid input into a message that is not UTF-8") {
+    // fuzz_flow_yaml: the plain scalar "x\0_y" comes out of yaml-cpp as "x\xA0y".
+    using namespace std::string_view_literals;
+    CHECK(
+        problems_of_text("flows:x\0_y: 1\n"sv) ==
+        std::vector<std::string>{"inline.yaml:1:1: unknown key 'flows:x\xef\xbf\xbdy'; known keys: "
+                                 "database, flows, module, plugins, worker"});
   }
 
   TEST_CASE("regression: a stray ',' at the start of a YAML document hung the loader for ever") {

@@ -91,7 +91,7 @@ class Converter {
             ok = false;
             continue;
           }
-          const std::string key = kv.first.Scalar();
+          const std::string key = utf8_valid(kv.first.Scalar());
           if (into.contains(key)) {
             const auto first = out_.positions.find(pointer_append(pointer, key));
             fail(kv.first, first == out_.positions.end()
@@ -126,16 +126,18 @@ class Converter {
   std::vector<Diagnostic> take_errors() { return std::move(errors_); }
 
  private:
-  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings.
+  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings. yaml-cpp can
+  // turn valid input into invalid UTF-8 (a NUL byte in a plain scalar comes out as a lone 0xA0),
+  // so what it returns is made valid too.
   bool scalar(const YAML::Node& node, nlohmann::json& into) {
-    const std::string& text = node.Scalar();
+    const std::string text = utf8_valid(node.Scalar());
     const std::string& tag = node.Tag();
     if (tag == "!" || tag == "tag:yaml.org,2002:str") {
       into = text;
       return true;
     }
     if (tag != "?" && tag != "") {
-      fail(node, fmt::format("unsupported YAML tag '{}'", tag));
+      fail(node, fmt::format("unsupported YAML tag '{}'", utf8_valid(tag)));
       return false;
     }
     if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL") {
