@@ -6,6 +6,7 @@
 #include <string_view>
 
 #include "config/json_schema.hpp"
+#include "flowreg/validate.hpp"
 #include "support/config_problems.hpp"
 #include "util/strings.hpp"
 
@@ -129,5 +130,18 @@ TEST_SUITE("schema") {
     REQUIRE(schema);
     CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
     CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
+  }
+}
+
+TEST_SUITE("model") {
+  TEST_CASE("regression: an invalid slug character was quoted by its first byte only") {
+    // fuzz_flow_yaml: the module 's\xEF\xBF\xBDtyles' was reported as containing '\xEF'.
+    CHECK(slug_problem("caf\xc3\xa9") ==
+          "contains '\xc3\xa9'; only lowercase letters, digits and '_' are allowed");
+    CHECK(slug_problem("a\xf0\x9f\x99\x82") ==
+          "contains '\xf0\x9f\x99\x82'; only lowercase letters, digits and '_' are allowed");
+    CHECK(detail::is_utf8(slug_problem("a\xe9")));
+    CHECK(slug_problem("a-b") ==
+          "contains '-'; only lowercase letters, digits and '_' are allowed");
   }
 }
