@@ -126,9 +126,10 @@ class Converter {
   std::vector<Diagnostic> take_errors() { return std::move(errors_); }
 
  private:
-  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings. yaml-cpp can
-  // turn valid input into invalid UTF-8 (a NUL byte in a plain scalar comes out as a lone 0xA0),
-  // so what it returns is made valid too.
+  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings. What yaml-cpp
+  // returns is made valid UTF-8 here, where it enters: it passes bytes that are not UTF-8 through
+  // (a Latin-1 description reached valijson, whose maxLength then read past a table), and it can
+  // even turn valid input into invalid UTF-8 (a NUL byte in a plain scalar comes out as 0xA0).
   bool scalar(const YAML::Node& node, nlohmann::json& into) {
     const std::string text = utf8_valid(node.Scalar());
     const std::string& tag = node.Tag();
@@ -263,10 +264,7 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_vie
         fmt::format("file is {} bytes; the limit is {} bytes", text.size(), limits.max_file_bytes));
   std::vector<YAML::Node> documents;
   try {
-    // Text that is not UTF-8 (a Latin-1 description) gets U+FFFD where it is invalid, here where
-    // it enters: nothing downstream (valijson's string lengths, messages, JSON output, the
-    // database) ever sees invalid UTF-8.
-    std::string owned = utf8_valid(text);
+    std::string owned(text);
     if (auto stuck = stuck_at(owned)) {
       const auto at = static_cast<std::size_t>(stuck->pos);
       return fail_at(stuck->line + 1, stuck->column + 1,
