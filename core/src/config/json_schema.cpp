@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <regex>
+#include <unordered_map>
 #include <valijson/adapters/nlohmann_json_adapter.hpp>
 #include <valijson/schema.hpp>
 #include <valijson/schema_parser.hpp>
@@ -27,11 +29,147 @@ JsonSchema::~JsonSchema() = default;
 
 const nlohmann::json& JsonSchema::document() const noexcept { return impl_->document; }
 
+namespace {
+
+using Json = nlohmann::json;
+
+// The subschemas that apply to the same value as `node` does: a local $ref's target and the
+// in-place applicators. A cycle among these recurses for ever in valijson, when it parses the
+// schema or when it validates, whatever the value; cycles through properties/items are fine (each
+// step descends into the value).
+std::vector<const Json*> same_value_subschemas(const Json& root, const Json& node) {
+  std::vector<const Json*> out;
+  if (!node.is_object()) return out;
+  if (auto ref = node.find("$ref"); ref != node.end() && ref->is_string()) {
+    const std::string& text = ref->get_ref<const std::string&>();
+    if (text.starts_with("#")) {
+      try {
+        out.push_back(&root.at(Json::json_pointer(text.substr(1))));
+      } catch (const std::exception&) {
+        // valijson reports the unresolvable reference itself.
+      }
+    }
+  }
+  for (const char* key : {"allOf", "anyOf", "oneOf"})
+    if (auto list = node.find(key); list != node.end() && list->is_array())
+      for (const auto& sub : *list) out.push_back(&sub);
+  for (const char* key : {"not", "if", "then", "else"})
+    if (auto sub = node.find(key); sub != node.end()) out.push_back(&*sub);
+  if (auto deps = node.find("dependencies"); deps != node.end() && deps->is_object())
+    for (const auto& sub : *deps)
+      if (sub.is_object()) out.push_back(&sub);
+  return out;
+}
+
+// What valijson would crash or throw on later, found before it sees the schema: a regular
+// expression std::regex refuses ("pattern" and "patternProperties" are compiled only when a value
+// is validated, and then throw out of validate()), a $ref to another document (valijson resolves
+// a relative one to this document and recurses for ever), and a cycle of same-value subschemas.
+// Iterative throughout: the schema may be deeply nested. "" when there is none.
+std::string schema_problem(const Json& root) {
+  auto check_regex = [](const std::string& pattern, const std::string& pointer) -> std::string {
+    try {
+      std::regex compiled(pattern);
+    } catch (const std::regex_error& e) {
+      return fmt::format("{}: '{}' is not a valid regular expression ({})", readable_path(pointer),
+                         utf8_prefix(pattern, 200), e.what());
+    }
+    return "";
+  };
+  // Every node that may be a schema -> its parent and its key there (the pointer of a node is
+  // built only for a message: building each one would cost the square of the depth).
+  std::unordered_map<const Json*, std::pair<const Json*, std::string>> parents;
+  std::vector<const Json*> order;  // the same nodes, root first
+  auto pointer_of = [&](const Json* node) {
+    std::vector<const std::string*> keys;
+    for (auto it = parents.find(node); it != parents.end() && it->second.first;
+         it = parents.find(it->second.first))
+      keys.push_back(&it->second.second);
+    std::string pointer;
+    for (auto k = keys.rbegin(); k != keys.rend(); ++k) pointer = pointer_append(pointer, **k);
+    return pointer;
+  };
+  std::vector<const Json*> pending{&root};
+  parents.emplace(&root, std::pair<const Json*, std::string>{nullptr, ""});
+  while (!pending.empty()) {
+    const Json* node = pending.back();
+    pending.pop_back();
+    order.push_back(node);
+    auto visit = [&](const Json& child, std::string key) {
+      parents.emplace(&child, std::pair<const Json*, std::string>{node, std::move(key)});
+      pending.push_back(&child);
+    };
+    if (node->is_array()) {
+      for (std::size_t i = 0; i < node->size(); ++i) visit((*node)[i], std::to_string(i));
+      continue;
+    }
+    if (!node->is_object()) continue;
+    for (const auto& [key, value] : node->items()) {
+      if (key == "pattern" && value.is_string()) {
+        const auto problem =
+            check_regex(value.get<std::string>(), pointer_append(pointer_of(node), key));
+        if (!problem.empty()) return problem;
+      } else if (key == "$ref" && value.is_string() &&
+                 !value.get_ref<const std::string&>().starts_with("#")) {
+        return fmt::format(
+            "{}: $ref '{}' points outside this schema; only references inside it "
+            "(#/definitions/...) are supported",
+            readable_path(pointer_append(pointer_of(node), key)),
+            utf8_prefix(value.get<std::string>(), 200));
+      } else if (key == "patternProperties" && value.is_object()) {
+        for (const auto& [regex, sub] : value.items()) {
+          const auto problem =
+              check_regex(regex, pointer_append(pointer_append(pointer_of(node), key), regex));
+          if (!problem.empty()) return problem;
+        }
+      }
+      if (key == "enum" || key == "const" || key == "default" || key == "examples") continue;
+      visit(value, key);
+    }
+  }
+
+  enum class Color { grey, black };
+  std::unordered_map<const Json*, Color> color;
+  for (const Json* start : order) {
+    if (color.contains(start)) continue;
+    struct Frame {
+      const Json* node;
+      std::vector<const Json*> next;
+      std::size_t index = 0;
+    };
+    std::vector<Frame> frames{{start, same_value_subschemas(root, *start)}};
+    color[start] = Color::grey;
+    while (!frames.empty()) {
+      Frame& f = frames.back();
+      if (f.index == f.next.size()) {
+        color[f.node] = Color::black;
+        frames.pop_back();
+        continue;
+      }
+      const Json* to = f.next[f.index++];
+      if (auto c = color.find(to); c == color.end()) {
+        color[to] = Color::grey;
+        frames.push_back({to, same_value_subschemas(root, *to)});
+      } else if (c->second == Color::grey) {
+        return fmt::format(
+            "{}: its $ref/allOf/anyOf/oneOf/not/if/then/else lead back to it "
+            "without descending into the value, so it could never be checked",
+            readable_path(pointer_of(to)));
+      }
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
 Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
   auto impl = std::make_unique<Impl>();
   impl->document = std::move(schema);
   if (!impl->document.is_object() && !impl->document.is_boolean())
     return make_error(Errc::invalid_argument, "a JSON Schema must be an object or a boolean");
+  if (auto problem = schema_problem(impl->document); !problem.empty())
+    return make_error(Errc::invalid_argument, fmt::format("invalid JSON Schema: {}", problem));
   try {
     valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
     valijson::adapters::NlohmannJsonAdapter adapter(impl->document);
@@ -236,7 +374,13 @@ std::vector<SchemaProblem> JsonSchema::validate(const nlohmann::json& instance) 
   valijson::ValidationResults results;
   valijson::adapters::NlohmannJsonAdapter adapter(instance);
   std::vector<SchemaProblem> out;
-  if (validator.validate(impl_->schema, adapter, &results)) return out;
+  try {
+    if (validator.validate(impl_->schema, adapter, &results)) return out;
+  } catch (const std::exception& e) {
+    // A regular expression compile() could not see (under a key it does not descend into).
+    out.push_back(SchemaProblem{"", fmt::format("the schema could not be applied: {}", e.what())});
+    return out;
+  }
   valijson::ValidationResults::Error error;
   while (results.popError(error)) {
     // The chain "Failed to validate item #0 in array" / "... property name 'x'" only repeats, one

@@ -2,12 +2,14 @@
 
 #include <fmt/format.h>
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <unordered_set>
 
@@ -90,7 +92,7 @@ class Converter {
             ok = false;
             continue;
           }
-          const std::string key = kv.first.Scalar();
+          const std::string key = utf8_valid(kv.first.Scalar());
           if (into.contains(key)) {
             const auto first = out_.positions.find(pointer_append(pointer, key));
             fail(kv.first, first == out_.positions.end()
@@ -125,16 +127,19 @@ class Converter {
   std::vector<Diagnostic> take_errors() { return std::move(errors_); }
 
  private:
-  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings.
+  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings. What yaml-cpp
+  // returns is made valid UTF-8 here, where it enters: it passes bytes that are not UTF-8 through
+  // (a Latin-1 description reached valijson, whose maxLength then read past a table), and it can
+  // even turn valid input into invalid UTF-8 (a NUL byte in a plain scalar comes out as 0xA0).
   bool scalar(const YAML::Node& node, nlohmann::json& into) {
-    const std::string& text = node.Scalar();
+    const std::string text = utf8_valid(node.Scalar());
     const std::string& tag = node.Tag();
     if (tag == "!" || tag == "tag:yaml.org,2002:str") {
       into = text;
       return true;
     }
     if (tag != "?" && tag != "") {
-      fail(node, fmt::format("unsupported YAML tag '{}'", tag));
+      fail(node, fmt::format("unsupported YAML tag '{}'", utf8_valid(tag)));
       return false;
     }
     if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL") {
@@ -214,6 +219,37 @@ class Converter {
   std::vector<Diagnostic> errors_;
 };
 
+// Where yaml-cpp stops making progress, if it does. On some stray tokens at the start of a
+// document (", a]"), its parser returns an empty document without consuming anything, again and
+// again, and YAML::LoadAll loops for ever, growing its list of documents. The documents are walked
+// here first as events, without building nodes; each must start further on than the one before.
+std::optional<YAML::Mark> stuck_at(const std::string& text) {
+  struct DocumentStarts final : YAML::EventHandler {
+    void OnDocumentStart(const YAML::Mark& mark) override { last = mark; }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+    void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  const std::string&) override {}
+    void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                         YAML::EmitterStyle::value) override {}
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                    YAML::EmitterStyle::value) override {}
+    void OnMapEnd() override {}
+    YAML::Mark last = YAML::Mark::null_mark();
+  };
+  std::istringstream stream(text);
+  YAML::Parser parser(stream);
+  DocumentStarts starts;
+  std::optional<int> previous;
+  while (parser.HandleNextDocument(starts)) {
+    if (previous && starts.last.pos <= *previous) return starts.last;
+    previous = starts.last.pos;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_view text,
@@ -249,13 +285,23 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_vie
   std::vector<YAML::Node> documents;
   try {
     std::string owned(text);
+    if (auto stuck = stuck_at(owned)) {
+      const auto at = static_cast<std::size_t>(stuck->pos);
+      return fail_at(stuck->line + 1, stuck->column + 1,
+                     at < owned.size()
+                         ? fmt::format("invalid YAML: unexpected '{}'",
+                                       utf8_valid(std::string_view(owned).substr(at, 1)))
+                         : std::string("invalid YAML: unexpected end of file"));
+    }
     documents = YAML::LoadAll(owned);
   } catch (const YAML::DeepRecursion& e) {
     return fail_at(e.mark.line + 1, e.mark.column + 1,
                    fmt::format("nesting is deeper than {} levels", limits.max_depth));
   } catch (const YAML::Exception& e) {
-    if (e.mark.is_null()) return fail_at(0, 0, "invalid YAML: " + e.msg);
-    return fail_at(e.mark.line + 1, e.mark.column + 1, "invalid YAML: " + e.msg);
+    // yaml-cpp quotes single bytes of the input ("unknown escape character: \xC3"), which can cut
+    // a character in two.
+    if (e.mark.is_null()) return fail_at(0, 0, "invalid YAML: " + utf8_valid(e.msg));
+    return fail_at(e.mark.line + 1, e.mark.column + 1, "invalid YAML: " + utf8_valid(e.msg));
   }
   if (documents.empty() || (documents.size() == 1 && documents[0].IsNull()))
     return fail_at(0, 0, "the file is empty; expected a mapping (for example with a 'flows' key)");

@@ -8,6 +8,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "util/strings.hpp"
+
 namespace flowreg {
 
 std::string slug_problem(std::string_view slug) {
@@ -15,11 +17,17 @@ std::string slug_problem(std::string_view slug) {
   if (slug.size() > kMaxSlugLength)
     return fmt::format("is {} characters long; the limit is {}", slug.size(), kMaxSlugLength);
   if (!(slug[0] >= 'a' && slug[0] <= 'z')) return "must start with a lowercase letter";
-  for (char c : slug) {
+  for (std::size_t i = 0; i < slug.size(); ++i) {
+    const char c = slug[i];
     const bool ok = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-    if (!ok)
-      return fmt::format("contains '{}'; only lowercase letters, digits and '_' are allowed",
-                         c == '\0' ? std::string("\\0") : std::string(1, c));
+    if (ok) continue;
+    // The whole character, not its first byte: the message must stay valid UTF-8.
+    std::size_t length = 1;
+    while (length < 4 && i + length < slug.size() &&
+           (static_cast<unsigned char>(slug[i + length]) & 0xC0) == 0x80)
+      ++length;
+    return fmt::format("contains '{}'; only lowercase letters, digits and '_' are allowed",
+                       c == '\0' ? std::string("\\0") : detail::utf8_valid(slug.substr(i, length)));
   }
   return {};
 }

@@ -1,0 +1,134 @@
+// Inputs found by the libFuzzer harnesses of tests/fuzz (each is also a seed of its corpus there).
+
+#include <doctest/doctest.h>
+
+#include <string>
+#include <string_view>
+
+#include "config/json_schema.hpp"
+#include "flowreg/validate.hpp"
+#include "support/config_problems.hpp"
+#include "util/strings.hpp"
+
+using namespace flowreg;
+using flowreg::test::problems_of_text;
+
+namespace {
+
+// The message of the first problem of compiling `schema`, or "" when it compiles.
+std::string compile_problem(const char* schema) {
+  auto compiled = detail::JsonSchema::compile(nlohmann::json::parse(schema));
+  return compiled ? "" : compiled.error().message;
+}
+
+std::string input_schema_yaml(const std::string& schema) {
+  return "flows:\n  - slug: f\n    input_schema: " + schema +
+         "\n    steps: [{slug: s, handler: m.s}]\n";
+}
+
+}  // namespace
+
+TEST_SUITE("config") {
+  TEST_CASE(
+      "regression: a YAML escape of a multi-byte character gave a message that is not UTF-8") {
+    // fuzz_flow_yaml: yaml-cpp quotes the byte after the backslash, the first byte of 'é'.
+    const auto problems = problems_of_text("flows: [\"\\\xc3\xa9\"]\n");
+    REQUIRE(problems.size() == 1);
+    CHECK(detail::is_utf8(problems[0]));
+    CHECK(problems[0] == "inline.yaml:1:12: invalid YAML: unknown escape character: \xef\xbf\xbd");
+  }
+
+  TEST_CASE(
+      "regression: yaml-cpp turned a NUL byte of valid input into a message that is not UTF-8") {
+    // fuzz_flow_yaml: the plain scalar "x\0_y" comes out of yaml-cpp as "x\xA0y".
+    using namespace std::string_view_literals;
+    CHECK(
+        problems_of_text("flows:x\0_y: 1\n"sv) ==
+        std::vector<std::string>{"inline.yaml:1:1: unknown key 'flows:x\xef\xbf\xbdy'; known keys: "
+                                 "database, flows, module, plugins, worker"});
+  }
+
+  TEST_CASE("regression: a stray ',' at the start of a YAML document hung the loader for ever") {
+    // fuzz_flow_yaml: yaml-cpp's LoadAll returned an empty document at the same place, forever.
+    CHECK(problems_of_text(", a]\n") ==
+          std::vector<std::string>{"inline.yaml:1:1: invalid YAML: unexpected ','"});
+    CHECK(problems_of_text("flows: []\n...\n, x\n") ==
+          std::vector<std::string>{"inline.yaml:3:1: invalid YAML: unexpected ','"});
+  }
+}
+
+TEST_SUITE("schema") {
+  TEST_CASE(
+      "regression: an input_schema with an invalid pattern loaded, then threw std::regex_error "
+      "out of validation") {
+    // fuzz_input_schema: valijson builds a pattern's regex only when it validates a value.
+    CHECK(compile_problem(R"({"type": "string", "pattern": "a{1"})") ==
+          "invalid JSON Schema: pattern: 'a{1' is not a valid regular expression (Mismatched '{' "
+          "and '}' in regular expression)");
+    CHECK(compile_problem(R"({"patternProperties": {"(": {}}})") ==
+          "invalid JSON Schema: patternProperties.(: '(' is not a valid regular expression "
+          "(Mismatched '(' and ')' in regular expression)");
+    const auto problems = problems_of_text(input_schema_yaml("{type: string, pattern: 'a{1'}"));
+    REQUIRE(problems.size() == 1);
+    CHECK(
+        problems[0].starts_with("inline.yaml:3:5: flow 'f': input_schema: invalid JSON Schema: "
+                                "pattern: 'a{1' is not a valid regular expression"));
+  }
+
+  TEST_CASE("a regular expression under a key that names a property is still contained") {
+    // A property named "enum" holds a schema; compile() does not descend into "enum", so the
+    // invalid pattern is met at validation, which reports it instead of throwing.
+    auto schema = detail::JsonSchema::compile(
+        nlohmann::json::parse(R"({"properties": {"enum": {"pattern": "a{1"}}})"));
+    REQUIRE(schema);
+    const auto problems = schema->validate(nlohmann::json::parse(R"({"enum": "x"})"));
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].message.starts_with("the schema could not be applied: "));
+  }
+
+  TEST_CASE(
+      "regression: an input_schema whose $ref leads back to itself crashed every loader with a "
+      "stack overflow") {
+    // fuzz_input_schema: {"$ref": "ons/t"}; valijson recursed for ever parsing it.
+    const std::string loop =
+        "its $ref/allOf/anyOf/oneOf/not/if/then/else lead back to it without descending into the "
+        "value, so it could never be checked";
+    CHECK(compile_problem(R"({"$ref": "#"})") == "invalid JSON Schema: (top level): " + loop);
+    CHECK(compile_problem(R"({"allOf": [{"$ref": "#"}]})") ==
+          "invalid JSON Schema: (top level): " + loop);
+    CHECK(compile_problem(R"({"definitions": {"a": {"$ref": "#/definitions/b"},
+                                              "b": {"anyOf": [{"$ref": "#/definitions/a"}]}},
+                              "$ref": "#/definitions/a"})")
+              .ends_with(loop));
+    CHECK(compile_problem(R"({"$ref": "ons/t"})") ==
+          "invalid JSON Schema: $ref: $ref 'ons/t' points outside this schema; only references "
+          "inside it (#/definitions/...) are supported");
+    const auto problems = problems_of_text(input_schema_yaml("{$ref: '#'}"));
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0] ==
+          "inline.yaml:3:5: flow 'f': input_schema: invalid JSON Schema: (top "
+          "level): " +
+              loop);
+  }
+
+  TEST_CASE("a recursive schema that descends into the value at each level still works") {
+    auto schema = detail::JsonSchema::compile(
+        nlohmann::json::parse(R"({"type": "array", "items": {"$ref": "#"}})"));
+    REQUIRE(schema);
+    CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
+    CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
+  }
+}
+
+TEST_SUITE("model") {
+  TEST_CASE("regression: an invalid slug character was quoted by its first byte only") {
+    // fuzz_flow_yaml: the module 's\xEF\xBF\xBDtyles' was reported as containing '\xEF'.
+    CHECK(slug_problem("caf\xc3\xa9") ==
+          "contains '\xc3\xa9'; only lowercase letters, digits and '_' are allowed");
+    CHECK(slug_problem("a\xf0\x9f\x99\x82") ==
+          "contains '\xf0\x9f\x99\x82'; only lowercase letters, digits and '_' are allowed");
+    CHECK(detail::is_utf8(slug_problem("a\xe9")));
+    CHECK(slug_problem("a-b") ==
+          "contains '-'; only lowercase letters, digits and '_' are allowed");
+  }
+}
