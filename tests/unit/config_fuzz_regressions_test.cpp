@@ -111,6 +111,45 @@ TEST_SUITE("schema") {
               loop);
   }
 
+  TEST_CASE(
+      "regression: a 200,000-character string checked against a pattern overflowed the stack "
+      "(std::regex recursed once per character)") {
+    auto schema = detail::JsonSchema::compile(nlohmann::json::parse(
+        R"({"type": "object", "properties": {"name": {"type": "string", "pattern": "^(a|b)*$"}}})"));
+    REQUIRE(schema);
+    const std::string matching(200'000, 'a');
+    CHECK(schema->validate({{"name", matching}}).empty());
+    const auto problems = schema->validate({{"name", matching + "c"}});
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].pointer == "/name");
+  }
+
+  TEST_CASE(
+      "a long string is refused, not matched, where only a depth-first match exists "
+      "(back-references, patternProperties, date formats)") {
+    const std::string long_text(200'000, '1');
+    for (const char* text : {R"({"properties": {"v": {"type": "string", "pattern": "^(1)\\1*$"}}})",
+                             R"({"properties": {"v": {"type": "string", "format": "date"}}})",
+                             R"({"patternProperties": {"^(a|b)*$": {"type": "string"}}})"}) {
+      CAPTURE(text);
+      auto schema = detail::JsonSchema::compile(nlohmann::json::parse(text));
+      REQUIRE(schema);
+      for (const auto& p : schema->validate({{"v", "11"}}))  // short strings are matched
+        CHECK(p.message.find("bytes; this schema") == std::string::npos);
+      const auto problems = schema->validate({{"v", long_text}});
+      REQUIRE(problems.size() == 1);
+      CHECK(problems[0].pointer == "/v");
+      CHECK(problems[0].message.find("is 200000 bytes") != std::string::npos);
+      CHECK(problems[0].message.find("at most 4096 bytes") != std::string::npos);
+    }
+    auto keyed = detail::JsonSchema::compile(
+        nlohmann::json::parse(R"({"patternProperties": {"^(a|b)*$": {"type": "string"}}})"));
+    REQUIRE(keyed);
+    const auto problems = keyed->validate({{std::string(5000, 'a'), "x"}});
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].message.find("a key of this object is 5000 bytes") != std::string::npos);
+  }
+
   TEST_CASE("a recursive schema that descends into the value at each level still works") {
     auto schema = detail::JsonSchema::compile(
         nlohmann::json::parse(R"({"type": "array", "items": {"$ref": "#"}})"));

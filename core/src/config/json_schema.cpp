@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <optional>
 #include <regex>
 #include <unordered_map>
 #include <valijson/adapters/nlohmann_json_adapter.hpp>
@@ -17,9 +18,20 @@ namespace flowreg::detail {
 
 extern const char* const kFlowSchemaText;  // generated from schemas/flow.schema.json
 
+// libstdc++'s std::regex matches depth-first by default, recursing once per character of the
+// subject: a 20,000-character string against ^(a|b)*$ overflows an 8 MiB stack. Every `pattern` is
+// therefore compiled here in its breadth-first (Thompson NFA) mode, whose recursion is bounded by
+// the pattern, not the subject, and handed to valijson through its regex cache. What still matches
+// depth-first -- a pattern with back-references (no breadth-first form), `patternProperties`
+// (valijson compiles those itself) and the date/time `format`s -- only ever sees strings and keys
+// of at most kMaxDepthFirstSubject bytes: a longer one is refused before matching.
+constexpr std::size_t kMaxDepthFirstSubject = 4096;
+
 struct JsonSchema::Impl {
   nlohmann::json document;
   valijson::Schema schema;
+  std::unordered_map<std::string, std::regex> patterns;  // valijson's cache, filled at compile()
+  bool depth_first = false;  // some match recurses per character: cap strings and keys
 };
 
 JsonSchema::JsonSchema(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -163,6 +175,76 @@ std::string schema_problem(const Json& root) {
 
 }  // namespace
 
+namespace {
+
+// Every `pattern` of `document`, breadth-first where the pattern allows; `depth_first` is set when
+// anything will match depth-first (see kMaxDepthFirstSubject). schema_problem() has already checked
+// that each pattern compiles.
+std::unordered_map<std::string, std::regex> compile_patterns(const Json& document,
+                                                             bool& depth_first) {
+  std::unordered_map<std::string, std::regex> patterns;
+  std::vector<const Json*> pending{&document};
+  while (!pending.empty()) {
+    const Json* node = pending.back();
+    pending.pop_back();
+    if (node->is_array()) {
+      for (const auto& child : *node) pending.push_back(&child);
+      continue;
+    }
+    if (!node->is_object()) continue;
+    for (const auto& [key, value] : node->items()) {
+      if (key == "enum" || key == "const" || key == "default" || key == "examples") continue;
+      if (key == "pattern" && value.is_string()) {
+        const auto& pattern = value.get_ref<const std::string&>();
+        if (patterns.contains(pattern)) continue;
+        try {
+          patterns.emplace(pattern, std::regex(pattern, std::regex::ECMAScript |
+                                                            std::regex_constants::__polynomial));
+        } catch (const std::regex_error&) {  // back-references
+          patterns.emplace(pattern, std::regex(pattern));
+          depth_first = true;
+        }
+        continue;
+      }
+      if (key == "patternProperties" || (key == "format" && value.is_string())) depth_first = true;
+      pending.push_back(&value);
+    }
+  }
+  return patterns;
+}
+
+// The first string or object key of `instance` longer than kMaxDepthFirstSubject, as a problem.
+std::optional<SchemaProblem> overlong_subject(const Json& instance) {
+  std::vector<std::pair<const Json*, std::string>> pending{{&instance, ""}};
+  while (!pending.empty()) {
+    auto [node, pointer] = std::move(pending.back());
+    pending.pop_back();
+    auto too_long = [&](std::size_t size, std::string where, const char* what) {
+      return SchemaProblem{
+          where, fmt::format("{}: {} is {} bytes; this schema matches strings of at most {} bytes "
+                             "against a regular expression that has no linear-time form "
+                             "(back-references, patternProperties or a date/time format)",
+                             readable_path(where), what, size, kMaxDepthFirstSubject)};
+    };
+    if (node->is_string()) {
+      if (node->get_ref<const std::string&>().size() > kMaxDepthFirstSubject)
+        return too_long(node->get_ref<const std::string&>().size(), pointer, "the string");
+    } else if (node->is_array()) {
+      for (std::size_t i = 0; i < node->size(); ++i)
+        pending.emplace_back(&(*node)[i], pointer_append(pointer, std::to_string(i)));
+    } else if (node->is_object()) {
+      for (const auto& [key, value] : node->items()) {
+        if (key.size() > kMaxDepthFirstSubject)
+          return too_long(key.size(), pointer, "a key of this object");
+        pending.emplace_back(&value, pointer_append(pointer, key));
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
 Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
   auto impl = std::make_unique<Impl>();
   impl->document = std::move(schema);
@@ -177,6 +259,7 @@ Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
   } catch (const std::exception& e) {
     return make_error(Errc::invalid_argument, fmt::format("invalid JSON Schema: {}", e.what()));
   }
+  impl->patterns = compile_patterns(impl->document, impl->depth_first);
   return JsonSchema(std::move(impl));
 }
 
@@ -370,12 +453,22 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
 }  // namespace
 
 std::vector<SchemaProblem> JsonSchema::validate(const nlohmann::json& instance) const {
-  valijson::Validator validator(valijson::Validator::kStrongTypes);
+  std::vector<SchemaProblem> out;
+  if (impl_->depth_first) {
+    if (auto problem = overlong_subject(instance)) {
+      out.push_back(std::move(*problem));
+      return out;
+    }
+  }
   valijson::ValidationResults results;
   valijson::adapters::NlohmannJsonAdapter adapter(instance);
-  std::vector<SchemaProblem> out;
+  // What valijson::Validator::validate does, with the breadth-first patterns in its regex cache (a
+  // copy: the visitor adds to it, and validate() may run concurrently).
+  auto patterns = impl_->patterns;
+  valijson::ValidationVisitor<valijson::adapters::NlohmannJsonAdapter> visitor(
+      adapter, std::vector<std::string>(1, "<root>"), /*strictTypes=*/true, &results, patterns);
   try {
-    if (validator.validate(impl_->schema, adapter, &results)) return out;
+    if (visitor.validateSchema(impl_->schema)) return out;
   } catch (const std::exception& e) {
     // A regular expression compile() could not see (under a key it does not descend into).
     out.push_back(SchemaProblem{"", fmt::format("the schema could not be applied: {}", e.what())});
