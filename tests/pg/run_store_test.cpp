@@ -684,6 +684,25 @@ TEST_SUITE("run_store") {
     CHECK(run_info(env.store, new_run).output == Json{{"b", "b"}});
   }
 
+  TEST_CASE(
+      "regression: the same flow version written in another valid order was refused as a "
+      "different definition (independent steps swapped, dependencies listed the other way)") {
+    auto env = open_env("rs_same_shape");
+    const auto written = flow("diamond", {step("a"), step("b"), step("c", {"a", "b"})});
+    REQUIRE(flow_version(written) ==
+            flow_version(flow("diamond", {step("b"), step("a"), step("c", {"b", "a"})})));
+    const std::string version = flow_version(written);
+    REQUIRE(env.store.upsert_flow(written, version));
+    auto reordered = env.store.upsert_flow(
+        flow("diamond", {step("c", {"b", "a"}), step("b"), step("a")}), version);
+    REQUIRE_MESSAGE(reordered, reordered.error().message);
+    // Still refused: a different shape under the same version.
+    auto changed =
+        env.store.upsert_flow(flow("diamond", {step("a"), step("b"), step("c", {"a"})}), version);
+    REQUIRE_FALSE(changed);
+    CHECK(changed.error().code == Errc::invalid_argument);
+  }
+
   TEST_CASE("starting a run of a flow version that is not stored is not_found") {
     auto env = open_env("rs_unknown_flow");
     auto run = env.store.start_run("nope", "v1", 1);
