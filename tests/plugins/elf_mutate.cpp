@@ -5,6 +5,8 @@
 //       huge-shstrtab      the section-name table claims 1 GiB
 //       truncated          the first half of the file only
 //       machine-aarch64    e_machine = EM_AARCH64 (a file for another architecture)
+//       shstrtab-no-nul    the section-name table's last byte is not NUL
+//       dynstr-no-nul      the dynamic string table's last byte is not NUL
 #include <elf.h>
 
 #include <cstdio>
@@ -40,6 +42,26 @@ int main(int argc, char** argv) {
     std::memcpy(bytes.data() + at, &shdr, sizeof shdr);
     return true;
   };
+  // Overwrites the last byte of section `index` (a string table) with 'x'.
+  auto unterminate = [&](std::size_t index) {
+    Elf64_Shdr shdr;
+    const std::size_t at = ehdr.e_shoff + index * ehdr.e_shentsize;
+    if (at + sizeof shdr > bytes.size()) return false;
+    std::memcpy(&shdr, bytes.data() + at, sizeof shdr);
+    if (shdr.sh_size == 0 || shdr.sh_offset + shdr.sh_size > bytes.size()) return false;
+    bytes[shdr.sh_offset + shdr.sh_size - 1] = 'x';
+    return true;
+  };
+  auto dynstr_index = [&]() -> std::size_t {
+    for (std::size_t i = 0; i < ehdr.e_shnum; ++i) {
+      Elf64_Shdr shdr;
+      const std::size_t at = ehdr.e_shoff + i * ehdr.e_shentsize;
+      if (at + sizeof shdr > bytes.size()) break;
+      std::memcpy(&shdr, bytes.data() + at, sizeof shdr);
+      if (shdr.sh_type == SHT_DYNSYM) return shdr.sh_link;
+    }
+    return 0;
+  };
   bool ok = true;
   if (mode == "zero-shstrndx") {
     ehdr.e_shstrndx = 0;
@@ -50,6 +72,10 @@ int main(int argc, char** argv) {
     ok = patch_shstrtab_size(Elf64_Xword{1} << 30);
   } else if (mode == "truncated") {
     bytes.resize(bytes.size() / 2);
+  } else if (mode == "shstrtab-no-nul") {
+    ok = unterminate(ehdr.e_shstrndx);
+  } else if (mode == "dynstr-no-nul") {
+    ok = dynstr_index() != 0 && unterminate(dynstr_index());
   } else if (mode == "machine-aarch64") {
     ehdr.e_machine = EM_AARCH64;
     std::memcpy(bytes.data(), &ehdr, sizeof ehdr);

@@ -2,7 +2,8 @@
 // entry symbol the way the SDK's Boost.DLL alias does (a pointer in section "flowreg"), and lets
 // C++ exceptions out of its functions, which the ABI forbids. RAW_THROW_IN_DESCRIBE: describe()
 // throws; otherwise describe() works and invoke() throws (handler 0 a std::runtime_error, handler 1
-// an int), release() of a buffer of handler 2 throws.
+// an int), release() of a buffer of handler 2 throws, and handler 3 returns a 3-byte buffer that
+// claims to hold 1 TiB.
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -23,7 +24,7 @@ int32_t describe(flowreg_buffer* out) {
   (void)out;
   throw std::runtime_error("raw describe exploded");
 #else
-  fill(out, R"({"module":"raw","handlers":["throws","throws_int","bad_release"],)"
+  fill(out, R"({"module":"raw","handlers":["throws","throws_int","bad_release","lying_size"],)"
             R"("flows":[{"slug":"raw_flow","steps":[{"slug":"only","handler":"raw.throws"}]}]})");
   return FLOWREG_OK;
 #endif
@@ -33,6 +34,7 @@ int32_t invoke(uint32_t handler, const char*, size_t, const char*, size_t, flowr
   if (handler == 0) throw std::runtime_error("raw invoke exploded");
   if (handler == 1) throw 42;
   fill(out, "{}");
+  if (handler == 3) out->size = std::size_t{1} << 40;
   return FLOWREG_OK;
 }
 

@@ -534,6 +534,11 @@ TEST_SUITE("plugin_loader") {
     check_fixture("elf_huge_shstrtab", PluginStatus::rejected, "elf",
                   "has a section-name table of 1073741824 bytes");
     check_fixture("elf_truncated", PluginStatus::rejected, "elf", "truncated");
+    // Without a NUL at their end, every name lookup in them would scan the whole table.
+    check_fixture("elf_shstrtab_no_nul", PluginStatus::rejected, "elf",
+                  "that does not end in a NUL byte");
+    check_fixture("elf_dynstr_no_nul", PluginStatus::rejected, "elf",
+                  "has a dynamic string table (section");
   }
 
   TEST_CASE("a plugin for another architecture is rejected naming that architecture") {
@@ -746,6 +751,20 @@ TEST_SUITE("plugin_loader") {
     CHECK(bad_release.status == HandlerOutcome::Status::permanent);
     CHECK(bad_release.body.find("function \"release\"") != std::string::npos);
     CHECK(bad_release.body.find("raw release exploded") != std::string::npos);
+  }
+
+  TEST_CASE(
+      "regression: a buffer size chosen by the plugin was copied before any limit (1 TiB claimed "
+      "over 3 bytes read past the buffer)") {
+    Sandbox box;
+    const fs::path file = box.add("raw_throw_invoke");
+    box.scan();
+    REQUIRE(box.info_of(file).status == PluginStatus::loaded);
+    const auto lying = box.loader->handler("raw.lying_size").invoke("{}");
+    CHECK(lying.status == HandlerOutcome::Status::permanent);
+    CHECK_MESSAGE(lying.body.find("returned a buffer of 1099511627776 bytes, over the limit of "
+                                  "134217728 bytes") != std::string::npos,
+                  lying.body);
   }
 
   TEST_CASE("regression: raising plugins.scan_timeout was ignored for a quarantined hang") {

@@ -66,12 +66,26 @@ auto call_plugin(std::string_view file, std::string_view function, std::string& 
   }
 }
 
+// The most a plugin may hand the host in one buffer (a definition, a handler's output or error).
+// The configurable limits (worker.max_output_bytes, at most 128 MiB; 4 MiB for definitions) are
+// checked by their callers; this one keeps a size the plugin chose from making the host copy
+// gigabytes first.
+constexpr std::size_t kMaxBufferBytes = std::size_t{128} << 20;
+
 // Copies a plugin-owned buffer and gives it back to the plugin. Text from a plugin is made valid
-// UTF-8 here, where it enters the host. `thrown` gets a message when release() throws.
+// UTF-8 here, where it enters the host. `thrown` gets a message when release() throws, or when the
+// buffer is over kMaxBufferBytes (then nothing is copied).
 std::string take(std::string_view file, const flowreg_plugin_v1& abi, flowreg_buffer& buffer,
                  std::string& thrown) {
-  std::string out = buffer.data ? utf8_valid(std::string_view(buffer.data, buffer.size)) : "";
-  if (buffer.data) call_plugin(file, "release", thrown, [&] { abi.release(&buffer); });
+  std::string out;
+  if (buffer.data && buffer.size > kMaxBufferBytes)
+    thrown = fmt::format("plugin {} returned a buffer of {} bytes, over the limit of {} bytes",
+                         file, buffer.size, kMaxBufferBytes);
+  else if (buffer.data)
+    out = utf8_valid(std::string_view(buffer.data, buffer.size));
+  std::string release_thrown;
+  if (buffer.data) call_plugin(file, "release", release_thrown, [&] { abi.release(&buffer); });
+  if (thrown.empty()) thrown = std::move(release_thrown);
   return out;
 }
 
