@@ -753,6 +753,28 @@ TEST_SUITE("plugin_loader") {
     CHECK(bad_release.body.find("raw release exploded") != std::string::npos);
   }
 
+  TEST_CASE("a load that succeeds clears the content's count of crashes (they count in a row)") {
+    Sandbox box;
+    const fs::path file = box.add("good");
+    box.scan();
+    const std::string sha = box.info_of(file).sha256;
+    REQUIRE(sha.size() == 64);
+    // One earlier death while loading it, as the journal of a killed process leaves it.
+    const fs::path crashes = box.cache / "crashes" / sha;
+    fs::create_directories(crashes);
+    std::ofstream(crashes / "1-2-3.json") << "{}\n";
+    FlowRegistry registry;
+    PluginLoaderOptions options;
+    options.settings.dir = box.dir;
+    options.settings.scan_timeout = 5s;
+    options.cache_dir = box.cache;
+    options.inspector = FLOWREG_BINARY;
+    PluginLoader restarted(registry, options);
+    REQUIRE(restarted.scan());
+    CHECK(restarted.plugins().front().status == PluginStatus::loaded);
+    CHECK_FALSE(fs::exists(crashes));
+  }
+
   TEST_CASE(
       "regression: a buffer size chosen by the plugin was copied before any limit (1 TiB claimed "
       "over 3 bytes read past the buffer)") {

@@ -389,8 +389,8 @@ struct PluginLoader::Impl {
 
   // Loads that a process did not survive: each orphaned journal record counts one crash against
   // the content it was loading (a file per crash under crashes/<sha256>/, so that processes
-  // counting at the same time never lose one). After kMaxLoadCrashes the content is quarantined
-  // until the file changes.
+  // counting at the same time never lose one). After kMaxLoadCrashes in a row (a load that
+  // succeeds clears the count) the content is quarantined until the file changes.
   void count_load_crashes() {
     for (auto& orphan : journal.collect_orphans()) {
       const json& r = orphan.record;
@@ -556,9 +556,22 @@ struct PluginLoader::Impl {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(options.cache_dir, ec)) {
       const std::string name = entry.path().filename().string();
-      const bool staged = name.ends_with(".so") || name.find(".tmp") != std::string::npos;
+      // Only what stage() writes: <sha256>.so, and <sha256>.tmp<pid> left by a process that died
+      // while writing it (one at least 10 minutes old: a younger one may be being written, and is
+      // locked only once its creator has taken the lock).
+      const bool hashed = name.size() > 64 && name.find_first_not_of("0123456789abcdef") == 64;
+      const std::string_view rest = std::string_view(name).substr(hashed ? 64 : 0);
       std::error_code type_ec;
-      if (!staged || !entry.is_regular_file(type_ec)) continue;
+      if (!hashed || !entry.is_regular_file(type_ec)) continue;
+      if (rest != ".so") {
+        if (!rest.starts_with(".tmp") ||
+            rest.find_first_not_of("0123456789", 4) != std::string_view::npos)
+          continue;
+        std::error_code time_ec;
+        const auto written = fs::last_write_time(entry.path(), time_ec);
+        if (time_ec || fs::file_time_type::clock::now() - written < std::chrono::minutes(10))
+          continue;
+      }
       UniqueFd fd(open(entry.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
       if (fd.get() < 0 || flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;  // in use
       if (!fd_is_path(fd.get(), entry.path())) continue;
@@ -671,7 +684,14 @@ struct PluginLoader::Impl {
                                        {"sha256", file->sha256},
                                        {"file", detail::utf8_valid(path.string())},
                                        {"pid", static_cast<long>(getpid())}});
-    return load_in_process(staged->path, path.string(), info, staged->lock.release());
+    auto loaded = load_in_process(staged->path, path.string(), info, staged->lock.release());
+    // Crashes count while they are consecutive: a load this process survived clears the count (a
+    // process killed while loading, by Ctrl-C or the OOM killer, does not add up over months).
+    if (loaded && load_crashes(file->sha256) > 0) {
+      std::error_code ec;
+      fs::remove_all(crashes_dir(file->sha256), ec);
+    }
+    return loaded;
   }
 
   // `held_fd` (or -1) goes to the loaded plugin, which closes it when it is destroyed (or to
