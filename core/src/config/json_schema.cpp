@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <optional>
 #include <regex>
 #include <unordered_map>
@@ -21,17 +22,28 @@ extern const char* const kFlowSchemaText;  // generated from schemas/flow.schema
 // libstdc++'s std::regex matches depth-first by default, recursing once per character of the
 // subject: a 20,000-character string against ^(a|b)*$ overflows an 8 MiB stack. Every `pattern` is
 // therefore compiled here in its breadth-first (Thompson NFA) mode, whose recursion is bounded by
-// the pattern, not the subject, and handed to valijson through its regex cache. What still matches
-// depth-first -- a pattern with back-references (no breadth-first form), `patternProperties`
-// (valijson compiles those itself) and the date/time `format`s -- only ever sees strings and keys
-// of at most kMaxDepthFirstSubject bytes: a longer one is refused before matching.
+// the pattern, not the subject, and handed to valijson through its regex cache. Three matches stay
+// depth-first, and what they see is bounded to kMaxDepthFirstSubject bytes before matching (a
+// longer value is refused with a message saying why):
+// - a pattern with back-references (no breadth-first form): strings;
+// - `patternProperties` (valijson compiles those itself): object keys;
+// - the date and time `format`s (valijson's own regular expressions): runs of digits, the only
+//   part of a string those expressions repeat over.
 constexpr std::size_t kMaxDepthFirstSubject = 4096;
+
+// Which values of an instance meet a depth-first match (see above).
+struct DepthFirst {
+  bool strings = false;
+  bool keys = false;
+  bool digit_runs = false;
+  bool any() const noexcept { return strings || keys || digit_runs; }
+};
 
 struct JsonSchema::Impl {
   nlohmann::json document;
   valijson::Schema schema;
   std::unordered_map<std::string, std::regex> patterns;  // valijson's cache, filled at compile()
-  bool depth_first = false;  // some match recurses per character: cap strings and keys
+  DepthFirst depth_first;
 };
 
 JsonSchema::JsonSchema(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -177,11 +189,11 @@ std::string schema_problem(const Json& root) {
 
 namespace {
 
-// Every `pattern` of `document`, breadth-first where the pattern allows; `depth_first` is set when
-// anything will match depth-first (see kMaxDepthFirstSubject). schema_problem() has already checked
+// Every `pattern` of `document`, breadth-first where the pattern allows; `depth_first` says what
+// will still match depth-first (see kMaxDepthFirstSubject). schema_problem() has already checked
 // that each pattern compiles.
 std::unordered_map<std::string, std::regex> compile_patterns(const Json& document,
-                                                             bool& depth_first) {
+                                                             DepthFirst& depth_first) {
   std::unordered_map<std::string, std::regex> patterns;
   std::vector<const Json*> pending{&document};
   while (!pending.empty()) {
@@ -202,40 +214,58 @@ std::unordered_map<std::string, std::regex> compile_patterns(const Json& documen
                                                             std::regex_constants::__polynomial));
         } catch (const std::regex_error&) {  // back-references
           patterns.emplace(pattern, std::regex(pattern));
-          depth_first = true;
+          depth_first.strings = true;
         }
         continue;
       }
-      if (key == "patternProperties" || (key == "format" && value.is_string())) depth_first = true;
+      if (key == "patternProperties") depth_first.keys = true;
+      if (key == "format" && value.is_string()) depth_first.digit_runs = true;
       pending.push_back(&value);
     }
   }
   return patterns;
 }
 
-// The first string or object key of `instance` longer than kMaxDepthFirstSubject, as a problem.
-std::optional<SchemaProblem> overlong_subject(const Json& instance) {
+// The longest run of ASCII digits in `text`.
+std::size_t longest_digit_run(std::string_view text) {
+  std::size_t longest = 0, run = 0;
+  for (const char c : text) {
+    run = (c >= '0' && c <= '9') ? run + 1 : 0;
+    longest = std::max(longest, run);
+  }
+  return longest;
+}
+
+// The first value of `instance` that a depth-first match would recurse over for more than
+// kMaxDepthFirstSubject characters, as a problem.
+std::optional<SchemaProblem> overlong_subject(const Json& instance, DepthFirst depth_first) {
+  auto too_long = [&](const std::string& where, std::string what, std::size_t size,
+                      const char* why) {
+    return SchemaProblem{
+        where, fmt::format("{}: {} is {} bytes; this schema checks it against {}, which is "
+                           "matched only up to {} bytes",
+                           readable_path(where), what, size, why, kMaxDepthFirstSubject)};
+  };
   std::vector<std::pair<const Json*, std::string>> pending{{&instance, ""}};
   while (!pending.empty()) {
     auto [node, pointer] = std::move(pending.back());
     pending.pop_back();
-    auto too_long = [&](std::size_t size, std::string where, const char* what) {
-      return SchemaProblem{
-          where, fmt::format("{}: {} is {} bytes; this schema matches strings of at most {} bytes "
-                             "against a regular expression that has no linear-time form "
-                             "(back-references, patternProperties or a date/time format)",
-                             readable_path(where), what, size, kMaxDepthFirstSubject)};
-    };
     if (node->is_string()) {
-      if (node->get_ref<const std::string&>().size() > kMaxDepthFirstSubject)
-        return too_long(node->get_ref<const std::string&>().size(), pointer, "the string");
+      const auto& text = node->get_ref<const std::string&>();
+      if (depth_first.strings && text.size() > kMaxDepthFirstSubject)
+        return too_long(pointer, "the string", text.size(),
+                        "a regular expression with back-references");
+      if (depth_first.digit_runs && text.size() > kMaxDepthFirstSubject) {
+        if (const std::size_t run = longest_digit_run(text); run > kMaxDepthFirstSubject)
+          return too_long(pointer, "a run of digits in the string", run, "a date or time format");
+      }
     } else if (node->is_array()) {
       for (std::size_t i = 0; i < node->size(); ++i)
         pending.emplace_back(&(*node)[i], pointer_append(pointer, std::to_string(i)));
     } else if (node->is_object()) {
       for (const auto& [key, value] : node->items()) {
-        if (key.size() > kMaxDepthFirstSubject)
-          return too_long(key.size(), pointer, "a key of this object");
+        if (depth_first.keys && key.size() > kMaxDepthFirstSubject)
+          return too_long(pointer, "a key of this object", key.size(), "patternProperties");
         pending.emplace_back(&value, pointer_append(pointer, key));
       }
     }
@@ -454,8 +484,8 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
 
 std::vector<SchemaProblem> JsonSchema::validate(const nlohmann::json& instance) const {
   std::vector<SchemaProblem> out;
-  if (impl_->depth_first) {
-    if (auto problem = overlong_subject(instance)) {
+  if (impl_->depth_first.any()) {
+    if (auto problem = overlong_subject(instance, impl_->depth_first)) {
       out.push_back(std::move(*problem));
       return out;
     }
