@@ -38,7 +38,6 @@ RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_ids bigint[];
   v_acc bigint[];
-  v_busy bigint[];
 BEGIN
   IF NOT p_skip_locked THEN
     RETURN flowreg.renew_leases(p_worker, p_batch, p_lease_ms);
@@ -59,14 +58,17 @@ BEGIN
     RETURNING t.id
   )
   SELECT array_agg(id) INTO v_acc FROM upd;
-  -- Rows locked by another transaction (the worker's own result being recorded, a claimer
-  -- requeueing an expired lease) are neither renewed nor rejected: the next renewal sees them.
-  SELECT array_agg(t.id) INTO v_busy FROM flowreg.tasks t
-  WHERE t.id = ANY (v_ids) AND t.id <> ALL (coalesce(v_acc, '{}'))
-    AND NOT EXISTS (SELECT 1 FROM flowreg.tasks u WHERE u.id = t.id FOR UPDATE SKIP LOCKED);
-  RETURN ARRAY(SELECT DISTINCT i FROM unnest(v_ids) i
-               WHERE i <> ALL (coalesce(v_acc, '{}')) AND i <> ALL (coalesce(v_busy, '{}'))
-               ORDER BY 1);
+  -- Rejected: the tasks that are no longer this worker's at that attempt, read afresh (no lock).
+  -- A task skipped above because another transaction held its row (the worker's own result being
+  -- recorded, a claimer or a crash report looking at it) and still this worker's is neither
+  -- renewed nor rejected: the next renewal sees it.
+  RETURN ARRAY(
+    SELECT DISTINCT b.id FROM jsonb_to_recordset(p_batch) AS b(id bigint, attempt int)
+    WHERE b.id <> ALL (coalesce(v_acc, '{}'))
+      AND NOT EXISTS (SELECT 1 FROM flowreg.tasks t
+                      WHERE t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
+                        AND t.worker_id = p_worker)
+    ORDER BY 1);
 END $$;
 
 -- Reports tasks a dead worker was running. p_batch: [{"id", "attempt", "signal"}], signal null
@@ -123,3 +125,10 @@ BEGIN
                WHERE i NOT IN (SELECT (e->>'id')::bigint FROM jsonb_array_elements(coalesce(v_fail, '[]')) e)
                  AND i <> ALL (coalesce(v_counted, '{}'));
 END $$;
+
+-- Called on every keeper tick and at every start: plans that walk the tasks' primary key at any
+-- table size (see 0004 for why generic plans need sequential scans off).
+ALTER FUNCTION flowreg.renew_leases(text, jsonb, bigint, boolean)
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+ALTER FUNCTION flowreg.report_crashes(jsonb, int)
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
