@@ -7,10 +7,11 @@
 // published a new one. Writers (register_module, replace_module, unregister_module) serialize
 // internally and publish one new snapshot per module change.
 //
-// Lifetime: a module's code (Module::code, e.g. a loaded plugin) is kept alive by the registry
-// while the module is registered and by every FlowRef taken from it. Unregistering never waits for
-// readers; the code is released when the last FlowRef of it is gone. Snapshots themselves never
-// keep code alive, so a reader thread that has gone idle cannot pin an unloaded plugin.
+// Lifetime: a module's code handle (Module::code, e.g. a loaded plugin) is kept alive by the
+// registry while the module is registered and by every FlowRef taken from it. Unregistering never
+// waits for readers; the handle is released when the last FlowRef of it is gone (a plugin's code
+// itself stays mapped: the loader never unloads it). Snapshots themselves never keep a handle
+// alive, so a reader thread that has gone idle pins nothing.
 
 #include <atomic>
 #include <cstdint>

@@ -16,12 +16,11 @@
 //   load, abi    dlopen (never unloaded) of a private read-only copy named by its hash; ABI
 //                magic/major/minor/size; exceptions thrown through the C ABI are contained
 //   definition   describes itself with valid flows (the checks and limits of YAML flows)
-//   register     registers atomically; a module name or flow slug held by another file makes it
-//                wait (status waiting) until that name is free. A file that declares
-//                a name another file holds waits for it (PluginStatus::waiting) and registers as
-//                soon as the holder is removed or stops declaring it. The incumbent keeps a name,
-//                across restarts too (<cache_dir>/owners.json): file names and directory order
-//                never decide (see PluginLoader::Impl for the rule).
+//   register     registers atomically. A file that declares a module name or flow slug another
+//                file holds waits for it (PluginStatus::waiting) and registers as soon as the
+//                holder is removed or stops declaring it. The incumbent keeps a name, across
+//                restarts too (<cache_dir>/owners.json): file names and directory order never
+//                decide (see PluginLoader::Impl for the rule).
 //
 // Thread-safety: all member functions may be called concurrently; loading is serialized inside.
 

@@ -127,10 +127,10 @@ class Converter {
   std::vector<Diagnostic> take_errors() { return std::move(errors_); }
 
  private:
-  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings. What yaml-cpp
-  // returns is made valid UTF-8 here, where it enters: it passes bytes that are not UTF-8 through
-  // (a Latin-1 description reached valijson, whose maxLength then read past a table), and it can
-  // even turn valid input into invalid UTF-8 (a NUL byte in a plain scalar comes out as 0xA0).
+  // YAML 1.2 core schema resolution for plain scalars; quoted scalars are strings. A file that is
+  // not UTF-8 is refused before yaml-cpp sees it; what yaml-cpp returns is still made valid UTF-8
+  // here, because it can turn valid input into invalid UTF-8 (a NUL byte in a plain scalar comes
+  // out as 0xA0).
   bool scalar(const YAML::Node& node, nlohmann::json& into) {
     const std::string text = utf8_valid(node.Scalar());
     const std::string& tag = node.Tag();
