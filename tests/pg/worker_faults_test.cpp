@@ -261,7 +261,16 @@ TEST_SUITE("worker_faults") {
           std::string::npos);
     std::vector<fd::RunId> later;
     for (int i = 0; i < 3; ++i) later.push_back(s.start("wchaos_quick", {{"n", 10 + i}}));
-    std::this_thread::sleep_for(2s);  // a would have claimed them by now
+    // Positive signal instead of a sleep: two heartbeats of a since the runs were queued, each
+    // saying it is still stuck (no thread to claim with); a polls every 200 ms meanwhile.
+    const auto beat = [&] {
+      return query_one(s.conninfo, "SELECT last_heartbeat_at FROM flowreg.workers WHERE id = 'a'");
+    };
+    for (int round = 0; round < 2; ++round) {
+      const std::string seen = beat();
+      REQUIRE_MESSAGE(eventually([&] { return beat() != seen; }, 30s), s.err("a"));
+      CHECK(s.worker_status("a") == "stuck");
+    }
     for (const auto& r : later)
       CHECK(query_one(s.conninfo,
                       "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" + r +
@@ -369,8 +378,10 @@ TEST_SUITE("worker_faults") {
 
   TEST_CASE("workers: a worker killed with SIGKILL is listed as stale, not running forever") {
     auto s = make_scene("wf_stale");
+    // a is stale 600 ms after its death; b, alive, is stale only if it misses beats for 30 s (a
+    // short interval for b too would fail this test whenever a loaded machine delays one beat).
     auto a = s.worker("a", {"--heartbeat-interval", "200ms"});
-    auto b = s.worker("b", {"--heartbeat-interval", "200ms"});
+    auto b = s.worker("b", {"--heartbeat-interval", "10s"});
     s.wait_serving("a", "wchaos_quick");
     s.wait_serving("b", "wchaos_quick");
     REQUIRE(eventually([&] { return s.worker_status("a") == "running"; }, 30s));
