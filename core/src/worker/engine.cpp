@@ -328,6 +328,12 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
 
 void Engine::fail_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
                        std::string error) {
+  {
+    // Thrown after its result was queued (by logging, say): that result stands.
+    std::lock_guard lock(state->mu);
+    auto it = state->held.find(task.id);
+    if (it != state->held.end() && it->second.result_pending) return;
+  }
   record_result(state, task, std::nullopt,
                 Failure{task.id, task.attempt, utf8_valid(error), /*permanent=*/true});
 }
