@@ -11,7 +11,7 @@ add_executable(flowreg_pg_tests
   pg/worker_test.cpp
   pg/worker_faults_test.cpp
 )
-add_dependencies(flowreg_pg_tests flowreg text orders files fixture_wprobe_v1 fixture_wprobe_v2 fixture_wprobe_v3 fixture_wchaos)
+add_dependencies(flowreg_pg_tests flowreg text orders files fixture_wprobe_v1 fixture_wprobe_v2 fixture_wprobe_v3 fixture_wchaos fixture_wtext)
 target_compile_definitions(flowreg_pg_tests PRIVATE
   FLOWREG_EXAMPLE_PLUGIN_DIR="${FLOWREG_EXAMPLE_PLUGIN_DIR}" FLOWREG_FIXTURE_DIR="${FLOWREG_FIXTURE_DIR}")
 target_include_directories(flowreg_pg_tests PRIVATE ${PROJECT_SOURCE_DIR}/core/src)

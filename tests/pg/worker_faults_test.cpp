@@ -1,7 +1,8 @@
 // `flowreg worker` against handlers and machines that misbehave: real worker processes serving the
-// fixture plugin tests/plugins/wchaos.cpp (a handler that crashes the worker, one that never
-// returns, one with a huge output), workers killed with SIGKILL, and an embedded cluster whose
-// postmaster is killed.
+// fixture plugins tests/plugins/wchaos.cpp (a handler that crashes the worker, one that never
+// returns, one with a huge output) and tests/plugins/wtext.cpp (output text nested 100,000 levels
+// deep, NUL characters in outputs and errors), workers killed with SIGKILL, and an embedded cluster
+// whose postmaster is killed.
 
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -66,9 +67,9 @@ void open_up(const fs::path& dir) {
                            fs::perms::others_read | fs::perms::others_exec);
 }
 
-// A scratch directory with plugins/wchaos.so and a configuration: on a fresh database of the
-// shared cluster, or (embedded = true) with no URL, so that the worker starts and owns an embedded
-// cluster under <dir>/data.
+// A scratch directory with plugins/wchaos.so, plugins/wtext.so and a configuration: on a fresh
+// database of the shared cluster, or (embedded = true) with no URL, so that the worker starts and
+// owns an embedded cluster under <dir>/data.
 struct Scene {
   fs::path dir;
   std::string conninfo;  // "" until known for an embedded scene
@@ -142,10 +143,11 @@ Scene make_scene(const std::string& name, bool embedded = false) {
   fs::remove_all(s.dir);
   fs::create_directories(s.dir / "plugins");
   for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"}) open_up(d);
-  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
-  fs::permissions(s.dir / "plugins" / "wchaos.so", fs::perms::owner_read | fs::perms::owner_write |
-                                                       fs::perms::group_read |
-                                                       fs::perms::others_read);
+  for (const char* plugin : {"wchaos.so", "wtext.so"}) {
+    fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / plugin, s.dir / "plugins" / plugin);
+    fs::permissions(s.dir / "plugins" / plugin, fs::perms::owner_read | fs::perms::owner_write |
+                                                    fs::perms::group_read | fs::perms::others_read);
+  }
   std::ofstream config(s.config());
   config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n";
   if (!embedded) {
@@ -259,7 +261,16 @@ TEST_SUITE("worker_faults") {
           std::string::npos);
     std::vector<fd::RunId> later;
     for (int i = 0; i < 3; ++i) later.push_back(s.start("wchaos_quick", {{"n", 10 + i}}));
-    std::this_thread::sleep_for(2s);  // a would have claimed them by now
+    // Positive signal instead of a sleep: two heartbeats of a since the runs were queued, each
+    // saying it is still stuck (no thread to claim with); a polls every 200 ms meanwhile.
+    const auto beat = [&] {
+      return query_one(s.conninfo, "SELECT last_heartbeat_at FROM flowreg.workers WHERE id = 'a'");
+    };
+    for (int round = 0; round < 2; ++round) {
+      const std::string seen = beat();
+      REQUIRE_MESSAGE(eventually([&] { return beat() != seen; }, 30s), s.err("a"));
+      CHECK(s.worker_status("a") == "stuck");
+    }
     for (const auto& r : later)
       CHECK(query_one(s.conninfo,
                       "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" + r +
@@ -311,10 +322,66 @@ TEST_SUITE("worker_faults") {
     CHECK(a.wait(30s) == 0);
   }
 
+  TEST_CASE(
+      "a handler output nested 100,000 levels deep crashed the worker after its task was no "
+      "longer journaled: it now fails that task permanently naming the 64-level limit, and the "
+      "worker keeps serving other runs") {
+    auto s = make_scene("wf_deep");
+    auto a = s.worker("a");
+    s.wait_serving("a", "wtext_deep");
+    const auto deep = s.start("wtext_deep", Json::object());
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(deep); }, 60s), s.err("a"));
+    CHECK(s.run_field(deep, "status") == "failed");
+    CHECK(s.run_field(deep, "error").find("returned output nested deeper than 64 levels") !=
+          std::string::npos);
+    const auto other = s.start("wtext_quick", Json::object());
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(other); }, 60s), s.err("a"));
+    CHECK(s.run_field(other, "status") == "completed");
+    CHECK(a.wait(0ms) == std::nullopt);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "a NUL character in a handler's output strings, keys or error message made PostgreSQL refuse "
+      "the whole recorded batch: it is now U+FFFD, and the other tasks of the batch complete") {
+    auto s = make_scene("wf_nul");
+    {
+      // Registers the flows, then stops: the runs below wait for one worker to claim them together.
+      auto first = s.worker("first");
+      s.wait_serving("first", "wtext_nul");
+      first.signal(SIGTERM);
+      REQUIRE(first.wait(30s) == 0);
+    }
+    const auto nul = s.start("wtext_nul", Json::object());
+    const auto nul_error = s.start("wtext_nul_error", Json::object());
+    std::vector<fd::RunId> quick;
+    for (int i = 0; i < 4; ++i) quick.push_back(s.start("wtext_quick", Json::object()));
+    auto a = s.worker("a");
+    for (const auto& r : quick) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("a"));
+      CHECK(s.run_field(r, "status") == "completed");
+    }
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(nul); }, 60s), s.err("a"));
+    CHECK(s.run_field(nul, "status") == "completed");
+    CHECK(s.run_field(nul, "output->'only'->>'a'") == "x\xEF\xBF\xBDy");
+    CHECK(s.run_field(nul, "output->'only' ? 'k\xEF\xBF\xBD'") == "t");
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(nul_error); }, 60s), s.err("a"));
+    CHECK(s.run_field(nul_error, "status") == "failed");
+    CHECK(s.run_field(nul_error, "error")
+              .find("bad\xEF\xBF\xBD"
+                    "byte") != std::string::npos);
+    CHECK(s.err("a").find("22P05") == std::string::npos);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
   TEST_CASE("workers: a worker killed with SIGKILL is listed as stale, not running forever") {
     auto s = make_scene("wf_stale");
+    // a is stale 600 ms after its death; b, alive, is stale only if it misses beats for 30 s (a
+    // short interval for b too would fail this test whenever a loaded machine delays one beat).
     auto a = s.worker("a", {"--heartbeat-interval", "200ms"});
-    auto b = s.worker("b", {"--heartbeat-interval", "200ms"});
+    auto b = s.worker("b", {"--heartbeat-interval", "10s"});
     s.wait_serving("a", "wchaos_quick");
     s.wait_serving("b", "wchaos_quick");
     REQUIRE(eventually([&] { return s.worker_status("a") == "running"; }, 30s));

@@ -24,6 +24,7 @@
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
+#include "util/json_text.hpp"
 #include "util/strings.hpp"
 
 namespace flowreg::cli {
@@ -31,6 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
+using detail::json_text;
 
 struct Globals {
   std::string config_file;
@@ -43,44 +45,8 @@ struct Globals {
 // wait) have no 7-day limit: 100 years, far inside what PostgreSQL's interval holds.
 constexpr Millis kMaxCommandDuration{876'600LL * 3'600'000};
 
-// JSON for people and scripts. Strings are made valid UTF-8 where they enter (file names, rows,
-// plugins); U+FFFD for anything that slipped through is the second line of defence, so that the
-// serializer never throws.
-std::string json_text(const json& j, int indent = 2) {
-  return j.dump(indent, ' ', false, json::error_handler_t::replace);
-}
-
 // A file name, a path or other text from outside, for JSON.
 std::string valid_text(std::string_view raw) { return detail::utf8_valid(raw); }
-
-// Where JSON text first nests deeper than `limit` arrays and objects (its line and column), or
-// nullopt. Scans the raw text, before any parser or serializer (they recurse) sees it.
-std::optional<std::pair<int, int>> nesting_beyond(std::string_view json_text_in, int limit) {
-  int depth = 0, line = 1, column = 0;
-  bool in_string = false, escaped = false;
-  for (char c : json_text_in) {
-    ++column;
-    if (c == '\n') {
-      ++line;
-      column = 0;
-    }
-    if (in_string) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > limit) return std::pair{line, column};
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return std::nullopt;
-}
 
 void print_error(const Error& error) {
   if (error.details.empty()) {
@@ -205,9 +171,8 @@ json flow_json(const RegisteredFlow& registered) {
           {"description", flow.description},
           {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
           {"options", options_json(flow.options)},
-          {"input_schema", flow.input_schema ? json::parse(flow.input_schema->dump(
-                                                   -1, ' ', false, json::error_handler_t::replace))
-                                             : json(nullptr)},
+          {"input_schema",
+           flow.input_schema ? json::parse(json_text(*flow.input_schema)) : json(nullptr)},
           {"steps", std::move(steps)}};
 }
 
@@ -256,7 +221,7 @@ int flows_list(const Globals& g, bool as_json) {
   if (as_json) {
     json out = json::array();
     for (const auto& f : flows) out.push_back(flow_json(*f));
-    fmt::print("{}\n", json_text(out));
+    fmt::print("{}\n", json_text(out, 2));
     return kExitOk;
   }
   if (flows.empty()) fmt::print(stderr, "no flows registered\n");
@@ -276,7 +241,7 @@ int flows_show(const Globals& g, const std::string& slug, bool as_json, bool as_
     return kExitFailure;
   }
   if (as_json)
-    fmt::print("{}\n", json_text(flow_json(*flow)));
+    fmt::print("{}\n", json_text(flow_json(*flow), 2));
   else if (as_dot)
     print_flow_dot(flow->def);
   else
@@ -324,7 +289,7 @@ int plugins_list(const Globals& g, bool as_json) {
   if (as_json) {
     json out = json::array();
     for (const auto& p : scanned) out.push_back(plugin_json(p));
-    fmt::print("{}\n", json_text(out));
+    fmt::print("{}\n", json_text(out, 2));
     return kExitOk;
   }
   if (scanned.empty()) fmt::print(stderr, "no plugins in {}\n", config->plugins.dir.string());
@@ -361,7 +326,7 @@ int plugins_check(const Globals& g, const std::vector<std::string>& files, bool 
                  fmt::join(info.flows, ", "));
     }
   }
-  if (as_json) fmt::print("{}\n", json_text(out));
+  if (as_json) fmt::print("{}\n", json_text(out, 2));
   return status;
 }
 
@@ -425,7 +390,7 @@ int db_status(const Globals& g, bool as_json) {
   }
   out["migrations"] = migrations;
   if (as_json) {
-    fmt::print("{}\n", json_text(out));
+    fmt::print("{}\n", json_text(out, 2));
     return kExitOk;
   }
   if (config->database.url.empty())
@@ -479,9 +444,7 @@ std::string iso_time(const detail::TimePoint& t) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(t));
 }
 
-json to_ordered(const nlohmann::json& j) {
-  return json::parse(j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-}
+json to_ordered(const nlohmann::json& j) { return json::parse(json_text(j)); }
 
 // The documented JSON form of a run (README, "runs").
 json run_json(const detail::RunInfo& r) {
@@ -512,9 +475,7 @@ json step_json(const detail::StepInfo& s) {
 void print_run_text(const detail::RunInfo& r) {
   fmt::print("run {}  flow={} version={}  {}\n", r.id, r.flow_slug, r.flow_version,
              detail::to_string(r.status));
-  if (r.output)
-    fmt::print("output: {}\n",
-               r.output->dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  if (r.output) fmt::print("output: {}\n", json_text(*r.output));
   if (r.error) fmt::print("error: {}\n", *r.error);
 }
 
@@ -551,9 +512,9 @@ int run_flow(const Globals& g, const RunArgs& a) {
   }
   // The same nesting limit as YAML files, checked on the text before anything recurses into it.
   const int max_depth = detail::YamlLimits{}.max_depth;
-  if (auto at = nesting_beyond(input_text, max_depth)) {
+  if (auto at = detail::nesting_beyond(input_text, static_cast<std::size_t>(max_depth))) {
     fmt::print(stderr, "flowreg: --input nests deeper than {} levels (line {}, column {})\n",
-               max_depth, at->first, at->second);
+               max_depth, at->line, at->column);
     return kExitFailure;
   }
   nlohmann::json input;
@@ -662,7 +623,7 @@ int run_flow(const Globals& g, const RunArgs& a) {
   }
   const detail::RunInfo& r = **info;
   if (a.as_json)
-    fmt::print("{}\n", json_text(run_json(r)));
+    fmt::print("{}\n", json_text(run_json(r), 2));
   else
     print_run_text(r);
   return r.status == detail::RunStatus::completed || r.status == detail::RunStatus::started
@@ -811,7 +772,7 @@ int run(int argc, char** argv) {
           fmt::print("{}  {:<24} {:<10} {}\n", r.id, r.flow_slug, detail::to_string(r.status),
                      iso_time(r.created_at));
       }
-      if (runs_json) fmt::print("{}\n", json_text(out));
+      if (runs_json) fmt::print("{}\n", json_text(out, 2));
       return kExitOk;
     });
   });
@@ -829,7 +790,7 @@ int run(int argc, char** argv) {
         json out = run_json(**info);
         out["steps"] = json::array();
         for (const auto& s : *steps) out["steps"].push_back(step_json(s));
-        fmt::print("{}\n", json_text(out));
+        fmt::print("{}\n", json_text(out, 2));
         return kExitOk;
       }
       print_run_text(**info);

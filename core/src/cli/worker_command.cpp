@@ -20,6 +20,7 @@
 #include "cli/commands.hpp"
 #include "flowreg/options.hpp"
 #include "store/embedded_cluster.hpp"
+#include "util/json_text.hpp"
 
 namespace flowreg::cli {
 
@@ -211,7 +212,7 @@ int workers_command(detail::RunStore& store, bool as_json) {
                       w.heartbeat_interval ? nlohmann::ordered_json(w.heartbeat_interval->count())
                                            : nlohmann::ordered_json(nullptr)}});
     }
-    fmt::print("{}\n", out.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
+    fmt::print("{}\n", detail::json_text(out, 2));
     return kExitOk;
   }
   if (workers->empty()) fmt::print("no worker has run on this database\n");

@@ -11,6 +11,7 @@
 #include "config/json_schema.hpp"
 #include "config/yaml_json.hpp"
 #include "flowreg/validate.hpp"
+#include "util/json_text.hpp"
 #include "util/strings.hpp"
 
 namespace flowreg {
@@ -110,32 +111,6 @@ std::vector<FlowDef> check_flows(const json& flows, const std::string& module,
     out.push_back(std::move(flow));
   }
   return out;
-}
-
-// The deepest nesting of brackets in a JSON text, outside strings, without parsing it (nothing
-// recursive runs on text of unknown depth).
-std::size_t bracket_depth(std::string_view text) {
-  std::size_t depth = 0, deepest = 0;
-  bool in_string = false, escaped = false;
-  for (const char c : text) {
-    if (in_string) {
-      if (escaped)
-        escaped = false;
-      else if (c == '\\')
-        escaped = true;
-      else if (c == '"')
-        in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      deepest = std::max(deepest, ++depth);
-    } else if ((c == '}' || c == ']') && depth > 0) {
-      --depth;
-    }
-  }
-  return deepest;
 }
 
 // The limits of a YAML document, on a parsed JSON value whose depth is already known to be bounded
@@ -262,7 +237,7 @@ tl::expected<PluginDefinition, std::vector<Diagnostic>> parse_plugin_definition(
   if (text.size() > limits.max_file_bytes)
     return fail(fmt::format("the definition is {} bytes; the limit is {} bytes", text.size(),
                             limits.max_file_bytes));
-  if (bracket_depth(text) > static_cast<std::size_t>(limits.max_depth) + 1)
+  if (nesting_beyond(text, static_cast<std::size_t>(limits.max_depth) + 1))
     return fail(fmt::format("nesting is deeper than {} levels", limits.max_depth));
   json definition;
   // Duplicate keys are refused as in YAML (a JSON parser would silently keep the last one).

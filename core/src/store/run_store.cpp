@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "util/json_text.hpp"
 #include "util/sha256.hpp"
 #include "util/strings.hpp"
 
@@ -106,11 +107,6 @@ Json row_json(const pqxx::field& f) { return Json::parse(row_text(f)); }
 std::optional<Json> opt_json(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
   return row_json(f);
-}
-
-// JSON text sent to the server: never throws on invalid UTF-8 (it becomes U+FFFD).
-std::string json_text(const Json& j) {
-  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 // A run input in a message: its JSON text when short, else its size and SHA-256.

@@ -9,6 +9,8 @@
 #include <iterator>
 #include <utility>
 
+#include "config/yaml_json.hpp"
+#include "util/json_text.hpp"
 #include "util/strings.hpp"
 
 namespace flowreg::detail {
@@ -23,6 +25,43 @@ constexpr std::size_t kMaxErrorBytes = 64 * 1024;
 Millis renew_period(Millis timeout, Millis lease) {
   const Millis granted = timeout.count() > 0 ? std::min(timeout, lease) : lease;
   return std::max(granted / 3, Millis(1));
+}
+
+// `text` with every NUL byte replaced by U+FFFD: PostgreSQL holds no NUL in text nor U+0000 in
+// jsonb (SQLSTATE 22P05), and one such string refuses the whole batch it is recorded with.
+std::string without_nul(std::string text) {
+  if (text.find('\0') == std::string::npos) return text;
+  std::string out;
+  out.reserve(text.size() + 8);
+  for (const char c : text) {
+    if (c == '\0')
+      out += "\xEF\xBF\xBD";
+    else
+      out += c;
+  }
+  return out;
+}
+
+// Replaces U+0000 in every string and object key of `j` by U+FFFD. REQUIRES: `j` nests a bounded
+// number of levels (this recurses once per level).
+void replace_nul(nlohmann::json& j) {
+  if (j.is_string()) {
+    auto& text = j.get_ref<std::string&>();
+    if (text.find('\0') != std::string::npos) text = without_nul(std::move(text));
+  } else if (j.is_array()) {
+    for (auto& element : j) replace_nul(element);
+  } else if (j.is_object()) {
+    bool in_keys = false;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      in_keys = in_keys || it.key().find('\0') != std::string::npos;
+      replace_nul(it.value());
+    }
+    if (!in_keys) return;
+    nlohmann::json fixed = nlohmann::json::object();
+    for (auto it = j.begin(); it != j.end(); ++it)
+      fixed[without_nul(it.key())] = std::move(it.value());
+    j = std::move(fixed);
+  }
 }
 
 std::string hostname() {
@@ -182,6 +221,11 @@ void Engine::dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task)
   auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
   HandlerPool::Job job;
   job.run = [this, state, shared_task] { run_task(state, *shared_task); };
+  job.fail = [this, state, shared_task](std::string what) {
+    fail_task(state, *shared_task,
+              fmt::format("step '{}': the worker failed running its handler: {}",
+                          shared_task->step_slug, what));
+  };
   job.cancel = [this, state, shared_task] {
     {
       std::lock_guard lock(state->mu);
@@ -226,8 +270,14 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
                                     {"task_index", task.task_index},
                                     {"attempt", task.attempt}};
     if (journal_) journal_->begin(task.id, task.attempt);
-    outcome = handler->second.invoke(task.input.dump(), context.dump());
-    if (journal_) journal_->end();
+    // The slot is cleared however the call ends (HandlerPool turns an exception into a failure).
+    struct JournalEnd {
+      TaskJournal* journal;
+      ~JournalEnd() {
+        if (journal) journal->end();
+      }
+    } journal_end{journal_.get()};
+    outcome = handler->second.invoke(json_text(task.input), json_text(context));
   }
 
   std::optional<Completion> completion;
@@ -243,12 +293,25 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
                           true};
         break;
       }
+      // Bounded before parsing: the parser is iterative, but everything that handles the value
+      // afterwards (serializing it for the store, on the flow loop's thread) recurses per level.
+      const int max_depth = YamlLimits{}.max_depth;
+      if (nesting_beyond(outcome.body, static_cast<std::size_t>(max_depth))) {
+        failure = Failure{task.id, task.attempt,
+                          fmt::format("handler '{}' returned output nested deeper than {} levels",
+                                      handler->second.name(), max_depth),
+                          true};
+        break;
+      }
       auto output = nlohmann::json::parse(outcome.body, nullptr, /*allow_exceptions=*/false);
       if (output.is_discarded()) {
         failure = Failure{task.id, task.attempt,
                           fmt::format("handler '{}' returned invalid JSON", handler->second.name()),
                           true};
       } else {
+        // Only text that spells the escape can hold U+0000 (a raw NUL byte is invalid JSON):
+        // outputs without it, nearly all, are not walked.
+        if (outcome.body.find("\\u0000") != std::string::npos) replace_nul(output);
         completion = Completion{task.id, task.attempt, std::move(output), outcome.body.size()};
       }
       break;
@@ -260,6 +323,24 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
       failure = Failure{task.id, task.attempt, std::move(outcome.body), true};
       break;
   }
+  record_result(state, task, std::move(completion), std::move(failure));
+}
+
+void Engine::fail_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+                       std::string error) {
+  {
+    // Thrown after its result was queued (by logging, say): that result stands.
+    std::lock_guard lock(state->mu);
+    auto it = state->held.find(task.id);
+    if (it != state->held.end() && it->second.result_pending) return;
+  }
+  record_result(state, task, std::nullopt,
+                Failure{task.id, task.attempt, utf8_valid(error), /*permanent=*/true});
+}
+
+void Engine::record_result(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+                           std::optional<Completion> completion, std::optional<Failure> failure) {
+  if (failure) failure->error = without_nul(std::move(failure->error));
   // An error message is for people: a huge one is cut (it would weigh on every round trip).
   if (failure && failure->error.size() > kMaxErrorBytes)
     failure->error = std::string(utf8_prefix(failure->error, kMaxErrorBytes)) +

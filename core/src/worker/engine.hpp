@@ -143,6 +143,12 @@ class Engine {
   void wake_all();
   std::vector<std::shared_ptr<LoopState>> states() const;
   void run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task);
+  // A task whose job threw out of run_task(): fails it permanently with `error`.
+  void fail_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+                 std::string error);
+  // Queues the result of a task that ran (exactly one of the two), unless it was given up.
+  void record_result(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+                     std::optional<Completion> completion, std::optional<Failure> failure);
   // Records results of retired loops and pending releases; false when the database is unreachable.
   bool flush_retired();
   bool flush_releases();

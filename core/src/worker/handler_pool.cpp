@@ -1,5 +1,6 @@
 #include "worker/handler_pool.hpp"
 
+#include <exception>
 #include <utility>
 
 namespace flowreg::detail {
@@ -83,6 +84,35 @@ bool HandlerPool::close_and_wait(std::chrono::steady_clock::time_point deadline)
   return true;
 }
 
+namespace {
+
+std::string exception_text() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
+  }
+}
+
+}  // namespace
+
+// An exception out of a job would end the thread, and so the process (std::terminate): it becomes
+// the job's failure instead.
+void HandlerPool::run_job(Job& job) noexcept {
+  try {
+    job.run();
+    return;
+  } catch (...) {
+    if (!job.fail) return;
+    try {
+      job.fail(exception_text());
+    } catch (...) {
+    }
+  }
+}
+
 void HandlerPool::thread_main(const std::shared_ptr<Shared>& shared) {
   std::unique_lock lock(shared->mu);
   for (;;) {
@@ -92,7 +122,7 @@ void HandlerPool::thread_main(const std::shared_ptr<Shared>& shared) {
     shared->queue.pop_front();
     ++shared->running;
     lock.unlock();
-    job.run();
+    run_job(job);
     job = Job{};  // release what the job holds (a plugin's code) before counting it done
     lock.lock();
     --shared->running;

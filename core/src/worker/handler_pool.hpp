@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -24,6 +25,9 @@ class HandlerPool {
   struct Job {
     std::function<void()> run;     // on a pool thread
     std::function<void()> cancel;  // instead of run, when taken back before it started
+    // After run, on its thread, when run threw: the exception's text. An exception from fail
+    // itself is dropped (nothing thrown by a job ends the process).
+    std::function<void(std::string what)> fail;
   };
 
   explicit HandlerPool(int threads);
@@ -58,6 +62,7 @@ class HandlerPool {
     bool expired = false;  // a close_and_wait() deadline passed
   };
   static void thread_main(const std::shared_ptr<Shared>& shared);
+  static void run_job(Job& job) noexcept;
 
   std::shared_ptr<Shared> shared_ = std::make_shared<Shared>();
   std::vector<std::thread> threads_;

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -25,6 +27,8 @@ std::atomic<int> g_fd{-1};
 std::atomic<int> g_next_slot{0};
 struct sigaction g_previous[NSIG];
 bool g_installed = false;
+// True in a child forked by this process (a handler's): nothing there writes to the journal.
+std::atomic<bool> g_forked{false};
 
 // Thread-local, of trivial types: no initialization guard, readable from a signal handler.
 thread_local int t_slot = -1;
@@ -63,6 +67,24 @@ void write_slot(int fd, int slot, const char* buf) {
   do {
     n = ::pwrite(fd, buf, kSlot, at);
   } while (n < 0 && errno == EINTR);
+}
+
+// In a child forked after open() (a handler may fork without exec; O_CLOEXEC covers exec): the
+// child would otherwise hold the journal's lock after the worker died, so that no worker ever
+// reports it, and a crash in the child would write into the parent's slot. Closing the child's
+// copy of the descriptor leaves the parent's lock alone (flock belongs to the open file, which
+// the parent still holds). Runs in the child right after fork(): async-signal-safe calls only.
+void in_forked_child() {
+  g_forked.store(true);
+  t_slot = -1;
+  t_task = 0;
+  const int fd = g_fd.exchange(-1);
+  if (fd < 0) return;
+  if (g_installed) {
+    for (int sig : kSignals) ::sigaction(sig, &g_previous[sig], nullptr);
+    g_installed = false;
+  }
+  ::close(fd);
 }
 
 void on_fatal_signal(int sig, siginfo_t* info, void*) {
@@ -139,19 +161,33 @@ Result<std::unique_ptr<TaskJournal>> TaskJournal::open(const std::filesystem::pa
   if (ec)
     return make_error(Errc::io, fmt::format("cannot create the crash journal directory {}: {}",
                                             dir.string(), ec.message()));
+  static const bool fork_handler = ::pthread_atfork(nullptr, nullptr, in_forked_child) == 0;
+  if (!fork_handler)
+    return make_error(Errc::internal, "cannot register the crash journal's fork handler");
+  // Created under a name collect() ignores and locked there, then renamed: collect() never sees
+  // this journal unlocked (it would take an empty, unlocked journal for a dead worker's and
+  // remove it). A process that dies in between leaves an empty "*.journal.new", which nothing
+  // reads.
   std::random_device rd;
   const auto file = dir / fmt::format("{}-{:08x}.journal", ::getpid(), rd());
-  const int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  auto creating = file;
+  creating += ".new";
+  const int fd = ::open(creating.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0)
-    return make_error(Errc::io, fmt::format("cannot create the crash journal {}: {}", file.string(),
-                                            std::strerror(errno)));
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    return make_error(Errc::io, fmt::format("cannot create the crash journal {}: {}",
+                                            creating.string(), std::strerror(errno)));
+  const auto give_up = [&](const char* what) {
     const int err = errno;
+    ::unlink(creating.c_str());
     ::close(fd);
-    return make_error(Errc::io, fmt::format("cannot lock the crash journal {}: {}", file.string(),
-                                            std::strerror(err)));
-  }
+    return make_error(Errc::io, fmt::format("cannot {} the crash journal {}: {}", what,
+                                            file.string(), std::strerror(err)));
+  };
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) return give_up("lock");
+  if (::renameat2(AT_FDCWD, creating.c_str(), AT_FDCWD, file.c_str(), RENAME_NOREPLACE) != 0)
+    return give_up("name");
   std::unique_ptr<TaskJournal> journal(new TaskJournal(file, fd));
+  g_forked = false;  // a forked child that opens a journal of its own writes to that one
   g_next_slot = 0;
   g_fd = fd;
   struct sigaction action {};
@@ -188,7 +224,7 @@ std::vector<TaskJournal::Leftover> TaskJournal::collect(const std::filesystem::p
 TaskJournal::~TaskJournal() { close(); }
 
 void TaskJournal::begin(TaskId id, int attempt) noexcept {
-  if (fd_ < 0) return;
+  if (!open_.load(std::memory_order_relaxed) || g_forked.load(std::memory_order_relaxed)) return;
   if (t_slot < 0) t_slot = g_next_slot.fetch_add(1);
   t_task = id;
   t_attempt = attempt;
@@ -204,15 +240,22 @@ void TaskJournal::begin(TaskId id, int attempt) noexcept {
 }
 
 void TaskJournal::end() noexcept {
-  if (fd_ < 0 || t_slot < 0) return;
+  if (!open_.load(std::memory_order_relaxed) || g_forked.load(std::memory_order_relaxed) ||
+      t_slot < 0)
+    return;
   t_task = 0;
   char buf[kSlot];
   fill(buf, 0);
   write_slot(fd_, t_slot, buf);
 }
 
+// The descriptor is never closed. Handlers that outlived their timeout may still be running and
+// call begin()/end() on other threads after this: with the descriptor closed, its number could be
+// reused by any file the process opens next (a database socket, a plugin), and their pwrite()
+// would scribble over it. Left open, they write into the removed file, which nothing reads; the
+// cost is one descriptor per journal opened, and a worker opens one.
 void TaskJournal::close() noexcept {
-  if (fd_ < 0) return;
+  if (!open_.exchange(false)) return;
   if (g_installed) {
     for (int sig : kSignals) ::sigaction(sig, &g_previous[sig], nullptr);
     g_installed = false;
@@ -220,8 +263,6 @@ void TaskJournal::close() noexcept {
   g_fd = -1;
   std::error_code ec;
   std::filesystem::remove(file_, ec);
-  ::close(fd_);
-  fd_ = -1;
 }
 
 }  // namespace flowreg::detail

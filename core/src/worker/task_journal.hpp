@@ -25,9 +25,16 @@
 // Limits: a stack overflow in a handler is not attributed (no alternate signal stack); the lock
 // is flock(2), which does not span hosts on every network file system.
 //
-// Thread-safety: begin() and end() from any thread (each touches only its own slot); one journal
-// per process (open() fails for a second one while the first is open).
+// Journals are created as "<name>.journal.new", locked, then renamed, so collect() never finds
+// one that is not locked yet. A child forked by a handler closes its copy of the descriptor and
+// writes nothing (pthread_atfork): a long-lived child does not keep a dead worker's journal
+// locked, and a crash in the child is not written into the parent's slot.
+//
+// Thread-safety: begin() and end() from any thread (each touches only its own slot), also
+// concurrently with close(); one journal per process (open() fails for a second one while the
+// first is open).
 
+#include <atomic>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -76,7 +83,9 @@ class TaskJournal {
   void begin(TaskId id, int attempt) noexcept;
   void end() noexcept;
 
-  // Uninstalls the signal handler and removes the file (a clean exit leaves no journal).
+  // Uninstalls the signal handler and removes the file (a clean exit leaves no journal); begin()
+  // and end() do nothing afterwards. The descriptor stays open while the process lives: handlers
+  // still running may call begin()/end() concurrently with close().
   void close() noexcept;
 
   const std::filesystem::path& file() const noexcept { return file_; }
@@ -84,8 +93,9 @@ class TaskJournal {
  private:
   TaskJournal(std::filesystem::path file, int fd) : file_(std::move(file)), fd_(fd) {}
 
-  std::filesystem::path file_;
-  int fd_ = -1;
+  const std::filesystem::path file_;
+  const int fd_;  // open until the process ends (see close())
+  std::atomic<bool> open_{true};
 };
 
 }  // namespace flowreg::detail

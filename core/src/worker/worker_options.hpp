@@ -36,7 +36,7 @@ struct WorkerOptions {
 
   // A handler output larger than this (bytes of JSON) fails its task permanently, naming the limit.
   std::size_t max_output_bytes = std::size_t{16} << 20;
-  // Where the crash journal lives (crash_journal.hpp); empty: no journal, no crash attribution.
+  // Where the task journal lives (task_journal.hpp); empty: no journal, no crash attribution.
   // Journals left there by dead workers are reported when this worker starts.
   std::filesystem::path journal_dir;
   // A task running in this many workers that died, none of which recorded a fatal signal for it,

@@ -1,0 +1,34 @@
+#pragma once
+// JSON as text, where it crosses the process's boundaries: one serializer that never throws, and
+// one bound on nesting checked on raw text before anything recursive (nlohmann's dump(), copies,
+// comparisons, destructors of older versions, schema validation) sees a value of unknown depth.
+// nlohmann's parser is iterative, so a parsed value can be nested millions of levels deep; the
+// code that walks it afterwards recurses once per level and would overflow its thread's stack.
+
+#include <cstddef>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace flowreg::detail {
+
+// `j` as JSON text, compact (indent -1) or indented. Invalid UTF-8 in a string becomes U+FFFD
+// instead of an exception: strings are made valid where they enter, this is the second line of
+// defence so that serializing never throws.
+std::string json_text(const nlohmann::json& j, int indent = -1);
+std::string json_text(const nlohmann::ordered_json& j, int indent = -1);
+
+// A place in a text: 1-based line, 1-based column (in bytes).
+struct TextPlace {
+  int line = 1;
+  int column = 1;
+};
+
+// The place of the first '[' or '{' of `text` that opens a level deeper than `limit`, or nullopt
+// when the text nests at most `limit` levels. Brackets inside strings (with their escapes) do not
+// count; a stray closing bracket never takes the depth below zero. Reads the raw text only, so it
+// works on text that is not valid JSON and never recurses.
+std::optional<TextPlace> nesting_beyond(std::string_view text, std::size_t limit) noexcept;
+
+}  // namespace flowreg::detail

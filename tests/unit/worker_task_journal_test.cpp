@@ -1,0 +1,109 @@
+// The worker's task journal (core/src/worker/task_journal.hpp) on real files and real processes:
+// how it is created while other workers collect, and what a child forked by a handler holds.
+
+#include <doctest/doctest.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+
+#include "worker/task_journal.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using flowreg::detail::TaskJournal;
+
+fs::path scratch(const std::string& name) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("flowreg_journal_" + std::to_string(::getpid())) / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+}  // namespace
+
+TEST_SUITE("task_journal") {
+  TEST_CASE(
+      "a journal being created was taken by a concurrent collect() as a dead worker's (it was "
+      "unlocked between open and flock): collect() now never gets one, and every open() works") {
+    const fs::path dir = scratch("race");
+    std::atomic<bool> done{false};
+    std::atomic<int> taken{0};
+    std::thread collector([&] {
+      while (!done.load()) {
+        for (auto& leftover : TaskJournal::collect(dir)) {
+          ++taken;
+          leftover.discard();
+        }
+      }
+    });
+    int failed_opens = 0;
+    // Each open() keeps one descriptor for the life of the process (see TaskJournal::close()).
+    for (int i = 0; i < 400; ++i) {
+      auto journal = TaskJournal::open(dir);
+      if (!journal) {
+        ++failed_opens;
+        continue;
+      }
+      (*journal)->close();
+    }
+    done = true;
+    collector.join();
+    CHECK(taken.load() == 0);
+    CHECK(failed_opens == 0);
+  }
+
+  TEST_CASE("collect() ignores a journal still under its creation name") {
+    const fs::path dir = scratch("creating");
+    const fs::path creating = dir / "1-00000000.journal.new";
+    { std::ofstream(creating.string()) << ""; }
+    CHECK(TaskJournal::collect(dir).empty());
+    CHECK(fs::exists(creating));
+  }
+
+  TEST_CASE(
+      "a child forked by a handler kept a dead worker's journal locked for as long as it lived: "
+      "it now closes its copy, and the journal is collected while the child still runs") {
+    const fs::path dir = scratch("fork");
+    int hold[2];
+    REQUIRE(::pipe(hold) == 0);
+    const pid_t worker = ::fork();
+    REQUIRE(worker >= 0);
+    if (worker == 0) {
+      // The "worker": opens its journal, forks a long-lived child, and dies without closing it.
+      ::close(hold[1]);
+      auto journal = TaskJournal::open(dir);
+      if (!journal) ::_exit(2);
+      (*journal)->begin(42, 1);
+      const pid_t child = ::fork();
+      if (child == 0) {
+        char c = 0;
+        while (::read(hold[0], &c, 1) < 0) {
+        }
+        ::_exit(0);
+      }
+      ::_exit(child > 0 ? 0 : 3);
+    }
+    ::close(hold[0]);
+    int status = 0;
+    REQUIRE(::waitpid(worker, &status, 0) == worker);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    // The worker is dead, its child is alive (blocked on `hold`).
+    auto leftovers = TaskJournal::collect(dir);
+    CHECK(leftovers.size() == 1);
+    if (leftovers.size() == 1) {
+      REQUIRE(leftovers[0].entries().size() == 1);
+      CHECK(leftovers[0].entries()[0].id == 42);
+      leftovers[0].discard();
+    }
+    ::close(hold[1]);  // the child ends
+  }
+}
