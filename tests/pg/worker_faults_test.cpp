@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
@@ -32,35 +33,9 @@ using flowreg::test::Child;
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-std::string query_one(const std::string& conninfo, const std::string& sql) {
-  try {
-    pqxx::connection conn(conninfo);
-    pqxx::nontransaction tx(conn);
-    auto r = tx.exec(sql);
-    if (r.empty() || r[0][0].is_null()) return "";
-    return r[0][0].as<std::string>();
-  } catch (const std::exception&) {
-    return "";  // not reachable (yet)
-  }
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-template <class F>
-bool eventually(F&& ready, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (ready()) return true;
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(50ms);
-  }
-}
+using flowreg::pgtest::eventually;
+using flowreg::pgtest::query_one_or_empty;
+using flowreg::pgtest::read_file;
 
 void open_up(const fs::path& dir) {
   fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
@@ -70,37 +45,11 @@ void open_up(const fs::path& dir) {
 // A scratch directory with plugins/wchaos.so, plugins/wtext.so and a configuration: on a fresh
 // database of the shared cluster, or (embedded = true) with no URL, so that the worker starts and
 // owns an embedded cluster under <dir>/data.
-struct Scene {
-  fs::path dir;
-  std::string conninfo;  // "" until known for an embedded scene
-  fs::path config() const { return dir / "flowreg.yaml"; }
-
-  Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
-    std::vector<std::string> argv = {
-        FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
-        "--id",         id,         "--poll-interval", "200ms"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
-  }
-  std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
-
-  std::string wait_serving(const std::string& id, const std::string& slug) const {
-    std::string version;
-    const bool ok = eventually(
-        [&] {
-          version = query_one(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
-                                            "' ORDER BY created_at DESC LIMIT 1");
-          return !version.empty() && err(id).find("serving") != std::string::npos;
-        },
-        120s);
-    REQUIRE_MESSAGE(ok, "worker " << id << " never served " << slug << ": " << err(id));
-    return version;
-  }
-
+struct Scene : flowreg::pgtest::WorkerScene {
   fd::RunId start(const std::string& slug, const Json& input) const {
     const std::string version =
-        query_one(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
-                                "' ORDER BY created_at DESC LIMIT 1");
+        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                         "' ORDER BY created_at DESC LIMIT 1");
     REQUIRE(!version.empty());
     auto store = fd::RunStore::connect(conninfo);
     REQUIRE_MESSAGE(store, store.error().format());
@@ -110,7 +59,8 @@ struct Scene {
   }
 
   std::string run_field(const fd::RunId& run, const std::string& column) const {
-    return query_one(conninfo, "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
+    return query_one_or_empty(conninfo,
+                              "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
   }
   bool ended(const fd::RunId& run) const {
     const std::string status = run_field(run, "status");
@@ -125,10 +75,11 @@ struct Scene {
   }
   // Tasks worker `id` holds (started, not ended).
   int count_held_by(const std::string& id) const {
-    return std::stoi(query_one(conninfo,
-                               "SELECT count(*) FROM flowreg.tasks WHERE status = 'started' AND "
-                               "worker_id = '" +
-                                   id + "'"));
+    return std::stoi(
+        query_one_or_empty(conninfo,
+                           "SELECT count(*) FROM flowreg.tasks WHERE status = 'started' AND "
+                           "worker_id = '" +
+                               id + "'"));
   }
   std::string worker_status(const std::string& id) const {
     for (const auto& w : workers())
@@ -182,8 +133,8 @@ TEST_SUITE("worker_faults") {
                 .find("handler crashed the worker (signal " + std::to_string(sig) + ")") !=
             std::string::npos);
       // Failed on the attempt that crashed: it never ran again.
-      CHECK(query_one(s.conninfo,
-                      "SELECT attempt FROM flowreg.tasks WHERE run_id = '" + crashed + "'") == "1");
+      CHECK(query_one_or_empty(s.conninfo, "SELECT attempt FROM flowreg.tasks WHERE run_id = '" +
+                                               crashed + "'") == "1");
       const auto other = s.start("wchaos_quick", {{"n", 1}});
       REQUIRE_MESSAGE(eventually([&] { return s.ended(other); }, 60s), s.err("b"));
       CHECK(s.run_field(other, "status") == "completed");
@@ -222,10 +173,10 @@ TEST_SUITE("worker_faults") {
     CHECK(s.run_field(run, "status") == "failed");
     CHECK(s.run_field(run, "error").find("handler was running in 3 workers that died") !=
           std::string::npos);
-    CHECK(query_one(s.conninfo,
-                    "SELECT attempt || ' ' || crashes FROM flowreg.tasks WHERE "
-                    "run_id = '" +
-                        run + "'") == "3 3");
+    CHECK(query_one_or_empty(s.conninfo,
+                             "SELECT attempt || ' ' || crashes FROM flowreg.tasks WHERE "
+                             "run_id = '" +
+                                 run + "'") == "3 3");
     last.signal(SIGTERM);
     CHECK(last.wait(30s) == 0);
   }
@@ -264,7 +215,8 @@ TEST_SUITE("worker_faults") {
     // Positive signal instead of a sleep: two heartbeats of a since the runs were queued, each
     // saying it is still stuck (no thread to claim with); a polls every 200 ms meanwhile.
     const auto beat = [&] {
-      return query_one(s.conninfo, "SELECT last_heartbeat_at FROM flowreg.workers WHERE id = 'a'");
+      return query_one_or_empty(s.conninfo,
+                                "SELECT last_heartbeat_at FROM flowreg.workers WHERE id = 'a'");
     };
     for (int round = 0; round < 2; ++round) {
       const std::string seen = beat();
@@ -272,17 +224,17 @@ TEST_SUITE("worker_faults") {
       CHECK(s.worker_status("a") == "stuck");
     }
     for (const auto& r : later)
-      CHECK(query_one(s.conninfo,
-                      "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" + r +
-                          "'") == "-");
+      CHECK(query_one_or_empty(
+                s.conninfo, "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" +
+                                r + "'") == "-");
 
     // Another worker takes them.
     auto b = s.worker("b");
     for (const auto& r : later) {
       REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("b"));
       CHECK(s.run_field(r, "status") == "completed");
-      CHECK(query_one(s.conninfo,
-                      "SELECT worker_id FROM flowreg.tasks WHERE run_id = '" + r + "'") == "b");
+      CHECK(query_one_or_empty(s.conninfo, "SELECT worker_id FROM flowreg.tasks WHERE run_id = '" +
+                                               r + "'") == "b");
     }
     CHECK(s.run_field(hang2, "status") == "failed");
     CHECK(s.run_field(hang2, "error").find("timed out") != std::string::npos);
@@ -425,7 +377,7 @@ TEST_SUITE("worker_faults") {
                         [&] {
                           auto now = cluster->status();
                           return now && now->running && now->postmaster_pid != postmaster &&
-                                 query_one(s.conninfo, "SELECT 1") == "1";
+                                 query_one_or_empty(s.conninfo, "SELECT 1") == "1";
                         },
                         120s),
                     s.err("a"));

@@ -22,6 +22,7 @@
 
 #include "flowreg/plugins.hpp"
 #include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
@@ -35,64 +36,14 @@ using flowreg::test::Child;
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-
-std::string query_one(const std::string& conninfo, const std::string& sql) {
-  pqxx::connection conn(conninfo);
-  pqxx::nontransaction tx(conn);
-  auto r = tx.exec(sql);
-  if (r.empty() || r[0][0].is_null()) return "";
-  return r[0][0].as<std::string>();
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// Polls `ready` every 20 ms until it holds or `timeout` passes; whether it held.
-template <class F>
-bool eventually(F&& ready, std::chrono::milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  for (;;) {
-    if (ready()) return true;
-    if (Clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(20ms);
-  }
-}
+using flowreg::pgtest::eventually;
+using flowreg::pgtest::query_one;
+using flowreg::pgtest::read_file;
 
 // A scratch directory with plugins/wprobe.so, a configuration and a fresh migrated database.
-struct Scene {
-  fs::path dir;
-  std::string conninfo;
-  fs::path config() const { return dir / "flowreg.yaml"; }
+struct Scene : flowreg::pgtest::WorkerScene {
   fs::path log() const { return dir / "handler.log"; }
   fs::path plugins() const { return dir / "plugins"; }
-
-  Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
-    std::vector<std::string> argv = {
-        FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
-        "--id",         id,         "--poll-interval", "200ms"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    return Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
-  }
-
-  std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
-
-  // Waits until worker `id` serves `slug` (its startup line names it); returns the flow version.
-  std::string wait_serving(const std::string& id, const std::string& slug) const {
-    std::string version;
-    const bool ok = eventually(
-        [&] {
-          version = query_one(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
-                                            "' ORDER BY created_at DESC LIMIT 1");
-          return !version.empty() && err(id).find("serving") != std::string::npos;
-        },
-        30s);
-    REQUIRE_MESSAGE(ok, "worker " << id << " never served " << slug << ": " << err(id));
-    return version;
-  }
 
   fd::RunStore store() const {
     auto s = fd::RunStore::connect(conninfo);

@@ -1,0 +1,91 @@
+#pragma once
+// What the tests of real worker processes share: SQL and file reading, polling, and a scratch
+// directory with a configuration from which `flowreg worker` processes are started.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <pqxx/pqxx>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/process.hpp"
+
+namespace flowreg::pgtest {
+
+// The first column of the first row of `sql`, or "" for no row or NULL. Throws what pqxx throws.
+inline std::string query_one(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  auto r = tx.exec(sql);
+  if (r.empty() || r[0][0].is_null()) return "";
+  return r[0][0].as<std::string>();
+}
+
+// query_one, or "" while the database cannot be reached (a cluster starting or restarting).
+inline std::string query_one_or_empty(const std::string& conninfo, const std::string& sql) {
+  try {
+    return query_one(conninfo, sql);
+  } catch (const std::exception&) {
+    return "";
+  }
+}
+
+inline std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Polls `ready` every 20 ms until it holds or `timeout` passes; whether it held.
+template <class F>
+bool eventually(F&& ready, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (ready()) return true;
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// A scratch directory holding flowreg.yaml; `conninfo` is its database ("" until known when the
+// scene's worker starts an embedded cluster).
+struct WorkerScene {
+  std::filesystem::path dir;
+  std::string conninfo;
+
+  std::filesystem::path config() const { return dir / "flowreg.yaml"; }
+
+  // `flowreg worker --id ID` on this scene, its output in ID.out and ID.err.
+  test::Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
+    std::vector<std::string> argv = {
+        FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
+        "--id",         id,         "--poll-interval", "200ms"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return test::Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
+  }
+
+  std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
+
+  // Waits until worker `id` serves `slug` (its startup line names it); returns the flow version.
+  std::string wait_serving(const std::string& id, const std::string& slug) const {
+    std::string version;
+    const bool ok = eventually(
+        [&] {
+          version =
+              query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" +
+                                               slug + "' ORDER BY created_at DESC LIMIT 1");
+          return !version.empty() && err(id).find("serving") != std::string::npos;
+        },
+        std::chrono::seconds(120));
+    REQUIRE_MESSAGE(ok, "worker " << id << " never served " << slug << ": " << err(id));
+    return version;
+  }
+};
+
+}  // namespace flowreg::pgtest
