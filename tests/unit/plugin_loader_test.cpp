@@ -20,6 +20,7 @@
 #include "plugin/elf_reader.hpp"
 #include "plugin/plugin_library.hpp"
 #include "support/process.hpp"
+#include "unit/plugin_sandbox.hpp"
 
 using namespace flowreg;
 using namespace std::chrono_literals;
@@ -29,70 +30,7 @@ namespace {
 
 const fs::path kFixtures = FLOWREG_FIXTURE_DIR;
 
-// A fresh drop-in directory (0755) with its own plugin cache, removed afterwards.
-struct Sandbox {
-  fs::path root, dir, cache;
-  FlowRegistry registry;
-  std::unique_ptr<PluginLoader> loader;
-
-  explicit Sandbox(PluginSettings settings = {}, std::chrono::milliseconds debounce = 50ms,
-                   long trusted_uid = -1) {
-    char tmpl[] = "/tmp/flowreg_plugin_test_XXXXXX";
-    root = mkdtemp(tmpl);
-    dir = root / "plugins.d";
-    cache = root / "cache";
-    fs::create_directory(dir);
-    fs::permissions(root, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                              fs::perms::others_read | fs::perms::others_exec);
-    fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                             fs::perms::others_read | fs::perms::others_exec);
-    settings.dir = dir;
-    settings.scan_timeout = 5s;
-    PluginLoaderOptions options;
-    options.settings = settings;
-    options.cache_dir = cache;
-    options.inspector = FLOWREG_BINARY;
-    options.debounce = debounce;
-    options.rescan_interval = 0ms;
-    options.trusted_uid = trusted_uid;
-    loader = std::make_unique<PluginLoader>(registry, options);
-  }
-  ~Sandbox() {
-    loader.reset();
-    std::error_code ec;
-    for (const auto& e : fs::recursive_directory_iterator(root, ec))
-      fs::permissions(e.path(), fs::perms::owner_all, fs::perm_options::add, ec);
-    fs::remove_all(root, ec);
-  }
-
-  fs::path add(const std::string& fixture, std::string name = {}) {
-    if (name.empty()) name = fixture + ".so";
-    const fs::path target = dir / name;
-    fs::copy_file(kFixtures / (fixture + ".so"), target, fs::copy_options::overwrite_existing);
-    fs::permissions(target, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
-                                fs::perms::others_read);
-    return target;
-  }
-
-  std::vector<PluginInfo> scan() {
-    auto result = loader->scan();
-    REQUIRE_MESSAGE(result, result.error().format());
-    return *result;
-  }
-
-  PluginInfo info_of(const fs::path& file) const {
-    for (auto& p : loader->plugins())
-      if (p.file == file) return p;
-    FAIL("no status for " << file);
-    return {};
-  }
-
-  std::vector<std::string> slugs() const {
-    std::vector<std::string> out;
-    for (const auto& f : registry.list()) out.push_back(f->def.slug);
-    return out;
-  }
-};
+using flowreg::test::Sandbox;
 
 // The common proof for a broken file: the host is still here (this code runs), the good plugin
 // next to it loaded, the registry holds exactly the good plugin's flow, and the error names the

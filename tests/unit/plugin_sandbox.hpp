@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "flowreg/plugins.hpp"
 
@@ -25,15 +26,19 @@ inline std::int64_t ctime_ns(const fs::path& file) {
   return static_cast<std::int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec;
 }
 
-// A drop-in directory (0755) and a plugin cache of its own under a fresh temporary root.
+// A drop-in directory (0755) and a plugin cache of their own under a fresh temporary root,
+// removed afterwards. `settings` (its dir is set here), the watcher's debounce and the trusted uid
+// go to every loader the sandbox makes.
 struct Sandbox {
   fs::path root, dir, cache;
   FlowRegistry registry;
   std::unique_ptr<PluginLoader> loader;
   fs::path last_added;
 
-  Sandbox() {
-    char tmpl[] = "/tmp/flowreg_registry_test_XXXXXX";
+  explicit Sandbox(PluginSettings settings = {}, std::chrono::milliseconds debounce = 50ms,
+                   long trusted_uid = -1)
+      : settings_(std::move(settings)), debounce_(debounce), trusted_uid_(trusted_uid) {
+    char tmpl[] = "/tmp/flowreg_plugin_test_XXXXXX";
     root = mkdtemp(tmpl);
     dir = root / "plugins.d";
     cache = root / "cache";
@@ -46,17 +51,23 @@ struct Sandbox {
   ~Sandbox() {
     loader.reset();
     std::error_code ec;
+    for (const auto& e : fs::recursive_directory_iterator(root, ec))
+      fs::permissions(e.path(), fs::perms::owner_all, fs::perm_options::add, ec);
     fs::remove_all(root, ec);
   }
+  Sandbox(const Sandbox&) = delete;
+  Sandbox& operator=(const Sandbox&) = delete;
 
   PluginLoaderOptions options() const {
     PluginLoaderOptions o;
+    o.settings = settings_;
     o.settings.dir = dir;
-    o.settings.scan_timeout = 30s;
+    o.settings.scan_timeout = 5s;
     o.cache_dir = cache;
     o.inspector = FLOWREG_BINARY;
-    o.debounce = 50ms;
+    o.debounce = debounce_;
     o.rescan_interval = 0ms;
+    o.trusted_uid = trusted_uid_;
     return o;
   }
 
@@ -102,6 +113,17 @@ struct Sandbox {
     const FlowRef flow = registry.get(slug);
     return flow ? flow->module : std::string("(none)");
   }
+
+  std::vector<std::string> slugs() const {
+    std::vector<std::string> out;
+    for (const auto& f : registry.list()) out.push_back(f->def.slug);
+    return out;
+  }
+
+ private:
+  PluginSettings settings_;
+  std::chrono::milliseconds debounce_;
+  long trusted_uid_;
 };
 
 }  // namespace flowreg::test
