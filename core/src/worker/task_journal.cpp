@@ -69,6 +69,24 @@ void write_slot(int fd, int slot, const char* buf) {
   } while (n < 0 && errno == EINTR);
 }
 
+// Writes "R <task> <attempt>" (signal < 0) or "S <signal> <task> <attempt>" into slot `slot`.
+// Async-signal-safe: formats by hand on the stack and calls pwrite(2).
+void write_record(int fd, int slot, int signal, TaskId task, int attempt) {
+  char buf[kSlot];
+  std::size_t at = 0;
+  put_char(buf, &at, signal < 0 ? 'R' : 'S');
+  if (signal >= 0) {
+    put_char(buf, &at, ' ');
+    put_number(buf, &at, signal);
+  }
+  put_char(buf, &at, ' ');
+  put_number(buf, &at, task);
+  put_char(buf, &at, ' ');
+  put_number(buf, &at, attempt);
+  fill(buf, at);
+  write_slot(fd, slot, buf);
+}
+
 // In a child forked after open() (a handler may fork without exec; O_CLOEXEC covers exec): the
 // child would otherwise hold the journal's lock after the worker died, so that no worker ever
 // reports it, and a crash in the child would write into the parent's slot. Closing the child's
@@ -91,17 +109,7 @@ void on_fatal_signal(int sig, siginfo_t* info, void*) {
   const int saved_errno = errno;
   const int fd = g_fd.load(std::memory_order_relaxed);
   if (fd >= 0 && t_slot >= 0 && t_task > 0) {
-    char buf[kSlot];
-    std::size_t at = 0;
-    put_char(buf, &at, 'S');
-    put_char(buf, &at, ' ');
-    put_number(buf, &at, sig);
-    put_char(buf, &at, ' ');
-    put_number(buf, &at, t_task);
-    put_char(buf, &at, ' ');
-    put_number(buf, &at, t_attempt);
-    fill(buf, at);
-    write_slot(fd, t_slot, buf);
+    write_record(fd, t_slot, sig, t_task, t_attempt);
   }
   // Whatever handled the signal before takes it from here: a fault happens again when the
   // instruction is retried; a signal that was sent (raise, abort, kill) is sent again.
@@ -228,15 +236,7 @@ void TaskJournal::begin(TaskId id, int attempt) noexcept {
   if (t_slot < 0) t_slot = g_next_slot.fetch_add(1);
   t_task = id;
   t_attempt = attempt;
-  char buf[kSlot];
-  std::size_t at = 0;
-  put_char(buf, &at, 'R');
-  put_char(buf, &at, ' ');
-  put_number(buf, &at, id);
-  put_char(buf, &at, ' ');
-  put_number(buf, &at, attempt);
-  fill(buf, at);
-  write_slot(fd_, t_slot, buf);
+  write_record(fd_, t_slot, -1, id, attempt);
 }
 
 void TaskJournal::end() noexcept {
