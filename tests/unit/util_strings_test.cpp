@@ -5,6 +5,7 @@
 #include "util/strings.hpp"
 
 using flowreg::detail::is_utf8;
+using flowreg::detail::utf8_invalid_at;
 using flowreg::detail::utf8_prefix;
 using flowreg::detail::utf8_valid;
 
@@ -40,6 +41,18 @@ TEST_SUITE("strings") {
     CHECK(utf8_valid("ab\xE2\x82") == "ab" + kReplacement);
     CHECK(utf8_valid("\xF0\x9F\x98") == kReplacement);
     CHECK(utf8_valid("\xF0\x9F\x98x") == kReplacement + "x");
+  }
+
+  TEST_CASE("the first invalid byte is found, also in a character cut at the very end") {
+    constexpr auto npos = std::string::npos;
+    CHECK(utf8_invalid_at("") == npos);
+    CHECK(utf8_invalid_at("caf\xC3\xA9") == npos);
+    CHECK(utf8_invalid_at("caf\xE9") == 3);
+    CHECK(utf8_invalid_at("\xFF") == 0);
+    // A cut replacement character: utf8_valid() turns it into a whole one, so the place where the
+    // repaired text first differs from the input is past its end (the fuzzer's finding).
+    CHECK(utf8_invalid_at("a: \xEF\xBF") == 3);
+    CHECK(utf8_invalid_at("ab\xE2\x82") == 2);
   }
 
   TEST_CASE("a prefix never ends inside a character") {

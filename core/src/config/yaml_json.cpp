@@ -265,12 +265,8 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> parse_yaml(std::string_vie
         fmt::format("file is {} bytes; the limit is {} bytes", text.size(), limits.max_file_bytes));
   // YAML text is Unicode, and flowreg reads it as UTF-8. yaml-cpp would pass other bytes through
   // into strings (descriptions, schemas) that then break every JSON output: refuse them here, at
-  // their place. utf8_valid() leaves valid text unchanged, so the first byte where its result
-  // differs is the first invalid one.
-  if (!is_utf8(text)) {
-    const std::string valid = utf8_valid(text);
-    const auto bad = static_cast<std::size_t>(
-        std::mismatch(text.begin(), text.end(), valid.begin(), valid.end()).first - text.begin());
+  // their place.
+  if (const std::size_t bad = utf8_invalid_at(text); bad != std::string_view::npos) {
     const std::size_t line_start = text.rfind('\n', bad == 0 ? 0 : bad - 1);
     const std::size_t from = line_start == std::string_view::npos || bad == 0 ? 0 : line_start + 1;
     int column = 1;  // in characters, as yaml-cpp counts them

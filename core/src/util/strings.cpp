@@ -91,17 +91,21 @@ std::size_t invalid_prefix(std::string_view s) noexcept {
 
 }  // namespace
 
-bool is_utf8(std::string_view text) noexcept {
+std::size_t utf8_invalid_at(std::string_view text) noexcept {
   for (std::size_t i = 0; i < text.size();) {
     if (static_cast<unsigned char>(text[i]) < 0x80) {
       ++i;
       continue;
     }
     const std::size_t n = utf8_sequence(text.substr(i));
-    if (n == 0) return false;
+    if (n == 0) return i;
     i += n;
   }
-  return true;
+  return std::string_view::npos;
+}
+
+bool is_utf8(std::string_view text) noexcept {
+  return utf8_invalid_at(text) == std::string_view::npos;
 }
 
 std::string utf8_valid(std::string_view text) {

@@ -20,6 +20,9 @@ std::string closest_match(std::string_view word, std::span<const std::string> ca
 // True when `text` is well-formed UTF-8 (RFC 3629: no overlong forms, no surrogates, at most
 // U+10FFFF).
 bool is_utf8(std::string_view text) noexcept;
+// The offset of the first byte of `text` that does not start a well-formed sequence (a truncated
+// sequence at the end included), or std::string_view::npos when `text` is well-formed UTF-8.
+std::size_t utf8_invalid_at(std::string_view text) noexcept;
 // `text` with each maximal invalid subsequence replaced by U+FFFD (the "substitution of maximal
 // subparts" of Unicode chapter 3, as WHATWG's decoder does). Valid text is returned unchanged.
 std::string utf8_valid(std::string_view text);
