@@ -11,14 +11,16 @@ class App;
 
 namespace flowreg::cli {
 
+// Parses the command line and runs the command it names; returns the process exit code.
 int run(int argc, char** argv);
 
-void add_flows_commands(CLI::App& app, const Globals& g, int& exit_code);    // flows_commands.cpp
-void add_plugins_commands(CLI::App& app, const Globals& g, int& exit_code);  // plugins_commands.cpp
-void add_run_command(CLI::App& app, const Globals& g, int& exit_code);       // run_command.cpp
-void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code);     // runs_commands.cpp
-// `worker` and `workers`
-void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code);  // worker_commands.cpp
-void add_db_commands(CLI::App& app, const Globals& g, int& exit_code);      // db_commands.cpp
+// One per file of the same name: flows_commands.cpp adds `flows list|show|validate`, and so on.
+// `worker` and `workers` are both in worker_commands.cpp.
+void add_flows_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_plugins_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_run_command(CLI::App& app, const Globals& g, int& exit_code);
+void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_db_commands(CLI::App& app, const Globals& g, int& exit_code);
 
 }  // namespace flowreg::cli

@@ -53,8 +53,8 @@ json plugin_error_json(const PluginError& error);
 // --plugins and --allow-unsafe-plugins applied.
 Result<Config> effective_config(const Globals& g);
 
-// The plugins of the configured directory, loaded in a catalogue; the flow catalogue's YAML flows
-// are not added.
+// The plugins of the configured directory in a catalogue, without the configuration's YAML flows
+// (what the plugins commands look at).
 Result<detail::FlowCatalog> load_plugins(const Config& config);
 // The plugins of the configured directory (a warning on stderr for each file that did not load),
 // then the configuration's YAML flows under `policy`.

@@ -79,12 +79,15 @@ std::optional<detail::RunInfo> existing_run(RunRead read) {
 }
 
 // Follows runs on a database that may go away while it waits: a NOTIFY on the runs channel wakes
-// it at once, a poll is the fallback, and a lost server is reconnected to.
+// it at once, a poll is the fallback, and a lost server is reconnected to. Uses `db` (replaces its
+// store on reconnection), which must outlive it. One thread; neither copied nor moved.
 class RunWatch {
  public:
   // Listens from here on: construct it before starting the run, so that the end of a quick run
   // cannot be missed.
   explicit RunWatch(Database& db) : db_(db), listener_(listen(db.url)) {}
+  RunWatch(const RunWatch&) = delete;
+  RunWatch& operator=(const RunWatch&) = delete;
 
   detail::RunStore& store() { return db_.store; }
 
