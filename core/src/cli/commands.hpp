@@ -1,13 +1,26 @@
 #pragma once
-// The `flowreg` command line. Exit codes: 0 success, 1 failure (invalid input, not found, a run
-// that failed), 2 usage error (unknown command or option, missing argument).
+// The `flowreg` command line: one group of commands per file, each adding its subcommands to the
+// application. A command's callback sets `exit_code` (see common.hpp for the codes); `g` holds
+// the global options, parsed before any callback runs. Both outlive the parse.
+
+#include "cli/common.hpp"
+
+namespace CLI {
+class App;
+}
 
 namespace flowreg::cli {
 
-inline constexpr int kExitOk = 0;
-inline constexpr int kExitFailure = 1;
-inline constexpr int kExitUsage = 2;
-
+// Parses the command line and runs the command it names; returns the process exit code.
 int run(int argc, char** argv);
+
+// One per file of the same name: flows_commands.cpp adds `flows list|show|validate`, and so on.
+// `worker` and `workers` are both in worker_commands.cpp.
+void add_flows_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_plugins_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_run_command(CLI::App& app, const Globals& g, int& exit_code);
+void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_db_commands(CLI::App& app, const Globals& g, int& exit_code);
 
 }  // namespace flowreg::cli

@@ -1,4 +1,4 @@
-#include "cli/worker_command.hpp"
+// `flowreg worker` (run flows) and `flowreg workers` (the workers seen on the database).
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
@@ -7,26 +7,41 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "cli/commands.hpp"
 #include "flowreg/options.hpp"
 #include "store/embedded_cluster.hpp"
 #include "util/json_text.hpp"
+#include "worker/worker.hpp"
 
 namespace flowreg::cli {
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+struct WorkerArgs {
+  std::vector<std::string> flows;                    // overrides worker.flows
+  int concurrency = 0;                               // 0: worker.concurrency
+  int batch_size = 0;                                // 0: worker.batch_size
+  std::string lease, poll_interval, shutdown_grace;  // durations; "": the configuration's
+  std::string id;                                    // "": HOST:PID:RANDOM
+  std::string max_output;          // a size ("16MiB", "500KB", "1048576"); "": the configuration's
+  std::string heartbeat_interval;  // a duration; "": 5s
+};
 
 Result<Millis> duration_or(const std::string& text, Millis fallback, std::string_view option) {
   if (text.empty()) return fallback;
@@ -72,8 +87,9 @@ std::string keys_text(const std::vector<detail::FlowKey>& keys) {
   return parts.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(parts, ", "));
 }
 
-}  // namespace
-
+// Runs a worker until SIGTERM or SIGINT (graceful: in-flight handlers get shutdown_grace, a second
+// signal cuts it short) or until its supervision tree gives up. Exit code 0 after a signal, 1 on
+// failure. Does not return normally when handlers were left running: exits the process.
 int worker_command(const Config& config, const std::string& conninfo,
                    detail::FlowSourceFactory source, const WorkerArgs& args) {
   detail::WorkerOptions options;
@@ -180,6 +196,7 @@ int worker_command(const Config& config, const std::string& conninfo,
   std::_Exit(exit_code);
 }
 
+// Prints the workers recorded in the database (flowreg.workers).
 int workers_command(detail::RunStore& store, bool as_json) {
   auto workers = store.list_workers();
   if (!workers) {
@@ -223,6 +240,94 @@ int workers_command(detail::RunStore& store, bool as_json) {
                keys_text(keys));
   }
   return kExitOk;
+}
+
+// What a worker's flow owner builds each time it starts: the flow catalogue with YAML flows
+// registered even when a handler does not resolve (the worker does not serve those and says so),
+// the plugins directory watched when plugins.watch.
+detail::FlowSourceFactory worker_source(Config config) {
+  return [config]() -> Result<detail::FlowSource> {
+    auto catalog = load_catalog(config, detail::UnresolvedHandlers::accept);
+    if (!catalog) return tl::unexpected(std::move(catalog.error()));
+    if (config.plugins.watch) {
+      if (auto watching = catalog->loader->watch(); !watching)
+        spdlog::warn("not watching {} for new plugins: {}", config.plugins.dir.string(),
+                     watching.error().format());
+    }
+    return detail::FlowSource{std::move(catalog->registry), std::move(catalog->loader)};
+  };
+}
+
+int worker(const Globals& g, const WorkerArgs& args) {
+  auto config = effective_config(g);
+  auto db = config ? open_database(*config) : tl::unexpected(config.error());
+  if (!db) return report(db.error());
+  return worker_command(*config, db->url, worker_source(*config), args);
+}
+
+// "a, b,c" -> {"a", "b", "c"}: the slugs of --flows, blanks around them and empty ones dropped.
+std::vector<std::string> slug_list(std::string_view rest) {
+  std::vector<std::string> slugs;
+  while (!rest.empty()) {
+    const auto comma = rest.find(',');
+    std::string_view slug = rest.substr(0, comma);
+    while (!slug.empty() && slug.front() == ' ') slug.remove_prefix(1);
+    while (!slug.empty() && slug.back() == ' ') slug.remove_suffix(1);
+    if (!slug.empty()) slugs.emplace_back(slug);
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+  }
+  return slugs;
+}
+
+struct WorkerGroupArgs {
+  WorkerArgs worker;
+  std::string flows;  // --flows as given
+  bool workers_json = false;
+};
+
+}  // namespace
+
+void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code) {
+  auto args = std::make_shared<WorkerGroupArgs>();
+  WorkerArgs& w = args->worker;
+  auto* worker_cmd = app.add_subcommand(
+      "worker", "Run flows: claim their tasks and run their handlers until SIGTERM/SIGINT");
+  worker_cmd
+      ->add_option("--concurrency", w.concurrency,
+                   "Handlers running at once (default: worker.concurrency)")
+      ->check(CLI::Range(1, 1024));
+  worker_cmd->add_option(
+      "--flows", args->flows,
+      "Comma-separated slugs of the flows to serve (default: every loaded flow)");
+  worker_cmd
+      ->add_option("--batch", w.batch_size,
+                   "Tasks claimed per round trip (default: worker.batch_size)")
+      ->check(CLI::Range(1, 1000));
+  worker_cmd->add_option("--lease", w.lease,
+                         "Task lease, renewed while handlers run (default: worker.lease)");
+  worker_cmd->add_option("--poll-interval", w.poll_interval,
+                         "Claim this often without notifications (default: worker.poll_interval)");
+  worker_cmd->add_option(
+      "--shutdown-grace", w.shutdown_grace,
+      "On SIGTERM, time in-flight handlers get (default: worker.shutdown_grace)");
+  worker_cmd->add_option("--id", w.id, "Worker id (default: HOST:PID:RANDOM)");
+  worker_cmd->add_option("--max-output", w.max_output,
+                         "Largest handler output recorded: 16MiB, 500KB, 1048576 (default: "
+                         "worker.max_output_bytes); a larger one fails its task");
+  worker_cmd->add_option("--heartbeat-interval", w.heartbeat_interval,
+                         "How often the worker records that it lives (default: 5s)");
+  worker_cmd->callback([&g, &exit_code, args] {
+    args->worker.flows = slug_list(args->flows);
+    exit_code = worker(g, args->worker);
+  });
+
+  auto* workers_cmd =
+      app.add_subcommand("workers", "Workers seen on this database and their last heartbeat");
+  workers_cmd->add_flag("--json", args->workers_json, "Print a JSON array");
+  workers_cmd->callback([&g, &exit_code, args] {
+    exit_code = with_store(
+        g, [&](detail::RunStore& store) { return workers_command(store, args->workers_json); });
+  });
 }
 
 }  // namespace flowreg::cli

@@ -1,0 +1,104 @@
+// `flowreg db`: the migrations and the embedded cluster.
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "cli/commands.hpp"
+#include "store/embedded_cluster.hpp"
+#include "store/migrations.hpp"
+#include "util/json_text.hpp"
+
+namespace flowreg::cli {
+
+namespace {
+
+int db_migrate(const Globals& g) {
+  auto config = effective_config(g);
+  auto url = config ? database_url(*config) : tl::unexpected(config.error());
+  auto migrated = url ? detail::migrate(*url) : tl::unexpected(url.error());
+  if (!migrated) return report(migrated.error());
+  for (const auto& m : migrated->applied) fmt::print("applied {:04}_{}\n", m.version, m.name);
+  fmt::print("{} migration(s) applied, {} already applied\n", migrated->applied.size(),
+             migrated->already_applied);
+  return kExitOk;
+}
+
+int db_status(const Globals& g, bool as_json) {
+  auto config = effective_config(g);
+  if (!config) return report(config.error());
+  json out = {{"embedded", config->database.url.empty()}};
+  std::string url = config->database.url;
+  if (url.empty()) {
+    auto cluster = detail::EmbeddedCluster::open(config->database.data_dir);
+    auto status = cluster ? cluster->status() : tl::unexpected(cluster.error());
+    if (!status) return report(status.error());
+    out["data_dir"] = valid_text(status->data_dir.string());
+    out["cluster_dir"] = valid_text(status->cluster_dir.string());
+    out["initialized"] = status->initialized;
+    out["running"] = status->running;
+    out["postmaster_pid"] = status->running ? json(status->postmaster_pid) : json(nullptr);
+    if (status->running) url = status->connection_string;
+  }
+  json migrations = nullptr;
+  if (!url.empty()) {
+    auto listed = detail::migration_status(url);
+    if (!listed) return report(listed.error());
+    migrations = json::array();
+    for (const auto& m : *listed)
+      migrations.push_back({{"version", m.version},
+                            {"name", m.name},
+                            {"state", to_string(m.state)},
+                            {"applied_at", m.applied_at ? json(*m.applied_at) : json(nullptr)}});
+  }
+  out["migrations"] = migrations;
+  if (as_json) {
+    fmt::print("{}\n", detail::json_text(out, 2));
+    return kExitOk;
+  }
+  if (config->database.url.empty())
+    fmt::print("embedded cluster {}: {}\n", out["data_dir"].get<std::string>(),
+               out["running"].get<bool>()
+                   ? fmt::format("running (pid {})", out["postmaster_pid"].get<int>())
+                   : (out["initialized"].get<bool>() ? "stopped" : "not initialized"));
+  if (migrations.is_array())
+    for (const auto& m : migrations)
+      fmt::print("{:04}_{}  {}\n", m["version"].get<int>(), m["name"].get<std::string>(),
+                 m["state"].get<std::string>());
+  return kExitOk;
+}
+
+int db_stop(const Globals& g) {
+  auto config = effective_config(g);
+  if (!config) return report(config.error());
+  if (!config->database.url.empty()) {
+    fmt::print(stderr, "flowreg: database.url is set; `db stop` only stops the embedded cluster\n");
+    return kExitFailure;
+  }
+  auto cluster = detail::EmbeddedCluster::open(config->database.data_dir);
+  auto stopped = cluster ? cluster->stop() : tl::unexpected(cluster.error());
+  if (!stopped) return report(stopped.error());
+  fmt::print("embedded cluster {} stopped\n", cluster->data_dir().string());
+  return kExitOk;
+}
+
+}  // namespace
+
+void add_db_commands(CLI::App& app, const Globals& g, int& exit_code) {
+  auto status_json = std::make_shared<bool>(false);
+  auto* db = app.add_subcommand("db", "The database: migrations and the embedded cluster");
+  db->require_subcommand(1);
+  db->add_subcommand("migrate", "Apply pending migrations (starts the embedded cluster if needed)")
+      ->callback([&g, &exit_code] { exit_code = db_migrate(g); });
+  auto* status = db->add_subcommand("status", "The embedded cluster and the migrations");
+  status->add_flag("--json", *status_json, "Print JSON");
+  status->callback([&g, &exit_code, status_json] { exit_code = db_status(g, *status_json); });
+  db->add_subcommand("stop", "Stop the embedded cluster")->callback([&g, &exit_code] {
+    exit_code = db_stop(g);
+  });
+}
+
+}  // namespace flowreg::cli

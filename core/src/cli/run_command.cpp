@@ -1,0 +1,236 @@
+// `flowreg run`: start a run of a flow and, with --wait, follow it until it ends.
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "cli/commands.hpp"
+#include "config/json_schema.hpp"
+#include "config/yaml_json.hpp"
+#include "util/json_text.hpp"
+
+namespace flowreg::cli {
+
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+struct RunArgs {
+  std::string slug, input = "{}", idempotency_key, timeout;
+  bool wait = false, as_json = false;
+};
+
+// The run's input (--input: JSON, or @FILE), checked before anything is written: the nesting
+// limit of YAML files, then JSON syntax, then the flow's input schema. Prints every problem and
+// returns nullopt when there is one.
+std::optional<nlohmann::json> checked_input(const std::string& arg, const FlowDef& flow) {
+  std::string text = arg;
+  if (text.starts_with('@')) {
+    auto read = detail::read_text_file(text.substr(1), 64u << 20);
+    if (!read) {
+      fmt::print(stderr, "flowreg: --input {}\n", read.error().format());
+      return std::nullopt;
+    }
+    text = std::move(*read);
+  }
+  // Checked on the text, before anything recurses into it.
+  const int max_depth = detail::YamlLimits{}.max_depth;
+  if (auto at = detail::nesting_beyond(text, static_cast<std::size_t>(max_depth))) {
+    fmt::print(stderr, "flowreg: --input nests deeper than {} levels (line {}, column {})\n",
+               max_depth, at->line, at->column);
+    return std::nullopt;
+  }
+  nlohmann::json input;
+  try {
+    input = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fmt::print(stderr, "flowreg: --input is not valid JSON: {}\n", valid_text(e.what()));
+    return std::nullopt;
+  }
+  if (flow.input_schema) {
+    auto schema = detail::JsonSchema::compile(*flow.input_schema);
+    if (!schema) {
+      print_error(schema.error());
+      return std::nullopt;
+    }
+    const auto problems = schema->validate(input);
+    for (const auto& p : problems)
+      fmt::print(stderr, "flowreg: input of flow '{}': {}\n", flow.slug, p.message);
+    if (!problems.empty()) return std::nullopt;
+  }
+  return input;
+}
+
+using RunRead = Result<std::optional<detail::RunInfo>>;
+
+// The run of a read, or nullopt after printing why there is none.
+std::optional<detail::RunInfo> existing_run(RunRead read) {
+  if (read && *read) return std::move(**read);
+  print_error(read ? Error{Errc::not_found, "the run vanished", {}} : read.error());
+  return std::nullopt;
+}
+
+// Follows runs on a database that may go away while it waits: a NOTIFY on the runs channel wakes
+// it at once, a poll is the fallback, and a lost server is reconnected to. Uses `db` (replaces its
+// store on reconnection), which must outlive it. One thread; neither copied nor moved.
+class RunWatch {
+ public:
+  // Listens from here on: construct it before starting the run, so that the end of a quick run
+  // cannot be missed.
+  explicit RunWatch(Database& db) : db_(db), listener_(listen(db.url)) {}
+  RunWatch(const RunWatch&) = delete;
+  RunWatch& operator=(const RunWatch&) = delete;
+
+  detail::RunStore& store() { return db_.store; }
+
+  // Returns after a notification or up to 1 s with a listener, after 200 ms without one.
+  void pause() {
+    if (listener_ && !listener_->connection_lost())
+      (void)listener_->wait(Millis{1000});
+    else
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+
+  // Reads the run. When the server went away (a restart, a crash and its recovery), reconnects
+  // as a worker does, with backoff from 50 ms doubling to 5 s, until `deadline`.
+  RunRead read(const std::string& id, SteadyClock::time_point deadline) {
+    RunRead info = db_.store.get_run(id);
+    Millis backoff{50};
+    bool reconnecting = false;
+    while (!info &&
+           (info.error().code == Errc::unavailable ||
+            (!reconnecting && db_.store.connection_lost())) &&
+           SteadyClock::now() < deadline) {
+      if (!reconnecting)
+        fmt::print(stderr,
+                   "flowreg: lost the database while waiting for run {} ({}); reconnecting\n", id,
+                   info.error().message);
+      reconnecting = true;
+      std::this_thread::sleep_for(
+          std::min<SteadyClock::duration>(backoff, deadline - SteadyClock::now()));
+      backoff = std::min(backoff * 2, Millis{5000});
+      auto store = detail::RunStore::connect(db_.url);
+      if (!store) {
+        info = tl::unexpected(std::move(store.error()));
+        continue;
+      }
+      db_.store = std::move(*store);
+      listener_ = listen(db_.url);
+      info = db_.store.get_run(id);
+    }
+    if (reconnecting && info) fmt::print(stderr, "flowreg: reconnected; still waiting\n");
+    return info;
+  }
+
+ private:
+  // Without a listener, polling alone still works.
+  static std::optional<detail::Listener> listen(const std::string& url) {
+    auto listener = detail::Listener::connect(url, {std::string(detail::kRunsChannel)});
+    if (!listener) return std::nullopt;
+    return std::move(*listener);
+  }
+
+  Database& db_;
+  std::optional<detail::Listener> listener_;
+};
+
+// Waits while `run` is started; when `live`, prints its steps' statuses each time they change.
+// The run as it ended, or nullopt after printing why the wait stopped (`deadline` passed, the run
+// vanished, the database stayed away).
+std::optional<detail::RunInfo> wait_for_end(RunWatch& watch, detail::RunInfo run, bool live,
+                                            SteadyClock::time_point deadline,
+                                            const std::string& timeout_text) {
+  std::string last_progress;
+  while (run.status == detail::RunStatus::started) {
+    if (SteadyClock::now() >= deadline) {
+      fmt::print(stderr, "flowreg: run {} still running after {}\n", run.id, timeout_text);
+      return std::nullopt;
+    }
+    if (live) {
+      if (auto steps = watch.store().run_steps(run.id)) {
+        std::string progress;
+        for (const auto& s : *steps) progress += fmt::format("{}:{} ", s.slug, s.status);
+        if (progress != last_progress) fmt::print("{}\n", progress);
+        last_progress = std::move(progress);
+      }
+    }
+    watch.pause();
+    auto read = existing_run(watch.read(run.id, deadline));
+    if (!read) return std::nullopt;
+    run = std::move(*read);
+  }
+  return run;
+}
+
+int run_flow(const Globals& g, const RunArgs& a) {
+  auto config = effective_config(g);
+  auto catalog = config ? load_catalog(*config, detail::UnresolvedHandlers::refuse)
+                        : tl::unexpected(config.error());
+  if (!catalog) return report(catalog.error());
+  const FlowRef flow = catalog->registry->get(a.slug);
+  if (!flow) {
+    fmt::print(stderr, "flowreg: no flow with slug '{}'\n", a.slug);
+    return kExitFailure;
+  }
+  std::optional<Millis> timeout;
+  if (!a.timeout.empty() && !(timeout = parse_duration(a.timeout, kMaxCommandDuration))) {
+    fmt::print(stderr, "flowreg: --timeout {}\n", duration_problem(a.timeout, kMaxCommandDuration));
+    return kExitUsage;
+  }
+  const auto input = checked_input(a.input, flow->def);
+  if (!input) return kExitFailure;
+
+  auto db = open_database(*config);
+  if (!db) return report(db.error());
+  if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored)
+    return report(stored.error());
+  std::optional<RunWatch> watch;
+  if (a.wait) watch.emplace(*db);
+  detail::StartOptions options;
+  if (!a.idempotency_key.empty()) options.idempotency_key = a.idempotency_key;
+  auto id = db->store.start_run(a.slug, flow->version, *input, options);
+  if (!id) return report(id.error());
+  auto run = existing_run(db->store.get_run(*id));
+  if (!run) return kExitFailure;
+
+  if (watch) {
+    const bool live = !a.as_json && isatty(STDOUT_FILENO);
+    const auto deadline = timeout ? SteadyClock::now() + *timeout : SteadyClock::time_point::max();
+    run = wait_for_end(*watch, std::move(*run), live, deadline, a.timeout);
+    if (!run) return kExitFailure;
+  }
+  if (a.as_json)
+    fmt::print("{}\n", detail::json_text(run_json(*run), 2));
+  else
+    print_run_text(*run);
+  return run->status == detail::RunStatus::completed || run->status == detail::RunStatus::started
+             ? kExitOk
+             : kExitFailure;
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app, const Globals& g, int& exit_code) {
+  auto args = std::make_shared<RunArgs>();
+  auto* run = app.add_subcommand("run", "Start a run of a flow");
+  run->add_option("slug", args->slug, "Flow slug")->required();
+  run->add_option("--input", args->input, "The run's input: JSON, or @FILE (default {})");
+  run->add_flag("--wait", args->wait, "Return when the run ends (exit 0 completed, 1 failed)");
+  run->add_option("--timeout", args->timeout,
+                  "With --wait: give up after this long (30s, 5m, 24h; at most 876600h)");
+  run->add_option("--idempotency-key", args->idempotency_key,
+                  "A second start with the same key and input returns the first run; with "
+                  "another input it is refused");
+  run->add_flag("--json", args->as_json, "Print {id, flow, status, output, error, ...}");
+  run->callback([&g, &exit_code, args] { exit_code = run_flow(g, *args); });
+}
+
+}  // namespace flowreg::cli
