@@ -266,7 +266,8 @@ int flows_validate(const std::vector<std::string>& paths) {
 
 json plugin_json(const PluginInfo& p) {
   json error = nullptr;
-  if (p.error) error = {{"stage", p.error->stage}, {"message", valid_text(p.error->message)}};
+  if (p.error)
+    error = {{"stage", to_string(p.error->stage)}, {"message", valid_text(p.error->message)}};
   return {{"file", valid_text(p.file.string())},
           {"module", p.module.empty() ? json(nullptr) : json(p.module)},
           {"sha256", p.sha256.empty() ? json(nullptr) : json(p.sha256)},
@@ -297,7 +298,7 @@ int plugins_list(const Globals& g, bool as_json) {
     fmt::print("{}  {}  module={} abi={} sha256={}\n", p.file.filename().string(),
                to_string(p.status), p.module.empty() ? "-" : p.module, p.abi.empty() ? "-" : p.abi,
                p.sha256.empty() ? "-" : p.sha256.substr(0, 16));
-    if (p.error) fmt::print("  [{}] {}\n", p.error->stage, p.error->message);
+    if (p.error) fmt::print("  [{}] {}\n", to_string(p.error->stage), p.error->message);
     if (!p.flows.empty()) fmt::print("  flows: {}\n", fmt::join(p.flows, ", "));
   }
   return kExitOk;
@@ -320,7 +321,7 @@ int plugins_check(const Globals& g, const std::vector<std::string>& files, bool 
     if (as_json) {
       out.push_back(plugin_json(info));
     } else if (info.error) {
-      fmt::print(stderr, "{}: [{}] {}\n", file, info.error->stage, info.error->message);
+      fmt::print(stderr, "{}: [{}] {}\n", file, to_string(info.error->stage), info.error->message);
     } else {
       fmt::print("{}: ok (module {}, abi {}, flows: {})\n", file, info.module, info.abi,
                  fmt::join(info.flows, ", "));
