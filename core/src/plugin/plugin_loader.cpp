@@ -16,6 +16,7 @@
 #include <sstream>
 #include <thread>
 #include <tuple>
+#include <utility>
 
 #include "config/definition.hpp"
 #include "flowreg/plugins.hpp"
@@ -46,42 +47,35 @@ std::string_view to_string(PluginStatus status) noexcept {
   return "unknown";
 }
 
+namespace {
+
+// Each stage and its name, in stage order: the one table behind to_string and its inverse.
+constexpr std::pair<PluginStage, std::string_view> kStageNames[] = {
+    {PluginStage::file, "file"},
+    {PluginStage::permissions, "permissions"},
+    {PluginStage::size, "size"},
+    {PluginStage::elf, "elf"},
+    {PluginStage::allowlist, "allowlist"},
+    {PluginStage::symbol, "symbol"},
+    {PluginStage::stage, "stage"},
+    {PluginStage::inspect, "inspect"},
+    {PluginStage::load, "load"},
+    {PluginStage::abi, "abi"},
+    {PluginStage::definition, "definition"},
+    {PluginStage::registration, "register"},
+};
+
+}  // namespace
+
 std::string_view to_string(PluginStage stage) noexcept {
-  switch (stage) {
-    case PluginStage::file:
-      return "file";
-    case PluginStage::permissions:
-      return "permissions";
-    case PluginStage::size:
-      return "size";
-    case PluginStage::elf:
-      return "elf";
-    case PluginStage::allowlist:
-      return "allowlist";
-    case PluginStage::symbol:
-      return "symbol";
-    case PluginStage::stage:
-      return "stage";
-    case PluginStage::inspect:
-      return "inspect";
-    case PluginStage::load:
-      return "load";
-    case PluginStage::abi:
-      return "abi";
-    case PluginStage::definition:
-      return "definition";
-    case PluginStage::registration:
-      return "register";
-  }
+  for (const auto& [known, name] : kStageNames)
+    if (known == stage) return name;
   return "unknown";
 }
 
 std::optional<PluginStage> plugin_stage_from_string(std::string_view name) noexcept {
-  for (PluginStage stage :
-       {PluginStage::file, PluginStage::permissions, PluginStage::size, PluginStage::elf,
-        PluginStage::allowlist, PluginStage::symbol, PluginStage::stage, PluginStage::inspect,
-        PluginStage::load, PluginStage::abi, PluginStage::definition, PluginStage::registration})
-    if (to_string(stage) == name) return stage;
+  for (const auto& [stage, known] : kStageNames)
+    if (known == name) return stage;
   return std::nullopt;
 }
 
@@ -378,18 +372,22 @@ struct PluginLoader::Impl {
     }
     // Names reserved for an incumbent of the last run that is still to be loaded.
     const fs::path self = file_key(path);
-    auto reserved_for_other = [&](const std::string& key) -> const Reservation* {
-      auto it = reserved.find(key);
-      if (it == reserved.end() || it->second.file == self || !pending.contains(it->second.file))
-        return nullptr;
-      return &it->second;
-    };
-    if (const Reservation* r = reserved_for_other("module:" + module))
+    if (const Reservation* r = reserved_for_other("module:" + module, self))
       return Conflict{Conflict::Kind::module_name, module, r->module, r->file.string()};
     for (const auto& slug : flows)
-      if (const Reservation* r = reserved_for_other("slug:" + slug))
+      if (const Reservation* r = reserved_for_other("slug:" + slug, self))
         return Conflict{Conflict::Kind::slug, slug, r->module, r->file.string()};
     return std::nullopt;
+  }
+
+  // The reservation of `key` ("module:NAME" or "slug:NAME") for an incumbent other than `self`
+  // that is still to be loaded in this batch; nullptr when there is none.
+  const Reservation* reserved_for_other(const std::string& key, const fs::path& self) const
+      FLOWREG_REQUIRES(mutex) {
+    auto it = reserved.find(key);
+    if (it == reserved.end() || it->second.file == self || !pending.contains(it->second.file))
+      return nullptr;
+    return &it->second;
   }
 
   fs::path quarantine_dir() const { return options.cache_dir / "quarantine"; }
