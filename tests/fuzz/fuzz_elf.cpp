@@ -22,7 +22,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   const auto facts = detail::inspect_elf(bytes);
   if (!facts) {
-    FUZZ_CHECK(facts.error().stage == "elf");
+    FUZZ_CHECK(facts.error().stage == PluginStage::elf);
     FUZZ_CHECK(!facts.error().message.empty());
     FUZZ_CHECK(detail::is_utf8(facts.error().message));
     return 0;
@@ -32,7 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const auto checked = detail::check_plugin_elf(bytes);
   FUZZ_CHECK(checked.has_value() == (facts->exports_entry && facts->entry_in_entry_section));
   if (!checked) {
-    FUZZ_CHECK(checked.error().stage == "symbol");
+    FUZZ_CHECK(checked.error().stage == PluginStage::symbol);
     FUZZ_CHECK(detail::is_utf8(checked.error().message));
   }
   return 0;

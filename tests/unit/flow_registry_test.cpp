@@ -257,6 +257,36 @@ TEST_SUITE("flow_registry") {
     outliving.reset();  // the registry is gone: no crash, no effect
   }
 
+  TEST_CASE("a listener may change the registry; its change is heard after the current event") {
+    FlowRegistry registry;
+    std::vector<std::string> heard;
+    auto subscription = registry.subscribe([&](const ModuleEvent& e) {
+      heard.push_back(std::string(to_string(e.kind)) + " " + e.module);
+      // The listener follows "a" with "b": a change made from inside a listener.
+      if (e.kind == ModuleEvent::Kind::registered && e.module == "a")
+        REQUIRE(registry.register_module(module("b", {flow("y")}), "follows a"));
+    });
+    REQUIRE(registry.register_module(module("a", {flow("x")})));
+    CHECK(registry.find("y") != nullptr);  // delivered before register_module("a") returned
+    CHECK(heard == std::vector<std::string>{"registered a", "registered b"});
+  }
+
+  TEST_CASE("reset() of a subscription returns only after its running listener has finished") {
+    FlowRegistry registry;
+    std::latch entered(1);
+    std::atomic<bool> finished{false};
+    auto subscription = registry.subscribe([&](const ModuleEvent&) {
+      entered.count_down();
+      std::this_thread::sleep_for(100ms);  // still running when reset() is called
+      finished = true;
+    });
+    std::thread writer([&] { REQUIRE(registry.register_module(module("m", {flow("x")}))); });
+    entered.wait();
+    subscription.reset();
+    CHECK(finished.load());
+    writer.join();
+  }
+
   TEST_CASE("readers are not blocked by a writer holding the writer lock") {
     SyncGuard guard;
     FlowRegistry registry;

@@ -65,7 +65,7 @@ TEST_SUITE("plugin_definition") {
     const PluginInfo info = box.info_of(bad);
     CHECK(info.status == PluginStatus::rejected);
     REQUIRE(info.error);
-    CHECK(info.error->stage == "definition");
+    CHECK(info.error->stage == PluginStage::definition);
     CHECK_FALSE(box.registry.get("bad_schema_flow"));
     CHECK(box.info_of(box.dir / "good.so").status == PluginStatus::loaded);
 
@@ -91,7 +91,7 @@ flows:
     const PluginInfo info = box.info_of(deep);
     CHECK(info.status == PluginStatus::rejected);
     REQUIRE(info.error);
-    CHECK(info.error->stage == "definition");
+    CHECK(info.error->stage == PluginStage::definition);
     CHECK_FALSE(box.registry.get("deep_schema_flow"));
 
     const auto yaml = yaml_problems(yaml_with(nested_schema(5000)));

@@ -41,7 +41,7 @@ void check_rejected(const std::string& fixture_or_name, const fs::path& bad, San
   const PluginInfo info = box.info_of(bad);
   CHECK(info.status == status);
   REQUIRE(info.error);
-  CHECK(info.error->stage == stage);
+  CHECK(to_string(info.error->stage) == stage);
   CHECK_MESSAGE(info.error->message.find(reason) != std::string::npos, info.error->message);
   CHECK(info.describe_error().starts_with(bad.string() + ": [" + stage + "] "));
   CHECK(box.slugs() == std::vector<std::string>{"good_flow"});
@@ -122,6 +122,29 @@ TEST_SUITE("plugin_loader") {
     CHECK_FALSE(box.loader->handler("noqualifier"));
   }
 
+  TEST_CASE("every plugin stage reads back from the name to_string gives it; other text is none") {
+    const std::vector<std::pair<PluginStage, std::string>> names = {
+        {PluginStage::file, "file"},
+        {PluginStage::permissions, "permissions"},
+        {PluginStage::size, "size"},
+        {PluginStage::elf, "elf"},
+        {PluginStage::allowlist, "allowlist"},
+        {PluginStage::symbol, "symbol"},
+        {PluginStage::stage, "stage"},
+        {PluginStage::inspect, "inspect"},
+        {PluginStage::load, "load"},
+        {PluginStage::abi, "abi"},
+        {PluginStage::definition, "definition"},
+        {PluginStage::registration, "register"}};
+    for (const auto& [stage, name] : names) {
+      CAPTURE(name);
+      CHECK(to_string(stage) == name);
+      CHECK(plugin_stage_from_string(name) == stage);
+    }
+    CHECK_FALSE(plugin_stage_from_string("registration"));
+    CHECK_FALSE(plugin_stage_from_string(""));
+  }
+
   TEST_CASE("a file that is not ELF is rejected before anything loads it") {
     Sandbox box;
     box.add("good");
@@ -141,7 +164,7 @@ TEST_SUITE("plugin_loader") {
     CHECK(info.status != PluginStatus::loaded);
     REQUIRE(info.error);
     // Depending on where the cut falls, the ELF reader refuses it or the inspection child dies.
-    CHECK((info.error->stage == "elf" || info.error->stage == "inspect"));
+    CHECK((info.error->stage == PluginStage::elf || info.error->stage == PluginStage::inspect));
     CHECK(box.slugs() == std::vector<std::string>{"good_flow"});
   }
 
@@ -247,7 +270,7 @@ TEST_SUITE("plugin_loader") {
     box.scan();
     REQUIRE(box.info_of(bad).error);
     box.scan();
-    CHECK(box.info_of(bad).error->stage == "abi");  // still visible
+    CHECK(box.info_of(bad).error->stage == PluginStage::abi);  // still visible
     box.add("other", "fixme.so");
     box.scan();
     CHECK_FALSE(box.info_of(bad).error);
@@ -281,7 +304,7 @@ TEST_SUITE("plugin_loader") {
     box.scan();
     const PluginInfo info = box.info_of(file);
     REQUIRE(info.error);
-    CHECK(info.error->stage == "permissions");
+    CHECK(info.error->stage == PluginStage::permissions);
     CHECK(info.error->message.find("plugin directory " + box.dir.string() +
                                    " is writable by its group") != std::string::npos);
   }
@@ -296,7 +319,7 @@ TEST_SUITE("plugin_loader") {
     box.scan();
     const PluginInfo info = box.info_of(root ? bad : box.dir / "other.so");
     REQUIRE(info.error);
-    CHECK(info.error->stage == "permissions");
+    CHECK(info.error->stage == PluginStage::permissions);
     CHECK(info.error->message.find(
               root ? "is owned by uid 65534, not by root or the user running flowreg"
                    : "is owned by uid") != std::string::npos);
@@ -342,7 +365,7 @@ TEST_SUITE("plugin_loader") {
     Sandbox box(small);
     const fs::path big = box.add("other");
     box.scan();
-    CHECK(box.info_of(big).error->stage == "size");
+    CHECK(box.info_of(big).error->stage == PluginStage::size);
     CHECK(box.info_of(big).error->message.find("the limit (plugins.max_bytes) is 1000") !=
           std::string::npos);
 
@@ -351,7 +374,7 @@ TEST_SUITE("plugin_loader") {
     Sandbox box2(listed);
     const fs::path file = box2.add("other");
     box2.scan();
-    CHECK(box2.info_of(file).error->stage == "allowlist");
+    CHECK(box2.info_of(file).error->stage == PluginStage::allowlist);
   }
 
   TEST_CASE("plugins check runs every stage and registers nothing") {
@@ -360,7 +383,7 @@ TEST_SUITE("plugin_loader") {
     box.scan();
     const PluginInfo clash = box.loader->check(kFixtures / "slug_clash.so");
     CHECK(clash.status == PluginStatus::rejected);
-    CHECK(clash.error->stage == "register");
+    CHECK(clash.error->stage == PluginStage::registration);
     const PluginInfo fine = box.loader->check(kFixtures / "other.so");
     CHECK(fine.status == PluginStatus::loaded);
     CHECK(fine.module == "other");
@@ -530,7 +553,7 @@ TEST_SUITE("plugin_loader") {
     const auto whole = detail::inspect_elf(bytes);
     REQUIRE(whole);
     CHECK_FALSE(whole->exports_entry);
-    CHECK(detail::check_plugin_elf(bytes).error().stage == "symbol");
+    CHECK(detail::check_plugin_elf(bytes).error().stage == PluginStage::symbol);
     for (std::size_t cut = 0; cut < bytes.size(); ++cut) {
       // A heap copy of exactly the cut length: AddressSanitizer sees any read past its end.
       const std::unique_ptr<char[]> copy(new char[cut + 1]);
@@ -538,7 +561,7 @@ TEST_SUITE("plugin_loader") {
       const auto facts = detail::inspect_elf(std::string_view(copy.get(), cut));
       CAPTURE(cut);
       REQUIRE_FALSE(facts);
-      REQUIRE(facts.error().stage == "elf");
+      REQUIRE(facts.error().stage == PluginStage::elf);
     }
   }
 
@@ -653,7 +676,7 @@ TEST_SUITE("plugin_loader") {
     const fs::path file = kFixtures / "raw_throw_describe.so";
     auto opened = detail::LoadedPlugin::open(file);
     REQUIRE_FALSE(opened);
-    CHECK(opened.error().stage == "definition");
+    CHECK(opened.error().stage == PluginStage::definition);
     CHECK(opened.error().message.find("function \"describe\" of plugin " + file.string() +
                                       " threw std::runtime_error: \"raw describe exploded\"") !=
           std::string::npos);
@@ -820,7 +843,7 @@ TEST_SUITE("plugin_loader") {
     REQUIRE(again);
     REQUIRE(again->size() == 1);
     CHECK(again->front().status == PluginStatus::quarantined);
-    CHECK(again->front().error->stage == "inspect");
+    CHECK(again->front().error->stage == PluginStage::inspect);
     CHECK(again->front().error->message.starts_with("crashed the inspection process"));
   }
 
@@ -952,7 +975,7 @@ TEST_SUITE("plugin_reload") {
     for (int i = 0; i < 30000 && box.loader->plugins().empty(); ++i)
       std::this_thread::sleep_for(2ms);
     REQUIRE(box.info_of(file).error);
-    CHECK(box.info_of(file).error->stage == "permissions");
+    CHECK(box.info_of(file).error->stage == PluginStage::permissions);
     fs::permissions(file, fs::perms::others_write, fs::perm_options::remove);  // the advised chmod
     REQUIRE(log.wait_for(ModuleEvent::Kind::registered, "other"));
     CHECK(box.info_of(file).status == PluginStatus::loaded);

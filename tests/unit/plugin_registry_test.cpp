@@ -29,7 +29,7 @@ void check_waiting(const Sandbox& box, const fs::path& file, const std::string& 
   CHECK(info.status == PluginStatus::waiting);
   CHECK(to_string(info.status) == "waiting");
   REQUIRE(info.error);
-  CHECK(info.error->stage == "register");
+  CHECK(info.error->stage == PluginStage::registration);
   CHECK_MESSAGE(info.error->message.find(expected) != std::string::npos, info.error->message);
 }
 
@@ -174,6 +174,41 @@ TEST_SUITE("plugin_registry") {
     CHECK_FALSE(box.registry.get("good_flow"));
   }
 
+  TEST_CASE(
+      "a held name is an Errc::duplicate_slug or duplicate_module error, a refusal Errc::plugin") {
+    Sandbox box;
+    box.add("good");
+    const fs::path slug = box.add("slug_clash", "a_clash.so");
+    const fs::path name = box.add("duplicate_module", "b_duplicate.so");
+    const fs::path not_elf = box.dir / "c_not_elf.so";
+    std::ofstream(not_elf) << "this is not a shared object\n";
+    box.scan();
+    REQUIRE(box.info_of(slug).error);
+    CHECK(box.info_of(slug).error->code == Errc::duplicate_slug);
+    REQUIRE(box.info_of(name).error);
+    CHECK(box.info_of(name).error->code == Errc::duplicate_module);
+    REQUIRE(box.info_of(not_elf).error);
+    CHECK(box.info_of(not_elf).error->code == Errc::plugin);
+    CHECK(box.info_of(not_elf).error->stage == PluginStage::elf);
+  }
+
+  TEST_CASE("plugins check says that a file would wait, in the words of a waiting file") {
+    Sandbox box;
+    box.add("good");
+    box.scan();
+    const PluginInfo clash = box.loader->check(kFixtures / "slug_clash.so");
+    REQUIRE(clash.error);
+    CHECK(clash.error->stage == PluginStage::registration);
+    CHECK(clash.error->code == Errc::duplicate_slug);
+    CHECK(clash.error->message == "would wait for slug 'good_flow' held by module 'good' (" +
+                                      (box.dir / "good.so").string() + ")");
+    const PluginInfo name = box.loader->check(kFixtures / "duplicate_module.so");
+    REQUIRE(name.error);
+    CHECK(name.error->code == Errc::duplicate_module);
+    CHECK(name.error->message ==
+          "would wait for module name 'good' held by " + (box.dir / "good.so").string());
+  }
+
   TEST_CASE("plugins list and its --json show a waiting file and what it waits for") {
     Sandbox box;
     box.add("good");
@@ -223,7 +258,8 @@ TEST_SUITE("plugin_registry") {
                                     (kFixtures / "duplicate_module.so").string()},
                                    box.root.string());
     CHECK(other.exit_code != 0);
-    CHECK(other.err.find("declares module 'good', which plugins.d/good.so already registered") !=
-          std::string::npos);
+    CHECK(
+        other.err.find("[register] would wait for module name 'good' held by plugins.d/good.so") !=
+        std::string::npos);
   }
 }

@@ -24,6 +24,7 @@
 
 #include "flowreg/error.hpp"
 #include "flowreg/flow.hpp"
+#include "flowreg/subscription.hpp"
 
 namespace flowreg {
 
@@ -76,7 +77,6 @@ std::string_view to_string(ModuleEvent::Kind kind) noexcept;
 
 class FlowRegistry {
   struct Snapshot;
-  struct Listeners;
 
  public:
   using Listener = std::function<void(const ModuleEvent&)>;
@@ -109,26 +109,11 @@ class FlowRegistry {
   std::vector<std::string> modules() const;
   std::size_t size() const noexcept;
 
-  // Listeners hear every change after it is visible to readers, in the order of the changes, on
-  // the writer's thread. A listener must not change this registry (it may read it). Destroying
-  // the Subscription unsubscribes; it may outlive the registry.
-  class Subscription {
-   public:
-    Subscription() = default;
-    Subscription(Subscription&& other) noexcept = default;
-    Subscription& operator=(Subscription&& other) noexcept;
-    Subscription(const Subscription&) = delete;
-    Subscription& operator=(const Subscription&) = delete;
-    ~Subscription() { reset(); }
-    void reset() noexcept;
-
-   private:
-    friend class FlowRegistry;
-    Subscription(std::weak_ptr<Listeners> listeners, std::uint64_t id)
-        : listeners_(std::move(listeners)), id_(id) {}
-    std::weak_ptr<Listeners> listeners_;
-    std::uint64_t id_ = 0;
-  };
+  // `listener` hears every module change made after this call until the Subscription dies, with the
+  // delivery guarantee of subscription.hpp: in the order of the changes, one at a time, after the
+  // change is visible to readers and before the call that made it returns, with no lock held (a
+  // listener may read and change this registry). Failed changes are not reported.
+  using Subscription = flowreg::Subscription;
   [[nodiscard]] Subscription subscribe(Listener listener);
 
   // A reader with its own snapshot cache, for a thread that looks flows up in a loop (a worker's

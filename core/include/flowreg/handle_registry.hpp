@@ -1,6 +1,7 @@
 #pragma once
-// flowreg::HandleRegistry: one shared handle per key, started on first use (Exgit.RepoRegistry's
-// get_or_start, with the single flight done per key instead of in one server).
+// flowreg::HandleRegistry: a general-purpose tool, not the flow registry (that is FlowRegistry, in
+// flow_registry.hpp). get_or_start of handles: one shared handle per key (a connection, a cloned
+// repository, a session), started on first use by exactly one caller while the others wait.
 //
 //   flowreg::HandleRegistry<std::string, Repo, RepoOptions> repos;
 //   repos.start();
@@ -27,8 +28,8 @@
 // registry-wide lock is held only for map operations, never while a factory, stop() or a listener
 // runs, so a slow start for one key never delays calls for other keys. REQUIRES: a factory does
 // not call get_or_start() for its own key (it would wait for itself). Events reach listeners in the
-// order the registry changed, one at a time, with no lock held (see detail::Listeners in
-// registry.hpp). A factory that throws is reported as Errc::internal to every waiter.
+// order the registry changed, one at a time, with no lock held (see subscription.hpp). A factory
+// that throws is reported as Errc::internal to every waiter.
 //
 // Not copyable or movable (waiters and factories refer to it). The destructor calls stop_all();
 // REQUIRES: no call is in progress when it runs.

@@ -1,12 +1,14 @@
 #pragma once
 // Execution options of flows and steps: the single place where their defaults and ranges live.
 //
-// | option       | default | range                      | meaning |
-// |--------------|---------|----------------------------|--------------------------------------------|
-// | max_attempts | 3       | 1 .. 1000                  | attempts per task, the first one included
-// | | base_delay   | 1s      | 0 .. 7 days                | wait before the first retry | |
-// max_delay    | 5m      | base_delay .. 7 days       | cap of the exponential backoff | | timeout
-// | 60s     | 1ms .. 7 days              | lease of one attempt; expired -> retried    |
+// clang-format off
+// | option       | default | range                | meaning                                      |
+// |--------------|---------|----------------------|----------------------------------------------|
+// | max_attempts | 3       | 1 .. 1000            | attempts per task, the first one included    |
+// | base_delay   | 1s      | 0 .. 7 days          | wait before the first retry                  |
+// | max_delay    | 5m      | base_delay .. 7 days | cap of the exponential backoff               |
+// | timeout      | 60s     | 1ms .. 7 days        | lease of one attempt; expired -> retried     |
+// clang-format on
 //
 // Retry n (n = 1 for the first retry) waits min(max_delay, base_delay * 2^(n-1)), with jitter.
 // Durations are written with a unit in YAML: 250ms, 1s, 5m, 1h.

@@ -1,26 +1,31 @@
 #pragma once
 // Loading plugins (.so files) from a drop-in directory into a FlowRegistry.
 //
-// Every file goes through these stages, and the first that fails rejects it with its reason:
+// Every file goes through these stages (PluginStage), and the first that fails rejects it with its
+// reason:
+// clang-format off
 //   file         a regular file (a symlink only when allowed), no FIFO, device or directory
 //   permissions  file and directory owned by root or the running user, not writable by group or
 //                others (unless allow_unsafe)
 //   size, elf    at most max_bytes; an ELF shared object for this machine, every size and offset
 //                in it checked against the bytes read (no code runs, nothing in the file trusted)
 //   allowlist    its SHA-256 is in plugins.sha256_allowlist, when that list is not empty
-//   quarantine   its exact content has not crashed, hung or left a process behind in a loader, nor
-//                crashed this host while loading (counted by a journal across restarts)
+//   (quarantine) its exact content has not crashed, hung or left a process behind in a loader, nor
+//                crashed this host while loading (counted by a journal across restarts); a
+//                quarantined file keeps the stage and reason of its quarantine
 //   symbol       exports flowreg_plugin in section "flowreg" (its dynamic symbol table)
+//   stage        a private read-only copy named by its hash is written to the plugin cache
 //   inspect      loads in a threaded child process in its own process group first (crash, abort,
 //                hang or a process left running -> quarantined by hash)
-//   load, abi    dlopen (never unloaded) of a private read-only copy named by its hash; ABI
-//                magic/major/minor/size; exceptions thrown through the C ABI are contained
+//   load, abi    dlopen (never unloaded) of the private copy; ABI magic/major/minor/size;
+//                exceptions thrown through the C ABI are contained
 //   definition   describes itself with valid flows (the checks and limits of YAML flows)
 //   register     registers atomically. A file that declares a module name or flow slug another
 //                file holds waits for it (PluginStatus::waiting) and registers as soon as the
 //                holder is removed or stops declaring it. The incumbent keeps a name, across
 //                restarts too (<cache_dir>/owners.json): file names and directory order never
 //                decide (see PluginLoader::Impl for the rule).
+// clang-format on
 //
 // Thread-safety: all member functions may be called concurrently; loading is serialized inside.
 
@@ -43,13 +48,41 @@ namespace detail {
 class LoadedPlugin;
 }
 
-struct PluginError {
-  std::string stage;    // one of the stages above
-  std::string message;  // the reason, and what to do about it
+// The stages above, in order.
+enum class PluginStage {
+  file,
+  permissions,
+  size,
+  elf,
+  allowlist,
+  symbol,
+  stage,
+  inspect,
+  load,
+  abi,
+  definition,
+  registration,  // "register"
+};
+// The stage's name as messages, `flowreg plugins list` and quarantine records spell it ("file",
+// ..., "register").
+std::string_view to_string(PluginStage stage) noexcept;
+// The stage spelled `name` (as to_string spells it); nullopt for any other text.
+std::optional<PluginStage> plugin_stage_from_string(std::string_view name) noexcept;
+
+// Why a plugin file was refused: an Error whose message gives the reason and what to do about it,
+// and the stage that refused the file. The code is Errc::plugin, except at registration: a module
+// name or slug held by another file is Errc::duplicate_module or Errc::duplicate_slug, and a
+// refusal of the registry keeps the registry's code and details.
+struct PluginError : Error {
+  PluginStage stage = PluginStage::file;
 };
 
+inline PluginError plugin_error(PluginStage stage, std::string message, Errc code = Errc::plugin) {
+  return PluginError{{code, std::move(message), {}}, stage};
+}
+
 // waiting: ready to register, but a module name or flow slug it declares is held by another file;
-// `error` (stage "register") names the name and its holder.
+// `error` (stage registration) names the name and its holder.
 enum class PluginStatus { loaded, rejected, quarantined, waiting };
 std::string_view to_string(PluginStatus status) noexcept;
 

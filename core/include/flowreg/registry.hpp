@@ -1,6 +1,7 @@
 #pragma once
-// flowreg::Registry: a thread-safe key -> (owner, value) table with RAII owners, after Elixir's
-// Registry (and Lockstep.Registry, its single-partition model).
+// flowreg::Registry: a general-purpose tool, not the flow registry (that is FlowRegistry, in
+// flow_registry.hpp). A thread-safe key -> (owner, value) table with RAII owners and subscriptions,
+// for an application that needs to find its own components by name.
 //
 //   flowreg::Registry<std::string, int> sessions(flowreg::Keys::unique);
 //   auto owner = sessions.make_owner();                 // RAII: its entries die with it
@@ -8,18 +9,15 @@
 //   for (auto& [owner_id, value] : sessions.lookup("user:alice")) { ... }
 //   auto sub = sessions.subscribe([](const auto& event) { ... });   // RAII as well
 //
-// Differences from Elixir's Registry, on purpose:
-// - Owners are tokens, not processes. Destroying an Owner removes all its entries, atomically,
-//   before the destructor returns: no lookup that starts after that returns one of them (Elixir's
-//   lookup can return a pid that just died), and a unique register of the same key succeeds
-//   (Elixir's must notice the dead owner, clean up and retry).
-// - Listeners hear owner cleanup too (UnregisterReason::owner_gone); Elixir's do not.
-// - Meta values are std::any under std::string keys, so that the Registry keeps exactly the three
-//   template parameters of its key/value table (meta_as<T>() reads one back typed).
-//
-// This header also holds the small pieces the generic registries share: clang thread-safety
-// annotations with annotated mutex wrappers, the ordered listener list behind subscribe(), and
-// Subscription, its RAII handle.
+// Keys are unique (one entry per key) or duplicate (any number, in registration order).
+// - Owners are tokens. Destroying an Owner removes all its entries, atomically, before the
+//   destructor returns: no lookup that starts after that returns one of them, and a unique
+//   register of the same key succeeds at once.
+// - Listeners hear registrations, explicit unregistrations and owner cleanup
+//   (UnregisterReason::owner_gone), with the delivery guarantee of subscription.hpp.
+// - Registry-wide metadata: std::any values under std::string keys, so that the Registry keeps
+//   exactly the three template parameters of its key/value table (meta_as<T>() reads one back
+//   typed).
 
 #include <algorithm>
 #include <any>
@@ -47,6 +45,7 @@
 #include <vector>
 
 #include "flowreg/error.hpp"
+#include "flowreg/subscription.hpp"
 #include "flowreg/sync_point.hpp"
 #include "flowreg/thread_annotations.hpp"
 
@@ -70,179 +69,6 @@ std::string describe(const T& value) {
   }
 }
 
-class ListenersBase {
- public:
-  virtual ~ListenersBase() = default;
-  virtual void unsubscribe(std::uint64_t id) noexcept = 0;
-};
-
-template <class Event>
-class Listeners;
-
-}  // namespace detail
-
-// Keeps a listener subscribed; destroying (or reset()) unsubscribes it. Move-only. After reset()
-// returns, the listener is not running and will not be called again, unless reset() is called
-// from inside a listener of the same registry (then it only is not called again). May outlive its
-// registry (it then does nothing).
-class Subscription {
- public:
-  Subscription() = default;
-  Subscription(const Subscription&) = delete;
-  Subscription& operator=(const Subscription&) = delete;
-  Subscription(Subscription&& other) noexcept
-      : source_(std::move(other.source_)), id_(std::exchange(other.id_, 0)) {}
-  Subscription& operator=(Subscription&& other) noexcept {
-    if (this != &other) {
-      reset();
-      source_ = std::move(other.source_);
-      id_ = std::exchange(other.id_, 0);
-    }
-    return *this;
-  }
-  ~Subscription() { reset(); }
-
-  void reset() noexcept {
-    if (id_ != 0) {
-      if (auto source = source_.lock()) source->unsubscribe(id_);
-    }
-    source_.reset();
-    id_ = 0;
-  }
-  bool active() const noexcept { return id_ != 0; }
-
- private:
-  template <class Event>
-  friend class detail::Listeners;
-  Subscription(std::weak_ptr<detail::ListenersBase> source, std::uint64_t id)
-      : source_(std::move(source)), id_(id) {}
-
-  std::weak_ptr<detail::ListenersBase> source_;
-  std::uint64_t id_ = 0;
-};
-
-namespace detail {
-
-// The listeners of one registry, and the queue that hands them events in order.
-//
-// A component appends events with enqueue() while it holds the lock that orders its changes, so
-// sequence numbers follow the order of the changes; after unlocking it calls deliver_through(seq).
-// Exactly one thread at a time (the drainer) calls listeners, with no lock held, event by event in
-// sequence order; a caller whose events are being drained by another thread waits for them. So:
-// listeners see every change in the order it was made, are never called concurrently with each
-// other, and a change's events have been delivered when the call that made it returns (unless it
-// was made from inside a listener: then right after that listener returns). Listeners may call
-// back into the registry. A listener that throws terminates the program.
-//
-// Shared: Subscription keeps a weak_ptr to it.
-template <class Event>
-class Listeners final : public ListenersBase,
-                        public std::enable_shared_from_this<Listeners<Event>> {
- public:
-  using Fn = std::function<void(const Event&)>;
-
-  // The listener hears events enqueued from now on.
-  Subscription subscribe(Fn fn) {
-    MutexLock lock(mu_);
-    const std::uint64_t id = next_id_++;
-    fns_.emplace(id, Entry{std::make_shared<const Fn>(std::move(fn)), next_seq_});
-    return Subscription(this->weak_from_this(), id);
-  }
-
-  // Returns the event's sequence number, or 0 when nobody listens (the event is dropped).
-  // REQUIRES: the caller holds the lock that orders the changes being reported.
-  std::uint64_t enqueue(Event event) {
-    MutexLock lock(mu_);
-    if (fns_.empty()) return 0;
-    const std::uint64_t seq = next_seq_++;
-    pending_.emplace_back(seq, std::move(event));
-    return seq;
-  }
-
-  // Returns once every event up to `seq` has been delivered. REQUIRES: no lock held.
-  void deliver_through(std::uint64_t seq) {
-    if (seq == 0) return;
-    MutexLock lock(mu_);
-    const auto self = std::this_thread::get_id();
-    if (delivering_ && drainer_ == self) return;  // from a listener: the outer loop delivers it
-    bool announced = false;
-    while (delivered_ < seq) {
-      if (delivering_) {
-        if (!announced && SyncPoints::instance().any_armed()) {
-          announced = true;
-          lock.unlock();
-          // A thread whose events another thread is delivering, before it waits for them.
-          FLOWREG_SYNC_POINT("listeners.await_drainer");
-          lock.lock();
-          continue;
-        }
-        cv_.wait(lock);
-        continue;
-      }
-      delivering_ = true;
-      drainer_ = self;
-      while (!pending_.empty()) {
-        std::pair<std::uint64_t, Event> item = std::move(pending_.front());
-        pending_.pop_front();
-        std::uint64_t last = 0;
-        for (auto it = fns_.upper_bound(last); it != fns_.end(); it = fns_.upper_bound(last)) {
-          last = it->first;
-          if (it->second.from_seq > item.first) continue;  // subscribed after this event
-          std::shared_ptr<const Fn> fn = it->second.fn;
-          calling_ = last;
-          lock.unlock();
-          call(*fn, item.second);
-          lock.lock();
-          calling_ = 0;
-          cv_.notify_all();
-        }
-        delivered_ = item.first;
-        cv_.notify_all();
-      }
-      delivering_ = false;
-      drainer_ = std::thread::id();
-      cv_.notify_all();
-    }
-  }
-
-  void unsubscribe(std::uint64_t id) noexcept override {
-    MutexLock lock(mu_);
-    fns_.erase(id);
-    if (delivering_ && drainer_ == std::this_thread::get_id()) return;  // from a listener
-    bool announced = false;
-    while (calling_ == id) {
-      if (!announced && SyncPoints::instance().any_armed()) {
-        announced = true;
-        lock.unlock();
-        // Unsubscribing while another thread runs this listener, before waiting for it.
-        FLOWREG_SYNC_POINT("listeners.unsubscribe_wait");
-        lock.lock();
-        continue;
-      }
-      cv_.wait(lock);
-    }
-  }
-
- private:
-  struct Entry {
-    std::shared_ptr<const Fn> fn;
-    std::uint64_t from_seq;  // first event sequence number it hears
-  };
-
-  static void call(const Fn& fn, const Event& event) noexcept { fn(event); }
-
-  AnnotatedMutex mu_;
-  std::condition_variable_any cv_;
-  std::map<std::uint64_t, Entry> fns_ FLOWREG_GUARDED_BY(mu_);
-  std::deque<std::pair<std::uint64_t, Event>> pending_ FLOWREG_GUARDED_BY(mu_);
-  std::uint64_t next_id_ FLOWREG_GUARDED_BY(mu_) = 1;
-  std::uint64_t next_seq_ FLOWREG_GUARDED_BY(mu_) = 1;
-  std::uint64_t delivered_ FLOWREG_GUARDED_BY(mu_) = 0;
-  bool delivering_ FLOWREG_GUARDED_BY(mu_) = false;
-  std::thread::id drainer_ FLOWREG_GUARDED_BY(mu_);
-  std::uint64_t calling_ FLOWREG_GUARDED_BY(mu_) = 0;  // listener id being called, or 0
-};
-
 }  // namespace detail
 
 enum class Keys { unique, duplicate };
@@ -254,8 +80,8 @@ inline std::string to_string(OwnerId id) { return std::to_string(static_cast<std
 
 enum class RegistryEventKind { registered, unregistered };
 
-// Why an entry went away. `requested`: unregister() or unregister_match() (Elixir's explicit
-// unregister; `explicit` is a C++ keyword).
+// Why an entry went away. `requested`: unregister() or unregister_match() (`explicit` is a C++
+// keyword).
 enum class UnregisterReason { none, requested, owner_gone };
 
 template <class Key, class Value>
@@ -272,8 +98,8 @@ struct RegistryEvent {
 // call is atomic with respect to the others: a reader sees the table before or after a write
 // (including an owner's whole cleanup), never in between. Predicates and update functions run
 // under the lock and must not call back into the registry; dispatch() and listeners run with no
-// lock held and may. Listener ordering: see detail::Listeners (events in the order of the changes,
-// one at a time, delivered before the call that made the change returns).
+// lock held and may. Listeners: see subscription.hpp (events in the order of the changes, one at a
+// time, delivered before the call that made the change returns).
 //
 // REQUIRES: Key is copyable and hashable by Hash; Value is copyable.
 //
@@ -498,7 +324,7 @@ class Registry {
     return out;
   }
 
-  // Registry-wide metadata, independent of entries and owners (Elixir's meta/put_meta/delete_meta).
+  // Registry-wide metadata, independent of entries and owners.
   std::optional<std::any> meta(std::string_view key) const {
     const State& s = *state_;
     detail::MutexLock lock(s.meta_mu);

@@ -1,5 +1,6 @@
 #pragma once
-// flowreg::Supervisor: Erlang/OTP supervision for services that run their own threads.
+// flowreg::Supervisor: starts services that run their own threads, restarts them when they end,
+// and gives up (and tells its own parent) when they end too often.
 //
 //   using namespace std::chrono_literals;
 //   std::vector<flowreg::ChildSpec> children;
@@ -22,19 +23,19 @@
 // The supervisor then restarts it (and siblings, per the RestartStrategy) according to its
 // RestartPolicy, within a restart intensity (RestartLimit); past it, the supervisor stops every
 // child, fails, and reports to its own parent through the ExitSignal it was started with, so
-// supervisors nest into trees exactly as in OTP (Supervisor::child_spec).
+// supervisors nest into trees (Supervisor::child_spec makes a supervisor a child of another).
 //
 // Every change to the children (start, exit handling, restart, start_child, terminate_child,
 // stop) happens on the supervisor's own event thread, one message at a time, in the order the
 // messages arrived (exit reports, start_child and terminate_child calls). Start functions,
 // Service::stop() and SupervisorOptions::on_event all run on that thread, with no lock held.
 //
-// As in OTP, a child whose start function fails during a restart is retried through the mailbox
-// (try_again), each failure counting as one more exit against the restart intensity, so a child
-// that can never start makes the supervisor give up rather than spin. Differences from OTP:
-// - A child cannot be killed: Service::stop() must return (there is no shutdown timeout), and a
-//   start function must return. A child that blocks there blocks its supervisor.
-// - Events (on_event) replace OTP's supervisor reports; ChildHandle replaces which_children().
+// A child whose start function fails during a restart is retried through the mailbox (try_again),
+// each failure counting as one more exit against the restart intensity, so a child that can never
+// start makes the supervisor give up rather than spin. A child cannot be killed:
+// Service::stop() must return (there is no shutdown timeout), and a start function must return. A
+// child that blocks there blocks its supervisor. The supervisor reports what it does through
+// SupervisorOptions::on_event; ChildHandle shows a child's current instance.
 //
 // Deadlocks to avoid (the supervisor waits for its children while they run start functions and
 // stop()): a start function, Service::stop() or on_event must not wait for this supervisor
@@ -80,7 +81,7 @@ enum class RestartPolicy {
 // Restart intensity: more than max_restarts restarts within period make the supervisor give up.
 // A restart is counted once per exit that calls for it (a strategy restarting siblings too still
 // counts one), and stays counted while now - its time < period. The limit is the supervisor's, for
-// all its children together. The defaults are OTP's (intensity 3, period 5 s). REQUIRES:
+// all its children together. The defaults: at most 3 restarts within 5 s. REQUIRES:
 // max_restarts >= 0, period > 0 (Supervisor::start checks).
 struct RestartLimit {
   int max_restarts = 3;

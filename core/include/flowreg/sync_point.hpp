@@ -1,6 +1,6 @@
 #pragma once
-// Sync points: named places in production code where a test can force an interleaving (RocksDB's
-// TEST_SYNC_POINT, Lockstep's controlled scheduler).
+// Sync points: named places in production code where a test can force an interleaving (park a
+// thread there until the test releases it, or run a callback there).
 //
 //   FLOWREG_SYNC_POINT("handle_registry.wait");   // in the code under test
 //
@@ -30,6 +30,8 @@
 #include <string_view>
 #include <utility>
 
+#include "flowreg/thread_annotations.hpp"
+
 namespace flowreg::detail {
 
 class SyncPoints {
@@ -47,7 +49,7 @@ class SyncPoints {
   // Threads reaching `name` park there until release(name) or reset(). Arming a point that runs a
   // callback (on) turns it into a parking point.
   void arm(std::string name) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     Point& point = points_[std::move(name)];
     point.callback.reset();
     if (!point.gate) point.gate = std::make_shared<Gate>();
@@ -58,7 +60,7 @@ class SyncPoints {
   // until release(name) or reset(). fn may be called by several threads at once. Threads parked at
   // `name` by an earlier arm() are released.
   void on(std::string name, std::function<void()> fn) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     Point& point = points_[std::move(name)];
     if (point.gate) open(*point.gate);
     point.gate.reset();
@@ -70,16 +72,21 @@ class SyncPoints {
   // timeout is a deadlock guard for tests, not a measurement.
   bool wait_parked(std::string_view name, std::size_t count,
                    std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
-    std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, timeout, [&] {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    MutexLock lock(mu_);
+    for (;;) {
       auto it = points_.find(name);
-      return it != points_.end() && it->second.gate && it->second.gate->parked >= count;
-    });
+      if (it != points_.end() && it->second.gate && it->second.gate->parked >= count) return true;
+      if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
+        it = points_.find(name);
+        return it != points_.end() && it->second.gate && it->second.gate->parked >= count;
+      }
+    }
   }
 
   // Unparks every thread at `name` and disarms it: threads that get there later pass through.
   void release(std::string_view name) {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     auto it = points_.find(name);
     if (it == points_.end()) return;
     if (it->second.gate) open(*it->second.gate);
@@ -89,7 +96,7 @@ class SyncPoints {
 
   // Disarms every point and releases every parked thread.
   void reset() {
-    std::lock_guard lock(mu_);
+    MutexLock lock(mu_);
     for (auto& [name, point] : points_) {
       if (point.gate) open(*point.gate);
     }
@@ -99,7 +106,7 @@ class SyncPoints {
 
   // Called by FLOWREG_SYNC_POINT: parks, runs the callback, or returns at once.
   void reach(std::string_view name) {
-    std::unique_lock lock(mu_);
+    MutexLock lock(mu_);
     auto it = points_.find(name);
     if (it == points_.end()) return;
     if (it->second.callback) {
@@ -111,7 +118,7 @@ class SyncPoints {
     auto gate = it->second.gate;  // outlives the point: release() erases it while we wait
     ++gate->parked;
     cv_.notify_all();
-    cv_.wait(lock, [&] { return gate->open; });
+    while (!gate->open) cv_.wait(lock);
     --gate->parked;
   }
 
@@ -124,24 +131,25 @@ class SyncPoints {
   SyncPoints() = default;
   ~SyncPoints() = default;
 
+  // Guarded by mu_ (the SyncPoints' mutex, which clang's annotations cannot name from here): read
+  // and written only under it.
   struct Gate {
-    std::size_t parked = 0;  // guarded by mu_
-    bool open = false;       // guarded by mu_
+    std::size_t parked = 0;
+    bool open = false;
   };
   struct Point {
     std::shared_ptr<Gate> gate;                             // parking point
     std::shared_ptr<const std::function<void()>> callback;  // or callback point
   };
 
-  // REQUIRES: mu_ held.
-  void open(Gate& gate) {
+  void open(Gate& gate) FLOWREG_REQUIRES(mu_) {
     gate.open = true;
     cv_.notify_all();
   }
 
-  std::mutex mu_;
-  std::condition_variable cv_;  // parked threads and wait_parked() callers
-  std::map<std::string, Point, std::less<>> points_;
+  AnnotatedMutex mu_;
+  std::condition_variable_any cv_;  // parked threads and wait_parked() callers
+  std::map<std::string, Point, std::less<>> points_ FLOWREG_GUARDED_BY(mu_);
   std::atomic<bool> any_armed_{false};
 };
 

@@ -32,6 +32,9 @@
 #ifndef FLOWREG_RELEASE
 #define FLOWREG_RELEASE(...) FLOWREG_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
 #endif
+#ifndef FLOWREG_REQUIRES
+#define FLOWREG_REQUIRES(...) FLOWREG_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
+#endif
 #ifndef FLOWREG_RELEASE_SHARED
 #define FLOWREG_RELEASE_SHARED(...) \
   FLOWREG_THREAD_ANNOTATION(release_shared_capability(__VA_ARGS__))

@@ -223,183 +223,15 @@ void DirectoryWatcher::rescan() {
 std::uint64_t DirectoryWatcher::overflows() const { return overflows_.load(); }
 std::uint64_t DirectoryWatcher::rescans() const { return rescans_.load(); }
 
+// The watcher's loop: sleep until something is due (an inotify event, a wake-up, a name's look, the
+// initial batch, a periodic rescan), note what changed, look at what is due, deliver what settled.
 void DirectoryWatcher::run() {
   worker_id_.store(std::this_thread::get_id());
   State& st = *state_;
-  const auto debounce = options_.debounce;
   const bool periodic = options_.rescan_interval.count() > 0;
-
-  auto report_error = [&](Errc code, std::string message) {
-    spdlog::warn("{}", message);
-    if (!options_.on_error) return;
-    try {
-      options_.on_error(Error{code, std::move(message), {}});
-    } catch (...) {
-      spdlog::warn("directory watcher '{}': the error callback threw", dir_.string());
-    }
-  };
-
-  auto deliver = [&](const std::vector<FileChange>& batch) {
-    try {
-      callback_(batch);
-    } catch (const std::exception& e) {
-      report_error(Errc::internal,
-                   "directory watcher '" + dir_.string() + "': the callback threw: " + e.what());
-    } catch (...) {
-      report_error(Errc::internal,
-                   "directory watcher '" + dir_.string() + "': the callback threw a non-exception");
-    }
-  };
-
-  auto finish_rescans = [&] {
-    if (st.rescans_in_flight > 0 && st.rescan_wait.empty()) {
-      rescans_.fetch_add(st.rescans_in_flight);
-      st.rescans_in_flight = 0;
-    }
-  };
-
-  // Any event on a name: it is changing; wait for `debounce` of quiet before looking at it.
-  auto touch = [&](const std::string& name, Clock::time_point now) {
-    st.pending.insert_or_assign(name, State::Pending{now + debounce, false, std::nullopt});
-  };
-
-  auto full_rescan = [&](Clock::time_point now) {
-    if (st.wd < 0) {
-      st.wd = ::inotify_add_watch(st.inotify_fd, dir_.c_str(), kWatchMask);
-      if (st.wd >= 0) spdlog::info("directory watcher '{}': watching again", dir_.string());
-    }
-    ++st.rescans_in_flight;
-    auto listed = list_directory(dir_, options_);
-    if (!listed) {
-      report_error(listed.error().code, listed.error().message);
-    } else {
-      // The listing is the first look at every name that differs from what was reported.
-      for (const auto& [name, sig] : *listed) {
-        auto rep = st.reported.find(name);
-        if (rep != st.reported.end() && rep->second == sig) continue;
-        st.pending.try_emplace(name, State::Pending{now + debounce, true, sig});
-      }
-      for (const auto& [name, sig] : st.reported) {
-        if (!listed->contains(name)) {
-          st.pending.try_emplace(name, State::Pending{now + debounce, true, std::nullopt});
-        }
-      }
-    }
-    // Complete once everything now in flight has settled, names changing anyway included.
-    for (const auto& entry : st.pending) st.rescan_wait.insert(entry.first);
-    finish_rescans();
-  };
-
-  // Looks at every name that is due; returns the ones that settled with a change to report.
-  auto settle_due = [&](Clock::time_point now) {
-    std::vector<FileChange> batch;
-    for (auto it = st.pending.begin(); it != st.pending.end();) {
-      auto& [name, p] = *it;
-      if (p.due > now) {
-        ++it;
-        continue;
-      }
-      const auto current = look(dir_ / name);
-      const auto rep = st.reported.find(name);
-      bool settled = false;
-      if (!p.looked) {
-        if (!current && rep == st.reported.end()) {
-          settled = true;  // absent and never reported: nothing to say
-        } else {
-          p = State::Pending{now + debounce, true, current};
-        }
-      } else if (current != p.seen) {
-        p = State::Pending{now + debounce, true, current};  // still changing
-      } else {
-        settled = true;
-        if (current && (rep == st.reported.end() || rep->second != *current)) {
-          batch.push_back(FileChange{FileChange::Kind::present, dir_ / name, *current});
-          st.reported.insert_or_assign(name, *current);
-        } else if (!current && rep != st.reported.end()) {
-          batch.push_back(FileChange{FileChange::Kind::removed, dir_ / name, rep->second});
-          st.reported.erase(rep);
-        }
-      }
-      if (settled) {
-        st.rescan_wait.erase(name);
-        it = st.pending.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    return batch;  // sorted: pending is ordered by name
-  };
-
-  // Reads every queued event. Returns true when the queue overflowed.
-  auto read_events = [&](Clock::time_point now) {
-    alignas(inotify_event) char buf[64 * 1024];
-    bool overflow = false;
-    bool lost = false;
-    for (;;) {
-      const ssize_t n = ::read(st.inotify_fd, buf, sizeof buf);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        if (errno != EAGAIN) {
-          report_error(Errc::io, "directory watcher '" + dir_.string() +
-                                     "': reading inotify events failed: " + errno_text(errno));
-        }
-        break;
-      }
-      if (n == 0) break;
-      const auto size = static_cast<std::size_t>(n);
-      for (std::size_t off = 0; off + sizeof(inotify_event) <= size;) {
-        inotify_event ev;
-        std::memcpy(&ev, buf + off, sizeof ev);
-        const char* name = buf + off + sizeof ev;
-        off += sizeof ev + ev.len;
-        if (ev.mask & IN_Q_OVERFLOW) {
-          overflow = true;
-          overflows_.fetch_add(1);
-          continue;
-        }
-        if (ev.wd != st.wd || st.wd < 0) continue;  // a watch removed earlier
-        if (ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_UNMOUNT)) {
-          lost = true;
-          continue;
-        }
-        if (ev.len == 0) continue;
-        const fs::path file(std::string(name, ::strnlen(name, ev.len)));
-        if (accepts(options_, file)) touch(file.string(), now);
-      }
-    }
-    if (lost) {
-      // A moved directory keeps its watch: stop listening to it, or its events would be taken for
-      // names under dir_.
-      ::inotify_rm_watch(st.inotify_fd, st.wd);
-      st.wd = -1;
-      report_error(Errc::io, "directory watcher '" + dir_.string() +
-                                 "': the directory was deleted or moved away; its files are "
-                                 "reported removed, watching resumes at a rescan once it is back");
-      overflow = true;  // rescan: report what vanished
-    }
-    return overflow;
-  };
-
   while (!stop_requested_.load()) {
-    auto now = Clock::now();
-    std::optional<Clock::time_point> wake_at;
-    auto sooner = [&](Clock::time_point t) {
-      if (!wake_at || t < *wake_at) wake_at = t;
-    };
-    if (st.initial_pending) {
-      sooner(st.initial_due);
-    } else {
-      for (const auto& entry : st.pending) sooner(entry.second.due);
-    }
-    if (periodic) sooner(st.next_rescan);
-    int timeout_ms = -1;
-    if (wake_at) {
-      const auto wait = std::chrono::ceil<std::chrono::milliseconds>(*wake_at - now).count();
-      timeout_ms = static_cast<int>(std::clamp<decltype(wait)>(wait, 0, INT_MAX));
-    }
-
     pollfd fds[2] = {{wake_fd_, POLLIN, 0}, {st.inotify_fd, POLLIN, 0}};
-    const int r = ::poll(fds, 2, timeout_ms);
+    const int r = ::poll(fds, 2, poll_timeout_ms(Clock::now()));
     if (r < 0 && errno != EINTR) {
       report_error(Errc::io,
                    "directory watcher '" + dir_.string() + "': poll failed: " + errno_text(errno));
@@ -410,7 +242,7 @@ void DirectoryWatcher::run() {
       std::uint64_t count = 0;
       [[maybe_unused]] const auto n = ::read(wake_fd_, &count, sizeof count);
     }
-    now = Clock::now();
+    const auto now = Clock::now();
     bool want_rescan = false;
     if (r > 0 && (fds[1].revents & POLLIN)) want_rescan = read_events(now);
     if (rescan_requested_.exchange(false)) want_rescan = true;
@@ -430,6 +262,178 @@ void DirectoryWatcher::run() {
     finish_rescans();
   }
   worker_id_.store(std::thread::id{});
+}
+
+// Until the earliest of: the initial batch (while it is pending, names wait for it), each pending
+// name's look, the next periodic rescan; -1 (no limit) when none is due.
+int DirectoryWatcher::poll_timeout_ms(TimePoint now) const {
+  const State& st = *state_;
+  std::optional<TimePoint> wake_at;
+  auto sooner = [&](TimePoint t) {
+    if (!wake_at || t < *wake_at) wake_at = t;
+  };
+  if (st.initial_pending) {
+    sooner(st.initial_due);
+  } else {
+    for (const auto& entry : st.pending) sooner(entry.second.due);
+  }
+  if (options_.rescan_interval.count() > 0) sooner(st.next_rescan);
+  if (!wake_at) return -1;
+  const auto wait = std::chrono::ceil<std::chrono::milliseconds>(*wake_at - now).count();
+  return static_cast<int>(std::clamp<decltype(wait)>(wait, 0, INT_MAX));
+}
+
+void DirectoryWatcher::report_error(Errc code, std::string message) {
+  spdlog::warn("{}", message);
+  if (!options_.on_error) return;
+  try {
+    options_.on_error(Error{code, std::move(message), {}});
+  } catch (...) {
+    spdlog::warn("directory watcher '{}': the error callback threw", dir_.string());
+  }
+}
+
+void DirectoryWatcher::deliver(const std::vector<FileChange>& batch) {
+  try {
+    callback_(batch);
+  } catch (const std::exception& e) {
+    report_error(Errc::internal,
+                 "directory watcher '" + dir_.string() + "': the callback threw: " + e.what());
+  } catch (...) {
+    report_error(Errc::internal,
+                 "directory watcher '" + dir_.string() + "': the callback threw a non-exception");
+  }
+}
+
+void DirectoryWatcher::finish_rescans() {
+  State& st = *state_;
+  if (st.rescans_in_flight > 0 && st.rescan_wait.empty()) {
+    rescans_.fetch_add(st.rescans_in_flight);
+    st.rescans_in_flight = 0;
+  }
+}
+
+void DirectoryWatcher::full_rescan(TimePoint now) {
+  State& st = *state_;
+  if (st.wd < 0) {
+    st.wd = ::inotify_add_watch(st.inotify_fd, dir_.c_str(), kWatchMask);
+    if (st.wd >= 0) spdlog::info("directory watcher '{}': watching again", dir_.string());
+  }
+  ++st.rescans_in_flight;
+  auto listed = list_directory(dir_, options_);
+  if (!listed) {
+    report_error(listed.error().code, listed.error().message);
+  } else {
+    // The listing is the first look at every name that differs from what was reported.
+    for (const auto& [name, sig] : *listed) {
+      auto rep = st.reported.find(name);
+      if (rep != st.reported.end() && rep->second == sig) continue;
+      st.pending.try_emplace(name, State::Pending{now + options_.debounce, true, sig});
+    }
+    for (const auto& [name, sig] : st.reported) {
+      if (!listed->contains(name)) {
+        st.pending.try_emplace(name, State::Pending{now + options_.debounce, true, std::nullopt});
+      }
+    }
+  }
+  // Complete once everything now in flight has settled, names changing anyway included.
+  for (const auto& entry : st.pending) st.rescan_wait.insert(entry.first);
+  finish_rescans();
+}
+
+std::vector<FileChange> DirectoryWatcher::settle_due(TimePoint now) {
+  State& st = *state_;
+  const auto debounce = options_.debounce;
+  std::vector<FileChange> batch;
+  for (auto it = st.pending.begin(); it != st.pending.end();) {
+    auto& [name, p] = *it;
+    if (p.due > now) {
+      ++it;
+      continue;
+    }
+    const auto current = look(dir_ / name);
+    const auto rep = st.reported.find(name);
+    bool settled = false;
+    if (!p.looked) {
+      if (!current && rep == st.reported.end()) {
+        settled = true;  // absent and never reported: nothing to say
+      } else {
+        p = State::Pending{now + debounce, true, current};
+      }
+    } else if (current != p.seen) {
+      p = State::Pending{now + debounce, true, current};  // still changing
+    } else {
+      settled = true;
+      if (current && (rep == st.reported.end() || rep->second != *current)) {
+        batch.push_back(FileChange{FileChange::Kind::present, dir_ / name, *current});
+        st.reported.insert_or_assign(name, *current);
+      } else if (!current && rep != st.reported.end()) {
+        batch.push_back(FileChange{FileChange::Kind::removed, dir_ / name, rep->second});
+        st.reported.erase(rep);
+      }
+    }
+    if (settled) {
+      st.rescan_wait.erase(name);
+      it = st.pending.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return batch;  // sorted: pending is ordered by name
+}
+
+bool DirectoryWatcher::read_events(TimePoint now) {
+  State& st = *state_;
+  alignas(inotify_event) char buf[64 * 1024];
+  bool overflow = false;
+  bool lost = false;
+  for (;;) {
+    const ssize_t n = ::read(st.inotify_fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) {
+        report_error(Errc::io, "directory watcher '" + dir_.string() +
+                                   "': reading inotify events failed: " + errno_text(errno));
+      }
+      break;
+    }
+    if (n == 0) break;
+    const auto size = static_cast<std::size_t>(n);
+    for (std::size_t off = 0; off + sizeof(inotify_event) <= size;) {
+      inotify_event ev;
+      std::memcpy(&ev, buf + off, sizeof ev);
+      const char* name = buf + off + sizeof ev;
+      off += sizeof ev + ev.len;
+      if (ev.mask & IN_Q_OVERFLOW) {
+        overflow = true;
+        overflows_.fetch_add(1);
+        continue;
+      }
+      if (ev.wd != st.wd || st.wd < 0) continue;  // a watch removed earlier
+      if (ev.mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED | IN_UNMOUNT)) {
+        lost = true;
+        continue;
+      }
+      if (ev.len == 0) continue;
+      const fs::path file(std::string(name, ::strnlen(name, ev.len)));
+      // Any event on a name: it is changing; wait for `debounce` of quiet before looking at it.
+      if (accepts(options_, file)) {
+        st.pending.insert_or_assign(file.string(),
+                                    State::Pending{now + options_.debounce, false, std::nullopt});
+      }
+    }
+  }
+  if (lost) {
+    // A moved directory keeps its watch: stop listening to it, or its events would be taken for
+    // names under dir_.
+    ::inotify_rm_watch(st.inotify_fd, st.wd);
+    st.wd = -1;
+    report_error(Errc::io, "directory watcher '" + dir_.string() +
+                               "': the directory was deleted or moved away; its files are "
+                               "reported removed, watching resumes at a rescan once it is back");
+    overflow = true;  // rescan: report what vanished
+  }
+  return overflow;
 }
 
 }  // namespace flowreg::detail

@@ -121,8 +121,24 @@ class DirectoryWatcher {
 
  private:
   struct State;  // the watcher thread's state (inotify fd, pending names, last reported)
+  using TimePoint = std::chrono::steady_clock::time_point;
 
+  // The watcher's thread and the steps of its loop; they touch State, on that thread only.
   void run();
+  int poll_timeout_ms(TimePoint now) const;  // until the next thing due; -1: nothing is
+  // Drains the inotify queue; each event on a matching name makes it pending (it is changing: it
+  // waits for `debounce` of quiet before its first look). Returns whether a full rescan is needed
+  // (the queue overflowed, or the directory was deleted or moved away).
+  bool read_events(TimePoint now);
+  // Lists the directory: every name whose signature differs from the one reported, and every
+  // reported name now absent, becomes pending with that listing as its first look.
+  void full_rescan(TimePoint now);
+  // Looks at every pending name that is due; returns the ones that settled with a change to
+  // report, sorted by path.
+  std::vector<FileChange> settle_due(TimePoint now);
+  void finish_rescans();  // counts the rescans whose names have all settled
+  void deliver(const std::vector<FileChange>& batch);  // the callback, its exceptions contained
+  void report_error(Errc code, std::string message);   // logs, then on_error
   bool on_watcher_thread() const;
 
   const std::filesystem::path dir_;

@@ -54,7 +54,7 @@ constexpr unsigned char kHostData = ELFDATA2MSB;
 #endif
 
 tl::unexpected<PluginError> elf_error(std::string message) {
-  return tl::unexpected(PluginError{"elf", std::move(message)});
+  return tl::unexpected(plugin_error(PluginStage::elf, std::move(message)));
 }
 
 std::string libelf_error() {
@@ -329,15 +329,17 @@ tl::expected<ElfFacts, PluginError> check_plugin_elf(std::string_view bytes) {
 
 tl::expected<void, PluginError> check_entry_symbol(const ElfFacts& facts) {
   if (!facts.exports_entry)
-    return tl::unexpected(PluginError{
-        "symbol", fmt::format("exports no '{}' symbol in section '{}': not a flowreg plugin (build "
-                              "it with FLOWREG_PLUGIN from flowreg/sdk.hpp)",
-                              FLOWREG_PLUGIN_SYMBOL, FLOWREG_PLUGIN_SECTION)});
+    return tl::unexpected(plugin_error(
+        PluginStage::symbol,
+        fmt::format("exports no '{}' symbol in section '{}': not a flowreg plugin (build "
+                    "it with FLOWREG_PLUGIN from flowreg/sdk.hpp)",
+                    FLOWREG_PLUGIN_SYMBOL, FLOWREG_PLUGIN_SECTION)));
   if (!facts.entry_in_entry_section)
-    return tl::unexpected(PluginError{
-        "symbol", fmt::format("exports '{}' outside section '{}': not a flowreg plugin (build it "
-                              "with FLOWREG_PLUGIN from flowreg/sdk.hpp)",
-                              FLOWREG_PLUGIN_SYMBOL, FLOWREG_PLUGIN_SECTION)});
+    return tl::unexpected(plugin_error(
+        PluginStage::symbol,
+        fmt::format("exports '{}' outside section '{}': not a flowreg plugin (build it "
+                    "with FLOWREG_PLUGIN from flowreg/sdk.hpp)",
+                    FLOWREG_PLUGIN_SYMBOL, FLOWREG_PLUGIN_SECTION)));
   return {};
 }
 

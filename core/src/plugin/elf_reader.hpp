@@ -37,7 +37,7 @@ struct ElfFacts {
 //   inside `bytes`, its section names and dynamic symbol names are NUL-terminated strings inside
 //   their string tables. Whether it exports the entry symbol is reported in the facts, not as an
 //   error (see check_plugin_elf).
-// - Failure: PluginError{stage "elf", message} saying what is wrong in words a user can act on,
+// - Failure: a PluginError at PluginStage::elf, saying what is wrong in words a user can act on,
 //   e.g. "is an ELF file for AArch64; this flowreg runs on x86-64". The message does not name the
 //   file (the caller prefixes it).
 tl::expected<ElfFacts, PluginError> inspect_elf(std::string_view bytes);

@@ -20,8 +20,8 @@ namespace flowreg::detail {
 
 namespace {
 
-PluginError fail(std::string stage, std::string message) {
-  return PluginError{std::move(stage), std::move(message)};
+PluginError fail(PluginStage stage, std::string message) {
+  return plugin_error(stage, std::move(message));
 }
 
 std::string demangle(const char* name) {
@@ -94,7 +94,7 @@ std::string take(std::string_view file, const flowreg_plugin_v1& abi, flowreg_bu
 tl::expected<void, PluginError> check_exports(const std::filesystem::path& file,
                                               std::uint64_t max_bytes) {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-  if (fd < 0) return tl::unexpected(fail("file", "cannot be opened"));
+  if (fd < 0) return tl::unexpected(fail(PluginStage::file, "cannot be opened"));
   std::string bytes;
   char buffer[65536];
   while (bytes.size() <= max_bytes) {
@@ -105,7 +105,8 @@ tl::expected<void, PluginError> check_exports(const std::filesystem::path& file,
   ::close(fd);
   if (bytes.size() > max_bytes)
     return tl::unexpected(
-        fail("size", fmt::format("is over the limit (plugins.max_bytes) of {} bytes", max_bytes)));
+        fail(PluginStage::size,
+             fmt::format("is over the limit (plugins.max_bytes) of {} bytes", max_bytes)));
   auto facts = check_plugin_elf(bytes);
   if (!facts) return tl::unexpected(facts.error());
   return {};
@@ -136,54 +137,58 @@ tl::expected<std::shared_ptr<LoadedPlugin>, PluginError> LoadedPlugin::open(
   try {
     impl->library.load(file, mode);
   } catch (const std::exception& e) {
-    return tl::unexpected(fail("load", fmt::format("cannot be loaded: {}", e.what())));
+    return tl::unexpected(fail(PluginStage::load, fmt::format("cannot be loaded: {}", e.what())));
   }
   flowreg_plugin_entry entry = nullptr;
   try {
     entry = impl->library.get_alias<const flowreg_plugin_v1*()>(FLOWREG_PLUGIN_SYMBOL);
   } catch (const std::exception& e) {
-    return tl::unexpected(fail(
-        "symbol", fmt::format("has no usable '{}' symbol: {}", FLOWREG_PLUGIN_SYMBOL, e.what())));
+    return tl::unexpected(fail(PluginStage::symbol, fmt::format("has no usable '{}' symbol: {}",
+                                                                FLOWREG_PLUGIN_SYMBOL, e.what())));
   }
   std::string thrown;
   const flowreg_plugin_v1* abi =
       entry ? call_plugin(source, FLOWREG_PLUGIN_SYMBOL, thrown, [&] { return entry(); }) : nullptr;
-  if (!thrown.empty()) return tl::unexpected(fail("abi", std::move(thrown)));
-  if (!abi) return tl::unexpected(fail("abi", "its entry point returned no descriptor"));
+  if (!thrown.empty()) return tl::unexpected(fail(PluginStage::abi, std::move(thrown)));
+  if (!abi) return tl::unexpected(fail(PluginStage::abi, "its entry point returned no descriptor"));
 
   // The header first; nothing else is read before it is known to be ours and of our major.
   if (abi->magic != FLOWREG_PLUGIN_MAGIC)
     return tl::unexpected(
-        fail("abi", fmt::format("has the magic value {:#018x}, not flowreg's "
-                                "{:#018x}: not a flowreg plugin, or a corrupt one",
-                                abi->magic, FLOWREG_PLUGIN_MAGIC)));
+        fail(PluginStage::abi, fmt::format("has the magic value {:#018x}, not flowreg's "
+                                           "{:#018x}: not a flowreg plugin, or a corrupt one",
+                                           abi->magic, FLOWREG_PLUGIN_MAGIC)));
   const std::string version = fmt::format("{}.{}", abi->abi_major, abi->abi_minor);
   if (abi->abi_major != FLOWREG_ABI_MAJOR)
-    return tl::unexpected(fail(
-        "abi", fmt::format("was built for plugin ABI {}; this flowreg supports ABI {}.0 to {}.{}: "
-                           "rebuild the plugin against this flowreg's SDK",
-                           version, FLOWREG_ABI_MAJOR, FLOWREG_ABI_MAJOR, FLOWREG_ABI_MINOR)));
+    return tl::unexpected(
+        fail(PluginStage::abi,
+             fmt::format("was built for plugin ABI {}; this flowreg supports ABI {}.0 to {}.{}: "
+                         "rebuild the plugin against this flowreg's SDK",
+                         version, FLOWREG_ABI_MAJOR, FLOWREG_ABI_MAJOR, FLOWREG_ABI_MINOR)));
   if (abi->abi_minor > FLOWREG_ABI_MINOR)
-    return tl::unexpected(fail(
-        "abi", fmt::format("was built for plugin ABI {}, newer than this flowreg's {}.{}: upgrade "
-                           "flowreg or rebuild the plugin against this flowreg's SDK",
-                           version, FLOWREG_ABI_MAJOR, FLOWREG_ABI_MINOR)));
+    return tl::unexpected(
+        fail(PluginStage::abi,
+             fmt::format("was built for plugin ABI {}, newer than this flowreg's {}.{}: upgrade "
+                         "flowreg or rebuild the plugin against this flowreg's SDK",
+                         version, FLOWREG_ABI_MAJOR, FLOWREG_ABI_MINOR)));
   if (abi->struct_size < sizeof(flowreg_plugin_v1))
     return tl::unexpected(
-        fail("abi", fmt::format("has a {}-byte descriptor; ABI {} needs {} bytes", abi->struct_size,
-                                version, sizeof(flowreg_plugin_v1))));
+        fail(PluginStage::abi, fmt::format("has a {}-byte descriptor; ABI {} needs {} bytes",
+                                           abi->struct_size, version, sizeof(flowreg_plugin_v1))));
   if (!abi->describe || !abi->invoke || !abi->release)
-    return tl::unexpected(fail("abi", "its descriptor lacks describe, invoke or release"));
+    return tl::unexpected(
+        fail(PluginStage::abi, "its descriptor lacks describe, invoke or release"));
   impl->abi = abi;
 
   flowreg_buffer buffer{nullptr, 0};
   const int32_t status =
       call_plugin(source, "describe", thrown, [&] { return abi->describe(&buffer); });
-  if (!thrown.empty()) return tl::unexpected(fail("definition", std::move(thrown)));
+  if (!thrown.empty()) return tl::unexpected(fail(PluginStage::definition, std::move(thrown)));
   std::string text = take(source, *abi, buffer, thrown);
-  if (!thrown.empty()) return tl::unexpected(fail("definition", std::move(thrown)));
+  if (!thrown.empty()) return tl::unexpected(fail(PluginStage::definition, std::move(thrown)));
   if (status != FLOWREG_OK)
-    return tl::unexpected(fail("definition", fmt::format("failed to describe itself: {}", text)));
+    return tl::unexpected(
+        fail(PluginStage::definition, fmt::format("failed to describe itself: {}", text)));
   // Not parsed here: the text is untrusted, and parse_plugin_definition bounds it first.
   auto plugin = std::shared_ptr<LoadedPlugin>(new LoadedPlugin(std::move(impl)));
   plugin->definition_ = std::move(text);

@@ -16,9 +16,11 @@
 #include <sstream>
 #include <thread>
 #include <tuple>
+#include <utility>
 
 #include "config/definition.hpp"
 #include "flowreg/plugins.hpp"
+#include "flowreg/thread_annotations.hpp"
 #include "plugin/directory_watcher.hpp"
 #include "plugin/elf_reader.hpp"
 #include "plugin/plugin_library.hpp"
@@ -45,9 +47,41 @@ std::string_view to_string(PluginStatus status) noexcept {
   return "unknown";
 }
 
+namespace {
+
+// Each stage and its name, in stage order: the one table behind to_string and its inverse.
+constexpr std::pair<PluginStage, std::string_view> kStageNames[] = {
+    {PluginStage::file, "file"},
+    {PluginStage::permissions, "permissions"},
+    {PluginStage::size, "size"},
+    {PluginStage::elf, "elf"},
+    {PluginStage::allowlist, "allowlist"},
+    {PluginStage::symbol, "symbol"},
+    {PluginStage::stage, "stage"},
+    {PluginStage::inspect, "inspect"},
+    {PluginStage::load, "load"},
+    {PluginStage::abi, "abi"},
+    {PluginStage::definition, "definition"},
+    {PluginStage::registration, "register"},
+};
+
+}  // namespace
+
+std::string_view to_string(PluginStage stage) noexcept {
+  for (const auto& [known, name] : kStageNames)
+    if (known == stage) return name;
+  return "unknown";
+}
+
+std::optional<PluginStage> plugin_stage_from_string(std::string_view name) noexcept {
+  for (const auto& [stage, known] : kStageNames)
+    if (known == name) return stage;
+  return std::nullopt;
+}
+
 std::string PluginInfo::describe_error() const {
   if (!error) return {};
-  return fmt::format("{}: [{}] {}", file.string(), error->stage, error->message);
+  return fmt::format("{}: [{}] {}", file.string(), to_string(error->stage), error->message);
 }
 
 HandlerOutcome HandlerRef::invoke(std::string_view input_json,
@@ -60,8 +94,8 @@ namespace {
 using detail::LoadedPlugin;
 using nlohmann::json;
 
-tl::unexpected<PluginError> reject(std::string stage, std::string message) {
-  return tl::unexpected(PluginError{std::move(stage), std::move(message)});
+tl::unexpected<PluginError> reject(PluginStage stage, std::string message) {
+  return tl::unexpected(plugin_error(stage, std::move(message)));
 }
 
 std::string file_kind(mode_t mode) {
@@ -74,19 +108,20 @@ std::string file_kind(mode_t mode) {
   return "not a regular file";
 }
 
-// Ownership and mode rules of OpenSSH's StrictModes, for the file and its directory.
+// The file and its directory must be owned by root or the trusted user and not be writable by
+// group or others: whoever can write them can run code in this process.
 tl::expected<void, PluginError> check_safety(const fs::path& path, const struct stat& st,
                                              bool is_dir, bool allow_unsafe, uid_t me) {
   if (allow_unsafe) return {};
   const char* what = is_dir ? "plugin directory" : "plugin file";
   if (st.st_uid != 0 && st.st_uid != me)
-    return reject("permissions",
+    return reject(PluginStage::permissions,
                   fmt::format("{} {} is owned by uid {}, not by root or the user running flowreg "
                               "(uid {}): run `chown {} {}` (or pass --allow-unsafe-plugins)",
                               what, path.string(), st.st_uid, me, me, path.string()));
   if (st.st_mode & (S_IWGRP | S_IWOTH))
     return reject(
-        "permissions",
+        PluginStage::permissions,
         fmt::format("{} {} is writable by {} (mode {:04o}): run `chmod go-w {}` (or pass "
                     "--allow-unsafe-plugins)",
                     what, path.string(), (st.st_mode & S_IWOTH) ? "everyone" : "its group",
@@ -151,6 +186,37 @@ struct QuarantineRecord {
   std::optional<long long> timeout_ms;
 };
 
+// A module name or flow slug that a file declares and another file or module holds.
+struct Conflict {
+  enum class Kind { module_name, slug };
+  Kind kind;
+  std::string name;
+  std::string holder_module;
+  std::string holder_file;  // "" when unknown (a module registered without a source)
+
+  // The one spelling of a registration conflict, after `verb`: "waiting for" (a file of the
+  // directory, PluginStatus::waiting) or "would wait for" (plugins check).
+  //   waiting for module name 'billing' held by plugins/billing.so
+  //   waiting for slug 'invoice' held by module 'billing' (plugins/billing.so)
+  PluginError error(std::string_view verb) const {
+    if (kind == Kind::module_name)
+      return plugin_error(PluginStage::registration,
+                          fmt::format("{} module name '{}' held by {}", verb, name, holder_file),
+                          Errc::duplicate_module);
+    return plugin_error(PluginStage::registration,
+                        fmt::format("{} slug '{}' held by module '{}'{}", verb, name, holder_module,
+                                    holder_file.empty() ? "" : " (" + holder_file + ")"),
+                        Errc::duplicate_slug);
+  }
+};
+
+// A quarantine record's error from its stored stage and message. A stage this version does not
+// know keeps the record (as an inspection's): the content stays quarantined.
+PluginError quarantined_at(std::string_view stage, std::string message) {
+  return plugin_error(plugin_stage_from_string(stage).value_or(PluginStage::inspect),
+                      std::move(message));
+}
+
 // Loads that crashed the process (orphaned journal records) quarantine the content after this
 // many.
 constexpr std::size_t kMaxLoadCrashes = 2;
@@ -173,11 +239,13 @@ struct PluginLoader::Impl {
   FlowRegistry& registry;
   PluginLoaderOptions options;
 
-  mutable std::mutex mutex;  // serializes loading; guards everything below
-  std::map<fs::path, FileRecord> files;
-  std::map<std::string, ModuleOwner, std::less<>> modules;
-  std::map<std::string, QuarantineRecord> quarantine;  // by sha256, persisted under cache_dir
-  std::unique_ptr<detail::DirectoryWatcher> watcher;
+  // PluginLoaderOptions is set in the constructor and then only read.
+  mutable detail::AnnotatedMutex mutex;  // serializes loading
+  std::map<fs::path, FileRecord> files FLOWREG_GUARDED_BY(mutex);
+  std::map<std::string, ModuleOwner, std::less<>> modules FLOWREG_GUARDED_BY(mutex);
+  // By sha256, persisted under cache_dir.
+  std::map<std::string, QuarantineRecord> quarantine FLOWREG_GUARDED_BY(mutex);
+  std::unique_ptr<detail::DirectoryWatcher> watcher FLOWREG_GUARDED_BY(mutex);
   // Records a load in this process before it starts and clears it after: a record left behind
   // means this process died while loading (see CrashJournal).
   detail::CrashJournal journal;
@@ -201,10 +269,12 @@ struct PluginLoader::Impl {
     fs::path file;  // file_key of the incumbent
     std::string module;
   };
-  std::map<std::string, Reservation> reserved;  // "module:NAME" / "slug:NAME" -> its last holder
-  std::set<fs::path> incumbents;                // the files of `reserved`
-  std::set<fs::path> pending;  // file_keys of the batch being loaded, not yet loaded
-  std::uint64_t wait_sequence = 0;
+  // "module:NAME" / "slug:NAME" -> its last holder.
+  std::map<std::string, Reservation> reserved FLOWREG_GUARDED_BY(mutex);
+  std::set<fs::path> incumbents FLOWREG_GUARDED_BY(mutex);  // the files of `reserved`
+  // file_keys of the batch being loaded, not yet loaded.
+  std::set<fs::path> pending FLOWREG_GUARDED_BY(mutex);
+  std::uint64_t wait_sequence FLOWREG_GUARDED_BY(mutex) = 0;
 
   Impl(FlowRegistry& r, PluginLoaderOptions o)
       : registry(r),
@@ -213,6 +283,7 @@ struct PluginLoader::Impl {
                                            : options.cache_dir) /
                 "journal") {
     if (options.cache_dir.empty()) options.cache_dir = fs::path(".flowreg") / "plugin-cache";
+    detail::MutexLock lock(mutex);
     load_quarantine();
     count_load_crashes();
     load_owners();
@@ -240,7 +311,7 @@ struct PluginLoader::Impl {
     return owners.is_object() ? owners : json::object();
   }
 
-  void load_owners() {
+  void load_owners() FLOWREG_REQUIRES(mutex) {
     const json owners = read_owners();
     for (const auto& [file, names] : owners.items()) {
       if (!names.is_object() || !names.contains("module") || !names["module"].is_string()) continue;
@@ -253,9 +324,9 @@ struct PluginLoader::Impl {
     }
   }
 
-  // REQUIRES: mutex held. Persists who holds what for the files of this loader's directory; the
+  // Persists who holds what for the files of this loader's directory; the
   // entries of other directories (another configuration sharing the cache) are kept.
-  void save_owners() const {
+  void save_owners() const FLOWREG_REQUIRES(mutex) {
     const fs::path dir = file_key(options.settings.dir);
     const json before = read_owners();
     json owners = json::object();
@@ -283,13 +354,13 @@ struct PluginLoader::Impl {
   }
 
   // The holder that keeps `path` from registering `module` and `flows`: the module name held by
-  // another file, or a slug held by another module. REQUIRES: mutex held.
-  std::optional<PluginError> held_elsewhere(const fs::path& path, const std::string& module,
-                                            const std::vector<std::string>& flows) const {
+  // another file, or a slug held by another module.
+  std::optional<Conflict> held_elsewhere(const fs::path& path, const std::string& module,
+                                         const std::vector<std::string>& flows) const
+      FLOWREG_REQUIRES(mutex) {
     if (auto owner = modules.find(module);
         owner != modules.end() && !same_file(owner->second.file, path))
-      return PluginError{"register", fmt::format("waiting for module name '{}' held by {}", module,
-                                                 owner->second.file.string())};
+      return Conflict{Conflict::Kind::module_name, module, module, owner->second.file.string()};
     for (const auto& slug : flows) {
       const FlowRef existing = registry.get(slug);
       if (!existing || existing->module == module) continue;
@@ -297,27 +368,26 @@ struct PluginLoader::Impl {
       if (auto owner = modules.find(existing->module);
           owner != modules.end() && same_file(owner->second.file, path))
         continue;
-      return PluginError{
-          "register",
-          fmt::format("waiting for slug '{}' held by module '{}'{}", slug, existing->module,
-                      existing->source.empty() ? "" : " (" + existing->source + ")")};
+      return Conflict{Conflict::Kind::slug, slug, existing->module, existing->source};
     }
     // Names reserved for an incumbent of the last run that is still to be loaded.
     const fs::path self = file_key(path);
-    auto reserved_for_other = [&](const std::string& key) -> const Reservation* {
-      auto it = reserved.find(key);
-      if (it == reserved.end() || it->second.file == self || !pending.contains(it->second.file))
-        return nullptr;
-      return &it->second;
-    };
-    if (const Reservation* r = reserved_for_other("module:" + module))
-      return PluginError{"register", fmt::format("waiting for module name '{}' held by {}", module,
-                                                 r->file.string())};
+    if (const Reservation* r = reserved_for_other("module:" + module, self))
+      return Conflict{Conflict::Kind::module_name, module, r->module, r->file.string()};
     for (const auto& slug : flows)
-      if (const Reservation* r = reserved_for_other("slug:" + slug))
-        return PluginError{"register", fmt::format("waiting for slug '{}' held by module '{}' ({})",
-                                                   slug, r->module, r->file.string())};
+      if (const Reservation* r = reserved_for_other("slug:" + slug, self))
+        return Conflict{Conflict::Kind::slug, slug, r->module, r->file.string()};
     return std::nullopt;
+  }
+
+  // The reservation of `key` ("module:NAME" or "slug:NAME") for an incumbent other than `self`
+  // that is still to be loaded in this batch; nullptr when there is none.
+  const Reservation* reserved_for_other(const std::string& key, const fs::path& self) const
+      FLOWREG_REQUIRES(mutex) {
+    auto it = reserved.find(key);
+    if (it == reserved.end() || it->second.file == self || !pending.contains(it->second.file))
+      return nullptr;
+    return &it->second;
   }
 
   fs::path quarantine_dir() const { return options.cache_dir / "quarantine"; }
@@ -326,7 +396,7 @@ struct PluginLoader::Impl {
   // Records are JSON ({"stage", "message", "timeout_ms"?}): the message is kept whole, also when
   // it spans lines (a crash report with the child's stderr). Records of older versions are text,
   // the stage on the first line and the message after it.
-  void load_quarantine() {
+  void load_quarantine() FLOWREG_REQUIRES(mutex) {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(quarantine_dir(), ec)) {
       const std::string sha = entry.path().stem().string();
@@ -338,8 +408,8 @@ struct PluginLoader::Impl {
         if (!record.is_object() || !record.contains("stage") || !record["stage"].is_string() ||
             !record.contains("message") || !record["message"].is_string())
           continue;
-        QuarantineRecord q{{record["stage"].get<std::string>(),
-                            detail::utf8_valid(record["message"].get<std::string>())},
+        QuarantineRecord q{quarantined_at(record["stage"].get<std::string>(),
+                                          detail::utf8_valid(record["message"].get<std::string>())),
                            std::nullopt};
         if (auto t = record.find("timeout_ms"); t != record.end() && t->is_number_integer())
           q.timeout_ms = t->get<long long>();
@@ -351,7 +421,8 @@ struct PluginLoader::Impl {
         std::string message = all.substr(eol + 1);
         while (!message.empty() && message.back() == '\n') message.pop_back();
         if (message.empty()) continue;
-        QuarantineRecord q{{all.substr(0, eol), detail::utf8_valid(message)}, std::nullopt};
+        QuarantineRecord q{quarantined_at(all.substr(0, eol), detail::utf8_valid(message)),
+                           std::nullopt};
         // A hang recorded by an older version names its time limit only in the message.
         long long ms = 0;
         if (const auto at = message.find("did not finish loading within ");
@@ -364,11 +435,12 @@ struct PluginLoader::Impl {
   }
 
   void remember_quarantine(const std::string& sha, const PluginError& error,
-                           std::optional<long long> timeout_ms = std::nullopt) {
+                           std::optional<long long> timeout_ms = std::nullopt)
+      FLOWREG_REQUIRES(mutex) {
     quarantine[sha] = {error, timeout_ms};
     std::error_code ec;
     fs::create_directories(quarantine_dir(), ec);
-    json record = {{"stage", error.stage}, {"message", error.message}};
+    json record = {{"stage", to_string(error.stage)}, {"message", error.message}};
     if (timeout_ms) record["timeout_ms"] = *timeout_ms;
     const fs::path target = quarantine_dir() / (sha + ".json");
     const fs::path tmp = quarantine_dir() / (sha + ".json.tmp" + std::to_string(getpid()));
@@ -380,7 +452,7 @@ struct PluginLoader::Impl {
     fs::remove(quarantine_dir() / (sha + ".txt"), ec);  // an older record of the same content
   }
 
-  void forget_quarantine(const std::string& sha) {
+  void forget_quarantine(const std::string& sha) FLOWREG_REQUIRES(mutex) {
     quarantine.erase(sha);
     std::error_code ec;
     fs::remove(quarantine_dir() / (sha + ".json"), ec);
@@ -391,7 +463,7 @@ struct PluginLoader::Impl {
   // the content it was loading (a file per crash under crashes/<sha256>/, so that processes
   // counting at the same time never lose one). After kMaxLoadCrashes in a row (a load that
   // succeeds clears the count) the content is quarantined until the file changes.
-  void count_load_crashes() {
+  void count_load_crashes() FLOWREG_REQUIRES(mutex) {
     for (auto& orphan : journal.collect_orphans()) {
       const json& r = orphan.record;
       if (r.value("kind", "") != "plugin-load" || !r.contains("sha256") || !r["sha256"].is_string())
@@ -413,9 +485,10 @@ struct PluginLoader::Impl {
       const std::size_t crashes = load_crashes(sha);
       if (crashes >= kMaxLoadCrashes)
         remember_quarantine(
-            sha, PluginError{"load", fmt::format("crashed flowreg while loading ({} times); "
-                                                 "quarantined until the file changes",
-                                                 crashes)});
+            sha,
+            plugin_error(PluginStage::load, fmt::format("crashed flowreg while loading ({} times); "
+                                                        "quarantined until the file changes",
+                                                        crashes)));
     }
   }
 
@@ -435,37 +508,42 @@ struct PluginLoader::Impl {
                                                     std::string& sha256) const {
     const PluginSettings& s = options.settings;
     struct stat lst {};
-    if (lstat(path.c_str(), &lst) != 0) return reject("file", "cannot be read: no such file");
+    if (lstat(path.c_str(), &lst) != 0)
+      return reject(PluginStage::file, "cannot be read: no such file");
     struct stat st = lst;
     if (S_ISLNK(lst.st_mode)) {
       if (!s.allow_symlinks)
-        return reject("file",
+        return reject(PluginStage::file,
                       "is a symbolic link; plugins must be regular files (set "
                       "plugins.allow_symlinks: true to accept links)");
-      if (stat(path.c_str(), &st) != 0) return reject("file", "is a dangling symbolic link");
+      if (stat(path.c_str(), &st) != 0)
+        return reject(PluginStage::file, "is a dangling symbolic link");
     }
     if (!S_ISREG(st.st_mode))
-      return reject("file",
+      return reject(PluginStage::file,
                     fmt::format("is {}; plugins must be regular files", file_kind(st.st_mode)));
     struct stat dst {};
     const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
-    if (stat(dir.c_str(), &dst) != 0) return reject("file", "its directory cannot be read");
+    if (stat(dir.c_str(), &dst) != 0)
+      return reject(PluginStage::file, "its directory cannot be read");
     const uid_t me = options.trusted_uid >= 0 ? static_cast<uid_t>(options.trusted_uid) : geteuid();
     if (auto ok = check_safety(dir, dst, true, s.allow_unsafe, me); !ok)
       return tl::unexpected(ok.error());
     if (auto ok = check_safety(path, st, false, s.allow_unsafe, me); !ok)
       return tl::unexpected(ok.error());
     if (static_cast<std::uint64_t>(st.st_size) > s.max_bytes)
-      return reject("size", fmt::format("is {} bytes; the limit (plugins.max_bytes) is {}",
-                                        st.st_size, s.max_bytes));
+      return reject(
+          PluginStage::size,
+          fmt::format("is {} bytes; the limit (plugins.max_bytes) is {}", st.st_size, s.max_bytes));
     // O_NONBLOCK: never block on something that turned into a FIFO since the stat.
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
-    if (fd < 0) return reject("file", fmt::format("cannot be opened: {}", std::strerror(errno)));
+    if (fd < 0)
+      return reject(PluginStage::file, fmt::format("cannot be opened: {}", std::strerror(errno)));
     FileBytes file;
     struct stat fst {};
     if (fstat(fd, &fst) != 0 || !S_ISREG(fst.st_mode)) {
       close(fd);
-      return reject("file", "changed while being opened");
+      return reject(PluginStage::file, "changed while being opened");
     }
     file.bytes.resize(static_cast<std::size_t>(
         std::min<std::uint64_t>(static_cast<std::uint64_t>(fst.st_size), s.max_bytes + 1)));
@@ -478,7 +556,7 @@ struct PluginLoader::Impl {
     close(fd);
     file.bytes.resize(got);
     if (file.bytes.size() > s.max_bytes)
-      return reject("size",
+      return reject(PluginStage::size,
                     fmt::format("is over the limit (plugins.max_bytes) of {} bytes", s.max_bytes));
     file.sha256 = sha256 = detail::sha256_hex(file.bytes);
     // A bounds-checked reader, in this process: nothing here trusts a size or an offset of the
@@ -490,7 +568,7 @@ struct PluginLoader::Impl {
         std::find(s.sha256_allowlist.begin(), s.sha256_allowlist.end(), file.sha256) ==
             s.sha256_allowlist.end())
       return reject(
-          "allowlist",
+          PluginStage::allowlist,
           fmt::format("has SHA-256 {}, which is not in plugins.sha256_allowlist", file.sha256));
     return file;
   }
@@ -502,8 +580,8 @@ struct PluginLoader::Impl {
     std::error_code ec;
     fs::create_directories(options.cache_dir, ec);
     if (ec)
-      return reject("stage", fmt::format("cannot create the plugin cache {}: {}",
-                                         options.cache_dir.string(), ec.message()));
+      return reject(PluginStage::stage, fmt::format("cannot create the plugin cache {}: {}",
+                                                    options.cache_dir.string(), ec.message()));
     fs::permissions(options.cache_dir, fs::perms::owner_all, fs::perm_options::replace, ec);
     const fs::path target = options.cache_dir / (file.sha256 + ".so");
     if (UniqueFd fd(open(target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)); fd.get() >= 0) {
@@ -520,7 +598,7 @@ struct PluginLoader::Impl {
     const fs::path tmp = options.cache_dir / (file.sha256 + ".tmp" + std::to_string(getpid()));
     UniqueFd out(open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
     if (out.get() < 0)
-      return reject("stage",
+      return reject(PluginStage::stage,
                     fmt::format("cannot write {}: {}", tmp.string(), std::strerror(errno)));
     flock(out.get(), LOCK_SH);  // held from creation on: never pruned half-written
     std::size_t written = 0;
@@ -528,7 +606,7 @@ struct PluginLoader::Impl {
       const ssize_t n = write(out.get(), file.bytes.data() + written, file.bytes.size() - written);
       if (n <= 0) {
         fs::remove(tmp, ec);
-        return reject("stage", fmt::format("cannot write {}", tmp.string()));
+        return reject(PluginStage::stage, fmt::format("cannot write {}", tmp.string()));
       }
       written += static_cast<std::size_t>(n);
     }
@@ -536,12 +614,13 @@ struct PluginLoader::Impl {
     fs::rename(tmp, target, ec);
     if (ec) {
       fs::remove(tmp, ec);
-      return reject("stage", fmt::format("cannot stage {}: {}", target.string(), ec.message()));
+      return reject(PluginStage::stage,
+                    fmt::format("cannot stage {}: {}", target.string(), ec.message()));
     }
     // A read-only descriptor takes over the lock; the writable one closes after it is taken.
     UniqueFd fd(open(target.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (fd.get() < 0)
-      return reject("stage",
+      return reject(PluginStage::stage,
                     fmt::format("cannot open {}: {}", target.string(), std::strerror(errno)));
     flock(fd.get(), LOCK_SH);
     return StagedCopy{target, std::move(fd)};
@@ -598,17 +677,18 @@ struct PluginLoader::Impl {
         detail::run_subprocess({options.inspector.string(), "__inspect", staged.string()},
                                options.settings.scan_timeout, run);
     if (!result.started)
-      return reject("inspect", fmt::format("cannot run the inspector {}: {}",
-                                           options.inspector.string(), result.error));
+      return reject(PluginStage::inspect, fmt::format("cannot run the inspector {}: {}",
+                                                      options.inspector.string(), result.error));
     if (result.timed_out) {
       inspection.quarantined = true;
       inspection.timeout_ms = options.settings.scan_timeout.count();
-      return reject("inspect", fmt::format("did not finish loading within {} ms "
-                                           "(plugins.scan_timeout) in the inspection process (a "
-                                           "hang in a static initializer or the entry point?); "
-                                           "quarantined until the file changes or "
-                                           "plugins.scan_timeout is raised",
-                                           options.settings.scan_timeout.count()));
+      return reject(PluginStage::inspect,
+                    fmt::format("did not finish loading within {} ms "
+                                "(plugins.scan_timeout) in the inspection process (a "
+                                "hang in a static initializer or the entry point?); "
+                                "quarantined until the file changes or "
+                                "plugins.scan_timeout is raised",
+                                options.settings.scan_timeout.count()));
     }
     const json answer = json::parse(result.out, nullptr, false);
     if (result.signal != 0 || result.exit_code != 0 || answer.is_discarded() ||
@@ -617,14 +697,15 @@ struct PluginLoader::Impl {
       // The child's stderr is text from outside: cut without splitting a character, made valid.
       std::string err = detail::utf8_valid(detail::utf8_prefix(result.err, 2000));
       while (!err.empty() && (err.back() == '\n' || err.back() == '\r')) err.pop_back();
-      return reject("inspect", fmt::format("crashed the inspection process while loading: it {}{}; "
-                                           "quarantined until the file changes",
-                                           result.describe_end(),
-                                           err.empty() ? "" : " (stderr: " + err + ")"));
+      return reject(
+          PluginStage::inspect,
+          fmt::format("crashed the inspection process while loading: it {}{}; "
+                      "quarantined until the file changes",
+                      result.describe_end(), err.empty() ? "" : " (stderr: " + err + ")"));
     }
     if (result.left_processes) {
       inspection.quarantined = true;
-      return reject("inspect",
+      return reject(PluginStage::inspect,
                     "started a process that was still running after loading (a fork in a static "
                     "initializer or the entry point?); it was killed, and the file is quarantined "
                     "until it changes");
@@ -634,7 +715,9 @@ struct PluginLoader::Impl {
       for (auto at = message.find(staged.string()); at != std::string::npos;
            at = message.find(staged.string(), at + source.size()))
         message.replace(at, staged.string().size(), source);
-      return reject(detail::utf8_valid(answer.value("stage", "inspect")), std::move(message));
+      return reject(
+          plugin_stage_from_string(answer.value("stage", "")).value_or(PluginStage::inspect),
+          std::move(message));
     }
     return {};
   }
@@ -644,7 +727,8 @@ struct PluginLoader::Impl {
     std::shared_ptr<LoadedPlugin> plugin;
     detail::PluginDefinition definition;
   };
-  tl::expected<Prepared, PluginError> prepare(const fs::path& path, PluginInfo& info) {
+  tl::expected<Prepared, PluginError> prepare(const fs::path& path, PluginInfo& info)
+      FLOWREG_REQUIRES(mutex) {
     auto file = read_checked(path, info.sha256);
     if (!file) return tl::unexpected(file.error());
     if (auto q = quarantine.find(file->sha256); q != quarantine.end()) {
@@ -708,7 +792,7 @@ struct PluginLoader::Impl {
       std::string message = "its definition is invalid:";
       for (const auto& d : definition.error()) message += " " + d.message + ";";
       message.pop_back();
-      return reject("definition", std::move(message));
+      return reject(PluginStage::definition, std::move(message));
     }
     info.module = definition->module;
     for (const auto& f : definition->flows) info.flows.push_back(f.slug);
@@ -718,8 +802,8 @@ struct PluginLoader::Impl {
     return Prepared{std::move(*plugin), std::move(*definition)};
   }
 
-  // Loads (or reloads) one file and registers its module. REQUIRES: mutex held.
-  void load(const fs::path& path) {
+  // Loads (or reloads) one file and registers its module.
+  void load(const fs::path& path) FLOWREG_REQUIRES(mutex) {
     FileRecord& record = files[path];
     PluginInfo info;
     info.file = path;
@@ -756,19 +840,21 @@ struct PluginLoader::Impl {
 
   // `waiting` is set when another file holds the module name or a slug (see held_elsewhere).
   tl::expected<void, PluginError> register_prepared(const fs::path& path, FileRecord& record,
-                                                    Prepared& prepared, bool& waiting) {
+                                                    Prepared& prepared, bool& waiting)
+      FLOWREG_REQUIRES(mutex) {
     const std::string& module = prepared.definition.module;
     std::vector<std::string> slugs;
     for (const auto& flow : prepared.definition.flows) slugs.push_back(flow.slug);
     if (auto held = held_elsewhere(path, module, slugs)) {
       waiting = true;
-      return tl::unexpected(std::move(*held));
+      return tl::unexpected(held->error("waiting for"));
     }
     const bool reload = record.registered_module == module;
     Module m{module, path.string(), std::move(prepared.definition.flows), prepared.plugin};
     auto result = reload ? registry.replace_module(std::move(m), "plugin file changed")
                          : registry.register_module(std::move(m), "plugin file loaded");
-    if (!result) return reject("register", result.error().message);
+    if (!result)
+      return tl::unexpected(PluginError{std::move(result.error()), PluginStage::registration});
     if (!record.registered_module.empty() && !reload) {
       // The file now declares another module: the old one goes.
       (void)registry.unregister_module(record.registered_module, "plugin file changed its module");
@@ -779,8 +865,7 @@ struct PluginLoader::Impl {
     return {};
   }
 
-  // REQUIRES: mutex held.
-  void remove(const fs::path& path) {
+  void remove(const fs::path& path) FLOWREG_REQUIRES(mutex) {
     auto it = files.find(path);
     if (it == files.end()) return;
     if (!it->second.registered_module.empty()) {
@@ -792,12 +877,11 @@ struct PluginLoader::Impl {
     files.erase(it);
   }
 
-  // REQUIRES: mutex held.
   // The watcher's first batch holds every file present, and a rescan may report files that did
   // not change: a file already loaded with the same content stays as it is. Removals go first
   // (they free names), then the incumbents of the last run, then the other files oldest first
   // (see `incumbents`); names freed on the way go to the files waiting for them.
-  void apply(const std::vector<detail::FileChange>& changes) {
+  void apply(const std::vector<detail::FileChange>& changes) FLOWREG_REQUIRES(mutex) {
     std::vector<detail::FileChange> present;
     for (const auto& change : changes) {
       if (change.kind == detail::FileChange::Kind::removed)
@@ -810,8 +894,8 @@ struct PluginLoader::Impl {
   }
 
   // Loads `present` in that order; the files of the batch still to be loaded keep the names
-  // reserved for them (see `reserved`). REQUIRES: mutex held.
-  void load_all(const std::vector<detail::FileChange>& present) {
+  // reserved for them (see `reserved`).
+  void load_all(const std::vector<detail::FileChange>& present) FLOWREG_REQUIRES(mutex) {
     for (const auto& change : present) pending.insert(file_key(change.path));
     for (const auto& change : present) {
       pending.erase(file_key(change.path));
@@ -821,7 +905,8 @@ struct PluginLoader::Impl {
   }
 
   // `present` in the order in which files claim names: incumbents, then by ctime, then by path.
-  std::vector<detail::FileChange> claim_order(std::vector<detail::FileChange> present) const {
+  std::vector<detail::FileChange> claim_order(std::vector<detail::FileChange> present) const
+      FLOWREG_REQUIRES(mutex) {
     struct Keyed {
       bool newcomer;
       std::int64_t ctime_ns;
@@ -846,9 +931,9 @@ struct PluginLoader::Impl {
     return out;
   }
 
-  // REQUIRES: mutex held. Gives names that are free now to the files waiting for them, longest
+  // Gives names that are free now to the files waiting for them, longest
   // waiting first, then persists who holds what.
-  void settle() {
+  void settle() FLOWREG_REQUIRES(mutex) {
     for (bool progress = true; progress;) {
       progress = false;
       std::vector<std::pair<std::uint64_t, fs::path>> queue;
@@ -868,7 +953,7 @@ struct PluginLoader::Impl {
 
   // Loads a file reported present, unless it is loaded already with the same content, mode and
   // owner (whether it may load depends on those too).
-  void load_changed(const detail::FileChange& change) {
+  void load_changed(const detail::FileChange& change) FLOWREG_REQUIRES(mutex) {
     if (auto it = files.find(change.path); it != files.end() &&
                                            it->second.info.status == PluginStatus::loaded &&
                                            it->second.signature.mode == change.signature.mode &&
@@ -902,7 +987,7 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
                                             "directory",
                                             dir.string()));
   const auto present = detail::scan_directory(dir, impl_->watch_options());
-  std::lock_guard lock(impl_->mutex);
+  detail::MutexLock lock(impl_->mutex);
   std::set<fs::path> seen;
   for (const auto& change : present) seen.insert(change.path);
   impl_->load_all(impl_->claim_order(present));
@@ -918,12 +1003,12 @@ Result<std::vector<PluginInfo>> PluginLoader::scan() {
 }
 
 Result<void> PluginLoader::watch() {
-  std::lock_guard lock(impl_->mutex);
+  detail::MutexLock lock(impl_->mutex);
   if (impl_->watcher) return {};
   impl_->watcher = std::make_unique<detail::DirectoryWatcher>(
       impl_->options.settings.dir, impl_->watch_options(),
       [impl = impl_.get()](const std::vector<detail::FileChange>& changes) {
-        std::lock_guard inner(impl->mutex);
+        detail::MutexLock inner(impl->mutex);
         impl->apply(changes);
         impl->prune_cache();
       });
@@ -935,46 +1020,33 @@ Result<void> PluginLoader::watch() {
 void PluginLoader::stop() {
   std::unique_ptr<detail::DirectoryWatcher> watcher;
   {
-    std::lock_guard lock(impl_->mutex);
+    detail::MutexLock lock(impl_->mutex);
     watcher = std::move(impl_->watcher);
   }
   if (watcher) watcher->stop();  // outside the lock: its callback takes it
 }
 
 std::vector<PluginInfo> PluginLoader::plugins() const {
-  std::lock_guard lock(impl_->mutex);
+  detail::MutexLock lock(impl_->mutex);
   std::vector<PluginInfo> out;
   for (const auto& [path, record] : impl_->files) out.push_back(record.info);
   return out;
 }
 
 PluginInfo PluginLoader::check(const fs::path& file) {
-  std::lock_guard lock(impl_->mutex);
+  detail::MutexLock lock(impl_->mutex);
   PluginInfo info;
   info.file = file;
   auto prepared = impl_->prepare(file, info);
   if (prepared) {
-    // Would registration succeed? Conflicts with modules and slugs registered from other files.
-    // Paths are compared as files (file_key): `file` may be the same file as a registered one named
-    // through a relative plugins directory, and then it does not conflict with itself.
-    const std::string& module = prepared->definition.module;
-    if (auto owner = impl_->modules.find(module);
-        owner != impl_->modules.end() && !Impl::same_file(owner->second.file, file)) {
-      prepared = reject("register", fmt::format("declares module '{}', which {} already registered",
-                                                module, owner->second.file.string()));
-    } else {
-      for (const auto& flow : prepared->definition.flows) {
-        const RegisteredFlow* existing = impl_->registry.find(flow.slug);
-        if (existing && existing->module != module) {
-          prepared =
-              reject("register",
-                     fmt::format("flow slug '{}' is already registered by module '{}'{}", flow.slug,
-                                 existing->module,
-                                 existing->source.empty() ? "" : " (" + existing->source + ")"));
-          break;
-        }
-      }
-    }
+    // Would registration succeed? The file would wait for a name another file or module holds
+    // (the rule of Impl::held_elsewhere). Paths are compared as files (file_key): `file` may be the
+    // same file as a registered one named through a relative plugins directory, and then it does
+    // not conflict with itself.
+    std::vector<std::string> slugs;
+    for (const auto& flow : prepared->definition.flows) slugs.push_back(flow.slug);
+    if (auto held = impl_->held_elsewhere(file, prepared->definition.module, slugs))
+      prepared = tl::unexpected(held->error("would wait for"));
   }
   if (prepared) {
     info.status = PluginStatus::loaded;
@@ -988,7 +1060,7 @@ PluginInfo PluginLoader::check(const fs::path& file) {
 HandlerRef PluginLoader::handler(std::string_view qualified_name) const {
   const auto dot = qualified_name.find('.');
   if (dot == std::string_view::npos) return {};
-  std::lock_guard lock(impl_->mutex);
+  detail::MutexLock lock(impl_->mutex);
   auto owner = impl_->modules.find(qualified_name.substr(0, dot));
   if (owner == impl_->modules.end()) return {};
   const auto& handlers = owner->second.handlers;
@@ -1025,11 +1097,14 @@ int PluginLoader::inspect_main(const fs::path& file) {
              {"abi", info.abi},     {"fingerprint", info.fingerprint},
              {"flows", info.flows}, {"handlers", info.handlers}};
     } else {
-      out = {
-          {"ok", false}, {"stage", prepared.error().stage}, {"message", prepared.error().message}};
+      out = {{"ok", false},
+             {"stage", to_string(prepared.error().stage)},
+             {"message", prepared.error().message}};
     }
   } catch (const std::exception& e) {
-    out = {{"ok", false}, {"stage", "inspect"}, {"message", fmt::format("failed: {}", e.what())}};
+    out = {{"ok", false},
+           {"stage", to_string(PluginStage::inspect)},
+           {"message", fmt::format("failed: {}", e.what())}};
   }
   std::fputs(out.dump(-1, ' ', false, json::error_handler_t::replace).c_str(), stdout);
   std::fputc('\n', stdout);

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "flowreg/sync_point.hpp"
+#include "flowreg/thread_annotations.hpp"
 #include "flowreg/validate.hpp"
 
 namespace flowreg {
@@ -68,6 +69,18 @@ struct FlowRegistry::Snapshot {
     }
   }
 
+  // The next snapshot: this one without `module`'s flows, or with them replaced by `flows`.
+  std::shared_ptr<const Snapshot> without(std::string_view module) const;
+  std::shared_ptr<const Snapshot> with(
+      const std::string& module,
+      const std::vector<std::shared_ptr<const RegisteredFlow>>& flows) const;
+  // The slugs of a module's flows, in declaration order (empty when absent).
+  std::vector<std::string> slugs_of(std::string_view module) const;
+  // One problem per flow whose slug another module holds here.
+  std::vector<Diagnostic> slugs_held_elsewhere(
+      const std::string& module, const std::string& who,
+      const std::vector<std::shared_ptr<const RegisteredFlow>>& flows) const;
+
   const Slot* find_slot(std::string_view slug) const noexcept {
     const std::size_t hash = hash_slug(slug);
     for (std::size_t at = hash & mask;; at = (at + 1) & mask) {
@@ -78,37 +91,33 @@ struct FlowRegistry::Snapshot {
   }
 };
 
-struct FlowRegistry::Listeners {
-  std::mutex mutex;
-  std::uint64_t next_id = 1;
-  std::map<std::uint64_t, std::shared_ptr<Listener>> by_id;
-};
-
 struct FlowRegistry::State {
   struct ModuleRecord {
     std::string source;
     std::shared_ptr<const void> code;  // the owning reference while registered
   };
 
-  std::mutex writer;  // serializes writers; guards `modules` and `retired`
-  std::map<std::string, ModuleRecord, std::less<>> modules;
+  detail::AnnotatedMutex writer;  // serializes writers
+  std::map<std::string, ModuleRecord, std::less<>> modules FLOWREG_GUARDED_BY(writer);
   // Old snapshots stay here until only this list holds them, so that a reader dropping its cached
   // snapshot never frees a large table on a hot thread; writers free them.
-  std::vector<std::shared_ptr<const Snapshot>> retired;
+  std::vector<std::shared_ptr<const Snapshot>> retired FLOWREG_GUARDED_BY(writer);
 
-  mutable std::mutex current_mutex;  // guards `current` (taken by readers once per publish)
-  std::shared_ptr<const Snapshot> current = [] {
+  mutable detail::AnnotatedMutex current_mutex;  // taken by readers once per publish
+  std::shared_ptr<const Snapshot> current FLOWREG_GUARDED_BY(current_mutex) = [] {
     auto empty = std::make_shared<Snapshot>();
     empty->build_index();  // every snapshot has an index, even the empty one
     return empty;
   }();
 
-  std::shared_ptr<Listeners> listeners = std::make_shared<Listeners>();
+  const std::shared_ptr<detail::Listeners<ModuleEvent>> listeners =
+      std::make_shared<detail::Listeners<ModuleEvent>>();
 
-  void publish(std::shared_ptr<const Snapshot> next, std::atomic<std::uint64_t>& version) {
+  void publish(std::shared_ptr<const Snapshot> next, std::atomic<std::uint64_t>& version)
+      FLOWREG_REQUIRES(writer) {
     std::shared_ptr<const Snapshot> old;
     {
-      std::lock_guard lock(current_mutex);
+      detail::MutexLock lock(current_mutex);
       old = std::exchange(current, std::move(next));
     }
     // Store the snapshot, then bump the version: a reader that sees the new version finds at
@@ -116,15 +125,6 @@ struct FlowRegistry::State {
     version.fetch_add(1, std::memory_order_release);
     std::erase_if(retired, [](const auto& s) { return s.use_count() == 1; });
     retired.push_back(std::move(old));
-  }
-
-  void notify(const ModuleEvent& event) {
-    std::vector<std::shared_ptr<Listener>> targets;
-    {
-      std::lock_guard lock(listeners->mutex);
-      for (const auto& [id, fn] : listeners->by_id) targets.push_back(fn);
-    }
-    for (const auto& fn : targets) (*fn)(event);
   }
 };
 
@@ -140,10 +140,11 @@ Result<void> FlowRegistry::replace_module(Module module, std::string_view reason
   return apply(std::move(module), true, reason);
 }
 
-Result<void> FlowRegistry::apply(Module module, bool replace, std::string_view reason) {
-  const std::string who = describe(module.name, module.source);
+namespace {
 
-  // Validate everything before touching shared state.
+// Sets each flow's module and source, and returns every problem of the module and its flows (the
+// module's name, each flow's definition, slugs defined twice).
+std::vector<Diagnostic> validate_module(Module& module, const std::string& who) {
   std::vector<Diagnostic> problems;
   if (auto problem = slug_problem(module.name); !problem.empty())
     problems.push_back(
@@ -158,18 +159,14 @@ Result<void> FlowRegistry::apply(Module module, bool replace, std::string_view r
       problems.push_back({Location{flow.source},
                           fmt::format("flow slug '{}' is defined twice in {}", flow.slug, who)});
   }
-  if (!problems.empty()) {
-    // Built before `problems` is moved into the error (argument order is unspecified).
-    std::string message = fmt::format("{} is invalid: {} problem{}", who, problems.size(),
-                                      problems.size() == 1 ? "" : "s");
-    return make_error(Errc::invalid_definition, std::move(message), std::move(problems));
-  }
+  return problems;
+}
 
-  // YAML modules have no code; a token stands in so that FlowRef::code() tells "kept alive" from
-  // "released".
-  std::shared_ptr<const void> code = module.code ? module.code : std::make_shared<const int>(0);
-  std::vector<std::shared_ptr<const RegisteredFlow>> fresh;
-  fresh.reserve(module.flows.size());
+// The module's flows as the registry keeps them, each holding `code` weakly.
+std::vector<std::shared_ptr<const RegisteredFlow>> registered_flows(
+    Module& module, const std::shared_ptr<const void>& code) {
+  std::vector<std::shared_ptr<const RegisteredFlow>> flows;
+  flows.reserve(module.flows.size());
   for (auto& flow : module.flows) {
     auto registered = std::make_shared<RegisteredFlow>();
     registered->version = flow_version(flow);
@@ -177,117 +174,155 @@ Result<void> FlowRegistry::apply(Module module, bool replace, std::string_view r
     registered->source = module.source;
     registered->code = code;
     registered->def = std::move(flow);
-    fresh.push_back(std::move(registered));
+    flows.push_back(std::move(registered));
   }
+  return flows;
+}
 
-  std::lock_guard lock(state_->writer);
-  FLOWREG_SYNC_POINT("flow_registry.writer_locked");
-  auto existing = state_->modules.find(module.name);
-  if (existing != state_->modules.end() && !replace)
-    return make_error(
-        Errc::duplicate_module,
-        fmt::format("{}: a module named '{}' is already registered{}", who, module.name,
-                    existing->second.source.empty()
-                        ? std::string()
-                        : fmt::format(" from {}", existing->second.source)));
+}  // namespace
 
-  const std::shared_ptr<const Snapshot> current = load();
-  for (const auto& flow : fresh) {
-    const auto* slot = current->find_slot(flow->def.slug);
-    if (slot && slot->flow->module != module.name)
-      problems.push_back(
-          {Location{module.source},
-           fmt::format("flow slug '{}' of {} is already registered by {}", flow->def.slug, who,
-                       describe(slot->flow->module, slot->flow->source))});
-  }
-  if (!problems.empty()) {
-    std::string message =
-        problems.size() == 1
-            ? problems[0].message
-            : fmt::format("{}: {} flow slugs are already registered by other modules", who,
-                          problems.size());
-    return make_error(Errc::duplicate_slug, std::move(message), std::move(problems));
-  }
-
-  // The next snapshot: the other modules' flows merged with this module's (both sorted by slug).
+std::shared_ptr<const FlowRegistry::Snapshot> FlowRegistry::Snapshot::without(
+    std::string_view module) const {
   auto next = std::make_shared<Snapshot>();
-  std::vector<Snapshot::Entry> added;
-  added.reserve(fresh.size());
-  for (const auto& f : fresh) added.push_back({f, hash_slug(f->def.slug)});
-  std::sort(added.begin(), added.end(),
-            [](const auto& a, const auto& b) { return a.flow->def.slug < b.flow->def.slug; });
-  next->entries.reserve(current->entries.size() + added.size());
-  auto keep = [&](const Snapshot::Entry& e) { return e.flow->module != module.name; };
-  auto by_slug = [](const Snapshot::Entry& a, const Snapshot::Entry& b) {
-    return a.flow->def.slug < b.flow->def.slug;
-  };
-  std::vector<Snapshot::Entry> kept;
-  if (existing == state_->modules.end()) {
-    std::merge(current->entries.begin(), current->entries.end(), added.begin(), added.end(),
+  next->entries.reserve(entries.size());
+  std::copy_if(entries.begin(), entries.end(), std::back_inserter(next->entries),
+               [&](const Entry& e) { return e.flow->module != module; });
+  next->modules = modules;
+  if (auto it = next->modules.find(module); it != next->modules.end()) next->modules.erase(it);
+  next->build_index();
+  return next;
+}
+
+std::shared_ptr<const FlowRegistry::Snapshot> FlowRegistry::Snapshot::with(
+    const std::string& module,
+    const std::vector<std::shared_ptr<const RegisteredFlow>>& flows) const {
+  std::vector<Entry> added;
+  added.reserve(flows.size());
+  for (const auto& f : flows) added.push_back({f, hash_slug(f->def.slug)});
+  auto by_slug = [](const Entry& a, const Entry& b) { return a.flow->def.slug < b.flow->def.slug; };
+  std::sort(added.begin(), added.end(), by_slug);
+  auto next = std::make_shared<Snapshot>();
+  next->entries.reserve(entries.size() + added.size());
+  if (!modules.contains(module)) {
+    std::merge(entries.begin(), entries.end(), added.begin(), added.end(),
                std::back_inserter(next->entries), by_slug);
   } else {
-    kept.reserve(current->entries.size());
-    std::copy_if(current->entries.begin(), current->entries.end(), std::back_inserter(kept), keep);
+    std::vector<Entry> kept;
+    kept.reserve(entries.size());
+    std::copy_if(entries.begin(), entries.end(), std::back_inserter(kept),
+                 [&](const Entry& e) { return e.flow->module != module; });
     std::merge(kept.begin(), kept.end(), added.begin(), added.end(),
                std::back_inserter(next->entries), by_slug);
   }
   next->build_index();
-  next->modules = current->modules;
-  std::vector<std::string> old_flows;
-  if (auto it = next->modules.find(module.name); it != next->modules.end()) {
-    for (const auto& f : it->second) old_flows.push_back(f->def.slug);
-    it->second = fresh;
-  } else {
-    next->modules.emplace(module.name, fresh);
+  next->modules = modules;
+  next->modules.insert_or_assign(module, flows);
+  return next;
+}
+
+std::vector<std::string> FlowRegistry::Snapshot::slugs_of(std::string_view module) const {
+  std::vector<std::string> out;
+  if (auto it = modules.find(module); it != modules.end())
+    for (const auto& f : it->second) out.push_back(f->def.slug);
+  return out;
+}
+
+std::vector<Diagnostic> FlowRegistry::Snapshot::slugs_held_elsewhere(
+    const std::string& module, const std::string& who,
+    const std::vector<std::shared_ptr<const RegisteredFlow>>& flows) const {
+  std::vector<Diagnostic> problems;
+  for (const auto& flow : flows) {
+    const Slot* slot = find_slot(flow->def.slug);
+    if (slot && slot->flow->module != module)
+      problems.push_back(
+          {Location{flow->source},
+           fmt::format("flow slug '{}' of {} is already registered by {}", flow->def.slug, who,
+                       describe(slot->flow->module, slot->flow->source))});
   }
+  return problems;
+}
 
-  const bool replaced = existing != state_->modules.end();
-  state_->modules[module.name] = State::ModuleRecord{module.source, std::move(code)};
-  state_->publish(std::move(next), version_);
+Result<void> FlowRegistry::apply(Module module, bool replace, std::string_view reason) {
+  const std::string who = describe(module.name, module.source);
 
-  ModuleEvent event{replaced ? ModuleEvent::Kind::replaced : ModuleEvent::Kind::registered,
-                    module.name,
-                    module.source,
-                    {},
-                    std::move(old_flows),
-                    std::string(reason)};
-  for (const auto& f : fresh) event.flows.push_back(f->def.slug);
-  state_->notify(event);
+  // Validate everything before touching shared state.
+  if (std::vector<Diagnostic> problems = validate_module(module, who); !problems.empty()) {
+    // Built before `problems` is moved into the error (argument order is unspecified).
+    std::string message = fmt::format("{} is invalid: {} problem{}", who, problems.size(),
+                                      problems.size() == 1 ? "" : "s");
+    return make_error(Errc::invalid_definition, std::move(message), std::move(problems));
+  }
+  // YAML modules have no code; a token stands in so that FlowRef::code() tells "kept alive" from
+  // "released".
+  std::shared_ptr<const void> code = module.code ? module.code : std::make_shared<const int>(0);
+  const auto flows = registered_flows(module, code);
+
+  std::uint64_t last_event = 0;
+  {
+    detail::MutexLock lock(state_->writer);
+    FLOWREG_SYNC_POINT("flow_registry.writer_locked");
+    auto existing = state_->modules.find(module.name);
+    const bool replaced = existing != state_->modules.end();
+    if (replaced && !replace)
+      return make_error(
+          Errc::duplicate_module,
+          fmt::format("{}: a module named '{}' is already registered{}", who, module.name,
+                      existing->second.source.empty()
+                          ? std::string()
+                          : fmt::format(" from {}", existing->second.source)));
+
+    const std::shared_ptr<const Snapshot> current = load();
+    if (auto problems = current->slugs_held_elsewhere(module.name, who, flows); !problems.empty()) {
+      std::string message =
+          problems.size() == 1
+              ? problems[0].message
+              : fmt::format("{}: {} flow slugs are already registered by other modules", who,
+                            problems.size());
+      return make_error(Errc::duplicate_slug, std::move(message), std::move(problems));
+    }
+
+    ModuleEvent event{replaced ? ModuleEvent::Kind::replaced : ModuleEvent::Kind::registered,
+                      module.name,
+                      module.source,
+                      {},
+                      current->slugs_of(module.name),
+                      std::string(reason)};
+    for (const auto& f : flows) event.flows.push_back(f->def.slug);
+    state_->modules.insert_or_assign(module.name,
+                                     State::ModuleRecord{module.source, std::move(code)});
+    state_->publish(current->with(module.name, flows), version_);
+    last_event = state_->listeners->enqueue(std::move(event));
+  }
+  state_->listeners->deliver_through(last_event);
   return {};
 }
 
 Result<void> FlowRegistry::unregister_module(std::string_view name, std::string_view reason) {
-  std::lock_guard lock(state_->writer);
-  auto existing = state_->modules.find(name);
-  if (existing == state_->modules.end())
-    return make_error(Errc::not_found, fmt::format("no module named '{}' is registered", name));
-  const std::shared_ptr<const Snapshot> current = load();
-  auto next = std::make_shared<Snapshot>();
-  next->entries.reserve(current->entries.size());
-  std::copy_if(current->entries.begin(), current->entries.end(), std::back_inserter(next->entries),
-               [&](const Snapshot::Entry& e) { return e.flow->module != name; });
-  next->build_index();
-  next->modules = current->modules;
-  ModuleEvent event{ModuleEvent::Kind::unregistered,
-                    std::string(name),
-                    existing->second.source,
-                    {},
-                    {},
-                    std::string(reason)};
-  if (auto it = next->modules.find(name); it != next->modules.end()) {
-    for (const auto& f : it->second) event.flows.push_back(f->def.slug);
-    next->modules.erase(it);
+  std::uint64_t last_event = 0;
+  {
+    detail::MutexLock lock(state_->writer);
+    auto existing = state_->modules.find(name);
+    if (existing == state_->modules.end())
+      return make_error(Errc::not_found, fmt::format("no module named '{}' is registered", name));
+    const std::shared_ptr<const Snapshot> current = load();
+    ModuleEvent event{ModuleEvent::Kind::unregistered,
+                      std::string(name),
+                      existing->second.source,
+                      current->slugs_of(name),
+                      {},
+                      std::string(reason)};
+    // Dropping the record drops the registry's reference to the module's code; FlowRefs taken
+    // earlier keep it alive until they are gone.
+    state_->modules.erase(existing);
+    state_->publish(current->without(name), version_);
+    last_event = state_->listeners->enqueue(std::move(event));
   }
-  // Dropping the record drops the registry's reference to the module's code; FlowRefs taken
-  // earlier keep it alive until they are gone.
-  state_->modules.erase(existing);
-  state_->publish(std::move(next), version_);
-  state_->notify(event);
+  state_->listeners->deliver_through(last_event);
   return {};
 }
 
 std::shared_ptr<const FlowRegistry::Snapshot> FlowRegistry::load() const {
-  std::lock_guard lock(state_->current_mutex);
+  detail::MutexLock lock(state_->current_mutex);
   return state_->current;
 }
 
@@ -386,28 +421,7 @@ std::vector<std::string> FlowRegistry::modules() const {
 std::size_t FlowRegistry::size() const noexcept { return thread_snapshot()->entries.size(); }
 
 FlowRegistry::Subscription FlowRegistry::subscribe(Listener listener) {
-  auto& listeners = *state_->listeners;
-  std::lock_guard lock(listeners.mutex);
-  const std::uint64_t id = listeners.next_id++;
-  listeners.by_id.emplace(id, std::make_shared<Listener>(std::move(listener)));
-  return Subscription(state_->listeners, id);
-}
-
-FlowRegistry::Subscription& FlowRegistry::Subscription::operator=(Subscription&& other) noexcept {
-  if (this != &other) {
-    reset();
-    listeners_ = std::move(other.listeners_);
-    id_ = std::exchange(other.id_, 0);
-  }
-  return *this;
-}
-
-void FlowRegistry::Subscription::reset() noexcept {
-  if (auto listeners = listeners_.lock()) {
-    std::lock_guard lock(listeners->mutex);
-    listeners->by_id.erase(id_);
-  }
-  listeners_.reset();
+  return state_->listeners->subscribe(std::move(listener));
 }
 
 }  // namespace flowreg
