@@ -32,11 +32,11 @@ int report(const Error& error) {
 }
 
 std::string plugin_error_text(const PluginError& error) {
-  return fmt::format("[{}] {}", error.stage, error.message);
+  return fmt::format("[{}] {}", to_string(error.stage), error.message);
 }
 
 json plugin_error_json(const PluginError& error) {
-  return {{"stage", error.stage}, {"message", valid_text(error.message)}};
+  return {{"stage", to_string(error.stage)}, {"message", valid_text(error.message)}};
 }
 
 Result<Config> effective_config(const Globals& g) {
