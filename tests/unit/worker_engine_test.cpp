@@ -340,10 +340,10 @@ TEST_SUITE("engine") {
     });
     s.engine->attach(state);
     REQUIRE(s.engine->acquire_slots(1, state) == 1);
-    s.engine->dispatch(state, s.task(11, /*timeout=*/10'000ms));
+    s.engine->dispatch(state, s.task(11, /*timeout=*/600'000ms));
     REQUIRE(gate.wait_waiting(1));
     CHECK(s.engine->state() == "running");
-    s.clock_offset = 20'000;  // the keeper sees the timeout pass (by its clock only)
+    s.clock_offset = 1'200'000;  // the keeper sees the timeout pass (by its clock only)
     REQUIRE(eventually([&] { return s.engine->state() == "stuck"; }));
     CHECK(s.engine->acquire_slots(1, state) == 0);
     s.engine->retire(state);  // the keeper records the failure

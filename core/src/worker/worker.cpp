@@ -68,8 +68,20 @@ bool same_code(const Handlers& a, const Handlers& b) {
 // stopped.
 class Signal {
  public:
-  void poke() { set(dirty_); }
-  void stop() { set(stopping_); }
+  void poke() {
+    {
+      MutexLock lock(mu_);
+      dirty_ = true;
+    }
+    cv_.notify_all();
+  }
+  void stop() {
+    {
+      MutexLock lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
   // Waits for a poke; false once stopped.
   bool wait() {
     MutexLock lock(mu_);
@@ -79,13 +91,6 @@ class Signal {
   }
 
  private:
-  void set(bool& flag) {
-    {
-      MutexLock lock(mu_);
-      flag = true;
-    }
-    cv_.notify_all();
-  }
   AnnotatedMutex mu_;
   std::condition_variable_any cv_;
   bool dirty_ FLOWREG_GUARDED_BY(mu_) = false;
