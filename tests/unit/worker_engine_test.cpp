@@ -131,12 +131,35 @@ class FakeStore final : public fd::WorkerStore {
     return std::vector<fd::CrashOutcome>{};
   }
   flowreg::Result<std::unique_ptr<fd::TaskNotifications>> listen() override {
-    return flowreg::make_error(Errc::unavailable, "fake: no notifications");
+    return std::unique_ptr<fd::TaskNotifications>(std::make_unique<Notifications>(*this));
+  }
+  // Sends a notification that tasks of `slug` are ready.
+  void notify(std::string slug) {
+    std::lock_guard lock(mu_);
+    notifications_.push_back(std::move(slug));
+    cv_.notify_all();
   }
 
  private:
+  class Notifications final : public fd::TaskNotifications {
+   public:
+    explicit Notifications(FakeStore& store) : store_(store) {}
+    flowreg::Result<std::optional<std::string>> wait(Millis timeout) override {
+      std::unique_lock lock(store_.mu_);
+      if (!store_.cv_.wait_for(lock, timeout, [&] { return !store_.notifications_.empty(); }))
+        return std::optional<std::string>();
+      std::string slug = std::move(store_.notifications_.front());
+      store_.notifications_.pop_front();
+      return std::optional<std::string>(std::move(slug));
+    }
+
+   private:
+    FakeStore& store_;
+  };
+
   mutable std::mutex mu_;
   std::condition_variable cv_;
+  std::deque<std::string> notifications_;
   std::deque<fd::ClaimedTask> ready_;
   std::vector<Trip> trips_;
   std::vector<fd::Release> releases_;
@@ -173,13 +196,13 @@ class Gate {
 };
 
 struct Scene {
-  explicit Scene(int concurrency = 2, int batch = 4, int lanes = 2) {
+  explicit Scene(int concurrency = 2, int batch = 4, int lanes = 2, Millis poll = 20ms) {
     options.worker_id = "test-worker";
     options.concurrency = concurrency;
     options.batch_size = batch;
     options.loop_lanes = lanes;
     options.lease = 1'000ms;
-    options.poll_interval = 20ms;
+    options.poll_interval = poll;
     options.reconnect_min = 1ms;
     options.reconnect_max = 10ms;
     store = std::make_shared<FakeStore>();
@@ -266,6 +289,19 @@ TEST_SUITE("flow_loop") {
     CHECK(claimed_in < recorded_in);
     CHECK(trips[recorded_in].flows == 1);  // recorded by the loop, which claims in the same trip
     CHECK(eventually([&] { return s.engine->held() == 0; }));
+  }
+
+  TEST_CASE("a notification for its flow wakes the loop: it claims without waiting for its poll") {
+    Scene s(2, 4, 1, /*poll=*/Millis(3'600'000));
+    s.start_loop(s.state(ok));
+    REQUIRE(eventually([&] { return !s.store->trips().empty(); }));  // the first claim
+    std::this_thread::sleep_for(200ms);  // the loop now waits for its poll (an hour)
+    s.store->add_ready(31);
+    s.store->notify("other_flow");  // not this loop's
+    std::this_thread::sleep_for(200ms);
+    for (const auto& trip : s.store->trips()) CHECK(trip.claimed == 0);  // 31 still waits
+    s.store->notify("f");
+    REQUIRE(s.store->wait([&] { return s.store->count_completed(31) == 1; }));
   }
 
   TEST_CASE("the results of a loop that stopped are recorded by the keeper") {
