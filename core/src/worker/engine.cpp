@@ -97,13 +97,7 @@ void Engine::attach(const std::shared_ptr<LoopState>& state) {
 }
 
 void Engine::retire(const std::shared_ptr<LoopState>& state) {
-  state->retire();
-  wake_keeper();  // it records the outbox soon
-}
-
-void Engine::wake_keeper() {
-  MutexLock lock(mu_);  // not missed by a keeper about to wait
-  stop_cv_.notify_all();
+  state->retire();  // the keeper's next tick records its outbox
 }
 
 std::vector<std::shared_ptr<LoopState>> Engine::states() const {
@@ -269,14 +263,12 @@ void Engine::record_result(const std::shared_ptr<LoopState>& state, const Claime
         "lost); its result is dropped",
         options_.worker_id, task.id, state->label(), task.step_slug);
   release_slots(1);
-  if (put == LoopState::Put::queued && state->retired()) wake_keeper();  // the keeper records it
 }
 
 void Engine::begin_drain() {
   if (draining_.exchange(true)) return;
   pool_.cancel_queued();  // their cancel callbacks queue releases
   flush_releases();
-  wake_keeper();
 }
 
 int Engine::held() const {

@@ -126,7 +126,6 @@ class Engine {
   // The database could not be reached: lets revive_database try (rate-limited).
   void database_unreachable();
   int capacity_locked() const FLOWREG_THREAD_ANNOTATION(requires_capability(mu_));
-  void wake_keeper();
   // Sleeps up to `d` unless stopping.
   void nap(Millis d);
 
@@ -138,7 +137,7 @@ class Engine {
   std::atomic<bool> draining_{false};
 
   mutable AnnotatedMutex mu_;
-  std::condition_variable_any stop_cv_;  // stopping, or work for the keeper
+  std::condition_variable_any stop_cv_;                                   // stopping
   std::vector<TaskJournal::Leftover> leftovers_ FLOWREG_GUARDED_BY(mu_);  // dead workers' journals
   std::vector<std::shared_ptr<LoopState>> states_ FLOWREG_GUARDED_BY(mu_);
   std::vector<std::weak_ptr<LoopState>> starving_ FLOWREG_GUARDED_BY(mu_);

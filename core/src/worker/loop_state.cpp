@@ -4,6 +4,8 @@
 #include <iterator>
 #include <utility>
 
+#include "worker/worker_store.hpp"
+
 namespace flowreg::detail {
 
 using Clock = std::chrono::steady_clock;
@@ -22,9 +24,7 @@ Millis renew_period(Millis timeout, Millis lease) {
 }
 
 LoopState::LoopState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers)
-    : key_(std::move(key)),
-      label_(key_.slug + "@" + key_.version),
-      handlers_(std::move(handlers)) {}
+    : key_(std::move(key)), label_(detail::label(key_)), handlers_(std::move(handlers)) {}
 
 const StepHandler* LoopState::handler(const std::string& step) const {
   auto it = handlers_.find(step);
@@ -50,11 +50,6 @@ void LoopState::stop() {
 void LoopState::retire() {
   MutexLock lock(mu_);
   retired_ = true;
-}
-
-bool LoopState::retired() const {
-  MutexLock lock(mu_);
-  return retired_;
 }
 
 bool LoopState::pause(Millis d) {

@@ -60,7 +60,6 @@ class LoopState {
   // outbox from then on.
   void stop();
   void retire();
-  bool retired() const;
   // Waits up to `d` unless stopping; false when stopping.
   bool pause(Millis d);
   // Lane 0 stored the flow version; the other lanes wait for it (false: stopping).
