@@ -83,7 +83,7 @@ int wait_signal(const sigset_t& set, Millis timeout) {
 
 std::string keys_text(const std::vector<detail::FlowKey>& keys) {
   std::vector<std::string> parts;
-  for (const auto& k : keys) parts.push_back(k.slug + "@" + k.version);
+  for (const auto& k : keys) parts.push_back(detail::label(k));
   return parts.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(parts, ", "));
 }
 

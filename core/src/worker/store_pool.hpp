@@ -17,39 +17,55 @@
 #include <vector>
 
 #include "flowreg/error.hpp"
+#include "flowreg/thread_annotations.hpp"
 #include "store/run_store.hpp"
+#include "worker/worker_store.hpp"
 
 namespace flowreg::detail {
 
-class StorePool {
+// The WorkerStore of a worker in production: each call runs on a pooled connection.
+class StorePool final : public WorkerStore {
  public:
   StorePool(std::string conninfo, int size)
       : conninfo_(std::move(conninfo)), size_(size < 1 ? 1 : size) {}
   StorePool(const StorePool&) = delete;
   StorePool& operator=(const StorePool&) = delete;
 
+  Result<bool> upsert_flow(const FlowDef& flow, std::string_view version) override;
+  Result<WorkResult> work(std::string_view worker_id, std::span<const Completion> completions,
+                          std::span<const Failure> failures, std::span<const FlowKey> flows,
+                          int limit, Millis lease) override;
+  Result<std::vector<TaskId>> renew(std::string_view worker_id, std::span<const TaskAttempt> tasks,
+                                    Millis lease) override;
+  Result<std::vector<TaskId>> release(std::string_view worker_id,
+                                      std::span<const Release> tasks) override;
+  Result<void> heartbeat(const WorkerRecord& worker, bool stopped) override;
+  Result<std::vector<CrashOutcome>> report_crashes(std::span<const CrashReport> reports,
+                                                   int limit) override;
+  Result<std::unique_ptr<TaskNotifications>> listen() override;
+
+ private:
   // Runs fn(RunStore&) on a pooled connection (waiting for one when all `size` are busy) and
   // returns what it returns. fn returns a Result; when no connection can be opened, that error
   // (Errc::unavailable when the server cannot be reached) is returned without calling fn.
   template <class F>
   auto with(F&& fn) -> decltype(fn(std::declval<RunStore&>())) {
-    auto store = acquire();
+    auto store = check_out();
     if (!store) return tl::unexpected(std::move(store.error()));
     auto result = fn(**store);
-    release(std::move(*store));
+    check_in(std::move(*store));
     return result;
   }
 
- private:
-  Result<std::unique_ptr<RunStore>> acquire();
-  void release(std::unique_ptr<RunStore> store);
+  Result<std::unique_ptr<RunStore>> check_out();
+  void check_in(std::unique_ptr<RunStore> store);
 
   const std::string conninfo_;
   const int size_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<std::unique_ptr<RunStore>> idle_;
-  int open_ = 0;  // idle + in use
+  AnnotatedMutex mu_;
+  std::condition_variable_any cv_;
+  std::vector<std::unique_ptr<RunStore>> idle_ FLOWREG_GUARDED_BY(mu_);
+  int open_ FLOWREG_GUARDED_BY(mu_) = 0;  // idle + in use
 };
 
 }  // namespace flowreg::detail

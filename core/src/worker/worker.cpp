@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <climits>
 #include <condition_variable>
 #include <map>
 #include <random>
@@ -13,20 +12,16 @@
 #include <thread>
 #include <utility>
 
-#include "flowreg/handle_registry.hpp"
+#include "util/host_name.hpp"
 #include "worker/flow_loop.hpp"
 
 namespace flowreg::detail {
 
 namespace {
 
-using LoopRegistry = HandleRegistry<std::string, ChildHandle, int>;
-
 std::string default_worker_id() {
-  char host[HOST_NAME_MAX + 1] = {};
-  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
   std::random_device rd;
-  return fmt::format("{}:{}:{:06x}", host, getpid(), rd() & 0xffffffu);
+  return fmt::format("{}:{}:{:06x}", host_name(), getpid(), rd() & 0xffffffu);
 }
 
 void log_event(const SupervisorEvent& e) {
@@ -50,17 +45,17 @@ void log_event(const SupervisorEvent& e) {
   }
 }
 
+using Handlers = std::unordered_map<std::string, HandlerRef>;  // by step slug
+
 // A flow version this worker can serve: registered, allowed by options.flows, every handler
 // exported by a loaded plugin.
 struct Servable {
   FlowKey key;
   FlowDef def;
-  std::unordered_map<std::string, HandlerRef> handlers;  // by step slug
-  std::string label() const { return key.slug + "@" + key.version; }
+  Handlers handlers;
 };
 
-bool same_code(const std::unordered_map<std::string, HandlerRef>& a,
-               const std::unordered_map<std::string, HandlerRef>& b) {
+bool same_code(const Handlers& a, const Handlers& b) {
   if (a.size() != b.size()) return false;
   for (const auto& [step, ref] : a) {
     auto it = b.find(step);
@@ -69,64 +64,64 @@ bool same_code(const std::unordered_map<std::string, HandlerRef>& a,
   return true;
 }
 
-// NAME.registry
-class RegistryService final : public Service {
+// Wakes the reconciler; shared with the registry's listener, which may fire after the loops
+// stopped.
+class Signal {
  public:
-  RegistryService() { (void)registry.start(); }
-  void stop() noexcept override { registry.stop_all(); }
-  LoopRegistry registry;
-};
-
-// NAME.flows
-class FlowsService final : public Service {
- public:
-  explicit FlowsService(std::shared_ptr<FlowSource> s) : source(std::move(s)) {}
-  void stop() noexcept override {
-    if (source->loader) source->loader->stop();
-  }
-  std::shared_ptr<FlowSource> source;
-};
-
-}  // namespace
-
-// The tree's children find each other here; each sets its part when it starts. rest_for_one
-// guarantees that a child's dependencies (the ones before it) are the current ones.
-struct TreeSlots {
-  std::mutex mu;
-  std::shared_ptr<RegistryService> registry;
-  std::shared_ptr<FlowsService> flows;
-};
-
-// NAME.loops: the dynamic supervisor of the flow loops, and the reconciler that follows the flow
-// registry.
-class LoopsService final : public Service {
- public:
-  static Result<std::shared_ptr<LoopsService>> start(const WorkerOptions& options, Engine& engine,
-                                                     TreeSlots& slots, ExitSignal exit) {
-    std::shared_ptr<LoopsService> self(new LoopsService(options, engine));
+  void poke() {
     {
-      std::lock_guard lock(slots.mu);
-      self->registry_ = slots.registry;
-      self->flows_ = slots.flows;
+      MutexLock lock(mu_);
+      dirty_ = true;
     }
-    if (!self->registry_ || !self->flows_)
-      return make_error(Errc::internal, options.name + ".loops: started before its siblings");
+    cv_.notify_all();
+  }
+  void stop() {
+    {
+      MutexLock lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
+  // Waits for a poke; false once stopped.
+  bool wait() {
+    MutexLock lock(mu_);
+    while (!dirty_ && !stopping_) cv_.wait(lock);
+    dirty_ = false;
+    return !stopping_;
+  }
+
+ private:
+  AnnotatedMutex mu_;
+  std::condition_variable_any cv_;
+  bool dirty_ FLOWREG_GUARDED_BY(mu_) = false;
+  bool stopping_ FLOWREG_GUARDED_BY(mu_) = false;
+};
+
+// NAME.loops: a one_for_one supervisor of the flow loops, and the reconciler that keeps one loop
+// per servable flow version of the registry.
+class FlowLoops final : public Service {
+ public:
+  static Result<std::shared_ptr<FlowLoops>> start(const WorkerOptions& options, Engine& engine,
+                                                  const FlowSource& source, ExitSignal exit) {
+    std::shared_ptr<FlowLoops> self(new FlowLoops(options, engine, source));
     SupervisorOptions sup;
     sup.name = options.name + ".loops";
     sup.strategy = RestartStrategy::one_for_one;
     sup.limit = options.loop_restarts;
     sup.on_event = options.on_event;
-    auto dyn = Supervisor::start(std::move(sup), {}, std::move(exit));
-    if (!dyn) return tl::unexpected(std::move(dyn.error()));
-    self->supervisor_ = std::move(*dyn);
-    self->subscription_ = self->flows_->source->registry->subscribe(
+    auto loops = Supervisor::start(std::move(sup), {}, std::move(exit));
+    if (!loops) return tl::unexpected(std::move(loops.error()));
+    self->supervisor_ = std::move(*loops);
+    self->subscription_ = source.registry->subscribe(
         [signal = self->signal_](const ModuleEvent&) { signal->poke(); });
     self->reconcile();
-    self->thread_ = std::thread([raw = self.get()] { raw->reconciler_main(); });
+    self->thread_ = std::thread([raw = self.get()] {
+      while (raw->signal_->wait()) raw->reconcile();
+    });
     return self;
   }
 
-  ~LoopsService() override { stop(); }
+  ~FlowLoops() override { stop(); }
 
   void stop() noexcept override {
     signal_->stop();
@@ -136,8 +131,9 @@ class LoopsService final : public Service {
   }
 
   Result<void> serve(std::string_view slug) {
-    auto flow = flows_->source->registry->get(slug);
+    auto flow = source_.registry->get(slug);
     if (!flow) return make_error(Errc::not_found, fmt::format("flow '{}' is not registered", slug));
+    MutexLock lock(mu_);
     auto servable = servable_of(flow, /*warn=*/false);
     if (!servable)
       return make_error(Errc::not_found, fmt::format("flow '{}' is not served by this worker: {}",
@@ -146,53 +142,30 @@ class LoopsService final : public Service {
   }
 
   std::vector<FlowKey> serving() const {
-    std::vector<FlowKey> out;
-    std::lock_guard lock(mu_);
-    for (const auto& [label, served] : served_) {
-      auto handle = registry_->registry.lookup(label);
-      if (handle && handle->alive()) out.push_back(served.key);
-    }
-    return out;
+    MutexLock lock(mu_);
+    return serving_locked();
   }
 
  private:
-  // Wakes the reconciler; survives the service (the registry's listener may fire late).
-  struct Signal {
-    void poke() {
-      {
-        std::lock_guard lock(mu);
-        dirty = true;
-      }
-      cv.notify_all();
-    }
-    void stop() {
-      {
-        std::lock_guard lock(mu);
-        stopping = true;
-      }
-      cv.notify_all();
-    }
-    std::mutex mu;
-    std::condition_variable cv;
-    bool dirty = false;
-    bool stopping = false;
+  // A flow version with a loop, and the code that loop runs.
+  struct Served {
+    FlowKey key;
+    Handlers handlers;
+    std::shared_ptr<ChildHandle> loop;
   };
 
-  LoopsService(const WorkerOptions& options, Engine& engine) : options_(options), engine_(engine) {}
+  FlowLoops(const WorkerOptions& options, Engine& engine, const FlowSource& source)
+      : options_(options), engine_(engine), source_(source) {}
 
-  void reconciler_main() {
-    for (;;) {
-      {
-        std::unique_lock lock(signal_->mu);
-        signal_->cv.wait(lock, [&] { return signal_->dirty || signal_->stopping; });
-        if (signal_->stopping) return;
-        signal_->dirty = false;
-      }
-      reconcile();
-    }
+  std::vector<FlowKey> serving_locked() const FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
+    std::vector<FlowKey> out;
+    for (const auto& [name, served] : served_)
+      if (served.loop->alive()) out.push_back(served.key);
+    return out;
   }
 
-  Result<Servable> servable_of(const FlowRef& flow, bool warn) {
+  Result<Servable> servable_of(const FlowRef& flow, bool warn)
+      FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
     const FlowDef& def = flow->def;
     if (!options_.flows.empty() &&
         std::find(options_.flows.begin(), options_.flows.end(), def.slug) == options_.flows.end())
@@ -200,12 +173,12 @@ class LoopsService final : public Service {
     Servable s{FlowKey{def.slug, flow->version}, def, {}};
     for (const auto& step : def.steps) {
       HandlerRef ref;
-      if (flows_->source->loader) ref = flows_->source->loader->handler(step.handler);
+      if (source_.loader) ref = source_.loader->handler(step.handler);
       if (!ref) {
         std::string why =
             fmt::format("step '{}': handler '{}' is not exported by any loaded plugin", step.slug,
                         step.handler);
-        if (warn && warned_.insert(s.label() + why).second)
+        if (warn && warned_.insert(label(s.key) + why).second)
           spdlog::warn("worker {}: not serving flow '{}': {}", engine_.worker_id(), def.slug, why);
         return make_error(Errc::not_found, std::move(why));
       }
@@ -214,92 +187,84 @@ class LoopsService final : public Service {
     return s;
   }
 
-  Result<void> ensure(const Servable& s) {
-    const std::string label = s.label();
-    auto started = registry_->registry.get_or_start(label, [&]() {
-      ChildSpec spec;
-      spec.name = options_.name + ".loop:" + label;
-      spec.restart = RestartPolicy::permanent;
-      spec.start = [engine = &engine_, key = s.key, def = s.def,
-                    handlers = s.handlers](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
-        auto loop = FlowLoop::start(*engine, def, std::make_shared<LoopState>(key, handlers),
-                                    std::move(exit));
-        if (!loop) return tl::unexpected(std::move(loop.error()));
-        return std::shared_ptr<Service>(std::move(*loop));
-      };
-      return supervisor_->start_child(std::move(spec));
-    });
+  // The loop of `s`, started unless it runs.
+  Result<void> ensure(const Servable& s) FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
+    const std::string name = label(s.key);
+    if (auto it = served_.find(name); it != served_.end() && it->second.loop->alive()) return {};
+    ChildSpec spec;
+    spec.name = options_.name + ".loop:" + name;
+    spec.restart = RestartPolicy::permanent;
+    spec.start = [engine = &engine_, key = s.key, def = s.def,
+                  handlers = s.handlers](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
+      std::unordered_map<std::string, StepHandler> steps;
+      for (const auto& [step, ref] : handlers) steps.emplace(step, step_handler(ref));
+      auto loop = FlowLoop::start(*engine, def, std::make_shared<LoopState>(key, std::move(steps)),
+                                  std::move(exit));
+      if (!loop) return tl::unexpected(std::move(loop.error()));
+      return std::shared_ptr<Service>(std::move(*loop));
+    };
+    auto started = supervisor_->start_child(std::move(spec));
     if (!started) return tl::unexpected(std::move(started.error()));
-    std::lock_guard lock(mu_);
-    served_.insert_or_assign(label, Served{s.key, s.handlers});
+    served_.insert_or_assign(name, Served{s.key, s.handlers, std::move(*started)});
     return {};
   }
 
+  // Stops the loops of flow versions gone or reloaded (new code), starts the missing ones.
   void reconcile() {
-    std::lock_guard reconciling(reconcile_mu_);
+    MutexLock lock(mu_);
     std::map<std::string, Servable> desired;
-    for (const auto& flow : flows_->source->registry->list()) {
+    for (const auto& flow : source_.registry->list()) {
       auto s = servable_of(flow, /*warn=*/true);
-      if (s) desired.emplace(s->label(), std::move(*s));
+      if (s) desired.emplace(label(s->key), std::move(*s));
     }
-    std::vector<std::string> retire;
-    {
-      std::lock_guard lock(mu_);
-      for (const auto& [label, served] : served_) {
-        auto it = desired.find(label);
-        if (it == desired.end() || !same_code(served.handlers, it->second.handlers))
-          retire.push_back(label);
+    for (auto it = served_.begin(); it != served_.end();) {
+      auto wanted = desired.find(it->first);
+      if (wanted != desired.end() && same_code(it->second.handlers, wanted->second.handlers)) {
+        ++it;
+        continue;
       }
+      spdlog::info("worker {}: stopping the loop of {} (flow {})", engine_.worker_id(), it->first,
+                   wanted != desired.end() ? "reloaded" : "removed");
+      it->second.loop->stop();
+      it = served_.erase(it);
     }
-    for (const auto& label : retire) {
-      spdlog::info("worker {}: stopping the loop of {} (flow {})", engine_.worker_id(), label,
-                   desired.contains(label) ? "reloaded" : "removed");
-      (void)registry_->registry.stop(label);
-      std::lock_guard lock(mu_);
-      served_.erase(label);
-    }
-    for (const auto& [label, s] : desired) {
+    for (const auto& [name, s] : desired)
       if (auto r = ensure(s); !r)
-        spdlog::error("worker {}: cannot start the loop of {}: {}", engine_.worker_id(), label,
+        spdlog::error("worker {}: cannot start the loop of {}: {}", engine_.worker_id(), name,
                       r.error().format());
-    }
-    engine_.set_served(serving());
+    engine_.set_served(serving_locked());
   }
-
-  struct Served {
-    FlowKey key;
-    std::unordered_map<std::string, HandlerRef> handlers;
-  };
 
   const WorkerOptions& options_;
   Engine& engine_;
-  std::shared_ptr<RegistryService> registry_;
-  std::shared_ptr<FlowsService> flows_;
+  const FlowSource& source_;
   std::shared_ptr<Supervisor> supervisor_;
   FlowRegistry::Subscription subscription_;
-  std::shared_ptr<Signal> signal_ = std::make_shared<Signal>();
-  std::thread thread_;
-  std::mutex reconcile_mu_;
-  mutable std::mutex mu_;
-  std::map<std::string, Served> served_;  // guarded by mu_
-  std::set<std::string> warned_;          // reconciler only
+  const std::shared_ptr<Signal> signal_ = std::make_shared<Signal>();
+  std::thread thread_;         // the reconciler
+  mutable AnnotatedMutex mu_;  // serializes reconciling and serve()
+  std::map<std::string, Served> served_ FLOWREG_GUARDED_BY(mu_);  // by "slug@version"
+  std::set<std::string> warned_ FLOWREG_GUARDED_BY(mu_);
 };
+
+}  // namespace
 
 struct Worker::Impl {
   WorkerOptions options;
-  FlowSourceFactory make_source;
   std::unique_ptr<Engine> engine;
-  TreeSlots slots;
-  std::mutex loops_mu;
-  std::shared_ptr<LoopsService> loops;  // guarded by loops_mu
-  std::shared_ptr<Supervisor> top;
-  std::thread waiter;
-  std::mutex mu;
-  std::condition_variable cv;
-  bool ended = false;            // guarded by mu
-  std::optional<Error> failure;  // guarded by mu
-  bool stopped = false;          // guarded by mu
-  DrainReport report;
+  FlowSource source;
+  std::shared_ptr<Supervisor> top;  // NAME, whose one child is NAME.loops
+
+  AnnotatedMutex mu;
+  std::condition_variable_any failed_cv;
+  std::optional<Error> failure FLOWREG_GUARDED_BY(mu);
+  bool stopped FLOWREG_GUARDED_BY(mu) = false;
+  DrainReport report FLOWREG_GUARDED_BY(mu);
+
+  std::shared_ptr<FlowLoops> loops() const {
+    auto child = top->child(options.name + ".loops");
+    return child ? std::dynamic_pointer_cast<FlowLoops>(child->service()) : nullptr;
+  }
 };
 
 Worker::Worker(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -320,74 +285,48 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
     if (on_event) on_event(e);
   };
   auto impl = std::make_unique<Impl>();
-  impl->options = std::move(options);
-  impl->make_source = std::move(source);
-  impl->engine = std::make_unique<Engine>(impl->options);
   Impl* raw = impl.get();
-  const std::string& name = raw->options.name;
-
-  std::vector<ChildSpec> children;
-  children.push_back(ChildSpec{name + ".registry",
-                               [raw](ExitSignal) -> Result<std::shared_ptr<Service>> {
-                                 auto service = std::make_shared<RegistryService>();
-                                 std::lock_guard lock(raw->slots.mu);
-                                 raw->slots.registry = service;
-                                 return std::shared_ptr<Service>(service);
-                               },
-                               RestartPolicy::permanent});
-  children.push_back(ChildSpec{name + ".flows",
-                               [raw](ExitSignal) -> Result<std::shared_ptr<Service>> {
-                                 auto made = raw->make_source();
-                                 if (!made) return tl::unexpected(std::move(made.error()));
-                                 auto service = std::make_shared<FlowsService>(
-                                     std::make_shared<FlowSource>(std::move(*made)));
-                                 std::lock_guard lock(raw->slots.mu);
-                                 raw->slots.flows = service;
-                                 return std::shared_ptr<Service>(service);
-                               },
-                               RestartPolicy::permanent});
-  children.push_back(ChildSpec{name + ".loops",
-                               [raw](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
-                                 auto loops = LoopsService::start(raw->options, *raw->engine,
-                                                                  raw->slots, std::move(exit));
-                                 if (!loops) return tl::unexpected(std::move(loops.error()));
-                                 std::lock_guard lock(raw->loops_mu);
-                                 raw->loops = *loops;
-                                 return std::shared_ptr<Service>(std::move(*loops));
-                               },
-                               RestartPolicy::permanent});
+  raw->options = std::move(options);
+  raw->engine = std::make_unique<Engine>(raw->options, EngineParts::postgres(raw->options));
+  auto made = source();
+  if (!made) {
+    raw->engine->finish(SteadyTime::max());
+    return tl::unexpected(std::move(made.error()));
+  }
+  raw->source = std::move(*made);
 
   SupervisorOptions top;
-  top.name = name;
-  top.strategy = RestartStrategy::rest_for_one;
+  top.name = raw->options.name;
+  top.strategy = RestartStrategy::one_for_one;
   top.limit = raw->options.tree_restarts;
   top.on_event = raw->options.on_event;
-  auto started = Supervisor::start(std::move(top), std::move(children));
+  ChildSpec loops{
+      raw->options.name + ".loops", [raw](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
+        auto started = FlowLoops::start(raw->options, *raw->engine, raw->source, std::move(exit));
+        if (!started) return tl::unexpected(std::move(started.error()));
+        return std::shared_ptr<Service>(std::move(*started));
+      }};
+  ExitSignal gave_up([raw](std::optional<Error> reason) {
+    {
+      MutexLock lock(raw->mu);
+      raw->failure = reason ? std::move(*reason) : Error{Errc::internal, "worker ended", {}};
+    }
+    raw->failed_cv.notify_all();
+  });
+  auto started = Supervisor::start(std::move(top), {std::move(loops)}, std::move(gave_up));
   if (!started) {
+    if (raw->source.loader) raw->source.loader->stop();
     raw->engine->finish(SteadyTime::max());
     return tl::unexpected(std::move(started.error()));
   }
   raw->top = std::move(*started);
-  raw->waiter = std::thread([raw] {
-    auto failure = raw->top->wait();
-    {
-      std::lock_guard lock(raw->mu);
-      raw->ended = true;
-      raw->failure = std::move(failure);
-    }
-    raw->cv.notify_all();
-  });
   return std::unique_ptr<Worker>(new Worker(std::move(impl)));
 }
 
 const std::string& Worker::id() const noexcept { return impl_->options.worker_id; }
 
 std::vector<FlowKey> Worker::serving() const {
-  std::shared_ptr<LoopsService> loops;
-  {
-    std::lock_guard lock(impl_->loops_mu);
-    loops = impl_->loops;
-  }
+  auto loops = impl_->loops();
   if (!loops) return {};
   auto out = loops->serving();
   std::sort(out.begin(), out.end(),
@@ -396,18 +335,16 @@ std::vector<FlowKey> Worker::serving() const {
 }
 
 Result<void> Worker::serve(std::string_view slug) {
-  std::shared_ptr<LoopsService> loops;
-  {
-    std::lock_guard lock(impl_->loops_mu);
-    loops = impl_->loops;
-  }
+  auto loops = impl_->loops();
   if (!loops) return make_error(Errc::not_started, "worker: its flow loops are not running");
   return loops->serve(slug);
 }
 
 std::optional<Error> Worker::wait_failure(Millis timeout) {
-  std::unique_lock lock(impl_->mu);
-  impl_->cv.wait_for(lock, timeout, [&] { return impl_->ended; });
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  MutexLock lock(impl_->mu);
+  while (!impl_->failure && impl_->failed_cv.wait_until(lock, until) != std::cv_status::timeout) {
+  }
   return impl_->failure;
 }
 
@@ -417,18 +354,16 @@ int Worker::held() const { return impl_->engine->held(); }
 
 DrainReport Worker::stop(SteadyTime pool_deadline) {
   {
-    std::lock_guard lock(impl_->mu);
+    MutexLock lock(impl_->mu);
     if (impl_->stopped) return impl_->report;
     impl_->stopped = true;
   }
   impl_->top->stop();
-  if (impl_->waiter.joinable()) impl_->waiter.join();
-  {
-    std::lock_guard lock(impl_->loops_mu);
-    impl_->loops.reset();
-  }
-  impl_->report = impl_->engine->finish(pool_deadline);
-  return impl_->report;
+  if (impl_->source.loader) impl_->source.loader->stop();
+  const DrainReport report = impl_->engine->finish(pool_deadline);
+  MutexLock lock(impl_->mu);
+  impl_->report = report;
+  return report;
 }
 
 }  // namespace flowreg::detail

@@ -1,23 +1,26 @@
 #pragma once
-// A flow worker: the supervision tree of ExAtlas.Fly.Tokens.Supervisor (../shared/seeds), over an
-// Engine (engine.hpp) that outlives it.
+// A flow worker: an Engine (engine.hpp) and one FlowLoop (flow_loop.hpp) per flow version it
+// serves, kept in step with the flow registry.
 //
-//   NAME                  rest_for_one, tree_restarts
-//   ├─ NAME.registry      HandleRegistry of the flow loops, keyed "slug@version"
-//   ├─ NAME.flows         owns the flow snapshot: the FlowRegistry and the PluginLoader (hot
-//   drop-in) └─ NAME.loops         one_for_one, loop_restarts; a FlowLoop per served flow version,
-//                         started through the registry's get_or_start (once, however many ask)
+// clang-format off
+//   NAME                 supervisor, limit tree_restarts: restarts NAME.loops when it gives up
+//   └─ NAME.loops        the set of loops, reconciled on every registry event;
+//      │                 a one_for_one supervisor, limit loop_restarts
+//      └─ NAME.loop:SLUG@VERSION   a FlowLoop
+// clang-format on
 //
-// The registry failing restarts everything (its entries would be stale); the flows' owner failing
-// restarts the loops too (they hold its handlers); a loop failing restarts alone, until the loops'
-// supervisor gives up and the tree restarts it; the tree giving up fails the worker (wait()).
-// NAME.loops follows the flow registry: a new flow version gets a loop; a plugin replaced (new
-// code) restarts the loops of its flows on the new code, while handlers already running finish on
-// the old one; a flow removed stops its loop. Runs pinned to a version no loop serves any more wait
+// A loop failing restarts alone; more than loop_restarts restarts within their period make
+// NAME.loops give up and start again with fresh loops; more than tree_restarts of those fail the
+// worker (wait_failure()). The flow source is built once, when the worker starts.
+//
+// The loops follow the flow registry: a new flow version gets a loop; a plugin replaced (new code)
+// restarts the loops of its flows on the new code, while handlers already running finish on the
+// old one; a flow removed stops its loop. Runs pinned to a version no loop serves any more wait
 // for a worker that still serves it.
 //
 // Thread-safety: every member function may be called concurrently.
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -31,18 +34,18 @@
 
 namespace flowreg::detail {
 
-// Where a worker's flows come from; built by NAME.flows each time it starts.
+// Where a worker's flows come from; built once when the worker starts.
 struct FlowSource {
   std::unique_ptr<FlowRegistry> registry;
-  // Resolves the handlers of the flows; stopped (watching ends) with the source.
+  // Resolves the handlers of the flows; stopped (watching ends) with the worker.
   std::unique_ptr<PluginLoader> loader;
 };
 using FlowSourceFactory = std::function<Result<FlowSource>()>;
 
 class Worker {
  public:
-  // Fills in options.worker_id when empty, starts the engine, then the tree. The error of the
-  // first child that cannot start.
+  // Fills in options.worker_id when empty, builds the flow source, starts the engine on
+  // PostgreSQL (options.conninfo), then the loops. The error of the first part that cannot start.
   static Result<std::unique_ptr<Worker>> start(WorkerOptions options, FlowSourceFactory source);
   ~Worker();  // stop()
   Worker(const Worker&) = delete;
@@ -53,17 +56,17 @@ class Worker {
   std::vector<FlowKey> serving() const;
   // The loop of a registered, served flow: started unless running (one start however many
   // callers). Errc::not_found when the flow is not registered or not served here (--flows, a
-  // handler no plugin exports); Errc::not_started when the tree is down.
+  // handler no plugin exports); Errc::not_started when the loops are down.
   Result<void> serve(std::string_view slug);
 
-  // The tree's failure once it gave up, waiting up to `timeout`; nullopt while it runs.
+  // The worker's failure once it gave up, waiting up to `timeout`; nullopt while it runs.
   std::optional<Error> wait_failure(Millis timeout);
 
   // Graceful shutdown (see Engine): begin_drain(), wait while held() > 0 up to a deadline, then
   // stop().
   void begin_drain();
   int held() const;
-  // Stops the tree and finishes the engine (waiting for running handlers until pool_deadline).
+  // Stops the loops and finishes the engine (waiting for running handlers until pool_deadline).
   DrainReport stop(SteadyTime pool_deadline = SteadyTime::max());
 
  private:

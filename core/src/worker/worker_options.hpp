@@ -16,8 +16,8 @@
 namespace flowreg::detail {
 
 struct WorkerOptions {
-  // Names the supervision tree (supervisor NAME, its children NAME.registry, NAME.flows and
-  // NAME.loops, loops NAME.loop:SLUG@VERSION) in events and logs; tests give each tree its own.
+  // Names the worker's supervisors in events and logs (NAME, its child NAME.loops, the loops
+  // NAME.loop:SLUG@VERSION; see worker.hpp); tests give each worker its own.
   std::string name = "worker";
   std::string worker_id;  // default: HOST:PID:RANDOM (unique per process start)
   std::string conninfo;   // the run store's database
@@ -47,8 +47,8 @@ struct WorkerOptions {
   std::function<Result<void>()> revive_database;
 
   // A flow loop that fails is restarted alone; more than this many restarts of the loops within
-  // the period make the loops' supervisor give up, and the tree restarts it; more than
-  // tree_restarts restarts of the tree's children within their period make the worker fail.
+  // the period make NAME.loops give up, and it is started again with fresh loops; more than
+  // tree_restarts of those within their period make the worker fail.
   RestartLimit loop_restarts{20, Millis(60'000)};
   RestartLimit tree_restarts{3, Millis(60'000)};
 

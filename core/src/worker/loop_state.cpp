@@ -1,0 +1,264 @@
+#include "worker/loop_state.hpp"
+
+#include <algorithm>
+#include <iterator>
+#include <utility>
+
+#include "worker/worker_store.hpp"
+
+namespace flowreg::detail {
+
+using Clock = std::chrono::steady_clock;
+
+StepHandler step_handler(HandlerRef ref) {
+  std::string name = ref.name();
+  return StepHandler{std::move(name),
+                     [ref = std::move(ref)](std::string_view input, std::string_view context) {
+                       return ref.invoke(input, context);
+                     }};
+}
+
+Millis renew_period(Millis timeout, Millis lease) {
+  const Millis granted = timeout.count() > 0 ? std::min(timeout, lease) : lease;
+  return std::max(granted / 3, Millis(1));
+}
+
+LoopState::LoopState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers)
+    : key_(std::move(key)), label_(detail::label(key_)), handlers_(std::move(handlers)) {}
+
+const StepHandler* LoopState::handler(const std::string& step) const {
+  auto it = handlers_.find(step);
+  return it == handlers_.end() || !it->second.invoke ? nullptr : &it->second;
+}
+
+void LoopState::want_claim() {
+  {
+    MutexLock lock(mu_);
+    claim_wanted_ = true;
+  }
+  cv_.notify_all();
+}
+
+void LoopState::stop() {
+  {
+    MutexLock lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+}
+
+void LoopState::retire() {
+  MutexLock lock(mu_);
+  retired_ = true;
+}
+
+bool LoopState::pause(Millis d) {
+  const auto until = Clock::now() + d;
+  MutexLock lock(mu_);
+  while (!stopping_ && cv_.wait_until(lock, until) != std::cv_status::timeout) {
+  }
+  return !stopping_;
+}
+
+void LoopState::mark_defined() {
+  {
+    MutexLock lock(mu_);
+    defined_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool LoopState::wait_defined() {
+  MutexLock lock(mu_);
+  while (!defined_ && !stopping_) cv_.wait(lock);
+  return !stopping_;
+}
+
+bool LoopState::flush_due(std::size_t flush_at, Millis flush_delay) const {
+  const std::size_t n = completions_.size() + failures_.size();
+  if (n == 0) return false;
+  // Held tasks whose results wait here do not count: nothing else runs when only they do.
+  const bool running = std::any_of(held_.begin(), held_.end(),
+                                   [](const auto& h) { return !h.second.result_pending; });
+  return !running || n >= flush_at || Clock::now() >= first_result_at_ + flush_delay;
+}
+
+LoopState::Round LoopState::next_round(SteadyTime next_poll, std::size_t flush_at,
+                                       Millis flush_delay, const std::function<bool()>& draining) {
+  Round round;
+  MutexLock lock(mu_);
+  while (!stopping_ && !flush_due(flush_at, flush_delay) && !(claim_wanted_ && !draining())) {
+    auto until = next_poll;
+    if (!completions_.empty() || !failures_.empty())
+      until = std::min(until, first_result_at_ + flush_delay);
+    if (cv_.wait_until(lock, until) == std::cv_status::timeout && Clock::now() >= next_poll) break;
+  }
+  if (stopping_) {
+    round.stop = true;  // the keeper records what is left (retired outbox)
+    return round;
+  }
+  take_results(round.completions, round.failures);
+  round.want_claim = !draining() && (claim_wanted_ || Clock::now() >= next_poll);
+  claim_wanted_ = false;
+  return round;
+}
+
+void LoopState::take_results(std::vector<Completion>& completions, std::vector<Failure>& failures) {
+  failures.swap(failures_);  // error texts are short (cut by the engine)
+  std::size_t bytes = 0, n = 0;
+  while (n < completions_.size() && (n == 0 || bytes + completions_[n].bytes <= kMaxRecordBytes))
+    bytes += completions_[n++].bytes;
+  if (n == completions_.size()) {
+    completions.swap(completions_);
+    return;
+  }
+  const auto cut = completions_.begin() + static_cast<long>(n);
+  completions.assign(std::make_move_iterator(completions_.begin()), std::make_move_iterator(cut));
+  completions_.erase(completions_.begin(), cut);
+  first_result_at_ = Clock::now();
+}
+
+void LoopState::put_back(std::vector<Completion> completions, std::vector<Failure> failures) {
+  {
+    MutexLock lock(mu_);
+    if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();
+    completions_.insert(completions_.begin(), std::make_move_iterator(completions.begin()),
+                        std::make_move_iterator(completions.end()));
+    failures_.insert(failures_.begin(), std::make_move_iterator(failures.begin()),
+                     std::make_move_iterator(failures.end()));
+    claim_wanted_ = true;
+  }
+  cv_.notify_all();
+}
+
+void LoopState::forget(const std::vector<Completion>& completions,
+                       const std::vector<Failure>& failures) {
+  if (completions.empty() && failures.empty()) return;
+  MutexLock lock(mu_);
+  const auto forget_one = [&](TaskId id) FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
+    auto it = held_.find(id);
+    if (it != held_.end() && it->second.result_pending) held_.erase(it);
+  };
+  for (const auto& c : completions) forget_one(c.id);
+  for (const auto& f : failures) forget_one(f.id);
+}
+
+bool LoopState::take_retired(std::vector<Completion>& completions, std::vector<Failure>& failures) {
+  MutexLock lock(mu_);
+  if (!retired_) return false;
+  take_results(completions, failures);
+  return true;
+}
+
+void LoopState::hold(const ClaimedTask& task, SteadyTime next_renew) {
+  MutexLock lock(mu_);
+  HeldTask& held = held_[task.id];
+  held = HeldTask{};
+  held.attempt = task.attempt;
+  held.timeout = task.timeout;
+  held.next_renew = next_renew;
+}
+
+void LoopState::started(TaskId id, SteadyTime now) {
+  MutexLock lock(mu_);
+  if (auto it = held_.find(id); it != held_.end()) it->second.running_since = now;
+}
+
+bool LoopState::give_back(TaskId id) {
+  MutexLock lock(mu_);
+  return held_.erase(id) > 0;
+}
+
+LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> completion,
+                                     std::optional<Failure> failure) {
+  Put put = Put::unknown;
+  {
+    MutexLock lock(mu_);
+    auto it = held_.find(id);
+    if (it == held_.end()) return Put::unknown;
+    if (it->second.abandoned) {
+      put = it->second.stuck ? Put::dropped_stuck : Put::dropped;
+      held_.erase(it);
+    } else {
+      if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();
+      if (completion) completions_.push_back(std::move(*completion));
+      if (failure) failures_.push_back(std::move(*failure));
+      it->second.result_pending = true;  // held (and its lease renewed) until recorded
+      put = Put::queued;
+    }
+  }
+  cv_.notify_all();
+  return put;
+}
+
+bool LoopState::result_queued(TaskId id) const {
+  MutexLock lock(mu_);
+  auto it = held_.find(id);
+  return it != held_.end() && it->second.result_pending;
+}
+
+int LoopState::held() const {
+  MutexLock lock(mu_);
+  int n = static_cast<int>(held_.size());
+  for (const auto& c : completions_) n += held_.count(c.id) ? 0 : 1;
+  for (const auto& f : failures_) n += held_.count(f.id) ? 0 : 1;
+  return n;
+}
+
+bool LoopState::idle() const {
+  MutexLock lock(mu_);
+  return held_.empty() && completions_.empty() && failures_.empty();
+}
+
+// Every held task is renewed on the keeper's cadence (renew_all), in one statement; a task whose
+// step timeout is shorter than the lease gets a shorter lease, so it is renewed on its own cadence
+// too (else its lease would lapse before its timeout fails it).
+LoopState::Sweep LoopState::sweep(SteadyTime now, bool renew_all, Millis lease) {
+  Sweep out;
+  {
+    MutexLock lock(mu_);
+    for (auto& [id, task] : held_) {
+      if (task.abandoned) continue;
+      if (task.running_since && !task.result_pending && now - *task.running_since >= task.timeout) {
+        task.abandoned = true;
+        task.stuck = true;
+        if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();
+        failures_.push_back(Failure{id, task.attempt,
+                                    "timed out: no result within the step timeout of " +
+                                        std::to_string(task.timeout.count()) + " ms",
+                                    false});
+        out.timed_out.push_back({id, task.timeout});
+        continue;
+      }
+      if (renew_all || now >= task.next_renew) {
+        task.next_renew = now + renew_period(task.timeout, lease);
+        out.renew.push_back(TaskAttempt{id, task.attempt});
+      }
+    }
+  }
+  if (!out.timed_out.empty()) cv_.notify_all();
+  return out;
+}
+
+bool LoopState::lose_lease(TaskId id) {
+  MutexLock lock(mu_);
+  auto it = held_.find(id);
+  if (it == held_.end() || it->second.result_pending) return false;
+  it->second.abandoned = true;
+  return true;
+}
+
+std::vector<Release> LoopState::give_up_running() {
+  std::vector<Release> out;
+  MutexLock lock(mu_);
+  retired_ = true;
+  for (auto& [id, task] : held_) {
+    if (task.abandoned) continue;       // timed out (its failure is in the outbox) or lease lost
+    if (task.result_pending) continue;  // its result is recorded by the keeper
+    task.abandoned = true;              // a result arriving later is dropped
+    out.push_back(Release{id, task.attempt, task.running_since.has_value()});
+  }
+  return out;
+}
+
+}  // namespace flowreg::detail

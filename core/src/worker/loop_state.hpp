@@ -1,0 +1,165 @@
+#pragma once
+// What one flow loop (one flow version) shares with the engine: the tasks it holds, the outbox of
+// their results, and the signals that wake its lanes. The loop's lanes take results out and put
+// claims in; the engine's handler threads put results in; the keeper renews, times out and, once
+// the loop retired, records what is left. A LoopState outlives its loop: handlers still running
+// when the loop stops put their results here, and the keeper records them.
+//
+// A held task is claimed and its result not recorded yet: it waits for a thread, runs, or its
+// result waits in the outbox (result_pending) or is being recorded. Its lease is renewed until
+// then. A task given up (timed out, lease lost, given back at shutdown) is `abandoned`: a result
+// arriving later is dropped.
+//
+// Thread-safety: every member function may be called concurrently. Lock order: this state's mutex
+// is never held while calling out (the `draining` callback of next_round excepted, which must not
+// take a LoopState's mutex).
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "flowreg/plugins.hpp"
+#include "flowreg/thread_annotations.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::detail {
+
+using SteadyTime = std::chrono::steady_clock::time_point;
+
+// The code a step runs: a plugin's handler in production (it keeps the plugin's code loaded as
+// long as a copy lives), any function in tests.
+struct StepHandler {
+  std::string name;  // "module.handler", in messages
+  std::function<HandlerOutcome(std::string_view input_json, std::string_view context_json)> invoke;
+};
+StepHandler step_handler(HandlerRef ref);
+
+// How often a held task's lease is renewed: a third of the lease it gets, min(timeout, lease).
+Millis renew_period(Millis timeout, Millis lease);
+
+class LoopState {
+ public:
+  LoopState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers);
+  LoopState(const LoopState&) = delete;
+  LoopState& operator=(const LoopState&) = delete;
+
+  const FlowKey& key() const noexcept { return key_; }
+  const std::string& label() const noexcept { return label_; }  // "slug@version"
+  // The handler of a step of this flow version, or nullptr.
+  const StepHandler* handler(const std::string& step) const;
+
+  // ---- The loop's side.
+  // There may be tasks to claim (a notification, capacity freed, a full claim): wakes a lane.
+  void want_claim();
+  // The lanes must exit (wakes them). The loop then retires the state: the keeper records its
+  // outbox from then on.
+  void stop();
+  void retire();
+  // Waits up to `d` unless stopping; false when stopping.
+  bool pause(Millis d);
+  // Lane 0 stored the flow version; the other lanes wait for it (false: stopping).
+  void mark_defined();
+  bool wait_defined();
+
+  // What a lane does next: stop, or a round trip recording `completions` and `failures` (taken
+  // out of the outbox, at most kMaxRecordBytes of outputs) and claiming when want_claim.
+  struct Round {
+    bool stop = false;
+    bool want_claim = false;
+    std::vector<Completion> completions;
+    std::vector<Failure> failures;
+  };
+  // Waits until stopping, a flush is due, a claim is wanted (and not draining), or next_poll.
+  // Results are recorded in batches: at once when no handler of this loop runs, else once
+  // `flush_at` results wait or the first has waited flush_delay (they ride with the next claim).
+  Round next_round(SteadyTime next_poll, std::size_t flush_at, Millis flush_delay,
+                   const std::function<bool()>& draining);
+  // A round trip failed: its results go back to the front of the outbox (recorded by the next
+  // round trip), and a claim is wanted again.
+  void put_back(std::vector<Completion> completions, std::vector<Failure> failures);
+  // A round trip recorded these results (or gave up on them): their tasks are no longer held.
+  void forget(const std::vector<Completion>& completions, const std::vector<Failure>& failures);
+  // For the keeper: the outbox of a retired loop (as next_round takes it); false when not retired.
+  bool take_retired(std::vector<Completion>& completions, std::vector<Failure>& failures);
+
+  // ---- The engine's side.
+  // A claimed task is held from now on.
+  void hold(const ClaimedTask& task, SteadyTime next_renew);
+  // Its handler starts.
+  void started(TaskId id, SteadyTime now);
+  // A task that never started is given back: true the first time (it is no longer held), false
+  // when it was not held (given back already, or never held).
+  bool give_back(TaskId id);
+  // Puts a finished task's result (exactly one of the two) in the outbox, unless the task was
+  // given up.
+  enum class Put { queued, dropped, dropped_stuck, unknown };
+  Put put_result(TaskId id, std::optional<Completion> completion, std::optional<Failure> failure);
+  // True when the task's result is in the outbox or being recorded.
+  bool result_queued(TaskId id) const;
+  // Tasks held, and results waiting whose task is no longer held (timed out: the failure is the
+  // keeper's to record).
+  int held() const;
+  // Nothing held and nothing to record: the engine may drop the state.
+  bool idle() const;
+
+  // ---- The keeper's side.
+  struct Sweep {
+    std::vector<TaskAttempt> renew;  // leases due for renewal
+    struct TimedOut {
+      TaskId id;
+      Millis timeout;
+    };
+    std::vector<TimedOut> timed_out;  // failed now: their handlers still hold their threads
+  };
+  // Fails (in the outbox) the tasks whose handler ran past its timeout and marks them stuck; the
+  // leases to renew: all when renew_all, else those due by their own cadence.
+  Sweep sweep(SteadyTime now, bool renew_all, Millis lease);
+  // The lease of a task was lost (claimed again elsewhere): true when its result will be dropped.
+  bool lose_lease(TaskId id);
+  // At shutdown: retires the state and gives up every held task whose result is not queued; the
+  // tasks to give back (ran: its handler had started).
+  std::vector<Release> give_up_running();
+
+  // The most bytes of outputs one round trip records: PostgreSQL refuses a JSON parameter over
+  // 255 MiB, and one round trip should not hold a lease hostage for long.
+  static constexpr std::size_t kMaxRecordBytes = std::size_t{64} << 20;
+
+ private:
+  struct HeldTask {
+    int attempt = 0;
+    Millis timeout{0};
+    std::optional<SteadyTime> running_since;  // set when its handler starts
+    bool abandoned = false;       // timed out, lease lost or given back: its result will be dropped
+    bool stuck = false;           // timed out: its handler still holds a thread
+    bool result_pending = false;  // its result is in the outbox or being recorded
+    SteadyTime next_renew{};
+  };
+
+  void take_results(std::vector<Completion>& completions, std::vector<Failure>& failures)
+      FLOWREG_THREAD_ANNOTATION(requires_capability(mu_));
+  bool flush_due(std::size_t flush_at, Millis flush_delay) const
+      FLOWREG_THREAD_ANNOTATION(requires_capability(mu_));
+
+  const FlowKey key_;
+  const std::string label_;
+  const std::unordered_map<std::string, StepHandler> handlers_;  // by step slug
+
+  mutable AnnotatedMutex mu_;
+  std::condition_variable_any cv_;  // outbox filled, claim wanted, defined, stopping
+  std::unordered_map<TaskId, HeldTask> held_ FLOWREG_GUARDED_BY(mu_);
+  std::vector<Completion> completions_ FLOWREG_GUARDED_BY(mu_);  // the outbox
+  std::vector<Failure> failures_ FLOWREG_GUARDED_BY(mu_);        // the outbox
+  // When the outbox last became non-empty (by the steady clock: lanes wait on it).
+  SteadyTime first_result_at_ FLOWREG_GUARDED_BY(mu_);
+  bool claim_wanted_ FLOWREG_GUARDED_BY(mu_) = true;
+  bool defined_ FLOWREG_GUARDED_BY(mu_) = false;
+  bool stopping_ FLOWREG_GUARDED_BY(mu_) = false;
+  bool retired_ FLOWREG_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace flowreg::detail

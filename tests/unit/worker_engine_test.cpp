@@ -1,0 +1,424 @@
+// The engine and the flow loop (core/src/worker/engine.hpp, flow_loop.hpp) on a fake store: the
+// round trips a worker makes, recorded in memory, no PostgreSQL.
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "worker/engine.hpp"
+#include "worker/flow_loop.hpp"
+
+namespace fd = flowreg::detail;
+using namespace std::chrono_literals;
+using flowreg::Errc;
+using flowreg::HandlerOutcome;
+using flowreg::Millis;
+
+namespace {
+
+// A store in memory: tasks ready to claim, and every call the worker made.
+class FakeStore final : public fd::WorkerStore {
+ public:
+  struct Trip {  // one work() call
+    std::vector<fd::TaskId> completed, failed;
+    std::vector<std::string> errors;
+    std::size_t flows = 0;
+    int limit = 0;
+    int claimed = 0;
+  };
+
+  void add_ready(fd::TaskId id, std::string step = "s", Millis timeout = 60'000ms) {
+    fd::ClaimedTask t;
+    t.id = id;
+    t.run_id = "run";
+    t.flow_slug = "f";
+    t.flow_version = "v1";
+    t.step_slug = std::move(step);
+    t.attempt = 1;
+    t.input = fd::Json::object();
+    t.timeout = timeout;
+    std::lock_guard lock(mu_);
+    ready_.push_back(std::move(t));
+  }
+  // The next `n` work() calls that record results fail with `code`.
+  void fail_recording(int n, Errc code) {
+    std::lock_guard lock(mu_);
+    fail_recording_ = n;
+    fail_code_ = code;
+  }
+  // Waits up to 30 s for pred() (called under the store's lock).
+  bool wait(const std::function<bool()>& pred) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, 30s, pred);
+  }
+  std::vector<Trip> trips() {
+    std::lock_guard lock(mu_);
+    return trips_;
+  }
+  std::vector<fd::Release> releases() {
+    std::lock_guard lock(mu_);
+    return releases_;
+  }
+  int count_completed(fd::TaskId id) const {
+    int n = 0;
+    for (const auto& t : trips_)
+      for (auto c : t.completed) n += c == id ? 1 : 0;
+    return n;
+  }
+  int count_failed(fd::TaskId id) const {
+    int n = 0;
+    for (const auto& t : trips_)
+      for (auto f : t.failed) n += f == id ? 1 : 0;
+    return n;
+  }
+  std::vector<fd::Release> releases_locked() const { return releases_; }
+
+  flowreg::Result<bool> upsert_flow(const flowreg::FlowDef&, std::string_view) override {
+    return true;
+  }
+  flowreg::Result<fd::WorkResult> work(std::string_view, std::span<const fd::Completion> done,
+                                       std::span<const fd::Failure> failed,
+                                       std::span<const fd::FlowKey> flows, int limit,
+                                       Millis) override {
+    std::lock_guard lock(mu_);
+    if (fail_recording_ > 0 && (!done.empty() || !failed.empty())) {
+      --fail_recording_;
+      return flowreg::make_error(fail_code_, "fake: the round trip failed");
+    }
+    Trip trip;
+    for (const auto& c : done) trip.completed.push_back(c.id);
+    for (const auto& f : failed) {
+      trip.failed.push_back(f.id);
+      trip.errors.push_back(f.error);
+    }
+    trip.flows = flows.size();
+    trip.limit = limit;
+    fd::WorkResult result;
+    while (!flows.empty() && limit-- > 0 && !ready_.empty()) {
+      result.claimed.push_back(std::move(ready_.front()));
+      ready_.pop_front();
+    }
+    trip.claimed = static_cast<int>(result.claimed.size());
+    trips_.push_back(std::move(trip));
+    cv_.notify_all();
+    return result;
+  }
+  flowreg::Result<std::vector<fd::TaskId>> renew(std::string_view, std::span<const fd::TaskAttempt>,
+                                                 Millis) override {
+    return std::vector<fd::TaskId>{};
+  }
+  flowreg::Result<std::vector<fd::TaskId>> release(std::string_view,
+                                                   std::span<const fd::Release> tasks) override {
+    std::lock_guard lock(mu_);
+    releases_.insert(releases_.end(), tasks.begin(), tasks.end());
+    cv_.notify_all();
+    return std::vector<fd::TaskId>{};
+  }
+  flowreg::Result<void> heartbeat(const fd::WorkerRecord&, bool) override { return {}; }
+  flowreg::Result<std::vector<fd::CrashOutcome>> report_crashes(std::span<const fd::CrashReport>,
+                                                                int) override {
+    return std::vector<fd::CrashOutcome>{};
+  }
+  flowreg::Result<std::unique_ptr<fd::TaskNotifications>> listen() override {
+    return std::unique_ptr<fd::TaskNotifications>(std::make_unique<Notifications>(*this));
+  }
+  // Sends a notification that tasks of `slug` are ready.
+  void notify(std::string slug) {
+    std::lock_guard lock(mu_);
+    notifications_.push_back(std::move(slug));
+    cv_.notify_all();
+  }
+
+ private:
+  class Notifications final : public fd::TaskNotifications {
+   public:
+    explicit Notifications(FakeStore& store) : store_(store) {}
+    flowreg::Result<std::optional<std::string>> wait(Millis timeout) override {
+      std::unique_lock lock(store_.mu_);
+      if (!store_.cv_.wait_for(lock, timeout, [&] { return !store_.notifications_.empty(); }))
+        return std::optional<std::string>();
+      std::string slug = std::move(store_.notifications_.front());
+      store_.notifications_.pop_front();
+      return std::optional<std::string>(std::move(slug));
+    }
+
+   private:
+    FakeStore& store_;
+  };
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::string> notifications_;
+  std::deque<fd::ClaimedTask> ready_;
+  std::vector<Trip> trips_;
+  std::vector<fd::Release> releases_;
+  int fail_recording_ = 0;
+  Errc fail_code_ = Errc::unavailable;
+};
+
+// A gate handlers wait at until the test opens it.
+class Gate {
+ public:
+  void open() {
+    {
+      std::lock_guard lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  void pass() {
+    std::unique_lock lock(mu_);
+    ++waiting_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+  }
+  bool wait_waiting(int n) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, 30s, [&] { return waiting_ >= n; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = false;
+  int waiting_ = 0;
+};
+
+struct Scene {
+  explicit Scene(int concurrency = 2, int batch = 4, int lanes = 2, Millis poll = 20ms) {
+    options.worker_id = "test-worker";
+    options.concurrency = concurrency;
+    options.batch_size = batch;
+    options.loop_lanes = lanes;
+    options.lease = 1'000ms;
+    options.poll_interval = poll;
+    options.reconnect_min = 1ms;
+    options.reconnect_max = 10ms;
+    store = std::make_shared<FakeStore>();
+    fd::EngineParts parts;
+    parts.store = store;
+    parts.keeper_store = store;
+    parts.now = [this] { return std::chrono::steady_clock::now() + Millis(clock_offset.load()); };
+    engine = std::make_unique<fd::Engine>(options, std::move(parts));
+  }
+  ~Scene() {
+    if (loop) loop->stop();
+    engine->finish(fd::SteadyTime::max());
+  }
+
+  std::shared_ptr<fd::LoopState> state(std::function<HandlerOutcome()> handler) {
+    std::unordered_map<std::string, fd::StepHandler> handlers;
+    handlers.emplace(
+        "s", fd::StepHandler{"test.handler",
+                             [handler](std::string_view, std::string_view) { return handler(); }});
+    return std::make_shared<fd::LoopState>(fd::FlowKey{"f", "v1"}, std::move(handlers));
+  }
+  void start_loop(const std::shared_ptr<fd::LoopState>& state) {
+    flowreg::FlowDef def;
+    def.slug = "f";
+    auto started = fd::FlowLoop::start(*engine, def, state,
+                                       flowreg::ExitSignal([this](std::optional<flowreg::Error> e) {
+                                         std::lock_guard lock(exit_mu);
+                                         exit_reason = e ? e->message : "normal";
+                                       }));
+    REQUIRE(started);
+    loop = *started;
+  }
+  fd::ClaimedTask task(fd::TaskId id, Millis timeout = 60'000ms) {
+    fd::ClaimedTask t;
+    t.id = id;
+    t.flow_slug = "f";
+    t.step_slug = "s";
+    t.attempt = 1;
+    t.input = fd::Json::object();
+    t.timeout = timeout;
+    return t;
+  }
+  std::optional<std::string> exited() {
+    std::lock_guard lock(exit_mu);
+    return exit_reason;
+  }
+
+  fd::WorkerOptions options;
+  std::atomic<long> clock_offset{0};
+  std::shared_ptr<FakeStore> store;
+  std::unique_ptr<fd::Engine> engine;
+  std::shared_ptr<fd::FlowLoop> loop;
+  std::mutex exit_mu;
+  std::optional<std::string> exit_reason;
+};
+
+HandlerOutcome ok() { return {HandlerOutcome::Status::ok, R"({"done":true})"}; }
+
+// Waits up to 30 s for pred().
+bool eventually(const std::function<bool()>& pred) {
+  const auto until = std::chrono::steady_clock::now() + 30s;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_SUITE("flow_loop") {
+  TEST_CASE("a claimed task runs on the pool and its result is recorded by a later round trip") {
+    Scene s;
+    s.store->add_ready(7);
+    s.start_loop(s.state(ok));
+    REQUIRE(s.store->wait([&] { return s.store->count_completed(7) == 1; }));
+    const auto trips = s.store->trips();
+    std::size_t claimed_in = trips.size(), recorded_in = trips.size();
+    for (std::size_t i = 0; i < trips.size(); ++i) {
+      if (trips[i].claimed > 0) claimed_in = std::min(claimed_in, i);
+      for (auto id : trips[i].completed)
+        if (id == 7) recorded_in = i;
+    }
+    CHECK(claimed_in < recorded_in);
+    CHECK(trips[recorded_in].flows == 1);  // recorded by the loop, which claims in the same trip
+    CHECK(eventually([&] { return s.engine->held() == 0; }));
+  }
+
+  TEST_CASE("a notification for its flow wakes the loop: it claims without waiting for its poll") {
+    Scene s(2, 4, 1, /*poll=*/Millis(3'600'000));
+    s.start_loop(s.state(ok));
+    REQUIRE(eventually([&] { return !s.store->trips().empty(); }));  // the first claim
+    std::this_thread::sleep_for(200ms);  // the loop now waits for its poll (an hour)
+    s.store->add_ready(31);
+    s.store->notify("other_flow");  // not this loop's
+    std::this_thread::sleep_for(200ms);
+    for (const auto& trip : s.store->trips()) CHECK(trip.claimed == 0);  // 31 still waits
+    s.store->notify("f");
+    REQUIRE(s.store->wait([&] { return s.store->count_completed(31) == 1; }));
+  }
+
+  TEST_CASE("the results of a loop that stopped are recorded by the keeper") {
+    Scene s;
+    Gate gate;
+    s.store->add_ready(8);
+    s.start_loop(s.state([&] {
+      gate.pass();
+      return ok();
+    }));
+    REQUIRE(gate.wait_waiting(1));
+    s.loop->stop();  // the handler still runs
+    s.loop.reset();
+    gate.open();
+    REQUIRE(s.store->wait([&] { return s.store->count_completed(8) == 1; }));
+    const auto trips = s.store->trips();
+    CHECK(trips.back().flows == 0);  // the keeper's trip: records, claims nothing
+    CHECK(trips.back().limit == 0);
+    CHECK(eventually([&] { return s.engine->held() == 0; }));
+  }
+
+  TEST_CASE("a round trip the database refuses keeps its results: the next one records them") {
+    Scene s;
+    s.store->fail_recording(2, Errc::unavailable);
+    s.store->add_ready(9);
+    s.start_loop(s.state(ok));
+    REQUIRE(s.store->wait([&] { return s.store->count_completed(9) == 1; }));
+    CHECK_FALSE(s.exited());  // unreachable is ridden out, not a failure
+  }
+
+  TEST_CASE("a round trip that fails otherwise ends the loop; its results are recorded after it") {
+    Scene s;
+    s.store->fail_recording(1, Errc::database);
+    s.store->add_ready(10);
+    s.start_loop(s.state(ok));
+    REQUIRE(eventually([&] { return s.exited().has_value(); }));
+    CHECK(*s.exited() == "fake: the round trip failed");
+    s.loop->stop();  // as its supervisor does
+    s.loop.reset();
+    REQUIRE(s.store->wait([&] { return s.store->count_completed(10) == 1; }));
+  }
+}
+
+TEST_SUITE("engine") {
+  TEST_CASE("capacity: threads plus a batch per lane; a starved loop is woken at half a batch") {
+    Scene s(/*concurrency=*/1, /*batch=*/4, /*lanes=*/1);
+    auto state = s.state(ok);
+    CHECK(s.engine->acquire_slots(10, state) == 5);
+    CHECK(s.engine->acquire_slots(1, state) == 0);  // starving from here
+    const auto draining = [] { return false; };
+    REQUIRE(state->next_round(fd::SteadyTime::max(), 4, 2ms, draining).want_claim);  // initial
+
+    s.engine->release_slots(1);  // 1 free, under half a batch: not woken
+    auto t0 = std::chrono::steady_clock::now();
+    state->next_round(t0 + 100ms, 4, 2ms, draining);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 100ms);
+
+    s.engine->release_slots(1);  // 2 free: woken
+    t0 = std::chrono::steady_clock::now();
+    auto round = state->next_round(t0 + 20s, 4, 2ms, draining);
+    CHECK(round.want_claim);
+    CHECK(std::chrono::steady_clock::now() - t0 < 10s);
+    s.engine->release_slots(3);
+  }
+
+  TEST_CASE("a handler past its timeout fails its task; with every thread stuck, none is claimed") {
+    Scene s(/*concurrency=*/1);
+    Gate gate;
+    auto state = s.state([&] {
+      gate.pass();
+      return ok();
+    });
+    s.engine->attach(state);
+    REQUIRE(s.engine->acquire_slots(1, state) == 1);
+    s.engine->dispatch(state, s.task(11, /*timeout=*/600'000ms));
+    REQUIRE(gate.wait_waiting(1));
+    CHECK(s.engine->state() == "running");
+    s.clock_offset = 1'200'000;  // the keeper sees the timeout pass (by its clock only)
+    REQUIRE(eventually([&] { return s.engine->state() == "stuck"; }));
+    CHECK(s.engine->acquire_slots(1, state) == 0);
+    s.engine->retire(state);  // the keeper records the failure
+    REQUIRE(s.store->wait([&] { return s.store->count_failed(11) == 1; }));
+    CHECK(s.store->trips().back().errors.at(0).find("timed out") != std::string::npos);
+
+    gate.open();  // the handler returns: its thread is free again, its result dropped
+    REQUIRE(eventually([&] { return s.engine->state() == "running"; }));
+    CHECK(eventually([&] { return s.engine->held() == 0; }));
+    CHECK(s.engine->acquire_slots(1, state) == 1);
+    s.engine->release_slots(1);
+    std::this_thread::sleep_for(50ms);
+    CHECK(s.store->wait([&] { return s.store->count_completed(11) == 0; }));
+  }
+
+  TEST_CASE("draining gives back the tasks not started, each once, and finishes the running one") {
+    Scene s(/*concurrency=*/1);
+    Gate gate;
+    auto state = s.state([&] {
+      gate.pass();
+      return ok();
+    });
+    s.engine->attach(state);
+    REQUIRE(s.engine->acquire_slots(3, state) == 3);
+    for (fd::TaskId id : {21, 22, 23}) s.engine->dispatch(state, s.task(id));
+    REQUIRE(gate.wait_waiting(1));  // 21 runs; 22 and 23 wait for the thread
+    s.engine->begin_drain();
+    REQUIRE(s.store->wait([&] { return s.store->releases_locked().size() == 2; }));
+    gate.open();
+    const auto report = s.engine->finish(fd::SteadyTime::max());
+    const auto releases = s.store->releases();
+    REQUIRE(releases.size() == 2);
+    CHECK(releases[0].id == 22);
+    CHECK(releases[1].id == 23);
+    CHECK_FALSE(releases[0].ran);
+    CHECK_FALSE(releases[1].ran);
+    CHECK(report.released_unstarted == 2);
+    CHECK(report.released_running == 0);
+    CHECK(report.results_recorded == 1);
+    CHECK(s.store->wait([&] { return s.store->count_completed(21) == 1; }));
+  }
+}
