@@ -16,7 +16,7 @@
 #include <unordered_map>
 
 #include "flowreg/flow_registry.hpp"
-#include "flowreg/handle_registry.hpp"
+#include "flowreg/tools/handle_registry.hpp"
 
 namespace {
 

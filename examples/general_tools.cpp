@@ -6,8 +6,8 @@
 // Exits 1 when one of the promises shown here does not hold.
 #include <atomic>
 #include <cstdio>
-#include <flowreg/handle_registry.hpp>
-#include <flowreg/registry.hpp>
+#include <flowreg/tools/handle_registry.hpp>
+#include <flowreg/tools/registry.hpp>
 #include <memory>
 #include <string>
 #include <thread>

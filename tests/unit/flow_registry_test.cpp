@@ -244,7 +244,7 @@ TEST_SUITE("flow_registry") {
   }
 
   TEST_CASE("a reset subscription hears nothing and may outlive the registry") {
-    FlowRegistry::Subscription outliving;
+    Subscription outliving;
     Recorder recorder;
     {
       FlowRegistry registry;

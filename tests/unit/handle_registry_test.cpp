@@ -1,4 +1,4 @@
-#include "flowreg/handle_registry.hpp"
+#include "flowreg/tools/handle_registry.hpp"
 
 #include <doctest/doctest.h>
 

@@ -871,7 +871,7 @@ struct EventLog {
   std::mutex mutex;
   std::condition_variable changed;
   std::vector<ModuleEvent> events;
-  FlowRegistry::Subscription subscription;
+  Subscription subscription;
 
   explicit EventLog(FlowRegistry& registry)
       : subscription(registry.subscribe([this](const ModuleEvent& e) {

@@ -1,4 +1,4 @@
-#include "flowreg/registry.hpp"
+#include "flowreg/tools/registry.hpp"
 
 #include <doctest/doctest.h>
 

@@ -1,4 +1,4 @@
-#include "flowreg/supervisor.hpp"
+#include "flowreg/tools/supervisor.hpp"
 
 #include <doctest/doctest.h>
 
@@ -20,7 +20,7 @@
 #include <thread>
 #include <vector>
 
-#include "flowreg/handle_registry.hpp"
+#include "flowreg/tools/handle_registry.hpp"
 
 using namespace flowreg;
 using namespace std::chrono_literals;

@@ -113,7 +113,6 @@ class FlowRegistry {
   // delivery guarantee of subscription.hpp: in the order of the changes, one at a time, after the
   // change is visible to readers and before the call that made it returns, with no lock held (a
   // listener may read and change this registry). Failed changes are not reported.
-  using Subscription = flowreg::Subscription;
   [[nodiscard]] Subscription subscribe(Listener listener);
 
   // A reader with its own snapshot cache, for a thread that looks flows up in a loop (a worker's

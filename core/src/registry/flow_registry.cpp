@@ -420,7 +420,7 @@ std::vector<std::string> FlowRegistry::modules() const {
 
 std::size_t FlowRegistry::size() const noexcept { return thread_snapshot()->entries.size(); }
 
-FlowRegistry::Subscription FlowRegistry::subscribe(Listener listener) {
+Subscription FlowRegistry::subscribe(Listener listener) {
   return state_->listeners->subscribe(std::move(listener));
 }
 

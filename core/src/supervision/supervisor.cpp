@@ -1,4 +1,4 @@
-#include "flowreg/supervisor.hpp"
+#include "flowreg/tools/supervisor.hpp"
 
 #include <algorithm>
 #include <atomic>

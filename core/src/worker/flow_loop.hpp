@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "flowreg/flow.hpp"
-#include "flowreg/supervisor.hpp"
+#include "flowreg/tools/supervisor.hpp"
 #include "worker/engine.hpp"
 
 namespace flowreg::detail {

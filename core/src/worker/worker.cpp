@@ -239,7 +239,7 @@ class FlowLoops final : public Service {
   Engine& engine_;
   const FlowSource& source_;
   std::shared_ptr<Supervisor> supervisor_;
-  FlowRegistry::Subscription subscription_;
+  Subscription subscription_;
   const std::shared_ptr<Signal> signal_ = std::make_shared<Signal>();
   std::thread thread_;         // the reconciler
   mutable AnnotatedMutex mu_;  // serializes reconciling and serve()

@@ -10,7 +10,7 @@
 
 #include "flowreg/error.hpp"
 #include "flowreg/options.hpp"
-#include "flowreg/supervisor.hpp"
+#include "flowreg/tools/supervisor.hpp"
 #include "store/run_store.hpp"
 
 namespace flowreg::detail {

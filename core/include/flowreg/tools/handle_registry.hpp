@@ -49,7 +49,7 @@
 #include <vector>
 
 #include "flowreg/error.hpp"
-#include "flowreg/registry.hpp"
+#include "flowreg/tools/registry.hpp"
 #include "flowreg/sync_point.hpp"
 
 namespace flowreg {
