@@ -20,11 +20,36 @@ constexpr const char* kCreateTable =
 
 constexpr const char* kSelectApplied =
     "SELECT version, name, checksum,"
-    " to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    " to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS applied_at"
     " FROM public.flowreg_migrations ORDER BY version";
+
+constexpr const char* kCreateFunctionsTable =
+    "CREATE TABLE IF NOT EXISTS public.flowreg_functions ("
+    " name text PRIMARY KEY,"
+    " checksum text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())";
+
+constexpr const char* kSelectFunctions =
+    "SELECT name, checksum,"
+    " to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS applied_at"
+    " FROM public.flowreg_functions ORDER BY name";
+
+// Every overload of flowreg.<$1>, as text DROP ROUTINE accepts.
+constexpr const char* kSelectOverloads =
+    "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE n.nspname = 'flowreg' AND p.proname = $1 ORDER BY 1";
+
+constexpr const char* kRecordFunction =
+    "INSERT INTO public.flowreg_functions (name, checksum) VALUES ($1, $2)"
+    " ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()";
 
 struct Recorded {
   std::string name, checksum, applied_at;
+};
+
+struct RecordedFunction {
+  std::string checksum, applied_at;
 };
 
 std::string label(int version, std::string_view name) {
@@ -52,17 +77,83 @@ Result<void> check_order(std::span<const Migration> migrations) {
   return {};
 }
 
+Result<void> check_names(std::span<const FunctionFile> functions) {
+  for (std::size_t i = 0; i < functions.size(); ++i) {
+    if (functions[i].name.empty())
+      return make_error(Errc::invalid_argument, "a function file has an empty name");
+    if (i > 0 && functions[i].name <= functions[i - 1].name)
+      return make_error(
+          Errc::invalid_argument,
+          fmt::format("function files must be in strictly ascending name order: {} comes after {}",
+                      functions[i].name, functions[i - 1].name));
+  }
+  return {};
+}
+
 std::map<int, Recorded> read_recorded(pqxx::transaction_base& tx) {
   std::map<int, Recorded> out;
   for (const auto& row : tx.exec(kSelectApplied))
-    out[row[0].as<int>()] =
-        Recorded{row[1].as<std::string>(), row[2].as<std::string>(), row[3].as<std::string>()};
+    out[row["version"].as<int>()] =
+        Recorded{row["name"].as<std::string>(), row["checksum"].as<std::string>(),
+                 row["applied_at"].as<std::string>()};
   return out;
+}
+
+std::map<std::string, RecordedFunction> read_recorded_functions(pqxx::transaction_base& tx) {
+  std::map<std::string, RecordedFunction> out;
+  for (const auto& row : tx.exec(kSelectFunctions))
+    out[row["name"].as<std::string>()] =
+        RecordedFunction{row["checksum"].as<std::string>(), row["applied_at"].as<std::string>()};
+  return out;
+}
+
+// Applies, in one transaction, the function files the database has no record of or recorded with
+// another checksum: drops every overload of flowreg.<name>, runs the file, checks that it defined
+// flowreg.<name>, records it. Returns the names applied. REQUIRES: the migration lock is held.
+Result<std::vector<std::string>> apply_functions(pqxx::connection& conn,
+                                                 std::span<const FunctionFile> functions) {
+  std::vector<const FunctionFile*> due;
+  {
+    pqxx::read_transaction tx(conn);
+    const auto recorded = read_recorded_functions(tx);
+    for (const auto& f : functions) {
+      auto it = recorded.find(std::string(f.name));
+      if (it == recorded.end() || it->second.checksum != function_checksum(f)) due.push_back(&f);
+    }
+  }
+  std::vector<std::string> applied;
+  if (due.empty()) return applied;
+  pqxx::work tx(conn, "functions");
+  for (const FunctionFile* f : due) {
+    const std::string name(f->name);
+    try {
+      for (const auto& row : tx.exec_params(kSelectOverloads, name))
+        tx.exec0("DROP ROUTINE " + row[0].as<std::string>());
+      tx.exec(std::string(f->sql));
+      if (tx.exec_params(kSelectOverloads, name).empty())
+        return make_error(Errc::database,
+                          fmt::format("function file functions/{}.sql defines no function "
+                                      "flowreg.{}: a function file is named after its function; "
+                                      "the function files were rolled back",
+                                      name, name));
+      tx.exec_params0(kRecordFunction, name, function_checksum(*f));
+    } catch (const pqxx::sql_error& e) {
+      return make_error(Errc::database,
+                        fmt::format("function file functions/{}.sql failed and the function files "
+                                    "were rolled back: {}",
+                                    name, without_trailing_newlines(e.what())));
+    }
+    applied.push_back(name);
+  }
+  tx.commit();
+  return applied;
 }
 
 }  // namespace
 
 std::string migration_checksum(const Migration& m) { return sha256_hex(m.sql); }
+
+std::string function_checksum(const FunctionFile& f) { return sha256_hex(f.sql); }
 
 std::string_view to_string(MigrationState s) noexcept {
   switch (s) {
@@ -78,9 +169,24 @@ std::string_view to_string(MigrationState s) noexcept {
   return "?";
 }
 
-Result<MigrationReport> migrate(const std::string& conninfo,
-                                std::span<const Migration> migrations) {
+std::string_view to_string(FunctionState s) noexcept {
+  switch (s) {
+    case FunctionState::applied:
+      return "applied";
+    case FunctionState::pending:
+      return "pending";
+    case FunctionState::changed:
+      return "changed";
+    case FunctionState::unknown:
+      return "unknown";
+  }
+  return "?";
+}
+
+Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
+                                std::span<const FunctionFile> functions) {
   if (auto r = check_order(migrations); !r) return tl::unexpected(r.error());
+  if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
   std::string step = "connecting";
   try {
     pqxx::connection conn(conninfo);
@@ -91,10 +197,11 @@ Result<MigrationReport> migrate(const std::string& conninfo,
       pqxx::nontransaction tx(conn);
       tx.exec_params("SELECT pg_advisory_lock($1)", kMigrationLockKey);
     }
-    step = "creating public.flowreg_migrations";
+    step = "creating public.flowreg_migrations and public.flowreg_functions";
     {
       pqxx::work tx(conn);
       tx.exec0(kCreateTable);
+      tx.exec0(kCreateFunctionsTable);
       tx.commit();
     }
     step = "reading public.flowreg_migrations";
@@ -149,6 +256,10 @@ Result<MigrationReport> migrate(const std::string& conninfo,
       }
       report.applied.push_back({m.version, std::string(m.name)});
     }
+    step = "applying the function files";
+    auto applied = apply_functions(conn, functions);
+    if (!applied) return tl::unexpected(applied.error());
+    report.functions = std::move(*applied);
     step = "releasing the migration lock";
     {
       pqxx::nontransaction tx(conn);
@@ -193,6 +304,40 @@ Result<std::vector<MigrationStatus>> migration_status(const std::string& conninf
     return list;
   } catch (const std::exception& e) {
     return make_error(Errc::database, fmt::format("reading the migration status failed: {}",
+                                                  without_trailing_newlines(e.what())));
+  }
+}
+
+Result<std::vector<FunctionStatus>> function_status(const std::string& conninfo,
+                                                    std::span<const FunctionFile> functions) {
+  if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
+  try {
+    pqxx::connection conn(conninfo);
+    pqxx::read_transaction tx(conn);
+    std::map<std::string, RecordedFunction> recorded;
+    if (!tx.exec1("SELECT to_regclass('public.flowreg_functions') IS NULL")[0].as<bool>())
+      recorded = read_recorded_functions(tx);
+    std::map<std::string, FunctionStatus> out;
+    for (const auto& f : functions) {
+      FunctionStatus s;
+      s.name = std::string(f.name);
+      s.checksum = function_checksum(f);
+      if (auto it = recorded.find(s.name); it != recorded.end()) {
+        s.state =
+            it->second.checksum == s.checksum ? FunctionState::applied : FunctionState::changed;
+        s.applied_at = it->second.applied_at;
+      }
+      out[s.name] = std::move(s);
+    }
+    for (const auto& [name, rec] : recorded) {
+      if (out.count(name)) continue;
+      out[name] = FunctionStatus{name, rec.checksum, FunctionState::unknown, rec.applied_at};
+    }
+    std::vector<FunctionStatus> list;
+    for (auto& [name, s] : out) list.push_back(std::move(s));
+    return list;
+  } catch (const std::exception& e) {
+    return make_error(Errc::database, fmt::format("reading the function status failed: {}",
                                                   without_trailing_newlines(e.what())));
   }
 }
