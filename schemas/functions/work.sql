@@ -5,14 +5,14 @@
 --   kind 'rejected'  id: a completion or failure not recorded (attempt no longer current, or the
 --                    task no longer started)
 --   kind 'claimed'   a claimed task, every column set
---   kind 'due'       at most one: when the next delayed (retrying) task of these flows becomes
---                    available: timeout_ms holds the milliseconds until then (so the worker's
---                    clock does not matter), lease_expires_at the time
+--   kind 'due'       at most one, only due_in_ms set: the milliseconds until the next delayed
+--                    (retrying) task of these flows becomes available, by the server's clock (so
+--                    the worker's clock does not matter)
 CREATE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb, p_flows jsonb,
                              p_limit int, p_lease_ms bigint)
 RETURNS TABLE (kind text, id bigint, run_id uuid, flow_slug text, flow_version text,
                step_slug text, task_index int, attempt int, input jsonb, max_attempts int,
-               timeout_ms bigint, lease_expires_at timestamptz)
+               timeout_ms bigint, lease_expires_at timestamptz, due_in_ms bigint)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -35,14 +35,14 @@ BEGIN
 
   RETURN QUERY SELECT 'rejected'::text, r, NULL::uuid, NULL::text, NULL::text, NULL::text,
                       NULL::int, NULL::int, NULL::jsonb, NULL::int, NULL::bigint,
-                      NULL::timestamptz
+                      NULL::timestamptz, NULL::bigint
                FROM unnest(v_rejected) AS r;
-  RETURN QUERY SELECT 'claimed'::text, c.* FROM flowreg._claim(p_worker, p_flows, p_limit,
-                                                                  p_lease_ms) c;
+  RETURN QUERY SELECT 'claimed'::text, c.*, NULL::bigint
+               FROM flowreg._claim(p_worker, p_flows, p_limit, p_lease_ms) c;
   RETURN QUERY
     SELECT 'due'::text, NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::int,
-           NULL::int, NULL::jsonb, NULL::int,
-           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint, min(d.at)
+           NULL::int, NULL::jsonb, NULL::int, NULL::bigint, NULL::timestamptz,
+           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint
     FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)
     CROSS JOIN LATERAL (
       SELECT q.available_at AS at FROM flowreg.tasks q

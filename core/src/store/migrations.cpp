@@ -183,6 +183,10 @@ std::string_view to_string(FunctionState s) noexcept {
   return "?";
 }
 
+Result<MigrationReport> migrate(const std::string& conninfo) {
+  return migrate(conninfo, builtin_migrations(), builtin_functions());
+}
+
 Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
                                 std::span<const FunctionFile> functions) {
   if (auto r = check_order(migrations); !r) return tl::unexpected(r.error());

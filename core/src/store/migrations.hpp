@@ -77,8 +77,9 @@ struct MigrationReport {
 };
 
 // Applies the pending migrations in order, then the function files that are new or changed, and
-// reports what it did. A prefix of builtin_migrations() with no functions migrates a database as
-// an earlier release did (the function files need every numbered migration).
+// reports what it did. migrate(conninfo) applies builtin_migrations() and builtin_functions();
+// the other form applies the lists given (a prefix of builtin_migrations() with no functions
+// migrates a database as an earlier release did).
 // Errors (Errc::database unless said): cannot connect; `migrations` not strictly ascending, or
 // `functions` not strictly ascending by name (Errc::invalid_argument); an applied migration whose
 // checksum differs ("never edit a released migration"); the database has a version this list
@@ -86,9 +87,9 @@ struct MigrationReport {
 // migration's SQL fails (names it; it is rolled back, and the ones before it stay applied); a
 // function file fails, or defines no function flowreg.<name> (names it; every function file of
 // this call is rolled back, the migrations stay applied).
-Result<MigrationReport> migrate(const std::string& conninfo,
-                                std::span<const Migration> migrations = builtin_migrations(),
-                                std::span<const FunctionFile> functions = builtin_functions());
+Result<MigrationReport> migrate(const std::string& conninfo);
+Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
+                                std::span<const FunctionFile> functions = {});
 
 enum class MigrationState {
   applied,            // recorded with the same checksum
