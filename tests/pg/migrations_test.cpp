@@ -2,11 +2,13 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <optional>
 #include <pqxx/pqxx>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,6 +19,8 @@
 using flowreg::Errc;
 using flowreg::Result;
 using flowreg::detail::EmbeddedCluster;
+using flowreg::detail::FunctionFile;
+using flowreg::detail::FunctionState;
 using flowreg::detail::Migration;
 using flowreg::detail::MigrationReport;
 using flowreg::detail::MigrationState;
@@ -62,6 +66,106 @@ std::vector<int> versions(const MigrationReport& r) {
   std::vector<int> out;
   for (const auto& a : r.applied) out.push_back(a.version);
   return out;
+}
+
+// The schema flowreg of a database as text, one line per object: functions (signature and
+// definition), relations (kind and storage options), columns, indexes, constraints, and the
+// recorded migrations and function files (without their times).
+std::vector<std::string> schema_of(const std::string& conninfo) {
+  static const char* const kQueries[] = {
+      "SELECT p.oid::regprocedure::text || E'\\n' || pg_get_functiondef(p.oid)"
+      " FROM pg_proc p WHERE p.pronamespace = 'flowreg'::regnamespace ORDER BY 1",
+      "SELECT c.relname || ' ' || c.relkind::text || ' ' || coalesce(array_to_string(c.reloptions, ','),"
+      " '') FROM pg_class c WHERE c.relnamespace = 'flowreg'::regnamespace ORDER BY 1",
+      "SELECT table_name || '.' || column_name || ' #' || ordinal_position || ' ' || data_type"
+      " || ' ' || is_nullable || ' ' || coalesce(column_default, '')"
+      " FROM information_schema.columns WHERE table_schema = 'flowreg' ORDER BY 1",
+      "SELECT indexdef FROM pg_indexes WHERE schemaname = 'flowreg' ORDER BY 1",
+      "SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)"
+      " FROM pg_constraint WHERE connamespace = 'flowreg'::regnamespace ORDER BY 1",
+      "SELECT 'migration ' || version || ' ' || name || ' ' || checksum"
+      " FROM flowreg_migrations ORDER BY version",
+      "SELECT 'function file ' || name || ' ' || checksum FROM flowreg_functions ORDER BY name",
+  };
+  std::vector<std::string> out;
+  for (const char* sql : kQueries)
+    for (const auto& row : query(conninfo, sql)) out.push_back(row[0].as<std::string>());
+  return out;
+}
+
+// The names of the functions of schema flowreg.
+std::set<std::string> function_names(const std::string& conninfo) {
+  std::set<std::string> out;
+  for (const auto& row :
+       query(conninfo, "SELECT proname FROM pg_proc WHERE pronamespace = 'flowreg'::regnamespace"))
+    out.insert(row[0].as<std::string>());
+  return out;
+}
+
+// The function files whose functions in the database are not what running the file defines:
+// for each file, in a transaction rolled back, the definitions of flowreg.<name> before and after
+// dropping them and running the file again.
+std::vector<std::string> files_not_matching(const std::string& conninfo,
+                                            std::span<const FunctionFile> files) {
+  const std::string defs =
+      "SELECT coalesce(string_agg(p.oid::regprocedure::text || E'\\n' ||"
+      " pg_get_functiondef(p.oid), E'\\n' ORDER BY 1), '') FROM pg_proc p"
+      " WHERE p.pronamespace = 'flowreg'::regnamespace AND p.proname = $1";
+  std::vector<std::string> out;
+  pqxx::connection conn(conninfo);
+  for (const auto& f : files) {
+    pqxx::work tx(conn);
+    const std::string name(f.name);
+    const auto before = tx.exec_params1(defs, name)[0].as<std::string>();
+    for (const auto& row : tx.exec_params("SELECT oid::regprocedure::text FROM pg_proc"
+                                          " WHERE pronamespace = 'flowreg'::regnamespace"
+                                          " AND proname = $1",
+                                          name))
+      tx.exec0("DROP ROUTINE " + row[0].as<std::string>());
+    tx.exec(std::string(f.sql));
+    if (tx.exec_params1(defs, name)[0].as<std::string>() != before) out.push_back(name);
+    tx.abort();
+  }
+  return out;
+}
+
+std::set<std::string> file_names(std::span<const FunctionFile> files) {
+  std::set<std::string> out;
+  for (const auto& f : files) out.insert(std::string(f.name));
+  return out;
+}
+
+// A schema flowreg with a table, and two function files over it.
+constexpr Migration kItems[] = {
+    {1, "items",
+     "CREATE SCHEMA flowreg;\n"
+     "CREATE TABLE flowreg.items (id int PRIMARY KEY, label text NOT NULL);\n"
+     "INSERT INTO flowreg.items VALUES (1, 'one'), (2, 'two');"},
+};
+constexpr FunctionFile kItemCount = {
+    "item_count",
+    "CREATE FUNCTION flowreg.item_count() RETURNS bigint LANGUAGE sql AS\n"
+    "$$ SELECT count(*) FROM flowreg.items $$;"};
+constexpr FunctionFile kItemLabel = {
+    "item_label",
+    "CREATE FUNCTION flowreg.item_label(p_id int) RETURNS text LANGUAGE sql AS\n"
+    "$$ SELECT label FROM flowreg.items WHERE id = p_id $$;"};
+// item_label with another signature and result.
+constexpr FunctionFile kItemLabelV2 = {
+    "item_label",
+    "-- The label of an item, with a suffix.\n"
+    "CREATE FUNCTION flowreg.item_label(p_id int, p_suffix text) RETURNS text\n"
+    "LANGUAGE plpgsql AS $$\n"
+    "BEGIN\n"
+    "  RETURN (SELECT label || p_suffix FROM flowreg.items WHERE id = p_id);\n"
+    "END $$;"};
+
+// "name xmin" of each function of schema flowreg: xmin changes when the function is created again.
+std::string function_versions(const std::string& conninfo) {
+  return query_one(conninfo,
+                   "SELECT coalesce(string_agg(p.oid::regprocedure::text || ' ' || p.xmin::text,"
+                   " ',' ORDER BY 1), '') FROM pg_proc p"
+                   " WHERE p.pronamespace = 'flowreg'::regnamespace");
 }
 
 }  // namespace
@@ -260,6 +364,208 @@ TEST_SUITE("migrations") {
     CHECK_FALSE((*after)[2].applied_at.has_value());
     CHECK((*after)[3].version == 7);
     CHECK((*after)[3].state == MigrationState::unknown);
+  }
+
+  TEST_CASE("a database migrated release by release from 0001 ends like a new one") {
+    const auto builtin = fd::builtin_migrations();
+    REQUIRE(builtin.size() >= 7);
+    // Upgraded one release at a time: each earlier release knew the migrations up to its own and
+    // no function file; this release brings the rest.
+    const auto upgraded = fresh_database("mig_upgraded");
+    for (std::size_t n = 1; n < builtin.size(); ++n) {
+      auto step = fd::migrate(upgraded, builtin.first(n));
+      REQUIRE_MESSAGE(step, step.error().format());
+      CHECK(versions(*step) == std::vector<int>{builtin[n - 1].version});
+      CHECK(step->functions.empty());
+    }
+    auto last = fd::migrate(upgraded);
+    REQUIRE_MESSAGE(last, last.error().format());
+    CHECK(versions(*last) == std::vector<int>{builtin.back().version});
+    CHECK(last->functions.size() == fd::builtin_functions().size());
+
+    const auto fresh = fresh_database("mig_fresh");
+    auto all = fd::migrate(fresh);
+    REQUIRE_MESSAGE(all, all.error().format());
+    CHECK(all->applied.size() == builtin.size());
+
+    const auto upgraded_schema = schema_of(upgraded);
+    const auto fresh_schema = schema_of(fresh);
+    CHECK(upgraded_schema.size() > 100);
+    CHECK(upgraded_schema == fresh_schema);
+    for (std::size_t i = 0; i < std::min(upgraded_schema.size(), fresh_schema.size()); ++i) {
+      if (upgraded_schema[i] == fresh_schema[i]) continue;
+      FAIL_CHECK("first difference:\n", upgraded_schema[i], "\n  !=\n", fresh_schema[i]);
+      break;
+    }
+    // Every function of schema flowreg is defined by the file of its name, as that file defines it
+    // (no leftover of the numbered migrations' history).
+    for (const auto* conninfo : {&upgraded, &fresh}) {
+      CHECK(function_names(*conninfo) == file_names(fd::builtin_functions()));
+      CHECK(files_not_matching(*conninfo, fd::builtin_functions()).empty());
+    }
+  }
+
+  TEST_CASE("a function file is applied when new or changed, and only then") {
+    const auto conninfo = fresh_database("mig_functions");
+    const FunctionFile v1[] = {kItemCount, kItemLabel};
+    auto first = fd::migrate(conninfo, kItems, v1);
+    REQUIRE_MESSAGE(first, first.error().format());
+    CHECK(first->functions == std::vector<std::string>{"item_count", "item_label"});
+    CHECK(query_one(conninfo, "SELECT flowreg.item_count()") == "2");
+    CHECK(query_one(conninfo, "SELECT flowreg.item_label(1)") == "one");
+    CHECK(query_one(conninfo, "SELECT checksum FROM flowreg_functions WHERE name = 'item_label'") ==
+          fd::function_checksum(kItemLabel));
+    const auto versions_v1 = function_versions(conninfo);
+    const auto stamps_v1 = query_one(conninfo,
+                                     "SELECT string_agg(applied_at::text, ',' ORDER BY name)"
+                                     " FROM flowreg_functions");
+
+    SUBCASE("unchanged files are not applied again") {
+      auto again = fd::migrate(conninfo, kItems, v1);
+      REQUIRE_MESSAGE(again, again.error().format());
+      CHECK(again->functions.empty());
+      CHECK(again->applied.empty());
+      CHECK(function_versions(conninfo) == versions_v1);
+      CHECK(query_one(conninfo,
+                      "SELECT string_agg(applied_at::text, ',' ORDER BY name)"
+                      " FROM flowreg_functions") == stamps_v1);
+    }
+    SUBCASE("a changed file replaces every overload of its function; the others stay") {
+      const FunctionFile v2[] = {kItemCount, kItemLabelV2};
+      auto second = fd::migrate(conninfo, kItems, v2);
+      REQUIRE_MESSAGE(second, second.error().format());
+      CHECK(second->functions == std::vector<std::string>{"item_label"});
+      CHECK(query_one(conninfo, "SELECT flowreg.item_label(2, '!')") == "two!");
+      CHECK(query_one(conninfo,
+                      "SELECT string_agg(oid::regprocedure::text, ',') FROM pg_proc"
+                      " WHERE proname = 'item_label'") == "flowreg.item_label(integer,text)");
+      CHECK(
+          query_one(conninfo, "SELECT checksum FROM flowreg_functions WHERE name = 'item_label'") ==
+          fd::function_checksum(kItemLabelV2));
+      // item_count was not touched.
+      const auto now = function_versions(conninfo);
+      const auto count_version = [](const std::string& all) {
+        return all.substr(0, all.find(','));
+      };
+      CHECK(count_version(now) == count_version(versions_v1));
+      CHECK(now != versions_v1);
+      CHECK(files_not_matching(conninfo, v2).empty());
+
+      // Back to the first text: applied again.
+      auto third = fd::migrate(conninfo, kItems, v1);
+      REQUIRE_MESSAGE(third, third.error().format());
+      CHECK(third->functions == std::vector<std::string>{"item_label"});
+      CHECK(query_one(conninfo,
+                      "SELECT string_agg(oid::regprocedure::text, ',') FROM pg_proc"
+                      " WHERE proname = 'item_label'") == "flowreg.item_label(integer)");
+    }
+  }
+
+  TEST_CASE("a function file that fails rolls back every function file of the run") {
+    const auto conninfo = fresh_database("mig_function_fail");
+    REQUIRE(fd::migrate(conninfo, kItems));
+    SUBCASE("its SQL fails") {
+      const FunctionFile files[] = {kItemCount,
+                                    {"item_zzz",
+                                     "CREATE FUNCTION flowreg.item_zzz() RETURNS int LANGUAGE sql"
+                                     " AS $$ SELECT no_such_column FROM flowreg.items $$;"}};
+      auto report = fd::migrate(conninfo, kItems, files);
+      REQUIRE_FALSE(report);
+      CHECK(report.error().code == Errc::database);
+      INFO(report.error().message);
+      CHECK(contains(report.error().message, "functions/item_zzz.sql failed"));
+      CHECK(contains(report.error().message, "no_such_column"));
+    }
+    SUBCASE("it defines no function of its name") {
+      const FunctionFile files[] = {kItemCount,
+                                    {"item_zzz",
+                                     "CREATE FUNCTION flowreg.other() RETURNS int LANGUAGE sql"
+                                     " AS $$ SELECT 1 $$;"}};
+      auto report = fd::migrate(conninfo, kItems, files);
+      REQUIRE_FALSE(report);
+      INFO(report.error().message);
+      CHECK(contains(report.error().message, "functions/item_zzz.sql defines no function"));
+    }
+    CHECK(function_names(conninfo).empty());
+    CHECK(query_one(conninfo, "SELECT count(*) FROM flowreg_functions") == "0");
+    CHECK(query_one(conninfo, "SELECT count(*) FROM flowreg_migrations") == "1");
+  }
+
+  TEST_CASE("function_status lists applied, pending, changed and unknown function files") {
+    const auto conninfo = fresh_database("mig_function_status");
+    const FunctionFile v1[] = {kItemCount, kItemLabel};
+    auto before = fd::function_status(conninfo, v1);
+    REQUIRE_MESSAGE(before, before.error().format());
+    REQUIRE(before->size() == 2);
+    for (const auto& s : *before) CHECK(s.state == FunctionState::pending);
+
+    REQUIRE(fd::migrate(conninfo, kItems, std::span(v1).first(1)));
+    REQUIRE(fd::migrate(conninfo, kItems, std::span(v1).first(1)));
+    exec(conninfo, "INSERT INTO flowreg_functions (name, checksum) VALUES ('gone', 'x')");
+    const FunctionFile now[] = {{"item_count", "-- edited\n"}, kItemLabel};
+    auto after = fd::function_status(conninfo, now);
+    REQUIRE_MESSAGE(after, after.error().format());
+    REQUIRE(after->size() == 3);
+    CHECK((*after)[0].name == "gone");
+    CHECK((*after)[0].state == FunctionState::unknown);
+    CHECK((*after)[1].name == "item_count");
+    CHECK((*after)[1].state == FunctionState::changed);
+    CHECK((*after)[1].applied_at.has_value());
+    CHECK((*after)[2].name == "item_label");
+    CHECK((*after)[2].state == FunctionState::pending);
+    CHECK(to_string(FunctionState::changed) == "changed");
+
+    auto current = fd::function_status(conninfo, std::span(v1).first(1));
+    REQUIRE_MESSAGE(current, current.error().format());
+    CHECK((*current)[1].state == FunctionState::applied);
+  }
+
+  TEST_CASE("function files must be listed in strictly ascending name order") {
+    const FunctionFile unordered[] = {kItemLabel, kItemCount};
+    auto report = fd::migrate("host=/nonexistent", kItems, unordered);
+    REQUIRE_FALSE(report);
+    CHECK(report.error().code == Errc::invalid_argument);
+    CHECK(contains(report.error().message, "item_count comes after item_label"));
+  }
+
+  TEST_CASE("migrators started at once apply the built-in migrations and functions once") {
+    const auto conninfo = fresh_database("mig_race_builtin");
+    pqxx::connection holder(conninfo);
+    {
+      pqxx::nontransaction tx(holder);
+      tx.exec_params("SELECT pg_advisory_lock($1)", fd::kMigrationLockKey);
+    }
+    constexpr int kMigrators = 3;
+    std::optional<Result<MigrationReport>> results[kMigrators];
+    std::thread threads[kMigrators];
+    for (int i = 0; i < kMigrators; ++i)
+      threads[i] = std::thread([&, i] { results[i] = fd::migrate(conninfo); });
+    int waiting = 0;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (waiting < kMigrators && std::chrono::steady_clock::now() < deadline) {
+      waiting = std::stoi(query_one(conninfo,
+                                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                    "AND NOT granted AND database = (SELECT oid FROM pg_database "
+                                    "WHERE datname = current_database())"));
+      if (waiting < kMigrators) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    CHECK(waiting == kMigrators);
+    {
+      pqxx::nontransaction tx(holder);
+      tx.exec_params("SELECT pg_advisory_unlock($1)", fd::kMigrationLockKey);
+    }
+    for (auto& t : threads) t.join();
+
+    std::size_t migrations = 0, functions = 0;
+    for (auto& r : results) {
+      REQUIRE(r.has_value());
+      REQUIRE_MESSAGE(*r, r->error().format());
+      migrations += (*r)->applied.size();
+      functions += (*r)->functions.size();
+    }
+    CHECK(migrations == fd::builtin_migrations().size());
+    CHECK(functions == fd::builtin_functions().size());
+    CHECK(function_names(conninfo) == file_names(fd::builtin_functions()));
   }
 
   TEST_CASE("an unreachable database is a database error naming the step") {
