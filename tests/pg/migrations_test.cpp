@@ -75,7 +75,8 @@ std::vector<std::string> schema_of(const std::string& conninfo) {
   static const char* const kQueries[] = {
       "SELECT p.oid::regprocedure::text || E'\\n' || pg_get_functiondef(p.oid)"
       " FROM pg_proc p WHERE p.pronamespace = 'flowreg'::regnamespace ORDER BY 1",
-      "SELECT c.relname || ' ' || c.relkind::text || ' ' || coalesce(array_to_string(c.reloptions, ','),"
+      "SELECT c.relname || ' ' || c.relkind::text || ' ' || coalesce(array_to_string(c.reloptions, "
+      "','),"
       " '') FROM pg_class c WHERE c.relnamespace = 'flowreg'::regnamespace ORDER BY 1",
       "SELECT table_name || '.' || column_name || ' #' || ordinal_position || ' ' || data_type"
       " || ' ' || is_nullable || ' ' || coalesce(column_default, '')"
@@ -179,6 +180,19 @@ TEST_SUITE("migrations") {
     CHECK(contains(std::string(builtin[0].sql), "CREATE SCHEMA IF NOT EXISTS flowreg;"));
     for (std::size_t i = 1; i < builtin.size(); ++i)
       CHECK(builtin[i].version > builtin[i - 1].version);
+  }
+
+  TEST_CASE("the built-in function files come from schemas/functions/, by name") {
+    auto builtin = fd::builtin_functions();
+    REQUIRE(builtin.size() >= 10);
+    for (std::size_t i = 0; i < builtin.size(); ++i) {
+      CAPTURE(builtin[i].name);
+      if (i > 0) CHECK(builtin[i].name > builtin[i - 1].name);
+      CHECK(contains(std::string(builtin[i].sql),
+                     "CREATE FUNCTION flowreg." + std::string(builtin[i].name) + "("));
+    }
+    CHECK(file_names(builtin).count("work") == 1);
+    CHECK(file_names(builtin).count("claim_tasks") == 0);
   }
 
   TEST_CASE("the built-in migrations apply to a new database and are recorded") {
