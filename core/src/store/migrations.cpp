@@ -36,7 +36,7 @@ constexpr const char* kSelectFunctions =
 
 // Every overload of flowreg.<$1>, as text DROP ROUTINE accepts.
 constexpr const char* kSelectOverloads =
-    "SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p"
+    "SELECT p.oid::regprocedure::text AS signature FROM pg_catalog.pg_proc p"
     " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
     " WHERE n.nspname = 'flowreg' AND p.proname = $1 ORDER BY 1";
 
@@ -128,7 +128,7 @@ Result<std::vector<std::string>> apply_functions(pqxx::connection& conn,
     const std::string name(f->name);
     try {
       for (const auto& row : tx.exec_params(kSelectOverloads, name))
-        tx.exec0("DROP ROUTINE " + row[0].as<std::string>());
+        tx.exec0("DROP ROUTINE " + row["signature"].as<std::string>());
       tx.exec(std::string(f->sql));
       if (tx.exec_params(kSelectOverloads, name).empty())
         return make_error(Errc::database,
