@@ -5,9 +5,12 @@
 --   kind 'rejected'  id: a completion or failure not recorded (attempt no longer current, or the
 --                    task no longer started)
 --   kind 'claimed'   a claimed task, every column set
---   kind 'due'       at most one, only due_in_ms set: the milliseconds until the next delayed
---                    (retrying) task of these flows becomes available, by the server's clock (so
---                    the worker's clock does not matter)
+--   kind 'due'       at most one: due_in_ms, the milliseconds until the next delayed (retrying)
+--                    task of these flows becomes available, by the server's clock (so the
+--                    worker's clock does not matter). timeout_ms holds the same number and
+--                    lease_expires_at that time, as they did before due_in_ms existed: workers
+--                    of the previous release, still running while a database is upgraded, read
+--                    them
 CREATE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb, p_flows jsonb,
                              p_limit int, p_lease_ms bigint)
 RETURNS TABLE (kind text, id bigint, run_id uuid, flow_slug text, flow_version text,
@@ -41,7 +44,8 @@ BEGIN
                FROM flowreg._claim(p_worker, p_flows, p_limit, p_lease_ms) c;
   RETURN QUERY
     SELECT 'due'::text, NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::int,
-           NULL::int, NULL::jsonb, NULL::int, NULL::bigint, NULL::timestamptz,
+           NULL::int, NULL::jsonb, NULL::int,
+           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint, min(d.at),
            ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint
     FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)
     CROSS JOIN LATERAL (

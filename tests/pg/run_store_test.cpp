@@ -437,6 +437,14 @@ TEST_SUITE("run_store") {
     CHECK(second->next_due_in->count() > 45'000);
     CHECK(second->next_due_in->count() <= 60'001);
 
+    // The previous release read the delay from timeout_ms: still there, for its workers running
+    // while a database is upgraded.
+    CHECK(sql_one(env.conninfo,
+                  "SELECT timeout_ms IS NOT NULL AND lease_expires_at IS NOT NULL"
+                  " AND abs(timeout_ms - due_in_ms) <= 1000 FROM flowreg.work('w1', '[]', '[]',"
+                  " '[{\"slug\": \"work\", \"version\": \"v1\"}]', 0, NULL)"
+                  " WHERE kind = 'due'") == "t");
+
     // The same completion again is stale.
     auto third = env.store.work("w1", done, {}, flows, 0, std::nullopt);
     REQUIRE_MESSAGE(third, third.error().format());
