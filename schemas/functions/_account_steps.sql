@@ -3,7 +3,7 @@
 -- announced, in the same UPDATE that decrements it. Returns the runs given that are still started,
 -- the ones where more steps may be ready. REQUIRES: the runs are locked, and the steps' outputs
 -- are stored. One generic plan per session walking primary keys (see _claim).
-CREATE FUNCTION flowreg._account_steps(p_runs uuid[], p_steps text[])
+CREATE OR REPLACE FUNCTION flowreg._account_steps(p_runs uuid[], p_steps text[])
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
   v_going uuid[];

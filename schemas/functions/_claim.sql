@@ -8,7 +8,8 @@
 -- moment, and kept: made on empty tables it would scan sequentially forever, so sequential scans
 -- are off here: every statement is driven by primary keys, flow keys or the queue indexes
 -- (tests/pg/run_store_test.cpp checks the plans made on empty tables).
-CREATE FUNCTION flowreg._claim(p_worker text, p_flows jsonb, p_limit int, p_lease_ms bigint)
+CREATE OR REPLACE FUNCTION flowreg._claim(p_worker text, p_flows jsonb, p_limit int,
+                                          p_lease_ms bigint)
 RETURNS TABLE (id bigint, run_id uuid, flow_slug text, flow_version text, step_slug text,
                task_index int, attempt int, input jsonb, max_attempts int, timeout_ms bigint,
                lease_expires_at timestamptz)

@@ -2,7 +2,7 @@
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise its
 -- step and run fail. p_batch: [{"id", "attempt", "error", "permanent"}].
 -- REQUIRES: the tasks' runs are locked.
-CREATE FUNCTION flowreg._fail_locked(p_batch jsonb)
+CREATE OR REPLACE FUNCTION flowreg._fail_locked(p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_acc bigint[];

@@ -1,7 +1,7 @@
 -- Fails the given runs (still started) with the given errors (the first per run wins), cancels
 -- their queued and started tasks and their unfinished steps, and announces them on flowreg_runs.
 -- REQUIRES: the runs are locked.
-CREATE FUNCTION flowreg._fail_runs(p_runs uuid[], p_errors text[])
+CREATE OR REPLACE FUNCTION flowreg._fail_runs(p_runs uuid[], p_errors text[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   v_n bigint;

@@ -1,7 +1,7 @@
 -- A flow version's shape: its steps without their options, sorted by slug, each with its
 -- dependencies sorted, so that the order in which steps and dependencies are written does not
 -- matter.
-CREATE FUNCTION flowreg._flow_shape(p_def jsonb)
+CREATE OR REPLACE FUNCTION flowreg._flow_shape(p_def jsonb)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
   SELECT coalesce(jsonb_agg(
            (s - 'options' - 'depends_on')

@@ -1,7 +1,7 @@
 -- Locks (by id, waiting) the runs of the given tasks: the first step of every writer of a task's
 -- result, so that runs are always locked before tasks and step states (no deadlock).
 -- Kept on one generic plan per session, walking primary keys (see _claim).
-CREATE FUNCTION flowreg._lock_runs_of(p_ids bigint[])
+CREATE OR REPLACE FUNCTION flowreg._lock_runs_of(p_ids bigint[])
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   -- PERFORM runs the query to the end (a SQL function would stop at the first row).

@@ -5,7 +5,7 @@
 -- found from the given runs first (a materialized primary-key lookup), so the cost does not grow
 -- with the history of runs of the flow.
 -- REQUIRES: the runs are locked (or new in this transaction).
-CREATE FUNCTION flowreg._start_steps(p_runs uuid[])
+CREATE OR REPLACE FUNCTION flowreg._start_steps(p_runs uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   v_done_runs uuid[];

@@ -1,7 +1,7 @@
 -- Cancels a started run: its queued and started tasks and unfinished steps are cancelled (later
 -- completions of its tasks are rejected). Returns false when the run had already ended,
 -- SQLSTATE P0002 when there is no such run.
-CREATE FUNCTION flowreg.cancel_run(p_run uuid)
+CREATE OR REPLACE FUNCTION flowreg.cancel_run(p_run uuid)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
   v_status text;

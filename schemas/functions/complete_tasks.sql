@@ -2,7 +2,7 @@
 -- completed is complete, with its output (a single step's: its one task's; a map step's: its
 -- tasks' in task order); then its dependents may start and its run may complete.
 -- Returns the ids rejected (attempt no longer current, or the task is not started).
-CREATE FUNCTION flowreg.complete_tasks(p_batch jsonb)
+CREATE OR REPLACE FUNCTION flowreg.complete_tasks(p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_ids bigint[];

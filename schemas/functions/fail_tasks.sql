@@ -1,6 +1,6 @@
 -- Records task failures. p_batch: [{"id", "attempt", "error", "permanent"}].
 -- Returns the ids rejected (attempt no longer current, or the task is not started).
-CREATE FUNCTION flowreg.fail_tasks(p_batch jsonb)
+CREATE OR REPLACE FUNCTION flowreg.fail_tasks(p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_ids bigint[];

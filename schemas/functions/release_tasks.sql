@@ -3,7 +3,7 @@
 -- true: the handler was interrupted (requeued at once when attempts remain, else the lease is
 -- expired now and the next claim fails the step). Other workers are notified. Returns the ids
 -- released.
-CREATE FUNCTION flowreg.release_tasks(p_worker text, p_batch jsonb)
+CREATE OR REPLACE FUNCTION flowreg.release_tasks(p_worker text, p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_acc bigint[];

@@ -6,7 +6,7 @@
 -- worker's own result being recorded, a claimer or a crash report looking at them) are neither
 -- renewed nor rejected; the next renewal sees them. Called on every keeper tick: one generic plan
 -- per session walking the tasks' primary key (see _claim).
-CREATE FUNCTION flowreg.renew_leases(p_worker text, p_batch jsonb, p_lease_ms bigint)
+CREATE OR REPLACE FUNCTION flowreg.renew_leases(p_worker text, p_batch jsonb, p_lease_ms bigint)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_ids bigint[];
@@ -27,8 +27,8 @@ BEGIN
                ORDER BY 1);
 END $$;
 
-CREATE FUNCTION flowreg.renew_leases(p_worker text, p_batch jsonb, p_lease_ms bigint,
-                                     p_skip_locked boolean)
+CREATE OR REPLACE FUNCTION flowreg.renew_leases(p_worker text, p_batch jsonb, p_lease_ms bigint,
+                                                p_skip_locked boolean)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
   v_ids bigint[];

@@ -5,7 +5,7 @@
 -- has p_limit of them. Rows: (id, outcome) with outcome 'failed', 'counted' or 'stale' (the task
 -- moved on: completed, failed, or a later attempt runs). One generic plan per session (see
 -- _claim).
-CREATE FUNCTION flowreg.report_crashes(p_batch jsonb, p_limit int)
+CREATE OR REPLACE FUNCTION flowreg.report_crashes(p_batch jsonb, p_limit int)
 RETURNS TABLE (id bigint, outcome text)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column

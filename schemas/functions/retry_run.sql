@@ -1,6 +1,6 @@
 -- Starts a new run of an ended run's flow version with its input, linked by retry_of.
 -- Errors: SQLSTATE P0002 when there is no such run, 22023 when it is still running.
-CREATE FUNCTION flowreg.retry_run(p_run uuid)
+CREATE OR REPLACE FUNCTION flowreg.retry_run(p_run uuid)
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE
   v_run flowreg.runs;

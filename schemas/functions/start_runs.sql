@@ -1,8 +1,9 @@
 -- Creates runs of a stored flow version, one per input, and starts their root steps.
 -- A key already used for that flow slug returns the run that used it (created = false).
 -- Errors: SQLSTATE P0002 when the flow version is not stored, 22023 when p_retry_of is unknown.
-CREATE FUNCTION flowreg.start_runs(p_slug text, p_version text, p_inputs jsonb[],
-                                   p_keys text[] DEFAULT NULL, p_retry_of uuid DEFAULT NULL)
+CREATE OR REPLACE FUNCTION flowreg.start_runs(p_slug text, p_version text, p_inputs jsonb[],
+                                              p_keys text[] DEFAULT NULL,
+                                              p_retry_of uuid DEFAULT NULL)
 RETURNS TABLE (run_id uuid, created boolean) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE

@@ -4,7 +4,7 @@
 -- tasks created from then on (tasks copy their options when created, so queued work keeps its own)
 -- and returns true; a different shape under a stored (slug, version) is refused (SQLSTATE 22023),
 -- because runs pinned to it must never change.
-CREATE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
+CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
   v_stored jsonb;

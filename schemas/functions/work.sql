@@ -11,8 +11,8 @@
 --                    lease_expires_at that time, as they did before due_in_ms existed: workers
 --                    of the previous release, still running while a database is upgraded, read
 --                    them
-CREATE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb, p_flows jsonb,
-                             p_limit int, p_lease_ms bigint)
+CREATE OR REPLACE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb,
+                                        p_flows jsonb, p_limit int, p_lease_ms bigint)
 RETURNS TABLE (kind text, id bigint, run_id uuid, flow_slug text, flow_version text,
                step_slug text, task_index int, attempt int, input jsonb, max_attempts int,
                timeout_ms bigint, lease_expires_at timestamptz, due_in_ms bigint)

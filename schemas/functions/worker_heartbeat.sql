@@ -2,9 +2,10 @@
 -- handler thread is held by a handler that timed out) and its heartbeat interval, so that whoever
 -- lists workers can compare the heartbeat's age with the interval. A new pid or host restarts
 -- started_at.
-CREATE FUNCTION flowreg.worker_heartbeat(p_worker text, p_host text, p_pid int, p_flows jsonb,
-                                         p_concurrency int, p_stopped boolean, p_state text,
-                                         p_heartbeat_ms bigint)
+CREATE OR REPLACE FUNCTION flowreg.worker_heartbeat(p_worker text, p_host text, p_pid int,
+                                                    p_flows jsonb, p_concurrency int,
+                                                    p_stopped boolean, p_state text,
+                                                    p_heartbeat_ms bigint)
 RETURNS void LANGUAGE sql AS $$
   INSERT INTO flowreg.workers AS w (id, host, pid, flows, concurrency, stopped_at, state,
                                     heartbeat_ms)
