@@ -2,24 +2,29 @@
 // The database schema, from two kinds of SQL files compiled into the binary (the build generates
 // builtin_migrations() and builtin_functions() from them), both applied by migrate():
 //
-// * Numbered migrations, schemas/NNNN_name.sql: tables, indexes, types and data changes. They are
-//   history: applied once each, in version order, each in its own transaction together with its
-//   row in public.flowreg_migrations(version, name, checksum, applied_at), so it is applied
-//   completely or not at all. The checksum is the SHA-256 of the file's text (comments included);
-//   an applied migration whose text changed is refused, because a released migration must never
-//   be edited (write a new one).
+// * Numbered migrations, schemas/NNNN_name.sql: tables, indexes, types and data changes, never a
+//   function. They are history: applied once each, in version order, each in its own transaction
+//   together with its row in public.flowreg_migrations(version, name, checksum, applied_at), so it
+//   is applied completely or not at all. The checksum is the SHA-256 of the file's text (comments
+//   included); an applied migration whose recorded checksum is neither its text's nor one of the
+//   earlier checksums listed for it (earlier_checksum(): the texts of 0001 to 0006 released when
+//   they also defined functions) is refused, because a released migration must never be edited
+//   (write a new one).
 // * Function files, schemas/functions/<name>.sql: the current definition of every overload of
-//   the function flowreg.<name> (and its ALTER FUNCTION settings), and nothing else. They are
-//   applied after all numbered migrations, so they are written against the latest tables; a
-//   numbered migration must not call them (on its way through history a database may hold an
-//   older definition). A file is applied when the database has no record of it or recorded
-//   another checksum: every overload of flowreg.<name> is dropped, then the file runs, so a file
-//   may change a signature or remove an overload. All the files to apply run in ONE transaction
-//   with their rows in public.flowreg_functions(name, checksum, applied_at), by name. A plpgsql
-//   body is resolved when called, so files may call each other in any order; a LANGUAGE sql body
-//   is checked when created, so a sql function calling another file's function must sort after
-//   it. A file removed from schemas/functions/ leaves its functions in place: a numbered
-//   migration drops them (as 0007 does).
+//   the function flowreg.<name>, with CREATE OR REPLACE FUNCTION (and its ALTER FUNCTION
+//   settings), and nothing else. They are applied after all numbered migrations, so they are
+//   written against the latest tables, and a numbered migration never calls them. A file is
+//   applied when the database has no record of it or recorded another checksum, in a savepoint:
+//   its functions are replaced in place, keeping their OIDs, so a session calling them during a
+//   live upgrade goes on. When PostgreSQL refuses that (SQLSTATE 42P13: another result type,
+//   other parameter names or defaults), the savepoint is rolled back, every overload of
+//   flowreg.<name> is dropped and the file runs again. Then the overloads of flowreg.<name> that
+//   the file did not define are dropped (a removed overload goes). All the files to apply run in
+//   ONE transaction with their rows in public.flowreg_functions(name, checksum, applied_at), by
+//   name. A plpgsql body is resolved when called, so files may call each other in any order; a
+//   LANGUAGE sql body is checked when created, so a sql function calling another file's function
+//   must sort after it. A file removed from schemas/functions/ leaves its functions in place: a
+//   numbered migration drops them (as 0007 does).
 //
 // Concurrency: migrate() holds the session advisory lock kMigrationLockKey from before it reads
 // what is applied until it is done, so processes migrating the same database at once take turns;
@@ -53,6 +58,10 @@ std::span<const Migration> builtin_migrations() noexcept;
 // Lowercase hex SHA-256 of the migration's SQL.
 std::string migration_checksum(const Migration& m);
 
+// The checksum an earlier release recorded for this migration (same version and name) when its
+// text differed from today's, accepted as applied; nullopt for the others.
+std::optional<std::string_view> earlier_checksum(const Migration& m);
+
 // One file of schemas/functions/.
 struct FunctionFile {
   std::string_view name;  // the file name without ".sql": the function flowreg.<name>
@@ -82,17 +91,17 @@ struct MigrationReport {
 // migrates a database as an earlier release did).
 // Errors (Errc::database unless said): cannot connect; `migrations` not strictly ascending, or
 // `functions` not strictly ascending by name (Errc::invalid_argument); an applied migration whose
-// checksum differs ("never edit a released migration"); the database has a version this list
-// does not know (a newer flowreg migrated it); a pending migration older than an applied one; a
-// migration's SQL fails (names it; it is rolled back, and the ones before it stay applied); a
-// function file fails, or defines no function flowreg.<name> (names it; every function file of
-// this call is rolled back, the migrations stay applied).
+// checksum differs and is not its earlier_checksum() ("never edit a released migration"); the
+// database has a version this list does not know (a newer flowreg migrated it); a pending migration
+// older than an applied one; a migration's SQL fails (names it; it is rolled back, and the ones
+// before it stay applied); a function file fails, or defines no function flowreg.<name> (names it;
+// every function file of this call is rolled back, the migrations stay applied).
 Result<MigrationReport> migrate(const std::string& conninfo);
 Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
                                 std::span<const FunctionFile> functions = {});
 
 enum class MigrationState {
-  applied,            // recorded with the same checksum
+  applied,            // recorded with the same checksum, or an earlier one (earlier_checksum)
   pending,            // not recorded yet
   checksum_mismatch,  // recorded, but the SQL changed since
   unknown,            // recorded, but not in this list (applied by a newer flowreg)
@@ -104,6 +113,7 @@ struct MigrationStatus {
   std::string name;
   std::string checksum;  // of the list's SQL, or the recorded one for `unknown`
   MigrationState state = MigrationState::pending;
+  bool earlier_text = false;              // applied, recorded with earlier_checksum()
   std::optional<std::string> applied_at;  // ISO 8601, when recorded
 };
 
