@@ -145,17 +145,17 @@ constexpr Migration kItems[] = {
 };
 constexpr FunctionFile kItemCount = {
     "item_count",
-    "CREATE FUNCTION flowreg.item_count() RETURNS bigint LANGUAGE sql AS\n"
+    "CREATE OR REPLACE FUNCTION flowreg.item_count() RETURNS bigint LANGUAGE sql AS\n"
     "$$ SELECT count(*) FROM flowreg.items $$;"};
 constexpr FunctionFile kItemLabel = {
     "item_label",
-    "CREATE FUNCTION flowreg.item_label(p_id int) RETURNS text LANGUAGE sql AS\n"
+    "CREATE OR REPLACE FUNCTION flowreg.item_label(p_id int) RETURNS text LANGUAGE sql AS\n"
     "$$ SELECT label FROM flowreg.items WHERE id = p_id $$;"};
 // item_label with another signature and result.
 constexpr FunctionFile kItemLabelV2 = {
     "item_label",
     "-- The label of an item, with a suffix.\n"
-    "CREATE FUNCTION flowreg.item_label(p_id int, p_suffix text) RETURNS text\n"
+    "CREATE OR REPLACE FUNCTION flowreg.item_label(p_id int, p_suffix text) RETURNS text\n"
     "LANGUAGE plpgsql AS $$\n"
     "BEGIN\n"
     "  RETURN (SELECT label || p_suffix FROM flowreg.items WHERE id = p_id);\n"
@@ -167,6 +167,29 @@ std::string function_versions(const std::string& conninfo) {
                    "SELECT coalesce(string_agg(p.oid::regprocedure::text || ' ' || p.xmin::text,"
                    " ',' ORDER BY 1), '') FROM pg_proc p"
                    " WHERE p.pronamespace = 'flowreg'::regnamespace");
+}
+
+// Makes the recorded checksums of the built-in migrations those of the earlier releases, where
+// one is listed. Returns how many rows it changed.
+int record_earlier_checksums(const std::string& conninfo) {
+  int changed = 0;
+  for (const auto& m : fd::builtin_migrations()) {
+    const auto earlier = fd::earlier_checksum(m);
+    if (!earlier) continue;
+    pqxx::connection conn(conninfo);
+    pqxx::work tx(conn);
+    changed += static_cast<int>(
+        tx.exec_params0("UPDATE flowreg_migrations SET checksum = $1 WHERE version = $2",
+                        std::string(*earlier), m.version)
+            .affected_rows());
+    tx.commit();
+  }
+  return changed;
+}
+
+// The OID of the function given by its signature (flowreg.name(types)).
+std::string oid_of(const std::string& conninfo, const std::string& signature) {
+  return query_one(conninfo, "SELECT '" + signature + "'::regprocedure::oid::text");
 }
 
 }  // namespace
@@ -189,7 +212,14 @@ TEST_SUITE("migrations") {
       CAPTURE(builtin[i].name);
       if (i > 0) CHECK(builtin[i].name > builtin[i - 1].name);
       CHECK(contains(std::string(builtin[i].sql),
-                     "CREATE FUNCTION flowreg." + std::string(builtin[i].name) + "("));
+                     "CREATE OR REPLACE FUNCTION flowreg." + std::string(builtin[i].name) + "("));
+    }
+    // Numbered migrations hold tables and data; every function lives in a function file.
+    for (const auto& m : fd::builtin_migrations()) {
+      CAPTURE(m.name);
+      CHECK_FALSE(contains(std::string(m.sql), "CREATE FUNCTION"));
+      CHECK_FALSE(contains(std::string(m.sql), "CREATE OR REPLACE FUNCTION"));
+      CHECK_FALSE(contains(std::string(m.sql), "ALTER FUNCTION"));
     }
     CHECK(file_names(builtin).count("work") == 1);
     CHECK(file_names(builtin).count("claim_tasks") == 0);
@@ -383,8 +413,8 @@ TEST_SUITE("migrations") {
   TEST_CASE("a database migrated release by release from 0001 ends like a new one") {
     const auto builtin = fd::builtin_migrations();
     REQUIRE(builtin.size() >= 7);
-    // Upgraded one release at a time: each earlier release knew the migrations up to its own and
-    // no function file; this release brings the rest.
+    // Upgraded one migration at a time, with no function file until the last step, which brings
+    // every function.
     const auto upgraded = fresh_database("mig_upgraded");
     for (std::size_t n = 1; n < builtin.size(); ++n) {
       auto step = fd::migrate(upgraded, builtin.first(n));
@@ -475,14 +505,183 @@ TEST_SUITE("migrations") {
     }
   }
 
+  TEST_CASE("a migration recorded with its earlier release's checksum counts as applied") {
+    const auto conninfo = fresh_database("mig_earlier");
+    REQUIRE(fd::migrate(conninfo));
+    const auto fresh_schema_rows = query_one(conninfo, "SELECT count(*) FROM flowreg_migrations");
+    // 0001 to 0006 were released with other texts (they defined functions too).
+    CHECK(record_earlier_checksums(conninfo) == 6);
+    for (const auto& m : fd::builtin_migrations())
+      CHECK(fd::earlier_checksum(m).has_value() == (m.version <= 6));
+
+    auto status = fd::migration_status(conninfo);
+    REQUIRE_MESSAGE(status, status.error().format());
+    for (const auto& s : *status) {
+      CAPTURE(s.version);
+      CHECK(s.state == MigrationState::applied);
+      CHECK(s.earlier_text == (s.version <= 6));
+    }
+    auto again = fd::migrate(conninfo);
+    REQUIRE_MESSAGE(again, again.error().format());
+    CHECK(again->applied.empty());
+    CHECK(again->functions.empty());
+    CHECK(query_one(conninfo, "SELECT count(*) FROM flowreg_migrations") == fresh_schema_rows);
+
+    // Any other checksum is still refused, and reported as changed.
+    exec(conninfo,
+         "UPDATE flowreg_migrations SET checksum = "
+         "'0000000000000000000000000000000000000000000000000000000000000000' WHERE version = 3");
+    auto refused = fd::migrate(conninfo);
+    REQUIRE_FALSE(refused);
+    INFO(refused.error().message);
+    CHECK(contains(refused.error().message, "migration 0003_workers"));
+    CHECK(contains(refused.error().message, "never edit a released migration"));
+    auto after = fd::migration_status(conninfo);
+    REQUIRE_MESSAGE(after, after.error().format());
+    CHECK((*after)[2].state == MigrationState::checksum_mismatch);
+    CHECK_FALSE((*after)[2].earlier_text);
+  }
+
+  TEST_CASE("a database migrated by the release before function files ends like a new one") {
+    const auto fresh = fresh_database("mig_prev_fresh");
+    REQUIRE(fd::migrate(fresh));
+
+    // What the previous release left: migrations 0001 to 0006 recorded with their texts of then,
+    // no public.flowreg_functions, functions of then (other bodies, work() with another result),
+    // and the functions nothing calls any more.
+    const auto old = fresh_database("mig_prev_old");
+    REQUIRE(fd::migrate(old));
+    REQUIRE(record_earlier_checksums(old) == 6);
+    exec(old,
+         "DELETE FROM flowreg_migrations WHERE version >= 7;"
+         "DROP TABLE public.flowreg_functions;"
+         "CREATE OR REPLACE FUNCTION flowreg.prune(p_older_than interval) RETURNS bigint"
+         " LANGUAGE sql AS $$ SELECT 0::bigint $$;"
+         "CREATE OR REPLACE FUNCTION flowreg._claim(p_worker text, p_flows jsonb, p_limit int,"
+         " p_lease_ms bigint) RETURNS TABLE (id bigint, run_id uuid, flow_slug text,"
+         " flow_version text, step_slug text, task_index int, attempt int, input jsonb,"
+         " max_attempts int, timeout_ms bigint, lease_expires_at timestamptz)"
+         " LANGUAGE sql AS $$ SELECT * FROM flowreg._claim(p_worker, p_flows, 0, p_lease_ms) $$;"
+         "DROP FUNCTION flowreg.work(text, jsonb, jsonb, jsonb, int, bigint);"
+         "CREATE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb,"
+         " p_flows jsonb, p_limit int, p_lease_ms bigint) RETURNS TABLE (kind text, id bigint)"
+         " LANGUAGE sql AS $$ SELECT 'due'::text, 0::bigint $$;"
+         "CREATE FUNCTION flowreg.claim_tasks(p_worker text, p_flows jsonb, p_limit int)"
+         " RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT 1::bigint $$;"
+         "CREATE FUNCTION flowreg.renew_leases(p_worker text, p_batch jsonb) RETURNS bigint[]"
+         " LANGUAGE sql AS $$ SELECT '{}'::bigint[] $$;"
+         "CREATE FUNCTION flowreg.worker_heartbeat(p_worker text, p_host text, p_pid int,"
+         " p_flows jsonb, p_concurrency int, p_stopped boolean) RETURNS void"
+         " LANGUAGE sql AS $$ SELECT $$;"
+         "CREATE FUNCTION flowreg._steps_completed(p_runs uuid[], p_steps text[]) RETURNS void"
+         " LANGUAGE sql AS $$ SELECT $$;");
+    REQUIRE(function_names(old).count("claim_tasks") == 1);
+    REQUIRE(
+        files_not_matching(old, fd::builtin_functions()) ==
+        std::vector<std::string>{"_claim", "prune", "renew_leases", "work", "worker_heartbeat"});
+    const auto claim_oid = oid_of(old, "flowreg._claim(text, jsonb, int, bigint)");
+    const auto prune_oid = oid_of(old, "flowreg.prune(interval)");
+
+    auto upgrade = fd::migrate(old);
+    REQUIRE_MESSAGE(upgrade, upgrade.error().format());
+    CHECK(versions(*upgrade) == std::vector<int>{7});
+    CHECK(upgrade->functions.size() == fd::builtin_functions().size());
+
+    // Alike but for the checksums recorded for 0001 to 0006, which stay those of their time.
+    const auto without_checksums = [](std::vector<std::string> schema) {
+      for (auto& line : schema)
+        if (line.rfind("migration ", 0) == 0) line = line.substr(0, line.rfind(' '));
+      return schema;
+    };
+    const auto old_schema = without_checksums(schema_of(old));
+    const auto fresh_schema = without_checksums(schema_of(fresh));
+    CHECK(old_schema == fresh_schema);
+    for (std::size_t i = 0; i < std::min(old_schema.size(), fresh_schema.size()); ++i) {
+      if (old_schema[i] == fresh_schema[i]) continue;
+      FAIL_CHECK("first difference:\n", old_schema[i], "\n  !=\n", fresh_schema[i]);
+      break;
+    }
+    CHECK(function_names(old) == file_names(fd::builtin_functions()));
+    CHECK(files_not_matching(old, fd::builtin_functions()).empty());
+    // Replaced in place: the functions whose result did not change kept their OIDs.
+    CHECK(oid_of(old, "flowreg._claim(text, jsonb, int, bigint)") == claim_oid);
+    CHECK(oid_of(old, "flowreg.prune(interval)") == prune_oid);
+  }
+
+  TEST_CASE("a function file replaces its functions in place when PostgreSQL allows it") {
+    const auto conninfo = fresh_database("mig_in_place");
+    const FunctionFile v1[] = {kItemCount, kItemLabel};
+    REQUIRE(fd::migrate(conninfo, kItems, v1));
+    const auto count_oid = oid_of(conninfo, "flowreg.item_count()");
+    const auto label_oid = oid_of(conninfo, "flowreg.item_label(int)");
+
+    SUBCASE("a changed body keeps the function's OID") {
+      const FunctionFile v2[] = {
+          {"item_count",
+           "CREATE OR REPLACE FUNCTION flowreg.item_count() RETURNS bigint LANGUAGE sql AS\n"
+           "$$ SELECT count(*) * 10 FROM flowreg.items $$;"},
+          kItemLabel};
+      auto report = fd::migrate(conninfo, kItems, v2);
+      REQUIRE_MESSAGE(report, report.error().format());
+      CHECK(report->functions == std::vector<std::string>{"item_count"});
+      CHECK(query_one(conninfo, "SELECT flowreg.item_count()") == "20");
+      CHECK(oid_of(conninfo, "flowreg.item_count()") == count_oid);
+    }
+    SUBCASE("a changed result type is applied: dropped and created again") {
+      const FunctionFile v2[] = {
+          {"item_count",
+           "CREATE OR REPLACE FUNCTION flowreg.item_count() RETURNS text LANGUAGE sql AS\n"
+           "$$ SELECT count(*) || ' items' FROM flowreg.items $$;"},
+          kItemLabel};
+      auto report = fd::migrate(conninfo, kItems, v2);
+      REQUIRE_MESSAGE(report, report.error().format());
+      CHECK(report->functions == std::vector<std::string>{"item_count"});
+      CHECK(query_one(conninfo, "SELECT flowreg.item_count()") == "2 items");
+      CHECK(oid_of(conninfo, "flowreg.item_count()") != count_oid);
+      CHECK(files_not_matching(conninfo, v2).empty());
+    }
+    SUBCASE("a changed parameter name is applied") {
+      const FunctionFile v2[] = {
+          kItemCount,
+          {"item_label",
+           "CREATE OR REPLACE FUNCTION flowreg.item_label(p_item int) RETURNS text LANGUAGE sql\n"
+           "AS $$ SELECT upper(label) FROM flowreg.items WHERE id = p_item $$;"}};
+      auto report = fd::migrate(conninfo, kItems, v2);
+      REQUIRE_MESSAGE(report, report.error().format());
+      CHECK(query_one(conninfo, "SELECT flowreg.item_label(p_item => 1)") == "ONE");
+      CHECK(files_not_matching(conninfo, v2).empty());
+    }
+    SUBCASE("an overload the file no longer defines is dropped; the one it keeps keeps its OID") {
+      const FunctionFile two[] = {
+          kItemCount,
+          {"item_label",
+           "CREATE OR REPLACE FUNCTION flowreg.item_label(p_id int) RETURNS text LANGUAGE sql AS\n"
+           "$$ SELECT label FROM flowreg.items WHERE id = p_id $$;\n"
+           "CREATE OR REPLACE FUNCTION flowreg.item_label(p_label text) RETURNS int LANGUAGE sql\n"
+           "AS $$ SELECT id FROM flowreg.items WHERE label = p_label $$;"}};
+      REQUIRE(fd::migrate(conninfo, kItems, two));
+      CHECK(query_one(conninfo, "SELECT flowreg.item_label('two')") == "2");
+      CHECK(oid_of(conninfo, "flowreg.item_label(int)") == label_oid);
+
+      auto back = fd::migrate(conninfo, kItems, v1);
+      REQUIRE_MESSAGE(back, back.error().format());
+      CHECK(back->functions == std::vector<std::string>{"item_label"});
+      CHECK(query_one(conninfo,
+                      "SELECT string_agg(oid::regprocedure::text, ',') FROM pg_proc"
+                      " WHERE proname = 'item_label'") == "flowreg.item_label(integer)");
+      CHECK(oid_of(conninfo, "flowreg.item_label(int)") == label_oid);
+    }
+  }
+
   TEST_CASE("a function file that fails rolls back every function file of the run") {
     const auto conninfo = fresh_database("mig_function_fail");
     REQUIRE(fd::migrate(conninfo, kItems));
     SUBCASE("its SQL fails") {
-      const FunctionFile files[] = {kItemCount,
-                                    {"item_zzz",
-                                     "CREATE FUNCTION flowreg.item_zzz() RETURNS int LANGUAGE sql"
-                                     " AS $$ SELECT no_such_column FROM flowreg.items $$;"}};
+      const FunctionFile files[] = {
+          kItemCount,
+          {"item_zzz",
+           "CREATE OR REPLACE FUNCTION flowreg.item_zzz() RETURNS int LANGUAGE sql"
+           " AS $$ SELECT no_such_column FROM flowreg.items $$;"}};
       auto report = fd::migrate(conninfo, kItems, files);
       REQUIRE_FALSE(report);
       CHECK(report.error().code == Errc::database);
