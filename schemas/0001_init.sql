@@ -1,6 +1,6 @@
--- flowreg migration 0001: the schema that holds flowreg's tables.
+-- flowreg migration 0001: the schema flowreg, which holds flowreg's tables and functions.
 --
--- Released migrations are never edited (flowreg refuses an applied migration whose checksum
--- changed): a change is a new file, NNNN_name.sql with the next number.
--- The tables for runs, steps and tasks come in the next migration, written with the store.
+-- A numbered migration is applied once and recorded with the checksum of its text; one already
+-- applied is never edited (flowreg refuses a changed text): a change is a new file,
+-- NNNN_name.sql with the next number. Functions live in schemas/functions/.
 CREATE SCHEMA IF NOT EXISTS flowreg;

@@ -1,5 +1,5 @@
-# Owned by the store work: tests/pg executables. They start real PostgreSQL clusters through
-# flowreg's EmbeddedCluster (never a mock) and fail, never skip, when the server binaries are missing.
+# The tests/pg executables start real PostgreSQL clusters through flowreg's EmbeddedCluster (never a
+# mock) and fail, never skip, when the server binaries are missing.
 add_executable(flowreg_pg_tests
   pg/pg_fixture.cpp
   pg/embedded_cluster_test.cpp

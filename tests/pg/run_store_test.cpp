@@ -403,6 +403,55 @@ TEST_SUITE("run_store") {
     CHECK(*other == std::vector<TaskId>{tasks[0].id});
   }
 
+  TEST_CASE("work records results, claims, rejects stale results and says when a retry is due") {
+    auto env = open_env("rs_work");
+    auto a = step("a");
+    a.options.max_attempts = 3;
+    a.options.base_delay = Millis(60'000);
+    a.options.max_delay = Millis(60'000);
+    auto key = store_flow(env.store, flow("work", {a, step("b")}));
+    const std::span<const FlowKey> flows(&key, 1);
+    const auto run = start(env.store, key, Json::object({{"n", 1}}));
+
+    auto first = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE(first->claimed.size() == 2);
+    CHECK(first->rejected.empty());
+    CHECK_FALSE(first->next_due_in.has_value());
+    const auto ta = first->claimed[0].step_slug == "a" ? first->claimed[0] : first->claimed[1];
+    const auto tb = first->claimed[0].step_slug == "b" ? first->claimed[0] : first->claimed[1];
+    CHECK(ta.run_id == run);
+    CHECK(ta.attempt == 1);
+    CHECK(ta.max_attempts == 3);
+    CHECK(ta.input == Json::object({{"n", 1}}));
+    CHECK(ta.timeout == Millis(60'000));
+
+    // b completes, a fails and waits ~60 s (48 to 72 s with the jitter, capped at 60 s).
+    const Completion done[] = {{tb.id, tb.attempt, 2}};
+    const Failure failed[] = {{ta.id, ta.attempt, "boom"}};
+    auto second = env.store.work("w1", done, failed, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(second, second.error().format());
+    CHECK(second->claimed.empty());
+    CHECK(second->rejected.empty());
+    REQUIRE(second->next_due_in.has_value());
+    CHECK(second->next_due_in->count() > 45'000);
+    CHECK(second->next_due_in->count() <= 60'001);
+
+    // The previous release read the delay from timeout_ms: still there, for its workers running
+    // while a database is upgraded.
+    CHECK(sql_one(env.conninfo,
+                  "SELECT timeout_ms IS NOT NULL AND lease_expires_at IS NOT NULL"
+                  " AND abs(timeout_ms - due_in_ms) <= 1000 FROM flowreg.work('w1', '[]', '[]',"
+                  " '[{\"slug\": \"work\", \"version\": \"v1\"}]', 0, NULL)"
+                  " WHERE kind = 'due'") == "t");
+
+    // The same completion again is stale.
+    auto third = env.store.work("w1", done, {}, flows, 0, std::nullopt);
+    REQUIRE_MESSAGE(third, third.error().format());
+    CHECK(third->rejected == std::vector<TaskId>{tb.id});
+    CHECK(third->claimed.empty());
+  }
+
   TEST_CASE("a completion after the lease expired and the task was re-claimed is rejected") {
     auto env = open_env("rs_fencing");
     auto key = store_flow(env.store, flow("fence", {step("a")}));

@@ -20,11 +20,70 @@ constexpr const char* kCreateTable =
 
 constexpr const char* kSelectApplied =
     "SELECT version, name, checksum,"
-    " to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+    " to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS applied_at"
     " FROM public.flowreg_migrations ORDER BY version";
+
+constexpr const char* kCreateFunctionsTable =
+    "CREATE TABLE IF NOT EXISTS public.flowreg_functions ("
+    " name text PRIMARY KEY,"
+    " checksum text NOT NULL,"
+    " applied_at timestamptz NOT NULL DEFAULT now())";
+
+constexpr const char* kSelectFunctions =
+    "SELECT name, checksum,"
+    " to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS applied_at"
+    " FROM public.flowreg_functions ORDER BY name";
+
+// Every overload of flowreg.<$1>, as text DROP ROUTINE accepts.
+constexpr const char* kSelectOverloads =
+    "SELECT p.oid::regprocedure::text AS signature FROM pg_catalog.pg_proc p"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE n.nspname = 'flowreg' AND p.proname = $1 ORDER BY 1";
+
+// The overloads of flowreg.<$1> that the transaction which recorded the function file <$1> did
+// not write: a CREATE [OR REPLACE] FUNCTION writes the function's row of pg_proc, so that row's
+// xmin is the id of the (sub)transaction that ran it, the same as the recorded row's.
+constexpr const char* kSelectStaleOverloads =
+    "SELECT p.oid::regprocedure::text AS signature FROM pg_catalog.pg_proc p"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
+    " WHERE n.nspname = 'flowreg' AND p.proname = $1"
+    " AND p.xmin::text <> (SELECT f.xmin::text FROM public.flowreg_functions f WHERE f.name = $1)"
+    " ORDER BY 1";
+
+constexpr const char* kRecordFunction =
+    "INSERT INTO public.flowreg_functions (name, checksum) VALUES ($1, $2)"
+    " ON CONFLICT (name) DO UPDATE SET checksum = excluded.checksum, applied_at = now()";
+
+// SQLSTATE invalid_function_definition: CREATE OR REPLACE FUNCTION refuses to change a function's
+// result type or its parameters' names or defaults in place.
+constexpr std::string_view kInvalidFunctionDefinition = "42P13";
+
+// clang-format off
+// The checksums that releases before the functions moved to schemas/functions/ recorded for
+// migrations 0001 to 0006, whose texts then also defined the functions of those versions. A
+// database they migrated has these migrations' tables and data, as the current texts define them:
+// such a row counts as applied (and the function files replace the old functions).
+struct EarlierChecksum {
+  int version;
+  std::string_view name;
+  std::string_view checksum;
+};
+constexpr EarlierChecksum kEarlierChecksums[] = {
+    {1, "init",            "7fe32af932f711e869bd95ce51600b2fbcbf8046f39c2d7384e5ab38ab661780"},
+    {2, "runs",            "ab97af63c0727c61886e6d872dcb178b7357684a29d1c46ca4de7578176879fa"},
+    {3, "workers",         "9b25ef0baf93f50c913c496a22636e54ee8654e6a8351179581aea2700d3a899"},
+    {4, "lean_completion", "70e0b84e7a2283d244a36dbabf3b9515128bf5412c544a652ce22b266caa860a"},
+    {5, "worker_health",   "2ae14a4d491c44dab718cfd4ae47c78437cb728346717ddca041d8d2784d191f"},
+    {6, "flow_shape",      "86d5314de14dea10be7ba9410e6b3a2e1ff4f793ab48f2644991404618c41528"},
+};
+// clang-format on
 
 struct Recorded {
   std::string name, checksum, applied_at;
+};
+
+struct RecordedFunction {
+  std::string checksum, applied_at;
 };
 
 std::string label(int version, std::string_view name) {
@@ -52,17 +111,119 @@ Result<void> check_order(std::span<const Migration> migrations) {
   return {};
 }
 
+Result<void> check_names(std::span<const FunctionFile> functions) {
+  for (std::size_t i = 0; i < functions.size(); ++i) {
+    if (functions[i].name.empty())
+      return make_error(Errc::invalid_argument, "a function file has an empty name");
+    if (i > 0 && functions[i].name <= functions[i - 1].name)
+      return make_error(
+          Errc::invalid_argument,
+          fmt::format("function files must be in strictly ascending name order: {} comes after {}",
+                      functions[i].name, functions[i - 1].name));
+  }
+  return {};
+}
+
 std::map<int, Recorded> read_recorded(pqxx::transaction_base& tx) {
   std::map<int, Recorded> out;
   for (const auto& row : tx.exec(kSelectApplied))
-    out[row[0].as<int>()] =
-        Recorded{row[1].as<std::string>(), row[2].as<std::string>(), row[3].as<std::string>()};
+    out[row["version"].as<int>()] =
+        Recorded{row["name"].as<std::string>(), row["checksum"].as<std::string>(),
+                 row["applied_at"].as<std::string>()};
   return out;
+}
+
+std::map<std::string, RecordedFunction> read_recorded_functions(pqxx::transaction_base& tx) {
+  std::map<std::string, RecordedFunction> out;
+  for (const auto& row : tx.exec(kSelectFunctions))
+    out[row["name"].as<std::string>()] =
+        RecordedFunction{row["checksum"].as<std::string>(), row["applied_at"].as<std::string>()};
+  return out;
+}
+
+// Runs the function file in a savepoint and records it there. Returns false, with the savepoint
+// rolled back, when `may_refuse` and PostgreSQL refused to replace a function in place; throws
+// pqxx::sql_error on any other failure.
+bool run_function_file(pqxx::work& tx, const FunctionFile& f, bool may_refuse) {
+  pqxx::subtransaction sub(tx, "function_file");
+  try {
+    sub.exec(std::string(f.sql));
+  } catch (const pqxx::sql_error& e) {
+    if (!may_refuse || e.sqlstate() != kInvalidFunctionDefinition) throw;
+    sub.abort();
+    return false;
+  }
+  sub.exec_params0(kRecordFunction, std::string(f.name), function_checksum(f));
+  sub.commit();
+  return true;
+}
+
+// Applies one function file: replaces its functions in place (they keep their OIDs, so sessions
+// calling them meanwhile go on), or, when PostgreSQL refuses that (another result type, other
+// parameter names), drops every overload of flowreg.<name> and runs the file again; then drops
+// the overloads the file did not define, and records it. Throws pqxx::sql_error when the file
+// fails. REQUIRES: inside the transaction of apply_functions.
+Result<void> apply_function(pqxx::work& tx, const FunctionFile& f) {
+  const std::string name(f.name);
+  if (!run_function_file(tx, f, /*may_refuse=*/true)) {
+    for (const auto& row : tx.exec_params(kSelectOverloads, name))
+      tx.exec0("DROP ROUTINE " + row["signature"].as<std::string>());
+    run_function_file(tx, f, /*may_refuse=*/false);
+  }
+  for (const auto& row : tx.exec_params(kSelectStaleOverloads, name))
+    tx.exec0("DROP ROUTINE " + row["signature"].as<std::string>());
+  if (tx.exec_params(kSelectOverloads, name).empty())
+    return make_error(Errc::database,
+                      fmt::format("function file functions/{}.sql defines no function flowreg.{}: "
+                                  "a function file is named after its function; the function "
+                                  "files were rolled back",
+                                  name, name));
+  return {};
+}
+
+// Applies, in one transaction, the function files the database has no record of or recorded with
+// another checksum (apply_function). Returns the names applied. REQUIRES: the migration lock is
+// held.
+Result<std::vector<std::string>> apply_functions(pqxx::connection& conn,
+                                                 std::span<const FunctionFile> functions) {
+  std::vector<const FunctionFile*> due;
+  {
+    pqxx::read_transaction tx(conn);
+    const auto recorded = read_recorded_functions(tx);
+    for (const auto& f : functions) {
+      auto it = recorded.find(std::string(f.name));
+      if (it == recorded.end() || it->second.checksum != function_checksum(f)) due.push_back(&f);
+    }
+  }
+  std::vector<std::string> applied;
+  if (due.empty()) return applied;
+  pqxx::work tx(conn, "functions");
+  for (const FunctionFile* f : due) {
+    try {
+      if (auto r = apply_function(tx, *f); !r) return tl::unexpected(r.error());
+    } catch (const pqxx::sql_error& e) {
+      return make_error(Errc::database,
+                        fmt::format("function file functions/{}.sql failed and the function files "
+                                    "were rolled back: {}",
+                                    f->name, without_trailing_newlines(e.what())));
+    }
+    applied.emplace_back(f->name);
+  }
+  tx.commit();
+  return applied;
 }
 
 }  // namespace
 
 std::string migration_checksum(const Migration& m) { return sha256_hex(m.sql); }
+
+std::optional<std::string_view> earlier_checksum(const Migration& m) {
+  for (const auto& e : kEarlierChecksums)
+    if (e.version == m.version && e.name == m.name) return e.checksum;
+  return std::nullopt;
+}
+
+std::string function_checksum(const FunctionFile& f) { return sha256_hex(f.sql); }
 
 std::string_view to_string(MigrationState s) noexcept {
   switch (s) {
@@ -78,9 +239,28 @@ std::string_view to_string(MigrationState s) noexcept {
   return "?";
 }
 
-Result<MigrationReport> migrate(const std::string& conninfo,
-                                std::span<const Migration> migrations) {
+std::string_view to_string(FunctionState s) noexcept {
+  switch (s) {
+    case FunctionState::applied:
+      return "applied";
+    case FunctionState::pending:
+      return "pending";
+    case FunctionState::changed:
+      return "changed";
+    case FunctionState::unknown:
+      return "unknown";
+  }
+  return "?";
+}
+
+Result<MigrationReport> migrate(const std::string& conninfo) {
+  return migrate(conninfo, builtin_migrations(), builtin_functions());
+}
+
+Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
+                                std::span<const FunctionFile> functions) {
   if (auto r = check_order(migrations); !r) return tl::unexpected(r.error());
+  if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
   std::string step = "connecting";
   try {
     pqxx::connection conn(conninfo);
@@ -91,10 +271,11 @@ Result<MigrationReport> migrate(const std::string& conninfo,
       pqxx::nontransaction tx(conn);
       tx.exec_params("SELECT pg_advisory_lock($1)", kMigrationLockKey);
     }
-    step = "creating public.flowreg_migrations";
+    step = "creating public.flowreg_migrations and public.flowreg_functions";
     {
       pqxx::work tx(conn);
       tx.exec0(kCreateTable);
+      tx.exec0(kCreateFunctionsTable);
       tx.commit();
     }
     step = "reading public.flowreg_migrations";
@@ -115,7 +296,7 @@ Result<MigrationReport> migrate(const std::string& conninfo,
                                       "flowreg does not know: it was migrated by a newer flowreg",
                                       label(version, rec.name), rec.applied_at));
       const std::string sum = migration_checksum(*it->second);
-      if (sum != rec.checksum)
+      if (sum != rec.checksum && earlier_checksum(*it->second) != rec.checksum)
         return make_error(
             Errc::database,
             fmt::format("migration {} was applied with checksum {} but its SQL now has checksum "
@@ -149,6 +330,10 @@ Result<MigrationReport> migrate(const std::string& conninfo,
       }
       report.applied.push_back({m.version, std::string(m.name)});
     }
+    step = "applying the function files";
+    auto applied = apply_functions(conn, functions);
+    if (!applied) return tl::unexpected(applied.error());
+    report.functions = std::move(*applied);
     step = "releasing the migration lock";
     {
       pqxx::nontransaction tx(conn);
@@ -177,22 +362,59 @@ Result<std::vector<MigrationStatus>> migration_status(const std::string& conninf
       s.name = std::string(m.name);
       s.checksum = migration_checksum(m);
       if (auto it = recorded.find(m.version); it != recorded.end()) {
-        s.state = it->second.checksum == s.checksum ? MigrationState::applied
-                                                    : MigrationState::checksum_mismatch;
+        s.earlier_text =
+            it->second.checksum != s.checksum && earlier_checksum(m) == it->second.checksum;
+        s.state = it->second.checksum == s.checksum || s.earlier_text
+                      ? MigrationState::applied
+                      : MigrationState::checksum_mismatch;
         s.applied_at = it->second.applied_at;
       }
       out[m.version] = std::move(s);
     }
     for (const auto& [version, rec] : recorded) {
       if (out.count(version)) continue;
-      out[version] =
-          MigrationStatus{version, rec.name, rec.checksum, MigrationState::unknown, rec.applied_at};
+      out[version] = MigrationStatus{version, rec.name,      rec.checksum, MigrationState::unknown,
+                                     false,   rec.applied_at};
     }
     std::vector<MigrationStatus> list;
     for (auto& [version, s] : out) list.push_back(std::move(s));
     return list;
   } catch (const std::exception& e) {
     return make_error(Errc::database, fmt::format("reading the migration status failed: {}",
+                                                  without_trailing_newlines(e.what())));
+  }
+}
+
+Result<std::vector<FunctionStatus>> function_status(const std::string& conninfo,
+                                                    std::span<const FunctionFile> functions) {
+  if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
+  try {
+    pqxx::connection conn(conninfo);
+    pqxx::read_transaction tx(conn);
+    std::map<std::string, RecordedFunction> recorded;
+    if (!tx.exec1("SELECT to_regclass('public.flowreg_functions') IS NULL")[0].as<bool>())
+      recorded = read_recorded_functions(tx);
+    std::map<std::string, FunctionStatus> out;
+    for (const auto& f : functions) {
+      FunctionStatus s;
+      s.name = std::string(f.name);
+      s.checksum = function_checksum(f);
+      if (auto it = recorded.find(s.name); it != recorded.end()) {
+        s.state =
+            it->second.checksum == s.checksum ? FunctionState::applied : FunctionState::changed;
+        s.applied_at = it->second.applied_at;
+      }
+      out[s.name] = std::move(s);
+    }
+    for (const auto& [name, rec] : recorded) {
+      if (out.count(name)) continue;
+      out[name] = FunctionStatus{name, rec.checksum, FunctionState::unknown, rec.applied_at};
+    }
+    std::vector<FunctionStatus> list;
+    for (auto& [name, s] : out) list.push_back(std::move(s));
+    return list;
+  } catch (const std::exception& e) {
+    return make_error(Errc::database, fmt::format("reading the function status failed: {}",
                                                   without_trailing_newlines(e.what())));
   }
 }

@@ -15,11 +15,19 @@ namespace flowreg::detail {
 
 namespace {
 
-// Timestamps travel as microseconds since the epoch.
+// Rows are read by column name: every statement names its columns. Timestamps travel as
+// microseconds since the epoch, in columns whose names end in _us.
 constexpr const char* kRunColumns =
-    "id::text, flow_slug, flow_version, status, input::text, output::text, error,"
-    " (extract(epoch FROM created_at) * 1000000)::bigint,"
-    " (extract(epoch FROM finished_at) * 1000000)::bigint, retry_of::text, idempotency_key";
+    "id::text AS id, flow_slug, flow_version, status, input::text AS input,"
+    " output::text AS output, error, (extract(epoch FROM created_at) * 1000000)::bigint AS"
+    " created_at_us, (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,"
+    " retry_of::text AS retry_of, idempotency_key";
+
+// The columns of a claimed task (claimed_task reads them).
+constexpr const char* kTaskColumns =
+    "id, run_id::text AS run_id, flow_slug, flow_version, step_slug, task_index, attempt,"
+    " input::text AS input, max_attempts, timeout_ms,"
+    " (extract(epoch FROM lease_expires_at) * 1000000)::bigint AS lease_expires_at_us";
 
 struct Statement {
   const char* name;
@@ -28,55 +36,54 @@ struct Statement {
 
 const std::vector<Statement>& statements() {
   static const std::vector<Statement> list = {
-      {"upsert_flow", "SELECT flowreg.upsert_flow($1, $2, $3::jsonb)"},
+      {"upsert_flow", "SELECT flowreg.upsert_flow($1, $2, $3::jsonb) AS changed"},
       {"start_run",
-       "SELECT run_id::text, created FROM flowreg.start_runs($1, $2, ARRAY[$3::jsonb],"
+       "SELECT run_id::text AS run_id, created FROM flowreg.start_runs($1, $2, ARRAY[$3::jsonb],"
        " CASE WHEN $4 = '' THEN NULL ELSE ARRAY[$4::text] END, NULLIF($5, '')::uuid)"},
       {"start_runs",
-       "SELECT run_id::text FROM flowreg.start_runs($1, $2,"
+       "SELECT run_id::text AS run_id FROM flowreg.start_runs($1, $2,"
        " ARRAY(SELECT jsonb_array_elements($3::jsonb)))"},
-      {"claim",
-       "SELECT id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
-       " input::text, max_attempts, timeout_ms,"
-       " (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
-       " FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
+      {"claim", std::string("SELECT ") + kTaskColumns +
+                    " FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
       {"renew",
        "SELECT unnest(flowreg.renew_leases($1, $2::jsonb, NULLIF($3, -1)::bigint,"
-       " $4::boolean))"},
+       " $4::boolean)) AS id"},
       {"report_crashes", "SELECT id, outcome FROM flowreg.report_crashes($1::jsonb, $2::int)"},
-      {"work",
-       "SELECT kind, id, run_id::text, flow_slug, flow_version, step_slug, task_index, attempt,"
-       " input::text, max_attempts, timeout_ms,"
-       " (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
-       " FROM flowreg.work($1, $2::jsonb, $3::jsonb, $4::jsonb, $5::int,"
-       " NULLIF($6, -1)::bigint)"},
-      {"release", "SELECT unnest(flowreg.release_tasks($1, $2::jsonb))"},
+      {"work", std::string("SELECT kind, due_in_ms, ") + kTaskColumns +
+                   " FROM flowreg.work($1, $2::jsonb, $3::jsonb, $4::jsonb, $5::int,"
+                   " NULLIF($6, -1)::bigint)"},
+      {"release", "SELECT unnest(flowreg.release_tasks($1, $2::jsonb)) AS id"},
       {"heartbeat",
        "SELECT flowreg.worker_heartbeat($1, $2, $3::int, $4::jsonb, $5::int, $6::boolean, $7,"
        " NULLIF($8, -1)::bigint)"},
       {"list_workers",
-       "SELECT id, host, pid, concurrency, flows::text,"
-       " (extract(epoch FROM started_at) * 1000000)::bigint,"
-       " (extract(epoch FROM last_heartbeat_at) * 1000000)::bigint,"
-       " (extract(epoch FROM stopped_at) * 1000000)::bigint, state, heartbeat_ms,"
-       " (extract(epoch FROM clock_timestamp() - last_heartbeat_at) * 1000)::bigint"
+       "SELECT id, host, pid, concurrency, flows::text AS flows,"
+       " (extract(epoch FROM started_at) * 1000000)::bigint AS started_at_us,"
+       " (extract(epoch FROM last_heartbeat_at) * 1000000)::bigint AS last_heartbeat_at_us,"
+       " (extract(epoch FROM stopped_at) * 1000000)::bigint AS stopped_at_us, state,"
+       " heartbeat_ms,"
+       " (extract(epoch FROM clock_timestamp() - last_heartbeat_at) * 1000)::bigint AS"
+       " heartbeat_age_ms"
        " FROM flowreg.workers ORDER BY last_heartbeat_at DESC, id"},
-      {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb))"},
-      {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb))"},
-      {"cancel_run", "SELECT flowreg.cancel_run($1::uuid)"},
-      {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text"},
-      {"prune", "SELECT flowreg.prune($1::bigint * interval '1 ms')"},
+      {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb)) AS id"},
+      {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb)) AS id"},
+      {"cancel_run", "SELECT flowreg.cancel_run($1::uuid) AS cancelled"},
+      {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text AS run_id"},
+      {"prune", "SELECT flowreg.prune($1::bigint * interval '1 ms') AS deleted"},
       {"get_run", std::string("SELECT ") + kRunColumns + " FROM flowreg.runs WHERE id = $1::uuid"},
-      {"same_input", "SELECT input = $2::jsonb, input::text FROM flowreg.runs WHERE id = $1::uuid"},
+      {"same_input",
+       "SELECT input = $2::jsonb AS same, input::text AS input FROM flowreg.runs"
+       " WHERE id = $1::uuid"},
       {"list_runs", std::string("SELECT ") + kRunColumns +
                         " FROM flowreg.runs WHERE ($1 = '' OR flow_slug = $1)"
                         " AND ($2 = '' OR status = $2) ORDER BY created_at DESC, id LIMIT $3::int"},
       {"run_steps",
        "SELECT s.step_slug, s.kind, s.status, s.task_count,"
        " coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
-       "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug), 0)::int,"
-       " (extract(epoch FROM s.started_at) * 1000000)::bigint,"
-       " (extract(epoch FROM s.finished_at) * 1000000)::bigint, s.error, s.output::text"
+       "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug), 0)::int AS attempts,"
+       " (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,"
+       " (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,"
+       " s.output::text AS output"
        " FROM flowreg.step_states s WHERE s.run_id = $1::uuid ORDER BY s.step_index"},
   };
   return list;
@@ -149,45 +156,45 @@ auto guarded(std::string_view what, F&& body) -> decltype(body()) {
   }
 }
 
+// A run from the columns of kRunColumns.
 RunInfo run_of(const pqxx::row& r) {
   RunInfo info;
-  info.id = r[0].as<std::string>();
-  info.flow_slug = r[1].as<std::string>();
-  info.flow_version = r[2].as<std::string>();
-  info.status = parse_run_status(r[3].as<std::string>()).value_or(RunStatus::started);
-  info.input = row_json(r[4]);
-  info.output = opt_json(r[5]);
-  info.error = opt_text(r[6]);
-  info.created_at = from_micros(r[7].as<std::int64_t>());
-  info.finished_at = opt_time(r[8]);
-  info.retry_of = opt_text(r[9]);
-  info.idempotency_key = opt_text(r[10]);
+  info.id = r["id"].as<std::string>();
+  info.flow_slug = r["flow_slug"].as<std::string>();
+  info.flow_version = r["flow_version"].as<std::string>();
+  info.status = parse_run_status(r["status"].as<std::string>()).value_or(RunStatus::started);
+  info.input = row_json(r["input"]);
+  info.output = opt_json(r["output"]);
+  info.error = opt_text(r["error"]);
+  info.created_at = from_micros(r["created_at_us"].as<std::int64_t>());
+  info.finished_at = opt_time(r["finished_at_us"]);
+  info.retry_of = opt_text(r["retry_of"]);
+  info.idempotency_key = opt_text(r["idempotency_key"]);
   return info;
 }
 
-// A claimed task from the columns id, run_id, flow_slug, flow_version, step_slug, task_index,
-// attempt, input, max_attempts, timeout_ms, lease (microseconds), starting at column `first`.
-ClaimedTask claimed_task(const pqxx::row& r, int first) {
-  const auto at = [&](int i) { return r[first + i]; };
+// A claimed task from the columns of kTaskColumns.
+ClaimedTask claimed_task(const pqxx::row& r) {
   ClaimedTask t;
-  t.id = at(0).as<TaskId>();
-  t.run_id = at(1).as<std::string>();
-  t.flow_slug = at(2).as<std::string>();
-  t.flow_version = at(3).as<std::string>();
-  t.step_slug = at(4).as<std::string>();
-  t.task_index = at(5).as<int>();
-  t.attempt = at(6).as<int>();
-  t.input = row_json(at(7));
-  t.max_attempts = at(8).as<int>();
-  t.timeout = Millis(at(9).as<std::int64_t>());
-  t.lease_expires_at = from_micros(at(10).as<std::int64_t>());
+  t.id = r["id"].as<TaskId>();
+  t.run_id = r["run_id"].as<std::string>();
+  t.flow_slug = r["flow_slug"].as<std::string>();
+  t.flow_version = r["flow_version"].as<std::string>();
+  t.step_slug = r["step_slug"].as<std::string>();
+  t.task_index = r["task_index"].as<int>();
+  t.attempt = r["attempt"].as<int>();
+  t.input = row_json(r["input"]);
+  t.max_attempts = r["max_attempts"].as<int>();
+  t.timeout = Millis(r["timeout_ms"].as<std::int64_t>());
+  t.lease_expires_at = from_micros(r["lease_expires_at_us"].as<std::int64_t>());
   return t;
 }
 
+// The task ids of a result with a column `id`.
 std::vector<TaskId> ids_of(const pqxx::result& rows) {
   std::vector<TaskId> out;
   out.reserve(rows.size());
-  for (const auto& row : rows) out.push_back(row[0].as<TaskId>());
+  for (const auto& row : rows) out.push_back(row["id"].as<TaskId>());
   return out;
 }
 
@@ -309,7 +316,8 @@ Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version
                       fmt::format("{}: its dependencies form a cycle", what));
   const std::string def = json_text(flow_definition_json(flow));
   return guarded(what, [&]() -> Result<bool> {
-    return impl_->exec("upsert_flow", flow.slug, std::string(version), def)[0][0].as<bool>();
+    return impl_->exec("upsert_flow", flow.slug, std::string(version), def)[0]["changed"]
+        .as<bool>();
   });
 }
 
@@ -324,20 +332,20 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
     auto rows = impl_->exec("start_run", std::string(flow_slug), std::string(version), text,
                             options.idempotency_key.value_or(""), options.retry_of.value_or(""));
     if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
-    RunId id = rows[0][0].as<std::string>();
-    const bool created = rows[0][1].as<bool>();
+    RunId id = rows[0]["run_id"].as<std::string>();
+    const bool created = rows[0]["created"].as<bool>();
     if (created || !options.idempotency_key) return id;
     // The key was used before: by the same input (compared as jsonb: key order and spacing do
     // not matter), that run is the answer; by another input, the key is being reused by mistake.
     auto prior = impl_->exec("same_input", id, text);
-    if (prior.empty() || prior[0][0].as<bool>()) return id;
+    if (prior.empty() || prior[0]["same"].as<bool>()) return id;
     return make_error(
         Errc::invalid_argument,
         fmt::format("{}: conflict: idempotency key '{}' was already used by run {} with another "
                     "input (a key stands for one input; use a new key for a new input)\n"
                     "  that run's input: {}\n  this input:       {}",
                     what, utf8_valid(*options.idempotency_key), id,
-                    describe_input(row_text(prior[0][1])), describe_input(text)));
+                    describe_input(row_text(prior[0]["input"])), describe_input(text)));
   });
 }
 
@@ -353,7 +361,7 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
         impl_->exec("start_runs", std::string(flow_slug), std::string(version), json_text(all));
     std::vector<RunId> out;
     out.reserve(rows.size());
-    for (const auto& row : rows) out.push_back(row[0].as<std::string>());
+    for (const auto& row : rows) out.push_back(row["run_id"].as<std::string>());
     return out;
   });
 }
@@ -391,7 +399,7 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
     auto rows = impl_->exec("claim", std::string(worker_id), json_text(keys), limit);
     std::vector<ClaimedTask> out;
     out.reserve(rows.size());
-    for (const auto& r : rows) out.push_back(claimed_task(r, 0));
+    for (const auto& r : rows) out.push_back(claimed_task(r));
     return out;
   });
 }
@@ -420,11 +428,11 @@ Result<std::vector<CrashOutcome>> RunStore::report_crashes(std::span<const Crash
   return guarded("reporting crashed handlers", [&]() -> Result<std::vector<CrashOutcome>> {
     std::vector<CrashOutcome> out;
     for (const auto& row : impl_->exec("report_crashes", json_text(batch), limit)) {
-      const std::string_view kind = row[1].c_str();
-      out.push_back(CrashOutcome{row[0].as<TaskId>(), kind == "failed" ? CrashOutcome::Kind::failed
-                                                      : kind == "counted"
-                                                          ? CrashOutcome::Kind::counted
-                                                          : CrashOutcome::Kind::stale});
+      const std::string_view kind = row["outcome"].c_str();
+      out.push_back(
+          CrashOutcome{row["id"].as<TaskId>(), kind == "failed"    ? CrashOutcome::Kind::failed
+                                               : kind == "counted" ? CrashOutcome::Kind::counted
+                                                                   : CrashOutcome::Kind::stale});
     }
     return out;
   });
@@ -444,13 +452,13 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
     WorkResult out;
     out.claimed.reserve(rows.size());
     for (const auto& r : rows) {
-      const std::string_view kind = r[0].c_str();
+      const std::string_view kind = r["kind"].c_str();
       if (kind == "rejected") {
-        out.rejected.push_back(r[1].as<TaskId>());
+        out.rejected.push_back(r["id"].as<TaskId>());
       } else if (kind == "due") {
-        out.next_due_in = Millis(std::max<std::int64_t>(0, r[10].as<std::int64_t>()));
+        out.next_due_in = Millis(std::max<std::int64_t>(0, r["due_in_ms"].as<std::int64_t>()));
       } else {
-        out.claimed.push_back(claimed_task(r, 1));
+        out.claimed.push_back(claimed_task(r));
       }
     }
     return out;
@@ -487,18 +495,19 @@ Result<std::vector<WorkerRecord>> RunStore::list_workers() {
     std::vector<WorkerRecord> out;
     for (const auto& r : impl_->exec("list_workers")) {
       WorkerRecord w;
-      w.id = row_text(r[0]);
-      w.host = row_text(r[1]);
-      w.pid = r[2].as<int>();
-      w.concurrency = r[3].as<int>();
-      for (const auto& f : row_json(r[4]))
+      w.id = row_text(r["id"]);
+      w.host = row_text(r["host"]);
+      w.pid = r["pid"].as<int>();
+      w.concurrency = r["concurrency"].as<int>();
+      for (const auto& f : row_json(r["flows"]))
         w.flows.push_back(FlowKey{f.value("slug", ""), f.value("version", "")});
-      w.started_at = from_micros(r[5].as<std::int64_t>());
-      w.last_heartbeat_at = from_micros(r[6].as<std::int64_t>());
-      w.stopped_at = opt_time(r[7]);
-      w.state = r[8].as<std::string>();
-      if (!r[9].is_null()) w.heartbeat_interval = Millis(r[9].as<std::int64_t>());
-      w.heartbeat_age = Millis(std::max<std::int64_t>(0, r[10].as<std::int64_t>()));
+      w.started_at = from_micros(r["started_at_us"].as<std::int64_t>());
+      w.last_heartbeat_at = from_micros(r["last_heartbeat_at_us"].as<std::int64_t>());
+      w.stopped_at = opt_time(r["stopped_at_us"]);
+      w.state = r["state"].as<std::string>();
+      if (!r["heartbeat_ms"].is_null())
+        w.heartbeat_interval = Millis(r["heartbeat_ms"].as<std::int64_t>());
+      w.heartbeat_age = Millis(std::max<std::int64_t>(0, r["heartbeat_age_ms"].as<std::int64_t>()));
       out.push_back(std::move(w));
     }
     return out;
@@ -524,19 +533,20 @@ Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {
 }
 
 Result<bool> RunStore::cancel_run(const RunId& run) {
-  return guarded(fmt::format("cancelling run {}", run),
-                 [&]() -> Result<bool> { return impl_->exec("cancel_run", run)[0][0].as<bool>(); });
+  return guarded(fmt::format("cancelling run {}", run), [&]() -> Result<bool> {
+    return impl_->exec("cancel_run", run)[0]["cancelled"].as<bool>();
+  });
 }
 
 Result<RunId> RunStore::retry_run(const RunId& run) {
   return guarded(fmt::format("retrying run {}", run), [&]() -> Result<RunId> {
-    return impl_->exec("retry_run", run)[0][0].as<std::string>();
+    return impl_->exec("retry_run", run)[0]["run_id"].as<std::string>();
   });
 }
 
 Result<std::int64_t> RunStore::prune(Millis older_than) {
   return guarded("pruning runs", [&]() -> Result<std::int64_t> {
-    return impl_->exec("prune", static_cast<std::int64_t>(older_than.count()))[0][0]
+    return impl_->exec("prune", static_cast<std::int64_t>(older_than.count()))[0]["deleted"]
         .as<std::int64_t>();
   });
 }
@@ -567,15 +577,15 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                    std::vector<StepInfo> out;
                    for (const auto& r : impl_->exec("run_steps", run)) {
                      StepInfo s;
-                     s.slug = row_text(r[0]);
-                     s.kind = r[1].as<std::string>();
-                     s.status = r[2].as<std::string>();
-                     s.task_count = r[3].as<int>();
-                     s.attempts = r[4].as<int>();
-                     s.started_at = opt_time(r[5]);
-                     s.finished_at = opt_time(r[6]);
-                     s.error = opt_text(r[7]);
-                     s.output = opt_json(r[8]);
+                     s.slug = row_text(r["step_slug"]);
+                     s.kind = r["kind"].as<std::string>();
+                     s.status = r["status"].as<std::string>();
+                     s.task_count = r["task_count"].as<int>();
+                     s.attempts = r["attempts"].as<int>();
+                     s.started_at = opt_time(r["started_at_us"]);
+                     s.finished_at = opt_time(r["finished_at_us"]);
+                     s.error = opt_text(r["error"]);
+                     s.output = opt_json(r["output"]);
                      out.push_back(std::move(s));
                    }
                    return out;

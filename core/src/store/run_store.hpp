@@ -1,13 +1,13 @@
 #pragma once
-// The run store: flow versions, runs, steps and tasks in PostgreSQL (schemas/0002_runs.sql), and
-// the lifecycle API that workers drive (claim, renew, complete, fail) and the CLI reads.
+// The run store: flow versions, runs, steps and tasks in PostgreSQL (the tables of schemas/*.sql,
+// the functions of schemas/functions/), and the lifecycle API that workers drive (claim, renew,
+// complete, fail) and the CLI reads.
 //
 // Cost model: every call below is ONE statement sent in autocommit (a plpgsql function of schema
 // flowreg): one round trip and one transaction, whatever the batch size. Batch claims and
-// completions: that is what makes the store fast (see the shared notes: 1 -> 10 jobs per
-// transaction is 4x).
+// completions: a transaction's fixed cost (round trip, commit, WAL flush) is shared by the batch.
 //
-// Semantics (pgflow's, with its defects fixed): a step is ready when all its dependencies
+// Semantics: a step is ready when all its dependencies
 // completed; a root step gets the run input, a dependent step {dep_slug: output, ...}, a map step
 // one task per element of its array input (root: the run input; dependent: its single
 // dependency's output), [] at once for an empty array, and the run fails when the input is not

@@ -1,0 +1,93 @@
+-- Claims up to p_limit ready tasks of the given flows for p_worker, each leased for
+-- least(its step's timeout, p_lease_ms) (p_lease_ms NULL: the timeout). p_flows: [{"slug",
+-- "version"}]. Expired leases of those flows are handled first: a task with attempts left is
+-- requeued at once (and claimable by this very call); one without fails its step and run.
+--
+-- Generic plans: PL/pgSQL would otherwise plan the claim query again on every call while it
+-- estimates the generic plan dearer. A generic plan is made once, from the statistics of that
+-- moment, and kept: made on empty tables it would scan sequentially forever, so sequential scans
+-- are off here: every statement is driven by primary keys, flow keys or the queue indexes
+-- (tests/pg/run_store_test.cpp checks the plans made on empty tables).
+CREATE OR REPLACE FUNCTION flowreg._claim(p_worker text, p_flows jsonb, p_limit int,
+                                          p_lease_ms bigint)
+RETURNS TABLE (id bigint, run_id uuid, flow_slug text, flow_version text, step_slug text,
+               task_index int, attempt int, input jsonb, max_attempts int, timeout_ms bigint,
+               lease_expires_at timestamptz)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_slugs text[];
+  v_versions text[];
+  v_exhausted jsonb;
+BEGIN
+  SELECT array_agg(f.slug), array_agg(f.version) INTO v_slugs, v_versions
+  FROM jsonb_to_recordset(p_flows) AS f(slug text, version text);
+  IF v_slugs IS NULL OR p_limit <= 0 THEN
+    RETURN;
+  END IF;
+
+  IF EXISTS (SELECT 1 FROM flowreg.tasks t
+             WHERE t.status = 'started' AND t.lease_expires_at < now()) THEN
+    -- Exhausted: lock the runs first (skipping busy ones), as every writer does.
+    WITH ex AS (
+      SELECT t.id, t.attempt, t.run_id,
+             CASE WHEN t.error_at >= t.started_at THEN t.error END AS error
+      FROM flowreg.tasks t
+      WHERE t.status = 'started' AND t.lease_expires_at < now() AND t.attempt >= t.max_attempts
+        AND (t.flow_slug, t.flow_version) IN (SELECT * FROM unnest(v_slugs, v_versions))
+      LIMIT p_limit
+    ),
+    lk AS (
+      SELECT r.id FROM flowreg.runs r WHERE r.id IN (SELECT ex.run_id FROM ex)
+      ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
+    )
+    SELECT jsonb_agg(jsonb_build_object(
+             'id', ex.id, 'attempt', ex.attempt, 'permanent', true,
+             'error', coalesce(ex.error,
+                               'lease expired: its worker stopped renewing it (the worker died, '
+                               'lost the database, or the step timed out)')))
+    INTO v_exhausted
+    FROM ex WHERE ex.run_id IN (SELECT lk.id FROM lk);
+    IF v_exhausted IS NOT NULL THEN
+      PERFORM flowreg._fail_locked(v_exhausted);
+    END IF;
+
+    -- Attempts left: back to the queue, claimable at once.
+    UPDATE flowreg.tasks t
+    SET status = 'queued', available_at = now(), lease_expires_at = NULL,
+        error = 'lease expired: its worker stopped renewing it (the worker died, lost the '
+                'database, or the step timed out)',
+        error_at = now()
+    WHERE t.id IN (
+      SELECT e.id FROM flowreg.tasks e
+      WHERE e.status = 'started' AND e.lease_expires_at < now() AND e.attempt < e.max_attempts
+        AND (e.flow_slug, e.flow_version) IN (SELECT * FROM unnest(v_slugs, v_versions))
+      LIMIT p_limit FOR UPDATE SKIP LOCKED);
+  END IF;
+
+  RETURN QUERY
+  WITH cand AS (
+    SELECT c.id, c.available_at
+    FROM unnest(v_slugs, v_versions) AS f(slug, version)
+    CROSS JOIN LATERAL (
+      SELECT q.id, q.available_at FROM flowreg.tasks q
+      WHERE q.status = 'queued' AND q.flow_slug = f.slug AND q.flow_version = f.version
+        AND q.available_at <= now()
+      ORDER BY q.available_at
+      LIMIT p_limit
+      FOR UPDATE SKIP LOCKED) c
+    ORDER BY c.available_at
+    LIMIT p_limit
+  )
+  UPDATE flowreg.tasks t
+  SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
+      lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
+                                 * interval '1 ms'
+  FROM cand
+  WHERE t.id = cand.id
+  RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+            t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at;
+END $$;
+
+ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint)
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;

@@ -1,0 +1,109 @@
+-- Starts every ready step (created, no remaining dependency) of the given runs: creates its tasks,
+-- or completes an empty map step at once with [] (and starts what that makes ready, repeatedly),
+-- or fails the run when a map step's input is not an array. Then completes the runs that have no
+-- step left. Set-based: one pass handles every ready step of every run given. The ready steps are
+-- found from the given runs first (a materialized primary-key lookup), so the cost does not grow
+-- with the history of runs of the flow.
+-- REQUIRES: the runs are locked (or new in this transaction).
+CREATE OR REPLACE FUNCTION flowreg._start_steps(p_runs uuid[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+  v_done_runs uuid[];
+  v_done_steps text[];
+  v_fail_runs uuid[];
+  v_fail_errors text[];
+  v_flows text[];
+  v_n bigint;
+BEGIN
+  LOOP
+    WITH rr AS MATERIALIZED (
+      SELECT r.id, r.flow_slug, r.flow_version, r.input FROM flowreg.runs r
+      WHERE r.id = ANY (p_runs) AND r.status = 'started'
+    ),
+    ready AS MATERIALIZED (
+      SELECT s.run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.max_attempts,
+             fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms,
+             CASE WHEN cardinality(fs.deps) = 0 THEN r.input
+                  WHEN fs.kind = 'map' THEN
+                    (SELECT d.output FROM flowreg.step_states d
+                     WHERE d.run_id = s.run_id AND d.step_slug = fs.deps[1])
+                  ELSE
+                    (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d
+                     WHERE d.run_id = s.run_id AND d.step_slug = ANY (fs.deps))
+             END AS input
+      -- Driven by the run ids (primary key probes, materialized first), whatever the statistics
+      -- say.
+      FROM rr AS r
+      JOIN flowreg.step_states s ON s.run_id = r.id
+      JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
+                                 AND fs.step_slug = s.step_slug
+      WHERE s.status = 'created' AND s.remaining_deps = 0
+    ),
+    sized AS MATERIALIZED (
+      SELECT ready.*,
+             CASE WHEN kind <> 'map' THEN 1
+                  WHEN jsonb_typeof(input) = 'array' THEN jsonb_array_length(input)
+                  ELSE -1 END AS n
+      FROM ready
+    ),
+    new_tasks AS (
+      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
+                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
+      SELECT z.run_id, z.step_slug, (e.i - 1)::int, z.flow_slug, z.flow_version, e.elem,
+             z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms
+      FROM sized z
+      CROSS JOIN LATERAL jsonb_array_elements(
+        CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
+        WITH ORDINALITY AS e(elem, i)
+      WHERE z.n > 0
+    ),
+    upd AS (
+      UPDATE flowreg.step_states s
+      SET status = CASE WHEN z.n > 0 THEN 'started' WHEN z.n = 0 THEN 'completed' ELSE 'failed' END,
+          remaining_tasks = greatest(z.n, 0),
+          task_count = greatest(z.n, 0),
+          started_at = now(),
+          finished_at = CASE WHEN z.n <= 0 THEN now() END,
+          output = CASE WHEN z.n = 0 THEN '[]'::jsonb END,
+          error = CASE WHEN z.n < 0 THEN
+            format('step %L is a map step but its input is %s, not an array', z.step_slug,
+                   CASE jsonb_typeof(z.input) WHEN 'object' THEN 'an object' WHEN 'null' THEN 'null'
+                        WHEN 'array' THEN 'an array' ELSE 'a ' || jsonb_typeof(z.input) END) END
+      FROM sized z
+      WHERE s.run_id = z.run_id AND s.step_slug = z.step_slug
+      RETURNING s.run_id, s.step_slug, s.status, s.error
+    )
+    SELECT array_agg(u.run_id) FILTER (WHERE u.status = 'completed'),
+           array_agg(u.step_slug) FILTER (WHERE u.status = 'completed'),
+           array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
+           array_agg(u.error) FILTER (WHERE u.status = 'failed'),
+           (SELECT array_agg(DISTINCT z.flow_slug) FROM sized z WHERE z.n > 0)
+    INTO v_done_runs, v_done_steps, v_fail_runs, v_fail_errors, v_flows
+    FROM upd u;
+
+    IF v_flows IS NOT NULL THEN
+      PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_flows) AS f;
+    END IF;
+    IF v_fail_runs IS NOT NULL THEN
+      PERFORM flowreg._fail_runs(v_fail_runs, v_fail_errors);
+    END IF;
+    EXIT WHEN v_done_runs IS NULL;
+    PERFORM flowreg._account_steps(v_done_runs, v_done_steps);
+  END LOOP;
+
+  -- Runs without remaining steps are complete: their output is their leaf steps' outputs.
+  WITH done AS (
+    UPDATE flowreg.runs r
+    SET status = 'completed', finished_at = now(),
+        output = coalesce(
+          (SELECT jsonb_object_agg(s.step_slug, s.output)
+           FROM flowreg.step_states s
+           JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
+                                      AND fs.step_slug = s.step_slug
+           WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb)
+    FROM unnest(p_runs) AS p(id)
+    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_steps = 0
+    RETURNING r.id
+  )
+  SELECT count(pg_notify('flowreg_runs', id::text || ' completed')) INTO v_n FROM done;
+END $$;

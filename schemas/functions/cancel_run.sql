@@ -1,0 +1,24 @@
+-- Cancels a started run: its queued and started tasks and unfinished steps are cancelled (later
+-- completions of its tasks are rejected). Returns false when the run had already ended,
+-- SQLSTATE P0002 when there is no such run.
+CREATE OR REPLACE FUNCTION flowreg.cancel_run(p_run uuid)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  v_status text;
+BEGIN
+  SELECT status INTO v_status FROM flowreg.runs WHERE id = p_run FOR UPDATE;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('run %s does not exist', p_run);
+  END IF;
+  IF v_status <> 'started' THEN
+    RETURN false;
+  END IF;
+  UPDATE flowreg.tasks SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL
+  WHERE run_id = p_run AND status IN ('queued', 'started');
+  UPDATE flowreg.step_states SET status = 'cancelled', finished_at = now()
+  WHERE run_id = p_run AND status IN ('created', 'started');
+  UPDATE flowreg.runs SET status = 'cancelled', finished_at = now(), error = 'cancelled'
+  WHERE id = p_run;
+  PERFORM pg_notify('flowreg_runs', p_run::text || ' cancelled');
+  RETURN true;
+END $$;

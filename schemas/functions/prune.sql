@@ -1,0 +1,13 @@
+-- Deletes ended runs (with their steps and tasks) that finished before now() - p_older_than.
+-- Old runs are found through runs_by_created (a run that finished before a time was created before
+-- it); finished_at has no index, so that completing a run stays a HOT update.
+CREATE OR REPLACE FUNCTION flowreg.prune(p_older_than interval)
+RETURNS bigint LANGUAGE sql AS $$
+  WITH d AS (
+    DELETE FROM flowreg.runs
+    WHERE created_at < now() - p_older_than AND finished_at < now() - p_older_than
+      AND status <> 'started'
+    RETURNING 1
+  )
+  SELECT count(*) FROM d
+$$;

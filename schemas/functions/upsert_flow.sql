@@ -1,0 +1,47 @@
+-- Stores a flow version. A version is its shape (steps, kinds, dependencies, handlers, compared by
+-- _flow_shape); tuning options and the input schema are not part of it. Storing the same definition
+-- again changes nothing (false); storing the same shape with other options updates them for the
+-- tasks created from then on (tasks copy their options when created, so queued work keeps its own)
+-- and returns true; a different shape under a stored (slug, version) is refused (SQLSTATE 22023),
+-- because runs pinned to it must never change.
+CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+  v_stored jsonb;
+BEGIN
+  INSERT INTO flowreg.flows (slug, version, definition) VALUES (p_slug, p_version, p_def)
+  ON CONFLICT (slug, version) DO NOTHING;
+  IF NOT FOUND THEN
+    SELECT definition INTO v_stored FROM flowreg.flows
+    WHERE slug = p_slug AND version = p_version FOR UPDATE;
+    IF v_stored = p_def THEN
+      RETURN false;
+    END IF;
+    IF flowreg._flow_shape(v_stored) IS DISTINCT FROM flowreg._flow_shape(p_def) THEN
+      RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format(
+        'flow %L version %L is already stored with a different definition', p_slug, p_version);
+    END IF;
+    UPDATE flowreg.flows SET definition = p_def WHERE slug = p_slug AND version = p_version;
+    UPDATE flowreg.flow_steps fs
+    SET max_attempts = (s->'options'->>'max_attempts')::int,
+        base_delay_ms = (s->'options'->>'base_delay_ms')::bigint,
+        max_delay_ms = (s->'options'->>'max_delay_ms')::bigint,
+        timeout_ms = (s->'options'->>'timeout_ms')::bigint
+    FROM jsonb_array_elements(p_def->'steps') AS s
+    WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.step_slug = s->>'slug';
+    RETURN true;
+  END IF;
+  INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
+                                  is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
+  SELECT p_slug, p_version, s->>'slug', (i - 1)::int, s->>'kind', coalesce(s->>'handler', ''),
+         ARRAY(SELECT jsonb_array_elements_text(s->'depends_on')),
+         NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_def->'steps') o
+                     WHERE o->'depends_on' ? (s->>'slug')),
+         (s->'options'->>'max_attempts')::int, (s->'options'->>'base_delay_ms')::bigint,
+         (s->'options'->>'max_delay_ms')::bigint, (s->'options'->>'timeout_ms')::bigint
+  FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
+  INSERT INTO flowreg.flow_deps (flow_slug, version, dep_slug, step_slug)
+  SELECT p_slug, p_version, d, s->>'slug'
+  FROM jsonb_array_elements(p_def->'steps') s, jsonb_array_elements_text(s->'depends_on') d;
+  RETURN true;
+END $$;

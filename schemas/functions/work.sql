@@ -1,0 +1,57 @@
+-- One worker cycle in one transaction (one commit, one WAL flush): records completions
+-- ([{"id", "attempt", "output"}]) and failures ([{"id", "attempt", "error", "permanent"}]), then
+-- claims up to p_limit tasks as _claim does (tasks the completions just made ready included).
+-- Rows:
+--   kind 'rejected'  id: a completion or failure not recorded (attempt no longer current, or the
+--                    task no longer started)
+--   kind 'claimed'   a claimed task, every column set
+--   kind 'due'       at most one: due_in_ms, the milliseconds until the next delayed (retrying)
+--                    task of these flows becomes available, by the server's clock (so the
+--                    worker's clock does not matter). timeout_ms holds the same number and
+--                    lease_expires_at that time, as they did before due_in_ms existed: workers
+--                    of the previous release, still running while a database is upgraded, read
+--                    them
+CREATE OR REPLACE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb,
+                                        p_flows jsonb, p_limit int, p_lease_ms bigint)
+RETURNS TABLE (kind text, id bigint, run_id uuid, flow_slug text, flow_version text,
+               step_slug text, task_index int, attempt int, input jsonb, max_attempts int,
+               timeout_ms bigint, lease_expires_at timestamptz, due_in_ms bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  v_rejected bigint[] := '{}';
+BEGIN
+  IF coalesce(jsonb_array_length(p_completions), 0) = 0
+     AND coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
+    -- Nothing to record: a claim alone does not wait for its WAL flush (the first commit of a
+    -- run's work is then its completion's). Should the server crash before the flush, the claim
+    -- is lost and the task is queued again; its worker's completion is then rejected (or accepted
+    -- in place of a later claimer's, fenced by attempt): a result is never lost or recorded twice.
+    PERFORM set_config('synchronous_commit', 'off', true);
+  END IF;
+  IF p_completions IS NOT NULL AND jsonb_array_length(p_completions) > 0 THEN
+    v_rejected := v_rejected || flowreg.complete_tasks(p_completions);
+  END IF;
+  IF p_failures IS NOT NULL AND jsonb_array_length(p_failures) > 0 THEN
+    v_rejected := v_rejected || flowreg.fail_tasks(p_failures);
+  END IF;
+
+  RETURN QUERY SELECT 'rejected'::text, r, NULL::uuid, NULL::text, NULL::text, NULL::text,
+                      NULL::int, NULL::int, NULL::jsonb, NULL::int, NULL::bigint,
+                      NULL::timestamptz, NULL::bigint
+               FROM unnest(v_rejected) AS r;
+  RETURN QUERY SELECT 'claimed'::text, c.*, NULL::bigint
+               FROM flowreg._claim(p_worker, p_flows, p_limit, p_lease_ms) c;
+  RETURN QUERY
+    SELECT 'due'::text, NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::int,
+           NULL::int, NULL::jsonb, NULL::int,
+           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint, min(d.at),
+           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint
+    FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)
+    CROSS JOIN LATERAL (
+      SELECT q.available_at AS at FROM flowreg.tasks q
+      WHERE q.status = 'queued' AND q.flow_slug = f.slug AND q.flow_version = f.version
+        AND q.available_at > now()
+      ORDER BY q.available_at LIMIT 1) d
+    HAVING min(d.at) IS NOT NULL;
+END $$;
