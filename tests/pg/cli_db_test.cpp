@@ -35,9 +35,12 @@ TEST_SUITE("cli_db") {
     REQUIRE_MESSAGE(first.exit_code == 0, first.err);
     CHECK(first.out.find("applied 0001_init\n") != std::string::npos);
     CHECK(first.out.find("applied 0002_runs\n") != std::string::npos);
+    CHECK(first.out.find("applied function work\n") != std::string::npos);
     auto second = db({"migrate"});
     REQUIRE(second.exit_code == 0);
     CHECK(second.out.find("0 migration(s) applied") != std::string::npos);
+    CHECK(second.out.find("; 0 function file(s) applied") != std::string::npos);
+    CHECK(second.out.find("applied function") == std::string::npos);
 
     auto status = db({"status", "--json"});
     REQUIRE(status.exit_code == 0);
@@ -45,6 +48,10 @@ TEST_SUITE("cli_db") {
     CHECK(s["running"] == true);
     REQUIRE(s["migrations"].size() >= 2);
     for (const auto& m : s["migrations"]) CHECK(m["state"] == "applied");
+    REQUIRE(s["functions"].size() >= 10);
+    for (const auto& f : s["functions"]) CHECK(f["state"] == "applied");
+    auto text = db({"status"});
+    CHECK(text.out.find("function work  applied\n") != std::string::npos);
 
     auto stop = db({"stop"});
     CHECK(stop.exit_code == 0);
@@ -52,6 +59,7 @@ TEST_SUITE("cli_db") {
     REQUIRE(after.exit_code == 0);
     CHECK(nlohmann::json::parse(after.out)["running"] == false);
     CHECK(nlohmann::json::parse(after.out)["migrations"].is_null());
+    CHECK(nlohmann::json::parse(after.out)["functions"].is_null());
 
     std::error_code ec;
     fs::remove_all(dir, ec);

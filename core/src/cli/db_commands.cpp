@@ -22,8 +22,9 @@ int db_migrate(const Globals& g) {
   auto migrated = url ? detail::migrate(*url) : tl::unexpected(url.error());
   if (!migrated) return report(migrated.error());
   for (const auto& m : migrated->applied) fmt::print("applied {:04}_{}\n", m.version, m.name);
-  fmt::print("{} migration(s) applied, {} already applied\n", migrated->applied.size(),
-             migrated->already_applied);
+  for (const auto& name : migrated->functions) fmt::print("applied function {}\n", name);
+  fmt::print("{} migration(s) applied, {} already applied; {} function file(s) applied\n",
+             migrated->applied.size(), migrated->already_applied, migrated->functions.size());
   return kExitOk;
 }
 
@@ -44,6 +45,7 @@ int db_status(const Globals& g, bool as_json) {
     if (status->running) url = status->connection_string;
   }
   json migrations = nullptr;
+  json functions = nullptr;
   if (!url.empty()) {
     auto listed = detail::migration_status(url);
     if (!listed) return report(listed.error());
@@ -52,9 +54,18 @@ int db_status(const Globals& g, bool as_json) {
       migrations.push_back({{"version", m.version},
                             {"name", m.name},
                             {"state", to_string(m.state)},
+                            {"earlier_text", m.earlier_text},
                             {"applied_at", m.applied_at ? json(*m.applied_at) : json(nullptr)}});
+    auto defined = detail::function_status(url);
+    if (!defined) return report(defined.error());
+    functions = json::array();
+    for (const auto& f : *defined)
+      functions.push_back({{"name", f.name},
+                           {"state", to_string(f.state)},
+                           {"applied_at", f.applied_at ? json(*f.applied_at) : json(nullptr)}});
   }
   out["migrations"] = migrations;
+  out["functions"] = functions;
   if (as_json) {
     fmt::print("{}\n", detail::json_text(out, 2));
     return kExitOk;
@@ -66,8 +77,13 @@ int db_status(const Globals& g, bool as_json) {
                    : (out["initialized"].get<bool>() ? "stopped" : "not initialized"));
   if (migrations.is_array())
     for (const auto& m : migrations)
-      fmt::print("{:04}_{}  {}\n", m["version"].get<int>(), m["name"].get<std::string>(),
-                 m["state"].get<std::string>());
+      fmt::print(
+          "{:04}_{}  {}{}\n", m["version"].get<int>(), m["name"].get<std::string>(),
+          m["state"].get<std::string>(),
+          m["earlier_text"].get<bool>() ? " (recorded with the text of an earlier release)" : "");
+  if (functions.is_array())
+    for (const auto& f : functions)
+      fmt::print("function {}  {}\n", f["name"].get<std::string>(), f["state"].get<std::string>());
   return kExitOk;
 }
 
@@ -91,9 +107,12 @@ void add_db_commands(CLI::App& app, const Globals& g, int& exit_code) {
   auto status_json = std::make_shared<bool>(false);
   auto* db = app.add_subcommand("db", "The database: migrations and the embedded cluster");
   db->require_subcommand(1);
-  db->add_subcommand("migrate", "Apply pending migrations (starts the embedded cluster if needed)")
+  db->add_subcommand("migrate",
+                     "Apply pending migrations and new or changed SQL function files (starts the "
+                     "embedded cluster if needed)")
       ->callback([&g, &exit_code] { exit_code = db_migrate(g); });
-  auto* status = db->add_subcommand("status", "The embedded cluster and the migrations");
+  auto* status =
+      db->add_subcommand("status", "The embedded cluster, the migrations and the SQL functions");
   status->add_flag("--json", *status_json, "Print JSON");
   status->callback([&g, &exit_code, status_json] { exit_code = db_status(g, *status_json); });
   db->add_subcommand("stop", "Stop the embedded cluster")->callback([&g, &exit_code] {
