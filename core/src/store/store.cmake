@@ -80,10 +80,3 @@ std::span<const FunctionFile> builtin_functions() noexcept {
 
 }  // namespace flowreg::detail
 " @ONLY)
-
-target_sources(flowreg_core PRIVATE
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/store/embedded_cluster.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/store/migrations.cpp
-  ${CMAKE_CURRENT_SOURCE_DIR}/src/store/run_store.cpp
-  ${CMAKE_CURRENT_BINARY_DIR}/migrations_sql.cpp)
-target_link_libraries(flowreg_core PRIVATE PkgConfig::PQXX)
