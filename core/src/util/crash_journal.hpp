@@ -1,9 +1,8 @@
 #pragma once
 // Crash attribution: a record written to a file before something that may kill the process
 // (loading a plugin) and removed right after it. A record still there after its process is gone
-// names what was running when that process died; the next process to start reads it (GStreamer's
-// registry does the same around loading a plugin). Handlers use worker/task_journal.hpp instead,
-// made for a per-task cost of one pwrite.
+// names what was running when that process died; the next process to start reads it. Handlers use
+// worker/task_journal.hpp instead, made for a per-task cost of one pwrite.
 //
 // Several processes share a journal directory (workers, CLI commands): each writes and removes
 // only its own records, named by its pid and start time, so a record is an orphan exactly when that
