@@ -14,13 +14,13 @@
 #include <sstream>
 #include <thread>
 
+#include "pg/cli_scratch.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
 
 namespace fs = std::filesystem;
 using flowreg::test::Child;
-using flowreg::test::run_process;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -51,15 +51,10 @@ std::string yaml_quoted(const std::string& text) {
   return out;
 }
 
-struct Scratch {
-  fs::path dir, config;
+struct Scratch : flowreg::pgtest::CliScratch {
   // `flows` is appended to the configuration (a `flows:` list, or nothing).
-  explicit Scratch(const std::string& flows = {}, const std::string& url = {}) {
-    char tmpl[] = "/tmp/flowreg_cli_hostile_XXXXXX";
-    dir = mkdtemp(tmpl);
-    // The cluster runs as `postgres` when the tests run as root: it must reach the data dir.
-    fs::permissions(dir, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
-    config = dir / "flowreg.yaml";
+  explicit Scratch(const std::string& flows = {}, const std::string& url = {})
+      : CliScratch("flowreg_cli_hostile") {
     std::ofstream(config) << "plugins: {dir: " << FLOWREG_EXAMPLE_PLUGIN_DIR << ", watch: false}\n"
                           << "database: {data_dir: " << (dir / "data").string()
                           << (url.empty() ? "" : ", url: '" + yaml_quoted(url) + "'") << "}\n"
@@ -67,15 +62,6 @@ struct Scratch {
                           << "  - slug: count\n"
                           << "    steps: [{slug: words, handler: text.count_words}]\n"
                           << flows;
-  }
-  ~Scratch() {
-    if (auto cluster = flowreg::detail::EmbeddedCluster::open(dir / "data")) (void)cluster->stop();
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  flowreg::test::ProcessResult flowreg(std::vector<std::string> args) const {
-    args.insert(args.begin(), {FLOWREG_BINARY, "--config", config.string()});
-    return run_process(args);
   }
   flowreg::detail::EmbeddedCluster cluster() const {
     auto c = flowreg::detail::EmbeddedCluster::open(dir / "data");

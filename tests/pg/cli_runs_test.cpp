@@ -9,40 +9,25 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "pg/cli_scratch.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
 
 namespace fs = std::filesystem;
-using flowreg::test::run_process;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
 
-struct Scratch {
-  fs::path dir, config;
-  Scratch() {
-    char tmpl[] = "/tmp/flowreg_cli_runs_XXXXXX";
-    dir = mkdtemp(tmpl);
-    // The cluster runs as `postgres` when the tests run as root: it must reach the data dir.
-    fs::permissions(dir, fs::perms::owner_all | fs::perms::group_exec | fs::perms::others_exec);
-    config = dir / "flowreg.yaml";
+struct Scratch : flowreg::pgtest::CliScratch {
+  Scratch() : CliScratch("flowreg_cli_runs") {
     std::ofstream(config) << "plugins: {dir: " << FLOWREG_EXAMPLE_PLUGIN_DIR << "}\n"
                           << "database: {data_dir: " << (dir / "data").string() << "}\n"
                           << "flows:\n"
                           << "  - slug: count\n"
                           << "    input_schema: {type: string}\n"
                           << "    steps: [{slug: words, handler: text.count_words}]\n";
-  }
-  ~Scratch() {
-    if (auto cluster = flowreg::detail::EmbeddedCluster::open(dir / "data")) (void)cluster->stop();
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  flowreg::test::ProcessResult flowreg(std::vector<std::string> args) const {
-    args.insert(args.begin(), {FLOWREG_BINARY, "--config", config.string()});
-    return run_process(args);
   }
 };
 

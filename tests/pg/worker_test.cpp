@@ -107,6 +107,21 @@ std::vector<fd::RunId> start_runs(const Scene& s, const std::string& slug,
   return *runs;
 }
 
+// Starts one run of `slug` whose handler, once it has started, waits until open_gate(s); returns
+// the run when its handler has started.
+fd::RunId start_gated_run(const Scene& s, const std::string& slug, const std::string& version) {
+  const fs::path started = s.dir / "started";
+  const auto run = start_runs(s, slug, version,
+                              {{"log", s.log().string()},
+                               {"gate", (s.dir / "gate").string()},
+                               {"started", started.string()}},
+                              1)[0];
+  REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+  return run;
+}
+
+void open_gate(const Scene& s) { std::ofstream(s.dir / "gate") << "open\n"; }
+
 bool all_completed(const Scene& s, int n, std::chrono::milliseconds timeout) {
   return eventually([&] { return s.count("runs WHERE status = 'completed'") == n; }, timeout);
 }
@@ -234,7 +249,7 @@ TEST_SUITE("worker") {
 
     auto b = s.worker("b");
     REQUIRE(eventually([&] { return s.count("tasks WHERE worker_id = 'b'") == 4; }, 30s));
-    std::ofstream(gate) << "open\n";
+    open_gate(s);
     CHECK(a.wait(30s) == 0);
     CHECK(s.err("a").find("4 task(s) given back unstarted, 0 interrupted") != std::string::npos);
     REQUIRE(all_completed(s, 6, 30s));
@@ -250,12 +265,7 @@ TEST_SUITE("worker") {
     auto s = make_scene("w_grace");
     auto a = s.worker("a", {"--concurrency", "1", "--shutdown-grace", "1s"});
     const auto version = s.wait_serving("a", "wprobe_single");
-    const fs::path gate = s.dir / "gate";
-    const fs::path started = s.dir / "started";
-    const auto run = start_runs(
-        s, "wprobe_single", version,
-        {{"log", s.log().string()}, {"gate", gate.string()}, {"started", started.string()}}, 1)[0];
-    REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+    const auto run = start_gated_run(s, "wprobe_single", version);
     a.signal(SIGTERM);
     CHECK(a.wait(20s) == 0);
     CHECK(s.err("a").find("0 task(s) given back unstarted, 1 interrupted") != std::string::npos);
@@ -263,7 +273,7 @@ TEST_SUITE("worker") {
           "queued 1");
     CHECK(query_one(s.conninfo, "SELECT error FROM flowreg.tasks").find("interrupted") !=
           std::string::npos);
-    std::ofstream(gate) << "open\n";
+    open_gate(s);
     auto b = s.worker("b");
     REQUIRE(all_completed(s, 1, 30s));
     CHECK(query_one(s.conninfo,
@@ -278,12 +288,7 @@ TEST_SUITE("worker") {
     auto s = make_scene("w_replace");
     auto a = s.worker("a", {"--concurrency", "4"});
     const auto version = s.wait_serving("a", "wprobe_single");
-    const fs::path gate = s.dir / "gate";
-    const fs::path started = s.dir / "started";
-    const auto old_run = start_runs(
-        s, "wprobe_single", version,
-        {{"log", s.log().string()}, {"gate", gate.string()}, {"started", started.string()}}, 1)[0];
-    REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+    const auto old_run = start_gated_run(s, "wprobe_single", version);
 
     // Private copies of loaded plugins mapped by the worker.
     const auto mapped_copies = [&] {
@@ -314,7 +319,7 @@ TEST_SUITE("worker") {
                                     new_run + "'") == "2");
     CHECK(s.count("runs WHERE status = 'started' AND id = '" + old_run + "'") == 1);
 
-    std::ofstream(gate) << "open\n";
+    open_gate(s);
     REQUIRE(all_completed(s, 2, 30s));
     CHECK(query_one(s.conninfo, "SELECT output->'only'->>'version' FROM flowreg.runs WHERE id = '" +
                                     old_run + "'") == "1");
@@ -329,12 +334,7 @@ TEST_SUITE("worker") {
     auto s = make_scene("w_pinned");
     auto a = s.worker("a");
     const auto v1 = s.wait_serving("a", "wprobe_chain");
-    const fs::path gate = s.dir / "gate";
-    const fs::path started = s.dir / "started";
-    const auto old_run = start_runs(
-        s, "wprobe_chain", v1,
-        {{"log", s.log().string()}, {"gate", gate.string()}, {"started", started.string()}}, 1)[0];
-    REQUIRE(eventually([&] { return fs::exists(started); }, 30s));
+    const auto old_run = start_gated_run(s, "wprobe_chain", v1);
 
     install_plugin(s, "wprobe_v3");  // wprobe_chain gets a step: a new version
     std::string v3;
@@ -348,7 +348,7 @@ TEST_SUITE("worker") {
                         },
                         30s),
                     s.err("a"));
-    std::ofstream(gate) << "open\n";
+    open_gate(s);
     // Step a (running on the old code) completes; b and c of the old version wait: a serves v3.
     REQUIRE(eventually(
         [&] {

@@ -143,6 +143,23 @@ void settle(DirectoryWatcher& w) {
   }
 }
 
+// Starts w and waits for its first batch (the files present at the start); returns that batch.
+std::vector<FileChange> start_and_first_batch(DirectoryWatcher& w, Recorder& rec) {
+  REQUIRE(w.start());
+  REQUIRE(rec.wait_batches(1));
+  return rec.batches().front();
+}
+
+// Waits until `name` is reported present after the first batch, settles w, and returns the one
+// change reported after the first batch (there must be exactly one).
+FileChange only_change_after_first(DirectoryWatcher& w, Recorder& rec, const std::string& name) {
+  REQUIRE(rec.wait_change(name, FileChange::Kind::present));
+  settle(w);
+  const auto after = rec.changes_after(1);
+  REQUIRE(after.size() == 1);
+  return after[0];
+}
+
 WatchOptions fast_options() {
   WatchOptions o;
   o.debounce = 100ms;
@@ -187,9 +204,7 @@ TEST_SUITE("directory_watcher") {
 
     Recorder rec;
     DirectoryWatcher w(d, fast_options(), rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    const auto first = rec.batches().front();
+    const auto first = start_and_first_batch(w, rec);
     CHECK(names(first) == std::vector<std::string>{"a.so", "b.so", "link.so"});
     for (const auto& c : first) {
       CHECK(c.kind == FileChange::Kind::present);
@@ -242,14 +257,11 @@ TEST_SUITE("directory_watcher") {
     REQUIRE(rec.wait_batches(1));
 
     fs::copy_file(src.path() / "new.so", dir.path() / "new.so");
-    REQUIRE(rec.wait_change("new.so", FileChange::Kind::present));
-    settle(w);
-    const auto after = rec.changes_after(1);
-    REQUIRE(after.size() == 1);
-    CHECK(after[0].kind == FileChange::Kind::present);
-    CHECK(after[0].path == dir.path() / "new.so");
-    CHECK(after[0].signature == lstat_signature(dir.path() / "new.so"));
-    CHECK(after[0].signature.size == 5000);
+    const FileChange change = only_change_after_first(w, rec, "new.so");
+    CHECK(change.kind == FileChange::Kind::present);
+    CHECK(change.path == dir.path() / "new.so");
+    CHECK(change.signature == lstat_signature(dir.path() / "new.so"));
+    CHECK(change.signature.size == 5000);
   }
 
   TEST_CASE("a file written slowly in chunks is reported once, when complete") {
@@ -272,12 +284,9 @@ TEST_SUITE("directory_watcher") {
         std::this_thread::sleep_for(25ms);
       }
     }
-    REQUIRE(rec.wait_change("slow.so", FileChange::Kind::present));
-    settle(w);
-    const auto after = rec.changes_after(1);
-    REQUIRE(after.size() == 1);
-    CHECK(after[0].signature.size == kChunks * kChunk);
-    CHECK(after[0].signature == lstat_signature(dir.path() / "slow.so"));
+    const FileChange change = only_change_after_first(w, rec, "slow.so");
+    CHECK(change.signature.size == kChunks * kChunk);
+    CHECK(change.signature == lstat_signature(dir.path() / "slow.so"));
   }
 
   TEST_CASE("a file replaced by tmp + rename is reported once with the final signature") {
@@ -285,21 +294,17 @@ TEST_SUITE("directory_watcher") {
     write_file(dir.path() / "p.so", "version one");
     Recorder rec;
     DirectoryWatcher w(dir.path(), fast_options(), rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    REQUIRE(rec.batches().front().size() == 1);
-    const auto old = rec.batches().front()[0].signature;
+    const auto first = start_and_first_batch(w, rec);
+    REQUIRE(first.size() == 1);
+    const auto old = first[0].signature;
 
     write_file(dir.path() / "p.so.tmp", "version two, longer");
     fs::rename(dir.path() / "p.so.tmp", dir.path() / "p.so");
-    REQUIRE(rec.wait_change("p.so", FileChange::Kind::present));
-    settle(w);
-    const auto after = rec.changes_after(1);
-    REQUIRE(after.size() == 1);
-    CHECK(after[0].kind == FileChange::Kind::present);
-    CHECK(after[0].signature == lstat_signature(dir.path() / "p.so"));
-    CHECK(after[0].signature.inode != old.inode);
-    CHECK(after[0].signature.size == std::string("version two, longer").size());
+    const FileChange change = only_change_after_first(w, rec, "p.so");
+    CHECK(change.kind == FileChange::Kind::present);
+    CHECK(change.signature == lstat_signature(dir.path() / "p.so"));
+    CHECK(change.signature.inode != old.inode);
+    CHECK(change.signature.size == std::string("version two, longer").size());
   }
 
   TEST_CASE("an in-place rewrite of the same inode is reported") {
@@ -307,20 +312,16 @@ TEST_SUITE("directory_watcher") {
     write_file(dir.path() / "p.so", "version one");
     Recorder rec;
     DirectoryWatcher w(dir.path(), fast_options(), rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    REQUIRE(rec.batches().front().size() == 1);
-    const auto old = rec.batches().front()[0].signature;
+    const auto first = start_and_first_batch(w, rec);
+    REQUIRE(first.size() == 1);
+    const auto old = first[0].signature;
 
     write_file(dir.path() / "p.so", "version two");  // same size, same inode, new content
-    REQUIRE(rec.wait_change("p.so", FileChange::Kind::present));
-    settle(w);
-    const auto after = rec.changes_after(1);
-    REQUIRE(after.size() == 1);
-    CHECK(after[0].signature.inode == old.inode);
-    CHECK(after[0].signature.size == old.size);
-    CHECK(after[0].signature.mtime_ns != old.mtime_ns);
-    CHECK(after[0].signature == lstat_signature(dir.path() / "p.so"));
+    const FileChange change = only_change_after_first(w, rec, "p.so");
+    CHECK(change.signature.inode == old.inode);
+    CHECK(change.signature.size == old.size);
+    CHECK(change.signature.mtime_ns != old.mtime_ns);
+    CHECK(change.signature == lstat_signature(dir.path() / "p.so"));
   }
 
   TEST_CASE("a metadata change that leaves the signature alone is not reported") {
@@ -328,9 +329,7 @@ TEST_SUITE("directory_watcher") {
     write_file(dir.path() / "p.so", "content");
     Recorder rec;
     DirectoryWatcher w(dir.path(), fast_options(), rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    REQUIRE(rec.batches().front().size() == 1);
+    REQUIRE(start_and_first_batch(w, rec).size() == 1);
 
     // Only the access time changes: IN_ATTRIB, nothing the signature holds.
     const auto p = dir.path() / "p.so";
@@ -365,9 +364,7 @@ TEST_SUITE("directory_watcher") {
     write_file(dir.path() / "c.so", "c");
     Recorder rec;
     DirectoryWatcher w(dir.path(), fast_options(), rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    const auto first = rec.batches().front();
+    const auto first = start_and_first_batch(w, rec);
     REQUIRE(first.size() == 3);
 
     fs::remove(dir.path() / "a.so");
@@ -470,9 +467,7 @@ TEST_SUITE("directory_watcher") {
 
     Recorder rec;
     DirectoryWatcher w(dir.path(), o, rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    REQUIRE(rec.batches().front().size() == 1);
+    REQUIRE(start_and_first_batch(w, rec).size() == 1);
 
     write_file(other.path() / "alias", "a longer content");
     if (periodic) {
@@ -501,9 +496,7 @@ TEST_SUITE("directory_watcher") {
     };
     Recorder rec;
     DirectoryWatcher w(d, o, rec.callback());
-    REQUIRE(w.start());
-    REQUIRE(rec.wait_batches(1));
-    REQUIRE(rec.batches().front().size() == 1);
+    REQUIRE(start_and_first_batch(w, rec).size() == 1);
 
     fs::rename(d, parent.path() / "moved");
     REQUIRE(rec.wait_change("a.so", FileChange::Kind::removed));

@@ -69,6 +69,23 @@ struct CountingFactory {
   }
 };
 
+// A factory that stops at the sync point `name` (when it is armed), then makes a Repo from the key
+// and options it is given.
+auto parking_factory(std::string name) {
+  return [name = std::move(name)](const std::string& key, const Opts& opts) -> Result<RepoPtr> {
+    FLOWREG_SYNC_POINT(name);
+    return std::make_shared<Repo>(key, opts);
+  };
+}
+
+// Starts the handle of `key` through make, then marks it no longer alive; returns it.
+RepoPtr start_then_kill(Repos& reg, CountingFactory& make, const std::string& key) {
+  auto started = reg.get_or_start(key, make());
+  REQUIRE(started);
+  (*started)->alive_flag = false;
+  return *started;
+}
+
 class Recorder {
  public:
   explicit Recorder(Repos& reg)
@@ -246,18 +263,16 @@ TEST_SUITE("handle_registry") {
     REQUIRE(reg.start());
     Recorder rec(reg);
     CountingFactory make;
-    auto old = reg.get_or_start("a", make());
-    REQUIRE(old);
-    (*old)->alive_flag = false;
+    const RepoPtr old = start_then_kill(reg, make, "a");
     auto fresh = reg.get_or_start("a", make());
     REQUIRE(fresh);
-    CHECK(*fresh != *old);
+    CHECK(*fresh != old);
     CHECK(make.calls == 2);
-    CHECK((*old)->stops == 0);  // dead handles are not stopped
+    CHECK(old->stops == 0);  // dead handles are not stopped
     auto events = rec.events();
     REQUIRE(events.size() == 3);
     CHECK(events[1].kind == HandleEventKind::died);
-    CHECK(events[1].handle == *old);
+    CHECK(events[1].handle == old);
     CHECK(events[2].kind == HandleEventKind::started);
   }
 
@@ -266,9 +281,7 @@ TEST_SUITE("handle_registry") {
     REQUIRE(reg.start());
     Recorder rec(reg);
     CountingFactory make;
-    auto old = reg.get_or_start("a", make());
-    REQUIRE(old);
-    (*old)->alive_flag = false;
+    start_then_kill(reg, make, "a");
     CHECK(reg.lookup("a") == nullptr);
     CHECK(reg.count() == 0);
     CHECK(rec.count(HandleEventKind::died) == 1);
@@ -382,10 +395,7 @@ TEST_SUITE("handle_registry") {
     auto& sp = SyncPoints::instance();
     Repos reg;
     REQUIRE(reg.start());
-    auto slow = [](const std::string& key, const Opts& opts) -> Result<RepoPtr> {
-      FLOWREG_SYNC_POINT("test.handle.slow_factory");
-      return std::make_shared<Repo>(key, opts);
-    };
+    auto slow = parking_factory("test.handle.slow_factory");
     CountingFactory make;
     std::promise<RepoPtr> slow_result;
     Threads threads;  // after everything its threads use: joined first
@@ -472,10 +482,7 @@ TEST_SUITE("handle_registry") {
     Repos reg;
     REQUIRE(reg.start());
     Recorder rec(reg);
-    auto parked = [](const std::string& key, const Opts& opts) -> Result<RepoPtr> {
-      FLOWREG_SYNC_POINT("test.handle.factory");
-      return std::make_shared<Repo>(key, opts);
-    };
+    auto parked = parking_factory("test.handle.factory");
     RepoPtr first, second;
     Threads threads;  // after everything its threads use: joined first
     sp.arm("test.handle.factory");
@@ -582,10 +589,7 @@ TEST_SUITE("handle_registry") {
     auto& sp = SyncPoints::instance();
     Repos reg;
     REQUIRE(reg.start());
-    auto parked = [](const std::string& key, const Opts& opts) -> Result<RepoPtr> {
-      FLOWREG_SYNC_POINT("test.handle.factory");
-      return std::make_shared<Repo>(key, opts);
-    };
+    auto parked = parking_factory("test.handle.factory");
     Threads threads;  // after everything its threads use: joined first
     sp.arm("test.handle.factory");
     threads.spawn([&] { CHECK_FALSE(reg.get_or_start("k", parked)); });

@@ -52,6 +52,18 @@ std::string yaml_with(const std::string& schema) {
          "\n    steps: [{slug: only, handler: m.noop}]\n";
 }
 
+// Scans `fixture` beside the good plugin and checks what a rejected definition shows: the file is
+// rejected at stage definition and its flow `slug` is not registered. Returns the file's status.
+PluginInfo scan_rejected_definition(Sandbox& box, const std::string& fixture,
+                                    const std::string& slug) {
+  const PluginInfo info = box.info_of(box.scan_beside_good(fixture));
+  CHECK(info.status == PluginStatus::rejected);
+  REQUIRE(info.error);
+  CHECK(info.error->stage == PluginStage::definition);
+  CHECK_FALSE(box.registry.get(slug));
+  return info;
+}
+
 }  // namespace
 
 TEST_SUITE("plugin_definition") {
@@ -59,14 +71,7 @@ TEST_SUITE("plugin_definition") {
       "regression: a plugin's input_schema that is not a JSON Schema loaded; it is rejected "
       "at stage definition with the message YAML gives") {
     Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("bad_input_schema");
-    box.scan();
-    const PluginInfo info = box.info_of(bad);
-    CHECK(info.status == PluginStatus::rejected);
-    REQUIRE(info.error);
-    CHECK(info.error->stage == PluginStage::definition);
-    CHECK_FALSE(box.registry.get("bad_schema_flow"));
+    const PluginInfo info = scan_rejected_definition(box, "bad_input_schema", "bad_schema_flow");
     CHECK(box.info_of(box.dir / "good.so").status == PluginStatus::loaded);
 
     const auto yaml = yaml_problems(R"(
@@ -85,14 +90,7 @@ flows:
       "regression: a plugin's input_schema nested 5,000 deep loaded; it is rejected at stage "
       "definition with YAML's nesting message") {
     Sandbox box;
-    box.add("good");
-    const fs::path deep = box.add("deep_input_schema");
-    box.scan();
-    const PluginInfo info = box.info_of(deep);
-    CHECK(info.status == PluginStatus::rejected);
-    REQUIRE(info.error);
-    CHECK(info.error->stage == PluginStage::definition);
-    CHECK_FALSE(box.registry.get("deep_schema_flow"));
+    const PluginInfo info = scan_rejected_definition(box, "deep_input_schema", "deep_schema_flow");
 
     const auto yaml = yaml_problems(yaml_with(nested_schema(5000)));
     REQUIRE(yaml.size() == 1);

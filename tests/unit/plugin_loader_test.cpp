@@ -51,9 +51,7 @@ void check_rejected(const std::string& fixture_or_name, const fs::path& bad, San
 void check_fixture(const std::string& fixture, PluginStatus status, const std::string& stage,
                    const std::string& reason) {
   Sandbox box;
-  box.add("good");
-  const fs::path bad = box.add(fixture);
-  box.scan();
+  const fs::path bad = box.scan_beside_good(fixture);
   check_rejected(fixture, bad, box, status, stage, reason);
 }
 
@@ -195,9 +193,7 @@ TEST_SUITE("plugin_loader") {
 
   TEST_CASE("an invalid definition is rejected with every problem") {
     Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("invalid_definition");
-    box.scan();
+    const fs::path bad = box.scan_beside_good("invalid_definition");
     check_rejected("invalid_definition", bad, box, PluginStatus::rejected, "definition",
                    "dependency cycle a -> b -> a");
     CHECK(box.info_of(bad).error->message.find("step 'c' depends on unknown step 'missing'") !=
@@ -211,9 +207,7 @@ TEST_SUITE("plugin_loader") {
 
   TEST_CASE("a second file declaring an existing module name is refused, naming the other file") {
     Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("duplicate_module", "zz_duplicate.so");
-    box.scan();
+    const fs::path bad = box.scan_beside_good("duplicate_module", "zz_duplicate.so");
     check_rejected("duplicate_module", bad, box, PluginStatus::waiting, "register",
                    "waiting for module name 'good' held by " + (box.dir / "good.so").string());
   }
@@ -229,20 +223,14 @@ TEST_SUITE("plugin_loader") {
   }
 
   TEST_CASE("a hang in the entry point is cut off and quarantined") {
-    Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("entry_hang");
-    box.scan();
-    check_rejected("entry_hang", bad, box, PluginStatus::quarantined, "inspect",
-                   "did not finish loading within 5000 ms");
+    check_fixture("entry_hang", PluginStatus::quarantined, "inspect",
+                  "did not finish loading within 5000 ms");
   }
 
   TEST_CASE(
       "quarantine holds that exact content, survives a restart, and ends when the file changes") {
     Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("static_crash", "flaky.so");
-    box.scan();
+    const fs::path bad = box.scan_beside_good("static_crash", "flaky.so");
     REQUIRE(box.info_of(bad).status == PluginStatus::quarantined);
     // A new loader (a restart) knows the quarantine from the cache directory, without inspecting.
     PluginLoaderOptions options;
@@ -572,9 +560,7 @@ TEST_SUITE("plugin_loader") {
     std::promise<void> done;
     std::thread other([f = done.get_future()]() mutable { f.wait(); });
     Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("threads_crash");
-    box.scan();
+    const fs::path bad = box.scan_beside_good("threads_crash");
     done.set_value();
     other.join();
     check_rejected("threads_crash", bad, box, PluginStatus::quarantined, "inspect",
@@ -586,9 +572,7 @@ TEST_SUITE("plugin_loader") {
     const fs::path pids = box.root / "forked";
     fs::create_directory(pids);
     setenv("FLOWREG_TEST_FORK_DIR", pids.c_str(), 1);
-    box.add("good");
-    const fs::path bad = box.add("fork_child");
-    box.scan();
+    const fs::path bad = box.scan_beside_good("fork_child");
     unsetenv("FLOWREG_TEST_FORK_DIR");
     check_rejected("fork_child", bad, box, PluginStatus::quarantined, "inspect",
                    "started a process that was still running after loading");
@@ -682,9 +666,7 @@ TEST_SUITE("plugin_loader") {
           std::string::npos);
     // Through the loader, with the inspection child: rejected, not quarantined.
     Sandbox box;
-    box.add("good");
-    const fs::path bad = box.add("raw_throw_describe");
-    box.scan();
+    const fs::path bad = box.scan_beside_good("raw_throw_describe");
     check_rejected("raw_throw_describe", bad, box, PluginStatus::rejected, "definition",
                    "function \"describe\" of plugin " + bad.string() +
                        " threw std::runtime_error: \"raw describe exploded\"");

@@ -68,9 +68,7 @@ TEST_SUITE("plugin_registry") {
       "after a restart an incumbent that now claims another incumbent's slug waits for it, even "
       "when it is read first") {
     Sandbox box;
-    box.add("good");
-    const fs::path changed = box.add("other", "a_changed.so");
-    box.scan();
+    const fs::path changed = box.scan_beside_good("other", "a_changed.so");
     REQUIRE(box.module_of("other_flow") == "other");
     // While flowreg is down, a_changed.so becomes a plugin that also declares good_flow, and then
     // good.so is updated: a_changed.so is now the older file of the two incumbents.
@@ -87,9 +85,7 @@ TEST_SUITE("plugin_registry") {
     for (const std::string name : {"a_clash.so", "z_clash.so"}) {
       CAPTURE(name);
       Sandbox box;
-      box.add("good");
-      const fs::path newcomer = box.add("slug_clash", name);
-      box.scan();
+      const fs::path newcomer = box.scan_beside_good("slug_clash", name);
       check_waiting(box, newcomer, slug_held_by_good(box));
       CHECK(box.module_of("good_flow") == "good");
     }
@@ -105,9 +101,7 @@ TEST_SUITE("plugin_registry") {
 
   TEST_CASE("removing the owner hands the slug to the waiting file at once (scan)") {
     Sandbox box;
-    box.add("good");
-    const fs::path newcomer = box.add("slug_clash", "a_clash.so");
-    box.scan();
+    const fs::path newcomer = box.scan_beside_good("slug_clash", "a_clash.so");
     REQUIRE(box.info_of(newcomer).status == PluginStatus::waiting);
     fs::remove(box.dir / "good.so");
     box.scan();
@@ -144,9 +138,7 @@ TEST_SUITE("plugin_registry") {
 
   TEST_CASE("an owner that stops declaring the slug frees it for the waiting file") {
     Sandbox box;
-    box.add("good");
-    const fs::path newcomer = box.add("slug_clash", "a_clash.so");
-    box.scan();
+    const fs::path newcomer = box.scan_beside_good("slug_clash", "a_clash.so");
     REQUIRE(box.info_of(newcomer).status == PluginStatus::waiting);
     box.add("other", "good.so");  // the file now holds module 'other', without good_flow
     box.scan();
@@ -157,9 +149,7 @@ TEST_SUITE("plugin_registry") {
 
   TEST_CASE("a module name contested by two files stays with its holder, then passes on") {
     Sandbox box;
-    box.add("good");
-    const fs::path impostor = box.add("duplicate_module", "a_duplicate.so");
-    box.scan();
+    const fs::path impostor = box.scan_beside_good("duplicate_module", "a_duplicate.so");
     check_waiting(box, impostor,
                   "waiting for module name 'good' held by " + (box.dir / "good.so").string());
     CHECK(box.module_of("good_flow") == "good");

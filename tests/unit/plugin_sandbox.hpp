@@ -9,6 +9,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "flowreg/plugins.hpp"
@@ -100,6 +101,15 @@ struct Sandbox {
     auto result = loader->scan();
     REQUIRE_MESSAGE(result, result.error().format());
     return *result;
+  }
+
+  // Adds the good plugin, then the fixture (as `name` when given), and scans; returns the
+  // fixture's path.
+  fs::path scan_beside_good(const std::string& fixture, std::string name = {}) {
+    add("good");
+    const fs::path added = add(fixture, std::move(name));
+    scan();
+    return added;
   }
 
   PluginInfo info_of(const fs::path& file) const {

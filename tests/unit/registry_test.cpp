@@ -53,6 +53,22 @@ bool is(const Event& e, RegistryEventKind kind, const std::string& key, OwnerId 
   return e.kind == kind && e.key == key && e.owner == owner && e.reason == reason;
 }
 
+// One registration of a test's setup.
+struct Registration {
+  const Reg::Owner& owner;
+  std::string key;
+  int value;
+};
+
+// Registers each entry in order; every registration must succeed.
+void register_all(Reg& reg, std::initializer_list<Registration> entries) {
+  for (const auto& e : entries) {
+    CAPTURE(e.key);
+    CAPTURE(e.value);
+    REQUIRE(reg.register_(e.owner, e.key, e.value));
+  }
+}
+
 std::vector<OwnerId> owners_of(const std::vector<Reg::Entry>& entries) {
   std::vector<OwnerId> out;
   for (const auto& entry : entries) out.push_back(entry.first);
@@ -80,9 +96,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::duplicate);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "events", 1));
-    REQUIRE(reg.register_(b, "events", 2));
-    REQUIRE(reg.register_(a, "events", 3));
+    register_all(reg, {{a, "events", 1}, {b, "events", 2}, {a, "events", 3}});
     CHECK(reg.lookup("events") == std::vector<Reg::Entry>{{a.id(), 1}, {b.id(), 2}, {a.id(), 3}});
     CHECK(reg.count() == 3);
   }
@@ -106,9 +120,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::duplicate);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "k", 1));
-    REQUIRE(reg.register_(a, "k", 2));
-    REQUIRE(reg.register_(b, "k", 3));
+    register_all(reg, {{a, "k", 1}, {a, "k", 2}, {b, "k", 3}});
     CHECK(reg.unregister(b, "other") == 0);
     CHECK(reg.unregister(a, "k") == 2);
     CHECK(reg.lookup("k") == std::vector<Reg::Entry>{{b.id(), 3}});
@@ -133,10 +145,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::duplicate);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "k", 1));
-    REQUIRE(reg.register_(a, "k", 2));
-    REQUIRE(reg.register_(a, "k", 4));
-    REQUIRE(reg.register_(b, "k", 2));
+    register_all(reg, {{a, "k", 1}, {a, "k", 2}, {a, "k", 4}, {b, "k", 2}});
     CHECK(reg.unregister_match(a, "k", [](int v) { return v % 2 == 0; }) == 2);
     CHECK(reg.lookup("k") == std::vector<Reg::Entry>{{a.id(), 1}, {b.id(), 2}});
     CHECK(reg.values("k", a) == std::vector<int>{1});
@@ -150,9 +159,7 @@ TEST_SUITE("registry") {
     REQUIRE(reg.register_(keep, "shared", 0));
     {
       auto gone = reg.make_owner();
-      REQUIRE(reg.register_(gone, "shared", 1));
-      REQUIRE(reg.register_(gone, "a", 2));
-      REQUIRE(reg.register_(gone, "b", 3));
+      register_all(reg, {{gone, "shared", 1}, {gone, "a", 2}, {gone, "b", 3}});
       REQUIRE(reg.count() == 4);
     }
     CHECK(reg.count() == 1);
@@ -263,10 +270,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::duplicate);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "x", 1));
-    REQUIRE(reg.register_(a, "x", 2));
-    REQUIRE(reg.register_(a, "y", 3));
-    REQUIRE(reg.register_(b, "z", 4));
+    register_all(reg, {{a, "x", 1}, {a, "x", 2}, {a, "y", 3}, {b, "z", 4}});
     auto keys = reg.keys(a);
     std::sort(keys.begin(), keys.end());
     CHECK(keys == std::vector<std::string>{"x", "x", "y"});
@@ -278,9 +282,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::duplicate);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "k", 1));
-    REQUIRE(reg.register_(b, "k", 2));
-    REQUIRE(reg.register_(a, "k", 3));
+    register_all(reg, {{a, "k", 1}, {b, "k", 2}, {a, "k", 3}});
     CHECK(reg.values("k", a) == std::vector<int>{1, 3});
     CHECK(reg.values("k", b) == std::vector<int>{2});
     CHECK(reg.values("other", a).empty());
@@ -322,10 +324,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::duplicate);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "k", 1));
-    REQUIRE(reg.register_(b, "k", 2));
-    REQUIRE(reg.register_(b, "k", 4));
-    REQUIRE(reg.register_(a, "other", 5));
+    register_all(reg, {{a, "k", 1}, {b, "k", 2}, {b, "k", 4}, {a, "other", 5}});
     CHECK(reg.count() == 4);
     CHECK(reg.count_key("k") == 3);
     CHECK(reg.count_match("k", [](int v) { return v % 2 == 0; }) == 2);
@@ -336,9 +335,7 @@ TEST_SUITE("registry") {
     Reg reg(Keys::unique);
     auto a = reg.make_owner();
     auto b = reg.make_owner();
-    REQUIRE(reg.register_(a, "x", 1));
-    REQUIRE(reg.register_(b, "y", 2));
-    REQUIRE(reg.register_(b, "z", 3));
+    register_all(reg, {{a, "x", 1}, {b, "y", 2}, {b, "z", 3}});
     const OwnerId bid = b.id();
     auto selected =
         reg.select([&](const std::string&, OwnerId owner, int v) { return owner == bid && v > 2; });

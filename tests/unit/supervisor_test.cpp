@@ -291,6 +291,14 @@ std::optional<std::optional<Error>> wait_ended(Supervisor& sup) {
   return waited.get();
 }
 
+// Waits for sup to end and requires that it ended with an error; returns that error.
+Error wait_failed(Supervisor& sup) {
+  const auto ended = wait_ended(sup);
+  REQUIRE(ended);
+  REQUIRE(ended->has_value());
+  return **ended;
+}
+
 std::vector<std::string> entries(std::initializer_list<const char*> list) {
   return {list.begin(), list.end()};
 }
@@ -470,10 +478,7 @@ TEST_SUITE("supervisor") {
           parent_heard.set_value(std::move(reason));
         }));
     REQUIRE(sup);
-    const auto ended = wait_ended(**sup);
-    REQUIRE(ended);
-    REQUIRE(ended->has_value());
-    const Error& error = **ended;
+    const Error error = wait_failed(**sup);
     CHECK(error.code == Errc::internal);
     CHECK(error.message ==
           "supervisor 's': child 'bad' ended 4 times within 5000 ms (limit 3); last: bad crashed");
@@ -516,10 +521,8 @@ TEST_SUITE("supervisor") {
         options("outer", RestartStrategy::rest_for_one, outer_events, {1, 60000ms}, &clock),
         {probe.spec("first"), inner, probe.spec("after")});
     REQUIRE(outer);
-    const auto ended = wait_ended(**outer);
-    REQUIRE(ended);
-    REQUIRE(ended->has_value());
-    CHECK((*ended)->message ==
+    const Error error = wait_failed(**outer);
+    CHECK(error.message ==
           "supervisor 'outer': child 'inner' ended 2 times within 60000 ms (limit 1); last: "
           "supervisor 'inner': child 'bad' ended 3 times within 5000 ms (limit 2); last: bad "
           "crashed");
@@ -558,10 +561,8 @@ TEST_SUITE("supervisor") {
     probe.latest("a")->fail("a failed");
     REQUIRE(probe.wait_starts("a", 2));
     probe.latest("b")->fail("b failed");
-    const auto ended = wait_ended(**sup);
-    REQUIRE(ended);
-    REQUIRE(ended->has_value());
-    CHECK((*ended)->message ==
+    const Error error = wait_failed(**sup);
+    CHECK(error.message ==
           "supervisor 's': 2 restarts within 5000 ms (limit 1), the last for child 'b'; last: b "
           "failed");
     CHECK(probe.starts("b") == 1);
@@ -579,10 +580,8 @@ TEST_SUITE("supervisor") {
     probe.latest("t")->fail("t failed");  // not restarted: does not count
     REQUIRE(events.wait_count(SupervisorEventKind::child_removed, "t", 1));
     probe.latest("a")->end(std::nullopt);
-    const auto ended = wait_ended(**sup);
-    REQUIRE(ended);
-    REQUIRE(ended->has_value());
-    CHECK((*ended)->message ==
+    const Error error = wait_failed(**sup);
+    CHECK(error.message ==
           "supervisor 's': child 'a' ended 1 time within 5000 ms (limit 0); last: ended without "
           "an error");
     CHECK(probe.starts("a") == 1);
@@ -608,10 +607,8 @@ TEST_SUITE("supervisor") {
     probe.latest("a")->fail("a failed");
     REQUIRE(probe.wait_starts("a", 12));
     probe.latest("a")->fail("a failed again");
-    const auto ended = wait_ended(**sup);
-    REQUIRE(ended);
-    REQUIRE(ended->has_value());
-    CHECK((*ended)->message ==
+    const Error error = wait_failed(**sup);
+    CHECK(error.message ==
           "supervisor 's': child 'a' ended 3 times within 1000 ms (limit 2); last: a failed again");
     CHECK(probe.starts("a") == 12);
   }
@@ -625,10 +622,8 @@ TEST_SUITE("supervisor") {
     REQUIRE(sup);
     probe.refuse("a");
     probe.latest("a")->fail("a died");
-    const auto ended = wait_ended(**sup);
-    REQUIRE(ended);
-    REQUIRE(ended->has_value());
-    CHECK((*ended)->message ==
+    const Error error = wait_failed(**sup);
+    CHECK(error.message ==
           "supervisor 's': child 'a' ended 4 times within 5000 ms (limit 3); last: supervisor "
           "'s': child 'a' failed to start: cannot start a");
     CHECK(probe.attempts("a") == 4);  // the first start, then 3 failed restarts

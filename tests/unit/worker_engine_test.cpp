@@ -167,6 +167,8 @@ class FakeStore final : public fd::WorkerStore {
   Errc fail_code_ = Errc::unavailable;
 };
 
+HandlerOutcome ok() { return {HandlerOutcome::Status::ok, R"({"done":true})"}; }
+
 // A gate handlers wait at until the test opens it.
 class Gate {
  public:
@@ -186,6 +188,13 @@ class Gate {
   bool wait_waiting(int n) {
     std::unique_lock lock(mu_);
     return cv_.wait_for(lock, 30s, [&] { return waiting_ >= n; });
+  }
+  // A handler that waits at this gate, then succeeds.
+  std::function<HandlerOutcome()> handler() {
+    return [this] {
+      pass();
+      return ok();
+    };
   }
 
  private:
@@ -259,8 +268,6 @@ struct Scene {
   std::optional<std::string> exit_reason;
 };
 
-HandlerOutcome ok() { return {HandlerOutcome::Status::ok, R"({"done":true})"}; }
-
 // Waits up to 30 s for pred().
 bool eventually(const std::function<bool()>& pred) {
   const auto until = std::chrono::steady_clock::now() + 30s;
@@ -308,10 +315,7 @@ TEST_SUITE("flow_loop") {
     Scene s;
     Gate gate;
     s.store->add_ready(8);
-    s.start_loop(s.state([&] {
-      gate.pass();
-      return ok();
-    }));
+    s.start_loop(s.state(gate.handler()));
     REQUIRE(gate.wait_waiting(1));
     s.loop->stop();  // the handler still runs
     s.loop.reset();
@@ -370,10 +374,7 @@ TEST_SUITE("engine") {
   TEST_CASE("a handler past its timeout fails its task; with every thread stuck, none is claimed") {
     Scene s(/*concurrency=*/1);
     Gate gate;
-    auto state = s.state([&] {
-      gate.pass();
-      return ok();
-    });
+    auto state = s.state(gate.handler());
     s.engine->attach(state);
     REQUIRE(s.engine->acquire_slots(1, state) == 1);
     s.engine->dispatch(state, s.task(11, /*timeout=*/600'000ms));
@@ -398,10 +399,7 @@ TEST_SUITE("engine") {
   TEST_CASE("draining gives back the tasks not started, each once, and finishes the running one") {
     Scene s(/*concurrency=*/1);
     Gate gate;
-    auto state = s.state([&] {
-      gate.pass();
-      return ok();
-    });
+    auto state = s.state(gate.handler());
     s.engine->attach(state);
     REQUIRE(s.engine->acquire_slots(3, state) == 3);
     for (fd::TaskId id : {21, 22, 23}) s.engine->dispatch(state, s.task(id));
