@@ -1,36 +1,27 @@
 #include "flowreg/error.hpp"
 
+#include "util/enum_names.hpp"
+
 namespace flowreg {
 
-std::string_view to_string(Errc code) noexcept {
-  switch (code) {
-    case Errc::invalid_argument:
-      return "invalid_argument";
-    case Errc::invalid_definition:
-      return "invalid_definition";
-    case Errc::not_found:
-      return "not_found";
-    case Errc::duplicate_module:
-      return "duplicate_module";
-    case Errc::duplicate_slug:
-      return "duplicate_slug";
-    case Errc::io:
-      return "io";
-    case Errc::parse:
-      return "parse";
-    case Errc::not_started:
-      return "not_started";
-    case Errc::plugin:
-      return "plugin";
-    case Errc::database:
-      return "database";
-    case Errc::unavailable:
-      return "unavailable";
-    case Errc::internal:
-      return "internal";
-  }
-  return "unknown";
-}
+namespace {
+
+constexpr detail::EnumName<Errc> kErrcNames[] = {{Errc::invalid_argument, "invalid_argument"},
+                                                 {Errc::invalid_definition, "invalid_definition"},
+                                                 {Errc::not_found, "not_found"},
+                                                 {Errc::duplicate_module, "duplicate_module"},
+                                                 {Errc::duplicate_slug, "duplicate_slug"},
+                                                 {Errc::io, "io"},
+                                                 {Errc::parse, "parse"},
+                                                 {Errc::not_started, "not_started"},
+                                                 {Errc::plugin, "plugin"},
+                                                 {Errc::database, "database"},
+                                                 {Errc::unavailable, "unavailable"},
+                                                 {Errc::internal, "internal"}};
+
+}  // namespace
+
+std::string_view to_string(Errc code) noexcept { return detail::name_in(kErrcNames, code); }
 
 std::string Location::format() const {
   if (file.empty()) return {};

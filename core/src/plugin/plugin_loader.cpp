@@ -25,6 +25,7 @@
 #include "plugin/elf_reader.hpp"
 #include "plugin/plugin_library.hpp"
 #include "util/crash_journal.hpp"
+#include "util/enum_names.hpp"
 #include "util/sha256.hpp"
 #include "util/strings.hpp"
 #include "util/subprocess.hpp"
@@ -34,23 +35,18 @@ namespace flowreg {
 namespace fs = std::filesystem;
 
 std::string_view to_string(PluginStatus status) noexcept {
-  switch (status) {
-    case PluginStatus::loaded:
-      return "loaded";
-    case PluginStatus::rejected:
-      return "rejected";
-    case PluginStatus::quarantined:
-      return "quarantined";
-    case PluginStatus::waiting:
-      return "waiting";
-  }
-  return "unknown";
+  static constexpr detail::EnumName<PluginStatus> kNames[] = {
+      {PluginStatus::loaded, "loaded"},
+      {PluginStatus::rejected, "rejected"},
+      {PluginStatus::quarantined, "quarantined"},
+      {PluginStatus::waiting, "waiting"}};
+  return detail::name_in(kNames, status);
 }
 
 namespace {
 
 // Each stage and its name, in stage order: the one table behind to_string and its inverse.
-constexpr std::pair<PluginStage, std::string_view> kStageNames[] = {
+constexpr detail::EnumName<PluginStage> kStageNames[] = {
     {PluginStage::file, "file"},
     {PluginStage::permissions, "permissions"},
     {PluginStage::size, "size"},
@@ -68,15 +64,11 @@ constexpr std::pair<PluginStage, std::string_view> kStageNames[] = {
 }  // namespace
 
 std::string_view to_string(PluginStage stage) noexcept {
-  for (const auto& [known, name] : kStageNames)
-    if (known == stage) return name;
-  return "unknown";
+  return detail::name_in(kStageNames, stage);
 }
 
 std::optional<PluginStage> plugin_stage_from_string(std::string_view name) noexcept {
-  for (const auto& [stage, known] : kStageNames)
-    if (known == name) return stage;
-  return std::nullopt;
+  return detail::value_in(kStageNames, name);
 }
 
 std::string PluginInfo::describe_error() const {

@@ -10,19 +10,21 @@
 #include "flowreg/sync_point.hpp"
 #include "flowreg/thread_annotations.hpp"
 #include "flowreg/validate.hpp"
+#include "util/enum_names.hpp"
 
 namespace flowreg {
 
+namespace {
+
+constexpr detail::EnumName<ModuleEvent::Kind> kModuleEventNames[] = {
+    {ModuleEvent::Kind::registered, "registered"},
+    {ModuleEvent::Kind::replaced, "replaced"},
+    {ModuleEvent::Kind::unregistered, "unregistered"}};
+
+}  // namespace
+
 std::string_view to_string(ModuleEvent::Kind kind) noexcept {
-  switch (kind) {
-    case ModuleEvent::Kind::registered:
-      return "registered";
-    case ModuleEvent::Kind::replaced:
-      return "replaced";
-    case ModuleEvent::Kind::unregistered:
-      return "unregistered";
-  }
-  return "unknown";
+  return detail::name_in(kModuleEventNames, kind);
 }
 
 namespace {

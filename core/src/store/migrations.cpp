@@ -5,6 +5,7 @@
 #include <map>
 #include <pqxx/pqxx>
 
+#include "util/enum_names.hpp"
 #include "util/sha256.hpp"
 
 namespace flowreg::detail {
@@ -225,32 +226,22 @@ std::optional<std::string_view> earlier_checksum(const Migration& m) {
 
 std::string function_checksum(const FunctionFile& f) { return sha256_hex(f.sql); }
 
+constexpr EnumName<MigrationState> kMigrationStateNames[] = {
+    {MigrationState::applied, "applied"},
+    {MigrationState::pending, "pending"},
+    {MigrationState::checksum_mismatch, "checksum_mismatch"},
+    {MigrationState::unknown, "unknown"}};
+constexpr EnumName<FunctionState> kFunctionStateNames[] = {{FunctionState::applied, "applied"},
+                                                           {FunctionState::pending, "pending"},
+                                                           {FunctionState::changed, "changed"},
+                                                           {FunctionState::unknown, "unknown"}};
+
 std::string_view to_string(MigrationState s) noexcept {
-  switch (s) {
-    case MigrationState::applied:
-      return "applied";
-    case MigrationState::pending:
-      return "pending";
-    case MigrationState::checksum_mismatch:
-      return "checksum_mismatch";
-    case MigrationState::unknown:
-      return "unknown";
-  }
-  return "?";
+  return name_in(kMigrationStateNames, s, "?");
 }
 
 std::string_view to_string(FunctionState s) noexcept {
-  switch (s) {
-    case FunctionState::applied:
-      return "applied";
-    case FunctionState::pending:
-      return "pending";
-    case FunctionState::changed:
-      return "changed";
-    case FunctionState::unknown:
-      return "unknown";
-  }
-  return "?";
+  return name_in(kFunctionStateNames, s, "?");
 }
 
 Result<MigrationReport> migrate(const std::string& conninfo) {

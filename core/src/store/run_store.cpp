@@ -7,6 +7,7 @@
 #include <set>
 #include <utility>
 
+#include "util/enum_names.hpp"
 #include "util/json_text.hpp"
 #include "util/sha256.hpp"
 #include "util/strings.hpp"
@@ -200,24 +201,21 @@ std::vector<TaskId> ids_of(const pqxx::result& rows) {
 
 }  // namespace
 
+namespace {
+
+constexpr EnumName<RunStatus> kRunStatusNames[] = {{RunStatus::started, "started"},
+                                                   {RunStatus::completed, "completed"},
+                                                   {RunStatus::failed, "failed"},
+                                                   {RunStatus::cancelled, "cancelled"}};
+
+}  // namespace
+
 std::string_view to_string(RunStatus status) noexcept {
-  switch (status) {
-    case RunStatus::started:
-      return "started";
-    case RunStatus::completed:
-      return "completed";
-    case RunStatus::failed:
-      return "failed";
-    case RunStatus::cancelled:
-      return "cancelled";
-  }
-  return "?";
+  return name_in(kRunStatusNames, status, "?");
 }
 
 std::optional<RunStatus> parse_run_status(std::string_view text) noexcept {
-  for (auto s : {RunStatus::started, RunStatus::completed, RunStatus::failed, RunStatus::cancelled})
-    if (to_string(s) == text) return s;
-  return std::nullopt;
+  return value_in(kRunStatusNames, text);
 }
 
 Json flow_definition_json(const FlowDef& flow) {

@@ -11,6 +11,8 @@
 #include <utility>
 #include <variant>
 
+#include "util/enum_names.hpp"
+
 namespace flowreg {
 
 namespace detail {
@@ -555,24 +557,21 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
 
 }  // namespace detail
 
+namespace {
+
+constexpr detail::EnumName<SupervisorEventKind> kEventKindNames[] = {
+    {SupervisorEventKind::child_started, "child_started"},
+    {SupervisorEventKind::child_exited, "child_exited"},
+    {SupervisorEventKind::child_restarted, "child_restarted"},
+    {SupervisorEventKind::child_removed, "child_removed"},
+    {SupervisorEventKind::start_failed, "start_failed"},
+    {SupervisorEventKind::limit_reached, "limit_reached"},
+    {SupervisorEventKind::stopped, "stopped"}};
+
+}  // namespace
+
 std::string_view to_string(SupervisorEventKind kind) noexcept {
-  switch (kind) {
-    case SupervisorEventKind::child_started:
-      return "child_started";
-    case SupervisorEventKind::child_exited:
-      return "child_exited";
-    case SupervisorEventKind::child_restarted:
-      return "child_restarted";
-    case SupervisorEventKind::child_removed:
-      return "child_removed";
-    case SupervisorEventKind::start_failed:
-      return "start_failed";
-    case SupervisorEventKind::limit_reached:
-      return "limit_reached";
-    case SupervisorEventKind::stopped:
-      return "stopped";
-  }
-  return "unknown";
+  return detail::name_in(kEventKindNames, kind);
 }
 
 // ExitSignal
