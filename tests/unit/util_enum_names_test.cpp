@@ -19,9 +19,9 @@ namespace {
 // Each value with the name users see (in messages, JSON, `db status`, `runs list --status`).
 template <class E>
 void check_names(const std::vector<std::pair<E, std::string>>& expected) {
-  for (const auto& [value, name] : expected) {
-    CAPTURE(name);
-    CHECK(to_string(value) == name);
+  for (const auto& entry : expected) {
+    CAPTURE(entry.second);
+    CHECK(to_string(entry.first) == entry.second);
   }
 }
 
