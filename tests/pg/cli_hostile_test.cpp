@@ -158,6 +158,48 @@ TEST_SUITE("cli_hostile") {
   }
 
   TEST_CASE(
+      "recorded migrations and function files that are not UTF-8 (a SQL_ASCII database) read "
+      "back with U+FFFD in db status") {
+    Scratch boot;
+    auto url = boot.cluster().ensure_running();
+    REQUIRE(url);
+    {
+      pqxx::connection conn(*url);
+      pqxx::nontransaction tx(conn);
+      tx.exec0(
+          "CREATE DATABASE latin_status TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
+          "LC_CTYPE 'C'");
+    }
+    const std::string latin_url = boot.cluster().connection_string("latin_status");
+    Scratch s({}, latin_url);
+    auto migrated = s.flowreg({"db", "migrate"});
+    REQUIRE_MESSAGE(migrated.exit_code == 0, migrated.err);
+    {
+      pqxx::connection conn(latin_url);
+      pqxx::nontransaction tx(conn);
+      tx.exec_params0("INSERT INTO public.flowreg_functions (name, checksum) VALUES ($1, 'x')",
+                      std::string("caf\xE9"));
+      tx.exec_params0(
+          "INSERT INTO public.flowreg_migrations (version, name, checksum) VALUES (9999, $1, 'x')",
+          std::string("caf\xE9"));
+    }
+    auto status = s.flowreg({"db", "status", "--json"});
+    REQUIRE_MESSAGE(status.exit_code == 0, status.err);
+    const json parsed = json::parse(status.out);
+    bool function_seen = false, migration_seen = false;
+    for (const auto& f : parsed["functions"])
+      if (f["name"] == "caf" + kReplacement) function_seen = f["state"] == "unknown";
+    for (const auto& m : parsed["migrations"])
+      if (m["name"] == "caf" + kReplacement) migration_seen = m["state"] == "unknown";
+    CHECK(function_seen);
+    CHECK(migration_seen);
+    auto text = s.flowreg({"db", "status"});
+    CHECK(text.exit_code == 0);
+    CHECK(is_utf8(text.out));
+    CHECK(text.out.find("function caf" + kReplacement + "  unknown\n") != std::string::npos);
+  }
+
+  TEST_CASE(
       "regression: --input nested 100,000 levels deep is refused with the nesting limit "
       "(flowreg run used to crash)") {
     Scratch s;

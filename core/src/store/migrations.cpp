@@ -7,6 +7,7 @@
 
 #include "util/enum_names.hpp"
 #include "util/sha256.hpp"
+#include "util/strings.hpp"
 
 namespace flowreg::detail {
 
@@ -125,11 +126,16 @@ Result<void> check_names(std::span<const FunctionFile> functions) {
   return {};
 }
 
+// Text of a recorded row: valid UTF-8 even from a SQL_ASCII database, which stores any byte.
+std::string recorded_text(const pqxx::field& f) {
+  return utf8_valid(std::string_view(f.c_str(), f.size()));
+}
+
 std::map<int, Recorded> read_recorded(pqxx::transaction_base& tx) {
   std::map<int, Recorded> out;
   for (const auto& row : tx.exec(kSelectApplied))
     out[row["version"].as<int>()] =
-        Recorded{row["name"].as<std::string>(), row["checksum"].as<std::string>(),
+        Recorded{recorded_text(row["name"]), recorded_text(row["checksum"]),
                  row["applied_at"].as<std::string>()};
   return out;
 }
@@ -137,8 +143,8 @@ std::map<int, Recorded> read_recorded(pqxx::transaction_base& tx) {
 std::map<std::string, RecordedFunction> read_recorded_functions(pqxx::transaction_base& tx) {
   std::map<std::string, RecordedFunction> out;
   for (const auto& row : tx.exec(kSelectFunctions))
-    out[row["name"].as<std::string>()] =
-        RecordedFunction{row["checksum"].as<std::string>(), row["applied_at"].as<std::string>()};
+    out[recorded_text(row["name"])] =
+        RecordedFunction{recorded_text(row["checksum"]), row["applied_at"].as<std::string>()};
   return out;
 }
 
