@@ -84,6 +84,18 @@ struct Scratch : flowreg::pgtest::CliScratch {
   }
 };
 
+// A database `name` in SQL_ASCII (it stores any byte, as a database.url may) on the cluster of
+// `boot`, started when needed; its connection string.
+std::string sql_ascii_database(const Scratch& boot, const std::string& name) {
+  auto url = boot.cluster().ensure_running();
+  REQUIRE(url);
+  pqxx::connection conn(*url);
+  pqxx::nontransaction tx(conn);
+  tx.exec0("CREATE DATABASE " + name +
+           " TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'");
+  return boot.cluster().connection_string(name);
+}
+
 }  // namespace
 
 TEST_SUITE("cli_hostile") {
@@ -118,16 +130,7 @@ TEST_SUITE("cli_hostile") {
       "regression: rows that are not UTF-8 (a SQL_ASCII database) read back with U+FFFD in runs "
       "show and runs list (the CLI used to abort)") {
     Scratch boot;
-    auto url = boot.cluster().ensure_running();
-    REQUIRE(url);
-    {
-      pqxx::connection conn(*url);
-      pqxx::nontransaction tx(conn);
-      tx.exec0(
-          "CREATE DATABASE latin TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
-          "LC_CTYPE 'C'");
-    }
-    const std::string latin_url = boot.cluster().connection_string("latin");
+    const std::string latin_url = sql_ascii_database(boot, "latin");
     Scratch s({}, latin_url);
     auto started = s.flowreg({"run", "count", "--input", "\"a b\"", "--json"});
     REQUIRE_MESSAGE(started.exit_code == 0, started.err);
@@ -161,16 +164,7 @@ TEST_SUITE("cli_hostile") {
       "recorded migrations and function files that are not UTF-8 (a SQL_ASCII database) read "
       "back with U+FFFD in db status") {
     Scratch boot;
-    auto url = boot.cluster().ensure_running();
-    REQUIRE(url);
-    {
-      pqxx::connection conn(*url);
-      pqxx::nontransaction tx(conn);
-      tx.exec0(
-          "CREATE DATABASE latin_status TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' "
-          "LC_CTYPE 'C'");
-    }
-    const std::string latin_url = boot.cluster().connection_string("latin_status");
+    const std::string latin_url = sql_ascii_database(boot, "latin_status");
     Scratch s({}, latin_url);
     auto migrated = s.flowreg({"db", "migrate"});
     REQUIRE_MESSAGE(migrated.exit_code == 0, migrated.err);
