@@ -33,7 +33,13 @@ StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cach
           "flowreg_tasks_running",
           "Tasks of the flow claimed by some worker and not ended, in the run store, as of the "
           "last scrape.",
-          {"flow"})) {
+          {"flow"})),
+      up_(registry
+              .gauge("flowreg_run_store_up",
+                     "1 when this process's last read of the run store for metrics succeeded "
+                     "(the runs_* and tasks_* metrics are current), else 0.",
+                     {})
+              .with({})) {
   hook_ = registry.on_scrape([this] { refresh(); });
 }
 
@@ -46,6 +52,7 @@ void StoreMetrics::refresh() {
     auto connected = RunStore::connect(conninfo_);
     if (!connected) {
       spdlog::debug("metrics: reading the run store: {}", connected.error().format());
+      up_.set(0);
       return;
     }
     store_ = std::make_unique<RunStore>(std::move(*connected));
@@ -53,6 +60,7 @@ void StoreMetrics::refresh() {
   auto counts = store_->scrape_counts(since_us_);
   if (!counts) {
     spdlog::debug("metrics: reading the run store: {}", counts.error().format());
+    up_.set(0);
     if (store_->connection_lost()) {
       store_.reset();
       database_reconnects().inc();
@@ -69,6 +77,7 @@ void StoreMetrics::refresh() {
     }
   }
   since_us_ = counts->upto_us;
+  up_.set(1);
   // Flows that had tasks before and have none now read 0, not their last value.
   for (const auto& flow : gauge_flows_) {
     queued_.with({flow}).set(0);

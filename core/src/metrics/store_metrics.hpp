@@ -45,6 +45,7 @@ class StoreMetrics {
   Family<Counter>& cancelled_;
   Family<Gauge>& queued_;
   Family<Gauge>& running_;
+  Gauge& up_;
 
   AnnotatedMutex mu_;
   std::unique_ptr<RunStore> store_ FLOWREG_GUARDED_BY(mu_);

@@ -210,6 +210,11 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
           metrics::seconds(std::chrono::steady_clock::now() - entered));
   }
   auto [completion, failure] = result_of(task, *handler, std::move(outcome));
+  spdlog::debug("worker {}: task {} of {} step '{}' attempt {}: {}", options_.worker_id, task.id,
+                state->label(), task.step_slug, task.attempt,
+                completion           ? "completed"
+                : failure->permanent ? "failed"
+                                     : "failed, to be retried");
   record_result(state, task, std::move(completion), std::move(failure));
 }
 
