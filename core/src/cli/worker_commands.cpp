@@ -158,6 +158,7 @@ int worker_command(const Config& config, const std::string& conninfo,
   // Prometheus metrics: the worker's own, and runs and tasks read from the store at scrape time.
   std::unique_ptr<detail::metrics::StoreMetrics> store_metrics;
   std::unique_ptr<detail::metrics::HttpEndpoint> endpoint;
+  detail::metrics::set_recording(!args.metrics.empty());  // nothing would read them
   if (!args.metrics.empty()) {
     auto started = detail::metrics::HttpEndpoint::start(args.metrics);
     if (!started) {

@@ -295,6 +295,13 @@ Families& families() {
 
 }  // namespace
 
+namespace {
+std::atomic<bool> recording_on{true};
+}
+
+void set_recording(bool on) noexcept { recording_on.store(on, std::memory_order_relaxed); }
+bool recording() noexcept { return recording_on.load(std::memory_order_relaxed); }
+
 std::string exposition() {
   families();  // every family of this file is rendered, recorded into or not
   return default_registry().render();

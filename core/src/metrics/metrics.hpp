@@ -179,6 +179,12 @@ std::string escape_label_value(std::string_view text);
 // ---- The process's metrics (in the default registry, rendered by exposition()).
 Registry& default_registry();
 
+// Whether the worker records its per-task and per-round-trip metrics (default: yes). `flowreg
+// worker` without --metrics turns it off before its loops start: step_series() is then not
+// attached to handlers and round trips are not observed. Other metrics are always kept.
+void set_recording(bool on) noexcept;
+bool recording() noexcept;
+
 // Per (flow, step): looked up once by the worker (each step's handler keeps its pointer).
 struct StepSeries {
   Histogram& task_seconds;     // the handler's run time
@@ -191,6 +197,7 @@ Histogram& completion_round_trip();  // round trips that recorded results
 // Observes a flow loop's round trip in either or both.
 inline void record_round_trip(std::chrono::steady_clock::duration took, bool claimed,
                               bool recorded) noexcept {
+  if (!recording()) return;
   if (claimed) claim_round_trip().observe(seconds(took));
   if (recorded) completion_round_trip().observe(seconds(took));
 }

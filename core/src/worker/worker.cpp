@@ -199,7 +199,7 @@ class FlowLoops final : public Service {
       std::unordered_map<std::string, StepHandler> steps;
       for (const auto& [step, ref] : handlers) {
         auto& h = steps.emplace(step, step_handler(ref)).first->second;
-        h.metrics = metrics::step_series(key.slug, step);
+        if (metrics::recording()) h.metrics = metrics::step_series(key.slug, step);
       }
       auto loop = FlowLoop::start(*engine, def, std::make_shared<LoopState>(key, std::move(steps)),
                                   std::move(exit));
