@@ -695,7 +695,8 @@ int metrics_rounds(Env& env) {
     std::printf("%5zu %8d %12.3f %12.3f %12.0f %12.0f %9.3f\n", i + 1, off.runs, off.total_s,
                 on.total_s, off.runs / off.total_s, on.runs / on.total_s, ratio);
   }
-  std::printf("mean time ratio (with / without): %.3f\n", sum_ratio / static_cast<double>(rounds.size()));
+  std::printf("mean time ratio (with / without): %.3f\n",
+              sum_ratio / static_cast<double>(rounds.size()));
   std::printf("\nworker command lines:\n");
   for (const auto& c : env.commands) std::printf("  %s\n", c.c_str());
   return 0;
