@@ -1,7 +1,7 @@
 // worker_bench: `flowreg worker` processes against PostgreSQL, end to end.
 //
 //   worker_bench [--runs N] [--workers 1,2] [--concurrency C] [--batch B] [--samples S]
-//                [--only single|chain|latency] [--timeout SECONDS] [--keep]
+//                [--only single|chain|latency] [--timeout SECONDS] [--keep] [--metrics R]
 //
 // One embedded cluster in a scratch directory under /tmp, with the server's default durability
 // (fsync and synchronous_commit on, as the embedded cluster configures it), and one fresh
@@ -20,6 +20,11 @@
 //   latency     one worker, idle; S runs of bench_latency, started one at a time (start_run) with
 //               5 ms pauses. The handler returns the CLOCK_REALTIME time it was entered; the bench
 //               subtracts the time taken just before start_run.
+//
+//   metrics     (--metrics R, instead of the above) R rounds of two burn-downs of bench_single
+//               with W = the first of --workers: without, then with `--metrics 127.0.0.1:0` (the
+//               worker records its metrics; nothing scrapes them); the ratio of the two totals
+//               per round is the cost the metrics add.
 //
 // A scenario that does not finish within --timeout (default 120 s), or whose worker exits early,
 // aborts the bench with the count reached; the workers' output (stdout and stderr) is in
@@ -91,6 +96,9 @@ struct Args {
   std::string only;  // "", "single", "chain" or "latency"
   int timeout_s = 120;
   bool keep = false;
+  int metrics_rounds = 0;   // --metrics R
+  bool metrics_on = false;  // the workers being started get --metrics 127.0.0.1:0
+  std::string tag;          // appended to scenario names (metrics rounds)
 };
 
 [[noreturn]] void usage(const std::string& why) {
@@ -98,7 +106,7 @@ struct Args {
                "worker_bench: %s\n"
                "usage: worker_bench [--runs N] [--workers 1,2] [--concurrency C] [--batch B]\n"
                "                    [--samples S] [--only single|chain|latency] [--timeout SECONDS]"
-               " [--keep]\n",
+               " [--keep] [--metrics R]\n",
                why.c_str());
   std::exit(2);
 }
@@ -137,6 +145,8 @@ Args parse_args(int argc, char** argv) {
       a.samples = positive(opt, v);
     } else if (opt == "--timeout") {
       a.timeout_s = positive(opt, v);
+    } else if (opt == "--metrics") {
+      a.metrics_rounds = positive(opt, v);
     } else if (opt == "--only") {
       if (v != "single" && v != "chain" && v != "latency")
         usage("--only takes single, chain or latency");
@@ -351,10 +361,12 @@ fs::path write_config(const Env& env, const std::string& name, const std::string
 }
 
 std::vector<std::string> worker_argv(const Env& env, const fs::path& config) {
-  return {FLOWREG_BINARY,  "--config",
-          config.string(), "worker",
-          "--concurrency", std::to_string(env.args.concurrency),
-          "--batch",       std::to_string(env.args.batch)};
+  std::vector<std::string> argv = {FLOWREG_BINARY,  "--config",
+                                   config.string(), "worker",
+                                   "--concurrency", std::to_string(env.args.concurrency),
+                                   "--batch",       std::to_string(env.args.batch)};
+  if (env.args.metrics_on) argv.insert(argv.end(), {"--metrics", "127.0.0.1:0"});
+  return argv;
 }
 
 std::vector<ChildProcess> spawn_workers(Env& env, const std::string& name, const fs::path& config,
@@ -409,7 +421,7 @@ struct BurnResult {
 BurnResult burn_down(Env& env, const std::string& slug, int steps, int worker_count) {
   const Args& a = env.args;
   const FlowInfo& flow = env.flows.at(slug);
-  const std::string name = fmt::format("{}_w{}", slug, worker_count);
+  const std::string name = fmt::format("{}_w{}{}", slug, worker_count, env.args.tag);
   BurnResult r{slug, steps, worker_count, a.runs, 0, 0, 0, 0, {}};
 
   const std::string conninfo = fresh_database(env, "wb_" + name);
@@ -653,7 +665,45 @@ void print_latency(const LatencyResult& r) {
   std::printf("(worker serving %.2f s after it was spawned)\n", r.ready_s);
 }
 
+// --metrics R: burn-downs without and with --metrics, alternating; every figure and the ratios.
+int metrics_rounds(Env& env) {
+  std::vector<std::pair<BurnResult, BurnResult>> rounds;
+  try {
+    for (int i = 0; i < env.args.metrics_rounds; ++i) {
+      std::pair<BurnResult, BurnResult> round;
+      for (const bool on : {false, true}) {
+        env.args.metrics_on = on;
+        env.args.tag = fmt::format("_r{}{}", i, on ? "_metrics" : "");
+        (on ? round.second : round.first) =
+            burn_down(env, "bench_single", 1, env.args.workers.front());
+      }
+      rounds.push_back(round);
+    }
+  } catch (const ScenarioFailed& e) {
+    std::printf("\nSCENARIO FAILED: %s\n", e.what());
+    return 1;
+  }
+  std::printf("\nmetrics: burn-down of bench_single, %d worker(s), without and with --metrics\n\n",
+              env.args.workers.front());
+  std::printf("%5s %8s %12s %12s %12s %12s %9s\n", "round", "runs", "without s", "with s",
+              "without r/s", "with r/s", "with/without");
+  double sum_ratio = 0;
+  for (std::size_t i = 0; i < rounds.size(); ++i) {
+    const auto& [off, on] = rounds[i];
+    const double ratio = on.total_s / off.total_s;
+    sum_ratio += ratio;
+    std::printf("%5zu %8d %12.3f %12.3f %12.0f %12.0f %9.3f\n", i + 1, off.runs, off.total_s,
+                on.total_s, off.runs / off.total_s, on.runs / on.total_s, ratio);
+  }
+  std::printf("mean time ratio (with / without): %.3f\n",
+              sum_ratio / static_cast<double>(rounds.size()));
+  std::printf("\nworker command lines:\n");
+  for (const auto& c : env.commands) std::printf("  %s\n", c.c_str());
+  return 0;
+}
+
 int run_bench(Env& env) {
+  if (env.args.metrics_rounds > 0) return metrics_rounds(env);
   const Args& a = env.args;
   std::vector<BurnResult> burns;
   std::optional<LatencyResult> lat;

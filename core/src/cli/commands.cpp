@@ -5,6 +5,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "logging/json_log.hpp"
+
 namespace flowreg::cli {
 
 int run(int argc, char** argv) {
@@ -20,6 +22,10 @@ int run(int argc, char** argv) {
   app.add_option("--plugins", g.plugins_dir, "Plugins directory (overrides the configuration)");
   app.add_option("--log-level", g.log_level, "trace, debug, info, warn, error or off")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+  app.add_option("--log-format", g.log_format,
+                 "text, or json: each log line a JSON object (time, level, message, worker, flow, "
+                 "step, run)")
+      ->check(CLI::IsMember({"text", "json"}));
   app.add_flag("--allow-unsafe-plugins", g.allow_unsafe_plugins,
                "Load plugin files and directories that others can write or that another user owns");
 
@@ -32,7 +38,10 @@ int run(int argc, char** argv) {
   add_worker_commands(app, g, exit_code);
   add_db_commands(app, g, exit_code);
 
-  app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(g.log_level)); });
+  app.parse_complete_callback([&] {
+    spdlog::set_level(spdlog::level::from_str(g.log_level));
+    if (g.log_format == "json") detail::logging::use_json();
+  });
 
   try {
     app.parse(argc, argv);

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <utility>
 
+#include "logging/json_log.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "util/json_text.hpp"
@@ -18,12 +19,19 @@ namespace fs = std::filesystem;
 
 std::string valid_text(std::string_view raw) { return detail::utf8_valid(raw); }
 
+void print_note(std::string_view level, std::string_view text) {
+  if (detail::logging::json_enabled())
+    fmt::print(stderr, "{}", detail::logging::json_line(level, text));
+  else
+    fmt::print(stderr, "{}\n", text);
+}
+
 void print_error(const Error& error) {
   if (error.details.empty()) {
-    fmt::print(stderr, "flowreg: {}\n", error.message);
+    print_note("error", fmt::format("flowreg: {}", error.message));
     return;
   }
-  for (const auto& d : error.details) fmt::print(stderr, "{}\n", d.format());
+  for (const auto& d : error.details) print_note("error", d.format());
 }
 
 int report(const Error& error) {
@@ -79,8 +87,8 @@ Result<detail::FlowCatalog> load_catalog(const Config& config, detail::Unresolve
   if (!catalog) return catalog;
   for (const auto& p : catalog->plugins)
     if (p.error)
-      fmt::print(stderr, "flowreg: warning: plugin {}: {}\n", p.file.string(),
-                 plugin_error_text(*p.error));
+      print_note("warning", fmt::format("flowreg: warning: plugin {}: {}", p.file.string(),
+                                        plugin_error_text(*p.error)));
   if (auto added = catalog->add_flows(config, policy); !added)
     return tl::unexpected(std::move(added.error()));
   return catalog;

@@ -32,6 +32,7 @@ struct Globals {
   std::string config_file;
   std::string plugins_dir;
   std::string log_level = "warn";
+  std::string log_format = "text";  // or "json": one JSON object per line (logging/json_log.hpp)
   bool allow_unsafe_plugins = false;
 };
 
@@ -40,7 +41,11 @@ using json = nlohmann::ordered_json;
 // A file name, a path or other text from outside, for JSON.
 std::string valid_text(std::string_view raw);
 
-// Prints the error on stderr: each of its details on a line, else "flowreg: MESSAGE".
+// A line for people on stderr: `text` as it is, or with --log-format json a JSON line at `level`
+// ("info", "warning", "error").
+void print_note(std::string_view level, std::string_view text);
+// Prints the error on stderr: each of its details on a line, else "flowreg: MESSAGE" (print_note
+// at level "error").
 void print_error(const Error& error);
 // print_error, then kExitFailure.
 int report(const Error& error);

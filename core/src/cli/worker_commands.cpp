@@ -23,6 +23,8 @@
 
 #include "cli/commands.hpp"
 #include "flowreg/options.hpp"
+#include "metrics/http_endpoint.hpp"
+#include "metrics/store_metrics.hpp"
 #include "store/embedded_cluster.hpp"
 #include "util/json_text.hpp"
 #include "worker/worker.hpp"
@@ -41,6 +43,7 @@ struct WorkerArgs {
   std::string id;                                    // "": HOST:PID:RANDOM
   std::string max_output;          // a size ("16MiB", "500KB", "1048576"); "": the configuration's
   std::string heartbeat_interval;  // a duration; "": 5s
+  std::string metrics;             // HOST:PORT to serve /metrics on; "": none
 };
 
 Result<Millis> duration_or(const std::string& text, Millis fallback, std::string_view option) {
@@ -103,7 +106,7 @@ int worker_command(const Config& config, const std::string& conninfo,
   auto grace = duration_or(args.shutdown_grace, config.worker.shutdown_grace, "--shutdown-grace");
   for (auto* r : {&lease, &poll, &grace})
     if (!*r) {
-      fmt::print(stderr, "flowreg: {}\n", r->error().message);
+      print_note("error", fmt::format("flowreg: {}", r->error().message));
       return kExitUsage;
     }
   options.lease = *lease;
@@ -111,7 +114,7 @@ int worker_command(const Config& config, const std::string& conninfo,
   auto heartbeat =
       duration_or(args.heartbeat_interval, options.heartbeat_interval, "--heartbeat-interval");
   if (!heartbeat) {
-    fmt::print(stderr, "flowreg: {}\n", heartbeat.error().message);
+    print_note("error", fmt::format("flowreg: {}", heartbeat.error().message));
     return kExitUsage;
   }
   options.heartbeat_interval = *heartbeat;
@@ -119,10 +122,9 @@ int worker_command(const Config& config, const std::string& conninfo,
   if (!args.max_output.empty()) {
     auto size = parse_size(args.max_output);
     if (!size || *size <= 0 || *size > static_cast<std::int64_t>(detail::Engine::kMaxOutputBytes)) {
-      fmt::print(stderr,
-                 "flowreg: --max-output '{}' is not a size from 1 byte to 128MiB (1048576, "
-                 "500KB, 16MiB)\n",
-                 args.max_output);
+      print_note("error", fmt::format("flowreg: --max-output '{}' is not a size from 1 byte to "
+                                      "128MiB (1048576, 500KB, 16MiB)",
+                                      args.max_output));
       return kExitUsage;
     }
     max_output = *size;
@@ -153,15 +155,32 @@ int worker_command(const Config& config, const std::string& conninfo,
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  // Prometheus metrics: the worker's own, and runs and tasks read from the store at scrape time.
+  std::unique_ptr<detail::metrics::StoreMetrics> store_metrics;
+  std::unique_ptr<detail::metrics::HttpEndpoint> endpoint;
+  detail::metrics::set_recording(!args.metrics.empty());  // nothing would read them
+  if (!args.metrics.empty()) {
+    auto started = detail::metrics::HttpEndpoint::start(args.metrics);
+    if (!started) {
+      print_note("error", fmt::format("flowreg: {}", started.error().message));
+      return started.error().code == Errc::invalid_argument ? kExitUsage : kExitFailure;
+    }
+    endpoint = std::move(*started);
+    store_metrics = std::make_unique<detail::metrics::StoreMetrics>(conninfo);
+    print_note("info",
+               fmt::format("flowreg worker: metrics on http://{}/metrics", endpoint->address()));
+  }
+
   const int concurrency = options.concurrency;
   const int batch_size = options.batch_size;
   auto worker = detail::Worker::start(std::move(options), std::move(source));
   if (!worker) {
-    fmt::print(stderr, "flowreg: worker: {}\n", worker.error().format());
+    print_note("error", fmt::format("flowreg: worker: {}", worker.error().format()));
     return kExitFailure;
   }
-  fmt::print(stderr, "flowreg worker {}: serving {}; concurrency {}, batch {}\n", (*worker)->id(),
-             keys_text((*worker)->serving()), concurrency, batch_size);
+  print_note("info",
+             fmt::format("flowreg worker {}: serving {}; concurrency {}, batch {}", (*worker)->id(),
+                         keys_text((*worker)->serving()), concurrency, batch_size));
 
   int sig = 0;
   std::optional<Error> failure;
@@ -171,14 +190,14 @@ int worker_command(const Config& config, const std::string& conninfo,
 
   int exit_code = kExitOk;
   if (failure) {
-    fmt::print(stderr, "flowreg: worker {} failed: {}\n", (*worker)->id(), failure->format());
+    print_note("error",
+               fmt::format("flowreg: worker {} failed: {}", (*worker)->id(), failure->format()));
     exit_code = kExitFailure;
   } else {
-    fmt::print(stderr,
-               "flowreg worker {}: {} received, draining (up to {} ms; {} again to stop "
-               "now)\n",
-               (*worker)->id(), sig == SIGINT ? "SIGINT" : "SIGTERM", grace->count(),
-               sig == SIGINT ? "SIGINT" : "SIGTERM");
+    print_note("info", fmt::format("flowreg worker {}: {} received, draining (up to {} ms; {} "
+                                   "again to stop now)",
+                                   (*worker)->id(), sig == SIGINT ? "SIGINT" : "SIGTERM",
+                                   grace->count(), sig == SIGINT ? "SIGINT" : "SIGTERM"));
   }
   (*worker)->begin_drain();
   const auto deadline = Clock::now() + (failure ? Millis(0) : *grace);
@@ -186,9 +205,10 @@ int worker_command(const Config& config, const std::string& conninfo,
     if (wait_signal(signals, Millis(50))) break;
   }
   const detail::DrainReport report = (*worker)->stop(Clock::now());
-  fmt::print(stderr,
-             "flowreg worker {}: stopped; {} task(s) given back unstarted, {} interrupted\n",
-             (*worker)->id(), report.released_unstarted, report.released_running);
+  print_note("info",
+             fmt::format("flowreg worker {}: stopped; {} task(s) given back unstarted, {} "
+                         "interrupted",
+                         (*worker)->id(), report.released_unstarted, report.released_running));
   spdlog::shutdown();
   std::fflush(stdout);
   std::fflush(stderr);
@@ -316,6 +336,9 @@ void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code) {
                          "worker.max_output_bytes); a larger one fails its task");
   worker_cmd->add_option("--heartbeat-interval", w.heartbeat_interval,
                          "How often the worker records that it lives (default: 5s)");
+  worker_cmd->add_option("--metrics", w.metrics,
+                         "Serve Prometheus metrics at http://HOST:PORT/metrics (such as "
+                         "127.0.0.1:9464; port 0: a free port, printed on startup)");
   worker_cmd->callback([&g, &exit_code, args] {
     args->worker.flows = slug_list(args->flows);
     exit_code = worker(g, args->worker);

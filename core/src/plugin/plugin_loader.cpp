@@ -21,6 +21,7 @@
 #include "config/definition.hpp"
 #include "flowreg/plugins.hpp"
 #include "flowreg/thread_annotations.hpp"
+#include "metrics/metrics.hpp"
 #include "plugin/directory_watcher.hpp"
 #include "plugin/elf_reader.hpp"
 #include "plugin/plugin_library.hpp"
@@ -822,8 +823,10 @@ struct PluginLoader::Impl {
             "registered)",
             record.registered_module);
       spdlog::warn("plugin {}", info.describe_error());
+      if (!waiting) detail::metrics::plugin_load_failures(to_string(info.error->stage)).inc();
     } else {
       info.status = PluginStatus::loaded;
+      detail::metrics::plugin_loads().inc();
       spdlog::info("plugin {}: loaded module '{}' ({} flows)", path.string(), info.module,
                    info.flows.size());
     }

@@ -662,3 +662,60 @@ Result<std::optional<Notification>> Listener::wait_for(Millis timeout) {
 }
 
 }  // namespace flowreg::detail
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+namespace flowreg::detail {
+
+namespace {
+
+// Runs' windows are bounds on created_at (runs_by_created) and finished_at (runs_finished), tasks
+// are counted from the partial indexes of queued and started tasks.
+constexpr const char* kScrapeCountsSql =
+    "WITH w AS (SELECT now() - interval '3 seconds' AS upto)"
+    " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
+    "  sum(r)::bigint AS running, 0::bigint AS upto_us"
+    " FROM (SELECT flow_slug, count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'"
+    "       GROUP BY flow_slug"
+    "       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"
+    "       GROUP BY flow_slug) t GROUP BY flow_slug"
+    " UNION ALL SELECT 'runs', flow_slug, 'started', count(*), 0, 0 FROM flowreg.runs"
+    "  WHERE $1::bigint >= 0"
+    "   AND created_at > 'epoch'::timestamptz + $1::bigint * interval '1 microsecond'"
+    "   AND created_at <= now() - interval '3 seconds' GROUP BY flow_slug"
+    " UNION ALL SELECT 'runs', flow_slug, status, count(*), 0, 0 FROM flowreg.runs"
+    "  WHERE $1::bigint >= 0"
+    "   AND finished_at > 'epoch'::timestamptz + $1::bigint * interval '1 microsecond'"
+    "   AND finished_at <= now() - interval '3 seconds' GROUP BY flow_slug, status"
+    " UNION ALL SELECT 'upto', '', '', 0, 0, (extract(epoch FROM upto) * 1000000)::bigint FROM w";
+
+}  // namespace
+
+Result<ScrapeCounts> RunStore::scrape_counts(std::optional<std::int64_t> since_us) {
+  return guarded("reading counts for metrics", [&]() -> Result<ScrapeCounts> {
+    pqxx::result rows;
+    try {
+      pqxx::nontransaction tx(impl_->conn);
+      rows = tx.exec_params(kScrapeCountsSql, since_us.value_or(-1));
+    } catch (const pqxx::broken_connection&) {
+      impl_->lost = true;
+      throw;
+    }
+    ScrapeCounts out;
+    for (const auto& r : rows) {
+      const std::string kind = r["kind"].as<std::string>();
+      if (kind == "upto") {
+        out.upto_us = r["upto_us"].as<std::int64_t>();
+      } else if (kind == "tasks") {
+        out.tasks.push_back({row_text(r["flow_slug"]), r["queued"].as<std::int64_t>(),
+                             r["running"].as<std::int64_t>()});
+      } else if (auto status = parse_run_status(r["status"].as<std::string>())) {
+        out.runs.push_back({row_text(r["flow_slug"]), *status, r["queued"].as<std::int64_t>()});
+      }
+    }
+    return out;
+  });
+}
+
+}  // namespace flowreg::detail

@@ -177,6 +177,22 @@ struct RunFilter {
 // come in a stable topological order (dependencies first, else as declared).
 Json flow_definition_json(const FlowDef& flow);
 
+// What RunStore::scrape_counts reads for metrics.
+struct ScrapeCounts {
+  struct Runs {
+    std::string flow_slug;
+    RunStatus status = RunStatus::started;  // started: runs created; else runs that ended so
+    std::int64_t count = 0;
+  };
+  struct Tasks {
+    std::string flow_slug;
+    std::int64_t queued = 0, running = 0;
+  };
+  std::vector<Runs> runs;    // in (since, upto]; empty when since was not given
+  std::vector<Tasks> tasks;  // flows with queued or running tasks now
+  std::int64_t upto_us = 0;  // the window's end: the server's now() - 3 s, in microseconds
+};
+
 class RunStore {
  public:
   // Connects (Errc::database on failure). The database must hold the migrated schema.
@@ -258,6 +274,13 @@ class RunStore {
   Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {});
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
+
+  // For metrics, in one statement of index range scans: tasks queued and running per flow, and
+  // runs started and ended per flow and status with created_at (finished_at) in (since_us, upto],
+  // upto being the server's now() - 3 s (a run's timestamps are its transaction's start: the lag
+  // lets transactions commit before their window is read). since_us: a previous call's upto_us;
+  // nullopt: no runs are counted (the first call opens the window).
+  Result<ScrapeCounts> scrape_counts(std::optional<std::int64_t> since_us);
 
  private:
   struct Impl;

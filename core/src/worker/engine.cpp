@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "config/yaml_json.hpp"
+#include "logging/json_log.hpp"
 #include "util/host_name.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
@@ -142,7 +143,9 @@ void Engine::dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task)
   state->hold(task, parts_.now() + renew_period(task.timeout, options_.lease));
   auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
   HandlerPool::Job job;
-  job.run = [this, state, shared_task] { run_task(state, *shared_task); };
+  job.run = [this, state, shared_task, claimed = std::chrono::steady_clock::now()] {
+    run_task(state, *shared_task, claimed);
+  };
   job.fail = [this, state, shared_task](std::string what) {
     // Thrown after its result was queued (by logging, say): that result stands.
     if (state->result_queued(shared_task->id)) return;
@@ -170,7 +173,10 @@ void Engine::give_back(LoopState& state, const ClaimedTask& task, bool count_uns
   release_slots(1);
 }
 
-void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task) {
+void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+                      std::chrono::steady_clock::time_point claimed) {
+  const logging::LogScope log_scope(
+      {options_.worker_id, task.flow_slug, task.step_slug, task.run_id});
   state->started(task.id, parts_.now());
   const StepHandler* handler = state->handler(task.step_slug);
   if (!handler) {
@@ -195,9 +201,20 @@ void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask
         if (journal) journal->end();
       }
     } journal_end{journal_.get()};
+    const auto entered = std::chrono::steady_clock::now();
+    if (handler->metrics)
+      handler->metrics->latency_seconds.observe(metrics::seconds(entered - claimed));
     outcome = handler->invoke(json_text(task.input), json_text(context));
+    if (handler->metrics)
+      handler->metrics->task_seconds.observe(
+          metrics::seconds(std::chrono::steady_clock::now() - entered));
   }
   auto [completion, failure] = result_of(task, *handler, std::move(outcome));
+  spdlog::debug("worker {}: task {} of {} step '{}' attempt {}: {}", options_.worker_id, task.id,
+                state->label(), task.step_slug, task.attempt,
+                completion           ? "completed"
+                : failure->permanent ? "failed"
+                                     : "failed, to be retried");
   record_result(state, task, std::move(completion), std::move(failure));
 }
 
@@ -332,6 +349,7 @@ void Engine::nap(Millis d) {
 
 void Engine::notifier_main() {
   std::unique_ptr<TaskNotifications> listener;
+  bool lost_listener = false;  // the next listen() is a reconnect
   Millis backoff = options_.reconnect_min;
   for (;;) {
     {
@@ -347,6 +365,7 @@ void Engine::notifier_main() {
         backoff = std::min(backoff * 2, options_.reconnect_max);
         continue;
       }
+      if (std::exchange(lost_listener, false)) metrics::database_reconnects().inc();
       listener = std::move(*connected);
       backoff = options_.reconnect_min;
       // Notifications may have been missed while not listening.
@@ -355,6 +374,7 @@ void Engine::notifier_main() {
     auto slug = listener->wait(Millis(200));
     if (!slug) {
       listener.reset();
+      lost_listener = true;
       continue;
     }
     if (*slug)

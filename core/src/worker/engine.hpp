@@ -107,7 +107,9 @@ class Engine {
   void mark_stuck(int newly_stuck);
   void renew(const std::vector<std::pair<std::shared_ptr<LoopState>, TaskAttempt>>& due);
   std::vector<std::shared_ptr<LoopState>> states() const;
-  void run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task);
+  // `claimed`: when the task was dispatched (its start latency is measured from then).
+  void run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+                std::chrono::steady_clock::time_point claimed);
   // The result of a handler's outcome: a completion, or a failure naming the handler.
   std::pair<std::optional<Completion>, std::optional<Failure>> result_of(
       const ClaimedTask& task, const StepHandler& handler, HandlerOutcome outcome) const;

@@ -5,6 +5,9 @@
 #include <algorithm>
 #include <utility>
 
+#include "logging/json_log.hpp"
+#include "metrics/metrics.hpp"
+
 namespace flowreg::detail {
 
 namespace {
@@ -64,8 +67,12 @@ Result<WorkResult> FlowLoop::round_trip(LoopState::Round& round, int limit) {
     if (o.loop_probe)
       if (auto probe = o.loop_probe(state_->key()); !probe)
         return tl::unexpected(std::move(probe.error()));
-    return engine_.store().work(engine_.worker_id(), round.completions, round.failures, keys, limit,
-                                o.lease);
+    const auto sent = std::chrono::steady_clock::now();
+    auto r = engine_.store().work(engine_.worker_id(), round.completions, round.failures, keys,
+                                  limit, o.lease);
+    metrics::record_round_trip(std::chrono::steady_clock::now() - sent, limit > 0,
+                               !round.completions.empty() || !round.failures.empty());
+    return r;
   }();
   if (!result) {
     engine_.release_slots(limit);
@@ -84,6 +91,7 @@ Result<WorkResult> FlowLoop::round_trip(LoopState::Round& round, int limit) {
 }
 
 void FlowLoop::run(int lane) {
+  const logging::LogScope log_scope({engine_.worker_id(), state_->key().slug, {}, {}});
   if (!await_definition(lane)) return;
   const WorkerOptions& o = engine_.options();
   const std::size_t flush_at = static_cast<std::size_t>(std::max(1, o.batch_size / 2));

@@ -25,6 +25,7 @@
 
 #include "flowreg/plugins.hpp"
 #include "flowreg/thread_annotations.hpp"
+#include "metrics/metrics.hpp"
 #include "store/run_store.hpp"
 
 namespace flowreg::detail {
@@ -36,6 +37,7 @@ using SteadyTime = std::chrono::steady_clock::time_point;
 struct StepHandler {
   std::string name;  // "module.handler", in messages
   std::function<HandlerOutcome(std::string_view input_json, std::string_view context_json)> invoke;
+  metrics::StepSeries* metrics = nullptr;  // the step's histograms; null: not recorded
 };
 StepHandler step_handler(HandlerRef ref);
 

@@ -1,5 +1,7 @@
 #include "worker/store_pool.hpp"
 
+#include "metrics/metrics.hpp"
+
 namespace flowreg::detail {
 
 namespace {
@@ -50,6 +52,7 @@ void StorePool::check_in(std::unique_ptr<RunStore> store) {
     MutexLock lock(mu_);
     if (store->connection_lost()) {
       --open_;
+      metrics::database_reconnects().inc();  // the next call opens a fresh one
     } else {
       idle_.push_back(std::move(store));
     }

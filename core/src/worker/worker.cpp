@@ -197,7 +197,10 @@ class FlowLoops final : public Service {
     spec.start = [engine = &engine_, key = s.key, def = s.def,
                   handlers = s.handlers](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
       std::unordered_map<std::string, StepHandler> steps;
-      for (const auto& [step, ref] : handlers) steps.emplace(step, step_handler(ref));
+      for (const auto& [step, ref] : handlers) {
+        auto& h = steps.emplace(step, step_handler(ref)).first->second;
+        if (metrics::recording()) h.metrics = metrics::step_series(key.slug, step);
+      }
       auto loop = FlowLoop::start(*engine, def, std::make_shared<LoopState>(key, std::move(steps)),
                                   std::move(exit));
       if (!loop) return tl::unexpected(std::move(loop.error()));
@@ -233,6 +236,7 @@ class FlowLoops final : public Service {
         spdlog::error("worker {}: cannot start the loop of {}: {}", engine_.worker_id(), name,
                       r.error().format());
     engine_.set_served(serving_locked());
+    metrics::registered_flows().set(static_cast<double>(source_.registry->list().size()));
   }
 
   const WorkerOptions& options_;

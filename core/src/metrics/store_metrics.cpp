@@ -1,0 +1,93 @@
+#include "metrics/store_metrics.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <utility>
+
+namespace flowreg::detail::metrics {
+
+namespace {
+constexpr const char* kAggregate =
+    " (read from the run store by this process from its first scrape on; every process reading "
+    "the same database counts the same runs: aggregate with max, not sum)";
+}
+
+StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cache)
+    : conninfo_(std::move(conninfo)),
+      cache_(cache),
+      started_(registry.counter("flowreg_runs_started_total",
+                                std::string("Runs of the flow started") + kAggregate, {"flow"})),
+      completed_(registry.counter("flowreg_runs_completed_total",
+                                  std::string("Runs of the flow that completed") + kAggregate,
+                                  {"flow"})),
+      failed_(registry.counter("flowreg_runs_failed_total",
+                               std::string("Runs of the flow that failed") + kAggregate, {"flow"})),
+      cancelled_(registry.counter("flowreg_runs_cancelled_total",
+                                  std::string("Runs of the flow that were cancelled") + kAggregate,
+                                  {"flow"})),
+      queued_(registry.gauge("flowreg_tasks_queued",
+                             "Tasks of the flow waiting to be claimed (ready or waiting for a "
+                             "retry), in the run store, as of the last scrape.",
+                             {"flow"})),
+      running_(registry.gauge(
+          "flowreg_tasks_running",
+          "Tasks of the flow claimed by some worker and not ended, in the run store, as of the "
+          "last scrape.",
+          {"flow"})),
+      up_(registry
+              .gauge("flowreg_run_store_up",
+                     "1 when this process's last read of the run store for metrics succeeded "
+                     "(the runs_* and tasks_* metrics are current), else 0.",
+                     {})
+              .with({})) {
+  hook_ = registry.on_scrape([this] { refresh(); });
+}
+
+void StoreMetrics::refresh() {
+  MutexLock lock(mu_);
+  const auto now = std::chrono::steady_clock::now();
+  if (now < next_) return;
+  next_ = now + cache_;
+  if (!store_) {
+    auto connected = RunStore::connect(conninfo_);
+    if (!connected) {
+      spdlog::debug("metrics: reading the run store: {}", connected.error().format());
+      up_.set(0);
+      return;
+    }
+    store_ = std::make_unique<RunStore>(std::move(*connected));
+  }
+  auto counts = store_->scrape_counts(since_us_);
+  if (!counts) {
+    spdlog::debug("metrics: reading the run store: {}", counts.error().format());
+    up_.set(0);
+    if (store_->connection_lost()) {
+      store_.reset();
+      database_reconnects().inc();
+    }
+    return;
+  }
+  if (since_us_) {
+    for (const auto& c : counts->runs) {
+      Family<Counter>* family = c.status == RunStatus::started     ? &started_
+                                : c.status == RunStatus::completed ? &completed_
+                                : c.status == RunStatus::failed    ? &failed_
+                                                                   : &cancelled_;
+      family->with({c.flow_slug}).inc(static_cast<std::uint64_t>(c.count));
+    }
+  }
+  since_us_ = counts->upto_us;
+  up_.set(1);
+  // Flows that had tasks before and have none now read 0, not their last value.
+  for (const auto& flow : gauge_flows_) {
+    queued_.with({flow}).set(0);
+    running_.with({flow}).set(0);
+  }
+  for (const auto& t : counts->tasks) {
+    gauge_flows_.insert(t.flow_slug);
+    queued_.with({t.flow_slug}).set(static_cast<double>(t.queued));
+    running_.with({t.flow_slug}).set(static_cast<double>(t.running));
+  }
+}
+
+}  // namespace flowreg::detail::metrics

@@ -1,0 +1,59 @@
+#pragma once
+// Metrics read from the run store at scrape time: runs started and ended per flow (counters) and
+// tasks queued and running per flow (gauges). One query per scrape (RunStore::scrape_counts,
+// index range scans), at most one every `cache` however often the process is scraped.
+//
+// The run counters count runs as they appear in the database this process reads, from its first
+// scrape on: every process reading one database counts the same runs (aggregate them across
+// processes with max, not sum). A run is counted once the server's clock is 3 s past its start or
+// end (RunStore::scrape_counts), so a counter lags by that much.
+//
+// Thread-safety: constructed and destroyed by one thread; its hook runs on scraping threads.
+// Create at most one per process (two would count every run twice).
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "flowreg/thread_annotations.hpp"
+#include "metrics/metrics.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::detail::metrics {
+
+class StoreMetrics {
+ public:
+  // Registers its families and its scrape hook in `registry`, which must outlive it. Connects on
+  // the first scrape (and again after a failure); a scrape that cannot read the store keeps the
+  // values of the last one that could.
+  explicit StoreMetrics(std::string conninfo, Registry& registry = default_registry(),
+                        Millis cache = Millis(1'000));
+  StoreMetrics(const StoreMetrics&) = delete;
+  StoreMetrics& operator=(const StoreMetrics&) = delete;
+
+ private:
+  void refresh();
+
+  const std::string conninfo_;
+  const Millis cache_;
+  Family<Counter>& started_;
+  Family<Counter>& completed_;
+  Family<Counter>& failed_;
+  Family<Counter>& cancelled_;
+  Family<Gauge>& queued_;
+  Family<Gauge>& running_;
+  Gauge& up_;
+
+  AnnotatedMutex mu_;
+  std::unique_ptr<RunStore> store_ FLOWREG_GUARDED_BY(mu_);
+  std::optional<std::int64_t> since_us_ FLOWREG_GUARDED_BY(mu_);  // server clock, microseconds
+  std::chrono::steady_clock::time_point next_ FLOWREG_GUARDED_BY(mu_){};
+  std::set<std::string> gauge_flows_ FLOWREG_GUARDED_BY(mu_);  // flows with a gauge series
+
+  std::shared_ptr<void> hook_;  // last: removed (and waited for) before the rest dies
+};
+
+}  // namespace flowreg::detail::metrics
