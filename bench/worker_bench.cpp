@@ -22,7 +22,8 @@
 //               prints the ratio of the two rates.
 //   start1      one connection starting runs one at a time (RunStore::start_run), as a long-lived
 //               application connection does: 10 warm-up calls on an empty table (plans made
-//               small), then --start-samples (default 500) timed calls with the first of
+//               small), then --start-samples (default 500) timed calls (every other one with an
+//               idempotency key) with the first of
 //               --start-sizes (default 1000,100000) runs existing, then the table is filled (by
 //               another connection, start_runs) to the second size and the same connection makes
 //               the same number of timed calls; p50/p99 call latency at each size and their ratio.
@@ -147,7 +148,8 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
   single       burn-down of --runs single-step runs at every --batch and every --workers count
   chain        burn-down of --runs 3-step chains (a -> b -> c) at the first --batch
   backlog      --backlog runs drained as started and after ANALYZE of every flowreg table
-  start1       one connection calling start_run() one at a time, at each of --start-sizes runs
+  start1       one connection calling start_run() one at a time (every other call with an
+               idempotency key), at each of --start-sizes runs
   startbatch   start_runs() in chunks of each of --start-chunks runs per call
   latency      start_run() -> handler entered, one idle worker, --samples runs
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
@@ -954,7 +956,9 @@ Start1Result start_one_at_a_time(Env& env) {
     const auto t0 = Clock::now();
     for (int i = 0; i < a.start_samples; ++i) {
       const auto t = Clock::now();
-      value_or_throw(app.start_run(slug, flow.version, Json{{"i", i}}), "start_run");
+      StartOptions options;  // every other call with an idempotency key, as applications use them
+      if (i % 2 == 1) options.idempotency_key = fmt::format("k{}-{}", phase, i);
+      value_or_throw(app.start_run(slug, flow.version, Json{{"i", i}}, options), "start_run");
       ms.push_back(Seconds(Clock::now() - t).count() * 1e3);
     }
     const double seconds = seconds_between(t0, Clock::now());
@@ -1058,8 +1062,8 @@ int run_bench(Env& env) {
     }
     if (start1) {
       std::printf(
-          "\nstart1: one connection, start_run() one call at a time (10 warm-up calls on an empty "
-          "table first); call latency, ms\n");
+          "\nstart1: one connection, start_run() one call at a time, every other one with an "
+          "idempotency key (10 warm-up calls on an empty table first); call latency, ms\n");
       std::printf("%-34s %8s %8s %8s %8s %8s\n", "runs existing", "p50", "p90", "p99", "max",
                   "mean");
       for (int i = 0; i < 2; ++i) {
