@@ -125,6 +125,28 @@ Scans read_scans(const std::string& conninfo) {
   return out;
 }
 
+long total(const Scans& scans) {
+  long sum = 0;
+  for (const auto& [table, t] : scans)
+    sum += t.seq_scan + t.seq_tup_read + t.idx_scan + t.idx_tup_fetch + t.idx_tup_read;
+  return sum;
+}
+
+// The counters once a connection that stays open has flushed its own: an idle backend flushes
+// them within about a second; read until two readings 700 ms apart agree.
+Scans settled_scans(const std::string& conninfo) {
+  std::this_thread::sleep_for(1200ms);
+  Scans last = read_scans(conninfo);
+  for (int i = 0; i < 40; ++i) {
+    std::this_thread::sleep_for(700ms);
+    Scans now = read_scans(conninfo);
+    if (total(now) == total(last)) return now;
+    last = std::move(now);
+  }
+  FAIL("the scan counters did not settle within 30 s");
+  return last;
+}
+
 // Waits until no other client backend is connected to the database (a closed store's backend
 // flushes its counters as it exits).
 void wait_alone(const std::string& conninfo) {
@@ -380,8 +402,7 @@ TEST_SUITE("hot_path") {
     }();
     CHECK(drained >= 10'000);
     for (int i = 0; i < 3; ++i) cycle();
-    std::this_thread::sleep_for(1500ms);  // an idle backend flushes its counters within 1 s
-    const auto before = read_scans(conninfo);
+    const auto before = settled_scans(conninfo);
     for (int i = 0; i < 20; ++i) tasks += cycle();
     {
       auto done = worker.complete(pending);  // the last claim's results
@@ -426,8 +447,7 @@ TEST_SUITE("hot_path") {
       auto filler = connect(conninfo);
       start_many(filler, key, 100'000);
     }
-    std::this_thread::sleep_for(1500ms);  // an idle backend flushes its counters within 1 s
-    const auto before = read_scans(conninfo);
+    const auto before = settled_scans(conninfo);
     constexpr int kCalls = 50;
     for (int i = 0; i < kCalls; ++i) {
       fd::StartOptions options;
