@@ -227,3 +227,52 @@ TEST_SUITE("config") {
     CHECK(config.error().details[0].format().starts_with("cut.yaml:2:2: byte 0xEF"));
   }
 }
+
+TEST_SUITE("config") {
+  TEST_CASE("database.listen: its addresses, networks and certificate paths are read") {
+    auto config = parse_config(R"(
+database:
+  listen:
+    addresses: [10.0.0.5, "::1"]
+    port: 6543
+    allow: [10.0.0.0/24, "fd00::/64"]
+    ssl_cert_file: tls/server.crt
+    ssl_key_file: tls/server.key
+)",
+                               "/etc/flowreg/flowreg.yaml");
+    REQUIRE(config);
+    const auto& listen = config->database.listen;
+    CHECK(listen.enabled());
+    CHECK(listen.addresses == std::vector<std::string>{"10.0.0.5", "::1"});
+    CHECK(listen.port == 6543);
+    CHECK(listen.allow == std::vector<std::string>{"10.0.0.0/24", "fd00::/64"});
+    CHECK(listen.ssl_cert_file == fs::path("/etc/flowreg/tls/server.crt"));
+    CHECK(listen.ssl_key_file == fs::path("/etc/flowreg/tls/server.key"));
+    auto plain = parse_config("flows: []\n", "inline.yaml");
+    REQUIRE(plain);
+    CHECK_FALSE(plain->database.listen.enabled());
+  }
+
+  TEST_CASE("database.listen: a bad address, a bad network or a lone certificate is refused") {
+    const auto problems = problems_of_text(R"(
+database:
+  listen:
+    addresses: [10.0.0.5, "10.0.0.256", host.example]
+    allow: [10.0.0.0/33, 10.1.0.0, "10.2.0.0/x"]
+    ssl_cert_file: server.crt
+)");
+    CHECK(problems == std::vector<std::string>{
+                          "inline.yaml:3:3: ssl_cert_file and ssl_key_file go together: give both "
+                          "or neither",
+                          "inline.yaml:4:27: '10.0.0.256' is not an IP address (nor '*')",
+                          "inline.yaml:4:41: 'host.example' is not an IP address (nor '*')",
+                          "inline.yaml:5:13: '10.0.0.0/33' is not a network (address/prefix, such "
+                          "as 10.0.0.0/24)",
+                          "inline.yaml:5:26: '10.1.0.0' is not a network (address/prefix, such as "
+                          "10.0.0.0/24)",
+                          "inline.yaml:5:36: '10.2.0.0/x' is not a network (address/prefix, such "
+                          "as 10.0.0.0/24)"});
+    // Without the networks that may connect, nothing listens.
+    CHECK_FALSE(problems_of_text("database: {listen: {addresses: ['*']}}\n").empty());
+  }
+}

@@ -26,11 +26,26 @@ struct PluginSettings {
   std::vector<std::string> sha256_allowlist;  // empty: any digest
 };
 
+// TCP access to the embedded cluster for workers on other hosts (database.listen). Without
+// addresses the cluster listens on its unix socket only.
+struct DatabaseListen {
+  std::vector<std::string> addresses;  // IP addresses to listen on ("*": all)
+  int port = 5432;
+  // Networks (address/prefix) admitted with scram-sha-256 and the generated password; no other
+  // address may connect over TCP.
+  std::vector<std::string> allow;
+  // TLS: both or neither. With them the server accepts TLS connections only.
+  std::filesystem::path ssl_cert_file, ssl_key_file;
+
+  bool enabled() const { return !addresses.empty(); }
+};
+
 struct DatabaseSettings {
   std::string url;  // empty: the embedded cluster under data_dir
   // Relative to the configuration file's directory, as plugins.dir is (the built-in defaults,
   // used without a file: to the working directory).
   std::filesystem::path data_dir = ".flowreg";
+  DatabaseListen listen;  // the embedded cluster only
 };
 
 struct WorkerSettings {

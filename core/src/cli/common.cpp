@@ -96,7 +96,7 @@ Result<detail::FlowCatalog> load_catalog(const Config& config, detail::Unresolve
 
 Result<std::string> database_url(const Config& config) {
   if (!config.database.url.empty()) return config.database.url;
-  auto cluster = detail::EmbeddedCluster::open(config.database.data_dir);
+  auto cluster = detail::EmbeddedCluster::open(config.database);
   if (!cluster) return tl::unexpected(std::move(cluster.error()));
   return cluster->ensure_running();
 }

@@ -34,7 +34,7 @@ int db_status(const Globals& g, bool as_json) {
   json out = {{"embedded", config->database.url.empty()}};
   std::string url = config->database.url;
   if (url.empty()) {
-    auto cluster = detail::EmbeddedCluster::open(config->database.data_dir);
+    auto cluster = detail::EmbeddedCluster::open(config->database);
     auto status = cluster ? cluster->status() : tl::unexpected(cluster.error());
     if (!status) return report(status.error());
     out["data_dir"] = valid_text(status->data_dir.string());
@@ -94,10 +94,31 @@ int db_stop(const Globals& g) {
     fmt::print(stderr, "flowreg: database.url is set; `db stop` only stops the embedded cluster\n");
     return kExitFailure;
   }
-  auto cluster = detail::EmbeddedCluster::open(config->database.data_dir);
+  auto cluster = detail::EmbeddedCluster::open(config->database);
   auto stopped = cluster ? cluster->stop() : tl::unexpected(cluster.error());
   if (!stopped) return report(stopped.error());
   fmt::print("embedded cluster {} stopped\n", cluster->data_dir().string());
+  return kExitOk;
+}
+
+struct UrlArgs {
+  std::string host, sslrootcert;
+};
+
+// The URL a worker on another host configures as database.url. It holds the password: it goes to
+// stdout only.
+int db_url(const Globals& g, const UrlArgs& args) {
+  auto config = effective_config(g);
+  if (!config) return report(config.error());
+  if (!config->database.url.empty()) {
+    fmt::print("{}\n", config->database.url);
+    return kExitOk;
+  }
+  auto cluster = detail::EmbeddedCluster::open(config->database);
+  auto url =
+      cluster ? cluster->remote_url(args.host, args.sslrootcert) : tl::unexpected(cluster.error());
+  if (!url) return report(url.error());
+  fmt::print("{}\n", *url);
   return kExitOk;
 }
 
@@ -115,6 +136,15 @@ void add_db_commands(CLI::App& app, const Globals& g, int& exit_code) {
       db->add_subcommand("status", "The embedded cluster, the migrations and the SQL functions");
   status->add_flag("--json", *status_json, "Print JSON");
   status->callback([&g, &exit_code, status_json] { exit_code = db_status(g, *status_json); });
+  auto url_args = std::make_shared<UrlArgs>();
+  auto* url = db->add_subcommand(
+      "url",
+      "Print the URL a worker on another host connects with (database.listen; holds the password)");
+  url->add_option("--host", url_args->host,
+                  "Address other hosts reach this one by (default: the one listen address)");
+  url->add_option("--sslrootcert", url_args->sslrootcert,
+                  "Path, on the worker's host, of the CA certificate that signed the server's");
+  url->callback([&g, &exit_code, url_args] { exit_code = db_url(g, *url_args); });
   db->add_subcommand("stop", "Stop the embedded cluster")->callback([&g, &exit_code] {
     exit_code = db_stop(g);
   });

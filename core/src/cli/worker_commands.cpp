@@ -138,7 +138,7 @@ int worker_command(const Config& config, const std::string& conninfo,
   if (config.database.url.empty()) {
     // This worker uses the embedded cluster: when it cannot reach it, it starts it again (the
     // cluster's lock makes one process start it, the others find it running).
-    auto cluster = detail::EmbeddedCluster::open(config.database.data_dir);
+    auto cluster = detail::EmbeddedCluster::open(config.database);
     if (cluster)
       options.revive_database = [cluster = std::move(*cluster)]() mutable -> Result<void> {
         auto running = cluster.ensure_running();

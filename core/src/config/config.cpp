@@ -1,5 +1,6 @@
 #include "flowreg/config.hpp"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -45,6 +46,27 @@ OptionOverrides overrides_of(const json& object) {
   if (object.contains("max_delay")) o.max_delay = duration_of(object["max_delay"]);
   if (object.contains("timeout")) o.timeout = duration_of(object["timeout"]);
   return o;
+}
+
+// An IP address as listen_addresses takes it ("*": every address).
+bool is_listen_address(const std::string& text) {
+  unsigned char buffer[sizeof(in6_addr)];
+  return text == "*" || ::inet_pton(AF_INET, text.c_str(), buffer) == 1 ||
+         ::inet_pton(AF_INET6, text.c_str(), buffer) == 1;
+}
+
+// A network as pg_hba.conf takes it: address/prefix, the prefix within the address's bits.
+bool is_network(const std::string& text) {
+  const auto slash = text.find('/');
+  if (slash == std::string::npos || slash + 1 == text.size() || text.size() - slash > 4)
+    return false;
+  const std::string address = text.substr(0, slash), prefix = text.substr(slash + 1);
+  if (!std::all_of(prefix.begin(), prefix.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return false;
+  const int bits = std::stoi(prefix);
+  unsigned char buffer[sizeof(in6_addr)];
+  if (::inet_pton(AF_INET, address.c_str(), buffer) == 1) return bits <= 32;
+  return ::inet_pton(AF_INET6, address.c_str(), buffer) == 1 && bits <= 128;
 }
 
 FlowDef flow_of(const json& j, const std::string& module, const std::string& source) {
@@ -186,6 +208,32 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
     if (auto d = root.find("database"); d != root.end()) {
       config.database.url = d->value("url", "");
       if (d->contains("data_dir")) config.database.data_dir = (*d)["data_dir"].get<std::string>();
+      if (auto l = d->find("listen"); l != d->end()) {
+        auto& listen = config.database.listen;
+        listen.addresses = l->value("addresses", std::vector<std::string>{});
+        listen.port = l->value("port", listen.port);
+        listen.allow = l->value("allow", std::vector<std::string>{});
+        for (std::size_t i = 0; i < listen.addresses.size(); ++i)
+          if (!is_listen_address(listen.addresses[i]))
+            problems.push_back(Diagnostic{
+                doc->locate(fmt::format("/database/listen/addresses/{}", i)),
+                fmt::format("'{}' is not an IP address (nor '*')", listen.addresses[i])});
+        for (std::size_t i = 0; i < listen.allow.size(); ++i)
+          if (!is_network(listen.allow[i]))
+            problems.push_back(
+                Diagnostic{doc->locate(fmt::format("/database/listen/allow/{}", i)),
+                           fmt::format("'{}' is not a network (address/prefix, such as "
+                                       "10.0.0.0/24)",
+                                       listen.allow[i])});
+        if (l->contains("ssl_cert_file") != l->contains("ssl_key_file"))
+          problems.push_back(Diagnostic{doc->locate("/database/listen"),
+                                        "ssl_cert_file and ssl_key_file go together: give both "
+                                        "or neither"});
+        if (l->contains("ssl_cert_file"))
+          listen.ssl_cert_file = base_dir / (*l)["ssl_cert_file"].get<std::string>();
+        if (l->contains("ssl_key_file"))
+          listen.ssl_key_file = base_dir / (*l)["ssl_key_file"].get<std::string>();
+      }
     }
     // Relative to the file, as plugins.dir is: the same file used from two working directories
     // must mean the same cluster.

@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -330,6 +331,98 @@ std::string join(const std::vector<std::string>& argv) {
   return out;
 }
 
+// Writes `text` to `p` (through a 0600 scratch file renamed into place): a secret is never
+// readable by others, not even for a moment.
+Result<void> write_private_file(const fs::path& p, const std::string& text) {
+  const fs::path tmp = p.string() + ".tmp";
+  ::unlink(tmp.c_str());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0)
+    return make_error(Errc::io,
+                      fmt::format("cannot create {}: {}", tmp.string(), errno_text(errno)));
+  const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
+  const bool synced = ::fsync(fd) == 0;
+  ::close(fd);
+  if (!written || !synced) {
+    ::unlink(tmp.c_str());
+    return make_error(Errc::io, fmt::format("cannot write {}", tmp.string()));
+  }
+  if (::rename(tmp.c_str(), p.c_str()) != 0)
+    return make_error(Errc::io, fmt::format("cannot rename {} to {}: {}", tmp.string(), p.string(),
+                                            errno_text(errno)));
+  return {};
+}
+
+Result<std::string> read_small_file(const fs::path& p, std::size_t max_bytes) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in)
+    return make_error(Errc::not_found,
+                      fmt::format("cannot read {}: {}", p.string(), errno_text(errno)));
+  std::string text(max_bytes + 1, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<std::size_t>(in.gcount()));
+  if (text.size() > max_bytes)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} is larger than {} bytes", p.string(), max_bytes));
+  return text;
+}
+
+// 32 random bytes, hex: nothing to escape in a URL or a SQL literal.
+Result<std::string> new_password() {
+  unsigned char bytes[32];
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return make_error(Errc::io, fmt::format("getrandom failed: {}", errno_text(errno)));
+    got += static_cast<std::size_t>(n);
+  }
+  std::string hex;
+  for (unsigned char b : bytes) hex += fmt::format("{:02x}", b);
+  return hex;
+}
+
+// The password of <data_dir>/db.password: one line of printable ASCII.
+Result<std::string> read_password(const fs::path& file) {
+  struct stat st {};
+  if (::stat(file.c_str(), &st) != 0)
+    return make_error(Errc::not_found,
+                      fmt::format("{} does not exist yet: start the cluster with database.listen "
+                                  "set once (flowreg db migrate) to generate it",
+                                  file.string()));
+  if ((st.st_mode & 077) != 0)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} is readable by others (mode {:o}): chmod 600 {}",
+                                  file.string(), st.st_mode & 07777, file.string()));
+  auto text = read_small_file(file, 1024);
+  if (!text) return text;
+  std::string password = trim(*text);
+  if (password.empty() || !std::all_of(password.begin(), password.end(), [](char c) {
+        return static_cast<unsigned char>(c) > 32 && static_cast<unsigned char>(c) < 127;
+      }))
+    return make_error(
+        Errc::invalid_argument,
+        fmt::format("{} must hold one line of printable ASCII without spaces", file.string()));
+  return password;
+}
+
+// RFC 3986 percent-encoding of everything but the unreserved characters.
+std::string url_encode(std::string_view text) {
+  std::string out;
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~')
+      out += ch;
+    else
+      out += fmt::format("%{:02X}", c);
+  }
+  return out;
+}
+
+bool is_wildcard(std::string_view address) {
+  return address == "*" || address == "0.0.0.0" || address == "::";
+}
+
 }  // namespace
 
 fs::path EmbeddedCluster::socket_dir_for(const fs::path& data_dir) {
@@ -348,9 +441,34 @@ Result<EmbeddedCluster> EmbeddedCluster::open(fs::path data_dir) {
   return open(std::move(options));
 }
 
+Result<EmbeddedCluster> EmbeddedCluster::open(const DatabaseSettings& settings) {
+  ClusterOptions options;
+  options.data_dir = settings.data_dir;
+  options.listen = settings.listen;
+  return open(std::move(options));
+}
+
 Result<EmbeddedCluster> EmbeddedCluster::open(ClusterOptions options) {
   EmbeddedCluster cluster;
   std::error_code ec;
+  const DatabaseListen& listen = options.listen;
+  if (listen.port < 1 || listen.port > 65535)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("database.listen.port {} is not a TCP port", listen.port));
+  if (listen.enabled() && listen.allow.empty())
+    return make_error(Errc::invalid_argument,
+                      "database.listen.allow is empty: name the networks that may connect");
+  if (listen.ssl_cert_file.empty() != listen.ssl_key_file.empty())
+    return make_error(Errc::invalid_argument,
+                      "database.listen: ssl_cert_file and ssl_key_file go together");
+  for (const auto& text : listen.addresses)
+    if (text.empty() || text.find_first_of(", '\"\\\n") != std::string::npos)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("database.listen: '{}' is not an address", text));
+  for (const auto& text : listen.allow)
+    if (text.empty() || text.find_first_of(" \t\n#\"'") != std::string::npos)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("database.listen: '{}' is not a network", text));
   if (options.data_dir.empty()) options.data_dir = ".flowreg";
   options.data_dir = fs::absolute(options.data_dir, ec).lexically_normal();
   if (ec)
@@ -446,7 +564,38 @@ Result<EmbeddedCluster> EmbeddedCluster::open(ClusterOptions options) {
 
 std::string EmbeddedCluster::connection_string(std::string_view database) const {
   return fmt::format("host={} port={} dbname={} user={}", conninfo_value(socket_dir_.string()),
-                     kPort, conninfo_value(database), conninfo_value(owner_name_));
+                     options_.listen.port, conninfo_value(database), conninfo_value(owner_name_));
+}
+
+Result<std::string> EmbeddedCluster::remote_url(std::string_view host,
+                                                std::string_view sslrootcert) const {
+  const DatabaseListen& listen = options_.listen;
+  if (!listen.enabled())
+    return make_error(Errc::invalid_argument,
+                      "database.listen is not set: the embedded cluster listens on its unix "
+                      "socket only, which other hosts cannot reach");
+  std::string address(host);
+  if (address.empty()) {
+    if (listen.addresses.size() != 1 || is_wildcard(listen.addresses.front()))
+      return make_error(Errc::invalid_argument,
+                        "database.listen.addresses does not name one address other hosts reach "
+                        "this one by: give it (--host)");
+    address = listen.addresses.front();
+  }
+  if (address.empty() || address.find_first_of("/?#@[] ") != std::string::npos)
+    return make_error(Errc::invalid_argument, fmt::format("'{}' is not a host", address));
+  auto password = read_password(password_file());
+  if (!password) return tl::unexpected(password.error());
+  const std::string host_part =
+      address.find(':') != std::string::npos ? "[" + address + "]" : address;
+  std::string url =
+      fmt::format("postgresql://{}:{}@{}:{}/{}", url_encode(owner_name_), url_encode(*password),
+                  host_part, listen.port, url_encode(options_.database));
+  if (!listen.ssl_cert_file.empty()) {
+    url += "?sslmode=verify-full";
+    if (!sslrootcert.empty()) url += "&sslrootcert=" + url_encode(sslrootcert);
+  }
+  return url;
 }
 
 Result<ClusterStatus> EmbeddedCluster::status() const {
@@ -592,12 +741,49 @@ struct Ops {
     return {};
   }
 
-  // Written before every start, so a moved data directory gets its new socket path.
+  // Written before every start, so a moved data directory gets its new socket path, and a
+  // changed database.listen its addresses, networks and certificate.
   Result<void> write_settings() const {
+    const DatabaseListen& listen = options.listen;
+    std::string addresses;
+    for (const auto& a : listen.addresses) addresses += (addresses.empty() ? "" : ",") + a;
+    const bool tls = listen.enabled() && !listen.ssl_cert_file.empty();
+    std::string tls_settings;
+    if (tls) {
+      const fs::path crt = cluster_dir / "flowreg-server.crt",
+                     key = cluster_dir / "flowreg-server.key";
+      for (const auto& [from, to] :
+           {std::pair{listen.ssl_cert_file, crt}, std::pair{listen.ssl_key_file, key}}) {
+        auto text = read_small_file(from, 1 << 20);
+        if (!text)
+          return make_error(Errc::io, fmt::format("database.listen: {}", text.error().message));
+        if (auto r = write_private_file(to, *text); !r) return r;
+        if (as_other_user())
+          if (auto r = chown_to(to, uid, gid); !r) return r;
+      }
+      tls_settings = fmt::format("ssl = on\nssl_cert_file = {}\nssl_key_file = {}\n",
+                                 conf_value(crt.string()), conf_value(key.string()));
+    }
+    // Local connections: the 0700 socket directory is the guard. TCP: the allowed networks only,
+    // with the password, and only over TLS when there is a certificate.
+    std::string hba =
+        "# Written by flowreg before every start: edits are lost.\n"
+        "local all all trust\n";
+    if (listen.enabled())
+      for (const auto& network : listen.allow)
+        hba += fmt::format("{} all all {} scram-sha-256\n", tls ? "hostssl" : "host", network);
+    const fs::path hba_file = cluster_dir / "pg_hba.conf";
+    if (auto r = write_file(hba_file, hba); !r) return r;
+    if (as_other_user())
+      if (auto r = chown_to(hba_file, uid, gid); !r) return r;
+    if (auto r = chmod_to(hba_file, 0600); !r) return r;
+
     const fs::path conf = cluster_dir / "flowreg.conf";
     const std::string text = fmt::format(
         "# Written by flowreg before every start: edits are lost.\n"
-        "listen_addresses = ''\n"
+        "listen_addresses = {}\n"
+        "password_encryption = 'scram-sha-256'\n"
+        "{}"
         "port = {}\n"
         "unix_socket_directories = {}\n"
         "unix_socket_permissions = 0700\n"
@@ -608,7 +794,7 @@ struct Ops {
         "full_page_writes = on\n"
         "logging_collector = off\n"
         "log_line_prefix = '%m [%p] '\n",
-        EmbeddedCluster::kPort, conf_value(socket_dir.string()));
+        conf_value(addresses), tls_settings, listen.port, conf_value(socket_dir.string()));
     if (auto r = write_file(conf, text); !r) return r;
     if (as_other_user())
       if (auto r = chown_to(conf, uid, gid); !r) return r;
@@ -658,6 +844,43 @@ struct Ops {
                       cluster_dir.string(), join(argv), r.describe_end(),
                       trim(r.err + "\n" + r.out), log_file.string(), tail));
     }
+  }
+
+  // With database.listen: generates <data_dir>/db.password when missing, and sets it on the owner's
+  // role (scram-sha-256) when it was generated or the server was just started. The statement is
+  // kept out of the server log (log_statement, log_min_error_statement), and no message here
+  // holds the password.
+  Result<void> ensure_password(bool started) const {
+    const fs::path file = options.data_dir / "db.password";
+    bool created = false;
+    if (!fs::exists(file)) {
+      auto password = new_password();
+      if (!password) return tl::unexpected(password.error());
+      if (auto r = write_private_file(file, *password + "\n"); !r) return r;
+      created = true;
+    }
+    if (!created && !started) return {};
+    auto password = read_password(file);
+    if (!password) return tl::unexpected(password.error());
+    try {
+      pqxx::connection conn(maintenance_conninfo());
+      pqxx::nontransaction tx(conn);
+      tx.exec0("SET log_statement = 'none'");
+      tx.exec0("SET log_min_error_statement = 'panic'");
+      tx.exec0("SET password_encryption = 'scram-sha-256'");
+      tx.exec0("ALTER ROLE " + conn.quote_name(owner_name) + " PASSWORD " + conn.quote(*password));
+      return {};
+    } catch (const std::exception& e) {
+      // The server's message names the role, never the password.
+      return db_error(fmt::format("setting the password of role '{}' from {} failed: {}",
+                                  owner_name, file.string(), trim(e.what())));
+    }
+  }
+
+  std::string maintenance_conninfo() const {
+    return fmt::format("host={} port={} dbname=postgres user={}",
+                       conninfo_value(socket_dir.string()), options.listen.port,
+                       conninfo_value(owner_name));
   }
 
   // Connects to the maintenance database and creates ours when missing. `transient` tells
@@ -733,6 +956,7 @@ Result<StartOutcome> EmbeddedCluster::start() {
     }
     bool transient = false;
     auto ready = ops.ensure_database(connection_string("postgres"), transient);
+    if (ready && options_.listen.enabled()) ready = ops.ensure_password(outcome.started);
     if (ready) {
       outcome.postmaster_pid = pid.value_or(0);
       outcome.connection_string = connection_string();

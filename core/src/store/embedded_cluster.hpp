@@ -11,8 +11,13 @@
 // runs flowreg on a data directory the user "postgres" cannot reach (a checkout in root's 0700
 // home): then the home is <relocation_root>/<hash of data_dir> (/var/lib/flowreg/...), and
 // <data_dir>/pg is a symbolic link to <home>/pg, by which later starts find it.
-// The server listens on that unix socket only (listen_addresses = ''), authentication is "trust":
-// only the cluster owner (and root) can open the 0700 socket directory.
+// The server listens on that unix socket, authentication "trust": only the cluster owner (and
+// root) can open the 0700 socket directory. With listen options (database.listen) it listens on
+// TCP too, for workers on other hosts: pg_hba.conf (rewritten at every start) admits the allowed
+// networks only, with scram-sha-256 and the password generated into
+//   <data_dir>/db.password    0600, the flowreg user's; set on the cluster owner's role at start
+// and, with a certificate and key, over TLS only (copied into pg/ as flowreg-server.{crt,key}).
+// Without listen options it listens on no TCP address (listen_addresses = '').
 //
 // Who owns the cluster: initdb and postgres refuse to run as root. A process running as root runs
 // initdb, pg_ctl and postgres as the OS user "postgres" (through setpriv), the cluster directory
@@ -33,6 +38,7 @@
 #include <string_view>
 #include <vector>
 
+#include "flowreg/config.hpp"
 #include "flowreg/error.hpp"
 
 namespace flowreg::detail {
@@ -51,6 +57,8 @@ struct ClusterOptions {
   // initdb fsyncs the new cluster unless this is false (--no-sync: faster, for throwaway
   // clusters in tests; a machine crash right after init could then corrupt the cluster).
   bool sync_init = true;
+  // TCP access for other hosts; listen.port names the unix socket too. Checked by open().
+  DatabaseListen listen;
 };
 
 struct ClusterStatus {
@@ -73,13 +81,15 @@ struct StartOutcome {
 
 class EmbeddedCluster {
  public:
-  static constexpr int kPort = 5432;  // only names the socket file: nothing listens on TCP
+  static constexpr int kPort = 5432;  // the default port (of the socket file, and TCP's)
 
   // Resolves the paths, the binaries and the cluster owner; touches nothing on disk. Errors:
   // Errc::not_found when the server binaries are missing, Errc::invalid_argument when the cluster
   // belongs to another user or root has no "postgres" user to run it.
   static Result<EmbeddedCluster> open(ClusterOptions options);
   static Result<EmbeddedCluster> open(std::filesystem::path data_dir = ".flowreg");
+  // The cluster of a configuration's database section (data_dir and listen).
+  static Result<EmbeddedCluster> open(const DatabaseSettings& settings);
 
   EmbeddedCluster(EmbeddedCluster&&) noexcept = default;
   EmbeddedCluster& operator=(EmbeddedCluster&&) noexcept = default;
@@ -101,6 +111,15 @@ class EmbeddedCluster {
   // libpq connection string for another database of this cluster.
   std::string connection_string(std::string_view database) const;
   std::string connection_string() const { return connection_string(options_.database); }
+
+  // The URL a worker on another host connects with: postgresql://owner:password@host:port/db,
+  // with sslmode=verify-full (and sslrootcert when given) when the server has a certificate.
+  // `host` empty: the one listen address when it is not a wildcard. Errc::invalid_argument
+  // without listen options or a usable host; Errc::not_found before the first start (no password
+  // yet). The result holds the password: print it, never log it.
+  Result<std::string> remote_url(std::string_view host, std::string_view sslrootcert) const;
+  // <data_dir>/db.password
+  std::filesystem::path password_file() const { return options_.data_dir / "db.password"; }
 
   const std::filesystem::path& data_dir() const noexcept { return options_.data_dir; }
   // Where pg/, pg.log and run/ live: data_dir(), or a directory under relocation_root.
