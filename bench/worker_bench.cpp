@@ -1,29 +1,63 @@
-// worker_bench: `flowreg worker` processes against PostgreSQL, end to end.
+// worker_bench: `flowreg worker` processes and the run store against PostgreSQL, end to end, with
+// the server's cost of every scenario.
 //
-//   worker_bench [--runs N] [--workers 1,2] [--concurrency C] [--batch B] [--samples S]
-//                [--only single|chain|latency] [--timeout SECONDS] [--keep]
+//   worker_bench [--only LIST] [--runs N] [--workers LIST] [--batch LIST] [--concurrency C]
+//                [--backlog LIST] [--backlog-workers W] [--start-sizes A,B] [--start-samples S]
+//                [--start-chunks LIST] [--samples S] [--timeout SECONDS] [--json FILE] [--keep]
 //
 // One embedded cluster in a scratch directory under /tmp, with the server's default durability
 // (fsync and synchronous_commit on, as the embedded cluster configures it), and one fresh
-// database per scenario (created and migrated by the project's own code), so that scenarios do not
-// see each other's rows, dead tuples or workers.
+// database per measurement (created and migrated by the project's own code), so that measurements
+// do not see each other's rows, dead tuples or workers.
 //
-//   burn-down   N runs of bench_single (1 task each) or bench_chain (a -> b -> c, 3 tasks each) are
-//               started BEFORE any worker runs (RunStore::start_runs, 500 per call), then W worker
-//               processes start, `flowreg --config CFG worker --concurrency C --batch B`, and the
-//               bench times the burn-down: from spawning the workers to the last run's completion.
-//               Completions are counted from the run store's own notifications (channel
-//               flowreg_runs, "<run id> completed"), received on a Listener opened before the
-//               workers start: no polling query competes with the workers for the 2 cores.
-//               Afterwards list_runs checks that every run completed. Workers are stopped with
-//               SIGTERM and waited for between scenarios.
-//   latency     one worker, idle; S runs of bench_latency, started one at a time (start_run) with
-//               5 ms pauses. The handler returns the CLOCK_REALTIME time it was entered; the bench
-//               subtracts the time taken just before start_run.
+// Scenarios (--only takes a comma-separated list; the default runs them all, with the default
+// sizes, in a few minutes on 2 cores):
+//   single      burn-down of --runs bench_single runs (1 task each), for every --batch (default
+//               64,128,256,512) and every --workers count (default 2): runs/s and cost per run per
+//               batch size, measured one after another in the same window.
+//   chain       the same for bench_chain (a -> b -> c, 3 tasks per run), at the first --batch.
+//   backlog     for every --backlog size (default 100000; e.g. 100000,1000000): that many
+//               bench_single runs, drained by --backlog-workers (default 2) workers at the first
+//               --batch, once as started and once after ANALYZE of every table of schema flowreg;
+//               prints the ratio of the two rates.
+//   start1      one connection starting runs one at a time (RunStore::start_run), as a long-lived
+//               application connection does: 10 warm-up calls on an empty table (plans made
+//               small), then --start-samples (default 500) timed calls (every other one with an
+//               idempotency key) with the first of
+//               --start-sizes (default 1000,100000) runs existing, then the table is filled (by
+//               another connection, start_runs) to the second size and the same connection makes
+//               the same number of timed calls; p50/p99 call latency at each size and their ratio.
+//   startbatch  --runs runs started with RunStore::start_runs in chunks of each --start-chunks
+//               (default 10,100,500,1000) runs per call: cost per run.
+//   latency     start -> handler: one worker, idle; --samples runs of bench_latency, started one
+//               at a time (start_run) with 5 ms pauses. The handler returns the CLOCK_REALTIME
+//               time it was entered; the bench subtracts the time taken just before start_run.
 //
-// A scenario that does not finish within --timeout (default 120 s), or whose worker exits early,
-// aborts the bench with the count reached; the workers' output (stdout and stderr) is in
-// <scratch>/<scenario>.worker<i>.log, and the scratch directory is kept (also with --keep).
+// Burn-downs: N runs are started BEFORE any worker runs (RunStore::start_runs, 500 per call), then
+// W worker processes start, `flowreg --config CFG worker --concurrency C --batch B`, and the bench
+// times the burn-down: from spawning the workers to the last run's completion. Completions are
+// counted from the run store's own notifications (channel flowreg_runs, "<run id> completed"),
+// received on a Listener opened before the workers start: no polling query competes with the
+// workers for the 2 cores. Afterwards list_runs checks that every run completed. Workers are
+// stopped with SIGTERM and waited for.
+//
+// Cost, per run, around every measured phase (a row of the tables):
+//   PG CPU us     user + system CPU of the cluster's processes: the postmaster, its live children
+//                 (backends, autovacuum, checkpointer, WAL writer...) and its reaped children
+//                 (/proc/<pid>/stat utime, stime, cutime, cstime), divided by the runs.
+//   WAL B         pg_current_wal_lsn() difference; WAL rec and FPI: pg_stat_wal's wal_records and
+//                 wal_fpi differences.
+//   heap tup      n_tup_ins + n_tup_upd + n_tup_del of pg_stat_user_tables, summed over schema
+//                 flowreg (inserted, updated and deleted heap tuples).
+//   idx ent       index entries written, estimated: per table of schema flowreg, (inserts +
+//                 updates that were not HOT) times its number of indexes.
+// Statistics counters are flushed by backends when idle or exiting: burn-down phases are measured
+// after the workers exited; the start phases close or idle their connection before reading.
+//
+// A scenario that does not finish within --timeout (default 120 s; scaled up for backlogs larger
+// than --runs), or whose worker exits early, aborts the bench with the count reached; the workers'
+// output (stdout and stderr) is in <scratch>/<scenario>.worker<i>.log, and the scratch directory
+// is kept (also with --keep). --json FILE writes every measured row as one JSON document.
 //
 // The flows come from the bench_worker plugin (bench/plugins/bench_worker.cpp), built alone into
 // its own directory: the bench loads it with the project's PluginLoader to store the flow versions
@@ -39,12 +73,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -80,26 +116,73 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Seconds = std::chrono::duration<double>;
 
-constexpr int kStartChunk = 500;  // runs per start_runs call
+constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's backlog
+
+const std::vector<std::string> kScenarios = {"single", "chain",      "backlog",
+                                             "start1", "startbatch", "latency"};
 
 struct Args {
+  std::vector<std::string> only = kScenarios;
   int runs = 20000;
-  std::vector<int> workers{1, 2};
+  std::vector<int> workers{2};
   int concurrency = 8;
-  int batch = 64;
+  std::vector<int> batches{64, 128, 256, 512};
+  std::vector<int> backlog{100000};
+  int backlog_workers = 2;
+  std::vector<int> start_sizes{1000, 100000};
+  int start_samples = 500;
+  std::vector<int> start_chunks{10, 100, 500, 1000};
   int samples = 300;
-  std::string only;  // "", "single", "chain" or "latency"
   int timeout_s = 120;
+  std::string json_file;
   bool keep = false;
+
+  bool wants(const std::string& scenario) const {
+    return std::find(only.begin(), only.end(), scenario) != only.end();
+  }
 };
 
+constexpr const char* kUsage = R"(usage: worker_bench [options]
+
+Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 2 cores):
+  single       burn-down of --runs single-step runs at every --batch and every --workers count
+  chain        burn-down of --runs 3-step chains (a -> b -> c) at the first --batch
+  backlog      --backlog runs drained as started and after ANALYZE of every flowreg table
+  start1       one connection calling start_run() one at a time (every other call with an
+               idempotency key), at each of --start-sizes runs
+  startbatch   start_runs() in chunks of each of --start-chunks runs per call
+  latency      start_run() -> handler entered, one idle worker, --samples runs
+Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
+WAL bytes (pg_current_wal_lsn), WAL records and full-page images (pg_stat_wal), heap tuples
+written (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del, schema flowreg) and index entries
+written (estimated: non-HOT writes times the table's indexes).
+
+Options:
+  --only LIST          scenarios to run (default single,chain,backlog,start1,startbatch,latency)
+  --runs N             runs per burn-down (single, chain) and per startbatch chunk size (20000)
+  --workers LIST       worker processes per single/chain burn-down, e.g. 1,2 (default 2)
+  --batch LIST         `flowreg worker --batch` values for single, e.g. 64,512 (default
+                       64,128,256,512); chain and backlog use the first
+  --concurrency C      `flowreg worker --concurrency` (default 8)
+  --backlog LIST       backlog sizes, e.g. 100000,1000000 (default 100000)
+  --backlog-workers W  worker processes of the backlog drains (default 2)
+  --start-sizes A,B    existing runs at the two start1 measurements (default 1000,100000)
+  --start-samples S    timed start_run() calls at each start1 size (default 500)
+  --start-chunks LIST  runs per start_runs() call in startbatch (default 10,100,500,1000)
+  --samples S          latency samples (default 300)
+  --timeout SECONDS    limit of one burn-down of --runs runs (default 120; larger backlogs get
+                       proportionally more)
+  --json FILE          also write every measured row to FILE as one JSON document
+  --keep               keep the scratch directory (cluster data, worker logs)
+  --help               this text
+)";
+
 [[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr,
-               "worker_bench: %s\n"
-               "usage: worker_bench [--runs N] [--workers 1,2] [--concurrency C] [--batch B]\n"
-               "                    [--samples S] [--only single|chain|latency] [--timeout SECONDS]"
-               " [--keep]\n",
-               why.c_str());
+  if (why == "help") {
+    std::fputs(kUsage, stdout);
+    std::exit(0);
+  }
+  std::fprintf(stderr, "worker_bench: %s\n%s", why.c_str(), kUsage);
   std::exit(2);
 }
 
@@ -109,6 +192,20 @@ int positive(const std::string& option, const std::string& text) {
   if (text.empty() || *end != '\0' || v <= 0 || v > 10'000'000)
     usage(fmt::format("{} '{}' is not a positive integer", option, text));
   return static_cast<int>(v);
+}
+
+std::vector<std::string> split_list(const std::string& option, const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
+  if (out.empty()) usage(fmt::format("{} needs a comma-separated list", option));
+  return out;
+}
+
+std::vector<int> positive_list(const std::string& option, const std::string& text) {
+  std::vector<int> out;
+  for (const auto& item : split_list(option, text)) out.push_back(positive(option, item));
+  return out;
 }
 
 Args parse_args(int argc, char** argv) {
@@ -125,22 +222,34 @@ Args parse_args(int argc, char** argv) {
     if (opt == "--runs") {
       a.runs = positive(opt, v);
     } else if (opt == "--workers") {
-      a.workers.clear();
-      std::stringstream in(v);
-      for (std::string item; std::getline(in, item, ',');) a.workers.push_back(positive(opt, item));
-      if (a.workers.empty()) usage("--workers needs a list such as 1,2");
+      a.workers = positive_list(opt, v);
     } else if (opt == "--concurrency") {
       a.concurrency = positive(opt, v);
     } else if (opt == "--batch") {
-      a.batch = positive(opt, v);
+      a.batches = positive_list(opt, v);
+    } else if (opt == "--backlog") {
+      a.backlog = positive_list(opt, v);
+    } else if (opt == "--backlog-workers") {
+      a.backlog_workers = positive(opt, v);
+    } else if (opt == "--start-sizes") {
+      a.start_sizes = positive_list(opt, v);
+      if (a.start_sizes.size() != 2 || a.start_sizes[0] >= a.start_sizes[1])
+        usage("--start-sizes takes two increasing sizes, such as 1000,100000");
+    } else if (opt == "--start-samples") {
+      a.start_samples = positive(opt, v);
+    } else if (opt == "--start-chunks") {
+      a.start_chunks = positive_list(opt, v);
     } else if (opt == "--samples") {
       a.samples = positive(opt, v);
     } else if (opt == "--timeout") {
       a.timeout_s = positive(opt, v);
+    } else if (opt == "--json") {
+      a.json_file = v;
     } else if (opt == "--only") {
-      if (v != "single" && v != "chain" && v != "latency")
-        usage("--only takes single, chain or latency");
-      a.only = v;
+      a.only = split_list(opt, v);
+      for (const auto& s : a.only)
+        if (std::find(kScenarios.begin(), kScenarios.end(), s) == kScenarios.end())
+          usage(fmt::format("--only: unknown scenario '{}'", s));
     } else {
       usage(fmt::format("unknown option '{}'", opt));
     }
@@ -300,6 +409,8 @@ struct Env {
   ClusterOptions cluster;  // of the bench's cluster; `database` is set per scenario
   std::map<std::string, FlowInfo> flows;
   std::vector<std::string> commands;  // every worker command line run, for the report
+  pid_t postmaster = 0;               // of the bench's cluster, for its CPU
+  fs::path psql;                      // the cluster's psql, for the cost counters
 };
 
 // The bench_worker plugin's flows, loaded as a worker loads them (same loader, same versions).
@@ -350,17 +461,16 @@ fs::path write_config(const Env& env, const std::string& name, const std::string
   return file;
 }
 
-std::vector<std::string> worker_argv(const Env& env, const fs::path& config) {
-  return {FLOWREG_BINARY,  "--config",
-          config.string(), "worker",
-          "--concurrency", std::to_string(env.args.concurrency),
-          "--batch",       std::to_string(env.args.batch)};
+std::vector<std::string> worker_argv(const Env& env, const fs::path& config, int batch) {
+  return {FLOWREG_BINARY, "--config",           config.string(),
+          "worker",       "--concurrency",      std::to_string(env.args.concurrency),
+          "--batch",      std::to_string(batch)};
 }
 
 std::vector<ChildProcess> spawn_workers(Env& env, const std::string& name, const fs::path& config,
-                                        int count) {
+                                        int count, int batch) {
   std::vector<ChildProcess> workers;
-  const auto argv = worker_argv(env, config);
+  const auto argv = worker_argv(env, config, batch);
   env.commands.push_back(fmt::format("{}  (x{}; output: {}/{}.worker<i>.log)", command_line(argv),
                                      count, env.scratch.string(), name));
   for (int i = 0; i < count; ++i)
@@ -394,101 +504,6 @@ struct ScenarioFailed : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-struct BurnResult {
-  std::string flow;
-  int steps = 0;
-  int workers = 0;
-  int runs = 0;
-  double enqueue_s = 0;           // start_runs of all the runs
-  double first_s = 0;             // spawn -> first completion seen
-  double total_s = 0;             // spawn -> last completion seen
-  double stop_s = 0;              // SIGTERM -> every worker exited
-  std::vector<std::string> ends;  // how each worker ended
-};
-
-BurnResult burn_down(Env& env, const std::string& slug, int steps, int worker_count) {
-  const Args& a = env.args;
-  const FlowInfo& flow = env.flows.at(slug);
-  const std::string name = fmt::format("{}_w{}", slug, worker_count);
-  BurnResult r{slug, steps, worker_count, a.runs, 0, 0, 0, 0, {}};
-
-  const std::string conninfo = fresh_database(env, "wb_" + name);
-  auto store = value_or_throw(RunStore::connect(conninfo), "connect");
-  value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + slug);
-  const auto t_enqueue = Clock::now();
-  std::vector<Json> chunk;
-  for (int i = 0; i < a.runs; i += kStartChunk) {
-    chunk.assign(static_cast<std::size_t>(std::min(kStartChunk, a.runs - i)), Json{{"n", i}});
-    value_or_throw(store.start_runs(slug, flow.version, chunk), "start_runs");
-  }
-  r.enqueue_s = seconds_between(t_enqueue, Clock::now());
-
-  // Opened after the starts (their "started" notifications are not wanted), before the workers.
-  auto listener =
-      value_or_throw(Listener::connect(conninfo, {std::string(kRunsChannel)}), "listen");
-  const fs::path config = write_config(env, name, conninfo);
-  std::fprintf(stderr, "  %s: %d runs started in %.2f s; starting %d worker(s)\n", name.c_str(),
-               a.runs, r.enqueue_s, worker_count);
-
-  const auto t0 = Clock::now();
-  auto workers = spawn_workers(env, name, config, worker_count);
-  const auto deadline = t0 + std::chrono::seconds(a.timeout_s);
-  long completed = 0, failed = 0;
-  Clock::time_point t_first{}, t_last{}, next_check = t0;
-  while (completed + failed < a.runs) {
-    auto n = value_or_throw(listener.wait(Millis(20)), "waiting for notifications");
-    const auto now = Clock::now();
-    if (n) {
-      const auto space = n->payload.rfind(' ');
-      const std::string status = space == std::string::npos ? "" : n->payload.substr(space + 1);
-      if (status == "completed" || status == "failed" || status == "cancelled") {
-        (status == "completed" ? completed : failed) += 1;
-        if (completed + failed == 1) t_first = now;
-        t_last = now;
-      }
-    }
-    if (now < next_check) continue;
-    next_check = now + Millis(20);
-    for (auto& w : workers)
-      if (w.poll()) {
-        const std::string why = fmt::format(
-            "{}: a worker exited before the runs were done ({} of {} runs completed, {} failed, "
-            "after {:.1f} s)\n{}",
-            name, completed, a.runs, failed, seconds_between(t0, now), describe_workers(workers));
-        stop_workers(workers);
-        throw ScenarioFailed(why);
-      }
-    if (now >= deadline) {
-      stop_workers(workers);
-      throw ScenarioFailed(
-          fmt::format("{}: timed out after {} s with {} of {} runs completed ({} failed)\n{}", name,
-                      a.timeout_s, completed, a.runs, failed, describe_workers(workers)));
-    }
-  }
-  r.first_s = seconds_between(t0, t_first);
-  r.total_s = seconds_between(t0, t_last);
-
-  const auto t_stop = Clock::now();
-  r.ends = stop_workers(workers);
-  r.stop_s = seconds_between(t_stop, Clock::now());
-
-  // The notifications said so; the table must say so too.
-  auto still = value_or_throw(store.list_runs(RunFilter{slug, RunStatus::started, 1}), "list_runs");
-  auto done = value_or_throw(store.list_runs(RunFilter{slug, RunStatus::completed, a.runs + 1}),
-                             "list_runs");
-  if (failed > 0 || !still.empty() || static_cast<int>(done.size()) != a.runs)
-    throw ScenarioFailed(fmt::format(
-        "{}: {} runs completed and {} failed by notification; the store lists {} completed and {} "
-        "still started\n{}",
-        name, completed, failed, done.size(), still.empty() ? "none" : "some",
-        describe_workers(workers)));
-  for (const auto& end : r.ends)
-    if (end != "exit code 0")
-      throw ScenarioFailed(fmt::format("{}: a worker did not stop cleanly on SIGTERM: {}\n{}", name,
-                                       end, describe_workers(workers)));
-  return r;
-}
-
 struct Percentiles {
   double p50 = 0, p90 = 0, p99 = 0, max = 0, mean = 0;
 };
@@ -510,6 +525,278 @@ Percentiles percentiles(std::vector<double> v) {
   for (double x : v) sum += x;
   p.mean = sum / static_cast<double>(v.size());
   return p;
+}
+
+// ---- the server's cost ----------------------------------------------------------------------
+
+// The output of one SQL statement run by the cluster's psql (-X -A -t: unaligned tuples only, "|"
+// between fields), trailing newline removed.
+std::string psql(const Env& env, const std::string& conninfo, const std::string& sql) {
+  const std::string command = command_line({env.psql.string(), "-X", "-A", "-t", "-q", "-v",
+                                            "ON_ERROR_STOP=1", "-d", conninfo, "-c", sql}) +
+                              " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  if (!pipe) throw std::runtime_error("cannot run psql: " + std::string(std::strerror(errno)));
+  std::string out;
+  char buffer[4096];
+  for (std::size_t n; (n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0;) out.append(buffer, n);
+  const int status = ::pclose(pipe);
+  if (status != 0) throw std::runtime_error(fmt::format("psql failed ({}): {}", sql, out));
+  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+  return out;
+}
+
+// CPU seconds (user + system) of the postmaster, of its live children and of the children it
+// reaped: every process of the cluster, those that ended during the measurement included.
+double cluster_cpu_seconds(pid_t postmaster) {
+  static const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  // Fields after the ")" that ends the command name: state is field 3, utime 14 ... cstime 17.
+  const auto fields = [](const fs::path& stat) {
+    std::ifstream in(stat);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::vector<std::string> out;
+    const auto close = text.rfind(')');
+    if (close == std::string::npos) return out;
+    std::stringstream rest(text.substr(close + 1));
+    for (std::string f; rest >> f;) out.push_back(f);
+    return out;  // out[0] is field 3 (state)
+  };
+  double ticks = 0;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const auto f = fields(entry.path() / "stat");
+    if (f.size() < 15) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    const pid_t ppid = static_cast<pid_t>(std::stol(f[1]));
+    if (pid == postmaster) {
+      ticks += std::stod(f[11]) + std::stod(f[12]) + std::stod(f[13]) + std::stod(f[14]);
+    } else if (ppid == postmaster) {
+      ticks += std::stod(f[11]) + std::stod(f[12]);
+    }
+  }
+  return ticks / tick;
+}
+
+struct CostSnapshot {
+  double cpu_s = 0;
+  double wal_lsn = 0, wal_records = 0, wal_fpi = 0;
+  double tup_written = 0, idx_entries = 0;
+};
+
+CostSnapshot snapshot(const Env& env, const std::string& conninfo) {
+  CostSnapshot s;
+  s.cpu_s = cluster_cpu_seconds(env.postmaster);
+  const std::string row =
+      psql(env, conninfo,
+           "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, w.wal_records, w.wal_fpi, "
+           "coalesce(t.tup, 0), coalesce(t.idx, 0) FROM pg_stat_wal w, "
+           "(SELECT sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del) AS tup, "
+           "sum((s.n_tup_ins + s.n_tup_upd - s.n_tup_hot_upd) * "
+           "(SELECT count(*) FROM pg_index i WHERE i.indrelid = s.relid)) AS idx "
+           "FROM pg_stat_user_tables s WHERE s.schemaname = 'flowreg') t");
+  std::vector<double> v;
+  std::stringstream in(row);
+  for (std::string f; std::getline(in, f, '|');) v.push_back(std::stod(f));
+  if (v.size() != 5) throw std::runtime_error("unexpected cost counters: " + row);
+  s.wal_lsn = v[0];
+  s.wal_records = v[1];
+  s.wal_fpi = v[2];
+  s.tup_written = v[3];
+  s.idx_entries = v[4];
+  return s;
+}
+
+// One measured phase: its rate and its cost per run.
+struct Row {
+  std::string scenario, what;
+  long runs = 0;
+  double seconds = 0;
+  double cpu_us = 0, wal_bytes = 0, wal_records = 0, wal_fpi = 0, tup_written = 0,
+         idx_entries = 0;  // per run
+  double rate() const { return seconds > 0 ? static_cast<double>(runs) / seconds : 0; }
+};
+
+Row cost_row(std::string scenario, std::string what, long runs, double seconds,
+             const CostSnapshot& before, const CostSnapshot& after) {
+  const double n = static_cast<double>(std::max(1L, runs));
+  Row r{std::move(scenario), std::move(what), runs, seconds};
+  r.cpu_us = (after.cpu_s - before.cpu_s) * 1e6 / n;
+  r.wal_bytes = (after.wal_lsn - before.wal_lsn) / n;
+  r.wal_records = (after.wal_records - before.wal_records) / n;
+  r.wal_fpi = (after.wal_fpi - before.wal_fpi) / n;
+  r.tup_written = (after.tup_written - before.tup_written) / n;
+  r.idx_entries = (after.idx_entries - before.idx_entries) / n;
+  return r;
+}
+
+void print_rows_header() {
+  std::printf("%-34s %8s %8s %9s %8s %8s %7s %6s %8s %8s\n", "", "runs", "s", "runs/s", "PG CPU",
+              "WAL", "WAL", "FPI", "heap", "idx ent");
+  std::printf("%-34s %8s %8s %9s %8s %8s %7s %6s %8s %8s\n", "", "", "", "", "us/run", "B/run",
+              "rec/run", "/run", "tup/run", "est/run");
+}
+
+void print_row(const Row& r) {
+  std::printf("%-34s %8ld %8.2f %9.0f %8.1f %8.0f %7.2f %6.2f %8.2f %8.2f\n", r.what.c_str(),
+              r.runs, r.seconds, r.rate(), r.cpu_us, r.wal_bytes, r.wal_records, r.wal_fpi,
+              r.tup_written, r.idx_entries);
+}
+
+Json row_json(const Row& r) {
+  return Json{{"scenario", r.scenario},
+              {"what", r.what},
+              {"runs", r.runs},
+              {"seconds", r.seconds},
+              {"runs_per_s", r.rate()},
+              {"pg_cpu_us_per_run", r.cpu_us},
+              {"wal_bytes_per_run", r.wal_bytes},
+              {"wal_records_per_run", r.wal_records},
+              {"wal_fpi_per_run", r.wal_fpi},
+              {"heap_tuples_per_run", r.tup_written},
+              {"index_entries_est_per_run", r.idx_entries}};
+}
+
+// ANALYZE of every table of schema flowreg.
+void analyze_all(const Env& env, const std::string& conninfo) {
+  psql(env, conninfo,
+       "DO $$DECLARE t record; BEGIN FOR t IN SELECT schemaname, tablename FROM pg_tables WHERE "
+       "schemaname = 'flowreg' LOOP EXECUTE format('ANALYZE %I.%I', t.schemaname, t.tablename); "
+       "END LOOP; END$$");
+}
+
+// Starts `runs` runs of `slug` in chunks of `chunk` (start_runs); seconds taken.
+double start_backlog(RunStore& store, const std::string& slug, const std::string& version,
+                     long runs, int chunk) {
+  const auto t0 = Clock::now();
+  std::vector<Json> inputs;
+  for (long i = 0; i < runs; i += chunk) {
+    inputs.assign(static_cast<std::size_t>(std::min<long>(chunk, runs - i)), Json{{"n", i}});
+    value_or_throw(store.start_runs(slug, version, inputs), "start_runs");
+  }
+  return seconds_between(t0, Clock::now());
+}
+
+// ---- burn-down --------------------------------------------------------------------------------
+
+struct BurnSpec {
+  std::string scenario;
+  std::string slug;
+  int steps = 1;
+  int workers = 1;
+  int batch = 64;
+  long runs = 0;
+  bool analyze = false;
+};
+
+struct BurnResult {
+  BurnSpec spec;
+  double enqueue_s = 0;           // start_runs of all the runs
+  double first_s = 0;             // spawn -> first completion seen
+  double total_s = 0;             // spawn -> last completion seen
+  double stop_s = 0;              // SIGTERM -> every worker exited
+  std::vector<std::string> ends;  // how each worker ended
+  Row start, drain;               // costs: starting the backlog; spawn -> workers exited
+};
+
+BurnResult burn_down(Env& env, const BurnSpec& spec) {
+  const Args& a = env.args;
+  const FlowInfo& flow = env.flows.at(spec.slug);
+  const std::string name = fmt::format("{}_w{}_b{}_n{}{}", spec.slug, spec.workers, spec.batch,
+                                       spec.runs, spec.analyze ? "_analyzed" : "");
+  BurnResult r;
+  r.spec = spec;
+
+  const std::string conninfo = fresh_database(env, "wb_" + name);
+  {
+    auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+    value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + spec.slug);
+    const auto before = snapshot(env, conninfo);
+    r.enqueue_s = start_backlog(store, spec.slug, flow.version, spec.runs, kStartChunk);
+    store = value_or_throw(RunStore::connect(conninfo), "connect");  // flushes the counters
+    const auto after = snapshot(env, conninfo);
+    r.start = cost_row(spec.scenario, fmt::format("start_runs x{}", kStartChunk), spec.runs,
+                       r.enqueue_s, before, after);
+  }
+  if (spec.analyze) analyze_all(env, conninfo);
+
+  auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+  // Opened after the starts (their "started" notifications are not wanted), before the workers.
+  auto listener =
+      value_or_throw(Listener::connect(conninfo, {std::string(kRunsChannel)}), "listen");
+  const fs::path config = write_config(env, name, conninfo);
+  std::fprintf(stderr, "  %s: %ld runs started in %.2f s; starting %d worker(s)\n", name.c_str(),
+               spec.runs, r.enqueue_s, spec.workers);
+
+  const auto cost_before = snapshot(env, conninfo);
+  const auto t0 = Clock::now();
+  auto workers = spawn_workers(env, name, config, spec.workers, spec.batch);
+  const long scale = std::max(1L, spec.runs / std::max(1, a.runs));
+  const auto deadline = t0 + std::chrono::seconds(a.timeout_s * scale);
+  long completed = 0, failed = 0;
+  Clock::time_point t_first{}, t_last{}, next_check = t0;
+  while (completed + failed < spec.runs) {
+    auto n = value_or_throw(listener.wait(Millis(20)), "waiting for notifications");
+    const auto now = Clock::now();
+    if (n) {
+      const auto space = n->payload.rfind(' ');
+      const std::string status = space == std::string::npos ? "" : n->payload.substr(space + 1);
+      if (status == "completed" || status == "failed" || status == "cancelled") {
+        (status == "completed" ? completed : failed) += 1;
+        if (completed + failed == 1) t_first = now;
+        t_last = now;
+      }
+    }
+    if (now < next_check) continue;
+    next_check = now + Millis(20);
+    for (auto& w : workers)
+      if (w.poll()) {
+        const std::string why = fmt::format(
+            "{}: a worker exited before the runs were done ({} of {} runs completed, {} failed, "
+            "after {:.1f} s)\n{}",
+            name, completed, spec.runs, failed, seconds_between(t0, now),
+            describe_workers(workers));
+        stop_workers(workers);
+        throw ScenarioFailed(why);
+      }
+    if (now >= deadline) {
+      stop_workers(workers);
+      throw ScenarioFailed(fmt::format(
+          "{}: timed out after {} s with {} of {} runs completed ({} failed)\n{}", name,
+          a.timeout_s * scale, completed, spec.runs, failed, describe_workers(workers)));
+    }
+  }
+  r.first_s = seconds_between(t0, t_first);
+  r.total_s = seconds_between(t0, t_last);
+
+  const auto t_stop = Clock::now();
+  r.ends = stop_workers(workers);
+  r.stop_s = seconds_between(t_stop, Clock::now());
+  const auto cost_after = snapshot(env, conninfo);
+  r.drain = cost_row(spec.scenario, "drain", spec.runs, r.total_s, cost_before, cost_after);
+
+  // The notifications said so; the table must say so too (counted when small enough to list).
+  auto still =
+      value_or_throw(store.list_runs(RunFilter{spec.slug, RunStatus::started, 1}), "list_runs");
+  long listed = completed;
+  if (spec.runs <= 200'000)
+    listed = static_cast<long>(
+        value_or_throw(store.list_runs(RunFilter{spec.slug, RunStatus::completed,
+                                                 static_cast<int>(spec.runs + 1)}),
+                       "list_runs")
+            .size());
+  if (failed > 0 || !still.empty() || listed != spec.runs)
+    throw ScenarioFailed(fmt::format(
+        "{}: {} runs completed and {} failed by notification; the store lists {} completed and {} "
+        "still started\n{}",
+        name, completed, failed, listed, still.empty() ? "none" : "some",
+        describe_workers(workers)));
+  for (const auto& end : r.ends)
+    if (end != "exit code 0")
+      throw ScenarioFailed(fmt::format("{}: a worker did not stop cleanly on SIGTERM: {}\n{}", name,
+                                       end, describe_workers(workers)));
+  return r;
 }
 
 struct LatencyResult {
@@ -553,7 +840,7 @@ LatencyResult latency(Env& env) {
   const fs::path config = write_config(env, name, conninfo);
 
   const auto t0 = Clock::now();
-  auto workers = spawn_workers(env, name, config, 1);
+  auto workers = spawn_workers(env, name, config, 1, a.batches.front());
   const auto fail = [&](const std::string& what) {
     const std::string why = fmt::format("{}: {}\n{}", name, what, describe_workers(workers));
     stop_workers(workers);
@@ -615,29 +902,6 @@ LatencyResult latency(Env& env) {
   return r;
 }
 
-void print_burn_table(const std::vector<BurnResult>& results) {
-  if (results.empty()) return;
-  std::printf(
-      "\nburn-down: N runs started before the workers; time from spawning the workers to the\n"
-      "last run's completion, worker start-up included. 'steady' (single-step flows only) leaves\n"
-      "out the time to the first completion; a chain's first run completes only near the end,\n"
-      "because tasks are claimed in the order they became ready (every run's 'a' before any "
-      "'b')\n\n");
-  std::printf("%-13s %7s %6s %7s %8s %9s %9s %9s %9s %9s %8s\n", "flow", "workers", "runs", "tasks",
-              "enqueue", "1st done", "total", "runs/s", "tasks/s", "steady", "stop");
-  std::printf("%-13s %7s %6s %7s %8s %9s %9s %9s %9s %9s %8s\n", "", "", "", "", "runs/s", "s", "s",
-              "", "", "runs/s", "s");
-  for (const auto& r : results) {
-    const double tasks = static_cast<double>(r.runs) * r.steps;
-    const double steady_s = r.total_s - r.first_s;
-    const std::string steady =
-        r.steps == 1 && steady_s > 0 ? fmt::format("{:.0f}", (r.runs - 1) / steady_s) : "-";
-    std::printf("%-13s %7d %6d %7.0f %8.0f %9.3f %9.3f %9.0f %9.0f %9s %8.3f\n", r.flow.c_str(),
-                r.workers, r.runs, tasks, r.runs / r.enqueue_s, r.first_s, r.total_s,
-                r.runs / r.total_s, tasks / r.total_s, steady.c_str(), r.stop_s);
-  }
-}
-
 void print_latency(const LatencyResult& r) {
   std::printf(
       "\nlatency: 1 idle worker; %d runs of bench_latency started one at a time (after %d "
@@ -653,23 +917,236 @@ void print_latency(const LatencyResult& r) {
   std::printf("(worker serving %.2f s after it was spawned)\n", r.ready_s);
 }
 
+// ---- starting runs ----------------------------------------------------------------------------
+
+struct Start1Result {
+  int sizes[2] = {0, 0};
+  Percentiles call_ms[2];
+  Row rows[2];
+};
+
+// One long-lived connection calls start_run() one at a time: warmed on an empty table, timed at
+// two table sizes.
+Start1Result start_one_at_a_time(Env& env) {
+  const Args& a = env.args;
+  const std::string slug = "bench_single";
+  const FlowInfo& flow = env.flows.at(slug);
+  Start1Result r;
+  const std::string conninfo = fresh_database(env, "wb_start1");
+  auto app = value_or_throw(RunStore::connect(conninfo), "connect");
+  value_or_throw(app.upsert_flow(flow.def, flow.version), "upsert " + slug);
+  constexpr int kWarmup = 10;
+  for (int i = 0; i < kWarmup; ++i)
+    value_or_throw(app.start_run(slug, flow.version, Json{{"w", i}}), "start_run");
+  long existing = kWarmup;
+  for (int phase = 0; phase < 2; ++phase) {
+    const long size = a.start_sizes[static_cast<std::size_t>(phase)];
+    if (existing < size) {
+      auto filler = value_or_throw(RunStore::connect(conninfo), "connect");
+      start_backlog(filler, slug, flow.version, size - existing, kStartChunk);
+      existing = size;
+    }
+    std::fprintf(stderr, "  start1: %ld runs exist; %d timed start_run() calls\n", existing,
+                 a.start_samples);
+    // The application connection's counters of earlier calls are flushed once it idles 1 s (the
+    // wait leaves room for a loaded machine).
+    std::this_thread::sleep_for(Millis(2500));
+    const auto before = snapshot(env, conninfo);
+    std::vector<double> ms;
+    const auto t0 = Clock::now();
+    for (int i = 0; i < a.start_samples; ++i) {
+      const auto t = Clock::now();
+      StartOptions options;  // every other call with an idempotency key, as applications use them
+      if (i % 2 == 1) options.idempotency_key = fmt::format("k{}-{}", phase, i);
+      value_or_throw(app.start_run(slug, flow.version, Json{{"i", i}}, options), "start_run");
+      ms.push_back(Seconds(Clock::now() - t).count() * 1e3);
+    }
+    const double seconds = seconds_between(t0, Clock::now());
+    std::this_thread::sleep_for(Millis(2500));
+    const auto after = snapshot(env, conninfo);
+    existing += a.start_samples;
+    r.sizes[phase] = static_cast<int>(size);
+    r.call_ms[phase] = percentiles(ms);
+    r.rows[phase] = cost_row("start1", fmt::format("start_run, {} runs exist", size),
+                             a.start_samples, seconds, before, after);
+  }
+  return r;
+}
+
+// start_runs() in chunks of each size: cost per run.
+std::vector<Row> start_batches(Env& env) {
+  const Args& a = env.args;
+  const std::string slug = "bench_single";
+  const FlowInfo& flow = env.flows.at(slug);
+  std::vector<Row> rows;
+  for (int chunk : a.start_chunks) {
+    const std::string conninfo = fresh_database(env, fmt::format("wb_startbatch_{}", chunk));
+    CostSnapshot before;
+    double seconds = 0;
+    {
+      auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+      value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + slug);
+      before = snapshot(env, conninfo);
+      seconds = start_backlog(store, slug, flow.version, a.runs, chunk);
+    }
+    // The store's connection closed: its counters are flushed as its backend exits.
+    std::this_thread::sleep_for(Millis(200));
+    const auto after = snapshot(env, conninfo);
+    rows.push_back(cost_row("startbatch", fmt::format("start_runs x{}", chunk), a.runs, seconds,
+                            before, after));
+    std::fprintf(stderr, "  startbatch: %d runs in chunks of %d: %.2f s\n", a.runs, chunk, seconds);
+  }
+  return rows;
+}
+
+// ---- report -----------------------------------------------------------------------------------
+
+void print_burns(const char* title, const std::vector<BurnResult>& results) {
+  if (results.empty()) return;
+  std::printf("\n%s\n", title);
+  std::printf("%-34s %7s %6s %8s %9s %9s %9s %9s %8s\n", "", "workers", "batch", "enqueue",
+              "1st done", "total", "runs/s", "tasks/s", "steady");
+  std::printf("%-34s %7s %6s %8s %9s %9s %9s %9s %8s\n", "", "", "", "runs/s", "s", "s", "", "",
+              "runs/s");
+  for (const auto& r : results) {
+    const auto& s = r.spec;
+    const double tasks = static_cast<double>(s.runs) * s.steps;
+    const double steady_s = r.total_s - r.first_s;
+    const std::string steady =
+        s.steps == 1 && steady_s > 0
+            ? fmt::format("{:.0f}", static_cast<double>(s.runs - 1) / steady_s)
+            : "-";
+    const std::string label = fmt::format("{} {}{}", s.slug, s.runs, s.analyze ? " ANALYZEd" : "");
+    std::printf("%-34s %7d %6d %8.0f %9.3f %9.3f %9.0f %9.0f %8s\n", label.c_str(), s.workers,
+                s.batch, static_cast<double>(s.runs) / r.enqueue_s, r.first_s, r.total_s,
+                static_cast<double>(s.runs) / r.total_s, tasks / r.total_s, steady.c_str());
+  }
+  std::printf("cost per run:\n");
+  print_rows_header();
+  for (const auto& r : results) {
+    const auto& s = r.spec;
+    Row start = r.start, drain = r.drain;
+    start.what =
+        fmt::format("w{} b{} {}{}", s.workers, s.batch, start.what, s.analyze ? " (ANALYZEd)" : "");
+    drain.what =
+        fmt::format("w{} b{} {}{}", s.workers, s.batch, drain.what, s.analyze ? " (ANALYZEd)" : "");
+    print_row(start);
+    print_row(drain);
+  }
+}
+
 int run_bench(Env& env) {
   const Args& a = env.args;
-  std::vector<BurnResult> burns;
+  std::vector<BurnResult> singles, chains, backlogs;
+  std::optional<Start1Result> start1;
+  std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
   const auto report = [&] {
-    print_burn_table(burns);
+    print_burns(
+        "single: burn-down of single-step runs started before the workers; time from spawning "
+        "the workers to the last run's completion, worker start-up included; 'steady' leaves out "
+        "the time to the first completion",
+        singles);
+    print_burns(
+        "chain: burn-down of 3-step chains (a -> b -> c); a chain's first run completes only near "
+        "the end, because tasks are claimed in the order they became ready",
+        chains);
+    print_burns("backlog: single-step backlogs drained as started, then after ANALYZE", backlogs);
+    for (std::size_t i = 0; i + 1 < backlogs.size(); i += 2) {
+      const auto& plain = backlogs[i];
+      const auto& analyzed = backlogs[i + 1];
+      const double ratio = (static_cast<double>(analyzed.spec.runs) / analyzed.total_s) /
+                           (static_cast<double>(plain.spec.runs) / plain.total_s);
+      std::printf("backlog %ld: rate after ANALYZE / rate as started = %.3f\n", plain.spec.runs,
+                  ratio);
+    }
+    if (start1) {
+      std::printf(
+          "\nstart1: one connection, start_run() one call at a time, every other one with an "
+          "idempotency key (10 warm-up calls on an empty table first); call latency, ms\n");
+      std::printf("%-34s %8s %8s %8s %8s %8s\n", "runs existing", "p50", "p90", "p99", "max",
+                  "mean");
+      for (int i = 0; i < 2; ++i) {
+        const auto& p = start1->call_ms[i];
+        std::printf("%-34d %8.3f %8.3f %8.3f %8.3f %8.3f\n", start1->sizes[i], p.p50, p.p90, p.p99,
+                    p.max, p.mean);
+      }
+      std::printf("ratio at %d / at %d runs: p50 %.3f, p99 %.3f\n", start1->sizes[1],
+                  start1->sizes[0], start1->call_ms[1].p50 / start1->call_ms[0].p50,
+                  start1->call_ms[1].p99 / start1->call_ms[0].p99);
+      std::printf("cost per run:\n");
+      print_rows_header();
+      print_row(start1->rows[0]);
+      print_row(start1->rows[1]);
+    }
+    if (!startbatch.empty()) {
+      std::printf("\nstartbatch: start_runs() of %d runs per chunk size; cost per run\n", a.runs);
+      print_rows_header();
+      for (const auto& r : startbatch) print_row(r);
+    }
     if (lat) print_latency(*lat);
     std::printf("\nworker command lines:\n");
     for (const auto& c : env.commands) std::printf("  %s\n", c.c_str());
+    if (!a.json_file.empty()) {
+      Json rows = Json::array();
+      for (const auto* list : {&singles, &chains, &backlogs})
+        for (const auto& b : *list) {
+          for (const Row* row : {&b.start, &b.drain}) {
+            Json j = row_json(*row);
+            j["flow"] = b.spec.slug;
+            j["workers"] = b.spec.workers;
+            j["batch"] = b.spec.batch;
+            j["analyzed"] = b.spec.analyze;
+            j["first_s"] = b.first_s;
+            rows.push_back(j);
+          }
+        }
+      if (start1)
+        for (int i = 0; i < 2; ++i) {
+          Json j = row_json(start1->rows[i]);
+          j["existing_runs"] = start1->sizes[i];
+          j["call_ms"] = {{"p50", start1->call_ms[i].p50},
+                          {"p90", start1->call_ms[i].p90},
+                          {"p99", start1->call_ms[i].p99},
+                          {"max", start1->call_ms[i].max},
+                          {"mean", start1->call_ms[i].mean}};
+          rows.push_back(j);
+        }
+      for (const auto& r : startbatch) rows.push_back(row_json(r));
+      if (lat) {
+        const auto pj = [](const Percentiles& p) {
+          return Json{
+              {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max}, {"mean", p.mean}};
+        };
+        rows.push_back(Json{{"scenario", "latency"},
+                            {"samples", lat->samples},
+                            {"start_run_call_ms", pj(lat->start_call)},
+                            {"start_to_handler_ms", pj(lat->to_handler)},
+                            {"start_to_completion_ms", pj(lat->to_completion)}});
+      }
+      std::ofstream out(a.json_file);
+      out << Json{{"bench", "worker_bench"}, {"rows", rows}}.dump(2) << "\n";
+      if (!out.flush())
+        std::fprintf(stderr, "worker_bench: cannot write %s\n", a.json_file.c_str());
+    }
   };
   try {
-    for (const auto& [slug, steps, key] :
-         {std::tuple{"bench_single", 1, "single"}, std::tuple{"bench_chain", 3, "chain"}}) {
-      if (!a.only.empty() && a.only != key) continue;
-      for (int w : a.workers) burns.push_back(burn_down(env, slug, steps, w));
-    }
-    if (a.only.empty() || a.only == "latency") lat = latency(env);
+    if (a.wants("single"))
+      for (int batch : a.batches)
+        for (int w : a.workers)
+          singles.push_back(burn_down(env, {"single", "bench_single", 1, w, batch, a.runs, false}));
+    if (a.wants("chain"))
+      for (int w : a.workers)
+        chains.push_back(
+            burn_down(env, {"chain", "bench_chain", 3, w, a.batches.front(), a.runs, false}));
+    if (a.wants("backlog"))
+      for (int size : a.backlog)
+        for (bool analyze : {false, true})
+          backlogs.push_back(burn_down(env, {"backlog", "bench_single", 1, a.backlog_workers,
+                                             a.batches.front(), size, analyze}));
+    if (a.wants("start1")) start1 = start_one_at_a_time(env);
+    if (a.wants("startbatch")) startbatch = start_batches(env);
+    if (a.wants("latency")) lat = latency(env);
   } catch (const ScenarioFailed& e) {
     report();
     std::printf("\nSCENARIO FAILED: %s\n", e.what());
@@ -697,15 +1174,17 @@ int main(int argc, char** argv) {
   fs::permissions(env.scratch, fs::perms::others_exec | fs::perms::group_exec,
                   fs::perm_options::add);
 
+  const auto joined = [](const auto& list) {
+    std::string s;
+    for (const auto& x : list) s += (s.empty() ? "" : ",") + fmt::format("{}", x);
+    return s;
+  };
   std::printf(
-      "worker_bench: runs %d, workers %s, concurrency %d, batch %d, samples %d%s\n", a.runs,
-      [&] {
-        std::string s;
-        for (int w : a.workers) s += (s.empty() ? "" : ",") + std::to_string(w);
-        return s;
-      }()
-          .c_str(),
-      a.concurrency, a.batch, a.samples, a.only.empty() ? "" : (", only " + a.only).c_str());
+      "worker_bench: only %s; runs %d, workers %s, concurrency %d, batch %s, backlog %s (%d "
+      "workers), start sizes %s x %d calls, start chunks %s, samples %d\n",
+      joined(a.only).c_str(), a.runs, joined(a.workers).c_str(), a.concurrency,
+      joined(a.batches).c_str(), joined(a.backlog).c_str(), a.backlog_workers,
+      joined(a.start_sizes).c_str(), a.start_samples, joined(a.start_chunks).c_str(), a.samples);
   std::printf("machine: %u CPUs; load average at start: %s\n", std::thread::hardware_concurrency(),
               load_average().c_str());
   std::printf("scratch: %s\n", env.scratch.c_str());
@@ -721,6 +1200,9 @@ int main(int argc, char** argv) {
     std::printf("PostgreSQL: embedded cluster started in %lld ms; %s\n",
                 static_cast<long long>(started.start_time.count()),
                 durability_settings(*cluster).c_str());
+    auto status = value_or_throw(cluster->status(), "cluster status");
+    env.postmaster = status.postmaster_pid;
+    env.psql = status.bin_dir / "psql";
     env.flows = load_bench_flows(env.scratch);
     for (const auto& [slug, f] : env.flows)
       std::printf("flow %s@%s: %zu step(s)\n", slug.c_str(), f.version.c_str(), f.def.steps.size());

@@ -1,0 +1,627 @@
+// The run store's hot path under load, through the public API (RunStore, `flowreg worker`):
+//   - plan stability: with a 100,000-run backlog, after ANALYZE, claims and completions read a
+//     bounded number of tuples per task and scan no large table whole; the same for one long-lived
+//     connection starting runs one at a time after its plans were made on small tables;
+//   - a result PostgreSQL refuses (U+0000 in a string, JSON nested deeper than jsonb accepts) in
+//     the middle of a batch fails that task alone, permanently, with the reason;
+//   - several workers completing and failing tasks of the same runs at once: no deadlock in the
+//     server's log, no flow-loop restart, every run ends as expected.
+// Scans are read from the server's counters (pg_stat_user_tables), summed over every table of
+// schema flowreg, so that they hold whatever the tables are.
+
+#include <doctest/doctest.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
+#include <cctype>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <optional>
+#include <pqxx/pqxx>
+#include <span>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "flowreg/flow.hpp"
+#include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+
+namespace fs = std::filesystem;
+namespace fd = flowreg::detail;
+using flowreg::pgtest::eventually;
+using flowreg::pgtest::query_one_or_empty;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A fresh, migrated database with autovacuum off on every table of schema flowreg: statistics and
+// cached plans change only when a test says so (ANALYZE), never in the middle of a measurement.
+std::string hot_database(const std::string& name) {
+  const std::string conninfo = flowreg::pgtest::empty_database(name);
+  auto migrated = fd::migrate(conninfo);
+  REQUIRE_MESSAGE(migrated, migrated.error().format());
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  tx.exec(
+      "DO $$DECLARE t record; BEGIN FOR t IN SELECT schemaname, tablename FROM pg_tables WHERE "
+      "schemaname = 'flowreg' LOOP EXECUTE format('ALTER TABLE %I.%I SET (autovacuum_enabled = "
+      "off)', t.schemaname, t.tablename); END LOOP; END$$");
+  return conninfo;
+}
+
+void analyze_all(const std::string& conninfo) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  tx.exec(
+      "DO $$DECLARE t record; BEGIN FOR t IN SELECT schemaname, tablename FROM pg_tables WHERE "
+      "schemaname = 'flowreg' LOOP EXECUTE format('ANALYZE %I.%I', t.schemaname, t.tablename); "
+      "END LOOP; END$$");
+}
+
+fd::RunStore connect(const std::string& conninfo) {
+  auto store = fd::RunStore::connect(conninfo);
+  REQUIRE_MESSAGE(store, store.error().format());
+  return std::move(*store);
+}
+
+flowreg::StepDef step(const std::string& slug, std::vector<std::string> deps = {}) {
+  flowreg::StepDef s;
+  s.slug = slug;
+  s.handler = "hot.noop";
+  s.depends_on = std::move(deps);
+  return s;
+}
+
+fd::FlowKey store_flow(fd::RunStore& store, const std::string& slug,
+                       std::vector<flowreg::StepDef> steps) {
+  flowreg::FlowDef f;
+  f.slug = slug;
+  f.module = "hot";
+  f.steps = std::move(steps);
+  fd::FlowKey key{slug, flowreg::flow_version(f)};
+  auto stored = store.upsert_flow(f, key.version);
+  REQUIRE_MESSAGE(stored, stored.error().format());
+  return key;
+}
+
+void start_many(fd::RunStore& store, const fd::FlowKey& key, int runs) {
+  std::vector<Json> inputs;
+  for (int i = 0; i < runs; i += 1000) {
+    inputs.assign(static_cast<std::size_t>(std::min(1000, runs - i)), Json{{"n", i}});
+    auto started = store.start_runs(key.slug, key.version, inputs);
+    REQUIRE_MESSAGE(started, started.error().format());
+  }
+}
+
+// The scan counters of one table of schema flowreg.
+struct TableScans {
+  long seq_scan = 0, seq_tup_read = 0, idx_scan = 0, idx_tup_fetch = 0, live = 0;
+  long idx_tup_read = 0;  // index entries returned by scans of its indexes
+};
+using Scans = std::map<std::string, TableScans>;
+
+Scans read_scans(const std::string& conninfo) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  Scans out;
+  for (const auto& row : tx.exec(
+           "SELECT t.relname, t.seq_scan, t.seq_tup_read, coalesce(t.idx_scan, 0), "
+           "coalesce(t.idx_tup_fetch, 0), t.n_live_tup, (SELECT coalesce(sum(i.idx_tup_read), 0) "
+           "FROM pg_stat_user_indexes i WHERE i.relid = t.relid) FROM pg_stat_user_tables t "
+           "WHERE t.schemaname = 'flowreg'"))
+    out[row[0].as<std::string>()] = {row[1].as<long>(), row[2].as<long>(), row[3].as<long>(),
+                                     row[4].as<long>(), row[5].as<long>(), row[6].as<long>()};
+  return out;
+}
+
+long total(const Scans& scans) {
+  long sum = 0;
+  for (const auto& [table, t] : scans)
+    sum += t.seq_scan + t.seq_tup_read + t.idx_scan + t.idx_tup_fetch + t.idx_tup_read;
+  return sum;
+}
+
+// The counters once a connection that stays open has flushed its own: an idle backend flushes
+// them within about a second; read until two readings 700 ms apart agree.
+Scans settled_scans(const std::string& conninfo) {
+  std::this_thread::sleep_for(1200ms);
+  Scans last = read_scans(conninfo);
+  for (int i = 0; i < 40; ++i) {
+    std::this_thread::sleep_for(700ms);
+    Scans now = read_scans(conninfo);
+    if (total(now) == total(last)) return now;
+    last = std::move(now);
+  }
+  FAIL("the scan counters did not settle within 30 s");
+  return last;
+}
+
+// Waits until no other client backend is connected to the database (a closed store's backend
+// flushes its counters as it exits).
+void wait_alone(const std::string& conninfo) {
+  const bool alone = eventually(
+      [&] {
+        return query_one_or_empty(conninfo,
+                                  "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                  "current_database() AND pid <> pg_backend_pid() AND "
+                                  "backend_type = 'client backend'") == "0";
+      },
+      30s);
+  REQUIRE(alone);
+}
+
+// What the calls between two readings read: rows read by sequential scans of large tables
+// (more than 10,000 live rows), and tuples read in all (sequential + fetched through indexes).
+struct ReadCost {
+  long big_seq_scans = 0, big_seq_rows = 0, tuples = 0, index_entries = 0;
+  std::string detail;  // per table, for the failure message
+};
+
+ReadCost read_cost(const Scans& before, const Scans& after) {
+  ReadCost c;
+  for (const auto& [table, a] : after) {
+    const auto it = before.find(table);
+    const TableScans b = it == before.end() ? TableScans{} : it->second;
+    const long seq = a.seq_scan - b.seq_scan, seq_rows = a.seq_tup_read - b.seq_tup_read;
+    const long fetched = a.idx_tup_fetch - b.idx_tup_fetch;
+    const long entries = a.idx_tup_read - b.idx_tup_read;
+    c.tuples += seq_rows + fetched;
+    c.index_entries += entries;
+    if (a.live > 10'000) {
+      c.big_seq_scans += seq;
+      c.big_seq_rows += seq_rows;
+    }
+    c.detail += table + ": " + std::to_string(a.live) + " live, seq_scan +" + std::to_string(seq) +
+                " (rows +" + std::to_string(seq_rows) + "), idx_scan +" +
+                std::to_string(a.idx_scan - b.idx_scan) + " (entries read +" +
+                std::to_string(entries) + ", rows fetched +" + std::to_string(fetched) + ")\n";
+  }
+  return c;
+}
+
+// At most this many tuples read (sequentially or through an index) per task claimed and
+// completed, or per run started: a plan that walks an index to its rows reads a handful; one that
+// scans a table or a whole index reads thousands at these sizes.
+constexpr double kTuplesPerTask = 40;
+// The same bound for index entries read (pg_stat_user_indexes.idx_tup_read): a scan over a whole
+// index, or over the entries of every finished task, reads thousands per call.
+constexpr double kIndexEntriesPerTask = 100;
+
+// Runs `f` on a thread with a 512 MiB stack: JSON nested 100,000 levels deep is written out
+// recursively.
+void on_big_stack(const std::function<void()>& f) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, std::size_t{512} << 20);
+  struct Call {
+    const std::function<void()>* f;
+    std::exception_ptr error;
+  } call{&f, nullptr};
+  pthread_t thread;
+  const int rc = pthread_create(
+      &thread, &attr,
+      [](void* p) -> void* {
+        auto* c = static_cast<Call*>(p);
+        try {
+          (*c->f)();
+        } catch (...) {
+          c->error = std::current_exception();
+        }
+        return nullptr;
+      },
+      &call);
+  pthread_attr_destroy(&attr);
+  REQUIRE(rc == 0);
+  pthread_join(thread, nullptr);
+  if (call.error) std::rethrow_exception(call.error);
+}
+
+// An array nested `depth` levels deep, built without recursion.
+Json nested(int depth) {
+  Json j = 1;
+  for (int i = 0; i < depth; ++i) {
+    Json outer = Json::array();
+    outer.push_back(std::move(j));
+    j = std::move(outer);
+  }
+  return j;
+}
+
+fd::Completion completion(const fd::ClaimedTask& t, Json output) {
+  fd::Completion c;
+  c.id = t.id;
+  c.attempt = t.attempt;
+  c.output = std::move(output);
+  return c;
+}
+
+fd::RunInfo run_info(fd::RunStore& store, const fd::RunId& run) {
+  auto info = store.get_run(run);
+  REQUIRE_MESSAGE(info, info.error().format());
+  REQUIRE(info->has_value());
+  return **info;
+}
+
+bool mentions_any(const std::string& text, std::initializer_list<const char*> words) {
+  std::string lower;
+  for (char ch : text) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  for (const char* w : words)
+    if (lower.find(w) != std::string::npos) return true;
+  return false;
+}
+
+// 20 valid results and two PostgreSQL refuses, recorded together by `record` (complete() or
+// work()): the two fail alone, permanently, with their reason; the 20 complete with their output.
+void refused_in_a_batch(
+    const std::string& name,
+    const std::function<void(fd::RunStore&, std::vector<fd::Completion>&)>& record) {
+  const std::string conninfo = hot_database(name);
+  auto store = connect(conninfo);
+  const auto key = store_flow(store, "refused", {step("only")});
+  start_many(store, key, 22);
+  auto claimed = store.claim("w1", std::span(&key, 1), 22);
+  REQUIRE_MESSAGE(claimed, claimed.error().format());
+  REQUIRE(claimed->size() == 22);
+  std::vector<fd::Completion> batch;
+  std::map<fd::RunId, int> valid;  // run -> its output's i
+  fd::RunId nul_run, deep_run;
+  for (int i = 0; i < 22; ++i) {
+    const auto& t = (*claimed)[static_cast<std::size_t>(i)];
+    if (i == 7) {
+      nul_run = t.run_id;
+      batch.push_back(completion(t, Json{{"text", std::string("x\0y", 3)}}));
+    } else if (i == 15) {
+      deep_run = t.run_id;
+      batch.push_back(completion(t, nested(100'000)));
+    } else {
+      valid[t.run_id] = i;
+      batch.push_back(completion(t, Json{{"i", i}}));
+    }
+  }
+  on_big_stack([&] { record(store, batch); });
+  if (store.connection_lost()) store = connect(conninfo);
+
+  for (const auto& [run, i] : valid) {
+    CAPTURE(run);
+    const auto info = run_info(store, run);
+    CHECK(info.status == fd::RunStatus::completed);
+    CHECK(info.output == Json{{"only", {{"i", i}}}});
+  }
+  for (const auto& [run, what] : {std::pair{nul_run, "U+0000 in a string"},
+                                  std::pair{deep_run, "JSON nested 100,000 deep"}}) {
+    CAPTURE(what);
+    const auto info = run_info(store, run);
+    CHECK(info.status == fd::RunStatus::failed);  // permanently: at once, on its first attempt
+    const std::string error = info.error.value_or("");
+    CAPTURE(error);
+    CHECK_FALSE(error.empty());
+    CHECK(error.find("lease expired") == std::string::npos);
+    if (run == nul_run)
+      CHECK(mentions_any(error, {"\\u0000", "u+0000", "nul", "null character", "unicode"}));
+    else
+      CHECK(mentions_any(error, {"nest", "deep", "depth", "stack"}));
+    auto steps = store.run_steps(run);
+    REQUIRE_MESSAGE(steps, steps.error().format());
+    REQUIRE(steps->size() == 1);
+    CHECK(steps->front().attempts == 1);
+  }
+}
+
+void open_up(const fs::path& dir) {
+  fs::permissions(dir, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+}
+
+void copy_plugin(const fs::path& from, const fs::path& dir) {
+  const fs::path to = dir / from.filename();
+  fs::copy_file(from, to, fs::copy_options::overwrite_existing);
+  fs::permissions(to, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                          fs::perms::others_read);
+}
+
+// A scene whose plugins directory holds `plugins` and whose configuration ends with `flows`.
+flowreg::pgtest::WorkerScene make_scene(const std::string& name,
+                                        const std::vector<fs::path>& plugins,
+                                        const std::string& flows = "") {
+  flowreg::pgtest::WorkerScene s;
+  s.dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.dir / "plugins");
+  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"}) open_up(d);
+  for (const auto& p : plugins) copy_plugin(p, s.dir / "plugins");
+  s.conninfo = hot_database(name);
+  std::ofstream config(s.config());
+  config << "module: hot\nplugins:\n  dir: plugins\n  watch: false\ndatabase:\n"
+         << "  url: " << Json(s.conninfo).dump() << "\n"
+         << "  data_dir: " << Json((s.dir / "data").string()).dump() << "\n"
+         << flows;
+  return s;
+}
+
+// The newest version of `slug` a worker stored.
+std::string version_of(const std::string& conninfo, const std::string& slug) {
+  const std::string version =
+      query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                       "' ORDER BY created_at DESC LIMIT 1");
+  REQUIRE_MESSAGE(!version.empty(), "no stored version of " << slug);
+  return version;
+}
+
+}  // namespace
+
+TEST_SUITE("hot_path") {
+  TEST_CASE(
+      "plans: after ANALYZE of a 100,000-run backlog, claims and completions scan no large "
+      "table and read a bounded number of tuples per task") {
+    const std::string conninfo = hot_database("hp_claim_plans");
+    fd::FlowKey key;
+    {
+      auto setup = connect(conninfo);
+      key = store_flow(setup, "backlog", {step("only")});
+      start_many(setup, key, 100'000);
+    }
+    analyze_all(conninfo);
+
+    std::optional<fd::RunStore> held(connect(conninfo));
+    fd::RunStore& worker = *held;
+    std::vector<fd::Completion> pending;
+    long tasks = 0;
+    // One worker cycle: record the previous claim's results, claim the next batch.
+    const auto cycle = [&] {
+      auto r = worker.work("w1", pending, {}, std::span(&key, 1), 64, std::nullopt);
+      REQUIRE_MESSAGE(r, r.error().format());
+      REQUIRE(r->rejected.empty());
+      pending.clear();
+      for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
+      return static_cast<long>(r->claimed.size());
+    };
+    // The worker's plans are made here, as in production, and 10,000 tasks are done first: a plan
+    // that walks the tasks from the oldest reads every finished one on each call.
+    const long drained = [&] {
+      long done = 0;
+      while (done < 10'000) {
+        auto r = worker.work("w1", pending, {}, std::span(&key, 1), 500, std::nullopt);
+        REQUIRE_MESSAGE(r, r.error().format());
+        REQUIRE(r->rejected.empty());
+        pending.clear();
+        for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 0}}));
+        done += static_cast<long>(r->claimed.size());
+      }
+      return done;
+    }();
+    CHECK(drained >= 10'000);
+    for (int i = 0; i < 3; ++i) cycle();
+    const auto before = settled_scans(conninfo);
+    for (int i = 0; i < 20; ++i) tasks += cycle();
+    {
+      auto done = worker.complete(pending);  // the last claim's results
+      REQUIRE_MESSAGE(done, done.error().format());
+      pending.clear();
+      // claim() and complete() on their own, as a worker without work() would call them.
+      for (int i = 0; i < 5; ++i) {
+        auto claimed = worker.claim("w1", std::span(&key, 1), 64);
+        REQUIRE_MESSAGE(claimed, claimed.error().format());
+        for (const auto& t : *claimed) pending.push_back(completion(t, Json{{"ok", 2}}));
+        tasks += static_cast<long>(claimed->size());
+        auto completed = worker.complete(pending);
+        REQUIRE_MESSAGE(completed, completed.error().format());
+        pending.clear();
+      }
+    }
+    REQUIRE(tasks == 25 * 64);
+    held.reset();  // the measured backend exits and flushes its counters
+    wait_alone(conninfo);
+    const auto cost = read_cost(before, read_scans(conninfo));
+    INFO("tasks claimed and completed: " << tasks << "\n" << cost.detail);
+    CHECK(cost.big_seq_scans == 0);
+    CHECK(cost.big_seq_rows == 0);
+    CHECK(static_cast<double>(cost.tuples) / static_cast<double>(tasks) < kTuplesPerTask);
+    CHECK(static_cast<double>(cost.index_entries) / static_cast<double>(tasks) <
+          kIndexEntriesPerTask);
+  }
+
+  TEST_CASE(
+      "plans: one long-lived connection starting runs one at a time, its plans made on small "
+      "tables, scans no large table at 100,000 runs") {
+    const std::string conninfo = hot_database("hp_start_plans");
+    std::optional<fd::RunStore> held(connect(conninfo));
+    fd::RunStore& app = *held;
+    const auto key = store_flow(app, "one_by_one", {step("a"), step("b", {"a"})});
+    // As an application's connection: its first calls are made while the tables are small.
+    for (int i = 0; i < 12; ++i) {
+      auto run = app.start_run(key.slug, key.version, Json{{"warm", i}});
+      REQUIRE_MESSAGE(run, run.error().format());
+    }
+    {
+      auto filler = connect(conninfo);
+      start_many(filler, key, 100'000);
+    }
+    const auto before = settled_scans(conninfo);
+    constexpr int kCalls = 50;
+    for (int i = 0; i < kCalls; ++i) {
+      fd::StartOptions options;
+      if (i % 2 == 1) options.idempotency_key = "key-" + std::to_string(i);
+      auto run = app.start_run(key.slug, key.version, Json{{"i", i}}, options);
+      REQUIRE_MESSAGE(run, run.error().format());
+    }
+    held.reset();  // the measured backend exits and flushes its counters
+    wait_alone(conninfo);
+    const auto cost = read_cost(before, read_scans(conninfo));
+    INFO("start_run calls: " << kCalls << "\n" << cost.detail);
+    CHECK(cost.big_seq_scans == 0);
+    CHECK(cost.big_seq_rows == 0);
+    CHECK(static_cast<double>(cost.tuples) / kCalls < kTuplesPerTask);
+    CHECK(static_cast<double>(cost.index_entries) / kCalls < kIndexEntriesPerTask);
+  }
+
+  TEST_CASE(
+      "a refused result in the middle of a batch of complete() fails its task alone, "
+      "permanently, with the reason") {
+    refused_in_a_batch("hp_refused_complete", [](fd::RunStore& store, auto& batch) {
+      auto r = store.complete(batch);
+      if (!r) FAIL_CHECK("complete() refused the batch: " << r.error().format());
+    });
+  }
+
+  TEST_CASE(
+      "a refused result in the middle of a batch of work() fails its task alone, permanently, "
+      "with the reason") {
+    refused_in_a_batch("hp_refused_work", [](fd::RunStore& store, auto& batch) {
+      const fd::FlowKey none{"refused", "no such version"};
+      auto r = store.work("w1", batch, {}, std::span(&none, 1), 1, std::nullopt);
+      if (!r) FAIL_CHECK("work() refused the batch: " << r.error().format());
+    });
+  }
+
+  TEST_CASE(
+      "a worker whose handlers return refused output in one batch with valid ones fails those "
+      "tasks alone, with the reason, and completes the others") {
+    auto s = make_scene("hp_refused_worker", {fs::path(FLOWREG_FIXTURE_DIR) / "wtext.so"});
+    {
+      // Registers the flows, then stops: the runs below wait for one worker to claim them together.
+      auto first = s.worker("first");
+      s.wait_serving("first", "wtext_quick");
+      first.signal(SIGTERM);
+      REQUIRE(first.wait(30s) == 0);
+    }
+    auto store = connect(s.conninfo);
+    const auto start = [&](const std::string& slug) {
+      auto run = store.start_run(slug, version_of(s.conninfo, slug), Json::object());
+      REQUIRE_MESSAGE(run, run.error().format());
+      return *run;
+    };
+    std::vector<fd::RunId> quick;
+    for (int i = 0; i < 10; ++i) quick.push_back(start("wtext_quick"));
+    const auto deep = start("wtext_deep");
+    const auto nul = start("wtext_nul");
+    for (int i = 0; i < 10; ++i) quick.push_back(start("wtext_quick"));
+    auto a = s.worker("a", {"--batch", "64", "--concurrency", "32"});
+    const auto ended = [&](const fd::RunId& run) {
+      return run_info(store, run).status != fd::RunStatus::started;
+    };
+    for (const auto& r : quick) {
+      REQUIRE_MESSAGE(eventually([&] { return ended(r); }, 60s), s.err("a"));
+      CHECK(run_info(store, r).status == fd::RunStatus::completed);
+    }
+    REQUIRE_MESSAGE(eventually([&] { return ended(deep) && ended(nul); }, 60s), s.err("a"));
+    const auto deep_info = run_info(store, deep);
+    CHECK(deep_info.status == fd::RunStatus::failed);
+    CHECK(deep_info.error.value_or("").find("nested deeper") != std::string::npos);
+    // The worker stores U+FFFD for U+0000: the run completes; were it refused, it would fail
+    // alone with its reason, never with "lease expired".
+    const auto nul_info = run_info(store, nul);
+    CHECK(nul_info.error.value_or("").find("lease expired") == std::string::npos);
+    CHECK(s.err("a").find("lease expired") == std::string::npos);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "four workers completing and failing tasks of the same runs at once: no deadlock, no "
+      "flow-loop restart, every run ends as expected") {
+    // order_retry: charge fails on its first attempt and succeeds when retried, while reserve, in
+    // parallel, completes; an unknown SKU fails fetch permanently. order_fail: charge has one
+    // attempt, so it fails its run while reserve of the same run completes or is cancelled.
+    const std::string flows = R"(flows:
+  - slug: order_retry
+    options: {max_attempts: 3, base_delay: 1ms, max_delay: 5ms, timeout: 30s}
+    steps:
+      - {slug: fetch, handler: orders.fetch}
+      - {slug: charge, handler: orders.charge, depends_on: [fetch], options: {max_attempts: 5}}
+      - {slug: reserve, handler: orders.reserve, depends_on: [fetch]}
+      - {slug: ship, handler: orders.ship, depends_on: [charge, reserve]}
+  - slug: order_fail
+    options: {max_attempts: 1, timeout: 30s}
+    steps:
+      - {slug: fetch, handler: orders.fetch}
+      - {slug: charge, handler: orders.charge, depends_on: [fetch]}
+      - {slug: reserve, handler: orders.reserve, depends_on: [fetch]}
+      - {slug: ship, handler: orders.ship, depends_on: [charge, reserve]}
+)";
+    auto s =
+        make_scene("hp_four_workers", {fs::path(FLOWREG_EXAMPLE_PLUGIN_DIR) / "orders.so"}, flows);
+    const auto log_file = flowreg::pgtest::shared_cluster().status()->log_file;
+    const auto log_start = fs::exists(log_file) ? fs::file_size(log_file) : 0;
+
+    std::vector<flowreg::test::Child> workers;
+    for (int i = 0; i < 4; ++i)
+      workers.push_back(
+          s.worker("w" + std::to_string(i), {"--batch", "64", "--concurrency", "16"}));
+    for (int i = 0; i < 4; ++i) s.wait_serving("w" + std::to_string(i), "order_fail");
+
+    auto store = connect(s.conninfo);
+    constexpr int kRetry = 3000, kFail = 1500, kBogusEvery = 10;
+    const auto start = [&](const std::string& slug, int count, bool bogus) {
+      const std::string version = version_of(s.conninfo, slug);
+      std::vector<Json> inputs;
+      for (int i = 0; i < count; ++i) {
+        const bool unknown = bogus && i % kBogusEvery == 0;
+        inputs.push_back(Json{{"order_id", slug + "-" + std::to_string(i)},
+                              {"items", {{{"sku", unknown ? "bogus" : "book"}, {"qty", 1}}}}});
+      }
+      for (std::size_t i = 0; i < inputs.size(); i += 500) {
+        const std::span chunk(inputs.data() + i, std::min<std::size_t>(500, inputs.size() - i));
+        auto started = store.start_runs(slug, version, chunk);
+        REQUIRE_MESSAGE(started, started.error().format());
+      }
+    };
+    start("order_retry", kRetry, true);
+    start("order_fail", kFail, false);
+
+    const auto count = [&](const std::string& slug, fd::RunStatus status) {
+      auto runs = store.list_runs(fd::RunFilter{slug, status, 100'000});
+      REQUIRE_MESSAGE(runs, runs.error().format());
+      return static_cast<int>(runs->size());
+    };
+    const bool drained = eventually(
+        [&] {
+          auto left = store.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::started, 1});
+          return left && left->empty();
+        },
+        150s);
+    std::string worker_logs;
+    for (int i = 0; i < 4; ++i) {
+      workers[static_cast<std::size_t>(i)].signal(SIGTERM);
+      CHECK(workers[static_cast<std::size_t>(i)].wait(60s) == 0);
+      worker_logs += s.err("w" + std::to_string(i));
+    }
+    REQUIRE_MESSAGE(drained, "runs still started after 150 s");
+
+    const int bogus = (kRetry + kBogusEvery - 1) / kBogusEvery;
+    CHECK(count("order_retry", fd::RunStatus::completed) == kRetry - bogus);
+    CHECK(count("order_retry", fd::RunStatus::failed) == bogus);
+    CHECK(count("order_fail", fd::RunStatus::failed) == kFail);
+
+    std::ifstream log(log_file);
+    log.seekg(static_cast<std::streamoff>(log_start));
+    std::string line, deadlocks;
+    int deadlock_count = 0;
+    while (std::getline(log, line))
+      if (line.find("deadlock detected") != std::string::npos) {
+        ++deadlock_count;
+        if (deadlock_count <= 3) deadlocks += line + "\n";
+      }
+    INFO("server log " << log_file.string() << ":\n" << deadlocks);
+    CHECK(deadlock_count == 0);
+    // A flow loop that ended is logged "<supervisor>: <loop> ended: <reason>" and restarted.
+    std::string restarts;
+    std::stringstream lines(worker_logs);
+    while (std::getline(lines, line))
+      if (line.find(" restarted") != std::string::npos ||
+          line.find(" ended") != std::string::npos || line.find("deadlock") != std::string::npos)
+        restarts += line + "\n";
+    INFO("worker logs:\n" << restarts);
+    CHECK(restarts.empty());
+  }
+}
