@@ -79,12 +79,13 @@ BEGIN
     ORDER BY c.available_at
     LIMIT p_limit
   )
+  -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
+  -- array), never by a join the planner could turn into a merge join over a scan of tasks.
   UPDATE flowreg.tasks t
   SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
       lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
                                  * interval '1 ms'
-  FROM cand
-  WHERE t.id = cand.id
+  WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
   RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
             t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at;
 END $$;

@@ -2,35 +2,47 @@
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise its
 -- step and run fail. p_batch: [{"id", "attempt", "error", "permanent"}].
 -- REQUIRES: the tasks' runs are locked.
+--
+-- The batch is a jsonb object keyed by task id; see _complete_locked for why (cost flat in the
+-- batch size, the tasks read through their primary key only).
 CREATE OR REPLACE FUNCTION flowreg._fail_locked(p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
+  v_by_id jsonb;
+  v_ids bigint[];
   v_acc bigint[];
   v_fail_runs uuid[];
   v_fail_steps text[];
   v_fail_errors text[];
   v_flows text[];
 BEGIN
-  WITH b AS (
-    SELECT * FROM jsonb_to_recordset(p_batch) AS b(id bigint, attempt int, error text,
-                                                   permanent boolean)
-  ),
-  upd AS (
+  SELECT jsonb_object_agg(e->>'id', e), array_agg(DISTINCT (e->>'id')::bigint)
+  INTO v_by_id, v_ids
+  FROM jsonb_array_elements(p_batch) e;
+  IF v_ids IS NULL THEN
+    RETURN '{}';
+  END IF;
+
+  WITH upd AS (
     UPDATE flowreg.tasks t
-    SET status = CASE WHEN coalesce(b.permanent, false) OR t.attempt >= t.max_attempts
+    SET status = CASE WHEN coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
+                           OR t.attempt >= t.max_attempts
                       THEN 'failed' ELSE 'queued' END,
-        available_at = CASE WHEN coalesce(b.permanent, false) OR t.attempt >= t.max_attempts
+        available_at = CASE WHEN coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
+                           OR t.attempt >= t.max_attempts
                             THEN t.available_at
                             ELSE now() + flowreg.retry_delay_ms(t.base_delay_ms, t.max_delay_ms,
                                                                 t.attempt) * interval '1 ms' END,
-        finished_at = CASE WHEN coalesce(b.permanent, false) OR t.attempt >= t.max_attempts
+        finished_at = CASE WHEN coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
+                           OR t.attempt >= t.max_attempts
                            THEN now() END,
-        error = coalesce(b.error, ''), error_at = now(), lease_expires_at = NULL
-    FROM b
-    WHERE t.id = ANY (ARRAY(SELECT (e->>'id')::bigint FROM jsonb_array_elements(p_batch) e))
-      AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
+        error = coalesce(v_by_id -> t.id::text ->> 'error', ''), error_at = now(),
+        lease_expires_at = NULL
+    WHERE t.id = ANY (v_ids) AND t.status || '' = 'started'
+      AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
-              t.flow_slug, t.available_at, coalesce(b.permanent, false) AS permanent
+              t.flow_slug, t.available_at,
+              coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false) AS permanent
   )
   SELECT array_agg(u.id),
          array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
@@ -59,3 +71,6 @@ BEGIN
   END IF;
   RETURN coalesce(v_acc, '{}');
 END $$;
+
+ALTER FUNCTION flowreg._fail_locked(jsonb)
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;

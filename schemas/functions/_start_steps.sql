@@ -5,6 +5,10 @@
 -- found from the given runs first (a materialized primary-key lookup), so the cost does not grow
 -- with the history of runs of the flow.
 -- REQUIRES: the runs are locked (or new in this transaction).
+--
+-- Plans stable by construction: sequential scans, hash joins and merge joins are off here, so
+-- every join is a nested loop driven by the runs given, probing primary keys (step_states,
+-- flow_steps, runs): a plan made while the tables were small cannot become a scan of them later.
 CREATE OR REPLACE FUNCTION flowreg._start_steps(p_runs uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -107,3 +111,6 @@ BEGIN
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' completed')) INTO v_n FROM done;
 END $$;
+
+ALTER FUNCTION flowreg._start_steps(uuid[])
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;

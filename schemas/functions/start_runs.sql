@@ -1,6 +1,11 @@
 -- Creates runs of a stored flow version, one per input, and starts their root steps.
 -- A key already used for that flow slug returns the run that used it (created = false).
 -- Errors: SQLSTATE P0002 when the flow version is not stored, 22023 when p_retry_of is unknown.
+--
+-- One statement creates the runs, their step states and the tasks of their single root steps
+-- (a root single step's state is written 'started' at once, not created and then updated);
+-- _start_steps runs only when the flow has a map root step (its task count depends on the input).
+-- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
 CREATE OR REPLACE FUNCTION flowreg.start_runs(p_slug text, p_version text, p_inputs jsonb[],
                                               p_keys text[] DEFAULT NULL,
                                               p_retry_of uuid DEFAULT NULL)
@@ -8,10 +13,14 @@ RETURNS TABLE (run_id uuid, created boolean) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_steps int;
+  v_map_root boolean;
+  v_single_root boolean;
   v_new uuid[];
 BEGIN
-  SELECT count(*) INTO v_steps FROM flowreg.flow_steps
-  WHERE flow_slug = p_slug AND version = p_version;
+  SELECT count(*), coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false),
+         coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false)
+  INTO v_steps, v_map_root, v_single_root
+  FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version;
   IF v_steps = 0 THEN
     RAISE EXCEPTION USING ERRCODE = 'P0002',
       MESSAGE = format('flow %L version %L is not stored', p_slug, p_version);
@@ -28,19 +37,39 @@ BEGIN
     FROM unnest(p_inputs, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_inputs)])))
       AS x(input, key)
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id
+    RETURNING id, input
   ),
   st AS (
-    INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps)
-    SELECT ins.id, fs.step_slug, fs.step_index, fs.kind, cardinality(fs.deps)
+    INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps, status,
+                                     remaining_tasks, task_count, started_at)
+    SELECT ins.id, fs.step_slug, fs.step_index, fs.kind, cardinality(fs.deps), x.status,
+           x.n, x.n, CASE WHEN x.n = 1 THEN now() END
     FROM ins CROSS JOIN flowreg.flow_steps fs
+    CROSS JOIN LATERAL (
+      SELECT CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' THEN 'started'
+                  ELSE 'created' END AS status,
+             CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' THEN 1 ELSE 0 END AS n) x
     WHERE fs.flow_slug = p_slug AND fs.version = p_version
+  ),
+  tk AS (
+    INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
+                               max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
+    SELECT ins.id, fs.step_slug, 0, p_slug, p_version, ins.input, fs.max_attempts,
+           fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms
+    FROM ins CROSS JOIN flowreg.flow_steps fs
+    WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
+      AND fs.kind = 'single'
   )
   SELECT array_agg(id) INTO v_new FROM ins;
 
   IF v_new IS NOT NULL THEN
     PERFORM pg_notify('flowreg_runs', id::text || ' started') FROM unnest(v_new) AS id;
-    PERFORM flowreg._start_steps(v_new);
+    IF v_single_root THEN
+      PERFORM pg_notify('flowreg_tasks', p_slug);
+    END IF;
+    IF v_map_root THEN
+      PERFORM flowreg._start_steps(v_new);
+    END IF;
   END IF;
 
   RETURN QUERY SELECT id, true FROM unnest(v_new) AS id;
@@ -51,3 +80,6 @@ BEGIN
         AND r.id <> ALL (coalesce(v_new, '{}'));
   END IF;
 END $$;
+
+ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid)
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;

@@ -20,6 +20,8 @@ LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_rejected bigint[] := '{}';
+  v_ids bigint[];
+  v_acc bigint[];
 BEGIN
   IF coalesce(jsonb_array_length(p_completions), 0) = 0
      AND coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
@@ -29,11 +31,21 @@ BEGIN
     -- in place of a later claimer's, fenced by attempt): a result is never lost or recorded twice.
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
-  IF p_completions IS NOT NULL AND jsonb_array_length(p_completions) > 0 THEN
-    v_rejected := v_rejected || flowreg.complete_tasks(p_completions);
-  END IF;
-  IF p_failures IS NOT NULL AND jsonb_array_length(p_failures) > 0 THEN
-    v_rejected := v_rejected || flowreg.fail_tasks(p_failures);
+  -- One lock order: the runs of every task given (completed or failed) are locked together, by
+  -- id, before any task or step state is written.
+  SELECT array_agg((e->>'id')::bigint) INTO v_ids
+  FROM (SELECT e FROM jsonb_array_elements(coalesce(p_completions, '[]')) e
+        UNION ALL SELECT e FROM jsonb_array_elements(coalesce(p_failures, '[]')) e) x;
+  IF v_ids IS NOT NULL THEN
+    PERFORM flowreg._lock_runs_of(v_ids);
+    v_acc := '{}';
+    IF jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
+      v_acc := flowreg._complete_locked(p_completions);
+    END IF;
+    IF jsonb_array_length(coalesce(p_failures, '[]')) > 0 THEN
+      v_acc := v_acc || flowreg._fail_locked(p_failures);
+    END IF;
+    v_rejected := flowreg._rejected(v_ids, v_acc);
   END IF;
 
   RETURN QUERY SELECT 'rejected'::text, r, NULL::uuid, NULL::text, NULL::text, NULL::text,

@@ -452,6 +452,109 @@ TEST_SUITE("run_store") {
     CHECK(third->claimed.empty());
   }
 
+  // One output the server refuses must not cost the rest of its batch anything: the task whose
+  // output holds U+0000 (checked before sending) and the task whose output the server refuses
+  // (here: nested deeper than this database's small max_stack_depth lets it parse, found by the
+  // fallback that asks the server output by output) fail alone, permanently, with the reason.
+  TEST_CASE("a refused output in the middle of a batch fails its task alone, with the reason") {
+    auto env = open_env("rs_refused");
+    auto only = step("only");
+    only.options.max_attempts = 3;
+    auto key = store_flow(env.store, flow("refused", {only}));
+    const std::span<const FlowKey> flows(&key, 1);
+    std::vector<RunId> runs;
+    for (int i = 0; i < 7; ++i) runs.push_back(start(env.store, key, i));
+    sql_exec(env.conninfo,
+             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET max_stack_depth = ''100kB''',"
+             " current_database()); END $$");
+    auto store = RunStore::connect(env.conninfo);  // a session with that setting
+    REQUIRE(store);
+    auto claimed = store->work("w1", {}, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(claimed, claimed.error().format());
+    REQUIRE(claimed->claimed.size() == 7);
+    Json deep = 1;
+    for (int i = 0; i < 3000; ++i) deep = Json::array({std::move(deep)});
+    std::vector<Completion> batch;
+    std::map<RunId, TaskId> task_of;
+    for (const auto& t : claimed->claimed) {
+      const int n = t.input.get<int>();
+      Json out = Json::object({{"n", n}});
+      if (n == 2) out = Json::object({{"text", std::string("a\0b", 3)}});
+      if (n == 4) out = deep;
+      batch.push_back({t.id, t.attempt, out});
+      task_of[t.run_id] = t.id;
+    }
+    auto done = store->work("w1", batch, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(done, done.error().format());
+    CHECK(done->rejected.empty());
+    auto refused = done->refused;
+    std::sort(refused.begin(), refused.end());
+    auto expected = std::vector<TaskId>{task_of[runs[2]], task_of[runs[4]]};
+    std::sort(expected.begin(), expected.end());
+    CHECK(refused == expected);
+    for (int i = 0; i < 7; ++i) {
+      const auto info = run_info(*store, runs[static_cast<std::size_t>(i)]);
+      CAPTURE(i);
+      if (i == 2 || i == 4) {
+        CHECK(info.status == RunStatus::failed);
+        REQUIRE(info.error);
+        CHECK(contains(*info.error, "permanently on attempt 1"));
+        CHECK(contains(*info.error, "the database refused the handler's output"));
+        CHECK(contains(*info.error, i == 2 ? "U+0000" : "stack depth"));
+      } else {
+        CHECK(info.status == RunStatus::completed);
+        CHECK(info.output == Json::object({{"only", Json::object({{"n", i}})}}));
+      }
+    }
+    // complete() does the same.
+    const auto more = start(env.store, key, 9);
+    auto t = claim(*store, key);
+    REQUIRE(t.size() == 1);
+    CHECK(complete(*store, {{t[0].id, t[0].attempt, Json(std::string(1, '\0'))}}).empty());
+    CHECK(run_info(*store, more).status == RunStatus::failed);
+  }
+
+  // Completing a batch reads tasks by primary key only, whatever the statistics say: with a full
+  // queue analyzed (most tasks queued), neither the tasks' partial indexes nor a scan of
+  // step_states or runs serve a completion.
+  TEST_CASE("completing a batch of 512 walks primary keys after ANALYZE of a full queue") {
+    auto env = open_env("rs_complete_plans");
+    auto key = store_flow(env.store, flow("cplans", {step("a")}));
+    std::vector<Json> inputs(4000, Json(1));
+    REQUIRE(env.store.start_runs(key.slug, key.version, inputs));
+    auto tasks = claim(env.store, key, 512);
+    REQUIRE(tasks.size() == 512);
+    sql_exec(env.conninfo, "ANALYZE");
+    Json batch = Json::array();
+    for (const auto& t : tasks)
+      batch.push_back({{"id", t.id}, {"attempt", t.attempt}, {"output", {{"x", 1}}}});
+    pqxx::connection worker(env.conninfo);
+    const auto counts = [&] {
+      pqxx::nontransaction tx(worker);
+      tx.exec("SELECT pg_stat_force_next_flush()");  // this backend's counts, flushed when idle
+      pqxx::connection reader(env.conninfo);
+      pqxx::nontransaction rtx(reader);
+      auto r = rtx.exec(
+          "SELECT (SELECT sum(seq_scan) FROM pg_stat_user_tables WHERE schemaname = 'flowreg'"
+          "        AND relname IN ('runs', 'tasks', 'step_states')),"
+          "       (SELECT sum(idx_scan) FROM pg_stat_user_indexes WHERE schemaname = 'flowreg'"
+          "        AND indexrelname IN ('tasks_leased', 'tasks_queued'))");
+      return std::pair{r.at(0).at(0).as<long>(), r.at(0).at(1).as<long>()};
+    };
+    const auto before = counts();
+    {
+      pqxx::nontransaction tx(worker);
+      auto rejected =
+          tx.exec_params("SELECT cardinality(flowreg.complete_tasks($1::jsonb))", batch.dump());
+      CHECK(rejected.at(0).at(0).as<int>() == 0);
+    }
+    const auto after = counts();
+    CHECK(after.first == before.first);    // no table read whole
+    CHECK(after.second == before.second);  // no partial index of tasks walked
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'") ==
+          "512");
+  }
+
   TEST_CASE("a completion after the lease expired and the task was re-claimed is rejected") {
     auto env = open_env("rs_fencing");
     auto key = store_flow(env.store, flow("fence", {step("a")}));

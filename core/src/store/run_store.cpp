@@ -2,9 +2,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <deque>
 #include <pqxx/pqxx>
+#include <random>
 #include <set>
+#include <thread>
 #include <utility>
 
 #include "util/enum_names.hpp"
@@ -67,6 +70,7 @@ const std::vector<Statement>& statements() {
        " heartbeat_age_ms"
        " FROM flowreg.workers ORDER BY last_heartbeat_at DESC, id"},
       {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb)) AS id"},
+      {"probe_output", "SELECT $1::jsonb IS NOT NULL AS ok"},
       {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb)) AS id"},
       {"cancel_run", "SELECT flowreg.cancel_run($1::uuid) AS cancelled"},
       {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text AS run_id"},
@@ -241,6 +245,49 @@ Json flow_definition_json(const FlowDef& flow) {
           {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
 }
 
+std::optional<std::string> stored_output_problem(const Json& output) {
+  std::vector<std::pair<const Json*, std::size_t>> todo{{&output, 1}};
+  while (!todo.empty()) {
+    const auto [j, depth] = todo.back();
+    todo.pop_back();
+    if (j->is_string()) {
+      if (j->get_ref<const std::string&>().find('\0') != std::string::npos)
+        return "the output holds a string with the character U+0000, which PostgreSQL cannot store";
+      continue;
+    }
+    if (!j->is_structured()) continue;
+    if (depth > kMaxStoredDepth)
+      return fmt::format("the output nests deeper than {} levels", kMaxStoredDepth);
+    if (j->is_object()) {
+      for (const auto& [key, value] : j->items()) {
+        if (key.find('\0') != std::string::npos)
+          return "the output holds a key with the character U+0000, which PostgreSQL cannot store";
+        todo.emplace_back(&value, depth + 1);
+      }
+    } else {
+      for (const auto& value : *j) todo.emplace_back(&value, depth + 1);
+    }
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// A completion the server cannot store, as the permanent failure recorded in its place.
+Failure refused_failure(const Completion& c, std::string_view why) {
+  return Failure{c.id, c.attempt, fmt::format("the database refused the handler's output: {}", why),
+                 true};
+}
+
+bool refused_class(const pqxx::sql_error& e) {
+  // 22: data exception (e.g. unsupported Unicode escape sequence); 54: program limit exceeded
+  // (e.g. stack depth limit exceeded while parsing deeply nested JSON).
+  const std::string state = e.sqlstate();
+  return state.rfind("22", 0) == 0 || state.rfind("54", 0) == 0;
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------------------------
 // RunStore
 
@@ -249,11 +296,28 @@ struct RunStore::Impl {
     for (const auto& s : statements()) conn.prepare(s.name, s.sql);
   }
 
+  // Runs a prepared statement in autocommit. A deadlock or serialization failure aborted the
+  // statement's whole transaction (nothing of it was written): it is sent again, after a short
+  // randomized pause, up to kTransientRetries times in all.
   template <class... Args>
-  pqxx::result exec(const char* name, Args&&... args) {
+  pqxx::result exec(const char* name, const Args&... args) {
+    for (int attempt = 1;; ++attempt) {
+      try {
+        return exec_once(name, args...);
+      } catch (const pqxx::sql_error& e) {
+        const std::string state = e.sqlstate();
+        if ((state != "40P01" && state != "40001") || attempt >= kTransientRetries || lost) throw;
+        std::uniform_int_distribution<int> pause_us(200, 1000 << attempt);
+        std::this_thread::sleep_for(std::chrono::microseconds(pause_us(rng)));
+      }
+    }
+  }
+
+  template <class... Args>
+  pqxx::result exec_once(const char* name, const Args&... args) {
     try {
       pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
-      return tx.exec_prepared(name, std::forward<Args>(args)...);
+      return tx.exec_prepared(name, args...);
     } catch (const pqxx::broken_connection&) {
       lost = true;
       throw;
@@ -270,8 +334,21 @@ struct RunStore::Impl {
     }
   }
 
+  // Why the server refuses `json` as jsonb (its message), or nullopt when it accepts it.
+  std::optional<std::string> output_refusal(const std::string& json) {
+    try {
+      exec_once("probe_output", json);
+      return std::nullopt;
+    } catch (const pqxx::sql_error& e) {
+      const std::string state = e.sqlstate();
+      if (lost || state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0) throw;
+      return server_text(e.what());
+    }
+  }
+
   pqxx::connection conn;
   bool lost = false;
+  std::minstd_rand rng{std::random_device{}()};
 };
 
 RunStore::RunStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -375,9 +452,14 @@ Json completions_json(std::span<const Completion> completions) {
 
 Json failures_json(std::span<const Failure> failures) {
   Json batch = Json::array();
-  for (const auto& f : failures)
+  for (const auto& f : failures) {
+    // jsonb cannot hold U+0000: such a character of an error message is stored as U+FFFD.
+    std::string error = f.error;
+    for (std::size_t at = error.find('\0'); at != std::string::npos; at = error.find('\0', at))
+      error.replace(at, 1, "\xEF\xBF\xBD");
     batch.push_back(
-        {{"id", f.id}, {"attempt", f.attempt}, {"error", f.error}, {"permanent", f.permanent}});
+        {{"id", f.id}, {"attempt", f.attempt}, {"error", error}, {"permanent", f.permanent}});
+  }
   return batch;
 }
 
@@ -441,12 +523,45 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
                                   std::span<const Failure> failures, std::span<const FlowKey> flows,
                                   int limit, std::optional<Millis> lease) {
   const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
-  const std::string done = json_text(completions_json(completions));
-  const std::string failed = json_text(failures_json(failures));
   const std::string keys = json_text(flow_keys_json(flows));
+  // Outputs the server would refuse become permanent failures of their tasks before sending.
+  std::vector<Completion> kept;
+  std::vector<Failure> failed(failures.begin(), failures.end());
+  std::vector<TaskId> refused;
+  kept.reserve(completions.size());
+  for (const auto& c : completions) {
+    if (auto why = stored_output_problem(c.output)) {
+      failed.push_back(refused_failure(c, *why));
+      refused.push_back(c.id);
+    } else {
+      kept.push_back(c);
+    }
+  }
   return guarded("recording results and claiming tasks", [&]() -> Result<WorkResult> {
-    auto rows = impl_->exec("work", std::string(worker_id), done, failed, keys, std::max(limit, 0),
-                            lease_ms);
+    const auto call = [&] {
+      return impl_->exec("work", std::string(worker_id), json_text(completions_json(kept)),
+                         json_text(failures_json(failed)), keys, std::max(limit, 0), lease_ms);
+    };
+    pqxx::result rows;
+    try {
+      rows = call();
+    } catch (const pqxx::sql_error& e) {
+      // Whatever else the server refused made the whole call fail, and nothing was written: find
+      // the outputs it refuses, one by one, fail those tasks alone, and record the rest.
+      if (kept.empty() || !refused_class(e) || impl_->lost) throw;
+      std::vector<Completion> accepted;
+      for (const auto& c : kept) {
+        if (auto why = impl_->output_refusal(json_text(c.output))) {
+          failed.push_back(refused_failure(c, *why));
+          refused.push_back(c.id);
+        } else {
+          accepted.push_back(c);
+        }
+      }
+      if (accepted.size() == kept.size()) throw;  // not an output: the error stands
+      kept = std::move(accepted);
+      rows = call();
+    }
     WorkResult out;
     out.claimed.reserve(rows.size());
     for (const auto& r : rows) {
@@ -459,6 +574,11 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
         out.claimed.push_back(claimed_task(r));
       }
     }
+    // A refused completion whose failure was rejected (attempt no longer current) is only that.
+    std::erase_if(refused, [&](TaskId id) {
+      return std::find(out.rejected.begin(), out.rejected.end(), id) != out.rejected.end();
+    });
+    out.refused = std::move(refused);
     return out;
   });
 }
@@ -516,10 +636,42 @@ bool RunStore::connection_lost() const noexcept { return impl_ == nullptr || imp
 
 Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> completions) {
   if (completions.empty()) return std::vector<TaskId>{};
-  const std::string batch = json_text(completions_json(completions));
-  return guarded("completing tasks", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("complete", batch));
+  // As in work(): an output the server refuses fails its task alone, permanently.
+  std::vector<Completion> kept;
+  std::vector<Failure> refused;
+  for (const auto& c : completions) {
+    if (auto why = stored_output_problem(c.output)) {
+      refused.push_back(refused_failure(c, *why));
+    } else {
+      kept.push_back(c);
+    }
+  }
+  auto recorded = guarded("completing tasks", [&]() -> Result<std::vector<TaskId>> {
+    if (kept.empty()) return std::vector<TaskId>{};
+    try {
+      return ids_of(impl_->exec("complete", json_text(completions_json(kept))));
+    } catch (const pqxx::sql_error& e) {
+      if (!refused_class(e) || impl_->lost) throw;
+      std::vector<Completion> accepted;
+      for (const auto& c : kept) {
+        if (auto why = impl_->output_refusal(json_text(c.output))) {
+          refused.push_back(refused_failure(c, *why));
+        } else {
+          accepted.push_back(c);
+        }
+      }
+      if (accepted.size() == kept.size()) throw;
+      kept = std::move(accepted);
+      if (kept.empty()) return std::vector<TaskId>{};
+      return ids_of(impl_->exec("complete", json_text(completions_json(kept))));
+    }
   });
+  if (!recorded || refused.empty()) return recorded;
+  auto failed = fail(refused);
+  if (!failed) return tl::unexpected(std::move(failed.error()));
+  recorded->insert(recorded->end(), failed->begin(), failed->end());
+  std::sort(recorded->begin(), recorded->end());
+  return recorded;
 }
 
 Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {

@@ -6,6 +6,12 @@
 // Cost model: every call below is ONE statement sent in autocommit (a plpgsql function of schema
 // flowreg): one round trip and one transaction, whatever the batch size. Batch claims and
 // completions: a transaction's fixed cost (round trip, commit, WAL flush) is shared by the batch.
+// A statement the server aborts with a deadlock (SQLSTATE 40P01) or a serialization failure
+// (40001) changed nothing: it is sent again, up to kTransientRetries times in all, before its
+// error is returned.
+//
+// Refused results: a completion whose output the server cannot store fails its task alone,
+// permanently, with the reason; the rest of its batch is recorded (work() and complete()).
 //
 // Semantics: a step is ready when all its dependencies
 // completed; a root step gets the run input, a dependent step {dep_slug: output, ...}, a map step
@@ -46,6 +52,15 @@ using RunId = std::string;    // a UUID in its text form
 using TaskId = std::int64_t;  // tasks.id
 
 inline constexpr std::string_view kTasksChannel = "flowreg_tasks";
+// The deepest nesting of a task output the store sends to the server (PostgreSQL's jsonb parser
+// recurses once per level and refuses values deeper than its stack allows).
+inline constexpr std::size_t kMaxStoredDepth = 5000;
+// How many times in all a statement aborted by a deadlock or a serialization failure is sent.
+inline constexpr int kTransientRetries = 5;
+
+// Why the server would refuse `output` as jsonb, checked before sending it: a string or key holding
+// U+0000, or nesting deeper than kMaxStoredDepth; nullopt when neither. Never recurses.
+std::optional<std::string> stored_output_problem(const Json& output);
 inline constexpr std::string_view kRunsChannel = "flowreg_runs";
 
 enum class RunStatus { started, completed, failed, cancelled };
@@ -109,6 +124,10 @@ struct Release {
 struct WorkResult {
   std::vector<ClaimedTask> claimed;
   std::vector<TaskId> rejected;  // completions and failures not recorded
+  // Completions whose output the database cannot store (a string holding U+0000, nesting deeper
+  // than kMaxStoredDepth, or any other value the server refuses): each was recorded as a permanent
+  // failure of its task with the reason, and the rest of the batch as given. Not in `rejected`.
+  std::vector<TaskId> refused;
   // How long until the next delayed task (a retry waiting for its backoff) of the flows becomes
   // ready, by the server's clock; nullopt when none waits.
   std::optional<Millis> next_due_in;
