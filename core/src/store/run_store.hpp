@@ -170,6 +170,9 @@ struct RunFilter {
   std::optional<std::string> flow_slug;
   std::optional<RunStatus> status;
   int limit = 100;
+  // Keyset pagination: only runs after this one in the listing's order (newest first); none when
+  // no run has this id.
+  std::optional<RunId> before;
 };
 
 // The JSON stored for a flow version: slug, input_schema, and per step its slug, kind, depends_on,
