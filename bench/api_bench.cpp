@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
       fmt::print("flowreg serve API, {} s per case, keep-alive connections\n", seconds);
       fmt::print("{:<34} {:>5} {:>10} {:>8} {:>8} {:>7}\n", "route", "conns", "req/s", "p50 ms",
                  "p99 ms", "errors");
-      for (const std::string path : {"/api/v1/flows/" + slug, "/api/v1/runs/" + id})
+      for (const std::string& path : {"/api/v1/flows/" + slug, "/api/v1/runs/" + id})
         for (int conns : {1, 32}) {
           const Figures f = measure(port, path, conns, seconds);
           fmt::print("{:<34} {:>5} {:>10.0f} {:>8.3f} {:>8.3f} {:>7}\n",

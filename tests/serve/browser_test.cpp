@@ -186,7 +186,7 @@ TEST_SUITE("serve_browser") {
           "marked");
     CHECK(browser.eval("!!document.querySelector('[data-flow=\"wprobe_chain\"]')") == true);
     // Every DAG picture loaded and has a size: the SVG rendered.
-    CHECK(browser.eval("Array.from(document.querySelectorAll('img.dag')).length") == 2);
+    CHECK(browser.eval("Array.from(document.querySelectorAll('img.dag')).length") == 3);
     CHECK(
         browser.until("Array.from(document.querySelectorAll('img.dag')).every(i => i.complete && "
                       "i.naturalWidth > 0)"));

@@ -41,7 +41,11 @@ pre { background: var(--panel); padding: .6rem; border-radius: 6px; overflow-x: 
 .s-started, .s-created { color: var(--run); }
 .muted { color: var(--muted); }
 .error { color: var(--bad); white-space: pre-wrap; word-break: break-word; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem;
+         align-items: start; }
+ul.compact { list-style: none; padding: 0; margin: 0; }
+ul.compact li { padding: .2rem 0; display: flex; gap: .6rem; align-items: center; }
+td.error { min-width: 12rem; }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: .8rem; background: #fff; }
 .card h2 { margin-top: 0; }
 .dag { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
@@ -94,6 +98,9 @@ const char* const kJs = R"JS(
   }
   function onRun(d) {
     each('[data-run-status=' + attr(d.id) + ']', function (el) { setStatus(el, d.status); });
+    if (d.finished_at) each('[data-run-finished=' + attr(d.id) + ']', function (el) {
+      el.textContent = d.finished_at;
+    });
     if (watchRun === d.id && d.status !== 'started') {
       var n = document.getElementById('run-ended');
       if (n) n.hidden = false;

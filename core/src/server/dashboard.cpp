@@ -62,6 +62,20 @@ std::string layout(std::string_view title, std::string_view current, std::string
       content);
 }
 
+// Recent runs on a flow's card: id and status only.
+std::string compact_runs(const json& runs) {
+  if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
+  std::string items;
+  for (const auto& r : runs) {
+    const std::string id = str(r, "id");
+    items += fmt::format(
+        "<li><a class=\"mono\" href=\"/runs/{}\">{}</a> {}</li>", url_part(id),
+        escape(id.substr(0, 8)),
+        status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))));
+  }
+  return "<ul class=\"compact\">" + items + "</ul>";
+}
+
 std::string runs_table(const json& runs, bool with_flow) {
   if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
   std::string rows;
@@ -69,13 +83,14 @@ std::string runs_table(const json& runs, bool with_flow) {
     const std::string id = str(r, "id");
     rows += fmt::format(
         "<tr><td class=\"mono\"><a href=\"/runs/{0}\">{1}</a></td>{2}<td>{3}</td>"
-        "<td class=\"wide\">{4}</td><td class=\"wide\">{5}</td><td class=\"error\">{6}</td></tr>",
+        "<td class=\"wide\">{4}</td><td class=\"wide\" data-run-finished=\"{7}\">{5}</td>"
+        "<td class=\"error\">{6}</td></tr>",
         url_part(id), escape(id.substr(0, 8)),
         with_flow ? fmt::format("<td><a href=\"/flows/{}\">{}</a></td>", url_part(str(r, "flow")),
                                 esc(r, "flow"))
                   : std::string(),
         status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))),
-        esc(r, "created_at"), esc(r, "finished_at"), esc(r, "error"));
+        esc(r, "created_at"), esc(r, "finished_at"), esc(r, "error"), escape(id));
   }
   return fmt::format(
       "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Run</th>{}"
@@ -141,7 +156,7 @@ std::string flows_page(const json& flows, const json& recent_runs) {
         "<p>{2}</p><p class=\"muted\">module {3} · version <code>{4}</code> · {5} step(s)</p>{6}"
         "<h3>Recent runs</h3>{7}</section>",
         escape(slug), url_part(slug), esc(f, "description"), esc(f, "module"), esc(f, "version"),
-        f.contains("steps") ? f["steps"].size() : 0, dag_img(f), runs_table(runs, false));
+        f.contains("steps") ? f["steps"].size() : 0, dag_img(f), compact_runs(runs));
   }
   if (flows.empty()) cards = "<p class=\"muted\">No flows are registered.</p>";
   return layout("Flows", "/", fmt::format("<h1>Flows</h1><div class=\"cards\">{}</div>", cards));

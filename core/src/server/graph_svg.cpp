@@ -10,14 +10,16 @@ namespace flowreg::detail {
 
 namespace {
 
-std::string dot_quote(std::string_view text) {
-  std::string out = "\"";
+std::string dot_escape(std::string_view text) {
+  std::string out;
   for (char c : text) {
     if (c == '"' || c == '\\') out += '\\';
     out += c;
   }
-  return out + "\"";
+  return out;
 }
+
+std::string dot_quote(std::string_view text) { return "\"" + dot_escape(text) + "\""; }
 
 std::mutex& graphviz_mutex() {
   static std::mutex mu;
@@ -33,10 +35,9 @@ std::string flow_dot(const FlowDef& flow) {
       "fontname=\"Helvetica\", fontsize=11];\n  edge [color=\"#4a6fa5\"];\n",
       dot_quote(flow.slug));
   for (const auto& s : flow.steps)
-    out += fmt::format(
-        "  {} [label={}{}];\n", dot_quote(s.slug),
-        dot_quote(s.slug + "\\n" + s.handler + (s.kind == StepKind::map ? " (map)" : "")),
-        s.kind == StepKind::map ? ", shape=box3d, style=filled" : "");
+    out += fmt::format("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
+                       dot_escape(s.handler), s.kind == StepKind::map ? " (map)" : "",
+                       s.kind == StepKind::map ? ", shape=box3d, style=filled" : "");
   for (const auto& s : flow.steps)
     for (const auto& d : s.depends_on)
       out += fmt::format("  {} -> {};\n", dot_quote(d), dot_quote(s.slug));
