@@ -197,6 +197,7 @@ TEST_SUITE("serve") {
     const std::string log = (scene.scratch.dir / "wprobe.log").string();
     std::string id;
     std::vector<std::pair<std::string, json>> events;  // of this run
+    std::vector<std::string> ids;                      // their event ids
     bool ended = false;
     std::string stream;
     auto events_client = scene.client();
@@ -217,17 +218,19 @@ TEST_SUITE("serve") {
       while ((end = stream.find("\n\n")) != std::string::npos) {
         const std::string block = stream.substr(0, end);
         stream.erase(0, end + 2);
-        std::string type, data;
+        std::string type, data, event_id;
         std::istringstream lines(block);
         for (std::string line; std::getline(lines, line);) {
           if (line.rfind("event: ", 0) == 0) type = line.substr(7);
           if (line.rfind("data: ", 0) == 0) data = line.substr(6);
+          if (line.rfind("id: ", 0) == 0) event_id = line.substr(4);
         }
         if (data.empty()) continue;
         const json d = json::parse(data);
         const std::string run = type == "run" ? d["id"].get<std::string>() : d.value("run", "");
         if (id.empty() || run != id) continue;
         events.emplace_back(type, d);
+        ids.push_back(event_id);
         if (type == "run" && d["status"] != "started") ended = true;
       }
       return !ended;
@@ -250,6 +253,34 @@ TEST_SUITE("serve") {
       at[d["step"]] = rank;
     }
     CHECK(at == std::map<std::string, std::size_t>{{"a", 2}, {"b", 2}, {"c", 2}});
+
+    // Reconnecting with Last-Event-ID = the run's first event resends the rest, in order, ids
+    // included; an id this server process did not send begins the stream with a reset event.
+    const auto replay = [&](const std::string& last, std::size_t want) {
+      std::vector<std::string> got;
+      std::string buffer;
+      auto again = scene.client();
+      (void)again.Get("/api/v1/events?run=" + id, httplib::Headers{{"Last-Event-ID", last}},
+                      [&](const char* bytes, size_t n) {
+                        buffer.append(bytes, n);
+                        std::size_t end;
+                        while ((end = buffer.find("\n\n")) != std::string::npos) {
+                          const std::string block = buffer.substr(0, end);
+                          buffer.erase(0, end + 2);
+                          std::istringstream lines(block);
+                          for (std::string line; std::getline(lines, line);) {
+                            if (line.rfind("id: ", 0) == 0) got.push_back(line.substr(4));
+                            if (line == "event: reset") got.push_back("reset");
+                          }
+                        }
+                        return got.size() < want;
+                      });
+      return got;
+    };
+    REQUIRE(ids.size() >= 2);
+    CHECK(replay(ids.front(), ids.size() - 1) ==
+          std::vector<std::string>(ids.begin() + 1, ids.end()));
+    CHECK(replay("0badc0de:1", 1) == std::vector<std::string>{"reset"});
   }
 
   TEST_CASE("a token: refused without it and with a wrong one, accepted with it") {
