@@ -368,6 +368,7 @@ void HttpServer::Impl::post_run(const Request& req, Response& res) {
 
 void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
   RunFilter filter;
+  std::optional<RunId> before;
   json given = {{"flow", ""}, {"status", ""}};
   const auto fail = [&](int status, std::string message) {
     if (html) {
@@ -404,12 +405,12 @@ void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
     const std::string b = req.get_param_value("before");
     if (!is_uuid(b))
       return fail(400, fmt::format("before '{}' is not a run id", cli::valid_text(b)));
-    filter.before = b;
+    before = b;
   }
   // One more than asked: whether there is a next page.
   const int asked = filter.limit;
   filter.limit = asked + 1;
-  auto runs = stores.with([&](RunStore& store) { return store.list_runs(filter); });
+  auto runs = stores.with([&](RunStore& store) { return store.list_runs(filter, before); });
   if (!runs) {
     if (html) return fail(status_of(runs.error()), runs.error().message);
     return send_error(res, runs.error());

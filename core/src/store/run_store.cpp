@@ -564,13 +564,14 @@ Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
   });
 }
 
-Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter) {
+Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
+                                                 const std::optional<RunId>& before) {
   return guarded("listing runs", [&]() -> Result<std::vector<RunInfo>> {
     const std::string status =
         filter.status ? std::string(to_string(*filter.status)) : std::string();
-    auto rows = filter.before
+    auto rows = before
                     ? impl_->exec("list_runs_before", filter.flow_slug.value_or(""), status,
-                                  filter.limit, *filter.before)
+                                  filter.limit, *before)
                     : impl_->exec("list_runs", filter.flow_slug.value_or(""), status, filter.limit);
     std::vector<RunInfo> out;
     out.reserve(rows.size());

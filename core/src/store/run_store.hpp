@@ -170,9 +170,6 @@ struct RunFilter {
   std::optional<std::string> flow_slug;
   std::optional<RunStatus> status;
   int limit = 100;
-  // Keyset pagination: only runs after this one in the listing's order (newest first); none when
-  // no run has this id.
-  std::optional<RunId> before;
 };
 
 // The JSON stored for a flow version: slug, input_schema, and per step its slug, kind, depends_on,
@@ -257,8 +254,10 @@ class RunStore {
   Result<std::int64_t> prune(Millis older_than);
 
   Result<std::optional<RunInfo>> get_run(const RunId& run);
-  // Newest first.
-  Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {});
+  // Newest first. Keyset pagination: with `before`, only the runs after that one in this order
+  // (none when no run has that id).
+  Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {},
+                                         const std::optional<RunId>& before = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
 
