@@ -58,12 +58,23 @@ struct WorkerSettings {
   std::int64_t max_output_bytes = std::int64_t{16} << 20;  // larger handler outputs fail the task
 };
 
+// `flowreg serve` (the HTTP API and dashboard).
+struct ServerSettings {
+  std::string listen = "127.0.0.1:8080";  // HOST:PORT; anything but loopback needs a token
+  std::string token;          // Bearer token; FLOWREG_TOKEN in the environment overrides it
+  bool open_reads = false;    // with a token: read-only routes answer without it
+  int max_connections = 16;   // connections served at once (one thread each)
+  int max_event_streams = 8;  // /events streams open at once (each holds a connection)
+  Millis timeout{10'000};     // reading a request, writing a response, an idle keep-alive
+};
+
 struct Config {
   std::filesystem::path file;  // "" for built-in defaults
   std::string module;          // module name of the file's flows
   PluginSettings plugins;
   DatabaseSettings database;
   WorkerSettings worker;
+  ServerSettings server;
   std::vector<FlowDef> flows;
 };
 

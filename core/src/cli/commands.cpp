@@ -37,6 +37,7 @@ int run(int argc, char** argv) {
   add_runs_commands(app, g, exit_code);
   add_worker_commands(app, g, exit_code);
   add_db_commands(app, g, exit_code);
+  add_serve_command(app, g, exit_code);
 
   app.parse_complete_callback([&] {
     spdlog::set_level(spdlog::level::from_str(g.log_level));

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <utility>
 
+#include "config/json_schema.hpp"
+#include "config/yaml_json.hpp"
 #include "logging/json_log.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
@@ -134,6 +136,113 @@ json run_json(const detail::RunInfo& r) {
           {"created_at", iso_time(r.created_at)},
           {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
           {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)}};
+}
+
+json options_json(const Options& o) {
+  return {{"max_attempts", o.max_attempts},
+          {"base_delay", format_duration(o.base_delay)},
+          {"max_delay", format_duration(o.max_delay)},
+          {"timeout", format_duration(o.timeout)}};
+}
+
+// The documented JSON form of a flow (README, "JSON output").
+json flow_json(const RegisteredFlow& registered) {
+  const FlowDef& flow = registered.def;
+  json steps = json::array();
+  for (const auto& s : flow.steps)
+    steps.push_back({{"slug", s.slug},
+                     {"kind", to_string(s.kind)},
+                     {"depends_on", s.depends_on},
+                     {"handler", s.handler},
+                     {"options", options_json(flow.step_options(s))}});
+  return {{"slug", flow.slug},
+          {"module", flow.module},
+          {"version", flow_version(flow)},
+          {"description", flow.description},
+          {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
+          {"options", options_json(flow.options)},
+          {"input_schema",
+           flow.input_schema ? json::parse(detail::json_text(*flow.input_schema)) : json(nullptr)},
+          {"steps", std::move(steps)}};
+}
+
+json step_json(const detail::StepInfo& s) {
+  return {{"slug", s.slug},
+          {"kind", s.kind},
+          {"status", s.status},
+          {"tasks", s.task_count},
+          {"attempts", s.attempts},
+          {"started_at", s.started_at ? json(iso_time(*s.started_at)) : json(nullptr)},
+          {"finished_at", s.finished_at ? json(iso_time(*s.finished_at)) : json(nullptr)},
+          {"error", s.error ? json(*s.error) : json(nullptr)},
+          {"output", s.output ? to_ordered(*s.output) : json(nullptr)}};
+}
+
+json plugin_json(const PluginInfo& p) {
+  return {{"file", valid_text(p.file.string())},
+          {"module", p.module.empty() ? json(nullptr) : json(p.module)},
+          {"sha256", p.sha256.empty() ? json(nullptr) : json(p.sha256)},
+          {"abi", p.abi.empty() ? json(nullptr) : json(p.abi)},
+          {"fingerprint", p.fingerprint.empty() ? json(nullptr) : json(p.fingerprint)},
+          {"status", to_string(p.status)},
+          {"error", p.error ? plugin_error_json(*p.error) : json(nullptr)},
+          {"flows", p.flows},
+          {"handlers", p.handlers}};
+}
+
+std::string worker_status(const detail::WorkerRecord& w) {
+  // Liveness from the heartbeat's age (by the server's clock): a worker that missed
+  // kStaleAfter heartbeats in a row is stale (killed, frozen, or cut off from the database).
+  static constexpr int kStaleAfter = 3;
+  if (w.stopped_at) return "stopped";
+  const Millis every = w.heartbeat_interval.value_or(Millis(5'000));
+  if (w.heartbeat_age > every * kStaleAfter) return "stale";
+  return w.state == "stuck" ? "stuck" : "running";
+}
+
+json worker_json(const detail::WorkerRecord& w) {
+  json flows = json::array();
+  for (const auto& f : w.flows) flows.push_back({{"slug", f.slug}, {"version", f.version}});
+  return {{"id", w.id},
+          {"host", w.host},
+          {"pid", w.pid},
+          {"concurrency", w.concurrency},
+          {"flows", flows},
+          {"status", worker_status(w)},
+          {"stopped", w.stopped_at.has_value()},
+          {"last_heartbeat_ms_ago", w.heartbeat_age.count()},
+          {"heartbeat_interval_ms",
+           w.heartbeat_interval ? json(w.heartbeat_interval->count()) : json(nullptr)}};
+}
+
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what) {
+  // Checked on the text, before anything recurses into it.
+  const int max_depth = detail::YamlLimits{}.max_depth;
+  if (auto at = detail::nesting_beyond(text, static_cast<std::size_t>(max_depth)))
+    return make_error(Errc::parse,
+                      fmt::format("{} nests deeper than {} levels (line {}, column {})", what,
+                                  max_depth, at->line, at->column));
+  nlohmann::json input;
+  try {
+    input = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return make_error(Errc::parse,
+                      fmt::format("{} is not valid JSON: {}", what, valid_text(e.what())));
+  }
+  if (flow.input_schema) {
+    auto schema = detail::JsonSchema::compile(*flow.input_schema);
+    if (!schema) return tl::unexpected(std::move(schema.error()));
+    std::vector<Diagnostic> problems;
+    for (const auto& p : schema->validate(input))
+      problems.push_back(
+          Diagnostic{{}, fmt::format("input of flow '{}': {}", flow.slug, p.message)});
+    if (!problems.empty()) {
+      std::string message = problems.front().message;
+      return make_error(Errc::invalid_argument, std::move(message), std::move(problems));
+    }
+  }
+  return input;
 }
 
 void print_run_text(const detail::RunInfo& r) {

@@ -12,6 +12,7 @@
 #include "catalog/flow_catalog.hpp"
 #include "flowreg/config.hpp"
 #include "flowreg/error.hpp"
+#include "flowreg/flow_registry.hpp"
 #include "flowreg/plugins.hpp"
 #include "store/run_store.hpp"
 
@@ -82,5 +83,24 @@ std::string iso_time(const detail::TimePoint& t);
 json to_ordered(const nlohmann::json& j);
 json run_json(const detail::RunInfo& r);
 void print_run_text(const detail::RunInfo& r);
+// A step of `runs show --json`: {slug, kind, status, tasks, attempts, started_at, finished_at,
+// error, output}.
+json step_json(const detail::StepInfo& s);
+
+// The documented JSON form of a flow (README, "JSON output") and of its options.
+json options_json(const Options& o);
+json flow_json(const RegisteredFlow& registered);
+// A file of the plugins directory as `plugins list --json` prints it.
+json plugin_json(const PluginInfo& p);
+// A worker as `workers --json` prints it, and its status: running, stuck, stale or stopped.
+std::string worker_status(const detail::WorkerRecord& w);
+json worker_json(const detail::WorkerRecord& w);
+
+// A run's input, given as JSON text, checked before anything is written: the nesting limit of
+// YAML files, then JSON syntax (Errc::parse, the message starting with `what`, "--input" for the
+// command line), then the flow's input schema (Errc::invalid_argument, one detail per problem:
+// "input of flow 'x': ...").
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what);
 
 }  // namespace flowreg::cli

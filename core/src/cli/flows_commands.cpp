@@ -20,34 +20,6 @@ namespace {
 
 using detail::json_text;
 
-json options_json(const Options& o) {
-  return {{"max_attempts", o.max_attempts},
-          {"base_delay", format_duration(o.base_delay)},
-          {"max_delay", format_duration(o.max_delay)},
-          {"timeout", format_duration(o.timeout)}};
-}
-
-// The documented JSON form of a flow (README, "JSON output").
-json flow_json(const RegisteredFlow& registered) {
-  const FlowDef& flow = registered.def;
-  json steps = json::array();
-  for (const auto& s : flow.steps)
-    steps.push_back({{"slug", s.slug},
-                     {"kind", to_string(s.kind)},
-                     {"depends_on", s.depends_on},
-                     {"handler", s.handler},
-                     {"options", options_json(flow.step_options(s))}});
-  return {{"slug", flow.slug},
-          {"module", flow.module},
-          {"version", flow_version(flow)},
-          {"description", flow.description},
-          {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
-          {"options", options_json(flow.options)},
-          {"input_schema",
-           flow.input_schema ? json::parse(json_text(*flow.input_schema)) : json(nullptr)},
-          {"steps", std::move(steps)}};
-}
-
 void print_flow_text(const RegisteredFlow& registered) {
   const FlowDef& flow = registered.def;
   fmt::print("{}  module={} version={}{}\n", flow.slug, flow.module, registered.version,

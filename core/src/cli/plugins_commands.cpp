@@ -17,18 +17,6 @@ namespace flowreg::cli {
 
 namespace {
 
-json plugin_json(const PluginInfo& p) {
-  return {{"file", valid_text(p.file.string())},
-          {"module", p.module.empty() ? json(nullptr) : json(p.module)},
-          {"sha256", p.sha256.empty() ? json(nullptr) : json(p.sha256)},
-          {"abi", p.abi.empty() ? json(nullptr) : json(p.abi)},
-          {"fingerprint", p.fingerprint.empty() ? json(nullptr) : json(p.fingerprint)},
-          {"status", to_string(p.status)},
-          {"error", p.error ? plugin_error_json(*p.error) : json(nullptr)},
-          {"flows", p.flows},
-          {"handlers", p.handlers}};
-}
-
 int plugins_list(const Globals& g, bool as_json) {
   auto config = effective_config(g);
   auto catalog = config ? load_plugins(*config) : tl::unexpected(config.error());

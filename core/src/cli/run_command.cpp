@@ -41,32 +41,13 @@ std::optional<nlohmann::json> checked_input(const std::string& arg, const FlowDe
     }
     text = std::move(*read);
   }
-  // Checked on the text, before anything recurses into it.
-  const int max_depth = detail::YamlLimits{}.max_depth;
-  if (auto at = detail::nesting_beyond(text, static_cast<std::size_t>(max_depth))) {
-    fmt::print(stderr, "flowreg: --input nests deeper than {} levels (line {}, column {})\n",
-               max_depth, at->line, at->column);
+  auto input = check_input(text, flow, "--input");
+  if (!input) {
+    if (input.error().details.empty()) fmt::print(stderr, "flowreg: {}\n", input.error().message);
+    for (const auto& p : input.error().details) fmt::print(stderr, "flowreg: {}\n", p.message);
     return std::nullopt;
   }
-  nlohmann::json input;
-  try {
-    input = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    fmt::print(stderr, "flowreg: --input is not valid JSON: {}\n", valid_text(e.what()));
-    return std::nullopt;
-  }
-  if (flow.input_schema) {
-    auto schema = detail::JsonSchema::compile(*flow.input_schema);
-    if (!schema) {
-      print_error(schema.error());
-      return std::nullopt;
-    }
-    const auto problems = schema->validate(input);
-    for (const auto& p : problems)
-      fmt::print(stderr, "flowreg: input of flow '{}': {}\n", flow.slug, p.message);
-    if (!problems.empty()) return std::nullopt;
-  }
-  return input;
+  return std::move(*input);
 }
 
 using RunRead = Result<std::optional<detail::RunInfo>>;

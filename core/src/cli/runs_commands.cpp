@@ -16,18 +16,6 @@ namespace {
 
 using detail::RunStore;
 
-json step_json(const detail::StepInfo& s) {
-  return {{"slug", s.slug},
-          {"kind", s.kind},
-          {"status", s.status},
-          {"tasks", s.task_count},
-          {"attempts", s.attempts},
-          {"started_at", s.started_at ? json(iso_time(*s.started_at)) : json(nullptr)},
-          {"finished_at", s.finished_at ? json(iso_time(*s.finished_at)) : json(nullptr)},
-          {"error", s.error ? json(*s.error) : json(nullptr)},
-          {"output", s.output ? to_ordered(*s.output) : json(nullptr)}};
-}
-
 struct RunsArgs {
   std::string flow, status, id, older_than;
   bool as_json = false;

@@ -223,39 +223,16 @@ int workers_command(detail::RunStore& store, bool as_json) {
     fmt::print(stderr, "flowreg: {}\n", workers.error().format());
     return kExitFailure;
   }
-  // Liveness from the heartbeat's age (by the server's clock): a worker that missed
-  // kStaleAfter heartbeats in a row is stale (killed, frozen, or cut off from the database).
-  static constexpr int kStaleAfter = 3;
-  const auto status = [](const detail::WorkerRecord& w) -> std::string {
-    if (w.stopped_at) return "stopped";
-    const Millis every = w.heartbeat_interval.value_or(Millis(5'000));
-    if (w.heartbeat_age > every * kStaleAfter) return "stale";
-    return w.state == "stuck" ? "stuck" : "running";
-  };
   if (as_json) {
     nlohmann::ordered_json out = nlohmann::ordered_json::array();
-    for (const auto& w : *workers) {
-      nlohmann::ordered_json flows = nlohmann::ordered_json::array();
-      for (const auto& f : w.flows) flows.push_back({{"slug", f.slug}, {"version", f.version}});
-      out.push_back({{"id", w.id},
-                     {"host", w.host},
-                     {"pid", w.pid},
-                     {"concurrency", w.concurrency},
-                     {"flows", flows},
-                     {"status", status(w)},
-                     {"stopped", w.stopped_at.has_value()},
-                     {"last_heartbeat_ms_ago", w.heartbeat_age.count()},
-                     {"heartbeat_interval_ms",
-                      w.heartbeat_interval ? nlohmann::ordered_json(w.heartbeat_interval->count())
-                                           : nlohmann::ordered_json(nullptr)}});
-    }
+    for (const auto& w : *workers) out.push_back(worker_json(w));
     fmt::print("{}\n", detail::json_text(out, 2));
     return kExitOk;
   }
   if (workers->empty()) fmt::print("no worker has run on this database\n");
   for (const auto& w : *workers) {
     std::vector<detail::FlowKey> keys = w.flows;
-    fmt::print("{}  {}  heartbeat {:.1f}s ago  concurrency {}  flows: {}\n", w.id, status(w),
+    fmt::print("{}  {}  heartbeat {:.1f}s ago  concurrency {}  flows: {}\n", w.id, worker_status(w),
                static_cast<double>(w.heartbeat_age.count()) / 1000.0, w.concurrency,
                keys_text(keys));
   }

@@ -170,7 +170,7 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
   if (!doc->value.is_object()) {
     problems.push_back(Diagnostic{doc->locate(""),
                                   "expected a mapping at the top level (keys: "
-                                  "module, plugins, database, worker, flows)"});
+                                  "module, plugins, database, worker, server, flows)"});
     return make_error(Errc::invalid_definition, fmt::format("{}: not a valid flowreg file", name),
                       std::move(problems));
   }
@@ -248,6 +248,15 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
         config.worker.shutdown_grace = duration_of((*w)["shutdown_grace"]);
       if (w->contains("lease")) config.worker.lease = duration_of((*w)["lease"]);
       config.worker.max_output_bytes = w->value("max_output_bytes", config.worker.max_output_bytes);
+    }
+    if (auto v = root.find("server"); v != root.end()) {
+      config.server.listen = v->value("listen", config.server.listen);
+      config.server.token = v->value("token", config.server.token);
+      config.server.open_reads = v->value("open_reads", config.server.open_reads);
+      config.server.max_connections = v->value("max_connections", config.server.max_connections);
+      config.server.max_event_streams =
+          v->value("max_event_streams", config.server.max_event_streams);
+      if (v->contains("timeout")) config.server.timeout = duration_of((*v)["timeout"]);
     }
   }
 

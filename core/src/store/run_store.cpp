@@ -82,6 +82,13 @@ const std::vector<Statement>& statements() {
       {"list_runs", std::string("SELECT ") + kRunColumns +
                         " FROM flowreg.runs WHERE ($1 = '' OR flow_slug = $1)"
                         " AND ($2 = '' OR status = $2) ORDER BY created_at DESC, id LIMIT $3::int"},
+      // list_runs after the run $4 in the same order (created_at DESC, id).
+      {"list_runs_before",
+       std::string("SELECT ") + kRunColumns +
+           " FROM flowreg.runs r, (SELECT created_at AS c, id AS i FROM flowreg.runs"
+           "  WHERE id = $4::uuid) k WHERE ($1 = '' OR flow_slug = $1)"
+           " AND ($2 = '' OR status = $2) AND (r.created_at < k.c OR (r.created_at = k.c AND"
+           " r.id > k.i)) ORDER BY created_at DESC, id LIMIT $3::int"},
       {"run_steps",
        "SELECT s.step_slug, s.kind, s.status, s.task_count,"
        " coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
@@ -709,11 +716,15 @@ Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
   });
 }
 
-Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter) {
+Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
+                                                 const std::optional<RunId>& before) {
   return guarded("listing runs", [&]() -> Result<std::vector<RunInfo>> {
-    auto rows = impl_->exec("list_runs", filter.flow_slug.value_or(""),
-                            filter.status ? std::string(to_string(*filter.status)) : std::string(),
-                            filter.limit);
+    const std::string status =
+        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    auto rows = before
+                    ? impl_->exec("list_runs_before", filter.flow_slug.value_or(""), status,
+                                  filter.limit, *before)
+                    : impl_->exec("list_runs", filter.flow_slug.value_or(""), status, filter.limit);
     std::vector<RunInfo> out;
     out.reserve(rows.size());
     for (const auto& r : rows) out.push_back(run_of(r));

@@ -289,8 +289,10 @@ class RunStore {
   Result<std::int64_t> prune(Millis older_than);
 
   Result<std::optional<RunInfo>> get_run(const RunId& run);
-  // Newest first.
-  Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {});
+  // Newest first. Keyset pagination: with `before`, only the runs after that one in this order
+  // (none when no run has that id).
+  Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {},
+                                         const std::optional<RunId>& before = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
 

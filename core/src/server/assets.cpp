@@ -1,0 +1,193 @@
+#include "server/assets.hpp"
+
+namespace flowreg::detail::assets {
+
+// clang-format off
+const char* const kCss = R"CSS(
+:root { --fg: #1d2433; --muted: #5b6478; --bg: #ffffff; --panel: #f5f7fb; --line: #d9dfea;
+        --accent: #2f5da8; --ok: #1d7a3a; --bad: #b3261e; --warn: #8a5a00; --run: #2f5da8; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       color: var(--fg); background: var(--bg); }
+header { background: #1d2433; color: #fff; padding: .5rem 1rem; display: flex; flex-wrap: wrap;
+         align-items: center; gap: .25rem 1rem; }
+header .brand { font-weight: 700; margin-right: .5rem; }
+header nav a { color: #dfe6f5; text-decoration: none; padding: .35rem .5rem; border-radius: 4px;
+               display: inline-block; }
+header nav a[aria-current="page"], header nav a:hover { background: #34405a; color: #fff; }
+header .live { margin-left: auto; font-size: .85rem; color: #aab4c8; }
+header .live.on::before { content: "\25CF "; color: #58c27d; }
+main { max-width: 1200px; margin: 0 auto; padding: 1rem; }
+h1 { font-size: 1.4rem; margin: .5rem 0 1rem; word-break: break-word; }
+h2 { font-size: 1.1rem; margin: 1.5rem 0 .5rem; }
+a { color: var(--accent); }
+a:focus-visible, button:focus-visible, input:focus-visible, select:focus-visible {
+  outline: 3px solid #f0b429; outline-offset: 2px; }
+.table-wrap { overflow-x: auto; border: 1px solid var(--line); border-radius: 6px; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid var(--line);
+         vertical-align: top; }
+th { background: var(--panel); font-weight: 600; font-size: .85rem; color: var(--muted); }
+tr:last-child td { border-bottom: none; }
+code, pre, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+                   font-size: .85rem; }
+pre { background: var(--panel); padding: .6rem; border-radius: 6px; overflow-x: auto;
+      white-space: pre-wrap; word-break: break-word; max-height: 24rem; }
+.status { display: inline-block; padding: .05rem .5rem; border-radius: 999px; font-size: .8rem;
+          font-weight: 600; border: 1px solid currentColor; }
+.s-completed, .s-loaded, .s-running { color: var(--ok); }
+.s-failed, .s-rejected, .s-quarantined, .s-stale { color: var(--bad); }
+.s-cancelled, .s-waiting, .s-stuck, .s-stopped { color: var(--warn); }
+.s-started, .s-created { color: var(--run); }
+.muted { color: var(--muted); }
+.error { color: var(--bad); white-space: pre-wrap; word-break: break-word; }
+.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem;
+         align-items: start; }
+ul.compact { list-style: none; padding: 0; margin: 0; }
+ul.compact li { padding: .2rem 0; display: flex; gap: .6rem; align-items: center; }
+td.error { min-width: 12rem; }
+.card { border: 1px solid var(--line); border-radius: 8px; padding: .8rem; background: #fff; }
+.card h2 { margin-top: 0; }
+.dag { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
+.dag-wrap { overflow-x: auto; background: var(--panel); border-radius: 6px; padding: .5rem; }
+form.filters { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; margin-bottom: 1rem; }
+label { display: flex; flex-direction: column; font-size: .85rem; color: var(--muted); gap: .2rem; }
+input, select, button { font: inherit; padding: .35rem .5rem; border: 1px solid var(--line);
+                        border-radius: 4px; background: #fff; }
+button { background: var(--accent); color: #fff; border-color: var(--accent); cursor: pointer; }
+button.secondary { background: #fff; color: var(--accent); }
+.timeline { position: relative; height: 1rem; background: var(--panel); border-radius: 3px;
+            min-width: 8rem; }
+.timeline span { position: absolute; top: 0; bottom: 0; background: var(--accent);
+                 border-radius: 3px; min-width: 2px; }
+.timeline span.s-failed { background: var(--bad); }
+.timeline span.s-completed { background: var(--ok); }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1rem; margin: 0 0 1rem; }
+dl.meta dt { color: var(--muted); }
+dl.meta dd { margin: 0; word-break: break-word; }
+.actions { display: flex; gap: .5rem; margin: .5rem 0 1rem; }
+.notice { background: #fff7e0; border: 1px solid #f0d58a; padding: .5rem .8rem; border-radius: 6px; }
+@media (max-width: 640px) {
+  main { padding: .6rem; }
+  th.wide, td.wide { display: none; }
+  dl.meta { grid-template-columns: 1fr; }
+}
+)CSS";
+
+const char* const kJs = R"JS(
+(function () {
+  'use strict';
+  var body = document.body;
+  var watchRun = body.getAttribute('data-watch-run') || '';
+  var live = document.getElementById('live');
+  var lastId = '';
+
+  function authHeaders() {
+    var t = sessionStorage.getItem('flowreg_token');
+    return t ? { 'Authorization': 'Bearer ' + t } : {};
+  }
+  function each(selector, fn) {
+    Array.prototype.forEach.call(document.querySelectorAll(selector), fn);
+  }
+  function attr(value) { return '"' + String(value).replace(/["\\]/g, '\\$&') + '"'; }
+  function setStatus(el, status) {
+    if (el.textContent === status) return;
+    el.textContent = status;
+    el.className = 'status s-' + status;
+    el.setAttribute('data-live', 'updated');
+  }
+  function onRun(d) {
+    each('[data-run-status=' + attr(d.id) + ']', function (el) { setStatus(el, d.status); });
+    if (d.finished_at) each('[data-run-finished=' + attr(d.id) + ']', function (el) {
+      el.textContent = d.finished_at;
+    });
+    if (watchRun === d.id && d.status !== 'started') {
+      var n = document.getElementById('run-ended');
+      if (n) n.hidden = false;
+    }
+  }
+  function onStep(d) {
+    if (watchRun !== d.run) return;
+    each('[data-step-status=' + attr(d.step) + ']', function (el) { setStatus(el, d.status); });
+    each('[data-step-attempts=' + attr(d.step) + ']', function (el) {
+      el.textContent = String(d.attempts);
+    });
+  }
+  function handle(block) {
+    var type = 'message', data = '';
+    block.split('\n').forEach(function (line) {
+      if (line.indexOf('event: ') === 0) type = line.slice(7);
+      else if (line.indexOf('data: ') === 0) data += line.slice(6);
+      else if (line.indexOf('id: ') === 0) lastId = line.slice(4);
+    });
+    if (!data) return;
+    var d;
+    try { d = JSON.parse(data); } catch (e) { return; }
+    if (type === 'run') onRun(d);
+    else if (type === 'step') onStep(d);
+  }
+  function showLive(text, on) {
+    if (!live) return;
+    live.textContent = text;
+    live.className = on ? 'live on' : 'live';
+  }
+  function connect() {
+    var headers = authHeaders();
+    if (lastId) headers['Last-Event-ID'] = lastId;
+    var url = '/api/v1/events' + (watchRun ? '?run=' + encodeURIComponent(watchRun) : '');
+    fetch(url, { headers: headers, cache: 'no-store' }).then(function (r) {
+      if (r.status === 401) { showLive('live: needs the token', false); askToken(); return; }
+      if (!r.ok || !r.body) throw new Error('HTTP ' + r.status);
+      showLive('live', true);
+      var reader = r.body.getReader(), decoder = new TextDecoder(), buffer = '';
+      function pump() {
+        return reader.read().then(function (chunk) {
+          if (chunk.done) throw new Error('stream ended');
+          buffer += decoder.decode(chunk.value, { stream: true });
+          var i;
+          while ((i = buffer.indexOf('\n\n')) >= 0) {
+            handle(buffer.slice(0, i));
+            buffer = buffer.slice(i + 2);
+          }
+          return pump();
+        });
+      }
+      return pump();
+    }).catch(function () {
+      showLive('live: reconnecting', false);
+      setTimeout(connect, 2000);
+    });
+  }
+  function askToken() {
+    var form = document.getElementById('token-form');
+    if (form) form.hidden = false;
+  }
+  var tokenForm = document.getElementById('token-form');
+  if (tokenForm) tokenForm.addEventListener('submit', function (e) {
+    e.preventDefault();
+    var v = document.getElementById('token-input').value;
+    if (v) sessionStorage.setItem('flowreg_token', v);
+    location.reload();
+  });
+  each('button[data-action]', function (b) {
+    b.addEventListener('click', function () {
+      fetch(b.getAttribute('data-action'), { method: 'POST', headers: authHeaders() })
+        .then(function (r) {
+          return r.json().then(function (j) {
+            if (r.ok && j.id && j.id !== watchRun) location.href = '/runs/' + encodeURIComponent(j.id);
+            else if (r.ok) location.reload();
+            else {
+              if (r.status === 401) askToken();
+              var m = document.getElementById('action-error');
+              if (m) { m.textContent = j.detail || j.title; m.hidden = false; }
+            }
+          });
+        });
+    });
+  });
+  if (live) connect();
+})();
+)JS";
+// clang-format on
+
+}  // namespace flowreg::detail::assets

@@ -1,0 +1,356 @@
+#include "server/dashboard.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <ctime>
+#include <optional>
+
+#include "util/json_text.hpp"
+
+namespace flowreg::detail::dashboard {
+
+namespace {
+
+std::string str(const json& j, const char* key) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return {};
+  return it->is_string() ? it->get<std::string>() : json_text(*it);
+}
+
+std::string esc(const json& j, const char* key) { return escape(str(j, key)); }
+
+std::string url_part(std::string_view text) {
+  std::string out;
+  for (char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+      out += ch;
+    else
+      out += fmt::format("%{:02X}", c);
+  }
+  return out;
+}
+
+std::string status_badge(std::string_view status, std::string_view data_attr = {}) {
+  return fmt::format("<span class=\"status s-{0}\"{1}>{0}</span>", escape(status), data_attr);
+}
+
+std::string layout(std::string_view title, std::string_view current, std::string_view content,
+                   std::string_view watch_run = {}, bool live = true) {
+  static constexpr std::pair<std::string_view, std::string_view> kNav[] = {
+      {"/", "Flows"}, {"/runs", "Runs"}, {"/workers", "Workers"}, {"/plugins", "Plugins"}};
+  std::string nav;
+  for (const auto& [href, name] : kNav)
+    nav += fmt::format("<a href=\"{}\"{}>{}</a>", href,
+                       href == current ? " aria-current=\"page\"" : "", name);
+  return fmt::format(
+      "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+      "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+      "<title>{0} · flowreg</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>"
+      "<body data-watch-run=\"{1}\"><header><span class=\"brand\">flowreg</span>"
+      "<nav aria-label=\"Main\">{2}</nav>{3}</header><main id=\"main\">"
+      "<form id=\"token-form\" class=\"notice\" hidden><label>This server needs its token for live "
+      "updates and actions<input id=\"token-input\" type=\"password\" autocomplete=\"off\"></label>"
+      "<button type=\"submit\">Use token</button></form>{4}</main>"
+      "<script src=\"/static/app.js\" defer></script></body></html>\n",
+      escape(title), escape(watch_run), nav,
+      live ? "<span id=\"live\" class=\"live\" role=\"status\">live: connecting</span>" : "",
+      content);
+}
+
+// Recent runs on a flow's card: id and status only.
+std::string compact_runs(const json& runs) {
+  if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
+  std::string items;
+  for (const auto& r : runs) {
+    const std::string id = str(r, "id");
+    items += fmt::format(
+        "<li><a class=\"mono\" href=\"/runs/{}\">{}</a> {}</li>", url_part(id),
+        escape(id.substr(0, 8)),
+        status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))));
+  }
+  return "<ul class=\"compact\">" + items + "</ul>";
+}
+
+std::string runs_table(const json& runs, bool with_flow) {
+  if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
+  std::string rows;
+  for (const auto& r : runs) {
+    const std::string id = str(r, "id");
+    rows += fmt::format(
+        "<tr><td class=\"mono\"><a href=\"/runs/{0}\">{1}</a></td>{2}<td>{3}</td>"
+        "<td class=\"wide\">{4}</td><td class=\"wide\" data-run-finished=\"{7}\">{5}</td>"
+        "<td class=\"error\">{6}</td></tr>",
+        url_part(id), escape(id.substr(0, 8)),
+        with_flow ? fmt::format("<td><a href=\"/flows/{}\">{}</a></td>", url_part(str(r, "flow")),
+                                esc(r, "flow"))
+                  : std::string(),
+        status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))),
+        esc(r, "created_at"), esc(r, "finished_at"), esc(r, "error"), escape(id));
+  }
+  return fmt::format(
+      "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Run</th>{}"
+      "<th scope=\"col\">Status</th><th scope=\"col\" class=\"wide\">Created</th>"
+      "<th scope=\"col\" class=\"wide\">Finished</th><th scope=\"col\">Error</th></tr></thead>"
+      "<tbody>{}</tbody></table></div>",
+      with_flow ? "<th scope=\"col\">Flow</th>" : "", rows);
+}
+
+std::string dag_img(const json& flow) {
+  const std::string slug = str(flow, "slug");
+  return fmt::format(
+      "<div class=\"dag-wrap\"><img class=\"dag\" src=\"/api/v1/flows/{}/graph.svg\" alt=\"DAG "
+      "of flow {}\"></div>",
+      url_part(slug), escape(slug));
+}
+
+// Seconds since the epoch of an ISO time "YYYY-MM-DDTHH:MM:SSZ".
+std::optional<std::int64_t> epoch_seconds(const std::string& iso) {
+  std::tm tm{};
+  if (iso.size() < 19 || !strptime(iso.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) return std::nullopt;
+  return static_cast<std::int64_t>(timegm(&tm));
+}
+
+}  // namespace
+
+std::string escape(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (char c : text) {
+    switch (c) {
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      case '\'':
+        out += "&#39;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
+std::string flows_page(const json& flows, const json& recent_runs) {
+  std::string cards;
+  for (const auto& f : flows) {
+    const std::string slug = str(f, "slug");
+    json runs = json::array();
+    for (const auto& r : recent_runs)
+      if (str(r, "flow") == slug && runs.size() < 5) runs.push_back(r);
+    cards += fmt::format(
+        "<section class=\"card\" data-flow=\"{0}\"><h2><a href=\"/flows/{1}\">{0}</a></h2>"
+        "<p>{2}</p><p class=\"muted\">module {3} · version <code>{4}</code> · {5} step(s)</p>{6}"
+        "<h3>Recent runs</h3>{7}</section>",
+        escape(slug), url_part(slug), esc(f, "description"), esc(f, "module"), esc(f, "version"),
+        f.contains("steps") ? f["steps"].size() : 0, dag_img(f), compact_runs(runs));
+  }
+  if (flows.empty()) cards = "<p class=\"muted\">No flows are registered.</p>";
+  return layout("Flows", "/", fmt::format("<h1>Flows</h1><div class=\"cards\">{}</div>", cards));
+}
+
+std::string flow_page(const json& flow, const json& runs) {
+  const std::string slug = str(flow, "slug");
+  std::string steps;
+  for (const auto& s : flow["steps"]) {
+    std::string deps;
+    for (const auto& d : s["depends_on"])
+      deps += (deps.empty() ? "" : ", ") + escape(d.get<std::string>());
+    const json& o = s["options"];
+    steps += fmt::format(
+        "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td>"
+        "<td class=\"wide\">{} attempts, {} → {}, timeout {}</td></tr>",
+        esc(s, "slug"), esc(s, "kind"), esc(s, "handler"), deps, esc(o, "max_attempts"),
+        esc(o, "base_delay"), esc(o, "max_delay"), esc(o, "timeout"));
+  }
+  const json& o = flow["options"];
+  std::string content = fmt::format(
+      "<h1>Flow {0}</h1><p>{1}</p><dl class=\"meta\"><dt>Module</dt><dd>{2}</dd><dt>Version</dt>"
+      "<dd><code>{3}</code></dd><dt>Source</dt><dd>{4}</dd><dt>Options</dt><dd>{5} attempts, "
+      "backoff {6} → {7}, timeout {8}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
+      "class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th><th "
+      "scope=\"col\">Kind</th><th scope=\"col\">Handler</th><th scope=\"col\">Depends on</th><th "
+      "scope=\"col\" class=\"wide\">Options</th></tr></thead><tbody>{10}</tbody></table></div>"
+      "<h2>Input schema</h2><pre>{11}</pre><h2>Recent runs</h2>{12}"
+      "<p><a href=\"/runs?flow={13}\">All runs of {0}</a></p>",
+      escape(slug), esc(flow, "description"), esc(flow, "module"), esc(flow, "version"),
+      esc(flow, "source"), esc(o, "max_attempts"), esc(o, "base_delay"), esc(o, "max_delay"),
+      esc(o, "timeout"), dag_img(flow), steps,
+      flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
+      runs_table(runs, false), url_part(slug));
+  return layout("Flow " + slug, "/", content);
+}
+
+std::string runs_page(const json& runs, const json& flows, const json& filter,
+                      std::string_view next_before) {
+  const std::string flow = str(filter, "flow"), status = str(filter, "status");
+  std::string flow_options = "<option value=\"\">any</option>";
+  for (const auto& f : flows) {
+    const std::string slug = str(f, "slug");
+    flow_options += fmt::format("<option value=\"{0}\"{1}>{0}</option>", escape(slug),
+                                slug == flow ? " selected" : "");
+  }
+  std::string status_options = "<option value=\"\">any</option>";
+  for (const char* s : {"started", "completed", "failed", "cancelled"})
+    status_options +=
+        fmt::format("<option value=\"{0}\"{1}>{0}</option>", s, status == s ? " selected" : "");
+  std::string more;
+  if (!next_before.empty())
+    more =
+        fmt::format("<p><a href=\"/runs?flow={}&amp;status={}&amp;before={}\">Older runs</a></p>",
+                    url_part(flow), url_part(status), url_part(next_before));
+  std::string content = fmt::format(
+      "<h1>Runs</h1><form class=\"filters\" method=\"get\" action=\"/runs\"><label>Flow"
+      "<select name=\"flow\">{}</select></label><label>Status<select name=\"status\">{}</select>"
+      "</label><button type=\"submit\">Filter</button></form>{}{}",
+      flow_options, status_options, runs_table(runs, true), more);
+  return layout("Runs", "/runs", content);
+}
+
+std::string run_page(const json& run) {
+  const std::string id = str(run, "id");
+  // The timeline: each step's bar from its start to its end (or now), on the run's time scale.
+  std::int64_t t0 = epoch_seconds(str(run, "created_at")).value_or(0), t1 = t0 + 1;
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  for (const auto& s : run["steps"]) {
+    if (auto e = epoch_seconds(str(s, "finished_at")))
+      t1 = std::max(t1, *e);
+    else if (epoch_seconds(str(s, "started_at")))
+      t1 = std::max(t1, now);
+  }
+  std::string steps;
+  for (const auto& s : run["steps"]) {
+    const std::string slug = str(s, "slug"), status = str(s, "status");
+    std::string bar;
+    if (auto b = epoch_seconds(str(s, "started_at"))) {
+      const std::int64_t e = epoch_seconds(str(s, "finished_at")).value_or(now);
+      const double span = static_cast<double>(t1 - t0);
+      bar = fmt::format("<span class=\"s-{}\" style=\"left:{:.1f}%;width:{:.1f}%\"></span>",
+                        escape(status), 100.0 * static_cast<double>(*b - t0) / span,
+                        std::max(1.0, 100.0 * static_cast<double>(e - *b) / span));
+    }
+    steps += fmt::format(
+        "<tr><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td data-step-attempts=\"{0}\">{4}"
+        "</td><td class=\"wide\"><div class=\"timeline\" role=\"img\" aria-label=\"{0}: {5} to "
+        "{6}\">{7}</div><span class=\"muted\">{5} → {6}</span></td></tr>",
+        escape(slug), esc(s, "kind"),
+        status_badge(status, fmt::format(" data-step-status=\"{}\"", escape(slug))),
+        esc(s, "tasks"), esc(s, "attempts"), esc(s, "started_at"), esc(s, "finished_at"), bar);
+    if (!s["error"].is_null())
+      steps += fmt::format("<tr><td></td><td colspan=\"5\" class=\"error\">error: {}</td></tr>",
+                           esc(s, "error"));
+    if (!s["output"].is_null())
+      steps += fmt::format(
+          "<tr><td></td><td colspan=\"5\"><details><summary>output of {}</summary><pre>{}</pre>"
+          "</details></td></tr>",
+          escape(slug), escape(json_text(s["output"], 2)));
+  }
+  const std::string status = str(run, "status");
+  std::string actions;
+  if (status == "started")
+    actions = fmt::format(
+        "<button type=\"button\" data-action=\"/api/v1/runs/{}/cancel\">Cancel</button>",
+        url_part(id));
+  else
+    actions = fmt::format(
+        "<button type=\"button\" data-action=\"/api/v1/runs/{}/retry\">Retry as a new run</button>",
+        url_part(id));
+  std::string content = fmt::format(
+      "<h1>Run <span class=\"mono\">{0}</span></h1>"
+      "<p id=\"run-ended\" class=\"notice\" hidden>This run has ended: <a href=\"/runs/{1}\">reload"
+      "</a> for its outputs.</p>"
+      "<dl class=\"meta\"><dt>Flow</dt><dd><a href=\"/flows/{2}\">{3}</a> <code>{4}</code></dd>"
+      "<dt>Status</dt><dd>{5}</dd><dt>Created</dt><dd>{6}</dd><dt>Finished</dt><dd>{7}</dd>"
+      "<dt>Retry of</dt><dd>{8}</dd><dt>Error</dt><dd class=\"error\">{9}</dd></dl>"
+      "<div class=\"actions\">{10}</div><p id=\"action-error\" class=\"error\" hidden></p>"
+      "<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
+      "<th scope=\"col\">Kind</th><th scope=\"col\">Status</th><th scope=\"col\">Tasks</th>"
+      "<th scope=\"col\">Attempts</th><th scope=\"col\" class=\"wide\">Timeline</th></tr></thead>"
+      "<tbody>{11}</tbody></table></div><h2>Input</h2><pre>{12}</pre><h2>Output</h2><pre>{13}</"
+      "pre>",
+      escape(id), url_part(id), url_part(str(run, "flow")), esc(run, "flow"), esc(run, "version"),
+      status_badge(status, fmt::format(" data-run-status=\"{}\"", escape(id))),
+      esc(run, "created_at"), esc(run, "finished_at"),
+      run["retry_of"].is_null() ? std::string("—")
+                                : fmt::format("<a href=\"/runs/{}\">{}</a>",
+                                              url_part(str(run, "retry_of")), esc(run, "retry_of")),
+      esc(run, "error"), actions, steps, escape(json_text(run["input"], 2)),
+      escape(json_text(run["output"], 2)));
+  return layout("Run " + id.substr(0, 8), "/runs", content, id);
+}
+
+std::string workers_page(const json& workers) {
+  std::string rows;
+  for (const auto& w : workers) {
+    std::string flows;
+    for (const auto& f : w["flows"])
+      flows += (flows.empty() ? "" : ", ") + esc(f, "slug") + "@" + esc(f, "version");
+    rows += fmt::format(
+        "<tr><td class=\"mono\">{}</td><td>{}</td><td>{:.1f} s</td><td>{}</td><td>{}</td>"
+        "<td class=\"wide\">{} (pid {})</td></tr>",
+        esc(w, "id"), status_badge(str(w, "status")),
+        static_cast<double>(w.value("last_heartbeat_ms_ago", std::int64_t{0})) / 1000.0,
+        esc(w, "concurrency"), flows.empty() ? "none" : flows, esc(w, "host"), esc(w, "pid"));
+  }
+  std::string content =
+      workers.empty()
+          ? std::string(
+                "<h1>Workers</h1><p class=\"muted\">No worker has run on this database.</p>")
+          : fmt::format(
+                "<h1>Workers</h1><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">"
+                "Worker</th><th scope=\"col\">Status</th><th scope=\"col\">Heartbeat age</th>"
+                "<th scope=\"col\">Concurrency</th><th scope=\"col\">Flows</th><th scope=\"col\" "
+                "class=\"wide\">Host</th></tr></thead><tbody>{}</tbody></table></div>",
+                rows);
+  return layout("Workers", "/workers", content);
+}
+
+std::string plugins_page(const json& plugins) {
+  std::string rows;
+  for (const auto& p : plugins) {
+    std::string flows;
+    for (const auto& f : p["flows"])
+      flows += (flows.empty() ? "" : ", ") + escape(f.get<std::string>());
+    const json& e = p["error"];
+    rows += fmt::format(
+        "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"error\">{}"
+        "</td></tr>",
+        esc(p, "file"), esc(p, "module"), status_badge(str(p, "status")), flows,
+        e.is_null() ? std::string() : fmt::format("[{}] {}", esc(e, "stage"), esc(e, "message")));
+  }
+  std::string content =
+      plugins.empty()
+          ? std::string(
+                "<h1>Plugins</h1><p class=\"muted\">The plugins directory has no files.</p>")
+          : fmt::format(
+                "<h1>Plugins</h1><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">"
+                "File</th><th scope=\"col\">Module</th><th scope=\"col\">Status</th><th "
+                "scope=\"col\">Flows</th><th scope=\"col\">Error (stage)</th></tr></thead><tbody>{}"
+                "</tbody></table></div>",
+                rows);
+  return layout("Plugins", "/plugins", content);
+}
+
+std::string error_page(int status, std::string_view title, std::string_view detail) {
+  return layout(
+      title, "",
+      fmt::format("<h1>{} {}</h1><p class=\"error\">{}</p>", status, escape(title), escape(detail)),
+      {}, false);
+}
+
+}  // namespace flowreg::detail::dashboard

@@ -1,0 +1,31 @@
+#pragma once
+// The web dashboard's pages, rendered on the server from the API's JSON forms (cli/common.hpp:
+// flow_json, run_json, step_json, worker_json, plugin_json). Every string that comes from a
+// plugin, a YAML file, a run's input or a handler (slugs, descriptions, errors, outputs) is
+// HTML-escaped; scripts come only from /static/app.js (the pages carry a Content-Security-Policy
+// that forbids inline scripts).
+
+#include <string>
+#include <string_view>
+
+#include "cli/common.hpp"
+
+namespace flowreg::detail::dashboard {
+
+using cli::json;
+
+// &, <, >, " and ' as character references.
+std::string escape(std::string_view text);
+
+std::string flows_page(const json& flows, const json& recent_runs);
+std::string flow_page(const json& flow, const json& runs);
+// `filter`: {flow, status} as given (strings, possibly empty); `next_before`: the id of the last
+// run listed when there may be more, else "".
+std::string runs_page(const json& runs, const json& flows, const json& filter,
+                      std::string_view next_before);
+std::string run_page(const json& run);  // with "steps"
+std::string workers_page(const json& workers);
+std::string plugins_page(const json& plugins);
+std::string error_page(int status, std::string_view title, std::string_view detail);
+
+}  // namespace flowreg::detail::dashboard

@@ -1,0 +1,244 @@
+// The dashboard in a real browser: headless Chromium (Debian's `chromium`) driven over the DevTools
+// protocol (--remote-debugging-pipe: JSON messages ended by NUL on fds 3 and 4) against a live
+// `flowreg serve --worker` with runs in every state. Checks the rendered DOM for the flows, their
+// DAG pictures, a completed and a failed run, and a status that changes while the page is open
+// (through /events), and saves screenshots of the main pages under FLOWREG_ARTIFACT_DIR.
+// Chromium missing is a failure, not a skip: scripts/bootstrap installs it.
+
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <string>
+
+#include "serve/serve_scene.hpp"
+
+namespace flowreg::servetest {
+
+namespace {
+
+constexpr const char* kChromium = "/usr/bin/chromium";
+
+// One headless Chromium and one page of it, attached in flat mode. Killed by the destructor.
+class Browser {
+ public:
+  explicit Browser(const fs::path& profile) {
+    int to[2], from[2];
+    REQUIRE(pipe(to) == 0);
+    REQUIRE(pipe(from) == 0);
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      const int in = fcntl(to[0], F_DUPFD, 10), out = fcntl(from[1], F_DUPFD, 10);
+      dup2(in, 3);
+      dup2(out, 4);
+      const int null = ::open("/dev/null", O_WRONLY);
+      dup2(null, 1);
+      dup2(null, 2);
+      for (int fd = 5; fd < 1024; ++fd) close(fd);
+      const std::string data = "--user-data-dir=" + profile.string();
+      execl(kChromium, kChromium, "--headless", "--no-sandbox", "--disable-gpu",
+            "--remote-debugging-pipe", "--no-first-run", "--hide-scrollbars", data.c_str(),
+            "about:blank", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    to_ = to[1];
+    from_ = from[0];
+    const json target = call("Target.createTarget", {{"url", "about:blank"}});
+    const json attached =
+        call("Target.attachToTarget", {{"targetId", target["targetId"]}, {"flatten", true}});
+    session_ = attached["sessionId"];
+    call("Page.enable", json::object(), session_);
+    viewport(1280, 900, false);
+  }
+  ~Browser() {
+    close(to_);
+    close(from_);
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  Browser(const Browser&) = delete;
+  Browser& operator=(const Browser&) = delete;
+
+  void viewport(int width, int height, bool mobile) {
+    call("Emulation.setDeviceMetricsOverride",
+         {{"width", width}, {"height", height}, {"deviceScaleFactor", 1}, {"mobile", mobile}},
+         session_);
+  }
+  // Navigates and waits until the document has loaded (images included).
+  void open(const std::string& url) {
+    call("Page.navigate", {{"url", url}}, session_);
+    REQUIRE(until("document.readyState === 'complete' && location.href === " + json(url).dump()));
+  }
+  json eval(const std::string& expression) {
+    const json r =
+        call("Runtime.evaluate", {{"expression", expression}, {"returnByValue", true}}, session_);
+    return r["result"].value("value", json());
+  }
+  // Evaluates `condition` until it is true, at most 60 s; whether it became true.
+  bool until(const std::string& condition) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (eval("!!(" + condition + ")") == true) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  }
+  void screenshot(const fs::path& file) {
+    const json r = call("Page.captureScreenshot", {{"format", "png"}}, session_);
+    const std::string b64 = r["data"];
+    std::string png(b64.size(), '\0');
+    const int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(png.data()),
+                                  reinterpret_cast<const unsigned char*>(b64.data()),
+                                  static_cast<int>(b64.size()));
+    REQUIRE(n > 0);
+    std::size_t size = static_cast<std::size_t>(n);
+    for (std::size_t i = b64.size(); i > 0 && b64[i - 1] == '='; --i) --size;  // padding
+    png.resize(size);
+    std::ofstream(file, std::ios::binary) << png;
+  }
+
+ private:
+  json call(const std::string& method, const json& params, const std::string& session = "") {
+    const int id = next_id_++;
+    json message = {{"id", id}, {"method", method}, {"params", params}};
+    if (!session.empty()) message["sessionId"] = session;
+    std::string text = message.dump();
+    text.push_back('\0');
+    for (std::size_t done = 0; done < text.size();) {
+      const ssize_t n = write(to_, text.data() + done, text.size() - done);
+      REQUIRE(n > 0);
+      done += static_cast<std::size_t>(n);
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      std::size_t end;
+      while ((end = buffer_.find('\0')) != std::string::npos) {
+        const json reply = json::parse(buffer_.substr(0, end));
+        buffer_.erase(0, end + 1);
+        if (reply.value("id", -1) != id) continue;  // an event, or another reply
+        CAPTURE(method);
+        CAPTURE(reply.dump());
+        REQUIRE(!reply.contains("error"));
+        return reply["result"];
+      }
+      pollfd p{from_, POLLIN, 0};
+      REQUIRE_MESSAGE(std::chrono::steady_clock::now() < deadline, "chromium did not answer ",
+                      method);
+      if (poll(&p, 1, 1000) <= 0) continue;
+      char chunk[65536];
+      const ssize_t n = read(from_, chunk, sizeof chunk);
+      REQUIRE_MESSAGE(n > 0, "chromium closed its DevTools pipe");
+      buffer_.append(chunk, static_cast<std::size_t>(n));
+    }
+  }
+
+  pid_t pid_ = -1;
+  int to_ = -1, from_ = -1;
+  int next_id_ = 1;
+  std::string buffer_, session_;
+};
+
+std::string start(httplib::Client& c, const std::string& slug, const json& input) {
+  auto r = c.Post(("/api/v1/flows/" + slug + "/runs").c_str(), input.dump(), "application/json");
+  REQUIRE(r);
+  REQUIRE(r->status == 201);
+  return json::parse(r->body)["id"];
+}
+
+}  // namespace
+
+TEST_SUITE("serve_browser") {
+  TEST_CASE("the dashboard in headless Chromium: flows, DAGs, runs in every state, a live change") {
+    REQUIRE_MESSAGE(fs::exists(kChromium),
+                    "chromium is not installed (scripts/bootstrap installs it)");
+    const fs::path artifacts = FLOWREG_ARTIFACT_DIR;
+    fs::create_directories(artifacts);
+    ServeScene scene;
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    const std::string base = "http://127.0.0.1:" + std::to_string(scene.port);
+
+    // Runs in every state: completed, failed (its error holds markup), cancelled, started.
+    const std::string completed = start(c, "marked", {{"order_id", "A"}});
+    const std::string failed =
+        start(c, "marked", {{"order_id", "B"}, {"items", {{{"sku", kScript}}}}});
+    const std::string gate_c = (scene.scratch.dir / "gate-c").string();
+    const std::string log = (scene.scratch.dir / "wprobe.log").string();
+    const std::string cancelled = start(c, "wprobe_chain", {{"log", log}, {"gate", gate_c}});
+    REQUIRE(c.Post(("/api/v1/runs/" + cancelled + "/cancel").c_str())->status == 200);
+    std::ofstream(gate_c) << "open\n";
+    REQUIRE(scene.wait_run(completed)["status"] == "completed");
+    REQUIRE(scene.wait_run(failed)["status"] == "failed");
+    const std::string gate = (scene.scratch.dir / "gate").string();
+    const std::string live = start(c, "wprobe_chain", {{"log", log}, {"gate", gate}});
+
+    Browser browser(scene.scratch.dir / "chromium-profile");
+
+    browser.open(base + "/");
+    CHECK(browser.eval("document.querySelector('[data-flow=\"marked\"] h2').textContent") ==
+          "marked");
+    CHECK(browser.eval("!!document.querySelector('[data-flow=\"wprobe_chain\"]')") == true);
+    // Every DAG picture loaded and has a size: the SVG rendered.
+    CHECK(browser.eval("Array.from(document.querySelectorAll('img.dag')).length") == 3);
+    CHECK(
+        browser.until("Array.from(document.querySelectorAll('img.dag')).every(i => i.complete && "
+                      "i.naturalWidth > 0)"));
+    // The description's markup is text, not an element.
+    CHECK(browser.eval("document.querySelectorAll('script').length") == 1);
+    CHECK(browser.eval("document.querySelector('[data-flow=\"marked\"] p').textContent")
+              .get<std::string>()
+              .find(kScript) != std::string::npos);
+    browser.screenshot(artifacts / "flows.png");
+
+    browser.open(base + "/runs");
+    const auto status_of = [&](const std::string& id) {
+      return browser.eval("(document.querySelector('[data-run-status=\"" + id +
+                          "\"]') || {}).textContent");
+    };
+    CHECK(status_of(completed) == "completed");
+    CHECK(status_of(failed) == "failed");
+    CHECK(status_of(cancelled) == "cancelled");
+    CHECK(status_of(live) == "started");
+    // Once the page follows /events, the run completes: its status changes in place.
+    REQUIRE(browser.until("document.getElementById('live').textContent === 'live'"));
+    std::ofstream(gate) << "open\n";
+    CHECK(browser.until("(() => { const e = document.querySelector('[data-run-status=\"" + live +
+                        "\"]'); return e.textContent === 'completed' && "
+                        "e.getAttribute('data-live') === 'updated'; })()"));
+    browser.screenshot(artifacts / "runs.png");
+
+    browser.open(base + "/runs/" + failed);
+    CHECK(browser.eval("document.querySelector('dd.error').textContent")
+              .get<std::string>()
+              .find(kScript) != std::string::npos);
+    CHECK(browser.eval("document.querySelectorAll('script').length") == 1);
+    browser.screenshot(artifacts / "run-failed.png");
+    browser.open(base + "/runs/" + live);
+    CHECK(browser.eval("document.querySelectorAll('[data-step-status]').length") == 3);
+    browser.screenshot(artifacts / "run-completed.png");
+    browser.open(base + "/flows/wprobe_chain");
+    CHECK(browser.until("document.querySelector('img.dag').naturalWidth > 0"));
+    browser.screenshot(artifacts / "flow.png");
+    browser.open(base + "/workers");
+    CHECK(browser.eval("document.querySelectorAll('tbody tr').length") >= 1);
+    browser.screenshot(artifacts / "workers.png");
+    browser.open(base + "/plugins");
+    CHECK(browser.eval("document.querySelectorAll('tbody tr').length") == 2);
+    browser.screenshot(artifacts / "plugins.png");
+    // A phone's width.
+    browser.viewport(390, 844, true);
+    browser.open(base + "/runs");
+    CHECK(browser.eval("document.documentElement.scrollWidth <= 390") == true);
+    browser.screenshot(artifacts / "runs-phone.png");
+    MESSAGE("screenshots in ", artifacts.string());
+  }
+}
+
+}  // namespace flowreg::servetest

@@ -1,0 +1,447 @@
+// `flowreg serve` as a real process (with --worker) on an embedded cluster of its own: every route
+// of the API, its errors as problem+json, the limits, the token, the event stream, the dashboard's
+// escaping, and the OpenAPI document's promises.
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "serve/serve_scene.hpp"
+
+namespace flowreg::servetest {
+
+namespace {
+
+json body_of(const httplib::Result& r) {
+  REQUIRE(r);
+  return json::parse(r->body);
+}
+
+void check_problem(const httplib::Result& r, int status) {
+  REQUIRE(r);
+  CAPTURE(r->body);
+  CHECK(r->status == status);
+  CHECK(r->get_header_value("Content-Type") == "application/problem+json");
+  const json p = json::parse(r->body);
+  CHECK(p["status"] == status);
+  CHECK(p["detail"].is_string());
+  CHECK(p["title"].is_string());
+}
+
+std::string start_order(httplib::Client& c, const std::string& sku) {
+  auto r = c.Post("/api/v1/flows/marked/runs",
+                  json({{"order_id", "o1"}, {"items", {{{"sku", sku}, {"qty", 1}}}}}).dump(),
+                  "application/json");
+  REQUIRE(r);
+  CAPTURE(r->body);
+  REQUIRE(r->status == 201);
+  return json::parse(r->body)["id"];
+}
+
+// One server for the cases that need no particular configuration (each start initializes a
+// cluster: seconds). Cases run in file order; only the first counts runs from zero.
+ServeScene& shared_scene() {
+  static ServeScene scene;
+  return scene;
+}
+
+}  // namespace
+
+TEST_SUITE("serve") {
+  TEST_CASE("every API route answers its happy path and its errors as problem+json") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+
+    {  // probes, metrics and the OpenAPI document
+      CHECK(body_of(c.Get("/healthz"))["status"] == "ok");
+      auto ready = c.Get("/readyz");
+      REQUIRE(ready);
+      CHECK(ready->status == 200);
+      auto metrics = c.Get("/metrics");
+      REQUIRE(metrics);
+      CHECK(metrics->body.find("flowreg_build_info") != std::string::npos);
+      // The store's run and task families, read at scrape time.
+      CHECK(metrics->body.find("# TYPE flowreg_runs_started_total counter") != std::string::npos);
+      CHECK(metrics->body.find("flowreg_run_store_up 1") != std::string::npos);
+      CHECK(body_of(c.Get("/api/v1/openapi.json"))["openapi"] == "3.0.3");
+      check_problem(c.Get("/api/v1/nothing"), 404);
+    }
+    {  // flows, one flow, its picture
+      const json flows = body_of(c.Get("/api/v1/flows"));
+      std::set<std::string> slugs;
+      for (const auto& f : flows) slugs.insert(f["slug"]);
+      CHECK(slugs.count("marked") == 1);
+      CHECK(slugs.count("wprobe_chain") == 1);
+      const json chain = body_of(c.Get("/api/v1/flows/wprobe_chain"));
+      CHECK(chain["steps"].size() == 3);
+      CHECK(chain["steps"][1]["depends_on"] == json::array({"a"}));
+      auto svg = c.Get("/api/v1/flows/wprobe_chain/graph.svg");
+      REQUIRE(svg);
+      CHECK(svg->status == 200);
+      CHECK(svg->get_header_value("Content-Type") == "image/svg+xml");
+      CHECK(svg->body.find("<svg") != std::string::npos);
+      CHECK(svg->body.find("wprobe.record") != std::string::npos);
+      check_problem(c.Get("/api/v1/flows/nope"), 404);
+      check_problem(c.Get("/api/v1/flows/nope/graph.svg"), 404);
+    }
+    {  // start, read, list, cancel and retry runs
+      const std::string gate = (scene.scratch.dir / "gate").string();
+      const std::string log = (scene.scratch.dir / "wprobe.log").string();
+      auto r = c.Post("/api/v1/flows/wprobe_chain/runs",
+                      json({{"log", log}, {"gate", gate}}).dump(), "application/json");
+      REQUIRE(r);
+      CHECK(r->status == 201);
+      const json run = json::parse(r->body);
+      CHECK(run["status"] == "started");
+      CHECK(r->get_header_value("Location") == "/api/v1/runs/" + run["id"].get<std::string>());
+      const std::string id = run["id"];
+      const json shown = body_of(c.Get(("/api/v1/runs/" + id).c_str()));
+      CHECK(shown["flow"] == "wprobe_chain");
+      CHECK(shown["steps"].size() == 3);
+      // Cancel it, then cancel again (409), then retry it (201, retry_of).
+      CHECK(body_of(c.Post(("/api/v1/runs/" + id + "/cancel").c_str()))["status"] == "cancelled");
+      check_problem(c.Post(("/api/v1/runs/" + id + "/cancel").c_str()), 409);
+      std::ofstream(gate) << "open\n";
+      auto retried = c.Post(("/api/v1/runs/" + id + "/retry").c_str());
+      REQUIRE(retried);
+      CHECK(retried->status == 201);
+      const json again = json::parse(retried->body);
+      CHECK(again["retry_of"] == id);
+      CHECK(scene.wait_run(again["id"])["status"] == "completed");
+      // A run still going cannot be retried: 409.
+      const std::string gate2 = (scene.scratch.dir / "gate2").string();
+      const std::string running =
+          body_of(c.Post("/api/v1/flows/wprobe_chain/runs",
+                         json({{"log", log}, {"gate", gate2}}).dump(), "application/json"))["id"];
+      check_problem(c.Post(("/api/v1/runs/" + running + "/retry").c_str()), 409);
+      std::ofstream(gate2) << "open\n";
+      // Unknown and malformed run ids: 404.
+      check_problem(c.Get("/api/v1/runs/00000000-0000-0000-0000-000000000000"), 404);
+      check_problem(c.Get("/api/v1/runs/not-a-run"), 404);
+      check_problem(c.Post("/api/v1/runs/00000000-0000-0000-0000-000000000000/cancel"), 404);
+      check_problem(c.Post("/api/v1/runs/00000000-0000-0000-0000-000000000000/retry"), 404);
+      // Keyset pagination: pages of 1, newest first, without overlap.
+      const json page1 = body_of(c.Get("/api/v1/runs?flow=wprobe_chain&limit=1"));
+      REQUIRE(page1["runs"].size() == 1);
+      REQUIRE(page1["next_before"].is_string());
+      const json page2 = body_of(c.Get(("/api/v1/runs?flow=wprobe_chain&limit=1&before=" +
+                                        page1["next_before"].get<std::string>())
+                                           .c_str()));
+      REQUIRE(page2["runs"].size() == 1);
+      CHECK(page2["runs"][0]["id"] != page1["runs"][0]["id"]);
+      const json all = body_of(c.Get("/api/v1/runs?flow=wprobe_chain"));
+      CHECK(all["runs"].size() == 3);
+      CHECK(all["next_before"].is_null());
+      CHECK(body_of(c.Get("/api/v1/runs?status=cancelled"))["runs"].size() == 1);
+      check_problem(c.Get("/api/v1/runs?status=bogus"), 400);
+      check_problem(c.Get("/api/v1/runs?limit=0"), 400);
+      check_problem(c.Get("/api/v1/runs?before=xyz"), 400);
+      scene.wait_run(running);
+    }
+    {  // input checked before anything is written: 400, 404, 413, 415, 422
+      check_problem(c.Post("/api/v1/flows/marked/runs", "{\"order_id\": ", "application/json"),
+                    400);
+      check_problem(c.Post("/api/v1/flows/marked/runs", std::string(70, '[') + std::string(70, ']'),
+                           "application/json"),
+                    400);
+      auto refused = c.Post("/api/v1/flows/marked/runs", "{}", "application/json");
+      check_problem(refused, 422);
+      CHECK(json::parse(refused->body)["detail"].get<std::string>().find(
+                "input of flow 'marked'") != std::string::npos);
+      check_problem(c.Post("/api/v1/flows/nope/runs", "{}", "application/json"), 404);
+      check_problem(c.Post("/api/v1/flows/marked/runs", "order_id=1", "text/plain"), 415);
+      const std::string big = "{\"order_id\": \"" + std::string((64u << 20) + 16, 'x') + "\"}";
+      auto r = c.Post("/api/v1/flows/marked/runs", big, "application/json");
+      if (r) check_problem(r, 413);  // else the server closed the connection while it was sent
+      CHECK(body_of(c.Get("/api/v1/runs?flow=marked"))["runs"].empty());
+    }
+    {  // idempotency over HTTP: the same key and input return the first run; another input 409
+      httplib::Headers key{{"Idempotency-Key", "order-42"}};
+      auto first =
+          c.Post("/api/v1/flows/marked/runs", key, "{\"order_id\": \"A\"}", "application/json");
+      auto second =
+          c.Post("/api/v1/flows/marked/runs", key, "{\"order_id\": \"A\"}", "application/json");
+      REQUIRE(first);
+      REQUIRE(second);
+      CHECK(json::parse(first->body)["id"] == json::parse(second->body)["id"]);
+      check_problem(
+          c.Post("/api/v1/flows/marked/runs", key, "{\"order_id\": \"B\"}", "application/json"),
+          409);
+      CHECK(body_of(c.Get("/api/v1/runs?flow=marked"))["runs"].size() == 1);
+    }
+    {  // workers and plugins
+      json workers;
+      for (int i = 0; i < 300 && workers.empty(); ++i) {  // until its first heartbeat
+        workers = body_of(c.Get("/api/v1/workers"));
+        if (workers.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+      REQUIRE(workers.size() >= 1);
+      CHECK(workers[0]["status"] == "running");
+      const json plugins = body_of(c.Get("/api/v1/plugins"));
+      std::set<std::string> modules;
+      for (const auto& p : plugins) modules.insert(p["module"].get<std::string>());
+      CHECK(modules == std::set<std::string>{"orders", "wprobe"});
+    }
+  }
+
+  TEST_CASE("the event stream delivers a run's transitions in order") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    const std::string gate = (scene.scratch.dir / "events-gate").string();
+    const std::string log = (scene.scratch.dir / "wprobe.log").string();
+    std::string id;
+    std::vector<std::pair<std::string, json>> events;  // of this run
+    std::vector<std::string> ids;                      // their event ids
+    bool ended = false;
+    std::string stream;
+    auto events_client = scene.client();
+    std::thread starter;
+    auto r = events_client.Get("/api/v1/events", [&](const char* bytes, size_t n) {
+      stream.append(bytes, n);
+      if (id.empty()) {
+        // Subscribed: start the run (on this thread, so that no event of it is read before its
+        // id is known), then open the gate a little later.
+        id = body_of(c.Post("/api/v1/flows/wprobe_chain/runs",
+                            json({{"log", log}, {"gate", gate}}).dump(), "application/json"))["id"];
+        starter = std::thread([&] {
+          std::this_thread::sleep_for(std::chrono::milliseconds(700));
+          std::ofstream(gate) << "open\n";
+        });
+      }
+      std::size_t end;
+      while ((end = stream.find("\n\n")) != std::string::npos) {
+        const std::string block = stream.substr(0, end);
+        stream.erase(0, end + 2);
+        std::string type, data, event_id;
+        std::istringstream lines(block);
+        for (std::string line; std::getline(lines, line);) {
+          if (line.rfind("event: ", 0) == 0) type = line.substr(7);
+          if (line.rfind("data: ", 0) == 0) data = line.substr(6);
+          if (line.rfind("id: ", 0) == 0) event_id = line.substr(4);
+        }
+        if (data.empty()) continue;
+        const json d = json::parse(data);
+        const std::string run = type == "run" ? d["id"].get<std::string>() : d.value("run", "");
+        if (id.empty() || run != id) continue;
+        events.emplace_back(type, d);
+        ids.push_back(event_id);
+        if (type == "run" && d["status"] != "started") ended = true;
+      }
+      return !ended;
+    });
+    if (starter.joinable()) starter.join();
+    REQUIRE(!events.empty());
+    CHECK(events.front().first == "run");
+    CHECK(events.front().second["status"] == "started");
+    CHECK(events.back().first == "run");
+    CHECK(events.back().second["status"] == "completed");
+    // Each step's statuses move forward only, and every step completed before the run did.
+    static const std::vector<std::string> kOrder = {"created", "started", "completed"};
+    std::map<std::string, std::size_t> at;
+    for (const auto& [type, d] : events) {
+      if (type != "step") continue;
+      const auto pos = std::find(kOrder.begin(), kOrder.end(), d["status"].get<std::string>());
+      REQUIRE(pos != kOrder.end());
+      const std::size_t rank = static_cast<std::size_t>(pos - kOrder.begin());
+      CHECK(rank >= at[d["step"]]);
+      at[d["step"]] = rank;
+    }
+    CHECK(at == std::map<std::string, std::size_t>{{"a", 2}, {"b", 2}, {"c", 2}});
+
+    // Reconnecting with Last-Event-ID = the run's first event resends the rest, in order, ids
+    // included; an id this server process did not send begins the stream with a reset event.
+    const auto replay = [&](const std::string& last, std::size_t want) {
+      std::vector<std::string> got;
+      std::string buffer;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      auto again = scene.client();
+      (void)again.Get("/api/v1/events?run=" + id, httplib::Headers{{"Last-Event-ID", last}},
+                      [&](const char* bytes, size_t n) {
+                        buffer.append(bytes, n);
+                        std::size_t end;
+                        while ((end = buffer.find("\n\n")) != std::string::npos) {
+                          const std::string block = buffer.substr(0, end);
+                          buffer.erase(0, end + 2);
+                          std::istringstream lines(block);
+                          for (std::string line; std::getline(lines, line);) {
+                            if (line.rfind("id: ", 0) == 0) got.push_back(line.substr(4));
+                            if (line == "event: reset") got.push_back("reset");
+                          }
+                        }
+                        // Bounded: a broken resume must fail the case, not hang it.
+                        return got.size() < want && std::chrono::steady_clock::now() < deadline;
+                      });
+      return got;
+    };
+    REQUIRE(ids.size() >= 2);
+    CHECK(replay(ids.front(), ids.size() - 1) ==
+          std::vector<std::string>(ids.begin() + 1, ids.end()));
+    CHECK(replay("0badc0de:1", 1) == std::vector<std::string>{"reset"});
+  }
+
+  TEST_CASE("a token: refused without it and with a wrong one, accepted with it") {
+    ServeScene scene(kToken);
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto none = scene.client();
+    auto wrong = scene.client("wrong-token-0123456789");
+    auto right = scene.client(kToken);
+    for (auto* c : {&none, &wrong}) {
+      auto r = c->Get("/api/v1/flows");
+      check_problem(r, 401);
+      CHECK(r->get_header_value("WWW-Authenticate").rfind("Bearer", 0) == 0);
+      check_problem(
+          c->Post("/api/v1/flows/marked/runs", "{\"order_id\": \"A\"}", "application/json"), 401);
+      // Only the first bytes: a stream opened by mistake must fail the case, not hang it.
+      int events_status = 0;
+      (void)c->Get(
+          "/api/v1/events",
+          [&](const httplib::Response& head) {
+            events_status = head.status;
+            return false;
+          },
+          [](const char*, size_t) { return false; });
+      CHECK(events_status == 401);
+    }
+    CHECK(body_of(none.Get("/healthz"))["status"] == "ok");
+    CHECK(body_of(right.Get("/api/v1/flows")).size() >= 2);
+    auto started =
+        right.Post("/api/v1/flows/marked/runs", "{\"order_id\": \"A\"}", "application/json");
+    REQUIRE(started);
+    CHECK(started->status == 201);
+    CHECK(body_of(right.Get("/api/v1/runs"))["runs"].size() == 1);
+  }
+
+  TEST_CASE("binding a non-loopback address without a token is refused before anything starts") {
+    pgtest::CliScratch scratch("flowreg_serve_bind");
+    std::ofstream(scratch.config) << "plugins: {dir: none}\ndatabase: {data_dir: data}\n";
+    const auto r = scratch.flowreg({"serve", "--listen", "0.0.0.0:0"});
+    CHECK(r.exit_code == 1);
+    CHECK(r.err.find("requires a token") != std::string::npos);
+    CHECK(!std::filesystem::exists(scratch.dir / "data"));
+  }
+
+  TEST_CASE("the dashboard escapes a flow description and a run error holding <script>") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    const std::string failed = start_order(c, kScript);
+    const json run = scene.wait_run(failed);
+    REQUIRE(run["status"] == "failed");
+    REQUIRE(run["error"].get<std::string>().find(kScript) != std::string::npos);
+    for (const std::string& page :
+         std::vector<std::string>{"/", "/flows/marked", "/runs", "/runs/" + failed}) {
+      auto r = c.Get(page.c_str());
+      REQUIRE(r);
+      CAPTURE(page);
+      CHECK(r->status == 200);
+      CHECK(r->body.find("<script>alert") == std::string::npos);
+      CHECK(r->body.find("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;") != std::string::npos);
+      CHECK(r->get_header_value("Content-Security-Policy").find("script-src 'self'") !=
+            std::string::npos);
+      CHECK(!r->has_header("Access-Control-Allow-Origin"));
+    }
+    for (const char* page : {"/workers", "/plugins"}) {
+      auto r = c.Get(page);
+      REQUIRE(r);
+      CHECK(r->status == 200);
+    }
+  }
+
+  TEST_CASE("every route answers as the OpenAPI document says") {
+    std::ifstream in(std::string(FLOWREG_SOURCE_DIR) + "/schemas/openapi.json");
+    const json doc = json::parse(in);
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    // The served document is the file.
+    CHECK(body_of(c.Get("/api/v1/openapi.json")) == doc);
+    const std::string done = start_order(c, "book");
+    REQUIRE(scene.wait_run(done)["status"] == "completed");
+    const json schemas = doc["components"]["schemas"];
+    // The required fields of `schema` (following $ref and allOf) present in `value`.
+    std::function<void(const json&, const json&)> conforms = [&](const json& schema,
+                                                                 const json& value) {
+      if (schema.contains("$ref")) {
+        const std::string ref = schema["$ref"];
+        return conforms(schemas[ref.substr(ref.rfind('/') + 1)], value);
+      }
+      if (schema.contains("allOf")) {
+        for (const auto& s : schema["allOf"]) conforms(s, value);
+        return;
+      }
+      if (schema.value("type", "") == "array") {
+        REQUIRE(value.is_array());
+        for (const auto& v : value) conforms(schema["items"], v);
+        return;
+      }
+      if (schema.contains("required")) {
+        REQUIRE(value.is_object());
+        for (const auto& f : schema["required"]) {
+          CAPTURE(f);
+          CHECK(value.contains(f.get<std::string>()));
+        }
+        for (const auto& [k, s] : schema["properties"].items())
+          if (value.contains(k) && !value[k].is_null() && s.is_object() &&
+              (s.contains("$ref") || s.contains("required") || s.value("type", "") == "array"))
+            conforms(s, value[k]);
+      }
+    };
+    struct Call {
+      std::string method, path, concrete, body;
+      int status;
+    };
+    const std::vector<Call> calls = {
+        {"get", "/flows", "/flows", "", 200},
+        {"get", "/flows/{slug}", "/flows/marked", "", 200},
+        {"get", "/flows/{slug}", "/flows/nope", "", 404},
+        {"get", "/flows/{slug}/graph.svg", "/flows/marked/graph.svg", "", 200},
+        {"post", "/flows/{slug}/runs", "/flows/marked/runs", "{\"order_id\": \"x\"}", 201},
+        {"post", "/flows/{slug}/runs", "/flows/marked/runs", "{}", 422},
+        {"post", "/flows/{slug}/runs", "/flows/marked/runs", "{", 400},
+        {"get", "/runs", "/runs", "", 200},
+        {"get", "/runs", "/runs?limit=-1", "", 400},
+        {"get", "/runs/{id}", "/runs/" + done, "", 200},
+        {"get", "/runs/{id}", "/runs/00000000-0000-0000-0000-000000000000", "", 404},
+        {"post", "/runs/{id}/cancel", "/runs/" + done + "/cancel", "", 409},
+        {"post", "/runs/{id}/retry", "/runs/" + done + "/retry", "", 201},
+        {"get", "/workers", "/workers", "", 200},
+        {"get", "/plugins", "/plugins", "", 200},
+        {"get", "/openapi.json", "/openapi.json", "", 200},
+    };
+    std::set<std::string> covered;
+    for (const auto& call : calls) {
+      CAPTURE(call.method);
+      CAPTURE(call.concrete);
+      const std::string url = "/api/v1" + call.concrete;
+      auto r = call.method == "get" ? c.Get(url.c_str())
+                                    : c.Post(url.c_str(), call.body, "application/json");
+      REQUIRE(r);
+      CHECK(r->status == call.status);
+      REQUIRE(doc["paths"].contains(call.path));
+      const json op = doc["paths"][call.path][call.method];
+      const std::string code = std::to_string(r->status);
+      REQUIRE(op["responses"].contains(code));
+      json response = op["responses"][code];
+      if (response.contains("$ref")) response = doc["components"]["responses"]["Problem"];
+      const auto& [type, media] = *response["content"].items().begin();
+      CHECK(r->get_header_value("Content-Type").rfind(type, 0) == 0);
+      if (type.find("json") != std::string::npos) conforms(media["schema"], json::parse(r->body));
+      covered.insert(call.method + " " + call.path);
+    }
+    // Every operation of the document but the event stream was called.
+    for (const auto& [path, ops] : doc["paths"].items())
+      for (const auto& [method, op] : ops.items())
+        if (path != "/events") CHECK_MESSAGE(covered.count(method + " " + path) == 1, path);
+  }
+}
+
+}  // namespace flowreg::servetest
