@@ -320,6 +320,32 @@ TEST_SUITE("serve") {
     CHECK(body_of(right.Get("/api/v1/runs"))["runs"].size() == 1);
   }
 
+  TEST_CASE("without a token, another site's page is refused: a foreign Origin, a rebound Host") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    const std::string self = "127.0.0.1:" + std::to_string(scene.port);
+    const auto runs_before = body_of(c.Get("/api/v1/runs?limit=1000"))["runs"].size();
+    // A form or fetch() of another site's page: the browser names that site in Origin.
+    const httplib::Headers foreign{{"Origin", "http://evil.example"}};
+    for (const char* path : {"/api/v1/flows/marked/runs", "/api/v1/runs/x/cancel"}) {
+      check_problem(c.Post(path, foreign, "", "text/plain"), 403);
+    }
+    CHECK(body_of(c.Get("/api/v1/runs?limit=1000"))["runs"].size() == runs_before);
+    // The dashboard's own requests carry this server as Origin.
+    auto own = c.Post("/api/v1/runs/00000000-0000-0000-0000-000000000000/cancel",
+                      httplib::Headers{{"Origin", "http://" + self}}, "", "application/json");
+    REQUIRE(own);
+    CHECK(own->status == 404);
+    // DNS rebinding: another site's name resolved to 127.0.0.1 reaches the server with its name
+    // in Host; reads are refused too, since they would hand inputs and outputs to that site.
+    auto rebound = c.Get("/api/v1/runs", httplib::Headers{{"Host", "rebound.example:80"}});
+    check_problem(rebound, 403);
+    CHECK(body_of(c.Get("/api/v1/runs", httplib::Headers{{"Host", "localhost:80"}}))
+              .contains("runs"));
+    CHECK(body_of(c.Get("/healthz"))["status"] == "ok");
+  }
+
   TEST_CASE("binding a non-loopback address without a token is refused before anything starts") {
     pgtest::CliScratch scratch("flowreg_serve_bind");
     std::ofstream(scratch.config) << "plugins: {dir: none}\ndatabase: {data_dir: data}\n";

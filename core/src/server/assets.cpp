@@ -125,6 +125,7 @@ const char* const kJs = R"JS(
     try { d = JSON.parse(data); } catch (e) { return; }
     if (type === 'run') onRun(d);
     else if (type === 'step') onStep(d);
+    else if (type === 'reset') location.reload();  // changes were missed: render them anew
   }
   function showLive(text, on) {
     if (!live) return;

@@ -132,6 +132,8 @@ std::string_view reason(int status) {
       return "Bad Request";
     case 401:
       return "Unauthorized";
+    case 403:
+      return "Forbidden";
     case 404:
       return "Not Found";
     case 405:
@@ -210,6 +212,15 @@ bool is_loopback(const std::string& host) {
   return inet_pton(AF_INET, host.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
 }
 
+// The host part of a Host header ("name:port", "[v6]:port" or "name").
+std::string host_of(std::string_view header) {
+  if (header.starts_with('[')) {
+    const auto close = header.find(']');
+    return std::string(header.substr(1, close == std::string_view::npos ? 0 : close - 1));
+  }
+  return std::string(header.substr(0, header.find(':')));
+}
+
 // Equal strings, in time that depends only on their lengths' digests: both are hashed first.
 bool same_secret(std::string_view a, std::string_view b) {
   const std::string da = sha256_hex(a), db = sha256_hex(b);
@@ -271,6 +282,7 @@ struct HttpServer::Impl {
   Stores stores;
   EventHub hub;
   std::atomic<int> streams{0};
+  std::atomic<bool> ended{false};  // listen_after_bind returned
   std::thread thread;
   std::mutex svg_mu;
   std::map<std::string, std::string> svg_cache;  // "slug@version" -> SVG (guarded by svg_mu)
@@ -290,6 +302,25 @@ struct HttpServer::Impl {
     const bool reads = req.method == "GET" || req.method == "HEAD";
     const bool events = req.path == "/api/v1/events";
     return !reads || events || !options.settings.open_reads;
+  }
+  // Why a request from a browser on another site must be refused, or "" when it need not be.
+  // Without a token, the server trusts whoever reaches its loopback address, which includes any
+  // web page the user opens: a Host that is not a loopback name means the name was rebound to
+  // 127.0.0.1 by another site (DNS rebinding), and a mutating request whose Origin is not this
+  // server's own comes from another site's page (cross-site request).
+  std::string cross_site(const Request& req) const {
+    const std::string host = req.get_header_value("Host");
+    if (token.empty() && address.loopback && !host.empty() && !is_loopback(host_of(host)))
+      return fmt::format(
+          "Host '{}' is not a loopback name: without a token this server answers "
+          "only requests for its loopback address",
+          cli::valid_text(host));
+    const bool reads = req.method == "GET" || req.method == "HEAD";
+    if (reads || !req.has_header("Origin")) return {};
+    const std::string origin = req.get_header_value("Origin");
+    if (origin == "http://" + host || origin == "https://" + host) return {};
+    return fmt::format("Origin '{}' is not this server ({}): cross-site requests are refused",
+                       cli::valid_text(origin), cli::valid_text(host));
   }
   bool authorized(const Request& req) const {
     const std::string header = req.get_header_value("Authorization");
@@ -462,6 +493,11 @@ void HttpServer::Impl::events(const Request& req, Response& res) {
           sink.done();
           return true;
         }
+        // Events this stream had not sent yet left the hub's history while it was behind.
+        if (!events->empty() && events->front().seq > *cursor + 1)
+          out +=
+              "event: reset\ndata: {\"reason\":\"events were dropped while this stream was "
+              "behind: reload the state\"}\n\n";
         for (const auto& e : *events) {
           *cursor = e.seq;
           if ((!run.empty() && e.run_id != run) || (!flow.empty() && e.flow != flow)) continue;
@@ -649,7 +685,7 @@ HttpServer::~HttpServer() { stop(); }
 Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
   auto plan = plan_listen(options.settings);
   if (!plan) return tl::unexpected(std::move(plan.error()));
-  const ServerSettings& s = options.settings;
+  const ServerSettings s = options.settings;  // options moves into impl
   auto impl = std::make_unique<Impl>(std::move(options), plan->address, std::move(plan->token));
   auto& http = impl->http;
   const std::size_t threads = static_cast<std::size_t>(s.max_connections + s.max_event_streams);
@@ -677,6 +713,10 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
   });
   Impl* self = impl.get();
   http.set_pre_routing_handler([self](const Request& req, Response& res) {
+    if (const std::string why = self->cross_site(req); !why.empty()) {
+      problem(res, 403, why);
+      return httplib::Server::HandlerResponse::Handled;
+    }
     if (!self->needs_token(req) || self->authorized(req))
       return httplib::Server::HandlerResponse::Unhandled;
     res.set_header("WWW-Authenticate", "Bearer realm=\"flowreg\"");
@@ -720,7 +760,10 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
                                             cli::valid_text(s.listen)));
   }
   impl->address.port = port;
-  impl->thread = std::thread([self] { self->http.listen_after_bind(); });
+  impl->thread = std::thread([self] {
+    self->http.listen_after_bind();
+    self->ended = true;
+  });
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
 
@@ -730,7 +773,14 @@ const std::string& HttpServer::host() const noexcept { return impl_->address.hos
 void HttpServer::stop() {
   if (!impl_) return;
   impl_->hub.stop();
-  impl_->http.stop();
+  // httplib's stop() does nothing before the server runs: wait until it does (or gave up).
+  while (impl_->thread.joinable() && !impl_->ended) {
+    if (impl_->http.is_running()) {
+      impl_->http.stop();
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   if (impl_->thread.joinable()) impl_->thread.join();
 }
 

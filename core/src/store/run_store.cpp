@@ -347,8 +347,9 @@ struct RunStore::Impl {
       exec_once("probe_output", json);
       return std::nullopt;
     } catch (const pqxx::sql_error& e) {
-      const std::string state = e.sqlstate();
-      if (lost || state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0) throw;
+      // Only a refusal of the value itself; anything else (the connection, memory, a lock) is
+      // not this output's fault and fails the call as before.
+      if (lost || !refused_class(e)) throw;
       return server_text(e.what());
     }
   }
