@@ -96,7 +96,7 @@ BEGIN
     PERFORM flowreg._account_steps(v_done_runs, v_done_steps);
   END LOOP;
 
-  -- Runs without remaining steps are complete: their output is their leaf steps' outputs.
+  -- Runs without remaining leaf steps are complete: their output is their leaf steps' outputs.
   WITH done AS (
     UPDATE flowreg.runs r
     SET status = 'completed', finished_at = now(),
@@ -107,7 +107,7 @@ BEGIN
                                       AND fs.step_slug = s.step_slug
            WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb)
     FROM unnest(p_runs) AS p(id)
-    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_steps = 0
+    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_leaves = 0
     RETURNING r.id
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' completed')) INTO v_n FROM done;

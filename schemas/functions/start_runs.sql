@@ -14,13 +14,15 @@ RETURNS TABLE (run_id uuid, created boolean) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_steps int;
+  v_leaves int;
   v_map_root boolean;
   v_single_root boolean;
   v_new uuid[];
 BEGIN
-  SELECT count(*), coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false),
+  SELECT count(*), count(*) FILTER (WHERE is_leaf),
+         coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false),
          coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false)
-  INTO v_steps, v_map_root, v_single_root
+  INTO v_steps, v_leaves, v_map_root, v_single_root
   FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version;
   IF v_steps = 0 THEN
     RAISE EXCEPTION USING ERRCODE = 'P0002',
@@ -45,14 +47,14 @@ BEGIN
       AS x(input, key)
   ),
   ins_plain AS (
-    INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_steps, retry_of)
-    SELECT g.id, p_slug, p_version, g.input, v_steps, p_retry_of FROM given g WHERE g.key IS NULL
+    INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of)
+    SELECT g.id, p_slug, p_version, g.input, v_leaves, p_retry_of FROM given g WHERE g.key IS NULL
     RETURNING id
   ),
   ins_keyed AS (
-    INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_steps, idempotency_key,
+    INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
                               retry_of)
-    SELECT g.id, p_slug, p_version, g.input, v_steps, g.key, p_retry_of FROM given g
+    SELECT g.id, p_slug, p_version, g.input, v_leaves, g.key, p_retry_of FROM given g
     WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id

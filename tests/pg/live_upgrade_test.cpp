@@ -196,7 +196,8 @@ TEST_SUITE("live_upgrade") {
     }();
 
     // What the release before 0008 left: every task holds its input (copied when it was
-    // created), a single step's completed task its output, and the foreign keys exist.
+    // created), a single step's completed task its output, the foreign keys exist, and a run
+    // counts down all its steps (remaining_steps), not its leaves.
     exec(db,
          "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
          "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
@@ -212,6 +213,9 @@ TEST_SUITE("live_upgrade") {
          "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
          "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
          "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
+         "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
+         "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
+         "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
          "DELETE FROM public.flowreg_migrations WHERE version = 8;"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
@@ -219,6 +223,7 @@ TEST_SUITE("live_upgrade") {
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid IN "
         "('flowreg.tasks'::regclass, 'flowreg.step_states'::regclass)";
     REQUIRE(q(db, fkeys) == "2");
+    REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
     {
@@ -228,6 +233,11 @@ TEST_SUITE("live_upgrade") {
       CHECK(upgraded->applied.front().version == 8);
     }
     CHECK(q(db, fkeys) == "0");
+    // Each started run counts its leaf steps not completed: 1 each here (mapped's sum, chain's b,
+    // the single steps), where chain had 1 step left and mapped 2.
+    CHECK(q(db,
+            "SELECT string_agg(remaining_leaves::text, ',') FROM flowreg.runs WHERE status = "
+            "'started'") == "1,1,1,1,1,1");
     CHECK(q(db,
             "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'flowreg' "
             "AND table_name = 'tasks' AND column_name = 'input'") == "YES");
@@ -252,10 +262,11 @@ TEST_SUITE("live_upgrade") {
       }
       if (batch.empty()) std::this_thread::sleep_for(100ms);
     }
-    INFO("tasks of runs not ended: "
-         << q(db, "SELECT string_agg(t.step_slug || ' ' || t.task_index || ' ' || t.status || ' "
-                  "' || t.attempt || ' ' || t.available_at, '; ') FROM flowreg.tasks t JOIN "
-                  "flowreg.runs r ON r.id = t.run_id WHERE r.status = 'started'"));
+    INFO("tasks of runs not ended: " << q(
+             db,
+             "SELECT string_agg(t.step_slug || ' ' || t.task_index || ' ' || t.status || ' "
+             "' || t.attempt || ' ' || t.available_at, '; ') FROM flowreg.tasks t JOIN "
+             "flowreg.runs r ON r.id = t.run_id WHERE r.status = 'started'"));
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
 
     // Each task got the input it had in the old layout, or would have had.
