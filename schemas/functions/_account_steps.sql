@@ -57,7 +57,8 @@ BEGIN
       UPDATE flowreg.step_states s
       SET remaining_deps = s.remaining_deps - (v_deps ->> (s.run_id::text || s.step_slug))::int,
           status = CASE WHEN s.kind = 'single' AND s.status = 'created'
-                             AND s.remaining_deps = (v_deps ->> (s.run_id::text || s.step_slug))::int
+                             AND s.remaining_deps
+                                 = (v_deps ->> (s.run_id::text || s.step_slug))::int
                         THEN 'started' ELSE s.status END,
           remaining_tasks = CASE WHEN s.kind = 'single' AND s.status = 'created'
                                       AND s.remaining_deps
@@ -126,4 +127,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._account_steps(uuid[], text[])
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -108,4 +108,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

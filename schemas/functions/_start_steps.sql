@@ -114,4 +114,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._start_steps(uuid[])
-  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off;

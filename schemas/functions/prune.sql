@@ -14,3 +14,5 @@ RETURNS bigint LANGUAGE sql AS $$
   t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)))
   SELECT count(*) FROM d
 $$;
+
+ALTER FUNCTION flowreg.prune(interval) SET jit = off;

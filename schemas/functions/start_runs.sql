@@ -103,4 +103,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid)
-  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off;
