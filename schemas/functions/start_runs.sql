@@ -7,6 +7,9 @@
 -- task does not copy the run's input: the claim reads it from the run);
 -- _start_steps runs only when the flow has a map root step (its task count depends on the input).
 -- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
+-- One generic plan per session, made at the first call: its shape is the same for 1 input or
+-- 1000 (nested loops over primary keys), and planning the statement anew at each call cost more
+-- than running it for one run (pgbench, one run per call: 0.120 ms a call, 0.107 ms generic).
 CREATE OR REPLACE FUNCTION flowreg.start_runs(p_slug text, p_version text, p_inputs jsonb[],
                                               p_keys text[] DEFAULT NULL,
                                               p_retry_of uuid DEFAULT NULL)
@@ -103,4 +106,5 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid)
-  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+  SET enable_mergejoin = off SET jit = off;
