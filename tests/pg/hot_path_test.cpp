@@ -40,6 +40,8 @@ namespace fs = std::filesystem;
 namespace fd = flowreg::detail;
 using flowreg::pgtest::eventually;
 using flowreg::pgtest::query_one_or_empty;
+using flowreg::pgtest::step;
+using flowreg::pgtest::store_flow;
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -73,26 +75,6 @@ fd::RunStore connect(const std::string& conninfo) {
   auto store = fd::RunStore::connect(conninfo);
   REQUIRE_MESSAGE(store, store.error().format());
   return std::move(*store);
-}
-
-flowreg::StepDef step(const std::string& slug, std::vector<std::string> deps = {}) {
-  flowreg::StepDef s;
-  s.slug = slug;
-  s.handler = "hot.noop";
-  s.depends_on = std::move(deps);
-  return s;
-}
-
-fd::FlowKey store_flow(fd::RunStore& store, const std::string& slug,
-                       std::vector<flowreg::StepDef> steps) {
-  flowreg::FlowDef f;
-  f.slug = slug;
-  f.module = "hot";
-  f.steps = std::move(steps);
-  fd::FlowKey key{slug, flowreg::flow_version(f)};
-  auto stored = store.upsert_flow(f, key.version);
-  REQUIRE_MESSAGE(stored, stored.error().format());
-  return key;
 }
 
 void start_many(fd::RunStore& store, const fd::FlowKey& key, int runs) {

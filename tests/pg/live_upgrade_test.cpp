@@ -26,6 +26,7 @@
 
 namespace fd = flowreg::detail;
 using flowreg::pgtest::query_one_or_empty;
+using flowreg::pgtest::step;
 using Json = nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -44,28 +45,12 @@ fd::RunStore connect(const std::string& conninfo) {
   return std::move(*store);
 }
 
-flowreg::StepDef step(const std::string& slug, std::vector<std::string> deps = {},
-                      flowreg::StepKind kind = flowreg::StepKind::single) {
-  flowreg::StepDef s;
-  s.slug = slug;
-  s.kind = kind;
-  s.handler = "live.echo";
-  s.depends_on = std::move(deps);
-  return s;
-}
-
-fd::FlowKey store_flow(fd::RunStore& store, const std::string& slug,
-                       std::vector<flowreg::StepDef> steps) {
-  flowreg::FlowDef f;
-  f.slug = slug;
-  f.module = "live";
-  f.options.base_delay = flowreg::Millis(300);  // a retry is due soon
-  f.options.max_delay = flowreg::Millis(300);
-  f.steps = std::move(steps);
-  fd::FlowKey key{slug, flowreg::flow_version(f)};
-  auto stored = store.upsert_flow(f, key.version);
-  REQUIRE_MESSAGE(stored, stored.error().format());
-  return key;
+// A retry is due soon.
+flowreg::Options quick_retries() {
+  flowreg::Options o;
+  o.base_delay = flowreg::Millis(300);
+  o.max_delay = flowreg::Millis(300);
+  return o;
 }
 
 fd::RunId start(fd::RunStore& store, const fd::FlowKey& key, const Json& input) {
@@ -122,10 +107,12 @@ TEST_SUITE("live_upgrade") {
       REQUIRE_MESSAGE(migrated, migrated.error().format());
     }
     fd::RunStore store = connect(db);
-    const auto single = store_flow(store, "single", {step("only")});
-    const auto pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})});
+    using flowreg::pgtest::store_flow;
+    const auto single = store_flow(store, "single", {step("only")}, quick_retries());
+    const auto pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
     const auto fan =
-        store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})});
+        store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
+                   quick_retries());
     const std::vector<fd::FlowKey> flows{single, pipe, fan};
 
     // Runs in every state.
