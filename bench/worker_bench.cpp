@@ -87,6 +87,7 @@
 #include <iterator>
 #include <map>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -684,6 +685,16 @@ void analyze_all(const Env& env, const std::string& conninfo) {
        "END LOOP; END$$");
 }
 
+// Drops the database of a finished scenario (unless --keep), so that the next scenario does not
+// share the cluster's memory, disk and checkpoints with its rows.
+void drop_database(const Env& env, const std::string& conninfo, const std::string& name) {
+  if (env.args.keep) return;
+  const std::string maintenance =
+      std::regex_replace(conninfo, std::regex("dbname='[^']*'"), "dbname='postgres'");
+  // FORCE: this scenario's own store and listener connections are still open.
+  psql(env, maintenance, "DROP DATABASE IF EXISTS " + name + " WITH (FORCE)");
+}
+
 // Starts `runs` runs of `slug` in chunks of `chunk` (start_runs); seconds taken.
 double start_backlog(RunStore& store, const std::string& slug, const std::string& version,
                      long runs, int chunk) {
@@ -818,6 +829,7 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
     if (end != "exit code 0")
       throw ScenarioFailed(fmt::format("{}: a worker did not stop cleanly on SIGTERM: {}\n{}", name,
                                        end, describe_workers(workers)));
+  drop_database(env, conninfo, "wb_" + name);
   return r;
 }
 
