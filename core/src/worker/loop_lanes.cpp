@@ -50,6 +50,12 @@ std::shared_ptr<const LoopLanes::Loop> LoopLanes::add(FlowDef flow,
                                                       ExitSignal exit) {
   auto loop =
       std::make_shared<const Loop>(Loop{std::move(flow), std::move(state), std::move(exit)});
+  // The waker first: from the moment the loop is queued, a lane may make its first round trip and
+  // its handlers may finish, and their wake-ups must reach the lanes. (Set after, they went to no
+  // waker, and the loop slept until the next poll of idle flows with its results unrecorded.) A
+  // wake-up before the entry exists finds none and is not needed: the entry is queued below, and
+  // its first round takes whatever the state holds then.
+  loop->state->set_waker([this, raw = loop.get()] { wake(raw); });
   {
     MutexLock lock(mu_);
     Entry& e = entries_[loop.get()];
@@ -58,7 +64,6 @@ std::shared_ptr<const LoopLanes::Loop> LoopLanes::add(FlowDef flow,
     enqueue(e);
   }
   cv_.notify_one();
-  loop->state->set_waker([this, raw = loop.get()] { wake(raw); });
   return loop;
 }
 
@@ -108,9 +113,16 @@ void LoopLanes::fire_timers(SteadyTime now) {
       ++it;
       continue;
     }
+    enqueue(e);
+    // One timer per loop, at the earliest of what it waits for: a flush or a backoff may fire it
+    // before the claim of a delayed retry falls due (next_poll). That claim keeps its timer.
+    if (e.next_poll != SteadyTime::max() && e.next_poll > now) {
+      e.wake_at = e.next_poll;
+      ++it;
+      continue;
+    }
     e.wake_at = SteadyTime::max();
     e.timed = false;
-    enqueue(e);
     it = timed_.erase(it);
   }
 }
@@ -167,7 +179,7 @@ LoopLanes::Work LoopLanes::next_work(SteadyTime now) {
       continue;
     }
     if (round->stop) continue;
-    if (poll_due) e.next_poll = SteadyTime::max();
+    if (round->want_claim) e.next_poll = SteadyTime::max();  // its outcome re-arms it
     ++e.in_flight;
     work.kind = Work::Kind::trip;
     work.loops.push_back(e.loop);
