@@ -44,7 +44,7 @@ for hosts in 1 2 3; do
      WHERE client_addr <<= '$NET_PREFIX.0/24' AND client_addr <> '$DB_ADDR'"
   wait_until 60 "the flows stored" \
     "SELECT count(DISTINCT slug) = 2 FROM flowreg.flows WHERE slug IN ('word_count', 'wprobe_chain')"
-  sql "TRUNCATE flowreg.runs CASCADE" >/dev/null
+  sql "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks" >/dev/null
   sql "CHECKPOINT" >/dev/null
   conns=$(sql "SELECT string_agg(n::text, ',') FROM (SELECT client_addr, count(*) n FROM pg_stat_activity
                WHERE client_addr <<= '$NET_PREFIX.0/24' AND client_addr <> '$DB_ADDR' GROUP BY 1) x")

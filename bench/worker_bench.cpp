@@ -158,7 +158,9 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
   start1       one connection calling start_run() one at a time (every other call with an
                idempotency key), at each of --start-sizes runs
   startbatch   start_runs() in chunks of each of --start-chunks runs per call
-  latency      start_run() -> handler entered, one idle worker, --samples runs
+  latency      start_run() -> handler entered, one idle worker, --samples runs whose start waits
+               for the WAL flush and --samples whose start does not, alternating; and the
+               disk's fdatasync() time
   metrics      (only when named) burn-downs without and with `worker --metrics`, alternating,
                --metrics-rounds times: the cost the metrics add
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
@@ -825,9 +827,34 @@ struct LatencyResult {
   Percentiles start_call;     // start_run() round trip
   Percentiles to_handler;     // before start_run -> handler entered (wall clock, ms)
   Percentiles to_completion;  // before start_run -> completion notification received
-  double ready_s = 0;         // spawn -> the first run completed
+  // The same, started by a connection with synchronous_commit off (its commit does not wait for
+  // the WAL flush; the worker's stay durable), in alternation with the samples above: what the
+  // call and the path to the handler cost without the disk's flush.
+  Percentiles start_call_async, to_handler_async, to_completion_async;
+  Percentiles flush_ms;  // fdatasync() of one 8 kB write on the cluster's disk
+  double ready_s = 0;    // spawn -> the first run completed
   std::vector<std::string> ends;
 };
+
+// Milliseconds each of `n` fdatasync() calls takes after an 8 kB write to a file in `dir`: the
+// floor under any commit that waits for its WAL flush on that disk.
+std::vector<double> disk_flush_ms(const fs::path& dir, int n) {
+  const fs::path file = dir / "flush-probe";
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (fd < 0) throw ScenarioFailed("cannot create " + file.string());
+  std::vector<double> out;
+  const std::string page(8192, 'x');
+  for (int i = 0; i < n; ++i) {
+    if (::pwrite(fd, page.data(), page.size(), 0) != static_cast<ssize_t>(page.size())) break;
+    const auto t = Clock::now();
+    if (::fdatasync(fd) != 0) break;
+    out.push_back(Seconds(Clock::now() - t).count() * 1e3);
+  }
+  ::close(fd);
+  fs::remove(file);
+  if (out.size() != static_cast<std::size_t>(n)) throw ScenarioFailed("fdatasync failed");
+  return out;
+}
 
 // Waits for "<run> completed|failed|cancelled" on the listener; the status, or "" on timeout.
 std::string wait_run_end(Listener& listener, const RunId& run, Millis timeout) {
@@ -854,6 +881,8 @@ LatencyResult latency(Env& env) {
 
   const std::string conninfo = fresh_database(env, "wb_" + name);
   auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+  auto store_async = value_or_throw(
+      RunStore::connect(conninfo + " options='-c synchronous_commit=off'"), "connect (async)");
   value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + slug);
   auto listener =
       value_or_throw(Listener::connect(conninfo, {std::string(kRunsChannel)}), "listen");
@@ -867,8 +896,11 @@ LatencyResult latency(Env& env) {
     throw ScenarioFailed(why);
   };
   std::vector<double> call_ms, handler_ms, done_ms;
-  // One run, started when nothing else is in flight; recorded unless a warm-up.
+  std::vector<double> call_async_ms, handler_async_ms, done_async_ms;
+  // One run, started when nothing else is in flight; recorded unless a warm-up. Odd samples are
+  // started without waiting for the WAL flush.
   const auto sample = [&](int i, bool record) {
+    const bool async = i % 2 == 1;
     while (true) {  // drop what is queued (nothing should be), so the wait sees this run only
       auto n = listener.wait(Millis(0));
       if (!n) fail("listener: " + n.error().format());
@@ -876,7 +908,7 @@ LatencyResult latency(Env& env) {
     }
     const auto t_before = Clock::now();
     const std::int64_t before_us = realtime_us();
-    auto id = store.start_run(slug, flow.version, Json{{"i", i}});
+    auto id = (async ? store_async : store).start_run(slug, flow.version, Json{{"i", i}});
     const auto t_started = Clock::now();
     if (!id) fail("start_run: " + id.error().format());
     const Millis wait = i == 0 ? Millis(a.timeout_s * 1000) : Millis(10'000);
@@ -896,9 +928,10 @@ LatencyResult latency(Env& env) {
     if (i == 0) r.ready_s = seconds_between(t0, t_seen);
     if (!record) return;
     const auto handler_us = (*stamp)["t_us"].get<std::int64_t>();
-    call_ms.push_back(Seconds(t_started - t_before).count() * 1e3);
-    handler_ms.push_back(static_cast<double>(handler_us - before_us) / 1e3);
-    done_ms.push_back(Seconds(t_seen - t_before).count() * 1e3);
+    (async ? call_async_ms : call_ms).push_back(Seconds(t_started - t_before).count() * 1e3);
+    (async ? handler_async_ms : handler_ms)
+        .push_back(static_cast<double>(handler_us - before_us) / 1e3);
+    (async ? done_async_ms : done_ms).push_back(Seconds(t_seen - t_before).count() * 1e3);
   };
   // The first run also waits for the worker to be up and serving.
   for (int i = 0; i < r.warmup; ++i) {
@@ -907,13 +940,17 @@ LatencyResult latency(Env& env) {
   }
   std::fprintf(stderr, "  %s: worker serving after %.2f s; %d samples\n", name.c_str(), r.ready_s,
                a.samples);
-  for (int i = 0; i < a.samples; ++i) {
+  for (int i = 0; i < 2 * a.samples; ++i) {
     sample(r.warmup + i, true);
     std::this_thread::sleep_for(Millis(5));
   }
   r.start_call = percentiles(call_ms);
   r.to_handler = percentiles(handler_ms);
   r.to_completion = percentiles(done_ms);
+  r.start_call_async = percentiles(call_async_ms);
+  r.to_handler_async = percentiles(handler_async_ms);
+  r.to_completion_async = percentiles(done_async_ms);
+  r.flush_ms = percentiles(disk_flush_ms(env.scratch, 200));
   r.ends = stop_workers(workers);
   for (const auto& end : r.ends)
     if (end != "exit code 0")
@@ -924,8 +961,9 @@ LatencyResult latency(Env& env) {
 
 void print_latency(const LatencyResult& r) {
   std::printf(
-      "\nlatency: 1 idle worker; %d runs of bench_latency started one at a time (after %d "
-      "warm-up runs), 5 ms apart; ms\n\n",
+      "\nlatency: 1 idle worker; 2 x %d runs of bench_latency started one at a time (after %d "
+      "warm-up runs), 5 ms apart, alternately by a connection whose commit waits for the WAL "
+      "flush (synchronous_commit on, as flowreg's) and by one whose commit does not (off); ms\n\n",
       r.samples, r.warmup);
   std::printf("%-44s %8s %8s %8s %8s %8s\n", "", "p50", "p90", "p99", "max", "mean");
   const auto row = [](const char* what, const Percentiles& p) {
@@ -934,6 +972,10 @@ void print_latency(const LatencyResult& r) {
   row("start_run() call (round trip + commit)", r.start_call);
   row("before start_run -> handler entered", r.to_handler);
   row("before start_run -> completion notified", r.to_completion);
+  row("start_run() call, commit not flushed", r.start_call_async);
+  row("  -> handler entered", r.to_handler_async);
+  row("  -> completion notified", r.to_completion_async);
+  row("the disk: fdatasync() of an 8 kB write", r.flush_ms);
   std::printf("(worker serving %.2f s after it was spawned)\n", r.ready_s);
 }
 
@@ -1160,6 +1202,9 @@ int run_bench(Env& env) {
                             {"samples", lat->samples},
                             {"start_run_call_ms", pj(lat->start_call)},
                             {"start_to_handler_ms", pj(lat->to_handler)},
+                            {"start_run_call_unflushed_ms", pj(lat->start_call_async)},
+                            {"start_to_handler_unflushed_ms", pj(lat->to_handler_async)},
+                            {"disk_flush_ms", pj(lat->flush_ms)},
                             {"start_to_completion_ms", pj(lat->to_completion)}});
       }
       std::ofstream out(a.json_file);

@@ -78,17 +78,34 @@ BEGIN
       FOR UPDATE SKIP LOCKED) c
     ORDER BY c.available_at
     LIMIT p_limit
-  )
+  ),
   -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
   -- array), never by a join the planner could turn into a merge join over a scan of tasks.
-  UPDATE flowreg.tasks t
-  SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
-      lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
-                                 * interval '1 ms'
-  WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
-  RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-            t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at;
+  claimed AS (
+    UPDATE flowreg.tasks t
+    SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
+        lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
+                                   * interval '1 ms'
+    WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
+    RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+              t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at
+  )
+  -- A single step's task stores no input (a map step's stores its element): it is the run's input
+  -- for a root step, else the object of its dependencies' outputs by step slug, read here by
+  -- primary key (flow_steps for the dependencies, then runs or step_states).
+  SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
+         coalesce(c.input, (
+           SELECT CASE WHEN cardinality(fs.deps) = 0
+                       THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
+                       ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
+                             FROM flowreg.step_states d
+                             WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)) END
+           FROM flowreg.flow_steps fs
+           WHERE fs.flow_slug = c.flow_slug AND fs.version = c.flow_version
+             AND fs.step_slug = c.step_slug)),
+         c.max_attempts, c.timeout_ms, c.lease_expires_at
+  FROM claimed c;
 END $$;
 
 ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -30,13 +30,19 @@ BEGIN
   END IF;
 
   WITH done AS (
+    -- The output is stored once: a single step's in its step state only (below); a map step's
+    -- task keeps its own until the step completes, its output being made of them. A task that
+    -- stores its input is a map step's (a single step's reads its input when claimed; one created
+    -- by a release before 0008 stored it, and keeps its output too).
     UPDATE flowreg.tasks t
     SET status = 'completed',
-        output = coalesce(v_by_id -> t.id::text -> 'output', 'null'::jsonb),
+        output = CASE WHEN t.input IS NOT NULL
+                      THEN coalesce(v_by_id -> t.id::text -> 'output', 'null'::jsonb) END,
         finished_at = now(), lease_expires_at = NULL
     WHERE t.id = ANY (v_ids) AND t.status || '' = 'started'
       AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
-    RETURNING t.id, t.run_id, t.step_slug, t.output
+    RETURNING t.id, t.run_id, t.step_slug,
+              coalesce(v_by_id -> t.id::text -> 'output', 'null'::jsonb) AS output
   ),
   per AS (
     SELECT d.run_id, d.step_slug, count(*)::int AS n, (array_agg(d.output))[1] AS output,
@@ -87,4 +93,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._complete_locked(jsonb)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -73,4 +73,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._fail_locked(jsonb)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -25,3 +25,5 @@ BEGIN
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' failed')) INTO v_n FROM r;
 END $$;
+
+ALTER FUNCTION flowreg._fail_runs(uuid[], text[]) SET jit = off;

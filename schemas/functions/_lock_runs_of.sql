@@ -12,4 +12,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._lock_runs_of(bigint[])
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -27,13 +27,12 @@ BEGIN
     ready AS MATERIALIZED (
       SELECT s.run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.max_attempts,
              fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms,
-             CASE WHEN cardinality(fs.deps) = 0 THEN r.input
-                  WHEN fs.kind = 'map' THEN
+             -- Only a map step's input is needed here (its elements become its tasks' inputs).
+             CASE WHEN fs.kind <> 'map' THEN NULL
+                  WHEN cardinality(fs.deps) = 0 THEN r.input
+                  ELSE
                     (SELECT d.output FROM flowreg.step_states d
                      WHERE d.run_id = s.run_id AND d.step_slug = fs.deps[1])
-                  ELSE
-                    (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d
-                     WHERE d.run_id = s.run_id AND d.step_slug = ANY (fs.deps))
              END AS input
       -- Driven by the run ids (primary key probes, materialized first), whatever the statistics
       -- say.
@@ -53,7 +52,9 @@ BEGIN
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
                                  max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
-      SELECT z.run_id, z.step_slug, (e.i - 1)::int, z.flow_slug, z.flow_version, e.elem,
+      -- A map step's task keeps its element; a single step's reads its input when claimed.
+      SELECT z.run_id, z.step_slug, (e.i - 1)::int, z.flow_slug, z.flow_version,
+             CASE WHEN z.kind = 'map' THEN e.elem END,
              z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms
       FROM sized z
       CROSS JOIN LATERAL jsonb_array_elements(
@@ -95,7 +96,7 @@ BEGIN
     PERFORM flowreg._account_steps(v_done_runs, v_done_steps);
   END LOOP;
 
-  -- Runs without remaining steps are complete: their output is their leaf steps' outputs.
+  -- Runs without remaining leaf steps are complete: their output is their leaf steps' outputs.
   WITH done AS (
     UPDATE flowreg.runs r
     SET status = 'completed', finished_at = now(),
@@ -106,11 +107,11 @@ BEGIN
                                       AND fs.step_slug = s.step_slug
            WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb)
     FROM unnest(p_runs) AS p(id)
-    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_steps = 0
+    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_leaves = 0
     RETURNING r.id
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' completed')) INTO v_n FROM done;
 END $$;
 
 ALTER FUNCTION flowreg._start_steps(uuid[])
-  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off;
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off;

@@ -22,3 +22,5 @@ BEGIN
   PERFORM pg_notify('flowreg_runs', p_run::text || ' cancelled');
   RETURN true;
 END $$;
+
+ALTER FUNCTION flowreg.cancel_run(uuid) SET jit = off;

@@ -14,3 +14,5 @@ BEGIN
   PERFORM flowreg._lock_runs_of(v_ids);
   RETURN flowreg._rejected(v_ids, flowreg._complete_locked(p_batch));
 END $$;
+
+ALTER FUNCTION flowreg.complete_tasks(jsonb) SET jit = off;

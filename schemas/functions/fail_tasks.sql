@@ -12,3 +12,5 @@ BEGIN
   PERFORM flowreg._lock_runs_of(v_ids);
   RETURN flowreg._rejected(v_ids, flowreg._fail_locked(p_batch));
 END $$;
+
+ALTER FUNCTION flowreg.fail_tasks(jsonb) SET jit = off;

@@ -35,3 +35,5 @@ BEGIN
   END IF;
   RETURN coalesce(v_acc, '{}');
 END $$;
+
+ALTER FUNCTION flowreg.release_tasks(text, jsonb) SET jit = off;

@@ -67,4 +67,6 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg.renew_leases(text, jsonb, bigint, boolean)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;
+
+ALTER FUNCTION flowreg.renew_leases(text, jsonb, bigint) SET jit = off;

@@ -55,4 +55,4 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg.report_crashes(jsonb, int)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -18,3 +18,5 @@ BEGIN
   FROM flowreg.start_runs(v_run.flow_slug, v_run.flow_version, ARRAY[v_run.input], NULL, p_run) s;
   RETURN v_new;
 END $$;
+
+ALTER FUNCTION flowreg.retry_run(uuid) SET jit = off;

@@ -45,3 +45,5 @@ BEGIN
   FROM jsonb_array_elements(p_def->'steps') s, jsonb_array_elements_text(s->'depends_on') d;
   RETURN true;
 END $$;
+
+ALTER FUNCTION flowreg.upsert_flow(text, text, jsonb) SET jit = off;

@@ -67,3 +67,5 @@ BEGIN
       ORDER BY q.available_at LIMIT 1) d
     HAVING min(d.at) IS NOT NULL;
 END $$;
+
+ALTER FUNCTION flowreg.work(text, jsonb, jsonb, jsonb, int, bigint) SET jit = off;

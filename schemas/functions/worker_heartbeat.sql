@@ -18,3 +18,6 @@ RETURNS void LANGUAGE sql AS $$
       started_at = CASE WHEN w.pid <> excluded.pid OR w.host <> excluded.host THEN now()
                         ELSE w.started_at END;
 $$;
+
+ALTER FUNCTION flowreg.worker_heartbeat(text, text, int, jsonb, int, boolean, text, bigint)
+  SET jit = off;

@@ -211,7 +211,8 @@ RESULT["cut: late results replayed from host 1 / refused by the database"]="$(tr
 [ "$rejected" = "$(tr ',' '\n' <<<"$held" | wc -l)" ] ||
   die "the database accepted late results of the cut-off host ($rejected refused)"
 late=$(sql "SELECT count(*) FROM public.netns_audit WHERE task_id IN ($held) AND worker_id = 'w1'")
-late_out=$(sql "SELECT count(*) FROM flowreg.tasks WHERE id IN ($held) AND output ? 'late'")
+late_out=$(sql "SELECT count(*) FROM flowreg.tasks t JOIN flowreg.step_states s USING (run_id, step_slug)
+                WHERE t.id IN ($held) AND (s.output ? 'late' OR t.output ? 'late')")
 [ "$late" = 0 ] && [ "$late_out" = 0 ] || die "late results of the cut-off host were recorded"
 wait_until 90 "the runs after the cut finishing" \
   "SELECT count(*) = 0 FROM flowreg.runs WHERE status = 'started'"

@@ -6,6 +6,7 @@
 //   flowreg::pgtest::track(cluster)    another cluster to stop at exit
 //   flowreg::pgtest::empty_database(n) a new, empty database n of the shared cluster (dropped
 //                                      first when it exists); its connection string
+//   flowreg::pgtest::step, store_flow  test flows stored through RunStore
 
 #include "pg/pg_fixture.hpp"
 
@@ -97,6 +98,28 @@ std::string empty_database(const std::string& name) {
   tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
   tx.exec0("CREATE DATABASE " + conn.quote_name(name));
   return cluster.connection_string(name);
+}
+
+StepDef step(const std::string& slug, std::vector<std::string> deps, StepKind kind) {
+  StepDef s;
+  s.slug = slug;
+  s.kind = kind;
+  s.handler = "test.noop";
+  s.depends_on = std::move(deps);
+  return s;
+}
+
+detail::FlowKey store_flow(detail::RunStore& store, const std::string& slug,
+                           std::vector<StepDef> steps, const Options& options) {
+  FlowDef f;
+  f.slug = slug;
+  f.module = "test";
+  f.options = options;
+  f.steps = std::move(steps);
+  detail::FlowKey key{slug, flow_version(f)};
+  auto stored = store.upsert_flow(f, key.version);
+  if (!stored) throw std::runtime_error("storing flow " + slug + ": " + stored.error().format());
+  return key;
 }
 
 }  // namespace flowreg::pgtest

@@ -3,8 +3,11 @@
 
 #include <filesystem>
 #include <string>
+#include <vector>
 
+#include "flowreg/flow.hpp"
 #include "store/embedded_cluster.hpp"
+#include "store/run_store.hpp"
 
 namespace flowreg::pgtest {
 
@@ -17,5 +20,13 @@ void track(const detail::EmbeddedCluster& cluster);
 // A new, empty database of the shared cluster (dropped first when it exists); its connection
 // string.
 std::string empty_database(const std::string& name);
+
+// A step of a test flow; its handler is "test.noop" (the run store never runs handlers).
+StepDef step(const std::string& slug, std::vector<std::string> deps = {},
+             StepKind kind = StepKind::single);
+// Stores the flow `slug` of module "test" made of `steps`, with `options`, at the version of its
+// shape; its key. Throws std::runtime_error when the store refuses it.
+detail::FlowKey store_flow(detail::RunStore& store, const std::string& slug,
+                           std::vector<StepDef> steps, const Options& options = {});
 
 }  // namespace flowreg::pgtest

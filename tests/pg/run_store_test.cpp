@@ -755,7 +755,7 @@ TEST_SUITE("run_store") {
     CHECK(run_info(env.store, fourth).status == RunStatus::started);
   }
 
-  // Migration 0004 gives _claim, _lock_runs_of and _account_steps one generic plan per session,
+  // _claim, _lock_runs_of and _account_steps keep one generic plan per session,
   // made at their first call and kept. A worker connection that made them while the tables were
   // empty must still walk indexes once the tables are full: counted with the server's per-table
   // scan counters around calls made on one connection that first ran them on near-empty tables.
@@ -784,7 +784,14 @@ TEST_SUITE("run_store") {
           "SELECT cardinality(flowreg._account_steps($1::uuid[], "
           "array_fill('a'::text, ARRAY[cardinality($1::uuid[])])))",
           runs);
-      CHECK(going.at(0).at(0).as<int>() == n);  // b is left in each run
+      // b, a single step, is started by _account_steps itself: no map step is left to start.
+      CHECK(going.at(0).at(0).as<int>() == 0);
+      CHECK(tx.exec_params("SELECT count(*) FROM flowreg.tasks WHERE run_id = ANY ($1::uuid[]) "
+                           "AND step_slug = 'b' AND status = 'queued'",
+                           runs)
+                .at(0)
+                .at(0)
+                .as<int>() == n);
       tx.abort();
     };
     start(env.store, chain, 0);

@@ -146,8 +146,9 @@ TEST_SUITE("worker") {
     // The step's result is recorded once: one task, completed on its second attempt, by b.
     CHECK(s.count("tasks WHERE run_id = '" + run + "'") == 1);
     CHECK(query_one(s.conninfo,
-                    "SELECT status || ' ' || attempt || ' ' || worker_id || ' ' || "
-                    "(output->>'pid') FROM flowreg.tasks WHERE run_id = '" +
+                    "SELECT t.status || ' ' || t.attempt || ' ' || t.worker_id || ' ' || "
+                    "(s.output->>'pid') FROM flowreg.tasks t JOIN flowreg.step_states s"
+                    " USING (run_id, step_slug) WHERE run_id = '" +
                         run + "'") == "completed 2 b " + std::to_string(b.pid()));
     CHECK(query_one(s.conninfo, "SELECT output->'only'->>'attempt' FROM flowreg.runs WHERE id = '" +
                                     run + "'") == "2");
@@ -254,7 +255,8 @@ TEST_SUITE("worker") {
     CHECK(s.err("a").find("4 task(s) given back unstarted, 0 interrupted") != std::string::npos);
     REQUIRE(all_completed(s, 6, 30s));
     CHECK(s.count("tasks WHERE attempt = 1") == 6);
-    CHECK(s.count("tasks WHERE worker_id = 'a' AND (output->>'pid')::int = " +
+    CHECK(s.count("tasks t JOIN flowreg.step_states st USING (run_id, step_slug) WHERE "
+                  "t.worker_id = 'a' AND (st.output->>'pid')::int = " +
                   std::to_string(a.pid())) == 2);
     CHECK(s.count("tasks WHERE worker_id = 'b'") == 4);
     b.signal(SIGTERM);

@@ -1,0 +1,318 @@
+// Upgrading a database with live runs in place: migration 0008 (lean rows) takes over the runs the
+// release before it left in every state, and they finish as they would have.
+//
+// The database is brought to what the release before 0008 left: runs are driven into their states
+// through RunStore, then the rows are put back in that release's layout (a task copied its input
+// and a single step's task kept its output; step states and tasks had foreign keys; input was NOT
+// NULL) and 0008 is forgotten. migrate() then applies 0008 and the function files again, and the
+// runs are finished through RunStore.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <pqxx/pqxx>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "flowreg/flow.hpp"
+#include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+
+namespace fd = flowreg::detail;
+using flowreg::pgtest::query_one_or_empty;
+using flowreg::pgtest::step;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+void exec(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection conn(conninfo);
+  pqxx::work tx(conn);
+  tx.exec(sql);
+  tx.commit();
+}
+
+fd::RunStore connect(const std::string& conninfo) {
+  auto store = fd::RunStore::connect(conninfo);
+  REQUIRE_MESSAGE(store, store.error().format());
+  return std::move(*store);
+}
+
+// A retry is due soon.
+flowreg::Options quick_retries() {
+  flowreg::Options o;
+  o.base_delay = flowreg::Millis(300);
+  o.max_delay = flowreg::Millis(300);
+  return o;
+}
+
+fd::RunId start(fd::RunStore& store, const fd::FlowKey& key, const Json& input) {
+  auto run = store.start_run(key.slug, key.version, input);
+  REQUIRE_MESSAGE(run, run.error().format());
+  return *run;
+}
+
+// Every claimable task of these flows, by run id and step slug (and index).
+std::map<std::string, fd::ClaimedTask> claim_all(fd::RunStore& store,
+                                                 std::span<const fd::FlowKey> flows) {
+  auto claimed = store.claim("old-worker", flows, 1000);
+  REQUIRE_MESSAGE(claimed, claimed.error().format());
+  std::map<std::string, fd::ClaimedTask> out;
+  for (auto& t : *claimed)
+    out[t.run_id + "/" + t.step_slug + "/" + std::to_string(t.task_index)] = t;
+  return out;
+}
+
+const fd::ClaimedTask& task(const std::map<std::string, fd::ClaimedTask>& tasks,
+                            const fd::RunId& run, const std::string& step, int index = 0) {
+  const auto it = tasks.find(run + "/" + step + "/" + std::to_string(index));
+  REQUIRE_MESSAGE(it != tasks.end(), "no claimed task " << step << " " << index << " of " << run);
+  return it->second;
+}
+
+Json echo(const fd::ClaimedTask& t) { return Json{{"echo", t.input}}; }
+
+void complete(fd::RunStore& store, const fd::ClaimedTask& t) {
+  const fd::Completion c{t.id, t.attempt, echo(t), 0};
+  auto rejected = store.complete(std::span(&c, 1));
+  REQUIRE_MESSAGE(rejected, rejected.error().format());
+  REQUIRE(rejected->empty());
+}
+
+fd::RunInfo run_info(fd::RunStore& store, const fd::RunId& run) {
+  auto info = store.get_run(run);
+  REQUIRE_MESSAGE(info, info.error().format());
+  REQUIRE(info->has_value());
+  return **info;
+}
+
+std::string q(const std::string& conninfo, const std::string& sql) {
+  return query_one_or_empty(conninfo, sql);
+}
+
+}  // namespace
+
+TEST_SUITE("live_upgrade") {
+  TEST_CASE("migration 0008 takes over runs left in every state by the release before it") {
+    const std::string db = flowreg::pgtest::empty_database("lu_0008");
+    {
+      auto migrated = fd::migrate(db);
+      REQUIRE_MESSAGE(migrated, migrated.error().format());
+    }
+    fd::RunStore store = connect(db);
+    using flowreg::pgtest::store_flow;
+    const auto single = store_flow(store, "single", {step("only")}, quick_retries());
+    const auto pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
+    const auto fan =
+        store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
+                   quick_retries());
+    const std::vector<fd::FlowKey> flows{single, pipe, fan};
+
+    // Runs in every state.
+    const auto queued = start(store, single, Json{{"q", 1}});          // never claimed
+    const auto held = start(store, single, Json{{"h", 2}});            // claimed, still running
+    const auto retrying = start(store, single, Json{{"r", 3}});        // failed once, retry due
+    const auto chain = start(store, pipe, Json{{"c", 4}});             // a done, b queued
+    const auto chain_held = start(store, pipe, Json{{"c", 5}});        // a done, b running
+    const auto mapped = start(store, fan, Json::array({10, 20, 30}));  // 0 done, 1 running, 2 new
+    const auto done = start(store, single, Json{{"d", 6}});
+    const auto failed = start(store, single, Json{{"f", 7}});
+    const auto cancelled = start(store, pipe, Json{{"x", 8}});
+
+    fd::ClaimedTask held_task, chain_held_task, map_held_task;
+    {
+      auto first = claim_all(store, flows);
+      // `queued`'s task is given back as if never claimed (its attempt refunded).
+      const fd::Release back{task(first, queued, "only").id, task(first, queued, "only").attempt,
+                             false};
+      auto released = store.release("old-worker", std::span(&back, 1));
+      REQUIRE_MESSAGE(released, released.error().format());
+      held_task = task(first, held, "only");
+      const fd::Failure once{task(first, retrying, "only").id,
+                             task(first, retrying, "only").attempt, "flaky", false};
+      auto f1 = store.fail(std::span(&once, 1));
+      REQUIRE_MESSAGE(f1, f1.error().format());
+      complete(store, task(first, chain, "a"));
+      complete(store, task(first, chain_held, "a"));
+      complete(store, task(first, mapped, "each", 0));
+      map_held_task = task(first, mapped, "each", 1);
+      complete(store, task(first, done, "only"));
+      const fd::Failure fatal{task(first, failed, "only").id, task(first, failed, "only").attempt,
+                              "broken", true};
+      auto f2 = store.fail(std::span(&fatal, 1));
+      REQUIRE_MESSAGE(f2, f2.error().format());
+      // The map step's task 2 and cancelled's a are given back unstarted.
+      for (const auto* t : {&task(first, mapped, "each", 2), &task(first, cancelled, "a")}) {
+        const fd::Release r{t->id, t->attempt, false};
+        auto ok = store.release("old-worker", std::span(&r, 1));
+        REQUIRE_MESSAGE(ok, ok.error().format());
+      }
+      auto c = store.cancel_run(cancelled);
+      REQUIRE_MESSAGE(c, c.error().format());
+      CHECK(*c);
+    }
+    {
+      // b of chain_held becomes ready now and is claimed by the old worker; the others are left
+      // queued.
+      auto second = claim_all(store, flows);
+      chain_held_task = task(second, chain_held, "b");
+      CHECK(second.size() == 4);  // and chain's b, mapped's task 2, queued's task, given back
+      std::vector<fd::Release> back;
+      for (const auto& [where, t] : second)
+        if (t.id != chain_held_task.id) back.push_back({t.id, t.attempt, false});
+      auto ok = store.release("old-worker", back);
+      REQUIRE_MESSAGE(ok, ok.error().format());
+      CHECK(ok->size() == 3);
+      CHECK(chain_held_task.input == Json{{"a", {{"echo", {{"c", 5}}}}}});
+    }
+    const auto ended_before = [&] {
+      std::map<std::string, std::string> out;
+      for (const auto& r : {done, failed, cancelled}) {
+        const auto info = run_info(store, r);
+        out[r] = std::string(fd::to_string(info.status)) + " " +
+                 info.output.value_or(Json()).dump() + " " + info.error.value_or("");
+      }
+      return out;
+    }();
+
+    // What the release before 0008 left: every task holds its input (copied when it was
+    // created), a single step's completed task its output, the foreign keys exist, and a run
+    // counts down all its steps (remaining_steps), not its leaves.
+    exec(db,
+         "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
+         "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
+         "        WHERE d.run_id = t.run_id AND d.step_slug = ANY (fs.deps)) END"
+         " FROM flowreg.runs r, flowreg.flow_steps fs"
+         " WHERE t.input IS NULL AND r.id = t.run_id AND fs.flow_slug = t.flow_slug"
+         "   AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
+         "UPDATE flowreg.tasks t SET output = s.output FROM flowreg.step_states s"
+         " WHERE t.status = 'completed' AND t.output IS NULL AND s.run_id = t.run_id"
+         "   AND s.step_slug = t.step_slug AND s.kind = 'single';"
+         "ALTER TABLE flowreg.tasks ALTER COLUMN input SET NOT NULL;"
+         "ALTER TABLE flowreg.step_states ADD CONSTRAINT step_states_run_id_fkey"
+         "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
+         "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
+         "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
+         "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
+         "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
+         "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
+         "DELETE FROM public.flowreg_migrations WHERE version = 8;"
+         "DELETE FROM public.flowreg_functions;");
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
+    const std::string fkeys =
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid IN "
+        "('flowreg.tasks'::regclass, 'flowreg.step_states'::regclass)";
+    REQUIRE(q(db, fkeys) == "2");
+    REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
+
+    // The upgrade, while the old worker still holds three tasks.
+    {
+      auto upgraded = fd::migrate(db);
+      REQUIRE_MESSAGE(upgraded, upgraded.error().format());
+      REQUIRE(upgraded->applied.size() == 1);
+      CHECK(upgraded->applied.front().version == 8);
+    }
+    CHECK(q(db, fkeys) == "0");
+    // Each started run counts its leaf steps not completed: 1 each here (mapped's sum, chain's b,
+    // the single steps), where chain had 1 step left and mapped 2.
+    CHECK(q(db,
+            "SELECT string_agg(remaining_leaves::text, ',') FROM flowreg.runs WHERE status = "
+            "'started'") == "1,1,1,1,1,1");
+    CHECK(q(db,
+            "SELECT is_nullable FROM information_schema.columns WHERE table_schema = 'flowreg' "
+            "AND table_name = 'tasks' AND column_name = 'input'") == "YES");
+
+    fd::RunStore after = connect(db);
+    // The old worker's results of its held attempts are accepted (fencing by attempt as before).
+    for (const auto* t : {&held_task, &chain_held_task, &map_held_task}) complete(after, *t);
+    // A new run of each flow, started after the upgrade, in the new layout.
+    const auto fresh_single = start(after, single, Json{{"n", 9}});
+    const auto fresh_chain = start(after, pipe, Json{{"n", 10}});
+    const auto fresh_map = start(after, fan, Json::array({1, 2}));
+
+    // Finish everything: claim, echo the input, complete, until no run is started (the retry
+    // becomes due 300 ms after its failure).
+    std::map<std::string, Json> inputs;  // run/step/index -> input the claim returned
+    for (int round = 0; round < 100; ++round) {
+      if (q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0") break;
+      auto batch = claim_all(after, flows);
+      for (const auto& [where, t] : batch) {
+        inputs[where] = t.input;
+        complete(after, t);
+      }
+      if (batch.empty()) std::this_thread::sleep_for(100ms);
+    }
+    INFO("tasks of runs not ended: " << q(
+             db,
+             "SELECT string_agg(t.step_slug || ' ' || t.task_index || ' ' || t.status || ' "
+             "' || t.attempt || ' ' || t.available_at, '; ') FROM flowreg.tasks t JOIN "
+             "flowreg.runs r ON r.id = t.run_id WHERE r.status = 'started'"));
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+
+    // Each task got the input it had in the old layout, or would have had.
+    CHECK(inputs.at(queued + "/only/0") == Json{{"q", 1}});
+    CHECK(inputs.at(retrying + "/only/0") == Json{{"r", 3}});
+    CHECK(inputs.at(chain + "/b/0") == Json{{"a", {{"echo", {{"c", 4}}}}}});
+    CHECK(inputs.at(mapped + "/each/2") == Json(30));
+    CHECK(inputs.at(fresh_single + "/only/0") == Json{{"n", 9}});
+    CHECK(inputs.at(fresh_chain + "/a/0") == Json{{"n", 10}});
+    CHECK(inputs.at(fresh_chain + "/b/0") == Json{{"a", {{"echo", {{"n", 10}}}}}});
+    CHECK(inputs.at(fresh_map + "/each/1") == Json(2));
+
+    const auto output = [&](const fd::RunId& run) {
+      const auto info = run_info(after, run);
+      CHECK_MESSAGE(info.status == fd::RunStatus::completed, run);
+      return info.output.value_or(Json());
+    };
+    CHECK(output(queued) == Json{{"only", {{"echo", {{"q", 1}}}}}});
+    CHECK(output(held) == Json{{"only", {{"echo", {{"h", 2}}}}}});
+    CHECK(output(retrying) == Json{{"only", {{"echo", {{"r", 3}}}}}});
+    CHECK(output(chain) == Json{{"b", {{"echo", {{"a", {{"echo", {{"c", 4}}}}}}}}}});
+    CHECK(output(chain_held) == Json{{"b", {{"echo", {{"a", {{"echo", {{"c", 5}}}}}}}}}});
+    const Json each = Json::array({Json{{"echo", 10}}, Json{{"echo", 20}}, Json{{"echo", 30}}});
+    CHECK(output(mapped) == Json{{"sum", {{"echo", {{"each", each}}}}}});
+    CHECK(output(fresh_single) == Json{{"only", {{"echo", {{"n", 9}}}}}});
+    CHECK(output(fresh_chain) == Json{{"b", {{"echo", {{"a", {{"echo", {{"n", 10}}}}}}}}}});
+    const Json each2 = Json::array({Json{{"echo", 1}}, Json{{"echo", 2}}});
+    CHECK(output(fresh_map) == Json{{"sum", {{"echo", {{"each", each2}}}}}});
+
+    // The retried task ran twice; the runs that had ended are as they were.
+    auto steps = after.run_steps(retrying);
+    REQUIRE_MESSAGE(steps, steps.error().format());
+    REQUIRE(steps->size() == 1);
+    CHECK(steps->front().attempts == 2);
+    for (const auto& [run, was] : ended_before) {
+      const auto info = run_info(after, run);
+      CHECK(std::string(fd::to_string(info.status)) + " " + info.output.value_or(Json()).dump() +
+                " " + info.error.value_or("") ==
+            was);
+    }
+
+    // The new layout for the runs started after the upgrade: a single step's task stores neither
+    // its input nor its output (its step state holds the output), a map step's task both.
+    const std::string fresh_ids =
+        "('" + fresh_single + "', '" + fresh_chain + "', '" + fresh_map + "')";
+    CHECK(q(db,
+            "SELECT count(*) FROM flowreg.tasks t JOIN flowreg.step_states s USING (run_id, "
+            "step_slug) WHERE t.run_id IN " +
+                fresh_ids +
+                " AND s.kind = 'single' AND (t.input IS NOT NULL OR t.output IS NOT NULL)") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN " + fresh_ids +
+                    " AND step_slug = 'each' AND input IS NOT NULL AND output IS NOT NULL") == "2");
+
+    // prune deletes runs with their steps and tasks (no foreign key cascades any more).
+    auto pruned = after.prune(std::chrono::milliseconds(0));
+    REQUIRE_MESSAGE(pruned, pruned.error().format());
+    CHECK(*pruned == 12);
+    CHECK(q(db,
+            "SELECT (SELECT count(*) FROM flowreg.runs) + (SELECT count(*) FROM "
+            "flowreg.step_states) + (SELECT count(*) FROM flowreg.tasks)") == "0");
+  }
+}
