@@ -178,9 +178,23 @@ RESULT["cut: time from cut to tasks finished elsewhere (handlers of 1.5 s)"]="$(
 wait_until 90 "the slow chains finishing without worker host 1" \
   "SELECT count(*) = 0 FROM flowreg.runs WHERE status = 'started'"
 sleep 1
+# It serves again without a restart, as soon as it reaches the database: work waits for it when
+# the link comes back, and the other hosts are paused until it has finished a task (else they
+# would take all of it).
+kill -STOP "${WORKER_PIDS[1]}" "${WORKER_PIDS[2]}"
+start_runs wprobe_chain 300 "jsonb_build_object('log', '$chain_log', 'n', i)"
 join_at=$(now_ms)
 join_host 1
 log "worker host 1 joined again"
+wait_until 90 "worker host 1 serving again" \
+  "SELECT count(*) > 0 FROM flowreg.tasks WHERE worker_id = 'w1'
+   AND finished_at > to_timestamp($join_at / 1000.0)"
+resumed_ms=$(sql "SELECT (extract(epoch FROM min(finished_at)) * 1000)::bigint - $join_at
+                  FROM flowreg.tasks WHERE worker_id = 'w1'
+                  AND finished_at > to_timestamp($join_at / 1000.0)")
+kill -CONT "${WORKER_PIDS[1]}" "${WORKER_PIDS[2]}"
+RESULT["cut: host 1 serving again after the link is back (same process)"]="first task ${resumed_ms} ms after"
+kill -0 "${WORKER_PIDS[0]}" || die "worker 1 exited after the cut"
 # Its late results. The worker sends them once it reaches the database again, and the database
 # refuses them (their attempt is no longer current: logged "was not recorded"), or the worker
 # drops them itself (its renewal was refused: "lost the lease"; or its loop gave its tasks up
@@ -200,16 +214,6 @@ late=$(sql "SELECT count(*) FROM public.netns_audit WHERE task_id IN ($held) AND
 late_out=$(sql "SELECT count(*) FROM flowreg.tasks t JOIN flowreg.step_states s USING (run_id, step_slug)
                 WHERE t.id IN ($held) AND (s.output ? 'late' OR t.output ? 'late')")
 [ "$late" = 0 ] && [ "$late_out" = 0 ] || die "late results of the cut-off host were recorded"
-# It serves again, without a restart: new work reaches it.
-kill -0 "${WORKER_PIDS[0]}" || die "worker 1 exited after the cut"
-start_runs wprobe_chain 300 "jsonb_build_object('log', '$chain_log', 'n', i)"
-wait_until 90 "worker host 1 serving again" \
-  "SELECT count(*) > 0 FROM flowreg.tasks WHERE worker_id = 'w1'
-   AND finished_at > to_timestamp($join_at / 1000.0)"
-resumed_ms=$(sql "SELECT (extract(epoch FROM min(finished_at)) * 1000)::bigint - $join_at
-                  FROM flowreg.tasks WHERE worker_id = 'w1'
-                  AND finished_at > to_timestamp($join_at / 1000.0)")
-RESULT["cut: host 1 serving again after the link is back (same process)"]="first task ${resumed_ms} ms after"
 wait_until 90 "the runs after the cut finishing" \
   "SELECT count(*) = 0 FROM flowreg.runs WHERE status = 'started'"
 

@@ -5,6 +5,7 @@
 #include <map>
 #include <pqxx/pqxx>
 
+#include "store/conninfo.hpp"
 #include "util/enum_names.hpp"
 #include "util/sha256.hpp"
 #include "util/strings.hpp"
@@ -260,7 +261,7 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
   if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
   std::string step = "connecting";
   try {
-    pqxx::connection conn(conninfo);
+    pqxx::connection conn(with_connection_defaults(conninfo));
     // Held for the whole run (a session lock outlives the transactions below); closing the
     // connection releases it too, whatever happens.
     step = "waiting for the migration lock";
@@ -347,7 +348,7 @@ Result<std::vector<MigrationStatus>> migration_status(const std::string& conninf
                                                       std::span<const Migration> migrations) {
   if (auto r = check_order(migrations); !r) return tl::unexpected(r.error());
   try {
-    pqxx::connection conn(conninfo);
+    pqxx::connection conn(with_connection_defaults(conninfo));
     pqxx::read_transaction tx(conn);
     std::map<int, Recorded> recorded;
     if (!tx.exec1("SELECT to_regclass('public.flowreg_migrations') IS NULL")[0].as<bool>())
@@ -386,7 +387,7 @@ Result<std::vector<FunctionStatus>> function_status(const std::string& conninfo,
                                                     std::span<const FunctionFile> functions) {
   if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
   try {
-    pqxx::connection conn(conninfo);
+    pqxx::connection conn(with_connection_defaults(conninfo));
     pqxx::read_transaction tx(conn);
     std::map<std::string, RecordedFunction> recorded;
     if (!tx.exec1("SELECT to_regclass('public.flowreg_functions') IS NULL")[0].as<bool>())

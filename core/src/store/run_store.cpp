@@ -10,6 +10,7 @@
 #include <thread>
 #include <utility>
 
+#include "store/conninfo.hpp"
 #include "util/enum_names.hpp"
 #include "util/json_text.hpp"
 #include "util/sha256.hpp"
@@ -299,7 +300,7 @@ bool refused_class(const pqxx::sql_error& e) {
 // RunStore
 
 struct RunStore::Impl {
-  explicit Impl(const std::string& conninfo) : conn(conninfo) {
+  explicit Impl(const std::string& conninfo) : conn(with_connection_defaults(conninfo)) {
     for (const auto& s : statements()) conn.prepare(s.name, s.sql);
   }
 
@@ -775,7 +776,7 @@ class QueueingReceiver final : public pqxx::notification_receiver {
 }  // namespace
 
 struct Listener::Impl {
-  explicit Impl(const std::string& conninfo) : conn(conninfo) {}
+  explicit Impl(const std::string& conninfo) : conn(with_connection_defaults(conninfo)) {}
   std::deque<Notification> queue;
   pqxx::connection conn;
   bool lost = false;

@@ -13,6 +13,7 @@
 #include "util/host_name.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
+#include "worker/loop_lanes.hpp"
 #include "worker/store_pool.hpp"
 
 namespace flowreg::detail {
@@ -88,6 +89,7 @@ Engine::Engine(WorkerOptions options, EngineParts parts)
   }
   notifier_ = std::thread([this] { notifier_main(); });
   keeper_ = std::thread([this] { keeper_main(); });
+  lanes_ = std::make_unique<LoopLanes>(*this);
 }
 
 Engine::~Engine() { finish(SteadyTime::max()); }
@@ -118,9 +120,24 @@ std::string Engine::state() const {
 
 int Engine::acquire_slots(int wanted, const std::shared_ptr<LoopState>& state) {
   MutexLock lock(mu_);
-  const int got = std::clamp(capacity_locked() - in_use_, 0, std::max(wanted, 0));
+  // LoopState::stopping() reads an atomic: no LoopState lock is taken under the engine's.
+  std::erase_if(starving_, [](const std::weak_ptr<LoopState>& weak) {
+    auto s = weak.lock();
+    return !s || s->stopping();
+  });
+  // Fair share: the loops that found no room take the slots freed, in the order they starved;
+  // until the first of them got some, every other caller gets none (and starves in its turn).
+  const bool first = state && !starving_.empty() && starving_.front().lock() == state;
+  int got = std::clamp(capacity_locked() - in_use_, 0, std::max(wanted, 0));
+  if (!starving_.empty() && !first) got = 0;
   in_use_ += got;
-  if (got == 0) starving_.push_back(state);
+  if (got > 0 && first) {
+    starving_.erase(starving_.begin());
+  } else if (got == 0 && state &&
+             std::none_of(starving_.begin(), starving_.end(),
+                          [&](const auto& weak) { return weak.lock() == state; })) {
+    starving_.push_back(state);
+  }
   return got;
 }
 
@@ -132,8 +149,8 @@ void Engine::release_slots(int n) {
     in_use_ -= n;
     // Starved loops are woken once half a batch is free, not for every finished handler (a claim
     // per handler would cost a round trip each). All slots free is more than that, so a starved
-    // loop is always woken in the end.
-    if (capacity_locked() - in_use_ >= std::max(1, options_.batch_size / 2)) wake.swap(starving_);
+    // loop is always woken in the end. They stay starving until they get slots.
+    if (capacity_locked() - in_use_ >= std::max(1, options_.batch_size / 2)) wake = starving_;
   }
   for (auto& weak : wake)
     if (auto state = weak.lock()) state->want_claim();
@@ -308,6 +325,7 @@ DrainReport Engine::finish(SteadyTime pool_deadline) {
   }
   draining_ = true;
   stop_cv_.notify_all();
+  lanes_->stop();  // their round trips in flight finish; no task is dispatched from here on
   if (notifier_.joinable()) notifier_.join();
   if (keeper_.joinable()) keeper_.join();
 

@@ -1,14 +1,15 @@
 #pragma once
 // The parts of a worker that live as long as its process, whatever its flow loops do: the handler
-// threads, the task capacity, the notification listener and the keeper (lease renewal, step
-// timeouts, heartbeats, crash reports, results of stopped loops).
+// threads, the task capacity, the lanes that make every loop's round trips (loop_lanes.hpp), the
+// notification listener and the keeper (lease renewal, step timeouts, heartbeats, crash reports,
+// results of stopped loops).
 //
-// A flow loop (flow_loop.hpp) claims tasks of one flow version and hands them to the engine
-// (dispatch), which runs each on the pool and puts its result in the loop's outbox (LoopState);
-// the loop records outboxes and claims more in one round trip (WorkerStore::work). When a loop
-// stops (its plugin was replaced, it failed, the worker drains), its handlers still running finish
-// on the code they started with (each job holds its LoopState, whose handlers keep their plugin
-// loaded), and the keeper records their results.
+// A flow loop (flow_loop.hpp) claims tasks of one flow version, through the lanes, and hands them
+// to the engine (dispatch), which runs each on the pool and puts its result in the loop's outbox
+// (LoopState); the lanes record outboxes and claim more in one round trip (WorkerStore::work). When
+// a loop stops (its plugin was replaced, it failed, the worker drains), its handlers still running
+// finish on the code they started with (each job holds its LoopState, whose handlers keep their
+// plugin loaded), and the keeper records their results.
 //
 // The engine is given its collaborators: the store the loops and the keeper use for their round
 // trips (the keeper has its own, so renewals never wait for a loop's round trip) and a clock (step
@@ -35,6 +36,8 @@
 #include "worker/worker_store.hpp"
 
 namespace flowreg::detail {
+
+class LoopLanes;
 
 struct DrainReport {
   int released_unstarted = 0;  // given back before their handler started
@@ -63,6 +66,8 @@ class Engine {
   const WorkerOptions& options() const noexcept { return options_; }
   const std::string& worker_id() const noexcept { return options_.worker_id; }
   WorkerStore& store() noexcept { return *parts_.store; }
+  // The threads every flow loop's round trips run on.
+  LoopLanes& lanes() noexcept { return *lanes_; }
   // "running", or "stuck" while every handler thread is held by a handler that timed out.
   std::string state() const;
 
@@ -76,8 +81,12 @@ class Engine {
   // while the other's round trip is in flight (with room for one batch only, two lanes split it
   // and every round trip carries half as much); with h = 0, none: a worker whose threads are all
   // stuck claims nothing and gives back what waits for a thread. A stuck handler keeps its slot
-  // until it returns. acquire takes up to `wanted` slots; when it gets none, `state` is woken
-  // (want_claim) once batch_size / 2 are free.
+  // until it returns. acquire takes up to `wanted` slots; when it gets none, `state` starves: it is
+  // woken (want_claim) whenever batch_size / 2 are free, until it gets some. Fair share: starving
+  // loops take the slots freed in the order they starved, and while one starves every other caller
+  // gets none (and starves in its turn), so slots freed by a flooded flow's handlers go to the
+  // flows that waited, not back to the flood. `state` may be null (a claim across flows): it gets
+  // slots only while none starves, and is never woken.
   int acquire_slots(int wanted, const std::shared_ptr<LoopState>& state);
   void release_slots(int n);
 
@@ -142,6 +151,8 @@ class Engine {
   std::condition_variable_any stop_cv_;                                   // stopping
   std::vector<TaskJournal::Leftover> leftovers_ FLOWREG_GUARDED_BY(mu_);  // dead workers' journals
   std::vector<std::shared_ptr<LoopState>> states_ FLOWREG_GUARDED_BY(mu_);
+  // Loops that wanted slots and got none, in the order they starved, until they get some (or
+  // stop).
   std::vector<std::weak_ptr<LoopState>> starving_ FLOWREG_GUARDED_BY(mu_);
   std::vector<Release> releases_ FLOWREG_GUARDED_BY(mu_);  // to give back
   std::vector<FlowKey> served_ FLOWREG_GUARDED_BY(mu_);
@@ -153,6 +164,7 @@ class Engine {
 
   std::thread notifier_;
   std::thread keeper_;
+  std::unique_ptr<LoopLanes> lanes_;  // started last, stopped first by finish()
 };
 
 }  // namespace flowreg::detail

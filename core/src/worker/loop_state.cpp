@@ -31,47 +31,37 @@ const StepHandler* LoopState::handler(const std::string& step) const {
   return it == handlers_.end() || !it->second.invoke ? nullptr : &it->second;
 }
 
+void LoopState::set_waker(std::function<void()> waker) {
+  MutexLock lock(mu_);
+  waker_ = std::move(waker);
+}
+
 void LoopState::want_claim() {
+  std::function<void()> wake;
   {
     MutexLock lock(mu_);
     claim_wanted_ = true;
+    wake = waker_;
   }
   cv_.notify_all();
+  if (wake) wake();
 }
 
 void LoopState::stop() {
+  std::function<void()> wake;
   {
     MutexLock lock(mu_);
     stopping_ = true;
+    stop_requested_ = true;
+    wake = waker_;
   }
   cv_.notify_all();
+  if (wake) wake();
 }
 
 void LoopState::retire() {
   MutexLock lock(mu_);
   retired_ = true;
-}
-
-bool LoopState::pause(Millis d) {
-  const auto until = Clock::now() + d;
-  MutexLock lock(mu_);
-  while (!stopping_ && cv_.wait_until(lock, until) != std::cv_status::timeout) {
-  }
-  return !stopping_;
-}
-
-void LoopState::mark_defined() {
-  {
-    MutexLock lock(mu_);
-    defined_ = true;
-  }
-  cv_.notify_all();
-}
-
-bool LoopState::wait_defined() {
-  MutexLock lock(mu_);
-  while (!defined_ && !stopping_) cv_.wait(lock);
-  return !stopping_;
 }
 
 bool LoopState::flush_due(std::size_t flush_at, Millis flush_delay) const {
@@ -103,6 +93,27 @@ LoopState::Round LoopState::next_round(SteadyTime next_poll, std::size_t flush_a
   return round;
 }
 
+std::optional<LoopState::Round> LoopState::take_round(bool poll_due, std::size_t flush_at,
+                                                      Millis flush_delay, bool draining,
+                                                      SteadyTime& wake) {
+  wake = SteadyTime::max();
+  MutexLock lock(mu_);
+  Round round;
+  if (stopping_) {
+    round.stop = true;
+    return round;
+  }
+  const bool claim = !draining && (claim_wanted_ || poll_due);
+  if (!claim && !flush_due(flush_at, flush_delay)) {
+    if (!completions_.empty() || !failures_.empty()) wake = first_result_at_ + flush_delay;
+    return std::nullopt;
+  }
+  take_results(round.completions, round.failures);
+  round.want_claim = claim;
+  claim_wanted_ = false;
+  return round;
+}
+
 void LoopState::take_results(std::vector<Completion>& completions, std::vector<Failure>& failures) {
   failures.swap(failures_);  // error texts are short (cut by the engine)
   std::size_t bytes = 0, n = 0;
@@ -119,8 +130,10 @@ void LoopState::take_results(std::vector<Completion>& completions, std::vector<F
 }
 
 void LoopState::put_back(std::vector<Completion> completions, std::vector<Failure> failures) {
+  std::function<void()> wake;
   {
     MutexLock lock(mu_);
+    wake = waker_;
     if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();
     completions_.insert(completions_.begin(), std::make_move_iterator(completions.begin()),
                         std::make_move_iterator(completions.end()));
@@ -129,6 +142,7 @@ void LoopState::put_back(std::vector<Completion> completions, std::vector<Failur
     claim_wanted_ = true;
   }
   cv_.notify_all();
+  if (wake) wake();
 }
 
 void LoopState::forget(const std::vector<Completion>& completions,
@@ -172,8 +186,10 @@ bool LoopState::give_back(TaskId id) {
 LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> completion,
                                      std::optional<Failure> failure) {
   Put put = Put::unknown;
+  std::function<void()> wake;
   {
     MutexLock lock(mu_);
+    wake = waker_;
     auto it = held_.find(id);
     if (it == held_.end()) return Put::unknown;
     if (it->second.abandoned) {
@@ -188,6 +204,7 @@ LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> comple
     }
   }
   cv_.notify_all();
+  if (wake && put == Put::queued) wake();
   return put;
 }
 
@@ -215,8 +232,10 @@ bool LoopState::idle() const {
 // too (else its lease would lapse before its timeout fails it).
 LoopState::Sweep LoopState::sweep(SteadyTime now, bool renew_all, Millis lease) {
   Sweep out;
+  std::function<void()> wake;
   {
     MutexLock lock(mu_);
+    wake = waker_;
     for (auto& [id, task] : held_) {
       if (task.abandoned) continue;
       if (task.running_since && !task.result_pending && now - *task.running_since >= task.timeout) {
@@ -236,7 +255,10 @@ LoopState::Sweep LoopState::sweep(SteadyTime now, bool renew_all, Millis lease) 
       }
     }
   }
-  if (!out.timed_out.empty()) cv_.notify_all();
+  if (!out.timed_out.empty()) {
+    cv_.notify_all();
+    if (wake) wake();
+  }
   return out;
 }
 

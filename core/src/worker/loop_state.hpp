@@ -1,9 +1,9 @@
 #pragma once
 // What one flow loop (one flow version) shares with the engine: the tasks it holds, the outbox of
-// their results, and the signals that wake its lanes. The loop's lanes take results out and put
-// claims in; the engine's handler threads put results in; the keeper renews, times out and, once
-// the loop retired, records what is left. A LoopState outlives its loop: handlers still running
-// when the loop stops put their results here, and the keeper records them.
+// their results, and the signals that wake the lanes (loop_lanes.hpp) for it. The lanes take
+// results out and put claims in; the engine's handler threads put results in; the keeper renews,
+// times out and, once the loop retired, records what is left. A LoopState outlives its loop:
+// handlers still running when the loop stops put their results here, and the keeper records them.
 //
 // A held task is claimed and its result not recorded yet: it waits for a thread, runs, or its
 // result waits in the outbox (result_pending) or is being recorded. Its lease is renewed until
@@ -12,8 +12,9 @@
 //
 // Thread-safety: every member function may be called concurrently. Lock order: this state's mutex
 // is never held while calling out (the `draining` callback of next_round excepted, which must not
-// take a LoopState's mutex).
+// take a LoopState's mutex); the waker is called with no lock held.
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -56,17 +57,16 @@ class LoopState {
   const StepHandler* handler(const std::string& step) const;
 
   // ---- The loop's side.
-  // There may be tasks to claim (a notification, capacity freed, a full claim): wakes a lane.
+  // Called (with no lock held) whenever a round may be due: a claim wanted, a result queued or put
+  // back, a task timed out, stopping. Empty: nothing is called.
+  void set_waker(std::function<void()> waker);
+  // There may be tasks to claim (a notification, capacity freed, a full claim): wakes the loop.
   void want_claim();
-  // The lanes must exit (wakes them). The loop then retires the state: the keeper records its
-  // outbox from then on.
+  // The loop must not make round trips any more (wakes it). The loop then retires the state: the
+  // keeper records its outbox from then on.
   void stop();
+  bool stopping() const noexcept { return stop_requested_; }
   void retire();
-  // Waits up to `d` unless stopping; false when stopping.
-  bool pause(Millis d);
-  // Lane 0 stored the flow version; the other lanes wait for it (false: stopping).
-  void mark_defined();
-  bool wait_defined();
 
   // What a lane does next: stop, or a round trip recording `completions` and `failures` (taken
   // out of the outbox, at most kMaxRecordBytes of outputs) and claiming when want_claim.
@@ -81,6 +81,11 @@ class LoopState {
   // `flush_at` results wait or the first has waited flush_delay (they ride with the next claim).
   Round next_round(SteadyTime next_poll, std::size_t flush_at, Millis flush_delay,
                    const std::function<bool()>& draining);
+  // The same without waiting, for the lanes: the round due now (stop; or results to record and
+  // whether to claim: a claim wanted or poll_due, unless draining), or nullopt when none is, with
+  // `wake` set to when the results waiting will be due (SteadyTime::max() when none wait).
+  std::optional<Round> take_round(bool poll_due, std::size_t flush_at, Millis flush_delay,
+                                  bool draining, SteadyTime& wake);
   // A round trip failed: its results go back to the front of the outbox (recorded by the next
   // round trip), and a claim is wanted again.
   void put_back(std::vector<Completion> completions, std::vector<Failure> failures);
@@ -152,14 +157,15 @@ class LoopState {
   const std::unordered_map<std::string, StepHandler> handlers_;  // by step slug
 
   mutable AnnotatedMutex mu_;
-  std::condition_variable_any cv_;  // outbox filled, claim wanted, defined, stopping
+  std::condition_variable_any cv_;  // outbox filled, claim wanted, stopping
+  std::function<void()> waker_ FLOWREG_GUARDED_BY(mu_);
+  std::atomic<bool> stop_requested_{false};  // stopping_, readable under other locks
   std::unordered_map<TaskId, HeldTask> held_ FLOWREG_GUARDED_BY(mu_);
   std::vector<Completion> completions_ FLOWREG_GUARDED_BY(mu_);  // the outbox
   std::vector<Failure> failures_ FLOWREG_GUARDED_BY(mu_);        // the outbox
   // When the outbox last became non-empty (by the steady clock: lanes wait on it).
   SteadyTime first_result_at_ FLOWREG_GUARDED_BY(mu_);
   bool claim_wanted_ FLOWREG_GUARDED_BY(mu_) = true;
-  bool defined_ FLOWREG_GUARDED_BY(mu_) = false;
   bool stopping_ FLOWREG_GUARDED_BY(mu_) = false;
   bool retired_ FLOWREG_GUARDED_BY(mu_) = false;
 };

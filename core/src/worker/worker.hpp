@@ -1,6 +1,8 @@
 #pragma once
 // A flow worker: an Engine (engine.hpp) and one FlowLoop (flow_loop.hpp) per flow version it
-// serves, kept in step with the flow registry.
+// serves, kept in step with the flow registry. The loops have no threads of their own: the
+// engine's lanes (loop_lanes.hpp) make the round trips of all of them, in turn, so a worker's
+// threads and connections do not grow with the flows it serves.
 //
 // clang-format off
 //   NAME                 supervisor, limit tree_restarts: restarts NAME.loops when it gives up

@@ -31,7 +31,9 @@ struct WorkerOptions {
   Millis reconnect_min{50};          // backoff after losing the database: doubles up to max
   Millis reconnect_max{5'000};
   int store_connections = 2;  // run-store connections shared by the flow loops
-  int loop_lanes = 2;  // threads per flow loop, each with a round trip in flight (flow_loop.hpp)
+  // Threads making the round trips of all the flow loops, each with one in flight (loop_lanes.hpp);
+  // however many flow versions the worker serves.
+  int loop_lanes = 2;
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
 
   // A handler output larger than this (bytes of JSON) fails its task permanently, naming the limit.
