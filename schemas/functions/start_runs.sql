@@ -98,10 +98,14 @@ BEGIN
 
   RETURN QUERY SELECT id, true FROM unnest(v_new) AS id;
   IF p_keys IS NOT NULL THEN
+    -- One probe of runs_idempotency per key, on both its columns. Planned as a join (or written
+    -- `idempotency_key = ANY (p_keys)`), statistics of a time with few keyed runs made the key a
+    -- filter over every keyed run of the flow; OFFSET 0 keeps the probe a subquery run per key.
     RETURN QUERY
-      SELECT r.id, false FROM flowreg.runs r
-      WHERE r.flow_slug = p_slug AND r.idempotency_key = ANY (p_keys)
-        AND r.id <> ALL (coalesce(v_new, '{}'));
+      SELECT r.id, false FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS x
+      CROSS JOIN LATERAL (SELECT q.id FROM flowreg.runs q
+                          WHERE q.flow_slug = p_slug AND q.idempotency_key = x.k OFFSET 0) r
+      WHERE r.id <> ALL (coalesce(v_new, '{}'));
   END IF;
 END $$;
 
