@@ -12,6 +12,7 @@
 
 #include "cli/commands.hpp"
 #include "flowreg/flow.hpp"
+#include "server/graph_svg.hpp"
 #include "util/json_text.hpp"
 
 namespace flowreg::cli {
@@ -30,29 +31,6 @@ void print_flow_text(const RegisteredFlow& registered) {
     fmt::print("  {:<{}}  {:<6}  {}{}\n", s->slug, width, to_string(s->kind), s->handler,
                s->depends_on.empty() ? "" : fmt::format("  <- {}", fmt::join(s->depends_on, ", ")));
   }
-}
-
-std::string dot_escape(std::string_view text) {
-  std::string out;
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    out += c;
-  }
-  return out;
-}
-
-std::string dot_quote(std::string_view text) { return "\"" + dot_escape(text) + "\""; }
-
-void print_flow_dot(const FlowDef& flow) {
-  fmt::print("digraph {} {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n",
-             dot_quote(flow.slug));
-  for (const auto& s : flow.steps)
-    fmt::print("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
-               dot_escape(s.handler), s.kind == StepKind::map ? " (map)" : "",
-               s.kind == StepKind::map ? ", shape=box3d" : "");
-  for (const auto& s : flow.steps)
-    for (const auto& d : s.depends_on) fmt::print("  {} -> {};\n", dot_quote(d), dot_quote(s.slug));
-  fmt::print("}}\n");
 }
 
 // The registry the flows commands see: the plugins, then the configuration's YAML flows as one
@@ -89,7 +67,7 @@ int flows_show(const Globals& g, const std::string& slug, bool as_json, bool as_
   if (as_json)
     fmt::print("{}\n", json_text(flow_json(*flow), 2));
   else if (as_dot)
-    print_flow_dot(flow->def);
+    fmt::print("{}", detail::flow_dot(flow->def));  // the dashboard's picture, as DOT
   else
     print_flow_text(*flow);
   return kExitOk;
