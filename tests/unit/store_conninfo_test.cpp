@@ -9,6 +9,7 @@
 #include <string>
 
 #include "store/conninfo.hpp"
+#include "util/strings.hpp"
 
 namespace fd = flowreg::detail;
 
@@ -114,5 +115,14 @@ TEST_SUITE("conninfo") {
     REQUIRE_FALSE(parsed);
     CHECK(parsed.error().message.find("nonsense_keyword") != std::string::npos);
     CHECK(parsed.error().message.find("secret") == std::string::npos);
+  }
+
+  TEST_CASE("what libpq quotes from a conninfo that is not UTF-8 comes back as valid UTF-8") {
+    auto parsed = fd::parse_conninfo("host=db.example bad\xff\xfekey=1");
+    REQUIRE_FALSE(parsed);
+    const std::string& message = parsed.error().message;
+    CHECK(message.find("bad") != std::string::npos);
+    CHECK(message.find('\xff') == std::string::npos);
+    CHECK(fd::utf8_valid(message) == message);
   }
 }

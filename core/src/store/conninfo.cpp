@@ -6,6 +6,8 @@
 #include <memory>
 #include <string_view>
 
+#include "util/strings.hpp"
+
 namespace flowreg::detail {
 
 namespace {
@@ -56,7 +58,9 @@ Result<std::map<std::string, std::string>> parse_conninfo(const std::string& con
     std::string why = error ? std::string(error) : std::string("out of memory");
     PQfreemem(error);
     while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
-    return make_error(Errc::invalid_argument, "the database URL cannot be read: " + why);
+    // libpq quotes what it could not read, which comes from a configuration file: valid UTF-8.
+    return make_error(Errc::invalid_argument,
+                      "the database URL cannot be read: " + utf8_valid(why));
   }
   std::map<std::string, std::string> set;
   for (const PQconninfoOption* o = options.get(); o->keyword; ++o)
