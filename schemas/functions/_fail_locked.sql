@@ -1,6 +1,7 @@
 -- Fails or requeues started tasks whose attempt matches; returns the ids accepted. A task with
--- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise its
--- step and run fail. p_batch: [{"id", "attempt", "error", "permanent"}].
+-- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise it
+-- leaves the queue (its attempts and worker added to its step state) and its step and run fail.
+-- p_batch: [{"id", "attempt", "error", "permanent"}].
 -- REQUIRES: the tasks' runs are locked.
 --
 -- The batch is a jsonb object keyed by task id; see _complete_locked for why (cost flat in the
@@ -14,6 +15,8 @@ DECLARE
   v_fail_runs uuid[];
   v_fail_steps text[];
   v_fail_errors text[];
+  v_fail_attempts int[];
+  v_fail_workers text[];
   v_flows text[];
 BEGIN
   SELECT jsonb_object_agg(e->>'id', e), array_agg(DISTINCT (e->>'id')::bigint)
@@ -23,27 +26,36 @@ BEGIN
     RETURN '{}';
   END IF;
 
-  WITH upd AS (
-    UPDATE flowreg.tasks t
-    SET status = CASE WHEN coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
-                           OR t.attempt >= t.max_attempts
-                      THEN 'failed' ELSE 'queued' END,
-        available_at = CASE WHEN coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
-                           OR t.attempt >= t.max_attempts
-                            THEN t.available_at
-                            ELSE now() + flowreg.retry_delay_ms(t.base_delay_ms, t.max_delay_ms,
-                                                                t.attempt) * interval '1 ms' END,
-        finished_at = CASE WHEN coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
-                           OR t.attempt >= t.max_attempts
-                           THEN now() END,
-        error = coalesce(v_by_id -> t.id::text ->> 'error', ''), error_at = now(),
-        lease_expires_at = NULL
+  WITH gone AS (
+    -- Failed for good: the task leaves the queue (its step and run fail below).
+    DELETE FROM flowreg.tasks t
     WHERE t.id = ANY (v_ids) AND t.status || '' = 'started'
       AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
-    RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
-              t.flow_slug, t.available_at,
+      AND (coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
+           OR t.attempt >= t.max_attempts)
+    RETURNING t.id, t.run_id, t.step_slug, t.task_index, 'failed'::text AS status,
+              coalesce(v_by_id -> t.id::text ->> 'error', '') AS error, t.attempt, t.flow_slug,
+              t.available_at, t.worker_id,
               coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false) AS permanent
-  )
+  ),
+  again AS (
+    -- Attempts left: queued again after its retry delay.
+    UPDATE flowreg.tasks t
+    SET status = 'queued',
+        available_at = now() + flowreg.retry_delay_ms(t.base_delay_ms, t.max_delay_ms, t.attempt)
+                               * interval '1 ms',
+        finished_at = NULL,
+        error = coalesce(v_by_id -> t.id::text ->> 'error', ''), error_at = now(),
+        lease_expires_at = NULL
+    WHERE t.id = ANY (ARRAY(SELECT i FROM unnest(v_ids) i EXCEPT SELECT gone.id FROM gone))
+      AND t.status || '' = 'started'
+      AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
+      AND NOT coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
+      AND t.attempt < t.max_attempts
+    RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
+              t.flow_slug, t.available_at, t.worker_id, false AS permanent
+  ),
+  upd AS (SELECT * FROM gone UNION ALL SELECT * FROM again)
   SELECT array_agg(u.id),
          array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
          array_agg(u.step_slug) FILTER (WHERE u.status = 'failed'),
@@ -54,16 +66,25 @@ BEGIN
                                ELSE 'after ' || u.attempt || ' attempt'
                                     || CASE WHEN u.attempt = 1 THEN '' ELSE 's' END END,
                           u.error)) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.attempt) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.worker_id) FILTER (WHERE u.status = 'failed'),
          array_agg(DISTINCT u.flow_slug) FILTER (WHERE u.status = 'queued'
                                                   AND u.available_at <= now())
-  INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_flows
+  INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers, v_flows
   FROM upd u JOIN flowreg.step_states s ON s.run_id = u.run_id AND s.step_slug = u.step_slug;
 
   IF v_fail_runs IS NOT NULL THEN
-    UPDATE flowreg.step_states s SET status = 'failed', error = x.error, finished_at = now()
-    FROM (SELECT DISTINCT ON (run_id, step_slug) run_id, step_slug, error
-          FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors) AS y(run_id, step_slug, error)) x
-    WHERE s.run_id = x.run_id AND s.step_slug = x.step_slug AND s.status = 'started';
+    -- Its attempts and worker go to the step state (the task has left the queue).
+    UPDATE flowreg.step_states s
+    SET status = 'failed', error = x.error, finished_at = now(), attempts = s.attempts + x.n,
+        worker_id = x.worker_id
+    FROM (SELECT y.run_id, y.step_slug, (array_agg(y.error ORDER BY y.i))[1] AS error,
+                 sum(y.attempt)::int AS n, (array_agg(y.worker_id ORDER BY y.i))[1] AS worker_id
+          FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers)
+               WITH ORDINALITY AS y(run_id, step_slug, error, attempt, worker_id, i)
+          GROUP BY 1, 2) x
+    WHERE s.run_id = ANY (v_fail_runs) AND s.run_id = x.run_id AND s.step_slug = x.step_slug
+      AND s.status = 'started';
     PERFORM flowreg._fail_runs(v_fail_runs, v_fail_errors);
   END IF;
   IF v_flows IS NOT NULL THEN

@@ -1,10 +1,12 @@
 -- Fails the given runs (still started) with the given errors (the first per run wins), cancels
--- their queued and started tasks and their unfinished steps, and announces them on flowreg_runs.
+-- their unfinished steps, takes their tasks out of the queue (_drop_tasks), and announces them on
+-- flowreg_runs.
 -- REQUIRES: the runs are locked.
 CREATE OR REPLACE FUNCTION flowreg._fail_runs(p_runs uuid[], p_errors text[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   v_n bigint;
+  v_failed uuid[];
 BEGIN
   WITH f AS (
     SELECT DISTINCT ON (run_id) run_id, error
@@ -15,15 +17,15 @@ BEGIN
     FROM f WHERE r.id = ANY (p_runs) AND r.id = f.run_id AND r.status = 'started'
     RETURNING r.id
   ),
-  t AS (
-    UPDATE flowreg.tasks SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL
-    WHERE run_id IN (SELECT id FROM r) AND status IN ('queued', 'started')
-  ),
   s AS (
     UPDATE flowreg.step_states SET status = 'cancelled', finished_at = now()
     WHERE run_id IN (SELECT id FROM r) AND status IN ('created', 'started')
   )
-  SELECT count(pg_notify('flowreg_runs', id::text || ' failed')) INTO v_n FROM r;
+  SELECT count(pg_notify('flowreg_runs', id::text || ' failed')), array_agg(id)
+  INTO v_n, v_failed FROM r;
+  IF v_failed IS NOT NULL THEN
+    PERFORM flowreg._drop_tasks(v_failed);
+  END IF;
 END $$;
 
 ALTER FUNCTION flowreg._fail_runs(uuid[], text[]) SET jit = off;

@@ -1,5 +1,5 @@
--- Cancels a started run: its queued and started tasks and unfinished steps are cancelled (later
--- completions of its tasks are rejected). Returns false when the run had already ended,
+-- Cancels a started run: its unfinished steps are cancelled and its tasks leave the queue (later
+-- results of its tasks are rejected). Returns false when the run had already ended,
 -- SQLSTATE P0002 when there is no such run.
 CREATE OR REPLACE FUNCTION flowreg.cancel_run(p_run uuid)
 RETURNS boolean LANGUAGE plpgsql AS $$
@@ -13,8 +13,7 @@ BEGIN
   IF v_status <> 'started' THEN
     RETURN false;
   END IF;
-  UPDATE flowreg.tasks SET status = 'cancelled', finished_at = now(), lease_expires_at = NULL
-  WHERE run_id = p_run AND status IN ('queued', 'started');
+  PERFORM flowreg._drop_tasks(ARRAY[p_run]);
   UPDATE flowreg.step_states SET status = 'cancelled', finished_at = now()
   WHERE run_id = p_run AND status IN ('created', 'started');
   UPDATE flowreg.runs SET status = 'cancelled', finished_at = now(), error = 'cancelled'

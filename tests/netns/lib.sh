@@ -142,15 +142,30 @@ EOF
     die "db migrate in the database host failed: $(tail -20 "$WORK/db_migrate.log")"
   DB_URL=$(ip netns exec "$NS_DB" "$FLOWREG" --config "$DB_CONFIG" db url \
     --sslrootcert "$WORK/tls/ca.crt") || die "flowreg db url failed"
-  # Every recording of a task's result: a task recorded twice has two rows.
+  # Every recording of a task's result: a task recorded twice has two rows. A single step's task
+  # leaves the queue when its result is recorded (a DELETE of the started row); a map step's task
+  # is marked completed (an UPDATE), and leaves when its step completes. Nothing in this suite
+  # fails a task for good or cancels a run, the other deletions of a started task.
   sql "CREATE TABLE IF NOT EXISTS public.netns_audit (task_id bigint, attempt int, worker_id text,
-         at timestamptz DEFAULT clock_timestamp());
+         run_id uuid, step_slug text, started_at timestamptz, at timestamptz DEFAULT clock_timestamp());
        CREATE OR REPLACE FUNCTION public.netns_audit() RETURNS trigger LANGUAGE plpgsql AS \$\$
-       BEGIN INSERT INTO public.netns_audit (task_id, attempt, worker_id)
-             VALUES (NEW.id, NEW.attempt, NEW.worker_id); RETURN NEW; END \$\$;
+       BEGIN
+         IF TG_OP = 'DELETE' THEN
+           INSERT INTO public.netns_audit (task_id, attempt, worker_id, run_id, step_slug, started_at)
+           VALUES (OLD.id, OLD.attempt, OLD.worker_id, OLD.run_id, OLD.step_slug, OLD.started_at);
+         ELSE
+           INSERT INTO public.netns_audit (task_id, attempt, worker_id, run_id, step_slug, started_at)
+           VALUES (NEW.id, NEW.attempt, NEW.worker_id, NEW.run_id, NEW.step_slug, NEW.started_at);
+         END IF;
+         RETURN NULL;
+       END \$\$;
        DROP TRIGGER IF EXISTS netns_audit ON flowreg.tasks;
+       DROP TRIGGER IF EXISTS netns_audit_done ON flowreg.tasks;
        CREATE TRIGGER netns_audit AFTER UPDATE ON flowreg.tasks FOR EACH ROW
          WHEN (NEW.status = 'completed' AND NEW.finished_at IS DISTINCT FROM OLD.finished_at)
+         EXECUTE FUNCTION public.netns_audit();
+       CREATE TRIGGER netns_audit_done AFTER DELETE ON flowreg.tasks FOR EACH ROW
+         WHEN (OLD.status = 'started')
          EXECUTE FUNCTION public.netns_audit();" >/dev/null
 }
 

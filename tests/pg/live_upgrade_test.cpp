@@ -203,7 +203,10 @@ TEST_SUITE("live_upgrade") {
          "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
          "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
          "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
-         "DELETE FROM public.flowreg_migrations WHERE version = 8;"
+         // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
+         // runs, of finished single steps).
+         "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -216,8 +219,9 @@ TEST_SUITE("live_upgrade") {
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 1);
+      REQUIRE(upgraded->applied.size() == 2);
       CHECK(upgraded->applied.front().version == 8);
+      CHECK(upgraded->applied.back().version == 9);
     }
     CHECK(q(db, fkeys) == "0");
     // Each started run counts its leaf steps not completed: 1 each here (mapped's sum, chain's b,
@@ -236,6 +240,16 @@ TEST_SUITE("live_upgrade") {
     const auto fresh_single = start(after, single, Json{{"n", 9}});
     const auto fresh_chain = start(after, pipe, Json{{"n", 10}});
     const auto fresh_map = start(after, fan, Json::array({1, 2}));
+    // The new layout for the runs started after the upgrade: a single step's task does not store
+    // its input (the claim reads it), a map step's task stores its element.
+    const std::string fresh_ids =
+        "('" + fresh_single + "', '" + fresh_chain + "', '" + fresh_map + "')";
+    CHECK(q(db,
+            "SELECT count(*) FROM flowreg.tasks t JOIN flowreg.step_states s USING (run_id, "
+            "step_slug) WHERE t.run_id IN " +
+                fresh_ids + " AND s.kind = 'single' AND t.input IS NOT NULL") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN " + fresh_ids +
+                    " AND step_slug = 'each' AND input IS NOT NULL") == "2");
 
     // Finish everything: claim, echo the input, complete, until no run is started (the retry
     // becomes due 300 ms after its failure).
@@ -295,17 +309,8 @@ TEST_SUITE("live_upgrade") {
             was);
     }
 
-    // The new layout for the runs started after the upgrade: a single step's task stores neither
-    // its input nor its output (its step state holds the output), a map step's task both.
-    const std::string fresh_ids =
-        "('" + fresh_single + "', '" + fresh_chain + "', '" + fresh_map + "')";
-    CHECK(q(db,
-            "SELECT count(*) FROM flowreg.tasks t JOIN flowreg.step_states s USING (run_id, "
-            "step_slug) WHERE t.run_id IN " +
-                fresh_ids +
-                " AND s.kind = 'single' AND (t.input IS NOT NULL OR t.output IS NOT NULL)") == "0");
-    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN " + fresh_ids +
-                    " AND step_slug = 'each' AND input IS NOT NULL AND output IS NOT NULL") == "2");
+    // Every task has left the queue (migration 0009): the outputs are in the step states.
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
 
     // prune deletes runs with their steps and tasks (no foreign key cascades any more).
     auto pruned = after.prune(std::chrono::milliseconds(0));
@@ -314,5 +319,149 @@ TEST_SUITE("live_upgrade") {
     CHECK(q(db,
             "SELECT (SELECT count(*) FROM flowreg.runs) + (SELECT count(*) FROM "
             "flowreg.step_states) + (SELECT count(*) FROM flowreg.tasks)") == "0");
+  }
+}
+
+namespace {
+
+// "step status attempts" of each step of the run, in step order.
+std::string steps_of(fd::RunStore& store, const fd::RunId& run) {
+  auto steps = store.run_steps(run);
+  REQUIRE_MESSAGE(steps, steps.error().format());
+  std::string out;
+  for (const auto& s : *steps)
+    out += s.slug + " " + s.status + " " + std::to_string(s.attempts) + ";";
+  return out;
+}
+
+}  // namespace
+
+TEST_SUITE("live_upgrade") {
+  TEST_CASE("migration 0009 folds finished tasks into their step states and takes over live runs") {
+    const std::string db = flowreg::pgtest::empty_database("lu_0009");
+    {
+      auto migrated = fd::migrate(db);
+      REQUIRE_MESSAGE(migrated, migrated.error().format());
+    }
+    fd::RunStore store = connect(db);
+    using flowreg::pgtest::store_flow;
+    const auto single = store_flow(store, "single", {step("only")}, quick_retries());
+    const auto pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
+    const auto fan =
+        store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
+                   quick_retries());
+    const std::vector<fd::FlowKey> flows{single, pipe, fan};
+
+    const auto queued = start(store, single, Json{{"q", 1}});          // never claimed
+    const auto held = start(store, single, Json{{"h", 2}});            // claimed, still running
+    const auto retrying = start(store, single, Json{{"r", 3}});        // failed once, retry due
+    const auto chain = start(store, pipe, Json{{"c", 4}});             // a done, b queued
+    const auto mapped = start(store, fan, Json::array({10, 20, 30}));  // 0 done, 1 running, 2 new
+    const auto done = start(store, single, Json{{"d", 6}});
+    const auto failed = start(store, single, Json{{"f", 7}});
+    const auto cancelled = start(store, pipe, Json{{"x", 8}});  // a claimed, then cancelled
+
+    fd::ClaimedTask held_task, map_held_task;
+    {
+      auto first = claim_all(store, flows);
+      const fd::Release back{task(first, queued, "only").id, task(first, queued, "only").attempt,
+                             false};
+      REQUIRE(store.release("old-worker", std::span(&back, 1)));
+      held_task = task(first, held, "only");
+      const fd::Failure once{task(first, retrying, "only").id,
+                             task(first, retrying, "only").attempt, "flaky", false};
+      REQUIRE(store.fail(std::span(&once, 1)));
+      complete(store, task(first, chain, "a"));
+      complete(store, task(first, mapped, "each", 0));
+      map_held_task = task(first, mapped, "each", 1);
+      complete(store, task(first, done, "only"));
+      const fd::Failure fatal{task(first, failed, "only").id, task(first, failed, "only").attempt,
+                              "broken", true};
+      REQUIRE(store.fail(std::span(&fatal, 1)));
+      const fd::Release r{task(first, mapped, "each", 2).id, task(first, mapped, "each", 2).attempt,
+                          false};
+      REQUIRE(store.release("old-worker", std::span(&r, 1)));
+      auto c = store.cancel_run(cancelled);
+      REQUIRE_MESSAGE(c, c.error().format());
+      CHECK(*c);
+    }
+    const std::vector<fd::RunId> all{queued, held,   retrying, chain,
+                                     mapped, done,   failed,   cancelled};
+    std::map<fd::RunId, std::string> steps_before;
+    for (const auto& r : all) steps_before[r] = steps_of(store, r);
+    CHECK(steps_before[done] == "only completed 1;");
+    CHECK(steps_before[cancelled] == "a cancelled 1;b cancelled 0;");
+    CHECK(steps_before[mapped] == "each started 2;sum created 0;");
+
+    // What the release before 0009 left: a row for every task that ever existed, the finished ones
+    // marked completed, failed or cancelled with their attempts and worker (one row stands for the
+    // tasks of each finished step here); a single step's queued task that copied its input (from
+    // before 0008); no attempts or worker in step states.
+    exec(db,
+         "INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,"
+         "  status, attempt, max_attempts, base_delay_ms, max_delay_ms, timeout_ms, input, output,"
+         "  worker_id, started_at, finished_at)"
+         " SELECT s.run_id, s.step_slug, 0, r.flow_slug, r.flow_version,"
+         "  CASE s.status WHEN 'completed' THEN 'completed' WHEN 'failed' THEN 'failed'"
+         "       ELSE 'cancelled' END, s.attempts, 3, 300, 300, 60000, NULL,"
+         "  CASE WHEN s.status = 'completed' THEN s.output END, s.worker_id, now(), now()"
+         " FROM flowreg.step_states s JOIN flowreg.runs r ON r.id = s.run_id"
+         " WHERE s.task_count > 0 AND s.status IN ('completed', 'failed', 'cancelled')"
+         "   AND NOT EXISTS (SELECT 1 FROM flowreg.tasks t WHERE t.run_id = s.run_id"
+         "                   AND t.step_slug = s.step_slug);"
+         "UPDATE flowreg.tasks t SET input = r.input FROM flowreg.runs r"
+         " WHERE r.id = t.run_id AND t.run_id = '" +
+             queued +
+             "';"
+             "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
+             "DELETE FROM public.flowreg_migrations WHERE version = 9;"
+             "DELETE FROM public.flowreg_functions;");
+    // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
+            "5");
+
+    // The upgrade, while the old worker holds two tasks.
+    {
+      auto upgraded = fd::migrate(db);
+      REQUIRE_MESSAGE(upgraded, upgraded.error().format());
+      REQUIRE(upgraded->applied.size() == 1);
+      CHECK(upgraded->applied.front().version == 9);
+    }
+    fd::RunStore after = connect(db);
+    // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
+    CHECK(q(db,
+            "SELECT string_agg(step_slug || task_index || ' ' || status, ',' ORDER BY step_slug, "
+            "task_index) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
+          "each0 completed");
+    CHECK(q(db,
+            "SELECT count(*) FROM flowreg.tasks t JOIN flowreg.step_states s USING (run_id, "
+            "step_slug) WHERE s.kind = 'single' AND t.input IS NOT NULL") == "0");
+    // Every step counts the attempts it counted before, and names the worker of its last result.
+    for (const auto& r : all) CHECK_MESSAGE(steps_of(after, r) == steps_before[r], r);
+    CHECK(q(db, "SELECT worker_id FROM flowreg.step_states WHERE run_id = '" + done + "'") ==
+          "old-worker");
+
+    // The old worker's held attempts are accepted; everything else finishes.
+    for (const auto* t : {&held_task, &map_held_task}) complete(after, *t);
+    std::map<std::string, Json> inputs;
+    for (int round = 0; round < 100; ++round) {
+      if (q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0") break;
+      auto batch = claim_all(after, flows);
+      for (const auto& [where, t] : batch) {
+        inputs[where] = t.input;
+        complete(after, t);
+      }
+      if (batch.empty()) std::this_thread::sleep_for(100ms);
+    }
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+    // queued's task lost its copy of the input and got the same input from the run.
+    CHECK(inputs.at(queued + "/only/0") == Json{{"q", 1}});
+    CHECK(run_info(after, queued).output == Json{{"only", {{"echo", {{"q", 1}}}}}});
+    const Json each = Json::array({Json{{"echo", 10}}, Json{{"echo", 20}}, Json{{"echo", 30}}});
+    CHECK(run_info(after, mapped).output == Json{{"sum", {{"echo", {{"each", each}}}}}});
+    CHECK(steps_of(after, retrying) == "only completed 2;");
+    CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
+    CHECK(steps_of(after, held) == "only completed 1;");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
   }
 }

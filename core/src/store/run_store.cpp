@@ -92,8 +92,11 @@ const std::vector<Statement>& statements() {
            " r.id > k.i)) ORDER BY created_at DESC, id LIMIT $3::int"},
       {"run_steps",
        "SELECT s.step_slug, s.kind, s.status, s.task_count,"
-       " coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
-       "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug), 0)::int AS attempts,"
+       // A step's attempts: those of its tasks that left the queue or completed (kept in its
+       // state, migration 0009) and those of its tasks still queued or started.
+       " s.attempts + coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
+       "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug"
+       "             AND t.status IN ('queued', 'started')), 0)::int AS attempts,"
        " (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,"
        " (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,"
        " s.output::text AS output"
