@@ -55,6 +55,8 @@
 //                 flowreg (inserted, updated and deleted heap tuples).
 //   idx ent       index entries written, estimated: per table of schema flowreg, (inserts +
 //                 updates that were not HOT) times its number of indexes.
+//   runs/commit   runs divided by the transactions committed in the database (pg_stat_database
+//                 xact_commit, less the snapshot's own): how many runs one round trip carries.
 // Statistics counters are flushed by backends when idle or exiting: burn-down phases are measured
 // after the workers exited; the start phases close or idle their connection before reading.
 //
@@ -602,6 +604,7 @@ struct CostSnapshot {
   double cpu_s = 0;
   double wal_lsn = 0, wal_records = 0, wal_fpi = 0;
   double tup_written = 0, idx_entries = 0;
+  double commits = 0;
 };
 
 CostSnapshot snapshot(const Env& env, const std::string& conninfo) {
@@ -610,7 +613,9 @@ CostSnapshot snapshot(const Env& env, const std::string& conninfo) {
   const std::string row =
       psql(env, conninfo,
            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, w.wal_records, w.wal_fpi, "
-           "coalesce(t.tup, 0), coalesce(t.idx, 0) FROM pg_stat_wal w, "
+           "coalesce(t.tup, 0), coalesce(t.idx, 0), "
+           "(SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) "
+           "FROM pg_stat_wal w, "
            "(SELECT sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del) AS tup, "
            "sum((s.n_tup_ins + s.n_tup_upd - s.n_tup_hot_upd) * "
            "(SELECT count(*) FROM pg_index i WHERE i.indrelid = s.relid)) AS idx "
@@ -618,12 +623,13 @@ CostSnapshot snapshot(const Env& env, const std::string& conninfo) {
   std::vector<double> v;
   std::stringstream in(row);
   for (std::string f; std::getline(in, f, '|');) v.push_back(std::stod(f));
-  if (v.size() != 5) throw std::runtime_error("unexpected cost counters: " + row);
+  if (v.size() != 6) throw std::runtime_error("unexpected cost counters: " + row);
   s.wal_lsn = v[0];
   s.wal_records = v[1];
   s.wal_fpi = v[2];
   s.tup_written = v[3];
   s.idx_entries = v[4];
+  s.commits = v[5];
   return s;
 }
 
@@ -634,6 +640,7 @@ struct Row {
   double seconds = 0;
   double cpu_us = 0, wal_bytes = 0, wal_records = 0, wal_fpi = 0, tup_written = 0,
          idx_entries = 0;  // per run
+  double runs_per_commit = 0;
   double rate() const { return seconds > 0 ? static_cast<double>(runs) / seconds : 0; }
 };
 
@@ -647,20 +654,22 @@ Row cost_row(std::string scenario, std::string what, long runs, double seconds,
   r.wal_fpi = (after.wal_fpi - before.wal_fpi) / n;
   r.tup_written = (after.tup_written - before.tup_written) / n;
   r.idx_entries = (after.idx_entries - before.idx_entries) / n;
+  // The snapshot's own query commits once.
+  r.runs_per_commit = n / std::max(1.0, after.commits - before.commits - 1);
   return r;
 }
 
 void print_rows_header() {
-  std::printf("%-34s %8s %8s %9s %8s %8s %7s %6s %8s %8s\n", "", "runs", "s", "runs/s", "PG CPU",
-              "WAL", "WAL", "FPI", "heap", "idx ent");
-  std::printf("%-34s %8s %8s %9s %8s %8s %7s %6s %8s %8s\n", "", "", "", "", "us/run", "B/run",
-              "rec/run", "/run", "tup/run", "est/run");
+  std::printf("%-34s %8s %8s %9s %8s %8s %7s %6s %8s %8s %8s\n", "", "runs", "s", "runs/s",
+              "PG CPU", "WAL", "WAL", "FPI", "heap", "idx ent", "runs");
+  std::printf("%-34s %8s %8s %9s %8s %8s %7s %6s %8s %8s %8s\n", "", "", "", "", "us/run", "B/run",
+              "rec/run", "/run", "tup/run", "est/run", "/commit");
 }
 
 void print_row(const Row& r) {
-  std::printf("%-34s %8ld %8.2f %9.0f %8.1f %8.0f %7.2f %6.2f %8.2f %8.2f\n", r.what.c_str(),
-              r.runs, r.seconds, r.rate(), r.cpu_us, r.wal_bytes, r.wal_records, r.wal_fpi,
-              r.tup_written, r.idx_entries);
+  std::printf("%-34s %8ld %8.2f %9.0f %8.1f %8.0f %7.2f %6.2f %8.2f %8.2f %8.1f\n",
+              r.what.c_str(), r.runs, r.seconds, r.rate(), r.cpu_us, r.wal_bytes, r.wal_records,
+              r.wal_fpi, r.tup_written, r.idx_entries, r.runs_per_commit);
 }
 
 Json row_json(const Row& r) {
@@ -674,7 +683,8 @@ Json row_json(const Row& r) {
               {"wal_records_per_run", r.wal_records},
               {"wal_fpi_per_run", r.wal_fpi},
               {"heap_tuples_per_run", r.tup_written},
-              {"index_entries_est_per_run", r.idx_entries}};
+              {"index_entries_est_per_run", r.idx_entries},
+              {"runs_per_commit", r.runs_per_commit}};
 }
 
 // ANALYZE of every table of schema flowreg.
