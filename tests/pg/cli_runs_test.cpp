@@ -79,6 +79,15 @@ TEST_SUITE("cli_runs") {
     CHECK(run["output"] == json{{"words", 3}});
     CHECK(run["error"].is_null());
 
+    // Its task has left the queue; the step keeps its attempts and the worker that recorded it.
+    auto shown = s.flowreg({"runs", "show", run["id"].get<std::string>(), "--json"});
+    REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
+    const json step = json::parse(shown.out)["steps"].at(0);
+    CHECK(step["attempts"] == 1);
+    CHECK(step["worker"] == "test-worker");
+    auto text = s.flowreg({"runs", "show", run["id"].get<std::string>()});
+    CHECK(text.out.find("attempts=1 worker=test-worker") != std::string::npos);
+
     // Only the good run was written.
     auto listed = s.flowreg({"runs", "list", "--json"});
     REQUIRE(listed.exit_code == 0);

@@ -172,6 +172,7 @@ json step_json(const detail::StepInfo& s) {
           {"status", s.status},
           {"tasks", s.task_count},
           {"attempts", s.attempts},
+          {"worker", s.worker ? json(*s.worker) : json(nullptr)},
           {"started_at", s.started_at ? json(iso_time(*s.started_at)) : json(nullptr)},
           {"finished_at", s.finished_at ? json(iso_time(*s.finished_at)) : json(nullptr)},
           {"error", s.error ? json(*s.error) : json(nullptr)},

@@ -56,8 +56,9 @@ int runs_show(RunStore& store, const RunsArgs& a) {
   }
   print_run_text(**info);
   for (const auto& s : *steps)
-    fmt::print("  {:<16} {:<6} {:<10} tasks={} attempts={}{}\n", s.slug, s.kind, s.status,
-               s.task_count, s.attempts, s.error ? "  error: " + *s.error : "");
+    fmt::print("  {:<16} {:<6} {:<10} tasks={} attempts={}{}{}\n", s.slug, s.kind, s.status,
+               s.task_count, s.attempts, s.worker ? " worker=" + *s.worker : "",
+               s.error ? "  error: " + *s.error : "");
   return kExitOk;
 }
 

@@ -99,7 +99,7 @@ const std::vector<Statement>& statements() {
        "             AND t.status IN ('queued', 'started')), 0)::int AS attempts,"
        " (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,"
        " (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,"
-       " s.output::text AS output"
+       " s.output::text AS output, s.worker_id"
        " FROM flowreg.step_states s WHERE s.run_id = $1::uuid ORDER BY s.step_index"},
   };
   return list;
@@ -752,6 +752,7 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                      s.finished_at = opt_time(r["finished_at_us"]);
                      s.error = opt_text(r["error"]);
                      s.output = opt_json(r["output"]);
+                     s.worker = opt_text(r["worker_id"]);
                      out.push_back(std::move(s));
                    }
                    return out;

@@ -180,6 +180,9 @@ struct StepInfo {
   std::string status;  // created | started | completed | failed | cancelled
   int task_count = 0;
   int attempts = 0;  // attempts begun, summed over the step's tasks
+  // The worker that recorded the last result (completion or final failure) of one of its tasks;
+  // none before one was recorded, or for results recorded before migration 0009.
+  std::optional<std::string> worker;
   std::optional<TimePoint> started_at, finished_at;
   std::optional<std::string> error;
   std::optional<Json> output;
