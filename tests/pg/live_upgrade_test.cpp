@@ -97,6 +97,43 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// The flows whose runs are left in every state: a single step, a chain a -> b, a map step and the
+// step summing it.
+struct LiveFlows {
+  fd::FlowKey single, pipe, fan;
+  std::vector<fd::FlowKey> all;
+};
+
+LiveFlows store_live_flows(fd::RunStore& store) {
+  using flowreg::pgtest::store_flow;
+  LiveFlows f;
+  f.single = store_flow(store, "single", {step("only")}, quick_retries());
+  f.pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
+  f.fan = store_flow(store, "fan",
+                     {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
+                     quick_retries());
+  f.all = {f.single, f.pipe, f.fan};
+  return f;
+}
+
+// Finishes every started run: claims, echoes the input, completes, until no run is started (a
+// retry becomes due 300 ms after its failure). Returns the input each task's claim returned, by
+// run/step/index.
+std::map<std::string, Json> finish_all(fd::RunStore& store, const std::string& db,
+                                       std::span<const fd::FlowKey> flows) {
+  std::map<std::string, Json> inputs;
+  for (int round = 0; round < 100; ++round) {
+    if (q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0") break;
+    auto batch = claim_all(store, flows);
+    for (const auto& [where, t] : batch) {
+      inputs[where] = t.input;
+      complete(store, t);
+    }
+    if (batch.empty()) std::this_thread::sleep_for(100ms);
+  }
+  return inputs;
+}
+
 }  // namespace
 
 TEST_SUITE("live_upgrade") {
@@ -107,13 +144,8 @@ TEST_SUITE("live_upgrade") {
       REQUIRE_MESSAGE(migrated, migrated.error().format());
     }
     fd::RunStore store = connect(db);
-    using flowreg::pgtest::store_flow;
-    const auto single = store_flow(store, "single", {step("only")}, quick_retries());
-    const auto pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
-    const auto fan =
-        store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
-                   quick_retries());
-    const std::vector<fd::FlowKey> flows{single, pipe, fan};
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
 
     // Runs in every state.
     const auto queued = start(store, single, Json{{"q", 1}});          // never claimed
@@ -251,18 +283,8 @@ TEST_SUITE("live_upgrade") {
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN " + fresh_ids +
                     " AND step_slug = 'each' AND input IS NOT NULL") == "2");
 
-    // Finish everything: claim, echo the input, complete, until no run is started (the retry
-    // becomes due 300 ms after its failure).
-    std::map<std::string, Json> inputs;  // run/step/index -> input the claim returned
-    for (int round = 0; round < 100; ++round) {
-      if (q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0") break;
-      auto batch = claim_all(after, flows);
-      for (const auto& [where, t] : batch) {
-        inputs[where] = t.input;
-        complete(after, t);
-      }
-      if (batch.empty()) std::this_thread::sleep_for(100ms);
-    }
+    // Finish everything (run/step/index -> the input its claim returned).
+    const std::map<std::string, Json> inputs = finish_all(after, db, flows);
     INFO("tasks of runs not ended: " << q(
              db,
              "SELECT string_agg(t.step_slug || ' ' || t.task_index || ' ' || t.status || ' "
@@ -344,13 +366,8 @@ TEST_SUITE("live_upgrade") {
       REQUIRE_MESSAGE(migrated, migrated.error().format());
     }
     fd::RunStore store = connect(db);
-    using flowreg::pgtest::store_flow;
-    const auto single = store_flow(store, "single", {step("only")}, quick_retries());
-    const auto pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
-    const auto fan =
-        store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
-                   quick_retries());
-    const std::vector<fd::FlowKey> flows{single, pipe, fan};
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
 
     const auto queued = start(store, single, Json{{"q", 1}});          // never claimed
     const auto held = start(store, single, Json{{"h", 2}});            // claimed, still running
@@ -443,16 +460,7 @@ TEST_SUITE("live_upgrade") {
 
     // The old worker's held attempts are accepted; everything else finishes.
     for (const auto* t : {&held_task, &map_held_task}) complete(after, *t);
-    std::map<std::string, Json> inputs;
-    for (int round = 0; round < 100; ++round) {
-      if (q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0") break;
-      auto batch = claim_all(after, flows);
-      for (const auto& [where, t] : batch) {
-        inputs[where] = t.input;
-        complete(after, t);
-      }
-      if (batch.empty()) std::this_thread::sleep_for(100ms);
-    }
+    const std::map<std::string, Json> inputs = finish_all(after, db, flows);
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
     // queued's task lost its copy of the input and got the same input from the run.
     CHECK(inputs.at(queued + "/only/0") == Json{{"q", 1}});
