@@ -11,69 +11,79 @@
 -- are stored.
 --
 -- Cost per step flat in the number given, plans stable by construction (see _complete_locked):
--- the counts are jsonb objects keyed by run id (and step slug), and each UPDATE reads one table
--- through its primary key with `= ANY (array)`. A run's flow version, and whether a step is a
--- leaf, are read by lateral primary-key probes per step given, which the planner cannot turn into
--- scans.
-CREATE OR REPLACE FUNCTION flowreg._account_steps(p_runs uuid[], p_steps text[])
+-- every statement is a nested loop driven by the steps given (or arrays made from them), probing
+-- primary keys, through lateral subqueries (OFFSET 0) or `key = ANY (ARRAY[row.key])`, so no
+-- statistics can give the planner another plan. The callers pass each step's flow version (they
+-- have it at hand), so the run is not read to find it.
+CREATE OR REPLACE FUNCTION flowreg._account_steps(p_runs uuid[], p_steps text[],
+                                                  p_flow_slugs text[], p_flow_versions text[])
 RETURNS uuid[] LANGUAGE plpgsql AS $$
 DECLARE
-  v_runs uuid[];
-  v_left jsonb;   -- run id -> leaf steps completed
-  v_deps jsonb;   -- run id || dependent step slug -> dependencies completed
-  v_flow jsonb;   -- run id -> [flow slug, flow version]
+  -- Runs with leaf steps completed, and how many.
+  v_lruns uuid[];
+  v_ln int[];
+  -- Dependents of the steps given: their run, slug, flow and dependencies completed.
   v_druns uuid[];
+  v_dsteps text[];
+  v_dflows text[];
+  v_dversions text[];
+  v_dn int[];
+  -- The leaves of the flows of the leaf steps given, keyed '<flow slug> <version> <step slug>'
+  -- (slugs hold no space): a completed run's output is theirs.
+  v_leaves jsonb;
   v_map_runs uuid[];
   v_flows text[];
   v_done uuid[];
 BEGIN
-  WITH d AS (
-    SELECT x.run_id, x.step_slug, r.flow_slug, r.flow_version, l.is_leaf
-    FROM unnest(p_runs, p_steps) AS x(run_id, step_slug)
-    CROSS JOIN LATERAL (SELECT q.flow_slug, q.flow_version FROM flowreg.runs q
-                        WHERE q.id = x.run_id OFFSET 0) r
+  WITH d AS MATERIALIZED (
+    SELECT x.run_id, x.step_slug, x.flow_slug, x.flow_version, l.is_leaf
+    FROM unnest(p_runs, p_steps, p_flow_slugs, p_flow_versions)
+         AS x(run_id, step_slug, flow_slug, flow_version)
     CROSS JOIN LATERAL (SELECT fs.is_leaf FROM flowreg.flow_steps fs
-                        WHERE fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
+                        WHERE fs.flow_slug = x.flow_slug AND fs.version = x.flow_version
                           AND fs.step_slug = x.step_slug OFFSET 0) l
   ),
   per_run AS (SELECT d.run_id, count(*)::int AS n FROM d WHERE d.is_leaf GROUP BY 1),
   per_dep AS (
-    SELECT d.run_id, fd.step_slug, count(*)::int AS n
-    FROM d JOIN flowreg.flow_deps fd ON fd.flow_slug = d.flow_slug AND fd.version = d.flow_version
-                                    AND fd.dep_slug = d.step_slug
+    SELECT d.run_id, fd.step_slug, min(d.flow_slug) AS flow_slug,
+           min(d.flow_version) AS flow_version, count(*)::int AS n
+    FROM d CROSS JOIN LATERAL (SELECT fd.step_slug FROM flowreg.flow_deps fd
+                               WHERE fd.flow_slug = d.flow_slug AND fd.version = d.flow_version
+                                 AND fd.dep_slug = d.step_slug OFFSET 0) fd
     GROUP BY 1, 2
-  )
-  SELECT (SELECT array_agg(run_id) FROM per_run),
-         (SELECT jsonb_object_agg(run_id::text, n) FROM per_run),
-         (SELECT jsonb_object_agg(run_id::text || step_slug, n) FROM per_dep),
-         (SELECT array_agg(DISTINCT run_id) FROM per_dep),
-         (SELECT jsonb_object_agg(x.run_id::text, jsonb_build_array(x.flow_slug, x.flow_version))
-          FROM (SELECT DISTINCT d.run_id, d.flow_slug, d.flow_version FROM d) x)
-  INTO v_runs, v_left, v_deps, v_druns, v_flow;
+  ),
+  leaf_flows AS (SELECT DISTINCT d.flow_slug, d.flow_version FROM d WHERE d.is_leaf)
+  SELECT lr.*, dp.*,
+         (SELECT jsonb_object_agg(f.flow_slug || ' ' || f.flow_version || ' ' || lf.step_slug, true)
+          FROM leaf_flows f
+          CROSS JOIN LATERAL (SELECT fs.step_slug FROM flowreg.flow_steps fs
+                              WHERE fs.flow_slug = f.flow_slug AND fs.version = f.flow_version
+                                AND fs.is_leaf OFFSET 0) lf)
+  INTO v_lruns, v_ln, v_druns, v_dsteps, v_dflows, v_dversions, v_dn, v_leaves
+  FROM (SELECT array_agg(run_id), array_agg(n) FROM per_run) lr,
+       (SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug),
+               array_agg(flow_version), array_agg(n) FROM per_dep) dp;
 
   IF v_druns IS NOT NULL THEN
     -- go: a single step left without dependencies, started here.
     WITH upd AS (
       UPDATE flowreg.step_states s
-      SET remaining_deps = s.remaining_deps - (v_deps ->> (s.run_id::text || s.step_slug))::int,
-          status = CASE WHEN s.kind = 'single' AND s.status = 'created'
-                             AND s.remaining_deps
-                                 = (v_deps ->> (s.run_id::text || s.step_slug))::int
+      SET remaining_deps = s.remaining_deps - p.n,
+          status = CASE WHEN s.kind = 'single' AND s.status = 'created' AND s.remaining_deps = p.n
                         THEN 'started' ELSE s.status END,
           remaining_tasks = CASE WHEN s.kind = 'single' AND s.status = 'created'
-                                      AND s.remaining_deps
-                                          = (v_deps ->> (s.run_id::text || s.step_slug))::int
+                                      AND s.remaining_deps = p.n
                                  THEN 1 ELSE s.remaining_tasks END,
           task_count = CASE WHEN s.kind = 'single' AND s.status = 'created'
-                                 AND s.remaining_deps
-                                     = (v_deps ->> (s.run_id::text || s.step_slug))::int
+                                 AND s.remaining_deps = p.n
                             THEN 1 ELSE s.task_count END,
           started_at = CASE WHEN s.kind = 'single' AND s.status = 'created'
-                                 AND s.remaining_deps
-                                     = (v_deps ->> (s.run_id::text || s.step_slug))::int
+                                 AND s.remaining_deps = p.n
                             THEN now() ELSE s.started_at END
-      WHERE s.run_id = ANY (v_druns) AND v_deps ? (s.run_id::text || s.step_slug)
-      RETURNING s.run_id, s.step_slug, s.kind, s.remaining_deps,
+      FROM unnest(v_druns, v_dsteps, v_dflows, v_dversions, v_dn)
+           AS p(run_id, step_slug, flow_slug, flow_version, n)
+      WHERE s.run_id = ANY (ARRAY[p.run_id]) AND s.step_slug = ANY (ARRAY[p.step_slug])
+      RETURNING s.run_id, s.step_slug, s.kind, s.remaining_deps, p.flow_slug, p.flow_version,
                 s.kind = 'single' AND s.remaining_deps = 0 AND s.status = 'started' AS go
     ),
     started AS (
@@ -82,9 +92,9 @@ BEGIN
       SELECT u.run_id, u.step_slug, 0, fs.flow_slug, fs.version, fs.max_attempts,
              fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms
       FROM upd u
-      JOIN flowreg.flow_steps fs ON fs.flow_slug = v_flow -> u.run_id::text ->> 0
-                                 AND fs.version = v_flow -> u.run_id::text ->> 1
-                                 AND fs.step_slug = u.step_slug
+      JOIN flowreg.flow_steps fs ON fs.flow_slug = ANY (ARRAY[u.flow_slug])
+                                 AND fs.version = ANY (ARRAY[u.flow_version])
+                                 AND fs.step_slug = ANY (ARRAY[u.step_slug])
       WHERE u.go
       RETURNING flow_slug
     )
@@ -97,25 +107,23 @@ BEGIN
     END IF;
   END IF;
 
-  IF v_runs IS NULL THEN
+  IF v_lruns IS NULL THEN
     RETURN coalesce(v_map_runs, '{}');
   END IF;
   WITH rs AS (
     UPDATE flowreg.runs r
-    SET remaining_leaves = r.remaining_leaves - (v_left ->> r.id::text)::int,
-        status = CASE WHEN r.remaining_leaves = (v_left ->> r.id::text)::int THEN 'completed'
-                      ELSE r.status END,
-        finished_at = CASE WHEN r.remaining_leaves = (v_left ->> r.id::text)::int THEN now()
-                           ELSE r.finished_at END,
-        output = CASE WHEN r.remaining_leaves <> (v_left ->> r.id::text)::int THEN r.output
+    SET remaining_leaves = r.remaining_leaves - p.n,
+        status = CASE WHEN r.remaining_leaves = p.n THEN 'completed' ELSE r.status END,
+        finished_at = CASE WHEN r.remaining_leaves = p.n THEN now() ELSE r.finished_at END,
+        output = CASE WHEN r.remaining_leaves <> p.n THEN r.output
                       ELSE coalesce(
                         (SELECT jsonb_object_agg(s.step_slug, s.output)
                          FROM flowreg.step_states s
-                         JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug
-                                                    AND fs.version = r.flow_version
-                                                    AND fs.step_slug = s.step_slug
-                         WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb) END
-    WHERE r.id = ANY (v_runs) AND r.status = 'started'
+                         WHERE s.run_id = r.id
+                           AND v_leaves ? (r.flow_slug || ' ' || r.flow_version || ' '
+                                           || s.step_slug)), '{}'::jsonb) END
+    FROM unnest(v_lruns, v_ln) AS p(id, n)
+    WHERE r.id = ANY (ARRAY[p.id]) AND r.status = 'started'
     RETURNING r.id, r.status
   )
   SELECT array_agg(rs.id) FILTER (WHERE rs.status = 'completed') INTO v_done FROM rs;
@@ -126,5 +134,6 @@ BEGIN
   RETURN coalesce(v_map_runs, '{}');
 END $$;
 
-ALTER FUNCTION flowreg._account_steps(uuid[], text[])
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;
+ALTER FUNCTION flowreg._account_steps(uuid[], text[], text[], text[])
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+  SET enable_mergejoin = off SET jit = off;

@@ -6,107 +6,119 @@
 -- completes; its attempts and worker are added to its step state.
 -- REQUIRES: the tasks' runs are locked.
 --
--- Cost per task flat in the batch size, plans stable by construction: the batch is turned into
--- jsonb objects keyed by task id and by "<run id><step slug>" (a lookup is a binary search), and
--- each UPDATE reads ONE table through `key = ANY (array)` on its primary key: there is no join
--- whose order or method the planner could choose badly, whatever the statistics. The status
--- tests are written `status || '' = ...` so that no partial index on status (tasks_leased,
--- tasks_queued) matches: the primary key is the only index such a statement can walk.
+-- Cost per task flat in the batch size, plans stable by construction: each statement is a nested
+-- loop driven by the batch (or by arrays made from it), probing the primary key of ONE table per
+-- row given. Its join conditions are written `key = ANY (ARRAY[row.key])`: a parameterized index
+-- probe, yet no merge-joinable equality, so no plan can read the table whole as the outer side
+-- (with `key = row.key`, a generic plan made while tasks was nearly empty walked all of tasks_pkey
+-- once per call; tests/pg/run_store_test.cpp counts the rows fetched). Sequential scans, hash and
+-- merge joins are off too. The status tests are written `status || '' = ...` so that no partial
+-- index on status (tasks_leased, tasks_queued) matches. (The previous form looked every row up in
+-- jsonb objects keyed by id: a key built and searched per column, which cost more than the
+-- probes.)
 CREATE OR REPLACE FUNCTION flowreg._complete_locked(p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
-  v_by_id jsonb;
-  v_ids bigint[];
   v_acc bigint[];
+  -- The completed tasks per step: the step, its flow, how many, the output (a single step's),
+  -- the attempts they took and the worker of one of them.
   v_runs uuid[];
-  v_per jsonb;
+  v_steps text[];
+  v_flows text[];
+  v_versions text[];
+  v_n int[];
+  v_outputs jsonb[];
+  v_attempts int[];
+  v_workers text[];
+  -- Steps completed: for _account_steps; the map steps among them, whose tasks leave now.
   v_druns uuid[];
   v_dsteps text[];
+  v_dflows text[];
+  v_dversions text[];
   v_mruns uuid[];
   v_msteps text[];
   v_going uuid[];
 BEGIN
-  SELECT jsonb_object_agg(e->>'id', e), array_agg(DISTINCT (e->>'id')::bigint)
-  INTO v_by_id, v_ids
-  FROM jsonb_array_elements(p_batch) e;
-  IF v_ids IS NULL THEN
-    RETURN '{}';
-  END IF;
-
-  WITH gone AS (
+  WITH b AS MATERIALIZED (
+    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.output
+    FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
+                 coalesce(e->'output', 'null'::jsonb) AS output, i
+          FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
+    ORDER BY x.id, x.i DESC
+  ),
+  gone AS (
     -- A single step's task (NULL input: it reads its input when claimed) leaves the queue: its
     -- output goes to its step state (below). A map step's task keeps its output until its step
     -- completes, the step's output being made of them; then they leave too.
-    DELETE FROM flowreg.tasks t
-    WHERE t.id = ANY (v_ids) AND t.input IS NULL AND t.status || '' = 'started'
-      AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
-    RETURNING t.id, t.run_id, t.step_slug, t.attempt, t.worker_id,
-              coalesce(v_by_id -> t.id::text -> 'output', 'null'::jsonb) AS output
+    DELETE FROM flowreg.tasks t USING b
+    WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NULL AND t.status || '' = 'started'
+      AND t.attempt = b.attempt
+    RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
+              b.output
   ),
   kept AS (
     UPDATE flowreg.tasks t
-    SET status = 'completed', output = coalesce(v_by_id -> t.id::text -> 'output', 'null'::jsonb),
-        finished_at = now(), lease_expires_at = NULL
-    WHERE t.id = ANY (ARRAY(SELECT i FROM unnest(v_ids) i EXCEPT SELECT gone.id FROM gone))
-      AND t.input IS NOT NULL AND t.status || '' = 'started'
-      AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
-    RETURNING t.id, t.run_id, t.step_slug, t.attempt, t.worker_id, NULL::jsonb AS output
+    SET status = 'completed', output = b.output, finished_at = now(), lease_expires_at = NULL
+    FROM b
+    WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NOT NULL AND t.status || '' = 'started'
+      AND t.attempt = b.attempt
+    RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
+              NULL::jsonb AS output
   ),
   done AS (SELECT * FROM gone UNION ALL SELECT * FROM kept),
   per AS (
-    SELECT d.run_id, d.step_slug, count(*)::int AS n, (array_agg(d.output))[1] AS output,
-           sum(d.attempt)::int AS attempts, (array_agg(d.worker_id))[1] AS worker_id,
-           array_agg(d.id) AS ids
+    SELECT d.run_id, d.step_slug, min(d.flow_slug) AS flow_slug,
+           min(d.flow_version) AS flow_version, count(*)::int AS n,
+           (array_agg(d.output))[1] AS output, sum(d.attempt)::int AS attempts,
+           (array_agg(d.worker_id))[1] AS worker_id
     FROM done d GROUP BY 1, 2
   )
-  SELECT array_agg(i), array_agg(DISTINCT per.run_id),
-         jsonb_object_agg(per.run_id::text || per.step_slug,
-                          jsonb_build_object('n', per.n, 'output', per.output,
-                                             'attempts', per.attempts, 'worker', per.worker_id))
-  INTO v_acc, v_runs, v_per
-  FROM per LEFT JOIN LATERAL unnest(per.ids) i ON true;
+  SELECT (SELECT array_agg(d.id) FROM done d), p.*
+  INTO v_acc, v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers
+  FROM (SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug),
+               array_agg(flow_version), array_agg(n), array_agg(output), array_agg(attempts),
+               array_agg(worker_id)
+        FROM per) p;
   IF v_acc IS NULL THEN
     RETURN '{}';
   END IF;
 
   -- A step whose last task completed is complete, with its output: a single step's is its one
-  -- task's (completed just now), a map step's its tasks' in task order.
+  -- task's (completed just now), a map step's its tasks' in task order (a separate statement from
+  -- the one above, so that it sees their outputs).
   WITH upd AS (
     UPDATE flowreg.step_states s
-    SET remaining_tasks = s.remaining_tasks
-                          - (v_per -> (s.run_id::text || s.step_slug) ->> 'n')::int,
-        status = CASE WHEN s.remaining_tasks
-                           = (v_per -> (s.run_id::text || s.step_slug) ->> 'n')::int
-                      THEN 'completed' ELSE s.status END,
-        finished_at = CASE WHEN s.remaining_tasks
-                                = (v_per -> (s.run_id::text || s.step_slug) ->> 'n')::int
-                           THEN now() END,
-        output = CASE WHEN s.remaining_tasks
-                           <> (v_per -> (s.run_id::text || s.step_slug) ->> 'n')::int THEN NULL
+    SET remaining_tasks = s.remaining_tasks - p.n,
+        status = CASE WHEN s.remaining_tasks = p.n THEN 'completed' ELSE s.status END,
+        finished_at = CASE WHEN s.remaining_tasks = p.n THEN now() END,
+        output = CASE WHEN s.remaining_tasks <> p.n THEN NULL
                       WHEN s.kind = 'map' THEN
                         (SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM flowreg.tasks t
                          WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
-                      ELSE v_per -> (s.run_id::text || s.step_slug) -> 'output' END,
-        attempts = s.attempts + (v_per -> (s.run_id::text || s.step_slug) ->> 'attempts')::int,
-        worker_id = v_per -> (s.run_id::text || s.step_slug) ->> 'worker'
-    WHERE s.run_id = ANY (v_runs) AND v_per ? (s.run_id::text || s.step_slug)
+                      ELSE p.output END,
+        attempts = s.attempts + p.attempts,
+        worker_id = p.worker_id
+    FROM unnest(v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers)
+         AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id)
+    WHERE s.run_id = ANY (ARRAY[p.run_id]) AND s.step_slug = ANY (ARRAY[p.step_slug])
       AND s.status = 'started'
-    RETURNING s.run_id, s.step_slug, s.status, s.kind
+    RETURNING s.run_id, s.step_slug, s.status, s.kind, p.flow_slug, p.flow_version
   )
-  SELECT array_agg(run_id), array_agg(step_slug),
+  SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug), array_agg(flow_version),
          array_agg(run_id) FILTER (WHERE kind = 'map'),
-         array_agg(run_id::text || step_slug) FILTER (WHERE kind = 'map')
-  INTO v_druns, v_dsteps, v_mruns, v_msteps
+         array_agg(step_slug) FILTER (WHERE kind = 'map')
+  INTO v_druns, v_dsteps, v_dflows, v_dversions, v_mruns, v_msteps
   FROM upd WHERE status = 'completed';
 
   IF v_mruns IS NOT NULL THEN
     -- A completed map step's tasks leave the queue: its output is made of theirs.
     DELETE FROM flowreg.tasks t
-    WHERE t.run_id = ANY (v_mruns) AND (t.run_id::text || t.step_slug) = ANY (v_msteps);
+    USING unnest(v_mruns, v_msteps) AS m(run_id, step_slug)
+    WHERE t.run_id = ANY (ARRAY[m.run_id]) AND t.step_slug = ANY (ARRAY[m.step_slug]);
   END IF;
 
   IF v_druns IS NOT NULL THEN
-    v_going := flowreg._account_steps(v_druns, v_dsteps);
+    v_going := flowreg._account_steps(v_druns, v_dsteps, v_dflows, v_dversions);
     IF cardinality(v_going) > 0 THEN
       PERFORM flowreg._start_steps(v_going);
     END IF;
@@ -115,4 +127,5 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._complete_locked(jsonb)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+  SET enable_mergejoin = off SET jit = off;

@@ -14,6 +14,8 @@ RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
   v_done_runs uuid[];
   v_done_steps text[];
+  v_done_flows text[];
+  v_done_versions text[];
   v_fail_runs uuid[];
   v_fail_errors text[];
   v_flows text[];
@@ -76,14 +78,16 @@ BEGIN
                         WHEN 'array' THEN 'an array' ELSE 'a ' || jsonb_typeof(z.input) END) END
       FROM sized z
       WHERE s.run_id = z.run_id AND s.step_slug = z.step_slug
-      RETURNING s.run_id, s.step_slug, s.status, s.error
+      RETURNING s.run_id, s.step_slug, s.status, s.error, z.flow_slug, z.flow_version
     )
     SELECT array_agg(u.run_id) FILTER (WHERE u.status = 'completed'),
            array_agg(u.step_slug) FILTER (WHERE u.status = 'completed'),
+           array_agg(u.flow_slug) FILTER (WHERE u.status = 'completed'),
+           array_agg(u.flow_version) FILTER (WHERE u.status = 'completed'),
            array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
            array_agg(u.error) FILTER (WHERE u.status = 'failed'),
            (SELECT array_agg(DISTINCT z.flow_slug) FROM sized z WHERE z.n > 0)
-    INTO v_done_runs, v_done_steps, v_fail_runs, v_fail_errors, v_flows
+    INTO v_done_runs, v_done_steps, v_done_flows, v_done_versions, v_fail_runs, v_fail_errors, v_flows
     FROM upd u;
 
     IF v_flows IS NOT NULL THEN
@@ -93,7 +97,7 @@ BEGIN
       PERFORM flowreg._fail_runs(v_fail_runs, v_fail_errors);
     END IF;
     EXIT WHEN v_done_runs IS NULL;
-    PERFORM flowreg._account_steps(v_done_runs, v_done_steps);
+    PERFORM flowreg._account_steps(v_done_runs, v_done_steps, v_done_flows, v_done_versions);
   END LOOP;
 
   -- Runs without remaining leaf steps are complete: their output is their leaf steps' outputs.
