@@ -1,0 +1,108 @@
+#!/bin/bash
+# work_cost.sh: the server time flowreg.work() spends per run, from one session on an idle
+# embedded cluster, so that the figure is the functions' own cost (no other process competes for
+# the CPU, no worker, no handler): the precise way to compare two versions of the SQL functions.
+# worker_bench measures the whole system (workers, handlers, commits); this isolates the database.
+#
+# usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain] [--batch LIST] [--runs N]
+#                           [--rounds R] [--keep]
+#   --flowreg BIN  the flowreg binary whose compiled-in functions are measured (default
+#                  build/flowreg next to this script's checkout); its plugins are
+#                  <its directory>/bench/worker_plugins
+#   --flow         bench_single (1 step, default) or bench_chain (a -> b -> c)
+#   --batch LIST   work() batch sizes, comma-separated (default 64,512)
+#   --runs N       runs started per measurement (default 20000; 6000 is plenty for chain)
+#   --rounds R     measurements per batch size (default 2)
+#   --keep         keep the scratch directory (cluster data)
+#
+# Each measurement: N runs started with start_runs() (500 per call), VACUUM ANALYZE, then one
+# session calls work() with the previous call's claimed tasks as completions until every run is
+# completed. Printed per batch size and round: work() server time per run (pg_stat_user_functions
+# total_time, track_functions = 'pl'), its parts (each function's total and self time per run),
+# the calls made, and the runs left unfinished (0, or the measurement is void).
+# Compare two builds by alternating them, e.g.
+#   for i in 1 2; do bench/work_cost.sh --flowreg ../base/build/flowreg
+#                    bench/work_cost.sh; done
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+flowreg="$here/../build/flowreg"
+flow=single
+batches=64,512
+runs=20000
+rounds=2
+keep=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --flowreg) flowreg=$2; shift 2 ;;
+    --flow) flow=$2; shift 2 ;;
+    --batch) batches=$2; shift 2 ;;
+    --runs) runs=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "work_cost.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$flow" in single|chain) ;; *) echo "work_cost.sh: --flow is single or chain" >&2; exit 2 ;; esac
+[[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 500 ] || { echo "work_cost.sh: --runs is a number >= 500" >&2; exit 2; }
+[[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --rounds is a positive number" >&2; exit 2; }
+[ -x "$flowreg" ] || { echo "work_cost.sh: no flowreg binary at $flowreg (build first)" >&2; exit 1; }
+flowreg=$(cd "$(dirname "$flowreg")" && pwd)/$(basename "$flowreg")
+plugins="$(dirname "$flowreg")/bench/worker_plugins"
+[ -d "$plugins" ] || { echo "work_cost.sh: no bench plugins at $plugins" >&2; exit 1; }
+
+scratch=$(mktemp -d /tmp/flowreg_work_cost_XXXXXX)
+chmod 755 "$scratch"
+config="$scratch/flowreg.yaml"
+printf 'plugins: {dir: %s, watch: false}\ndatabase: {url: "", data_dir: %s/data}\n' \
+  "$plugins" "$scratch" > "$config"
+cleanup() {
+  "$flowreg" --config "$config" db stop > /dev/null 2>&1 || true
+  if [ "$keep" = 1 ]; then echo "kept $scratch"; else rm -rf "$scratch"; fi
+}
+trap cleanup EXIT
+
+"$flowreg" --config "$config" db migrate > /dev/null
+# The worker stores the plugins' flows; it is stopped once they are there.
+"$flowreg" --config "$config" worker > "$scratch/worker.log" 2>&1 &
+worker=$!
+pid_file="$scratch/data/pg/postmaster.pid"
+socket=$(sed -n 5p "$pid_file")
+port=$(sed -n 4p "$pid_file")
+psql_() { psql -h "$socket" -p "$port" -U postgres -d flowreg -XqtA -v ON_ERROR_STOP=1 "$@"; }
+slug="bench_$flow"
+for _ in $(seq 1 100); do
+  version=$(psql_ -c "SELECT version FROM flowreg.flows WHERE slug = '$slug' ORDER BY created_at DESC LIMIT 1")
+  [ -n "$version" ] && break
+  sleep 0.1
+done
+kill -TERM "$worker"; wait "$worker" || true
+[ -n "$version" ] || { echo "work_cost.sh: flow $slug was not stored (see $scratch/worker.log)" >&2; keep=1; exit 1; }
+psql_ -c "ALTER DATABASE flowreg SET track_functions = 'pl'"
+steps=$([ "$flow" = chain ] && echo 3 || echo 1)
+
+echo "work_cost: $flowreg, flow $slug@$version ($steps step(s)), $runs runs per measurement"
+printf '%-6s %-6s %10s %7s %5s  %s\n' batch round "us/run" calls left "parts: function total/self us per run"
+for b in ${batches//,/ }; do
+  for r in $(seq 1 "$rounds"); do
+    psql_ -c "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks"
+    for _ in $(seq 1 $((runs / 500))); do
+      echo "SELECT count(*) FROM flowreg.start_runs('$slug', '$version', array_fill('{}'::jsonb, ARRAY[500]));"
+    done | psql_ > /dev/null
+    psql_ -c "VACUUM ANALYZE flowreg.runs, flowreg.tasks, flowreg.step_states"
+    flows="[{\"slug\": \"$slug\", \"version\": \"$version\"}]"
+    {
+      echo "\\set c '[]'"
+      echo "SELECT pg_stat_reset();"
+      for _ in $(seq 1 $(( (runs * steps) / b + 10 ))); do
+        echo "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1)) FILTER (WHERE kind = 'claimed'), '[]') AS c FROM flowreg.work('bench', :'c'::jsonb, '[]', '$flows', $b, 60000) \\gset"
+      done
+    } | psql_ > /dev/null
+    sleep 0.6  # the session's counters are flushed when it exits
+    left=$(psql_ -c "SELECT count(*) FROM flowreg.runs WHERE status <> 'completed'")
+    read -r us calls < <(psql_ -F' ' -c "SELECT round((total_time * 1000 / $runs)::numeric, 2), calls FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'work'")
+    parts=$(psql_ -c "SELECT string_agg(funcname || ' ' || round((total_time * 1000 / $runs)::numeric, 1) || '/' || round((self_time * 1000 / $runs)::numeric, 1), ', ' ORDER BY total_time DESC) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname NOT IN ('work', 'start_runs', 'upsert_flow')")
+    printf '%-6s %-6s %10s %7s %5s  %s\n' "$b" "$r" "$us" "$calls" "$left" "$parts"
+  done
+done
