@@ -766,11 +766,12 @@ TEST_SUITE("run_store") {
     CHECK(run_info(env.store, fourth).status == RunStatus::started);
   }
 
-  // _claim, _lock_runs_of, _complete_locked and _account_steps keep one generic plan per session,
-  // made at their first call and kept. A worker connection that made them while the tables were
-  // empty must still walk indexes once the tables are full: counted with the server's per-table
-  // scan counters around calls made on one connection that first ran them on near-empty tables.
-  // (Other statements keep custom plans, which may legitimately scan a small table whole.)
+  // _claim, _lock_runs_of, _complete_locked, _account_steps, _fail_locked and _fail_runs keep one
+  // generic plan per session, made at their first call and kept. A worker connection that made
+  // them while the tables were empty must still walk indexes once the tables are full: counted
+  // with the server's per-table scan counters around calls made on one connection that first ran
+  // them on near-empty tables. (Other statements keep custom plans, which may legitimately scan a
+  // small table whole.)
   TEST_CASE("the generic plans of the hot functions, made on empty tables, walk indexes later") {
     auto env = open_env("rs_plans");
     auto chain = store_flow(env.store, flow("plans", {step("a"), step("b", {"a"})}));
@@ -781,19 +782,32 @@ TEST_SUITE("run_store") {
     // plan may read many rows: not in the measured calls).
     const auto call_all = [&](int n, bool verify) {
       pqxx::work tx(worker);
+      // Of the n tasks claimed, `done` complete; of the others, every other one fails for good
+      // (its run fails), the rest fail with attempts left (queued again).
+      const int done = n - n / 2;
       auto claimed = tx.exec_params(
-          "SELECT jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1))::text, "
-          "array_agg(id)::text, array_agg(run_id)::text, count(*) "
-          "FROM flowreg._claim('plans', $1::jsonb, $2, 10000)",
-          flows, n);
-      REQUIRE(claimed.at(0).at(3).as<int>() == n);
-      const auto batch = claimed.at(0).at(0).as<std::string>();
-      const auto ids = claimed.at(0).at(1).as<std::string>();
-      const auto runs = claimed.at(0).at(2).as<std::string>();
+          "WITH c AS (SELECT row_number() OVER () AS i, * "
+          "           FROM flowreg._claim('plans', $1::jsonb, $2, 10000)) "
+          "SELECT jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1)) "
+          "         FILTER (WHERE i <= $3)::text, "
+          "       coalesce(jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, "
+          "                          'error', 'no', 'permanent', i % 2 = 0)) "
+          "                FILTER (WHERE i > $3), '[]')::text, "
+          "       array_agg(id)::text, array_agg(run_id) FILTER (WHERE i <= $3)::text, count(*) "
+          "FROM c",
+          flows, n, done);
+      REQUIRE(claimed.at(0).at(4).as<int>() == n);
+      const auto completions = claimed.at(0).at(0).as<std::string>();
+      const auto failures = claimed.at(0).at(1).as<std::string>();
+      const auto ids = claimed.at(0).at(2).as<std::string>();
+      const auto runs = claimed.at(0).at(3).as<std::string>();
       tx.exec_params("SELECT flowreg._lock_runs_of($1::bigint[])", ids);
-      auto accepted =
-          tx.exec_params("SELECT cardinality(flowreg._complete_locked($1::jsonb))", batch);
-      REQUIRE(accepted.at(0).at(0).as<int>() == n);
+      auto completed =
+          tx.exec_params("SELECT cardinality(flowreg._complete_locked($1::jsonb))", completions);
+      REQUIRE(completed.at(0).at(0).as<int>() == done);
+      auto failed =
+          tx.exec_params("SELECT cardinality(flowreg._fail_locked($1::jsonb))", failures);
+      REQUIRE(failed.at(0).at(0).as<int>() == n - done);
       // b, a single step, is started by _account_steps itself.
       if (verify)
         CHECK(tx.exec_params("SELECT count(*) FROM flowreg.tasks WHERE run_id = ANY ($1::uuid[]) "
@@ -801,11 +815,12 @@ TEST_SUITE("run_store") {
                              runs)
                   .at(0)
                   .at(0)
-                  .as<int>() == n);
+                  .as<int>() == done);
       tx.abort();
     };
     start(env.store, chain, 0);
-    call_all(1, true);  // the plans are made here
+    start(env.store, chain, 1);
+    call_all(2, true);  // the plans are made here: one completion, one failure for good
 
     std::vector<Json> inputs(1000, Json(1));
     for (int i = 0; i < 10; ++i) REQUIRE(env.store.start_runs(chain.slug, chain.version, inputs));
