@@ -4,14 +4,11 @@
 -- p_batch: [{"id", "attempt", "error", "permanent"}].
 -- REQUIRES: the tasks' runs are locked.
 --
--- The batch is a jsonb object keyed by task id, the tasks read through their primary key only
--- (`id = ANY (array)`): cost flat in the batch size, plans stable. Failures are rare next to
--- completions, so this keeps the older form that _complete_locked left for joins (see README.md).
+-- Cost per task flat in the batch size, plans stable by construction, as in _complete_locked:
+-- nested loops driven by the batch, probing primary keys through `key = ANY (ARRAY[row.key])`.
 CREATE OR REPLACE FUNCTION flowreg._fail_locked(p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
-  v_by_id jsonb;
-  v_ids bigint[];
   v_acc bigint[];
   v_fail_runs uuid[];
   v_fail_steps text[];
@@ -20,24 +17,22 @@ DECLARE
   v_fail_workers text[];
   v_flows text[];
 BEGIN
-  SELECT jsonb_object_agg(e->>'id', e), array_agg(DISTINCT (e->>'id')::bigint)
-  INTO v_by_id, v_ids
-  FROM jsonb_array_elements(p_batch) e;
-  IF v_ids IS NULL THEN
-    RETURN '{}';
-  END IF;
-
-  WITH gone AS (
+  WITH b AS MATERIALIZED (
+    -- An id given twice: the last entry counts.
+    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent
+    FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
+                 coalesce(e->>'error', '') AS error,
+                 coalesce((e->>'permanent')::boolean, false) AS permanent, i
+          FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
+    ORDER BY x.id, x.i DESC
+  ),
+  gone AS (
     -- Failed for good: the task leaves the queue (its step and run fail below).
-    DELETE FROM flowreg.tasks t
-    WHERE t.id = ANY (v_ids) AND t.status || '' = 'started'
-      AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
-      AND (coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
-           OR t.attempt >= t.max_attempts)
-    RETURNING t.id, t.run_id, t.step_slug, t.task_index, 'failed'::text AS status,
-              coalesce(v_by_id -> t.id::text ->> 'error', '') AS error, t.attempt, t.flow_slug,
-              t.available_at, t.worker_id,
-              coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false) AS permanent
+    DELETE FROM flowreg.tasks t USING b
+    WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
+      AND (b.permanent OR t.attempt >= t.max_attempts)
+    RETURNING t.id, t.run_id, t.step_slug, t.task_index, 'failed'::text AS status, b.error,
+              t.attempt, t.flow_slug, t.available_at, t.worker_id, b.permanent
   ),
   again AS (
     -- Attempts left: queued again after its retry delay.
@@ -45,14 +40,10 @@ BEGIN
     SET status = 'queued',
         available_at = now() + flowreg.retry_delay_ms(t.base_delay_ms, t.max_delay_ms, t.attempt)
                                * interval '1 ms',
-        finished_at = NULL,
-        error = coalesce(v_by_id -> t.id::text ->> 'error', ''), error_at = now(),
-        lease_expires_at = NULL
-    WHERE t.id = ANY (ARRAY(SELECT i FROM unnest(v_ids) i EXCEPT SELECT gone.id FROM gone))
-      AND t.status || '' = 'started'
-      AND t.attempt = (v_by_id -> t.id::text ->> 'attempt')::int
-      AND NOT coalesce((v_by_id -> t.id::text ->> 'permanent')::boolean, false)
-      AND t.attempt < t.max_attempts
+        finished_at = NULL, error = b.error, error_at = now(), lease_expires_at = NULL
+    FROM b
+    WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
+      AND NOT b.permanent AND t.attempt < t.max_attempts
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
               t.flow_slug, t.available_at, t.worker_id, false AS permanent
   ),
@@ -72,7 +63,9 @@ BEGIN
          array_agg(DISTINCT u.flow_slug) FILTER (WHERE u.status = 'queued'
                                                   AND u.available_at <= now())
   INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers, v_flows
-  FROM upd u JOIN flowreg.step_states s ON s.run_id = u.run_id AND s.step_slug = u.step_slug;
+  FROM upd u
+  JOIN flowreg.step_states s ON s.run_id = ANY (ARRAY[u.run_id])
+                             AND s.step_slug = ANY (ARRAY[u.step_slug]);
 
   IF v_fail_runs IS NOT NULL THEN
     -- Its attempts and worker go to the step state (the task has left the queue).
@@ -84,7 +77,7 @@ BEGIN
           FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers)
                WITH ORDINALITY AS y(run_id, step_slug, error, attempt, worker_id, i)
           GROUP BY 1, 2) x
-    WHERE s.run_id = ANY (v_fail_runs) AND s.run_id = x.run_id AND s.step_slug = x.step_slug
+    WHERE s.run_id = ANY (ARRAY[x.run_id]) AND s.step_slug = ANY (ARRAY[x.step_slug])
       AND s.status = 'started';
     PERFORM flowreg._fail_runs(v_fail_runs, v_fail_errors);
   END IF;
@@ -95,4 +88,5 @@ BEGIN
 END $$;
 
 ALTER FUNCTION flowreg._fail_locked(jsonb)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+  SET enable_mergejoin = off SET jit = off;
