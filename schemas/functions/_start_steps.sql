@@ -87,7 +87,8 @@ BEGIN
            array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
            array_agg(u.error) FILTER (WHERE u.status = 'failed'),
            (SELECT array_agg(DISTINCT z.flow_slug) FROM sized z WHERE z.n > 0)
-    INTO v_done_runs, v_done_steps, v_done_flows, v_done_versions, v_fail_runs, v_fail_errors, v_flows
+    INTO v_done_runs, v_done_steps, v_done_flows, v_done_versions, v_fail_runs, v_fail_errors,
+         v_flows
     FROM upd u;
 
     IF v_flows IS NOT NULL THEN

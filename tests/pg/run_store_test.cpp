@@ -650,9 +650,8 @@ TEST_SUITE("run_store") {
           std::to_string(kRounds * kRuns));
     // Every task ran once and has left the queue.
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
-    CHECK(sql_one(env.conninfo,
-                  "SELECT min(attempts) || ' ' || max(attempts) FROM "
-                  "flowreg.step_states") == "1 1");
+    CHECK(sql_one(env.conninfo, "SELECT min(attempts) || ' ' || max(attempts) FROM "
+                                "flowreg.step_states") == "1 1");
   }
 
   TEST_CASE("cancel_run cancels queued tasks and rejects in-flight completions") {
