@@ -77,7 +77,8 @@ for _ in $(seq 1 100); do
   [ -n "$version" ] && break
   sleep 0.1
 done
-kill -TERM "$worker"; wait "$worker" || true
+kill -TERM "$worker" 2> /dev/null || true
+wait "$worker" || true
 [ -n "$version" ] || { echo "work_cost.sh: flow $slug was not stored (see $scratch/worker.log)" >&2; keep=1; exit 1; }
 psql_ -c "ALTER DATABASE flowreg SET track_functions = 'pl'"
 steps=$([ "$flow" = chain ] && echo 3 || echo 1)
