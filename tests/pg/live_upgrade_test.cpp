@@ -45,6 +45,21 @@ fd::RunStore connect(const std::string& conninfo) {
   return std::move(*store);
 }
 
+// A new database of the current release's schema (every migration and function file applied),
+// which a case then makes look like an earlier release's, and a store on it.
+struct Migrated {
+  std::string db;
+  fd::RunStore store;
+};
+
+Migrated migrated_database(const std::string& name) {
+  std::string db = flowreg::pgtest::empty_database(name);
+  auto migrated = fd::migrate(db);
+  REQUIRE_MESSAGE(migrated, migrated.error().format());
+  fd::RunStore store = connect(db);
+  return Migrated{std::move(db), std::move(store)};
+}
+
 // A retry is due soon.
 flowreg::Options quick_retries() {
   flowreg::Options o;
@@ -138,12 +153,9 @@ std::map<std::string, Json> finish_all(fd::RunStore& store, const std::string& d
 
 TEST_SUITE("live_upgrade") {
   TEST_CASE("migration 0008 takes over runs left in every state by the release before it") {
-    const std::string db = flowreg::pgtest::empty_database("lu_0008");
-    {
-      auto migrated = fd::migrate(db);
-      REQUIRE_MESSAGE(migrated, migrated.error().format());
-    }
-    fd::RunStore store = connect(db);
+    Migrated m = migrated_database("lu_0008");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
     const LiveFlows live = store_live_flows(store);
     const auto& [single, pipe, fan, flows] = live;
 
@@ -360,12 +372,9 @@ std::string steps_of(fd::RunStore& store, const fd::RunId& run) {
 
 TEST_SUITE("live_upgrade") {
   TEST_CASE("migration 0009 folds finished tasks into their step states and takes over live runs") {
-    const std::string db = flowreg::pgtest::empty_database("lu_0009");
-    {
-      auto migrated = fd::migrate(db);
-      REQUIRE_MESSAGE(migrated, migrated.error().format());
-    }
-    fd::RunStore store = connect(db);
+    Migrated m = migrated_database("lu_0009");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
     const LiveFlows live = store_live_flows(store);
     const auto& [single, pipe, fan, flows] = live;
 
