@@ -250,7 +250,7 @@ TEST_SUITE("live_upgrade") {
          // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
          // runs, of finished single steps).
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9);"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -263,9 +263,9 @@ TEST_SUITE("live_upgrade") {
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 2);
+      REQUIRE(upgraded->applied.size() == 3);
       CHECK(upgraded->applied.front().version == 8);
-      CHECK(upgraded->applied.back().version == 9);
+      CHECK(upgraded->applied.back().version == 10);
     }
     CHECK(q(db, fkeys) == "0");
     // Each started run counts its leaf steps not completed: 1 each here (mapped's sum, chain's b,
@@ -440,7 +440,7 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version = 9;"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
@@ -450,7 +450,7 @@ TEST_SUITE("live_upgrade") {
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 1);
+      REQUIRE(upgraded->applied.size() == 2);
       CHECK(upgraded->applied.front().version == 9);
     }
     fd::RunStore after = connect(db);

@@ -548,13 +548,15 @@ TEST_SUITE("migrations") {
 
     // What the previous release left: migrations 0001 to 0006 recorded with their texts of then,
     // no public.flowreg_functions, functions of then (other bodies, work() with another result),
-    // and the functions nothing calls any more.
+    // the functions nothing calls any more, and 0004's fillfactors (0010 changes two).
     const auto old = fresh_database("mig_prev_old");
     REQUIRE(fd::migrate(old));
     REQUIRE(record_earlier_checksums(old) == 6);
     exec(old,
          "DELETE FROM flowreg_migrations WHERE version >= 7;"
          "DROP TABLE public.flowreg_functions;"
+         "ALTER TABLE flowreg.runs SET (fillfactor = 50);"
+         "ALTER TABLE flowreg.step_states SET (fillfactor = 60);"
          "CREATE OR REPLACE FUNCTION flowreg.prune(p_older_than interval) RETURNS bigint"
          " LANGUAGE sql AS $$ SELECT 0::bigint $$;"
          "CREATE OR REPLACE FUNCTION flowreg._claim(p_worker text, p_flows jsonb, p_limit int,"
@@ -584,7 +586,7 @@ TEST_SUITE("migrations") {
 
     auto upgrade = fd::migrate(old);
     REQUIRE_MESSAGE(upgrade, upgrade.error().format());
-    CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9}));
+    CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9, 10}));
     CHECK(upgrade->functions.size() == fd::builtin_functions().size());
 
     // Alike but for the checksums recorded for 0001 to 0006, which stay those of their time.
