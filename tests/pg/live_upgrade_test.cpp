@@ -124,9 +124,9 @@ LiveFlows store_live_flows(fd::RunStore& store) {
   LiveFlows f;
   f.single = store_flow(store, "single", {step("only")}, quick_retries());
   f.pipe = store_flow(store, "pipe", {step("a"), step("b", {"a"})}, quick_retries());
-  f.fan = store_flow(store, "fan",
-                     {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
-                     quick_retries());
+  f.fan =
+      store_flow(store, "fan", {step("each", {}, flowreg::StepKind::map), step("sum", {"each"})},
+                 quick_retries());
   f.all = {f.single, f.pipe, f.fan};
   return f;
 }
@@ -411,8 +411,8 @@ TEST_SUITE("live_upgrade") {
       REQUIRE_MESSAGE(c, c.error().format());
       CHECK(*c);
     }
-    const std::vector<fd::RunId> all{queued, held,   retrying, chain,
-                                     mapped, done,   failed,   cancelled};
+    const std::vector<fd::RunId> all{queued, held, retrying, chain,
+                                     mapped, done, failed,   cancelled};
     std::map<fd::RunId, std::string> steps_before;
     for (const auto& r : all) steps_before[r] = steps_of(store, r);
     CHECK(steps_before[done] == "only completed 1;");

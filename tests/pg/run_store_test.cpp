@@ -650,8 +650,9 @@ TEST_SUITE("run_store") {
           std::to_string(kRounds * kRuns));
     // Every task ran once and has left the queue.
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
-    CHECK(sql_one(env.conninfo, "SELECT min(attempts) || ' ' || max(attempts) FROM "
-                                "flowreg.step_states") == "1 1");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT min(attempts) || ' ' || max(attempts) FROM "
+                  "flowreg.step_states") == "1 1");
   }
 
   TEST_CASE("cancel_run cancels queued tasks and rejects in-flight completions") {
@@ -804,8 +805,7 @@ TEST_SUITE("run_store") {
       auto completed =
           tx.exec_params("SELECT cardinality(flowreg._complete_locked($1::jsonb))", completions);
       REQUIRE(completed.at(0).at(0).as<int>() == done);
-      auto failed =
-          tx.exec_params("SELECT cardinality(flowreg._fail_locked($1::jsonb))", failures);
+      auto failed = tx.exec_params("SELECT cardinality(flowreg._fail_locked($1::jsonb))", failures);
       REQUIRE(failed.at(0).at(0).as<int>() == n - done);
       // b, a single step, is started by _account_steps itself.
       if (verify)
