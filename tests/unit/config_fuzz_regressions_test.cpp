@@ -171,6 +171,16 @@ TEST_SUITE("schema") {
     CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
     CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
   }
+
+  TEST_CASE("regression: a percent-escape in a $ref gave a schema error that is not UTF-8") {
+    // fuzz_input_schema: valijson decodes "%EF" to the raw byte and quotes the token it could not
+    // find; the message replaces that byte.
+    const std::string problem = compile_problem(R"({"$ref": "#/%EFinitions"})");
+    CHECK(detail::is_utf8(problem));
+    CHECK(problem ==
+          "invalid JSON Schema: Expected reference token to identify an element in the current "
+          "object; actual token: \xef\xbf\xbdinitions");
+  }
 }
 
 TEST_SUITE("model") {

@@ -287,7 +287,10 @@ Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
     valijson::adapters::NlohmannJsonAdapter adapter(impl->document);
     parser.populateSchema(adapter, impl->schema);
   } catch (const std::exception& e) {
-    return make_error(Errc::invalid_argument, fmt::format("invalid JSON Schema: {}", e.what()));
+    // valijson's text quotes parts of the schema as it decoded them: a $ref's percent-escapes
+    // (`#/%EF...`) become raw bytes that need not be UTF-8.
+    return make_error(Errc::invalid_argument,
+                      fmt::format("invalid JSON Schema: {}", utf8_valid(e.what())));
   }
   impl->patterns = compile_patterns(impl->document, impl->depth_first);
   return JsonSchema(std::move(impl));
@@ -501,7 +504,8 @@ std::vector<SchemaProblem> JsonSchema::validate(const nlohmann::json& instance) 
     if (visitor.validateSchema(impl_->schema)) return out;
   } catch (const std::exception& e) {
     // A regular expression compile() could not see (under a key it does not descend into).
-    out.push_back(SchemaProblem{"", fmt::format("the schema could not be applied: {}", e.what())});
+    out.push_back(SchemaProblem{
+        "", fmt::format("the schema could not be applied: {}", utf8_valid(e.what()))});
     return out;
   }
   valijson::ValidationResults::Error error;
