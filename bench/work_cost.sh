@@ -5,7 +5,7 @@
 # worker_bench measures the whole system (workers, handlers, commits); this isolates the database.
 #
 # usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain] [--batch LIST] [--runs N]
-#                           [--rounds R] [--keep]
+#                           [--rounds R] [--wal] [--start CALLS] [--keep]
 #   --flowreg BIN  the flowreg binary whose compiled-in functions are measured (default
 #                  build/flowreg next to this script's checkout); its plugins are
 #                  <its directory>/bench/worker_plugins
@@ -13,13 +13,20 @@
 #   --batch LIST   work() batch sizes, comma-separated (default 64,512)
 #   --runs N       runs started per measurement (default 20000; 6000 is plenty for chain)
 #   --rounds R     measurements per batch size (default 2)
+#   --wal          also break each measurement's WAL down by record type (pg_waldump
+#                  --stats=record of the cluster's WAL: per run, count and bytes of each type)
+#   --start CALLS  measure starting instead of draining: CALLS one-run start_runs() calls back to
+#                  back, then CALLS calls 5 ms apart, R rounds; prints each series' server time
+#                  per call (pg_stat_user_functions) and psql's round trip p50 / p99 (\timing)
 #   --keep         keep the scratch directory (cluster data)
 #
 # Each measurement: N runs started with start_runs() (500 per call), VACUUM ANALYZE, then one
 # session calls work() with the previous call's claimed tasks as completions until every run is
 # completed. Printed per batch size and round: work() server time per run (pg_stat_user_functions
 # total_time, track_functions = 'pl'), its parts (each function's total and self time per run),
-# the calls made, and the runs left unfinished (0, or the measurement is void).
+# the calls made, the runs left unfinished (0, or the measurement is void), and the WAL the
+# cluster wrote per run while starting and while draining (pg_current_wal_insert_lsn; it includes
+# autovacuum's, which is part of a run's cost).
 # Compare two builds by alternating them, e.g.
 #   for i in 1 2; do bench/work_cost.sh --flowreg ../base/build/flowreg
 #                    bench/work_cost.sh; done
@@ -32,6 +39,8 @@ batches=64,512
 runs=20000
 rounds=2
 keep=0
+wal=0
+start_calls=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --flowreg) flowreg=$2; shift 2 ;;
@@ -39,14 +48,17 @@ while [ $# -gt 0 ]; do
     --batch) batches=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --wal) wal=1; shift ;;
+    --start) start_calls=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "work_cost.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 case "$flow" in single|chain) ;; *) echo "work_cost.sh: --flow is single or chain" >&2; exit 2 ;; esac
 [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 500 ] || { echo "work_cost.sh: --runs is a number >= 500" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --rounds is a positive number" >&2; exit 2; }
+[[ "$start_calls" =~ ^[0-9]+$ ]] || { echo "work_cost.sh: --start is a number of calls" >&2; exit 2; }
 [ -x "$flowreg" ] || { echo "work_cost.sh: no flowreg binary at $flowreg (build first)" >&2; exit 1; }
 flowreg=$(cd "$(dirname "$flowreg")" && pwd)/$(basename "$flowreg")
 plugins="$(dirname "$flowreg")/bench/worker_plugins"
@@ -83,15 +95,81 @@ wait "$worker" || true
 psql_ -c "ALTER DATABASE flowreg SET track_functions = 'pl'"
 steps=$([ "$flow" = chain ] && echo 3 || echo 1)
 
+lsn() { psql_ -c "SELECT pg_current_wal_insert_lsn()"; }
+per_run() { psql_ -c "SELECT round(pg_wal_lsn_diff('$2', '$1') / $3)"; }
+if [ "$wal" = 1 ]; then
+  # pg_waldump reads the segments themselves: keep them past any checkpoint of the measurement.
+  psql_ -c "ALTER SYSTEM SET wal_keep_size = '4GB'"
+  psql_ -c "SELECT pg_reload_conf()" > /dev/null
+  waldump="$(psql_ -c "SELECT setting FROM pg_config WHERE name = 'BINDIR'")/pg_waldump"
+  [ -x "$waldump" ] || { echo "work_cost.sh: no pg_waldump at $waldump" >&2; exit 1; }
+fi
+# The WAL between two positions, per run, by record type: count and bytes per run of every type
+# holding at least 1% of the bytes, the rest summed as "other".
+wal_types() {
+  "$waldump" -p "$scratch/data/pg/pg_wal" -s "$2" -e "$3" --stats=record 2> /dev/null |
+    awk -v runs="$4" -v label="$1" '
+      /^[A-Za-z0-9]+\/[A-Za-z0-9_+]+ / {
+        gsub(/\([^)]*\)/, ""); type[++k] = $1; n[k] = $2; b[k] = $5; total += $5; count += $2 }
+      END {
+        if (total == 0) { printf "  %-6s no WAL records read\n", label; exit }
+        printf "  %-6s %.0f B, %.2f records per run:", label, total / runs, count / runs
+        for (i = 1; i <= k; i++) order[i] = i
+        for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++)
+          if (b[order[j]] > b[order[i]]) { t = order[i]; order[i] = order[j]; order[j] = t }
+        other = 0
+        for (i = 1; i <= k; i++) {
+          x = order[i]
+          if (b[x] >= total / 100) printf " %s %.2f (%.0f B)", type[x], n[x] / runs, b[x] / runs
+          else other += b[x]
+        }
+        printf " other (%.0f B)\n", other / runs
+      }'
+}
+
+if [ "$start_calls" -gt 0 ]; then
+  # Starting one run per call, as an application does: the server's time per call and the round
+  # trip psql sees, back to back and 5 ms apart (worker_bench's latency scenario starts runs 5 ms
+  # apart; a CPU that idled between calls makes each call slower, and this shows by how much).
+  echo "work_cost --start: $flowreg, flow $slug@$version, $start_calls one-run start_runs() calls per series"
+  printf '%-6s %-12s %14s %14s %14s\n' round series "server ms/call" "round trip p50" "p99"
+  call="SELECT count(*) FROM flowreg.start_runs('$slug', '$version', ARRAY['{}'::jsonb]);"
+  for r in $(seq 1 "$rounds"); do
+    for gap in 0 5; do
+      psql_ -c "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks"
+      times=$({
+        printf '%s\n' '\timing on'
+        echo "SELECT pg_stat_reset();"
+        for _ in $(seq 1 "$start_calls"); do
+          printf '%s\n' '\echo call'
+          echo "$call"
+          [ "$gap" = 0 ] || echo "SELECT pg_sleep(0.00$gap);"
+        done
+      } | psql_ | awk '$0 == "call" { mark = 1; next } /^Time:/ { if (mark) print $2; mark = 0 }' | sort -n)
+      sleep 0.6  # the session's counters are flushed when it exits
+      server=$(psql_ -c "SELECT round((total_time / calls)::numeric, 3) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'start_runs'")
+      n=$(echo "$times" | wc -l)
+      p50=$(echo "$times" | sed -n "$(( (n + 1) / 2 ))p")
+      p99=$(echo "$times" | sed -n "$(( (n * 99 + 99) / 100 ))p")
+      printf '%-6s %-12s %14s %14s %14s\n' "$r" "$([ "$gap" = 0 ] && echo back-to-back || echo "${gap} ms apart")" "$server" "$p50" "$p99"
+    done
+  done
+  exit 0
+fi
+
 echo "work_cost: $flowreg, flow $slug@$version ($steps step(s)), $runs runs per measurement"
-printf '%-6s %-6s %10s %7s %5s  %s\n' batch round "us/run" calls left "parts: function total/self us per run"
+printf '%-6s %-6s %10s %7s %5s %11s  %s\n' batch round "us/run" calls left "WAL B/run" "parts: function total/self us per run"
 for b in ${batches//,/ }; do
   for r in $(seq 1 "$rounds"); do
     psql_ -c "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks"
+    [ "$wal" = 0 ] || psql_ -c "CHECKPOINT"  # so that no full-page image of the last round counts
+    l0=$(lsn)
     for _ in $(seq 1 $((runs / 500))); do
       echo "SELECT count(*) FROM flowreg.start_runs('$slug', '$version', array_fill('{}'::jsonb, ARRAY[500]));"
     done | psql_ > /dev/null
+    l1=$(lsn)
     psql_ -c "VACUUM ANALYZE flowreg.runs, flowreg.tasks, flowreg.step_states"
+    l2=$(lsn)
     flows="[{\"slug\": \"$slug\", \"version\": \"$version\"}]"
     {
       echo "\\set c '[]'"
@@ -100,10 +178,16 @@ for b in ${batches//,/ }; do
         echo "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1)) FILTER (WHERE kind = 'claimed'), '[]') AS c FROM flowreg.work('bench', :'c'::jsonb, '[]', '$flows', $b, 60000) \\gset"
       done
     } | psql_ > /dev/null
+    l3=$(lsn)
     sleep 0.6  # the session's counters are flushed when it exits
     left=$(psql_ -c "SELECT count(*) FROM flowreg.runs WHERE status <> 'completed'")
     read -r us calls < <(psql_ -F' ' -c "SELECT round((total_time * 1000 / $runs)::numeric, 2), calls FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'work'")
     parts=$(psql_ -c "SELECT string_agg(funcname || ' ' || round((total_time * 1000 / $runs)::numeric, 1) || '/' || round((self_time * 1000 / $runs)::numeric, 1), ', ' ORDER BY total_time DESC) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname NOT IN ('work', 'start_runs', 'upsert_flow')")
-    printf '%-6s %-6s %10s %7s %5s  %s\n' "$b" "$r" "$us" "$calls" "$left" "$parts"
+    walrun="$(per_run "$l0" "$l1" "$runs")+$(per_run "$l2" "$l3" "$runs")"
+    printf '%-6s %-6s %10s %7s %5s %11s  %s\n' "$b" "$r" "$us" "$calls" "$left" "$walrun" "$parts"
+    if [ "$wal" = 1 ]; then
+      wal_types start "$l0" "$l1" "$runs"
+      wal_types drain "$l2" "$l3" "$runs"
+    fi
   done
 done
