@@ -87,6 +87,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -673,9 +674,9 @@ void print_rows_header() {
 }
 
 void print_row(const Row& r) {
-  std::printf("%-34s %8ld %8.2f %9.0f %8.1f %8.0f %7.2f %6.2f %8.2f %8.2f %8.1f\n",
-              r.what.c_str(), r.runs, r.seconds, r.rate(), r.cpu_us, r.wal_bytes, r.wal_records,
-              r.wal_fpi, r.tup_written, r.idx_entries, r.runs_per_call);
+  std::printf("%-34s %8ld %8.2f %9.0f %8.1f %8.0f %7.2f %6.2f %8.2f %8.2f %8.1f\n", r.what.c_str(),
+              r.runs, r.seconds, r.rate(), r.cpu_us, r.wal_bytes, r.wal_records, r.wal_fpi,
+              r.tup_written, r.idx_entries, r.runs_per_call);
 }
 
 Json row_json(const Row& r) {
@@ -885,12 +886,16 @@ std::vector<double> disk_flush_ms(const fs::path& dir, int n) {
 }
 
 // Waits for "<run> completed|failed|cancelled" on the listener; the status, or "" on timeout.
-std::string wait_run_end(Listener& listener, const RunId& run, Millis timeout) {
+// `gone` is asked every 100 ms: true gives up at once (the workers that would end the run exited).
+std::string wait_run_end(Listener& listener, const RunId& run, Millis timeout,
+                         const std::function<bool()>& gone) {
   const auto deadline = Clock::now() + timeout;
   const std::string prefix = run + " ";
   while (Clock::now() < deadline) {
+    if (gone()) return "";
     const auto left = std::chrono::duration_cast<Millis>(deadline - Clock::now());
-    auto n = value_or_throw(listener.wait(std::max(left, Millis(1))), "waiting for notifications");
+    auto n = value_or_throw(listener.wait(std::clamp(left, Millis(1), Millis(100))),
+                            "waiting for notifications");
     if (!n || !n->payload.starts_with(prefix)) continue;
     const std::string status = n->payload.substr(prefix.size());
     if (status != "started") return status;
@@ -923,6 +928,7 @@ LatencyResult latency(Env& env) {
     stop_workers(workers);
     throw ScenarioFailed(why);
   };
+  const std::function<bool()> worker_exited = [&] { return workers.front().poll().has_value(); };
   std::vector<double> call_ms, handler_ms, done_ms;
   std::vector<double> call_async_ms, handler_async_ms, done_async_ms;
   // One run, started when nothing else is in flight; recorded unless a warm-up. Odd samples are
@@ -940,8 +946,10 @@ LatencyResult latency(Env& env) {
     const auto t_started = Clock::now();
     if (!id) fail("start_run: " + id.error().format());
     const Millis wait = i == 0 ? Millis(a.timeout_s * 1000) : Millis(10'000);
-    const std::string status = wait_run_end(listener, *id, wait);
+    const std::string status = wait_run_end(listener, *id, wait, worker_exited);
     const auto t_seen = Clock::now();
+    if (status.empty() && worker_exited())
+      fail(fmt::format("run {} (sample {}): the worker exited before the run ended", *id, i));
     if (status != "completed")
       fail(fmt::format("run {} (sample {}) {} after {} ms", *id, i,
                        status.empty() ? std::string("did not end") : "ended " + status,
