@@ -580,9 +580,16 @@ double cluster_cpu_seconds(pid_t postmaster) {
   static const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
   // Fields after the ")" that ends the command name: state is field 3, utime 14 ... cstime 17.
   const auto fields = [](const fs::path& stat) {
-    std::ifstream in(stat);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     std::vector<std::string> out;
+    std::string text;
+    try {
+      std::ifstream in(stat);
+      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    } catch (const std::ios_base::failure&) {
+      // The process exited between the listing and the read (read() gives ESRCH, which
+      // libstdc++'s filebuf throws): its time is in its parent's cutime/cstime once reaped.
+      return out;
+    }
     const auto close = text.rfind(')');
     if (close == std::string::npos) return out;
     std::stringstream rest(text.substr(close + 1));
