@@ -5,7 +5,7 @@
 # worker_bench measures the whole system (workers, handlers, commits); this isolates the database.
 #
 # usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain] [--batch LIST] [--runs N]
-#                           [--rounds R] [--wal] [--start CALLS] [--keep]
+#                           [--rounds R] [--wal] [--start CALLS] [--sql FILE] [--keep]
 #   --flowreg BIN  the flowreg binary whose compiled-in functions are measured (default
 #                  build/flowreg next to this script's checkout); its plugins are
 #                  <its directory>/bench/worker_plugins
@@ -18,6 +18,8 @@
 #   --start CALLS  measure starting instead of draining: CALLS one-run start_runs() calls back to
 #                  back, then CALLS calls 5 ms apart, R rounds; prints each series' server time
 #                  per call (pg_stat_user_functions) and psql's round trip p50 / p99 (\timing)
+#   --sql FILE     SQL run once on the cluster before measuring (a changed function, another
+#                  fillfactor...): to measure an idea before writing it as a migration
 #   --keep         keep the scratch directory (cluster data)
 #
 # Each measurement: N runs started with start_runs() (500 per call), VACUUM ANALYZE, then one
@@ -41,6 +43,7 @@ rounds=2
 keep=0
 wal=0
 start_calls=0
+setup_sql=
 while [ $# -gt 0 ]; do
   case "$1" in
     --flowreg) flowreg=$2; shift 2 ;;
@@ -50,8 +53,9 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --wal) wal=1; shift ;;
     --start) start_calls=$2; shift 2 ;;
+    --sql) setup_sql=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "work_cost.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -59,6 +63,7 @@ case "$flow" in single|chain) ;; *) echo "work_cost.sh: --flow is single or chai
 [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 500 ] || { echo "work_cost.sh: --runs is a number >= 500" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --rounds is a positive number" >&2; exit 2; }
 [[ "$start_calls" =~ ^[0-9]+$ ]] || { echo "work_cost.sh: --start is a number of calls" >&2; exit 2; }
+[ -z "$setup_sql" ] || [ -r "$setup_sql" ] || { echo "work_cost.sh: cannot read --sql $setup_sql" >&2; exit 2; }
 [ -x "$flowreg" ] || { echo "work_cost.sh: no flowreg binary at $flowreg (build first)" >&2; exit 1; }
 flowreg=$(cd "$(dirname "$flowreg")" && pwd)/$(basename "$flowreg")
 plugins="$(dirname "$flowreg")/bench/worker_plugins"
@@ -94,6 +99,10 @@ wait "$worker" || true
 [ -n "$version" ] || { echo "work_cost.sh: flow $slug was not stored (see $scratch/worker.log)" >&2; keep=1; exit 1; }
 psql_ -c "ALTER DATABASE flowreg SET track_functions = 'pl'"
 steps=$([ "$flow" = chain ] && echo 3 || echo 1)
+if [ -n "$setup_sql" ]; then
+  psql_ -f "$setup_sql" > /dev/null
+  echo "work_cost: ran $setup_sql before measuring"
+fi
 
 lsn() { psql_ -c "SELECT pg_current_wal_insert_lsn()"; }
 per_run() { psql_ -c "SELECT round(pg_wal_lsn_diff('$2', '$1') / $3)"; }
