@@ -13,8 +13,8 @@
 #   --batch LIST   work() batch sizes, comma-separated (default 64,512)
 #   --runs N       runs started per measurement (default 20000; 6000 is plenty for chain)
 #   --rounds R     measurements per batch size (default 2)
-#   --wal          also break each measurement's WAL down by record type (pg_waldump
-#                  --stats=record of the cluster's WAL: per run, count and bytes of each type)
+#   --wal          also break each measurement's WAL down by record type and by table and index
+#                  (pg_waldump --stats of the cluster's WAL: per run, records and bytes of each)
 #   --start CALLS  measure starting instead of draining: CALLS one-run start_runs() calls back to
 #                  back, then CALLS calls 5 ms apart, R rounds; prints each series' server time
 #                  per call (pg_stat_user_functions) and psql's round trip p50 / p99 (\timing)
@@ -136,6 +136,19 @@ wal_types() {
       }'
 }
 
+# The same WAL by relation of the flowreg schema (tables and indexes): records and bytes per run of
+# each that has at least 1 byte per run. $rels holds "name tablespace/database/filenode" lines.
+wal_relations() {
+  local out="" name rel line
+  while read -r name rel; do
+    line=$("$waldump" -p "$scratch/data/pg/pg_wal" -s "$2" -e "$3" -R "$rel" --stats 2> /dev/null |
+      awk -v runs="$4" -v name="$name" '$1 == "Total" {
+        gsub(/\[[^]]*\]/, ""); if ($5 / runs >= 1) printf " %s %.2f (%.0f B)", name, $2 / runs, $5 / runs }')
+    out+=$line
+  done <<< "$rels"
+  printf '  %-6s by relation, records (bytes) per run:%s\n' "$1" "$out"
+}
+
 if [ "$start_calls" -gt 0 ]; then
   # Starting one run per call, as an application does: the server's time per call and the round
   # trip psql sees, back to back and 5 ms apart (worker_bench's latency scenario starts runs 5 ms
@@ -195,8 +208,11 @@ for b in ${batches//,/ }; do
     walrun="$(per_run "$l0" "$l1" "$runs")+$(per_run "$l2" "$l3" "$runs")"
     printf '%-6s %-6s %10s %7s %5s %11s  %s\n' "$b" "$r" "$us" "$calls" "$left" "$walrun" "$parts"
     if [ "$wal" = 1 ]; then
+      rels=$(psql_ -F' ' -c "SELECT c.relname, coalesce(nullif(c.reltablespace, 0), d.dattablespace) || '/' || d.oid || '/' || pg_relation_filenode(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_database d ON d.datname = current_database() WHERE n.nspname = 'flowreg' AND c.relkind IN ('r', 'i') ORDER BY c.relname")
       wal_types start "$l0" "$l1" "$runs"
+      wal_relations start "$l0" "$l1" "$runs"
       wal_types drain "$l2" "$l3" "$runs"
+      wal_relations drain "$l2" "$l3" "$runs"
     fi
   done
 done
