@@ -16,8 +16,9 @@
 #   --wal          also break each measurement's WAL down by record type and by table and index
 #                  (pg_waldump --stats of the cluster's WAL: per run, records and bytes of each)
 #   --start CALLS  measure starting instead of draining: CALLS one-run start_runs() calls back to
-#                  back, then CALLS calls 5 ms apart, R rounds; prints each series' server time
-#                  per call (pg_stat_user_functions) and psql's round trip p50 / p99 (\timing)
+#                  back, CALLS calls 5 ms apart, and CALLS `SELECT 1` 5 ms apart (the window's
+#                  floor), R rounds; prints each series' server time per call
+#                  (pg_stat_user_functions) and psql's round trip p50 / p99 (\timing)
 #   --sql FILE     SQL run once on the cluster before measuring (a changed function, another
 #                  fillfactor...): to measure an idea before writing it as a migration
 #   --keep         keep the scratch directory (cluster data)
@@ -55,7 +56,7 @@ while [ $# -gt 0 ]; do
     --start) start_calls=$2; shift 2 ;;
     --sql) setup_sql=$2; shift 2 ;;
     --keep) keep=1; shift ;;
-    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "work_cost.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -153,11 +154,16 @@ if [ "$start_calls" -gt 0 ]; then
   # Starting one run per call, as an application does: the server's time per call and the round
   # trip psql sees, back to back and 5 ms apart (worker_bench's latency scenario starts runs 5 ms
   # apart; a CPU that idled between calls makes each call slower, and this shows by how much).
+  # `SELECT 1` 5 ms apart is the same window's floor: what any call costs on this machine now.
   echo "work_cost --start: $flowreg, flow $slug@$version, $start_calls one-run start_runs() calls per series"
-  printf '%-6s %-12s %14s %14s %14s\n' round series "server ms/call" "round trip p50" "p99"
-  call="SELECT count(*) FROM flowreg.start_runs('$slug', '$version', ARRAY['{}'::jsonb]);"
+  printf '%-6s %-22s %14s %14s %14s\n' round series "server ms/call" "round trip p50" "p99"
+  start="SELECT count(*) FROM flowreg.start_runs('$slug', '$version', ARRAY['{}'::jsonb]);"
   for r in $(seq 1 "$rounds"); do
-    for gap in 0 5; do
+    for series in "start_runs back-to-back" "start_runs 5 ms apart" "SELECT 1 5 ms apart"; do
+      case "$series" in
+        SELECT*) call="SELECT 1;" ;;
+        *) call=$start ;;
+      esac
       psql_ -c "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks"
       times=$({
         printf '%s\n' '\timing on'
@@ -165,15 +171,18 @@ if [ "$start_calls" -gt 0 ]; then
         for _ in $(seq 1 "$start_calls"); do
           printf '%s\n' '\echo call'
           echo "$call"
-          [ "$gap" = 0 ] || echo "SELECT pg_sleep(0.00$gap);"
+          case "$series" in *apart) echo "SELECT pg_sleep(0.005);" ;; esac
         done
       } | psql_ | awk '$0 == "call" { mark = 1; next } /^Time:/ { if (mark) print $2; mark = 0 }' | sort -n)
-      sleep 0.6  # the session's counters are flushed when it exits
-      server=$(psql_ -c "SELECT round((total_time / calls)::numeric, 3) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'start_runs'")
+      server=-
+      if [ "$call" = "$start" ]; then
+        sleep 0.6  # the session's counters are flushed when it exits
+        server=$(psql_ -c "SELECT round((total_time / calls)::numeric, 3) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'start_runs'")
+      fi
       n=$(echo "$times" | wc -l)
       p50=$(echo "$times" | sed -n "$(( (n + 1) / 2 ))p")
       p99=$(echo "$times" | sed -n "$(( (n * 99 + 99) / 100 ))p")
-      printf '%-6s %-12s %14s %14s %14s\n' "$r" "$([ "$gap" = 0 ] && echo back-to-back || echo "${gap} ms apart")" "$server" "$p50" "$p99"
+      printf '%-6s %-22s %14s %14s %14s\n' "$r" "$series" "$server" "$p50" "$p99"
     done
   done
   exit 0
