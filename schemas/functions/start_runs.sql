@@ -17,20 +17,10 @@ RETURNS TABLE (run_id uuid, created boolean) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_steps int;
-  v_leaves int;
   v_map_root boolean;
   v_single_root boolean;
   v_new uuid[];
 BEGIN
-  SELECT count(*), count(*) FILTER (WHERE is_leaf),
-         coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false),
-         coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false)
-  INTO v_steps, v_leaves, v_map_root, v_single_root
-  FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version;
-  IF v_steps = 0 THEN
-    RAISE EXCEPTION USING ERRCODE = 'P0002',
-      MESSAGE = format('flow %L version %L is not stored', p_slug, p_version);
-  END IF;
   IF p_retry_of IS NOT NULL AND NOT EXISTS (SELECT 1 FROM flowreg.runs WHERE id = p_retry_of) THEN
     RAISE EXCEPTION USING ERRCODE = '22023',
       MESSAGE = format('run %s (retried) does not exist', p_retry_of);
@@ -41,24 +31,37 @@ BEGIN
   -- a random page of each (fewer pages dirtied, fewer full-page images after a checkpoint). The
   -- idempotency check (ON CONFLICT: a speculative insertion, one more WAL record per row) is paid
   -- only by the runs that have a key.
-  WITH given AS (
+  --
+  -- The flow version's steps are read by the statement that inserts the runs, and no run is
+  -- inserted when it sees none: runs have no foreign key to flows (migration 0011), and a delete
+  -- of the version that commits while this statement waits for its lock on runs is seen here
+  -- (_guard_flow_delete).
+  WITH meta AS MATERIALIZED (
+    SELECT count(*) AS steps, count(*) FILTER (WHERE is_leaf) AS leaves,
+           coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false) AS map_root,
+           coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false) AS single_root
+    FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version
+  ),
+  given AS (
     SELECT x.input, x.key,
            encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
              substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
              FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS id
     FROM unnest(p_inputs, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_inputs)])))
       AS x(input, key)
+    WHERE (SELECT m.steps FROM meta m) > 0
   ),
   ins_plain AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of)
-    SELECT g.id, p_slug, p_version, g.input, v_leaves, p_retry_of FROM given g WHERE g.key IS NULL
+    SELECT g.id, p_slug, p_version, g.input, (SELECT m.leaves FROM meta m), p_retry_of
+    FROM given g WHERE g.key IS NULL
     RETURNING id
   ),
   ins_keyed AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
                               retry_of)
-    SELECT g.id, p_slug, p_version, g.input, v_leaves, g.key, p_retry_of FROM given g
-    WHERE g.key IS NOT NULL
+    SELECT g.id, p_slug, p_version, g.input, (SELECT m.leaves FROM meta m), g.key, p_retry_of
+    FROM given g WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
   ),
@@ -84,7 +87,13 @@ BEGIN
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
       AND fs.kind = 'single'
   )
-  SELECT array_agg(id) INTO v_new FROM ins;
+  SELECT (SELECT array_agg(ins.id) FROM ins), m.steps, m.map_root, m.single_root
+  INTO v_new, v_steps, v_map_root, v_single_root
+  FROM meta m;
+  IF v_steps = 0 THEN
+    RAISE EXCEPTION USING ERRCODE = 'P0002',
+      MESSAGE = format('flow %L version %L is not stored', p_slug, p_version);
+  END IF;
 
   IF v_new IS NOT NULL THEN
     PERFORM pg_notify('flowreg_runs', id::text || ' started') FROM unnest(v_new) AS id;

@@ -244,30 +244,43 @@ TEST_SUITE("live_upgrade") {
          "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
          "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
          "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
+         // Runs had their foreign key to flows until 0011, and no trigger guarded flows.
+         "ALTER TABLE flowreg.runs ADD CONSTRAINT runs_flow_slug_flow_version_fkey"
+         "  FOREIGN KEY (flow_slug, flow_version) REFERENCES flowreg.flows;"
+         "DROP TRIGGER flows_keep_used_versions ON flowreg.flows;"
+         "DROP FUNCTION flowreg._guard_flow_delete();"
          "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
          "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
          "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
          // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
          // runs, of finished single steps).
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10);"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
-        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid IN "
-        "('flowreg.tasks'::regclass, 'flowreg.step_states'::regclass)";
-    REQUIRE(q(db, fkeys) == "2");
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND (conrelid IN "
+        "('flowreg.tasks'::regclass, 'flowreg.step_states'::regclass) OR (conrelid = "
+        "'flowreg.runs'::regclass AND confrelid = 'flowreg.flows'::regclass))";
+    REQUIRE(q(db, fkeys) == "3");
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 3);
+      REQUIRE(upgraded->applied.size() == 4);
       CHECK(upgraded->applied.front().version == 8);
-      CHECK(upgraded->applied.back().version == 10);
+      CHECK(upgraded->applied.back().version == 11);
     }
     CHECK(q(db, fkeys) == "0");
+    // In the key's place, the trigger refuses to delete a flow version that has runs.
+    {
+      pqxx::connection conn(db);
+      pqxx::work tx(conn);
+      CHECK_THROWS_WITH_AS(tx.exec0("DELETE FROM flowreg.flows WHERE slug = 'single'"),
+                           doctest::Contains("cannot be deleted"), pqxx::sql_error);
+    }
     // Each started run counts its leaf steps not completed: 1 each here (mapped's sum, chain's b,
     // the single steps), where chain had 1 step left and mapped 2.
     CHECK(q(db,
@@ -440,7 +453,7 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10);"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
@@ -450,7 +463,7 @@ TEST_SUITE("live_upgrade") {
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 2);
+      REQUIRE(upgraded->applied.size() == 3);
       CHECK(upgraded->applied.front().version == 9);
     }
     fd::RunStore after = connect(db);

@@ -903,6 +903,126 @@ TEST_SUITE("run_store") {
     CHECK(contains(run.error().message, "flow 'nope' version 'v1' is not stored"));
   }
 
+  // Runs have no foreign key to flows since migration 0011: its check locked the flow version's
+  // row at every start (one MultiXact per run once sessions started runs of a flow at once).
+  TEST_CASE("starting runs leaves no lock on their flow's row, even from two sessions at once") {
+    auto env = open_env("rs_flow_row");
+    auto key = store_flow(env.store, flow("locks", {step("a")}));
+    const std::string xmax =
+        "SELECT xmax::text FROM flowreg.flows WHERE slug = 'locks' AND version = '" + key.version +
+        "'";
+    // Storing the flow may have left its own lock (upsert_flow reads the row FOR UPDATE).
+    const std::string stored = sql_one(env.conninfo, xmax);
+    REQUIRE(env.store.start_run(key.slug, key.version, 1));
+    CHECK(sql_one(env.conninfo, xmax) == stored);
+    // Two transactions, each starting a run, open together: with the key, both locked the row.
+    pqxx::connection a(env.conninfo), b(env.conninfo);
+    pqxx::work ta(a), tb(b);
+    const std::string start = "SELECT count(*) FROM flowreg.start_runs('locks', '" + key.version +
+                              "', ARRAY['{}'::jsonb])";
+    CHECK(ta.exec1(start)[0].as<int>() == 1);
+    CHECK(tb.exec1(start)[0].as<int>() == 1);
+    ta.commit();
+    tb.commit();
+    CHECK(sql_one(env.conninfo, xmax) == stored);
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "3");
+  }
+
+  TEST_CASE(
+      "a flow version that has runs cannot be deleted; one without runs can, with its steps") {
+    auto env = open_env("rs_flow_delete");
+    auto used = store_flow(env.store, flow("used", {step("a")}));
+    store_flow(env.store, flow("spare", {step("a"), step("b", {"a"})}));
+    REQUIRE(env.store.start_run(used.slug, used.version, 1));
+    {
+      pqxx::connection conn(env.conninfo);
+      pqxx::work tx(conn);
+      try {
+        tx.exec0("DELETE FROM flowreg.flows WHERE slug IN ('used', 'spare')");
+        FAIL("the delete of a flow version with runs was not refused");
+      } catch (const pqxx::sql_error& e) {
+        CHECK(e.sqlstate() == "23503");
+        CHECK(contains(e.what(), "flow 'used' version '" + used.version +
+                                     "' cannot be deleted: 1 run(s) of it are stored"));
+      }
+    }
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.flows") == "2");
+    sql_exec(env.conninfo, "DELETE FROM flowreg.flows WHERE slug = 'spare'");
+    CHECK(sql_one(env.conninfo, "SELECT string_agg(slug, ',') FROM flowreg.flows") == "used");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT count(*) FROM flowreg.flow_steps WHERE flow_slug = "
+                  "'spare'") == "0");
+  }
+
+  // The race the foreign key's row lock used to settle: a start and a delete of its flow version,
+  // each waiting for the other's transaction. Whichever commits first, no run is left without
+  // its flow.
+  TEST_CASE("a start and a delete of its flow version at once leave no run without its flow") {
+    auto env = open_env("rs_flow_race");
+    auto key = store_flow(env.store, flow("raced", {step("a")}));
+    // Waits until a backend whose query contains `part` waits for a lock.
+    auto await_lock_wait = [&](const std::string& part) {
+      for (int i = 0; i < 500; ++i) {
+        if (sql_one(env.conninfo,
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+                    "strpos(query, '" +
+                        part + "') > 0") == "1")
+          return true;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      return false;
+    };
+    const std::string del = "DELETE FROM flowreg.flows WHERE slug = 'raced'";
+
+    // The start first: the delete waits for it, then sees its run and is refused.
+    {
+      pqxx::connection starter(env.conninfo), deleter(env.conninfo);
+      pqxx::work ts(starter);
+      ts.exec1("SELECT count(*) FROM flowreg.start_runs('raced', '" + key.version +
+               "', ARRAY['{}'::jsonb])");
+      std::string refused;
+      std::thread t([&] {
+        try {
+          pqxx::work td(deleter);
+          td.exec0(del);
+          td.commit();
+        } catch (const pqxx::sql_error& e) {
+          refused = e.sqlstate();
+        }
+      });
+      const bool waited = await_lock_wait("DELETE FROM flowreg.flows");
+      ts.commit();
+      t.join();
+      CHECK(waited);
+      CHECK(refused == "23503");
+    }
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.flows") == "1");
+
+    // The delete first (of a version without runs): the start waits for it, then finds the
+    // version gone and creates nothing.
+    sql_exec(
+        env.conninfo,
+        "DELETE FROM flowreg.runs; DELETE FROM flowreg.step_states; DELETE FROM flowreg.tasks");
+    {
+      pqxx::connection deleter(env.conninfo);
+      auto starter = RunStore::connect(env.conninfo);
+      REQUIRE(starter);
+      pqxx::work td(deleter);
+      td.exec0(del);
+      flowreg::Result<RunId> started = RunId{};
+      std::thread t([&] { started = starter->start_run(key.slug, key.version, 1); });
+      const bool waited = await_lock_wait("start_runs");
+      td.commit();
+      t.join();
+      CHECK(waited);
+      REQUIRE_FALSE(started);
+      CHECK(started.error().code == Errc::not_found);
+    }
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "0");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.step_states") == "0");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
+  }
+
   TEST_CASE("upsert_flow refuses a map step with two dependencies and an unknown dependency") {
     auto env = open_env("rs_bad_flow");
     auto map2 = env.store.upsert_flow(

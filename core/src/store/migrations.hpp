@@ -12,7 +12,7 @@
 //   (write a new one).
 // * Function files, schemas/functions/<name>.sql: the current definition of every overload of
 //   the function flowreg.<name>, with CREATE OR REPLACE FUNCTION (and its ALTER FUNCTION
-//   settings), and nothing else. They are applied after all numbered migrations, so they are
+//   settings), and nothing else but, for a trigger function, its CREATE OR REPLACE TRIGGER. They are applied after all numbered migrations, so they are
 //   written against the latest tables, and a numbered migration never calls them. A file is
 //   applied when the database has no record of it or recorded another checksum, in a savepoint:
 //   its functions are replaced in place, keeping their OIDs, so a session calling them during a
