@@ -5,7 +5,8 @@
 # worker_bench measures the whole system (workers, handlers, commits); this isolates the database.
 #
 # usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain] [--batch LIST] [--runs N]
-#                           [--rounds R] [--wal] [--start CALLS] [--sql FILE] [--keep]
+#                           [--rounds R] [--wal] [--start CALLS] [--sessions S] [--sql FILE]
+#                           [--keep]
 #   --flowreg BIN  the flowreg binary whose compiled-in functions are measured (default
 #                  build/flowreg next to this script's checkout); its plugins are
 #                  <its directory>/bench/worker_plugins
@@ -17,8 +18,12 @@
 #                  (pg_waldump --stats of the cluster's WAL: per run, records and bytes of each)
 #   --start CALLS  measure starting instead of draining: CALLS one-run start_runs() calls back to
 #                  back, CALLS calls 5 ms apart, and CALLS `SELECT 1` 5 ms apart (the window's
-#                  floor), R rounds; prints each series' server time per call
-#                  (pg_stat_user_functions) and psql's round trip p50 / p99 (\timing)
+#                  floor), then CALLS calls from each of --sessions sessions at once (pgbench),
+#                  R rounds; prints each series' server time per call (pg_stat_user_functions),
+#                  the round trip p50 / p99 (psql's \timing, pgbench's log), and per run started
+#                  the WAL bytes and the MultiXacts created (pg_control_checkpoint's
+#                  next_multixact_id, after a CHECKPOINT)
+#   --sessions S   the sessions of --start's last series (default 8)
 #   --sql FILE     SQL run once on the cluster before measuring (a changed function, another
 #                  fillfactor...): to measure an idea before writing it as a migration
 #   --keep         keep the scratch directory (cluster data)
@@ -44,6 +49,7 @@ rounds=2
 keep=0
 wal=0
 start_calls=0
+sessions=8
 setup_sql=
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,6 +60,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --wal) wal=1; shift ;;
     --start) start_calls=$2; shift 2 ;;
+    --sessions) sessions=$2; shift 2 ;;
     --sql) setup_sql=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -64,6 +71,7 @@ case "$flow" in single|chain) ;; *) echo "work_cost.sh: --flow is single or chai
 [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 500 ] || { echo "work_cost.sh: --runs is a number >= 500" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --rounds is a positive number" >&2; exit 2; }
 [[ "$start_calls" =~ ^[0-9]+$ ]] || { echo "work_cost.sh: --start is a number of calls" >&2; exit 2; }
+[[ "$sessions" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --sessions is a positive number" >&2; exit 2; }
 [ -z "$setup_sql" ] || [ -r "$setup_sql" ] || { echo "work_cost.sh: cannot read --sql $setup_sql" >&2; exit 2; }
 [ -x "$flowreg" ] || { echo "work_cost.sh: no flowreg binary at $flowreg (build first)" >&2; exit 1; }
 flowreg=$(cd "$(dirname "$flowreg")" && pwd)/$(basename "$flowreg")
@@ -152,37 +160,66 @@ wal_relations() {
 
 if [ "$start_calls" -gt 0 ]; then
   # Starting one run per call, as an application does: the server's time per call and the round
-  # trip psql sees, back to back and 5 ms apart (worker_bench's latency scenario starts runs 5 ms
-  # apart; a CPU that idled between calls makes each call slower, and this shows by how much).
-  # `SELECT 1` 5 ms apart is the same window's floor: what any call costs on this machine now.
-  echo "work_cost --start: $flowreg, flow $slug@$version, $start_calls one-run start_runs() calls per series"
-  printf '%-6s %-22s %14s %14s %14s\n' round series "server ms/call" "round trip p50" "p99"
+  # trip the client sees, back to back and 5 ms apart (worker_bench's latency scenario starts runs
+  # 5 ms apart; a CPU that idled between calls makes each call slower, and this shows by how
+  # much), then from several sessions at once (what one flow's row lock costs when sessions
+  # collide: a MultiXact). `SELECT 1` 5 ms apart is the same window's floor: what any call costs
+  # on this machine now.
+  bindir=$(psql_ -c "SELECT setting FROM pg_config WHERE name = 'BINDIR'")
+  [ -x "$bindir/pgbench" ] || { echo "work_cost.sh: no pgbench at $bindir/pgbench" >&2; exit 1; }
+  echo "work_cost --start: $flowreg, flow $slug@$version, $start_calls one-run start_runs() calls per series and session"
+  printf '%-6s %-24s %14s %14s %8s %10s %14s\n' round series "server ms/call" "round trip p50" p99 \
+    "WAL B/run" "MultiXacts/run"
   start="SELECT count(*) FROM flowreg.start_runs('$slug', '$version', ARRAY['{}'::jsonb]);"
+  next_mxid() { psql_ -c "SELECT next_multixact_id FROM pg_control_checkpoint()"; }
+  # The n-th in ascending order of the numbers on stdin, as a fraction (0.5: the median).
+  quantile() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { i = int(NR * q + 0.999999); if (i < 1) i = 1; print v[i] }'; }
   for r in $(seq 1 "$rounds"); do
-    for series in "start_runs back-to-back" "start_runs 5 ms apart" "SELECT 1 5 ms apart"; do
+    for series in "start_runs back-to-back" "start_runs 5 ms apart" "SELECT 1 5 ms apart" \
+                  "start_runs $sessions sessions"; do
       case "$series" in
         SELECT*) call="SELECT 1;" ;;
         *) call=$start ;;
       esac
       psql_ -c "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks"
-      times=$({
-        printf '%s\n' '\timing on'
-        echo "SELECT pg_stat_reset();"
-        for _ in $(seq 1 "$start_calls"); do
-          printf '%s\n' '\echo call'
-          echo "$call"
-          case "$series" in *apart) echo "SELECT pg_sleep(0.005);" ;; esac
-        done
-      } | psql_ | awk '$0 == "call" { mark = 1; next } /^Time:/ { if (mark) print $2; mark = 0 }' | sort -n)
-      server=-
+      psql_ -c "CHECKPOINT"
+      psql_ -c "SELECT pg_stat_reset()" > /dev/null
+      l0=$(lsn)
+      m0=$(next_mxid)
+      case "$series" in
+        *sessions)
+          rm -f "$scratch"/pgbench_log.*
+          printf '%s\n' "$call" > "$scratch/start.sql"
+          (cd "$scratch" && "$bindir/pgbench" -h "$socket" -p "$port" -U postgres -n -l \
+             -c "$sessions" -j "$(( sessions < 2 ? sessions : 2 ))" -t "$start_calls" \
+             -f "$scratch/start.sql" flowreg > "$scratch/pgbench.out" 2>&1) ||
+            { cat "$scratch/pgbench.out" >&2; exit 1; }
+          # pgbench's log: client, transaction, latency in microseconds, ...
+          times=$(cat "$scratch"/pgbench_log.* | awk '{ printf "%.3f\n", $3 / 1000 }')
+          ;;
+        *)
+          times=$({
+            printf '%s\n' '\timing on'
+            for _ in $(seq 1 "$start_calls"); do
+              printf '%s\n' '\echo call'
+              echo "$call"
+              case "$series" in *apart) echo "SELECT pg_sleep(0.005);" ;; esac
+            done
+          } | psql_ | awk '$0 == "call" { mark = 1; next } /^Time:/ { if (mark) print $2; mark = 0 }')
+          ;;
+      esac
+      l1=$(lsn)
+      server=- walrun=- mxrun=-
       if [ "$call" = "$start" ]; then
-        sleep 0.6  # the session's counters are flushed when it exits
+        started=$(psql_ -c "SELECT count(*) FROM flowreg.runs")
+        walrun=$(per_run "$l0" "$l1" "$started")
+        psql_ -c "CHECKPOINT"
+        mxrun=$(psql_ -c "SELECT round(($(next_mxid)::bigint - $m0) / $started::numeric, 3)")
+        sleep 0.6  # a session's counters are flushed when it exits
         server=$(psql_ -c "SELECT round((total_time / calls)::numeric, 3) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'start_runs'")
       fi
-      n=$(echo "$times" | wc -l)
-      p50=$(echo "$times" | sed -n "$(( (n + 1) / 2 ))p")
-      p99=$(echo "$times" | sed -n "$(( (n * 99 + 99) / 100 ))p")
-      printf '%-6s %-22s %14s %14s %14s\n' "$r" "$series" "$server" "$p50" "$p99"
+      printf '%-6s %-24s %14s %14s %8s %10s %14s\n' "$r" "$series" "$server" \
+        "$(echo "$times" | quantile 0.5)" "$(echo "$times" | quantile 0.99)" "$walrun" "$mxrun"
     done
   done
   exit 0
