@@ -11,6 +11,7 @@
 --
 -- What the key guaranteed is kept otherwise: start_runs() creates runs only of a flow version
 -- whose steps it reads in the same statement (SQLSTATE P0002 otherwise), and deleting a flow
--- version that still has runs is refused (SQLSTATE 23503) by the statement trigger
--- flows_keep_used_versions, defined with its function in schemas/functions/_guard_flow_delete.sql.
+-- version that still has runs, or truncating flows while runs are stored, is refused (SQLSTATE
+-- 23503) by the statement triggers flows_keep_used_versions(_truncate), defined with their
+-- function in schemas/functions/_guard_flow_delete.sql.
 ALTER TABLE flowreg.runs DROP CONSTRAINT IF EXISTS runs_flow_slug_flow_version_fkey;

@@ -1,7 +1,9 @@
 -- Refuses to delete a flow version that runs still use (SQLSTATE 23503), as the foreign key from
 -- runs to flows did before migration 0011 (which explains why it went): the statement trigger
 -- flows_keep_used_versions, created here with its function, calls it after every DELETE from
--- flows, with the deleted rows.
+-- flows, with the deleted rows; flows_keep_used_versions_truncate after every TRUNCATE of flows,
+-- which it refuses while runs are stored (after the truncation of every table of the statement,
+-- so `TRUNCATE flowreg.flows, flowreg.runs, ... CASCADE` empties both).
 --
 -- Runs are created without locking their flow's row; a start and a delete of its flow version
 -- are kept apart by the table lock on runs instead. SHARE waits until every transaction that has
@@ -20,6 +22,14 @@ DECLARE
   v_runs bigint;
 BEGIN
   LOCK TABLE flowreg.runs IN SHARE MODE;
+  IF TG_OP = 'TRUNCATE' THEN
+    IF EXISTS (SELECT 1 FROM flowreg.runs) THEN
+      RAISE EXCEPTION USING ERRCODE = '23503', TABLE = 'flows', SCHEMA = 'flowreg',
+        MESSAGE = 'flowreg.flows cannot be truncated while runs are stored',
+        HINT = 'Truncate flowreg.runs, flowreg.step_states and flowreg.tasks with it.';
+    END IF;
+    RETURN NULL;
+  END IF;
   SELECT g.slug, g.version, u.n INTO v_slug, v_version, v_runs
   FROM gone g
   CROSS JOIN LATERAL (SELECT count(*) AS n FROM flowreg.runs r
@@ -40,4 +50,8 @@ ALTER FUNCTION flowreg._guard_flow_delete() SET jit = off;
 
 CREATE OR REPLACE TRIGGER flows_keep_used_versions
   AFTER DELETE ON flowreg.flows REFERENCING OLD TABLE AS gone
+  FOR EACH STATEMENT EXECUTE FUNCTION flowreg._guard_flow_delete();
+
+CREATE OR REPLACE TRIGGER flows_keep_used_versions_truncate
+  AFTER TRUNCATE ON flowreg.flows
   FOR EACH STATEMENT EXECUTE FUNCTION flowreg._guard_flow_delete();

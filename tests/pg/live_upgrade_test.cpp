@@ -248,6 +248,7 @@ TEST_SUITE("live_upgrade") {
          "ALTER TABLE flowreg.runs ADD CONSTRAINT runs_flow_slug_flow_version_fkey"
          "  FOREIGN KEY (flow_slug, flow_version) REFERENCES flowreg.flows;"
          "DROP TRIGGER flows_keep_used_versions ON flowreg.flows;"
+         "DROP TRIGGER flows_keep_used_versions_truncate ON flowreg.flows;"
          "DROP FUNCTION flowreg._guard_flow_delete();"
          "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
          "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"

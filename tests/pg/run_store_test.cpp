@@ -947,11 +947,24 @@ TEST_SUITE("run_store") {
       }
     }
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.flows") == "2");
+    // Nor may flows be emptied under the runs (the key refused that too).
+    try {
+      sql_exec(env.conninfo, "TRUNCATE flowreg.flows CASCADE");
+      FAIL("the truncation of flows under a run was not refused");
+    } catch (const pqxx::sql_error& e) {
+      CHECK(e.sqlstate() == "23503");
+      CHECK(contains(e.what(), "flowreg.flows cannot be truncated while runs are stored"));
+    }
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.flow_steps") == "3");
     sql_exec(env.conninfo, "DELETE FROM flowreg.flows WHERE slug = 'spare'");
     CHECK(sql_one(env.conninfo, "SELECT string_agg(slug, ',') FROM flowreg.flows") == "used");
     CHECK(sql_one(env.conninfo,
                   "SELECT count(*) FROM flowreg.flow_steps WHERE flow_slug = "
                   "'spare'") == "0");
+    // Truncated with the runs, they go together.
+    sql_exec(env.conninfo,
+             "TRUNCATE flowreg.flows, flowreg.runs, flowreg.step_states, flowreg.tasks CASCADE");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.flows") == "0");
   }
 
   // The race the foreign key's row lock used to settle: a start and a delete of its flow version,
