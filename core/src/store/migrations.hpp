@@ -12,8 +12,9 @@
 //   (write a new one).
 // * Function files, schemas/functions/<name>.sql: the current definition of every overload of
 //   the function flowreg.<name>, with CREATE OR REPLACE FUNCTION (and its ALTER FUNCTION
-//   settings), and nothing else but, for a trigger function, its CREATE OR REPLACE TRIGGER. They are applied after all numbered migrations, so they are
-//   written against the latest tables, and a numbered migration never calls them. A file is
+//   settings), and nothing else but, for a trigger function, its CREATE OR REPLACE TRIGGER. They
+//   are applied after all numbered migrations, so they are written against the latest tables,
+//   and a numbered migration never calls them (nor creates a trigger on them). A file is
 //   applied when the database has no record of it or recorded another checksum, in a savepoint:
 //   its functions are replaced in place, keeping their OIDs, so a session calling them during a
 //   live upgrade goes on. When PostgreSQL refuses that (SQLSTATE 42P13: another result type,
