@@ -1001,6 +1001,8 @@ TEST_SUITE("run_store") {
           td.commit();
         } catch (const pqxx::sql_error& e) {
           refused = e.sqlstate();
+        } catch (const std::exception& e) {
+          refused = e.what();
         }
       });
       const bool waited = await_lock_wait("DELETE FROM flowreg.flows");
