@@ -172,6 +172,76 @@ TEST_SUITE("schema") {
     CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
   }
 
+  TEST_CASE(
+      "regression: a $ref that valijson reads as the root ('#/', empty tokens) overflowed the "
+      "stack") {
+    // fuzz_input_schema: [{"$ref": "#/"}, {}]. valijson trims trailing '/' and skips empty
+    // tokens, so "#/" is "#"; read as RFC 6901 reads it ("/": the key ""), it pointed nowhere and
+    // the cycle went unseen.
+    const std::string loop =
+        "its $ref/allOf/anyOf/oneOf/not/if/then/else lead back to it without descending into the "
+        "value, so it could never be checked";
+    CHECK(compile_problem(R"({"$ref": "#/"})") == "invalid JSON Schema: (top level): " + loop);
+    CHECK(compile_problem(R"({"$ref": "#///"})") == "invalid JSON Schema: (top level): " + loop);
+    CHECK(compile_problem(R"({"definitions": {"a": {"not": {"$ref": "#//definitions//a/"}}},
+                              "$ref": "#/definitions/a"})")
+              .ends_with(loop));
+    // Escapes as valijson reads them: %61 is 'a', ~1 is '/'.
+    CHECK(compile_problem(R"({"definitions": {"a/b": {"$ref": "#/definitions/%61~1b"}},
+                              "$ref": "#/definitions/a~1b"})")
+              .ends_with(loop));
+    CHECK(compile_problem(R"({"allOf": [{"$ref": "#/allOf/0"}]})").ends_with(loop));
+    // The same references, descending into the value, still compile and validate.
+    auto schema = detail::JsonSchema::compile(
+        nlohmann::json::parse(R"({"type": "array", "items": {"$ref": "#/"}})"));
+    REQUIRE(schema);
+    CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
+    CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
+  }
+
+  TEST_CASE(
+      "regression: a repetition count of 20 digits overflowed inside std::regex's parser; "
+      "repetitions that expand past 10,000 states are refused") {
+    // fuzz_input_schema: a pattern with {99999999999999999999}; libstdc++ multiplies the digits
+    // into a long without a check (undefined behaviour). Nested repetitions multiply the states
+    // std::regex builds and walks for each character.
+    CHECK(compile_problem(R"({"pattern": "a{99999999999999999999}"})") ==
+          "invalid JSON Schema: pattern: 'a{99999999999999999999}' is not supported: its "
+          "repetition count {99999999999999999999} is more than 10000");
+    CHECK(compile_problem(R"({"patternProperties": {"^(ab{100}){100}$": {}}})")
+              .ends_with("is not supported: it would expand to more than 10000 states "
+                         "(repetitions multiply what they repeat); write it with smaller counts"));
+    CHECK(compile_problem(R"({"pattern": "((a{30}){30}){30}"})").find("more than 10000 states") !=
+          std::string::npos);
+    // What real schemas write still compiles, and an escaped or bracketed '{' is a character.
+    for (const char* ok :
+         {R"({"pattern": "^[^\\u0000]{1,4096}$"})", R"({"pattern": "^(\\d{1,3}\\.){3}\\d{1,3}$"})",
+          R"({"pattern": "^[a-z]{2}-[A-Z]{2,}$"})", R"({"pattern": "^[{]{0,2}\\{99999999\\}$"})",
+          R"({"pattern": "[{99999999999}]"})"}) {
+      const std::string text = ok;
+      CAPTURE(text);
+      CHECK(compile_problem(ok).empty());
+    }
+  }
+
+  TEST_CASE("a problem's message is made whatever the subschema it reads holds") {
+    // The message of a problem quotes the subschema the value's pointer leads to (its description,
+    // its enum, its types); here those are not what the message expects.
+    for (const char* text :
+         {R"({"properties": {"a": {"type": "string", "description": 5}}})",
+          // valijson's problem comes from a subschema the message's lookup does not follow.
+          R"({"properties": {"a": {"allOf": [{"enum": ["x", "y"]}]}}})",
+          R"({"properties": {"a": {"anyOf": [{"type": "string", "maxLength": 0}]}}})"}) {
+      const std::string schema_text = text;
+      CAPTURE(schema_text);
+      auto schema = detail::JsonSchema::compile(nlohmann::json::parse(text));
+      REQUIRE(schema);
+      const auto problems = schema->validate(nlohmann::json{{"a", 1}});
+      REQUIRE(problems.size() == 1);
+      CHECK(problems[0].pointer == "/a");
+    }
+  }
+
   TEST_CASE("regression: a percent-escape in a $ref gave a schema error that is not UTF-8") {
     // fuzz_input_schema: valijson decodes "%EF" to the raw byte and quotes the token it could not
     // find; the message replaces that byte.

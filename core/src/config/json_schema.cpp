@@ -57,6 +57,56 @@ namespace {
 
 using Json = nlohmann::json;
 
+// The node of `root` that the local $ref `ref` ("#...") points at, found as valijson finds it
+// (SchemaParser's sanitiseJsonPointer, then json_pointer::resolveJsonPointer), not as RFC 6901
+// reads it: trailing '/' are trimmed, empty tokens are skipped ("#/" and "#//a" are "#" and
+// "#/a"), each token is unescaped by valijson's own extractReferenceToken (~1, ~0, %XX), and an
+// array index is read with std::stoul. A cycle is only found if every $ref is followed to where
+// valijson goes (fuzz_input_schema: {"$ref": "#/"} made valijson recurse for ever while RFC 6901
+// read it as the missing key ""). Iterative. nullptr where valijson finds nothing (it then
+// reports the reference itself).
+const Json* local_ref_target(const Json& root, const std::string& ref) {
+  if (!ref.starts_with("#")) return nullptr;
+  std::string pointer = ref.substr(1);
+  pointer.erase(pointer.find_last_not_of('/') + 1);
+  const std::string& text = pointer;
+  const Json* node = &root;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    if (text[pos] != '/') return nullptr;
+    std::size_t next = text.find('/', pos + 1);
+    if (next == std::string::npos) next = text.size();
+    std::string token;
+    try {
+      token = valijson::internal::json_pointer::extractReferenceToken(
+          text.cbegin() + static_cast<std::ptrdiff_t>(pos) + 1,
+          text.cbegin() + static_cast<std::ptrdiff_t>(next));
+    } catch (const std::exception&) {
+      return nullptr;
+    }
+    pos = next;
+    if (token.empty()) continue;
+    if (node->is_array()) {
+      if (token == "-") return nullptr;
+      unsigned long index = 0;
+      try {
+        index = std::stoul(token);
+      } catch (const std::exception&) {
+        return nullptr;
+      }
+      if (index >= node->size()) return nullptr;
+      node = &(*node)[index];
+    } else if (node->is_object()) {
+      const auto it = node->find(token);
+      if (it == node->end()) return nullptr;
+      node = &*it;
+    } else {
+      return nullptr;
+    }
+  }
+  return node;
+}
+
 // The subschemas that apply to the same value as `node` does: a local $ref's target and the
 // in-place applicators. A cycle among these recurses for ever in valijson, when it parses the
 // schema or when it validates, whatever the value; cycles through properties/items are fine (each
@@ -64,16 +114,9 @@ using Json = nlohmann::json;
 std::vector<const Json*> same_value_subschemas(const Json& root, const Json& node) {
   std::vector<const Json*> out;
   if (!node.is_object()) return out;
-  if (auto ref = node.find("$ref"); ref != node.end() && ref->is_string()) {
-    const std::string& text = ref->get_ref<const std::string&>();
-    if (text.starts_with("#")) {
-      try {
-        out.push_back(&root.at(Json::json_pointer(text.substr(1))));
-      } catch (const std::exception&) {
-        // valijson reports the unresolvable reference itself.
-      }
-    }
-  }
+  if (auto ref = node.find("$ref"); ref != node.end() && ref->is_string())
+    if (const Json* target = local_ref_target(root, ref->get_ref<const std::string&>()))
+      out.push_back(target);
   for (const char* key : {"allOf", "anyOf", "oneOf"})
     if (auto list = node.find(key); list != node.end() && list->is_array())
       for (const auto& sub : *list) out.push_back(&sub);
@@ -85,6 +128,122 @@ std::vector<const Json*> same_value_subschemas(const Json& root, const Json& nod
   return out;
 }
 
+// The most states a regular expression of a schema may expand to, counting each repetition
+// ({n}, {n,}, {n,m}) as that many copies of what it repeats (nested ones multiply). std::regex
+// builds one state per copy, and its matcher walks them for each character: `(a{1000}){1000}` is
+// a million states. A count of 19 digits or more also overflows inside libstdc++'s parser
+// (fuzz_input_schema: undefined behaviour, a signed multiplication).
+constexpr double kMaxRegexStates = 10'000;
+
+// Why `pattern` expands past kMaxRegexStates, or "". An estimate from above, without parsing the
+// whole grammar: an escape, a character class or any other character is one state; a group the sum
+// of its alternatives; `*`, `+` and `?` double what they apply to; a repetition with bounds n and
+// m multiplies it by max(n, m) + 1. A '{' that does not start a well-formed repetition is a
+// character, as std::regex reads it.
+std::string regex_size_problem(const std::string& pattern) {
+  struct Group {
+    double total = 0;  // the alternatives and atoms before the last atom
+    double last = 0;   // the last atom, which a quantifier applies to
+  };
+  std::vector<Group> groups(1);
+  auto too_big = [&](double states) {
+    return states > kMaxRegexStates
+               ? fmt::format(
+                     "it would expand to more than {} states (repetitions multiply what "
+                     "they repeat); write it with smaller counts",
+                     static_cast<long>(kMaxRegexStates))
+               : std::string();
+  };
+  auto atom = [&](Group& g) {
+    g.total += g.last;
+    g.last = 1;
+  };
+  for (std::size_t i = 0; i < pattern.size(); ++i) {
+    Group& g = groups.back();
+    switch (pattern[i]) {
+      case '\\':
+        ++i;
+        atom(g);
+        break;
+      case '[': {
+        atom(g);
+        std::size_t j = i + 1;
+        if (j < pattern.size() && pattern[j] == '^') ++j;
+        if (j < pattern.size() && pattern[j] == ']') ++j;  // a leading ']' is a character
+        while (j < pattern.size() && pattern[j] != ']') j += pattern[j] == '\\' ? 2u : 1u;
+        i = j;
+        break;
+      }
+      case '(':
+        groups.emplace_back();
+        break;
+      case ')':
+        if (groups.size() > 1) {
+          const double inner = g.total + g.last;
+          groups.pop_back();
+          atom(groups.back());
+          groups.back().last = inner;
+        }
+        break;
+      case '|':
+        g.total += g.last;
+        g.last = 0;
+        break;
+      case '*':
+      case '+':
+      case '?':
+        g.last *= 2;
+        break;
+      case '{': {
+        // {n}, {n,} or {n,m}: digits only, else the '{' is a character.
+        std::size_t j = i + 1;
+        bool digits = false, well_formed = false;
+        for (; j < pattern.size(); ++j) {
+          const char c = pattern[j];
+          if (c >= '0' && c <= '9') {
+            digits = true;
+            continue;
+          }
+          if (c == ',') continue;
+          well_formed = c == '}' && digits;
+          break;
+        }
+        if (!well_formed) {
+          atom(g);
+          break;
+        }
+        // The largest bound written (its digits as a number; more than 15 digits is too large
+        // whatever they say).
+        double largest = 0;
+        for (std::size_t k = i + 1; k < j;) {
+          if (pattern[k] == ',') {
+            ++k;
+            continue;
+          }
+          double value = 0;
+          std::size_t n = 0;
+          for (; k < j && pattern[k] != ','; ++k, ++n) value = value * 10 + (pattern[k] - '0');
+          largest = std::max(largest, n > 15 ? 1e16 : value);
+        }
+        if (largest > kMaxRegexStates)
+          return fmt::format("its repetition count {} is more than {}",
+                             utf8_prefix(pattern.substr(i, j - i + 1), 40),
+                             static_cast<long>(kMaxRegexStates));
+        g.last *= largest + 1;
+        i = j;
+        break;
+      }
+      default:
+        atom(g);
+    }
+    double states = 0;
+    for (const auto& open : groups) states += open.total + open.last;
+    if (auto problem = too_big(groups.back().last); !problem.empty()) return problem;
+    if (auto problem = too_big(states); !problem.empty()) return problem;
+  }
+  return "";
+}
+
 // What valijson would crash or throw on later, found before it sees the schema: a regular
 // expression std::regex refuses ("pattern" and "patternProperties" are compiled only when a value
 // is validated, and then throw out of validate()), a $ref to another document (valijson resolves
@@ -92,6 +251,9 @@ std::vector<const Json*> same_value_subschemas(const Json& root, const Json& nod
 // Iterative throughout: the schema may be deeply nested. "" when there is none.
 std::string schema_problem(const Json& root) {
   auto check_regex = [](const std::string& pattern, const std::string& pointer) -> std::string {
+    if (auto problem = regex_size_problem(pattern); !problem.empty())
+      return fmt::format("{}: '{}' is not supported: {}", readable_path(pointer),
+                         utf8_prefix(pattern, 200), problem);
     try {
       std::regex compiled(pattern);
     } catch (const std::regex_error& e) {
@@ -331,15 +493,12 @@ std::string context_pointer(const std::vector<std::string>& context) {
   return pointer;
 }
 
+// Follows local $refs from `node` as valijson does (local_ref_target), at most 16 in a row.
 const nlohmann::json* resolve_ref(const nlohmann::json& root, const nlohmann::json* node) {
-  for (int guard = 0; node && node->is_object() && node->contains("$ref") && guard < 16; ++guard) {
-    const std::string ref = (*node)["$ref"].get<std::string>();
-    if (!ref.starts_with("#")) return nullptr;
-    try {
-      node = &root.at(nlohmann::json::json_pointer(ref.substr(1)));
-    } catch (const std::exception&) {
-      return nullptr;
-    }
+  for (int guard = 0; node && node->is_object() && guard < 16; ++guard) {
+    const auto ref = node->find("$ref");
+    if (ref == node->end() || !ref->is_string()) break;
+    node = local_ref_target(root, ref->get_ref<const std::string&>());
   }
   return node;
 }
@@ -405,10 +564,20 @@ std::string expected_types(const nlohmann::json& schema) {
   if (auto t = schema.find("type"); t != schema.end()) {
     if (t->is_string())
       names.push_back(name(t->get<std::string>()));
-    else
-      for (const auto& one : *t) names.push_back(name(one.get<std::string>()));
+    else if (t->is_array())
+      for (const auto& one : *t)
+        if (one.is_string()) names.push_back(name(one.get<std::string>()));
   }
   return fmt::format("{}", fmt::join(names, " or "));
+}
+
+// `key` of `sub` when `sub` is an object that has it, else nullptr. The subschema a pointer leads
+// to may hold any JSON (it need not be the one valijson applied: allOf, anyOf... are not
+// followed), and making a message must never throw.
+const nlohmann::json* member(const nlohmann::json* sub, const char* key) {
+  if (!sub || !sub->is_object()) return nullptr;
+  const auto it = sub->find(key);
+  return it == sub->end() ? nullptr : &*it;
 }
 
 std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
@@ -420,9 +589,9 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
   } catch (const std::exception&) {
   }
   const std::string where = readable_path(pointer);
-  const std::string about = sub && sub->contains("description")
-                                ? (*sub)["description"].get<std::string>()
-                                : std::string();
+  const nlohmann::json* described = member(sub, "description");
+  const std::string about =
+      described && described->is_string() ? described->get<std::string>() : std::string();
 
   static constexpr std::string_view kUnknown =
       "Object contains a property that could not be validated using 'properties' or "
@@ -431,8 +600,8 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
     std::string key = description.substr(kUnknown.size());
     if (auto q = key.rfind("'."); q != std::string::npos) key.erase(q);
     std::vector<std::string> known;
-    if (sub && sub->contains("properties"))
-      for (const auto& [k, v] : (*sub)["properties"].items()) known.push_back(k);
+    if (const auto* props = member(sub, "properties"); props && props->is_object())
+      for (const auto& [k, v] : props->items()) known.push_back(k);
     const std::string hint = closest_match(key, known);
     const std::string at = where == "(top level)" ? "" : " in " + where;
     pointer = pointer_append(pointer, key);
@@ -445,15 +614,17 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
     if (auto q = key.rfind("'."); q != std::string::npos) key.erase(q);
     return fmt::format("{}: missing required key '{}'", where, key);
   }
-  if (description.starts_with("Value type not permitted") && sub && value)
+  if (description.starts_with("Value type not permitted") && member(sub, "type") && value)
     return fmt::format("{}: expected {}, got {}", where, expected_types(*sub), type_name(*value));
   if (description.starts_with("Failed to match regex") && value) {
     return fmt::format("{}: {} is not valid{}", where, type_name(*value),
                        about.empty() ? "" : ": " + about);
   }
-  if (description.starts_with("Failed to match against any enum") && sub && value) {
+  const nlohmann::json* listed = member(sub, "enum");
+  if (description.starts_with("Failed to match against any enum") && listed && listed->is_array() &&
+      value) {
     std::vector<std::string> options;
-    for (const auto& e : (*sub)["enum"])
+    for (const auto& e : *listed)
       options.push_back(e.is_string() ? e.get<std::string>() : e.dump());
     std::string hint;
     if (value->is_string())
@@ -462,24 +633,29 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
     return fmt::format("{}: expected one of {}, got {}{}", where, fmt::join(options, ", "),
                        type_name(*value), hint);
   }
+  // A numeric keyword of the subschema as written, or "" when it is not there or not a number.
+  auto number = [&](const char* key) {
+    const nlohmann::json* n = member(sub, key);
+    return n && n->is_number() ? n->dump() : std::string();
+  };
   if ((description.starts_with("Expected number greater") ||
        description.starts_with("Expected number less")) &&
-      sub && value) {
+      value && (!number("minimum").empty() || !number("maximum").empty())) {
     std::string range;
-    if (sub->contains("minimum") && sub->contains("maximum"))
-      range = fmt::format("between {} and {}", (*sub)["minimum"].dump(), (*sub)["maximum"].dump());
-    else if (sub->contains("minimum"))
-      range = fmt::format("at least {}", (*sub)["minimum"].dump());
-    else if (sub->contains("maximum"))
-      range = fmt::format("at most {}", (*sub)["maximum"].dump());
+    if (!number("minimum").empty() && !number("maximum").empty())
+      range = fmt::format("between {} and {}", number("minimum"), number("maximum"));
+    else if (!number("minimum").empty())
+      range = fmt::format("at least {}", number("minimum"));
+    else
+      range = fmt::format("at most {}", number("maximum"));
     return fmt::format("{}: {} is out of range; it must be {}", where, value->dump(), range);
   }
-  if (description.starts_with("Array should contain no fewer than") && sub)
-    return fmt::format("{}: needs at least {} item(s)", where, (*sub).value("minItems", 0));
-  if (description.starts_with("Array should contain no more than") && sub)
-    return fmt::format("{}: has more than {} items", where, (*sub).value("maxItems", 0));
-  if (description.starts_with("String should be no longer than") && sub)
-    return fmt::format("{}: is longer than {} characters", where, (*sub).value("maxLength", 0));
+  if (description.starts_with("Array should contain no fewer than") && !number("minItems").empty())
+    return fmt::format("{}: needs at least {} item(s)", where, number("minItems"));
+  if (description.starts_with("Array should contain no more than") && !number("maxItems").empty())
+    return fmt::format("{}: has more than {} items", where, number("maxItems"));
+  if (description.starts_with("String should be no longer than") && !number("maxLength").empty())
+    return fmt::format("{}: is longer than {} characters", where, number("maxLength"));
   return fmt::format("{}: {}", where, description);
 }
 
