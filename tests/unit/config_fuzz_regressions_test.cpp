@@ -21,6 +21,11 @@ std::string compile_problem(const char* schema) {
   return compiled ? "" : compiled.error().message;
 }
 
+// The message of a schema whose same-value subschemas form a cycle.
+const std::string kLoop =
+    "its $ref/allOf/anyOf/oneOf/not/if/then/else lead back to it without descending into the "
+    "value, so it could never be checked";
+
 std::string input_schema_yaml(const std::string& schema) {
   return "flows:\n  - slug: f\n    input_schema: " + schema +
          "\n    steps: [{slug: s, handler: m.s}]\n";
@@ -90,9 +95,7 @@ TEST_SUITE("schema") {
       "regression: an input_schema whose $ref leads back to itself crashed every loader with a "
       "stack overflow") {
     // fuzz_input_schema: {"$ref": "ons/t"}; valijson recursed for ever parsing it.
-    const std::string loop =
-        "its $ref/allOf/anyOf/oneOf/not/if/then/else lead back to it without descending into the "
-        "value, so it could never be checked";
+    const std::string& loop = kLoop;
     CHECK(compile_problem(R"({"$ref": "#"})") == "invalid JSON Schema: (top level): " + loop);
     CHECK(compile_problem(R"({"allOf": [{"$ref": "#"}]})") ==
           "invalid JSON Schema: (top level): " + loop);
@@ -165,11 +168,14 @@ TEST_SUITE("schema") {
   }
 
   TEST_CASE("a recursive schema that descends into the value at each level still works") {
-    auto schema = detail::JsonSchema::compile(
-        nlohmann::json::parse(R"({"type": "array", "items": {"$ref": "#"}})"));
-    REQUIRE(schema);
-    CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
-    CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
+    // "#/" is "#" to valijson (see the regression below).
+    for (const char* ref : {"#", "#/"}) {
+      CAPTURE(std::string(ref));
+      auto schema = detail::JsonSchema::compile({{"type", "array"}, {"items", {{"$ref", ref}}}});
+      REQUIRE(schema);
+      CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
+      CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
+    }
   }
 
   TEST_CASE(
@@ -178,9 +184,7 @@ TEST_SUITE("schema") {
     // fuzz_input_schema: [{"$ref": "#/"}, {}]. valijson trims trailing '/' and skips empty
     // tokens, so "#/" is "#"; read as RFC 6901 reads it ("/": the key ""), it pointed nowhere and
     // the cycle went unseen.
-    const std::string loop =
-        "its $ref/allOf/anyOf/oneOf/not/if/then/else lead back to it without descending into the "
-        "value, so it could never be checked";
+    const std::string& loop = kLoop;
     CHECK(compile_problem(R"({"$ref": "#/"})") == "invalid JSON Schema: (top level): " + loop);
     CHECK(compile_problem(R"({"$ref": "#///"})") == "invalid JSON Schema: (top level): " + loop);
     CHECK(compile_problem(R"({"definitions": {"a": {"not": {"$ref": "#//definitions//a/"}}},
@@ -191,12 +195,26 @@ TEST_SUITE("schema") {
                               "$ref": "#/definitions/a~1b"})")
               .ends_with(loop));
     CHECK(compile_problem(R"({"allOf": [{"$ref": "#/allOf/0"}]})").ends_with(loop));
-    // The same references, descending into the value, still compile and validate.
-    auto schema = detail::JsonSchema::compile(
-        nlohmann::json::parse(R"({"type": "array", "items": {"$ref": "#/"}})"));
-    REQUIRE(schema);
-    CHECK(schema->validate(nlohmann::json::parse("[[], [[]]]")).empty());
-    CHECK(schema->validate(nlohmann::json::parse("[[1]]")).size() == 1);
+    // Hostile references: truncated escapes, a bad index, invalid UTF-8 once decoded, a pointer
+    // of 100,000 empty tokens, a chain of 10,000 references. Each gets a message or compiles;
+    // every message is UTF-8.
+    std::string chain = R"({"definitions": {)";
+    for (int i = 0; i < 10'000; ++i)
+      chain += "\"d" + std::to_string(i) + R"(": {"$ref": "#/definitions/d)" +
+               std::to_string(i + 1) + "\"}, ";
+    chain += R"("d10000": {"$ref": "#/definitions/d0"}}, "$ref": "#/definitions/d0"})";
+    CHECK(compile_problem(chain.c_str()).ends_with(loop));
+    const std::string empty_tokens = R"({"$ref": "#)" + std::string(100'000, '/') + "\"}";
+    CHECK(compile_problem(empty_tokens.c_str()).ends_with(loop));
+    for (const char* text :
+         {R"({"$ref": "#/definitions/%"})", R"({"$ref": "#/definitions/%6"})",
+          R"({"$ref": "#/allOf/1x", "allOf": [{}]})", R"({"$ref": "#/allOf/-", "allOf": [{}]})",
+          R"({"$ref": "#/allOf/99999999999999999999999", "allOf": [{}]})",
+          R"({"$ref": "#/%FF%FE"})", R"({"$ref": "#/type/x", "type": "string"})"}) {
+      const std::string schema_text = text;
+      CAPTURE(schema_text);
+      CHECK(detail::is_utf8(compile_problem(text)));
+    }
   }
 
   TEST_CASE(
@@ -209,8 +227,9 @@ TEST_SUITE("schema") {
           "invalid JSON Schema: pattern: 'a{99999999999999999999}' is not supported: its "
           "repetition count {99999999999999999999} is more than 10000");
     CHECK(compile_problem(R"({"patternProperties": {"^(ab{100}){100}$": {}}})")
-              .ends_with("is not supported: it would expand to more than 10000 states "
-                         "(repetitions multiply what they repeat); write it with smaller counts"));
+              .ends_with("is not supported: it would expand to more than 10000 states (one per "
+                         "character, and repetitions multiply what they repeat); write it "
+                         "shorter or with smaller counts"));
     CHECK(compile_problem(R"({"pattern": "((a{30}){30}){30}"})").find("more than 10000 states") !=
           std::string::npos);
     // What real schemas write still compiles, and an escaped or bracketed '{' is a character.
@@ -221,6 +240,28 @@ TEST_SUITE("schema") {
       const std::string text = ok;
       CAPTURE(text);
       CHECK(compile_problem(ok).empty());
+    }
+    // Hostile patterns: std::regex's parser recursed once per character and per nested group, so
+    // a 100,000-character pattern or 30,000 nested groups overflowed an 8 MB stack. Long or deep
+    // ones are refused before it sees them; truncated ones get its own message.
+    auto pattern_problem = [](const std::string& pattern) {
+      auto compiled = detail::JsonSchema::compile({{"pattern", pattern}});
+      return compiled ? std::string() : compiled.error().message;
+    };
+    CHECK(pattern_problem(std::string(9'000, 'a')).empty());
+    CHECK(pattern_problem(std::string(200'000, 'a')).find("more than 10000 states") !=
+          std::string::npos);
+    CHECK(pattern_problem(std::string(1'000, '(') + "a" + std::string(1'000, ')')).empty());
+    CHECK(pattern_problem(std::string(30'000, '(') + "a" + std::string(30'000, ')'))
+              .ends_with("is not supported: its groups nest more than 1000 deep"));
+    // A million alternatives inside 1,000 groups: checked in one pass, then refused by std::regex's
+    // own limit on states.
+    CHECK(pattern_problem(std::string(1'000, '(') + std::string(1'000'000, '|') +
+                          std::string(1'000, ')'))
+              .find("Number of NFA states exceeds limit") != std::string::npos);
+    for (const std::string truncated : {"a{12", "[abc", "ab\\", "(a", "a{1,", "\xff(", "[\\"}) {
+      CAPTURE(truncated);
+      CHECK(detail::is_utf8(pattern_problem(truncated)));
     }
   }
 
