@@ -218,6 +218,133 @@ TEST_SUITE("schema") {
   }
 
   TEST_CASE(
+      "regression: a chain of 40,000 $refs without a cycle overflowed the stack; a schema valijson "
+      "would recurse through too deeply is refused") {
+    // Each definition a $ref to the next: 40,000 of them fit a flow file's limits, and valijson's
+    // parser recursed once per $ref (20,000 did not overflow an 8 MB stack). Nested subschemas
+    // cost it more: 80 definitions of 60 nested properties each overflowed it too.
+    auto chain = [](int length, int nesting) {
+      nlohmann::json definitions = nlohmann::json::object();
+      for (int i = 0; i < length; ++i) {
+        nlohmann::json node = {{"$ref", "#/definitions/d" + std::to_string(i + 1)}};
+        for (int k = 0; k < nesting; ++k) node = {{"properties", {{"a", node}}}};
+        definitions["d" + std::to_string(i)] = node;
+      }
+      definitions["d" + std::to_string(length)] = {{"type", "string"}};
+      return nlohmann::json{{"definitions", definitions}, {"$ref", "#/definitions/d0"}};
+    };
+    auto problem = [](const nlohmann::json& schema) {
+      auto compiled = detail::JsonSchema::compile(schema);
+      return compiled ? std::string() : compiled.error().message;
+    };
+    CHECK(problem(chain(40'000, 0)) ==
+          "invalid JSON Schema: (top level): compiling it would recurse through up to 40004 "
+          "nested values (subschemas, the objects and arrays that hold them, $refs) on the way to "
+          "definitions.d40000.type; at most 150 are supported: make its nesting or its chains of "
+          "$refs shorter");
+    CHECK(problem(chain(80, 60))
+              .starts_with("invalid JSON Schema: (top level): compiling it would recurse through "
+                           "up to 9684 nested "
+                           "values"));
+    CHECK(problem(chain(3, 60)).find("up to 367 nested values") != std::string::npos);
+
+    // Under the bound, a chain of $refs and 60 levels of nested properties compile and check.
+    auto refs = detail::JsonSchema::compile(chain(140, 0));
+    REQUIRE(refs);
+    CHECK(refs->validate("x").empty());
+    CHECK(refs->validate(5).size() == 1);
+    auto nested = detail::JsonSchema::compile(chain(1, 60));
+    REQUIRE(nested);
+    nlohmann::json value = 5;
+    std::string pointer;
+    for (int i = 0; i < 60; ++i) {
+      value = {{"a", value}};
+      pointer += "/a";
+    }
+    const auto problems = nested->validate(value);
+    REQUIRE(problems.size() == 1);
+    CHECK(problems[0].pointer == pointer);
+    CHECK(nested->validate({{"a", {{"a", 5}}}}).empty());
+
+    // A subschema reached by a differently written $ref is compiled again, and counted again.
+    nlohmann::json twice = chain(80, 0);
+    twice["allOf"] = {{{"$ref", "#/definitions/d0"}}};
+    CHECK(problem(twice).empty());
+    twice["allOf"].push_back({{"$ref", "#/definitions/d%30"}});  // %30 is '0'
+    CHECK(problem(twice).find(
+              "on the way to definitions.d80.type, each counted 2 times (valijson compiles a "
+              "subschema again for each differently written $ref to it and each \"id\")") !=
+          std::string::npos);
+
+    // A $ref into values that are not schemas (whose nesting is not measured).
+    CHECK(problem(nlohmann::json::parse(R"({"enum": [{"type": "string"}], "$ref": "#/enum/0"})")) ==
+          "invalid JSON Schema: $ref: $ref '#/enum/0' points into an enum, const, default or "
+          "examples, which holds values, not schemas");
+
+    // Where a flow file declares it: the file, the place, the reason.
+    std::string yaml_chain = R"({"definitions": {)";
+    for (int i = 0; i < 400; ++i)
+      yaml_chain += "\"d" + std::to_string(i) + R"(": {"$ref": "#/definitions/d)" +
+                    std::to_string(i + 1) + "\"}, ";
+    yaml_chain += R"("d400": {}}, "$ref": "#/definitions/d0"})";
+    const auto file_problems = problems_of_text(input_schema_yaml(yaml_chain));
+    REQUIRE(file_problems.size() == 1);
+    CHECK(file_problems[0].starts_with(
+        "inline.yaml:3:5: flow 'f': input_schema: invalid JSON Schema: (top level): compiling it "
+        "would recurse through up to 403 nested values"));
+  }
+
+  TEST_CASE(
+      "a recursive schema is walked again at each level of the value: its same-value chains and "
+      "the value's depth are bounded") {
+    // A tree: each node's children are nodes. 30 levels of nodes are 60 levels of the value.
+    auto tree = detail::JsonSchema::compile(nlohmann::json::parse(R"(
+        {"definitions": {"node": {"type": "object", "required": ["name"],
+                                  "properties": {"name": {"type": "string"},
+                                                 "children": {"type": "array",
+                                                              "items": {"$ref": "#/definitions/node"}}}}},
+         "$ref": "#/definitions/node"})"));
+    REQUIRE(tree);
+    auto nodes = [](int depth, nlohmann::json leaf) {
+      for (int i = 0; i < depth; ++i)
+        leaf = {{"name", "n" + std::to_string(i)}, {"children", nlohmann::json::array({leaf})}};
+      return leaf;
+    };
+    CHECK(tree->validate(nodes(31, {{"name", "leaf"}})).empty());
+    CHECK(tree->validate(nodes(31, {{"name", 5}})).size() == 1);
+    const auto deep = tree->validate(nodes(40, {{"name", "leaf"}}));
+    REQUIRE(deep.size() == 1);
+    CHECK(deep[0].message.ends_with(
+        ": the value nests deeper than 64 levels, more than this recursive schema can check"));
+    CHECK(deep[0].pointer.starts_with("/children/0/children/0/"));
+
+    // A chain of allOf applied at each level: valijson recurses through the whole chain again for
+    // each level of the value (1,200 in a row overflowed 256 KB of stack with g++ -O2). Each link
+    // here is two subschemas: the allOf's item and the definition its $ref leads to.
+    auto allof_chain = [](int length) {
+      nlohmann::json definitions = nlohmann::json::object();
+      for (int i = 0; i < length; ++i)
+        definitions["d" + std::to_string(i)] = {
+            {"allOf", {{{"$ref", "#/definitions/d" + std::to_string(i + 1)}}}}};
+      definitions["d" + std::to_string(length)] = {
+          {"properties", {{"a", {{"$ref", "#/definitions/d0"}}}}}};
+      return nlohmann::json{{"definitions", definitions}, {"$ref", "#/definitions/d0"}};
+    };
+    auto within = detail::JsonSchema::compile(allof_chain(14));
+    REQUIRE(within);
+    nlohmann::json value = 5;
+    for (int i = 0; i < 60; ++i) value = {{"a", value}};
+    CHECK(within->validate(value).empty());
+    auto beyond = detail::JsonSchema::compile(allof_chain(15));
+    REQUIRE_FALSE(beyond);
+    CHECK(beyond.error().message ==
+          "invalid JSON Schema: (top level): this recursive schema may apply 32 subschemas in a "
+          "row to one value ($ref, allOf, anyOf, oneOf, not, if/then/else, dependencies), again at "
+          "each of up to 65 levels of the value; at most 2000 in all are supported, so such a "
+          "chain may be at most 30 long");
+  }
+
+  TEST_CASE(
       "regression: a repetition count of 20 digits overflowed inside std::regex's parser; "
       "repetitions that expand past 10,000 states are refused") {
     // fuzz_input_schema: a pattern with {99999999999999999999}; libstdc++ multiplies the digits

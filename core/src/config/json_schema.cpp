@@ -7,6 +7,7 @@
 #include <optional>
 #include <regex>
 #include <unordered_map>
+#include <unordered_set>
 #include <valijson/adapters/nlohmann_json_adapter.hpp>
 #include <valijson/schema.hpp>
 #include <valijson/schema_parser.hpp>
@@ -44,6 +45,7 @@ struct JsonSchema::Impl {
   valijson::Schema schema;
   std::unordered_map<std::string, std::regex> patterns;  // valijson's cache, filled at compile()
   DepthFirst depth_first;
+  bool recursive = false;  // a $ref leads back to an enclosing subschema (see kMaxValueDepth)
 };
 
 JsonSchema::JsonSchema(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -252,12 +254,174 @@ std::string regex_size_problem(const std::string& pattern) {
   return "";
 }
 
+// How deep valijson may recurse through a schema. It compiles a schema by recursing into each
+// subschema and through each $ref, once per path it reaches a subschema by (its cache is keyed by
+// that path); it validates by recursing through the compiled subschemas. Nothing bounds either
+// but the schema: a chain of 40,000 $refs, each to the next definition, overflowed an 8 MB stack
+// when compiled (20,000 did not), as did 80 definitions of 60 nested properties each, chained by
+// $refs. A schema is refused when the longest way through it, counted in JSON values (a
+// subschema and the object or array holding it are two), is longer than kMaxCompileDepth.
+// Measured with one subschema per value (`items`, `not`, `additionalProperties` nested): g++ 12
+// -O2 about 1.7 KB of stack per level (100 levels fit in 256 KB, 150 did not but fit in 512 KB);
+// clang 14 with AddressSanitizer (the fuzz harnesses) about 32 KB (250 levels fit in 8 MB, 260
+// did not).
+constexpr std::size_t kMaxCompileDepth = 150;
+// A recursive schema (a $ref back to an enclosing subschema) is also walked again for each level
+// of the value it validates, each time through up to its longest chain of same-value subschemas
+// ($ref, allOf, ..., see same_value_subschemas): the value's nesting (at most kMaxValueDepth,
+// checked by validate()) times that chain must stay under kMaxValidateDepth. Measured: 1,200
+// allOf applied in a row (a chain of 20 at each of 60 levels) overflowed 256 KB of stack with g++
+// -O2 and 2 MB with AddressSanitizer; 2,400 fit in 8 MB with AddressSanitizer.
+constexpr std::size_t kMaxValidateDepth = 2'000;
+constexpr std::size_t kMaxValueDepth = 64;  // YamlLimits::max_depth, as check_input() bounds it
+
+// Why valijson could recurse deeper than the bounds above through `root`, or "". `order` and
+// `parents` are schema_problem()'s, `chain` its longest same-value chains. Sets `recursive` when a
+// $ref leads back to an enclosing subschema. Iterative: a strongly connected component (Tarjan's
+// algorithm) of subschemas joined by nesting and $refs may be walked in any order, so it counts
+// as all its members; the longest path through the components, from the top level, bounds the
+// compiler's recursion. A subschema is compiled again for each differently written $ref that
+// reaches it (valijson keys its cache by the path it followed) and each "id" (which changes the
+// keys), so the bound is multiplied by their number.
+template <typename PointerOf>
+std::string recursion_problem(
+    const Json& root, const std::vector<const Json*>& order,
+    const std::unordered_map<const Json*, std::pair<const Json*, std::string>>& parents,
+    const PointerOf& pointer_of, const std::unordered_map<const Json*, std::size_t>& chain,
+    bool& recursive) {
+  const std::size_t n = order.size();
+  std::unordered_map<const Json*, std::size_t> index;
+  for (std::size_t i = 0; i < n; ++i) index.emplace(order[i], i);
+  std::vector<std::vector<std::size_t>> next(n);
+  for (std::size_t i = 1; i < n; ++i) next[index.at(parents.at(order[i]).first)].push_back(i);
+  // Whether `path` is the one valijson keys `node` by when it descends to it from the top level
+  // ('/' and each key, raw). Costs the length of `path`, whatever the depth of `node`.
+  auto is_raw_path = [&](std::string_view path, const Json* node) {
+    for (auto it = parents.find(node); it != parents.end() && it->second.first;
+         it = parents.find(it->second.first)) {
+      const std::string& key = it->second.second;
+      if (path.size() < key.size() + 1 || !path.ends_with(key) ||
+          path[path.size() - key.size() - 1] != '/')
+        return false;
+      path.remove_suffix(key.size() + 1);
+    }
+    return path.empty();
+  };
+  std::unordered_set<std::string> aliases;  // $refs written otherwise than that path
+  double copies = 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    const Json& node = *order[i];
+    if (!node.is_object()) continue;
+    if (auto id = node.find("id"); id != node.end() && id->is_string()) ++copies;
+    auto ref = node.find("$ref");
+    if (ref == node.end() || !ref->is_string()) continue;
+    const auto& text = ref->get_ref<const std::string&>();
+    const Json* target = local_ref_target(root, text);
+    if (!target) continue;  // valijson refuses it when it compiles
+    auto to = index.find(target);
+    if (to == index.end())
+      return utf8_valid(fmt::format(
+          "{}: $ref '{}' points into an enum, const, default or examples, which holds values, "
+          "not schemas",
+          readable_path(pointer_append(pointer_of(order[i]), "$ref")), utf8_prefix(text, 200)));
+    next[i].push_back(to->second);
+    std::string path = text.substr(text.find('#') + 1);
+    path.erase(path.find_last_not_of('/') + 1);
+    if (!is_raw_path(path, target)) aliases.insert(std::move(path));
+  }
+  copies *= static_cast<double>(1 + aliases.size());
+
+  // Tarjan's algorithm, iterative; components come out after every component they lead to.
+  constexpr std::size_t unseen = static_cast<std::size_t>(-1);
+  std::vector<std::size_t> number(n, unseen), low(n), component(n, unseen), stack;
+  std::vector<std::size_t> size;                           // of each component
+  std::vector<std::pair<std::size_t, std::size_t>> calls;  // node, next successor
+  std::size_t counter = 0;
+  for (std::size_t start = 0; start < n; ++start) {
+    if (number[start] != unseen) continue;
+    calls.push_back({start, 0});
+    number[start] = low[start] = counter++;
+    stack.push_back(start);
+    while (!calls.empty()) {
+      auto& [v, k] = calls.back();
+      if (k < next[v].size()) {
+        const std::size_t w = next[v][k++];
+        if (number[w] == unseen) {
+          number[w] = low[w] = counter++;
+          stack.push_back(w);
+          calls.push_back({w, 0});
+        } else if (component[w] == unseen) {
+          low[v] = std::min(low[v], number[w]);
+        }
+        continue;
+      }
+      const std::size_t done = v;
+      calls.pop_back();
+      if (!calls.empty()) low[calls.back().first] = std::min(low[calls.back().first], low[done]);
+      if (low[done] != number[done]) continue;
+      size.push_back(0);
+      std::size_t w;
+      do {
+        w = stack.back();
+        stack.pop_back();
+        component[w] = size.size() - 1;
+        ++size.back();
+      } while (w != done);
+    }
+  }
+  recursive = std::any_of(size.begin(), size.end(), [](std::size_t s) { return s > 1; });
+
+  // The longest path from each component (in values), and where it ends.
+  std::vector<std::size_t> longest(size.size(), 0), end(size.size(), unseen);
+  std::vector<std::vector<std::size_t>> members(size.size());
+  for (std::size_t v = 0; v < n; ++v) members[component[v]].push_back(v);
+  for (std::size_t c = 0; c < size.size(); ++c) {
+    std::size_t best = 0, best_end = members[c].front();
+    for (std::size_t v : members[c])
+      for (std::size_t w : next[v])
+        if (component[w] != c && longest[component[w]] > best) {
+          best = longest[component[w]];
+          best_end = end[component[w]];
+        }
+    longest[c] = size[c] + best;
+    end[c] = best_end;
+  }
+  const double depth = static_cast<double>(longest[component[0]]) * copies;
+  if (depth > static_cast<double>(kMaxCompileDepth))
+    return utf8_valid(fmt::format(
+        "{}: compiling it would recurse through up to {:.0f} nested values (subschemas, the "
+        "objects and arrays that hold them, $refs) on the way to {}{}; at most {} are "
+        "supported: make its nesting or its chains of $refs shorter",
+        readable_path(""), depth, readable_path(pointer_of(order[end[component[0]]])),
+        copies > 1 ? fmt::format(", each counted {:.0f} times (valijson compiles a subschema "
+                                 "again for each differently written $ref to it and each \"id\")",
+                                 copies)
+                   : std::string(),
+        kMaxCompileDepth));
+  if (recursive) {
+    const Json* start = nullptr;
+    std::size_t longest_chain = 0;
+    for (const Json* node : order)
+      if (auto c = chain.find(node); c != chain.end() && c->second > longest_chain)
+        std::tie(start, longest_chain) = std::pair{node, c->second};
+    if ((kMaxValueDepth + 1) * longest_chain > kMaxValidateDepth)
+      return utf8_valid(fmt::format(
+          "{}: this recursive schema may apply {} subschemas in a row to one value ($ref, allOf, "
+          "anyOf, oneOf, not, if/then/else, dependencies), again at each of up to {} levels of "
+          "the value; at most {} in all are supported, so such a chain may be at most {} long",
+          readable_path(pointer_of(start)), longest_chain, kMaxValueDepth + 1, kMaxValidateDepth,
+          kMaxValidateDepth / (kMaxValueDepth + 1)));
+  }
+  return "";
+}
+
 // What valijson would crash or throw on later, found before it sees the schema: a regular
 // expression std::regex refuses ("pattern" and "patternProperties" are compiled only when a value
 // is validated, and then throw out of validate()), a $ref to another document (valijson resolves
-// a relative one to this document and recurses for ever), and a cycle of same-value subschemas.
+// a relative one to this document and recurses for ever), a cycle of same-value subschemas, and a
+// schema it would recurse through too deeply (recursion_problem, which sets `recursive`).
 // Iterative throughout: the schema may be deeply nested. "" when there is none.
-std::string schema_problem(const Json& root) {
+std::string schema_problem(const Json& root, bool& recursive) {
   // Its messages quote the pattern and its place, made valid UTF-8 (a schema built in memory,
   // not parsed, may hold any bytes).
   auto check_regex = [](const std::string& pattern, const std::string& pointer) -> std::string {
@@ -324,8 +488,11 @@ std::string schema_problem(const Json& root) {
     }
   }
 
+  // The cycle check, which also measures the longest chain of same-value subschemas from each
+  // node (in subschemas, itself included), once its successors are all done.
   enum class Color { grey, black };
   std::unordered_map<const Json*, Color> color;
+  std::unordered_map<const Json*, std::size_t> chain;
   for (const Json* start : order) {
     if (color.contains(start)) continue;
     struct Frame {
@@ -338,6 +505,9 @@ std::string schema_problem(const Json& root) {
     while (!frames.empty()) {
       Frame& f = frames.back();
       if (f.index == f.next.size()) {
+        std::size_t longest = 0;
+        for (const Json* to : f.next) longest = std::max(longest, chain[to]);
+        chain[f.node] = longest + 1;
         color[f.node] = Color::black;
         frames.pop_back();
         continue;
@@ -354,7 +524,7 @@ std::string schema_problem(const Json& root) {
       }
     }
   }
-  return "";
+  return recursion_problem(root, order, parents, pointer_of, chain, recursive);
 }
 
 }  // namespace
@@ -445,6 +615,37 @@ std::optional<SchemaProblem> overlong_subject(const Json& instance, DepthFirst d
   return std::nullopt;
 }
 
+// The pointer of the first value of `instance` nested deeper than `depth` levels (the top level
+// being 0), or nothing. Iterative.
+std::optional<std::string> deeper_than(const Json& instance, std::size_t depth) {
+  std::vector<std::pair<const Json*, std::size_t>> pending{{&instance, 0}};
+  std::unordered_map<const Json*, std::pair<const Json*, std::string>> parents;
+  while (!pending.empty()) {
+    auto [node, level] = pending.back();
+    pending.pop_back();
+    if (level > depth) {
+      std::vector<const std::string*> keys;
+      for (auto it = parents.find(node); it != parents.end(); it = parents.find(it->second.first))
+        keys.push_back(&it->second.second);
+      std::string pointer;
+      for (auto k = keys.rbegin(); k != keys.rend(); ++k) pointer = pointer_append(pointer, **k);
+      return pointer;
+    }
+    if (node->is_array()) {
+      for (std::size_t i = 0; i < node->size(); ++i) {
+        parents.emplace(&(*node)[i], std::pair{node, std::to_string(i)});
+        pending.push_back({&(*node)[i], level + 1});
+      }
+    } else if (node->is_object()) {
+      for (const auto& [key, value] : node->items()) {
+        parents.emplace(&value, std::pair{node, key});
+        pending.push_back({&value, level + 1});
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
@@ -452,7 +653,7 @@ Result<JsonSchema> JsonSchema::compile(nlohmann::json schema) {
   impl->document = std::move(schema);
   if (!impl->document.is_object() && !impl->document.is_boolean())
     return make_error(Errc::invalid_argument, "a JSON Schema must be an object or a boolean");
-  if (auto problem = schema_problem(impl->document); !problem.empty())
+  if (auto problem = schema_problem(impl->document, impl->recursive); !problem.empty())
     return make_error(Errc::invalid_argument, fmt::format("invalid JSON Schema: {}", problem));
   try {
     valijson::SchemaParser parser(valijson::SchemaParser::kDraft7);
@@ -673,6 +874,16 @@ std::string humanize(const nlohmann::json& root, const nlohmann::json& instance,
 
 std::vector<SchemaProblem> JsonSchema::validate(const nlohmann::json& instance) const {
   std::vector<SchemaProblem> out;
+  if (impl_->recursive) {
+    // A recursive schema recurses once more for each level of the value (kMaxValidateDepth).
+    if (auto at = deeper_than(instance, kMaxValueDepth)) {
+      out.push_back(SchemaProblem{
+          *at, utf8_valid(fmt::format("{}: the value nests deeper than {} levels, more than this "
+                                      "recursive schema can check",
+                                      readable_path(*at), kMaxValueDepth))});
+      return out;
+    }
+  }
   if (impl_->depth_first.any()) {
     if (auto problem = overlong_subject(instance, impl_->depth_first)) {
       out.push_back(std::move(*problem));
