@@ -123,7 +123,7 @@ std::string iso_time(const detail::TimePoint& t) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(t));
 }
 
-json to_ordered(const nlohmann::json& j) { return json::parse(detail::json_text(j)); }
+json to_ordered(const nlohmann::json& j) { return detail::ordered_copy(j); }
 
 json run_json(const detail::RunInfo& r) {
   return {{"id", r.id},
@@ -161,8 +161,7 @@ json flow_json(const RegisteredFlow& registered) {
           {"description", flow.description},
           {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
           {"options", options_json(flow.options)},
-          {"input_schema",
-           flow.input_schema ? json::parse(detail::json_text(*flow.input_schema)) : json(nullptr)},
+          {"input_schema", flow.input_schema ? to_ordered(*flow.input_schema) : json(nullptr)},
           {"steps", std::move(steps)}};
 }
 

@@ -19,6 +19,11 @@ namespace flowreg::detail {
 std::string json_text(const nlohmann::json& j, int indent = -1);
 std::string json_text(const nlohmann::ordered_json& j, int indent = -1);
 
+// `j` as ordered_json (its keys in their sorted order), in time linear in its size, without
+// recursing; strings and keys are made valid UTF-8. (ordered_json's own insertion, and so its
+// parser, searches the keys already in an object: n keys cost n^2.)
+nlohmann::ordered_json ordered_copy(const nlohmann::json& j);
+
 // A place in a text: 1-based line, 1-based column (in bytes).
 struct TextPlace {
   int line = 1;
