@@ -84,6 +84,43 @@ TEST_SUITE("config") {
             << " s");
   }
 
+  TEST_CASE(
+      "a long key over many values, or a long value aliased many times, is refused before it "
+      "grows without bound") {
+    // Each value is indexed by its path, which repeats every key above it: a 3 MB key over 190,000
+    // values (a 3.4 MB file, inside the size and node limits) asked for about 570 GB, and
+    // aborted with std::bad_alloc. Aliases of a long scalar copy it once per alias.
+    std::string long_key = "flows:\n  - slug: a\n    steps: []\n    x:\n      ? " +
+                           std::string(100'000, 'k') + "\n      : [";
+    for (int i = 0; i < 1'000; ++i) long_key += "1, ";
+    long_key += "1]\n";
+    auto p = problems_of_text(long_key);
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].starts_with("inline.yaml:"));
+    CHECK(p[0].ends_with(
+        "the document grows past 64 MiB once its aliases are expanded and each value is indexed "
+        "by its path; refusing it (a long key over many values, or a long value aliased many "
+        "times?)"));
+
+    std::string aliased = "flows:\n  - slug: a\n    description: &d " +
+                          std::string(1'000'000, 'd') + "\n    steps: []\n    x: [";
+    for (int i = 0; i < 100; ++i) aliased += "*d, ";
+    aliased += "*d]\n";
+    p = problems_of_text(aliased);
+    REQUIRE(p.size() == 1);
+    CHECK(p[0].find("the document grows past 64 MiB") != std::string::npos);
+
+    // Under the bound, the same shapes are read (and fail only on what they say).
+    std::string fine = "flows:\n  - slug: a\n    description: &d " + std::string(100'000, 'd') +
+                       "\n    x: [*d, *d, *d]\n    steps: [{slug: s, handler: m.s}]\n";
+    p = problems_of_text(fine);
+    REQUIRE(p.size() == 2);
+    CHECK(
+        p[0].ends_with("flows[0].description: String should be no more than 4096 characters in "
+                       "length."));
+    CHECK(p[1].find("unknown key 'x'") != std::string::npos);
+  }
+
   TEST_CASE("a few harmless aliases are accepted") {
     const auto p = problems_of_text(R"(
 defaults: &defaults {max_attempts: 2}

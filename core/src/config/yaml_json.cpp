@@ -62,6 +62,7 @@ class Converter {
       fail(node, fmt::format("nesting is deeper than {} levels", limits_.max_depth));
       return false;
     }
+    if (!spend(node, pointer.size())) return false;
     const YAML::Mark mark = node.Mark();
     if (!mark.is_null()) out_.positions.emplace(pointer, std::pair{mark.line + 1, mark.column + 1});
 
@@ -93,6 +94,7 @@ class Converter {
             continue;
           }
           const std::string key = utf8_valid(kv.first.Scalar());
+          if (!spend(kv.first, key.size())) return false;
           if (into.contains(key)) {
             const auto first = out_.positions.find(pointer_append(pointer, key));
             fail(kv.first, first == out_.positions.end()
@@ -117,6 +119,20 @@ class Converter {
     return true;
   }
 
+  // Counts `bytes` against limits_.max_expanded_bytes; false (reported once) past it.
+  bool spend(const YAML::Node& node, std::size_t bytes) {
+    bytes_ += bytes;
+    if (bytes_ <= limits_.max_expanded_bytes) return true;
+    if (!bytes_reported_) {
+      fail(node, fmt::format("the document grows past {} MiB once its aliases are expanded and "
+                             "each value is indexed by its path; refusing it (a long key over "
+                             "many values, or a long value aliased many times?)",
+                             limits_.max_expanded_bytes >> 20));
+      bytes_reported_ = true;
+    }
+    return false;
+  }
+
   void fail(const YAML::Node& node, std::string message) {
     const YAML::Mark mark = node.Mark();
     Location where{out_.file, mark.is_null() ? 0 : mark.line + 1,
@@ -133,6 +149,7 @@ class Converter {
   // out as 0xA0).
   bool scalar(const YAML::Node& node, nlohmann::json& into) {
     const std::string text = utf8_valid(node.Scalar());
+    if (!spend(node, text.size())) return false;
     const std::string& tag = node.Tag();
     if (tag == "!" || tag == "tag:yaml.org,2002:str") {
       into = text;
@@ -216,6 +233,8 @@ class Converter {
   const YamlLimits& limits_;
   std::size_t nodes_ = 0;
   bool budget_reported_ = false;
+  std::size_t bytes_ = 0;
+  bool bytes_reported_ = false;
   std::vector<Diagnostic> errors_;
 };
 

@@ -6,7 +6,7 @@
 // allocating without bound: files over a size limit, several documents, nesting deeper than a
 // limit, duplicate keys, non-scalar keys, and documents whose aliases expand to more nodes than a
 // limit (yaml-cpp shares aliased nodes, so an exponential "billion laughs" costs nothing until it
-// is walked; the walk stops at the node budget).
+// is walked; the walk stops at the node budget) or to more bytes than a limit.
 
 #include <cstddef>
 #include <filesystem>
@@ -25,6 +25,11 @@ struct YamlLimits {
   std::size_t max_file_bytes = 4u << 20;
   int max_depth = 64;
   std::size_t max_nodes = 200'000;
+  // The bytes of the converted document: its keys and scalars, and the JSON pointer of each node
+  // (the position index), counted as its aliases are expanded. Without it a long key over many
+  // nodes (each node's pointer repeats it) or a long scalar aliased many times grows without bound
+  // inside the other limits: a 3.4 MB file asked for about 570 GB.
+  std::size_t max_expanded_bytes = 64u << 20;
 };
 
 struct PositionedJson {
