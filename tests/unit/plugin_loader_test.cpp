@@ -719,6 +719,34 @@ TEST_SUITE("plugin_loader") {
   }
 
   TEST_CASE(
+      "regression: the plugin cache's own files nested 100,000 levels deep crashed the loader") {
+    // owners.json and a journal record left by a dead process: parsed without a depth bound, then
+    // copied (owners) or written out again (the record) by functions that recurse once per level.
+    Sandbox box;
+    const fs::path file = box.add("good");
+    box.scan();
+    REQUIRE(box.info_of(file).status == PluginStatus::loaded);
+    const std::string deep = std::string(100'000, '[') + std::string(100'000, ']');
+    std::ofstream(box.cache / "owners.json")
+        << R"({"x": {"module": "m", "flows": )" << deep << "}}\n";
+    fs::create_directories(box.cache / "journal");
+    std::ofstream(box.cache / "journal" / "999999-1-0.json")
+        << R"({"kind": "plugin-load", "sha256": ")" << std::string(64, 'a') << R"(", "x": )" << deep
+        << "}\n";
+    FlowRegistry registry;
+    PluginLoaderOptions options;
+    options.settings.dir = box.dir;
+    options.settings.scan_timeout = 5s;
+    options.cache_dir = box.cache;
+    options.inspector = FLOWREG_BINARY;
+    PluginLoader restarted(registry, options);
+    REQUIRE(restarted.scan());
+    CHECK(restarted.plugins().front().status == PluginStatus::loaded);
+    // The record was unreadable, so it counted no crash against any content.
+    CHECK_FALSE(fs::exists(box.cache / "crashes" / std::string(64, 'a')));
+  }
+
+  TEST_CASE(
       "regression: a buffer size chosen by the plugin was copied before any limit (1 TiB claimed "
       "over 3 bytes read past the buffer)") {
     Sandbox box;

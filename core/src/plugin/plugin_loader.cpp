@@ -27,6 +27,7 @@
 #include "plugin/plugin_library.hpp"
 #include "util/crash_journal.hpp"
 #include "util/enum_names.hpp"
+#include "util/json_text.hpp"
 #include "util/sha256.hpp"
 #include "util/strings.hpp"
 #include "util/subprocess.hpp"
@@ -300,8 +301,11 @@ struct PluginLoader::Impl {
   json read_owners() const {
     std::ifstream in(owners_file());
     if (!in) return json::object();
-    json owners = json::parse(in, nullptr, /*allow_exceptions=*/false);
-    return owners.is_object() ? owners : json::object();
+    std::stringstream text;
+    text << in.rdbuf();
+    json owners = detail::parse_state_file_text(text.str());
+    if (!owners.is_object()) return json::object();
+    return owners;
   }
 
   void load_owners() FLOWREG_REQUIRES(mutex) {
@@ -397,7 +401,7 @@ struct PluginLoader::Impl {
       std::stringstream text;
       text << in.rdbuf();
       if (entry.path().extension() == ".json") {
-        const json record = json::parse(text.str(), nullptr, /*allow_exceptions=*/false);
+        const json record = detail::parse_state_file_text(text.str());
         if (!record.is_object() || !record.contains("stage") || !record["stage"].is_string() ||
             !record.contains("message") || !record["message"].is_string())
           continue;

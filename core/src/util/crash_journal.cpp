@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "util/json_text.hpp"
+
 namespace flowreg::detail {
 
 namespace fs = std::filesystem;
@@ -108,10 +110,12 @@ std::vector<CrashJournal::Orphan> CrashJournal::collect_orphans() {
     fs::rename(entry.path(), claimed, rename_ec);
     if (rename_ec) continue;
     std::ifstream in(claimed);
+    std::stringstream text;
+    text << in.rdbuf();
+    in.close();
     Orphan orphan;
     orphan.id = name.substr(0, name.size() - 5);
-    orphan.record = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-    in.close();
+    orphan.record = parse_state_file_text(text.str());
     fs::remove(claimed, rename_ec);
     if (orphan.record.is_object()) out.push_back(std::move(orphan));
   }

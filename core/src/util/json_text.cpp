@@ -97,4 +97,10 @@ std::optional<TextPlace> nesting_beyond(std::string_view text, std::size_t limit
   return std::nullopt;
 }
 
+nlohmann::json parse_state_file_text(std::string_view text) {
+  if (nesting_beyond(text, kMaxStateDepth))
+    return nlohmann::json(nlohmann::json::value_t::discarded);
+  return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
 }  // namespace flowreg::detail

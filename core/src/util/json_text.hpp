@@ -36,4 +36,11 @@ struct TextPlace {
 // works on text that is not valid JSON and never recurses.
 std::optional<TextPlace> nesting_beyond(std::string_view text, std::size_t limit) noexcept;
 
+// `text` parsed as JSON, or a discarded value when it is not JSON or nests deeper than
+// kMaxStateDepth: for the files flowreg writes for itself (the plugin cache's owners, journal and
+// quarantine records), which anyone who can write them could make nested millions of levels deep
+// (copying or dumping such a value recursed once per level: 100,000 levels overflowed the stack).
+constexpr std::size_t kMaxStateDepth = 64;
+nlohmann::json parse_state_file_text(std::string_view text);
+
 }  // namespace flowreg::detail
