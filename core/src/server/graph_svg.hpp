@@ -15,7 +15,9 @@ namespace flowreg::detail {
 
 // The flow's DAG in Graphviz DOT (what `flows show --dot` prints).
 std::string flow_dot(const FlowDef& flow);
-// That DOT laid out and rendered as an SVG document. Errc::internal when Graphviz fails.
+// That DOT laid out and rendered as an SVG document. Errc::invalid_argument, drawing nothing, when
+// the layout would be too large (see layout_nodes in graph_svg.cpp); Errc::internal when Graphviz
+// fails.
 Result<std::string> flow_svg(const FlowDef& flow);
 
 }  // namespace flowreg::detail

@@ -577,7 +577,9 @@ void HttpServer::Impl::routes() {
     }
     if (svg.empty()) {
       auto drawn = flow_svg(flow->def);
-      if (!drawn) return send_error(res, drawn.error());
+      if (!drawn)  // too large to draw (invalid_argument), or a Graphviz failure
+        return problem(res, drawn.error().code == Errc::invalid_argument ? 422 : 500,
+                       drawn.error().message);
       svg = std::move(*drawn);
       std::lock_guard lock(svg_mu);
       if (svg_cache.size() > 1000) svg_cache.clear();
