@@ -281,6 +281,14 @@ TEST_SUITE("schema") {
           "invalid JSON Schema: $ref: $ref '#/enum/0' points into an enum, const, default or "
           "examples, which holds values, not schemas");
 
+    // A schema built in memory may hold any bytes: the message quotes the path as valid UTF-8.
+    nlohmann::json deep_not = {{"type", "string"}};
+    for (int i = 0; i < 200; ++i) deep_not = {{"not", deep_not}};
+    const auto bytes =
+        problem({{"definitions", {{"\xff\xfe", deep_not}}}, {"$ref", "#/definitions/%FF%FE"}});
+    CHECK(bytes.find("compiling it would recurse through up to") != std::string::npos);
+    CHECK(detail::is_utf8(bytes));
+
     // Where a flow file declares it: the file, the place, the reason.
     std::string yaml_chain = R"({"definitions": {)";
     for (int i = 0; i < 400; ++i)

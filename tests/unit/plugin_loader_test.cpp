@@ -55,6 +55,17 @@ void check_fixture(const std::string& fixture, PluginStatus status, const std::s
   check_rejected(fixture, bad, box, status, stage, reason);
 }
 
+// What a restarted host's loader is given for `box`: its directory and plugin cache, and the real
+// inspector.
+PluginLoaderOptions restart_options(const Sandbox& box) {
+  PluginLoaderOptions options;
+  options.settings.dir = box.dir;
+  options.settings.scan_timeout = 5s;
+  options.cache_dir = box.cache;
+  options.inspector = FLOWREG_BINARY;
+  return options;
+}
+
 }  // namespace
 
 TEST_SUITE("plugin_loader") {
@@ -707,12 +718,7 @@ TEST_SUITE("plugin_loader") {
     fs::create_directories(crashes);
     std::ofstream(crashes / "1-2-3.json") << "{}\n";
     FlowRegistry registry;
-    PluginLoaderOptions options;
-    options.settings.dir = box.dir;
-    options.settings.scan_timeout = 5s;
-    options.cache_dir = box.cache;
-    options.inspector = FLOWREG_BINARY;
-    PluginLoader restarted(registry, options);
+    PluginLoader restarted(registry, restart_options(box));
     REQUIRE(restarted.scan());
     CHECK(restarted.plugins().front().status == PluginStatus::loaded);
     CHECK_FALSE(fs::exists(crashes));
@@ -722,28 +728,36 @@ TEST_SUITE("plugin_loader") {
       "regression: the plugin cache's own files nested 100,000 levels deep crashed the loader") {
     // owners.json and a journal record left by a dead process: parsed without a depth bound, then
     // copied (owners) or written out again (the record) by functions that recurse once per level.
+    // Truncated files and invalid UTF-8 are unreadable the same way: ignored, nothing counted.
     Sandbox box;
     const fs::path file = box.add("good");
     box.scan();
     REQUIRE(box.info_of(file).status == PluginStatus::loaded);
     const std::string deep = std::string(100'000, '[') + std::string(100'000, ']');
-    std::ofstream(box.cache / "owners.json")
-        << R"({"x": {"module": "m", "flows": )" << deep << "}}\n";
-    fs::create_directories(box.cache / "journal");
-    std::ofstream(box.cache / "journal" / "999999-1-0.json")
-        << R"({"kind": "plugin-load", "sha256": ")" << std::string(64, 'a') << R"(", "x": )" << deep
-        << "}\n";
-    FlowRegistry registry;
-    PluginLoaderOptions options;
-    options.settings.dir = box.dir;
-    options.settings.scan_timeout = 5s;
-    options.cache_dir = box.cache;
-    options.inspector = FLOWREG_BINARY;
-    PluginLoader restarted(registry, options);
-    REQUIRE(restarted.scan());
-    CHECK(restarted.plugins().front().status == PluginStatus::loaded);
-    // The record was unreadable, so it counted no crash against any content.
-    CHECK_FALSE(fs::exists(box.cache / "crashes" / std::string(64, 'a')));
+    const std::string record_head =
+        R"({"kind": "plugin-load", "sha256": ")" + std::string(64, 'a') + R"(", "x": )";
+    struct Hostile {
+      const char* what;
+      std::string owners, record;
+    };
+    for (const Hostile& h : {
+             Hostile{"100,000 levels", R"({"x": {"module": "m", "flows": )" + deep + "}}\n",
+                     record_head + deep + "}\n"},
+             Hostile{"truncated", R"({"x": {"module": "m", "fl)", record_head + "[1, 2"},
+             Hostile{"invalid UTF-8", "{\"x\xff\": {\"module\": \"m\xfe\"}}\n",
+                     record_head + "\"\xff\xfe\"}\n"},
+         }) {
+      CAPTURE(h.what);
+      std::ofstream(box.cache / "owners.json") << h.owners;
+      fs::create_directories(box.cache / "journal");
+      std::ofstream(box.cache / "journal" / "999999-1-0.json") << h.record;
+      FlowRegistry registry;
+      PluginLoader restarted(registry, restart_options(box));
+      REQUIRE(restarted.scan());
+      CHECK(restarted.plugins().front().status == PluginStatus::loaded);
+      // The record was unreadable, so it counted no crash against any content.
+      CHECK_FALSE(fs::exists(box.cache / "crashes" / std::string(64, 'a')));
+    }
   }
 
   TEST_CASE(

@@ -254,6 +254,22 @@ std::string regex_size_problem(const std::string& pattern) {
   return "";
 }
 
+// Each value of a document -> its parent and its key there; the top level has a null parent or no
+// entry. A value's pointer is built from it only when a message needs one (building every value's
+// would cost the square of the depth).
+using Parents = std::unordered_map<const Json*, std::pair<const Json*, std::string>>;
+
+// The JSON pointer of `node`, from `parents`.
+std::string pointer_from(const Parents& parents, const Json* node) {
+  std::vector<const std::string*> keys;
+  for (auto it = parents.find(node); it != parents.end() && it->second.first;
+       it = parents.find(it->second.first))
+    keys.push_back(&it->second.second);
+  std::string pointer;
+  for (auto k = keys.rbegin(); k != keys.rend(); ++k) pointer = pointer_append(pointer, **k);
+  return pointer;
+}
+
 // How deep valijson may recurse through a schema. It compiles a schema by recursing into each
 // subschema and through each $ref, once per path it reaches a subschema by (its cache is keyed by
 // that path); it validates by recursing through the compiled subschemas. Nothing bounds either
@@ -283,12 +299,11 @@ constexpr std::size_t kMaxValueDepth = 64;  // YamlLimits::max_depth, as check_i
 // compiler's recursion. A subschema is compiled again for each differently written $ref that
 // reaches it (valijson keys its cache by the path it followed) and each "id" (which changes the
 // keys), so the bound is multiplied by their number.
-template <typename PointerOf>
-std::string recursion_problem(
-    const Json& root, const std::vector<const Json*>& order,
-    const std::unordered_map<const Json*, std::pair<const Json*, std::string>>& parents,
-    const PointerOf& pointer_of, const std::unordered_map<const Json*, std::size_t>& chain,
-    bool& recursive) {
+std::string recursion_problem(const Json& root, const std::vector<const Json*>& order,
+                              const Parents& parents,
+                              const std::unordered_map<const Json*, std::size_t>& chain,
+                              bool& recursive) {
+  auto pointer_of = [&](const Json* node) { return pointer_from(parents, node); };
   const std::size_t n = order.size();
   std::unordered_map<const Json*, std::size_t> index;
   for (std::size_t i = 0; i < n; ++i) index.emplace(order[i], i);
@@ -436,19 +451,9 @@ std::string schema_problem(const Json& root, bool& recursive) {
     }
     return "";
   };
-  // Every node that may be a schema -> its parent and its key there (the pointer of a node is
-  // built only for a message: building each one would cost the square of the depth).
-  std::unordered_map<const Json*, std::pair<const Json*, std::string>> parents;
+  Parents parents;                 // every node that may be a schema
   std::vector<const Json*> order;  // the same nodes, root first
-  auto pointer_of = [&](const Json* node) {
-    std::vector<const std::string*> keys;
-    for (auto it = parents.find(node); it != parents.end() && it->second.first;
-         it = parents.find(it->second.first))
-      keys.push_back(&it->second.second);
-    std::string pointer;
-    for (auto k = keys.rbegin(); k != keys.rend(); ++k) pointer = pointer_append(pointer, **k);
-    return pointer;
-  };
+  auto pointer_of = [&](const Json* node) { return pointer_from(parents, node); };
   std::vector<const Json*> pending{&root};
   parents.emplace(&root, std::pair<const Json*, std::string>{nullptr, ""});
   while (!pending.empty()) {
@@ -524,7 +529,7 @@ std::string schema_problem(const Json& root, bool& recursive) {
       }
     }
   }
-  return recursion_problem(root, order, parents, pointer_of, chain, recursive);
+  return recursion_problem(root, order, parents, chain, recursive);
 }
 
 }  // namespace
@@ -619,18 +624,11 @@ std::optional<SchemaProblem> overlong_subject(const Json& instance, DepthFirst d
 // being 0), or nothing. Iterative.
 std::optional<std::string> deeper_than(const Json& instance, std::size_t depth) {
   std::vector<std::pair<const Json*, std::size_t>> pending{{&instance, 0}};
-  std::unordered_map<const Json*, std::pair<const Json*, std::string>> parents;
+  Parents parents;
   while (!pending.empty()) {
     auto [node, level] = pending.back();
     pending.pop_back();
-    if (level > depth) {
-      std::vector<const std::string*> keys;
-      for (auto it = parents.find(node); it != parents.end(); it = parents.find(it->second.first))
-        keys.push_back(&it->second.second);
-      std::string pointer;
-      for (auto k = keys.rbegin(); k != keys.rend(); ++k) pointer = pointer_append(pointer, **k);
-      return pointer;
-    }
+    if (level > depth) return pointer_from(parents, node);
     if (node->is_array()) {
       for (std::size_t i = 0; i < node->size(); ++i) {
         parents.emplace(&(*node)[i], std::pair{node, std::to_string(i)});
