@@ -64,8 +64,8 @@ for hosts in 1 2 3; do
   # for the worker that recorded its last one (a map step's may have run on several).
   rates=$(sql "SELECT string_agg(worker_id || ' ' || round(n / ($((t1 - t0)) / 1000.0)), '  '
                  ORDER BY worker_id) || '  total ' || round(sum(n) / ($((t1 - t0)) / 1000.0))
-               FROM (SELECT worker_id, sum(task_count) n FROM flowreg.step_states GROUP BY 1) x")
-  tasks=$(sql "SELECT sum(task_count) FROM flowreg.step_states")
+               FROM (SELECT worker_id, sum(task_count) n FROM flowreg.steps GROUP BY 1) x")
+  tasks=$(sql "SELECT sum(task_count) FROM flowreg.steps")
   printf '%-6s %-6s %-7s %-8s %-9s %-11s %-9s %s\n' "$hosts" "$RUNS" "$tasks" "$seconds" "${wal}B" "$dead" "$conns" "$rates"
   for pid in "${WORKER_PIDS[@]}"; do kill -TERM "$pid"; done
   for pid in "${WORKER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done

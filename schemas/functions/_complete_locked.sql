@@ -1,9 +1,11 @@
 -- Records completions of started tasks whose attempt matches; returns the ids accepted.
 -- p_batch: [{"id", "attempt", "output"}] (an id given twice: the last entry counts). A step whose
 -- last task completed is complete, with its output (a single step's: its one task's; a map step's:
--- its tasks' in task order); then its dependents may start and its run may complete. A task leaves
--- the queue when done (see migration 0009): a single step's at once, a map step's when its step
--- completes; its attempts and worker are added to its step state.
+-- its tasks' in task order); then its dependents may start and its run may complete. A run of a
+-- one-step flow (no step state: migration 0012) completes at once, its step's output, attempts
+-- and worker written into it. A task leaves the queue when done (see migration 0009): a single
+-- step's at once, a map step's when its step completes; its attempts and worker are added to its
+-- step state (or its run, above).
 -- REQUIRES: the tasks' runs are locked.
 --
 -- Cost per task flat in the batch size, plans stable by construction: each statement is a nested
@@ -38,6 +40,8 @@ DECLARE
   v_mruns uuid[];
   v_msteps text[];
   v_going uuid[];
+  v_one_row boolean[];  -- per step above: its run keeps its state (runs.attempts NOT NULL)
+  v_ended uuid[];
 BEGIN
   WITH b AS MATERIALIZED (
     SELECT DISTINCT ON (x.id) x.id, x.attempt, x.output
@@ -70,17 +74,35 @@ BEGIN
     SELECT d.run_id, d.step_slug, min(d.flow_slug) AS flow_slug,
            min(d.flow_version) AS flow_version, count(*)::int AS n,
            (array_agg(d.output))[1] AS output, sum(d.attempt)::int AS attempts,
-           (array_agg(d.worker_id))[1] AS worker_id
+           (array_agg(d.worker_id))[1] AS worker_id,
+           (SELECT r.attempts IS NOT NULL FROM flowreg.runs r WHERE r.id = d.run_id) AS one_row
     FROM done d GROUP BY 1, 2
   )
   SELECT (SELECT array_agg(d.id) FROM done d), p.*
-  INTO v_acc, v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers
+  INTO v_acc, v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
+       v_one_row
   FROM (SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug),
                array_agg(flow_version), array_agg(n), array_agg(output), array_agg(attempts),
-               array_agg(worker_id)
+               array_agg(worker_id), array_agg(one_row)
         FROM per) p;
   IF v_acc IS NULL THEN
     RETURN '{}';
+  END IF;
+
+  -- A run of a one-step flow: its step's completion completes it.
+  WITH ended AS (
+    UPDATE flowreg.runs r
+    SET status = 'completed', remaining_leaves = 0, finished_at = now(),
+        output = jsonb_build_object(p.step_slug, p.output), attempts = r.attempts + p.attempts,
+        worker_id = p.worker_id
+    FROM unnest(v_runs, v_steps, v_outputs, v_attempts, v_workers, v_one_row)
+         AS p(run_id, step_slug, output, attempts, worker_id, one_row)
+    WHERE p.one_row AND r.id = ANY (ARRAY[p.run_id]) AND r.status = 'started'
+    RETURNING r.id
+  )
+  SELECT array_agg(ended.id) INTO v_ended FROM ended;
+  IF v_ended IS NOT NULL THEN
+    PERFORM pg_notify('flowreg_runs', id::text || ' completed') FROM unnest(v_ended) AS id;
   END IF;
 
   -- A step whose last task completed is complete, with its output: a single step's is its one
@@ -98,9 +120,10 @@ BEGIN
                       ELSE p.output END,
         attempts = s.attempts + p.attempts,
         worker_id = p.worker_id
-    FROM unnest(v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers)
-         AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id)
-    WHERE s.run_id = ANY (ARRAY[p.run_id]) AND s.step_slug = ANY (ARRAY[p.step_slug])
+    FROM unnest(v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
+                v_one_row)
+         AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id, one_row)
+    WHERE NOT p.one_row AND s.run_id = ANY (ARRAY[p.run_id]) AND s.step_slug = ANY (ARRAY[p.step_slug])
       AND s.status = 'started'
     RETURNING s.run_id, s.step_slug, s.status, s.kind, p.flow_slug, p.flow_version
   )

@@ -1,31 +1,40 @@
 -- Takes every task of the given runs (which have ended: failed or cancelled) out of the queue.
--- The attempts of those still queued or started are added to their step states (a completed map
--- task's were added when it completed). Later results of these tasks are rejected: their rows are
--- gone. REQUIRES: the runs are locked.
+-- The attempts of those still queued or started are added to their step states, or to their run
+-- when it keeps its one step's state (migration 0012) (a completed map task's were added when it
+-- completed). Later results of these tasks are rejected: their rows are gone. REQUIRES: the runs
+-- are locked.
 --
 -- Plans stable by construction: tasks are found through tasks_run_id_step_slug_task_index_key by
--- run id, step states through their primary key (`= ANY` of arrays, no join to reorder).
+-- run id, step states and runs through their primary keys (`= ANY (ARRAY[row.key])` probes
+-- driven by the steps found, no join to reorder).
 CREATE OR REPLACE FUNCTION flowreg._drop_tasks(p_runs uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
-  v_live jsonb;  -- "<run id><step slug>" -> attempts of its tasks that were queued or started
+  -- Per step with tasks that were queued or started: its run, slug and their attempts.
   v_runs uuid[];
+  v_steps text[];
+  v_n int[];
 BEGIN
   WITH gone AS (
     DELETE FROM flowreg.tasks t WHERE t.run_id = ANY (p_runs)
     RETURNING t.run_id, t.step_slug, t.attempt, t.status
   )
-  SELECT jsonb_object_agg(x.k, x.n), array_agg(DISTINCT x.run_id)
-  INTO v_live, v_runs
-  FROM (SELECT g.run_id, g.run_id::text || g.step_slug AS k, sum(g.attempt)::int AS n
+  SELECT array_agg(x.run_id), array_agg(x.step_slug), array_agg(x.n)
+  INTO v_runs, v_steps, v_n
+  FROM (SELECT g.run_id, g.step_slug, sum(g.attempt)::int AS n
         FROM gone g WHERE g.status IN ('queued', 'started') AND g.attempt > 0
         GROUP BY 1, 2) x;
   IF v_runs IS NOT NULL THEN
-    UPDATE flowreg.step_states s
-    SET attempts = s.attempts + (v_live ->> (s.run_id::text || s.step_slug))::int
-    WHERE s.run_id = ANY (v_runs) AND v_live ? (s.run_id::text || s.step_slug);
+    WITH x AS (SELECT * FROM unnest(v_runs, v_steps, v_n) AS x(run_id, step_slug, n)),
+    st AS (
+      UPDATE flowreg.step_states s SET attempts = s.attempts + x.n
+      FROM x WHERE s.run_id = ANY (ARRAY[x.run_id]) AND s.step_slug = ANY (ARRAY[x.step_slug])
+    )
+    UPDATE flowreg.runs r SET attempts = r.attempts + x.n
+    FROM x WHERE r.id = ANY (ARRAY[x.run_id]) AND r.attempts IS NOT NULL;
   END IF;
 END $$;
 
 ALTER FUNCTION flowreg._drop_tasks(uuid[])
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
+  SET enable_mergejoin = off SET jit = off;

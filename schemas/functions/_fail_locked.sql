@@ -1,6 +1,7 @@
 -- Fails or requeues started tasks whose attempt matches; returns the ids accepted. A task with
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise it
--- leaves the queue (its attempts and worker added to its step state) and its step and run fail.
+-- leaves the queue (its attempts and worker added to its step state, or to its run: migration
+-- 0012) and its step and run fail.
 -- p_batch: [{"id", "attempt", "error", "permanent"}].
 -- REQUIRES: the tasks' runs are locked.
 --
@@ -64,21 +65,31 @@ BEGIN
                                                   AND u.available_at <= now())
   INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers, v_flows
   FROM upd u
-  JOIN flowreg.step_states s ON s.run_id = ANY (ARRAY[u.run_id])
-                             AND s.step_slug = ANY (ARRAY[u.step_slug]);
+  -- No step state: a run of a one-step flow (migration 0012), whose step is single.
+  LEFT JOIN flowreg.step_states s ON s.run_id = ANY (ARRAY[u.run_id])
+                                  AND s.step_slug = ANY (ARRAY[u.step_slug]);
 
   IF v_fail_runs IS NOT NULL THEN
-    -- Its attempts and worker go to the step state (the task has left the queue).
-    UPDATE flowreg.step_states s
-    SET status = 'failed', error = x.error, finished_at = now(), attempts = s.attempts + x.n,
-        worker_id = x.worker_id
-    FROM (SELECT y.run_id, y.step_slug, (array_agg(y.error ORDER BY y.i))[1] AS error,
-                 sum(y.attempt)::int AS n, (array_agg(y.worker_id ORDER BY y.i))[1] AS worker_id
-          FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers)
-               WITH ORDINALITY AS y(run_id, step_slug, error, attempt, worker_id, i)
-          GROUP BY 1, 2) x
-    WHERE s.run_id = ANY (ARRAY[x.run_id]) AND s.step_slug = ANY (ARRAY[x.step_slug])
-      AND s.status = 'started';
+    -- Its attempts and worker go to the step state (the task has left the queue), or to the run
+    -- of a one-step flow (migration 0012), which _fail_runs then fails.
+    WITH x AS (
+      SELECT y.run_id, y.step_slug, (array_agg(y.error ORDER BY y.i))[1] AS error,
+             sum(y.attempt)::int AS n, (array_agg(y.worker_id ORDER BY y.i))[1] AS worker_id
+      FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers)
+           WITH ORDINALITY AS y(run_id, step_slug, error, attempt, worker_id, i)
+      GROUP BY 1, 2
+    ),
+    st AS (
+      UPDATE flowreg.step_states s
+      SET status = 'failed', error = x.error, finished_at = now(), attempts = s.attempts + x.n,
+          worker_id = x.worker_id
+      FROM x
+      WHERE s.run_id = ANY (ARRAY[x.run_id]) AND s.step_slug = ANY (ARRAY[x.step_slug])
+        AND s.status = 'started'
+    )
+    UPDATE flowreg.runs r SET attempts = r.attempts + x.n, worker_id = x.worker_id
+    FROM x
+    WHERE r.id = ANY (ARRAY[x.run_id]) AND r.attempts IS NOT NULL AND r.status = 'started';
     PERFORM flowreg._fail_runs(v_fail_runs, v_fail_errors);
   END IF;
   IF v_flows IS NOT NULL THEN

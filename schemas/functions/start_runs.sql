@@ -4,7 +4,9 @@
 --
 -- One statement creates the runs, their step states and the tasks of their single root steps
 -- (a root single step's state is written 'started' at once, not created and then updated; its
--- task does not copy the run's input: the claim reads it from the run);
+-- task does not copy the run's input: the claim reads it from the run). A flow of one single step
+-- gets no step state: its run keeps the step's attempts and worker (runs.attempts, set to 0,
+-- marks that layout: migration 0012);
 -- _start_steps runs only when the flow has a map root step (its task count depends on the input).
 -- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
 -- One generic plan per session, made at the first call: its shape is the same for 1 input or
@@ -39,7 +41,8 @@ BEGIN
   WITH meta AS MATERIALIZED (
     SELECT count(*) AS steps, count(*) FILTER (WHERE is_leaf) AS leaves,
            coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false) AS map_root,
-           coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false) AS single_root
+           coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false) AS single_root,
+           count(*) = 1 AND bool_and(kind = 'single') AS one_row
     FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version
   ),
   given AS (
@@ -52,16 +55,19 @@ BEGIN
     WHERE (SELECT m.steps FROM meta m) > 0
   ),
   ins_plain AS (
-    INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of)
-    SELECT g.id, p_slug, p_version, g.input, (SELECT m.leaves FROM meta m), p_retry_of
-    FROM given g WHERE g.key IS NULL
+    INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of,
+                              attempts)
+    SELECT g.id, p_slug, p_version, g.input, m.leaves, p_retry_of,
+           CASE WHEN m.one_row THEN 0 END
+    FROM given g CROSS JOIN meta m WHERE g.key IS NULL
     RETURNING id
   ),
   ins_keyed AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
-                              retry_of)
-    SELECT g.id, p_slug, p_version, g.input, (SELECT m.leaves FROM meta m), g.key, p_retry_of
-    FROM given g WHERE g.key IS NOT NULL
+                              retry_of, attempts)
+    SELECT g.id, p_slug, p_version, g.input, m.leaves, g.key, p_retry_of,
+           CASE WHEN m.one_row THEN 0 END
+    FROM given g CROSS JOIN meta m WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id
   ),
@@ -77,6 +83,7 @@ BEGIN
                   ELSE 'created' END AS status,
              CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' THEN 1 ELSE 0 END AS n) x
     WHERE fs.flow_slug = p_slug AND fs.version = p_version
+      AND NOT (SELECT m.one_row FROM meta m)
   ),
   tk AS (
     INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,

@@ -211,7 +211,7 @@ RESULT["cut: late results replayed from host 1 / refused by the database"]="$(tr
 [ "$rejected" = "$(tr ',' '\n' <<<"$held" | wc -l)" ] ||
   die "the database accepted late results of the cut-off host ($rejected refused)"
 late=$(sql "SELECT count(*) FROM public.netns_audit WHERE task_id IN ($held) AND worker_id = 'w1'")
-late_out=$(sql "SELECT count(*) FROM public.netns_audit a JOIN flowreg.step_states s USING (run_id, step_slug)
+late_out=$(sql "SELECT count(*) FROM public.netns_audit a JOIN flowreg.steps s USING (run_id, step_slug)
                 WHERE a.task_id IN ($held) AND s.output ? 'late'")
 [ "$late" = 0 ] && [ "$late_out" = 0 ] || die "late results of the cut-off host were recorded"
 wait_until 90 "the runs after the cut finishing" \
@@ -269,7 +269,7 @@ all_done=$(sql "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'")
 double=$(sql "SELECT count(*) FROM (SELECT task_id FROM public.netns_audit GROUP BY 1
               HAVING count(*) > 1) x")
 # Every task of a completed step was recorded: the steps' task counts against the audit.
-unrecorded=$(sql "SELECT (SELECT sum(task_count) FROM flowreg.step_states WHERE status = 'completed')
+unrecorded=$(sql "SELECT (SELECT sum(task_count) FROM flowreg.steps WHERE status = 'completed')
                   - (SELECT count(DISTINCT task_id) FROM public.netns_audit)")
 RESULT["all: runs started / completed / lost"]="$all_runs / $all_done / $((all_runs - all_done))"
 RESULT["all: double-recorded results"]=$double

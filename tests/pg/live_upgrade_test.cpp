@@ -112,6 +112,17 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// What the releases before 0012 stored: every step in step_states, a one-step flow's too (this
+// release keeps that step's state in its run's row), no attempts or worker in runs, no view.
+// Cases that go back further start with this.
+const std::string kBefore0012 =
+    "INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, status, remaining_deps,"
+    "  remaining_tasks, task_count, output, error, started_at, finished_at, attempts, worker_id)"
+    " SELECT v.* FROM flowreg.steps v JOIN flowreg.runs r ON r.id = v.run_id"
+    " WHERE r.attempts IS NOT NULL;"
+    "DROP VIEW flowreg.steps;"
+    "ALTER TABLE flowreg.runs DROP COLUMN attempts, DROP COLUMN worker_id;";
+
 // The flows whose runs are left in every state: a single step, a chain a -> b, a map step and the
 // step summing it.
 struct LiveFlows {
@@ -229,6 +240,7 @@ TEST_SUITE("live_upgrade") {
     // What the release before 0008 left: every task holds its input (copied when it was
     // created), a single step's completed task its output, the foreign keys exist, and a run
     // counts down all its steps (remaining_steps), not its leaves.
+    exec(db, kBefore0012);
     exec(db,
          "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
          "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
@@ -256,7 +268,7 @@ TEST_SUITE("live_upgrade") {
          // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
          // runs, of finished single steps).
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11);"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -270,9 +282,9 @@ TEST_SUITE("live_upgrade") {
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 4);
+      REQUIRE(upgraded->applied.size() == 5);
       CHECK(upgraded->applied.front().version == 8);
-      CHECK(upgraded->applied.back().version == 11);
+      CHECK(upgraded->applied.back().version == 12);
     }
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
@@ -437,6 +449,7 @@ TEST_SUITE("live_upgrade") {
     // marked completed, failed or cancelled with their attempts and worker (one row stands for the
     // tasks of each finished step here); a single step's queued task that copied its input (from
     // before 0008); no attempts or worker in step states.
+    exec(db, kBefore0012);
     exec(db,
          "INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,"
          "  status, attempt, max_attempts, base_delay_ms, max_delay_ms, timeout_ms, input, output,"
@@ -454,7 +467,7 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11);"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
@@ -464,7 +477,7 @@ TEST_SUITE("live_upgrade") {
     {
       auto upgraded = fd::migrate(db);
       REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 3);
+      REQUIRE(upgraded->applied.size() == 4);
       CHECK(upgraded->applied.front().version == 9);
     }
     fd::RunStore after = connect(db);
@@ -494,5 +507,112 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
     CHECK(steps_of(after, held) == "only completed 1;");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
+  }
+
+  TEST_CASE("migration 0012 moves the live runs of one-step flows into their rows") {
+    Migrated m = migrated_database("lu_0012");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
+
+    const auto queued = start(store, single, Json{{"q", 1}});     // claimed, released
+    const auto held = start(store, single, Json{{"h", 2}});       // claimed, still running
+    const auto retrying = start(store, single, Json{{"r", 3}});   // failed once, retry due
+    const auto done = start(store, single, Json{{"d", 4}});       // completed
+    const auto failed = start(store, single, Json{{"f", 5}});     // failed for good
+    const auto cancelled = start(store, single, Json{{"x", 6}});  // claimed, then cancelled
+    const auto chain = start(store, pipe, Json{{"c", 7}});        // a done, b queued
+    const std::vector<fd::RunId> singles{queued, held, retrying, done, failed, cancelled};
+    const std::vector<fd::RunId> all{queued, held, retrying, done, failed, cancelled, chain};
+    const auto in_list = [](const std::vector<fd::RunId>& ids) {
+      std::string out;
+      for (const auto& id : ids) out += (out.empty() ? "'" : ", '") + id + "'";
+      return "(" + out + ")";
+    };
+    // This release: a one-step flow's run writes no step state.
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states WHERE run_id IN " + in_list(singles)) ==
+            "0");
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE attempts = 0") == "6");
+
+    fd::ClaimedTask held_task;
+    {
+      auto first = claim_all(store, flows);
+      const fd::Release back{task(first, queued, "only").id, task(first, queued, "only").attempt,
+                             false};
+      REQUIRE(store.release("old-worker", std::span(&back, 1)));
+      held_task = task(first, held, "only");
+      const fd::Failure once{task(first, retrying, "only").id,
+                             task(first, retrying, "only").attempt, "flaky", false};
+      REQUIRE(store.fail(std::span(&once, 1)));
+      complete(store, task(first, done, "only"));
+      complete(store, task(first, chain, "a"));
+      const fd::Failure fatal{task(first, failed, "only").id, task(first, failed, "only").attempt,
+                              "broken", true};
+      REQUIRE(store.fail(std::span(&fatal, 1)));
+      auto c = store.cancel_run(cancelled);
+      REQUIRE_MESSAGE(c, c.error().format());
+      CHECK(*c);
+    }
+    std::map<fd::RunId, std::string> steps_before;
+    for (const auto& r : all) steps_before[r] = steps_of(store, r);
+    CHECK(steps_before[queued] == "only started 0;");
+    CHECK(steps_before[held] == "only started 1;");
+    CHECK(steps_before[retrying] == "only started 1;");
+    CHECK(steps_before[done] == "only completed 1;");
+    CHECK(steps_before[failed] == "only failed 1;");
+    CHECK(steps_before[cancelled] == "only cancelled 1;");
+    CHECK(steps_before[chain] == "a completed 1;b started 0;");
+    const auto failed_step = store.run_steps(failed);
+    REQUIRE(failed_step);
+    REQUIRE(failed_step->size() == 1);
+    CHECK(failed_step->front().error == run_info(store, failed).error);
+    REQUIRE(failed_step->front().error);
+    CHECK(failed_step->front().error->find("broken") != std::string::npos);
+
+    // What the release before 0012 left: a step state for every run.
+    exec(db, kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version = 12;");
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
+
+    // The upgrade, while the old worker holds one task.
+    {
+      auto upgraded = fd::migrate(db);
+      REQUIRE_MESSAGE(upgraded, upgraded.error().format());
+      REQUIRE(upgraded->applied.size() == 1);
+      CHECK(upgraded->applied.front().version == 12);
+    }
+    fd::RunStore after = connect(db);
+    // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
+    // their step state is gone. Finished runs and the chain keep their rows.
+    CHECK(q(db,
+            "SELECT string_agg(coalesce(r.attempts::text, '-') || '/' || coalesce(r.worker_id, '-')"
+            " || '/' || (SELECT count(*) FROM flowreg.step_states s WHERE s.run_id = r.id), ','"
+            " ORDER BY r.input::text) FROM flowreg.runs r") ==
+          // inputs in text order: c, d, f, h, q, r, x
+          "-/-/2,-/-/1,-/-/1,0/-/0,0/-/0,0/-/0,-/-/1");
+    // Every run shows the steps it showed before.
+    for (const auto& r : all) CHECK_MESSAGE(steps_of(after, r) == steps_before[r], r);
+    CHECK(q(db, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" + done + "'") ==
+          "old-worker");
+
+    // The old worker's held attempt is accepted; everything else finishes.
+    complete(after, held_task);
+    const std::map<std::string, Json> inputs = finish_all(after, db, flows);
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+    CHECK(inputs.at(queued + "/only/0") == Json{{"q", 1}});
+    CHECK(run_info(after, queued).output == Json{{"only", {{"echo", {{"q", 1}}}}}});
+    CHECK(run_info(after, held).output == Json{{"only", {{"echo", {{"h", 2}}}}}});
+    CHECK(run_info(after, retrying).output == Json{{"only", {{"echo", {{"r", 3}}}}}});
+    CHECK(steps_of(after, queued) == "only completed 1;");
+    CHECK(steps_of(after, held) == "only completed 1;");
+    CHECK(steps_of(after, retrying) == "only completed 2;");
+    CHECK(steps_of(after, chain) == "a completed 1;b completed 1;");
+    CHECK(q(db, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" + held + "'") ==
+          "old-worker");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
+    // New runs of the one-step flow take the new layout.
+    const auto fresh = start(after, single, Json{{"n", 8}});
+    CHECK(q(db, "SELECT attempts FROM flowreg.runs WHERE id = '" + fresh + "'") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.step_states WHERE run_id = '" + fresh + "'") == "0");
   }
 }

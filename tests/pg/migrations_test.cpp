@@ -587,7 +587,7 @@ TEST_SUITE("migrations") {
 
     auto upgrade = fd::migrate(old);
     REQUIRE_MESSAGE(upgrade, upgrade.error().format());
-    CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9, 10, 11}));
+    CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9, 10, 11, 12}));
     CHECK(upgrade->functions.size() == fd::builtin_functions().size());
 
     // Alike but for the checksums recorded for 0001 to 0006, which stay those of their time.

@@ -312,8 +312,7 @@ TEST_SUITE("run_store") {
       CHECK(info.error == "step 'm' is a map step but its input is a number, not an array");
       CHECK(claim(env.store, key).empty());
       CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
-      CHECK(sql_one(env.conninfo,
-                    "SELECT status FROM flowreg.step_states WHERE step_slug = 'other'") ==
+      CHECK(sql_one(env.conninfo, "SELECT status FROM flowreg.steps WHERE step_slug = 'other'") ==
             "cancelled");
     }
   }
@@ -652,7 +651,7 @@ TEST_SUITE("run_store") {
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
     CHECK(sql_one(env.conninfo,
                   "SELECT min(attempts) || ' ' || max(attempts) FROM "
-                  "flowreg.step_states") == "1 1");
+                  "flowreg.steps") == "1 1");
   }
 
   TEST_CASE("cancel_run cancels queued tasks and rejects in-flight completions") {
@@ -672,8 +671,7 @@ TEST_SUITE("run_store") {
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
     CHECK(sql_one(env.conninfo,
                   "SELECT string_agg(status || ' ' || attempts, ',' ORDER BY step_slug = '" +
-                      tasks[0].step_slug + "') FROM flowreg.step_states") ==
-          "cancelled 0,cancelled 1");
+                      tasks[0].step_slug + "') FROM flowreg.steps") == "cancelled 0,cancelled 1");
     auto again = env.store.cancel_run(run);
     REQUIRE(again);
     CHECK_FALSE(*again);
@@ -756,8 +754,8 @@ TEST_SUITE("run_store") {
     REQUIRE(gone);
     CHECK_FALSE(gone->has_value());
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "2");
-    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.step_states WHERE run_id IN ('" +
-                                    runs[0] + "', '" + runs[1] + "')") == "0");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.steps WHERE run_id IN ('" + runs[0] +
+                                    "', '" + runs[1] + "')") == "0");
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN ('" + runs[0] +
                                     "', '" + runs[1] + "')") == "0");
     auto everything = env.store.prune(Millis(0));

@@ -134,9 +134,8 @@ TEST_SUITE("worker_faults") {
             std::string::npos);
       // Failed on the attempt that crashed: it never ran again (its task has left the queue; its
       // step counts its attempts).
-      CHECK(query_one_or_empty(s.conninfo,
-                               "SELECT attempts FROM flowreg.step_states WHERE run_id = '" +
-                                   crashed + "'") == "1");
+      CHECK(query_one_or_empty(s.conninfo, "SELECT attempts FROM flowreg.steps WHERE run_id = '" +
+                                               crashed + "'") == "1");
       const auto other = s.start("wchaos_quick", {{"n", 1}});
       REQUIRE_MESSAGE(eventually([&] { return s.ended(other); }, 60s), s.err("b"));
       CHECK(s.run_field(other, "status") == "completed");
@@ -179,7 +178,7 @@ TEST_SUITE("worker_faults") {
     // left the queue.
     CHECK(query_one_or_empty(s.conninfo,
                              "SELECT attempts || ' ' || (SELECT count(*) FROM flowreg.tasks t "
-                             "WHERE t.run_id = s.run_id) FROM flowreg.step_states s WHERE "
+                             "WHERE t.run_id = s.run_id) FROM flowreg.steps s WHERE "
                              "run_id = '" +
                                  run + "'") == "3 0");
     last.signal(SIGTERM);
@@ -238,9 +237,8 @@ TEST_SUITE("worker_faults") {
     for (const auto& r : later) {
       REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("b"));
       CHECK(s.run_field(r, "status") == "completed");
-      CHECK(query_one_or_empty(s.conninfo,
-                               "SELECT worker_id FROM flowreg.step_states WHERE run_id = '" + r +
-                                   "'") == "b");
+      CHECK(query_one_or_empty(s.conninfo, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" +
+                                               r + "'") == "b");
     }
     CHECK(s.run_field(hang2, "status") == "failed");
     CHECK(s.run_field(hang2, "error").find("timed out") != std::string::npos);

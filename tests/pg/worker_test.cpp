@@ -148,7 +148,7 @@ TEST_SUITE("worker") {
     CHECK(s.count("tasks WHERE run_id = '" + run + "'") == 0);
     CHECK(query_one(s.conninfo,
                     "SELECT status || ' ' || attempts || ' ' || worker_id || ' ' || "
-                    "(output->>'pid') FROM flowreg.step_states WHERE run_id = '" +
+                    "(output->>'pid') FROM flowreg.steps WHERE run_id = '" +
                         run + "'") == "completed 2 b " + std::to_string(b.pid()));
     CHECK(query_one(s.conninfo, "SELECT output->'only'->>'attempt' FROM flowreg.runs WHERE id = '" +
                                     run + "'") == "2");
@@ -176,7 +176,7 @@ TEST_SUITE("worker") {
 
       // Every task ran once and left the queue; its step counts the attempt.
       CHECK(s.count("tasks") == 0);
-      CHECK(s.count("step_states WHERE status = 'completed' AND attempts = 1") == 3 * kRuns);
+      CHECK(s.count("steps WHERE status = 'completed' AND attempts = 1") == 3 * kRuns);
       const auto lines = s.log_lines();
       std::set<std::pair<std::string, std::string>> tasks;
       std::set<std::string> pids;
@@ -221,7 +221,7 @@ TEST_SUITE("worker") {
 
     REQUIRE_MESSAGE(all_completed(s, kRuns, 120s), s.err("a") << s.err("b"));
     CHECK(s.count("tasks") == 0);
-    CHECK(s.count("step_states WHERE status = 'completed'") == kRuns);
+    CHECK(s.count("steps WHERE status = 'completed'") == kRuns);
     CHECK(a.wait(0ms) == std::nullopt);  // both rode it out
     CHECK(b.wait(0ms) == std::nullopt);
     CHECK(s.err("a").find("database unreachable") != std::string::npos);
@@ -257,10 +257,10 @@ TEST_SUITE("worker") {
     CHECK(s.err("a").find("4 task(s) given back unstarted, 0 interrupted") != std::string::npos);
     REQUIRE(all_completed(s, 6, 30s));
     // Each ran once (the 4 given back were refunded), 2 on a, 4 on b.
-    CHECK(s.count("step_states WHERE attempts = 1") == 6);
-    CHECK(s.count("step_states WHERE worker_id = 'a' AND (output->>'pid')::int = " +
+    CHECK(s.count("steps WHERE attempts = 1") == 6);
+    CHECK(s.count("steps WHERE worker_id = 'a' AND (output->>'pid')::int = " +
                   std::to_string(a.pid())) == 2);
-    CHECK(s.count("step_states WHERE worker_id = 'b'") == 4);
+    CHECK(s.count("steps WHERE worker_id = 'b'") == 4);
     b.signal(SIGTERM);
     CHECK(b.wait(30s) == 0);
   }
@@ -281,7 +281,7 @@ TEST_SUITE("worker") {
     auto b = s.worker("b");
     REQUIRE(all_completed(s, 1, 30s));
     CHECK(query_one(s.conninfo,
-                    "SELECT attempts || ' ' || worker_id FROM flowreg.step_states WHERE "
+                    "SELECT attempts || ' ' || worker_id FROM flowreg.steps WHERE "
                     "run_id = '" +
                         run + "'") == "2 b");
   }
@@ -356,7 +356,7 @@ TEST_SUITE("worker") {
     // Step a (running on the old code) completes; b and c of the old version wait: a serves v3.
     REQUIRE(eventually(
         [&] {
-          return s.count("step_states WHERE run_id = '" + old_run +
+          return s.count("steps WHERE run_id = '" + old_run +
                          "' AND step_slug = 'a' AND status = 'completed'") == 1;
         },
         30s));
@@ -364,7 +364,7 @@ TEST_SUITE("worker") {
     REQUIRE(eventually(
         [&] { return s.count("runs WHERE status = 'completed' AND id = '" + new_run + "'") == 1; },
         30s));
-    CHECK(s.count("step_states WHERE run_id = '" + new_run + "' AND status = 'completed'") == 4);
+    CHECK(s.count("steps WHERE run_id = '" + new_run + "' AND status = 'completed'") == 4);
     CHECK(s.count("runs WHERE status = 'started' AND id = '" + old_run + "'") == 1);
     CHECK(s.count("tasks WHERE run_id = '" + old_run +
                   "' AND step_slug = 'b' AND status = "
@@ -389,7 +389,7 @@ TEST_SUITE("worker") {
     REQUIRE_MESSAGE(all_completed(s, 2, 30s), old_scene.err("b"));
     CHECK(query_one(s.conninfo,
                     "SELECT string_agg(step_slug || ':' || worker_id, ' ' ORDER BY "
-                    "step_slug) FROM flowreg.step_states WHERE run_id = '" +
+                    "step_slug) FROM flowreg.steps WHERE run_id = '" +
                         old_run + "'") == "a:a b:b c:b");
     a.signal(SIGTERM);
     b.signal(SIGTERM);

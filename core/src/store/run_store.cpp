@@ -93,14 +93,16 @@ const std::vector<Statement>& statements() {
       {"run_steps",
        "SELECT s.step_slug, s.kind, s.status, s.task_count,"
        // A step's attempts: those of its tasks that left the queue or completed (kept in its
-       // state, migration 0009) and those of its tasks still queued or started.
+       // state or run, migrations 0009 and 0012) and those of its tasks still queued or started.
        " s.attempts + coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
        "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug"
        "             AND t.status IN ('queued', 'started')), 0)::int AS attempts,"
        " (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,"
        " (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,"
        " s.output::text AS output, s.worker_id"
-       " FROM flowreg.step_states s WHERE s.run_id = $1::uuid ORDER BY s.step_index"},
+       // The view holds both layouts: step_states rows, and the one step of a run that keeps
+       // its state in its own row (migration 0012).
+       " FROM flowreg.steps s WHERE s.run_id = $1::uuid ORDER BY s.step_index"},
   };
   return list;
 }
