@@ -40,7 +40,7 @@ DECLARE
   v_mruns uuid[];
   v_msteps text[];
   v_going uuid[];
-  v_one_row boolean[];  -- per step above: its run keeps its state (runs.attempts NOT NULL)
+  v_one_row boolean[];  -- per step above: its run keeps its state (a one-step flow's)
   v_ended uuid[];
 BEGIN
   WITH b AS MATERIALIZED (
@@ -70,12 +70,24 @@ BEGIN
               NULL::jsonb AS output
   ),
   done AS (SELECT * FROM gone UNION ALL SELECT * FROM kept),
+  -- Per flow version of the batch: whether it is one single step, whose runs keep their step's
+  -- state (migration 0012 moved every live run of such a flow): one lookup per flow version, not
+  -- per task, keyed '<flow slug> <version>' (slugs hold no space).
+  one_row AS (
+    SELECT jsonb_object_agg(f.flow_slug || ' ' || f.flow_version, l.one_row) AS m
+    FROM (SELECT DISTINCT d.flow_slug, d.flow_version FROM done d) f
+    CROSS JOIN LATERAL (SELECT count(*) = 1 AND bool_and(fs.kind = 'single') AS one_row
+                        FROM flowreg.flow_steps fs
+                        WHERE fs.flow_slug = f.flow_slug AND fs.version = f.flow_version
+                        OFFSET 0) l
+  ),
   per AS (
     SELECT d.run_id, d.step_slug, min(d.flow_slug) AS flow_slug,
            min(d.flow_version) AS flow_version, count(*)::int AS n,
            (array_agg(d.output))[1] AS output, sum(d.attempt)::int AS attempts,
            (array_agg(d.worker_id))[1] AS worker_id,
-           (SELECT r.attempts IS NOT NULL FROM flowreg.runs r WHERE r.id = d.run_id) AS one_row
+           ((SELECT o.m FROM one_row o) ->> (min(d.flow_slug) || ' ' || min(d.flow_version)))::boolean
+             AS one_row
     FROM done d GROUP BY 1, 2
   )
   SELECT (SELECT array_agg(d.id) FROM done d), p.*
