@@ -71,8 +71,8 @@ BEGIN
   ),
   done AS (SELECT * FROM gone UNION ALL SELECT * FROM kept),
   -- Per flow version of the batch: whether it is one single step, whose runs keep their step's
-  -- state (migration 0012 moved every live run of such a flow): one lookup per flow version, not
-  -- per task, keyed '<flow slug> <version>' (slugs hold no space).
+  -- state (migration 0012 moved the live runs of such a flow; see below for one it did not): one
+  -- lookup per flow version, not per task, keyed '<flow slug> <version>' (slugs hold no space).
   one_row AS (
     SELECT jsonb_object_agg(f.flow_slug || ' ' || f.flow_version, l.one_row) AS m
     FROM (SELECT DISTINCT d.flow_slug, d.flow_version FROM done d) f
@@ -101,16 +101,27 @@ BEGIN
     RETURN '{}';
   END IF;
 
-  -- A run of a one-step flow: its step's completion completes it.
+  -- A run of a one-step flow: its step's completion completes it. One started in the layout
+  -- before 0012 (attempts NULL: by a start that was waiting for the upgrade's lock on runs while
+  -- it committed) completes its step state too.
   WITH ended AS (
     UPDATE flowreg.runs r
     SET status = 'completed', remaining_leaves = 0, finished_at = now(),
         output = jsonb_build_object(p.step_slug, p.output), attempts = r.attempts + p.attempts,
-        worker_id = p.worker_id
+        worker_id = CASE WHEN r.attempts IS NOT NULL THEN p.worker_id END
     FROM unnest(v_runs, v_steps, v_outputs, v_attempts, v_workers, v_one_row)
          AS p(run_id, step_slug, output, attempts, worker_id, one_row)
     WHERE p.one_row AND r.id = ANY (ARRAY[p.run_id]) AND r.status = 'started'
-    RETURNING r.id
+    RETURNING r.id, r.attempts IS NULL AS old_layout, p.step_slug, p.output, p.attempts,
+              p.worker_id
+  ),
+  old_layout AS (
+    UPDATE flowreg.step_states s
+    SET status = 'completed', remaining_tasks = 0, finished_at = now(), output = e.output,
+        attempts = s.attempts + e.attempts, worker_id = e.worker_id
+    FROM ended e
+    WHERE e.old_layout AND s.run_id = ANY (ARRAY[e.id]) AND s.step_slug = ANY (ARRAY[e.step_slug])
+      AND s.status = 'started'
   )
   SELECT array_agg(ended.id) INTO v_ended FROM ended;
   IF v_ended IS NOT NULL THEN

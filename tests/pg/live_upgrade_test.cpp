@@ -595,10 +595,29 @@ TEST_SUITE("live_upgrade") {
     CHECK(q(db, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" + done + "'") ==
           "old-worker");
 
+    // A start that was waiting for the upgrade's lock on runs while it committed ran the
+    // previous start_runs: its run has the layout before 0012.
+    const auto straggler = start(after, single, Json{{"s", 9}});
+    exec(db,
+         "INSERT INTO flowreg.step_states SELECT v.run_id, v.step_slug, v.step_index, v.kind,"
+         " v.status, v.remaining_deps, v.remaining_tasks, v.task_count, v.output, v.error,"
+         " v.started_at, v.finished_at, v.attempts, v.worker_id FROM flowreg.steps v"
+         " WHERE v.run_id = '" +
+             straggler + "'; UPDATE flowreg.runs SET attempts = NULL WHERE id = '" + straggler +
+             "'");
+    REQUIRE(steps_of(after, straggler) == "only started 0;");
+
     // The old worker's held attempt is accepted; everything else finishes.
     complete(after, held_task);
     const std::map<std::string, Json> inputs = finish_all(after, db, flows);
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+    // The straggler completed in both places: its run and its step state.
+    CHECK(run_info(after, straggler).output == Json{{"only", {{"echo", {{"s", 9}}}}}});
+    CHECK(q(db,
+            "SELECT status || ' ' || attempts || ' ' || worker_id || ' ' || output::text FROM "
+            "flowreg.step_states WHERE run_id = '" +
+                straggler + "'") == "completed 1 old-worker {\"echo\": {\"s\": 9}}");
+    CHECK(steps_of(after, straggler) == "only completed 1;");
     CHECK(inputs.at(queued + "/only/0") == Json{{"q", 1}});
     CHECK(run_info(after, queued).output == Json{{"only", {{"echo", {{"q", 1}}}}}});
     CHECK(run_info(after, held).output == Json{{"only", {{"echo", {{"h", 2}}}}}});

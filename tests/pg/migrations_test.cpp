@@ -707,6 +707,48 @@ TEST_SUITE("migrations") {
     CHECK(query_one(conninfo, "SELECT count(*) FROM flowreg_migrations") == "1");
   }
 
+  TEST_CASE("the last pending migration commits with the function files, or not at all") {
+    // A migration may change the layout the functions read: committed apart, a worker would call
+    // the previous functions on the new layout in between.
+    const auto conninfo = fresh_database("mig_last_with_functions");
+    REQUIRE(fd::migrate(conninfo, kItems, std::span<const FunctionFile>{}));
+    const Migration more[] = {
+        kItems[0],
+        {2, "tags", "CREATE TABLE flowreg.tags (id int PRIMARY KEY);"},
+        {3, "notes", "CREATE TABLE flowreg.notes (id int PRIMARY KEY);"},
+    };
+    const FunctionFile broken[] = {
+        kItemCount,
+        {"item_zzz",
+         "CREATE OR REPLACE FUNCTION flowreg.item_zzz() RETURNS int LANGUAGE sql"
+         " AS $$ SELECT no_such_column FROM flowreg.notes $$;"}};
+    auto report = fd::migrate(conninfo, more, broken);
+    REQUIRE_FALSE(report);
+    INFO(report.error().message);
+    CHECK(contains(report.error().message,
+                   "functions/item_zzz.sql failed and the function files "
+                   "and migration 0003_notes were rolled back"));
+    // 0002 committed on its own; 0003 and the function files not at all.
+    CHECK(query_one(conninfo,
+                    "SELECT string_agg(version::text, ',' ORDER BY version) FROM "
+                    "flowreg_migrations") == "1,2");
+    CHECK(query_one(conninfo, "SELECT to_regclass('flowreg.tags') IS NOT NULL") == "t");
+    CHECK(query_one(conninfo, "SELECT to_regclass('flowreg.notes') IS NULL") == "t");
+    CHECK(function_names(conninfo).empty());
+    CHECK(query_one(conninfo, "SELECT count(*) FROM flowreg_functions") == "0");
+
+    // Fixed, the next run applies 0003 and the function files in one transaction: they were
+    // recorded at the same now(), the start of that transaction.
+    const FunctionFile fixed[] = {kItemCount};
+    auto again = fd::migrate(conninfo, more, fixed);
+    REQUIRE_MESSAGE(again, again.error().format());
+    CHECK(versions(*again) == std::vector<int>({3}));
+    CHECK(query_one(conninfo,
+                    "SELECT count(DISTINCT applied_at) FROM (SELECT applied_at FROM "
+                    "flowreg_migrations WHERE version = 3 UNION ALL SELECT applied_at "
+                    "FROM flowreg_functions) x") == "1");
+  }
+
   TEST_CASE("function_status lists applied, pending, changed and unknown function files") {
     const auto conninfo = fresh_database("mig_function_status");
     const FunctionFile v1[] = {kItemCount, kItemLabel};

@@ -171,7 +171,7 @@ bool run_function_file(pqxx::work& tx, const FunctionFile& f, bool may_refuse) {
 // parameter names), drops every overload of flowreg.<name> and runs the file again; then drops
 // the overloads the file did not define, and records it. Throws pqxx::sql_error when the file
 // fails. REQUIRES: inside the transaction of apply_functions.
-Result<void> apply_function(pqxx::work& tx, const FunctionFile& f) {
+Result<void> apply_function(pqxx::work& tx, const FunctionFile& f, std::string_view rolled_back) {
   const std::string name(f.name);
   if (!run_function_file(tx, f, /*may_refuse=*/true)) {
     for (const auto& row : tx.exec_params(kSelectOverloads, name))
@@ -183,41 +183,31 @@ Result<void> apply_function(pqxx::work& tx, const FunctionFile& f) {
   if (tx.exec_params(kSelectOverloads, name).empty())
     return make_error(Errc::database,
                       fmt::format("function file functions/{}.sql defines no function flowreg.{}: "
-                                  "a function file is named after its function; the function "
-                                  "files were rolled back",
-                                  name, name));
+                                  "a function file is named after its function; {} rolled back",
+                                  name, name, rolled_back));
   return {};
 }
 
-// Applies, in one transaction, the function files the database has no record of or recorded with
-// another checksum (apply_function). Returns the names applied. REQUIRES: the migration lock is
-// held.
-Result<std::vector<std::string>> apply_functions(pqxx::connection& conn,
-                                                 std::span<const FunctionFile> functions) {
-  std::vector<const FunctionFile*> due;
-  {
-    pqxx::read_transaction tx(conn);
-    const auto recorded = read_recorded_functions(tx);
-    for (const auto& f : functions) {
-      auto it = recorded.find(std::string(f.name));
-      if (it == recorded.end() || it->second.checksum != function_checksum(f)) due.push_back(&f);
-    }
-  }
+// Applies in tx the function files the database has no record of or recorded with another
+// checksum (apply_function). Returns the names applied; on an error, tx must be rolled back.
+// REQUIRES: the migration lock is held.
+Result<std::vector<std::string>> apply_functions(pqxx::work& tx,
+                                                 std::span<const FunctionFile> functions,
+                                                 std::string_view rolled_back) {
+  const auto recorded = read_recorded_functions(tx);
   std::vector<std::string> applied;
-  if (due.empty()) return applied;
-  pqxx::work tx(conn, "functions");
-  for (const FunctionFile* f : due) {
+  for (const auto& f : functions) {
+    auto it = recorded.find(std::string(f.name));
+    if (it != recorded.end() && it->second.checksum == function_checksum(f)) continue;
     try {
-      if (auto r = apply_function(tx, *f); !r) return tl::unexpected(r.error());
+      if (auto r = apply_function(tx, f, rolled_back); !r) return tl::unexpected(r.error());
     } catch (const pqxx::sql_error& e) {
       return make_error(Errc::database,
-                        fmt::format("function file functions/{}.sql failed and the function files "
-                                    "were rolled back: {}",
-                                    f->name, without_trailing_newlines(e.what())));
+                        fmt::format("function file functions/{}.sql failed and {} rolled back: {}",
+                                    f.name, rolled_back, without_trailing_newlines(e.what())));
     }
-    applied.emplace_back(f->name);
+    applied.emplace_back(f.name);
   }
-  tx.commit();
   return applied;
 }
 
@@ -305,6 +295,7 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
 
     MigrationReport report;
     report.already_applied = static_cast<int>(recorded.size());
+    std::vector<const Migration*> pending;
     for (const auto& m : migrations) {
       if (recorded.count(m.version)) continue;
       if (m.version < newest_applied)
@@ -313,6 +304,22 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
                                       "already applied: migrations must be applied in order",
                                       label(m.version, m.name),
                                       label(newest_applied, recorded.at(newest_applied).name)));
+      pending.push_back(&m);
+    }
+    // Each migration commits on its own, but the last one commits with the function files: a
+    // migration may change the layout the functions expect (0012 moves live runs), and between
+    // two commits a worker still running would call the previous functions on the new layout.
+    // Sessions calling a function while it is replaced get the new text at their next call.
+    const auto function_files = [&](pqxx::work& tx, std::string_view rolled_back) -> Result<void> {
+      step = "applying the function files";
+      auto applied = apply_functions(tx, functions, rolled_back);
+      if (!applied) return tl::unexpected(applied.error());
+      report.functions = std::move(*applied);
+      return {};
+    };
+    for (std::size_t i = 0; i < pending.size(); ++i) {
+      const Migration& m = *pending[i];
+      const bool last = i + 1 == pending.size();
       step = "applying migration " + label(m.version, m.name);
       try {
         pqxx::work tx(conn, "migration");
@@ -320,6 +327,11 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
         tx.exec_params(
             "INSERT INTO public.flowreg_migrations (version, name, checksum) VALUES ($1, $2, $3)",
             m.version, std::string(m.name), migration_checksum(m));
+        if (last) {
+          auto done = function_files(tx, fmt::format("the function files and migration {} were",
+                                                     label(m.version, m.name)));
+          if (!done) return tl::unexpected(done.error());
+        }
         tx.commit();
       } catch (const pqxx::sql_error& e) {
         return make_error(Errc::database, fmt::format("migration {} failed and was rolled back: {}",
@@ -328,10 +340,12 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
       }
       report.applied.push_back({m.version, std::string(m.name)});
     }
-    step = "applying the function files";
-    auto applied = apply_functions(conn, functions);
-    if (!applied) return tl::unexpected(applied.error());
-    report.functions = std::move(*applied);
+    if (pending.empty()) {
+      pqxx::work tx(conn, "functions");
+      auto done = function_files(tx, "the function files were");
+      if (!done) return tl::unexpected(done.error());
+      if (!report.functions.empty()) tx.commit();
+    }
     step = "releasing the migration lock";
     {
       pqxx::nontransaction tx(conn);
