@@ -86,8 +86,8 @@ BEGIN
            min(d.flow_version) AS flow_version, count(*)::int AS n,
            (array_agg(d.output))[1] AS output, sum(d.attempt)::int AS attempts,
            (array_agg(d.worker_id))[1] AS worker_id,
-           ((SELECT o.m FROM one_row o) ->> (min(d.flow_slug) || ' ' || min(d.flow_version)))::boolean
-             AS one_row
+           ((SELECT o.m FROM one_row o)
+              ->> (min(d.flow_slug) || ' ' || min(d.flow_version)))::boolean AS one_row
     FROM done d GROUP BY 1, 2
   )
   SELECT (SELECT array_agg(d.id) FROM done d), p.*
@@ -104,57 +104,62 @@ BEGIN
   -- A run of a one-step flow: its step's completion completes it. One started in the layout
   -- before 0012 (attempts NULL: by a start that was waiting for the upgrade's lock on runs while
   -- it committed) completes its step state too.
-  WITH ended AS (
-    UPDATE flowreg.runs r
-    SET status = 'completed', remaining_leaves = 0, finished_at = now(),
-        output = jsonb_build_object(p.step_slug, p.output), attempts = r.attempts + p.attempts,
-        worker_id = CASE WHEN r.attempts IS NOT NULL THEN p.worker_id END
-    FROM unnest(v_runs, v_steps, v_outputs, v_attempts, v_workers, v_one_row)
-         AS p(run_id, step_slug, output, attempts, worker_id, one_row)
-    WHERE p.one_row AND r.id = ANY (ARRAY[p.run_id]) AND r.status = 'started'
-    RETURNING r.id, r.attempts IS NULL AS old_layout, p.step_slug, p.output, p.attempts,
-              p.worker_id
-  ),
-  old_layout AS (
-    UPDATE flowreg.step_states s
-    SET status = 'completed', remaining_tasks = 0, finished_at = now(), output = e.output,
-        attempts = s.attempts + e.attempts, worker_id = e.worker_id
-    FROM ended e
-    WHERE e.old_layout AND s.run_id = ANY (ARRAY[e.id]) AND s.step_slug = ANY (ARRAY[e.step_slug])
-      AND s.status = 'started'
-  )
-  SELECT array_agg(ended.id) INTO v_ended FROM ended;
-  IF v_ended IS NOT NULL THEN
-    PERFORM pg_notify('flowreg_runs', id::text || ' completed') FROM unnest(v_ended) AS id;
+  IF true = ANY (v_one_row) THEN
+    WITH ended AS (
+      UPDATE flowreg.runs r
+      SET status = 'completed', remaining_leaves = 0, finished_at = now(),
+          output = jsonb_build_object(p.step_slug, p.output), attempts = r.attempts + p.attempts,
+          worker_id = CASE WHEN r.attempts IS NOT NULL THEN p.worker_id END
+      FROM unnest(v_runs, v_steps, v_outputs, v_attempts, v_workers, v_one_row)
+           AS p(run_id, step_slug, output, attempts, worker_id, one_row)
+      WHERE p.one_row AND r.id = ANY (ARRAY[p.run_id]) AND r.status = 'started'
+      RETURNING r.id, r.attempts IS NULL AS old_layout, p.step_slug, p.output, p.attempts,
+                p.worker_id
+    ),
+    old_layout AS (
+      UPDATE flowreg.step_states s
+      SET status = 'completed', remaining_tasks = 0, finished_at = now(), output = e.output,
+          attempts = s.attempts + e.attempts, worker_id = e.worker_id
+      FROM ended e
+      WHERE e.old_layout AND s.run_id = ANY (ARRAY[e.id]) AND s.step_slug = ANY (ARRAY[e.step_slug])
+        AND s.status = 'started'
+    )
+    SELECT array_agg(ended.id) INTO v_ended FROM ended;
+    IF v_ended IS NOT NULL THEN
+      PERFORM pg_notify('flowreg_runs', id::text || ' completed') FROM unnest(v_ended) AS id;
+    END IF;
   END IF;
 
   -- A step whose last task completed is complete, with its output: a single step's is its one
   -- task's (completed just now), a map step's its tasks' in task order (a separate statement from
-  -- the one above, so that it sees their outputs).
-  WITH upd AS (
-    UPDATE flowreg.step_states s
-    SET remaining_tasks = s.remaining_tasks - p.n,
-        status = CASE WHEN s.remaining_tasks = p.n THEN 'completed' ELSE s.status END,
-        finished_at = CASE WHEN s.remaining_tasks = p.n THEN now() END,
-        output = CASE WHEN s.remaining_tasks <> p.n THEN NULL
-                      WHEN s.kind = 'map' THEN
-                        (SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM flowreg.tasks t
-                         WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
-                      ELSE p.output END,
-        attempts = s.attempts + p.attempts,
-        worker_id = p.worker_id
-    FROM unnest(v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
-                v_one_row)
-         AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id, one_row)
-    WHERE NOT p.one_row AND s.run_id = ANY (ARRAY[p.run_id]) AND s.step_slug = ANY (ARRAY[p.step_slug])
-      AND s.status = 'started'
-    RETURNING s.run_id, s.step_slug, s.status, s.kind, p.flow_slug, p.flow_version
-  )
-  SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug), array_agg(flow_version),
-         array_agg(run_id) FILTER (WHERE kind = 'map'),
-         array_agg(step_slug) FILTER (WHERE kind = 'map')
-  INTO v_druns, v_dsteps, v_dflows, v_dversions, v_mruns, v_msteps
-  FROM upd WHERE status = 'completed';
+  -- the one above, so that it sees their outputs). Skipped when every step given was a one-step
+  -- flow's (the statements below then have nothing to do either).
+  IF false = ANY (v_one_row) THEN
+    WITH upd AS (
+      UPDATE flowreg.step_states s
+      SET remaining_tasks = s.remaining_tasks - p.n,
+          status = CASE WHEN s.remaining_tasks = p.n THEN 'completed' ELSE s.status END,
+          finished_at = CASE WHEN s.remaining_tasks = p.n THEN now() END,
+          output = CASE WHEN s.remaining_tasks <> p.n THEN NULL
+                        WHEN s.kind = 'map' THEN
+                          (SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM flowreg.tasks t
+                           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
+                        ELSE p.output END,
+          attempts = s.attempts + p.attempts,
+          worker_id = p.worker_id
+      FROM unnest(v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
+                  v_one_row)
+           AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id, one_row)
+      WHERE NOT p.one_row AND s.run_id = ANY (ARRAY[p.run_id])
+        AND s.step_slug = ANY (ARRAY[p.step_slug]) AND s.status = 'started'
+      RETURNING s.run_id, s.step_slug, s.status, s.kind, p.flow_slug, p.flow_version
+    )
+    SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug), array_agg(flow_version),
+           array_agg(run_id) FILTER (WHERE kind = 'map'),
+           array_agg(step_slug) FILTER (WHERE kind = 'map')
+    INTO v_druns, v_dsteps, v_dflows, v_dversions, v_mruns, v_msteps
+    FROM upd WHERE status = 'completed';
+  END IF;
 
   IF v_mruns IS NOT NULL THEN
     -- A completed map step's tasks leave the queue: its output is made of theirs.
