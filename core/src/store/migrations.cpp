@@ -344,7 +344,10 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
       pqxx::work tx(conn, "functions");
       auto done = function_files(tx, "the function files were");
       if (!done) return tl::unexpected(done.error());
-      if (!report.functions.empty()) tx.commit();
+      if (report.functions.empty())
+        tx.abort();  // nothing was due: read only
+      else
+        tx.commit();
     }
     step = "releasing the migration lock";
     {
