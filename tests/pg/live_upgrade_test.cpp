@@ -101,6 +101,29 @@ void complete(fd::RunStore& store, const fd::ClaimedTask& t) {
   REQUIRE(rejected->empty());
 }
 
+// The old worker gives `t` back unstarted (its attempt refunded).
+void give_back(fd::RunStore& store, const fd::ClaimedTask& t) {
+  const fd::Release r{t.id, t.attempt, false};
+  auto released = store.release("old-worker", std::span(&r, 1));
+  REQUIRE_MESSAGE(released, released.error().format());
+}
+
+// `t`'s attempt fails with `error`, for good when `permanent`.
+void fail(fd::RunStore& store, const fd::ClaimedTask& t, const std::string& error, bool permanent) {
+  const fd::Failure f{t.id, t.attempt, error, permanent};
+  auto failed = store.fail(std::span(&f, 1));
+  REQUIRE_MESSAGE(failed, failed.error().format());
+}
+
+// Migrates `db` as an upgraded flowreg would on its first use; the versions it applied.
+std::vector<int> upgrade(const std::string& db) {
+  auto upgraded = fd::migrate(db);
+  REQUIRE_MESSAGE(upgraded, upgraded.error().format());
+  std::vector<int> versions;
+  for (const auto& m : upgraded->applied) versions.push_back(m.version);
+  return versions;
+}
+
 fd::RunInfo run_info(fd::RunStore& store, const fd::RunId& run) {
   auto info = store.get_run(run);
   REQUIRE_MESSAGE(info, info.error().format());
@@ -185,30 +208,18 @@ TEST_SUITE("live_upgrade") {
     {
       auto first = claim_all(store, flows);
       // `queued`'s task is given back as if never claimed (its attempt refunded).
-      const fd::Release back{task(first, queued, "only").id, task(first, queued, "only").attempt,
-                             false};
-      auto released = store.release("old-worker", std::span(&back, 1));
-      REQUIRE_MESSAGE(released, released.error().format());
+      give_back(store, task(first, queued, "only"));
       held_task = task(first, held, "only");
-      const fd::Failure once{task(first, retrying, "only").id,
-                             task(first, retrying, "only").attempt, "flaky", false};
-      auto f1 = store.fail(std::span(&once, 1));
-      REQUIRE_MESSAGE(f1, f1.error().format());
+      fail(store, task(first, retrying, "only"), "flaky", false);
       complete(store, task(first, chain, "a"));
       complete(store, task(first, chain_held, "a"));
       complete(store, task(first, mapped, "each", 0));
       map_held_task = task(first, mapped, "each", 1);
       complete(store, task(first, done, "only"));
-      const fd::Failure fatal{task(first, failed, "only").id, task(first, failed, "only").attempt,
-                              "broken", true};
-      auto f2 = store.fail(std::span(&fatal, 1));
-      REQUIRE_MESSAGE(f2, f2.error().format());
+      fail(store, task(first, failed, "only"), "broken", true);
       // The map step's task 2 and cancelled's a are given back unstarted.
-      for (const auto* t : {&task(first, mapped, "each", 2), &task(first, cancelled, "a")}) {
-        const fd::Release r{t->id, t->attempt, false};
-        auto ok = store.release("old-worker", std::span(&r, 1));
-        REQUIRE_MESSAGE(ok, ok.error().format());
-      }
+      give_back(store, task(first, mapped, "each", 2));
+      give_back(store, task(first, cancelled, "a"));
       auto c = store.cancel_run(cancelled);
       REQUIRE_MESSAGE(c, c.error().format());
       CHECK(*c);
@@ -279,13 +290,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    {
-      auto upgraded = fd::migrate(db);
-      REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 5);
-      CHECK(upgraded->applied.front().version == 8);
-      CHECK(upgraded->applied.back().version == 12);
-    }
+    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -416,23 +421,15 @@ TEST_SUITE("live_upgrade") {
     fd::ClaimedTask held_task, map_held_task;
     {
       auto first = claim_all(store, flows);
-      const fd::Release back{task(first, queued, "only").id, task(first, queued, "only").attempt,
-                             false};
-      REQUIRE(store.release("old-worker", std::span(&back, 1)));
+      give_back(store, task(first, queued, "only"));
       held_task = task(first, held, "only");
-      const fd::Failure once{task(first, retrying, "only").id,
-                             task(first, retrying, "only").attempt, "flaky", false};
-      REQUIRE(store.fail(std::span(&once, 1)));
+      fail(store, task(first, retrying, "only"), "flaky", false);
       complete(store, task(first, chain, "a"));
       complete(store, task(first, mapped, "each", 0));
       map_held_task = task(first, mapped, "each", 1);
       complete(store, task(first, done, "only"));
-      const fd::Failure fatal{task(first, failed, "only").id, task(first, failed, "only").attempt,
-                              "broken", true};
-      REQUIRE(store.fail(std::span(&fatal, 1)));
-      const fd::Release r{task(first, mapped, "each", 2).id, task(first, mapped, "each", 2).attempt,
-                          false};
-      REQUIRE(store.release("old-worker", std::span(&r, 1)));
+      fail(store, task(first, failed, "only"), "broken", true);
+      give_back(store, task(first, mapped, "each", 2));
       auto c = store.cancel_run(cancelled);
       REQUIRE_MESSAGE(c, c.error().format());
       CHECK(*c);
@@ -474,12 +471,7 @@ TEST_SUITE("live_upgrade") {
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    {
-      auto upgraded = fd::migrate(db);
-      REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 4);
-      CHECK(upgraded->applied.front().version == 9);
-    }
+    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -538,18 +530,12 @@ TEST_SUITE("live_upgrade") {
     fd::ClaimedTask held_task;
     {
       auto first = claim_all(store, flows);
-      const fd::Release back{task(first, queued, "only").id, task(first, queued, "only").attempt,
-                             false};
-      REQUIRE(store.release("old-worker", std::span(&back, 1)));
+      give_back(store, task(first, queued, "only"));
       held_task = task(first, held, "only");
-      const fd::Failure once{task(first, retrying, "only").id,
-                             task(first, retrying, "only").attempt, "flaky", false};
-      REQUIRE(store.fail(std::span(&once, 1)));
+      fail(store, task(first, retrying, "only"), "flaky", false);
       complete(store, task(first, done, "only"));
       complete(store, task(first, chain, "a"));
-      const fd::Failure fatal{task(first, failed, "only").id, task(first, failed, "only").attempt,
-                              "broken", true};
-      REQUIRE(store.fail(std::span(&fatal, 1)));
+      fail(store, task(first, failed, "only"), "broken", true);
       auto c = store.cancel_run(cancelled);
       REQUIRE_MESSAGE(c, c.error().format());
       CHECK(*c);
@@ -575,12 +561,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    {
-      auto upgraded = fd::migrate(db);
-      REQUIRE_MESSAGE(upgraded, upgraded.error().format());
-      REQUIRE(upgraded->applied.size() == 1);
-      CHECK(upgraded->applied.front().version == 12);
-    }
+    CHECK(upgrade(db) == std::vector<int>({12}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.

@@ -299,11 +299,7 @@ struct PluginLoader::Impl {
   fs::path owners_file() const { return options.cache_dir / "owners.json"; }
 
   json read_owners() const {
-    std::ifstream in(owners_file());
-    if (!in) return json::object();
-    std::stringstream text;
-    text << in.rdbuf();
-    json owners = detail::parse_state_file_text(text.str());
+    json owners = detail::parse_state_file(owners_file());
     if (!owners.is_object()) return json::object();
     return owners;
   }

@@ -109,13 +109,9 @@ std::vector<CrashJournal::Orphan> CrashJournal::collect_orphans() {
     std::error_code rename_ec;
     fs::rename(entry.path(), claimed, rename_ec);
     if (rename_ec) continue;
-    std::ifstream in(claimed);
-    std::stringstream text;
-    text << in.rdbuf();
-    in.close();
     Orphan orphan;
     orphan.id = name.substr(0, name.size() - 5);
-    orphan.record = parse_state_file_text(text.str());
+    orphan.record = parse_state_file(claimed);
     fs::remove(claimed, rename_ec);
     if (orphan.record.is_object()) out.push_back(std::move(orphan));
   }

@@ -1,5 +1,7 @@
 #include "util/json_text.hpp"
 
+#include <fstream>
+#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -101,6 +103,14 @@ nlohmann::json parse_state_file_text(std::string_view text) {
   if (nesting_beyond(text, kMaxStateDepth))
     return nlohmann::json(nlohmann::json::value_t::discarded);
   return nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
+nlohmann::json parse_state_file(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return nlohmann::json(nlohmann::json::value_t::discarded);
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_state_file_text(text.str());
 }
 
 }  // namespace flowreg::detail

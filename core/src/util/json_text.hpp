@@ -6,6 +6,7 @@
 // code that walks it afterwards recurses once per level and would overflow its thread's stack.
 
 #include <cstddef>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -42,5 +43,8 @@ std::optional<TextPlace> nesting_beyond(std::string_view text, std::size_t limit
 // (copying or dumping such a value recursed once per level: 100,000 levels overflowed the stack).
 constexpr std::size_t kMaxStateDepth = 64;
 nlohmann::json parse_state_file_text(std::string_view text);
+// The file at `path` read whole and parsed by parse_state_file_text; a discarded value when it
+// cannot be read.
+nlohmann::json parse_state_file(const std::filesystem::path& path);
 
 }  // namespace flowreg::detail
