@@ -5,7 +5,10 @@
 -- leaves completed has no step left. So only a leaf's completion writes its run.) A single step
 -- left without dependencies is
 -- started in that same UPDATE of its state, and its task created (its input is read when it is
--- claimed): a chain's next step costs one write of its state and one task. Returns the runs given
+-- claimed): a chain's next step costs one write of its state and one task. Within a work() call
+-- (transaction setting flowreg.claim, see work), that task is created claimed by the calling
+-- worker when it serves the flow and has claims left, and its id added to flowreg.claimed for
+-- _claim to return. Returns the runs given
 -- that are still started and have a map step made ready (its tasks depend on its input's length:
 -- _start_steps creates them). REQUIRES: the runs are locked and started, and the steps' outputs
 -- are stored.
@@ -34,6 +37,10 @@ DECLARE
   v_map_runs uuid[];
   v_flows text[];
   v_done uuid[];
+  -- The worker whose work() call this is, if any (see work): the tasks made ready here of the
+  -- flows it serves are created already claimed by it, up to the claims it has left.
+  v_claim jsonb := nullif(current_setting('flowreg.claim', true), '')::jsonb;
+  v_mine bigint[];
 BEGIN
   WITH d AS MATERIALIZED (
     SELECT x.run_id, x.step_slug, x.flow_slug, x.flow_version, l.is_leaf
@@ -86,22 +93,49 @@ BEGIN
       RETURNING s.run_id, s.step_slug, s.kind, s.remaining_deps, p.flow_slug, p.flow_version,
                 s.kind = 'single' AND s.remaining_deps = 0 AND s.status = 'started' AS go
     ),
-    started AS (
-      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
-                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
-      SELECT u.run_id, u.step_slug, 0, fs.flow_slug, fs.version, fs.max_attempts,
-             fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms
+    go AS (
+      SELECT u.run_id, u.step_slug, fs.flow_slug, fs.version, fs.max_attempts, fs.base_delay_ms,
+             fs.max_delay_ms, fs.timeout_ms,
+             coalesce(v_claim->'flows' ? (fs.flow_slug || ' ' || fs.version), false) AS served
       FROM upd u
       JOIN flowreg.flow_steps fs ON fs.flow_slug = ANY (ARRAY[u.flow_slug])
                                  AND fs.version = ANY (ARRAY[u.flow_version])
                                  AND fs.step_slug = ANY (ARRAY[u.step_slug])
       WHERE u.go
-      RETURNING flow_slug
+    ),
+    ranked AS (
+      SELECT go.*, go.served AND row_number() OVER (PARTITION BY go.served)
+                                 <= (v_claim->>'left')::int AS mine
+      FROM go
+    ),
+    started AS (
+      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
+                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms, status,
+                                 attempt, worker_id, started_at, lease_expires_at)
+      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.max_attempts, k.base_delay_ms,
+             k.max_delay_ms, k.timeout_ms,
+             CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
+             CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
+             CASE WHEN k.mine THEN now() + least(k.timeout_ms, coalesce((v_claim->>'lease_ms')::bigint,
+                                                                        k.timeout_ms))
+                                         * interval '1 ms' END
+      FROM ranked k
+      RETURNING id, flow_slug, status
     )
-    SELECT (SELECT array_agg(DISTINCT st.flow_slug) FROM started st),
+    SELECT (SELECT array_agg(DISTINCT st.flow_slug) FROM started st WHERE st.status = 'queued'),
+           (SELECT array_agg(st.id) FROM started st WHERE st.status = 'started'),
            (SELECT array_agg(DISTINCT u.run_id) FROM upd u
             WHERE u.kind = 'map' AND u.remaining_deps = 0)
-    INTO v_flows, v_map_runs;
+    INTO v_flows, v_mine, v_map_runs;
+    IF v_mine IS NOT NULL THEN
+      PERFORM set_config('flowreg.claim',
+                         jsonb_set(v_claim, '{left}',
+                                   to_jsonb((v_claim->>'left')::int - cardinality(v_mine)))::text,
+                         true);
+      PERFORM set_config('flowreg.claimed',
+                         concat_ws(',', nullif(current_setting('flowreg.claimed', true), ''),
+                                   array_to_string(v_mine, ',')), true);
+    END IF;
     IF v_flows IS NOT NULL THEN
       PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_flows) AS f;
     END IF;

@@ -2,6 +2,9 @@
 -- least(its step's timeout, p_lease_ms) (p_lease_ms NULL: the timeout). p_flows: [{"slug",
 -- "version"}]. Expired leases of those flows are handled first: a task with attempts left is
 -- requeued at once (and claimable by this very call); one without fails its step and run.
+-- The tasks this transaction created already claimed (transaction setting flowreg.claimed, a
+-- comma-separated list of ids written by _account_steps within a work() call) are returned too,
+-- first in p_limit.
 --
 -- Generic plans: PL/pgSQL would otherwise plan the claim query again on every call while it
 -- estimates the generic plan dearer. A generic plan is made once, from the statistics of that
@@ -19,7 +22,14 @@ DECLARE
   v_slugs text[];
   v_versions text[];
   v_exhausted jsonb;
+  -- Tasks this transaction created already claimed (see _account_steps and work): returned here
+  -- with the others, and counted in p_limit.
+  v_direct bigint[] := string_to_array(nullif(current_setting('flowreg.claimed', true), ''),
+                                       ',')::bigint[];
 BEGIN
+  IF v_direct IS NOT NULL THEN
+    PERFORM set_config('flowreg.claimed', '', true);
+  END IF;
   SELECT array_agg(f.slug), array_agg(f.version) INTO v_slugs, v_versions
   FROM jsonb_to_recordset(p_flows) AS f(slug text, version text);
   IF v_slugs IS NULL OR p_limit <= 0 THEN
@@ -74,10 +84,10 @@ BEGIN
       WHERE q.status = 'queued' AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at <= now()
       ORDER BY q.available_at
-      LIMIT p_limit
+      LIMIT greatest(p_limit - coalesce(cardinality(v_direct), 0), 0)
       FOR UPDATE SKIP LOCKED) c
     ORDER BY c.available_at
-    LIMIT p_limit
+    LIMIT greatest(p_limit - coalesce(cardinality(v_direct), 0), 0)
   ),
   -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
   -- array), never by a join the planner could turn into a merge join over a scan of tasks.
@@ -89,6 +99,13 @@ BEGIN
     WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
     RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
               t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at
+  ),
+  mine AS (
+    SELECT * FROM claimed
+    UNION ALL
+    SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+           t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at
+    FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
   )
   -- A single step's task stores no input (a map step's stores its element): it is the run's input
   -- for a root step, else the object of its dependencies' outputs by step slug, read here by
@@ -104,7 +121,7 @@ BEGIN
            WHERE fs.flow_slug = c.flow_slug AND fs.version = c.flow_version
              AND fs.step_slug = c.step_slug)),
          c.max_attempts, c.timeout_ms, c.lease_expires_at
-  FROM claimed c;
+  FROM mine c;
 END $$;
 
 ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint)

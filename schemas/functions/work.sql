@@ -1,6 +1,9 @@
 -- One worker cycle in one transaction (one commit, one WAL flush): records completions
 -- ([{"id", "attempt", "output"}]) and failures ([{"id", "attempt", "error", "permanent"}]), then
--- claims up to p_limit tasks as _claim does (tasks the completions just made ready included).
+-- claims up to p_limit tasks as _claim does. The single steps the completions make ready, of the
+-- flows given, come first: their tasks are created claimed by p_worker (up to p_limit; the rest
+-- are queued), so a chain's next step is one insert, and its run goes on with the worker that
+-- ran its previous step rather than waiting behind the queue.
 -- Rows:
 --   kind 'rejected'  id: a completion or failure not recorded (attempt no longer current, or the
 --                    task no longer started)
@@ -37,6 +40,16 @@ BEGIN
   FROM (SELECT e FROM jsonb_array_elements(coalesce(p_completions, '[]')) e
         UNION ALL SELECT e FROM jsonb_array_elements(coalesce(p_failures, '[]')) e) x;
   IF v_ids IS NOT NULL THEN
+    IF p_limit > 0 AND jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
+      -- The tasks the completions make ready, of the flows given, are created claimed by this
+      -- worker (up to p_limit): a chain's next step costs one insert, not an insert, its lock
+      -- and its update (_account_steps; _claim returns them).
+      PERFORM set_config('flowreg.claim', jsonb_build_object(
+                'worker', p_worker, 'lease_ms', p_lease_ms, 'left', p_limit,
+                'flows', (SELECT jsonb_agg(f.slug || ' ' || f.version)
+                          FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)))::text,
+              true);
+    END IF;
     PERFORM flowreg._lock_runs_of(v_ids);
     v_acc := '{}';
     IF jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
@@ -46,6 +59,7 @@ BEGIN
       v_acc := v_acc || flowreg._fail_locked(p_failures);
     END IF;
     v_rejected := flowreg._rejected(v_ids, v_acc);
+    PERFORM set_config('flowreg.claim', '', true);
   END IF;
 
   RETURN QUERY SELECT 'rejected'::text, r, NULL::uuid, NULL::text, NULL::text, NULL::text,

@@ -454,6 +454,82 @@ TEST_SUITE("run_store") {
     CHECK(third->claimed.empty());
   }
 
+  // A chain's next step costs one write of its task: the worker whose completion makes it ready
+  // gets it claimed in the same call, within its limit and for the flows it asked for; the rest is
+  // queued, for any worker.
+  TEST_CASE("work creates the steps its completions make ready claimed, within its limit") {
+    auto env = open_env("rs_work_direct");
+    const auto key = store_flow(env.store, flow("direct", {step("a"), step("b", {"a"})}));
+    const auto other = store_flow(env.store, flow("elsewhere", {step("x")}));
+    const std::span<const FlowKey> flows(&key, 1);
+    std::map<RunId, int> number;  // run -> its input's "i"
+    for (int i = 0; i < 3; ++i) number[start(env.store, key, Json::object({{"i", i}}))] = i;
+    auto first = env.store.work("w1", {}, {}, flows, 3, std::nullopt);
+    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE(first->claimed.size() == 3);
+    const auto a_output = [&](const ClaimedTask& a) {
+      return Json::object({{"from", number.at(a.run_id)}});
+    };
+
+    // Two completions, room for one more task: one b comes back claimed, with its input.
+    const std::vector<Completion> two = {{first->claimed[0].id, 1, a_output(first->claimed[0])},
+                                         {first->claimed[1].id, 1, a_output(first->claimed[1])}};
+    auto second = env.store.work("w1", two, {}, flows, 1, std::nullopt);
+    REQUIRE_MESSAGE(second, second.error().format());
+    CHECK(second->rejected.empty());
+    REQUIRE(second->claimed.size() == 1);
+    const ClaimedTask b = second->claimed[0];
+    CHECK(b.step_slug == "b");
+    CHECK(b.attempt == 1);
+    REQUIRE(number.count(b.run_id) == 1);
+    CHECK(b.input == Json::object({{"a", Json::object({{"from", number.at(b.run_id)}})}}));
+    CHECK(b.timeout == Millis(60'000));
+    CHECK(sql_one(env.conninfo, "SELECT status || ' ' || worker_id || ' ' ||"
+                                " (lease_expires_at > now() + interval '50 s') FROM flowreg.tasks"
+                                " WHERE id = " + std::to_string(b.id)) == "started w1 true");
+    // The other b is queued: another worker claims it.
+    const auto w2 = claim(env.store, key, 10, "w2");
+    REQUIRE(w2.size() == 1);
+    CHECK(w2[0].step_slug == "b");
+    CHECK(w2[0].run_id != b.run_id);
+    CHECK(w2[0].input.at("a").at("from") == number.at(w2[0].run_id));
+
+    // A worker asking for other flows leaves the next step queued.
+    const ClaimedTask& a3 = first->claimed[2];
+    auto third = env.store.work("w3", std::vector<Completion>{{a3.id, 1, a_output(a3)}}, {},
+                                std::span<const FlowKey>(&other, 1), 10, std::nullopt);
+    REQUIRE_MESSAGE(third, third.error().format());
+    CHECK(third->claimed.empty());
+    const auto w4 = claim(env.store, key, 10, "w4");
+    REQUIRE(w4.size() == 1);
+    CHECK(w4[0].run_id == a3.run_id);
+    CHECK(w4[0].step_slug == "b");
+
+    // Written once: the transaction that records a completion and claims the next step inserts
+    // that task and updates none (the server's own counts of this transaction's writes).
+    const RunId last = start(env.store, key, Json::object({{"i", 3}}));
+    number[last] = 3;
+    const auto a4 = claim(env.store, key, 10, "w5");
+    REQUIRE(a4.size() == 1);
+    CHECK(a4[0].run_id == last);
+    pqxx::connection conn(env.conninfo);
+    pqxx::work tx(conn);
+    const auto rows = tx.exec(
+        "SELECT step_slug, attempt FROM flowreg.work('w5', jsonb_build_array(jsonb_build_object("
+        "'id', " + std::to_string(a4[0].id) + ", 'attempt', 1, 'output', 4)), '[]',"
+        " '[{\"slug\": \"direct\", \"version\": \"v1\"}]', 10, NULL) WHERE kind = 'claimed'");
+    REQUIRE(rows.size() == 1);
+    CHECK(rows[0][0].as<std::string>() == "b");
+    CHECK(rows[0][1].as<int>() == 1);
+    const auto writes = tx.exec1(
+        "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_xact_user_tables"
+        " WHERE schemaname = 'flowreg' AND relname = 'tasks'");
+    CHECK(writes[0].as<int>() == 1);
+    CHECK(writes[1].as<int>() == 0);
+    CHECK(writes[2].as<int>() == 1);
+    tx.commit();
+  }
+
   // One output the server refuses must not cost the rest of its batch anything: the task whose
   // output holds U+0000 (checked before sending) and the task whose output the server refuses
   // (here: nested deeper than this database's small max_stack_depth lets it parse, found by the
