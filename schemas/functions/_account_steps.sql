@@ -7,8 +7,8 @@
 -- started in that same UPDATE of its state, and its task created (its input is read when it is
 -- claimed): a chain's next step costs one write of its state and one task. Within a work() call
 -- (transaction setting flowreg.claim, see work), that task is created claimed by the calling
--- worker when it serves the flow and has claims left, and its id added to flowreg.claimed for
--- _claim to return. Returns the runs given
+-- worker when it serves the flow and has room left (_claimed_here; _claim returns it). Returns
+-- the runs given
 -- that are still started and have a map step made ready (its tasks depend on its input's length:
 -- _start_steps creates them). REQUIRES: the runs are locked and started, and the steps' outputs
 -- are stored.
@@ -116,9 +116,9 @@ BEGIN
              k.max_delay_ms, k.timeout_ms,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
-             CASE WHEN k.mine THEN now() + least(k.timeout_ms, coalesce((v_claim->>'lease_ms')::bigint,
-                                                                        k.timeout_ms))
-                                         * interval '1 ms' END
+             CASE WHEN k.mine THEN now() + least(k.timeout_ms,
+                                                 coalesce((v_claim->>'lease_ms')::bigint,
+                                                          k.timeout_ms)) * interval '1 ms' END
       FROM ranked k
       RETURNING id, flow_slug, status
     )
@@ -127,15 +127,7 @@ BEGIN
            (SELECT array_agg(DISTINCT u.run_id) FROM upd u
             WHERE u.kind = 'map' AND u.remaining_deps = 0)
     INTO v_flows, v_mine, v_map_runs;
-    IF v_mine IS NOT NULL THEN
-      PERFORM set_config('flowreg.claim',
-                         jsonb_set(v_claim, '{left}',
-                                   to_jsonb((v_claim->>'left')::int - cardinality(v_mine)))::text,
-                         true);
-      PERFORM set_config('flowreg.claimed',
-                         concat_ws(',', nullif(current_setting('flowreg.claimed', true), ''),
-                                   array_to_string(v_mine, ',')), true);
-    END IF;
+    PERFORM flowreg._claimed_here(v_claim, v_mine);
     IF v_flows IS NOT NULL THEN
       PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_flows) AS f;
     END IF;

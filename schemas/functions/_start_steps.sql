@@ -1,9 +1,10 @@
 -- Starts every ready step (created, no remaining dependency) of the given runs: creates its tasks,
 -- or completes an empty map step at once with [] (and starts what that makes ready, repeatedly),
--- or fails the run when a map step's input is not an array. Then completes the runs that have no
--- step left. Set-based: one pass handles every ready step of every run given. The ready steps are
--- found from the given runs first (a materialized primary-key lookup), so the cost does not grow
--- with the history of runs of the flow.
+-- or fails the run when a map step's input is not an array. Within a work() call, the tasks are
+-- created claimed by its worker as far as it has room, as in _account_steps; the rest are queued.
+-- Then completes the runs that have no step left. Set-based: one pass handles every ready step of
+-- every run given. The ready steps are found from the given runs first (a materialized
+-- primary-key lookup), so the cost does not grow with the history of runs of the flow.
 -- REQUIRES: the runs are locked (or new in this transaction).
 --
 -- Plans stable by construction: sequential scans, hash joins and merge joins are off here, so
@@ -20,8 +21,11 @@ DECLARE
   v_fail_errors text[];
   v_flows text[];
   v_n bigint;
+  v_claim jsonb;  -- see _account_steps: a work() call's worker takes what it has room for
+  v_mine bigint[];
 BEGIN
   LOOP
+    v_claim := nullif(current_setting('flowreg.claim', true), '')::jsonb;
     WITH rr AS MATERIALIZED (
       SELECT r.id, r.flow_slug, r.flow_version, r.input FROM flowreg.runs r
       WHERE r.id = ANY (p_runs) AND r.status = 'started'
@@ -51,18 +55,36 @@ BEGIN
                   ELSE -1 END AS n
       FROM ready
     ),
-    new_tasks AS (
-      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
-                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
-      -- A map step's task keeps its element; a single step's reads its input when claimed.
-      SELECT z.run_id, z.step_slug, (e.i - 1)::int, z.flow_slug, z.flow_version,
-             CASE WHEN z.kind = 'map' THEN e.elem END,
-             z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms
+    elems AS (
+      SELECT z.run_id, z.step_slug, (e.i - 1)::int AS task_index, z.flow_slug, z.flow_version,
+             -- A map step's task keeps its element; a single step's reads its input when claimed.
+             CASE WHEN z.kind = 'map' THEN e.elem END AS input,
+             z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms,
+             coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version), false) AS served
       FROM sized z
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
         WITH ORDINALITY AS e(elem, i)
       WHERE z.n > 0
+    ),
+    ranked AS (
+      SELECT x.*, x.served AND row_number() OVER (PARTITION BY x.served)
+                               <= (v_claim->>'left')::int AS mine
+      FROM elems x
+    ),
+    new_tasks AS (
+      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
+                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms, status,
+                                 attempt, worker_id, started_at, lease_expires_at)
+      SELECT k.run_id, k.step_slug, k.task_index, k.flow_slug, k.flow_version, k.input,
+             k.max_attempts, k.base_delay_ms, k.max_delay_ms, k.timeout_ms,
+             CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
+             CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
+             CASE WHEN k.mine THEN now() + least(k.timeout_ms,
+                                                 coalesce((v_claim->>'lease_ms')::bigint,
+                                                          k.timeout_ms)) * interval '1 ms' END
+      FROM ranked k
+      RETURNING id, flow_slug, status
     ),
     upd AS (
       UPDATE flowreg.step_states s
@@ -86,10 +108,12 @@ BEGIN
            array_agg(u.flow_version) FILTER (WHERE u.status = 'completed'),
            array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
            array_agg(u.error) FILTER (WHERE u.status = 'failed'),
-           (SELECT array_agg(DISTINCT z.flow_slug) FROM sized z WHERE z.n > 0)
+           (SELECT array_agg(DISTINCT t.flow_slug) FROM new_tasks t WHERE t.status = 'queued'),
+           (SELECT array_agg(t.id) FROM new_tasks t WHERE t.status = 'started')
     INTO v_done_runs, v_done_steps, v_done_flows, v_done_versions, v_fail_runs, v_fail_errors,
-         v_flows
+         v_flows, v_mine
     FROM upd u;
+    PERFORM flowreg._claimed_here(v_claim, v_mine);
 
     IF v_flows IS NOT NULL THEN
       PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_flows) AS f;

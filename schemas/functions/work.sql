@@ -1,9 +1,9 @@
 -- One worker cycle in one transaction (one commit, one WAL flush): records completions
 -- ([{"id", "attempt", "output"}]) and failures ([{"id", "attempt", "error", "permanent"}]), then
--- claims up to p_limit tasks as _claim does. The single steps the completions make ready, of the
--- flows given, come first: their tasks are created claimed by p_worker (up to p_limit; the rest
--- are queued), so a chain's next step is one insert, and its run goes on with the worker that
--- ran its previous step rather than waiting behind the queue.
+-- claims up to p_limit tasks as _claim does. The tasks of the steps the completions make ready, of
+-- the flows given, come first: they are created claimed by p_worker (up to p_limit; the rest are
+-- queued), so a chain's next step is one insert, and its run goes on with the worker that ran its
+-- previous step rather than waiting behind the queue.
 -- Rows:
 --   kind 'rejected'  id: a completion or failure not recorded (attempt no longer current, or the
 --                    task no longer started)
@@ -43,7 +43,7 @@ BEGIN
     IF p_limit > 0 AND jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
       -- The tasks the completions make ready, of the flows given, are created claimed by this
       -- worker (up to p_limit): a chain's next step costs one insert, not an insert, its lock
-      -- and its update (_account_steps; _claim returns them).
+      -- and its update (_account_steps, _start_steps, _claimed_here; _claim returns them).
       PERFORM set_config('flowreg.claim', jsonb_build_object(
                 'worker', p_worker, 'lease_ms', p_lease_ms, 'left', p_limit,
                 'flows', (SELECT jsonb_agg(f.slug || ' ' || f.version)

@@ -166,6 +166,42 @@ double ms_between(const std::string& conninfo, TaskId id, const std::string& fro
                             ") * 1000 FROM flowreg.tasks WHERE id = " + std::to_string(id)));
 }
 
+// One work() call in a transaction of its own, through SQL: the tasks it claimed (id, run, step,
+// attempt, input) and what the transaction wrote to flowreg.tasks (inserts, updates, deletes, as
+// the server counts them), to tell a task created claimed from one queued and then claimed.
+struct TracedWork {
+  std::vector<ClaimedTask> claimed;
+  int inserted = 0, updated = 0, deleted = 0;
+};
+
+TracedWork traced_work(const std::string& conninfo, const std::string& worker,
+                       const Json& completions, const FlowKey& key, int limit) {
+  pqxx::connection conn(conninfo);
+  pqxx::work tx(conn);
+  const Json flows = Json::array({Json::object({{"slug", key.slug}, {"version", key.version}})});
+  TracedWork out;
+  for (const auto& row : tx.exec_params(
+           "SELECT id, run_id::text, step_slug, attempt, input::text FROM flowreg.work($1,"
+           " $2::jsonb, '[]', $3::jsonb, $4, NULL) WHERE kind = 'claimed'",
+           worker, completions.dump(), flows.dump(), limit)) {
+    ClaimedTask t;
+    t.id = row[0].as<TaskId>();
+    t.run_id = row[1].as<std::string>();
+    t.step_slug = row[2].as<std::string>();
+    t.attempt = row[3].as<int>();
+    t.input = Json::parse(row[4].as<std::string>());
+    out.claimed.push_back(std::move(t));
+  }
+  const auto writes = tx.exec1(
+      "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_xact_user_tables"
+      " WHERE schemaname = 'flowreg' AND relname = 'tasks'");
+  out.inserted = writes[0].as<int>();
+  out.updated = writes[1].as<int>();
+  out.deleted = writes[2].as<int>();
+  tx.commit();
+  return out;
+}
+
 }  // namespace
 
 TEST_SUITE("run_store") {
@@ -506,28 +542,69 @@ TEST_SUITE("run_store") {
     CHECK(w4[0].step_slug == "b");
 
     // Written once: the transaction that records a completion and claims the next step inserts
-    // that task and updates none (the server's own counts of this transaction's writes).
+    // that task and updates none.
     const RunId last = start(env.store, key, Json::object({{"i", 3}}));
     number[last] = 3;
     const auto a4 = claim(env.store, key, 10, "w5");
     REQUIRE(a4.size() == 1);
     CHECK(a4[0].run_id == last);
-    pqxx::connection conn(env.conninfo);
-    pqxx::work tx(conn);
-    const auto rows = tx.exec(
-        "SELECT step_slug, attempt FROM flowreg.work('w5', jsonb_build_array(jsonb_build_object("
-        "'id', " + std::to_string(a4[0].id) + ", 'attempt', 1, 'output', 4)), '[]',"
-        " '[{\"slug\": \"direct\", \"version\": \"v1\"}]', 10, NULL) WHERE kind = 'claimed'");
-    REQUIRE(rows.size() == 1);
-    CHECK(rows[0][0].as<std::string>() == "b");
-    CHECK(rows[0][1].as<int>() == 1);
-    const auto writes = tx.exec1(
-        "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_xact_user_tables"
-        " WHERE schemaname = 'flowreg' AND relname = 'tasks'");
-    CHECK(writes[0].as<int>() == 1);
-    CHECK(writes[1].as<int>() == 0);
-    CHECK(writes[2].as<int>() == 1);
-    tx.commit();
+    const auto traced = traced_work(
+        env.conninfo, "w5",
+        Json::array({Json::object({{"id", a4[0].id}, {"attempt", 1}, {"output", 4}})}), key, 10);
+    REQUIRE(traced.claimed.size() == 1);
+    CHECK(traced.claimed[0].step_slug == "b");
+    CHECK(traced.claimed[0].run_id == last);
+    CHECK(traced.claimed[0].attempt == 1);
+    CHECK(traced.claimed[0].input == Json::object({{"a", 4}}));
+    CHECK(traced.inserted == 1);
+    CHECK(traced.updated == 0);
+    CHECK(traced.deleted == 1);
+  }
+
+  TEST_CASE("work creates a map step's tasks its completion makes ready claimed, as room allows") {
+    auto env = open_env("rs_work_direct_map");
+    const auto key = store_flow(
+        env.store, flow("direct_map", {step("a"), step("each", {"a"}, StepKind::map)}));
+    const std::span<const FlowKey> flows(&key, 1);
+    const RunId run = start(env.store, key, Json::object());
+    auto first = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE(first->claimed.size() == 1);
+
+    // a's output has 5 elements; the worker has room for 3 of their tasks, which the transaction
+    // inserts claimed (5 inserts, no update; a's task leaves).
+    const Json elements = Json::array({"p", "q", "r", "s", "t"});
+    const auto second = traced_work(
+        env.conninfo, "w1",
+        Json::array({Json::object({{"id", first->claimed[0].id}, {"attempt", 1},
+                                   {"output", elements}})}),
+        key, 3);
+    REQUIRE(second.claimed.size() == 3);
+    std::set<std::string> got;
+    for (const auto& t : second.claimed) {
+      CHECK(t.run_id == run);
+      CHECK(t.step_slug == "each");
+      CHECK(t.attempt == 1);
+      got.insert(t.input.get<std::string>());
+    }
+    CHECK(got.size() == 3);
+    CHECK(second.inserted == 5);
+    CHECK(second.updated == 0);
+    CHECK(second.deleted == 1);
+    CHECK(sql_one(env.conninfo, "SELECT string_agg(status || ':' || coalesce(worker_id, '-'), ' '"
+                                " ORDER BY status) FROM flowreg.tasks WHERE step_slug = 'each'") ==
+          "queued:- queued:- started:w1 started:w1 started:w1");
+    // The other two are queued; the step completes with its five outputs in element order.
+    const auto rest = claim(env.store, key, 10, "w2");
+    REQUIRE(rest.size() == 2);
+    std::vector<Completion> all;
+    for (const auto& t : second.claimed) all.push_back({t.id, 1, t.input});
+    for (const auto& t : rest) all.push_back({t.id, 1, t.input});
+    CHECK(complete(env.store, all).empty());
+    const auto info = run_info(env.store, run);
+    CHECK(info.status == RunStatus::completed);
+    REQUIRE(info.output.has_value());
+    CHECK(*info.output == Json::object({{"each", elements}}));
   }
 
   // One output the server refuses must not cost the rest of its batch anything: the task whose
