@@ -55,22 +55,34 @@ BEGIN
                   ELSE -1 END AS n
       FROM ready
     ),
+    -- Within a work() call, the first `take` tasks of each step (in element order) are created
+    -- claimed by its worker, step after step until its room is used up; none for a flow it does
+    -- not serve, or outside a work() call. Decided per step (few rows), not per element.
+    offered AS (
+      SELECT z.*, z.n > 0 AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
+                                       false) AS served
+      FROM sized z
+    ),
+    shared AS (
+      SELECT v.*,
+             CASE WHEN v.served THEN
+               least(v.n, greatest(0, (v_claim->>'left')::int - coalesce(
+                 sum(CASE WHEN v.served THEN v.n ELSE 0 END)
+                   OVER (ORDER BY v.run_id, v.step_slug
+                         ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0)))
+             ELSE 0 END AS take
+      FROM offered v
+    ),
     elems AS (
       SELECT z.run_id, z.step_slug, (e.i - 1)::int AS task_index, z.flow_slug, z.flow_version,
              -- A map step's task keeps its element; a single step's reads its input when claimed.
              CASE WHEN z.kind = 'map' THEN e.elem END AS input,
-             z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms,
-             coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version), false) AS served
-      FROM sized z
+             z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms, e.i <= z.take AS mine
+      FROM shared z
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
         WITH ORDINALITY AS e(elem, i)
       WHERE z.n > 0
-    ),
-    ranked AS (
-      SELECT x.*, x.served AND row_number() OVER (PARTITION BY x.served)
-                               <= (v_claim->>'left')::int AS mine
-      FROM elems x
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
@@ -83,7 +95,7 @@ BEGIN
              CASE WHEN k.mine THEN now() + least(k.timeout_ms,
                                                  coalesce((v_claim->>'lease_ms')::bigint,
                                                           k.timeout_ms)) * interval '1 ms' END
-      FROM ranked k
+      FROM elems k
       RETURNING id, flow_slug, status
     ),
     upd AS (
