@@ -16,6 +16,8 @@
 //               64,128,256,512) and every --workers count (default 2): runs/s and cost per run per
 //               batch size, measured one after another in the same window.
 //   chain       the same for bench_chain (a -> b -> c, 3 tasks per run), at the first --batch.
+//   fanout      (only when named) the same for bench_fanout (split -> a map step over its 8
+//               elements, 9 tasks per run), at the first --batch.
 //   backlog     for every --backlog size (default 100000; e.g. 100000,1000000): that many
 //               bench_single runs, drained by --backlog-workers (default 2) workers at the first
 //               --batch, once as started and once after ANALYZE of every table of schema flowreg;
@@ -129,8 +131,8 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single",     "chain",   "backlog", "start1",
-                                             "startbatch", "latency", "metrics"};
+const std::vector<std::string> kScenarios = {"single",     "chain",   "fanout", "backlog",
+                                             "start1",     "startbatch", "latency", "metrics"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -159,6 +161,8 @@ constexpr const char* kUsage = R"(usage: worker_bench [options]
 Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 2 cores):
   single       burn-down of --runs single-step runs at every --batch and every --workers count
   chain        burn-down of --runs 3-step chains (a -> b -> c) at the first --batch
+  fanout       (only when named) burn-down of --runs runs of split -> map over 8 elements (9
+               tasks each) at the first --batch
   backlog      --backlog runs drained as started and after ANALYZE of every flowreg table
   start1       one connection calling start_run() one at a time (every other call with an
                idempotency key), at each of --start-sizes runs
@@ -446,7 +450,7 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
     auto scanned = value_or_throw(loader.scan(), "loading the plugins of " BENCH_WORKER_PLUGIN_DIR);
     for (const auto& p : scanned)
       if (p.error) throw std::runtime_error("plugin " + p.describe_error());
-    for (const char* slug : {"bench_single", "bench_chain", "bench_latency"}) {
+    for (const char* slug : {"bench_single", "bench_chain", "bench_fanout", "bench_latency"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -1142,7 +1146,7 @@ void print_burns(const char* title, const std::vector<BurnResult>& results) {
 
 int run_bench(Env& env) {
   const Args& a = env.args;
-  std::vector<BurnResult> singles, chains, backlogs;
+  std::vector<BurnResult> singles, chains, fanouts, backlogs;
   std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;  // without, with --metrics
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
@@ -1158,6 +1162,10 @@ int run_bench(Env& env) {
         "next one claimed in the same call, so a run goes on at once: '1st done' is about one "
         "batch's three round trips",
         chains);
+    print_burns(
+        "fanout: burn-down of split -> map over its 8 elements (9 tasks per run); the worker "
+        "completing split gets the map's tasks claimed in the same call, as far as its room goes",
+        fanouts);
     print_burns("backlog: single-step backlogs drained as started, then after ANALYZE", backlogs);
     for (std::size_t i = 0; i + 1 < backlogs.size(); i += 2) {
       const auto& plain = backlogs[i];
@@ -1213,7 +1221,7 @@ int run_bench(Env& env) {
     for (const auto& c : env.commands) std::printf("  %s\n", c.c_str());
     if (!a.json_file.empty()) {
       Json rows = Json::array();
-      for (const auto* list : {&singles, &chains, &backlogs})
+      for (const auto* list : {&singles, &chains, &fanouts, &backlogs})
         for (const auto& b : *list) {
           for (const Row* row : {&b.start, &b.drain}) {
             Json j = row_json(*row);
@@ -1266,6 +1274,10 @@ int run_bench(Env& env) {
       for (int w : a.workers)
         chains.push_back(
             burn_down(env, {"chain", "bench_chain", 3, w, a.batches.front(), a.runs, false}));
+    if (a.wants("fanout"))
+      for (int w : a.workers)
+        fanouts.push_back(
+            burn_down(env, {"fanout", "bench_fanout", 9, w, a.batches.front(), a.runs, false}));
     if (a.wants("backlog"))
       for (int size : a.backlog)
         for (bool analyze : {false, true})

@@ -3,6 +3,8 @@
 //
 //   bench_single    one step "only" (noop)
 //   bench_chain     three steps a -> b -> c (each noop): three tasks per run, run one after another
+//   bench_fanout    "split" (returns an array of 8 numbers), then the map step "each" (noop) over
+//                   it: nine tasks per run, eight of them made ready by one completion
 //   bench_latency   one step "only" (stamp): its output carries the wall-clock time
 //   (CLOCK_REALTIME,
 //                   microseconds) at which the handler was entered, which worker_bench subtracts
@@ -19,6 +21,8 @@ namespace {
 // A constant output (not the input), so that the inputs of a chain's later steps stay small.
 json noop(const json&) { return json{{"ok", true}}; }
 
+json split(const json&) { return json::array({1, 2, 3, 4, 5, 6, 7, 8}); }
+
 json stamp(const json&) {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -31,11 +35,16 @@ json stamp(const json&) {
 FLOWREG_PLUGIN(bench_worker) {
   plugin.handler("noop", noop);
   plugin.handler("stamp", stamp);
+  plugin.handler("split", split);
   plugin.flow("bench_single").description("worker_bench: one no-op step").step("only", "noop");
   auto& chain = plugin.flow("bench_chain").description("worker_bench: a -> b -> c, no-op steps");
   chain.step("a", "noop");
   chain.step("b", "noop").depends_on({"a"});
   chain.step("c", "noop").depends_on({"b"});
+  auto& fanout =
+      plugin.flow("bench_fanout").description("worker_bench: split -> map of 8 no-op tasks");
+  fanout.step("split", "split");
+  fanout.map_step("each", "noop").depends_on({"split"});
   plugin.flow("bench_latency")
       .description("worker_bench: returns the time its handler was entered")
       .step("only", "stamp");
