@@ -3,8 +3,8 @@
 -- "version"}]. Expired leases of those flows are handled first: a task with attempts left is
 -- requeued at once (and claimable by this very call); one without fails its step and run.
 -- The tasks this transaction created already claimed (transaction setting flowreg.claimed, a
--- comma-separated list of ids written by _account_steps within a work() call) are returned too,
--- first in p_limit.
+-- comma-separated list of ids that _claimed_here wrote for _account_steps and _start_steps within
+-- a work() call) are returned too, and counted first in p_limit.
 --
 -- Generic plans: PL/pgSQL would otherwise plan the claim query again on every call while it
 -- estimates the generic plan dearer. A generic plan is made once, from the statistics of that
@@ -22,8 +22,7 @@ DECLARE
   v_slugs text[];
   v_versions text[];
   v_exhausted jsonb;
-  -- Tasks this transaction created already claimed (see _account_steps and work): returned here
-  -- with the others, and counted in p_limit.
+  -- Tasks this transaction created already claimed (see work and _claimed_here).
   v_direct bigint[] := string_to_array(nullif(current_setting('flowreg.claimed', true), ''),
                                        ',')::bigint[];
 BEGIN
