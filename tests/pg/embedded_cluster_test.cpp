@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "pg/pg_fixture.hpp"
+#include "support/result_text.hpp"
 
 using flowreg::Errc;
 using flowreg::detail::ClusterOptions;
@@ -60,7 +61,7 @@ TEST_SUITE("embedded_cluster") {
   TEST_CASE("starts a cluster, connects and runs select 1") {
     auto& cluster = shared_cluster();
     auto conninfo = cluster.ensure_running();
-    REQUIRE_MESSAGE(conninfo, conninfo.error().format());
+    REQUIRE_MESSAGE(conninfo, flowreg::testing::failure_text(conninfo));
     CHECK(query_one(*conninfo, "SELECT 1") == "1");
     CHECK(query_one(*conninfo, "SELECT current_database()") == "flowreg");
     CHECK(query_one(*conninfo, "SELECT current_user") == expected_owner());
@@ -115,12 +116,12 @@ TEST_SUITE("embedded_cluster") {
   TEST_CASE("a second ensure_running reuses the running cluster") {
     auto& cluster = shared_cluster();
     auto first = cluster.start();
-    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
     // Another object on the same data directory, as another process would have.
     auto other = EmbeddedCluster::open(cluster.data_dir());
     REQUIRE(other);
     auto second = other->start();
-    REQUIRE_MESSAGE(second, second.error().format());
+    REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
     CHECK_FALSE(second->initialized);
     CHECK_FALSE(second->started);
     CHECK(second->postmaster_pid == first->postmaster_pid);
@@ -139,7 +140,7 @@ TEST_SUITE("embedded_cluster") {
       tx.commit();
     }
     auto stopped = cluster.stop();
-    REQUIRE_MESSAGE(stopped, stopped.error().format());
+    REQUIRE_MESSAGE(stopped, flowreg::testing::failure_text(stopped));
     auto status = cluster.status();
     REQUIRE(status);
     CHECK_FALSE(status->running);
@@ -147,7 +148,7 @@ TEST_SUITE("embedded_cluster") {
     CHECK(cluster.stop());  // stopping a stopped cluster is a no-op
 
     auto again = cluster.start();
-    REQUIRE_MESSAGE(again, again.error().format());
+    REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
     CHECK(again->started);
     CHECK_FALSE(again->initialized);
     MESSAGE("restart of a stopped cluster: ", again->start_time.count(), " ms");
@@ -174,7 +175,7 @@ TEST_SUITE("embedded_cluster") {
 
     const auto t0 = std::chrono::steady_clock::now();
     auto after = cluster.start();
-    REQUIRE_MESSAGE(after, after.error().format());
+    REQUIRE_MESSAGE(after, flowreg::testing::failure_text(after));
     MESSAGE(
         "restart after SIGKILL: ",
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)

@@ -35,6 +35,7 @@
 #include "pg/worker_scene.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
+#include "support/result_text.hpp"
 
 namespace fs = std::filesystem;
 namespace fd = flowreg::detail;
@@ -52,7 +53,7 @@ namespace {
 std::string hot_database(const std::string& name) {
   const std::string conninfo = flowreg::pgtest::empty_database(name);
   auto migrated = fd::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, migrated.error().format());
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
   pqxx::connection conn(conninfo);
   pqxx::nontransaction tx(conn);
   tx.exec(
@@ -73,7 +74,7 @@ void analyze_all(const std::string& conninfo) {
 
 fd::RunStore connect(const std::string& conninfo) {
   auto store = fd::RunStore::connect(conninfo);
-  REQUIRE_MESSAGE(store, store.error().format());
+  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
   return std::move(*store);
 }
 
@@ -82,7 +83,7 @@ void start_many(fd::RunStore& store, const fd::FlowKey& key, int runs) {
   for (int i = 0; i < runs; i += 1000) {
     inputs.assign(static_cast<std::size_t>(std::min(1000, runs - i)), Json{{"n", i}});
     auto started = store.start_runs(key.slug, key.version, inputs);
-    REQUIRE_MESSAGE(started, started.error().format());
+    REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
   }
 }
 
@@ -238,7 +239,7 @@ fd::Completion completion(const fd::ClaimedTask& t, Json output) {
 
 fd::RunInfo run_info(fd::RunStore& store, const fd::RunId& run) {
   auto info = store.get_run(run);
-  REQUIRE_MESSAGE(info, info.error().format());
+  REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
   REQUIRE(info->has_value());
   return **info;
 }
@@ -261,7 +262,7 @@ void refused_in_a_batch(
   const auto key = store_flow(store, "refused", {step("only")});
   start_many(store, key, 22);
   auto claimed = store.claim("w1", std::span(&key, 1), 22);
-  REQUIRE_MESSAGE(claimed, claimed.error().format());
+  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
   REQUIRE(claimed->size() == 22);
   std::vector<fd::Completion> batch;
   std::map<fd::RunId, int> valid;  // run -> its output's i
@@ -302,7 +303,7 @@ void refused_in_a_batch(
     else
       CHECK(mentions_any(error, {"nest", "deep", "depth", "stack"}));
     auto steps = store.run_steps(run);
-    REQUIRE_MESSAGE(steps, steps.error().format());
+    REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
     REQUIRE(steps->size() == 1);
     CHECK(steps->front().attempts == 1);
   }
@@ -402,7 +403,7 @@ TEST_SUITE("hot_path") {
     // One worker cycle: record the previous claim's results, claim the next batch.
     const auto cycle = [&] {
       auto r = worker.work("w1", pending, {}, std::span(&key, 1), 64, std::nullopt);
-      REQUIRE_MESSAGE(r, r.error().format());
+      REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
       REQUIRE(r->rejected.empty());
       pending.clear();
       for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
@@ -414,7 +415,7 @@ TEST_SUITE("hot_path") {
       long done = 0;
       while (done < 10'000) {
         auto r = worker.work("w1", pending, {}, std::span(&key, 1), 500, std::nullopt);
-        REQUIRE_MESSAGE(r, r.error().format());
+        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
         REQUIRE(r->rejected.empty());
         pending.clear();
         for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 0}}));
@@ -428,16 +429,16 @@ TEST_SUITE("hot_path") {
     for (int i = 0; i < 20; ++i) tasks += cycle();
     {
       auto done = worker.complete(pending);  // the last claim's results
-      REQUIRE_MESSAGE(done, done.error().format());
+      REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
       pending.clear();
       // claim() and complete() on their own, as a worker without work() would call them.
       for (int i = 0; i < 5; ++i) {
         auto claimed = worker.claim("w1", std::span(&key, 1), 64);
-        REQUIRE_MESSAGE(claimed, claimed.error().format());
+        REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
         for (const auto& t : *claimed) pending.push_back(completion(t, Json{{"ok", 2}}));
         tasks += static_cast<long>(claimed->size());
         auto completed = worker.complete(pending);
-        REQUIRE_MESSAGE(completed, completed.error().format());
+        REQUIRE_MESSAGE(completed, flowreg::testing::failure_text(completed));
         pending.clear();
       }
     }
@@ -467,7 +468,7 @@ TEST_SUITE("hot_path") {
       fd::StartOptions options;
       if (i % 2 == 1) options.idempotency_key = "warm-" + std::to_string(i);
       auto run = app.start_run(key.slug, key.version, Json{{"warm", i}}, options);
-      REQUIRE_MESSAGE(run, run.error().format());
+      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
     }
     {
       auto filler = connect(conninfo);
@@ -490,7 +491,7 @@ TEST_SUITE("hot_path") {
       fd::StartOptions options;
       if (i % 2 == 1) options.idempotency_key = "key-" + std::to_string(i);
       auto run = app.start_run(key.slug, key.version, Json{{"i", i}}, options);
-      REQUIRE_MESSAGE(run, run.error().format());
+      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
     }
     held.reset();  // the measured backend exits and flushes its counters
     wait_alone(conninfo);
@@ -535,7 +536,7 @@ TEST_SUITE("hot_path") {
     auto store = connect(s.conninfo);
     const auto start = [&](const std::string& slug) {
       auto run = store.start_run(slug, version_of(s.conninfo, slug), Json::object());
-      REQUIRE_MESSAGE(run, run.error().format());
+      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
       return *run;
     };
     std::vector<fd::RunId> quick;
@@ -610,7 +611,7 @@ TEST_SUITE("hot_path") {
       for (std::size_t i = 0; i < inputs.size(); i += 500) {
         const std::span chunk(inputs.data() + i, std::min<std::size_t>(500, inputs.size() - i));
         auto started = store.start_runs(slug, version, chunk);
-        REQUIRE_MESSAGE(started, started.error().format());
+        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
       }
     };
     start("order_retry", kRetry, true);
@@ -618,7 +619,7 @@ TEST_SUITE("hot_path") {
 
     const auto count = [&](const std::string& slug, fd::RunStatus status) {
       auto runs = store.list_runs(fd::RunFilter{slug, status, 100'000});
-      REQUIRE_MESSAGE(runs, runs.error().format());
+      REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
       return static_cast<int>(runs->size());
     };
     const bool drained = eventually(

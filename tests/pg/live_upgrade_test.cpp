@@ -23,6 +23,7 @@
 #include "pg/worker_scene.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
+#include "support/result_text.hpp"
 
 namespace fd = flowreg::detail;
 using flowreg::pgtest::query_one_or_empty;
@@ -41,7 +42,7 @@ void exec(const std::string& conninfo, const std::string& sql) {
 
 fd::RunStore connect(const std::string& conninfo) {
   auto store = fd::RunStore::connect(conninfo);
-  REQUIRE_MESSAGE(store, store.error().format());
+  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
   return std::move(*store);
 }
 
@@ -55,7 +56,7 @@ struct Migrated {
 Migrated migrated_database(const std::string& name) {
   std::string db = flowreg::pgtest::empty_database(name);
   auto migrated = fd::migrate(db);
-  REQUIRE_MESSAGE(migrated, migrated.error().format());
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
   fd::RunStore store = connect(db);
   return Migrated{std::move(db), std::move(store)};
 }
@@ -70,7 +71,7 @@ flowreg::Options quick_retries() {
 
 fd::RunId start(fd::RunStore& store, const fd::FlowKey& key, const Json& input) {
   auto run = store.start_run(key.slug, key.version, input);
-  REQUIRE_MESSAGE(run, run.error().format());
+  REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
   return *run;
 }
 
@@ -78,7 +79,7 @@ fd::RunId start(fd::RunStore& store, const fd::FlowKey& key, const Json& input) 
 std::map<std::string, fd::ClaimedTask> claim_all(fd::RunStore& store,
                                                  std::span<const fd::FlowKey> flows) {
   auto claimed = store.claim("old-worker", flows, 1000);
-  REQUIRE_MESSAGE(claimed, claimed.error().format());
+  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
   std::map<std::string, fd::ClaimedTask> out;
   for (auto& t : *claimed)
     out[t.run_id + "/" + t.step_slug + "/" + std::to_string(t.task_index)] = t;
@@ -97,7 +98,7 @@ Json echo(const fd::ClaimedTask& t) { return Json{{"echo", t.input}}; }
 void complete(fd::RunStore& store, const fd::ClaimedTask& t) {
   const fd::Completion c{t.id, t.attempt, echo(t), 0};
   auto rejected = store.complete(std::span(&c, 1));
-  REQUIRE_MESSAGE(rejected, rejected.error().format());
+  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
   REQUIRE(rejected->empty());
 }
 
@@ -105,20 +106,20 @@ void complete(fd::RunStore& store, const fd::ClaimedTask& t) {
 void give_back(fd::RunStore& store, const fd::ClaimedTask& t) {
   const fd::Release r{t.id, t.attempt, false};
   auto released = store.release("old-worker", std::span(&r, 1));
-  REQUIRE_MESSAGE(released, released.error().format());
+  REQUIRE_MESSAGE(released, flowreg::testing::failure_text(released));
 }
 
 // `t`'s attempt fails with `error`, for good when `permanent`.
 void fail(fd::RunStore& store, const fd::ClaimedTask& t, const std::string& error, bool permanent) {
   const fd::Failure f{t.id, t.attempt, error, permanent};
   auto failed = store.fail(std::span(&f, 1));
-  REQUIRE_MESSAGE(failed, failed.error().format());
+  REQUIRE_MESSAGE(failed, flowreg::testing::failure_text(failed));
 }
 
 // Migrates `db` as an upgraded flowreg would on its first use; the versions it applied.
 std::vector<int> upgrade(const std::string& db) {
   auto upgraded = fd::migrate(db);
-  REQUIRE_MESSAGE(upgraded, upgraded.error().format());
+  REQUIRE_MESSAGE(upgraded, flowreg::testing::failure_text(upgraded));
   std::vector<int> versions;
   for (const auto& m : upgraded->applied) versions.push_back(m.version);
   return versions;
@@ -126,7 +127,7 @@ std::vector<int> upgrade(const std::string& db) {
 
 fd::RunInfo run_info(fd::RunStore& store, const fd::RunId& run) {
   auto info = store.get_run(run);
-  REQUIRE_MESSAGE(info, info.error().format());
+  REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
   REQUIRE(info->has_value());
   return **info;
 }
@@ -221,7 +222,7 @@ TEST_SUITE("live_upgrade") {
       give_back(store, task(first, mapped, "each", 2));
       give_back(store, task(first, cancelled, "a"));
       auto c = store.cancel_run(cancelled);
-      REQUIRE_MESSAGE(c, c.error().format());
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
       CHECK(*c);
     }
     {
@@ -234,7 +235,7 @@ TEST_SUITE("live_upgrade") {
       for (const auto& [where, t] : second)
         if (t.id != chain_held_task.id) back.push_back({t.id, t.attempt, false});
       auto ok = store.release("old-worker", back);
-      REQUIRE_MESSAGE(ok, ok.error().format());
+      REQUIRE_MESSAGE(ok, flowreg::testing::failure_text(ok));
       CHECK(ok->size() == 3);
       CHECK(chain_held_task.input == Json{{"a", {{"echo", {{"c", 5}}}}}});
     }
@@ -364,7 +365,7 @@ TEST_SUITE("live_upgrade") {
 
     // The retried task ran twice; the runs that had ended are as they were.
     auto steps = after.run_steps(retrying);
-    REQUIRE_MESSAGE(steps, steps.error().format());
+    REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
     REQUIRE(steps->size() == 1);
     CHECK(steps->front().attempts == 2);
     for (const auto& [run, was] : ended_before) {
@@ -379,7 +380,7 @@ TEST_SUITE("live_upgrade") {
 
     // prune deletes runs with their steps and tasks (no foreign key cascades any more).
     auto pruned = after.prune(std::chrono::milliseconds(0));
-    REQUIRE_MESSAGE(pruned, pruned.error().format());
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     CHECK(*pruned == 12);
     CHECK(q(db,
             "SELECT (SELECT count(*) FROM flowreg.runs) + (SELECT count(*) FROM "
@@ -392,7 +393,7 @@ namespace {
 // "step status attempts" of each step of the run, in step order.
 std::string steps_of(fd::RunStore& store, const fd::RunId& run) {
   auto steps = store.run_steps(run);
-  REQUIRE_MESSAGE(steps, steps.error().format());
+  REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
   std::string out;
   for (const auto& s : *steps)
     out += s.slug + " " + s.status + " " + std::to_string(s.attempts) + ";";
@@ -431,7 +432,7 @@ TEST_SUITE("live_upgrade") {
       fail(store, task(first, failed, "only"), "broken", true);
       give_back(store, task(first, mapped, "each", 2));
       auto c = store.cancel_run(cancelled);
-      REQUIRE_MESSAGE(c, c.error().format());
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
       CHECK(*c);
     }
     const std::vector<fd::RunId> all{queued, held, retrying, chain,
@@ -537,7 +538,7 @@ TEST_SUITE("live_upgrade") {
       complete(store, task(first, chain, "a"));
       fail(store, task(first, failed, "only"), "broken", true);
       auto c = store.cancel_run(cancelled);
-      REQUIRE_MESSAGE(c, c.error().format());
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
       CHECK(*c);
     }
     std::map<fd::RunId, std::string> steps_before;

@@ -15,6 +15,7 @@
 
 #include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
+#include "support/result_text.hpp"
 
 using flowreg::Errc;
 using flowreg::Result;
@@ -229,7 +230,7 @@ TEST_SUITE("migrations") {
   TEST_CASE("the built-in migrations apply to a new database and are recorded") {
     const auto conninfo = fresh_database("mig_builtin");
     auto report = fd::migrate(conninfo);
-    REQUIRE_MESSAGE(report, report.error().format());
+    REQUIRE_MESSAGE(report, flowreg::testing::failure_text(report));
     CHECK(report->applied.size() == fd::builtin_migrations().size());
     CHECK(report->applied.at(0).version == 1);
     CHECK(report->applied.at(0).name == "init");
@@ -242,7 +243,7 @@ TEST_SUITE("migrations") {
   TEST_CASE("migrations apply in version order, each recorded with name, checksum and time") {
     const auto conninfo = fresh_database("mig_order");
     auto report = fd::migrate(conninfo, kSteps);
-    REQUIRE_MESSAGE(report, report.error().format());
+    REQUIRE_MESSAGE(report, flowreg::testing::failure_text(report));
     CHECK(versions(*report) == std::vector<int>{1, 2, 3});
     CHECK(report->already_applied == 0);
     CHECK(query_one(conninfo, "SELECT note FROM items WHERE id = 1") == "after one");
@@ -262,12 +263,12 @@ TEST_SUITE("migrations") {
   TEST_CASE("running migrate twice is a no-op the second time") {
     const auto conninfo = fresh_database("mig_twice");
     auto first = fd::migrate(conninfo, kSteps);
-    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
     const auto stamps = query_one(conninfo,
                                   "SELECT string_agg(applied_at::text, ',') FROM "
                                   "flowreg_migrations");
     auto second = fd::migrate(conninfo, kSteps);
-    REQUIRE_MESSAGE(second, second.error().format());
+    REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
     CHECK(second->applied.empty());
     CHECK(second->already_applied == 3);
     CHECK(query_one(conninfo, "SELECT count(*) FROM items") == "1");
@@ -307,8 +308,8 @@ TEST_SUITE("migrations") {
 
     REQUIRE(results[0].has_value());
     REQUIRE(results[1].has_value());
-    REQUIRE_MESSAGE(*results[0], results[0]->error().format());
-    REQUIRE_MESSAGE(*results[1], results[1]->error().format());
+    REQUIRE_MESSAGE(*results[0], flowreg::testing::failure_text(*results[0]));
+    REQUIRE_MESSAGE(*results[1], flowreg::testing::failure_text(*results[1]));
     const auto& a = **results[0];
     const auto& b = **results[1];
     CHECK(a.applied.size() + b.applied.size() == 3);
@@ -391,7 +392,7 @@ TEST_SUITE("migrations") {
   TEST_CASE("migration_status lists applied, pending, changed and unknown migrations") {
     const auto conninfo = fresh_database("mig_status");
     auto before = fd::migration_status(conninfo, kSteps);
-    REQUIRE_MESSAGE(before, before.error().format());
+    REQUIRE_MESSAGE(before, flowreg::testing::failure_text(before));
     REQUIRE(before->size() == 3);
     for (const auto& s : *before) CHECK(s.state == MigrationState::pending);
 
@@ -400,7 +401,7 @@ TEST_SUITE("migrations") {
          "UPDATE flowreg_migrations SET checksum = 'changed' WHERE version = 2;"
          "INSERT INTO flowreg_migrations (version, name, checksum) VALUES (7, 'x', 'y')");
     auto after = fd::migration_status(conninfo, kSteps);
-    REQUIRE_MESSAGE(after, after.error().format());
+    REQUIRE_MESSAGE(after, flowreg::testing::failure_text(after));
     REQUIRE(after->size() == 4);
     CHECK((*after)[0].state == MigrationState::applied);
     CHECK((*after)[0].applied_at.has_value());
@@ -419,18 +420,18 @@ TEST_SUITE("migrations") {
     const auto upgraded = fresh_database("mig_upgraded");
     for (std::size_t n = 1; n < builtin.size(); ++n) {
       auto step = fd::migrate(upgraded, builtin.first(n));
-      REQUIRE_MESSAGE(step, step.error().format());
+      REQUIRE_MESSAGE(step, flowreg::testing::failure_text(step));
       CHECK(versions(*step) == std::vector<int>{builtin[n - 1].version});
       CHECK(step->functions.empty());
     }
     auto last = fd::migrate(upgraded);
-    REQUIRE_MESSAGE(last, last.error().format());
+    REQUIRE_MESSAGE(last, flowreg::testing::failure_text(last));
     CHECK(versions(*last) == std::vector<int>{builtin.back().version});
     CHECK(last->functions.size() == fd::builtin_functions().size());
 
     const auto fresh = fresh_database("mig_fresh");
     auto all = fd::migrate(fresh);
-    REQUIRE_MESSAGE(all, all.error().format());
+    REQUIRE_MESSAGE(all, flowreg::testing::failure_text(all));
     CHECK(all->applied.size() == builtin.size());
 
     const auto upgraded_schema = schema_of(upgraded);
@@ -454,7 +455,7 @@ TEST_SUITE("migrations") {
     const auto conninfo = fresh_database("mig_functions");
     const FunctionFile v1[] = {kItemCount, kItemLabel};
     auto first = fd::migrate(conninfo, kItems, v1);
-    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
     CHECK(first->functions == std::vector<std::string>{"item_count", "item_label"});
     CHECK(query_one(conninfo, "SELECT flowreg.item_count()") == "2");
     CHECK(query_one(conninfo, "SELECT flowreg.item_label(1)") == "one");
@@ -467,7 +468,7 @@ TEST_SUITE("migrations") {
 
     SUBCASE("unchanged files are not applied again") {
       auto again = fd::migrate(conninfo, kItems, v1);
-      REQUIRE_MESSAGE(again, again.error().format());
+      REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
       CHECK(again->functions.empty());
       CHECK(again->applied.empty());
       CHECK(function_versions(conninfo) == versions_v1);
@@ -478,7 +479,7 @@ TEST_SUITE("migrations") {
     SUBCASE("a changed file replaces every overload of its function; the others stay") {
       const FunctionFile v2[] = {kItemCount, kItemLabelV2};
       auto second = fd::migrate(conninfo, kItems, v2);
-      REQUIRE_MESSAGE(second, second.error().format());
+      REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
       CHECK(second->functions == std::vector<std::string>{"item_label"});
       CHECK(query_one(conninfo, "SELECT flowreg.item_label(2, '!')") == "two!");
       CHECK(query_one(conninfo,
@@ -498,7 +499,7 @@ TEST_SUITE("migrations") {
 
       // Back to the first text: applied again.
       auto third = fd::migrate(conninfo, kItems, v1);
-      REQUIRE_MESSAGE(third, third.error().format());
+      REQUIRE_MESSAGE(third, flowreg::testing::failure_text(third));
       CHECK(third->functions == std::vector<std::string>{"item_label"});
       CHECK(query_one(conninfo,
                       "SELECT string_agg(oid::regprocedure::text, ',') FROM pg_proc"
@@ -516,14 +517,14 @@ TEST_SUITE("migrations") {
       CHECK(fd::earlier_checksum(m).has_value() == (m.version <= 6));
 
     auto status = fd::migration_status(conninfo);
-    REQUIRE_MESSAGE(status, status.error().format());
+    REQUIRE_MESSAGE(status, flowreg::testing::failure_text(status));
     for (const auto& s : *status) {
       CAPTURE(s.version);
       CHECK(s.state == MigrationState::applied);
       CHECK(s.earlier_text == (s.version <= 6));
     }
     auto again = fd::migrate(conninfo);
-    REQUIRE_MESSAGE(again, again.error().format());
+    REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
     CHECK(again->applied.empty());
     CHECK(again->functions.empty());
     CHECK(query_one(conninfo, "SELECT count(*) FROM flowreg_migrations") == fresh_schema_rows);
@@ -538,7 +539,7 @@ TEST_SUITE("migrations") {
     CHECK(contains(refused.error().message, "migration 0003_workers"));
     CHECK(contains(refused.error().message, "never edit a released migration"));
     auto after = fd::migration_status(conninfo);
-    REQUIRE_MESSAGE(after, after.error().format());
+    REQUIRE_MESSAGE(after, flowreg::testing::failure_text(after));
     CHECK((*after)[2].state == MigrationState::checksum_mismatch);
     CHECK_FALSE((*after)[2].earlier_text);
   }
@@ -586,7 +587,7 @@ TEST_SUITE("migrations") {
     const auto prune_oid = oid_of(old, "flowreg.prune(interval)");
 
     auto upgrade = fd::migrate(old);
-    REQUIRE_MESSAGE(upgrade, upgrade.error().format());
+    REQUIRE_MESSAGE(upgrade, flowreg::testing::failure_text(upgrade));
     CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9, 10, 11, 12}));
     CHECK(upgrade->functions.size() == fd::builtin_functions().size());
 
@@ -625,7 +626,7 @@ TEST_SUITE("migrations") {
            "$$ SELECT count(*) * 10 FROM flowreg.items $$;"},
           kItemLabel};
       auto report = fd::migrate(conninfo, kItems, v2);
-      REQUIRE_MESSAGE(report, report.error().format());
+      REQUIRE_MESSAGE(report, flowreg::testing::failure_text(report));
       CHECK(report->functions == std::vector<std::string>{"item_count"});
       CHECK(query_one(conninfo, "SELECT flowreg.item_count()") == "20");
       CHECK(oid_of(conninfo, "flowreg.item_count()") == count_oid);
@@ -637,7 +638,7 @@ TEST_SUITE("migrations") {
            "$$ SELECT count(*) || ' items' FROM flowreg.items $$;"},
           kItemLabel};
       auto report = fd::migrate(conninfo, kItems, v2);
-      REQUIRE_MESSAGE(report, report.error().format());
+      REQUIRE_MESSAGE(report, flowreg::testing::failure_text(report));
       CHECK(report->functions == std::vector<std::string>{"item_count"});
       CHECK(query_one(conninfo, "SELECT flowreg.item_count()") == "2 items");
       CHECK(oid_of(conninfo, "flowreg.item_count()") != count_oid);
@@ -650,7 +651,7 @@ TEST_SUITE("migrations") {
            "CREATE OR REPLACE FUNCTION flowreg.item_label(p_item int) RETURNS text LANGUAGE sql\n"
            "AS $$ SELECT upper(label) FROM flowreg.items WHERE id = p_item $$;"}};
       auto report = fd::migrate(conninfo, kItems, v2);
-      REQUIRE_MESSAGE(report, report.error().format());
+      REQUIRE_MESSAGE(report, flowreg::testing::failure_text(report));
       CHECK(query_one(conninfo, "SELECT flowreg.item_label(p_item => 1)") == "ONE");
       CHECK(files_not_matching(conninfo, v2).empty());
     }
@@ -667,7 +668,7 @@ TEST_SUITE("migrations") {
       CHECK(oid_of(conninfo, "flowreg.item_label(int)") == label_oid);
 
       auto back = fd::migrate(conninfo, kItems, v1);
-      REQUIRE_MESSAGE(back, back.error().format());
+      REQUIRE_MESSAGE(back, flowreg::testing::failure_text(back));
       CHECK(back->functions == std::vector<std::string>{"item_label"});
       CHECK(query_one(conninfo,
                       "SELECT string_agg(oid::regprocedure::text, ',') FROM pg_proc"
@@ -741,7 +742,7 @@ TEST_SUITE("migrations") {
     // recorded at the same now(), the start of that transaction.
     const FunctionFile fixed[] = {kItemCount};
     auto again = fd::migrate(conninfo, more, fixed);
-    REQUIRE_MESSAGE(again, again.error().format());
+    REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
     CHECK(versions(*again) == std::vector<int>({3}));
     CHECK(query_one(conninfo,
                     "SELECT count(DISTINCT applied_at) FROM (SELECT applied_at FROM "
@@ -753,7 +754,7 @@ TEST_SUITE("migrations") {
     const auto conninfo = fresh_database("mig_function_status");
     const FunctionFile v1[] = {kItemCount, kItemLabel};
     auto before = fd::function_status(conninfo, v1);
-    REQUIRE_MESSAGE(before, before.error().format());
+    REQUIRE_MESSAGE(before, flowreg::testing::failure_text(before));
     REQUIRE(before->size() == 2);
     for (const auto& s : *before) CHECK(s.state == FunctionState::pending);
 
@@ -762,7 +763,7 @@ TEST_SUITE("migrations") {
     exec(conninfo, "INSERT INTO flowreg_functions (name, checksum) VALUES ('gone', 'x')");
     const FunctionFile now[] = {{"item_count", "-- edited\n"}, kItemLabel};
     auto after = fd::function_status(conninfo, now);
-    REQUIRE_MESSAGE(after, after.error().format());
+    REQUIRE_MESSAGE(after, flowreg::testing::failure_text(after));
     REQUIRE(after->size() == 3);
     CHECK((*after)[0].name == "gone");
     CHECK((*after)[0].state == FunctionState::unknown);
@@ -774,7 +775,7 @@ TEST_SUITE("migrations") {
     CHECK(to_string(FunctionState::changed) == "changed");
 
     auto current = fd::function_status(conninfo, std::span(v1).first(1));
-    REQUIRE_MESSAGE(current, current.error().format());
+    REQUIRE_MESSAGE(current, flowreg::testing::failure_text(current));
     CHECK((*current)[1].state == FunctionState::applied);
   }
 
@@ -817,7 +818,7 @@ TEST_SUITE("migrations") {
     std::size_t migrations = 0, functions = 0;
     for (auto& r : results) {
       REQUIRE(r.has_value());
-      REQUIRE_MESSAGE(*r, r->error().format());
+      REQUIRE_MESSAGE(*r, flowreg::testing::failure_text(*r));
       migrations += (*r)->applied.size();
       functions += (*r)->functions.size();
     }

@@ -21,6 +21,7 @@
 #include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
+#include "support/result_text.hpp"
 #include "support/threads.hpp"
 
 using flowreg::Errc;
@@ -98,39 +99,39 @@ Env open_env(const std::string& db) {
 // Stores `f` as version "v1" and returns its key.
 FlowKey store_flow(RunStore& store, const FlowDef& f, const std::string& version = "v1") {
   auto stored = store.upsert_flow(f, version);
-  REQUIRE_MESSAGE(stored, stored.error().format());
+  REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
   return FlowKey{f.slug, version};
 }
 
 RunId start(RunStore& store, const FlowKey& key, const Json& input,
             const fd::StartOptions& options = {}) {
   auto run = store.start_run(key.slug, key.version, input, options);
-  REQUIRE_MESSAGE(run, run.error().format());
+  REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
   return *run;
 }
 
 std::vector<ClaimedTask> claim(RunStore& store, const FlowKey& key, int limit = 100,
                                const std::string& worker = "w1") {
   auto tasks = store.claim(worker, std::span<const FlowKey>(&key, 1), limit);
-  REQUIRE_MESSAGE(tasks, tasks.error().format());
+  REQUIRE_MESSAGE(tasks, flowreg::testing::failure_text(tasks));
   return *tasks;
 }
 
 std::vector<TaskId> complete(RunStore& store, std::vector<Completion> batch) {
   auto rejected = store.complete(batch);
-  REQUIRE_MESSAGE(rejected, rejected.error().format());
+  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
   return *rejected;
 }
 
 std::vector<TaskId> fail(RunStore& store, std::vector<Failure> batch) {
   auto rejected = store.fail(batch);
-  REQUIRE_MESSAGE(rejected, rejected.error().format());
+  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
   return *rejected;
 }
 
 fd::RunInfo run_info(RunStore& store, const RunId& id) {
   auto run = store.get_run(id);
-  REQUIRE_MESSAGE(run, run.error().format());
+  REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
   REQUIRE(run->has_value());
   return **run;
 }
@@ -452,7 +453,7 @@ TEST_SUITE("run_store") {
     const auto run = start(env.store, key, Json::object({{"n", 1}}));
 
     auto first = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
     REQUIRE(first->claimed.size() == 2);
     CHECK(first->rejected.empty());
     CHECK_FALSE(first->next_due_in.has_value());
@@ -468,7 +469,7 @@ TEST_SUITE("run_store") {
     const Completion done[] = {{tb.id, tb.attempt, 2}};
     const Failure failed[] = {{ta.id, ta.attempt, "boom"}};
     auto second = env.store.work("w1", done, failed, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(second, second.error().format());
+    REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
     CHECK(second->claimed.empty());
     CHECK(second->rejected.empty());
     REQUIRE(second->next_due_in.has_value());
@@ -485,7 +486,7 @@ TEST_SUITE("run_store") {
 
     // The same completion again is stale.
     auto third = env.store.work("w1", done, {}, flows, 0, std::nullopt);
-    REQUIRE_MESSAGE(third, third.error().format());
+    REQUIRE_MESSAGE(third, flowreg::testing::failure_text(third));
     CHECK(third->rejected == std::vector<TaskId>{tb.id});
     CHECK(third->claimed.empty());
   }
@@ -501,7 +502,7 @@ TEST_SUITE("run_store") {
     std::map<RunId, int> number;  // run -> its input's "i"
     for (int i = 0; i < 3; ++i) number[start(env.store, key, Json::object({{"i", i}}))] = i;
     auto first = env.store.work("w1", {}, {}, flows, 3, std::nullopt);
-    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
     REQUIRE(first->claimed.size() == 3);
     const auto a_output = [&](const ClaimedTask& a) {
       return Json::object({{"from", number.at(a.run_id)}});
@@ -511,7 +512,7 @@ TEST_SUITE("run_store") {
     const std::vector<Completion> two = {{first->claimed[0].id, 1, a_output(first->claimed[0])},
                                          {first->claimed[1].id, 1, a_output(first->claimed[1])}};
     auto second = env.store.work("w1", two, {}, flows, 1, std::nullopt);
-    REQUIRE_MESSAGE(second, second.error().format());
+    REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
     CHECK(second->rejected.empty());
     REQUIRE(second->claimed.size() == 1);
     const ClaimedTask b = second->claimed[0];
@@ -534,7 +535,7 @@ TEST_SUITE("run_store") {
     const ClaimedTask& a3 = first->claimed[2];
     auto third = env.store.work("w3", std::vector<Completion>{{a3.id, 1, a_output(a3)}}, {},
                                 std::span<const FlowKey>(&other, 1), 10, std::nullopt);
-    REQUIRE_MESSAGE(third, third.error().format());
+    REQUIRE_MESSAGE(third, flowreg::testing::failure_text(third));
     CHECK(third->claimed.empty());
     const auto w4 = claim(env.store, key, 10, "w4");
     REQUIRE(w4.size() == 1);
@@ -568,7 +569,7 @@ TEST_SUITE("run_store") {
     const std::span<const FlowKey> flows(&key, 1);
     const RunId run = start(env.store, key, Json::object());
     auto first = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(first, first.error().format());
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
     REQUIRE(first->claimed.size() == 1);
 
     // a's output has 5 elements; the worker has room for 3 tasks: the first three, which the
@@ -610,7 +611,7 @@ TEST_SUITE("run_store") {
     start(env.store, key, Json::object());
     start(env.store, key, Json::object());
     auto roots = env.store.work("w3", {}, {}, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(roots, roots.error().format());
+    REQUIRE_MESSAGE(roots, flowreg::testing::failure_text(roots));
     REQUIRE(roots->claimed.size() == 2);
     Json both = Json::array();
     for (const auto& t : roots->claimed)
@@ -642,7 +643,7 @@ TEST_SUITE("run_store") {
     auto store = RunStore::connect(env.conninfo);  // a session with that setting
     REQUIRE(store);
     auto claimed = store->work("w1", {}, {}, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(claimed, claimed.error().format());
+    REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
     REQUIRE(claimed->claimed.size() == 7);
     Json deep = 1;
     for (int i = 0; i < 3000; ++i) deep = Json::array({std::move(deep)});
@@ -657,7 +658,7 @@ TEST_SUITE("run_store") {
       task_of[t.run_id] = t.id;
     }
     auto done = store->work("w1", batch, {}, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(done, done.error().format());
+    REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
     CHECK(done->rejected.empty());
     auto refused = done->refused;
     std::sort(refused.begin(), refused.end());
@@ -866,7 +867,7 @@ TEST_SUITE("run_store") {
     // A new version of the flow is stored meanwhile: the retry keeps the original's.
     store_flow(env.store, flow("retry", {step("a"), step("b", {"a"})}), "v2");
     auto retried = env.store.retry_run(run);
-    REQUIRE_MESSAGE(retried, retried.error().format());
+    REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
     CHECK(*retried != run);
     auto info = run_info(env.store, *retried);
     CHECK(info.retry_of == run);
@@ -918,7 +919,7 @@ TEST_SUITE("run_store") {
              "now() - interval '3 hours' WHERE id IN ('" +
                  runs[0] + "', '" + runs[1] + "')");
     auto pruned = env.store.prune(Millis(3600'000));
-    REQUIRE_MESSAGE(pruned, pruned.error().format());
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     CHECK(*pruned == 2);
     auto gone = env.store.get_run(runs[0]);
     REQUIRE(gone);
@@ -1055,7 +1056,7 @@ TEST_SUITE("run_store") {
     REQUIRE(env.store.upsert_flow(written, version));
     auto reordered = env.store.upsert_flow(
         flow("diamond", {step("c", {"b", "a"}), step("b"), step("a")}), version);
-    REQUIRE_MESSAGE(reordered, reordered.error().message);
+    REQUIRE_MESSAGE(reordered, flowreg::testing::failure_text(reordered));
     // Still refused: a different shape under the same version.
     auto changed =
         env.store.upsert_flow(flow("diamond", {step("a"), step("b"), step("c", {"a"})}), version);
@@ -1254,7 +1255,7 @@ TEST_SUITE("run_store") {
     auto env = open_env("rs_notify");
     auto key = store_flow(env.store, flow("notify", {step("a")}));
     auto listener = Listener::connect(env.conninfo);
-    REQUIRE_MESSAGE(listener, listener.error().format());
+    REQUIRE_MESSAGE(listener, flowreg::testing::failure_text(listener));
     auto nothing = listener->wait(Millis(20));
     REQUIRE(nothing);
     CHECK_FALSE(nothing->has_value());

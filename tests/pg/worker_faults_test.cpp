@@ -24,6 +24,7 @@
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
+#include "support/result_text.hpp"
 
 namespace {
 
@@ -52,9 +53,9 @@ struct Scene : flowreg::pgtest::WorkerScene {
                                          "' ORDER BY created_at DESC LIMIT 1");
     REQUIRE(!version.empty());
     auto store = fd::RunStore::connect(conninfo);
-    REQUIRE_MESSAGE(store, store.error().format());
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
     auto run = store->start_run(slug, version, input);
-    REQUIRE_MESSAGE(run, run.error().format());
+    REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
     return *run;
   }
 
@@ -104,7 +105,7 @@ Scene make_scene(const std::string& name, bool embedded = false) {
   if (!embedded) {
     s.conninfo = flowreg::pgtest::empty_database(name);
     auto migrated = fd::migrate(s.conninfo);
-    REQUIRE_MESSAGE(migrated, migrated.error().format());
+    REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
     config << "  url: " << Json(s.conninfo).dump() << "\n";
   }
   config << "  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";
@@ -360,7 +361,7 @@ TEST_SUITE("worker_faults") {
     auto s = make_scene("wf_revive", /*embedded=*/true);
     {
       auto cluster = fd::EmbeddedCluster::open(s.dir / "data");
-      REQUIRE_MESSAGE(cluster, cluster.error().format());
+      REQUIRE_MESSAGE(cluster, flowreg::testing::failure_text(cluster));
       flowreg::pgtest::track(*cluster);  // stopped at exit
       s.conninfo = cluster->connection_string();
     }
@@ -372,7 +373,7 @@ TEST_SUITE("worker_faults") {
     auto cluster = fd::EmbeddedCluster::open(s.dir / "data");
     REQUIRE(cluster);
     auto status = cluster->status();
-    REQUIRE_MESSAGE(status, status.error().format());
+    REQUIRE_MESSAGE(status, flowreg::testing::failure_text(status));
     REQUIRE(status->running);
     const pid_t postmaster = status->postmaster_pid;
     REQUIRE(::kill(postmaster, SIGKILL) == 0);

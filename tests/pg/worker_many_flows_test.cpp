@@ -26,6 +26,7 @@
 #include "pg/worker_scene.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
+#include "support/result_text.hpp"
 #include "worker/worker.hpp"
 
 namespace {
@@ -92,7 +93,7 @@ struct ManyFlows {
   explicit ManyFlows(const std::string& name) {
     conninfo = flowreg::pgtest::empty_database(name);
     auto migrated = fd::migrate(conninfo);
-    REQUIRE_MESSAGE(migrated, migrated.error().format());
+    REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
     dir = flowreg::pgtest::test_root() / name;
     fs::remove_all(dir);
     fs::create_directories(dir / "plugins");
@@ -118,7 +119,7 @@ struct ManyFlows {
     };
     threads_before = threads_of_this_process();
     auto started = fd::Worker::start(options, source);
-    REQUIRE_MESSAGE(started, started.error().format());
+    REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
     worker = std::move(*started);
     const bool serving = eventually(
         [&] {
@@ -150,10 +151,10 @@ struct ManyFlows {
   }
   std::vector<fd::RunId> start_runs(const std::string& slug, const Json& input, int n) const {
     auto store = fd::RunStore::connect(conninfo);
-    REQUIRE_MESSAGE(store, store.error().format());
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
     std::vector<Json> inputs(static_cast<std::size_t>(n), input);
     auto runs = store->start_runs(slug, version_of(slug), inputs);
-    REQUIRE_MESSAGE(runs, runs.error().format());
+    REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
     return *runs;
   }
 };

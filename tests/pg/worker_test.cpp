@@ -27,6 +27,7 @@
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
+#include "support/result_text.hpp"
 
 namespace {
 
@@ -47,7 +48,7 @@ struct Scene : flowreg::pgtest::WorkerScene {
 
   fd::RunStore store() const {
     auto s = fd::RunStore::connect(conninfo);
-    REQUIRE_MESSAGE(s, s.error().format());
+    REQUIRE_MESSAGE(s, flowreg::testing::failure_text(s));
     return std::move(*s);
   }
 
@@ -91,7 +92,7 @@ Scene make_scene(const std::string& name) {
   install_plugin(s, "wprobe_v1");
   s.conninfo = flowreg::pgtest::empty_database(name);
   auto migrated = fd::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, migrated.error().format());
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
   std::ofstream(s.config()) << "plugins:\n  dir: plugins\n  watch: true\n"
                             << "database:\n  url: " << Json(s.conninfo).dump()  // quoted
                             << "\n  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";
@@ -103,7 +104,7 @@ std::vector<fd::RunId> start_runs(const Scene& s, const std::string& slug,
   auto store = s.store();
   std::vector<Json> inputs(static_cast<std::size_t>(n), input);
   auto runs = store.start_runs(slug, version, inputs);
-  REQUIRE_MESSAGE(runs, runs.error().format());
+  REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
   return *runs;
 }
 
@@ -214,10 +215,10 @@ TEST_SUITE("worker") {
 
     auto& cluster = flowreg::pgtest::shared_cluster();
     auto stopped = cluster.stop();
-    REQUIRE_MESSAGE(stopped, stopped.error().format());
+    REQUIRE_MESSAGE(stopped, flowreg::testing::failure_text(stopped));
     std::this_thread::sleep_for(500ms);  // the workers find the database gone
     auto started = cluster.start();
-    REQUIRE_MESSAGE(started, started.error().format());
+    REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
 
     REQUIRE_MESSAGE(all_completed(s, kRuns, 120s), s.err("a") << s.err("b"));
     CHECK(s.count("tasks") == 0);
@@ -434,7 +435,7 @@ TEST_SUITE("worker") {
       return src;
     };
     auto worker = fd::Worker::start(options, source);
-    REQUIRE_MESSAGE(worker, worker.error().format());
+    REQUIRE_MESSAGE(worker, flowreg::testing::failure_text(worker));
 
     // get_or_start: many callers, the running loop is reused.
     std::vector<std::thread> callers;

@@ -9,6 +9,7 @@
 #include "config/yaml_json.hpp"
 #include "flowreg/config.hpp"
 #include "support/config_problems.hpp"
+#include "support/result_text.hpp"
 
 using namespace flowreg;
 using flowreg::test::problems_of_text;
@@ -33,7 +34,7 @@ std::vector<std::string> problems_of(const fs::path& file) {
 TEST_SUITE("config") {
   TEST_CASE("the example configuration loads with its two flows and settings") {
     auto config = load_config(fs::path(FLOWREG_SOURCE_DIR) / "flows.example.yaml");
-    REQUIRE_MESSAGE(config, config.error().format());
+    REQUIRE_MESSAGE(config, flowreg::testing::failure_text(config));
     CHECK(config->module == "examples");
     REQUIRE(config->flows.size() == 2);
     CHECK(config->flows[0].slug == "word_count");
@@ -136,7 +137,7 @@ flows:
       - {slug: s, handler: m.s, options: *opts}
 )",
                            "inline.yaml");
-    REQUIRE_MESSAGE(ok, ok.error().format());
+    REQUIRE_MESSAGE(ok, flowreg::testing::failure_text(ok));
     CHECK(ok->flows[0].steps[0].options.max_attempts == 2);
   }
 

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "support/result_text.hpp"
 #include "unit/plugin_sandbox.hpp"
 
 using namespace flowreg;
@@ -33,14 +34,14 @@ Config yaml_flows(const Sandbox& box, bool typo) {
         "      - {slug: first, handler: good.echo}\n"
         "      - {slug: second, handler: good.ecoh, depends_on: [first]}\n";
   auto config = parse_config(text, box.root / "flows.yaml");
-  REQUIRE_MESSAGE(config, config.error().format());
+  REQUIRE_MESSAGE(config, flowreg::testing::failure_text(config));
   config->plugins.dir = box.dir;
   return *config;
 }
 
 FlowCatalog load(const Sandbox& box) {
   auto catalog = FlowCatalog::load_plugins(box.options());
-  REQUIRE_MESSAGE(catalog, catalog.error().format());
+  REQUIRE_MESSAGE(catalog, flowreg::testing::failure_text(catalog));
   return std::move(*catalog);
 }
 
@@ -76,7 +77,7 @@ TEST_SUITE("flow_catalog") {
     auto options = box.options();
     options.settings.dir = box.root / "absent";
     auto catalog = FlowCatalog::load_plugins(options);
-    REQUIRE_MESSAGE(catalog, catalog.error().format());
+    REQUIRE_MESSAGE(catalog, flowreg::testing::failure_text(catalog));
     CHECK(catalog->plugins.empty());
     CHECK(catalog->registry->size() == 0);
   }
@@ -89,7 +90,7 @@ TEST_SUITE("flow_catalog") {
       FlowCatalog catalog = load(box);
       const Config config = yaml_flows(box, false);
       auto added = catalog.add_flows(config, policy);
-      REQUIRE_MESSAGE(added, added.error().format());
+      REQUIRE_MESSAGE(added, flowreg::testing::failure_text(added));
       CHECK(slugs(catalog) == std::vector<std::string>{"good_flow", "yaml_echo"});
       const FlowRef flow = catalog.registry->get("yaml_echo");
       REQUIRE(flow);
@@ -126,7 +127,7 @@ TEST_SUITE("flow_catalog") {
     box.add("good");
     FlowCatalog catalog = load(box);
     auto added = catalog.add_flows(yaml_flows(box, true), UnresolvedHandlers::accept);
-    REQUIRE_MESSAGE(added, added.error().format());
+    REQUIRE_MESSAGE(added, flowreg::testing::failure_text(added));
     CHECK(slugs(catalog) == std::vector<std::string>{"good_flow", "yaml_echo", "yaml_typo"});
     CHECK_FALSE(catalog.loader->handler("good.ecoh"));
     CHECK(detail::unresolved_handlers(yaml_flows(box, true), *catalog.loader, catalog.plugins)
@@ -149,7 +150,7 @@ TEST_SUITE("flow_catalog") {
     SUBCASE("accept") {
       FlowCatalog catalog = load(box);
       auto added = catalog.add_flows(yaml_flows(box, true), UnresolvedHandlers::accept);
-      REQUIRE_MESSAGE(added, added.error().format());
+      REQUIRE_MESSAGE(added, flowreg::testing::failure_text(added));
       CHECK(slugs(catalog) == std::vector<std::string>{"yaml_echo", "yaml_typo"});
     }
   }

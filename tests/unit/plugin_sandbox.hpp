@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "flowreg/plugins.hpp"
+#include "support/result_text.hpp"
 
 namespace flowreg::test {
 
@@ -99,7 +100,7 @@ struct Sandbox {
 
   std::vector<PluginInfo> scan() {
     auto result = loader->scan();
-    REQUIRE_MESSAGE(result, result.error().format());
+    REQUIRE_MESSAGE(result, flowreg::testing::failure_text(result));
     return *result;
   }
 
