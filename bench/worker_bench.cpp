@@ -131,8 +131,8 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single",     "chain",   "fanout", "backlog",
-                                             "start1",     "startbatch", "latency", "metrics"};
+const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",  "backlog",
+                                             "start1", "startbatch", "latency", "metrics"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;

@@ -23,6 +23,7 @@
 #include "store/migrations.hpp"
 #include "support/result_text.hpp"
 #include "support/threads.hpp"
+#include "util/strings.hpp"
 
 using flowreg::Errc;
 using flowreg::FlowDef;
@@ -201,6 +202,41 @@ TracedWork traced_work(const std::string& conninfo, const std::string& worker,
   out.deleted = writes[2].as<int>();
   tx.commit();
   return out;
+}
+
+// Seven runs of `f` (inputs 0 to 6) in a database whose sessions have a small max_stack_depth
+// (100 kB: the server refuses JSON nested a few thousand levels deep), their first tasks claimed
+// by "w1" through a session with that setting.
+struct SmallStack {
+  Env env;
+  FlowKey key;
+  std::vector<RunId> runs;
+  RunStore store;
+  std::vector<ClaimedTask> claimed;
+};
+
+SmallStack small_stack(const std::string& db, const FlowDef& f) {
+  auto env = open_env(db);
+  const auto key = store_flow(env.store, f);
+  std::vector<RunId> runs;
+  for (int i = 0; i < 7; ++i) runs.push_back(start(env.store, key, i));
+  sql_exec(env.conninfo,
+           "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET max_stack_depth = ''100kB''',"
+           " current_database()); END $$");
+  auto store = RunStore::connect(env.conninfo);  // a session with that setting
+  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+  auto claimed = store->work("w1", {}, {}, std::span<const FlowKey>(&key, 1), 10, std::nullopt);
+  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+  REQUIRE(claimed->claimed.size() == 7);
+  return SmallStack{std::move(env), key, std::move(runs), std::move(*store),
+                    std::move(claimed->claimed)};
+}
+
+// An array nested `depth` levels deep.
+Json nested_array(int depth) {
+  Json j = 1;
+  for (int i = 0; i < depth; ++i) j = Json::array({std::move(j)});
+  return j;
 }
 
 }  // namespace
@@ -521,9 +557,12 @@ TEST_SUITE("run_store") {
     REQUIRE(number.count(b.run_id) == 1);
     CHECK(b.input == Json::object({{"a", Json::object({{"from", number.at(b.run_id)}})}}));
     CHECK(b.timeout == Millis(60'000));
-    CHECK(sql_one(env.conninfo, "SELECT status || ' ' || worker_id || ' ' ||"
-                                " (lease_expires_at > now() + interval '50 s') FROM flowreg.tasks"
-                                " WHERE id = " + std::to_string(b.id)) == "started w1 true");
+    const std::string b_row =
+        "SELECT status || ' ' || worker_id || ' ' ||"
+        " (lease_expires_at > now() + interval '50 s') FROM flowreg.tasks"
+        " WHERE id = " +
+        std::to_string(b.id);
+    CHECK(sql_one(env.conninfo, b_row) == "started w1 true");
     // The other b is queued: another worker claims it.
     const auto w2 = claim(env.store, key, 10, "w2");
     REQUIRE(w2.size() == 1);
@@ -564,8 +603,8 @@ TEST_SUITE("run_store") {
 
   TEST_CASE("work creates a map step's tasks its completion makes ready claimed, as room allows") {
     auto env = open_env("rs_work_direct_map");
-    const auto key = store_flow(
-        env.store, flow("direct_map", {step("a"), step("each", {"a"}, StepKind::map)}));
+    const auto key =
+        store_flow(env.store, flow("direct_map", {step("a"), step("each", {"a"}, StepKind::map)}));
     const std::span<const FlowKey> flows(&key, 1);
     const RunId run = start(env.store, key, Json::object());
     auto first = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
@@ -577,8 +616,8 @@ TEST_SUITE("run_store") {
     const Json elements = Json::array({"p", "q", "r", "s", "t"});
     const auto second = traced_work(
         env.conninfo, "w1",
-        Json::array({Json::object({{"id", first->claimed[0].id}, {"attempt", 1},
-                                   {"output", elements}})}),
+        Json::array(
+            {Json::object({{"id", first->claimed[0].id}, {"attempt", 1}, {"output", elements}})}),
         key, 3);
     REQUIRE(second.claimed.size() == 3);
     std::set<std::string> got;
@@ -592,8 +631,9 @@ TEST_SUITE("run_store") {
     CHECK(second.inserted == 5);
     CHECK(second.updated == 0);
     CHECK(second.deleted == 1);
-    CHECK(sql_one(env.conninfo, "SELECT string_agg(status || ':' || coalesce(worker_id, '-'), ' '"
-                                " ORDER BY status) FROM flowreg.tasks WHERE step_slug = 'each'") ==
+    CHECK(sql_one(env.conninfo,
+                  "SELECT string_agg(status || ':' || coalesce(worker_id, '-'), ' '"
+                  " ORDER BY status) FROM flowreg.tasks WHERE step_slug = 'each'") ==
           "queued:- queued:- started:w1 started:w1 started:w1");
     // The other two are queued; the step completes with its five outputs in element order.
     const auto rest = claim(env.store, key, 10, "w2");
@@ -620,9 +660,9 @@ TEST_SUITE("run_store") {
     CHECK(shared.claimed.size() == 4);
     CHECK(shared.inserted == 6);
     CHECK(shared.updated == 0);
-    CHECK(sql_one(env.conninfo, "SELECT string_agg(status, ' ' ORDER BY status) FROM flowreg.tasks"
-                                " WHERE step_slug = 'each'") ==
-          "queued queued started started started started");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT string_agg(status, ' ' ORDER BY status) FROM flowreg.tasks"
+                  " WHERE step_slug = 'each'") == "queued queued started started started started");
   }
 
   // One output the server refuses must not cost the rest of its batch anything: the task whose
@@ -630,26 +670,18 @@ TEST_SUITE("run_store") {
   // (here: nested deeper than this database's small max_stack_depth lets it parse, found by the
   // fallback that asks the server output by output) fail alone, permanently, with the reason.
   TEST_CASE("a refused output in the middle of a batch fails its task alone, with the reason") {
-    auto env = open_env("rs_refused");
     auto only = step("only");
     only.options.max_attempts = 3;
-    auto key = store_flow(env.store, flow("refused", {only}));
+    auto scene = small_stack("rs_refused", flow("refused", {only}));
+    auto& env = scene.env;
+    auto& store = scene.store;
+    const auto& key = scene.key;
+    const auto& runs = scene.runs;
     const std::span<const FlowKey> flows(&key, 1);
-    std::vector<RunId> runs;
-    for (int i = 0; i < 7; ++i) runs.push_back(start(env.store, key, i));
-    sql_exec(env.conninfo,
-             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET max_stack_depth = ''100kB''',"
-             " current_database()); END $$");
-    auto store = RunStore::connect(env.conninfo);  // a session with that setting
-    REQUIRE(store);
-    auto claimed = store->work("w1", {}, {}, flows, 10, std::nullopt);
-    REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
-    REQUIRE(claimed->claimed.size() == 7);
-    Json deep = 1;
-    for (int i = 0; i < 3000; ++i) deep = Json::array({std::move(deep)});
+    const Json deep = nested_array(3000);
     std::vector<Completion> batch;
     std::map<RunId, TaskId> task_of;
-    for (const auto& t : claimed->claimed) {
+    for (const auto& t : scene.claimed) {
       const int n = t.input.get<int>();
       Json out = Json::object({{"n", n}});
       if (n == 2) out = Json::object({{"text", std::string("a\0b", 3)}});
@@ -657,7 +689,7 @@ TEST_SUITE("run_store") {
       batch.push_back({t.id, t.attempt, out});
       task_of[t.run_id] = t.id;
     }
-    auto done = store->work("w1", batch, {}, flows, 10, std::nullopt);
+    auto done = store.work("w1", batch, {}, flows, 10, std::nullopt);
     REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
     CHECK(done->rejected.empty());
     auto refused = done->refused;
@@ -666,7 +698,7 @@ TEST_SUITE("run_store") {
     std::sort(expected.begin(), expected.end());
     CHECK(refused == expected);
     for (int i = 0; i < 7; ++i) {
-      const auto info = run_info(*store, runs[static_cast<std::size_t>(i)]);
+      const auto info = run_info(store, runs[static_cast<std::size_t>(i)]);
       CAPTURE(i);
       if (i == 2 || i == 4) {
         CHECK(info.status == RunStatus::failed);
@@ -681,10 +713,74 @@ TEST_SUITE("run_store") {
     }
     // complete() does the same.
     const auto more = start(env.store, key, 9);
-    auto t = claim(*store, key);
+    auto t = claim(store, key);
     REQUIRE(t.size() == 1);
-    CHECK(complete(*store, {{t[0].id, t[0].attempt, Json(std::string(1, '\0'))}}).empty());
-    CHECK(run_info(*store, more).status == RunStatus::failed);
+    CHECK(complete(store, {{t[0].id, t[0].attempt, Json(std::string(1, '\0'))}}).empty());
+    CHECK(run_info(store, more).status == RunStatus::failed);
+  }
+
+  // The same batch, where the valid outputs make map steps ready: their elements (bytes that are
+  // not UTF-8, nesting, a large string) become tasks created claimed by the worker in the call
+  // that records them, also when that call is the one sent again without the refused outputs.
+  TEST_CASE(
+      "a refused output in a batch that makes map steps ready: the rest's tasks are claimed") {
+    auto scene =
+        small_stack("rs_refused_fanout",
+                    flow("refused_fanout", {step("a"), step("each", {"a"}, StepKind::map)}));
+    auto& store = scene.store;
+    const std::span<const FlowKey> flows(&scene.key, 1);
+    const Json deep = nested_array(3000);  // refused by the server, not by the check before sending
+    const Json nested = nested_array(50);  // accepted
+    const std::string big(1 << 20, 'x');
+    std::vector<Completion> batch;
+    for (const auto& t : scene.claimed) {
+      const int n = t.input.get<int>();
+      Json out = Json::array({"bad \xff\xfe bytes " + std::to_string(n), nested, big});
+      if (n == 2) out = Json::array({std::string("a\0b", 3)});
+      if (n == 4) out = Json::array({deep});
+      batch.push_back({t.id, t.attempt, out});
+    }
+    auto done = store.work("w1", batch, {}, flows, 100, std::nullopt);
+    REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
+    CHECK(done->refused.size() == 2);
+    // Five runs' three elements each, claimed in that call, with the elements as stored.
+    REQUIRE(done->claimed.size() == 15);
+    std::map<RunId, int> per_run;
+    for (const auto& t : done->claimed) {
+      CHECK(t.step_slug == "each");
+      CHECK(t.attempt == 1);
+      ++per_run[t.run_id];
+      if (t.task_index == 0) {
+        REQUIRE(t.input.is_string());
+        const auto& text = t.input.get_ref<const std::string&>();
+        CHECK(fd::is_utf8(text));
+        CHECK(text.rfind("bad \xEF\xBF\xBD", 0) == 0);
+      } else if (t.task_index == 1) {
+        CHECK(t.input == nested);
+      } else {
+        CHECK(t.input == Json(big));
+      }
+    }
+    CHECK(per_run.size() == 5);
+    for (int i : {2, 4}) {
+      CAPTURE(i);
+      const RunId& run = scene.runs[static_cast<std::size_t>(i)];
+      CHECK(per_run.count(run) == 0);
+      const auto info = run_info(store, run);
+      CHECK(info.status == RunStatus::failed);
+      CHECK(contains(info.error.value_or(""), i == 2 ? "U+0000" : "stack depth"));
+    }
+    // Their completion completes the five runs.
+    std::vector<Completion> rest;
+    for (const auto& t : done->claimed) rest.push_back({t.id, t.attempt, Json(t.task_index)});
+    CHECK(complete(store, rest).empty());
+    for (const auto& [run, n] : per_run) {
+      CAPTURE(run);
+      CHECK(n == 3);
+      const auto info = run_info(store, run);
+      CHECK(info.status == RunStatus::completed);
+      CHECK(info.output == Json::object({{"each", Json::array({0, 1, 2})}}));
+    }
   }
 
   // Completing a batch reads tasks by primary key only, whatever the statistics say: with a full

@@ -229,10 +229,11 @@ TEST_SUITE("worker_many_flows") {
         120s));
     // Its task has left the queue: the run's end bounds when its handler started (the handlers
     // of these flows return at once).
-    const std::string waited_ms = query_one(
-        m.conninfo, "SELECT round(extract(epoch FROM finished_at - created_at) * 1000) FROM "
-                    "flowreg.runs WHERE id = '" +
-                        quiet_run + "'");
+    const std::string waited_ms =
+        query_one(m.conninfo,
+                  "SELECT round(extract(epoch FROM finished_at - created_at) * 1000) FROM "
+                  "flowreg.runs WHERE id = '" +
+                      quiet_run + "'");
     const int flood_done_then = std::stoi(query_one(
         m.conninfo, "SELECT count(*) FROM flowreg.runs f, flowreg.runs q WHERE q.id = '" +
                         quiet_run + "' AND f.flow_slug = '" + flood +
