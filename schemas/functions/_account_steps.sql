@@ -116,9 +116,8 @@ BEGIN
              k.max_delay_ms, k.timeout_ms,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
-             CASE WHEN k.mine THEN now() + least(k.timeout_ms,
-                                                 coalesce((v_claim->>'lease_ms')::bigint,
-                                                          k.timeout_ms)) * interval '1 ms' END
+             CASE WHEN k.mine
+                  THEN flowreg._lease_end(k.timeout_ms, (v_claim->>'lease_ms')::bigint) END
       FROM ranked k
       RETURNING id, flow_slug, status
     )

@@ -93,8 +93,7 @@ BEGIN
   claimed AS (
     UPDATE flowreg.tasks t
     SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
-        lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
-                                   * interval '1 ms'
+        lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
     WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
     RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
               t.input, t.max_attempts, t.timeout_ms, t.lease_expires_at

@@ -15,8 +15,7 @@ BEGIN
   SELECT array_agg((e->>'id')::bigint) INTO v_ids FROM jsonb_array_elements(p_batch) e;
   WITH upd AS (
     UPDATE flowreg.tasks t
-    SET lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
-                                   * interval '1 ms'
+    SET lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
     FROM jsonb_to_recordset(p_batch) AS b(id bigint, attempt int)
     WHERE t.id = ANY (v_ids) AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
       AND t.worker_id = p_worker
@@ -47,8 +46,7 @@ BEGIN
   ),
   upd AS (
     UPDATE flowreg.tasks t
-    SET lease_expires_at = now() + least(t.timeout_ms, coalesce(p_lease_ms, t.timeout_ms))
-                                   * interval '1 ms'
+    SET lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
     FROM mine WHERE t.id = mine.id
     RETURNING t.id
   )

@@ -372,6 +372,29 @@ TEST_SUITE("hot_path") {
     }
   }
 
+  // _lease_end is the one lease formula of the claim, the renewals and the tasks created claimed:
+  // a call per task on the hot path unless the planner inlines it, which a SET clause (jit = off
+  // included) or another language would prevent.
+  TEST_CASE("plans: the lease formula is inlined into the statements that use it") {
+    const std::string conninfo = hot_database("hp_lease_inline");
+    pqxx::connection conn(conninfo);
+    pqxx::nontransaction tx(conn);
+    const auto plan_of = [&] {
+      std::string plan;
+      for (const auto& row : tx.exec("EXPLAIN (VERBOSE, COSTS OFF) SELECT flowreg._lease_end("
+                                     "t.timeout_ms, 5000) FROM flowreg.tasks t"))
+        plan += row[0].as<std::string>() + "\n";
+      return plan;
+    };
+    const std::string plan = plan_of();
+    CAPTURE(plan);
+    CHECK(plan.find("_lease_end") == std::string::npos);
+    CHECK(plan.find("LEAST(") != std::string::npos);
+    // The check sees the difference: with a SET clause, the call stays.
+    tx.exec("ALTER FUNCTION flowreg._lease_end(bigint, bigint) SET jit = off");
+    CHECK(plan_of().find("flowreg._lease_end(") != std::string::npos);
+  }
+
   TEST_CASE(
       "plans: after ANALYZE of a 100,000-run backlog, claims and completions scan no large "
       "table and read a bounded number of tuples per task") {
