@@ -1,7 +1,6 @@
 #include "util/json_text.hpp"
 
 #include <fstream>
-#include <sstream>
 #include <utility>
 #include <vector>
 
@@ -106,11 +105,16 @@ nlohmann::json parse_state_file_text(std::string_view text) {
 }
 
 nlohmann::json parse_state_file(const std::filesystem::path& path) {
-  std::ifstream in(path);
-  if (!in) return nlohmann::json(nlohmann::json::value_t::discarded);
-  std::stringstream text;
-  text << in.rdbuf();
-  return parse_state_file_text(text.str());
+  const nlohmann::json unreadable(nlohmann::json::value_t::discarded);
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec || size > kMaxStateFileBytes) return unreadable;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return unreadable;
+  std::string text(size, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(size));
+  text.resize(static_cast<std::size_t>(in.gcount()));  // it may have shrunk since
+  return parse_state_file_text(text);
 }
 
 }  // namespace flowreg::detail

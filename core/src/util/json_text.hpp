@@ -6,6 +6,7 @@
 // code that walks it afterwards recurses once per level and would overflow its thread's stack.
 
 #include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -44,7 +45,9 @@ std::optional<TextPlace> nesting_beyond(std::string_view text, std::size_t limit
 constexpr std::size_t kMaxStateDepth = 64;
 nlohmann::json parse_state_file_text(std::string_view text);
 // The file at `path` read whole and parsed by parse_state_file_text; a discarded value when it
-// cannot be read.
+// cannot be read or is larger than kMaxStateFileBytes (flowreg's own state files hold a few
+// records: one that large was not written by flowreg, and is not read into memory).
+constexpr std::uintmax_t kMaxStateFileBytes = 16 << 20;
 nlohmann::json parse_state_file(const std::filesystem::path& path);
 
 }  // namespace flowreg::detail
