@@ -16,9 +16,11 @@
 #   --rounds R     measurements per batch size (default 2)
 #   --wal          also break each measurement's WAL down by record type and by table and index
 #                  (pg_waldump --stats of the cluster's WAL: per run, records and bytes of each)
-#   --start CALLS  measure starting instead of draining: CALLS one-run start_runs() calls back to
-#                  back, CALLS calls 5 ms apart, and CALLS `SELECT 1` 5 ms apart (the window's
-#                  floor), then CALLS calls from each of --sessions sessions at once (pgbench),
+#   --start CALLS  measure starting instead of draining: CALLS one-run calls back to back, CALLS
+#                  calls 5 ms apart, and CALLS `SELECT 1` 5 ms apart (the window's floor), then
+#                  CALLS calls from each of --sessions sessions at once (pgbench), each series
+#                  of calls once with start_runs() and once with start_run() (its short path
+#                  for a one-step flow; a chain's start goes through it to start_runs),
 #                  R rounds; prints each series' server time per call (pg_stat_user_functions),
 #                  the round trip p50 / p99 (psql's \timing, pgbench's log), and per run started
 #                  the WAL bytes and the MultiXacts created (pg_control_checkpoint's
@@ -167,18 +169,24 @@ if [ "$start_calls" -gt 0 ]; then
   # on this machine now.
   bindir=$(psql_ -c "SELECT setting FROM pg_config WHERE name = 'BINDIR'")
   [ -x "$bindir/pgbench" ] || { echo "work_cost.sh: no pgbench at $bindir/pgbench" >&2; exit 1; }
-  echo "work_cost --start: $flowreg, flow $slug@$version, $start_calls one-run start_runs() calls per series and session"
+  echo "work_cost --start: $flowreg, flow $slug@$version, $start_calls one-run calls per series and session"
   printf '%-6s %-24s %14s %14s %8s %10s %14s\n' round series "server ms/call" "round trip p50" p99 \
     "WAL B/run" "MultiXacts/run"
+  # start_runs with one input, and start_run (its short path for a one-step flow's run; a chain's
+  # goes on to start_runs inside it).
   start="SELECT count(*) FROM flowreg.start_runs('$slug', '$version', ARRAY['{}'::jsonb]);"
+  start1="SELECT count(*) FROM flowreg.start_run('$slug', '$version', '{}');"
   next_mxid() { psql_ -c "SELECT next_multixact_id FROM pg_control_checkpoint()"; }
   # The n-th in ascending order of the numbers on stdin, as a fraction (0.5: the median).
   quantile() { sort -n | awk -v q="$1" '{ v[NR] = $1 } END { i = int(NR * q + 0.999999); if (i < 1) i = 1; print v[i] }'; }
   for r in $(seq 1 "$rounds"); do
-    for series in "start_runs back-to-back" "start_runs 5 ms apart" "SELECT 1 5 ms apart" \
-                  "start_runs $sessions sessions"; do
-      case "$series" in
-        SELECT*) call="SELECT 1;" ;;
+    for series in "start_runs back-to-back" "start_run back-to-back" "start_runs 5 ms apart" \
+                  "start_run 5 ms apart" "SELECT 1 5 ms apart" "start_runs $sessions sessions" \
+                  "start_run $sessions sessions"; do
+      fn=${series%% *}
+      case "$fn" in
+        SELECT) call="SELECT 1;" ;;
+        start_run) call=$start1 ;;
         *) call=$start ;;
       esac
       psql_ -c "TRUNCATE flowreg.runs, flowreg.step_states, flowreg.tasks"
@@ -210,13 +218,13 @@ if [ "$start_calls" -gt 0 ]; then
       esac
       l1=$(lsn)
       server=- walrun=- mxrun=-
-      if [ "$call" = "$start" ]; then
+      if [ "$fn" != SELECT ]; then
         started=$(psql_ -c "SELECT count(*) FROM flowreg.runs")
         walrun=$(per_run "$l0" "$l1" "$started")
         psql_ -c "CHECKPOINT"
         mxrun=$(psql_ -c "SELECT round(($(next_mxid)::bigint - $m0) / $started::numeric, 3)")
         sleep 0.6  # a session's counters are flushed when it exits
-        server=$(psql_ -c "SELECT round((total_time / calls)::numeric, 3) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'start_runs'")
+        server=$(psql_ -c "SELECT round((total_time / calls)::numeric, 3) FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = '$fn'")
       fi
       printf '%-6s %-24s %14s %14s %8s %10s %14s\n' "$r" "$series" "$server" \
         "$(echo "$times" | quantile 0.5)" "$(echo "$times" | quantile 0.99)" "$walrun" "$mxrun"

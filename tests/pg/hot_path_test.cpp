@@ -480,10 +480,22 @@ TEST_SUITE("hot_path") {
   TEST_CASE(
       "plans: one long-lived connection starting runs one at a time, its plans made on small "
       "tables, scans no large table at 100,000 runs") {
-    const std::string conninfo = hot_database("hp_start_plans");
+    // Both statements of start_run: a two-step flow's (start_runs), and a one-step flow's short
+    // path (its calls without a key; those with one go to start_runs).
+    std::string name;
+    std::vector<flowreg::StepDef> steps;
+    SUBCASE("two-step flow") {
+      name = "hp_start_plans";
+      steps = {step("a"), step("b", {"a"})};
+    }
+    SUBCASE("one-step flow") {
+      name = "hp_start_plans_one";
+      steps = {step("a")};
+    }
+    const std::string conninfo = hot_database(name);
     std::optional<fd::RunStore> held(connect(conninfo));
     fd::RunStore& app = *held;
-    const auto key = store_flow(app, "one_by_one", {step("a"), step("b", {"a"})});
+    const auto key = store_flow(app, "one_by_one", steps);
     // As an application's connection: its first calls are made while the tables are small, and
     // analyzed so (every other call with an idempotency key, as later).
     for (int i = 0; i < 12; ++i) {

@@ -1168,6 +1168,108 @@ TEST_SUITE("run_store") {
     CHECK(contains(run.error().message, "flow 'nope' version 'v1' is not stored"));
   }
 
+  // start_run (RunStore::start_run without a key or a retried run) has a short path for a run of a
+  // one-step flow; every other start goes on to start_runs inside it. Either way the rows are
+  // those start_runs writes.
+  TEST_CASE("start_run writes the rows start_runs writes, by its short path or through it") {
+    auto env = open_env("rs_start_one");
+    const auto one = store_flow(env.store, flow("one", {step("a")}));
+    const auto two = store_flow(env.store, flow("two", {step("a"), step("b", {"a"})}));
+    const auto mapped = store_flow(env.store, flow("mapped", {step("m", {}, StepKind::map)}));
+    // A run's rows with what differs between two runs left out (its own id, times and input),
+    // as row literals: a NULL shows as nothing between two commas, no rows as "-".
+    const auto rows_of = [&](const std::string& run) {
+      const std::string id = "'" + run + "'";
+      return sql_one(
+          env.conninfo,
+          "SELECT concat_ws(' / ', coalesce((SELECT row(flow_slug, flow_version, status, output,"
+          " error, remaining_leaves, idempotency_key, retry_of, finished_at, attempts,"
+          " worker_id)::text FROM flowreg.runs WHERE id = " +
+              id +
+              "), '-'), coalesce((SELECT string_agg(row(step_slug, step_index, kind, status,"
+              " remaining_deps, remaining_tasks, task_count, output, error, started_at IS NULL,"
+              " finished_at, attempts, worker_id)::text, ';' ORDER BY step_index) FROM"
+              " flowreg.step_states WHERE run_id = " +
+              id +
+              "), '-'), coalesce((SELECT string_agg(row(step_slug, task_index, flow_slug,"
+              " flow_version, status, attempt, max_attempts, base_delay_ms, max_delay_ms,"
+              " timeout_ms, input, output, error, error_at, worker_id, lease_expires_at,"
+              " started_at, finished_at, available_at = created_at)::text, ';' ORDER BY"
+              " step_slug, task_index) FROM flowreg.tasks WHERE run_id = " +
+              id + "), '-'))");
+    };
+    const auto start_runs_one = [&](const FlowKey& key, const Json& input) {
+      auto runs = env.store.start_runs(key.slug, key.version, std::vector<Json>{input});
+      REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
+      REQUIRE(runs->size() == 1);
+      return runs->front();
+    };
+    for (const FlowKey* key : {&one, &two, &mapped}) {
+      CAPTURE(key->slug);
+      const Json input = key == &mapped ? Json::array({1, 2, 3}) : Json{{"n", 1}};
+      const RunId by_start_run = start(env.store, *key, input);
+      const RunId by_start_runs = start_runs_one(*key, input);
+      const std::string rows = rows_of(by_start_run);
+      CHECK(rows == rows_of(by_start_runs));
+      // The input is the run's, once: a single step's task reads it from the run.
+      CHECK(sql_one(env.conninfo, "SELECT input = '" + input.dump() +
+                                      "'::jsonb FROM flowreg.runs WHERE id = '" + by_start_run +
+                                      "'") == "t");
+      if (key == &one) {
+        // The one-step flow's layout (migration 0012): attempts 0 in the run, no step state, one
+        // queued task with the step's options and no input of its own.
+        CHECK(
+            rows ==
+            "(one,v1,started,,,1,,,,0,) / - / (a,0,one,v1,queued,0,3,1000,300000,60000,,,,,,,,,t)");
+      }
+    }
+    // Which path each took: only the one-step flow's start stays out of start_runs.
+    {
+      pqxx::connection conn(env.conninfo);
+      pqxx::work tx(conn);
+      tx.exec0("SET LOCAL track_functions = 'pl'");
+      const auto calls_after = [&](const FlowKey& key) {
+        tx.exec1("SELECT count(*) FROM flowreg.start_run('" + key.slug + "', '" + key.version +
+                 "', '[1]')");
+        return tx
+            .exec1(
+                "SELECT string_agg(funcname || ' ' || calls, ', ' ORDER BY funcname) FROM "
+                "pg_stat_xact_user_functions WHERE funcname IN ('start_run', 'start_runs')")[0]
+            .as<std::string>();
+      };
+      CHECK(calls_after(one) == "start_run 1");
+      CHECK(calls_after(two) == "start_run 2, start_runs 1");
+      CHECK(calls_after(mapped) == "start_run 3, start_runs 2");
+    }
+    // Through SQL, the function takes the key and the retried run too, and hands them on.
+    pqxx::connection conn(env.conninfo);
+    pqxx::nontransaction tx(conn);
+    const auto keyed = [&] {
+      return tx
+          .exec1(
+              "SELECT run_id::text || ' ' || created FROM flowreg.start_run('one', 'v1', "
+              "'{}', 'k1')")[0]
+          .as<std::string>();
+    };
+    const std::string first = keyed();
+    CHECK(first.ends_with(" true"));
+    CHECK(keyed() == first.substr(0, first.size() - 4) + "false");
+    const std::string retried = tx.exec1(
+                                      "SELECT run_id::text FROM flowreg.start_run('one', 'v1', "
+                                      "'{}', NULL, '" +
+                                      first.substr(0, first.size() - 5) + "')")[0]
+                                    .as<std::string>();
+    CHECK(sql_one(env.conninfo, "SELECT retry_of FROM flowreg.runs WHERE id = '" + retried + "'") ==
+          first.substr(0, first.size() - 5));
+    // A version that is not stored: start_runs' error, nothing written.
+    const std::string before = sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs");
+    auto missing = env.store.start_run("one", "v9", Json::object());
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().code == Errc::not_found);
+    CHECK(contains(missing.error().message, "flow 'one' version 'v9' is not stored"));
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == before);
+  }
+
   // Runs have no foreign key to flows since migration 0011: its check locked the flow version's
   // row at every start (one MultiXact per run once sessions started runs of a flow at once).
   TEST_CASE("starting runs leaves no lock on their flow's row, even from two sessions at once") {
@@ -1291,7 +1393,7 @@ TEST_SUITE("run_store") {
       td.exec0(del);
       flowreg::Result<RunId> started = RunId{};
       std::thread t([&] { started = starter->start_run(key.slug, key.version, 1); });
-      const bool waited = await_lock_wait("start_runs");
+      const bool waited = await_lock_wait("start_run");  // start_run's short path
       td.commit();
       t.join();
       CHECK(waited);

@@ -42,7 +42,12 @@ struct Statement {
 const std::vector<Statement>& statements() {
   static const std::vector<Statement> list = {
       {"upsert_flow", "SELECT flowreg.upsert_flow($1, $2, $3::jsonb) AS changed"},
+      // One run without a key or a retried run: start_run's short path (a one-step flow's run)
+      // or, inside it, start_runs. With either, start_runs directly (start_run would hand them
+      // on: one more function call).
       {"start_run",
+       "SELECT run_id::text AS run_id, created FROM flowreg.start_run($1, $2, $3::jsonb)"},
+      {"start_run_with",
        "SELECT run_id::text AS run_id, created FROM flowreg.start_runs($1, $2, ARRAY[$3::jsonb],"
        " CASE WHEN $4 = '' THEN NULL ELSE ARRAY[$4::text] END, NULLIF($5, '')::uuid)"},
       {"start_runs",
@@ -418,8 +423,11 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
     return make_error(Errc::invalid_argument, what + ": the idempotency key is empty");
   const std::string text = json_text(input);
   return guarded(what, [&]() -> Result<RunId> {
-    auto rows = impl_->exec("start_run", std::string(flow_slug), std::string(version), text,
-                            options.idempotency_key.value_or(""), options.retry_of.value_or(""));
+    auto rows =
+        options.idempotency_key || options.retry_of
+            ? impl_->exec("start_run_with", std::string(flow_slug), std::string(version), text,
+                          options.idempotency_key.value_or(""), options.retry_of.value_or(""))
+            : impl_->exec("start_run", std::string(flow_slug), std::string(version), text);
     if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
     RunId id = rows[0]["run_id"].as<std::string>();
     const bool created = rows[0]["created"].as<bool>();
