@@ -1211,7 +1211,7 @@ TEST_SUITE("run_store") {
       const RunId by_start_runs = start_runs_one(*key, input);
       const std::string rows = rows_of(by_start_run);
       CHECK(rows == rows_of(by_start_runs));
-      // The input is the run's, once: a single step's task reads it from the run.
+      // The run holds the input (a single step's task stores none: the claim reads the run's).
       CHECK(sql_one(env.conninfo, "SELECT input = '" + input.dump() +
                                       "'::jsonb FROM flowreg.runs WHERE id = '" + by_start_run +
                                       "'") == "t");
@@ -1244,23 +1244,22 @@ TEST_SUITE("run_store") {
     // Through SQL, the function takes the key and the retried run too, and hands them on.
     pqxx::connection conn(env.conninfo);
     pqxx::nontransaction tx(conn);
+    // (run id, created) of a start of "one" with key k1.
     const auto keyed = [&] {
-      return tx
-          .exec1(
-              "SELECT run_id::text || ' ' || created FROM flowreg.start_run('one', 'v1', "
-              "'{}', 'k1')")[0]
-          .as<std::string>();
+      const auto row =
+          tx.exec1("SELECT run_id::text, created FROM flowreg.start_run('one', 'v1', '{}', 'k1')");
+      return std::make_pair(row[0].as<std::string>(), row[1].as<bool>());
     };
-    const std::string first = keyed();
-    CHECK(first.ends_with(" true"));
-    CHECK(keyed() == first.substr(0, first.size() - 4) + "false");
-    const std::string retried = tx.exec1(
-                                      "SELECT run_id::text FROM flowreg.start_run('one', 'v1', "
-                                      "'{}', NULL, '" +
-                                      first.substr(0, first.size() - 5) + "')")[0]
-                                    .as<std::string>();
+    const auto first = keyed();
+    CHECK(first.second);
+    CHECK(keyed() == std::make_pair(first.first, false));
+    const std::string retried =
+        tx.exec1("SELECT run_id::text FROM flowreg.start_run('one', 'v1', '{}', NULL, '" +
+                 first.first + "')")[0]
+            .as<std::string>();
+    CHECK(retried != first.first);
     CHECK(sql_one(env.conninfo, "SELECT retry_of FROM flowreg.runs WHERE id = '" + retried + "'") ==
-          first.substr(0, first.size() - 5));
+          first.first);
     // A version that is not stored: start_runs' error, nothing written.
     const std::string before = sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs");
     auto missing = env.store.start_run("one", "v9", Json::object());
