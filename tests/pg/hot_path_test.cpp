@@ -480,8 +480,8 @@ TEST_SUITE("hot_path") {
   TEST_CASE(
       "plans: one long-lived connection starting runs one at a time, its plans made on small "
       "tables, scans no large table at 100,000 runs") {
-    // Both statements of start_run: a two-step flow's (start_runs), and a one-step flow's short
-    // path (its calls without a key; those with one go to start_runs).
+    // Both paths of start_run: a two-step flow's start goes on to start_runs, a one-step flow's
+    // takes the short path (its calls without a key; RunStore sends those with one to start_runs).
     std::string name;
     std::vector<flowreg::StepDef> steps;
     SUBCASE("two-step flow") {
