@@ -1269,6 +1269,61 @@ TEST_SUITE("run_store") {
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == before);
   }
 
+  // What start_run's short path takes from outside: the input (made valid UTF-8 by RunStore; its
+  // nesting is bounded by the callers, 64 levels), the flow's slug and version.
+  TEST_CASE(
+      "start_run's short path with hostile input, slug and version: stored or refused whole") {
+    auto env = open_env("rs_start_hostile");
+    const auto one = store_flow(env.store, flow("one", {step("a")}));
+    const auto count = [&] {
+      return sql_one(env.conninfo,
+                     "SELECT (SELECT count(*) FROM flowreg.runs) || '/' || "
+                     "(SELECT count(*) FROM flowreg.tasks)");
+    };
+    const auto stored_input = [&](const RunId& run) {
+      return Json::parse(
+          sql_one(env.conninfo, "SELECT input::text FROM flowreg.runs WHERE id = '" + run + "'"));
+    };
+    // Invalid UTF-8 in a string and in a key: each bad byte is stored as U+FFFD.
+    const RunId bad_bytes =
+        start(env.store, one, Json{{"s", "bad \xff\xfe bytes"}, {"k\xc3", "truncated"}});
+    CHECK(stored_input(bad_bytes) ==
+          Json{{"s", "bad \xEF\xBF\xBD\xEF\xBF\xBD bytes"}, {"k\xEF\xBF\xBD", "truncated"}});
+    // 4 MiB, and nested 60 levels: stored as given.
+    const Json big = Json{{"s", std::string(4 << 20, 'x')}};
+    CHECK(stored_input(start(env.store, one, big)) == big);
+    Json nested = "leaf";
+    for (int i = 0; i < 60; ++i) nested = Json::array({nested});
+    CHECK(stored_input(start(env.store, one, nested)) == nested);
+    // Each started run has its task, queued.
+    CHECK(count() == "3/3");
+
+    // What PostgreSQL refuses is refused whole, with its reason: U+0000 in a string (jsonb has
+    // no text for it).
+    auto nul = env.store.start_run(one.slug, one.version, Json{{"s", std::string("a\0b", 3)}});
+    REQUIRE_FALSE(nul);
+    CHECK(contains(nul.error().message, "starting a run of flow 'one' version 'v1'"));
+    CHECK(contains(nul.error().message, "\\u0000"));
+    // A slug or version that is not UTF-8 (the server refuses the bytes), or 100,000 bytes long
+    // (no such flow): an error whose text is valid UTF-8.
+    for (const auto& [slug, version] : {std::pair<std::string, std::string>{"one\xff\xfe", "v1"},
+                                        {"one", "v1\xc3"},
+                                        {std::string(100'000, 's'), "v1"}}) {
+      auto refused = env.store.start_run(slug, version, Json::object());
+      REQUIRE_FALSE(refused);
+      CAPTURE(refused.error().message.substr(0, 200));
+      CHECK(fd::utf8_valid(refused.error().message) == refused.error().message);
+      CHECK(contains(refused.error().message, "starting a run of flow"));
+    }
+    // A run id that is not UTF-8, named in the error as valid text.
+    for (auto refused : {env.store.cancel_run("\xff\xfe"),
+                         env.store.get_run("r\xc3").map([](auto&&) { return true; })}) {
+      REQUIRE_FALSE(refused);
+      CHECK(fd::utf8_valid(refused.error().message) == refused.error().message);
+    }
+    CHECK(count() == "3/3");
+  }
+
   // Runs have no foreign key to flows since migration 0011: its check locked the flow version's
   // row at every start (one MultiXact per run once sessions started runs of a flow at once).
   TEST_CASE("starting runs leaves no lock on their flow's row, even from two sessions at once") {

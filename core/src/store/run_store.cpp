@@ -155,9 +155,13 @@ std::string server_text(std::string_view text) {
   return utf8_valid(text);
 }
 
-// Runs `body`, translating what pqxx and the JSON parser throw into an Error naming `what`.
+// Runs `body`, translating what pqxx and the JSON parser throw into an Error naming `what` (made
+// valid UTF-8: it may hold a caller's slug or run id as given).
 template <class F>
 auto guarded(std::string_view what, F&& body) -> decltype(body()) {
+  const auto fail = [&](Errc code, std::string_view how, const char* text) {
+    return make_error(code, fmt::format("{}: {}{}", utf8_valid(what), how, server_text(text)));
+  };
   try {
     return body();
   } catch (const pqxx::sql_error& e) {
@@ -167,15 +171,13 @@ auto guarded(std::string_view what, F&& body) -> decltype(body()) {
     if (state == "22023" || state == "22P02") code = Errc::invalid_argument;
     // Connection exceptions (08) and operator intervention (57: shutdown, crash recovery).
     if (state.rfind("08", 0) == 0 || state.rfind("57", 0) == 0) code = Errc::unavailable;
-    return make_error(code, fmt::format("{}: {}", what, server_text(e.what())));
+    return fail(code, "", e.what());
   } catch (const pqxx::broken_connection& e) {
-    return make_error(Errc::unavailable,
-                      fmt::format("{}: connection lost: {}", what, server_text(e.what())));
+    return fail(Errc::unavailable, "connection lost: ", e.what());
   } catch (const pqxx::in_doubt_error& e) {
-    return make_error(Errc::unavailable, fmt::format("{}: connection lost during commit: {}", what,
-                                                     server_text(e.what())));
+    return fail(Errc::unavailable, "connection lost during commit: ", e.what());
   } catch (const std::exception& e) {
-    return make_error(Errc::database, fmt::format("{}: {}", what, server_text(e.what())));
+    return fail(Errc::database, "", e.what());
   }
 }
 
@@ -417,8 +419,8 @@ Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version
 
 Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view version,
                                   const Json& input, const StartOptions& options) {
-  const std::string what =
-      fmt::format("starting a run of flow '{}' version '{}'", flow_slug, version);
+  const std::string what = fmt::format("starting a run of flow '{}' version '{}'",
+                                       utf8_valid(flow_slug), utf8_valid(version));
   if (options.idempotency_key && options.idempotency_key->empty())
     return make_error(Errc::invalid_argument, what + ": the idempotency key is empty");
   const std::string text = json_text(input);
@@ -449,8 +451,8 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
 Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                                 std::string_view version,
                                                 std::span<const Json> inputs) {
-  const std::string what =
-      fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(), flow_slug, version);
+  const std::string what = fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(),
+                                       utf8_valid(flow_slug), utf8_valid(version));
   Json all = Json::array();
   for (const auto& input : inputs) all.push_back(input);
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
