@@ -143,7 +143,8 @@ BEGIN
           output = CASE WHEN s.remaining_tasks <> p.n THEN NULL
                         WHEN s.kind = 'map' THEN
                           (SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM flowreg.tasks t
-                           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
+                           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug
+                             AND NOT t.solo)
                         ELSE p.output END,
           attempts = s.attempts + p.attempts,
           worker_id = p.worker_id
@@ -165,7 +166,8 @@ BEGIN
     -- A completed map step's tasks leave the queue: its output is made of theirs.
     DELETE FROM flowreg.tasks t
     USING unnest(v_mruns, v_msteps) AS m(run_id, step_slug)
-    WHERE t.run_id = ANY (ARRAY[m.run_id]) AND t.step_slug = ANY (ARRAY[m.step_slug]);
+    WHERE t.run_id = ANY (ARRAY[m.run_id]) AND t.step_slug = ANY (ARRAY[m.step_slug])
+      AND NOT t.solo;
   END IF;
 
   IF v_druns IS NOT NULL THEN

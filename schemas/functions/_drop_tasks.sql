@@ -4,9 +4,10 @@
 -- completed). Later results of these tasks are rejected: their rows are gone. REQUIRES: the runs
 -- are locked.
 --
--- Plans stable by construction: tasks are found through tasks_run_id_step_slug_task_index_key by
--- run id, step states and runs through their primary keys (`= ANY (ARRAY[row.key])` probes
--- driven by the steps found, no join to reorder).
+-- Plans stable by construction: tasks are found through tasks_by_run by run id, and a solo task
+-- (a one-step flow's, migration 0013) through tasks_pkey by its run's task_id; step states and
+-- runs through their primary keys (`= ANY (ARRAY[row.key])` probes driven by the steps found, no
+-- join to reorder).
 CREATE OR REPLACE FUNCTION flowreg._drop_tasks(p_runs uuid[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -15,10 +16,17 @@ DECLARE
   v_steps text[];
   v_n int[];
 BEGIN
-  WITH gone AS (
-    DELETE FROM flowreg.tasks t WHERE t.run_id = ANY (p_runs)
+  WITH by_run AS (
+    DELETE FROM flowreg.tasks t WHERE t.run_id = ANY (p_runs) AND NOT t.solo
     RETURNING t.run_id, t.step_slug, t.attempt, t.status
-  )
+  ),
+  solo AS (
+    DELETE FROM flowreg.tasks t
+    WHERE t.id = ANY (ARRAY(SELECT r.task_id FROM flowreg.runs r
+                            WHERE r.id = ANY (p_runs) AND r.task_id IS NOT NULL))
+    RETURNING t.run_id, t.step_slug, t.attempt, t.status
+  ),
+  gone AS (SELECT * FROM by_run UNION ALL SELECT * FROM solo)
   SELECT array_agg(x.run_id), array_agg(x.step_slug), array_agg(x.n)
   INTO v_runs, v_steps, v_n
   FROM (SELECT g.run_id, g.step_slug, sum(g.attempt)::int AS n

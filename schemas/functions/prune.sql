@@ -1,17 +1,20 @@
 -- Deletes ended runs (with their steps and tasks) that finished before now() - p_older_than.
 -- Old runs are found through runs_by_created (a run that finished before a time was created before
 -- it); finished_at has no index, so that completing a run stays a HOT update. Step states and tasks
--- have no foreign key to their run (see migration 0008): they are deleted here, by run id.
+-- have no foreign key to their run (see migration 0008): they are deleted here, by run id (tasks
+-- through tasks_by_run), and a solo task by its run's task_id (migration 0013). An ended run's
+-- tasks have normally left already: these deletes find what an earlier release kept.
 CREATE OR REPLACE FUNCTION flowreg.prune(p_older_than interval)
 RETURNS bigint LANGUAGE sql AS $$
   WITH d AS (
     DELETE FROM flowreg.runs
     WHERE created_at < now() - p_older_than AND finished_at < now() - p_older_than
       AND status <> 'started'
-    RETURNING id
+    RETURNING id, task_id
   ),
   s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
-  t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)))
+  t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)) AND NOT solo),
+  solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d)))
   SELECT count(*) FROM d
 $$;
 

@@ -3,7 +3,8 @@
 -- or a retried run. Returns (run id, created) like start_runs; its errors are start_runs'.
 --
 -- The short path is one statement that reads the version's one step, inserts the run (the layout
--- of migration 0012: no step state, attempts 0) and its task, and sends start_runs'
+-- of migration 0012: no step state, attempts 0) and its task (solo, named by the run's task_id:
+-- migration 0013), and sends start_runs'
 -- notifications. Every other start (with a key or a retried run, of a flow of several steps or of
 -- a map step, of a version not stored) goes on to start_runs; RunStore::start_run calls
 -- start_runs itself when it has a key or a retried run. The short path writes the rows start_runs
@@ -24,7 +25,9 @@ DECLARE
 BEGIN
   IF p_key IS NULL AND p_retry_of IS NULL THEN
     WITH one AS (
-      SELECT fs.step_slug, fs.max_attempts, fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms
+      -- The task's id, taken first: the run names it (runs.task_id, migration 0013).
+      SELECT fs.step_slug, fs.max_attempts, fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms,
+             nextval('flowreg.tasks_id_seq') AS task_id
       FROM flowreg.flow_steps fs
       WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.kind = 'single'
         AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
@@ -33,19 +36,21 @@ BEGIN
     ),
     ins AS (
       -- A time-ordered id (UUID version 7), as start_runs makes it.
-      INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, attempts)
+      INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, attempts,
+                                task_id)
       SELECT encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
                substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
                FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid,
-             p_slug, p_version, p_input, 1, 0
+             p_slug, p_version, p_input, 1, 0, one.task_id
       FROM one
       RETURNING id
     ),
     tk AS (
-      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
-                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
-      SELECT ins.id, one.step_slug, 0, p_slug, p_version, one.max_attempts, one.base_delay_ms,
-             one.max_delay_ms, one.timeout_ms
+      INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
+                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms, solo)
+      OVERRIDING SYSTEM VALUE
+      SELECT one.task_id, ins.id, one.step_slug, 0, p_slug, p_version, one.max_attempts,
+             one.base_delay_ms, one.max_delay_ms, one.timeout_ms, true
       FROM ins CROSS JOIN one
     )
     SELECT ins.id INTO v_id FROM ins;

@@ -6,7 +6,8 @@
 -- (a root single step's state is written 'started' at once, not created and then updated; its
 -- task does not copy the run's input: the claim reads it from the run). A flow of one single step
 -- gets no step state: its run keeps the step's attempts and worker (runs.attempts, set to 0,
--- marks that layout: migration 0012);
+-- marks that layout: migration 0012), and its task, solo, is named by its run's task_id
+-- (migration 0013);
 -- _start_steps runs only when the flow has a map root step (its task count depends on the input).
 -- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
 -- One generic plan per session, made at the first call: its shape is the same for 1 input or
@@ -49,27 +50,30 @@ BEGIN
     SELECT x.input, x.key,
            encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
              substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-             FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS id
+             FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS id,
+           -- A one-step flow's run names its task (migration 0013): the task's id comes first.
+           CASE WHEN (SELECT m.one_row FROM meta m) THEN nextval('flowreg.tasks_id_seq') END
+             AS task_id
     FROM unnest(p_inputs, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_inputs)])))
       AS x(input, key)
     WHERE (SELECT m.steps FROM meta m) > 0
   ),
   ins_plain AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of,
-                              attempts)
+                              attempts, task_id)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END
+           CASE WHEN m.one_row THEN 0 END, g.task_id
     FROM given g CROSS JOIN meta m WHERE g.key IS NULL
-    RETURNING id
+    RETURNING id, task_id
   ),
   ins_keyed AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
-                              retry_of, attempts)
+                              retry_of, attempts, task_id)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, g.key, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END
+           CASE WHEN m.one_row THEN 0 END, g.task_id
     FROM given g CROSS JOIN meta m WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id
+    RETURNING id, task_id
   ),
   ins AS (SELECT * FROM ins_plain UNION ALL SELECT * FROM ins_keyed),
   st AS (
@@ -86,10 +90,12 @@ BEGIN
       AND NOT (SELECT m.one_row FROM meta m)
   ),
   tk AS (
-    INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
-                               max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
-    SELECT ins.id, fs.step_slug, 0, p_slug, p_version, fs.max_attempts,
-           fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms
+    INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
+                               max_attempts, base_delay_ms, max_delay_ms, timeout_ms, solo)
+    OVERRIDING SYSTEM VALUE
+    SELECT coalesce(ins.task_id, nextval('flowreg.tasks_id_seq')), ins.id, fs.step_slug, 0,
+           p_slug, p_version, fs.max_attempts, fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms,
+           ins.task_id IS NOT NULL
     FROM ins CROSS JOIN flowreg.flow_steps fs
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
       AND fs.kind = 'single'

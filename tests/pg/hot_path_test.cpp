@@ -396,8 +396,8 @@ TEST_SUITE("hot_path") {
   }
 
   TEST_CASE(
-      "plans: after ANALYZE of a 100,000-run backlog, claims and completions scan no large "
-      "table and read a bounded number of tuples per task") {
+      "plans: after ANALYZE of a 100,000-run backlog, claims, completions, steps views and "
+      "cancels scan no large table and read a bounded number of tuples per task or run") {
     // Both layouts of a run (migration 0012): a one-step flow's, whose step's state is in its
     // run's row, and a chain's, with step states (its first steps' completions are measured).
     std::string name;
@@ -475,6 +475,50 @@ TEST_SUITE("hot_path") {
     CHECK(static_cast<double>(cost.tuples) / static_cast<double>(tasks) < kTuplesPerTask);
     CHECK(static_cast<double>(cost.index_entries) / static_cast<double>(tasks) <
           kIndexEntriesPerTask);
+
+    // Reading a run's steps and cancelling it find its tasks by key too, in the same backlog: a
+    // one-step flow's solo task through its run's task_id (migration 0013), a chain's tasks
+    // through tasks_by_run. 10 runs whose first task is claimed, 10 whose first is queued.
+    std::optional<fd::RunStore> viewer(connect(conninfo));
+    auto claimed = viewer->claim("w2", std::span(&key, 1), 10);
+    REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+    REQUIRE(claimed->size() == 10);
+    std::vector<fd::RunId> runs;
+    for (const auto& t : *claimed) runs.push_back(t.run_id);
+    {
+      std::stringstream queued(query_one_or_empty(
+          conninfo,
+          "SELECT string_agg(run_id::text, ' ') FROM (SELECT run_id FROM flowreg.tasks WHERE "
+          "status = 'queued' ORDER BY available_at, id LIMIT 10) x"));
+      for (std::string id; queued >> id;) runs.push_back(id);
+    }
+    REQUIRE(runs.size() == 20);
+    const auto before_views = settled_scans(conninfo);
+    std::string shown;
+    for (const auto& run : runs) {
+      auto steps = viewer->run_steps(run);
+      REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+      REQUIRE_FALSE(steps->empty());
+      shown += std::to_string(steps->front().attempts);
+      auto cancelled = viewer->cancel_run(run);
+      REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+      CHECK(*cancelled);
+    }
+    viewer.reset();
+    wait_alone(conninfo);
+    const auto view_cost = read_cost(before_views, read_scans(conninfo));
+    INFO("runs shown and cancelled: " << runs.size() << "\n" << view_cost.detail);
+    CHECK(shown == "11111111110000000000");  // the claimed task's attempt shows
+    CHECK(view_cost.big_seq_scans == 0);
+    CHECK(view_cost.big_seq_rows == 0);
+    CHECK(static_cast<double>(view_cost.tuples) / static_cast<double>(runs.size()) <
+          kTuplesPerTask);
+    CHECK(static_cast<double>(view_cost.index_entries) / static_cast<double>(runs.size()) <
+          kIndexEntriesPerTask);
+    std::string in;
+    for (const auto& run : runs) in += (in.empty() ? "'" : ", '") + run + "'";
+    CHECK(query_one_or_empty(
+              conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN (" + in + ")") == "0");
   }
 
   TEST_CASE(

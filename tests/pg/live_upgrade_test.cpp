@@ -136,10 +136,22 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// What the releases before 0013 stored: no task of a one-step flow's run apart (solo), every task
+// in the unique index on (run_id, step_slug, task_index), no task_id in runs. Cases that go back
+// further start with this.
+const std::string kBefore0013 =
+    "UPDATE flowreg.tasks SET solo = false WHERE solo;"
+    "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_task_index_key"
+    "  UNIQUE (run_id, step_slug, task_index);"
+    "DROP INDEX flowreg.tasks_by_run;"
+    "ALTER TABLE flowreg.tasks DROP COLUMN solo;"
+    "ALTER TABLE flowreg.runs DROP COLUMN task_id;";
+
 // What the releases before 0012 stored: every step in step_states, a one-step flow's too (this
 // release keeps that step's state in its run's row), no attempts or worker in runs, no view.
 // Cases that go back further start with this.
 const std::string kBefore0012 =
+    kBefore0013 +
     "INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, status, remaining_deps,"
     "  remaining_tasks, task_count, output, error, started_at, finished_at, attempts, worker_id)"
     " SELECT v.* FROM flowreg.steps v JOIN flowreg.runs r ON r.id = v.run_id"
@@ -280,7 +292,7 @@ TEST_SUITE("live_upgrade") {
          // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
          // runs, of finished single steps).
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12);"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -291,7 +303,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12}));
+    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -465,14 +477,14 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12);"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12}));
+    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -558,11 +570,11 @@ TEST_SUITE("live_upgrade") {
     CHECK(failed_step->front().error->find("broken") != std::string::npos);
 
     // What the release before 0012 left: a step state for every run.
-    exec(db, kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version = 12;");
+    exec(db, kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13);");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -578,14 +590,15 @@ TEST_SUITE("live_upgrade") {
           "old-worker");
 
     // A start that was waiting for the upgrade's lock on runs while it committed ran the
-    // previous start_runs: its run has the layout before 0012.
+    // previous start_runs: its run has the layout before 0012 (and 0013: its task is not solo).
     const auto straggler = start(after, single, Json{{"s", 9}});
     exec(db,
          "INSERT INTO flowreg.step_states SELECT v.run_id, v.step_slug, v.step_index, v.kind,"
          " v.status, v.remaining_deps, v.remaining_tasks, v.task_count, v.output, v.error,"
          " v.started_at, v.finished_at, v.attempts, v.worker_id FROM flowreg.steps v"
          " WHERE v.run_id = '" +
-             straggler + "'; UPDATE flowreg.runs SET attempts = NULL WHERE id = '" + straggler +
+             straggler + "'; UPDATE flowreg.runs SET attempts = NULL, task_id = NULL WHERE id = '" +
+             straggler + "'; UPDATE flowreg.tasks SET solo = false WHERE run_id = '" + straggler +
              "'");
     REQUIRE(steps_of(after, straggler) == "only started 0;");
 
@@ -615,5 +628,124 @@ TEST_SUITE("live_upgrade") {
     const auto fresh = start(after, single, Json{{"n", 8}});
     CHECK(q(db, "SELECT attempts FROM flowreg.runs WHERE id = '" + fresh + "'") == "0");
     CHECK(q(db, "SELECT count(*) FROM flowreg.step_states WHERE run_id = '" + fresh + "'") == "0");
+  }
+  TEST_CASE(
+      "migration 0013 keeps live runs' tasks findable by run; new one-step runs name theirs") {
+    Migrated m = migrated_database("lu_0013");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
+
+    const auto queued = start(store, single, Json{{"q", 1}});          // claimed, released
+    const auto held = start(store, single, Json{{"h", 2}});            // claimed, still running
+    const auto retrying = start(store, single, Json{{"r", 3}});        // failed once, retry due
+    const auto done = start(store, single, Json{{"d", 4}});            // completed
+    const auto failed = start(store, single, Json{{"f", 5}});          // failed for good
+    const auto doomed = start(store, single, Json{{"x", 6}});          // cancelled after upgrade
+    const auto chain = start(store, pipe, Json{{"c", 7}});             // a done, b queued
+    const auto mapped = start(store, fan, Json::array({10, 20, 30}));  // 0 done, 1 running, 2 new
+    const std::vector<fd::RunId> all{queued, held, retrying, done, failed, doomed, chain, mapped};
+    // This release: each one-step run names its task, which is solo; the others' are not.
+    REQUIRE(q(db,
+              "SELECT count(*) FROM flowreg.runs r JOIN flowreg.tasks t ON t.id = r.task_id"
+              " AND t.run_id = r.id AND t.solo") == "6");
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE NOT solo") == "4");
+
+    fd::ClaimedTask held_task, map_held_task;
+    {
+      auto first = claim_all(store, flows);
+      give_back(store, task(first, queued, "only"));
+      held_task = task(first, held, "only");
+      fail(store, task(first, retrying, "only"), "flaky", false);
+      complete(store, task(first, done, "only"));
+      fail(store, task(first, failed, "only"), "broken", true);
+      give_back(store, task(first, doomed, "only"));
+      complete(store, task(first, chain, "a"));
+      complete(store, task(first, mapped, "each", 0));
+      map_held_task = task(first, mapped, "each", 1);
+      give_back(store, task(first, mapped, "each", 2));
+    }
+    std::map<fd::RunId, std::string> steps_before;
+    for (const auto& r : all) steps_before[r] = steps_of(store, r);
+    CHECK(steps_before[queued] == "only started 0;");
+    CHECK(steps_before[held] == "only started 1;");
+    CHECK(steps_before[retrying] == "only started 1;");
+    CHECK(steps_before[done] == "only completed 1;");
+    CHECK(steps_before[failed] == "only failed 1;");
+    CHECK(steps_before[chain] == "a completed 1;b started 0;");
+    CHECK(steps_before[mapped] == "each started 2;sum created 0;");
+
+    // What the release before 0013 left: the same rows, every task in the unique index by run.
+    exec(db, kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version = 13;");
+    const std::string indexes =
+        "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
+        " 'flowreg' AND tablename = 'tasks'";
+    REQUIRE(q(db, indexes) ==
+            "tasks_leased,tasks_pkey,tasks_queued,tasks_run_id_step_slug_task_index_key");
+
+    // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
+    // new index (not solo) and their runs name none.
+    CHECK(upgrade(db) == std::vector<int>({13}));
+    CHECK(q(db, indexes) == "tasks_by_run,tasks_leased,tasks_pkey,tasks_queued");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE task_id IS NOT NULL") == "0");
+    fd::RunStore after = connect(db);
+    // Every run shows the steps it showed before (a live task's attempts found by run).
+    for (const auto& r : all) CHECK_MESSAGE(steps_of(after, r) == steps_before[r], r);
+
+    // A run started before is cancelled: its task, found by run, leaves the queue.
+    {
+      auto c = after.cancel_run(doomed);
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+      CHECK(*c);
+      CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE run_id = '" + doomed + "'") == "0");
+      CHECK(steps_of(after, doomed) == "only cancelled 0;");
+    }
+
+    // A run started now takes the new layout; its live task's attempts show, and a cancel finds
+    // its task through the run.
+    const auto fresh = start(after, single, Json{{"n", 8}});
+    const auto fresh_cancelled = start(after, single, Json{{"n", 9}});
+    CHECK(q(db,
+            "SELECT t.solo FROM flowreg.runs r JOIN flowreg.tasks t ON t.id = r.task_id"
+            " WHERE r.id = '" +
+                fresh + "'") == "t");
+    {
+      // Everything claimable is claimed; all but fresh_cancelled's task is given back.
+      const auto second = claim_all(after, flows);
+      for (const auto& [where, t] : second)
+        if (t.run_id != fresh_cancelled) give_back(after, t);
+      CHECK(steps_of(after, fresh_cancelled) == "only started 1;");
+      auto c = after.cancel_run(fresh_cancelled);
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+      CHECK(*c);
+      CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE run_id = '" + fresh_cancelled + "'") ==
+            "0");
+      CHECK(steps_of(after, fresh_cancelled) == "only cancelled 1;");
+    }
+
+    // The old worker's held attempts are accepted; everything else finishes.
+    complete(after, held_task);
+    complete(after, map_held_task);
+    const std::map<std::string, Json> inputs = finish_all(after, db, flows);
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
+    CHECK(inputs.at(queued + "/only/0") == Json{{"q", 1}});
+    CHECK(run_info(after, queued).output == Json{{"only", {{"echo", {{"q", 1}}}}}});
+    CHECK(run_info(after, held).output == Json{{"only", {{"echo", {{"h", 2}}}}}});
+    CHECK(run_info(after, retrying).output == Json{{"only", {{"echo", {{"r", 3}}}}}});
+    CHECK(run_info(after, fresh).output == Json{{"only", {{"echo", {{"n", 8}}}}}});
+    CHECK(run_info(after, mapped).output ==
+          Json{{"sum",
+                {{"echo",
+                  {{"each", Json::array({Json{{"echo", 10}}, Json{{"echo", 20}},
+                                         Json{{"echo", 30}}})}}}}}});
+    CHECK(steps_of(after, held) == "only completed 1;");
+    CHECK(steps_of(after, retrying) == "only completed 2;");
+    CHECK(steps_of(after, fresh) == "only completed 1;");
+    CHECK(steps_of(after, chain) == "a completed 1;b completed 1;");
+    CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
+    CHECK(run_info(after, doomed).status == fd::RunStatus::cancelled);
   }
 }

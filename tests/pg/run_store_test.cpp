@@ -942,6 +942,36 @@ TEST_SUITE("run_store") {
     auto again = env.store.cancel_run(run);
     REQUIRE(again);
     CHECK_FALSE(*again);
+
+    // A one-step flow's runs: the task of each (solo, migration 0013) is found through its run's
+    // task_id, to show its attempts and to leave the queue.
+    auto one = store_flow(env.store, flow("cancel_one", {step("only")}));
+    const auto held = start(env.store, one, 1);
+    const auto waiting = start(env.store, one, 2);
+    auto one_tasks = claim(env.store, one, 1);
+    REQUIRE(one_tasks.size() == 1);
+    REQUIRE(one_tasks[0].run_id == held);
+    const auto steps_text = [&](const RunId& r) {
+      auto steps = env.store.run_steps(r);
+      REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+      std::string out;
+      for (const auto& st : *steps)
+        out += st.slug + " " + st.status + " " + std::to_string(st.attempts) + ";";
+      return out;
+    };
+    CHECK(steps_text(held) == "only started 1;");
+    CHECK(steps_text(waiting) == "only started 0;");
+    for (const auto& r : {held, waiting}) {
+      auto c = env.store.cancel_run(r);
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+      CHECK(*c);
+    }
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
+    CHECK(complete(env.store, {{one_tasks[0].id, one_tasks[0].attempt, 1}}) ==
+          std::vector<TaskId>{one_tasks[0].id});
+    CHECK(steps_text(held) == "only cancelled 1;");
+    CHECK(steps_text(waiting) == "only cancelled 0;");
+
     auto missing = env.store.cancel_run("00000000-0000-0000-0000-000000000000");
     REQUIRE_FALSE(missing);
     CHECK(missing.error().code == Errc::not_found);
@@ -1029,6 +1059,22 @@ TEST_SUITE("run_store") {
     REQUIRE(everything);
     CHECK(*everything == 1);  // run 2 (ended just now); the started one stays
     CHECK(run_info(env.store, fourth).status == RunStatus::started);
+
+    // Tasks an ended run still has (none, unless an earlier release left them) go with it: by run,
+    // and a one-step flow's solo task by its run's task_id (migration 0013).
+    auto one = store_flow(env.store, flow("prune_one", {step("only")}));
+    const auto left = start(env.store, one, 5);
+    const auto kept = start(env.store, one, 6);
+    sql_exec(env.conninfo,
+             "UPDATE flowreg.runs SET status = 'cancelled', finished_at = now() - "
+             "interval '2 hours', created_at = now() - interval '3 hours' WHERE id "
+             "IN ('" +
+                 left + "', '" + fourth + "')");
+    REQUIRE(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "3");
+    auto old_ones = env.store.prune(Millis(3600'000));
+    REQUIRE_MESSAGE(old_ones, flowreg::testing::failure_text(old_ones));
+    CHECK(*old_ones == 2);
+    CHECK(sql_one(env.conninfo, "SELECT string_agg(run_id::text, ',') FROM flowreg.tasks") == kept);
   }
 
   // _claim, _lock_runs_of, _complete_locked, _account_steps, _fail_locked and _fail_runs keep one
@@ -1184,7 +1230,9 @@ TEST_SUITE("run_store") {
           env.conninfo,
           "SELECT concat_ws(' / ', coalesce((SELECT row(flow_slug, flow_version, status, output,"
           " error, remaining_leaves, idempotency_key, retry_of, finished_at, attempts,"
-          " worker_id)::text FROM flowreg.runs WHERE id = " +
+          " worker_id, task_id = ANY (ARRAY(SELECT t.id FROM flowreg.tasks t WHERE t.run_id = "
+          "r.id)))::text"
+          " FROM flowreg.runs r WHERE id = " +
               id +
               "), '-'), coalesce((SELECT string_agg(row(step_slug, step_index, kind, status,"
               " remaining_deps, remaining_tasks, task_count, output, error, started_at IS NULL,"
@@ -1194,7 +1242,7 @@ TEST_SUITE("run_store") {
               "), '-'), coalesce((SELECT string_agg(row(step_slug, task_index, flow_slug,"
               " flow_version, status, attempt, max_attempts, base_delay_ms, max_delay_ms,"
               " timeout_ms, input, output, error, error_at, worker_id, lease_expires_at,"
-              " started_at, finished_at, available_at = created_at)::text, ';' ORDER BY"
+              " started_at, finished_at, available_at = created_at, solo)::text, ';' ORDER BY"
               " step_slug, task_index) FROM flowreg.tasks WHERE run_id = " +
               id + "), '-'))");
     };
@@ -1217,10 +1265,17 @@ TEST_SUITE("run_store") {
                                       "'") == "t");
       if (key == &one) {
         // The one-step flow's layout (migration 0012): attempts 0 in the run, no step state, one
-        // queued task with the step's options and no input of its own.
-        CHECK(
-            rows ==
-            "(one,v1,started,,,1,,,,0,) / - / (a,0,one,v1,queued,0,3,1000,300000,60000,,,,,,,,,t)");
+        // queued task with the step's options and no input of its own, solo and named by the
+        // run's task_id (migration 0013).
+        CHECK(rows ==
+              "(one,v1,started,,,1,,,,0,,t) / - / "
+              "(a,0,one,v1,queued,0,3,1000,300000,60000,,,,,,,,,t,t)");
+      } else {
+        // The others' tasks are found by run (tasks_by_run): the run names none, none is solo.
+        CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs WHERE id = '" +
+                                        by_start_run + "' AND task_id IS NULL") == "1");
+        CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id = '" +
+                                        by_start_run + "' AND solo") == "0");
       }
     }
     // Which path each took: only the one-step flow's start stays out of start_runs.
