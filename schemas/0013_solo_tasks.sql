@@ -5,7 +5,8 @@
 -- 0012) has one task, whose id its run can hold: such a task (tasks.solo) has no entry in that
 -- index, and its run's task_id names it. Per single-step run, that is one index entry fewer when
 -- the task is inserted and one fewer when its claim writes a new version of its row (an update
--- that changes status is no HOT update): 204 bytes of WAL per run in 1,604 (bench/work_cost.sh).
+-- that changes status is no HOT update): 1,413 bytes of WAL per run instead of 1,605, the run's
+-- row 12 bytes longer (bench/work_cost.sh --flow single --wal, batch 64).
 -- * runs.task_id: the id of its task (start_run and start_runs take it from the tasks' identity
 --   sequence before inserting both rows); NULL for a run of several steps or a map step, and for
 --   one started before this migration.
