@@ -21,9 +21,11 @@ BEGIN
     RETURNING t.run_id, t.step_slug, t.attempt, t.status
   ),
   solo AS (
+    -- (A run keeps its task_id after its task is gone: the task found must be the run's.)
     DELETE FROM flowreg.tasks t
     WHERE t.id = ANY (ARRAY(SELECT r.task_id FROM flowreg.runs r
                             WHERE r.id = ANY (p_runs) AND r.task_id IS NOT NULL))
+      AND t.run_id = ANY (p_runs)
     RETURNING t.run_id, t.step_slug, t.attempt, t.status
   ),
   gone AS (SELECT * FROM by_run UNION ALL SELECT * FROM solo)

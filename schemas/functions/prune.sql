@@ -3,7 +3,7 @@
 -- it); finished_at has no index, so that completing a run stays a HOT update. Step states and tasks
 -- have no foreign key to their run (see migration 0008): they are deleted here, by run id (tasks
 -- through tasks_by_run), and a solo task by its run's task_id (migration 0013). An ended run's
--- tasks have normally left already: these deletes find what an earlier release kept.
+-- tasks have left the queue already (migration 0009): these deletes are a safety net.
 CREATE OR REPLACE FUNCTION flowreg.prune(p_older_than interval)
 RETURNS bigint LANGUAGE sql AS $$
   WITH d AS (
@@ -14,7 +14,8 @@ RETURNS bigint LANGUAGE sql AS $$
   ),
   s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)) AND NOT solo),
-  solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d)))
+  solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d))
+                                        AND run_id = ANY (ARRAY(SELECT id FROM d)))
   SELECT count(*) FROM d
 $$;
 

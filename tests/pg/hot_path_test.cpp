@@ -496,10 +496,10 @@ TEST_SUITE("hot_path") {
     const auto before_views = settled_scans(conninfo);
     std::string shown;
     for (const auto& run : runs) {
-      auto steps = viewer->run_steps(run);
-      REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
-      REQUIRE_FALSE(steps->empty());
-      shown += std::to_string(steps->front().attempts);
+      auto run_steps = viewer->run_steps(run);
+      REQUIRE_MESSAGE(run_steps, flowreg::testing::failure_text(run_steps));
+      REQUIRE_FALSE(run_steps->empty());
+      shown += std::to_string(run_steps->front().attempts);
       auto cancelled = viewer->cancel_run(run);
       REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
       CHECK(*cancelled);

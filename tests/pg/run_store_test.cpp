@@ -1315,6 +1315,17 @@ TEST_SUITE("run_store") {
     CHECK(retried != first.first);
     CHECK(sql_one(env.conninfo, "SELECT retry_of FROM flowreg.runs WHERE id = '" + retried + "'") ==
           first.first);
+    // A batch of one-step runs with keys, one given twice and one used before: 2 runs created.
+    // Each run of the flow names its own solo task, and the flow has no other task.
+    CHECK(tx.exec1("SELECT count(*) FILTER (WHERE created) || ' ' || count(*) FROM "
+                   "flowreg.start_runs('one', 'v1', ARRAY['{}', '{}', '{}', '{}']::jsonb[], "
+                   "ARRAY['k2', 'k2', 'k1', 'k3'])")[0]
+              .as<std::string>() == "2 3");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT count(*) || ' ' || count(*) FILTER (WHERE EXISTS (SELECT 1 FROM "
+                  "flowreg.tasks t WHERE t.id = r.task_id AND t.run_id = r.id AND t.solo)) || ' ' "
+                  "|| (SELECT count(*) FROM flowreg.tasks t WHERE t.flow_slug = 'one') FROM "
+                  "flowreg.runs r WHERE r.flow_slug = 'one'") == "6 6 6");
     // A version that is not stored: start_runs' error, nothing written.
     const std::string before = sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs");
     auto missing = env.store.start_run("one", "v9", Json::object());

@@ -108,7 +108,8 @@ const std::vector<Statement>& statements() {
        // about 370 entries of tasks' indexes in hot_path's 100,000-run backlog.)
        " + coalesce((SELECT t.attempt FROM flowreg.tasks t"
        "             WHERE t.id = (SELECT r.task_id FROM flowreg.runs r WHERE r.id = s.run_id)"
-       "               AND t.status IN ('queued', 'started')), 0) AS attempts,"
+       "               AND t.run_id = s.run_id AND t.status IN ('queued', 'started')), 0)"
+       " AS attempts,"
        " (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,"
        " (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,"
        " s.output::text AS output, s.worker_id"
