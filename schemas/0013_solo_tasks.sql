@@ -1,12 +1,12 @@
 -- flowreg migration 0013: the task of a one-step flow's run is found from its run, not by an index.
 --
--- tasks' unique index on (run_id, step_slug, task_index) finds a run's tasks (cancel, a failed
--- run, prune, a map step's outputs, the attempts of live tasks in RunStore's run steps). A one-step flow's run (migration
--- 0012) has one task, whose id its run can hold: such a task (tasks.solo) has no entry in that
--- index, and its run's task_id names it. Per single-step run, that is one index entry fewer when
--- the task is inserted and one fewer when its claim writes a new version of its row (an update
--- that changes status is no HOT update): 1,413 bytes of WAL per run instead of 1,605, the run's
--- row 12 bytes longer (bench/work_cost.sh --flow single --wal, batch 64).
+-- tasks' unique index on (run_id, step_slug, task_index) finds a run's tasks (cancel, a failed run,
+-- prune, a map step's outputs, the attempts of live tasks in RunStore's run steps). A one-step
+-- flow's run (migration 0012) has one task, whose id its run can hold: such a task (tasks.solo) has
+-- no entry in that index, and its run's task_id names it. Per single-step run, that is one index
+-- entry fewer when the task is inserted and one fewer when its claim writes a new version of its
+-- row (an update that changes status is no HOT update): 1,413 bytes of WAL per run instead of
+-- 1,605, the run's row 12 bytes longer (bench/work_cost.sh --flow single --wal, batch 64).
 -- * runs.task_id: the id of its task (start_run and start_runs take it from the tasks' identity
 --   sequence before inserting both rows); NULL for a run of several steps or a map step, and for
 --   one started before this migration.
@@ -22,7 +22,7 @@
 -- are not solo, so the new index holds them, and their runs' task_id is NULL, as readers expect of
 -- a run whose task is found by the index. (IF NOT EXISTS: a database may run this file again
 -- after its record was lost, like 0007.) The upgrade locks runs and tasks while it builds the
--- new index over the whole queue: workers wait for it (seconds for a backlog of a million tasks).
+-- new index over the whole queue: workers wait for it, longer the longer the queue.
 -- A process of the previous release still running afterwards reads a run's steps with a query
 -- that cannot use the partial index (no `NOT solo`): it reads all of tasks per step, with the
 -- right result, until it is restarted.

@@ -2,16 +2,15 @@
 -- path for the commonest start, one run of a flow of one single step without an idempotency key
 -- or a retried run. Returns (run id, created) like start_runs; its errors are start_runs'.
 --
--- The short path is one statement that reads the version's one step, inserts the run (the layout
--- of migration 0012: no step state, attempts 0) and its task (solo, named by the run's task_id:
--- migration 0013), and sends start_runs'
--- notifications. Every other start (with a key or a retried run, of a flow of several steps or of
--- a map step, of a version not stored) goes on to start_runs; RunStore::start_run calls
--- start_runs itself when it has a key or a retried run. The short path writes the rows start_runs
--- writes, in less server time: 0.103 ms a call against 0.140-0.155 back to back, 0.219-0.235
--- against 0.303-0.313 with calls 5 ms apart (bench/work_cost.sh --start 300 --rounds 2), since
--- start_runs' one statement initializes the plan nodes of every shape, and sums the version's
--- steps, for one row.
+-- The short path is one statement that reads the version's one step, inserts the run (the layout of
+-- migration 0012: no step state, attempts 0) and its task (solo, named by the run's task_id:
+-- migration 0013), and sends start_runs' notifications. Every other start (with a key or a retried
+-- run, of a flow of several steps or of a map step, of a version not stored) goes on to start_runs;
+-- RunStore::start_run calls start_runs itself when it has a key or a retried run. The short path
+-- writes the rows start_runs writes, in less server time: 0.103 ms a call against 0.140-0.155 back
+-- to back, 0.219-0.235 against 0.303-0.313 with calls 5 ms apart (bench/work_cost.sh --start 300
+-- --rounds 2), since start_runs' one statement initializes the plan nodes of every shape, and sums
+-- the version's steps, for one row.
 -- As in start_runs, the flow version's steps are read by the statement that inserts the run:
 -- a delete of the version that commits while it waits for its lock on runs is seen here.
 -- Plans stable by construction, as start_runs': one generic plan per session, primary keys only.
