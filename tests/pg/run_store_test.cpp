@@ -1371,21 +1371,32 @@ TEST_SUITE("run_store") {
     CHECK(contains(nul.error().message, "starting a run of flow 'one' version 'v1'"));
     CHECK(contains(nul.error().message, "\\u0000"));
     // A slug or version that is not UTF-8 (the server refuses the bytes), or 100,000 bytes long
-    // (no such flow): an error whose text is valid UTF-8.
+    // (no such flow): an error whose text is valid UTF-8, and short: a name is shown up to 200
+    // bytes with its size, the server's message up to 2,000 (it quotes the slug too).
     for (const auto& [slug, version] : {std::pair<std::string, std::string>{"one\xff\xfe", "v1"},
                                         {"one", "v1\xc3"},
-                                        {std::string(100'000, 's'), "v1"}}) {
+                                        {std::string(100'000, 's'), "v1"},
+                                        {"one", std::string(100'000, 'v')}}) {
       auto refused = env.store.start_run(slug, version, Json::object());
       REQUIRE_FALSE(refused);
-      CAPTURE(refused.error().message.substr(0, 200));
-      CHECK(fd::utf8_valid(refused.error().message) == refused.error().message);
-      CHECK(contains(refused.error().message, "starting a run of flow"));
+      const std::string& message = refused.error().message;
+      CAPTURE(message.substr(0, 300));
+      CHECK(fd::utf8_valid(message) == message);
+      CHECK(contains(message, "starting a run of flow"));
+      CHECK(message.size() < 3000);
+      if (slug.size() + version.size() > 100'000) CHECK(contains(message, "(100000 bytes)"));
     }
-    // A run id that is not UTF-8, named in the error as valid text.
+    // A run id that is not UTF-8, or 100,000 bytes long, named in the error as valid text, and
+    // cut.
+    const std::string long_id(100'000, 'r');
     for (auto refused : {env.store.cancel_run("\xff\xfe"),
-                         env.store.get_run("r\xc3").map([](auto&&) { return true; })}) {
+                         env.store.get_run("r\xc3").map([](auto&&) { return true; }),
+                         env.store.cancel_run(long_id),
+                         env.store.run_steps(long_id).map([](auto&&) { return true; })}) {
       REQUIRE_FALSE(refused);
+      CAPTURE(refused.error().message.substr(0, 300));
       CHECK(fd::utf8_valid(refused.error().message) == refused.error().message);
+      CHECK(refused.error().message.size() < 3000);
     }
     CHECK(count() == "3/3");
   }

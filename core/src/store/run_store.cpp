@@ -155,12 +155,25 @@ std::string describe_input(std::string_view json) {
                      sha256_hex(json));
 }
 
+// `text` as valid UTF-8, cut to its first `max_bytes` bytes (at a character boundary) followed by
+// its size when longer.
+std::string bounded_text(std::string_view text, std::size_t max_bytes) {
+  std::string valid = utf8_valid(text);
+  if (valid.size() <= max_bytes) return valid;
+  return fmt::format("{}... ({} bytes)", utf8_prefix(valid, max_bytes), text.size());
+}
+
+// A name a caller gave (a flow slug or version, a run id, an idempotency key) in a message: at
+// most 200 bytes of it (a 100,000-byte slug would otherwise be repeated in full), valid UTF-8.
+std::string shown_name(std::string_view name) { return bounded_text(name, 200); }
+
 // The text of a libpq/pqxx exception as one line of a message: valid UTF-8 (it comes from the
-// server), without the trailing newlines libpq ends its messages with, nor its "ERROR:  " prefix.
+// server), without the trailing newlines libpq ends its messages with, nor its "ERROR:  " prefix,
+// and at most 2,000 bytes of it (the server's message may quote what it was given in full).
 std::string server_text(std::string_view text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
   if (text.starts_with("ERROR:  ")) text.remove_prefix(8);
-  return utf8_valid(text);
+  return bounded_text(text, 2000);
 }
 
 // Runs `body`, translating what pqxx and the JSON parser throw into an Error naming `what` (made
@@ -428,7 +441,7 @@ Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version
 Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view version,
                                   const Json& input, const StartOptions& options) {
   const std::string what = fmt::format("starting a run of flow '{}' version '{}'",
-                                       utf8_valid(flow_slug), utf8_valid(version));
+                                       shown_name(flow_slug), shown_name(version));
   if (options.idempotency_key && options.idempotency_key->empty())
     return make_error(Errc::invalid_argument, what + ": the idempotency key is empty");
   const std::string text = json_text(input);
@@ -451,7 +464,7 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
         fmt::format("{}: conflict: idempotency key '{}' was already used by run {} with another "
                     "input (a key stands for one input; use a new key for a new input)\n"
                     "  that run's input: {}\n  this input:       {}",
-                    what, utf8_valid(*options.idempotency_key), id,
+                    what, shown_name(*options.idempotency_key), id,
                     describe_input(row_text(prior[0]["input"])), describe_input(text)));
   });
 }
@@ -460,7 +473,7 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                                 std::string_view version,
                                                 std::span<const Json> inputs) {
   const std::string what = fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(),
-                                       utf8_valid(flow_slug), utf8_valid(version));
+                                       shown_name(flow_slug), shown_name(version));
   Json all = Json::array();
   for (const auto& input : inputs) all.push_back(input);
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
@@ -715,13 +728,13 @@ Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {
 }
 
 Result<bool> RunStore::cancel_run(const RunId& run) {
-  return guarded(fmt::format("cancelling run {}", run), [&]() -> Result<bool> {
+  return guarded(fmt::format("cancelling run {}", shown_name(run)), [&]() -> Result<bool> {
     return impl_->exec("cancel_run", run)[0]["cancelled"].as<bool>();
   });
 }
 
 Result<RunId> RunStore::retry_run(const RunId& run) {
-  return guarded(fmt::format("retrying run {}", run), [&]() -> Result<RunId> {
+  return guarded(fmt::format("retrying run {}", shown_name(run)), [&]() -> Result<RunId> {
     return impl_->exec("retry_run", run)[0]["run_id"].as<std::string>();
   });
 }
@@ -734,7 +747,7 @@ Result<std::int64_t> RunStore::prune(Millis older_than) {
 }
 
 Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
-  return guarded(fmt::format("reading run {}", run), [&]() -> Result<std::optional<RunInfo>> {
+  return guarded(fmt::format("reading run {}", shown_name(run)), [&]() -> Result<std::optional<RunInfo>> {
     auto rows = impl_->exec("get_run", run);
     if (rows.empty()) return std::optional<RunInfo>{};
     return std::optional<RunInfo>(run_of(rows[0]));
@@ -758,7 +771,7 @@ Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
 }
 
 Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
-  return guarded(fmt::format("reading the steps of run {}", run),
+  return guarded(fmt::format("reading the steps of run {}", shown_name(run)),
                  [&]() -> Result<std::vector<StepInfo>> {
                    std::vector<StepInfo> out;
                    for (const auto& r : impl_->exec("run_steps", run)) {
