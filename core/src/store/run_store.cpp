@@ -747,11 +747,12 @@ Result<std::int64_t> RunStore::prune(Millis older_than) {
 }
 
 Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
-  return guarded(fmt::format("reading run {}", shown_name(run)), [&]() -> Result<std::optional<RunInfo>> {
-    auto rows = impl_->exec("get_run", run);
-    if (rows.empty()) return std::optional<RunInfo>{};
-    return std::optional<RunInfo>(run_of(rows[0]));
-  });
+  return guarded(fmt::format("reading run {}", shown_name(run)),
+                 [&]() -> Result<std::optional<RunInfo>> {
+                   auto rows = impl_->exec("get_run", run);
+                   if (rows.empty()) return std::optional<RunInfo>{};
+                   return std::optional<RunInfo>(run_of(rows[0]));
+                 });
 }
 
 Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
