@@ -1371,12 +1371,16 @@ TEST_SUITE("run_store") {
     CHECK(contains(nul.error().message, "starting a run of flow 'one' version 'v1'"));
     CHECK(contains(nul.error().message, "\\u0000"));
     // A slug or version that is not UTF-8 (the server refuses the bytes), or 100,000 bytes long
-    // (no such flow): an error whose text is valid UTF-8, and short: a name is shown up to 200
-    // bytes with its size, the server's message up to 2,000 (it quotes the slug too).
+    // (no such flow; one of 3-byte characters, which no cut may split): an error whose text is
+    // valid UTF-8, and short: a name is shown up to 200 bytes with its size, the server's message
+    // up to 2,000 (it quotes the slug too).
+    std::string euros;
+    for (int i = 0; i < 33'334; ++i) euros += "\xE2\x82\xAC";
     for (const auto& [slug, version] : {std::pair<std::string, std::string>{"one\xff\xfe", "v1"},
                                         {"one", "v1\xc3"},
                                         {std::string(100'000, 's'), "v1"},
-                                        {"one", std::string(100'000, 'v')}}) {
+                                        {"one", std::string(100'000, 'v')},
+                                        {euros, "v1"}}) {
       auto refused = env.store.start_run(slug, version, Json::object());
       REQUIRE_FALSE(refused);
       const std::string& message = refused.error().message;
@@ -1384,7 +1388,8 @@ TEST_SUITE("run_store") {
       CHECK(fd::utf8_valid(message) == message);
       CHECK(contains(message, "starting a run of flow"));
       CHECK(message.size() < 3000);
-      if (slug.size() + version.size() > 100'000) CHECK(contains(message, "(100000 bytes)"));
+      const std::size_t longest = std::max(slug.size(), version.size());
+      if (longest > 200) CHECK(contains(message, "(" + std::to_string(longest) + " bytes)"));
     }
     // A run id that is not UTF-8, or 100,000 bytes long, named in the error as valid text, and
     // cut.

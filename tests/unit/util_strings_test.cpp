@@ -4,6 +4,7 @@
 
 #include "util/strings.hpp"
 
+using flowreg::detail::bounded_text;
 using flowreg::detail::is_utf8;
 using flowreg::detail::utf8_invalid_at;
 using flowreg::detail::utf8_prefix;
@@ -63,5 +64,21 @@ TEST_SUITE("strings") {
     CHECK(utf8_prefix(euro, 2) == "a");
     CHECK(utf8_prefix(euro, 1) == "a");
     CHECK(utf8_prefix(euro, 0).empty());
+  }
+
+  TEST_CASE("bounded text is valid, cut at a character boundary, and gives the size it had") {
+    CHECK(bounded_text("short", 10) == "short");
+    CHECK(bounded_text("bad \xFF", 10) == "bad " + kReplacement);
+    // 3-byte characters with a limit of 7: two whole characters, not a third cut in two.
+    const std::string euros = "\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC\xE2\x82\xAC";
+    CHECK(bounded_text(euros, 7) == "\xE2\x82\xAC\xE2\x82\xAC... (12 bytes)");
+    // Invalid bytes become U+FFFD (3 bytes each) before the cut; the size is the input's.
+    CHECK(bounded_text("\xFF\xFF\xFF", 4) == kReplacement + "... (3 bytes)");
+    // A truncated sequence at the end, and a huge input.
+    CHECK(bounded_text("ab\xE2\x82", 2) == "ab... (4 bytes)");
+    const std::string huge(1'000'000, 'x');
+    const std::string cut = bounded_text(huge, 200);
+    CHECK(cut == std::string(200, 'x') + "... (1000000 bytes)");
+    CHECK(is_utf8(bounded_text(std::string(100'000, '\xC3'), 200)));
   }
 }

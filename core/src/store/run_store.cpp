@@ -155,14 +155,6 @@ std::string describe_input(std::string_view json) {
                      sha256_hex(json));
 }
 
-// `text` as valid UTF-8, cut to its first `max_bytes` bytes (at a character boundary) followed by
-// its size when longer.
-std::string bounded_text(std::string_view text, std::size_t max_bytes) {
-  std::string valid = utf8_valid(text);
-  if (valid.size() <= max_bytes) return valid;
-  return fmt::format("{}... ({} bytes)", utf8_prefix(valid, max_bytes), text.size());
-}
-
 // A name a caller gave (a flow slug or version, a run id, an idempotency key) in a message: at
 // most 200 bytes of it (a 100,000-byte slug would otherwise be repeated in full), valid UTF-8.
 std::string shown_name(std::string_view name) { return bounded_text(name, 200); }

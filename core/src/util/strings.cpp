@@ -1,6 +1,7 @@
 #include "util/strings.hpp"
 
 #include <algorithm>
+#include <string>
 
 namespace flowreg::detail {
 
@@ -131,6 +132,13 @@ std::string_view utf8_prefix(std::string_view text, std::size_t max_bytes) noexc
   // Step back over continuation bytes to the start of the character that crosses the limit.
   while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
   return text.substr(0, end);
+}
+
+std::string bounded_text(std::string_view text, std::size_t max_bytes) {
+  std::string valid = utf8_valid(text);
+  if (valid.size() <= max_bytes) return valid;
+  return std::string(utf8_prefix(valid, max_bytes)) + "... (" + std::to_string(text.size()) +
+         " bytes)";
 }
 
 }  // namespace flowreg::detail

@@ -28,5 +28,8 @@ std::size_t utf8_invalid_at(std::string_view text) noexcept;
 std::string utf8_valid(std::string_view text);
 // The longest prefix of `text` of at most `max_bytes` bytes that does not end inside a character.
 std::string_view utf8_prefix(std::string_view text, std::size_t max_bytes) noexcept;
+// `text` for a message: made valid (utf8_valid), and when that is longer than `max_bytes`, its
+// utf8_prefix of `max_bytes` followed by "... (N bytes)", N being the size of `text` as given.
+std::string bounded_text(std::string_view text, std::size_t max_bytes);
 
 }  // namespace flowreg::detail
