@@ -94,8 +94,7 @@ BEGIN
                 s.kind = 'single' AND s.remaining_deps = 0 AND s.status = 'started' AS go
     ),
     go AS (
-      SELECT u.run_id, u.step_slug, fs.flow_slug, fs.version, fs.max_attempts, fs.base_delay_ms,
-             fs.max_delay_ms, fs.timeout_ms,
+      SELECT u.run_id, u.step_slug, fs.flow_slug, fs.version, fs.timeout_ms,
              coalesce(v_claim->'flows' ? (fs.flow_slug || ' ' || fs.version), false) AS served
       FROM upd u
       JOIN flowreg.flow_steps fs ON fs.flow_slug = ANY (ARRAY[u.flow_slug])
@@ -109,11 +108,9 @@ BEGIN
       FROM go
     ),
     started AS (
-      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
-                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms, status,
+      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, status,
                                  attempt, worker_id, started_at, lease_expires_at)
-      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.max_attempts, k.base_delay_ms,
-             k.max_delay_ms, k.timeout_ms,
+      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

@@ -2,7 +2,8 @@
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise it
 -- leaves the queue (its attempts and worker added to its step state, or to its run: migration
 -- 0012) and its step and run fail.
--- p_batch: [{"id", "attempt", "error", "permanent"}].
+-- p_batch: [{"id", "attempt", "error", "permanent"}]. A task's attempts and delays are its step's
+-- (flow_steps, by primary key: migration 0014); a task whose step is gone has no attempt left.
 -- REQUIRES: the tasks' runs are locked.
 --
 -- Cost per task flat in the batch size, plans stable by construction, as in _complete_locked:
@@ -31,7 +32,11 @@ BEGIN
     -- Failed for good: the task leaves the queue (its step and run fail below).
     DELETE FROM flowreg.tasks t USING b
     WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
-      AND (b.permanent OR t.attempt >= t.max_attempts)
+      AND (b.permanent
+           OR t.attempt >= coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
+                                     WHERE fs.flow_slug = t.flow_slug
+                                       AND fs.version = t.flow_version
+                                       AND fs.step_slug = t.step_slug), 0))
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, 'failed'::text AS status, b.error,
               t.attempt, t.flow_slug, t.available_at, t.worker_id, b.permanent
   ),
@@ -39,12 +44,18 @@ BEGIN
     -- Attempts left: queued again after its retry delay.
     UPDATE flowreg.tasks t
     SET status = 'queued',
-        available_at = now() + flowreg.retry_delay_ms(t.base_delay_ms, t.max_delay_ms, t.attempt)
-                               * interval '1 ms',
+        available_at = now() + (SELECT flowreg.retry_delay_ms(fs.base_delay_ms, fs.max_delay_ms,
+                                                              t.attempt)
+                                FROM flowreg.flow_steps fs
+                                WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
+                                  AND fs.step_slug = t.step_slug) * interval '1 ms',
         finished_at = NULL, error = b.error, error_at = now(), lease_expires_at = NULL
     FROM b
     WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
-      AND NOT b.permanent AND t.attempt < t.max_attempts
+      AND NOT b.permanent
+      AND t.attempt < coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
+                                WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
+                                  AND fs.step_slug = t.step_slug), 0)
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
               t.flow_slug, t.available_at, t.worker_id, false AS permanent
   ),

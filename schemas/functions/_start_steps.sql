@@ -31,8 +31,7 @@ BEGIN
       WHERE r.id = ANY (p_runs) AND r.status = 'started'
     ),
     ready AS MATERIALIZED (
-      SELECT s.run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.max_attempts,
-             fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms,
+      SELECT s.run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.timeout_ms,
              -- Only a map step's input is needed here (its elements become its tasks' inputs).
              CASE WHEN fs.kind <> 'map' THEN NULL
                   WHEN cardinality(fs.deps) = 0 THEN r.input
@@ -77,7 +76,7 @@ BEGIN
       SELECT z.run_id, z.step_slug, (e.i - 1)::int AS task_index, z.flow_slug, z.flow_version,
              -- A map step's task keeps its element; a single step's reads its input when claimed.
              CASE WHEN z.kind = 'map' THEN e.elem END AS input,
-             z.max_attempts, z.base_delay_ms, z.max_delay_ms, z.timeout_ms, e.i <= z.take AS mine
+             z.timeout_ms, e.i <= z.take AS mine
       FROM shared z
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
@@ -86,10 +85,8 @@ BEGIN
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
-                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms, status,
-                                 attempt, worker_id, started_at, lease_expires_at)
+                                 status, attempt, worker_id, started_at, lease_expires_at)
       SELECT k.run_id, k.step_slug, k.task_index, k.flow_slug, k.flow_version, k.input,
-             k.max_attempts, k.base_delay_ms, k.max_delay_ms, k.timeout_ms,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

@@ -10,16 +10,21 @@ DECLARE
   v_flows text[];
 BEGIN
   WITH b AS (
-    SELECT * FROM jsonb_to_recordset(p_batch) AS b(id bigint, attempt int, ran boolean)
+    -- last: the attempt is its task's last (its step's max_attempts, migration 0014; a task whose
+    -- step is gone has no attempt left).
+    SELECT j.*, j.attempt >= coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
+                                       WHERE fs.flow_slug = k.flow_slug
+                                         AND fs.version = k.flow_version
+                                         AND fs.step_slug = k.step_slug), 0) AS last
+    FROM jsonb_to_recordset(p_batch) AS j(id bigint, attempt int, ran boolean)
+    LEFT JOIN flowreg.tasks k ON k.id = j.id
   ),
   upd AS (
     UPDATE flowreg.tasks t
-    SET status = CASE WHEN b.ran AND t.attempt >= t.max_attempts THEN 'started' ELSE 'queued' END,
+    SET status = CASE WHEN b.ran AND b.last THEN 'started' ELSE 'queued' END,
         attempt = CASE WHEN b.ran THEN t.attempt ELSE t.attempt - 1 END,
-        available_at = CASE WHEN b.ran AND t.attempt >= t.max_attempts THEN t.available_at
-                            ELSE now() END,
-        lease_expires_at = CASE WHEN b.ran AND t.attempt >= t.max_attempts
-                                THEN now() - interval '1 ms' END,
+        available_at = CASE WHEN b.ran AND b.last THEN t.available_at ELSE now() END,
+        lease_expires_at = CASE WHEN b.ran AND b.last THEN now() - interval '1 ms' END,
         error = CASE WHEN b.ran THEN format('interrupted: worker %s shut down while the handler '
                                             'ran', p_worker) ELSE t.error END,
         error_at = CASE WHEN b.ran THEN now() ELSE t.error_at END

@@ -25,8 +25,7 @@ BEGIN
   IF p_key IS NULL AND p_retry_of IS NULL THEN
     WITH one AS (
       -- The task's id, taken first: the run names it (runs.task_id, migration 0013).
-      SELECT fs.step_slug, fs.max_attempts, fs.base_delay_ms, fs.max_delay_ms, fs.timeout_ms,
-             nextval('flowreg.tasks_id_seq') AS task_id
+      SELECT fs.step_slug, nextval('flowreg.tasks_id_seq') AS task_id
       FROM flowreg.flow_steps fs
       WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.kind = 'single'
         AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
@@ -45,11 +44,9 @@ BEGIN
       RETURNING id
     ),
     tk AS (
-      INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
-                                 max_attempts, base_delay_ms, max_delay_ms, timeout_ms, solo)
+      INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version, solo)
       OVERRIDING SYSTEM VALUE
-      SELECT one.task_id, ins.id, one.step_slug, 0, p_slug, p_version, one.max_attempts,
-             one.base_delay_ms, one.max_delay_ms, one.timeout_ms, true
+      SELECT one.task_id, ins.id, one.step_slug, 0, p_slug, p_version, true
       FROM ins CROSS JOIN one
     )
     SELECT ins.id INTO v_id FROM ins;

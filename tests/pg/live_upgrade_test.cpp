@@ -136,10 +136,24 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// What the releases before 0014 stored: every task with a copy of its step's options, taken when
+// it was created, and its creation time. Cases that go back further start with this.
+const std::string kBefore0014 =
+    "UPDATE flowreg.tasks t SET max_attempts = fs.max_attempts, base_delay_ms = fs.base_delay_ms,"
+    "  max_delay_ms = fs.max_delay_ms, timeout_ms = fs.timeout_ms,"
+    "  created_at = coalesce(t.created_at, now())"
+    " FROM flowreg.flow_steps fs WHERE fs.flow_slug = t.flow_slug"
+    "  AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
+    "ALTER TABLE flowreg.tasks ALTER COLUMN max_attempts SET NOT NULL,"
+    "  ALTER COLUMN base_delay_ms SET NOT NULL, ALTER COLUMN max_delay_ms SET NOT NULL,"
+    "  ALTER COLUMN timeout_ms SET NOT NULL, ALTER COLUMN created_at SET NOT NULL,"
+    "  ALTER COLUMN created_at SET DEFAULT now();";
+
 // What the releases before 0013 stored: no task of a one-step flow's run apart (solo), every task
 // in the unique index on (run_id, step_slug, task_index), no task_id in runs. Cases that go back
 // further start with this.
 const std::string kBefore0013 =
+    kBefore0014 +
     "UPDATE flowreg.tasks SET solo = false WHERE solo;"
     "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_task_index_key"
     "  UNIQUE (run_id, step_slug, task_index);"
@@ -292,7 +306,7 @@ TEST_SUITE("live_upgrade") {
          // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
          // runs, of finished single steps).
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13);"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13, 14);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -303,7 +317,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13}));
+    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -477,14 +491,14 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13);"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13}));
+    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -570,11 +584,11 @@ TEST_SUITE("live_upgrade") {
     CHECK(failed_step->front().error->find("broken") != std::string::npos);
 
     // What the release before 0012 left: a step state for every run.
-    exec(db, kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13);");
+    exec(db, kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14);");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13, 14}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -677,7 +691,7 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_before[mapped] == "each started 2;sum created 0;");
 
     // What the release before 0013 left: the same rows, every task in the unique index by run.
-    exec(db, kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version = 13;");
+    exec(db, kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'tasks'";
@@ -686,7 +700,7 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
     // new index (not solo) and their runs name none.
-    CHECK(upgrade(db) == std::vector<int>({13}));
+    CHECK(upgrade(db) == std::vector<int>({13, 14}));
     CHECK(q(db, indexes) == "tasks_by_run,tasks_leased,tasks_pkey,tasks_queued");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
     CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE task_id IS NOT NULL") == "0");
@@ -747,5 +761,95 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_of(after, chain) == "a completed 1;b completed 1;");
     CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
     CHECK(run_info(after, doomed).status == fd::RunStatus::cancelled);
+  }
+  TEST_CASE("migration 0014: live tasks that copied their step's options run by the step's") {
+    Migrated m = migrated_database("lu_0014");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
+
+    const auto queued = start(store, single, Json{{"q", 1}});          // claimed, released
+    const auto held = start(store, single, Json{{"h", 2}});            // claimed, still running
+    const auto retrying = start(store, single, Json{{"r", 3}});        // failed once, retry due
+    const auto chain = start(store, pipe, Json{{"c", 4}});             // a running
+    const auto mapped = start(store, fan, Json::array({10, 20, 30}));  // 0 done, 1 running, 2 new
+    fd::ClaimedTask held_task, chain_task, map_held_task;
+    {
+      auto first = claim_all(store, flows);
+      give_back(store, task(first, queued, "only"));
+      held_task = task(first, held, "only");
+      fail(store, task(first, retrying, "only"), "flaky", false);
+      chain_task = task(first, chain, "a");
+      complete(store, task(first, mapped, "each", 0));
+      map_held_task = task(first, mapped, "each", 1);
+      give_back(store, task(first, mapped, "each", 2));
+    }
+    // This release: no task copies its step's options.
+    const std::string copies =
+        "SELECT count(*) FROM flowreg.tasks WHERE num_nulls(max_attempts, base_delay_ms,"
+        " max_delay_ms, timeout_ms, created_at) = 0";
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks") == "7");
+    REQUIRE(q(db, copies) == "0");
+
+    // What the release before 0014 left: every task with its copy. The running ones copied
+    // options their versions no longer have (one attempt, a 2 s timeout), as when a version's
+    // options change after its tasks were created.
+    exec(db, kBefore0014 +
+                 "UPDATE flowreg.tasks SET max_attempts = 1, timeout_ms = 2000"
+                 " WHERE status = 'started';"
+                 "DELETE FROM public.flowreg_migrations WHERE version = 14;");
+    REQUIRE(q(db, copies) == "7");
+
+    // The upgrade, while the old worker holds three tasks: nothing moves, the copies stay unread.
+    CHECK(upgrade(db) == std::vector<int>({14}));
+    CHECK(q(db, copies) == "7");
+    fd::RunStore after = connect(db);
+
+    // The held tasks' failures find the step's attempts (3), not the copy's (1): they retry.
+    fail(after, held_task, "flaky", false);
+    fail(after, chain_task, "flaky", false);
+    CHECK(q(db,
+            "SELECT string_agg(status || ' ' || attempt, ',' ORDER BY id) FROM flowreg.tasks"
+            " WHERE id IN (" +
+                std::to_string(held_task.id) + ", " + std::to_string(chain_task.id) + ")") ==
+          "queued 1,queued 1");
+    // A lease renewed now is the step's timeout (60 s), not the copy's 2 s.
+    const fd::TaskAttempt current{map_held_task.id, map_held_task.attempt};
+    auto renewed = after.renew("old-worker", std::span(&current, 1));
+    REQUIRE_MESSAGE(renewed, flowreg::testing::failure_text(renewed));
+    CHECK(renewed->empty());
+    CHECK(std::stod(q(db,
+                      "SELECT extract(epoch FROM lease_expires_at - now()) FROM flowreg.tasks"
+                      " WHERE id = " +
+                          std::to_string(map_held_task.id))) > 50);
+
+    // A run started now: its task copies nothing; a claim returns the step's options.
+    const auto fresh = start(after, single, Json{{"n", 8}});
+    CHECK(q(db,
+            "SELECT num_nulls(t.max_attempts, t.base_delay_ms, t.max_delay_ms, t.timeout_ms,"
+            " t.created_at) FROM flowreg.tasks t JOIN flowreg.runs r ON r.task_id = t.id"
+            " WHERE r.id = '" +
+                fresh + "'") == "5");
+    complete(after, map_held_task);
+    std::this_thread::sleep_for(400ms);  // the retries' delay (300 ms) passes
+    {
+      auto claimed = after.claim("new-worker", flows, 1000);
+      REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+      // queued, held, retrying, fresh (single); chain's a; mapped's task 2.
+      CHECK(claimed->size() == 6);
+      for (const auto& t : *claimed) {
+        CHECK_MESSAGE(t.max_attempts == 3, t.run_id);
+        CHECK_MESSAGE(t.timeout == flowreg::Millis(60'000), t.run_id);
+        complete(after, t);
+      }
+    }
+    const std::map<std::string, Json> inputs = finish_all(after, db, flows);
+    CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
+    CHECK(run_info(after, held).output == Json{{"only", {{"echo", {{"h", 2}}}}}});
+    CHECK(steps_of(after, held) == "only completed 2;");
+    CHECK(steps_of(after, chain) == "a completed 2;b completed 1;");
+    CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
   }
 }

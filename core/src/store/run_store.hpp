@@ -227,7 +227,9 @@ class RunStore {
   ~RunStore();
 
   // Stores `flow` as (flow.slug, version). Idempotent. A stored version whose options or input
-  // schema differ is updated: tasks created from then on use the new options.
+  // schema differ is updated: its tasks use the new options from then on, queued and running ones
+  // included (a task reads its step's options when they apply: a claim or lease renewal the
+  // timeout, a failure the attempts and delays).
   // Errc::invalid_argument when that version is stored with a different shape (steps, kinds,
   // dependencies, handlers), or when the flow is malformed (unknown dependency, a cycle, a map
   // step with more than one dependency); steps may be declared in any order. Returns true when
