@@ -108,9 +108,10 @@ BEGIN
       FROM go
     ),
     started AS (
-      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, status,
-                                 attempt, worker_id, started_at, lease_expires_at)
-      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version,
+      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
+                                 timeout_ms, status, attempt, worker_id, started_at,
+                                 lease_expires_at)
+      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.timeout_ms,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

@@ -2,8 +2,8 @@
 -- least(its step's timeout, p_lease_ms) (p_lease_ms NULL: the timeout). p_flows: [{"slug",
 -- "version"}]. Expired leases of those flows are handled first: a task with attempts left is
 -- requeued at once (and claimable by this very call); one without fails its step and run.
--- A task's options are its step's (flow_steps, by primary key: migration 0014); a task whose step
--- is gone has no attempt left.
+-- A task's attempts are its step's (flow_steps, by primary key: migration 0014; a task whose step
+-- is gone has no attempt left); its timeout is the copy it took when it was created.
 -- The tasks this transaction created already claimed (transaction setting flowreg.claimed, a
 -- comma-separated list of ids that _claimed_here wrote for _account_steps and _start_steps within
 -- a work() call) are returned too, and counted first in p_limit.
@@ -101,24 +101,21 @@ BEGIN
   claimed AS (
     UPDATE flowreg.tasks t
     SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
-        lease_expires_at = flowreg._lease_end(
-          (SELECT fs.timeout_ms FROM flowreg.flow_steps fs
-           WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
-             AND fs.step_slug = t.step_slug), p_lease_ms)
+        lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
     WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
     RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-              t.input, t.lease_expires_at
+              t.input, t.timeout_ms, t.lease_expires_at
   ),
   mine AS (
     SELECT * FROM claimed
     UNION ALL
     SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-           t.input, t.lease_expires_at
+           t.input, t.timeout_ms, t.lease_expires_at
     FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
   )
   -- A single step's task stores no input (a map step's stores its element): it is the run's input
   -- for a root step, else the object of its dependencies' outputs by step slug, read here by
-  -- primary key (runs or step_states) after its step (flow_steps: its dependencies and options).
+  -- primary key (runs or step_states) after its step (flow_steps: its dependencies and attempts).
   SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
          coalesce(c.input,
                   CASE WHEN cardinality(fs.deps) = 0
@@ -126,10 +123,10 @@ BEGIN
                        ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                              FROM flowreg.step_states d
                              WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)) END),
-         fs.max_attempts, fs.timeout_ms, c.lease_expires_at
+         fs.max_attempts, c.timeout_ms, c.lease_expires_at
   FROM mine c
   LEFT JOIN LATERAL (
-    SELECT f.deps, f.max_attempts, f.timeout_ms FROM flowreg.flow_steps f
+    SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
     WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
     OFFSET 0) fs ON true;
 END $$;

@@ -85,8 +85,10 @@ BEGIN
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
-                                 status, attempt, worker_id, started_at, lease_expires_at)
+                                 timeout_ms, status, attempt, worker_id, started_at,
+                                 lease_expires_at)
       SELECT k.run_id, k.step_slug, k.task_index, k.flow_slug, k.flow_version, k.input,
+             k.timeout_ms,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

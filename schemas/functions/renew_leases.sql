@@ -1,6 +1,5 @@
 -- Extends the leases of started tasks p_worker holds at the given attempt, by least(each step's
--- timeout, p_lease_ms) from now (p_lease_ms NULL: the timeout; the step's, in flow_steps:
--- migration 0014). p_batch: [{"id", "attempt"}].
+-- timeout, p_lease_ms) from now (p_lease_ms NULL: the timeout). p_batch: [{"id", "attempt"}].
 -- Returns the ids rejected (no longer this worker's at that attempt).
 --
 -- With p_skip_locked, renewal never waits: tasks whose rows another transaction holds (the
@@ -16,10 +15,7 @@ BEGIN
   SELECT array_agg((e->>'id')::bigint) INTO v_ids FROM jsonb_array_elements(p_batch) e;
   WITH upd AS (
     UPDATE flowreg.tasks t
-    SET lease_expires_at = flowreg._lease_end(
-          (SELECT fs.timeout_ms FROM flowreg.flow_steps fs
-           WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
-             AND fs.step_slug = t.step_slug), p_lease_ms)
+    SET lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
     FROM jsonb_to_recordset(p_batch) AS b(id bigint, attempt int)
     WHERE t.id = ANY (v_ids) AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
       AND t.worker_id = p_worker
@@ -50,10 +46,7 @@ BEGIN
   ),
   upd AS (
     UPDATE flowreg.tasks t
-    SET lease_expires_at = flowreg._lease_end(
-          (SELECT fs.timeout_ms FROM flowreg.flow_steps fs
-           WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
-             AND fs.step_slug = t.step_slug), p_lease_ms)
+    SET lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
     FROM mine WHERE t.id = mine.id
     RETURNING t.id
   )

@@ -90,10 +90,11 @@ BEGIN
       AND NOT (SELECT m.one_row FROM meta m)
   ),
   tk AS (
-    INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version, solo)
+    INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
+                               timeout_ms, solo)
     OVERRIDING SYSTEM VALUE
     SELECT coalesce(ins.task_id, nextval('flowreg.tasks_id_seq')), ins.id, fs.step_slug, 0,
-           p_slug, p_version, ins.task_id IS NOT NULL
+           p_slug, p_version, fs.timeout_ms, ins.task_id IS NOT NULL
     FROM ins CROSS JOIN flowreg.flow_steps fs
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
       AND fs.kind = 'single'

@@ -1,9 +1,10 @@
 -- Stores a flow version. A version is its shape (steps, kinds, dependencies, handlers, compared by
 -- _flow_shape); tuning options and the input schema are not part of it. Storing the same definition
--- again changes nothing (false); storing the same shape with other options updates them, for its
--- queued and running tasks too (a task reads its step's options when they apply: migration 0014),
--- and returns true; a different shape under a stored (slug, version) is refused (SQLSTATE 22023),
--- because runs pinned to it must never change.
+-- again changes nothing (false); storing the same shape with other options updates them and
+-- returns true: new attempts and retry delays apply to its queued and running tasks too (a task
+-- reads them from its step: migration 0014), a new timeout to the tasks created from then on. A
+-- different shape under a stored (slug, version) is refused (SQLSTATE 22023), because runs pinned
+-- to it must never change.
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE

@@ -136,18 +136,17 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
-// What the releases before 0014 stored: every task with a copy of its step's options, taken when
-// it was created, and its creation time. Cases that go back further start with this.
+// What the releases before 0014 stored: every task with a copy of its step's attempts and retry
+// delays, taken when it was created, and its creation time. Cases that go back further start with
+// this.
 const std::string kBefore0014 =
     "UPDATE flowreg.tasks t SET max_attempts = fs.max_attempts, base_delay_ms = fs.base_delay_ms,"
-    "  max_delay_ms = fs.max_delay_ms, timeout_ms = fs.timeout_ms,"
-    "  created_at = coalesce(t.created_at, now())"
+    "  max_delay_ms = fs.max_delay_ms, created_at = coalesce(t.created_at, now())"
     " FROM flowreg.flow_steps fs WHERE fs.flow_slug = t.flow_slug"
     "  AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
     "ALTER TABLE flowreg.tasks ALTER COLUMN max_attempts SET NOT NULL,"
     "  ALTER COLUMN base_delay_ms SET NOT NULL, ALTER COLUMN max_delay_ms SET NOT NULL,"
-    "  ALTER COLUMN timeout_ms SET NOT NULL, ALTER COLUMN created_at SET NOT NULL,"
-    "  ALTER COLUMN created_at SET DEFAULT now();";
+    "  ALTER COLUMN created_at SET NOT NULL, ALTER COLUMN created_at SET DEFAULT now();";
 
 // What the releases before 0013 stored: no task of a one-step flow's run apart (solo), every task
 // in the unique index on (run_id, step_slug, task_index), no task_id in runs. Cases that go back
@@ -762,7 +761,7 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
     CHECK(run_info(after, doomed).status == fd::RunStatus::cancelled);
   }
-  TEST_CASE("migration 0014: live tasks that copied their step's options run by the step's") {
+  TEST_CASE("migration 0014: live tasks that copied their step's attempts fail by the step's") {
     Migrated m = migrated_database("lu_0014");
     const std::string& db = m.db;
     fd::RunStore& store = m.store;
@@ -785,18 +784,18 @@ TEST_SUITE("live_upgrade") {
       map_held_task = task(first, mapped, "each", 1);
       give_back(store, task(first, mapped, "each", 2));
     }
-    // This release: no task copies its step's options.
+    // This release: no task copies its step's attempts and delays (only its timeout).
     const std::string copies =
         "SELECT count(*) FROM flowreg.tasks WHERE num_nulls(max_attempts, base_delay_ms,"
-        " max_delay_ms, timeout_ms, created_at) = 0";
+        " max_delay_ms, created_at) = 0";
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks") == "7");
     REQUIRE(q(db, copies) == "0");
 
     // What the release before 0014 left: every task with its copy. The running ones copied
-    // options their versions no longer have (one attempt, a 2 s timeout), as when a version's
-    // options change after its tasks were created.
+    // an option their versions no longer have (one attempt), as when a version's options change
+    // after its tasks were created.
     exec(db, kBefore0014 +
-                 "UPDATE flowreg.tasks SET max_attempts = 1, timeout_ms = 2000"
+                 "UPDATE flowreg.tasks SET max_attempts = 1"
                  " WHERE status = 'started';"
                  "DELETE FROM public.flowreg_migrations WHERE version = 14;");
     REQUIRE(q(db, copies) == "7");
@@ -814,23 +813,13 @@ TEST_SUITE("live_upgrade") {
             " WHERE id IN (" +
                 std::to_string(held_task.id) + ", " + std::to_string(chain_task.id) + ")") ==
           "queued 1,queued 1");
-    // A lease renewed now is the step's timeout (60 s), not the copy's 2 s.
-    const fd::TaskAttempt current{map_held_task.id, map_held_task.attempt};
-    auto renewed = after.renew("old-worker", std::span(&current, 1));
-    REQUIRE_MESSAGE(renewed, flowreg::testing::failure_text(renewed));
-    CHECK(renewed->empty());
-    CHECK(std::stod(q(db,
-                      "SELECT extract(epoch FROM lease_expires_at - now()) FROM flowreg.tasks"
-                      " WHERE id = " +
-                          std::to_string(map_held_task.id))) > 50);
-
-    // A run started now: its task copies nothing; a claim returns the step's options.
+    // A run started now: its task copies the timeout only; a claim returns the step's options.
     const auto fresh = start(after, single, Json{{"n", 8}});
     CHECK(q(db,
-            "SELECT num_nulls(t.max_attempts, t.base_delay_ms, t.max_delay_ms, t.timeout_ms,"
-            " t.created_at) FROM flowreg.tasks t JOIN flowreg.runs r ON r.task_id = t.id"
-            " WHERE r.id = '" +
-                fresh + "'") == "5");
+            "SELECT num_nulls(t.max_attempts, t.base_delay_ms, t.max_delay_ms, t.created_at)"
+            " || ' ' || t.timeout_ms FROM flowreg.tasks t JOIN flowreg.runs r"
+            " ON r.task_id = t.id WHERE r.id = '" +
+                fresh + "'") == "4 60000");
     complete(after, map_held_task);
     std::this_thread::sleep_for(400ms);  // the retries' delay (300 ms) passes
     {

@@ -478,9 +478,9 @@ TEST_SUITE("run_store") {
     CHECK(*other == std::vector<TaskId>{tasks[0].id});
   }
 
-  TEST_CASE("new options of a stored version apply to its queued and running tasks") {
-    // A task reads its step's options when they apply (migration 0014): its lease at a claim or
-    // a renewal, its attempts and retry delay at a failure.
+  TEST_CASE("new attempts and delays of a stored version reach its queued and running tasks") {
+    // A task reads its step's attempts and retry delays where they apply (migration 0014); its
+    // timeout is the copy it took when it was created.
     auto env = open_env("rs_retune");
     auto a = step("a");
     a.options.max_attempts = 1;
@@ -491,8 +491,6 @@ TEST_SUITE("run_store") {
     auto running = claim(env.store, key, 1);
     REQUIRE(running.size() == 1);
     CHECK(running[0].max_attempts == 1);
-    CHECK(ms_between(env.conninfo, running[0].id, "started_at", "lease_expires_at") ==
-          doctest::Approx(30'000).epsilon(0.001));
 
     a.options.max_attempts = 3;
     a.options.base_delay = Millis(60'000);
@@ -502,27 +500,15 @@ TEST_SUITE("run_store") {
     REQUIRE_MESSAGE(updated, flowreg::testing::failure_text(updated));
     CHECK(*updated);
 
-    // The queued task is claimed with the new options.
+    // The queued task is claimed with the new attempts, and the timeout it was created with.
     auto queued = claim(env.store, key, 1);
     REQUIRE(queued.size() == 1);
     CHECK(queued[0].max_attempts == 3);
-    CHECK(queued[0].timeout == Millis(45'000));
+    CHECK(queued[0].timeout == Millis(30'000));
     CHECK(ms_between(env.conninfo, queued[0].id, "started_at", "lease_expires_at") ==
-          doctest::Approx(45'000).epsilon(0.001));
-    // The running one is renewed for the new timeout, and its failure finds attempts left: it
-    // waits for the new retry delay (48 to 72 s with the jitter, capped at 60 s) instead of
-    // failing its run.
-    fd::TaskAttempt current{running[0].id, running[0].attempt};
-    auto renewed = env.store.renew("w1", std::span(&current, 1));
-    REQUIRE(renewed);
-    CHECK(renewed->empty());
-    const double lease_s =
-        std::stod(sql_one(env.conninfo,
-                          "SELECT extract(epoch FROM lease_expires_at - now()) FROM flowreg.tasks "
-                          "WHERE id = " +
-                              std::to_string(running[0].id)));
-    CHECK(lease_s > 40);
-    CHECK(lease_s <= 45);
+          doctest::Approx(30'000).epsilon(0.001));
+    // The running one's failure finds attempts left: it waits for the new retry delay (48 to 72 s
+    // with the jitter, capped at 60 s) instead of failing its run.
     CHECK(fail(env.store, {{running[0].id, running[0].attempt, "boom"}}).empty());
     CHECK(sql_one(env.conninfo,
                   "SELECT status || ' ' || (extract(epoch FROM available_at - now()) > 45)"
@@ -530,6 +516,12 @@ TEST_SUITE("run_store") {
                   " (SELECT status FROM flowreg.runs r WHERE r.id = t.run_id)"
                   " FROM flowreg.tasks t WHERE id = " +
                       std::to_string(running[0].id)) == "queued true true started");
+    // A run started now copies the new timeout.
+    start(env.store, key, Json::object());
+    auto fresh = claim(env.store, key, 1);
+    REQUIRE(fresh.size() == 1);
+    CHECK(fresh[0].timeout == Millis(45'000));
+    CHECK(fresh[0].max_attempts == 3);
   }
 
   TEST_CASE("work records results, claims, rejects stale results and says when a retry is due") {
@@ -1295,7 +1287,7 @@ TEST_SUITE("run_store") {
               id +
               "), '-'), coalesce((SELECT string_agg(row(step_slug, task_index, flow_slug,"
               " flow_version, status, attempt, num_nulls(max_attempts, base_delay_ms,"
-              " max_delay_ms, timeout_ms, created_at), input, output, error, error_at,"
+              " max_delay_ms, created_at), timeout_ms, input, output, error, error_at,"
               " worker_id, lease_expires_at, started_at, finished_at, available_at <= now(),"
               " solo)::text, ';' ORDER BY"
               " step_slug, task_index) FROM flowreg.tasks WHERE run_id = " +
@@ -1321,11 +1313,11 @@ TEST_SUITE("run_store") {
       if (key == &one) {
         // The one-step flow's layout (migration 0012): attempts 0 in the run, no step state, one
         // queued task with no input of its own, solo and named by the run's task_id (migration
-        // 0013), and no copy of its step's options (5: the columns migration 0014 left unused
-        // are NULL).
+        // 0013), with a copy of its step's timeout and no other option (4: the columns migration
+        // 0014 left unused are NULL).
         CHECK(rows ==
               "(one,v1,started,,,1,,,,0,,t) / - / "
-              "(a,0,one,v1,queued,0,5,,,,,,,,,t,t)");
+              "(a,0,one,v1,queued,0,4,60000,,,,,,,,,t,t)");
       } else {
         // The others' tasks are found by run (tasks_by_run): the run names none, none is solo.
         CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs WHERE id = '" +

@@ -227,9 +227,8 @@ class RunStore {
   ~RunStore();
 
   // Stores `flow` as (flow.slug, version). Idempotent. A stored version whose options or input
-  // schema differ is updated: its tasks use the new options from then on, queued and running ones
-  // included (a task reads its step's options when they apply: a claim or lease renewal the
-  // timeout, a failure the attempts and delays).
+  // schema differ is updated: new attempts and retry delays apply to its queued and running tasks
+  // too, a new timeout to the tasks created from then on (a task copies it when created).
   // Errc::invalid_argument when that version is stored with a different shape (steps, kinds,
   // dependencies, handlers), or when the flow is malformed (unknown dependency, a cycle, a map
   // step with more than one dependency); steps may be declared in any order. Returns true when
