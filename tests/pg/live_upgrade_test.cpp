@@ -136,10 +136,15 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// What the releases before 0015 had: an index of runs on created_at alone. Cases that go back
+// further start with this.
+const std::string kBefore0015 = "CREATE INDEX runs_by_created ON flowreg.runs (created_at DESC);";
+
 // What the releases before 0014 stored: every task with a copy of its step's attempts and retry
 // delays, taken when it was created, and its creation time. Cases that go back further start with
 // this.
 const std::string kBefore0014 =
+    kBefore0015 +
     "UPDATE flowreg.tasks t SET max_attempts = fs.max_attempts, base_delay_ms = fs.base_delay_ms,"
     "  max_delay_ms = fs.max_delay_ms, created_at = coalesce(t.created_at, now())"
     " FROM flowreg.flow_steps fs WHERE fs.flow_slug = t.flow_slug"
@@ -305,7 +310,7 @@ TEST_SUITE("live_upgrade") {
          // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
          // runs, of finished single steps).
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13, 14);"
+         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13, 14, 15);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -316,7 +321,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14}));
+    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14, 15}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -490,14 +495,14 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14);"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14, 15);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14}));
+    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14, 15}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -583,11 +588,12 @@ TEST_SUITE("live_upgrade") {
     CHECK(failed_step->front().error->find("broken") != std::string::npos);
 
     // What the release before 0012 left: a step state for every run.
-    exec(db, kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14);");
+    exec(db,
+         kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14, 15);");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13, 14}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -690,7 +696,7 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_before[mapped] == "each started 2;sum created 0;");
 
     // What the release before 0013 left: the same rows, every task in the unique index by run.
-    exec(db, kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14);");
+    exec(db, kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14, 15);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'tasks'";
@@ -699,7 +705,7 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
     // new index (not solo) and their runs name none.
-    CHECK(upgrade(db) == std::vector<int>({13, 14}));
+    CHECK(upgrade(db) == std::vector<int>({13, 14, 15}));
     CHECK(q(db, indexes) == "tasks_by_run,tasks_leased,tasks_pkey,tasks_queued");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
     CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE task_id IS NOT NULL") == "0");
@@ -797,11 +803,11 @@ TEST_SUITE("live_upgrade") {
     exec(db, kBefore0014 +
                  "UPDATE flowreg.tasks SET max_attempts = 1"
                  " WHERE status = 'started';"
-                 "DELETE FROM public.flowreg_migrations WHERE version = 14;");
+                 "DELETE FROM public.flowreg_migrations WHERE version IN (14, 15);");
     REQUIRE(q(db, copies) == "7");
 
     // The upgrade, while the old worker holds three tasks: nothing moves, the copies stay unread.
-    CHECK(upgrade(db) == std::vector<int>({14}));
+    CHECK(upgrade(db) == std::vector<int>({14, 15}));
     CHECK(q(db, copies) == "7");
     fd::RunStore after = connect(db);
 
@@ -840,5 +846,101 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_of(after, held) == "only completed 2;");
     CHECK(steps_of(after, chain) == "a completed 2;b completed 1;");
     CHECK(steps_of(after, mapped) == "each completed 3;sum completed 1;");
+  }
+
+  TEST_CASE(
+      "migration 0015: runs of every flow are listed, counted and pruned without their index") {
+    Migrated m = migrated_database("lu_0015");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
+
+    // Runs of the three flows, interleaved, so that a list of every flow's runs merges them: 9
+    // that end (one cancelled), then 3 still started.
+    for (int i = 0; i < 3; ++i) {
+      start(store, single, Json{{"i", i}});
+      start(store, pipe, Json{{"i", i}});
+      start(store, fan, Json::array({i}));
+    }
+    const auto cancelled = start(store, single, Json{{"c", 1}});
+    {
+      auto c = store.cancel_run(cancelled);
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+    }
+    finish_all(store, db, flows);
+    for (int i = 0; i < 3; ++i) start(store, i == 1 ? pipe : single, Json{{"s", i}});
+    // The metrics count the runs started in a window that ends 3 s ago: every run is made older.
+    exec(db, "UPDATE flowreg.runs SET created_at = created_at - interval '1 hour'");
+
+    const auto ids = [](const flowreg::Result<std::vector<fd::RunInfo>>& runs) {
+      REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
+      std::vector<std::string> out;
+      for (const auto& r : *runs) out.push_back(r.id);
+      return out;
+    };
+    // Every list the upgrade must keep: all runs, by status, by flow, and in pages of 2.
+    const auto lists = [&](fd::RunStore& s) {
+      std::vector<std::vector<std::string>> out;
+      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
+      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::started, 100})));
+      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::completed, 5})));
+      out.push_back(ids(s.list_runs(fd::RunFilter{"single", std::nullopt, 100})));
+      std::vector<std::string> paged;
+      std::optional<fd::RunId> before;
+      for (int page = 0; page < 20; ++page) {
+        auto next = ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 2}, before));
+        if (next.empty()) break;
+        paged.insert(paged.end(), next.begin(), next.end());
+        before = next.back();
+      }
+      out.push_back(paged);
+      return out;
+    };
+    const auto started_counts = [](fd::RunStore& s) {
+      auto counts = s.scrape_counts(0);
+      REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
+      std::map<std::string, std::int64_t> out;
+      for (const auto& r : counts->runs)
+        if (r.status == fd::RunStatus::started) out[r.flow_slug] += r.count;
+      return out;
+    };
+
+    // What the release before 0015 had: the index of runs on created_at alone.
+    exec(db, kBefore0015 + "DELETE FROM public.flowreg_migrations WHERE version = 15;");
+    const std::string indexes =
+        "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
+        " 'flowreg' AND tablename = 'runs'";
+    REQUIRE(q(db, indexes) ==
+            "runs_by_created,runs_by_flow,runs_idempotency,runs_pkey,runs_retry_of");
+    // The lists as the release before read them, by that index (the same SQL, written with it).
+    const std::string newest_first =
+        "SELECT string_agg(id::text, ',' ORDER BY created_at DESC, id) FROM flowreg.runs";
+    const std::string all_before = q(db, newest_first);
+    const auto lists_before = lists(store);
+    REQUIRE(lists_before[0].size() == 13);
+    std::string joined;
+    for (const auto& id : lists_before[0]) joined += (joined.empty() ? "" : ",") + id;
+    CHECK(joined == all_before);
+    REQUIRE(lists_before[1].size() == 3);
+    REQUIRE(lists_before[2].size() == 5);
+    REQUIRE(lists_before[3].size() == 6);
+    CHECK(lists_before[4] == lists_before[0]);
+    const auto counts_before = started_counts(store);
+    CHECK(counts_before ==
+          std::map<std::string, std::int64_t>{{"fan", 3}, {"pipe", 4}, {"single", 6}});
+
+    // The upgrade: the index goes, nothing else changes.
+    CHECK(upgrade(db) == std::vector<int>({15}));
+    CHECK(q(db, indexes) == "runs_by_flow,runs_idempotency,runs_pkey,runs_retry_of");
+    fd::RunStore after = connect(db);
+    CHECK(lists(after) == lists_before);
+    CHECK(started_counts(after) == counts_before);
+
+    // prune finds the 10 ended runs (one cancelled) through runs_by_flow, flow by flow.
+    auto pruned = after.prune(std::chrono::milliseconds(0));
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 10);
+    CHECK(ids(after.list_runs()) == lists_before[1]);
   }
 }
