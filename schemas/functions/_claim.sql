@@ -39,7 +39,9 @@ BEGIN
 
   IF EXISTS (SELECT 1 FROM flowreg.tasks t
              WHERE t.status = 'started' AND t.lease_expires_at < now()) THEN
-    -- Exhausted: lock the runs first (skipping busy ones), as every writer does.
+    -- Exhausted: lock the tasks, then their runs, skipping busy ones (so never waiting: a solo
+    -- task is locked before its run, as every writer does, and another task's run, locked
+    -- after it here, is skipped when busy).
     WITH ex AS (
       SELECT t.id, t.attempt, t.run_id,
              CASE WHEN t.error_at >= t.started_at THEN t.error END AS error
@@ -49,7 +51,7 @@ BEGIN
                                    WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
                                      AND fs.step_slug = t.step_slug), 0)
         AND (t.flow_slug, t.flow_version) IN (SELECT * FROM unnest(v_slugs, v_versions))
-      LIMIT p_limit
+      LIMIT p_limit FOR UPDATE OF t SKIP LOCKED
     ),
     lk AS (
       SELECT r.id FROM flowreg.runs r WHERE r.id IN (SELECT ex.run_id FROM ex)

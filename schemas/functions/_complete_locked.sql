@@ -6,7 +6,9 @@
 -- and worker written into it. A task leaves the queue when done (see migration 0009): a single
 -- step's at once, a map step's when its step completes; its attempts and worker are added to its
 -- step state (or its run, above).
--- REQUIRES: the tasks' runs are locked.
+-- REQUIRES: the runs of the tasks that are not solo are locked (_lock_step_runs_of). A solo task
+-- (a one-step flow's, migration 0013) is locked by its DELETE here, then its run by its UPDATE
+-- (the lock order: see README).
 --
 -- Cost per task flat in the batch size, plans stable by construction: each statement is a nested
 -- loop driven by the batch (or by arrays made from it), probing the primary key of ONE table per

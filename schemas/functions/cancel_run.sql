@@ -6,6 +6,11 @@ RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
   v_status text;
 BEGIN
+  -- A one-step flow's run: its solo task is locked before it (see README, lock order). The run
+  -- keeps its task_id for life, so reading it unlocked is safe.
+  PERFORM 1 FROM flowreg.tasks t
+  WHERE t.id = (SELECT r.task_id FROM flowreg.runs r WHERE r.id = p_run) AND t.run_id = p_run
+  FOR UPDATE OF t;
   SELECT status INTO v_status FROM flowreg.runs WHERE id = p_run FOR UPDATE;
   IF NOT FOUND THEN
     RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('run %s does not exist', p_run);

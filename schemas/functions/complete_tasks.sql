@@ -11,7 +11,8 @@ BEGIN
   IF v_ids IS NULL THEN
     RETURN '{}';
   END IF;
-  PERFORM flowreg._lock_runs_of(v_ids);
+  -- The runs of its tasks that are not solo; a solo task and its run are locked by their writes.
+  PERFORM flowreg._lock_step_runs_of(v_ids);
   RETURN flowreg._rejected(v_ids, flowreg._complete_locked(p_batch));
 END $$;
 

@@ -34,8 +34,10 @@ BEGIN
     -- in place of a later claimer's, fenced by attempt): a result is never lost or recorded twice.
     PERFORM set_config('synchronous_commit', 'off', true);
   END IF;
-  -- One lock order: the runs of every task given (completed or failed) are locked together, by
-  -- id, before any task or step state is written.
+  -- One lock order (see README): the runs of every task given (completed or failed) that is not
+  -- solo are locked together, by id, before any task or step state is written; with failures,
+  -- the solo tasks and then their runs too. Completions alone lock a solo task and its run by
+  -- writing them (_complete_locked deletes the task, then completes its run).
   SELECT array_agg((e->>'id')::bigint) INTO v_ids
   FROM (SELECT e FROM jsonb_array_elements(coalesce(p_completions, '[]')) e
         UNION ALL SELECT e FROM jsonb_array_elements(coalesce(p_failures, '[]')) e) x;
@@ -50,7 +52,11 @@ BEGIN
                           FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)))::text,
               true);
     END IF;
-    PERFORM flowreg._lock_runs_of(v_ids);
+    IF coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
+      PERFORM flowreg._lock_step_runs_of(v_ids);
+    ELSE
+      PERFORM flowreg._lock_runs_of(v_ids);
+    END IF;
     v_acc := '{}';
     IF jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
       v_acc := flowreg._complete_locked(p_completions);

@@ -679,6 +679,9 @@ TEST_SUITE("hot_path") {
     // order_retry: charge fails on its first attempt and succeeds when retried, while reserve, in
     // parallel, completes; an unknown SKU fails fetch permanently. order_fail: charge has one
     // attempt, so it fails its run while reserve of the same run completes or is cancelled.
+    // order_charge: charge alone, a one-step flow (its task solo: locked before its run, see
+    // schemas/functions/README.md), failing once then completing, while some of its runs are
+    // cancelled.
     const std::string flows = R"(flows:
   - slug: order_retry
     options: {max_attempts: 3, base_delay: 1ms, max_delay: 5ms, timeout: 30s}
@@ -694,6 +697,10 @@ TEST_SUITE("hot_path") {
       - {slug: charge, handler: orders.charge, depends_on: [fetch]}
       - {slug: reserve, handler: orders.reserve, depends_on: [fetch]}
       - {slug: ship, handler: orders.ship, depends_on: [charge, reserve]}
+  - slug: order_charge
+    options: {max_attempts: 3, base_delay: 1ms, max_delay: 5ms, timeout: 30s}
+    steps:
+      - {slug: charge, handler: orders.charge}
 )";
     auto s =
         make_scene("hp_four_workers", {fs::path(FLOWREG_EXAMPLE_PLUGIN_DIR) / "orders.so"}, flows);
@@ -724,6 +731,29 @@ TEST_SUITE("hot_path") {
     };
     start("order_retry", kRetry, true);
     start("order_fail", kFail, false);
+    // order_charge's runs, every 5th cancelled while the workers run them (those that ended
+    // first stay completed).
+    constexpr int kCharge = 1500;
+    int cancelled = 0;
+    {
+      const std::string version = version_of(s.conninfo, "order_charge");
+      std::vector<Json> inputs;
+      for (int i = 0; i < kCharge; ++i)
+        inputs.push_back(
+            Json{{"fetch", {{"order_id", "charge-" + std::to_string(i)}, {"total_cents", 100}}}});
+      std::vector<fd::RunId> runs;
+      for (std::size_t i = 0; i < inputs.size(); i += 500) {
+        const std::span chunk(inputs.data() + i, std::min<std::size_t>(500, inputs.size() - i));
+        auto started = store.start_runs("order_charge", version, chunk);
+        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+        runs.insert(runs.end(), started->begin(), started->end());
+      }
+      for (std::size_t i = 0; i < runs.size(); i += 5) {
+        auto c = store.cancel_run(runs[i]);
+        REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+        cancelled += *c ? 1 : 0;
+      }
+    }
 
     const auto count = [&](const std::string& slug, fd::RunStatus status) {
       auto runs = store.list_runs(fd::RunFilter{slug, status, 100'000});
@@ -748,6 +778,9 @@ TEST_SUITE("hot_path") {
     CHECK(count("order_retry", fd::RunStatus::completed) == kRetry - bogus);
     CHECK(count("order_retry", fd::RunStatus::failed) == bogus);
     CHECK(count("order_fail", fd::RunStatus::failed) == kFail);
+    INFO("order_charge runs cancelled while started: " << cancelled);
+    CHECK(count("order_charge", fd::RunStatus::cancelled) == cancelled);
+    CHECK(count("order_charge", fd::RunStatus::completed) == kCharge - cancelled);
 
     std::ifstream log(log_file);
     log.seekg(static_cast<std::streamoff>(log_start));
