@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <system_error>
 #include <thread>
 
 #include "worker/task_journal.hpp"
@@ -20,9 +21,20 @@ namespace {
 namespace fs = std::filesystem;
 using flowreg::detail::TaskJournal;
 
+// This process's scratch directory, removed when the test program exits (the children the tests
+// fork end with _exit, which leaves it alone).
+struct ScratchRoot {
+  const pid_t owner = ::getpid();
+  const fs::path path = fs::temp_directory_path() / ("flowreg_journal_" + std::to_string(owner));
+  ~ScratchRoot() {
+    std::error_code ignored;
+    if (::getpid() == owner) fs::remove_all(path, ignored);
+  }
+};
+
 fs::path scratch(const std::string& name) {
-  const fs::path dir =
-      fs::temp_directory_path() / ("flowreg_journal_" + std::to_string(::getpid())) / name;
+  static const ScratchRoot root;
+  const fs::path dir = root.path / name;
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
