@@ -887,8 +887,10 @@ namespace flowreg::detail {
 
 namespace {
 
-// Runs started in the window are counted per flow slug through runs_by_flow (migration 0015);
-// tasks are counted from the partial indexes of queued and started tasks.
+// Runs started in the window are counted per flow slug through runs_by_flow (migration 0015).
+// Runs that ended in it are counted by finished_at, which has no index (so that completing a run
+// stays a HOT update): that part reads the whole of runs at each scrape. Tasks are counted from
+// the partial indexes of queued and started tasks.
 const std::string kScrapeCountsSql =
     "WITH RECURSIVE w AS (SELECT now() - interval '3 seconds' AS upto), " + kRunSlugs +
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
