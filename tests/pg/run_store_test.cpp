@@ -1260,6 +1260,34 @@ TEST_SUITE("run_store") {
     CHECK(contains(run.error().message, "flow 'nope' version 'v1' is not stored"));
   }
 
+  TEST_CASE("start_runs refused by the server names the input it cannot store; none starts") {
+    auto env = open_env("rs_refused_input");
+    auto key = store_flow(env.store, flow("refused", {step("a")}));
+    // (An input nested deeper than kMaxStoredDepth is named the same way, by the check of
+    // stored_json_problem that hot_path's output nested 100,000 deep goes through.)
+    for (const auto& [bad, reason] :
+         {std::pair{Json{{"s", std::string("a\0b", 3)}},
+                    "holds a string with the character U+0000"},
+          std::pair{Json{{std::string("k\0", 2), 1}}, "holds a key with the character U+0000"}}) {
+      CAPTURE(reason);
+      const std::vector<Json> inputs{Json{{"i", 0}}, Json{{"i", 1}}, bad, Json{{"i", 3}}};
+      auto started = env.store.start_runs(key.slug, key.version, inputs);
+      REQUIRE_FALSE(started);
+      CHECK(started.error().code == Errc::invalid_argument);
+      const std::string& message = started.error().message;
+      CAPTURE(message);
+      CHECK(contains(message, "starting 4 runs of flow 'refused' version 'v1': input 2 (of 4"));
+      CHECK(contains(message, std::string("the input ") + reason));
+      CHECK(contains(message, "no run started"));
+    }
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "0");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
+    // The same inputs without the refused one start.
+    auto fine = env.store.start_runs(key.slug, key.version, std::vector<Json>{Json{{"i", 0}}});
+    REQUIRE_MESSAGE(fine, flowreg::testing::failure_text(fine));
+    CHECK(fine->size() == 1);
+  }
+
   // start_run (RunStore::start_run without a key or a retried run) has a short path for a run of a
   // one-step flow; every other start goes on to start_runs inside it. Either way the rows are
   // those start_runs writes.

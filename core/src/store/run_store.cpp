@@ -300,23 +300,25 @@ Json flow_definition_json(const FlowDef& flow) {
           {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
 }
 
-std::optional<std::string> stored_output_problem(const Json& output) {
-  std::vector<std::pair<const Json*, std::size_t>> todo{{&output, 1}};
+std::optional<std::string> stored_json_problem(const Json& value, std::string_view what) {
+  std::vector<std::pair<const Json*, std::size_t>> todo{{&value, 1}};
   while (!todo.empty()) {
     const auto [j, depth] = todo.back();
     todo.pop_back();
     if (j->is_string()) {
       if (j->get_ref<const std::string&>().find('\0') != std::string::npos)
-        return "the output holds a string with the character U+0000, which PostgreSQL cannot store";
+        return fmt::format(
+            "the {} holds a string with the character U+0000, which PostgreSQL cannot store", what);
       continue;
     }
     if (!j->is_structured()) continue;
     if (depth > kMaxStoredDepth)
-      return fmt::format("the output nests deeper than {} levels", kMaxStoredDepth);
+      return fmt::format("the {} nests deeper than {} levels", what, kMaxStoredDepth);
     if (j->is_object()) {
       for (const auto& [key, value] : j->items()) {
         if (key.find('\0') != std::string::npos)
-          return "the output holds a key with the character U+0000, which PostgreSQL cannot store";
+          return fmt::format(
+              "the {} holds a key with the character U+0000, which PostgreSQL cannot store", what);
         todo.emplace_back(&value, depth + 1);
       }
     } else {
@@ -491,8 +493,21 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
   Json all = Json::array();
   for (const auto& input : inputs) all.push_back(input);
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
-    auto rows =
-        impl_->exec("start_runs", std::string(flow_slug), std::string(version), json_text(all));
+    pqxx::result rows;
+    try {
+      rows =
+          impl_->exec("start_runs", std::string(flow_slug), std::string(version), json_text(all));
+    } catch (const pqxx::sql_error& e) {
+      // The server refused a value, and no run started: name the first input it cannot store
+      // (else its own message stands).
+      if (!refused_class(e) || impl_->lost) throw;
+      for (std::size_t i = 0; i < inputs.size(); ++i)
+        if (auto why = stored_json_problem(inputs[i], "input"))
+          return make_error(Errc::invalid_argument,
+                            fmt::format("{}: input {} (of {}, counted from 0): {}; no run started",
+                                        what, i, inputs.size(), *why));
+      throw;
+    }
     std::vector<RunId> out;
     out.reserve(rows.size());
     for (const auto& row : rows) out.push_back(row["run_id"].as<std::string>());
@@ -589,7 +604,7 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
   std::vector<TaskId> refused;
   kept.reserve(completions.size());
   for (const auto& c : completions) {
-    if (auto why = stored_output_problem(c.output)) {
+    if (auto why = stored_json_problem(c.output, "output")) {
       failed.push_back(refused_failure(c, *why));
       refused.push_back(c.id);
     } else {
@@ -699,7 +714,7 @@ Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> compl
   std::vector<Completion> kept;
   std::vector<Failure> refused;
   for (const auto& c : completions) {
-    if (auto why = stored_output_problem(c.output)) {
+    if (auto why = stored_json_problem(c.output, "output")) {
       refused.push_back(refused_failure(c, *why));
     } else {
       kept.push_back(c);

@@ -58,9 +58,10 @@ inline constexpr std::size_t kMaxStoredDepth = 5000;
 // How many times in all a statement aborted by a deadlock or a serialization failure is sent.
 inline constexpr int kTransientRetries = 5;
 
-// Why the server would refuse `output` as jsonb, checked before sending it: a string or key holding
-// U+0000, or nesting deeper than kMaxStoredDepth; nullopt when neither. Never recurses.
-std::optional<std::string> stored_output_problem(const Json& output);
+// Why the server would refuse `value` as jsonb: a string or key holding U+0000, or nesting deeper
+// than kMaxStoredDepth; nullopt when neither. `what` names the value in the reason ("output",
+// "input"). Never recurses.
+std::optional<std::string> stored_json_problem(const Json& value, std::string_view what);
 inline constexpr std::string_view kRunsChannel = "flowreg_runs";
 
 enum class RunStatus { started, completed, failed, cancelled };
@@ -239,7 +240,10 @@ class RunStore {
   // validation is the caller's job.
   Result<RunId> start_run(std::string_view flow_slug, std::string_view version, const Json& input,
                           const StartOptions& options = {});
-  // Starts one run per input in one statement (no idempotency keys).
+  // Starts one run per input in one statement (no idempotency keys): all of them, or none. When
+  // the server refuses an input (U+0000 in a string or key, nesting deeper than
+  // kMaxStoredDepth), none starts and the error (Errc::invalid_argument) names the first such
+  // input by its index.
   Result<std::vector<RunId>> start_runs(std::string_view flow_slug, std::string_view version,
                                         std::span<const Json> inputs);
 
