@@ -300,8 +300,8 @@ Json flow_definition_json(const FlowDef& flow) {
           {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
 }
 
-std::optional<std::string> stored_json_problem(const Json& value, std::string_view what) {
-  std::vector<std::pair<const Json*, std::size_t>> todo{{&value, 1}};
+std::optional<std::string> stored_json_problem(const Json& root, std::string_view what) {
+  std::vector<std::pair<const Json*, std::size_t>> todo{{&root, 1}};
   while (!todo.empty()) {
     const auto [j, depth] = todo.back();
     todo.pop_back();
