@@ -1,28 +1,19 @@
 -- Deletes ended runs (with their steps and tasks) that finished before now() - p_older_than.
--- Old runs are found through runs_by_flow, one range per flow slug (a run that finished before a
--- time was created before it; runs has no index on created_at alone since migration 0015), the
--- slugs by a skip scan of the same index; finished_at has no index, so that completing a run stays
--- a HOT update. Step states and tasks have no foreign key to their run (see migration 0008): they
+-- Old runs are found through runs_by_flow, one range per flow slug (_run_slugs; a run that
+-- finished before a time was created before it; runs has no index on created_at alone since
+-- migration 0015); finished_at has no index, so that completing a run stays a HOT update. Step states and tasks have no foreign key to their run (see migration 0008): they
 -- are deleted here, by run id (tasks through tasks_by_run), and a solo task by its run's task_id
 -- (migration 0013). An ended run's tasks have left the queue already (migration 0009): these
 -- deletes are a safety net.
 CREATE OR REPLACE FUNCTION flowreg.prune(p_older_than interval)
 RETURNS bigint LANGUAGE sql AS $$
-  WITH RECURSIVE slugs(slug) AS (
-    (SELECT flow_slug FROM flowreg.runs ORDER BY flow_slug LIMIT 1)
-    UNION ALL
-    SELECT (SELECT r.flow_slug FROM flowreg.runs r WHERE r.flow_slug > f.slug
-            ORDER BY r.flow_slug LIMIT 1)
-    FROM slugs f WHERE f.slug IS NOT NULL
-  ),
-  d AS (
+  WITH d AS (
     DELETE FROM flowreg.runs
     WHERE id = ANY (ARRAY(
-      SELECT o.id FROM slugs f
+      SELECT o.id FROM flowreg._run_slugs() AS f(slug)
       CROSS JOIN LATERAL (SELECT r.id FROM flowreg.runs r
                           WHERE r.flow_slug = f.slug AND r.created_at < now() - p_older_than
-                            AND r.finished_at < now() - p_older_than AND r.status <> 'started') o
-      WHERE f.slug IS NOT NULL))
+                            AND r.finished_at < now() - p_older_than AND r.status <> 'started') o))
     RETURNING id, task_id
   ),
   s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),

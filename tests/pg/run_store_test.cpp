@@ -1263,12 +1263,14 @@ TEST_SUITE("run_store") {
   TEST_CASE("start_runs refused by the server names the input it cannot store; none starts") {
     auto env = open_env("rs_refused_input");
     auto key = store_flow(env.store, flow("refused", {step("a")}));
-    // (An input nested deeper than kMaxStoredDepth is named the same way, by the check of
-    // stored_json_problem that hot_path's output nested 100,000 deep goes through.)
+    // Nested 20,000 deep: more than the server's stack takes, and than kMaxStoredDepth.
+    Json deep = "leaf";
+    for (int i = 0; i < 20'000; ++i) deep = Json::array({deep});
     for (const auto& [bad, reason] :
          {std::pair{Json{{"s", std::string("a\0b", 3)}},
                     "holds a string with the character U+0000"},
-          std::pair{Json{{std::string("k\0", 2), 1}}, "holds a key with the character U+0000"}}) {
+          std::pair{Json{{std::string("k\0", 2), 1}}, "holds a key with the character U+0000"},
+          std::pair{deep, "nests deeper than 5000 levels"}}) {
       CAPTURE(reason);
       const std::vector<Json> inputs{Json{{"i", 0}}, Json{{"i", 1}}, bad, Json{{"i", 3}}};
       auto started = env.store.start_runs(key.slug, key.version, inputs);
@@ -1282,10 +1284,19 @@ TEST_SUITE("run_store") {
     }
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "0");
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
-    // The same inputs without the refused one start.
-    auto fine = env.store.start_runs(key.slug, key.version, std::vector<Json>{Json{{"i", 0}}});
+    // A batch without such an input starts whole, invalid UTF-8 (in a string and in a key) and
+    // 4 MiB strings included: each bad byte is stored as U+FFFD, as start_run stores it.
+    const std::vector<Json> fine_inputs{Json{{"i", 0}},
+                                        Json{{"s", "bad \xff bytes"}, {"k\xc3", "truncated"}},
+                                        Json{{"big", std::string(4 << 20, 'x')}}};
+    auto fine = env.store.start_runs(key.slug, key.version, fine_inputs);
     REQUIRE_MESSAGE(fine, flowreg::testing::failure_text(fine));
-    CHECK(fine->size() == 1);
+    REQUIRE(fine->size() == 3);
+    CHECK(sql_one(env.conninfo,
+                  "SELECT input::text FROM flowreg.runs WHERE id = '" + (*fine)[1] + "'") ==
+          "{\"s\": \"bad \xEF\xBF\xBD bytes\", \"k\xEF\xBF\xBD\": \"truncated\"}");
+    CHECK(sql_one(env.conninfo, "SELECT length(input->>'big') FROM flowreg.runs WHERE id = '" +
+                                    (*fine)[2] + "'") == std::to_string(4 << 20));
   }
 
   // start_run (RunStore::start_run without a key or a retried run) has a short path for a run of a

@@ -28,21 +28,12 @@ constexpr const char* kRunColumns =
     " created_at_us, (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,"
     " retry_of::text AS retry_of, idempotency_key";
 
-// The flow slugs that have runs, from runs_by_flow by a skip scan (one probe per slug, whatever
-// the number of runs): runs has no index on created_at alone (migration 0015), so readers of the
-// runs of every flow read them one flow at a time.
-const std::string kRunSlugs =
-    "slugs(slug) AS ((SELECT flow_slug FROM flowreg.runs ORDER BY flow_slug LIMIT 1)"
-    " UNION ALL SELECT (SELECT r.flow_slug FROM flowreg.runs r WHERE r.flow_slug > s.slug"
-    "  ORDER BY r.flow_slug LIMIT 1) FROM slugs s WHERE s.slug IS NOT NULL)";
-
 // The flows a list of runs reads: $1, or every slug that has runs when $1 is empty (the slugs
-// are not searched then).
-const std::string kListedFlows =
-    "WITH RECURSIVE " + kRunSlugs +
-    ","
-    " listed(slug) AS (SELECT $1::text WHERE $1 <> ''"
-    "  UNION ALL SELECT slug FROM slugs WHERE $1 = '' AND slug IS NOT NULL) ";
+// are not searched then). Runs has no index on created_at alone (migration 0015): the runs of
+// every flow are read one flow at a time, through runs_by_flow.
+constexpr const char* kListedFlows =
+    "WITH listed(slug) AS (SELECT $1::text WHERE $1 <> ''"
+    "  UNION ALL SELECT s FROM flowreg._run_slugs() AS s WHERE $1 = '') ";
 
 // The columns of a claimed task (claimed_task reads them).
 constexpr const char* kTaskColumns =
@@ -103,14 +94,14 @@ const std::vector<Statement>& statements() {
        " WHERE id = $1::uuid"},
       // The newest runs first (created_at DESC, id), read one flow at a time through
       // runs_by_flow: of the flow $1, or else of every flow slug that has runs (migration 0015).
-      {"list_runs", kListedFlows + "SELECT " + kRunColumns +
+      {"list_runs", std::string(kListedFlows) + "SELECT " + kRunColumns +
                         " FROM listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r"
                         "  WHERE r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)"
                         "  ORDER BY r.created_at DESC, r.id LIMIT $3::int) r"
                         " ORDER BY created_at DESC, id LIMIT $3::int"},
       // list_runs after the run $4 in the same order.
       {"list_runs_before",
-       kListedFlows + "SELECT " + kRunColumns +
+       std::string(kListedFlows) + "SELECT " + kRunColumns +
            " FROM (SELECT created_at AS c, id AS i FROM flowreg.runs WHERE id = $4::uuid) k,"
            " listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r"
            "  WHERE r.flow_slug = l.slug AND ($2 = '' OR r.status = $2) AND r.created_at <= k.c"
@@ -902,23 +893,24 @@ namespace flowreg::detail {
 
 namespace {
 
-// Runs started in the window are counted per flow slug through runs_by_flow (migration 0015).
+// Runs started in the window are counted per flow slug (_run_slugs) through runs_by_flow
+// (migration 0015).
 // Runs that ended in it are counted by finished_at, which has no index (so that completing a run
 // stays a HOT update): that part reads the whole of runs at each scrape. Tasks are counted from
 // the partial indexes of queued and started tasks.
-const std::string kScrapeCountsSql =
-    "WITH RECURSIVE w AS (SELECT now() - interval '3 seconds' AS upto), " + kRunSlugs +
+constexpr const char* kScrapeCountsSql =
+    "WITH w AS (SELECT now() - interval '3 seconds' AS upto)"
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
     "  sum(r)::bigint AS running, 0::bigint AS upto_us"
     " FROM (SELECT flow_slug, count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'"
     "       GROUP BY flow_slug"
     "       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"
     "       GROUP BY flow_slug) t GROUP BY flow_slug"
-    " UNION ALL SELECT 'runs', s.slug, 'started', c.n, 0, 0 FROM slugs s"
+    " UNION ALL SELECT 'runs', s.slug, 'started', c.n, 0, 0 FROM flowreg._run_slugs() AS s(slug)"
     "  CROSS JOIN LATERAL (SELECT count(*) AS n FROM flowreg.runs r WHERE r.flow_slug = s.slug"
     "   AND r.created_at > 'epoch'::timestamptz + $1::bigint * interval '1 microsecond'"
     "   AND r.created_at <= now() - interval '3 seconds') c"
-    "  WHERE $1::bigint >= 0 AND s.slug IS NOT NULL AND c.n > 0"
+    "  WHERE $1::bigint >= 0 AND c.n > 0"
     " UNION ALL SELECT 'runs', flow_slug, status, count(*), 0, 0 FROM flowreg.runs"
     "  WHERE $1::bigint >= 0"
     "   AND finished_at > 'epoch'::timestamptz + $1::bigint * interval '1 microsecond'"

@@ -241,9 +241,9 @@ class RunStore {
   Result<RunId> start_run(std::string_view flow_slug, std::string_view version, const Json& input,
                           const StartOptions& options = {});
   // Starts one run per input in one statement (no idempotency keys): all of them, or none. When
-  // the server refuses an input (U+0000 in a string or key, nesting deeper than
-  // kMaxStoredDepth), none starts and the error (Errc::invalid_argument) names the first such
-  // input by its index.
+  // the server refuses an input (U+0000 in a string or key, or nesting deeper than its stack
+  // allows), none starts, and the error (Errc::invalid_argument) names the first input holding
+  // U+0000 or nested deeper than kMaxStoredDepth, by its index (else the server's error stands).
   Result<std::vector<RunId>> start_runs(std::string_view flow_slug, std::string_view version,
                                         std::span<const Json> inputs);
 
