@@ -870,6 +870,76 @@ TEST_SUITE("run_store") {
           "512");
   }
 
+  // Rows deleted under flowreg's guards (by hand, by another program): a claimed task whose step
+  // is no longer stored, whose run is gone, or whose dependency's step state is gone cannot be
+  // run. Each fails alone, permanently, with the reason; the batch's other tasks are returned, by
+  // work() and by claim().
+  TEST_CASE("a claimed task whose step, run or dependency was deleted fails alone") {
+    auto env = open_env("rs_unusable");
+    const auto key = store_flow(env.store, flow("unusable", {step("only")}));
+    const auto gone_key = store_flow(env.store, flow("unusable_gone", {step("only")}));
+    const auto pair_key =
+        store_flow(env.store, flow("unusable_pair", {step("a"), step("b", {"a"})}));
+    std::vector<RunId> good;
+    for (int i = 0; i < 3; ++i) good.push_back(start(env.store, key, i));
+    const RunId no_run = start(env.store, key, 10);
+    const RunId no_step = start(env.store, gone_key, 11);
+    const RunId no_dep = start(env.store, pair_key, 12);
+    // The pair's a completes (b becomes queued), then a's step state goes.
+    auto a = claim(env.store, pair_key);
+    REQUIRE(a.size() == 1);
+    CHECK(complete(env.store, {{a[0].id, a[0].attempt, Json("a's output")}}).empty());
+    sql_exec(env.conninfo,
+             "SET session_replication_role = replica;"  // no trigger: past the guards
+             "DELETE FROM flowreg.runs WHERE id = '" +
+                 no_run +
+                 "';"
+                 "DELETE FROM flowreg.flow_steps WHERE flow_slug = 'unusable_gone';"
+                 "DELETE FROM flowreg.step_states WHERE run_id = '" +
+                 no_dep + "' AND step_slug = 'a'");
+    const std::vector<FlowKey> flows{key, gone_key, pair_key};
+    auto done = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
+    std::set<RunId> claimed_runs;
+    for (const auto& t : done->claimed) claimed_runs.insert(t.run_id);
+    CHECK(claimed_runs == std::set<RunId>(good.begin(), good.end()));
+    CHECK(done->unusable.size() == 3);
+    CHECK(done->rejected.empty());
+    // Each failed permanently, with the reason; none comes back.
+    const auto no_step_info = run_info(env.store, no_step);
+    CHECK(no_step_info.status == RunStatus::failed);
+    REQUIRE(no_step_info.error);
+    CHECK(contains(*no_step_info.error,
+                   "flowreg cannot run this task: its step 'only' of flow "
+                   "'unusable_gone' version 'v1' is no longer stored"));
+    const auto no_dep_info = run_info(env.store, no_dep);
+    CHECK(no_dep_info.status == RunStatus::failed);
+    REQUIRE(no_dep_info.error);
+    CHECK(contains(*no_dep_info.error, "its input could not be read"));
+    // No task of theirs is left leased (the run-less task has nothing to fail but itself).
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id IN ('" + no_run +
+                                    "', '" + no_step + "', '" + no_dep +
+                                    "') AND status = 'started'") == "0");
+    auto again = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
+    CHECK(again->claimed.empty());
+    CHECK(again->unusable.empty());
+    // The good tasks complete as usual.
+    std::vector<Completion> batch;
+    for (const auto& t : done->claimed) batch.push_back({t.id, t.attempt, t.input});
+    CHECK(complete(env.store, batch).empty());
+    for (const auto& id : good) CHECK(run_info(env.store, id).status == RunStatus::completed);
+    // claim() does the same.
+    const RunId later = start(env.store, key, 20);
+    const RunId later_gone = start(env.store, key, 21);
+    sql_exec(env.conninfo, "DELETE FROM flowreg.runs WHERE id = '" + later_gone + "'");
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    CHECK(tasks[0].run_id == later);
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id = '" + later_gone +
+                                    "' AND status = 'started'") == "0");
+  }
+
   TEST_CASE("a completion after the lease expired and the task was re-claimed is rejected") {
     auto env = open_env("rs_fencing");
     auto key = store_flow(env.store, flow("fence", {step("a")}));

@@ -224,21 +224,43 @@ RunInfo run_of(const pqxx::row& r) {
   return info;
 }
 
-// A claimed task from the columns of kTaskColumns.
-ClaimedTask claimed_task(const pqxx::row& r) {
+// A claimed task from the columns of kTaskColumns, or why its row cannot be run: a column the
+// claim could not fill (NULL max_attempts: its step is no longer in flow_steps; NULL input: its
+// run, or the step state of a dependency, is gone) or an input that is not JSON. Such rows come
+// only from rows deleted under flowreg's guards (by hand, or by another program); the caller fails
+// that task alone. The id and the attempt are NOT NULL columns, read first.
+tl::expected<ClaimedTask, std::string> claimed_task(const pqxx::row& r) {
   ClaimedTask t;
   t.id = r["id"].as<TaskId>();
-  t.run_id = r["run_id"].as<std::string>();
-  t.flow_slug = r["flow_slug"].as<std::string>();
-  t.flow_version = r["flow_version"].as<std::string>();
-  t.step_slug = r["step_slug"].as<std::string>();
-  t.task_index = r["task_index"].as<int>();
   t.attempt = r["attempt"].as<int>();
-  t.input = row_json(r["input"]);
+  t.run_id = row_text(r["run_id"]);
+  t.flow_slug = row_text(r["flow_slug"]);
+  t.flow_version = row_text(r["flow_version"]);
+  t.step_slug = row_text(r["step_slug"]);
+  if (r["max_attempts"].is_null())
+    return tl::make_unexpected(fmt::format(
+        "its step '{}' of flow '{}' version '{}' is no longer stored (flowreg.flow_steps)",
+        shown_name(t.step_slug), shown_name(t.flow_slug), shown_name(t.flow_version)));
+  if (r["input"].is_null())
+    return tl::make_unexpected(fmt::format(
+        "its input could not be read: its run {} or the step state of a dependency is gone",
+        shown_name(t.run_id)));
+  try {
+    t.input = row_json(r["input"]);
+  } catch (const Json::exception& e) {
+    return tl::make_unexpected(fmt::format("its input is not JSON: {}", e.what()));
+  }
+  t.task_index = r["task_index"].as<int>();
   t.max_attempts = r["max_attempts"].as<int>();
   t.timeout = Millis(r["timeout_ms"].as<std::int64_t>());
   t.lease_expires_at = from_micros(r["lease_expires_at_us"].as<std::int64_t>());
   return t;
+}
+
+// The permanent failure recorded for a claimed task that cannot be run (see claimed_task).
+Failure unusable_failure(const pqxx::row& r, std::string_view why) {
+  return Failure{r["id"].as<TaskId>(), r["attempt"].as<int>(),
+                 fmt::format("flowreg cannot run this task: {}", why), true};
 }
 
 // The task ids of a result with a column `id`.
@@ -543,8 +565,15 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
   return guarded("claiming tasks", [&]() -> Result<std::vector<ClaimedTask>> {
     auto rows = impl_->exec("claim", std::string(worker_id), json_text(keys), limit);
     std::vector<ClaimedTask> out;
+    std::vector<Failure> unusable;
     out.reserve(rows.size());
-    for (const auto& r : rows) out.push_back(claimed_task(r));
+    for (const auto& r : rows) {
+      if (auto t = claimed_task(r))
+        out.push_back(std::move(*t));
+      else
+        unusable.push_back(unusable_failure(r, t.error()));
+    }
+    if (!unusable.empty()) impl_->exec("fail", json_text(failures_json(unusable)));
     return out;
   });
 }
@@ -628,6 +657,7 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
       rows = call();
     }
     WorkResult out;
+    std::vector<Failure> unusable;
     out.claimed.reserve(rows.size());
     for (const auto& r : rows) {
       const std::string_view kind = r["kind"].c_str();
@@ -635,9 +665,17 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
         out.rejected.push_back(r["id"].as<TaskId>());
       } else if (kind == "due") {
         out.next_due_in = Millis(std::max<std::int64_t>(0, r["due_in_ms"].as<std::int64_t>()));
+      } else if (auto t = claimed_task(r)) {
+        out.claimed.push_back(std::move(*t));
       } else {
-        out.claimed.push_back(claimed_task(r));
+        unusable.push_back(unusable_failure(r, t.error()));
       }
+    }
+    // A claimed task that cannot be run fails alone, permanently, with the reason; the batch's
+    // other tasks are returned.
+    if (!unusable.empty()) {
+      for (const auto& f : unusable) out.unusable.push_back(f.id);
+      impl_->exec("fail", json_text(failures_json(unusable)));
     }
     // A refused completion whose failure was rejected (attempt no longer current) is only that.
     std::erase_if(refused, [&](TaskId id) {

@@ -129,6 +129,10 @@ struct WorkResult {
   // than kMaxStoredDepth, or any other value the server refuses): each was recorded as a permanent
   // failure of its task with the reason, and the rest of the batch as given. Not in `rejected`.
   std::vector<TaskId> refused;
+  // Claimed tasks that cannot be run: a row the claim could not fill (the task's step or run was
+  // deleted under flowreg's guards) or an input that is not JSON. Each was recorded as a permanent
+  // failure of its task with the reason; they are not in `claimed`.
+  std::vector<TaskId> unusable;
   // How long until the next delayed task (a retry waiting for its backoff) of the flows becomes
   // ready, by the server's clock; nullopt when none waits.
   std::optional<Millis> next_due_in;
@@ -248,7 +252,8 @@ class RunStore {
                                         std::span<const Json> inputs);
 
   // Up to `limit` ready tasks of these flow versions, leased to `worker_id` for their step's
-  // timeout. Never waits for tasks other claimers hold (SKIP LOCKED).
+  // timeout. Never waits for tasks other claimers hold (SKIP LOCKED). A claimed task that cannot
+  // be run (see WorkResult::unusable) is failed permanently, with the reason, and left out.
   Result<std::vector<ClaimedTask>> claim(std::string_view worker_id, std::span<const FlowKey> flows,
                                          int limit);
   // Extends leases by min(each step's timeout, lease) from now (no lease: the timeout). Returns

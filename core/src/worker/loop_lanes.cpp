@@ -288,6 +288,11 @@ LoopLanes::Done LoopLanes::trip(const Loop& loop, LoopState::Round& round) {
         "worker {}: {}: the database cannot store the output of task {}: the task failed "
         "permanently (see its error)",
         engine_.worker_id(), state->label(), id);
+  for (TaskId id : result->unusable)
+    spdlog::warn(
+        "worker {}: {}: claimed task {} cannot be run (its step or run was deleted, or its input "
+        "is not JSON): the task failed permanently (see its error)",
+        engine_.worker_id(), state->label(), id);
   done.claimed = static_cast<int>(result->claimed.size());
   done.full = limit > 0 && done.claimed == limit;
   done.claimed_for = round.want_claim;
