@@ -90,7 +90,12 @@ BEGIN
     FROM unnest(v_slugs, v_versions) AS f(slug, version)
     CROSS JOIN LATERAL (
       SELECT q.id, q.available_at FROM flowreg.tasks q
-      WHERE q.status = 'queued' AND q.flow_slug = f.slug AND q.flow_version = f.version
+      -- tasks_queued's key (migration 0016), then the names, which tell apart flows whose
+      -- hashes are equal.
+      WHERE q.status = 'queued'
+        AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
+            = hashtextextended(f.slug || ' ' || f.version, 0)
+        AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at <= now()
       ORDER BY q.available_at
       LIMIT greatest(p_limit - coalesce(cardinality(v_direct), 0), 0)

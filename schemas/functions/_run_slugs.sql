@@ -1,17 +1,27 @@
--- The flow slugs that have runs, in order, by a skip scan of runs_by_flow: one probe per slug,
--- whatever the number of runs (a recursive query). Runs has no index on created_at alone
--- (migration 0015): readers of every flow's runs (prune, RunStore's lists of runs and metrics)
--- read them one flow at a time, through runs_by_flow, for the slugs given here.
+-- The flow slugs that have runs, in order. runs_by_flow is keyed by the hash of the slug
+-- (migration 0016): a skip scan of it finds the hashes that have runs, with the slug of the first
+-- run of each (one probe per hash, whatever the number of runs: a recursive query), and the
+-- stored flow slugs of those hashes join them (flows, read once), so that two slugs sharing a
+-- hash are both given. Runs has no index on created_at alone (migration 0015): readers of every
+-- flow's runs (prune, RunStore's lists of runs and metrics) read them one flow at a time, through
+-- runs_by_flow, for the slugs given here. Sequential scans are off: a probe is an index probe
+-- whatever the statistics say (a scan of runs that stops at the first row of a hash is cheap only
+-- while that hash has most of the runs).
 CREATE OR REPLACE FUNCTION flowreg._run_slugs()
 RETURNS SETOF text LANGUAGE sql STABLE AS $$
-  WITH RECURSIVE slugs(slug) AS (
-    (SELECT flow_slug FROM flowreg.runs ORDER BY flow_slug LIMIT 1)
+  WITH RECURSIVE keys(k, slug) AS (
+    (SELECT hashtextextended(flow_slug, 0), flow_slug FROM flowreg.runs ORDER BY 1 LIMIT 1)
     UNION ALL
-    SELECT (SELECT r.flow_slug FROM flowreg.runs r WHERE r.flow_slug > s.slug
-            ORDER BY r.flow_slug LIMIT 1)
-    FROM slugs s WHERE s.slug IS NOT NULL
+    SELECT n.k, n.slug
+    FROM keys s CROSS JOIN LATERAL (
+      SELECT hashtextextended(r.flow_slug, 0) AS k, r.flow_slug AS slug FROM flowreg.runs r
+      WHERE hashtextextended(r.flow_slug, 0) > s.k ORDER BY 1 LIMIT 1) n
   )
-  SELECT slug FROM slugs WHERE slug IS NOT NULL
+  SELECT slug FROM keys
+  UNION
+  SELECT f.slug FROM (SELECT DISTINCT slug FROM flowreg.flows) f
+  WHERE hashtextextended(f.slug, 0) IN (SELECT k FROM keys)
+  ORDER BY 1
 $$;
 
-ALTER FUNCTION flowreg._run_slugs() SET jit = off;
+ALTER FUNCTION flowreg._run_slugs() SET enable_seqscan = off SET jit = off;

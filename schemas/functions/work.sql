@@ -82,7 +82,10 @@ BEGIN
     FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)
     CROSS JOIN LATERAL (
       SELECT q.available_at AS at FROM flowreg.tasks q
-      WHERE q.status = 'queued' AND q.flow_slug = f.slug AND q.flow_version = f.version
+      WHERE q.status = 'queued'
+        AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
+            = hashtextextended(f.slug || ' ' || f.version, 0)  -- tasks_queued (migration 0016)
+        AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at > now()
       ORDER BY q.available_at LIMIT 1) d
     HAVING min(d.at) IS NOT NULL;

@@ -13,6 +13,7 @@
 #include <map>
 #include <optional>
 #include <pqxx/pqxx>
+#include <set>
 #include <span>
 #include <string>
 #include <thread>
@@ -136,9 +137,19 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// What the releases before 0016 had: the queue and the runs of a flow indexed by the flow's names.
+// Cases that go back further start with this.
+const std::string kBefore0016 =
+    "DROP INDEX flowreg.tasks_queued;"
+    "CREATE INDEX tasks_queued ON flowreg.tasks (flow_slug, flow_version, available_at)"
+    "  WHERE status = 'queued';"
+    "DROP INDEX flowreg.runs_by_flow;"
+    "CREATE INDEX runs_by_flow ON flowreg.runs (flow_slug, created_at DESC);";
+
 // What the releases before 0015 had: an index of runs on created_at alone. Cases that go back
 // further start with this.
-const std::string kBefore0015 = "CREATE INDEX runs_by_created ON flowreg.runs (created_at DESC);";
+const std::string kBefore0015 =
+    kBefore0016 + "CREATE INDEX runs_by_created ON flowreg.runs (created_at DESC);";
 
 // What the releases before 0014 stored: every task with a copy of its step's attempts and retry
 // delays, taken when it was created, and its creation time. Cases that go back further start with
@@ -283,35 +294,36 @@ TEST_SUITE("live_upgrade") {
     // created), a single step's completed task its output, the foreign keys exist, and a run
     // counts down all its steps (remaining_steps), not its leaves.
     exec(db, kBefore0012);
-    exec(db,
-         "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
-         "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
-         "        WHERE d.run_id = t.run_id AND d.step_slug = ANY (fs.deps)) END"
-         " FROM flowreg.runs r, flowreg.flow_steps fs"
-         " WHERE t.input IS NULL AND r.id = t.run_id AND fs.flow_slug = t.flow_slug"
-         "   AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
-         "UPDATE flowreg.tasks t SET output = s.output FROM flowreg.step_states s"
-         " WHERE t.status = 'completed' AND t.output IS NULL AND s.run_id = t.run_id"
-         "   AND s.step_slug = t.step_slug AND s.kind = 'single';"
-         "ALTER TABLE flowreg.tasks ALTER COLUMN input SET NOT NULL;"
-         "ALTER TABLE flowreg.step_states ADD CONSTRAINT step_states_run_id_fkey"
-         "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
-         "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
-         "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
-         // Runs had their foreign key to flows until 0011, and no trigger guarded flows.
-         "ALTER TABLE flowreg.runs ADD CONSTRAINT runs_flow_slug_flow_version_fkey"
-         "  FOREIGN KEY (flow_slug, flow_version) REFERENCES flowreg.flows;"
-         "DROP TRIGGER flows_keep_used_versions ON flowreg.flows;"
-         "DROP TRIGGER flows_keep_used_versions_truncate ON flowreg.flows;"
-         "DROP FUNCTION flowreg._guard_flow_delete();"
-         "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
-         "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
-         "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
-         // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
-         // runs, of finished single steps).
-         "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-         "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13, 14, 15);"
-         "DELETE FROM public.flowreg_functions;");
+    exec(
+        db,
+        "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
+        "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
+        "        WHERE d.run_id = t.run_id AND d.step_slug = ANY (fs.deps)) END"
+        " FROM flowreg.runs r, flowreg.flow_steps fs"
+        " WHERE t.input IS NULL AND r.id = t.run_id AND fs.flow_slug = t.flow_slug"
+        "   AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
+        "UPDATE flowreg.tasks t SET output = s.output FROM flowreg.step_states s"
+        " WHERE t.status = 'completed' AND t.output IS NULL AND s.run_id = t.run_id"
+        "   AND s.step_slug = t.step_slug AND s.kind = 'single';"
+        "ALTER TABLE flowreg.tasks ALTER COLUMN input SET NOT NULL;"
+        "ALTER TABLE flowreg.step_states ADD CONSTRAINT step_states_run_id_fkey"
+        "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
+        "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
+        "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
+        // Runs had their foreign key to flows until 0011, and no trigger guarded flows.
+        "ALTER TABLE flowreg.runs ADD CONSTRAINT runs_flow_slug_flow_version_fkey"
+        "  FOREIGN KEY (flow_slug, flow_version) REFERENCES flowreg.flows;"
+        "DROP TRIGGER flows_keep_used_versions ON flowreg.flows;"
+        "DROP TRIGGER flows_keep_used_versions_truncate ON flowreg.flows;"
+        "DROP FUNCTION flowreg._guard_flow_delete();"
+        "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
+        "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
+        "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
+        // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
+        // runs, of finished single steps).
+        "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
+        "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13, 14, 15, 16);"
+        "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND (conrelid IN "
@@ -321,7 +333,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14, 15}));
+    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14, 15, 16}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -495,14 +507,15 @@ TEST_SUITE("live_upgrade") {
              queued +
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14, 15);"
+             "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14, 15, "
+             "16);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14, 15}));
+    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14, 15, 16}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -588,12 +601,12 @@ TEST_SUITE("live_upgrade") {
     CHECK(failed_step->front().error->find("broken") != std::string::npos);
 
     // What the release before 0012 left: a step state for every run.
-    exec(db,
-         kBefore0012 + "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14, 15);");
+    exec(db, kBefore0012 +
+                 "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14, 15, 16);");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -696,7 +709,8 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_before[mapped] == "each started 2;sum created 0;");
 
     // What the release before 0013 left: the same rows, every task in the unique index by run.
-    exec(db, kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14, 15);");
+    exec(db,
+         kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14, 15, 16);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'tasks'";
@@ -705,7 +719,7 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
     // new index (not solo) and their runs name none.
-    CHECK(upgrade(db) == std::vector<int>({13, 14, 15}));
+    CHECK(upgrade(db) == std::vector<int>({13, 14, 15, 16}));
     CHECK(q(db, indexes) == "tasks_by_run,tasks_leased,tasks_pkey,tasks_queued");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
     CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE task_id IS NOT NULL") == "0");
@@ -803,11 +817,11 @@ TEST_SUITE("live_upgrade") {
     exec(db, kBefore0014 +
                  "UPDATE flowreg.tasks SET max_attempts = 1"
                  " WHERE status = 'started';"
-                 "DELETE FROM public.flowreg_migrations WHERE version IN (14, 15);");
+                 "DELETE FROM public.flowreg_migrations WHERE version IN (14, 15, 16);");
     REQUIRE(q(db, copies) == "7");
 
     // The upgrade, while the old worker holds three tasks: nothing moves, the copies stay unread.
-    CHECK(upgrade(db) == std::vector<int>({14, 15}));
+    CHECK(upgrade(db) == std::vector<int>({14, 15, 16}));
     CHECK(q(db, copies) == "7");
     fd::RunStore after = connect(db);
 
@@ -907,7 +921,7 @@ TEST_SUITE("live_upgrade") {
     };
 
     // What the release before 0015 had: the index of runs on created_at alone.
-    exec(db, kBefore0015 + "DELETE FROM public.flowreg_migrations WHERE version = 15;");
+    exec(db, kBefore0015 + "DELETE FROM public.flowreg_migrations WHERE version IN (15, 16);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'runs'";
@@ -931,7 +945,7 @@ TEST_SUITE("live_upgrade") {
           std::map<std::string, std::int64_t>{{"fan", 3}, {"pipe", 4}, {"single", 6}});
 
     // The upgrade: the index goes, nothing else changes.
-    CHECK(upgrade(db) == std::vector<int>({15}));
+    CHECK(upgrade(db) == std::vector<int>({15, 16}));
     CHECK(q(db, indexes) == "runs_by_flow,runs_idempotency,runs_pkey,runs_retry_of");
     fd::RunStore after = connect(db);
     CHECK(lists(after) == lists_before);
@@ -942,5 +956,114 @@ TEST_SUITE("live_upgrade") {
     REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     CHECK(*pruned == 10);
     CHECK(ids(after.list_runs()) == lists_before[1]);
+  }
+  TEST_CASE("migration 0016: queued tasks and each flow's runs are found by the hashed keys") {
+    Migrated m = migrated_database("lu_0016");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, flows] = live;
+    // Another version of `single` (another shape): a worker of the first does not take its tasks.
+    const fd::FlowKey single2 = flowreg::pgtest::store_flow(
+        store, "single", {step("only"), step("then", {"only"})}, quick_retries());
+    REQUIRE(single2.version != single.version);
+
+    // What the release before 0016 had: both indexes keyed by the names, filled by that release.
+    exec(db, kBefore0016 + "DELETE FROM public.flowreg_migrations WHERE version = 16;");
+    const std::string keys =
+        "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes WHERE schemaname"
+        " = 'flowreg' AND indexname IN ('tasks_queued', 'runs_by_flow')";
+    REQUIRE(q(db, keys).find("hashtextextended") == std::string::npos);
+    std::vector<fd::RunId> ended;
+    for (int i = 0; i < 2; ++i)
+      ended.push_back(start(store, i == 0 ? single : pipe, Json{{"e", i}}));
+    finish_all(store, db, flows);
+    const auto ready = start(store, single, Json{{"r", 1}});       // claimed, given back
+    const auto held = start(store, single, Json{{"h", 2}});        // claimed, still running
+    const auto later = start(store, single, Json{{"l", 3}});       // failed once, retry in 1 h
+    const auto other = start(store, single2, Json{{"o", 4}});      // the other version's
+    const auto chain = start(store, pipe, Json{{"c", 5}});         // a done, b queued
+    const auto mapped = start(store, fan, Json::array({10, 20}));  // 0 done, 1 given back
+    fd::ClaimedTask held_task;
+    {
+      auto first = claim_all(store, flows);
+      REQUIRE(first.size() == 6);
+      give_back(store, task(first, ready, "only"));
+      held_task = task(first, held, "only");
+      fail(store, task(first, later, "only"), "flaky", false);
+      complete(store, task(first, chain, "a"));
+      complete(store, task(first, mapped, "each", 0));
+      give_back(store, task(first, mapped, "each", 1));
+    }
+    exec(db,
+         "UPDATE flowreg.tasks SET available_at = now() + interval '1 hour'"
+         " WHERE run_id = '" +
+             later + "'");
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued'") == "5");
+
+    const auto ids = [](const flowreg::Result<std::vector<fd::RunInfo>>& runs) {
+      REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
+      std::vector<std::string> out;
+      for (const auto& r : *runs) out.push_back(r.id);
+      return out;
+    };
+    const auto lists = [&](fd::RunStore& s) {
+      std::vector<std::vector<std::string>> out;
+      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
+      out.push_back(ids(s.list_runs(fd::RunFilter{"single", std::nullopt, 100})));
+      out.push_back(ids(s.list_runs(fd::RunFilter{"pipe", fd::RunStatus::completed, 100})));
+      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 3},
+                                    std::optional<fd::RunId>(chain))));
+      return out;
+    };
+    const auto lists_before = lists(store);
+    REQUIRE(lists_before[0].size() == 8);
+    REQUIRE(lists_before[1].size() == 5);  // both versions of single
+    REQUIRE(lists_before[2] == std::vector<std::string>{ended[1]});
+
+    // The upgrade, while the old worker holds one task: both indexes are built again, hashed.
+    CHECK(upgrade(db) == std::vector<int>({16}));
+    CHECK(q(db, keys) ==
+          "CREATE INDEX runs_by_flow ON flowreg.runs USING btree (hashtextextended(flow_slug, "
+          "(0)::bigint), created_at DESC) | CREATE INDEX tasks_queued ON flowreg.tasks USING btree"
+          " (hashtextextended(((flow_slug || ' '::text) || flow_version), (0)::bigint),"
+          " available_at) WHERE (status = 'queued'::text)");
+    fd::RunStore after = connect(db);
+    CHECK(lists(after) == lists_before);
+
+    // A worker of single's second version takes its task only.
+    {
+      auto claimed = after.claim("v2-worker", std::span(&single2, 1), 100);
+      REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+      REQUIRE(claimed->size() == 1);
+      CHECK((*claimed)[0].run_id == other);
+      complete(after, (*claimed)[0]);
+    }
+    // A worker of the first versions takes the ready ones, and hears when the retry is due.
+    {
+      auto done = after.work("new-worker", {}, {}, flows, 100, std::nullopt);
+      REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
+      std::set<std::string> got;
+      for (const auto& t : done->claimed) got.insert(t.run_id + "/" + t.step_slug);
+      CHECK(got == std::set<std::string>{ready + "/only", chain + "/b", mapped + "/each"});
+      REQUIRE(done->next_due_in);
+      CHECK(*done->next_due_in > flowreg::Millis(3'500'000));
+      for (const auto& t : done->claimed) complete(after, t);
+    }
+    complete(after, held_task);
+    exec(db, "UPDATE flowreg.tasks SET available_at = now() WHERE run_id = '" + later + "'");
+    std::vector<fd::FlowKey> every = flows;
+    every.push_back(single2);
+    finish_all(after, db, every);
+    CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE status <> 'completed'") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
+    CHECK(run_info(after, later).output == Json{{"only", {{"echo", {{"l", 3}}}}}});
+    CHECK(steps_of(after, later) == "only completed 2;");
+
+    // prune finds every run, flow by flow, through the hashed runs_by_flow.
+    auto pruned = after.prune(std::chrono::milliseconds(0));
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 8);
+    CHECK(ids(after.list_runs()).empty());
   }
 }

@@ -93,10 +93,12 @@ const std::vector<Statement>& statements() {
        "SELECT input = $2::jsonb AS same, input::text AS input FROM flowreg.runs"
        " WHERE id = $1::uuid"},
       // The newest runs first (created_at DESC, id), read one flow at a time through
-      // runs_by_flow: of the flow $1, or else of every flow slug that has runs (migration 0015).
+      // runs_by_flow: of the flow $1, or else of every flow slug that has runs (migration 0015),
+      // by the hash of the slug, its key (migration 0016), and the slug.
       {"list_runs", std::string(kListedFlows) + "SELECT " + kRunColumns +
                         " FROM listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r"
-                        "  WHERE r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)"
+                        "  WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)"
+                        "   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)"
                         "  ORDER BY r.created_at DESC, r.id LIMIT $3::int) r"
                         " ORDER BY created_at DESC, id LIMIT $3::int"},
       // list_runs after the run $4 in the same order.
@@ -104,7 +106,8 @@ const std::vector<Statement>& statements() {
        std::string(kListedFlows) + "SELECT " + kRunColumns +
            " FROM (SELECT created_at AS c, id AS i FROM flowreg.runs WHERE id = $4::uuid) k,"
            " listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r"
-           "  WHERE r.flow_slug = l.slug AND ($2 = '' OR r.status = $2) AND r.created_at <= k.c"
+           "  WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)"
+           "   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2) AND r.created_at <= k.c"
            "   AND (r.created_at < k.c OR r.id > k.i)"
            "  ORDER BY r.created_at DESC, r.id LIMIT $3::int) r"
            " ORDER BY created_at DESC, id LIMIT $3::int"},
@@ -932,10 +935,11 @@ namespace flowreg::detail {
 namespace {
 
 // Runs started in the window are counted per flow slug (_run_slugs) through runs_by_flow
-// (migration 0015).
+// (migrations 0015 and 0016).
 // Runs that ended in it are counted by finished_at, which has no index (so that completing a run
-// stays a HOT update): that part reads the whole of runs at each scrape. Tasks are counted from
-// the partial indexes of queued and started tasks.
+// stays a HOT update): that part reads the whole of runs at each scrape. Tasks are counted over
+// the queued and the started ones, whose rows hold the flow slug (the partial indexes of queued
+// and started tasks have its hash, or nothing of the flow, as their key).
 constexpr const char* kScrapeCountsSql =
     "WITH w AS (SELECT now() - interval '3 seconds' AS upto)"
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
@@ -945,7 +949,9 @@ constexpr const char* kScrapeCountsSql =
     "       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"
     "       GROUP BY flow_slug) t GROUP BY flow_slug"
     " UNION ALL SELECT 'runs', s.slug, 'started', c.n, 0, 0 FROM flowreg._run_slugs() AS s(slug)"
-    "  CROSS JOIN LATERAL (SELECT count(*) AS n FROM flowreg.runs r WHERE r.flow_slug = s.slug"
+    "  CROSS JOIN LATERAL (SELECT count(*) AS n FROM flowreg.runs r"
+    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
+    "   AND r.flow_slug = s.slug"
     "   AND r.created_at > 'epoch'::timestamptz + $1::bigint * interval '1 microsecond'"
     "   AND r.created_at <= now() - interval '3 seconds') c"
     "  WHERE $1::bigint >= 0 AND c.n > 0"
