@@ -5,8 +5,9 @@
 -- into runs_by_flow, keyed by its flow slug. Those keys are text: a slug of 12 characters and a
 -- version (16 hex digits) made a tasks_queued entry of 48 bytes and a runs_by_flow entry of 32. A
 -- 64-bit hash of the same text (hashtextextended, seed 0) makes them 24 bytes each: per
--- single-step run, 1,226 to 1,194 bytes of WAL (tasks_queued 100 -> 75 B, runs_by_flow 89 -> 80 B;
--- bench/work_cost.sh --flow single --wal, batch 64), and both indexes shrink by a quarter to a half.
+-- single-step run, 1,225-1,232 bytes of WAL before, 1,195-1,199 after (tasks_queued 100 -> 75 B,
+-- runs_by_flow 89 -> 80 B; bench/work_cost.sh --flow single --wal, batches 64 and 512), and the
+-- entries of the two indexes are a half and three quarters of their former size.
 -- * tasks_queued: (hash of slug || ' ' || version, available_at), of queued tasks. A claim and
 --   work()'s look for the next due task give the hash of the flow they serve and check the slug
 --   and version on the row as well, so that two flows whose hashes were equal are told apart (the
