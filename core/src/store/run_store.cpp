@@ -420,6 +420,8 @@ struct RunStore::Impl {
     }
   }
 
+  bool record_unusable(std::span<const Failure> unusable);
+
   pqxx::connection conn;
   bool lost = false;
   std::minstd_rand rng{std::random_device{}()};
@@ -561,6 +563,19 @@ Json flow_keys_json(std::span<const FlowKey> flows) {
 
 }  // namespace
 
+// Fails the claimed tasks that cannot be run (see claimed_task); true when recorded. Should that
+// call fail (the connection lost), the claim's other tasks are returned all the same: those tasks
+// come back when their leases expire, and are failed then.
+bool RunStore::Impl::record_unusable(std::span<const Failure> unusable) {
+  if (unusable.empty()) return false;
+  try {
+    exec("fail", json_text(failures_json(unusable)));
+    return true;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
 Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
                                                  std::span<const FlowKey> flows, int limit) {
   if (limit <= 0 || flows.empty()) return std::vector<ClaimedTask>{};
@@ -576,7 +591,7 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
       else
         unusable.push_back(unusable_failure(r, t.error()));
     }
-    if (!unusable.empty()) impl_->exec("fail", json_text(failures_json(unusable)));
+    impl_->record_unusable(unusable);
     return out;
   });
 }
@@ -676,10 +691,8 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
     }
     // A claimed task that cannot be run fails alone, permanently, with the reason; the batch's
     // other tasks are returned.
-    if (!unusable.empty()) {
+    if (impl_->record_unusable(unusable))
       for (const auto& f : unusable) out.unusable.push_back(f.id);
-      impl_->exec("fail", json_text(failures_json(unusable)));
-    }
     // A refused completion whose failure was rejected (attempt no longer current) is only that.
     std::erase_if(refused, [&](TaskId id) {
       return std::find(out.rejected.begin(), out.rejected.end(), id) != out.rejected.end();
@@ -937,9 +950,8 @@ namespace {
 // Runs started in the window are counted per flow slug (_run_slugs) through runs_by_flow
 // (migrations 0015 and 0016).
 // Runs that ended in it are counted by finished_at, which has no index (so that completing a run
-// stays a HOT update): that part reads the whole of runs at each scrape. Tasks are counted over
-// the queued and the started ones, whose rows hold the flow slug (the partial indexes of queued
-// and started tasks have its hash, or nothing of the flow, as their key).
+// stays a HOT update): that part reads the whole of runs at each scrape. Queued and started tasks
+// are counted per flow slug from their rows (neither partial index holds the slug itself).
 constexpr const char* kScrapeCountsSql =
     "WITH w AS (SELECT now() - interval '3 seconds' AS upto)"
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
