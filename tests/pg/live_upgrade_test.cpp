@@ -137,6 +137,14 @@ std::string q(const std::string& conninfo, const std::string& sql) {
   return query_one_or_empty(conninfo, sql);
 }
 
+// The ids of a list of runs, in its order.
+std::vector<std::string> run_ids(const flowreg::Result<std::vector<fd::RunInfo>>& runs) {
+  REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
+  std::vector<std::string> out;
+  for (const auto& r : *runs) out.push_back(r.id);
+  return out;
+}
+
 // What the releases before 0016 had: the queue and the runs of a flow indexed by the flow's names.
 // Cases that go back further start with this.
 const std::string kBefore0016 =
@@ -887,23 +895,17 @@ TEST_SUITE("live_upgrade") {
     // The metrics count the runs started in a window that ends 3 s ago: every run is made older.
     exec(db, "UPDATE flowreg.runs SET created_at = created_at - interval '1 hour'");
 
-    const auto ids = [](const flowreg::Result<std::vector<fd::RunInfo>>& runs) {
-      REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
-      std::vector<std::string> out;
-      for (const auto& r : *runs) out.push_back(r.id);
-      return out;
-    };
     // Every list the upgrade must keep: all runs, by status, by flow, and in pages of 2.
     const auto lists = [&](fd::RunStore& s) {
       std::vector<std::vector<std::string>> out;
-      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
-      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::started, 100})));
-      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::completed, 5})));
-      out.push_back(ids(s.list_runs(fd::RunFilter{"single", std::nullopt, 100})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::started, 100})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{std::nullopt, fd::RunStatus::completed, 5})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{"single", std::nullopt, 100})));
       std::vector<std::string> paged;
       std::optional<fd::RunId> before;
       for (int page = 0; page < 20; ++page) {
-        auto next = ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 2}, before));
+        auto next = run_ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 2}, before));
         if (next.empty()) break;
         paged.insert(paged.end(), next.begin(), next.end());
         before = next.back();
@@ -955,7 +957,7 @@ TEST_SUITE("live_upgrade") {
     auto pruned = after.prune(std::chrono::milliseconds(0));
     REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     CHECK(*pruned == 10);
-    CHECK(ids(after.list_runs()) == lists_before[1]);
+    CHECK(run_ids(after.list_runs()) == lists_before[1]);
   }
   TEST_CASE("migration 0016: queued tasks and each flow's runs are found by the hashed keys") {
     Migrated m = migrated_database("lu_0016");
@@ -1001,19 +1003,13 @@ TEST_SUITE("live_upgrade") {
              later + "'");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued'") == "5");
 
-    const auto ids = [](const flowreg::Result<std::vector<fd::RunInfo>>& runs) {
-      REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
-      std::vector<std::string> out;
-      for (const auto& r : *runs) out.push_back(r.id);
-      return out;
-    };
     const auto lists = [&](fd::RunStore& s) {
       std::vector<std::vector<std::string>> out;
-      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
-      out.push_back(ids(s.list_runs(fd::RunFilter{"single", std::nullopt, 100})));
-      out.push_back(ids(s.list_runs(fd::RunFilter{"pipe", fd::RunStatus::completed, 100})));
-      out.push_back(ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 3},
-                                    std::optional<fd::RunId>(chain))));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{"single", std::nullopt, 100})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{"pipe", fd::RunStatus::completed, 100})));
+      out.push_back(run_ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 3},
+                                        std::optional<fd::RunId>(chain))));
       return out;
     };
     const auto lists_before = lists(store);
@@ -1064,6 +1060,6 @@ TEST_SUITE("live_upgrade") {
     auto pruned = after.prune(std::chrono::milliseconds(0));
     REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     CHECK(*pruned == 8);
-    CHECK(ids(after.list_runs()).empty());
+    CHECK(run_ids(after.list_runs()).empty());
   }
 }

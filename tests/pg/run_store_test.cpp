@@ -938,6 +938,23 @@ TEST_SUITE("run_store") {
     CHECK(tasks[0].run_id == later);
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE run_id = '" + later_gone +
                                     "' AND status = 'started'") == "0");
+    // A name of any size (5,000 characters, past what flow validation lets through): the reason
+    // this path writes names it in a bounded form. (The run's error opens with the step's name as
+    // stored, as for any failed step.)
+    const std::string long_step(5000, 's');
+    const auto long_key = store_flow(env.store, flow("unusable_long", {step(long_step)}));
+    const RunId long_run = start(env.store, long_key, 30);
+    sql_exec(env.conninfo,
+             "SET session_replication_role = replica;"
+             "DELETE FROM flowreg.flow_steps WHERE flow_slug = 'unusable_long'");
+    CHECK(claim(env.store, long_key).empty());
+    const auto long_info = run_info(env.store, long_run);
+    CHECK(long_info.status == RunStatus::failed);
+    REQUIRE(long_info.error);
+    const auto reason = long_info.error->find("flowreg cannot run this task: its step 'sss");
+    REQUIRE(reason != std::string::npos);
+    CHECK(contains(long_info.error->substr(reason), "... (5000 bytes)' of flow 'unusable_long'"));
+    CHECK(long_info.error->size() - reason < 400);
   }
 
   TEST_CASE("a completion after the lease expired and the task was re-claimed is rejected") {
