@@ -1,6 +1,7 @@
 #include "store/migrations.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <atomic>
@@ -748,6 +749,84 @@ TEST_SUITE("migrations") {
                     "SELECT count(DISTINCT applied_at) FROM (SELECT applied_at FROM "
                     "flowreg_migrations WHERE version = 3 UNION ALL SELECT applied_at "
                     "FROM flowreg_functions) x") == "1");
+  }
+
+  TEST_CASE(
+      "a migration waiting for a table lock steps back so other sessions go on, then "
+      "gives up naming the holder, or applies once the holder is gone") {
+    const auto conninfo = fresh_database("mig_lock_wait");
+    REQUIRE(fd::migrate(conninfo, kItems, std::span<const FunctionFile>{}));
+    const Migration more[] = {kItems[0],
+                              {2, "note", "ALTER TABLE flowreg.items ADD COLUMN note text;"}};
+    // A session left idle in a transaction that read the table: ALTER TABLE needs it to end.
+    pqxx::connection holder(conninfo);
+    // (Ended by the server after 20 s should the migration never step back: the test then fails
+    // rather than waits forever.)
+    pqxx::nontransaction(holder).exec0(
+        "SET application_name = 'flowreg-test-holder';"
+        " SET idle_in_transaction_session_timeout = '20s'");
+    auto holding = std::make_optional<pqxx::work>(holder);
+    holding->exec("SELECT count(*) FROM flowreg.items");
+    const int holder_pid = holder.backendpid();
+
+    fd::MigrateOptions options;
+    options.lock_timeout = std::chrono::milliseconds(100);
+    options.lock_wait = std::chrono::milliseconds(3000);
+    std::optional<Result<MigrationReport>> gave_up;
+    std::thread migrator([&] { gave_up = fd::migrate(conninfo, more, {}, options); });
+    // Once the migration waits for its lock, a reader of the table arrives: queued behind it, it
+    // goes on when the migration steps back (without the lock timeout it would wait for the
+    // holder, that is, past its statement timeout).
+    bool seen_waiting = false;
+    for (int i = 0; i < 3000 && !seen_waiting; ++i) {
+      seen_waiting = query_one(conninfo,
+                               "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                               " AND relation = 'flowreg.items'::regclass") != "0";
+      if (!seen_waiting) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    CHECK(seen_waiting);
+    std::string reader_error;
+    try {
+      pqxx::connection reader(conninfo);
+      pqxx::work tx(reader);
+      tx.exec0("SET LOCAL statement_timeout = '10s'");
+      CHECK(tx.exec1("SELECT count(*) FROM flowreg.items")[0].as<int>() == 2);
+    } catch (const std::exception& e) {
+      reader_error = e.what();
+    }
+    CHECK_MESSAGE(reader_error.empty(), reader_error);
+    migrator.join();
+    REQUIRE(gave_up.has_value());
+    REQUIRE_FALSE(*gave_up);
+    const std::string message = gave_up->error().message;
+    INFO(message);
+    CHECK(gave_up->error().code == Errc::database);
+    CHECK(contains(message, "migration 0002_note was rolled back"));
+    CHECK(contains(message, "each time waiting at most 100 ms"));
+    CHECK(contains(message, fmt::format("pid {} (application 'flowreg-test-holder', idle in "
+                                        "transaction",
+                                        holder_pid)));
+    CHECK(contains(message, "SELECT count(*) FROM flowreg.items"));
+    CHECK(query_one(conninfo, "SELECT string_agg(version::text, ',') FROM flowreg_migrations") ==
+          "1");
+    CHECK(query_one(conninfo,
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                    "'flowreg' AND table_name = 'items' AND column_name = 'note'") == "0");
+
+    // The holder ends while the next run waits: that run applies the migration.
+    options.lock_wait = std::chrono::milliseconds(60'000);
+    std::optional<Result<MigrationReport>> applied;
+    std::thread again([&] { applied = fd::migrate(conninfo, more, {}, options); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    holding->commit();
+    holding.reset();
+    again.join();
+    REQUIRE(applied.has_value());
+    REQUIRE_MESSAGE(*applied, flowreg::testing::failure_text(*applied));
+    CHECK(versions(**applied) == std::vector<int>({2}));
+    CHECK(query_one(conninfo,
+                    "SELECT count(*) FROM information_schema.columns WHERE table_schema = "
+                    "'flowreg' AND table_name = 'items' AND column_name = 'note'") == "1");
   }
 
   TEST_CASE("function_status lists applied, pending, changed and unknown function files") {

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -16,10 +17,18 @@ namespace flowreg::cli {
 
 namespace {
 
-int db_migrate(const Globals& g) {
+struct MigrateArgs {
+  double lock_wait_s = 120;
+  long long lock_timeout_ms = 500;
+};
+
+int db_migrate(const Globals& g, const MigrateArgs& args) {
   auto config = effective_config(g);
   auto url = config ? database_url(*config) : tl::unexpected(config.error());
-  auto migrated = url ? detail::migrate(*url) : tl::unexpected(url.error());
+  detail::MigrateOptions options;
+  options.lock_timeout = std::chrono::milliseconds(args.lock_timeout_ms);
+  options.lock_wait = std::chrono::milliseconds(static_cast<long long>(args.lock_wait_s * 1000));
+  auto migrated = url ? detail::migrate(*url, options) : tl::unexpected(url.error());
   if (!migrated) return report(migrated.error());
   for (const auto& m : migrated->applied) fmt::print("applied {:04}_{}\n", m.version, m.name);
   for (const auto& name : migrated->functions) fmt::print("applied function {}\n", name);
@@ -128,10 +137,23 @@ void add_db_commands(CLI::App& app, const Globals& g, int& exit_code) {
   auto status_json = std::make_shared<bool>(false);
   auto* db = app.add_subcommand("db", "The database: migrations and the embedded cluster");
   db->require_subcommand(1);
-  db->add_subcommand("migrate",
-                     "Apply pending migrations and new or changed SQL function files (starts the "
-                     "embedded cluster if needed)")
-      ->callback([&g, &exit_code] { exit_code = db_migrate(g); });
+  auto migrate_args = std::make_shared<MigrateArgs>();
+  auto* migrate = db->add_subcommand("migrate",
+                                     "Apply pending migrations and new or changed SQL function "
+                                     "files (starts the embedded cluster if needed)");
+  migrate
+      ->add_option("--lock-timeout", migrate_args->lock_timeout_ms,
+                   "Milliseconds a migration waits for a table lock before it steps back (is "
+                   "rolled back and tried again), so that the sessions queued behind it go on")
+      ->capture_default_str()
+      ->check(CLI::Range(1LL, 3'600'000LL));
+  migrate
+      ->add_option("--lock-wait", migrate_args->lock_wait_s,
+                   "Seconds to go on trying a migration that steps back before giving up (the "
+                   "error names the sessions holding the locks)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86'400.0));
+  migrate->callback([&g, &exit_code, migrate_args] { exit_code = db_migrate(g, *migrate_args); });
   auto* status =
       db->add_subcommand("status", "The embedded cluster, the migrations and the SQL functions");
   status->add_flag("--json", *status_json, "Print JSON");

@@ -2,8 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <map>
 #include <pqxx/pqxx>
+#include <thread>
 
 #include "store/conninfo.hpp"
 #include "util/enum_names.hpp"
@@ -60,6 +63,25 @@ constexpr const char* kRecordFunction =
 // SQLSTATE invalid_function_definition: CREATE OR REPLACE FUNCTION refuses to change a function's
 // result type or its parameters' names or defaults in place.
 constexpr std::string_view kInvalidFunctionDefinition = "42P13";
+
+// SQLSTATE lock_not_available: a statement waited longer than lock_timeout for a lock.
+constexpr std::string_view kLockNotAvailable = "55P03";
+
+// The sessions other than this one that hold a lock on a table, index or sequence of schema
+// flowreg in this database, oldest transaction first: who a migration waited for.
+constexpr const char* kSelectLockHolders =
+    "SELECT a.pid, coalesce(a.application_name, '') AS application, coalesce(a.state, '') AS state,"
+    " coalesce(floor(extract(epoch FROM now() - a.xact_start)), 0)::bigint AS transaction_s,"
+    " coalesce(a.query, '') AS query"
+    " FROM pg_stat_activity a"
+    " WHERE a.pid <> pg_backend_pid() AND a.pid IN ("
+    "  SELECT l.pid FROM pg_locks l"
+    "  JOIN pg_class c ON c.oid = l.relation"
+    "  JOIN pg_namespace n ON n.oid = c.relnamespace"
+    "  WHERE l.granted AND n.nspname = 'flowreg'"
+    "   AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()))"
+    " ORDER BY a.xact_start NULLS LAST, a.pid LIMIT $1";
+constexpr int kLockHoldersShown = 5;
 
 // clang-format off
 // The checksums that releases before the functions moved to schemas/functions/ recorded for
@@ -202,6 +224,7 @@ Result<std::vector<std::string>> apply_functions(pqxx::work& tx,
     try {
       if (auto r = apply_function(tx, f, rolled_back); !r) return tl::unexpected(r.error());
     } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() == kLockNotAvailable) throw;  // the whole transaction steps back
       return make_error(Errc::database,
                         fmt::format("function file functions/{}.sql failed and {} rolled back: {}",
                                     f.name, rolled_back, without_trailing_newlines(e.what())));
@@ -209,6 +232,67 @@ Result<std::vector<std::string>> apply_functions(pqxx::work& tx,
     applied.emplace_back(f.name);
   }
   return applied;
+}
+
+// Sets the transaction's lock_timeout (see MigrateOptions).
+void set_lock_timeout(pqxx::work& tx, const MigrateOptions& options) {
+  // At least 1 ms: 0 would mean no timeout at all.
+  const auto ms = std::max<std::int64_t>(1, options.lock_timeout.count());
+  tx.exec0(fmt::format("SET LOCAL lock_timeout = {}", ms));
+}
+
+// The sessions holding locks on flowreg's tables, for a message: one line each, their texts
+// bounded and made valid UTF-8 (they come from other sessions).
+std::string lock_holders(pqxx::connection& conn) {
+  std::string out;
+  try {
+    pqxx::read_transaction tx(conn);
+    for (const auto& r : tx.exec_params(kSelectLockHolders, kLockHoldersShown))
+      out += fmt::format("\n  pid {} (application '{}', {}, its transaction open for {} s): {}",
+                         r["pid"].as<int>(), bounded_text(r["application"].c_str(), 64),
+                         bounded_text(r["state"].c_str(), 40), r["transaction_s"].as<long long>(),
+                         bounded_text(r["query"].c_str(), 200));
+  } catch (const std::exception& e) {
+    return fmt::format(" (they could not be read: {})",
+                       bounded_text(without_trailing_newlines(e.what()), 200));
+  }
+  return out.empty() ? " none now (they have ended: migrate again)" : ":" + out;
+}
+
+// Runs `attempt` (one transaction, which calls set_lock_timeout first) until it ends other than
+// by waiting too long for a lock (SQLSTATE 55P03; its transaction is then rolled back whole): after
+// a pause, longer each time up to 5 s, so that the sessions it held up go on, it tries again
+// until options.lock_wait has passed since the first try. Then an Errc::database error names
+// `what` and the sessions holding locks on flowreg's tables. Any other failure propagates.
+template <class Attempt>
+auto retrying_lock_waits(pqxx::connection& conn, const MigrateOptions& options,
+                         std::string_view what, Attempt&& attempt) -> decltype(attempt()) {
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  auto pause = std::max(options.lock_timeout, std::chrono::milliseconds(100));
+  for (int tries = 1;; ++tries) {
+    try {
+      return attempt();
+    } catch (const pqxx::sql_error& e) {
+      if (e.sqlstate() != kLockNotAvailable) throw;
+      const auto waited = clock::now() - start;
+      if (waited >= options.lock_wait) {
+        const auto seconds = std::chrono::duration<double>(waited).count();
+        return make_error(
+            Errc::database,
+            fmt::format("{} rolled back after {:.1f} s of waiting for locks that other "
+                        "sessions hold on flowreg's tables: it tried {} {}, each time waiting at "
+                        "most {} ms before stepping back so that the sessions queued behind it "
+                        "could go on. End those sessions (SELECT pg_terminate_backend(pid)) or let "
+                        "them finish, then migrate again. Sessions holding locks on flowreg's "
+                        "tables now{}",
+                        what, seconds, tries, tries == 1 ? "time" : "times",
+                        options.lock_timeout.count(), lock_holders(conn)));
+      }
+      std::this_thread::sleep_for(std::min<clock::duration>(pause, options.lock_wait - waited));
+      pause = std::min(pause * 2, std::chrono::milliseconds(5000));
+    }
+  }
 }
 
 }  // namespace
@@ -241,12 +325,13 @@ std::string_view to_string(FunctionState s) noexcept {
   return name_in(kFunctionStateNames, s, "?");
 }
 
-Result<MigrationReport> migrate(const std::string& conninfo) {
-  return migrate(conninfo, builtin_migrations(), builtin_functions());
+Result<MigrationReport> migrate(const std::string& conninfo, const MigrateOptions& options) {
+  return migrate(conninfo, builtin_migrations(), builtin_functions(), options);
 }
 
 Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
-                                std::span<const FunctionFile> functions) {
+                                std::span<const FunctionFile> functions,
+                                const MigrateOptions& options) {
   if (auto r = check_order(migrations); !r) return tl::unexpected(r.error());
   if (auto r = check_names(functions); !r) return tl::unexpected(r.error());
   std::string step = "connecting";
@@ -321,18 +406,28 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
       const Migration& m = *pending[i];
       const bool last = i + 1 == pending.size();
       step = "applying migration " + label(m.version, m.name);
+      // What a function file's failure rolls back, and what a wait for locks does.
+      const std::string rolled_back =
+          fmt::format("the function files and migration {} were", label(m.version, m.name));
+      const std::string stepped_back =
+          last && !functions.empty()
+              ? fmt::format("migration {} and the function files were", label(m.version, m.name))
+              : fmt::format("migration {} was", label(m.version, m.name));
       try {
-        pqxx::work tx(conn, "migration");
-        tx.exec(std::string(m.sql));
-        tx.exec_params(
-            "INSERT INTO public.flowreg_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-            m.version, std::string(m.name), migration_checksum(m));
-        if (last) {
-          auto done = function_files(tx, fmt::format("the function files and migration {} were",
-                                                     label(m.version, m.name)));
-          if (!done) return tl::unexpected(done.error());
-        }
-        tx.commit();
+        auto done = retrying_lock_waits(conn, options, stepped_back, [&]() -> Result<void> {
+          pqxx::work tx(conn, "migration");
+          set_lock_timeout(tx, options);
+          tx.exec(std::string(m.sql));
+          tx.exec_params(
+              "INSERT INTO public.flowreg_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+              m.version, std::string(m.name), migration_checksum(m));
+          if (last) {
+            if (auto r = function_files(tx, rolled_back); !r) return r;
+          }
+          tx.commit();
+          return {};
+        });
+        if (!done) return tl::unexpected(done.error());
       } catch (const pqxx::sql_error& e) {
         return make_error(Errc::database, fmt::format("migration {} failed and was rolled back: {}",
                                                       label(m.version, m.name),
@@ -341,13 +436,18 @@ Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Mig
       report.applied.push_back({m.version, std::string(m.name)});
     }
     if (pending.empty()) {
-      pqxx::work tx(conn, "functions");
-      auto done = function_files(tx, "the function files were");
+      auto done =
+          retrying_lock_waits(conn, options, "the function files were", [&]() -> Result<void> {
+            pqxx::work tx(conn, "functions");
+            set_lock_timeout(tx, options);
+            if (auto r = function_files(tx, "the function files were"); !r) return r;
+            if (report.functions.empty())
+              tx.abort();  // nothing was due: read only
+            else
+              tx.commit();
+            return {};
+          });
       if (!done) return tl::unexpected(done.error());
-      if (report.functions.empty())
-        tx.abort();  // nothing was due: read only
-      else
-        tx.commit();
     }
     step = "releasing the migration lock";
     {

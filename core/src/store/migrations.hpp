@@ -31,8 +31,18 @@
 // what is applied until it is done, so processes migrating the same database at once take turns;
 // the later ones find everything applied and do nothing.
 //
+// Table locks: a migration that alters a table waits for the transactions using it to end, and
+// while it waits, PostgreSQL queues every later statement on that table behind it: one session
+// left idle in a transaction would stall every worker for as long as the migration waits. So each
+// transaction of migrate() waits at most MigrateOptions::lock_timeout for any lock; when that
+// passes, it is rolled back whole (nothing of it stays applied), the sessions queued behind it go
+// on, and migrate() tries again after a pause, until MigrateOptions::lock_wait has passed. Then
+// it gives up with an error naming the migration and the sessions that hold locks on flowreg's
+// tables (pid, application, state, how long their transaction has been open, their query).
+//
 // Thread-safety: free functions; each call opens its own connection.
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -86,6 +96,16 @@ struct MigrationReport {
   std::vector<std::string> functions;     // function files applied by this call, by name
 };
 
+// How migrate() waits for table locks (see "Table locks" above).
+struct MigrateOptions {
+  // The longest one transaction waits for a lock before it steps back (is rolled back) so that
+  // the sessions queued behind it go on; also the longest they wait behind it.
+  std::chrono::milliseconds lock_timeout{500};
+  // How long migrate() goes on trying a transaction that steps back before it gives up. Zero:
+  // one try.
+  std::chrono::milliseconds lock_wait{std::chrono::minutes(2)};
+};
+
 // Applies the pending migrations in order, then the function files that are new or changed, and
 // reports what it did. migrate(conninfo) applies builtin_migrations() and builtin_functions();
 // the other form applies the lists given (a prefix of builtin_migrations() with no functions
@@ -96,10 +116,13 @@ struct MigrationReport {
 // database has a version this list does not know (a newer flowreg migrated it); a pending migration
 // older than an applied one; a migration's SQL fails (names it; it is rolled back, and the ones
 // before it stay applied); a function file fails, or defines no function flowreg.<name> (names it;
-// every function file of this call is rolled back, the migrations stay applied).
-Result<MigrationReport> migrate(const std::string& conninfo);
+// every function file of this call is rolled back, the migrations stay applied); a transaction
+// still waiting for locks when options.lock_wait has passed (names it and the sessions holding
+// locks on flowreg's tables; it is rolled back, the ones before it stay applied).
+Result<MigrationReport> migrate(const std::string& conninfo, const MigrateOptions& options = {});
 Result<MigrationReport> migrate(const std::string& conninfo, std::span<const Migration> migrations,
-                                std::span<const FunctionFile> functions = {});
+                                std::span<const FunctionFile> functions = {},
+                                const MigrateOptions& options = {});
 
 enum class MigrationState {
   applied,            // recorded with the same checksum, or an earlier one (earlier_checksum)
