@@ -1054,6 +1054,60 @@ TEST_SUITE("run_store") {
                   "flowreg.steps") == "1 1");
   }
 
+  TEST_CASE("prune deletes ended runs in batches of at most its batch, each whole, by one cutoff") {
+    auto env = open_env("rs_prune_batches");
+    auto one = store_flow(env.store, flow("prune_one", {step("only")}));
+    auto two = store_flow(env.store, flow("prune_two", {step("a"), step("b", {"a"})}));
+    for (int i = 0; i < 7; ++i) start(env.store, one, i);
+    for (int i = 0; i < 6; ++i) start(env.store, two, i);
+    const auto echo = [](const ClaimedTask& t) { return t.input; };
+    CHECK(drain(env.store, one, echo).size() == 7);
+    CHECK(drain(env.store, two, echo).size() == 12);
+    const auto cancelled = start(env.store, two, 99);
+    auto c = env.store.cancel_run(cancelled);
+    REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+    const auto running = start(env.store, one, 100);
+    const auto count = [&](const std::string& table) {
+      return sql_one(env.conninfo, "SELECT count(*) FROM flowreg." + table);
+    };
+    REQUIRE(count("runs") == "15");
+    REQUIRE(count("step_states") == "14");  // the 7 runs of prune_two, 2 steps each
+    REQUIRE(count("tasks") == "1");         // the running run's
+
+    // The SQL function deletes at most its limit, each run with its step states.
+    CHECK(sql_one(env.conninfo, "SELECT flowreg.prune(now(), 4)") == "4");
+    CHECK(count("runs") == "11");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT count(*) FROM flowreg.step_states s WHERE NOT EXISTS"
+                  " (SELECT FROM flowreg.runs r WHERE r.id = s.run_id)") == "0");
+
+    // RunStore goes on batch after batch (3, 3, 3, 1) until one is not full.
+    auto pruned = env.store.prune(Millis(0), 3);
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 10);
+    CHECK(count("runs") == "1");
+    CHECK(count("step_states") == "0");
+    CHECK(count("tasks") == "1");
+    CHECK(run_info(env.store, running).status == RunStatus::started);
+    auto again = env.store.prune(Millis(0));
+    REQUIRE(again);
+    CHECK(*again == 0);
+
+    // Runs ending after the cutoff stay: a run is pruned only once it ended before it.
+    auto task = claim(env.store, one, 1);
+    REQUIRE(task.size() == 1);
+    CHECK(complete(env.store, {{task[0].id, task[0].attempt, 1}}).empty());
+    auto young = env.store.prune(Millis(60'000), 1);
+    REQUIRE(young);
+    CHECK(*young == 0);
+    CHECK(count("runs") == "1");
+
+    auto bad = env.store.prune(Millis(0), 0);
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == Errc::invalid_argument);
+    CHECK(count("runs") == "1");
+  }
+
   TEST_CASE("cancel_run cancels queued tasks and rejects in-flight completions") {
     auto env = open_env("rs_cancel");
     auto key = store_flow(env.store, flow("cancel", {step("a"), step("b")}));

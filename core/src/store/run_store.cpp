@@ -87,7 +87,12 @@ const std::vector<Statement>& statements() {
       {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb)) AS id"},
       {"cancel_run", "SELECT flowreg.cancel_run($1::uuid) AS cancelled"},
       {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text AS run_id"},
-      {"prune", "SELECT flowreg.prune($1::bigint * interval '1 ms') AS deleted"},
+      {"prune_cutoff",
+       "SELECT (extract(epoch FROM now() - $1::bigint * interval '1 ms') * 1000000)::bigint"
+       " AS cutoff_us"},
+      {"prune",
+       "SELECT flowreg.prune('epoch'::timestamptz + $1::bigint * interval '1 microsecond',"
+       " $2::int) AS deleted"},
       {"get_run", std::string("SELECT ") + kRunColumns + " FROM flowreg.runs WHERE id = $1::uuid"},
       {"same_input",
        "SELECT input = $2::jsonb AS same, input::text AS input FROM flowreg.runs"
@@ -813,11 +818,30 @@ Result<RunId> RunStore::retry_run(const RunId& run) {
   });
 }
 
-Result<std::int64_t> RunStore::prune(Millis older_than) {
-  return guarded("pruning runs", [&]() -> Result<std::int64_t> {
-    return impl_->exec("prune", static_cast<std::int64_t>(older_than.count()))[0]["deleted"]
+Result<std::int64_t> RunStore::prune(Millis older_than, int batch) {
+  if (batch < 1)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("pruning runs: the batch is {}; it is at least 1", batch));
+  // One cutoff for every batch (the server's clock): the runs ended before it only get fewer.
+  auto cutoff = guarded("pruning runs", [&]() -> Result<std::int64_t> {
+    return impl_
+        ->exec("prune_cutoff", static_cast<std::int64_t>(older_than.count()))[0]["cutoff_us"]
         .as<std::int64_t>();
   });
+  if (!cutoff) return cutoff;
+  std::int64_t total = 0;
+  for (;;) {
+    const std::string what =
+        total == 0
+            ? std::string("pruning runs")
+            : fmt::format("pruning runs ({} deleted before this batch, and they stay so)", total);
+    auto deleted = guarded(what, [&]() -> Result<std::int64_t> {
+      return impl_->exec("prune", *cutoff, batch)[0]["deleted"].as<std::int64_t>();
+    });
+    if (!deleted) return deleted;
+    total += *deleted;
+    if (*deleted < batch) return total;
+  }
 }
 
 Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {

@@ -299,7 +299,11 @@ class RunStore {
   // Errc::invalid_argument when the run is still running.
   Result<RunId> retry_run(const RunId& run);
   // Deletes runs that ended more than `older_than` ago, with their steps and tasks; their count.
-  Result<std::int64_t> prune(Millis older_than);
+  // In transactions of at most `batch` runs each (>= 1), until one deletes fewer: a transaction
+  // that ran for as long as a whole history takes to delete would keep VACUUM from cleaning the
+  // queue meanwhile. An error after some batches leaves those deleted (each batch is whole).
+  static constexpr int kPruneBatch = 10'000;
+  Result<std::int64_t> prune(Millis older_than, int batch = kPruneBatch);
 
   Result<std::optional<RunInfo>> get_run(const RunId& run);
   // Newest first. Keyset pagination: with `before`, only the runs after that one in this order
