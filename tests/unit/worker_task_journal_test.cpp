@@ -13,6 +13,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "worker/task_journal.hpp"
 
@@ -71,6 +72,47 @@ TEST_SUITE("task_journal") {
     collector.join();
     CHECK(taken.load() == 0);
     CHECK(failed_opens == 0);
+  }
+
+  TEST_CASE(
+      "the records of a dead worker's handler threads are collected, those in the mapped slots "
+      "and those after them (written with pwrite), and ended ones are not") {
+    const fs::path dir = scratch("slots");
+    constexpr int kThreads = 1100;  // more than the 1,024 mapped slots
+    const pid_t worker = ::fork();
+    REQUIRE(worker >= 0);
+    if (worker == 0) {
+      // The "worker": one thread after the other (each its own slot) begins a task; every
+      // tenth ends it too. Then it dies without closing its journal.
+      auto journal = TaskJournal::open(dir);
+      if (!journal) ::_exit(2);
+      for (int i = 1; i <= kThreads; ++i) {
+        std::thread([&] {
+          (*journal)->begin(i, 1 + i % 3);
+          if (i % 10 == 0) (*journal)->end();
+        }).join();
+      }
+      ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(worker, &status, 0) == worker);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    auto leftovers = TaskJournal::collect(dir);
+    REQUIRE(leftovers.size() == 1);
+    std::vector<int> attempt_of(kThreads + 1, 0);
+    int records = 0;
+    for (const auto& e : leftovers[0].entries()) {
+      REQUIRE(e.id >= 1);
+      REQUIRE(e.id <= kThreads);
+      CHECK_FALSE(e.signal.has_value());
+      attempt_of[static_cast<std::size_t>(e.id)] = e.attempt;
+      ++records;
+    }
+    CHECK(records == kThreads - kThreads / 10);
+    for (int i = 1; i <= kThreads; ++i)
+      CHECK(attempt_of[static_cast<std::size_t>(i)] == (i % 10 == 0 ? 0 : 1 + i % 3));
+    leftovers[0].discard();
   }
 
   TEST_CASE("collect() ignores a journal still under its creation name") {

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -20,10 +21,15 @@ namespace flowreg::detail {
 namespace {
 
 constexpr std::size_t kSlot = 64;  // bytes per slot, the last one '\n'
+// The slots written through a shared mapping of the file (see open()); a thread whose slot comes
+// after them writes with pwrite(2).
+constexpr std::size_t kMappedSlots = 1024;
+constexpr std::size_t kMappedBytes = kMappedSlots * kSlot;
 constexpr int kSignals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
 
 // What the signal handler reads. Plain integers: a signal handler may read them at any time.
 std::atomic<int> g_fd{-1};
+std::atomic<char*> g_map{nullptr};  // the mapping of g_fd's first kMappedBytes, if any
 std::atomic<int> g_next_slot{0};
 struct sigaction g_previous[NSIG];
 bool g_installed = false;
@@ -60,8 +66,24 @@ void fill(char* buf, std::size_t used) {
   buf[kSlot - 1] = '\n';
 }
 
-void write_slot(int fd, int slot, const char* buf) {
-  if (fd < 0 || slot < 0) return;
+// Writes slot `slot`: into the mapping `map` when it has that slot, else with pwrite(2) to `fd`.
+// A slot in the mapping is written as plain stores, which the process's death may cut short
+// (pwrite's copy cannot be: a signal, SIGKILL too, takes effect when the call returns). So its
+// first byte, the record's kind, is made blank first and written last, each ordered by a fence:
+// a record cut short reads as a blank slot (crash not attributed), never as a record naming
+// another task. Async-signal-safe.
+void write_slot(int fd, char* map, int slot, const char* buf) {
+  if (slot < 0) return;
+  if (map != nullptr && static_cast<std::size_t>(slot) < kMappedSlots) {
+    char* at = map + static_cast<std::size_t>(slot) * kSlot;
+    std::atomic_ref<char>(at[0]).store(' ', std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+    std::memcpy(at + 1, buf + 1, kSlot - 1);
+    std::atomic_thread_fence(std::memory_order_release);
+    std::atomic_ref<char>(at[0]).store(buf[0], std::memory_order_relaxed);
+    return;
+  }
+  if (fd < 0) return;
   const off_t at = static_cast<off_t>(slot) * static_cast<off_t>(kSlot);
   ssize_t n = 0;
   do {
@@ -70,8 +92,8 @@ void write_slot(int fd, int slot, const char* buf) {
 }
 
 // Writes "R <task> <attempt>" (signal < 0) or "S <signal> <task> <attempt>" into slot `slot`.
-// Async-signal-safe: formats by hand on the stack and calls pwrite(2).
-void write_record(int fd, int slot, int signal, TaskId task, int attempt) {
+// Async-signal-safe: formats by hand on the stack and calls write_slot.
+void write_record(int fd, char* map, int slot, int signal, TaskId task, int attempt) {
   char buf[kSlot];
   std::size_t at = 0;
   put_char(buf, &at, signal < 0 ? 'R' : 'S');
@@ -84,18 +106,20 @@ void write_record(int fd, int slot, int signal, TaskId task, int attempt) {
   put_char(buf, &at, ' ');
   put_number(buf, &at, attempt);
   fill(buf, at);
-  write_slot(fd, slot, buf);
+  write_slot(fd, map, slot, buf);
 }
 
 // In a child forked after open() (a handler may fork without exec; O_CLOEXEC covers exec): the
 // child would otherwise hold the journal's lock after the worker died, so that no worker ever
 // reports it, and a crash in the child would write into the parent's slot. Closing the child's
-// copy of the descriptor leaves the parent's lock alone (flock belongs to the open file, which
-// the parent still holds). Runs in the child right after fork(): async-signal-safe calls only.
+// copy of the descriptor and unmapping its copy of the mapping (which holds the open file too)
+// leaves the parent's lock alone (flock belongs to the open file, which the parent still holds).
+// Runs in the child right after fork(): async-signal-safe calls only (and munmap, a system call).
 void in_forked_child() {
   g_forked.store(true);
   t_slot = -1;
   t_task = 0;
+  if (char* map = g_map.exchange(nullptr)) ::munmap(map, kMappedBytes);
   const int fd = g_fd.exchange(-1);
   if (fd < 0) return;
   if (g_installed) {
@@ -109,7 +133,7 @@ void on_fatal_signal(int sig, siginfo_t* info, void*) {
   const int saved_errno = errno;
   const int fd = g_fd.load(std::memory_order_relaxed);
   if (fd >= 0 && t_slot >= 0 && t_task > 0) {
-    write_record(fd, t_slot, sig, t_task, t_attempt);
+    write_record(fd, g_map.load(std::memory_order_relaxed), t_slot, sig, t_task, t_attempt);
   }
   // Whatever handled the signal before takes it from here: a fault happens again when the
   // instruction is retried; a signal that was sent (raise, abort, kill) is sent again.
@@ -192,11 +216,27 @@ Result<std::unique_ptr<TaskJournal>> TaskJournal::open(const std::filesystem::pa
                                             file.string(), std::strerror(err)));
   };
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) return give_up("lock");
-  if (::renameat2(AT_FDCWD, creating.c_str(), AT_FDCWD, file.c_str(), RENAME_NOREPLACE) != 0)
+  // The first kMappedSlots slots, blank, mapped shared: a record there is a few stores, not a
+  // system call (two per handler call: pwrite took a fifth of a worker's CPU draining 3-step
+  // chains, its copy into ext4 serialized on the file's inode lock). The stores are the page
+  // cache's, as pwrite's are: another process reads them, and they outlive this one. Without
+  // the mapping (it failed), every slot is written with pwrite.
+  {
+    std::string blank(kMappedBytes, ' ');
+    for (std::size_t i = kSlot - 1; i < blank.size(); i += kSlot) blank[i] = '\n';
+    if (::pwrite(fd, blank.data(), blank.size(), 0) != static_cast<ssize_t>(blank.size()))
+      return give_up("write");
+  }
+  void* mapped = ::mmap(nullptr, kMappedBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  char* map = mapped == MAP_FAILED ? nullptr : static_cast<char*>(mapped);
+  if (::renameat2(AT_FDCWD, creating.c_str(), AT_FDCWD, file.c_str(), RENAME_NOREPLACE) != 0) {
+    if (map != nullptr) ::munmap(map, kMappedBytes);
     return give_up("name");
-  std::unique_ptr<TaskJournal> journal(new TaskJournal(file, fd));
+  }
+  std::unique_ptr<TaskJournal> journal(new TaskJournal(file, fd, map));
   g_forked = false;  // a forked child that opens a journal of its own writes to that one
   g_next_slot = 0;
+  g_map = map;
   g_fd = fd;
   struct sigaction action {};
   action.sa_sigaction = on_fatal_signal;
@@ -236,7 +276,7 @@ void TaskJournal::begin(TaskId id, int attempt) noexcept {
   if (t_slot < 0) t_slot = g_next_slot.fetch_add(1);
   t_task = id;
   t_attempt = attempt;
-  write_record(fd_, t_slot, -1, id, attempt);
+  write_record(fd_, map_, t_slot, -1, id, attempt);
 }
 
 void TaskJournal::end() noexcept {
@@ -246,14 +286,15 @@ void TaskJournal::end() noexcept {
   t_task = 0;
   char buf[kSlot];
   fill(buf, 0);
-  write_slot(fd_, t_slot, buf);
+  write_slot(fd_, map_, t_slot, buf);
 }
 
-// The descriptor is never closed. Handlers that outlived their timeout may still be running and
-// call begin()/end() on other threads after this: with the descriptor closed, its number could be
-// reused by any file the process opens next (a database socket, a plugin), and their pwrite()
-// would scribble over it. Left open, they write into the removed file, which nothing reads; the
-// cost is one descriptor per journal opened, and a worker opens one.
+// The descriptor is never closed, nor the mapping unmapped. Handlers that outlived their timeout
+// may still be running and call begin()/end() on other threads after this: with the descriptor
+// closed, its number could be reused by any file the process opens next (a database socket, a
+// plugin), and their pwrite() would scribble over it; with the mapping gone, their stores would
+// fault. Left in place, they write into the removed file, which nothing reads; the cost is one
+// descriptor and 64 KiB of mapping per journal opened, and a worker opens one.
 void TaskJournal::close() noexcept {
   if (!open_.exchange(false)) return;
   if (g_installed) {
@@ -261,6 +302,7 @@ void TaskJournal::close() noexcept {
     g_installed = false;
   }
   g_fd = -1;
+  g_map = nullptr;
   std::error_code ec;
   std::filesystem::remove(file_, ec);
 }

@@ -4,8 +4,9 @@
 // its worker then fails its task instead of being retried until its attempts run out).
 //
 // Not util/crash_journal.hpp (a file written and renamed per record, used around plugin loads):
-// a task is the hot path, so a record here is one pwrite(2) into a slot of a file opened once, and
-// that descriptor is what the fatal-signal handler writes the attribution to.
+// a task is the hot path, so a record here is a few stores into a slot of a file opened once and
+// mapped shared (its first 1,024 slots; a slot after them is one pwrite(2)), and that mapping is
+// what the fatal-signal handler writes the attribution to.
 //
 // One file per process, <dir>/<pid>-<random>.journal, flock()ed while the process lives (a
 // worker starting on the same directory recognises the journals of dead processes by taking
@@ -14,21 +15,23 @@
 //   "R <task> <attempt>"           the thread runs that task's handler
 //   "S <signal> <task> <attempt>"  a fatal signal hit the thread while it ran that handler
 //   blank                          idle
-// A slot is written with one pwrite(2) before the handler is called and cleared after it returns.
+// A slot is written before the handler is called and cleared after it returns; a record the
+// process's death cut short reads as blank (see write_slot).
 // open() installs a handler for SIGSEGV, SIGBUS, SIGILL, SIGFPE and SIGABRT that turns the
-// crashing thread's slot into an "S" record (async-signal-safe: formatting by hand and pwrite to
-// the descriptor opened beforehand), restores the previous disposition and lets the signal take
-// its course (re-raised when it was sent rather than caused by a fault). A crash on a thread that
-// runs no handler, or a SIGKILL, leaves "R" records only: those tasks were running, but nothing
-// says they caused it.
+// crashing thread's slot into an "S" record (async-signal-safe: formatting by hand and stores
+// into the mapping, or pwrite to the descriptor, made beforehand), restores the previous
+// disposition and lets the signal take its course (re-raised when it was sent rather than caused by
+// a fault). A crash on a thread that runs no handler, or a SIGKILL, leaves "R" records only: those
+// tasks were running, but nothing says they caused it.
 //
 // Limits: a stack overflow in a handler is not attributed (no alternate signal stack); the lock
 // is flock(2), which does not span hosts on every network file system.
 //
 // Journals are created as "<name>.journal.new", locked, then renamed, so collect() never finds
-// one that is not locked yet. A child forked by a handler closes its copy of the descriptor and
-// writes nothing (pthread_atfork): a long-lived child does not keep a dead worker's journal
-// locked, and a crash in the child is not written into the parent's slot.
+// one that is not locked yet. A child forked by a handler closes its copy of the descriptor,
+// unmaps its copy of the mapping, and writes nothing (pthread_atfork): a long-lived child does not
+// keep a dead worker's journal locked, and a crash in the child is not written into the parent's
+// slot.
 //
 // Thread-safety: begin() and end() from any thread (each touches only its own slot), also
 // concurrently with close(); one journal per process (open() fails for a second one while the
@@ -84,17 +87,19 @@ class TaskJournal {
   void end() noexcept;
 
   // Uninstalls the signal handler and removes the file (a clean exit leaves no journal); begin()
-  // and end() do nothing afterwards. The descriptor stays open while the process lives: handlers
-  // still running may call begin()/end() concurrently with close().
+  // and end() do nothing afterwards. The descriptor and the mapping stay while the process lives:
+  // handlers still running may call begin()/end() concurrently with close().
   void close() noexcept;
 
   const std::filesystem::path& file() const noexcept { return file_; }
 
  private:
-  TaskJournal(std::filesystem::path file, int fd) : file_(std::move(file)), fd_(fd) {}
+  TaskJournal(std::filesystem::path file, int fd, char* map)
+      : file_(std::move(file)), fd_(fd), map_(map) {}
 
   const std::filesystem::path file_;
-  const int fd_;  // open until the process ends (see close())
+  const int fd_;     // open until the process ends (see close())
+  char* const map_;  // its first slots, mapped until the process ends; nullptr: none
   std::atomic<bool> open_{true};
 };
 
