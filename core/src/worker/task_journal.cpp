@@ -69,17 +69,20 @@ void fill(char* buf, std::size_t used) {
 // Writes slot `slot`: into the mapping `map` when it has that slot, else with pwrite(2) to `fd`.
 // A slot in the mapping is written as plain stores, which the process's death may cut short
 // (pwrite's copy cannot be: a signal, SIGKILL too, takes effect when the call returns). So its
-// first byte, the record's kind, is made blank first and written last, each ordered by a fence:
-// a record cut short reads as a blank slot (crash not attributed), never as a record naming
-// another task. Async-signal-safe.
+// first byte, the record's kind, is made blank first and written last: a record cut short reads
+// as a blank slot (crash not attributed), never as a record naming another task. Only the
+// compiler's order of those stores matters (a signal fence; a thread fence is not needed, and
+// ThreadSanitizer does not support it): the journal is read once its process died (collect()
+// takes only unlocked ones), when memory holds the stores each thread made before it was stopped,
+// a prefix of them in program order. Async-signal-safe.
 void write_slot(int fd, char* map, int slot, const char* buf) {
   if (slot < 0) return;
   if (map != nullptr && static_cast<std::size_t>(slot) < kMappedSlots) {
     char* at = map + static_cast<std::size_t>(slot) * kSlot;
     std::atomic_ref<char>(at[0]).store(' ', std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     std::memcpy(at + 1, buf + 1, kSlot - 1);
-    std::atomic_thread_fence(std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);
     std::atomic_ref<char>(at[0]).store(buf[0], std::memory_order_relaxed);
     return;
   }
