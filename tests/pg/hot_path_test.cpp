@@ -550,6 +550,109 @@ TEST_SUITE("hot_path") {
     CHECK(static_cast<double>(list_cost.index_entries) / static_cast<double>(listed) < 25);
   }
 
+  // Metrics count the runs that ended in a scrape's window by finished_at, which has no index
+  // (completing a run stays a HOT update): among the runs created since the oldest run that was
+  // not ended at the previous scrape, not among the whole history.
+  TEST_CASE(
+      "metrics: a scrape counts each run that ended in its window once, reading the runs started "
+      "since the oldest one not ended at the previous scrape, not the history") {
+    const std::string conninfo = hot_database("hp_scrape");
+    std::optional<fd::RunStore> held(connect(conninfo));
+    fd::RunStore& store = *held;
+    const fd::FlowKey history = store_flow(store, "history", {step("only")});
+    const fd::FlowKey slow = store_flow(store, "slow", {step("only")});  // never claimed
+    const auto start_slow = [&] {
+      auto run = store.start_run(slow.slug, slow.version, Json::object());
+      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
+      return *run;
+    };
+    const auto drain_history = [&] {
+      std::vector<fd::Completion> pending;
+      for (;;) {
+        auto r = store.work("w1", pending, {}, std::span(&history, 1), 500, std::nullopt);
+        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+        REQUIRE(r->rejected.empty());
+        if (pending.empty() && r->claimed.empty()) return;
+        pending.clear();
+        for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
+      }
+    };
+    const auto cancel = [&](const fd::RunId& run) {
+      auto cancelled = store.cancel_run(run);
+      REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+      REQUIRE(*cancelled);
+    };
+    const auto micros = [](fd::TimePoint t) {
+      return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+    };
+    const auto scrape = [](fd::RunStore& s, std::optional<fd::ScrapeWindow> window) {
+      auto counts = s.scrape_counts(window);
+      REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
+      return std::move(*counts);
+    };
+    // Runs counted per "<flow> <status>".
+    const auto counted = [](const fd::ScrapeCounts& c) {
+      std::map<std::string, std::int64_t> out;
+      for (const auto& r : c.runs)
+        out[r.flow_slug + " " + std::string(fd::to_string(r.status))] += r.count;
+      return out;
+    };
+    using Counted = std::map<std::string, std::int64_t>;
+    const auto lag = [] { std::this_thread::sleep_for(3500ms); };  // past scrape_counts' 3 s
+
+    // c: started before a history of 20,000 runs and still running after it; a: started after it.
+    const fd::RunId c = start_slow();
+    start_many(store, history, 20'000);
+    drain_history();
+    const fd::RunId a = start_slow();
+    lag();
+    const auto s1 = scrape(store, std::nullopt);
+    CHECK(s1.runs.empty());
+    CHECK(s1.next.live_from_us == micros(run_info(store, c).created_at));
+
+    // a ends in the second window; c ends in the 3 s before the second scrape, so in the third
+    // window: until then it bounds where the scrapes look.
+    cancel(a);
+    lag();
+    cancel(c);
+    const auto s2 = scrape(store, s1.next);
+    REQUIRE_MESSAGE(micros(*run_info(store, c).finished_at) > s2.next.since_us,
+                    "more than 3 s passed between ending a run and the next statement");
+    CHECK(counted(s2) == Counted{{"slow cancelled", 1}});
+    CHECK(s2.next.live_from_us == micros(run_info(store, c).created_at));
+    lag();
+    const auto s3 = scrape(store, s2.next);
+    CHECK(counted(s3) == Counted{{"slow cancelled", 1}});
+    CHECK(s3.next.live_from_us == s3.next.since_us);  // no run left that is not ended
+
+    // 1,000 runs started and ended in the fourth window, after ANALYZE: its scrape reads them, not
+    // the 21,002 runs before them.
+    start_many(store, history, 1'000);
+    drain_history();
+    lag();
+    analyze_all(conninfo);
+    held.reset();
+    wait_alone(conninfo);
+    const auto before = settled_scans(conninfo);
+    std::optional<fd::RunStore> viewer(connect(conninfo));
+    const auto s4 = scrape(*viewer, s3.next);
+    viewer.reset();  // the measured backend exits and flushes its counters
+    wait_alone(conninfo);
+    const auto after = read_scans(conninfo);
+    const auto cost = read_cost(before, after);
+    CHECK(counted(s4) == Counted{{"history completed", 1'000}, {"history started", 1'000}});
+    INFO(cost.detail);
+    CHECK(cost.big_seq_scans == 0);
+    // Of runs: three range scans of the window's 1,000 runs (started, ended, the oldest not
+    // ended) read about 3,000 rows; the whole history is 22,002. (The counts of tasks walk the
+    // entries of the 21,000 tasks deleted since the last VACUUM, which is off here.)
+    const auto& r0 = before.at("runs");
+    const auto& r1 = after.at("runs");
+    CHECK(r1.seq_scan == r0.seq_scan);
+    CHECK(r1.idx_tup_fetch - r0.idx_tup_fetch < 4'000);
+    CHECK(r1.idx_tup_read - r0.idx_tup_read < 4'000);
+  }
+
   TEST_CASE(
       "plans: one long-lived connection starting runs one at a time, its plans made on small "
       "tables, scans no large table at 100,000 runs") {

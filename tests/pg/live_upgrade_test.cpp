@@ -914,7 +914,7 @@ TEST_SUITE("live_upgrade") {
       return out;
     };
     const auto started_counts = [](fd::RunStore& s) {
-      auto counts = s.scrape_counts(0);
+      auto counts = s.scrape_counts(fd::ScrapeWindow{});
       REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
       std::map<std::string, std::int64_t> out;
       for (const auto& r : counts->runs)

@@ -57,7 +57,7 @@ void StoreMetrics::refresh() {
     }
     store_ = std::make_unique<RunStore>(std::move(*connected));
   }
-  auto counts = store_->scrape_counts(since_us_);
+  auto counts = store_->scrape_counts(window_);
   if (!counts) {
     spdlog::debug("metrics: reading the run store: {}", counts.error().format());
     up_.set(0);
@@ -67,7 +67,7 @@ void StoreMetrics::refresh() {
     }
     return;
   }
-  if (since_us_) {
+  if (window_) {
     for (const auto& c : counts->runs) {
       Family<Counter>* family = c.status == RunStatus::started     ? &started_
                                 : c.status == RunStatus::completed ? &completed_
@@ -76,7 +76,7 @@ void StoreMetrics::refresh() {
       family->with({c.flow_slug}).inc(static_cast<std::uint64_t>(c.count));
     }
   }
-  since_us_ = counts->upto_us;
+  window_ = counts->next;
   up_.set(1);
   // Flows that had tasks before and have none now read 0, not their last value.
   for (const auto& flow : gauge_flows_) {

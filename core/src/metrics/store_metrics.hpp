@@ -49,7 +49,7 @@ class StoreMetrics {
 
   AnnotatedMutex mu_;
   std::unique_ptr<RunStore> store_ FLOWREG_GUARDED_BY(mu_);
-  std::optional<std::int64_t> since_us_ FLOWREG_GUARDED_BY(mu_);  // server clock, microseconds
+  std::optional<ScrapeWindow> window_ FLOWREG_GUARDED_BY(mu_);  // the next scrape's
   std::chrono::steady_clock::time_point next_ FLOWREG_GUARDED_BY(mu_){};
   std::set<std::string> gauge_flows_ FLOWREG_GUARDED_BY(mu_);  // flows with a gauge series
 

@@ -204,6 +204,15 @@ struct RunFilter {
 // come in a stable topological order (dependencies first, else as declared).
 Json flow_definition_json(const FlowDef& flow);
 
+// The window of a RunStore::scrape_counts call: runs created, or ended, after since_us and at
+// most 3 s before the call. The runs ended in it are looked for among those created at or after
+// live_from_us; both come from the previous call (ScrapeCounts::next).
+struct ScrapeWindow {
+  std::int64_t since_us = 0;  // server clock, microseconds since the epoch
+  // No run that may end after since_us started before it (the same clock).
+  std::int64_t live_from_us = 0;
+};
+
 // What RunStore::scrape_counts reads for metrics.
 struct ScrapeCounts {
   struct Runs {
@@ -217,7 +226,9 @@ struct ScrapeCounts {
   };
   std::vector<Runs> runs;    // in (since, upto]; empty when since was not given
   std::vector<Tasks> tasks;  // flows with queued or running tasks now
-  std::int64_t upto_us = 0;  // the window's end: the server's now() - 3 s, in microseconds
+  // The next call's window: since_us is this one's end (the server's now() - 3 s); live_from_us
+  // the start of the oldest run not ended by then, or that end when there is none.
+  ScrapeWindow next;
 };
 
 class RunStore {
@@ -314,11 +325,14 @@ class RunStore {
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
 
   // For metrics, in one statement of index range scans: tasks queued and running per flow, and
-  // runs started and ended per flow and status with created_at (finished_at) in (since_us, upto],
-  // upto being the server's now() - 3 s (a run's timestamps are its transaction's start: the lag
-  // lets transactions commit before their window is read). since_us: a previous call's upto_us;
-  // nullopt: no runs are counted (the first call opens the window).
-  Result<ScrapeCounts> scrape_counts(std::optional<std::int64_t> since_us);
+  // runs started and ended per flow and status with created_at (finished_at) in
+  // (window.since_us, upto], upto being the server's now() - 3 s (a run's timestamps are its
+  // transaction's start: the lag lets transactions commit before their window is read).
+  // window: a previous call's `next`; nullopt: no runs are counted (the first call opens the
+  // window). The runs ended are read among those created from window.live_from_us on (every run
+  // that can end in the window, see ScrapeCounts::next), not in the whole history: a call reads
+  // the runs created since the oldest run that was not ended at the previous call's end.
+  Result<ScrapeCounts> scrape_counts(std::optional<ScrapeWindow> window);
 
  private:
   struct Impl;
