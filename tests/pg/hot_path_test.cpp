@@ -643,8 +643,8 @@ TEST_SUITE("hot_path") {
     CHECK(counted(s4) == Counted{{"history completed", 1'000}, {"history started", 1'000}});
     INFO(cost.detail);
     CHECK(cost.big_seq_scans == 0);
-    // Of runs: three range scans of the window's 1,000 runs (started, ended, the oldest not
-    // ended) read about 3,000 rows; the whole history is 22,002. (The counts of tasks walk the
+    // Of runs: the range scan of the window's 1,000 runs (counting those started and ended, and
+    // finding the oldest not ended) reads about 1,000 rows; the whole history is 22,002. (The counts of tasks walk the
     // entries of the 21,000 tasks deleted since the last VACUUM, which is off here.)
     const auto& r0 = before.at("runs");
     const auto& r1 = after.at("runs");

@@ -971,47 +971,51 @@ namespace flowreg::detail {
 
 namespace {
 
-// Runs started in the window are counted per flow slug (_run_slugs) through runs_by_flow
-// (migrations 0015 and 0016). Runs that ended in it are counted by finished_at, which has no index
-// (so that completing a run stays a HOT update), among the runs created from $2 on, one flow at a
-// time through runs_by_flow: $2 is the start of the oldest run the previous scrape saw not ended
-// by its window's end ($1), or that end. A run that ends in this window was either not ended by
-// then (so it started at $2 or later), or was not yet committed then: it started after $1 (unless
-// its transaction was older than the 3 s lag, which the count of runs started assumes too). The
-// same range scan finds the next scrape's bound: the oldest run not ended by this window's end
-// (still started, or ended after it). So a scrape reads the runs created since the oldest run not
-// ended at the previous scrape, not the history (the first scrape, whose $2 is 0, reads it once).
+// Runs started and ended in the window are counted per flow slug (_run_slugs) through
+// runs_by_flow (migrations 0015 and 0016), in one range scan per flow of the runs created from $2
+// on (finished_at has no index, so that completing a run stays a HOT update). $2 is the start of
+// the oldest run the previous scrape saw not ended by its window's end ($1), or that end. A run
+// that ends in this window was either not ended by then (so it started at $2 or later), or was
+// not yet committed then: it started after $1 (unless its transaction was older than the 3 s lag,
+// which the count of runs started assumes too). The same scan finds the next scrape's bound: the
+// oldest run not ended by this window's end (still started, or ended after it). So a scrape reads
+// the runs created since the oldest run not ended at the previous scrape, not the history. The
+// first scrape ($1 < 0) counts nothing: it looks for that oldest run alone, reading each flow's
+// runs up to its oldest not ended.
 // Queued and started tasks are counted per flow slug from their rows (neither partial index holds
 // the slug itself).
 constexpr const char* kScrapeCountsSql =
     "WITH w AS MATERIALIZED (SELECT now() - interval '3 seconds' AS upto,"
     "  'epoch'::timestamptz + $1::bigint * interval '1 microsecond' AS since,"
     "  'epoch'::timestamptz + $2::bigint * interval '1 microsecond' AS live_from),"
-    " slugs AS MATERIALIZED (SELECT s.slug FROM flowreg._run_slugs() AS s(slug))"
+    " slugs AS MATERIALIZED (SELECT s.slug FROM flowreg._run_slugs() AS s(slug)),"
+    " per AS MATERIALIZED (SELECT s.slug, c.* FROM slugs s CROSS JOIN w"
+    "  CROSS JOIN LATERAL (SELECT r.status,"
+    "    count(*) FILTER (WHERE r.created_at > w.since AND r.created_at <= w.upto) AS started,"
+    "    count(*) FILTER (WHERE r.finished_at > w.since AND r.finished_at <= w.upto) AS ended,"
+    "    min(r.created_at) FILTER (WHERE r.status = 'started' OR r.finished_at > w.upto) AS live"
+    "   FROM flowreg.runs r"
+    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
+    "   AND r.flow_slug = s.slug AND r.created_at >= w.live_from GROUP BY r.status) c"
+    "  WHERE $1::bigint >= 0),"
+    " first AS MATERIALIZED (SELECT l.live FROM slugs s CROSS JOIN w"
+    "  CROSS JOIN LATERAL (SELECT r.created_at AS live FROM flowreg.runs r"
+    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
+    "   AND r.flow_slug = s.slug AND (r.status = 'started' OR r.finished_at > w.upto)"
+    "   ORDER BY r.created_at LIMIT 1) l"
+    "  WHERE $1::bigint < 0)"
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
     "  sum(r)::bigint AS running, 0::bigint AS upto_us, 0::bigint AS live_from_us"
     " FROM (SELECT flow_slug, count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'"
     "       GROUP BY flow_slug"
     "       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"
     "       GROUP BY flow_slug) t GROUP BY flow_slug"
-    " UNION ALL SELECT 'runs', s.slug, 'started', c.n, 0, 0, 0 FROM slugs s CROSS JOIN w"
-    "  CROSS JOIN LATERAL (SELECT count(*) AS n FROM flowreg.runs r"
-    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "   AND r.flow_slug = s.slug AND r.created_at > w.since AND r.created_at <= w.upto) c"
-    "  WHERE $1::bigint >= 0 AND c.n > 0"
-    " UNION ALL SELECT 'runs', s.slug, c.status, c.n, 0, 0, 0 FROM slugs s CROSS JOIN w"
-    "  CROSS JOIN LATERAL (SELECT r.status, count(*) AS n FROM flowreg.runs r"
-    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "   AND r.flow_slug = s.slug AND r.created_at >= w.live_from"
-    "   AND r.finished_at > w.since AND r.finished_at <= w.upto GROUP BY r.status) c"
-    "  WHERE $1::bigint >= 0"
+    " UNION ALL SELECT 'runs', slug, 'started', sum(started)::bigint, 0, 0, 0 FROM per"
+    "  GROUP BY slug HAVING sum(started) > 0"
+    " UNION ALL SELECT 'runs', slug, status, ended, 0, 0, 0 FROM per WHERE ended > 0"
     " UNION ALL SELECT 'upto', '', '', 0, 0, (extract(epoch FROM w.upto) * 1000000)::bigint,"
-    "  (extract(epoch FROM least(w.upto, (SELECT min(l.at) FROM slugs s"
-    "    CROSS JOIN LATERAL (SELECT r.created_at AS at FROM flowreg.runs r"
-    "     WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "     AND r.flow_slug = s.slug AND r.created_at >= w.live_from"
-    "     AND (r.status = 'started' OR r.finished_at > w.upto)"
-    "     ORDER BY r.created_at LIMIT 1) l))) * 1000000)::bigint FROM w";
+    "  (extract(epoch FROM least(w.upto, (SELECT min(live) FROM per),"
+    "   (SELECT min(live) FROM first))) * 1000000)::bigint FROM w";
 
 }  // namespace
 
