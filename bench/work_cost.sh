@@ -6,7 +6,7 @@
 #
 # usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain] [--batch LIST] [--runs N]
 #                           [--rounds R] [--wal] [--start CALLS] [--sessions S] [--sql FILE]
-#                           [--keep]
+#                           [--workers N] [--worker-id PREFIX] [--keep]
 #   --flowreg BIN  the flowreg binary whose compiled-in functions are measured (default
 #                  build/flowreg next to this script's checkout); its plugins are
 #                  <its directory>/bench/worker_plugins
@@ -28,6 +28,13 @@
 #   --sessions S   the sessions of --start's last series (default 8)
 #   --sql FILE     SQL run once on the cluster before measuring (a changed function, another
 #                  fillfactor...): to measure an idea before writing it as a migration
+#   --workers N    drain with N `flowreg worker --batch B` processes (serving the flow only)
+#                  instead of one psql session: the whole cost of a real drain, its workers' ids,
+#                  their heartbeats, handler outputs (`{"ok": true}`) and commits included, as
+#                  worker_bench drains (its figures, with --wal, broken down); work()'s time
+#                  then includes the waits of its calls for each other's locks
+#   --worker-id P  with --workers: worker i's id is P<i> (default: flowreg's HOST:PID:RANDOM);
+#                  the id is written into every task claimed and every run completed
 #   --keep         keep the scratch directory (cluster data)
 #
 # Each measurement: N runs started with start_runs() (500 per call), VACUUM ANALYZE, then one
@@ -53,6 +60,8 @@ wal=0
 start_calls=0
 sessions=8
 setup_sql=
+workers=0
+worker_id=
 while [ $# -gt 0 ]; do
   case "$1" in
     --flowreg) flowreg=$2; shift 2 ;;
@@ -64,6 +73,8 @@ while [ $# -gt 0 ]; do
     --start) start_calls=$2; shift 2 ;;
     --sessions) sessions=$2; shift 2 ;;
     --sql) setup_sql=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --worker-id) worker_id=$2; shift 2 ;;
     --keep) keep=1; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "work_cost.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -74,6 +85,9 @@ case "$flow" in single|chain) ;; *) echo "work_cost.sh: --flow is single or chai
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --rounds is a positive number" >&2; exit 2; }
 [[ "$start_calls" =~ ^[0-9]+$ ]] || { echo "work_cost.sh: --start is a number of calls" >&2; exit 2; }
 [[ "$sessions" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --sessions is a positive number" >&2; exit 2; }
+[[ "$workers" =~ ^[0-9]+$ ]] || { echo "work_cost.sh: --workers is a number of worker processes" >&2; exit 2; }
+[ -z "$worker_id" ] || [ "$workers" -gt 0 ] || { echo "work_cost.sh: --worker-id needs --workers" >&2; exit 2; }
+[ "$workers" = 0 ] || [ "$start_calls" = 0 ] || { echo "work_cost.sh: --workers drains; --start measures starting: one or the other" >&2; exit 2; }
 [ -z "$setup_sql" ] || [ -r "$setup_sql" ] || { echo "work_cost.sh: cannot read --sql $setup_sql" >&2; exit 2; }
 [ -x "$flowreg" ] || { echo "work_cost.sh: no flowreg binary at $flowreg (build first)" >&2; exit 1; }
 flowreg=$(cd "$(dirname "$flowreg")" && pwd)/$(basename "$flowreg")
@@ -233,7 +247,8 @@ if [ "$start_calls" -gt 0 ]; then
   exit 0
 fi
 
-echo "work_cost: $flowreg, flow $slug@$version ($steps step(s)), $runs runs per measurement"
+echo "work_cost: $flowreg, flow $slug@$version ($steps step(s)), $runs runs per measurement," \
+  "drained by $([ "$workers" -gt 0 ] && echo "$workers flowreg worker process(es)" || echo "one psql session")"
 printf '%-6s %-6s %10s %7s %5s %11s  %s\n' batch round "us/run" calls left "WAL B/run" "parts: function total/self us per run"
 for b in ${batches//,/ }; do
   for r in $(seq 1 "$rounds"); do
@@ -249,14 +264,34 @@ for b in ${batches//,/ }; do
     psql_ -c "VACUUM ANALYZE flowreg.runs, flowreg.tasks, flowreg.step_states"
     l2=$(lsn)
     flows="[{\"slug\": \"$slug\", \"version\": \"$version\"}]"
-    {
-      echo "\\set c '[]'"
-      echo "SELECT pg_stat_reset();"
-      for _ in $(seq 1 $(( (runs * steps) / b + 10 ))); do
-        echo "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1)) FILTER (WHERE kind = 'claimed'), '[]') AS c FROM flowreg.work('bench', :'c'::jsonb, '[]', '$flows', $b, 60000) \\gset"
+    if [ "$workers" -gt 0 ]; then
+      psql_ -c "SELECT pg_stat_reset()" > /dev/null
+      pids=()
+      for i in $(seq 1 "$workers"); do
+        id=()
+        [ -z "$worker_id" ] || id=(--id "$worker_id$i")
+        "$flowreg" --config "$config" worker --flows "$slug" --batch "$b" "${id[@]}" \
+          > "$scratch/worker_$b.$r.$i.log" 2>&1 &
+        pids+=($!)
       done
-    } | psql_ > /dev/null
-    l3=$(lsn)
+      # Until every run is completed (a count of runs every 0.2 s: reads, no WAL), at most 600 s.
+      for _ in $(seq 1 3000); do
+        [ "$(psql_ -c "SELECT count(*) FROM flowreg.runs WHERE status <> 'completed'")" = 0 ] && break
+        sleep 0.2
+      done
+      l3=$(lsn)
+      kill -TERM "${pids[@]}" 2> /dev/null || true
+      wait "${pids[@]}" || true
+    else
+      {
+        echo "\\set c '[]'"
+        echo "SELECT pg_stat_reset();"
+        for _ in $(seq 1 $(( (runs * steps) / b + 10 ))); do
+          echo "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1)) FILTER (WHERE kind = 'claimed'), '[]') AS c FROM flowreg.work('bench', :'c'::jsonb, '[]', '$flows', $b, 60000) \\gset"
+        done
+      } | psql_ > /dev/null
+      l3=$(lsn)
+    fi
     sleep 0.6  # the session's counters are flushed when it exits
     left=$(psql_ -c "SELECT count(*) FROM flowreg.runs WHERE status <> 'completed'")
     read -r us calls < <(psql_ -F' ' -c "SELECT round((total_time * 1000 / $runs)::numeric, 2), calls FROM pg_stat_user_functions WHERE schemaname = 'flowreg' AND funcname = 'work'")
