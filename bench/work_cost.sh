@@ -264,8 +264,8 @@ for b in ${batches//,/ }; do
     psql_ -c "VACUUM ANALYZE flowreg.runs, flowreg.tasks, flowreg.step_states"
     l2=$(lsn)
     flows="[{\"slug\": \"$slug\", \"version\": \"$version\"}]"
+    psql_ -c "SELECT pg_stat_reset()" > /dev/null
     if [ "$workers" -gt 0 ]; then
-      psql_ -c "SELECT pg_stat_reset()" > /dev/null
       pids=()
       for i in $(seq 1 "$workers"); do
         id=()
@@ -285,7 +285,6 @@ for b in ${batches//,/ }; do
     else
       {
         echo "\\set c '[]'"
-        echo "SELECT pg_stat_reset();"
         for _ in $(seq 1 $(( (runs * steps) / b + 10 ))); do
           echo "SELECT coalesce(jsonb_agg(jsonb_build_object('id', id, 'attempt', attempt, 'output', 1)) FILTER (WHERE kind = 'claimed'), '[]') AS c FROM flowreg.work('bench', :'c'::jsonb, '[]', '$flows', $b, 60000) \\gset"
         done
