@@ -551,11 +551,12 @@ TEST_SUITE("hot_path") {
   }
 
   // Metrics count the runs that ended in a scrape's window by finished_at, which has no index
-  // (completing a run stays a HOT update): among the runs created since the oldest run that was
-  // not ended at the previous scrape, not among the whole history.
+  // (completing a run stays a HOT update): per flow, among its runs created since its oldest run
+  // that was not ended at the previous scrape, not among the whole history, and not since another
+  // flow's oldest run.
   TEST_CASE(
-      "metrics: a scrape counts each run that ended in its window once, reading the runs started "
-      "since the oldest one not ended at the previous scrape, not the history") {
+      "metrics: a scrape counts each run that ended in its window once, reading per flow the runs "
+      "started since its oldest one not ended at the previous scrape, not the history") {
     const std::string conninfo = hot_database("hp_scrape");
     std::optional<fd::RunStore> held(connect(conninfo));
     fd::RunStore& store = *held;
@@ -598,17 +599,20 @@ TEST_SUITE("hot_path") {
       return out;
     };
     using Counted = std::map<std::string, std::int64_t>;
+    using Bounds = std::map<std::string, std::int64_t, std::less<>>;
     const auto lag = [] { std::this_thread::sleep_for(3500ms); };  // past scrape_counts' 3 s
 
-    // c: started before a history of 20,000 runs and still running after it; a: started after it.
+    // c and d: started before a history of 20,000 runs of another flow and still running after
+    // it; a: started after it. d runs until the end.
     const fd::RunId c = start_slow();
+    const fd::RunId d = start_slow();
     start_many(store, history, 20'000);
     drain_history();
     const fd::RunId a = start_slow();
     lag();
     const auto s1 = scrape(store, std::nullopt);
     CHECK(s1.runs.empty());
-    CHECK(s1.next.live_from_us == micros(run_info(store, c).created_at));
+    CHECK(s1.next.live_from_us == Bounds{{"slow", micros(run_info(store, c).created_at)}});
 
     // a ends in the second window; c ends in the 3 s before the second scrape, so in the third
     // window: until then it bounds where the scrapes look.
@@ -619,14 +623,16 @@ TEST_SUITE("hot_path") {
     REQUIRE_MESSAGE(micros(*run_info(store, c).finished_at) > s2.next.since_us,
                     "more than 3 s passed between ending a run and the next statement");
     CHECK(counted(s2) == Counted{{"slow cancelled", 1}});
-    CHECK(s2.next.live_from_us == micros(run_info(store, c).created_at));
+    CHECK(s2.next.live_from_us == Bounds{{"slow", micros(run_info(store, c).created_at)}});
     lag();
     const auto s3 = scrape(store, s2.next);
     CHECK(counted(s3) == Counted{{"slow cancelled", 1}});
-    CHECK(s3.next.live_from_us == s3.next.since_us);  // no run left that is not ended
+    // d is slow's oldest run not ended; history has none, so it is not listed.
+    const std::int64_t d_from = micros(run_info(store, d).created_at);
+    CHECK(s3.next.live_from_us == Bounds{{"slow", d_from}});
 
     // 1,000 runs started and ended in the fourth window, after ANALYZE: its scrape reads them, not
-    // the 21,002 runs before them.
+    // the 21,003 runs before them, though d, started before them all, still runs.
     start_many(store, history, 1'000);
     drain_history();
     lag();
@@ -644,14 +650,26 @@ TEST_SUITE("hot_path") {
     INFO(cost.detail);
     CHECK(cost.big_seq_scans == 0);
     // Of runs: one range scan of the window's 1,000 runs (counting those started and ended, and
-    // finding the oldest not ended) reads about 1,000 rows; three scans of them (the form before)
-    // read about 3,000, the whole history is 22,002. (The counts of tasks walk the entries of the
-    // 21,000 tasks deleted since the last VACUUM, which is off here.)
+    // finding the oldest not ended) reads about 1,000 rows, and slow's 3 from d on; three scans of
+    // them (stop 33's form) read about 3,000; one bound for every flow (d's: stop 34's form) reads
+    // history's 21,000 since d; the whole history is 22,003. (The counts of tasks walk the entries
+    // of the 21,000 tasks deleted since the last VACUUM, which is off here.)
     const auto& r0 = before.at("runs");
     const auto& r1 = after.at("runs");
     CHECK(r1.seq_scan == r0.seq_scan);
     CHECK(r1.idx_tup_fetch - r0.idx_tup_fetch < 2'000);
     CHECK(r1.idx_tup_read - r0.idx_tup_read < 2'000);
+    CHECK(s4.next.live_from_us == Bounds{{"slow", d_from}});
+
+    // d ends: the next scrape counts it, and no flow is left with a run not ended.
+    fd::RunStore last = connect(conninfo);
+    auto cancelled = last.cancel_run(d);
+    REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+    REQUIRE(*cancelled);
+    lag();
+    const auto s5 = scrape(last, s4.next);
+    CHECK(counted(s5) == Counted{{"slow cancelled", 1}});
+    CHECK(s5.next.live_from_us.empty());
   }
 
   TEST_CASE(

@@ -972,23 +972,26 @@ namespace flowreg::detail {
 namespace {
 
 // Runs started and ended in the window are counted per flow slug (_run_slugs) through
-// runs_by_flow (migrations 0015 and 0016), in one range scan per flow of the runs created from $2
-// on (finished_at has no index, so that completing a run stays a HOT update). $2 is the start of
-// the oldest run the previous scrape saw not ended by its window's end ($1), or that end. A run
-// that ends in this window was either not ended by then (so it started at $2 or later), or was
-// not yet committed then: it started after $1 (unless its transaction was older than the 3 s lag,
-// which the count of runs started assumes too). The same scan finds the next scrape's bound: the
-// oldest run not ended by this window's end (still started, or ended after it). So a scrape reads
-// the runs created since the oldest run not ended at the previous scrape, not the history. The
-// first scrape ($1 < 0) counts nothing: it looks for that oldest run alone, reading each flow's
-// runs up to its oldest not ended.
+// runs_by_flow (migrations 0015 and 0016), in one range scan per flow of the runs created from
+// the flow's bound on (finished_at has no index, so that completing a run stays a HOT update). A
+// flow's bound ($2, a JSON object of microseconds by slug; $1 for a flow it does not list) is the
+// start of the flow's oldest run the previous scrape saw not ended by its window's end ($1). A
+// run that ends in this window was either not ended by then (so it started at its flow's bound or
+// later), or was not yet committed then: it started after $1 (unless its transaction was older
+// than the 3 s lag, which the count of runs started assumes too). The same scan finds the next
+// scrape's bound of each flow: its oldest run not ended by this window's end (still started, or
+// ended after it). So a scrape reads each flow's runs created since its oldest run not ended at
+// the previous scrape, not the history, and a run left started in one flow does not make the
+// scrapes read the other flows' runs since it. The first scrape ($1 < 0) counts nothing: it looks
+// for each flow's bound alone, reading each flow's runs up to its oldest not ended.
 // Queued and started tasks are counted per flow slug from their rows (neither partial index holds
 // the slug itself).
 constexpr const char* kScrapeCountsSql =
     "WITH w AS MATERIALIZED (SELECT now() - interval '3 seconds' AS upto,"
-    "  'epoch'::timestamptz + $1::bigint * interval '1 microsecond' AS since,"
-    "  'epoch'::timestamptz + $2::bigint * interval '1 microsecond' AS live_from),"
-    " slugs AS MATERIALIZED (SELECT s.slug FROM flowreg._run_slugs() AS s(slug)),"
+    "  'epoch'::timestamptz + $1::bigint * interval '1 microsecond' AS since),"
+    " slugs AS MATERIALIZED (SELECT s.slug, coalesce('epoch'::timestamptz"
+    "   + ($2::jsonb ->> s.slug)::bigint * interval '1 microsecond', w.since) AS live_from"
+    "  FROM flowreg._run_slugs() AS s(slug) CROSS JOIN w),"
     " per AS MATERIALIZED (SELECT s.slug, c.* FROM slugs s CROSS JOIN w"
     "  CROSS JOIN LATERAL (SELECT r.status,"
     "    count(*) FILTER (WHERE r.created_at > w.since AND r.created_at <= w.upto) AS started,"
@@ -996,26 +999,28 @@ constexpr const char* kScrapeCountsSql =
     "    min(r.created_at) FILTER (WHERE r.status = 'started' OR r.finished_at > w.upto) AS live"
     "   FROM flowreg.runs r"
     "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "   AND r.flow_slug = s.slug AND r.created_at >= w.live_from GROUP BY r.status) c"
+    "   AND r.flow_slug = s.slug AND r.created_at >= s.live_from GROUP BY r.status) c"
     "  WHERE $1::bigint >= 0),"
-    " first AS MATERIALIZED (SELECT l.live FROM slugs s CROSS JOIN w"
+    " first AS MATERIALIZED (SELECT s.slug, l.live FROM slugs s CROSS JOIN w"
     "  CROSS JOIN LATERAL (SELECT r.created_at AS live FROM flowreg.runs r"
     "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
     "   AND r.flow_slug = s.slug AND (r.status = 'started' OR r.finished_at > w.upto)"
     "   ORDER BY r.created_at LIMIT 1) l"
     "  WHERE $1::bigint < 0)"
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
-    "  sum(r)::bigint AS running, 0::bigint AS upto_us, 0::bigint AS live_from_us"
+    "  sum(r)::bigint AS running, 0::bigint AS at_us"
     " FROM (SELECT flow_slug, count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'"
     "       GROUP BY flow_slug"
     "       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"
     "       GROUP BY flow_slug) t GROUP BY flow_slug"
-    " UNION ALL SELECT 'runs', slug, 'started', sum(started)::bigint, 0, 0, 0 FROM per"
+    " UNION ALL SELECT 'runs', slug, 'started', sum(started)::bigint, 0, 0 FROM per"
     "  GROUP BY slug HAVING sum(started) > 0"
-    " UNION ALL SELECT 'runs', slug, status, ended, 0, 0, 0 FROM per WHERE ended > 0"
-    " UNION ALL SELECT 'upto', '', '', 0, 0, (extract(epoch FROM w.upto) * 1000000)::bigint,"
-    "  (extract(epoch FROM least(w.upto, (SELECT min(live) FROM per),"
-    "   (SELECT min(live) FROM first))) * 1000000)::bigint FROM w";
+    " UNION ALL SELECT 'runs', slug, status, ended, 0, 0 FROM per WHERE ended > 0"
+    " UNION ALL SELECT 'live', l.slug, '', 0, 0,"
+    "  (extract(epoch FROM min(l.live)) * 1000000)::bigint"
+    "  FROM (SELECT slug, live FROM per UNION ALL SELECT slug, live FROM first) l CROSS JOIN w"
+    "  WHERE l.live < w.upto GROUP BY l.slug"
+    " UNION ALL SELECT 'upto', '', '', 0, 0, (extract(epoch FROM w.upto) * 1000000)::bigint FROM w";
 
 }  // namespace
 
@@ -1024,8 +1029,10 @@ Result<ScrapeCounts> RunStore::scrape_counts(std::optional<ScrapeWindow> window)
     pqxx::result rows;
     try {
       pqxx::nontransaction tx(impl_->conn);
-      rows = tx.exec_params(kScrapeCountsSql, window ? window->since_us : -1,
-                            window ? window->live_from_us : 0);
+      Json bounds = Json::object();
+      if (window)
+        for (const auto& [slug, from_us] : window->live_from_us) bounds[slug] = from_us;
+      rows = tx.exec_params(kScrapeCountsSql, window ? window->since_us : -1, json_text(bounds));
     } catch (const pqxx::broken_connection&) {
       impl_->lost = true;
       throw;
@@ -1034,7 +1041,9 @@ Result<ScrapeCounts> RunStore::scrape_counts(std::optional<ScrapeWindow> window)
     for (const auto& r : rows) {
       const std::string kind = r["kind"].as<std::string>();
       if (kind == "upto") {
-        out.next = {r["upto_us"].as<std::int64_t>(), r["live_from_us"].as<std::int64_t>()};
+        out.next.since_us = r["at_us"].as<std::int64_t>();
+      } else if (kind == "live") {
+        out.next.live_from_us[row_text(r["flow_slug"])] = r["at_us"].as<std::int64_t>();
       } else if (kind == "tasks") {
         out.tasks.push_back({row_text(r["flow_slug"]), r["queued"].as<std::int64_t>(),
                              r["running"].as<std::int64_t>()});

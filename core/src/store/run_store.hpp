@@ -32,6 +32,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -205,12 +206,16 @@ struct RunFilter {
 Json flow_definition_json(const FlowDef& flow);
 
 // The window of a RunStore::scrape_counts call: runs created, or ended, after since_us and at
-// most 3 s before the call. The runs ended in it are looked for among those created at or after
-// live_from_us; both come from the previous call (ScrapeCounts::next).
+// most 3 s before the call. The runs of a flow ended in it are looked for among those created at
+// or after its live_from_us, or since_us for a flow not listed; both come from the previous call
+// (ScrapeCounts::next).
 struct ScrapeWindow {
   std::int64_t since_us = 0;  // server clock, microseconds since the epoch
-  // No run that may end after since_us started before it (the same clock).
-  std::int64_t live_from_us = 0;
+  // Per flow slug, the start of its oldest run not ended at since_us (the same clock): no run of
+  // the flow that may end after since_us started before it. A flow not listed had none, so its
+  // runs that may end after since_us started after it. Per flow, so that a run left started in one
+  // flow bounds the reads of that flow's runs alone.
+  std::map<std::string, std::int64_t, std::less<>> live_from_us;
 };
 
 // What RunStore::scrape_counts reads for metrics.
@@ -227,7 +232,7 @@ struct ScrapeCounts {
   std::vector<Runs> runs;    // in (since, upto]; empty when since was not given
   std::vector<Tasks> tasks;  // flows with queued or running tasks now
   // The next call's window: since_us is this one's end (the server's now() - 3 s); live_from_us
-  // the start of the oldest run not ended by then, or that end when there is none.
+  // per flow the start of its oldest run not ended by then (flows with none are not listed).
   ScrapeWindow next;
 };
 
@@ -329,9 +334,10 @@ class RunStore {
   // (window.since_us, upto], upto being the server's now() - 3 s (a run's timestamps are its
   // transaction's start: the lag lets transactions commit before their window is read).
   // window: a previous call's `next`; nullopt: no runs are counted (the first call opens the
-  // window). The runs ended are read among those created from window.live_from_us on (every run
-  // that can end in the window, see ScrapeCounts::next), not in the whole history: a call reads
-  // the runs created since the oldest run that was not ended at the previous call's end.
+  // window). A flow's runs ended are read among those created from its window.live_from_us on
+  // (every run that can end in the window, see ScrapeCounts::next), not in the whole history: a
+  // call reads each flow's runs created since its oldest run that was not ended at the previous
+  // call's end.
   Result<ScrapeCounts> scrape_counts(std::optional<ScrapeWindow> window);
 
  private:
