@@ -23,6 +23,7 @@
 #include <map>
 #include <optional>
 #include <pqxx/pqxx>
+#include <set>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -600,6 +601,12 @@ TEST_SUITE("hot_path") {
     };
     using Counted = std::map<std::string, std::int64_t>;
     using Bounds = std::map<std::string, std::int64_t, std::less<>>;
+    using Stragglers = std::map<std::string, std::set<std::string>>;
+    const auto stragglers = [](const fd::ScrapeCounts& c) {
+      Stragglers out;
+      for (const auto& [slug, ids] : c.next.stragglers) out[slug].insert(ids.begin(), ids.end());
+      return out;
+    };
     const auto lag = [] { std::this_thread::sleep_for(3500ms); };  // past scrape_counts' 3 s
 
     // c and d: started before a history of 20,000 runs of another flow and still running after
@@ -613,9 +620,11 @@ TEST_SUITE("hot_path") {
     const auto s1 = scrape(store, std::nullopt);
     CHECK(s1.runs.empty());
     CHECK(s1.next.live_from_us == Bounds{{"slow", micros(run_info(store, c).created_at)}});
+    CHECK(stragglers(s1).empty());
 
     // a ends in the second window; c ends in the 3 s before the second scrape, so in the third
-    // window: until then it bounds where the scrapes look.
+    // window. The second scrape reads slow's runs from c on, and finds c and d started before its
+    // window and not ended: they become stragglers, read by id, and slow has no bound left.
     cancel(a);
     lag();
     cancel(c);
@@ -623,13 +632,14 @@ TEST_SUITE("hot_path") {
     REQUIRE_MESSAGE(micros(*run_info(store, c).finished_at) > s2.next.since_us,
                     "more than 3 s passed between ending a run and the next statement");
     CHECK(counted(s2) == Counted{{"slow cancelled", 1}});
-    CHECK(s2.next.live_from_us == Bounds{{"slow", micros(run_info(store, c).created_at)}});
+    CHECK(s2.next.live_from_us.empty());
+    CHECK(stragglers(s2) == Stragglers{{"slow", {c, d}}});
     lag();
     const auto s3 = scrape(store, s2.next);
     CHECK(counted(s3) == Counted{{"slow cancelled", 1}});
-    // d is slow's oldest run not ended; history has none, so it is not listed.
-    const std::int64_t d_from = micros(run_info(store, d).created_at);
-    CHECK(s3.next.live_from_us == Bounds{{"slow", d_from}});
+    // d is slow's only run not ended, a straggler; history has none.
+    CHECK(s3.next.live_from_us.empty());
+    CHECK(stragglers(s3) == Stragglers{{"slow", {d}}});
 
     // 1,000 runs started and ended in the fourth window, after ANALYZE: its scrape reads them, not
     // the 20,003 runs before them, though d, started before the other 20,000, still runs.
@@ -650,17 +660,17 @@ TEST_SUITE("hot_path") {
     INFO(cost.detail);
     CHECK(cost.big_seq_scans == 0);
     // Of runs: one range scan of the window's 1,000 runs (counting those started and ended, and
-    // finding the oldest not ended) reads about 1,000 rows, and slow's 2 from d on (d and a);
-    // three scans of them (stop 33's form) read about 3,000; one bound for every flow (d's: stop
-    // 34's form) reads history's 21,000 since d; there are 21,003 runs in all. (The counts of
-    // tasks walk the entries of the 21,000 tasks deleted since the last VACUUM, which is off
-    // here.)
+    // finding the oldest not ended) reads about 1,000 rows, and slow's d by id; three scans of
+    // them (stop 33's form) read about 3,000; one bound for every flow (d's: stop 34's form) reads
+    // history's 21,000 since d; there are 21,003 runs in all. (The counts of tasks walk the
+    // entries of the 21,000 tasks deleted since the last VACUUM, which is off here.)
     const auto& r0 = before.at("runs");
     const auto& r1 = after.at("runs");
     CHECK(r1.seq_scan == r0.seq_scan);
     CHECK(r1.idx_tup_fetch - r0.idx_tup_fetch < 2'000);
     CHECK(r1.idx_tup_read - r0.idx_tup_read < 2'000);
-    CHECK(s4.next.live_from_us == Bounds{{"slow", d_from}});
+    CHECK(s4.next.live_from_us.empty());
+    CHECK(stragglers(s4) == Stragglers{{"slow", {d}}});
 
     // d ends: the next scrape counts it, and no flow is left with a run not ended.
     fd::RunStore last = connect(conninfo);
@@ -671,6 +681,159 @@ TEST_SUITE("hot_path") {
     const auto s5 = scrape(last, s4.next);
     CHECK(counted(s5) == Counted{{"slow cancelled", 1}});
     CHECK(s5.next.live_from_us.empty());
+    CHECK(stragglers(s5).empty());
+  }
+
+  // Within one flow: a run left started is read by id once a scrape has seen it started before its
+  // window, so that the scrapes of a busy flow do not read its runs since that run; more such runs
+  // than the limit make the scrapes read the flow's runs from the oldest of the others, and every
+  // run ending is counted once either way.
+  TEST_CASE(
+      "metrics: a run left started in a busy flow is read by id, not by reading the flow's runs "
+      "since it, and stragglers beyond the limit fall back to a bound") {
+    const std::string conninfo = hot_database("hp_scrape_stragglers");
+    std::optional<fd::RunStore> held(connect(conninfo));
+    fd::RunStore& store = *held;
+    const fd::FlowKey busy = store_flow(store, "busy", {step("only")});
+    // The same flow slug, another version, which no worker serves: its runs stay started.
+    const fd::FlowKey stuck = store_flow(store, "busy", {step("other")});
+    REQUIRE(stuck.version != busy.version);
+    const auto start_stuck = [&] {
+      auto run = store.start_run(stuck.slug, stuck.version, Json::object());
+      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
+      return *run;
+    };
+    const auto drain_busy = [&] {
+      std::vector<fd::Completion> pending;
+      for (;;) {
+        auto r = store.work("w1", pending, {}, std::span(&busy, 1), 500, std::nullopt);
+        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+        REQUIRE(r->rejected.empty());
+        if (pending.empty() && r->claimed.empty()) return;
+        pending.clear();
+        for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
+      }
+    };
+    const auto micros = [](fd::TimePoint t) {
+      return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+    };
+    const auto scrape = [](fd::RunStore& s, std::optional<fd::ScrapeWindow> window, int limit) {
+      auto counts = s.scrape_counts(std::move(window), limit);
+      REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
+      return std::move(*counts);
+    };
+    const auto counted = [](const fd::ScrapeCounts& c) {
+      std::map<std::string, std::int64_t> out;
+      for (const auto& r : c.runs)
+        out[r.flow_slug + " " + std::string(fd::to_string(r.status))] += r.count;
+      return out;
+    };
+    const auto stragglers = [](const fd::ScrapeCounts& c) {
+      std::map<std::string, std::set<std::string>> out;
+      for (const auto& [slug, ids] : c.next.stragglers) out[slug].insert(ids.begin(), ids.end());
+      return out;
+    };
+    using Counted = std::map<std::string, std::int64_t>;
+    using Bounds = std::map<std::string, std::int64_t, std::less<>>;
+    using Stragglers = std::map<std::string, std::set<std::string>>;
+    const auto lag = [] { std::this_thread::sleep_for(3500ms); };  // past scrape_counts' 3 s
+
+    // e: started before 20,000 runs of its own flow, and still running after them.
+    const fd::RunId e = start_stuck();
+    const std::int64_t e_from = micros(run_info(store, e).created_at);
+    start_many(store, busy, 20'000);
+    drain_busy();
+    lag();
+    const auto s1 = scrape(store, std::nullopt, 100);
+    CHECK(s1.next.live_from_us == Bounds{{"busy", e_from}});
+    CHECK(stragglers(s1).empty());
+    // The second scrape reads the flow's runs from e on, once, and finds e started before its
+    // window and not ended: a straggler from then on.
+    lag();
+    const auto s2 = scrape(store, s1.next, 100);
+    CHECK(counted(s2).empty());
+    CHECK(s2.next.live_from_us.empty());
+    CHECK(stragglers(s2) == Stragglers{{"busy", {e}}});
+
+    // 1,000 runs of the flow started and ended in the third window, after ANALYZE: its scrape
+    // reads them and e, not the 20,000 runs since e.
+    start_many(store, busy, 1'000);
+    drain_busy();
+    lag();
+    analyze_all(conninfo);
+    held.reset();
+    wait_alone(conninfo);
+    const auto before = settled_scans(conninfo);
+    std::optional<fd::RunStore> viewer(connect(conninfo));
+    const auto s3 = scrape(*viewer, s2.next, 100);
+    viewer.reset();  // the measured backend exits and flushes its counters
+    wait_alone(conninfo);
+    const auto after = read_scans(conninfo);
+    const auto cost = read_cost(before, after);
+    CHECK(counted(s3) == Counted{{"busy completed", 1'000}, {"busy started", 1'000}});
+    CHECK(s3.next.live_from_us.empty());
+    CHECK(stragglers(s3) == Stragglers{{"busy", {e}}});
+    INFO(cost.detail);
+    CHECK(cost.big_seq_scans == 0);
+    // One range scan of the window's 1,000 runs and e by its primary key: about 1,001 rows. A
+    // bound at e (no stragglers) reads the 21,001 runs since it.
+    const auto& r0 = before.at("runs");
+    const auto& r1 = after.at("runs");
+    CHECK(r1.seq_scan == r0.seq_scan);
+    CHECK(r1.idx_tup_fetch - r0.idx_tup_fetch < 2'000);
+    CHECK(r1.idx_tup_read - r0.idx_tup_read < 2'000);
+
+    // At most one straggler per flow from here on. f, g and h start one after another (each its
+    // own transaction, so their starts differ) in the fourth window, and stay started.
+    fd::RunStore last = connect(conninfo);
+    const auto start_last = [&] {
+      auto run = last.start_run(stuck.slug, stuck.version, Json::object());
+      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
+      return *run;
+    };
+    const auto cancel = [&](const fd::RunId& run) {
+      auto cancelled = last.cancel_run(run);
+      REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+      REQUIRE(*cancelled);
+    };
+    const fd::RunId f = start_last();
+    const fd::RunId g = start_last();
+    const fd::RunId h = start_last();
+    const std::int64_t f_from = micros(run_info(last, f).created_at);
+    const std::int64_t h_from = micros(run_info(last, h).created_at);
+    REQUIRE(f_from < micros(run_info(last, g).created_at));
+    REQUIRE(micros(run_info(last, g).created_at) < h_from);
+    lag();
+    // f, g and h started in this window: the bound is f's; e stays the straggler.
+    const auto t1 = scrape(last, s3.next, 1);
+    CHECK(counted(t1) == Counted{{"busy started", 3}});
+    CHECK(t1.next.live_from_us == Bounds{{"busy", f_from}});
+    CHECK(stragglers(t1) == Stragglers{{"busy", {e}}});
+    // Now f, g and h started before the window; with e they are four, one over the limit's
+    // room: e stays the straggler and the bound stays at f (the flow's runs are read from f on).
+    lag();
+    const auto t2 = scrape(last, t1.next, 1);
+    CHECK(counted(t2).empty());
+    CHECK(t2.next.live_from_us == Bounds{{"busy", f_from}});
+    CHECK(stragglers(t2) == Stragglers{{"busy", {e}}});
+    // e (a straggler, read by id) and g (in the range from f) end: both counted, once. f becomes
+    // the straggler, h the bound.
+    cancel(e);
+    cancel(g);
+    lag();
+    const auto t3 = scrape(last, t2.next, 1);
+    CHECK(counted(t3) == Counted{{"busy cancelled", 2}});
+    CHECK(t3.next.live_from_us == Bounds{{"busy", h_from}});
+    CHECK(stragglers(t3) == Stragglers{{"busy", {f}}});
+    cancel(f);
+    cancel(h);
+    lag();
+    const auto t4 = scrape(last, t3.next, 1);
+    CHECK(counted(t4) == Counted{{"busy cancelled", 2}});
+    CHECK(t4.next.live_from_us.empty());
+    CHECK(stragglers(t4).empty());
+    const auto t5 = scrape(last, t4.next, 1);
+    CHECK(counted(t5).empty());
   }
 
   TEST_CASE(

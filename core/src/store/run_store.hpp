@@ -206,16 +206,22 @@ struct RunFilter {
 Json flow_definition_json(const FlowDef& flow);
 
 // The window of a RunStore::scrape_counts call: runs created, or ended, after since_us and at
-// most 3 s before the call. The runs of a flow ended in it are looked for among those created at
-// or after its live_from_us, or since_us for a flow not listed; both come from the previous call
-// (ScrapeCounts::next).
+// most 3 s before the call. The runs of a flow ended in it are looked for among its stragglers
+// and among its runs created at or after its live_from_us, or since_us for a flow not listed;
+// all come from the previous call (ScrapeCounts::next).
 struct ScrapeWindow {
   std::int64_t since_us = 0;  // server clock, microseconds since the epoch
-  // Per flow slug, the start of its oldest run not ended at since_us (the same clock): no run of
-  // the flow that may end after since_us started before it. A flow not listed had none, so its
-  // runs that may end after since_us started after it. Per flow, so that a run left started in one
-  // flow bounds the reads of that flow's runs alone.
+  // Per flow slug, the start of its oldest run not ended at since_us (the same clock), stragglers
+  // aside: no other run of the flow that may end after since_us started before it. A flow not
+  // listed had none, so its runs that may end after since_us started after it, or are
+  // stragglers. Per flow, so that a run left started in one flow bounds the reads of that flow's
+  // runs alone.
   std::map<std::string, std::int64_t, std::less<>> live_from_us;
+  // Per flow slug, the ids of its oldest runs not ended at since_us that had started before the
+  // window before it (at most ScrapeCounts' max_stragglers, all started before the flow's
+  // live_from_us): they are read by id, so that a run left started for days does not make every
+  // scrape read the runs of its flow started since.
+  std::map<std::string, std::vector<std::string>, std::less<>> stragglers;
 };
 
 // What RunStore::scrape_counts reads for metrics.
@@ -231,8 +237,10 @@ struct ScrapeCounts {
   };
   std::vector<Runs> runs;    // in (since, upto]; empty when since was not given
   std::vector<Tasks> tasks;  // flows with queued or running tasks now
-  // The next call's window: since_us is this one's end (the server's now() - 3 s); live_from_us
-  // per flow the start of its oldest run not ended by then (flows with none are not listed).
+  // The next call's window: since_us is this one's end (the server's now() - 3 s); per flow, the
+  // runs not ended by then that started before this window (up to max_stragglers, the oldest) as
+  // stragglers, and live_from_us the start of its oldest other run not ended by then (flows with
+  // none are not listed).
   ScrapeWindow next;
 };
 
@@ -337,8 +345,9 @@ class RunStore {
   // window). A flow's runs ended are read among those created from its window.live_from_us on
   // (every run that can end in the window, see ScrapeCounts::next), not in the whole history: a
   // call reads each flow's runs created since its oldest run that was not ended at the previous
-  // call's end.
-  Result<ScrapeCounts> scrape_counts(std::optional<ScrapeWindow> window);
+  // call's end, except for up to max_stragglers runs per flow started before the window before,
+  // which it reads by id.
+  Result<ScrapeCounts> scrape_counts(std::optional<ScrapeWindow> window, int max_stragglers = 100);
 
  private:
   struct Impl;
