@@ -747,13 +747,29 @@ TEST_SUITE("hot_path") {
     const auto s1 = scrape(store, std::nullopt, 100);
     CHECK(s1.next.live_from_us == Bounds{{"busy", e_from}});
     CHECK(stragglers(s1).empty());
-    // The second scrape reads the flow's runs from e on, once, and finds e started before its
-    // window and not ended: a straggler from then on.
+    // The second scrape reads the flow's runs from e on, and finds e started before its window
+    // and not ended: a straggler from then on. Finding it walks those runs a second time, in start
+    // order; after ANALYZE too, both go through runs_by_flow, not a scan of runs.
     lag();
-    const auto s2 = scrape(store, s1.next, 100);
+    analyze_all(conninfo);
+    held.reset();
+    wait_alone(conninfo);
+    const auto walk_before = settled_scans(conninfo);
+    std::optional<fd::RunStore> walker(connect(conninfo));
+    const auto s2 = scrape(*walker, s1.next, 100);
+    walker.reset();
+    wait_alone(conninfo);
+    const auto walk_after = read_scans(conninfo);
+    const auto walk_cost = read_cost(walk_before, walk_after);
     CHECK(counted(s2).empty());
     CHECK(s2.next.live_from_us.empty());
     CHECK(stragglers(s2) == Stragglers{{"busy", {e}}});
+    INFO(walk_cost.detail);
+    CHECK(walk_cost.big_seq_scans == 0);
+    CHECK(walk_after.at("runs").seq_scan == walk_before.at("runs").seq_scan);
+    // The 20,001 runs since e, read twice: by the range scan and by the walk.
+    CHECK(walk_after.at("runs").idx_tup_read - walk_before.at("runs").idx_tup_read < 45'000);
+    held.emplace(connect(conninfo));  // `store` names it again
 
     // 1,000 runs of the flow started and ended in the third window, after ANALYZE: its scrape
     // reads them and e, not the 20,000 runs since e.
