@@ -245,6 +245,86 @@ fd::RunInfo run_info(fd::RunStore& store, const fd::RunId& run) {
   return **info;
 }
 
+// For the metrics scrape tests.
+std::int64_t micros(fd::TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+fd::RunId start_one(fd::RunStore& store, const fd::FlowKey& key) {
+  auto run = store.start_run(key.slug, key.version, Json::object());
+  REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
+  return *run;
+}
+
+void cancel(fd::RunStore& store, const fd::RunId& run) {
+  auto cancelled = store.cancel_run(run);
+  REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+  REQUIRE(*cancelled);
+}
+
+// Claims and completes every task of the flow version, 500 per work() call.
+void drain(fd::RunStore& store, const fd::FlowKey& key) {
+  std::vector<fd::Completion> pending;
+  for (;;) {
+    auto r = store.work("w1", pending, {}, std::span(&key, 1), 500, std::nullopt);
+    REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+    REQUIRE(r->rejected.empty());
+    if (pending.empty() && r->claimed.empty()) return;
+    pending.clear();
+    for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
+  }
+}
+
+fd::ScrapeCounts scrape(fd::RunStore& store, std::optional<fd::ScrapeWindow> window,
+                        int max_stragglers = 100) {
+  auto counts = store.scrape_counts(std::move(window), max_stragglers);
+  REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
+  return std::move(*counts);
+}
+
+// A scrape on a connection of its own, with the scans of the tables it made. No other session
+// may be open (the counters are read once the measured backend has exited).
+struct MeasuredScrape {
+  fd::ScrapeCounts counts;
+  Scans before, after;
+  ReadCost cost;
+};
+
+MeasuredScrape measured_scrape(const std::string& conninfo, std::optional<fd::ScrapeWindow> window,
+                               int max_stragglers = 100) {
+  MeasuredScrape m;
+  wait_alone(conninfo);
+  m.before = settled_scans(conninfo);
+  {
+    fd::RunStore viewer = connect(conninfo);
+    m.counts = scrape(viewer, std::move(window), max_stragglers);
+  }  // the measured backend exits and flushes its counters
+  wait_alone(conninfo);
+  m.after = read_scans(conninfo);
+  m.cost = read_cost(m.before, m.after);
+  return m;
+}
+
+// Runs counted per "<flow> <status>".
+using Counted = std::map<std::string, std::int64_t>;
+Counted counted(const fd::ScrapeCounts& c) {
+  Counted out;
+  for (const auto& r : c.runs)
+    out[r.flow_slug + " " + std::string(fd::to_string(r.status))] += r.count;
+  return out;
+}
+
+using Stragglers = std::map<std::string, std::set<std::string>>;
+Stragglers stragglers(const fd::ScrapeCounts& c) {
+  Stragglers out;
+  for (const auto& [slug, ids] : c.next.stragglers) out[slug].insert(ids.begin(), ids.end());
+  return out;
+}
+
+using Bounds = std::map<std::string, std::int64_t, std::less<>>;
+
+void past_scrape_lag() { std::this_thread::sleep_for(3500ms); }  // scrape_counts' 3 s
+
 bool mentions_any(const std::string& text, std::initializer_list<const char*> words) {
   std::string lower;
   for (char ch : text) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -563,59 +643,15 @@ TEST_SUITE("hot_path") {
     fd::RunStore& store = *held;
     const fd::FlowKey history = store_flow(store, "history", {step("only")});
     const fd::FlowKey slow = store_flow(store, "slow", {step("only")});  // never claimed
-    const auto start_slow = [&] {
-      auto run = store.start_run(slow.slug, slow.version, Json::object());
-      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
-      return *run;
-    };
-    const auto drain_history = [&] {
-      std::vector<fd::Completion> pending;
-      for (;;) {
-        auto r = store.work("w1", pending, {}, std::span(&history, 1), 500, std::nullopt);
-        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
-        REQUIRE(r->rejected.empty());
-        if (pending.empty() && r->claimed.empty()) return;
-        pending.clear();
-        for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
-      }
-    };
-    const auto cancel = [&](const fd::RunId& run) {
-      auto cancelled = store.cancel_run(run);
-      REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
-      REQUIRE(*cancelled);
-    };
-    const auto micros = [](fd::TimePoint t) {
-      return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
-    };
-    const auto scrape = [](fd::RunStore& s, std::optional<fd::ScrapeWindow> window) {
-      auto counts = s.scrape_counts(window);
-      REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
-      return std::move(*counts);
-    };
-    // Runs counted per "<flow> <status>".
-    const auto counted = [](const fd::ScrapeCounts& c) {
-      std::map<std::string, std::int64_t> out;
-      for (const auto& r : c.runs)
-        out[r.flow_slug + " " + std::string(fd::to_string(r.status))] += r.count;
-      return out;
-    };
-    using Counted = std::map<std::string, std::int64_t>;
-    using Bounds = std::map<std::string, std::int64_t, std::less<>>;
-    using Stragglers = std::map<std::string, std::set<std::string>>;
-    const auto stragglers = [](const fd::ScrapeCounts& c) {
-      Stragglers out;
-      for (const auto& [slug, ids] : c.next.stragglers) out[slug].insert(ids.begin(), ids.end());
-      return out;
-    };
-    const auto lag = [] { std::this_thread::sleep_for(3500ms); };  // past scrape_counts' 3 s
+    const auto lag = past_scrape_lag;
 
     // c and d: started before a history of 20,000 runs of another flow and still running after
     // it; a: started after it. d runs until the end.
-    const fd::RunId c = start_slow();
-    const fd::RunId d = start_slow();
+    const fd::RunId c = start_one(store, slow);
+    const fd::RunId d = start_one(store, slow);
     start_many(store, history, 20'000);
-    drain_history();
-    const fd::RunId a = start_slow();
+    drain(store, history);
+    const fd::RunId a = start_one(store, slow);
     lag();
     const auto s1 = scrape(store, std::nullopt);
     CHECK(s1.runs.empty());
@@ -625,9 +661,9 @@ TEST_SUITE("hot_path") {
     // a ends in the second window; c ends in the 3 s before the second scrape, so in the third
     // window. The second scrape reads slow's runs from c on, and finds c and d started before its
     // window and not ended: they become stragglers, read by id, and slow has no bound left.
-    cancel(a);
+    cancel(store, a);
     lag();
-    cancel(c);
+    cancel(store, c);
     const auto s2 = scrape(store, s1.next);
     REQUIRE_MESSAGE(micros(*run_info(store, c).finished_at) > s2.next.since_us,
                     "more than 3 s passed between ending a run and the next statement");
@@ -644,28 +680,22 @@ TEST_SUITE("hot_path") {
     // 1,000 runs started and ended in the fourth window, after ANALYZE: its scrape reads them, not
     // the 20,003 runs before them, though d, started before the other 20,000, still runs.
     start_many(store, history, 1'000);
-    drain_history();
+    drain(store, history);
     lag();
     analyze_all(conninfo);
     held.reset();
-    wait_alone(conninfo);
-    const auto before = settled_scans(conninfo);
-    std::optional<fd::RunStore> viewer(connect(conninfo));
-    const auto s4 = scrape(*viewer, s3.next);
-    viewer.reset();  // the measured backend exits and flushes its counters
-    wait_alone(conninfo);
-    const auto after = read_scans(conninfo);
-    const auto cost = read_cost(before, after);
+    const auto m4 = measured_scrape(conninfo, s3.next);
+    const auto& s4 = m4.counts;
     CHECK(counted(s4) == Counted{{"history completed", 1'000}, {"history started", 1'000}});
-    INFO(cost.detail);
-    CHECK(cost.big_seq_scans == 0);
+    INFO(m4.cost.detail);
+    CHECK(m4.cost.big_seq_scans == 0);
     // Of runs: one range scan of the window's 1,000 runs (counting those started and ended, and
     // finding the oldest not ended) reads about 1,000 rows, and slow's d by id; three scans of
     // them (stop 33's form) read about 3,000; one bound for every flow (d's: stop 34's form) reads
     // history's 21,000 since d; there are 21,003 runs in all. (The counts of tasks walk the
     // entries of the 21,000 tasks deleted since the last VACUUM, which is off here.)
-    const auto& r0 = before.at("runs");
-    const auto& r1 = after.at("runs");
+    const auto& r0 = m4.before.at("runs");
+    const auto& r1 = m4.after.at("runs");
     CHECK(r1.seq_scan == r0.seq_scan);
     CHECK(r1.idx_tup_fetch - r0.idx_tup_fetch < 2'000);
     CHECK(r1.idx_tup_read - r0.idx_tup_read < 2'000);
@@ -674,9 +704,7 @@ TEST_SUITE("hot_path") {
 
     // d ends: the next scrape counts it, and no flow is left with a run not ended.
     fd::RunStore last = connect(conninfo);
-    auto cancelled = last.cancel_run(d);
-    REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
-    REQUIRE(*cancelled);
+    cancel(last, d);
     lag();
     const auto s5 = scrape(last, s4.next);
     CHECK(counted(s5) == Counted{{"slow cancelled", 1}});
@@ -693,58 +721,19 @@ TEST_SUITE("hot_path") {
       "since it, and stragglers beyond the limit fall back to a bound") {
     const std::string conninfo = hot_database("hp_scrape_stragglers");
     std::optional<fd::RunStore> held(connect(conninfo));
-    fd::RunStore& store = *held;
-    const fd::FlowKey busy = store_flow(store, "busy", {step("only")});
+    const fd::FlowKey busy = store_flow(*held, "busy", {step("only")});
     // The same flow slug, another version, which no worker serves: its runs stay started.
-    const fd::FlowKey stuck = store_flow(store, "busy", {step("other")});
+    const fd::FlowKey stuck = store_flow(*held, "busy", {step("other")});
     REQUIRE(stuck.version != busy.version);
-    const auto start_stuck = [&] {
-      auto run = store.start_run(stuck.slug, stuck.version, Json::object());
-      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
-      return *run;
-    };
-    const auto drain_busy = [&] {
-      std::vector<fd::Completion> pending;
-      for (;;) {
-        auto r = store.work("w1", pending, {}, std::span(&busy, 1), 500, std::nullopt);
-        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
-        REQUIRE(r->rejected.empty());
-        if (pending.empty() && r->claimed.empty()) return;
-        pending.clear();
-        for (const auto& t : r->claimed) pending.push_back(completion(t, Json{{"ok", 1}}));
-      }
-    };
-    const auto micros = [](fd::TimePoint t) {
-      return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
-    };
-    const auto scrape = [](fd::RunStore& s, std::optional<fd::ScrapeWindow> window, int limit) {
-      auto counts = s.scrape_counts(std::move(window), limit);
-      REQUIRE_MESSAGE(counts, flowreg::testing::failure_text(counts));
-      return std::move(*counts);
-    };
-    const auto counted = [](const fd::ScrapeCounts& c) {
-      std::map<std::string, std::int64_t> out;
-      for (const auto& r : c.runs)
-        out[r.flow_slug + " " + std::string(fd::to_string(r.status))] += r.count;
-      return out;
-    };
-    const auto stragglers = [](const fd::ScrapeCounts& c) {
-      std::map<std::string, std::set<std::string>> out;
-      for (const auto& [slug, ids] : c.next.stragglers) out[slug].insert(ids.begin(), ids.end());
-      return out;
-    };
-    using Counted = std::map<std::string, std::int64_t>;
-    using Bounds = std::map<std::string, std::int64_t, std::less<>>;
-    using Stragglers = std::map<std::string, std::set<std::string>>;
-    const auto lag = [] { std::this_thread::sleep_for(3500ms); };  // past scrape_counts' 3 s
+    const auto lag = past_scrape_lag;
 
     // e: started before 20,000 runs of its own flow, and still running after them.
-    const fd::RunId e = start_stuck();
-    const std::int64_t e_from = micros(run_info(store, e).created_at);
-    start_many(store, busy, 20'000);
-    drain_busy();
+    const fd::RunId e = start_one(*held, stuck);
+    const std::int64_t e_from = micros(run_info(*held, e).created_at);
+    start_many(*held, busy, 20'000);
+    drain(*held, busy);
     lag();
-    const auto s1 = scrape(store, std::nullopt, 100);
+    const auto s1 = scrape(*held, std::nullopt);
     CHECK(s1.next.live_from_us == Bounds{{"busy", e_from}});
     CHECK(stragglers(s1).empty());
     // The second scrape reads the flow's runs from e on, and finds e started before its window
@@ -753,48 +742,36 @@ TEST_SUITE("hot_path") {
     lag();
     analyze_all(conninfo);
     held.reset();
-    wait_alone(conninfo);
-    const auto walk_before = settled_scans(conninfo);
-    std::optional<fd::RunStore> walker(connect(conninfo));
-    const auto s2 = scrape(*walker, s1.next, 100);
-    walker.reset();
-    wait_alone(conninfo);
-    const auto walk_after = read_scans(conninfo);
-    const auto walk_cost = read_cost(walk_before, walk_after);
+    const auto m2 = measured_scrape(conninfo, s1.next);
+    const auto& s2 = m2.counts;
     CHECK(counted(s2).empty());
     CHECK(s2.next.live_from_us.empty());
     CHECK(stragglers(s2) == Stragglers{{"busy", {e}}});
-    INFO(walk_cost.detail);
-    CHECK(walk_cost.big_seq_scans == 0);
-    CHECK(walk_after.at("runs").seq_scan == walk_before.at("runs").seq_scan);
+    INFO(m2.cost.detail);
+    CHECK(m2.cost.big_seq_scans == 0);
+    CHECK(m2.after.at("runs").seq_scan == m2.before.at("runs").seq_scan);
     // The 20,001 runs since e, read twice: by the range scan and by the walk.
-    CHECK(walk_after.at("runs").idx_tup_read - walk_before.at("runs").idx_tup_read < 45'000);
-    held.emplace(connect(conninfo));  // `store` names it again
+    CHECK(m2.after.at("runs").idx_tup_read - m2.before.at("runs").idx_tup_read < 45'000);
 
     // 1,000 runs of the flow started and ended in the third window, after ANALYZE: its scrape
     // reads them and e, not the 20,000 runs since e.
-    start_many(store, busy, 1'000);
-    drain_busy();
+    held.emplace(connect(conninfo));
+    start_many(*held, busy, 1'000);
+    drain(*held, busy);
     lag();
     analyze_all(conninfo);
     held.reset();
-    wait_alone(conninfo);
-    const auto before = settled_scans(conninfo);
-    std::optional<fd::RunStore> viewer(connect(conninfo));
-    const auto s3 = scrape(*viewer, s2.next, 100);
-    viewer.reset();  // the measured backend exits and flushes its counters
-    wait_alone(conninfo);
-    const auto after = read_scans(conninfo);
-    const auto cost = read_cost(before, after);
+    const auto m3 = measured_scrape(conninfo, s2.next);
+    const auto& s3 = m3.counts;
     CHECK(counted(s3) == Counted{{"busy completed", 1'000}, {"busy started", 1'000}});
     CHECK(s3.next.live_from_us.empty());
     CHECK(stragglers(s3) == Stragglers{{"busy", {e}}});
-    INFO(cost.detail);
-    CHECK(cost.big_seq_scans == 0);
+    INFO(m3.cost.detail);
+    CHECK(m3.cost.big_seq_scans == 0);
     // One range scan of the window's 1,000 runs and e by its primary key: about 1,001 rows. A
     // bound at e (no stragglers) reads the 21,001 runs since it.
-    const auto& r0 = before.at("runs");
-    const auto& r1 = after.at("runs");
+    const auto& r0 = m3.before.at("runs");
+    const auto& r1 = m3.after.at("runs");
     CHECK(r1.seq_scan == r0.seq_scan);
     CHECK(r1.idx_tup_fetch - r0.idx_tup_fetch < 2'000);
     CHECK(r1.idx_tup_read - r0.idx_tup_read < 2'000);
@@ -802,19 +779,9 @@ TEST_SUITE("hot_path") {
     // At most one straggler per flow from here on. f, g and h start one after another (each its
     // own transaction, so their starts differ) in the fourth window, and stay started.
     fd::RunStore last = connect(conninfo);
-    const auto start_last = [&] {
-      auto run = last.start_run(stuck.slug, stuck.version, Json::object());
-      REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
-      return *run;
-    };
-    const auto cancel = [&](const fd::RunId& run) {
-      auto cancelled = last.cancel_run(run);
-      REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
-      REQUIRE(*cancelled);
-    };
-    const fd::RunId f = start_last();
-    const fd::RunId g = start_last();
-    const fd::RunId h = start_last();
+    const fd::RunId f = start_one(last, stuck);
+    const fd::RunId g = start_one(last, stuck);
+    const fd::RunId h = start_one(last, stuck);
     const std::int64_t f_from = micros(run_info(last, f).created_at);
     const std::int64_t h_from = micros(run_info(last, h).created_at);
     REQUIRE(f_from < micros(run_info(last, g).created_at));
@@ -834,15 +801,15 @@ TEST_SUITE("hot_path") {
     CHECK(stragglers(t2) == Stragglers{{"busy", {e}}});
     // e (a straggler, read by id) and g (in the range from f) end: both counted, once. f becomes
     // the straggler, h the bound.
-    cancel(e);
-    cancel(g);
+    cancel(last, e);
+    cancel(last, g);
     lag();
     const auto t3 = scrape(last, t2.next, 1);
     CHECK(counted(t3) == Counted{{"busy cancelled", 2}});
     CHECK(t3.next.live_from_us == Bounds{{"busy", h_from}});
     CHECK(stragglers(t3) == Stragglers{{"busy", {f}}});
-    cancel(f);
-    cancel(h);
+    cancel(last, f);
+    cancel(last, h);
     lag();
     const auto t4 = scrape(last, t3.next, 1);
     CHECK(counted(t4) == Counted{{"busy cancelled", 2}});
