@@ -1037,12 +1037,12 @@ constexpr const char* kScrapeCountsSql =
     "  FROM (SELECT st.slug, st.id, st.created_at FROM strag st CROSS JOIN w"
     "        WHERE st.status = 'started' OR st.finished_at > w.upto"
     "        UNION ALL SELECT k.slug, k.id, k.created_at FROM walk k) c),"
-    // The next bound: the oldest run not ended that is not among the $4 oldest candidates (the
-    // walk stopped at its last row when it found $4 + 1), else started in this window, else upto.
+    // The next bound: the oldest run not ended that is not among the $4 oldest candidates, else
+    // started in this window, else upto. (A walk stopped at $4 + 1 rows left only runs started
+    // after its last, which the candidates' ($4 + 1)th is not after.)
     " bound AS MATERIALIZED (SELECT s.slug, least(w.upto,"
     "   (SELECT min(p.live_new) FROM per p WHERE p.slug = s.slug),"
     "   (SELECT k.created_at FROM ranked k WHERE k.slug = s.slug AND k.n = $4::int + 1),"
-    "   (SELECT max(k.created_at) FROM walk k WHERE k.slug = s.slug HAVING count(*) > $4::int),"
     "   (SELECT f.live FROM first f WHERE f.slug = s.slug)) AS live_from"
     "  FROM slugs s CROSS JOIN w)"
     " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
