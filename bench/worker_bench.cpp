@@ -57,9 +57,11 @@
 //                 flowreg (inserted, updated and deleted heap tuples).
 //   idx ent       index entries written, estimated: per table of schema flowreg, (inserts +
 //                 updates that were not HOT) times its number of indexes.
-//   runs/call     runs divided by the calls of flowreg.work() (a worker's round trip) and
-//                 flowreg.start_runs() in the phase (pg_stat_user_functions; the bench sets
-//                 track_functions = 'pl' on its databases): how many runs one call carries.
+//   runs/call     runs divided by the calls of flowreg.work() (a worker's round trip),
+//                 flowreg.start_runs() and flowreg._start_copying() (RunStore::start_runs' batch
+//                 start by COPY; it calls start_runs instead for a flow it cannot copy, once per
+//                 store) in the phase (pg_stat_user_functions; the bench sets track_functions =
+//                 'pl' on its databases): how many runs one call carries.
 // Statistics counters are flushed by backends when idle or exiting: burn-down phases are measured
 // after the workers exited; the start phases close their connection before reading, or make it
 // flush them (flush_session_counters).
@@ -623,7 +625,7 @@ struct CostSnapshot {
   double cpu_s = 0;
   double wal_lsn = 0, wal_records = 0, wal_fpi = 0;
   double tup_written = 0, idx_entries = 0;
-  double calls = 0;  // of flowreg.work() and flowreg.start_runs()
+  double calls = 0;  // of flowreg.work(), flowreg.start_runs() and flowreg._start_copying()
 };
 
 CostSnapshot snapshot(const Env& env, const std::string& conninfo) {
@@ -634,7 +636,7 @@ CostSnapshot snapshot(const Env& env, const std::string& conninfo) {
            "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint, w.wal_records, w.wal_fpi, "
            "coalesce(t.tup, 0), coalesce(t.idx, 0), "
            "(SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions WHERE schemaname = "
-           "'flowreg' AND funcname IN ('work', 'start_runs')) "
+           "'flowreg' AND funcname IN ('work', 'start_runs', '_start_copying')) "
            "FROM pg_stat_wal w, "
            "(SELECT sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del) AS tup, "
            "sum((s.n_tup_ins + s.n_tup_upd - s.n_tup_hot_upd) * "

@@ -3,6 +3,7 @@
 #include "store/run_store.hpp"
 
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
@@ -31,6 +32,7 @@ using flowreg::Millis;
 using flowreg::StepDef;
 using flowreg::StepKind;
 using flowreg::detail::ClaimedTask;
+using flowreg::detail::kCopiedStartMin;
 using flowreg::detail::Completion;
 using flowreg::detail::EmbeddedCluster;
 using flowreg::detail::Failure;
@@ -1412,27 +1414,35 @@ TEST_SUITE("run_store") {
                     "holds a string with the character U+0000"},
           std::pair{Json{{std::string("k\0", 2), 1}}, "holds a key with the character U+0000"},
           std::pair{deep, "nests deeper than 5000 levels"}}) {
-      CAPTURE(reason);
-      const std::vector<Json> inputs{Json{{"i", 0}}, Json{{"i", 1}}, bad, Json{{"i", 3}}};
-      auto started = env.store.start_runs(key.slug, key.version, inputs);
-      REQUIRE_FALSE(started);
-      CHECK(started.error().code == Errc::invalid_argument);
-      const std::string& message = started.error().message;
-      CAPTURE(message);
-      CHECK(contains(message, "starting 4 runs of flow 'refused' version 'v1': input 2 (of 4"));
-      CHECK(contains(message, std::string("the input ") + reason));
-      CHECK(contains(message, "no run started"));
+      // 4 inputs: one call of start_runs; kCopiedStartMin + 1: by COPY.
+      for (const std::size_t n : {std::size_t{4}, kCopiedStartMin + 1}) {
+        CAPTURE(reason);
+        CAPTURE(n);
+        std::vector<Json> inputs;
+        for (std::size_t i = 0; i < n; ++i) inputs.push_back(i == 2 ? bad : Json{{"i", i}});
+        auto started = env.store.start_runs(key.slug, key.version, inputs);
+        REQUIRE_FALSE(started);
+        CHECK(started.error().code == Errc::invalid_argument);
+        const std::string& message = started.error().message;
+        CAPTURE(message);
+        CHECK(contains(message, fmt::format("starting {} runs of flow 'refused' version 'v1': "
+                                            "input 2 (of {}",
+                                            n, n)));
+        CHECK(contains(message, std::string("the input ") + reason));
+        CHECK(contains(message, "no run started"));
+      }
     }
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "0");
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.tasks") == "0");
-    // A batch without such an input starts whole, invalid UTF-8 (in a string and in a key) and
-    // 4 MiB strings included: each bad byte is stored as U+FFFD, as start_run stores it.
-    const std::vector<Json> fine_inputs{Json{{"i", 0}},
-                                        Json{{"s", "bad \xff bytes"}, {"k\xc3", "truncated"}},
-                                        Json{{"big", std::string(4 << 20, 'x')}}};
+    // A batch without such an input starts whole (by COPY), invalid UTF-8 (in a string and in a
+    // key) and 4 MiB strings included: each bad byte is stored as U+FFFD, as start_run stores it.
+    std::vector<Json> fine_inputs{Json{{"i", 0}},
+                                  Json{{"s", "bad \xff bytes"}, {"k\xc3", "truncated"}},
+                                  Json{{"big", std::string(4 << 20, 'x')}}};
+    fine_inputs.resize(kCopiedStartMin, Json::object());
     auto fine = env.store.start_runs(key.slug, key.version, fine_inputs);
     REQUIRE_MESSAGE(fine, flowreg::testing::failure_text(fine));
-    REQUIRE(fine->size() == 3);
+    REQUIRE(fine->size() == kCopiedStartMin);
     CHECK(sql_one(env.conninfo,
                   "SELECT input::text FROM flowreg.runs WHERE id = '" + (*fine)[1] + "'") ==
           "{\"s\": \"bad \xEF\xBF\xBD bytes\", \"k\xEF\xBF\xBD\": \"truncated\"}");
@@ -1560,6 +1570,117 @@ TEST_SUITE("run_store") {
     REQUIRE_FALSE(missing);
     CHECK(missing.error().code == Errc::not_found);
     CHECK(contains(missing.error().message, "flow 'one' version 'v9' is not stored"));
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == before);
+  }
+
+  // RunStore::start_runs writes a batch of a one-step flow's runs (from kCopiedStartMin inputs on)
+  // by COPY, after flowreg._start_copying gave their ids: the rows start_run writes, inputs whose
+  // text COPY must escape included. Any other batch goes through start_runs.
+  TEST_CASE("start_runs copies a batch of a one-step flow's runs: start_run's rows, any input") {
+    auto env = open_env("rs_start_copied");
+    const auto one = store_flow(env.store, flow("one", {step("a")}));
+    const auto two = store_flow(env.store, flow("two", {step("a"), step("b", {"a"})}));
+    const auto mapped = store_flow(env.store, flow("mapped", {step("m", {}, StepKind::map)}));
+    // Calls of the functions by a store of its own, counted (track_functions), read once it is
+    // closed (a backend reports its counts when it exits).
+    sql_exec(env.conninfo,
+             "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET track_functions = ''pl''',"
+             " current_database()); END $$");
+    const auto calls = [&] {
+      return sql_one(env.conninfo,
+                     "SELECT coalesce(string_agg(funcname || ' ' || calls, ', ' ORDER BY "
+                     "funcname), '-') FROM pg_stat_user_functions WHERE funcname IN "
+                     "('start_runs', '_start_copying', 'start_run')");
+    };
+    // What text COPY must escape: tab, newline, carriage return, backslash, \N, quotes, U+0001;
+    // invalid UTF-8 (stored as U+FFFD, as every start stores it); characters beyond ASCII.
+    const std::vector<Json> odd{
+        Json{{"s", "tab\there\nnew line\r\\back\\slash"}},
+        Json{{"s", "\\N"}, {"n", nullptr}},
+        Json{{"s", "\"quoted\" 'single' \x01 \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"}},
+        Json{{"bad \xff key", "bad \xc3 value"}},
+        Json::array({1, Json::array({2, Json{{"deep\t", Json::array({"\\"})}}})}),
+        Json("a string"),
+        Json(nullptr),
+        Json(-1.5e300)};
+    std::vector<Json> inputs;
+    for (std::size_t i = 0; inputs.size() < kCopiedStartMin + 6; ++i)
+      inputs.push_back(i < odd.size() ? odd[i] : Json{{"i", i}});
+    std::vector<RunId> by_copy;
+    {
+      auto counted = RunStore::connect(env.conninfo);
+      REQUIRE_MESSAGE(counted, flowreg::testing::failure_text(counted));
+      auto started = counted->start_runs(one.slug, one.version, inputs);
+      REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+      by_copy = *started;
+      // The other flows, twice each: start_runs, and _start_copying only the first time.
+      for (const FlowKey* key : {&two, &mapped})
+        for (int i = 0; i < 2; ++i) {
+          std::vector<Json> batch(kCopiedStartMin, Json::array({1, 2}));
+          auto other = counted->start_runs(key->slug, key->version, batch);
+          REQUIRE_MESSAGE(other, flowreg::testing::failure_text(other));
+          CHECK(other->size() == kCopiedStartMin);
+        }
+      // Below kCopiedStartMin: start_runs.
+      auto few = counted->start_runs(one.slug, one.version, std::vector<Json>(3, Json::object()));
+      REQUIRE_MESSAGE(few, flowreg::testing::failure_text(few));
+      CHECK(few->size() == 3);
+    }
+    std::string seen;
+    for (int i = 0; i < 200 && (seen = calls()) == "-"; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    CHECK(seen == "_start_copying 3, start_runs 5");
+    REQUIRE(by_copy.size() == inputs.size());
+    CHECK(std::set<RunId>(by_copy.begin(), by_copy.end()).size() == inputs.size());
+    // Run by run: the rows start_run writes for the same input (ids, times and input aside),
+    // the same input stored, and ids in the order of the inputs.
+    const std::string row_sql =
+        "SELECT row(r.flow_slug, r.flow_version, r.status, r.output, r.error, r.remaining_leaves,"
+        " r.idempotency_key, r.retry_of, r.finished_at, r.attempts, r.worker_id, r.created_at <="
+        " now(), t.step_slug, t.task_index, t.flow_slug, t.flow_version, t.status, t.attempt,"
+        " num_nulls(t.max_attempts, t.base_delay_ms, t.max_delay_ms, t.created_at), t.timeout_ms,"
+        " t.input, t.output, t.error, t.error_at, t.worker_id, t.lease_expires_at, t.started_at,"
+        " t.finished_at, t.available_at <= now(), t.solo, t.crashes, (SELECT count(*) FROM"
+        " flowreg.step_states s WHERE s.run_id = r.id), (SELECT count(*) FROM flowreg.tasks o"
+        " WHERE o.run_id = r.id))::text FROM flowreg.runs r JOIN flowreg.tasks t ON t.id ="
+        " r.task_id AND t.run_id = r.id WHERE r.id = ";
+    for (std::size_t i = 0; i < inputs.size(); ++i) {
+      CAPTURE(i);
+      const RunId single = start(env.store, one, inputs[i]);
+      const std::string rows = sql_one(env.conninfo, row_sql + "'" + by_copy[i] + "'");
+      CHECK(rows == sql_one(env.conninfo, row_sql + "'" + single + "'"));
+      CHECK(sql_one(env.conninfo, "SELECT a.input = b.input FROM flowreg.runs a, flowreg.runs b"
+                                  " WHERE a.id = '" +
+                                      by_copy[i] + "' AND b.id = '" + single + "'") == "t");
+      // Time-ordered, as start_runs makes them: their first 48 bits, milliseconds, never fall.
+      if (i > 0) CHECK(by_copy[i - 1].substr(0, 13) <= by_copy[i].substr(0, 13));
+    }
+    CHECK(sql_one(env.conninfo, row_sql + "'" + by_copy[0] + "'") ==
+          "(one,v1,started,,,1,,,,0,,t,a,0,one,v1,queued,0,4,60000,,,,,,,,,t,t,0,0,1)");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT input->>'s' FROM flowreg.runs WHERE id = '" + by_copy[0] + "'") ==
+          "tab\there\nnew line\r\\back\\slash");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT input::text FROM flowreg.runs WHERE id = '" + by_copy[3] + "'") ==
+          "{\"bad \xEF\xBF\xBD key\": \"bad \xEF\xBF\xBD value\"}");
+    // The other flows' batches: their own layouts (step states, tasks found by run).
+    CHECK(sql_one(env.conninfo,
+                  "SELECT count(*) || ' ' || count(*) FILTER (WHERE task_id IS NULL) FROM"
+                  " flowreg.runs WHERE flow_slug IN ('two', 'mapped')") ==
+          std::to_string(4 * kCopiedStartMin) + " " + std::to_string(4 * kCopiedStartMin));
+    CHECK(sql_one(env.conninfo,
+                  "SELECT count(*) FROM flowreg.step_states WHERE run_id IN (SELECT id FROM"
+                  " flowreg.runs WHERE flow_slug IN ('two', 'mapped'))") ==
+          std::to_string(2 * 2 * kCopiedStartMin + 2 * kCopiedStartMin));
+    // A version that is not stored: start_runs' error, by either path; nothing written.
+    const std::string before = sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs");
+    for (std::size_t n : {std::size_t{3}, kCopiedStartMin}) {
+      auto missing =
+          env.store.start_runs("one", "v9", std::span<const Json>(inputs.data(), n));
+      REQUIRE_FALSE(missing);
+      CHECK(missing.error().code == Errc::not_found);
+      CHECK(contains(missing.error().message, "flow 'one' version 'v9' is not stored"));
+    }
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == before);
   }
 
@@ -1763,6 +1884,54 @@ TEST_SUITE("run_store") {
       CHECK(waited);
       REQUIRE_FALSE(started);
       CHECK(started.error().code == Errc::not_found);
+    }
+    // By COPY (RunStore::start_runs, kCopiedStartMin inputs): _start_copying takes the lock on
+    // runs before it reads the version's steps. A delete first: the start waits in it, then finds
+    // the version gone and creates nothing.
+    store_flow(env.store, flow("raced", {step("a")}));
+    {
+      pqxx::connection deleter(env.conninfo);
+      auto starter = RunStore::connect(env.conninfo);
+      REQUIRE(starter);
+      pqxx::work td(deleter);
+      td.exec0(del);
+      flowreg::Result<std::vector<RunId>> started = std::vector<RunId>{};
+      std::thread t([&] {
+        started = starter->start_runs(key.slug, key.version,
+                                      std::vector<Json>(kCopiedStartMin, Json::object()));
+      });
+      const bool waited = await_lock_wait("_start_copying");
+      td.commit();
+      t.join();
+      CHECK(waited);
+      REQUIRE_FALSE(started);
+      CHECK(started.error().code == Errc::not_found);
+    }
+    // The start first: a delete waits for its transaction from _start_copying on, before a row
+    // of it is written (here none is: the delete then goes ahead).
+    store_flow(env.store, flow("raced", {step("a")}));
+    {
+      pqxx::connection starter(env.conninfo), deleter(env.conninfo);
+      pqxx::work ts(starter);
+      CHECK(ts.exec1("SELECT count(*) FROM flowreg._start_copying('raced', '" + key.version +
+                     "', 3)")[0]
+                .as<int>() == 3);
+      std::string outcome;
+      std::thread t([&] {
+        try {
+          pqxx::work td(deleter);
+          td.exec0(del);
+          td.commit();
+          outcome = "deleted";
+        } catch (const std::exception& e) {
+          outcome = e.what();
+        }
+      });
+      const bool waited = await_lock_wait("DELETE FROM flowreg.flows");
+      ts.commit();
+      t.join();
+      CHECK(waited);
+      CHECK(outcome == "deleted");
     }
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == "0");
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.step_states") == "0");

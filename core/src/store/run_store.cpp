@@ -60,6 +60,10 @@ const std::vector<Statement>& statements() {
       {"start_runs",
        "SELECT run_id::text AS run_id FROM flowreg.start_runs($1, $2,"
        " ARRAY(SELECT jsonb_array_elements($3::jsonb)))"},
+      // A batch start by COPY (RunStore::start_runs): the runs' and tasks' ids, or no row.
+      {"start_copying",
+       "SELECT run_id::text AS run_id, task_id, step_slug, timeout_ms"
+       " FROM flowreg._start_copying($1, $2, $3::int)"},
       {"claim", std::string("SELECT ") + kTaskColumns +
                     " FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
       {"renew",
@@ -379,9 +383,38 @@ struct RunStore::Impl {
   // randomized pause, up to kTransientRetries times in all.
   template <class... Args>
   pqxx::result exec(const char* name, const Args&... args) {
+    return retried([&] { return exec_once(name, args...); });
+  }
+
+  template <class... Args>
+  pqxx::result exec_once(const char* name, const Args&... args) {
+    return once([&] {
+      pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
+      return tx.exec_prepared(name, args...);
+    });
+  }
+
+  // Runs body(tx) in one transaction (READ COMMITTED), committed when body returns, rolled back
+  // when it throws; retried whole, like exec's statement, after a deadlock or serialization
+  // failure.
+  template <class F>
+  auto transact(F&& body) -> decltype(body(std::declval<pqxx::work&>())) {
+    return retried([&] {
+      return once([&] {
+        pqxx::work tx(conn);
+        auto out = body(tx);
+        tx.commit();
+        return out;
+      });
+    });
+  }
+
+  // Calls f, again after a deadlock or serialization failure (see exec).
+  template <class F>
+  auto retried(F&& f) -> decltype(f()) {
     for (int attempt = 1;; ++attempt) {
       try {
-        return exec_once(name, args...);
+        return f();
       } catch (const pqxx::sql_error& e) {
         const std::string state = e.sqlstate();
         if ((state != "40P01" && state != "40001") || attempt >= kTransientRetries || lost) throw;
@@ -391,11 +424,11 @@ struct RunStore::Impl {
     }
   }
 
-  template <class... Args>
-  pqxx::result exec_once(const char* name, const Args&... args) {
+  // Calls f, marking the connection lost when what it throws says so.
+  template <class F>
+  auto once(F&& f) -> decltype(f()) {
     try {
-      pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
-      return tx.exec_prepared(name, args...);
+      return f();
     } catch (const pqxx::broken_connection&) {
       lost = true;
       throw;
@@ -430,6 +463,13 @@ struct RunStore::Impl {
   pqxx::connection conn;
   bool lost = false;
   std::minstd_rand rng{std::random_device{}()};
+  // Flow versions start_runs started without COPY (several steps, a map step; see
+  // RunStore::start_runs), "<slug's length>:<slug><version>": their next batches skip
+  // _start_copying. Should
+  // a version be stored again with one step under the same name, its batches still start right,
+  // by start_runs. Bounded: emptied when full.
+  std::set<std::string, std::less<>> uncopied;
+  static constexpr std::size_t kUncopiedMax = 4096;
 };
 
 RunStore::RunStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -508,18 +548,82 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
   });
 }
 
+namespace {
+
+constexpr std::size_t kCopiedStartMax = 1 << 30;  // p_n is an int
+
+// Writes the runs `plan` names (flowreg._start_copying's rows, one per input, in order) and their
+// tasks with two COPYs in `tx`: the rows start_run's short path inserts (schemas/functions).
+std::vector<RunId> copy_runs(pqxx::work& tx, const pqxx::result& plan, std::string_view flow_slug,
+                             std::string_view version, std::span<const Json> inputs) {
+  const std::string slug(flow_slug);
+  const std::string ver(version);
+  std::vector<RunId> ids;
+  ids.reserve(plan.size());
+  for (const auto& row : plan) ids.push_back(row["run_id"].as<std::string>());
+  {
+    pqxx::stream_to runs(tx, "flowreg.runs",
+                         std::vector<std::string>{"id", "flow_slug", "flow_version", "input",
+                                                  "remaining_leaves", "attempts", "task_id"});
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      runs << std::make_tuple(ids[i], slug, ver, json_text(inputs[i]), 1, 0,
+                              plan[i]["task_id"].as<std::int64_t>());
+    runs.complete();
+  }
+  pqxx::stream_to tasks(tx, "flowreg.tasks",
+                        std::vector<std::string>{"id", "run_id", "step_slug", "task_index",
+                                                 "flow_slug", "flow_version", "timeout_ms",
+                                                 "solo"});
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    tasks << std::make_tuple(plan[i]["task_id"].as<std::int64_t>(), ids[i],
+                             plan[i]["step_slug"].as<std::string>(), 0, slug, ver,
+                             plan[i]["timeout_ms"].as<std::int64_t>(), true);
+  tasks.complete();
+  return ids;
+}
+
+}  // namespace
+
 Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                                 std::string_view version,
                                                 std::span<const Json> inputs) {
   const std::string what = fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(),
                                        shown_name(flow_slug), shown_name(version));
-  Json all = Json::array();
-  for (const auto& input : inputs) all.push_back(input);
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
-    pqxx::result rows;
+    std::vector<RunId> out;
     try {
-      rows =
-          impl_->exec("start_runs", std::string(flow_slug), std::string(version), json_text(all));
+      // One transaction: a batch of a one-step flow's runs by COPY (_start_copying returns their
+      // ids), any other in one call of start_runs. All of them start, or none.
+      const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
+      bool tried_copy = false;
+      bool copied = false;
+      out = impl_->transact([&](pqxx::work& tx) {
+        copied = false;
+        tried_copy = inputs.size() >= kCopiedStartMin && inputs.size() <= kCopiedStartMax &&
+                     !impl_->uncopied.contains(name);
+        if (tried_copy) {
+          const pqxx::result plan =
+              tx.exec_prepared("start_copying", std::string(flow_slug), std::string(version),
+                               static_cast<int>(inputs.size()));
+          if (plan.size() == inputs.size()) {
+            copied = true;
+            return copy_runs(tx, plan, flow_slug, version, inputs);
+          }
+        }
+        Json all = Json::array();
+        for (const auto& input : inputs) all.push_back(input);
+        const pqxx::result rows =
+            tx.exec_prepared("start_runs", std::string(flow_slug), std::string(version),
+                             json_text(all));
+        std::vector<RunId> ids;
+        ids.reserve(rows.size());
+        for (const auto& row : rows) ids.push_back(row["run_id"].as<std::string>());
+        return ids;
+      });
+      if (tried_copy && !copied) {  // stored (else start_runs raised P0002), not copyable
+        if (impl_->uncopied.size() >= Impl::kUncopiedMax) impl_->uncopied.clear();
+        impl_->uncopied.insert(name);
+      }
     } catch (const pqxx::sql_error& e) {
       // The server refused a value, and no run started: name the first input it cannot store
       // (else its own message stands).
@@ -531,9 +635,6 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                         what, i, inputs.size(), *why));
       throw;
     }
-    std::vector<RunId> out;
-    out.reserve(rows.size());
-    for (const auto& row : rows) out.push_back(row["run_id"].as<std::string>());
     return out;
   });
 }

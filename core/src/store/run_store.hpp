@@ -56,6 +56,9 @@ inline constexpr std::string_view kTasksChannel = "flowreg_tasks";
 // The deepest nesting of a task output the store sends to the server (PostgreSQL's jsonb parser
 // recurses once per level and refuses values deeper than its stack allows).
 inline constexpr std::size_t kMaxStoredDepth = 5000;
+// From this many inputs on, RunStore::start_runs writes the runs of a flow of one single step by
+// COPY: about 90 bytes less WAL per run, for four more round trips per call (see start_runs).
+inline constexpr std::size_t kCopiedStartMin = 64;
 // How many times in all a statement aborted by a deadlock or a serialization failure is sent.
 inline constexpr int kTransientRetries = 5;
 
@@ -268,7 +271,9 @@ class RunStore {
   // validation is the caller's job.
   Result<RunId> start_run(std::string_view flow_slug, std::string_view version, const Json& input,
                           const StartOptions& options = {});
-  // Starts one run per input in one statement (no idempotency keys): all of them, or none. When
+  // Starts one run per input in one transaction (no idempotency keys): all of them, or none. The
+  // runs of a flow of one single step, from two inputs on, are written by COPY, which PostgreSQL
+  // logs in fewer bytes (flowreg._start_copying); any other batch is one call of start_runs. When
   // the server refuses an input (U+0000 in a string or key, or nesting deeper than its stack
   // allows), none starts, and the error (Errc::invalid_argument) names the first input holding
   // U+0000 or nested deeper than kMaxStoredDepth, by its index (else the server's error stands).
