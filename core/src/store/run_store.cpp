@@ -559,25 +559,30 @@ std::vector<RunId> copy_runs(pqxx::work& tx, const pqxx::result& plan, std::stri
   const std::string slug(flow_slug);
   const std::string ver(version);
   std::vector<RunId> ids;
+  std::vector<std::int64_t> task_ids;
   ids.reserve(plan.size());
-  for (const auto& row : plan) ids.push_back(row["run_id"].as<std::string>());
+  task_ids.reserve(plan.size());
+  for (const auto& row : plan) {
+    ids.push_back(row[0].as<std::string>());
+    task_ids.push_back(row[1].as<std::int64_t>());
+  }
   {
     pqxx::stream_to runs(tx, "flowreg.runs",
                          std::vector<std::string>{"id", "flow_slug", "flow_version", "input",
                                                   "remaining_leaves", "attempts", "task_id"});
     for (std::size_t i = 0; i < ids.size(); ++i)
-      runs << std::make_tuple(ids[i], slug, ver, json_text(inputs[i]), 1, 0,
-                              plan[i]["task_id"].as<std::int64_t>());
+      runs << std::make_tuple(ids[i], slug, ver, json_text(inputs[i]), 1, 0, task_ids[i]);
     runs.complete();
   }
+  // The step, the same in every row.
+  const auto step_slug = plan[0][2].as<std::string>();
+  const auto timeout_ms = plan[0][3].as<std::int64_t>();
   pqxx::stream_to tasks(tx, "flowreg.tasks",
                         std::vector<std::string>{"id", "run_id", "step_slug", "task_index",
                                                  "flow_slug", "flow_version", "timeout_ms",
                                                  "solo"});
   for (std::size_t i = 0; i < ids.size(); ++i)
-    tasks << std::make_tuple(plan[i]["task_id"].as<std::int64_t>(), ids[i],
-                             plan[i]["step_slug"].as<std::string>(), 0, slug, ver,
-                             plan[i]["timeout_ms"].as<std::int64_t>(), true);
+    tasks << std::make_tuple(task_ids[i], ids[i], step_slug, 0, slug, ver, timeout_ms, true);
   tasks.complete();
   return ids;
 }
@@ -592,37 +597,41 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
     std::vector<RunId> out;
     try {
-      // One transaction: a batch of a one-step flow's runs by COPY (_start_copying returns their
-      // ids), any other in one call of start_runs. All of them start, or none.
-      const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
-      bool tried_copy = false;
-      bool copied = false;
-      out = impl_->transact([&](pqxx::work& tx) {
-        copied = false;
-        tried_copy = inputs.size() >= kCopiedStartMin && inputs.size() <= kCopiedStartMax &&
-                     !impl_->uncopied.contains(name);
-        if (tried_copy) {
-          const pqxx::result plan =
-              tx.exec_prepared("start_copying", std::string(flow_slug), std::string(version),
-                               static_cast<int>(inputs.size()));
-          if (plan.size() == inputs.size()) {
-            copied = true;
-            return copy_runs(tx, plan, flow_slug, version, inputs);
-          }
-        }
+      const auto by_start_runs = [&](auto& tx) {
         Json all = Json::array();
         for (const auto& input : inputs) all.push_back(input);
-        const pqxx::result rows =
-            tx.exec_prepared("start_runs", std::string(flow_slug), std::string(version),
-                             json_text(all));
+        const pqxx::result rows = tx.exec_prepared("start_runs", std::string(flow_slug),
+                                                   std::string(version), json_text(all));
         std::vector<RunId> ids;
         ids.reserve(rows.size());
         for (const auto& row : rows) ids.push_back(row["run_id"].as<std::string>());
         return ids;
-      });
-      if (tried_copy && !copied) {  // stored (else start_runs raised P0002), not copyable
-        if (impl_->uncopied.size() >= Impl::kUncopiedMax) impl_->uncopied.clear();
-        impl_->uncopied.insert(name);
+      };
+      const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
+      if (inputs.size() < kCopiedStartMin || inputs.size() > kCopiedStartMax ||
+          impl_->uncopied.contains(name)) {
+        // One call of start_runs, in autocommit (one round trip).
+        out = impl_->retried([&] {
+          return impl_->once([&] {
+            pqxx::nontransaction tx(impl_->conn);
+            return by_start_runs(tx);
+          });
+        });
+      } else {
+        // One transaction: the runs by COPY after _start_copying gave their ids; for a flow
+        // version it cannot copy (no row), start_runs.
+        bool copied = false;
+        out = impl_->transact([&](pqxx::work& tx) {
+          const pqxx::result plan =
+              tx.exec_prepared("start_copying", std::string(flow_slug), std::string(version),
+                               static_cast<int>(inputs.size()));
+          copied = plan.size() == inputs.size();
+          return copied ? copy_runs(tx, plan, flow_slug, version, inputs) : by_start_runs(tx);
+        });
+        if (!copied) {  // stored (else start_runs raised P0002), not copyable
+          if (impl_->uncopied.size() >= Impl::kUncopiedMax) impl_->uncopied.clear();
+          impl_->uncopied.insert(name);
+        }
       }
     } catch (const pqxx::sql_error& e) {
       // The server refused a value, and no run started: name the first input it cannot store
