@@ -11,6 +11,7 @@
 #include <barrier>
 #include <chrono>
 #include <map>
+#include <optional>
 #include <pqxx/pqxx>
 #include <set>
 #include <string>
@@ -1865,48 +1866,39 @@ TEST_SUITE("run_store") {
     }
     CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.flows") == "1");
 
-    // The delete first (of a version without runs): the start waits for it, then finds the
-    // version gone and creates nothing.
+    // The delete first (of a version without runs): `start`, on a store of its own, waits for it
+    // in the statement whose text holds `part`, then finds the version gone and creates nothing.
+    // `start` returns the code of its error, nullopt when it started a run.
+    const auto delete_first = [&](const std::string& part, auto start) {
+      pqxx::connection deleter(env.conninfo);
+      auto starter = RunStore::connect(env.conninfo);
+      REQUIRE(starter);
+      pqxx::work td(deleter);
+      td.exec0(del);
+      std::optional<Errc> refused;
+      std::thread t([&] { refused = start(*starter); });
+      const bool waited = await_lock_wait(part);
+      td.commit();
+      t.join();
+      CHECK(waited);
+      CHECK(refused == Errc::not_found);
+    };
+    const auto code_of = [](const auto& result) {
+      return result ? std::nullopt : std::optional<Errc>(result.error().code);
+    };
     sql_exec(
         env.conninfo,
         "DELETE FROM flowreg.runs; DELETE FROM flowreg.step_states; DELETE FROM flowreg.tasks");
-    {
-      pqxx::connection deleter(env.conninfo);
-      auto starter = RunStore::connect(env.conninfo);
-      REQUIRE(starter);
-      pqxx::work td(deleter);
-      td.exec0(del);
-      flowreg::Result<RunId> started = RunId{};
-      std::thread t([&] { started = starter->start_run(key.slug, key.version, 1); });
-      const bool waited = await_lock_wait("start_run");  // start_run's short path
-      td.commit();
-      t.join();
-      CHECK(waited);
-      REQUIRE_FALSE(started);
-      CHECK(started.error().code == Errc::not_found);
-    }
+    delete_first("start_run", [&](RunStore& store) {  // start_run's short path
+      return code_of(store.start_run(key.slug, key.version, 1));
+    });
     // By COPY (RunStore::start_runs, kCopiedStartMin inputs): _start_copying takes the lock on
-    // runs before it reads the version's steps. A delete first: the start waits in it, then finds
-    // the version gone and creates nothing.
+    // runs before it reads the version's steps, so the start waits in it.
     store_flow(env.store, flow("raced", {step("a")}));
-    {
-      pqxx::connection deleter(env.conninfo);
-      auto starter = RunStore::connect(env.conninfo);
-      REQUIRE(starter);
-      pqxx::work td(deleter);
-      td.exec0(del);
-      flowreg::Result<std::vector<RunId>> started = std::vector<RunId>{};
-      std::thread t([&] {
-        started = starter->start_runs(key.slug, key.version,
-                                      std::vector<Json>(kCopiedStartMin, Json::object()));
-      });
-      const bool waited = await_lock_wait("_start_copying");
-      td.commit();
-      t.join();
-      CHECK(waited);
-      REQUIRE_FALSE(started);
-      CHECK(started.error().code == Errc::not_found);
-    }
+    delete_first("_start_copying", [&](RunStore& store) {
+      return code_of(store.start_runs(key.slug, key.version,
+                                      std::vector<Json>(kCopiedStartMin, Json::object())));
+    });
     // The start first: a delete waits for its transaction from _start_copying on, before a row
     // of it is written (here none is: the delete then goes ahead).
     store_flow(env.store, flow("raced", {step("a")}));
