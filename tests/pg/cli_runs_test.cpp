@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -92,6 +93,73 @@ TEST_SUITE("cli_runs") {
     auto listed = s.flowreg({"runs", "list", "--json"});
     REQUIRE(listed.exit_code == 0);
     CHECK(json::parse(listed.out).size() == 1);
+  }
+
+  // --inputs: one run per line (JSON Lines), all checked before anything is written; a batch of a
+  // one-step flow this size is written by COPY (RunStore::start_runs).
+  TEST_CASE("run --inputs starts a run per line, all or none; a bad line is named, none starts") {
+    Scratch s;
+    const fs::path bad_file = s.dir / "bad.jsonl";
+    std::ofstream(bad_file) << "\"one\"\n\n\"two\"\n{\"not\": \"a string\"}\n\"four\"\n[oops\n"
+                            << "\"nul \\u0000 inside\"\n\"bad \xff byte\"\n";
+    auto bad = s.flowreg({"run", "count", "--inputs", bad_file.string()});
+    CHECK(bad.exit_code == 1);
+    CAPTURE(bad.err);
+    CHECK(bad.err.find("--inputs " + bad_file.string() +
+                       " line 4: input of flow 'count': (top level): expected a string, got a "
+                       "mapping") != std::string::npos);
+    CHECK(bad.err.find("--inputs " + bad_file.string() + " line 6 is not valid JSON") !=
+          std::string::npos);
+    CHECK(bad.err.find("--inputs " + bad_file.string() +
+                       " line 7: the input holds a string with the character U+0000") !=
+          std::string::npos);
+    CHECK(bad.err.find("--inputs " + bad_file.string() + " line 8 is not valid JSON") !=
+          std::string::npos);
+    CHECK(bad.err.find("no run started") != std::string::npos);
+    auto none = s.flowreg({"run", "count", "--inputs", (s.dir / "missing.jsonl").string()});
+    CHECK(none.exit_code == 1);
+    CHECK(none.err.find("missing.jsonl") != std::string::npos);
+    auto empty_file = s.dir / "empty.jsonl";
+    std::ofstream(empty_file) << "\n  \n";
+    auto empty = s.flowreg({"run", "count", "--inputs", empty_file.string()});
+    CHECK(empty.exit_code == 1);
+    CHECK(empty.err.find("no input") != std::string::npos);
+    // Not with the options of one run.
+    auto both = s.flowreg({"run", "count", "--inputs", bad_file.string(), "--wait"});
+    CHECK(both.exit_code != 0);
+    CHECK(both.err.find("excludes") != std::string::npos);
+    auto listed = s.flowreg({"runs", "list", "--json"});
+    REQUIRE_MESSAGE(listed.exit_code == 0, listed.err);
+    CHECK(json::parse(listed.out).empty());
+
+    // 70 inputs, text COPY must escape among them, and a blank line: 70 runs, ids in line order.
+    const fs::path good_file = s.dir / "good.jsonl";
+    {
+      std::ofstream good(good_file);
+      good << "\"tab\\there \\\\N back\\\\slash\"\r\n\n";
+      for (int i = 1; i < 70; ++i) good << "\"run " << i << "\"\n";
+    }
+    auto started = s.flowreg({"run", "count", "--inputs", good_file.string(), "--json"});
+    REQUIRE_MESSAGE(started.exit_code == 0, started.err);
+    const json ids = json::parse(started.out);
+    REQUIRE(ids.size() == 70);
+    auto first = s.flowreg({"runs", "show", ids[0].get<std::string>(), "--json"});
+    REQUIRE_MESSAGE(first.exit_code == 0, first.err);
+    CHECK(json::parse(first.out)["input"] == "tab\there \\N back\\slash");
+    CHECK(json::parse(first.out)["status"] == "started");
+    auto last = s.flowreg({"runs", "show", ids[69].get<std::string>(), "--json"});
+    REQUIRE_MESSAGE(last.exit_code == 0, last.err);
+    CHECK(json::parse(last.out)["input"] == "run 69");
+    // From standard input, ids one per line.
+    auto piped = flowreg::test::run_process(
+        {"/bin/sh", "-c",
+         std::string("printf '\"a\"\\n\"b\"\\n' | ") + FLOWREG_BINARY + " --config " +
+             s.config.string() + " run count --inputs -"});
+    REQUIRE_MESSAGE(piped.exit_code == 0, piped.err);
+    CHECK(std::count(piped.out.begin(), piped.out.end(), '\n') == 2);
+    listed = s.flowreg({"runs", "list", "--json", "--limit", "1000"});
+    REQUIRE_MESSAGE(listed.exit_code == 0, listed.err);
+    CHECK(json::parse(listed.out).size() == 72);
   }
 
   TEST_CASE("runs list, show, cancel, retry and prune; an idempotency key returns the first run") {

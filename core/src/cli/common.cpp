@@ -217,6 +217,14 @@ json worker_json(const detail::WorkerRecord& w) {
 
 Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
                                    std::string_view what) {
+  if (!flow.input_schema) return check_input(text, flow, what, nullptr);
+  auto schema = detail::JsonSchema::compile(*flow.input_schema);
+  if (!schema) return tl::unexpected(std::move(schema.error()));
+  return check_input(text, flow, what, &*schema);
+}
+
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what, const detail::JsonSchema* schema) {
   // Checked on the text, before anything recurses into it.
   const int max_depth = detail::YamlLimits{}.max_depth;
   if (auto at = detail::nesting_beyond(text, static_cast<std::size_t>(max_depth)))
@@ -230,9 +238,7 @@ Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
     return make_error(Errc::parse,
                       fmt::format("{} is not valid JSON: {}", what, valid_text(e.what())));
   }
-  if (flow.input_schema) {
-    auto schema = detail::JsonSchema::compile(*flow.input_schema);
-    if (!schema) return tl::unexpected(std::move(schema.error()));
+  if (schema) {
     std::vector<Diagnostic> problems;
     for (const auto& p : schema->validate(input))
       problems.push_back(

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "catalog/flow_catalog.hpp"
+#include "config/json_schema.hpp"
 #include "flowreg/config.hpp"
 #include "flowreg/error.hpp"
 #include "flowreg/flow_registry.hpp"
@@ -102,5 +103,8 @@ json worker_json(const detail::WorkerRecord& w);
 // "input of flow 'x': ...").
 Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
                                    std::string_view what);
+// The same with the flow's input schema compiled once for many inputs (nullptr: none).
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what, const detail::JsonSchema* schema);
 
 }  // namespace flowreg::cli

@@ -24,9 +24,119 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 struct RunArgs {
-  std::string slug, input = "{}", idempotency_key, timeout;
+  std::string slug, input = "{}", inputs, idempotency_key, timeout;
   bool wait = false, as_json = false;
 };
+
+// --inputs: at most this many bytes, and runs, per command.
+constexpr std::size_t kMaxInputsBytes = 256u << 20;
+constexpr std::size_t kMaxInputsRuns = 100'000;
+// Problems printed before the rest are only counted.
+constexpr std::size_t kMaxShownProblems = 20;
+
+// The text of --inputs: FILE (a regular file) or - (standard input), at most kMaxInputsBytes.
+std::optional<std::string> inputs_text(const std::string& arg) {
+  if (arg != "-") {
+    auto read = detail::read_text_file(arg, kMaxInputsBytes);
+    if (!read) {
+      fmt::print(stderr, "flowreg: --inputs {}\n", read.error().format());
+      return std::nullopt;
+    }
+    return std::move(*read);
+  }
+  std::string text;
+  char chunk[65536];
+  std::size_t got = 0;
+  while ((got = std::fread(chunk, 1, sizeof chunk, stdin)) > 0) {
+    text.append(chunk, got);
+    if (text.size() > kMaxInputsBytes) {
+      fmt::print(stderr, "flowreg: --inputs -: standard input holds more than {} bytes\n",
+                 kMaxInputsBytes);
+      return std::nullopt;
+    }
+  }
+  if (std::ferror(stdin)) {
+    fmt::print(stderr, "flowreg: --inputs -: cannot read standard input\n");
+    return std::nullopt;
+  }
+  return text;
+}
+
+// The runs' inputs of --inputs (JSON Lines: one input per line, blank lines skipped), each
+// checked as --input is, before anything is written. Prints the problems, each naming the file
+// and the line, and returns nullopt when there is one.
+std::optional<std::vector<nlohmann::json>> checked_inputs(const std::string& arg,
+                                                          const FlowDef& flow) {
+  const auto text = inputs_text(arg);
+  if (!text) return std::nullopt;
+  std::optional<detail::JsonSchema> schema;
+  if (flow.input_schema) {
+    auto compiled = detail::JsonSchema::compile(*flow.input_schema);
+    if (!compiled) {
+      print_error(compiled.error());
+      return std::nullopt;
+    }
+    schema = std::move(*compiled);
+  }
+  const std::string file = arg == "-" ? std::string("standard input") : valid_text(arg);
+  std::vector<nlohmann::json> inputs;
+  std::size_t problems = 0;
+  const auto problem = [&](const std::string& message) {
+    if (++problems <= kMaxShownProblems) fmt::print(stderr, "flowreg: {}\n", message);
+  };
+  std::size_t line_no = 0;
+  for (std::size_t at = 0; at < text->size();) {
+    std::size_t end = text->find('\n', at);
+    if (end == std::string::npos) end = text->size();
+    const std::string_view line(text->data() + at, end - at);
+    at = end + 1;
+    ++line_no;
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
+    if (inputs.size() + problems >= kMaxInputsRuns) {
+      problem(fmt::format("--inputs {}: more than {} inputs (line {}); start them in several "
+                          "commands",
+                          file, kMaxInputsRuns, line_no));
+      break;
+    }
+    const std::string what = fmt::format("--inputs {} line {}", file, line_no);
+    auto input = check_input(line, flow, what, schema ? &*schema : nullptr);
+    if (input) {
+      // What the server would refuse (U+0000), named here by its line.
+      if (auto why = detail::stored_json_problem(*input, "input"))
+        problem(fmt::format("{}: {}", what, *why));
+      else
+        inputs.push_back(std::move(*input));
+      continue;
+    }
+    if (input.error().details.empty()) problem(input.error().message);
+    for (const auto& p : input.error().details) problem(fmt::format("{}: {}", what, p.message));
+  }
+  if (problems > kMaxShownProblems)
+    fmt::print(stderr, "flowreg: ... and {} more problem(s)\n", problems - kMaxShownProblems);
+  if (problems > 0) {
+    fmt::print(stderr, "flowreg: no run started\n");
+    return std::nullopt;
+  }
+  if (inputs.empty()) {
+    fmt::print(stderr, "flowreg: --inputs {}: no input (one JSON value per line)\n", file);
+    return std::nullopt;
+  }
+  return inputs;
+}
+
+// flowreg run SLUG --inputs FILE: one run per input, all started in one transaction, or none.
+int run_many(const RunArgs& a, const FlowRef& flow, Database& db) {
+  const auto inputs = checked_inputs(a.inputs, flow->def);
+  if (!inputs) return kExitFailure;
+  auto ids = db.store.start_runs(a.slug, flow->version, *inputs);
+  if (!ids) return report(ids.error());
+  if (a.as_json) {
+    fmt::print("{}\n", detail::json_text(nlohmann::json(*ids), 2));
+  } else {
+    for (const auto& id : *ids) fmt::print("{}\n", id);
+  }
+  return kExitOk;
+}
 
 // The run's input (--input: JSON, or @FILE), checked before anything is written: the nesting
 // limit of YAML files, then JSON syntax, then the flow's input schema. Prints every problem and
@@ -166,13 +276,14 @@ int run_flow(const Globals& g, const RunArgs& a) {
     fmt::print(stderr, "flowreg: --timeout {}\n", duration_problem(a.timeout, kMaxCommandDuration));
     return kExitUsage;
   }
-  const auto input = checked_input(a.input, flow->def);
-  if (!input) return kExitFailure;
+  std::optional<nlohmann::json> input;
+  if (a.inputs.empty() && !(input = checked_input(a.input, flow->def))) return kExitFailure;
 
   auto db = open_database(*config);
   if (!db) return report(db.error());
   if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored)
     return report(stored.error());
+  if (!a.inputs.empty()) return run_many(a, flow, *db);
   std::optional<RunWatch> watch;
   if (a.wait) watch.emplace(*db);
   detail::StartOptions options;
@@ -203,14 +314,25 @@ void add_run_command(CLI::App& app, const Globals& g, int& exit_code) {
   auto args = std::make_shared<RunArgs>();
   auto* run = app.add_subcommand("run", "Start a run of a flow");
   run->add_option("slug", args->slug, "Flow slug")->required();
-  run->add_option("--input", args->input, "The run's input: JSON, or @FILE (default {})");
-  run->add_flag("--wait", args->wait, "Return when the run ends (exit 0 completed, 1 failed)");
-  run->add_option("--timeout", args->timeout,
-                  "With --wait: give up after this long (30s, 5m, 24h; at most 876600h)");
-  run->add_option("--idempotency-key", args->idempotency_key,
-                  "A second start with the same key and input returns the first run; with "
-                  "another input it is refused");
-  run->add_flag("--json", args->as_json, "Print {id, flow, status, output, error, ...}");
+  auto* input =
+      run->add_option("--input", args->input, "The run's input: JSON, or @FILE (default {})");
+  auto* wait =
+      run->add_flag("--wait", args->wait, "Return when the run ends (exit 0 completed, 1 failed)");
+  auto* timeout = run->add_option(
+      "--timeout", args->timeout,
+      "With --wait: give up after this long (30s, 5m, 24h; at most 876600h)");
+  auto* key = run->add_option("--idempotency-key", args->idempotency_key,
+                              "A second start with the same key and input returns the first run; "
+                              "with another input it is refused");
+  run->add_option("--inputs", args->inputs,
+                  "Start one run per line of FILE (- for standard input): JSON Lines, each "
+                  "checked as --input; all start in one transaction, or none; prints their ids")
+      ->excludes(input)
+      ->excludes(wait)
+      ->excludes(timeout)
+      ->excludes(key);
+  run->add_flag("--json", args->as_json,
+                "Print {id, flow, status, output, error, ...} (with --inputs: the ids' array)");
   run->callback([&g, &exit_code, args] { exit_code = run_flow(g, *args); });
 }
 
