@@ -25,7 +25,7 @@ using SteadyClock = std::chrono::steady_clock;
 
 struct RunArgs {
   std::string slug, input = "{}", inputs, idempotency_key, timeout;
-  bool wait = false, as_json = false;
+  bool wait = false, as_json = false, many = false;  // many: --inputs given
 };
 
 // --inputs: at most this many bytes, and runs, per command.
@@ -277,13 +277,13 @@ int run_flow(const Globals& g, const RunArgs& a) {
     return kExitUsage;
   }
   std::optional<nlohmann::json> input;
-  if (a.inputs.empty() && !(input = checked_input(a.input, flow->def))) return kExitFailure;
+  if (!a.many && !(input = checked_input(a.input, flow->def))) return kExitFailure;
 
   auto db = open_database(*config);
   if (!db) return report(db.error());
   if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored)
     return report(stored.error());
-  if (!a.inputs.empty()) return run_many(a, flow, *db);
+  if (a.many) return run_many(a, flow, *db);
   std::optional<RunWatch> watch;
   if (a.wait) watch.emplace(*db);
   detail::StartOptions options;
@@ -324,16 +324,20 @@ void add_run_command(CLI::App& app, const Globals& g, int& exit_code) {
   auto* key = run->add_option("--idempotency-key", args->idempotency_key,
                               "A second start with the same key and input returns the first run; "
                               "with another input it is refused");
-  run->add_option("--inputs", args->inputs,
-                  "Start one run per line of FILE (- for standard input): JSON Lines, each "
-                  "checked as --input; all start in one transaction, or none; prints their ids")
-      ->excludes(input)
-      ->excludes(wait)
-      ->excludes(timeout)
-      ->excludes(key);
+  auto* inputs =
+      run->add_option("--inputs", args->inputs,
+                      "Start one run per line of FILE (- for standard input): JSON Lines, each "
+                      "checked as --input; all start in one transaction, or none; prints their ids")
+          ->excludes(input)
+          ->excludes(wait)
+          ->excludes(timeout)
+          ->excludes(key);
   run->add_flag("--json", args->as_json,
                 "Print {id, flow, status, output, error, ...} (with --inputs: the ids' array)");
-  run->callback([&g, &exit_code, args] { exit_code = run_flow(g, *args); });
+  run->callback([&g, &exit_code, args, inputs] {
+    args->many = inputs->count() > 0;
+    exit_code = run_flow(g, *args);
+  });
 }
 
 }  // namespace flowreg::cli

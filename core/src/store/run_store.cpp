@@ -465,9 +465,8 @@ struct RunStore::Impl {
   std::minstd_rand rng{std::random_device{}()};
   // Flow versions start_runs started without COPY (several steps, a map step; see
   // RunStore::start_runs), "<slug's length>:<slug><version>": their next batches skip
-  // _start_copying. Should
-  // a version be stored again with one step under the same name, its batches still start right,
-  // by start_runs. Bounded: emptied when full.
+  // _start_copying. Should a version be stored again with one step under the same name, its
+  // batches still start right, by start_runs. Bounded: emptied when full.
   std::set<std::string, std::less<>> uncopied;
   static constexpr std::size_t kUncopiedMax = 4096;
 };
@@ -597,26 +596,27 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
     std::vector<RunId> out;
     try {
-      const auto by_start_runs = [&](auto& tx) {
+      const auto all_inputs = [&] {
         Json all = Json::array();
         for (const auto& input : inputs) all.push_back(input);
-        const pqxx::result rows = tx.exec_prepared("start_runs", std::string(flow_slug),
-                                                   std::string(version), json_text(all));
+        return json_text(all);
+      };
+      const auto ids_of = [](const pqxx::result& rows) {
         std::vector<RunId> ids;
         ids.reserve(rows.size());
         for (const auto& row : rows) ids.push_back(row["run_id"].as<std::string>());
         return ids;
       };
+      const auto by_start_runs = [&](pqxx::work& tx) {
+        return ids_of(tx.exec_prepared("start_runs", std::string(flow_slug), std::string(version),
+                                       all_inputs()));
+      };
       const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
       if (inputs.size() < kCopiedStartMin || inputs.size() > kCopiedStartMax ||
           impl_->uncopied.contains(name)) {
         // One call of start_runs, in autocommit (one round trip).
-        out = impl_->retried([&] {
-          return impl_->once([&] {
-            pqxx::nontransaction tx(impl_->conn);
-            return by_start_runs(tx);
-          });
-        });
+        out = ids_of(
+            impl_->exec("start_runs", std::string(flow_slug), std::string(version), all_inputs()));
       } else {
         // One transaction: the runs by COPY after _start_copying gave their ids; for a flow
         // version it cannot copy (no row), start_runs.
