@@ -33,7 +33,6 @@ using flowreg::Millis;
 using flowreg::StepDef;
 using flowreg::StepKind;
 using flowreg::detail::ClaimedTask;
-using flowreg::detail::kCopiedStartMin;
 using flowreg::detail::Completion;
 using flowreg::detail::EmbeddedCluster;
 using flowreg::detail::Failure;
@@ -45,6 +44,7 @@ using flowreg::detail::RunId;
 using flowreg::detail::RunStatus;
 using flowreg::detail::RunStore;
 using flowreg::detail::TaskId;
+using flowreg::detail::kCopiedStartMin;
 namespace fd = flowreg::detail;
 
 namespace {
