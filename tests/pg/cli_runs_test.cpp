@@ -151,10 +151,10 @@ TEST_SUITE("cli_runs") {
     REQUIRE_MESSAGE(last.exit_code == 0, last.err);
     CHECK(json::parse(last.out)["input"] == "run 69");
     // From standard input, ids one per line.
-    auto piped = flowreg::test::run_process(
-        {"/bin/sh", "-c",
-         std::string("printf '\"a\"\\n\"b\"\\n' | ") + FLOWREG_BINARY + " --config " +
-             s.config.string() + " run count --inputs -"});
+    auto piped = flowreg::test::run_process({"/bin/sh", "-c",
+                                             std::string("printf '\"a\"\\n\"b\"\\n' | ") +
+                                                 FLOWREG_BINARY + " --config " + s.config.string() +
+                                                 " run count --inputs -"});
     REQUIRE_MESSAGE(piped.exit_code == 0, piped.err);
     CHECK(std::count(piped.out.begin(), piped.out.end(), '\n') == 2);
     listed = s.flowreg({"runs", "list", "--json", "--limit", "1000"});

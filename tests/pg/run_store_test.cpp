@@ -38,13 +38,13 @@ using flowreg::detail::EmbeddedCluster;
 using flowreg::detail::Failure;
 using flowreg::detail::FlowKey;
 using flowreg::detail::Json;
+using flowreg::detail::kCopiedStartMin;
 using flowreg::detail::Listener;
 using flowreg::detail::RunFilter;
 using flowreg::detail::RunId;
 using flowreg::detail::RunStatus;
 using flowreg::detail::RunStore;
 using flowreg::detail::TaskId;
-using flowreg::detail::kCopiedStartMin;
 namespace fd = flowreg::detail;
 
 namespace {
@@ -1650,17 +1650,17 @@ TEST_SUITE("run_store") {
       const RunId single = start(env.store, one, inputs[i]);
       const std::string rows = sql_one(env.conninfo, row_sql + "'" + by_copy[i] + "'");
       CHECK(rows == sql_one(env.conninfo, row_sql + "'" + single + "'"));
-      CHECK(sql_one(env.conninfo, "SELECT a.input = b.input FROM flowreg.runs a, flowreg.runs b"
-                                  " WHERE a.id = '" +
-                                      by_copy[i] + "' AND b.id = '" + single + "'") == "t");
+      CHECK(sql_one(env.conninfo,
+                    "SELECT a.input = b.input FROM flowreg.runs a, flowreg.runs b"
+                    " WHERE a.id = '" +
+                        by_copy[i] + "' AND b.id = '" + single + "'") == "t");
       // Time-ordered, as start_runs makes them: their first 48 bits, milliseconds, never fall.
       if (i > 0) CHECK(by_copy[i - 1].substr(0, 13) <= by_copy[i].substr(0, 13));
     }
     CHECK(sql_one(env.conninfo, row_sql + "'" + by_copy[0] + "'") ==
           "(one,v1,started,,,1,,,,0,,t,a,0,one,v1,queued,0,4,60000,,,,,,,,,t,t,0,0,1)");
-    CHECK(sql_one(env.conninfo,
-                  "SELECT input->>'s' FROM flowreg.runs WHERE id = '" + by_copy[0] + "'") ==
-          "tab\there\nnew line\r\\back\\slash");
+    CHECK(sql_one(env.conninfo, "SELECT input->>'s' FROM flowreg.runs WHERE id = '" + by_copy[0] +
+                                    "'") == "tab\there\nnew line\r\\back\\slash");
     CHECK(sql_one(env.conninfo,
                   "SELECT input::text FROM flowreg.runs WHERE id = '" + by_copy[3] + "'") ==
           "{\"bad \xEF\xBF\xBD key\": \"bad \xEF\xBF\xBD value\"}");
@@ -1676,8 +1676,7 @@ TEST_SUITE("run_store") {
     // A version that is not stored: start_runs' error, by either path; nothing written.
     const std::string before = sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs");
     for (std::size_t n : {std::size_t{3}, kCopiedStartMin}) {
-      auto missing =
-          env.store.start_runs("one", "v9", std::span<const Json>(inputs.data(), n));
+      auto missing = env.store.start_runs("one", "v9", std::span<const Json>(inputs.data(), n));
       REQUIRE_FALSE(missing);
       CHECK(missing.error().code == Errc::not_found);
       CHECK(contains(missing.error().message, "flow 'one' version 'v9' is not stored"));

@@ -93,9 +93,10 @@ std::optional<std::vector<nlohmann::json>> checked_inputs(const std::string& arg
     ++line_no;
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
     if (inputs.size() + problems >= kMaxInputsRuns) {
-      problem(fmt::format("--inputs {}: more than {} inputs (line {}); start them in several "
-                          "commands",
-                          file, kMaxInputsRuns, line_no));
+      problem(
+          fmt::format("--inputs {}: more than {} inputs (line {}); start them in several "
+                      "commands",
+                      file, kMaxInputsRuns, line_no));
       break;
     }
     const std::string what = fmt::format("--inputs {} line {}", file, line_no);
@@ -318,9 +319,9 @@ void add_run_command(CLI::App& app, const Globals& g, int& exit_code) {
       run->add_option("--input", args->input, "The run's input: JSON, or @FILE (default {})");
   auto* wait =
       run->add_flag("--wait", args->wait, "Return when the run ends (exit 0 completed, 1 failed)");
-  auto* timeout = run->add_option(
-      "--timeout", args->timeout,
-      "With --wait: give up after this long (30s, 5m, 24h; at most 876600h)");
+  auto* timeout =
+      run->add_option("--timeout", args->timeout,
+                      "With --wait: give up after this long (30s, 5m, 24h; at most 876600h)");
   auto* key = run->add_option("--idempotency-key", args->idempotency_key,
                               "A second start with the same key and input returns the first run; "
                               "with another input it is refused");

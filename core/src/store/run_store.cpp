@@ -576,10 +576,10 @@ std::vector<RunId> copy_runs(pqxx::work& tx, const pqxx::result& plan, std::stri
   // The step, the same in every row.
   const auto step_slug = plan[0][2].as<std::string>();
   const auto timeout_ms = plan[0][3].as<std::int64_t>();
-  pqxx::stream_to tasks(tx, "flowreg.tasks",
-                        std::vector<std::string>{"id", "run_id", "step_slug", "task_index",
-                                                 "flow_slug", "flow_version", "timeout_ms",
-                                                 "solo"});
+  pqxx::stream_to tasks(
+      tx, "flowreg.tasks",
+      std::vector<std::string>{"id", "run_id", "step_slug", "task_index", "flow_slug",
+                               "flow_version", "timeout_ms", "solo"});
   for (std::size_t i = 0; i < ids.size(); ++i)
     tasks << std::make_tuple(task_ids[i], ids[i], step_slug, 0, slug, ver, timeout_ms, true);
   tasks.complete();
