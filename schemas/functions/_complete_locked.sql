@@ -3,7 +3,10 @@
 -- last task completed is complete, with its output (a single step's: its one task's; a map step's:
 -- its tasks' in task order); then its dependents may start and its run may complete. A run of a
 -- one-step flow (no step state: migration 0012) completes at once, its step's output, attempts
--- and worker written into it. A task leaves the queue when done (see migration 0009): a single
+-- and worker written into it. A run of a chain (migration 0017: runs.chained, and so its tasks) has
+-- no step state for a step not ended: its step's completion inserts the step's state, then creates
+-- the next step's task (claimed by the worker within work(), as _account_steps does) or, for the
+-- leaf, completes the run. A task leaves the queue when done (see migration 0009): a single
 -- step's at once, a map step's when its step completes; its attempts and worker are added to its
 -- step state (or its run, above).
 -- REQUIRES: the runs of the tasks that are not solo are locked (_lock_step_runs_of). A solo task
@@ -42,7 +45,13 @@ DECLARE
   v_mruns uuid[];
   v_msteps text[];
   v_going uuid[];
-  v_one_row boolean[];  -- per step above: its run keeps its state (a one-step flow's)
+  v_one_row boolean[];  -- per step above: its run keeps its state (a one-step flow's); NULL for
+                        -- a chain's (v_chained)
+  v_chained boolean[];  -- per step above: its run is a chain's (migration 0017)
+  v_started timestamptz[];  -- per step above, a chain's: its start (its task's created_at)
+  v_claim jsonb;        -- see _account_steps: a work() call's worker takes what it has room for
+  v_mine bigint[];
+  v_queued text[];      -- flows of the tasks created queued
   v_ended uuid[];
 BEGIN
   WITH b AS MATERIALIZED (
@@ -60,7 +69,7 @@ BEGIN
     WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NULL AND t.status || '' = 'started'
       AND t.attempt = b.attempt
     RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
-              b.output
+              b.output, t.chained, t.created_at
   ),
   kept AS (
     UPDATE flowreg.tasks t
@@ -69,15 +78,16 @@ BEGIN
     WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NOT NULL AND t.status || '' = 'started'
       AND t.attempt = b.attempt
     RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
-              NULL::jsonb AS output
+              NULL::jsonb AS output, false AS chained, NULL::timestamptz AS created_at
   ),
   done AS (SELECT * FROM gone UNION ALL SELECT * FROM kept),
   -- Per flow version of the batch: whether it is one single step, whose runs keep their step's
   -- state (migration 0012 moved the live runs of such a flow; see below for one it did not): one
   -- lookup per flow version, not per task, keyed '<flow slug> <version>' (slugs hold no space).
+  -- Not looked up for a chain's task, which says its layout itself.
   one_row AS (
     SELECT jsonb_object_agg(f.flow_slug || ' ' || f.flow_version, l.one_row) AS m
-    FROM (SELECT DISTINCT d.flow_slug, d.flow_version FROM done d) f
+    FROM (SELECT DISTINCT d.flow_slug, d.flow_version FROM done d WHERE NOT d.chained) f
     CROSS JOIN LATERAL (SELECT count(*) = 1 AND bool_and(fs.kind = 'single') AS one_row
                         FROM flowreg.flow_steps fs
                         WHERE fs.flow_slug = f.flow_slug AND fs.version = f.flow_version
@@ -88,16 +98,20 @@ BEGIN
            min(d.flow_version) AS flow_version, count(*)::int AS n,
            (array_agg(d.output))[1] AS output, sum(d.attempt)::int AS attempts,
            (array_agg(d.worker_id))[1] AS worker_id,
-           ((SELECT o.m FROM one_row o)
-              ->> (min(d.flow_slug) || ' ' || min(d.flow_version)))::boolean AS one_row
+           CASE WHEN NOT bool_or(d.chained)
+                THEN ((SELECT o.m FROM one_row o)
+                        ->> (min(d.flow_slug) || ' ' || min(d.flow_version)))::boolean END
+             AS one_row,
+           bool_or(d.chained) AS chained, min(d.created_at) AS started_at
     FROM done d GROUP BY 1, 2
   )
   SELECT (SELECT array_agg(d.id) FROM done d), p.*
   INTO v_acc, v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
-       v_one_row
+       v_one_row, v_chained, v_started
   FROM (SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug),
                array_agg(flow_version), array_agg(n), array_agg(output), array_agg(attempts),
-               array_agg(worker_id), array_agg(one_row)
+               array_agg(worker_id), array_agg(one_row), array_agg(chained),
+               array_agg(started_at)
         FROM per) p;
   IF v_acc IS NULL THEN
     RETURN '{}';
@@ -127,6 +141,80 @@ BEGIN
         AND s.status = 'started'
     )
     SELECT array_agg(ended.id) INTO v_ended FROM ended;
+    IF v_ended IS NOT NULL THEN
+      PERFORM pg_notify('flowreg_runs', id::text || ' completed') FROM unnest(v_ended) AS id;
+    END IF;
+  END IF;
+
+  -- A chain's step (migration 0017): its step state is written now, ended; then the next step's
+  -- task is created (claimed by this work() call's worker as far as it has room, as in
+  -- _account_steps), or the leaf's completion completes its run with the leaf's output. Its run is
+  -- locked and started (its task was still started).
+  IF true = ANY (v_chained) THEN
+    v_claim := nullif(current_setting('flowreg.claim', true), '')::jsonb;
+    WITH c AS MATERIALIZED (
+      SELECT p.run_id, p.step_slug, p.flow_slug, p.flow_version, p.output, p.attempts, p.worker_id,
+             p.started_at, fs.step_index, fs.is_leaf, nx.step_slug AS next_slug,
+             nx.timeout_ms AS next_timeout,
+             coalesce(v_claim->'flows' ? (p.flow_slug || ' ' || p.flow_version), false) AS served
+      FROM unnest(v_runs, v_steps, v_flows, v_versions, v_outputs, v_attempts, v_workers,
+                  v_chained, v_started)
+           AS p(run_id, step_slug, flow_slug, flow_version, output, attempts, worker_id, chained,
+                started_at)
+      CROSS JOIN LATERAL (SELECT f.step_index, f.is_leaf FROM flowreg.flow_steps f
+                          WHERE f.flow_slug = p.flow_slug AND f.version = p.flow_version
+                            AND f.step_slug = p.step_slug OFFSET 0) fs
+      -- The next step: the one step depending on this one (none for the leaf).
+      LEFT JOIN LATERAL (SELECT fd.step_slug, n.timeout_ms FROM flowreg.flow_deps fd
+                         JOIN flowreg.flow_steps n ON n.flow_slug = fd.flow_slug
+                                                   AND n.version = fd.version
+                                                   AND n.step_slug = fd.step_slug
+                         WHERE fd.flow_slug = p.flow_slug AND fd.version = p.flow_version
+                           AND fd.dep_slug = p.step_slug OFFSET 0) nx ON true
+      WHERE p.chained
+    ),
+    st AS (
+      INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps, status,
+                                       remaining_tasks, task_count, output, started_at,
+                                       finished_at, attempts, worker_id)
+      SELECT c.run_id, c.step_slug, c.step_index, 'single', 0, 'completed', 0, 1, c.output,
+             c.started_at, now(), c.attempts, c.worker_id
+      FROM c
+    ),
+    ranked AS (
+      SELECT c.*, c.served AND row_number() OVER (PARTITION BY c.served)
+                               <= (v_claim->>'left')::int AS mine
+      FROM c WHERE c.next_slug IS NOT NULL
+    ),
+    started AS (
+      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
+                                 timeout_ms, status, attempt, worker_id, started_at,
+                                 lease_expires_at, chained, created_at)
+      SELECT k.run_id, k.next_slug, 0, k.flow_slug, k.flow_version, k.next_timeout,
+             CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
+             CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
+             CASE WHEN k.mine
+                  THEN flowreg._lease_end(k.next_timeout, (v_claim->>'lease_ms')::bigint) END,
+             true, now()
+      FROM ranked k
+      RETURNING id, flow_slug, status
+    ),
+    ended AS (
+      UPDATE flowreg.runs r
+      SET status = 'completed', remaining_leaves = 0, finished_at = now(),
+          output = jsonb_build_object(c.step_slug, c.output)
+      FROM c
+      WHERE c.is_leaf AND r.id = ANY (ARRAY[c.run_id]) AND r.status = 'started'
+      RETURNING r.id
+    )
+    SELECT (SELECT array_agg(DISTINCT s.flow_slug) FROM started s WHERE s.status = 'queued'),
+           (SELECT array_agg(s.id) FROM started s WHERE s.status = 'started'),
+           (SELECT array_agg(e.id) FROM ended e)
+    INTO v_queued, v_mine, v_ended;
+    PERFORM flowreg._claimed_here(v_claim, v_mine);
+    IF v_queued IS NOT NULL THEN
+      PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_queued) AS f;
+    END IF;
     IF v_ended IS NOT NULL THEN
       PERFORM pg_notify('flowreg_runs', id::text || ' completed') FROM unnest(v_ended) AS id;
     END IF;

@@ -1,7 +1,7 @@
 -- Fails or requeues started tasks whose attempt matches; returns the ids accepted. A task with
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise it
 -- leaves the queue (its attempts and worker added to its step state, or to its run: migration
--- 0012) and its step and run fail.
+-- 0012; a chain's step state written with them: migration 0017) and its step and run fail.
 -- p_batch: [{"id", "attempt", "error", "permanent"}]. A task's attempts and delays are its step's
 -- (flow_steps, by primary key: migration 0014); a task whose step is gone has no attempt left.
 -- REQUIRES: the tasks' runs are locked.
@@ -17,6 +17,10 @@ DECLARE
   v_fail_errors text[];
   v_fail_attempts int[];
   v_fail_workers text[];
+  v_fail_chained boolean[];
+  v_fail_started timestamptz[];
+  v_fail_flows text[];
+  v_fail_versions text[];
   v_flows text[];
 BEGIN
   WITH b AS MATERIALIZED (
@@ -38,7 +42,8 @@ BEGIN
                                        AND fs.version = t.flow_version
                                        AND fs.step_slug = t.step_slug), 0))
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, 'failed'::text AS status, b.error,
-              t.attempt, t.flow_slug, t.available_at, t.worker_id, b.permanent
+              t.attempt, t.flow_slug, t.available_at, t.worker_id, b.permanent, t.flow_version,
+              t.chained, t.created_at
   ),
   again AS (
     -- Attempts left: queued again after its retry delay.
@@ -57,7 +62,8 @@ BEGIN
                                 WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
                                   AND fs.step_slug = t.step_slug), 0)
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
-              t.flow_slug, t.available_at, t.worker_id, false AS permanent
+              t.flow_slug, t.available_at, t.worker_id, false AS permanent, t.flow_version,
+              t.chained, t.created_at
   ),
   upd AS (SELECT * FROM gone UNION ALL SELECT * FROM again)
   SELECT array_agg(u.id),
@@ -72,9 +78,14 @@ BEGIN
                           u.error)) FILTER (WHERE u.status = 'failed'),
          array_agg(u.attempt) FILTER (WHERE u.status = 'failed'),
          array_agg(u.worker_id) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.chained) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.created_at) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.flow_slug) FILTER (WHERE u.status = 'failed'),
+         array_agg(u.flow_version) FILTER (WHERE u.status = 'failed'),
          array_agg(DISTINCT u.flow_slug) FILTER (WHERE u.status = 'queued'
                                                   AND u.available_at <= now())
-  INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers, v_flows
+  INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers,
+       v_fail_chained, v_fail_started, v_fail_flows, v_fail_versions, v_flows
   FROM upd u
   -- No step state: a run of a one-step flow (migration 0012), whose step is single.
   LEFT JOIN flowreg.step_states s ON s.run_id = ANY (ARRAY[u.run_id])
@@ -82,21 +93,38 @@ BEGIN
 
   IF v_fail_runs IS NOT NULL THEN
     -- Its attempts and worker go to the step state (the task has left the queue), or to the run
-    -- of a one-step flow (migration 0012), which _fail_runs then fails.
+    -- of a one-step flow (migration 0012), which _fail_runs then fails. A chain's step (migration
+    -- 0017) has no step state yet: it is written now, failed.
     WITH x AS (
       SELECT y.run_id, y.step_slug, (array_agg(y.error ORDER BY y.i))[1] AS error,
-             sum(y.attempt)::int AS n, (array_agg(y.worker_id ORDER BY y.i))[1] AS worker_id
-      FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers)
-           WITH ORDINALITY AS y(run_id, step_slug, error, attempt, worker_id, i)
+             sum(y.attempt)::int AS n, (array_agg(y.worker_id ORDER BY y.i))[1] AS worker_id,
+             bool_or(y.chained) AS chained, min(y.started_at) AS started_at,
+             min(y.flow_slug) AS flow_slug, min(y.flow_version) AS flow_version
+      FROM unnest(v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers,
+                  v_fail_chained, v_fail_started, v_fail_flows, v_fail_versions)
+           WITH ORDINALITY AS y(run_id, step_slug, error, attempt, worker_id, chained, started_at,
+                                flow_slug, flow_version, i)
       GROUP BY 1, 2
+    ),
+    chain_st AS (
+      INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps, status,
+                                       remaining_tasks, task_count, error, started_at,
+                                       finished_at, attempts, worker_id)
+      SELECT x.run_id, x.step_slug, fs.step_index, 'single', 0, 'failed', 1, 1, x.error,
+             x.started_at, now(), x.n, x.worker_id
+      FROM x
+      CROSS JOIN LATERAL (SELECT f.step_index FROM flowreg.flow_steps f
+                          WHERE f.flow_slug = x.flow_slug AND f.version = x.flow_version
+                            AND f.step_slug = x.step_slug OFFSET 0) fs
+      WHERE x.chained
     ),
     st AS (
       UPDATE flowreg.step_states s
       SET status = 'failed', error = x.error, finished_at = now(), attempts = s.attempts + x.n,
           worker_id = x.worker_id
       FROM x
-      WHERE s.run_id = ANY (ARRAY[x.run_id]) AND s.step_slug = ANY (ARRAY[x.step_slug])
-        AND s.status = 'started'
+      WHERE NOT x.chained AND s.run_id = ANY (ARRAY[x.run_id])
+        AND s.step_slug = ANY (ARRAY[x.step_slug]) AND s.status = 'started'
     )
     UPDATE flowreg.runs r SET attempts = r.attempts + x.n, worker_id = x.worker_id
     FROM x

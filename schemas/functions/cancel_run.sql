@@ -1,4 +1,5 @@
--- Cancels a started run: its unfinished steps are cancelled and its tasks leave the queue (later
+-- Cancels a started run: its unfinished steps are cancelled (a chain's steps not started have no
+-- state: the view shows them cancelled, migration 0017) and its tasks leave the queue (later
 -- results of its tasks are rejected). Returns false when the run had already ended,
 -- SQLSTATE P0002 when there is no such run.
 CREATE OR REPLACE FUNCTION flowreg.cancel_run(p_run uuid)

@@ -7,7 +7,9 @@
 -- task does not copy the run's input: the claim reads it from the run). A flow of one single step
 -- gets no step state: its run keeps the step's attempts and worker (runs.attempts, set to 0,
 -- marks that layout: migration 0012), and its task, solo, is named by its run's task_id
--- (migration 0013);
+-- (migration 0013); a chain's run (migration 0017: single steps a -> b -> ...) gets no step state
+-- either (they are written as its steps end), and its root step's task is marked chained, with its
+-- start time;
 -- _start_steps runs only when the flow has a map root step (its task count depends on the input).
 -- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
 -- One generic plan per session, made at the first call: its shape is the same for 1 input or
@@ -43,7 +45,9 @@ BEGIN
     SELECT count(*) AS steps, count(*) FILTER (WHERE is_leaf) AS leaves,
            coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false) AS map_root,
            coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false) AS single_root,
-           count(*) = 1 AND bool_and(kind = 'single') AS one_row
+           count(*) = 1 AND bool_and(kind = 'single') AS one_row,
+           count(*) > 1 AND bool_and(kind = 'single') AND bool_and(cardinality(deps) <= 1)
+             AND count(*) FILTER (WHERE is_leaf) = 1 AS chained
     FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version
   ),
   given AS (
@@ -60,17 +64,17 @@ BEGIN
   ),
   ins_plain AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of,
-                              attempts, task_id)
+                              attempts, task_id, chained)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END, g.task_id
+           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained
     FROM given g CROSS JOIN meta m WHERE g.key IS NULL
     RETURNING id, task_id
   ),
   ins_keyed AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
-                              retry_of, attempts, task_id)
+                              retry_of, attempts, task_id, chained)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, g.key, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END, g.task_id
+           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained
     FROM given g CROSS JOIN meta m WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, task_id
@@ -87,15 +91,16 @@ BEGIN
                   ELSE 'created' END AS status,
              CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' THEN 1 ELSE 0 END AS n) x
     WHERE fs.flow_slug = p_slug AND fs.version = p_version
-      AND NOT (SELECT m.one_row FROM meta m)
+      AND NOT (SELECT m.one_row OR m.chained FROM meta m)
   ),
   tk AS (
     INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
-                               timeout_ms, solo)
+                               timeout_ms, solo, chained, created_at)
     OVERRIDING SYSTEM VALUE
     SELECT coalesce(ins.task_id, nextval('flowreg.tasks_id_seq')), ins.id, fs.step_slug, 0,
-           p_slug, p_version, fs.timeout_ms, ins.task_id IS NOT NULL
-    FROM ins CROSS JOIN flowreg.flow_steps fs
+           p_slug, p_version, fs.timeout_ms, ins.task_id IS NOT NULL, m.chained,
+           CASE WHEN m.chained THEN now() END
+    FROM ins CROSS JOIN meta m CROSS JOIN flowreg.flow_steps fs
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
       AND fs.kind = 'single'
   )

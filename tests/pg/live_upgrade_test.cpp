@@ -145,9 +145,39 @@ std::vector<std::string> run_ids(const flowreg::Result<std::vector<fd::RunInfo>>
   return out;
 }
 
+// What the releases before 0017 stored: a chain's run with a step state for every step from its
+// start (those the view shows, for the steps not ended), no chained marks, the view of 0012.
+// Cases that go back further start with this.
+const std::string kBefore0017 =
+    "CREATE TEMP TABLE chain_steps AS SELECT v.* FROM flowreg.steps v"
+    "  JOIN flowreg.runs r ON r.id = v.run_id WHERE r.chained"
+    "  AND NOT EXISTS (SELECT FROM flowreg.step_states s"
+    "                  WHERE s.run_id = v.run_id AND s.step_slug = v.step_slug);"
+    "CREATE OR REPLACE VIEW flowreg.steps AS"
+    "  SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.status, s.remaining_deps,"
+    "         s.remaining_tasks, s.task_count, s.output, s.error, s.started_at, s.finished_at,"
+    "         s.attempts, s.worker_id"
+    "  FROM flowreg.step_states s"
+    "  UNION ALL"
+    "  SELECT r.id, fs.step_slug, fs.step_index, fs.kind, r.status, 0,"
+    "         CASE WHEN r.status = 'completed' THEN 0 ELSE 1 END, 1, r.output -> fs.step_slug,"
+    "         CASE WHEN r.status = 'failed' THEN r.error END, r.created_at, r.finished_at,"
+    "         r.attempts, r.worker_id"
+    "  FROM flowreg.runs r"
+    "  JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version"
+    "  WHERE r.attempts IS NOT NULL;"
+    "INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, status, remaining_deps,"
+    "  remaining_tasks, task_count, output, error, started_at, finished_at, attempts, worker_id)"
+    " SELECT * FROM chain_steps;"
+    "DROP TABLE chain_steps;"
+    "UPDATE flowreg.tasks SET created_at = NULL WHERE chained;"
+    "ALTER TABLE flowreg.runs DROP COLUMN chained;"
+    "ALTER TABLE flowreg.tasks DROP COLUMN chained;";
+
 // What the releases before 0016 had: the queue and the runs of a flow indexed by the flow's names.
 // Cases that go back further start with this.
 const std::string kBefore0016 =
+    kBefore0017 +
     "DROP INDEX flowreg.tasks_queued;"
     "CREATE INDEX tasks_queued ON flowreg.tasks (flow_slug, flow_version, available_at)"
     "  WHERE status = 'queued';"
@@ -302,36 +332,36 @@ TEST_SUITE("live_upgrade") {
     // created), a single step's completed task its output, the foreign keys exist, and a run
     // counts down all its steps (remaining_steps), not its leaves.
     exec(db, kBefore0012);
-    exec(
-        db,
-        "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
-        "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
-        "        WHERE d.run_id = t.run_id AND d.step_slug = ANY (fs.deps)) END"
-        " FROM flowreg.runs r, flowreg.flow_steps fs"
-        " WHERE t.input IS NULL AND r.id = t.run_id AND fs.flow_slug = t.flow_slug"
-        "   AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
-        "UPDATE flowreg.tasks t SET output = s.output FROM flowreg.step_states s"
-        " WHERE t.status = 'completed' AND t.output IS NULL AND s.run_id = t.run_id"
-        "   AND s.step_slug = t.step_slug AND s.kind = 'single';"
-        "ALTER TABLE flowreg.tasks ALTER COLUMN input SET NOT NULL;"
-        "ALTER TABLE flowreg.step_states ADD CONSTRAINT step_states_run_id_fkey"
-        "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
-        "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
-        "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
-        // Runs had their foreign key to flows until 0011, and no trigger guarded flows.
-        "ALTER TABLE flowreg.runs ADD CONSTRAINT runs_flow_slug_flow_version_fkey"
-        "  FOREIGN KEY (flow_slug, flow_version) REFERENCES flowreg.flows;"
-        "DROP TRIGGER flows_keep_used_versions ON flowreg.flows;"
-        "DROP TRIGGER flows_keep_used_versions_truncate ON flowreg.flows;"
-        "DROP FUNCTION flowreg._guard_flow_delete();"
-        "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
-        "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
-        "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
-        // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
-        // runs, of finished single steps).
-        "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
-        "DELETE FROM public.flowreg_migrations WHERE version IN (8, 9, 10, 11, 12, 13, 14, 15, 16);"
-        "DELETE FROM public.flowreg_functions;");
+    exec(db,
+         "UPDATE flowreg.tasks t SET input = CASE WHEN cardinality(fs.deps) = 0 THEN r.input"
+         "  ELSE (SELECT jsonb_object_agg(d.step_slug, d.output) FROM flowreg.step_states d"
+         "        WHERE d.run_id = t.run_id AND d.step_slug = ANY (fs.deps)) END"
+         " FROM flowreg.runs r, flowreg.flow_steps fs"
+         " WHERE t.input IS NULL AND r.id = t.run_id AND fs.flow_slug = t.flow_slug"
+         "   AND fs.version = t.flow_version AND fs.step_slug = t.step_slug;"
+         "UPDATE flowreg.tasks t SET output = s.output FROM flowreg.step_states s"
+         " WHERE t.status = 'completed' AND t.output IS NULL AND s.run_id = t.run_id"
+         "   AND s.step_slug = t.step_slug AND s.kind = 'single';"
+         "ALTER TABLE flowreg.tasks ALTER COLUMN input SET NOT NULL;"
+         "ALTER TABLE flowreg.step_states ADD CONSTRAINT step_states_run_id_fkey"
+         "  FOREIGN KEY (run_id) REFERENCES flowreg.runs ON DELETE CASCADE;"
+         "ALTER TABLE flowreg.tasks ADD CONSTRAINT tasks_run_id_step_slug_fkey"
+         "  FOREIGN KEY (run_id, step_slug) REFERENCES flowreg.step_states ON DELETE CASCADE;"
+         // Runs had their foreign key to flows until 0011, and no trigger guarded flows.
+         "ALTER TABLE flowreg.runs ADD CONSTRAINT runs_flow_slug_flow_version_fkey"
+         "  FOREIGN KEY (flow_slug, flow_version) REFERENCES flowreg.flows;"
+         "DROP TRIGGER flows_keep_used_versions ON flowreg.flows;"
+         "DROP TRIGGER flows_keep_used_versions_truncate ON flowreg.flows;"
+         "DROP FUNCTION flowreg._guard_flow_delete();"
+         "ALTER TABLE flowreg.runs RENAME COLUMN remaining_leaves TO remaining_steps;"
+         "UPDATE flowreg.runs r SET remaining_steps = (SELECT count(*) FROM flowreg.step_states s"
+         "  WHERE s.run_id = r.id AND s.status <> 'completed') WHERE r.status = 'started';"
+         // Nor had it 0009's columns (the rows 0009 deletes are gone already: tasks of ended
+         // runs, of finished single steps).
+         "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
+         "DELETE FROM public.flowreg_migrations"
+         " WHERE version IN (8, 9, 10, 11, 12, 13, 14, 15, 16, 17);"
+         "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND (conrelid IN "
@@ -341,7 +371,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14, 15, 16}));
+    CHECK(upgrade(db) == std::vector<int>({8, 9, 10, 11, 12, 13, 14, 15, 16, 17}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -450,6 +480,25 @@ std::string steps_of(fd::RunStore& store, const fd::RunId& run) {
   return out;
 }
 
+// Every field of a run's steps that a reader sees, timestamps included, one line per step.
+std::string step_rows_of(fd::RunStore& store, const fd::RunId& run) {
+  auto steps = store.run_steps(run);
+  REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+  const auto us = [](const std::optional<fd::TimePoint>& t) {
+    return t ? std::to_string(
+                   std::chrono::duration_cast<std::chrono::microseconds>(t->time_since_epoch())
+                       .count())
+             : std::string("-");
+  };
+  std::string out;
+  for (const auto& s : *steps)
+    out += s.slug + " " + s.status + " tasks " + std::to_string(s.task_count) + " attempts " +
+           std::to_string(s.attempts) + " worker " + s.worker.value_or("-") + " started " +
+           us(s.started_at) + " finished " + us(s.finished_at) + " error " + s.error.value_or("-") +
+           " output " + (s.output ? s.output->dump() : "-") + "\n";
+  return out;
+}
+
 }  // namespace
 
 TEST_SUITE("live_upgrade") {
@@ -516,14 +565,14 @@ TEST_SUITE("live_upgrade") {
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
              "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14, 15, "
-             "16);"
+             "16, 17);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14, 15, 16}));
+    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14, 15, 16, 17}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -609,12 +658,13 @@ TEST_SUITE("live_upgrade") {
     CHECK(failed_step->front().error->find("broken") != std::string::npos);
 
     // What the release before 0012 left: a step state for every run.
-    exec(db, kBefore0012 +
-                 "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14, 15, 16);");
+    exec(db,
+         kBefore0012 +
+             "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14, 15, 16, 17);");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16, 17}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -622,8 +672,9 @@ TEST_SUITE("live_upgrade") {
             "SELECT string_agg(coalesce(r.attempts::text, '-') || '/' || coalesce(r.worker_id, '-')"
             " || '/' || (SELECT count(*) FROM flowreg.step_states s WHERE s.run_id = r.id), ','"
             " ORDER BY r.input::text) FROM flowreg.runs r") ==
-          // inputs in text order: c, d, f, h, q, r, x
-          "-/-/2,-/-/1,-/-/1,0/-/0,0/-/0,0/-/0,-/-/1");
+          // inputs in text order: c, d, f, h, q, r, x (the chain c moved too, by 0017: only its
+          // ended step a keeps a step state)
+          "-/-/1,-/-/1,-/-/1,0/-/0,0/-/0,0/-/0,-/-/1");
     // Every run shows the steps it showed before.
     for (const auto& r : all) CHECK_MESSAGE(steps_of(after, r) == steps_before[r], r);
     CHECK(q(db, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" + done + "'") ==
@@ -717,8 +768,8 @@ TEST_SUITE("live_upgrade") {
     CHECK(steps_before[mapped] == "each started 2;sum created 0;");
 
     // What the release before 0013 left: the same rows, every task in the unique index by run.
-    exec(db,
-         kBefore0013 + "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14, 15, 16);");
+    exec(db, kBefore0013 +
+                 "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14, 15, 16, 17);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'tasks'";
@@ -727,7 +778,7 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
     // new index (not solo) and their runs name none.
-    CHECK(upgrade(db) == std::vector<int>({13, 14, 15, 16}));
+    CHECK(upgrade(db) == std::vector<int>({13, 14, 15, 16, 17}));
     CHECK(q(db, indexes) == "tasks_by_run,tasks_leased,tasks_pkey,tasks_queued");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
     CHECK(q(db, "SELECT count(*) FROM flowreg.runs WHERE task_id IS NOT NULL") == "0");
@@ -825,11 +876,11 @@ TEST_SUITE("live_upgrade") {
     exec(db, kBefore0014 +
                  "UPDATE flowreg.tasks SET max_attempts = 1"
                  " WHERE status = 'started';"
-                 "DELETE FROM public.flowreg_migrations WHERE version IN (14, 15, 16);");
+                 "DELETE FROM public.flowreg_migrations WHERE version IN (14, 15, 16, 17);");
     REQUIRE(q(db, copies) == "7");
 
     // The upgrade, while the old worker holds three tasks: nothing moves, the copies stay unread.
-    CHECK(upgrade(db) == std::vector<int>({14, 15, 16}));
+    CHECK(upgrade(db) == std::vector<int>({14, 15, 16, 17}));
     CHECK(q(db, copies) == "7");
     fd::RunStore after = connect(db);
 
@@ -923,7 +974,7 @@ TEST_SUITE("live_upgrade") {
     };
 
     // What the release before 0015 had: the index of runs on created_at alone.
-    exec(db, kBefore0015 + "DELETE FROM public.flowreg_migrations WHERE version IN (15, 16);");
+    exec(db, kBefore0015 + "DELETE FROM public.flowreg_migrations WHERE version IN (15, 16, 17);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'runs'";
@@ -947,7 +998,7 @@ TEST_SUITE("live_upgrade") {
           std::map<std::string, std::int64_t>{{"fan", 3}, {"pipe", 4}, {"single", 6}});
 
     // The upgrade: the index goes, nothing else changes.
-    CHECK(upgrade(db) == std::vector<int>({15, 16}));
+    CHECK(upgrade(db) == std::vector<int>({15, 16, 17}));
     CHECK(q(db, indexes) == "runs_by_flow,runs_idempotency,runs_pkey,runs_retry_of");
     fd::RunStore after = connect(db);
     CHECK(lists(after) == lists_before);
@@ -970,12 +1021,6 @@ TEST_SUITE("live_upgrade") {
         store, "single", {step("only"), step("then", {"only"})}, quick_retries());
     REQUIRE(single2.version != single.version);
 
-    // What the release before 0016 had: both indexes keyed by the names, filled by that release.
-    exec(db, kBefore0016 + "DELETE FROM public.flowreg_migrations WHERE version = 16;");
-    const std::string keys =
-        "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes WHERE schemaname"
-        " = 'flowreg' AND indexname IN ('tasks_queued', 'runs_by_flow')";
-    REQUIRE(q(db, keys).find("hashtextextended") == std::string::npos);
     std::vector<fd::RunId> ended;
     for (int i = 0; i < 2; ++i)
       ended.push_back(start(store, i == 0 ? single : pipe, Json{{"e", i}}));
@@ -1003,6 +1048,14 @@ TEST_SUITE("live_upgrade") {
              later + "'");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued'") == "5");
 
+    // What the release before 0016 had: both indexes keyed by the names, built over these rows
+    // (they are made first: this release's functions write 0017's columns).
+    exec(db, kBefore0016 + "DELETE FROM public.flowreg_migrations WHERE version IN (16, 17);");
+    const std::string keys =
+        "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes WHERE schemaname"
+        " = 'flowreg' AND indexname IN ('tasks_queued', 'runs_by_flow')";
+    REQUIRE(q(db, keys).find("hashtextextended") == std::string::npos);
+
     const auto lists = [&](fd::RunStore& s) {
       std::vector<std::vector<std::string>> out;
       out.push_back(run_ids(s.list_runs(fd::RunFilter{std::nullopt, std::nullopt, 100})));
@@ -1018,7 +1071,7 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(lists_before[2] == std::vector<std::string>{ended[1]});
 
     // The upgrade, while the old worker holds one task: both indexes are built again, hashed.
-    CHECK(upgrade(db) == std::vector<int>({16}));
+    CHECK(upgrade(db) == std::vector<int>({16, 17}));
     CHECK(q(db, keys) ==
           "CREATE INDEX runs_by_flow ON flowreg.runs USING btree (hashtextextended(flow_slug, "
           "(0)::bigint), created_at DESC) | CREATE INDEX tasks_queued ON flowreg.tasks USING btree"
@@ -1061,5 +1114,193 @@ TEST_SUITE("live_upgrade") {
     REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     CHECK(*pruned == 8);
     CHECK(run_ids(after.list_runs()).empty());
+  }
+  TEST_CASE("migration 0017 moves the live runs of chains to step states written as steps end") {
+    Migrated m = migrated_database("lu_0017");
+    const std::string& db = m.db;
+    fd::RunStore& store = m.store;
+    const LiveFlows live = store_live_flows(store);
+    const auto& [single, pipe, fan, live_flows] = live;
+    const fd::FlowKey trio = flowreg::pgtest::store_flow(
+        store, "trio", {step("a"), step("b", {"a"}), step("c", {"b"})}, quick_retries());
+    std::vector<fd::FlowKey> flows = live_flows;
+    flows.push_back(trio);
+
+    // The runs of chains in every state, and a map step's run (not a chain: it keeps its layout).
+    const auto fresh = start(store, pipe, Json{{"n", 1}});      // a queued, never claimed
+    const auto a_held = start(store, pipe, Json{{"n", 2}});     // a claimed, still running
+    const auto a_retry = start(store, pipe, Json{{"n", 3}});    // a failed once, retry due
+    const auto b_queued = start(store, pipe, Json{{"n", 4}});   // a done, b queued
+    const auto b_held = start(store, pipe, Json{{"n", 5}});     // a done, b running
+    const auto done = start(store, pipe, Json{{"n", 6}});       // completed
+    const auto failed = start(store, trio, Json{{"n", 7}});     // a done, b failed for good
+    const auto cancelled = start(store, trio, Json{{"n", 8}});  // a done, then cancelled
+    const auto c_queued = start(store, trio, Json{{"n", 9}});   // a and b done, c queued
+    const auto mapped = start(store, fan, Json::array({1, 2}));
+    const std::vector<fd::RunId> all{fresh, a_held, a_retry,   b_queued, b_held,
+                                     done,  failed, cancelled, c_queued, mapped};
+    // This release: a chain's run stores the states of its ended steps only.
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE chained") == "9");
+    REQUIRE(q(db,
+              "SELECT count(*) FROM flowreg.step_states s JOIN flowreg.runs r ON r.id = s.run_id"
+              " WHERE r.chained") == "0");
+
+    fd::ClaimedTask a_held_task, b_held_task;
+    {
+      auto first = claim_all(store, flows);
+      give_back(store, task(first, fresh, "a"));
+      a_held_task = task(first, a_held, "a");
+      fail(store, task(first, a_retry, "a"), "flaky", false);
+      for (const auto& r : {b_queued, b_held, done, failed, cancelled, c_queued})
+        complete(store, task(first, r, "a"));
+      complete(store, task(first, mapped, "each", 0));
+      give_back(store, task(first, mapped, "each", 1));
+    }
+    {
+      // The b steps the first claims made ready; the tasks claimed again (fresh's a, mapped's
+      // task 1, and a_retry's a if its retry fell due) are given back unstarted.
+      auto second = claim_all(store, flows);
+      b_held_task = task(second, b_held, "b");
+      complete(store, task(second, done, "b"));
+      fail(store, task(second, failed, "b"), "broken", true);
+      complete(store, task(second, c_queued, "b"));
+      for (const auto& [where, t] : second)
+        if (t.run_id != b_held && t.run_id != done && t.run_id != failed && t.run_id != c_queued)
+          give_back(store, t);
+      auto c = store.cancel_run(cancelled);
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+      CHECK(*c);
+    }
+    std::map<fd::RunId, std::string> before;
+    for (const auto& r : all) before[r] = steps_of(store, r);
+    CHECK(before[fresh] == "a started 0;b created 0;");
+    CHECK(before[a_held] == "a started 1;b created 0;");
+    CHECK(before[a_retry] == "a started 1;b created 0;");
+    CHECK(before[b_queued] == "a completed 1;b started 0;");
+    CHECK(before[b_held] == "a completed 1;b started 1;");
+    CHECK(before[done] == "a completed 1;b completed 1;");
+    CHECK(before[failed] == "a completed 1;b failed 1;c cancelled 0;");
+    CHECK(before[cancelled] == "a completed 1;b cancelled 0;c cancelled 0;");
+    CHECK(before[c_queued] == "a completed 1;b completed 1;c started 0;");
+    // Every field, timestamps included: a started step started when its task was created.
+    std::map<fd::RunId, std::string> rows_before;
+    for (const auto& r : all) rows_before[r] = step_rows_of(store, r);
+    CHECK(rows_before[failed].find("b failed tasks 1 attempts 1 worker old-worker") !=
+          std::string::npos);
+    CHECK(rows_before[failed].find("broken") != std::string::npos);
+    CHECK(rows_before[fresh].find("b created tasks 0 attempts 0 worker - started - finished -") !=
+          std::string::npos);
+
+    // What the release before 0017 left: every step of a chain's run in step_states.
+    exec(db, kBefore0017 + "DELETE FROM public.flowreg_migrations WHERE version = 17;");
+    REQUIRE(q(db,
+              "SELECT count(*) FROM flowreg.step_states s JOIN flowreg.runs r ON"
+              " r.id = s.run_id WHERE r.flow_slug IN ('pipe', 'trio')") == "21");
+    for (const auto& r : all) CHECK_MESSAGE(step_rows_of(store, r) == rows_before[r], r);
+
+    // The upgrade, while the old worker holds two tasks.
+    CHECK(upgrade(db) == std::vector<int>({17}));
+    fd::RunStore after = connect(db);
+    // The started runs of chains moved: the states of their steps not ended are gone (the view
+    // shows them), their tasks are marked, with their step's start. Ended runs keep their rows.
+    CHECK(q(db,
+            "SELECT string_agg(r.input->>'n' || ':' || r.chained || '/' || (SELECT count(*)"
+            " FROM flowreg.step_states s WHERE s.run_id = r.id), ',' ORDER BY r.input->>'n')"
+            " FROM flowreg.runs r WHERE r.flow_slug IN ('pipe', 'trio')") ==
+          "1:true/0,2:true/0,3:true/0,4:true/1,5:true/1,6:false/2,7:false/3,8:false/3,9:true/2");
+    CHECK(q(db,
+            "SELECT count(*) || ' ' || count(*) FILTER (WHERE chained AND created_at IS NOT"
+            " NULL) FROM flowreg.tasks WHERE flow_slug IN ('pipe', 'trio')") == "6 6");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE chained AND flow_slug = 'fan'") == "0");
+    // Every run shows what it showed before, to the microsecond.
+    for (const auto& r : all) CHECK_MESSAGE(step_rows_of(after, r) == rows_before[r], r);
+
+    // A start that was waiting for the upgrade's lock on runs while it committed ran the
+    // previous start_runs: its run has the layout before 0017, and goes on in it.
+    const auto straggler = start(after, trio, Json{{"n", 10}});
+    exec(db,
+         "INSERT INTO flowreg.step_states SELECT v.run_id, v.step_slug, v.step_index, v.kind,"
+         " v.status, v.remaining_deps, v.remaining_tasks, v.task_count, v.output, v.error,"
+         " v.started_at, v.finished_at, v.attempts, v.worker_id FROM flowreg.steps v"
+         " WHERE v.run_id = '" +
+             straggler + "'; UPDATE flowreg.runs SET chained = false WHERE id = '" + straggler +
+             "'; UPDATE flowreg.tasks SET chained = false, created_at = NULL WHERE run_id = '" +
+             straggler + "'");
+    REQUIRE(steps_of(after, straggler) == "a started 0;b created 0;c created 0;");
+
+    // The old worker's held attempts are accepted; everything else finishes.
+    complete(after, a_held_task);
+    complete(after, b_held_task);
+    const std::map<std::string, Json> inputs = finish_all(after, db, flows);
+    REQUIRE(q(db, "SELECT count(*) FROM flowreg.runs WHERE status = 'started'") == "0");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
+    const auto out = [](const Json& in, std::initializer_list<const char*> steps) {
+      Json v = in;
+      std::string last;
+      for (const char* s : steps) {
+        v = Json{{"echo", s == std::string("a") ? v : Json{{last, v}}}};
+        last = s;
+      }
+      return Json{{last, v}};
+    };
+    for (const auto& [r, n] : std::vector<std::pair<fd::RunId, int>>{
+             {fresh, 1}, {a_held, 2}, {a_retry, 3}, {b_queued, 4}, {b_held, 5}}) {
+      CHECK_MESSAGE(run_info(after, r).output == out(Json{{"n", n}}, {"a", "b"}), r);
+      CHECK(steps_of(after, r) ==
+            (r == a_retry ? "a completed 2;b completed 1;" : "a completed 1;b completed 1;"));
+    }
+    CHECK(run_info(after, c_queued).output == out(Json{{"n", 9}}, {"a", "b", "c"}));
+    CHECK(inputs.at(c_queued + "/c/0") == Json{{"b", out(Json{{"n", 9}}, {"a", "b"})["b"]}});
+    CHECK(steps_of(after, c_queued) == "a completed 1;b completed 1;c completed 1;");
+    CHECK(run_info(after, straggler).output == out(Json{{"n", 10}}, {"a", "b", "c"}));
+    CHECK(q(db,
+            "SELECT string_agg(step_slug || ' ' || status, ',' ORDER BY step_index) FROM"
+            " flowreg.step_states WHERE run_id = '" +
+                straggler + "'") == "a completed,b completed,c completed");
+    for (const auto& r : {done, failed, cancelled})
+      CHECK_MESSAGE(step_rows_of(after, r) == rows_before[r], r);
+
+    // New runs of a chain take the new layout, in every way a step ends: completed, failed for
+    // good (the steps after it cancelled), cancelled while running.
+    const auto ok = start(after, trio, Json{{"n", 11}});
+    const auto bad = start(after, trio, Json{{"n", 12}});
+    const auto stop = start(after, trio, Json{{"n", 13}});
+    CHECK(q(db,
+            "SELECT count(*) FROM flowreg.runs WHERE chained AND input->>'n' IN ('11', '12',"
+            " '13')") == "3");
+    {
+      auto first = claim_all(after, flows);
+      for (const auto& r : {ok, bad, stop}) complete(after, task(first, r, "a"));
+      auto second = claim_all(after, flows);
+      complete(after, task(second, ok, "b"));
+      fail(after, task(second, bad, "b"), "flaky", false);
+      (void)task(second, stop, "b");  // held while the run is cancelled
+      auto c = after.cancel_run(stop);
+      REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+      CHECK(*c);
+    }
+    CHECK(steps_of(after, stop) == "a completed 1;b cancelled 1;c cancelled 0;");
+    CHECK(step_rows_of(after, stop).find("b cancelled tasks 1 attempts 1 worker - started ") !=
+          std::string::npos);
+    CHECK(steps_of(after, bad) == "a completed 1;b started 1;c created 0;");
+    std::this_thread::sleep_for(400ms);  // the retry falls due
+    {
+      auto third = claim_all(after, flows);
+      fail(after, task(third, bad, "b"), "broken", true);
+      complete(after, task(third, ok, "c"));
+    }
+    CHECK(steps_of(after, bad) == "a completed 1;b failed 2;c cancelled 0;");
+    const auto bad_info = run_info(after, bad);
+    CHECK(bad_info.status == fd::RunStatus::failed);
+    const auto bad_steps = after.run_steps(bad);
+    REQUIRE(bad_steps);
+    REQUIRE(bad_steps->size() == 3);
+    CHECK((*bad_steps)[1].error == bad_info.error);
+    CHECK((*bad_steps)[1].worker == "old-worker");
+    CHECK((*bad_steps)[1].started_at == (*bad_steps)[0].finished_at);
+    CHECK((*bad_steps)[2].finished_at == bad_info.finished_at);
+    CHECK(run_info(after, ok).output == out(Json{{"n", 11}}, {"a", "b", "c"}));
+    CHECK(steps_of(after, ok) == "a completed 1;b completed 1;c completed 1;");
+    CHECK(q(db, "SELECT count(*) FROM flowreg.tasks") == "0");
   }
 }
