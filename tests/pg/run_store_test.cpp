@@ -832,6 +832,84 @@ TEST_SUITE("run_store") {
     }
   }
 
+  // The same for a chain's steps (migration 0017: a step's state is inserted as it ends, the next
+  // step's task created claimed in that statement): refused outputs, and a failure whose text is
+  // not UTF-8 and holds U+0000, in one call with valid outputs (bytes that are not UTF-8, nesting,
+  // a large string): the refused and the failed end alone, each with its step state; the others'
+  // next steps are claimed in that call, with the outputs as stored for input.
+  TEST_CASE("a chain's batch with refused outputs and a hostile failure: the rest go on") {
+    auto scene =
+        small_stack("rs_refused_chain", flow("refused_chain", {step("a"), step("b", {"a"})}));
+    auto& store = scene.store;
+    const std::span<const FlowKey> flows(&scene.key, 1);
+    const Json deep = nested_array(3000);  // refused by the server, not by the check before sending
+    const Json nested = nested_array(50);  // accepted
+    const std::string big(1 << 20, 'x');
+    std::vector<Completion> batch;
+    std::vector<Failure> failures;
+    for (const auto& t : scene.claimed) {
+      const int n = t.input.get<int>();
+      Json out = Json::object(
+          {{"s", "bad \xff\xfe bytes " + std::to_string(n)}, {"nested", nested}, {"big", big}});
+      if (n == 2) out = Json::object({{"s", std::string("a\0b", 3)}});
+      if (n == 4) out = deep;
+      if (n == 5)
+        failures.push_back({t.id, t.attempt, std::string("broken \xff\xfe \0 end", 14), true});
+      else
+        batch.push_back({t.id, t.attempt, out});
+    }
+    auto done = store.work("w1", batch, failures, flows, 100, std::nullopt);
+    REQUIRE_MESSAGE(done, flowreg::testing::failure_text(done));
+    CHECK(done->rejected.empty());
+    CHECK(done->refused.size() == 2);
+    // Four runs' step b, claimed in that call; its input is a's output as stored.
+    REQUIRE(done->claimed.size() == 4);
+    std::set<RunId> going;
+    for (const auto& t : done->claimed) {
+      CHECK(t.step_slug == "b");
+      CHECK(t.attempt == 1);
+      going.insert(t.run_id);
+      const Json& a = t.input.at("a");
+      const auto& text = a.at("s").get_ref<const std::string&>();
+      CHECK(fd::is_utf8(text));
+      CHECK(text.rfind("bad \xEF\xBF\xBD", 0) == 0);
+      CHECK(a.at("nested") == nested);
+      CHECK(a.at("big") == Json(big));
+    }
+    CHECK(going == std::set<RunId>{scene.runs[0], scene.runs[1], scene.runs[3], scene.runs[6]});
+    for (int i : {2, 4, 5}) {
+      CAPTURE(i);
+      const RunId& run = scene.runs[static_cast<std::size_t>(i)];
+      const auto info = run_info(store, run);
+      CHECK(info.status == RunStatus::failed);
+      const std::string error = info.error.value_or("");
+      CHECK(fd::is_utf8(error));
+      CHECK(contains(error, i == 2 ? "U+0000" : i == 4 ? "stack depth" : "broken \xEF\xBF\xBD"));
+      auto steps = store.run_steps(run);
+      REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+      REQUIRE(steps->size() == 2);
+      CHECK((*steps)[0].status == "failed");
+      CHECK((*steps)[0].error == info.error);
+      CHECK((*steps)[0].attempts == 1);
+      CHECK((*steps)[1].status == "cancelled");
+    }
+    // Their completion completes the four runs; a's state keeps its output as stored.
+    std::vector<Completion> rest;
+    for (const auto& t : done->claimed) rest.push_back({t.id, t.attempt, Json{{"ok", true}}});
+    CHECK(complete(store, rest).empty());
+    for (const auto& run : going) {
+      CAPTURE(run);
+      CHECK(run_info(store, run).output == Json{{"b", {{"ok", true}}}});
+      auto steps = store.run_steps(run);
+      REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+      REQUIRE(steps->size() == 2);
+      CHECK((*steps)[0].status == "completed");
+      REQUIRE((*steps)[0].output);
+      CHECK((*steps)[0].output->at("big") == Json(big));
+      CHECK((*steps)[1].status == "completed");
+    }
+  }
+
   // Completing a batch reads tasks by primary key only, whatever the statistics say: with a full
   // queue analyzed (most tasks queued), neither the tasks' partial indexes nor a scan of
   // step_states or runs serve a completion.
