@@ -646,3 +646,58 @@ TEST_SUITE("loop_lanes") {
     CHECK(claimed_at - delivered_at <= 12);
   }
 }
+
+TEST_SUITE("loop_state") {
+  TEST_CASE(
+      "a result wakes the loop when it may make a round due: the outbox's first, the one that "
+      "fills it to flush_at, the last running task's; not the ones in between") {
+    auto state = std::make_shared<fd::LoopState>(
+        fd::FlowKey{"f", "v1"}, std::unordered_map<std::string, fd::StepHandler>{});
+    int wakes = 0;
+    state->set_waker([&] { ++wakes; }, /*flush_at=*/4);
+    const auto task = [](fd::TaskId id) {
+      fd::ClaimedTask t;
+      t.id = id;
+      t.attempt = 1;
+      t.timeout = 60'000ms;
+      return t;
+    };
+    const auto done = [&](fd::TaskId id) {
+      return state->put_result(id, fd::Completion{id, 1, fd::Json::object(), 2}, std::nullopt);
+    };
+    for (fd::TaskId id = 1; id <= 9; ++id) state->hold(task(id), fd::SteadyTime::max());
+    CHECK(done(1) == fd::LoopState::Put::queued);
+    CHECK(wakes == 1);  // the first: the loop sets its flush timer
+    done(2);
+    CHECK(wakes == 1);  // in between: the timer flushes it
+    done(3);
+    CHECK(wakes == 1);
+    done(4);
+    CHECK(wakes == 2);  // flush_at reached
+    done(5);
+    CHECK(wakes == 3);  // past flush_at, still due
+    CHECK(state->has_results());
+    fd::SteadyTime wake_at;
+    auto round = state->take_round(/*poll_due=*/false, 4, 2ms, /*draining=*/false, wake_at);
+    REQUIRE(round);
+    CHECK(round->completions.size() == 5);
+    CHECK_FALSE(state->has_results());
+    state->forget(round->completions, round->failures);
+    done(6);
+    CHECK(wakes == 4);  // the outbox's first again
+    // Tasks 7, 8 and 9 run. Task 7 is given back while running, task 8 completes: one runs on.
+    CHECK(state->give_back(7));
+    done(8);
+    CHECK(wakes == 4);
+    // The last running task's result, under flush_at: nothing else will come, so the round is due.
+    done(9);
+    CHECK(wakes == 5);
+    round = state->take_round(false, 4, 2ms, false, wake_at);
+    REQUIRE(round);
+    CHECK(round->completions.size() == 3);
+    // A result given back after a failed round trip wakes the loop, as before.
+    state->put_back(std::move(round->completions), {});
+    CHECK(wakes == 6);
+    CHECK(state->has_results());
+  }
+}

@@ -4,10 +4,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "worker/handler_pool.hpp"
 
@@ -40,5 +44,49 @@ TEST_SUITE("handler_pool") {
     CHECK(b.get() == "out of luck");
     CHECK(c.wait_for(std::chrono::seconds(60)) == std::future_status::ready);
     CHECK(pool.close_and_wait(std::chrono::steady_clock::time_point::max()));
+  }
+}
+
+TEST_SUITE("handler_pool") {
+  TEST_CASE(
+      "jobs submitted together wake as many threads as they need: each runs at once on its own "
+      "thread; once closed, none is queued") {
+    for (const int jobs : {4, 3}) {
+      CAPTURE(jobs);
+      HandlerPool pool(4);
+      // Every thread asleep first (a thread just started takes a job without being woken).
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      // Each job waits until every job of the batch is running: were a thread left asleep, the
+      // last job would wait in the queue and no job would end.
+      std::mutex mu;
+      std::condition_variable cv;
+      int running = 0;
+      std::atomic<int> ended{0};
+      std::vector<HandlerPool::Job> batch;
+      for (int i = 0; i < jobs; ++i) {
+        HandlerPool::Job job;
+        job.run = [&, jobs] {
+          std::unique_lock lock(mu);
+          ++running;
+          cv.notify_all();
+          if (cv.wait_for(lock, std::chrono::seconds(60), [&] { return running == jobs; })) ++ended;
+        };
+        batch.push_back(std::move(job));
+      }
+      REQUIRE(pool.submit_all(std::move(batch)));
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+      while (ended.load() < jobs && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      CHECK(ended.load() == jobs);
+      CHECK(pool.close_and_wait(std::chrono::steady_clock::time_point::max()));
+      std::atomic<int> touched{0};
+      std::vector<HandlerPool::Job> late(2);
+      for (auto& job : late) {
+        job.run = [&] { ++touched; };
+        job.cancel = [&] { ++touched; };
+      }
+      CHECK_FALSE(pool.submit_all(std::move(late)));
+      CHECK(touched.load() == 0);
+    }
   }
 }

@@ -157,27 +157,42 @@ void Engine::release_slots(int n) {
 }
 
 void Engine::dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task) {
-  state->hold(task, parts_.now() + renew_period(task.timeout, options_.lease));
-  auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
-  HandlerPool::Job job;
-  job.run = [this, state, shared_task, claimed = std::chrono::steady_clock::now()] {
-    run_task(state, *shared_task, claimed);
-  };
-  job.fail = [this, state, shared_task](std::string what) {
-    // Thrown after its result was queued (by logging, say): that result stands.
-    if (state->result_queued(shared_task->id)) return;
-    record_result(
-        state, *shared_task, std::nullopt,
-        Failure{shared_task->id, shared_task->attempt,
-                utf8_valid(fmt::format("step '{}': the worker failed running its handler: {}",
-                                       shared_task->step_slug, what)),
-                /*permanent=*/true});
-  };
-  job.cancel = [this, state, shared_task] {
-    give_back(*state, *shared_task, /*count_unstarted=*/true);
-  };
-  // Closed: the worker is finishing. Give the task back rather than drop it.
-  if (!pool_.submit(std::move(job))) give_back(*state, *shared_task, /*count_unstarted=*/false);
+  std::vector<ClaimedTask> one;
+  one.push_back(std::move(task));
+  dispatch(state, std::move(one));
+}
+
+void Engine::dispatch(const std::shared_ptr<LoopState>& state, std::vector<ClaimedTask> tasks) {
+  if (tasks.empty()) return;
+  std::vector<HandlerPool::Job> jobs;
+  std::vector<std::shared_ptr<ClaimedTask>> held;
+  jobs.reserve(tasks.size());
+  held.reserve(tasks.size());
+  const auto claimed = std::chrono::steady_clock::now();
+  for (auto& task : tasks) {
+    state->hold(task, parts_.now() + renew_period(task.timeout, options_.lease));
+    auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
+    HandlerPool::Job job;
+    job.run = [this, state, shared_task, claimed] { run_task(state, *shared_task, claimed); };
+    job.fail = [this, state, shared_task](std::string what) {
+      // Thrown after its result was queued (by logging, say): that result stands.
+      if (state->result_queued(shared_task->id)) return;
+      record_result(
+          state, *shared_task, std::nullopt,
+          Failure{shared_task->id, shared_task->attempt,
+                  utf8_valid(fmt::format("step '{}': the worker failed running its handler: {}",
+                                         shared_task->step_slug, what)),
+                  /*permanent=*/true});
+    };
+    job.cancel = [this, state, shared_task] {
+      give_back(*state, *shared_task, /*count_unstarted=*/true);
+    };
+    jobs.push_back(std::move(job));
+    held.push_back(std::move(shared_task));
+  }
+  // Closed: the worker is finishing. Give the tasks back rather than drop them.
+  if (!pool_.submit_all(std::move(jobs)))
+    for (const auto& task : held) give_back(*state, *task, /*count_unstarted=*/false);
 }
 
 void Engine::give_back(LoopState& state, const ClaimedTask& task, bool count_unstarted) {

@@ -96,6 +96,8 @@ class Engine {
 
   // Runs a task claimed by `state`'s loop on the pool. REQUIRES: a slot acquired for it.
   void dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task);
+  // The tasks of one claim, queued on the pool together (one lock, one wake-up per thread needed).
+  void dispatch(const std::shared_ptr<LoopState>& state, std::vector<ClaimedTask> tasks);
 
   // Graceful shutdown. begin_drain: no loop claims any more; tasks not started are given back to
   // the database at once. held(): tasks still held (running, or results not recorded).

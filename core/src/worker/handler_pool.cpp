@@ -40,6 +40,20 @@ bool HandlerPool::submit(Job job) {
   return true;
 }
 
+bool HandlerPool::submit_all(std::vector<Job> jobs) {
+  {
+    std::lock_guard lock(shared_->mu);
+    if (shared_->closed) return false;
+    for (auto& job : jobs) shared_->queue.push_back(std::move(job));
+  }
+  if (jobs.size() >= threads_.size()) {
+    shared_->work_cv.notify_all();
+  } else {
+    for (std::size_t i = 0; i < jobs.size(); ++i) shared_->work_cv.notify_one();
+  }
+  return true;
+}
+
 std::size_t HandlerPool::cancel_queued() {
   std::deque<Job> taken;
   {

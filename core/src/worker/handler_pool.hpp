@@ -40,6 +40,9 @@ class HandlerPool {
 
   // Queues a job; false (the job is not run, nor cancelled) once closed.
   bool submit(Job job);
+  // Queues jobs together (one lock; each idle thread woken once): all of them, or none (false)
+  // once closed.
+  bool submit_all(std::vector<Job> jobs);
   // Removes the queued jobs (not started) and cancels them; their count.
   std::size_t cancel_queued();
   // Jobs running now.

@@ -16,6 +16,10 @@ namespace {
 using Clock = std::chrono::steady_clock;
 // How long a result may wait for others to share its round trip.
 constexpr Millis kFlushDelay{2};
+// How many results make a round due at once: half a batch.
+std::size_t flush_at(const WorkerOptions& o) {
+  return static_cast<std::size_t>(std::max(1, o.batch_size / 2));
+}
 }  // namespace
 
 LoopLanes::LoopLanes(Engine& engine) : engine_(engine) {
@@ -55,7 +59,7 @@ std::shared_ptr<const LoopLanes::Loop> LoopLanes::add(FlowDef flow,
   // waker, and the loop slept until the next poll of idle flows with its results unrecorded.) A
   // wake-up before the entry exists finds none and is not needed: the entry is queued below, and
   // its first round takes whatever the state holds then.
-  loop->state->set_waker([this, raw = loop.get()] { wake(raw); });
+  loop->state->set_waker([this, raw = loop.get()] { wake(raw); }, flush_at(engine_.options()));
   {
     MutexLock lock(mu_);
     Entry& e = entries_[loop.get()];
@@ -147,7 +151,6 @@ LoopLanes::Work LoopLanes::next_work(SteadyTime now) {
       return work;
     }
   }
-  const std::size_t flush_at = static_cast<std::size_t>(std::max(1, o.batch_size / 2));
   while (!ready_.empty()) {
     const Loop* raw = ready_.front();
     ready_.pop_front();
@@ -172,7 +175,7 @@ LoopLanes::Work LoopLanes::next_work(SteadyTime now) {
     }
     const bool poll_due = now >= e.next_poll;
     SteadyTime flush_at_time = SteadyTime::max();
-    auto round = e.loop->state->take_round(poll_due, flush_at, kFlushDelay, engine_.draining(),
+    auto round = e.loop->state->take_round(poll_due, flush_at(o), kFlushDelay, engine_.draining(),
                                            flush_at_time);
     if (!round) {
       if (flush_at_time != SteadyTime::max()) set_timer(e, flush_at_time);
@@ -298,7 +301,7 @@ LoopLanes::Done LoopLanes::trip(const Loop& loop, LoopState::Round& round) {
   done.claimed_for = round.want_claim;
   done.next_due_in = result->next_due_in;
   engine_.release_slots(limit - done.claimed);
-  for (auto& task : result->claimed) engine_.dispatch(state, std::move(task));
+  engine_.dispatch(state, std::move(result->claimed));
   return done;
 }
 
@@ -397,6 +400,8 @@ void LoopLanes::settle(const Work& work, Done& done, SteadyTime now,
     return;
   }
   if (done.claimed > 0) e.last_claim = now;
+  // Results the round left (over kMaxRecordBytes) may wake no one: the loop looks at them again.
+  if (e.loop->state->has_results()) enqueue(e);
   if (done.full) {
     claim_again.push_back(e.loop->state);  // there may be more: it queues again, at the back
   } else if (done.claimed_for && done.next_due_in) {

@@ -31,9 +31,10 @@ const StepHandler* LoopState::handler(const std::string& step) const {
   return it == handlers_.end() || !it->second.invoke ? nullptr : &it->second;
 }
 
-void LoopState::set_waker(std::function<void()> waker) {
+void LoopState::set_waker(std::function<void()> waker, std::size_t flush_at) {
   MutexLock lock(mu_);
   waker_ = std::move(waker);
+  flush_at_ = std::max<std::size_t>(flush_at, 1);
 }
 
 void LoopState::want_claim() {
@@ -151,7 +152,10 @@ void LoopState::forget(const std::vector<Completion>& completions,
   MutexLock lock(mu_);
   const auto forget_one = [&](TaskId id) FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
     auto it = held_.find(id);
-    if (it != held_.end() && it->second.result_pending) held_.erase(it);
+    if (it != held_.end() && it->second.result_pending) {
+      held_.erase(it);
+      --pending_;
+    }
   };
   for (const auto& c : completions) forget_one(c.id);
   for (const auto& f : failures) forget_one(f.id);
@@ -167,6 +171,7 @@ bool LoopState::take_retired(std::vector<Completion>& completions, std::vector<F
 void LoopState::hold(const ClaimedTask& task, SteadyTime next_renew) {
   MutexLock lock(mu_);
   HeldTask& held = held_[task.id];
+  if (held.result_pending) --pending_;
   held = HeldTask{};
   held.attempt = task.attempt;
   held.timeout = task.timeout;
@@ -180,7 +185,11 @@ void LoopState::started(TaskId id, SteadyTime now) {
 
 bool LoopState::give_back(TaskId id) {
   MutexLock lock(mu_);
-  return held_.erase(id) > 0;
+  auto it = held_.find(id);
+  if (it == held_.end()) return false;
+  if (it->second.result_pending) --pending_;
+  held_.erase(it);
+  return true;
 }
 
 LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> completion,
@@ -189,22 +198,27 @@ LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> comple
   std::function<void()> wake;
   {
     MutexLock lock(mu_);
-    wake = waker_;
     auto it = held_.find(id);
     if (it == held_.end()) return Put::unknown;
     if (it->second.abandoned) {
       put = it->second.stuck ? Put::dropped_stuck : Put::dropped;
       held_.erase(it);
     } else {
-      if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();
+      const bool first = completions_.empty() && failures_.empty();
+      if (first) first_result_at_ = Clock::now();
       if (completion) completions_.push_back(std::move(*completion));
       if (failure) failures_.push_back(std::move(*failure));
+      if (!it->second.result_pending) ++pending_;
       it->second.result_pending = true;  // held (and its lease renewed) until recorded
       put = Put::queued;
+      // The loop is woken when this result may make a round due (see set_waker); a result in
+      // between waits for the flush timer the first one set, or for a later wake-up.
+      if (first || completions_.size() + failures_.size() >= flush_at_ || pending_ >= held_.size())
+        wake = waker_;
     }
   }
   cv_.notify_all();
-  if (wake && put == Put::queued) wake();
+  if (wake) wake();
   return put;
 }
 
@@ -212,6 +226,11 @@ bool LoopState::result_queued(TaskId id) const {
   MutexLock lock(mu_);
   auto it = held_.find(id);
   return it != held_.end() && it->second.result_pending;
+}
+
+bool LoopState::has_results() const {
+  MutexLock lock(mu_);
+  return !completions_.empty() || !failures_.empty();
 }
 
 int LoopState::held() const {

@@ -57,9 +57,12 @@ class LoopState {
   const StepHandler* handler(const std::string& step) const;
 
   // ---- The loop's side.
-  // Called (with no lock held) whenever a round may be due: a claim wanted, a result queued or put
-  // back, a task timed out, stopping. Empty: nothing is called.
-  void set_waker(std::function<void()> waker);
+  // Called (with no lock held) whenever a round may be due: a claim wanted, a result put back, a
+  // task timed out, stopping, and a result queued when it is the outbox's first (the loop then
+  // sets its flush timer), fills it to flush_at, or leaves no task running; not for the results
+  // in between (a wake-up each, for nothing to do, cost more than their handlers). Empty: nothing
+  // is called.
+  void set_waker(std::function<void()> waker, std::size_t flush_at = 1);
   // There may be tasks to claim (a notification, capacity freed, a full claim): wakes the loop.
   void want_claim();
   // The loop must not make round trips any more (wakes it). The loop then retires the state: the
@@ -108,6 +111,8 @@ class LoopState {
   Put put_result(TaskId id, std::optional<Completion> completion, std::optional<Failure> failure);
   // True when the task's result is in the outbox or being recorded.
   bool result_queued(TaskId id) const;
+  // Whether the outbox holds results.
+  bool has_results() const;
   // Tasks held, and results waiting whose task is no longer held (timed out: the failure is the
   // keeper's to record).
   int held() const;
@@ -159,8 +164,10 @@ class LoopState {
   mutable AnnotatedMutex mu_;
   std::condition_variable_any cv_;  // outbox filled, claim wanted, stopping
   std::function<void()> waker_ FLOWREG_GUARDED_BY(mu_);
+  std::size_t flush_at_ FLOWREG_GUARDED_BY(mu_) = 1;
   std::atomic<bool> stop_requested_{false};  // stopping_, readable under other locks
   std::unordered_map<TaskId, HeldTask> held_ FLOWREG_GUARDED_BY(mu_);
+  std::size_t pending_ FLOWREG_GUARDED_BY(mu_) = 0;  // held_ entries with result_pending
   std::vector<Completion> completions_ FLOWREG_GUARDED_BY(mu_);  // the outbox
   std::vector<Failure> failures_ FLOWREG_GUARDED_BY(mu_);        // the outbox
   // When the outbox last became non-empty (by the steady clock: lanes wait on it).
