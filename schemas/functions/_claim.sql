@@ -6,7 +6,8 @@
 -- is gone has no attempt left); its timeout is the copy it took when it was created.
 -- The tasks this transaction created already claimed (transaction setting flowreg.claimed, a
 -- comma-separated list of ids that _claimed_here wrote for _account_steps and _start_steps within
--- a work() call) are returned too, and counted first in p_limit.
+-- a work() call) are returned too, and counted first in p_limit, after p_taken: the tasks the
+-- caller claimed and returns itself (a chain's next steps, see _complete_locked and work).
 --
 -- Generic plans: PL/pgSQL would otherwise plan the claim query again on every call while it
 -- estimates the generic plan dearer. A generic plan is made once, from the statistics of that
@@ -14,7 +15,7 @@
 -- are off here: every statement is driven by primary keys, flow keys or the queue indexes
 -- (tests/pg/run_store_test.cpp checks the plans made on empty tables).
 CREATE OR REPLACE FUNCTION flowreg._claim(p_worker text, p_flows jsonb, p_limit int,
-                                          p_lease_ms bigint)
+                                          p_lease_ms bigint, p_taken int DEFAULT 0)
 RETURNS TABLE (id bigint, run_id uuid, flow_slug text, flow_version text, step_slug text,
                task_index int, attempt int, input jsonb, max_attempts int, timeout_ms bigint,
                lease_expires_at timestamptz)
@@ -98,10 +99,10 @@ BEGIN
         AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at <= now()
       ORDER BY q.available_at
-      LIMIT greatest(p_limit - coalesce(cardinality(v_direct), 0), 0)
+      LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
       FOR UPDATE SKIP LOCKED) c
     ORDER BY c.available_at
-    LIMIT greatest(p_limit - coalesce(cardinality(v_direct), 0), 0)
+    LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
   ),
   -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
   -- array), never by a join the planner could turn into a merge join over a scan of tasks.
@@ -138,5 +139,5 @@ BEGIN
     OFFSET 0) fs ON true;
 END $$;
 
-ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint)
+ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint, int)
   SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;

@@ -1,4 +1,7 @@
--- Records completions of started tasks whose attempt matches; returns the ids accepted.
+-- Records completions of started tasks whose attempt matches; returns the ids accepted, and the
+-- tasks of a chain's next steps it created claimed by the worker of the work() call (claimed_*,
+-- NULL when none: ids, runs, flow slugs and versions, step slugs, inputs, attempts allowed,
+-- timeouts, lease ends; each at task index 0 and attempt 1), which work() returns as claimed.
 -- p_batch: [{"id", "attempt", "output"}] (an id given twice: the last entry counts). A step whose
 -- last task completed is complete, with its output (a single step's: its one task's; a map step's:
 -- its tasks' in task order); then its dependents may start and its run may complete. A run of a
@@ -23,8 +26,12 @@
 -- index on status (tasks_leased, tasks_queued) matches. (The previous form looked every row up in
 -- jsonb objects keyed by id: a key built and searched per column, which cost more than the
 -- probes.)
-CREATE OR REPLACE FUNCTION flowreg._complete_locked(p_batch jsonb)
-RETURNS bigint[] LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION flowreg._complete_locked(
+  p_batch jsonb, OUT accepted bigint[], OUT claimed_ids bigint[], OUT claimed_runs uuid[],
+  OUT claimed_flows text[], OUT claimed_versions text[], OUT claimed_steps text[],
+  OUT claimed_inputs jsonb[], OUT claimed_max_attempts int[], OUT claimed_timeouts bigint[],
+  OUT claimed_leases timestamptz[])
+LANGUAGE plpgsql AS $$
 DECLARE
   v_acc bigint[];
   -- The completed tasks per step: the step, its flow, how many, the output (a single step's),
@@ -50,7 +57,6 @@ DECLARE
   v_chained boolean[];  -- per step above: its run is a chain's (migration 0017)
   v_started timestamptz[];  -- per step above, a chain's: its start (its task's created_at)
   v_claim jsonb;        -- see _account_steps: a work() call's worker takes what it has room for
-  v_mine bigint[];
   v_queued text[];      -- flows of the tasks created queued
   v_ended uuid[];
 BEGIN
@@ -114,7 +120,8 @@ BEGIN
                array_agg(started_at)
         FROM per) p;
   IF v_acc IS NULL THEN
-    RETURN '{}';
+    accepted := '{}';
+    RETURN;
   END IF;
 
   -- A run of a one-step flow: its step's completion completes it. One started in the layout
@@ -152,11 +159,23 @@ BEGIN
   -- locked and started (its task was still started).
   IF true = ANY (v_chained) THEN
     v_claim := nullif(current_setting('flowreg.claim', true), '')::jsonb;
+    -- The next steps' tasks take their ids here, so that those claimed by this call's worker
+    -- (mine) are returned from these rows, with their input (this step's output), rather than
+    -- read back by _claim.
     WITH c AS MATERIALIZED (
       SELECT p.run_id, p.step_slug, p.flow_slug, p.flow_version, p.output, p.attempts, p.worker_id,
              p.started_at, fs.step_index, fs.is_leaf, nx.step_slug AS next_slug,
-             nx.timeout_ms AS next_timeout,
-             coalesce(v_claim->'flows' ? (p.flow_slug || ' ' || p.flow_version), false) AS served
+             nx.timeout_ms AS next_timeout, nx.max_attempts AS next_max_attempts,
+             CASE WHEN nx.step_slug IS NOT NULL THEN nextval('flowreg.tasks_id_seq') END AS next_id,
+             -- Claimed by this call's worker: a next step of a flow it serves, as far as it has
+             -- room.
+             coalesce(v_claim->'flows' ? (p.flow_slug || ' ' || p.flow_version)
+                        AND nx.step_slug IS NOT NULL
+                        AND row_number() OVER (PARTITION BY
+                              v_claim->'flows' ? (p.flow_slug || ' ' || p.flow_version)
+                                AND nx.step_slug IS NOT NULL)
+                            <= (v_claim->>'left')::int,
+                      false) AS mine
       FROM unnest(v_runs, v_steps, v_flows, v_versions, v_outputs, v_attempts, v_workers,
                   v_chained, v_started)
            AS p(run_id, step_slug, flow_slug, flow_version, output, attempts, worker_id, chained,
@@ -165,7 +184,8 @@ BEGIN
                           WHERE f.flow_slug = p.flow_slug AND f.version = p.flow_version
                             AND f.step_slug = p.step_slug OFFSET 0) fs
       -- The next step: the one step depending on this one (none for the leaf).
-      LEFT JOIN LATERAL (SELECT fd.step_slug, n.timeout_ms FROM flowreg.flow_deps fd
+      LEFT JOIN LATERAL (SELECT fd.step_slug, n.timeout_ms, n.max_attempts
+                         FROM flowreg.flow_deps fd
                          JOIN flowreg.flow_steps n ON n.flow_slug = fd.flow_slug
                                                    AND n.version = fd.version
                                                    AND n.step_slug = fd.step_slug
@@ -181,23 +201,18 @@ BEGIN
              c.started_at, now(), c.attempts, c.worker_id
       FROM c
     ),
-    ranked AS (
-      SELECT c.*, c.served AND row_number() OVER (PARTITION BY c.served)
-                               <= (v_claim->>'left')::int AS mine
-      FROM c WHERE c.next_slug IS NOT NULL
-    ),
     started AS (
-      INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
+      INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
                                  timeout_ms, status, attempt, worker_id, started_at,
                                  lease_expires_at, chained, created_at)
-      SELECT k.run_id, k.next_slug, 0, k.flow_slug, k.flow_version, k.next_timeout,
+      OVERRIDING SYSTEM VALUE
+      SELECT k.next_id, k.run_id, k.next_slug, 0, k.flow_slug, k.flow_version, k.next_timeout,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine
                   THEN flowreg._lease_end(k.next_timeout, (v_claim->>'lease_ms')::bigint) END,
              true, now()
-      FROM ranked k
-      RETURNING id, flow_slug, status
+      FROM c k WHERE k.next_slug IS NOT NULL
     ),
     ended AS (
       UPDATE flowreg.runs r
@@ -207,11 +222,26 @@ BEGIN
       WHERE c.is_leaf AND r.id = ANY (ARRAY[c.run_id]) AND r.status = 'started'
       RETURNING r.id
     )
-    SELECT (SELECT array_agg(DISTINCT s.flow_slug) FROM started s WHERE s.status = 'queued'),
-           (SELECT array_agg(s.id) FROM started s WHERE s.status = 'started'),
-           (SELECT array_agg(e.id) FROM ended e)
-    INTO v_queued, v_mine, v_ended;
-    PERFORM flowreg._claimed_here(v_claim, v_mine);
+    SELECT (SELECT array_agg(DISTINCT k.flow_slug) FROM c k
+            WHERE k.next_slug IS NOT NULL AND NOT k.mine),
+           (SELECT array_agg(e.id) FROM ended e),
+           m.*
+    INTO v_queued, v_ended, claimed_ids, claimed_runs, claimed_flows, claimed_versions,
+         claimed_steps, claimed_inputs, claimed_max_attempts, claimed_timeouts, claimed_leases
+    FROM (SELECT array_agg(k.next_id), array_agg(k.run_id), array_agg(k.flow_slug),
+                 array_agg(k.flow_version), array_agg(k.next_slug),
+                 array_agg(jsonb_build_object(k.step_slug, k.output)),
+                 array_agg(k.next_max_attempts), array_agg(k.next_timeout),
+                 array_agg(flowreg._lease_end(k.next_timeout, (v_claim->>'lease_ms')::bigint))
+          FROM c k WHERE k.mine) m;
+    IF claimed_ids IS NOT NULL THEN
+      -- The worker's room shrinks by these tasks (for _account_steps' in the same call).
+      PERFORM set_config('flowreg.claim',
+                         jsonb_set(v_claim, '{left}',
+                                   to_jsonb((v_claim->>'left')::int - cardinality(claimed_ids)))
+                           ::text,
+                         true);
+    END IF;
     IF v_queued IS NOT NULL THEN
       PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_queued) AS f;
     END IF;
@@ -266,7 +296,7 @@ BEGIN
       PERFORM flowreg._start_steps(v_going);
     END IF;
   END IF;
-  RETURN v_acc;
+  accepted := v_acc;
 END $$;
 
 ALTER FUNCTION flowreg._complete_locked(jsonb)

@@ -13,7 +13,7 @@ BEGIN
   END IF;
   -- The runs of its tasks that are not solo; a solo task and its run are locked by their writes.
   PERFORM flowreg._lock_step_runs_of(v_ids);
-  RETURN flowreg._rejected(v_ids, flowreg._complete_locked(p_batch));
+  RETURN flowreg._rejected(v_ids, (flowreg._complete_locked(p_batch)).accepted);
 END $$;
 
 ALTER FUNCTION flowreg.complete_tasks(jsonb) SET jit = off;

@@ -25,6 +25,17 @@ DECLARE
   v_rejected bigint[] := '{}';
   v_ids bigint[];
   v_acc bigint[];
+  -- The tasks of a chain's next steps created claimed by this call (see _complete_locked), with
+  -- every column _claim would return.
+  v_ids_c bigint[];
+  v_runs_c uuid[];
+  v_flows_c text[];
+  v_versions_c text[];
+  v_steps_c text[];
+  v_inputs_c jsonb[];
+  v_attempts_c int[];
+  v_timeouts_c bigint[];
+  v_leases_c timestamptz[];
 BEGIN
   IF coalesce(jsonb_array_length(p_completions), 0) = 0
      AND coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
@@ -59,7 +70,9 @@ BEGIN
     END IF;
     v_acc := '{}';
     IF jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
-      v_acc := flowreg._complete_locked(p_completions);
+      SELECT * INTO v_acc, v_ids_c, v_runs_c, v_flows_c, v_versions_c, v_steps_c, v_inputs_c,
+                    v_attempts_c, v_timeouts_c, v_leases_c
+      FROM flowreg._complete_locked(p_completions);
     END IF;
     IF jsonb_array_length(coalesce(p_failures, '[]')) > 0 THEN
       v_acc := v_acc || flowreg._fail_locked(p_failures);
@@ -72,8 +85,16 @@ BEGIN
                       NULL::int, NULL::int, NULL::jsonb, NULL::int, NULL::bigint,
                       NULL::timestamptz, NULL::bigint
                FROM unnest(v_rejected) AS r;
+  RETURN QUERY SELECT 'claimed'::text, c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug,
+                      0, 1, c.input, c.max_attempts, c.timeout_ms, c.lease_expires_at,
+                      NULL::bigint
+               FROM unnest(v_ids_c, v_runs_c, v_flows_c, v_versions_c, v_steps_c, v_inputs_c,
+                           v_attempts_c, v_timeouts_c, v_leases_c)
+                    AS c(id, run_id, flow_slug, flow_version, step_slug, input, max_attempts,
+                         timeout_ms, lease_expires_at);
   RETURN QUERY SELECT 'claimed'::text, c.*, NULL::bigint
-               FROM flowreg._claim(p_worker, p_flows, p_limit, p_lease_ms) c;
+               FROM flowreg._claim(p_worker, p_flows, p_limit, p_lease_ms,
+                                   coalesce(cardinality(v_ids_c), 0)) c;
   RETURN QUERY
     SELECT 'due'::text, NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::int,
            NULL::int, NULL::jsonb, NULL::int,

@@ -566,7 +566,9 @@ TEST_SUITE("migrations") {
          " p_lease_ms bigint) RETURNS TABLE (id bigint, run_id uuid, flow_slug text,"
          " flow_version text, step_slug text, task_index int, attempt int, input jsonb,"
          " max_attempts int, timeout_ms bigint, lease_expires_at timestamptz)"
-         " LANGUAGE sql AS $$ SELECT * FROM flowreg._claim(p_worker, p_flows, 0, p_lease_ms) $$;"
+         " LANGUAGE sql AS $$ SELECT NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text,"
+         " NULL::int, NULL::int, NULL::jsonb, NULL::int, NULL::bigint, NULL::timestamptz"
+         " WHERE false $$;"
          "DROP FUNCTION flowreg.work(text, jsonb, jsonb, jsonb, int, bigint);"
          "CREATE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb,"
          " p_flows jsonb, p_limit int, p_lease_ms bigint) RETURNS TABLE (kind text, id bigint)"
@@ -608,9 +610,12 @@ TEST_SUITE("migrations") {
     }
     CHECK(function_names(old) == file_names(fd::builtin_functions()));
     CHECK(files_not_matching(old, fd::builtin_functions()).empty());
-    // Replaced in place: the functions whose result did not change kept their OIDs.
-    CHECK(oid_of(old, "flowreg._claim(text, jsonb, int, bigint)") == claim_oid);
+    // Replaced in place: the functions whose result did not change kept their OIDs. _claim's
+    // file now defines it with a fifth parameter: that one is new, the former one gone (the
+    // schemas compared above list every overload).
     CHECK(oid_of(old, "flowreg.prune(interval)") == prune_oid);
+    CHECK(oid_of(old, "flowreg._claim(text, jsonb, int, bigint, int)") != claim_oid);
+    CHECK(query_one(old, "SELECT count(*) FROM pg_proc WHERE oid = " + claim_oid) == "0");
   }
 
   TEST_CASE("a function file replaces its functions in place when PostgreSQL allows it") {
