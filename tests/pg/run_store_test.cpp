@@ -910,6 +910,71 @@ TEST_SUITE("run_store") {
     }
   }
 
+  // A chain's next task created claimed goes back to work() from the statement that creates it,
+  // not read back by _claim: each column must be what the table and the step say, as for a task
+  // the queue gives, and the tasks so claimed count in the worker's room.
+  TEST_CASE("a chain's next steps claimed in place: every column as stored, within the room") {
+    auto env = open_env("rs_chain_in_place");
+    StepDef a = step("a");
+    a.options.max_attempts = 2;
+    a.options.timeout = Millis(20'000);
+    StepDef b = step("b", {"a"});
+    b.options.max_attempts = 4;
+    b.options.timeout = Millis(7'000);
+    const auto key = store_flow(env.store, flow("in_place", {a, b, step("c", {"b"})}));
+    const std::span<const FlowKey> flows(&key, 1);
+    for (int i = 0; i < 3; ++i) start(env.store, key, i);
+    auto first = env.store.work("w1", {}, {}, flows, 3, std::nullopt);
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
+    REQUIRE(first->claimed.size() == 3);
+    for (int i = 3; i < 5; ++i) start(env.store, key, i);  // two roots queued
+    std::vector<Completion> done;
+    for (const auto& t : first->claimed)
+      done.push_back({t.id, t.attempt, Json{{"n", t.input.get<int>()}}});
+    // Room for 2: two b tasks claimed in place, the third queued, nothing from the queue.
+    auto second = env.store.work("w1", done, {}, flows, 2, std::nullopt);
+    REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
+    REQUIRE(second->claimed.size() == 2);
+    CHECK(
+        sql_one(env.conninfo,
+                "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued' AND step_slug = 'b'") ==
+        "1");
+    // The queue gives the third b (and the two roots): its columns are _claim's.
+    auto third = env.store.work("w1", {}, {}, flows, 10, std::nullopt);
+    REQUIRE_MESSAGE(third, flowreg::testing::failure_text(third));
+    REQUIRE(third->claimed.size() == 3);
+    std::vector<ClaimedTask> bs = second->claimed;
+    for (const auto& t : third->claimed)
+      if (t.step_slug == "b") bs.push_back(t);
+    REQUIRE(bs.size() == 3);
+    for (const auto& t : bs) {
+      CAPTURE(t.id);
+      CHECK(t.flow_slug == key.slug);
+      CHECK(t.flow_version == key.version);
+      CHECK(t.step_slug == "b");
+      CHECK(t.task_index == 0);
+      CHECK(t.attempt == 1);
+      CHECK(t.max_attempts == 4);
+      CHECK(t.timeout == Millis(7'000));
+      REQUIRE(t.input.contains("a"));
+      CHECK(t.input == Json{{"a", {{"n", t.input.at("a").at("n")}}}});
+      const std::string id = std::to_string(t.id);
+      CHECK(sql_one(env.conninfo,
+                    "SELECT run_id::text || ' ' || status || ' ' || worker_id || ' ' || attempt ||"
+                    " ' ' || (lease_expires_at = started_at + interval '7 s') || ' ' ||"
+                    " (extract(epoch FROM lease_expires_at) * 1000000)::bigint"
+                    " FROM flowreg.tasks WHERE id = " +
+                        id) ==
+            t.run_id + " started w1 1 true " +
+                std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
+                                   t.lease_expires_at.time_since_epoch())
+                                   .count()));
+    }
+    std::set<int> inputs;
+    for (const auto& t : bs) inputs.insert(t.input.at("a").at("n").get<int>());
+    CHECK(inputs == std::set<int>{0, 1, 2});
+  }
+
   // Completing a batch reads tasks by primary key only, whatever the statistics say: with a full
   // queue analyzed (most tasks queued), neither the tasks' partial indexes nor a scan of
   // step_states or runs serve a completion.
