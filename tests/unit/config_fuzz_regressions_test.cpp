@@ -353,7 +353,8 @@ TEST_SUITE("schema") {
   }
 
   TEST_CASE(
-      "regression: a repetition count of 20 digits overflowed inside std::regex's parser; "
+      "regression: a repetition count of 20 digits overflowed inside std::regex's parser, with or "
+      "without its closing brace; "
       "repetitions that expand past 10,000 states are refused") {
     // fuzz_input_schema: a pattern with {99999999999999999999}; libstdc++ multiplies the digits
     // into a long without a check (undefined behaviour). Nested repetitions multiply the states
@@ -361,6 +362,14 @@ TEST_SUITE("schema") {
     CHECK(compile_problem(R"({"pattern": "a{99999999999999999999}"})") ==
           "invalid JSON Schema: pattern: 'a{99999999999999999999}' is not supported: its "
           "repetition count {99999999999999999999} is more than 10000");
+    // The same count without its '}' (fuzz_input_schema again): libstdc++ reads the digits as a
+    // count before it finds the brace missing.
+    CHECK(compile_problem(R"({"pattern": "a{6666666666666666666666661"})") ==
+          "invalid JSON Schema: pattern: 'a{6666666666666666666666661' is not supported: its "
+          "repetition count {6666666666666666666666661 is more than 10000");
+    CHECK(compile_problem(R"({"pattern": "a{1,99999999999999999999x"})")
+              .ends_with("is not supported: its repetition count {1,99999999999999999999x is more "
+                         "than 10000"));
     CHECK(compile_problem(R"({"patternProperties": {"^(ab{100}){100}$": {}}})")
               .ends_with("is not supported: it would expand to more than 10000 states (one per "
                          "character, and repetitions multiply what they repeat); write it "

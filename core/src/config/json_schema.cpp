@@ -146,7 +146,7 @@ constexpr std::size_t kMaxRegexNesting = 1'000;
 // character class or any other character is one state; a group the sum of its alternatives; `*`,
 // `+` and `?` double what they apply to; a repetition with bounds n and m multiplies it by
 // max(n, m) + 1. A '{' that does not start a well-formed repetition is a character, as std::regex
-// reads it.
+// reads it (but its count, if any, is bounded all the same).
 std::string regex_size_problem(const std::string& pattern) {
   struct Group {
     double outside = 0;  // the states of the enclosing groups (unchanged while this one is open)
@@ -219,12 +219,10 @@ std::string regex_size_problem(const std::string& pattern) {
           well_formed = c == '}' && digits;
           break;
         }
-        if (!well_formed) {
-          atom(g);
-          break;
-        }
         // The largest bound written (its digits as a number; more than 15 digits is too large
-        // whatever they say).
+        // whatever they say). Checked whether or not the repetition is well-formed: libstdc++
+        // reads the digits after any '{' as a count, and overflows on a long one before it finds
+        // no '}' (fuzz_input_schema: "a{6666...61" without its '}').
         double largest = 0;
         for (std::size_t k = i + 1; k < j;) {
           if (pattern[k] == ',') {
@@ -240,6 +238,10 @@ std::string regex_size_problem(const std::string& pattern) {
           return fmt::format("its repetition count {} is more than {}",
                              utf8_prefix(pattern.substr(i, j - i + 1), 40),
                              static_cast<long>(kMaxRegexStates));
+        if (!well_formed) {
+          atom(g);
+          break;
+        }
         g.last *= largest + 1;
         i = j;
         break;
