@@ -19,6 +19,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "worker/engine.hpp"
@@ -67,6 +68,12 @@ class FakeStore final : public fd::WorkerStore {
     std::lock_guard lock(mu_);
     due_[id] = std::chrono::steady_clock::now() + due_in;
   }
+  // Called (once, without the store's lock) by the next work() call that records results, before
+  // it records them: that round trip is in flight until it returns.
+  void on_record(std::function<void()> hook) {
+    std::lock_guard lock(mu_);
+    on_record_ = std::move(hook);
+  }
   // The next `n` work() calls that record results fail with `code`.
   void fail_recording(int n, Errc code) {
     std::lock_guard lock(mu_);
@@ -113,6 +120,12 @@ class FakeStore final : public fd::WorkerStore {
                                        std::span<const fd::Failure> failed,
                                        std::span<const fd::FlowKey> flows, int limit,
                                        Millis) override {
+    std::function<void()> hook;
+    {
+      std::lock_guard lock(mu_);
+      if (!done.empty() || !failed.empty()) hook = std::exchange(on_record_, {});
+    }
+    if (hook) hook();  // the first call that records results, before it records them
     std::lock_guard lock(mu_);
     if (fail_recording_ > 0 && (!done.empty() || !failed.empty())) {
       --fail_recording_;
@@ -218,6 +231,7 @@ class FakeStore final : public fd::WorkerStore {
   int fail_recording_ = 0;
   Errc fail_code_ = Errc::unavailable;
   int upserts_ = 0;
+  std::function<void()> on_record_;
 };
 
 HandlerOutcome ok() { return {HandlerOutcome::Status::ok, R"({"done":true})"}; }
@@ -258,8 +272,10 @@ class Gate {
 };
 
 struct Scene {
-  explicit Scene(int concurrency = 2, int batch = 4, int lanes = 2, Millis poll = 20ms) {
+  explicit Scene(int concurrency = 2, int batch = 4, int lanes = 2, Millis poll = 20ms,
+                 std::size_t max_output_bytes = fd::WorkerOptions{}.max_output_bytes) {
     options.worker_id = "test-worker";
+    options.max_output_bytes = max_output_bytes;
     options.concurrency = concurrency;
     options.batch_size = batch;
     options.loop_lanes = lanes;
@@ -399,6 +415,54 @@ TEST_SUITE("flow_loop") {
     s.loop->stop();  // as its supervisor does
     s.loop.reset();
     REQUIRE(s.store->wait([&] { return s.store->count_completed(10) == 1; }));
+  }
+  TEST_CASE(
+      "results past what one round trip records (64 MiB of outputs) are recorded by the next, "
+      "though no result is left to wake the loop") {
+    // One lane, no poll: only wake-ups move the loop. The first result's round trip is held in
+    // the store until the two others (33 MiB each) wait in the outbox; the next round takes one
+    // of them (two would pass kMaxRecordBytes), and nothing runs any more to wake the loop for
+    // the last.
+    Scene s(/*concurrency=*/3, /*batch=*/4, /*lanes=*/1, /*poll=*/Millis(3'600'000),
+            /*max_output_bytes=*/std::size_t{128} << 20);
+    const std::string big = "\"" + std::string(std::size_t{33} << 20, 'x') + "\"";
+    Gate gate;
+    struct OpenAtEnd {
+      Gate& gate;
+      ~OpenAtEnd() { gate.open(); }
+    } open_at_end{gate};
+    std::atomic<int> calls{0};
+    auto state = s.state([&] {
+      if (calls.fetch_add(1) == 0) return ok();
+      gate.pass();
+      return HandlerOutcome{HandlerOutcome::Status::ok, big};
+    });
+    // On the lane's thread: no assertion there (a failed REQUIRE would throw into the lane).
+    std::atomic<bool> held_trip{false}, all_waiting{false};
+    s.store->on_record([&] {
+      held_trip = true;
+      gate.open();
+      all_waiting = eventually([&] {
+        return state->result_queued(1) && state->result_queued(2) && state->result_queued(3);
+      });
+    });
+    for (fd::TaskId id = 1; id <= 3; ++id) s.store->add_ready(id);
+    s.start_loop(state);
+    REQUIRE(s.store->wait([&] {
+      return s.store->count_completed(1) + s.store->count_completed(2) +
+                 s.store->count_completed(3) ==
+             3;
+    }));
+    CHECK(held_trip.load());
+    CHECK(all_waiting.load());
+    // Three recording round trips, one result each.
+    int recording = 0;
+    for (const auto& trip : s.store->trips()) {
+      if (trip.completed.empty()) continue;
+      ++recording;
+      CHECK(trip.completed.size() == 1);
+    }
+    CHECK(recording == 3);
   }
 }
 
