@@ -80,8 +80,11 @@ std::vector<std::string> schema_of(const std::string& conninfo) {
       "SELECT c.relname || ' ' || c.relkind::text || ' ' || coalesce(array_to_string(c.reloptions, "
       "','),"
       " '') FROM pg_class c WHERE c.relnamespace = 'flowreg'::regnamespace ORDER BY 1",
-      "SELECT table_name || '.' || column_name || ' #' || ordinal_position || ' ' || data_type"
-      " || ' ' || is_nullable || ' ' || coalesce(column_default, '')"
+      // A column's place among the table's columns, not its attnum: a database that ran a
+      // migration moving columns again (0018) holds more dropped ones before them.
+      "SELECT table_name || '.' || column_name || ' #' || row_number() OVER (PARTITION BY"
+      " table_name ORDER BY ordinal_position) || ' ' || data_type || ' ' || is_nullable || ' ' ||"
+      " coalesce(column_default, '')"
       " FROM information_schema.columns WHERE table_schema = 'flowreg' ORDER BY 1",
       "SELECT indexdef FROM pg_indexes WHERE schemaname = 'flowreg' ORDER BY 1",
       "SELECT conrelid::regclass::text || ' ' || conname || ' ' || pg_get_constraintdef(oid)"
@@ -591,7 +594,7 @@ TEST_SUITE("migrations") {
 
     auto upgrade = fd::migrate(old);
     REQUIRE_MESSAGE(upgrade, flowreg::testing::failure_text(upgrade));
-    CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}));
+    CHECK(versions(*upgrade) == std::vector<int>({7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18}));
     CHECK(upgrade->functions.size() == fd::builtin_functions().size());
 
     // Alike but for the checksums recorded for 0001 to 0006, which stay those of their time.

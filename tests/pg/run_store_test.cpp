@@ -1016,6 +1016,56 @@ TEST_SUITE("run_store") {
           "512");
   }
 
+  // PostgreSQL logs an update that stays in its page as the new row's bytes between the first and
+  // the last that changed; the columns a completion changes are the last of runs (migration 0018),
+  // so the run's input, before them, is not logged again. Before 0018 it was: a completion of a
+  // run with a 1,000-byte input logged about 1,000 bytes more. Read from the WAL itself
+  // (pg_walinspect), the records of this database's runs table only, without full-page images.
+  TEST_CASE("a run's completion logs what it changes, not the run's input again") {
+    auto env = open_env("rs_completion_wal");
+    auto key = store_flow(env.store, flow("walin", {step("a")}));
+    sql_exec(env.conninfo, "CREATE EXTENSION IF NOT EXISTS pg_walinspect");
+    const std::string runs_rel = sql_one(
+        env.conninfo,
+        "SELECT 'rel ' || CASE WHEN reltablespace = 0 THEN (SELECT dattablespace FROM pg_database"
+        " WHERE datname = current_database()) ELSE reltablespace END || '/' || (SELECT oid FROM"
+        " pg_database WHERE datname = current_database()) || '/' || relfilenode || ' '"
+        " FROM pg_class WHERE oid = 'flowreg.runs'::regclass");
+    // Completes the runs started with `input`; the WAL their runs' rows took, per run, and the
+    // records it was in.
+    const auto completion_wal = [&](const Json& input) {
+      std::vector<Json> inputs(20, input);
+      REQUIRE(env.store.start_runs(key.slug, key.version, inputs));
+      auto tasks = claim(env.store, key, 100);
+      REQUIRE(tasks.size() == 20);
+      std::vector<Completion> batch;
+      for (const auto& t : tasks) batch.push_back({t.id, t.attempt, Json{{"ok", true}}, 0});
+      const std::string from = sql_one(env.conninfo, "SELECT pg_current_wal_insert_lsn()");
+      CHECK(complete(env.store, batch).empty());
+      const std::string to = sql_one(env.conninfo, "SELECT pg_current_wal_insert_lsn()");
+      const std::string found =
+          sql_one(env.conninfo,
+                  "SELECT count(*) || ' ' || coalesce(sum(record_length - fpi_length), 0) / 20"
+                  " FROM pg_get_wal_records_info('" +
+                      from + "', '" + to +
+                      "')"
+                      " WHERE resource_manager = 'Heap' AND block_ref LIKE '%" +
+                      runs_rel + "%'");
+      const auto space = found.find(' ');
+      return std::pair{std::stol(found.substr(0, space)), std::stol(found.substr(space + 1))};
+    };
+    const auto [small_records, small] = completion_wal(Json{{"pad", ""}});
+    const auto [large_records, large] = completion_wal(Json{{"pad", std::string(1000, 'x')}});
+    CAPTURE(small);
+    CAPTURE(large);
+    CHECK(small_records == 20);  // one update per run: the records were found
+    CHECK(large_records == 20);
+    CHECK(small > 0);
+    CHECK(large < small + 50);
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'") ==
+          "40");
+  }
+
   // Rows deleted under flowreg's guards (by hand, by another program): a claimed task whose step
   // is no longer stored, whose run is gone, or whose dependency's step state is gone cannot be
   // run. Each fails alone, permanently, with the reason; the batch's other tasks are returned, by
