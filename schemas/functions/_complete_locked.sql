@@ -234,14 +234,9 @@ BEGIN
                  array_agg(k.next_max_attempts), array_agg(k.next_timeout),
                  array_agg(flowreg._lease_end(k.next_timeout, (v_claim->>'lease_ms')::bigint))
           FROM c k WHERE k.mine) m;
-    IF claimed_ids IS NOT NULL THEN
-      -- The worker's room shrinks by these tasks (for _account_steps' in the same call).
-      PERFORM set_config('flowreg.claim',
-                         jsonb_set(v_claim, '{left}',
-                                   to_jsonb((v_claim->>'left')::int - cardinality(claimed_ids)))
-                           ::text,
-                         true);
-    END IF;
+    -- The worker's room shrinks by these tasks (for _account_steps' in the same call); work()
+    -- returns them itself.
+    PERFORM flowreg._claimed_here(v_claim, claimed_ids, false);
     IF v_queued IS NOT NULL THEN
       PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_queued) AS f;
     END IF;
