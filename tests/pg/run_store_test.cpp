@@ -975,6 +975,37 @@ TEST_SUITE("run_store") {
     CHECK(inputs == std::set<int>{0, 1, 2});
   }
 
+  // One work() call whose completions make both a chain's next step and a DAG's steps ready: the
+  // chain's, claimed in place, take their room first, and the DAG's are claimed in what is left,
+  // the rest queued: the call claims no more than its limit.
+  TEST_CASE(
+      "a chain's next step claimed in place leaves the DAG's steps of the same call its room") {
+    auto env = open_env("rs_chain_and_dag_room");
+    const auto chain = store_flow(env.store, flow("room_chain", {step("a"), step("b", {"a"})}));
+    const auto fork =
+        store_flow(env.store, flow("room_fork", {step("r"), step("x", {"r"}), step("y", {"r"})}));
+    const std::vector<FlowKey> keys{chain, fork};
+    const auto in_chain = start(env.store, chain, 1);
+    const auto in_fork = start(env.store, fork, 2);
+    auto first = env.store.work("w1", {}, {}, keys, 10, std::nullopt);
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
+    REQUIRE(first->claimed.size() == 2);
+    std::vector<Completion> done;
+    for (const auto& t : first->claimed) done.push_back({t.id, t.attempt, Json{{"ok", true}}});
+    // Room for 2: the chain's b, then one of x and y; the other is queued.
+    auto second = env.store.work("w1", done, {}, keys, 2, std::nullopt);
+    REQUIRE_MESSAGE(second, flowreg::testing::failure_text(second));
+    REQUIRE(second->claimed.size() == 2);
+    std::multiset<std::string> claimed;
+    for (const auto& t : second->claimed) claimed.insert(t.run_id + "/" + t.step_slug);
+    CHECK(claimed.count(in_chain + "/b") == 1);
+    CHECK(claimed.count(in_fork + "/x") + claimed.count(in_fork + "/y") == 1);
+    CHECK(sql_one(env.conninfo,
+                  "SELECT string_agg(status, ',' ORDER BY status) FROM flowreg.tasks WHERE run_id"
+                  " = '" +
+                      in_fork + "'") == "queued,started");
+  }
+
   // Completing a batch reads tasks by primary key only, whatever the statistics say: with a full
   // queue analyzed (most tasks queued), neither the tasks' partial indexes nor a scan of
   // step_states or runs serve a completion.
