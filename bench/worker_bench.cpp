@@ -34,6 +34,8 @@
 //   latency     start -> handler: one worker, idle; --samples runs of bench_latency, started one
 //               at a time (start_run) with 5 ms pauses. The handler returns the CLOCK_REALTIME
 //               time it was entered; the bench subtracts the time taken just before start_run.
+//               With them, the floor: a durable one-row INSERT at the same spacing, and
+//               fdatasync() back to back and 5 ms apart.
 //   metrics     (only when named in --only) --metrics-rounds R (default 3) rounds of two
 //               burn-downs of bench_single at the first --batch and --workers: without, then with
 //               `--metrics 127.0.0.1:0` (the workers record their metrics; nothing scrapes them);
@@ -96,6 +98,7 @@
 #include <iterator>
 #include <map>
 #include <optional>
+#include <pqxx/pqxx>
 #include <regex>
 #include <sstream>
 #include <stdexcept>
@@ -172,7 +175,9 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
   startbatch   start_runs() in chunks of each of --start-chunks runs per call
   latency      start_run() -> handler entered, one idle worker, --samples runs whose start waits
                for the WAL flush and --samples whose start does not, alternating; and the
-               disk's fdatasync() time
+               floor in the same window: a durable one-row INSERT after each of the first
+               kind, at the same spacing, and the disk's fdatasync() time, back to back and
+               5 ms apart
   metrics      (only when named) burn-downs without and with `worker --metrics`, alternating,
                --metrics-rounds times: the cost the metrics add
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
@@ -874,20 +879,29 @@ struct LatencyResult {
   // the WAL flush; the worker's stay durable), in alternation with the samples above: what the
   // call and the path to the handler cost without the disk's flush.
   Percentiles start_call_async, to_handler_async, to_completion_async;
-  Percentiles flush_ms;  // fdatasync() of one 8 kB write on the cluster's disk
-  double ready_s = 0;    // spawn -> the first run completed
+  // The floor under the figures above, measured in the same window: a one-row INSERT into a table
+  // of its own with no index but its key and no notification, committed durably (synchronous
+  // commit on) by a connection of its own, after each sample whose commit waits for the flush
+  // and 5 ms apart from it and from the next, as the samples are from each other; and the disk's
+  // fdatasync() of an 8 kB write, back to back and 5 ms after the last (the pause every sample's
+  // commit follows).
+  Percentiles floor_insert;
+  Percentiles flush_ms, flush_idle_ms;
+  double ready_s = 0;  // spawn -> the first run completed
   std::vector<std::string> ends;
 };
 
 // Milliseconds each of `n` fdatasync() calls takes after an 8 kB write to a file in `dir`: the
-// floor under any commit that waits for its WAL flush on that disk.
-std::vector<double> disk_flush_ms(const fs::path& dir, int n) {
+// floor under any commit that waits for its WAL flush on that disk. `idle`: the pause before each
+// write (a disk, or a virtual one, may take longer to flush after a pause than back to back).
+std::vector<double> disk_flush_ms(const fs::path& dir, int n, Millis idle = Millis(0)) {
   const fs::path file = dir / "flush-probe";
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
   if (fd < 0) throw ScenarioFailed("cannot create " + file.string());
   std::vector<double> out;
   const std::string page(8192, 'x');
   for (int i = 0; i < n; ++i) {
+    if (idle.count() > 0) std::this_thread::sleep_for(idle);
     if (::pwrite(fd, page.data(), page.size(), 0) != static_cast<ssize_t>(page.size())) break;
     const auto t = Clock::now();
     if (::fdatasync(fd) != 0) break;
@@ -934,6 +948,11 @@ LatencyResult latency(Env& env) {
   auto listener =
       value_or_throw(Listener::connect(conninfo, {std::string(kRunsChannel)}), "listen");
   const fs::path config = write_config(env, name, conninfo);
+  // The floor's table and connection (see LatencyResult::floor_insert).
+  pqxx::connection floor_conn(conninfo);
+  pqxx::nontransaction(floor_conn)
+      .exec0("CREATE TABLE public.latency_floor (id bigserial PRIMARY KEY, input jsonb NOT NULL)");
+  floor_conn.prepare("floor", "INSERT INTO public.latency_floor (input) VALUES ($1::jsonb)");
 
   const auto t0 = Clock::now();
   auto workers = spawn_workers(env, name, config, 1, a.batches.front());
@@ -944,7 +963,17 @@ LatencyResult latency(Env& env) {
   };
   const std::function<bool()> worker_exited = [&] { return workers.front().poll().has_value(); };
   std::vector<double> call_ms, handler_ms, done_ms;
-  std::vector<double> call_async_ms, handler_async_ms, done_async_ms;
+  std::vector<double> call_async_ms, handler_async_ms, done_async_ms, floor_ms;
+  const auto floor_sample = [&](int i) {
+    const std::string input = Json{{"i", i}}.dump();
+    const auto t = Clock::now();
+    try {
+      pqxx::nontransaction(floor_conn).exec_prepared0("floor", input);
+    } catch (const std::exception& e) {
+      fail(std::string("the floor's INSERT: ") + e.what());
+    }
+    floor_ms.push_back(Seconds(Clock::now() - t).count() * 1e3);
+  };
   // One run, started when nothing else is in flight; recorded unless a warm-up. Odd samples are
   // started without waiting for the WAL flush.
   const auto sample = [&](int i, bool record) {
@@ -993,6 +1022,12 @@ LatencyResult latency(Env& env) {
   for (int i = 0; i < 2 * a.samples; ++i) {
     sample(r.warmup + i, true);
     std::this_thread::sleep_for(Millis(5));
+    // After a sample whose commit waits for the flush, so that those samples keep their pause
+    // after a run's whole round (the bar's figure, comparable across versions of this bench).
+    if ((r.warmup + i) % 2 == 0) {
+      floor_sample(i);
+      std::this_thread::sleep_for(Millis(5));
+    }
   }
   r.start_call = percentiles(call_ms);
   r.to_handler = percentiles(handler_ms);
@@ -1000,7 +1035,9 @@ LatencyResult latency(Env& env) {
   r.start_call_async = percentiles(call_async_ms);
   r.to_handler_async = percentiles(handler_async_ms);
   r.to_completion_async = percentiles(done_async_ms);
+  r.floor_insert = percentiles(floor_ms);
   r.flush_ms = percentiles(disk_flush_ms(env.scratch, 200));
+  r.flush_idle_ms = percentiles(disk_flush_ms(env.scratch, 200, Millis(5)));
   r.ends = stop_workers(workers);
   for (const auto& end : r.ends)
     if (end != "exit code 0")
@@ -1013,8 +1050,10 @@ void print_latency(const LatencyResult& r) {
   std::printf(
       "\nlatency: 1 idle worker; 2 x %d runs of bench_latency started one at a time (after %d "
       "warm-up runs), 5 ms apart, alternately by a connection whose commit waits for the WAL "
-      "flush (synchronous_commit on, as flowreg's) and by one whose commit does not (off); ms\n\n",
-      r.samples, r.warmup);
+      "flush (synchronous_commit on, as flowreg's) and by one whose commit does not (off); the "
+      "floor: %d durable one-row INSERTs into a table of the bench's, each 5 ms after a run of the "
+      "first kind and 5 ms before the next run; ms\n\n",
+      r.samples, r.warmup, r.samples);
   std::printf("%-44s %8s %8s %8s %8s %8s\n", "", "p50", "p90", "p99", "max", "mean");
   const auto row = [](const char* what, const Percentiles& p) {
     std::printf("%-44s %8.3f %8.3f %8.3f %8.3f %8.3f\n", what, p.p50, p.p90, p.p99, p.max, p.mean);
@@ -1025,7 +1064,9 @@ void print_latency(const LatencyResult& r) {
   row("start_run() call, commit not flushed", r.start_call_async);
   row("  -> handler entered", r.to_handler_async);
   row("  -> completion notified", r.to_completion_async);
+  row("floor: durable one-row INSERT, same spacing", r.floor_insert);
   row("the disk: fdatasync() of an 8 kB write", r.flush_ms);
+  row("  the same, 5 ms after the last", r.flush_idle_ms);
   std::printf("(worker serving %.2f s after it was spawned)\n", r.ready_s);
 }
 
@@ -1271,7 +1312,9 @@ int run_bench(Env& env) {
                             {"start_to_handler_ms", pj(lat->to_handler)},
                             {"start_run_call_unflushed_ms", pj(lat->start_call_async)},
                             {"start_to_handler_unflushed_ms", pj(lat->to_handler_async)},
+                            {"floor_insert_ms", pj(lat->floor_insert)},
                             {"disk_flush_ms", pj(lat->flush_ms)},
+                            {"disk_flush_after_5ms_ms", pj(lat->flush_idle_ms)},
                             {"start_to_completion_ms", pj(lat->to_completion)}});
       }
       std::ofstream out(a.json_file);
