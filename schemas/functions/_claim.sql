@@ -28,9 +28,10 @@ DECLARE
   -- Tasks this transaction created already claimed (see work and _claimed_here).
   v_direct bigint[] := string_to_array(nullif(current_setting('flowreg.claimed', true), ''),
                                        ',')::bigint[];
+  v_set text;  -- set_config's value, unused (an assignment needs no query: see work)
 BEGIN
   IF v_direct IS NOT NULL THEN
-    PERFORM set_config('flowreg.claimed', '', true);
+    v_set := set_config('flowreg.claimed', '', true);
   END IF;
   SELECT array_agg(f.slug), array_agg(f.version) INTO v_slugs, v_versions
   FROM jsonb_to_recordset(p_flows) AS f(slug text, version text);

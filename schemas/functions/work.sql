@@ -13,7 +13,8 @@
 --                    worker's clock does not matter). timeout_ms holds the same number and
 --                    lease_expires_at that time, as they did before due_in_ms existed: workers
 --                    of the previous release, still running while a database is upgraded, read
---                    them
+--                    them. None when the call claimed p_limit tasks: a worker whose claim is
+--                    full claims again at once (LoopLanes; so did the previous release's)
 CREATE OR REPLACE FUNCTION flowreg.work(p_worker text, p_completions jsonb, p_failures jsonb,
                                         p_flows jsonb, p_limit int, p_lease_ms bigint)
 RETURNS TABLE (kind text, id bigint, run_id uuid, flow_slug text, flow_version text,
@@ -36,32 +37,49 @@ DECLARE
   v_attempts_c int[];
   v_timeouts_c bigint[];
   v_leases_c timestamptz[];
+  v_taken bigint;  -- tasks claimed by this call (returned as 'claimed')
+  v_set text;      -- set_config's value, unused
 BEGIN
+  -- Each statement costs its plan's initialization (executor start-up) even with no rows to work
+  -- on, and a call's fixed cost is the sum of those: a statement runs only when it has rows, and
+  -- what can be one is a simple expression (an assignment, which PL/pgSQL evaluates without the
+  -- executor; PERFORM runs a query).
   IF coalesce(jsonb_array_length(p_completions), 0) = 0
      AND coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
     -- Nothing to record: a claim alone does not wait for its WAL flush (the first commit of a
     -- run's work is then its completion's). Should the server crash before the flush, the claim
     -- is lost and the task is queued again; its worker's completion is then rejected (or accepted
     -- in place of a later claimer's, fenced by attempt): a result is never lost or recorded twice.
-    PERFORM set_config('synchronous_commit', 'off', true);
+    v_set := set_config('synchronous_commit', 'off', true);
+  ELSE
+    SELECT array_agg((e->>'id')::bigint) INTO v_ids
+    FROM (SELECT e FROM jsonb_array_elements(coalesce(p_completions, '[]')) e
+          UNION ALL SELECT e FROM jsonb_array_elements(coalesce(p_failures, '[]')) e) x;
   END IF;
   -- One lock order (see README): the runs of every task given (completed or failed) that is not
   -- solo are locked together, by id, before any task or step state is written; with failures,
   -- the solo tasks and then their runs too. Completions alone lock a solo task and its run by
   -- writing them (_complete_locked deletes the task, then completes its run).
-  SELECT array_agg((e->>'id')::bigint) INTO v_ids
-  FROM (SELECT e FROM jsonb_array_elements(coalesce(p_completions, '[]')) e
-        UNION ALL SELECT e FROM jsonb_array_elements(coalesce(p_failures, '[]')) e) x;
   IF v_ids IS NOT NULL THEN
     IF p_limit > 0 AND jsonb_array_length(coalesce(p_completions, '[]')) > 0 THEN
       -- The tasks the completions make ready, of the flows given, are created claimed by this
       -- worker (up to p_limit): a chain's next step costs one insert, not an insert, its lock
       -- and its update (_account_steps, _start_steps, _claimed_here; _claim returns them).
-      PERFORM set_config('flowreg.claim', jsonb_build_object(
-                'worker', p_worker, 'lease_ms', p_lease_ms, 'left', p_limit,
-                'flows', (SELECT jsonb_agg(f.slug || ' ' || f.version)
-                          FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)))::text,
-              true);
+      -- The flows' keys ('<slug> <version>') are kept for the session (settings
+      -- flowreg.claim_flows, made from flowreg.claim_flows_of): a worker asks for the same flows
+      -- call after call.
+      IF current_setting('flowreg.claim_flows_of', true) IS DISTINCT FROM p_flows::text THEN
+        v_set := set_config('flowreg.claim_flows',
+                            coalesce((SELECT jsonb_agg(f.slug || ' ' || f.version)
+                                      FROM jsonb_to_recordset(p_flows)
+                                           AS f(slug text, version text)), 'null')::text,
+                            false);
+        v_set := set_config('flowreg.claim_flows_of', p_flows::text, false);
+      END IF;
+      v_set := set_config('flowreg.claim', jsonb_build_object(
+                 'worker', p_worker, 'lease_ms', p_lease_ms, 'left', p_limit,
+                 'flows', nullif(current_setting('flowreg.claim_flows', true), '')::jsonb)::text,
+               true);
     END IF;
     IF coalesce(jsonb_array_length(p_failures), 0) = 0 THEN
       PERFORM flowreg._lock_step_runs_of(v_ids);
@@ -77,24 +95,36 @@ BEGIN
     IF jsonb_array_length(coalesce(p_failures, '[]')) > 0 THEN
       v_acc := v_acc || flowreg._fail_locked(p_failures);
     END IF;
-    v_rejected := flowreg._rejected(v_ids, v_acc);
-    PERFORM set_config('flowreg.claim', '', true);
+    IF cardinality(v_acc) < cardinality(v_ids) THEN
+      v_rejected := flowreg._rejected(v_ids, v_acc);
+    END IF;
+    v_set := set_config('flowreg.claim', '', true);
   END IF;
 
-  RETURN QUERY SELECT 'rejected'::text, r, NULL::uuid, NULL::text, NULL::text, NULL::text,
-                      NULL::int, NULL::int, NULL::jsonb, NULL::int, NULL::bigint,
-                      NULL::timestamptz, NULL::bigint
-               FROM unnest(v_rejected) AS r;
-  RETURN QUERY SELECT 'claimed'::text, c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug,
-                      0, 1, c.input, c.max_attempts, c.timeout_ms, c.lease_expires_at,
-                      NULL::bigint
-               FROM unnest(v_ids_c, v_runs_c, v_flows_c, v_versions_c, v_steps_c, v_inputs_c,
-                           v_attempts_c, v_timeouts_c, v_leases_c)
-                    AS c(id, run_id, flow_slug, flow_version, step_slug, input, max_attempts,
-                         timeout_ms, lease_expires_at);
+  IF cardinality(v_rejected) > 0 THEN
+    RETURN QUERY SELECT 'rejected'::text, r, NULL::uuid, NULL::text, NULL::text, NULL::text,
+                        NULL::int, NULL::int, NULL::jsonb, NULL::int, NULL::bigint,
+                        NULL::timestamptz, NULL::bigint
+                 FROM unnest(v_rejected) AS r;
+  END IF;
+  IF v_ids_c IS NOT NULL THEN
+    RETURN QUERY SELECT 'claimed'::text, c.id, c.run_id, c.flow_slug, c.flow_version,
+                        c.step_slug, 0, 1, c.input, c.max_attempts, c.timeout_ms,
+                        c.lease_expires_at, NULL::bigint
+                 FROM unnest(v_ids_c, v_runs_c, v_flows_c, v_versions_c, v_steps_c, v_inputs_c,
+                             v_attempts_c, v_timeouts_c, v_leases_c)
+                      AS c(id, run_id, flow_slug, flow_version, step_slug, input, max_attempts,
+                           timeout_ms, lease_expires_at);
+  END IF;
   RETURN QUERY SELECT 'claimed'::text, c.*, NULL::bigint
                FROM flowreg._claim(p_worker, p_flows, p_limit, p_lease_ms,
                                    coalesce(cardinality(v_ids_c), 0)) c;
+  GET DIAGNOSTICS v_taken = ROW_COUNT;
+  -- A call that took all it asked for does not look for the next delayed task: its worker claims
+  -- again at once (LoopLanes: a full claim), and a later call tells the time.
+  IF p_limit > 0 AND coalesce(cardinality(v_ids_c), 0) + v_taken >= p_limit THEN
+    RETURN;
+  END IF;
   RETURN QUERY
     SELECT 'due'::text, NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::int,
            NULL::int, NULL::jsonb, NULL::int,

@@ -574,6 +574,20 @@ TEST_SUITE("run_store") {
     REQUIRE_MESSAGE(third, flowreg::testing::failure_text(third));
     CHECK(third->rejected == std::vector<TaskId>{tb.id});
     CHECK(third->claimed.empty());
+
+    // A call that claimed all it asked for does not say when a retry is due: its worker claims
+    // again at once, and that call tells. One with room left does.
+    start(env.store, key, Json::object({{"n", 2}}));
+    auto full = env.store.work("w1", {}, {}, flows, 2, std::nullopt);
+    REQUIRE_MESSAGE(full, flowreg::testing::failure_text(full));
+    CHECK(full->claimed.size() == 2);
+    CHECK_FALSE(full->next_due_in.has_value());
+    start(env.store, key, Json::object({{"n", 3}}));
+    auto room = env.store.work("w1", {}, {}, flows, 3, std::nullopt);
+    REQUIRE_MESSAGE(room, flowreg::testing::failure_text(room));
+    CHECK(room->claimed.size() == 2);
+    REQUIRE(room->next_due_in.has_value());
+    CHECK(room->next_due_in->count() > 40'000);
   }
 
   // A chain's next step costs one write of its task: the worker whose completion makes it ready
