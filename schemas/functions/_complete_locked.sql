@@ -183,14 +183,17 @@ BEGIN
       CROSS JOIN LATERAL (SELECT f.step_index, f.is_leaf FROM flowreg.flow_steps f
                           WHERE f.flow_slug = p.flow_slug AND f.version = p.flow_version
                             AND f.step_slug = p.step_slug OFFSET 0) fs
-      -- The next step: the one step depending on this one (none for the leaf).
-      LEFT JOIN LATERAL (SELECT fd.step_slug, n.timeout_ms, n.max_attempts
-                         FROM flowreg.flow_deps fd
-                         JOIN flowreg.flow_steps n ON n.flow_slug = fd.flow_slug
-                                                   AND n.version = fd.version
-                                                   AND n.step_slug = fd.step_slug
+      -- The next step: the one step depending on this one (none for the leaf), then its options,
+      -- each probed by its whole primary key (as a join inside one subquery, the generic plan
+      -- probed flow_steps by flow version only and filtered: every step of the flow read for
+      -- each task).
+      LEFT JOIN LATERAL (SELECT fd.step_slug FROM flowreg.flow_deps fd
                          WHERE fd.flow_slug = p.flow_slug AND fd.version = p.flow_version
-                           AND fd.dep_slug = p.step_slug OFFSET 0) nx ON true
+                           AND fd.dep_slug = p.step_slug OFFSET 0) nd ON true
+      LEFT JOIN LATERAL (SELECT n.step_slug, n.timeout_ms, n.max_attempts
+                         FROM flowreg.flow_steps n
+                         WHERE n.flow_slug = p.flow_slug AND n.version = p.flow_version
+                           AND n.step_slug = nd.step_slug OFFSET 0) nx ON true
       WHERE p.chained
     ),
     st AS (

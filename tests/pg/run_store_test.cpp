@@ -176,7 +176,8 @@ double ms_between(const std::string& conninfo, TaskId id, const std::string& fro
 // the server counts them), to tell a task created claimed from one queued and then claimed.
 struct TracedWork {
   std::vector<ClaimedTask> claimed;
-  int inserted = 0, updated = 0, deleted = 0;
+  int inserted = 0, updated = 0, deleted = 0;  // rows of tasks
+  int flow_steps_fetched = 0;                  // rows of flow_steps read through an index
 };
 
 TracedWork traced_work(const std::string& conninfo, const std::string& worker,
@@ -203,6 +204,10 @@ TracedWork traced_work(const std::string& conninfo, const std::string& worker,
   out.inserted = writes[0].as<int>();
   out.updated = writes[1].as<int>();
   out.deleted = writes[2].as<int>();
+  const auto steps = tx.exec1(
+      "SELECT coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+      " WHERE schemaname = 'flowreg' AND relname = 'flow_steps'");
+  out.flow_steps_fetched = steps[0].as<int>();
   tx.commit();
   return out;
 }
@@ -662,6 +667,41 @@ TEST_SUITE("run_store") {
     CHECK(traced.inserted == 1);
     CHECK(traced.updated == 0);
     CHECK(traced.deleted == 1);
+  }
+
+  // A chain's step completion probes its flow's steps by key: what it reads does not grow with the
+  // chain's length (the next step's options were read through a probe by flow version only, which
+  // fetched up to every step of the flow for each task: 13 to 16 rows per call here).
+  TEST_CASE("a chain's completion reads as many of its flow's steps at any length") {
+    auto env = open_env("rs_long_chain");
+    std::vector<StepDef> steps{step("s1")};
+    for (int i = 2; i <= 20; ++i)
+      steps.push_back(step("s" + std::to_string(i), {"s" + std::to_string(i - 1)}));
+    const auto key = store_flow(env.store, flow("long_chain", steps));
+    const RunId run = start(env.store, key, Json::object());
+    auto first = claim(env.store, key, 1);
+    REQUIRE(first.size() == 1);
+    ClaimedTask task = first[0];
+    for (int i = 2; i <= 20; ++i) {
+      CAPTURE(i);
+      const auto traced = traced_work(
+          env.conninfo, "w1",
+          Json::array({Json::object({{"id", task.id}, {"attempt", task.attempt}, {"output", i}})}),
+          key, 1);
+      REQUIRE(traced.claimed.size() == 1);
+      CHECK(traced.claimed[0].step_slug == "s" + std::to_string(i));
+      CHECK(traced.claimed[0].input == Json::object({{"s" + std::to_string(i - 1), i}}));
+      CHECK(traced.flow_steps_fetched <= 3);
+      task = traced.claimed[0];
+    }
+    const auto last = traced_work(
+        env.conninfo, "w1",
+        Json::array({Json::object({{"id", task.id}, {"attempt", task.attempt}, {"output", 21}})}),
+        key, 1);
+    CHECK(last.claimed.empty());
+    CHECK(last.flow_steps_fetched <= 3);
+    const std::string ended = "SELECT status || ' ' || output::text FROM flowreg.runs WHERE id = '";
+    CHECK(sql_one(env.conninfo, ended + run + "'") == "completed {\"s20\": 21}");
   }
 
   TEST_CASE("work creates a map step's tasks its completion makes ready claimed, as room allows") {
