@@ -282,10 +282,15 @@ BEGIN
 
   IF v_mruns IS NOT NULL THEN
     -- A completed map step's tasks leave the queue: its output is made of theirs.
+    -- Each step's tasks are found by a probe of tasks_by_run in a lateral subquery, then deleted
+    -- through tasks_pkey (as one join, a plan made while tasks was small walked all of
+    -- tasks_by_run as the outer side).
     DELETE FROM flowreg.tasks t
-    USING unnest(v_mruns, v_msteps) AS m(run_id, step_slug)
-    WHERE t.run_id = ANY (ARRAY[m.run_id]) AND t.step_slug = ANY (ARRAY[m.step_slug])
-      AND NOT t.solo;
+    WHERE t.id = ANY (ARRAY(SELECT k.id FROM unnest(v_mruns, v_msteps) AS m(run_id, step_slug)
+                            CROSS JOIN LATERAL (
+                              SELECT k.id FROM flowreg.tasks k
+                              WHERE k.run_id = m.run_id AND k.step_slug = m.step_slug
+                                AND NOT k.solo OFFSET 0) k));
   END IF;
 
   IF v_druns IS NOT NULL THEN

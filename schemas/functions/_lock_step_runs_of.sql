@@ -9,9 +9,12 @@ RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
   -- PERFORM runs the query to the end (a SQL function would stop at the first row).
   -- The arrays (rather than joins) keep the plans on the primary keys whatever the statistics.
+  -- `solo IS NOT TRUE` (solo is NOT NULL: the same rows as NOT solo) does not imply the predicate
+  -- of tasks_by_run (NOT solo), so the tasks are probed through tasks_pkey: with `NOT t.solo`, a
+  -- plan made while tasks was small walked all of tasks_by_run, filtering it by id.
   PERFORM 1 FROM flowreg.runs r
   WHERE r.id = ANY (ARRAY(SELECT t.run_id FROM flowreg.tasks t
-                          WHERE t.id = ANY (p_ids) AND NOT t.solo))
+                          WHERE t.id = ANY (p_ids) AND t.solo IS NOT TRUE))
   ORDER BY r.id FOR UPDATE OF r;
 END $$;
 

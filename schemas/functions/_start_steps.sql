@@ -31,21 +31,25 @@ BEGIN
       WHERE r.id = ANY (p_runs) AND r.status = 'started'
     ),
     ready AS MATERIALIZED (
-      SELECT s.run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.timeout_ms,
+      SELECT r.id AS run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.timeout_ms,
              -- Only a map step's input is needed here (its elements become its tasks' inputs).
              CASE WHEN fs.kind <> 'map' THEN NULL
                   WHEN cardinality(fs.deps) = 0 THEN r.input
                   ELSE
                     (SELECT d.output FROM flowreg.step_states d
-                     WHERE d.run_id = s.run_id AND d.step_slug = fs.deps[1])
+                     WHERE d.run_id = r.id AND d.step_slug = fs.deps[1])
              END AS input
       -- Driven by the run ids (primary key probes, materialized first), whatever the statistics
-      -- say.
+      -- say: each run's step states, then each step, by key in lateral subqueries (as joins, a
+      -- plan made while the tables were small probed flow_steps by flow version, then walked
+      -- all of step_states_pkey for each step).
       FROM rr AS r
-      JOIN flowreg.step_states s ON s.run_id = r.id
-      JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
-                                 AND fs.step_slug = s.step_slug
-      WHERE s.status = 'created' AND s.remaining_deps = 0
+      CROSS JOIN LATERAL (SELECT s.step_slug FROM flowreg.step_states s
+                          WHERE s.run_id = r.id AND s.status = 'created'
+                            AND s.remaining_deps = 0 OFFSET 0) s
+      CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps FROM flowreg.flow_steps f
+                          WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
+                            AND f.step_slug = s.step_slug OFFSET 0) fs
     ),
     sized AS MATERIALIZED (
       SELECT ready.*,
@@ -136,17 +140,19 @@ BEGIN
   END LOOP;
 
   -- Runs without remaining leaf steps are complete: their output is their leaf steps' outputs.
+  -- The runs are probed by id (`id = ANY`: as a join with the ids, a plan made while runs was
+  -- small walked all of runs_pkey), each step by key.
   WITH done AS (
     UPDATE flowreg.runs r
     SET status = 'completed', finished_at = now(),
         output = coalesce(
           (SELECT jsonb_object_agg(s.step_slug, s.output)
            FROM flowreg.step_states s
-           JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
-                                      AND fs.step_slug = s.step_slug
+           CROSS JOIN LATERAL (SELECT f.is_leaf FROM flowreg.flow_steps f
+                               WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
+                                 AND f.step_slug = s.step_slug OFFSET 0) fs
            WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb)
-    FROM unnest(p_runs) AS p(id)
-    WHERE r.id = p.id AND r.status = 'started' AND r.remaining_leaves = 0
+    WHERE r.id = ANY (p_runs) AND r.status = 'started' AND r.remaining_leaves = 0
     RETURNING r.id
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' completed')) INTO v_n FROM done;

@@ -643,6 +643,149 @@ TEST_SUITE("hot_path") {
     CHECK(static_cast<double>(list_cost.index_entries) / static_cast<double>(listed) < 25);
   }
 
+  // A worker plans its statements while the tables are small and analyzed so (a queue drained, a
+  // pruned database): its generic plans are kept until the next ANALYZE, which a burst outruns
+  // (autovacuum is off here, as between two of its passes). Every statement of the lifecycle of a
+  // DAG with a map step, of a chain and of a one-step flow (completed, failed, cancelled,
+  // retried, its steps read) must still read its rows by key once a backlog is there:
+  //   - written as joins, the plans made on small tables walked all of tasks_by_run (the lock of
+  //     a completion's runs, the deletion of a map step's tasks), of step_states_pkey (the start
+  //     of a ready step) and of runs_pkey (a run's completion by _start_steps), and work() read
+  //     tasks whole (its query of the next delayed task): 13,753 tuples read per task (9.0
+  //     million of step_states for 817 tasks);
+  //   - with sequential scans on, get_run, run_steps, cancel_run and retry_run made 490
+  //     sequential scans of the 90,000-row tables in 100 calls.
+  // Since: 12.9 tuples read per task or call.
+  TEST_CASE("plans: made on small tables, they read a 90,000-run backlog by key") {
+    const std::string conninfo = hot_database("hp_small_plans");
+    const std::vector<flowreg::StepDef> fan{
+        step("split"), step("each", {"split"}, flowreg::StepKind::map), step("join", {"each"})};
+    const std::vector<flowreg::StepDef> line{step("a"), step("b", {"a"}), step("c", {"b"})};
+    const std::vector<flowreg::StepDef> one{step("only")};
+    std::optional<fd::RunStore> held(connect(conninfo));
+    fd::RunStore& worker = *held;
+    const fd::FlowKey keys[] = {store_flow(worker, "fan", fan), store_flow(worker, "line", line),
+                                store_flow(worker, "one", one)};
+    // Worker cycles over the three flows until nothing is left: a split's output is the map
+    // step's input; one task in 5 of steps "each" and "b" fails for good (its run fails, and a
+    // map step's other tasks are dropped), by its id. The tasks claimed.
+    const auto drain = [&] {
+      long tasks = 0;
+      std::vector<fd::Completion> done;
+      std::vector<fd::Failure> failed;
+      for (int i = 0; i < 1000; ++i) {
+        auto r = worker.work("w1", done, failed, std::span(keys), 64, std::nullopt);
+        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+        done.clear();
+        failed.clear();
+        std::vector<fd::TaskAttempt> held_tasks;
+        for (const auto& t : r->claimed) held_tasks.push_back({t.id, t.attempt});
+        auto renewed = worker.renew("w1", held_tasks);  // as a worker's lease keeper does
+        REQUIRE_MESSAGE(renewed, flowreg::testing::failure_text(renewed));
+        CHECK(renewed->empty());
+        for (const auto& t : r->claimed) {
+          if ((t.step_slug == "each" || t.step_slug == "b") && t.id % 5 == 0)
+            failed.push_back(fd::Failure{t.id, t.attempt, "no", true});
+          else
+            done.push_back(
+                completion(t, t.step_slug == "split" ? Json::array({1, 2, 3}) : Json{{"ok", 1}}));
+        }
+        tasks += static_cast<long>(r->claimed.size());
+        if (done.empty() && failed.empty()) break;
+      }
+      return tasks;
+    };
+    // What a user does with runs: reads one's steps, cancels it and reads it (of each flow, the
+    // oldest still started), and retries one that failed; `count` of each, picked first (the
+    // queries picking them are not measured). The calls made.
+    const auto pick = [&](const std::string& where, int count) {
+      std::vector<fd::RunId> runs;
+      std::stringstream ids(query_one_or_empty(
+          conninfo, "SELECT string_agg(id::text, ' ') FROM (SELECT id FROM flowreg.runs WHERE " +
+                        where + " ORDER BY created_at, id LIMIT " + std::to_string(count) + ") x"));
+      for (std::string id; ids >> id;) runs.push_back(id);
+      return runs;
+    };
+    const auto use_runs = [&](int count) {
+      std::vector<fd::RunId> started, failed;
+      for (const char* flow : {"fan", "line", "one"}) {
+        auto some = pick(std::string("status = 'started' AND flow_slug = '") + flow + "'", count);
+        REQUIRE(static_cast<int>(some.size()) == count);
+        started.insert(started.end(), some.begin(), some.end());
+      }
+      failed = pick(
+          "status = 'failed' AND flow_slug IN ('fan', 'line') AND id NOT IN (SELECT "
+          "retry_of FROM flowreg.runs WHERE retry_of IS NOT NULL)",
+          count);
+      return [&worker, started, failed] {
+        int calls = 0;
+        for (const auto& run : started) {
+          auto steps = worker.run_steps(run);
+          REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+          auto cancelled = worker.cancel_run(run);
+          REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+          CHECK(*cancelled);
+          auto info = worker.get_run(run);
+          REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
+          calls += 3;
+        }
+        for (const auto& run : failed) {
+          auto retried = worker.retry_run(run);
+          REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
+          ++calls;
+        }
+        return calls;
+      };
+    };
+    const auto left = [&] {
+      return query_one_or_empty(conninfo,
+                                "SELECT count(*) FROM flowreg.runs WHERE status = 'started' AND "
+                                "flow_slug IN ('fan', 'line', 'one')");
+    };
+    // The plans, made on small tables: a few runs of each flow, run to their end, analyzed (as
+    // autovacuum does once a queue is drained), and a few more runs, whose calls make the plans
+    // again with those statistics.
+    for (int i = 0; i < 8; ++i) {
+      if (i == 4) analyze_all(conninfo);
+      for (const auto& key : keys) start_many(worker, key, 3);
+      use_runs(1)();
+      CHECK(drain() > 0);
+      CHECK(left() == "0");
+    }
+    // The backlog: runs of flows of the same shapes that this worker does not serve, and then
+    // the runs it is measured on, started by another connection.
+    {
+      auto other = connect(conninfo);
+      start_many(other, store_flow(other, "fan_backlog", fan), 30'000);
+      start_many(other, store_flow(other, "line_backlog", line), 30'000);
+      start_many(other, store_flow(other, "one_backlog", one), 30'000);
+      for (const auto& key : keys) start_many(other, key, 100);
+    }
+    const auto uses_picked = use_runs(10);
+    const auto before = settled_scans(conninfo);
+    const int uses = uses_picked();
+    const long tasks = drain();
+    held.reset();  // the measured backend exits and flushes its counters
+    wait_alone(conninfo);
+    const auto cost = read_cost(before, read_scans(conninfo));
+    INFO("tasks claimed: " << tasks << ", calls on runs: " << uses << "\n" << cost.detail);
+    CHECK(left() == "0");
+    // Every end ran, for each shape: completed, failed (but a one-step flow's here), cancelled.
+    CHECK(query_one_or_empty(conninfo,
+                             "SELECT string_agg(flow_slug || ' ' || status, ', ' ORDER BY "
+                             "flow_slug, status) FROM (SELECT DISTINCT flow_slug, status FROM "
+                             "flowreg.runs WHERE flow_slug IN ('fan', 'line', 'one')) x") ==
+          "fan cancelled, fan completed, fan failed, line cancelled, line completed, line failed, "
+          "one cancelled, one completed");
+    CHECK(tasks > 100 * (1 + 1 + 1));
+    CHECK(cost.big_seq_scans == 0);
+    CHECK(cost.big_seq_rows == 0);
+    CHECK(uses >= 90);
+    const auto per_call = static_cast<double>(tasks + uses);
+    CHECK(static_cast<double>(cost.tuples) / per_call < kTuplesPerTask);
+    CHECK(static_cast<double>(cost.index_entries) / per_call < kIndexEntriesPerTask);
+  }
+
   // Metrics count the runs that ended in a scrape's window by finished_at, which has no index
   // (completing a run stays a HOT update): per flow, among its runs created since its oldest run
   // that was not ended at the previous scrape, not among the whole history, and not since another

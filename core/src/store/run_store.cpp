@@ -375,6 +375,13 @@ bool refused_class(const pqxx::sql_error& e) {
 
 struct RunStore::Impl {
   explicit Impl(const std::string& conninfo) : conn(with_connection_defaults(conninfo)) {
+    // Sequential scans off for the session, as in the functions it calls (schemas/functions): a
+    // statement here (get_run, run_steps, the functions without settings of their own, such as
+    // cancel_run) keeps the plan it made while the tables were small and analyzed so, and with
+    // them on, that plan read runs, tasks or step_states whole on every call once a backlog was
+    // there (tests/pg/hot_path_test.cpp, plans made on small tables). No statement of the store
+    // needs one: each reads its rows through an index.
+    pqxx::nontransaction(conn).exec0("SET enable_seqscan = off");
     for (const auto& s : statements()) conn.prepare(s.name, s.sql);
   }
 
