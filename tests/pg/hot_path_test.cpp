@@ -658,7 +658,8 @@ TEST_SUITE("hot_path") {
   //     sequential scans of the 90,000-row tables in 100 calls.
   // Since: 12.9 tuples read per task or call (13.4 with the calls added since: starts, given back
   // and crashed tasks). Not measured here: prune, which walks a flow's runs by creation and reads
-  // the runs not ended among them (a 90,000-run backlog of started runs: 92,664 rows read).
+  // the runs not ended among them (a 90,000-run backlog of started runs: 92,664 rows read), once
+  // per cutoff (the next test).
   TEST_CASE("plans: made on small tables, they read a 90,000-run backlog by key") {
     const std::string conninfo = hot_database("hp_small_plans");
     const std::vector<flowreg::StepDef> fan{
@@ -819,6 +820,54 @@ TEST_SUITE("hot_path") {
     const auto per_call = static_cast<double>(tasks + uses);
     CHECK(static_cast<double>(cost.tuples) / per_call < kTuplesPerTask);
     CHECK(static_cast<double>(cost.index_entries) / per_call < kIndexEntriesPerTask);
+  }
+
+  // prune deletes a cutoff's runs in batches, walking each flow's runs newest first through
+  // runs_by_flow (finished_at has no index: completing a run stays a HOT update) and skipping
+  // those not ended. Each batch used to start from the top, reading again every run not ended that
+  // the batches before it had skipped: the 13 batches of 500 here read the 15,000 started runs
+  // of flow "pa" 13 times and of "pb" 7 times (132,052 rows fetched and 374,728 index entries read
+  // for 6,000 runs deleted). Each batch now starts where the previous one ended, so the cutoff's
+  // runs are read about once each (42,026 rows, 57,050 entries).
+  TEST_CASE("plans: prune's batches read each run of their cutoff once, not once per batch") {
+    const std::string conninfo = hot_database("hp_prune_batches");
+    std::optional<fd::RunStore> held(connect(conninfo));
+    fd::RunStore& store = *held;
+    const fd::FlowKey keys[] = {store_flow(store, "pa", {step("only")}),
+                                store_flow(store, "pb", {step("only")})};
+    // The older runs ended (3,000 of each flow, completed), then newer ones not ended (15,000 of
+    // each, started): the walk from the cutoff down meets the runs not ended first.
+    for (const auto& key : keys) start_many(store, key, 3'000);
+    std::vector<fd::Completion> done;
+    for (int i = 0; i < 100; ++i) {
+      auto r = store.work("w1", done, {}, std::span(keys), 512, std::nullopt);
+      REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+      done.clear();
+      for (const auto& t : r->claimed) done.push_back(completion(t, Json{{"ok", 1}}));
+      if (done.empty()) break;
+    }
+    REQUIRE(query_one_or_empty(conninfo,
+                               "SELECT count(*) FROM flowreg.runs WHERE status = "
+                               "'completed'") == "6000");
+    for (const auto& key : keys) start_many(store, key, 15'000);
+    analyze_all(conninfo);
+    const auto before = settled_scans(conninfo);
+    auto pruned = store.prune(0ms, 500);
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    held.reset();  // the measured backend exits and flushes its counters
+    wait_alone(conninfo);
+    const auto cost = read_cost(before, read_scans(conninfo));
+    INFO("runs pruned: " << *pruned << "\n" << cost.detail);
+    CHECK(*pruned == 6'000);
+    CHECK(query_one_or_empty(conninfo,
+                             "SELECT count(*) FROM flowreg.runs WHERE status = "
+                             "'started'") == "30000");
+    CHECK(query_one_or_empty(conninfo, "SELECT count(*) FROM flowreg.runs") == "30000");
+    CHECK(cost.big_seq_scans == 0);
+    // The 36,000 runs created before the cutoff, each read about once (and the rows deleted,
+    // through their keys): well under 2 reads each, where each batch from the top read 8 or more.
+    CHECK(cost.tuples < 2 * 36'000);
+    CHECK(cost.index_entries < 2 * 36'000);
   }
 
   // Metrics count the runs that ended in a scrape's window by finished_at, which has no index

@@ -94,9 +94,14 @@ const std::vector<Statement>& statements() {
       {"prune_cutoff",
        "SELECT (extract(epoch FROM now() - $1::bigint * interval '1 ms') * 1000000)::bigint"
        " AS cutoff_us"},
+      // A batch of a cutoff ($1) after the previous one, which ended in flow $3 at a run created
+      // at $4 (microseconds since 1970; '' and -1 for the first batch): see prune.sql.
       {"prune",
-       "SELECT flowreg.prune('epoch'::timestamptz + $1::bigint * interval '1 microsecond',"
-       " $2::int) AS deleted"},
+       "SELECT p.deleted, coalesce(p.last_slug, '') AS last_slug,"
+       " coalesce((extract(epoch FROM p.last_created) * 1000000)::bigint, -1) AS last_created_us"
+       " FROM flowreg.prune('epoch'::timestamptz + $1::bigint * interval '1 microsecond', $2::int,"
+       " NULLIF($3, ''), CASE WHEN $4::bigint >= 0"
+       " THEN 'epoch'::timestamptz + $4::bigint * interval '1 microsecond' END) AS p"},
       {"get_run", std::string("SELECT ") + kRunColumns + " FROM flowreg.runs WHERE id = $1::uuid"},
       {"same_input",
        "SELECT input = $2::jsonb AS same, input::text AS input FROM flowreg.runs"
@@ -946,14 +951,21 @@ Result<std::int64_t> RunStore::prune(Millis older_than, int batch) {
         .as<std::int64_t>();
   });
   if (!cutoff) return cutoff;
+  // Each batch starts where the previous one ended, so that the runs not ended that a batch
+  // skipped are not read again by the next (see prune.sql).
   std::int64_t total = 0;
+  std::string last_slug;
+  std::int64_t last_created_us = -1;
   for (;;) {
     const std::string what =
         total == 0
             ? std::string("pruning runs")
             : fmt::format("pruning runs ({} deleted before this batch, and they stay so)", total);
     auto deleted = guarded(what, [&]() -> Result<std::int64_t> {
-      return impl_->exec("prune", *cutoff, batch)[0]["deleted"].as<std::int64_t>();
+      const auto row = impl_->exec("prune", *cutoff, batch, last_slug, last_created_us)[0];
+      last_slug = row["last_slug"].as<std::string>();
+      last_created_us = row["last_created_us"].as<std::int64_t>();
+      return row["deleted"].as<std::int64_t>();
     });
     if (!deleted) return deleted;
     total += *deleted;
