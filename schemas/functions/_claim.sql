@@ -140,5 +140,9 @@ BEGIN
     OFFSET 0) fs ON true;
 END $$;
 
+-- Bitmap scans off: a claim walks tasks_queued in available_at order and stops at its limit; a
+-- generic plan made while the queue was nearly empty and analyzed so was seen scanning it by
+-- bitmap and sorting (a bitmap scan reads every queued task of the flow before the first).
 ALTER FUNCTION flowreg._claim(text, jsonb, int, bigint, int)
-  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET jit = off;
+  SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+  SET jit = off;

@@ -6,7 +6,8 @@
 -- flow's runs (prune, RunStore's lists of runs and metrics) read them one flow at a time, through
 -- runs_by_flow, for the slugs given here. Sequential scans are off: a probe is an index probe
 -- whatever the statistics say (a scan of runs that stops at the first row of a hash is cheap only
--- while that hash has most of the runs).
+-- while that hash has most of the runs); bitmap scans too, since a bitmap scan of runs_by_flow
+-- would read every run above a hash before the first.
 CREATE OR REPLACE FUNCTION flowreg._run_slugs()
 RETURNS SETOF text LANGUAGE sql STABLE AS $$
   WITH RECURSIVE keys(k, slug) AS (
@@ -24,4 +25,5 @@ RETURNS SETOF text LANGUAGE sql STABLE AS $$
   ORDER BY 1
 $$;
 
-ALTER FUNCTION flowreg._run_slugs() SET enable_seqscan = off SET jit = off;
+ALTER FUNCTION flowreg._run_slugs()
+  SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;

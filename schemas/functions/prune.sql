@@ -70,7 +70,9 @@ RETURNS bigint LANGUAGE sql AS $$
   SELECT flowreg.prune(now() - p_older_than, NULL)
 $$;
 
+-- Bitmap scans off: a bitmap scan of runs_by_flow reads every entry of a flow's range before its
+-- first row (then sorts them), where the index scan stops after p_limit rows.
 ALTER FUNCTION flowreg.prune(timestamptz, int, text, timestamptz)
-  SET enable_seqscan = off SET jit = off;
+  SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;
 ALTER FUNCTION flowreg.prune(timestamptz, int) SET jit = off;
 ALTER FUNCTION flowreg.prune(interval) SET jit = off;

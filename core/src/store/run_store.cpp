@@ -385,8 +385,11 @@ struct RunStore::Impl {
     // cancel_run) keeps the plan it made while the tables were small and analyzed so, and with
     // them on, that plan read runs, tasks or step_states whole on every call once a backlog was
     // there (tests/pg/hot_path_test.cpp, plans made on small tables). No statement of the store
-    // needs one: each reads its rows through an index.
+    // needs one: each reads its rows through an index. Bitmap scans off too: the lists of runs
+    // and the metrics' walks stop after a page of runs in created_at order, where a bitmap scan
+    // reads its whole range first and sorts it (prune's did, planned on small tables).
     pqxx::nontransaction(conn).exec0("SET enable_seqscan = off");
+    pqxx::nontransaction(conn).exec0("SET enable_bitmapscan = off");
     for (const auto& s : statements()) conn.prepare(s.name, s.sql);
   }
 
