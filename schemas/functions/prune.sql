@@ -57,7 +57,7 @@ LANGUAGE sql AS $$
   SELECT (SELECT count(*) FROM d), (SELECT l.slug FROM last l), (SELECT l.created_at FROM last l)
 $$;
 
--- The first batch of a cutoff (the form of the releases before the batches' positions).
+-- The first batch of a cutoff (the form callers used before batches had positions).
 CREATE OR REPLACE FUNCTION flowreg.prune(p_before timestamptz, p_limit int)
 RETURNS bigint LANGUAGE sql AS $$
   SELECT p.deleted FROM flowreg.prune(p_before, p_limit, NULL, NULL) AS p
