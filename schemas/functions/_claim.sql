@@ -43,7 +43,9 @@ BEGIN
              WHERE t.status = 'started' AND t.lease_expires_at < now()) THEN
     -- Exhausted: lock the tasks, then their runs, skipping busy ones (so never waiting: a solo
     -- task is locked before its run, as every writer does, and another task's run, locked
-    -- after it here, is skipped when busy).
+    -- after it here, is skipped when busy). Here and below, rows are found by their ids as
+    -- conditions of their primary key (`id = ANY (ARRAY(...))`), not by `id IN (...)`, a join
+    -- that a plan may run as a walk of the whole primary key.
     WITH ex AS (
       SELECT t.id, t.attempt, t.run_id,
              CASE WHEN t.error_at >= t.started_at THEN t.error END AS error
@@ -56,7 +58,7 @@ BEGIN
       LIMIT p_limit FOR UPDATE OF t SKIP LOCKED
     ),
     lk AS (
-      SELECT r.id FROM flowreg.runs r WHERE r.id IN (SELECT ex.run_id FROM ex)
+      SELECT r.id FROM flowreg.runs r WHERE r.id = ANY (ARRAY(SELECT ex.run_id FROM ex))
       ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
     )
     SELECT jsonb_agg(jsonb_build_object(
@@ -76,14 +78,14 @@ BEGIN
         error = 'lease expired: its worker stopped renewing it (the worker died, lost the '
                 'database, or the step timed out)',
         error_at = now()
-    WHERE t.id IN (
+    WHERE t.id = ANY (ARRAY(
       SELECT e.id FROM flowreg.tasks e
       WHERE e.status = 'started' AND e.lease_expires_at < now()
         AND e.attempt < coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
                                   WHERE fs.flow_slug = e.flow_slug AND fs.version = e.flow_version
                                     AND fs.step_slug = e.step_slug), 0)
         AND (e.flow_slug, e.flow_version) IN (SELECT * FROM unnest(v_slugs, v_versions))
-      LIMIT p_limit FOR UPDATE SKIP LOCKED);
+      LIMIT p_limit FOR UPDATE SKIP LOCKED));
   END IF;
 
   RETURN QUERY

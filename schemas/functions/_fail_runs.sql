@@ -1,6 +1,9 @@
 -- Fails the given runs (still started) with the given errors (the first per run wins): their tasks
 -- leave the queue (_drop_tasks), their unfinished steps are cancelled, and they are announced on
 -- flowreg_runs. REQUIRES: the runs are locked (so the set of those still started cannot change).
+-- The step states are found by `run_id = ANY (ids)`, a condition of step_states_pkey whatever the
+-- plan: as `run_id IN (SELECT id FROM r)`, a plan made on small tables walked all of
+-- step_states_pkey as the outer side of the join (tests/pg/hot_path_test.cpp reads the plans).
 CREATE OR REPLACE FUNCTION flowreg._fail_runs(p_runs uuid[], p_errors text[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -25,7 +28,7 @@ BEGIN
   ),
   s AS (
     UPDATE flowreg.step_states SET status = 'cancelled', finished_at = now()
-    WHERE run_id IN (SELECT id FROM r) AND status IN ('created', 'started')
+    WHERE run_id = ANY (ARRAY(SELECT id FROM r)) AND status IN ('created', 'started')
   )
   SELECT count(pg_notify('flowreg_runs', id::text || ' failed')) INTO v_n FROM r;
 END $$;

@@ -113,7 +113,7 @@ BEGIN
                    CASE jsonb_typeof(z.input) WHEN 'object' THEN 'an object' WHEN 'null' THEN 'null'
                         WHEN 'array' THEN 'an array' ELSE 'a ' || jsonb_typeof(z.input) END) END
       FROM sized z
-      WHERE s.run_id = z.run_id AND s.step_slug = z.step_slug
+      WHERE s.run_id = ANY (ARRAY[z.run_id]) AND s.step_slug = ANY (ARRAY[z.step_slug])
       RETURNING s.run_id, s.step_slug, s.status, s.error, z.flow_slug, z.flow_version
     )
     SELECT array_agg(u.run_id) FILTER (WHERE u.status = 'completed'),

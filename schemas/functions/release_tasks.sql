@@ -2,7 +2,9 @@
 -- false: the handler never started (the attempt is refunded, the task requeued at once); ran =
 -- true: the handler was interrupted (requeued at once when attempts remain, else the lease is
 -- expired now and the next claim fails the step). Other workers are notified. Returns the ids
--- released.
+-- released. The status test is written `status || '' = 'started'`, as renew_leases', so that no
+-- plan reads tasks_leased whole; sequential scans, hash and merge joins are off, as in the other
+-- functions of the lifecycle.
 CREATE OR REPLACE FUNCTION flowreg.release_tasks(p_worker text, p_batch jsonb)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
@@ -17,7 +19,7 @@ BEGIN
                                          AND fs.version = k.flow_version
                                          AND fs.step_slug = k.step_slug), 0) AS last
     FROM jsonb_to_recordset(p_batch) AS j(id bigint, attempt int, ran boolean)
-    LEFT JOIN flowreg.tasks k ON k.id = j.id
+    LEFT JOIN flowreg.tasks k ON k.id = ANY (ARRAY[j.id])
   ),
   upd AS (
     UPDATE flowreg.tasks t
@@ -30,7 +32,7 @@ BEGIN
         error_at = CASE WHEN b.ran THEN now() ELSE t.error_at END
     FROM b
     WHERE t.id = ANY (ARRAY(SELECT (e->>'id')::bigint FROM jsonb_array_elements(p_batch) e))
-      AND t.id = b.id AND t.attempt = b.attempt AND t.status = 'started'
+      AND t.id = b.id AND t.attempt = b.attempt AND t.status || '' = 'started'
       AND t.worker_id = p_worker
     RETURNING t.id, t.flow_slug
   )
@@ -41,4 +43,5 @@ BEGIN
   RETURN coalesce(v_acc, '{}');
 END $$;
 
-ALTER FUNCTION flowreg.release_tasks(text, jsonb) SET jit = off;
+ALTER FUNCTION flowreg.release_tasks(text, jsonb)
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off;

@@ -6,6 +6,9 @@
 //     the middle of a batch fails that task alone, permanently, with the reason;
 //   - several workers completing and failing tasks of the same runs at once: no deadlock in the
 //     server's log, no flow-loop restart, every run ends as expected.
+//   - the shape of every plan: no statement reads a table of flowreg but through an index
+//     condition, or in a walk in index order that a LIMIT stops, with plans made in four states
+//     of the statistics (auto_explain's plans, read from the server's log).
 // Scans are read from the server's counters (pg_stat_user_tables), summed over every table of
 // schema flowreg, so that they hold whatever the tables are.
 
@@ -13,6 +16,7 @@
 #include <pthread.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <csignal>
@@ -433,6 +437,197 @@ flowreg::pgtest::WorkerScene make_scene(const std::string& name,
   return s;
 }
 
+// A user's mix of calls on runs of three flows, one of each shape (`fan`: a map step between two
+// single steps; `line`: a chain of three; `one`: one step), made through one RunStore (the
+// worker's) as a worker and an application make them. Its own queries (picking runs, counting
+// those left) go through `conninfo`.
+struct CallMix {
+  std::string conninfo;
+  fd::RunStore& worker;
+  std::vector<fd::FlowKey> keys;  // fan, line, one
+  std::set<fd::TaskId> given_back, crashed;
+
+  CallMix(std::string conninfo_, fd::RunStore& worker_, std::vector<fd::FlowKey> keys_)
+      : conninfo(std::move(conninfo_)), worker(worker_), keys(std::move(keys_)) {}
+
+  static std::vector<flowreg::StepDef> fan() {
+    return {step("split"), step("each", {"split"}, flowreg::StepKind::map), step("join", {"each"})};
+  }
+  static std::vector<flowreg::StepDef> line() {
+    return {step("a"), step("b", {"a"}), step("c", {"b"})};
+  }
+  static std::vector<flowreg::StepDef> one() { return {step("only")}; }
+
+  // Worker cycles over the three flows until nothing is left: a split's output is the map
+  // step's input; one task in 5 of steps "each" and "b" fails for good (its run fails, and a
+  // map step's other tasks are dropped), by its id; one in 7 is given back once (as at a
+  // worker's shutdown: it is queued again) and one in 11 reported as killed by a signal in a
+  // worker that died (it fails for good, and its run). The tasks claimed.
+  long drain() {
+    long tasks = 0;
+    std::vector<fd::Completion> done;
+    std::vector<fd::Failure> failed;
+    for (int i = 0; i < 1000; ++i) {
+      auto r = worker.work("w1", done, failed, std::span(keys), 64, std::nullopt);
+      REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+      done.clear();
+      failed.clear();
+      std::vector<fd::TaskAttempt> held_tasks;
+      for (const auto& t : r->claimed) held_tasks.push_back({t.id, t.attempt});
+      auto renewed = worker.renew("w1", held_tasks);  // as a worker's lease keeper does
+      REQUIRE_MESSAGE(renewed, flowreg::testing::failure_text(renewed));
+      CHECK(renewed->empty());
+      std::vector<fd::Release> releases;
+      std::vector<fd::CrashReport> crashes;
+      for (const auto& t : r->claimed) {
+        if (t.id % 7 == 1 && given_back.insert(t.id).second)
+          releases.push_back(fd::Release{t.id, t.attempt, false});
+        else if (t.id % 11 == 2 && crashed.insert(t.id).second)
+          crashes.push_back(fd::CrashReport{t.id, t.attempt, 9});
+        else if ((t.step_slug == "each" || t.step_slug == "b") && t.id % 5 == 0)
+          failed.push_back(fd::Failure{t.id, t.attempt, "no", true});
+        else
+          done.push_back(
+              completion(t, t.step_slug == "split" ? Json::array({1, 2, 3}) : Json{{"ok", 1}}));
+      }
+      if (!releases.empty()) {
+        auto released = worker.release("w1", releases);
+        REQUIRE_MESSAGE(released, flowreg::testing::failure_text(released));
+        CHECK(released->size() == releases.size());
+      }
+      if (!crashes.empty()) {
+        auto reported = worker.report_crashes(crashes, 3);
+        REQUIRE_MESSAGE(reported, flowreg::testing::failure_text(reported));
+        CHECK(reported->size() == crashes.size());
+      }
+      tasks += static_cast<long>(r->claimed.size());
+      if (done.empty() && failed.empty() && releases.empty() && crashes.empty()) break;
+    }
+    return tasks;
+  }
+
+  // The ids of `count` runs matching `where`, oldest first.
+  std::vector<fd::RunId> pick(const std::string& where, int count) const {
+    std::vector<fd::RunId> runs;
+    std::stringstream ids(query_one_or_empty(
+        conninfo, "SELECT string_agg(id::text, ' ') FROM (SELECT id FROM flowreg.runs WHERE " +
+                      where + " ORDER BY created_at, id LIMIT " + std::to_string(count) + ") x"));
+    for (std::string id; ids >> id;) runs.push_back(id);
+    return runs;
+  }
+
+  // What a user does with runs: retries one that failed, reads one's steps, cancels it and
+  // reads it (of each flow, the oldest still started), and starts runs one at a time and in a
+  // batch; `count` of each, picked first (the queries picking them are not measured). The
+  // calls made.
+  std::function<int()> use_runs(int count) const {
+    std::vector<fd::RunId> started, failed;
+    for (const char* flow : {"fan", "line", "one"}) {
+      auto some = pick(std::string("status = 'started' AND flow_slug = '") + flow + "'", count);
+      REQUIRE(static_cast<int>(some.size()) == count);
+      started.insert(started.end(), some.begin(), some.end());
+    }
+    failed = pick(
+        "status = 'failed' AND flow_slug IN ('fan', 'line') AND id NOT IN (SELECT "
+        "retry_of FROM flowreg.runs WHERE retry_of IS NOT NULL)",
+        count);
+    return [this, started, failed, count] {
+      int calls = 0;
+      for (const auto& run : failed) {
+        auto retried = worker.retry_run(run);
+        REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
+        ++calls;
+      }
+      for (const auto& run : started) {
+        auto steps = worker.run_steps(run);
+        REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+        auto cancelled = worker.cancel_run(run);
+        REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
+        CHECK(*cancelled);
+        auto info = worker.get_run(run);
+        REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
+        calls += 3;
+      }
+      for (const auto& key : keys) {
+        for (int i = 0; i < count; ++i) {
+          auto one_run = worker.start_run(key.slug, key.version, Json{{"i", i}});
+          REQUIRE_MESSAGE(one_run, flowreg::testing::failure_text(one_run));
+        }
+        auto some = worker.start_runs(key.slug, key.version,
+                                      std::vector<Json>(static_cast<std::size_t>(count), Json{}));
+        REQUIRE_MESSAGE(some, flowreg::testing::failure_text(some));
+        calls += count + 1;
+      }
+      return calls;
+    };
+  }
+
+  // The runs of the three flows still started.
+  std::string left() const {
+    return query_one_or_empty(conninfo,
+                              "SELECT count(*) FROM flowreg.runs WHERE status = 'started' AND "
+                              "flow_slug IN ('fan', 'line', 'one')");
+  }
+};
+
+// A plan auto_explain wrote to the server's log (auto_explain.log_format = json): the statement
+// (for a statement of a function, its text in the function) and its plan.
+struct LoggedPlan {
+  std::string query;
+  Json plan;
+};
+
+// The plans auto_explain wrote to `log` from byte `from` on. A message is written as its first
+// line (after log_line_prefix) and then its other lines, each after a tab (PostgreSQL's stderr
+// log).
+std::vector<LoggedPlan> logged_plans(const fs::path& log, std::uintmax_t from) {
+  std::ifstream in(log);
+  REQUIRE_MESSAGE(in, "cannot read " << log);
+  in.seekg(static_cast<std::streamoff>(from));
+  std::vector<LoggedPlan> out;
+  std::string line, text;
+  bool in_plan = false;
+  const auto flush = [&] {
+    if (!in_plan) return;
+    in_plan = false;
+    const Json j = Json::parse(text, nullptr, false);
+    REQUIRE_MESSAGE(!j.is_discarded(), "a plan in " << log << " that is not JSON:\n" << text);
+    out.push_back({j.value("Query Text", std::string()), j.value("Plan", Json())});
+    text.clear();
+  };
+  while (std::getline(in, line)) {
+    if (in_plan && !line.empty() && line[0] == '\t') {
+      text += line + "\n";
+      continue;
+    }
+    flush();
+    in_plan = line.find(" LOG:  duration: ") != std::string::npos && line.size() >= 7 &&
+              line.compare(line.size() - 7, 7, "  plan:") == 0;
+  }
+  flush();
+  return out;
+}
+
+// The scans of a table of `tables` in `plan` (its nodes, subplans and init plans included) that
+// read it other than through an index condition: a sequential scan, or an index scan without one
+// (a whole index), unless it is a walk in index order that a Limit stops (no filter: it reads as
+// many rows as it returns). "<node> on <table>[ using <index>]" each.
+void unkeyed_scans(const Json& plan, const std::set<std::string>& tables,
+                   std::vector<std::string>& out, const std::string& parent = "") {
+  if (!plan.is_object()) return;
+  const std::string node = plan.value("Node Type", std::string());
+  const std::string table = plan.value("Relation Name", std::string());
+  const bool index_scan = node == "Index Scan" || node == "Index Only Scan";
+  const bool limited_walk = parent == "Limit" && !plan.contains("Filter");
+  if (tables.count(table) &&
+      (node == "Seq Scan" || (index_scan && !plan.contains("Index Cond") && !limited_walk)))
+    out.push_back(node + " on " + table +
+                  (plan.contains("Index Name") ? " using " + plan.value("Index Name", std::string())
+                                               : std::string()));
+  if (plan.contains("Plans"))
+    for (const auto& child : plan["Plans"]) unkeyed_scans(child, tables, out, node);
+}
+
 // The newest version of `slug` a worker stored.
 std::string version_of(const std::string& conninfo, const std::string& slug) {
   const std::string version =
@@ -662,120 +857,17 @@ TEST_SUITE("hot_path") {
   // per cutoff (the next test).
   TEST_CASE("plans: made on small tables, they read a 90,000-run backlog by key") {
     const std::string conninfo = hot_database("hp_small_plans");
-    const std::vector<flowreg::StepDef> fan{
-        step("split"), step("each", {"split"}, flowreg::StepKind::map), step("join", {"each"})};
-    const std::vector<flowreg::StepDef> line{step("a"), step("b", {"a"}), step("c", {"b"})};
-    const std::vector<flowreg::StepDef> one{step("only")};
+    const auto fan = CallMix::fan(), line = CallMix::line(), one = CallMix::one();
     std::optional<fd::RunStore> held(connect(conninfo));
     fd::RunStore& worker = *held;
-    const fd::FlowKey keys[] = {store_flow(worker, "fan", fan), store_flow(worker, "line", line),
-                                store_flow(worker, "one", one)};
-    // Worker cycles over the three flows until nothing is left: a split's output is the map
-    // step's input; one task in 5 of steps "each" and "b" fails for good (its run fails, and a
-    // map step's other tasks are dropped), by its id; one in 7 is given back once (as at a
-    // worker's shutdown: it is queued again) and one in 11 reported as killed by a signal in a
-    // worker that died (it fails for good, and its run). The tasks claimed.
-    std::set<fd::TaskId> given_back, crashed;
-    const auto drain = [&] {
-      long tasks = 0;
-      std::vector<fd::Completion> done;
-      std::vector<fd::Failure> failed;
-      for (int i = 0; i < 1000; ++i) {
-        auto r = worker.work("w1", done, failed, std::span(keys), 64, std::nullopt);
-        REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
-        done.clear();
-        failed.clear();
-        std::vector<fd::TaskAttempt> held_tasks;
-        for (const auto& t : r->claimed) held_tasks.push_back({t.id, t.attempt});
-        auto renewed = worker.renew("w1", held_tasks);  // as a worker's lease keeper does
-        REQUIRE_MESSAGE(renewed, flowreg::testing::failure_text(renewed));
-        CHECK(renewed->empty());
-        std::vector<fd::Release> releases;
-        std::vector<fd::CrashReport> crashes;
-        for (const auto& t : r->claimed) {
-          if (t.id % 7 == 1 && given_back.insert(t.id).second)
-            releases.push_back(fd::Release{t.id, t.attempt, false});
-          else if (t.id % 11 == 2 && crashed.insert(t.id).second)
-            crashes.push_back(fd::CrashReport{t.id, t.attempt, 9});
-          else if ((t.step_slug == "each" || t.step_slug == "b") && t.id % 5 == 0)
-            failed.push_back(fd::Failure{t.id, t.attempt, "no", true});
-          else
-            done.push_back(
-                completion(t, t.step_slug == "split" ? Json::array({1, 2, 3}) : Json{{"ok", 1}}));
-        }
-        if (!releases.empty()) {
-          auto released = worker.release("w1", releases);
-          REQUIRE_MESSAGE(released, flowreg::testing::failure_text(released));
-          CHECK(released->size() == releases.size());
-        }
-        if (!crashes.empty()) {
-          auto reported = worker.report_crashes(crashes, 3);
-          REQUIRE_MESSAGE(reported, flowreg::testing::failure_text(reported));
-          CHECK(reported->size() == crashes.size());
-        }
-        tasks += static_cast<long>(r->claimed.size());
-        if (done.empty() && failed.empty() && releases.empty() && crashes.empty()) break;
-      }
-      return tasks;
-    };
-    // What a user does with runs: retries one that failed, reads one's steps, cancels it and
-    // reads it (of each flow, the oldest still started), and starts runs one at a time and in a
-    // batch; `count` of each, picked first (the queries picking them are not measured). The
-    // calls made.
-    const auto pick = [&](const std::string& where, int count) {
-      std::vector<fd::RunId> runs;
-      std::stringstream ids(query_one_or_empty(
-          conninfo, "SELECT string_agg(id::text, ' ') FROM (SELECT id FROM flowreg.runs WHERE " +
-                        where + " ORDER BY created_at, id LIMIT " + std::to_string(count) + ") x"));
-      for (std::string id; ids >> id;) runs.push_back(id);
-      return runs;
-    };
-    const auto use_runs = [&](int count) {
-      std::vector<fd::RunId> started, failed;
-      for (const char* flow : {"fan", "line", "one"}) {
-        auto some = pick(std::string("status = 'started' AND flow_slug = '") + flow + "'", count);
-        REQUIRE(static_cast<int>(some.size()) == count);
-        started.insert(started.end(), some.begin(), some.end());
-      }
-      failed = pick(
-          "status = 'failed' AND flow_slug IN ('fan', 'line') AND id NOT IN (SELECT "
-          "retry_of FROM flowreg.runs WHERE retry_of IS NOT NULL)",
-          count);
-      return [&worker, &keys, started, failed, count] {
-        int calls = 0;
-        for (const auto& run : failed) {
-          auto retried = worker.retry_run(run);
-          REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
-          ++calls;
-        }
-        for (const auto& run : started) {
-          auto steps = worker.run_steps(run);
-          REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
-          auto cancelled = worker.cancel_run(run);
-          REQUIRE_MESSAGE(cancelled, flowreg::testing::failure_text(cancelled));
-          CHECK(*cancelled);
-          auto info = worker.get_run(run);
-          REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
-          calls += 3;
-        }
-        for (const auto& key : keys) {
-          for (int i = 0; i < count; ++i) {
-            auto one_run = worker.start_run(key.slug, key.version, Json{{"i", i}});
-            REQUIRE_MESSAGE(one_run, flowreg::testing::failure_text(one_run));
-          }
-          auto some = worker.start_runs(key.slug, key.version,
-                                        std::vector<Json>(static_cast<std::size_t>(count), Json{}));
-          REQUIRE_MESSAGE(some, flowreg::testing::failure_text(some));
-          calls += count + 1;
-        }
-        return calls;
-      };
-    };
-    const auto left = [&] {
-      return query_one_or_empty(conninfo,
-                                "SELECT count(*) FROM flowreg.runs WHERE status = 'started' AND "
-                                "flow_slug IN ('fan', 'line', 'one')");
-    };
+    CallMix mix{conninfo,
+                worker,
+                {store_flow(worker, "fan", fan), store_flow(worker, "line", line),
+                 store_flow(worker, "one", one)}};
+    const auto& keys = mix.keys;
+    const auto drain = [&] { return mix.drain(); };
+    const auto use_runs = [&](int count) { return mix.use_runs(count); };
+    const auto left = [&] { return mix.left(); };
     // The plans, made on small tables: a few runs of each flow, run to their end, analyzed (as
     // autovacuum does once a queue is drained), and a few more runs, whose calls make the plans
     // again with those statistics.
@@ -815,11 +907,222 @@ TEST_SUITE("hot_path") {
     CHECK(cost.big_seq_scans == 0);
     CHECK(cost.big_seq_rows == 0);
     CHECK(uses >= 10 * 3 * 3 + 3 * 11);
-    CHECK(!given_back.empty());
-    CHECK(!crashed.empty());
+    CHECK(!mix.given_back.empty());
+    CHECK(!mix.crashed.empty());
     const auto per_call = static_cast<double>(tasks + uses);
     CHECK(static_cast<double>(cost.tuples) / per_call < kTuplesPerTask);
     CHECK(static_cast<double>(cost.index_entries) / per_call < kIndexEntriesPerTask);
+  }
+
+  // Every statement flowreg runs reads a table of its schema through an index condition: by its
+  // key, by a parameterized probe driven by the rows given (`key = ANY (ARRAY[row.key])`, or a
+  // lateral subquery), or by a range of an index it was written for. Read from the plans
+  // themselves (auto_explain, every statement of every function), each made by a new session in
+  // one of four states of the statistics: tables never analyzed; analyzed while nearly empty (a
+  // drained queue); analyzed with a backlog mostly queued (these two gave the cliffs of issue 13
+  // and stop 41); analyzed again once that backlog is drained (its pages left empty). The tests
+  // above measure reads at one size; this one fails on the shape of a plan (a sequential scan,
+  // or a whole index read, as the outer side of a join or alone), whatever the sizes: such a
+  // plan, kept by a session while its tables grow, reads them whole on every call. When it was
+  // written, it found renew_leases and release_tasks reading tasks_leased whole (every started
+  // task, on every renewal) and _fail_runs reading all of step_states_pkey.
+  TEST_CASE(
+      "plans: in any state of the statistics, every statement reads flowreg's tables by "
+      "an index condition") {
+    const std::string conninfo = hot_database("hp_plan_shapes");
+    const fs::path log_file = flowreg::pgtest::shared_cluster().status()->log_file;
+    // Plans of every statement of this database's sessions, but for the test's own (`quiet`).
+    {
+      pqxx::connection conn(conninfo);
+      pqxx::nontransaction tx(conn);
+      const std::string db = tx.quote_name(conn.dbname());
+      tx.exec("ALTER DATABASE " + db + " SET session_preload_libraries = 'auto_explain'");
+      tx.exec("ALTER DATABASE " + db + " SET auto_explain.log_min_duration = 0");
+      tx.exec("ALTER DATABASE " + db + " SET auto_explain.log_nested_statements = on");
+      tx.exec("ALTER DATABASE " + db + " SET auto_explain.log_format = 'json'");
+    }
+    const std::string quiet = conninfo + " options='-c auto_explain.log_min_duration=-1'";
+    std::set<std::string> tables;
+    {
+      pqxx::connection conn(quiet);
+      for (const auto& row : pqxx::nontransaction(conn).exec(
+               "SELECT tablename FROM pg_tables WHERE schemaname = 'flowreg'"))
+        tables.insert(row[0].as<std::string>());
+    }
+    REQUIRE(tables.count("tasks") == 1);
+    REQUIRE(tables.count("runs") == 1);
+    const auto log_size = [&] { return fs::exists(log_file) ? fs::file_size(log_file) : 0; };
+    // Whole reads by design: the registry's flow versions (not runs), read once to name the
+    // slugs of the hashes that have runs (_run_slugs); the metrics scrape's counts of the tasks
+    // queued and running, which are what they count; the list of workers, which lists them all.
+    const std::vector<std::pair<std::string, std::string>> by_design{
+        {"Index Only Scan on flows using flows_pkey", "SELECT DISTINCT slug FROM flowreg.flows"},
+        {"Seq Scan on workers", "FROM flowreg.workers ORDER BY last_heartbeat_at DESC"},
+        {"Index Scan on tasks using tasks_queued",
+         "count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'"},
+        {"Index Scan on tasks using tasks_leased",
+         "SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"}};
+    const auto violations = [&](const std::vector<LoggedPlan>& plans) {
+      std::string found;
+      for (const auto& p : plans) {
+        std::vector<std::string> scans;
+        unkeyed_scans(p.plan, tables, scans);
+        for (const auto& scan : scans)
+          if (std::none_of(by_design.begin(), by_design.end(), [&](const auto& d) {
+                return scan == d.first && p.query.find(d.second) != std::string::npos;
+              }))
+            found += scan + " in:\n" + p.query + "\n\n";
+      }
+      return found;
+    };
+
+    // The check sees a whole index read and a sequential scan, and lets a key lookup and a walk
+    // that stops at a LIMIT pass.
+    {
+      const auto from = log_size();
+      pqxx::connection conn(conninfo);
+      pqxx::nontransaction tx(conn);
+      tx.exec("SET enable_seqscan = off");
+      tx.exec("SELECT id FROM flowreg.runs ORDER BY id");
+      tx.exec("SELECT id FROM flowreg.runs ORDER BY id LIMIT 1");
+      tx.exec("SET enable_seqscan = on");
+      tx.exec("SELECT count(*) FROM flowreg.tasks");
+      tx.exec("SELECT id FROM flowreg.runs WHERE id = '00000000-0000-0000-0000-000000000000'");
+      const auto plans = logged_plans(log_file, from);
+      REQUIRE(plans.size() == 4);
+      const std::string found = violations(plans);
+      CAPTURE(found);
+      CHECK(found.find("Index Only Scan on runs using runs_pkey in:\nSELECT id FROM flowreg.runs "
+                       "ORDER BY id\n") != std::string::npos);
+      CHECK(found.find("Seq Scan on tasks in:\nSELECT count(*)") != std::string::npos);
+      CHECK(found.find("00000000") == std::string::npos);
+      CHECK(found.find("LIMIT 1") == std::string::npos);
+    }
+
+    const auto from = log_size();
+    std::optional<fd::RunStore> setup(connect(conninfo));
+    const std::vector<fd::FlowKey> keys{store_flow(*setup, "fan", CallMix::fan()),
+                                        store_flow(*setup, "line", CallMix::line()),
+                                        store_flow(*setup, "one", CallMix::one())};
+    long tasks = 0;
+    int uses = 0;
+    // A worker's session whose plans are made in the state the tables are in: it starts runs,
+    // uses some (retries, cancels, reads), drains them all, then lists, prunes and scrapes.
+    const auto session = [&](int runs, int used) {
+      std::optional<fd::RunStore> held(connect(conninfo));
+      CallMix mix{quiet, *held, keys};
+      for (const auto& key : keys) start_many(*held, key, runs);
+      uses += mix.use_runs(used)();
+      tasks += mix.drain();
+      CHECK(mix.left() == "0");
+      for (const auto& key : keys) {
+        auto listed = held->list_runs(fd::RunFilter{key.slug, std::nullopt, 10});
+        REQUIRE_MESSAGE(listed, flowreg::testing::failure_text(listed));
+        CHECK(!listed->empty());
+        auto ended = held->list_runs(fd::RunFilter{key.slug, fd::RunStatus::failed, 10});
+        REQUIRE_MESSAGE(ended, flowreg::testing::failure_text(ended));
+      }
+      auto all = held->list_runs();
+      REQUIRE_MESSAGE(all, flowreg::testing::failure_text(all));
+      scrape(*held, scrape(*held, std::nullopt).next);
+      auto pruned = held->prune(1h, 50);  // ended an hour ago: none, but each flow's runs walked
+      REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+      // The calls apart from work(): a worker's heartbeat and the list of workers, starts with an
+      // idempotency key (the same input twice, then another), and claims, renewals that skip
+      // locked rows, completions and failures each in a call of its own.
+      fd::WorkerRecord me;
+      me.id = "w2";
+      me.host = "here";
+      me.pid = 2;
+      me.concurrency = 1;
+      me.flows = keys;
+      me.started_at = me.last_heartbeat_at = std::chrono::system_clock::now();
+      auto beat = held->heartbeat(me, false);
+      REQUIRE_MESSAGE(beat, flowreg::testing::failure_text(beat));
+      auto workers = held->list_workers();
+      REQUIRE_MESSAGE(workers, flowreg::testing::failure_text(workers));
+      for (const auto& key : keys) {
+        const fd::StartOptions keyed{"k" + std::to_string(runs), std::nullopt};
+        auto first = held->start_run(key.slug, key.version, Json{{"k", 1}}, keyed);
+        REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
+        auto again = held->start_run(key.slug, key.version, Json{{"k", 1}}, keyed);
+        REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
+        CHECK(*again == *first);
+        CHECK(!held->start_run(key.slug, key.version, Json{{"k", 2}}, keyed));
+      }
+      // One task in 4 fails once (retried after its step's backoff, 1 s), one in 8 of the others
+      // for good.
+      const auto until = std::chrono::steady_clock::now() + 60s;
+      while (mix.left() != "0" && std::chrono::steady_clock::now() < until) {
+        auto claimed = held->claim("w2", std::span(keys), 16);
+        REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+        if (claimed->empty()) {
+          std::this_thread::sleep_for(100ms);
+          continue;
+        }
+        std::vector<fd::TaskAttempt> held_tasks;
+        std::vector<fd::Completion> done;
+        std::vector<fd::Failure> failed;
+        for (const auto& t : *claimed) {
+          held_tasks.push_back({t.id, t.attempt});
+          if (t.id % 4 == 3 && t.attempt == 1)
+            failed.push_back(fd::Failure{t.id, t.attempt, "once", false});
+          else if (t.id % 8 == 6)
+            failed.push_back(fd::Failure{t.id, t.attempt, "no", true});
+          else
+            done.push_back(completion(t, t.step_slug == "split" ? Json::array({1}) : Json{}));
+        }
+        auto renewed = held->renew("w2", held_tasks, 5000ms, true);
+        REQUIRE_MESSAGE(renewed, flowreg::testing::failure_text(renewed));
+        CHECK(renewed->empty());
+        auto completed = held->complete(done);
+        REQUIRE_MESSAGE(completed, flowreg::testing::failure_text(completed));
+        auto failures = held->fail(failed);
+        REQUIRE_MESSAGE(failures, flowreg::testing::failure_text(failures));
+      }
+      CHECK(mix.left() == "0");
+      me.stopped_at = std::chrono::system_clock::now();
+      beat = held->heartbeat(me, true);
+      REQUIRE_MESSAGE(beat, flowreg::testing::failure_text(beat));
+    };
+    session(3, 1);  // tables never analyzed
+    analyze_all(quiet);
+    session(3, 1);  // analyzed nearly empty (the runs of the first session ended)
+    {
+      // A backlog mostly queued, started by another session, then analyzed.
+      auto other = connect(conninfo);
+      for (const auto& key : keys) start_many(other, key, 400);
+    }
+    analyze_all(quiet);
+    session(2, 2);
+    analyze_all(quiet);  // drained after a burst: no task left in the pages the burst filled
+    session(2, 2);
+    {
+      // Pruning what ended, in small batches.
+      auto pruned = setup->prune(0ms, 100);
+      REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+      CHECK(*pruned > 1200);
+    }
+    setup.reset();
+
+    const auto plans = logged_plans(log_file, from);
+    std::set<std::string> statements;
+    for (const auto& p : plans) statements.insert(p.query);
+    INFO(plans.size() << " plans of " << statements.size()
+                      << " statements; tasks claimed: " << tasks << ", calls on runs: " << uses);
+    // Statements of the lifecycle's functions among them (a sample, which shows the log holds
+    // the statements inside functions).
+    for (const char* text :
+         {"DELETE FROM flowreg.tasks t USING b", "INSERT INTO flowreg.step_states",
+          "UPDATE flowreg.runs r", "FROM flowreg.flow_steps", "INSERT INTO flowreg.runs"}) {
+      CAPTURE(text);
+      CHECK(std::any_of(statements.begin(), statements.end(),
+                        [&](const std::string& q) { return q.find(text) != std::string::npos; }));
+    }
+    CHECK(statements.size() >= 40);
+    CHECK(tasks > 3 * 400);
+    const std::string found = violations(plans);
+    CHECK_MESSAGE(found.empty(), "scans that are not keyed:\n" << found);
   }
 
   // prune deletes a cutoff's runs in batches, walking each flow's runs newest first through
