@@ -7,7 +7,7 @@
 //   - several workers completing and failing tasks of the same runs at once: no deadlock in the
 //     server's log, no flow-loop restart, every run ends as expected.
 //   - the shape of every plan: no statement reads a table of flowreg but through an index
-//     condition, or in a walk in index order that a LIMIT stops, with plans made in four states
+//     condition, or in a walk in index order that a LIMIT stops, with plans made in five states
 //     of the statistics (auto_explain's plans, read from the server's log).
 // Scans are read from the server's counters (pg_stat_user_tables), summed over every table of
 // schema flowreg, so that they hold whatever the tables are.
@@ -918,9 +918,10 @@ TEST_SUITE("hot_path") {
   // key, by a parameterized probe driven by the rows given (`key = ANY (ARRAY[row.key])`, or a
   // lateral subquery), or by a range of an index it was written for. Read from the plans
   // themselves (auto_explain, every statement of every function), each made by a new session in
-  // one of four states of the statistics: tables never analyzed; analyzed while nearly empty (a
-  // drained queue); analyzed with a backlog mostly queued (these two gave the cliffs of issue 13
-  // and stop 41); analyzed again once that backlog is drained (its pages left empty). The tests
+  // one of five states of the statistics: tables never analyzed; analyzed while nearly empty (a
+  // drained queue); analyzed empty (every run pruned, their pages left); analyzed with a backlog
+  // mostly queued (this one and the second gave the cliffs of issue 13 and stop 41); analyzed
+  // again once that backlog is drained (its pages left empty). The tests
   // above measure reads at one size; this one fails on the shape of a plan (a sequential scan,
   // or a whole index read, as the outer side of a join or alone), whatever the sizes: such a
   // plan, kept by a session while its tables grow, reads them whole on every call. When it was
@@ -1088,6 +1089,15 @@ TEST_SUITE("hot_path") {
     session(3, 1);  // tables never analyzed
     analyze_all(quiet);
     session(3, 1);  // analyzed nearly empty (the runs of the first session ended)
+    // Analyzed empty: every run pruned (renew_leases' rejected ids were found by a merge anti
+    // join walking all of tasks_pkey, planned so).
+    {
+      auto pruned = setup->prune(0ms, 100);
+      REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+      CHECK(*pruned > 0);
+    }
+    analyze_all(quiet);
+    session(3, 1);  // analyzed empty
     {
       // A backlog mostly queued, started by another session, then analyzed.
       auto other = connect(conninfo);
