@@ -2258,6 +2258,59 @@ TEST_SUITE("run_store") {
     CHECK(one->size() == 1);
   }
 
+  TEST_CASE(
+      "a worker's first heartbeat forgets the workers silent for 7 days, and beyond the 1,000 "
+      "heard from last those silent for an hour; later heartbeats forget nothing") {
+    auto env = open_env("rs_forget_workers");
+    const auto beat = [&](const std::string& id, bool stopped = false) {
+      fd::WorkerRecord w;
+      w.id = id;
+      w.host = "here";
+      w.pid = 1;
+      w.concurrency = 1;
+      w.heartbeat_interval = Millis(5'000);
+      auto r = env.store.heartbeat(w, stopped);
+      REQUIRE_MESSAGE(r, flowreg::testing::failure_text(r));
+    };
+    const auto ids = [&] {
+      std::vector<std::string> out;
+      auto listed = env.store.list_workers();
+      REQUIRE_MESSAGE(listed, flowreg::testing::failure_text(listed));
+      for (const auto& w : *listed) out.push_back(w.id);
+      std::sort(out.begin(), out.end());
+      return out;
+    };
+    // Heard from: 8 days ago (stopped, and silent: died), 6 days ago, 2 hours ago, a minute ago.
+    for (const std::string id : {"stopped8d", "died8d", "died6d", "died2h", "live"})
+      beat(id, id.starts_with("stopped"));
+    sql_exec(env.conninfo,
+             "UPDATE flowreg.workers SET last_heartbeat_at = now() - CASE id"
+             " WHEN 'stopped8d' THEN interval '8 days' WHEN 'died8d' THEN interval '8 days'"
+             " WHEN 'died6d' THEN interval '6 days' WHEN 'died2h' THEN interval '2 hours'"
+             " ELSE interval '1 minute' END");
+    beat("live");  // a heartbeat of a worker already listed forgets nothing
+    CHECK(ids() == std::vector<std::string>{"died2h", "died6d", "died8d", "live", "stopped8d"});
+    beat("new");
+    CHECK(ids() == std::vector<std::string>{"died2h", "died6d", "live", "new"});
+
+    // 1,100 more, heard from 2 hours and 1 to 1,100 minutes ago (old0001 the latest): with the
+    // 4 above and the next worker, 1,105. That worker's start keeps the 1,000 heard from last
+    // (newer, new and live now, died2h 2 hours ago, old0001 to old0996) and forgets the others,
+    // each silent for more than an hour: died6d and old0997 to old1100.
+    sql_exec(env.conninfo,
+             "INSERT INTO flowreg.workers (id, host, pid, concurrency, last_heartbeat_at)"
+             " SELECT 'old' || lpad(i::text, 4, '0'), 'here', i, 1,"
+             "  now() - interval '2 hours' - i * interval '1 minute'"
+             " FROM generate_series(1, 1100) AS i");
+    beat("newer");
+    const auto left = ids();
+    CHECK(left.size() == 1000);
+    for (const std::string id : {"newer", "new", "live", "died2h", "old0001", "old0996"})
+      CHECK_MESSAGE(std::binary_search(left.begin(), left.end(), id), id);
+    for (const std::string id : {"died6d", "old0997", "old1100"})
+      CHECK_MESSAGE(!std::binary_search(left.begin(), left.end(), id), id);
+  }
+
   TEST_CASE("a listener is notified when tasks become ready and when a run ends") {
     auto env = open_env("rs_notify");
     auto key = store_flow(env.store, flow("notify", {step("a")}));
