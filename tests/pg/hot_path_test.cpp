@@ -953,12 +953,10 @@ TEST_SUITE("hot_path") {
     REQUIRE(tables.count("tasks") == 1);
     REQUIRE(tables.count("runs") == 1);
     const auto log_size = [&] { return fs::exists(log_file) ? fs::file_size(log_file) : 0; };
-    // Whole reads by design: the registry's flow versions (not runs), read once to name the
-    // slugs of the hashes that have runs (_run_slugs); the metrics scrape's counts of the tasks
-    // queued and running, which are what they count; the list of workers, which lists them all,
-    // and a worker's first heartbeat, which forgets the workers long silent among them.
+    // Whole reads by design: the metrics scrape's counts of the tasks queued and running, which are
+    // what they count; the list of workers, which lists them all, and a worker's first heartbeat,
+    // which forgets the workers long silent among them.
     const std::vector<std::pair<std::string, std::string>> by_design{
-        {"Index Only Scan on flows using flows_pkey", "SELECT DISTINCT slug FROM flowreg.flows"},
         {"Seq Scan on workers", "FROM flowreg.workers ORDER BY last_heartbeat_at DESC"},
         {"Seq Scan on workers", "DELETE FROM flowreg.workers o"},
         {"Index Scan on tasks using tasks_queued",

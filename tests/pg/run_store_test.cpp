@@ -2258,6 +2258,28 @@ TEST_SUITE("run_store") {
     CHECK(one->size() == 1);
   }
 
+  TEST_CASE("the flow slugs that have runs: each once, in order, whatever their versions") {
+    auto env = open_env("rs_run_slugs");
+    const auto slugs = [&] {
+      return sql_one(env.conninfo,
+                     "SELECT coalesce(string_agg(s, ',' ORDER BY n), '')"
+                     " FROM flowreg._run_slugs() WITH ORDINALITY AS x(s, n)");
+    };
+    CHECK(slugs() == "");
+    for (int v = 1; v <= 30; ++v) {
+      store_flow(env.store, flow("slugs_b", {step("a")}), "v" + std::to_string(v));
+      store_flow(env.store, flow("slugs_c", {step("a")}), "v" + std::to_string(v));
+    }
+    store_flow(env.store, flow("slugs_a", {step("a")}));
+    CHECK(slugs() == "");  // stored versions, no runs yet
+    start(env.store, FlowKey{"slugs_c", "v7"}, 1);
+    start(env.store, FlowKey{"slugs_c", "v30"}, 2);
+    start(env.store, FlowKey{"slugs_a", "v1"}, 3);
+    CHECK(slugs() == "slugs_a,slugs_c");
+    start(env.store, FlowKey{"slugs_b", "v2"}, 4);
+    CHECK(slugs() == "slugs_a,slugs_b,slugs_c");
+  }
+
   TEST_CASE(
       "a worker's first heartbeat forgets the workers silent for 7 days, and beyond the 1,000 "
       "heard from last those silent for an hour; later heartbeats forget nothing") {
