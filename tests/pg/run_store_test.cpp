@@ -20,6 +20,8 @@
 #include <utility>
 #include <vector>
 
+#include "metrics/metrics.hpp"
+#include "metrics/store_metrics.hpp"
 #include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
@@ -2256,6 +2258,38 @@ TEST_SUITE("run_store") {
     auto one = env.store.list_runs(RunFilter{std::nullopt, std::nullopt, 1});
     REQUIRE(one);
     CHECK(one->size() == 1);
+  }
+
+  TEST_CASE(
+      "metrics read the run store at most once every cost factor times their last read's "
+      "duration") {
+    auto env = open_env("rs_metrics_reads");
+    auto k = store_flow(env.store, flow("reads", {step("a")}));
+    // The value of the sample `series` in a rendering, or -1 when absent.
+    const auto sample = [](const std::string& text, const std::string& series) {
+      const auto at = ("\n" + text).find("\n" + series + " ");
+      return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 1));
+    };
+    const std::string queued = "flowreg_tasks_queued{flow=\"reads\"}";
+    start(env.store, k, 1);
+    // A cost factor of a million: a read of at least 0.1 ms holds the values for 100 s.
+    fd::metrics::Registry slow_registry;
+    const fd::metrics::StoreMetrics slow(env.conninfo, slow_registry, Millis(0), 1e6);
+    std::string text = slow_registry.render();
+    CHECK(sample(text, queued) == 1);
+    const double took = sample(text, "flowreg_run_store_read_seconds");
+    CHECK(took > 0);
+    CHECK(took < 60);
+    start(env.store, k, 2);
+    text = slow_registry.render();
+    CHECK(sample(text, queued) == 1);  // not read again
+    CHECK(sample(text, "flowreg_run_store_read_seconds") == took);
+    // A cost factor of 0 (and no cache): every rendering reads.
+    fd::metrics::Registry registry;
+    const fd::metrics::StoreMetrics every(env.conninfo, registry, Millis(0), 0);
+    CHECK(sample(registry.render(), queued) == 2);
+    start(env.store, k, 3);
+    CHECK(sample(registry.render(), queued) == 3);
   }
 
   TEST_CASE("the flow slugs that have runs: each once, in order, whatever their versions") {

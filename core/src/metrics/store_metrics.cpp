@@ -1,7 +1,10 @@
 #include "metrics/store_metrics.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <chrono>
 #include <utility>
 
 namespace flowreg::detail::metrics {
@@ -12,9 +15,11 @@ constexpr const char* kAggregate =
     "the same database counts the same runs: aggregate with max, not sum)";
 }
 
-StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cache)
+StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cache,
+                           double cost_factor)
     : conninfo_(std::move(conninfo)),
       cache_(cache),
+      cost_factor_(cost_factor),
       started_(registry.counter("flowreg_runs_started_total",
                                 std::string("Runs of the flow started") + kAggregate, {"flow"})),
       completed_(registry.counter("flowreg_runs_completed_total",
@@ -39,7 +44,16 @@ StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cach
                      "1 when this process's last read of the run store for metrics succeeded "
                      "(the runs_* and tasks_* metrics are current), else 0.",
                      {})
-              .with({})) {
+              .with({})),
+      read_seconds_(registry
+                        .gauge("flowreg_run_store_read_seconds",
+                               fmt::format("Seconds this process's last read of the run store "
+                                           "for metrics took. Its cost grows with the backlog: "
+                                           "the reads are at most one every {} ms, and at most "
+                                           "one every {:g} times this.",
+                                           cache.count(), cost_factor),
+                               {})
+                        .with({})) {
   hook_ = registry.on_scrape([this] { refresh(); });
 }
 
@@ -58,6 +72,11 @@ void StoreMetrics::refresh() {
     store_ = std::make_unique<RunStore>(std::move(*connected));
   }
   auto counts = store_->scrape_counts(window_);
+  const auto took = std::chrono::steady_clock::now() - now;
+  read_seconds_.set(std::chrono::duration<double>(took).count());
+  next_ = std::max(next_, std::chrono::steady_clock::now() +
+                              std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                  took * cost_factor_));
   if (!counts) {
     spdlog::debug("metrics: reading the run store: {}", counts.error().format());
     up_.set(0);
