@@ -575,6 +575,7 @@ struct CallMix {
 struct LoggedPlan {
   std::string query;
   Json plan;
+  bool jit = false;  // compiled with JIT
 };
 
 // The plans auto_explain wrote to `log` from byte `from` on. A message is written as its first
@@ -592,7 +593,8 @@ std::vector<LoggedPlan> logged_plans(const fs::path& log, std::uintmax_t from) {
     in_plan = false;
     const Json j = Json::parse(text, nullptr, false);
     REQUIRE_MESSAGE(!j.is_discarded(), "a plan in " << log << " that is not JSON:\n" << text);
-    out.push_back({j.value("Query Text", std::string()), j.value("Plan", Json())});
+    out.push_back(
+        {j.value("Query Text", std::string()), j.value("Plan", Json()), j.contains("JIT")});
     text.clear();
   };
   while (std::getline(in, line)) {
@@ -941,6 +943,8 @@ TEST_SUITE("hot_path") {
       tx.exec("ALTER DATABASE " + db + " SET auto_explain.log_min_duration = 0");
       tx.exec("ALTER DATABASE " + db + " SET auto_explain.log_nested_statements = on");
       tx.exec("ALTER DATABASE " + db + " SET auto_explain.log_format = 'json'");
+      // Any statement not run with JIT off is compiled (and its plan says so).
+      tx.exec("ALTER DATABASE " + db + " SET jit_above_cost = 0");
     }
     const std::string quiet = conninfo + " options='-c auto_explain.log_min_duration=-1'";
     std::set<std::string> tables;
@@ -973,31 +977,37 @@ TEST_SUITE("hot_path") {
                 return scan == d.first && p.query.find(d.second) != std::string::npos;
               }))
             found += scan + " in:\n" + p.query + "\n\n";
+        if (p.jit) found += "JIT in:\n" + p.query + "\n\n";
       }
       return found;
     };
 
-    // The check sees a whole index read and a sequential scan, and lets a key lookup and a walk
-    // that stops at a LIMIT pass.
+    // The check sees a whole index read, a sequential scan and a plan compiled with JIT, and lets
+    // a key lookup and a walk that stops at a LIMIT pass.
     {
       const auto from = log_size();
       pqxx::connection conn(conninfo);
       pqxx::nontransaction tx(conn);
+      tx.exec("SET jit = off");
       tx.exec("SET enable_seqscan = off");
       tx.exec("SELECT id FROM flowreg.runs ORDER BY id");
       tx.exec("SELECT id FROM flowreg.runs ORDER BY id LIMIT 1");
       tx.exec("SET enable_seqscan = on");
       tx.exec("SELECT count(*) FROM flowreg.tasks");
       tx.exec("SELECT id FROM flowreg.runs WHERE id = '00000000-0000-0000-0000-000000000000'");
+      tx.exec("SET jit = on");
+      tx.exec("SELECT id FROM flowreg.runs WHERE id = '00000000-0000-0000-0000-000000000001'");
       const auto plans = logged_plans(log_file, from);
-      REQUIRE(plans.size() == 4);
+      REQUIRE(plans.size() == 5);
       const std::string found = violations(plans);
       CAPTURE(found);
       CHECK(found.find("Index Only Scan on runs using runs_pkey in:\nSELECT id FROM flowreg.runs "
                        "ORDER BY id\n") != std::string::npos);
       CHECK(found.find("Seq Scan on tasks in:\nSELECT count(*)") != std::string::npos);
-      CHECK(found.find("00000000") == std::string::npos);
+      CHECK(found.find("00000000-0000-0000-0000-000000000000") == std::string::npos);
       CHECK(found.find("LIMIT 1") == std::string::npos);
+      CHECK(found.find("JIT in:\nSELECT id FROM flowreg.runs WHERE id = "
+                       "'00000000-0000-0000-0000-000000000001'") != std::string::npos);
     }
 
     const auto from = log_size();
