@@ -40,6 +40,13 @@
 //               burn-downs of bench_single at the first --batch and --workers: without, then with
 //               `--metrics 127.0.0.1:0` (the workers record their metrics; nothing scrapes them);
 //               the ratio of the two times per round is the cost the metrics add.
+//   scrape      (only when named in --only) for each --scrape-backlog size (default
+//               100000,1000000): that many bench_single runs queued (start_runs, no worker),
+//               ANALYZE, then what a process's metrics read from the run store
+//               (RunStore::scrape_counts): its first read, then --scrape-reads reads (default 5)
+//               of the window since the previous one; seconds per read and the cluster's CPU per
+//               read. A metrics endpoint reads at most once every 20 times its last read's
+//               duration (metrics/store_metrics.hpp): printed as the interval it implies.
 //
 // Burn-downs: N runs are started BEFORE any worker runs (RunStore::start_runs, 500 per call), then
 // W worker processes start, `flowreg --config CFG worker --concurrency C --batch B`, and the bench
@@ -137,8 +144,8 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",  "backlog",
-                                             "start1", "startbatch", "latency", "metrics"};
+const std::vector<std::string> kScenarios = {
+    "single", "chain", "fanout", "backlog", "start1", "startbatch", "latency", "metrics", "scrape"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -153,6 +160,8 @@ struct Args {
   std::vector<int> start_chunks{10, 100, 500, 1000};
   int samples = 300;
   int metrics_rounds = 3;
+  std::vector<int> scrape_backlog{100000, 1000000};
+  int scrape_reads = 5;
   int timeout_s = 120;
   std::string json_file;
   bool keep = false;
@@ -180,6 +189,9 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                5 ms apart
   metrics      (only when named) burn-downs without and with `worker --metrics`, alternating,
                --metrics-rounds times: the cost the metrics add
+  scrape       (only when named) the metrics' read of the run store (a first read, then
+               --scrape-reads more) with each --scrape-backlog runs queued: seconds and cluster
+               CPU per read
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
 WAL bytes (pg_current_wal_lsn), WAL records and full-page images (pg_stat_wal), heap tuples
 written (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del, schema flowreg) and index entries
@@ -199,6 +211,8 @@ Options:
   --start-chunks LIST  runs per start_runs() call in startbatch (default 10,100,500,1000)
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
+  --scrape-backlog L   queued runs of the scrape scenario, e.g. 1000000 (default 100000,1000000)
+  --scrape-reads N     timed reads after the first at each scrape size (default 5)
   --timeout SECONDS    limit of one burn-down of --runs runs (default 120; larger backlogs get
                        proportionally more)
   --json FILE          also write every measured row to FILE as one JSON document
@@ -272,6 +286,10 @@ Args parse_args(int argc, char** argv) {
       a.samples = positive(opt, v);
     } else if (opt == "--metrics-rounds") {
       a.metrics_rounds = positive(opt, v);
+    } else if (opt == "--scrape-backlog") {
+      a.scrape_backlog = positive_list(opt, v);
+    } else if (opt == "--scrape-reads") {
+      a.scrape_reads = positive(opt, v);
     } else if (opt == "--timeout") {
       a.timeout_s = positive(opt, v);
     } else if (opt == "--json") {
@@ -1138,6 +1156,82 @@ Start1Result start_one_at_a_time(Env& env) {
   return r;
 }
 
+// ---- scrape --------------------------------------------------------------------------------
+
+struct ScrapeResult {
+  int backlog = 0;
+  double start_s = 0;         // starting the backlog
+  double first_s = 0;         // the first read (a process's first scrape)
+  double first_cpu_s = 0;     // the cluster's CPU during it
+  Percentiles read_s;         // the reads after it
+  int reads = 0;              // how many
+  double cpu_per_read_s = 0;  // the cluster's CPU per read after the first
+  std::int64_t queued = 0;    // bench_single's queued tasks, as the last read counted them
+};
+
+// The metrics' read of the run store (RunStore::scrape_counts, as metrics/store_metrics.cpp makes
+// it) with `backlog` bench_single runs queued and analyzed.
+ScrapeResult scrape_reads(Env& env, int backlog) {
+  const Args& a = env.args;
+  const std::string slug = "bench_single";
+  const FlowInfo& flow = env.flows.at(slug);
+  const std::string name = fmt::format("wb_scrape_{}", backlog);
+  const std::string conninfo = fresh_database(env, name);
+  ScrapeResult r;
+  r.backlog = backlog;
+  {
+    auto filler = value_or_throw(RunStore::connect(conninfo), "connect");
+    value_or_throw(filler.upsert_flow(flow.def, flow.version), "upsert " + slug);
+    std::fprintf(stderr, "  scrape: starting %d runs\n", backlog);
+    r.start_s = start_backlog(filler, slug, flow.version, backlog, 10'000);
+  }
+  analyze_all(env, conninfo);
+  auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+  const auto timed = [&](std::optional<ScrapeWindow> window, double& cpu_s) {
+    const double cpu0 = cluster_cpu_seconds(env.postmaster);
+    const auto t0 = Clock::now();
+    auto counts = value_or_throw(store.scrape_counts(std::move(window)), "scrape_counts");
+    const double s = seconds_between(t0, Clock::now());
+    cpu_s = cluster_cpu_seconds(env.postmaster) - cpu0;
+    for (const auto& t : counts.tasks)
+      if (t.flow_slug == slug) r.queued = t.queued;
+    return std::make_pair(s, counts.next);
+  };
+  auto [first, window] = timed(std::nullopt, r.first_cpu_s);
+  r.first_s = first;
+  std::vector<double> reads;
+  double cpu_total = 0;
+  for (int i = 0; i < a.scrape_reads; ++i) {
+    double cpu_s = 0;
+    auto [s, next] = timed(window, cpu_s);
+    reads.push_back(s);
+    cpu_total += cpu_s;
+    window = std::move(next);
+  }
+  r.reads = static_cast<int>(reads.size());
+  r.read_s = percentiles(reads);
+  r.cpu_per_read_s = cpu_total / a.scrape_reads;
+  if (r.queued != backlog)
+    throw ScenarioFailed(
+        fmt::format("scrape: {} runs queued, the read counted {} queued tasks", backlog, r.queued));
+  drop_database(env, conninfo, name);
+  return r;
+}
+
+void print_scrapes(const std::vector<ScrapeResult>& results) {
+  if (results.empty()) return;
+  std::printf(
+      "\nscrape: the metrics' read of the run store (RunStore::scrape_counts) with N one-step runs "
+      "queued and analyzed; seconds; a metrics endpoint reads at most once a second and at most "
+      "once every 20 x its last read's duration\n");
+  std::printf("%-12s %9s %9s %9s %9s %9s %11s %12s\n", "queued", "start s", "1st read", "read p50",
+              "read max", "reads", "CPU/read s", "min interval");
+  for (const auto& r : results)
+    std::printf("%-12d %9.2f %9.3f %9.3f %9.3f %9d %11.3f %12.1f\n", r.backlog, r.start_s,
+                r.first_s, r.read_s.p50, r.read_s.max, r.reads, r.cpu_per_read_s,
+                std::max(1.0, 20 * r.read_s.p50));
+}
+
 // start_runs() in chunks of each size: cost per run.
 std::vector<Row> start_batches(Env& env) {
   const Args& a = env.args;
@@ -1207,6 +1301,7 @@ int run_bench(Env& env) {
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
+  std::vector<ScrapeResult> scrapes;
   const auto report = [&] {
     print_burns(
         "single: burn-down of single-step runs started before the workers; time from spawning "
@@ -1256,6 +1351,7 @@ int run_bench(Env& env) {
       for (const auto& r : startbatch) print_row(r);
     }
     if (lat) print_latency(*lat);
+    print_scrapes(scrapes);
     if (!metrics_pairs.empty()) {
       std::printf("\nmetrics: burn-downs of bench_single without and with `worker --metrics`\n");
       std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "without s", "with s",
@@ -1317,6 +1413,15 @@ int run_bench(Env& env) {
                             {"disk_flush_after_5ms_ms", pj(lat->flush_idle_ms)},
                             {"start_to_completion_ms", pj(lat->to_completion)}});
       }
+      for (const auto& r : scrapes)
+        rows.push_back(Json{{"scenario", "scrape"},
+                            {"queued", r.backlog},
+                            {"start_s", r.start_s},
+                            {"first_read_s", r.first_s},
+                            {"first_read_cpu_s", r.first_cpu_s},
+                            {"reads", r.reads},
+                            {"read_s", {{"p50", r.read_s.p50}, {"max", r.read_s.max}}},
+                            {"cpu_per_read_s", r.cpu_per_read_s}});
       std::ofstream out(a.json_file);
       out << Json{{"bench", "worker_bench"}, {"rows", rows}}.dump(2) << "\n";
       if (!out.flush())
@@ -1356,6 +1461,8 @@ int run_bench(Env& env) {
         }
         metrics_pairs.push_back(pair);
       }
+    if (a.wants("scrape"))
+      for (int size : a.scrape_backlog) scrapes.push_back(scrape_reads(env, size));
   } catch (const ScenarioFailed& e) {
     report();
     std::printf("\nSCENARIO FAILED: %s\n", e.what());

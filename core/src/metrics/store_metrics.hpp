@@ -3,10 +3,10 @@
 // tasks queued and running per flow (gauges). One query per scrape (RunStore::scrape_counts,
 // index range scans), at most one every `cache` however often the process is scraped, and, since
 // the query's cost grows with the backlog (it counts the queued tasks and reads the runs not
-// ended: 0.5 s measured with 1,000,000 runs queued), at most one every `cost_factor` times the
-// last one's duration: a process's reads take at most 1 / (1 + cost_factor) of the time of one
-// server process however large the backlog grows (the values lag by as much; the gauge
-// flowreg_run_store_read_seconds tells the last read's duration).
+// ended: 0.5 s with 1,000,000 runs queued, bench/worker_bench --only scrape), at most one every
+// `cost_factor` times the last one's duration: a process's reads take at most 1 / (1 + cost_factor)
+// of the time of one server process however large the backlog grows (the values lag by as much; the
+// gauge flowreg_run_store_read_seconds tells the last read's duration).
 //
 // The run counters count runs as they appear in the database this process reads, from its first
 // scrape on: every process reading one database counts the same runs (aggregate them across
