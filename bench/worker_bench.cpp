@@ -118,6 +118,7 @@
 
 #include "flowreg/flow_registry.hpp"
 #include "flowreg/plugins.hpp"
+#include "metrics/store_metrics.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
@@ -1223,13 +1224,14 @@ void print_scrapes(const std::vector<ScrapeResult>& results) {
   std::printf(
       "\nscrape: the metrics' read of the run store (RunStore::scrape_counts) with N one-step runs "
       "queued and analyzed; seconds; a metrics endpoint reads at most once a second and at most "
-      "once every 20 x its last read's duration\n");
+      "once every %g x its last read's duration\n",
+      metrics::kReadCostFactor);
   std::printf("%-12s %9s %9s %9s %9s %9s %11s %12s\n", "queued", "start s", "1st read", "read p50",
               "read max", "reads", "CPU/read s", "min interval");
   for (const auto& r : results)
     std::printf("%-12d %9.2f %9.3f %9.3f %9.3f %9d %11.3f %12.1f\n", r.backlog, r.start_s,
                 r.first_s, r.read_s.p50, r.read_s.max, r.reads, r.cpu_per_read_s,
-                std::max(1.0, 20 * r.read_s.p50));
+                std::max(1.0, metrics::kReadCostFactor * r.read_s.p50));
 }
 
 // start_runs() in chunks of each size: cost per run.

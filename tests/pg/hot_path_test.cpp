@@ -867,18 +867,15 @@ TEST_SUITE("hot_path") {
                 {store_flow(worker, "fan", fan), store_flow(worker, "line", line),
                  store_flow(worker, "one", one)}};
     const auto& keys = mix.keys;
-    const auto drain = [&] { return mix.drain(); };
-    const auto use_runs = [&](int count) { return mix.use_runs(count); };
-    const auto left = [&] { return mix.left(); };
     // The plans, made on small tables: a few runs of each flow, run to their end, analyzed (as
     // autovacuum does once a queue is drained), and a few more runs, whose calls make the plans
     // again with those statistics.
     for (int i = 0; i < 8; ++i) {
       if (i == 4) analyze_all(conninfo);
       for (const auto& key : keys) start_many(worker, key, 3);
-      use_runs(1)();
-      CHECK(drain() > 0);
-      CHECK(left() == "0");
+      mix.use_runs(1)();
+      CHECK(mix.drain() > 0);
+      CHECK(mix.left() == "0");
     }
     // The backlog: runs of flows of the same shapes that this worker does not serve, and then
     // the runs it is measured on, started by another connection.
@@ -889,15 +886,15 @@ TEST_SUITE("hot_path") {
       start_many(other, store_flow(other, "one_backlog", one), 30'000);
       for (const auto& key : keys) start_many(other, key, 100);
     }
-    const auto uses_picked = use_runs(10);
+    const auto uses_picked = mix.use_runs(10);
     const auto before = settled_scans(conninfo);
     const int uses = uses_picked();
-    const long tasks = drain();
+    const long tasks = mix.drain();
     held.reset();  // the measured backend exits and flushes its counters
     wait_alone(conninfo);
     const auto cost = read_cost(before, read_scans(conninfo));
     INFO("tasks claimed: " << tasks << ", calls on runs: " << uses << "\n" << cost.detail);
-    CHECK(left() == "0");
+    CHECK(mix.left() == "0");
     // Every end ran, for each shape: completed, failed, cancelled.
     CHECK(query_one_or_empty(conninfo,
                              "SELECT string_agg(flow_slug || ' ' || status, ', ' ORDER BY "
@@ -918,17 +915,17 @@ TEST_SUITE("hot_path") {
 
   // Every statement flowreg runs reads a table of its schema through an index condition: by its
   // key, by a parameterized probe driven by the rows given (`key = ANY (ARRAY[row.key])`, or a
-  // lateral subquery), or by a range of an index it was written for. Read from the plans
-  // themselves (auto_explain, every statement of every function), each made by a new session in
-  // one of five states of the statistics: tables never analyzed; analyzed while nearly empty (a
-  // drained queue); analyzed empty (every run pruned, their pages left); analyzed with a backlog
-  // mostly queued (this one and the second gave the cliffs of issue 13 and stop 41); analyzed
-  // again once that backlog is drained (its pages left empty). The tests
-  // above measure reads at one size; this one fails on the shape of a plan (a sequential scan,
-  // or a whole index read, as the outer side of a join or alone), whatever the sizes: such a
-  // plan, kept by a session while its tables grow, reads them whole on every call. When it was
-  // written, it found renew_leases and release_tasks reading tasks_leased whole (every started
-  // task, on every renewal) and _fail_runs reading all of step_states_pkey.
+  // lateral subquery), or by a range of an index it was written for. Read from the plans themselves
+  // (auto_explain, every statement of every function), each made by a new session in one of five
+  // states of the statistics: tables never analyzed; analyzed while nearly empty (a drained queue);
+  // analyzed empty (every run pruned, their pages left); analyzed with a backlog mostly queued
+  // (this one and the second gave the cliffs of issue 13 and stop 41); analyzed again once that
+  // backlog is drained (its pages left empty). The tests above measure reads at one size; this one
+  // fails on the shape of a plan (a sequential scan, or a whole index read, as the outer side of a
+  // join or alone), whatever the sizes: such a plan, kept by a session while its tables grow, reads
+  // them whole on every call. When it was written, it found renew_leases and release_tasks reading
+  // tasks_leased whole (every started task, on every renewal) and _fail_runs reading all of
+  // step_states_pkey.
   TEST_CASE(
       "plans: in any state of the statistics, every statement reads flowreg's tables by "
       "an index condition") {

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "cli_scratch.hpp"
+#include "support/metrics_text.hpp"
 #include "support/process.hpp"
 #include "worker_scene.hpp"
 
@@ -28,6 +29,7 @@ using namespace std::chrono_literals;
 using flowreg::pgtest::eventually;
 using flowreg::pgtest::read_file;
 using flowreg::test::Child;
+using flowreg::test::metric_sample;
 using json = nlohmann::json;
 
 struct Scratch : flowreg::pgtest::CliScratch {
@@ -94,13 +96,6 @@ std::string body_of(const std::string& response) {
   return end == std::string::npos ? std::string() : response.substr(end + 4);
 }
 
-// The value of the sample line `series` ("name{labels}") in `text`, or -1 when absent.
-double sample(const std::string& text, const std::string& series) {
-  const auto at = text.find("\n" + series + " ");
-  if (at == std::string::npos) return -1;
-  return std::stod(text.substr(at + series.size() + 2));
-}
-
 // `promtool check metrics` on `text` (fails, never skips, when promtool is missing).
 flowreg::test::ProcessResult promtool(const std::filesystem::path& dir, const std::string& text) {
   const auto file = dir / "scrape.txt";
@@ -132,14 +127,14 @@ TEST_SUITE("worker_metrics") {
       return "\n" + body_of(response);
     };
     // The run counters count from the first scrape that read the store.
-    REQUIRE(eventually([&] { return sample(scrape(), "flowreg_run_store_up") == 1; }, 60s));
+    REQUIRE(eventually([&] { return metric_sample(scrape(), "flowreg_run_store_up") == 1; }, 60s));
     CHECK(http_get(port, "/other").rfind("HTTP/1.1 404", 0) == 0);
 
     for (int i = 0; i < 3; ++i) s.run("count", "\"a b c\"", true);
     s.run("count", "{\"not\": \"a string\"}", true);  // count_words fails it permanently
     const std::string idle = s.run("idle", "\"x\"", false);
-    CHECK(eventually([&] { return sample(scrape(), "flowreg_tasks_queued{flow=\"idle\"}") == 1; },
-                     60s));
+    CHECK(eventually(
+        [&] { return metric_sample(scrape(), "flowreg_tasks_queued{flow=\"idle\"}") == 1; }, 60s));
     auto cancelled = s.flowreg({"runs", "cancel", idle});
     REQUIRE_MESSAGE(cancelled.exit_code == 0, cancelled.err);
 
@@ -147,26 +142,28 @@ TEST_SUITE("worker_metrics") {
     const bool counted = eventually(
         [&] {
           text = scrape();
-          return sample(text, "flowreg_runs_cancelled_total{flow=\"idle\"}") == 1 &&
-                 sample(text, "flowreg_runs_completed_total{flow=\"count\"}") == 3 &&
-                 sample(text, "flowreg_runs_failed_total{flow=\"count\"}") == 1;
+          return metric_sample(text, "flowreg_runs_cancelled_total{flow=\"idle\"}") == 1 &&
+                 metric_sample(text, "flowreg_runs_completed_total{flow=\"count\"}") == 3 &&
+                 metric_sample(text, "flowreg_runs_failed_total{flow=\"count\"}") == 1;
         },
         60s);
     CHECK_MESSAGE(counted, text);
-    CHECK(sample(text, "flowreg_runs_started_total{flow=\"count\"}") == 4);
-    CHECK(sample(text, "flowreg_runs_started_total{flow=\"idle\"}") == 1);
-    CHECK(sample(text, "flowreg_runs_completed_total{flow=\"idle\"}") == -1);
-    CHECK(sample(text, "flowreg_tasks_queued{flow=\"idle\"}") == 0);
-    CHECK(sample(text, "flowreg_tasks_running{flow=\"idle\"}") == 0);
+    CHECK(metric_sample(text, "flowreg_runs_started_total{flow=\"count\"}") == 4);
+    CHECK(metric_sample(text, "flowreg_runs_started_total{flow=\"idle\"}") == 1);
+    CHECK(metric_sample(text, "flowreg_runs_completed_total{flow=\"idle\"}") == -1);
+    CHECK(metric_sample(text, "flowreg_tasks_queued{flow=\"idle\"}") == 0);
+    CHECK(metric_sample(text, "flowreg_tasks_running{flow=\"idle\"}") == 0);
     // Four tasks ran on this worker, each observed once.
-    CHECK(sample(text, "flowreg_task_duration_seconds_count{flow=\"count\",step=\"words\"}") == 4);
-    CHECK(sample(text, "flowreg_task_start_latency_seconds_count{flow=\"count\",step=\"words\"}") ==
+    CHECK(metric_sample(text,
+                        "flowreg_task_duration_seconds_count{flow=\"count\",step=\"words\"}") == 4);
+    CHECK(metric_sample(
+              text, "flowreg_task_start_latency_seconds_count{flow=\"count\",step=\"words\"}") ==
           4);
-    CHECK(sample(text, "flowreg_completion_round_trip_seconds_count") >= 1);
-    CHECK(sample(text, "flowreg_claim_round_trip_seconds_count") >= 1);
-    CHECK(sample(text, "flowreg_plugin_loads_total") == 3);  // text, orders, files
-    CHECK(sample(text, "flowreg_registry_flows") >= 2);
-    CHECK(sample(text, "flowreg_database_reconnects_total") == 0);
+    CHECK(metric_sample(text, "flowreg_completion_round_trip_seconds_count") >= 1);
+    CHECK(metric_sample(text, "flowreg_claim_round_trip_seconds_count") >= 1);
+    CHECK(metric_sample(text, "flowreg_plugin_loads_total") == 3);  // text, orders, files
+    CHECK(metric_sample(text, "flowreg_registry_flows") >= 2);
+    CHECK(metric_sample(text, "flowreg_database_reconnects_total") == 0);
     CHECK(text.find("\nflowreg_build_info{version=\"") != std::string::npos);
 
     auto check = promtool(s.dir, text.substr(1));

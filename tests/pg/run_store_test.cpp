@@ -25,6 +25,7 @@
 #include "pg/pg_fixture.hpp"
 #include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
+#include "support/metrics_text.hpp"
 #include "support/result_text.hpp"
 #include "support/threads.hpp"
 #include "util/strings.hpp"
@@ -2265,11 +2266,7 @@ TEST_SUITE("run_store") {
       "duration") {
     auto env = open_env("rs_metrics_reads");
     auto k = store_flow(env.store, flow("reads", {step("a")}));
-    // The value of the sample `series` in a rendering, or -1 when absent.
-    const auto sample = [](const std::string& text, const std::string& series) {
-      const auto at = ("\n" + text).find("\n" + series + " ");
-      return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 1));
-    };
+    const auto sample = flowreg::test::metric_sample;
     const std::string queued = "flowreg_tasks_queued{flow=\"reads\"}";
     start(env.store, k, 1);
     // A cost factor of a million: a read of at least 0.1 ms holds the values for 100 s.

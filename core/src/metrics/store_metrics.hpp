@@ -29,13 +29,17 @@
 
 namespace flowreg::detail::metrics {
 
+// A process reads the run store for metrics at most once every this many times its last read's
+// duration (StoreMetrics' default).
+inline constexpr double kReadCostFactor = 20;
+
 class StoreMetrics {
  public:
   // Registers its families and its scrape hook in `registry`, which must outlive it. Connects on
   // the first scrape (and again after a failure); a scrape that cannot read the store keeps the
   // values of the last one that could.
   explicit StoreMetrics(std::string conninfo, Registry& registry = default_registry(),
-                        Millis cache = Millis(1'000), double cost_factor = 20);
+                        Millis cache = Millis(1'000), double cost_factor = kReadCostFactor);
   StoreMetrics(const StoreMetrics&) = delete;
   StoreMetrics& operator=(const StoreMetrics&) = delete;
 
