@@ -33,7 +33,7 @@ struct OptionsFree {
 using Options = std::unique_ptr<PQconninfoOption, OptionsFree>;
 
 // A value quoted for a key=value conninfo: in single quotes, with \ and ' escaped.
-std::string quoted(std::string_view value) {
+std::string conninfo_quoted(std::string_view value) {
   std::string out = "'";
   for (char c : value) {
     if (c == '\\' || c == '\'') out += '\\';
@@ -78,7 +78,7 @@ std::string with_connection_defaults(const std::string& conninfo) {
   std::string out;
   for (const auto& [keyword, value] : *set) {
     if (!out.empty()) out += ' ';
-    out += keyword + '=' + quoted(value);
+    out += keyword + '=' + conninfo_quoted(value);
   }
   for (const auto& d : kDefaults) {
     if (set->contains(d.keyword)) continue;

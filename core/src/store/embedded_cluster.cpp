@@ -37,7 +37,7 @@ tl::unexpected<Error> db_error(std::string message) {
   return make_error(Errc::database, std::move(message));
 }
 
-std::string errno_text(int err) { return std::strerror(err); }
+std::string strerror_text(int err) { return std::strerror(err); }
 
 bool is_executable(const fs::path& p) { return ::access(p.c_str(), X_OK) == 0; }
 
@@ -205,13 +205,13 @@ class FileLock {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
       return make_error(
-          Errc::io, fmt::format("cannot open lock file {}: {}", path.string(), errno_text(errno)));
+          Errc::io, fmt::format("cannot open lock file {}: {}", path.string(), strerror_text(errno)));
     FileLock lock(fd);
     const auto deadline = Clock::now() + wait;
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       if (errno != EWOULDBLOCK && errno != EINTR)
         return make_error(Errc::io,
-                          fmt::format("cannot lock {}: {}", path.string(), errno_text(errno)));
+                          fmt::format("cannot lock {}: {}", path.string(), strerror_text(errno)));
       if (Clock::now() >= deadline)
         return make_error(Errc::database,
                           fmt::format("timed out waiting for {}: another process holds it while "
@@ -273,14 +273,14 @@ std::optional<pid_t> running_postmaster(const fs::path& cluster_dir) {
 Result<void> chown_to(const fs::path& p, uid_t uid, gid_t gid) {
   if (::chown(p.c_str(), uid, gid) != 0)
     return make_error(
-        Errc::io, fmt::format("cannot chown {} to uid {}: {}", p.string(), uid, errno_text(errno)));
+        Errc::io, fmt::format("cannot chown {} to uid {}: {}", p.string(), uid, strerror_text(errno)));
   return {};
 }
 
 Result<void> chmod_to(const fs::path& p, mode_t mode) {
   if (::chmod(p.c_str(), mode) != 0)
     return make_error(Errc::io,
-                      fmt::format("cannot chmod {:o} {}: {}", mode, p.string(), errno_text(errno)));
+                      fmt::format("cannot chmod {:o} {}: {}", mode, p.string(), strerror_text(errno)));
   return {};
 }
 
@@ -293,7 +293,7 @@ Result<void> private_dir(const fs::path& p, uid_t uid, gid_t gid, bool fix_exist
   }
   if (errno != EEXIST)
     return make_error(Errc::io,
-                      fmt::format("cannot create directory {}: {}", p.string(), errno_text(errno)));
+                      fmt::format("cannot create directory {}: {}", p.string(), strerror_text(errno)));
   struct stat st {};
   if (::lstat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     return make_error(Errc::io, fmt::format("{} exists and is not a directory", p.string()));
@@ -339,7 +339,7 @@ Result<void> write_private_file(const fs::path& p, const std::string& text) {
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
   if (fd < 0)
     return make_error(Errc::io,
-                      fmt::format("cannot create {}: {}", tmp.string(), errno_text(errno)));
+                      fmt::format("cannot create {}: {}", tmp.string(), strerror_text(errno)));
   const bool written = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size());
   const bool synced = ::fsync(fd) == 0;
   ::close(fd);
@@ -349,7 +349,7 @@ Result<void> write_private_file(const fs::path& p, const std::string& text) {
   }
   if (::rename(tmp.c_str(), p.c_str()) != 0)
     return make_error(Errc::io, fmt::format("cannot rename {} to {}: {}", tmp.string(), p.string(),
-                                            errno_text(errno)));
+                                            strerror_text(errno)));
   return {};
 }
 
@@ -357,7 +357,7 @@ Result<std::string> read_small_file(const fs::path& p, std::size_t max_bytes) {
   std::ifstream in(p, std::ios::binary);
   if (!in)
     return make_error(Errc::not_found,
-                      fmt::format("cannot read {}: {}", p.string(), errno_text(errno)));
+                      fmt::format("cannot read {}: {}", p.string(), strerror_text(errno)));
   std::string text(max_bytes + 1, '\0');
   in.read(text.data(), static_cast<std::streamsize>(text.size()));
   text.resize(static_cast<std::size_t>(in.gcount()));
@@ -374,7 +374,7 @@ Result<std::string> new_password() {
   while (got < sizeof bytes) {
     const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return make_error(Errc::io, fmt::format("getrandom failed: {}", errno_text(errno)));
+    if (n <= 0) return make_error(Errc::io, fmt::format("getrandom failed: {}", strerror_text(errno)));
     got += static_cast<std::size_t>(n);
   }
   std::string hex;
@@ -656,7 +656,7 @@ struct Ops {
       struct stat st {};
       if (::stat(home.c_str(), &st) != 0)
         return make_error(Errc::io,
-                          fmt::format("cannot stat {}: {}", home.string(), errno_text(errno)));
+                          fmt::format("cannot stat {}: {}", home.string(), strerror_text(errno)));
       if ((st.st_mode & S_IXOTH) == 0)
         if (auto r = chmod_to(home, (st.st_mode & 07777) | S_IXOTH); !r) return r;
       auto probe = run({"/usr/bin/test", "-x", home.string()}, std::chrono::seconds(10));
@@ -674,7 +674,7 @@ struct Ops {
       const int fd = ::open(log_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
       if (fd < 0)
         return make_error(
-            Errc::io, fmt::format("cannot create {}: {}", log_file.string(), errno_text(errno)));
+            Errc::io, fmt::format("cannot create {}: {}", log_file.string(), strerror_text(errno)));
       ::close(fd);
     }
     if (as_other_user())
@@ -691,7 +691,7 @@ struct Ops {
     for (const fs::path& dir : {home.parent_path(), home}) {
       if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
         return make_error(Errc::io, fmt::format("cannot create directory {}: {}", dir.string(),
-                                                errno_text(errno)));
+                                                strerror_text(errno)));
       struct stat st {};
       if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
           (st.st_mode & 022) != 0)

@@ -23,7 +23,7 @@ namespace {
 // notice they run on it.
 thread_local const SupervisorCore* current_core = nullptr;
 
-std::string quoted(std::string_view text) { return "'" + std::string(text) + "'"; }
+std::string single_quoted(std::string_view text) { return "'" + std::string(text) + "'"; }
 
 }  // namespace
 
@@ -51,7 +51,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
     if (auto valid = check_spec(spec); !valid) return valid;
     if (find_by_name(spec.name)) {
       return make_error(Errc::invalid_argument,
-                        prefix() + "two children are named " + quoted(spec.name));
+                        prefix() + "two children are named " + single_quoted(spec.name));
     }
     auto c = make_child(std::move(spec));
     MutexLock lock(mu_);
@@ -105,7 +105,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
     if (auto valid = check_spec(spec); !valid) return tl::unexpected(std::move(valid.error()));
     if (on_event_thread()) {
       return make_error(Errc::invalid_argument,
-                        prefix() + "start_child(" + quoted(spec.name) +
+                        prefix() + "start_child(" + single_quoted(spec.name) +
                             ") called from the supervisor's own thread, where it would wait for "
                             "itself");
     }
@@ -126,7 +126,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
   Result<void> terminate(std::string name, std::uint64_t id, bool wait) {
     if (wait && on_event_thread()) {
       return make_error(Errc::invalid_argument,
-                        prefix() + "terminate_child(" + quoted(name) +
+                        prefix() + "terminate_child(" + single_quoted(name) +
                             ") called from the supervisor's own thread, where it would wait for "
                             "itself");
     }
@@ -214,7 +214,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
     std::string child;
   };
 
-  std::string prefix() const { return "supervisor " + quoted(options_.name) + ": "; }
+  std::string prefix() const { return "supervisor " + single_quoted(options_.name) + ": "; }
 
   Result<void> check_spec(const ChildSpec& spec) const {
     if (spec.name.empty()) {
@@ -222,7 +222,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
     }
     if (!spec.start) {
       return make_error(Errc::invalid_argument,
-                        prefix() + "child " + quoted(spec.name) + " has no start function");
+                        prefix() + "child " + single_quoted(spec.name) + " has no start function");
     }
     return {};
   }
@@ -287,7 +287,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
     if (!started) {
       Error error = std::move(started.error());
       error.message =
-          prefix() + "child " + quoted(c.spec->name) + " failed to start: " + error.message;
+          prefix() + "child " + single_quoted(c.spec->name) + " failed to start: " + error.message;
       return tl::unexpected(std::move(error));
     }
     c.instance = std::move(*started);
@@ -396,7 +396,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
   void on_start_child(StartChildMsg& m) {
     if (find_by_name(m.spec->name)) {  // only this thread adds children
       m.reply.set_value(make_error(Errc::invalid_argument,
-                                   prefix() + "a child named " + quoted(m.spec->name) + " exists"));
+                                   prefix() + "a child named " + single_quoted(m.spec->name) + " exists"));
       return;
     }
     auto c = make_child(*m.spec);
@@ -418,7 +418,7 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
     const std::shared_ptr<Child> c = m.child != 0 ? find(m.child) : find_by_name(m.name);
     if (!c) {
       if (m.reply) {
-        m.reply->set_value(make_error(Errc::not_found, prefix() + "no child " + quoted(m.name)));
+        m.reply->set_value(make_error(Errc::not_found, prefix() + "no child " + single_quoted(m.name)));
       }
       return;
     }
@@ -489,10 +489,10 @@ class SupervisorCore final : public std::enable_shared_from_this<SupervisorCore>
                                " ms (limit " + std::to_string(options_.limit.max_restarts) + ")";
     std::string message = prefix();
     if (all_this_child) {
-      message += "child " + quoted(child) + " ended " + count +
+      message += "child " + single_quoted(child) + " ended " + count +
                  (restarts_.size() == 1 ? " time" : " times") + within;
     } else {
-      message += count + " restarts" + within + ", the last for child " + quoted(child);  // >= 2
+      message += count + " restarts" + within + ", the last for child " + single_quoted(child);  // >= 2
     }
     message += "; last: " + (reason ? reason->message : std::string("ended without an error"));
     return Error{Errc::internal, std::move(message), {}};
