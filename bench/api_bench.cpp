@@ -24,7 +24,7 @@
 #include <thread>
 #include <vector>
 
-#include "store/embedded_cluster.hpp"
+#include "cluster/embedded_cluster.hpp"
 
 extern char** environ;
 

@@ -22,8 +22,8 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "flowreg/flow.hpp"
-#include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 

@@ -116,10 +116,10 @@
 #include <utility>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "flowreg/flow_registry.hpp"
 #include "flowreg/plugins.hpp"
 #include "metrics/store_metrics.hpp"
-#include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 

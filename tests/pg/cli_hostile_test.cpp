@@ -14,8 +14,8 @@
 #include <sstream>
 #include <thread>
 
+#include "cluster/embedded_cluster.hpp"
 #include "pg/cli_scratch.hpp"
-#include "store/embedded_cluster.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
 

@@ -9,7 +9,7 @@
 #include <system_error>
 #include <vector>
 
-#include "store/embedded_cluster.hpp"
+#include "cluster/embedded_cluster.hpp"
 #include "support/process.hpp"
 
 namespace flowreg::pgtest {

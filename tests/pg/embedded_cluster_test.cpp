@@ -1,4 +1,4 @@
-#include "store/embedded_cluster.hpp"
+#include "cluster/embedded_cluster.hpp"
 
 #include <doctest/doctest.h>
 #include <fcntl.h>

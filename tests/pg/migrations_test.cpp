@@ -14,8 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "pg/pg_fixture.hpp"
-#include "store/embedded_cluster.hpp"
 #include "support/result_text.hpp"
 
 using flowreg::Errc;

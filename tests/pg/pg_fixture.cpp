@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "store/embedded_cluster.hpp"
+#include "cluster/embedded_cluster.hpp"
 
 namespace flowreg::pgtest {
 

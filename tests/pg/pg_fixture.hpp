@@ -5,8 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "flowreg/flow.hpp"
-#include "store/embedded_cluster.hpp"
 #include "store/run_store.hpp"
 
 namespace flowreg::pgtest {

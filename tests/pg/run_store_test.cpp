@@ -20,10 +20,10 @@
 #include <utility>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "metrics/metrics.hpp"
 #include "metrics/store_metrics.hpp"
 #include "pg/pg_fixture.hpp"
-#include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "support/metrics_text.hpp"
 #include "support/result_text.hpp"

@@ -20,10 +20,10 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "flowreg/plugins.hpp"
 #include "pg/pg_fixture.hpp"
 #include "pg/worker_scene.hpp"
-#include "store/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"

@@ -32,8 +32,8 @@ struct ServeScene {
   std::optional<test::Child> server;
   int port = 0;
 
-  // token: "" for none. Waits until the server listens.
-  explicit ServeScene(const std::string& token = "", bool open_reads = false) {
+  // token: "" for none; watch: plugins.watch. Waits until the server listens.
+  explicit ServeScene(const std::string& token = "", bool open_reads = false, bool watch = false) {
     const fs::path plugins = scratch.dir / "plugins.d";
     fs::create_directories(plugins);
     fs::permissions(plugins, fs::perms::owner_all);
@@ -42,7 +42,8 @@ struct ServeScene {
     for (const auto& e : fs::directory_iterator(plugins))
       fs::permissions(e.path(), fs::perms::owner_read | fs::perms::owner_write);
     std::ofstream(scratch.config) << "module: servetest\n"
-                                  << "plugins: {dir: plugins.d, watch: false}\n"
+                                  << "plugins: {dir: plugins.d, watch: "
+                                  << (watch ? "true" : "false") << "}\n"
                                   << "database: {data_dir: data}\n"
                                   << "worker: {concurrency: 2, poll_interval: 200ms}\n"
                                   << "server: {listen: \"127.0.0.1:0\""

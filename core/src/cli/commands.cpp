@@ -4,12 +4,13 @@
 #include <spdlog/spdlog.h>
 
 #include <CLI/CLI.hpp>
+#include <utility>
 
 #include "logging/json_log.hpp"
 
 namespace flowreg::cli {
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, ServeFunction serve) {
   // Logs go to stderr: stdout carries the commands' output (JSON, DOT) and nothing else.
   spdlog::set_default_logger(spdlog::stderr_color_mt("flowreg"));
   CLI::App app{"flowreg: a registry of flows loaded from plugins and YAML, and their runner"};
@@ -37,7 +38,7 @@ int run(int argc, char** argv) {
   add_runs_commands(app, g, exit_code);
   add_worker_commands(app, g, exit_code);
   add_db_commands(app, g, exit_code);
-  add_serve_command(app, g, exit_code);
+  add_serve_command(app, g, exit_code, std::move(serve));
 
   app.parse_complete_callback([&] {
     spdlog::set_level(spdlog::level::from_str(g.log_level));

@@ -1,6 +1,6 @@
 #pragma once
 // What the command groups share: the global options, the exit codes, printing errors, the
-// configuration in effect, the flow catalogue, the database, and the JSON and text forms of a run.
+// configuration in effect, and the text form of a run; the rest is the application layer's (app/).
 
 #include <filesystem>
 #include <functional>
@@ -9,8 +9,10 @@
 #include <string_view>
 #include <vector>
 
+#include "app/catalog.hpp"
+#include "app/forms.hpp"
+#include "app/runs.hpp"
 #include "catalog/flow_catalog.hpp"
-#include "config/json_schema.hpp"
 #include "flowreg/config.hpp"
 #include "flowreg/error.hpp"
 #include "flowreg/flow_registry.hpp"
@@ -38,10 +40,26 @@ struct Globals {
   bool allow_unsafe_plugins = false;
 };
 
-using json = nlohmann::ordered_json;
-
-// A file name, a path or other text from outside, for JSON.
-std::string valid_text(std::string_view raw);
+// The forms, the catalogue, the database and starting a run come from the application layer
+// (app/), which the HTTP server shares; these are their names in the commands.
+using app::check_input;
+using app::Database;
+using app::database_url;
+using app::flow_json;
+using app::iso_time;
+using app::json;
+using app::load_plugins;
+using app::open_database;
+using app::options_json;
+using app::plugin_error_json;
+using app::plugin_error_text;
+using app::plugin_json;
+using app::run_json;
+using app::step_json;
+using app::to_ordered;
+using app::valid_text;
+using app::worker_json;
+using app::worker_status;
 
 // A line for people on stderr: `text` as it is, or with --log-format json a JSON line at `level`
 // ("info", "warning", "error").
@@ -52,59 +70,21 @@ void print_error(const Error& error);
 // print_error, then kExitFailure.
 int report(const Error& error);
 
-// How the commands print a plugin file's error: "[stage] message", and its JSON form.
-std::string plugin_error_text(const PluginError& error);
-json plugin_error_json(const PluginError& error);
-
 // The configuration in effect: --config, else ./flowreg.yaml when present, else the defaults;
 // --plugins and --allow-unsafe-plugins applied.
 Result<Config> effective_config(const Globals& g);
 
-// The plugins of the configured directory in a catalogue, without the configuration's YAML flows
-// (what the plugins commands look at).
-Result<detail::FlowCatalog> load_plugins(const Config& config);
-// The plugins of the configured directory (a warning on stderr for each file that did not load),
+// A warning on stderr for a file of the plugins directory that did not load (p.error set).
+void warn_plugin(const PluginInfo& p);
+// The plugins of the configured directory (warn_plugin for each file that did not load),
 // then the configuration's YAML flows under `policy`.
 Result<detail::FlowCatalog> load_catalog(const Config& config, detail::UnresolvedHandlers policy);
 
-// The run store on the configured database, migrated (migrations apply on first use).
-struct Database {
-  std::string url;
-  detail::RunStore store;
-};
-// The connection string in effect: database.url, else the embedded cluster (started on demand).
-Result<std::string> database_url(const Config& config);
-Result<Database> open_database(const Config& config);
 // Runs a command against the store of the effective configuration; prints the error and returns
 // kExitFailure when there is none.
 int with_store(const Globals& g, const std::function<int(detail::RunStore&)>& command);
 
-// The documented JSON form of a run (README, "runs"), and its text form.
-std::string iso_time(const detail::TimePoint& t);
-json to_ordered(const nlohmann::json& j);
-json run_json(const detail::RunInfo& r);
+// A run's text form: its id, flow, version and status, then its output or error.
 void print_run_text(const detail::RunInfo& r);
-// A step of `runs show --json`: {slug, kind, status, tasks, attempts, started_at, finished_at,
-// error, output}.
-json step_json(const detail::StepInfo& s);
-
-// The documented JSON form of a flow (README, "JSON output") and of its options.
-json options_json(const Options& o);
-json flow_json(const RegisteredFlow& registered);
-// A file of the plugins directory as `plugins list --json` prints it.
-json plugin_json(const PluginInfo& p);
-// A worker as `workers --json` prints it, and its status: running, stuck, stale or stopped.
-std::string worker_status(const detail::WorkerRecord& w);
-json worker_json(const detail::WorkerRecord& w);
-
-// A run's input, given as JSON text, checked before anything is written: the nesting limit of
-// YAML files, then JSON syntax (Errc::parse, the message starting with `what`, "--input" for the
-// command line), then the flow's input schema (Errc::invalid_argument, one detail per problem:
-// "input of flow 'x': ...").
-Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
-                                   std::string_view what);
-// The same with the flow's input schema compiled once for many inputs (nullptr: none).
-Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
-                                   std::string_view what, const detail::JsonSchema* schema);
 
 }  // namespace flowreg::cli

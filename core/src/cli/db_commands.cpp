@@ -9,7 +9,7 @@
 #include <string>
 
 #include "cli/commands.hpp"
-#include "store/embedded_cluster.hpp"
+#include "cluster/embedded_cluster.hpp"
 #include "store/migrations.hpp"
 #include "util/json_text.hpp"
 

@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "app/graph_svg.hpp"
 #include "cli/commands.hpp"
 #include "flowreg/flow.hpp"
-#include "server/graph_svg.hpp"
 #include "util/json_text.hpp"
 
 namespace flowreg::cli {

@@ -279,20 +279,23 @@ int run_flow(const Globals& g, const RunArgs& a) {
   }
   std::optional<nlohmann::json> input;
   if (!a.many && !(input = checked_input(a.input, flow->def))) return kExitFailure;
+  detail::StartOptions options;
+  auto key = app::check_idempotency_key(a.idempotency_key);
+  if (!key) return report(key.error());
+  options.idempotency_key = std::move(*key);
 
   auto db = open_database(*config);
   if (!db) return report(db.error());
-  if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored)
-    return report(stored.error());
-  if (a.many) return run_many(a, flow, *db);
+  if (a.many) {
+    if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored)
+      return report(stored.error());
+    return run_many(a, flow, *db);
+  }
   std::optional<RunWatch> watch;
   if (a.wait) watch.emplace(*db);
-  detail::StartOptions options;
-  if (!a.idempotency_key.empty()) options.idempotency_key = a.idempotency_key;
-  auto id = db->store.start_run(a.slug, flow->version, *input, options);
-  if (!id) return report(id.error());
-  auto run = existing_run(db->store.get_run(*id));
-  if (!run) return kExitFailure;
+  auto started = app::start_run(db->store, *flow, *input, options);
+  if (!started) return report(started.error());
+  std::optional<detail::RunInfo> run = std::move(*started);
 
   if (watch) {
     const bool live = !a.as_json && isatty(STDOUT_FILENO);

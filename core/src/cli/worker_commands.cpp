@@ -25,7 +25,6 @@
 #include "flowreg/options.hpp"
 #include "metrics/http_endpoint.hpp"
 #include "metrics/store_metrics.hpp"
-#include "store/embedded_cluster.hpp"
 #include "util/json_text.hpp"
 #include "worker/worker.hpp"
 
@@ -95,12 +94,12 @@ std::string keys_text(const std::vector<detail::FlowKey>& keys) {
 // failure. Does not return normally when handlers were left running: exits the process.
 int worker_command(const Config& config, const std::string& conninfo,
                    detail::FlowSourceFactory source, const WorkerArgs& args) {
-  detail::WorkerOptions options;
-  options.conninfo = conninfo;
+  // The configuration's worker: section, then the command line's options over it.
+  detail::WorkerOptions options = app::worker_options(config, conninfo);
   options.worker_id = args.id;
-  options.concurrency = args.concurrency > 0 ? args.concurrency : config.worker.concurrency;
-  options.batch_size = args.batch_size > 0 ? args.batch_size : config.worker.batch_size;
-  options.flows = args.flows.empty() ? config.worker.flows : args.flows;
+  if (args.concurrency > 0) options.concurrency = args.concurrency;
+  if (args.batch_size > 0) options.batch_size = args.batch_size;
+  if (!args.flows.empty()) options.flows = args.flows;
   auto lease = duration_or(args.lease, config.worker.lease, "--lease");
   auto poll = duration_or(args.poll_interval, config.worker.poll_interval, "--poll-interval");
   auto grace = duration_or(args.shutdown_grace, config.worker.shutdown_grace, "--shutdown-grace");
@@ -118,7 +117,6 @@ int worker_command(const Config& config, const std::string& conninfo,
     return kExitUsage;
   }
   options.heartbeat_interval = *heartbeat;
-  std::int64_t max_output = config.worker.max_output_bytes;
   if (!args.max_output.empty()) {
     auto size = parse_size(args.max_output);
     if (!size || *size <= 0 || *size > static_cast<std::int64_t>(detail::Engine::kMaxOutputBytes)) {
@@ -127,24 +125,7 @@ int worker_command(const Config& config, const std::string& conninfo,
                                       args.max_output));
       return kExitUsage;
     }
-    max_output = *size;
-  }
-  options.max_output_bytes = static_cast<std::size_t>(max_output);
-
-  // Crashes are journaled beside the embedded cluster's data (one file per worker process), and
-  // the journals of workers that died there are reported when this one starts.
-  std::error_code ec;
-  options.journal_dir = std::filesystem::absolute(config.database.data_dir, ec) / "workers";
-  if (config.database.url.empty()) {
-    // This worker uses the embedded cluster: when it cannot reach it, it starts it again (the
-    // cluster's lock makes one process start it, the others find it running).
-    auto cluster = detail::EmbeddedCluster::open(config.database);
-    if (cluster)
-      options.revive_database = [cluster = std::move(*cluster)]() mutable -> Result<void> {
-        auto running = cluster.ensure_running();
-        if (!running) return tl::unexpected(std::move(running.error()));
-        return {};
-      };
+    options.max_output_bytes = static_cast<std::size_t>(*size);
   }
 
   // Signals are taken synchronously by this thread; every thread started from here inherits the

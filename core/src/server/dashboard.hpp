@@ -8,11 +8,11 @@
 #include <string>
 #include <string_view>
 
-#include "cli/common.hpp"
+#include "app/forms.hpp"
 
 namespace flowreg::detail::dashboard {
 
-using cli::json;
+using app::json;
 
 // &, <, >, " and ' as character references.
 std::string escape(std::string_view text);

@@ -9,7 +9,7 @@
 #include <set>
 #include <utility>
 
-#include "cli/common.hpp"
+#include "app/forms.hpp"
 #include "store/run_store.hpp"
 #include "util/json_text.hpp"
 
@@ -108,13 +108,13 @@ void EventHub::run() {
       auto& last = t.steps[s.slug];
       if (last.first == s.status && last.second == s.attempts) continue;
       last = {s.status, s.attempts};
-      cli::json data = {{"run", id},
+      app::json data = {{"run", id},
                         {"flow", t.flow},
                         {"step", s.slug},
                         {"status", s.status},
                         {"tasks", s.task_count},
                         {"attempts", s.attempts},
-                        {"error", s.error ? cli::json(*s.error) : cli::json(nullptr)}};
+                        {"error", s.error ? app::json(*s.error) : app::json(nullptr)}};
       publish("step", id, t.flow, json_text(data));
     }
     return true;
@@ -135,19 +135,19 @@ void EventHub::run() {
     }
     const std::string status(to_string(info.status));
     if (fresh) {
-      cli::json data = {{"id", id}, {"flow", info.flow_slug}, {"status", "started"}};
+      app::json data = {{"id", id}, {"flow", info.flow_slug}, {"status", "started"}};
       publish("run", id, info.flow_slug, json_text(data));
     }
     diff_steps(id, it->second);
     if (info.status != RunStatus::started) {
       {
-        cli::json data = {
+        app::json data = {
             {"id", id},
             {"flow", info.flow_slug},
             {"status", status},
-            {"error", info.error ? cli::json(*info.error) : cli::json(nullptr)},
+            {"error", info.error ? app::json(*info.error) : app::json(nullptr)},
             {"finished_at",
-             info.finished_at ? cli::json(cli::iso_time(*info.finished_at)) : cli::json(nullptr)}};
+             info.finished_at ? app::json(app::iso_time(*info.finished_at)) : app::json(nullptr)}};
         publish("run", id, info.flow_slug, json_text(data));
       }
       tracked.erase(id);

@@ -16,12 +16,13 @@
 #include <thread>
 #include <utility>
 
-#include "cli/common.hpp"
+#include "app/forms.hpp"
+#include "app/graph_svg.hpp"
+#include "app/runs.hpp"
 #include "metrics/metrics.hpp"
 #include "server/assets.hpp"
 #include "server/dashboard.hpp"
 #include "server/event_hub.hpp"
-#include "server/graph_svg.hpp"
 #include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "util/json_text.hpp"
@@ -31,7 +32,7 @@ namespace flowreg::detail {
 
 namespace {
 
-using cli::json;
+using app::json;
 using httplib::Request;
 using httplib::Response;
 
@@ -160,10 +161,10 @@ void problem(Response& res, int status, std::string_view detail,
   json body = {{"type", "about:blank"},
                {"title", reason(status)},
                {"status", status},
-               {"detail", cli::valid_text(detail)}};
+               {"detail", app::valid_text(detail)}};
   if (!details.empty()) {
     json errors = json::array();
-    for (const auto& d : details) errors.push_back(cli::valid_text(d.format()));
+    for (const auto& d : details) errors.push_back(app::valid_text(d.format()));
     body["errors"] = std::move(errors);
   }
   res.status = status;
@@ -237,7 +238,7 @@ Result<ListenAddress> parse_listen(std::string_view text) {
     if (close == std::string_view::npos)
       return make_error(
           Errc::invalid_argument,
-          fmt::format("listen address '{}': expected [V6]:PORT", cli::valid_text(text)));
+          fmt::format("listen address '{}': expected [V6]:PORT", app::valid_text(text)));
     host = text.substr(1, close - 1);
     port = text.substr(close + 2);
   } else {
@@ -245,7 +246,7 @@ Result<ListenAddress> parse_listen(std::string_view text) {
     if (colon == std::string_view::npos || colon == 0)
       return make_error(
           Errc::invalid_argument,
-          fmt::format("listen address '{}': expected HOST:PORT", cli::valid_text(text)));
+          fmt::format("listen address '{}': expected HOST:PORT", app::valid_text(text)));
     host = text.substr(0, colon);
     port = text.substr(colon + 1);
   }
@@ -253,7 +254,7 @@ Result<ListenAddress> parse_listen(std::string_view text) {
   if (ec != std::errc() || end != port.data() + port.size() || out.port < 0 || out.port > 65535)
     return make_error(Errc::invalid_argument,
                       fmt::format("listen address '{}': the port is not a number from 0 to 65535",
-                                  cli::valid_text(text)));
+                                  app::valid_text(text)));
   out.host = std::string(host);
   out.loopback = is_loopback(out.host);
   return out;
@@ -268,7 +269,7 @@ Result<ListenPlan> plan_listen(const ServerSettings& settings) {
     return make_error(Errc::invalid_argument,
                       fmt::format("listening on {} (not a loopback address) requires a token: set "
                                   "server.token or FLOWREG_TOKEN",
-                                  cli::valid_text(settings.listen)));
+                                  app::valid_text(settings.listen)));
   if (!token.empty() && token.size() < 16)
     return make_error(Errc::invalid_argument, "the token is shorter than 16 characters");
   return ListenPlan{std::move(*address), std::move(token)};
@@ -314,13 +315,13 @@ struct HttpServer::Impl {
       return fmt::format(
           "Host '{}' is not a loopback name: without a token this server answers "
           "only requests for its loopback address",
-          cli::valid_text(host));
+          app::valid_text(host));
     const bool reads = req.method == "GET" || req.method == "HEAD";
     if (reads || !req.has_header("Origin")) return {};
     const std::string origin = req.get_header_value("Origin");
     if (origin == "http://" + host || origin == "https://" + host) return {};
     return fmt::format("Origin '{}' is not this server ({}): cross-site requests are refused",
-                       cli::valid_text(origin), cli::valid_text(host));
+                       app::valid_text(origin), app::valid_text(host));
   }
   bool authorized(const Request& req) const {
     const std::string header = req.get_header_value("Authorization");
@@ -332,7 +333,7 @@ struct HttpServer::Impl {
   // The registry's flows as the API shows them.
   json flows_json() const {
     json out = json::array();
-    for (const auto& f : options.registry->list()) out.push_back(cli::flow_json(*f));
+    for (const auto& f : options.registry->list()) out.push_back(app::flow_json(*f));
     return out;
   }
 
@@ -350,9 +351,9 @@ Result<json> HttpServer::Impl::run_with_steps(const std::string& id) {
     if (!*info) return make_error(Errc::not_found, fmt::format("no run {}", id));
     auto steps = store.run_steps(id);
     if (!steps) return tl::unexpected(std::move(steps.error()));
-    json out = cli::run_json(**info);
+    json out = app::run_json(**info);
     out["steps"] = json::array();
-    for (const auto& s : *steps) out["steps"].push_back(cli::step_json(s));
+    for (const auto& s : *steps) out["steps"].push_back(app::step_json(s));
     return out;
   });
 }
@@ -360,13 +361,13 @@ Result<json> HttpServer::Impl::run_with_steps(const std::string& id) {
 void HttpServer::Impl::post_run(const Request& req, Response& res) {
   const std::string slug = req.matches[1];
   const FlowRef flow = options.registry->get(slug);
-  if (!flow) return problem(res, 404, fmt::format("no flow with slug '{}'", cli::valid_text(slug)));
+  if (!flow) return problem(res, 404, fmt::format("no flow with slug '{}'", app::valid_text(slug)));
   const std::string type = req.get_header_value("Content-Type");
   if (!req.body.empty() && !type.empty() && !type.starts_with("application/json"))
     return problem(
         res, 415,
-        fmt::format("the input must be application/json, not '{}'", cli::valid_text(type)));
-  auto input = cli::check_input(req.body.empty() ? std::string_view("{}") : req.body, flow->def,
+        fmt::format("the input must be application/json, not '{}'", app::valid_text(type)));
+  auto input = app::check_input(req.body.empty() ? std::string_view("{}") : req.body, flow->def,
                                 "the input");
   if (!input) {
     // Malformed JSON: 400; valid JSON the flow's input schema refuses: 422.
@@ -374,27 +375,17 @@ void HttpServer::Impl::post_run(const Request& req, Response& res) {
     return problem(res, status, input.error().message, input.error().details);
   }
   StartOptions start;
-  const std::string key = req.get_header_value("Idempotency-Key");
-  if (!key.empty()) {
-    if (key.size() > 255) return problem(res, 400, "Idempotency-Key is longer than 255 bytes");
-    start.idempotency_key = cli::valid_text(key);
-  }
-  auto run = stores.with([&](RunStore& store) -> Result<RunInfo> {
-    if (auto stored = store.upsert_flow(flow->def, flow->version); !stored)
-      return tl::unexpected(std::move(stored.error()));
-    auto id = store.start_run(slug, flow->version, *input, start);
-    if (!id) return tl::unexpected(std::move(id.error()));
-    auto info = store.get_run(*id);
-    if (!info) return tl::unexpected(std::move(info.error()));
-    if (!*info) return make_error(Errc::not_found, "the run vanished");
-    return std::move(**info);
-  });
+  auto key = app::check_idempotency_key(req.get_header_value("Idempotency-Key"));
+  if (!key) return problem(res, 400, "Idempotency-Key is longer than 255 bytes");
+  start.idempotency_key = std::move(*key);
+  auto run =
+      stores.with([&](RunStore& store) { return app::start_run(store, *flow, *input, start); });
   if (!run) {
     // A key used again with another input: the store refuses it (invalid_argument).
     return send_error(res, run.error());
   }
   res.set_header("Location", "/api/v1/runs/" + run->id);
-  send_json(res, cli::run_json(*run), 201);
+  send_json(res, app::run_json(*run), 201);
 }
 
 void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
@@ -410,7 +401,7 @@ void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
     }
   };
   if (req.has_param("flow") && !req.get_param_value("flow").empty()) {
-    filter.flow_slug = cli::valid_text(req.get_param_value("flow"));
+    filter.flow_slug = app::valid_text(req.get_param_value("flow"));
     given["flow"] = *filter.flow_slug;
   }
   if (req.has_param("status") && !req.get_param_value("status").empty()) {
@@ -419,7 +410,7 @@ void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
     if (!filter.status)
       return fail(400,
                   fmt::format("status '{}' is not one of started, completed, failed, cancelled",
-                              cli::valid_text(s)));
+                              app::valid_text(s)));
     given["status"] = s;
   }
   filter.limit = html ? 50 : 100;
@@ -428,14 +419,14 @@ void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
     int n = 0;
     const auto [end, ec] = std::from_chars(l.data(), l.data() + l.size(), n);
     if (ec != std::errc() || end != l.data() + l.size() || n < 1 || n > kMaxListLimit)
-      return fail(400, fmt::format("limit '{}' is not a number from 1 to {}", cli::valid_text(l),
+      return fail(400, fmt::format("limit '{}' is not a number from 1 to {}", app::valid_text(l),
                                    kMaxListLimit));
     filter.limit = n;
   }
   if (req.has_param("before") && !req.get_param_value("before").empty()) {
     const std::string b = req.get_param_value("before");
     if (!is_uuid(b))
-      return fail(400, fmt::format("before '{}' is not a run id", cli::valid_text(b)));
+      return fail(400, fmt::format("before '{}' is not a run id", app::valid_text(b)));
     before = b;
   }
   // One more than asked: whether there is a next page.
@@ -449,7 +440,7 @@ void HttpServer::Impl::list_runs(const Request& req, Response& res, bool html) {
   const bool more = static_cast<int>(runs->size()) > asked;
   if (more) runs->resize(static_cast<std::size_t>(asked));
   json list = json::array();
-  for (const auto& r : *runs) list.push_back(cli::run_json(r));
+  for (const auto& r : *runs) list.push_back(app::run_json(r));
   const std::string next = more ? runs->back().id : std::string();
   if (html) {
     res.set_content(dashboard::runs_page(list, flows_json(), given, next), kHtml);
@@ -561,14 +552,14 @@ void HttpServer::Impl::routes() {
     const FlowRef flow = options.registry->get(req.matches[1].str());
     if (!flow)
       return problem(res, 404,
-                     fmt::format("no flow with slug '{}'", cli::valid_text(req.matches[1].str())));
-    send_json(res, cli::flow_json(*flow));
+                     fmt::format("no flow with slug '{}'", app::valid_text(req.matches[1].str())));
+    send_json(res, app::flow_json(*flow));
   });
   h.Get(R"(/api/v1/flows/([^/]+)/graph\.svg)", [this](const Request& req, Response& res) {
     const FlowRef flow = options.registry->get(req.matches[1].str());
     if (!flow)
       return problem(res, 404,
-                     fmt::format("no flow with slug '{}'", cli::valid_text(req.matches[1].str())));
+                     fmt::format("no flow with slug '{}'", app::valid_text(req.matches[1].str())));
     const std::string key = flow->def.slug + "@" + flow->version;
     std::string svg;
     {
@@ -592,14 +583,14 @@ void HttpServer::Impl::routes() {
   h.Get("/api/v1/runs", [this](const Request& req, Response& res) { list_runs(req, res, false); });
   h.Get(R"(/api/v1/runs/([^/]+))", [this](const Request& req, Response& res) {
     const std::string id = req.matches[1];
-    if (!is_uuid(id)) return problem(res, 404, fmt::format("no run {}", cli::valid_text(id)));
+    if (!is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
     auto run = run_with_steps(id);
     if (!run) return send_error(res, run.error());
     send_json(res, *run);
   });
   h.Post(R"(/api/v1/runs/([^/]+)/cancel)", [this](const Request& req, Response& res) {
     const std::string id = req.matches[1];
-    if (!is_uuid(id)) return problem(res, 404, fmt::format("no run {}", cli::valid_text(id)));
+    if (!is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
     auto cancelled = stores.with([&](RunStore& store) { return store.cancel_run(id); });
     if (!cancelled) return send_error(res, cancelled.error());
     if (!*cancelled)
@@ -608,7 +599,7 @@ void HttpServer::Impl::routes() {
   });
   h.Post(R"(/api/v1/runs/([^/]+)/retry)", [this](const Request& req, Response& res) {
     const std::string id = req.matches[1];
-    if (!is_uuid(id)) return problem(res, 404, fmt::format("no run {}", cli::valid_text(id)));
+    if (!is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
     auto fresh = stores.with([&](RunStore& store) -> Result<RunInfo> {
       auto rid = store.retry_run(id);
       if (!rid) return tl::unexpected(std::move(rid.error()));
@@ -619,18 +610,18 @@ void HttpServer::Impl::routes() {
     });
     if (!fresh) return send_error(res, fresh.error());
     res.set_header("Location", "/api/v1/runs/" + fresh->id);
-    send_json(res, cli::run_json(*fresh), 201);
+    send_json(res, app::run_json(*fresh), 201);
   });
   h.Get("/api/v1/workers", [this](const Request&, Response& res) {
     auto workers = stores.with([](RunStore& store) { return store.list_workers(); });
     if (!workers) return send_error(res, workers.error());
     json out = json::array();
-    for (const auto& w : *workers) out.push_back(cli::worker_json(w));
+    for (const auto& w : *workers) out.push_back(app::worker_json(w));
     send_json(res, out);
   });
   h.Get("/api/v1/plugins", [this](const Request&, Response& res) {
     json out = json::array();
-    for (const auto& p : options.plugins()) out.push_back(cli::plugin_json(p));
+    for (const auto& p : options.plugins()) out.push_back(app::plugin_json(p));
     send_json(res, out);
   });
   h.Get("/api/v1/events", [this](const Request& req, Response& res) { events(req, res); });
@@ -642,27 +633,27 @@ void HttpServer::Impl::routes() {
     auto runs = stores.with([&](RunStore& store) { return store.list_runs(recent_filter); });
     json recent = json::array();
     if (runs)
-      for (const auto& r : *runs) recent.push_back(cli::run_json(r));
+      for (const auto& r : *runs) recent.push_back(app::run_json(r));
     res.set_content(dashboard::flows_page(flows_json(), recent), kHtml);
   });
   h.Get(R"(/flows/([^/]+))", [this, html_error](const Request& req, Response& res) {
     const FlowRef flow = options.registry->get(req.matches[1].str());
     if (!flow)
       return html_error(
-          res, 404, fmt::format("no flow with slug '{}'", cli::valid_text(req.matches[1].str())));
+          res, 404, fmt::format("no flow with slug '{}'", app::valid_text(req.matches[1].str())));
     RunFilter filter;
     filter.flow_slug = flow->def.slug;
     filter.limit = 20;
     auto runs = stores.with([&](RunStore& store) { return store.list_runs(filter); });
     json list = json::array();
     if (runs)
-      for (const auto& r : *runs) list.push_back(cli::run_json(r));
-    res.set_content(dashboard::flow_page(cli::flow_json(*flow), list), kHtml);
+      for (const auto& r : *runs) list.push_back(app::run_json(r));
+    res.set_content(dashboard::flow_page(app::flow_json(*flow), list), kHtml);
   });
   h.Get("/runs", [this](const Request& req, Response& res) { list_runs(req, res, true); });
   h.Get(R"(/runs/([^/]+))", [this, html_error](const Request& req, Response& res) {
     const std::string id = req.matches[1];
-    if (!is_uuid(id)) return html_error(res, 404, fmt::format("no run {}", cli::valid_text(id)));
+    if (!is_uuid(id)) return html_error(res, 404, fmt::format("no run {}", app::valid_text(id)));
     auto run = run_with_steps(id);
     if (!run) return html_error(res, status_of(run.error()), run.error().message);
     res.set_content(dashboard::run_page(*run), kHtml);
@@ -671,12 +662,12 @@ void HttpServer::Impl::routes() {
     auto workers = stores.with([](RunStore& store) { return store.list_workers(); });
     if (!workers) return html_error(res, status_of(workers.error()), workers.error().message);
     json out = json::array();
-    for (const auto& w : *workers) out.push_back(cli::worker_json(w));
+    for (const auto& w : *workers) out.push_back(app::worker_json(w));
     res.set_content(dashboard::workers_page(out), kHtml);
   });
   h.Get("/plugins", [this](const Request&, Response& res) {
     json out = json::array();
-    for (const auto& p : options.plugins()) out.push_back(cli::plugin_json(p));
+    for (const auto& p : options.plugins()) out.push_back(app::plugin_json(p));
     res.set_content(dashboard::plugins_page(out), kHtml);
   });
 }
@@ -736,7 +727,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
                                  kMaxBodyBytes));
     if (res.status == 404)
       return problem(res, 404,
-                     fmt::format("no route {} {}", req.method, cli::valid_text(req.path)));
+                     fmt::format("no route {} {}", req.method, app::valid_text(req.path)));
     problem(res, res.status, reason(res.status));
   });
   http.set_exception_handler([](const Request&, Response& res, std::exception_ptr ep) {
@@ -755,11 +746,11 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
   if (port == 0) {
     port = http.bind_to_any_port(impl->address.host);
     if (port < 0)
-      return make_error(Errc::io, fmt::format("cannot listen on {}", cli::valid_text(s.listen)));
+      return make_error(Errc::io, fmt::format("cannot listen on {}", app::valid_text(s.listen)));
   } else if (!http.bind_to_port(impl->address.host, port)) {
     return make_error(Errc::io, fmt::format("cannot listen on {} (in use, or not an address of "
                                             "this machine)",
-                                            cli::valid_text(s.listen)));
+                                            app::valid_text(s.listen)));
   }
   impl->address.port = port;
   impl->thread = std::thread([self] {

@@ -37,10 +37,11 @@
 namespace flowreg::detail {
 
 // Where a worker's flows come from; built once when the worker starts.
+// Shared: `flowreg serve --worker` serves its API from the same registry and loader.
 struct FlowSource {
-  std::unique_ptr<FlowRegistry> registry;
+  std::shared_ptr<FlowRegistry> registry;
   // Resolves the handlers of the flows; stopped (watching ends) with the worker.
-  std::unique_ptr<PluginLoader> loader;
+  std::shared_ptr<PluginLoader> loader;
 };
 using FlowSourceFactory = std::function<Result<FlowSource>()>;
 

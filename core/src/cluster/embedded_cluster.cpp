@@ -1,4 +1,4 @@
-#include "store/embedded_cluster.hpp"
+#include "cluster/embedded_cluster.hpp"
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -204,8 +204,8 @@ class FileLock {
   static Result<FileLock> acquire(const fs::path& path, Clock::duration wait) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
-      return make_error(
-          Errc::io, fmt::format("cannot open lock file {}: {}", path.string(), strerror_text(errno)));
+      return make_error(Errc::io, fmt::format("cannot open lock file {}: {}", path.string(),
+                                              strerror_text(errno)));
     FileLock lock(fd);
     const auto deadline = Clock::now() + wait;
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -272,15 +272,15 @@ std::optional<pid_t> running_postmaster(const fs::path& cluster_dir) {
 
 Result<void> chown_to(const fs::path& p, uid_t uid, gid_t gid) {
   if (::chown(p.c_str(), uid, gid) != 0)
-    return make_error(
-        Errc::io, fmt::format("cannot chown {} to uid {}: {}", p.string(), uid, strerror_text(errno)));
+    return make_error(Errc::io, fmt::format("cannot chown {} to uid {}: {}", p.string(), uid,
+                                            strerror_text(errno)));
   return {};
 }
 
 Result<void> chmod_to(const fs::path& p, mode_t mode) {
   if (::chmod(p.c_str(), mode) != 0)
-    return make_error(Errc::io,
-                      fmt::format("cannot chmod {:o} {}: {}", mode, p.string(), strerror_text(errno)));
+    return make_error(
+        Errc::io, fmt::format("cannot chmod {:o} {}: {}", mode, p.string(), strerror_text(errno)));
   return {};
 }
 
@@ -292,8 +292,8 @@ Result<void> private_dir(const fs::path& p, uid_t uid, gid_t gid, bool fix_exist
     return {};
   }
   if (errno != EEXIST)
-    return make_error(Errc::io,
-                      fmt::format("cannot create directory {}: {}", p.string(), strerror_text(errno)));
+    return make_error(
+        Errc::io, fmt::format("cannot create directory {}: {}", p.string(), strerror_text(errno)));
   struct stat st {};
   if (::lstat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     return make_error(Errc::io, fmt::format("{} exists and is not a directory", p.string()));
@@ -374,7 +374,8 @@ Result<std::string> new_password() {
   while (got < sizeof bytes) {
     const ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return make_error(Errc::io, fmt::format("getrandom failed: {}", strerror_text(errno)));
+    if (n <= 0)
+      return make_error(Errc::io, fmt::format("getrandom failed: {}", strerror_text(errno)));
     got += static_cast<std::size_t>(n);
   }
   std::string hex;

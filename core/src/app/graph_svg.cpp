@@ -1,4 +1,4 @@
-#include "server/graph_svg.hpp"
+#include "app/graph_svg.hpp"
 
 #include <fmt/format.h>
 #include <graphviz/cgraph.h>

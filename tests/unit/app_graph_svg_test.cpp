@@ -1,10 +1,10 @@
-// server/graph_svg: a flow's DAG drawn by Graphviz, within a bound on the layout's size.
+// app/graph_svg: a flow's DAG drawn by Graphviz, within a bound on the layout's size.
 
 #include <doctest/doctest.h>
 
 #include <string>
 
-#include "server/graph_svg.hpp"
+#include "app/graph_svg.hpp"
 
 using namespace flowreg;
 

@@ -1,0 +1,118 @@
+#include "app/forms.hpp"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+
+#include <chrono>
+
+#include "util/json_text.hpp"
+#include "util/strings.hpp"
+
+namespace flowreg::app {
+
+std::string valid_text(std::string_view raw) { return detail::utf8_valid(raw); }
+
+std::string plugin_error_text(const PluginError& error) {
+  return fmt::format("[{}] {}", to_string(error.stage), error.message);
+}
+
+json plugin_error_json(const PluginError& error) {
+  return {{"stage", to_string(error.stage)}, {"message", valid_text(error.message)}};
+}
+
+std::string iso_time(const detail::TimePoint& t) {
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(t));
+}
+
+json to_ordered(const nlohmann::json& j) { return detail::ordered_copy(j); }
+
+json run_json(const detail::RunInfo& r) {
+  return {{"id", r.id},
+          {"flow", r.flow_slug},
+          {"version", r.flow_version},
+          {"status", detail::to_string(r.status)},
+          {"input", to_ordered(r.input)},
+          {"output", r.output ? to_ordered(*r.output) : json(nullptr)},
+          {"error", r.error ? json(*r.error) : json(nullptr)},
+          {"created_at", iso_time(r.created_at)},
+          {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
+          {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)}};
+}
+
+json options_json(const Options& o) {
+  return {{"max_attempts", o.max_attempts},
+          {"base_delay", format_duration(o.base_delay)},
+          {"max_delay", format_duration(o.max_delay)},
+          {"timeout", format_duration(o.timeout)}};
+}
+
+json flow_json(const RegisteredFlow& registered) {
+  const FlowDef& flow = registered.def;
+  json steps = json::array();
+  for (const auto& s : flow.steps)
+    steps.push_back({{"slug", s.slug},
+                     {"kind", to_string(s.kind)},
+                     {"depends_on", s.depends_on},
+                     {"handler", s.handler},
+                     {"options", options_json(flow.step_options(s))}});
+  return {{"slug", flow.slug},
+          {"module", flow.module},
+          {"version", flow_version(flow)},
+          {"description", flow.description},
+          {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
+          {"options", options_json(flow.options)},
+          {"input_schema", flow.input_schema ? to_ordered(*flow.input_schema) : json(nullptr)},
+          {"steps", std::move(steps)}};
+}
+
+json step_json(const detail::StepInfo& s) {
+  return {{"slug", s.slug},
+          {"kind", s.kind},
+          {"status", s.status},
+          {"tasks", s.task_count},
+          {"attempts", s.attempts},
+          {"worker", s.worker ? json(*s.worker) : json(nullptr)},
+          {"started_at", s.started_at ? json(iso_time(*s.started_at)) : json(nullptr)},
+          {"finished_at", s.finished_at ? json(iso_time(*s.finished_at)) : json(nullptr)},
+          {"error", s.error ? json(*s.error) : json(nullptr)},
+          {"output", s.output ? to_ordered(*s.output) : json(nullptr)}};
+}
+
+json plugin_json(const PluginInfo& p) {
+  return {{"file", valid_text(p.file.string())},
+          {"module", p.module.empty() ? json(nullptr) : json(p.module)},
+          {"sha256", p.sha256.empty() ? json(nullptr) : json(p.sha256)},
+          {"abi", p.abi.empty() ? json(nullptr) : json(p.abi)},
+          {"fingerprint", p.fingerprint.empty() ? json(nullptr) : json(p.fingerprint)},
+          {"status", to_string(p.status)},
+          {"error", p.error ? plugin_error_json(*p.error) : json(nullptr)},
+          {"flows", p.flows},
+          {"handlers", p.handlers}};
+}
+
+std::string worker_status(const detail::WorkerRecord& w) {
+  // Liveness from the heartbeat's age (by the server's clock): a worker that missed
+  // kStaleAfter heartbeats in a row is stale (killed, frozen, or cut off from the database).
+  static constexpr int kStaleAfter = 3;
+  if (w.stopped_at) return "stopped";
+  const Millis every = w.heartbeat_interval.value_or(Millis(5'000));
+  if (w.heartbeat_age > every * kStaleAfter) return "stale";
+  return w.state == "stuck" ? "stuck" : "running";
+}
+
+json worker_json(const detail::WorkerRecord& w) {
+  json flows = json::array();
+  for (const auto& f : w.flows) flows.push_back({{"slug", f.slug}, {"version", f.version}});
+  return {{"id", w.id},
+          {"host", w.host},
+          {"pid", w.pid},
+          {"concurrency", w.concurrency},
+          {"flows", flows},
+          {"status", worker_status(w)},
+          {"stopped", w.stopped_at.has_value()},
+          {"last_heartbeat_ms_ago", w.heartbeat_age.count()},
+          {"heartbeat_interval_ms",
+           w.heartbeat_interval ? json(w.heartbeat_interval->count()) : json(nullptr)}};
+}
+
+}  // namespace flowreg::app

@@ -1,0 +1,48 @@
+#pragma once
+// The documented forms of what flowreg shows, the same for every front end: the JSON of a flow, a
+// run, a step, a plugin file and a worker (the CLI's --json output, the HTTP API's bodies and the
+// dashboard's data), and how text from outside is made fit for them.
+//
+// Thread-safety: free functions over values; safe from any thread.
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+
+#include "flowreg/flow_registry.hpp"
+#include "flowreg/options.hpp"
+#include "flowreg/plugins.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::app {
+
+// Keys in the order the documented forms list them.
+using json = nlohmann::ordered_json;
+
+// A file name, a path or other text from outside, for JSON: invalid UTF-8 replaced.
+std::string valid_text(std::string_view raw);
+
+// A time as ISO 8601 in UTC to the second ("2026-01-02T03:04:05Z").
+std::string iso_time(const detail::TimePoint& t);
+// A stored JSON value with its keys in a stable order.
+json to_ordered(const nlohmann::json& j);
+
+// A run: {id, flow, version, status, input, output, error, created_at, finished_at, retry_of}.
+json run_json(const detail::RunInfo& r);
+// A step of a run: {slug, kind, status, tasks, attempts, worker, started_at, finished_at, error,
+// output}.
+json step_json(const detail::StepInfo& s);
+// A flow: {slug, module, version, description, source, options, input_schema, steps}, and its
+// options {max_attempts, base_delay, max_delay, timeout}.
+json flow_json(const RegisteredFlow& registered);
+json options_json(const Options& o);
+// A file of the plugins directory: {file, module, sha256, abi, fingerprint, status, error, flows,
+// handlers}; its error as text ("[stage] message") and as {stage, message}.
+json plugin_json(const PluginInfo& p);
+std::string plugin_error_text(const PluginError& error);
+json plugin_error_json(const PluginError& error);
+// A worker and its status from its heartbeat's age: running, stuck, stale or stopped.
+std::string worker_status(const detail::WorkerRecord& w);
+json worker_json(const detail::WorkerRecord& w);
+
+}  // namespace flowreg::app

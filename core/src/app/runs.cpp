@@ -1,0 +1,72 @@
+#include "app/runs.hpp"
+
+#include <fmt/format.h>
+
+#include <utility>
+#include <vector>
+
+#include "app/forms.hpp"
+#include "config/yaml_json.hpp"
+#include "util/json_text.hpp"
+
+namespace flowreg::app {
+
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what) {
+  if (!flow.input_schema) return check_input(text, flow, what, nullptr);
+  auto schema = detail::JsonSchema::compile(*flow.input_schema);
+  if (!schema) return tl::unexpected(std::move(schema.error()));
+  return check_input(text, flow, what, &*schema);
+}
+
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what, const detail::JsonSchema* schema) {
+  // Checked on the text, before anything recurses into it.
+  const int max_depth = detail::YamlLimits{}.max_depth;
+  if (auto at = detail::nesting_beyond(text, static_cast<std::size_t>(max_depth)))
+    return make_error(Errc::parse,
+                      fmt::format("{} nests deeper than {} levels (line {}, column {})", what,
+                                  max_depth, at->line, at->column));
+  nlohmann::json input;
+  try {
+    input = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    return make_error(Errc::parse,
+                      fmt::format("{} is not valid JSON: {}", what, valid_text(e.what())));
+  }
+  if (schema) {
+    std::vector<Diagnostic> problems;
+    for (const auto& p : schema->validate(input))
+      problems.push_back(
+          Diagnostic{{}, fmt::format("input of flow '{}': {}", flow.slug, p.message)});
+    if (!problems.empty()) {
+      std::string message = problems.front().message;
+      return make_error(Errc::invalid_argument, std::move(message), std::move(problems));
+    }
+  }
+  return input;
+}
+
+Result<std::optional<std::string>> check_idempotency_key(std::string_view key) {
+  if (key.empty()) return std::optional<std::string>();
+  if (key.size() > kMaxIdempotencyKeyBytes)
+    return make_error(
+        Errc::invalid_argument,
+        fmt::format("the idempotency key is longer than {} bytes", kMaxIdempotencyKeyBytes));
+  return std::optional<std::string>(valid_text(key));
+}
+
+Result<detail::RunInfo> start_run(detail::RunStore& store, const RegisteredFlow& flow,
+                                  const nlohmann::json& input,
+                                  const detail::StartOptions& options) {
+  if (auto stored = store.upsert_flow(flow.def, flow.version); !stored)
+    return tl::unexpected(std::move(stored.error()));
+  auto id = store.start_run(flow.def.slug, flow.version, input, options);
+  if (!id) return tl::unexpected(std::move(id.error()));
+  auto info = store.get_run(*id);
+  if (!info) return tl::unexpected(std::move(info.error()));
+  if (!*info) return make_error(Errc::not_found, "the run vanished");
+  return std::move(**info);
+}
+
+}  // namespace flowreg::app

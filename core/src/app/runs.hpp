@@ -1,0 +1,45 @@
+#pragma once
+// Starting a run, the same from every front end: the input checked before anything is written
+// (nesting, JSON syntax, the flow's input schema), the idempotency key checked, the flow's version
+// stored, the run started and read back.
+//
+// Thread-safety: free functions; the RunStore passed in is used by one thread at a time (its own
+// contract).
+
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "config/json_schema.hpp"
+#include "flowreg/error.hpp"
+#include "flowreg/flow.hpp"
+#include "flowreg/flow_registry.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::app {
+
+// The longest idempotency key a run may carry, in bytes.
+inline constexpr std::size_t kMaxIdempotencyKeyBytes = 255;
+
+// A run's input, given as JSON text, checked before anything is written: the nesting limit of
+// YAML files, then JSON syntax (Errc::parse, the message starting with `what`, "--input" for the
+// command line), then the flow's input schema (Errc::invalid_argument, one detail per problem:
+// "input of flow 'x': ...").
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what);
+// The same with the flow's input schema compiled once for many inputs (nullptr: none).
+Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
+                                   std::string_view what, const detail::JsonSchema* schema);
+
+// An idempotency key from outside: at most kMaxIdempotencyKeyBytes (Errc::invalid_argument
+// otherwise), invalid UTF-8 replaced. Empty: none.
+Result<std::optional<std::string>> check_idempotency_key(std::string_view key);
+
+// Stores the flow's version (once per version), starts a run of it with `input` (checked by
+// check_input) and reads it back. A key used again with the same input returns that key's run; with
+// another input, the store's Errc::invalid_argument.
+Result<detail::RunInfo> start_run(detail::RunStore& store, const RegisteredFlow& flow,
+                                  const nlohmann::json& input, const detail::StartOptions& options);
+
+}  // namespace flowreg::app

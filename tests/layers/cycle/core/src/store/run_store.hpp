@@ -1,0 +1,3 @@
+#pragma once
+#include "worker/lanes.hpp"
+#include "util/strings.hpp"

@@ -1,0 +1,2 @@
+#pragma once
+#include "store/run_store.hpp"

@@ -1,0 +1,2 @@
+#include "server/server.hpp"
+#include "app/forms.hpp"
