@@ -103,7 +103,7 @@ void add_flows_commands(CLI::App& app, const Globals& g, int& exit_code) {
   flows->require_subcommand(1);
 
   auto* list = flows->add_subcommand("list", "List every registered flow");
-  list->add_flag("--json", args->list_json, "Print a JSON array (fields: see README)");
+  list->add_flag("--json", args->list_json, "Print a JSON array (fields: see docs/cli.md)");
   list->callback([&g, &exit_code, args] { exit_code = flows_list(g, args->list_json); });
 
   auto* show = flows->add_subcommand("show", "Show one flow");

@@ -77,7 +77,7 @@ void add_plugins_commands(CLI::App& app, const Globals& g, int& exit_code) {
   plugins->require_subcommand(1);
   auto* list =
       plugins->add_subcommand("list", "Every file of the plugins directory and its status");
-  list->add_flag("--json", args->list_json, "Print a JSON array (fields: see README)");
+  list->add_flag("--json", args->list_json, "Print a JSON array (fields: see docs/plugins.md)");
   list->callback([&g, &exit_code, args] { exit_code = plugins_list(g, args->list_json); });
   auto* check = plugins->add_subcommand("check", "Would these files load? Exit 0 if all would");
   check->add_option("files", args->check_files, "Plugin files")->required();
