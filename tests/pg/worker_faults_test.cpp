@@ -305,8 +305,11 @@ TEST_SUITE("worker_faults") {
     auto s = make_scene("wf_nul");
     {
       // Registers the flows, then stops: the runs below wait for one worker to claim them together.
+      // Each flow's version is stored by its own loop: wait for all three (under load, the worker
+      // could be stopped after storing the first and before the others, and start() found none).
       auto first = s.worker("first");
-      s.wait_serving("first", "wtext_nul");
+      for (const char* slug : {"wtext_nul", "wtext_nul_error", "wtext_quick"})
+        s.wait_serving("first", slug);
       first.signal(SIGTERM);
       REQUIRE(first.wait(30s) == 0);
     }
