@@ -24,7 +24,7 @@
 namespace flowreg::detail {
 
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using MonotonicClock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 namespace {
@@ -201,18 +201,18 @@ std::uintmax_t file_size_or_zero(const fs::path& p) {
 // belong to the open file description, so two objects in one process exclude each other too.
 class FileLock {
  public:
-  static Result<FileLock> acquire(const fs::path& path, Clock::duration wait) {
+  static Result<FileLock> acquire(const fs::path& path, MonotonicClock::duration wait) {
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0)
       return make_error(Errc::io, fmt::format("cannot open lock file {}: {}", path.string(),
                                               strerror_text(errno)));
     FileLock lock(fd);
-    const auto deadline = Clock::now() + wait;
+    const auto deadline = MonotonicClock::now() + wait;
     while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
       if (errno != EWOULDBLOCK && errno != EINTR)
         return make_error(Errc::io,
                           fmt::format("cannot lock {}: {}", path.string(), strerror_text(errno)));
-      if (Clock::now() >= deadline)
+      if (MonotonicClock::now() >= deadline)
         return make_error(Errc::database,
                           fmt::format("timed out waiting for {}: another process holds it while "
                                       "it starts or stops the cluster",
@@ -804,11 +804,11 @@ struct Ops {
 
   // After a crash the postmaster of postmaster.pid may linger as a zombie until it is reaped, and
   // postgres refuses to start while that pid exists. Wait for it.
-  Result<void> wait_for_dead_postmaster(Clock::time_point deadline) const {
+  Result<void> wait_for_dead_postmaster(MonotonicClock::time_point deadline) const {
     auto pid = read_postmaster_pid(cluster_dir);
     if (!pid) return {};
     while (process_state(*pid) == ProcState::zombie) {
-      if (Clock::now() >= deadline)
+      if (MonotonicClock::now() >= deadline)
         return db_error(
             fmt::format("the previous postmaster (pid {}, from {}) died but was not "
                         "reaped: its parent must wait() for it",
@@ -819,12 +819,12 @@ struct Ops {
   }
 
   Result<void> start_server() const {
-    const auto deadline = Clock::now() + options.start_timeout;
+    const auto deadline = MonotonicClock::now() + options.start_timeout;
     while (true) {
       if (auto r = wait_for_dead_postmaster(deadline); !r) return r;
       const auto log_offset = file_size_or_zero(log_file);
       const auto left = std::max<std::chrono::seconds::rep>(
-          1, std::chrono::duration_cast<std::chrono::seconds>(deadline - Clock::now()).count());
+          1, std::chrono::duration_cast<std::chrono::seconds>(deadline - MonotonicClock::now()).count());
       std::vector<std::string> argv = {
           tool("pg_ctl"),    "start", "-D", cluster_dir.string(), "-l",
           log_file.string(), "-w",    "-t", std::to_string(left), "-s"};
@@ -836,7 +836,7 @@ struct Ops {
       const bool transient = tail.find("pre-existing shared memory block") != std::string::npos ||
                              (tail.find("lock file") != std::string::npos &&
                               tail.find("already exists") != std::string::npos);
-      if (transient && Clock::now() + milliseconds(250) < deadline) {
+      if (transient && MonotonicClock::now() + milliseconds(250) < deadline) {
         std::this_thread::sleep_for(milliseconds(250));
         continue;
       }
@@ -932,7 +932,7 @@ Result<StartOutcome> EmbeddedCluster::start() {
   if (!lock) return tl::unexpected(lock.error());
 
   StartOutcome outcome;
-  const auto deadline = Clock::now() + options_.start_timeout;
+  const auto deadline = MonotonicClock::now() + options_.start_timeout;
   while (true) {
     auto pid = running_postmaster(ops.cluster_dir);
     if (!pid) {
@@ -943,16 +943,16 @@ Result<StartOutcome> EmbeddedCluster::start() {
               fmt::format("{} exists but holds no PostgreSQL cluster (no PG_VERSION): "
                           "move it away to let flowreg create a new one",
                           ops.cluster_dir.string()));
-        const auto t0 = Clock::now();
+        const auto t0 = MonotonicClock::now();
         if (auto r = ops.init(); !r) return tl::unexpected(r.error());
         outcome.initialized = true;
-        outcome.init_time = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
+        outcome.init_time = std::chrono::duration_cast<milliseconds>(MonotonicClock::now() - t0);
       }
       if (auto r = ops.write_settings(); !r) return tl::unexpected(r.error());
-      const auto t0 = Clock::now();
+      const auto t0 = MonotonicClock::now();
       if (auto r = ops.start_server(); !r) return tl::unexpected(r.error());
       outcome.started = true;
-      outcome.start_time = std::chrono::duration_cast<milliseconds>(Clock::now() - t0);
+      outcome.start_time = std::chrono::duration_cast<milliseconds>(MonotonicClock::now() - t0);
       pid = read_postmaster_pid(ops.cluster_dir);
     }
     bool transient = false;
@@ -964,7 +964,7 @@ Result<StartOutcome> EmbeddedCluster::start() {
       return outcome;
     }
     // The server we found (or just started) may be dying or still recovering: look again.
-    if (!transient || Clock::now() >= deadline) return tl::unexpected(ready.error());
+    if (!transient || MonotonicClock::now() >= deadline) return tl::unexpected(ready.error());
     std::this_thread::sleep_for(milliseconds(100));
   }
 }
