@@ -24,7 +24,7 @@
 #include <thread>
 #include <utility>
 
-#include "flowreg/sync_point.hpp"
+#include "flowreg/sync_point_hook.hpp"
 #include "flowreg/thread_annotations.hpp"
 
 namespace flowreg {
@@ -125,7 +125,7 @@ class Listeners final : public ListenersBase,
     bool announced = false;
     while (delivered_ < seq) {
       if (delivering_) {
-        if (!announced && SyncPoints::instance().any_armed()) {
+        if (!announced && FLOWREG_SYNC_POINTS_ARMED()) {
           announced = true;
           lock.unlock();
           // A thread whose events another thread is delivering, before it waits for them.
@@ -168,7 +168,7 @@ class Listeners final : public ListenersBase,
     if (delivering_ && drainer_ == std::this_thread::get_id()) return;  // from a listener
     bool announced = false;
     while (calling_ == id) {
-      if (!announced && SyncPoints::instance().any_armed()) {
+      if (!announced && FLOWREG_SYNC_POINTS_ARMED()) {
         announced = true;
         lock.unlock();
         // Unsubscribing while another thread runs this listener, before waiting for it.

@@ -50,7 +50,7 @@
 
 #include "flowreg/error.hpp"
 #include "flowreg/tools/registry.hpp"
-#include "flowreg/sync_point.hpp"
+#include "flowreg/sync_point_hook.hpp"
 
 namespace flowreg {
 

@@ -46,7 +46,7 @@
 
 #include "flowreg/error.hpp"
 #include "flowreg/subscription.hpp"
-#include "flowreg/sync_point.hpp"
+#include "flowreg/sync_point_hook.hpp"
 #include "flowreg/thread_annotations.hpp"
 
 namespace flowreg {
