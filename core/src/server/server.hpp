@@ -1,7 +1,9 @@
 #pragma once
 // `flowreg serve`'s HTTP server: the JSON API under /api/v1, Server-Sent Events of run and step
 // changes, the web dashboard, /healthz, /readyz and /metrics. Only this directory includes the HTTP
-// library (cpp-httplib).
+// library (cpp-httplib). server.cpp holds the server's lifecycle and what surrounds every route
+// (the token, the Host and Origin checks, the limits, the error replies); the routes are registered
+// one group per resource (routes.hpp).
 //
 // Security: a token, when set, is required (Authorization: Bearer, compared in constant time) by
 // every mutating route and by /events, and by every read route unless `open_reads`; /healthz and

@@ -1,0 +1,172 @@
+// The runs of the JSON API: starting one, the list, one run with its steps, cancel and retry; and
+// the list's query, which the dashboard's /runs page reads the same way.
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <optional>
+
+#include "app/forms.hpp"
+#include "app/runs.hpp"
+#include "server/dashboard.hpp"
+#include "server/http_helpers.hpp"
+#include "server/routes.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::detail {
+
+namespace {
+
+using app::json;
+using http::problem;
+using http::Request;
+using http::Response;
+
+constexpr int kMaxListLimit = 1000;
+
+void post_run(ServerState& state, const Request& req, Response& res) {
+  const std::string slug = req.matches[1];
+  const FlowRef flow = state.options.registry->get(slug);
+  if (!flow) return problem(res, 404, fmt::format("no flow with slug '{}'", app::valid_text(slug)));
+  const std::string type = req.get_header_value("Content-Type");
+  if (!req.body.empty() && !type.empty() && !type.starts_with("application/json"))
+    return problem(
+        res, 415,
+        fmt::format("the input must be application/json, not '{}'", app::valid_text(type)));
+  auto input = app::check_input(req.body.empty() ? std::string_view("{}") : req.body, flow->def,
+                                "the input");
+  if (!input) {
+    // Malformed JSON: 400; valid JSON the flow's input schema refuses: 422.
+    const int status = input.error().code == Errc::parse ? 400 : 422;
+    return problem(res, status, input.error().message, input.error().details);
+  }
+  StartOptions start;
+  auto key = app::check_idempotency_key(req.get_header_value("Idempotency-Key"));
+  if (!key) return problem(res, 400, "Idempotency-Key is longer than 255 bytes");
+  start.idempotency_key = std::move(*key);
+  auto run = state.stores.with(
+      [&](RunStore& store) { return app::start_run(store, *flow, *input, start); });
+  if (!run) {
+    // A key used again with another input: the store refuses it (invalid_argument).
+    return http::send_error(res, run.error());
+  }
+  res.set_header("Location", "/api/v1/runs/" + run->id);
+  http::send_json(res, app::run_json(*run), 201);
+}
+
+}  // namespace
+
+Result<json> ServerState::run_with_steps(const std::string& id) {
+  return stores.with([&](RunStore& store) -> Result<json> {
+    auto info = store.get_run(id);
+    if (!info) return tl::unexpected(std::move(info.error()));
+    if (!*info) return make_error(Errc::not_found, fmt::format("no run {}", id));
+    auto steps = store.run_steps(id);
+    if (!steps) return tl::unexpected(std::move(steps.error()));
+    json out = app::run_json(**info);
+    out["steps"] = json::array();
+    for (const auto& s : *steps) out["steps"].push_back(app::step_json(s));
+    return out;
+  });
+}
+
+void list_runs(ServerState& state, const Request& req, Response& res, bool html) {
+  RunFilter filter;
+  std::optional<RunId> before;
+  json given = {{"flow", ""}, {"status", ""}};
+  const auto fail = [&](int status, std::string message) {
+    if (html) {
+      http::html_error(res, status, message);
+    } else {
+      problem(res, status, message);
+    }
+  };
+  if (req.has_param("flow") && !req.get_param_value("flow").empty()) {
+    filter.flow_slug = app::valid_text(req.get_param_value("flow"));
+    given["flow"] = *filter.flow_slug;
+  }
+  if (req.has_param("status") && !req.get_param_value("status").empty()) {
+    const std::string s = req.get_param_value("status");
+    filter.status = parse_run_status(s);
+    if (!filter.status)
+      return fail(400,
+                  fmt::format("status '{}' is not one of started, completed, failed, cancelled",
+                              app::valid_text(s)));
+    given["status"] = s;
+  }
+  filter.limit = html ? 50 : 100;
+  if (req.has_param("limit")) {
+    const std::string l = req.get_param_value("limit");
+    int n = 0;
+    const auto [end, ec] = std::from_chars(l.data(), l.data() + l.size(), n);
+    if (ec != std::errc() || end != l.data() + l.size() || n < 1 || n > kMaxListLimit)
+      return fail(400, fmt::format("limit '{}' is not a number from 1 to {}", app::valid_text(l),
+                                   kMaxListLimit));
+    filter.limit = n;
+  }
+  if (req.has_param("before") && !req.get_param_value("before").empty()) {
+    const std::string b = req.get_param_value("before");
+    if (!http::is_uuid(b))
+      return fail(400, fmt::format("before '{}' is not a run id", app::valid_text(b)));
+    before = b;
+  }
+  // One more than asked: whether there is a next page.
+  const int asked = filter.limit;
+  filter.limit = asked + 1;
+  auto runs = state.stores.with([&](RunStore& store) { return store.list_runs(filter, before); });
+  if (!runs) {
+    if (html) return fail(http::status_of(runs.error()), runs.error().message);
+    return http::send_error(res, runs.error());
+  }
+  const bool more = static_cast<int>(runs->size()) > asked;
+  if (more) runs->resize(static_cast<std::size_t>(asked));
+  json list = json::array();
+  for (const auto& r : *runs) list.push_back(app::run_json(r));
+  const std::string next = more ? runs->back().id : std::string();
+  if (html) {
+    res.set_content(dashboard::runs_page(list, state.flows_json(), given, next), http::kHtml);
+    return;
+  }
+  http::send_json(res,
+                  {{"runs", std::move(list)}, {"next_before", more ? json(next) : json(nullptr)}});
+}
+
+void register_run_routes(httplib::Server& h, ServerState& state) {
+  h.Post(R"(/api/v1/flows/([^/]+)/runs)",
+         [&state](const Request& req, Response& res) { post_run(state, req, res); });
+  h.Get("/api/v1/runs",
+        [&state](const Request& req, Response& res) { list_runs(state, req, res, false); });
+  h.Get(R"(/api/v1/runs/([^/]+))", [&state](const Request& req, Response& res) {
+    const std::string id = req.matches[1];
+    if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
+    auto run = state.run_with_steps(id);
+    if (!run) return http::send_error(res, run.error());
+    http::send_json(res, *run);
+  });
+  h.Post(R"(/api/v1/runs/([^/]+)/cancel)", [&state](const Request& req, Response& res) {
+    const std::string id = req.matches[1];
+    if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
+    auto cancelled = state.stores.with([&](RunStore& store) { return store.cancel_run(id); });
+    if (!cancelled) return http::send_error(res, cancelled.error());
+    if (!*cancelled)
+      return problem(res, 409, fmt::format("run {} is not running (nothing to cancel)", id));
+    http::send_json(res, {{"id", id}, {"status", "cancelled"}});
+  });
+  h.Post(R"(/api/v1/runs/([^/]+)/retry)", [&state](const Request& req, Response& res) {
+    const std::string id = req.matches[1];
+    if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
+    auto fresh = state.stores.with([&](RunStore& store) -> Result<RunInfo> {
+      auto rid = store.retry_run(id);
+      if (!rid) return tl::unexpected(std::move(rid.error()));
+      auto info = store.get_run(*rid);
+      if (!info) return tl::unexpected(std::move(info.error()));
+      if (!*info) return make_error(Errc::not_found, "the run vanished");
+      return std::move(**info);
+    });
+    if (!fresh) return http::send_error(res, fresh.error());
+    res.set_header("Location", "/api/v1/runs/" + fresh->id);
+    http::send_json(res, app::run_json(*fresh), 201);
+  });
+}
+
+}  // namespace flowreg::detail

@@ -1,0 +1,66 @@
+// The dashboard's pages: HTML rendered by dashboard.cpp from the API's JSON forms; a failure is
+// the dashboard's error page, not a problem+json.
+
+#include <fmt/format.h>
+
+#include "app/forms.hpp"
+#include "server/dashboard.hpp"
+#include "server/http_helpers.hpp"
+#include "server/routes.hpp"
+#include "store/run_store.hpp"
+
+namespace flowreg::detail {
+
+void register_page_routes(httplib::Server& h, ServerState& state) {
+  using app::json;
+  using http::html_error;
+  using http::kHtml;
+  using http::Request;
+  using http::Response;
+  h.Get("/", [&state](const Request&, Response& res) {
+    RunFilter recent_filter;
+    recent_filter.limit = 200;
+    auto runs = state.stores.with([&](RunStore& store) { return store.list_runs(recent_filter); });
+    json recent = json::array();
+    if (runs)
+      for (const auto& r : *runs) recent.push_back(app::run_json(r));
+    res.set_content(dashboard::flows_page(state.flows_json(), recent), kHtml);
+  });
+  h.Get(R"(/flows/([^/]+))", [&state](const Request& req, Response& res) {
+    const FlowRef flow = state.options.registry->get(req.matches[1].str());
+    if (!flow)
+      return html_error(
+          res, 404, fmt::format("no flow with slug '{}'", app::valid_text(req.matches[1].str())));
+    RunFilter filter;
+    filter.flow_slug = flow->def.slug;
+    filter.limit = 20;
+    auto runs = state.stores.with([&](RunStore& store) { return store.list_runs(filter); });
+    json list = json::array();
+    if (runs)
+      for (const auto& r : *runs) list.push_back(app::run_json(r));
+    res.set_content(dashboard::flow_page(app::flow_json(*flow), list), kHtml);
+  });
+  h.Get("/runs", [&state](const Request& req, Response& res) { list_runs(state, req, res, true); });
+  h.Get(R"(/runs/([^/]+))", [&state](const Request& req, Response& res) {
+    const std::string id = req.matches[1];
+    if (!http::is_uuid(id))
+      return html_error(res, 404, fmt::format("no run {}", app::valid_text(id)));
+    auto run = state.run_with_steps(id);
+    if (!run) return html_error(res, http::status_of(run.error()), run.error().message);
+    res.set_content(dashboard::run_page(*run), kHtml);
+  });
+  h.Get("/workers", [&state](const Request&, Response& res) {
+    auto workers = state.stores.with([](RunStore& store) { return store.list_workers(); });
+    if (!workers) return html_error(res, http::status_of(workers.error()), workers.error().message);
+    json out = json::array();
+    for (const auto& w : *workers) out.push_back(app::worker_json(w));
+    res.set_content(dashboard::workers_page(out), kHtml);
+  });
+  h.Get("/plugins", [&state](const Request&, Response& res) {
+    json out = json::array();
+    for (const auto& p : state.options.plugins()) out.push_back(app::plugin_json(p));
+    res.set_content(dashboard::plugins_page(out), kHtml);
+  });
+}
+
+}  // namespace flowreg::detail

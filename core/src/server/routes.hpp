@@ -1,0 +1,80 @@
+#pragma once
+// The route groups of `flowreg serve`, one per resource, and the state they share. server.cpp
+// registers each group in turn (its table of contents); the token, the Host and Origin checks,
+// the limits and the error replies stay there, around every route.
+//
+// Every group captures a reference to the ServerState: HttpServer::Impl owns it and stops the
+// server (joining every request thread) before destroying it.
+
+#include <httplib.h>
+
+#include <atomic>
+#include <map>
+#include <string>
+
+#include "app/forms.hpp"
+#include "flowreg/error.hpp"
+#include "flowreg/thread_annotations.hpp"
+#include "server/event_hub.hpp"
+#include "server/server.hpp"
+#include "server/stores.hpp"
+
+namespace flowreg::detail {
+
+// The flows' DAG drawings, "slug@version" -> SVG. Thread-safety: safe for concurrent use.
+class SvgCache {
+ public:
+  SvgCache() = default;
+  SvgCache(const SvgCache&) = delete;
+  SvgCache& operator=(const SvgCache&) = delete;
+
+  std::string find(const std::string& key) const;     // "" when not drawn yet
+  void put(const std::string& key, std::string svg);  // past 1000 drawings, starts again empty
+
+ private:
+  mutable AnnotatedMutex mu_;
+  std::map<std::string, std::string> svgs_ FLOWREG_GUARDED_BY(mu_);
+};
+
+// What the routes share, for the server's lifetime. Thread-safety: every member is safe for
+// concurrent use by the request threads (the registry and the plugins callback by ServerOptions'
+// contract).
+struct ServerState {
+  explicit ServerState(ServerOptions o)
+      : options(std::move(o)), stores(options.conninfo), hub(options.conninfo) {}
+  ServerState(const ServerState&) = delete;
+  ServerState& operator=(const ServerState&) = delete;
+
+  const ServerOptions options;
+  Stores stores;
+  EventHub hub;
+  std::atomic<int> streams{0};  // event streams open now (at most settings.max_event_streams)
+  SvgCache svgs;
+
+  // The registry's flows as the API shows them.
+  app::json flows_json() const;  // api_flows.cpp
+  // A run with its "steps", or Errc::not_found.
+  Result<app::json> run_with_steps(const std::string& id);  // api_runs.cpp
+};
+
+// GET /healthz, /readyz, /metrics, /static/app.css, /static/app.js, /api/v1/openapi.json
+void register_service_routes(httplib::Server& http, ServerState& state);  // service_routes.cpp
+// GET /api/v1/flows, /api/v1/flows/{slug}, /api/v1/flows/{slug}/graph.svg
+void register_flow_routes(httplib::Server& http, ServerState& state);  // api_flows.cpp
+// POST /api/v1/flows/{slug}/runs; GET /api/v1/runs, /api/v1/runs/{id};
+// POST /api/v1/runs/{id}/cancel, /api/v1/runs/{id}/retry
+void register_run_routes(httplib::Server& http, ServerState& state);  // api_runs.cpp
+// GET /api/v1/workers, /api/v1/plugins
+void register_worker_plugin_routes(httplib::Server& http,
+                                   ServerState& state);  // api_workers_plugins.cpp
+// GET /api/v1/events (Server-Sent Events)
+void register_event_routes(httplib::Server& http, ServerState& state);  // api_events.cpp
+// GET /, /flows/{slug}, /runs, /runs/{id}, /workers, /plugins (the dashboard)
+void register_page_routes(httplib::Server& http, ServerState& state);  // pages.cpp
+
+// GET /api/v1/runs (JSON) and the dashboard's /runs (`html`): the same query parameters (flow,
+// status, limit, before), read the same way.
+void list_runs(ServerState& state, const httplib::Request& req, httplib::Response& res,
+               bool html);  // api_runs.cpp
+
+}  // namespace flowreg::detail
