@@ -186,10 +186,10 @@ TEST_SUITE("worker_many_flows") {
     ManyFlows m("w_many_threads");
     const int added = threads_of_this_process() - m.threads_before;
     figure("threads added by a worker serving ", kFlows + kPluginFlows, " flow versions: ", added,
-           " (concurrency ", m.options.concurrency, ", loop_lanes ", m.options.loop_lanes, ")");
+           " (concurrency ", m.options.concurrency, ", lanes ", m.options.lanes, ")");
     // Handler threads, claim lanes, and a fixed few (listener, keeper, supervisors, reconciler,
     // plugin watcher): never one per flow.
-    CHECK(added <= m.options.concurrency + m.options.loop_lanes + 16);
+    CHECK(added <= m.options.concurrency + m.options.lanes + 16);
   }
 
   TEST_CASE("500 idle flow versions cost no polling storm: a few commits per second") {

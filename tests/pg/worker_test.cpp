@@ -412,14 +412,14 @@ TEST_SUITE("worker") {
     options.name = "limit_test";  // names of this tree, distinct from any other
     options.conninfo = conninfo;
     options.poll_interval = 50ms;
-    options.loop_restarts = {5, 60'000ms};
+    options.flow_restarts = {5, 60'000ms};
     options.tree_restarts = {1, 60'000ms};
     options.on_event = [&](const flowreg::SupervisorEvent& e) {
       std::lock_guard lock(mu);
       events.push_back(e);
     };
     std::atomic<bool> armed{false};
-    options.loop_probe = [&armed](const fd::FlowKey& key) -> flowreg::Result<void> {
+    options.round_trip_probe = [&armed](const fd::FlowKey& key) -> flowreg::Result<void> {
       if (armed && key.slug == "wprobe_chain")
         return flowreg::make_error(flowreg::Errc::internal, "probe: the chain loop is broken");
       return {};

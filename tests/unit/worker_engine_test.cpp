@@ -1,5 +1,5 @@
-// The engine, the flow loop and the lanes (core/src/worker/engine.hpp, flow_loop.hpp,
-// loop_lanes.hpp) on a fake store: the round trips a worker makes, recorded in memory, no
+// The engine, the flow service and the lanes (core/src/worker/engine.hpp, flow_service.hpp,
+// lanes.hpp) on a fake store: the round trips a worker makes, recorded in memory, no
 // PostgreSQL.
 
 #include <doctest/doctest.h>
@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "worker/engine.hpp"
-#include "worker/flow_loop.hpp"
-#include "worker/loop_lanes.hpp"
+#include "worker/flow_service.hpp"
+#include "worker/lanes.hpp"
 
 namespace fd = flowreg::detail;
 using namespace std::chrono_literals;
@@ -278,7 +278,7 @@ struct Scene {
     options.max_output_bytes = max_output_bytes;
     options.concurrency = concurrency;
     options.batch_size = batch;
-    options.loop_lanes = lanes;
+    options.lanes = lanes;
     options.lease = 1'000ms;
     options.poll_interval = poll;
     options.reconnect_min = 1ms;
@@ -295,21 +295,21 @@ struct Scene {
     engine->finish(fd::SteadyTime::max());
   }
 
-  std::shared_ptr<fd::LoopState> state(std::function<HandlerOutcome()> handler) {
+  std::shared_ptr<fd::FlowState> state(std::function<HandlerOutcome()> handler) {
     std::unordered_map<std::string, fd::StepHandler> handlers;
     handlers.emplace(
         "s", fd::StepHandler{"test.handler",
                              [handler](std::string_view, std::string_view) { return handler(); }});
-    return std::make_shared<fd::LoopState>(fd::FlowKey{"f", "v1"}, std::move(handlers));
+    return std::make_shared<fd::FlowState>(fd::FlowKey{"f", "v1"}, std::move(handlers));
   }
-  void start_loop(const std::shared_ptr<fd::LoopState>& state) {
+  void start_loop(const std::shared_ptr<fd::FlowState>& state) {
     flowreg::FlowDef def;
     def.slug = "f";
-    auto started = fd::FlowLoop::start(*engine, def, state,
-                                       flowreg::ExitSignal([this](std::optional<flowreg::Error> e) {
-                                         std::lock_guard lock(exit_mu);
-                                         exit_reason = e ? e->message : "normal";
-                                       }));
+    auto started = fd::FlowService::start(
+        *engine, def, state, flowreg::ExitSignal([this](std::optional<flowreg::Error> e) {
+          std::lock_guard lock(exit_mu);
+          exit_reason = e ? e->message : "normal";
+        }));
     REQUIRE(started);
     loop = *started;
   }
@@ -332,7 +332,7 @@ struct Scene {
   std::atomic<long> clock_offset{0};
   std::shared_ptr<FakeStore> store;
   std::unique_ptr<fd::Engine> engine;
-  std::shared_ptr<fd::FlowLoop> loop;
+  std::shared_ptr<fd::FlowService> loop;
   std::mutex exit_mu;
   std::optional<std::string> exit_reason;
 };
@@ -553,16 +553,16 @@ struct Loops {
                              [handler](std::string_view, std::string_view) { return handler(); }});
     flowreg::FlowDef def;
     def.slug = slug;
-    auto started = fd::FlowLoop::start(
+    auto started = fd::FlowService::start(
         *s.engine, def,
-        std::make_shared<fd::LoopState>(fd::FlowKey{slug, "v1"}, std::move(handlers)),
+        std::make_shared<fd::FlowState>(fd::FlowKey{slug, "v1"}, std::move(handlers)),
         flowreg::ExitSignal([](std::optional<flowreg::Error>) {}));
     REQUIRE(started);
     loops.push_back(*started);
   }
 
   Scene& s;
-  std::vector<std::shared_ptr<fd::FlowLoop>> loops;
+  std::vector<std::shared_ptr<fd::FlowService>> loops;
 };
 
 int threads_of_this_process() {
@@ -715,7 +715,7 @@ TEST_SUITE("loop_state") {
   TEST_CASE(
       "a result wakes the loop when it may make a round due: the outbox's first, the one that "
       "fills it to flush_at, the last running task's; not the ones in between") {
-    auto state = std::make_shared<fd::LoopState>(
+    auto state = std::make_shared<fd::FlowState>(
         fd::FlowKey{"f", "v1"}, std::unordered_map<std::string, fd::StepHandler>{});
     int wakes = 0;
     state->set_waker([&] { ++wakes; }, /*flush_at=*/4);
@@ -730,7 +730,7 @@ TEST_SUITE("loop_state") {
       return state->put_result(id, fd::Completion{id, 1, fd::Json::object(), 2}, std::nullopt);
     };
     for (fd::TaskId id = 1; id <= 9; ++id) state->hold(task(id), fd::SteadyTime::max());
-    CHECK(done(1) == fd::LoopState::Put::queued);
+    CHECK(done(1) == fd::FlowState::Put::queued);
     CHECK(wakes == 1);  // the first: the loop sets its flush timer
     done(2);
     CHECK(wakes == 1);  // in between: the timer flushes it

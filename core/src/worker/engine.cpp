@@ -13,7 +13,6 @@
 #include "util/host_name.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
-#include "worker/loop_lanes.hpp"
 #include "worker/store_pool.hpp"
 
 namespace flowreg::detail {
@@ -89,28 +88,28 @@ Engine::Engine(WorkerOptions options, EngineParts parts)
   }
   notifier_ = std::thread([this] { notifier_main(); });
   keeper_ = std::thread([this] { keeper_main(); });
-  lanes_ = std::make_unique<LoopLanes>(*this);
+  lanes_ = std::make_unique<Lanes>(options_, *parts_.store, *this);
 }
 
 Engine::~Engine() { finish(SteadyTime::max()); }
 
-void Engine::attach(const std::shared_ptr<LoopState>& state) {
+void Engine::attach(const std::shared_ptr<FlowState>& state) {
   MutexLock lock(mu_);
   states_.push_back(state);
 }
 
-void Engine::retire(const std::shared_ptr<LoopState>& state) {
+void Engine::retire(const std::shared_ptr<FlowState>& state) {
   state->retire();  // the keeper's next tick records its outbox
 }
 
-std::vector<std::shared_ptr<LoopState>> Engine::states() const {
+std::vector<std::shared_ptr<FlowState>> Engine::states() const {
   MutexLock lock(mu_);
   return states_;
 }
 
 int Engine::capacity_locked() const {
   const int healthy = options_.concurrency - stuck_;
-  return healthy > 0 ? healthy + std::max(1, options_.loop_lanes) * options_.batch_size : 0;
+  return healthy > 0 ? healthy + std::max(1, options_.lanes) * options_.batch_size : 0;
 }
 
 std::string Engine::state() const {
@@ -118,14 +117,14 @@ std::string Engine::state() const {
   return stuck_ >= options_.concurrency ? "stuck" : "running";
 }
 
-int Engine::acquire_slots(int wanted, const std::shared_ptr<LoopState>& state) {
+int Engine::acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) {
   MutexLock lock(mu_);
-  // LoopState::stopping() reads an atomic: no LoopState lock is taken under the engine's.
-  std::erase_if(starving_, [](const std::weak_ptr<LoopState>& weak) {
+  // FlowState::stopping() reads an atomic: no FlowState lock is taken under the engine's.
+  std::erase_if(starving_, [](const std::weak_ptr<FlowState>& weak) {
     auto s = weak.lock();
     return !s || s->stopping();
   });
-  // Fair share: the loops that found no room take the slots freed, in the order they starved;
+  // Fair share: the flows that found no room take the slots freed, in the order they starved;
   // until the first of them got some, every other caller gets none (and starves in its turn).
   const bool first = state && !starving_.empty() && starving_.front().lock() == state;
   int got = std::clamp(capacity_locked() - in_use_, 0, std::max(wanted, 0));
@@ -143,26 +142,26 @@ int Engine::acquire_slots(int wanted, const std::shared_ptr<LoopState>& state) {
 
 void Engine::release_slots(int n) {
   if (n <= 0) return;
-  std::vector<std::weak_ptr<LoopState>> wake;
+  std::vector<std::weak_ptr<FlowState>> wake;
   {
     MutexLock lock(mu_);
     in_use_ -= n;
-    // Starved loops are woken once half a batch is free, not for every finished handler (a claim
+    // Starved flows are woken once half a batch is free, not for every finished handler (a claim
     // per handler would cost a round trip each). All slots free is more than that, so a starved
-    // loop is always woken in the end. They stay starving until they get slots.
+    // flow is always woken in the end. They stay starving until they get slots.
     if (capacity_locked() - in_use_ >= std::max(1, options_.batch_size / 2)) wake = starving_;
   }
   for (auto& weak : wake)
     if (auto state = weak.lock()) state->want_claim();
 }
 
-void Engine::dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task) {
+void Engine::dispatch(const std::shared_ptr<FlowState>& state, ClaimedTask task) {
   std::vector<ClaimedTask> one;
   one.push_back(std::move(task));
   dispatch(state, std::move(one));
 }
 
-void Engine::dispatch(const std::shared_ptr<LoopState>& state, std::vector<ClaimedTask> tasks) {
+void Engine::dispatch(const std::shared_ptr<FlowState>& state, std::vector<ClaimedTask> tasks) {
   if (tasks.empty()) return;
   std::vector<HandlerPool::Job> jobs;
   std::vector<std::shared_ptr<ClaimedTask>> held;
@@ -195,7 +194,7 @@ void Engine::dispatch(const std::shared_ptr<LoopState>& state, std::vector<Claim
     for (const auto& task : held) give_back(*state, *task, /*count_unstarted=*/false);
 }
 
-void Engine::give_back(LoopState& state, const ClaimedTask& task, bool count_unstarted) {
+void Engine::give_back(FlowState& state, const ClaimedTask& task, bool count_unstarted) {
   if (!state.give_back(task.id)) return;
   {
     MutexLock lock(mu_);
@@ -205,7 +204,7 @@ void Engine::give_back(LoopState& state, const ClaimedTask& task, bool count_uns
   release_slots(1);
 }
 
-void Engine::run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                       std::chrono::steady_clock::time_point claimed) {
   const logging::LogScope log_scope(
       {options_.worker_id, task.flow_slug, task.step_slug, task.run_id});
@@ -272,7 +271,7 @@ std::pair<std::optional<Completion>, std::optional<Failure>> Engine::result_of(
                               handler.name, outcome.body.size(), limit),
                   true);
   // Bounded before parsing: the parser is iterative, but everything that handles the value
-  // afterwards (serializing it for the store, on the flow loop's thread) recurses per level.
+  // afterwards (serializing it for the store, on a lane's thread) recurses per level.
   const int max_depth = YamlLimits{}.max_depth;
   if (nesting_beyond(outcome.body, static_cast<std::size_t>(max_depth)))
     return failed(fmt::format("handler '{}' returned output nested deeper than {} levels",
@@ -287,7 +286,7 @@ std::pair<std::optional<Completion>, std::optional<Failure>> Engine::result_of(
   return {Completion{task.id, task.attempt, std::move(output), outcome.body.size()}, std::nullopt};
 }
 
-void Engine::record_result(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+void Engine::record_result(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                            std::optional<Completion> completion, std::optional<Failure> failure) {
   if (failure) failure->error = without_nul(std::move(failure->error));
   // An error message is for people: a huge one is cut (it would weigh on every round trip).
@@ -296,7 +295,7 @@ void Engine::record_result(const std::shared_ptr<LoopState>& state, const Claime
                      fmt::format(" [... cut: {} bytes in all]", failure->error.size());
 
   const auto put = state->put_result(task.id, std::move(completion), std::move(failure));
-  if (put == LoopState::Put::dropped_stuck) {
+  if (put == FlowState::Put::dropped_stuck) {
     {
       MutexLock lock(mu_);
       --stuck_;
@@ -306,7 +305,7 @@ void Engine::record_result(const std::shared_ptr<LoopState>& state, const Claime
         "again",
         options_.worker_id, task.id, state->label());
   }
-  if (put != LoopState::Put::queued)
+  if (put != FlowState::Put::queued)
     spdlog::warn(
         "worker {}: task {} of {} step '{}' ended after it was given up (timed out or lease "
         "lost); its result is dropped",
@@ -438,7 +437,7 @@ void Engine::keeper_main() {
 
 void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
   const auto now = parts_.now();
-  std::vector<std::pair<std::shared_ptr<LoopState>, TaskAttempt>> due;
+  std::vector<std::pair<std::shared_ptr<FlowState>, TaskAttempt>> due;
   int newly_stuck = 0;
   for (const auto& state : states()) {
     auto sweep = state->sweep(now, renew_due, options_.lease);
@@ -476,9 +475,9 @@ void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
   report_crashes();
 }
 
-void Engine::renew(const std::vector<std::pair<std::shared_ptr<LoopState>, TaskAttempt>>& due) {
+void Engine::renew(const std::vector<std::pair<std::shared_ptr<FlowState>, TaskAttempt>>& due) {
   std::vector<TaskAttempt> attempts;
-  std::unordered_map<TaskId, LoopState*> owner;
+  std::unordered_map<TaskId, FlowState*> owner;
   for (const auto& [state, attempt] : due) {
     attempts.push_back(attempt);
     owner.emplace(attempt.id, state.get());
@@ -549,7 +548,7 @@ void Engine::database_unreachable() {
 
 bool Engine::flush_retired() {
   bool ok = true;
-  std::vector<std::shared_ptr<LoopState>> done;
+  std::vector<std::shared_ptr<FlowState>> done;
   for (const auto& state : states()) {
     std::vector<Completion> completions;
     std::vector<Failure> failures;
@@ -575,7 +574,7 @@ bool Engine::flush_retired() {
   }
   if (!done.empty()) {
     MutexLock lock(mu_);
-    std::erase_if(states_, [&](const std::shared_ptr<LoopState>& s) {
+    std::erase_if(states_, [&](const std::shared_ptr<FlowState>& s) {
       return std::find(done.begin(), done.end(), s) != done.end();
     });
   }

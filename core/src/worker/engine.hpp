@@ -1,22 +1,24 @@
 #pragma once
-// The parts of a worker that live as long as its process, whatever its flow loops do: the handler
-// threads, the task capacity, the lanes that make every loop's round trips (loop_lanes.hpp), the
-// notification listener and the keeper (lease renewal, step timeouts, heartbeats, crash reports,
-// results of stopped loops).
+// The engine: the parts of a worker that live as long as its process, whatever flow versions it
+// serves: the handler threads, the task capacity, the lanes that make every flow's round trips
+// (lanes.hpp), the notification listener and the keeper (lease renewal, step timeouts,
+// heartbeats, crash reports, results of flows no longer served).
 //
-// A flow loop (flow_loop.hpp) claims tasks of one flow version, through the lanes, and hands them
-// to the engine (dispatch), which runs each on the pool and puts its result in the loop's outbox
-// (LoopState); the lanes record outboxes and claim more in one round trip (WorkerStore::work). When
-// a loop stops (its plugin was replaced, it failed, the worker drains), its handlers still running
-// finish on the code they started with (each job holds its LoopState, whose handlers keep their
-// plugin loaded), and the keeper records their results.
+// A flow service (flow_service.hpp) puts one flow version in the lanes, which claim its tasks and
+// hand them to the engine (dispatch: the engine is the lanes' LaneHost, and the lanes know it by
+// that interface only), which runs each on the pool and puts its result in the flow's outbox
+// (FlowState); the lanes record outboxes and claim more in one round trip (WorkerStore::work).
+// When a flow service stops (its plugin was replaced, it failed, the worker drains), its handlers
+// still running finish on the code they started with (each job holds its FlowState, whose handlers
+// keep their plugin loaded), and the keeper records their results.
 //
-// The engine is given its collaborators: the store the loops and the keeper use for their round
-// trips (the keeper has its own, so renewals never wait for a loop's round trip) and a clock (step
+// The engine is given its collaborators: the store the lanes and the keeper use for their round
+// trips (the keeper has its own, so renewals never wait for a lane's round trip) and a clock (step
 // timeouts and lease renewals are judged by it).
 //
-// Thread-safety: every member function may be called concurrently. Lock order: a LoopState's mutex
-// is never held while the engine's is taken, nor the other way round.
+// Thread-safety: every member function may be called concurrently. Lock order: a FlowState's mutex
+// is never held while the engine's is taken, nor the other way round; the engine's is never held
+// while calling into the lanes.
 
 #include <atomic>
 #include <chrono>
@@ -29,15 +31,14 @@
 #include <vector>
 
 #include "flowreg/thread_annotations.hpp"
+#include "worker/flow_state.hpp"
 #include "worker/handler_pool.hpp"
-#include "worker/loop_state.hpp"
+#include "worker/lanes.hpp"
 #include "worker/task_journal.hpp"
 #include "worker/worker_options.hpp"
 #include "worker/worker_store.hpp"
 
 namespace flowreg::detail {
-
-class LoopLanes;
 
 struct DrainReport {
   int released_unstarted = 0;  // given back before their handler started
@@ -46,16 +47,16 @@ struct DrainReport {
 };
 
 struct EngineParts {
-  std::shared_ptr<WorkerStore> store;         // the loops' round trips, results of retired loops
+  std::shared_ptr<WorkerStore> store;         // the lanes' round trips, results of retired flows
   std::shared_ptr<WorkerStore> keeper_store;  // renewals, heartbeats, crash reports
   std::function<SteadyTime()> now = [] { return std::chrono::steady_clock::now(); };
 
-  // PostgreSQL at options.conninfo: store_connections connections for the loops, one for the
+  // PostgreSQL at options.conninfo: store_connections connections for the lanes, one for the
   // keeper.
   static EngineParts postgres(const WorkerOptions& options);
 };
 
-class Engine {
+class Engine final : public LaneHost {
  public:
   // Starts the handler threads, the listener and the keeper.
   Engine(WorkerOptions options, EngineParts parts);
@@ -66,45 +67,45 @@ class Engine {
   const WorkerOptions& options() const noexcept { return options_; }
   const std::string& worker_id() const noexcept { return options_.worker_id; }
   WorkerStore& store() noexcept { return *parts_.store; }
-  // The threads every flow loop's round trips run on.
-  LoopLanes& lanes() noexcept { return *lanes_; }
+  // The threads every flow's round trips run on.
+  Lanes& lanes() noexcept { return *lanes_; }
   // "running", or "stuck" while every handler thread is held by a handler that timed out.
   std::string state() const;
 
-  // A loop registers its state when it starts, and retires it when it stops: the keeper records
-  // its outbox from then on, and drops it once nothing is held.
-  void attach(const std::shared_ptr<LoopState>& state);
-  void retire(const std::shared_ptr<LoopState>& state);
+  // A flow service registers its state when it starts, and retires it when it stops: the keeper
+  // records its outbox from then on, and drops it once nothing is held.
+  void attach(const std::shared_ptr<FlowState>& state);
+  void retire(const std::shared_ptr<FlowState>& state);
 
   // Capacity: with h threads free of stuck handlers (h = concurrency - stuck), at most
-  // h + loop_lanes * batch_size tasks held at once, so that each lane can claim a whole batch
+  // h + lanes * batch_size tasks held at once, so that each lane can claim a whole batch
   // while the other's round trip is in flight (with room for one batch only, two lanes split it
   // and every round trip carries half as much); with h = 0, none: a worker whose threads are all
   // stuck claims nothing and gives back what waits for a thread. A stuck handler keeps its slot
   // until it returns. acquire takes up to `wanted` slots; when it gets none, `state` starves: it is
   // woken (want_claim) whenever batch_size / 2 are free, until it gets some. Fair share: starving
-  // loops take the slots freed in the order they starved, and while one starves every other caller
+  // flows take the slots freed in the order they starved, and while one starves every other caller
   // gets none (and starves in its turn), so slots freed by a flooded flow's handlers go to the
   // flows that waited, not back to the flood. `state` may be null (a claim across flows): it gets
   // slots only while none starves, and is never woken.
-  int acquire_slots(int wanted, const std::shared_ptr<LoopState>& state);
-  void release_slots(int n);
+  int acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) override;
+  void release_slots(int n) override;
 
   // The largest handler output a worker accepts, whatever it is told: PostgreSQL stores at most
   // 255 MiB in one JSON value, and a run's output holds its leaf steps' outputs.
   static constexpr std::size_t kMaxOutputBytes = std::size_t{128} << 20;
 
-  // Runs a task claimed by `state`'s loop on the pool. REQUIRES: a slot acquired for it.
-  void dispatch(const std::shared_ptr<LoopState>& state, ClaimedTask task);
+  // Runs a task claimed for `state`'s flow on the pool. REQUIRES: a slot acquired for it.
+  void dispatch(const std::shared_ptr<FlowState>& state, ClaimedTask task);
   // The tasks of one claim, queued on the pool together (one lock, one wake-up per thread needed).
-  void dispatch(const std::shared_ptr<LoopState>& state, std::vector<ClaimedTask> tasks);
+  void dispatch(const std::shared_ptr<FlowState>& state, std::vector<ClaimedTask> tasks) override;
 
-  // Graceful shutdown. begin_drain: no loop claims any more; tasks not started are given back to
+  // Graceful shutdown. begin_drain: no lane claims any more; tasks not started are given back to
   // the database at once. held(): tasks still held (running, or results not recorded).
   // finish(): gives back what still runs, records the results there are, marks the worker
   // stopped, stops the listener and the keeper. Idempotent.
   void begin_drain();
-  bool draining() const noexcept { return draining_; }
+  bool draining() const noexcept override { return draining_; }
   int held() const;
   DrainReport finish(SteadyTime pool_deadline);
 
@@ -116,20 +117,20 @@ class Engine {
   void keeper_main();
   void keeper_tick(bool renew_due, bool heartbeat_due);
   void mark_stuck(int newly_stuck);
-  void renew(const std::vector<std::pair<std::shared_ptr<LoopState>, TaskAttempt>>& due);
-  std::vector<std::shared_ptr<LoopState>> states() const;
+  void renew(const std::vector<std::pair<std::shared_ptr<FlowState>, TaskAttempt>>& due);
+  std::vector<std::shared_ptr<FlowState>> states() const;
   // `claimed`: when the task was dispatched (its start latency is measured from then).
-  void run_task(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+  void run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                 std::chrono::steady_clock::time_point claimed);
   // The result of a handler's outcome: a completion, or a failure naming the handler.
   std::pair<std::optional<Completion>, std::optional<Failure>> result_of(
       const ClaimedTask& task, const StepHandler& handler, HandlerOutcome outcome) const;
   // Queues the result of a task that ran (exactly one of the two), unless it was given up.
-  void record_result(const std::shared_ptr<LoopState>& state, const ClaimedTask& task,
+  void record_result(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                      std::optional<Completion> completion, std::optional<Failure> failure);
   // A task that never started goes back to the database (once, however often this is called).
-  void give_back(LoopState& state, const ClaimedTask& task, bool count_unstarted);
-  // Records results of retired loops and pending releases; false when the database is unreachable.
+  void give_back(FlowState& state, const ClaimedTask& task, bool count_unstarted);
+  // Records results of retired flows and pending releases; false when the database is unreachable.
   bool flush_retired();
   bool flush_releases();
   void heartbeat(bool stopped);
@@ -152,10 +153,10 @@ class Engine {
   mutable AnnotatedMutex mu_;
   std::condition_variable_any stop_cv_;                                   // stopping
   std::vector<TaskJournal::Leftover> leftovers_ FLOWREG_GUARDED_BY(mu_);  // dead workers' journals
-  std::vector<std::shared_ptr<LoopState>> states_ FLOWREG_GUARDED_BY(mu_);
-  // Loops that wanted slots and got none, in the order they starved, until they get some (or
+  std::vector<std::shared_ptr<FlowState>> states_ FLOWREG_GUARDED_BY(mu_);
+  // Flows that wanted slots and got none, in the order they starved, until they get some (or
   // stop).
-  std::vector<std::weak_ptr<LoopState>> starving_ FLOWREG_GUARDED_BY(mu_);
+  std::vector<std::weak_ptr<FlowState>> starving_ FLOWREG_GUARDED_BY(mu_);
   std::vector<Release> releases_ FLOWREG_GUARDED_BY(mu_);  // to give back
   std::vector<FlowKey> served_ FLOWREG_GUARDED_BY(mu_);
   int in_use_ FLOWREG_GUARDED_BY(mu_) = 0;  // slots taken
@@ -166,7 +167,7 @@ class Engine {
 
   std::thread notifier_;
   std::thread keeper_;
-  std::unique_ptr<LoopLanes> lanes_;  // started last, stopped first by finish()
+  std::unique_ptr<Lanes> lanes_;  // started last, stopped first by finish()
 };
 
 }  // namespace flowreg::detail

@@ -1,5 +1,5 @@
 #pragma once
-// A few RunStore connections shared by a worker's flow loops: a loop holds one only for the
+// A few RunStore connections shared by a worker's lanes: a round trip holds one only for the
 // length of one call, so many flows do not cost one PostgreSQL connection each.
 //
 // Connections are opened on demand, up to `size`, and a connection whose call found it broken

@@ -13,7 +13,7 @@
 #include <utility>
 
 #include "util/host_name.hpp"
-#include "worker/flow_loop.hpp"
+#include "worker/flow_service.hpp"
 
 namespace flowreg::detail {
 
@@ -64,8 +64,8 @@ bool same_code(const Handlers& a, const Handlers& b) {
   return true;
 }
 
-// Wakes the reconciler; shared with the registry's listener, which may fire after the loops
-// stopped.
+// Wakes the reconciler; shared with the registry's listener, which may fire after the flow
+// services stopped.
 class Signal {
  public:
   void poke() {
@@ -97,21 +97,21 @@ class Signal {
   bool stopping_ FLOWREG_GUARDED_BY(mu_) = false;
 };
 
-// NAME.loops: a one_for_one supervisor of the flow loops, and the reconciler that keeps one loop
-// per servable flow version of the registry.
-class FlowLoops final : public Service {
+// NAME.loops: a one_for_one supervisor of the flow services, and the reconciler that keeps one
+// flow service per servable flow version of the registry.
+class FlowServices final : public Service {
  public:
-  static Result<std::shared_ptr<FlowLoops>> start(const WorkerOptions& options, Engine& engine,
-                                                  const FlowSource& source, ExitSignal exit) {
-    std::shared_ptr<FlowLoops> self(new FlowLoops(options, engine, source));
+  static Result<std::shared_ptr<FlowServices>> start(const WorkerOptions& options, Engine& engine,
+                                                     const FlowSource& source, ExitSignal exit) {
+    std::shared_ptr<FlowServices> self(new FlowServices(options, engine, source));
     SupervisorOptions sup;
     sup.name = options.name + ".loops";
     sup.strategy = RestartStrategy::one_for_one;
-    sup.limit = options.loop_restarts;
+    sup.limit = options.flow_restarts;
     sup.on_event = options.on_event;
-    auto loops = Supervisor::start(std::move(sup), {}, std::move(exit));
-    if (!loops) return tl::unexpected(std::move(loops.error()));
-    self->supervisor_ = std::move(*loops);
+    auto services = Supervisor::start(std::move(sup), {}, std::move(exit));
+    if (!services) return tl::unexpected(std::move(services.error()));
+    self->supervisor_ = std::move(*services);
     self->subscription_ = source.registry->subscribe(
         [signal = self->signal_](const ModuleEvent&) { signal->poke(); });
     self->reconcile();
@@ -121,7 +121,7 @@ class FlowLoops final : public Service {
     return self;
   }
 
-  ~FlowLoops() override { stop(); }
+  ~FlowServices() override { stop(); }
 
   void stop() noexcept override {
     signal_->stop();
@@ -147,20 +147,20 @@ class FlowLoops final : public Service {
   }
 
  private:
-  // A flow version with a loop, and the code that loop runs.
+  // A flow version with a flow service, and the code that service runs.
   struct Served {
     FlowKey key;
     Handlers handlers;
-    std::shared_ptr<ChildHandle> loop;
+    std::shared_ptr<ChildHandle> service;
   };
 
-  FlowLoops(const WorkerOptions& options, Engine& engine, const FlowSource& source)
+  FlowServices(const WorkerOptions& options, Engine& engine, const FlowSource& source)
       : options_(options), engine_(engine), source_(source) {}
 
   std::vector<FlowKey> serving_locked() const FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
     std::vector<FlowKey> out;
     for (const auto& [name, served] : served_)
-      if (served.loop->alive()) out.push_back(served.key);
+      if (served.service->alive()) out.push_back(served.key);
     return out;
   }
 
@@ -187,10 +187,10 @@ class FlowLoops final : public Service {
     return s;
   }
 
-  // The loop of `s`, started unless it runs.
+  // The flow service of `s`, started unless it runs.
   Result<void> ensure(const Servable& s) FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
     const std::string name = label(s.key);
-    if (auto it = served_.find(name); it != served_.end() && it->second.loop->alive()) return {};
+    if (auto it = served_.find(name); it != served_.end() && it->second.service->alive()) return {};
     ChildSpec spec;
     spec.name = options_.name + ".loop:" + name;
     spec.restart = RestartPolicy::permanent;
@@ -201,10 +201,10 @@ class FlowLoops final : public Service {
         auto& h = steps.emplace(step, step_handler(ref)).first->second;
         if (metrics::recording()) h.metrics = metrics::step_series(key.slug, step);
       }
-      auto loop = FlowLoop::start(*engine, def, std::make_shared<LoopState>(key, std::move(steps)),
-                                  std::move(exit));
-      if (!loop) return tl::unexpected(std::move(loop.error()));
-      return std::shared_ptr<Service>(std::move(*loop));
+      auto service = FlowService::start(
+          *engine, def, std::make_shared<FlowState>(key, std::move(steps)), std::move(exit));
+      if (!service) return tl::unexpected(std::move(service.error()));
+      return std::shared_ptr<Service>(std::move(*service));
     };
     auto started = supervisor_->start_child(std::move(spec));
     if (!started) return tl::unexpected(std::move(started.error()));
@@ -212,7 +212,7 @@ class FlowLoops final : public Service {
     return {};
   }
 
-  // Stops the loops of flow versions gone or reloaded (new code), starts the missing ones.
+  // Stops the flow services of flow versions gone or reloaded (new code), starts the missing ones.
   void reconcile() {
     MutexLock lock(mu_);
     std::map<std::string, Servable> desired;
@@ -228,7 +228,7 @@ class FlowLoops final : public Service {
       }
       spdlog::info("worker {}: stopping the loop of {} (flow {})", engine_.worker_id(), it->first,
                    wanted != desired.end() ? "reloaded" : "removed");
-      it->second.loop->stop();
+      it->second.service->stop();
       it = served_.erase(it);
     }
     for (const auto& [name, s] : desired)
@@ -265,9 +265,9 @@ struct Worker::Impl {
   bool stopped FLOWREG_GUARDED_BY(mu) = false;
   DrainReport report FLOWREG_GUARDED_BY(mu);
 
-  std::shared_ptr<FlowLoops> loops() const {
+  std::shared_ptr<FlowServices> services() const {
     auto child = top->child(options.name + ".loops");
-    return child ? std::dynamic_pointer_cast<FlowLoops>(child->service()) : nullptr;
+    return child ? std::dynamic_pointer_cast<FlowServices>(child->service()) : nullptr;
   }
 };
 
@@ -304,9 +304,10 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
   top.strategy = RestartStrategy::one_for_one;
   top.limit = raw->options.tree_restarts;
   top.on_event = raw->options.on_event;
-  ChildSpec loops{
+  ChildSpec services{
       raw->options.name + ".loops", [raw](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
-        auto started = FlowLoops::start(raw->options, *raw->engine, raw->source, std::move(exit));
+        auto started =
+            FlowServices::start(raw->options, *raw->engine, raw->source, std::move(exit));
         if (!started) return tl::unexpected(std::move(started.error()));
         return std::shared_ptr<Service>(std::move(*started));
       }};
@@ -317,7 +318,7 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
     }
     raw->failed_cv.notify_all();
   });
-  auto started = Supervisor::start(std::move(top), {std::move(loops)}, std::move(gave_up));
+  auto started = Supervisor::start(std::move(top), {std::move(services)}, std::move(gave_up));
   if (!started) {
     if (raw->source.loader) raw->source.loader->stop();
     raw->engine->finish(SteadyTime::max());
@@ -330,18 +331,18 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
 const std::string& Worker::id() const noexcept { return impl_->options.worker_id; }
 
 std::vector<FlowKey> Worker::serving() const {
-  auto loops = impl_->loops();
-  if (!loops) return {};
-  auto out = loops->serving();
+  auto services = impl_->services();
+  if (!services) return {};
+  auto out = services->serving();
   std::sort(out.begin(), out.end(),
             [](const FlowKey& a, const FlowKey& b) { return a.slug < b.slug; });
   return out;
 }
 
 Result<void> Worker::serve(std::string_view slug) {
-  auto loops = impl_->loops();
-  if (!loops) return make_error(Errc::not_started, "worker: its flow loops are not running");
-  return loops->serve(slug);
+  auto services = impl_->services();
+  if (!services) return make_error(Errc::not_started, "worker: its flow loops are not running");
+  return services->serve(slug);
 }
 
 std::optional<Error> Worker::wait_failure(Millis timeout) {

@@ -1,24 +1,27 @@
 #pragma once
-// A flow worker: an Engine (engine.hpp) and one FlowLoop (flow_loop.hpp) per flow version it
-// serves, kept in step with the flow registry. The loops have no threads of their own: the
-// engine's lanes (loop_lanes.hpp) make the round trips of all of them, in turn, so a worker's
+// A flow worker: an Engine (engine.hpp) and one FlowService (flow_service.hpp) per flow version it
+// serves, kept in step with the flow registry. The flow services have no threads of their own:
+// the engine's lanes (lanes.hpp) make the round trips of all of them, in turn, so a worker's
 // threads and connections do not grow with the flows it serves.
+//
+// The supervisors' names below, seen in events and logs, say "loop" for a flow service (its former
+// name): they are behaviour, and stay.
 //
 // clang-format off
 //   NAME                 supervisor, limit tree_restarts: restarts NAME.loops when it gives up
-//   └─ NAME.loops        the set of loops, reconciled on every registry event;
-//      │                 a one_for_one supervisor, limit loop_restarts
-//      └─ NAME.loop:SLUG@VERSION   a FlowLoop
+//   └─ NAME.loops        the set of flow services, reconciled on every registry event;
+//      │                 a one_for_one supervisor, limit flow_restarts
+//      └─ NAME.loop:SLUG@VERSION   a FlowService
 // clang-format on
 //
-// A loop failing restarts alone; more than loop_restarts restarts within their period make
-// NAME.loops give up and start again with fresh loops; more than tree_restarts of those fail the
+// A flow service failing restarts alone; more than flow_restarts restarts within their period make
+// NAME.loops give up and start again with fresh ones; more than tree_restarts of those fail the
 // worker (wait_failure()). The flow source is built once, when the worker starts.
 //
-// The loops follow the flow registry: a new flow version gets a loop; a plugin replaced (new code)
-// restarts the loops of its flows on the new code, while handlers already running finish on the
-// old one; a flow removed stops its loop. Runs pinned to a version no loop serves any more wait
-// for a worker that still serves it.
+// The flow services follow the flow registry: a new flow version gets one; a plugin replaced (new
+// code) restarts the services of its flows on the new code, while handlers already running finish
+// on the old one; a flow removed stops its service. Runs pinned to a version no service serves any
+// more wait for a worker that still serves it.
 //
 // Thread-safety: every member function may be called concurrently.
 
@@ -48,18 +51,19 @@ using FlowSourceFactory = std::function<Result<FlowSource>()>;
 class Worker {
  public:
   // Fills in options.worker_id when empty, builds the flow source, starts the engine on
-  // PostgreSQL (options.conninfo), then the loops. The error of the first part that cannot start.
+  // PostgreSQL (options.conninfo), then the flow services. The error of the first part that cannot
+  // start.
   static Result<std::unique_ptr<Worker>> start(WorkerOptions options, FlowSourceFactory source);
   ~Worker();  // stop()
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
   const std::string& id() const noexcept;
-  // Flow versions with a running loop, sorted by slug.
+  // Flow versions with a running flow service, sorted by slug.
   std::vector<FlowKey> serving() const;
-  // The loop of a registered, served flow: started unless running (one start however many
+  // The flow service of a registered, served flow: started unless running (one start however many
   // callers). Errc::not_found when the flow is not registered or not served here (--flows, a
-  // handler no plugin exports); Errc::not_started when the loops are down.
+  // handler no plugin exports); Errc::not_started when the flow services are down.
   Result<void> serve(std::string_view slug);
 
   // The worker's failure once it gave up, waiting up to `timeout`; nullopt while it runs.
@@ -69,7 +73,8 @@ class Worker {
   // stop().
   void begin_drain();
   int held() const;
-  // Stops the loops and finishes the engine (waiting for running handlers until pool_deadline).
+  // Stops the flow services and finishes the engine (waiting for running handlers until
+  // pool_deadline).
   DrainReport stop(SteadyTime pool_deadline = SteadyTime::max());
 
  private:

@@ -16,24 +16,24 @@
 namespace flowreg::detail {
 
 struct WorkerOptions {
-  // Names the worker's supervisors in events and logs (NAME, its child NAME.loops, the loops
-  // NAME.loop:SLUG@VERSION; see worker.hpp); tests give each worker its own.
+  // Names the worker's supervisors in events and logs (NAME, its child NAME.loops, the flow
+  // services NAME.loop:SLUG@VERSION; see worker.hpp); tests give each worker its own.
   std::string name = "worker";
   std::string worker_id;  // default: HOST:PID:RANDOM (unique per process start)
   std::string conninfo;   // the run store's database
 
   int concurrency = 4;   // handler threads
   int batch_size = 32;   // tasks claimed per round trip; a worker holds at most concurrency +
-                         // loop_lanes * batch
+                         // lanes * batch
   Millis lease{10'000};  // a claimed task's lease (renewed every lease / 3 while its handler runs)
   Millis poll_interval{1'000};       // claim without a notification this often
   Millis heartbeat_interval{5'000};  // flowreg.workers.last_heartbeat_at
   Millis reconnect_min{50};          // backoff after losing the database: doubles up to max
   Millis reconnect_max{5'000};
-  int store_connections = 2;  // run-store connections shared by the flow loops
-  // Threads making the round trips of all the flow loops, each with one in flight (loop_lanes.hpp);
+  int store_connections = 2;  // run-store connections shared by the lanes' round trips
+  // Threads making the round trips of all the flows served, each with one in flight (lanes.hpp);
   // however many flow versions the worker serves.
-  int loop_lanes = 2;
+  int lanes = 2;
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
 
   // A handler output larger than this (bytes of JSON) fails its task permanently, naming the limit.
@@ -48,15 +48,16 @@ struct WorkerOptions {
   // embedded cluster's owner starts it again. Empty: nothing is done but retrying.
   std::function<Result<void>()> revive_database;
 
-  // A flow loop that fails is restarted alone; more than this many restarts of the loops within
-  // the period make NAME.loops give up, and it is started again with fresh loops; more than
-  // tree_restarts of those within their period make the worker fail.
-  RestartLimit loop_restarts{20, Millis(60'000)};
+  // A flow service that fails is restarted alone; more than this many restarts of the flow
+  // services within the period make NAME.loops give up, and it is started again with fresh ones;
+  // more than tree_restarts of those within their period make the worker fail.
+  RestartLimit flow_restarts{20, Millis(60'000)};
   RestartLimit tree_restarts{3, Millis(60'000)};
 
   std::function<void(const SupervisorEvent&)> on_event;  // every supervisor's events
-  // Test hook: called by a flow loop before each round trip; an error makes that loop fail.
-  std::function<Result<void>(const FlowKey&)> loop_probe;
+  // Test hook: called by a lane before each round trip for a flow version; an error makes that
+  // flow's service fail.
+  std::function<Result<void>(const FlowKey&)> round_trip_probe;
 };
 
 }  // namespace flowreg::detail

@@ -1,5 +1,5 @@
 #pragma once
-// The database round trips a worker makes, as an interface: the engine and the flow loops are
+// The database round trips a worker makes, as an interface: the engine and the lanes are
 // given one (StorePool in production, a fake in unit tests) and never open a connection
 // themselves. Each call is RunStore's of the same name (store/run_store.hpp), on some connection;
 // Errc::unavailable when the database cannot be reached (the callers retry with backoff).

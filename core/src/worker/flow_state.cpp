@@ -1,4 +1,4 @@
-#include "worker/loop_state.hpp"
+#include "worker/flow_state.hpp"
 
 #include <algorithm>
 #include <iterator>
@@ -23,21 +23,21 @@ Millis renew_period(Millis timeout, Millis lease) {
   return std::max(granted / 3, Millis(1));
 }
 
-LoopState::LoopState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers)
+FlowState::FlowState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers)
     : key_(std::move(key)), label_(detail::label(key_)), handlers_(std::move(handlers)) {}
 
-const StepHandler* LoopState::handler(const std::string& step) const {
+const StepHandler* FlowState::handler(const std::string& step) const {
   auto it = handlers_.find(step);
   return it == handlers_.end() || !it->second.invoke ? nullptr : &it->second;
 }
 
-void LoopState::set_waker(std::function<void()> waker, std::size_t flush_at) {
+void FlowState::set_waker(std::function<void()> waker, std::size_t flush_at) {
   MutexLock lock(mu_);
   waker_ = std::move(waker);
   flush_at_ = std::max<std::size_t>(flush_at, 1);
 }
 
-void LoopState::want_claim() {
+void FlowState::want_claim() {
   std::function<void()> wake;
   {
     MutexLock lock(mu_);
@@ -48,7 +48,7 @@ void LoopState::want_claim() {
   if (wake) wake();
 }
 
-void LoopState::stop() {
+void FlowState::stop() {
   std::function<void()> wake;
   {
     MutexLock lock(mu_);
@@ -60,12 +60,12 @@ void LoopState::stop() {
   if (wake) wake();
 }
 
-void LoopState::retire() {
+void FlowState::retire() {
   MutexLock lock(mu_);
   retired_ = true;
 }
 
-bool LoopState::flush_due(std::size_t flush_at, Millis flush_delay) const {
+bool FlowState::flush_due(std::size_t flush_at, Millis flush_delay) const {
   const std::size_t n = completions_.size() + failures_.size();
   if (n == 0) return false;
   // Held tasks whose results wait here do not count: nothing else runs when only they do.
@@ -74,7 +74,7 @@ bool LoopState::flush_due(std::size_t flush_at, Millis flush_delay) const {
   return !running || n >= flush_at || Clock::now() >= first_result_at_ + flush_delay;
 }
 
-LoopState::Round LoopState::next_round(SteadyTime next_poll, std::size_t flush_at,
+FlowState::Round FlowState::next_round(SteadyTime next_poll, std::size_t flush_at,
                                        Millis flush_delay, const std::function<bool()>& draining) {
   Round round;
   MutexLock lock(mu_);
@@ -94,7 +94,7 @@ LoopState::Round LoopState::next_round(SteadyTime next_poll, std::size_t flush_a
   return round;
 }
 
-std::optional<LoopState::Round> LoopState::take_round(bool poll_due, std::size_t flush_at,
+std::optional<FlowState::Round> FlowState::take_round(bool poll_due, std::size_t flush_at,
                                                       Millis flush_delay, bool draining,
                                                       SteadyTime& wake) {
   wake = SteadyTime::max();
@@ -115,7 +115,7 @@ std::optional<LoopState::Round> LoopState::take_round(bool poll_due, std::size_t
   return round;
 }
 
-void LoopState::take_results(std::vector<Completion>& completions, std::vector<Failure>& failures) {
+void FlowState::take_results(std::vector<Completion>& completions, std::vector<Failure>& failures) {
   failures.swap(failures_);  // error texts are short (cut by the engine)
   std::size_t bytes = 0, n = 0;
   while (n < completions_.size() && (n == 0 || bytes + completions_[n].bytes <= kMaxRecordBytes))
@@ -130,7 +130,7 @@ void LoopState::take_results(std::vector<Completion>& completions, std::vector<F
   first_result_at_ = Clock::now();
 }
 
-void LoopState::put_back(std::vector<Completion> completions, std::vector<Failure> failures) {
+void FlowState::put_back(std::vector<Completion> completions, std::vector<Failure> failures) {
   std::function<void()> wake;
   {
     MutexLock lock(mu_);
@@ -146,7 +146,7 @@ void LoopState::put_back(std::vector<Completion> completions, std::vector<Failur
   if (wake) wake();
 }
 
-void LoopState::forget(const std::vector<Completion>& completions,
+void FlowState::forget(const std::vector<Completion>& completions,
                        const std::vector<Failure>& failures) {
   if (completions.empty() && failures.empty()) return;
   MutexLock lock(mu_);
@@ -161,14 +161,14 @@ void LoopState::forget(const std::vector<Completion>& completions,
   for (const auto& f : failures) forget_one(f.id);
 }
 
-bool LoopState::take_retired(std::vector<Completion>& completions, std::vector<Failure>& failures) {
+bool FlowState::take_retired(std::vector<Completion>& completions, std::vector<Failure>& failures) {
   MutexLock lock(mu_);
   if (!retired_) return false;
   take_results(completions, failures);
   return true;
 }
 
-void LoopState::hold(const ClaimedTask& task, SteadyTime next_renew) {
+void FlowState::hold(const ClaimedTask& task, SteadyTime next_renew) {
   MutexLock lock(mu_);
   HeldTask& held = held_[task.id];
   if (held.result_pending) --pending_;
@@ -178,12 +178,12 @@ void LoopState::hold(const ClaimedTask& task, SteadyTime next_renew) {
   held.next_renew = next_renew;
 }
 
-void LoopState::started(TaskId id, SteadyTime now) {
+void FlowState::started(TaskId id, SteadyTime now) {
   MutexLock lock(mu_);
   if (auto it = held_.find(id); it != held_.end()) it->second.running_since = now;
 }
 
-bool LoopState::give_back(TaskId id) {
+bool FlowState::give_back(TaskId id) {
   MutexLock lock(mu_);
   auto it = held_.find(id);
   if (it == held_.end()) return false;
@@ -192,7 +192,7 @@ bool LoopState::give_back(TaskId id) {
   return true;
 }
 
-LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> completion,
+FlowState::Put FlowState::put_result(TaskId id, std::optional<Completion> completion,
                                      std::optional<Failure> failure) {
   Put put = Put::unknown;
   std::function<void()> wake;
@@ -211,7 +211,7 @@ LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> comple
       if (!it->second.result_pending) ++pending_;
       it->second.result_pending = true;  // held (and its lease renewed) until recorded
       put = Put::queued;
-      // The loop is woken when this result may make a round due (see set_waker); a result in
+      // The lanes are woken when this result may make a round due (see set_waker); a result in
       // between waits for the flush timer the first one set, or for a later wake-up.
       if (first || completions_.size() + failures_.size() >= flush_at_ || pending_ >= held_.size())
         wake = waker_;
@@ -222,18 +222,18 @@ LoopState::Put LoopState::put_result(TaskId id, std::optional<Completion> comple
   return put;
 }
 
-bool LoopState::result_queued(TaskId id) const {
+bool FlowState::result_queued(TaskId id) const {
   MutexLock lock(mu_);
   auto it = held_.find(id);
   return it != held_.end() && it->second.result_pending;
 }
 
-bool LoopState::has_results() const {
+bool FlowState::has_results() const {
   MutexLock lock(mu_);
   return !completions_.empty() || !failures_.empty();
 }
 
-int LoopState::held() const {
+int FlowState::held() const {
   MutexLock lock(mu_);
   int n = static_cast<int>(held_.size());
   for (const auto& c : completions_) n += held_.count(c.id) ? 0 : 1;
@@ -241,7 +241,7 @@ int LoopState::held() const {
   return n;
 }
 
-bool LoopState::idle() const {
+bool FlowState::idle() const {
   MutexLock lock(mu_);
   return held_.empty() && completions_.empty() && failures_.empty();
 }
@@ -249,7 +249,7 @@ bool LoopState::idle() const {
 // Every held task is renewed on the keeper's cadence (renew_all), in one statement; a task whose
 // step timeout is shorter than the lease gets a shorter lease, so it is renewed on its own cadence
 // too (else its lease would lapse before its timeout fails it).
-LoopState::Sweep LoopState::sweep(SteadyTime now, bool renew_all, Millis lease) {
+FlowState::Sweep FlowState::sweep(SteadyTime now, bool renew_all, Millis lease) {
   Sweep out;
   std::function<void()> wake;
   {
@@ -281,7 +281,7 @@ LoopState::Sweep LoopState::sweep(SteadyTime now, bool renew_all, Millis lease) 
   return out;
 }
 
-bool LoopState::lose_lease(TaskId id) {
+bool FlowState::lose_lease(TaskId id) {
   MutexLock lock(mu_);
   auto it = held_.find(id);
   if (it == held_.end() || it->second.result_pending) return false;
@@ -289,7 +289,7 @@ bool LoopState::lose_lease(TaskId id) {
   return true;
 }
 
-std::vector<Release> LoopState::give_up_running() {
+std::vector<Release> FlowState::give_up_running() {
   std::vector<Release> out;
   MutexLock lock(mu_);
   retired_ = true;

@@ -1,9 +1,10 @@
 #pragma once
-// What one flow loop (one flow version) shares with the engine: the tasks it holds, the outbox of
-// their results, and the signals that wake the lanes (loop_lanes.hpp) for it. The lanes take
-// results out and put claims in; the engine's handler threads put results in; the keeper renews,
-// times out and, once the loop retired, records what is left. A LoopState outlives its loop:
-// handlers still running when the loop stops put their results here, and the keeper records them.
+// A flow state: what one flow version served by a worker shares between its flow service, the
+// lanes and the engine: the tasks it holds, the outbox of their results, and the signals that wake
+// the lanes (lanes.hpp) for it. The lanes take results out and put claims in; the engine's handler
+// threads put results in; the keeper renews, times out and, once the state retired, records what
+// is left. A FlowState outlives its flow service (flow_service.hpp): handlers still running when
+// the service stops put their results here, and the keeper records them.
 //
 // A held task is claimed and its result not recorded yet: it waits for a thread, runs, or its
 // result waits in the outbox (result_pending) or is being recorded. Its lease is renewed until
@@ -12,7 +13,7 @@
 //
 // Thread-safety: every member function may be called concurrently. Lock order: this state's mutex
 // is never held while calling out (the `draining` callback of next_round excepted, which must not
-// take a LoopState's mutex); the waker is called with no lock held.
+// take a FlowState's mutex); the waker is called with no lock held.
 
 #include <atomic>
 #include <chrono>
@@ -45,28 +46,28 @@ StepHandler step_handler(HandlerRef ref);
 // How often a held task's lease is renewed: a third of the lease it gets, min(timeout, lease).
 Millis renew_period(Millis timeout, Millis lease);
 
-class LoopState {
+class FlowState {
  public:
-  LoopState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers);
-  LoopState(const LoopState&) = delete;
-  LoopState& operator=(const LoopState&) = delete;
+  FlowState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers);
+  FlowState(const FlowState&) = delete;
+  FlowState& operator=(const FlowState&) = delete;
 
   const FlowKey& key() const noexcept { return key_; }
   const std::string& label() const noexcept { return label_; }  // "slug@version"
   // The handler of a step of this flow version, or nullptr.
   const StepHandler* handler(const std::string& step) const;
 
-  // ---- The loop's side.
+  // ---- The lanes' side (and the flow service's: stop, retire).
   // Called (with no lock held) whenever a round may be due: a claim wanted, a result put back, a
-  // task timed out, stopping, and a result queued when it is the outbox's first (the loop then
-  // sets its flush timer), fills it to flush_at, or leaves no task running; not for the results
+  // task timed out, stopping, and a result queued when it is the outbox's first (the lanes then
+  // set its flush timer), fills it to flush_at, or leaves no task running; not for the results
   // in between (a wake-up each, for nothing to do, cost more than their handlers). Empty: nothing
   // is called.
   void set_waker(std::function<void()> waker, std::size_t flush_at = 1);
-  // There may be tasks to claim (a notification, capacity freed, a full claim): wakes the loop.
+  // There may be tasks to claim (a notification, capacity freed, a full claim): wakes the lanes.
   void want_claim();
-  // The loop must not make round trips any more (wakes it). The loop then retires the state: the
-  // keeper records its outbox from then on.
+  // No more round trips for this flow version (wakes the lanes). The flow service then retires the
+  // state: the keeper records its outbox from then on.
   void stop();
   bool stopping() const noexcept { return stop_requested_; }
   void retire();
@@ -80,7 +81,7 @@ class LoopState {
     std::vector<Failure> failures;
   };
   // Waits until stopping, a flush is due, a claim is wanted (and not draining), or next_poll.
-  // Results are recorded in batches: at once when no handler of this loop runs, else once
+  // Results are recorded in batches: at once when no handler of this flow runs, else once
   // `flush_at` results wait or the first has waited flush_delay (they ride with the next claim).
   Round next_round(SteadyTime next_poll, std::size_t flush_at, Millis flush_delay,
                    const std::function<bool()>& draining);
@@ -94,7 +95,7 @@ class LoopState {
   void put_back(std::vector<Completion> completions, std::vector<Failure> failures);
   // A round trip recorded these results (or gave up on them): their tasks are no longer held.
   void forget(const std::vector<Completion>& completions, const std::vector<Failure>& failures);
-  // For the keeper: the outbox of a retired loop (as next_round takes it); false when not retired.
+  // For the keeper: the outbox of a retired state (as next_round takes it); false when not retired.
   bool take_retired(std::vector<Completion>& completions, std::vector<Failure>& failures);
 
   // ---- The engine's side.
