@@ -16,9 +16,7 @@ namespace flowreg::detail {
 
 namespace fs = std::filesystem;
 
-namespace {
-using nlohmann::json;
-}  // namespace
+namespace {}  // namespace
 
 tl::expected<void, PluginError> inspect_in_child(const fs::path& inspector, Millis scan_timeout,
                                                  const fs::path& staged, const std::string& source,
@@ -43,7 +41,7 @@ tl::expected<void, PluginError> inspect_in_child(const fs::path& inspector, Mill
                               "plugins.scan_timeout is raised",
                               scan_timeout.count()));
   }
-  const json answer = json::parse(result.out, nullptr, false);
+  const nlohmann::json answer = nlohmann::json::parse(result.out, nullptr, false);
   if (result.signal != 0 || result.exit_code != 0 || answer.is_discarded() || !answer.is_object()) {
     inspection.quarantined = true;
     // The child's stderr is text from outside: cut without splitting a character, made valid.
@@ -85,7 +83,7 @@ void start_inspection_threads() {
 }
 
 std::string inspection_answer(const PluginInfo& info, const PluginError* error) {
-  json out;
+  nlohmann::json out;
   if (!error) {
     out = {{"ok", true},          {"module", info.module},
            {"abi", info.abi},     {"fingerprint", info.fingerprint},
@@ -93,7 +91,7 @@ std::string inspection_answer(const PluginInfo& info, const PluginError* error) 
   } else {
     out = {{"ok", false}, {"stage", to_string(error->stage)}, {"message", error->message}};
   }
-  return out.dump(-1, ' ', false, json::error_handler_t::replace);
+  return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace flowreg::detail

@@ -16,9 +16,7 @@ namespace flowreg::detail {
 
 namespace fs = std::filesystem;
 
-namespace {
-using nlohmann::json;
-}  // namespace
+namespace {}  // namespace
 
 fs::path file_key(const fs::path& path) {
   std::error_code ec;
@@ -42,34 +40,34 @@ PluginError Conflict::error(std::string_view verb) const {
                       Errc::duplicate_slug);
 }
 
-json NameOwnership::read_owners() const {
-  json owners = parse_state_file(owners_file());
-  if (!owners.is_object()) return json::object();
+nlohmann::json NameOwnership::read_owners() const {
+  nlohmann::json owners = parse_state_file(owners_file());
+  if (!owners.is_object()) return nlohmann::json::object();
   return owners;
 }
 
 void NameOwnership::load() {
-  const json owners = read_owners();
+  const nlohmann::json owners = read_owners();
   for (const auto& [file, names] : owners.items()) {
     if (!names.is_object() || !names.contains("module") || !names["module"].is_string()) continue;
     const std::string module = names["module"].get<std::string>();
     incumbents_.insert(fs::path(file));
     reserved_["module:" + module] = Reservation{fs::path(file), module};
-    for (const auto& slug : names.value("flows", json::array()))
+    for (const auto& slug : names.value("flows", nlohmann::json::array()))
       if (slug.is_string()) reserved_["slug:" + slug.get<std::string>()] = {fs::path(file), module};
   }
 }
 
 void NameOwnership::save(const fs::path& plugins_dir, const std::vector<HeldNames>& held) const {
   const fs::path dir = file_key(plugins_dir);
-  const json before = read_owners();
-  json owners = json::object();
+  const nlohmann::json before = read_owners();
+  nlohmann::json owners = nlohmann::json::object();
   for (const auto& [file, names] : before.items())
     if (file_key(fs::path(file)).parent_path() != dir) owners[file] = names;
   for (const auto& h : held) {
-    json& names = owners[file_key(h.file).string()];
+    nlohmann::json& names = owners[file_key(h.file).string()];
     names["module"] = h.module;
-    names["flows"] = json::array();
+    names["flows"] = nlohmann::json::array();
     for (const auto& slug : h.flows) names["flows"].push_back(slug);
   }
   if (owners == before) return;
@@ -79,7 +77,7 @@ void NameOwnership::save(const fs::path& plugins_dir, const std::vector<HeldName
   const fs::path tmp = cache_dir_ / ("owners.json.tmp" + std::to_string(getpid()));
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << owners.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+    out << owners.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
     if (!out) return;
   }
   fs::rename(tmp, owners_file(), ec);

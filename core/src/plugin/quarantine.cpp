@@ -19,8 +19,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using nlohmann::json;
-
 // A quarantine record's error from its stored stage and message. A stage this version does not
 // know keeps the record (as an inspection's): the content stays quarantined.
 PluginError quarantined_at(std::string_view stage, std::string message) {
@@ -54,7 +52,7 @@ void Quarantine::read_records() {
     std::stringstream text;
     text << in.rdbuf();
     if (entry.path().extension() == ".json") {
-      const json record = parse_state_file_text(text.str());
+      const nlohmann::json record = parse_state_file_text(text.str());
       if (!record.is_object() || !record.contains("stage") || !record["stage"].is_string() ||
           !record.contains("message") || !record["message"].is_string())
         continue;
@@ -88,13 +86,13 @@ void Quarantine::remember(const std::string& sha, const PluginError& error,
   records_[sha] = {error, timeout_ms};
   std::error_code ec;
   fs::create_directories(records_dir(), ec);
-  json record = {{"stage", to_string(error.stage)}, {"message", error.message}};
+  nlohmann::json record = {{"stage", to_string(error.stage)}, {"message", error.message}};
   if (timeout_ms) record["timeout_ms"] = *timeout_ms;
   const fs::path target = records_dir() / (sha + ".json");
   const fs::path tmp = records_dir() / (sha + ".json.tmp" + std::to_string(getpid()));
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << record.dump(2, ' ', false, json::error_handler_t::replace) << '\n';
+    out << record.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
   }
   fs::rename(tmp, target, ec);
   fs::remove(records_dir() / (sha + ".txt"), ec);  // an older record of the same content
@@ -113,7 +111,7 @@ void Quarantine::forget(const std::string& sha) {
 // succeeds clears the count) the content is quarantined until the file changes.
 void Quarantine::count_load_crashes() {
   for (auto& orphan : journal_.collect_orphans()) {
-    const json& r = orphan.record;
+    const nlohmann::json& r = orphan.record;
     if (r.value("kind", "") != "plugin-load" || !r.contains("sha256") || !r["sha256"].is_string())
       continue;
     const std::string sha = r["sha256"].get<std::string>();
@@ -122,7 +120,7 @@ void Quarantine::count_load_crashes() {
     std::error_code ec;
     fs::create_directories(crashes_dir(sha), ec);
     std::ofstream(crashes_dir(sha) / (orphan.id + ".json"))
-        << r.dump(-1, ' ', false, json::error_handler_t::replace) << '\n';
+        << r.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
     spdlog::warn("plugin {}: a flowreg process (pid {}) died while loading it",
                  r.value("file", sha), r.value("pid", 0L));
   }

@@ -27,10 +27,10 @@ constexpr Default kDefaults[] = {
 };
 // clang-format on
 
-struct OptionsFree {
+struct ConninfoOptionsFree {
   void operator()(PQconninfoOption* options) const { PQconninfoFree(options); }
 };
-using Options = std::unique_ptr<PQconninfoOption, OptionsFree>;
+using ConninfoOptions = std::unique_ptr<PQconninfoOption, ConninfoOptionsFree>;
 
 // A value quoted for a key=value conninfo: in single quotes, with \ and ' escaped.
 std::string conninfo_quoted(std::string_view value) {
@@ -52,7 +52,7 @@ bool env_set(const char* name) {
 
 Result<std::map<std::string, std::string>> parse_conninfo(const std::string& conninfo) {
   char* error = nullptr;
-  Options options(PQconninfoParse(conninfo.c_str(), &error));
+  ConninfoOptions options(PQconninfoParse(conninfo.c_str(), &error));
   if (!options) {
     // libpq's message names the keyword or the place in the URL, never a value.
     std::string why = error ? std::string(error) : std::string("out of memory");
@@ -73,7 +73,7 @@ std::string with_connection_defaults(const std::string& conninfo) {
   if (!set) return conninfo;
   if (set->contains("service") || env_set("PGSERVICE")) return conninfo;
   // The keywords this libpq knows, with their environment variables.
-  Options known(PQconndefaults());
+  ConninfoOptions known(PQconndefaults());
   if (!known) return conninfo;
   std::string out;
   for (const auto& [keyword, value] : *set) {
