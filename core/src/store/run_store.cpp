@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "store/conninfo.hpp"
+#include "store/queries.hpp"
 #include "util/enum_names.hpp"
 #include "util/json_text.hpp"
 #include "util/sha256.hpp"
@@ -19,136 +20,6 @@
 namespace flowreg::detail {
 
 namespace {
-
-// Rows are read by column name: every statement names its columns. Timestamps travel as
-// microseconds since the epoch, in columns whose names end in _us.
-constexpr const char* kRunColumns =
-    "id::text AS id, flow_slug, flow_version, status, input::text AS input,"
-    " output::text AS output, error, (extract(epoch FROM created_at) * 1000000)::bigint AS"
-    " created_at_us, (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,"
-    " retry_of::text AS retry_of, idempotency_key";
-
-// The flows a list of runs reads: $1, or every slug that has runs when $1 is empty (the slugs
-// are not searched then). Runs has no index on created_at alone (migration 0015): the runs of
-// every flow are read one flow at a time, through runs_by_flow.
-constexpr const char* kListedFlows =
-    "WITH listed(slug) AS (SELECT $1::text WHERE $1 <> ''"
-    "  UNION ALL SELECT s FROM flowreg._run_slugs() AS s WHERE $1 = '') ";
-
-// The columns of a claimed task (claimed_task reads them).
-constexpr const char* kTaskColumns =
-    "id, run_id::text AS run_id, flow_slug, flow_version, step_slug, task_index, attempt,"
-    " input::text AS input, max_attempts, timeout_ms,"
-    " (extract(epoch FROM lease_expires_at) * 1000000)::bigint AS lease_expires_at_us";
-
-struct Statement {
-  const char* name;
-  std::string sql;
-};
-
-const std::vector<Statement>& statements() {
-  static const std::vector<Statement> list = {
-      {"upsert_flow", "SELECT flowreg.upsert_flow($1, $2, $3::jsonb) AS changed"},
-      // One run without a key or a retried run: start_run's short path (a one-step flow's run)
-      // or, inside it, start_runs. With either, start_runs directly (start_run would hand them
-      // on: one more function call).
-      {"start_run",
-       "SELECT run_id::text AS run_id, created FROM flowreg.start_run($1, $2, $3::jsonb)"},
-      {"start_run_with",
-       "SELECT run_id::text AS run_id, created FROM flowreg.start_runs($1, $2, ARRAY[$3::jsonb],"
-       " CASE WHEN $4 = '' THEN NULL ELSE ARRAY[$4::text] END, NULLIF($5, '')::uuid)"},
-      {"start_runs",
-       "SELECT run_id::text AS run_id FROM flowreg.start_runs($1, $2,"
-       " ARRAY(SELECT jsonb_array_elements($3::jsonb)))"},
-      // A batch start by COPY (RunStore::start_runs): the runs' and tasks' ids, or no row.
-      {"start_copying",
-       "SELECT run_id::text AS run_id, task_id, step_slug, timeout_ms"
-       " FROM flowreg._start_copying($1, $2, $3::int)"},
-      {"claim", std::string("SELECT ") + kTaskColumns +
-                    " FROM flowreg._claim($1, $2::jsonb, $3::int, NULL)"},
-      {"renew",
-       "SELECT unnest(flowreg.renew_leases($1, $2::jsonb, NULLIF($3, -1)::bigint,"
-       " $4::boolean)) AS id"},
-      {"report_crashes", "SELECT id, outcome FROM flowreg.report_crashes($1::jsonb, $2::int)"},
-      {"work", std::string("SELECT kind, due_in_ms, ") + kTaskColumns +
-                   " FROM flowreg.work($1, $2::jsonb, $3::jsonb, $4::jsonb, $5::int,"
-                   " NULLIF($6, -1)::bigint)"},
-      {"release", "SELECT unnest(flowreg.release_tasks($1, $2::jsonb)) AS id"},
-      {"heartbeat",
-       "SELECT flowreg.worker_heartbeat($1, $2, $3::int, $4::jsonb, $5::int, $6::boolean, $7,"
-       " NULLIF($8, -1)::bigint)"},
-      {"list_workers",
-       "SELECT id, host, pid, concurrency, flows::text AS flows,"
-       " (extract(epoch FROM started_at) * 1000000)::bigint AS started_at_us,"
-       " (extract(epoch FROM last_heartbeat_at) * 1000000)::bigint AS last_heartbeat_at_us,"
-       " (extract(epoch FROM stopped_at) * 1000000)::bigint AS stopped_at_us, state,"
-       " heartbeat_ms,"
-       " (extract(epoch FROM clock_timestamp() - last_heartbeat_at) * 1000)::bigint AS"
-       " heartbeat_age_ms"
-       " FROM flowreg.workers ORDER BY last_heartbeat_at DESC, id"},
-      {"complete", "SELECT unnest(flowreg.complete_tasks($1::jsonb)) AS id"},
-      {"probe_output", "SELECT $1::jsonb IS NOT NULL AS ok"},
-      {"fail", "SELECT unnest(flowreg.fail_tasks($1::jsonb)) AS id"},
-      {"cancel_run", "SELECT flowreg.cancel_run($1::uuid) AS cancelled"},
-      {"retry_run", "SELECT flowreg.retry_run($1::uuid)::text AS run_id"},
-      {"prune_cutoff",
-       "SELECT (extract(epoch FROM now() - $1::bigint * interval '1 ms') * 1000000)::bigint"
-       " AS cutoff_us"},
-      // A batch of a cutoff ($1) after the previous one, which ended in flow $3 at a run created
-      // at $4 (microseconds since 1970; '' and -1 for the first batch): see prune.sql.
-      {"prune",
-       "SELECT p.deleted, coalesce(p.last_slug, '') AS last_slug,"
-       " coalesce((extract(epoch FROM p.last_created) * 1000000)::bigint, -1) AS last_created_us"
-       " FROM flowreg.prune('epoch'::timestamptz + $1::bigint * interval '1 microsecond', $2::int,"
-       " NULLIF($3, ''), CASE WHEN $4::bigint >= 0"
-       " THEN 'epoch'::timestamptz + $4::bigint * interval '1 microsecond' END) AS p"},
-      {"get_run", std::string("SELECT ") + kRunColumns + " FROM flowreg.runs WHERE id = $1::uuid"},
-      {"same_input",
-       "SELECT input = $2::jsonb AS same, input::text AS input FROM flowreg.runs"
-       " WHERE id = $1::uuid"},
-      // The newest runs first (created_at DESC, id), read one flow at a time through
-      // runs_by_flow: of the flow $1, or else of every flow slug that has runs (migration 0015),
-      // by the hash of the slug, its key (migration 0016), and the slug.
-      {"list_runs", std::string(kListedFlows) + "SELECT " + kRunColumns +
-                        " FROM listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r"
-                        "  WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)"
-                        "   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)"
-                        "  ORDER BY r.created_at DESC, r.id LIMIT $3::int) r"
-                        " ORDER BY created_at DESC, id LIMIT $3::int"},
-      // list_runs after the run $4 in the same order.
-      {"list_runs_before",
-       std::string(kListedFlows) + "SELECT " + kRunColumns +
-           " FROM (SELECT created_at AS c, id AS i FROM flowreg.runs WHERE id = $4::uuid) k,"
-           " listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r"
-           "  WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)"
-           "   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2) AND r.created_at <= k.c"
-           "   AND (r.created_at < k.c OR r.id > k.i)"
-           "  ORDER BY r.created_at DESC, r.id LIMIT $3::int) r"
-           " ORDER BY created_at DESC, id LIMIT $3::int"},
-      {"run_steps",
-       "SELECT s.step_slug, s.kind, s.status, s.task_count,"
-       // A step's attempts: those of its tasks that left the queue or completed (kept in its
-       // state or run, migrations 0009 and 0012) and those of its tasks still queued or started:
-       // found by run (tasks_by_run), or, a one-step flow's solo task, by the id its run holds
-       // (migration 0013).
-       " s.attempts + coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t"
-       "           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug AND NOT t.solo"
-       "             AND t.status IN ('queued', 'started')), 0)::int"
-       // (Two nested lookups, not a join: planned as a join of runs and tasks, each call read
-       // about 370 entries of tasks' indexes in hot_path's 100,000-run backlog.)
-       " + coalesce((SELECT t.attempt FROM flowreg.tasks t"
-       "             WHERE t.id = (SELECT r.task_id FROM flowreg.runs r WHERE r.id = s.run_id)"
-       "               AND t.run_id = s.run_id AND t.status IN ('queued', 'started')), 0)"
-       " AS attempts,"
-       " (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,"
-       " (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,"
-       " s.output::text AS output, s.worker_id"
-       // The view holds both layouts: step_states rows, and the one step of a run that keeps
-       // its state in its own row (migration 0012).
-       " FROM flowreg.steps s WHERE s.run_id = $1::uuid ORDER BY s.step_index"},
-  };
-  return list;
-}
 
 TimePoint from_micros(std::int64_t us) {
   return TimePoint(std::chrono::duration_cast<TimePoint::duration>(std::chrono::microseconds(us)));
@@ -224,7 +95,7 @@ auto guarded(std::string_view what, F&& body) -> decltype(body()) {
   }
 }
 
-// A run from the columns of kRunColumns.
+// A run from the columns of a run (schemas/queries/get_run.sql, list_runs.sql).
 RunInfo run_of(const pqxx::row& r) {
   RunInfo info;
   info.id = r["id"].as<std::string>();
@@ -241,11 +112,12 @@ RunInfo run_of(const pqxx::row& r) {
   return info;
 }
 
-// A claimed task from the columns of kTaskColumns, or why its row cannot be run: a column the
-// claim could not fill (NULL max_attempts: its step is no longer in flow_steps; NULL input: its
-// run, or the step state of a dependency, is gone) or an input that is not JSON. Such rows come
-// only from rows deleted under flowreg's guards (by hand, or by another program); the caller fails
-// that task alone. The id and the attempt are NOT NULL columns, read first.
+// A claimed task from the columns of a claimed task (schemas/queries/claim.sql, work.sql), or why
+// its row cannot be run: a column the claim could not fill (NULL max_attempts: its step is no
+// longer in flow_steps; NULL input: its run, or the step state of a dependency, is gone) or an
+// input that is not JSON. Such rows come only from rows deleted under flowreg's guards (by hand, or
+// by another program); the caller fails that task alone. The id and the attempt are NOT NULL
+// columns, read first.
 tl::expected<ClaimedTask, std::string> claimed_task(const pqxx::row& r) {
   ClaimedTask t;
   t.id = r["id"].as<TaskId>();
@@ -380,35 +252,28 @@ bool refused_class(const pqxx::sql_error& e) {
 
 struct RunStore::Impl {
   explicit Impl(const std::string& conninfo) : conn(with_connection_defaults(conninfo)) {
-    // Sequential scans off for the session, as in the functions it calls (schemas/functions): a
-    // statement here (get_run, run_steps, the functions without settings of their own, such as
-    // cancel_run) keeps the plan it made while the tables were small and analyzed so, and with
-    // them on, that plan read runs, tasks or step_states whole on every call once a backlog was
-    // there (tests/pg/hot_path_test.cpp, plans made on small tables). No statement of the store
-    // needs one: each reads its rows through an index. Bitmap scans off too: the lists of runs
-    // and the metrics' walks stop after a page of runs in created_at order, where a bitmap scan
-    // reads its whole range first and sorts it (prune's did, planned on small tables). No JIT,
-    // as in the functions: a statement whose estimated cost passes jit_above_cost with a large
-    // backlog was compiled on every call (the metrics' read, with 1,000,000 runs queued: 0.81 of
-    // its 1.29 s in JIT, with inlining and optimization).
-    pqxx::nontransaction(conn).exec0(
-        "SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off");
-    for (const auto& s : statements()) conn.prepare(s.name, s.sql);
+    // Sequential scans, bitmap scans and JIT off for the session: see the file for why.
+    pqxx::nontransaction(conn).exec0(std::string(query_sql(Query::session_settings)));
+    // Every other statement is prepared once per connection, under its file's name, but
+    // scrape_counts, sent with its parameters on each call.
+    for (const QueryFile& q : builtin_queries())
+      if (q.query != Query::session_settings && q.query != Query::scrape_counts)
+        conn.prepare(q.name, std::string(q.sql));
   }
 
   // Runs a prepared statement in autocommit. A deadlock or serialization failure aborted the
   // statement's whole transaction (nothing of it was written): it is sent again, after a short
   // randomized pause, up to kTransientRetries times in all.
   template <class... Args>
-  pqxx::result exec(const char* name, const Args&... args) {
-    return retried([&] { return exec_once(name, args...); });
+  pqxx::result exec(Query query, const Args&... args) {
+    return retried([&] { return exec_once(query, args...); });
   }
 
   template <class... Args>
-  pqxx::result exec_once(const char* name, const Args&... args) {
+  pqxx::result exec_once(Query query, const Args&... args) {
     return once([&] {
       pqxx::nontransaction tx(conn);  // autocommit: the function call is its own transaction
-      return tx.exec_prepared(name, args...);
+      return tx.exec_prepared(query_name(query), args...);
     });
   }
 
@@ -466,7 +331,7 @@ struct RunStore::Impl {
   // Why the server refuses `json` as jsonb (its message), or nullopt when it accepts it.
   std::optional<std::string> output_refusal(const std::string& json) {
     try {
-      exec_once("probe_output", json);
+      exec_once(Query::probe_output, json);
       return std::nullopt;
     } catch (const pqxx::sql_error& e) {
       // Only a refusal of the value itself; anything else (the connection, memory, a lock) is
@@ -529,7 +394,7 @@ Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version
                       fmt::format("{}: its dependencies form a cycle", what));
   const std::string def = json_text(flow_definition_json(flow));
   return guarded(what, [&]() -> Result<bool> {
-    return impl_->exec("upsert_flow", flow.slug, std::string(version), def)[0]["changed"]
+    return impl_->exec(Query::upsert_flow, flow.slug, std::string(version), def)[0]["changed"]
         .as<bool>();
   });
 }
@@ -544,16 +409,16 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
   return guarded(what, [&]() -> Result<RunId> {
     auto rows =
         options.idempotency_key || options.retry_of
-            ? impl_->exec("start_run_with", std::string(flow_slug), std::string(version), text,
+            ? impl_->exec(Query::start_run_with, std::string(flow_slug), std::string(version), text,
                           options.idempotency_key.value_or(""), options.retry_of.value_or(""))
-            : impl_->exec("start_run", std::string(flow_slug), std::string(version), text);
+            : impl_->exec(Query::start_run, std::string(flow_slug), std::string(version), text);
     if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
     RunId id = rows[0]["run_id"].as<std::string>();
     const bool created = rows[0]["created"].as<bool>();
     if (created || !options.idempotency_key) return id;
     // The key was used before: by the same input (compared as jsonb: key order and spacing do
     // not matter), that run is the answer; by another input, the key is being reused by mistake.
-    auto prior = impl_->exec("same_input", id, text);
+    auto prior = impl_->exec(Query::same_input, id, text);
     if (prior.empty() || prior[0]["same"].as<bool>()) return id;
     return make_error(
         Errc::invalid_argument,
@@ -626,23 +491,23 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
         return ids;
       };
       const auto by_start_runs = [&](pqxx::work& tx) {
-        return ids_of(tx.exec_prepared("start_runs", std::string(flow_slug), std::string(version),
-                                       all_inputs()));
+        return ids_of(tx.exec_prepared(query_name(Query::start_runs), std::string(flow_slug),
+                                       std::string(version), all_inputs()));
       };
       const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
       if (inputs.size() < kCopiedStartMin || inputs.size() > kCopiedStartMax ||
           impl_->uncopied.contains(name)) {
         // One call of start_runs, in autocommit (one round trip).
-        out = ids_of(
-            impl_->exec("start_runs", std::string(flow_slug), std::string(version), all_inputs()));
+        out = ids_of(impl_->exec(Query::start_runs, std::string(flow_slug), std::string(version),
+                                 all_inputs()));
       } else {
         // One transaction: the runs by COPY after _start_copying gave their ids; for a flow
         // version it cannot copy (no row), start_runs.
         bool copied = false;
         out = impl_->transact([&](pqxx::work& tx) {
           const pqxx::result plan =
-              tx.exec_prepared("start_copying", std::string(flow_slug), std::string(version),
-                               static_cast<int>(inputs.size()));
+              tx.exec_prepared(query_name(Query::start_copying), std::string(flow_slug),
+                               std::string(version), static_cast<int>(inputs.size()));
           copied = plan.size() == inputs.size();
           return copied ? copy_runs(tx, plan, flow_slug, version, inputs) : by_start_runs(tx);
         });
@@ -702,7 +567,7 @@ Json flow_keys_json(std::span<const FlowKey> flows) {
 bool RunStore::Impl::record_unusable(std::span<const Failure> unusable) {
   if (unusable.empty()) return false;
   try {
-    exec("fail", json_text(failures_json(unusable)));
+    exec(Query::fail, json_text(failures_json(unusable)));
     return true;
   } catch (const std::exception&) {
     return false;
@@ -714,7 +579,7 @@ Result<std::vector<ClaimedTask>> RunStore::claim(std::string_view worker_id,
   if (limit <= 0 || flows.empty()) return std::vector<ClaimedTask>{};
   const Json keys = flow_keys_json(flows);
   return guarded("claiming tasks", [&]() -> Result<std::vector<ClaimedTask>> {
-    auto rows = impl_->exec("claim", std::string(worker_id), json_text(keys), limit);
+    auto rows = impl_->exec(Query::claim, std::string(worker_id), json_text(keys), limit);
     std::vector<ClaimedTask> out;
     std::vector<Failure> unusable;
     out.reserve(rows.size());
@@ -738,7 +603,7 @@ Result<std::vector<TaskId>> RunStore::renew(std::string_view worker_id,
   const std::int64_t lease_ms = lease ? static_cast<std::int64_t>(lease->count()) : -1;
   return guarded("renewing leases", [&]() -> Result<std::vector<TaskId>> {
     return ids_of(
-        impl_->exec("renew", std::string(worker_id), json_text(batch), lease_ms, skip_locked));
+        impl_->exec(Query::renew, std::string(worker_id), json_text(batch), lease_ms, skip_locked));
   });
 }
 
@@ -752,7 +617,7 @@ Result<std::vector<CrashOutcome>> RunStore::report_crashes(std::span<const Crash
                      {"signal", r.signal ? Json(*r.signal) : Json(nullptr)}});
   return guarded("reporting crashed handlers", [&]() -> Result<std::vector<CrashOutcome>> {
     std::vector<CrashOutcome> out;
-    for (const auto& row : impl_->exec("report_crashes", json_text(batch), limit)) {
+    for (const auto& row : impl_->exec(Query::report_crashes, json_text(batch), limit)) {
       const std::string_view kind = row["outcome"].c_str();
       out.push_back(
           CrashOutcome{row["id"].as<TaskId>(), kind == "failed"    ? CrashOutcome::Kind::failed
@@ -784,7 +649,7 @@ Result<WorkResult> RunStore::work(std::string_view worker_id,
   }
   return guarded("recording results and claiming tasks", [&]() -> Result<WorkResult> {
     const auto call = [&] {
-      return impl_->exec("work", std::string(worker_id), json_text(completions_json(kept)),
+      return impl_->exec(Query::work, std::string(worker_id), json_text(completions_json(kept)),
                          json_text(failures_json(failed)), keys, std::max(limit, 0), lease_ms);
     };
     pqxx::result rows;
@@ -842,7 +707,7 @@ Result<std::vector<TaskId>> RunStore::release(std::string_view worker_id,
   for (const auto& t : tasks)
     batch.push_back({{"id", t.id}, {"attempt", t.attempt}, {"ran", t.ran}});
   return guarded("releasing tasks", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("release", std::string(worker_id), json_text(batch)));
+    return ids_of(impl_->exec(Query::release, std::string(worker_id), json_text(batch)));
   });
 }
 
@@ -854,7 +719,7 @@ Result<void> RunStore::heartbeat(const WorkerRecord& worker, bool stopped) {
                        worker.heartbeat_interval
                            ? static_cast<std::int64_t>(worker.heartbeat_interval->count())
                            : -1;
-                   impl_->exec("heartbeat", worker.id, worker.host, worker.pid, keys,
+                   impl_->exec(Query::heartbeat, worker.id, worker.host, worker.pid, keys,
                                worker.concurrency, stopped, worker.state, every_ms);
                    return {};
                  });
@@ -863,7 +728,7 @@ Result<void> RunStore::heartbeat(const WorkerRecord& worker, bool stopped) {
 Result<std::vector<WorkerRecord>> RunStore::list_workers() {
   return guarded("listing workers", [&]() -> Result<std::vector<WorkerRecord>> {
     std::vector<WorkerRecord> out;
-    for (const auto& r : impl_->exec("list_workers")) {
+    for (const auto& r : impl_->exec(Query::list_workers)) {
       WorkerRecord w;
       w.id = row_text(r["id"]);
       w.host = row_text(r["host"]);
@@ -901,7 +766,7 @@ Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> compl
   auto recorded = guarded("completing tasks", [&]() -> Result<std::vector<TaskId>> {
     if (kept.empty()) return std::vector<TaskId>{};
     try {
-      return ids_of(impl_->exec("complete", json_text(completions_json(kept))));
+      return ids_of(impl_->exec(Query::complete, json_text(completions_json(kept))));
     } catch (const pqxx::sql_error& e) {
       if (!refused_class(e) || impl_->lost) throw;
       std::vector<Completion> accepted;
@@ -915,7 +780,7 @@ Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> compl
       if (accepted.size() == kept.size()) throw;
       kept = std::move(accepted);
       if (kept.empty()) return std::vector<TaskId>{};
-      return ids_of(impl_->exec("complete", json_text(completions_json(kept))));
+      return ids_of(impl_->exec(Query::complete, json_text(completions_json(kept))));
     }
   });
   if (!recorded || refused.empty()) return recorded;
@@ -930,19 +795,19 @@ Result<std::vector<TaskId>> RunStore::fail(std::span<const Failure> failures) {
   if (failures.empty()) return std::vector<TaskId>{};
   const std::string batch = json_text(failures_json(failures));
   return guarded("failing tasks", [&]() -> Result<std::vector<TaskId>> {
-    return ids_of(impl_->exec("fail", batch));
+    return ids_of(impl_->exec(Query::fail, batch));
   });
 }
 
 Result<bool> RunStore::cancel_run(const RunId& run) {
   return guarded(fmt::format("cancelling run {}", shown_name(run)), [&]() -> Result<bool> {
-    return impl_->exec("cancel_run", run)[0]["cancelled"].as<bool>();
+    return impl_->exec(Query::cancel_run, run)[0]["cancelled"].as<bool>();
   });
 }
 
 Result<RunId> RunStore::retry_run(const RunId& run) {
   return guarded(fmt::format("retrying run {}", shown_name(run)), [&]() -> Result<RunId> {
-    return impl_->exec("retry_run", run)[0]["run_id"].as<std::string>();
+    return impl_->exec(Query::retry_run, run)[0]["run_id"].as<std::string>();
   });
 }
 
@@ -953,7 +818,7 @@ Result<std::int64_t> RunStore::prune(Millis older_than, int batch) {
   // One cutoff for every batch (the server's clock): the runs ended before it only get fewer.
   auto cutoff = guarded("pruning runs", [&]() -> Result<std::int64_t> {
     return impl_
-        ->exec("prune_cutoff", static_cast<std::int64_t>(older_than.count()))[0]["cutoff_us"]
+        ->exec(Query::prune_cutoff, static_cast<std::int64_t>(older_than.count()))[0]["cutoff_us"]
         .as<std::int64_t>();
   });
   if (!cutoff) return cutoff;
@@ -968,7 +833,7 @@ Result<std::int64_t> RunStore::prune(Millis older_than, int batch) {
             ? std::string("pruning runs")
             : fmt::format("pruning runs ({} deleted before this batch, and they stay so)", total);
     auto deleted = guarded(what, [&]() -> Result<std::int64_t> {
-      const auto row = impl_->exec("prune", *cutoff, batch, last_slug, last_created_us)[0];
+      const auto row = impl_->exec(Query::prune, *cutoff, batch, last_slug, last_created_us)[0];
       last_slug = row["last_slug"].as<std::string>();
       last_created_us = row["last_created_us"].as<std::int64_t>();
       return row["deleted"].as<std::int64_t>();
@@ -982,7 +847,7 @@ Result<std::int64_t> RunStore::prune(Millis older_than, int batch) {
 Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
   return guarded(fmt::format("reading run {}", shown_name(run)),
                  [&]() -> Result<std::optional<RunInfo>> {
-                   auto rows = impl_->exec("get_run", run);
+                   auto rows = impl_->exec(Query::get_run, run);
                    if (rows.empty()) return std::optional<RunInfo>{};
                    return std::optional<RunInfo>(run_of(rows[0]));
                  });
@@ -993,10 +858,10 @@ Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
   return guarded("listing runs", [&]() -> Result<std::vector<RunInfo>> {
     const std::string status =
         filter.status ? std::string(to_string(*filter.status)) : std::string();
-    auto rows = before
-                    ? impl_->exec("list_runs_before", filter.flow_slug.value_or(""), status,
-                                  filter.limit, *before)
-                    : impl_->exec("list_runs", filter.flow_slug.value_or(""), status, filter.limit);
+    auto rows =
+        before ? impl_->exec(Query::list_runs_before, filter.flow_slug.value_or(""), status,
+                             filter.limit, *before)
+               : impl_->exec(Query::list_runs, filter.flow_slug.value_or(""), status, filter.limit);
     std::vector<RunInfo> out;
     out.reserve(rows.size());
     for (const auto& r : rows) out.push_back(run_of(r));
@@ -1008,7 +873,7 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
   return guarded(fmt::format("reading the steps of run {}", shown_name(run)),
                  [&]() -> Result<std::vector<StepInfo>> {
                    std::vector<StepInfo> out;
-                   for (const auto& r : impl_->exec("run_steps", run)) {
+                   for (const auto& r : impl_->exec(Query::run_steps, run)) {
                      StepInfo s;
                      s.slug = row_text(r["step_slug"]);
                      s.kind = r["kind"].as<std::string>();
@@ -1104,105 +969,7 @@ Result<std::optional<Notification>> Listener::wait_for(Millis timeout) {
 
 namespace flowreg::detail {
 
-namespace {
-
-// Runs started and ended in the window are counted per flow slug (_run_slugs) through
-// runs_by_flow (migrations 0015 and 0016), in one range scan per flow of the runs created from
-// the flow's bound on (finished_at has no index, so that completing a run stays a HOT update), and
-// by primary key for the flow's stragglers. A flow's bound ($2, a JSON object of microseconds by
-// slug; $1 for a flow it does not list) is the start of the flow's oldest run the previous scrape
-// saw not ended by its window's end ($1), stragglers aside; its stragglers ($3, a JSON object of
-// arrays of run ids by slug) are the other runs it saw not ended, all started before the bound. A
-// run that ends in this window was either not ended by then (so it is a straggler or started at
-// its flow's bound or later), or was not yet committed then: it started after $1 (unless its
-// transaction was older than the 3 s lag, which the count of runs started assumes too).
-// The next scrape's state, per flow, from the runs not ended by this window's end (still started,
-// or ended after it): those started before this window ($1), when there are any, are found by a
-// walk of the range from the bound up to $1 in start order that stops after $4 + 1 of them (the
-// range scan counts them); with the stragglers still not ended, the $4 oldest are the next
-// stragglers, and the next bound is the start of the oldest of the others, or of the oldest run
-// started since $1 that is not ended, or this window's end. So a scrape reads each flow's runs
-// created since its oldest run not ended at the previous scrape, not the history, and a run left
-// started for days costs a probe by id, once it has been seen across two scrapes; only more than
-// $4 such runs in one flow make the scrapes read its runs since the oldest of the others.
-// The first scrape ($1 < 0) counts nothing: it looks for each flow's bound alone, reading each
-// flow's runs up to its oldest not ended.
-// Queued and started tasks are counted per flow slug from their rows (neither partial index holds
-// the slug itself).
-constexpr const char* kScrapeCountsSql =
-    "WITH w AS MATERIALIZED (SELECT now() - interval '3 seconds' AS upto,"
-    "  'epoch'::timestamptz + $1::bigint * interval '1 microsecond' AS since),"
-    " slugs AS MATERIALIZED (SELECT s.slug, coalesce('epoch'::timestamptz"
-    "   + ($2::jsonb ->> s.slug)::bigint * interval '1 microsecond', w.since) AS live_from,"
-    "  ARRAY(SELECT jsonb_array_elements_text($3::jsonb -> s.slug))::uuid[] AS ids"
-    "  FROM flowreg._run_slugs() AS s(slug) CROSS JOIN w),"
-    " per AS MATERIALIZED (SELECT s.slug, c.* FROM slugs s CROSS JOIN w"
-    "  CROSS JOIN LATERAL (SELECT r.status,"
-    "    count(*) FILTER (WHERE r.created_at > w.since AND r.created_at <= w.upto) AS started,"
-    "    count(*) FILTER (WHERE r.finished_at > w.since AND r.finished_at <= w.upto) AS ended,"
-    "    min(r.created_at) FILTER (WHERE (r.status = 'started' OR r.finished_at > w.upto)"
-    "     AND r.created_at >= w.since) AS live_new,"
-    "    count(*) FILTER (WHERE (r.status = 'started' OR r.finished_at > w.upto)"
-    "     AND r.created_at < w.since) AS live_old"
-    "   FROM flowreg.runs r"
-    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "   AND r.flow_slug = s.slug AND r.created_at >= s.live_from GROUP BY r.status) c"
-    "  WHERE $1::bigint >= 0),"
-    // One primary-key probe per straggler (OFFSET 0: never a join the planner could make a scan).
-    " strag AS MATERIALIZED (SELECT s.slug, r.* FROM slugs s CROSS JOIN unnest(s.ids) AS x(id)"
-    "  CROSS JOIN LATERAL (SELECT r.id, r.created_at, r.status, r.finished_at FROM flowreg.runs r"
-    "   WHERE r.id = x.id AND r.flow_slug = s.slug AND r.created_at < s.live_from OFFSET 0) r"
-    "  WHERE $1::bigint >= 0),"
-    " walk AS MATERIALIZED (SELECT s.slug, x.* FROM slugs s CROSS JOIN w"
-    "  CROSS JOIN LATERAL (SELECT r.id, r.created_at FROM flowreg.runs r"
-    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "   AND r.flow_slug = s.slug AND r.created_at >= s.live_from AND r.created_at < w.since"
-    "   AND (r.status = 'started' OR r.finished_at > w.upto)"
-    "   ORDER BY r.created_at LIMIT $4::int + 1) x"
-    "  WHERE $1::bigint >= 0 AND (SELECT sum(p.live_old) FROM per p WHERE p.slug = s.slug) > 0),"
-    " first AS MATERIALIZED (SELECT s.slug, l.live FROM slugs s CROSS JOIN w"
-    "  CROSS JOIN LATERAL (SELECT r.created_at AS live FROM flowreg.runs r"
-    "   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(s.slug, 0)"
-    "   AND r.flow_slug = s.slug AND (r.status = 'started' OR r.finished_at > w.upto)"
-    "   ORDER BY r.created_at LIMIT 1) l"
-    "  WHERE $1::bigint < 0),"
-    // The candidates for the next stragglers: the stragglers not ended, and the walk's runs.
-    " ranked AS MATERIALIZED (SELECT c.slug, c.id, c.created_at,"
-    "   row_number() OVER (PARTITION BY c.slug ORDER BY c.created_at, c.id) AS n"
-    "  FROM (SELECT st.slug, st.id, st.created_at FROM strag st CROSS JOIN w"
-    "        WHERE st.status = 'started' OR st.finished_at > w.upto"
-    "        UNION ALL SELECT k.slug, k.id, k.created_at FROM walk k) c),"
-    // The next bound: the oldest run not ended that is not among the $4 oldest candidates, else
-    // started in this window, else upto. (A walk stopped at $4 + 1 rows left only runs started
-    // after its last, which the candidates' ($4 + 1)th is not after.)
-    " bound AS MATERIALIZED (SELECT s.slug, least(w.upto,"
-    "   (SELECT min(p.live_new) FROM per p WHERE p.slug = s.slug),"
-    "   (SELECT k.created_at FROM ranked k WHERE k.slug = s.slug AND k.n = $4::int + 1),"
-    "   (SELECT f.live FROM first f WHERE f.slug = s.slug)) AS live_from"
-    "  FROM slugs s CROSS JOIN w)"
-    " SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,"
-    "  sum(r)::bigint AS running, 0::bigint AS at_us, '' AS run_id"
-    " FROM (SELECT flow_slug, count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'"
-    "       GROUP BY flow_slug"
-    "       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'"
-    "       GROUP BY flow_slug) t GROUP BY flow_slug"
-    " UNION ALL SELECT 'runs', slug, 'started', sum(started)::bigint, 0, 0, '' FROM per"
-    "  GROUP BY slug HAVING sum(started) > 0"
-    " UNION ALL SELECT 'runs', e.slug, e.status, sum(e.n)::bigint, 0, 0, ''"
-    "  FROM (SELECT slug, status, ended AS n FROM per"
-    "        UNION ALL SELECT st.slug, st.status, 1 FROM strag st CROSS JOIN w"
-    "        WHERE st.finished_at > w.since AND st.finished_at <= w.upto) e"
-    "  GROUP BY e.slug, e.status HAVING sum(e.n) > 0"
-    " UNION ALL SELECT 'live', b.slug, '', 0, 0,"
-    "  (extract(epoch FROM b.live_from) * 1000000)::bigint, ''"
-    "  FROM bound b CROSS JOIN w WHERE b.live_from < w.upto"
-    " UNION ALL SELECT 'straggler', k.slug, '', 0, 0, 0, k.id::text"
-    "  FROM ranked k JOIN bound b ON b.slug = k.slug WHERE k.created_at < b.live_from"
-    " UNION ALL SELECT 'upto', '', '', 0, 0, (extract(epoch FROM w.upto) * 1000000)::bigint, ''"
-    "  FROM w";
-
-}  // namespace
-
+// The statement, and how it reads each flow's runs: schemas/queries/scrape_counts.sql.
 Result<ScrapeCounts> RunStore::scrape_counts(std::optional<ScrapeWindow> window,
                                              int max_stragglers) {
   return guarded("reading counts for metrics", [&]() -> Result<ScrapeCounts> {
@@ -1215,7 +982,8 @@ Result<ScrapeCounts> RunStore::scrape_counts(std::optional<ScrapeWindow> window,
         for (const auto& [slug, from_us] : window->live_from_us) bounds[slug] = from_us;
         for (const auto& [slug, ids] : window->stragglers) stragglers[slug] = ids;
       }
-      rows = tx.exec_params(kScrapeCountsSql, window ? window->since_us : -1, json_text(bounds),
+      rows = tx.exec_params(std::string(query_sql(Query::scrape_counts)),
+                            window ? window->since_us : -1, json_text(bounds),
                             json_text(stragglers), std::max(max_stragglers, 0));
     } catch (const pqxx::broken_connection&) {
       impl_->lost = true;
