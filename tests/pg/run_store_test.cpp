@@ -25,6 +25,7 @@
 #include "metrics/store_metrics.hpp"
 #include "pg/pg_fixture.hpp"
 #include "store/migrations.hpp"
+#include "store/queries.hpp"
 #include "support/metrics_text.hpp"
 #include "support/result_text.hpp"
 #include "support/threads.hpp"
@@ -2404,5 +2405,26 @@ TEST_SUITE("run_store") {
     REQUIRE(tasks.size() == 1);
     CHECK(complete(env.store, {{tasks[0].id, tasks[0].attempt, 1}}).empty());
     CHECK(next_matching("flowreg_runs", run + " completed"));
+  }
+
+  // The statements of schemas/queries/ are compiled in (store.cmake fails the build when a file
+  // has no Query or a Query no file); libpqxx prepares them lazily, at first use: each is
+  // prepared here on a migrated database, so that one the server cannot parse fails here.
+  TEST_CASE("every statement of schemas/queries/ is compiled in and parses on a migrated server") {
+    auto env = open_env("rs_queries");
+    pqxx::connection conn(env.conninfo);
+    REQUIRE(fd::builtin_queries().size() == fd::kQueryCount);
+    for (std::size_t i = 0; i < fd::kQueryCount; ++i) {
+      const auto& q = fd::query_file(static_cast<fd::Query>(i));
+      INFO("schemas/queries/" << q.name << ".sql");
+      CHECK(static_cast<std::size_t>(q.query) == i);
+      CHECK_FALSE(q.sql.empty());
+      if (q.query == fd::Query::session_settings) {  // several statements: not preparable
+        CHECK_NOTHROW(pqxx::nontransaction(conn).exec0(std::string(q.sql)));
+        continue;
+      }
+      CHECK_NOTHROW(conn.prepare(q.name, std::string(q.sql)));
+      CHECK_NOTHROW(conn.prepare_now(q.name));
+    }
   }
 }

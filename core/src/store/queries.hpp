@@ -1,0 +1,67 @@
+#pragma once
+// The statements RunStore sends, one file each in schemas/queries/<name>.sql, compiled into the
+// library (core/src/store/store.cmake generates builtin_queries() from them). Unlike the
+// migrations and the function files, they are not applied to the database, so they carry no
+// checksum: editing one changes what the next build sends.
+//
+// A statement is named by a Query, so that a misspelled name does not compile. The list below and
+// the files must match one to one: the generated source fails to compile when a file has no
+// Query, a Query has no file, or a file is empty. Adding a statement: a file in schemas/queries/
+// and its name here, in the byte order of the file names (LC_ALL=C ls), with kQueryCount counted
+// from the last one.
+//
+// The prepared statements of a RunStore connection are named after their file (query_name).
+
+#include <cstddef>
+#include <span>
+#include <string_view>
+
+namespace flowreg::detail {
+
+enum class Query {
+  cancel_run,
+  claim,
+  complete,
+  fail,
+  get_run,
+  heartbeat,
+  list_runs,
+  list_runs_before,
+  list_workers,
+  probe_output,
+  prune,
+  prune_cutoff,
+  release,
+  renew,
+  report_crashes,
+  retry_run,
+  run_steps,
+  same_input,
+  scrape_counts,
+  session_settings,
+  start_copying,
+  start_run,
+  start_run_with,
+  start_runs,
+  upsert_flow,
+  work,
+};
+inline constexpr std::size_t kQueryCount = static_cast<std::size_t>(Query::work) + 1;
+
+// One file of schemas/queries/.
+struct QueryFile {
+  Query query;
+  const char* name;      // the file name without ".sql" (NUL-terminated, as libpqxx wants it)
+  std::string_view sql;  // the file's text, comments included
+};
+
+// The files of schemas/queries/, in Query order (builtin_queries()[q] is the file of q).
+std::span<const QueryFile> builtin_queries() noexcept;
+
+inline const QueryFile& query_file(Query q) noexcept {
+  return builtin_queries()[static_cast<std::size_t>(q)];
+}
+inline const char* query_name(Query q) noexcept { return query_file(q).name; }
+inline std::string_view query_sql(Query q) noexcept { return query_file(q).sql; }
+
+}  // namespace flowreg::detail

@@ -1,0 +1,164 @@
+// RunStore: reads for the CLI, the HTTP API and metrics: runs, their steps, workers, counts.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <pqxx/pqxx>
+
+#include "store/queries.hpp"
+#include "store/run_store.hpp"
+#include "store/run_store_detail.hpp"
+#include "util/json_text.hpp"
+
+namespace flowreg::detail {
+
+namespace {
+
+std::optional<TimePoint> opt_time(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return from_micros(f.as<std::int64_t>());
+}
+
+std::optional<std::string> opt_text(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return row_text(f);
+}
+
+std::optional<Json> opt_json(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return row_json(f);
+}
+
+// A run from the columns of a run (schemas/queries/get_run.sql, list_runs.sql).
+RunInfo run_of(const pqxx::row& r) {
+  RunInfo info;
+  info.id = r["id"].as<std::string>();
+  info.flow_slug = r["flow_slug"].as<std::string>();
+  info.flow_version = r["flow_version"].as<std::string>();
+  info.status = parse_run_status(r["status"].as<std::string>()).value_or(RunStatus::started);
+  info.input = row_json(r["input"]);
+  info.output = opt_json(r["output"]);
+  info.error = opt_text(r["error"]);
+  info.created_at = from_micros(r["created_at_us"].as<std::int64_t>());
+  info.finished_at = opt_time(r["finished_at_us"]);
+  info.retry_of = opt_text(r["retry_of"]);
+  info.idempotency_key = opt_text(r["idempotency_key"]);
+  return info;
+}
+
+}  // namespace
+
+Result<std::vector<WorkerRecord>> RunStore::list_workers() {
+  return guarded("listing workers", [&]() -> Result<std::vector<WorkerRecord>> {
+    std::vector<WorkerRecord> out;
+    for (const auto& r : impl_->exec(Query::list_workers)) {
+      WorkerRecord w;
+      w.id = row_text(r["id"]);
+      w.host = row_text(r["host"]);
+      w.pid = r["pid"].as<int>();
+      w.concurrency = r["concurrency"].as<int>();
+      for (const auto& f : row_json(r["flows"]))
+        w.flows.push_back(FlowKey{f.value("slug", ""), f.value("version", "")});
+      w.started_at = from_micros(r["started_at_us"].as<std::int64_t>());
+      w.last_heartbeat_at = from_micros(r["last_heartbeat_at_us"].as<std::int64_t>());
+      w.stopped_at = opt_time(r["stopped_at_us"]);
+      w.state = r["state"].as<std::string>();
+      if (!r["heartbeat_ms"].is_null())
+        w.heartbeat_interval = Millis(r["heartbeat_ms"].as<std::int64_t>());
+      w.heartbeat_age = Millis(std::max<std::int64_t>(0, r["heartbeat_age_ms"].as<std::int64_t>()));
+      out.push_back(std::move(w));
+    }
+    return out;
+  });
+}
+
+Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
+  return guarded(fmt::format("reading run {}", shown_name(run)),
+                 [&]() -> Result<std::optional<RunInfo>> {
+                   auto rows = impl_->exec(Query::get_run, run);
+                   if (rows.empty()) return std::optional<RunInfo>{};
+                   return std::optional<RunInfo>(run_of(rows[0]));
+                 });
+}
+
+Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
+                                                 const std::optional<RunId>& before) {
+  return guarded("listing runs", [&]() -> Result<std::vector<RunInfo>> {
+    const std::string status =
+        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    auto rows =
+        before ? impl_->exec(Query::list_runs_before, filter.flow_slug.value_or(""), status,
+                             filter.limit, *before)
+               : impl_->exec(Query::list_runs, filter.flow_slug.value_or(""), status, filter.limit);
+    std::vector<RunInfo> out;
+    out.reserve(rows.size());
+    for (const auto& r : rows) out.push_back(run_of(r));
+    return out;
+  });
+}
+
+Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
+  return guarded(fmt::format("reading the steps of run {}", shown_name(run)),
+                 [&]() -> Result<std::vector<StepInfo>> {
+                   std::vector<StepInfo> out;
+                   for (const auto& r : impl_->exec(Query::run_steps, run)) {
+                     StepInfo s;
+                     s.slug = row_text(r["step_slug"]);
+                     s.kind = r["kind"].as<std::string>();
+                     s.status = r["status"].as<std::string>();
+                     s.task_count = r["task_count"].as<int>();
+                     s.attempts = r["attempts"].as<int>();
+                     s.started_at = opt_time(r["started_at_us"]);
+                     s.finished_at = opt_time(r["finished_at_us"]);
+                     s.error = opt_text(r["error"]);
+                     s.output = opt_json(r["output"]);
+                     s.worker = opt_text(r["worker_id"]);
+                     out.push_back(std::move(s));
+                   }
+                   return out;
+                 });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metrics
+
+// The statement, and how it reads each flow's runs: schemas/queries/scrape_counts.sql.
+Result<ScrapeCounts> RunStore::scrape_counts(std::optional<ScrapeWindow> window,
+                                             int max_stragglers) {
+  return guarded("reading counts for metrics", [&]() -> Result<ScrapeCounts> {
+    pqxx::result rows;
+    try {
+      pqxx::nontransaction tx(impl_->conn);
+      Json bounds = Json::object();
+      Json stragglers = Json::object();
+      if (window) {
+        for (const auto& [slug, from_us] : window->live_from_us) bounds[slug] = from_us;
+        for (const auto& [slug, ids] : window->stragglers) stragglers[slug] = ids;
+      }
+      rows = tx.exec_params(std::string(query_sql(Query::scrape_counts)),
+                            window ? window->since_us : -1, json_text(bounds),
+                            json_text(stragglers), std::max(max_stragglers, 0));
+    } catch (const pqxx::broken_connection&) {
+      impl_->lost = true;
+      throw;
+    }
+    ScrapeCounts out;
+    for (const auto& r : rows) {
+      const std::string kind = r["kind"].as<std::string>();
+      if (kind == "upto") {
+        out.next.since_us = r["at_us"].as<std::int64_t>();
+      } else if (kind == "live") {
+        out.next.live_from_us[row_text(r["flow_slug"])] = r["at_us"].as<std::int64_t>();
+      } else if (kind == "straggler") {
+        out.next.stragglers[row_text(r["flow_slug"])].push_back(r["run_id"].as<std::string>());
+      } else if (kind == "tasks") {
+        out.tasks.push_back({row_text(r["flow_slug"]), r["queued"].as<std::int64_t>(),
+                             r["running"].as<std::int64_t>()});
+      } else if (auto status = parse_run_status(r["status"].as<std::string>())) {
+        out.runs.push_back({row_text(r["flow_slug"]), *status, r["queued"].as<std::int64_t>()});
+      }
+    }
+    return out;
+  });
+}
+
+}  // namespace flowreg::detail

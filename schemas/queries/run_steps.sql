@@ -1,0 +1,20 @@
+-- The steps of run $1, in the flow's step order.
+SELECT s.step_slug, s.kind, s.status, s.task_count,
+-- A step's attempts: those of its tasks that left the queue or completed (kept in its state or
+-- run, migrations 0009 and 0012) and those of its tasks still queued or started: found by run
+-- (tasks_by_run), or, a one-step flow's solo task, by the id its run holds (migration 0013).
+ s.attempts + coalesce((SELECT sum(t.attempt) FROM flowreg.tasks t
+           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug AND NOT t.solo
+             AND t.status IN ('queued', 'started')), 0)::int
+-- (Two nested lookups, not a join: planned as a join of runs and tasks, each call read about 370
+-- entries of tasks' indexes in hot_path's 100,000-run backlog.)
+ + coalesce((SELECT t.attempt FROM flowreg.tasks t
+             WHERE t.id = (SELECT r.task_id FROM flowreg.runs r WHERE r.id = s.run_id)
+               AND t.run_id = s.run_id AND t.status IN ('queued', 'started')), 0)
+ AS attempts,
+ (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,
+ (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,
+ s.output::text AS output, s.worker_id
+-- The view holds both layouts: step_states rows, and the one step of a run that keeps its state
+-- in its own row (migration 0012).
+ FROM flowreg.steps s WHERE s.run_id = $1::uuid ORDER BY s.step_index

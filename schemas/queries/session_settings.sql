@@ -1,0 +1,13 @@
+-- Sent once per connection of a RunStore (RunStore::connect), not prepared.
+-- Sequential scans off for the session, as in the functions it calls (schemas/functions): a
+-- statement here (get_run, run_steps, the functions without settings of their own, such as
+-- cancel_run) keeps the plan it made while the tables were small and analyzed so, and with them
+-- on, that plan read runs, tasks or step_states whole on every call once a backlog was there
+-- (tests/pg/hot_path_test.cpp, plans made on small tables). No statement of the store needs one:
+-- each reads its rows through an index. Bitmap scans off too: the lists of runs and the metrics'
+-- walks stop after a page of runs in created_at order, where a bitmap scan reads its whole range
+-- first and sorts it (prune's did, planned on small tables). No JIT, as in the functions: a
+-- statement whose estimated cost passes jit_above_cost with a large backlog was compiled on every
+-- call (the metrics' read, with 1,000,000 runs queued: 0.81 of its 1.29 s in JIT, with inlining
+-- and optimization).
+SET enable_seqscan = off; SET enable_bitmapscan = off; SET jit = off
