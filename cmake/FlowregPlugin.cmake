@@ -17,7 +17,12 @@ function(flowreg_add_plugin name)
     VISIBILITY_INLINES_HIDDEN ON)
   target_compile_features(${name} PRIVATE cxx_std_17)
   target_compile_options(${name} PRIVATE $<$<CXX_COMPILER_ID:GNU>:-fno-gnu-unique>)
-  target_link_options(${name} PRIVATE -Wl,--no-undefined)
+  # Under clang's sanitizers the plugin's calls into the sanitizer runtime are left for the host
+  # executable to resolve (clang links that runtime into executables only), so --no-undefined would
+  # refuse every sanitized plugin: those builds go without it.
+  if(NOT (FLOWREG_SANITIZE AND CMAKE_CXX_COMPILER_ID STREQUAL "Clang"))
+    target_link_options(${name} PRIVATE -Wl,--no-undefined)
+  endif()
   if(ARG_OUTPUT_DIRECTORY)
     set_target_properties(${name} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${ARG_OUTPUT_DIRECTORY})
   endif()
