@@ -186,7 +186,7 @@ class FakeStore final : public fd::WorkerStore {
     return std::unique_ptr<fd::TaskNotifications>(std::make_unique<Notifications>(*this));
   }
   // How many work() calls had been made when the worker had handed the last notification for
-  // `slug` to its loops: when its listener next called wait(), which it does only after that.
+  // `slug` to its services: when its listener next called wait(), which it does only after that.
   std::optional<std::size_t> notification_delivered_at(const std::string& slug) {
     std::lock_guard lock(mu_);
     auto it = delivered_at_.find(slug);
@@ -291,7 +291,7 @@ struct Scene {
     engine = std::make_unique<fd::Engine>(options, std::move(parts));
   }
   ~Scene() {
-    if (loop) loop->stop();
+    if (service) service->stop();
     engine->finish(fd::SteadyTime::max());
   }
 
@@ -302,7 +302,7 @@ struct Scene {
                              [handler](std::string_view, std::string_view) { return handler(); }});
     return std::make_shared<fd::FlowState>(fd::FlowKey{"f", "v1"}, std::move(handlers));
   }
-  void start_loop(const std::shared_ptr<fd::FlowState>& state) {
+  void start_service(const std::shared_ptr<fd::FlowState>& state) {
     flowreg::FlowDef def;
     def.slug = "f";
     auto started = fd::FlowService::start(
@@ -311,7 +311,7 @@ struct Scene {
           exit_reason = e ? e->message : "normal";
         }));
     REQUIRE(started);
-    loop = *started;
+    service = *started;
   }
   fd::ClaimedTask task(fd::TaskId id, Millis timeout = 60'000ms) {
     fd::ClaimedTask t;
@@ -332,7 +332,7 @@ struct Scene {
   std::atomic<long> clock_offset{0};
   std::shared_ptr<FakeStore> store;
   std::unique_ptr<fd::Engine> engine;
-  std::shared_ptr<fd::FlowService> loop;
+  std::shared_ptr<fd::FlowService> service;
   std::mutex exit_mu;
   std::optional<std::string> exit_reason;
 };
@@ -349,11 +349,11 @@ bool eventually(const std::function<bool()>& pred) {
 
 }  // namespace
 
-TEST_SUITE("flow_loop") {
+TEST_SUITE("flow_service") {
   TEST_CASE("a claimed task runs on the pool and its result is recorded by a later round trip") {
     Scene s;
     s.store->add_ready(7);
-    s.start_loop(s.state(ok));
+    s.start_service(s.state(ok));
     REQUIRE(s.store->wait([&] { return s.store->count_completed(7) == 1; }));
     const auto trips = s.store->trips();
     std::size_t claimed_in = trips.size(), recorded_in = trips.size();
@@ -363,31 +363,31 @@ TEST_SUITE("flow_loop") {
         if (id == 7) recorded_in = i;
     }
     CHECK(claimed_in < recorded_in);
-    CHECK(trips[recorded_in].flows == 1);  // recorded by the loop, which claims in the same trip
+    CHECK(trips[recorded_in].flows == 1);  // recorded by the flow, which claims in the same trip
     CHECK(eventually([&] { return s.engine->held() == 0; }));
   }
 
-  TEST_CASE("a notification for its flow wakes the loop: it claims without waiting for its poll") {
+  TEST_CASE("a notification for its flow wakes it: it claims without waiting for its poll") {
     Scene s(2, 4, 1, /*poll=*/Millis(3'600'000));
-    s.start_loop(s.state(ok));
+    s.start_service(s.state(ok));
     REQUIRE(eventually([&] { return !s.store->trips().empty(); }));  // the first claim
-    std::this_thread::sleep_for(200ms);  // the loop now waits for its poll (an hour)
+    std::this_thread::sleep_for(200ms);  // the flow now waits for its poll (an hour)
     s.store->add_ready(31);
-    s.store->notify("other_flow");  // not this loop's
+    s.store->notify("other_flow");  // not this flow's
     std::this_thread::sleep_for(200ms);
     for (const auto& trip : s.store->trips()) CHECK(trip.claimed == 0);  // 31 still waits
     s.store->notify("f");
     REQUIRE(s.store->wait([&] { return s.store->count_completed(31) == 1; }));
   }
 
-  TEST_CASE("the results of a loop that stopped are recorded by the keeper") {
+  TEST_CASE("the results of a flow that stopped are recorded by the keeper") {
     Scene s;
     Gate gate;
     s.store->add_ready(8);
-    s.start_loop(s.state(gate.handler()));
+    s.start_service(s.state(gate.handler()));
     REQUIRE(gate.wait_waiting(1));
-    s.loop->stop();  // the handler still runs
-    s.loop.reset();
+    s.service->stop();  // the handler still runs
+    s.service.reset();
     gate.open();
     REQUIRE(s.store->wait([&] { return s.store->count_completed(8) == 1; }));
     const auto trips = s.store->trips();
@@ -400,28 +400,28 @@ TEST_SUITE("flow_loop") {
     Scene s;
     s.store->fail_recording(2, Errc::unavailable);
     s.store->add_ready(9);
-    s.start_loop(s.state(ok));
+    s.start_service(s.state(ok));
     REQUIRE(s.store->wait([&] { return s.store->count_completed(9) == 1; }));
     CHECK_FALSE(s.exited());  // unreachable is ridden out, not a failure
   }
 
-  TEST_CASE("a round trip that fails otherwise ends the loop; its results are recorded after it") {
+  TEST_CASE("a round trip that fails otherwise ends the flow; its results are recorded after it") {
     Scene s;
     s.store->fail_recording(1, Errc::database);
     s.store->add_ready(10);
-    s.start_loop(s.state(ok));
+    s.start_service(s.state(ok));
     REQUIRE(eventually([&] { return s.exited().has_value(); }));
     CHECK(*s.exited() == "fake: the round trip failed");
-    s.loop->stop();  // as its supervisor does
-    s.loop.reset();
+    s.service->stop();  // as its supervisor does
+    s.service.reset();
     REQUIRE(s.store->wait([&] { return s.store->count_completed(10) == 1; }));
   }
   TEST_CASE(
       "results past what one round trip records (64 MiB of outputs) are recorded by the next, "
-      "though no result is left to wake the loop") {
-    // One lane, no poll: only wake-ups move the loop. The first result's round trip is held in
+      "though no result is left to wake the flow") {
+    // One lane, no poll: only wake-ups move the flow. The first result's round trip is held in
     // the store until the two others (33 MiB each) wait in the outbox; the next round takes one
-    // of them (two would pass kMaxRecordBytes), and nothing runs any more to wake the loop for
+    // of them (two would pass kMaxRecordBytes), and nothing runs any more to wake the flow for
     // the last.
     Scene s(/*concurrency=*/3, /*batch=*/4, /*lanes=*/1, /*poll=*/Millis(3'600'000),
             /*max_output_bytes=*/std::size_t{128} << 20);
@@ -447,7 +447,7 @@ TEST_SUITE("flow_loop") {
       });
     });
     for (fd::TaskId id = 1; id <= 3; ++id) s.store->add_ready(id);
-    s.start_loop(state);
+    s.start_service(state);
     REQUIRE(s.store->wait([&] {
       return s.store->count_completed(1) + s.store->count_completed(2) +
                  s.store->count_completed(3) ==
@@ -467,7 +467,7 @@ TEST_SUITE("flow_loop") {
 }
 
 TEST_SUITE("engine") {
-  TEST_CASE("capacity: threads plus a batch per lane; a starved loop is woken at half a batch") {
+  TEST_CASE("capacity: threads plus a batch per lane; a starved flow is woken at half a batch") {
     Scene s(/*concurrency=*/1, /*batch=*/4, /*lanes=*/1);
     auto state = s.state(ok);
     CHECK(s.engine->acquire_slots(10, state) == 5);
@@ -540,11 +540,11 @@ TEST_SUITE("engine") {
 
 namespace {
 
-// Flow loops of flows `slug` (version v1) on a scene's engine, stopped when it ends.
-struct Loops {
-  explicit Loops(Scene& scene) : s(scene) {}
-  ~Loops() {
-    for (auto& loop : loops) loop->stop();
+// Flow services of flows `slug` (version v1) on a scene's engine, stopped when it ends.
+struct Services {
+  explicit Services(Scene& scene) : s(scene) {}
+  ~Services() {
+    for (auto& service : services) service->stop();
   }
   void start(const std::string& slug, std::function<HandlerOutcome()> handler = ok) {
     std::unordered_map<std::string, fd::StepHandler> handlers;
@@ -558,11 +558,11 @@ struct Loops {
         std::make_shared<fd::FlowState>(fd::FlowKey{slug, "v1"}, std::move(handlers)),
         flowreg::ExitSignal([](std::optional<flowreg::Error>) {}));
     REQUIRE(started);
-    loops.push_back(*started);
+    services.push_back(*started);
   }
 
   Scene& s;
-  std::vector<std::shared_ptr<fd::FlowService>> loops;
+  std::vector<std::shared_ptr<fd::FlowService>> services;
 };
 
 int threads_of_this_process() {
@@ -584,29 +584,30 @@ std::string flow_name(int i) { return "flow" + std::to_string(i); }
 
 }  // namespace
 
-TEST_SUITE("loop_lanes") {
-  TEST_CASE("hundreds of flow loops share the lanes: no thread per flow, each stored and claimed") {
+TEST_SUITE("lanes") {
+  TEST_CASE(
+      "hundreds of flow services share the lanes: no thread per flow, each stored and claimed") {
     Scene s(2, 4, /*lanes=*/2, /*poll=*/Millis(3'600'000));
     const int threads_before = threads_of_this_process();
     constexpr int kFlows = 300;
     {
-      Loops loops(s);
-      for (int i = 0; i < kFlows; ++i) loops.start(flow_name(i));
+      Services services(s);
+      for (int i = 0; i < kFlows; ++i) services.start(flow_name(i));
       CHECK(s.engine->lanes().size() == kFlows);
       CHECK(threads_of_this_process() == threads_before);  // the lanes were there already
       REQUIRE(eventually([&] { return s.store->upserts() == kFlows; }));
-      // Every new loop claims once, alone (a trip naming its one flow version).
+      // Every new flow claims once, alone (a trip naming its one flow version).
       REQUIRE(eventually([&] { return s.store->trips().size() >= kFlows; }));
       for (const auto& trip : s.store->trips()) CHECK(trip.flows == 1);
     }
-    CHECK(s.engine->lanes().size() == 0);  // stopping a loop takes it out
+    CHECK(s.engine->lanes().size() == 0);  // stopping a flow takes it out
   }
 
   TEST_CASE("idle flows are polled together: one round trip per poll interval, not one per flow") {
     Scene s(2, 4, /*lanes=*/2, /*poll=*/Millis(50));
     constexpr int kFlows = 100;
-    Loops loops(s);
-    for (int i = 0; i < kFlows; ++i) loops.start(flow_name(i));
+    Services services(s);
+    for (int i = 0; i < kFlows; ++i) services.start(flow_name(i));
     // Past the first claims, the polls: each names every flow version that claimed nothing.
     REQUIRE(eventually([&] {
       const auto trips = s.store->trips();
@@ -623,25 +624,25 @@ TEST_SUITE("loop_lanes") {
     for (std::size_t i = before; i < trips.size(); ++i) CHECK(trips[i].flows == kFlows);
   }
 
-  TEST_CASE("a new loop's first tasks are recorded, however soon their handlers finish") {
-    // Regression: the lanes could make a loop's first round trip before the loop's waker was set;
+  TEST_CASE("a new flow's first tasks are recorded, however soon their handlers finish") {
+    // Regression: the lanes could make a flow's first round trip before the flow's waker was set;
     // the wake-ups of its handlers were lost, and their results waited for the poll of idle flows
-    // (an hour here). Each loop starts on idle lanes with a task ready, so that its first round
+    // (an hour here). Each flow starts on idle lanes with a task ready, so that its first round
     // trip races add(); each is waited for before the next starts.
     Scene s(/*concurrency=*/2, /*batch=*/4, /*lanes=*/2, /*poll=*/Millis(3'600'000));
     constexpr int kFlows = 1'000;
-    Loops loops(s);
+    Services services(s);
     for (int i = 0; i < kFlows; ++i) {
       const fd::TaskId id = i + 1;
       s.store->add_ready(id, "s", 60'000ms, flow_name(i));
-      loops.start(flow_name(i));
+      services.start(flow_name(i));
       INFO("flow ", i);
       REQUIRE(s.store->wait([&] { return s.store->count_completed(id) == 1; }));
     }
   }
 
   TEST_CASE("a delayed retry is claimed when it falls due, though a flush fired its timer first") {
-    // Regression: a lane keeps one timer per loop, at the earliest of what the loop waits for. A
+    // Regression: a lane keeps one timer per flow, at the earliest of what the flow waits for. A
     // flush firing it before the retry fell due dropped the retry's claim, which then waited for
     // the poll of idle flows (an hour here).
     Gate gate;  // outlives the scene: its handler returns while the engine finishes
@@ -650,14 +651,14 @@ TEST_SUITE("loop_lanes") {
     s.store->add_ready(2, "s", 60'000ms, "f");
     s.store->add_delayed(3, 300ms, "f");
     std::atomic<int> calls{0};
-    Loops loops(s);
+    Services services(s);
     struct OpenAtEnd {
       Gate& gate;
       ~OpenAtEnd() { gate.open(); }
     } open_at_end{gate};
     // The first handler returns at once, the second holds its thread: the first result waits for
     // a flush (its timer, 2 ms), while the claim of task 3 waits for its due time (300 ms).
-    loops.start("f", [&] {
+    services.start("f", [&] {
       if (calls.fetch_add(1) == 1) gate.pass();
       return ok();
     });
@@ -671,15 +672,15 @@ TEST_SUITE("loop_lanes") {
   }
 
   TEST_CASE("a flow flooded with tasks does not starve a quiet one: it claims within a few trips") {
-    // One lane: the order of the queue alone decides which loop goes next. (With two, the second
+    // One lane: the order of the queue alone decides which flow goes next. (With two, the second
     // lane serves the quiet flow while the flood holds the first, whatever the order.)
     Scene s(/*concurrency=*/2, /*batch=*/4, /*lanes=*/1, /*poll=*/Millis(3'600'000));
     constexpr int kFlood = 5'000;
     for (int i = 1; i <= kFlood; ++i) s.store->add_ready(i, "s", 60'000ms, "flood");
-    Loops loops(s);
-    loops.start("flood");
-    for (int i = 0; i < 20; ++i) loops.start(flow_name(i));  // idle flows besides
-    loops.start("quiet");
+    Services services(s);
+    services.start("flood");
+    for (int i = 0; i < 20; ++i) services.start(flow_name(i));  // idle flows besides
+    services.start("quiet");
     REQUIRE(s.store->wait([&] { return s.store->count_completed(kFlood / 20) == 1; }));
     constexpr fd::TaskId kQuiet = 1'000'000;
     const std::size_t asked_at = s.store->trips().size();
@@ -692,8 +693,8 @@ TEST_SUITE("loop_lanes") {
       for (auto id : trips[i].claimed_ids)
         if (id == kQuiet) claimed_at = i;
     REQUIRE(claimed_at < trips.size());
-    // Counted from when the worker had handed the notification to the quiet loop: before that the
-    // loop cannot know. The listener's thread may wait for a core between taking a notification
+    // Counted from when the worker had handed the notification to the quiet flow: before that the
+    // flow cannot know. The listener's thread may wait for a core between taking a notification
     // and handing it over, while the flood's round trips go on, each claiming: under
     // ThreadSanitizer on 2 cores, CI once counted 19 trips from the taking to the claim, and 300
     // runs here up to 25 from the taking to the hand-over, but at most 3 from the hand-over to the
@@ -711,9 +712,9 @@ TEST_SUITE("loop_lanes") {
   }
 }
 
-TEST_SUITE("loop_state") {
+TEST_SUITE("flow_state") {
   TEST_CASE(
-      "a result wakes the loop when it may make a round due: the outbox's first, the one that "
+      "a result wakes the flow when it may make a round due: the outbox's first, the one that "
       "fills it to flush_at, the last running task's; not the ones in between") {
     auto state = std::make_shared<fd::FlowState>(
         fd::FlowKey{"f", "v1"}, std::unordered_map<std::string, fd::StepHandler>{});
@@ -731,7 +732,7 @@ TEST_SUITE("loop_state") {
     };
     for (fd::TaskId id = 1; id <= 9; ++id) state->hold(task(id), fd::SteadyTime::max());
     CHECK(done(1) == fd::FlowState::Put::queued);
-    CHECK(wakes == 1);  // the first: the loop sets its flush timer
+    CHECK(wakes == 1);  // the first: the flow sets its flush timer
     done(2);
     CHECK(wakes == 1);  // in between: the timer flushes it
     done(3);
@@ -759,7 +760,7 @@ TEST_SUITE("loop_state") {
     round = state->take_round(false, 4, 2ms, false, wake_at);
     REQUIRE(round);
     CHECK(round->completions.size() == 3);
-    // A result given back after a failed round trip wakes the loop, as before.
+    // A result given back after a failed round trip wakes the flow, as before.
     state->put_back(std::move(round->completions), {});
     CHECK(wakes == 6);
     CHECK(state->has_results());
