@@ -49,8 +49,8 @@
 #include <vector>
 
 #include "flowreg/error.hpp"
-#include "flowreg/tools/registry.hpp"
 #include "flowreg/sync_point_hook.hpp"
+#include "flowreg/tools/registry.hpp"
 
 namespace flowreg {
 
