@@ -156,6 +156,13 @@ TEST_SUITE("serve") {
       check_problem(refused, 422);
       CHECK(json::parse(refused->body)["detail"].get<std::string>().find(
                 "input of flow 'marked'") != std::string::npos);
+      // Regression: U+0000 in an input got a 500 carrying PostgreSQL's error text.
+      auto nul =
+          c.Post("/api/v1/flows/marked/runs", R"({"order_id": "a\u0000b"})", "application/json");
+      check_problem(nul, 422);
+      CHECK(json::parse(nul->body)["detail"] ==
+            "input of flow 'marked': the text at /order_id holds the character U+0000, which "
+            "PostgreSQL cannot store");
       check_problem(c.Post("/api/v1/flows/nope/runs", "{}", "application/json"), 404);
       check_problem(c.Post("/api/v1/flows/marked/runs", "order_id=1", "text/plain"), 415);
       const std::string big = "{\"order_id\": \"" + std::string((64u << 20) + 16, 'x') + "\"}";
@@ -313,6 +320,16 @@ TEST_SUITE("serve") {
     }
     CHECK(body_of(none.Get("/healthz"))["status"] == "ok");
     CHECK(body_of(right.Get("/api/v1/flows")).size() >= 2);
+    // Regression: "bearer TOKEN" got "the bearer token is wrong". The scheme is matched in any
+    // case, then one or more spaces (RFC 9110, 11.1 and 11.4); a missing space is refused.
+    const std::string token(kToken);
+    for (const std::string& header : {"bearer " + token, "BEARER   " + token}) {
+      auto r = none.Get("/api/v1/flows", httplib::Headers{{"Authorization", header}});
+      REQUIRE(r);
+      CHECK(r->status == 200);
+    }
+    check_problem(none.Get("/api/v1/flows", httplib::Headers{{"Authorization", "Bearer" + token}}),
+                  401);
     auto started =
         right.Post("/api/v1/flows/marked/runs", "{\"order_id\": \"A\"}", "application/json");
     REQUIRE(started);

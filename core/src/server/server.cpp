@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
+#include <cctype>
 #include <charconv>
 #include <condition_variable>
 #include <cstdlib>
@@ -184,11 +185,16 @@ struct HttpServer::Impl {
     return fmt::format("Origin '{}' is not this server ({}): cross-site requests are refused",
                        app::valid_text(origin), app::valid_text(host));
   }
+  // "Bearer TOKEN": the scheme in any case, then one or more spaces (RFC 9110, 11.1 and 11.4).
   bool authorized(const Request& req) const {
     const std::string header = req.get_header_value("Authorization");
-    constexpr std::string_view kBearer = "Bearer ";
-    if (!header.starts_with(kBearer)) return false;
-    return same_secret(std::string_view(header).substr(kBearer.size()), token);
+    constexpr std::string_view kScheme = "bearer";
+    if (header.size() <= kScheme.size() || header[kScheme.size()] != ' ') return false;
+    for (std::size_t i = 0; i < kScheme.size(); ++i)
+      if (std::tolower(static_cast<unsigned char>(header[i])) != kScheme[i]) return false;
+    const std::size_t credentials = header.find_first_not_of(' ', kScheme.size());
+    if (credentials == std::string::npos) return false;
+    return same_secret(std::string_view(header).substr(credentials), token);
   }
 
   void routes();

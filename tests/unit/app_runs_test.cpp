@@ -1,0 +1,55 @@
+// app/runs: a run's input checked before anything is written.
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+#include "app/runs.hpp"
+
+using namespace flowreg;
+
+namespace {
+
+FlowDef one_step_flow() {
+  FlowDef flow;
+  flow.slug = "orders";
+  StepDef step;
+  step.slug = "only";
+  step.handler = "m.h";
+  flow.steps.push_back(std::move(step));
+  return flow;
+}
+
+}  // namespace
+
+TEST_SUITE("app_runs") {
+  TEST_CASE(
+      "regression: an input holding U+0000 reached PostgreSQL, which refused it with a 500 "
+      "carrying its own error; it is refused first, naming where the character is") {
+    const FlowDef flow = one_step_flow();
+    const auto in_value = app::check_input(R"({"items": [{"sku": "a\u0000b"}]})", flow, "--input");
+    REQUIRE_FALSE(in_value);
+    CHECK(in_value.error().code == Errc::invalid_argument);
+    CHECK(in_value.error().message ==
+          "input of flow 'orders': the text at /items/0/sku holds the character U+0000, which "
+          "PostgreSQL cannot store");
+
+    const auto in_key = app::check_input(R"({"a/b~": {"k\u0000": 1}})", flow, "--input");
+    REQUIRE_FALSE(in_key);
+    CHECK(in_key.error().code == Errc::invalid_argument);
+    CHECK(in_key.error().message.find("the text at /a~1b~0/k\\u0000 holds") != std::string::npos);
+
+    const auto whole = app::check_input(R"("\u0000")", flow, "--input");
+    REQUIRE_FALSE(whole);
+    CHECK(whole.error().message ==
+          "input of flow 'orders': the input holds the character U+0000, which PostgreSQL cannot "
+          "store");
+  }
+
+  TEST_CASE("an escaped backslash before u0000 is not U+0000, and other escapes pass") {
+    const FlowDef flow = one_step_flow();
+    const auto input = app::check_input(R"({"path": "C:\\u0000", "t": "\u0001\t"})", flow, "x");
+    REQUIRE(input);
+    CHECK((*input)["path"] == "C:\\u0000");
+  }
+}
