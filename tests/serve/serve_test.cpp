@@ -164,6 +164,13 @@ TEST_SUITE("serve") {
             "input of flow 'marked': the text at /order_id holds the character U+0000, which "
             "PostgreSQL cannot store");
       check_problem(c.Post("/api/v1/flows/nope/runs", "{}", "application/json"), 404);
+      // Regression: two Content-Length headers that disagree were accepted (the first read).
+      auto framed = c.Post("/api/v1/flows/marked/runs",
+                           httplib::Headers{{"Content-Length", "2"}, {"Content-Length", "20"}},
+                           "{}", "application/json");
+      check_problem(framed, 400);
+      CHECK(json::parse(framed->body)["detail"] ==
+            "the request has Content-Length headers that disagree");
       check_problem(c.Post("/api/v1/flows/marked/runs", "order_id=1", "text/plain"), 415);
       const std::string big = "{\"order_id\": \"" + std::string((64u << 20) + 16, 'x') + "\"}";
       auto r = c.Post("/api/v1/flows/marked/runs", big, "application/json");

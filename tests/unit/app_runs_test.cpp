@@ -46,6 +46,19 @@ TEST_SUITE("app_runs") {
           "store");
   }
 
+  TEST_CASE(
+      "regression: invalid JSON was quoted whole in the error (a 60 MB body came back in the "
+      "400); the parser's message is cut at 500 bytes") {
+    const FlowDef flow = one_step_flow();
+    const std::string input = "{\"text\": \"" + std::string(1 << 20, 'x');  // no closing quote
+    const auto refused = app::check_input(input, flow, "--input");
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().code == Errc::parse);
+    CHECK(refused.error().message.starts_with("--input is not valid JSON: "));
+    CHECK(refused.error().message.size() < 700);
+    CHECK(refused.error().message.ends_with(" bytes)"));
+  }
+
   TEST_CASE("an escaped backslash before u0000 is not U+0000, and other escapes pass") {
     const FlowDef flow = one_step_flow();
     const auto input = app::check_input(R"({"path": "C:\\u0000", "t": "\u0001\t"})", flow, "x");

@@ -10,6 +10,7 @@
 #include "app/forms.hpp"
 #include "config/yaml_json.hpp"
 #include "util/json_text.hpp"
+#include "util/strings.hpp"
 
 namespace flowreg::app {
 
@@ -74,8 +75,9 @@ Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
   try {
     input = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
-    return make_error(Errc::parse,
-                      fmt::format("{} is not valid JSON: {}", what, valid_text(e.what())));
+    // Bounded: nlohmann's message quotes the last token read, which may be most of the input.
+    return make_error(Errc::parse, fmt::format("{} is not valid JSON: {}", what,
+                                               detail::bounded_text(e.what(), 500)));
   }
   // JSON text can only carry U+0000 escaped: most inputs are not walked at all.
   if (auto at = text.find("\\u0000") == std::string_view::npos ? std::nullopt

@@ -245,6 +245,14 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
   });
   Impl* self = impl.get();
   http.set_pre_routing_handler([self](const Request& req, Response& res) {
+    // Content-Length headers that disagree leave the body's end ambiguous (RFC 9112, 6.3: the
+    // ground of request smuggling); cpp-httplib would read the first.
+    for (std::size_t i = 1; i < req.get_header_value_count("Content-Length"); ++i) {
+      if (req.get_header_value("Content-Length", i) != req.get_header_value("Content-Length")) {
+        problem(res, 400, "the request has Content-Length headers that disagree");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
     if (const std::string why = self->cross_site(req); !why.empty()) {
       problem(res, 403, why);
       return httplib::Server::HandlerResponse::Handled;
