@@ -161,8 +161,7 @@ TEST_SUITE("serve") {
           c.Post("/api/v1/flows/marked/runs", R"({"order_id": "a\u0000b"})", "application/json");
       check_problem(nul, 422);
       CHECK(json::parse(nul->body)["detail"] ==
-            "input of flow 'marked': the text at /order_id holds the character U+0000, which "
-            "PostgreSQL cannot store");
+            "the input holds a string with the character U+0000, which PostgreSQL cannot store");
       check_problem(c.Post("/api/v1/flows/nope/runs", "{}", "application/json"), 404);
       // Regression: two Content-Length headers that disagree were accepted (the first read).
       auto framed = c.Post("/api/v1/flows/marked/runs",

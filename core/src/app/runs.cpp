@@ -2,8 +2,6 @@
 
 #include <fmt/format.h>
 
-#include <optional>
-#include <string>
 #include <utility>
 #include <vector>
 
@@ -13,47 +11,6 @@
 #include "util/strings.hpp"
 
 namespace flowreg::app {
-
-namespace {
-
-// RFC 6901: '~' and '/' in a key are written ~0 and ~1; U+0000 is shown as \u0000 so that the
-// pointer can go into a message.
-std::string pointer_token(std::string_view key) {
-  std::string out;
-  for (const char c : key) {
-    if (c == '~')
-      out += "~0";
-    else if (c == '/')
-      out += "~1";
-    else if (c == '\0')
-      out += "\\u0000";
-    else
-      out += c;
-  }
-  return out;
-}
-
-// The JSON pointer of the first string or key of `value` holding U+0000, which PostgreSQL's JSON
-// types cannot store (the insert would fail with the server's error); nullopt when there is none.
-// Recurses: REQUIRES the nesting bounded first.
-std::optional<std::string> nul_character_at(const nlohmann::json& value,
-                                            const std::string& pointer) {
-  if (value.is_string()) {
-    if (value.get_ref<const std::string&>().find('\0') != std::string::npos) return pointer;
-  } else if (value.is_object()) {
-    for (const auto& [key, item] : value.items()) {
-      const std::string here = pointer + "/" + pointer_token(key);
-      if (key.find('\0') != std::string::npos) return here;
-      if (auto at = nul_character_at(item, here)) return at;
-    }
-  } else if (value.is_array()) {
-    for (std::size_t i = 0; i < value.size(); ++i)
-      if (auto at = nul_character_at(value[i], pointer + "/" + std::to_string(i))) return at;
-  }
-  return std::nullopt;
-}
-
-}  // namespace
 
 Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
                                    std::string_view what) {
@@ -79,14 +36,13 @@ Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
     return make_error(Errc::parse, fmt::format("{} is not valid JSON: {}", what,
                                                detail::bounded_text(e.what(), 500)));
   }
-  // JSON text can only carry U+0000 escaped: most inputs are not walked at all.
-  if (auto at = text.find("\\u0000") == std::string_view::npos ? std::nullopt
-                                                               : nul_character_at(input, "")) {
-    std::string message = fmt::format(
-        "input of flow '{}': {} holds the character U+0000, which PostgreSQL cannot store",
-        flow.slug, at->empty() ? std::string("the input") : "the text at " + valid_text(*at));
-    std::vector<Diagnostic> problems{Diagnostic{{}, message}};
-    return make_error(Errc::invalid_argument, std::move(message), std::move(problems));
+  // What PostgreSQL would refuse, before anything is written. JSON text can only carry U+0000
+  // escaped: most inputs are not walked at all.
+  if (text.find("\\u0000") != std::string_view::npos) {
+    if (auto why = detail::stored_json_problem(input, "input")) {
+      std::vector<Diagnostic> problems{Diagnostic{{}, *why}};
+      return make_error(Errc::invalid_argument, std::move(*why), std::move(problems));
+    }
   }
   if (schema) {
     std::vector<Diagnostic> problems;

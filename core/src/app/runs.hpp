@@ -24,9 +24,9 @@ inline constexpr std::size_t kMaxIdempotencyKeyBytes = 255;
 
 // A run's input, given as JSON text, checked before anything is written: the nesting limit of
 // YAML files, then JSON syntax (Errc::parse, the message starting with `what`, "--input" for the
-// command line), then that no string or key holds U+0000, which PostgreSQL cannot store
-// (Errc::invalid_argument, naming its JSON pointer), then the flow's input schema
-// (Errc::invalid_argument, one detail per problem: "input of flow 'x': ...").
+// command line), then what PostgreSQL would refuse (a string or key holding U+0000:
+// Errc::invalid_argument, stored_json_problem's reason as message and detail), then the flow's
+// input schema (Errc::invalid_argument, one detail per problem: "input of flow 'x': ...").
 Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
                                    std::string_view what);
 // The same with the flow's input schema compiled once for many inputs (nullptr: none).

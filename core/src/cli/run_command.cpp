@@ -102,11 +102,7 @@ std::optional<std::vector<nlohmann::json>> checked_inputs(const std::string& arg
     const std::string what = fmt::format("--inputs {} line {}", file, line_no);
     auto input = check_input(line, flow, what, schema ? &*schema : nullptr);
     if (input) {
-      // What the server would refuse (U+0000), named here by its line.
-      if (auto why = detail::stored_json_problem(*input, "input"))
-        problem(fmt::format("{}: {}", what, *why));
-      else
-        inputs.push_back(std::move(*input));
+      inputs.push_back(std::move(*input));
       continue;
     }
     if (input.error().details.empty()) problem(input.error().message);
