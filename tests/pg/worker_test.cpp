@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -396,6 +397,51 @@ TEST_SUITE("worker") {
     b.signal(SIGTERM);
     CHECK(a.wait(30s) == 0);
     CHECK(b.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "regression: `flowreg workers` run right after a worker said 'serving' could miss it; "
+      "its heartbeat names what it serves before it says so") {
+    const std::string conninfo = flowreg::pgtest::empty_database("w_announce");
+    REQUIRE(fd::migrate(conninfo));
+    const fs::path dir = flowreg::pgtest::test_root() / "w_announce";
+    fs::remove_all(dir);
+    fs::create_directories(dir / "plugins");
+    fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wprobe_v1.so", dir / "plugins" / "wprobe.so");
+    fd::WorkerOptions options;
+    options.name = "announce_test";
+    options.conninfo = conninfo;
+    options.heartbeat_interval = 3'600'000ms;  // no periodic heartbeat comes to the rescue
+    const auto source = [dir]() -> flowreg::Result<fd::FlowSource> {
+      fd::FlowSource src;
+      src.registry = std::make_unique<flowreg::FlowRegistry>();
+      flowreg::PluginLoaderOptions lo;
+      lo.settings.dir = dir / "plugins";
+      lo.cache_dir = dir / "cache";
+      src.loader = std::make_unique<flowreg::PluginLoader>(*src.registry, lo);
+      if (auto scanned = src.loader->scan(); !scanned) return tl::unexpected(scanned.error());
+      return src;
+    };
+    auto worker = fd::Worker::start(options, source);
+    REQUIRE_MESSAGE(worker, flowreg::testing::failure_text(worker));
+    REQUIRE((*worker)->await_heartbeat(10s));
+    const std::vector<fd::FlowKey> serving = (*worker)->serving();
+    REQUIRE_FALSE(serving.empty());
+
+    auto store = fd::RunStore::connect(conninfo);
+    REQUIRE(store);
+    auto listed = store->list_workers();
+    REQUIRE(listed);
+    REQUIRE(listed->size() == 1);
+    CHECK(listed->front().id == (*worker)->id());
+    const auto keys = [](const std::vector<fd::FlowKey>& flows) {
+      std::vector<std::string> out;
+      for (const auto& f : flows) out.push_back(f.slug + "@" + f.version);
+      std::sort(out.begin(), out.end());
+      return out;
+    };
+    CHECK(keys(listed->front().flows) == keys(serving));
+    (*worker)->stop();
   }
 
   TEST_CASE("a flow loop that keeps failing restarts alone, then hits its restart limit") {

@@ -159,6 +159,9 @@ int worker_command(const Config& config, const std::string& conninfo,
     print_note("error", fmt::format("flowreg: worker: {}", worker.error().format()));
     return kExitFailure;
   }
+  // Announced once its heartbeat names what it serves (bounded: the database may be slow or
+  // away), so that `flowreg workers` run after this line lists it with those flows.
+  (void)(*worker)->await_heartbeat(Millis(5000));
   print_note("info",
              fmt::format("flowreg worker {}: serving {}; concurrency {}, batch {}", (*worker)->id(),
                          keys_text((*worker)->serving()), concurrency, batch_size));

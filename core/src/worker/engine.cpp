@@ -328,6 +328,18 @@ int Engine::held() const {
 void Engine::set_served(std::vector<FlowKey> flows) {
   MutexLock lock(mu_);
   served_ = std::move(flows);
+  ++served_changes_;
+  stop_cv_.notify_all();  // the keeper's nap
+}
+
+bool Engine::await_heartbeat(Millis timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  MutexLock lock(mu_);
+  while (!stopping_ && served_beaten_ != served_changes_) {
+    if (stop_cv_.wait_until(lock, until) == std::cv_status::timeout)
+      return !stopping_ && served_beaten_ == served_changes_;
+  }
+  return !stopping_;
 }
 
 DrainReport Engine::finish(SteadyTime pool_deadline) {
@@ -421,14 +433,20 @@ void Engine::keeper_main() {
   auto next_renew = parts_.now() + renew_every;
   auto next_heartbeat = parts_.now();
   for (;;) {
-    nap(tick);
+    bool served_changed = false;
     {
+      // A nap of one tick, cut short by stopping or by a change of the flows served.
+      const auto until = std::chrono::steady_clock::now() + tick;
       MutexLock lock(mu_);
+      while (!stopping_ && served_beaten_ == served_changes_ &&
+             stop_cv_.wait_until(lock, until) != std::cv_status::timeout) {
+      }
       if (stopping_) return;
+      served_changed = served_beaten_ != served_changes_;
     }
     const auto now = parts_.now();
     const bool renew_due = now >= next_renew;
-    const bool heartbeat_due = now >= next_heartbeat;
+    const bool heartbeat_due = served_changed || now >= next_heartbeat;
     if (renew_due) next_renew = now + renew_every;
     if (heartbeat_due) next_heartbeat = now + options_.heartbeat_interval;
     keeper_tick(renew_due, heartbeat_due);
@@ -609,11 +627,18 @@ void Engine::heartbeat(bool stopped) {
   record.concurrency = options_.concurrency;
   record.heartbeat_interval = options_.heartbeat_interval;
   record.state = state();
+  std::uint64_t changes = 0;
   {
     MutexLock lock(mu_);
     record.flows = served_;
+    changes = served_changes_;
   }
   auto r = parts_.keeper_store->heartbeat(record, stopped);
+  {
+    MutexLock lock(mu_);
+    served_beaten_ = changes;
+    stop_cv_.notify_all();  // await_heartbeat
+  }
   if (!r) {
     spdlog::debug("worker {}: heartbeat: {}", options_.worker_id, r.error().format());
     if (!stopped && r.error().code == Errc::unavailable) database_unreachable();

@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -109,8 +110,12 @@ class Engine final : public LaneHost {
   int held() const;
   DrainReport finish(SteadyTime pool_deadline);
 
-  // What the flows served are, for heartbeats.
+  // What the flows served are, for heartbeats: the keeper writes a heartbeat with them at once.
   void set_served(std::vector<FlowKey> flows);
+  // Waits up to `timeout` until a heartbeat carrying the flows last set_served has been written
+  // (or tried: the database may be away), so that `flowreg workers` lists what the worker
+  // announces. False on timeout or when stopping.
+  bool await_heartbeat(Millis timeout);
 
  private:
   void notifier_main();
@@ -151,7 +156,7 @@ class Engine final : public LaneHost {
   std::atomic<bool> draining_{false};
 
   mutable AnnotatedMutex mu_;
-  std::condition_variable_any stop_cv_;                                   // stopping
+  std::condition_variable_any stop_cv_;  // stopping; served_changes_ and served_beaten_
   std::vector<TaskJournal::Leftover> leftovers_ FLOWREG_GUARDED_BY(mu_);  // dead workers' journals
   std::vector<std::shared_ptr<FlowState>> states_ FLOWREG_GUARDED_BY(mu_);
   // Flows that wanted slots and got none, in the order they starved, until they get some (or
@@ -159,6 +164,10 @@ class Engine final : public LaneHost {
   std::vector<std::weak_ptr<FlowState>> starving_ FLOWREG_GUARDED_BY(mu_);
   std::vector<Release> releases_ FLOWREG_GUARDED_BY(mu_);  // to give back
   std::vector<FlowKey> served_ FLOWREG_GUARDED_BY(mu_);
+  // set_served calls, and how many of them the last heartbeat carried (the keeper writes one at
+  // once when they differ; await_heartbeat waits for them to meet, on stop_cv_).
+  std::uint64_t served_changes_ FLOWREG_GUARDED_BY(mu_) = 0;
+  std::uint64_t served_beaten_ FLOWREG_GUARDED_BY(mu_) = 0;
   int in_use_ FLOWREG_GUARDED_BY(mu_) = 0;  // slots taken
   int stuck_ FLOWREG_GUARDED_BY(mu_) = 0;   // threads held by handlers that timed out
   bool stopping_ FLOWREG_GUARDED_BY(mu_) = false;

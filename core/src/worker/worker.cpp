@@ -353,6 +353,8 @@ std::optional<Error> Worker::wait_failure(Millis timeout) {
   return impl_->failure;
 }
 
+bool Worker::await_heartbeat(Millis timeout) { return impl_->engine->await_heartbeat(timeout); }
+
 void Worker::begin_drain() { impl_->engine->begin_drain(); }
 
 int Worker::held() const { return impl_->engine->held(); }

@@ -66,6 +66,10 @@ class Worker {
   // handler no plugin exports); Errc::not_started when the flow services are down.
   Result<void> serve(std::string_view slug);
 
+  // Waits up to `timeout` until the worker's heartbeat row names the flows serving() returns (see
+  // Engine::await_heartbeat): announced after it, the worker is in `flowreg workers` already.
+  bool await_heartbeat(Millis timeout);
+
   // The worker's failure once it gave up, waiting up to `timeout`; nullopt while it runs.
   std::optional<Error> wait_failure(Millis timeout);
 
