@@ -6,9 +6,10 @@
 //
 // A statement is named by a Query, so that a misspelled name does not compile. The list below and
 // the files must match one to one: the generated source fails to compile when a file has no
-// Query, a Query has no file, or a file is empty. Adding a statement: a file in schemas/queries/
-// and its name here, in the byte order of the file names (LC_ALL=C ls), with kQueryCount counted
-// from the last one.
+// Query, a Query has no file, or a file is empty, and -Wswitch (an error with FLOWREG_WERROR)
+// names a Query added after the last without a file. Adding a statement: a file in
+// schemas/queries/ and its name here, in the byte order of the file names (LC_ALL=C ls), with
+// kQueryCount counted from the last one.
 //
 // The prepared statements of a RunStore connection are named after their file (query_name).
 

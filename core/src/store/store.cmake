@@ -86,10 +86,11 @@ std::span<const FunctionFile> builtin_functions() noexcept {
 
 # The statements of schemas/queries/, by file name (byte order), each the entry of its Query: the
 # static_asserts make a file without a Query, a Query without a file, and an empty file fail to
-# compile.
+# compile; a switch over the files' Queries makes -Wswitch name a Query that no file names.
 file(GLOB FLOWREG_QUERY_FILES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/schemas/queries/*.sql)
 list(SORT FLOWREG_QUERY_FILES)
 set(FLOWREG_QUERY_ENTRIES "")
+set(FLOWREG_QUERY_CASES "")
 foreach(file IN LISTS FLOWREG_QUERY_FILES)
   get_filename_component(file_name ${file} NAME)
   if(NOT file_name MATCHES "^([a-z][a-z0-9_]*)\\.sql$")
@@ -99,6 +100,7 @@ foreach(file IN LISTS FLOWREG_QUERY_FILES)
   flowreg_sql_literal(${file} literal)
   string(APPEND FLOWREG_QUERY_ENTRIES
     "    {Query::${CMAKE_MATCH_1}, \"${CMAKE_MATCH_1}\", ${literal}},\n")
+  string(APPEND FLOWREG_QUERY_CASES "    case Query::${CMAKE_MATCH_1}:\n")
 endforeach()
 
 file(CONFIGURE OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/queries_sql.cpp CONTENT
@@ -128,6 +130,15 @@ static_assert(std::size(kQueryFiles) == kQueryCount,
 static_assert(query_files_in_order(),
               \"enum Query (store/queries.hpp) lists its statements in the byte order of their \"
               \"file names in schemas/queries/, and no file is empty\");
+
+// A Query that no file names (one added after the last, which kQueryCount cannot see) is an
+// enumeration value this switch does not handle: -Wswitch says so, an error with -Werror.
+[[maybe_unused]] constexpr bool has_a_file(Query query) {
+  switch (query) {
+@FLOWREG_QUERY_CASES@      return true;
+  }
+  return false;
+}
 
 }  // namespace
 
