@@ -42,6 +42,30 @@ using flowreg::pgtest::eventually;
 using flowreg::pgtest::query_one;
 using flowreg::pgtest::read_file;
 
+// A scratch directory `name` under the test root holding plugins/wprobe.so (version 1), for a
+// worker started in this process.
+fs::path wprobe_dir(const std::string& name) {
+  const fs::path dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir / "plugins");
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wprobe_v1.so", dir / "plugins" / "wprobe.so");
+  return dir;
+}
+
+// The flow source of an in-process worker: the plugins of `dir`/plugins, cached in `dir`/cache.
+fd::FlowSourceFactory wprobe_source(const fs::path& dir) {
+  return [dir]() -> flowreg::Result<fd::FlowSource> {
+    fd::FlowSource src;
+    src.registry = std::make_unique<flowreg::FlowRegistry>();
+    flowreg::PluginLoaderOptions lo;
+    lo.settings.dir = dir / "plugins";
+    lo.cache_dir = dir / "cache";
+    src.loader = std::make_unique<flowreg::PluginLoader>(*src.registry, lo);
+    if (auto scanned = src.loader->scan(); !scanned) return tl::unexpected(scanned.error());
+    return src;
+  };
+}
+
 // A scratch directory with plugins/wprobe.so, a configuration and a fresh migrated database.
 struct Scene : flowreg::pgtest::WorkerScene {
   fs::path log() const { return dir / "handler.log"; }
@@ -404,24 +428,12 @@ TEST_SUITE("worker") {
       "its heartbeat names what it serves before it says so") {
     const std::string conninfo = flowreg::pgtest::empty_database("w_announce");
     REQUIRE(fd::migrate(conninfo));
-    const fs::path dir = flowreg::pgtest::test_root() / "w_announce";
-    fs::remove_all(dir);
-    fs::create_directories(dir / "plugins");
-    fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wprobe_v1.so", dir / "plugins" / "wprobe.so");
+    const fs::path dir = wprobe_dir("w_announce");
     fd::WorkerOptions options;
     options.name = "announce_test";
     options.conninfo = conninfo;
     options.heartbeat_interval = 3'600'000ms;  // no periodic heartbeat comes to the rescue
-    const auto source = [dir]() -> flowreg::Result<fd::FlowSource> {
-      fd::FlowSource src;
-      src.registry = std::make_unique<flowreg::FlowRegistry>();
-      flowreg::PluginLoaderOptions lo;
-      lo.settings.dir = dir / "plugins";
-      lo.cache_dir = dir / "cache";
-      src.loader = std::make_unique<flowreg::PluginLoader>(*src.registry, lo);
-      if (auto scanned = src.loader->scan(); !scanned) return tl::unexpected(scanned.error());
-      return src;
-    };
+    const auto source = wprobe_source(dir);
     auto worker = fd::Worker::start(options, source);
     REQUIRE_MESSAGE(worker, flowreg::testing::failure_text(worker));
     REQUIRE((*worker)->await_heartbeat(10s));
@@ -447,10 +459,7 @@ TEST_SUITE("worker") {
   TEST_CASE("a flow loop that keeps failing restarts alone, then hits its restart limit") {
     const std::string conninfo = flowreg::pgtest::empty_database("w_limit");
     REQUIRE(fd::migrate(conninfo));
-    const fs::path dir = flowreg::pgtest::test_root() / "w_limit";
-    fs::remove_all(dir);
-    fs::create_directories(dir / "plugins");
-    fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wprobe_v1.so", dir / "plugins" / "wprobe.so");
+    const fs::path dir = wprobe_dir("w_limit");
 
     std::mutex mu;
     std::vector<flowreg::SupervisorEvent> events;
@@ -470,16 +479,7 @@ TEST_SUITE("worker") {
         return flowreg::make_error(flowreg::Errc::internal, "probe: the chain loop is broken");
       return {};
     };
-    const auto source = [dir]() -> flowreg::Result<fd::FlowSource> {
-      fd::FlowSource src;
-      src.registry = std::make_unique<flowreg::FlowRegistry>();
-      flowreg::PluginLoaderOptions lo;
-      lo.settings.dir = dir / "plugins";
-      lo.cache_dir = dir / "cache";
-      src.loader = std::make_unique<flowreg::PluginLoader>(*src.registry, lo);
-      if (auto scanned = src.loader->scan(); !scanned) return tl::unexpected(scanned.error());
-      return src;
-    };
+    const auto source = wprobe_source(dir);
     auto worker = fd::Worker::start(options, source);
     REQUIRE_MESSAGE(worker, flowreg::testing::failure_text(worker));
 
