@@ -169,7 +169,8 @@ TEST_SUITE("serve") {
                            "{}", "application/json");
       check_problem(framed, 400);
       CHECK(json::parse(framed->body)["detail"] ==
-            "the request has Content-Length headers that disagree");
+            "the request has a bad Content-Length header (not a number, or several that "
+            "disagree)");
       check_problem(c.Post("/api/v1/flows/marked/runs", "order_id=1", "text/plain"), 415);
       const std::string big = "{\"order_id\": \"" + std::string((64u << 20) + 16, 'x') + "\"}";
       auto r = c.Post("/api/v1/flows/marked/runs", big, "application/json");

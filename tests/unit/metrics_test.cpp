@@ -204,7 +204,7 @@ TEST_SUITE("json_log") {
     const std::string run = "0b7e", flow = "count", step = "words", worker = "w1";
     std::string text;
     {
-      const logging::LogScope scope({worker, flow, step, run});
+      const logging::LogScope scope({worker, flow, step, run, {}});
       text = logging::json_line("warning", "task 3 failed");
     }
     REQUIRE(!text.empty());
@@ -230,7 +230,7 @@ TEST_SUITE("json_log") {
     const std::string hostile = "quote \" backslash \\ newline \n tab \t nul " +
                                 std::string(1, '\0') + " latin \xE9 cut \xE2\x82 ctl \x1b[31m";
     const std::string step = "st\xFFp";
-    const logging::LogScope scope({{}, {}, step, {}});
+    const logging::LogScope scope({{}, {}, step, {}, {}});
     const std::string text = logging::json_line("error", hostile);
     CHECK(text.find('\n') == text.size() - 1);
     nlohmann::json j;

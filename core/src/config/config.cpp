@@ -257,6 +257,15 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
       config.server.max_event_streams =
           v->value("max_event_streams", config.server.max_event_streams);
       if (v->contains("timeout")) config.server.timeout = duration_of((*v)["timeout"]);
+      config.server.max_open_connections =
+          v->value("max_open_connections", config.server.max_open_connections);
+      config.server.allowed_hosts = v->value("allowed_hosts", std::vector<std::string>{});
+      if (v->contains("tls_cert"))
+        config.server.tls_cert = base_dir / (*v)["tls_cert"].get<std::string>();
+      if (v->contains("tls_key"))
+        config.server.tls_key = base_dir / (*v)["tls_key"].get<std::string>();
+      config.server.access_log = v->value("access_log", config.server.access_log);
+      if (v->contains("session_ttl")) config.server.session_ttl = duration_of((*v)["session_ttl"]);
     }
   }
 

@@ -32,6 +32,7 @@ std::string line(std::chrono::system_clock::time_point time, std::string_view le
   if (!f.flow.empty()) j["flow"] = utf8_valid(f.flow);
   if (!f.step.empty()) j["step"] = utf8_valid(f.step);
   if (!f.run.empty()) j["run"] = utf8_valid(f.run);
+  if (!f.http.empty()) j["http"] = nlohmann::ordered_json::parse(f.http, nullptr, false);
   std::string out = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   out += '\n';
   return out;

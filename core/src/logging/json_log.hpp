@@ -1,8 +1,8 @@
 #pragma once
 // Logs as JSON lines (`--log-format json`): one object per line with time (UTC, RFC 3339 with
 // microseconds), level, message, and the fields of the LogScope in effect on the logging thread
-// (worker, flow, step, run, when set). Text is made valid UTF-8 (U+FFFD for invalid bytes) and
-// escaped by nlohmann::json, so every line parses whatever a message holds.
+// (worker, flow, step, run, http, when set). Text is made valid UTF-8 (U+FFFD for invalid bytes)
+// and escaped by nlohmann::json, so every line parses whatever a message holds.
 //
 // Thread-safety: LogScope is per thread; use_json() before other threads log.
 
@@ -15,6 +15,7 @@ namespace flowreg::detail::logging {
 // The fields a log line carries; empty ones are left out.
 struct LogFields {
   std::string_view worker, flow, step, run;
+  std::string_view http;  // a JSON object (serve's access log): the line's "http" member
 };
 
 // Sets the calling thread's fields until it dies (then restores the previous ones). The viewed

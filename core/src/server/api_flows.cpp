@@ -27,7 +27,7 @@ app::json ServerState::flows_json() const {
   return out;
 }
 
-void register_flow_routes(httplib::Server& h, ServerState& state) {
+void register_flow_routes(http::Router& h, ServerState& state) {
   using http::problem;
   using http::Request;
   using http::Response;

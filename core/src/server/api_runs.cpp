@@ -131,7 +131,7 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
                   {{"runs", std::move(list)}, {"next_before", more ? json(next) : json(nullptr)}});
 }
 
-void register_run_routes(httplib::Server& h, ServerState& state) {
+void register_run_routes(http::Router& h, ServerState& state) {
   h.Post(R"(/api/v1/flows/([^/]+)/runs)",
          [&state](const Request& req, Response& res) { post_run(state, req, res); });
   h.Get("/api/v1/runs",

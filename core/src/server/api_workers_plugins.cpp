@@ -8,7 +8,7 @@
 
 namespace flowreg::detail {
 
-void register_worker_plugin_routes(httplib::Server& h, ServerState& state) {
+void register_worker_plugin_routes(http::Router& h, ServerState& state) {
   using app::json;
   using http::Request;
   using http::Response;

@@ -1,23 +1,20 @@
 #pragma once
 // What every route of `flowreg serve` uses to read a request and to answer: the content types, the
 // RFC 9457 problem replies, the HTTP status an Error means, JSON replies, the dashboard's error
-// page. Private to server/ (only server/ includes the HTTP library).
+// page. Private to server/.
 //
 // Thread-safety: plain functions of their arguments; safe from any request thread.
-
-#include <httplib.h>
 
 #include <string_view>
 #include <vector>
 
 #include "app/forms.hpp"
 #include "flowreg/error.hpp"
+#include "server/http_message.hpp"
 
 namespace flowreg::detail::http {
 
 using app::json;
-using httplib::Request;
-using httplib::Response;
 
 inline constexpr const char* kJson = "application/json";
 inline constexpr const char* kProblemJson = "application/problem+json";

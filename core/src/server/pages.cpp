@@ -11,7 +11,7 @@
 
 namespace flowreg::detail {
 
-void register_page_routes(httplib::Server& h, ServerState& state) {
+void register_page_routes(http::Router& h, ServerState& state) {
   using app::json;
   using http::html_error;
   using http::kHtml;

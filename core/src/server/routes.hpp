@@ -6,8 +6,6 @@
 // Every group captures a reference to the ServerState: HttpServer::Impl owns it and stops the
 // server (joining every request thread) before destroying it.
 
-#include <httplib.h>
-
 #include <atomic>
 #include <map>
 #include <string>
@@ -16,6 +14,7 @@
 #include "flowreg/error.hpp"
 #include "flowreg/thread_annotations.hpp"
 #include "server/event_hub.hpp"
+#include "server/http_message.hpp"
 #include "server/server.hpp"
 #include "server/stores.hpp"
 
@@ -58,23 +57,23 @@ struct ServerState {
 };
 
 // GET /healthz, /readyz, /metrics, /static/app.css, /static/app.js, /api/v1/openapi.json
-void register_service_routes(httplib::Server& http, ServerState& state);  // service_routes.cpp
+void register_service_routes(http::Router& http, ServerState& state);  // service_routes.cpp
 // GET /api/v1/flows, /api/v1/flows/{slug}, /api/v1/flows/{slug}/graph.svg
-void register_flow_routes(httplib::Server& http, ServerState& state);  // api_flows.cpp
+void register_flow_routes(http::Router& http, ServerState& state);  // api_flows.cpp
 // POST /api/v1/flows/{slug}/runs; GET /api/v1/runs, /api/v1/runs/{id};
 // POST /api/v1/runs/{id}/cancel, /api/v1/runs/{id}/retry
-void register_run_routes(httplib::Server& http, ServerState& state);  // api_runs.cpp
+void register_run_routes(http::Router& http, ServerState& state);  // api_runs.cpp
 // GET /api/v1/workers, /api/v1/plugins
-void register_worker_plugin_routes(httplib::Server& http,
+void register_worker_plugin_routes(http::Router& http,
                                    ServerState& state);  // api_workers_plugins.cpp
 // GET /api/v1/events (Server-Sent Events)
-void register_event_routes(httplib::Server& http, ServerState& state);  // api_events.cpp
+void register_event_routes(http::Router& http, ServerState& state);  // api_events.cpp
 // GET /, /flows/{slug}, /runs, /runs/{id}, /workers, /plugins (the dashboard)
-void register_page_routes(httplib::Server& http, ServerState& state);  // pages.cpp
+void register_page_routes(http::Router& http, ServerState& state);  // pages.cpp
 
 // GET /api/v1/runs (JSON) and the dashboard's /runs (`html`): the same query parameters (flow,
 // status, limit, before), read the same way.
-void list_runs(ServerState& state, const httplib::Request& req, httplib::Response& res,
+void list_runs(ServerState& state, const http::Request& req, http::Response& res,
                bool html);  // api_runs.cpp
 
 }  // namespace flowreg::detail

@@ -2,21 +2,23 @@
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
-#include <httplib.h>
 #include <openssl/crypto.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <charconv>
-#include <condition_variable>
+#include <cmath>
 #include <cstdlib>
-#include <deque>
 #include <thread>
 #include <utility>
 
 #include "app/forms.hpp"
+#include "logging/json_log.hpp"
+#include "metrics/metrics.hpp"
 #include "server/http_helpers.hpp"
+#include "server/http_transport.hpp"
 #include "server/routes.hpp"
 #include "util/sha256.hpp"
 
@@ -29,59 +31,22 @@ using http::reason;
 using http::Request;
 using http::Response;
 
-// httplib's task queue with a bound: at most `threads` connections are served at once and as many
-// wait; beyond that the accepting thread blocks, and new connections wait in the kernel's backlog.
-class BoundedPool final : public httplib::TaskQueue {
- public:
-  explicit BoundedPool(std::size_t threads) : max_queued_(threads) {
-    for (std::size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { work(); });
-  }
-  void enqueue(std::function<void()> fn) override {
-    {
-      MutexLock lock(mu_);
-      while (!shutdown_ && jobs_.size() >= max_queued_) space_.wait(lock);
-      jobs_.push_back(std::move(fn));
-    }
-    ready_.notify_one();
-  }
-  void shutdown() override {
-    {
-      MutexLock lock(mu_);
-      shutdown_ = true;
-    }
-    ready_.notify_all();
-    space_.notify_all();
-    for (auto& t : threads_) t.join();
-  }
-
- private:
-  void work() {
-    for (;;) {
-      std::function<void()> fn;
-      {
-        MutexLock lock(mu_);
-        while (!shutdown_ && jobs_.empty()) ready_.wait(lock);
-        if (jobs_.empty()) return;
-        fn = std::move(jobs_.front());
-        jobs_.pop_front();
-      }
-      space_.notify_one();
-      fn();
-    }
-  }
-
-  const std::size_t max_queued_;
-  AnnotatedMutex mu_;
-  std::condition_variable_any ready_, space_;
-  std::deque<std::function<void()>> jobs_ FLOWREG_GUARDED_BY(mu_);
-  bool shutdown_ FLOWREG_GUARDED_BY(mu_) = false;
-  std::vector<std::thread> threads_;
-};
-
 bool is_loopback(const std::string& host) {
   if (host == "localhost" || host == "::1") return true;
   in_addr v4{};
   return inet_pton(AF_INET, host.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127;
+}
+
+bool is_ip_literal(const std::string& host) {
+  in_addr v4{};
+  in6_addr v6{};
+  return inet_pton(AF_INET, host.c_str(), &v4) == 1 || inet_pton(AF_INET6, host.c_str(), &v6) == 1;
+}
+
+std::string lowercase(std::string_view text) {
+  std::string out(text);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
 }
 
 // The host part of a Host header ("name:port", "[v6]:port" or "name").
@@ -146,16 +111,45 @@ Result<ListenPlan> plan_listen(const ServerSettings& settings) {
   return ListenPlan{std::move(*address), std::move(token)};
 }
 
+namespace {
+
+// The server's own metrics: requests by route and status, their latency, connections and streams.
+struct HttpMetrics {
+  metrics::Family<metrics::Counter>& requests = metrics::default_registry().counter(
+      "flowreg_http_requests_total", "HTTP requests answered by flowreg serve, by route and status",
+      {"route", "status"});
+  metrics::Family<metrics::Histogram>& seconds = metrics::default_registry().histogram(
+      "flowreg_http_request_duration_seconds",
+      "From a request's header read to its response written (a stream: to its end), by route",
+      {"route"}, metrics::kLatencySecondsBuckets);
+  metrics::Family<metrics::Gauge>& open = metrics::default_registry().gauge(
+      "flowreg_http_open_connections", "Connections open to flowreg serve now", {});
+  metrics::Family<metrics::Gauge>& streams = metrics::default_registry().gauge(
+      "flowreg_http_event_streams", "Event streams (/api/v1/events) open now", {});
+};
+
+HttpMetrics& http_metrics() {
+  static HttpMetrics* m = new HttpMetrics();  // never destroyed: scrapes may outlive a server
+  return *m;
+}
+
+}  // namespace
+
 struct HttpServer::Impl {
   ServerState state;  // what the routes share: the options, the stores, the event hub
   ListenAddress address;
   std::string token;
-  httplib::Server http;
-  std::atomic<bool> ended{false};  // listen_after_bind returned
-  std::thread thread;
+  std::vector<std::string> allowed_hosts;  // lowercased: the listen host and server.allowed_hosts
+  http::Router router;
+  std::unique_ptr<http::Transport> transport;
+  std::shared_ptr<void> scrape_hook;  // refreshes the connection gauges
 
   Impl(ServerOptions o, ListenAddress a, std::string t)
-      : state(std::move(o)), address(std::move(a)), token(std::move(t)) {}
+      : state(std::move(o)), address(std::move(a)), token(std::move(t)) {
+    allowed_hosts.push_back(lowercase(address.host));
+    for (const auto& h : state.options.settings.allowed_hosts)
+      allowed_hosts.push_back(lowercase(h));
+  }
 
   // Who must show the token: nobody without one; with one, every route but the probes, except
   // read-only routes when open_reads.
@@ -166,17 +160,26 @@ struct HttpServer::Impl {
     const bool events = req.path == "/api/v1/events";
     return !reads || events || !state.options.settings.open_reads;
   }
-  // Why a request from a browser on another site must be refused, or "" when it need not be.
-  // Without a token, the server trusts whoever reaches its loopback address, which includes any
-  // web page the user opens: a Host that is not a loopback name means the name was rebound to
-  // 127.0.0.1 by another site (DNS rebinding), and a mutating request whose Origin is not this
-  // server's own comes from another site's page (cross-site request).
+  // Whether a Host header names this server: a loopback name, an IP address (no name to rebind),
+  // the listen host or one of server.allowed_hosts. A request from a web page whose site's name
+  // was rebound to this server's address (DNS rebinding) names that site instead.
+  bool host_allowed(std::string_view header) const {
+    if (header.empty()) return true;  // HTTP/1.0 without Host: not a browser
+    std::string name = lowercase(host_of(header));
+    if (name.ends_with('.')) name.pop_back();
+    if (name == "localhost" || name.ends_with(".localhost") || is_ip_literal(name)) return true;
+    return std::find(allowed_hosts.begin(), allowed_hosts.end(), name) != allowed_hosts.end();
+  }
+  // Why a request from a browser on another site must be refused, or "" when it need not be:
+  // a Host that does not name this server (DNS rebinding), or a mutating request whose Origin is
+  // not this server's own (cross-site request).
   std::string cross_site(const Request& req) const {
     const std::string host = req.get_header_value("Host");
-    if (token.empty() && address.loopback && !host.empty() && !is_loopback(host_of(host)))
+    if (!host_allowed(host))
       return fmt::format(
-          "Host '{}' is not a loopback name: without a token this server answers "
-          "only requests for its loopback address",
+          "Host '{}' does not name this server: it answers loopback names, IP addresses, its "
+          "listen host and server.allowed_hosts (another name may have been rebound to this "
+          "address)",
           app::valid_text(host));
     const bool reads = req.method == "GET" || req.method == "HEAD";
     if (reads || !req.has_header("Origin")) return {};
@@ -198,17 +201,106 @@ struct HttpServer::Impl {
   }
 
   void routes();
+  // A whole request, on a handler thread: the checks around every route, then the route.
+  std::string_view handle(Request& req, Response& res);
+  void checks_and_route(Request& req, Response& res, http::Router::Match& match);
+  void log_exchange(const http::Exchange& e) const;
 };
 
 // The table of contents: each group registers the routes of one resource (routes.hpp lists them),
 // in the order they always had (no two patterns match the same path).
 void HttpServer::Impl::routes() {
-  register_service_routes(http, state);        // /healthz /readyz /metrics /static/ openapi.json
-  register_flow_routes(http, state);           // /api/v1/flows
-  register_run_routes(http, state);            // /api/v1/flows/{slug}/runs, /api/v1/runs
-  register_worker_plugin_routes(http, state);  // /api/v1/workers, /api/v1/plugins
-  register_event_routes(http, state);          // /api/v1/events
-  register_page_routes(http, state);           // the dashboard: / /flows /runs /workers /plugins
+  register_service_routes(router, state);        // /healthz /readyz /metrics /static/ openapi.json
+  register_flow_routes(router, state);           // /api/v1/flows
+  register_run_routes(router, state);            // /api/v1/flows/{slug}/runs, /api/v1/runs
+  register_worker_plugin_routes(router, state);  // /api/v1/workers, /api/v1/plugins
+  register_event_routes(router, state);          // /api/v1/events
+  register_page_routes(router, state);           // the dashboard: / /flows /runs /workers /plugins
+}
+
+void HttpServer::Impl::checks_and_route(Request& req, Response& res, http::Router::Match& match) {
+  // Content-Length headers that disagree leave the body's end ambiguous (RFC 9112, 6.3: the
+  // ground of request smuggling).
+  for (std::size_t i = 1; i < req.get_header_value_count("Content-Length"); ++i)
+    if (req.get_header_value("Content-Length", i) != req.get_header_value("Content-Length"))
+      return problem(res, 400, "the request has Content-Length headers that disagree");
+  if (const std::string why = cross_site(req); !why.empty()) return problem(res, 403, why);
+  if (needs_token(req) && !authorized(req)) {
+    res.set_header("WWW-Authenticate", "Bearer realm=\"flowreg\"");
+    return problem(res, 401,
+                   req.has_header("Authorization")
+                       ? "the bearer token is wrong"
+                       : "this route needs Authorization: Bearer TOKEN");
+  }
+  match = router.route(req);
+  if (match.found == http::Router::Found::none)
+    return problem(
+        res, 404,
+        fmt::format("no route {} {}", app::valid_text(req.method), app::valid_text(req.path)));
+  if (match.found == http::Router::Found::wrong_method) {
+    res.set_header("Allow", match.allow);
+    return problem(res, 405,
+                   fmt::format("{} does not take {} (it takes {})", app::valid_text(req.path),
+                               app::valid_text(req.method), match.allow));
+  }
+  try {
+    (*match.handler)(req, res);
+  } catch (const std::exception& e) {
+    spdlog::error("serve: {} {} failed: {}", app::valid_text(req.method), app::valid_text(req.path),
+                  e.what());
+    res = Response();
+    problem(res, 500, e.what());
+  }
+}
+
+std::string_view HttpServer::Impl::handle(Request& req, Response& res) {
+  http::Router::Match match;
+  try {
+    checks_and_route(req, res, match);
+  } catch (const std::exception& e) {  // writing the problem itself failed (out of memory)
+    spdlog::error("serve: {} {} failed: {}", app::valid_text(req.method), app::valid_text(req.path),
+                  e.what());
+    res = Response();
+    res.status = 500;
+  }
+  // Pages may load only this server's stylesheet, script and pictures; anything else loads
+  // nothing.
+  if (!res.has_header("Content-Security-Policy")) {
+    const bool html = res.get_header_value("Content-Type").starts_with("text/html");
+    res.set_header("Content-Security-Policy",
+                   html ? "default-src 'self'; script-src 'self'; style-src 'self' "
+                          "'unsafe-inline'; img-src 'self'; frame-ancestors 'none'"
+                        : "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'");
+  }
+  return match.found == http::Router::Found::none ? std::string_view() : match.pattern;
+}
+
+// The access log (one line per exchange, JSON fields with --log-format json) and the metrics.
+void HttpServer::Impl::log_exchange(const http::Exchange& e) const {
+  auto& m = http_metrics();
+  const std::string route = e.route.empty() ? std::string("unmatched") : std::string(e.route);
+  const std::string status = std::to_string(e.status);
+  m.requests.with({route, status}).inc();
+  m.seconds.with({route}).observe(metrics::seconds(e.took));
+  if (!state.options.settings.access_log) return;
+  const double ms = std::chrono::duration<double, std::milli>(e.took).count();
+  // The target as sent, cut: a log line stays short whatever a client sends.
+  const std::string target = app::valid_text(e.target.substr(0, 512));
+  if (logging::json_enabled()) {
+    const std::string fields = app::json({{"method", app::valid_text(e.method.substr(0, 32))},
+                                          {"target", target},
+                                          {"route", route},
+                                          {"status", e.status},
+                                          {"bytes", e.bytes},
+                                          {"ms", std::round(ms * 1000) / 1000},
+                                          {"remote", std::string(e.remote)}})
+                                   .dump();
+    const logging::LogScope scope({{}, {}, {}, {}, fields});
+    spdlog::info("http {} {} {}", app::valid_text(e.method.substr(0, 32)), target, e.status);
+    return;
+  }
+  spdlog::info("http {} {} {} {}B {:.1f}ms {}", app::valid_text(e.method.substr(0, 32)), target,
+               e.status, e.bytes, ms, e.remote);
 }
 
 HttpServer::HttpServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -219,90 +311,37 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
   if (!plan) return tl::unexpected(std::move(plan.error()));
   const ServerSettings s = options.settings;  // options moves into impl
   auto impl = std::make_unique<Impl>(std::move(options), plan->address, std::move(plan->token));
-  auto& http = impl->http;
-  const std::size_t threads = static_cast<std::size_t>(s.max_connections + s.max_event_streams);
-  http.new_task_queue = [threads] { return new BoundedPool(threads); };
-  http.set_payload_max_length(kMaxBodyBytes);
-  // A response is written in pieces (headers, body): without it, Nagle's algorithm holds the last
-  // one until the client's delayed ACK (40 ms per request).
-  http.set_tcp_nodelay(true);
-  const auto timeout = std::chrono::milliseconds(s.timeout);
-  http.set_read_timeout(timeout);
-  http.set_write_timeout(timeout);
-  http.set_keep_alive_timeout(std::max<time_t>(1, static_cast<time_t>(s.timeout.count() / 1000)));
-  http.set_keep_alive_max_count(100);
-  http.set_default_headers({{"X-Content-Type-Options", "nosniff"},
-                            {"X-Frame-Options", "DENY"},
-                            {"Referrer-Policy", "no-referrer"}});
-  // Pages may load only this server's stylesheet, script and pictures; anything else loads nothing.
-  http.set_post_routing_handler([](const Request&, Response& res) {
-    if (res.has_header("Content-Security-Policy")) return;
-    const bool html = res.get_header_value("Content-Type").starts_with("text/html");
-    res.set_header("Content-Security-Policy",
-                   html ? "default-src 'self'; script-src 'self'; style-src 'self' "
-                          "'unsafe-inline'; img-src 'self'; frame-ancestors 'none'"
-                        : "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'");
-  });
-  Impl* self = impl.get();
-  http.set_pre_routing_handler([self](const Request& req, Response& res) {
-    // Content-Length headers that disagree leave the body's end ambiguous (RFC 9112, 6.3: the
-    // ground of request smuggling); cpp-httplib would read the first.
-    for (std::size_t i = 1; i < req.get_header_value_count("Content-Length"); ++i) {
-      if (req.get_header_value("Content-Length", i) != req.get_header_value("Content-Length")) {
-        problem(res, 400, "the request has Content-Length headers that disagree");
-        return httplib::Server::HandlerResponse::Handled;
-      }
-    }
-    if (const std::string why = self->cross_site(req); !why.empty()) {
-      problem(res, 403, why);
-      return httplib::Server::HandlerResponse::Handled;
-    }
-    if (!self->needs_token(req) || self->authorized(req))
-      return httplib::Server::HandlerResponse::Unhandled;
-    res.set_header("WWW-Authenticate", "Bearer realm=\"flowreg\"");
-    problem(res, 401,
-            req.has_header("Authorization") ? "the bearer token is wrong"
-                                            : "this route needs Authorization: Bearer TOKEN");
-    return httplib::Server::HandlerResponse::Handled;
-  });
-  http.set_error_handler([](const Request& req, Response& res) {
-    if (!res.body.empty()) return;
-    if (res.status == 413)
-      return problem(res, 413,
-                     fmt::format("the request body is larger than {} bytes (the limit of "
-                                 "run --input)",
-                                 kMaxBodyBytes));
-    if (res.status == 404)
-      return problem(res, 404,
-                     fmt::format("no route {} {}", req.method, app::valid_text(req.path)));
-    problem(res, res.status, reason(res.status));
-  });
-  http.set_exception_handler([](const Request&, Response& res, std::exception_ptr ep) {
-    std::string what = "unknown error";
-    try {
-      if (ep) std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      what = e.what();
-    } catch (...) {
-    }
-    spdlog::error("serve: a request failed: {}", what);
-    problem(res, 500, what);
-  });
   impl->routes();
-  int port = impl->address.port;
-  if (port == 0) {
-    port = http.bind_to_any_port(impl->address.host);
-    if (port < 0)
-      return make_error(Errc::io, fmt::format("cannot listen on {}", app::valid_text(s.listen)));
-  } else if (!http.bind_to_port(impl->address.host, port)) {
-    return make_error(Errc::io, fmt::format("cannot listen on {} (in use, or not an address of "
-                                            "this machine)",
-                                            app::valid_text(s.listen)));
-  }
-  impl->address.port = port;
-  impl->thread = std::thread([self] {
-    self->http.listen_after_bind();
-    self->ended = true;
+  Impl* self = impl.get();
+  http::TransportOptions t;
+  t.host = impl->address.host;
+  t.port = impl->address.port;
+  t.handler_threads = s.max_connections;
+  t.max_open_connections = s.max_open_connections;
+  t.timeout = s.timeout;
+  t.max_body_bytes = kMaxBodyBytes;
+  t.tls_cert = s.tls_cert.string();
+  t.tls_key = s.tls_key.string();
+  t.default_headers = {{"X-Content-Type-Options", "nosniff"},
+                       {"X-Frame-Options", "DENY"},
+                       {"Referrer-Policy", "no-referrer"}};
+  t.handle = [self](Request& req, Response& res) { return self->handle(req, res); };
+  t.error = [](Response& res, int status, std::string_view detail) {
+    problem(res, status, detail);
+    if (status == 503) res.set_header("Retry-After", "1");
+  };
+  t.on_exchange = [self](const http::Exchange& e) { self->log_exchange(e); };
+  auto transport = http::Transport::start(std::move(t));
+  if (!transport)
+    return make_error(transport.error().code,
+                      fmt::format("cannot listen on {}: {}", app::valid_text(s.listen),
+                                  transport.error().message));
+  impl->transport = std::move(*transport);
+  impl->address.port = impl->transport->port();
+  http::Transport* tr = impl->transport.get();
+  impl->scrape_hook = metrics::default_registry().on_scrape([tr] {
+    http_metrics().open.with({}).set(tr->open_connections());
+    http_metrics().streams.with({}).set(tr->open_streams());
   });
   return std::unique_ptr<HttpServer>(new HttpServer(std::move(impl)));
 }
@@ -311,17 +350,10 @@ int HttpServer::port() const noexcept { return impl_->address.port; }
 const std::string& HttpServer::host() const noexcept { return impl_->address.host; }
 
 void HttpServer::stop() {
-  if (!impl_) return;
-  impl_->state.hub.stop();
-  // httplib's stop() does nothing before the server runs: wait until it does (or gave up).
-  while (impl_->thread.joinable() && !impl_->ended) {
-    if (impl_->http.is_running()) {
-      impl_->http.stop();
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  if (impl_->thread.joinable()) impl_->thread.join();
+  if (!impl_ || !impl_->transport) return;
+  impl_->scrape_hook.reset();
+  impl_->state.hub.stop();  // ends the event streams
+  impl_->transport->stop();
 }
 
 }  // namespace flowreg::detail

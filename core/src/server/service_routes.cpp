@@ -14,7 +14,7 @@
 
 namespace flowreg::detail {
 
-void register_service_routes(httplib::Server& h, ServerState& state) {
+void register_service_routes(http::Router& h, ServerState& state) {
   using http::Request;
   using http::Response;
   h.Get("/healthz", [](const Request&, Response& res) {

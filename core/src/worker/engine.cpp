@@ -207,7 +207,7 @@ void Engine::give_back(FlowState& state, const ClaimedTask& task, bool count_uns
 void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                       std::chrono::steady_clock::time_point claimed) {
   const logging::LogScope log_scope(
-      {options_.worker_id, task.flow_slug, task.step_slug, task.run_id});
+      {options_.worker_id, task.flow_slug, task.step_slug, task.run_id, {}});
   state->started(task.id, parts_.now());
   const StepHandler* handler = state->handler(task.step_slug);
   if (!handler) {

@@ -237,7 +237,7 @@ void Lanes::run() {
 }
 
 Lanes::Done Lanes::define(const Flow& flow) {
-  const logging::LogScope log_scope({options_.worker_id, flow.state->key().slug, {}, {}});
+  const logging::LogScope log_scope({options_.worker_id, flow.state->key().slug, {}, {}, {}});
   Done done;
   auto stored = store_.upsert_flow(flow.def, flow.state->key().version);
   if (!stored) {
@@ -253,7 +253,7 @@ Lanes::Done Lanes::define(const Flow& flow) {
 Lanes::Done Lanes::trip(const Flow& flow, FlowState::Round& round) {
   Done done;
   const auto& state = flow.state;
-  const logging::LogScope log_scope({options_.worker_id, state->key().slug, {}, {}});
+  const logging::LogScope log_scope({options_.worker_id, state->key().slug, {}, {}, {}});
   // A round trip that records results claims too, whatever is free: it costs nothing more.
   const bool flushing = !round.completions.empty() || !round.failures.empty();
   const int limit = round.want_claim || (flushing && !host_.draining())

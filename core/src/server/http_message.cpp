@@ -1,0 +1,128 @@
+#include "server/http_message.hpp"
+
+#include <algorithm>
+#include <cctype>
+
+namespace flowreg::detail::http {
+
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+}  // namespace
+
+bool CaseLess::operator()(std::string_view a, std::string_view b) const noexcept {
+  return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(), [](char x, char y) {
+    return std::tolower(static_cast<unsigned char>(x)) <
+           std::tolower(static_cast<unsigned char>(y));
+  });
+}
+
+std::string Request::get_header_value(std::string_view name, std::size_t i) const {
+  auto [first, last] = headers.equal_range(name);
+  for (; first != last; ++first, --i)
+    if (i == 0) return first->second;
+  return {};
+}
+
+std::size_t Request::get_header_value_count(std::string_view name) const {
+  return headers.count(name);
+}
+
+bool Request::has_header(std::string_view name) const { return headers.contains(name); }
+
+std::string Request::get_param_value(std::string_view name) const {
+  const auto it = params.find(name);
+  return it == params.end() ? std::string() : it->second;
+}
+
+bool Request::has_param(std::string_view name) const { return params.contains(name); }
+
+void Response::set_content(std::string content, std::string_view type) {
+  body = std::move(content);
+  set_header("Content-Type", std::string(type));
+}
+
+void Response::set_header(std::string_view name, std::string value) {
+  headers.erase(std::string(name));
+  headers.emplace(std::string(name), std::move(value));
+}
+
+std::string Response::get_header_value(std::string_view name) const {
+  const auto it = headers.find(name);
+  return it == headers.end() ? std::string() : it->second;
+}
+
+bool Response::has_header(std::string_view name) const { return headers.contains(name); }
+
+void Router::Get(std::string pattern, Handler handler) {
+  std::regex re(pattern);
+  routes_.push_back({"GET", std::move(pattern), std::move(re), std::move(handler)});
+}
+
+void Router::Post(std::string pattern, Handler handler) {
+  std::regex re(pattern);
+  routes_.push_back({"POST", std::move(pattern), std::move(re), std::move(handler)});
+}
+
+Router::Match Router::route(Request& req) const {
+  const std::string_view method = req.method == "HEAD" ? std::string_view("GET") : req.method;
+  Match out;
+  for (const auto& r : routes_) {
+    std::smatch m;
+    if (!std::regex_match(req.path, m, r.re)) continue;
+    if (r.method == method) {
+      req.matches = std::move(m);
+      out.found = Found::route;
+      out.handler = &r.handler;
+      out.pattern = r.pattern;
+      out.allow.clear();
+      return out;
+    }
+    out.found = Found::wrong_method;
+    out.pattern = r.pattern;
+    if (!out.allow.empty()) out.allow += ", ";
+    out.allow += r.method == "GET" ? "GET, HEAD" : r.method;
+  }
+  return out;
+}
+
+std::string percent_decode(std::string_view text, bool plus_is_space) {
+  std::string out;
+  out.reserve(text.size());
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '%' && i + 2 < text.size()) {
+      const int hi = hex_value(text[i + 1]), lo = hex_value(text[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out += static_cast<char>(hi * 16 + lo);
+        i += 2;
+        continue;
+      }
+    }
+    out += plus_is_space && c == '+' ? ' ' : c;
+  }
+  return out;
+}
+
+Params parse_query(std::string_view query) {
+  Params out;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    const auto eq = pair.find('=');
+    out.emplace(
+        percent_decode(pair.substr(0, eq), true),
+        eq == std::string_view::npos ? std::string() : percent_decode(pair.substr(eq + 1), true));
+  }
+  return out;
+}
+
+}  // namespace flowreg::detail::http
