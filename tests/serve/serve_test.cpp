@@ -13,7 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "cluster/embedded_cluster.hpp"
 #include "serve/serve_scene.hpp"
+#include "store/run_store.hpp"
+#include "support/result_text.hpp"
 
 namespace flowreg::servetest {
 
@@ -461,6 +464,8 @@ TEST_SUITE("serve") {
         {"get", "/runs", "/runs?limit=-1", "", 400},
         {"get", "/runs/{id}", "/runs/" + done, "", 200},
         {"get", "/runs/{id}", "/runs/00000000-0000-0000-0000-000000000000", "", 404},
+        {"get", "/runs/{id}/input", "/runs/" + done + "/input", "", 200},
+        {"get", "/runs/{id}/output", "/runs/" + done + "/output", "", 200},
         {"post", "/runs/{id}/cancel", "/runs/" + done + "/cancel", "", 409},
         {"post", "/runs/{id}/retry", "/runs/" + done + "/retry", "", 201},
         {"get", "/workers", "/workers", "", 200},
@@ -491,6 +496,182 @@ TEST_SUITE("serve") {
     for (const auto& [path, ops] : doc["paths"].items())
       for (const auto& [method, op] : ops.items())
         if (path != "/events") CHECK_MESSAGE(covered.count(method + " " + path) == 1, path);
+  }
+}
+
+namespace {
+
+// A store on the scene's cluster with the flow `slug` of one step that no worker serves (its
+// handler is in no plugin): its runs stay started, and nothing reads their inputs.
+detail::RunStore unserved_flow(const ServeScene& scene, const std::string& slug) {
+  auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+  REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+  auto url = cluster->ensure_running();
+  REQUIRE_MESSAGE(url, testing::failure_text(url));
+  auto store = detail::RunStore::connect(*url);
+  REQUIRE_MESSAGE(store, testing::failure_text(store));
+  FlowDef flow;
+  flow.slug = slug;
+  flow.module = "servetest";
+  flow.steps.push_back(StepDef{"only", StepKind::single, {}, "nobody.none", {}});
+  auto stored = store->upsert_flow(flow, "v1");
+  REQUIRE_MESSAGE(stored, testing::failure_text(stored));
+  return std::move(*store);
+}
+
+// The port a `flowreg serve` prints on stderr ("listening on http://127.0.0.1:PORT/"), waiting
+// for it up to 60 s; 0 when it exits first.
+int port_of(test::Child& server, const fs::path& err) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream in(err);
+    std::stringstream text;
+    text << in.rdbuf();
+    const std::string s = text.str();
+    const auto at = s.find("listening on http://127.0.0.1:");
+    if (at != std::string::npos && s.find('/', at + 30) != std::string::npos)
+      return std::stoi(s.substr(at + 30));
+    if (server.wait(std::chrono::milliseconds(100))) break;
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST_SUITE("serve") {
+  TEST_CASE(
+      "lists of runs carry summaries, not inputs: 300 runs of 1 MiB inputs list in a few KiB "
+      "each") {
+    // GET /api/v1/runs?limit=1 answered 84 MB for a run of an 80 MiB input, and / took 3 s: the
+    // lists read and sent every run's input and output.
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    detail::RunStore store = unserved_flow(scene, "bulk");
+    constexpr int kRuns = 300;
+    std::set<std::string> ids;
+    for (int batch = 0; batch < kRuns / 50; ++batch) {
+      std::vector<detail::Json> inputs;
+      for (int i = 0; i < 50; ++i)
+        inputs.push_back({{"n", batch * 50 + i},
+                          {"pad", std::string(1 << 20, static_cast<char>('a' + i % 26))}});
+      auto started = store.start_runs("bulk", "v1", inputs);
+      REQUIRE_MESSAGE(started, testing::failure_text(started));
+      ids.insert(started->begin(), started->end());
+    }
+    REQUIRE(ids.size() == kRuns);
+    const std::size_t bound = 64 * 1024 + 1024 * kRuns;
+    auto c = scene.client();
+    auto listed = c.Get("/api/v1/runs?flow=bulk&limit=1000");
+    REQUIRE(listed);
+    REQUIRE(listed->status == 200);
+    CHECK(listed->body.size() < bound);
+    const json page = json::parse(listed->body);
+    std::set<std::string> seen;
+    for (const auto& r : page["runs"]) {
+      seen.insert(r["id"].get<std::string>());
+      CHECK_FALSE(r.contains("input"));
+      CHECK_FALSE(r.contains("output"));
+      CHECK(r["input_stored_bytes"].get<std::int64_t>() > 0);
+    }
+    CHECK(seen == ids);
+    CHECK(page["next_before"].is_null());
+    // Every flow's runs, without a filter: the same bound.
+    auto all = c.Get("/api/v1/runs?limit=1000");
+    REQUIRE(all);
+    CHECK(all->status == 200);
+    CHECK(all->body.size() < bound);
+    for (const char* html : {"/runs?flow=bulk&limit=1000", "/", "/flows/marked"}) {
+      CAPTURE(html);
+      auto r = c.Get(html);
+      REQUIRE(r);
+      CHECK(r->status == 200);
+      CHECK(r->body.size() < bound);
+    }
+    auto runs_page = c.Get("/runs?flow=bulk&limit=1000");
+    REQUIRE(runs_page);
+    for (const auto& id : ids) CHECK(runs_page->body.find(id) != std::string::npos);
+    // One run keeps its whole input, and the run's page shows a part of it with a link.
+    const std::string one = *ids.begin();
+    auto input = c.Get(("/api/v1/runs/" + one + "/input").c_str());
+    REQUIRE(input);
+    CHECK(input->status == 200);
+    CHECK(json::parse(input->body)["pad"].get<std::string>().size() == (1u << 20));
+    auto page_of_one = c.Get(("/runs/" + one).c_str());
+    REQUIRE(page_of_one);
+    CHECK(page_of_one->status == 200);
+    CHECK(page_of_one->body.size() < 64 * 1024);
+    CHECK(page_of_one->body.find("more bytes") != std::string::npos);
+    CHECK(page_of_one->body.find("/api/v1/runs/" + one + "/input") != std::string::npos);
+  }
+
+  TEST_CASE("a paging cursor naming a run pruned since gives the runs older than it") {
+    // before=<id of a pruned run> answered an empty page: the cursor was looked up by id.
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    detail::RunStore store = unserved_flow(scene, "cursor");
+    std::vector<std::string> ids;  // oldest first
+    for (int i = 0; i < 3; ++i) {
+      auto id = store.start_run("cursor", "v1", detail::Json{{"i", i}});
+      REQUIRE_MESSAGE(id, testing::failure_text(id));
+      ids.push_back(*id);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    auto c = scene.client();
+    const json first = body_of(c.Get("/api/v1/runs?flow=cursor&limit=2"));
+    REQUIRE(first["runs"].size() == 2);
+    REQUIRE(first["next_before"] == ids[1]);
+    // The middle run ends and is pruned (with every other ended run: this case comes last).
+    auto cancelled = store.cancel_run(ids[1]);
+    REQUIRE_MESSAGE(cancelled, testing::failure_text(cancelled));
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    auto pruned = store.prune(Millis(1));
+    REQUIRE_MESSAGE(pruned, testing::failure_text(pruned));
+    REQUIRE(*pruned >= 1);
+    auto gone = store.get_run(ids[1]);
+    REQUIRE(gone);
+    REQUIRE_FALSE(gone->has_value());
+    const json next = body_of(
+        c.Get(("/api/v1/runs?flow=cursor&limit=2&before=" + first["next_before"].get<std::string>())
+                  .c_str()));
+    REQUIRE(next["runs"].size() == 1);
+    CHECK(next["runs"][0]["id"] == ids[0]);
+    CHECK(next["next_before"].is_null());
+    // The dashboard's page of older runs too.
+    auto older = c.Get(("/runs?flow=cursor&before=" + ids[1]).c_str());
+    REQUIRE(older);
+    CHECK(older->status == 200);
+    CHECK(older->body.find(ids[0]) != std::string::npos);
+  }
+
+  TEST_CASE("the flows pages answer 503 saying the database is unreachable, not 'No runs.'") {
+    // / and /flows/{slug} answered 200 "No runs." while the database was down.
+    ServeScene scene;
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    // A server without a worker, which would start the cluster again.
+    scene.server->signal(SIGTERM);
+    REQUIRE(scene.server->wait(std::chrono::seconds(20)));
+    const fs::path err = scene.scratch.dir / "serve2.err";
+    test::Child server =
+        test::Child::spawn({FLOWREG_BINARY, "--config", scene.scratch.config.string(), "serve"},
+                           (scene.scratch.dir / "serve2.out").string(), err.string());
+    const int port = port_of(server, err);
+    REQUIRE(port > 0);
+    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+    auto stopped = cluster->stop();
+    REQUIRE_MESSAGE(stopped, testing::failure_text(stopped));
+    httplib::Client c("127.0.0.1", port);
+    c.set_read_timeout(30, 0);
+    for (const char* page : {"/", "/flows/marked"}) {
+      CAPTURE(page);
+      auto r = c.Get(page);
+      REQUIRE(r);
+      CHECK(r->status == 503);
+      CHECK(r->body.find("database is unreachable") != std::string::npos);
+      CHECK(r->body.find("No runs.") == std::string::npos);
+    }
+    server.signal(SIGTERM);
+    (void)server.wait(std::chrono::seconds(20));
   }
 }
 

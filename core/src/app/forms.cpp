@@ -39,6 +39,33 @@ json run_json(const detail::RunInfo& r) {
           {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)}};
 }
 
+std::string excerpt(std::string_view text, std::size_t max_bytes) {
+  const std::string valid = valid_text(text);
+  if (valid.size() <= max_bytes) return valid;
+  return std::string(detail::utf8_prefix(valid, max_bytes)) + "\u2026";
+}
+
+json run_summary_json(const detail::RunSummary& r) {
+  json duration = nullptr;
+  if (r.finished_at)
+    duration = std::chrono::duration_cast<std::chrono::milliseconds>(*r.finished_at - r.created_at)
+                   .count();
+  return {
+      {"id", r.id},
+      {"flow", r.flow_slug},
+      {"version", r.flow_version},
+      {"status", detail::to_string(r.status)},
+      {"error", r.error ? json(excerpt(*r.error, kErrorExcerptBytes)) : json(nullptr)},
+      {"created_at", iso_time(r.created_at)},
+      {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
+      {"duration_ms", std::move(duration)},
+      {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)},
+      {"idempotency_key", r.idempotency_key ? json(valid_text(*r.idempotency_key)) : json(nullptr)},
+      {"input_stored_bytes", r.input_stored_bytes},
+      {"output_stored_bytes",
+       r.output_stored_bytes ? json(*r.output_stored_bytes) : json(nullptr)}};
+}
+
 json options_json(const Options& o) {
   return {{"max_attempts", o.max_attempts},
           {"base_delay", format_duration(o.base_delay)},

@@ -29,6 +29,14 @@ json to_ordered(const nlohmann::json& j);
 
 // A run: {id, flow, version, status, input, output, error, created_at, finished_at, retry_of}.
 json run_json(const detail::RunInfo& r);
+// A run in a list: {id, flow, version, status, error, created_at, finished_at, duration_ms,
+// retry_of, idempotency_key, input_stored_bytes, output_stored_bytes}; no input or output (GET
+// /api/v1/runs/{id} has them). The error is an excerpt of at most kErrorExcerptBytes bytes.
+inline constexpr std::size_t kErrorExcerptBytes = 300;
+json run_summary_json(const detail::RunSummary& r);
+// `text` made valid UTF-8 and, when longer than `max_bytes`, its first characters that fit in
+// `max_bytes` followed by "…".
+std::string excerpt(std::string_view text, std::size_t max_bytes);
 // A step of a run: {slug, kind, status, tasks, attempts, worker, started_at, finished_at, error,
 // output}.
 json step_json(const detail::StepInfo& s);

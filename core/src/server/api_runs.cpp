@@ -54,6 +54,19 @@ void post_run(ServerState& state, const Request& req, Response& res) {
   http::send_json(res, app::run_json(*run), 201);
 }
 
+// GET /api/v1/runs/{id}/input and /output: one value of a run, whole, as JSON (null while the
+// run has no output). The lists and the run's page show them in part; this is where they link.
+void send_run_value(ServerState& state, const std::string& id, const std::string& which,
+                    Response& res) {
+  if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
+  auto info = state.stores.with([&](RunStore& store) { return store.get_run(id); });
+  if (!info) return http::send_error(res, info.error());
+  if (!*info) return problem(res, 404, fmt::format("no run {}", id));
+  const RunInfo& run = **info;
+  if (which == "input") return http::send_json(res, app::to_ordered(run.input));
+  http::send_json(res, run.output ? app::to_ordered(*run.output) : json(nullptr));
+}
+
 }  // namespace
 
 Result<json> ServerState::run_with_steps(const std::string& id) {
@@ -113,7 +126,8 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
   // One more than asked: whether there is a next page.
   const int asked = filter.limit;
   filter.limit = asked + 1;
-  auto runs = state.stores.with([&](RunStore& store) { return store.list_runs(filter, before); });
+  auto runs =
+      state.stores.with([&](RunStore& store) { return store.list_run_summaries(filter, before); });
   if (!runs) {
     if (html) return fail(http::status_of(runs.error()), runs.error().message);
     return http::send_error(res, runs.error());
@@ -121,7 +135,7 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
   const bool more = static_cast<int>(runs->size()) > asked;
   if (more) runs->resize(static_cast<std::size_t>(asked));
   json list = json::array();
-  for (const auto& r : *runs) list.push_back(app::run_json(r));
+  for (const auto& r : *runs) list.push_back(app::run_summary_json(r));
   const std::string next = more ? runs->back().id : std::string();
   if (html) {
     res.set_content(dashboard::runs_page(list, state.flows_json(), given, next), http::kHtml);
@@ -142,6 +156,9 @@ void register_run_routes(http::Router& h, ServerState& state) {
     auto run = state.run_with_steps(id);
     if (!run) return http::send_error(res, run.error());
     http::send_json(res, *run);
+  });
+  h.Get(R"(/api/v1/runs/([^/]+)/(input|output))", [&state](const Request& req, Response& res) {
+    send_run_value(state, req.matches[1], req.matches[2], res);
   });
   h.Post(R"(/api/v1/runs/([^/]+)/cancel)", [&state](const Request& req, Response& res) {
     const std::string id = req.matches[1];

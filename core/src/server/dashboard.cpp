@@ -10,6 +10,7 @@
 #include <optional>
 
 #include "util/json_text.hpp"
+#include "util/strings.hpp"
 
 namespace flowreg::detail::dashboard {
 
@@ -62,6 +63,22 @@ std::string layout(std::string_view title, std::string_view current, std::string
       content);
 }
 
+// A run's id as lists show it: its last 12 hex digits, its random tail (a time-ordered id's first
+// digits are the same for every run of the same minute), with the whole id as its title.
+std::string run_id_cell(const std::string& id) {
+  const std::string shown = id.size() > 12 ? id.substr(id.size() - 12) : id;
+  return fmt::format("<a class=\"mono\" href=\"/runs/{}\" title=\"{}\">{}</a>", url_part(id),
+                     escape(id), escape(shown));
+}
+
+// In place of a list of runs that could not be read.
+std::string runs_unreadable(std::string_view error) {
+  return fmt::format(
+      "<p class=\"error\" role=\"alert\" data-runs-error>The runs cannot be read: the database "
+      "is unreachable ({}).</p>",
+      escape(error));
+}
+
 // Recent runs on a flow's card: id and status only.
 std::string compact_runs(const json& runs) {
   if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
@@ -69,11 +86,39 @@ std::string compact_runs(const json& runs) {
   for (const auto& r : runs) {
     const std::string id = str(r, "id");
     items += fmt::format(
-        "<li><a class=\"mono\" href=\"/runs/{}\">{}</a> {}</li>", url_part(id),
-        escape(id.substr(0, 8)),
+        "<li>{} {}</li>", run_id_cell(id),
         status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))));
   }
   return "<ul class=\"compact\">" + items + "</ul>";
+}
+
+// A run's duration from its summary's duration_ms: "1.234 s", "2 min 3 s"; "" while it runs.
+std::string duration_text(const json& run) {
+  const auto it = run.find("duration_ms");
+  if (it == run.end() || !it->is_number_integer()) return {};
+  const std::int64_t ms = std::max<std::int64_t>(0, it->get<std::int64_t>());
+  if (ms < 60'000) return fmt::format("{:.3f} s", static_cast<double>(ms) / 1000.0);
+  const std::int64_t s = ms / 1000;
+  if (s < 3600) return fmt::format("{} min {} s", s / 60, s % 60);
+  return fmt::format("{} h {} min", s / 3600, s / 60 % 60);
+}
+
+// A JSON value shown by its size and its first kPreviewBytes bytes as text, with `href` the
+// whole value's URL (empty: none).
+std::string value_preview(const json& value, std::string_view href) {
+  if (value.is_null()) return "<pre>null</pre>";
+  const std::string text = json_text(value, 2);
+  const std::string_view shown = utf8_prefix(text, kPreviewBytes);
+  std::string more;
+  if (shown.size() < text.size())
+    more = fmt::format("<p class=\"muted\" data-preview-cut>… {} more bytes</p>",
+                       text.size() - shown.size());
+  std::string link;
+  if (!href.empty())
+    link = fmt::format(" · <a href=\"{}\">the whole value as JSON</a>", escape(href));
+  return fmt::format(
+      "<p class=\"muted\" data-value-bytes=\"{0}\">{0} bytes{1}</p><pre>{2}</pre>{3}", text.size(),
+      link, escape(shown), more);
 }
 
 std::string runs_table(const json& runs, bool with_flow) {
@@ -82,10 +127,10 @@ std::string runs_table(const json& runs, bool with_flow) {
   for (const auto& r : runs) {
     const std::string id = str(r, "id");
     rows += fmt::format(
-        "<tr><td class=\"mono\"><a href=\"/runs/{0}\">{1}</a></td>{2}<td>{3}</td>"
+        "<tr><td class=\"mono\">{1}</td>{2}<td>{3}</td>"
         "<td class=\"wide\">{4}</td><td class=\"wide\" data-run-finished=\"{7}\">{5}</td>"
-        "<td class=\"error\">{6}</td></tr>",
-        url_part(id), escape(id.substr(0, 8)),
+        "<td class=\"wide\">{0}</td><td class=\"error\">{6}</td></tr>",
+        duration_text(r), run_id_cell(id),
         with_flow ? fmt::format("<td><a href=\"/flows/{}\">{}</a></td>", url_part(str(r, "flow")),
                                 esc(r, "flow"))
                   : std::string(),
@@ -95,7 +140,8 @@ std::string runs_table(const json& runs, bool with_flow) {
   return fmt::format(
       "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Run</th>{}"
       "<th scope=\"col\">Status</th><th scope=\"col\" class=\"wide\">Created</th>"
-      "<th scope=\"col\" class=\"wide\">Finished</th><th scope=\"col\">Error</th></tr></thead>"
+      "<th scope=\"col\" class=\"wide\">Finished</th><th scope=\"col\" class=\"wide\">Duration"
+      "</th><th scope=\"col\">Error</th></tr></thead>"
       "<tbody>{}</tbody></table></div>",
       with_flow ? "<th scope=\"col\">Flow</th>" : "", rows);
 }
@@ -144,7 +190,7 @@ std::string escape(std::string_view text) {
   return out;
 }
 
-std::string flows_page(const json& flows, const json& recent_runs) {
+std::string flows_page(const json& flows, const json& recent_runs, std::string_view runs_error) {
   std::string cards;
   for (const auto& f : flows) {
     const std::string slug = str(f, "slug");
@@ -156,13 +202,18 @@ std::string flows_page(const json& flows, const json& recent_runs) {
         "<p>{2}</p><p class=\"muted\">module {3} · version <code>{4}</code> · {5} step(s)</p>{6}"
         "<h3>Recent runs</h3>{7}</section>",
         escape(slug), url_part(slug), esc(f, "description"), esc(f, "module"), esc(f, "version"),
-        f.contains("steps") ? f["steps"].size() : 0, dag_img(f), compact_runs(runs));
+        f.contains("steps") ? f["steps"].size() : 0, dag_img(f),
+        runs_error.empty() ? compact_runs(runs)
+                           : std::string("<p class=\"error\">The runs cannot be read.</p>"));
   }
   if (flows.empty()) cards = "<p class=\"muted\">No flows are registered.</p>";
-  return layout("Flows", "/", fmt::format("<h1>Flows</h1><div class=\"cards\">{}</div>", cards));
+  return layout(
+      "Flows", "/",
+      fmt::format("<h1>Flows</h1>{}<div class=\"cards\">{}</div>",
+                  runs_error.empty() ? std::string() : runs_unreadable(runs_error), cards));
 }
 
-std::string flow_page(const json& flow, const json& runs) {
+std::string flow_page(const json& flow, const json& runs, std::string_view runs_error) {
   const std::string slug = str(flow, "slug");
   std::string steps;
   for (const auto& s : flow["steps"]) {
@@ -190,7 +241,7 @@ std::string flow_page(const json& flow, const json& runs) {
       esc(flow, "source"), esc(o, "max_attempts"), esc(o, "base_delay"), esc(o, "max_delay"),
       esc(o, "timeout"), dag_img(flow), steps,
       flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
-      runs_table(runs, false), url_part(slug));
+      runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug));
   return layout("Flow " + slug, "/", content);
 }
 
@@ -256,9 +307,9 @@ std::string run_page(const json& run) {
                            esc(s, "error"));
     if (!s["output"].is_null())
       steps += fmt::format(
-          "<tr><td></td><td colspan=\"5\"><details><summary>output of {}</summary><pre>{}</pre>"
-          "</details></td></tr>",
-          escape(slug), escape(json_text(s["output"], 2)));
+          "<tr><td></td><td colspan=\"5\" data-step-output=\"{0}\"><details><summary>output of {0}"
+          "</summary>{1}</details></td></tr>",
+          escape(slug), value_preview(s["output"], "/api/v1/runs/" + url_part(id)));
   }
   const std::string status = str(run, "status");
   std::string actions;
@@ -281,16 +332,19 @@ std::string run_page(const json& run) {
       "<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
       "<th scope=\"col\">Kind</th><th scope=\"col\">Status</th><th scope=\"col\">Tasks</th>"
       "<th scope=\"col\">Attempts</th><th scope=\"col\" class=\"wide\">Timeline</th></tr></thead>"
-      "<tbody>{11}</tbody></table></div><h2>Input</h2><pre>{12}</pre><h2>Output</h2><pre>{13}</"
-      "pre>",
+      "<tbody>{11}</tbody></table></div><h2>Input</h2><div data-run-input>{12}</div>"
+      "<h2>Output</h2><div data-run-output>{13}</div>",
       escape(id), url_part(id), url_part(str(run, "flow")), esc(run, "flow"), esc(run, "version"),
       status_badge(status, fmt::format(" data-run-status=\"{}\"", escape(id))),
       esc(run, "created_at"), esc(run, "finished_at"),
       run["retry_of"].is_null() ? std::string("—")
                                 : fmt::format("<a href=\"/runs/{}\">{}</a>",
                                               url_part(str(run, "retry_of")), esc(run, "retry_of")),
-      esc(run, "error"), actions, steps, escape(json_text(run["input"], 2)),
-      escape(json_text(run["output"], 2)));
+      esc(run, "error"), actions, steps,
+      value_preview(run["input"], "/api/v1/runs/" + url_part(id) + "/input"),
+      value_preview(run["output"], run["output"].is_null()
+                                       ? std::string()
+                                       : "/api/v1/runs/" + url_part(id) + "/output"));
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 

@@ -17,13 +17,20 @@ using app::json;
 // &, <, >, " and ' as character references.
 std::string escape(std::string_view text);
 
-std::string flows_page(const json& flows, const json& recent_runs);
-std::string flow_page(const json& flow, const json& runs);
+// `runs_error`: why the runs could not be read (the database is unreachable), shown in their place;
+// empty when they were read.
+std::string flows_page(const json& flows, const json& recent_runs,
+                       std::string_view runs_error = {});
+std::string flow_page(const json& flow, const json& runs, std::string_view runs_error = {});
+// The runs come as summaries (app::run_summary_json).
 // `filter`: {flow, status} as given (strings, possibly empty); `next_before`: the id of the last
 // run listed when there may be more, else "".
 std::string runs_page(const json& runs, const json& flows, const json& filter,
                       std::string_view next_before);
-std::string run_page(const json& run);  // with "steps"
+// With "steps". The input, the output and each step's output are shown by their size and their
+// first kPreviewBytes bytes as JSON text, with a link to the whole value: never embedded whole.
+inline constexpr std::size_t kPreviewBytes = 4096;
+std::string run_page(const json& run);
 std::string workers_page(const json& workers);
 std::string plugins_page(const json& plugins);
 std::string error_page(int status, std::string_view title, std::string_view detail);

@@ -20,11 +20,19 @@ void register_page_routes(http::Router& h, ServerState& state) {
   h.Get("/", [&state](const Request&, Response& res) {
     RunFilter recent_filter;
     recent_filter.limit = 200;
-    auto runs = state.stores.with([&](RunStore& store) { return store.list_runs(recent_filter); });
+    auto runs =
+        state.stores.with([&](RunStore& store) { return store.list_run_summaries(recent_filter); });
     json recent = json::array();
-    if (runs)
-      for (const auto& r : *runs) recent.push_back(app::run_json(r));
-    res.set_content(dashboard::flows_page(state.flows_json(), recent), kHtml);
+    // The flows come from memory: shown whatever the database says, with its error in place of
+    // their runs (and its status: a probe must not read "no runs" as the database's answer).
+    std::string runs_error;
+    if (runs) {
+      for (const auto& r : *runs) recent.push_back(app::run_summary_json(r));
+    } else {
+      res.status = http::status_of(runs.error());
+      runs_error = runs.error().message;
+    }
+    res.set_content(dashboard::flows_page(state.flows_json(), recent, runs_error), kHtml);
   });
   h.Get(R"(/flows/([^/]+))", [&state](const Request& req, Response& res) {
     const FlowRef flow = state.options.registry->get(req.matches[1].str());
@@ -34,11 +42,17 @@ void register_page_routes(http::Router& h, ServerState& state) {
     RunFilter filter;
     filter.flow_slug = flow->def.slug;
     filter.limit = 20;
-    auto runs = state.stores.with([&](RunStore& store) { return store.list_runs(filter); });
+    auto runs =
+        state.stores.with([&](RunStore& store) { return store.list_run_summaries(filter); });
     json list = json::array();
-    if (runs)
-      for (const auto& r : *runs) list.push_back(app::run_json(r));
-    res.set_content(dashboard::flow_page(app::flow_json(*flow), list), kHtml);
+    std::string runs_error;
+    if (runs) {
+      for (const auto& r : *runs) list.push_back(app::run_summary_json(r));
+    } else {
+      res.status = http::status_of(runs.error());
+      runs_error = runs.error().message;
+    }
+    res.set_content(dashboard::flow_page(app::flow_json(*flow), list, runs_error), kHtml);
   });
   h.Get("/runs", [&state](const Request& req, Response& res) { list_runs(state, req, res, true); });
   h.Get(R"(/runs/([^/]+))", [&state](const Request& req, Response& res) {

@@ -26,6 +26,8 @@ enum class Query {
   fail,
   get_run,
   heartbeat,
+  list_run_summaries,
+  list_run_summaries_before,
   list_runs,
   list_runs_before,
   list_workers,

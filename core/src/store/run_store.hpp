@@ -183,6 +183,23 @@ struct RunInfo {
   std::optional<std::string> idempotency_key;
 };
 
+// A run as lists show it: a RunInfo without its input and output, which a list never reads (they
+// may be megabytes each), and its error cut to its first 400 characters.
+struct RunSummary {
+  RunId id;
+  std::string flow_slug, flow_version;
+  RunStatus status = RunStatus::started;
+  std::optional<std::string> error;  // at most 400 characters: an excerpt when longer
+  // The bytes the input and the output take in the table (compressed when PostgreSQL compressed
+  // them; not the length of their JSON text), read from their headers alone; none without output.
+  std::int64_t input_stored_bytes = 0;
+  std::optional<std::int64_t> output_stored_bytes;
+  TimePoint created_at;
+  std::optional<TimePoint> finished_at;
+  std::optional<RunId> retry_of;
+  std::optional<std::string> idempotency_key;
+};
+
 struct StepInfo {
   std::string slug;
   std::string kind;    // "single" | "map"
@@ -339,6 +356,12 @@ class RunStore {
   // (none when no run has that id).
   Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {},
                                          const std::optional<RunId>& before = std::nullopt);
+  // The same runs in the same order as summaries (the inputs and outputs are not read), for lists
+  // that may be long. With `before`: the runs after that one; when no run has that id any more (a
+  // run pruned since), the runs created up to the end of the millisecond its id holds (a UUID
+  // version 7), so that none after it is skipped; none for an id of another version.
+  Result<std::vector<RunSummary>> list_run_summaries(
+      const RunFilter& filter = {}, const std::optional<RunId>& before = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
 

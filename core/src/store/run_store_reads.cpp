@@ -45,6 +45,24 @@ RunInfo run_of(const pqxx::row& r) {
   return info;
 }
 
+// A summary from the columns of schemas/queries/list_run_summaries.sql.
+RunSummary summary_of(const pqxx::row& r) {
+  RunSummary info;
+  info.id = r["id"].as<std::string>();
+  info.flow_slug = r["flow_slug"].as<std::string>();
+  info.flow_version = r["flow_version"].as<std::string>();
+  info.status = parse_run_status(r["status"].as<std::string>()).value_or(RunStatus::started);
+  info.error = opt_text(r["error"]);
+  info.input_stored_bytes = r["input_stored_bytes"].as<std::int64_t>(0);
+  if (!r["output_stored_bytes"].is_null())
+    info.output_stored_bytes = r["output_stored_bytes"].as<std::int64_t>();
+  info.created_at = from_micros(r["created_at_us"].as<std::int64_t>());
+  info.finished_at = opt_time(r["finished_at_us"]);
+  info.retry_of = opt_text(r["retry_of"]);
+  info.idempotency_key = opt_text(r["idempotency_key"]);
+  return info;
+}
+
 }  // namespace
 
 Result<std::vector<WorkerRecord>> RunStore::list_workers() {
@@ -92,6 +110,22 @@ Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
     std::vector<RunInfo> out;
     out.reserve(rows.size());
     for (const auto& r : rows) out.push_back(run_of(r));
+    return out;
+  });
+}
+
+Result<std::vector<RunSummary>> RunStore::list_run_summaries(const RunFilter& filter,
+                                                             const std::optional<RunId>& before) {
+  return guarded("listing runs", [&]() -> Result<std::vector<RunSummary>> {
+    const std::string status =
+        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    auto rows = before ? impl_->exec(Query::list_run_summaries_before,
+                                     filter.flow_slug.value_or(""), status, filter.limit, *before)
+                       : impl_->exec(Query::list_run_summaries, filter.flow_slug.value_or(""),
+                                     status, filter.limit);
+    std::vector<RunSummary> out;
+    out.reserve(rows.size());
+    for (const auto& r : rows) out.push_back(summary_of(r));
     return out;
   });
 }
