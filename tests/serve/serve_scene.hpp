@@ -32,8 +32,10 @@ struct ServeScene {
   std::optional<test::Child> server;
   int port = 0;
 
-  // token: "" for none; watch: plugins.watch. Waits until the server listens.
-  explicit ServeScene(const std::string& token = "", bool open_reads = false, bool watch = false) {
+  // token: "" for none; watch: plugins.watch; server_extra: more keys of `server:` ("k: v, ...").
+  // Waits until the server listens.
+  explicit ServeScene(const std::string& token = "", bool open_reads = false, bool watch = false,
+                      const std::string& server_extra = "") {
     const fs::path plugins = scratch.dir / "plugins.d";
     fs::create_directories(plugins);
     fs::permissions(plugins, fs::perms::owner_all);
@@ -48,7 +50,8 @@ struct ServeScene {
                                   << "worker: {concurrency: 2, poll_interval: 200ms}\n"
                                   << "server: {listen: \"127.0.0.1:0\""
                                   << (token.empty() ? "" : std::string(", token: ") + token)
-                                  << (open_reads ? ", open_reads: true" : "") << "}\n"
+                                  << (open_reads ? ", open_reads: true" : "")
+                                  << (server_extra.empty() ? "" : ", " + server_extra) << "}\n"
                                   << "flows:\n"
                                   << "  - slug: marked\n"
                                   << "    description: \"" << kScript << " & more\"\n"

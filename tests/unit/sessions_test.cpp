@@ -21,13 +21,13 @@ namespace {
 
 const SessionStore::TimePoint kSigninT0{std::chrono::hours(1000)};
 
-httplib::Request signin_request(std::string body,
-                                std::string type = "application/x-www-form-urlencoded") {
-  httplib::Request req;
+http::Request signin_request(std::string body,
+                             std::string type = "application/x-www-form-urlencoded") {
+  http::Request req;
   req.method = "POST";
   req.path = "/signin";
   req.body = std::move(body);
-  req.set_header("Content-Type", type);
+  req.headers.emplace("Content-Type", type);
   return req;
 }
 
@@ -228,11 +228,11 @@ TEST_SUITE("signin") {
   }
 
   TEST_CASE("GET /signin answers the page with the query's next") {
-    httplib::Request req;
+    http::Request req;
     req.method = "GET";
     req.path = "/signin";
     req.params.emplace("next", "/runs?flow=a");
-    httplib::Response res;
+    http::Response res;
     signin::signin_get(req, res);
     CHECK(res.status == 200);
     CHECK(res.get_header_value("Content-Type").starts_with("text/html"));
@@ -241,7 +241,7 @@ TEST_SUITE("signin") {
 
   TEST_CASE("the right token gets a session cookie and 303 to next") {
     SessionStore store;
-    httplib::Response res;
+    http::Response res;
     signin::signin_post(signin_request("token=the-right-token-0123&next=%2Fruns%3Fflow%3Da"), res,
                         store, signin_token_is_right, true, kSigninT0);
     CHECK(res.status == 303);
@@ -252,17 +252,17 @@ TEST_SUITE("signin") {
     REQUIRE(id);
     CHECK(store.valid(*id, kSigninT0));
 
-    httplib::Request next;
-    next.set_header("Cookie", "theme=dark; flowreg_session=" + *id);
+    http::Request next;
+    next.headers.emplace("Cookie", "theme=dark; flowreg_session=" + *id);
     CHECK(signin::signed_in(next, store, kSigninT0 + 1h));
     CHECK_FALSE(signin::signed_in(next, store, kSigninT0 + 13h));
-    CHECK_FALSE(signin::signed_in(httplib::Request(), store, kSigninT0));
+    CHECK_FALSE(signin::signed_in(http::Request(), store, kSigninT0));
   }
 
   TEST_CASE("a wrong or missing token gets 401 with the page, no cookie, and is counted") {
     SessionStore store;
     for (const char* body : {"token=wrong&next=%2Fworkers", "next=%2Fworkers", "token="}) {
-      httplib::Response res;
+      http::Response res;
       signin::signin_post(signin_request(body), res, store, signin_token_is_right, false,
                           kSigninT0);
       CHECK(res.status == 401);
@@ -276,7 +276,7 @@ TEST_SUITE("signin") {
   TEST_CASE("signing in with a next that leaves the server redirects to / instead") {
     SessionStore store;
     for (const char* next : {"%2F%2Fevil.example", "https%3A%2F%2Fevil", "%2F%5Cevil"}) {
-      httplib::Response res;
+      http::Response res;
       signin::signin_post(signin_request(std::string("token=the-right-token-0123&next=") + next),
                           res, store, signin_token_is_right, false, kSigninT0);
       CHECK(res.status == 303);
@@ -286,7 +286,7 @@ TEST_SUITE("signin") {
 
   TEST_CASE("a sign-in that is not a form, is too large or malformed is refused") {
     SessionStore store;
-    httplib::Response json_res, big_res, bad_res;
+    http::Response json_res, big_res, bad_res;
     signin::signin_post(signin_request("{\"token\":\"x\"}", "application/json"), json_res, store,
                         signin_token_is_right, false, kSigninT0);
     CHECK(json_res.status == 415);
@@ -302,11 +302,11 @@ TEST_SUITE("signin") {
   TEST_CASE("logging out ends the session, clears the cookie and goes to /signin") {
     SessionStore store;
     const std::string id = store.create(kSigninT0);
-    httplib::Request req;
+    http::Request req;
     req.method = "POST";
     req.path = "/logout";
-    req.set_header("Cookie", "flowreg_session=" + id);
-    httplib::Response res;
+    req.headers.emplace("Cookie", "flowreg_session=" + id);
+    http::Response res;
     signin::logout_post(req, res, store, false);
     CHECK(res.status == 303);
     CHECK(res.get_header_value("Location") == "/signin");

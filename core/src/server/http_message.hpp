@@ -97,6 +97,8 @@ class Router {
 
 // "%XX" decoded; with `plus_is_space` also '+' (query strings). Bad escapes are kept as sent.
 std::string percent_decode(std::string_view text, bool plus_is_space);
+// `text` as a query value: every byte but A-Z a-z 0-9 - . _ ~ / as %XX.
+std::string percent_encode(std::string_view text);
 // The query string's pairs ("a=1&b=2"), decoded.
 Params parse_query(std::string_view query);
 

@@ -20,6 +20,8 @@
 #include "server/http_helpers.hpp"
 #include "server/http_transport.hpp"
 #include "server/routes.hpp"
+#include "server/sessions.hpp"
+#include "server/signin_page.hpp"
 #include "util/sha256.hpp"
 
 namespace flowreg::detail {
@@ -143,9 +145,18 @@ struct HttpServer::Impl {
   http::Router router;
   std::unique_ptr<http::Transport> transport;
   std::shared_ptr<void> scrape_hook;  // refreshes the connection gauges
+  SessionStore sessions;              // the dashboard's sign-ins (with a token)
+  // The access log: the default logger's sinks (its format, text or JSON) at level info, whatever
+  // --log-level says; server.access_log: false turns it off.
+  std::shared_ptr<spdlog::logger> access = spdlog::default_logger()->clone("flowreg.http");
 
   Impl(ServerOptions o, ListenAddress a, std::string t)
-      : state(std::move(o)), address(std::move(a)), token(std::move(t)) {
+      : state(std::move(o)),
+        address(std::move(a)),
+        token(std::move(t)),
+        sessions(
+            std::chrono::duration_cast<std::chrono::seconds>(state.options.settings.session_ttl)) {
+    access->set_level(spdlog::level::info);
     allowed_hosts.push_back(lowercase(address.host));
     for (const auto& h : state.options.settings.allowed_hosts)
       allowed_hosts.push_back(lowercase(h));
@@ -156,6 +167,9 @@ struct HttpServer::Impl {
   bool needs_token(const Request& req) const {
     if (token.empty()) return false;
     if (req.path == "/healthz" || req.path == "/readyz") return false;
+    // Signing in, and what the sign-in page loads.
+    if (req.path == "/signin" || req.path == "/logout" || req.path.starts_with("/static/"))
+      return false;
     const bool reads = req.method == "GET" || req.method == "HEAD";
     const bool events = req.path == "/api/v1/events";
     return !reads || events || !state.options.settings.open_reads;
@@ -216,6 +230,24 @@ void HttpServer::Impl::routes() {
   register_worker_plugin_routes(router, state);  // /api/v1/workers, /api/v1/plugins
   register_event_routes(router, state);          // /api/v1/events
   register_page_routes(router, state);           // the dashboard: / /flows /runs /workers /plugins
+  // Signing in to the dashboard with the token: a session cookie (sessions.hpp).
+  router.Get("/signin", [this](const Request& req, Response& res) {
+    if (token.empty()) {  // nothing to sign in to
+      res.status = 303;
+      res.set_header("Location", "/");
+      return;
+    }
+    signin::signin_get(req, res);
+  });
+  router.Post("/signin", [this](const Request& req, Response& res) {
+    signin::signin_post(
+        req, res, sessions,
+        [this](std::string_view given) { return !token.empty() && same_secret(given, token); },
+        req.tls);
+  });
+  router.Post("/logout", [this](const Request& req, Response& res) {
+    signin::logout_post(req, res, sessions, req.tls);
+  });
 }
 
 void HttpServer::Impl::checks_and_route(Request& req, Response& res, http::Router::Match& match) {
@@ -225,7 +257,18 @@ void HttpServer::Impl::checks_and_route(Request& req, Response& res, http::Route
     if (req.get_header_value("Content-Length", i) != req.get_header_value("Content-Length"))
       return problem(res, 400, "the request has Content-Length headers that disagree");
   if (const std::string why = cross_site(req); !why.empty()) return problem(res, 403, why);
-  if (needs_token(req) && !authorized(req)) {
+  if (needs_token(req) && !authorized(req) && !signin::signed_in(req, sessions)) {
+    // A browser asking for a page signs in first, and comes back.
+    const std::string accept = req.get_header_value("Accept");
+    if ((req.method == "GET" || req.method == "HEAD") && !req.path.starts_with("/api/") &&
+        accept.find("text/html") != std::string::npos && !req.has_header("Authorization")) {
+      res.status = 303;
+      res.set_header(
+          "Location",
+          "/signin?next=" + http::percent_encode(std::string_view(req.target).substr(0, 1024)));
+      res.set_header("Cache-Control", "no-store");
+      return;
+    }
     res.set_header("WWW-Authenticate", "Bearer realm=\"flowreg\"");
     return problem(res, 401,
                    req.has_header("Authorization")
@@ -296,10 +339,10 @@ void HttpServer::Impl::log_exchange(const http::Exchange& e) const {
                                           {"remote", std::string(e.remote)}})
                                    .dump();
     const logging::LogScope scope({{}, {}, {}, {}, fields});
-    spdlog::info("http {} {} {}", app::valid_text(e.method.substr(0, 32)), target, e.status);
+    access->info("http {} {} {}", app::valid_text(e.method.substr(0, 32)), target, e.status);
     return;
   }
-  spdlog::info("http {} {} {} {}B {:.1f}ms {}", app::valid_text(e.method.substr(0, 32)), target,
+  access->info("http {} {} {} {}B {:.1f}ms {}", app::valid_text(e.method.substr(0, 32)), target,
                e.status, e.bytes, ms, e.remote);
 }
 
