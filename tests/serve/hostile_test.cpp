@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -107,6 +109,17 @@ long peak_rss(pid_t pid) {
 ServeScene& tight_scene() {
   static ServeScene scene("", true, false, "timeout: 3s, max_connections: 4, max_event_streams: 4");
   return scene;
+}
+
+// What a shell command prints on stdout.
+std::string output_of(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen(command.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  ::pclose(p);
+  return out;
 }
 
 }  // namespace
@@ -375,5 +388,32 @@ TEST_SUITE("serve_hostile") {
                          std::string("token=") + kToken, "application/x-www-form-urlencoded");
     REQUIRE(forged);
     CHECK(forged->status == 403);
+  }
+
+  TEST_CASE("with server.tls_cert the server speaks HTTPS only, and the session cookie is Secure") {
+    namespace fs = std::filesystem;
+    const fs::path dir = fs::temp_directory_path() / ("flowreg_tls_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    const std::string cert = (dir / "cert.pem").string(), key = (dir / "key.pem").string();
+    REQUIRE(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                         "-keyout " +
+                         key + " -out " + cert + " 2>/dev/null")
+                            .c_str()) == 0);
+    ServeScene scene(kToken, false, false, "tls_cert: " + cert + ", tls_key: " + key);
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    CHECK(scene.log().find("listening on https://127.0.0.1:") != std::string::npos);
+    const std::string base = "https://127.0.0.1:" + std::to_string(scene.port);
+    CHECK(output_of("curl -sk " + base + "/healthz") == "{\"status\":\"ok\"}");
+    const std::string signin = output_of("curl -sk -i -X POST -H 'Origin: " + base +
+                                         "' --data 'token=" + kToken + "' " + base + "/signin");
+    CHECK(signin.starts_with("HTTP/1.1 303"));
+    const auto cookie = signin.find("Set-Cookie: flowreg_session=");
+    REQUIRE(cookie != std::string::npos);
+    CHECK(signin.substr(cookie, signin.find("\r\n", cookie) - cookie).ends_with("; Secure"));
+    // Plain HTTP on the same port gets no answer.
+    RawSocket s(scene.port);
+    s.send_all(request("GET", "/healthz"));
+    CHECK(status_of(s.read_for(milliseconds(3000), "\r\n\r\n")) == 0);
+    fs::remove_all(dir);
   }
 }

@@ -62,16 +62,18 @@ struct ServeScene {
     server.emplace(test::Child::spawn(
         {FLOWREG_BINARY, "--config", scratch.config.string(), "serve", "--worker"},
         (scratch.dir / "serve.out").string(), err));
-    // The port from "listening on http://127.0.0.1:PORT/".
+    // The port from "listening on http://127.0.0.1:PORT/" (or https://).
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (port == 0 && std::chrono::steady_clock::now() < deadline) {
       std::ifstream in(err);
       std::stringstream text;
       text << in.rdbuf();
       const std::string s = text.str();
-      const auto at = s.find("listening on http://127.0.0.1:");
-      if (at != std::string::npos && s.find('/', at + 30) != std::string::npos)
-        port = std::stoi(s.substr(at + 30));
+      // http, or https with server.tls_cert
+      const auto on = s.find("listening on http");
+      const auto at = on == std::string::npos ? on : s.find("://127.0.0.1:", on);
+      if (at != std::string::npos && s.find('/', at + 13) != std::string::npos)
+        port = std::stoi(s.substr(at + 13));
       else if (server->wait(std::chrono::milliseconds(100)))
         break;
     }

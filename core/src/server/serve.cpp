@@ -57,7 +57,8 @@ Result<void> serve(ServeOptions options) {
   auto server = HttpServer::start(std::move(server_options));
   if (!server) return tl::unexpected(std::move(server.error()));
   const std::string& host = (*server)->host();
-  fmt::print(stderr, "flowreg serve: listening on http://{}:{}/\n",
+  fmt::print(stderr, "flowreg serve: listening on {}://{}:{}/\n",
+             config.server.tls_cert.empty() ? "http" : "https",
              host.find(':') != std::string::npos ? "[" + host + "]" : host, (*server)->port());
   std::fflush(stderr);
 
