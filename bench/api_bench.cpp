@@ -1,15 +1,20 @@
 // api_bench: throughput and latency of `flowreg serve`'s API. Starts a real `flowreg serve` on an
 // embedded cluster of its own (in a scratch directory) with the worker bench's plugin, starts one
 // run, then for 1 and 32 concurrent keep-alive connections sends GET /api/v1/flows/{slug} and
-// GET /api/v1/runs/{id} for a fixed time each and prints requests/s, p50 and p99.
+// GET /api/v1/runs/{id} for a fixed time each and prints requests/s, p50 and p99; then the same
+// again with 200 more connections held open and idle (connected, sending nothing) beside them.
 //
 //   api_bench [SECONDS_PER_CASE=3]
+//   API_BENCH_FLOWREG=/path/to/another/flowreg api_bench   # the same against another build
 
 #include <fmt/format.h>
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,6 +88,17 @@ Figures measure(int port, const std::string& path, int connections, double secon
   return f;
 }
 
+// A connection opened and left idle: it sends nothing until it is closed.
+int idle_connection(int port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+  (void)::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  return fd;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -93,16 +109,17 @@ int main(int argc, char** argv) {
   std::ofstream(dir / "flowreg.yaml")
       << "plugins: {dir: \"" << BENCH_WORKER_PLUGIN_DIR << "\", watch: false}\n"
       << "database: {data_dir: data}\n"
-      << "server: {listen: \"127.0.0.1:0\", max_connections: 64}\n";
+      << "server: {listen: \"127.0.0.1:0\", max_connections: 64, timeout: 120s}\n";
   const std::string config = (dir / "flowreg.yaml").string(), err = (dir / "serve.err").string();
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
   posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  const char* args[] = {FLOWREG_BINARY, "--config", config.c_str(), "serve", nullptr};
+  const char* other = std::getenv("API_BENCH_FLOWREG");
+  const char* binary = other != nullptr && *other != '\0' ? other : FLOWREG_BINARY;
+  const char* args[] = {binary, "--config", config.c_str(), "serve", nullptr};
   pid_t pid = 0;
-  if (posix_spawn(&pid, FLOWREG_BINARY, &actions, nullptr, const_cast<char**>(args), environ) !=
-      0) {
-    fmt::print(stderr, "api_bench: cannot start {}\n", FLOWREG_BINARY);
+  if (posix_spawn(&pid, binary, &actions, nullptr, const_cast<char**>(args), environ) != 0) {
+    fmt::print(stderr, "api_bench: cannot start {}\n", binary);
     return 1;
   }
   int port = 0;
@@ -126,16 +143,22 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "api_bench: cannot start a run: {}\n", started ? started->body : "");
     } else {
       const std::string id = nlohmann::json::parse(started->body)["id"];
-      fmt::print("flowreg serve API, {} s per case, keep-alive connections\n", seconds);
-      fmt::print("{:<34} {:>5} {:>10} {:>8} {:>8} {:>7}\n", "route", "conns", "req/s", "p50 ms",
-                 "p99 ms", "errors");
-      for (const std::string& path : {"/api/v1/flows/" + slug, "/api/v1/runs/" + id})
-        for (int conns : {1, 32}) {
-          const Figures f = measure(port, path, conns, seconds);
-          fmt::print("{:<34} {:>5} {:>10.0f} {:>8.3f} {:>8.3f} {:>7}\n",
-                     path.substr(0, 20) + (path.size() > 20 ? "..." : ""), conns, f.rps, f.p50_ms,
-                     f.p99_ms, f.errors);
-        }
+      fmt::print("flowreg serve API ({}), {} s per case, keep-alive connections\n", binary,
+                 seconds);
+      fmt::print("{:<24} {:>5} {:>5} {:>10} {:>8} {:>8} {:>7}\n", "route", "conns", "idle",
+                 "req/s", "p50 ms", "p99 ms", "errors");
+      std::vector<int> idle;
+      for (int held : {0, 200}) {
+        while (static_cast<int>(idle.size()) < held) idle.push_back(idle_connection(port));
+        for (const std::string& path : {"/api/v1/flows/" + slug, "/api/v1/runs/" + id})
+          for (int conns : {1, 32}) {
+            const Figures f = measure(port, path, conns, seconds);
+            fmt::print("{:<24} {:>5} {:>5} {:>10.0f} {:>8.3f} {:>8.3f} {:>7}\n",
+                       path.substr(0, 20) + (path.size() > 20 ? "..." : ""), conns, held, f.rps,
+                       f.p50_ms, f.p99_ms, f.errors);
+          }
+      }
+      for (int fd : idle) ::close(fd);
       status = 0;
     }
   }

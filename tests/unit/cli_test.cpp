@@ -81,6 +81,18 @@ TEST_SUITE("cli") {
     CHECK(run_process({kBinary, "flows", "show", "x", "--json", "--dot"}).exit_code == 2);
   }
 
+  TEST_CASE("a word that names no command is named in the error, with the commands there are") {
+    // Regression: "A subcommand is required", which did not say that 'frob' was the problem.
+    const auto top = run_process({kBinary, "frob"});
+    CHECK(top.exit_code == 2);
+    CHECK(top.err.find("flowreg: 'frob' is not a command of flowreg (its commands: flows,") !=
+          std::string::npos);
+    const auto nested = run_process({kBinary, "runs", "frob"});
+    CHECK(nested.exit_code == 2);
+    CHECK(nested.err.find("'frob' is not a command of flowreg runs (its commands: list,") !=
+          std::string::npos);
+  }
+
   TEST_CASE("--help works on every command and exits 0") {
     for (auto args : std::vector<std::vector<std::string>>{{"--help"},
                                                            {"flows", "--help"},

@@ -1,5 +1,6 @@
 #include "cli/commands.hpp"
 
+#include <fmt/format.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -54,7 +55,20 @@ int run(int argc, char** argv, ServeFunction serve) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
+    // A word that names no command ("flowreg frob", "flowreg runs frob") is left over: name it,
+    // not "A subcommand is required".
+    const CLI::App* at = &app;
+    while (!at->get_subcommands().empty()) at = at->get_subcommands().front();
+    if (at->remaining().empty() || at->get_subcommands({}).empty()) {
+      app.exit(e);
+      return kExitUsage;
+    }
+    std::string commands;
+    for (const auto* sub : at->get_subcommands({}))
+      commands += (commands.empty() ? "" : ", ") + sub->get_name();
+    const std::string path = at == &app ? std::string("flowreg") : "flowreg " + at->get_name();
+    fmt::print(stderr, "flowreg: '{}' is not a command of {} (its commands: {}); see {} --help\n",
+               at->remaining().front(), path, commands, path);
     return kExitUsage;
   }
   return exit_code;

@@ -31,15 +31,20 @@ void register_flow_routes(http::Router& h, ServerState& state) {
   using http::problem;
   using http::Request;
   using http::Response;
-  h.Get("/api/v1/flows",
-        [&state](const Request&, Response& res) { http::send_json(res, state.flows_json()); });
-  h.Get(R"(/api/v1/flows/([^/]+))", [&state](const Request& req, Response& res) {
-    const FlowRef flow = state.options.registry->get(req.matches[1].str());
-    if (!flow)
-      return problem(res, 404,
-                     fmt::format("no flow with slug '{}'", app::valid_text(req.matches[1].str())));
-    http::send_json(res, app::flow_json(*flow));
-  });
+  h.Get(
+      "/api/v1/flows",
+      [&state](const Request&, Response& res) { http::send_json(res, state.flows_json()); },
+      http::Work::quick);
+  h.Get(R"(/api/v1/flows/([^/]+))",
+        [&state](const Request& req, Response& res) {
+          const FlowRef flow = state.options.registry->get(req.matches[1].str());
+          if (!flow)
+            return problem(
+                res, 404,
+                fmt::format("no flow with slug '{}'", app::valid_text(req.matches[1].str())));
+          http::send_json(res, app::flow_json(*flow));
+        },
+        http::Work::quick);
   h.Get(R"(/api/v1/flows/([^/]+)/graph\.svg)", [&state](const Request& req, Response& res) {
     const FlowRef flow = state.options.registry->get(req.matches[1].str());
     if (!flow)

@@ -19,11 +19,14 @@ void register_worker_plugin_routes(http::Router& h, ServerState& state) {
     for (const auto& w : *workers) out.push_back(app::worker_json(w));
     http::send_json(res, out);
   });
-  h.Get("/api/v1/plugins", [&state](const Request&, Response& res) {
-    json out = json::array();
-    for (const auto& p : state.options.plugins()) out.push_back(app::plugin_json(p));
-    http::send_json(res, out);
-  });
+  h.Get(
+      "/api/v1/plugins",
+      [&state](const Request&, Response& res) {
+        json out = json::array();
+        for (const auto& p : state.options.plugins()) out.push_back(app::plugin_json(p));
+        http::send_json(res, out);
+      },
+      http::Work::quick);
 }
 
 }  // namespace flowreg::detail

@@ -60,27 +60,38 @@ std::string Response::get_header_value(std::string_view name) const {
 
 bool Response::has_header(std::string_view name) const { return headers.contains(name); }
 
-void Router::Get(std::string pattern, Handler handler) {
+void Router::Get(std::string pattern, Handler handler, Work work) {
   std::regex re(pattern);
-  routes_.push_back({"GET", std::move(pattern), std::move(re), std::move(handler)});
+  routes_.push_back({"GET", std::move(pattern), std::move(re), std::move(handler), work});
 }
 
-void Router::Post(std::string pattern, Handler handler) {
+void Router::Post(std::string pattern, Handler handler, Work work) {
   std::regex re(pattern);
-  routes_.push_back({"POST", std::move(pattern), std::move(re), std::move(handler)});
+  routes_.push_back({"POST", std::move(pattern), std::move(re), std::move(handler), work});
 }
 
 Router::Match Router::route(Request& req) const {
-  const std::string_view method = req.method == "HEAD" ? std::string_view("GET") : req.method;
   Match out;
-  for (const auto& r : routes_) {
+  if (req.route >= 0) {  // found before (matches kept)
+    const Route& r = routes_[static_cast<std::size_t>(req.route)];
+    out.found = Found::route;
+    out.handler = &r.handler;
+    out.pattern = r.pattern;
+    out.quick = r.work == Work::quick;
+    return out;
+  }
+  const std::string_view method = req.method == "HEAD" ? std::string_view("GET") : req.method;
+  for (std::size_t i = 0; i < routes_.size(); ++i) {
+    const Route& r = routes_[i];
     std::smatch m;
     if (!std::regex_match(req.path, m, r.re)) continue;
     if (r.method == method) {
       req.matches = std::move(m);
+      req.route = static_cast<int>(i);
       out.found = Found::route;
       out.handler = &r.handler;
       out.pattern = r.pattern;
+      out.quick = r.work == Work::quick;
       out.allow.clear();
       return out;
     }
@@ -89,6 +100,7 @@ Router::Match Router::route(Request& req) const {
     if (!out.allow.empty()) out.allow += ", ";
     out.allow += r.method == "GET" ? "GET, HEAD" : r.method;
   }
+  req.route = -1;
   return out;
 }
 

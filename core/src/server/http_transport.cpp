@@ -282,6 +282,13 @@ class Session final : public std::enable_shared_from_this<Session<Socket>> {
       req->tls = kTls;
     }
     head_ = req->method == "HEAD";
+    if (t_->options.quick && t_->options.quick(*req)) {  // here, on this I/O thread
+      auto res = std::make_shared<Response>();
+      route_ = t_->options.handle(*req, *res);
+      req.reset();
+      release_body();
+      return write(std::move(res));
+    }
     auto self = this->shared_from_this();
     const bool queued = t_->pool.try_post([self, req] {
       auto res = std::make_shared<Response>();

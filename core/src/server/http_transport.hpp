@@ -62,6 +62,9 @@ struct TransportOptions {
   // Runs a complete request on a handler thread (or a stream's thread for nothing). Returns the
   // matched route's pattern ("" when none), for on_exchange. Must not throw.
   std::function<std::string_view(Request&, Response&)> handle;
+  // Whether `handle` may run on the I/O thread that read the request (it is quick); else it runs
+  // on a handler thread. Unset: never.
+  std::function<bool(Request&)> quick;
   // Fills a response for an error of the transport itself (status, and why).
   std::function<void(Response&, int status, std::string_view detail)> error;
   // Each exchange, once done (access log, metrics).

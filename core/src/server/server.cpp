@@ -231,14 +231,17 @@ void HttpServer::Impl::routes() {
   register_event_routes(router, state);          // /api/v1/events
   register_page_routes(router, state);           // the dashboard: / /flows /runs /workers /plugins
   // Signing in to the dashboard with the token: a session cookie (sessions.hpp).
-  router.Get("/signin", [this](const Request& req, Response& res) {
-    if (token.empty()) {  // nothing to sign in to
-      res.status = 303;
-      res.set_header("Location", "/");
-      return;
-    }
-    signin::signin_get(req, res);
-  });
+  router.Get(
+      "/signin",
+      [this](const Request& req, Response& res) {
+        if (token.empty()) {  // nothing to sign in to
+          res.status = 303;
+          res.set_header("Location", "/");
+          return;
+        }
+        signin::signin_get(req, res);
+      },
+      http::Work::quick);
   router.Post("/signin", [this](const Request& req, Response& res) {
     signin::signin_post(
         req, res, sessions,
@@ -373,6 +376,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::start(ServerOptions options) {
     problem(res, status, detail);
     if (status == 503) res.set_header("Retry-After", "1");
   };
+  t.quick = [self](Request& req) { return self->router.route(req).quick; };
   t.on_exchange = [self](const http::Exchange& e) { self->log_exchange(e); };
   auto transport = http::Transport::start(std::move(t));
   if (!transport)

@@ -17,9 +17,12 @@ namespace flowreg::detail {
 void register_service_routes(http::Router& h, ServerState& state) {
   using http::Request;
   using http::Response;
-  h.Get("/healthz", [](const Request&, Response& res) {
-    http::send_json(res, {{"status", "ok"}});
-  });
+  h.Get(
+      "/healthz",
+      [](const Request&, Response& res) {
+        http::send_json(res, {{"status", "ok"}});
+      },
+      http::Work::quick);
   h.Get("/readyz", [&state](const Request&, Response& res) {
     const std::string& conninfo = state.options.conninfo;
     auto migrations = migration_status(conninfo);
@@ -43,16 +46,24 @@ void register_service_routes(http::Router& h, ServerState& state) {
   h.Get("/metrics", [](const Request&, Response& res) {
     res.set_content(metrics::exposition(), metrics::kContentType);
   });
-  h.Get("/static/app.css", [](const Request&, Response& res) {
-    res.set_header("Cache-Control", "max-age=300");
-    res.set_content(assets::kCss, "text/css; charset=utf-8");
-  });
-  h.Get("/static/app.js", [](const Request&, Response& res) {
-    res.set_header("Cache-Control", "max-age=300");
-    res.set_content(assets::kJs, "text/javascript; charset=utf-8");
-  });
-  h.Get("/api/v1/openapi.json",
-        [](const Request&, Response& res) { res.set_content(assets::kOpenApi, http::kJson); });
+  h.Get(
+      "/static/app.css",
+      [](const Request&, Response& res) {
+        res.set_header("Cache-Control", "max-age=300");
+        res.set_content(assets::kCss, "text/css; charset=utf-8");
+      },
+      http::Work::quick);
+  h.Get(
+      "/static/app.js",
+      [](const Request&, Response& res) {
+        res.set_header("Cache-Control", "max-age=300");
+        res.set_content(assets::kJs, "text/javascript; charset=utf-8");
+      },
+      http::Work::quick);
+  h.Get(
+      "/api/v1/openapi.json",
+      [](const Request&, Response& res) { res.set_content(assets::kOpenApi, http::kJson); },
+      http::Work::quick);
 }
 
 }  // namespace flowreg::detail
