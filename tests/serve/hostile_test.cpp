@@ -107,7 +107,9 @@ long peak_rss(pid_t pid) {
 // threads and few stream slots, so that exhausting them is cheap. open_reads without a token
 // (it changes nothing there: the fourth rebinding mode).
 ServeScene& tight_scene() {
-  static ServeScene scene("", true, false, "timeout: 3s, max_connections: 4, max_event_streams: 4");
+  static ServeScene scene("", true, false,
+                          "timeout: 3s, max_connections: 4, max_event_streams: 4, "
+                          "max_open_connections: 250");
   return scene;
 }
 
@@ -174,6 +176,27 @@ TEST_SUITE("serve_hostile") {
     int closed = 0;
     for (auto& s : slow) closed += s->closed() ? 1 : 0;
     CHECK(closed == 200);
+  }
+
+  TEST_CASE("past max_open_connections a connection gets 503 at once, and the others go on") {
+    ServeScene& scene = tight_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    std::vector<std::unique_ptr<RawSocket>> held;
+    for (int i = 0; i < 250; ++i) held.push_back(std::make_unique<RawSocket>(scene.port));
+    // The server counts a connection once its I/O thread has accepted it.
+    std::string refused;
+    for (int i = 0; i < 20 && status_of(refused) != 503; ++i) {
+      RawSocket extra(scene.port);
+      extra.send_all(request("GET", "/healthz"));
+      refused = extra.read_for(milliseconds(1000), "\r\n\r\n");
+    }
+    CHECK(status_of(refused) == 503);
+    CHECK(refused.find("max_open_connections") != std::string::npos);
+    held.resize(200);  // 50 leave
+    std::this_thread::sleep_for(milliseconds(200));
+    RawSocket again(scene.port);
+    again.send_all(request("GET", "/healthz"));
+    CHECK(status_of(again.read_for(milliseconds(2000), "\r\n\r\n")) == 200);
   }
 
   TEST_CASE(

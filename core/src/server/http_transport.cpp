@@ -501,8 +501,8 @@ void Transport::Impl::accept() {
 void Transport::Impl::refuse_over_capacity(tcp::socket socket) {
   static constexpr std::string_view kBusy =
       "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nRetry-After: 1\r\n"
-      "Connection: close\r\nContent-Length: 44\r\n\r\ntoo many connections open "
-      "(server.max_open)\n";
+      "Connection: close\r\nContent-Length: 56\r\n\r\ntoo many connections open "
+      "(server.max_open_connections)\n";
   beast::error_code ignored;
   socket.non_blocking(true, ignored);
   socket.write_some(net::buffer(kBusy.data(), kBusy.size()), ignored);
