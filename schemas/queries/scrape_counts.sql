@@ -20,7 +20,8 @@
 -- The first scrape ($1 < 0) counts nothing: it looks for each flow's bound alone, reading each
 -- flow's runs up to its oldest not ended.
 -- Queued and started tasks are counted per flow slug from their rows (neither partial index holds
--- the slug itself).
+-- the slug itself); at_us of a flow's 'tasks' row is when its oldest queued task ready now (not
+-- waiting for a retry's delay) became ready, 0 when none is.
 WITH w AS MATERIALIZED (SELECT now() - interval '3 seconds' AS upto,
   'epoch'::timestamptz + $1::bigint * interval '1 microsecond' AS since),
  slugs AS MATERIALIZED (SELECT s.slug, coalesce('epoch'::timestamptz
@@ -72,10 +73,12 @@ WITH w AS MATERIALIZED (SELECT now() - interval '3 seconds' AS upto,
    (SELECT f.live FROM first f WHERE f.slug = s.slug)) AS live_from
   FROM slugs s CROSS JOIN w)
  SELECT 'tasks' AS kind, flow_slug, '' AS status, sum(q)::bigint AS queued,
-  sum(r)::bigint AS running, 0::bigint AS at_us, '' AS run_id
- FROM (SELECT flow_slug, count(*) AS q, 0 AS r FROM flowreg.tasks WHERE status = 'queued'
-       GROUP BY flow_slug
-       UNION ALL SELECT flow_slug, 0, count(*) FROM flowreg.tasks WHERE status = 'started'
+  sum(r)::bigint AS running, coalesce(min(ready_us), 0)::bigint AS at_us, '' AS run_id
+ FROM (SELECT flow_slug, count(*) AS q, 0 AS r,
+        (extract(epoch FROM min(available_at) FILTER (WHERE available_at <= now()))
+         * 1000000)::bigint AS ready_us
+       FROM flowreg.tasks WHERE status = 'queued' GROUP BY flow_slug
+       UNION ALL SELECT flow_slug, 0, count(*), NULL FROM flowreg.tasks WHERE status = 'started'
        GROUP BY flow_slug) t GROUP BY flow_slug
  UNION ALL SELECT 'runs', slug, 'started', sum(started)::bigint, 0, 0, '' FROM per
   GROUP BY slug HAVING sum(started) > 0

@@ -135,6 +135,15 @@ TEST_SUITE("worker_metrics") {
     const std::string idle = s.run("idle", "\"x\"", false);
     CHECK(eventually(
         [&] { return metric_sample(scrape(), "flowreg_tasks_queued{flow=\"idle\"}") == 1; }, 60s));
+    // No worker serves "idle": its task's wait shows, and grows.
+    double waited = 0;
+    CHECK(eventually(
+        [&] {
+          waited = metric_sample(scrape(), "flowreg_tasks_oldest_ready_seconds{flow=\"idle\"}");
+          return waited > 0.5;
+        },
+        60s));
+    CHECK(waited < 600);
     auto cancelled = s.flowreg({"runs", "cancel", idle});
     REQUIRE_MESSAGE(cancelled.exit_code == 0, cancelled.err);
 
@@ -153,6 +162,7 @@ TEST_SUITE("worker_metrics") {
     CHECK(metric_sample(text, "flowreg_runs_completed_total{flow=\"idle\"}") == -1);
     CHECK(metric_sample(text, "flowreg_tasks_queued{flow=\"idle\"}") == 0);
     CHECK(metric_sample(text, "flowreg_tasks_running{flow=\"idle\"}") == 0);
+    CHECK(metric_sample(text, "flowreg_tasks_oldest_ready_seconds{flow=\"idle\"}") == 0);
     // Four tasks ran on this worker, each observed once.
     CHECK(metric_sample(text,
                         "flowreg_task_duration_seconds_count{flow=\"count\",step=\"words\"}") == 4);

@@ -65,8 +65,12 @@ int runs_show(RunStore& store, const RunsArgs& a) {
 int runs_cancel(RunStore& store, const RunsArgs& a) {
   auto cancelled = store.cancel_run(a.id);
   if (!cancelled) return report(cancelled.error());
-  fmt::print("{}\n", *cancelled ? "cancelled" : "not running (nothing to cancel)");
-  return *cancelled ? kExitOk : kExitFailure;
+  if (!*cancelled) {
+    fmt::print(stderr, "flowreg: run {} is not running (nothing to cancel)\n", a.id);
+    return kExitFailure;
+  }
+  fmt::print("cancelled\n");
+  return kExitOk;
 }
 
 int runs_retry(RunStore& store, const RunsArgs& a) {

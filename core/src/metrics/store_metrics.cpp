@@ -39,6 +39,12 @@ StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cach
           "Tasks of the flow claimed by some worker and not ended, in the run store, as of the "
           "last scrape.",
           {"flow"})),
+      oldest_ready_(registry.gauge(
+          "flowreg_tasks_oldest_ready_seconds",
+          "How long the flow's oldest queued task that is ready (not waiting for a retry's delay) "
+          "has waited to be claimed, as of the last scrape; 0 when none waits. Grows when no "
+          "worker serves the flow, or its workers are saturated.",
+          {"flow"})),
       up_(registry
               .gauge("flowreg_run_store_up",
                      "1 when this process's last read of the run store for metrics succeeded "
@@ -101,11 +107,18 @@ void StoreMetrics::refresh() {
   for (const auto& flow : gauge_flows_) {
     queued_.with({flow}).set(0);
     running_.with({flow}).set(0);
+    oldest_ready_.with({flow}).set(0);
   }
+  const auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          std::chrono::system_clock::now().time_since_epoch())
+                          .count();
   for (const auto& t : counts->tasks) {
     gauge_flows_.insert(t.flow_slug);
     queued_.with({t.flow_slug}).set(static_cast<double>(t.queued));
     running_.with({t.flow_slug}).set(static_cast<double>(t.running));
+    if (t.oldest_ready_us > 0)
+      oldest_ready_.with({t.flow_slug})
+          .set(static_cast<double>(std::max<std::int64_t>(0, now_us - t.oldest_ready_us)) / 1e6);
   }
 }
 

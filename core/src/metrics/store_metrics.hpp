@@ -55,6 +55,7 @@ class StoreMetrics {
   Family<Counter>& cancelled_;
   Family<Gauge>& queued_;
   Family<Gauge>& running_;
+  Family<Gauge>& oldest_ready_;
   Gauge& up_;
   Gauge& read_seconds_;
 

@@ -254,6 +254,9 @@ struct ScrapeCounts {
   struct Tasks {
     std::string flow_slug;
     std::int64_t queued = 0, running = 0;
+    // When its oldest queued task that is ready now became ready (µs since the epoch, the
+    // server's clock), 0 when none is.
+    std::int64_t oldest_ready_us = 0;
   };
   std::vector<Runs> runs;    // in (since, upto]; empty when since was not given
   std::vector<Tasks> tasks;  // flows with queued or running tasks now

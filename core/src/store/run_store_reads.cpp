@@ -186,7 +186,7 @@ Result<ScrapeCounts> RunStore::scrape_counts(std::optional<ScrapeWindow> window,
         out.next.stragglers[row_text(r["flow_slug"])].push_back(r["run_id"].as<std::string>());
       } else if (kind == "tasks") {
         out.tasks.push_back({row_text(r["flow_slug"]), r["queued"].as<std::int64_t>(),
-                             r["running"].as<std::int64_t>()});
+                             r["running"].as<std::int64_t>(), r["at_us"].as<std::int64_t>()});
       } else if (auto status = parse_run_status(r["status"].as<std::string>())) {
         out.runs.push_back({row_text(r["flow_slug"]), *status, r["queued"].as<std::int64_t>()});
       }
