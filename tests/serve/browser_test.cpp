@@ -241,4 +241,108 @@ TEST_SUITE("serve_browser") {
   }
 }
 
+TEST_SUITE("serve_browser") {
+  TEST_CASE(
+      "signed in to a server with a token, a run is started from its flow's page and followed") {
+    REQUIRE_MESSAGE(fs::exists(kChromium),
+                    "chromium is not installed (scripts/bootstrap installs it)");
+    const fs::path artifacts = FLOWREG_ARTIFACT_DIR;
+    fs::create_directories(artifacts);
+    ServeScene scene(kToken);
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client(kToken);
+    const std::string base = "http://127.0.0.1:" + std::to_string(scene.port);
+    Browser browser(scene.scratch.dir / "chromium-profile-token");
+
+    // Signing in, from the sign-in page: its form's fields sent by fetch() (a form POST of that
+    // page carries 'Origin: null' under the server's Referrer-Policy no-referrer, which the
+    // server refuses as cross-site), the session cookie set by the answer; then the flow page.
+    browser.open(base + "/signin?next=%2Fflows%2Fmarked");
+    browser.eval("document.querySelector('input[name=token]').value = " + json(kToken).dump() +
+                 "; window.signinStatus = 0; fetch('/signin', {method: 'POST', body: new "
+                 "URLSearchParams(new FormData(document.querySelector('form'))), "
+                 "referrerPolicy: 'same-origin', redirect: 'manual'}).then(r => "
+                 "{ window.signinStatus = r.type === 'opaqueredirect' ? 303 : r.status; }); true");
+    REQUIRE(browser.until("window.signinStatus !== 0"));
+    CHECK(browser.eval("window.signinStatus") == 303);
+    browser.open(base + "/flows/marked");
+    const bool signed_in = browser.until(
+        "location.pathname === '/flows/marked' && document.readyState === 'complete' && "
+        "!!document.getElementById('start-run')");
+    REQUIRE_MESSAGE(signed_in,
+                    browser.eval("location.href + ' ' + document.body.innerText").dump());
+    // The script enabled the button; the input is prefilled from the schema.
+    REQUIRE(browser.until("!document.getElementById('start-button').disabled"));
+    CHECK(browser.eval("JSON.parse(document.getElementById('start-input').value)") ==
+          json({{"order_id", nullptr}}));
+    browser.screenshot(artifacts / "token-flow-form-1280.png");
+
+    // A refused input: the problem's detail and each error, as text next to the editor.
+    browser.eval(
+        "document.getElementById('start-input').value = '{}'; "
+        "document.getElementById('start-button').click(); true");
+    REQUIRE(browser.until("!document.getElementById('start-problem').hidden"));
+    CHECK(browser.eval("document.getElementById('start-detail').textContent.length > 0") == true);
+    CHECK(browser.eval("document.getElementById('start-errors').textContent")
+              .get<std::string>()
+              .find("order_id") != std::string::npos);
+    CHECK(browser.eval("location.pathname") == "/flows/marked");
+    // Malformed JSON with markup in it: 400, its detail shown as text, no element made of it.
+    browser.eval(
+        "document.getElementById('start-input').value = '{\"<b>x</b>\": '; "
+        "document.getElementById('start-button').click(); true");
+    REQUIRE(
+        browser.until("!document.getElementById('start-button').disabled && "
+                      "!document.getElementById('start-problem').hidden && "
+                      "document.getElementById('start-errors').children.length === 0"));
+    CHECK(browser.eval("document.querySelectorAll('#start-problem b').length") == 0);
+    browser.screenshot(artifacts / "token-flow-form-problem-1280.png");
+
+    // A run started from the form, with an idempotency key: the browser goes to its page.
+    browser.eval(
+        "document.getElementById('start-input').value = '{\"order_id\": \"from-the-form\"}'; "
+        "document.getElementById('start-key').value = 'browser-key-1'; "
+        "document.getElementById('start-button').click(); true");
+    REQUIRE(
+        browser.until("/^\\/runs\\/[0-9a-f-]{36}$/.test(location.pathname) && "
+                      "document.readyState === 'complete'"));
+    const std::string id = browser.eval("location.pathname.slice(6)");
+    const json found = json::parse(c.Get("/api/v1/runs?key=browser-key-1")->body);
+    REQUIRE(found["runs"].size() == 1);
+    CHECK(found["runs"][0]["id"] == id);
+    // The run page follows /events with the session cookie alone (no bearer token). (The run
+    // may end before the stream opens: its final state is read from the page opened again.)
+    REQUIRE(browser.until("document.getElementById('live').textContent === 'live'"));
+    CHECK(scene.wait_run(id, kToken)["status"] == "completed");
+    browser.open(base + "/runs/" + id);
+    CHECK(browser.eval("document.querySelector('[data-step-status=\"fetch\"]').textContent") ==
+          "completed");
+    CHECK(browser.eval("document.querySelector('[data-step-attempts=\"fetch\"]').textContent") ==
+          "1");
+    browser.screenshot(artifacts / "token-run-1280.png");
+
+    // The runs list shows it, and finds it by its key.
+    browser.open(base + "/runs");
+    CHECK(browser.eval("(document.querySelector('[data-run-status=\"" + id +
+                       "\"]') || {}).textContent") == "completed");
+    CHECK(browser.eval("!!document.querySelector('[data-runs-total]')") == true);
+    browser.screenshot(artifacts / "token-runs-1280.png");
+    browser.open(base + "/runs?key=browser-key-1");
+    CHECK(browser.eval("document.querySelector('[data-runs-total]').textContent") == "1 run found");
+
+    // A phone's width: the same pages, none wider than the screen.
+    browser.viewport(390, 844, true);
+    for (const auto& [path, file] :
+         std::vector<std::pair<std::string, std::string>>{{"/flows/marked", "token-flow-form-390"},
+                                                          {"/runs", "token-runs-390"},
+                                                          {"/runs/" + id, "token-run-390"}}) {
+      CAPTURE(path);
+      browser.open(base + path);
+      CHECK(browser.eval("document.documentElement.scrollWidth <= 390") == true);
+      browser.screenshot(artifacts / (file + ".png"));
+    }
+    MESSAGE("screenshots in ", artifacts.string());
+  }
+}
+
 }  // namespace flowreg::servetest

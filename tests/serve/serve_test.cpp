@@ -675,4 +675,137 @@ TEST_SUITE("serve") {
   }
 }
 
+TEST_SUITE("serve") {
+  TEST_CASE("a flow's page holds a form that starts a run, inert until its script runs") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    auto page = c.Get("/flows/marked");
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    const std::string& html = page->body;
+    CHECK(html.find("<form id=\"start-run\"") != std::string::npos);
+    CHECK(html.find("data-start-url=\"/api/v1/flows/marked/runs\"") != std::string::npos);
+    // Without the script, the button does nothing: it is disabled.
+    CHECK(html.find("id=\"start-button\" disabled") != std::string::npos);
+    // The input is prefilled from the schema's required properties (order_id, of no type).
+    CHECK(html.find("&quot;order_id&quot;: null") != std::string::npos);
+    // No inline script: the form's code is in /static/app.js.
+    CHECK(html.find("<script>") == std::string::npos);
+    auto js = c.Get("/static/app.js");
+    REQUIRE(js);
+    CHECK(js->body.find("start-run") != std::string::npos);
+    CHECK(js->body.find("innerHTML") == std::string::npos);
+  }
+
+  TEST_CASE("a step waiting for its retry says when, and how its last attempt failed") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+    auto url = cluster->ensure_running();
+    REQUIRE_MESSAGE(url, testing::failure_text(url));
+    auto store = detail::RunStore::connect(*url);
+    REQUIRE_MESSAGE(store, testing::failure_text(store));
+    // A flow no worker of the scene serves, retried an hour after a failure.
+    FlowDef flow;
+    flow.slug = "retried";
+    flow.module = "servetest";
+    flow.options.base_delay = Millis(3'600'000);
+    flow.options.max_delay = Millis(3'600'000);
+    flow.steps.push_back(StepDef{"only", StepKind::single, {}, "nobody.none", {}});
+    REQUIRE(store->upsert_flow(flow, "v1"));
+    auto run = store->start_run("retried", "v1", detail::Json::object());
+    REQUIRE_MESSAGE(run, testing::failure_text(run));
+    const detail::FlowKey key{"retried", "v1"};
+    auto claimed = store->claim("test-worker", std::span(&key, 1), 1);
+    REQUIRE_MESSAGE(claimed, testing::failure_text(claimed));
+    REQUIRE(claimed->size() == 1);
+    const detail::Failure failure{(*claimed)[0].id, (*claimed)[0].attempt, "<b>boom</b> at 42",
+                                  false};
+    auto failed = store->fail(std::span(&failure, 1));
+    REQUIRE_MESSAGE(failed, testing::failure_text(failed));
+    REQUIRE(failed->empty());  // none rejected
+
+    auto c = scene.client();
+    const json got = body_of(c.Get(("/api/v1/runs/" + *run).c_str()));
+    CAPTURE(got.dump());
+    REQUIRE(got["status"] == "started");
+    const json step = got["steps"][0];
+    CHECK(step["failed_attempt"] == 1);
+    CHECK(step["last_error"] == "<b>boom</b> at 42");
+    REQUIRE(step["next_attempt_at"].is_string());
+    // An hour from now (the store's delay), not now: later than the run's creation.
+    CHECK(step["next_attempt_at"].get<std::string>() > got["created_at"].get<std::string>());
+    auto page = c.Get(("/runs/" + *run).c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(
+        page->body.find("retrying at <time>" + step["next_attempt_at"].get<std::string>() +
+                        "</time> (attempt 1 failed: <span class=\"error\">&lt;b&gt;boom&lt;/b&gt; "
+                        "at 42</span>)") != std::string::npos);
+    // A step that is not waiting says nothing of retries.
+    const json done = scene.wait_run(start_order(c, "retry-free"));
+    for (const auto& s :
+         body_of(c.Get(("/api/v1/runs/" + done["id"].get<std::string>()).c_str()))["steps"]) {
+      CHECK(s["next_attempt_at"].is_null());
+      CHECK(s["last_error"].is_null());
+    }
+  }
+
+  TEST_CASE("runs are found by their exact id or idempotency key, and counted") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    detail::RunStore store = unserved_flow(scene, "searched");
+    std::vector<std::string> ids;
+    for (const char* k : {"key-1", "key-<2>", "key-3"}) {
+      detail::StartOptions start;
+      start.idempotency_key = k;
+      auto id = store.start_run("searched", "v1", detail::Json::object(), start);
+      REQUIRE_MESSAGE(id, testing::failure_text(id));
+      ids.push_back(*id);
+    }
+    auto c = scene.client();
+    const json by_key = body_of(c.Get("/api/v1/runs?key=key-%3C2%3E"));
+    REQUIRE(by_key["runs"].size() == 1);
+    CHECK(by_key["runs"][0]["id"] == ids[1]);
+    CHECK(by_key["total"] == 1);
+    CHECK(by_key["total_exact"] == true);
+    CHECK(by_key["next_before"].is_null());
+    const json by_id = body_of(c.Get(("/api/v1/runs?id=" + ids[2]).c_str()));
+    REQUIRE(by_id["runs"].size() == 1);
+    CHECK(by_id["runs"][0]["idempotency_key"] == "key-3");
+    // An id and a key that do not go together: nothing.
+    CHECK(body_of(c.Get(("/api/v1/runs?key=key-1&id=" + ids[2]).c_str()))["runs"].empty());
+    CHECK(body_of(c.Get("/api/v1/runs?key=nobody"))["total"] == 0);
+    check_problem(c.Get("/api/v1/runs?id=not-a-run"), 400);
+    check_problem(c.Get(("/api/v1/runs?key=" + std::string(256, 'k')).c_str()), 400);
+    // The count of a flow's runs, whatever the page's limit.
+    const json listed = body_of(c.Get("/api/v1/runs?flow=searched&limit=1"));
+    CHECK(listed["runs"].size() == 1);
+    CHECK(listed["total"] == 3);
+    CHECK(listed["total_exact"] == true);
+    // The page: a search box, the count, the run found, the key escaped in the box.
+    auto page = c.Get("/runs?key=key-%3C2%3E");
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find("name=\"key\" value=\"key-&lt;2&gt;\"") != std::string::npos);
+    CHECK(page->body.find("data-runs-total=\"1\">1 run found<") != std::string::npos);
+    CHECK(page->body.find(ids[1]) != std::string::npos);
+    CHECK(page->body.find(ids[0]) == std::string::npos);
+    auto all = c.Get("/runs?flow=searched");
+    REQUIRE(all);
+    CHECK(all->body.find(">3 runs<") != std::string::npos);
+    // Past the bound, the count says so instead of reading the whole history.
+    std::vector<detail::Json> inputs(10'001, detail::Json::object());
+    REQUIRE(unserved_flow(scene, "counted").start_runs("counted", "v1", inputs));
+    const json many = body_of(c.Get("/api/v1/runs?flow=counted&limit=5"));
+    CHECK(many["total"] == 10'000);
+    CHECK(many["total_exact"] == false);
+    auto many_page = c.Get("/runs?flow=counted");
+    REQUIRE(many_page);
+    CHECK(many_page->body.find(">more than 10,000 runs<") != std::string::npos);
+  }
+}
+
 }  // namespace flowreg::servetest

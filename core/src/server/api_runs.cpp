@@ -23,6 +23,8 @@ using http::Request;
 using http::Response;
 
 constexpr int kMaxListLimit = 1000;
+// The most runs a list counts: a count of a long history would read all of it.
+constexpr int kMaxCounted = 10'000;
 
 void post_run(ServerState& state, const Request& req, Response& res) {
   const std::string slug = req.matches[1];
@@ -76,9 +78,29 @@ Result<json> ServerState::run_with_steps(const std::string& id) {
     if (!*info) return make_error(Errc::not_found, fmt::format("no run {}", id));
     auto steps = store.run_steps(id);
     if (!steps) return tl::unexpected(std::move(steps.error()));
+    // A step waiting for its next attempt says when, and why the last one failed.
+    std::vector<StepRetry> retries;
+    if ((*info)->status == RunStatus::started) {
+      auto waiting = store.step_retries(id);
+      if (!waiting) return tl::unexpected(std::move(waiting.error()));
+      retries = std::move(*waiting);
+    }
     json out = app::run_json(**info);
     out["steps"] = json::array();
-    for (const auto& s : *steps) out["steps"].push_back(app::step_json(s));
+    for (const auto& s : *steps) {
+      json step = app::step_json(s);
+      step["next_attempt_at"] = nullptr;
+      step["failed_attempt"] = nullptr;
+      step["last_error"] = nullptr;
+      for (const auto& r : retries)
+        if (r.step_slug == s.slug && s.status != "completed" && s.status != "failed" &&
+            s.status != "cancelled") {
+          step["next_attempt_at"] = app::iso_time(r.next_attempt_at);
+          step["failed_attempt"] = r.failed_attempt;
+          step["last_error"] = app::excerpt(r.error, app::kErrorExcerptBytes);
+        }
+      out["steps"].push_back(std::move(step));
+    }
     return out;
   });
 }
@@ -86,7 +108,7 @@ Result<json> ServerState::run_with_steps(const std::string& id) {
 void list_runs(ServerState& state, const Request& req, Response& res, bool html) {
   RunFilter filter;
   std::optional<RunId> before;
-  json given = {{"flow", ""}, {"status", ""}};
+  json given = {{"flow", ""}, {"status", ""}, {"id", ""}, {"key", ""}};
   const auto fail = [&](int status, std::string message) {
     if (html) {
       http::html_error(res, status, message);
@@ -117,6 +139,22 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
                                    kMaxListLimit));
     filter.limit = n;
   }
+  // A search by run id or by idempotency key: the runs that match, on one page.
+  RunSearch search;
+  if (req.has_param("id") && !req.get_param_value("id").empty()) {
+    const std::string id = req.get_param_value("id");
+    if (!http::is_uuid(id))
+      return fail(400, fmt::format("id '{}' is not a run id", app::valid_text(id)));
+    search.id = id;
+    given["id"] = id;
+  }
+  if (req.has_param("key") && !req.get_param_value("key").empty()) {
+    auto key = app::check_idempotency_key(req.get_param_value("key"));
+    if (!key || !*key) return fail(400, "key is longer than 255 bytes");
+    search.idempotency_key = app::valid_text(**key);
+    given["key"] = *search.idempotency_key;
+  }
+  const bool searching = search.id || search.idempotency_key;
   if (req.has_param("before") && !req.get_param_value("before").empty()) {
     const std::string b = req.get_param_value("before");
     if (!http::is_uuid(b))
@@ -126,23 +164,41 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
   // One more than asked: whether there is a next page.
   const int asked = filter.limit;
   filter.limit = asked + 1;
-  auto runs =
-      state.stores.with([&](RunStore& store) { return store.list_run_summaries(filter, before); });
+  // And how many runs match the filter, counted up to kMaxCounted (more: "more than").
+  std::int64_t total = 0;
+  auto runs = state.stores.with([&](RunStore& store) -> Result<std::vector<RunSummary>> {
+    if (searching) {
+      auto found = store.find_run_summaries(filter, search);
+      if (found) total = static_cast<std::int64_t>(found->size());
+      return found;
+    }
+    auto listed = store.list_run_summaries(filter, before);
+    if (!listed) return listed;
+    auto counted = store.count_runs(filter, kMaxCounted + 1);
+    if (!counted) return tl::unexpected(std::move(counted.error()));
+    total = *counted;
+    return listed;
+  });
   if (!runs) {
     if (html) return fail(http::status_of(runs.error()), runs.error().message);
     return http::send_error(res, runs.error());
   }
-  const bool more = static_cast<int>(runs->size()) > asked;
-  if (more) runs->resize(static_cast<std::size_t>(asked));
+  const bool more = !searching && static_cast<int>(runs->size()) > asked;
+  if (static_cast<int>(runs->size()) > asked) runs->resize(static_cast<std::size_t>(asked));
   json list = json::array();
   for (const auto& r : *runs) list.push_back(app::run_summary_json(r));
   const std::string next = more ? runs->back().id : std::string();
+  const bool exact = total <= kMaxCounted;
+  given["total"] = exact ? total : kMaxCounted;
+  given["total_exact"] = exact;
   if (html) {
     res.set_content(dashboard::runs_page(list, state.flows_json(), given, next), http::kHtml);
     return;
   }
-  http::send_json(res,
-                  {{"runs", std::move(list)}, {"next_before", more ? json(next) : json(nullptr)}});
+  http::send_json(res, {{"runs", std::move(list)},
+                        {"next_before", more ? json(next) : json(nullptr)},
+                        {"total", exact ? total : kMaxCounted},
+                        {"total_exact", exact}});
 }
 
 void register_run_routes(http::Router& h, ServerState& state) {

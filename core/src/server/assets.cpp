@@ -66,6 +66,16 @@ dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .25rem 1re
 dl.meta dt { color: var(--muted); }
 dl.meta dd { margin: 0; word-break: break-word; }
 .actions { display: flex; gap: .5rem; margin: .5rem 0 1rem; }
+form.start-run { display: flex; flex-direction: column; gap: .5rem; max-width: 48rem; }
+form.start-run textarea { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
+                          font-size: .85rem; width: 100%; padding: .5rem; border: 1px solid
+                          var(--line); border-radius: 4px; resize: vertical; }
+.start-row { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; }
+.start-row label { flex: 1 1 14rem; }
+button:disabled { opacity: .5; cursor: not-allowed; }
+.problem { border: 1px solid var(--bad); border-radius: 6px; padding: .4rem .8rem; }
+.problem p, .problem ul { margin: .2rem 0; }
+.retry { font-size: .8rem; color: var(--warn); margin-top: .2rem; }
 .notice { background: #fff7e0; border: 1px solid #f0d58a; padding: .5rem .8rem; border-radius: 6px; }
 @media (max-width: 640px) {
   main { padding: .6rem; }
@@ -110,6 +120,9 @@ const char* const kJs = R"JS(
     if (watchRun !== d.run) return;
     each('[data-step-status=' + attr(d.step) + ']', function (el) { setStatus(el, d.status); });
     each('[data-step-attempts=' + attr(d.step) + ']', function (el) {
+      if (el.textContent !== String(d.attempts)) {
+        each('[data-step-retry=' + attr(d.step) + ']', function (r) { r.hidden = true; });
+      }
       el.textContent = String(d.attempts);
     });
   }
@@ -172,7 +185,8 @@ const char* const kJs = R"JS(
   });
   each('button[data-action]', function (b) {
     b.addEventListener('click', function () {
-      fetch(b.getAttribute('data-action'), { method: 'POST', headers: authHeaders() })
+      fetch(b.getAttribute('data-action'), { method: 'POST', headers: authHeaders(),
+                                             referrerPolicy: 'same-origin' })
         .then(function (r) {
           return r.json().then(function (j) {
             if (r.ok && j.id && j.id !== watchRun) location.href = '/runs/' + encodeURIComponent(j.id);
@@ -186,6 +200,60 @@ const char* const kJs = R"JS(
         });
     });
   });
+  // The flow page's form: starts a run with fetch(), then opens it; a refusal (400, 422, ...)
+  // shows the problem's detail and each of its errors as text.
+  var startForm = document.getElementById('start-run');
+  if (startForm) {
+    var startButton = document.getElementById('start-button');
+    var problemBox = document.getElementById('start-problem');
+    each('[data-needs-script]', function (el) { el.hidden = true; });
+    startButton.disabled = false;
+    var showProblem = function (detail, errors) {
+      document.getElementById('start-detail').textContent = detail;
+      var list = document.getElementById('start-errors');
+      while (list.firstChild) list.removeChild(list.firstChild);
+      (errors || []).forEach(function (e) {
+        var li = document.createElement('li');
+        li.textContent = String(e);
+        list.appendChild(li);
+      });
+      problemBox.hidden = false;
+    };
+    startForm.addEventListener('submit', function (e) {
+      e.preventDefault();
+      var headers = authHeaders();
+      headers['Content-Type'] = 'application/json';
+      var key = document.getElementById('start-key').value.trim();
+      if (key) headers['Idempotency-Key'] = key;
+      startButton.disabled = true;
+      problemBox.hidden = true;
+      fetch(startForm.getAttribute('data-start-url'), {
+        method: 'POST', headers: headers, credentials: 'same-origin',
+        // With the server's Referrer-Policy no-referrer, a POST's Origin would be 'null', which
+        // the server refuses as cross-site: this request's policy lets it carry the page's.
+        referrerPolicy: 'same-origin',
+        body: document.getElementById('start-input').value
+      }).then(function (r) {
+        return r.text().then(function (text) {
+          var j = null;
+          try { j = JSON.parse(text); } catch (err) { j = null; }
+          if (r.status === 201 && j && j.id) {
+            location.href = '/runs/' + encodeURIComponent(j.id);
+            return;
+          }
+          if (r.status === 401) askToken();
+          startButton.disabled = false;
+          if (j && typeof j === 'object')
+            showProblem(String(j.detail || j.title || ('HTTP ' + r.status)),
+                        Array.isArray(j.errors) ? j.errors : []);
+          else showProblem('HTTP ' + r.status, []);
+        });
+      }).catch(function (err) {
+        startButton.disabled = false;
+        showProblem('The request failed: ' + err, []);
+      });
+    });
+  }
   if (live) connect();
 })();
 )JS";

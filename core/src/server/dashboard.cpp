@@ -51,6 +51,9 @@ std::string layout(std::string_view title, std::string_view current, std::string
   return fmt::format(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+      // A POST from the page (fetch) carries its Origin, which the server checks: under the
+      // server's Referrer-Policy no-referrer alone, browsers send 'Origin: null' instead.
+      "<meta name=\"referrer\" content=\"same-origin\">"
       "<title>{0} · flowreg</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>"
       "<body data-watch-run=\"{1}\"><header><span class=\"brand\">flowreg</span>"
       "<nav aria-label=\"Main\">{2}</nav>{3}</header><main id=\"main\">"
@@ -161,6 +164,63 @@ std::optional<std::int64_t> epoch_seconds(const std::string& iso) {
   return static_cast<std::int64_t>(timegm(&tm));
 }
 
+// An input to start a run with, from the flow's input schema: each of its required properties
+// with an empty value of the type its schema names (null when it names none); {} without any.
+json example_input(const json& schema) {
+  json out = json::object();
+  if (!schema.is_object() || !schema.contains("required") || !schema["required"].is_array())
+    return out;
+  for (const auto& name : schema["required"]) {
+    if (!name.is_string()) continue;
+    const std::string key = name.get<std::string>();
+    json type;
+    if (schema.contains("properties") && schema["properties"].is_object() &&
+        schema["properties"].contains(key) && schema["properties"][key].is_object())
+      type = schema["properties"][key].value("type", json());
+    const std::string t = type.is_string() ? type.get<std::string>() : std::string();
+    if (t == "string")
+      out[key] = "";
+    else if (t == "integer" || t == "number")
+      out[key] = 0;
+    else if (t == "boolean")
+      out[key] = false;
+    else if (t == "array")
+      out[key] = json::array();
+    else if (t == "object")
+      out[key] = json::object();
+    else
+      out[key] = nullptr;
+  }
+  return out;
+}
+
+// 1234567 as "1,234,567".
+std::string grouped(std::int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (std::size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+// The form that starts a run of `slug` (static/app.js sends it with fetch(): its button is
+// disabled until the script enables it, so that without scripts it does nothing).
+std::string start_form(const std::string& slug, const json& input_schema) {
+  return fmt::format(
+      "<h2>Start a run</h2><form id=\"start-run\" class=\"start-run\" "
+      "data-start-url=\"/api/v1/flows/{0}/runs\"><label for=\"start-input\">Input (JSON)</label>"
+      "<textarea id=\"start-input\" name=\"input\" rows=\"8\" spellcheck=\"false\" "
+      "autocomplete=\"off\">{1}</textarea><div class=\"start-row\"><label>Idempotency key "
+      "(optional)<input id=\"start-key\" name=\"idempotency_key\" maxlength=\"255\" "
+      "autocomplete=\"off\"></label><button type=\"submit\" id=\"start-button\" disabled>"
+      "Start</button></div><p class=\"muted\" data-needs-script>Starting a run here needs "
+      "JavaScript (or <code>POST /api/v1/flows/{0}/runs</code>).</p><div id=\"start-problem\" "
+      "class=\"problem\" role=\"alert\" hidden><p id=\"start-detail\" class=\"error\"></p>"
+      "<ul id=\"start-errors\" class=\"error\"></ul></div></form>",
+      url_part(slug), escape(json_text(example_input(input_schema), 2)));
+}
+
 }  // namespace
 
 std::string escape(std::string_view text) {
@@ -235,19 +295,21 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
       "class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th><th "
       "scope=\"col\">Kind</th><th scope=\"col\">Handler</th><th scope=\"col\">Depends on</th><th "
       "scope=\"col\" class=\"wide\">Options</th></tr></thead><tbody>{10}</tbody></table></div>"
-      "<h2>Input schema</h2><pre>{11}</pre><h2>Recent runs</h2>{12}"
+      "{14}<h2>Input schema</h2><pre>{11}</pre><h2>Recent runs</h2>{12}"
       "<p><a href=\"/runs?flow={13}\">All runs of {0}</a></p>",
       escape(slug), esc(flow, "description"), esc(flow, "module"), esc(flow, "version"),
       esc(flow, "source"), esc(o, "max_attempts"), esc(o, "base_delay"), esc(o, "max_delay"),
       esc(o, "timeout"), dag_img(flow), steps,
       flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
-      runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug));
+      runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug),
+      start_form(slug, flow["input_schema"]));
   return layout("Flow " + slug, "/", content);
 }
 
 std::string runs_page(const json& runs, const json& flows, const json& filter,
                       std::string_view next_before) {
-  const std::string flow = str(filter, "flow"), status = str(filter, "status");
+  const std::string flow = str(filter, "flow"), status = str(filter, "status"),
+                    id = str(filter, "id"), key = str(filter, "key");
   std::string flow_options = "<option value=\"\">any</option>";
   for (const auto& f : flows) {
     const std::string slug = str(f, "slug");
@@ -263,11 +325,24 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
     more =
         fmt::format("<p><a href=\"/runs?flow={}&amp;status={}&amp;before={}\">Older runs</a></p>",
                     url_part(flow), url_part(status), url_part(next_before));
+  // How many runs match: counted up to a bound ("more than N" past it).
+  std::string count;
+  if (filter.contains("total") && filter["total"].is_number_integer()) {
+    const std::int64_t n = filter["total"].get<std::int64_t>();
+    const bool exact = filter.value("total_exact", true);
+    count = fmt::format("<p class=\"muted\" data-runs-total=\"{}\">{}{} run{}{}</p>", n,
+                        exact ? "" : "more than ", grouped(n), n == 1 && exact ? "" : "s",
+                        id.empty() && key.empty() ? "" : " found");
+  }
   std::string content = fmt::format(
-      "<h1>Runs</h1><form class=\"filters\" method=\"get\" action=\"/runs\"><label>Flow"
-      "<select name=\"flow\">{}</select></label><label>Status<select name=\"status\">{}</select>"
-      "</label><button type=\"submit\">Filter</button></form>{}{}",
-      flow_options, status_options, runs_table(runs, true), more);
+      "<h1>Runs</h1><form class=\"filters\" method=\"get\" action=\"/runs\" role=\"search\">"
+      "<label>Flow<select name=\"flow\">{}</select></label><label>Status<select "
+      "name=\"status\">{}</select></label><label>Run id<input name=\"id\" value=\"{}\" "
+      "size=\"36\" maxlength=\"36\" autocomplete=\"off\" placeholder=\"exact id\"></label>"
+      "<label>Idempotency key<input name=\"key\" value=\"{}\" maxlength=\"255\" "
+      "autocomplete=\"off\" placeholder=\"exact key\"></label><button type=\"submit\">Filter"
+      "</button></form>{}{}{}",
+      flow_options, status_options, escape(id), escape(key), count, runs_table(runs, true), more);
   return layout("Runs", "/runs", content);
 }
 
@@ -295,13 +370,21 @@ std::string run_page(const json& run) {
                         escape(status), 100.0 * static_cast<double>(*b - t0) / span,
                         std::max(1.0, 100.0 * static_cast<double>(e - *b) / span));
     }
+    // Waiting for its next attempt: when, and why the last one failed.
+    std::string retry;
+    if (!str(s, "next_attempt_at").empty())
+      retry = fmt::format(
+          "<div class=\"retry\" data-step-retry=\"{}\">retrying at <time>{}</time> (attempt {} "
+          "failed: <span class=\"error\">{}</span>)</div>",
+          escape(slug), esc(s, "next_attempt_at"), esc(s, "failed_attempt"), esc(s, "last_error"));
     steps += fmt::format(
-        "<tr><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td data-step-attempts=\"{0}\">{4}"
+        "<tr><td>{0}</td><td>{1}</td><td>{2}{8}</td><td>{3}</td><td data-step-attempts=\"{0}\">{4}"
         "</td><td class=\"wide\"><div class=\"timeline\" role=\"img\" aria-label=\"{0}: {5} to "
         "{6}\">{7}</div><span class=\"muted\">{5} → {6}</span></td></tr>",
         escape(slug), esc(s, "kind"),
         status_badge(status, fmt::format(" data-step-status=\"{}\"", escape(slug))),
-        esc(s, "tasks"), esc(s, "attempts"), esc(s, "started_at"), esc(s, "finished_at"), bar);
+        esc(s, "tasks"), esc(s, "attempts"), esc(s, "started_at"), esc(s, "finished_at"), bar,
+        retry);
     if (!s["error"].is_null())
       steps += fmt::format("<tr><td></td><td colspan=\"5\" class=\"error\">error: {}</td></tr>",
                            esc(s, "error"));

@@ -23,8 +23,11 @@ std::string flows_page(const json& flows, const json& recent_runs,
                        std::string_view runs_error = {});
 std::string flow_page(const json& flow, const json& runs, std::string_view runs_error = {});
 // The runs come as summaries (app::run_summary_json).
-// `filter`: {flow, status} as given (strings, possibly empty); `next_before`: the id of the last
-// run listed when there may be more, else "".
+// `filter`: {flow, status, id, key} as given (strings, possibly empty), and {total, total_exact}:
+// how many runs match (counted up to a bound: when not exact, more than total); `next_before`: the
+// id of the last run listed when there may be more, else "".
+// The flow page holds a form that starts a run (static/app.js sends it), its input prefilled with
+// the input schema's required properties.
 std::string runs_page(const json& runs, const json& flows, const json& filter,
                       std::string_view next_before);
 // With "steps". The input, the output and each step's output are shown by their size and their

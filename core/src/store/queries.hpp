@@ -23,7 +23,9 @@ enum class Query {
   cancel_run,
   claim,
   complete,
+  count_runs,
   fail,
+  find_run_summaries,
   get_run,
   heartbeat,
   list_run_summaries,
@@ -46,6 +48,7 @@ enum class Query {
   start_run,
   start_run_with,
   start_runs,
+  step_retries,
   upsert_flow,
   work,
 };

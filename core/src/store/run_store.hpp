@@ -214,10 +214,24 @@ struct StepInfo {
   std::optional<Json> output;
 };
 
+// A step's task waiting for its next attempt after one failed (the first due, for a map step).
+struct StepRetry {
+  std::string step_slug;
+  int failed_attempt = 0;  // the number of the attempt that failed
+  std::string error;       // its error: at most 400 characters, an excerpt when longer
+  TimePoint next_attempt_at;
+};
+
 struct RunFilter {
   std::optional<std::string> flow_slug;
   std::optional<RunStatus> status;
   int limit = 100;
+};
+
+// Runs searched for by id or by idempotency key (either or both; at least one), within a filter.
+struct RunSearch {
+  std::optional<RunId> id;
+  std::optional<std::string> idempotency_key;
 };
 
 // The JSON stored for a flow version: slug, input_schema, and per step its slug, kind, depends_on,
@@ -367,6 +381,15 @@ class RunStore {
       const RunFilter& filter = {}, const std::optional<RunId>& before = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
+  // The steps of the run waiting for a retry: per step, its task due first; by step slug.
+  Result<std::vector<StepRetry>> step_retries(const RunId& run);
+  // The runs list_run_summaries would list that have this id and/or this key (a key names at most
+  // one run per flow), newest first, at most filter.limit. search.id must be a UUID's text.
+  Result<std::vector<RunSummary>> find_run_summaries(const RunFilter& filter,
+                                                     const RunSearch& search);
+  // How many runs list_run_summaries lists with no limit, counting no more than `at_most` (the
+  // count stops there: a count of a long history would read all of it).
+  Result<std::int64_t> count_runs(const RunFilter& filter, int at_most);
 
   // For metrics, in one statement of index range scans: tasks queued and running per flow, and
   // runs started and ended per flow and status with created_at (finished_at) in

@@ -152,6 +152,46 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                  });
 }
 
+Result<std::vector<StepRetry>> RunStore::step_retries(const RunId& run) {
+  return guarded(fmt::format("reading the retries of run {}", shown_name(run)),
+                 [&]() -> Result<std::vector<StepRetry>> {
+                   std::vector<StepRetry> out;
+                   for (const auto& r : impl_->exec(Query::step_retries, run)) {
+                     StepRetry s;
+                     s.step_slug = row_text(r["step_slug"]);
+                     s.failed_attempt = r["attempt"].as<int>();
+                     s.error = row_text(r["error"]);
+                     s.next_attempt_at = from_micros(r["next_attempt_at_us"].as<std::int64_t>());
+                     out.push_back(std::move(s));
+                   }
+                   return out;
+                 });
+}
+
+Result<std::vector<RunSummary>> RunStore::find_run_summaries(const RunFilter& filter,
+                                                             const RunSearch& search) {
+  return guarded("searching runs", [&]() -> Result<std::vector<RunSummary>> {
+    const std::string status =
+        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    auto rows = impl_->exec(Query::find_run_summaries, search.id.value_or(""),
+                            search.idempotency_key.value_or(""), filter.flow_slug.value_or(""),
+                            status, filter.limit);
+    std::vector<RunSummary> out;
+    out.reserve(rows.size());
+    for (const auto& r : rows) out.push_back(summary_of(r));
+    return out;
+  });
+}
+
+Result<std::int64_t> RunStore::count_runs(const RunFilter& filter, int at_most) {
+  return guarded("counting runs", [&]() -> Result<std::int64_t> {
+    const std::string status =
+        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    auto rows = impl_->exec(Query::count_runs, filter.flow_slug.value_or(""), status, at_most);
+    return rows[0]["n"].as<std::int64_t>();
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Metrics
 
