@@ -229,8 +229,8 @@ const char* const kJs = R"JS(
       problemBox.hidden = true;
       fetch(startForm.getAttribute('data-start-url'), {
         method: 'POST', headers: headers, credentials: 'same-origin',
-        // With the server's Referrer-Policy no-referrer, a POST's Origin would be 'null', which
-        // the server refuses as cross-site: this request's policy lets it carry the page's.
+        // A POST's Origin is checked: 'same-origin' (the server's policy too) lets it carry the
+        // page's, where no-referrer would make it 'null', refused as cross-site.
         referrerPolicy: 'same-origin',
         body: document.getElementById('start-input').value
       }).then(function (r) {

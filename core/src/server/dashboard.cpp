@@ -51,8 +51,9 @@ std::string layout(std::string_view title, std::string_view current, std::string
   return fmt::format(
       "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
       "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-      // A POST from the page (fetch) carries its Origin, which the server checks: under the
-      // server's Referrer-Policy no-referrer alone, browsers send 'Origin: null' instead.
+      // A POST from the page (fetch) carries its Origin, which the server checks: under a
+      // no-referrer policy browsers would send 'Origin: null' instead (the server sends
+      // same-origin; this holds whatever a proxy in front of it sends).
       "<meta name=\"referrer\" content=\"same-origin\">"
       "<title>{0} · flowreg</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head>"
       "<body data-watch-run=\"{1}\"><header><span class=\"brand\">flowreg</span>"
