@@ -324,7 +324,19 @@ TEST_SUITE("serve_browser") {
     CHECK(browser.eval("(document.querySelector('[data-run-status=\"" + id +
                        "\"]') || {}).textContent") == "completed");
     CHECK(browser.eval("!!document.querySelector('[data-runs-total]')") == true);
+    // A run started elsewhere while the list is open is announced live, then shown.
+    REQUIRE(browser.until("document.getElementById('live').textContent === 'live'"));
+    auto elsewhere =
+        c.Post("/api/v1/flows/marked/runs", "{\"order_id\": \"elsewhere\"}", "application/json");
+    REQUIRE(elsewhere);
+    REQUIRE(elsewhere->status == 201);
+    const std::string fresh = json::parse(elsewhere->body)["id"];
+    CHECK(browser.until("!document.getElementById('new-runs').hidden"));
+    CHECK(browser.eval("document.getElementById('new-runs-count').textContent") ==
+          "1 new run since this page loaded");
     browser.screenshot(artifacts / "token-runs-1280.png");
+    browser.eval("document.getElementById('new-runs-show').click(); true");
+    CHECK(browser.until("!!document.querySelector('[data-run-status=\"" + fresh + "\"]')"));
     browser.open(base + "/runs?key=browser-key-1");
     CHECK(browser.eval("document.querySelector('[data-runs-total]').textContent") == "1 run found");
 

@@ -191,6 +191,8 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
   const bool exact = total <= kMaxCounted;
   given["total"] = exact ? total : kMaxCounted;
   given["total_exact"] = exact;
+  // The newest page of a list, not a search: runs started now would be listed on it.
+  given["newest"] = !searching && !before;
   if (html) {
     res.set_content(dashboard::runs_page(list, state.flows_json(), given, next), http::kHtml);
     return;

@@ -106,7 +106,26 @@ const char* const kJs = R"JS(
     el.className = 'status s-' + status;
     el.setAttribute('data-live', 'updated');
   }
+  // Runs started since the page loaded, announced on the newest page of /runs.
+  var newRuns = document.getElementById('new-runs'), seen = {};
+  function announce(d) {
+    if (!newRuns || d.status !== 'started' || seen[d.id]) return;
+    if (document.querySelector('[data-run-status=' + attr(d.id) + ']')) return;
+    var flow = newRuns.getAttribute('data-new-runs-flow');
+    if (flow && d.flow !== flow) return;
+    seen[d.id] = true;
+    var n = Object.keys(seen).length;
+    document.getElementById('new-runs-count').textContent =
+      n + (n === 1 ? ' new run' : ' new runs') + ' since this page loaded';
+    newRuns.hidden = false;
+  }
+  var showNew = document.getElementById('new-runs-show');
+  if (showNew) showNew.addEventListener('click', function (e) {
+    e.preventDefault();
+    location.reload();
+  });
   function onRun(d) {
+    announce(d);
     each('[data-run-status=' + attr(d.id) + ']', function (el) { setStatus(el, d.status); });
     if (d.finished_at) each('[data-run-finished=' + attr(d.id) + ']', function (el) {
       el.textContent = d.finished_at;

@@ -335,6 +335,16 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
                         exact ? "" : "more than ", grouped(n), n == 1 && exact ? "" : "s",
                         id.empty() && key.empty() ? "" : " found");
   }
+  // On the newest page, runs started since it loaded are announced live (app.js), with a link
+  // that shows them: those of the page's flow, when it has one, and only if its status filter
+  // lists started runs.
+  std::string fresh;
+  if (filter.value("newest", false) && (status.empty() || status == "started"))
+    fresh = fmt::format(
+        "<p class=\"notice\" id=\"new-runs\" data-new-runs-flow=\"{}\" role=\"status\" hidden>"
+        "<span id=\"new-runs-count\"></span> · <a href=\"\" id=\"new-runs-show\">show "
+        "them</a></p>",
+        escape(flow));
   std::string content = fmt::format(
       "<h1>Runs</h1><form class=\"filters\" method=\"get\" action=\"/runs\" role=\"search\">"
       "<label>Flow<select name=\"flow\">{}</select></label><label>Status<select "
@@ -342,8 +352,9 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
       "size=\"36\" maxlength=\"36\" autocomplete=\"off\" placeholder=\"exact id\"></label>"
       "<label>Idempotency key<input name=\"key\" value=\"{}\" maxlength=\"255\" "
       "autocomplete=\"off\" placeholder=\"exact key\"></label><button type=\"submit\">Filter"
-      "</button></form>{}{}{}",
-      flow_options, status_options, escape(id), escape(key), count, runs_table(runs, true), more);
+      "</button></form>{}{}{}{}",
+      flow_options, status_options, escape(id), escape(key), count, fresh, runs_table(runs, true),
+      more);
   return layout("Runs", "/runs", content);
 }
 

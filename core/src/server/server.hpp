@@ -1,17 +1,17 @@
 #pragma once
 // `flowreg serve`'s HTTP server: the JSON API under /api/v1, Server-Sent Events of run and step
-// changes, the web dashboard, /healthz, /readyz and /metrics. Only this directory includes the HTTP
-// library (cpp-httplib). server.cpp holds the server's lifecycle and what surrounds every route
-// (the token, the Host and Origin checks, the limits, the error replies); the routes are registered
-// one group per resource (routes.hpp).
+// changes, the web dashboard, /healthz, /readyz and /metrics. The transport (http_transport.hpp,
+// Boost.Beast) reads whole requests, bounded, before any route runs; server.cpp holds the server's
+// lifecycle and what surrounds every route (the token and the sign-in, the Host and Origin checks,
+// the error replies, the access log and HTTP metrics); the routes are registered one group per
+// resource (routes.hpp).
 //
-// Security: a token, when set, is required (Authorization: Bearer, compared in constant time) by
-// every mutating route and by /events, and by every read route unless `open_reads`; /healthz and
-// /readyz stay open for orchestrators. Without a token nothing is required: start() refuses to
-// bind anything but a loopback address then. Request bodies are capped (kMaxBodyBytes), request
-// lines and headers by the library (8 KiB each), connections served at once by `max_connections`
-// (more wait in the kernel's backlog), event streams by `max_event_streams`; reads and writes time
-// out. No CORS header is ever sent.
+// Security: a token, when set, is required (Authorization: Bearer, compared in constant time, or
+// the session cookie of a sign-in) by every mutating route and by /events, and by every read route
+// unless `open_reads`; /healthz, /readyz, /signin, /logout and /static/ stay open. Without a token
+// nothing is required: start() refuses to bind anything but a loopback address then. A Host that
+// names another server (DNS rebinding) and a mutating request from another Origin get 403, with a
+// token or without. The limits on requests are the transport's. No CORS header is ever sent.
 //
 // Thread-safety: start() and stop() from one thread; requests are served on the server's own
 // threads. The registry and the plugin list callback must be safe for concurrent use and outlive
