@@ -7,8 +7,8 @@
 //   api_bench [SECONDS_PER_CASE=3]
 //   API_BENCH_FLOWREG=/path/to/another/flowreg api_bench   # the same against another build
 
-#include <fmt/format.h>
 #include <arpa/inet.h>
+#include <fmt/format.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -145,8 +145,8 @@ int main(int argc, char** argv) {
       const std::string id = nlohmann::json::parse(started->body)["id"];
       fmt::print("flowreg serve API ({}), {} s per case, keep-alive connections\n", binary,
                  seconds);
-      fmt::print("{:<24} {:>5} {:>5} {:>10} {:>8} {:>8} {:>7}\n", "route", "conns", "idle",
-                 "req/s", "p50 ms", "p99 ms", "errors");
+      fmt::print("{:<24} {:>5} {:>5} {:>10} {:>8} {:>8} {:>7}\n", "route", "conns", "idle", "req/s",
+                 "p50 ms", "p99 ms", "errors");
       std::vector<int> idle;
       for (int held : {0, 200}) {
         while (static_cast<int>(idle.size()) < held) idle.push_back(idle_connection(port));

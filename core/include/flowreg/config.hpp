@@ -61,12 +61,12 @@ struct WorkerSettings {
 // `flowreg serve` (the HTTP API and dashboard).
 struct ServerSettings {
   std::string listen = "127.0.0.1:8080";  // HOST:PORT; anything but loopback needs a token
-  std::string token;          // Bearer token; FLOWREG_TOKEN in the environment overrides it
-  bool open_reads = false;    // with a token: read-only routes answer without it
-  int max_connections = 16;   // requests handled at once (handler threads); as many may wait
+  std::string token;               // Bearer token; FLOWREG_TOKEN in the environment overrides it
+  bool open_reads = false;         // with a token: read-only routes answer without it
+  int max_connections = 16;        // requests handled at once (handler threads); as many may wait
   int max_open_connections = 512;  // sockets open at once, idle or not; more get 503
-  int max_event_streams = 8;  // /events streams open at once (a thread each)
-  Millis timeout{10'000};     // a whole request, writing a response, an idle keep-alive
+  int max_event_streams = 8;       // /events streams open at once (a thread each)
+  Millis timeout{10'000};          // a whole request, writing a response, an idle keep-alive
   // Host header names accepted besides loopback names, IP literals and the listen host: the
   // names clients reach this server by (DNS rebinding is refused otherwise).
   std::vector<std::string> allowed_hosts;
