@@ -46,8 +46,10 @@ for f in docs/*.md; do  # a page added later is read too, after these
 done
 
 failures=0
+failed_at=()  # FILE:LINE of each failure, listed again at the end
 fail() {  # fail FILE:LINE MESSAGE [OUTPUT_FILE]
   failures=$((failures + 1))
+  failed_at+=("$1: $2")
   echo "FAIL $1: $2"
   if [ -n "${3:-}" ] && [ -s "$3" ]; then
     tail -n 40 "$3" | sed 's/^/    | /'
@@ -135,11 +137,14 @@ cp -P "$source_dir/flowreg.yaml" "$checkout/"  # the link to flows.example.yaml
 ln -s "$build_dir/flowreg" "$checkout/build/flowreg"
 cp "$build_dir"/plugins/*.so "$checkout/build/plugins/"
 
-# Two free TCP ports for 8080 and 9464.
+# Two free TCP ports for 8080 and 9464, below the kernel's ephemeral range: a port from that range
+# can be taken, between this check and the bind, as the local end of another test's connection.
+ephemeral_low=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[ "$ephemeral_low" -gt 12000 ] 2>/dev/null || ephemeral_low=32768
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 30000))
+    p=$((10000 + RANDOM % (ephemeral_low - 10000)))
     case " ${taken_ports:-} " in *" $p "*) continue ;; esac
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
       taken_ports="${taken_ports:-} $p"
@@ -154,12 +159,41 @@ metrics_port=$(free_port)
 sed -i "s/127\.0\.0\.1:8080/127.0.0.1:$http_port/" "$checkout/flows.example.yaml"
 ports() { sed -e "s/:8080\b/:$http_port/g" -e "s/:9464\b/:$metrics_port/g" <<<"$1"; }
 
+# diagnose PID: what a process that hangs is doing (its state and, with gdb, every thread's stack),
+# so that a hang in CI can be read from the log.
+diagnose() {
+  local pid=$1
+  ps -o pid=,stat=,wchan:30=,etime=,args= -p "$pid" --ppid "$pid" 2>/dev/null | sed 's/^/    | ps: /'
+  if command -v gdb >/dev/null; then
+    timeout 60 gdb -p "$pid" -batch -ex 'thread apply all bt 12' 2>/dev/null |
+      grep -E '^(Thread|#)' | head -n 150 | sed 's/^/    | gdb: /'
+  fi
+}
+
+# stop_job PID: SIGTERM to its process group, then wait (bounded: a process that ignores it is
+# shown, killed and reported). Sets stop_rc to its exit status.
+stop_job() {
+  local pid=$1 where=${2:-} _
+  kill -TERM -- "-$pid" 2>/dev/null
+  for _ in $(seq 600); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    [ -n "$where" ] && fail "$where" "still running 60 s after SIGTERM: killed (its state below)"
+    diagnose "$pid"
+    kill -KILL -- "-$pid" 2>/dev/null
+  fi
+  wait "$pid"
+  stop_rc=$?
+}
+
 job_pids=()  # this block's background commands, %1 first
 job_logs=()
 cleanup() {
   local pid cluster_dir
   for pid in "${job_pids[@]}"; do
-    [ -n "$pid" ] && kill -TERM -- "-$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [ -n "$pid" ] && stop_job "$pid" 2>/dev/null
   done
   cluster_dir=$(cd "$checkout" && build/flowreg db status --json 2>/dev/null |
     sed -n 's/^  "cluster_dir": "\(.*\)",$/\1/p') || true
@@ -216,16 +250,24 @@ end_file() {  # a page must stop the commands it started in the background
   for i in "${!job_pids[@]}"; do
     [ -z "${job_pids[$i]}" ] && continue
     fail "$where" "the page leaves %$((i + 1)) running (end it with kill %$((i + 1)))" "${job_logs[$i]}"
-    kill -TERM -- "-${job_pids[$i]}" 2>/dev/null
-    wait "${job_pids[$i]}" 2>/dev/null
+    stop_job "${job_pids[$i]}" "$where" 2>/dev/null
   done
   job_pids=()
   job_logs=()
 }
 
 commands_run=0
+past_deadline=0
+deadline=$((SECONDS + ${DOCS_DEADLINE_S:-420}))  # CTest stops the test at 600 s
 run_command() {  # run_command FILE LINE COMMAND EXPECTED_RC EXPECTATIONS
-  local doc=$1 n=$2 cmd=$3 want_rc=$4 expect=$5 where="$1:$2" stripped out rc i pid id
+  local doc=$1 n=$2 cmd=$3 want_rc=$4 expect=$5 where="$1:$2" stripped out rc i pid id started
+  if [ "$SECONDS" -ge "$deadline" ] && [[ "$cmd" != kill\ %* ]]; then
+    # Stopped before CTest's timeout, so that the summary is printed; jobs are still ended.
+    [ "$past_deadline" = 1 ] ||
+      fail "$where" "the test has run ${SECONDS} s: this command and the ones after it are not run"
+    past_deadline=1
+    return
+  fi
   commands_run=$((commands_run + 1))
   if [[ "$cmd" == *RUN_ID* ]]; then
     if [ -z "$run_id" ]; then
@@ -244,12 +286,12 @@ run_command() {  # run_command FILE LINE COMMAND EXPECTED_RC EXPECTATIONS
     i=$((BASH_REMATCH[1] - 1))
     pid=${job_pids[$i]:-}
     if [ -z "$pid" ]; then
+      [ "$past_deadline" = 1 ] && return  # it was not started
       fail "$where" "kill %$((i + 1)): no such background command is running"
       return
     fi
-    kill -TERM -- "-$pid" 2>/dev/null
-    wait "$pid"
-    rc=$?
+    stop_job "$pid" "$where"
+    rc=$stop_rc
     job_pids[$i]=
     [ "$rc" = "$want_rc" ] || fail "$where" "%$((i + 1)) exited $rc after SIGTERM (expected $want_rc)" "${job_logs[$i]}"
     check_output "$where" "${job_logs[$i]}" "$expect"
@@ -271,6 +313,7 @@ run_command() {  # run_command FILE LINE COMMAND EXPECTED_RC EXPECTATIONS
     done
     if ! grep -qE 'serving|listening on' "$out"; then
       fail "$where" "the background command did not get ready (no \"serving\" or \"listening on\")" "$out"
+      kill -0 "$pid" 2>/dev/null && diagnose "$pid"
       return
     fi
     for _ in $(seq 300); do  # what it prints next to that line (serve --worker: its worker's)
@@ -282,8 +325,10 @@ run_command() {  # run_command FILE LINE COMMAND EXPECTED_RC EXPECTATIONS
     return
   fi
 
-  (cd "$checkout" && timeout 300 bash -c "$cmd") >"$out" 2>&1 </dev/null
+  started=$SECONDS
+  (cd "$checkout" && timeout 120 bash -c "$cmd") >"$out" 2>&1 </dev/null
   rc=$?
+  [ $((SECONDS - started)) -ge 15 ] && echo "(this command took $((SECONDS - started)) s)"
   cat "$out"
   [ -s "$out" ] && [ -n "$(tail -c 1 "$out")" ] && echo  # curl's output ends without a newline
   [ "$rc" = "$want_rc" ] || fail "$where" "exit $rc (expected $want_rc): $cmd" "$out"
@@ -352,5 +397,6 @@ for doc in "${docs[@]}"; do
 done
 
 echo
-echo "docs: $commands_run commands run from ${#docs[@]} files; $failures failure(s)"
+echo "docs: $commands_run commands from ${#docs[@]} files in $SECONDS s; $failures failure(s)"
+for f in "${failed_at[@]}"; do echo "  FAIL $f"; done
 [ "$failures" = 0 ]
