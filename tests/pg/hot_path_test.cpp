@@ -838,6 +838,60 @@ TEST_SUITE("hot_path") {
     // read the backlog would read 2,000 per run listed (100,000 per call).
     CHECK(static_cast<double>(list_cost.tuples) / static_cast<double>(listed) < 25);
     CHECK(static_cast<double>(list_cost.index_entries) / static_cast<double>(listed) < 25);
+
+    // The API's and the dashboard's lists: summaries within a range of creation times, paged to
+    // older runs and back up to newer ones, and their count, walk runs_by_flow the same way: the
+    // time range and the cursor are ranges of its key.
+    std::optional<fd::RunStore> summarist(connect(conninfo));
+    const auto now = std::chrono::system_clock::now();
+    fd::RunFilter ranged{std::nullopt, std::nullopt, 50};
+    ranged.since = now - std::chrono::hours(1);
+    ranged.until = now + std::chrono::hours(1);
+    const auto before_summaries = settled_scans(conninfo);
+    long summarised = 0;
+    std::optional<fd::RunCursor> cursor;
+    for (int page = 0; page < 5; ++page) {
+      auto some = summarist->list_run_summaries(ranged, cursor);
+      REQUIRE_MESSAGE(some, flowreg::testing::failure_text(some));
+      REQUIRE(some->size() == 50);
+      summarised += 50;
+      cursor = fd::RunCursor{some->back().id, false};
+    }
+    auto newer = summarist->list_run_summaries(ranged, fd::RunCursor{cursor->id, true});
+    REQUIRE_MESSAGE(newer, flowreg::testing::failure_text(newer));
+    REQUIRE(newer->size() == 50);
+    summarised += 50;
+    auto counted = summarist->count_runs(ranged, 1001);
+    REQUIRE_MESSAGE(counted, flowreg::testing::failure_text(counted));
+    CHECK(*counted == 1001);
+    summarised += 1001;
+    summarist.reset();  // its backend's counters are flushed as it exits
+    wait_alone(conninfo);
+    const auto summary_cost = read_cost(before_summaries, read_scans(conninfo));
+    INFO("runs summarised and counted: " << summarised << "\n" << summary_cost.detail);
+    CHECK(summary_cost.big_seq_scans == 0);
+    CHECK(summary_cost.big_seq_rows == 0);
+    CHECK(static_cast<double>(summary_cost.tuples) / static_cast<double>(summarised) < 25);
+    CHECK(static_cast<double>(summary_cost.index_entries) / static_cast<double>(summarised) < 25);
+
+    // A search of the inputs reads at most kTextSearchScan runs of each flow, by the same index,
+    // whatever the backlog.
+    const long flows_with_runs =
+        std::stol(query_one_or_empty(conninfo, "SELECT count(*) FROM flowreg._run_slugs()"));
+    fd::RunFilter searched{std::nullopt, std::nullopt, 50};
+    searched.input_text = "a text no input holds";
+    summarist.emplace(connect(conninfo));
+    const auto before_search = settled_scans(conninfo);
+    auto found = summarist->list_run_summaries(searched);
+    REQUIRE_MESSAGE(found, flowreg::testing::failure_text(found));
+    CHECK(found->empty());
+    summarist.reset();
+    wait_alone(conninfo);
+    const auto search_cost = read_cost(before_search, read_scans(conninfo));
+    INFO("flows with runs: " << flows_with_runs << "\n" << search_cost.detail);
+    CHECK(search_cost.big_seq_scans == 0);
+    CHECK(search_cost.big_seq_rows == 0);
+    CHECK(search_cost.tuples <= (fd::RunFilter::kTextSearchScan + 1000) * flows_with_runs * 3 / 2);
   }
 
   // A worker plans its statements while the tables are small and analyzed so (a queue drained, a

@@ -3,6 +3,7 @@
 // escaping, and the OpenAPI document's promises.
 
 #include <doctest/doctest.h>
+#include <fmt/chrono.h>
 
 #include <algorithm>
 #include <fstream>
@@ -602,6 +603,84 @@ TEST_SUITE("serve") {
     CHECK(page_of_one->body.size() < 64 * 1024);
     CHECK(page_of_one->body.find("more bytes") != std::string::npos);
     CHECK(page_of_one->body.find("/api/v1/runs/" + one + "/input") != std::string::npos);
+  }
+
+  TEST_CASE("the runs list filters by creation time and input text, and pages to newer runs") {
+    // since, until, text and after were not read: every run of the flow was listed.
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    detail::RunStore store = unserved_flow(scene, "filtered");
+    std::vector<std::string> ids;  // oldest first
+    const char* notes[] = {"alpha", "a Brown FOX", "gamma", "the fox again", "epsilon"};
+    for (const char* note : notes) {
+      auto id = store.start_run("filtered", "v1", detail::Json{{"note", note}});
+      REQUIRE_MESSAGE(id, testing::failure_text(id));
+      ids.push_back(*id);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    auto listed = store.list_run_summaries(detail::RunFilter{"filtered", std::nullopt, 10});
+    REQUIRE_MESSAGE(listed, testing::failure_text(listed));
+    REQUIRE(listed->size() == 5);
+    const auto ids_of = [](const json& page) {
+      std::vector<std::string> out;
+      for (const auto& r : page["runs"]) out.push_back(r["id"].get<std::string>());
+      return out;
+    };
+    // A creation time to the microsecond, as the API takes it.
+    const auto iso_us = [](detail::TimePoint t) {
+      const auto s = std::chrono::floor<std::chrono::seconds>(t);
+      return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:06}Z", s,
+                         std::chrono::duration_cast<std::chrono::microseconds>(t - s).count());
+    };
+    auto c = scene.client();
+    // The input holds the text, in any case.
+    const json fox = body_of(c.Get("/api/v1/runs?flow=filtered&text=fox"));
+    CHECK(ids_of(fox) == std::vector<std::string>{ids[3], ids[1]});
+    CHECK(fox["total"] == 2);
+    CHECK(body_of(c.Get("/api/v1/runs?flow=filtered&text=%22gamma%22"))["runs"].size() == 1);
+    // Created at or after since, before until: [ids[1], ids[3]).
+    const std::string since = iso_us((*listed)[3].created_at);  // listed: newest first
+    const std::string until = iso_us((*listed)[1].created_at);
+    CAPTURE(since);
+    CAPTURE(until);
+    const json range =
+        body_of(c.Get(("/api/v1/runs?flow=filtered&since=" + since + "&until=" + until).c_str()));
+    CHECK(ids_of(range) == std::vector<std::string>{ids[2], ids[1]});
+    CHECK(range["total"] == 2);
+    CHECK(body_of(c.Get("/api/v1/runs?flow=filtered&since=1h"))["runs"].size() == 5);
+    CHECK(body_of(c.Get("/api/v1/runs?flow=filtered&until=1h"))["runs"].empty());
+    check_problem(c.Get("/api/v1/runs?since=yesterday"), 400);
+    check_problem(c.Get("/api/v1/runs?text=" + std::string(201, 'x')), 400);
+    check_problem(c.Get(("/api/v1/runs?before=" + ids[0] + "&after=" + ids[1]).c_str()), 400);
+    // Paging down two pages, then back up to the newest.
+    const json p1 = body_of(c.Get("/api/v1/runs?flow=filtered&limit=2"));
+    CHECK(ids_of(p1) == std::vector<std::string>{ids[4], ids[3]});
+    CHECK(p1["next_after"].is_null());
+    const json p2 = body_of(
+        c.Get(("/api/v1/runs?flow=filtered&limit=2&before=" + p1["next_before"].get<std::string>())
+                  .c_str()));
+    CHECK(ids_of(p2) == std::vector<std::string>{ids[2], ids[1]});
+    REQUIRE(p2["next_after"] == ids[2]);
+    const json up = body_of(
+        c.Get(("/api/v1/runs?flow=filtered&limit=2&after=" + p2["next_after"].get<std::string>())
+                  .c_str()));
+    CHECK(ids_of(up) == std::vector<std::string>{ids[4], ids[3]});
+    CHECK(up["next_after"].is_null());  // the newest page
+    CHECK(up["next_before"] == ids[3]);
+    const json up1 = body_of(c.Get(("/api/v1/runs?flow=filtered&limit=1&after=" + ids[2]).c_str()));
+    CHECK(ids_of(up1) == std::vector<std::string>{ids[3]});
+    CHECK(up1["next_after"] == ids[3]);  // ids[4] is above it
+    // The dashboard: the filters kept in its form and in its paging links.
+    auto page = c.Get(("/runs?flow=filtered&text=FOX&limit=1&before=" + ids[4]).c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find(ids[3]) != std::string::npos);
+    CHECK(page->body.find(ids[2]) == std::string::npos);
+    CHECK(page->body.find("name=\"text\" value=\"FOX\"") != std::string::npos);
+    CHECK(page->body.find("Inputs are searched among the newest 10,000 runs") != std::string::npos);
+    CHECK(page->body.find("text=FOX&amp;after=" + ids[3] + "\" rel=\"prev\">Newer runs") !=
+          std::string::npos);
+    CHECK(page->body.find("data-ago>") != std::string::npos);  // "5 s ago"
   }
 
   TEST_CASE("a paging cursor naming a run pruned since gives the runs older than it") {

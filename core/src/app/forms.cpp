@@ -24,6 +24,65 @@ std::string iso_time(const detail::TimePoint& t) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", std::chrono::floor<std::chrono::seconds>(t));
 }
 
+std::optional<detail::TimePoint> parse_time(std::string_view text, detail::TimePoint now) {
+  if (text.empty() || text.size() > 40) return std::nullopt;
+  if (text.size() < 10 || text[4] != '-') {  // not a date: a duration before now
+    auto d = parse_duration(text, Millis(100LL * 366 * 24 * 3600 * 1000));
+    if (!d) return std::nullopt;
+    return now - *d;
+  }
+  // YYYY-MM-DD, then optionally [T ]HH:MM[:SS[.fraction]], then optionally Z or ±HH:MM.
+  const auto digits = [&](std::size_t at, std::size_t n) -> std::optional<int> {
+    if (at + n > text.size()) return std::nullopt;
+    int v = 0;
+    for (std::size_t i = at; i < at + n; ++i) {
+      if (text[i] < '0' || text[i] > '9') return std::nullopt;
+      v = v * 10 + (text[i] - '0');
+    }
+    return v;
+  };
+  const auto y = digits(0, 4), mo = digits(5, 2), d = digits(8, 2);
+  if (!y || !mo || !d || text[7] != '-' || *mo < 1 || *mo > 12 || *d < 1) return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year(*y),
+                                        std::chrono::month(static_cast<unsigned>(*mo)),
+                                        std::chrono::day(static_cast<unsigned>(*d))};
+  if (!ymd.ok()) return std::nullopt;
+  auto t = std::chrono::sys_days(ymd) + std::chrono::microseconds(0);
+  std::size_t at = 10;
+  if (at < text.size() && (text[at] == 'T' || text[at] == 't' || text[at] == ' ')) {
+    const auto h = digits(at + 1, 2), mi = digits(at + 4, 2);
+    if (!h || !mi || text[at + 3] != ':' || *h > 23 || *mi > 59) return std::nullopt;
+    t += std::chrono::hours(*h) + std::chrono::minutes(*mi);
+    at += 6;
+    if (at < text.size() && text[at] == ':') {
+      const auto sec = digits(at + 1, 2);
+      if (!sec || *sec > 60) return std::nullopt;
+      t += std::chrono::seconds(*sec);
+      at += 3;
+      if (at < text.size() && text[at] == '.') {  // a fraction: to the microsecond
+        std::int64_t us = 0, scale = 100000;
+        std::size_t i = at + 1;
+        for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, scale /= 10)
+          us += scale * (text[i] - '0');
+        if (i == at + 1) return std::nullopt;
+        t += std::chrono::microseconds(us);
+        at = i;
+      }
+    }
+    if (at < text.size() && (text[at] == 'Z' || text[at] == 'z')) {
+      ++at;
+    } else if (at < text.size() && (text[at] == '+' || text[at] == '-')) {
+      const auto oh = digits(at + 1, 2), om = digits(at + 4, 2);
+      if (!oh || !om || text[at + 3] != ':' || *oh > 23 || *om > 59) return std::nullopt;
+      const auto offset = std::chrono::hours(*oh) + std::chrono::minutes(*om);
+      t += text[at] == '+' ? -offset : offset;  // the UTC time of a local one
+      at += 6;
+    }
+  }
+  if (at != text.size()) return std::nullopt;
+  return std::chrono::time_point_cast<detail::TimePoint::duration>(t);
+}
+
 json to_ordered(const nlohmann::json& j) { return detail::ordered_copy(j); }
 
 json run_json(const detail::RunInfo& r) {

@@ -6,6 +6,7 @@
 // Thread-safety: free functions over values; safe from any thread.
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -24,6 +25,11 @@ std::string valid_text(std::string_view raw);
 
 // A time as ISO 8601 in UTC to the second ("2026-01-02T03:04:05Z").
 std::string iso_time(const detail::TimePoint& t);
+// A time given by a user (a list's since/until): "2026-01-02T03:04:05Z" with optional fraction
+// and a "Z" or "+HH:MM"/"-HH:MM" offset (none: UTC), "2026-01-02T03:04" (a browser's
+// datetime-local, taken as UTC), "2026-01-02" (its midnight, UTC), or a duration before `now`
+// ("90m", "2h", "168h": parse_duration's forms). nullopt when it is none of those.
+std::optional<detail::TimePoint> parse_time(std::string_view text, detail::TimePoint now);
 // A stored JSON value with its keys in a stable order.
 json to_ordered(const nlohmann::json& j);
 

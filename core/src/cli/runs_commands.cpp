@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <tuple>
 
 #include "cli/commands.hpp"
 #include "util/json_text.hpp"
@@ -17,7 +19,7 @@ namespace {
 using detail::RunStore;
 
 struct RunsArgs {
-  std::string flow, status, id, older_than;
+  std::string flow, status, id, older_than, since, until, text;
   bool as_json = false;
   int limit = 100;
 };
@@ -27,12 +29,27 @@ int runs_list(RunStore& store, const RunsArgs& a) {
   if (!a.flow.empty()) filter.flow_slug = a.flow;
   if (!a.status.empty()) filter.status = detail::parse_run_status(a.status);
   filter.limit = a.limit;
-  auto listed = store.list_runs(filter);
+  const auto now = std::chrono::system_clock::now();
+  for (const auto& [option, text, bound] : {std::tuple{"--since", &a.since, &filter.since},
+                                            std::tuple{"--until", &a.until, &filter.until}}) {
+    if (text->empty()) continue;
+    *bound = app::parse_time(*text, now);
+    if (!*bound) {
+      print_note("error", fmt::format("flowreg: {} '{}' is not a time: write 2026-01-02T03:04:05Z "
+                                      "(UTC, or with an offset), 2026-01-02, or a duration ago "
+                                      "such as 90m or 2h",
+                                      option, app::valid_text(*text)));
+      return kExitUsage;
+    }
+  }
+  if (!a.text.empty()) filter.input_text = app::valid_text(a.text);
+  // Summaries: a list never reads the inputs and outputs (`runs show` prints them).
+  auto listed = store.list_run_summaries(filter);
   if (!listed) return report(listed.error());
   json out = json::array();
   for (const auto& r : *listed) {
     if (a.as_json)
-      out.push_back(run_json(r));
+      out.push_back(app::run_summary_json(r));
     else
       fmt::print("{}  {:<24} {:<10} {}\n", r.id, r.flow_slug, detail::to_string(r.status),
                  iso_time(r.created_at));
@@ -114,7 +131,19 @@ void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code) {
       ->check(CLI::IsMember({"started", "completed", "failed", "cancelled"}));
   list->add_option("--limit", args->limit, "At most this many (default 100)")
       ->check(CLI::Range(1, 100000));
-  list->add_flag("--json", args->as_json, "Print a JSON array");
+  list->add_option("--since", args->since,
+                   "Only runs created at or after this time: 2026-01-02T03:04:05Z, 2026-01-02, "
+                   "or a duration ago (2h)");
+  list->add_option("--until", args->until, "Only runs created before this time (the same forms)");
+  list->add_option("--text", args->text,
+                   "Only runs whose input holds this text, in any case (searched among the "
+                   "newest 10,000 runs of each flow, in inputs of at most 16 KiB as stored)")
+      ->check(CLI::Validator(
+          [](std::string& t) { return t.size() <= 200 ? std::string() : "at most 200 bytes"; },
+          "TEXT", "at most 200 bytes"));
+  list->add_flag("--json", args->as_json,
+                 "Print a JSON array (runs as summaries, without their "
+                 "inputs and outputs; `runs show --json` has them)");
   list->callback(on_store(runs_list));
 
   auto* show = runs->add_subcommand("show", "One run and each of its steps");

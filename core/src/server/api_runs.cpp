@@ -25,6 +25,8 @@ using http::Response;
 constexpr int kMaxListLimit = 1000;
 // The most runs a list counts: a count of a long history would read all of it.
 constexpr int kMaxCounted = 10'000;
+// The longest text searched for in inputs.
+constexpr std::size_t kMaxSearchText = 200;
 
 void post_run(ServerState& state, const Request& req, Response& res) {
   const std::string slug = req.matches[1];
@@ -107,8 +109,9 @@ Result<json> ServerState::run_with_steps(const std::string& id) {
 
 void list_runs(ServerState& state, const Request& req, Response& res, bool html) {
   RunFilter filter;
-  std::optional<RunId> before;
-  json given = {{"flow", ""}, {"status", ""}, {"id", ""}, {"key", ""}};
+  std::optional<RunCursor> cursor;
+  json given = {{"flow", ""},  {"status", ""}, {"id", ""},  {"key", ""},
+                {"since", ""}, {"until", ""},  {"text", ""}};
   const auto fail = [&](int status, std::string message) {
     if (html) {
       http::html_error(res, status, message);
@@ -155,11 +158,36 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
     given["key"] = *search.idempotency_key;
   }
   const bool searching = search.id || search.idempotency_key;
-  if (req.has_param("before") && !req.get_param_value("before").empty()) {
-    const std::string b = req.get_param_value("before");
+  // A time range of creation, and text the input holds.
+  const auto now = std::chrono::system_clock::now();
+  for (const char* bound : {"since", "until"}) {
+    if (!req.has_param(bound) || req.get_param_value(bound).empty()) continue;
+    const std::string text = req.get_param_value(bound);
+    auto t = app::parse_time(text, now);
+    if (!t)
+      return fail(400, fmt::format("{} '{}' is not a time (2026-01-02T03:04:05Z, 2026-01-02, or a "
+                                   "duration ago such as 2h)",
+                                   bound, app::excerpt(text, 64)));
+    (std::string_view(bound) == "since" ? filter.since : filter.until) = *t;
+    given[bound] = text;
+  }
+  if (req.has_param("text") && !req.get_param_value("text").empty()) {
+    const std::string text = req.get_param_value("text");
+    if (text.size() > kMaxSearchText)
+      return fail(400, fmt::format("text is longer than {} bytes", kMaxSearchText));
+    filter.input_text = app::valid_text(text);
+    given["text"] = *filter.input_text;
+    given["text_scan"] = RunFilter::kTextSearchScan;
+    given["text_input_bytes"] = RunFilter::kTextSearchInputBytes;
+  }
+  // Paging: the runs after `before` (older), or those before `after` (newer).
+  for (const char* side : {"before", "after"}) {
+    if (!req.has_param(side) || req.get_param_value(side).empty()) continue;
+    const std::string b = req.get_param_value(side);
     if (!http::is_uuid(b))
-      return fail(400, fmt::format("before '{}' is not a run id", app::valid_text(b)));
-    before = b;
+      return fail(400, fmt::format("{} '{}' is not a run id", side, app::valid_text(b)));
+    if (cursor) return fail(400, "before and after: give one of them");
+    cursor = RunCursor{b, std::string_view(side) == "after"};
   }
   // One more than asked: whether there is a next page.
   const int asked = filter.limit;
@@ -172,7 +200,7 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
       if (found) total = static_cast<std::int64_t>(found->size());
       return found;
     }
-    auto listed = store.list_run_summaries(filter, before);
+    auto listed = store.list_run_summaries(filter, cursor);
     if (!listed) return listed;
     auto counted = store.count_runs(filter, kMaxCounted + 1);
     if (!counted) return tl::unexpected(std::move(counted.error()));
@@ -183,22 +211,34 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
     if (html) return fail(http::status_of(runs.error()), runs.error().message);
     return http::send_error(res, runs.error());
   }
-  const bool more = !searching && static_cast<int>(runs->size()) > asked;
-  if (static_cast<int>(runs->size()) > asked) runs->resize(static_cast<std::size_t>(asked));
+  // One more than asked came back when there is a page beyond: older runs for a list, newer
+  // ones for a page of newer runs (read newest first, the extra one is the first).
+  const bool newer = cursor && cursor->newer;
+  const bool beyond = !searching && static_cast<int>(runs->size()) > asked;
+  if (static_cast<int>(runs->size()) > asked) {
+    if (newer) runs->erase(runs->begin());
+    runs->resize(static_cast<std::size_t>(asked));
+  }
   json list = json::array();
   for (const auto& r : *runs) list.push_back(app::run_summary_json(r));
+  // Older runs: when the page is full, or after a page of newer runs (it came from older ones).
+  const bool more = !runs->empty() && (newer ? true : beyond);
   const std::string next = more ? runs->back().id : std::string();
+  // Newer runs: above any page reached through a cursor (a page of newer runs: when it was full).
+  const bool has_newer = !runs->empty() && cursor && (newer ? beyond : true);
+  const std::string prev = has_newer ? runs->front().id : std::string();
   const bool exact = total <= kMaxCounted;
   given["total"] = exact ? total : kMaxCounted;
   given["total_exact"] = exact;
   // The newest page of a list, not a search: runs started now would be listed on it.
-  given["newest"] = !searching && !before;
+  given["newest"] = !searching && !has_newer && !filter.until && !filter.input_text;
   if (html) {
-    res.set_content(dashboard::runs_page(list, state.flows_json(), given, next), http::kHtml);
+    res.set_content(dashboard::runs_page(list, state.flows_json(), given, next, prev), http::kHtml);
     return;
   }
   http::send_json(res, {{"runs", std::move(list)},
                         {"next_before", more ? json(next) : json(nullptr)},
+                        {"next_after", has_newer ? json(prev) : json(nullptr)},
                         {"total", exact ? total : kMaxCounted},
                         {"total_exact", exact}});
 }

@@ -202,6 +202,18 @@ const char* const kJs = R"JS(
     if (v) sessionStorage.setItem('flowreg_token', v);
     location.reload();
   });
+  // "5 min ago": kept current (the server wrote it when it made the page).
+  function agoText(seconds) {
+    return seconds < 60 ? seconds + ' s ago' : seconds < 3600 ? Math.floor(seconds / 60) + ' min ago'
+         : seconds < 86400 ? Math.floor(seconds / 3600) + ' h ago'
+         : Math.floor(seconds / 86400) + ' d ago';
+  }
+  setInterval(function () {
+    each('time[data-ago]', function (t) {
+      var at = Date.parse(t.getAttribute('datetime'));
+      if (!isNaN(at)) t.textContent = agoText(Math.max(0, Math.floor((Date.now() - at) / 1000)));
+    });
+  }, 15000);
   each('button[data-action]', function (b) {
     b.addEventListener('click', function () {
       fetch(b.getAttribute('data-action'), { method: 'POST', headers: authHeaders(),

@@ -125,6 +125,30 @@ std::string value_preview(const json& value, std::string_view href) {
       link, escape(shown), more);
 }
 
+// Seconds since the epoch of an ISO time "YYYY-MM-DDTHH:MM:SSZ".
+std::optional<std::int64_t> epoch_seconds(const std::string& iso) {
+  std::tm tm{};
+  if (iso.size() < 19 || !strptime(iso.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) return std::nullopt;
+  return static_cast<std::int64_t>(timegm(&tm));
+}
+
+// How long ago an ISO time was, in words ("42 s ago", "5 min ago", "3 h ago", "2 d ago"), as a
+// <time> whose title is the time itself; static/app.js keeps the words current.
+std::string ago_time(const std::string& iso) {
+  const auto t = epoch_seconds(iso);
+  if (!t) return escape(iso);
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+  const std::int64_t s = std::max<std::int64_t>(0, now - *t);
+  const std::string words = s < 60      ? fmt::format("{} s ago", s)
+                            : s < 3600  ? fmt::format("{} min ago", s / 60)
+                            : s < 86400 ? fmt::format("{} h ago", s / 3600)
+                                        : fmt::format("{} d ago", s / 86400);
+  return fmt::format("<time datetime=\"{0}\" title=\"{0}\" data-ago>{1}</time>", escape(iso),
+                     words);
+}
+
 std::string runs_table(const json& runs, bool with_flow) {
   if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
   std::string rows;
@@ -139,7 +163,7 @@ std::string runs_table(const json& runs, bool with_flow) {
                                 esc(r, "flow"))
                   : std::string(),
         status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))),
-        esc(r, "created_at"), esc(r, "finished_at"), esc(r, "error"), escape(id));
+        ago_time(str(r, "created_at")), esc(r, "finished_at"), esc(r, "error"), escape(id));
   }
   return fmt::format(
       "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Run</th>{}"
@@ -156,13 +180,6 @@ std::string dag_img(const json& flow) {
       "<div class=\"dag-wrap\"><img class=\"dag\" src=\"/api/v1/flows/{}/graph.svg\" alt=\"DAG "
       "of flow {}\"></div>",
       url_part(slug), escape(slug));
-}
-
-// Seconds since the epoch of an ISO time "YYYY-MM-DDTHH:MM:SSZ".
-std::optional<std::int64_t> epoch_seconds(const std::string& iso) {
-  std::tm tm{};
-  if (iso.size() < 19 || !strptime(iso.c_str(), "%Y-%m-%dT%H:%M:%S", &tm)) return std::nullopt;
-  return static_cast<std::int64_t>(timegm(&tm));
 }
 
 // An input to start a run with, from the flow's input schema: each of its required properties
@@ -308,9 +325,10 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
 }
 
 std::string runs_page(const json& runs, const json& flows, const json& filter,
-                      std::string_view next_before) {
+                      std::string_view next_before, std::string_view next_after) {
   const std::string flow = str(filter, "flow"), status = str(filter, "status"),
-                    id = str(filter, "id"), key = str(filter, "key");
+                    id = str(filter, "id"), key = str(filter, "key"), since = str(filter, "since"),
+                    until = str(filter, "until"), text = str(filter, "text");
   std::string flow_options = "<option value=\"\">any</option>";
   for (const auto& f : flows) {
     const std::string slug = str(f, "slug");
@@ -321,11 +339,22 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
   for (const char* s : {"started", "completed", "failed", "cancelled"})
     status_options +=
         fmt::format("<option value=\"{0}\"{1}>{0}</option>", s, status == s ? " selected" : "");
-  std::string more;
+  // Paging keeps the filters: newer runs (above this page), the newest, older runs.
+  const std::string kept =
+      fmt::format("flow={}&amp;status={}&amp;since={}&amp;until={}&amp;text={}", url_part(flow),
+                  url_part(status), url_part(since), url_part(until), url_part(text));
+  std::vector<std::string> links;
+  if (!next_after.empty()) {
+    links.push_back(fmt::format("<a href=\"/runs?{}\" rel=\"first\">Newest runs</a>", kept));
+    links.push_back(fmt::format("<a href=\"/runs?{}&amp;after={}\" rel=\"prev\">Newer runs</a>",
+                                kept, url_part(next_after)));
+  }
   if (!next_before.empty())
-    more =
-        fmt::format("<p><a href=\"/runs?flow={}&amp;status={}&amp;before={}\">Older runs</a></p>",
-                    url_part(flow), url_part(status), url_part(next_before));
+    links.push_back(fmt::format("<a href=\"/runs?{}&amp;before={}\" rel=\"next\">Older runs</a>",
+                                kept, url_part(next_before)));
+  std::string more;
+  for (const auto& link : links) more += (more.empty() ? "<p class=\"paging\">" : " · ") + link;
+  if (!more.empty()) more += "</p>";
   // How many runs match: counted up to a bound ("more than N" past it).
   std::string count;
   if (filter.contains("total") && filter["total"].is_number_integer()) {
@@ -351,10 +380,23 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
       "name=\"status\">{}</select></label><label>Run id<input name=\"id\" value=\"{}\" "
       "size=\"36\" maxlength=\"36\" autocomplete=\"off\" placeholder=\"exact id\"></label>"
       "<label>Idempotency key<input name=\"key\" value=\"{}\" maxlength=\"255\" "
-      "autocomplete=\"off\" placeholder=\"exact key\"></label><button type=\"submit\">Filter"
-      "</button></form>{}{}{}{}",
-      flow_options, status_options, escape(id), escape(key), count, fresh, runs_table(runs, true),
-      more);
+      "autocomplete=\"off\" placeholder=\"exact key\"></label>"
+      "<label>Input holds<input name=\"text\" value=\"{}\" maxlength=\"200\" "
+      "autocomplete=\"off\" placeholder=\"text, any case\"></label>"
+      "<label>Created since<input name=\"since\" value=\"{}\" maxlength=\"40\" size=\"20\" "
+      "autocomplete=\"off\" placeholder=\"2h, or 2026-01-02T03:04Z\"></label>"
+      "<label>until<input name=\"until\" value=\"{}\" maxlength=\"40\" size=\"20\" "
+      "autocomplete=\"off\" placeholder=\"UTC time, or 30m\"></label>"
+      "<button type=\"submit\">Filter</button></form>{}{}{}{}{}",
+      flow_options, status_options, escape(id), escape(key), escape(text), escape(since),
+      escape(until), count,
+      text.empty() ? std::string()
+                   : fmt::format("<p class=\"muted\">Inputs are searched among the newest {} "
+                                 "runs of each flow that pass the other filters, in inputs of at "
+                                 "most {} KiB as stored.</p>",
+                                 grouped(filter.value("text_scan", 0)),
+                                 filter.value("text_input_bytes", 0) / 1024),
+      fresh, runs_table(runs, true), more);
   return layout("Runs", "/runs", content);
 }
 

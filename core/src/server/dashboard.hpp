@@ -23,13 +23,15 @@ std::string flows_page(const json& flows, const json& recent_runs,
                        std::string_view runs_error = {});
 std::string flow_page(const json& flow, const json& runs, std::string_view runs_error = {});
 // The runs come as summaries (app::run_summary_json).
-// `filter`: {flow, status, id, key} as given (strings, possibly empty), and {total, total_exact}:
-// how many runs match (counted up to a bound: when not exact, more than total); `next_before`: the
-// id of the last run listed when there may be more, else "".
+// `filter`: {flow, status, id, key, since, until, text} as given (strings, possibly empty),
+// {total, total_exact}: how many runs match (counted up to a bound: when not exact, more than
+// total), and with a text {text_scan, text_input_bytes}: the bounds of the search; `next_before`:
+// the id of the last run listed when there may be older runs, else ""; `next_after`: the id of the
+// first run listed when there are newer runs (a page reached by paging), else "".
 // The flow page holds a form that starts a run (static/app.js sends it), its input prefilled with
 // the input schema's required properties.
 std::string runs_page(const json& runs, const json& flows, const json& filter,
-                      std::string_view next_before);
+                      std::string_view next_before, std::string_view next_after = {});
 // With "steps". The input, the output and each step's output are shown by their size and their
 // first kPreviewBytes bytes as JSON text, with a link to the whole value: never embedded whole.
 inline constexpr std::size_t kPreviewBytes = 4096;

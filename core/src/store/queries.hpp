@@ -29,7 +29,7 @@ enum class Query {
   get_run,
   heartbeat,
   list_run_summaries,
-  list_run_summaries_before,
+  list_run_summaries_newer,
   list_runs,
   list_runs_before,
   list_workers,

@@ -226,6 +226,21 @@ struct RunFilter {
   std::optional<std::string> flow_slug;
   std::optional<RunStatus> status;
   int limit = 100;
+  // Created at or after `since` and before `until` (list_run_summaries and count_runs only).
+  std::optional<TimePoint> since{}, until{};
+  // Runs whose input holds this text, in any case (list_run_summaries and count_runs only):
+  // searched among the newest kTextSearchScan runs of each flow that pass the other filters, in
+  // inputs of at most kTextSearchInputBytes as stored (schemas/queries/list_run_summaries.sql).
+  std::optional<std::string> input_text{};
+  static constexpr int kTextSearchScan = 10'000;
+  static constexpr int kTextSearchInputBytes = 16 * 1024;
+};
+
+// Where a page of a list of runs starts: after the run `id` in the list's order (older runs), or,
+// `newer`, before it (the runs listed above it).
+struct RunCursor {
+  RunId id;
+  bool newer = false;
 };
 
 // Runs searched for by id or by idempotency key (either or both; at least one), within a filter.
@@ -373,12 +388,13 @@ class RunStore {
   // (none when no run has that id).
   Result<std::vector<RunInfo>> list_runs(const RunFilter& filter = {},
                                          const std::optional<RunId>& before = std::nullopt);
-  // The same runs in the same order as summaries (the inputs and outputs are not read), for lists
-  // that may be long. With `before`: the runs after that one; when no run has that id any more (a
-  // run pruned since), the runs created up to the end of the millisecond its id holds (a UUID
-  // version 7), so that none after it is skipped; none for an id of another version.
+  // The runs of a filter as summaries (the inputs and outputs are not read), newest first, for
+  // lists that may be long. With a cursor: the page after that run, or (cursor.newer) the page
+  // before it, still newest first; when no run has that id any more (a run pruned since), the
+  // millisecond its id holds (a UUID version 7) stands for its place, so that none is skipped;
+  // none for an id of another version.
   Result<std::vector<RunSummary>> list_run_summaries(
-      const RunFilter& filter = {}, const std::optional<RunId>& before = std::nullopt);
+      const RunFilter& filter = {}, const std::optional<RunCursor>& cursor = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
   // The steps of the run waiting for a retry: per step, its task due first; by step slug.

@@ -114,18 +114,30 @@ Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
   });
 }
 
-Result<std::vector<RunSummary>> RunStore::list_run_summaries(const RunFilter& filter,
-                                                             const std::optional<RunId>& before) {
+namespace {
+
+// A time bound of a RunFilter as microseconds since the epoch; NULL when it is not set.
+std::optional<std::int64_t> micros_of(const std::optional<TimePoint>& t) {
+  if (!t) return std::nullopt;
+  return std::chrono::duration_cast<std::chrono::microseconds>(t->time_since_epoch()).count();
+}
+
+}  // namespace
+
+Result<std::vector<RunSummary>> RunStore::list_run_summaries(
+    const RunFilter& filter, const std::optional<RunCursor>& cursor) {
   return guarded("listing runs", [&]() -> Result<std::vector<RunSummary>> {
     const std::string status =
         filter.status ? std::string(to_string(*filter.status)) : std::string();
-    auto rows = before ? impl_->exec(Query::list_run_summaries_before,
-                                     filter.flow_slug.value_or(""), status, filter.limit, *before)
-                       : impl_->exec(Query::list_run_summaries, filter.flow_slug.value_or(""),
-                                     status, filter.limit);
+    const bool newer = cursor && cursor->newer;
+    auto rows = impl_->exec(newer ? Query::list_run_summaries_newer : Query::list_run_summaries,
+                            filter.flow_slug.value_or(""), status, filter.limit,
+                            cursor ? cursor->id : std::string(), micros_of(filter.since),
+                            micros_of(filter.until), filter.input_text.value_or(""));
     std::vector<RunSummary> out;
     out.reserve(rows.size());
     for (const auto& r : rows) out.push_back(summary_of(r));
+    if (newer) std::reverse(out.begin(), out.end());  // read oldest first
     return out;
   });
 }
@@ -187,7 +199,9 @@ Result<std::int64_t> RunStore::count_runs(const RunFilter& filter, int at_most) 
   return guarded("counting runs", [&]() -> Result<std::int64_t> {
     const std::string status =
         filter.status ? std::string(to_string(*filter.status)) : std::string();
-    auto rows = impl_->exec(Query::count_runs, filter.flow_slug.value_or(""), status, at_most);
+    auto rows = impl_->exec(Query::count_runs, filter.flow_slug.value_or(""), status, at_most,
+                            micros_of(filter.since), micros_of(filter.until),
+                            filter.input_text.value_or(""));
     return rows[0]["n"].as<std::int64_t>();
   });
 }
