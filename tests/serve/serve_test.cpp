@@ -467,9 +467,15 @@ TEST_SUITE("serve") {
         {"get", "/runs/{id}", "/runs/00000000-0000-0000-0000-000000000000", "", 404},
         {"get", "/runs/{id}/input", "/runs/" + done + "/input", "", 200},
         {"get", "/runs/{id}/output", "/runs/" + done + "/output", "", 200},
+        {"get", "/runs/{id}/graph.svg", "/runs/" + done + "/graph.svg", "", 200},
+        {"get", "/runs/{id}/steps/{step}/tasks", "/runs/" + done + "/steps/fetch/tasks", "", 200},
+        {"get", "/runs/{id}/steps/{step}/tasks", "/runs/" + done + "/steps/nope/tasks", "", 404},
+        {"get", "/runs/{id}/steps/{step}/tasks", "/runs/" + done + "/steps/fetch/tasks?limit=501",
+         "", 400},
         {"post", "/runs/{id}/cancel", "/runs/" + done + "/cancel", "", 409},
         {"post", "/runs/{id}/retry", "/runs/" + done + "/retry", "", 201},
         {"get", "/workers", "/workers", "", 200},
+        {"post", "/workers/{id}/forget", "/workers/nobody/forget", "", 404},
         {"get", "/plugins", "/plugins", "", 200},
         {"get", "/openapi.json", "/openapi.json", "", 200},
     };
@@ -488,7 +494,11 @@ TEST_SUITE("serve") {
       REQUIRE(op["responses"].contains(code));
       json response = op["responses"][code];
       if (response.contains("$ref")) response = doc["components"]["responses"]["Problem"];
-      const auto& [type, media] = *response["content"].items().begin();
+      const json& content = response["content"];
+      REQUIRE(content.is_object());
+      REQUIRE(!content.empty());
+      const std::string type = content.begin().key();
+      const json& media = content.begin().value();
       CHECK(r->get_header_value("Content-Type").rfind(type, 0) == 0);
       if (type.find("json") != std::string::npos) conforms(media["schema"], json::parse(r->body));
       covered.insert(call.method + " " + call.path);
@@ -884,6 +894,225 @@ TEST_SUITE("serve") {
     auto many_page = c.Get("/runs?flow=counted");
     REQUIRE(many_page);
     CHECK(many_page->body.find(">more than 10,000 runs<") != std::string::npos);
+  }
+}
+
+namespace {
+
+// A store on the scene's cluster with the flow `slug`: a map step "fan" over the run input, then
+// "sum" after it, whose handlers are in no plugin: its runs stay started with their tasks queued.
+detail::RunStore unserved_map_flow(const ServeScene& scene, const std::string& slug) {
+  auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+  REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+  auto url = cluster->ensure_running();
+  REQUIRE_MESSAGE(url, testing::failure_text(url));
+  auto store = detail::RunStore::connect(*url);
+  REQUIRE_MESSAGE(store, testing::failure_text(store));
+  FlowDef flow;
+  flow.slug = slug;
+  flow.module = "servetest";
+  flow.steps.push_back(StepDef{"fan", StepKind::map, {}, "nobody.fan", {}});
+  flow.steps.push_back(StepDef{"sum", StepKind::single, {"fan"}, "nobody.sum", {}});
+  auto stored = store->upsert_flow(flow, "v1");
+  REQUIRE_MESSAGE(stored, testing::failure_text(stored));
+  return std::move(*store);
+}
+
+std::size_t count_of(const std::string& text, const std::string& part) {
+  std::size_t n = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_SUITE("serve") {
+  TEST_CASE("a run's DAG is drawn with each step's state, in colour and in words") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    // A run of a map step whose tasks nobody claims: fan started, sum waiting.
+    detail::RunStore store = unserved_map_flow(scene, "drawn");
+    auto started = store.start_run("drawn", "v1", detail::Json::array({1, 2, 3}));
+    REQUIRE_MESSAGE(started, testing::failure_text(started));
+    auto svg = c.Get(("/api/v1/runs/" + *started + "/graph.svg").c_str());
+    REQUIRE(svg);
+    CHECK(svg->status == 200);
+    CHECK(svg->get_header_value("Content-Type") == "image/svg+xml");
+    CHECK(svg->body.find("<svg") != std::string::npos);
+    CHECK(svg->body.find("nobody.fan (map)") != std::string::npos);
+    CHECK(svg->body.find("\u25b6 started") != std::string::npos);
+    CHECK(svg->body.find("\u25cb waiting") != std::string::npos);
+    CHECK(svg->body.find("#fff4c2") != std::string::npos);  // started's fill
+    // Cancelled: both steps say so, and the picture is drawn again.
+    REQUIRE(body_of(c.Post(("/api/v1/runs/" + *started + "/cancel").c_str()))["status"] ==
+            "cancelled");
+    auto after = c.Get(("/api/v1/runs/" + *started + "/graph.svg").c_str());
+    REQUIRE(after);
+    CHECK(count_of(after->body, "\u2298 cancelled") == 2);
+    // A completed run: every step completed.
+    const json done = scene.wait_run(start_order(c, "book"));
+    REQUIRE(done["status"] == "completed");
+    auto green = c.Get(("/api/v1/runs/" + done["id"].get<std::string>() + "/graph.svg").c_str());
+    REQUIRE(green);
+    CHECK(count_of(green->body, "\u2713 completed") == 1);
+    CHECK(green->body.find("orders.fetch") != std::string::npos);
+    // The run's page shows it with its legend.
+    auto page = c.Get(("/runs/" + *started).c_str());
+    REQUIRE(page);
+    CHECK(page->body.find("src=\"/api/v1/runs/" + *started + "/graph.svg\"") != std::string::npos);
+    CHECK(page->body.find("<ul class=\"legend\"") != std::string::npos);
+    CHECK(page->body.find("\u2717</span> failed") != std::string::npos);
+    check_problem(c.Get("/api/v1/runs/00000000-0000-0000-0000-000000000000/graph.svg"), 404);
+    check_problem(c.Get("/api/v1/runs/not-a-run/graph.svg"), 404);
+  }
+
+  TEST_CASE("a map step's tasks are listed 50 to a page, with next and previous links") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    detail::RunStore store = unserved_map_flow(scene, "paged");
+    detail::Json input = detail::Json::array();
+    for (int i = 0; i < 120; ++i) input.push_back(i);
+    auto started = store.start_run("paged", "v1", input);
+    REQUIRE_MESSAGE(started, testing::failure_text(started));
+    const std::string base = "/api/v1/runs/" + *started + "/steps/fan/tasks";
+    const json first = body_of(c.Get((base + "?limit=50").c_str()));
+    CHECK(first["task_count"] == 120);
+    REQUIRE(first["tasks"].size() == 50);
+    CHECK(first["tasks"][0]["index"] == 0);
+    CHECK(first["tasks"][0]["status"] == "queued");
+    CHECK(first["tasks"][0]["attempt"] == 0);
+    CHECK(first["tasks"][49]["index"] == 49);
+    CHECK(first["next_offset"] == 50);
+    CHECK(first["previous_offset"].is_null());
+    const json second = body_of(c.Get((base + "?offset=50&limit=50").c_str()));
+    CHECK(second["tasks"][0]["index"] == 50);
+    CHECK(second["next_offset"] == 100);
+    CHECK(second["previous_offset"] == 0);
+    const json last = body_of(c.Get((base + "?offset=100").c_str()));
+    CHECK(last["tasks"].size() == 20);
+    CHECK(last["tasks"][19]["index"] == 119);
+    CHECK(last["next_offset"].is_null());
+    // The step that has not started holds no task yet.
+    CHECK(
+        body_of(c.Get(("/api/v1/runs/" + *started + "/steps/sum/tasks").c_str()))["tasks"].empty());
+    check_problem(c.Get((base + "?limit=0").c_str()), 400);
+    check_problem(c.Get((base + "?limit=501").c_str()), 400);
+    check_problem(c.Get((base + "?offset=-1").c_str()), 400);
+    check_problem(c.Get((base + "?offset=x").c_str()), 400);
+    check_problem(c.Get(("/api/v1/runs/" + *started + "/steps/nope/tasks").c_str()), 404);
+    // The run's page: a link per step, and ?step= shows 50 tasks with the next page's link.
+    auto page = c.Get(("/runs/" + *started + "?step=fan").c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find("data-step-tasks-link=\"fan\"") != std::string::npos);
+    CHECK(page->body.find("data-step-tasks=\"fan\"") != std::string::npos);
+    CHECK(page->body.find("data-task-index=\"49\"") != std::string::npos);
+    CHECK(page->body.find("data-task-index=\"50\"") == std::string::npos);
+    CHECK(page->body.find("?step=fan&amp;offset=50#tasks\" rel=\"next\"") != std::string::npos);
+    CHECK(page->body.find("rel=\"prev\"") == std::string::npos);
+    auto next = c.Get(("/runs/" + *started + "?step=fan&offset=50").c_str());
+    REQUIRE(next);
+    CHECK(next->body.find("data-task-index=\"50\"") != std::string::npos);
+    CHECK(next->body.find("?step=fan&amp;offset=0#tasks\" rel=\"prev\"") != std::string::npos);
+    auto missing = c.Get(("/runs/" + *started + "?step=nope").c_str());
+    REQUIRE(missing);
+    CHECK(missing->status == 404);
+    // Cancelled, the run's tasks leave the queue: the page says it holds none.
+    REQUIRE(c.Post(("/api/v1/runs/" + *started + "/cancel").c_str()));
+    const json gone = body_of(c.Get(base.c_str()));
+    CHECK(gone["tasks"].empty());
+    CHECK(gone["task_count"] == 120);
+  }
+
+  TEST_CASE("workers show their slots in use, and stopped or stale ones can be forgotten") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+    auto url = cluster->ensure_running();
+    REQUIRE_MESSAGE(url, testing::failure_text(url));
+    auto store = detail::RunStore::connect(*url);
+    REQUIRE_MESSAGE(store, testing::failure_text(store));
+    // A stopped worker and a stale one (it said it beats every 10 ms, and then did not).
+    detail::WorkerRecord gone;
+    gone.id = "gone:1:<b>";
+    gone.host = "gone";
+    gone.pid = 1;
+    gone.concurrency = 4;
+    REQUIRE(store->heartbeat(gone, true));
+    detail::WorkerRecord lost = gone;
+    lost.id = "lost:2:x";
+    lost.heartbeat_interval = Millis(10);
+    REQUIRE(store->heartbeat(lost, false));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The server's worker holds a task while its handler waits at a gate: 1 of its 2 slots.
+    const std::string gate = (scene.scratch.dir / "slots-gate").string();
+    const std::string ran = (scene.scratch.dir / "slots-started").string();
+    const std::string held_run = body_of(c.Post(
+        "/api/v1/flows/wprobe_single/runs",
+        json(
+            {{"log", (scene.scratch.dir / "slots.log").string()}, {"gate", gate}, {"started", ran}})
+            .dump(),
+        "application/json"))["id"];
+    for (int i = 0; i < 300 && !fs::exists(ran); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(fs::exists(ran));
+    std::string running;
+    for (const auto& w : body_of(c.Get("/api/v1/workers"))) {
+      if (w["status"] == "running") {
+        running = w["id"];
+        CHECK(w["held"] == 1);
+        CHECK(w["concurrency"] == 2);
+      }
+      if (w["id"] == gone.id) CHECK(w["status"] == "stopped");
+      if (w["id"] == lost.id) CHECK(w["status"] == "stale");
+    }
+    REQUIRE(!running.empty());
+    auto page = c.Get("/workers");
+    REQUIRE(page);
+    CHECK(page->body.find("data-worker-slots>1 / 2<") != std::string::npos);
+    CHECK(page->body.find("data-action=\"/api/v1/workers/gone%3A1%3A%3Cb%3E/forget\"") !=
+          std::string::npos);
+    CHECK(page->body.find("data-action=\"/api/v1/workers/lost%3A2%3Ax/forget\"") !=
+          std::string::npos);
+    CHECK(page->body.find("gone:1:&lt;b&gt;") != std::string::npos);
+    CHECK(page->body.find("/forget\">Forget</button>") != std::string::npos);
+    CHECK(count_of(page->body, ">Forget</button>") == 2);  // not the running worker's
+    // A running worker cannot be forgotten; the others can, once.
+    check_problem(c.Post(("/api/v1/workers/" + running + "/forget").c_str()), 409);
+    const json forgotten = body_of(c.Post("/api/v1/workers/gone%3A1%3A%3Cb%3E/forget"));
+    CHECK(forgotten["forgotten"] == true);
+    CHECK(forgotten["worker"] == gone.id);
+    check_problem(c.Post("/api/v1/workers/gone%3A1%3A%3Cb%3E/forget"), 404);
+    CHECK(body_of(c.Post("/api/v1/workers/lost%3A2%3Ax/forget"))["forgotten"] == true);
+    for (const auto& w : body_of(c.Get("/api/v1/workers"))) CHECK(w["id"] == running);
+    std::ofstream(gate) << "open\n";
+    CHECK(scene.wait_run(held_run)["status"] == "completed");
+  }
+
+  TEST_CASE("each plugin lists its handlers and the flows that use them") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    bool seen = false;
+    for (const auto& p : body_of(c.Get("/api/v1/plugins"))) {
+      if (p["module"] != "wprobe") continue;
+      for (const auto& h : p["handler_uses"])
+        if (h["handler"] == "wprobe.record") {
+          seen = true;
+          const std::set<std::string> flows(h["flows"].begin(), h["flows"].end());
+          CHECK(flows.count("wprobe_chain") == 1);
+          CHECK(flows.count("wprobe_single") == 1);
+        }
+    }
+    CHECK(seen);
+    auto page = c.Get("/plugins");
+    REQUIRE(page);
+    CHECK(page->body.find("data-handler=\"wprobe.record\"") != std::string::npos);
+    CHECK(page->body.find("<a href=\"/flows/wprobe_chain\">wprobe_chain</a>") != std::string::npos);
   }
 }
 

@@ -197,6 +197,7 @@ json worker_json(const detail::WorkerRecord& w) {
           {"status", worker_status(w)},
           {"stopped", w.stopped_at.has_value()},
           {"last_heartbeat_ms_ago", w.heartbeat_age.count()},
+          {"held", w.held},
           {"heartbeat_interval_ms",
            w.heartbeat_interval ? json(w.heartbeat_interval->count()) : json(nullptr)}};
 }

@@ -63,23 +63,60 @@ constexpr const char* kTunedLayout = "  nslimit=2;\n  nslimit1=2;\n  mclimit=0.2
 
 }  // namespace
 
-std::string flow_dot(const FlowDef& flow) {
+const StateStyle& state_style(std::string_view state) {
+  // Light fills with dark borders (contrast over 4.5:1 for the label text on each fill); each
+  // state also has its marker and word in the label.
+  static constexpr StateStyle kCreated{"#f3f4f6", "#6b7280", "\u25cb", "waiting"};
+  static constexpr StateStyle kStarted{"#fff4c2", "#8a6100", "\u25b6", "started"};
+  static constexpr StateStyle kCompleted{"#dcf3e2", "#1e7b34", "\u2713", "completed"};
+  static constexpr StateStyle kFailed{"#fde0df", "#b3261e", "\u2717", "failed"};
+  static constexpr StateStyle kCancelled{"#e5e7eb", "#4b5563", "\u2298", "cancelled"};
+  if (state == "started") return kStarted;
+  if (state == "completed") return kCompleted;
+  if (state == "failed") return kFailed;
+  if (state == "cancelled") return kCancelled;
+  return kCreated;
+}
+
+namespace {
+
+// The DOT of `flow`; with `states`, each step drawn in its state's style.
+std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string>* states) {
   std::string out = fmt::format(
       "digraph {} {{\n  rankdir=LR;\n  bgcolor=\"transparent\";\n"
       "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", color=\"#4a6fa5\", "
       "fontname=\"Helvetica\", fontsize=11];\n  edge [color=\"#4a6fa5\"];\n",
       dot_quote(flow.slug));
-  for (const auto& s : flow.steps)
-    out += fmt::format("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
-                       dot_escape(s.handler), s.kind == StepKind::map ? " (map)" : "",
-                       s.kind == StepKind::map ? ", shape=box3d, style=filled" : "");
+  for (const auto& s : flow.steps) {
+    const bool map = s.kind == StepKind::map;
+    if (!states) {
+      out += fmt::format("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
+                         dot_escape(s.handler), map ? " (map)" : "",
+                         map ? ", shape=box3d, style=filled" : "");
+      continue;
+    }
+    const auto it = states->find(s.slug);
+    const std::string_view state = it == states->end() ? "created" : it->second;
+    const StateStyle& st = state_style(state);
+    // A failed step's border is thicker, a waiting or cancelled one's dashed: the state shows in
+    // the shape too, not only in the colour.
+    const char* style = state == "failed"                            ? "filled,bold"
+                        : state == "created" || state == "cancelled" ? "filled,dashed"
+                                                                     : "filled";
+    out += fmt::format(
+        "  {} [label=\"{}\\n{}{}\\n{} {}\", shape={}, style=\"{}{}\", fillcolor=\"{}\", "
+        "color=\"{}\", penwidth={}];\n",
+        dot_quote(s.slug), dot_escape(s.slug), dot_escape(s.handler), map ? " (map)" : "",
+        st.marker, st.word, map ? "box3d" : "box", map ? "" : "rounded,", style, st.fill, st.border,
+        state == "failed" ? "2.5" : "1.2");
+  }
   for (const auto& s : flow.steps)
     for (const auto& d : s.depends_on)
       out += fmt::format("  {} -> {};\n", dot_quote(d), dot_quote(s.slug));
   return out + "}\n";
 }
 
-Result<std::string> flow_svg(const FlowDef& flow) {
+Result<std::string> dag_svg(const FlowDef& flow, const std::map<std::string, std::string>* states) {
   const std::size_t nodes = layout_nodes(flow);
   if (nodes > kMaxLayoutNodes)
     return make_error(
@@ -89,7 +126,7 @@ Result<std::string> flow_svg(const FlowDef& flow) {
                     "through one node per rank), over the limit of {}; `flowreg flows show {} "
                     "--dot` prints it as DOT",
                     flow.slug, flow.steps.size(), nodes, kMaxLayoutNodes, flow.slug));
-  std::string dot = flow_dot(flow);
+  std::string dot = dag_dot(flow, states);
   if (nodes > kTunedLayoutNodes) dot.insert(dot.find('\n') + 1, kTunedLayout);
   std::lock_guard lock(graphviz_mutex());
   static GVC_t* const gvc = gvContext();
@@ -111,6 +148,20 @@ Result<std::string> flow_svg(const FlowDef& flow) {
     return make_error(Errc::internal,
                       fmt::format("Graphviz: cannot lay out the DAG of flow '{}'", flow.slug));
   return svg;
+}
+
+}  // namespace
+
+std::string flow_dot(const FlowDef& flow) { return dag_dot(flow, nullptr); }
+
+Result<std::string> flow_svg(const FlowDef& flow) { return dag_svg(flow, nullptr); }
+
+std::string run_dot(const FlowDef& flow, const std::map<std::string, std::string>& states) {
+  return dag_dot(flow, &states);
+}
+
+Result<std::string> run_svg(const FlowDef& flow, const std::map<std::string, std::string>& states) {
+  return dag_svg(flow, &states);
 }
 
 }  // namespace flowreg::detail

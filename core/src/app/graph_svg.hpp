@@ -6,7 +6,9 @@
 //
 // Thread-safety: Graphviz is not thread-safe; calls are serialized internally.
 
+#include <map>
 #include <string>
+#include <string_view>
 
 #include "flowreg/error.hpp"
 #include "flowreg/flow.hpp"
@@ -19,5 +21,25 @@ std::string flow_dot(const FlowDef& flow);
 // the layout would be too large (see layout_nodes in graph_svg.cpp); Errc::internal when Graphviz
 // fails.
 Result<std::string> flow_svg(const FlowDef& flow);
+
+// A run's DAG: `flow` (the run's flow version) with each step filled by its state in `states`
+// (step slug -> created, started, completed, failed or cancelled; a step not in it is drawn as
+// created), and the state written in its label with a marker (○ waiting, ▶ started, ✓ completed,
+// ✗ failed, ⊘ cancelled), so that it reads without colour. Errors as flow_svg.
+std::string run_dot(const FlowDef& flow, const std::map<std::string, std::string>& states);
+Result<std::string> run_svg(const FlowDef& flow, const std::map<std::string, std::string>& states);
+
+// How run_dot draws a step state: its fill and border colours, marker and word.
+struct StateStyle {
+  const char* fill;
+  const char* border;
+  const char* marker;
+  const char* word;
+};
+// The style of `state`; created's for a state it does not know.
+const StateStyle& state_style(std::string_view state);
+// The states in the order a legend lists them, with their style.
+inline constexpr const char* kStepStates[] = {"created", "started", "completed", "failed",
+                                              "cancelled"};
 
 }  // namespace flowreg::detail

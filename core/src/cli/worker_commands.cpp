@@ -264,7 +264,49 @@ struct WorkerGroupArgs {
   WorkerArgs worker;
   std::string flows;  // --flows as given
   bool workers_json = false;
+  std::string forget_id;       // workers forget ID
+  std::string stopped_before;  // workers forget --stopped-before DURATION
 };
+
+// `flowreg workers forget`: one worker by id, or every stopped or stale one whose last heartbeat
+// is older than --stopped-before.
+int workers_forget(const Globals& g, const WorkerGroupArgs& a) {
+  if (a.forget_id.empty() == a.stopped_before.empty())
+    return report(Error{Errc::invalid_argument,
+                        "workers forget takes a worker id or --stopped-before DURATION (one of "
+                        "them)",
+                        {}});
+  std::optional<Millis> age;
+  if (!a.stopped_before.empty()) {
+    age = parse_duration(a.stopped_before, kMaxCommandDuration);
+    if (!age)
+      return report(
+          Error{Errc::invalid_argument,
+                "--stopped-before " + duration_problem(a.stopped_before, kMaxCommandDuration),
+                {}});
+  }
+  return with_store(g, [&](detail::RunStore& store) {
+    if (age) {
+      auto gone = store.forget_workers_before(*age);
+      if (!gone) return report(gone.error());
+      for (const auto& id : *gone) fmt::print("forgot {}\n", id);
+      fmt::print("{} worker(s) forgotten\n", gone->size());
+      return kExitOk;
+    }
+    auto done = store.forget_worker(a.forget_id);
+    if (!done) return report(done.error());
+    if (*done == detail::ForgetOutcome::unknown)
+      return report(Error{Errc::not_found, fmt::format("no worker '{}'", a.forget_id), {}});
+    if (*done == detail::ForgetOutcome::running)
+      return report(Error{Errc::invalid_argument,
+                          fmt::format("worker '{}' is running (only a stopped or stale worker "
+                                      "can be forgotten)",
+                                      a.forget_id),
+                          {}});
+    fmt::print("forgot {}\n", a.forget_id);
+    return kExitOk;
+  });
+}
 
 }  // namespace
 
@@ -308,7 +350,15 @@ void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code) {
   auto* workers_cmd =
       app.add_subcommand("workers", "Workers seen on this database and their last heartbeat");
   workers_cmd->add_flag("--json", args->workers_json, "Print a JSON array");
-  workers_cmd->callback([&g, &exit_code, args] {
+  auto* forget = workers_cmd->add_subcommand(
+      "forget", "Delete the record of a stopped or stale worker (a running one is refused)");
+  forget->add_option("id", args->forget_id, "Worker id");
+  forget->add_option("--stopped-before", args->stopped_before,
+                     "Every stopped or stale worker whose last heartbeat is older than this "
+                     "duration: 30m, 12h, 720h");
+  forget->callback([&g, &exit_code, args] { exit_code = workers_forget(g, *args); });
+  workers_cmd->callback([&g, &exit_code, args, forget] {
+    if (forget->parsed()) return;  // `workers forget` ran
     exit_code = with_store(
         g, [&](detail::RunStore& store) { return workers_command(store, args->workers_json); });
   });

@@ -50,6 +50,11 @@ td.error { min-width: 12rem; }
 .card h2 { margin-top: 0; }
 .dag { max-width: 100%; height: auto; display: block; margin: .5rem 0; }
 .dag-wrap { overflow-x: auto; background: var(--panel); border-radius: 6px; padding: .5rem; }
+ul.legend { list-style: none; display: flex; flex-wrap: wrap; gap: .4rem 1rem; padding: 0;
+            margin: .25rem 0 1rem; font-size: .85rem; }
+ul.legend .swatch { display: inline-block; min-width: 1.4rem; text-align: center;
+                    border: 1.5px solid; border-radius: 4px; color: #1f2937; }
+.pager a { margin-right: .5rem; }
 form.filters { display: flex; flex-wrap: wrap; gap: .5rem; align-items: end; margin-bottom: 1rem; }
 label { display: flex; flex-direction: column; font-size: .85rem; color: var(--muted); gap: .2rem; }
 input, select, button { font: inherit; padding: .35rem .5rem; border: 1px solid var(--line);
@@ -231,6 +236,40 @@ const char* const kJs = R"JS(
         });
     });
   });
+  // The workers page: heartbeat ages, statuses and slots read again every 5 s (the age counts up
+  // between reads).
+  var workersTable = document.getElementById('workers');
+  if (workersTable) {
+    var readAt = Date.now();
+    var tick = function () {
+      each('[data-heartbeat-age]', function (el) {
+        var ms = Number(el.getAttribute('data-heartbeat-age')) + (Date.now() - readAt);
+        el.textContent = (ms / 1000).toFixed(1) + ' s';
+      });
+    };
+    var reread = function () {
+      fetch('/api/v1/workers', { headers: authHeaders(), cache: 'no-store' }).then(function (r) {
+        return r.ok ? r.json() : null;
+      }).then(function (list) {
+        if (!list) return;
+        readAt = Date.now();
+        list.forEach(function (w) {
+          each('tr[data-worker]', function (row) {
+            if (row.getAttribute('data-worker') !== w.id) return;
+            var age = row.querySelector('[data-heartbeat-age]');
+            if (age) age.setAttribute('data-heartbeat-age', String(w.last_heartbeat_ms_ago));
+            var slots = row.querySelector('[data-worker-slots]');
+            if (slots) slots.textContent = w.held + ' / ' + w.concurrency;
+            var badge = row.querySelector('[data-worker-status] .status');
+            if (badge) { badge.textContent = w.status; badge.className = 'status s-' + w.status; }
+          });
+        });
+        tick();
+      }).catch(function () {});
+    };
+    setInterval(tick, 1000);
+    setInterval(reread, 5000);
+  }
   // The flow page's form: starts a run with fetch(), then opens it; a refusal (400, 422, ...)
   // shows the problem's detail and each of its errors as text.
   var startForm = document.getElementById('start-run');

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <optional>
 
+#include "app/graph_svg.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
 
@@ -239,6 +240,61 @@ std::string start_form(const std::string& slug, const json& input_schema) {
       url_part(slug), escape(json_text(example_input(input_schema), 2)));
 }
 
+// A run's DAG with each step's state (GET /api/v1/runs/{id}/graph.svg) and its legend: the
+// drawing's colours with the marker and word each state has in it.
+std::string run_dag(const std::string& id) {
+  std::string legend;
+  for (const char* state : kStepStates) {
+    const StateStyle& st = state_style(state);
+    legend += fmt::format(
+        "<li><span class=\"swatch\" style=\"background:{};border-color:{}\">{}</span> {}</li>",
+        st.fill, st.border, st.marker, st.word);
+  }
+  return fmt::format(
+      "<h2>DAG</h2><div class=\"dag-wrap\"><img class=\"dag\" src=\"/api/v1/runs/{0}/graph.svg\" "
+      "alt=\"DAG of run {1}, each step with its state\" data-run-dag></div>"
+      "<ul class=\"legend\" aria-label=\"Step states\">{2}</ul>",
+      url_part(id), escape(id), legend);
+}
+
+// A page of a step's tasks: those the queue still holds (a finished task leaves it), with links
+// to the next and previous pages.
+std::string tasks_section(const std::string& id, const json& page) {
+  const std::string step = str(page, "step");
+  std::string rows;
+  for (const auto& t : page["tasks"]) {
+    std::string when = esc(t, "next_attempt_at");
+    if (!when.empty()) when = "next attempt " + when;
+    rows += fmt::format(
+        "<tr data-task-index=\"{0}\"><td>{0}</td><td>{1}</td><td>{2}</td><td class=\"mono\">{3}"
+        "</td><td class=\"wide\">{4}</td><td class=\"wide\">{5}{6}</td><td class=\"error\">{7}"
+        "</td></tr>",
+        esc(t, "index"), status_badge(str(t, "status")), esc(t, "attempt"), esc(t, "worker"),
+        esc(t, "started_at"), esc(t, "finished_at"), when, esc(t, "error"));
+  }
+  const std::string base =
+      fmt::format("/runs/{}?step={}&amp;offset=", url_part(id), url_part(step));
+  std::string nav;
+  if (page["previous_offset"].is_number_integer())
+    nav += fmt::format("<a href=\"{}{}#tasks\" rel=\"prev\">Previous</a>", base,
+                       page["previous_offset"].get<int>());
+  if (page["next_offset"].is_number_integer())
+    nav += fmt::format("{}<a href=\"{}{}#tasks\" rel=\"next\">Next</a>", nav.empty() ? "" : " · ",
+                       base, page["next_offset"].get<int>());
+  return fmt::format(
+      "<section id=\"tasks\" data-step-tasks=\"{0}\"><h2>Tasks of step {0}</h2>"
+      "<p class=\"muted\">{1} task(s) in all; from task {2} on, the tasks the queue still holds "
+      "(queued, started, and a map step's completed tasks while it runs). A finished task leaves "
+      "the queue: its attempts and last worker are counted in its step.</p>{3}"
+      "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Task</th><th scope=\"col\">"
+      "Status</th><th scope=\"col\">Attempt</th><th scope=\"col\">Worker</th><th scope=\"col\" "
+      "class=\"wide\">Started</th><th scope=\"col\" class=\"wide\">Finished</th><th scope=\"col\">"
+      "Error</th></tr></thead><tbody>{4}</tbody></table></div><p class=\"pager\">{5}</p></section>",
+      escape(step), esc(page, "task_count"), esc(page, "offset"),
+      page["tasks"].empty() ? "<p class=\"muted\">The queue holds none of them.</p>" : "", rows,
+      nav);
+}
+
 }  // namespace
 
 std::string escape(std::string_view text) {
@@ -400,7 +456,7 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
   return layout("Runs", "/runs", content);
 }
 
-std::string run_page(const json& run) {
+std::string run_page(const json& run, const json& tasks) {
   const std::string id = str(run, "id");
   // The timeline: each step's bar from its start to its end (or now), on the run's time scale.
   std::int64_t t0 = epoch_seconds(str(run, "created_at")).value_or(0), t1 = t0 + 1;
@@ -437,8 +493,9 @@ std::string run_page(const json& run) {
         "{6}\">{7}</div><span class=\"muted\">{5} → {6}</span></td></tr>",
         escape(slug), esc(s, "kind"),
         status_badge(status, fmt::format(" data-step-status=\"{}\"", escape(slug))),
-        esc(s, "tasks"), esc(s, "attempts"), esc(s, "started_at"), esc(s, "finished_at"), bar,
-        retry);
+        fmt::format("<a href=\"/runs/{}?step={}#tasks\" data-step-tasks-link=\"{}\">{}</a>",
+                    url_part(id), url_part(slug), escape(slug), esc(s, "tasks")),
+        esc(s, "attempts"), esc(s, "started_at"), esc(s, "finished_at"), bar, retry);
     if (!s["error"].is_null())
       steps += fmt::format("<tr><td></td><td colspan=\"5\" class=\"error\">error: {}</td></tr>",
                            esc(s, "error"));
@@ -466,10 +523,10 @@ std::string run_page(const json& run) {
       "<dt>Status</dt><dd>{5}</dd><dt>Created</dt><dd>{6}</dd><dt>Finished</dt><dd>{7}</dd>"
       "<dt>Retry of</dt><dd>{8}</dd><dt>Error</dt><dd class=\"error\">{9}</dd></dl>"
       "<div class=\"actions\">{10}</div><p id=\"action-error\" class=\"error\" hidden></p>"
-      "<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
+      "{14}<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
       "<th scope=\"col\">Kind</th><th scope=\"col\">Status</th><th scope=\"col\">Tasks</th>"
       "<th scope=\"col\">Attempts</th><th scope=\"col\" class=\"wide\">Timeline</th></tr></thead>"
-      "<tbody>{11}</tbody></table></div><h2>Input</h2><div data-run-input>{12}</div>"
+      "<tbody>{11}</tbody></table></div>{15}<h2>Input</h2><div data-run-input>{12}</div>"
       "<h2>Output</h2><div data-run-output>{13}</div>",
       escape(id), url_part(id), url_part(str(run, "flow")), esc(run, "flow"), esc(run, "version"),
       status_badge(status, fmt::format(" data-run-status=\"{}\"", escape(id))),
@@ -481,7 +538,8 @@ std::string run_page(const json& run) {
       value_preview(run["input"], "/api/v1/runs/" + url_part(id) + "/input"),
       value_preview(run["output"], run["output"].is_null()
                                        ? std::string()
-                                       : "/api/v1/runs/" + url_part(id) + "/output"));
+                                       : "/api/v1/runs/" + url_part(id) + "/output"),
+      run_dag(id), tasks.is_object() ? tasks_section(id, tasks) : std::string());
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 
@@ -491,22 +549,34 @@ std::string workers_page(const json& workers) {
     std::string flows;
     for (const auto& f : w["flows"])
       flows += (flows.empty() ? "" : ", ") + esc(f, "slug") + "@" + esc(f, "version");
+    const std::string id = str(w, "id"), status = str(w, "status");
+    // A worker that stopped or went stale can be forgotten (its row deleted); one that runs not.
+    std::string forget;
+    if (status == "stopped" || status == "stale")
+      forget = fmt::format(
+          "<button type=\"button\" data-action=\"/api/v1/workers/{}/forget\">Forget</button>",
+          url_part(id));
     rows += fmt::format(
-        "<tr><td class=\"mono\">{}</td><td>{}</td><td>{:.1f} s</td><td>{}</td><td>{}</td>"
-        "<td class=\"wide\">{} (pid {})</td></tr>",
-        esc(w, "id"), status_badge(str(w, "status")),
+        "<tr data-worker=\"{0}\"><td class=\"mono\">{0}</td><td data-worker-status>{1}</td>"
+        "<td data-heartbeat-age=\"{2}\">{3:.1f} s</td><td data-worker-slots>{4} / {5}</td>"
+        "<td>{6}</td><td class=\"wide\">{7} (pid {8})</td><td>{9}</td></tr>",
+        escape(id), status_badge(status), w.value("last_heartbeat_ms_ago", std::int64_t{0}),
         static_cast<double>(w.value("last_heartbeat_ms_ago", std::int64_t{0})) / 1000.0,
-        esc(w, "concurrency"), flows.empty() ? "none" : flows, esc(w, "host"), esc(w, "pid"));
+        esc(w, "held"), esc(w, "concurrency"), flows.empty() ? "none" : flows, esc(w, "host"),
+        esc(w, "pid"), forget);
   }
   std::string content =
       workers.empty()
           ? std::string(
                 "<h1>Workers</h1><p class=\"muted\">No worker has run on this database.</p>")
           : fmt::format(
-                "<h1>Workers</h1><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">"
+                "<h1>Workers</h1><p id=\"action-error\" class=\"error\" hidden></p>"
+                "<div class=\"table-wrap\"><table id=\"workers\"><thead><tr><th scope=\"col\">"
                 "Worker</th><th scope=\"col\">Status</th><th scope=\"col\">Heartbeat age</th>"
-                "<th scope=\"col\">Concurrency</th><th scope=\"col\">Flows</th><th scope=\"col\" "
-                "class=\"wide\">Host</th></tr></thead><tbody>{}</tbody></table></div>",
+                "<th scope=\"col\" title=\"tasks held / concurrency\">Slots used</th>"
+                "<th scope=\"col\">Flows</th><th scope=\"col\" class=\"wide\">Host</th>"
+                "<th scope=\"col\">Actions</th></tr>"
+                "</thead><tbody>{}</tbody></table></div>",
                 rows);
   return layout("Workers", "/workers", content);
 }
@@ -518,10 +588,23 @@ std::string plugins_page(const json& plugins) {
     for (const auto& f : p["flows"])
       flows += (flows.empty() ? "" : ", ") + escape(f.get<std::string>());
     const json& e = p["error"];
+    // Each handler, with the flows whose steps use it.
+    std::string handlers;
+    if (p.contains("handler_uses"))
+      for (const auto& h : p["handler_uses"]) {
+        std::string used;
+        for (const auto& f : h["flows"])
+          used += fmt::format("{}<a href=\"/flows/{}\">{}</a>", used.empty() ? "" : ", ",
+                              url_part(f.get<std::string>()), escape(f.get<std::string>()));
+        handlers += fmt::format(
+            "<li data-handler=\"{0}\"><code>{0}</code>{1}</li>", esc(h, "handler"),
+            used.empty() ? std::string(" <span class=\"muted\">(no flow)</span>") : " — " + used);
+      }
     rows += fmt::format(
-        "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"error\">{}"
-        "</td></tr>",
+        "<tr><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+        "<td class=\"error\">{}</td></tr>",
         esc(p, "file"), esc(p, "module"), status_badge(str(p, "status")), flows,
+        handlers.empty() ? std::string() : "<ul class=\"compact\">" + handlers + "</ul>",
         e.is_null() ? std::string() : fmt::format("[{}] {}", esc(e, "stage"), esc(e, "message")));
   }
   std::string content =
@@ -531,7 +614,8 @@ std::string plugins_page(const json& plugins) {
           : fmt::format(
                 "<h1>Plugins</h1><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">"
                 "File</th><th scope=\"col\">Module</th><th scope=\"col\">Status</th><th "
-                "scope=\"col\">Flows</th><th scope=\"col\">Error (stage)</th></tr></thead><tbody>{}"
+                "scope=\"col\">Flows</th><th scope=\"col\">Handlers</th><th scope=\"col\">"
+                "Error (stage)</th></tr></thead><tbody>{}"
                 "</tbody></table></div>",
                 rows);
   return layout("Plugins", "/plugins", content);

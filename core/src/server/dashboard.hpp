@@ -35,7 +35,8 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
 // With "steps". The input, the output and each step's output are shown by their size and their
 // first kPreviewBytes bytes as JSON text, with a link to the whole value: never embedded whole.
 inline constexpr std::size_t kPreviewBytes = 4096;
-std::string run_page(const json& run);
+// `tasks`: a page of one step's tasks (GET /api/v1/runs/{id}/steps/{step}/tasks), or null.
+std::string run_page(const json& run, const json& tasks = nullptr);
 std::string workers_page(const json& workers);
 std::string plugins_page(const json& plugins);
 std::string error_page(int status, std::string_view title, std::string_view detail);

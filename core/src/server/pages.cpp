@@ -61,7 +61,17 @@ void register_page_routes(http::Router& h, ServerState& state) {
       return html_error(res, 404, fmt::format("no run {}", app::valid_text(id)));
     auto run = state.run_with_steps(id);
     if (!run) return html_error(res, http::status_of(run.error()), run.error().message);
-    res.set_content(dashboard::run_page(*run), kHtml);
+    // ?step=SLUG&offset=N: a page of that step's tasks.
+    json tasks;
+    if (req.has_param("step") && !req.get_param_value("step").empty()) {
+      const auto page = task_page_params(req, kDefaultTasksLimit);
+      if (!page) return html_error(res, 400, "offset must be a task index from 0 on");
+      auto read =
+          step_tasks_page(state, id, req.get_param_value("step"), page->first, kDefaultTasksLimit);
+      if (!read) return html_error(res, http::status_of(read.error()), read.error().message);
+      tasks = std::move(*read);
+    }
+    res.set_content(dashboard::run_page(*run, tasks), kHtml);
   });
   h.Get("/workers", [&state](const Request&, Response& res) {
     auto workers = state.stores.with([](RunStore& store) { return store.list_workers(); });
@@ -71,9 +81,7 @@ void register_page_routes(http::Router& h, ServerState& state) {
     res.set_content(dashboard::workers_page(out), kHtml);
   });
   h.Get("/plugins", [&state](const Request&, Response& res) {
-    json out = json::array();
-    for (const auto& p : state.options.plugins()) out.push_back(app::plugin_json(p));
-    res.set_content(dashboard::plugins_page(out), kHtml);
+    res.set_content(dashboard::plugins_page(plugins_json(state)), kHtml);
   });
 }
 

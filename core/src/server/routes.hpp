@@ -8,7 +8,9 @@
 
 #include <atomic>
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
 
 #include "app/forms.hpp"
 #include "flowreg/error.hpp"
@@ -63,7 +65,22 @@ void register_flow_routes(http::Router& http, ServerState& state);  // api_flows
 // POST /api/v1/flows/{slug}/runs; GET /api/v1/runs, /api/v1/runs/{id};
 // POST /api/v1/runs/{id}/cancel, /api/v1/runs/{id}/retry
 void register_run_routes(http::Router& http, ServerState& state);  // api_runs.cpp
-// GET /api/v1/workers, /api/v1/plugins
+// GET /api/v1/runs/{id}/graph.svg, /api/v1/runs/{id}/steps/{step}/tasks
+void register_run_detail_routes(http::Router& http, ServerState& state);  // api_run_detail.cpp
+// A page of a step's tasks (what the queue holds of them), as GET .../steps/{step}/tasks answers
+// it: tasks with an index of `offset` or more, at most `limit`. Errc::not_found for no such run
+// or step.
+Result<app::json> step_tasks_page(ServerState& state, const std::string& id,
+                                  const std::string& step, int offset, int limit);
+// Its offset= and limit= parameters (limit: `default_limit` when absent); nullopt when invalid.
+inline constexpr int kDefaultTasksLimit = 50;
+inline constexpr int kMaxTasksLimit = 500;
+inline constexpr int kMaxTaskIndex = 1'000'000'000;
+std::optional<std::pair<int, int>> task_page_params(const http::Request& req, int default_limit);
+// The plugins as GET /api/v1/plugins lists them: each with its handlers' uses, the registry's flows
+// whose steps name each handler ("handler_uses": [{"handler", "flows": [slug, ...]}]).
+app::json plugins_json(const ServerState& state);  // api_workers_plugins.cpp
+// GET /api/v1/workers, /api/v1/plugins; POST /api/v1/workers/{id}/forget
 void register_worker_plugin_routes(http::Router& http,
                                    ServerState& state);  // api_workers_plugins.cpp
 // GET /api/v1/events (Server-Sent Events)

@@ -227,6 +227,7 @@ void HttpServer::Impl::routes() {
   register_service_routes(router, state);        // /healthz /readyz /metrics /static/ openapi.json
   register_flow_routes(router, state);           // /api/v1/flows
   register_run_routes(router, state);            // /api/v1/flows/{slug}/runs, /api/v1/runs
+  register_run_detail_routes(router, state);     // /api/v1/runs/{id}/graph.svg, .../tasks
   register_worker_plugin_routes(router, state);  // /api/v1/workers, /api/v1/plugins
   register_event_routes(router, state);          // /api/v1/events
   register_page_routes(router, state);           // the dashboard: / /flows /runs /workers /plugins

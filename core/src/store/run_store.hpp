@@ -155,7 +155,11 @@ struct WorkerRecord {
   std::string state = "running";
   std::optional<Millis> heartbeat_interval;  // as the worker reported it (nullopt: not reported)
   Millis heartbeat_age{0};  // now - last_heartbeat_at, by the server's clock (list_workers)
+  int held = 0;             // tasks it holds now: started, under its lease (list_workers)
 };
+
+// What RunStore::forget_worker did.
+enum class ForgetOutcome { forgotten, running, unknown };
 
 // A task that was running in a worker that died, from that worker's crash journal.
 struct CrashReport {
@@ -212,6 +216,24 @@ struct StepInfo {
   std::optional<TimePoint> started_at, finished_at;
   std::optional<std::string> error;
   std::optional<Json> output;
+};
+
+// A step of a run's flow version as it was stored (RunStore::run_graph).
+struct GraphStep {
+  std::string slug, kind, handler;
+  std::vector<std::string> depends_on;
+};
+
+// A task the queue still holds (RunStore::step_tasks): queued, started, or a map step's completed
+// task while its step runs. Finished tasks leave the table (migration 0009).
+struct TaskRow {
+  int index = 0;
+  std::string status;  // queued | started | completed
+  int attempt = 0;     // attempts begun
+  std::optional<std::string> worker;
+  std::optional<std::string> error;  // the last failed attempt's: at most 400 characters
+  std::optional<TimePoint> started_at, finished_at;
+  TimePoint available_at;  // when it is (was) claimable: a retry's next attempt
 };
 
 // A step's task waiting for its next attempt after one failed (the first due, for a map step).
@@ -359,6 +381,12 @@ class RunStore {
   Result<std::vector<CrashOutcome>> report_crashes(std::span<const CrashReport> reports, int limit);
   // Workers, most recent heartbeat first.
   Result<std::vector<WorkerRecord>> list_workers();
+  // Deletes a worker's row when it stopped or is stale (no heartbeat for 3 of its intervals): its
+  // tasks are not touched (their leases expire as they would). running: it is neither; unknown: no
+  // such worker. A worker that heartbeats again is listed again.
+  Result<ForgetOutcome> forget_worker(std::string_view id);
+  // Forgets every stopped or stale worker whose last heartbeat is older than `age`; their ids.
+  Result<std::vector<std::string>> forget_workers_before(Millis age);
 
   // True once a call failed because the connection to the server broke (or a commit's outcome is
   // unknown): the store is unusable and must be replaced by a fresh connect(). Calls that fail
@@ -397,6 +425,13 @@ class RunStore {
       const RunFilter& filter = {}, const std::optional<RunCursor>& cursor = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
+  // The steps of the run's flow version (its DAG), in the flow's step order; empty when there is
+  // no such run.
+  Result<std::vector<GraphStep>> run_graph(const RunId& run);
+  // At most `limit` tasks of a run's step that the queue still holds, with a task index of
+  // `from_index` or more, by index.
+  Result<std::vector<TaskRow>> step_tasks(const RunId& run, std::string_view step, int from_index,
+                                          int limit);
   // The steps of the run waiting for a retry: per step, its task due first; by step slug.
   Result<std::vector<StepRetry>> step_retries(const RunId& run);
   // The runs list_run_summaries would list that have this id and/or this key (a key names at most

@@ -83,8 +83,28 @@ Result<std::vector<WorkerRecord>> RunStore::list_workers() {
       if (!r["heartbeat_ms"].is_null())
         w.heartbeat_interval = Millis(r["heartbeat_ms"].as<std::int64_t>());
       w.heartbeat_age = Millis(std::max<std::int64_t>(0, r["heartbeat_age_ms"].as<std::int64_t>()));
+      w.held = r["held"].as<int>();
       out.push_back(std::move(w));
     }
+    return out;
+  });
+}
+
+Result<ForgetOutcome> RunStore::forget_worker(std::string_view id) {
+  return guarded(
+      fmt::format("forgetting worker {}", shown_name(id)), [&]() -> Result<ForgetOutcome> {
+        auto rows = impl_->exec(Query::forget_worker, std::string(id));
+        if (rows[0]["forgotten"].as<bool>()) return ForgetOutcome::forgotten;
+        return rows[0]["known"].as<bool>() ? ForgetOutcome::running : ForgetOutcome::unknown;
+      });
+}
+
+Result<std::vector<std::string>> RunStore::forget_workers_before(Millis age) {
+  return guarded("forgetting workers", [&]() -> Result<std::vector<std::string>> {
+    std::vector<std::string> out;
+    for (const auto& r :
+         impl_->exec(Query::forget_workers_before, static_cast<std::int64_t>(age.count())))
+      out.push_back(row_text(r["id"]));
     return out;
   });
 }
@@ -162,6 +182,46 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                    }
                    return out;
                  });
+}
+
+Result<std::vector<GraphStep>> RunStore::run_graph(const RunId& run) {
+  return guarded(fmt::format("reading the DAG of run {}", shown_name(run)),
+                 [&]() -> Result<std::vector<GraphStep>> {
+                   std::vector<GraphStep> out;
+                   for (const auto& r : impl_->exec(Query::run_graph, run)) {
+                     GraphStep s;
+                     s.slug = row_text(r["step_slug"]);
+                     s.kind = row_text(r["kind"]);
+                     s.handler = row_text(r["handler"]);
+                     for (const auto& d : row_json(r["deps"]))
+                       if (d.is_string()) s.depends_on.push_back(d.get<std::string>());
+                     out.push_back(std::move(s));
+                   }
+                   return out;
+                 });
+}
+
+Result<std::vector<TaskRow>> RunStore::step_tasks(const RunId& run, std::string_view step,
+                                                  int from_index, int limit) {
+  return guarded(
+      fmt::format("reading the tasks of step {} of run {}", shown_name(step), shown_name(run)),
+      [&]() -> Result<std::vector<TaskRow>> {
+        std::vector<TaskRow> out;
+        for (const auto& r :
+             impl_->exec(Query::step_tasks, run, std::string(step), from_index, limit)) {
+          TaskRow t;
+          t.index = r["task_index"].as<int>();
+          t.status = row_text(r["status"]);
+          t.attempt = r["attempt"].as<int>();
+          t.worker = opt_text(r["worker_id"]);
+          t.error = opt_text(r["error"]);
+          t.started_at = opt_time(r["started_at_us"]);
+          t.finished_at = opt_time(r["finished_at_us"]);
+          t.available_at = from_micros(r["available_at_us"].as<std::int64_t>());
+          out.push_back(std::move(t));
+        }
+        return out;
+      });
 }
 
 Result<std::vector<StepRetry>> RunStore::step_retries(const RunId& run) {
