@@ -49,6 +49,7 @@ enum class Query {
   start_run_with,
   start_runs,
   step_retries,
+  task_attempts,
   upsert_flow,
   work,
 };
