@@ -33,7 +33,9 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
 // With "steps". The input, the output and each step's output are shown by their size and their
 // first kPreviewBytes bytes as JSON text, with a link to the whole value: never embedded whole.
 inline constexpr std::size_t kPreviewBytes = 4096;
-std::string run_page(const json& run);
+// `attempts`: a page of the run's attempts (ServerState::run_attempts), shown under the steps;
+// null: none shown.
+std::string run_page(const json& run, const json& attempts = nullptr);
 std::string workers_page(const json& workers);
 std::string plugins_page(const json& plugins);
 std::string error_page(int status, std::string_view title, std::string_view detail);
