@@ -62,7 +62,7 @@ BEGIN
       ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
     )
     SELECT jsonb_agg(jsonb_build_object(
-             'id', ex.id, 'attempt', ex.attempt, 'permanent', true,
+             'id', ex.id, 'attempt', ex.attempt, 'permanent', true, 'outcome', 'lease_expired',
              'error', coalesce(ex.error,
                                'lease expired: its worker stopped renewing it (the worker died, '
                                'lost the database, or the step timed out)')))
@@ -72,20 +72,34 @@ BEGIN
       PERFORM flowreg._fail_locked(v_exhausted);
     END IF;
 
-    -- Attempts left: back to the queue, claimable at once.
-    UPDATE flowreg.tasks t
-    SET status = 'queued', available_at = now(), lease_expires_at = NULL,
-        error = 'lease expired: its worker stopped renewing it (the worker died, lost the '
-                'database, or the step timed out)',
-        error_at = now()
-    WHERE t.id = ANY (ARRAY(
-      SELECT e.id FROM flowreg.tasks e
+    -- Attempts left: back to the queue, claimable at once; the attempt kept in task_attempts
+    -- (migration 0019), ended when its lease did.
+    WITH lapsed AS MATERIALIZED (
+      SELECT e.id, e.lease_expires_at FROM flowreg.tasks e
       WHERE e.status = 'started' AND e.lease_expires_at < now()
         AND e.attempt < coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
                                   WHERE fs.flow_slug = e.flow_slug AND fs.version = e.flow_version
                                     AND fs.step_slug = e.step_slug), 0)
         AND (e.flow_slug, e.flow_version) IN (SELECT * FROM unnest(v_slugs, v_versions))
-      LIMIT p_limit FOR UPDATE SKIP LOCKED));
+      LIMIT p_limit FOR UPDATE SKIP LOCKED
+    ),
+    requeued AS (
+      UPDATE flowreg.tasks t
+      SET status = 'queued', available_at = now(), lease_expires_at = NULL,
+          error = 'lease expired: its worker stopped renewing it (the worker died, lost the '
+                  'database, or the step timed out)',
+          error_at = now()
+      FROM lapsed l
+      WHERE t.id = ANY (ARRAY[l.id])
+      RETURNING t.run_id, t.step_slug, t.task_index, t.attempt, t.worker_id, t.started_at,
+                l.lease_expires_at, t.error
+    )
+    INSERT INTO flowreg.task_attempts (run_id, step_slug, task_index, attempt, worker_id,
+                                       started_at, finished_at, outcome, error)
+    SELECT q.run_id, q.step_slug, q.task_index, q.attempt, q.worker_id, q.started_at,
+           least(q.lease_expires_at, now()), 'lease_expired', q.error
+    FROM requeued q
+    ON CONFLICT DO NOTHING;
   END IF;
 
   RETURN QUERY

@@ -2,8 +2,11 @@
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise it
 -- leaves the queue (its attempts and worker added to its step state, or to its run: migration
 -- 0012; a chain's step state written with them: migration 0017) and its step and run fail.
--- p_batch: [{"id", "attempt", "error", "permanent"}]. A task's attempts and delays are its step's
--- (flow_steps, by primary key: migration 0014); a task whose step is gone has no attempt left.
+-- p_batch: [{"id", "attempt", "error", "permanent", "outcome"}]. A task's attempts and delays are
+-- its step's (flow_steps, by primary key: migration 0014); a task whose step is gone has no attempt
+-- left. Each attempt accepted is kept in task_attempts (migration 0019) with its outcome: the
+-- entry's "outcome" when given ('lease_expired' from _claim, 'crashed' from report_crashes), else
+-- 'failed' (for good) or 'retried' (queued again); its error cut to 4,000 characters.
 -- REQUIRES: the tasks' runs are locked.
 --
 -- Cost per task flat in the batch size, plans stable by construction, as in _complete_locked:
@@ -25,10 +28,11 @@ DECLARE
 BEGIN
   WITH b AS MATERIALIZED (
     -- An id given twice: the last entry counts.
-    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent
+    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent, x.outcome
     FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
                  coalesce(e->>'error', '') AS error,
-                 coalesce((e->>'permanent')::boolean, false) AS permanent, i
+                 coalesce((e->>'permanent')::boolean, false) AS permanent,
+                 coalesce(e->>'outcome', '') AS outcome, i
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
     ORDER BY x.id, x.i DESC
   ),
@@ -43,7 +47,9 @@ BEGIN
                                        AND fs.step_slug = t.step_slug), 0))
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, 'failed'::text AS status, b.error,
               t.attempt, t.flow_slug, t.available_at, t.worker_id, b.permanent, t.flow_version,
-              t.chained, t.created_at
+              t.chained, t.created_at, t.started_at AS attempt_started,
+              CASE WHEN b.outcome = 'lease_expired' THEN least(t.lease_expires_at, now())
+                   ELSE now() END AS attempt_finished, b.outcome
   ),
   again AS (
     -- Attempts left: queued again after its retry delay.
@@ -63,9 +69,22 @@ BEGIN
                                   AND fs.step_slug = t.step_slug), 0)
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
               t.flow_slug, t.available_at, t.worker_id, false AS permanent, t.flow_version,
-              t.chained, t.created_at
+              t.chained, t.created_at, t.started_at AS attempt_started, now() AS attempt_finished,
+              b.outcome
   ),
-  upd AS (SELECT * FROM gone UNION ALL SELECT * FROM again)
+  upd AS (SELECT * FROM gone UNION ALL SELECT * FROM again),
+  kept AS (
+    -- The attempt, kept (migration 0019): one insert per task, by primary key.
+    INSERT INTO flowreg.task_attempts (run_id, step_slug, task_index, attempt, worker_id,
+                                       started_at, finished_at, outcome, error)
+    SELECT u.run_id, u.step_slug, u.task_index, u.attempt, u.worker_id, u.attempt_started,
+           u.attempt_finished,
+           CASE WHEN u.outcome IN ('lease_expired', 'crashed') THEN u.outcome
+                WHEN u.status = 'failed' THEN 'failed' ELSE 'retried' END,
+           left(u.error, 4000)
+    FROM upd u
+    ON CONFLICT DO NOTHING
+  )
   SELECT array_agg(u.id),
          array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
          array_agg(u.step_slug) FILTER (WHERE u.status = 'failed'),

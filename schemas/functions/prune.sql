@@ -21,7 +21,8 @@
 -- Step states and tasks have no foreign key to their run (see migration 0008): they are deleted
 -- here, by run id (tasks through tasks_by_run), and a solo task by its run's task_id (migration
 -- 0013). An ended run's tasks have left the queue already (migration 0009): these deletes are a
--- safety net.
+-- safety net. The attempts kept of its tasks (task_attempts, migration 0019) go by run id too,
+-- through their primary key (whose first column is the run).
 CREATE OR REPLACE FUNCTION flowreg.prune(p_before timestamptz, p_limit int, p_slug text,
                                          p_created timestamptz, OUT deleted bigint,
                                          OUT last_slug text, OUT last_created timestamptz)
@@ -47,6 +48,7 @@ LANGUAGE sql AS $$
     RETURNING id, task_id
   ),
   s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
+  a AS (DELETE FROM flowreg.task_attempts WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)) AND NOT solo),
   solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d))
                                         AND run_id = ANY (ARRAY(SELECT id FROM d))),

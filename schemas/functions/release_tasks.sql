@@ -1,7 +1,8 @@
 -- Graceful shutdown: gives back tasks p_worker holds. p_batch: [{"id", "attempt", "ran"}]; ran =
 -- false: the handler never started (the attempt is refunded, the task requeued at once); ran =
 -- true: the handler was interrupted (requeued at once when attempts remain, else the lease is
--- expired now and the next claim fails the step). Other workers are notified. Returns the ids
+-- expired now and the next claim fails the step; either way the attempt is kept in
+-- task_attempts, interrupted: migration 0019). Other workers are notified. Returns the ids
 -- released. The status test is written `status || '' = 'started'`, as renew_leases', so that no
 -- plan reads tasks_leased whole; sequential scans, hash and merge joins are off, as in the other
 -- functions of the lifecycle.
@@ -34,7 +35,16 @@ BEGIN
     WHERE t.id = ANY (ARRAY(SELECT (e->>'id')::bigint FROM jsonb_array_elements(p_batch) e))
       AND t.id = b.id AND t.attempt = b.attempt AND t.status || '' = 'started'
       AND t.worker_id = p_worker
-    RETURNING t.id, t.flow_slug
+    RETURNING t.id, t.flow_slug, b.ran, t.run_id, t.step_slug, t.task_index, t.attempt,
+              t.worker_id, t.started_at, t.error
+  ),
+  kept AS (
+    INSERT INTO flowreg.task_attempts (run_id, step_slug, task_index, attempt, worker_id,
+                                       started_at, finished_at, outcome, error)
+    SELECT u.run_id, u.step_slug, u.task_index, u.attempt, u.worker_id, u.started_at, now(),
+           'interrupted', u.error
+    FROM upd u WHERE u.ran
+    ON CONFLICT DO NOTHING
   )
   SELECT array_agg(u.id), array_agg(DISTINCT u.flow_slug) INTO v_acc, v_flows FROM upd u;
   IF v_flows IS NOT NULL THEN

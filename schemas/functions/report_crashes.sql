@@ -36,7 +36,7 @@ BEGIN
               (b.signal IS NOT NULL OR t.crashes >= p_limit) AS fail
   )
   SELECT jsonb_agg(jsonb_build_object(
-           'id', u.id, 'attempt', u.attempt, 'permanent', true,
+           'id', u.id, 'attempt', u.attempt, 'permanent', true, 'outcome', 'crashed',
            'error', CASE WHEN u.signal IS NOT NULL
                          THEN format('handler crashed the worker (signal %s)', u.signal)
                          ELSE format('handler was running in %s workers that died (no fatal '

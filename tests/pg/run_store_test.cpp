@@ -2427,4 +2427,167 @@ TEST_SUITE("run_store") {
       CHECK_NOTHROW(conn.prepare_now(q.name));
     }
   }
+
+  // Every attempt of every task (migration 0019): those that did not complete are kept as they
+  // end, and the completing one is merged in from the step state.
+  TEST_CASE("a task that fails once then completes lists two attempts: retried, then completed") {
+    auto env = open_env("rs_attempts_retried");
+    auto charge = step("charge");
+    charge.options.max_attempts = 3;
+    auto key = store_flow(env.store, flow("attempts_retried", {step("fetch"), charge}));
+    auto run = start(env.store, key, Json::object());
+    auto first = claim(env.store, key, 100, "w1");
+    REQUIRE(first.size() == 2);
+    const auto& task = first[0].step_slug == "charge" ? first[0] : first[1];
+    const auto& other = first[0].step_slug == "charge" ? first[1] : first[0];
+    CHECK(fail(env.store, {{task.id, 1, "gateway timed out"}}).empty());
+    CHECK(complete(env.store, {{other.id, other.attempt, 1}}).empty());
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET available_at = now()");
+    auto again = claim(env.store, key, 100, "w2");
+    REQUIRE(again.size() == 1);
+    CHECK(complete(env.store, {{again[0].id, 2, "paid"}}).empty());
+    REQUIRE(run_info(env.store, run).status == RunStatus::completed);
+    auto page = env.store.task_attempts(run, "charge", 100, 0);
+    REQUIRE_MESSAGE(page, flowreg::testing::failure_text(page));
+    REQUIRE(page->attempts.size() == 2);
+    CHECK(page->total == 2);
+    const auto& a1 = page->attempts[0];
+    CHECK(a1.attempt == 1);
+    CHECK(a1.outcome == "retried");
+    CHECK(a1.worker == "w1");
+    CHECK(a1.error == "gateway timed out");
+    REQUIRE(a1.started_at);
+    REQUIRE(a1.finished_at);
+    CHECK(*a1.finished_at >= *a1.started_at);
+    const auto& a2 = page->attempts[1];
+    CHECK(a2.attempt == 2);
+    CHECK(a2.outcome == "completed");
+    CHECK(a2.worker == "w2");
+    CHECK(a2.finished_at);
+    // Every step: fetch's one attempt first (the flow's order), then charge's two; paged.
+    auto all = env.store.task_attempts(run, "", 100, 0);
+    REQUIRE(all);
+    CHECK(all->total == 3);
+    REQUIRE(all->attempts.size() == 3);
+    CHECK(all->attempts[0].step_slug == "fetch");
+    auto second_page = env.store.task_attempts(run, "", 2, 2);
+    REQUIRE(second_page);
+    CHECK(second_page->total == 3);
+    REQUIRE(second_page->attempts.size() == 1);
+    CHECK(second_page->attempts[0].outcome == "completed");
+    CHECK(second_page->attempts[0].attempt == 2);
+    auto past = env.store.task_attempts(run, "", 2, 10);
+    REQUIRE(past);
+    CHECK(past->attempts.empty());
+    CHECK(past->total == 3);
+  }
+
+  TEST_CASE("a task that fails for good after N attempts keeps N rows, the last failed") {
+    auto env = open_env("rs_attempts_failed");
+    auto flaky = step("flaky");
+    flaky.options.max_attempts = 3;
+    auto key = store_flow(env.store, flow("attempts_failed", {flaky}));
+    auto run = start(env.store, key, Json::object());
+    for (int attempt = 1; attempt <= 3; ++attempt) {
+      CAPTURE(attempt);
+      sql_exec(env.conninfo, "UPDATE flowreg.tasks SET available_at = now()");
+      auto tasks = claim(env.store, key);
+      REQUIRE(tasks.size() == 1);
+      CHECK(fail(env.store, {{tasks[0].id, attempt, "boom " + std::to_string(attempt)}}).empty());
+    }
+    REQUIRE(run_info(env.store, run).status == RunStatus::failed);
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.task_attempts") == "3");
+    auto page = env.store.task_attempts(run, "", 100, 0);
+    REQUIRE(page);
+    REQUIRE(page->attempts.size() == 3);
+    CHECK(page->attempts[0].outcome == "retried");
+    CHECK(page->attempts[1].outcome == "retried");
+    CHECK(page->attempts[2].outcome == "failed");
+    CHECK(page->attempts[2].error == "boom 3");
+    // Errors are kept cut to 4,000 characters.
+    auto other = start(env.store, key, Json::object());
+    auto tasks = claim(env.store, key);
+    REQUIRE(tasks.size() == 1);
+    CHECK(fail(env.store, {{tasks[0].id, 1, std::string(10000, 'x'), true}}).empty());
+    CHECK(sql_one(env.conninfo, "SELECT length(error) FROM flowreg.task_attempts WHERE run_id = '" +
+                                    other + "'") == "4000");
+  }
+
+  TEST_CASE("an expired lease is kept as lease_expired, whether attempts are left or not") {
+    auto env = open_env("rs_attempts_lease");
+    auto a = step("a");
+    a.options.max_attempts = 2;
+    auto key = store_flow(env.store, flow("attempts_lease", {a}));
+    auto run = start(env.store, key, Json::object());
+    REQUIRE(claim(env.store, key, 10, "w1").size() == 1);
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    auto second = claim(env.store, key, 10, "w2");  // requeued at once, and claimed
+    REQUIRE(second.size() == 1);
+    CHECK(second[0].attempt == 2);
+    {
+      auto page = env.store.task_attempts(run, "", 100, 0);
+      REQUIRE(page);
+      REQUIRE(page->attempts.size() == 2);
+      CHECK(page->attempts[0].outcome == "lease_expired");
+      CHECK(page->attempts[0].worker == "w1");
+      CHECK(page->attempts[1].outcome == "running");
+      CHECK(page->attempts[1].worker == "w2");
+    }
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    CHECK(claim(env.store, key, 10, "w3").empty());  // the last attempt: the run fails
+    REQUIRE(run_info(env.store, run).status == RunStatus::failed);
+    auto page = env.store.task_attempts(run, "", 100, 0);
+    REQUIRE(page);
+    REQUIRE(page->attempts.size() == 2);
+    CHECK(page->attempts[1].outcome == "lease_expired");
+    CHECK(page->attempts[1].worker == "w2");
+    CHECK(contains(page->attempts[1].error.value_or(""), "lease expired"));
+  }
+
+  TEST_CASE("a crash report and a shutdown keep their attempts as crashed and interrupted") {
+    auto env = open_env("rs_attempts_crash");
+    auto a = step("a");
+    a.options.max_attempts = 3;
+    auto key = store_flow(env.store, flow("attempts_crash", {a}));
+    auto run = start(env.store, key, Json::object());
+    auto first = claim(env.store, key, 10, "w1");
+    REQUIRE(first.size() == 1);
+    const std::vector<fd::Release> release{{first[0].id, 1, true}};
+    auto released = env.store.release("w1", release);
+    REQUIRE_MESSAGE(released, flowreg::testing::failure_text(released));
+    auto second = claim(env.store, key, 10, "w2");
+    REQUIRE(second.size() == 1);
+    const std::vector<fd::CrashReport> reports{{second[0].id, 2, 11}};
+    auto crashed = env.store.report_crashes(reports, 3);
+    REQUIRE_MESSAGE(crashed, flowreg::testing::failure_text(crashed));
+    REQUIRE(run_info(env.store, run).status == RunStatus::failed);
+    auto page = env.store.task_attempts(run, "", 100, 0);
+    REQUIRE(page);
+    REQUIRE(page->attempts.size() == 2);
+    CHECK(page->attempts[0].outcome == "interrupted");
+    CHECK(page->attempts[1].outcome == "crashed");
+    CHECK(page->attempts[1].error == "handler crashed the worker (signal 11)");
+  }
+
+  TEST_CASE("a pruned run leaves no attempt rows behind") {
+    auto env = open_env("rs_attempts_prune");
+    auto key = store_flow(env.store, flow("attempts_prune", {step("a")}));
+    auto run = start(env.store, key, Json::object());
+    auto kept = start(env.store, key, Json::object());
+    for (int i = 0; i < 2; ++i) {
+      auto tasks = claim(env.store, key, 1);
+      REQUIRE(tasks.size() == 1);
+      CHECK(fail(env.store, {{tasks[0].id, 1, "bad", true}}).empty());
+    }
+    REQUIRE(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.task_attempts") == "2");
+    sql_exec(env.conninfo,
+             "UPDATE flowreg.runs SET finished_at = now() - interval '2 hours', created_at = "
+             "now() - interval '3 hours' WHERE id = '" +
+                 run + "'");
+    auto pruned = env.store.prune(Millis(3600'000));
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 1);
+    CHECK(sql_one(env.conninfo,
+                  "SELECT string_agg(run_id::text, ',') FROM flowreg.task_attempts") == kept);
+  }
 }

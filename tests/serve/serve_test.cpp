@@ -465,6 +465,10 @@ TEST_SUITE("serve") {
         {"get", "/runs", "/runs?limit=-1", "", 400},
         {"get", "/runs/{id}", "/runs/" + done, "", 200},
         {"get", "/runs/{id}", "/runs/00000000-0000-0000-0000-000000000000", "", 404},
+        {"get", "/runs/{id}/attempts", "/runs/" + done + "/attempts", "", 200},
+        {"get", "/runs/{id}/attempts", "/runs/" + done + "/attempts?limit=1001", "", 400},
+        {"get", "/runs/{id}/attempts", "/runs/00000000-0000-0000-0000-000000000000/attempts", "",
+         404},
         {"get", "/runs/{id}/input", "/runs/" + done + "/input", "", 200},
         {"get", "/runs/{id}/output", "/runs/" + done + "/output", "", 200},
         {"get", "/runs/{id}/graph.svg", "/runs/" + done + "/graph.svg", "", 200},
@@ -494,11 +498,11 @@ TEST_SUITE("serve") {
       REQUIRE(op["responses"].contains(code));
       json response = op["responses"][code];
       if (response.contains("$ref")) response = doc["components"]["responses"]["Problem"];
-      const json& content = response["content"];
-      REQUIRE(content.is_object());
-      REQUIRE(!content.empty());
-      const std::string type = content.begin().key();
-      const json& media = content.begin().value();
+      // The first media type, copied (a structured binding of *items().begin() dangles: the
+      // iterator it names is a temporary).
+      REQUIRE(response["content"].is_object());
+      const std::string type = response["content"].begin().key();
+      const json media = response["content"].begin().value();
       CHECK(r->get_header_value("Content-Type").rfind(type, 0) == 0);
       if (type.find("json") != std::string::npos) conforms(media["schema"], json::parse(r->body));
       covered.insert(call.method + " " + call.path);
@@ -894,6 +898,65 @@ TEST_SUITE("serve") {
     auto many_page = c.Get("/runs?flow=counted");
     REQUIRE(many_page);
     CHECK(many_page->body.find(">more than 10,000 runs<") != std::string::npos);
+  }
+
+  TEST_CASE("a run's attempts are listed by the API, paged, and on its page, escaped") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    detail::RunStore store = unserved_flow(scene, "attempted");
+    auto run = store.start_run("attempted", "v1", detail::Json::object());
+    REQUIRE_MESSAGE(run, testing::failure_text(run));
+    const detail::FlowKey key{"attempted", "v1"};
+    auto claimed = store.claim("test-worker", std::span(&key, 1), 1);
+    REQUIRE_MESSAGE(claimed, testing::failure_text(claimed));
+    REQUIRE(claimed->size() == 1);
+    const detail::Failure failure{(*claimed)[0].id, 1, "<b>boom</b> " + std::string(5000, 'x'),
+                                  false};
+    auto failed = store.fail(std::span(&failure, 1));
+    REQUIRE_MESSAGE(failed, testing::failure_text(failed));
+    REQUIRE(failed->empty());
+
+    auto c = scene.client();
+    const std::string base = "/api/v1/runs/" + *run + "/attempts";
+    const json got = body_of(c.Get(base.c_str()));
+    CAPTURE(got.dump());
+    CHECK(got["run"] == *run);
+    CHECK(got["total"] == 1);
+    CHECK(got["next_offset"].is_null());
+    REQUIRE(got["attempts"].size() == 1);
+    const json a = got["attempts"][0];
+    CHECK(a["step"] == "only");
+    CHECK(a["task"] == 0);
+    CHECK(a["attempt"] == 1);
+    CHECK(a["outcome"] == "retried");
+    CHECK(a["worker"] == "test-worker");
+    REQUIRE(a["started_at"].is_string());
+    CHECK(a["started_at"].get<std::string>().size() == 24);  // 2026-01-02T03:04:05.678Z
+    CHECK(a["duration_ms"].is_number_integer());
+    // Bounded: 1,000 bytes and an ellipsis.
+    const std::string error = a["error"];
+    CHECK(error.rfind("<b>boom</b> xxx", 0) == 0);
+    CHECK(error.size() <= 1000 + 3);
+    // Another step: none; paging past the end: none, counted.
+    CHECK(body_of(c.Get((base + "?step=other").c_str()))["total"] == 0);
+    const json past = body_of(c.Get((base + "?offset=5&limit=1").c_str()));
+    CHECK(past["attempts"].empty());
+    CHECK(past["total"] == 1);
+    check_problem(c.Get((base + "?limit=0").c_str()), 400);
+    check_problem(c.Get((base + "?offset=x").c_str()), 400);
+
+    auto page = c.Get(("/runs/" + *run).c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find("<h2 id=\"attempts\">Attempts</h2>") != std::string::npos);
+    CHECK(page->body.find("data-attempt=\"only/0/1\"") != std::string::npos);
+    CHECK(page->body.find("&lt;b&gt;boom&lt;/b&gt; xxx") != std::string::npos);
+    CHECK(page->body.find("<b>boom</b>") == std::string::npos);
+    CHECK(page->body.find(a["started_at"].get<std::string>()) != std::string::npos);
+    CHECK(page->body.find(std::string(400, 'x')) == std::string::npos);  // cut to 300 bytes
+    auto bad = c.Get(("/runs/" + *run + "?attempts_offset=-1").c_str());
+    REQUIRE(bad);
+    CHECK(bad->status == 400);
   }
 }
 

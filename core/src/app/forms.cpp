@@ -164,6 +164,28 @@ json step_json(const detail::StepInfo& s) {
           {"output", s.output ? to_ordered(*s.output) : json(nullptr)}};
 }
 
+std::string iso_time_ms(const detail::TimePoint& t) {
+  const auto ms = std::chrono::floor<std::chrono::milliseconds>(t);
+  const auto s = std::chrono::floor<std::chrono::seconds>(ms);
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", s, (ms - s).count());
+}
+
+json attempt_json(const detail::AttemptRecord& a) {
+  json duration = nullptr;
+  if (a.started_at && a.finished_at)
+    duration = std::chrono::duration_cast<std::chrono::milliseconds>(*a.finished_at - *a.started_at)
+                   .count();
+  return {{"step", a.step_slug},
+          {"task", a.task_index},
+          {"attempt", a.attempt},
+          {"outcome", a.outcome},
+          {"worker", a.worker ? json(valid_text(*a.worker)) : json(nullptr)},
+          {"started_at", a.started_at ? json(iso_time_ms(*a.started_at)) : json(nullptr)},
+          {"finished_at", a.finished_at ? json(iso_time_ms(*a.finished_at)) : json(nullptr)},
+          {"duration_ms", duration},
+          {"error", a.error ? json(excerpt(*a.error, kAttemptErrorBytes)) : json(nullptr)}};
+}
+
 json plugin_json(const PluginInfo& p) {
   return {{"file", valid_text(p.file.string())},
           {"module", p.module.empty() ? json(nullptr) : json(p.module)},

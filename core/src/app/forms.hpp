@@ -46,6 +46,13 @@ std::string excerpt(std::string_view text, std::size_t max_bytes);
 // A step of a run: {slug, kind, status, tasks, attempts, worker, started_at, finished_at, error,
 // output}.
 json step_json(const detail::StepInfo& s);
+// A time as ISO 8601 in UTC to the millisecond ("2026-01-02T03:04:05.678Z").
+std::string iso_time_ms(const detail::TimePoint& t);
+// An attempt of a task: {step, task, attempt, outcome, worker, started_at, finished_at,
+// duration_ms, error}; times to the millisecond, the error an excerpt of at most
+// kAttemptErrorBytes bytes.
+inline constexpr std::size_t kAttemptErrorBytes = 1000;
+json attempt_json(const detail::AttemptRecord& a);
 // A flow: {slug, module, version, description, source, options, input_schema, steps}, and its
 // options {max_attempts, base_delay, max_delay, timeout}.
 json flow_json(const RegisteredFlow& registered);

@@ -5,10 +5,13 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 
+#include "app/forms.hpp"
 #include "cli/commands.hpp"
 #include "util/json_text.hpp"
 
@@ -58,24 +61,62 @@ int runs_list(RunStore& store, const RunsArgs& a) {
   return kExitOk;
 }
 
+// The most attempts `runs show` reads (the API pages through more).
+constexpr int kShownAttempts = 1000;
+constexpr std::size_t kAttemptErrorExcerpt = 120;
+
+// One line per attempt of the step's tasks that took more than one attempt (or whose one attempt
+// did not complete): number (and task, for a map step), outcome, start, duration, worker, error.
+void print_step_attempts(const detail::StepInfo& s, std::span<const detail::AttemptRecord> all) {
+  std::map<int, int> per_task;  // attempts listed per task index
+  for (const auto& t : all)
+    if (t.step_slug == s.slug) ++per_task[t.task_index];
+  for (const auto& t : all) {
+    if (t.step_slug != s.slug) continue;
+    if (per_task[t.task_index] < 2 && (t.outcome == "completed" || t.outcome == "running"))
+      continue;
+    std::string took = "-";
+    if (t.started_at && t.finished_at)
+      took = fmt::format("{} ms", std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      *t.finished_at - *t.started_at)
+                                      .count());
+    fmt::print("    attempt {}{}  {:<13} {:<24}  {:>9}  worker={}{}\n", t.attempt,
+               s.kind == "map" ? fmt::format(" task {}", t.task_index) : std::string(), t.outcome,
+               t.started_at ? app::iso_time_ms(*t.started_at) : std::string("-"), took,
+               t.worker ? app::valid_text(*t.worker) : std::string("-"),
+               t.error ? "  error: " + app::excerpt(*t.error, kAttemptErrorExcerpt) : "");
+  }
+}
+
 int runs_show(RunStore& store, const RunsArgs& a) {
   auto info = store.get_run(a.id);
   if (!info) return report(info.error());
   if (!*info) return report(Error{Errc::not_found, fmt::format("no run {}", a.id), {}});
   auto steps = store.run_steps(a.id);
   if (!steps) return report(steps.error());
+  auto attempts = store.task_attempts(a.id, "", kShownAttempts, 0);
+  if (!attempts) return report(attempts.error());
   if (a.as_json) {
     json out = run_json(**info);
     out["steps"] = json::array();
     for (const auto& s : *steps) out["steps"].push_back(step_json(s));
+    out["attempts"] = json::array();
+    for (const auto& t : attempts->attempts) out["attempts"].push_back(app::attempt_json(t));
+    out["attempts_total"] = attempts->total;
     fmt::print("{}\n", detail::json_text(out, 2));
     return kExitOk;
   }
   print_run_text(**info);
-  for (const auto& s : *steps)
+  for (const auto& s : *steps) {
     fmt::print("  {:<16} {:<6} {:<10} tasks={} attempts={}{}{}\n", s.slug, s.kind, s.status,
                s.task_count, s.attempts, s.worker ? " worker=" + *s.worker : "",
                s.error ? "  error: " + *s.error : "");
+    if (s.attempts > s.task_count || s.status == "failed")
+      print_step_attempts(s, attempts->attempts);
+  }
+  if (attempts->total > std::ssize(attempts->attempts))
+    fmt::print("  (the first {} of {} attempts: GET /api/v1/runs/{}/attempts lists them all)\n",
+               attempts->attempts.size(), attempts->total, a.id);
   return kExitOk;
 }
 

@@ -27,6 +27,11 @@ constexpr int kMaxListLimit = 1000;
 constexpr int kMaxCounted = 10'000;
 // The longest text searched for in inputs.
 constexpr std::size_t kMaxSearchText = 200;
+// A page of attempts: at most kMaxAttemptsLimit, from at most the kMaxAttemptsOffset-th; a step
+// slug of at most kMaxStepParamBytes bytes.
+constexpr int kMaxAttemptsLimit = 1000;
+constexpr int kMaxAttemptsOffset = 10'000'000;
+constexpr std::size_t kMaxStepParamBytes = 200;
 
 void post_run(ServerState& state, const Request& req, Response& res) {
   const std::string slug = req.matches[1];
@@ -106,6 +111,69 @@ Result<json> ServerState::run_with_steps(const std::string& id) {
     return out;
   });
 }
+
+Result<json> ServerState::run_attempts(const std::string& id, const std::string& step, int limit,
+                                       int offset) {
+  return stores.with([&](RunStore& store) -> Result<json> {
+    auto page = store.task_attempts(id, step, limit, offset);
+    if (!page) return tl::unexpected(std::move(page.error()));
+    // Every run has at least one step, so no attempt listed may mean no run.
+    if (page->total == 0) {
+      auto info = store.get_run(id);
+      if (!info) return tl::unexpected(std::move(info.error()));
+      if (!*info) return make_error(Errc::not_found, fmt::format("no run {}", id));
+    }
+    json list = json::array();
+    for (const auto& a : page->attempts) list.push_back(app::attempt_json(a));
+    const std::int64_t next = static_cast<std::int64_t>(offset) + std::ssize(page->attempts);
+    return json{
+        {"run", id},
+        {"step", step.empty() ? json(nullptr) : json(step)},
+        {"total", page->total},
+        {"offset", offset},
+        {"limit", limit},
+        {"next_offset", next < page->total && !page->attempts.empty() ? json(next) : json(nullptr)},
+        {"attempts", std::move(list)}};
+  });
+}
+
+namespace {
+
+// GET /api/v1/runs/{id}/attempts?step=&limit=&offset=: every attempt of the run's tasks, paged.
+void get_attempts(ServerState& state, const Request& req, Response& res) {
+  const std::string id = req.matches[1];
+  if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
+  std::string step;
+  if (req.has_param("step")) {
+    step = req.get_param_value("step");
+    if (step.size() > kMaxStepParamBytes)
+      return problem(res, 400, fmt::format("step is longer than {} bytes", kMaxStepParamBytes));
+    step = app::valid_text(step);
+  }
+  const auto number = [&](std::string_view name, int low, int high,
+                          int fallback) -> std::optional<int> {
+    if (!req.has_param(name)) return fallback;
+    const std::string v = req.get_param_value(name);
+    int n = 0;
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc() || end != v.data() + v.size() || n < low || n > high) {
+      problem(res, 400,
+              fmt::format("{} '{}' is not a number from {} to {}", name, app::valid_text(v), low,
+                          high));
+      return std::nullopt;
+    }
+    return n;
+  };
+  const auto limit = number("limit", 1, kMaxAttemptsLimit, 100);
+  if (!limit) return;
+  const auto offset = number("offset", 0, kMaxAttemptsOffset, 0);
+  if (!offset) return;
+  auto page = state.run_attempts(id, step, *limit, *offset);
+  if (!page) return http::send_error(res, page.error());
+  http::send_json(res, *page);
+}
+
+}  // namespace
 
 void list_runs(ServerState& state, const Request& req, Response& res, bool html) {
   RunFilter filter;
@@ -255,6 +323,8 @@ void register_run_routes(http::Router& h, ServerState& state) {
     if (!run) return http::send_error(res, run.error());
     http::send_json(res, *run);
   });
+  h.Get(R"(/api/v1/runs/([^/]+)/attempts)",
+        [&state](const Request& req, Response& res) { get_attempts(state, req, res); });
   h.Get(R"(/api/v1/runs/([^/]+)/(input|output))", [&state](const Request& req, Response& res) {
     send_run_value(state, req.matches[1], req.matches[2], res);
   });

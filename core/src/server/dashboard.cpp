@@ -456,7 +456,62 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
   return layout("Runs", "/runs", content);
 }
 
-std::string run_page(const json& run, const json& tasks) {
+namespace {
+
+// The error of an attempt on the run page: its first kAttemptErrorShown bytes.
+constexpr std::size_t kAttemptErrorShown = 300;
+
+// The run page's "Attempts": one row per attempt of a page of app::attempt_json's, with links to
+// the other pages (attempts_offset=) and to the API's list. Empty when `page` is not an object.
+std::string attempts_section(std::string_view id, const json& page) {
+  if (!page.is_object() || !page.contains("attempts")) return {};
+  std::string rows;
+  for (const auto& a : page["attempts"]) {
+    std::string error = str(a, "error");
+    if (error.size() > kAttemptErrorShown)
+      error = std::string(utf8_prefix(error, kAttemptErrorShown)) + "\u2026";
+    rows += fmt::format(
+        "<tr data-attempt=\"{0}/{1}/{2}\"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td>"
+        "<td class=\"mono\">{4}</td><td>{5}</td><td class=\"mono\">{6}</td>"
+        "<td class=\"error\">{7}</td></tr>",
+        esc(a, "step"), esc(a, "task"), esc(a, "attempt"),
+        status_badge(str(a, "outcome"), " data-attempt-outcome"),
+        a["started_at"].is_null() ? std::string("\u2014") : esc(a, "started_at"),
+        a["duration_ms"].is_null() ? std::string("\u2014") : esc(a, "duration_ms") + " ms",
+        a["worker"].is_null() ? std::string("\u2014") : esc(a, "worker"), escape(error));
+  }
+  const std::int64_t total = page.value("total", std::int64_t{0});
+  const std::int64_t offset = page.value("offset", std::int64_t{0});
+  const auto shown = static_cast<std::int64_t>(page["attempts"].size());
+  std::string pages;
+  if (offset > 0)
+    pages +=
+        fmt::format("<a href=\"/runs/{}?attempts_offset=0#attempts\">first</a> ", url_part(id));
+  if (page.contains("next_offset") && page["next_offset"].is_number_integer())
+    pages += fmt::format("<a href=\"/runs/{}?attempts_offset={}#attempts\" rel=\"next\">next</a> ",
+                         url_part(id), page["next_offset"].get<std::int64_t>());
+  std::string count;
+  if (shown == total)
+    count = fmt::format("{} attempt{}", grouped(total), total == 1 ? "" : "s");
+  else if (shown == 0)
+    count = fmt::format("none from {} of {} attempts", grouped(offset + 1), grouped(total));
+  else
+    count = fmt::format("{} to {} of {} attempts", grouped(offset + 1), grouped(offset + shown),
+                        grouped(total));
+  return fmt::format(
+      "<h2 id=\"attempts\">Attempts</h2><p class=\"muted\" data-attempts-total=\"{0}\">{1} · {2}"
+      "<a href=\"/api/v1/runs/{3}/attempts?limit=1000\">JSON</a></p>"
+      "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
+      "<th scope=\"col\">Task</th><th scope=\"col\">Attempt</th><th scope=\"col\">Outcome</th>"
+      "<th scope=\"col\">Started (UTC)</th><th scope=\"col\">Duration</th>"
+      "<th scope=\"col\">Worker</th><th scope=\"col\" class=\"wide\">Error</th></tr></thead>"
+      "<tbody>{4}</tbody></table></div>",
+      total, count, pages, url_part(id), rows);
+}
+
+}  // namespace
+
+std::string run_page(const json& run, const json& tasks, const json& attempts) {
   const std::string id = str(run, "id");
   // The timeline: each step's bar from its start to its end (or now), on the run's time scale.
   std::int64_t t0 = epoch_seconds(str(run, "created_at")).value_or(0), t1 = t0 + 1;
@@ -526,7 +581,7 @@ std::string run_page(const json& run, const json& tasks) {
       "{14}<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
       "<th scope=\"col\">Kind</th><th scope=\"col\">Status</th><th scope=\"col\">Tasks</th>"
       "<th scope=\"col\">Attempts</th><th scope=\"col\" class=\"wide\">Timeline</th></tr></thead>"
-      "<tbody>{11}</tbody></table></div>{15}<h2>Input</h2><div data-run-input>{12}</div>"
+      "<tbody>{11}</tbody></table></div>{15}{16}<h2>Input</h2><div data-run-input>{12}</div>"
       "<h2>Output</h2><div data-run-output>{13}</div>",
       escape(id), url_part(id), url_part(str(run, "flow")), esc(run, "flow"), esc(run, "version"),
       status_badge(status, fmt::format(" data-run-status=\"{}\"", escape(id))),
@@ -539,7 +594,8 @@ std::string run_page(const json& run, const json& tasks) {
       value_preview(run["output"], run["output"].is_null()
                                        ? std::string()
                                        : "/api/v1/runs/" + url_part(id) + "/output"),
-      run_dag(id), tasks.is_object() ? tasks_section(id, tasks) : std::string());
+      run_dag(id), tasks.is_object() ? tasks_section(id, tasks) : std::string(),
+      attempts_section(id, attempts));
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 

@@ -36,7 +36,9 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
 // first kPreviewBytes bytes as JSON text, with a link to the whole value: never embedded whole.
 inline constexpr std::size_t kPreviewBytes = 4096;
 // `tasks`: a page of one step's tasks (GET /api/v1/runs/{id}/steps/{step}/tasks), or null.
-std::string run_page(const json& run, const json& tasks = nullptr);
+// `attempts`: a page of the run's attempts (ServerState::run_attempts), shown under the steps;
+// null: none shown.
+std::string run_page(const json& run, const json& tasks = nullptr, const json& attempts = nullptr);
 std::string workers_page(const json& workers);
 std::string plugins_page(const json& plugins);
 std::string error_page(int status, std::string_view title, std::string_view detail);

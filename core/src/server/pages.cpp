@@ -3,6 +3,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+
 #include "app/forms.hpp"
 #include "server/dashboard.hpp"
 #include "server/http_helpers.hpp"
@@ -10,6 +12,14 @@
 #include "store/run_store.hpp"
 
 namespace flowreg::detail {
+
+namespace {
+
+// The attempts a run page lists at once, and the furthest page it shows.
+constexpr int kRunPageAttempts = 100;
+constexpr int kMaxRunPageAttemptsOffset = 10'000'000;
+
+}  // namespace
 
 void register_page_routes(http::Router& h, ServerState& state) {
   using app::json;
@@ -71,7 +81,21 @@ void register_page_routes(http::Router& h, ServerState& state) {
       if (!read) return html_error(res, http::status_of(read.error()), read.error().message);
       tasks = std::move(*read);
     }
-    res.set_content(dashboard::run_page(*run, tasks), kHtml);
+    // A page of its attempts: kRunPageAttempts from attempts_offset.
+    int offset = 0;
+    if (req.has_param("attempts_offset")) {
+      const std::string o = req.get_param_value("attempts_offset");
+      const auto [end, ec] = std::from_chars(o.data(), o.data() + o.size(), offset);
+      if (ec != std::errc() || end != o.data() + o.size() || offset < 0 ||
+          offset > kMaxRunPageAttemptsOffset)
+        return html_error(res, 400,
+                          fmt::format("attempts_offset '{}' is not a number from 0 to {}",
+                                      app::valid_text(o), kMaxRunPageAttemptsOffset));
+    }
+    auto attempts = state.run_attempts(id, "", kRunPageAttempts, offset);
+    if (!attempts)
+      return html_error(res, http::status_of(attempts.error()), attempts.error().message);
+    res.set_content(dashboard::run_page(*run, tasks, *attempts), kHtml);
   });
   h.Get("/workers", [&state](const Request&, Response& res) {
     auto workers = state.stores.with([](RunStore& store) { return store.list_workers(); });

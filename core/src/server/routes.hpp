@@ -56,6 +56,10 @@ struct ServerState {
   app::json flows_json() const;  // api_flows.cpp
   // A run with its "steps", or Errc::not_found.
   Result<app::json> run_with_steps(const std::string& id);  // api_runs.cpp
+  // A page of a run's attempts: {run, step, total, offset, limit, next_offset, attempts}
+  // (step "": every step's), or Errc::not_found when there is no such run.
+  Result<app::json> run_attempts(const std::string& id, const std::string& step, int limit,
+                                 int offset);  // api_runs.cpp
 };
 
 // GET /healthz, /readyz, /metrics, /static/app.css, /static/app.js, /api/v1/openapi.json

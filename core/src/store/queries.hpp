@@ -53,6 +53,7 @@ enum class Query {
   start_runs,
   step_retries,
   step_tasks,
+  task_attempts,
   upsert_flow,
   work,
 };

@@ -244,6 +244,26 @@ struct StepRetry {
   TimePoint next_attempt_at;
 };
 
+// One attempt of one of a run's tasks (RunStore::task_attempts). outcome: retried (failed, queued
+// again), failed (for good), lease_expired, crashed (its worker crashed), interrupted (its worker
+// shut down), running, completed. No start for a completing attempt whose task has left the queue,
+// nor a worker or end for a map step's (see schemas/queries/task_attempts.sql).
+struct AttemptRecord {
+  std::string step_slug;
+  int task_index = 0;
+  int attempt = 0;
+  std::string outcome;
+  std::optional<std::string> worker;
+  std::optional<TimePoint> started_at, finished_at;
+  std::optional<std::string> error;  // at most 1,000 characters: an excerpt when longer
+};
+
+// A page of a run's attempts, and how many there are in all.
+struct AttemptPage {
+  std::vector<AttemptRecord> attempts;
+  std::int64_t total = 0;
+};
+
 struct RunFilter {
   std::optional<std::string> flow_slug;
   std::optional<RunStatus> status;
@@ -434,6 +454,10 @@ class RunStore {
                                           int limit);
   // The steps of the run waiting for a retry: per step, its task due first; by step slug.
   Result<std::vector<StepRetry>> step_retries(const RunId& run);
+  // The attempts of the run's tasks (of step `step` only, unless empty), by step order, task and
+  // attempt number: `limit` of them from the `offset`th, and the number in all.
+  Result<AttemptPage> task_attempts(const RunId& run, const std::string& step, int limit,
+                                    int offset);
   // The runs list_run_summaries would list that have this id and/or this key (a key names at most
   // one run per flow), newest first, at most filter.limit. search.id must be a UUID's text.
   Result<std::vector<RunSummary>> find_run_summaries(const RunFilter& filter,

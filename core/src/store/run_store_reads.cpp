@@ -240,6 +240,32 @@ Result<std::vector<StepRetry>> RunStore::step_retries(const RunId& run) {
                  });
 }
 
+Result<AttemptPage> RunStore::task_attempts(const RunId& run, const std::string& step, int limit,
+                                            int offset) {
+  return guarded(
+      fmt::format("reading the attempts of run {}", shown_name(run)), [&]() -> Result<AttemptPage> {
+        AttemptPage page;
+        for (const auto& r : impl_->exec(Query::task_attempts, run, step, limit, offset)) {
+          AttemptRecord a;
+          a.step_slug = row_text(r["step_slug"]);
+          a.task_index = r["task_index"].as<int>();
+          a.attempt = r["attempt"].as<int>();
+          a.outcome = r["outcome"].as<std::string>();
+          a.worker = opt_text(r["worker_id"]);
+          a.started_at = opt_time(r["started_at_us"]);
+          a.finished_at = opt_time(r["finished_at_us"]);
+          a.error = opt_text(r["error"]);
+          page.total = r["total"].as<std::int64_t>();
+          page.attempts.push_back(std::move(a));
+        }
+        // A page past the end counts them all the same.
+        if (page.attempts.empty() && offset > 0)
+          for (const auto& r : impl_->exec(Query::task_attempts, run, step, 1, 0))
+            page.total = r["total"].as<std::int64_t>();
+        return page;
+      });
+}
+
 Result<std::vector<RunSummary>> RunStore::find_run_summaries(const RunFilter& filter,
                                                              const RunSearch& search) {
   return guarded("searching runs", [&]() -> Result<std::vector<RunSummary>> {
