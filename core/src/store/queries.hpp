@@ -40,6 +40,7 @@ enum class Query {
   renew,
   report_crashes,
   retry_run,
+  retry_run_from_failed,
   run_steps,
   same_input,
   scrape_counts,
