@@ -536,7 +536,10 @@ struct CallMix {
       for (const auto& run : failed) {
         auto retried = worker.retry_run(run);
         REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
-        ++calls;
+        // And from its failed step: its completed steps copied, the rest started.
+        auto resumed = worker.retry_run(run, fd::RetryFrom::failed_step);
+        REQUIRE_MESSAGE(resumed, flowreg::testing::failure_text(resumed));
+        calls += 2;
       }
       for (const auto& run : started) {
         auto steps = worker.run_steps(run);

@@ -1484,6 +1484,239 @@ TEST_SUITE("run_store") {
   }
 
   TEST_CASE(
+      "retry from the failed step keeps the completed steps and their map step's outputs and runs "
+      "only the rest") {
+    auto env = open_env("rs_retry_from_failed");
+    auto key =
+        store_flow(env.store, flow("rf_fan", {step("split"), step("each", {"split"}, StepKind::map),
+                                              step("join", {"each"}), step("last", {"join"})}));
+    // A step's status, attempts and output, by slug.
+    const auto steps_of = [&](const RunId& r) {
+      auto steps = env.store.run_steps(r);
+      REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+      std::map<std::string, std::string> out;
+      for (const auto& st : *steps)
+        out[st.slug] = st.status + " " + std::to_string(st.attempts) + " " +
+                       (st.output ? st.output->dump() : std::string("-"));
+      return out;
+    };
+    const auto run = start(env.store, key, Json{{"n", 3}});
+    auto split = claim(env.store, key);
+    REQUIRE(split.size() == 1);
+    CHECK(complete(env.store, {{split[0].id, 1, Json::array({1, 2, 3})}}).empty());
+    auto each = claim(env.store, key);
+    REQUIRE(each.size() == 3);
+    std::vector<Completion> outputs;
+    for (const auto& t : each) outputs.push_back({t.id, 1, t.input.get<int>() * 10});
+    CHECK(complete(env.store, outputs).empty());
+    auto join = claim(env.store, key);
+    REQUIRE(join.size() == 1);
+    REQUIRE(join[0].step_slug == "join");
+    CHECK(fail(env.store, {{join[0].id, 1, "down", true}}).empty());
+    REQUIRE(run_info(env.store, run).status == RunStatus::failed);
+    const auto failed_steps = steps_of(run);
+
+    auto retried = env.store.retry_run(run, fd::RetryFrom::failed_step);
+    REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
+    auto info = run_info(env.store, *retried);
+    CHECK(info.retry_of == run);
+    CHECK(info.input == Json{{"n", 3}});
+    CHECK(info.flow_version == "v1");
+    CHECK(info.status == RunStatus::started);
+    // The completed steps are completed with their outputs, with no attempt of their own; the
+    // failed step starts again, its dependant waits for it.
+    const std::map<std::string, std::string> expected{{"split", "completed 0 [1,2,3]"},
+                                                      {"each", "completed 0 [10,20,30]"},
+                                                      {"join", "started 0 -"},
+                                                      {"last", "created 0 -"}};
+    CHECK(steps_of(*retried) == expected);
+    // Only the failed step's task is there to claim, with the copied map step's outputs as input.
+    auto again = claim(env.store, key);
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].run_id == *retried);
+    CHECK(again[0].step_slug == "join");
+    CHECK(again[0].input == Json{{"each", Json::array({10, 20, 30})}});
+    CHECK(complete(env.store, {{again[0].id, 1, "joined"}}).empty());
+    auto last = claim(env.store, key);
+    REQUIRE(last.size() == 1);
+    CHECK(last[0].step_slug == "last");
+    CHECK(last[0].input == Json{{"join", "joined"}});
+    CHECK(complete(env.store, {{last[0].id, 1, "end"}}).empty());
+    CHECK(claim(env.store, key).empty());
+    info = run_info(env.store, *retried);
+    CHECK(info.status == RunStatus::completed);
+    CHECK(info.output == Json{{"last", "end"}});
+    const std::map<std::string, std::string> finished{{"split", "completed 0 [1,2,3]"},
+                                                      {"each", "completed 0 [10,20,30]"},
+                                                      {"join", "completed 1 \"joined\""},
+                                                      {"last", "completed 1 \"end\""}};
+    CHECK(steps_of(*retried) == finished);
+    // The failed run is as it was.
+    CHECK(run_info(env.store, run).status == RunStatus::failed);
+    CHECK(steps_of(run) == failed_steps);
+
+    // A run failed within its map step: that step runs again whole (its tasks were dropped), the
+    // step before it does not.
+    const auto run2 = start(env.store, key, Json{{"n", 2}});
+    split = claim(env.store, key);
+    REQUIRE(split.size() == 1);
+    CHECK(complete(env.store, {{split[0].id, 1, Json::array({4, 5})}}).empty());
+    each = claim(env.store, key);
+    REQUIRE(each.size() == 2);
+    CHECK(complete(env.store, {{each[0].id, 1, 40}}).empty());
+    CHECK(fail(env.store, {{each[1].id, 1, "bad element", true}}).empty());
+    REQUIRE(run_info(env.store, run2).status == RunStatus::failed);
+    auto retried2 = env.store.retry_run(run2, fd::RetryFrom::failed_step);
+    REQUIRE_MESSAGE(retried2, flowreg::testing::failure_text(retried2));
+    auto each2 = claim(env.store, key);
+    REQUIRE(each2.size() == 2);
+    std::set<std::string> seen;
+    for (const auto& t : each2) {
+      CHECK(t.run_id == *retried2);
+      seen.insert(t.step_slug + " " + t.input.dump());
+    }
+    CHECK(seen == std::set<std::string>{"each 4", "each 5"});
+    CHECK(steps_of(*retried2).at("split") == "completed 0 [4,5]");
+  }
+
+  TEST_CASE("retry from the failed step of a chain runs its failed step and what follows only") {
+    auto env = open_env("rs_retry_from_failed_chain");
+    auto key = store_flow(env.store, flow("rf_chain", {step("a"), step("b", {"a"}),
+                                                       step("c", {"b"}), step("d", {"c"})}));
+    const auto run = start(env.store, key, Json{{"order", 1}});
+    for (const char* slug : {"a", "b"}) {
+      auto t = claim(env.store, key);
+      REQUIRE(t.size() == 1);
+      REQUIRE(t[0].step_slug == slug);
+      CHECK(complete(env.store, {{t[0].id, 1, Json{{"from", slug}}}}).empty());
+    }
+    auto c = claim(env.store, key);
+    REQUIRE(c.size() == 1);
+    REQUIRE(c[0].step_slug == "c");
+    CHECK(fail(env.store, {{c[0].id, 1, "down", true}}).empty());
+    REQUIRE(run_info(env.store, run).status == RunStatus::failed);
+
+    auto retried = env.store.retry_run(run, fd::RetryFrom::failed_step);
+    REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
+    // The chain's layout (migration 0017): a step state per completed step, copied; the task of
+    // the failed step, chained.
+    CHECK(sql_one(env.conninfo, "SELECT chained FROM flowreg.runs WHERE id = '" + *retried + "'") ==
+          "t");
+    CHECK(
+        sql_one(env.conninfo,
+                "SELECT string_agg(step_slug || ' ' || status || ' ' || attempts || ' ' || "
+                "output::text, '; ' ORDER BY step_slug) FROM flowreg.step_states WHERE run_id = '" +
+                    *retried + "'") ==
+        "a completed 0 {\"from\": \"a\"}; b completed 0 {\"from\": \"b\"}");
+    CHECK(sql_one(env.conninfo,
+                  "SELECT string_agg(step_slug || ' ' || chained || ' ' || status, '; ') FROM "
+                  "flowreg.tasks WHERE run_id = '" +
+                      *retried + "'") == "c true queued");
+    auto again = claim(env.store, key);
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].run_id == *retried);
+    CHECK(again[0].step_slug == "c");
+    CHECK(again[0].input == Json{{"b", Json{{"from", "b"}}}});
+    CHECK(complete(env.store, {{again[0].id, 1, "c done"}}).empty());
+    auto d = claim(env.store, key);
+    REQUIRE(d.size() == 1);
+    CHECK(d[0].step_slug == "d");
+    CHECK(d[0].input == Json{{"c", "c done"}});
+    CHECK(complete(env.store, {{d[0].id, 1, "d done"}}).empty());
+    auto info = run_info(env.store, *retried);
+    CHECK(info.status == RunStatus::completed);
+    CHECK(info.output == Json{{"d", "d done"}});
+    auto steps = env.store.run_steps(*retried);
+    REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+    std::string text;
+    for (const auto& st : *steps)
+      text += st.slug + " " + st.status + " " + std::to_string(st.attempts) + ";";
+    CHECK(text == "a completed 0;b completed 0;c completed 1;d completed 1;");
+  }
+
+  TEST_CASE(
+      "retry from the failed step of a run with no completed step is a plain retry, in its "
+      "flow's layout") {
+    auto env = open_env("rs_retry_from_failed_none");
+    SUBCASE("a one-step flow") {
+      auto key = store_flow(env.store, flow("rf_one", {step("only")}));
+      const auto run = start(env.store, key, 5);
+      auto t = claim(env.store, key);
+      REQUIRE(t.size() == 1);
+      CHECK(fail(env.store, {{t[0].id, 1, "down", true}}).empty());
+      auto retried = env.store.retry_run(run, fd::RetryFrom::failed_step);
+      REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
+      // Migrations 0012 and 0013: no step state, the run names its solo task.
+      CHECK(sql_one(env.conninfo,
+                    "SELECT r.attempts || ' ' || r.retry_of || ' ' || t.solo || ' ' || "
+                    "(SELECT count(*) FROM flowreg.step_states s WHERE s.run_id = r.id) FROM "
+                    "flowreg.runs r JOIN flowreg.tasks t ON t.id = r.task_id WHERE r.id = '" +
+                        *retried + "'") == "0 " + run + " true 0");
+      auto again = claim(env.store, key);
+      REQUIRE(again.size() == 1);
+      CHECK(again[0].run_id == *retried);
+      CHECK(again[0].input == 5);
+    }
+    SUBCASE("a chain failed at its root") {
+      auto key = store_flow(env.store, flow("rf_root", {step("a"), step("b", {"a"})}));
+      const auto run = start(env.store, key, 6);
+      auto t = claim(env.store, key);
+      REQUIRE(t.size() == 1);
+      CHECK(fail(env.store, {{t[0].id, 1, "down", true}}).empty());
+      auto retried = env.store.retry_run(run, fd::RetryFrom::failed_step);
+      REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
+      CHECK(sql_one(env.conninfo,
+                    "SELECT chained FROM flowreg.runs WHERE id = '" + *retried + "'") == "t");
+      auto again = claim(env.store, key);
+      REQUIRE(again.size() == 1);
+      CHECK(again[0].run_id == *retried);
+      CHECK(again[0].step_slug == "a");
+      CHECK(again[0].input == 6);
+    }
+  }
+
+  TEST_CASE(
+      "retry from the failed step refuses a run that is missing, running, completed or "
+      "cancelled, and starts nothing") {
+    auto env = open_env("rs_retry_from_failed_refused");
+    auto key = store_flow(env.store, flow("rf_refused", {step("a"), step("b", {"a"})}));
+    const auto running = start(env.store, key, 1);
+    const auto cancelled = start(env.store, key, 2);
+    auto t = claim(env.store, key, 1);
+    REQUIRE(t.size() == 1);
+    REQUIRE(t[0].run_id == running);
+    CHECK(complete(env.store, {{t[0].id, 1, "a"}}).empty());
+    auto c = env.store.cancel_run(cancelled);
+    REQUIRE_MESSAGE(c, flowreg::testing::failure_text(c));
+    const auto runs_before = sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs");
+
+    auto missing =
+        env.store.retry_run("00000000-0000-0000-0000-000000000000", fd::RetryFrom::failed_step);
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().code == Errc::not_found);
+    auto still = env.store.retry_run(running, fd::RetryFrom::failed_step);
+    REQUIRE_FALSE(still);
+    CHECK(still.error().code == Errc::invalid_argument);
+    CHECK(contains(still.error().message, "is still running"));
+    auto was_cancelled = env.store.retry_run(cancelled, fd::RetryFrom::failed_step);
+    REQUIRE_FALSE(was_cancelled);
+    CHECK(was_cancelled.error().code == Errc::invalid_argument);
+    CHECK(contains(was_cancelled.error().message, "is cancelled, not failed"));
+    auto b = claim(env.store, key);
+    REQUIRE(b.size() == 1);
+    CHECK(complete(env.store, {{b[0].id, 1, "b"}}).empty());
+    REQUIRE(run_info(env.store, running).status == RunStatus::completed);
+    auto done = env.store.retry_run(running, fd::RetryFrom::failed_step);
+    REQUIRE_FALSE(done);
+    CHECK(done.error().code == Errc::invalid_argument);
+    CHECK(contains(done.error().message, "is completed, not failed"));
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.runs") == runs_before);
+    // A plain retry of either is still allowed.
+    auto plain = env.store.retry_run(cancelled);
+    CHECK_MESSAGE(plain, flowreg::testing::failure_text(plain));
+  }
+
+  TEST_CASE(
       "a second start with the same idempotency key and input returns the first run; another "
       "input is a conflict") {
     auto env = open_env("rs_idempotency");

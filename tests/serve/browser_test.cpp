@@ -220,6 +220,17 @@ TEST_SUITE("serve_browser") {
               .find(kScript) != std::string::npos);
     CHECK(browser.eval("document.querySelectorAll('script').length") == 1);
     browser.screenshot(artifacts / "run-failed.png");
+    // Its "Retry from the failed step" button starts a new run, whose page the browser opens.
+    browser.eval(
+        "Array.from(document.querySelectorAll('button[data-action]')).find(b => b.textContent === "
+        "'Retry from the failed step').click(); true");
+    REQUIRE(
+        browser.until("/^\\/runs\\/[0-9a-f-]{36}$/.test(location.pathname) && "
+                      "location.pathname !== '/runs/" +
+                      failed + "' && document.readyState === 'complete'"));
+    const std::string resumed = browser.eval("location.pathname.slice(6)");
+    CHECK(json::parse(c.Get(("/api/v1/runs/" + resumed).c_str())->body)["retry_of"] == failed);
+    browser.screenshot(artifacts / "run-retried-from-failed.png");
     browser.open(base + "/runs/" + live);
     CHECK(browser.eval("document.querySelectorAll('[data-step-status]').length") == 3);
     browser.screenshot(artifacts / "run-completed.png");

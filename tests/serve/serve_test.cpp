@@ -478,6 +478,8 @@ TEST_SUITE("serve") {
          "", 400},
         {"post", "/runs/{id}/cancel", "/runs/" + done + "/cancel", "", 409},
         {"post", "/runs/{id}/retry", "/runs/" + done + "/retry", "", 201},
+        {"post", "/runs/{id}/retry", "/runs/" + done + "/retry?from=failed", "", 409},
+        {"post", "/runs/{id}/retry", "/runs/" + done + "/retry?from=elsewhere", "", 400},
         {"get", "/workers", "/workers", "", 200},
         {"post", "/workers/{id}/forget", "/workers/nobody/forget", "", 404},
         {"get", "/plugins", "/plugins", "", 200},
@@ -844,6 +846,89 @@ TEST_SUITE("serve") {
       CHECK(s["next_attempt_at"].is_null());
       CHECK(s["last_error"].is_null());
     }
+  }
+
+  TEST_CASE(
+      "a failed run is retried from its failed step over the API and from its page's button: its "
+      "completed step keeps its output and is not run again") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+    auto url = cluster->ensure_running();
+    REQUIRE_MESSAGE(url, testing::failure_text(url));
+    auto store = detail::RunStore::connect(*url);
+    REQUIRE_MESSAGE(store, testing::failure_text(store));
+    // A chain no worker of the scene serves: its tasks are claimed here. Step a completes, b fails
+    // for good, and so does the run.
+    FlowDef flow;
+    flow.slug = "resumed";
+    flow.module = "servetest";
+    flow.steps.push_back(StepDef{"a", StepKind::single, {}, "nobody.a", {}});
+    flow.steps.push_back(StepDef{"b", StepKind::single, {"a"}, "nobody.b", {}});
+    REQUIRE(store->upsert_flow(flow, "v1"));
+    auto run = store->start_run("resumed", "v1", detail::Json{{"n", 1}});
+    REQUIRE_MESSAGE(run, testing::failure_text(run));
+    const detail::FlowKey key{"resumed", "v1"};
+    const auto claim = [&] {
+      auto claimed = store->claim("test-worker", std::span(&key, 1), 10);
+      REQUIRE_MESSAGE(claimed, testing::failure_text(claimed));
+      return *claimed;
+    };
+    auto a = claim();
+    REQUIRE(a.size() == 1);
+    const detail::Completion done_a{a[0].id, a[0].attempt, detail::Json{{"made", "by a"}}};
+    REQUIRE(store->complete(std::span(&done_a, 1)));
+    auto b = claim();
+    REQUIRE(b.size() == 1);
+    const detail::Failure failure{b[0].id, b[0].attempt, "down", true};
+    REQUIRE(store->fail(std::span(&failure, 1)));
+
+    auto c = scene.client();
+    REQUIRE(body_of(c.Get(("/api/v1/runs/" + *run).c_str()))["status"] == "failed");
+    // The failed run's page offers both retries.
+    auto page = c.Get(("/runs/" + *run).c_str());
+    REQUIRE(page);
+    CHECK(page->body.find("data-action=\"/api/v1/runs/" + *run +
+                          "/retry?from=failed\">Retry from the failed step</button>") !=
+          std::string::npos);
+    CHECK(page->body.find("data-action=\"/api/v1/runs/" + *run + "/retry\">") != std::string::npos);
+    check_problem(c.Post(("/api/v1/runs/" + *run + "/retry?from=nowhere").c_str()), 400);
+
+    auto retried = c.Post(("/api/v1/runs/" + *run + "/retry?from=failed").c_str());
+    REQUIRE(retried);
+    CAPTURE(retried->body);
+    REQUIRE(retried->status == 201);
+    const json fresh = json::parse(retried->body);
+    CHECK(fresh["retry_of"] == *run);
+    CHECK(fresh["status"] == "started");
+    CHECK(retried->get_header_value("Location") ==
+          "/api/v1/runs/" + fresh["id"].get<std::string>());
+    const json shown = body_of(c.Get(("/api/v1/runs/" + fresh["id"].get<std::string>()).c_str()));
+    REQUIRE(shown["steps"].size() == 2);
+    CHECK(shown["steps"][0]["slug"] == "a");
+    CHECK(shown["steps"][0]["status"] == "completed");
+    CHECK(shown["steps"][0]["attempts"] == 0);
+    CHECK(shown["steps"][0]["output"] == json{{"made", "by a"}});
+    CHECK(shown["steps"][1]["slug"] == "b");
+    CHECK(shown["steps"][1]["status"] == "started");
+    // Only b is there to run, with a's output as its input.
+    auto again = claim();
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].run_id == fresh["id"]);
+    CHECK(again[0].step_slug == "b");
+    CHECK(again[0].input == detail::Json{{"a", {{"made", "by a"}}}});
+    const detail::Completion done_b{again[0].id, again[0].attempt, "shipped"};
+    REQUIRE(store->complete(std::span(&done_b, 1)));
+    const json ended = scene.wait_run(fresh["id"]);
+    CHECK(ended["status"] == "completed");
+    CHECK(ended["output"] == json{{"b", "shipped"}});
+    // A completed run has no failed step: 409, and its page offers the plain retry only.
+    const std::string completed = fresh["id"];
+    check_problem(c.Post(("/api/v1/runs/" + completed + "/retry?from=failed").c_str()), 409);
+    auto done_page = c.Get(("/runs/" + completed).c_str());
+    REQUIRE(done_page);
+    CHECK(done_page->body.find("Retry from the failed step") == std::string::npos);
   }
 
   TEST_CASE("runs are found by their exact id or idempotency key, and counted") {

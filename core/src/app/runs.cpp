@@ -79,4 +79,20 @@ Result<detail::RunInfo> start_run(detail::RunStore& store, const RegisteredFlow&
   return std::move(**info);
 }
 
+std::optional<detail::RetryFrom> parse_retry_from(std::string_view from) {
+  if (from.empty() || from == "start") return detail::RetryFrom::start;
+  if (from == "failed") return detail::RetryFrom::failed_step;
+  return std::nullopt;
+}
+
+Result<detail::RunInfo> retry_run(detail::RunStore& store, const detail::RunId& run,
+                                  detail::RetryFrom from) {
+  auto id = store.retry_run(run, from);
+  if (!id) return tl::unexpected(std::move(id.error()));
+  auto info = store.get_run(*id);
+  if (!info) return tl::unexpected(std::move(info.error()));
+  if (!*info) return make_error(Errc::not_found, "the run vanished");
+  return std::move(**info);
+}
+
 }  // namespace flowreg::app

@@ -43,4 +43,13 @@ Result<std::optional<std::string>> check_idempotency_key(std::string_view key);
 Result<detail::RunInfo> start_run(detail::RunStore& store, const RegisteredFlow& flow,
                                   const nlohmann::json& input, const detail::StartOptions& options);
 
+// Where a retry starts, as the API's `?from=` and the dashboard name it: "start" (or empty) for
+// a new run of the whole flow, "failed" for the failed run's failed step (RetryFrom). nullopt
+// for anything else.
+std::optional<detail::RetryFrom> parse_retry_from(std::string_view from);
+
+// Retries an ended run as a new run from `from` (RunStore::retry_run) and reads the new run back.
+Result<detail::RunInfo> retry_run(detail::RunStore& store, const detail::RunId& run,
+                                  detail::RetryFrom from);
+
 }  // namespace flowreg::app

@@ -24,6 +24,7 @@ using detail::RunStore;
 struct RunsArgs {
   std::string flow, status, id, older_than, since, until, text;
   bool as_json = false;
+  bool from_failed = false;  // runs retry --from-failed
   int limit = 100;
 };
 
@@ -132,7 +133,8 @@ int runs_cancel(RunStore& store, const RunsArgs& a) {
 }
 
 int runs_retry(RunStore& store, const RunsArgs& a) {
-  auto fresh = store.retry_run(a.id);
+  auto fresh = store.retry_run(
+      a.id, a.from_failed ? detail::RetryFrom::failed_step : detail::RetryFrom::start);
   if (!fresh) return report(fresh.error());
   fmt::print("{}\n", *fresh);
   return kExitOk;
@@ -198,6 +200,9 @@ void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code) {
 
   auto* retry = runs->add_subcommand("retry", "Run a failed or cancelled run again, as a new run");
   retry->add_option("id", args->id, "Run id")->required();
+  retry->add_flag("--from-failed", args->from_failed,
+                  "From the failed step of a failed run: its completed steps keep their outputs "
+                  "and do not run again");
   retry->callback(on_store(runs_retry));
 
   auto* prune = runs->add_subcommand("prune", "Delete finished runs older than a duration");

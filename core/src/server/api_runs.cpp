@@ -340,14 +340,14 @@ void register_run_routes(http::Router& h, ServerState& state) {
   h.Post(R"(/api/v1/runs/([^/]+)/retry)", [&state](const Request& req, Response& res) {
     const std::string id = req.matches[1];
     if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
-    auto fresh = state.stores.with([&](RunStore& store) -> Result<RunInfo> {
-      auto rid = store.retry_run(id);
-      if (!rid) return tl::unexpected(std::move(rid.error()));
-      auto info = store.get_run(*rid);
-      if (!info) return tl::unexpected(std::move(info.error()));
-      if (!*info) return make_error(Errc::not_found, "the run vanished");
-      return std::move(**info);
-    });
+    // ?from=failed: from the failed step, the completed steps' outputs kept.
+    const auto from = app::parse_retry_from(req.get_param_value("from"));
+    if (!from)
+      return problem(res, 400,
+                     fmt::format("from '{}' is not one of start, failed",
+                                 app::valid_text(req.get_param_value("from"))));
+    auto fresh = state.stores.with(
+        [&](RunStore& store) -> Result<RunInfo> { return app::retry_run(store, id, *from); });
     if (!fresh) return http::send_error(res, fresh.error());
     res.set_header("Location", "/api/v1/runs/" + fresh->id);
     http::send_json(res, app::run_json(*fresh), 201);

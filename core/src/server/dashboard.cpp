@@ -570,6 +570,12 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
     actions = fmt::format(
         "<button type=\"button\" data-action=\"/api/v1/runs/{}/retry\">Retry as a new run</button>",
         url_part(id));
+  // A failed run may also go on from its failed step, its completed steps' outputs kept.
+  if (status == "failed")
+    actions += fmt::format(
+        "<button type=\"button\" data-action=\"/api/v1/runs/{}/retry?from=failed\">Retry from "
+        "the failed step</button>",
+        url_part(id));
   std::string content = fmt::format(
       "<h1>Run <span class=\"mono\">{0}</span></h1>"
       "<p id=\"run-ended\" class=\"notice\" hidden>This run has ended: <a href=\"/runs/{1}\">reload"

@@ -42,6 +42,7 @@ enum class Query {
   renew,
   report_crashes,
   retry_run,
+  retry_run_from_failed,
   run_graph,
   run_steps,
   same_input,

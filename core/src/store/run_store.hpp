@@ -86,6 +86,10 @@ struct StartOptions {
   std::optional<RunId> retry_of;  // lineage: the run this one retries
 };
 
+// Where a retry of a run starts: its first steps (a new run of the whole flow), or the step it
+// failed at (its completed steps' outputs kept: retry_run_from_failed, schemas/functions/).
+enum class RetryFrom { start, failed_step };
+
 struct ClaimedTask {
   TaskId id = 0;
   RunId run_id;
@@ -422,8 +426,10 @@ class RunStore {
   // true when it cancelled the run, false when the run had already ended; Errc::not_found.
   Result<bool> cancel_run(const RunId& run);
   // A new run of an ended run's flow version with its input, retry_of = run. Errc::not_found;
-  // Errc::invalid_argument when the run is still running.
-  Result<RunId> retry_run(const RunId& run);
+  // Errc::invalid_argument when the run is still running. From RetryFrom::failed_step: the steps
+  // that completed in `run` are completed in the new run with their outputs, not run again, and
+  // the others start as they would given those (Errc::invalid_argument unless `run` failed).
+  Result<RunId> retry_run(const RunId& run, RetryFrom from = RetryFrom::start);
   // Deletes runs that ended more than `older_than` ago, with their steps and tasks; their count.
   // In transactions of at most `batch` runs each (>= 1), until one deletes fewer: a transaction
   // that ran for as long as a whole history takes to delete would keep VACUUM from cleaning the

@@ -314,10 +314,15 @@ Result<bool> RunStore::cancel_run(const RunId& run) {
   });
 }
 
-Result<RunId> RunStore::retry_run(const RunId& run) {
-  return guarded(fmt::format("retrying run {}", shown_name(run)), [&]() -> Result<RunId> {
-    return impl_->exec(Query::retry_run, run)[0]["run_id"].as<std::string>();
-  });
+Result<RunId> RunStore::retry_run(const RunId& run, RetryFrom from) {
+  const bool failed_step = from == RetryFrom::failed_step;
+  return guarded(
+      fmt::format("retrying run {}{}", shown_name(run), failed_step ? " from its failed step" : ""),
+      [&]() -> Result<RunId> {
+        return impl_
+            ->exec(failed_step ? Query::retry_run_from_failed : Query::retry_run, run)[0]["run_id"]
+            .as<std::string>();
+      });
 }
 
 Result<std::int64_t> RunStore::prune(Millis older_than, int batch) {
