@@ -1013,9 +1013,13 @@ TEST_SUITE("hot_path") {
     const auto log_size = [&] { return fs::exists(log_file) ? fs::file_size(log_file) : 0; };
     // Whole reads by design: the metrics scrape's counts of the tasks queued (with the oldest ready
     // among them) and running, which are what they count; the list of workers, which lists them
-    // all, and a worker's first heartbeat, which forgets the workers long silent among them.
+    // all with the tasks each holds (counted over the started tasks, as many as the slots), and a
+    // worker's first heartbeat, which forgets the workers long silent among them.
+    const std::string workers_list = "FROM flowreg.workers w\n LEFT JOIN (SELECT t.worker_id";
     const std::vector<std::pair<std::string, std::string>> by_design{
-        {"Seq Scan on workers", "FROM flowreg.workers ORDER BY last_heartbeat_at DESC"},
+        {"Seq Scan on workers", workers_list},
+        {"Index Scan on workers using workers_pkey", workers_list},
+        {"Index Scan on tasks using tasks_leased", workers_list},
         {"Seq Scan on workers", "DELETE FROM flowreg.workers o"},
         {"Index Scan on tasks using tasks_queued",
          "FROM flowreg.tasks WHERE status = 'queued' GROUP BY flow_slug"},

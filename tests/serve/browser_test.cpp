@@ -219,6 +219,9 @@ TEST_SUITE("serve_browser") {
               .get<std::string>()
               .find(kScript) != std::string::npos);
     CHECK(browser.eval("document.querySelectorAll('script').length") == 1);
+    // The attempt that failed is listed, with its outcome.
+    CHECK(browser.eval("Array.from(document.querySelectorAll('[data-attempt-outcome]'))"
+                       ".some(e => e.textContent === 'failed')") == true);
     browser.screenshot(artifacts / "run-failed.png");
     // Its "Retry from the failed step" button starts a new run, whose page the browser opens.
     browser.eval(
@@ -328,6 +331,10 @@ TEST_SUITE("serve_browser") {
           "completed");
     CHECK(browser.eval("document.querySelector('[data-step-attempts=\"fetch\"]').textContent") ==
           "1");
+    // Its attempts, one row each: fetch's only one, completed.
+    CHECK(browser.eval("document.querySelectorAll('[data-attempt]').length") == 1);
+    CHECK(browser.eval("document.querySelector('[data-attempt=\"fetch/0/1\"] "
+                       "[data-attempt-outcome]').textContent") == "completed");
     browser.screenshot(artifacts / "token-run-1280.png");
 
     // The runs list shows it, and finds it by its key.

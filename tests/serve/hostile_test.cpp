@@ -313,6 +313,46 @@ TEST_SUITE("serve_hostile") {
     CHECK(scene.log().find("http GET /healthz 200 ") != std::string::npos);
   }
 
+  TEST_CASE("invalid UTF-8 in a path, a query or a Host is answered and logged as valid UTF-8") {
+    ServeScene& scene = tight_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    // nlohmann::json refuses to write a string that is not valid UTF-8: a test of validity.
+    const auto valid = [](const std::string& text) {
+      try {
+        (void)json(text).dump();
+        return true;
+      } catch (const json::exception&) {
+        return false;
+      }
+    };
+    const std::string bad = "\xff\xfe\xc3(";
+    struct Case {
+      std::string target, host;
+    };
+    for (const Case& k : {Case{"/api/v1/flows/%FF%FE%C3%28", "127.0.0.1"},  // decoded into the path
+                          Case{"/api/v1/flows/" + bad, "127.0.0.1"},  // raw bytes in the target
+                          Case{"/api/v1/runs?status=%FF%C3", "127.0.0.1"},  // a query value
+                          Case{"/api/v1/runs", "h" + bad + ".example"}}) {
+      CAPTURE(k.target);
+      RawSocket s(scene.port);
+      s.send_all(request("GET", k.target, {}, k.host));
+      const std::string response = s.read_for(milliseconds(3000), "}");
+      const int status = status_of(response);
+      CHECK(status >= 400);
+      CHECK(status < 500);
+      const auto body_at = response.find("\r\n\r\n");
+      REQUIRE(body_at != std::string::npos);
+      const std::string body = response.substr(body_at + 4);
+      CAPTURE(body);
+      CHECK(valid(body));
+      if (!body.empty() && body.front() == '{') CHECK(json::accept(body));
+    }
+    // The access log names each request, made valid.
+    const std::string log = scene.log();
+    CHECK(valid(log));
+    CHECK(log.find("http GET /api/v1/flows/") != std::string::npos);
+  }
+
   TEST_CASE("a rebound Host is refused in every mode: token or not, open_reads or not") {
     // The fourth mode (no token, no open_reads) is the serve suite's case of another site's page.
     struct Mode {

@@ -520,13 +520,19 @@ namespace {
 
 // A store on the scene's cluster with the flow `slug` of one step that no worker serves (its
 // handler is in no plugin): its runs stay started, and nothing reads their inputs.
-detail::RunStore unserved_flow(const ServeScene& scene, const std::string& slug) {
+// A store on the scene's embedded cluster.
+detail::RunStore scene_store(const ServeScene& scene) {
   auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
   REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
   auto url = cluster->ensure_running();
   REQUIRE_MESSAGE(url, testing::failure_text(url));
   auto store = detail::RunStore::connect(*url);
   REQUIRE_MESSAGE(store, testing::failure_text(store));
+  return std::move(*store);
+}
+
+detail::RunStore unserved_flow(const ServeScene& scene, const std::string& slug) {
+  auto store = std::optional<detail::RunStore>(scene_store(scene));
   FlowDef flow;
   flow.slug = slug;
   flow.module = "servetest";
@@ -796,12 +802,7 @@ TEST_SUITE("serve") {
   TEST_CASE("a step waiting for its retry says when, and how its last attempt failed") {
     ServeScene& scene = shared_scene();
     REQUIRE_MESSAGE(scene.port > 0, scene.log());
-    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
-    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
-    auto url = cluster->ensure_running();
-    REQUIRE_MESSAGE(url, testing::failure_text(url));
-    auto store = detail::RunStore::connect(*url);
-    REQUIRE_MESSAGE(store, testing::failure_text(store));
+    auto store = std::optional<detail::RunStore>(scene_store(scene));
     // A flow no worker of the scene serves, retried an hour after a failure.
     FlowDef flow;
     flow.slug = "retried";
@@ -853,12 +854,7 @@ TEST_SUITE("serve") {
       "completed step keeps its output and is not run again") {
     ServeScene& scene = shared_scene();
     REQUIRE_MESSAGE(scene.port > 0, scene.log());
-    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
-    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
-    auto url = cluster->ensure_running();
-    REQUIRE_MESSAGE(url, testing::failure_text(url));
-    auto store = detail::RunStore::connect(*url);
-    REQUIRE_MESSAGE(store, testing::failure_text(store));
+    auto store = std::optional<detail::RunStore>(scene_store(scene));
     // A chain no worker of the scene serves: its tasks are claimed here. Step a completes, b fails
     // for good, and so does the run.
     FlowDef flow;
@@ -1050,12 +1046,7 @@ namespace {
 // A store on the scene's cluster with the flow `slug`: a map step "fan" over the run input, then
 // "sum" after it, whose handlers are in no plugin: its runs stay started with their tasks queued.
 detail::RunStore unserved_map_flow(const ServeScene& scene, const std::string& slug) {
-  auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
-  REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
-  auto url = cluster->ensure_running();
-  REQUIRE_MESSAGE(url, testing::failure_text(url));
-  auto store = detail::RunStore::connect(*url);
-  REQUIRE_MESSAGE(store, testing::failure_text(store));
+  auto store = std::optional<detail::RunStore>(scene_store(scene));
   FlowDef flow;
   flow.slug = slug;
   flow.module = "servetest";
@@ -1178,12 +1169,7 @@ TEST_SUITE("serve") {
     ServeScene& scene = shared_scene();
     REQUIRE_MESSAGE(scene.port > 0, scene.log());
     auto c = scene.client();
-    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
-    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
-    auto url = cluster->ensure_running();
-    REQUIRE_MESSAGE(url, testing::failure_text(url));
-    auto store = detail::RunStore::connect(*url);
-    REQUIRE_MESSAGE(store, testing::failure_text(store));
+    auto store = std::optional<detail::RunStore>(scene_store(scene));
     // A stopped worker and a stale one (it said it beats every 10 ms, and then did not).
     detail::WorkerRecord gone;
     gone.id = "gone:1:<b>";

@@ -104,23 +104,37 @@ Router::Match Router::route(Request& req) const {
   return out;
 }
 
-std::string percent_decode(std::string_view text, bool plus_is_space) {
+namespace {
+
+// percent_decode, and form_decode when `strict`: then nullopt for a '%' not followed by two hex
+// digits, which percent_decode keeps as sent.
+std::optional<std::string> decode(std::string_view text, bool plus_is_space, bool strict) {
   std::string out;
   out.reserve(text.size());
   for (std::size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
-    if (c == '%' && i + 2 < text.size()) {
-      const int hi = hex_value(text[i + 1]), lo = hex_value(text[i + 2]);
+    if (c == '%') {
+      const int hi = i + 2 < text.size() ? hex_value(text[i + 1]) : -1;
+      const int lo = i + 2 < text.size() ? hex_value(text[i + 2]) : -1;
       if (hi >= 0 && lo >= 0) {
         out += static_cast<char>(hi * 16 + lo);
         i += 2;
         continue;
       }
+      if (strict) return std::nullopt;
     }
     out += plus_is_space && c == '+' ? ' ' : c;
   }
   return out;
 }
+
+}  // namespace
+
+std::string percent_decode(std::string_view text, bool plus_is_space) {
+  return *decode(text, plus_is_space, false);
+}
+
+std::optional<std::string> form_decode(std::string_view text) { return decode(text, true, true); }
 
 std::string percent_encode(std::string_view text) {
   static constexpr char kHex[] = "0123456789ABCDEF";

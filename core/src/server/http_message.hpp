@@ -106,6 +106,9 @@ class Router {
 
 // "%XX" decoded; with `plus_is_space` also '+' (query strings). Bad escapes are kept as sent.
 std::string percent_decode(std::string_view text, bool plus_is_space);
+// A name or value of an application/x-www-form-urlencoded body: '+' is a space, %XX a byte;
+// nullopt when a '%' is not followed by two hex digits.
+std::optional<std::string> form_decode(std::string_view text);
 // `text` as a query value: every byte but A-Z a-z 0-9 - . _ ~ / as %XX.
 std::string percent_encode(std::string_view text);
 // The query string's pairs ("a=1&b=2"), decoded.

@@ -10,34 +10,6 @@ namespace flowreg::detail::signin {
 
 namespace {
 
-int hex_digit_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-// One name or value of a form: '+' is a space, %XX a byte; nullopt when a '%' is not followed by
-// two hex digits.
-std::optional<std::string> form_decode(std::string_view s) {
-  std::string out;
-  out.reserve(s.size());
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    if (s[i] == '+') {
-      out += ' ';
-    } else if (s[i] != '%') {
-      out += s[i];
-    } else {
-      if (i + 2 >= s.size()) return std::nullopt;
-      const int hi = hex_digit_value(s[i + 1]), lo = hex_digit_value(s[i + 2]);
-      if (hi < 0 || lo < 0) return std::nullopt;
-      out += static_cast<char>(hi * 16 + lo);
-      i += 2;
-    }
-  }
-  return out;
-}
-
 bool is_form_content(std::string_view type) {
   constexpr std::string_view kForm = "application/x-www-form-urlencoded";
   if (type.size() < kForm.size()) return false;
@@ -73,9 +45,9 @@ std::optional<SigninForm> parse_form(std::string_view body) {
     const std::string_view pair = body.substr(0, end);
     body = end == std::string_view::npos ? std::string_view() : body.substr(end + 1);
     const std::size_t eq = pair.find('=');
-    const auto name = form_decode(pair.substr(0, eq));
+    const auto name = http::form_decode(pair.substr(0, eq));
     const auto value =
-        form_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1));
+        http::form_decode(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1));
     if (!name || !value) return std::nullopt;
     if (*name == "token" && !have_token) {
       form.token = std::move(*value);
