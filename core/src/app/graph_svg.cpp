@@ -96,7 +96,8 @@ std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string
       continue;
     }
     const auto it = states->find(s.slug);
-    const std::string_view state = it == states->end() ? "created" : it->second;
+    const std::string_view state =
+        it == states->end() ? std::string_view("created") : std::string_view(it->second);
     const StateStyle& st = state_style(state);
     // A failed step's border is thicker, a waiting or cancelled one's dashed: the state shows in
     // the shape too, not only in the colour.

@@ -441,7 +441,7 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
       "autocomplete=\"off\" placeholder=\"text, any case\"></label>"
       "<label>Created since<input name=\"since\" value=\"{}\" maxlength=\"40\" size=\"20\" "
       "autocomplete=\"off\" placeholder=\"2h, or 2026-01-02T03:04Z\"></label>"
-      "<label>until<input name=\"until\" value=\"{}\" maxlength=\"40\" size=\"20\" "
+      "<label>Created until<input name=\"until\" value=\"{}\" maxlength=\"40\" size=\"20\" "
       "autocomplete=\"off\" placeholder=\"UTC time, or 30m\"></label>"
       "<button type=\"submit\">Filter</button></form>{}{}{}{}{}",
       flow_options, status_options, escape(id), escape(key), escape(text), escape(since),
