@@ -182,6 +182,14 @@ TEST_SUITE("worker_faults") {
                              "WHERE t.run_id = s.run_id) FROM flowreg.steps s WHERE "
                              "run_id = '" +
                                  run + "'") == "3 0");
+    // Each attempt is kept (migration 0019): the first two ended when their leases expired and a
+    // new worker's claim queued the task again; the third failed the task as a crash, reported by
+    // the last worker from its predecessor's journal.
+    CHECK(query_one_or_empty(s.conninfo,
+                             "SELECT string_agg(attempt || ' ' || worker_id || ' ' || outcome, "
+                             "', ' ORDER BY attempt) FROM flowreg.task_attempts WHERE run_id = '" +
+                                 run + "'") ==
+          "1 w1 lease_expired, 2 w2 lease_expired, 3 w3 crashed");
     last.signal(SIGTERM);
     CHECK(last.wait(30s) == 0);
   }

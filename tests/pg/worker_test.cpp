@@ -178,6 +178,13 @@ TEST_SUITE("worker") {
                         run + "'") == "completed 2 b " + std::to_string(b.pid()));
     CHECK(query_one(s.conninfo, "SELECT output->'only'->>'attempt' FROM flowreg.runs WHERE id = '" +
                                     run + "'") == "2");
+    // The attempt that died with a is kept (migration 0019): its lease expired, and b's claim
+    // queued the task again. The completing attempt is the step's, not a row.
+    CHECK(
+        query_one(s.conninfo,
+                  "SELECT string_agg(attempt || ' ' || worker_id || ' ' || outcome, ', ' ORDER BY "
+                  "attempt) FROM flowreg.task_attempts WHERE run_id = '" +
+                      run + "'") == "1 a lease_expired");
     const auto lines = s.log_lines();
     REQUIRE(lines.size() == 2);
     CHECK(lines[0][3] == "1");

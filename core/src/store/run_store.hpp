@@ -274,9 +274,9 @@ struct RunFilter {
   int limit = 100;
   // Created at or after `since` and before `until` (list_run_summaries and count_runs only).
   std::optional<TimePoint> since{}, until{};
-  // Runs whose input holds this text, in any case (list_run_summaries and count_runs only):
-  // searched among the newest kTextSearchScan runs of each flow that pass the other filters, in
-  // inputs of at most kTextSearchInputBytes as stored (schemas/queries/list_run_summaries.sql).
+  // Runs whose input holds this text, ASCII letters in any case (list_run_summaries and count_runs
+  // only): searched among the newest kTextSearchScan runs of each flow that pass the other filters,
+  // in inputs of at most kTextSearchInputBytes as stored (schemas/queries/list_run_summaries.sql).
   std::optional<std::string> input_text{};
   static constexpr int kTextSearchScan = 10'000;
   static constexpr int kTextSearchInputBytes = 16 * 1024;
