@@ -105,15 +105,14 @@ void register_run_detail_routes(http::Router& h, ServerState& state) {
     std::map<std::string, std::string> states;
     std::string key;
     auto read = state.stores.with([&](RunStore& store) -> Result<void> {
-      auto info = store.get_run(id);
-      if (!info) return tl::unexpected(std::move(info.error()));
-      if (!*info) return make_error(Errc::not_found, fmt::format("no run {}", id));
+      // The run's flow and steps, never its input or output (which may be large).
       auto graph = store.run_graph(id);
       if (!graph) return tl::unexpected(std::move(graph.error()));
+      if (!*graph) return make_error(Errc::not_found, fmt::format("no run {}", id));
       auto steps = store.run_steps(id);
       if (!steps) return tl::unexpected(std::move(steps.error()));
-      flow.slug = app::valid_text((*info)->flow_slug);
-      for (const auto& g : *graph) {
+      flow.slug = app::valid_text((*graph)->flow_slug);
+      for (const auto& g : (*graph)->steps) {
         StepDef s;
         s.slug = app::valid_text(g.slug);
         s.kind = g.kind == "map" ? StepKind::map : StepKind::single;

@@ -228,6 +228,12 @@ struct GraphStep {
   std::vector<std::string> depends_on;
 };
 
+// A run's DAG (RunStore::run_graph): its flow and its version's steps as stored.
+struct RunGraph {
+  std::string flow_slug;
+  std::vector<GraphStep> steps;
+};
+
 // A task the queue still holds (RunStore::step_tasks): queued, started, or a map step's completed
 // task while its step runs. Finished tasks leave the table (migration 0009).
 struct TaskRow {
@@ -451,9 +457,9 @@ class RunStore {
       const RunFilter& filter = {}, const std::optional<RunCursor>& cursor = std::nullopt);
   // In the flow's step order; empty when there is no such run.
   Result<std::vector<StepInfo>> run_steps(const RunId& run);
-  // The steps of the run's flow version (its DAG), in the flow's step order; empty when there is
-  // no such run.
-  Result<std::vector<GraphStep>> run_graph(const RunId& run);
+  // The run's flow and the steps of its flow version (its DAG), in the flow's step order, read
+  // without its input and output; nullopt when there is no such run.
+  Result<std::optional<RunGraph>> run_graph(const RunId& run);
   // At most `limit` tasks of a run's step that the queue still holds, with a task index of
   // `from_index` or more, by index.
   Result<std::vector<TaskRow>> step_tasks(const RunId& run, std::string_view step, int from_index,

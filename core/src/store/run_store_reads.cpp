@@ -184,20 +184,24 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                  });
 }
 
-Result<std::vector<GraphStep>> RunStore::run_graph(const RunId& run) {
+Result<std::optional<RunGraph>> RunStore::run_graph(const RunId& run) {
   return guarded(fmt::format("reading the DAG of run {}", shown_name(run)),
-                 [&]() -> Result<std::vector<GraphStep>> {
-                   std::vector<GraphStep> out;
-                   for (const auto& r : impl_->exec(Query::run_graph, run)) {
+                 [&]() -> Result<std::optional<RunGraph>> {
+                   const auto rows = impl_->exec(Query::run_graph, run);
+                   if (rows.empty()) return std::nullopt;
+                   RunGraph graph;
+                   graph.flow_slug = row_text(rows[0]["flow_slug"]);
+                   for (const auto& r : rows) {
+                     if (r["step_slug"].is_null()) continue;  // no stored steps
                      GraphStep s;
                      s.slug = row_text(r["step_slug"]);
                      s.kind = row_text(r["kind"]);
                      s.handler = row_text(r["handler"]);
                      for (const auto& d : row_json(r["deps"]))
                        if (d.is_string()) s.depends_on.push_back(d.get<std::string>());
-                     out.push_back(std::move(s));
+                     graph.steps.push_back(std::move(s));
                    }
-                   return out;
+                   return graph;
                  });
 }
 
