@@ -298,7 +298,7 @@ struct Scene {
   std::shared_ptr<fd::FlowState> state(std::function<HandlerOutcome()> handler) {
     std::unordered_map<std::string, fd::StepHandler> handlers;
     handlers.emplace(
-        "s", fd::StepHandler{"test.handler",
+        "s", fd::StepHandler{.name = "test.handler", .invoke =
                              [handler](std::string_view, std::string_view) { return handler(); }});
     return std::make_shared<fd::FlowState>(fd::FlowKey{"f", "v1"}, std::move(handlers));
   }
@@ -549,7 +549,7 @@ struct Services {
   void start(const std::string& slug, std::function<HandlerOutcome()> handler = ok) {
     std::unordered_map<std::string, fd::StepHandler> handlers;
     handlers.emplace(
-        "s", fd::StepHandler{"test.handler",
+        "s", fd::StepHandler{.name = "test.handler", .invoke =
                              [handler](std::string_view, std::string_view) { return handler(); }});
     flowreg::FlowDef def;
     def.slug = slug;

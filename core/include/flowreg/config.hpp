@@ -56,6 +56,8 @@ struct WorkerSettings {
   Millis shutdown_grace{30'000};
   Millis lease{10'000};  // a claimed task's lease, renewed while its handler runs
   std::int64_t max_output_bytes = std::int64_t{16} << 20;  // larger handler outputs fail the task
+  Isolation isolation = Isolation::thread;  // where handlers run unless their flow says
+  HandlerLimits limits;                     // of handler processes, unless their flow says
 };
 
 // `flowreg serve` (the HTTP API and dashboard).

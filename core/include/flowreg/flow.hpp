@@ -4,6 +4,7 @@
 // Plain values (copyable, comparable). A FlowDef says nothing about where its handlers' code lives;
 // the registry pairs it with the module that defines it.
 
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -22,6 +23,28 @@ enum class StepKind {
 std::string_view to_string(StepKind kind) noexcept;
 std::optional<StepKind> parse_step_kind(std::string_view text) noexcept;
 
+// Where a flow's handlers run in a worker (docs/plugins.md, "Isolation"):
+//   thread   on the worker's handler threads: the fastest, but a crashing handler kills the worker
+//            and a hung one holds a thread until the worker is replaced
+//   process  in a pool of handler processes per plugin (each loaded the plugin once): a crash, a
+//            hang or a limit costs the one task, never the worker
+enum class Isolation { thread, process };
+std::string_view to_string(Isolation isolation) noexcept;
+std::optional<Isolation> parse_isolation(std::string_view text) noexcept;
+
+// What one handler process may use (isolation: process); 0: no limit of that kind. Set on a flow
+// (`limits:`) or as the worker's default (`worker.limits`); a flow's non-zero values win.
+struct HandlerLimits {
+  std::uint64_t memory_mb = 0;  // address space (RLIMIT_AS), MiB
+  Millis cpu{0};                // CPU time of one task (RLIMIT_CPU, whole seconds, rounded up)
+  int open_files = 0;           // RLIMIT_NOFILE
+  int processes = 0;            // RLIMIT_NPROC (not enforced for root: see docs/plugins.md)
+
+  // These limits, each unset one taken from `base`.
+  HandlerLimits over(const HandlerLimits& base) const noexcept;
+  friend bool operator==(const HandlerLimits&, const HandlerLimits&) = default;
+};
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
@@ -39,6 +62,9 @@ struct FlowDef {
   Options options;                             // the flow's options, defaults filled in
   std::optional<nlohmann::json> input_schema;  // JSON Schema (draft 7) for the run input
   std::vector<StepDef> steps;
+  // Where its handlers run; unset: the worker's default (worker.isolation, thread when unset).
+  std::optional<Isolation> isolation;
+  HandlerLimits limits;  // of its handler processes, over the worker's
   std::string source;  // file it was read from, for messages ("" when built in code)
 
   // The options a step runs with: its overrides on top of the flow's options.

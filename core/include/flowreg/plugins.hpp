@@ -120,6 +120,12 @@ class HandlerRef {
   bool same_code_as(const HandlerRef& other) const noexcept {
     return plugin_ == other.plugin_ && index_ == other.index_;
   }
+  // Where its code lives (the private copy of its plugin that was loaded) and its number there:
+  // what a handler process loads and calls (isolation: process).
+  const std::filesystem::path& code_file() const noexcept;
+  std::uint32_t index() const noexcept { return index_; }
+  // The names of every handler of its plugin ("module.handler"), by number.
+  const std::vector<std::string>& plugin_handler_names() const noexcept;
 
  private:
   friend class PluginLoader;

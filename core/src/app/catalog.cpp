@@ -77,6 +77,8 @@ detail::WorkerOptions worker_options(const Config& config, std::string conninfo)
   options.lease = config.worker.lease;
   options.poll_interval = config.worker.poll_interval;
   options.max_output_bytes = static_cast<std::size_t>(config.worker.max_output_bytes);
+  options.isolation = config.worker.isolation;
+  options.limits = config.worker.limits;
   // Crashes are journaled beside the embedded cluster's data (one file per worker process), and
   // the journals of workers that died there are reported when one starts.
   std::error_code ec;

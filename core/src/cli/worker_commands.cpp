@@ -40,6 +40,7 @@ struct WorkerArgs {
   int batch_size = 0;                                // 0: worker.batch_size
   std::string lease, poll_interval, shutdown_grace;  // durations; "": the configuration's
   std::string id;                                    // "": HOST:PID:RANDOM
+  std::string isolation;           // "thread", "process"; "": the configuration's
   std::string max_output;          // a size ("16MiB", "500KB", "1048576"); "": the configuration's
   std::string heartbeat_interval;  // a duration; "": 5s
   std::string metrics;             // HOST:PORT to serve /metrics on; "": none
@@ -117,6 +118,7 @@ int worker_command(const Config& config, const std::string& conninfo,
     return kExitUsage;
   }
   options.heartbeat_interval = *heartbeat;
+  if (!args.isolation.empty()) options.isolation = *parse_isolation(args.isolation);
   if (!args.max_output.empty()) {
     auto size = parse_size(args.max_output);
     if (!size || *size <= 0 || *size > static_cast<std::int64_t>(detail::Engine::kMaxOutputBytes)) {
@@ -334,6 +336,12 @@ void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code) {
       "--shutdown-grace", w.shutdown_grace,
       "On SIGTERM, time in-flight handlers get (default: worker.shutdown_grace)");
   worker_cmd->add_option("--id", w.id, "Worker id (default: HOST:PID:RANDOM)");
+  worker_cmd
+      ->add_option("--isolation", w.isolation,
+                   "Where handlers run unless their flow says: thread, or process (a pool of "
+                   "handler processes per plugin; a crash or hang costs one task) (default: "
+                   "worker.isolation, thread)")
+      ->check(CLI::IsMember({"thread", "process"}));
   worker_cmd->add_option("--max-output", w.max_output,
                          "Largest handler output recorded: 16MiB, 500KB, 1048576 (default: "
                          "worker.max_output_bytes); a larger one fails its task");

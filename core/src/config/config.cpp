@@ -48,6 +48,16 @@ OptionOverrides overrides_of(const json& object) {
   return o;
 }
 
+// The schema guarantees the types and ranges.
+HandlerLimits limits_of(const json& object) {
+  HandlerLimits l;
+  if (object.contains("memory_mb")) l.memory_mb = object["memory_mb"].get<std::uint64_t>();
+  if (object.contains("cpu")) l.cpu = duration_of(object["cpu"]);
+  if (object.contains("open_files")) l.open_files = object["open_files"].get<int>();
+  if (object.contains("processes")) l.processes = object["processes"].get<int>();
+  return l;
+}
+
 // An IP address as listen_addresses takes it ("*": every address).
 bool is_listen_address(const std::string& text) {
   unsigned char buffer[sizeof(in6_addr)];
@@ -77,6 +87,8 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
   flow.description = j.value("description", "");
   if (j.contains("options")) flow.options = overrides_of(j["options"]).apply(Options{});
   if (j.contains("input_schema")) flow.input_schema = j["input_schema"];
+  if (j.contains("isolation")) flow.isolation = parse_isolation(j["isolation"].get<std::string>());
+  if (j.contains("limits")) flow.limits = limits_of(j["limits"]);
   for (const auto& s : j.at("steps")) {
     StepDef step;
     step.slug = s.at("slug").get<std::string>();
@@ -248,6 +260,10 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
         config.worker.shutdown_grace = duration_of((*w)["shutdown_grace"]);
       if (w->contains("lease")) config.worker.lease = duration_of((*w)["lease"]);
       config.worker.max_output_bytes = w->value("max_output_bytes", config.worker.max_output_bytes);
+      if (w->contains("isolation"))
+        config.worker.isolation =
+            parse_isolation((*w)["isolation"].get<std::string>()).value_or(Isolation::thread);
+      if (w->contains("limits")) config.worker.limits = limits_of((*w)["limits"]);
     }
     if (auto v = root.find("server"); v != root.end()) {
       config.server.listen = v->value("listen", config.server.listen);

@@ -286,6 +286,35 @@ struct Families {
   Gauge& flows = default_registry()
                      .gauge("flowreg_registry_flows", "Flows registered in this process.", {})
                      .with({});
+  Histogram& process_cpu = default_registry()
+                               .histogram("flowreg_handler_process_cpu_seconds",
+                                          "CPU time of each task run in a handler process "
+                                          "(isolation: process), user and system.",
+                                          {}, kTaskSecondsBuckets)
+                               .with({});
+  Histogram& process_rss = default_registry()
+                               .histogram("flowreg_handler_process_peak_rss_bytes",
+                                          "Peak resident memory of the handler process, read "
+                                          "after each task it ran (isolation: process).",
+                                          {}, kRssBytesBuckets)
+                               .with({});
+  Family<Gauge>& processes = default_registry().gauge(
+      "flowreg_handler_processes",
+      "Handler processes of this worker (isolation: process): alive (started and not ended) and "
+      "busy (running a task).",
+      {"state"});
+  Counter& processes_started = default_registry()
+                                   .counter("flowreg_handler_processes_started_total",
+                                            "Handler processes started, replacements included.",
+                                            {})
+                                   .with({});
+  Family<Counter>& process_ends = default_registry().counter(
+      "flowreg_handler_process_ends_total",
+      "Handler processes that ended during a task, by why: crashed (a signal or an exit), "
+      "timed_out (killed at the task's timeout), limit (SIGXCPU, or SIGKILL from outside such as "
+      "the out-of-memory killer), broken (killed for a broken channel or an output over the "
+      "limit).",
+      {"reason"});
 };
 
 Families& families() {
@@ -328,5 +357,12 @@ Counter& plugin_load_failures(std::string_view stage) {
   return families().plugin_failures.with({stage});
 }
 Gauge& registered_flows() { return families().flows; }
+Histogram& handler_process_cpu() { return families().process_cpu; }
+Histogram& handler_process_rss() { return families().process_rss; }
+Gauge& handler_processes(std::string_view state) { return families().processes.with({state}); }
+Counter& handler_processes_started() { return families().processes_started; }
+Counter& handler_process_ends(std::string_view reason) {
+  return families().process_ends.with({reason});
+}
 
 }  // namespace flowreg::detail::metrics

@@ -77,6 +77,11 @@ class Histogram {
 // clang-format off
 inline constexpr double kTaskSecondsBuckets[] = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                  1, 2.5, 5, 10, 30, 60, 300, 1800};
+// Memory of a handler process: 16 MiB to 4 GiB.
+inline constexpr double kRssBytesBuckets[] = {16.0 * (1 << 20), 32.0 * (1 << 20), 64.0 * (1 << 20),
+                                              128.0 * (1 << 20), 256.0 * (1 << 20),
+                                              512.0 * (1 << 20), 1024.0 * (1 << 20),
+                                              2048.0 * (1 << 20), 4096.0 * (1 << 20)};
 inline constexpr double kLatencySecondsBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                                     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
 // clang-format on
@@ -205,5 +210,11 @@ Counter& database_reconnects();
 Counter& plugin_loads();
 Counter& plugin_load_failures(std::string_view stage);
 Gauge& registered_flows();
+// Handler processes (isolation: process; worker/handler_process.hpp).
+Histogram& handler_process_cpu();  // seconds per task
+Histogram& handler_process_rss();  // bytes, after each task
+Gauge& handler_processes(std::string_view state);  // "alive", "busy"
+Counter& handler_processes_started();
+Counter& handler_process_ends(std::string_view reason);  // crashed, timed_out, limit, broken
 
 }  // namespace flowreg::detail::metrics

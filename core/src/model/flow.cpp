@@ -17,6 +17,25 @@ std::optional<StepKind> parse_step_kind(std::string_view text) noexcept {
   return std::nullopt;
 }
 
+std::string_view to_string(Isolation isolation) noexcept {
+  return isolation == Isolation::process ? "process" : "thread";
+}
+
+std::optional<Isolation> parse_isolation(std::string_view text) noexcept {
+  if (text == "thread") return Isolation::thread;
+  if (text == "process") return Isolation::process;
+  return std::nullopt;
+}
+
+HandlerLimits HandlerLimits::over(const HandlerLimits& base) const noexcept {
+  HandlerLimits out = *this;
+  if (out.memory_mb == 0) out.memory_mb = base.memory_mb;
+  if (out.cpu == Millis{0}) out.cpu = base.cpu;
+  if (out.open_files == 0) out.open_files = base.open_files;
+  if (out.processes == 0) out.processes = base.processes;
+  return out;
+}
+
 const StepDef* FlowDef::find_step(std::string_view step_slug) const noexcept {
   for (const auto& step : steps)
     if (step.slug == step_slug) return &step;

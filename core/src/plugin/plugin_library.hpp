@@ -52,6 +52,7 @@ class LoadedPlugin {
   // The handlers' names ("module.handler", by index) once the definition is checked, for messages.
   // REQUIRES: the plugin is not yet shared with other threads.
   void name_handlers(std::vector<std::string> names) { handler_names_ = std::move(names); }
+  const std::vector<std::string>& handler_names() const noexcept { return handler_names_; }
 
   // Runs handler number `index`. Never lets out what the plugin throws: a plugin not built with the
   // SDK may throw through the C boundary; that is caught here and reported as a permanent failure

@@ -75,6 +75,12 @@ HandlerOutcome HandlerRef::invoke(std::string_view input_json,
   return plugin_->invoke(index_, input_json, context_json);
 }
 
+const std::filesystem::path& HandlerRef::code_file() const noexcept { return plugin_->file(); }
+
+const std::vector<std::string>& HandlerRef::plugin_handler_names() const noexcept {
+  return plugin_->handler_names();
+}
+
 namespace {
 
 using detail::Conflict;

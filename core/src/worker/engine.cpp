@@ -235,7 +235,15 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
     const auto entered = std::chrono::steady_clock::now();
     if (handler->metrics)
       handler->metrics->latency_seconds.observe(metrics::seconds(entered - claimed));
-    outcome = handler->invoke(json_text(task.input), json_text(context));
+    if (handler->process) {
+      ProcessFacts facts;
+      outcome = handler->process->invoke(
+          handler->process_index, json_text(task.input), json_text(context), task.timeout,
+          TaskTag{task.flow_slug, task.step_slug, task.run_id, task.id}, facts);
+      record_process_facts(facts);
+    } else {
+      outcome = handler->invoke(json_text(task.input), json_text(context));
+    }
     if (handler->metrics)
       handler->metrics->task_seconds.observe(
           metrics::seconds(std::chrono::steady_clock::now() - entered));
@@ -284,6 +292,13 @@ std::pair<std::optional<Completion>, std::optional<Failure>> Engine::result_of(
   // without it, nearly all, are not walked.
   if (outcome.body.find("\\u0000") != std::string::npos) replace_nul(output);
   return {Completion{task.id, task.attempt, std::move(output), outcome.body.size()}, std::nullopt};
+}
+
+void Engine::record_process_facts(const ProcessFacts& facts) {
+  if (!metrics::recording() || facts.pid == 0) return;
+  metrics::handler_process_cpu().observe(static_cast<double>(facts.cpu_us) / 1e6);
+  if (facts.max_rss_kb > 0)
+    metrics::handler_process_rss().observe(static_cast<double>(facts.max_rss_kb) * 1024.0);
 }
 
 void Engine::record_result(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,

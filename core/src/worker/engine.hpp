@@ -130,6 +130,8 @@ class Engine final : public LaneHost {
   // The result of a handler's outcome: a completion, or a failure naming the handler.
   std::pair<std::optional<Completion>, std::optional<Failure>> result_of(
       const ClaimedTask& task, const StepHandler& handler, HandlerOutcome outcome) const;
+  // The metrics of a task run in a handler process.
+  static void record_process_facts(const ProcessFacts& facts);
   // Queues the result of a task that ran (exactly one of the two), unless it was given up.
   void record_result(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                      std::optional<Completion> completion, std::optional<Failure> failure);

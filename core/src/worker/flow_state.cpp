@@ -11,11 +11,12 @@ namespace flowreg::detail {
 using Clock = std::chrono::steady_clock;
 
 StepHandler step_handler(HandlerRef ref) {
-  std::string name = ref.name();
-  return StepHandler{std::move(name),
-                     [ref = std::move(ref)](std::string_view input, std::string_view context) {
-                       return ref.invoke(input, context);
-                     }};
+  StepHandler h;
+  h.name = ref.name();
+  h.invoke = [ref = std::move(ref)](std::string_view input, std::string_view context) {
+    return ref.invoke(input, context);
+  };
+  return h;
 }
 
 Millis renew_period(Millis timeout, Millis lease) {
@@ -175,6 +176,8 @@ void FlowState::hold(const ClaimedTask& task, SteadyTime next_renew) {
   held = HeldTask{};
   held.attempt = task.attempt;
   held.timeout = task.timeout;
+  if (auto it = handlers_.find(task.step_slug); it != handlers_.end() && it->second.process)
+    held.grace = kProcessGrace;
   held.next_renew = next_renew;
 }
 
@@ -257,7 +260,8 @@ FlowState::Sweep FlowState::sweep(SteadyTime now, bool renew_all, Millis lease) 
     wake = waker_;
     for (auto& [id, task] : held_) {
       if (task.abandoned) continue;
-      if (task.running_since && !task.result_pending && now - *task.running_since >= task.timeout) {
+      if (task.running_since && !task.result_pending &&
+          now - *task.running_since >= task.timeout + task.grace) {
         task.abandoned = true;
         task.stuck = true;
         if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();

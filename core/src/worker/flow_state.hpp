@@ -28,6 +28,7 @@
 #include "flowreg/plugins.hpp"
 #include "flowreg/thread_annotations.hpp"
 #include "metrics/metrics.hpp"
+#include "worker/handler_process.hpp"
 #include "store/run_store.hpp"
 
 namespace flowreg::detail {
@@ -40,6 +41,10 @@ struct StepHandler {
   std::string name;  // "module.handler", in messages
   std::function<HandlerOutcome(std::string_view input_json, std::string_view context_json)> invoke;
   metrics::StepSeries* metrics = nullptr;  // the step's histograms; null: not recorded
+  // isolation: process: the pool of handler processes its plugin runs in, and the handler's
+  // number there (`invoke` is then not called); null: isolation thread.
+  std::shared_ptr<HandlerProcessPool> process;
+  std::uint32_t process_index = 0;
 };
 StepHandler step_handler(HandlerRef ref);
 
@@ -141,11 +146,18 @@ class FlowState {
   // The most bytes of outputs one round trip records: PostgreSQL refuses a JSON parameter over
   // 255 MiB, and one round trip should not hold a lease hostage for long.
   static constexpr std::size_t kMaxRecordBytes = std::size_t{64} << 20;
+  // How long after its timeout a process-isolated task is given up by the keeper, when the thread
+  // that kills its process has not come back (killing and reaping a process group takes at most
+  // a few seconds).
+  static constexpr Millis kProcessGrace{5'000};
 
  private:
   struct HeldTask {
     int attempt = 0;
     Millis timeout{0};
+    // A process-isolated handler is killed at its timeout by the thread waiting for it; the keeper
+    // gives it up only this much later (the thread never came back).
+    Millis grace{0};
     std::optional<SteadyTime> running_since;  // set when its handler starts
     bool abandoned = false;       // timed out, lease lost or given back: its result will be dropped
     bool stuck = false;           // timed out: its handler still holds a thread

@@ -14,6 +14,7 @@
 
 #include "util/host_name.hpp"
 #include "worker/flow_service.hpp"
+#include "worker/handler_process.hpp"
 
 namespace flowreg::detail {
 
@@ -152,10 +153,28 @@ class FlowServices final : public Service {
     FlowKey key;
     Handlers handlers;
     std::shared_ptr<ChildHandle> service;
+    bool isolated = false;  // its handlers run in processes, with these limits
+    HandlerLimits limits;
   };
 
+  bool isolated(const FlowDef& def) const {
+    return def.isolation.value_or(options_.isolation) == Isolation::process;
+  }
+
   FlowServices(const WorkerOptions& options, Engine& engine, const FlowSource& source)
-      : options_(options), engine_(engine), source_(source) {}
+      : options_(options),
+        engine_(engine),
+        source_(source),
+        pools_(std::make_shared<HandlerProcessPools>(
+            options.handler_exe.empty() ? this_executable() : options.handler_exe,
+            options.concurrency, options.max_output_bytes)) {}
+
+  // The file this process runs (named in `ps` for the handler processes), or /proc/self/exe.
+  static std::filesystem::path this_executable() {
+    std::error_code ec;
+    auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+    return ec || !std::filesystem::exists(exe, ec) ? std::filesystem::path("/proc/self/exe") : exe;
+  }
 
   std::vector<FlowKey> serving_locked() const FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
     std::vector<FlowKey> out;
@@ -194,13 +213,25 @@ class FlowServices final : public Service {
     ChildSpec spec;
     spec.name = options_.name + ".loop:" + name;
     spec.restart = RestartPolicy::permanent;
-    spec.start = [engine = &engine_, key = s.key, def = s.def,
-                  handlers = s.handlers](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
+    const bool process = isolated(s.def);
+    const HandlerLimits limits = s.def.limits.over(options_.limits);
+    spec.start = [engine = &engine_, key = s.key, def = s.def, handlers = s.handlers, process,
+                  limits, pools = pools_](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
       std::unordered_map<std::string, StepHandler> steps;
+      std::vector<std::shared_ptr<HandlerProcessPool>> warm;
       for (const auto& [step, ref] : handlers) {
         auto& h = steps.emplace(step, step_handler(ref)).first->second;
         if (metrics::recording()) h.metrics = metrics::step_series(key.slug, step);
+        if (process) {
+          h.process = pools->get(ref, limits);
+          h.process_index = ref.index();
+          if (std::find(warm.begin(), warm.end(), h.process) == warm.end())
+            warm.push_back(h.process);
+        }
       }
+      // One process per pool started now, so that the first task finds it warm.
+      for (const auto& pool : warm)
+        if (pool->stats().alive == 0) pool->prestart();
       auto service = FlowService::start(
           *engine, def, std::make_shared<FlowState>(key, std::move(steps)), std::move(exit));
       if (!service) return tl::unexpected(std::move(service.error()));
@@ -208,7 +239,8 @@ class FlowServices final : public Service {
     };
     auto started = supervisor_->start_child(std::move(spec));
     if (!started) return tl::unexpected(std::move(started.error()));
-    served_.insert_or_assign(name, Served{s.key, s.handlers, std::move(*started)});
+    served_.insert_or_assign(name,
+                             Served{s.key, s.handlers, std::move(*started), process, limits});
     return {};
   }
 
@@ -222,7 +254,12 @@ class FlowServices final : public Service {
     }
     for (auto it = served_.begin(); it != served_.end();) {
       auto wanted = desired.find(it->first);
-      if (wanted != desired.end() && same_code(it->second.handlers, wanted->second.handlers)) {
+      // A change of isolation or limits restarts the flow service too: its handlers then run
+      // elsewhere.
+      if (wanted != desired.end() && same_code(it->second.handlers, wanted->second.handlers) &&
+          it->second.isolated == isolated(wanted->second.def) &&
+          (!it->second.isolated ||
+           it->second.limits == wanted->second.def.limits.over(options_.limits))) {
         ++it;
         continue;
       }
@@ -242,6 +279,8 @@ class FlowServices final : public Service {
   const WorkerOptions& options_;
   Engine& engine_;
   const FlowSource& source_;
+  // The handler processes of flows with isolation: process (a pool per plugin copy and limits).
+  const std::shared_ptr<HandlerProcessPools> pools_;
   std::shared_ptr<Supervisor> supervisor_;
   Subscription subscription_;
   const std::shared_ptr<Signal> signal_ = std::make_shared<Signal>();

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "flowreg/error.hpp"
+#include "flowreg/flow.hpp"
 #include "flowreg/options.hpp"
 #include "flowreg/tools/supervisor.hpp"
 #include "store/run_store.hpp"
@@ -35,6 +36,14 @@ struct WorkerOptions {
   // however many flow versions the worker serves.
   int lanes = 2;
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
+
+  // Where handlers run unless their flow says (flowreg/flow.hpp, Isolation), and the limits of
+  // handler processes under the flow's own.
+  Isolation isolation = Isolation::thread;
+  HandlerLimits limits;
+  // The flowreg binary, started as `__handler-host` for handler processes; empty: this process's
+  // executable (/proc/self/exe).
+  std::filesystem::path handler_exe;
 
   // A handler output larger than this (bytes of JSON) fails its task permanently, naming the limit.
   std::size_t max_output_bytes = std::size_t{16} << 20;

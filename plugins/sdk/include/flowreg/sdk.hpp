@@ -133,6 +133,17 @@ class Flow : public WithOptions<Flow> {
     input_schema_ = std::move(schema);
     return *this;
   }
+  // Where its handlers run in a worker: "thread" or "process" (docs/plugins.md, "Isolation").
+  Flow& isolation(std::string where) {
+    isolation_ = std::move(where);
+    return *this;
+  }
+  // What one handler process may use: {"memory_mb": 256, "cpu": "10s", "open_files": 64,
+  // "processes": 32} (any of them).
+  Flow& limits(json limits) {
+    limits_ = std::move(limits);
+    return *this;
+  }
   // `handler` is a handler of this plugin ("count_words") or of another module
   // ("text.count_words").
   Step& step(std::string slug, std::string handler) {
@@ -146,14 +157,16 @@ class Flow : public WithOptions<Flow> {
     if (!description_.empty()) j["description"] = description_;
     if (!input_schema_.is_null()) j["input_schema"] = input_schema_;
     if (!options_.empty()) j["options"] = options_;
+    if (!isolation_.empty()) j["isolation"] = isolation_;
+    if (!limits_.is_null()) j["limits"] = limits_;
     j["steps"] = json::array();
     for (const auto& s : steps_) j["steps"].push_back(s.to_json(module));
     return j;
   }
 
  private:
-  std::string slug_, description_;
-  json input_schema_;
+  std::string slug_, description_, isolation_;
+  json input_schema_, limits_;
   std::vector<Step> steps_;
 };
 

@@ -1,0 +1,156 @@
+#pragma once
+// Handler processes (isolation: process): a plugin's handlers run in processes of their own, so
+// that a crash, a hang or a limit costs the one task, never the worker.
+//
+// A pool per plugin (its private copy) and set of limits keeps up to `max_processes` handler
+// processes (the worker's concurrency: a handler thread waits on each one busy). Each is the
+// flowreg binary started once as `flowreg __handler-host` (posix_spawn: no fork of the worker's
+// threads), which loads the plugin once and then runs one task at a time: warm, no exec or dlopen
+// per task. Each leads a process group of its own, is a child subreaper, and dies with the worker
+// (PR_SET_PDEATHSIG).
+//
+// The channel is a socketpair on the host's descriptor 3, carrying length-prefixed frames:
+//   worker -> host   'N' the plugin's handler names, '\n'-joined (once, first)
+//                    'T' u32 handler, u64 cpu limit (ms, 0: none), u32 context bytes, context,
+//                        input
+//   host -> worker   'Y' ready (the plugin loaded)   'E' message (it did not load; the host exits)
+//                    'R' u8 status (0 ok, 1 retry, 2 permanent), u64 CPU microseconds of the task,
+//                        u64 peak RSS KiB of the process, u32 processes it left (killed), body
+// A frame's length is read first and bounded (max_output_bytes and a little) before its bytes are.
+// What the host writes to stdout and stderr reaches the worker through a pipe and its log, tagged
+// with flow, run and task, at most log_bytes per task.
+//
+// What a task costs when its handler misbehaves (the task fails, retried as its options allow;
+// the process is killed with its whole group and a fresh one replaces it on demand):
+//   crash (a signal, exit, abort)     "... crashed its process (pid P, signal 11, SIGSEGV)"
+//   timeout                           "... timed out after N ms; the handler process was killed"
+//   CPU limit                         "... used its CPU time limit of N s (SIGXCPU)"
+//   channel closed or garbage on it   "... broke its channel to the worker: ..."
+//   output over max_output_bytes      fails for good, naming the limit (as under threads)
+// A handler that forks: what it started is killed when the task ends (the host is a subreaper and
+// kills its descendants); on a kill, the whole process group goes. A process that leaves the group
+// (setsid) and whose parent is still alive escapes both: documented in docs/plugins.md.
+//
+// Thread-safety: invoke() and stats() may be called concurrently.
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "flowreg/flow.hpp"
+#include "flowreg/plugins.hpp"
+
+namespace flowreg::detail {
+
+struct HandlerProcessOptions {
+  std::filesystem::path exe;     // the flowreg binary (`exe __handler-host ...`)
+  std::filesystem::path plugin;  // the private copy the worker loaded
+  std::string module;            // for messages
+  std::vector<std::string> handler_names;
+  HandlerLimits limits;
+  int max_processes = 4;
+  std::size_t max_output_bytes = std::size_t{16} << 20;
+  std::chrono::milliseconds start_timeout{10'000};
+  std::size_t log_bytes = 64 * 1024;  // handler output logged per task; the rest is counted
+};
+
+// What a task's process did (for the log, metrics and messages).
+struct ProcessFacts {
+  pid_t pid = 0;
+  std::uint64_t cpu_us = 0;      // CPU time of the task (user + system)
+  std::uint64_t max_rss_kb = 0;  // peak resident set of the process so far
+  int signal = 0;                // the signal that ended it during the task
+  int exit_status = -1;          // its exit status when it exited during the task
+  std::uint32_t left_processes = 0;  // processes the handler started and left running (killed)
+  bool killed = false;               // killed by the worker (timeout, protocol, output size)
+};
+
+// Where a task's output lines are logged from.
+struct TaskTag {
+  std::string flow, step, run_id;
+  std::int64_t task_id = 0;
+};
+
+class HandlerProcessPool {
+ public:
+  explicit HandlerProcessPool(HandlerProcessOptions options);
+  ~HandlerProcessPool();  // kills every process (its whole group) and reaps it
+  HandlerProcessPool(const HandlerProcessPool&) = delete;
+  HandlerProcessPool& operator=(const HandlerProcessPool&) = delete;
+
+  const HandlerProcessOptions& options() const noexcept { return options_; }
+
+  // Starts one process now (in the background of the caller's time), so that the first task finds
+  // it warm. Errors are logged; the next invoke tries again.
+  void prestart();
+
+  // Runs handler `index` in one of the pool's processes, waiting for one to be free (at most
+  // max_processes run at once). Never throws; never lets the handler's misbehaviour out.
+  HandlerOutcome invoke(std::uint32_t index, std::string_view input, std::string_view context,
+                        std::chrono::milliseconds timeout, const TaskTag& tag,
+                        ProcessFacts& facts);
+
+  struct Stats {
+    int alive = 0;                  // processes started and not ended
+    int busy = 0;                   // running a task
+    std::uint64_t started = 0;      // processes started, replacements included
+    std::uint64_t crashed = 0;      // ended by a signal or exit during a task
+    std::uint64_t timed_out = 0;    // killed at a task's timeout
+    std::uint64_t killed_limit = 0;  // ended by a limit (CPU, memory: SIGXCPU, SIGKILL, ENOMEM)
+    std::uint64_t broken = 0;       // killed for a broken channel or an output over the limit
+  };
+  Stats stats() const;
+
+ private:
+  struct Process;
+  std::unique_ptr<Process> take(std::string& error);
+  void put_back(std::unique_ptr<Process> p);
+  // Kills `p`'s group, reaps it, and fills facts.signal/exit_status when it ended by itself.
+  void end(std::unique_ptr<Process> p, ProcessFacts* facts);
+  std::unique_ptr<Process> spawn(std::string& error);
+
+  const HandlerProcessOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // a process became idle, or room to start one
+  std::vector<std::unique_ptr<Process>> idle_;
+  int alive_ = 0, busy_ = 0;
+  Stats counts_;
+};
+
+// The pools of one worker, by plugin copy and limits: flows of one plugin with the same limits
+// share processes. A pool lives as long as a flow's handlers hold it.
+class HandlerProcessPools {
+ public:
+  HandlerProcessPools(std::filesystem::path exe, int max_processes, std::size_t max_output_bytes)
+      : exe_(std::move(exe)), max_processes_(max_processes), max_output_bytes_(max_output_bytes) {}
+
+  std::shared_ptr<HandlerProcessPool> get(const HandlerRef& handler, const HandlerLimits& limits);
+  // Every live pool's stats, summed.
+  HandlerProcessPool::Stats stats() const;
+
+ private:
+  const std::filesystem::path exe_;
+  const int max_processes_;
+  const std::size_t max_output_bytes_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::weak_ptr<HandlerProcessPool>> pools_;
+};
+
+// The `flowreg __handler-host` side: loads the plugin named by argv and serves tasks on
+// descriptor 3 until the worker closes it. Returns the process exit code.
+int handler_host_main(int argc, char** argv);
+
+// "SIGSEGV" for 11; "signal N" for one without a name.
+std::string signal_name(int signal);
+
+}  // namespace flowreg::detail

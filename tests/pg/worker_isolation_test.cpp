@@ -1,0 +1,236 @@
+// Handlers in processes of their own (isolation: process): a real `flowreg worker` serving the
+// fixture plugin tests/plugins/wiso.cpp, whose handlers crash, abort, exit, spin, allocate 2 GiB,
+// fork, fork without end, write garbage to or close their result channel, and sleep past their
+// timeout. Each costs its task only: the other flow's runs started meanwhile complete on their
+// first attempt, the worker never exits, and no process the handlers started is left.
+
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/types.h>
+
+#include <cerrno>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+#include "support/result_text.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+namespace fd = flowreg::detail;
+using Json = nlohmann::json;
+using namespace std::chrono_literals;
+using flowreg::pgtest::eventually;
+using flowreg::pgtest::query_one_or_empty;
+using flowreg::pgtest::read_file;
+
+struct IsolationScene : flowreg::pgtest::WorkerScene {
+  fd::RunId start(const std::string& slug, const Json& input) const {
+    const std::string version =
+        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                         "' ORDER BY created_at DESC LIMIT 1");
+    REQUIRE(!version.empty());
+    auto store = fd::RunStore::connect(conninfo);
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+    auto run = store->start_run(slug, version, input);
+    REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
+    return *run;
+  }
+  std::string field(const fd::RunId& run, const std::string& column) const {
+    return query_one_or_empty(conninfo,
+                              "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
+  }
+  bool ended(const fd::RunId& run) const {
+    const std::string status = field(run, "status");
+    return !status.empty() && status != "started";
+  }
+  // Attempts of `run` that did not complete (lease expiries included).
+  std::string attempts(const fd::RunId& run) const {
+    return query_one_or_empty(conninfo,
+                              "SELECT count(*) FROM flowreg.task_attempts WHERE run_id = '" + run +
+                                  "'");
+  }
+};
+
+IsolationScene make_scene(const std::string& name) {
+  IsolationScene s;
+  s.dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.dir / "plugins");
+  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
+    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wiso.so", s.dir / "plugins" / "wiso.so");
+  fs::permissions(s.dir / "plugins" / "wiso.so", fs::perms::owner_read | fs::perms::owner_write |
+                                                     fs::perms::group_read |
+                                                     fs::perms::others_read);
+  s.conninfo = flowreg::pgtest::empty_database(name);
+  auto migrated = fd::migrate(s.conninfo);
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  std::ofstream(s.config()) << "plugins:\n  dir: plugins\n  watch: false\n"
+                            << "database:\n  url: " << Json(s.conninfo).dump()
+                            << "\n  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";
+  return s;
+}
+
+// The pids listed one per line in `file` (absent: none).
+std::vector<pid_t> pids_in(const fs::path& file) {
+  std::vector<pid_t> out;
+  std::ifstream in(file);
+  for (long pid = 0; in >> pid;) out.push_back(static_cast<pid_t>(pid));
+  return out;
+}
+
+// Whether `pid` runs code: alive and not a zombie.
+bool running(pid_t pid) {
+  if (::kill(pid, 0) != 0) return errno != ESRCH;
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  const auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] != 'Z';
+}
+
+struct Case {
+  std::string how;
+  Json extra;
+  std::string status;  // of the run
+  std::vector<std::string> says;  // in its error (failed) or its output (completed)
+};
+
+}  // namespace
+
+TEST_SUITE("worker_isolation") {
+  TEST_CASE(
+      "isolation process: each way a handler misbehaves costs its task only; the other flow's "
+      "runs complete on their first attempt, the worker lives on, and nothing is left running") {
+    auto s = make_scene("wi_misbehave");
+    auto w = s.worker("w", {"--concurrency", "2", "--lease", "3s"});
+    s.wait_serving("w", "wiso_bad");
+    s.wait_serving("w", "wiso_quick");
+    const std::vector<Case> cases = {
+        {"segv", {}, "failed", {"crashed its process", "signal 11, SIGSEGV"}},
+        {"abort", {}, "failed", {"crashed its process", "SIGABRT"}},
+        {"exit0", {}, "failed", {"exit status 0 during the task"}},
+        {"spin", {}, "failed", {"CPU time limit of 1 s", "SIGXCPU"}},
+        {"alloc", {}, "failed", {"bad_alloc", "512 MiB of memory"}},
+        {"sleep", {{"ms", 20000}}, "failed", {"timed out after 8000 ms", "was killed"}},
+        {"garbage", {}, "failed", {"broke its channel to the worker"}},
+        {"close", {}, "failed", {"closed or broke its result channel"}},
+        {"fork", {}, "completed", {"child"}},
+        {"fork_bomb", {}, "completed", {"forked"}},
+    };
+    std::set<pid_t> handler_pids;
+    for (const auto& c : cases) {
+      CAPTURE(c.how);
+      const fs::path started = s.dir / (c.how + ".started");
+      const fs::path children = s.dir / (c.how + ".children");
+      Json input = {{"how", c.how}, {"started", started.string()}, {"children", children.string()}};
+      for (const auto& [k, v] : c.extra.items()) input[k] = v;
+      const auto bad = s.start("wiso_bad", input);
+      REQUIRE_MESSAGE(eventually([&] { return fs::exists(started); }, 60s), s.err("w"));
+      // Runs of the other flow started while the bad handler runs: each completes on its first
+      // attempt (no lease had to expire), in a process of its own.
+      std::vector<fd::RunId> quick;
+      for (int i = 0; i < 3; ++i) quick.push_back(s.start("wiso_quick", {{"n", i}}));
+      for (const auto& r : quick) {
+        REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("w"));
+        CHECK(s.field(r, "status") == "completed");
+        CHECK(s.attempts(r) == "0");
+        const Json out = Json::parse(s.field(r, "output"));
+        CHECK(out["only"]["pid"].get<int>() != w.pid());
+        handler_pids.insert(out["only"]["pid"].get<int>());
+      }
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(bad); }, 60s), s.err("w"));
+      CHECK(s.field(bad, "status") == c.status);
+      const std::string said = c.status == "failed" ? s.field(bad, "error") : s.field(bad, "output");
+      for (const auto& words : c.says) CHECK_MESSAGE(said.find(words) != std::string::npos, said);
+      // The worker lives on.
+      CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
+      for (const pid_t pid : pids_in(started)) handler_pids.insert(pid);
+      // What the handler forked is gone once its task ended.
+      for (const pid_t pid : pids_in(children)) {
+        CAPTURE(pid);
+        CHECK(eventually([&] { return !running(pid); }, 10s));
+      }
+      if (c.how == "fork_bomb") CHECK(pids_in(children).size() >= 2);
+    }
+    CHECK(s.err("w").find("left 1 process(es) running; they were killed") != std::string::npos);
+
+    // A clean stop ends every handler process.
+    w.signal(SIGTERM);
+    CHECK(w.wait(60s) == 0);
+    CHECK(handler_pids.size() >= 2);
+    for (const pid_t pid : handler_pids) {
+      CAPTURE(pid);
+      CHECK(eventually([&] { return !running(pid); }, 10s));
+    }
+  }
+
+  TEST_CASE(
+      "isolation process: what a handler prints goes to the worker's log, tagged with its flow, "
+      "run and task, and bounded per task") {
+    auto s = make_scene("wi_print");
+    auto w = s.worker("w", {"--concurrency", "1"});
+    s.wait_serving("w", "wiso_bad");
+    const auto run = s.start("wiso_bad", {{"how", "print"}, {"lines", 2}});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("w"));
+    CHECK(s.field(run, "status") == "completed");
+    const std::string tag = "handler output [flow wiso_bad step only run " + run;
+    REQUIRE_MESSAGE(eventually([&] { return s.err("w").find("err line 1") != std::string::npos; }, 10s),
+                    s.err("w"));
+    const std::string log = s.err("w");
+    for (const std::string line : {"out line 0", "out line 1", "err line 0", "err line 1"}) {
+      CAPTURE(line);
+      const auto at = log.find(line);
+      REQUIRE(at != std::string::npos);
+      const auto start = log.rfind('\n', at);
+      CHECK(log.substr(start + 1, at - start - 1).find(tag) != std::string::npos);
+    }
+    // 100,000 lines are far over the 64 KiB kept per task: the rest is counted, not logged.
+    const auto loud = s.start("wiso_bad", {{"how", "print"}, {"lines", 100000}});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(loud); }, 60s), s.err("w"));
+    CHECK(s.field(loud, "status") == "completed");
+    REQUIRE(eventually([&] { return s.err("w").find("more bytes dropped") != std::string::npos; }, 10s));
+    CHECK(s.err("w").find("err line 99999") == std::string::npos);
+    w.signal(SIGTERM);
+    CHECK(w.wait(60s) == 0);
+  }
+
+  TEST_CASE(
+      "isolation process: a worker killed with SIGKILL takes its handler processes with it, and "
+      "the task runs again elsewhere") {
+    auto s = make_scene("wi_kill");
+    auto a = s.worker("a", {"--lease", "1s"});
+    s.wait_serving("a", "wiso_quick");
+    const fs::path started = s.dir / "sleep.started";
+    const auto run =
+        s.start("wiso_bad", {{"how", "sleep"}, {"ms", 1500}, {"started", started.string()}});
+    REQUIRE_MESSAGE(eventually([&] { return fs::exists(started); }, 60s), s.err("a"));
+    const auto first = pids_in(started);
+    REQUIRE(first.size() == 1);
+    a.signal(SIGKILL);
+    CHECK(a.wait(10s) == 128 + SIGKILL);
+    // PR_SET_PDEATHSIG: the handler process dies with its worker.
+    CHECK(eventually([&] { return !running(first[0]); }, 10s));
+    auto b = s.worker("b", {"--lease", "1s"});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("b"));
+    // wiso_bad has one attempt: the one that died with a used it (its lease expired).
+    CHECK(s.field(run, "status") == "failed");
+    CHECK(query_one_or_empty(s.conninfo,
+                             "SELECT string_agg(attempt || ' ' || worker_id || ' ' || outcome, ', ') "
+                             "FROM flowreg.task_attempts WHERE run_id = '" +
+                                 run + "'") == "1 a lease_expired");
+    b.signal(SIGTERM);
+    CHECK(b.wait(60s) == 0);
+  }
+}
