@@ -220,7 +220,7 @@ TEST_SUITE("worker_isolation") {
     REQUIRE(first.size() == 1);
     a.signal(SIGKILL);
     CHECK(a.wait(10s) == 128 + SIGKILL);
-    // PR_SET_PDEATHSIG: the handler process dies with its worker.
+    // The handler process (its whole group) dies with its worker: its channel closed.
     CHECK(eventually([&] { return !running(first[0]); }, 10s));
     auto b = s.worker("b", {"--lease", "1s"});
     REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("b"));

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <pqxx/pqxx>
@@ -61,11 +62,17 @@ struct WorkerScene {
 
   std::filesystem::path config() const { return dir / "flowreg.yaml"; }
 
-  // `flowreg worker --id ID` on this scene, its output in ID.out and ID.err.
+  // `flowreg worker --id ID` on this scene, its output in ID.out and ID.err. With
+  // FLOWREG_TEST_ISOLATION=process in the environment (CTest's flowreg_pg_tests/worker_in_processes),
+  // `--isolation process`: the same tests, every handler in a handler process.
   test::Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
     std::vector<std::string> argv = {
         FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
         "--id",         id,         "--poll-interval", "200ms"};
+    if (const char* isolation = std::getenv("FLOWREG_TEST_ISOLATION"); isolation && *isolation) {
+      argv.push_back("--isolation");
+      argv.push_back(isolation);
+    }
     argv.insert(argv.end(), extra.begin(), extra.end());
     return test::Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
   }

@@ -2,7 +2,8 @@
 // 1 and 2 have the same flows (replacing one by the other keeps the flow versions and changes the
 // code); 3 adds a step to wprobe_chain (a new version of it).
 //
-// Handler "record" appends one line "<run> <step> <task_index> <attempt> <pid> <version>" to the
+// Handler "record" appends one line "<run> <step> <task_index> <attempt> <pid> <version>" (the
+// worker's pid, also when the handler runs in a handler process of that worker) to the
 // file named by input.log (one write(2) on an O_APPEND descriptor: lines never interleave), then
 // behaves as the input says:
 //   "hang_on_first": PATH  on attempt 1, creates PATH and hangs (until the process is killed)
@@ -17,6 +18,7 @@
 #include <filesystem>
 #include <flowreg/sdk.hpp>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -24,6 +26,15 @@ using flowreg::sdk::Context;
 using flowreg::sdk::json;
 
 namespace {
+
+// The worker's pid: this process's, or its parent's when this is a handler process (isolation:
+// process; the worker suite runs in both modes, FLOWREG_TEST_ISOLATION).
+int worker_pid() {
+  std::ifstream in("/proc/self/cmdline");
+  const std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return static_cast<int>(cmdline.find("__handler-host") != std::string::npos ? ::getppid()
+                                                                               : ::getpid());
+}
 
 void append_line(const std::string& file, const std::string& line) {
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -39,10 +50,10 @@ json record(const json& input, const Context& context) {
   if (in.contains("log"))
     append_line(in["log"].get<std::string>(),
                 context.run_id + " " + context.step + " " + std::to_string(context.task_index) +
-                    " " + std::to_string(context.attempt) + " " + std::to_string(::getpid()) + " " +
+                    " " + std::to_string(context.attempt) + " " + std::to_string(worker_pid()) + " " +
                     std::to_string(WPROBE_VERSION) + "\n");
   if (in.contains("hang_on_first") && context.attempt == 1) {
-    std::ofstream(in["hang_on_first"].get<std::string>()) << ::getpid() << "\n";
+    std::ofstream(in["hang_on_first"].get<std::string>()) << worker_pid() << "\n";
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
   }
   if (in.contains("started")) std::ofstream(in["started"].get<std::string>()) << "running\n";
@@ -56,7 +67,7 @@ json record(const json& input, const Context& context) {
     std::this_thread::sleep_for(std::chrono::milliseconds(in["sleep_ms"].get<int>()));
   json out = in;  // a dependent step passes the options on
   out["version"] = WPROBE_VERSION;
-  out["pid"] = static_cast<int>(::getpid());
+  out["pid"] = worker_pid();
   out["attempt"] = context.attempt;
   return out;
 }

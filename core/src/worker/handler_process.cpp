@@ -147,8 +147,9 @@ int handler_host_main(int argc, char** argv) {
     std::fprintf(stderr, "flowreg __handler-host: expected 5 arguments\n");
     return 2;
   }
-  // Dies with the worker; a worker that died before this line is noticed by the parent pid.
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // A worker that died before this line is noticed by the parent pid; one that dies later, by the
+  // watch below. (Not PR_SET_PDEATHSIG: it fires when the worker's thread that started this
+  // process ends, not the worker.)
   if (::getppid() != static_cast<pid_t>(std::atoll(argv[3]))) return 0;
   ::signal(SIGPIPE, SIG_IGN);
   // Nothing of the worker's but the channel and the standard streams stays open here.
@@ -175,6 +176,20 @@ int handler_host_main(int argc, char** argv) {
   }
   (*plugin)->name_handlers(std::move(names));
   if (!write_frame(kChannelFd, "Y")) return 1;
+  // The watch: when the worker's end of the channel closes (the worker died, SIGKILL included, or
+  // gave this process up), this process's whole group goes, handler and what it forked with it.
+  // Reading nothing, it does not compete with the reads of the tasks.
+  std::thread([] {
+    for (;;) {
+      pollfd fd{kChannelFd, POLLRDHUP, 0};
+      if (::poll(&fd, 1, -1) < 0) {
+        if (errno == EINTR) continue;
+        return;
+      }
+      if (fd.revents & POLLNVAL) return;  // the handler closed the channel: no worker to watch
+      if (fd.revents & (POLLRDHUP | POLLHUP | POLLERR)) ::kill(0, SIGKILL);
+    }
+  }).detach();
 
   for (;;) {
     if (!read_frame(kChannelFd, frame, kMaxRequestBytes)) return 0;  // the worker closed it

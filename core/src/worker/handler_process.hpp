@@ -6,8 +6,9 @@
 // processes (the worker's concurrency: a handler thread waits on each one busy). Each is the
 // flowreg binary started once as `flowreg __handler-host` (posix_spawn: no fork of the worker's
 // threads), which loads the plugin once and then runs one task at a time: warm, no exec or dlopen
-// per task. Each leads a process group of its own, is a child subreaper, and dies with the worker
-// (PR_SET_PDEATHSIG).
+// per task. Each leads a process group of its own, is a child subreaper, and dies with the worker:
+// a thread of it watches the channel, and kills the whole group when the worker's end closes
+// (SIGKILL of the worker included).
 //
 // The channel is a socketpair on the host's descriptor 3, carrying length-prefixed frames:
 //   worker -> host   'N' the plugin's handler names, '\n'-joined (once, first)
