@@ -612,6 +612,52 @@ TEST_SUITE("plugin_loader") {
   }
 
   TEST_CASE(
+      "regression: a process forked by a plugin's constructor was still running after plugins "
+      "list had returned (1 run in 2)") {
+    // fork_child keeps the forked process in the inspection's process group; fork_daemon's leaves
+    // it (fork, setsid, fork). Each is checked by pid the moment the command has returned: what
+    // the plugin started at load must have ended with the load, not be about to.
+    for (const std::string fixture : {"fork_child", "fork_daemon"}) {
+      CAPTURE(fixture);
+      Sandbox box;
+      box.add(fixture);
+      const fs::path pids = box.root / "forked";
+      setenv("FLOWREG_TEST_FORK_DIR", pids.c_str(), 1);
+      int left_running = 0;
+      for (int i = 0; i < 20; ++i) {
+        CAPTURE(i);
+        // A fresh data directory each time: inspected anew, never from a quarantine.
+        std::error_code ec;
+        fs::remove_all(box.root / ".flowreg", ec);
+        fs::remove_all(pids, ec);
+        fs::create_directory(pids);
+        const auto r = flowreg::test::run_process(
+            {FLOWREG_BINARY, "--plugins", box.dir.string(), "plugins", "list", "--json"},
+            box.root.string());
+        std::vector<pid_t> forked;
+        for (const auto& e : fs::directory_iterator(pids))
+          forked.push_back(static_cast<pid_t>(std::stol(e.path().filename().string())));
+        for (const pid_t pid : forked)
+          if (!process_gone(pid)) {
+            ++left_running;
+            MESSAGE("still running after plugins list returned: pid " << pid);
+            kill(pid, SIGKILL);  // leave nothing behind, even when failing
+          }
+        REQUIRE(r.exit_code == 0);
+        REQUIRE_FALSE(forked.empty());  // the fixture did fork
+        const auto listed = nlohmann::json::parse(r.out);
+        REQUIRE(listed.size() == 1);
+        CHECK_MESSAGE(listed[0]["status"] == "quarantined", listed[0].dump());
+        CHECK(listed[0]["error"]["stage"] == "inspect");
+        CHECK(listed[0]["error"]["message"].get<std::string>().find(
+                  "started a process that was still running after loading") != std::string::npos);
+      }
+      unsetenv("FLOWREG_TEST_FORK_DIR");
+      CHECK(left_running == 0);
+    }
+  }
+
+  TEST_CASE(
       "regression: replacing a plugin whose constructor started a thread crashed the "
       "process when the old version was unloaded") {
     Sandbox box;

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "plugin/plugin_file_check.hpp"
+#include "util/process_tree.hpp"
 #include "util/strings.hpp"
 #include "util/subprocess.hpp"
 
@@ -52,7 +53,9 @@ tl::expected<void, PluginError> inspect_in_child(const fs::path& inspector, Mill
                               "quarantined until the file changes",
                               result.describe_end(), err.empty() ? "" : " (stderr: " + err + ")"));
   }
-  if (result.left_processes) {
+  const auto killed = answer.find("left_processes");
+  if (result.left_processes ||
+      (killed != answer.end() && killed->is_number_integer() && killed->get<long long>() > 0)) {
     inspection.quarantined = true;
     return reject(PluginStage::inspect,
                   "started a process that was still running after loading (a fork in a static "
@@ -82,7 +85,15 @@ void start_inspection_threads() {
     }).detach();
 }
 
-std::string inspection_answer(const PluginInfo& info, const PluginError* error) {
+void watch_inspection_processes() { become_subreaper(); }
+
+int end_inspection_processes() {
+  // Bounded: a process stuck in the kernel is left to the parent, which kills the whole group.
+  return kill_descendants(std::chrono::steady_clock::now() + std::chrono::seconds(2));
+}
+
+std::string inspection_answer(const PluginInfo& info, const PluginError* error,
+                              int left_processes) {
   nlohmann::json out;
   if (!error) {
     out = {{"ok", true},          {"module", info.module},
@@ -91,6 +102,7 @@ std::string inspection_answer(const PluginInfo& info, const PluginError* error) 
   } else {
     out = {{"ok", false}, {"stage", to_string(error->stage)}, {"message", error->message}};
   }
+  out["left_processes"] = left_processes;
   return out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 

@@ -507,20 +507,25 @@ HandlerRef PluginLoader::handler(std::string_view qualified_name) const {
 }
 
 int PluginLoader::inspect_main(const fs::path& file) {
+  // Whatever the plugin starts while it loads is killed before the answer, in this process group
+  // or not (setsid), orphaned on the way or not.
+  detail::watch_inspection_processes();
   detail::start_inspection_threads();
-  std::string answer;
+  PluginInfo info;
+  std::optional<PluginError> failed;
   try {
-    PluginInfo info;
     // The host checked the file within plugins.max_bytes; this bound only keeps the read finite.
     auto prepared = detail::check_exports(file, std::uint64_t{4} << 30).and_then([&]() {
       return Impl::load_in_process(file, file.string(), info);
     });
-    answer = detail::inspection_answer(info, prepared ? nullptr : &prepared.error());
+    if (!prepared) failed = prepared.error();
   } catch (const std::exception& e) {
-    const PluginError failed =
-        plugin_error(PluginStage::inspect, fmt::format("failed: {}", e.what()));
-    answer = detail::inspection_answer(PluginInfo{}, &failed);
+    info = PluginInfo{};
+    failed = plugin_error(PluginStage::inspect, fmt::format("failed: {}", e.what()));
   }
+  const int left_processes = detail::end_inspection_processes();
+  const std::string answer =
+      detail::inspection_answer(info, failed ? &*failed : nullptr, left_processes);
   std::fputs(answer.c_str(), stdout);
 
   std::fflush(stdout);

@@ -132,14 +132,22 @@ int kill_descendants(std::chrono::steady_clock::time_point deadline) {
 
 bool kill_group_and_wait(pid_t pgid, std::chrono::steady_clock::time_point deadline) {
   if (pgid < 2) return false;
-  kill(-pgid, SIGKILL);
-  for (int round = 0;; ++round) {
+  // Reaps the members that are our children and have ended.
+  const auto reap = [pgid] {
     int status = 0;
     while (waitpid(-pgid, &status, WNOHANG) > 0) {
     }
+  };
+  kill(-pgid, SIGKILL);
+  for (int round = 0;; ++round) {
+    reap();
     if (kill(-pgid, 0) != 0 && errno == ESRCH) return true;
     // Members remain, perhaps only zombies that another parent (an init that does not reap) holds.
-    if (round > 0 && !group_has_live_member(pgid)) return true;
+    // Those of ours that ended since the reap above are reaped now.
+    if (round > 0 && !group_has_live_member(pgid)) {
+      reap();
+      return true;
+    }
     if (std::chrono::steady_clock::now() >= deadline) return false;
     // Again: a member forking while the first kill was on its way may have added one. The group
     // was not empty a moment ago, so its id has not been given to another group meanwhile (that

@@ -12,6 +12,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include "util/process_tree.hpp"
+
 namespace flowreg::detail {
 
 std::string SubprocessResult::describe_end() const {
@@ -82,11 +84,13 @@ SubprocessResult run_subprocess(const std::vector<std::string>& argv,
   bool reaped = false;
   // The child is gone: whatever is left of its group is killed. Processes it started would
   // otherwise live on, and hold our pipes open until the deadline.
+  // Killed and waited for, not only signalled: a SIGKILL takes effect when the process is next
+  // scheduled, and returning before that left it running after the command had returned.
   auto end_group = [&] {
     if (!group) return;
     if (kill(-pid, 0) == 0) {
       if (!result.timed_out) result.left_processes = true;
-      kill(-pid, SIGKILL);
+      kill_group_and_wait(pid, std::chrono::steady_clock::now() + std::chrono::seconds(5));
     }
   };
 

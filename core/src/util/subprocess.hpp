@@ -25,9 +25,11 @@ struct SubprocessResult {
 struct SubprocessOptions {
   std::size_t max_output = 16u << 20;  // per stream; output beyond it is dropped
   std::string cwd;                     // runs there when not empty
-  // The child leads a process group of its own, and the whole group is killed (SIGKILL) when the
-  // child ends or overruns the deadline: nothing it started outlives it (unless it left the group
-  // with setsid). Off for programs whose children are meant to outlive them (pg_ctl's server).
+  // The child leads a process group of its own, and the whole group is killed (SIGKILL) and
+  // waited for (kill_group_and_wait) when the child ends or overruns the deadline: nothing it
+  // started runs once run_subprocess returns (unless it left the group with setsid or setpgid:
+  // the child itself must end those, see kill_descendants). Off for programs whose children are
+  // meant to outlive them (pg_ctl's server).
   bool own_process_group = false;
 };
 
