@@ -188,7 +188,8 @@ int worker_command(const Config& config, const std::string& conninfo,
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t started_mask;  // restored for a re-execution
+  pthread_sigmask(SIG_BLOCK, &signals, &started_mask);
 
   // Prometheus metrics: the worker's own, and runs and tasks read from the store at scrape time.
   std::unique_ptr<detail::metrics::StoreMetrics> store_metrics;
@@ -264,12 +265,20 @@ int worker_command(const Config& config, const std::string& conninfo,
              fmt::format("flowreg worker {}: stopped; {} task(s) given back unstarted, {} "
                          "interrupted",
                          (*worker)->id(), report.released_unstarted, report.released_running));
+  // A signal that came meanwhile stops it for good.
+  if (replace && !told_to_stop && wait_signal(signals, Millis(0))) {
+    told_to_stop = true;
+    exit_code = kExitOk;
+  }
   if (replace && !args.no_reexec && !told_to_stop) {
     print_note("info", fmt::format("flowreg worker {}: re-executing itself (pid {})",
                                    (*worker)->id(), static_cast<int>(getpid())));
     spdlog::shutdown();
     std::fflush(stdout);
     std::fflush(stderr);
+    // The new image starts as this one did (its children, such as plugin checks, get the mask it
+    // started with); it blocks SIGINT and SIGTERM again before waiting for them.
+    pthread_sigmask(SIG_SETMASK, &started_mask, nullptr);
     reexecute_self();
     print_note("error", fmt::format("flowreg worker {}: cannot re-execute itself: {}; exiting with "
                                     "status {}",
