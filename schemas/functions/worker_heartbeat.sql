@@ -1,5 +1,6 @@
--- Records a worker's heartbeat: what it serves, its state ('running', or 'stuck' when every
--- handler thread is held by a handler that timed out) and its heartbeat interval, so that whoever
+-- Records a worker's heartbeat: what it serves, its state ('running'; 'stuck' when handlers that
+-- timed out hold too many of its threads; 'replacing' while it replaces itself for that) and its
+-- heartbeat interval, so that whoever
 -- lists workers can compare the heartbeat's age with the interval. A new pid or host restarts
 -- started_at.
 -- A worker's first heartbeat (its row inserted: each process has an id of its own) also forgets

@@ -195,9 +195,9 @@ TEST_SUITE("worker_faults") {
   }
 
   TEST_CASE(
-      "a handler that never returns does not starve other flows: the worker runs them on its free "
-      "thread, stops claiming once every thread is stuck, and the stuck tasks fail at their "
-      "timeout") {
+      "a handler that never returns does not starve other flows: its thread is replaced, its flow "
+      "claims no more once its handlers that timed out hold its share of threads, and the stuck "
+      "tasks fail at their timeout") {
     auto s = make_scene("wf_hang");
     auto a = s.worker("a", {"--concurrency", "2", "--heartbeat-interval", "500ms"});
     s.wait_serving("a", "wchaos_hang");
@@ -215,18 +215,28 @@ TEST_SUITE("worker_faults") {
     REQUIRE(eventually([&] { return s.ended(hang1); }, 30s));
     CHECK(s.run_field(hang1, "status") == "failed");
     CHECK(s.run_field(hang1, "error").find("timed out") != std::string::npos);
+    REQUIRE_MESSAGE(eventually(
+                        [&] {
+                          return s.err("a").find("a replacement thread runs handlers meanwhile") !=
+                                 std::string::npos;
+                        },
+                        30s),
+                    s.err("a"));
 
-    // Both threads stuck: the worker says so and claims nothing.
+    // Its flow's share of a's threads is max(1, 2 threads / the flow versions a serves) = 1, held
+    // by the handler that never returned: a claims no more of its tasks, and runs the others.
     const fs::path second_started = s.dir / "hang2";
     const auto hang2 = s.start("wchaos_hang", {{"started", second_started.string()}});
-    REQUIRE(eventually([&] { return fs::exists(second_started); }, 30s));
-    REQUIRE_MESSAGE(eventually([&] { return s.worker_status("a") == "stuck"; }, 30s), s.err("a"));
-    CHECK(s.err("a").find("all 2 handler threads are held by handlers that timed out") !=
-          std::string::npos);
     std::vector<fd::RunId> later;
     for (int i = 0; i < 3; ++i) later.push_back(s.start("wchaos_quick", {{"n", 10 + i}}));
-    // Positive signal instead of a sleep: two heartbeats of a since the runs were queued, each
-    // saying it is still stuck (no thread to claim with); a polls every 200 ms meanwhile.
+    for (const auto& r : later) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("a"));
+      CHECK(s.run_field(r, "status") == "completed");
+      CHECK(query_one_or_empty(s.conninfo, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" +
+                                               r + "'") == "a");
+    }
+    // Positive signal instead of a sleep: two heartbeats of a since hang2 was queued, each saying
+    // it runs (not stuck); a polls every 200 ms meanwhile, and leaves hang2 in the queue.
     const auto beat = [&] {
       return query_one_or_empty(s.conninfo,
                                 "SELECT last_heartbeat_at FROM flowreg.workers WHERE id = 'a'");
@@ -234,24 +244,116 @@ TEST_SUITE("worker_faults") {
     for (int round = 0; round < 2; ++round) {
       const std::string seen = beat();
       REQUIRE_MESSAGE(eventually([&] { return beat() != seen; }, 30s), s.err("a"));
-      CHECK(s.worker_status("a") == "stuck");
+      CHECK(s.worker_status("a") == "running");
     }
-    for (const auto& r : later)
-      CHECK(query_one_or_empty(
-                s.conninfo, "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" +
-                                r + "'") == "-");
+    CHECK(query_one_or_empty(s.conninfo,
+                             "SELECT coalesce(worker_id, '-') FROM flowreg.tasks WHERE run_id = '" +
+                                 hang2 + "'") == "-");
+    CHECK(!fs::exists(second_started));
 
-    // Another worker takes them.
+    // Another worker takes it.
     auto b = s.worker("b");
-    for (const auto& r : later) {
-      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("b"));
-      CHECK(s.run_field(r, "status") == "completed");
-      CHECK(query_one_or_empty(s.conninfo, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" +
-                                               r + "'") == "b");
-    }
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(hang2); }, 60s), s.err("b"));
+    CHECK(fs::exists(second_started));
     CHECK(s.run_field(hang2, "status") == "failed");
     CHECK(s.run_field(hang2, "error").find("timed out") != std::string::npos);
+    CHECK(query_one_or_empty(s.conninfo, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" +
+                                             hang2 + "'") == "b");
     CHECK(s.count_held_by("a") == 0);
+    b.signal(SIGTERM);
+    CHECK(b.wait(30s) == 0);
+    // Its drain does not wait for the handler that never returns (its task failed already).
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "issue 49: two attempts of a handler that never returns held both threads of a worker with "
+      "concurrency 2, which then claimed nothing, forever: a run of another flow started then "
+      "completes within seconds on a replacement thread") {
+    auto s = make_scene("wf_hang_two");
+    auto a = s.worker("a", {"--concurrency", "2", "--heartbeat-interval", "500ms"});
+    s.wait_serving("a", "wchaos_hang");
+    const fs::path started1 = s.dir / "hang1", started2 = s.dir / "hang2";
+    const auto hang1 = s.start("wchaos_hang", {{"started", started1.string()}});
+    const auto hang2 = s.start("wchaos_hang", {{"started", started2.string()}});
+    REQUIRE_MESSAGE(eventually([&] { return fs::exists(started1) && fs::exists(started2); }, 30s),
+                    s.err("a"));
+    // Both time out (1 s) and keep their threads: their handlers never return.
+    for (const auto& r : {hang1, hang2}) {
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 30s), s.err("a"));
+      CHECK(s.run_field(r, "status") == "failed");
+      CHECK(s.run_field(r, "error").find("timed out") != std::string::npos);
+    }
+    const auto quick = s.start("wchaos_quick", {{"n", 1}});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(quick); }, 5s), s.err("a"));
+    CHECK(s.run_field(quick, "status") == "completed");
+    CHECK(query_one_or_empty(s.conninfo, "SELECT worker_id FROM flowreg.steps WHERE run_id = '" +
+                                             quick + "'") == "a");
+    // The same process, running: its two handlers are still in their loops.
+    CHECK(a.wait(0ms) == std::nullopt);
+    CHECK(s.worker_status("a") == "running");
+    const std::string err = s.err("a");
+    std::size_t replaced = 0;
+    for (auto at = err.find("a replacement thread runs handlers meanwhile");
+         at != std::string::npos;
+         at = err.find("a replacement thread runs handlers meanwhile", at + 1))
+      ++replaced;
+    CHECK(replaced == 2);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "a worker whose every flow holds its share of threads with handlers that never return "
+      "replaces itself: with --no-reexec it drains and exits with status 75; else it re-executes "
+      "itself (same pid) and serves again") {
+    auto s = make_scene("wf_replace");
+    // Served alone, the flow's share is every thread: one, at concurrency 1.
+    auto a = s.worker("a", {"--concurrency", "1", "--flows", "wchaos_hang", "--no-reexec",
+                            "--heartbeat-interval", "500ms"});
+    s.wait_serving("a", "wchaos_hang");
+    const fs::path started1 = s.dir / "hang1";
+    const auto hang1 = s.start("wchaos_hang", {{"started", started1.string()}});
+    REQUIRE_MESSAGE(eventually([&] { return fs::exists(started1); }, 30s), s.err("a"));
+    CHECK(a.wait(60s) == 75);
+    const std::string err = s.err("a");
+    CHECK(err.find("replacing itself: each of the 1 flow version(s) it serves holds its share of "
+                   "1 handler thread(s)") != std::string::npos);
+    CHECK(err.find("exiting with status 75") != std::string::npos);
+    CHECK(err.find("re-executing") == std::string::npos);
+    // Its drain recorded the timed-out task's failure.
+    CHECK(s.run_field(hang1, "status") == "failed");
+    CHECK(s.run_field(hang1, "error").find("timed out") != std::string::npos);
+    CHECK(s.worker_status("a") == "stopped");
+    CHECK(s.count_held_by("a") == 0);
+
+    auto b = s.worker(
+        "b", {"--concurrency", "1", "--flows", "wchaos_hang", "--heartbeat-interval", "500ms"});
+    s.wait_serving("b", "wchaos_hang");
+    const auto servings = [&] {
+      const std::string text = s.err("b");
+      int n = 0;
+      for (auto at = text.find(": serving "); at != std::string::npos;
+           at = text.find(": serving ", at + 1))
+        ++n;
+      return n;
+    };
+    REQUIRE(servings() == 1);
+    const fs::path started2 = s.dir / "hang2";
+    const auto hang2 = s.start("wchaos_hang", {{"started", started2.string()}});
+    REQUIRE_MESSAGE(eventually([&] { return servings() == 2; }, 60s), s.err("b"));
+    CHECK(s.err("b").find("re-executing itself (pid " + std::to_string(b.pid()) + ")") !=
+          std::string::npos);
+    CHECK(b.wait(0ms) == std::nullopt);
+    CHECK(s.run_field(hang2, "status") == "failed");
+    REQUIRE_MESSAGE(eventually([&] { return s.worker_status("b") == "running"; }, 30s), s.err("b"));
+    // The new image claims and runs the flow's tasks again (and replaces itself again).
+    const fs::path started3 = s.dir / "hang3";
+    const auto hang3 = s.start("wchaos_hang", {{"started", started3.string()}});
+    REQUIRE_MESSAGE(eventually([&] { return fs::exists(started3); }, 30s), s.err("b"));
+    REQUIRE_MESSAGE(eventually([&] { return servings() == 3; }, 60s), s.err("b"));
+    CHECK(s.run_field(hang3, "status") == "failed");
     b.signal(SIGTERM);
     CHECK(b.wait(30s) == 0);
   }

@@ -488,7 +488,9 @@ TEST_SUITE("engine") {
     s.engine->release_slots(3);
   }
 
-  TEST_CASE("a handler past its timeout fails its task; with every thread stuck, none is claimed") {
+  TEST_CASE(
+      "a handler past its timeout fails its task; its thread is replaced, and its flow, the only "
+      "one served and at its share of threads, claims nothing: the worker is due for replacement") {
     Scene s(/*concurrency=*/1);
     Gate gate;
     auto state = s.state(gate.handler());
@@ -497,8 +499,15 @@ TEST_SUITE("engine") {
     s.engine->dispatch(state, s.task(11, /*timeout=*/600'000ms));
     REQUIRE(gate.wait_waiting(1));
     CHECK(s.engine->state() == "running");
+    CHECK_FALSE(s.engine->replacement_due());
     s.clock_offset = 1'200'000;  // the keeper sees the timeout pass (by its clock only)
     REQUIRE(eventually([&] { return s.engine->state() == "stuck"; }));
+    const auto due = s.engine->replacement_due();
+    REQUIRE(due);
+    CHECK(
+        due->find("each of the 1 flow version(s) it serves holds its share of 1 handler thread") !=
+        std::string::npos);
+    CHECK_FALSE(s.engine->may_claim(*state));
     CHECK(s.engine->acquire_slots(1, state) == 0);
     s.engine->retire(state);  // the keeper records the failure
     REQUIRE(s.store->wait([&] { return s.store->count_failed(11) == 1; }));
@@ -506,11 +515,95 @@ TEST_SUITE("engine") {
 
     gate.open();  // the handler returns: its thread is free again, its result dropped
     REQUIRE(eventually([&] { return s.engine->state() == "running"; }));
+    CHECK_FALSE(s.engine->replacement_due());
     CHECK(eventually([&] { return s.engine->held() == 0; }));
     CHECK(s.engine->acquire_slots(1, state) == 1);
     s.engine->release_slots(1);
     std::this_thread::sleep_for(50ms);
     CHECK(s.store->wait([&] { return s.store->count_completed(11) == 0; }));
+  }
+
+  TEST_CASE(
+      "handlers that timed out keep their threads, which are replaced: other flows run meanwhile, "
+      "the flow at its share claims nothing and gives back what waited, and one more beyond the "
+      "cap of concurrency abandoned threads makes the worker due for replacement") {
+    // Declared before the scene, whose end waits for the handlers that use them.
+    Gate hang, later;
+    std::atomic<int> quick_ran{0};
+    std::atomic<bool> quick_hangs{false};
+    Scene s(/*concurrency=*/2);
+    struct OpenAtEnd {  // however the case ends, its handlers return
+      Gate& a;
+      Gate& b;
+      ~OpenAtEnd() {
+        a.open();
+        b.open();
+      }
+    } open_at_end{hang, later};
+    const auto flow = [&](const std::string& slug, std::function<HandlerOutcome()> handler) {
+      std::unordered_map<std::string, fd::StepHandler> handlers;
+      handlers.emplace(
+          "s", fd::StepHandler{"test.handler", [handler](std::string_view, std::string_view) {
+                                 return handler();
+                               }});
+      return std::make_shared<fd::FlowState>(fd::FlowKey{slug, "v1"}, std::move(handlers));
+    };
+    auto hung = flow("hung", hang.handler());
+    auto quick = flow("quick", [&] {
+      ++quick_ran;
+      if (quick_hangs) later.pass();
+      return ok();
+    });
+    s.engine->attach(hung);
+    s.engine->attach(quick);
+    // Both threads run handlers of "hung" that never return; both time out.
+    REQUIRE(s.engine->acquire_slots(2, hung) == 2);
+    s.engine->dispatch(hung, s.task(1, 600'000ms));
+    s.engine->dispatch(hung, s.task(2, 600'000ms));
+    REQUIRE(hang.wait_waiting(2));
+    s.clock_offset = 1'200'000;
+    // Share: max(1, 2 threads / 2 flows) = 1 thread held by timed-out handlers per flow.
+    REQUIRE(eventually([&] { return !s.engine->may_claim(*hung); }));
+    CHECK(s.engine->may_claim(*quick));
+    CHECK(s.engine->acquire_slots(1, hung) == 0);
+    CHECK(s.engine->state() == "running");
+    CHECK_FALSE(s.engine->replacement_due());
+
+    // "quick" runs on the replacement threads.
+    REQUIRE(s.engine->acquire_slots(2, quick) == 2);
+    s.engine->dispatch(quick, s.task(3));
+    s.engine->dispatch(quick, s.task(4));
+    REQUIRE(eventually([&] { return quick_ran == 2; }));
+
+    // A task of "hung" claimed before its flow reached its share goes back unstarted.
+    REQUIRE(s.engine->acquire_slots(1, nullptr) == 1);
+    s.engine->dispatch(hung, s.task(5, 600'000ms));
+    REQUIRE(s.store->wait([&] {
+      const auto r = s.store->releases_locked();
+      return std::any_of(r.begin(), r.end(), [](const fd::Release& x) { return x.id == 5; });
+    }));
+    for (const auto& r : s.store->releases())
+      if (r.id == 5) CHECK_FALSE(r.ran);  // it did not run
+
+    // A handler of "quick" that never returns, beyond the cap of 2 abandoned threads: no
+    // replacement; the worker is due for replacement.
+    quick_hangs = true;
+    REQUIRE(s.engine->acquire_slots(1, quick) == 1);
+    s.engine->dispatch(quick, s.task(6, 600'000ms));
+    REQUIRE(later.wait_waiting(1));
+    s.clock_offset = 2'400'000;
+    REQUIRE(eventually([&] { return s.engine->state() == "stuck"; }));
+    const auto due = s.engine->replacement_due();
+    REQUIRE(due);
+    CHECK(due->find("3 handlers timed out and never returned, more than the 2 abandoned threads") !=
+          std::string::npos);
+    CHECK(due->find("only 1 of its 2 handler threads can run handlers") != std::string::npos);
+
+    s.engine->begin_replacing();
+    CHECK(s.engine->state() == "replacing");
+    CHECK(s.engine->draining());
+    hang.open();
+    later.open();
   }
 
   TEST_CASE("draining gives back the tasks not started, each once, and finishes the running one") {

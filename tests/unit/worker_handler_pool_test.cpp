@@ -90,3 +90,59 @@ TEST_SUITE("handler_pool") {
     }
   }
 }
+
+TEST_SUITE("handler_pool") {
+  TEST_CASE(
+      "a job abandoned while it runs gets a replacement thread, up to the cap; when it returns, "
+      "the pool goes back to its size") {
+    HandlerPool pool(2);  // cap: 2 abandoned threads
+    std::mutex mu;
+    std::condition_variable cv;
+    bool open = false;
+    int blocked = 0;
+    const auto block = [&] {
+      std::unique_lock lock(mu);
+      ++blocked;
+      cv.notify_all();
+      cv.wait(lock, [&] { return open; });
+    };
+    const auto wait_blocked = [&](int n) {
+      std::unique_lock lock(mu);
+      return cv.wait_for(lock, std::chrono::seconds(30), [&] { return blocked >= n; });
+    };
+    for (int i = 0; i < 2; ++i) REQUIRE(pool.submit({block, {}, {}}));
+    REQUIRE(wait_blocked(2));
+    CHECK(pool.healthy() == 2);
+    // Both given up: each gets a replacement, which runs the next jobs.
+    CHECK(pool.abandon());
+    CHECK(pool.abandon());
+    CHECK(pool.threads() == 4);
+    CHECK(pool.healthy() == 2);
+    std::promise<void> ran;
+    REQUIRE(pool.submit({[&] { ran.set_value(); }, {}, {}}));
+    CHECK(ran.get_future().wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+    // A third, beyond the cap: no replacement, one thread fewer can run jobs.
+    REQUIRE(pool.submit({block, {}, {}}));
+    REQUIRE(wait_blocked(3));
+    CHECK_FALSE(pool.abandon());
+    CHECK(pool.threads() == 4);
+    CHECK(pool.healthy() == 1);
+
+    {
+      std::lock_guard lock(mu);
+      open = true;
+    }
+    cv.notify_all();
+    for (int i = 0; i < 3; ++i) pool.returned();
+    // Two threads above the size exit once their jobs returned; the pool still runs jobs.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (pool.threads() != 2 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    CHECK(pool.threads() == 2);
+    CHECK(pool.healthy() == 2);
+    std::promise<void> after;
+    REQUIRE(pool.submit({[&] { after.set_value(); }, {}, {}}));
+    CHECK(after.get_future().wait_for(std::chrono::seconds(30)) == std::future_status::ready);
+    CHECK(pool.close_and_wait(std::chrono::steady_clock::time_point::max()));
+  }
+}

@@ -205,7 +205,8 @@ std::string worker_status(const detail::WorkerRecord& w) {
   if (w.stopped_at) return "stopped";
   const Millis every = w.heartbeat_interval.value_or(Millis(5'000));
   if (w.heartbeat_age > every * kStaleAfter) return "stale";
-  return w.state == "stuck" ? "stuck" : "running";
+  if (w.state == "stuck" || w.state == "replacing") return w.state;
+  return "running";
 }
 
 json worker_json(const detail::WorkerRecord& w) {

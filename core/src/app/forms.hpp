@@ -62,7 +62,7 @@ json options_json(const Options& o);
 json plugin_json(const PluginInfo& p);
 std::string plugin_error_text(const PluginError& error);
 json plugin_error_json(const PluginError& error);
-// A worker and its status from its heartbeat's age: running, stuck, stale or stopped.
+// A worker and its status from its heartbeat's age: running, stuck, replacing, stale or stopped.
 std::string worker_status(const detail::WorkerRecord& w);
 json worker_json(const detail::WorkerRecord& w);
 

@@ -1,18 +1,25 @@
 // `flowreg worker` (run flows) and `flowreg workers` (the workers seen on the database).
 
+#include <fcntl.h>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -34,6 +41,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+// `flowreg worker` replaced itself (handlers that timed out hold its threads; see
+// Engine::replacement_due): with --no-reexec it exits with this status (EX_TEMPFAIL), for its
+// supervisor to start a new one; else it re-executes itself.
+constexpr int kExitReplaced = 75;
+
 struct WorkerArgs {
   std::vector<std::string> flows;                    // overrides worker.flows
   int concurrency = 0;                               // 0: worker.concurrency
@@ -44,6 +56,7 @@ struct WorkerArgs {
   std::string max_output;          // a size ("16MiB", "500KB", "1048576"); "": the configuration's
   std::string heartbeat_interval;  // a duration; "": 5s
   std::string metrics;             // HOST:PORT to serve /metrics on; "": none
+  bool no_reexec = false;          // replacing itself: exit kExitReplaced, do not re-execute
 };
 
 Result<Millis> duration_or(const std::string& text, Millis fallback, std::string_view option) {
@@ -88,6 +101,47 @@ std::string keys_text(const std::vector<detail::FlowKey>& keys) {
   std::vector<std::string> parts;
   for (const auto& k : keys) parts.push_back(detail::label(k));
   return parts.empty() ? std::string("none yet") : fmt::format("{}", fmt::join(parts, ", "));
+}
+
+// The command line of this process, or nothing when it cannot be read.
+std::vector<std::string> own_command_line() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  const std::string all{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::vector<std::string> args;
+  for (std::size_t at = 0; at < all.size();) {
+    const std::size_t end = std::min(all.find('\0', at), all.size());
+    args.push_back(all.substr(at, end - at));
+    at = end + 1;
+  }
+  return args;
+}
+
+// Replaces this process by a new run of the same command line (same pid): the threads of handlers
+// that never returned end with the old image. Returns only when that failed. Descriptors other
+// than stdin, stdout and stderr are closed at exec (a metrics listener, what plugins opened); the
+// signal mask is kept (SIGINT and SIGTERM stay pending for the new worker).
+void reexecute_self() {
+  const auto args = own_command_line();
+  if (args.empty()) return;
+  std::error_code ec;
+  std::vector<int> fds;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd", ec)) {
+    int fd = -1;
+    try {
+      fd = std::stoi(e.path().filename().string());
+    } catch (const std::exception&) {
+      continue;
+    }
+    if (fd > 2) fds.push_back(fd);
+  }
+  for (const int fd : fds) {
+    const int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0) fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+  }
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  execv("/proc/self/exe", argv.data());
 }
 
 // Runs a worker until SIGTERM or SIGINT (graceful: in-flight handlers get shutdown_grace, a second
@@ -136,7 +190,8 @@ int worker_command(const Config& config, const std::string& conninfo,
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  sigset_t started_mask;  // restored for a re-execution
+  pthread_sigmask(SIG_BLOCK, &signals, &started_mask);
 
   // Prometheus metrics: the worker's own, and runs and tasks read from the store at scrape time.
   std::unique_ptr<detail::metrics::StoreMetrics> store_metrics;
@@ -170,8 +225,10 @@ int worker_command(const Config& config, const std::string& conninfo,
 
   int sig = 0;
   std::optional<Error> failure;
+  std::optional<std::string> replace;
   while (!(sig = wait_signal(signals, Millis(200)))) {
     if ((failure = (*worker)->wait_failure(Millis(0)))) break;
+    if ((replace = (*worker)->replacement_due())) break;
   }
 
   int exit_code = kExitOk;
@@ -179,6 +236,16 @@ int worker_command(const Config& config, const std::string& conninfo,
     print_note("error",
                fmt::format("flowreg: worker {} failed: {}", (*worker)->id(), failure->format()));
     exit_code = kExitFailure;
+  } else if (replace) {
+    // A process exec is the only way to end threads held by handlers that never return.
+    print_note(
+        "error",
+        fmt::format("flowreg worker {}: replacing itself: {}; draining (up to {} ms), then {}",
+                    (*worker)->id(), *replace, grace->count(),
+                    args.no_reexec ? fmt::format("exiting with status {}", kExitReplaced)
+                                   : std::string("re-executing itself")));
+    (*worker)->begin_replacing();
+    exit_code = kExitReplaced;
   } else {
     print_note("info", fmt::format("flowreg worker {}: {} received, draining (up to {} ms; {} "
                                    "again to stop now)",
@@ -187,14 +254,38 @@ int worker_command(const Config& config, const std::string& conninfo,
   }
   (*worker)->begin_drain();
   const auto deadline = Clock::now() + (failure ? Millis(0) : *grace);
+  bool told_to_stop = false;  // a signal during the drain: stop now, and do not come back
   while ((*worker)->held() > 0 && Clock::now() < deadline) {
-    if (wait_signal(signals, Millis(50))) break;
+    if (wait_signal(signals, Millis(50))) {
+      told_to_stop = true;
+      break;
+    }
   }
+  if (replace && told_to_stop) exit_code = kExitOk;
   const detail::DrainReport report = (*worker)->stop(Clock::now());
   print_note("info",
              fmt::format("flowreg worker {}: stopped; {} task(s) given back unstarted, {} "
                          "interrupted",
                          (*worker)->id(), report.released_unstarted, report.released_running));
+  // A signal that came meanwhile stops it for good.
+  if (replace && !told_to_stop && wait_signal(signals, Millis(0))) {
+    told_to_stop = true;
+    exit_code = kExitOk;
+  }
+  if (replace && !args.no_reexec && !told_to_stop) {
+    print_note("info", fmt::format("flowreg worker {}: re-executing itself (pid {})",
+                                   (*worker)->id(), static_cast<int>(getpid())));
+    spdlog::shutdown();
+    std::fflush(stdout);
+    std::fflush(stderr);
+    // The new image starts as this one did (its children, such as plugin checks, get the mask it
+    // started with); it blocks SIGINT and SIGTERM again before waiting for them.
+    pthread_sigmask(SIG_SETMASK, &started_mask, nullptr);
+    reexecute_self();
+    print_note("error", fmt::format("flowreg worker {}: cannot re-execute itself: {}; exiting with "
+                                    "status {}",
+                                    (*worker)->id(), std::strerror(errno), kExitReplaced));
+  }
   spdlog::shutdown();
   std::fflush(stdout);
   std::fflush(stderr);
@@ -350,6 +441,9 @@ void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code) {
   worker_cmd->add_option("--metrics", w.metrics,
                          "Serve Prometheus metrics at http://HOST:PORT/metrics (such as "
                          "127.0.0.1:9464; port 0: a free port, printed on startup)");
+  worker_cmd->add_flag("--no-reexec", w.no_reexec,
+                       "When handlers that timed out hold its threads, exit with status 75 "
+                       "instead of re-executing itself (under a supervisor that restarts it)");
   worker_cmd->callback([&g, &exit_code, args] {
     args->worker.flows = slug_list(args->flows);
     exit_code = worker(g, args->worker);

@@ -37,7 +37,7 @@ pre { background: var(--panel); padding: .6rem; border-radius: 6px; overflow-x: 
           font-weight: 600; border: 1px solid currentColor; }
 .s-completed, .s-loaded, .s-running { color: var(--ok); }
 .s-failed, .s-rejected, .s-quarantined, .s-stale { color: var(--bad); }
-.s-cancelled, .s-waiting, .s-stuck, .s-stopped { color: var(--warn); }
+.s-cancelled, .s-waiting, .s-stuck, .s-replacing, .s-stopped { color: var(--warn); }
 .s-started, .s-created { color: var(--run); }
 .muted { color: var(--muted); }
 .error { color: var(--bad); white-space: pre-wrap; word-break: break-word; }

@@ -68,7 +68,9 @@ EngineParts EngineParts::postgres(const WorkerOptions& options) {
 }
 
 Engine::Engine(WorkerOptions options, EngineParts parts)
-    : options_(std::move(options)), parts_(std::move(parts)), pool_(options_.concurrency) {
+    : options_(std::move(options)),
+      parts_(std::move(parts)),
+      pool_(options_.concurrency, /*cap=*/options_.concurrency) {
   if (!options_.journal_dir.empty()) {
     // The journals of dead workers first (this one's is not there yet), reported before any
     // claim: a crashed task whose lease expired would otherwise be claimed again at once.
@@ -108,22 +110,78 @@ std::vector<std::shared_ptr<FlowState>> Engine::states() const {
 }
 
 int Engine::capacity_locked() const {
-  const int healthy = options_.concurrency - stuck_;
-  return healthy > 0 ? healthy + std::max(1, options_.lanes) * options_.batch_size : 0;
+  // A handler that timed out keeps its thread and its slot; the pool replaces up to `concurrency`
+  // such threads, and each one beyond that leaves a thread fewer.
+  const int healthy = options_.concurrency - std::max(0, stuck_ - options_.concurrency);
+  return healthy > 0 ? healthy + stuck_ + std::max(1, options_.lanes) * options_.batch_size : 0;
+}
+
+int Engine::share_locked() const {
+  // FlowState::stopping() and stuck() read atomics: no FlowState lock is taken under the engine's.
+  const auto served =
+      std::count_if(states_.begin(), states_.end(), [](const auto& s) { return !s->stopping(); });
+  return std::max(1, options_.concurrency / static_cast<int>(std::max<std::ptrdiff_t>(served, 1)));
+}
+
+bool Engine::may_claim(const FlowState& state) const {
+  MutexLock lock(mu_);
+  return state.stuck() < share_locked();
 }
 
 std::string Engine::state() const {
   MutexLock lock(mu_);
-  return stuck_ >= options_.concurrency ? "stuck" : "running";
+  return replacing_ ? "replacing" : due_reason_ ? "stuck" : "running";
+}
+
+std::optional<std::string> Engine::replacement_due() const {
+  MutexLock lock(mu_);
+  return due_reason_;
+}
+
+void Engine::begin_replacing() {
+  {
+    MutexLock lock(mu_);
+    if (replacing_) return;
+    replacing_ = true;
+  }
+  heartbeat(false);  // `flowreg workers` says so while it drains
+  begin_drain();
+}
+
+// Whether the worker should be replaced by a new process: the reason, or nullopt.
+std::optional<std::string> Engine::replacement_reason() const {
+  const int healthy = pool_.healthy();
+  MutexLock lock(mu_);
+  if (stuck_ <= 0) return std::nullopt;
+  if (healthy < options_.concurrency)
+    return fmt::format(
+        "{} handlers timed out and never returned, more than the {} abandoned threads a worker "
+        "replaces: only {} of its {} handler threads can run handlers",
+        stuck_, options_.concurrency, std::max(healthy, 0), options_.concurrency);
+  const int share = share_locked();
+  int served = 0;
+  for (const auto& s : states_) {
+    if (s->stopping()) continue;
+    if (s->stuck() < share) return std::nullopt;  // this flow still claims
+    ++served;
+  }
+  if (served == 0) return std::nullopt;
+  return fmt::format(
+      "each of the {} flow version(s) it serves holds its share of {} handler thread(s) with "
+      "handlers that timed out and never returned: it would claim nothing more",
+      served, share);
 }
 
 int Engine::acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) {
   MutexLock lock(mu_);
-  // FlowState::stopping() reads an atomic: no FlowState lock is taken under the engine's.
-  std::erase_if(starving_, [](const std::weak_ptr<FlowState>& weak) {
+  const int share = share_locked();
+  // A flow at its share of threads held by handlers that timed out claims nothing here (its tasks
+  // stay queued for other workers), and does not starve: the others claim as usual.
+  std::erase_if(starving_, [share](const std::weak_ptr<FlowState>& weak) {
     auto s = weak.lock();
-    return !s || s->stopping();
+    return !s || s->stopping() || s->stuck() >= share;
   });
+  if (state && state->stuck() >= share) return 0;
   // Fair share: the flows that found no room take the slots freed, in the order they starved;
   // until the first of them got some, every other caller gets none (and starves in its turn).
   const bool first = state && !starving_.empty() && starving_.front().lock() == state;
@@ -172,7 +230,12 @@ void Engine::dispatch(const std::shared_ptr<FlowState>& state, std::vector<Claim
     state->hold(task, parts_.now() + renew_period(task.timeout, options_.lease));
     auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
     HandlerPool::Job job;
-    job.run = [this, state, shared_task, claimed] { run_task(state, *shared_task, claimed); };
+    job.run = [this, state, shared_task, claimed] {
+      // Its flow reached its share of threads held by handlers that timed out while this task
+      // waited for a thread: back to the database, for other workers.
+      if (!may_claim(*state)) return give_back(*state, *shared_task, /*count_unstarted=*/false);
+      run_task(state, *shared_task, claimed);
+    };
     job.fail = [this, state, shared_task](std::string what) {
       // Thrown after its result was queued (by logging, say): that result stands.
       if (state->result_queued(shared_task->id)) return;
@@ -315,6 +378,8 @@ void Engine::record_result(const std::shared_ptr<FlowState>& state, const Claime
       MutexLock lock(mu_);
       --stuck_;
     }
+    pool_.returned();     // the pool is above its target: a thread exits
+    state->want_claim();  // its flow may be under its share again
     spdlog::info(
         "worker {}: the handler of task {} of {} returned after its timeout; its thread is free "
         "again",
@@ -474,30 +539,57 @@ void Engine::keeper_tick(bool renew_due, bool heartbeat_due) {
   int newly_stuck = 0;
   for (const auto& state : states()) {
     auto sweep = state->sweep(now, renew_due, options_.lease);
-    for (const auto& t : sweep.timed_out)
+    for (const auto& t : sweep.timed_out) {
+      // Counted first: the handler may return while its thread is being replaced.
+      {
+        MutexLock lock(mu_);
+        ++stuck_;
+      }
+      const bool replaced = pool_.abandon();
       spdlog::warn(
-          "worker {}: task {} of {} timed out after {} ms; its handler thread stays busy until "
-          "the handler returns",
-          options_.worker_id, t.id, state->label(), t.timeout.count());
+          "worker {}: task {} of {} timed out after {} ms; its handler keeps its thread until it "
+          "returns ({})",
+          options_.worker_id, t.id, state->label(), t.timeout.count(),
+          replaced ? "a replacement thread runs handlers meanwhile"
+                   : "no replacement: the worker has abandoned as many threads as it may");
+    }
     newly_stuck += static_cast<int>(sweep.timed_out.size());
     for (const auto& attempt : sweep.renew) due.emplace_back(state, attempt);
   }
-  if (newly_stuck > 0) {
+  if (newly_stuck > 0 && pool_.healthy() <= 0) {
     bool all_stuck = false;
     {
       MutexLock lock(mu_);
-      const bool was_all = stuck_ >= options_.concurrency;
-      stuck_ += newly_stuck;
-      all_stuck = !was_all && stuck_ >= options_.concurrency;
+      all_stuck = !all_held_;
+      all_held_ = true;
     }
     if (all_stuck) {
       // Nothing can start here any more: what waits for a thread goes to other workers now.
       const std::size_t given_back = pool_.cancel_queued();
       spdlog::error(
-          "worker {}: all {} handler threads are held by handlers that timed out and never "
-          "returned; it claims nothing until one returns (state stuck), and gave back {} task(s) "
-          "that waited for a thread",
-          options_.worker_id, options_.concurrency, given_back);
+          "worker {}: every handler thread is held by a handler that timed out and never "
+          "returned; it claims nothing until one returns, and gave back {} task(s) that waited "
+          "for a thread",
+          options_.worker_id, given_back);
+    }
+  }
+  bool any_stuck = false;
+  {
+    MutexLock lock(mu_);
+    any_stuck = stuck_ > 0 || due_reason_;
+  }
+  if (any_stuck) {
+    auto reason = replacement_reason();
+    bool became_due = false;
+    {
+      MutexLock lock(mu_);
+      became_due = reason && !due_reason_;
+      due_reason_ = reason;
+      if (!reason) all_held_ = false;
+    }
+    if (became_due) {
+      spdlog::error("worker {}: it should be replaced by a new process (state stuck): {}",
+                    options_.worker_id, *reason);
       heartbeat_due = true;
     }
   }

@@ -70,25 +70,46 @@ class Engine final : public LaneHost {
   WorkerStore& store() noexcept { return *parts_.store; }
   // The threads every flow's round trips run on.
   Lanes& lanes() noexcept { return *lanes_; }
-  // "running", or "stuck" while every handler thread is held by a handler that timed out.
+  // "replacing" once begin_replacing() was called; "stuck" while replacement_due(); else
+  // "running".
   std::string state() const;
+
+  // Thread isolation's limits. A handler that runs past its step's timeout cannot be stopped: its
+  // task fails, its thread stays with it (abandoned), and the pool starts a replacement thread, so
+  // that `concurrency` threads can still run handlers; at most `concurrency` threads are abandoned
+  // at once (the cap). A flow version's share of the handler threads is
+  // max(1, concurrency / flow versions served): while that many of its handlers timed out and have
+  // not returned, it claims nothing here (its tasks stay queued for other workers; those it had
+  // claimed and not started are given back), and the other flows run as usual.
+  // The worker should be replaced by a new process (a process exec ends the abandoned threads) when
+  // a handler times out beyond the cap (fewer than `concurrency` threads can run handlers), or
+  // when every flow version it serves is at its share (it would claim nothing): the reason, or
+  // nullopt. Re-evaluated by the keeper; no longer due once enough handlers returned.
+  std::optional<std::string> replacement_due() const;
+  // The front end replaces the worker: state "replacing" (a heartbeat says so at once), and
+  // begin_drain(). Idempotent.
+  void begin_replacing();
+  // Whether `state`'s flow is under its share (it may claim); see replacement_due().
+  bool may_claim(const FlowState& state) const override;
 
   // A flow service registers its state when it starts, and retires it when it stops: the keeper
   // records its outbox from then on, and drops it once nothing is held.
   void attach(const std::shared_ptr<FlowState>& state);
   void retire(const std::shared_ptr<FlowState>& state);
 
-  // Capacity: with h threads free of stuck handlers (h = concurrency - stuck), at most
-  // h + lanes * batch_size tasks held at once, so that each lane can claim a whole batch
-  // while the other's round trip is in flight (with room for one batch only, two lanes split it
-  // and every round trip carries half as much); with h = 0, none: a worker whose threads are all
-  // stuck claims nothing and gives back what waits for a thread. A stuck handler keeps its slot
-  // until it returns. acquire takes up to `wanted` slots; when it gets none, `state` starves: it is
-  // woken (want_claim) whenever batch_size / 2 are free, until it gets some. Fair share: starving
-  // flows take the slots freed in the order they starved, and while one starves every other caller
-  // gets none (and starves in its turn), so slots freed by a flooded flow's handlers go to the
-  // flows that waited, not back to the flood. `state` may be null (a claim across flows): it gets
-  // slots only while none starves, and is never woken.
+  // Capacity: with h threads able to run handlers (h = concurrency while at most concurrency
+  // handlers that timed out still run, see replacement_due(); one fewer for each beyond that), at
+  // most h + lanes * batch_size tasks held at once, besides the slots of handlers that timed out,
+  // so that each lane can claim a whole batch while the other's round trip is in flight (with room
+  // for one batch only, two lanes split it and every round trip carries half as much); with h = 0,
+  // none: a worker whose threads are all stuck claims nothing and gives back what waits for a
+  // thread. A stuck handler keeps its slot until it returns. A flow at its share (see
+  // replacement_due()) gets none, and does not starve. acquire takes up to `wanted` slots; when it
+  // gets none, `state` starves: it is woken (want_claim) whenever batch_size / 2 are free, until it
+  // gets some. Fair share: starving flows take the slots freed in the order they starved, and while
+  // one starves every other caller gets none (and starves in its turn), so slots freed by a flooded
+  // flow's handlers go to the flows that waited, not back to the flood. `state` may be null (a
+  // claim across flows): it gets slots only while none starves, and is never woken.
   int acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) override;
   void release_slots(int n) override;
 
@@ -147,6 +168,10 @@ class Engine final : public LaneHost {
   // The database could not be reached: lets revive_database try (rate-limited).
   void database_unreachable();
   int capacity_locked() const FLOWREG_THREAD_ANNOTATION(requires_capability(mu_));
+  // A flow version's share of the handler threads: max(1, concurrency / flow versions served).
+  int share_locked() const FLOWREG_THREAD_ANNOTATION(requires_capability(mu_));
+  // What replacement_due() will say, computed now.
+  std::optional<std::string> replacement_reason() const;
   // Sleeps up to `d` unless stopping.
   void nap(Millis d);
 
@@ -170,8 +195,11 @@ class Engine final : public LaneHost {
   // once when they differ; await_heartbeat waits for them to meet, on stop_cv_).
   std::uint64_t served_changes_ FLOWREG_GUARDED_BY(mu_) = 0;
   std::uint64_t served_beaten_ FLOWREG_GUARDED_BY(mu_) = 0;
-  int in_use_ FLOWREG_GUARDED_BY(mu_) = 0;  // slots taken
-  int stuck_ FLOWREG_GUARDED_BY(mu_) = 0;   // threads held by handlers that timed out
+  int in_use_ FLOWREG_GUARDED_BY(mu_) = 0;         // slots taken
+  int stuck_ FLOWREG_GUARDED_BY(mu_) = 0;          // threads held by handlers that timed out
+  bool all_held_ FLOWREG_GUARDED_BY(mu_) = false;  // no thread could run a handler (logged once)
+  std::optional<std::string> due_reason_ FLOWREG_GUARDED_BY(mu_);  // replacement_due()
+  bool replacing_ FLOWREG_GUARDED_BY(mu_) = false;
   bool stopping_ FLOWREG_GUARDED_BY(mu_) = false;
   bool finished_ FLOWREG_GUARDED_BY(mu_) = false;
   DrainReport report_ FLOWREG_GUARDED_BY(mu_);

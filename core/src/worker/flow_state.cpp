@@ -173,6 +173,9 @@ void FlowState::hold(const ClaimedTask& task, SteadyTime next_renew) {
   MutexLock lock(mu_);
   HeldTask& held = held_[task.id];
   if (held.result_pending) --pending_;
+  // Claimed again while the handler of its attempt that timed out still runs: that handler is
+  // tracked apart (it still holds a thread), so that its return is told from the new attempt's.
+  if (held.stuck) stuck_orphans_.push_back(TaskAttempt{task.id, held.attempt});
   held = HeldTask{};
   held.attempt = task.attempt;
   held.timeout = task.timeout;
@@ -191,6 +194,7 @@ bool FlowState::give_back(TaskId id) {
   auto it = held_.find(id);
   if (it == held_.end()) return false;
   if (it->second.result_pending) --pending_;
+  if (it->second.stuck) --stuck_count_;
   held_.erase(it);
   return true;
 }
@@ -201,10 +205,20 @@ FlowState::Put FlowState::put_result(TaskId id, std::optional<Completion> comple
   std::function<void()> wake;
   {
     MutexLock lock(mu_);
+    const int attempt = completion ? completion->attempt : failure ? failure->attempt : 0;
+    auto orphan =
+        std::find_if(stuck_orphans_.begin(), stuck_orphans_.end(),
+                     [&](const TaskAttempt& t) { return t.id == id && t.attempt == attempt; });
+    if (orphan != stuck_orphans_.end()) {
+      stuck_orphans_.erase(orphan);
+      --stuck_count_;
+      return Put::dropped_stuck;
+    }
     auto it = held_.find(id);
     if (it == held_.end()) return Put::unknown;
     if (it->second.abandoned) {
       put = it->second.stuck ? Put::dropped_stuck : Put::dropped;
+      if (it->second.stuck) --stuck_count_;
       held_.erase(it);
     } else {
       const bool first = completions_.empty() && failures_.empty();
@@ -238,9 +252,13 @@ bool FlowState::has_results() const {
 
 int FlowState::held() const {
   MutexLock lock(mu_);
-  int n = static_cast<int>(held_.size());
-  for (const auto& c : completions_) n += held_.count(c.id) ? 0 : 1;
-  for (const auto& f : failures_) n += held_.count(f.id) ? 0 : 1;
+  const auto running = [&](TaskId id) FLOWREG_THREAD_ANNOTATION(requires_capability(mu_)) {
+    auto it = held_.find(id);
+    return it != held_.end() && !it->second.stuck;
+  };
+  int n = static_cast<int>(held_.size()) - (stuck_count_ - static_cast<int>(stuck_orphans_.size()));
+  for (const auto& c : completions_) n += running(c.id) ? 0 : 1;
+  for (const auto& f : failures_) n += running(f.id) ? 0 : 1;
   return n;
 }
 
@@ -264,6 +282,7 @@ FlowState::Sweep FlowState::sweep(SteadyTime now, bool renew_all, Millis lease) 
           now - *task.running_since >= task.timeout + task.grace) {
         task.abandoned = true;
         task.stuck = true;
+        ++stuck_count_;
         if (completions_.empty() && failures_.empty()) first_result_at_ = Clock::now();
         failures_.push_back(Failure{id, task.attempt,
                                     "timed out: no result within the step timeout of " +

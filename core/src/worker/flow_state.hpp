@@ -120,10 +120,14 @@ class FlowState {
   // Whether the outbox holds results.
   bool has_results() const;
   // Tasks held, and results waiting whose task is no longer held (timed out: the failure is the
-  // keeper's to record).
+  // keeper's to record). A task whose handler timed out counts until its failure is recorded, not
+  // until its handler returns (nothing waits for that: a drain does not wait for it).
   int held() const;
   // Nothing held and nothing to record: the engine may drop the state.
   bool idle() const;
+  // Handlers of this flow version that timed out and have not returned (each holds a thread);
+  // readable under other locks.
+  int stuck() const noexcept { return stuck_count_; }
 
   // ---- The keeper's side.
   struct Sweep {
@@ -179,6 +183,10 @@ class FlowState {
   std::function<void()> waker_ FLOWREG_GUARDED_BY(mu_);
   std::size_t flush_at_ FLOWREG_GUARDED_BY(mu_) = 1;
   std::atomic<bool> stop_requested_{false};  // stopping_, readable under other locks
+  std::atomic<int> stuck_count_{0};          // held_ entries with stuck, and stuck_orphans_
+  // Attempts that timed out, whose task was claimed again (held_ holds the new attempt) while
+  // their handlers still run.
+  std::vector<TaskAttempt> stuck_orphans_ FLOWREG_GUARDED_BY(mu_);
   std::unordered_map<TaskId, HeldTask> held_ FLOWREG_GUARDED_BY(mu_);
   std::size_t pending_ FLOWREG_GUARDED_BY(mu_) = 0;  // held_ entries with result_pending
   std::vector<Completion> completions_ FLOWREG_GUARDED_BY(mu_);  // the outbox

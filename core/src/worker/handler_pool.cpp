@@ -1,14 +1,84 @@
 #include "worker/handler_pool.hpp"
 
+#include <algorithm>
 #include <exception>
+#include <system_error>
 #include <utility>
 
 namespace flowreg::detail {
 
-HandlerPool::HandlerPool(int threads) {
+HandlerPool::HandlerPool(int threads, int cap) {
   const int n = threads < 1 ? 1 : threads;
+  shared_->target = n;
+  shared_->cap = cap < 0 ? n : cap;
+  shared_->alive = n;
   threads_.reserve(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) threads_.emplace_back([s = shared_] { thread_main(s); });
+}
+
+bool HandlerPool::start_thread() {
+  std::lock_guard threads_lock(threads_mu_);
+  try {
+    threads_.emplace_back([s = shared_] { thread_main(s); });
+    return true;
+  } catch (const std::system_error&) {  // no thread to be had (a limit on threads or memory)
+    return false;
+  }
+}
+
+void HandlerPool::reap() {
+  std::lock_guard threads_lock(threads_mu_);
+  std::vector<std::thread::id> ended;
+  {
+    std::lock_guard lock(shared_->mu);
+    ended.swap(shared_->ended);
+  }
+  for (const auto id : ended) {
+    auto it = std::find_if(threads_.begin(), threads_.end(),
+                           [&](const std::thread& t) { return t.get_id() == id; });
+    if (it == threads_.end()) continue;
+    it->join();  // it ended its loop: only its return is left
+    threads_.erase(it);
+  }
+}
+
+bool HandlerPool::abandon() {
+  reap();
+  {
+    std::lock_guard lock(shared_->mu);
+    ++shared_->abandoned;
+    // A thread above the target covers it (the job returned before it was counted abandoned).
+    if (shared_->alive - shared_->abandoned >= shared_->target) return true;
+    if (shared_->closed || shared_->abandoned > shared_->cap) return false;
+    ++shared_->alive;
+  }
+  if (start_thread()) return true;
+  std::lock_guard lock(shared_->mu);
+  --shared_->alive;
+  return false;
+}
+
+void HandlerPool::returned() {
+  {
+    std::lock_guard lock(shared_->mu);
+    --shared_->abandoned;
+  }
+  shared_->work_cv.notify_all();  // an idle thread above the target exits
+}
+
+int HandlerPool::threads() const {
+  std::lock_guard lock(shared_->mu);
+  return shared_->alive;
+}
+
+int HandlerPool::abandoned() const {
+  std::lock_guard lock(shared_->mu);
+  return shared_->abandoned;
+}
+
+int HandlerPool::healthy() const {
+  std::lock_guard lock(shared_->mu);
+  return shared_->alive - shared_->abandoned;
 }
 
 HandlerPool::~HandlerPool() {
@@ -24,6 +94,7 @@ HandlerPool::~HandlerPool() {
     }
     shared_->work_cv.notify_all();
     cancel_queued();
+    std::lock_guard threads_lock(threads_mu_);
     for (auto& t : threads_) t.detach();
     return;
   }
@@ -46,7 +117,7 @@ bool HandlerPool::submit_all(std::vector<Job> jobs) {
     if (shared_->closed) return false;
     for (auto& job : jobs) shared_->queue.push_back(std::move(job));
   }
-  if (jobs.size() >= threads_.size()) {
+  if (jobs.size() >= static_cast<std::size_t>(shared_->target)) {
     shared_->work_cv.notify_all();
   } else {
     for (std::size_t i = 0; i < jobs.size(); ++i) shared_->work_cv.notify_one();
@@ -93,6 +164,7 @@ bool HandlerPool::close_and_wait(std::chrono::steady_clock::time_point deadline)
       return false;
     }
   }
+  std::lock_guard threads_lock(threads_mu_);
   for (auto& t : threads_)
     if (t.joinable()) t.join();
   return true;
@@ -129,8 +201,18 @@ void HandlerPool::run_job(Job& job) noexcept {
 
 void HandlerPool::thread_main(const std::shared_ptr<Shared>& shared) {
   std::unique_lock lock(shared->mu);
+  // Above the target: an abandoned job returned (or its thread was replaced before it did).
+  const auto surplus = [&] { return shared->alive - shared->abandoned > shared->target; };
   for (;;) {
-    shared->work_cv.wait(lock, [&] { return shared->closed || !shared->queue.empty(); });
+    shared->work_cv.wait(lock,
+                         [&] { return shared->closed || !shared->queue.empty() || surplus(); });
+    if (surplus()) {
+      --shared->alive;
+      ++shared->exited;
+      shared->ended.push_back(std::this_thread::get_id());
+      shared->idle_cv.notify_all();
+      return;
+    }
     if (shared->queue.empty()) break;  // closed and nothing left
     Job job = std::move(shared->queue.front());
     shared->queue.pop_front();
@@ -142,6 +224,7 @@ void HandlerPool::thread_main(const std::shared_ptr<Shared>& shared) {
     --shared->running;
     shared->idle_cv.notify_all();
   }
+  --shared->alive;
   ++shared->exited;
   shared->idle_cv.notify_all();
 }

@@ -308,6 +308,7 @@ Lanes::Done Lanes::poll(const std::vector<std::shared_ptr<const Flow>>& flows) {
   std::map<std::pair<std::string, std::string>, const Flow*> by_key;
   for (const auto& flow : flows) {
     const FlowKey& key = flow->state->key();
+    if (!host_.may_claim(*flow->state)) continue;  // at its share of stuck handler threads
     if (options_.round_trip_probe)
       if (auto probe = options_.round_trip_probe(key); !probe) {
         done.probe_failed.emplace_back(flow.get(), std::move(probe.error()));

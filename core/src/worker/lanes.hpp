@@ -58,6 +58,8 @@ class LaneHost {
   // Engine::acquire_slots. Slots not filled go back through release_slots.
   virtual int acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) = 0;
   virtual void release_slots(int n) = 0;
+  // Whether `state`'s flow may claim now (a poll across flows leaves out those that may not).
+  virtual bool may_claim(const FlowState& state) const = 0;
   // Runs the tasks of one claim by `state`'s flow. REQUIRES: a slot acquired for each.
   virtual void dispatch(const std::shared_ptr<FlowState>& state,
                         std::vector<ClaimedTask> tasks) = 0;

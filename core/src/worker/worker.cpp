@@ -394,6 +394,12 @@ std::optional<Error> Worker::wait_failure(Millis timeout) {
 
 bool Worker::await_heartbeat(Millis timeout) { return impl_->engine->await_heartbeat(timeout); }
 
+std::optional<std::string> Worker::replacement_due() const {
+  return impl_->engine->replacement_due();
+}
+
+void Worker::begin_replacing() { impl_->engine->begin_replacing(); }
+
 void Worker::begin_drain() { impl_->engine->begin_drain(); }
 
 int Worker::held() const { return impl_->engine->held(); }

@@ -73,6 +73,12 @@ class Worker {
   // The worker's failure once it gave up, waiting up to `timeout`; nullopt while it runs.
   std::optional<Error> wait_failure(Millis timeout);
 
+  // Why the worker should be replaced by a new process (see Engine::replacement_due: handlers
+  // that timed out hold too many of its threads), or nullopt. `flowreg worker` then calls
+  // begin_replacing() (state "replacing"; a drain follows) and exits or re-executes itself.
+  std::optional<std::string> replacement_due() const;
+  void begin_replacing();
+
   // Graceful shutdown (see Engine): begin_drain(), wait while held() > 0 up to a deadline, then
   // stop().
   void begin_drain();
