@@ -212,8 +212,8 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
   isolation    (only when named) `worker --isolation thread` against `--isolation process`:
                burn-downs of --runs single-step runs at batch 64 and 512 (or each --batch),
                alternating, --isolation-rounds times (runs/s, process/thread, medians); the
-               memory of the idle handler processes after each process burn-down; start ->
-               handler latency (--samples runs per mode, alternating; p50, p99)
+               memory and CPU of the workers and their handler processes after each burn-down;
+               start -> handler latency (--samples runs per mode, alternating; p50, p99)
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
 WAL bytes (pg_current_wal_lsn), WAL records and full-page images (pg_stat_wal), heap tuples
 written (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del, schema flowreg) and index entries
