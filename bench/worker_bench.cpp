@@ -47,6 +47,19 @@
 //               of the window since the previous one; seconds per read and the cluster's CPU per
 //               read. A metrics endpoint reads at most once every 20 times its last read's
 //               duration (metrics/store_metrics.hpp): printed as the interval it implies.
+//   isolation   (only when named in --only) the cost of `flowreg worker --isolation process`
+//               (every handler in a `flowreg __handler-host` process of a pool per plugin, tasks
+//               and results over a socketpair) against `--isolation thread`: --isolation-rounds R
+//               (default 3) rounds, each of two burn-downs of --runs bench_single runs per batch
+//               (64 and 512, or each --batch given), at the first --workers and --concurrency,
+//               one with each mode, the mode that goes first alternating from round to round;
+//               runs/s of each, process/thread per round and the medians of the rounds. After
+//               each burn-down, before the workers stop, the memory of the idle processes:
+//               VmRSS of the workers and VmRSS (and Pss, /proc/PID/smaps_rollup, when readable)
+//               of every `__handler-host` child of a worker (/proc/*/cmdline, PPid a worker's).
+//               Then start -> handler latency as in `latency` (no floor, no unflushed starts):
+//               one idle worker per mode, each on a database of its own, --samples runs each,
+//               started one at a time 5 ms apart, the modes alternating (ABBA); p50 and p99.
 //
 // Burn-downs: N runs are started BEFORE any worker runs (RunStore::start_runs, 500 per call), then
 // W worker processes start, `flowreg --config CFG worker --concurrency C --batch B`, and the bench
@@ -145,8 +158,9 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {
-    "single", "chain", "fanout", "backlog", "start1", "startbatch", "latency", "metrics", "scrape"};
+const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",  "backlog",
+                                             "start1", "startbatch", "latency", "metrics",
+                                             "scrape", "isolation"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -154,6 +168,7 @@ struct Args {
   std::vector<int> workers{2};
   int concurrency = 8;
   std::vector<int> batches{64, 128, 256, 512};
+  bool batches_given = false;  // --batch was given (the isolation scenario's default is 64,512)
   std::vector<int> backlog{100000};
   int backlog_workers = 2;
   std::vector<int> start_sizes{1000, 100000};
@@ -161,6 +176,7 @@ struct Args {
   std::vector<int> start_chunks{10, 100, 500, 1000};
   int samples = 300;
   int metrics_rounds = 3;
+  int isolation_rounds = 3;
   std::vector<int> scrape_backlog{100000, 1000000};
   int scrape_reads = 5;
   int timeout_s = 120;
@@ -193,6 +209,11 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
   scrape       (only when named) the metrics' read of the run store (a first read, then
                --scrape-reads more) with each --scrape-backlog runs queued: seconds and cluster
                CPU per read
+  isolation    (only when named) `worker --isolation thread` against `--isolation process`:
+               burn-downs of --runs single-step runs at batch 64 and 512 (or each --batch),
+               alternating, --isolation-rounds times (runs/s, process/thread, medians); the
+               memory and CPU of the workers and their handler processes after each burn-down;
+               start -> handler latency (--samples runs per mode, alternating; p50, p99)
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
 WAL bytes (pg_current_wal_lsn), WAL records and full-page images (pg_stat_wal), heap tuples
 written (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del, schema flowreg) and index entries
@@ -212,6 +233,7 @@ Options:
   --start-chunks LIST  runs per start_runs() call in startbatch (default 10,100,500,1000)
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
+  --isolation-rounds R rounds of the isolation scenario (default 3)
   --scrape-backlog L   queued runs of the scrape scenario, e.g. 1000000 (default 100000,1000000)
   --scrape-reads N     timed reads after the first at each scrape size (default 5)
   --timeout SECONDS    limit of one burn-down of --runs runs (default 120; larger backlogs get
@@ -271,6 +293,7 @@ Args parse_args(int argc, char** argv) {
       a.concurrency = positive(opt, v);
     } else if (opt == "--batch") {
       a.batches = positive_list(opt, v);
+      a.batches_given = true;
     } else if (opt == "--backlog") {
       a.backlog = positive_list(opt, v);
     } else if (opt == "--backlog-workers") {
@@ -287,6 +310,8 @@ Args parse_args(int argc, char** argv) {
       a.samples = positive(opt, v);
     } else if (opt == "--metrics-rounds") {
       a.metrics_rounds = positive(opt, v);
+    } else if (opt == "--isolation-rounds") {
+      a.isolation_rounds = positive(opt, v);
     } else if (opt == "--scrape-backlog") {
       a.scrape_backlog = positive_list(opt, v);
     } else if (opt == "--scrape-reads") {
@@ -516,20 +541,23 @@ fs::path write_config(const Env& env, const std::string& name, const std::string
   return file;
 }
 
+// `extra`: more options of `flowreg worker` (--metrics ..., --isolation ...), after the common
+// ones.
 std::vector<std::string> worker_argv(const Env& env, const fs::path& config, int batch,
-                                     bool metrics) {
+                                     const std::vector<std::string>& extra) {
   std::vector<std::string> argv = {FLOWREG_BINARY,  "--config",
                                    config.string(), "worker",
                                    "--concurrency", std::to_string(env.args.concurrency),
                                    "--batch",       std::to_string(batch)};
-  if (metrics) argv.insert(argv.end(), {"--metrics", "127.0.0.1:0"});
+  argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }
 
 std::vector<ChildProcess> spawn_workers(Env& env, const std::string& name, const fs::path& config,
-                                        int count, int batch, bool metrics = false) {
+                                        int count, int batch,
+                                        const std::vector<std::string>& extra = {}) {
   std::vector<ChildProcess> workers;
-  const auto argv = worker_argv(env, config, batch, metrics);
+  const auto argv = worker_argv(env, config, batch, extra);
   env.commands.push_back(fmt::format("{}  (x{}; output: {}/{}.worker<i>.log)", command_line(argv),
                                      count, env.scratch.string(), name));
   for (int i = 0; i < count; ++i)
@@ -584,6 +612,14 @@ Percentiles percentiles(std::vector<double> v) {
   for (double x : v) sum += x;
   p.mean = sum / static_cast<double>(v.size());
   return p;
+}
+
+// The median (the mean of the two middle values of an even count); 0 when empty.
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
 // ---- the server's cost ----------------------------------------------------------------------
@@ -772,9 +808,116 @@ struct BurnSpec {
   int batch = 64;
   long runs = 0;
   bool analyze = false;
-  bool metrics = false;  // workers run with --metrics
-  int round = 0;         // distinguishes repeated burn-downs of the same shape
+  bool metrics = false;     // workers run with --metrics
+  std::string isolation{};  // workers run with --isolation this ("": the option not given)
+  bool processes = false;   // read the memory and CPU of the workers and their handler processes
+  int round = 0;            // distinguishes repeated burn-downs of the same shape
 };
+
+// A burn-down's idle workers and their handler processes, read after the last run completed and
+// before the workers were stopped: memory (KiB, medians), and CPU and context switches since they
+// started (sums over the processes: what the burn-down cost them, start-up included).
+struct IdleProcesses {
+  int workers = 0;
+  double worker_rss_kb = 0;  // VmRSS of /proc/PID/status
+  int hosts = 0;             // `flowreg __handler-host` children of the workers
+  double host_rss_kb = 0;
+  double host_pss_kb = -1;                  // Pss of /proc/PID/smaps_rollup; < 0 when unreadable
+  double worker_cpu_s = 0, host_cpu_s = 0;  // utime + stime of /proc/PID/stat, every thread's
+  double worker_switches = 0, host_switches = 0;  // voluntary + involuntary, every thread's
+};
+
+// The "Key:   123 kB" value of a /proc file, in KiB; nullopt when the file or key is missing.
+std::optional<double> proc_kb(const fs::path& file, const std::string& key) {
+  std::ifstream in(file);
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with(key + ":")) {
+      std::stringstream rest(line.substr(key.size() + 1));
+      double kb = 0;
+      if (rest >> kb) return kb;
+    }
+  return std::nullopt;
+}
+
+// Every process whose parent is one of `parents` and whose command line has the argument
+// "__handler-host".
+std::vector<pid_t> handler_hosts(const std::vector<pid_t>& parents) {
+  std::vector<pid_t> out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const auto ppid = proc_kb(entry.path() / "status", "PPid");  // a number, read the same way
+    if (!ppid ||
+        std::find(parents.begin(), parents.end(), static_cast<pid_t>(*ppid)) == parents.end())
+      continue;
+    std::ifstream in(entry.path() / "cmdline");
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::stringstream args(cmdline);
+    for (std::string arg; std::getline(args, arg, '\0');)
+      if (arg == "__handler-host") {
+        out.push_back(static_cast<pid_t>(std::stol(name)));
+        break;
+      }
+  }
+  return out;
+}
+
+// User + system CPU seconds of a process, all its threads (/proc/PID/stat utime, stime).
+double process_cpu_s(pid_t pid) {
+  static const double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  std::ifstream in(fs::path("/proc") / std::to_string(pid) / "stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::stringstream rest(text.substr(close + 1));
+  std::vector<std::string> f;  // f[0] is field 3 (state)
+  for (std::string x; rest >> x;) f.push_back(x);
+  return f.size() > 12 ? (std::stod(f[11]) + std::stod(f[12])) / tick : 0;
+}
+
+// Context switches (voluntary + involuntary) of every thread of a process.
+double process_switches(pid_t pid) {
+  double n = 0;
+  std::error_code ec;
+  for (const auto& task :
+       fs::directory_iterator(fs::path("/proc") / std::to_string(pid) / "task", ec))
+    for (const char* key : {"voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"})
+      n += proc_kb(task.path() / "status", key).value_or(0);
+  return n;
+}
+
+IdleProcesses idle_processes(std::vector<ChildProcess>& workers) {
+  IdleProcesses m;
+  std::vector<pid_t> pids;
+  std::vector<double> worker_rss, host_rss, host_pss;
+  for (auto& w : workers) {
+    pids.push_back(w.pid());
+    if (auto kb = proc_kb(fs::path("/proc") / std::to_string(w.pid()) / "status", "VmRSS"))
+      worker_rss.push_back(*kb);
+    m.worker_cpu_s += process_cpu_s(w.pid());
+    m.worker_switches += process_switches(w.pid());
+  }
+  bool pss_readable = true;
+  for (pid_t host : handler_hosts(pids)) {
+    const fs::path dir = fs::path("/proc") / std::to_string(host);
+    auto rss = proc_kb(dir / "status", "VmRSS");
+    if (!rss) continue;  // it ended between the listing and the read
+    host_rss.push_back(*rss);
+    m.host_cpu_s += process_cpu_s(host);
+    m.host_switches += process_switches(host);
+    if (auto pss = proc_kb(dir / "smaps_rollup", "Pss"))
+      host_pss.push_back(*pss);
+    else
+      pss_readable = false;
+  }
+  m.workers = static_cast<int>(worker_rss.size());
+  m.worker_rss_kb = median(worker_rss);
+  m.hosts = static_cast<int>(host_rss.size());
+  m.host_rss_kb = median(host_rss);
+  if (pss_readable && !host_pss.empty()) m.host_pss_kb = median(host_pss);
+  return m;
+}
 
 struct BurnResult {
   BurnSpec spec;
@@ -784,14 +927,16 @@ struct BurnResult {
   double stop_s = 0;              // SIGTERM -> every worker exited
   std::vector<std::string> ends;  // how each worker ended
   Row start, drain;               // costs: starting the backlog; spawn -> workers exited
+  IdleProcesses processes;        // when spec.processes
 };
 
 BurnResult burn_down(Env& env, const BurnSpec& spec) {
   const Args& a = env.args;
   const FlowInfo& flow = env.flows.at(spec.slug);
   const std::string name =
-      fmt::format("{}_w{}_b{}_n{}{}{}{}", spec.slug, spec.workers, spec.batch, spec.runs,
+      fmt::format("{}_w{}_b{}_n{}{}{}{}{}", spec.slug, spec.workers, spec.batch, spec.runs,
                   spec.analyze ? "_analyzed" : "", spec.metrics ? "_metrics" : "",
+                  spec.isolation.empty() ? "" : "_" + spec.isolation,
                   spec.round > 0 ? fmt::format("_r{}", spec.round) : "");
   BurnResult r;
   r.spec = spec;
@@ -819,7 +964,10 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
 
   const auto cost_before = snapshot(env, conninfo);
   const auto t0 = Clock::now();
-  auto workers = spawn_workers(env, name, config, spec.workers, spec.batch, spec.metrics);
+  std::vector<std::string> extra;
+  if (spec.metrics) extra.insert(extra.end(), {"--metrics", "127.0.0.1:0"});
+  if (!spec.isolation.empty()) extra.insert(extra.end(), {"--isolation", spec.isolation});
+  auto workers = spawn_workers(env, name, config, spec.workers, spec.batch, extra);
   const long scale = std::max(1L, spec.runs / std::max(1, a.runs));
   const auto deadline = t0 + std::chrono::seconds(a.timeout_s * scale);
   long completed = 0, failed = 0;
@@ -857,6 +1005,7 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
   }
   r.first_s = seconds_between(t0, t_first);
   r.total_s = seconds_between(t0, t_last);
+  if (spec.processes) r.processes = idle_processes(workers);
 
   const auto t_stop = Clock::now();
   r.ends = stop_workers(workers);
@@ -950,6 +1099,57 @@ std::string wait_run_end(Listener& listener, const RunId& run, Millis timeout,
   return "";
 }
 
+// What went wrong in one latency sample; the caller adds its workers' logs.
+struct SampleFailed : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// One run of bench_latency, started by `starter` when nothing else is in flight and waited for
+// on `listener` (of the same database); its output read by `reader`.
+struct LatencySample {
+  double call_ms = 0;     // start_run() round trip
+  double handler_ms = 0;  // before start_run -> handler entered (wall clock)
+  double done_ms = 0;     // before start_run -> completion notification received
+  Clock::time_point seen;
+};
+
+LatencySample latency_sample(RunStore& starter, RunStore& reader, Listener& listener,
+                             const FlowInfo& flow, int i, Millis wait,
+                             const std::function<bool()>& worker_exited) {
+  const std::string slug = flow.def.slug;
+  while (true) {  // drop what is queued (nothing should be), so the wait sees this run only
+    auto n = listener.wait(Millis(0));
+    if (!n) throw SampleFailed("listener: " + n.error().format());
+    if (!*n) break;
+  }
+  const auto t_before = Clock::now();
+  const std::int64_t before_us = realtime_us();
+  auto id = starter.start_run(slug, flow.version, Json{{"i", i}});
+  const auto t_started = Clock::now();
+  if (!id) throw SampleFailed("start_run: " + id.error().format());
+  const std::string status = wait_run_end(listener, *id, wait, worker_exited);
+  const auto t_seen = Clock::now();
+  if (status.empty() && worker_exited())
+    throw SampleFailed(
+        fmt::format("run {} (sample {}): the worker exited before the run ended", *id, i));
+  if (status != "completed")
+    throw SampleFailed(fmt::format("run {} (sample {}) {} after {} ms", *id, i,
+                                   status.empty() ? std::string("did not end") : "ended " + status,
+                                   wait.count()));
+  auto info = reader.get_run(*id);
+  if (!info || !*info || !(*info)->output)
+    throw SampleFailed(fmt::format("run {}: no output", *id));
+  const Json& out = *(*info)->output;
+  // The run's output is {leaf step slug: its output}.
+  const Json* stamp = out.contains("only") ? &out["only"] : &out;
+  if (!stamp->is_object() || !stamp->contains("t_us") || !(*stamp)["t_us"].is_number_integer())
+    throw SampleFailed(fmt::format("run {}: unexpected output {}", *id, out.dump()));
+  const auto handler_us = (*stamp)["t_us"].get<std::int64_t>();
+  return {Seconds(t_started - t_before).count() * 1e3,
+          static_cast<double>(handler_us - before_us) / 1e3,
+          Seconds(t_seen - t_before).count() * 1e3, t_seen};
+}
+
 LatencyResult latency(Env& env) {
   const Args& a = env.args;
   const std::string slug = "bench_latency";
@@ -997,39 +1197,19 @@ LatencyResult latency(Env& env) {
   // started without waiting for the WAL flush.
   const auto sample = [&](int i, bool record) {
     const bool async = i % 2 == 1;
-    while (true) {  // drop what is queued (nothing should be), so the wait sees this run only
-      auto n = listener.wait(Millis(0));
-      if (!n) fail("listener: " + n.error().format());
-      if (!*n) break;
-    }
-    const auto t_before = Clock::now();
-    const std::int64_t before_us = realtime_us();
-    auto id = (async ? store_async : store).start_run(slug, flow.version, Json{{"i", i}});
-    const auto t_started = Clock::now();
-    if (!id) fail("start_run: " + id.error().format());
     const Millis wait = i == 0 ? Millis(a.timeout_s * 1000) : Millis(10'000);
-    const std::string status = wait_run_end(listener, *id, wait, worker_exited);
-    const auto t_seen = Clock::now();
-    if (status.empty() && worker_exited())
-      fail(fmt::format("run {} (sample {}): the worker exited before the run ended", *id, i));
-    if (status != "completed")
-      fail(fmt::format("run {} (sample {}) {} after {} ms", *id, i,
-                       status.empty() ? std::string("did not end") : "ended " + status,
-                       wait.count()));
-    auto info = store.get_run(*id);
-    if (!info || !*info || !(*info)->output) fail(fmt::format("run {}: no output", *id));
-    const Json& out = *(*info)->output;
-    // The run's output is {leaf step slug: its output}.
-    const Json* stamp = out.contains("only") ? &out["only"] : &out;
-    if (!stamp->is_object() || !stamp->contains("t_us") || !(*stamp)["t_us"].is_number_integer())
-      fail(fmt::format("run {}: unexpected output {}", *id, out.dump()));
-    if (i == 0) r.ready_s = seconds_between(t0, t_seen);
+    LatencySample s;
+    try {
+      s = latency_sample(async ? store_async : store, store, listener, flow, i, wait,
+                         worker_exited);
+    } catch (const SampleFailed& e) {
+      fail(e.what());
+    }
+    if (i == 0) r.ready_s = seconds_between(t0, s.seen);
     if (!record) return;
-    const auto handler_us = (*stamp)["t_us"].get<std::int64_t>();
-    (async ? call_async_ms : call_ms).push_back(Seconds(t_started - t_before).count() * 1e3);
-    (async ? handler_async_ms : handler_ms)
-        .push_back(static_cast<double>(handler_us - before_us) / 1e3);
-    (async ? done_async_ms : done_ms).push_back(Seconds(t_seen - t_before).count() * 1e3);
+    (async ? call_async_ms : call_ms).push_back(s.call_ms);
+    (async ? handler_async_ms : handler_ms).push_back(s.handler_ms);
+    (async ? done_async_ms : done_ms).push_back(s.done_ms);
   };
   // The first run also waits for the worker to be up and serving.
   for (int i = 0; i < r.warmup; ++i) {
@@ -1087,6 +1267,242 @@ void print_latency(const LatencyResult& r) {
   row("the disk: fdatasync() of an 8 kB write", r.flush_ms);
   row("  the same, 5 ms after the last", r.flush_idle_ms);
   std::printf("(worker serving %.2f s after it was spawned)\n", r.ready_s);
+}
+
+// ---- isolation: thread vs process ---------------------------------------------------------------
+
+const char* const kIsolations[2] = {"thread", "process"};
+
+// Start -> handler under each isolation: one idle worker per mode, each on a database of its own
+// (so that a run reaches the worker of its mode only), both running throughout; runs started one
+// at a time, 5 ms apart, the modes alternating thread, process, process, thread, ...
+struct IsolationLatency {
+  int samples = 0;  // per mode
+  int warmup = 0;   // per mode
+  Percentiles call[2], to_handler[2], to_completion[2];
+  double ready_s[2] = {0, 0};  // spawn -> its first run completed
+};
+
+IsolationLatency isolation_latency(Env& env) {
+  const Args& a = env.args;
+  const FlowInfo& flow = env.flows.at("bench_latency");
+  IsolationLatency r;
+  r.samples = a.samples;
+  r.warmup = 10;
+  struct Side {
+    std::string name;
+    std::optional<RunStore> store;
+    std::optional<Listener> listener;
+    std::vector<ChildProcess> workers;
+    std::vector<double> call, handler, done;
+    Clock::time_point t0;
+  };
+  Side sides[2];
+  for (int m = 0; m < 2; ++m) {
+    Side& side = sides[m];
+    side.name = fmt::format("bench_latency_w1_{}", kIsolations[m]);
+    const std::string conninfo = fresh_database(env, "wb_" + side.name);
+    side.store.emplace(value_or_throw(RunStore::connect(conninfo), "connect"));
+    value_or_throw(side.store->upsert_flow(flow.def, flow.version), "upsert bench_latency");
+    side.listener.emplace(
+        value_or_throw(Listener::connect(conninfo, {std::string(kRunsChannel)}), "listen"));
+    const fs::path config = write_config(env, side.name, conninfo);
+    side.t0 = Clock::now();
+    side.workers = spawn_workers(env, side.name, config, 1, a.batches.front(),
+                                 {"--isolation", kIsolations[m]});
+  }
+  const auto stop_all = [&] {
+    for (auto& side : sides) stop_workers(side.workers);
+  };
+  const auto fail = [&](int m, const std::string& what) {
+    const std::string why =
+        fmt::format("{}: {}\n{}", sides[m].name, what, describe_workers(sides[m].workers));
+    stop_all();
+    throw ScenarioFailed(why);
+  };
+  const auto sample = [&](int i, bool record) {
+    const int m = (i / 2) % 2 == 0 ? i % 2 : 1 - i % 2;  // thread, process, process, thread
+    Side& side = sides[m];
+    const std::function<bool()> worker_exited = [&] {
+      return side.workers.front().poll().has_value();
+    };
+    const Millis wait = i < 2 ? Millis(a.timeout_s * 1000) : Millis(10'000);
+    LatencySample s;
+    try {
+      s = latency_sample(*side.store, *side.store, *side.listener, flow, i, wait, worker_exited);
+    } catch (const SampleFailed& e) {
+      fail(m, e.what());
+    }
+    if (i < 2) r.ready_s[m] = seconds_between(side.t0, s.seen);
+    if (!record) return;
+    side.call.push_back(s.call_ms);
+    side.handler.push_back(s.handler_ms);
+    side.done.push_back(s.done_ms);
+  };
+  // The first run of each mode also waits for its worker to be up and serving.
+  for (int i = 0; i < 2 * r.warmup; ++i) {
+    sample(i, false);
+    std::this_thread::sleep_for(Millis(5));
+  }
+  std::fprintf(stderr,
+               "  isolation latency: workers serving after %.2f s (thread), %.2f s (process); "
+               "%d samples each\n",
+               r.ready_s[0], r.ready_s[1], a.samples);
+  for (int i = 0; i < 2 * a.samples; ++i) {
+    sample(2 * r.warmup + i, true);
+    std::this_thread::sleep_for(Millis(5));
+  }
+  for (int m = 0; m < 2; ++m) {
+    r.call[m] = percentiles(sides[m].call);
+    r.to_handler[m] = percentiles(sides[m].handler);
+    r.to_completion[m] = percentiles(sides[m].done);
+  }
+  for (int m = 0; m < 2; ++m) {
+    for (const auto& end : stop_workers(sides[m].workers))
+      if (end != "exit code 0") {
+        const std::string why =
+            fmt::format("{}: the worker did not stop cleanly on SIGTERM: {}\n{}", sides[m].name,
+                        end, describe_workers(sides[m].workers));
+        stop_all();
+        throw ScenarioFailed(why);
+      }
+  }
+  return r;
+}
+
+// One round's burn-downs at one batch size, one per mode.
+struct IsolationPair {
+  int round = 0;
+  int batch = 0;
+  const char* first = "";  // the mode that ran first
+  BurnResult of[2];        // thread, process
+  double rate(int m) const { return static_cast<double>(of[m].spec.runs) / of[m].total_s; }
+  double ratio() const { return rate(1) / rate(0); }
+};
+
+void print_isolation(const Args& a, const std::vector<IsolationPair>& pairs,
+                     const std::optional<IsolationLatency>& lat) {
+  if (pairs.empty() && !lat) return;
+  constexpr double kRateTarget = 0.8, kLatencyTargetMs = 0.2;  // issue 49's
+  const auto mib = [](double kb) { return kb / 1024; };
+  if (!pairs.empty()) {
+    const auto& s0 = pairs.front().of[0].spec;
+    std::printf(
+        "\nisolation: burn-downs of %ld bench_single runs (a no-op handler), %d worker(s), "
+        "concurrency %d, `worker --isolation thread` and `--isolation process`, the first "
+        "alternating from round to round; time from spawning the workers to the last "
+        "completion\n",
+        s0.runs, s0.workers, a.concurrency);
+    std::printf("%5s %6s %8s %12s %12s %15s\n", "round", "batch", "first", "thread r/s",
+                "process r/s", "process/thread");
+    for (const auto& p : pairs)
+      std::printf("%5d %6d %8s %12.0f %12.0f %15.3f\n", p.round, p.batch, p.first, p.rate(0),
+                  p.rate(1), p.ratio());
+    std::printf("medians of the rounds (target: process/thread >= %.2f):\n", kRateTarget);
+    std::printf("%5s %6s %8s %12s %12s %15s\n", "", "batch", "rounds", "thread r/s", "process r/s",
+                "process/thread");
+    std::vector<int> batches;
+    for (const auto& p : pairs)
+      if (std::find(batches.begin(), batches.end(), p.batch) == batches.end())
+        batches.push_back(p.batch);
+    for (int batch : batches) {
+      std::vector<double> t, pr, ratio;
+      for (const auto& p : pairs)
+        if (p.batch == batch) {
+          t.push_back(p.rate(0));
+          pr.push_back(p.rate(1));
+          ratio.push_back(p.ratio());
+        }
+      const double m = median(ratio);
+      const std::string verdict = m >= kRateTarget
+                                      ? std::string("target met")
+                                      : fmt::format("target missed by {:.3f}", kRateTarget - m);
+      std::printf("%5s %6d %8zu %12.0f %12.0f %15.3f  %s\n", "", batch, ratio.size(), median(t),
+                  median(pr), m, verdict.c_str());
+    }
+    std::printf(
+        "\nidle memory after each burn-down, before the workers stopped: the workers' VmRSS, and "
+        "their `flowreg __handler-host` children's VmRSS and Pss (smaps_rollup); medians, MiB\n");
+    std::printf("%5s %6s %8s %8s %12s %8s %12s %12s\n", "round", "batch", "mode", "workers",
+                "worker RSS", "hosts", "host RSS", "host Pss");
+    std::vector<double> host_rss, host_pss, worker_rss[2];
+    std::vector<int> host_counts;
+    for (const auto& p : pairs)
+      for (int m = 0; m < 2; ++m) {
+        const IdleProcesses& mem = p.of[m].processes;
+        worker_rss[m].push_back(mem.worker_rss_kb);
+        if (m == 1) {
+          host_rss.push_back(mem.host_rss_kb);
+          if (mem.host_pss_kb >= 0) host_pss.push_back(mem.host_pss_kb);
+          host_counts.push_back(mem.hosts);
+        }
+        const std::string rss =
+            mem.hosts > 0 ? fmt::format("{:.1f}", mib(mem.host_rss_kb)) : std::string("-");
+        const std::string pss =
+            mem.host_pss_kb >= 0 ? fmt::format("{:.1f}", mib(mem.host_pss_kb)) : std::string("-");
+        std::printf("%5d %6d %8s %8d %12.1f %8d %12s %12s\n", p.round, p.batch, kIsolations[m],
+                    mem.workers, mib(mem.worker_rss_kb), mem.hosts, rss.c_str(), pss.c_str());
+      }
+    std::vector<double> counts(host_counts.begin(), host_counts.end());
+    const std::string pss =
+        host_pss.empty() ? std::string("unreadable") : fmt::format("{:.1f}", mib(median(host_pss)));
+    std::printf(
+        "median over the burn-downs: worker RSS %.1f MiB (thread), %.1f MiB (process); %.0f "
+        "handler processes, each %.1f MiB RSS, %s MiB Pss\n",
+        mib(median(worker_rss[0])), mib(median(worker_rss[1])), median(counts),
+        mib(median(host_rss)), pss.c_str());
+
+    // Where the time goes: the CPU of each side per run (the machine's cores are the limit when
+    // the workers, their handler processes and PostgreSQL share them).
+    std::printf(
+        "\nCPU per run, us (workers and handler processes: since they started, read before they "
+        "stopped; PostgreSQL: the drain's cluster CPU), and context switches per run; medians of "
+        "the rounds\n");
+    std::printf("%6s %8s %9s %9s %9s %9s %11s %11s\n", "batch", "mode", "workers", "handlers", "PG",
+                "total", "worker cs", "handler cs");
+    for (int batch : batches)
+      for (int m = 0; m < 2; ++m) {
+        std::vector<double> w, h, pg, total, wcs, hcs;
+        for (const auto& p : pairs) {
+          if (p.batch != batch) continue;
+          const BurnResult& b = p.of[m];
+          const double runs = static_cast<double>(b.spec.runs);
+          const IdleProcesses& pr = b.processes;
+          w.push_back(pr.worker_cpu_s * 1e6 / runs);
+          h.push_back(pr.host_cpu_s * 1e6 / runs);
+          pg.push_back(b.drain.cpu_us);
+          total.push_back(w.back() + h.back() + pg.back());
+          wcs.push_back(pr.worker_switches / runs);
+          hcs.push_back(pr.host_switches / runs);
+        }
+        std::printf("%6d %8s %9.1f %9.1f %9.1f %9.1f %11.2f %11.2f\n", batch, kIsolations[m],
+                    median(w), median(h), median(pg), median(total), median(wcs), median(hcs));
+      }
+  }
+  if (lat) {
+    std::printf(
+        "\nisolation latency: start_run() -> handler entered; one idle worker per mode, each on a "
+        "database of its own; 2 x %d runs of bench_latency started one at a time, 5 ms apart, "
+        "the modes alternating (thread, process, process, thread, ...) after %d warm-up runs "
+        "each; ms\n",
+        lat->samples, lat->warmup);
+    std::printf("%-36s %8s %8s %8s %8s %8s\n", "", "p50", "p90", "p99", "max", "mean");
+    const auto row = [](const std::string& what, const Percentiles& p) {
+      std::printf("%-36s %8.3f %8.3f %8.3f %8.3f %8.3f\n", what.c_str(), p.p50, p.p90, p.p99, p.max,
+                  p.mean);
+    };
+    for (int m = 0; m < 2; ++m) {
+      row(fmt::format("{}: start_run() call", kIsolations[m]), lat->call[m]);
+      row(fmt::format("{}: -> handler entered", kIsolations[m]), lat->to_handler[m]);
+      row(fmt::format("{}: -> completion notified", kIsolations[m]), lat->to_completion[m]);
+    }
+    const double d50 = lat->to_handler[1].p50 - lat->to_handler[0].p50;
+    std::printf(
+        "process - thread, start -> handler: p50 %+.3f ms (target: at most %+.1f ms, %s), p99 "
+        "%+.3f ms; workers serving after %.2f s (thread), %.2f s (process)\n",
+        d50, kLatencyTargetMs, d50 <= kLatencyTargetMs ? "met" : "missed",
+        lat->to_handler[1].p99 - lat->to_handler[0].p99, lat->ready_s[0], lat->ready_s[1]);
+  }
 }
 
 // ---- starting runs ----------------------------------------------------------------------------
@@ -1277,7 +1693,9 @@ void print_burns(const char* title, const std::vector<BurnResult>& results) {
         s.steps == 1 && steady_s > 0
             ? fmt::format("{:.0f}", static_cast<double>(s.runs - 1) / steady_s)
             : "-";
-    const std::string label = fmt::format("{} {}{}", s.slug, s.runs, s.analyze ? " ANALYZEd" : "");
+    const std::string label =
+        fmt::format("{} {}{}{}", s.slug, s.runs, s.analyze ? " ANALYZEd" : "",
+                    s.isolation.empty() ? "" : fmt::format(" {} r{}", s.isolation, s.round));
     std::printf("%-34s %7d %6d %8.0f %9.3f %9.3f %9.0f %9.0f %8s\n", label.c_str(), s.workers,
                 s.batch, static_cast<double>(s.runs) / r.enqueue_s, r.first_s, r.total_s,
                 static_cast<double>(s.runs) / r.total_s, tasks / r.total_s, steady.c_str());
@@ -1287,10 +1705,11 @@ void print_burns(const char* title, const std::vector<BurnResult>& results) {
   for (const auto& r : results) {
     const auto& s = r.spec;
     Row start = r.start, drain = r.drain;
-    start.what =
-        fmt::format("w{} b{} {}{}", s.workers, s.batch, start.what, s.analyze ? " (ANALYZEd)" : "");
-    drain.what =
-        fmt::format("w{} b{} {}{}", s.workers, s.batch, drain.what, s.analyze ? " (ANALYZEd)" : "");
+    const std::string note = s.analyze             ? " (ANALYZEd)"
+                             : s.isolation.empty() ? ""
+                                                   : fmt::format(" ({} r{})", s.isolation, s.round);
+    start.what = fmt::format("w{} b{} {}{}", s.workers, s.batch, start.what, note);
+    drain.what = fmt::format("w{} b{} {}{}", s.workers, s.batch, drain.what, note);
     print_row(start);
     print_row(drain);
   }
@@ -1304,6 +1723,8 @@ int run_bench(Env& env) {
   std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
   std::vector<ScrapeResult> scrapes;
+  std::vector<IsolationPair> isolation_pairs;
+  std::optional<IsolationLatency> isolation_lat;
   const auto report = [&] {
     print_burns(
         "single: burn-down of single-step runs started before the workers; time from spawning "
@@ -1371,11 +1792,20 @@ int run_bench(Env& env) {
       std::printf("mean time ratio (with / without): %.3f\n",
                   sum / static_cast<double>(metrics_pairs.size()));
     }
+    if (!isolation_pairs.empty()) {
+      std::vector<BurnResult> burns;
+      for (const auto& p : isolation_pairs) burns.insert(burns.end(), {p.of[0], p.of[1]});
+      print_burns("isolation: every burn-down, in the order run", burns);
+    }
+    print_isolation(a, isolation_pairs, isolation_lat);
     std::printf("\nworker command lines:\n");
     for (const auto& c : env.commands) std::printf("  %s\n", c.c_str());
     if (!a.json_file.empty()) {
       Json rows = Json::array();
-      for (const auto* list : {&singles, &chains, &fanouts, &backlogs})
+      std::vector<BurnResult> isolation_burns;
+      for (const auto& p : isolation_pairs)
+        isolation_burns.insert(isolation_burns.end(), {p.of[0], p.of[1]});
+      for (const auto* list : {&singles, &chains, &fanouts, &backlogs, &isolation_burns})
         for (const auto& b : *list) {
           for (const Row* row : {&b.start, &b.drain}) {
             Json j = row_json(*row);
@@ -1384,6 +1814,19 @@ int run_bench(Env& env) {
             j["batch"] = b.spec.batch;
             j["analyzed"] = b.spec.analyze;
             j["first_s"] = b.first_s;
+            if (!b.spec.isolation.empty()) {
+              j["isolation"] = b.spec.isolation;
+              j["round"] = b.spec.round;
+              const IdleProcesses& pr = b.processes;
+              j["idle_memory_kib"] = {{"workers", pr.workers},
+                                      {"worker_rss_median", pr.worker_rss_kb},
+                                      {"handler_hosts", pr.hosts},
+                                      {"host_rss_median", pr.host_rss_kb},
+                                      {"host_pss_median", pr.host_pss_kb}};
+              j["cpu_s"] = {{"workers", pr.worker_cpu_s}, {"handler_hosts", pr.host_cpu_s}};
+              j["context_switches"] = {{"workers", pr.worker_switches},
+                                       {"handler_hosts", pr.host_switches}};
+            }
             rows.push_back(j);
           }
         }
@@ -1414,6 +1857,19 @@ int run_bench(Env& env) {
                             {"disk_flush_ms", pj(lat->flush_ms)},
                             {"disk_flush_after_5ms_ms", pj(lat->flush_idle_ms)},
                             {"start_to_completion_ms", pj(lat->to_completion)}});
+      }
+      if (isolation_lat) {
+        const auto pj = [](const Percentiles& p) {
+          return Json{
+              {"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"max", p.max}, {"mean", p.mean}};
+        };
+        for (int m = 0; m < 2; ++m)
+          rows.push_back(Json{{"scenario", "isolation_latency"},
+                              {"isolation", kIsolations[m]},
+                              {"samples", isolation_lat->samples},
+                              {"start_run_call_ms", pj(isolation_lat->call[m])},
+                              {"start_to_handler_ms", pj(isolation_lat->to_handler[m])},
+                              {"start_to_completion_ms", pj(isolation_lat->to_completion[m])}});
       }
       for (const auto& r : scrapes)
         rows.push_back(Json{{"scenario", "scrape"},
@@ -1465,6 +1921,27 @@ int run_bench(Env& env) {
       }
     if (a.wants("scrape"))
       for (int size : a.scrape_backlog) scrapes.push_back(scrape_reads(env, size));
+    if (a.wants("isolation")) {
+      const std::vector<int> batches = a.batches_given ? a.batches : std::vector<int>{64, 512};
+      for (int round = 1; round <= a.isolation_rounds; ++round)
+        for (int batch : batches) {
+          IsolationPair pair;
+          pair.round = round;
+          pair.batch = batch;
+          // Thread first in odd rounds, process first in even ones: drift cancels in the medians.
+          const int first = round % 2 == 1 ? 0 : 1;
+          pair.first = kIsolations[first];
+          for (const int m : {first, 1 - first}) {
+            BurnSpec spec{"isolation", "bench_single", 1, a.workers.front(), batch, a.runs, false};
+            spec.isolation = kIsolations[m];
+            spec.processes = true;
+            spec.round = round;
+            pair.of[m] = burn_down(env, spec);
+          }
+          isolation_pairs.push_back(pair);
+        }
+      isolation_lat = isolation_latency(env);
+    }
   } catch (const ScenarioFailed& e) {
     report();
     std::printf("\nSCENARIO FAILED: %s\n", e.what());
