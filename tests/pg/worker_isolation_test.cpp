@@ -57,9 +57,8 @@ struct IsolationScene : flowreg::pgtest::WorkerScene {
   }
   // Attempts of `run` that did not complete (lease expiries included).
   std::string attempts(const fd::RunId& run) const {
-    return query_one_or_empty(conninfo,
-                              "SELECT count(*) FROM flowreg.task_attempts WHERE run_id = '" + run +
-                                  "'");
+    return query_one_or_empty(
+        conninfo, "SELECT count(*) FROM flowreg.task_attempts WHERE run_id = '" + run + "'");
   }
 };
 
@@ -103,7 +102,7 @@ bool running(pid_t pid) {
 struct Case {
   std::string how;
   Json extra;
-  std::string status;  // of the run
+  std::string status;             // of the run
   std::vector<std::string> says;  // in its error (failed) or its output (completed)
 };
 
@@ -152,7 +151,8 @@ TEST_SUITE("worker_isolation") {
       }
       REQUIRE_MESSAGE(eventually([&] { return s.ended(bad); }, 60s), s.err("w"));
       CHECK(s.field(bad, "status") == c.status);
-      const std::string said = c.status == "failed" ? s.field(bad, "error") : s.field(bad, "output");
+      const std::string said =
+          c.status == "failed" ? s.field(bad, "error") : s.field(bad, "output");
       for (const auto& words : c.says) CHECK_MESSAGE(said.find(words) != std::string::npos, said);
       // The worker lives on.
       CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
@@ -186,8 +186,9 @@ TEST_SUITE("worker_isolation") {
     REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("w"));
     CHECK(s.field(run, "status") == "completed");
     const std::string tag = "handler output [flow wiso_bad step only run " + run;
-    REQUIRE_MESSAGE(eventually([&] { return s.err("w").find("err line 1") != std::string::npos; }, 10s),
-                    s.err("w"));
+    REQUIRE_MESSAGE(
+        eventually([&] { return s.err("w").find("err line 1") != std::string::npos; }, 10s),
+        s.err("w"));
     const std::string log = s.err("w");
     for (const std::string line : {"out line 0", "out line 1", "err line 0", "err line 1"}) {
       CAPTURE(line);
@@ -200,7 +201,8 @@ TEST_SUITE("worker_isolation") {
     const auto loud = s.start("wiso_bad", {{"how", "print"}, {"lines", 100000}});
     REQUIRE_MESSAGE(eventually([&] { return s.ended(loud); }, 60s), s.err("w"));
     CHECK(s.field(loud, "status") == "completed");
-    REQUIRE(eventually([&] { return s.err("w").find("more bytes dropped") != std::string::npos; }, 10s));
+    REQUIRE(eventually([&] { return s.err("w").find("more bytes dropped") != std::string::npos; },
+                       10s));
     CHECK(s.err("w").find("err line 99999") == std::string::npos);
     w.signal(SIGTERM);
     CHECK(w.wait(60s) == 0);
@@ -226,10 +228,11 @@ TEST_SUITE("worker_isolation") {
     REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("b"));
     // wiso_bad has one attempt: the one that died with a used it (its lease expired).
     CHECK(s.field(run, "status") == "failed");
-    CHECK(query_one_or_empty(s.conninfo,
-                             "SELECT string_agg(attempt || ' ' || worker_id || ' ' || outcome, ', ') "
-                             "FROM flowreg.task_attempts WHERE run_id = '" +
-                                 run + "'") == "1 a lease_expired");
+    CHECK(
+        query_one_or_empty(s.conninfo,
+                           "SELECT string_agg(attempt || ' ' || worker_id || ' ' || outcome, ', ') "
+                           "FROM flowreg.task_attempts WHERE run_id = '" +
+                               run + "'") == "1 a lease_expired");
     b.signal(SIGTERM);
     CHECK(b.wait(60s) == 0);
   }

@@ -63,7 +63,8 @@ struct WorkerScene {
   std::filesystem::path config() const { return dir / "flowreg.yaml"; }
 
   // `flowreg worker --id ID` on this scene, its output in ID.out and ID.err. With
-  // FLOWREG_TEST_ISOLATION=process in the environment (CTest's flowreg_pg_tests/worker_in_processes),
+  // FLOWREG_TEST_ISOLATION=process in the environment (CTest's
+  // flowreg_pg_tests/worker_in_processes),
   // `--isolation process`: the same tests, every handler in a handler process.
   test::Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
     std::vector<std::string> argv = {

@@ -33,7 +33,7 @@ int worker_pid() {
   std::ifstream in("/proc/self/cmdline");
   const std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   return static_cast<int>(cmdline.find("__handler-host") != std::string::npos ? ::getppid()
-                                                                               : ::getpid());
+                                                                              : ::getpid());
 }
 
 void append_line(const std::string& file, const std::string& line) {
@@ -50,8 +50,8 @@ json record(const json& input, const Context& context) {
   if (in.contains("log"))
     append_line(in["log"].get<std::string>(),
                 context.run_id + " " + context.step + " " + std::to_string(context.task_index) +
-                    " " + std::to_string(context.attempt) + " " + std::to_string(worker_pid()) + " " +
-                    std::to_string(WPROBE_VERSION) + "\n");
+                    " " + std::to_string(context.attempt) + " " + std::to_string(worker_pid()) +
+                    " " + std::to_string(WPROBE_VERSION) + "\n");
   if (in.contains("hang_on_first") && context.attempt == 1) {
     std::ofstream(in["hang_on_first"].get<std::string>()) << worker_pid() << "\n";
     for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));

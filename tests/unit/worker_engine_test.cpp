@@ -34,6 +34,14 @@ using flowreg::Millis;
 
 namespace {
 
+// A step handler "test.handler" that calls `f` (run on the worker's threads).
+flowreg::detail::StepHandler test_handler(std::function<flowreg::HandlerOutcome()> f) {
+  flowreg::detail::StepHandler h;
+  h.name = "test.handler";
+  h.invoke = [f = std::move(f)](std::string_view, std::string_view) { return f(); };
+  return h;
+}
+
 // A store in memory: tasks ready to claim, and every call the worker made.
 class FakeStore final : public fd::WorkerStore {
  public:
@@ -297,9 +305,7 @@ struct Scene {
 
   std::shared_ptr<fd::FlowState> state(std::function<HandlerOutcome()> handler) {
     std::unordered_map<std::string, fd::StepHandler> handlers;
-    handlers.emplace(
-        "s", fd::StepHandler{.name = "test.handler", .invoke =
-                             [handler](std::string_view, std::string_view) { return handler(); }});
+    handlers.emplace("s", test_handler(handler));
     return std::make_shared<fd::FlowState>(fd::FlowKey{"f", "v1"}, std::move(handlers));
   }
   void start_service(const std::shared_ptr<fd::FlowState>& state) {
@@ -542,10 +548,7 @@ TEST_SUITE("engine") {
     } open_at_end{hang, later};
     const auto flow = [&](const std::string& slug, std::function<HandlerOutcome()> handler) {
       std::unordered_map<std::string, fd::StepHandler> handlers;
-      handlers.emplace(
-          "s", fd::StepHandler{"test.handler", [handler](std::string_view, std::string_view) {
-                                 return handler();
-                               }});
+      handlers.emplace("s", test_handler(handler));
       return std::make_shared<fd::FlowState>(fd::FlowKey{slug, "v1"}, std::move(handlers));
     };
     auto hung = flow("hung", hang.handler());
@@ -641,9 +644,7 @@ struct Services {
   }
   void start(const std::string& slug, std::function<HandlerOutcome()> handler = ok) {
     std::unordered_map<std::string, fd::StepHandler> handlers;
-    handlers.emplace(
-        "s", fd::StepHandler{.name = "test.handler", .invoke =
-                             [handler](std::string_view, std::string_view) { return handler(); }});
+    handlers.emplace("s", test_handler(handler));
     flowreg::FlowDef def;
     def.slug = slug;
     auto started = fd::FlowService::start(

@@ -158,8 +158,10 @@ int handler_host_main(int argc, char** argv) {
   set_limit(RLIMIT_CORE, 0);
   if (const long long mb = std::atoll(argv[4]); mb > 0)
     set_limit(RLIMIT_AS, static_cast<rlim_t>(mb) << 20);
-  if (const long long n = std::atoll(argv[5]); n > 0) set_limit(RLIMIT_NOFILE, static_cast<rlim_t>(n));
-  if (const long long n = std::atoll(argv[6]); n > 0) set_limit(RLIMIT_NPROC, static_cast<rlim_t>(n));
+  if (const long long n = std::atoll(argv[5]); n > 0)
+    set_limit(RLIMIT_NOFILE, static_cast<rlim_t>(n));
+  if (const long long n = std::atoll(argv[6]); n > 0)
+    set_limit(RLIMIT_NPROC, static_cast<rlim_t>(n));
 
   auto plugin = LoadedPlugin::open(argv[2]);
   if (!plugin) {
@@ -191,6 +193,8 @@ int handler_host_main(int argc, char** argv) {
     }
   }).detach();
 
+  rusage last_usage{};
+  ::getrusage(RUSAGE_SELF, &last_usage);
   for (;;) {
     if (!read_frame(kChannelFd, frame, kMaxRequestBytes)) return 0;  // the worker closed it
     constexpr std::size_t kTaskHeader = 1 + 4 + 8 + 4;
@@ -202,8 +206,9 @@ int handler_host_main(int argc, char** argv) {
     const std::string_view context(frame.data() + kTaskHeader, context_bytes);
     const std::string_view input(frame.data() + kTaskHeader + context_bytes,
                                  frame.size() - kTaskHeader - context_bytes);
-    rusage before{};
-    ::getrusage(RUSAGE_SELF, &before);
+    // This process runs nothing between tasks: what it used up to the end of the last task is
+    // what it used before this one.
+    const rusage before = last_usage;
     if (cpu_ms > 0) {
       // A soft limit over what the process used so far: SIGXCPU when this task uses its share.
       const std::uint64_t used_s = cpu_us_of(before) / 1'000'000;
@@ -212,9 +217,15 @@ int handler_host_main(int argc, char** argv) {
     }
     HandlerOutcome outcome = (*plugin)->invoke(index, input, context);
     std::fflush(nullptr);  // what the handler printed goes out with its task
-    const int left = kill_descendants(Clock::now() + milliseconds(1'000));
+    // A subreaper without children has no descendant at all: the common case costs one waitid
+    // (under a microsecond), not a listing of /proc (about 17 microseconds).
+    siginfo_t child{};
+    const bool has_children =
+        ::waitid(P_ALL, 0, &child, WEXITED | WNOHANG | WNOWAIT) == 0 || errno != ECHILD;
+    const int left = has_children ? kill_descendants(Clock::now() + milliseconds(1'000)) : 0;
     rusage after{};
     ::getrusage(RUSAGE_SELF, &after);
+    last_usage = after;
     std::string reply;
     reply.reserve(kResultHeader + outcome.body.size());
     reply += 'R';
@@ -233,8 +244,8 @@ int handler_host_main(int argc, char** argv) {
 
 struct HandlerProcessPool::Process {
   pid_t pid = 0;
-  int channel = -1;  // our end of the socketpair (non-blocking)
-  int output = -1;   // the read end of its stdout and stderr (non-blocking)
+  int channel = -1;           // our end of the socketpair (non-blocking)
+  int output = -1;            // the read end of its stdout and stderr (non-blocking)
   bool output_ended = false;  // it closed its stdout and stderr: no more polling them
   bool reaped = false;
   int status = 0;  // when reaped
@@ -291,17 +302,17 @@ std::unique_ptr<HandlerProcessPool::Process> HandlerProcessPool::spawn(std::stri
   posix_spawnattr_setsigmask(&attr, &none);  // the worker blocks SIGTERM and SIGINT
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setpgroup(&attr, 0);  // a process group of its own, killed as a whole
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK |
-                                      POSIX_SPAWN_SETSIGDEF);
+  posix_spawnattr_setflags(&attr,
+                           POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   const std::string exe = options_.exe.string(), plugin = options_.plugin.string(),
                     parent = std::to_string(::getpid()),
                     memory = std::to_string(options_.limits.memory_mb),
                     files = std::to_string(options_.limits.open_files),
                     procs = std::to_string(options_.limits.processes);
-  std::vector<char*> argv = {const_cast<char*>(exe.c_str()), const_cast<char*>("__handler-host"),
+  std::vector<char*> argv = {const_cast<char*>(exe.c_str()),    const_cast<char*>("__handler-host"),
                              const_cast<char*>(plugin.c_str()), const_cast<char*>(parent.c_str()),
                              const_cast<char*>(memory.c_str()), const_cast<char*>(files.c_str()),
-                             const_cast<char*>(procs.c_str()), nullptr};
+                             const_cast<char*>(procs.c_str()),  nullptr};
   pid_t pid = 0;
   const int spawned = ::posix_spawn(&pid, exe.c_str(), &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
@@ -378,9 +389,10 @@ void log_output(const std::string& kept, std::size_t dropped, const TaskTag& tag
     at = nl + 1;
   }
   if (dropped > 0)
-    spdlog::warn("handler output [flow {} step {} run {} task {} pid {}]: {} more bytes dropped "
-                 "(the log keeps {} bytes per task)",
-                 tag.flow, tag.step, tag.run_id, tag.task_id, pid, dropped, kept.size());
+    spdlog::warn(
+        "handler output [flow {} step {} run {} task {} pid {}]: {} more bytes dropped "
+        "(the log keeps {} bytes per task)",
+        tag.flow, tag.step, tag.run_id, tag.task_id, pid, dropped, kept.size());
 }
 
 }  // namespace
@@ -419,7 +431,8 @@ std::unique_ptr<HandlerProcessPool::Process> HandlerProcessPool::take(std::strin
     while (problem.empty()) {
       const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
       if (left <= 0) {
-        problem = fmt::format("it did not load the plugin within {} ms", options_.start_timeout.count());
+        problem =
+            fmt::format("it did not load the plugin within {} ms", options_.start_timeout.count());
         break;
       }
       pollfd fds[2] = {{p->channel, static_cast<short>(sent < f.size() ? POLLOUT : POLLIN), 0},
@@ -428,11 +441,14 @@ std::unique_ptr<HandlerProcessPool::Process> HandlerProcessPool::take(std::strin
         problem = std::strerror(errno);
         break;
       }
-      if (fds[1].revents) drain_output(p->output, kept, options_.log_bytes, dropped, p->output_ended);
+      if (fds[1].revents)
+        drain_output(p->output, kept, options_.log_bytes, dropped, p->output_ended);
       if (sent < f.size() && (fds[0].revents & POLLOUT)) {
         const ssize_t w = ::send(p->channel, f.data() + sent, f.size() - sent, MSG_NOSIGNAL);
-        if (w > 0) sent += static_cast<std::size_t>(w);
-        else if (w < 0 && errno != EAGAIN && errno != EINTR) problem = "its channel closed";
+        if (w > 0)
+          sent += static_cast<std::size_t>(w);
+        else if (w < 0 && errno != EAGAIN && errno != EINTR)
+          problem = "its channel closed";
         continue;
       }
       if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -527,39 +543,22 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
   std::size_t dropped = 0;
   enum class End { result, timed_out, closed, broken } how = End::result;
   std::string broken_why;
-  for (;;) {
-    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) {
-      how = End::timed_out;
-      break;
-    }
-    pollfd fds[2] = {{p->channel, static_cast<short>(POLLIN | (sent < request.size() ? POLLOUT : 0)), 0},
-                     {p->output_ended ? -1 : p->output, POLLIN, 0}};
-    if (::poll(fds, 2, static_cast<int>(std::min<long long>(left, 1'000'000))) < 0) {
-      if (errno == EINTR) continue;
-      how = End::broken;
-      broken_why = std::strerror(errno);
-      break;
-    }
-    if (fds[1].revents) drain_output(p->output, kept, options_.log_bytes, dropped, p->output_ended);
-    if (sent < request.size() && (fds[0].revents & POLLOUT)) {
-      const ssize_t w = ::send(p->channel, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
-      if (w > 0) sent += static_cast<std::size_t>(w);
-    }
-    if (fds[0].revents & (POLLIN | POLLHUP | POLLERR)) {
-      // Read only what the frame needs: its length first, then at most its bytes.
-      std::size_t want = 4;
-      if (got.size() >= 4) want = 4 + get_u32(got.data());
+  // The request goes out at once when the socket takes it whole (nearly always): no poll first.
+  if (const ssize_t w = ::send(p->channel, request.data(), request.size(), MSG_NOSIGNAL); w > 0)
+    sent = static_cast<std::size_t>(w);
+  bool complete = false;
+  // Reads what has arrived of the reply: its length first (checked), then at most its bytes, until
+  // the socket has no more; false when the reply cannot be read any further (`how` says why).
+  const auto read_reply = [&]() -> bool {
+    for (;;) {
+      const std::size_t want = got.size() >= 4 ? 4 + get_u32(got.data()) : 4;
       char buffer[64 * 1024];
       const ssize_t r = ::read(p->channel, buffer, std::min(sizeof buffer, want - got.size()));
-      if (r == 0) {
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EAGAIN) return true;
+      if (r <= 0) {
         how = End::closed;
-        break;
-      }
-      if (r < 0) {
-        if (errno == EAGAIN || errno == EINTR) continue;
-        how = End::closed;
-        break;
+        return false;
       }
       got.append(buffer, static_cast<std::size_t>(r));
       if (got.size() == 4) {
@@ -570,17 +569,43 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
               "it sent a result of {} bytes, over the limit of {} bytes of output "
               "(worker.max_output_bytes, --max-output)",
               n, options_.max_output_bytes);
-          break;
+          return false;
         }
         if (n < kResultHeader) {
           how = End::broken;
           broken_why = fmt::format("it sent a frame of {} bytes, too short for a result", n);
-          break;
+          return false;
         }
         got.reserve(4 + n);
       }
-      if (got.size() >= 4 && got.size() == 4 + get_u32(got.data())) break;
+      if (got.size() >= 4 && got.size() == 4 + get_u32(got.data())) {
+        complete = true;
+        return true;
+      }
     }
+  };
+  while (!complete) {
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0) {
+      how = End::timed_out;
+      break;
+    }
+    pollfd fds[2] = {
+        {p->channel, static_cast<short>(POLLIN | (sent < request.size() ? POLLOUT : 0)), 0},
+        {p->output_ended ? -1 : p->output, POLLIN, 0}};
+    if (::poll(fds, 2, static_cast<int>(std::min<long long>(left, 1'000'000))) < 0) {
+      if (errno == EINTR) continue;
+      how = End::broken;
+      broken_why = std::strerror(errno);
+      break;
+    }
+    if (fds[1].revents) drain_output(p->output, kept, options_.log_bytes, dropped, p->output_ended);
+    if (sent < request.size() && (fds[0].revents & POLLOUT)) {
+      const ssize_t w =
+          ::send(p->channel, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+      if (w > 0) sent += static_cast<std::size_t>(w);
+    }
+    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) && !read_reply()) break;
   }
   if (how == End::result && (got[4] != 'R' || static_cast<unsigned char>(got[5]) > 2)) {
     how = End::broken;
@@ -594,9 +619,10 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
     facts.left_processes = get_u32(got.data() + 22);
     log_output(kept, dropped, tag, p->pid);
     if (facts.left_processes > 0)
-      spdlog::warn("worker: {} of flow {} run {} task {} left {} process(es) running; they were "
-                   "killed",
-                   handler, tag.flow, tag.run_id, tag.task_id, facts.left_processes);
+      spdlog::warn(
+          "worker: {} of flow {} run {} task {} left {} process(es) running; they were "
+          "killed",
+          handler, tag.flow, tag.run_id, tag.task_id, facts.left_processes);
     const auto status = static_cast<unsigned char>(got[5]);
     HandlerOutcome outcome{status == 0   ? HandlerOutcome::Status::ok
                            : status == 1 ? HandlerOutcome::Status::retry
@@ -649,9 +675,10 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
       case End::broken:
         ++counts_.broken;
         metrics::handler_process_ends("broken").inc();
-        why = fmt::format("{} broke its channel to the worker: {}; the handler process (pid {}) "
-                          "was killed",
-                          handler, broken_why, pid);
+        why = fmt::format(
+            "{} broke its channel to the worker: {}; the handler process (pid {}) "
+            "was killed",
+            handler, broken_why, pid);
         if (broken_why.find("max_output_bytes") != std::string::npos)
           status = HandlerOutcome::Status::permanent;
         break;
@@ -660,10 +687,10 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
         if (facts.signal == SIGXCPU) {
           ++counts_.killed_limit;
           metrics::handler_process_ends("limit").inc();
-          why = fmt::format("{} used its CPU time limit of {} s (limits.cpu): its process (pid "
-                            "{}) got {}",
-                            handler, (options_.limits.cpu.count() + 999) / 1000, pid,
-                            signal_name(SIGXCPU));
+          why = fmt::format(
+              "{} used its CPU time limit of {} s (limits.cpu): its process (pid "
+              "{}) got {}",
+              handler, (options_.limits.cpu.count() + 999) / 1000, pid, signal_name(SIGXCPU));
         } else if (facts.signal != 0) {
           ++(facts.signal == SIGKILL ? counts_.killed_limit : counts_.crashed);
           metrics::handler_process_ends(facts.signal == SIGKILL ? "limit" : "crashed").inc();
@@ -675,9 +702,10 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
         } else if (facts.exit_status == kExitChannelLost) {
           ++counts_.broken;
           metrics::handler_process_ends("broken").inc();
-          why = fmt::format("{} closed or broke its result channel (descriptor 3) in its process "
-                            "(pid {}), which could not send the result",
-                            handler, pid);
+          why = fmt::format(
+              "{} closed or broke its result channel (descriptor 3) in its process "
+              "(pid {}), which could not send the result",
+              handler, pid);
         } else if (facts.exit_status >= 0) {
           ++counts_.crashed;
           metrics::handler_process_ends("crashed").inc();
@@ -686,9 +714,10 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
         } else {
           ++counts_.broken;
           metrics::handler_process_ends("broken").inc();
-          why = fmt::format("{} closed its channel to the worker; the handler process (pid {}) "
-                            "was killed",
-                            handler, pid);
+          why = fmt::format(
+              "{} closed its channel to the worker; the handler process (pid {}) "
+              "was killed",
+              handler, pid);
         }
         break;
     }

@@ -68,10 +68,10 @@ struct HandlerProcessOptions {
 // What a task's process did (for the log, metrics and messages).
 struct ProcessFacts {
   pid_t pid = 0;
-  std::uint64_t cpu_us = 0;      // CPU time of the task (user + system)
-  std::uint64_t max_rss_kb = 0;  // peak resident set of the process so far
-  int signal = 0;                // the signal that ended it during the task
-  int exit_status = -1;          // its exit status when it exited during the task
+  std::uint64_t cpu_us = 0;          // CPU time of the task (user + system)
+  std::uint64_t max_rss_kb = 0;      // peak resident set of the process so far
+  int signal = 0;                    // the signal that ended it during the task
+  int exit_status = -1;              // its exit status when it exited during the task
   std::uint32_t left_processes = 0;  // processes the handler started and left running (killed)
   bool killed = false;               // killed by the worker (timeout, protocol, output size)
 };
@@ -98,17 +98,16 @@ class HandlerProcessPool {
   // Runs handler `index` in one of the pool's processes, waiting for one to be free (at most
   // max_processes run at once). Never throws; never lets the handler's misbehaviour out.
   HandlerOutcome invoke(std::uint32_t index, std::string_view input, std::string_view context,
-                        std::chrono::milliseconds timeout, const TaskTag& tag,
-                        ProcessFacts& facts);
+                        std::chrono::milliseconds timeout, const TaskTag& tag, ProcessFacts& facts);
 
   struct Stats {
-    int alive = 0;                  // processes started and not ended
-    int busy = 0;                   // running a task
-    std::uint64_t started = 0;      // processes started, replacements included
-    std::uint64_t crashed = 0;      // ended by a signal or exit during a task
-    std::uint64_t timed_out = 0;    // killed at a task's timeout
+    int alive = 0;                   // processes started and not ended
+    int busy = 0;                    // running a task
+    std::uint64_t started = 0;       // processes started, replacements included
+    std::uint64_t crashed = 0;       // ended by a signal or exit during a task
+    std::uint64_t timed_out = 0;     // killed at a task's timeout
     std::uint64_t killed_limit = 0;  // ended by a limit (CPU, memory: SIGXCPU, SIGKILL, ENOMEM)
-    std::uint64_t broken = 0;       // killed for a broken channel or an output over the limit
+    std::uint64_t broken = 0;        // killed for a broken channel or an output over the limit
   };
   Stats stats() const;
 

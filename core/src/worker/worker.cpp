@@ -239,8 +239,7 @@ class FlowServices final : public Service {
     };
     auto started = supervisor_->start_child(std::move(spec));
     if (!started) return tl::unexpected(std::move(started.error()));
-    served_.insert_or_assign(name,
-                             Served{s.key, s.handlers, std::move(*started), process, limits});
+    served_.insert_or_assign(name, Served{s.key, s.handlers, std::move(*started), process, limits});
     return {};
   }
 
