@@ -38,7 +38,7 @@ struct HandlerLimits {
   std::uint64_t memory_mb = 0;  // address space (RLIMIT_AS), MiB
   Millis cpu{0};                // CPU time of one task (RLIMIT_CPU, whole seconds, rounded up)
   int open_files = 0;           // RLIMIT_NOFILE
-  int processes = 0;            // RLIMIT_NPROC (not enforced for root: see docs/plugins.md)
+  int processes = 0;            // RLIMIT_NPROC; for root, a pids cgroup (docs/plugins.md)
 
   // These limits, each unset one taken from `base`.
   HandlerLimits over(const HandlerLimits& base) const noexcept;

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <thread>
 #include <utility>
 
@@ -142,9 +143,9 @@ std::string signal_name(int signal) {
 // ===================================================================== the host
 
 int handler_host_main(int argc, char** argv) {
-  // __handler-host FILE PARENT_PID MEMORY_MB OPEN_FILES PROCESSES
-  if (argc != 7) {
-    std::fprintf(stderr, "flowreg __handler-host: expected 5 arguments\n");
+  // __handler-host FILE PARENT_PID MEMORY_MB OPEN_FILES PROCESSES CGROUP_PROCS ("-": none)
+  if (argc != 8) {
+    std::fprintf(stderr, "flowreg __handler-host: expected 6 arguments\n");
     return 2;
   }
   // A worker that died before this line is noticed by the parent pid; one that dies later, by the
@@ -162,6 +163,18 @@ int handler_host_main(int argc, char** argv) {
     set_limit(RLIMIT_NOFILE, static_cast<rlim_t>(n));
   if (const long long n = std::atoll(argv[6]); n > 0)
     set_limit(RLIMIT_NPROC, static_cast<rlim_t>(n));
+  // The pids cgroup the worker made for this process (limits.processes under root, whom
+  // RLIMIT_NPROC does not bound): joined before any plugin code runs, inherited by every fork.
+  if (std::strcmp(argv[7], "-") != 0) {
+    FILE* procs = std::fopen(argv[7], "w");
+    const bool joined = procs && std::fprintf(procs, "%d\n", static_cast<int>(::getpid())) > 0 &&
+                        std::fclose(procs) == 0;
+    if (!joined) {
+      write_frame(kChannelFd, std::string("Ecannot join the pids cgroup ") + argv[7] + ": " +
+                                  std::strerror(errno));
+      return 1;
+    }
+  }
 
   auto plugin = LoadedPlugin::open(argv[2]);
   if (!plugin) {
@@ -248,7 +261,9 @@ struct HandlerProcessPool::Process {
   int output = -1;            // the read end of its stdout and stderr (non-blocking)
   bool output_ended = false;  // it closed its stdout and stderr: no more polling them
   bool reaped = false;
-  int status = 0;  // when reaped
+  int status = 0;                // when reaped
+  rusage usage{};                // its whole life's, when reaped
+  std::filesystem::path cgroup;  // its pids cgroup (limits.processes under root); empty: none
 
   ~Process() {
     if (channel >= 0) ::close(channel);
@@ -274,6 +289,78 @@ HandlerProcessPool::Stats HandlerProcessPool::stats() const {
   s.alive = alive_;
   s.busy = busy_;
   return s;
+}
+
+namespace {
+
+// The pids hierarchy of cgroup v1 where this process may make cgroups, or empty.
+const std::filesystem::path& pids_hierarchy() {
+  static const std::filesystem::path root = [] {
+    const std::filesystem::path v1 = "/sys/fs/cgroup/pids";
+    std::error_code ec;
+    if (!std::filesystem::exists(v1 / "cgroup.procs", ec) || ::access(v1.c_str(), W_OK) != 0)
+      return std::filesystem::path();
+    // The cgroups of workers that died without removing theirs (SIGKILL): empty once their
+    // processes ended, removed here. A cgroup is named <worker pid>-<n>.
+    for (const auto& entry : std::filesystem::directory_iterator(v1 / "flowreg", ec)) {
+      const std::string name = entry.path().filename().string();
+      const long pid = std::atol(name.c_str());
+      if (pid > 0 && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+        ::rmdir(entry.path().c_str());
+    }
+    return v1;
+  }();
+  return root;
+}
+
+void remove_cgroup(const std::filesystem::path& dir) {
+  // What is still in it left the process group (setsid): the cgroup holds it all the same.
+  for (int round = 0; round < 10; ++round) {
+    std::ifstream procs(dir / "cgroup.procs");
+    bool any = false;
+    for (long pid = 0; procs >> pid;)
+      if (pid > 1) any = ::kill(static_cast<pid_t>(pid), SIGKILL) == 0 || any;
+    if (!any) break;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  // Empty once its last process was reaped; the kernel may take a moment to see it so.
+  for (int i = 0; i < 100; ++i) {
+    if (::rmdir(dir.c_str()) == 0 || errno == ENOENT) return;
+    std::this_thread::sleep_for(milliseconds(10));
+  }
+  spdlog::warn("handler processes: cannot remove the pids cgroup {}: {}", dir.string(),
+               std::strerror(errno));
+}
+
+}  // namespace
+
+std::filesystem::path HandlerProcessPool::pids_cgroup() {
+  // RLIMIT_NPROC bounds the processes of a user other than root; root's are bounded by a pids
+  // cgroup of the process's own, where the worker may make one.
+  if (options_.limits.processes <= 0 || ::geteuid() != 0) return {};
+  std::error_code ec;
+  if (!pids_hierarchy().empty()) {
+    static std::atomic<unsigned> next{0};
+    const auto dir = pids_hierarchy() / "flowreg" / fmt::format("{}-{}", ::getpid(), ++next);
+    std::filesystem::create_directories(dir, ec);
+    if (!ec) {
+      std::ofstream(dir / "pids.max") << options_.limits.processes << "\n";
+      std::ifstream check(dir / "pids.max");
+      long long max = 0;
+      if (check >> max && max == options_.limits.processes) return dir;
+      remove_cgroup(dir);
+    }
+  }
+  std::lock_guard lock(mu_);
+  if (!warned_cgroup_) {
+    warned_cgroup_ = true;
+    spdlog::warn(
+        "handler processes of {}: limits.processes ({}) is not enforced: the worker runs as root, "
+        "whom RLIMIT_NPROC does not bound, and it cannot make a pids cgroup (cgroup v1 at "
+        "/sys/fs/cgroup/pids){}",
+        options_.module, options_.limits.processes, ec ? ": " + ec.message() : "");
+  }
+  return {};
 }
 
 std::unique_ptr<HandlerProcessPool::Process> HandlerProcessPool::spawn(std::string& error) {
@@ -309,10 +396,17 @@ std::unique_ptr<HandlerProcessPool::Process> HandlerProcessPool::spawn(std::stri
                     memory = std::to_string(options_.limits.memory_mb),
                     files = std::to_string(options_.limits.open_files),
                     procs = std::to_string(options_.limits.processes);
-  std::vector<char*> argv = {const_cast<char*>(exe.c_str()),    const_cast<char*>("__handler-host"),
-                             const_cast<char*>(plugin.c_str()), const_cast<char*>(parent.c_str()),
-                             const_cast<char*>(memory.c_str()), const_cast<char*>(files.c_str()),
-                             const_cast<char*>(procs.c_str()),  nullptr};
+  const std::filesystem::path cgroup = pids_cgroup();
+  const std::string cgroup_procs = cgroup.empty() ? "-" : (cgroup / "cgroup.procs").string();
+  std::vector<char*> argv = {const_cast<char*>(exe.c_str()),
+                             const_cast<char*>("__handler-host"),
+                             const_cast<char*>(plugin.c_str()),
+                             const_cast<char*>(parent.c_str()),
+                             const_cast<char*>(memory.c_str()),
+                             const_cast<char*>(files.c_str()),
+                             const_cast<char*>(procs.c_str()),
+                             const_cast<char*>(cgroup_procs.c_str()),
+                             nullptr};
   pid_t pid = 0;
   const int spawned = ::posix_spawn(&pid, exe.c_str(), &actions, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&actions);
@@ -322,8 +416,10 @@ std::unique_ptr<HandlerProcessPool::Process> HandlerProcessPool::spawn(std::stri
   auto p = std::make_unique<Process>();
   p->channel = channel[0];
   p->output = output[0];
+  p->cgroup = cgroup;
   if (spawned != 0) {
     error = fmt::format("cannot start {}: {}", exe, std::strerror(spawned));
+    if (!cgroup.empty()) remove_cgroup(cgroup);
     p->reaped = true;
     return nullptr;
   }
@@ -343,16 +439,22 @@ void HandlerProcessPool::end(std::unique_ptr<Process> p, ProcessFacts* facts) {
   if (p->pid > 0 && !p->reaped) {
     ::kill(-p->pid, SIGKILL);
     int status = 0;
-    while (::waitpid(p->pid, &status, 0) < 0 && errno == EINTR) {
+    while (::wait4(p->pid, &status, 0, &p->usage) < 0 && errno == EINTR) {
     }
     p->reaped = true;
     p->status = status;
   }
   // What it started and left in its group goes with it.
   if (p->pid > 0) kill_group_and_wait(p->pid, Clock::now() + milliseconds(2'000));
+  if (!p->cgroup.empty()) remove_cgroup(p->cgroup);
   if (facts && !facts->killed) {
     if (WIFSIGNALED(p->status)) facts->signal = WTERMSIG(p->status);
     if (WIFEXITED(p->status)) facts->exit_status = WEXITSTATUS(p->status);
+  }
+  if (facts && p->reaped) {
+    // Of the process's whole life (its last task's share cannot be told apart).
+    facts->cpu_us = cpu_us_of(p->usage);
+    facts->max_rss_kb = static_cast<std::uint64_t>(p->usage.ru_maxrss);
   }
   std::lock_guard lock(mu_);
   --alive_;
@@ -632,6 +734,18 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
         outcome.body.find("bad_alloc") != std::string::npos)
       outcome.body += fmt::format(" (its process may use {} MiB of memory: limits.memory_mb)",
                                   options_.limits.memory_mb);
+    // Where and with what it ran, for people reading the error (runs show, the dashboard); a
+    // completion's facts go to the metrics and the debug log.
+    if (outcome.status != HandlerOutcome::Status::ok)
+      outcome.body +=
+          fmt::format(" [handler process {}: {:.3f} s of CPU, peak RSS {} MiB]", facts.pid,
+                      static_cast<double>(facts.cpu_us) / 1e6, (facts.max_rss_kb + 1023) / 1024);
+    else
+      spdlog::debug(
+          "handler process {} ran task {} of flow {} run {}: {:.3f} s of CPU, peak RSS "
+          "{} MiB",
+          facts.pid, tag.task_id, tag.flow, tag.run_id, static_cast<double>(facts.cpu_us) / 1e6,
+          (facts.max_rss_kb + 1023) / 1024);
     put_back(std::move(p));
     return outcome;
   }
@@ -642,7 +756,7 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
     const auto until = Clock::now() + milliseconds(200);
     while (Clock::now() < until) {
       int status = 0;
-      const pid_t w = ::waitpid(p->pid, &status, WNOHANG);
+      const pid_t w = ::wait4(p->pid, &status, WNOHANG, &p->usage);
       if (w == p->pid) {
         p->reaped = true;
         p->status = status;
@@ -722,6 +836,9 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
         break;
     }
   }
+  // What the process had used, for people reading the error (runs show, the dashboard).
+  why += fmt::format(" [its process used {:.3f} s of CPU, peak RSS {} MiB]",
+                     static_cast<double>(facts.cpu_us) / 1e6, (facts.max_rss_kb + 1023) / 1024);
   return {status, std::move(why)};
 }
 

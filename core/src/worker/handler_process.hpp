@@ -118,6 +118,8 @@ class HandlerProcessPool {
   // Kills `p`'s group, reaps it, and fills facts.signal/exit_status when it ended by itself.
   void end(std::unique_ptr<Process> p, ProcessFacts* facts);
   std::unique_ptr<Process> spawn(std::string& error);
+  // A pids cgroup for one more process (limits.processes when running as root), or empty.
+  std::filesystem::path pids_cgroup();
 
   const HandlerProcessOptions options_;
   mutable std::mutex mu_;
@@ -125,6 +127,7 @@ class HandlerProcessPool {
   std::vector<std::unique_ptr<Process>> idle_;
   int alive_ = 0, busy_ = 0;
   Stats counts_;
+  bool warned_cgroup_ = false;
 };
 
 // The pools of one worker, by plugin copy and limits: flows of one plugin with the same limits
