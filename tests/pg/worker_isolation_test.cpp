@@ -192,6 +192,48 @@ TEST_SUITE("worker_isolation") {
   }
 
   TEST_CASE(
+      "isolation process: a plugin whose handlers crash their processes 5 times within a minute "
+      "is quarantined, as one that crashes while it loads; the worker lives on") {
+    auto s = make_scene("wi_crash_loop");
+    auto w = s.worker("w", {"--concurrency", "1"});
+    s.wait_serving("w", "wiso_bad");
+    for (int i = 0; i < 5; ++i) {
+      const auto run = s.start("wiso_bad", {{"how", "segv"}});
+      REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("w"));
+      CHECK(s.field(run, "error").find("SIGSEGV") != std::string::npos);
+    }
+    REQUIRE_MESSAGE(eventually(
+                        [&] {
+                          return s.err("w").find("quarantined, module 'wiso' unregistered") !=
+                                 std::string::npos;
+                        },
+                        30s),
+                    s.err("w"));
+    CHECK(s.err("w").find("crashed their processes 5 times within 60 s") != std::string::npos);
+    // Another process of this configuration sees the quarantine (the plugin cache's record).
+    const auto listed = flowreg::test::run_process(
+        {FLOWREG_BINARY, "--config", s.config().string(), "plugins", "list", "--json"});
+    const Json plugins = Json::parse(listed.out);
+    REQUIRE(plugins.size() == 1);
+    CHECK(plugins[0]["status"] == "quarantined");
+    CHECK(plugins[0].dump().find("crashed their processes 5 times") != std::string::npos);
+    // The worker serves its flows no more, and lives on.
+    const auto later = s.start("wiso_quick", {{"n", 1}});
+    const auto flows_of_w = [&] {
+      return query_one_or_empty(s.conninfo,
+                                "SELECT jsonb_array_length(flows) FROM flowreg.workers "
+                                "WHERE id = 'w'");
+    };
+    REQUIRE_MESSAGE(eventually([&] { return flows_of_w() == "0"; }, 30s), s.err("w"));
+    CHECK(!w.wait(0ms).has_value());
+    CHECK(s.field(later, "status") == "started");
+    CHECK(query_one_or_empty(s.conninfo, "SELECT status FROM flowreg.tasks WHERE run_id = '" +
+                                             later + "'") == "queued");
+    w.signal(SIGTERM);
+    CHECK(w.wait(60s) == 0);
+  }
+
+  TEST_CASE(
       "isolation process: what a handler prints goes to the worker's log, tagged with its flow, "
       "run and task, and bounded per task") {
     auto s = make_scene("wi_print");

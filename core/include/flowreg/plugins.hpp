@@ -169,6 +169,11 @@ class PluginLoader {
   PluginInfo check(const std::filesystem::path& file);
   // The handler "module.handler" of the currently loaded version of that module.
   HandlerRef handler(std::string_view qualified_name) const;
+  // Quarantines the plugin whose code `handler` runs (stage inspect, `reason` as its message):
+  // its module is unregistered and its content is not loaded again, here or by a later process of
+  // this cache directory, until the file changes. For handlers that crash their processes again
+  // and again at run time (isolation: process). False when that code is no longer the loaded one.
+  bool quarantine(const HandlerRef& handler, const std::string& reason);
 
   // Inspects `file` in this process and prints the result as one JSON object on stdout: what the
   // `__inspect` mode of the flowreg binary runs in the child. Returns the process exit code.

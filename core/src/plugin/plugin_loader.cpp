@@ -490,6 +490,28 @@ PluginInfo PluginLoader::check(const fs::path& file) {
   return info;
 }
 
+bool PluginLoader::quarantine(const HandlerRef& handler, const std::string& reason) {
+  detail::MutexLock lock(impl_->mutex);
+  for (auto it = impl_->modules.begin(); it != impl_->modules.end(); ++it) {
+    if (it->second.plugin != handler.plugin_) continue;
+    const std::string module = it->first;
+    auto file = impl_->files.find(it->second.file);
+    if (file == impl_->files.end() || file->second.info.sha256.empty()) return false;
+    Impl::FileRecord& record = file->second;
+    const PluginError error = plugin_error(PluginStage::inspect, reason);
+    impl_->quarantine.remember(record.info.sha256, error);
+    (void)impl_->registry.unregister_module(module, "plugin quarantined: " + reason);
+    impl_->modules.erase(it);
+    record.registered_module.clear();
+    record.info.status = PluginStatus::quarantined;
+    record.info.error = error;
+    spdlog::error("plugin {}: quarantined, module '{}' unregistered: {}", record.info.file.string(),
+                  module, reason);
+    return true;
+  }
+  return false;
+}
+
 HandlerRef PluginLoader::handler(std::string_view qualified_name) const {
   const auto dot = qualified_name.find('.');
   if (dot == std::string_view::npos) return {};

@@ -28,8 +28,8 @@
 #include "flowreg/plugins.hpp"
 #include "flowreg/thread_annotations.hpp"
 #include "metrics/metrics.hpp"
-#include "worker/handler_process.hpp"
 #include "store/run_store.hpp"
+#include "worker/handler_process.hpp"
 
 namespace flowreg::detail {
 

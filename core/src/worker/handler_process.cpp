@@ -836,6 +836,25 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
         break;
     }
   }
+  // A crash loop: the plugin is quarantined (once).
+  if (how == End::closed && facts.signal != SIGXCPU && facts.signal != SIGKILL &&
+      (facts.signal != 0 || facts.exit_status >= 0) && facts.exit_status != kExitChannelLost) {
+    std::string loop;
+    {
+      std::lock_guard lock(mu_);
+      const auto now = Clock::now();
+      std::erase_if(crashes_, [&](auto at) { return now - at > kCrashWindow; });
+      crashes_.push_back(now);
+      if (!crash_loop_ && static_cast<int>(crashes_.size()) >= kCrashLoop) {
+        crash_loop_ = true;
+        loop = fmt::format(
+            "its handlers crashed their processes {} times within {} s at run time (isolation: "
+            "process); the last: {}",
+            crashes_.size(), kCrashWindow.count() / 1000, why);
+      }
+    }
+    if (!loop.empty() && options_.on_crash_loop) options_.on_crash_loop(loop);
+  }
   // What the process had used, for people reading the error (runs show, the dashboard).
   why += fmt::format(" [its process used {:.3f} s of CPU, peak RSS {} MiB]",
                      static_cast<double>(facts.cpu_us) / 1e6, (facts.max_rss_kb + 1023) / 1024);
@@ -844,8 +863,9 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
 
 // ===================================================================== the pools
 
-std::shared_ptr<HandlerProcessPool> HandlerProcessPools::get(const HandlerRef& handler,
-                                                             const HandlerLimits& limits) {
+std::shared_ptr<HandlerProcessPool> HandlerProcessPools::get(
+    const HandlerRef& handler, const HandlerLimits& limits,
+    std::function<void(const std::string& reason)> on_crash_loop) {
   const std::string key =
       fmt::format("{}|{}|{}|{}|{}", handler.code_file().string(), limits.memory_mb,
                   limits.cpu.count(), limits.open_files, limits.processes);
@@ -862,6 +882,7 @@ std::shared_ptr<HandlerProcessPool> HandlerProcessPools::get(const HandlerRef& h
   o.limits = limits;
   o.max_processes = max_processes_;
   o.max_output_bytes = max_output_bytes_;
+  o.on_crash_loop = std::move(on_crash_loop);
   auto pool = std::make_shared<HandlerProcessPool>(std::move(o));
   pools_[key] = pool;
   return pool;

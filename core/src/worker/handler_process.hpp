@@ -41,6 +41,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -63,7 +64,15 @@ struct HandlerProcessOptions {
   std::size_t max_output_bytes = std::size_t{16} << 20;
   std::chrono::milliseconds start_timeout{10'000};
   std::size_t log_bytes = 64 * 1024;  // handler output logged per task; the rest is counted
+  // Called once (on a handler thread, no lock held) when its handlers crashed their processes
+  // kCrashLoop times within kCrashWindow: the worker quarantines the plugin. Empty: nothing.
+  std::function<void(const std::string& reason)> on_crash_loop;
 };
+
+// Crashes (a signal or an exit during a task; not timeouts, nor limits) of one pool that make a
+// crash loop.
+inline constexpr int kCrashLoop = 5;
+inline constexpr std::chrono::milliseconds kCrashWindow{60'000};
 
 // What a task's process did (for the log, metrics and messages).
 struct ProcessFacts {
@@ -128,6 +137,8 @@ class HandlerProcessPool {
   int alive_ = 0, busy_ = 0;
   Stats counts_;
   bool warned_cgroup_ = false;
+  std::vector<std::chrono::steady_clock::time_point> crashes_;  // within kCrashWindow
+  bool crash_loop_ = false;                                     // on_crash_loop was called
 };
 
 // The pools of one worker, by plugin copy and limits: flows of one plugin with the same limits
@@ -137,7 +148,10 @@ class HandlerProcessPools {
   HandlerProcessPools(std::filesystem::path exe, int max_processes, std::size_t max_output_bytes)
       : exe_(std::move(exe)), max_processes_(max_processes), max_output_bytes_(max_output_bytes) {}
 
-  std::shared_ptr<HandlerProcessPool> get(const HandlerRef& handler, const HandlerLimits& limits);
+  // `on_crash_loop`: for a pool made now (see HandlerProcessOptions).
+  std::shared_ptr<HandlerProcessPool> get(
+      const HandlerRef& handler, const HandlerLimits& limits,
+      std::function<void(const std::string& reason)> on_crash_loop = {});
   // Every live pool's stats, summed.
   HandlerProcessPool::Stats stats() const;
 

@@ -216,14 +216,19 @@ class FlowServices final : public Service {
     const bool process = isolated(s.def);
     const HandlerLimits limits = s.def.limits.over(options_.limits);
     spec.start = [engine = &engine_, key = s.key, def = s.def, handlers = s.handlers, process,
-                  limits, pools = pools_](ExitSignal exit) -> Result<std::shared_ptr<Service>> {
+                  limits, pools = pools_, loader = std::weak_ptr<PluginLoader>(source_.loader)](
+                     ExitSignal exit) -> Result<std::shared_ptr<Service>> {
       std::unordered_map<std::string, StepHandler> steps;
       std::vector<std::shared_ptr<HandlerProcessPool>> warm;
       for (const auto& [step, ref] : handlers) {
         auto& h = steps.emplace(step, step_handler(ref)).first->second;
         if (metrics::recording()) h.metrics = metrics::step_series(key.slug, step);
         if (process) {
-          h.process = pools->get(ref, limits);
+          // A plugin whose handlers crash their processes again and again is quarantined, as
+          // one that crashes while it loads.
+          h.process = pools->get(ref, limits, [loader, ref](const std::string& reason) {
+            if (auto l = loader.lock()) l->quarantine(ref, reason);
+          });
           h.process_index = ref.index();
           if (std::find(warm.begin(), warm.end(), h.process) == warm.end())
             warm.push_back(h.process);
