@@ -28,9 +28,11 @@ extern char** environ;
 
 namespace flowreg::detail {
 
+// At namespace scope, as flow_state.cpp and lanes.cpp have it (they may share a unity batch).
+using Clock = std::chrono::steady_clock;
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr int kChannelFd = 3;

@@ -226,8 +226,8 @@ class FlowServices final : public Service {
         if (process) {
           // A plugin whose handlers crash their processes again and again is quarantined, as
           // one that crashes while it loads.
-          h.process = pools->get(ref, limits, [loader, ref](const std::string& reason) {
-            if (auto l = loader.lock()) l->quarantine(ref, reason);
+          h.process = pools->get(ref, limits, [loader, code = ref](const std::string& reason) {
+            if (auto l = loader.lock()) l->quarantine(code, reason);
           });
           h.process_index = ref.index();
           if (std::find(warm.begin(), warm.end(), h.process) == warm.end())
