@@ -221,12 +221,13 @@ int handler_host_main(int argc, char** argv) {
     const std::string_view context(frame.data() + kTaskHeader, context_bytes);
     const std::string_view input(frame.data() + kTaskHeader + context_bytes,
                                  frame.size() - kTaskHeader - context_bytes);
-    // This process runs nothing between tasks: what it used up to the end of the last task is
-    // what it used before this one.
+    // This process runs no handler between tasks: what it used up to the end of the last task is
+    // what it used before this one (a plugin's own threads aside).
     const rusage before = last_usage;
     if (cpu_ms > 0) {
-      // A soft limit over what the process used so far: SIGXCPU when this task uses its share.
-      const std::uint64_t used_s = cpu_us_of(before) / 1'000'000;
+      // A soft limit over what the process used so far (whole seconds, rounded up: the task gets
+      // at least its share): SIGXCPU when this task used it.
+      const std::uint64_t used_s = (cpu_us_of(before) + 999'999) / 1'000'000;
       const rlimit l{static_cast<rlim_t>(used_s + (cpu_ms + 999) / 1000), RLIM_INFINITY};
       ::setrlimit(RLIMIT_CPU, &l);
     }
