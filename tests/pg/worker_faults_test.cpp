@@ -47,27 +47,6 @@ void open_up(const fs::path& dir) {
 // database of the shared cluster, or (embedded = true) with no URL, so that the worker starts and
 // owns an embedded cluster under <dir>/data.
 struct Scene : flowreg::pgtest::WorkerScene {
-  fd::RunId start(const std::string& slug, const Json& input) const {
-    const std::string version =
-        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
-                                         "' ORDER BY created_at DESC LIMIT 1");
-    REQUIRE(!version.empty());
-    auto store = fd::RunStore::connect(conninfo);
-    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-    auto run = store->start_run(slug, version, input);
-    REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
-    return *run;
-  }
-
-  std::string run_field(const fd::RunId& run, const std::string& column) const {
-    return query_one_or_empty(conninfo,
-                              "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
-  }
-  bool ended(const fd::RunId& run) const {
-    const std::string status = run_field(run, "status");
-    return !status.empty() && status != "started";
-  }
-
   Json workers() const {
     const auto listed = flowreg::test::run_process(
         {FLOWREG_BINARY, "--config", config().string(), "workers", "--json"});

@@ -36,25 +36,6 @@ using flowreg::pgtest::query_one_or_empty;
 using flowreg::pgtest::read_file;
 
 struct IsolationScene : flowreg::pgtest::WorkerScene {
-  fd::RunId start(const std::string& slug, const Json& input) const {
-    const std::string version =
-        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
-                                         "' ORDER BY created_at DESC LIMIT 1");
-    REQUIRE(!version.empty());
-    auto store = fd::RunStore::connect(conninfo);
-    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-    auto run = store->start_run(slug, version, input);
-    REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
-    return *run;
-  }
-  std::string field(const fd::RunId& run, const std::string& column) const {
-    return query_one_or_empty(conninfo,
-                              "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
-  }
-  bool ended(const fd::RunId& run) const {
-    const std::string status = field(run, "status");
-    return !status.empty() && status != "started";
-  }
   // Attempts of `run` that did not complete (lease expiries included).
   std::string attempts(const fd::RunId& run) const {
     return query_one_or_empty(
@@ -143,16 +124,16 @@ TEST_SUITE("worker_isolation") {
       for (int i = 0; i < 3; ++i) quick.push_back(s.start("wiso_quick", {{"n", i}}));
       for (const auto& r : quick) {
         REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("w"));
-        CHECK(s.field(r, "status") == "completed");
+        CHECK(s.run_field(r, "status") == "completed");
         CHECK(s.attempts(r) == "0");
-        const Json out = Json::parse(s.field(r, "output"));
+        const Json out = Json::parse(s.run_field(r, "output"));
         CHECK(out["only"]["pid"].get<int>() != w.pid());
         handler_pids.insert(out["only"]["pid"].get<int>());
       }
       REQUIRE_MESSAGE(eventually([&] { return s.ended(bad); }, 60s), s.err("w"));
-      CHECK(s.field(bad, "status") == c.status);
+      CHECK(s.run_field(bad, "status") == c.status);
       const std::string said =
-          c.status == "failed" ? s.field(bad, "error") : s.field(bad, "output");
+          c.status == "failed" ? s.run_field(bad, "error") : s.run_field(bad, "output");
       for (const auto& words : c.says) CHECK_MESSAGE(said.find(words) != std::string::npos, said);
       // The worker lives on.
       CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
@@ -200,7 +181,7 @@ TEST_SUITE("worker_isolation") {
     for (int i = 0; i < 5; ++i) {
       const auto run = s.start("wiso_bad", {{"how", "segv"}});
       REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("w"));
-      CHECK(s.field(run, "error").find("SIGSEGV") != std::string::npos);
+      CHECK(s.run_field(run, "error").find("SIGSEGV") != std::string::npos);
     }
     REQUIRE_MESSAGE(eventually(
                         [&] {
@@ -226,7 +207,7 @@ TEST_SUITE("worker_isolation") {
     };
     REQUIRE_MESSAGE(eventually([&] { return flows_of_w() == "0"; }, 30s), s.err("w"));
     CHECK(!w.wait(0ms).has_value());
-    CHECK(s.field(later, "status") == "started");
+    CHECK(s.run_field(later, "status") == "started");
     CHECK(query_one_or_empty(s.conninfo, "SELECT status FROM flowreg.tasks WHERE run_id = '" +
                                              later + "'") == "queued");
     w.signal(SIGTERM);
@@ -241,7 +222,7 @@ TEST_SUITE("worker_isolation") {
     s.wait_serving("w", "wiso_bad");
     const auto run = s.start("wiso_bad", {{"how", "print"}, {"lines", 2}});
     REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("w"));
-    CHECK(s.field(run, "status") == "completed");
+    CHECK(s.run_field(run, "status") == "completed");
     const std::string tag = "handler output [flow wiso_bad step only run " + run;
     REQUIRE_MESSAGE(
         eventually([&] { return s.err("w").find("err line 1") != std::string::npos; }, 10s),
@@ -257,7 +238,7 @@ TEST_SUITE("worker_isolation") {
     // 100,000 lines are far over the 64 KiB kept per task: the rest is counted, not logged.
     const auto loud = s.start("wiso_bad", {{"how", "print"}, {"lines", 100000}});
     REQUIRE_MESSAGE(eventually([&] { return s.ended(loud); }, 60s), s.err("w"));
-    CHECK(s.field(loud, "status") == "completed");
+    CHECK(s.run_field(loud, "status") == "completed");
     REQUIRE(eventually([&] { return s.err("w").find("more bytes dropped") != std::string::npos; },
                        10s));
     CHECK(s.err("w").find("err line 99999") == std::string::npos);
@@ -284,7 +265,7 @@ TEST_SUITE("worker_isolation") {
     auto b = s.worker("b", {"--lease", "1s"});
     REQUIRE_MESSAGE(eventually([&] { return s.ended(run); }, 60s), s.err("b"));
     // wiso_bad has one attempt: the one that died with a used it (its lease expired).
-    CHECK(s.field(run, "status") == "failed");
+    CHECK(s.run_field(run, "status") == "failed");
     CHECK(
         query_one_or_empty(s.conninfo,
                            "SELECT string_agg(attempt || ' ' || worker_id || ' ' || outcome, ', ') "

@@ -8,13 +8,16 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 #include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "store/run_store.hpp"
 #include "support/process.hpp"
+#include "support/result_text.hpp"
 
 namespace flowreg::pgtest {
 
@@ -79,6 +82,28 @@ struct WorkerScene {
   }
 
   std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
+
+  // Starts a run of the newest version of `slug` stored on the scene's database.
+  detail::RunId start(const std::string& slug, const nlohmann::json& input) const {
+    const std::string version =
+        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                         "' ORDER BY created_at DESC LIMIT 1");
+    REQUIRE(!version.empty());
+    auto store = detail::RunStore::connect(conninfo);
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+    auto run = store->start_run(slug, version, input);
+    REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
+    return *run;
+  }
+  // A column of the run's row in flowreg.runs, as text ("" for NULL).
+  std::string run_field(const detail::RunId& run, const std::string& column) const {
+    return query_one_or_empty(conninfo,
+                              "SELECT " + column + " FROM flowreg.runs WHERE id = '" + run + "'");
+  }
+  bool ended(const detail::RunId& run) const {
+    const std::string status = run_field(run, "status");
+    return !status.empty() && status != "started";
+  }
 
   // Waits until worker `id` serves `slug` (its startup line names it); returns the flow version.
   std::string wait_serving(const std::string& id, const std::string& slug) const {
