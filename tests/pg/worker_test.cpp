@@ -305,9 +305,9 @@ TEST_SUITE("worker") {
     const auto run = start_gated_run(s, "wprobe_single", version);
     a.signal(SIGTERM);
     CHECK(a.wait(20s) == 0);
-    CHECK_MESSAGE(s.err("a").find("0 task(s) given back unstarted, 1 interrupted") !=
-                      std::string::npos,
-                  s.err("a"));
+    CHECK_MESSAGE(
+        s.err("a").find("0 task(s) given back unstarted, 1 interrupted") != std::string::npos,
+        s.err("a"));
     CHECK(query_one(s.conninfo, "SELECT status || ' ' || attempt FROM flowreg.tasks") ==
           "queued 1");
     CHECK(query_one(s.conninfo, "SELECT error FROM flowreg.tasks").find("interrupted") !=

@@ -65,7 +65,7 @@ struct FlowDef {
   // Where its handlers run; unset: the worker's default (worker.isolation, thread when unset).
   std::optional<Isolation> isolation;
   HandlerLimits limits;  // of its handler processes, over the worker's
-  std::string source;  // file it was read from, for messages ("" when built in code)
+  std::string source;    // file it was read from, for messages ("" when built in code)
 
   // The options a step runs with: its overrides on top of the flow's options.
   Options step_options(const StepDef& step) const noexcept { return step.options.apply(options); }

@@ -52,7 +52,7 @@ struct WorkerArgs {
   int batch_size = 0;                                // 0: worker.batch_size
   std::string lease, poll_interval, shutdown_grace;  // durations; "": the configuration's
   std::string id;                                    // "": HOST:PID:RANDOM
-  std::string isolation;           // "thread", "process"; "": the configuration's
+  std::string isolation;                             // "thread", "process"; "": the configuration's
   std::string max_output;          // a size ("16MiB", "500KB", "1048576"); "": the configuration's
   std::string heartbeat_interval;  // a duration; "": 5s
   std::string metrics;             // HOST:PORT to serve /metrics on; "": none

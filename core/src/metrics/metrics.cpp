@@ -305,8 +305,7 @@ struct Families {
       {"state"});
   Counter& processes_started = default_registry()
                                    .counter("flowreg_handler_processes_started_total",
-                                            "Handler processes started, replacements included.",
-                                            {})
+                                            "Handler processes started, replacements included.", {})
                                    .with({});
   Family<Counter>& process_ends = default_registry().counter(
       "flowreg_handler_process_ends_total",

@@ -211,8 +211,8 @@ Counter& plugin_loads();
 Counter& plugin_load_failures(std::string_view stage);
 Gauge& registered_flows();
 // Handler processes (isolation: process; worker/handler_process.hpp).
-Histogram& handler_process_cpu();  // seconds per task
-Histogram& handler_process_rss();  // bytes, after each task
+Histogram& handler_process_cpu();                  // seconds per task
+Histogram& handler_process_rss();                  // bytes, after each task
 Gauge& handler_processes(std::string_view state);  // "alive", "busy"
 Counter& handler_processes_started();
 Counter& handler_process_ends(std::string_view reason);  // crashed, timed_out, limit, broken
