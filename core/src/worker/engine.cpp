@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <unordered_map>
 #include <utility>
 
@@ -124,6 +125,7 @@ int Engine::share_locked() const {
 }
 
 bool Engine::may_claim(const FlowState& state) const {
+  if (state.stuck() == 0) return true;  // every task's path: no lock, no walk of the flows
   MutexLock lock(mu_);
   return state.stuck() < share_locked();
 }
@@ -174,7 +176,9 @@ std::optional<std::string> Engine::replacement_reason() const {
 
 int Engine::acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) {
   MutexLock lock(mu_);
-  const int share = share_locked();
+  // The share is counted over the flows served only while a handler is stuck (nearly never): a
+  // worker serving hundreds of flow versions does not walk them on every claim.
+  const int share = stuck_ > 0 ? share_locked() : std::numeric_limits<int>::max();
   // A flow at its share of threads held by handlers that timed out claims nothing here (its tasks
   // stay queued for other workers), and does not starve: the others claim as usual.
   std::erase_if(starving_, [share](const std::weak_ptr<FlowState>& weak) {
