@@ -377,6 +377,12 @@ std::optional<TimePoint> Cron::next_after(TimePoint after, const date::time_zone
       if (mo > 12) mo = 1, ++y;
       continue;
     }
+    if (!weekdays_restricted_ && (days_ >> d & 1U) == 0) {  // skip to the next day of the set
+      const int next_day = next_bit(days_, d, month_days);
+      d = next_day < 0 ? month_days + 1 : next_day;
+      h = 0, mi = 0, s = 0;
+      continue;
+    }
     const date::year_month_day ymd{date::year{y}, date::month{static_cast<unsigned>(mo)},
                                    date::day{static_cast<unsigned>(d)}};
     const date::local_days day{ymd};
