@@ -177,6 +177,10 @@ TEST_SUITE("cron") {
     CHECK(cron_fires("30 2 * * *", "Europe/Berlin", cron_utc(2026, 3, 28, 12), 3) ==
           std::vector<std::string>{"2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z",
                                    "2026-03-31T00:30:00Z"});
+    // Asked at the last second before the gap (found by fuzz_cron: the search began at the local
+    // time of the next second, 03:00 CEST, past the gap, and fired a day late).
+    CHECK(cron_next("30 2 * * *", cron_utc(2026, 3, 29, 0, 59, 59), "Europe/Berlin") ==
+          "2026-03-29T01:00:00Z");
   }
 
   TEST_CASE("the times of a spring gap fire once together, not once each") {
@@ -318,6 +322,10 @@ TEST_SUITE("cron") {
     // that covers 2100, which is not a leap year.
     CHECK(cron_next("0 0 29 2 *", cron_utc(2096, 3, 1)) == "2104-02-29T00:00:00Z");
     CHECK(cron_next("0 0 */31 2 MON", cron_utc(2026, 1, 1)) == "2027-02-01T00:00:00Z");
+    // A `*`-led day-of-week is and-ed with the day of month: February 29th that is a Sunday.
+    // Found by fuzz_cron: the search gave up after 15 years.
+    CHECK(cron_next("0 1 29 2 */7", cron_utc(2026, 1, 1)) == "2032-02-29T01:00:00Z");
+    CHECK(cron_next("0 1 29 2 */7", cron_utc(2088, 3, 1)) == "2128-02-29T01:00:00Z");
     for (int year = 2026; year < 2060; ++year) {
       CAPTURE(year);
       CHECK(cron_next("0 0 */31 2 MON", cron_utc(year, 2, 2)) != "none");

@@ -338,7 +338,10 @@ std::optional<TimePoint> Cron::next_after(TimePoint after, const date::time_zone
   using namespace std::chrono;
   using cron_detail::next_bit;
   const sys_seconds after_s = floor<seconds>(after);
-  const date::local_seconds start = zone.to_local(after_s + seconds{1});
+  // The local second after the local time of `after`, not the local time of the second after
+  // `after`: when `after` is the last second before a gap, the next second's local time is past
+  // the gap, whose local times fire at that very next second.
+  const date::local_seconds start = zone.to_local(after_s) + seconds{1};
   const date::local_days start_day = floor<date::days>(start);
   const date::year_month_day start_ymd{start_day};
   const date::hh_mm_ss<seconds> start_tod{start - start_day};
