@@ -310,7 +310,9 @@ Result<Cron> Cron::parse(std::string_view expression) {
 
   // Whether it ever fires. Every month has each weekday, so a restricted day-of-week (alone: with
   // day-of-month `*`-led, which always holds day 1; or or-ed with a restricted day-of-month)
-  // fires. Otherwise a day of the set must exist in a month of the set (February 29 in leap years).
+  // fires. Otherwise a day of the set must exist in a month of the set (February 29 in leap
+  // years); a `*`-led day-of-week that is a subset (`*/2`) is and-ed in, and each date falls on
+  // each weekday in some year (February 29 within 40 years: next_after searches kSearchYears).
   if (!cron.weekdays_restricted_) {
     const int smallest_day = std::countr_zero(cron.days_);
     bool fires = false;
