@@ -453,6 +453,9 @@ TEST_SUITE("serve") {
       std::string method, path, concrete, body;
       int status;
     };
+    const std::string kSchedule =
+        R"({"name": "nightly", "flow": "marked", "cron": "0 2 * * *", "timezone": "Europe/Berlin", )"
+        R"("input": {"order_id": "nightly"}})";
     const std::vector<Call> calls = {
         {"get", "/flows", "/flows", "", 200},
         {"get", "/flows/{slug}", "/flows/marked", "", 200},
@@ -484,6 +487,21 @@ TEST_SUITE("serve") {
         {"post", "/workers/{id}/forget", "/workers/nobody/forget", "", 404},
         {"get", "/plugins", "/plugins", "", 200},
         {"get", "/openapi.json", "/openapi.json", "", 200},
+        {"post", "/schedules", "/schedules", kSchedule, 201},
+        {"post", "/schedules", "/schedules", kSchedule, 200},
+        {"post", "/schedules", "/schedules",
+         R"({"name": "bad", "flow": "marked", "cron": "*/0 * * * *"})", 422},
+        {"post", "/schedules", "/schedules", R"({"name": "bad", "when": "now"})", 422},
+        {"post", "/schedules", "/schedules", "{", 400},
+        {"get", "/schedules", "/schedules", "", 200},
+        {"get", "/schedules/{name}", "/schedules/nightly", "", 200},
+        {"get", "/schedules/{name}", "/schedules/nope", "", 404},
+        {"post", "/schedules/{name}/pause", "/schedules/nightly/pause", "", 200},
+        {"post", "/schedules/{name}/resume", "/schedules/nightly/resume", "", 200},
+        {"post", "/schedules/{name}/trigger", "/schedules/nightly/trigger", "", 201},
+        {"post", "/schedules/{name}/trigger", "/schedules/nope/trigger", "", 404},
+        {"post", "/schedules/{name}/delete", "/schedules/nightly/delete", "", 200},
+        {"post", "/schedules/{name}/delete", "/schedules/nightly/delete", "", 404},
     };
     std::set<std::string> covered;
     for (const auto& call : calls) {

@@ -50,7 +50,7 @@ TEST_SUITE("config") {
     CHECK(
         problems_of_text("flows:x\0_y: 1\n"sv) ==
         std::vector<std::string>{"inline.yaml:1:1: unknown key 'flows:x\xef\xbf\xbdy'; known keys: "
-                                 "database, flows, module, plugins, server, worker"});
+                                 "database, flows, module, plugins, schedules, server, worker"});
   }
 
   TEST_CASE("regression: a stray ',' at the start of a YAML document hung the loader for ever") {

@@ -32,7 +32,7 @@ TEST_SUITE("schema") {
     CHECK(problems_of_text("zzzzzz: 1\n") ==
           std::vector<std::string>{
               "inline.yaml:1:1: unknown key 'zzzzzz'; known keys: database, flows, "
-              "module, plugins, server, worker"});
+              "module, plugins, schedules, server, worker"});
   }
 
   TEST_CASE("wrong types say what was expected and what was found") {

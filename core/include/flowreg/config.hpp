@@ -13,6 +13,7 @@
 
 #include "flowreg/error.hpp"
 #include "flowreg/flow.hpp"
+#include "flowreg/schedule.hpp"
 
 namespace flowreg {
 
@@ -85,6 +86,7 @@ struct Config {
   WorkerSettings worker;
   ServerSettings server;
   std::vector<FlowDef> flows;
+  std::vector<ScheduleDef> schedules;  // stored (source "config:<module>") by workers and serve
 };
 
 // Loads and validates a configuration or flow file. Relative plugin directories are resolved

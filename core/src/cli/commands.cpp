@@ -37,6 +37,7 @@ int run(int argc, char** argv, ServeFunction serve) {
   add_plugins_commands(app, g, exit_code);
   add_run_command(app, g, exit_code);
   add_runs_commands(app, g, exit_code);
+  add_schedules_commands(app, g, exit_code);
   add_worker_commands(app, g, exit_code);
   add_db_commands(app, g, exit_code);
   add_serve_command(app, g, exit_code, std::move(serve));

@@ -28,6 +28,7 @@ void add_flows_commands(CLI::App& app, const Globals& g, int& exit_code);
 void add_plugins_commands(CLI::App& app, const Globals& g, int& exit_code);
 void add_run_command(CLI::App& app, const Globals& g, int& exit_code);
 void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code);
+void add_schedules_commands(CLI::App& app, const Globals& g, int& exit_code);
 void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code);
 void add_db_commands(CLI::App& app, const Globals& g, int& exit_code);
 void add_serve_command(CLI::App& app, const Globals& g, int& exit_code, ServeFunction serve);

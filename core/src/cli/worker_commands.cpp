@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "app/schedules.hpp"
 #include "cli/commands.hpp"
 #include "flowreg/options.hpp"
 #include "metrics/http_endpoint.hpp"
@@ -147,6 +148,22 @@ void reexecute_self() {
 // Runs a worker until SIGTERM or SIGINT (graceful: in-flight handlers get shutdown_grace, a second
 // signal cuts it short) or until its supervision tree gives up. Exit code 0 after a signal, 1 on
 // failure. Does not return normally when handlers were left running: exits the process.
+// Stores the schedules the configuration file declares, and removes those it no longer declares
+// (app::sync_schedules); kExitFailure, reported, when the database refuses.
+int sync_file_schedules(const Config& config, const std::string& conninfo) {
+  auto store = detail::RunStore::connect(conninfo);
+  if (!store) return report(store.error());
+  auto synced = app::sync_schedules(*store, config);
+  if (!synced) return report(synced.error());
+  if (synced->stored > 0 || !synced->removed.empty())
+    print_note("info",
+               fmt::format("flowreg worker: schedules of {}: {} stored, {} removed{}{}",
+                           config.file.empty() ? "the defaults" : config.file.string(),
+                           synced->stored, synced->removed.size(),
+                           synced->removed.empty() ? "" : ": ", fmt::join(synced->removed, ", ")));
+  return kExitOk;
+}
+
 int worker_command(const Config& config, const std::string& conninfo,
                    detail::FlowSourceFactory source, const WorkerArgs& args) {
   // The configuration's worker: section, then the command line's options over it.
@@ -208,6 +225,9 @@ int worker_command(const Config& config, const std::string& conninfo,
     print_note("info",
                fmt::format("flowreg worker: metrics on http://{}/metrics", endpoint->address()));
   }
+
+  // The file's schedules, stored before the worker fires any (docs/schedules.md).
+  if (auto synced = sync_file_schedules(config, conninfo); synced != kExitOk) return synced;
 
   const int concurrency = options.concurrency;
   const int batch_size = options.batch_size;

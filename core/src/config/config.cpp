@@ -12,6 +12,7 @@
 #include "config/json_schema.hpp"
 #include "config/yaml_json.hpp"
 #include "flowreg/validate.hpp"
+#include "schedule/scheduler.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
 
@@ -101,17 +102,40 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
   return flow;
 }
 
-// Index of the flow a JSON pointer lies in ("/flows/3/steps/0" -> 3), or -1.
-long flow_index_of(std::string_view pointer) {
-  static constexpr std::string_view kPrefix = "/flows/";
-  if (!pointer.starts_with(kPrefix)) return -1;
-  pointer.remove_prefix(kPrefix.size());
+// A schedule as the file declares it (its structure checked by the schema already).
+tl::expected<ScheduleDef, std::string> schedule_of(const json& item) {
+  try {
+    ScheduleDef def;
+    def.name = item.at("name").get<std::string>();
+    def.flow = item.at("flow").get<std::string>();
+    def.cron = item.at("cron").get<std::string>();
+    def.timezone = item.value("timezone", def.timezone);
+    if (item.contains("input")) def.input = item["input"];
+    def.time_key = item.value("time_key", def.time_key);
+    def.catch_up = item.value("catch_up", def.catch_up);
+    def.catch_up_max = item.value("catch_up_max", def.catch_up_max);
+    def.overlap = item.value("overlap", def.overlap);
+    def.paused = item.value("paused", def.paused);
+    return def;
+  } catch (const json::exception& e) {
+    return tl::unexpected(std::string("schedule: ") + e.what());
+  }
+}
+
+// Index of the item of the list at `prefix` a JSON pointer lies in (with "/flows/":
+// "/flows/3/steps/0" -> 3), or -1.
+long index_under(std::string_view pointer, std::string_view prefix) {
+  if (!pointer.starts_with(prefix)) return -1;
+  pointer.remove_prefix(prefix.size());
   long index = 0;
   std::size_t i = 0;
   for (; i < pointer.size() && pointer[i] >= '0' && pointer[i] <= '9'; ++i)
     index = index * 10 + (pointer[i] - '0');
   return i == 0 ? -1 : index;
 }
+
+// Index of the flow a JSON pointer lies in ("/flows/3/steps/0" -> 3), or -1.
+long flow_index_of(std::string_view pointer) { return index_under(pointer, "/flows/"); }
 
 // The checks every flow gets after the JSON Schema, whatever its source (a YAML file or a plugin's
 // definition): the semantic rules, a slug declared once per definition, and an input_schema that
@@ -182,7 +206,7 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
   if (!doc->value.is_object()) {
     problems.push_back(Diagnostic{doc->locate(""),
                                   "expected a mapping at the top level (keys: "
-                                  "module, plugins, database, worker, server, flows)"});
+                                  "module, plugins, database, worker, server, flows, schedules)"});
     return make_error(Errc::invalid_definition, fmt::format("{}: not a valid flowreg file", name),
                       std::move(problems));
   }
@@ -190,7 +214,9 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
   // Structure first. Flows with a structural problem are not checked further; the others get the
   // semantic checks too, so one run reports as much as can be known.
   std::set<long> broken_flows;
+  std::set<long> broken_schedules;
   for (auto& p : detail::flow_file_schema().validate(doc->value)) {
+    if (const long s = index_under(p.pointer, "/schedules/"); s >= 0) broken_schedules.insert(s);
     broken_flows.insert(flow_index_of(p.pointer));
     problems.push_back(Diagnostic{doc->locate(p.pointer), std::move(p.message)});
   }
@@ -289,6 +315,32 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
     config.flows = check_flows(
         *f, config.module, name, broken_flows,
         [&](std::string_view pointer) { return doc->locate(pointer); }, problems);
+
+  if (auto list = root.find("schedules"); list != root.end() && list->is_array()) {
+    std::map<std::string, std::size_t> names;
+    for (std::size_t i = 0; i < list->size(); ++i) {
+      const json& item = (*list)[i];
+      if (broken_schedules.contains(static_cast<long>(i))) continue;  // the schema said why
+      const std::string base = fmt::format("/schedules/{}", i);
+      auto def = schedule_of(item);
+      if (!def) {
+        problems.push_back(Diagnostic{doc->locate(base), def.error()});
+        continue;
+      }
+      for (auto& p : schedule::schedule_problems(*def)) {
+        const std::string at = item.contains(p.field) ? base + "/" + p.field : base;
+        problems.push_back(
+            Diagnostic{doc->locate(at), fmt::format("schedule '{}': {}", def->name, p.message)});
+      }
+      if (auto [it, inserted] = names.emplace(def->name, i); !inserted)
+        problems.push_back(Diagnostic{
+            doc->locate(base + "/name"),
+            fmt::format("schedule name '{}' is declared twice in this file (schedules[{}] and "
+                        "schedules[{}])",
+                        def->name, it->second, i)});
+      config.schedules.push_back(std::move(*def));
+    }
+  }
 
   if (!problems.empty()) {
     std::stable_sort(

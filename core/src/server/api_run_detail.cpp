@@ -1,6 +1,7 @@
 // The parts of one run that its page shows beside its steps: its DAG drawn with each step's state,
 // and a step's tasks, a page at a time (a map step may have thousands).
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include <charconv>

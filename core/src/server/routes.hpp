@@ -85,6 +85,9 @@ std::optional<std::pair<int, int>> task_page_params(const http::Request& req, in
 // whose steps name each handler ("handler_uses": [{"handler", "flows": [slug, ...]}]).
 app::json plugins_json(const ServerState& state);  // api_workers_plugins.cpp
 // GET /api/v1/workers, /api/v1/plugins; POST /api/v1/workers/{id}/forget
+// GET /api/v1/schedules, /api/v1/schedules/{name}; POST /api/v1/schedules,
+// /api/v1/schedules/{name}/pause, /resume, /trigger, /delete
+void register_schedule_routes(http::Router& http, ServerState& state);  // api_schedules.cpp
 void register_worker_plugin_routes(http::Router& http,
                                    ServerState& state);  // api_workers_plugins.cpp
 // GET /api/v1/events (Server-Sent Events)

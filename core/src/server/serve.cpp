@@ -15,6 +15,7 @@
 #include <string>
 #include <thread>
 
+#include "app/schedules.hpp"
 #include "metrics/store_metrics.hpp"
 #include "server/server.hpp"
 #include "worker/worker.hpp"
@@ -36,6 +37,9 @@ Result<void> serve(ServeOptions options) {
                    watching.error().format());
   auto db = app::open_database(config);
   if (!db) return tl::unexpected(std::move(db.error()));
+  // The file's schedules, stored (and those it no longer declares removed) as a worker does.
+  if (auto synced = app::sync_schedules(db->store, config); !synced)
+    return tl::unexpected(std::move(synced.error()));
 
   // Signals are taken synchronously by this thread; threads started from here inherit the mask.
   sigset_t signals;

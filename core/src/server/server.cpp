@@ -229,6 +229,7 @@ void HttpServer::Impl::routes() {
   register_run_routes(router, state);            // /api/v1/flows/{slug}/runs, /api/v1/runs
   register_run_detail_routes(router, state);     // /api/v1/runs/{id}/graph.svg, .../tasks
   register_worker_plugin_routes(router, state);  // /api/v1/workers, /api/v1/plugins
+  register_schedule_routes(router, state);       // /api/v1/schedules
   register_event_routes(router, state);          // /api/v1/events
   register_page_routes(router, state);           // the dashboard: / /flows /runs /workers /plugins
   // Signing in to the dashboard with the token: a session cookie (sessions.hpp).

@@ -44,6 +44,7 @@
 #include "flowreg/error.hpp"
 #include "flowreg/flow.hpp"
 #include "flowreg/options.hpp"
+#include "flowreg/schedule.hpp"
 
 namespace flowreg::detail {
 
@@ -228,6 +229,50 @@ struct GraphStep {
   std::vector<std::string> depends_on;
 };
 
+// A stored schedule (RunStore::list_schedules): its definition and where it stands.
+struct ScheduleRecord {
+  ScheduleDef def;
+  std::string source;  // "config:<module>" (declared in a file) or "api" (created at run time)
+  bool paused = false;
+  std::optional<TimePoint> next_fire_at;  // its next tick not fired yet (past: due)
+  std::optional<TimePoint> last_tick_at, last_fired_at;
+  std::optional<RunId> last_run_id;
+  std::optional<std::string> last_run_status;  // started | completed | failed | cancelled
+  std::optional<std::string> last_outcome;     // started | skipped … | waiting … | error: …
+  std::int64_t fired = 0, skipped = 0;
+  TimePoint created_at, updated_at;
+  bool flow_stored = false;  // a version of its flow is stored (some worker or front end loaded it)
+};
+
+// What RunStore::due_schedules read: the due schedules of some flows, the server's now, and the
+// earliest next tick of theirs that is not due yet.
+struct DueSchedules {
+  struct Due {
+    ScheduleDef def;
+    TimePoint next_fire_at;
+  };
+  std::vector<Due> due;
+  TimePoint now;
+  std::optional<TimePoint> next;
+};
+
+// One firing of a due schedule (RunStore::fire_schedule, schemas/functions/fire_schedule.sql).
+struct ScheduleFiring {
+  std::string name;
+  TimePoint expected;   // the next_fire_at it was read with
+  std::string version;  // the flow version its runs start on
+  std::vector<TimePoint> ticks;
+  std::vector<Json> inputs;  // one per tick
+  std::optional<TimePoint> next;
+  int missed = 0;                    // ticks dropped by the catch-up policy
+  std::optional<std::string> error;  // none can start: recorded, and the schedule advances
+};
+
+struct ScheduleFired {
+  std::string outcome;  // started | skipped | waiting | error | gone
+  std::vector<RunId> runs;
+};
+
 // A run's DAG (RunStore::run_graph): its flow and its version's steps as stored.
 struct RunGraph {
   std::string flow_slug;
@@ -409,6 +454,26 @@ class RunStore {
   // ("handler crashed the worker (signal N)"); one without gets a crash counted and fails at
   // `limit` crashes. Reports of an attempt that is no longer current are stale.
   Result<std::vector<CrashOutcome>> report_crashes(std::span<const CrashReport> reports, int limit);
+  // Schedules (docs/schedules.md). upsert_schedule creates `def` or replaces its definition; its
+  // next tick becomes `next_fire_at` when it is new or its cron or time zone changed. `paused`
+  // applies when it is created, or always with set_paused. Returns whether it was created.
+  Result<bool> upsert_schedule(const ScheduleDef& def, std::string_view source,
+                               TimePoint next_fire_at, bool set_paused);
+  // Deletes the schedules of `source` not named in `keep`; returns their names.
+  Result<std::vector<std::string>> retire_schedules(std::string_view source,
+                                                    std::span<const std::string> keep);
+  // Every schedule by name, or the one named (empty when there is none).
+  Result<std::vector<ScheduleRecord>> list_schedules(std::string_view name = {});
+  // Whether there was one.
+  Result<bool> delete_schedule(std::string_view name);
+  // Pauses, or resumes with its next tick at `next_fire_at`. Whether there was one.
+  Result<bool> pause_schedule(std::string_view name, bool paused, TimePoint next_fire_at);
+  // Records a run started by hand from the schedule. Whether there was one.
+  Result<bool> record_schedule_trigger(std::string_view name, const RunId& run);
+  // Up to `limit` schedules of these flows due now, the most overdue first.
+  Result<DueSchedules> due_schedules(std::span<const std::string> flows, int limit);
+  Result<ScheduleFired> fire_schedule(const ScheduleFiring& firing);
+
   // Workers, most recent heartbeat first.
   Result<std::vector<WorkerRecord>> list_workers();
   // Deletes a worker's row when it stopped or is stale (no heartbeat for 3 of its intervals): its

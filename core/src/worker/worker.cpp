@@ -12,6 +12,7 @@
 #include <thread>
 #include <utility>
 
+#include "schedule/scheduler.hpp"
 #include "util/host_name.hpp"
 #include "worker/flow_service.hpp"
 #include "worker/handler_process.hpp"
@@ -301,6 +302,8 @@ struct Worker::Impl {
   std::unique_ptr<Engine> engine;
   FlowSource source;
   std::shared_ptr<Supervisor> top;  // NAME, whose one child is NAME.loops
+  // Fires the due schedules of the flows served (stopped first: a draining worker fires none).
+  std::unique_ptr<schedule::Scheduler> scheduler;
 
   AnnotatedMutex mu;
   std::condition_variable_any failed_cv;
@@ -368,6 +371,23 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
     return tl::unexpected(std::move(started.error()));
   }
   raw->top = std::move(*started);
+  if (raw->options.schedules) {
+    schedule::SchedulerOptions so;
+    so.conninfo = raw->options.conninfo;
+    so.worker_id = raw->options.worker_id;
+    so.poll_interval = raw->options.poll_interval;
+    raw->scheduler = std::make_unique<schedule::Scheduler>(std::move(so), [raw] {
+      // The flow versions served now, with their definitions (a version the registry no longer
+      // holds, being replaced, is left out until its service follows).
+      std::vector<schedule::ServedFlow> out;
+      auto running = raw->services();
+      if (!running) return out;
+      for (const auto& key : running->serving())
+        if (auto flow = raw->source.registry->get(key.slug); flow && flow->version == key.version)
+          out.push_back({key.version, flow->def});
+      return out;
+    });
+  }
   return std::unique_ptr<Worker>(new Worker(std::move(impl)));
 }
 
@@ -385,7 +405,9 @@ std::vector<FlowKey> Worker::serving() const {
 Result<void> Worker::serve(std::string_view slug) {
   auto services = impl_->services();
   if (!services) return make_error(Errc::not_started, "worker: its flow loops are not running");
-  return services->serve(slug);
+  auto served = services->serve(slug);
+  if (served && impl_->scheduler) impl_->scheduler->wake();
+  return served;
 }
 
 std::optional<Error> Worker::wait_failure(Millis timeout) {
@@ -404,7 +426,10 @@ std::optional<std::string> Worker::replacement_due() const {
 
 void Worker::begin_replacing() { impl_->engine->begin_replacing(); }
 
-void Worker::begin_drain() { impl_->engine->begin_drain(); }
+void Worker::begin_drain() {
+  if (impl_->scheduler) impl_->scheduler->stop();
+  impl_->engine->begin_drain();
+}
 
 int Worker::held() const { return impl_->engine->held(); }
 
@@ -414,6 +439,7 @@ DrainReport Worker::stop(SteadyTime pool_deadline) {
     if (impl_->stopped) return impl_->report;
     impl_->stopped = true;
   }
+  if (impl_->scheduler) impl_->scheduler->stop();
   impl_->top->stop();
   if (impl_->source.loader) impl_->source.loader->stop();
   const DrainReport report = impl_->engine->finish(pool_deadline);

@@ -36,6 +36,7 @@ struct WorkerOptions {
   // however many flow versions the worker serves.
   int lanes = 2;
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
+  bool schedules = true;  // fire the due schedules of the flows served (schedule/scheduler.hpp)
 
   // Where handlers run unless their flow says (flowreg/flow.hpp, Isolation), and the limits of
   // handler processes under the flow's own.

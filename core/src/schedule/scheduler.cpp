@@ -1,0 +1,303 @@
+#include "schedule/scheduler.hpp"
+
+#include <date/date.h>
+#include <date/tz.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <stdexcept>
+
+#include "config/json_schema.hpp"
+#include "flowreg/validate.hpp"
+#include "schedule/cron.hpp"
+#include "store/run_store.hpp"
+#include "util/json_text.hpp"
+#include "util/strings.hpp"
+
+namespace flowreg::schedule {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+// Ticks counted one by one to find the latest due one, before searching by windows instead.
+constexpr int kCountedTicks = 10'000;
+
+struct Timing {
+  Cron cron;
+  const date::time_zone* zone;
+};
+
+Result<Timing> timing_of(const ScheduleDef& def) {
+  auto cron = Cron::parse(def.cron);
+  if (!cron) return tl::unexpected(std::move(cron.error()));
+  auto zone = find_zone(def.timezone);
+  if (!zone) return tl::unexpected(std::move(zone.error()));
+  return Timing{std::move(*cron), *zone};
+}
+
+bool is_schedule_name(std::string_view name) {
+  if (name.empty() || name.size() > 128 || name[0] < 'a' || name[0] > 'z') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '.' || c == '-';
+  });
+}
+
+}  // namespace
+
+std::string rfc3339(TimePoint t) {
+  return date::format("%Y-%m-%dT%H:%M:%SZ", std::chrono::floor<std::chrono::seconds>(t));
+}
+
+Result<TimePoint> next_tick(const ScheduleDef& def, TimePoint after) {
+  auto timing = timing_of(def);
+  if (!timing) return tl::unexpected(std::move(timing.error()));
+  auto next = timing->cron.next_after(after, *timing->zone);
+  if (!next)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("schedule '{}': '{}' fires at no time in {}", def.name, def.cron,
+                                  def.timezone));
+  return *next;
+}
+
+nlohmann::json tick_input(const ScheduleDef& def, TimePoint tick) {
+  nlohmann::json input = def.input.is_object() ? def.input : nlohmann::json::object();
+  if (!def.time_key.empty()) input[def.time_key] = rfc3339(tick);
+  return input;
+}
+
+Result<FiringPlan> plan_firing(const ScheduleDef& def, TimePoint next_fire_at, TimePoint now) {
+  auto timing = timing_of(def);
+  if (!timing) return tl::unexpected(std::move(timing.error()));
+  const auto after = [&](TimePoint t) { return timing->cron.next_after(t, *timing->zone); };
+  FiringPlan plan;
+  if (next_fire_at > now) {
+    plan.next = next_fire_at;
+    return plan;
+  }
+  const bool all = def.catch_up == "all";
+  const std::size_t keep = all ? static_cast<std::size_t>(std::max(def.catch_up_max, 1)) : 1;
+  // The due ticks, oldest first, counted one by one up to kCountedTicks; past that (a schedule of
+  // every second after a long downtime), the count stops and the latest ticks are found from a
+  // window before now.
+  std::deque<TimePoint> due{next_fire_at};
+  int counted = 1;
+  std::optional<TimePoint> t = after(next_fire_at);
+  for (; t && *t <= now && counted < kCountedTicks; t = after(*t), ++counted) {
+    due.push_back(*t);
+    if (due.size() > keep) {
+      due.pop_front();
+      ++plan.missed;
+    }
+  }
+  if (t && *t <= now) {
+    // Too many to count: the latest `keep` ticks lie in a window before now, widened until it
+    // holds as many (or reaches the ticks already seen).
+    for (const std::chrono::seconds window :
+         {std::chrono::seconds(1min), std::chrono::seconds(1h), std::chrono::seconds(24h),
+          std::chrono::seconds(24h * 32), std::chrono::seconds(24h * 366),
+          std::chrono::seconds(24h * 366 * 5)}) {
+      const TimePoint from = std::max(*t - 1s, now - window);
+      std::deque<TimePoint> recent;
+      for (auto u = after(from); u && *u <= now; u = after(*u)) {
+        recent.push_back(*u);
+        if (recent.size() > keep) recent.pop_front();
+      }
+      if (recent.size() >= keep || from == *t - 1s) {
+        plan.missed += static_cast<int>(due.size());  // at least: the count stopped
+        due.assign(recent.begin(), recent.end());
+        break;
+      }
+    }
+    t = after(now);
+  }
+  plan.next = t;
+  if (def.catch_up == "none" && !due.empty() && now - due.back() > kOnTimeGrace) {
+    plan.missed += static_cast<int>(due.size());
+    due.clear();
+  }
+  if (def.overlap != "allow" && due.size() > 1) {
+    // One at a time: the oldest fires; the schedule stays due for the others.
+    plan.next = due[1];
+    due.resize(1);
+  }
+  plan.ticks.assign(due.begin(), due.end());
+  return plan;
+}
+
+std::vector<ScheduleProblem> schedule_problems(const ScheduleDef& def) {
+  std::vector<ScheduleProblem> out;
+  const auto add = [&](std::string field, std::string message) {
+    out.push_back({std::move(field), std::move(message)});
+  };
+  if (!is_schedule_name(def.name))
+    add("name", fmt::format("schedule name '{}': expected lowercase letters, digits, _ . and -, a "
+                            "letter first, at most 128 characters",
+                            detail::bounded_text(def.name, 200)));
+  if (!is_valid_slug(def.flow))
+    add("flow", fmt::format("flow '{}': not a flow slug (lowercase letters, digits and _, a "
+                            "letter first, at most 63 characters)",
+                            detail::bounded_text(def.flow, 200)));
+  if (auto cron = Cron::parse(def.cron); !cron) add("cron", cron.error().message);
+  if (auto zone = find_zone(def.timezone); !zone) add("timezone", zone.error().message);
+  if (def.catch_up != "none" && def.catch_up != "latest" && def.catch_up != "all")
+    add("catch_up", fmt::format("catch_up '{}': expected none, latest or all",
+                                detail::bounded_text(def.catch_up, 64)));
+  if (def.catch_up_max < 1 || def.catch_up_max > 1000)
+    add("catch_up_max", fmt::format("catch_up_max {}: expected 1 to 1000", def.catch_up_max));
+  if (def.overlap != "allow" && def.overlap != "skip" && def.overlap != "queue")
+    add("overlap", fmt::format("overlap '{}': expected allow, skip or queue",
+                               detail::bounded_text(def.overlap, 64)));
+  if (def.time_key.size() > 64 || detail::utf8_valid(def.time_key) != def.time_key)
+    add("time_key", "time_key: at most 64 bytes of UTF-8");
+  if (!def.input.is_object())
+    add("input", "input: expected an object (each run's input, to which time_key is added)");
+  else if (const auto text = detail::json_text(def.input); text.size() > kMaxScheduleInputBytes)
+    add("input",
+        fmt::format("input: {} bytes of JSON, more than {}", text.size(), kMaxScheduleInputBytes));
+  return out;
+}
+
+// The scheduler thread's connection, made again after a failure.
+struct Scheduler::Store {
+  std::optional<detail::RunStore> store;
+  // Compiled input schemas by flow "slug version".
+  std::map<std::string, std::shared_ptr<detail::JsonSchema>> schemas;
+};
+
+Scheduler::Scheduler(SchedulerOptions options, ServedFlows served)
+    : options_(std::move(options)), served_(std::move(served)), store_(std::make_unique<Store>()) {
+  thread_ = std::thread([this] { run(); });
+}
+
+Scheduler::~Scheduler() { stop(); }
+
+void Scheduler::wake() {
+  {
+    std::lock_guard lock(mu_);
+    woken_ = true;
+  }
+  cv_.notify_all();
+}
+
+void Scheduler::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Scheduler::run() {
+  Millis backoff{100};
+  for (;;) {
+    std::chrono::steady_clock::time_point until;
+    try {
+      until = round();
+      backoff = Millis(100);
+    } catch (const std::exception& e) {
+      spdlog::warn("worker {}: schedules: {}; trying again in {} ms", options_.worker_id,
+                   detail::utf8_valid(e.what()), backoff.count());
+      store_->store.reset();
+      until = std::chrono::steady_clock::now() + backoff;
+      backoff = std::min(backoff * 2, Millis(5'000));
+    }
+    std::unique_lock lock(mu_);
+    cv_.wait_until(lock, until, [this] { return stopping_ || woken_; });
+    if (stopping_) return;
+    woken_ = false;
+  }
+}
+
+std::chrono::steady_clock::time_point Scheduler::round() {
+  const auto poll = std::chrono::steady_clock::now() + options_.poll_interval;
+  std::map<std::string, ServedFlow> flows;
+  for (auto& f : served_()) {
+    auto slug = f.def.slug;
+    flows.emplace(std::move(slug), std::move(f));
+  }
+  if (flows.empty()) return poll;
+  if (!store_->store) {
+    auto connected = detail::RunStore::connect(options_.conninfo);
+    if (!connected) throw std::runtime_error(connected.error().message);
+    store_->store.emplace(std::move(*connected));
+  }
+  auto& store = *store_->store;
+  std::vector<std::string> slugs;
+  for (const auto& [slug, f] : flows) slugs.push_back(slug);
+  auto due = store.due_schedules(slugs, options_.batch);
+  if (!due) throw std::runtime_error(due.error().message);
+  for (const auto& d : due->due) {
+    const auto& flow = flows.at(d.def.flow);
+    detail::ScheduleFiring firing;
+    firing.name = d.def.name;
+    firing.expected = d.next_fire_at;
+    firing.version = flow.version;
+    auto plan = plan_firing(d.def, d.next_fire_at, due->now);
+    if (!plan) {
+      // Checked when stored: a time zone the system no longer knows, say. Retried in an hour.
+      firing.ticks = {d.next_fire_at};
+      firing.inputs = {nlohmann::json::object()};
+      firing.next = due->now + std::chrono::hours(1);
+      firing.error = plan.error().message;
+    } else {
+      firing.ticks = plan->ticks;
+      firing.next = plan->next;
+      firing.missed = plan->missed;
+      std::shared_ptr<detail::JsonSchema> schema;
+      if (flow.def.input_schema) {
+        auto& cached = store_->schemas[d.def.flow + " " + flow.version];
+        if (!cached)
+          if (auto compiled = detail::JsonSchema::compile(*flow.def.input_schema))
+            cached = std::make_shared<detail::JsonSchema>(std::move(*compiled));
+        schema = cached;
+      }
+      for (const auto tick : firing.ticks) {
+        auto input = tick_input(d.def, tick);
+        if (schema)
+          if (auto problems = schema->validate(input); !problems.empty() && !firing.error)
+            firing.error = fmt::format("the input of its run is refused by flow '{}': {}",
+                                       d.def.flow, problems.front().message);
+        firing.inputs.push_back(std::move(input));
+      }
+      if (firing.ticks.empty()) {
+        // Every due tick missed (catch_up: none): recorded as the first of them, counted once.
+        firing.ticks = {d.next_fire_at};
+        firing.inputs = {nlohmann::json::object()};
+        firing.missed = std::max(plan->missed - 1, 0);
+        firing.error = "missed: its ticks were more than 60 s late (catch_up: none)";
+      }
+    }
+    auto fired = store.fire_schedule(firing);
+    if (!fired && fired.error().code == Errc::invalid_argument && !firing.error) {
+      // The run refused by the store (its idempotency key used with another input: a schedule
+      // deleted and made again with another input): recorded, and the schedule advances.
+      firing.error = fired.error().message;
+      fired = store.fire_schedule(firing);
+    }
+    if (!fired) throw std::runtime_error(fired.error().message);
+    if (fired->outcome == "started")
+      spdlog::info("worker {}: schedule '{}' started {} run(s) of '{}' (tick {})",
+                   options_.worker_id, d.def.name, fired->runs.size(), d.def.flow,
+                   rfc3339(firing.ticks.back()));
+    else if (fired->outcome == "error")
+      spdlog::warn("worker {}: schedule '{}' fired no run: {}", options_.worker_id, d.def.name,
+                   firing.error.value_or(""));
+  }
+  // Due schedules left (a full batch, or one waiting for its last run): read again soon.
+  if (static_cast<int>(due->due.size()) >= options_.batch) return std::chrono::steady_clock::now();
+  auto until = poll;
+  if (due->next) {
+    const auto in = *due->next - due->now;
+    until =
+        std::min(until, std::chrono::steady_clock::now() +
+                            std::chrono::duration_cast<std::chrono::steady_clock::duration>(in));
+  }
+  return until;
+}
+
+}  // namespace flowreg::schedule

@@ -1,0 +1,152 @@
+// RunStore: schedules (flowreg.schedules, migration 0021; fired by flowreg.fire_schedule).
+
+#include <fmt/format.h>
+
+#include "store/run_store_detail.hpp"
+#include "util/json_text.hpp"
+
+namespace flowreg::detail {
+
+namespace {
+
+std::int64_t micros(TimePoint t) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+}
+
+std::optional<TimePoint> nullable_time(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return from_micros(f.as<std::int64_t>());
+}
+
+std::optional<std::string> nullable_text(const pqxx::field& f) {
+  if (f.is_null()) return std::nullopt;
+  return row_text(f);
+}
+
+ScheduleDef schedule_def_of(const pqxx::row& r) {
+  ScheduleDef d;
+  d.name = row_text(r["name"]);
+  d.flow = row_text(r["flow_slug"]);
+  d.cron = row_text(r["cron"]);
+  d.timezone = row_text(r["timezone"]);
+  d.input = Json::parse(r["input"].c_str());
+  d.time_key = row_text(r["time_key"]);
+  d.catch_up = row_text(r["catch_up"]);
+  d.catch_up_max = r["catch_up_max"].as<int>();
+  d.overlap = row_text(r["overlap"]);
+  return d;
+}
+
+}  // namespace
+
+Result<bool> RunStore::upsert_schedule(const ScheduleDef& def, std::string_view source,
+                                       TimePoint next_fire_at, bool set_paused) {
+  return guarded(fmt::format("storing schedule {}", shown_name(def.name)), [&]() -> Result<bool> {
+    const auto rows =
+        impl_->exec(Query::schedule_upsert, def.name, def.flow, def.cron, def.timezone,
+                    json_text(def.input), def.time_key, def.catch_up, def.catch_up_max, def.overlap,
+                    std::string(source), micros(next_fire_at), def.paused, set_paused);
+    return !rows.empty() && rows[0]["created"].as<bool>();
+  });
+}
+
+Result<std::vector<std::string>> RunStore::retire_schedules(std::string_view source,
+                                                            std::span<const std::string> keep) {
+  return guarded("removing schedules", [&]() -> Result<std::vector<std::string>> {
+    std::vector<std::string> out;
+    Json names = Json::array();
+    for (const auto& n : keep) names.push_back(n);
+    for (const auto& r :
+         impl_->exec(Query::schedules_retire, std::string(source), json_text(names)))
+      out.push_back(row_text(r["name"]));
+    return out;
+  });
+}
+
+Result<std::vector<ScheduleRecord>> RunStore::list_schedules(std::string_view name) {
+  return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
+    std::vector<ScheduleRecord> out;
+    for (const auto& r : impl_->exec(Query::schedule_list, std::string(name))) {
+      ScheduleRecord s;
+      s.def = schedule_def_of(r);
+      s.source = row_text(r["source"]);
+      s.paused = r["paused"].as<bool>();
+      s.def.paused = s.paused;
+      s.next_fire_at = nullable_time(r["next_fire_at_us"]);
+      s.last_tick_at = nullable_time(r["last_tick_at_us"]);
+      s.last_fired_at = nullable_time(r["last_fired_at_us"]);
+      s.last_run_id = nullable_text(r["last_run_id"]);
+      s.last_run_status = nullable_text(r["last_run_status"]);
+      s.last_outcome = nullable_text(r["last_outcome"]);
+      s.fired = r["fired"].as<std::int64_t>();
+      s.skipped = r["skipped"].as<std::int64_t>();
+      s.created_at = from_micros(r["created_at_us"].as<std::int64_t>());
+      s.updated_at = from_micros(r["updated_at_us"].as<std::int64_t>());
+      s.flow_stored = r["flow_stored"].as<bool>();
+      out.push_back(std::move(s));
+    }
+    return out;
+  });
+}
+
+Result<bool> RunStore::delete_schedule(std::string_view name) {
+  return guarded(fmt::format("deleting schedule {}", shown_name(name)), [&]() -> Result<bool> {
+    return !impl_->exec(Query::schedule_delete, std::string(name)).empty();
+  });
+}
+
+Result<bool> RunStore::pause_schedule(std::string_view name, bool paused, TimePoint next_fire_at) {
+  return guarded(
+      fmt::format("{} schedule {}", paused ? "pausing" : "resuming", shown_name(name)),
+      [&]() -> Result<bool> {
+        return !impl_->exec(Query::schedule_pause, std::string(name), paused, micros(next_fire_at))
+                    .empty();
+      });
+}
+
+Result<bool> RunStore::record_schedule_trigger(std::string_view name, const RunId& run) {
+  return guarded(fmt::format("recording a run of schedule {}", shown_name(name)),
+                 [&]() -> Result<bool> {
+                   return !impl_->exec(Query::schedule_trigger, std::string(name), run).empty();
+                 });
+}
+
+Result<DueSchedules> RunStore::due_schedules(std::span<const std::string> flows, int limit) {
+  return guarded("reading due schedules", [&]() -> Result<DueSchedules> {
+    DueSchedules out;
+    Json slugs = Json::array();
+    for (const auto& f : flows) slugs.push_back(f);
+    for (const auto& r : impl_->exec(Query::schedules_due, json_text(slugs), limit)) {
+      if (r["name"].is_null()) {  // the first row: now, and the earliest tick not due yet
+        out.now = from_micros(r["now_us"].as<std::int64_t>());
+        out.next = nullable_time(r["next_us"]);
+        continue;
+      }
+      out.due.push_back({schedule_def_of(r), from_micros(r["next_fire_at_us"].as<std::int64_t>())});
+    }
+    return out;
+  });
+}
+
+Result<ScheduleFired> RunStore::fire_schedule(const ScheduleFiring& f) {
+  return guarded(
+      fmt::format("firing schedule {}", shown_name(f.name)), [&]() -> Result<ScheduleFired> {
+        Json ticks = Json::array();
+        for (const auto t : f.ticks) ticks.push_back(micros(t));
+        Json inputs = Json::array();
+        for (const auto& in : f.inputs) inputs.push_back(in);
+        const std::optional<std::int64_t> next =
+            f.next ? std::optional<std::int64_t>(micros(*f.next)) : std::nullopt;
+        const auto rows =
+            impl_->exec(Query::schedule_fire, f.name, micros(f.expected), f.version,
+                        json_text(ticks), json_text(inputs), next, f.missed, f.error.value_or(""));
+        ScheduleFired out;
+        out.outcome = row_text(rows[0]["outcome"]);
+        if (!rows[0]["run_ids"].is_null())
+          for (const auto& id : row_json(rows[0]["run_ids"]))
+            out.runs.push_back(id.get<std::string>());
+        return out;
+      });
+}
+
+}  // namespace flowreg::detail
