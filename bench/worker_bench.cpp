@@ -160,7 +160,7 @@ const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "bac
                                                     "start1", "startbatch", "latency"};
 const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",  "backlog",
                                              "start1", "startbatch", "latency", "metrics",
-                                             "scrape", "isolation"};
+                                             "scrape", "isolation", "schedules"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -177,6 +177,9 @@ struct Args {
   int samples = 300;
   int metrics_rounds = 3;
   int isolation_rounds = 3;
+  int schedules = 10000;        // the schedules scenario's schedules, each firing every minute
+  int schedule_minutes = 2;     // ... for this many ticks
+  int schedule_workers = 3;     // ... fired by this many workers
   std::vector<int> scrape_backlog{100000, 1000000};
   int scrape_reads = 5;
   int timeout_s = 120;
@@ -214,6 +217,10 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                alternating, --isolation-rounds times (runs/s, process/thread, medians); the
                memory and CPU of the workers and their handler processes after each burn-down;
                start -> handler latency (--samples runs per mode, alternating; p50, p99)
+  schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
+               `* * * * *`, fired by --schedule-workers W (default 3) workers for
+               --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
+               duplicate keys, and the fire lag (a run's created_at - its tick) p50/p99/max
 Every scenario prints runs/s and, per run, PostgreSQL CPU us (the cluster's processes, /proc),
 WAL bytes (pg_current_wal_lsn), WAL records and full-page images (pg_stat_wal), heap tuples
 written (pg_stat_user_tables n_tup_ins + n_tup_upd + n_tup_del, schema flowreg) and index entries
@@ -234,6 +241,9 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --isolation-rounds R rounds of the isolation scenario (default 3)
+  --schedules S        schedules of the schedules scenario (default 10000)
+  --schedule-minutes M ticks of the schedules scenario (default 2)
+  --schedule-workers W workers of the schedules scenario (default 3)
   --scrape-backlog L   queued runs of the scrape scenario, e.g. 1000000 (default 100000,1000000)
   --scrape-reads N     timed reads after the first at each scrape size (default 5)
   --timeout SECONDS    limit of one burn-down of --runs runs (default 120; larger backlogs get
@@ -312,6 +322,12 @@ Args parse_args(int argc, char** argv) {
       a.metrics_rounds = positive(opt, v);
     } else if (opt == "--isolation-rounds") {
       a.isolation_rounds = positive(opt, v);
+    } else if (opt == "--schedules") {
+      a.schedules = positive(opt, v);
+    } else if (opt == "--schedule-minutes") {
+      a.schedule_minutes = positive(opt, v);
+    } else if (opt == "--schedule-workers") {
+      a.schedule_workers = positive(opt, v);
     } else if (opt == "--scrape-backlog") {
       a.scrape_backlog = positive_list(opt, v);
     } else if (opt == "--scrape-reads") {
@@ -1715,6 +1731,118 @@ void print_burns(const char* title, const std::vector<BurnResult>& results) {
   }
 }
 
+// ---- schedules --------------------------------------------------------------------------------
+
+struct SchedulesResult {
+  int schedules = 0, workers = 0;
+  std::vector<std::pair<std::string, long>> per_tick;  // tick, runs started for it
+  long duplicates = 0;                                 // keys started more than once
+  Percentiles lag_ms;                                  // created_at - tick, over every run
+  double pg_cpu_s = 0;                                 // the cluster's CPU over the minutes
+  std::string ends;
+};
+
+// --schedules schedules of bench_single firing every minute, fired by --schedule-workers workers
+// (which also run the runs) for --schedule-minutes ticks; the first tick is the next whole minute
+// at least 20 s away (the workers start meanwhile).
+SchedulesResult schedules_scenario(Env& env) {
+  const Args& a = env.args;
+  const FlowInfo& flow = env.flows.at("bench_single");
+  const std::string name = "schedules";
+  const std::string conninfo = fresh_database(env, "wb_" + name);
+  {
+    auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+    value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert bench_single");
+  }
+  const std::string first = psql(
+      env, conninfo,
+      "SELECT to_char(date_trunc('minute', now() + interval '80 seconds') AT TIME ZONE 'UTC', "
+      "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
+  psql(env, conninfo,
+       fmt::format("INSERT INTO flowreg.schedules (name, flow_slug, cron, timezone, input, "
+                   "time_key, catch_up, catch_up_max, overlap, source, next_fire_at) "
+                   "SELECT 'bench_' || i, 'bench_single', '* * * * *', 'UTC', '{{}}', "
+                   "'scheduled_at', 'latest', 100, 'allow', 'api', '{}'::timestamptz "
+                   "FROM generate_series(1, {}) AS i",
+                   first, a.schedules));
+  psql(env, conninfo, "ANALYZE flowreg.schedules");
+  const fs::path config = write_config(env, name, conninfo);
+  auto workers = spawn_workers(env, name, config, a.schedule_workers, a.batches.front());
+  // Until the last tick's runs all started (or its minute is over), then 5 s more.
+  const std::string last = psql(
+      env, conninfo,
+      fmt::format("SELECT to_char('{}'::timestamptz + interval '{} minutes' AT TIME ZONE 'UTC', "
+                  "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+                  first, a.schedule_minutes - 1));
+  const double cpu0 = cluster_cpu_seconds(env.postmaster);
+  const auto deadline =
+      Clock::now() + std::chrono::seconds(80 + 60 * a.schedule_minutes + a.timeout_s);
+  for (;;) {
+    for (auto& w : workers)
+      if (w.poll()) {
+        const auto why = describe_workers(workers);
+        stop_workers(workers);
+        throw ScenarioFailed("schedules: a worker exited\n" + why);
+      }
+    const std::string started = psql(
+        env, conninfo,
+        fmt::format("SELECT count(*) FROM flowreg.runs WHERE idempotency_key LIKE 'schedule:%:{}'",
+                    last));
+    if (std::stol(started) >= a.schedules) break;
+    if (Clock::now() > deadline) {
+      const auto why = describe_workers(workers);
+      stop_workers(workers);
+      throw ScenarioFailed(
+          fmt::format("schedules: {} of {} runs of tick {} started\n{}", started, a.schedules,
+                      last, why));
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(2));  // a read of the runs: not too often
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  SchedulesResult r;
+  r.schedules = a.schedules;
+  r.workers = a.schedule_workers;
+  r.pg_cpu_s = cluster_cpu_seconds(env.postmaster) - cpu0;
+  const auto ends = stop_workers(workers);
+  for (const auto& e : ends) r.ends += (r.ends.empty() ? "" : ", ") + e;
+  const std::string ticks = psql(
+      env, conninfo,
+      "SELECT string_agg(t || '=' || n, ' ' ORDER BY t) FROM (SELECT input->>'scheduled_at' AS t, "
+      "count(*) AS n FROM flowreg.runs GROUP BY 1) x");
+  std::istringstream in(ticks);
+  for (std::string item; in >> item;) {
+    const auto eq = item.find('=');
+    r.per_tick.emplace_back(item.substr(0, eq), std::stol(item.substr(eq + 1)));
+  }
+  r.duplicates = std::stol(psql(env, conninfo,
+                                "SELECT count(*) - count(DISTINCT idempotency_key) FROM "
+                                "flowreg.runs"));
+  const std::string lags = psql(
+      env, conninfo,
+      "SELECT string_agg((extract(epoch FROM created_at - (input->>'scheduled_at')::timestamptz) "
+      "* 1000)::numeric(12, 3)::text, ' ') FROM flowreg.runs");
+  std::vector<double> v;
+  std::istringstream lin(lags);
+  for (double x; lin >> x;) v.push_back(x);
+  r.lag_ms = percentiles(std::move(v));
+  return r;
+}
+
+void print_schedules(const SchedulesResult& r) {
+  std::printf(
+      "\nschedules: %d schedules of bench_single, each `* * * * *`, fired by %d worker(s) that "
+      "also run the runs (batch of the first --batch)\n",
+      r.schedules, r.workers);
+  for (const auto& [tick, n] : r.per_tick)
+    std::printf("  tick %s: %ld runs%s\n", tick.c_str(), n,
+                n == r.schedules ? "" : "  <- not one per schedule");
+  std::printf("  duplicate idempotency keys: %ld\n", r.duplicates);
+  std::printf("  fire lag (run created_at - tick), ms: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n",
+              r.lag_ms.p50, r.lag_ms.p90, r.lag_ms.p99, r.lag_ms.max);
+  std::printf("  PostgreSQL CPU over the ticks: %.2f s; workers: %s\n", r.pg_cpu_s,
+              r.ends.c_str());
+}
+
 int run_bench(Env& env) {
   const Args& a = env.args;
   std::vector<BurnResult> singles, chains, fanouts, backlogs;
@@ -1725,6 +1853,7 @@ int run_bench(Env& env) {
   std::vector<ScrapeResult> scrapes;
   std::vector<IsolationPair> isolation_pairs;
   std::optional<IsolationLatency> isolation_lat;
+  std::optional<SchedulesResult> scheduled;
   const auto report = [&] {
     print_burns(
         "single: burn-down of single-step runs started before the workers; time from spawning "
@@ -1798,6 +1927,7 @@ int run_bench(Env& env) {
       print_burns("isolation: every burn-down, in the order run", burns);
     }
     print_isolation(a, isolation_pairs, isolation_lat);
+    if (scheduled) print_schedules(*scheduled);
     std::printf("\nworker command lines:\n");
     for (const auto& c : env.commands) std::printf("  %s\n", c.c_str());
     if (!a.json_file.empty()) {
@@ -1942,6 +2072,7 @@ int run_bench(Env& env) {
         }
       isolation_lat = isolation_latency(env);
     }
+    if (a.wants("schedules")) scheduled = schedules_scenario(env);
   } catch (const ScenarioFailed& e) {
     report();
     std::printf("\nSCENARIO FAILED: %s\n", e.what());
