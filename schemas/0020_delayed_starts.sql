@@ -1,0 +1,18 @@
+-- flowreg migration 0020: a run may be started for a later time (a delayed start).
+--
+-- `flowreg run --at TIME | --delay DURATION` and the API's run_at / delay create the run at once,
+-- as any start does, and make its first tasks claimable at that time: their available_at, which
+-- every claim already filters on (`available_at <= now()`, tasks_queued's order), and which the
+-- worker already sleeps until (work's 'due' row, as for a retry's backoff). The run records the
+-- time it was started for:
+-- * runs.start_at: the time a delayed run's first tasks became claimable; NULL for a run started
+--   at once (every run but delayed ones, and every run started before this migration). Readers
+--   show a run whose status is started and whose start_at is still ahead as `scheduled`.
+-- The column is the last of runs (ADD COLUMN appends): it is written once, by the delayed start's
+-- own transaction (schemas/queries/delay_starts.sql, after start_run or start_runs), and never by
+-- the hot path's updates, whose changed columns stay where migration 0018 put them (before it:
+-- the unchanged suffix is not logged). A start without a time writes and executes nothing more.
+-- A NULL at the end of a row takes no byte of it but a bit of its null bitmap, which a run's row
+-- has anyway (its finished_at, error and output are NULL when it is inserted).
+-- (IF NOT EXISTS: a database may run this file again after its record was lost, like 0007.)
+ALTER TABLE flowreg.runs ADD COLUMN IF NOT EXISTS start_at timestamptz;
