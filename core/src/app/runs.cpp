@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -104,6 +106,14 @@ Result<std::optional<detail::TimePoint>> start_time(std::string_view at, std::st
     return d->count() == 0 ? Start() : Start(now + *d);
   }
   if (at.empty()) return Start();
+  // A year far ahead is refused before parse_time, whose nanoseconds since the epoch end in 2262.
+  const auto this_year = static_cast<int>(
+      std::chrono::year_month_day(std::chrono::floor<std::chrono::days>(now)).year());
+  int year = 0;
+  if (rfc3339_shape(at) && std::from_chars(at.data(), at.data() + 4, year).ptr == at.data() + 4 &&
+      year > this_year + 11)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} {} is more than 10 years ahead", at_name, shown_at(at)));
   const auto t = rfc3339_shape(at) ? parse_time(at, now) : std::nullopt;
   if (!t)
     return make_error(Errc::invalid_argument,
