@@ -81,7 +81,7 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
   const std::string text = json_text(input);
   return guarded(what, [&]() -> Result<RunId> {
     const bool with = options.idempotency_key || options.retry_of;
-    const auto start = [&](auto& tx) {
+    const auto start = [&](pqxx::work& tx) {
       return with ? tx.exec_prepared(query_name(Query::start_run_with), std::string(flow_slug),
                                      std::string(version), text,
                                      options.idempotency_key.value_or(""),
