@@ -9,15 +9,17 @@ SELECT id::text AS id, flow_slug, flow_version, status, left(error, 400) AS erro
  pg_column_size(input) AS input_stored_bytes, pg_column_size(output) AS output_stored_bytes,
  (extract(epoch FROM created_at) * 1000000)::bigint AS created_at_us,
  (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,
- retry_of::text AS retry_of, idempotency_key
+ retry_of::text AS retry_of, idempotency_key,
+ (extract(epoch FROM start_at) * 1000000)::bigint AS start_at_us,
+ (status = 'started' AND start_at > now()) IS TRUE AS scheduled
  FROM (SELECT r.id, r.flow_slug, r.flow_version, r.status, r.error, r.input, r.output,
-   r.created_at, r.finished_at, r.retry_of, r.idempotency_key
+   r.created_at, r.finished_at, r.retry_of, r.idempotency_key, r.start_at
   FROM flowreg.runs r
   WHERE $1 <> '' AND r.id = nullif($1, '')::uuid AND ($2 = '' OR r.idempotency_key = $2)
    AND ($3 = '' OR r.flow_slug = $3) AND ($4 = '' OR r.status = $4)
   UNION ALL
   SELECT r.id, r.flow_slug, r.flow_version, r.status, r.error, r.input, r.output,
-   r.created_at, r.finished_at, r.retry_of, r.idempotency_key
+   r.created_at, r.finished_at, r.retry_of, r.idempotency_key, r.start_at
   FROM listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r
    WHERE $1 = '' AND $2 <> '' AND r.flow_slug = l.slug AND r.idempotency_key = $2
     AND ($4 = '' OR r.status = $4)) r) found

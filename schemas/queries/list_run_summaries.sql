@@ -35,10 +35,12 @@ SELECT id::text AS id, flow_slug, flow_version, status, left(error, 400) AS erro
  pg_column_size(input) AS input_stored_bytes, pg_column_size(output) AS output_stored_bytes,
  (extract(epoch FROM created_at) * 1000000)::bigint AS created_at_us,
  (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,
- retry_of::text AS retry_of, idempotency_key
+ retry_of::text AS retry_of, idempotency_key,
+ (extract(epoch FROM start_at) * 1000000)::bigint AS start_at_us,
+ (status = 'started' AND start_at > now()) IS TRUE AS scheduled
  FROM k, listed l CROSS JOIN LATERAL (SELECT c.* FROM (SELECT r.id, r.flow_slug, r.flow_version,
     r.status, r.error, r.input, r.output, r.created_at, r.finished_at, r.retry_of,
-    r.idempotency_key
+    r.idempotency_key, r.start_at
    FROM flowreg.runs r
    WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)
     AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)

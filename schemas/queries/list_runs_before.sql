@@ -5,7 +5,9 @@ WITH listed(slug) AS (SELECT $1::text WHERE $1 <> ''
 SELECT id::text AS id, flow_slug, flow_version, status, input::text AS input,
  output::text AS output, error, (extract(epoch FROM created_at) * 1000000)::bigint AS
  created_at_us, (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,
- retry_of::text AS retry_of, idempotency_key
+ retry_of::text AS retry_of, idempotency_key,
+ (extract(epoch FROM start_at) * 1000000)::bigint AS start_at_us,
+ (status = 'started' AND start_at > now()) IS TRUE AS scheduled
  FROM (SELECT created_at AS c, id AS i FROM flowreg.runs WHERE id = $4::uuid) k,
  listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r
   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)

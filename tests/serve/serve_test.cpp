@@ -1268,4 +1268,84 @@ TEST_SUITE("serve") {
   }
 }
 
+TEST_SUITE("serve") {
+  TEST_CASE("a run started with run_at or delay is scheduled, cancellable, and runs at its time") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    const std::string input =
+        json({{"order_id", "later"}, {"items", {{{"sku", "book"}, {"qty", 1}}}}}).dump();
+    // Bad times: 400 with the reason, and no run.
+    for (const auto& [query, reason] : std::vector<std::pair<std::string, std::string>>{
+             {"run_at=tomorrow", "run_at 'tomorrow' is not a time: write RFC 3339"},
+             {"run_at=2026-11-27T18:00:00", "is not a time"},
+             {"run_at=9999-01-01T00:00:00Z", "is more than 10 years ahead"},
+             {"delay=5x", "delay '5x' is not a duration"},
+             {"delay=5m&run_at=2099-01-01T00:00:00Z", "give run_at or delay, not both"}}) {
+      CAPTURE(query);
+      auto r = c.Post(("/api/v1/flows/marked/runs?" + query).c_str(), input, "application/json");
+      check_problem(r, 400);
+      CHECK(json::parse(r->body)["detail"].get<std::string>().find(reason) != std::string::npos);
+    }
+
+    // Far ahead: scheduled in the run, the list and the dashboard; cancelled, it never runs.
+    // January 2nd of next year (less than 10 years ahead).
+    const std::string year = std::to_string(
+        static_cast<int>(std::chrono::year_month_day(std::chrono::floor<std::chrono::days>(
+                                                         std::chrono::system_clock::now()))
+                             .year()) +
+        1);
+    const std::string due = year + "-01-02T02:04:05Z";
+    auto far =
+        c.Post(("/api/v1/flows/marked/runs?run_at=" + year + "-01-02T03:04:05%2B01:00").c_str(),
+               input, "application/json");
+    REQUIRE(far);
+    CAPTURE(far->body);
+    REQUIRE(far->status == 201);
+    const json scheduled = json::parse(far->body);
+    CHECK(scheduled["status"] == "scheduled");
+    CHECK(scheduled["start_at"] == due);
+    const std::string far_id = scheduled["id"];
+    CHECK(body_of(c.Get(("/api/v1/runs/" + far_id).c_str()))["status"] == "scheduled");
+    bool listed = false;
+    const json runs = body_of(c.Get("/api/v1/runs?flow=marked"));
+    for (const auto& r : runs["runs"])
+      if (r["id"] == far_id) {
+        listed = true;
+        CHECK(r["status"] == "scheduled");
+        CHECK(r["start_at"] == due);
+      }
+    CHECK(listed);
+    auto page = c.Get(("/runs/" + far_id).c_str());
+    REQUIRE(page);
+    CHECK(page->body.find("s-scheduled") != std::string::npos);
+    CHECK(page->body.find("for " + due) != std::string::npos);
+    CHECK(page->body.find("/api/v1/runs/" + far_id + "/cancel") != std::string::npos);
+    auto runs_page = c.Get("/runs?flow=marked");
+    REQUIRE(runs_page);
+    CHECK(runs_page->body.find("for " + due) != std::string::npos);
+    CHECK(body_of(c.Post(("/api/v1/runs/" + far_id + "/cancel").c_str()))["status"] == "cancelled");
+    CHECK(body_of(c.Get(("/api/v1/runs/" + far_id).c_str()))["status"] == "cancelled");
+
+    // Soon: the server's worker runs it once its time has come, not before.
+    const auto asked = std::chrono::system_clock::now();
+    auto soon = c.Post("/api/v1/flows/marked/runs?delay=2s", input, "application/json");
+    REQUIRE(soon);
+    REQUIRE(soon->status == 201);
+    const json soon_run = json::parse(soon->body);
+    CHECK(soon_run["status"] == "scheduled");
+    const std::string soon_id = soon_run["id"];
+    json run;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (std::chrono::steady_clock::now() < deadline) {
+      run = body_of(c.Get(("/api/v1/runs/" + soon_id).c_str()));
+      if (run["status"] != "scheduled" && run["status"] != "started") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    CHECK(run["status"] == "completed");
+    // Not before its time (the server's clock is this machine's).
+    CHECK(std::chrono::system_clock::now() >= asked + std::chrono::seconds(2));
+  }
+}
+
 }  // namespace flowreg::servetest

@@ -85,17 +85,22 @@ std::optional<detail::TimePoint> parse_time(std::string_view text, detail::TimeP
 
 json to_ordered(const nlohmann::json& j) { return detail::ordered_copy(j); }
 
+std::string run_status(detail::RunStatus status, bool scheduled) {
+  return scheduled ? std::string("scheduled") : std::string(detail::to_string(status));
+}
+
 json run_json(const detail::RunInfo& r) {
   return {{"id", r.id},
           {"flow", r.flow_slug},
           {"version", r.flow_version},
-          {"status", detail::to_string(r.status)},
+          {"status", run_status(r.status, r.scheduled)},
           {"input", to_ordered(r.input)},
           {"output", r.output ? to_ordered(*r.output) : json(nullptr)},
           {"error", r.error ? json(*r.error) : json(nullptr)},
           {"created_at", iso_time(r.created_at)},
           {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
-          {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)}};
+          {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)},
+          {"start_at", r.start_at ? json(iso_time(*r.start_at)) : json(nullptr)}};
 }
 
 std::string excerpt(std::string_view text, std::size_t max_bytes) {
@@ -113,7 +118,7 @@ json run_summary_json(const detail::RunSummary& r) {
       {"id", r.id},
       {"flow", r.flow_slug},
       {"version", r.flow_version},
-      {"status", detail::to_string(r.status)},
+      {"status", run_status(r.status, r.scheduled)},
       {"error", r.error ? json(excerpt(*r.error, kErrorExcerptBytes)) : json(nullptr)},
       {"created_at", iso_time(r.created_at)},
       {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
@@ -121,8 +126,8 @@ json run_summary_json(const detail::RunSummary& r) {
       {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)},
       {"idempotency_key", r.idempotency_key ? json(valid_text(*r.idempotency_key)) : json(nullptr)},
       {"input_stored_bytes", r.input_stored_bytes},
-      {"output_stored_bytes",
-       r.output_stored_bytes ? json(*r.output_stored_bytes) : json(nullptr)}};
+      {"output_stored_bytes", r.output_stored_bytes ? json(*r.output_stored_bytes) : json(nullptr)},
+      {"start_at", r.start_at ? json(iso_time(*r.start_at)) : json(nullptr)}};
 }
 
 json options_json(const Options& o) {

@@ -33,11 +33,15 @@ std::optional<detail::TimePoint> parse_time(std::string_view text, detail::TimeP
 // A stored JSON value with its keys in a stable order.
 json to_ordered(const nlohmann::json& j);
 
-// A run: {id, flow, version, status, input, output, error, created_at, finished_at, retry_of}.
+// A run's status as shown: "scheduled" for a delayed run whose time is still ahead (migration
+// 0020), else its stored status.
+std::string run_status(detail::RunStatus status, bool scheduled);
+// A run: {id, flow, version, status, input, output, error, created_at, finished_at, retry_of,
+// start_at}; start_at: a delayed start's time, else null.
 json run_json(const detail::RunInfo& r);
 // A run in a list: {id, flow, version, status, error, created_at, finished_at, duration_ms,
-// retry_of, idempotency_key, input_stored_bytes, output_stored_bytes}; no input or output (GET
-// /api/v1/runs/{id} has them). The error is an excerpt of at most kErrorExcerptBytes bytes.
+// retry_of, idempotency_key, input_stored_bytes, output_stored_bytes, start_at}; no input or output
+// (GET /api/v1/runs/{id} has them). The error is an excerpt of at most kErrorExcerptBytes bytes.
 inline constexpr std::size_t kErrorExcerptBytes = 300;
 json run_summary_json(const detail::RunSummary& r);
 // `text` made valid UTF-8 and, when longer than `max_bytes`, its first characters that fit in

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
+#include <chrono>
 #include <utility>
 #include <vector>
 
@@ -64,6 +66,64 @@ Result<std::optional<std::string>> check_idempotency_key(std::string_view key) {
         Errc::invalid_argument,
         fmt::format("the idempotency key is longer than {} bytes", kMaxIdempotencyKeyBytes));
   return std::optional<std::string>(valid_text(key));
+}
+
+namespace {
+
+// `text` has RFC 3339's shape, the values aside (parse_time checks those): a date, T (or a space),
+// hours, minutes and seconds, an optional fraction, then Z or an offset. parse_time alone also
+// takes a date without a time, a time without an offset, and durations.
+bool rfc3339_shape(std::string_view text) {
+  if (text.size() < 20 || text.size() > 40 || text[4] != '-' || text[7] != '-' ||
+      (text[10] != 'T' && text[10] != 't' && text[10] != ' ') || text[13] != ':' || text[16] != ':')
+    return false;
+  const char last = text.back();
+  if (last == 'Z' || last == 'z') return true;
+  const std::size_t sign = text.size() - 6;
+  return text.size() >= 25 && (text[sign] == '+' || text[sign] == '-') &&
+         text[text.size() - 3] == ':';
+}
+
+std::string shown_at(std::string_view text) {
+  return "'" + detail::utf8_valid(detail::utf8_prefix(text, 60)) +
+         (text.size() > 60 ? "...'" : "'");
+}
+
+}  // namespace
+
+Result<std::optional<detail::TimePoint>> start_time(std::string_view at, std::string_view delay,
+                                                    detail::TimePoint now, std::string_view at_name,
+                                                    std::string_view delay_name) {
+  using Start = std::optional<detail::TimePoint>;
+  if (!at.empty() && !delay.empty())
+    return make_error(Errc::invalid_argument,
+                      fmt::format("give {} or {}, not both", at_name, delay_name));
+  if (!delay.empty()) {
+    const auto d = parse_duration(delay, kMaxStartAhead);
+    if (!d)
+      return make_error(Errc::invalid_argument,
+                        fmt::format("{} {}", delay_name, duration_problem(delay, kMaxStartAhead)));
+    return d->count() == 0 ? Start() : Start(now + *d);
+  }
+  if (at.empty()) return Start();
+  // A year far ahead is refused before parse_time, whose nanoseconds since the epoch end in 2262.
+  const auto this_year = static_cast<int>(
+      std::chrono::year_month_day(std::chrono::floor<std::chrono::days>(now)).year());
+  int year = 0;
+  if (rfc3339_shape(at) && std::from_chars(at.data(), at.data() + 4, year).ptr == at.data() + 4 &&
+      year > this_year + 11)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} {} is more than 10 years ahead", at_name, shown_at(at)));
+  const auto t = rfc3339_shape(at) ? parse_time(at, now) : std::nullopt;
+  if (!t)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} {} is not a time: write RFC 3339, such as "
+                                  "2026-11-27T18:00:00Z or 2026-11-27T19:00:00+01:00",
+                                  at_name, shown_at(at)));
+  if (*t - now > kMaxStartAhead)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} {} is more than 10 years ahead", at_name, shown_at(at)));
+  return *t > now ? Start(*t) : Start();  // a time past: at once
 }
 
 Result<detail::RunInfo> start_run(detail::RunStore& store, const RegisteredFlow& flow,

@@ -37,6 +37,19 @@ Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
 // otherwise), invalid UTF-8 replaced. Empty: none.
 Result<std::optional<std::string>> check_idempotency_key(std::string_view key);
 
+// How far ahead a delayed start may be: 10 years (3,653 days).
+inline constexpr Millis kMaxStartAhead{3'653LL * 24 * 3'600'000};
+
+// When a run starts (StartOptions::start_at), from a time `at` (RFC 3339: 2026-11-27T18:00:00Z,
+// with an optional fraction, and Z or an offset such as +01:00) or a delay from `now` (`delay`:
+// parse_duration's forms, 250ms, 30s, 5m, 2h); empty: not given. `at_name` and `delay_name` name
+// them in messages ("--at", "run_at"). nullopt: at once (neither given, a time not after `now`, a
+// delay of 0). Errc::invalid_argument: both given, one that does not parse, or a time more than
+// kMaxStartAhead after `now`.
+Result<std::optional<detail::TimePoint>> start_time(std::string_view at, std::string_view delay,
+                                                    detail::TimePoint now, std::string_view at_name,
+                                                    std::string_view delay_name);
+
 // Stores the flow's version (once per version), starts a run of it with `input` (checked by
 // check_input) and reads it back. A key used again with the same input returns that key's run; with
 // another input, the store's Errc::invalid_argument.

@@ -24,7 +24,7 @@ namespace {
 using SteadyClock = std::chrono::steady_clock;
 
 struct RunArgs {
-  std::string slug, input = "{}", inputs, idempotency_key, timeout;
+  std::string slug, input = "{}", inputs, idempotency_key, timeout, at, delay;
   bool wait = false, as_json = false, many = false;  // many: --inputs given
 };
 
@@ -122,10 +122,11 @@ std::optional<std::vector<nlohmann::json>> checked_inputs(const std::string& arg
 }
 
 // flowreg run SLUG --inputs FILE: one run per input, all started in one transaction, or none.
-int run_many(const RunArgs& a, const FlowRef& flow, Database& db) {
+int run_many(const RunArgs& a, const FlowRef& flow, Database& db,
+             std::optional<detail::TimePoint> start_at) {
   const auto inputs = checked_inputs(a.inputs, flow->def);
   if (!inputs) return kExitFailure;
-  auto ids = db.store.start_runs(a.slug, flow->version, *inputs);
+  auto ids = db.store.start_runs(a.slug, flow->version, *inputs, start_at);
   if (!ids) return report(ids.error());
   if (a.as_json) {
     fmt::print("{}\n", detail::json_text(nlohmann::json(*ids), 2));
@@ -273,19 +274,27 @@ int run_flow(const Globals& g, const RunArgs& a) {
     fmt::print(stderr, "flowreg: --timeout {}\n", duration_problem(a.timeout, kMaxCommandDuration));
     return kExitUsage;
   }
+  // --at / --delay: checked before anything is read or written.
+  auto start_at =
+      app::start_time(a.at, a.delay, std::chrono::system_clock::now(), "--at", "--delay");
+  if (!start_at) {
+    print_error(start_at.error());
+    return kExitUsage;
+  }
   std::optional<nlohmann::json> input;
   if (!a.many && !(input = checked_input(a.input, flow->def))) return kExitFailure;
   detail::StartOptions options;
   auto key = app::check_idempotency_key(a.idempotency_key);
   if (!key) return report(key.error());
   options.idempotency_key = std::move(*key);
+  options.start_at = *start_at;
 
   auto db = open_database(*config);
   if (!db) return report(db.error());
   if (a.many) {
     if (auto stored = db->store.upsert_flow(flow->def, flow->version); !stored)
       return report(stored.error());
-    return run_many(a, flow, *db);
+    return run_many(a, flow, *db, *start_at);
   }
   std::optional<RunWatch> watch;
   if (a.wait) watch.emplace(*db);
@@ -332,6 +341,13 @@ void add_run_command(CLI::App& app, const Globals& g, int& exit_code) {
           ->excludes(wait)
           ->excludes(timeout)
           ->excludes(key);
+  run->add_option("--at", args->at,
+                  "Start the run at this time (RFC 3339: 2026-11-27T18:00:00Z, or with an "
+                  "offset such as +01:00); a time past starts it at once. Until then it shows "
+                  "as scheduled, and may be cancelled");
+  run->add_option("--delay", args->delay,
+                  "Start the run after this long (250ms, 30s, 5m, 2h; at most 10 years); not "
+                  "with --at");
   run->add_flag("--json", args->as_json,
                 "Print {id, flow, status, output, error, ...} (with --inputs: the ids' array)");
   run->callback([&g, &exit_code, args, inputs] {

@@ -55,8 +55,9 @@ int runs_list(RunStore& store, const RunsArgs& a) {
     if (a.as_json)
       out.push_back(app::run_summary_json(r));
     else
-      fmt::print("{}  {:<24} {:<10} {}\n", r.id, r.flow_slug, detail::to_string(r.status),
-                 iso_time(r.created_at));
+      fmt::print("{}  {:<24} {:<10} {}{}\n", r.id, r.flow_slug,
+                 app::run_status(r.status, r.scheduled), iso_time(r.created_at),
+                 r.scheduled && r.start_at ? "  start at " + iso_time(*r.start_at) : "");
   }
   if (a.as_json) fmt::print("{}\n", detail::json_text(out, 2));
   return kExitOk;

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <chrono>
 #include <optional>
 
 #include "app/forms.hpp"
@@ -53,6 +54,11 @@ void post_run(ServerState& state, const Request& req, Response& res) {
   auto key = app::check_idempotency_key(req.get_header_value("Idempotency-Key"));
   if (!key) return problem(res, 400, "Idempotency-Key is longer than 255 bytes");
   start.idempotency_key = std::move(*key);
+  // A delayed start: ?run_at=RFC 3339 or ?delay=DURATION (the body is the input).
+  auto start_at = app::start_time(req.get_param_value("run_at"), req.get_param_value("delay"),
+                                  std::chrono::system_clock::now(), "run_at", "delay");
+  if (!start_at) return problem(res, 400, start_at.error().message);
+  start.start_at = *start_at;
   auto run = state.stores.with(
       [&](RunStore& store) { return app::start_run(store, *flow, *input, start); });
   if (!run) {

@@ -38,7 +38,7 @@ pre { background: var(--panel); padding: .6rem; border-radius: 6px; overflow-x: 
 .s-completed, .s-loaded, .s-running { color: var(--ok); }
 .s-failed, .s-rejected, .s-quarantined, .s-stale { color: var(--bad); }
 .s-cancelled, .s-waiting, .s-stuck, .s-replacing, .s-stopped { color: var(--warn); }
-.s-started, .s-created { color: var(--run); }
+.s-started, .s-created, .s-scheduled { color: var(--run); }
 .muted { color: var(--muted); }
 .error { color: var(--bad); white-space: pre-wrap; word-break: break-word; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem;
@@ -295,9 +295,13 @@ const char* const kJs = R"JS(
       headers['Content-Type'] = 'application/json';
       var key = document.getElementById('start-key').value.trim();
       if (key) headers['Idempotency-Key'] = key;
+      // A delayed start: ?delay=DURATION (the server checks it).
+      var delay = document.getElementById('start-delay').value.trim();
+      var url = startForm.getAttribute('data-start-url');
+      if (delay) url += '?delay=' + encodeURIComponent(delay);
       startButton.disabled = true;
       problemBox.hidden = true;
-      fetch(startForm.getAttribute('data-start-url'), {
+      fetch(url, {
         method: 'POST', headers: headers, credentials: 'same-origin',
         // A POST's Origin is checked: 'same-origin' (the server's policy too) lets it carry the
         // page's, where no-referrer would make it 'null', refused as cross-site.

@@ -150,6 +150,14 @@ std::string ago_time(const std::string& iso) {
                      words);
 }
 
+// A delayed run's time (its start_at, migration 0020) after its status: "for TIME" while it is
+// scheduled, "from TIME" once started; nothing for a run started at once.
+std::string start_at_text(const json& run) {
+  if (!run.contains("start_at") || !run["start_at"].is_string()) return {};
+  return fmt::format(" <span class=\"muted\" data-run-start-at>{} {}</span>",
+                     str(run, "status") == "scheduled" ? "for" : "from", esc(run, "start_at"));
+}
+
 std::string runs_table(const json& runs, bool with_flow) {
   if (runs.empty()) return "<p class=\"muted\">No runs.</p>";
   std::string rows;
@@ -163,7 +171,8 @@ std::string runs_table(const json& runs, bool with_flow) {
         with_flow ? fmt::format("<td><a href=\"/flows/{}\">{}</a></td>", url_part(str(r, "flow")),
                                 esc(r, "flow"))
                   : std::string(),
-        status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))),
+        status_badge(str(r, "status"), fmt::format(" data-run-status=\"{}\"", escape(id))) +
+            start_at_text(r),
         ago_time(str(r, "created_at")), esc(r, "finished_at"), esc(r, "error"), escape(id));
   }
   return fmt::format(
@@ -232,7 +241,9 @@ std::string start_form(const std::string& slug, const json& input_schema) {
       "<textarea id=\"start-input\" name=\"input\" rows=\"8\" spellcheck=\"false\" "
       "autocomplete=\"off\">{1}</textarea><div class=\"start-row\"><label>Idempotency key "
       "(optional)<input id=\"start-key\" name=\"idempotency_key\" maxlength=\"255\" "
-      "autocomplete=\"off\"></label><button type=\"submit\" id=\"start-button\" disabled>"
+      "autocomplete=\"off\"></label><label>Delay (optional: 30s, 5m, 2h)<input id=\"start-delay\" "
+      "name=\"delay\" maxlength=\"20\" autocomplete=\"off\"></label>"
+      "<button type=\"submit\" id=\"start-button\" disabled>"
       "Start</button></div><p class=\"muted\" data-needs-script>Starting a run here needs "
       "JavaScript (or <code>POST /api/v1/flows/{0}/runs</code>).</p><div id=\"start-problem\" "
       "class=\"problem\" role=\"alert\" hidden><p id=\"start-detail\" class=\"error\"></p>"
@@ -562,7 +573,7 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
   }
   const std::string status = str(run, "status");
   std::string actions;
-  if (status == "started")
+  if (status == "started" || status == "scheduled")
     actions = fmt::format(
         "<button type=\"button\" data-action=\"/api/v1/runs/{}/cancel\">Cancel</button>",
         url_part(id));
@@ -590,7 +601,7 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
       "<tbody>{11}</tbody></table></div>{15}{16}<h2>Input</h2><div data-run-input>{12}</div>"
       "<h2>Output</h2><div data-run-output>{13}</div>",
       escape(id), url_part(id), url_part(str(run, "flow")), esc(run, "flow"), esc(run, "version"),
-      status_badge(status, fmt::format(" data-run-status=\"{}\"", escape(id))),
+      status_badge(status, fmt::format(" data-run-status=\"{}\"", escape(id))) + start_at_text(run),
       esc(run, "created_at"), esc(run, "finished_at"),
       run["retry_of"].is_null() ? std::string("—")
                                 : fmt::format("<a href=\"/runs/{}\">{}</a>",

@@ -135,7 +135,9 @@ void EventHub::run() {
     }
     const std::string status(to_string(info.status));
     if (fresh) {
-      app::json data = {{"id", id}, {"flow", info.flow_slug}, {"status", "started"}};
+      app::json data = {{"id", id},
+                        {"flow", info.flow_slug},
+                        {"status", app::run_status(info.status, info.scheduled)}};
       publish("run", id, info.flow_slug, json_text(data));
     }
     diff_steps(id, it->second);

@@ -24,6 +24,7 @@ enum class Query {
   claim,
   complete,
   count_runs,
+  delay_starts,
   fail,
   find_run_summaries,
   forget_worker,

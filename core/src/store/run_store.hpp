@@ -85,6 +85,10 @@ struct StartOptions {
   // message showing both inputs, or their digests when large).
   std::optional<std::string> idempotency_key;
   std::optional<RunId> retry_of;  // lineage: the run this one retries
+  // A delayed start (migration 0020): the run is created now and its first tasks become claimable
+  // at this time (runs.start_at, tasks.available_at, in the start's transaction). nullopt: at once.
+  // A run returned for a repeated idempotency key keeps its own time.
+  std::optional<TimePoint> start_at;
 };
 
 // Where a retry of a run starts: its first steps (a new run of the whole flow), or the step it
@@ -190,6 +194,11 @@ struct RunInfo {
   std::optional<TimePoint> finished_at;
   std::optional<RunId> retry_of;
   std::optional<std::string> idempotency_key;
+  // A delayed start's time (StartOptions::start_at); scheduled: the run is started and that time
+  // is still ahead by the server's clock (none of its tasks can have been claimed): it shows as
+  // status "scheduled".
+  std::optional<TimePoint> start_at;
+  bool scheduled = false;
 };
 
 // A run as lists show it: a RunInfo without its input and output, which a list never reads (they
@@ -207,6 +216,11 @@ struct RunSummary {
   std::optional<TimePoint> finished_at;
   std::optional<RunId> retry_of;
   std::optional<std::string> idempotency_key;
+  // A delayed start's time (StartOptions::start_at); scheduled: the run is started and that time
+  // is still ahead by the server's clock (none of its tasks can have been claimed): it shows as
+  // status "scheduled".
+  std::optional<TimePoint> start_at;
+  bool scheduled = false;
 };
 
 struct StepInfo {
@@ -423,8 +437,11 @@ class RunStore {
   // the server refuses an input (U+0000 in a string or key, or nesting deeper than its stack
   // allows), none starts, and the error (Errc::invalid_argument) names the first input holding
   // U+0000 or nested deeper than kMaxStoredDepth, by its index (else the server's error stands).
+  // With start_at, the runs start at that time (as StartOptions::start_at), in the same
+  // transaction.
   Result<std::vector<RunId>> start_runs(std::string_view flow_slug, std::string_view version,
-                                        std::span<const Json> inputs);
+                                        std::span<const Json> inputs,
+                                        std::optional<TimePoint> start_at = std::nullopt);
 
   // Up to `limit` ready tasks of these flow versions, leased to `worker_id` for their step's
   // timeout. Never waits for tasks other claimers hold (SKIP LOCKED). A claimed task that cannot

@@ -42,6 +42,8 @@ RunInfo run_of(const pqxx::row& r) {
   info.finished_at = opt_time(r["finished_at_us"]);
   info.retry_of = opt_text(r["retry_of"]);
   info.idempotency_key = opt_text(r["idempotency_key"]);
+  info.start_at = opt_time(r["start_at_us"]);
+  info.scheduled = r["scheduled"].as<bool>();
   return info;
 }
 
@@ -60,6 +62,8 @@ RunSummary summary_of(const pqxx::row& r) {
   info.finished_at = opt_time(r["finished_at_us"]);
   info.retry_of = opt_text(r["retry_of"]);
   info.idempotency_key = opt_text(r["idempotency_key"]);
+  info.start_at = opt_time(r["start_at_us"]);
+  info.scheduled = r["scheduled"].as<bool>();
   return info;
 }
 

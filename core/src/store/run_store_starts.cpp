@@ -1,6 +1,9 @@
 // RunStore: storing flow versions, starting runs (one, or a batch by start_runs or by COPY).
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <chrono>
+#include <optional>
 #include <pqxx/pqxx>
 #include <set>
 #include <string>
@@ -22,6 +25,14 @@ std::string describe_input(std::string_view json) {
   if (json.size() <= kShown) return std::string(json);
   return fmt::format("{}... ({} bytes of JSON, sha256 {})", utf8_prefix(json, 60), json.size(),
                      sha256_hex(json));
+}
+
+// Makes the runs `ids`, just started in `tx`, start at `at` (schemas/queries/delay_starts.sql).
+void delay_started_runs(pqxx::work& tx, const std::vector<RunId>& ids, TimePoint at) {
+  if (ids.empty()) return;
+  const std::int64_t us =
+      std::chrono::duration_cast<std::chrono::microseconds>(at.time_since_epoch()).count();
+  tx.exec_prepared(query_name(Query::delay_starts), fmt::format("{{{}}}", fmt::join(ids, ",")), us);
 }
 
 }  // namespace
@@ -69,11 +80,30 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
     return make_error(Errc::invalid_argument, what + ": the idempotency key is empty");
   const std::string text = json_text(input);
   return guarded(what, [&]() -> Result<RunId> {
+    const bool with = options.idempotency_key || options.retry_of;
+    const auto start = [&](pqxx::work& tx) {
+      return with ? tx.exec_prepared(query_name(Query::start_run_with), std::string(flow_slug),
+                                     std::string(version), text,
+                                     options.idempotency_key.value_or(""),
+                                     options.retry_of.value_or(""))
+                  : tx.exec_prepared(query_name(Query::start_run), std::string(flow_slug),
+                                     std::string(version), text);
+    };
+    // A delayed start: the start and its time in one transaction; any other, one statement.
     auto rows =
-        options.idempotency_key || options.retry_of
-            ? impl_->exec(Query::start_run_with, std::string(flow_slug), std::string(version), text,
-                          options.idempotency_key.value_or(""), options.retry_of.value_or(""))
-            : impl_->exec(Query::start_run, std::string(flow_slug), std::string(version), text);
+        !options.start_at
+            ? (with ? impl_->exec(Query::start_run_with, std::string(flow_slug),
+                                  std::string(version), text, options.idempotency_key.value_or(""),
+                                  options.retry_of.value_or(""))
+                    : impl_->exec(Query::start_run, std::string(flow_slug), std::string(version),
+                                  text))
+            : impl_->transact([&](pqxx::work& tx) {
+                auto started = start(tx);
+                if (!started.empty() && started[0]["created"].as<bool>())
+                  delay_started_runs(tx, {started[0]["run_id"].as<std::string>()},
+                                     *options.start_at);
+                return started;
+              });
     if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
     RunId id = rows[0]["run_id"].as<std::string>();
     const bool created = rows[0]["created"].as<bool>();
@@ -135,7 +165,8 @@ std::vector<RunId> copy_runs(pqxx::work& tx, const pqxx::result& plan, std::stri
 
 Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                                 std::string_view version,
-                                                std::span<const Json> inputs) {
+                                                std::span<const Json> inputs,
+                                                std::optional<TimePoint> start_at) {
   const std::string what = fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(),
                                        shown_name(flow_slug), shown_name(version));
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
@@ -157,8 +188,26 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                        std::string(version), all_inputs()));
       };
       const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
-      if (inputs.size() < kCopiedStartMin || inputs.size() > kCopiedStartMax ||
-          impl_->uncopied.contains(name)) {
+      const bool copyable = inputs.size() >= kCopiedStartMin && inputs.size() <= kCopiedStartMax &&
+                            !impl_->uncopied.contains(name);
+      if (start_at) {
+        // A delayed start: the runs (one call of start_runs, or copied as below) and their time
+        // in one transaction.
+        bool copied = false;
+        out = impl_->transact([&](pqxx::work& tx) {
+          std::vector<RunId> ids;
+          if (copyable) {
+            const pqxx::result plan =
+                tx.exec_prepared(query_name(Query::start_copying), std::string(flow_slug),
+                                 std::string(version), static_cast<int>(inputs.size()));
+            copied = plan.size() == inputs.size();
+            if (copied) ids = copy_runs(tx, plan, flow_slug, version, inputs);
+          }
+          if (!copied) ids = by_start_runs(tx);
+          delay_started_runs(tx, ids, *start_at);
+          return ids;
+        });
+      } else if (!copyable) {
         // One call of start_runs, in autocommit (one round trip).
         out = ids_of(impl_->exec(Query::start_runs, std::string(flow_slug), std::string(version),
                                  all_inputs()));
