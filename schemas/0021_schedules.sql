@@ -2,7 +2,7 @@
 --
 -- One row per schedule, named; `next_fire_at` is its next tick not yet fired, computed by flowreg
 -- (the cron expression in its time zone: core/src/schedule/cron.hpp), never by the database. A
--- worker serving the flow fires a due row (next_fire_at <= now()) through flowreg.fire_schedule:
+-- worker serving the flow fires a due row (next_fire_at <= now()) through flowreg.fire_schedules:
 -- it locks the row (SKIP LOCKED), checks that next_fire_at is still the tick it computed from,
 -- starts the tick's run with the idempotency key 'schedule:<name>:<tick>' and advances the row,
 -- all in one transaction: one run per tick, whatever the number of workers.

@@ -129,7 +129,7 @@ TEST_SUITE("schedules") {
     // More than one worker fired ticks.
     int firing = 0;
     for (const char* id : {"a", "b", "c", "a2"})
-      firing += s.err(id).find("schedule 'tick' started") != std::string::npos ? 1 : 0;
+      firing += s.err(id).find("schedule(s) started") != std::string::npos ? 1 : 0;
     CHECK(firing >= 2);
   }
 

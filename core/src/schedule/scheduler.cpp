@@ -161,6 +161,48 @@ std::vector<ScheduleProblem> schedule_problems(const ScheduleDef& def) {
   return out;
 }
 
+namespace {
+
+// The firing of a due schedule of a flow served in version `flow`, at the server's `now`, its
+// runs' inputs checked against `schema` (nullptr: none).
+detail::ScheduleFiring firing_of(const detail::DueSchedules::Due& d, const ServedFlow& flow,
+                                 TimePoint now, detail::JsonSchema* schema) {
+  detail::ScheduleFiring firing;
+  firing.name = d.def.name;
+  firing.expected = d.next_fire_at;
+  firing.version = flow.version;
+  auto plan = plan_firing(d.def, d.next_fire_at, now);
+  if (!plan) {
+    // Checked when stored: a time zone the system no longer knows, say. Tried again in an hour.
+    firing.ticks = {d.next_fire_at};
+    firing.inputs = {nlohmann::json::object()};
+    firing.next = now + std::chrono::hours(1);
+    firing.error = plan.error().message;
+    return firing;
+  }
+  firing.ticks = plan->ticks;
+  firing.next = plan->next;
+  firing.missed = plan->missed;
+  for (const auto tick : firing.ticks) {
+    auto input = tick_input(d.def, tick);
+    if (schema && !firing.error)
+      if (auto problems = schema->validate(input); !problems.empty())
+        firing.error = fmt::format("the input of its run is refused by flow '{}': {}", d.def.flow,
+                                   problems.front().message);
+    firing.inputs.push_back(std::move(input));
+  }
+  if (firing.ticks.empty()) {
+    // Every due tick missed (catch_up: none): recorded as the first of them, counted once.
+    firing.ticks = {d.next_fire_at};
+    firing.inputs = {nlohmann::json::object()};
+    firing.missed = std::max(plan->missed - 1, 0);
+    firing.error = "missed: its ticks were more than 60 s late (catch_up: none)";
+  }
+  return firing;
+}
+
+}  // namespace
+
 // The scheduler thread's connection, made again after a failure.
 struct Scheduler::Store {
   std::optional<detail::RunStore> store;
@@ -229,70 +271,73 @@ std::chrono::steady_clock::time_point Scheduler::round() {
   auto& store = *store_->store;
   std::vector<std::string> slugs;
   for (const auto& [slug, f] : flows) slugs.push_back(slug);
-  auto due = store.due_schedules(slugs, options_.batch);
-  if (!due) throw std::runtime_error(due.error().message);
-  for (const auto& d : due->due) {
-    const auto& flow = flows.at(d.def.flow);
-    detail::ScheduleFiring firing;
-    firing.name = d.def.name;
-    firing.expected = d.next_fire_at;
-    firing.version = flow.version;
-    auto plan = plan_firing(d.def, d.next_fire_at, due->now);
-    if (!plan) {
-      // Checked when stored: a time zone the system no longer knows, say. Retried in an hour.
-      firing.ticks = {d.next_fire_at};
-      firing.inputs = {nlohmann::json::object()};
-      firing.next = due->now + std::chrono::hours(1);
-      firing.error = plan.error().message;
-    } else {
-      firing.ticks = plan->ticks;
-      firing.next = plan->next;
-      firing.missed = plan->missed;
-      std::shared_ptr<detail::JsonSchema> schema;
-      if (flow.def.input_schema) {
-        auto& cached = store_->schemas[d.def.flow + " " + flow.version];
-        if (!cached)
-          if (auto compiled = detail::JsonSchema::compile(*flow.def.input_schema))
-            cached = std::make_shared<detail::JsonSchema>(std::move(*compiled));
-        schema = cached;
-      }
-      for (const auto tick : firing.ticks) {
-        auto input = tick_input(d.def, tick);
-        if (schema)
-          if (auto problems = schema->validate(input); !problems.empty() && !firing.error)
-            firing.error = fmt::format("the input of its run is refused by flow '{}': {}",
-                                       d.def.flow, problems.front().message);
-        firing.inputs.push_back(std::move(input));
-      }
-      if (firing.ticks.empty()) {
-        // Every due tick missed (catch_up: none): recorded as the first of them, counted once.
-        firing.ticks = {d.next_fire_at};
-        firing.inputs = {nlohmann::json::object()};
-        firing.missed = std::max(plan->missed - 1, 0);
-        firing.error = "missed: its ticks were more than 60 s late (catch_up: none)";
-      }
+  // The flows' input schemas, compiled once per flow version.
+  const auto schema_of = [&](const ServedFlow& flow) -> detail::JsonSchema* {
+    if (!flow.def.input_schema) return nullptr;
+    auto& cached = store_->schemas[flow.def.slug + " " + flow.version];
+    if (!cached)
+      if (auto compiled = detail::JsonSchema::compile(*flow.def.input_schema))
+        cached = std::make_shared<detail::JsonSchema>(std::move(*compiled));
+    return cached.get();
+  };
+  std::vector<detail::ScheduleFiring> firings;
+  const auto plan_all = [&](const detail::DueSchedules& due) {
+    firings.clear();
+    for (const auto& d : due.due) {
+      const auto& flow = flows.at(d.def.flow);
+      firings.push_back(firing_of(d, flow, due.now, schema_of(flow)));
     }
-    auto fired = store.fire_schedule(firing);
-    if (!fired && fired.error().code == Errc::invalid_argument && !firing.error) {
-      // The run refused by the store (its idempotency key used with another input: a schedule
-      // deleted and made again with another input): recorded, and the schedule advances.
-      firing.error = fired.error().message;
-      fired = store.fire_schedule(firing);
+    return firings;
+  };
+  detail::DueSchedules due;
+  auto fired = store.fire_due_schedules(slugs, options_.batch, due, plan_all);
+  if (!fired && fired.error().code == Errc::unavailable)
+    throw std::runtime_error(fired.error().message);
+  if (!fired) {
+    // The batch refused as a whole (a run's idempotency key used with another input, by a
+    // schedule deleted and made again; a value the server refuses): each firing again on its own,
+    // one that fails recorded as its error, so that one schedule never holds up the others.
+    spdlog::warn("worker {}: schedules: a batch of {} failed ({}); firing them one by one",
+                 options_.worker_id, firings.size(), fired.error().message);
+    std::vector<detail::ScheduleFired> each;
+    for (auto& firing : firings) {
+      auto one = store.fire_schedules({&firing, 1});
+      if (!one && one.error().code != Errc::unavailable && !firing.error) {
+        firing.error = one.error().message;
+        one = store.fire_schedules({&firing, 1});
+      }
+      if (!one) {
+        if (one.error().code == Errc::unavailable) throw std::runtime_error(one.error().message);
+        spdlog::warn("worker {}: schedule '{}': {}", options_.worker_id, firing.name,
+                     one.error().message);
+        continue;
+      }
+      each.insert(each.end(), one->begin(), one->end());
     }
-    if (!fired) throw std::runtime_error(fired.error().message);
-    if (fired->outcome == "started")
-      spdlog::info("worker {}: schedule '{}' started {} run(s) of '{}' (tick {})",
-                   options_.worker_id, d.def.name, fired->runs.size(), d.def.flow,
-                   rfc3339(firing.ticks.back()));
-    else if (fired->outcome == "error")
-      spdlog::warn("worker {}: schedule '{}' fired no run: {}", options_.worker_id, d.def.name,
-                   firing.error.value_or(""));
+    fired = std::move(each);
   }
-  // Due schedules left (a full batch, or one waiting for its last run): read again soon.
-  if (static_cast<int>(due->due.size()) >= options_.batch) return std::chrono::steady_clock::now();
+  int moved = 0, started = 0, runs = 0;  // schedules fired, skipped or advanced; started; runs
+  for (const auto& f : *fired) {
+    if (f.outcome != "waiting" && f.outcome != "gone") ++moved;
+    if (f.outcome == "started") {
+      ++started;
+      runs += f.started;
+    }
+    if (f.outcome == "error")
+      for (const auto& firing : firings)
+        if (firing.name == f.name)
+          spdlog::warn("worker {}: schedule '{}' fired no run: {}", options_.worker_id, f.name,
+                       firing.error.value_or(""));
+  }
+  if (started > 0)
+    spdlog::info("worker {}: {} schedule(s) started {} run(s)", options_.worker_id, started, runs);
+  // A full batch that moved: more may be due, read again at once. (A batch of schedules waiting
+  // for their last runs, overlap: queue, moves nothing: read again at the poll interval.)
+  if (static_cast<int>(due.due.size()) >= options_.batch && moved > 0)
+    return std::chrono::steady_clock::now();
   auto until = poll;
-  if (due->next) {
-    const auto in = *due->next - due->now;
+  if (due.next) {
+    const auto in = *due.next - due.now;
     until =
         std::min(until, std::chrono::steady_clock::now() +
                             std::chrono::duration_cast<std::chrono::steady_clock::duration>(in));

@@ -1,8 +1,10 @@
 #pragma once
-// Firing schedules (flowreg.schedules, docs/schedules.md) from a worker: a thread that reads the
-// due schedules of the flows its worker serves and fires each through RunStore::fire_schedule,
-// which locks the schedule's row (SKIP LOCKED) and starts the tick's run with an idempotency key
-// in the transaction that advances the schedule: one run per tick however many workers fire.
+// Firing schedules (flowreg.schedules, docs/schedules.md) from a worker: a thread that, in one
+// transaction per batch, reads the due schedules of the flows its worker serves, locking them (FOR
+// UPDATE SKIP LOCKED: workers reading at once take different ones), and fires them
+// (RunStore::fire_due_schedules, flowreg.fire_schedules): each tick's run is started with an
+// idempotency key in the transaction that advances its schedule, one run per tick however many
+// workers fire.
 //
 // The ticks are computed here (plan_firing: the cron expression in its time zone, with the
 // catch-up and overlap policies); the database never evaluates cron.

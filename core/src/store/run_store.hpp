@@ -32,6 +32,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -270,7 +271,7 @@ struct DueSchedules {
   std::optional<TimePoint> next;
 };
 
-// One firing of a due schedule (RunStore::fire_schedule, schemas/functions/fire_schedule.sql).
+// One firing of a due schedule (RunStore::fire_schedules, schemas/functions/fire_schedules.sql).
 struct ScheduleFiring {
   std::string name;
   TimePoint expected;   // the next_fire_at it was read with
@@ -283,8 +284,9 @@ struct ScheduleFiring {
 };
 
 struct ScheduleFired {
+  std::string name;
   std::string outcome;  // started | skipped | waiting | error | gone
-  std::vector<RunId> runs;
+  int started = 0;      // runs started
 };
 
 // A run's DAG (RunStore::run_graph): its flow and its version's steps as stored.
@@ -487,9 +489,14 @@ class RunStore {
   Result<bool> pause_schedule(std::string_view name, bool paused, TimePoint next_fire_at);
   // Records a run started by hand from the schedule. Whether there was one.
   Result<bool> record_schedule_trigger(std::string_view name, const RunId& run);
-  // Up to `limit` schedules of these flows due now, the most overdue first.
-  Result<DueSchedules> due_schedules(std::span<const std::string> flows, int limit);
-  Result<ScheduleFired> fire_schedule(const ScheduleFiring& firing);
+  // One transaction: reads up to `limit` schedules of these flows due now, the most overdue
+  // first, locking them (others reading at once take others), hands them to `plan`, and fires
+  // what it returns (fire_schedules). `due` receives what was read.
+  Result<std::vector<ScheduleFired>> fire_due_schedules(
+      std::span<const std::string> flows, int limit, DueSchedules& due,
+      const std::function<std::vector<ScheduleFiring>(const DueSchedules&)>& plan);
+  // Fires these schedules in one transaction (each locked and checked again).
+  Result<std::vector<ScheduleFired>> fire_schedules(std::span<const ScheduleFiring> firings);
 
   // Workers, most recent heartbeat first.
   Result<std::vector<WorkerRecord>> list_workers();

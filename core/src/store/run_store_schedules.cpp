@@ -1,4 +1,4 @@
-// RunStore: schedules (flowreg.schedules, migration 0021; fired by flowreg.fire_schedule).
+// RunStore: schedules (flowreg.schedules, migration 0021; fired by flowreg.fire_schedules).
 
 #include <fmt/format.h>
 
@@ -111,42 +111,70 @@ Result<bool> RunStore::record_schedule_trigger(std::string_view name, const RunI
                  });
 }
 
-Result<DueSchedules> RunStore::due_schedules(std::span<const std::string> flows, int limit) {
-  return guarded("reading due schedules", [&]() -> Result<DueSchedules> {
-    DueSchedules out;
+namespace {
+
+DueSchedules due_of(const pqxx::result& rows) {
+  DueSchedules out;
+  for (const auto& r : rows) {
+    if (r["name"].is_null()) {  // the first row: now, and the earliest tick not due yet
+      out.now = from_micros(r["now_us"].as<std::int64_t>());
+      out.next = nullable_time(r["next_us"]);
+      continue;
+    }
+    out.due.push_back({schedule_def_of(r), from_micros(r["next_fire_at_us"].as<std::int64_t>())});
+  }
+  return out;
+}
+
+Json firings_json(std::span<const ScheduleFiring> firings) {
+  Json out = Json::array();
+  for (const auto& f : firings) {
+    Json ticks = Json::array();
+    for (const auto t : f.ticks) ticks.push_back(micros(t));
+    Json inputs = Json::array();
+    for (const auto& in : f.inputs) inputs.push_back(in);
+    Json one = {{"name", f.name},       {"expected", micros(f.expected)},
+                {"version", f.version}, {"ticks", ticks},
+                {"inputs", inputs},     {"missed", f.missed},
+                {"next", nullptr},      {"error", nullptr}};
+    if (f.next) one["next"] = micros(*f.next);
+    if (f.error) one["error"] = *f.error;
+    out.push_back(std::move(one));
+  }
+  return out;
+}
+
+std::vector<ScheduleFired> fired_of(const pqxx::result& rows) {
+  std::vector<ScheduleFired> out;
+  for (const auto& r : rows)
+    out.push_back({row_text(r["name"]), row_text(r["outcome"]), r["started"].as<int>()});
+  return out;
+}
+
+}  // namespace
+
+Result<std::vector<ScheduleFired>> RunStore::fire_due_schedules(
+    std::span<const std::string> flows, int limit, DueSchedules& due,
+    const std::function<std::vector<ScheduleFiring>(const DueSchedules&)>& plan) {
+  return guarded("firing due schedules", [&]() -> Result<std::vector<ScheduleFired>> {
     Json slugs = Json::array();
     for (const auto& f : flows) slugs.push_back(f);
-    for (const auto& r : impl_->exec(Query::schedules_due, json_text(slugs), limit)) {
-      if (r["name"].is_null()) {  // the first row: now, and the earliest tick not due yet
-        out.now = from_micros(r["now_us"].as<std::int64_t>());
-        out.next = nullable_time(r["next_us"]);
-        continue;
-      }
-      out.due.push_back({schedule_def_of(r), from_micros(r["next_fire_at_us"].as<std::int64_t>())});
-    }
-    return out;
+    const std::string slugs_text = json_text(slugs);
+    return impl_->transact([&](pqxx::work& tx) {
+      due = due_of(tx.exec_prepared(query_name(Query::schedules_due), slugs_text, limit));
+      if (due.due.empty()) return std::vector<ScheduleFired>{};
+      const auto firings = plan(due);
+      return fired_of(
+          tx.exec_prepared(query_name(Query::schedules_fire), json_text(firings_json(firings))));
+    });
   });
 }
 
-Result<ScheduleFired> RunStore::fire_schedule(const ScheduleFiring& f) {
-  return guarded(
-      fmt::format("firing schedule {}", shown_name(f.name)), [&]() -> Result<ScheduleFired> {
-        Json ticks = Json::array();
-        for (const auto t : f.ticks) ticks.push_back(micros(t));
-        Json inputs = Json::array();
-        for (const auto& in : f.inputs) inputs.push_back(in);
-        const std::optional<std::int64_t> next =
-            f.next ? std::optional<std::int64_t>(micros(*f.next)) : std::nullopt;
-        const auto rows =
-            impl_->exec(Query::schedule_fire, f.name, micros(f.expected), f.version,
-                        json_text(ticks), json_text(inputs), next, f.missed, f.error.value_or(""));
-        ScheduleFired out;
-        out.outcome = row_text(rows[0]["outcome"]);
-        if (!rows[0]["run_ids"].is_null())
-          for (const auto& id : row_json(rows[0]["run_ids"]))
-            out.runs.push_back(id.get<std::string>());
-        return out;
-      });
+Result<std::vector<ScheduleFired>> RunStore::fire_schedules(
+    std::span<const ScheduleFiring> firings) {
+  return guarded("firing schedules", [&]() -> Result<std::vector<ScheduleFired>> {
+    return fired_of(impl_->exec(Query::schedules_fire, json_text(firings_json(firings))));
+  });
 }
 
 }  // namespace flowreg::detail
