@@ -1771,7 +1771,7 @@ SchedulesResult schedules_scenario(Env& env) {
   // Until the last tick's runs all started (or its minute is over), then 5 s more.
   const std::string last = psql(
       env, conninfo,
-      fmt::format("SELECT to_char('{}'::timestamptz + interval '{} minutes' AT TIME ZONE 'UTC', "
+      fmt::format("SELECT to_char(('{}'::timestamptz + interval '{} minutes') AT TIME ZONE 'UTC', "
                   "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
                   first, a.schedule_minutes - 1));
   const double cpu0 = cluster_cpu_seconds(env.postmaster);
