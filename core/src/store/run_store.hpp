@@ -273,6 +273,17 @@ struct ScheduleFired {
   std::vector<RunId> runs;
 };
 
+// The schedules' gauges (RunStore::schedule_gauges, schemas/queries/schedule_metrics.sql).
+struct ScheduleGauges {
+  std::int64_t scheduled = 0, due = 0, paused = 0;
+  struct Next {
+    std::string name;
+    TimePoint next_fire_at;
+    std::optional<double> last_lag_seconds;  // tick -> commit of its last run started by a tick
+  };
+  std::vector<Next> earliest;  // the unpaused schedules with the earliest next tick, earliest first
+};
+
 // A run's DAG (RunStore::run_graph): its flow and its version's steps as stored.
 struct RunGraph {
   std::string flow_slug;
@@ -473,6 +484,10 @@ class RunStore {
   // Up to `limit` schedules of these flows due now, the most overdue first.
   Result<DueSchedules> due_schedules(std::span<const std::string> flows, int limit);
   Result<ScheduleFired> fire_schedule(const ScheduleFiring& firing);
+  // The first `limit` schedules by name, of flow `flow` ("" for every flow).
+  Result<std::vector<ScheduleRecord>> list_schedules_page(std::string_view flow, int limit);
+  // The schedules counted by state, and the `limit` unpaused ones with the earliest next tick.
+  Result<ScheduleGauges> schedule_gauges(int limit);
 
   // Workers, most recent heartbeat first.
   Result<std::vector<WorkerRecord>> list_workers();
