@@ -1,7 +1,7 @@
 // The dashboard's schedules (docs/schedules.md, "Watching them") on a real `flowreg serve
 // --worker` with a token: the list, a schedule's page and its flow's page, escaped; the buttons as
 // a signed-in browser sends them (forms POSTing with the session cookie and the page's Origin),
-// refused without them.
+// refused without them; and the schedule metrics at /metrics once a schedule fired.
 
 #include <doctest/doctest.h>
 
@@ -20,6 +20,14 @@ json parsed(const httplib::Result& r) {
   REQUIRE(r);
   CAPTURE(r->body);
   return json::parse(r->body);
+}
+
+// The value of the exposition line `series` ("name{labels}"), or nullopt when there is none.
+std::optional<double> sample(const std::string& text, const std::string& series) {
+  const std::string line = "\n" + series + " ";
+  const auto at = text.find(line);
+  if (at == std::string::npos) return std::nullopt;
+  return std::stod(text.substr(at + line.size(), text.find('\n', at + line.size())));
 }
 
 // A browser signed in with the token: its session cookie and this server's Origin, as the
@@ -206,6 +214,83 @@ TEST_SUITE("serve") {
     REQUIRE(again);
     CHECK(again->status == 404);
     CHECK(again->get_header_value("Content-Type").starts_with("text/html"));
+  }
+
+  TEST_CASE(
+      "a schedule that fired is counted in the worker's firing metrics and the store's schedule "
+      "gauges") {
+    ServeScene scene;
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    const auto make = [&](const json& def) {
+      auto r = c.Post("/api/v1/schedules", def.dump(), "application/json");
+      REQUIRE(r);
+      CAPTURE(r->body);
+      REQUIRE(r->status == 201);
+    };
+    // Every second, and a paused one.
+    make({{"name", "every.second"},
+          {"flow", "marked"},
+          {"cron", "* * * * * *"},
+          {"input", {{"order_id", "tick"}}}});
+    make({{"name", "held"},
+          {"flow", "marked"},
+          {"cron", "0 3 1 1 *"},
+          {"input", {{"order_id", "held"}}},
+          {"paused", true}});
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (parsed(c.Get("/api/v1/schedules/every.second"))["fired"] < 2 &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    REQUIRE(parsed(c.Get("/api/v1/schedules/every.second"))["fired"] >= 2);
+    // The store's gauges are read at most once a second: scraped until they show the schedules.
+    std::string text;
+    const auto scrape = [&] {
+      auto m = c.Get("/metrics");
+      REQUIRE(m);
+      text = "\n" + m->body;
+    };
+    const auto until = [&](const std::string& series, bool present) {
+      const auto by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      for (scrape();
+           sample(text, series).has_value() != present && std::chrono::steady_clock::now() < by;
+           scrape())
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      return sample(text, series).has_value() == present;
+    };
+    REQUIRE(until("flowreg_schedule_last_fire_lag_seconds{schedule=\"every.second\"}", true));
+    CAPTURE(text);
+    // Recorded by the worker's scheduler: one started firing per tick (each tick fires alone).
+    CHECK(sample(text, "flowreg_schedule_firings_total{outcome=\"started\"}").value_or(0) >= 2);
+    CHECK(sample(text, "flowreg_schedule_firings_total{outcome=\"error\"}") == 0);
+    CHECK(sample(text, "flowreg_schedule_fire_lag_seconds_count").value_or(0) >= 2);
+    CHECK(text.find("# TYPE flowreg_schedule_fire_lag_seconds histogram") != std::string::npos);
+    // Read from the store: one paused, one not paused; the unpaused one's next tick, which is
+    // within a few seconds of now, and its last lag (a worker waiting for the tick: well under a
+    // minute).
+    CHECK(sample(text, "flowreg_schedules{state=\"paused\"}") == 1);
+    CHECK(sample(text, "flowreg_schedules{state=\"scheduled\"}").value_or(0) +
+              sample(text, "flowreg_schedules{state=\"due\"}").value_or(0) ==
+          1);
+    const double now =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const auto next =
+        sample(text, "flowreg_schedule_next_fire_timestamp_seconds{schedule=\"every.second\"}");
+    REQUIRE(next);
+    CHECK(*next > now - 60);
+    CHECK(*next < now + 60);
+    const auto lag =
+        sample(text, "flowreg_schedule_last_fire_lag_seconds{schedule=\"every.second\"}");
+    REQUIRE(lag);
+    CHECK(*lag >= 0);
+    CHECK(*lag < 60);
+    CHECK(text.find("schedule=\"held\"") == std::string::npos);  // paused: no series
+    // Deleted: its series go away.
+    auto deleted = c.Post("/api/v1/schedules/every.second/delete");
+    REQUIRE(deleted);
+    REQUIRE(deleted->status == 200);
+    CHECK(until("flowreg_schedule_next_fire_timestamp_seconds{schedule=\"every.second\"}", false));
+    CHECK(text.find("schedule=\"every.second\"") == std::string::npos);
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include "config/json_schema.hpp"
 #include "flowreg/validate.hpp"
+#include "metrics/metrics.hpp"
 #include "schedule/cron.hpp"
 #include "store/run_store.hpp"
 #include "util/json_text.hpp"
@@ -280,6 +281,14 @@ std::chrono::steady_clock::time_point Scheduler::round() {
       fired = store.fire_schedule(firing);
     }
     if (!fired) throw std::runtime_error(fired.error().message);
+    if (fired->outcome != "gone") detail::metrics::schedule_firings(fired->outcome).inc();
+    if (fired->outcome == "started") {
+      // Committed now: each tick's lag, on this host's clock (the ticks are not the database's).
+      const auto committed = std::chrono::system_clock::now();
+      for (const auto tick : firing.ticks)
+        detail::metrics::schedule_fire_lag().observe(
+            std::max(0.0, detail::metrics::seconds(committed - tick)));
+    }
     if (fired->outcome == "started")
       spdlog::info("worker {}: schedule '{}' started {} run(s) of '{}' (tick {})",
                    options_.worker_id, d.def.name, fired->runs.size(), d.def.flow,
