@@ -86,8 +86,10 @@ TEST_SUITE("serve") {
             std::string::npos);
       CHECK(page->body.find("data-schedule=\"dash.nightly\"") != std::string::npos);
       CHECK(page->body.find("<a href=\"/flows/marked\">marked</a>") != std::string::npos);
-      CHECK(page->body.find("<code>0 3 1 1 *</code> <span class=\"muted\">Europe/Berlin</span>") !=
-            std::string::npos);
+      CHECK(
+          page->body.find(
+              "<code class=\"cron\">0 3 1 1 *</code> <span class=\"muted\">Europe/Berlin</span>") !=
+          std::string::npos);
       CHECK(page->body.find(">scheduled</span>") != std::string::npos);
       CHECK(page->body.find("data-schedules-shown=\"1\"") != std::string::npos);
       // The input's markup as text, never as markup.

@@ -82,8 +82,9 @@ button:disabled { opacity: .5; cursor: not-allowed; }
 .problem p, .problem ul { margin: .2rem 0; }
 .retry { font-size: .8rem; color: var(--warn); margin-top: .2rem; }
 form.inline { display: inline; margin: 0; }
-td.row-actions { white-space: nowrap; }
-td.row-actions form + form { margin-left: .3rem; }
+td.row-actions form { display: block; margin: 0 0 .3rem; }
+td.row-actions button { white-space: nowrap; }
+code.cron { white-space: nowrap; }
 .s-paused, .s-due { color: var(--warn); }
 .s-scheduled { color: var(--run); }
 .s-error { color: var(--bad); }

@@ -310,6 +310,11 @@ std::string schedule_badge(const json& s) {
                      escape(status));
 }
 
+// A schedule's last outcome is shown as an error when it is one.
+std::string outcome_class(const json& s) {
+  return str(s, "last_outcome").starts_with("error") ? " class=\"error\"" : "";
+}
+
 // The buttons of a schedule: forms that POST to the dashboard's /schedules/{name}/{action}, which
 // answers with a redirection back (`back`: "page" for the schedule's page, "" for the list).
 std::string schedule_actions(const json& s, std::string_view back) {
@@ -354,17 +359,19 @@ std::string schedules_table(const json& schedules, bool actions) {
     if (input.size() > 120) input = std::string(utf8_prefix(input, 120)) + "\u2026";
     rows += fmt::format(
         "<tr id=\"schedule-{0}\" data-schedule=\"{1}\"><td><a href=\"/schedules/{0}\">{1}</a>"
-        "{2}</td><td><a href=\"/flows/{3}\">{4}</a></td><td><code>{5}</code> <span "
+        "</td><td><a href=\"/flows/{3}\">{4}</a></td><td><code class=\"cron\">{5}</code> <span "
         "class=\"muted\">{6}</span></td><td>{7}</td><td>{8}</td><td class=\"wide\">{9}</td>"
-        "<td>{10}</td><td class=\"error\" data-schedule-outcome>{11}</td>"
+        "<td>{10}</td><td{16} data-schedule-outcome>{11}</td>"
         "<td data-schedule-counts>{12} / {13}</td><td class=\"wide\"><code>{14}</code></td>{15}"
         "</tr>",
-        url_part(name), escape(name),
-        s.value("paused", false) ? std::string(" <span class=\"muted\">(paused)</span>") : "",
-        url_part(str(s, "flow")), esc(s, "flow"), esc(s, "cron"), esc(s, "timezone"),
-        schedule_badge(s), schedule_time(s, "next_fire_at"), schedule_time(s, "last_tick_at"),
-        last_run, esc(s, "last_outcome"), esc(s, "fired"), esc(s, "skipped"), escape(input),
-        actions ? "<td class=\"row-actions\">" + schedule_actions(s, "") + "</td>" : std::string());
+        url_part(name), escape(name), "", url_part(str(s, "flow")), esc(s, "flow"), esc(s, "cron"),
+        esc(s, "timezone"), schedule_badge(s),
+        s.value("paused", false) ? std::string("<span class=\"muted\">\u2014 (paused)</span>")
+                                 : schedule_time(s, "next_fire_at"),
+        schedule_time(s, "last_tick_at"), last_run, esc(s, "last_outcome"), esc(s, "fired"),
+        esc(s, "skipped"), escape(input),
+        actions ? "<td class=\"row-actions\">" + schedule_actions(s, "") + "</td>" : std::string(),
+        outcome_class(s));
   }
   return fmt::format(
       "<div class=\"table-wrap\"><table id=\"schedules\"><thead><tr><th scope=\"col\">Name</th>"
@@ -819,7 +826,7 @@ std::string schedule_page(const json& s, std::string_view notice) {
       "<dl class=\"meta\"><dt>Flow</dt><dd><a href=\"/flows/{0}\">{1}</a></dd><dt>Cron</dt><dd>"
       "<code>{2}</code> in {3}</dd><dt>Status</dt><dd>{4}</dd><dt>Next tick</dt><dd>{5}</dd>"
       "<dt>Last tick</dt><dd>{6}</dd><dt>Last fired</dt><dd>{7}</dd><dt>Last run</dt><dd>{8}</dd>"
-      "<dt>Last outcome</dt><dd class=\"error\" data-schedule-outcome>{9}</dd><dt>Fired / "
+      "<dt>Last outcome</dt><dd{22} data-schedule-outcome>{9}</dd><dt>Fired / "
       "skipped</dt><dd>{10} / {11}</dd><dt>Catch-up</dt><dd>{12} (at most {13})</dd><dt>Overlap"
       "</dt><dd>{14}</dd><dt>Time key</dt><dd><code>{15}</code></dd><dt>Source</dt><dd>{16}</dd>"
       "<dt>Created</dt><dd>{17}</dd><dt>Updated</dt><dd>{18}</dd></dl>"
@@ -832,7 +839,8 @@ std::string schedule_page(const json& s, std::string_view notice) {
       esc(s, "skipped"), esc(s, "catch_up"), esc(s, "catch_up_max"), esc(s, "overlap"),
       esc(s, "time_key"), esc(s, "source"), esc(s, "created_at"), esc(s, "updated_at"),
       schedule_actions(s, "page"),
-      escape(json_text(s.contains("input") ? s["input"] : json::object(), 2)), url_part(name));
+      escape(json_text(s.contains("input") ? s["input"] : json::object(), 2)), url_part(name),
+      outcome_class(s));
   return layout("Schedule " + name, "/schedules", content);
 }
 
