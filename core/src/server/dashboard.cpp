@@ -337,7 +337,7 @@ std::string schedule_actions(const json& s, std::string_view back) {
                 fmt::format("Delete schedule {}? Its runs are kept.", str(s, "name")));
 }
 
-// A time of a schedule ("" when none).
+// A time of a schedule, or a dash when it has none.
 std::string schedule_time(const json& s, const char* key) {
   const std::string t = str(s, key);
   if (t.empty()) return "\u2014";
@@ -361,17 +361,16 @@ std::string schedules_table(const json& schedules, bool actions) {
         "<tr id=\"schedule-{0}\" data-schedule=\"{1}\"><td><a href=\"/schedules/{0}\">{1}</a>"
         "</td><td><a href=\"/flows/{3}\">{4}</a></td><td><code class=\"cron\">{5}</code> <span "
         "class=\"muted\">{6}</span></td><td>{7}</td><td>{8}</td><td class=\"wide\">{9}</td>"
-        "<td>{10}</td><td{16} data-schedule-outcome>{11}</td>"
+        "<td>{10}</td><td{2} data-schedule-outcome>{11}</td>"
         "<td data-schedule-counts>{12} / {13}</td><td class=\"wide\"><code>{14}</code></td>{15}"
         "</tr>",
-        url_part(name), escape(name), "", url_part(str(s, "flow")), esc(s, "flow"), esc(s, "cron"),
-        esc(s, "timezone"), schedule_badge(s),
+        url_part(name), escape(name), outcome_class(s), url_part(str(s, "flow")), esc(s, "flow"),
+        esc(s, "cron"), esc(s, "timezone"), schedule_badge(s),
         s.value("paused", false) ? std::string("<span class=\"muted\">\u2014 (paused)</span>")
                                  : schedule_time(s, "next_fire_at"),
         schedule_time(s, "last_tick_at"), last_run, esc(s, "last_outcome"), esc(s, "fired"),
         esc(s, "skipped"), escape(input),
-        actions ? "<td class=\"row-actions\">" + schedule_actions(s, "") + "</td>" : std::string(),
-        outcome_class(s));
+        actions ? "<td class=\"row-actions\">" + schedule_actions(s, "") + "</td>" : std::string());
   }
   return fmt::format(
       "<div class=\"table-wrap\"><table id=\"schedules\"><thead><tr><th scope=\"col\">Name</th>"
