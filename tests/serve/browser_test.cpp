@@ -246,6 +246,31 @@ TEST_SUITE("serve_browser") {
     browser.open(base + "/plugins");
     CHECK(browser.eval("document.querySelectorAll('tbody tr').length") == 2);
     browser.screenshot(artifacts / "plugins.png");
+    // The schedules: one whose input holds markup, shown as text; its Pause button is a form the
+    // browser POSTs (with this server's Origin), answered back to the list with a notice.
+    auto made = c.Post("/api/v1/schedules",
+                       json({{"name", "nightly"},
+                             {"flow", "marked"},
+                             {"cron", "0 3 1 1 *"},
+                             {"input", {{"order_id", kScript}}}})
+                           .dump(),
+                       "application/json");
+    REQUIRE(made);
+    REQUIRE(made->status == 201);
+    browser.open(base + "/schedules");
+    CHECK(browser.eval("document.querySelectorAll('script').length") == 1);
+    CHECK(browser.eval("document.querySelector('tr[data-schedule=\"nightly\"]').textContent")
+              .get<std::string>()
+              .find(kScript) != std::string::npos);
+    CHECK(browser.eval("document.querySelector('[data-schedule-status]').textContent") ==
+          "scheduled");
+    browser.eval("document.querySelector('[data-schedule-action=\"pause\"]').click(); true");
+    REQUIRE(
+        browser.until("!!document.querySelector('[data-notice]') && "
+                      "document.readyState === 'complete'"));
+    CHECK(browser.eval("document.querySelector('[data-schedule-status]').textContent") == "paused");
+    CHECK(json::parse(c.Get("/api/v1/schedules/nightly")->body)["paused"] == true);
+    browser.screenshot(artifacts / "schedules.png");
     // A phone's width.
     browser.viewport(390, 844, true);
     browser.open(base + "/runs");

@@ -115,6 +115,22 @@ TEST_SUITE("metrics") {
     CHECK(contains(r.render(), "t_many_total{flow=\"f0\"} 2\n"));
   }
 
+  TEST_CASE("a family keeps only the label values it is told to retain") {
+    m::Registry r;
+    auto& f = r.gauge("t_next_seconds", "Next.", {"schedule"});
+    f.with({"a"}).set(1);
+    f.with({"b\"q"}).set(2);
+    f.with({"c"}).set(3);
+    const std::vector<std::string> keep = {"b\"q", "c"};
+    f.retain(keep);
+    const std::string text = r.render();
+    CHECK(!contains(text, "schedule=\"a\""));
+    CHECK(contains(text, "t_next_seconds{schedule=\"b\\\"q\"} 2\n"));
+    CHECK(contains(text, "t_next_seconds{schedule=\"c\"} 3\n"));
+    f.retain({});
+    CHECK(!contains(r.render(), "t_next_seconds{"));
+  }
+
   TEST_CASE("the same name asked twice is one family") {
     m::Registry r;
     r.counter("t_once_total", "Once.", {}).with({}).inc();
@@ -169,17 +185,24 @@ TEST_SUITE("metrics") {
   TEST_CASE("the process's exposition names every flowreg metric and passes promtool") {
     m::step_series("flow_a", "step_b")->task_seconds.observe(0.2);
     m::plugin_load_failures("elf").inc();
+    m::schedule_firings("skipped").inc();
+    m::schedule_fire_lag().observe(0.2);
     const std::string text = m::exposition();
     for (const char* name :
          {"flowreg_build_info", "flowreg_task_duration_seconds",
           "flowreg_task_start_latency_seconds", "flowreg_claim_round_trip_seconds",
           "flowreg_completion_round_trip_seconds", "flowreg_database_reconnects_total",
           "flowreg_plugin_loads_total", "flowreg_plugin_load_failures_total",
-          "flowreg_registry_flows"}) {
+          "flowreg_registry_flows", "flowreg_schedule_firings_total",
+          "flowreg_schedule_fire_lag_seconds"}) {
       CAPTURE(name);
       CHECK(contains(text, std::string("# TYPE ") + name + " "));
     }
     CHECK(contains(text, "flowreg_plugin_load_failures_total{stage=\"elf\"} 1\n"));
+    // Every outcome from the start; only the one recorded counts.
+    CHECK(contains(text, "flowreg_schedule_firings_total{outcome=\"skipped\"} 1\n"));
+    CHECK(contains(text, "flowreg_schedule_firings_total{outcome=\"started\"} 0\n"));
+    CHECK(contains(text, "flowreg_schedule_fire_lag_seconds_bucket{le=\"0.25\"} 1\n"));
     CHECK(contains(
         text,
         "flowreg_task_duration_seconds_bucket{flow=\"flow_a\",step=\"step_b\",le=\"0.25\"} 1\n"));

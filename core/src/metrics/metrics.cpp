@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 #include <utility>
 
 #include "util/strings.hpp"
@@ -101,27 +102,38 @@ FamilyBase::FamilyBase(std::string name, std::string help, Type type,
                        std::vector<std::string> labels)
     : name_(std::move(name)), help_(std::move(help)), type_(type), labels_(std::move(labels)) {}
 
+std::string FamilyBase::key_of(std::span<const std::string_view> values, bool overflow) const {
+  std::string labels;
+  for (std::size_t i = 0; i < labels_.size(); ++i) {
+    if (i > 0) labels += ',';
+    labels += labels_[i];
+    labels += "=\"";
+    labels += overflow ? std::string(kOverflow)
+                       : escape_label_value(i < values.size() ? values[i] : std::string_view());
+    labels += '"';
+  }
+  return labels;
+}
+
 void* FamilyBase::series(std::span<const std::string_view> values) {
-  const auto text = [&](bool overflow) {
-    std::string labels;
-    for (std::size_t i = 0; i < labels_.size(); ++i) {
-      if (i > 0) labels += ',';
-      labels += labels_[i];
-      labels += "=\"";
-      labels += overflow ? std::string(kOverflow)
-                         : escape_label_value(i < values.size() ? values[i] : std::string_view());
-      labels += '"';
-    }
-    return labels;
-  };
-  std::string key = text(false);
+  std::string key = key_of(values, false);
   MutexLock lock(mu_);
   auto it = series_.find(key);
   if (it != series_.end()) return it->second.get();
-  if (series_.size() >= kMaxSeries) key = text(true);
+  if (series_.size() >= kMaxSeries) key = key_of(values, true);
   auto& slot = series_[key];
   if (!slot) slot = make();
   return slot.get();
+}
+
+void FamilyBase::retain(std::span<const std::string> values) {
+  std::set<std::string> keep;
+  for (const auto& v : values) {
+    const std::string_view one = v;
+    keep.insert(key_of(std::span(&one, 1), false));
+  }
+  MutexLock lock(mu_);
+  std::erase_if(series_, [&](const auto& entry) { return !keep.contains(entry.first); });
 }
 
 void FamilyBase::render(std::string& out) const {
@@ -314,6 +326,26 @@ struct Families {
       "the out-of-memory killer), broken (killed for a broken channel or an output over the "
       "limit).",
       {"reason"});
+  Histogram& schedule_lag =
+      default_registry()
+          .histogram("flowreg_schedule_fire_lag_seconds",
+                     "Time from a schedule's tick to the commit of the run it started, per tick "
+                     "fired by this worker (a tick caught up after an outage is as late as it was "
+                     "missed).",
+                     {}, kFireLagSecondsBuckets)
+          .with({});
+  Family<Counter>& schedule_firings = default_registry().counter(
+      "flowreg_schedule_firings_total",
+      "Firings of due schedules by this worker, by outcome: started (the tick's runs started), "
+      "skipped (overlap: skip, or every tick missed), waiting (overlap: queue, its last run still "
+      "runs) and error (no run could start; the schedule's last_outcome says why).",
+      {"outcome"});
+  // Every outcome is rendered from the start, at 0.
+  const bool schedule_outcomes = [this] {
+    for (std::string_view o : {"started", "skipped", "waiting", "error"})
+      schedule_firings.with({o});
+    return true;
+  }();
 };
 
 Families& families() {
@@ -362,6 +394,11 @@ Gauge& handler_processes(std::string_view state) { return families().processes.w
 Counter& handler_processes_started() { return families().processes_started; }
 Counter& handler_process_ends(std::string_view reason) {
   return families().process_ends.with({reason});
+}
+
+Histogram& schedule_fire_lag() { return families().schedule_lag; }
+Counter& schedule_firings(std::string_view outcome) {
+  return families().schedule_firings.with({outcome});
 }
 
 }  // namespace flowreg::detail::metrics

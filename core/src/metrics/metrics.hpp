@@ -84,6 +84,10 @@ inline constexpr double kRssBytesBuckets[] = {16.0 * (1 << 20), 32.0 * (1 << 20)
                                               2048.0 * (1 << 20), 4096.0 * (1 << 20)};
 inline constexpr double kLatencySecondsBuckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                                     0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
+// A schedule's tick to the commit of its run: milliseconds when a worker waits for it, up to an
+// hour for ticks caught up after an outage.
+inline constexpr double kFireLagSecondsBuckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                                   2.5, 5, 10, 30, 60, 300, 3600};
 // clang-format on
 
 // A duration in seconds, for observe().
@@ -107,12 +111,18 @@ class FamilyBase {
   const std::string& name() const noexcept { return name_; }
   // Appends HELP, TYPE and every series.
   void render(std::string& out) const;
+  // Removes the series whose label value is not one of `values`, for a family of one label whose
+  // every value is set anew at each scrape (a label value that went away, such as a deleted
+  // schedule, stops being rendered). REQUIRES: nobody keeps a reference to a removed series.
+  void retain(std::span<const std::string> values);
 
  protected:
   // The series of `values` (one per label name), made on first use. REQUIRES: as many values as
   // label names.
   void* series(std::span<const std::string_view> values);
   virtual std::shared_ptr<void> make() const = 0;
+  // The rendered label text of `values` ("a=\"x\",b=\"y\""), or of the overflow series.
+  std::string key_of(std::span<const std::string_view> values, bool overflow) const;
   virtual void render_series(std::string& out, const std::string& labels,
                              const void* series) const = 0;
 
@@ -216,5 +226,8 @@ Histogram& handler_process_rss();                  // bytes, after each task
 Gauge& handler_processes(std::string_view state);  // "alive", "busy"
 Counter& handler_processes_started();
 Counter& handler_process_ends(std::string_view reason);  // crashed, timed_out, limit, broken
+// Schedules fired by this worker's scheduler (schedule/scheduler.hpp).
+Histogram& schedule_fire_lag();                       // seconds, tick -> its run committed
+Counter& schedule_firings(std::string_view outcome);  // started, skipped, waiting, error
 
 }  // namespace flowreg::detail::metrics

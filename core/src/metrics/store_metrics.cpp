@@ -45,6 +45,26 @@ StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cach
           "has waited to be claimed, as of the last scrape; 0 when none waits. Grows when no "
           "worker serves the flow, or its workers are saturated.",
           {"flow"})),
+      schedules_(registry.gauge(
+          "flowreg_schedules",
+          "Schedules in the run store by state, as of the last scrape: scheduled (next tick to "
+          "come), due (next tick passed, not fired yet: a worker serving its flow fires it) and "
+          "paused.",
+          {"state"})),
+      schedule_next_(registry.gauge(
+          "flowreg_schedule_next_fire_timestamp_seconds",
+          fmt::format("The next tick of the schedule (seconds since the epoch), as of the last "
+                      "scrape: in the past while it is due. For the {} unpaused schedules with "
+                      "the earliest next tick only (the most overdue first); a paused or deleted "
+                      "schedule has none.",
+                      kScheduleSeries),
+          {"schedule"})),
+      schedule_lag_(registry.gauge(
+          "flowreg_schedule_last_fire_lag_seconds",
+          "Time from the schedule's last tick that started a run to the commit of that run, as "
+          "of the last scrape; for the schedules of flowreg_schedule_next_fire_timestamp_seconds "
+          "whose last firing started a run.",
+          {"schedule"})),
       up_(registry
               .gauge("flowreg_run_store_up",
                      "1 when this process's last read of the run store for metrics succeeded "
@@ -78,6 +98,8 @@ void StoreMetrics::refresh() {
     store_ = std::make_unique<RunStore>(std::move(*connected));
   }
   auto counts = store_->scrape_counts(window_);
+  std::optional<Result<ScheduleGauges>> schedules;
+  if (counts) schedules = store_->schedule_gauges(kScheduleSeries);
   const auto took = std::chrono::steady_clock::now() - now;
   read_seconds_.set(std::chrono::duration<double>(took).count());
   next_ = std::max(next_, std::chrono::steady_clock::now() +
@@ -102,6 +124,26 @@ void StoreMetrics::refresh() {
     }
   }
   window_ = counts->next;
+  if (schedules && *schedules) {
+    const ScheduleGauges& g = **schedules;
+    schedules_.with({"scheduled"}).set(static_cast<double>(g.scheduled));
+    schedules_.with({"due"}).set(static_cast<double>(g.due));
+    schedules_.with({"paused"}).set(static_cast<double>(g.paused));
+    std::vector<std::string> named, lagged;
+    for (const auto& n : g.earliest) {
+      named.push_back(n.name);
+      schedule_next_.with({n.name}).set(
+          std::chrono::duration<double>(n.next_fire_at.time_since_epoch()).count());
+      if (n.last_lag_seconds) {
+        lagged.push_back(n.name);
+        schedule_lag_.with({n.name}).set(*n.last_lag_seconds);
+      }
+    }
+    schedule_next_.retain(named);
+    schedule_lag_.retain(lagged);
+  } else if (schedules) {
+    spdlog::debug("metrics: reading the schedules: {}", (*schedules).error().format());
+  }
   up_.set(1);
   // Flows that had tasks before and have none now read 0, not their last value.
   for (const auto& flow : gauge_flows_) {

@@ -8,6 +8,9 @@
 // of the time of one server process however large the backlog grows (the values lag by as much; the
 // gauge flowreg_run_store_read_seconds tells the last read's duration).
 //
+// With them, at most as often, a second query (RunStore::schedule_gauges) reads the schedules by
+// state and the next tick and last lag of at most kScheduleSeries of them (gauges).
+//
 // The run counters count runs as they appear in the database this process reads, from its first
 // scrape on: every process reading one database counts the same runs (aggregate them across
 // processes with max, not sum). A run is counted once the server's clock is 3 s past its start or
@@ -33,6 +36,11 @@ namespace flowreg::detail::metrics {
 // duration (StoreMetrics' default).
 inline constexpr double kReadCostFactor = 20;
 
+// The schedules given a series of their own (flowreg_schedule_next_fire_timestamp_seconds,
+// flowreg_schedule_last_fire_lag_seconds): the unpaused ones with the earliest next tick, the most
+// overdue first.
+inline constexpr int kScheduleSeries = 1000;
+
 class StoreMetrics {
  public:
   // Registers its families and its scrape hook in `registry`, which must outlive it. Connects on
@@ -56,6 +64,9 @@ class StoreMetrics {
   Family<Gauge>& queued_;
   Family<Gauge>& running_;
   Family<Gauge>& oldest_ready_;
+  Family<Gauge>& schedules_;
+  Family<Gauge>& schedule_next_;
+  Family<Gauge>& schedule_lag_;
   Gauge& up_;
   Gauge& read_seconds_;
 

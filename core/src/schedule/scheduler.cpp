@@ -12,6 +12,7 @@
 
 #include "config/json_schema.hpp"
 #include "flowreg/validate.hpp"
+#include "metrics/metrics.hpp"
 #include "schedule/cron.hpp"
 #include "store/run_store.hpp"
 #include "util/json_text.hpp"
@@ -316,18 +317,28 @@ std::chrono::steady_clock::time_point Scheduler::round() {
     }
     fired = std::move(each);
   }
+  // Committed now: each started tick's lag, on this host's clock (the ticks are not the
+  // database's).
+  const auto committed = std::chrono::system_clock::now();
+  std::map<std::string_view, const detail::ScheduleFiring*> by_name;
+  for (const auto& firing : firings) by_name.emplace(firing.name, &firing);
   int moved = 0, started = 0, runs = 0;  // schedules fired, skipped or advanced; started; runs
   for (const auto& f : *fired) {
     if (f.outcome != "waiting" && f.outcome != "gone") ++moved;
+    if (f.outcome != "gone") detail::metrics::schedule_firings(f.outcome).inc();
+    const auto it = by_name.find(f.name);
+    if (it == by_name.end()) continue;
+    const detail::ScheduleFiring& firing = *it->second;
     if (f.outcome == "started") {
       ++started;
       runs += f.started;
+      for (const auto tick : firing.ticks)
+        detail::metrics::schedule_fire_lag().observe(
+            std::max(0.0, detail::metrics::seconds(committed - tick)));
     }
     if (f.outcome == "error")
-      for (const auto& firing : firings)
-        if (firing.name == f.name)
-          spdlog::warn("worker {}: schedule '{}' fired no run: {}", options_.worker_id, f.name,
-                       firing.error.value_or(""));
+      spdlog::warn("worker {}: schedule '{}' fired no run: {}", options_.worker_id, f.name,
+                   firing.error.value_or(""));
   }
   if (started > 0)
     spdlog::info("worker {}: {} schedule(s) started {} run(s)", options_.worker_id, started, runs);

@@ -81,6 +81,13 @@ button:disabled { opacity: .5; cursor: not-allowed; }
 .problem { border: 1px solid var(--bad); border-radius: 6px; padding: .4rem .8rem; }
 .problem p, .problem ul { margin: .2rem 0; }
 .retry { font-size: .8rem; color: var(--warn); margin-top: .2rem; }
+form.inline { display: inline; margin: 0; }
+td.row-actions form { display: block; margin: 0 0 .3rem; }
+td.row-actions button { white-space: nowrap; }
+code.cron { white-space: nowrap; }
+.s-paused, .s-due { color: var(--warn); }
+.s-scheduled { color: var(--run); }
+.s-error { color: var(--bad); }
 .notice { background: #fff7e0; border: 1px solid #f0d58a; padding: .5rem .8rem; border-radius: 6px; }
 @media (max-width: 640px) {
   main { padding: .6rem; }
@@ -219,6 +226,12 @@ const char* const kJs = R"JS(
       if (!isNaN(at)) t.textContent = agoText(Math.max(0, Math.floor((Date.now() - at) / 1000)));
     });
   }, 15000);
+  // A form that asks first (a schedule's Delete).
+  each('form[data-confirm]', function (f) {
+    f.addEventListener('submit', function (e) {
+      if (!window.confirm(f.getAttribute('data-confirm'))) e.preventDefault();
+    });
+  });
   each('button[data-action]', function (b) {
     b.addEventListener('click', function () {
       fetch(b.getAttribute('data-action'), { method: 'POST', headers: authHeaders(),

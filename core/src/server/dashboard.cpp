@@ -44,7 +44,11 @@ std::string status_badge(std::string_view status, std::string_view data_attr = {
 std::string layout(std::string_view title, std::string_view current, std::string_view content,
                    std::string_view watch_run = {}, bool live = true) {
   static constexpr std::pair<std::string_view, std::string_view> kNav[] = {
-      {"/", "Flows"}, {"/runs", "Runs"}, {"/workers", "Workers"}, {"/plugins", "Plugins"}};
+      {"/", "Flows"},
+      {"/runs", "Runs"},
+      {"/schedules", "Schedules"},
+      {"/workers", "Workers"},
+      {"/plugins", "Plugins"}};
   std::string nav;
   for (const auto& [href, name] : kNav)
     nav += fmt::format("<a href=\"{}\"{}>{}</a>", href,
@@ -306,6 +310,109 @@ std::string tasks_section(const std::string& id, const json& page) {
       nav);
 }
 
+// A schedule's status (app::schedule_status) as a badge coloured by its first word.
+std::string schedule_badge(const json& s) {
+  const std::string status = str(s, "status");
+  std::string kind = status.substr(0, status.find_first_of(" :("));
+  if (kind != "paused" && kind != "scheduled" && kind != "due" && kind != "waiting" &&
+      kind != "error")
+    kind = "other";
+  return fmt::format("<span class=\"status s-{}\" data-schedule-status>{}</span>", kind,
+                     escape(status));
+}
+
+// A schedule's last outcome is shown as an error when it is one.
+std::string outcome_class(const json& s) {
+  return str(s, "last_outcome").starts_with("error") ? " class=\"error\"" : "";
+}
+
+// The buttons of a schedule: forms that POST to the dashboard's /schedules/{name}/{action}, which
+// answers with a redirection back (`back`: "page" for the schedule's page, "" for the list).
+std::string schedule_actions(const json& s, std::string_view back) {
+  const std::string name = url_part(str(s, "name"));
+  const std::string query = back.empty() ? std::string() : "?back=" + std::string(back);
+  const auto button = [&](std::string_view action, std::string_view label,
+                          std::string_view confirm = {}) {
+    return fmt::format(
+        "<form method=\"post\" action=\"/schedules/{}/{}{}\" class=\"inline\"{}>"
+        "<button type=\"submit\" class=\"secondary\" data-schedule-action=\"{}\">{}</button>"
+        "</form>",
+        name, action, query,
+        confirm.empty() ? std::string() : fmt::format(" data-confirm=\"{}\"", escape(confirm)),
+        action, label);
+  };
+  return button(s.value("paused", false) ? "resume" : "pause",
+                s.value("paused", false) ? "Resume" : "Pause") +
+         button("trigger", "Trigger now") +
+         button("delete", "Delete",
+                fmt::format("Delete schedule {}? Its runs are kept.", str(s, "name")));
+}
+
+// A time of a schedule, or a dash when it has none.
+std::string schedule_time(const json& s, const char* key) {
+  const std::string t = str(s, key);
+  if (t.empty()) return "\u2014";
+  return fmt::format("<time datetime=\"{0}\">{0}</time>", escape(t));
+}
+
+// The schedules' table: with each one's buttons when `actions`.
+std::string schedules_table(const json& schedules, bool actions) {
+  std::string rows;
+  for (const auto& s : schedules) {
+    const std::string name = str(s, "name");
+    std::string last_run = "\u2014";
+    if (!str(s, "last_run_id").empty())
+      last_run =
+          run_id_cell(str(s, "last_run_id")) + " " +
+          (str(s, "last_run_status").empty() ? std::string("<span class=\"muted\">(pruned)</span>")
+                                             : status_badge(str(s, "last_run_status")));
+    std::string input = json_text(s.contains("input") ? s["input"] : json::object());
+    if (input.size() > 120) input = std::string(utf8_prefix(input, 120)) + "\u2026";
+    rows += fmt::format(
+        "<tr id=\"schedule-{0}\" data-schedule=\"{1}\"><td><a href=\"/schedules/{0}\">{1}</a>"
+        "</td><td><a href=\"/flows/{3}\">{4}</a></td><td><code class=\"cron\">{5}</code> <span "
+        "class=\"muted\">{6}</span></td><td>{7}</td><td>{8}</td><td class=\"wide\">{9}</td>"
+        "<td>{10}</td><td{2} data-schedule-outcome>{11}</td>"
+        "<td data-schedule-counts>{12} / {13}</td><td class=\"wide\"><code>{14}</code></td>{15}"
+        "</tr>",
+        url_part(name), escape(name), outcome_class(s), url_part(str(s, "flow")), esc(s, "flow"),
+        esc(s, "cron"), esc(s, "timezone"), schedule_badge(s),
+        s.value("paused", false) ? std::string("<span class=\"muted\">\u2014 (paused)</span>")
+                                 : schedule_time(s, "next_fire_at"),
+        schedule_time(s, "last_tick_at"), last_run, esc(s, "last_outcome"), esc(s, "fired"),
+        esc(s, "skipped"), escape(input),
+        actions ? "<td class=\"row-actions\">" + schedule_actions(s, "") + "</td>" : std::string());
+  }
+  return fmt::format(
+      "<div class=\"table-wrap\"><table id=\"schedules\"><thead><tr><th scope=\"col\">Name</th>"
+      "<th scope=\"col\">Flow</th><th scope=\"col\">Cron (time zone)</th><th scope=\"col\">"
+      "Status</th><th scope=\"col\">Next tick (UTC)</th><th scope=\"col\" class=\"wide\">Last "
+      "tick</th><th scope=\"col\">Last run</th><th scope=\"col\">Last outcome</th>"
+      "<th scope=\"col\" title=\"ticks that started a run / ticks dropped\">Fired / skipped</th>"
+      "<th scope=\"col\" class=\"wide\">Input</th>{}</tr></thead><tbody>{}</tbody></table>"
+      "</div>",
+      actions ? "<th scope=\"col\">Actions</th>" : "", rows);
+}
+
+// A flow page's schedules: flow["schedules"] (with "schedules_more" when there are more), or
+// flow["schedules_error"].
+std::string flow_schedules(const json& flow) {
+  if (flow.contains("schedules_error"))
+    return fmt::format(
+        "<h2>Schedules</h2><p class=\"error\" role=\"alert\">The schedules cannot be read: {}"
+        "</p>",
+        esc(flow, "schedules_error"));
+  const json& list = flow["schedules"];
+  if (list.empty())
+    return "<h2>Schedules</h2><p class=\"muted\" data-flow-schedules=\"0\">No schedule starts "
+           "this flow.</p>";
+  return fmt::format(
+      "<h2>Schedules</h2><p class=\"muted\" data-flow-schedules=\"{}\">{}{} schedule(s) start "
+      "this flow · <a href=\"/schedules\">all schedules</a></p>{}",
+      list.size(), flow.value("schedules_more", false) ? "The first " : "", list.size(),
+      schedules_table(list, false));
+}
+
 }  // namespace
 
 std::string escape(std::string_view text) {
@@ -388,6 +495,8 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
       flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
       runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug),
       start_form(slug, flow["input_schema"]));
+  if (flow.contains("schedules") || flow.contains("schedules_error"))
+    content += flow_schedules(flow);
   return layout("Flow " + slug, "/", content);
 }
 
@@ -692,6 +801,70 @@ std::string plugins_page(const json& plugins) {
                 "</tbody></table></div>",
                 rows);
   return layout("Plugins", "/plugins", content);
+}
+
+std::string schedules_page(const json& schedules, bool more, std::string_view notice) {
+  std::string content = "<h1>Schedules</h1>";
+  if (!notice.empty())
+    content += fmt::format("<p class=\"notice\" role=\"status\" data-notice>{}</p>", notice);
+  if (schedules.empty())
+    content +=
+        "<p class=\"muted\">No schedules. Declare them under <code>schedules:</code> in a "
+        "configuration file, or create them with <code>flowreg schedules create</code> or "
+        "<code>POST /api/v1/schedules</code>.</p>";
+  else
+    content += fmt::format(
+        "<p class=\"muted\" data-schedules-shown=\"{0}\">{1}{0} schedule{2}, by name{3} · "
+        "<a href=\"/api/v1/schedules\">JSON</a></p>{4}",
+        schedules.size(), more ? "The first " : "", schedules.size() == 1 ? "" : "s",
+        more ? " (there are more: see <code>flowreg schedules list</code>)" : "",
+        schedules_table(schedules, true));
+  return layout("Schedules", "/schedules", content);
+}
+
+std::string schedule_page(const json& s, std::string_view notice) {
+  const std::string name = str(s, "name");
+  std::string content = fmt::format("<h1>Schedule {}</h1>", escape(name));
+  if (!notice.empty())
+    content += fmt::format("<p class=\"notice\" role=\"status\" data-notice>{}</p>", notice);
+  std::string last_run = "\u2014";
+  if (!str(s, "last_run_id").empty())
+    last_run = run_id_cell(str(s, "last_run_id")) + " " +
+               (str(s, "last_run_status").empty() ? std::string("(pruned)")
+                                                  : status_badge(str(s, "last_run_status")));
+  content += fmt::format(
+      "<dl class=\"meta\"><dt>Flow</dt><dd><a href=\"/flows/{0}\">{1}</a></dd><dt>Cron</dt><dd>"
+      "<code>{2}</code> in {3}</dd><dt>Status</dt><dd>{4}</dd><dt>Next tick</dt><dd>{5}</dd>"
+      "<dt>Last tick</dt><dd>{6}</dd><dt>Last fired</dt><dd>{7}</dd><dt>Last run</dt><dd>{8}</dd>"
+      "<dt>Last outcome</dt><dd{22} data-schedule-outcome>{9}</dd><dt>Fired / "
+      "skipped</dt><dd>{10} / {11}</dd><dt>Catch-up</dt><dd>{12} (at most {13})</dd><dt>Overlap"
+      "</dt><dd>{14}</dd><dt>Time key</dt><dd><code>{15}</code></dd><dt>Source</dt><dd>{16}</dd>"
+      "<dt>Created</dt><dd>{17}</dd><dt>Updated</dt><dd>{18}</dd></dl>"
+      "<div class=\"actions\">{19}</div><h2>Input</h2><pre data-schedule-input>{20}</pre>"
+      "<p><a href=\"/schedules\">All schedules</a> · <a href=\"/api/v1/schedules/{21}\">JSON</a> "
+      "· <a href=\"/runs?flow={0}\">Runs of {1}</a></p>",
+      url_part(str(s, "flow")), esc(s, "flow"), esc(s, "cron"), esc(s, "timezone"),
+      schedule_badge(s), schedule_time(s, "next_fire_at"), schedule_time(s, "last_tick_at"),
+      schedule_time(s, "last_fired_at"), last_run, esc(s, "last_outcome"), esc(s, "fired"),
+      esc(s, "skipped"), esc(s, "catch_up"), esc(s, "catch_up_max"), esc(s, "overlap"),
+      esc(s, "time_key"), esc(s, "source"), esc(s, "created_at"), esc(s, "updated_at"),
+      schedule_actions(s, "page"),
+      escape(json_text(s.contains("input") ? s["input"] : json::object(), 2)), url_part(name),
+      outcome_class(s));
+  return layout("Schedule " + name, "/schedules", content);
+}
+
+std::string schedule_notice(std::string_view done, std::string_view name, std::string_view run) {
+  const std::string who = fmt::format("Schedule <strong>{}</strong>", escape(name));
+  if (done == "paused") return who + " paused: its ticks do not fire until it is resumed.";
+  if (done == "resumed") return who + " resumed: it fires from its next tick.";
+  if (done == "deleted") return who + " deleted (the runs it started are kept).";
+  if (done == "triggered" && !run.empty())
+    return fmt::format(
+        "{} started run <a class=\"mono\" href=\"/runs/{}\" data-notice-run>{}"
+        "</a>.",
+        who, url_part(run), escape(run));
+  return {};
 }
 
 std::string error_page(int status, std::string_view title, std::string_view detail) {

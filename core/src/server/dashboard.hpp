@@ -41,6 +41,15 @@ inline constexpr std::size_t kPreviewBytes = 4096;
 std::string run_page(const json& run, const json& tasks = nullptr, const json& attempts = nullptr);
 std::string workers_page(const json& workers);
 std::string plugins_page(const json& plugins);
+// The schedules (app::schedule_json's), by name, each with its buttons (forms POSTing to
+// /schedules/{name}/pause, resume, trigger and delete); `more`: there are more than those shown;
+// `notice`: HTML (schedule_notice's) shown above them, or "". A flow page shows the schedules of
+// its flow when the flow's JSON has "schedules" (and "schedules_more"), or "schedules_error".
+std::string schedules_page(const json& schedules, bool more, std::string_view notice = {});
+std::string schedule_page(const json& schedule, std::string_view notice = {});
+// What a schedule's button did, as HTML: `done` is paused, resumed, triggered (with `run`, the id
+// of the run it started) or deleted; "" for anything else. `name` and `run` are escaped.
+std::string schedule_notice(std::string_view done, std::string_view name, std::string_view run);
 std::string error_page(int status, std::string_view title, std::string_view detail);
 
 }  // namespace flowreg::detail::dashboard

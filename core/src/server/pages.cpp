@@ -4,8 +4,10 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <chrono>
 
 #include "app/forms.hpp"
+#include "app/schedules.hpp"
 #include "server/dashboard.hpp"
 #include "server/http_helpers.hpp"
 #include "server/routes.hpp"
@@ -18,6 +20,76 @@ namespace {
 // The attempts a run page lists at once, and the furthest page it shows.
 constexpr int kRunPageAttempts = 100;
 constexpr int kMaxRunPageAttemptsOffset = 10'000'000;
+// The schedules the dashboard's list shows (the first by name), and a flow's page.
+constexpr int kSchedulesShown = 1000;
+constexpr int kFlowSchedulesShown = 100;
+
+// The schedules of `flow` ("" for all), the first `limit` by name, as the API shows them, in
+// out["schedules"] with out["schedules_more"] when there are more; out["schedules_error"] when
+// they cannot be read.
+void schedules_into(ServerState& state, const std::string& flow, int limit, app::json& out) {
+  auto listed = state.stores.with(
+      [&](RunStore& store) { return store.list_schedules_page(flow, limit + 1); });
+  if (!listed) {
+    out["schedules_error"] = listed.error().message;
+    return;
+  }
+  const auto now = std::chrono::system_clock::now();
+  app::json list = app::json::array();
+  for (const auto& s : *listed)
+    if (static_cast<int>(list.size()) < limit) list.push_back(app::schedule_json(s, now));
+  out["schedules_more"] = static_cast<int>(listed->size()) > limit;
+  out["schedules"] = std::move(list);
+}
+
+// A schedule's button (POST /schedules/{name}/{action}): does it, then sends the browser back to
+// the list (or, with ?back=page, to the schedule's page) with a notice of what it did.
+void schedule_action(ServerState& state, const http::Request& req, http::Response& res) {
+  const std::string name = app::valid_text(req.matches[1].str());
+  const std::string action = req.matches[2];
+  std::string done, run;
+  Result<void> ok;
+  if (action == "pause" || action == "resume") {
+    ok = state.stores.with(
+        [&](RunStore& store) { return app::pause_schedule(store, name, action == "pause"); });
+    done = action == "pause" ? "paused" : "resumed";
+  } else if (action == "trigger") {
+    auto started = state.stores.with([&](RunStore& store) {
+      return app::trigger_schedule(store, *state.options.registry, name);
+    });
+    if (started)
+      run = started->id;
+    else
+      ok = tl::unexpected(started.error());
+    done = "triggered";
+  } else {
+    auto deleted = state.stores.with([&](RunStore& store) { return store.delete_schedule(name); });
+    if (!deleted)
+      ok = tl::unexpected(deleted.error());
+    else if (!*deleted)
+      ok = make_error(Errc::not_found, fmt::format("no schedule named '{}'", name));
+    done = "deleted";
+  }
+  if (!ok) return http::html_error(res, http::status_of(ok.error()), ok.error().message);
+  const std::string query = "?done=" + done + "&schedule=" + http::percent_encode(name) +
+                            (run.empty() ? "" : "&run=" + http::percent_encode(run));
+  res.status = 303;
+  res.set_header("Cache-Control", "no-store");
+  res.set_header("Location",
+                 req.get_param_value("back") == "page" && action != "delete"
+                     ? "/schedules/" + http::percent_encode(name) + query
+                     : "/schedules" + query + "#schedule-" + http::percent_encode(name));
+}
+
+// The notice of the action a page was sent back from (?done=&schedule=&run=), as HTML.
+std::string notice_of(const http::Request& req) {
+  if (!req.has_param("done")) return {};
+  std::string run = req.get_param_value("run");
+  if (!http::is_uuid(run)) run.clear();
+  return dashboard::schedule_notice(req.get_param_value("done"),
+                                    app::valid_text(req.get_param_value("schedule").substr(0, 200)),
+                                    run);
+}
 
 }  // namespace
 
@@ -62,8 +134,32 @@ void register_page_routes(http::Router& h, ServerState& state) {
       res.status = http::status_of(runs.error());
       runs_error = runs.error().message;
     }
-    res.set_content(dashboard::flow_page(app::flow_json(*flow), list, runs_error), kHtml);
+    json shown = app::flow_json(*flow);
+    schedules_into(state, flow->def.slug, kFlowSchedulesShown, shown);
+    res.set_content(dashboard::flow_page(shown, list, runs_error), kHtml);
   });
+  h.Get("/schedules", [&state](const Request& req, Response& res) {
+    json read;
+    schedules_into(state, "", kSchedulesShown, read);
+    if (read.contains("schedules_error"))
+      return html_error(
+          res, 503, "The schedules cannot be read: " + read["schedules_error"].get<std::string>());
+    res.set_content(
+        dashboard::schedules_page(read["schedules"], read["schedules_more"], notice_of(req)),
+        kHtml);
+  });
+  h.Get(R"(/schedules/([^/]+))", [&state](const Request& req, Response& res) {
+    const std::string name = app::valid_text(req.matches[1].str());
+    auto found = state.stores.with([&](RunStore& store) { return store.list_schedules(name); });
+    if (!found) return html_error(res, http::status_of(found.error()), found.error().message);
+    if (found->empty()) return html_error(res, 404, fmt::format("no schedule named '{}'", name));
+    res.set_content(
+        dashboard::schedule_page(
+            app::schedule_json(found->front(), std::chrono::system_clock::now()), notice_of(req)),
+        kHtml);
+  });
+  h.Post(R"(/schedules/([^/]+)/(pause|resume|trigger|delete))",
+         [&state](const Request& req, Response& res) { schedule_action(state, req, res); });
   h.Get("/runs", [&state](const Request& req, Response& res) { list_runs(state, req, res, true); });
   h.Get(R"(/runs/([^/]+))", [&state](const Request& req, Response& res) {
     const std::string id = req.matches[1];

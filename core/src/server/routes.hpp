@@ -92,7 +92,8 @@ void register_worker_plugin_routes(http::Router& http,
                                    ServerState& state);  // api_workers_plugins.cpp
 // GET /api/v1/events (Server-Sent Events)
 void register_event_routes(http::Router& http, ServerState& state);  // api_events.cpp
-// GET /, /flows/{slug}, /runs, /runs/{id}, /workers, /plugins (the dashboard)
+// GET /, /flows/{slug}, /runs, /runs/{id}, /schedules, /schedules/{name}, /workers, /plugins;
+// POST /schedules/{name}/pause, /resume, /trigger, /delete (the dashboard)
 void register_page_routes(http::Router& http, ServerState& state);  // pages.cpp
 
 // GET /api/v1/runs (JSON) and the dashboard's /runs (`html`): the same query parameters (flow,

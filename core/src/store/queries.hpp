@@ -49,6 +49,8 @@ enum class Query {
   same_input,
   schedule_delete,
   schedule_list,
+  schedule_metrics,
+  schedule_page,
   schedule_pause,
   schedule_trigger,
   schedule_upsert,

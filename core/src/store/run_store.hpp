@@ -289,6 +289,17 @@ struct ScheduleFired {
   int started = 0;      // runs started
 };
 
+// The schedules' gauges (RunStore::schedule_gauges, schemas/queries/schedule_metrics.sql).
+struct ScheduleGauges {
+  std::int64_t scheduled = 0, due = 0, paused = 0;
+  struct Next {
+    std::string name;
+    TimePoint next_fire_at;
+    std::optional<double> last_lag_seconds;  // tick -> commit of its last run started by a tick
+  };
+  std::vector<Next> earliest;  // the unpaused schedules with the earliest next tick, earliest first
+};
+
 // A run's DAG (RunStore::run_graph): its flow and its version's steps as stored.
 struct RunGraph {
   std::string flow_slug;
@@ -497,6 +508,10 @@ class RunStore {
       const std::function<std::vector<ScheduleFiring>(const DueSchedules&)>& plan);
   // Fires these schedules in one transaction (each locked and checked again).
   Result<std::vector<ScheduleFired>> fire_schedules(std::span<const ScheduleFiring> firings);
+  // The first `limit` schedules by name, of flow `flow` ("" for every flow).
+  Result<std::vector<ScheduleRecord>> list_schedules_page(std::string_view flow, int limit);
+  // The schedules counted by state, and the `limit` unpaused ones with the earliest next tick.
+  Result<ScheduleGauges> schedule_gauges(int limit);
 
   // Workers, most recent heartbeat first.
   Result<std::vector<WorkerRecord>> list_workers();

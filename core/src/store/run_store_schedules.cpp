@@ -37,6 +37,26 @@ ScheduleDef schedule_def_of(const pqxx::row& r) {
   return d;
 }
 
+ScheduleRecord schedule_record_of(const pqxx::row& r) {
+  ScheduleRecord s;
+  s.def = schedule_def_of(r);
+  s.source = row_text(r["source"]);
+  s.paused = r["paused"].as<bool>();
+  s.def.paused = s.paused;
+  s.next_fire_at = nullable_time(r["next_fire_at_us"]);
+  s.last_tick_at = nullable_time(r["last_tick_at_us"]);
+  s.last_fired_at = nullable_time(r["last_fired_at_us"]);
+  s.last_run_id = nullable_text(r["last_run_id"]);
+  s.last_run_status = nullable_text(r["last_run_status"]);
+  s.last_outcome = nullable_text(r["last_outcome"]);
+  s.fired = r["fired"].as<std::int64_t>();
+  s.skipped = r["skipped"].as<std::int64_t>();
+  s.created_at = from_micros(r["created_at_us"].as<std::int64_t>());
+  s.updated_at = from_micros(r["updated_at_us"].as<std::int64_t>());
+  s.flow_stored = r["flow_stored"].as<bool>();
+  return s;
+}
+
 }  // namespace
 
 Result<bool> RunStore::upsert_schedule(const ScheduleDef& def, std::string_view source,
@@ -66,24 +86,37 @@ Result<std::vector<std::string>> RunStore::retire_schedules(std::string_view sou
 Result<std::vector<ScheduleRecord>> RunStore::list_schedules(std::string_view name) {
   return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
     std::vector<ScheduleRecord> out;
-    for (const auto& r : impl_->exec(Query::schedule_list, std::string(name))) {
-      ScheduleRecord s;
-      s.def = schedule_def_of(r);
-      s.source = row_text(r["source"]);
-      s.paused = r["paused"].as<bool>();
-      s.def.paused = s.paused;
-      s.next_fire_at = nullable_time(r["next_fire_at_us"]);
-      s.last_tick_at = nullable_time(r["last_tick_at_us"]);
-      s.last_fired_at = nullable_time(r["last_fired_at_us"]);
-      s.last_run_id = nullable_text(r["last_run_id"]);
-      s.last_run_status = nullable_text(r["last_run_status"]);
-      s.last_outcome = nullable_text(r["last_outcome"]);
-      s.fired = r["fired"].as<std::int64_t>();
-      s.skipped = r["skipped"].as<std::int64_t>();
-      s.created_at = from_micros(r["created_at_us"].as<std::int64_t>());
-      s.updated_at = from_micros(r["updated_at_us"].as<std::int64_t>());
-      s.flow_stored = r["flow_stored"].as<bool>();
-      out.push_back(std::move(s));
+    for (const auto& r : impl_->exec(Query::schedule_list, std::string(name)))
+      out.push_back(schedule_record_of(r));
+    return out;
+  });
+}
+
+Result<std::vector<ScheduleRecord>> RunStore::list_schedules_page(std::string_view flow,
+                                                                  int limit) {
+  return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
+    std::vector<ScheduleRecord> out;
+    for (const auto& r : impl_->exec(Query::schedule_page, std::string(flow), limit))
+      out.push_back(schedule_record_of(r));
+    return out;
+  });
+}
+
+Result<ScheduleGauges> RunStore::schedule_gauges(int limit) {
+  return guarded("reading the schedules' gauges", [&]() -> Result<ScheduleGauges> {
+    ScheduleGauges out;
+    for (const auto& r : impl_->exec(Query::schedule_metrics, limit)) {
+      if (r["name"].is_null()) {  // the counts
+        out.paused = r["paused"].as<std::int64_t>();
+        out.due = r["due"].as<std::int64_t>();
+        out.scheduled = r["scheduled"].as<std::int64_t>();
+        continue;
+      }
+      ScheduleGauges::Next n;
+      n.name = row_text(r["name"]);
+      n.next_fire_at = from_micros(r["next_fire_at_us"].as<std::int64_t>());
+      if (!r["last_lag_seconds"].is_null()) n.last_lag_seconds = r["last_lag_seconds"].as<double>();
+      out.earliest.push_back(std::move(n));
     }
     return out;
   });
