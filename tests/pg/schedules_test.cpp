@@ -219,7 +219,7 @@ struct PolicyScene {
     flowreg::FlowDef def;
     def.slug = "unserved";
     flowreg::schedule::Scheduler scheduler(options, [&] {
-      return std::vector<flowreg::schedule::ServedFlow>{{version, def}};
+      return std::vector<flowreg::schedule::ServedFlow>{{version, def, {}}};
     });
     return eventually(done, 20s);
   }
@@ -323,7 +323,7 @@ TEST_SUITE("schedules") {
     flowreg::FlowDef def;
     def.slug = "unserved";
     const auto served = [&] {
-      return std::vector<flowreg::schedule::ServedFlow>{{p.version, def}};
+      return std::vector<flowreg::schedule::ServedFlow>{{p.version, def, {}}};
     };
     {
       options.worker_id = "one";

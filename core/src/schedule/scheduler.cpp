@@ -10,7 +10,6 @@
 #include <map>
 #include <stdexcept>
 
-#include "config/json_schema.hpp"
 #include "flowreg/validate.hpp"
 #include "metrics/metrics.hpp"
 #include "schedule/cron.hpp"
@@ -165,9 +164,9 @@ std::vector<ScheduleProblem> schedule_problems(const ScheduleDef& def) {
 namespace {
 
 // The firing of a due schedule of a flow served in version `flow`, at the server's `now`, its
-// runs' inputs checked against `schema` (nullptr: none).
+// runs' inputs checked by the flow's input_problem.
 detail::ScheduleFiring firing_of(const detail::DueSchedules::Due& d, const ServedFlow& flow,
-                                 TimePoint now, detail::JsonSchema* schema) {
+                                 TimePoint now) {
   detail::ScheduleFiring firing;
   firing.name = d.def.name;
   firing.expected = d.next_fire_at;
@@ -186,10 +185,10 @@ detail::ScheduleFiring firing_of(const detail::DueSchedules::Due& d, const Serve
   firing.missed = plan->missed;
   for (const auto tick : firing.ticks) {
     auto input = tick_input(d.def, tick);
-    if (schema && !firing.error)
-      if (auto problems = schema->validate(input); !problems.empty())
-        firing.error = fmt::format("the input of its run is refused by flow '{}': {}", d.def.flow,
-                                   problems.front().message);
+    if (flow.input_problem && !firing.error)
+      if (auto problem = flow.input_problem(input))
+        firing.error =
+            fmt::format("the input of its run is refused by flow '{}': {}", d.def.flow, *problem);
     firing.inputs.push_back(std::move(input));
   }
   if (firing.ticks.empty()) {
@@ -207,8 +206,6 @@ detail::ScheduleFiring firing_of(const detail::DueSchedules::Due& d, const Serve
 // The scheduler thread's connection, made again after a failure.
 struct Scheduler::Store {
   std::optional<detail::RunStore> store;
-  // Compiled input schemas by flow "slug version".
-  std::map<std::string, std::shared_ptr<detail::JsonSchema>> schemas;
 };
 
 Scheduler::Scheduler(SchedulerOptions options, ServedFlows served)
@@ -272,21 +269,12 @@ std::chrono::steady_clock::time_point Scheduler::round() {
   auto& store = *store_->store;
   std::vector<std::string> slugs;
   for (const auto& [slug, f] : flows) slugs.push_back(slug);
-  // The flows' input schemas, compiled once per flow version.
-  const auto schema_of = [&](const ServedFlow& flow) -> detail::JsonSchema* {
-    if (!flow.def.input_schema) return nullptr;
-    auto& cached = store_->schemas[flow.def.slug + " " + flow.version];
-    if (!cached)
-      if (auto compiled = detail::JsonSchema::compile(*flow.def.input_schema))
-        cached = std::make_shared<detail::JsonSchema>(std::move(*compiled));
-    return cached.get();
-  };
   std::vector<detail::ScheduleFiring> firings;
   const auto plan_all = [&](const detail::DueSchedules& due) {
     firings.clear();
     for (const auto& d : due.due) {
       const auto& flow = flows.at(d.def.flow);
-      firings.push_back(firing_of(d, flow, due.now, schema_of(flow)));
+      firings.push_back(firing_of(d, flow, due.now));
     }
     return firings;
   };

@@ -79,6 +79,9 @@ std::vector<ScheduleProblem> schedule_problems(const ScheduleDef& def);
 struct ServedFlow {
   std::string version;
   FlowDef def;
+  // Why the flow's input schema refuses an input, or nullopt; empty: no schema. Called on the
+  // scheduler's thread only.
+  std::function<std::optional<std::string>(const nlohmann::json&)> input_problem;
 };
 
 struct SchedulerOptions {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <unordered_map>
 #include <utility>
@@ -176,23 +177,24 @@ std::optional<std::string> Engine::replacement_reason() const {
 
 int Engine::acquire_slots(int wanted, const std::shared_ptr<FlowState>& state) {
   MutexLock lock(mu_);
-  // The share is counted over the flows served only for a flow with a stuck handler (nearly
-  // never): a worker serving hundreds of flow versions does not walk them on every claim. The
-  // flow's own count is read, not the engine's stuck_: the keeper marks a task stuck in its flow
-  // before it counts it here.
-  std::optional<int> share;
-  const auto at_share = [&](const FlowState& s) {
-    if (s.stuck() == 0) return false;
-    if (!share) share = share_locked();
-    return s.stuck() >= *share;
+  // The share is counted over the flows served only when a flow at hand has a stuck handler
+  // (nearly never): a worker serving hundreds of flow versions does not walk them on every claim.
+  // The flows' own counts are read, not the engine's stuck_: the keeper marks a task stuck in its
+  // flow before it counts it here.
+  const auto stuck = [](const std::weak_ptr<FlowState>& weak) {
+    auto s = weak.lock();
+    return s && s->stuck() > 0;
   };
+  const bool counted =
+      (state && state->stuck() > 0) || std::any_of(starving_.begin(), starving_.end(), stuck);
+  const int share = counted ? share_locked() : std::numeric_limits<int>::max();
   // A flow at its share of threads held by handlers that timed out claims nothing here (its tasks
   // stay queued for other workers), and does not starve: the others claim as usual.
-  std::erase_if(starving_, [&](const std::weak_ptr<FlowState>& weak) {
+  std::erase_if(starving_, [share](const std::weak_ptr<FlowState>& weak) {
     auto s = weak.lock();
-    return !s || s->stopping() || at_share(*s);
+    return !s || s->stopping() || s->stuck() >= share;
   });
-  if (state && at_share(*state)) return 0;
+  if (state && state->stuck() >= share) return 0;
   // Fair share: the flows that found no room take the slots freed, in the order they starved;
   // until the first of them got some, every other caller gets none (and starves in its turn).
   const bool first = state && !starving_.empty() && starving_.front().lock() == state;

@@ -12,6 +12,7 @@
 #include <thread>
 #include <utility>
 
+#include "config/json_schema.hpp"
 #include "schedule/scheduler.hpp"
 #include "util/host_name.hpp"
 #include "worker/flow_service.hpp"
@@ -376,15 +377,35 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
     so.conninfo = raw->options.conninfo;
     so.worker_id = raw->options.worker_id;
     so.poll_interval = raw->options.poll_interval;
-    raw->scheduler = std::make_unique<schedule::Scheduler>(std::move(so), [raw] {
+    // The flows' input schemas, compiled once per flow version; used by the scheduler's thread
+    // alone.
+    auto schemas = std::make_shared<std::map<std::string, std::shared_ptr<const JsonSchema>>>();
+    raw->scheduler = std::make_unique<schedule::Scheduler>(std::move(so), [raw, schemas] {
       // The flow versions served now, with their definitions (a version the registry no longer
       // holds, being replaced, is left out until its service follows).
       std::vector<schedule::ServedFlow> out;
       auto running = raw->services();
       if (!running) return out;
-      for (const auto& key : running->serving())
-        if (auto flow = raw->source.registry->get(key.slug); flow && flow->version == key.version)
-          out.push_back({key.version, flow->def});
+      if (schemas->size() > 4096) schemas->clear();
+      for (const auto& key : running->serving()) {
+        auto flow = raw->source.registry->get(key.slug);
+        if (!flow || flow->version != key.version) continue;
+        schedule::ServedFlow served{key.version, flow->def, {}};
+        if (flow->def.input_schema) {
+          auto& schema = (*schemas)[key.slug + " " + key.version];
+          if (!schema)
+            if (auto compiled = JsonSchema::compile(*flow->def.input_schema))
+              schema = std::make_shared<const JsonSchema>(std::move(*compiled));
+          if (schema)
+            served.input_problem =
+                [schema](const nlohmann::json& input) -> std::optional<std::string> {
+              auto problems = schema->validate(input);
+              if (problems.empty()) return std::nullopt;
+              return problems.front().message;
+            };
+        }
+        out.push_back(std::move(served));
+      }
       return out;
     });
   }
