@@ -158,9 +158,9 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",  "backlog",
-                                             "start1", "startbatch", "latency", "metrics",
-                                             "scrape", "isolation", "schedules"};
+const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",   "backlog",
+                                             "start1", "startbatch", "latency",  "metrics",
+                                             "scrape", "isolation",  "schedules"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -177,9 +177,9 @@ struct Args {
   int samples = 300;
   int metrics_rounds = 3;
   int isolation_rounds = 3;
-  int schedules = 10000;        // the schedules scenario's schedules, each firing every minute
-  int schedule_minutes = 2;     // ... for this many ticks
-  int schedule_workers = 3;     // ... fired by this many workers
+  int schedules = 10000;     // the schedules scenario's schedules, each firing every minute
+  int schedule_minutes = 2;  // ... for this many ticks
+  int schedule_workers = 3;  // ... fired by this many workers
   std::vector<int> scrape_backlog{100000, 1000000};
   int scrape_reads = 5;
   int timeout_s = 120;
@@ -1754,10 +1754,10 @@ SchedulesResult schedules_scenario(Env& env) {
     auto store = value_or_throw(RunStore::connect(conninfo), "connect");
     value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert bench_single");
   }
-  const std::string first = psql(
-      env, conninfo,
-      "SELECT to_char(date_trunc('minute', now() + interval '80 seconds') AT TIME ZONE 'UTC', "
-      "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
+  const std::string first =
+      psql(env, conninfo,
+           "SELECT to_char(date_trunc('minute', now() + interval '80 seconds') AT TIME ZONE 'UTC', "
+           "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')");
   psql(env, conninfo,
        fmt::format("INSERT INTO flowreg.schedules (name, flow_slug, cron, timezone, input, "
                    "time_key, catch_up, catch_up_max, overlap, source, next_fire_at) "
@@ -1792,9 +1792,8 @@ SchedulesResult schedules_scenario(Env& env) {
     if (Clock::now() > deadline) {
       const auto why = describe_workers(workers);
       stop_workers(workers);
-      throw ScenarioFailed(
-          fmt::format("schedules: {} of {} runs of tick {} started\n{}", started, a.schedules,
-                      last, why));
+      throw ScenarioFailed(fmt::format("schedules: {} of {} runs of tick {} started\n{}", started,
+                                       a.schedules, last, why));
     }
     std::this_thread::sleep_for(std::chrono::seconds(2));  // a read of the runs: not too often
   }
@@ -1839,8 +1838,7 @@ void print_schedules(const SchedulesResult& r) {
   std::printf("  duplicate idempotency keys: %ld\n", r.duplicates);
   std::printf("  fire lag (run created_at - tick), ms: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n",
               r.lag_ms.p50, r.lag_ms.p90, r.lag_ms.p99, r.lag_ms.max);
-  std::printf("  PostgreSQL CPU over the ticks: %.2f s; workers: %s\n", r.pg_cpu_s,
-              r.ends.c_str());
+  std::printf("  PostgreSQL CPU over the ticks: %.2f s; workers: %s\n", r.pg_cpu_s, r.ends.c_str());
 }
 
 int run_bench(Env& env) {
