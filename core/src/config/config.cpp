@@ -12,7 +12,7 @@
 #include "config/json_schema.hpp"
 #include "config/yaml_json.hpp"
 #include "flowreg/validate.hpp"
-#include "schedule/scheduler.hpp"
+#include "schedule/checks.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
 
