@@ -50,7 +50,6 @@ enum class Query {
   schedule_delete,
   schedule_list,
   schedule_metrics,
-  schedule_page,
   schedule_pause,
   schedule_trigger,
   schedule_upsert,

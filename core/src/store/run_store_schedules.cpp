@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "store/run_store_detail.hpp"
 #include "util/json_text.hpp"
 
@@ -86,7 +88,8 @@ Result<std::vector<std::string>> RunStore::retire_schedules(std::string_view sou
 Result<std::vector<ScheduleRecord>> RunStore::list_schedules(std::string_view name) {
   return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
     std::vector<ScheduleRecord> out;
-    for (const auto& r : impl_->exec(Query::schedule_list, std::string(name)))
+    for (const auto& r : impl_->exec(Query::schedule_list, std::string(name), std::string(),
+                                     std::numeric_limits<int>::max()))
       out.push_back(schedule_record_of(r));
     return out;
   });
@@ -96,7 +99,7 @@ Result<std::vector<ScheduleRecord>> RunStore::list_schedules_page(std::string_vi
                                                                   int limit) {
   return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
     std::vector<ScheduleRecord> out;
-    for (const auto& r : impl_->exec(Query::schedule_page, std::string(flow), limit))
+    for (const auto& r : impl_->exec(Query::schedule_list, std::string(), std::string(flow), limit))
       out.push_back(schedule_record_of(r));
     return out;
   });
