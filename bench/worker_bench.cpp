@@ -158,9 +158,9 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",   "backlog",
-                                             "start1", "startbatch", "latency",  "metrics",
-                                             "scrape", "isolation",  "schedules"};
+const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",    "backlog",
+                                             "start1", "startbatch", "latency",   "metrics",
+                                             "scrape", "isolation",  "schedules", "priorities"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -177,6 +177,7 @@ struct Args {
   int samples = 300;
   int metrics_rounds = 3;
   int isolation_rounds = 3;
+  int priority_rounds = 3;   // rounds of the priorities scenario
   int schedules = 10000;     // the schedules scenario's schedules, each firing every minute
   int schedule_minutes = 2;  // ... for this many ticks
   int schedule_workers = 3;  // ... fired by this many workers
@@ -217,6 +218,10 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                alternating, --isolation-rounds times (runs/s, process/thread, medians); the
                memory and CPU of the workers and their handler processes after each burn-down;
                start -> handler latency (--samples runs per mode, alternating; p50, p99)
+  priorities   (only when named) --priority-rounds R (default 3) rounds of two burn-downs of
+               --runs bench_single runs at the first --batch and --workers: all at priority 0,
+               then started with 10 priorities (-5..4, chunk by chunk), alternating; prints
+               each round's rates and the mean ratio
   schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
                `* * * * *`, fired by --schedule-workers W (default 3) workers for
                --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
@@ -241,6 +246,7 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --isolation-rounds R rounds of the isolation scenario (default 3)
+  --priority-rounds R  rounds of the priorities scenario (default 3)
   --schedules S        schedules of the schedules scenario (default 10000)
   --schedule-minutes M ticks of the schedules scenario (default 2)
   --schedule-workers W workers of the schedules scenario (default 3)
@@ -328,6 +334,8 @@ Args parse_args(int argc, char** argv) {
       a.schedule_minutes = positive(opt, v);
     } else if (opt == "--schedule-workers") {
       a.schedule_workers = positive(opt, v);
+    } else if (opt == "--priority-rounds") {
+      a.priority_rounds = positive(opt, v);
     } else if (opt == "--scrape-backlog") {
       a.scrape_backlog = positive_list(opt, v);
     } else if (opt == "--scrape-reads") {
@@ -802,14 +810,17 @@ void drop_database(const Env& env, const std::string& conninfo, const std::strin
   psql(env, maintenance, "DROP DATABASE IF EXISTS " + name + " WITH (FORCE)");
 }
 
-// Starts `runs` runs of `slug` in chunks of `chunk` (start_runs); seconds taken.
+// Starts `runs` runs of `slug` in chunks of `chunk` (start_runs); seconds taken. With `levels`
+// (> 0), chunk k is started with priority (k % levels) - levels / 2.
 double start_backlog(RunStore& store, const std::string& slug, const std::string& version,
-                     long runs, int chunk) {
+                     long runs, int chunk, int levels = 0) {
   const auto t0 = Clock::now();
   std::vector<Json> inputs;
   for (long i = 0; i < runs; i += chunk) {
     inputs.assign(static_cast<std::size_t>(std::min<long>(chunk, runs - i)), Json{{"n", i}});
-    value_or_throw(store.start_runs(slug, version, inputs), "start_runs");
+    std::optional<int> priority;
+    if (levels > 0) priority = static_cast<int>((i / chunk) % levels) - levels / 2;
+    value_or_throw(store.start_runs(slug, version, inputs, std::nullopt, priority), "start_runs");
   }
   return seconds_between(t0, Clock::now());
 }
@@ -828,6 +839,7 @@ struct BurnSpec {
   std::string isolation{};  // workers run with --isolation this ("": the option not given)
   bool processes = false;   // read the memory and CPU of the workers and their handler processes
   int round = 0;            // distinguishes repeated burn-downs of the same shape
+  int priority_levels = 0;  // > 0: the backlog is started with this many priorities
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -953,7 +965,8 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       fmt::format("{}_w{}_b{}_n{}{}{}{}{}", spec.slug, spec.workers, spec.batch, spec.runs,
                   spec.analyze ? "_analyzed" : "", spec.metrics ? "_metrics" : "",
                   spec.isolation.empty() ? "" : "_" + spec.isolation,
-                  spec.round > 0 ? fmt::format("_r{}", spec.round) : "");
+                  spec.round > 0 ? fmt::format("_r{}", spec.round) : "") +
+      (spec.priority_levels > 0 ? fmt::format("_p{}", spec.priority_levels) : "");
   BurnResult r;
   r.spec = spec;
 
@@ -962,7 +975,8 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
     auto store = value_or_throw(RunStore::connect(conninfo), "connect");
     value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + spec.slug);
     const auto before = snapshot(env, conninfo);
-    r.enqueue_s = start_backlog(store, spec.slug, flow.version, spec.runs, kStartChunk);
+    r.enqueue_s =
+        start_backlog(store, spec.slug, flow.version, spec.runs, kStartChunk, spec.priority_levels);
     store = value_or_throw(RunStore::connect(conninfo), "connect");  // flushes the counters
     const auto after = snapshot(env, conninfo);
     r.start = cost_row(spec.scenario, fmt::format("start_runs x{}", kStartChunk), spec.runs,
@@ -1844,7 +1858,8 @@ void print_schedules(const SchedulesResult& r) {
 int run_bench(Env& env) {
   const Args& a = env.args;
   std::vector<BurnResult> singles, chains, fanouts, backlogs;
-  std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;  // without, with --metrics
+  std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;   // without, with --metrics
+  std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;  // priority 0, 10 priorities
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
@@ -1918,6 +1933,26 @@ int run_bench(Env& env) {
       }
       std::printf("mean time ratio (with / without): %.3f\n",
                   sum / static_cast<double>(metrics_pairs.size()));
+    }
+    if (!priority_pairs.empty()) {
+      std::printf(
+          "\npriorities: burn-downs of bench_single, all at priority 0 and started with "
+          "10 priorities\n");
+      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "plain s", "10 prio s",
+                  "plain r/s", "10 prio r/s", "rate ratio");
+      double sum = 0;
+      for (std::size_t i = 0; i < priority_pairs.size(); ++i) {
+        const auto& plain = priority_pairs[i].first;
+        const auto& mixed = priority_pairs[i].second;
+        const double ratio = plain.total_s / mixed.total_s;
+        sum += ratio;
+        std::printf("%5zu %8ld %12.3f %12.3f %12.0f %12.0f %12.3f\n", i + 1, plain.spec.runs,
+                    plain.total_s, mixed.total_s,
+                    static_cast<double>(plain.spec.runs) / plain.total_s,
+                    static_cast<double>(mixed.spec.runs) / mixed.total_s, ratio);
+      }
+      std::printf("mean rate ratio (10 priorities / plain): %.3f\n",
+                  sum / static_cast<double>(priority_pairs.size()));
     }
     if (!isolation_pairs.empty()) {
       std::vector<BurnResult> burns;
@@ -2046,6 +2081,18 @@ int run_bench(Env& env) {
           (on ? pair.second : pair.first) = burn_down(env, spec);
         }
         metrics_pairs.push_back(pair);
+      }
+    if (a.wants("priorities"))
+      for (int round = 1; round <= a.priority_rounds; ++round) {
+        std::pair<BurnResult, BurnResult> pair;
+        for (const int levels : {0, 10}) {
+          BurnSpec spec{"priorities",      "bench_single", 1,    a.workers.front(),
+                        a.batches.front(), a.runs,         false};
+          spec.round = round;
+          spec.priority_levels = levels;
+          (levels > 0 ? pair.second : pair.first) = burn_down(env, spec);
+        }
+        priority_pairs.push_back(pair);
       }
     if (a.wants("scrape"))
       for (int size : a.scrape_backlog) scrapes.push_back(scrape_reads(env, size));

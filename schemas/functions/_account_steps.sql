@@ -95,6 +95,9 @@ BEGIN
     ),
     go AS (
       SELECT u.run_id, u.step_slug, fs.flow_slug, fs.version, fs.timeout_ms,
+             -- The run's own priority, else the step's (migration 0022): its run, by primary key.
+             coalesce((SELECT r.priority FROM flowreg.runs r WHERE r.id = u.run_id),
+                      fs.priority) AS priority,
              coalesce(v_claim->'flows' ? (fs.flow_slug || ' ' || fs.version), false) AS served
       FROM upd u
       JOIN flowreg.flow_steps fs ON fs.flow_slug = ANY (ARRAY[u.flow_slug])
@@ -109,9 +112,9 @@ BEGIN
     ),
     started AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
-                                 timeout_ms, status, attempt, worker_id, started_at,
+                                 timeout_ms, priority, status, attempt, worker_id, started_at,
                                  lease_expires_at)
-      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.timeout_ms,
+      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.timeout_ms, k.priority,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

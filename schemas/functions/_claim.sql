@@ -104,21 +104,33 @@ BEGIN
 
   RETURN QUERY
   WITH cand AS (
-    SELECT c.id, c.available_at
+    -- Per flow, its priority levels highest first (queue_levels, and 0: migration 0022), and per
+    -- level its due tasks oldest first: a walk of tasks_queued that stops at its level's first
+    -- task not yet due, or when the flow has given p_limit tasks (the walks run lazily, one
+    -- level after the other, and lock only the rows they give). Then the flows' candidates,
+    -- highest priority first, then oldest.
+    SELECT c.id, c.priority, c.available_at
     FROM unnest(v_slugs, v_versions) AS f(slug, version)
     CROSS JOIN LATERAL (
-      SELECT q.id, q.available_at FROM flowreg.tasks q
-      -- tasks_queued's key (migration 0016), then the names, which tell apart flows whose
-      -- hashes are equal.
-      WHERE q.status = 'queued'
-        AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
-            = hashtextextended(f.slug || ' ' || f.version, 0)
-        AND q.flow_slug = f.slug AND q.flow_version = f.version
-        AND q.available_at <= now()
-      ORDER BY q.available_at
-      LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
-      FOR UPDATE SKIP LOCKED) c
-    ORDER BY c.available_at
+      SELECT q.id, q.priority, q.available_at
+      FROM unnest(ARRAY(SELECT l.priority FROM flowreg.queue_levels l
+                        WHERE l.flow_slug = f.slug AND l.flow_version = f.version
+                        UNION SELECT 0 ORDER BY 1 DESC)) AS lv(priority)
+      CROSS JOIN LATERAL (
+        SELECT q.id, q.priority, q.available_at FROM flowreg.tasks q
+        -- tasks_queued's key (migration 0022), then the names, which tell apart flows whose
+        -- hashes are equal.
+        WHERE q.status = 'queued'
+          AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
+              = hashtextextended(f.slug || ' ' || f.version, 0)
+          AND q.priority = lv.priority
+          AND q.flow_slug = f.slug AND q.flow_version = f.version
+          AND q.available_at <= now()
+        ORDER BY q.available_at
+        LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
+        FOR UPDATE SKIP LOCKED) q
+      LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)) c
+    ORDER BY c.priority DESC, c.available_at
     LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
   ),
   -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an

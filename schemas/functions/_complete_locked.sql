@@ -166,6 +166,10 @@ BEGIN
       SELECT p.run_id, p.step_slug, p.flow_slug, p.flow_version, p.output, p.attempts, p.worker_id,
              p.started_at, fs.step_index, fs.is_leaf, nx.step_slug AS next_slug,
              nx.timeout_ms AS next_timeout, nx.max_attempts AS next_max_attempts,
+             -- The run's own priority, else the next step's (migration 0022).
+             CASE WHEN nx.step_slug IS NOT NULL
+                  THEN coalesce((SELECT r.priority FROM flowreg.runs r WHERE r.id = p.run_id),
+                                nx.priority) END AS next_priority,
              CASE WHEN nx.step_slug IS NOT NULL THEN nextval('flowreg.tasks_id_seq') END AS next_id,
              -- Claimed by this call's worker: a next step of a flow it serves, as far as it has
              -- room.
@@ -190,7 +194,7 @@ BEGIN
       LEFT JOIN LATERAL (SELECT fd.step_slug FROM flowreg.flow_deps fd
                          WHERE fd.flow_slug = p.flow_slug AND fd.version = p.flow_version
                            AND fd.dep_slug = p.step_slug OFFSET 0) nd ON true
-      LEFT JOIN LATERAL (SELECT n.step_slug, n.timeout_ms, n.max_attempts
+      LEFT JOIN LATERAL (SELECT n.step_slug, n.timeout_ms, n.max_attempts, n.priority
                          FROM flowreg.flow_steps n
                          WHERE n.flow_slug = p.flow_slug AND n.version = p.flow_version
                            AND n.step_slug = nd.step_slug OFFSET 0) nx ON true
@@ -207,14 +211,14 @@ BEGIN
     started AS (
       INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
                                  timeout_ms, status, attempt, worker_id, started_at,
-                                 lease_expires_at, chained, created_at)
+                                 lease_expires_at, chained, created_at, priority)
       OVERRIDING SYSTEM VALUE
       SELECT k.next_id, k.run_id, k.next_slug, 0, k.flow_slug, k.flow_version, k.next_timeout,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine
                   THEN flowreg._lease_end(k.next_timeout, (v_claim->>'lease_ms')::bigint) END,
-             true, now()
+             true, now(), k.next_priority
       FROM c k WHERE k.next_slug IS NOT NULL
     ),
     ended AS (

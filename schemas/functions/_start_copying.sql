@@ -1,6 +1,6 @@
 -- The first statement of a batch start by COPY (RunStore::start_runs, core/src/store/run_store.cpp):
 -- for p_n runs of a flow version of one single step, returns one row per run: its id and its
--- task's id, with the step's slug and timeout, and queues start_runs' notifications. The caller
+-- task's id, with the step's slug, timeout and priority, and queues start_runs' notifications. The caller
 -- then writes the runs and their tasks with COPY, in the same transaction, the rows start_run's
 -- short path writes (the layout of migrations 0012 and 0013: no step state, attempts 0, the run
 -- naming its solo task). Returns no row for any other flow version (several steps, a map step, not
@@ -17,17 +17,18 @@
 -- that comes after waits for this transaction to end, and then sees its runs.
 -- Plans stable by construction: primary keys only, one generic plan per session.
 CREATE OR REPLACE FUNCTION flowreg._start_copying(p_slug text, p_version text, p_n int)
-RETURNS TABLE (run_id uuid, task_id bigint, step_slug text, timeout_ms bigint)
+RETURNS TABLE (run_id uuid, task_id bigint, step_slug text, timeout_ms bigint, priority int)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
   v_step text;
   v_timeout bigint;
+  v_priority int;
   v_ids uuid[];
   v_tasks bigint[];
 BEGIN
   LOCK TABLE flowreg.runs IN ROW EXCLUSIVE MODE;
-  SELECT fs.step_slug, fs.timeout_ms INTO v_step, v_timeout
+  SELECT fs.step_slug, fs.timeout_ms, fs.priority INTO v_step, v_timeout, v_priority
   FROM flowreg.flow_steps fs
   WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.kind = 'single'
     AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
@@ -49,7 +50,7 @@ BEGIN
   -- Sent at commit, like start_runs' (none if a COPY fails: the transaction is rolled back).
   PERFORM pg_notify('flowreg_runs', id::text || ' started') FROM unnest(v_ids) AS id;
   PERFORM pg_notify('flowreg_tasks', p_slug);
-  RETURN QUERY SELECT r, t, v_step, v_timeout FROM unnest(v_ids, v_tasks) AS x(r, t);
+  RETURN QUERY SELECT r, t, v_step, v_timeout, v_priority FROM unnest(v_ids, v_tasks) AS x(r, t);
 END $$;
 
 ALTER FUNCTION flowreg._start_copying(text, text, int)

@@ -27,11 +27,12 @@ BEGIN
   LOOP
     v_claim := nullif(current_setting('flowreg.claim', true), '')::jsonb;
     WITH rr AS MATERIALIZED (
-      SELECT r.id, r.flow_slug, r.flow_version, r.input FROM flowreg.runs r
+      SELECT r.id, r.flow_slug, r.flow_version, r.input, r.priority FROM flowreg.runs r
       WHERE r.id = ANY (p_runs) AND r.status = 'started'
     ),
     ready AS MATERIALIZED (
       SELECT r.id AS run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.timeout_ms,
+             coalesce(r.priority, fs.priority) AS priority,
              -- Only a map step's input is needed here (its elements become its tasks' inputs).
              CASE WHEN fs.kind <> 'map' THEN NULL
                   WHEN cardinality(fs.deps) = 0 THEN r.input
@@ -47,7 +48,8 @@ BEGIN
       CROSS JOIN LATERAL (SELECT s.step_slug FROM flowreg.step_states s
                           WHERE s.run_id = r.id AND s.status = 'created'
                             AND s.remaining_deps = 0 OFFSET 0) s
-      CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps FROM flowreg.flow_steps f
+      CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority
+                          FROM flowreg.flow_steps f
                           WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                             AND f.step_slug = s.step_slug OFFSET 0) fs
     ),
@@ -80,7 +82,7 @@ BEGIN
       SELECT z.run_id, z.step_slug, (e.i - 1)::int AS task_index, z.flow_slug, z.flow_version,
              -- A map step's task keeps its element; a single step's reads its input when claimed.
              CASE WHEN z.kind = 'map' THEN e.elem END AS input,
-             z.timeout_ms, e.i <= z.take AS mine
+             z.timeout_ms, z.priority, e.i <= z.take AS mine
       FROM shared z
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
@@ -89,10 +91,10 @@ BEGIN
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
-                                 timeout_ms, status, attempt, worker_id, started_at,
+                                 timeout_ms, priority, status, attempt, worker_id, started_at,
                                  lease_expires_at)
       SELECT k.run_id, k.step_slug, k.task_index, k.flow_slug, k.flow_version, k.input,
-             k.timeout_ms,
+             k.timeout_ms, k.priority,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

@@ -16,6 +16,10 @@ BEGIN
   END IF;
   SELECT s.run_id INTO v_new
   FROM flowreg.start_runs(v_run.flow_slug, v_run.flow_version, ARRAY[v_run.input], NULL, p_run) s;
+  -- A run started with a priority is retried with it (migration 0022).
+  IF v_run.priority IS NOT NULL THEN
+    PERFORM flowreg.prioritize_runs(ARRAY[v_new], v_run.priority);
+  END IF;
   RETURN v_new;
 END $$;
 

@@ -65,8 +65,10 @@ BEGIN
   v_new := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
              substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
              FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid;
-  INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of, chained)
-  VALUES (v_new, v_run.flow_slug, v_run.flow_version, v_run.input, v_leaves, p_run, v_chained);
+  INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of, chained,
+                            priority)
+  VALUES (v_new, v_run.flow_slug, v_run.flow_version, v_run.input, v_leaves, p_run, v_chained,
+          v_run.priority);
 
   -- The completed steps, copied (an old run's step states are read by its key).
   INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps, status,
@@ -79,9 +81,9 @@ BEGIN
   IF v_chained THEN
     -- A chain's first step not completed (its one dependency completed, or none): its task, queued.
     INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, timeout_ms,
-                               solo, chained, created_at)
+                               solo, chained, created_at, priority)
     SELECT v_new, fs.step_slug, 0, v_run.flow_slug, v_run.flow_version, fs.timeout_ms, false, true,
-           now()
+           now(), coalesce(v_run.priority, fs.priority)
     FROM flowreg.flow_steps fs
     WHERE fs.flow_slug = v_run.flow_slug AND fs.version = v_run.flow_version
       AND fs.step_slug <> ALL (v_done) AND fs.deps <@ v_done;

@@ -95,11 +95,11 @@ BEGIN
   ),
   tk AS (
     INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
-                               timeout_ms, solo, chained, created_at)
+                               timeout_ms, solo, chained, created_at, priority)
     OVERRIDING SYSTEM VALUE
     SELECT coalesce(ins.task_id, nextval('flowreg.tasks_id_seq')), ins.id, fs.step_slug, 0,
            p_slug, p_version, fs.timeout_ms, ins.task_id IS NOT NULL, m.chained,
-           CASE WHEN m.chained THEN now() END
+           CASE WHEN m.chained THEN now() END, fs.priority
     FROM ins CROSS JOIN meta m CROSS JOIN flowreg.flow_steps fs
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
       AND fs.kind = 'single'

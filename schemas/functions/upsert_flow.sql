@@ -4,7 +4,8 @@
 -- returns true: new attempts and retry delays apply to its queued and running tasks too (a task
 -- reads them from its step: migration 0014), a new timeout to the tasks created from then on. A
 -- different shape under a stored (slug, version) is refused (SQLSTATE 22023), because runs pinned
--- to it must never change.
+-- to it must never change. A step's priority (`options.priority`, absent: 0) is an option too;
+-- the version's priority levels (queue_levels, migration 0022) get its steps' priorities.
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
@@ -27,20 +28,25 @@ BEGIN
     SET max_attempts = (s->'options'->>'max_attempts')::int,
         base_delay_ms = (s->'options'->>'base_delay_ms')::bigint,
         max_delay_ms = (s->'options'->>'max_delay_ms')::bigint,
-        timeout_ms = (s->'options'->>'timeout_ms')::bigint
+        timeout_ms = (s->'options'->>'timeout_ms')::bigint,
+        priority = coalesce((s->'options'->>'priority')::int, 0)
     FROM jsonb_array_elements(p_def->'steps') AS s
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.step_slug = s->>'slug';
+    PERFORM flowreg._add_levels(p_slug, p_version);
     RETURN true;
   END IF;
   INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
-                                  is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms)
+                                  is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms,
+                                  priority)
   SELECT p_slug, p_version, s->>'slug', (i - 1)::int, s->>'kind', coalesce(s->>'handler', ''),
          ARRAY(SELECT jsonb_array_elements_text(s->'depends_on')),
          NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_def->'steps') o
                      WHERE o->'depends_on' ? (s->>'slug')),
          (s->'options'->>'max_attempts')::int, (s->'options'->>'base_delay_ms')::bigint,
-         (s->'options'->>'max_delay_ms')::bigint, (s->'options'->>'timeout_ms')::bigint
+         (s->'options'->>'max_delay_ms')::bigint, (s->'options'->>'timeout_ms')::bigint,
+         coalesce((s->'options'->>'priority')::int, 0)
   FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
+  PERFORM flowreg._add_levels(p_slug, p_version);
   INSERT INTO flowreg.flow_deps (flow_slug, version, dep_slug, step_slug)
   SELECT p_slug, p_version, d, s->>'slug'
   FROM jsonb_array_elements(p_def->'steps') s, jsonb_array_elements_text(s->'depends_on') d;

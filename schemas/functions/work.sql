@@ -131,11 +131,16 @@ BEGIN
            ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint, min(d.at),
            ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint
     FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)
+    -- Per priority level (see _claim), the level's first task not yet due.
+    CROSS JOIN LATERAL unnest(ARRAY(SELECT l.priority FROM flowreg.queue_levels l
+                                    WHERE l.flow_slug = f.slug AND l.flow_version = f.version
+                                    UNION SELECT 0)) AS lv(priority)
     CROSS JOIN LATERAL (
       SELECT q.available_at AS at FROM flowreg.tasks q
       WHERE q.status = 'queued'
         AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
-            = hashtextextended(f.slug || ' ' || f.version, 0)  -- tasks_queued (migration 0016)
+            = hashtextextended(f.slug || ' ' || f.version, 0)  -- tasks_queued (migration 0022)
+        AND q.priority = lv.priority
         AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at > now()
       ORDER BY q.available_at LIMIT 1) d

@@ -6,7 +6,7 @@ SELECT id::text AS id, flow_slug, flow_version, status, input::text AS input,
  output::text AS output, error, (extract(epoch FROM created_at) * 1000000)::bigint AS
  created_at_us, (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,
  retry_of::text AS retry_of, idempotency_key,
- (extract(epoch FROM start_at) * 1000000)::bigint AS start_at_us,
+ (extract(epoch FROM start_at) * 1000000)::bigint AS start_at_us, priority,
  (status = 'started' AND start_at > now()) IS TRUE AS scheduled
  FROM (SELECT created_at AS c, id AS i FROM flowreg.runs WHERE id = $4::uuid) k,
  listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r

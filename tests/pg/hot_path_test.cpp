@@ -1111,7 +1111,8 @@ TEST_SUITE("hot_path") {
       auto workers = held->list_workers();
       REQUIRE_MESSAGE(workers, flowreg::testing::failure_text(workers));
       for (const auto& key : keys) {
-        const fd::StartOptions keyed{"k" + std::to_string(runs), std::nullopt, std::nullopt};
+        const fd::StartOptions keyed{"k" + std::to_string(runs), std::nullopt, std::nullopt,
+                                     std::nullopt};
         auto first = held->start_run(key.slug, key.version, Json{{"k", 1}}, keyed);
         REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
         auto again = held->start_run(key.slug, key.version, Json{{"k", 1}}, keyed);

@@ -61,4 +61,19 @@ TEST_SUITE("app_runs") {
     REQUIRE(input);
     CHECK((*input)["path"] == "C:\\u0000");
   }
+
+  TEST_CASE("a run's priority from outside: an integer from -100 to 100, else refused by name") {
+    CHECK(app::check_priority("", "priority").value() == std::nullopt);
+    CHECK(app::check_priority("7", "priority").value() == 7);
+    CHECK(app::check_priority("+100", "priority").value() == 100);
+    CHECK(app::check_priority("-100", "priority").value() == -100);
+    for (const char* bad :
+         {"101", "-101", "1.5", "high", "7 ", "99999999999999999999", "+-1", "\xff"}) {
+      CAPTURE(bad);
+      const auto p = app::check_priority(bad, "priority");
+      REQUIRE_FALSE(p);
+      CHECK(p.error().message.find("priority '") == 0);
+      CHECK(p.error().message.find("an integer from -100 to 100") != std::string::npos);
+    }
+  }
 }

@@ -125,7 +125,8 @@ TEST_SUITE("cli") {
     CHECK(f["steps"][3] == nlohmann::json::parse(
                                R"({"slug":"ship","kind":"single","depends_on":["charge","reserve"],
                                    "handler":"orders.ship",
-                                   "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s"}})"));
+                                   "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s",
+                                              "priority":0}})"));
     CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
   }
 

@@ -53,6 +53,10 @@ TEST_SUITE("schema") {
         std::vector<std::string>{
             "inline.yaml:1:29: flows[0].options.max_attempts: 0 is out of range; it "
             "must be between 1 and 1000"});
+    CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s, handler: m.s, options: "
+                           "{priority: 101}}]}]\n") ==
+          std::vector<std::string>{"inline.yaml:1:61: flows[0].steps[0].options.priority: 101 is "
+                                   "out of range; it must be between -100 and 100"});
   }
 
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {

@@ -155,6 +155,14 @@ TEST_SUITE("model") {
       f.options.timeout = Millis{0};
       CHECK(has(messages(f), "timeout 0ms is out of range 1ms..168h"));
     }
+    SUBCASE("priority") {
+      f.options.priority = 101;
+      CHECK(has(messages(f), "priority 101 is out of range -100..100"));
+      f.options.priority = -100;
+      CHECK(messages(f).empty());
+      f.steps[0].options.priority = -101;
+      CHECK(has(messages(f), "step 'a': priority -101 is out of range -100..100"));
+    }
     SUBCASE("a step's override is checked on its own, inherited problems are not repeated") {
       f.options.base_delay = Millis{10'000};
       f.options.max_delay = Millis{1'000};

@@ -32,11 +32,18 @@ struct Options {
   static constexpr int kMinAttempts = 1;
   static constexpr int kMaxAttempts = 1000;
   static constexpr Millis kMaxDuration{7LL * 24 * 3600 * 1000};
+  // A task's priority: among the ready tasks of the flows a worker serves, the highest is claimed
+  // first, then the oldest. A run started with a priority (StartOptions::priority) gives it to all
+  // its tasks instead.
+  static constexpr int kDefaultPriority = 0;
+  static constexpr int kMinPriority = -100;
+  static constexpr int kMaxPriority = 100;
 
   int max_attempts = kDefaultMaxAttempts;
   Millis base_delay = kDefaultBaseDelay;
   Millis max_delay = kDefaultMaxDelay;
   Millis timeout = kDefaultTimeout;
+  int priority = kDefaultPriority;
 
   friend bool operator==(const Options&, const Options&) = default;
 };
@@ -48,8 +55,11 @@ struct OptionOverrides {
   std::optional<Millis> base_delay;
   std::optional<Millis> max_delay;
   std::optional<Millis> timeout;
+  std::optional<int> priority;
 
-  bool empty() const noexcept { return !max_attempts && !base_delay && !max_delay && !timeout; }
+  bool empty() const noexcept {
+    return !max_attempts && !base_delay && !max_delay && !timeout && !priority;
+  }
   // These overrides on top of `base`.
   Options apply(const Options& base) const noexcept;
   friend bool operator==(const OptionOverrides&, const OptionOverrides&) = default;

@@ -100,7 +100,8 @@ json run_json(const detail::RunInfo& r) {
           {"created_at", iso_time(r.created_at)},
           {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
           {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)},
-          {"start_at", r.start_at ? json(iso_time(*r.start_at)) : json(nullptr)}};
+          {"start_at", r.start_at ? json(iso_time(*r.start_at)) : json(nullptr)},
+          {"priority", r.priority ? json(*r.priority) : json(nullptr)}};
 }
 
 std::string excerpt(std::string_view text, std::size_t max_bytes) {
@@ -134,7 +135,8 @@ json options_json(const Options& o) {
   return {{"max_attempts", o.max_attempts},
           {"base_delay", format_duration(o.base_delay)},
           {"max_delay", format_duration(o.max_delay)},
-          {"timeout", format_duration(o.timeout)}};
+          {"timeout", format_duration(o.timeout)},
+          {"priority", o.priority}};
 }
 
 json flow_json(const RegisteredFlow& registered) {

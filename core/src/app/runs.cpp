@@ -91,6 +91,22 @@ std::string shown_at(std::string_view text) {
 
 }  // namespace
 
+Result<std::optional<int>> check_priority(std::string_view text, std::string_view name) {
+  if (text.empty()) return std::optional<int>();
+  int value = 0;
+  const char* end = text.data() + text.size();
+  // An optional '+' before the digits, not before a '-'.
+  const bool plus = text.front() == '+' && text.substr(1, 1) != "-";
+  const auto [ptr, ec] = std::from_chars(text.data() + (plus ? 1 : 0), end, value);
+  if (ec != std::errc() || ptr != end || value < Options::kMinPriority ||
+      value > Options::kMaxPriority)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} '{}' is not a priority: write an integer from {} to {}", name,
+                                  valid_text(detail::utf8_prefix(text, 40)), Options::kMinPriority,
+                                  Options::kMaxPriority));
+  return std::optional<int>(value);
+}
+
 Result<std::optional<detail::TimePoint>> start_time(std::string_view at, std::string_view delay,
                                                     detail::TimePoint now, std::string_view at_name,
                                                     std::string_view delay_name) {

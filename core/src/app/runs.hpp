@@ -50,6 +50,11 @@ Result<std::optional<detail::TimePoint>> start_time(std::string_view at, std::st
                                                     detail::TimePoint now, std::string_view at_name,
                                                     std::string_view delay_name);
 
+// A run's priority from outside (StartOptions::priority): an integer in
+// Options::kMinPriority..kMaxPriority, written in decimal; empty: none (its steps'). `name` names
+// it in messages ("priority"). Errc::invalid_argument otherwise.
+Result<std::optional<int>> check_priority(std::string_view text, std::string_view name);
+
 // Stores the flow's version (once per version), starts a run of it with `input` (checked by
 // check_input) and reads it back. A key used again with the same input returns that key's run; with
 // another input, the store's Errc::invalid_argument.

@@ -64,6 +64,7 @@ void print_run_text(const detail::RunInfo& r) {
   fmt::print("run {}  flow={} version={}  {}\n", r.id, r.flow_slug, r.flow_version,
              app::run_status(r.status, r.scheduled));
   if (r.start_at) fmt::print("start at: {}\n", iso_time(*r.start_at));
+  if (r.priority) fmt::print("priority: {} (the run's own)\n", *r.priority);
   if (r.output) fmt::print("output: {}\n", detail::json_text(*r.output));
   if (r.error) fmt::print("error: {}\n", *r.error);
 }

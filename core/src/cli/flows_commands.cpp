@@ -23,13 +23,20 @@ using detail::json_text;
 
 void print_flow_text(const RegisteredFlow& registered) {
   const FlowDef& flow = registered.def;
-  fmt::print("{}  module={} version={}{}\n", flow.slug, flow.module, registered.version,
+  // A priority other than 0 (Options::priority) is shown: on the flow, and on a step of its own.
+  const auto priority = [](int p) {
+    return p == 0 ? std::string() : fmt::format(" priority={}", p);
+  };
+  fmt::print("{}  module={} version={}{}{}\n", flow.slug, flow.module, registered.version,
+             priority(flow.options.priority),
              flow.description.empty() ? "" : "  " + flow.description);
   std::size_t width = 0;
   for (const auto& s : flow.steps) width = std::max(width, s.slug.size());
   for (const StepDef* s : topological_order(flow)) {
-    fmt::print("  {:<{}}  {:<6}  {}{}\n", s->slug, width, to_string(s->kind), s->handler,
-               s->depends_on.empty() ? "" : fmt::format("  <- {}", fmt::join(s->depends_on, ", ")));
+    const int own = flow.step_options(*s).priority;
+    fmt::print("  {:<{}}  {:<6}  {}{}{}\n", s->slug, width, to_string(s->kind), s->handler,
+               s->depends_on.empty() ? "" : fmt::format("  <- {}", fmt::join(s->depends_on, ", ")),
+               own != flow.options.priority ? fmt::format("  (priority {})", own) : "");
   }
 }
 

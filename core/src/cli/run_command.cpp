@@ -26,6 +26,7 @@ using SteadyClock = std::chrono::steady_clock;
 struct RunArgs {
   std::string slug, input = "{}", inputs, idempotency_key, timeout, at, delay;
   bool wait = false, as_json = false, many = false;  // many: --inputs given
+  std::optional<int> priority;
 };
 
 // --inputs: at most this many bytes, and runs, per command.
@@ -126,7 +127,7 @@ int run_many(const RunArgs& a, const FlowRef& flow, Database& db,
              std::optional<detail::TimePoint> start_at) {
   const auto inputs = checked_inputs(a.inputs, flow->def);
   if (!inputs) return kExitFailure;
-  auto ids = db.store.start_runs(a.slug, flow->version, *inputs, start_at);
+  auto ids = db.store.start_runs(a.slug, flow->version, *inputs, start_at, a.priority);
   if (!ids) return report(ids.error());
   if (a.as_json) {
     fmt::print("{}\n", detail::json_text(nlohmann::json(*ids), 2));
@@ -288,6 +289,7 @@ int run_flow(const Globals& g, const RunArgs& a) {
   if (!key) return report(key.error());
   options.idempotency_key = std::move(*key);
   options.start_at = *start_at;
+  options.priority = a.priority;
 
   auto db = open_database(*config);
   if (!db) return report(db.error());
@@ -348,6 +350,10 @@ void add_run_command(CLI::App& app, const Globals& g, int& exit_code) {
   run->add_option("--delay", args->delay,
                   "Start the run after this long (250ms, 30s, 5m, 2h; at most 10 years); not "
                   "with --at");
+  run->add_option("--priority", args->priority,
+                  "The run's priority, -100..100, which all its tasks take instead of their "
+                  "steps' (default: the flow's): claimed highest first, then oldest")
+      ->check(CLI::Range(Options::kMinPriority, Options::kMaxPriority));
   run->add_flag("--json", args->as_json,
                 "Print {id, flow, status, output, error, ...} (with --inputs: the ids' array)");
   run->callback([&g, &exit_code, args, inputs] {

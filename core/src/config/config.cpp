@@ -46,6 +46,7 @@ OptionOverrides overrides_of(const json& object) {
   if (object.contains("base_delay")) o.base_delay = duration_of(object["base_delay"]);
   if (object.contains("max_delay")) o.max_delay = duration_of(object["max_delay"]);
   if (object.contains("timeout")) o.timeout = duration_of(object["timeout"]);
+  if (object.contains("priority")) o.priority = object["priority"].get<int>();
   return o;
 }
 

@@ -12,6 +12,7 @@ Options OptionOverrides::apply(const Options& base) const noexcept {
   if (base_delay) out.base_delay = *base_delay;
   if (max_delay) out.max_delay = *max_delay;
   if (timeout) out.timeout = *timeout;
+  if (priority) out.priority = *priority;
   return out;
 }
 

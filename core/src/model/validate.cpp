@@ -89,6 +89,7 @@ class Checker {
     const bool base_own = !own || own->base_delay;
     const bool max_own = !own || own->max_delay;
     const bool timeout_own = !own || own->timeout;
+    const bool priority_own = !own || own->priority;
     if (attempts_own &&
         (o.max_attempts < Options::kMinAttempts || o.max_attempts > Options::kMaxAttempts))
       report(pointer + "/max_attempts",
@@ -100,6 +101,10 @@ class Checker {
                fmt::format("{}{} {} is out of range {}..{}", who, name, format_duration(value),
                            format_duration(min), format_duration(Options::kMaxDuration)));
     };
+    if (priority_own && (o.priority < Options::kMinPriority || o.priority > Options::kMaxPriority))
+      report(pointer + "/priority",
+             fmt::format("{}priority {} is out of range {}..{}", who, o.priority,
+                         Options::kMinPriority, Options::kMaxPriority));
     check_duration("base_delay", base_own, o.base_delay, Millis{0});
     check_duration("max_delay", max_own, o.max_delay, Millis{0});
     check_duration("timeout", timeout_own, o.timeout, Millis{1});

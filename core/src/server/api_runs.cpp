@@ -59,6 +59,10 @@ void post_run(ServerState& state, const Request& req, Response& res) {
                                   std::chrono::system_clock::now(), "run_at", "delay");
   if (!start_at) return problem(res, 400, start_at.error().message);
   start.start_at = *start_at;
+  // ?priority=N: the run's own priority (-100..100).
+  auto priority = app::check_priority(req.get_param_value("priority"), "priority");
+  if (!priority) return problem(res, 400, priority.error().message);
+  start.priority = *priority;
   auto run = state.stores.with(
       [&](RunStore& store) { return app::start_run(store, *flow, *input, start); });
   if (!run) {

@@ -311,7 +311,12 @@ const char* const kJs = R"JS(
       // A delayed start: ?delay=DURATION (the server checks it).
       var delay = document.getElementById('start-delay').value.trim();
       var url = startForm.getAttribute('data-start-url');
-      if (delay) url += '?delay=' + encodeURIComponent(delay);
+      // The run's own priority: ?priority=N (the server checks it).
+      var priority = document.getElementById('start-priority').value.trim();
+      var params = [];
+      if (delay) params.push('delay=' + encodeURIComponent(delay));
+      if (priority) params.push('priority=' + encodeURIComponent(priority));
+      if (params.length) url += '?' + params.join('&');
       startButton.disabled = true;
       problemBox.hidden = true;
       fetch(url, {

@@ -246,7 +246,9 @@ std::string start_form(const std::string& slug, const json& input_schema) {
       "autocomplete=\"off\">{1}</textarea><div class=\"start-row\"><label>Idempotency key "
       "(optional)<input id=\"start-key\" name=\"idempotency_key\" maxlength=\"255\" "
       "autocomplete=\"off\"></label><label>Delay (optional: 30s, 5m, 2h)<input id=\"start-delay\" "
-      "name=\"delay\" maxlength=\"20\" autocomplete=\"off\"></label>"
+      "name=\"delay\" maxlength=\"20\" autocomplete=\"off\"></label><label>Priority (optional: "
+      "-100..100)<input id=\"start-priority\" name=\"priority\" type=\"number\" min=\"-100\" "
+      "max=\"100\" step=\"1\" autocomplete=\"off\"></label>"
       "<button type=\"submit\" id=\"start-button\" disabled>"
       "Start</button></div><p class=\"muted\" data-needs-script>Starting a run here needs "
       "JavaScript (or <code>POST /api/v1/flows/{0}/runs</code>).</p><div id=\"start-problem\" "
@@ -475,15 +477,15 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
     const json& o = s["options"];
     steps += fmt::format(
         "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td>"
-        "<td class=\"wide\">{} attempts, {} → {}, timeout {}</td></tr>",
+        "<td class=\"wide\">{} attempts, {} → {}, timeout {}, priority {}</td></tr>",
         esc(s, "slug"), esc(s, "kind"), esc(s, "handler"), deps, esc(o, "max_attempts"),
-        esc(o, "base_delay"), esc(o, "max_delay"), esc(o, "timeout"));
+        esc(o, "base_delay"), esc(o, "max_delay"), esc(o, "timeout"), esc(o, "priority"));
   }
   const json& o = flow["options"];
   std::string content = fmt::format(
       "<h1>Flow {0}</h1><p>{1}</p><dl class=\"meta\"><dt>Module</dt><dd>{2}</dd><dt>Version</dt>"
       "<dd><code>{3}</code></dd><dt>Source</dt><dd>{4}</dd><dt>Options</dt><dd>{5} attempts, "
-      "backoff {6} → {7}, timeout {8}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
+      "backoff {6} → {7}, timeout {8}, priority {15}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
       "class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th><th "
       "scope=\"col\">Kind</th><th scope=\"col\">Handler</th><th scope=\"col\">Depends on</th><th "
       "scope=\"col\" class=\"wide\">Options</th></tr></thead><tbody>{10}</tbody></table></div>"
@@ -494,7 +496,7 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
       esc(o, "timeout"), dag_img(flow), steps,
       flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
       runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug),
-      start_form(slug, flow["input_schema"]));
+      start_form(slug, flow["input_schema"]), esc(o, "priority"));
   if (flow.contains("schedules") || flow.contains("schedules_error"))
     content += flow_schedules(flow);
   return layout("Flow " + slug, "/", content);
@@ -702,7 +704,8 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
       "</a> for its outputs.</p>"
       "<dl class=\"meta\"><dt>Flow</dt><dd><a href=\"/flows/{2}\">{3}</a> <code>{4}</code></dd>"
       "<dt>Status</dt><dd>{5}</dd><dt>Created</dt><dd>{6}</dd><dt>Finished</dt><dd>{7}</dd>"
-      "<dt>Retry of</dt><dd>{8}</dd><dt>Error</dt><dd class=\"error\">{9}</dd></dl>"
+      "<dt>Retry of</dt><dd>{8}</dd><dt>Priority</dt><dd>{17}</dd>"
+      "<dt>Error</dt><dd class=\"error\">{9}</dd></dl>"
       "<div class=\"actions\">{10}</div><p id=\"action-error\" class=\"error\" hidden></p>"
       "{14}<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
       "<th scope=\"col\">Kind</th><th scope=\"col\">Status</th><th scope=\"col\">Tasks</th>"
@@ -721,7 +724,10 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
                                        ? std::string()
                                        : "/api/v1/runs/" + url_part(id) + "/output"),
       run_dag(id), tasks.is_object() ? tasks_section(id, tasks) : std::string(),
-      attempts_section(id, attempts));
+      attempts_section(id, attempts),
+      run.contains("priority") && run["priority"].is_number()
+          ? esc(run, "priority") + " (the run's own)"
+          : std::string("its steps'"));
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 

@@ -36,6 +36,7 @@ enum class Query {
   list_runs,
   list_runs_before,
   list_workers,
+  prioritize_runs,
   probe_output,
   prune,
   prune_cutoff,

@@ -65,15 +65,18 @@ Json flow_definition_json(const FlowDef& flow) {
   for (const StepDef* s : topological_order(flow)) {
     const StepDef& step = *s;
     const Options o = flow.step_options(step);
+    Json options{{"max_attempts", o.max_attempts},
+                 {"base_delay_ms", o.base_delay.count()},
+                 {"max_delay_ms", o.max_delay.count()},
+                 {"timeout_ms", o.timeout.count()}};
+    // Stored when set (migration 0022), so that a definition stored before priorities existed
+    // is the same definition.
+    if (o.priority != Options::kDefaultPriority) options["priority"] = o.priority;
     steps.push_back({{"slug", step.slug},
                      {"kind", std::string(to_string(step.kind))},
                      {"depends_on", step.depends_on},
                      {"handler", step.handler},
-                     {"options",
-                      {{"max_attempts", o.max_attempts},
-                       {"base_delay_ms", o.base_delay.count()},
-                       {"max_delay_ms", o.max_delay.count()},
-                       {"timeout_ms", o.timeout.count()}}}});
+                     {"options", std::move(options)}});
   }
   return {{"slug", flow.slug},
           {"steps", std::move(steps)},

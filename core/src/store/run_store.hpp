@@ -90,6 +90,10 @@ struct StartOptions {
   // at this time (runs.start_at, tasks.available_at, in the start's transaction). nullopt: at once.
   // A run returned for a repeated idempotency key keeps its own time.
   std::optional<TimePoint> start_at;
+  // The run's own priority (migration 0022), which its tasks take instead of their steps'
+  // (Options::priority): claimed highest first. nullopt: its steps'. A run returned for a
+  // repeated idempotency key keeps its own.
+  std::optional<int> priority;
 };
 
 // Where a retry of a run starts: its first steps (a new run of the whole flow), or the step it
@@ -200,6 +204,8 @@ struct RunInfo {
   // status "scheduled".
   std::optional<TimePoint> start_at;
   bool scheduled = false;
+  // The priority it was started with (StartOptions::priority); nullopt: its steps'.
+  std::optional<int> priority;
 };
 
 // A run as lists show it: a RunInfo without its input and output, which a list never reads (they
@@ -450,11 +456,12 @@ class RunStore {
   // the server refuses an input (U+0000 in a string or key, or nesting deeper than its stack
   // allows), none starts, and the error (Errc::invalid_argument) names the first input holding
   // U+0000 or nested deeper than kMaxStoredDepth, by its index (else the server's error stands).
-  // With start_at, the runs start at that time (as StartOptions::start_at), in the same
-  // transaction.
+  // With start_at, the runs start at that time (as StartOptions::start_at), with priority, they
+  // have that priority (as StartOptions::priority), in the same transaction.
   Result<std::vector<RunId>> start_runs(std::string_view flow_slug, std::string_view version,
                                         std::span<const Json> inputs,
-                                        std::optional<TimePoint> start_at = std::nullopt);
+                                        std::optional<TimePoint> start_at = std::nullopt,
+                                        std::optional<int> priority = std::nullopt);
 
   // Up to `limit` ready tasks of these flow versions, leased to `worker_id` for their step's
   // timeout. Never waits for tasks other claimers hold (SKIP LOCKED). A claimed task that cannot

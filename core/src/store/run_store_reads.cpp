@@ -44,6 +44,7 @@ RunInfo run_of(const pqxx::row& r) {
   info.idempotency_key = opt_text(r["idempotency_key"]);
   info.start_at = opt_time(r["start_at_us"]);
   info.scheduled = r["scheduled"].as<bool>();
+  if (!r["priority"].is_null()) info.priority = r["priority"].as<int>();
   return info;
 }
 

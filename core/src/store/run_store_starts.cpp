@@ -35,6 +35,14 @@ void delay_started_runs(pqxx::work& tx, const std::vector<RunId>& ids, TimePoint
   tx.exec_prepared(query_name(Query::delay_starts), fmt::format("{{{}}}", fmt::join(ids, ",")), us);
 }
 
+// Gives the runs `ids`, just started in `tx`, their priority
+// (schemas/queries/prioritize_runs.sql).
+void prioritize_started_runs(pqxx::work& tx, const std::vector<RunId>& ids, int priority) {
+  if (ids.empty()) return;
+  tx.exec_prepared(query_name(Query::prioritize_runs), fmt::format("{{{}}}", fmt::join(ids, ",")),
+                   priority);
+}
+
 }  // namespace
 
 Result<bool> RunStore::upsert_flow(const FlowDef& flow, std::string_view version) {
@@ -89,9 +97,10 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
                   : tx.exec_prepared(query_name(Query::start_run), std::string(flow_slug),
                                      std::string(version), text);
     };
-    // A delayed start: the start and its time in one transaction; any other, one statement.
+    // A delayed start or one with a priority: the start and its time or priority in one
+    // transaction; any other, one statement.
     auto rows =
-        !options.start_at
+        !options.start_at && !options.priority
             ? (with ? impl_->exec(Query::start_run_with, std::string(flow_slug),
                                   std::string(version), text, options.idempotency_key.value_or(""),
                                   options.retry_of.value_or(""))
@@ -99,9 +108,11 @@ Result<RunId> RunStore::start_run(std::string_view flow_slug, std::string_view v
                                   text))
             : impl_->transact([&](pqxx::work& tx) {
                 auto started = start(tx);
-                if (!started.empty() && started[0]["created"].as<bool>())
-                  delay_started_runs(tx, {started[0]["run_id"].as<std::string>()},
-                                     *options.start_at);
+                if (!started.empty() && started[0]["created"].as<bool>()) {
+                  const std::vector<RunId> id{started[0]["run_id"].as<std::string>()};
+                  if (options.start_at) delay_started_runs(tx, id, *options.start_at);
+                  if (options.priority) prioritize_started_runs(tx, id, *options.priority);
+                }
                 return started;
               });
     if (rows.empty()) return make_error(Errc::internal, what + ": no run returned");
@@ -151,12 +162,19 @@ std::vector<RunId> copy_runs(pqxx::work& tx, const pqxx::result& plan, std::stri
   // The step, the same in every row.
   const auto step_slug = plan[0][2].as<std::string>();
   const auto timeout_ms = plan[0][3].as<std::int64_t>();
-  pqxx::stream_to tasks(
-      tx, "flowreg.tasks",
-      std::vector<std::string>{"id", "run_id", "step_slug", "task_index", "flow_slug",
-                               "flow_version", "timeout_ms", "solo"});
-  for (std::size_t i = 0; i < ids.size(); ++i)
-    tasks << std::make_tuple(task_ids[i], ids[i], step_slug, 0, slug, ver, timeout_ms, true);
+  const auto priority = plan[0][4].as<int>();
+  std::vector<std::string> columns{"id",        "run_id",       "step_slug",  "task_index",
+                                   "flow_slug", "flow_version", "timeout_ms", "solo"};
+  // The step's priority (migration 0022): written when it is not the column's default, 0.
+  if (priority != 0) columns.emplace_back("priority");
+  pqxx::stream_to tasks(tx, "flowreg.tasks", columns);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (priority != 0)
+      tasks << std::make_tuple(task_ids[i], ids[i], step_slug, 0, slug, ver, timeout_ms, true,
+                               priority);
+    else
+      tasks << std::make_tuple(task_ids[i], ids[i], step_slug, 0, slug, ver, timeout_ms, true);
+  }
   tasks.complete();
   return ids;
 }
@@ -166,7 +184,8 @@ std::vector<RunId> copy_runs(pqxx::work& tx, const pqxx::result& plan, std::stri
 Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
                                                 std::string_view version,
                                                 std::span<const Json> inputs,
-                                                std::optional<TimePoint> start_at) {
+                                                std::optional<TimePoint> start_at,
+                                                std::optional<int> priority) {
   const std::string what = fmt::format("starting {} runs of flow '{}' version '{}'", inputs.size(),
                                        shown_name(flow_slug), shown_name(version));
   return guarded(what, [&]() -> Result<std::vector<RunId>> {
@@ -190,9 +209,9 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
       const std::string name = fmt::format("{}:{}{}", flow_slug.size(), flow_slug, version);
       const bool copyable = inputs.size() >= kCopiedStartMin && inputs.size() <= kCopiedStartMax &&
                             !impl_->uncopied.contains(name);
-      if (start_at) {
-        // A delayed start: the runs (one call of start_runs, or copied as below) and their time
-        // in one transaction.
+      if (start_at || priority) {
+        // A delayed start or one with a priority: the runs (one call of start_runs, or copied as
+        // below) and their time or priority in one transaction.
         bool copied = false;
         out = impl_->transact([&](pqxx::work& tx) {
           std::vector<RunId> ids;
@@ -204,7 +223,8 @@ Result<std::vector<RunId>> RunStore::start_runs(std::string_view flow_slug,
             if (copied) ids = copy_runs(tx, plan, flow_slug, version, inputs);
           }
           if (!copied) ids = by_start_runs(tx);
-          delay_started_runs(tx, ids, *start_at);
+          if (start_at) delay_started_runs(tx, ids, *start_at);
+          if (priority) prioritize_started_runs(tx, ids, *priority);
           return ids;
         });
       } else if (!copyable) {

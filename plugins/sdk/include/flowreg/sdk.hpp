@@ -86,6 +86,8 @@ class WithOptions {
   Self& base_delay(std::string d) { return set("base_delay", std::move(d)); }
   Self& max_delay(std::string d) { return set("max_delay", std::move(d)); }
   Self& timeout(std::string d) { return set("timeout", std::move(d)); }
+  // Claimed highest first among ready tasks, -100..100 (default 0).
+  Self& priority(int n) { return set("priority", n); }
 
  protected:
   json options_ = json::object();
