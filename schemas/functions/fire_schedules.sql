@@ -1,5 +1,5 @@
 -- Fires due schedules, a batch in one call: for each firing of p_firings (a JSON array of
--- {name, expected, version, ticks, inputs, next, missed, error}; times as microseconds since the
+-- {name, expected, version, ticks, inputs, next, missed, error, skip}; times as microseconds since the
 -- epoch, `next` null for none), locks its schedule's row unless another transaction holds it (SKIP
 -- LOCKED: that one fires it; rows this transaction locked already, as the worker's read of the due
 -- schedules does, are its own), checks that its next tick is still `expected` (else it was fired
@@ -10,7 +10,9 @@
 --
 -- The ticks are computed by the caller from the cron expression (with the catch-up policy applied:
 -- `missed` counts the ticks it dropped); `error`, when set, records why none can start (the input
--- refused by the flow's input schema, ticks missed) and advances the schedule without a run.
+-- refused by the flow's input schema) and advances the schedule without a run; `skip`, when set,
+-- why none is to start by policy (catch_up: none, every tick too late): the ticks are counted as
+-- skipped and the schedule advances without a run, its outcome 'skipped'.
 --
 -- Overlap, when the schedule's last run is still running: 'allow' starts anyway; 'skip' drops the
 -- ticks (counted in skipped) and advances; 'queue' keeps the schedule due at `expected`, so the
@@ -65,6 +67,19 @@ BEGIN
     v_next := to_timestamp((f->>'next')::bigint / 1e6);
     v_missed := coalesce((f->>'missed')::int, 0);
 
+    IF f->>'skip' IS NOT NULL THEN
+      UPDATE flowreg.schedules s
+      SET next_fire_at = v_next, last_tick_at = v_ticks[v_n],
+          skipped = s.skipped + v_n + v_missed,
+          last_outcome = 'skipped ' || to_char(v_ticks[v_n] AT TIME ZONE 'UTC',
+                                               'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                         || ': ' || left(f->>'skip', 1000),
+          updated_at = now()
+      WHERE s.name = v.name;
+      outcome := 'skipped';
+      RETURN NEXT;
+      CONTINUE;
+    END IF;
     IF f->>'error' IS NOT NULL THEN
       UPDATE flowreg.schedules s
       SET next_fire_at = v_next, last_tick_at = v_ticks[v_n],

@@ -1,5 +1,5 @@
 -- The schedules by name ($1: the one named so, '' for any; $2: those of that flow, '' for any; at
--- most $3), with the status of their last run and whether their flow is stored (a version of it
+-- most $3; $4: those after that name, '' for the first), with the status of their last run and whether their flow is stored (a version of it
 -- was loaded by a worker or a front end). Timestamps as microseconds since the epoch. An ordered
 -- walk of the primary key that stops after $3 rows (the dashboard asks for one more than it shows,
 -- to say that there are more); with a flow, the rows of other flows are skipped on the way.
@@ -14,6 +14,6 @@ SELECT s.name, s.flow_slug, s.cron, s.timezone, s.input::text AS input, s.time_k
  EXISTS (SELECT FROM flowreg.flows f WHERE f.slug = s.flow_slug) AS flow_stored
 FROM flowreg.schedules s
 LEFT JOIN flowreg.runs r ON r.id = s.last_run_id
-WHERE ($1 = '' OR s.name = $1) AND ($2 = '' OR s.flow_slug = $2)
+WHERE ($1 = '' OR s.name = $1) AND ($2 = '' OR s.flow_slug = $2) AND ($4 = '' OR s.name > $4)
 ORDER BY s.name
 LIMIT $3

@@ -236,4 +236,28 @@ TEST_SUITE("priorities") {
     for (std::size_t i = 0; i < 3; ++i) CHECK(claimed[i].run_id == ready[i]);
     CHECK(env.store.get_run(delayed->front()).value()->scheduled);
   }
+
+  TEST_CASE(
+      "a task whose worker died keeps its priority: requeued when its lease lapses, it is "
+      "claimed before the older tasks below it") {
+    auto env = prio_env("prio_lapsed");
+    flowreg::Options short_lease;
+    short_lease.timeout = std::chrono::milliseconds(800);
+    const auto key =
+        flowreg::pgtest::store_flow(env.store, "lapsed", {flowreg::pgtest::step("s")}, short_lease);
+    const auto high = prio_start(env.store, key, 9);
+    auto held = prio_claim(env.store, {key}, 1);
+    REQUIRE(held.size() == 1);
+    REQUIRE(held[0].run_id == high);
+    // Its worker is gone (no renewal, no result); older-than-its-retry tasks queue up below it.
+    std::vector<fdp::RunId> low;
+    for (int i = 0; i < 3; ++i) low.push_back(prio_start(env.store, key, std::nullopt));
+    std::this_thread::sleep_until(held[0].lease_expires_at + 200ms);
+    auto again = prio_claim(env.store, {key}, 1);
+    REQUIRE(again.size() == 1);
+    CHECK(again[0].run_id == high);
+    CHECK(again[0].attempt == 2);
+    auto rest = prio_claim(env.store, {key}, 10);
+    CHECK(rest.size() == 3);
+  }
 }

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "serve/serve_scene.hpp"
 
@@ -293,6 +294,66 @@ TEST_SUITE("serve") {
     REQUIRE(deleted->status == 200);
     CHECK(until("flowreg_schedule_next_fire_timestamp_seconds{schedule=\"every.second\"}", false));
     CHECK(text.find("schedule=\"every.second\"") == std::string::npos);
+  }
+
+  TEST_CASE(
+      "GET /api/v1/schedules gives a page at a time; hostile schedule bodies are refused with a "
+      "4xx and leave nothing behind") {
+    ServeScene scene;
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    for (const char* name : {"p.a", "p.b", "p.c", "p.d", "p.e"}) {
+      const json def = {{"name", name}, {"flow", "marked"}, {"cron", "0 3 1 1 *"}};
+      auto r = c.Post("/api/v1/schedules", def.dump(), "application/json");
+      REQUIRE(r);
+      CAPTURE(r->body);
+      REQUIRE(r->status == 201);
+    }
+    const auto names = [&](const std::string& query) {
+      std::vector<std::string> out;
+      for (const auto& s : parsed(c.Get(("/api/v1/schedules" + query).c_str())))
+        out.push_back(s["name"].get<std::string>());
+      return out;
+    };
+    CHECK(names("?limit=2") == std::vector<std::string>{"p.a", "p.b"});
+    CHECK(names("?limit=2&after=p.b") == std::vector<std::string>{"p.c", "p.d"});
+    CHECK(names("?after=p.d") == std::vector<std::string>{"p.e"});
+    CHECK(names("").size() == 5);
+    for (const char* bad : {"?limit=0", "?limit=1001", "?limit=two", "?limit=%FF"}) {
+      CAPTURE(bad);
+      auto r = c.Get((std::string("/api/v1/schedules") + bad).c_str());
+      REQUIRE(r);
+      CHECK(r->status == 400);
+      CHECK(r->body.find("is not a number from 1 to 1000") != std::string::npos);
+    }
+
+    // Invalid UTF-8 in the name and in the input, an input over its size limit, one nested
+    // deeper than the limit, and a body that is not JSON: each refused, none stored.
+    std::string deep;
+    for (int i = 0; i < 200; ++i) deep += "[";
+    for (int i = 0; i < 200; ++i) deep += "]";
+    const std::vector<std::string> bodies = {
+        "{\"name\": \"bad\xff\", \"flow\": \"marked\", \"cron\": \"* * * * *\"}",
+        "{\"name\": \"bad.input\", \"flow\": \"marked\", \"cron\": \"* * * * *\", "
+        "\"input\": {\"k\": \"\xc3\"}}",
+        json{{"name", "big"},
+             {"flow", "marked"},
+             {"cron", "* * * * *"},
+             {"input", {{"k", std::string(1 << 20, 'x')}}}}
+            .dump(),
+        "{\"name\": \"deep\", \"flow\": \"marked\", \"cron\": \"* * * * *\", \"input\": " + deep +
+            "}",
+        "{\"name\": \"cut\", \"flow\": ",
+    };
+    for (const auto& body : bodies) {
+      CAPTURE(body.substr(0, 80));
+      auto r = c.Post("/api/v1/schedules", body, "application/json");
+      REQUIRE(r);
+      CAPTURE(r->body.substr(0, 300));
+      CHECK(r->status >= 400);
+      CHECK(r->status < 500);
+    }
+    CHECK(names("").size() == 5);
   }
 }
 

@@ -52,6 +52,10 @@ Result<detail::RunInfo> trigger_schedule(detail::RunStore& store, const FlowRegi
 // when that is an error or a wait.
 std::string schedule_status(const detail::ScheduleRecord& s, detail::TimePoint now);
 
+// The most schedules one list gives (`schedules list --limit`, GET /api/v1/schedules?limit=), and
+// its default: the next page is asked for with the last name given (--after, ?after=).
+inline constexpr int kMaxSchedulesListed = 1000;
+
 // A schedule as the API and `schedules list|show --json` give it.
 json schedule_json(const detail::ScheduleRecord& s, detail::TimePoint now);
 

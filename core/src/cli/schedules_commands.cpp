@@ -26,12 +26,14 @@ struct SchedulesArgs {
   int catch_up_max = 100;
   bool paused = false;
   bool as_json = false;
+  int limit = app::kMaxSchedulesListed;
+  std::string after;
 };
 
 std::string when(const std::optional<detail::TimePoint>& t) { return t ? iso_time(*t) : "-"; }
 
 int schedules_list(RunStore& store, const SchedulesArgs& a) {
-  auto listed = store.list_schedules();
+  auto listed = store.list_schedules_page("", a.limit, a.after);
   if (!listed) return report(listed.error());
   const auto now = std::chrono::system_clock::now();
   if (a.as_json) {
@@ -49,6 +51,8 @@ int schedules_list(RunStore& store, const SchedulesArgs& a) {
   for (const auto& s : *listed)
     fmt::print("{:<24} {:<20} {:<16} {:<16} {:<21} {}\n", s.def.name, s.def.flow, s.def.cron,
                s.def.timezone, when(s.next_fire_at), app::schedule_status(s, now));
+  if (std::ssize(*listed) == a.limit)
+    fmt::print("(the first {}: the next ones with --after {})\n", a.limit, listed->back().def.name);
   return kExitOk;
 }
 
@@ -164,6 +168,9 @@ void add_schedules_commands(CLI::App& app, const Globals& g, int& exit_code) {
 
   auto* list = schedules->add_subcommand("list", "Every schedule, by name, with its next tick");
   list->add_flag("--json", args->as_json, "Print a JSON array");
+  list->add_option("--limit", args->limit, "At most this many (1..1000, default 1000)")
+      ->check(CLI::Range(1, app::kMaxSchedulesListed));
+  list->add_option("--after", args->after, "The schedules after this name (the next page)");
   list->callback(on_store(schedules_list));
 
   auto* show = schedules->add_subcommand("show", "One schedule: its definition and last runs");

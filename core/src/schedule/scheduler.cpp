@@ -156,7 +156,7 @@ detail::ScheduleFiring firing_of(const detail::DueSchedules::Due& d, const Serve
     firing.ticks = {d.next_fire_at};
     firing.inputs = {nlohmann::json::object()};
     firing.missed = std::max(plan->missed - 1, 0);
-    firing.error = "missed: its ticks were more than 60 s late (catch_up: none)";
+    firing.skip = "its ticks were more than 60 s late (catch_up: none)";
   }
   return firing;
 }

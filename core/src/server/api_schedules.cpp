@@ -3,6 +3,7 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 #include <string>
 
@@ -12,6 +13,7 @@
 #include "server/http_helpers.hpp"
 #include "server/routes.hpp"
 #include "store/run_store.hpp"
+#include "util/strings.hpp"
 
 namespace flowreg::detail {
 
@@ -49,8 +51,22 @@ void post_schedule(ServerState& state, const Request& req, Response& res) {
 }  // namespace
 
 void register_schedule_routes(http::Router& h, ServerState& state) {
-  h.Get("/api/v1/schedules", [&state](const Request&, Response& res) {
-    auto listed = state.stores.with([](RunStore& store) { return store.list_schedules(); });
+  // ?limit=N (1..1000, default 1000) and ?after=NAME: a page of the schedules by name.
+  h.Get("/api/v1/schedules", [&state](const Request& req, Response& res) {
+    int limit = app::kMaxSchedulesListed;
+    if (req.has_param("limit")) {
+      const std::string v = req.get_param_value("limit");
+      const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), limit);
+      if (ec != std::errc() || end != v.data() + v.size() || limit < 1 ||
+          limit > app::kMaxSchedulesListed)
+        return http::problem(
+            res, 400,
+            fmt::format("limit '{}' is not a number from 1 to {}",
+                        app::valid_text(detail::utf8_prefix(v, 40)), app::kMaxSchedulesListed));
+    }
+    const std::string after = app::valid_text(req.get_param_value("after"));
+    auto listed = state.stores.with(
+        [&](RunStore& store) { return store.list_schedules_page("", limit, after); });
     if (!listed) return http::send_error(res, listed.error());
     const auto now = std::chrono::system_clock::now();
     json out = json::array();

@@ -287,6 +287,9 @@ struct ScheduleFiring {
   std::optional<TimePoint> next;
   int missed = 0;                    // ticks dropped by the catch-up policy
   std::optional<std::string> error;  // none can start: recorded, and the schedule advances
+  // None is to start, by policy (catch_up: none, every tick too late): recorded as skipped, and
+  // the schedule advances.
+  std::optional<std::string> skip;
 };
 
 struct ScheduleFired {
@@ -515,8 +518,10 @@ class RunStore {
       const std::function<std::vector<ScheduleFiring>(const DueSchedules&)>& plan);
   // Fires these schedules in one transaction (each locked and checked again).
   Result<std::vector<ScheduleFired>> fire_schedules(std::span<const ScheduleFiring> firings);
-  // The first `limit` schedules by name, of flow `flow` ("" for every flow).
-  Result<std::vector<ScheduleRecord>> list_schedules_page(std::string_view flow, int limit);
+  // The first `limit` schedules by name, of flow `flow` ("" for every flow), after the name
+  // `after` ("" for the first).
+  Result<std::vector<ScheduleRecord>> list_schedules_page(std::string_view flow, int limit,
+                                                          std::string_view after = {});
   // The schedules counted by state, and the `limit` unpaused ones with the earliest next tick.
   Result<ScheduleGauges> schedule_gauges(int limit);
 

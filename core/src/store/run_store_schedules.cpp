@@ -89,17 +89,18 @@ Result<std::vector<ScheduleRecord>> RunStore::list_schedules(std::string_view na
   return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
     std::vector<ScheduleRecord> out;
     for (const auto& r : impl_->exec(Query::schedule_list, std::string(name), std::string(),
-                                     std::numeric_limits<int>::max()))
+                                     std::numeric_limits<int>::max(), std::string()))
       out.push_back(schedule_record_of(r));
     return out;
   });
 }
 
-Result<std::vector<ScheduleRecord>> RunStore::list_schedules_page(std::string_view flow,
-                                                                  int limit) {
+Result<std::vector<ScheduleRecord>> RunStore::list_schedules_page(std::string_view flow, int limit,
+                                                                  std::string_view after) {
   return guarded("listing schedules", [&]() -> Result<std::vector<ScheduleRecord>> {
     std::vector<ScheduleRecord> out;
-    for (const auto& r : impl_->exec(Query::schedule_list, std::string(), std::string(flow), limit))
+    for (const auto& r : impl_->exec(Query::schedule_list, std::string(), std::string(flow), limit,
+                                     std::string(after)))
       out.push_back(schedule_record_of(r));
     return out;
   });
@@ -172,9 +173,11 @@ Json firings_json(std::span<const ScheduleFiring> firings) {
     Json one = {{"name", f.name},       {"expected", micros(f.expected)},
                 {"version", f.version}, {"ticks", ticks},
                 {"inputs", inputs},     {"missed", f.missed},
-                {"next", nullptr},      {"error", nullptr}};
+                {"next", nullptr},      {"error", nullptr},
+                {"skip", nullptr}};
     if (f.next) one["next"] = micros(*f.next);
     if (f.error) one["error"] = *f.error;
+    if (f.skip) one["skip"] = *f.skip;
     out.push_back(std::move(one));
   }
   return out;
