@@ -14,7 +14,8 @@ k AS (SELECT
 SELECT count(*)::bigint AS n FROM (SELECT 1 FROM k, listed l CROSS JOIN LATERAL (SELECT 1
   FROM (SELECT r.input FROM flowreg.runs r
    WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)
-    AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)
+    AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2
+      OR ($2 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))
     AND r.created_at >= k.since AND r.created_at < k.until
    ORDER BY r.created_at DESC
    LIMIT CASE WHEN $6 = '' THEN $3::int ELSE 10000 END) c

@@ -16,11 +16,13 @@ SELECT id::text AS id, flow_slug, flow_version, status, left(error, 400) AS erro
    r.created_at, r.finished_at, r.retry_of, r.idempotency_key, r.start_at
   FROM flowreg.runs r
   WHERE $1 <> '' AND r.id = nullif($1, '')::uuid AND ($2 = '' OR r.idempotency_key = $2)
-   AND ($3 = '' OR r.flow_slug = $3) AND ($4 = '' OR r.status = $4)
+   AND ($3 = '' OR r.flow_slug = $3) AND ($4 = '' OR r.status = $4
+     OR ($4 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))
   UNION ALL
   SELECT r.id, r.flow_slug, r.flow_version, r.status, r.error, r.input, r.output,
    r.created_at, r.finished_at, r.retry_of, r.idempotency_key, r.start_at
   FROM listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r
    WHERE $1 = '' AND $2 <> '' AND r.flow_slug = l.slug AND r.idempotency_key = $2
-    AND ($4 = '' OR r.status = $4)) r) found
+    AND ($4 = '' OR r.status = $4
+      OR ($4 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))) r) found
  ORDER BY created_at DESC, id LIMIT $5::int

@@ -4,7 +4,8 @@
 -- value takes in the table (compressed, or out of line in the TOAST table) from its header alone:
 -- the value is neither fetched nor decompressed. The error is cut to its first 400 characters (the
 -- caller bounds it to bytes).
---   $1: a flow slug, or '' for all; $2: a status, or '' for all; $3: the limit;
+--   $1: a flow slug, or '' for all; $2: a status, 'scheduled' (started, start_at ahead), or ''
+--   for all; $3: the limit;
 --   $4: '' for the newest page, or the id of the run the page comes after (the cursor);
 --   $5, $6: created at or after $5 and before $6, in microseconds since the epoch (NULL: unbounded);
 --   $7: '' for all, or text the input must hold (any case).
@@ -43,7 +44,8 @@ SELECT id::text AS id, flow_slug, flow_version, status, left(error, 400) AS erro
     r.idempotency_key, r.start_at
    FROM flowreg.runs r
    WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)
-    AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)
+    AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2
+      OR ($2 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))
     AND r.created_at >= k.since AND r.created_at < k.until
     AND r.created_at <= k.c AND (r.created_at < k.c OR r.id > k.i)
    ORDER BY r.created_at DESC, r.id

@@ -22,7 +22,8 @@ SELECT id::text AS id, flow_slug, flow_version, status, left(error, 400) AS erro
     r.idempotency_key, r.start_at
    FROM flowreg.runs r
    WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)
-    AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)
+    AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2
+      OR ($2 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))
     AND r.created_at >= k.since AND r.created_at < k.until
     AND r.created_at >= k.c AND (r.created_at > k.c OR r.id < k.i)
    ORDER BY r.created_at, r.id DESC

@@ -15,6 +15,7 @@ SELECT id::text AS id, flow_slug, flow_version, status, input::text AS input,
  (status = 'started' AND start_at > now()) IS TRUE AS scheduled
  FROM listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r
   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)
-   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2)
+   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2
+     OR ($2 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))
   ORDER BY r.created_at DESC, r.id LIMIT $3::int) r
  ORDER BY created_at DESC, id LIMIT $3::int

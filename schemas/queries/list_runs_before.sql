@@ -11,7 +11,9 @@ SELECT id::text AS id, flow_slug, flow_version, status, input::text AS input,
  FROM (SELECT created_at AS c, id AS i FROM flowreg.runs WHERE id = $4::uuid) k,
  listed l CROSS JOIN LATERAL (SELECT * FROM flowreg.runs r
   WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(l.slug, 0)
-   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2) AND r.created_at <= k.c
+   AND r.flow_slug = l.slug AND ($2 = '' OR r.status = $2
+     OR ($2 = 'scheduled' AND r.status = 'started' AND r.start_at > now()))
+   AND r.created_at <= k.c
    AND (r.created_at < k.c OR r.id > k.i)
   ORDER BY r.created_at DESC, r.id LIMIT $3::int) r
  ORDER BY created_at DESC, id LIMIT $3::int

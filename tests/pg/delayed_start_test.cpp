@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -284,6 +285,14 @@ TEST_SUITE("delayed_start") {
       CAPTURE(r);
       CHECK(r["status"] == (r["id"] == past["id"] ? "started" : "scheduled"));
     }
+    // --status scheduled: the two still waiting; started: all three (their stored status).
+    std::set<std::string> waiting;
+    for (const auto& r :
+         delay_parsed(s.flowreg({"runs", "list", "--status", "scheduled", "--json"})))
+      waiting.insert(r["id"].get<std::string>());
+    CHECK(waiting ==
+          std::set<std::string>{later["id"].get<std::string>(), at["id"].get<std::string>()});
+    CHECK(delay_parsed(s.flowreg({"runs", "list", "--status", "started", "--json"})).size() == 3);
     auto text = s.flowreg({"runs", "list"});
     CHECK(text.out.find("scheduled") != std::string::npos);
     CHECK(text.out.find("start at " + next_year + "-01-02T02:04:05Z") != std::string::npos);
@@ -310,5 +319,36 @@ TEST_SUITE("delayed_start") {
     const DelayJson after =
         delay_parsed(s.flowreg({"runs", "show", later["id"].get<std::string>(), "--json"}));
     CHECK(after["status"] == "cancelled");
+  }
+
+  TEST_CASE(
+      "flowreg run --priority gives the run its own priority, shown by runs show; one out of "
+      "range is refused before anything is written") {
+    DelayScratch s;
+    for (const char* bad : {"101", "-101", "high", "1.5"}) {
+      CAPTURE(bad);
+      auto r = s.flowreg({"run", "count", "--input", "\"a\"", "--priority", bad});
+      CHECK(r.exit_code == 2);
+      CHECK(r.err.find("--priority") != std::string::npos);
+    }
+    CHECK(delay_parsed(s.flowreg({"runs", "list", "--json"})).empty());
+    const DelayJson urgent = delay_parsed(
+        s.flowreg({"run", "count", "--input", "\"now\"", "--priority", "-7", "--json"}));
+    CHECK(urgent["priority"] == -7);
+    const DelayJson plain =
+        delay_parsed(s.flowreg({"run", "count", "--input", "\"plain\"", "--json"}));
+    CHECK(plain["priority"].is_null());
+    auto shown = s.flowreg({"runs", "show", urgent["id"].get<std::string>()});
+    CHECK(shown.exit_code == 0);
+    CHECK(shown.out.find("priority: -7 (the run's own)") != std::string::npos);
+    // A batch with a priority: every run of it has it.
+    const auto file = s.dir / "inputs.jsonl";
+    std::ofstream(file) << "\"x\"\n\"y\"\n";
+    auto many = s.flowreg({"run", "count", "--inputs", file.string(), "--priority", "3", "--json"});
+    const DelayJson ids = delay_parsed(many);
+    REQUIRE(ids.size() == 2);
+    for (const auto& id : ids)
+      CHECK(delay_parsed(
+                s.flowreg({"runs", "show", id.get<std::string>(), "--json"}))["priority"] == 3);
   }
 }

@@ -31,7 +31,10 @@ struct RunsArgs {
 int runs_list(RunStore& store, const RunsArgs& a) {
   detail::RunFilter filter;
   if (!a.flow.empty()) filter.flow_slug = a.flow;
-  if (!a.status.empty()) filter.status = detail::parse_run_status(a.status);
+  if (a.status == "scheduled")
+    filter.scheduled = true;
+  else if (!a.status.empty())
+    filter.status = detail::parse_run_status(a.status);
   filter.limit = a.limit;
   const auto now = std::chrono::system_clock::now();
   for (const auto& [option, text, bound] : {std::tuple{"--since", &a.since, &filter.since},
@@ -171,8 +174,10 @@ void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code) {
 
   auto* list = runs->add_subcommand("list", "Runs, newest first");
   list->add_option("--flow", args->flow, "Only runs of this flow");
-  list->add_option("--status", args->status, "started, completed, failed or cancelled")
-      ->check(CLI::IsMember({"started", "completed", "failed", "cancelled"}));
+  list->add_option("--status", args->status,
+                   "scheduled (a delayed run whose time is ahead), started (scheduled ones "
+                   "included), completed, failed or cancelled")
+      ->check(CLI::IsMember({"scheduled", "started", "completed", "failed", "cancelled"}));
   list->add_option("--limit", args->limit, "At most this many (default 100)")
       ->check(CLI::Range(1, 100000));
   list->add_option("--since", args->since,

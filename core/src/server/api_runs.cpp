@@ -203,10 +203,13 @@ void list_runs(ServerState& state, const Request& req, Response& res, bool html)
   }
   if (req.has_param("status") && !req.get_param_value("status").empty()) {
     const std::string s = req.get_param_value("status");
-    filter.status = parse_run_status(s);
-    if (!filter.status)
+    // scheduled: the delayed runs whose time is ahead (stored as started).
+    filter.scheduled = s == "scheduled";
+    if (!filter.scheduled) filter.status = parse_run_status(s);
+    if (!filter.scheduled && !filter.status)
       return fail(400,
-                  fmt::format("status '{}' is not one of started, completed, failed, cancelled",
+                  fmt::format("status '{}' is not one of scheduled, started, completed, failed, "
+                              "cancelled",
                               app::valid_text(s)));
     given["status"] = s;
   }

@@ -514,7 +514,7 @@ std::string runs_page(const json& runs, const json& flows, const json& filter,
                                 slug == flow ? " selected" : "");
   }
   std::string status_options = "<option value=\"\">any</option>";
-  for (const char* s : {"started", "completed", "failed", "cancelled"})
+  for (const char* s : {"scheduled", "started", "completed", "failed", "cancelled"})
     status_options +=
         fmt::format("<option value=\"{0}\"{1}>{0}</option>", s, status == s ? " selected" : "");
   // Paging keeps the filters: newer runs (above this page), the newest, older runs.

@@ -359,6 +359,9 @@ struct RunFilter {
   std::optional<std::string> flow_slug;
   std::optional<RunStatus> status;
   int limit = 100;
+  // Only the runs still scheduled (a delayed start whose time is ahead: stored as started); with
+  // it, `status` is not used.
+  bool scheduled = false;
   // Created at or after `since` and before `until` (list_run_summaries and count_runs only).
   std::optional<TimePoint> since{}, until{};
   // Runs whose input holds this text, ASCII letters in any case (list_run_summaries and count_runs

@@ -28,6 +28,13 @@ std::optional<Json> opt_json(const pqxx::field& f) {
   return row_json(f);
 }
 
+// The status a list's statement is given: "scheduled" for RunFilter::scheduled (the statements
+// read it as started with start_at ahead), the status, or "" for any.
+std::string status_param(const RunFilter& filter) {
+  if (filter.scheduled) return "scheduled";
+  return filter.status ? std::string(to_string(*filter.status)) : std::string();
+}
+
 // A run from the columns of a run (schemas/queries/get_run.sql, list_runs.sql).
 RunInfo run_of(const pqxx::row& r) {
   RunInfo info;
@@ -126,8 +133,7 @@ Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
 Result<std::vector<RunInfo>> RunStore::list_runs(const RunFilter& filter,
                                                  const std::optional<RunId>& before) {
   return guarded("listing runs", [&]() -> Result<std::vector<RunInfo>> {
-    const std::string status =
-        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    const std::string status = status_param(filter);
     auto rows =
         before ? impl_->exec(Query::list_runs_before, filter.flow_slug.value_or(""), status,
                              filter.limit, *before)
@@ -152,8 +158,7 @@ std::optional<std::int64_t> micros_of(const std::optional<TimePoint>& t) {
 Result<std::vector<RunSummary>> RunStore::list_run_summaries(
     const RunFilter& filter, const std::optional<RunCursor>& cursor) {
   return guarded("listing runs", [&]() -> Result<std::vector<RunSummary>> {
-    const std::string status =
-        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    const std::string status = status_param(filter);
     const bool newer = cursor && cursor->newer;
     auto rows = impl_->exec(newer ? Query::list_run_summaries_newer : Query::list_run_summaries,
                             filter.flow_slug.value_or(""), status, filter.limit,
@@ -278,8 +283,7 @@ Result<AttemptPage> RunStore::task_attempts(const RunId& run, const std::string&
 Result<std::vector<RunSummary>> RunStore::find_run_summaries(const RunFilter& filter,
                                                              const RunSearch& search) {
   return guarded("searching runs", [&]() -> Result<std::vector<RunSummary>> {
-    const std::string status =
-        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    const std::string status = status_param(filter);
     auto rows = impl_->exec(Query::find_run_summaries, search.id.value_or(""),
                             search.idempotency_key.value_or(""), filter.flow_slug.value_or(""),
                             status, filter.limit);
@@ -292,8 +296,7 @@ Result<std::vector<RunSummary>> RunStore::find_run_summaries(const RunFilter& fi
 
 Result<std::int64_t> RunStore::count_runs(const RunFilter& filter, int at_most) {
   return guarded("counting runs", [&]() -> Result<std::int64_t> {
-    const std::string status =
-        filter.status ? std::string(to_string(*filter.status)) : std::string();
+    const std::string status = status_param(filter);
     auto rows = impl_->exec(Query::count_runs, filter.flow_slug.value_or(""), status, at_most,
                             micros_of(filter.since), micros_of(filter.until),
                             filter.input_text.value_or(""));
