@@ -1,10 +1,11 @@
--- The first statement of a batch start by COPY (RunStore::start_runs, core/src/store/run_store.cpp):
--- for p_n runs of a flow version of one single step, returns one row per run: its id and its
--- task's id, with the step's slug, timeout and priority, and queues start_runs' notifications. The caller
--- then writes the runs and their tasks with COPY, in the same transaction, the rows start_run's
--- short path writes (the layout of migrations 0012 and 0013: no step state, attempts 0, the run
--- naming its solo task). Returns no row for any other flow version (several steps, a map step, not
--- stored): the caller calls start_runs instead, in the same transaction.
+-- The first statement of a batch start by COPY (RunStore::start_runs,
+-- core/src/store/run_store.cpp): for p_n runs of a flow version of one single step, returns one row
+-- per run: its id and its task's id, with the step's slug, timeout and priority (migration 0022),
+-- and queues start_runs' notifications. The caller then writes the runs and their tasks with COPY,
+-- in the same transaction, the rows start_run's short path writes (the layout of migrations 0012
+-- and 0013: no step state, attempts 0, the run naming its solo task). Returns no row for any other
+-- flow version (several steps, a map step, not stored): the caller calls start_runs instead, in the
+-- same transaction.
 --
 -- Why COPY: PostgreSQL logs the rows of one COPY into a table with one WAL record per page
 -- (heap_multi_insert) instead of one per row, which saves about 47 bytes of WAL per row (measured:

@@ -1073,6 +1073,9 @@ TEST_SUITE("hot_path") {
     const std::vector<fd::FlowKey> keys{store_flow(*setup, "fan", CallMix::fan()),
                                         store_flow(*setup, "line", CallMix::line()),
                                         store_flow(*setup, "one", CallMix::one())};
+    // Runs started with priorities (migration 0022): this flow's claims take the walk per level,
+    // the others' the walk of level 0.
+    const fd::FlowKey ranked = store_flow(*setup, "ranked", CallMix::one());
     long tasks = 0;
     int uses = 0;
     // A worker's session whose plans are made in the state the tables are in: it starts runs,
@@ -1157,6 +1160,22 @@ TEST_SUITE("hot_path") {
         REQUIRE_MESSAGE(completed, flowreg::testing::failure_text(completed));
         auto failures = held->fail(failed);
         REQUIRE_MESSAGE(failures, flowreg::testing::failure_text(failures));
+      }
+      for (const int priority : {-2, 0, 3}) {
+        const std::vector<Json> inputs(2, Json{{"p", priority}});
+        auto started =
+            held->start_runs(ranked.slug, ranked.version, inputs, std::nullopt, priority);
+        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+      }
+      for (int claimed_ranked = 0; claimed_ranked < 6;) {
+        auto claimed = held->claim("w2", std::span(&ranked, 1), 4);
+        REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+        REQUIRE(!claimed->empty());
+        std::vector<fd::Completion> done;
+        for (const auto& t : *claimed) done.push_back(completion(t, Json{}));
+        auto completed = held->complete(done);
+        REQUIRE_MESSAGE(completed, flowreg::testing::failure_text(completed));
+        claimed_ranked += static_cast<int>(claimed->size());
       }
       CHECK(mix.left() == "0");
       me.stopped_at = std::chrono::system_clock::now();
