@@ -105,8 +105,10 @@ BEGIN
   -- Two forms of one statement, which differ in cand only (the tasks it takes, locked): for flows
   -- whose tasks all have priority 0 (the common case), the walk of tasks_queued that the claim
   -- made before priorities existed; for flows with other levels (queue_levels, migration 0022),
-  -- a walk per level. One statement each, so that the common claim pays for no level machinery:
-  -- with it, the drain at batch 64 on 16 cores fell by 10% (worker_bench, 4 workers).
+  -- a walk per level. One statement each, so that the common claim pays for no level machinery
+  -- (worker_bench --only single --runs 200000 --workers 4 on 16 cores, against the release before
+  -- priorities: the walk per level for every flow drained at 0.90 of its rate at batch 64, two
+  -- alternated pairs; this split at 0.98, and 1.00 at batch 512, six pairs).
   -- (A level other than 0 of any flow served: a probe of queue_levels_pkey per flow.)
   IF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
              CROSS JOIN LATERAL (SELECT FROM flowreg.queue_levels l

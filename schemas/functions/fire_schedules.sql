@@ -1,6 +1,6 @@
 -- Fires due schedules, a batch in one call: for each firing of p_firings (a JSON array of
--- {name, expected, version, ticks, inputs, next, missed, error, skip}; times as microseconds since the
--- epoch, `next` null for none), locks its schedule's row unless another transaction holds it (SKIP
+-- {name, expected, version, ticks, inputs, next, missed, error, skip}; times as microseconds since
+-- the epoch, `next` null for none), locks its schedule's row unless another transaction holds it (SKIP
 -- LOCKED: that one fires it; rows this transaction locked already, as the worker's read of the due
 -- schedules does, are its own), checks that its next tick is still `expected` (else it was fired
 -- since it was read), applies the overlap policy, and collects one run per tick, with the
@@ -67,19 +67,6 @@ BEGIN
     v_next := to_timestamp((f->>'next')::bigint / 1e6);
     v_missed := coalesce((f->>'missed')::int, 0);
 
-    IF f->>'skip' IS NOT NULL THEN
-      UPDATE flowreg.schedules s
-      SET next_fire_at = v_next, last_tick_at = v_ticks[v_n],
-          skipped = s.skipped + v_n + v_missed,
-          last_outcome = 'skipped ' || to_char(v_ticks[v_n] AT TIME ZONE 'UTC',
-                                               'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                         || ': ' || left(f->>'skip', 1000),
-          updated_at = now()
-      WHERE s.name = v.name;
-      outcome := 'skipped';
-      RETURN NEXT;
-      CONTINUE;
-    END IF;
     IF f->>'error' IS NOT NULL THEN
       UPDATE flowreg.schedules s
       SET next_fire_at = v_next, last_tick_at = v_ticks[v_n],
@@ -91,8 +78,10 @@ BEGIN
       CONTINUE;
     END IF;
 
+    -- Skipped by the catch-up policy (`skip`), or (below) by the overlap policy.
+    v_why := f->>'skip';
     v_busy := NULL;
-    IF v.overlap <> 'allow' AND v.last_run_id IS NOT NULL THEN
+    IF v_why IS NULL AND v.overlap <> 'allow' AND v.last_run_id IS NOT NULL THEN
       SELECT r.id INTO v_busy FROM flowreg.runs r
       WHERE r.id = v.last_run_id AND r.status = 'started';
     END IF;
@@ -105,12 +94,15 @@ BEGIN
       CONTINUE;
     END IF;
     IF v_busy IS NOT NULL THEN
+      v_why := 'its last run ' || v_busy || ' was still running (overlap: skip)';
+    END IF;
+    IF v_why IS NOT NULL THEN
       UPDATE flowreg.schedules s
       SET next_fire_at = v_next, last_tick_at = v_ticks[v_n],
           skipped = s.skipped + v_n + v_missed,
           last_outcome = 'skipped ' || to_char(v_ticks[v_n] AT TIME ZONE 'UTC',
                                                'YYYY-MM-DD"T"HH24:MI:SS"Z"')
-                         || ': its last run ' || v_busy || ' was still running (overlap: skip)',
+                         || ': ' || left(v_why, 1000),
           updated_at = now()
       WHERE s.name = v.name;
       outcome := 'skipped';
