@@ -1,12 +1,12 @@
--- Fires due schedules, a batch in one call: for each firing of p_firings (a JSON array of
--- {name, expected, version, ticks, inputs, next, missed, error, skip}; times as microseconds since
--- the epoch, `next` null for none), locks its schedule's row unless another transaction holds it (SKIP
+-- Fires due schedules, a batch in one call: for each firing of p_firings (a JSON array of {name,
+-- expected, version, ticks, inputs, next, missed, error, skip}; times as microseconds since the
+-- epoch, `next` null for none), locks its schedule's row unless another transaction holds it (SKIP
 -- LOCKED: that one fires it; rows this transaction locked already, as the worker's read of the due
 -- schedules does, are its own), checks that its next tick is still `expected` (else it was fired
 -- since it was read), applies the overlap policy, and collects one run per tick, with the
--- idempotency key 'schedule:<name>:<tick as RFC 3339 UTC>'. The runs of the batch then start in
--- one call of start_runs per flow version, and each schedule that started runs advances to
--- `next`, its last run being its last tick's.
+-- idempotency key 'schedule:<name>:<tick as RFC 3339 UTC>'. The runs of the batch then start in one
+-- call of start_runs per flow version, and each schedule that started runs advances to `next`, its
+-- last run being its last tick's.
 --
 -- The ticks are computed by the caller from the cron expression (with the catch-up policy applied:
 -- `missed` counts the ticks it dropped); `error`, when set, records why none can start (the input
