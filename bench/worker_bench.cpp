@@ -158,9 +158,9 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",    "backlog",
-                                             "start1", "startbatch", "latency",   "metrics",
-                                             "scrape", "isolation",  "schedules", "priorities"};
+const std::vector<std::string> kScenarios = {
+    "single",  "chain",  "fanout",    "backlog",   "start1",     "startbatch", "latency",
+    "metrics", "scrape", "isolation", "schedules", "priorities", "keys"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -222,6 +222,11 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                --runs bench_single runs at the first --batch and --workers: all at priority 0,
                then started with 10 priorities (-5..4, chunk by chunk), alternating; prints
                each round's rates and the mean ratio
+  keys         (only when named) --priority-rounds R rounds of three burn-downs of --runs runs
+               at the first --batch and --workers, alternating: bench_single; bench_keyed (a
+               step limited to 2 tasks at once per key) and bench_keyed_runs (a flow limited to
+               2 runs at once per key), their runs spread over 1,000 keys; prints each round's
+               rates and the mean ratios to bench_single
   schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
                `* * * * *`, fired by --schedule-workers W (default 3) workers for
                --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
@@ -246,7 +251,7 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --isolation-rounds R rounds of the isolation scenario (default 3)
-  --priority-rounds R  rounds of the priorities scenario (default 3)
+  --priority-rounds R  rounds of the priorities and keys scenarios (default 3)
   --schedules S        schedules of the schedules scenario (default 10000)
   --schedule-minutes M ticks of the schedules scenario (default 2)
   --schedule-workers W workers of the schedules scenario (default 3)
@@ -526,7 +531,8 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
     auto scanned = value_or_throw(loader.scan(), "loading the plugins of " BENCH_WORKER_PLUGIN_DIR);
     for (const auto& p : scanned)
       if (p.error) throw std::runtime_error("plugin " + p.describe_error());
-    for (const char* slug : {"bench_single", "bench_chain", "bench_fanout", "bench_latency"}) {
+    for (const char* slug : {"bench_single", "bench_chain", "bench_fanout", "bench_latency",
+                             "bench_keyed", "bench_keyed_runs"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -813,11 +819,15 @@ void drop_database(const Env& env, const std::string& conninfo, const std::strin
 // Starts `runs` runs of `slug` in chunks of `chunk` (start_runs); seconds taken. With `levels`
 // (> 0), chunk k is started with priority (k % levels) - levels / 2.
 double start_backlog(RunStore& store, const std::string& slug, const std::string& version,
-                     long runs, int chunk, int levels = 0) {
+                     long runs, int chunk, int levels = 0, int keys = 0) {
   const auto t0 = Clock::now();
   std::vector<Json> inputs;
   for (long i = 0; i < runs; i += chunk) {
     inputs.assign(static_cast<std::size_t>(std::min<long>(chunk, runs - i)), Json{{"n", i}});
+    // With `keys`: run j's input has the key "k": j % keys (a concurrency limit's, bench_keyed).
+    if (keys > 0)
+      for (std::size_t j = 0; j < inputs.size(); ++j)
+        inputs[j]["k"] = (i + static_cast<long>(j)) % keys;
     std::optional<int> priority;
     if (levels > 0) priority = static_cast<int>((i / chunk) % levels) - levels / 2;
     value_or_throw(store.start_runs(slug, version, inputs, std::nullopt, priority), "start_runs");
@@ -840,6 +850,7 @@ struct BurnSpec {
   bool processes = false;   // read the memory and CPU of the workers and their handler processes
   int round = 0;            // distinguishes repeated burn-downs of the same shape
   int priority_levels = 0;  // > 0: the backlog is started with this many priorities
+  int keys = 0;             // > 0: the backlog's inputs spread over this many keys ("k")
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -966,7 +977,8 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
                   spec.analyze ? "_analyzed" : "", spec.metrics ? "_metrics" : "",
                   spec.isolation.empty() ? "" : "_" + spec.isolation,
                   spec.round > 0 ? fmt::format("_r{}", spec.round) : "") +
-      (spec.priority_levels > 0 ? fmt::format("_p{}", spec.priority_levels) : "");
+      (spec.priority_levels > 0 ? fmt::format("_p{}", spec.priority_levels) : "") +
+      (spec.keys > 0 ? fmt::format("_k{}", spec.keys) : "");
   BurnResult r;
   r.spec = spec;
 
@@ -975,8 +987,8 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
     auto store = value_or_throw(RunStore::connect(conninfo), "connect");
     value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + spec.slug);
     const auto before = snapshot(env, conninfo);
-    r.enqueue_s =
-        start_backlog(store, spec.slug, flow.version, spec.runs, kStartChunk, spec.priority_levels);
+    r.enqueue_s = start_backlog(store, spec.slug, flow.version, spec.runs, kStartChunk,
+                                spec.priority_levels, spec.keys);
     store = value_or_throw(RunStore::connect(conninfo), "connect");  // flushes the counters
     const auto after = snapshot(env, conninfo);
     r.start = cost_row(spec.scenario, fmt::format("start_runs x{}", kStartChunk), spec.runs,
@@ -1860,6 +1872,7 @@ int run_bench(Env& env) {
   std::vector<BurnResult> singles, chains, fanouts, backlogs;
   std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;   // without, with --metrics
   std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;  // priority 0, 10 priorities
+  std::vector<std::vector<BurnResult>> key_rounds;  // bench_single, bench_keyed, bench_keyed_runs
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
@@ -1953,6 +1966,28 @@ int run_bench(Env& env) {
       }
       std::printf("mean rate ratio (10 priorities / plain): %.3f\n",
                   sum / static_cast<double>(priority_pairs.size()));
+    }
+    if (!key_rounds.empty()) {
+      std::printf(
+          "\nkeys: burn-downs of bench_single, and of bench_keyed (step) and bench_keyed_runs "
+          "(flow), limited to 2 at once per key, over 1,000 keys\n");
+      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "plain r/s", "step r/s",
+                  "flow r/s", "step ratio", "flow ratio");
+      double step_sum = 0, flow_sum = 0;
+      for (std::size_t i = 0; i < key_rounds.size(); ++i) {
+        const auto& k = key_rounds[i];
+        const auto rate = [](const BurnResult& b) {
+          return static_cast<double>(b.spec.runs) / b.total_s;
+        };
+        step_sum += rate(k[1]) / rate(k[0]);
+        flow_sum += rate(k[2]) / rate(k[0]);
+        std::printf("%5zu %8ld %12.0f %12.0f %12.0f %12.3f %12.3f\n", i + 1, k[0].spec.runs,
+                    rate(k[0]), rate(k[1]), rate(k[2]), rate(k[1]) / rate(k[0]),
+                    rate(k[2]) / rate(k[0]));
+      }
+      std::printf("mean rate ratio to bench_single: step %.3f, flow %.3f\n",
+                  step_sum / static_cast<double>(key_rounds.size()),
+                  flow_sum / static_cast<double>(key_rounds.size()));
     }
     if (!isolation_pairs.empty()) {
       std::vector<BurnResult> burns;
@@ -2093,6 +2128,17 @@ int run_bench(Env& env) {
           (levels > 0 ? pair.second : pair.first) = burn_down(env, spec);
         }
         priority_pairs.push_back(pair);
+      }
+    if (a.wants("keys"))
+      for (int round = 1; round <= a.priority_rounds; ++round) {
+        std::vector<BurnResult> burns;
+        for (const char* slug : {"bench_single", "bench_keyed", "bench_keyed_runs"}) {
+          BurnSpec spec{"keys", slug, 1, a.workers.front(), a.batches.front(), a.runs, false};
+          spec.round = round;
+          spec.keys = 1000;
+          burns.push_back(burn_down(env, spec));
+        }
+        key_rounds.push_back(std::move(burns));
       }
     if (a.wants("scrape"))
       for (int size : a.scrape_backlog) scrapes.push_back(scrape_reads(env, size));

@@ -45,6 +45,15 @@ FLOWREG_PLUGIN(bench_worker) {
       plugin.flow("bench_fanout").description("worker_bench: split -> map of 8 no-op tasks");
   fanout.step("split", "split");
   fanout.map_step("each", "noop").depends_on({"split"});
+  // Concurrency limits per key (docs/flows.md#concurrency-limits), on the step and on the flow.
+  plugin.flow("bench_keyed")
+      .description("worker_bench: one no-op step, at most 2 tasks at once per /k")
+      .step("only", "noop")
+      .concurrency(2, "/k");
+  plugin.flow("bench_keyed_runs")
+      .description("worker_bench: one no-op step, at most 2 runs at once per /k")
+      .concurrency(2, "/k")
+      .step("only", "noop");
   plugin.flow("bench_latency")
       .description("worker_bench: returns the time its handler was entered")
       .step("only", "stamp");

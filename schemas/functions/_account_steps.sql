@@ -98,6 +98,11 @@ BEGIN
              -- The run's own priority, else the step's (migration 0022): its run, by primary key.
              coalesce((SELECT r.priority FROM flowreg.runs r WHERE r.id = u.run_id),
                       fs.priority) AS priority,
+             -- Its gate (a concurrency limit, migration 0023), NULL for most: its run's input.
+             CASE WHEN fs.gate_prefix IS NOT NULL
+                  THEN flowreg._gate_of(fs.gate_prefix,
+                                        (SELECT r.input FROM flowreg.runs r WHERE r.id = u.run_id),
+                                        fs.gate_path) END AS gate,
              coalesce(v_claim->'flows' ? (fs.flow_slug || ' ' || fs.version), false) AS served
       FROM upd u
       JOIN flowreg.flow_steps fs ON fs.flow_slug = ANY (ARRAY[u.flow_slug])
@@ -105,16 +110,18 @@ BEGIN
                                  AND fs.step_slug = ANY (ARRAY[u.step_slug])
       WHERE u.go
     ),
+    -- A gated task is never claimed here: it waits for _claim_gated.
     ranked AS (
-      SELECT go.*, go.served AND row_number() OVER (PARTITION BY go.served)
-                                 <= (v_claim->>'left')::int AS mine
+      SELECT go.*, go.served AND go.gate IS NULL
+                   AND row_number() OVER (PARTITION BY go.served AND go.gate IS NULL)
+                       <= (v_claim->>'left')::int AS mine
       FROM go
     ),
     started AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version,
-                                 timeout_ms, priority, status, attempt, worker_id, started_at,
-                                 lease_expires_at)
-      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.timeout_ms, k.priority,
+                                 timeout_ms, priority, gate, status, attempt, worker_id,
+                                 started_at, lease_expires_at)
+      SELECT k.run_id, k.step_slug, 0, k.flow_slug, k.version, k.timeout_ms, k.priority, k.gate,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

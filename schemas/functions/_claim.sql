@@ -102,6 +102,21 @@ BEGIN
     ON CONFLICT DO NOTHING;
   END IF;
 
+  -- Tasks with a gate (concurrency limits per key, migration 0023) first, by _claim_gated, when a
+  -- flow served has one (a probe of flow_steps per flow): they are returned as the tasks this
+  -- transaction created claimed. The walks below take the tasks without a gate (tasks_queued).
+  -- (The probe reads flow_steps_gated: no row for a flow without a gate.)
+  IF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
+             CROSS JOIN LATERAL (SELECT FROM flowreg.flow_steps s
+                                 WHERE s.flow_slug = f.slug AND s.version = f.version
+                                   AND s.gate_prefix IS NOT NULL LIMIT 1) s)
+     AND p_limit - p_taken - coalesce(cardinality(v_direct), 0) > 0 THEN
+    v_direct := coalesce(v_direct, '{}')
+                || flowreg._claim_gated(p_worker, v_slugs, v_versions,
+                                        p_limit - p_taken - coalesce(cardinality(v_direct), 0),
+                                        p_lease_ms);
+  END IF;
+
   -- Two forms of one statement, which differ in cand only (the tasks it takes, locked): for flows
   -- whose tasks all have priority 0 (the common case), the walk of tasks_queued that the claim
   -- made before priorities existed; for flows with other levels (queue_levels, migration 0022),
@@ -135,7 +150,7 @@ BEGIN
           WHERE q.status = 'queued'
             AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
                 = hashtextextended(f.slug || ' ' || f.version, 0)
-            AND q.priority = lv.priority
+            AND q.priority = lv.priority AND q.gate IS NULL
             AND q.flow_slug = f.slug AND q.flow_version = f.version
             AND q.available_at <= now()
           ORDER BY q.available_at
@@ -192,7 +207,7 @@ BEGIN
         WHERE q.status = 'queued'
           AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
               = hashtextextended(f.slug || ' ' || f.version, 0)
-          AND q.priority = 0
+          AND q.priority = 0 AND q.gate IS NULL
           AND q.flow_slug = f.slug AND q.flow_version = f.version
           AND q.available_at <= now()
         ORDER BY q.available_at

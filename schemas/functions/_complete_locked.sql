@@ -170,14 +170,19 @@ BEGIN
              CASE WHEN nx.step_slug IS NOT NULL
                   THEN coalesce((SELECT r.priority FROM flowreg.runs r WHERE r.id = p.run_id),
                                 nx.priority) END AS next_priority,
+             -- Its gate (a concurrency limit, migration 0023), NULL for most: its run's input.
+             CASE WHEN nx.gate_prefix IS NOT NULL
+                  THEN flowreg._gate_of(nx.gate_prefix,
+                                        (SELECT r.input FROM flowreg.runs r WHERE r.id = p.run_id),
+                                        nx.gate_path) END AS next_gate,
              CASE WHEN nx.step_slug IS NOT NULL THEN nextval('flowreg.tasks_id_seq') END AS next_id,
-             -- Claimed by this call's worker: a next step of a flow it serves, as far as it has
-             -- room.
+             -- Claimed by this call's worker: a next step of a flow it serves, without a gate
+             -- (that one waits for _claim_gated), as far as it has room.
              coalesce(v_claim->'flows' ? (p.flow_slug || ' ' || p.flow_version)
-                        AND nx.step_slug IS NOT NULL
+                        AND nx.step_slug IS NOT NULL AND nx.gate_prefix IS NULL
                         AND row_number() OVER (PARTITION BY
                               v_claim->'flows' ? (p.flow_slug || ' ' || p.flow_version)
-                                AND nx.step_slug IS NOT NULL)
+                                AND nx.step_slug IS NOT NULL AND nx.gate_prefix IS NULL)
                             <= (v_claim->>'left')::int,
                       false) AS mine
       FROM unnest(v_runs, v_steps, v_flows, v_versions, v_outputs, v_attempts, v_workers,
@@ -194,7 +199,8 @@ BEGIN
       LEFT JOIN LATERAL (SELECT fd.step_slug FROM flowreg.flow_deps fd
                          WHERE fd.flow_slug = p.flow_slug AND fd.version = p.flow_version
                            AND fd.dep_slug = p.step_slug OFFSET 0) nd ON true
-      LEFT JOIN LATERAL (SELECT n.step_slug, n.timeout_ms, n.max_attempts, n.priority
+      LEFT JOIN LATERAL (SELECT n.step_slug, n.timeout_ms, n.max_attempts, n.priority,
+                                n.gate_prefix, n.gate_path
                          FROM flowreg.flow_steps n
                          WHERE n.flow_slug = p.flow_slug AND n.version = p.flow_version
                            AND n.step_slug = nd.step_slug OFFSET 0) nx ON true
@@ -211,14 +217,14 @@ BEGIN
     started AS (
       INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
                                  timeout_ms, status, attempt, worker_id, started_at,
-                                 lease_expires_at, chained, created_at, priority)
+                                 lease_expires_at, chained, created_at, priority, gate)
       OVERRIDING SYSTEM VALUE
       SELECT k.next_id, k.run_id, k.next_slug, 0, k.flow_slug, k.flow_version, k.next_timeout,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine
                   THEN flowreg._lease_end(k.next_timeout, (v_claim->>'lease_ms')::bigint) END,
-             true, now(), k.next_priority
+             true, now(), k.next_priority, k.next_gate
       FROM c k WHERE k.next_slug IS NOT NULL
     ),
     ended AS (

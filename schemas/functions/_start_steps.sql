@@ -33,6 +33,9 @@ BEGIN
     ready AS MATERIALIZED (
       SELECT r.id AS run_id, s.step_slug, fs.kind, r.flow_slug, r.flow_version, fs.timeout_ms,
              coalesce(r.priority, fs.priority) AS priority,
+             -- Its tasks' gate (a concurrency limit, migration 0023), NULL for most.
+             CASE WHEN fs.gate_prefix IS NOT NULL
+                  THEN flowreg._gate_of(fs.gate_prefix, r.input, fs.gate_path) END AS gate,
              -- Only a map step's input is needed here (its elements become its tasks' inputs).
              CASE WHEN fs.kind <> 'map' THEN NULL
                   WHEN cardinality(fs.deps) = 0 THEN r.input
@@ -48,7 +51,8 @@ BEGIN
       CROSS JOIN LATERAL (SELECT s.step_slug FROM flowreg.step_states s
                           WHERE s.run_id = r.id AND s.status = 'created'
                             AND s.remaining_deps = 0 OFFSET 0) s
-      CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority
+      CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority, f.gate_prefix,
+                                 f.gate_path
                           FROM flowreg.flow_steps f
                           WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                             AND f.step_slug = s.step_slug OFFSET 0) fs
@@ -62,10 +66,12 @@ BEGIN
     ),
     -- Within a work() call, the first `take` tasks of each step (in element order) are created
     -- claimed by its worker, step after step until its room is used up; none for a flow it does
-    -- not serve, or outside a work() call. Decided per step (few rows), not per element.
+    -- not serve, or outside a work() call, or with a gate (its tasks wait for _claim_gated).
+    -- Decided per step (few rows), not per element.
     offered AS (
-      SELECT z.*, z.n > 0 AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
-                                       false) AS served
+      SELECT z.*, z.n > 0 AND z.gate IS NULL
+                  AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
+                               false) AS served
       FROM sized z
     ),
     shared AS (
@@ -82,7 +88,7 @@ BEGIN
       SELECT z.run_id, z.step_slug, (e.i - 1)::int AS task_index, z.flow_slug, z.flow_version,
              -- A map step's task keeps its element; a single step's reads its input when claimed.
              CASE WHEN z.kind = 'map' THEN e.elem END AS input,
-             z.timeout_ms, z.priority, e.i <= z.take AS mine
+             z.timeout_ms, z.priority, z.gate, e.i <= z.take AS mine
       FROM shared z
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
@@ -91,10 +97,10 @@ BEGIN
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
-                                 timeout_ms, priority, status, attempt, worker_id, started_at,
-                                 lease_expires_at)
+                                 timeout_ms, priority, gate, status, attempt, worker_id,
+                                 started_at, lease_expires_at)
       SELECT k.run_id, k.step_slug, k.task_index, k.flow_slug, k.flow_version, k.input,
-             k.timeout_ms, k.priority,
+             k.timeout_ms, k.priority, k.gate,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine

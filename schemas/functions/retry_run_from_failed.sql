@@ -81,9 +81,11 @@ BEGIN
   IF v_chained THEN
     -- A chain's first step not completed (its one dependency completed, or none): its task, queued.
     INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, timeout_ms,
-                               solo, chained, created_at, priority)
+                               solo, chained, created_at, priority, gate)
     SELECT v_new, fs.step_slug, 0, v_run.flow_slug, v_run.flow_version, fs.timeout_ms, false, true,
-           now(), coalesce(v_run.priority, fs.priority)
+           now(), coalesce(v_run.priority, fs.priority),
+           CASE WHEN fs.gate_prefix IS NOT NULL
+                THEN flowreg._gate_of(fs.gate_prefix, v_run.input, fs.gate_path) END
     FROM flowreg.flow_steps fs
     WHERE fs.flow_slug = v_run.flow_slug AND fs.version = v_run.flow_version
       AND fs.step_slug <> ALL (v_done) AND fs.deps <@ v_done;

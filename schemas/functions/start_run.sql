@@ -25,7 +25,10 @@ BEGIN
   IF p_key IS NULL AND p_retry_of IS NULL THEN
     WITH one AS (
       -- The task's id, taken first: the run names it (runs.task_id, migration 0013).
-      SELECT fs.step_slug, fs.timeout_ms, fs.priority, nextval('flowreg.tasks_id_seq') AS task_id
+      SELECT fs.step_slug, fs.timeout_ms, fs.priority, nextval('flowreg.tasks_id_seq') AS task_id,
+             -- Its gate (a concurrency limit, migration 0023), NULL for most.
+             CASE WHEN fs.gate_prefix IS NOT NULL
+                  THEN flowreg._gate_of(fs.gate_prefix, p_input, fs.gate_path) END AS gate
       FROM flowreg.flow_steps fs
       WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.kind = 'single'
         AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
@@ -45,10 +48,10 @@ BEGIN
     ),
     tk AS (
       INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
-                                 timeout_ms, solo, priority)
+                                 timeout_ms, solo, priority, gate)
       OVERRIDING SYSTEM VALUE
       SELECT one.task_id, ins.id, one.step_slug, 0, p_slug, p_version, one.timeout_ms, true,
-             one.priority
+             one.priority, one.gate
       FROM ins CROSS JOIN one
     )
     SELECT ins.id INTO v_id FROM ins;

@@ -68,7 +68,7 @@ BEGIN
     SELECT g.id, p_slug, p_version, g.input, m.leaves, p_retry_of,
            CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained
     FROM given g CROSS JOIN meta m WHERE g.key IS NULL
-    RETURNING id, task_id
+    RETURNING id, task_id, input
   ),
   ins_keyed AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
@@ -77,7 +77,7 @@ BEGIN
            CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained
     FROM given g CROSS JOIN meta m WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, task_id
+    RETURNING id, task_id, input
   ),
   ins AS (SELECT * FROM ins_plain UNION ALL SELECT * FROM ins_keyed),
   st AS (
@@ -95,11 +95,14 @@ BEGIN
   ),
   tk AS (
     INSERT INTO flowreg.tasks (id, run_id, step_slug, task_index, flow_slug, flow_version,
-                               timeout_ms, solo, chained, created_at, priority)
+                               timeout_ms, solo, chained, created_at, priority, gate)
     OVERRIDING SYSTEM VALUE
     SELECT coalesce(ins.task_id, nextval('flowreg.tasks_id_seq')), ins.id, fs.step_slug, 0,
            p_slug, p_version, fs.timeout_ms, ins.task_id IS NOT NULL, m.chained,
-           CASE WHEN m.chained THEN now() END, fs.priority
+           CASE WHEN m.chained THEN now() END, fs.priority,
+           -- Its gate (a concurrency limit, migration 0023), NULL for most.
+           CASE WHEN fs.gate_prefix IS NOT NULL
+                THEN flowreg._gate_of(fs.gate_prefix, ins.input, fs.gate_path) END
     FROM ins CROSS JOIN meta m CROSS JOIN flowreg.flow_steps fs
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
       AND fs.kind = 'single'

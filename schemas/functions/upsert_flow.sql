@@ -5,7 +5,8 @@
 -- reads them from its step: migration 0014), a new timeout to the tasks created from then on. A
 -- different shape under a stored (slug, version) is refused (SQLSTATE 22023), because runs pinned
 -- to it must never change. A step's priority (`options.priority`, absent: 0) is an option too;
--- the version's priority levels (queue_levels, migration 0022) get its steps' priorities.
+-- the version's priority levels (queue_levels, migration 0022) get its steps' priorities. So are
+-- the flow's and the steps' concurrency limits (`concurrency`, migration 0023: _set_gates).
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
@@ -33,6 +34,7 @@ BEGIN
     FROM jsonb_array_elements(p_def->'steps') AS s
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.step_slug = s->>'slug';
     PERFORM flowreg._add_levels(p_slug, p_version);
+    PERFORM flowreg._set_gates(p_slug, p_version);
     RETURN true;
   END IF;
   INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
@@ -47,6 +49,7 @@ BEGIN
          coalesce((s->'options'->>'priority')::int, 0)
   FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
   PERFORM flowreg._add_levels(p_slug, p_version);
+  PERFORM flowreg._set_gates(p_slug, p_version);
   INSERT INTO flowreg.flow_deps (flow_slug, version, dep_slug, step_slug)
   SELECT p_slug, p_version, d, s->>'slug'
   FROM jsonb_array_elements(p_def->'steps') s, jsonb_array_elements_text(s->'depends_on') d;

@@ -140,7 +140,7 @@ BEGIN
       WHERE q.status = 'queued'
         AND hashtextextended(q.flow_slug || ' ' || q.flow_version, 0)
             = hashtextextended(f.slug || ' ' || f.version, 0)  -- tasks_queued (migration 0022)
-        AND q.priority = lv.priority
+        AND q.priority = lv.priority AND q.gate IS NULL
         AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at > now()
       ORDER BY q.available_at LIMIT 1) d

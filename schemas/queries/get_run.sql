@@ -1,10 +1,39 @@
 -- A run by id, with the columns of a run (run_of reads them, the same as list_runs.sql's;
--- start_at_us and scheduled: a delayed start's, migration 0020).
+-- start_at_us and scheduled: a delayed start's, migration 0020), and its concurrency limits
+-- (migration 0023): held_key, the key of its flow's limit whose slot it holds (its first task
+-- was claimed, and it has not ended); gate_*, a task of it waiting for a slot: its step ('' for
+-- the flow's limit), key, limit, and the runs or tasks holding the key's slots now (at most the
+-- limit, counted).
 -- Timestamps travel as microseconds since the epoch, in columns whose names end in _us.
-SELECT id::text AS id, flow_slug, flow_version, status, input::text AS input,
- output::text AS output, error, (extract(epoch FROM created_at) * 1000000)::bigint AS
- created_at_us, (extract(epoch FROM finished_at) * 1000000)::bigint AS finished_at_us,
- retry_of::text AS retry_of, idempotency_key,
- (extract(epoch FROM start_at) * 1000000)::bigint AS start_at_us, priority,
- (status = 'started' AND start_at > now()) IS TRUE AS scheduled
- FROM flowreg.runs WHERE id = $1::uuid
+SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS input,
+ r.output::text AS output, r.error, (extract(epoch FROM r.created_at) * 1000000)::bigint AS
+ created_at_us, (extract(epoch FROM r.finished_at) * 1000000)::bigint AS finished_at_us,
+ r.retry_of::text AS retry_of, r.idempotency_key,
+ (extract(epoch FROM r.start_at) * 1000000)::bigint AS start_at_us, r.priority,
+ (r.status = 'started' AND r.start_at > now()) IS TRUE AS scheduled,
+ CASE WHEN r.status = 'started' THEN substr(r.gate, 2) END AS held_key,
+ w.step_slug AS gate_step, w.key AS gate_key, w.gate_limit, w.holding AS gate_holding
+ FROM flowreg.runs r
+ LEFT JOIN LATERAL (
+  SELECT CASE WHEN fs.gate_prefix = ':' THEN '' ELSE t.step_slug END AS step_slug,
+   substr(t.gate, length(fs.gate_prefix) + 1) AS key, fs.gate_limit,
+   CASE WHEN fs.gate_prefix = ':'
+    THEN (SELECT count(*) FROM (SELECT FROM flowreg.gate_holders h
+          WHERE h.flow_slug = r.flow_slug AND h.gate = t.gate
+           AND (SELECT a.status FROM flowreg.runs a WHERE a.id = h.run_id) = 'started'
+          LIMIT fs.gate_limit) h)
+    ELSE (SELECT count(*) FROM (SELECT FROM flowreg.tasks a
+          WHERE a.status = 'started' AND a.gate IS NOT NULL AND a.flow_slug = r.flow_slug
+           AND a.gate = t.gate LIMIT fs.gate_limit) h) END::int AS holding
+  -- Its queued tasks with a gate: the solo task it names, or its others (by run: tasks_by_run;
+  -- the status written `status || ''`, so that no plan walks tasks_gated instead).
+  FROM (SELECT q.step_slug, q.gate FROM flowreg.tasks q
+        WHERE q.id = r.task_id AND q.status || '' = 'queued' AND q.gate IS NOT NULL
+        UNION ALL
+        SELECT q.step_slug, q.gate FROM flowreg.tasks q
+        WHERE q.run_id = r.id AND NOT q.solo AND q.status || '' = 'queued'
+         AND q.gate IS NOT NULL
+        LIMIT 1) t
+  JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
+   AND fs.step_slug = t.step_slug) w ON true
+ WHERE r.id = $1::uuid

@@ -77,7 +77,12 @@ WITH w AS MATERIALIZED (SELECT now() - interval '3 seconds' AS upto,
  FROM (SELECT flow_slug, count(*) AS q, 0 AS r,
         (extract(epoch FROM min(available_at) FILTER (WHERE available_at <= now()))
          * 1000000)::bigint AS ready_us
-       FROM flowreg.tasks WHERE status = 'queued' GROUP BY flow_slug
+       FROM flowreg.tasks WHERE status = 'queued' AND gate IS NULL GROUP BY flow_slug
+       -- (the queued tasks with a gate: a concurrency limit's, migration 0023)
+       UNION ALL SELECT flow_slug, count(*), 0,
+        (extract(epoch FROM min(available_at) FILTER (WHERE available_at <= now()))
+         * 1000000)::bigint
+       FROM flowreg.tasks WHERE status = 'queued' AND gate IS NOT NULL GROUP BY flow_slug
        UNION ALL SELECT flow_slug, 0, count(*), NULL FROM flowreg.tasks WHERE status = 'started'
        GROUP BY flow_slug) t GROUP BY flow_slug
  UNION ALL SELECT 'runs', slug, 'started', sum(started)::bigint, 0, 0, '' FROM per

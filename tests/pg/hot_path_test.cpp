@@ -1022,7 +1022,11 @@ TEST_SUITE("hot_path") {
         {"Index Scan on tasks using tasks_leased", workers_list},
         {"Seq Scan on workers", "DELETE FROM flowreg.workers o"},
         {"Index Scan on tasks using tasks_queued",
-         "FROM flowreg.tasks WHERE status = 'queued' GROUP BY flow_slug"},
+         "FROM flowreg.tasks WHERE status = 'queued' AND gate IS NULL GROUP BY flow_slug"},
+        {"Index Scan on tasks using tasks_gated",
+         "FROM flowreg.tasks WHERE status = 'queued' AND gate IS NOT NULL GROUP BY flow_slug"},
+        {"Index Only Scan on tasks using tasks_gated",
+         "FROM flowreg.tasks WHERE status = 'queued' AND gate IS NOT NULL GROUP BY flow_slug"},
         {"Index Scan on tasks using tasks_leased",
          "SELECT flow_slug, 0, count(*), NULL FROM flowreg.tasks WHERE status = 'started'"}};
     const auto violations = [&](const std::vector<LoggedPlan>& plans) {
@@ -1076,6 +1080,25 @@ TEST_SUITE("hot_path") {
     // Runs started with priorities (migration 0022): this flow's claims take the walk per level,
     // the others' the walk of level 0.
     const fd::FlowKey ranked = store_flow(*setup, "ranked", CallMix::one());
+    // Concurrency limits per key (migration 0023): a chain a -> b whose flow allows 2 runs at once
+    // per /g, and whose step b 1 task at once per /g; its claims take _claim_gated's statements.
+    const fd::FlowKey gated = [&] {
+      flowreg::FlowDef f;
+      f.slug = "gated";
+      f.module = "test";
+      f.steps = {step("a"), step("b", {"a"})};
+      flowreg::Concurrency runs_at_once, tasks_at_once;
+      runs_at_once.limit = 2;
+      runs_at_once.key = "/g";
+      tasks_at_once.limit = 1;
+      tasks_at_once.key = "/g";
+      f.concurrency = runs_at_once;
+      f.steps[1].concurrency = tasks_at_once;
+      const std::string version = flowreg::flow_version(f);
+      auto stored = setup->upsert_flow(f, version);
+      REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
+      return fd::FlowKey{f.slug, version};
+    }();
     long tasks = 0;
     int uses = 0;
     // A worker's session whose plans are made in the state the tables are in: it starts runs,
@@ -1176,6 +1199,39 @@ TEST_SUITE("hot_path") {
         auto completed = held->complete(done);
         REQUIRE_MESSAGE(completed, flowreg::testing::failure_text(completed));
         claimed_ranked += static_cast<int>(claimed->size());
+      }
+      // Gated runs, 3 keys: started one by one and in a batch, drained by claims and work()
+      // calls, a waiting run read.
+      std::vector<fd::RunId> gated_runs;
+      for (int i = 0; i < 3; ++i) {
+        auto started = held->start_run(gated.slug, gated.version, Json{{"g", i % 3}});
+        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+        gated_runs.push_back(*started);
+      }
+      {
+        const std::vector<Json> inputs(6, Json{{"g", 1}});
+        auto started = held->start_runs(gated.slug, gated.version, inputs);
+        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+        gated_runs.insert(gated_runs.end(), started->begin(), started->end());
+      }
+      std::vector<fd::Completion> gated_done;
+      const std::string gated_left =
+          "SELECT count(*) FROM flowreg.runs WHERE flow_slug = 'gated' AND status = 'started'";
+      for (int round = 0; round < 200; ++round) {
+        auto worked = held->work("w2", gated_done, {}, std::span(&gated, 1), 4, 5000ms);
+        REQUIRE_MESSAGE(worked, flowreg::testing::failure_text(worked));
+        gated_done.clear();
+        for (const auto& t : worked->claimed) gated_done.push_back(completion(t, Json{}));
+        auto waiting = held->get_run(gated_runs.back());
+        REQUIRE_MESSAGE(waiting, flowreg::testing::failure_text(waiting));
+        if (gated_done.empty() && query_one_or_empty(quiet, gated_left) == "0") break;
+      }
+      CHECK(gated_done.empty());
+      CHECK(query_one_or_empty(quiet, gated_left) == "0");
+      for (const auto& run : gated_runs) {
+        auto info = held->get_run(run);
+        REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
+        CHECK((*info)->status == fd::RunStatus::completed);
       }
       CHECK(mix.left() == "0");
       me.stopped_at = std::chrono::system_clock::now();

@@ -6,7 +6,13 @@
 //   wchaos_slow   handler "hang" with the default timeout and 5 attempts (for killing its worker)
 //   wchaos_big    handler "big": returns {"data": a string of input.bytes 'x'}
 //   wchaos_quick  handler "quick": returns {"pid": the worker's pid, "n": input.n}
+//   wchaos_gated  handler "audited" on a step with a concurrency limit of 2 per /customer
+//   wchaos_gated_runs  a chain of two "audited" steps, its flow limited to 1 run per /customer
+// "audited" appends "S|E <customer> <run> <step> <attempt> <pid> <steady clock ns>" lines to the
+// file input.audit (one write each, O_APPEND) when it starts and before it returns, and sleeps
+// input.ms milliseconds between them: tests/pg/concurrency_keys_test.cpp.
 // Every handler first creates the file named by input.started, when given.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -46,6 +52,29 @@ json big(const json& in, const Context&) {
   return json{{"data", std::string(in["bytes"].get<std::size_t>(), 'x')}};
 }
 
+void audit(const json& in, const Context& c, char what) {
+  const std::string line =
+      std::string(1, what) + " " + in.value("customer", std::string("-")) + " " + c.run_id + " " +
+      c.step + " " + std::to_string(c.attempt) + " " + std::to_string(::getpid()) + " " +
+      std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()) + "\n";
+  const int fd =
+      ::open(in["audit"].get<std::string>().c_str(), O_WRONLY | O_APPEND | O_CREAT, 0644);
+  if (fd < 0) throw std::runtime_error("cannot open the audit file");
+  const auto written = ::write(fd, line.data(), line.size());
+  ::close(fd);
+  if (written != static_cast<ssize_t>(line.size())) throw std::runtime_error("short audit write");
+}
+
+// Its input: the run's (a root step), or {"a": the output of step a} (step b of the chain); its
+// output: that input again, for the next step.
+json audited(const json& in, const Context& c) {
+  const json& args = in.contains("a") ? in["a"] : in;
+  audit(args, c, 'S');
+  std::this_thread::sleep_for(std::chrono::milliseconds(args.value("ms", 0)));
+  audit(args, c, 'E');
+  return args;
+}
+
 json quick(const json& in, const Context&) {
   mark_started(in);
   return json{{"pid", static_cast<int>(::getpid())}, {"n", in.value("n", 0)}};
@@ -58,6 +87,7 @@ FLOWREG_PLUGIN(wchaos) {
   plugin.handler("hang", hang);
   plugin.handler("big", big);
   plugin.handler("quick", quick);
+  plugin.handler("audited", audited);
   plugin.flow("wchaos_crash")
       .description("a handler that crashes its worker")
       .max_attempts(3)
@@ -73,4 +103,17 @@ FLOWREG_PLUGIN(wchaos) {
       .step("only", "hang");
   plugin.flow("wchaos_big").description("a large output").max_attempts(1).step("only", "big");
   plugin.flow("wchaos_quick").description("returns at once").step("only", "quick");
+  plugin.flow("wchaos_gated")
+      .description("at most 2 tasks at once per customer")
+      .max_attempts(10)
+      .base_delay("10ms")
+      .step("only", "audited")
+      .concurrency(2, "/customer");
+  auto& gated_runs = plugin.flow("wchaos_gated_runs");
+  gated_runs.description("at most 1 run at once per customer")
+      .max_attempts(10)
+      .base_delay("10ms")
+      .concurrency(1, "/customer");
+  gated_runs.step("a", "audited");
+  gated_runs.step("b", "audited").depends_on({"a"});
 }

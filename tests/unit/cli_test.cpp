@@ -126,7 +126,8 @@ TEST_SUITE("cli") {
                                R"({"slug":"ship","kind":"single","depends_on":["charge","reserve"],
                                    "handler":"orders.ship",
                                    "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s",
-                                              "priority":0}})"));
+                                              "priority":0},
+                                   "concurrency":null})"));
     CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
   }
 

@@ -57,6 +57,24 @@ TEST_SUITE("schema") {
                            "{priority: 101}}]}]\n") ==
           std::vector<std::string>{"inline.yaml:1:61: flows[0].steps[0].options.priority: 101 is "
                                    "out of range; it must be between -100 and 100"});
+    CHECK(problems_of_text("flows: [{slug: a, concurrency: {limit: 0}, steps: [{slug: s, "
+                           "handler: m.s}]}]\n") ==
+          std::vector<std::string>{"inline.yaml:1:33: flows[0].concurrency.limit: 0 is out of "
+                                   "range; it must be between 1 and 100000"});
+  }
+
+  TEST_CASE("a concurrency limit needs a limit, and a key that is a JSON pointer") {
+    CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s, handler: m.s, concurrency: "
+                           "{limit: 2, key: customer_id}}]}]\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:75: flows[0].steps[0].concurrency.key: the string 'customer_id' is "
+              "not valid: expected a JSON pointer into the run's input, such as /customer_id (~1 "
+              "for /, ~0 for ~), whose text is the key (\"\" when the input has nothing there); "
+              "unset: one key"});
+    CHECK(problems_of_text(
+              "flows: [{slug: a, concurrency: {key: /c}, steps: [{slug: s, handler: m.s}]}]\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:19: flows[0].concurrency: missing required key 'limit'"});
   }
 
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {

@@ -163,6 +163,27 @@ TEST_SUITE("model") {
       f.steps[0].options.priority = -101;
       CHECK(has(messages(f), "step 'a': priority -101 is out of range -100..100"));
     }
+    SUBCASE("concurrency") {
+      flowreg::Concurrency c;
+      c.limit = 0;
+      f.concurrency = c;
+      CHECK(has(messages(f), "concurrency limit 0 is out of range 1..100000"));
+      c.limit = 2;
+      c.key = "customer";
+      f.concurrency = c;
+      CHECK(has(messages(f), "concurrency key 'customer' is not a JSON pointer"));
+      c.key = "/a~2";
+      f.concurrency = c;
+      CHECK(has(messages(f), "'~' must be followed by 0 (for ~) or 1 (for /)"));
+      c.key = "/a~1b/~0";
+      f.concurrency = c;
+      CHECK(messages(f).empty());
+      // A root step cannot have its own when the flow has one; a later step can.
+      f.steps[0].concurrency = c;
+      CHECK(has(messages(f), "step 'a': a root step cannot have a concurrency limit of its own"));
+      f.concurrency.reset();
+      CHECK(messages(f).empty());
+    }
     SUBCASE("a step's override is checked on its own, inherited problems are not repeated") {
       f.options.base_delay = Millis{10'000};
       f.options.max_delay = Millis{1'000};

@@ -45,12 +45,28 @@ struct HandlerLimits {
   friend bool operator==(const HandlerLimits&, const HandlerLimits&) = default;
 };
 
+// A concurrency limit per key (docs/flows.md#concurrency-limits): on a flow, at most `limit` of
+// its runs active at once with the same key (a run holds its slot from the claim of its first
+// task to its end); on a step, at most `limit` of its tasks running at once with the same key. The
+// key is the text at the JSON pointer `key` in the run's input; "" when the input has nothing
+// there, and for every run when `key` is unset (one key for the whole flow or step).
+struct Concurrency {
+  static constexpr int kMaxLimit = 100'000;
+  static constexpr std::size_t kMaxKeyLength = 256;  // of the pointer
+
+  int limit = 1;
+  std::optional<std::string> key;  // a JSON pointer (RFC 6901): "" or "/name/..."
+
+  friend bool operator==(const Concurrency&, const Concurrency&) = default;
+};
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
-  std::vector<std::string> depends_on;  // slugs of steps of the same flow
-  std::string handler;                  // "module.handler"
-  OptionOverrides options;              // on top of the flow's options
+  std::vector<std::string> depends_on;                    // slugs of steps of the same flow
+  std::string handler;                                    // "module.handler"
+  OptionOverrides options;                                // on top of the flow's options
+  std::optional<Concurrency> concurrency = std::nullopt;  // its tasks running at once per key
 
   friend bool operator==(const StepDef&, const StepDef&) = default;
 };
@@ -65,7 +81,8 @@ struct FlowDef {
   // Where its handlers run; unset: the worker's default (worker.isolation, thread when unset).
   std::optional<Isolation> isolation;
   HandlerLimits limits;  // of its handler processes, over the worker's
-  std::string source;    // file it was read from, for messages ("" when built in code)
+  std::optional<Concurrency> concurrency = std::nullopt;  // its runs active at once per key
+  std::string source;  // file it was read from, for messages ("" when built in code)
 
   // The options a step runs with: its overrides on top of the flow's options.
   Options step_options(const StepDef& step) const noexcept { return step.options.apply(options); }

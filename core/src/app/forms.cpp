@@ -89,6 +89,24 @@ std::string run_status(detail::RunStatus status, bool scheduled) {
   return scheduled ? std::string("scheduled") : std::string(detail::to_string(status));
 }
 
+namespace {
+
+// {"held_key", "waiting": {"step", "key", "limit", "holding", "text"}}, null when neither.
+json run_concurrency_json(const detail::RunInfo& r) {
+  if (!r.held_key && !r.waiting) return nullptr;
+  json out{{"held_key", r.held_key ? json(valid_text(*r.held_key)) : json(nullptr)},
+           {"waiting", nullptr}};
+  if (r.waiting)
+    out["waiting"] = {{"step", r.waiting->step.empty() ? json(nullptr) : json(r.waiting->step)},
+                      {"key", valid_text(r.waiting->key)},
+                      {"limit", r.waiting->limit},
+                      {"holding", r.waiting->holding},
+                      {"text", waiting_text(r)}};
+  return out;
+}
+
+}  // namespace
+
 json run_json(const detail::RunInfo& r) {
   return {{"id", r.id},
           {"flow", r.flow_slug},
@@ -101,7 +119,31 @@ json run_json(const detail::RunInfo& r) {
           {"finished_at", r.finished_at ? json(iso_time(*r.finished_at)) : json(nullptr)},
           {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)},
           {"start_at", r.start_at ? json(iso_time(*r.start_at)) : json(nullptr)},
-          {"priority", r.priority ? json(*r.priority) : json(nullptr)}};
+          {"priority", r.priority ? json(*r.priority) : json(nullptr)},
+          {"concurrency", run_concurrency_json(r)}};
+}
+
+std::string waiting_text(const detail::RunInfo& r) {
+  if (!r.waiting) return {};
+  const auto& w = *r.waiting;
+  const std::string who = w.step.empty() ? std::string() : fmt::format("step '{}': ", w.step);
+  const std::string key = fmt::format("key {}", json(valid_text(w.key)).dump());
+  if (w.holding >= w.limit)
+    return fmt::format("{}concurrency limit {} reached for {} ({} {} at once)", who, w.limit, key,
+                       w.limit, w.step.empty() ? "runs" : "tasks");
+  return fmt::format("{}queued for {} ({} of {} slots in use)", who, key, w.holding, w.limit);
+}
+
+std::string concurrency_text(const Concurrency& c) {
+  return c.key ? fmt::format("concurrency={} per {}", c.limit,
+                             c.key->empty() ? std::string("\"\" (the whole input)") : *c.key)
+               : fmt::format("concurrency={}", c.limit);
+}
+
+std::string held_text(const detail::RunInfo& r) {
+  if (!r.held_key) return {};
+  return fmt::format("holds a slot of key {} of its flow's concurrency limit",
+                     json(valid_text(*r.held_key)).dump());
 }
 
 std::string excerpt(std::string_view text, std::size_t max_bytes) {
@@ -143,11 +185,14 @@ json flow_json(const RegisteredFlow& registered) {
   const FlowDef& flow = registered.def;
   json steps = json::array();
   for (const auto& s : flow.steps)
-    steps.push_back({{"slug", s.slug},
-                     {"kind", to_string(s.kind)},
-                     {"depends_on", s.depends_on},
-                     {"handler", s.handler},
-                     {"options", options_json(flow.step_options(s))}});
+    steps.push_back(
+        {{"slug", s.slug},
+         {"kind", to_string(s.kind)},
+         {"depends_on", s.depends_on},
+         {"handler", s.handler},
+         {"options", options_json(flow.step_options(s))},
+         {"concurrency",
+          s.concurrency ? to_ordered(detail::concurrency_json(*s.concurrency)) : json(nullptr)}});
   return {{"slug", flow.slug},
           {"module", flow.module},
           {"version", flow_version(flow)},
@@ -155,6 +200,8 @@ json flow_json(const RegisteredFlow& registered) {
           {"source", flow.source.empty() ? json(nullptr) : json(valid_text(flow.source))},
           {"options", options_json(flow.options)},
           {"input_schema", flow.input_schema ? to_ordered(*flow.input_schema) : json(nullptr)},
+          {"concurrency", flow.concurrency ? to_ordered(detail::concurrency_json(*flow.concurrency))
+                                           : json(nullptr)},
           {"steps", std::move(steps)}};
 }
 

@@ -39,6 +39,13 @@ std::string run_status(detail::RunStatus status, bool scheduled);
 // A run: {id, flow, version, status, input, output, error, created_at, finished_at, retry_of,
 // start_at}; start_at: a delayed start's time, else null.
 json run_json(const detail::RunInfo& r);
+// Why a started run's task waits (concurrency limits, migration 0023), as one line: "concurrency
+// limit 2 reached for key \"42\"" (step 'charge': ...); "" when none of its tasks waits for one.
+std::string waiting_text(const detail::RunInfo& r);
+// A concurrency limit as flows show it: "concurrency=2 per /customer_id", "concurrency=2".
+std::string concurrency_text(const Concurrency& c);
+// The slot a run holds under its flow's concurrency limit: "holds a slot of key \"42\"", or "".
+std::string held_text(const detail::RunInfo& r);
 // A run in a list: {id, flow, version, status, error, created_at, finished_at, duration_ms,
 // retry_of, idempotency_key, input_stored_bytes, output_stored_bytes, start_at}; no input or output
 // (GET /api/v1/runs/{id} has them). The error is an excerpt of at most kErrorExcerptBytes bytes.

@@ -65,6 +65,9 @@ void print_run_text(const detail::RunInfo& r) {
              app::run_status(r.status, r.scheduled));
   if (r.start_at) fmt::print("start at: {}\n", iso_time(*r.start_at));
   if (r.priority) fmt::print("priority: {} (the run's own)\n", *r.priority);
+  if (r.held_key) fmt::print("concurrency: {}\n", app::held_text(r));
+  if (r.status == detail::RunStatus::started && r.waiting)
+    fmt::print("waiting: {}\n", app::waiting_text(r));
   if (r.output) fmt::print("output: {}\n", detail::json_text(*r.output));
   if (r.error) fmt::print("error: {}\n", *r.error);
 }

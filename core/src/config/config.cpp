@@ -81,6 +81,14 @@ bool is_network(const std::string& text) {
   return ::inet_pton(AF_INET6, address.c_str(), buffer) == 1 && bits <= 128;
 }
 
+// The schema guarantees the types and ranges.
+Concurrency concurrency_of(const json& object) {
+  Concurrency c;
+  c.limit = object.at("limit").get<int>();
+  if (object.contains("key")) c.key = object["key"].get<std::string>();
+  return c;
+}
+
 FlowDef flow_of(const json& j, const std::string& module, const std::string& source) {
   FlowDef flow;
   flow.slug = j.at("slug").get<std::string>();
@@ -91,6 +99,7 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
   if (j.contains("input_schema")) flow.input_schema = j["input_schema"];
   if (j.contains("isolation")) flow.isolation = parse_isolation(j["isolation"].get<std::string>());
   if (j.contains("limits")) flow.limits = limits_of(j["limits"]);
+  if (j.contains("concurrency")) flow.concurrency = concurrency_of(j["concurrency"]);
   for (const auto& s : j.at("steps")) {
     StepDef step;
     step.slug = s.at("slug").get<std::string>();
@@ -98,6 +107,7 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
     if (s.contains("depends_on")) step.depends_on = s["depends_on"].get<std::vector<std::string>>();
     step.handler = s.at("handler").get<std::string>();
     if (s.contains("options")) step.options = overrides_of(s["options"]);
+    if (s.contains("concurrency")) step.concurrency = concurrency_of(s["concurrency"]);
     flow.steps.push_back(std::move(step));
   }
   return flow;

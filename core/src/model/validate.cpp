@@ -61,6 +61,7 @@ class Checker {
       report("/description", fmt::format("description is {} characters long; the limit is {}",
                                          flow_.description.size(), kMaxDescriptionLength));
     check_options("/options", flow_.options, "");
+    if (flow_.concurrency) check_concurrency("/concurrency", *flow_.concurrency, "");
     if (flow_.steps.empty()) report("/steps", "has no steps; a flow needs at least one");
     if (flow_.steps.size() > kMaxSteps)
       report("/steps", fmt::format("has {} steps; the limit is {}", flow_.steps.size(), kMaxSteps));
@@ -114,6 +115,30 @@ class Checker {
                          format_duration(o.max_delay), format_duration(o.base_delay)));
   }
 
+  // A limit in range, a key that is a JSON pointer (RFC 6901).
+  void check_concurrency(const std::string& pointer, const Concurrency& c, std::string_view step) {
+    const std::string who = step.empty() ? std::string() : fmt::format("step '{}': ", step);
+    if (c.limit < 1 || c.limit > Concurrency::kMaxLimit)
+      report(pointer + "/limit", fmt::format("{}concurrency limit {} is out of range 1..{}", who,
+                                             c.limit, Concurrency::kMaxLimit));
+    if (!c.key) return;
+    const std::string& key = *c.key;
+    std::string problem;
+    if (key.size() > Concurrency::kMaxKeyLength)
+      problem =
+          fmt::format("is {} bytes long; the limit is {}", key.size(), Concurrency::kMaxKeyLength);
+    else if (!key.empty() && key.front() != '/')
+      problem = "is not a JSON pointer: it must be empty or start with '/' (/customer_id)";
+    else
+      for (std::size_t i = 0; i < key.size(); ++i)
+        if (key[i] == '~' && (i + 1 == key.size() || (key[i + 1] != '0' && key[i + 1] != '1'))) {
+          problem = "is not a JSON pointer: '~' must be followed by 0 (for ~) or 1 (for /)";
+          break;
+        }
+    if (!problem.empty())
+      report(pointer + "/key", fmt::format("{}concurrency key '{}' {}", who, key, problem));
+  }
+
   void check_steps() {
     std::unordered_map<std::string_view, std::size_t> first_index;
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
@@ -129,6 +154,17 @@ class Checker {
                            "lowercase identifiers",
                            step.slug, step.handler));
       check_options(at + "/options", step.options.apply(flow_.options), step.slug, &step.options);
+      if (step.concurrency) {
+        check_concurrency(at + "/concurrency", *step.concurrency, step.slug);
+        // A flow's limit is held by its runs from their root steps' tasks on: a root step's own
+        // limit would gate the same tasks twice.
+        if (flow_.concurrency && step.depends_on.empty())
+          report(at + "/concurrency",
+                 fmt::format("step '{}': a root step cannot have a concurrency limit of its own "
+                             "when its flow has one (the flow's limit gates its tasks); put it "
+                             "on the flow, or on a later step",
+                             step.slug));
+      }
     }
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
       const StepDef& step = flow_.steps[i];

@@ -467,6 +467,20 @@ std::string flows_page(const json& flows, const json& recent_runs, std::string_v
                   runs_error.empty() ? std::string() : runs_unreadable(runs_error), cards));
 }
 
+namespace {
+
+// A flow's or a step's concurrency limit (flow_json's "concurrency"), after its options:
+// ", at most 2 runs at once per /customer_id"; "" for none.
+std::string concurrency_text(const json& j, std::string_view what) {
+  if (!j.contains("concurrency") || !j["concurrency"].is_object()) return {};
+  const json& c = j["concurrency"];
+  return fmt::format(
+      ", at most {} {} at once{}", esc(c, "limit"), what,
+      c.contains("key") ? " per key <code>" + esc(c, "key") + "</code>" : std::string());
+}
+
+}  // namespace
+
 std::string flow_page(const json& flow, const json& runs, std::string_view runs_error) {
   const std::string slug = str(flow, "slug");
   std::string steps;
@@ -477,15 +491,17 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
     const json& o = s["options"];
     steps += fmt::format(
         "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td>"
-        "<td class=\"wide\">{} attempts, {} → {}, timeout {}, priority {}</td></tr>",
+        "<td class=\"wide\">{} attempts, {} → {}, timeout {}, priority {}{}</td></tr>",
         esc(s, "slug"), esc(s, "kind"), esc(s, "handler"), deps, esc(o, "max_attempts"),
-        esc(o, "base_delay"), esc(o, "max_delay"), esc(o, "timeout"), esc(o, "priority"));
+        esc(o, "base_delay"), esc(o, "max_delay"), esc(o, "timeout"), esc(o, "priority"),
+        concurrency_text(s, "tasks"));
   }
   const json& o = flow["options"];
   std::string content = fmt::format(
       "<h1>Flow {0}</h1><p>{1}</p><dl class=\"meta\"><dt>Module</dt><dd>{2}</dd><dt>Version</dt>"
       "<dd><code>{3}</code></dd><dt>Source</dt><dd>{4}</dd><dt>Options</dt><dd>{5} attempts, "
-      "backoff {6} → {7}, timeout {8}, priority {15}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
+      "backoff {6} → {7}, timeout {8}, priority "
+      "{15}{16}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
       "class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th><th "
       "scope=\"col\">Kind</th><th scope=\"col\">Handler</th><th scope=\"col\">Depends on</th><th "
       "scope=\"col\" class=\"wide\">Options</th></tr></thead><tbody>{10}</tbody></table></div>"
@@ -496,7 +512,7 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
       esc(o, "timeout"), dag_img(flow), steps,
       flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
       runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug),
-      start_form(slug, flow["input_schema"]), esc(o, "priority"));
+      start_form(slug, flow["input_schema"]), esc(o, "priority"), concurrency_text(flow, "runs"));
   if (flow.contains("schedules") || flow.contains("schedules_error"))
     content += flow_schedules(flow);
   return layout("Flow " + slug, "/", content);
@@ -631,6 +647,19 @@ std::string attempts_section(std::string_view id, const json& page) {
       total, count, pages, url_part(id), rows);
 }
 
+// A run's concurrency limits (run_json's "concurrency"): the slot it holds, what it waits for.
+std::string concurrency_rows(const json& run) {
+  if (!run.contains("concurrency") || !run["concurrency"].is_object()) return {};
+  const json& c = run["concurrency"];
+  std::string out;
+  if (c["held_key"].is_string())
+    out += fmt::format("<dt>Concurrency</dt><dd>holds a slot of key <code>{}</code></dd>",
+                       escape(c["held_key"].dump()));
+  if (c["waiting"].is_object() && str(run, "status") == "started")
+    out += fmt::format("<dt>Waiting</dt><dd data-run-waiting>{}</dd>", esc(c["waiting"], "text"));
+  return out;
+}
+
 }  // namespace
 
 std::string run_page(const json& run, const json& tasks, const json& attempts) {
@@ -704,7 +733,7 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
       "</a> for its outputs.</p>"
       "<dl class=\"meta\"><dt>Flow</dt><dd><a href=\"/flows/{2}\">{3}</a> <code>{4}</code></dd>"
       "<dt>Status</dt><dd>{5}</dd><dt>Created</dt><dd>{6}</dd><dt>Finished</dt><dd>{7}</dd>"
-      "<dt>Retry of</dt><dd>{8}</dd><dt>Priority</dt><dd>{17}</dd>"
+      "<dt>Retry of</dt><dd>{8}</dd><dt>Priority</dt><dd>{17}</dd>{18}"
       "<dt>Error</dt><dd class=\"error\">{9}</dd></dl>"
       "<div class=\"actions\">{10}</div><p id=\"action-error\" class=\"error\" hidden></p>"
       "{14}<h2>Steps</h2><div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
@@ -727,7 +756,8 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
       attempts_section(id, attempts),
       run.contains("priority") && run["priority"].is_number()
           ? esc(run, "priority") + " (the run's own)"
-          : std::string("its steps'"));
+          : std::string("its steps'"),
+      concurrency_rows(run));
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 

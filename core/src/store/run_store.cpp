@@ -57,6 +57,12 @@ std::optional<RunStatus> parse_run_status(std::string_view text) noexcept {
   return value_in(kRunStatusNames, text);
 }
 
+Json concurrency_json(const Concurrency& c) {
+  Json out{{"limit", c.limit}};
+  if (c.key) out["key"] = *c.key;
+  return out;
+}
+
 Json flow_definition_json(const FlowDef& flow) {
   // Steps are stored dependencies first (the store numbers them in this order): a flow may list
   // them in any order that validates. topological_order is stable (each time the earliest
@@ -72,15 +78,20 @@ Json flow_definition_json(const FlowDef& flow) {
     // Stored when set (migration 0022), so that a definition stored before priorities existed
     // is the same definition.
     if (o.priority != Options::kDefaultPriority) options["priority"] = o.priority;
-    steps.push_back({{"slug", step.slug},
-                     {"kind", std::string(to_string(step.kind))},
-                     {"depends_on", step.depends_on},
-                     {"handler", step.handler},
-                     {"options", std::move(options)}});
+    Json stored{{"slug", step.slug},
+                {"kind", std::string(to_string(step.kind))},
+                {"depends_on", step.depends_on},
+                {"handler", step.handler},
+                {"options", std::move(options)}};
+    // Concurrency limits (migration 0023, upsert_flow's _set_gates), stored when set.
+    if (step.concurrency) stored["concurrency"] = concurrency_json(*step.concurrency);
+    steps.push_back(std::move(stored));
   }
-  return {{"slug", flow.slug},
-          {"steps", std::move(steps)},
-          {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
+  Json out{{"slug", flow.slug},
+           {"steps", std::move(steps)},
+           {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
+  if (flow.concurrency) out["concurrency"] = concurrency_json(*flow.concurrency);
+  return out;
 }
 
 std::optional<std::string> stored_json_problem(const Json& root, std::string_view what) {

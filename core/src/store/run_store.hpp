@@ -206,6 +206,18 @@ struct RunInfo {
   bool scheduled = false;
   // The priority it was started with (StartOptions::priority); nullopt: its steps'.
   std::optional<int> priority;
+  // Concurrency limits (migration 0023), read by get_run only. held_key: the key of its flow's
+  // limit whose slot the run holds (from the claim of its first task to its end). waiting: a task
+  // of it queued behind a limit.
+  struct GateWait {
+    std::string step;  // "" for its flow's limit
+    std::string key;
+    int limit = 0;
+    int holding = 0;  // the runs (a flow's limit) or tasks (a step's) holding the key's slots
+    friend bool operator==(const GateWait&, const GateWait&) = default;
+  };
+  std::optional<std::string> held_key;
+  std::optional<GateWait> waiting;
 };
 
 // A run as lists show it: a RunInfo without its input and output, which a list never reads (they
@@ -389,6 +401,8 @@ struct RunSearch {
 // handler and effective options (max_attempts, base_delay_ms, max_delay_ms, timeout_ms). Steps
 // come in a stable topological order (dependencies first, else as declared).
 Json flow_definition_json(const FlowDef& flow);
+// {"limit": N, "key": "/pointer"} (no key: one key), as definitions store it and the API gives it.
+Json concurrency_json(const Concurrency& c);
 
 // The window of a RunStore::scrape_counts call: runs created, or ended, after since_us and at
 // most 3 s before the call. The runs of a flow ended in it are looked for among its stragglers

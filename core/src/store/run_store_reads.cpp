@@ -55,6 +55,17 @@ RunInfo run_of(const pqxx::row& r) {
   return info;
 }
 
+// A run from get_run.sql's columns: a run's, and its concurrency limits' (migration 0023).
+RunInfo run_with_gates_of(const pqxx::row& r) {
+  RunInfo info = run_of(r);
+  info.held_key = opt_text(r["held_key"]);
+  if (!r["gate_key"].is_null())
+    info.waiting =
+        RunInfo::GateWait{r["gate_step"].as<std::string>(), r["gate_key"].as<std::string>(),
+                          r["gate_limit"].as<int>(), r["gate_holding"].as<int>()};
+  return info;
+}
+
 // A summary from the columns of schemas/queries/list_run_summaries.sql.
 RunSummary summary_of(const pqxx::row& r) {
   RunSummary info;
@@ -126,7 +137,7 @@ Result<std::optional<RunInfo>> RunStore::get_run(const RunId& run) {
                  [&]() -> Result<std::optional<RunInfo>> {
                    auto rows = impl_->exec(Query::get_run, run);
                    if (rows.empty()) return std::optional<RunInfo>{};
-                   return std::optional<RunInfo>(run_of(rows[0]));
+                   return std::optional<RunInfo>(run_with_gates_of(rows[0]));
                  });
 }
 

@@ -88,9 +88,17 @@ class WithOptions {
   Self& timeout(std::string d) { return set("timeout", std::move(d)); }
   // Claimed highest first among ready tasks, -100..100 (default 0).
   Self& priority(int n) { return set("priority", n); }
+  // A concurrency limit per key: on a flow, runs active at once; on a step, tasks running at
+  // once. `key`: a JSON pointer into the run's input ("/customer_id"); empty: one key.
+  Self& concurrency(int limit, std::string key = {}) {
+    concurrency_ = {{"limit", limit}};
+    if (!key.empty()) concurrency_["key"] = std::move(key);
+    return static_cast<Self&>(*this);
+  }
 
  protected:
   json options_ = json::object();
+  json concurrency_;
 
  private:
   template <class V>
@@ -115,6 +123,7 @@ class Step : public WithOptions<Step> {
     if (map_) j["kind"] = "map";
     if (!deps_.empty()) j["depends_on"] = deps_;
     if (!options_.empty()) j["options"] = options_;
+    if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
     return j;
   }
 
@@ -161,6 +170,7 @@ class Flow : public WithOptions<Flow> {
     if (!options_.empty()) j["options"] = options_;
     if (!isolation_.empty()) j["isolation"] = isolation_;
     if (!limits_.is_null()) j["limits"] = limits_;
+    if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
     j["steps"] = json::array();
     for (const auto& s : steps_) j["steps"].push_back(s.to_json(module));
     return j;

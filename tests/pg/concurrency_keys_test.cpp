@@ -1,0 +1,491 @@
+// Concurrency limits per key (migration 0023): a step's limit bounds its tasks running at once per
+// key, a flow's its runs active at once per key; the key is the text at a JSON pointer into the
+// run's input ("" when it has nothing there). Claims through RunStore on the shared cluster: what
+// a claim takes, what frees a slot (a completion, a lapsed lease, a run's end), fairness between
+// keys, and what get_run says of a waiting run; then real `flowreg worker` processes, some killed
+// with SIGKILL, audited by the handler of tests/plugins/wchaos.cpp.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <pqxx/pqxx>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/forms.hpp"
+#include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+#include "support/result_text.hpp"
+
+namespace {
+
+namespace fdc = flowreg::detail;
+using GateJson = nlohmann::json;
+using namespace std::chrono_literals;
+
+struct GateEnv {
+  std::string conninfo;
+  fdc::RunStore store;
+};
+
+GateEnv gate_env(const std::string& db) {
+  const auto conninfo = flowreg::pgtest::empty_database(db);
+  auto migrated = fdc::migrate(conninfo);
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  auto store = fdc::RunStore::connect(conninfo);
+  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+  return GateEnv{conninfo, std::move(*store)};
+}
+
+std::string gate_sql(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection c(conninfo);
+  pqxx::nontransaction tx(c);
+  const auto r = tx.exec(sql);
+  return r.empty() || r[0][0].is_null() ? std::string() : r[0][0].as<std::string>();
+}
+
+// Stores `flow` (module "test") at the version of its shape.
+fdc::FlowKey gate_store(fdc::RunStore& store, flowreg::FlowDef flow) {
+  flow.module = "test";
+  const std::string version = flowreg::flow_version(flow);
+  auto stored = store.upsert_flow(flow, version);
+  REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
+  return fdc::FlowKey{flow.slug, version};
+}
+
+flowreg::Concurrency gate_limit(int limit, std::optional<std::string> key) {
+  flowreg::Concurrency c;
+  c.limit = limit;
+  c.key = std::move(key);
+  return c;
+}
+
+fdc::RunId gate_start(fdc::RunStore& store, const fdc::FlowKey& key, const GateJson& input) {
+  auto id = store.start_run(key.slug, key.version, input);
+  REQUIRE_MESSAGE(id, flowreg::testing::failure_text(id));
+  return *id;
+}
+
+std::vector<fdc::ClaimedTask> gate_claim(fdc::RunStore& store, std::vector<fdc::FlowKey> keys,
+                                         int limit) {
+  auto claimed = store.claim("gate-test", keys, limit);
+  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+  return std::move(*claimed);
+}
+
+void gate_complete(fdc::RunStore& store, const std::vector<fdc::ClaimedTask>& tasks) {
+  std::vector<fdc::Completion> done;
+  for (const auto& t : tasks) done.push_back({t.id, t.attempt, GateJson(1)});
+  auto rejected = store.complete(done);
+  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
+  CHECK(rejected->empty());
+}
+
+// Claimed tasks per key (the input's "customer", "" when it has none).
+std::map<std::string, int> per_customer(const std::vector<fdc::ClaimedTask>& tasks) {
+  std::map<std::string, int> out;
+  for (const auto& t : tasks) {
+    const GateJson& c = t.input.contains("customer") ? t.input["customer"] : GateJson("");
+    ++out[c.is_string() ? c.get<std::string>() : c.dump()];
+  }
+  return out;
+}
+
+// A scratch directory with plugins/wchaos.so and a configuration on a fresh database.
+flowreg::pgtest::WorkerScene gate_scene(const std::string& name) {
+  namespace fs = std::filesystem;
+  flowreg::pgtest::WorkerScene s;
+  s.dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.dir / "plugins");
+  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
+    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
+  fs::permissions(s.dir / "plugins" / "wchaos.so", fs::perms::owner_read | fs::perms::owner_write |
+                                                       fs::perms::group_read |
+                                                       fs::perms::others_read);
+  s.conninfo = flowreg::pgtest::empty_database(name);
+  auto migrated = fdc::migrate(s.conninfo);
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  std::ofstream config(s.config());
+  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
+         << GateJson(s.conninfo).dump() << "\n";
+  return s;
+}
+
+// One handler execution from the audit file: [start, end) in steady clock ns.
+struct GateSpan {
+  std::string customer, run, step, attempt;
+  long pid = 0;
+  long long start = 0, end = -1;
+};
+
+// The executions of the audit file; one without its end line ends at its process's kill time
+// (`killed`: pid -> steady clock ns), and is reported when its process was not killed.
+std::vector<GateSpan> gate_spans(const std::filesystem::path& file,
+                                 const std::map<long, long long>& killed) {
+  std::map<std::string, GateSpan> open;  // by run, step and attempt
+  std::vector<GateSpan> out;
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string what;
+    GateSpan s;
+    long long t = 0;
+    words >> what >> s.customer >> s.run >> s.step >> s.attempt >> s.pid >> t;
+    const std::string id = s.run + " " + s.step + " " + s.attempt;
+    if (what == "S") {
+      s.start = t;
+      open[id] = s;
+    } else {
+      REQUIRE(open.count(id) == 1);
+      open[id].end = t;
+      out.push_back(open[id]);
+      open.erase(id);
+    }
+  }
+  for (auto& [id, s] : open) {
+    CAPTURE(id);
+    REQUIRE(killed.count(s.pid) == 1);  // only a killed worker's handler has no end
+    s.end = killed.at(s.pid);
+    out.push_back(s);
+  }
+  return out;
+}
+
+// The most intervals open at once per key.
+std::map<std::string, int> gate_peaks(
+    const std::vector<std::pair<std::string, std::pair<long long, long long>>>& intervals) {
+  std::map<std::string, std::vector<std::pair<long long, int>>> events;
+  for (const auto& [key, span] : intervals) {
+    events[key].emplace_back(span.first, +1);
+    events[key].emplace_back(span.second, -1);
+  }
+  std::map<std::string, int> peaks;
+  for (auto& [key, e] : events) {
+    std::sort(e.begin(), e.end());  // an end before a start at the same instant
+    int open = 0;
+    for (const auto& [t, d] : e) peaks[key] = std::max(peaks[key], open += d);
+  }
+  return peaks;
+}
+
+}  // namespace
+
+TEST_SUITE("concurrency_keys") {
+  TEST_CASE(
+      "a step's limit bounds its tasks running at once per key; a completion or a lapsed "
+      "lease frees a slot") {
+    auto env = gate_env("gate_step");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "charges";
+    flow.options.timeout = 1500ms;
+    flow.steps = {step("charge")};
+    flow.steps[0].concurrency = gate_limit(2, "/customer");
+    const auto key = gate_store(env.store, flow);
+    // 6 runs of customer a, 3 of b, 1 of 42 (a number: its JSON text), 2 with no customer.
+    std::vector<fdc::RunId> a;
+    for (int i = 0; i < 6; ++i) a.push_back(gate_start(env.store, key, {{"customer", "a"}}));
+    for (int i = 0; i < 3; ++i) gate_start(env.store, key, {{"customer", "b"}});
+    gate_start(env.store, key, {{"customer", 42}});
+    gate_start(env.store, key, {{"other", 1}});
+    gate_start(env.store, key, GateJson::object());
+    CHECK(gate_sql(env.conninfo,
+                   "SELECT string_agg(DISTINCT gate, '|' ORDER BY gate) FROM flowreg.tasks") ==
+          "charge:|charge:42|charge:a|charge:b");
+
+    auto first = gate_claim(env.store, {key}, 100);
+    CHECK(per_customer(first) ==
+          std::map<std::string, int>{{"", 2}, {"42", 1}, {"a", 2}, {"b", 2}});
+    CHECK(gate_claim(env.store, {key}, 100).empty());
+
+    // A waiting run says why.
+    const auto waiting = env.store.get_run(a[5]).value();
+    REQUIRE(waiting.has_value());
+    REQUIRE(waiting->waiting.has_value());
+    CHECK(waiting->waiting->step == "charge");
+    CHECK(waiting->waiting->key == "a");
+    CHECK(waiting->waiting->limit == 2);
+    CHECK(waiting->waiting->holding == 2);
+    CHECK(flowreg::app::waiting_text(*waiting) ==
+          "step 'charge': concurrency limit 2 reached for key \"a\" (2 tasks at once)");
+    CHECK_FALSE(env.store.get_run(a[0]).value()->waiting.has_value());  // running
+
+    // One of a's completes: one more of a, and only that.
+    std::vector<fdc::ClaimedTask> one_a;
+    for (const auto& t : first)
+      if (t.input.value("customer", GateJson("")) == "a" && one_a.empty()) one_a.push_back(t);
+    gate_complete(env.store, one_a);
+    auto next = gate_claim(env.store, {key}, 100);
+    CHECK(per_customer(next) == std::map<std::string, int>{{"a", 1}});
+
+    // The workers holding the rest die: their leases lapse, and their slots come back (each task
+    // once: requeued with its attempt, then claimed again within the limits).
+    std::this_thread::sleep_for(1800ms);
+    auto again = gate_claim(env.store, {key}, 100);
+    CHECK(per_customer(again) ==
+          std::map<std::string, int>{{"", 2}, {"42", 1}, {"a", 2}, {"b", 2}});
+    CHECK(gate_sql(env.conninfo,
+                   "SELECT count(*) FROM flowreg.tasks WHERE status = 'started' AND gate = "
+                   "'charge:a'") == "2");
+    CHECK(gate_sql(env.conninfo, "SELECT max(attempt) FROM flowreg.tasks") == "2");
+  }
+
+  TEST_CASE("one key with 100,000 queued runs does not delay another key's run by a claim") {
+    auto env = gate_env("gate_fair");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "fair";
+    flow.steps = {step("s")};
+    flow.steps[0].concurrency = gate_limit(2, "/customer");
+    const auto key = gate_store(env.store, flow);
+    for (int batch = 0; batch < 20; ++batch) {
+      std::vector<GateJson> inputs(5'000, GateJson{{"customer", "big"}});
+      auto ids = env.store.start_runs(key.slug, key.version, inputs);
+      REQUIRE_MESSAGE(ids, flowreg::testing::failure_text(ids));
+    }
+    gate_sql(env.conninfo, "ANALYZE flowreg.tasks");
+    auto busy = gate_claim(env.store, {key}, 64);
+    CHECK(per_customer(busy) == std::map<std::string, int>{{"big", 2}});
+    // Another key's runs, started after the backlog: the next claim takes them, whichever key
+    // the claim's cursor stands at; the backlog's key stays at its limit.
+    const auto small1 = gate_start(env.store, key, {{"customer", "small"}});
+    const auto small2 = gate_start(env.store, key, {{"customer", "zz"}});
+    auto next = gate_claim(env.store, {key}, 64);
+    std::set<fdc::RunId> got;
+    for (const auto& t : next) got.insert(t.run_id);
+    CHECK(got == std::set<fdc::RunId>{small1, small2});
+    gate_complete(env.store, busy);
+    CHECK(per_customer(gate_claim(env.store, {key}, 64)) == std::map<std::string, int>{{"big", 2}});
+  }
+
+  TEST_CASE("a flow's limit bounds its runs active at once per key, from first claim to end") {
+    auto env = gate_env("gate_flow");
+    using flowreg::pgtest::step;
+    // A chain (a -> b) and a DAG of two roots (x, y -> z), one run active per key.
+    flowreg::FlowDef chain;
+    chain.slug = "chain";
+    chain.steps = {step("a"), step("b", {"a"})};
+    chain.concurrency = gate_limit(1, "/k");
+    const auto ckey = gate_store(env.store, chain);
+    flowreg::FlowDef dag;
+    dag.slug = "dag";
+    dag.steps = {step("x"), step("y"), step("z", {"x", "y"})};
+    dag.concurrency = gate_limit(1, std::nullopt);  // one key for the whole flow
+    const auto dkey = gate_store(env.store, dag);
+
+    const auto c1 = gate_start(env.store, ckey, {{"k", "p"}});
+    const auto c2 = gate_start(env.store, ckey, {{"k", "p"}});
+    const auto c3 = gate_start(env.store, ckey, {{"k", "q"}});
+    auto t1 = gate_claim(env.store, {ckey}, 10);
+    std::set<fdc::RunId> runs;
+    for (const auto& t : t1) runs.insert(t.run_id);
+    CHECK(runs == std::set<fdc::RunId>{c1, c3});
+    CHECK(env.store.get_run(c1).value()->held_key == "p");
+    const auto w = env.store.get_run(c2).value();
+    REQUIRE(w->waiting.has_value());
+    CHECK(w->waiting->step.empty());
+    CHECK(flowreg::app::waiting_text(*w) ==
+          "concurrency limit 1 reached for key \"p\" (1 runs at once)");
+    // c1's first step ends: its run still holds the slot; its next step is claimed, not c2.
+    gate_complete(env.store, t1);
+    auto t2 = gate_claim(env.store, {ckey}, 10);
+    runs.clear();
+    for (const auto& t : t2) runs.insert(t.run_id);
+    CHECK(runs == std::set<fdc::RunId>{c1, c3});
+    for (const auto& t : t2) CHECK(t.step_slug == "b");
+    gate_complete(env.store, t2);
+    // c1 has ended: c2 gets the slot.
+    auto t3 = gate_claim(env.store, {ckey}, 10);
+    REQUIRE(t3.size() == 1);
+    CHECK(t3[0].run_id == c2);
+
+    // The DAG: the first claim admits one run and takes both its roots; the other waits.
+    const auto d1 = gate_start(env.store, dkey, GateJson::object());
+    const auto d2 = gate_start(env.store, dkey, GateJson::object());
+    auto roots = gate_claim(env.store, {dkey}, 10);
+    REQUIRE(roots.size() == 2);
+    CHECK(roots[0].run_id == d1);
+    CHECK(roots[1].run_id == d1);
+    CHECK(gate_claim(env.store, {dkey}, 10).empty());
+    // A failed run frees its slot too.
+    std::vector<fdc::Failure> failures{{roots[0].id, roots[0].attempt, "boom", true}};
+    auto failed = env.store.fail(failures);
+    REQUIRE_MESSAGE(failed, flowreg::testing::failure_text(failed));
+    CHECK(env.store.get_run(d1).value()->status == fdc::RunStatus::failed);
+    auto d2roots = gate_claim(env.store, {dkey}, 10);
+    CHECK(d2roots.size() == 2);
+    for (const auto& t : d2roots) CHECK(t.run_id == d2);
+  }
+
+  TEST_CASE("a step that loses its limit frees its queued tasks; a long key is kept short") {
+    auto env = gate_env("gate_change");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "changing";
+    flow.steps = {step("s")};
+    flow.steps[0].concurrency = gate_limit(1, "/k");
+    const auto key = gate_store(env.store, flow);
+    for (int i = 0; i < 3; ++i) gate_start(env.store, key, {{"k", "same"}});
+    const auto long_run = gate_start(env.store, key, {{"k", std::string(5'000, 'x')}});
+    CHECK(gate_sql(env.conninfo, "SELECT max(octet_length(gate)) FROM flowreg.tasks") ==
+          std::to_string(2 + 64 + 5 + 32));
+    CHECK(gate_claim(env.store, {key}, 10).size() == 2);
+    // The same version without the limit (an option, not the shape): the queued tasks are free.
+    flow.steps[0].concurrency.reset();
+    REQUIRE(gate_store(env.store, flow).version == key.version);
+    CHECK(gate_claim(env.store, {key}, 10).size() == 2);
+    CHECK(env.store.get_run(long_run).value()->status == fdc::RunStatus::started);
+  }
+
+  TEST_CASE(
+      "3 workers, 2 of them killed with SIGKILL while they run: no key ever exceeds its "
+      "limit, and every run completes") {
+    namespace fs = std::filesystem;
+    using Clock = std::chrono::steady_clock;
+    auto s = gate_scene("gate_workers");
+    const fs::path audit = s.dir / "audit";
+    const auto now_ns = [] { return Clock::now().time_since_epoch().count(); };
+    std::vector<flowreg::test::Child> workers;
+    for (const char* id : {"a", "b", "c"}) {
+      workers.push_back(s.worker(id, {"--lease", "1s", "--concurrency", "8", "--batch", "8"}));
+      s.wait_serving(id, "wchaos_gated");
+    }
+    // 4 customers: 6 tasks each of a step limited to 2 per customer, 4 runs each of a chain
+    // limited to 1 run per customer.
+    std::vector<fdc::RunId> runs;
+    for (int i = 0; i < 6; ++i)
+      for (const char* c : {"c1", "c2", "c3", "c4"})
+        runs.push_back(
+            s.start("wchaos_gated", {{"customer", c}, {"audit", audit.string()}, {"ms", 150}}));
+    for (int i = 0; i < 4; ++i)
+      for (const char* c : {"c1", "c2", "c3", "c4"})
+        runs.push_back(s.start("wchaos_gated_runs",
+                               {{"customer", c}, {"audit", audit.string()}, {"ms", 100}}));
+    // Kill a while it runs handlers, later b; a fourth worker takes over.
+    std::map<long, long long> killed;
+    for (std::size_t victim : {0u, 1u}) {
+      const std::string pid = std::to_string(workers[victim].pid());
+      REQUIRE(flowreg::pgtest::eventually(
+          [&] {
+            return flowreg::pgtest::read_file(audit).find(" " + pid + " ") != std::string::npos;
+          },
+          60s));
+      killed[workers[victim].pid()] = now_ns();
+      workers[victim].signal(SIGKILL);
+      CHECK(workers[victim].wait(10s) == 128 + SIGKILL);
+    }
+    workers.push_back(s.worker("d", {"--lease", "1s", "--concurrency", "8", "--batch", "8"}));
+    for (const auto& run : runs)
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 120s),
+                      std::string(s.err("c") + s.err("d")));
+    for (const auto& run : runs) CHECK(s.run_field(run, "status") == "completed");
+
+    const auto spans = gate_spans(audit, killed);
+    // Tasks of the gated step per customer; runs of the gated chain per customer (a run from its
+    // first start to its last end).
+    std::vector<std::pair<std::string, std::pair<long long, long long>>> tasks, chain_runs;
+    std::map<std::string, std::pair<std::string, std::pair<long long, long long>>> by_run;
+    int killed_spans = 0;
+    for (const auto& span : spans) {
+      killed_spans += killed.count(span.pid) == 1 && span.end == killed.at(span.pid);
+      if (span.step == "only") {
+        tasks.push_back({span.customer, {span.start, span.end}});
+        continue;
+      }
+      auto [it, fresh] =
+          by_run.try_emplace(span.run, span.customer, std::make_pair(span.start, span.end));
+      if (!fresh) {
+        it->second.second.first = std::min(it->second.second.first, span.start);
+        it->second.second.second = std::max(it->second.second.second, span.end);
+      }
+    }
+    for (const auto& [run, entry] : by_run) chain_runs.push_back(entry);
+    CHECK(killed_spans >= 1);  // the kills interrupted handlers
+    CHECK(by_run.size() == 16);
+    const auto task_peaks = gate_peaks(tasks);
+    const auto run_peaks = gate_peaks(chain_runs);
+    REQUIRE(task_peaks.size() == 4);
+    REQUIRE(run_peaks.size() == 4);
+    int reached = 0;
+    for (const auto& [customer, peak] : task_peaks) {
+      CAPTURE(customer);
+      CHECK(peak <= 2);
+      reached += peak == 2;
+    }
+    CHECK(reached >= 1);  // the limit was in use, not merely never approached
+    for (const auto& [customer, peak] : run_peaks) {
+      CAPTURE(customer);
+      CHECK(peak == 1);
+    }
+    for (auto& w : workers)
+      if (w.wait(0ms) == std::nullopt) {
+        w.signal(SIGTERM);
+        CHECK(w.wait(30s) == 0);
+      }
+  }
+
+  TEST_CASE("flows show prints the limits; runs show and the API's run say why a run waits") {
+    auto s = gate_scene("gate_cli");
+    const auto flowreg = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
+      return flowreg::test::run_process(args);
+    };
+    const auto shown = flowreg({"flows", "show", "wchaos_gated_runs"});
+    REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
+    CHECK(shown.out.find("concurrency=1 per /customer") != std::string::npos);
+    const auto step_shown = flowreg({"flows", "show", "wchaos_gated"});
+    CHECK(step_shown.out.find("(concurrency=2 per /customer)") != std::string::npos);
+    const auto as_json = flowreg({"flows", "show", "wchaos_gated", "--json"});
+    REQUIRE_MESSAGE(as_json.exit_code == 0, as_json.err);
+    CHECK(GateJson::parse(as_json.out)["steps"][0]["concurrency"] ==
+          GateJson{{"limit", 2}, {"key", "/customer"}});
+
+    // Three runs of one customer; two of its tasks claimed by hand: the third waits.
+    std::vector<fdc::RunId> ids;
+    for (int i = 0; i < 3; ++i) {
+      const auto r = flowreg({"run", "wchaos_gated", "--input",
+                              R"({"customer": "c1", "audit": "/dev/null"})", "--json"});
+      REQUIRE_MESSAGE(r.exit_code == 0, r.err);
+      ids.push_back(GateJson::parse(r.out)["id"].get<std::string>());
+    }
+    auto store = fdc::RunStore::connect(s.conninfo);
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+    const fdc::FlowKey key{"wchaos_gated",
+                           gate_sql(s.conninfo,
+                                    "SELECT version FROM flowreg.flows WHERE slug = "
+                                    "'wchaos_gated'")};
+    CHECK(gate_claim(*store, {key}, 10).size() == 2);
+    std::string waiting_id;
+    for (const auto& id : ids)
+      if (gate_sql(s.conninfo, "SELECT status FROM flowreg.tasks WHERE run_id = '" + id + "'") ==
+          "queued")
+        waiting_id = id;
+    REQUIRE(!waiting_id.empty());
+    const auto text = flowreg({"runs", "show", waiting_id});
+    REQUIRE_MESSAGE(text.exit_code == 0, text.err);
+    CHECK(text.out.find("waiting: step 'only': concurrency limit 2 reached for key \"c1\" (2 "
+                        "tasks at once)") != std::string::npos);
+    const auto j = flowreg({"runs", "show", waiting_id, "--json"});
+    REQUIRE_MESSAGE(j.exit_code == 0, j.err);
+    const auto c = GateJson::parse(j.out)["concurrency"];
+    CHECK(c["held_key"].is_null());
+    CHECK(c["waiting"]["step"] == "only");
+    CHECK(c["waiting"]["key"] == "c1");
+    CHECK(c["waiting"]["limit"] == 2);
+    CHECK(c["waiting"]["holding"] == 2);
+  }
+}
