@@ -5,14 +5,16 @@
 -- Per gate (a step's own, or a flow's on its root steps), its keys are visited in key order from
 -- where this connection's last claim left off (a cursor per gate, kept in the session setting
 -- flowreg.gate_cursors), wrapping around once: a key with a free slot gives its oldest due tasks,
--- as many as its free slots, then the next key is visited. So a key with 100,000 queued tasks gives
--- at most its limit per claim, and every other key with queued tasks is reached within the same
--- round of claims; p_room bounds the tasks and 4 * p_room + 32 the keys visited per call.
+-- as many as its free slots. So a key with 100,000 queued tasks gives at most its limit per claim,
+-- and every other key with queued tasks is reached within the same round of claims. Set-based,
+-- in rounds: a skip scan of tasks_gated gathers the next keys (as many as the room left, at least
+-- 16), one statement takes their locks, one claims from all those it got; p_room bounds the tasks
+-- and 4 * p_room + 32 the keys visited per call.
 --
 -- Never exceeded: a key is taken with pg_try_advisory_xact_lock (a key another claim holds is
--- skipped, never waited for) before the statement that counts its running tasks, or its active
--- runs, and claims: that statement's snapshot sees every claim of the key committed before, and no
--- other claim of it can commit before this transaction ends. (A completion frees a slot without
+-- skipped, never waited for) in a statement before the one that counts its running tasks, or its
+-- active runs, and claims: that statement's snapshot sees every claim of the key committed before,
+-- and no other claim of it can commit before this transaction ends. (A completion frees a slot without
 -- the lock: a claim that does not see it yet takes one task fewer, never one too many.)
 -- A step's gate counts its started tasks with the key (tasks_gate_running), over every version of
 -- the flow: a requeued lapsed lease frees its slot. A flow's gate counts its runs holding a slot
@@ -28,34 +30,37 @@ DECLARE
   v_ids bigint[] := '{}';
   v_got bigint[];
   v_runs uuid[];
-  v_key text COLLATE "C";
-  v_next text COLLATE "C";
+  v_keys text[];    -- the keys gathered by a round
+  v_locked text[];  -- those whose lock it got
+  v_last text COLLATE "C";
   v_start text COLLATE "C";
   v_from text COLLATE "C";
   v_end text COLLATE "C";
+  v_upto text COLLATE "C";  -- the keys gathered are below it: v_end, or after the wrap the cursor
   v_wrapped boolean;
   v_visits int := 0;
-  v_free int;
   v_name text;
   v_cursors jsonb := coalesce(nullif(current_setting('flowreg.gate_cursors', true), ''),
                               '{}')::jsonb;
   v_set text;  -- set_config's value, unused
 BEGIN
   FOR g IN
-    -- (A flow's gate is on each of its root steps: one visit.)
-    SELECT DISTINCT ON (f.slug, f.version, s.gate_prefix) f.slug, f.version, s.gate_prefix,
-           s.gate_limit
+    -- (A flow's gate is on each of its root steps: one visit. spread: a run may have several
+    -- gated tasks, of several root steps or a map root step's elements.)
+    SELECT f.slug, f.version, s.gate_prefix, min(s.gate_limit) AS gate_limit,
+           count(*) > 1 OR bool_or(s.kind = 'map') AS spread
     FROM unnest(p_slugs, p_versions) AS f(slug, version)
-    CROSS JOIN LATERAL (SELECT fs.gate_prefix, fs.gate_limit FROM flowreg.flow_steps fs
+    CROSS JOIN LATERAL (SELECT fs.gate_prefix, fs.gate_limit, fs.kind FROM flowreg.flow_steps fs
                         WHERE fs.flow_slug = f.slug AND fs.version = f.version
                           AND fs.gate_prefix IS NOT NULL OFFSET 0) s
+    GROUP BY f.slug, f.version, s.gate_prefix
     ORDER BY f.slug, f.version, s.gate_prefix
   LOOP
     EXIT WHEN cardinality(v_ids) >= p_room OR v_visits >= 4 * p_room + 32;
     v_name := g.slug || ' ' || g.version || ' ' || g.gate_prefix;
     -- The prefix's keys lie in [prefix, prefix with its last ':' turned into ';').
     v_end := left(g.gate_prefix, -1) || ';';
-    v_key := NULL;
+    v_last := NULL;
     -- From the key after the cursor (the smallest text after a key is the key and U+0001), or
     -- the first key; once at the end, from the first key again up to the cursor.
     v_start := v_cursors->>v_name;
@@ -63,61 +68,82 @@ BEGIN
       v_start := NULL;
     END IF;
     v_from := coalesce(v_start || chr(1), g.gate_prefix);
+    v_upto := v_end;
     v_wrapped := v_start IS NULL;
     LOOP
       EXIT WHEN cardinality(v_ids) >= p_room OR v_visits >= 4 * p_room + 32;
-      -- The next key with a queued task: one probe of tasks_gated.
-      v_next := NULL;
-      SELECT q.gate INTO v_next FROM flowreg.tasks q
-      WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-        AND q.flow_version = g.version AND q.gate >= v_from AND q.gate < v_end
-      ORDER BY q.gate LIMIT 1;
-      IF v_next IS NULL THEN
+      -- The next keys with a queued task in [v_from, v_upto): a skip scan of tasks_gated, one
+      -- probe per key, stopped by the LIMIT below.
+      WITH RECURSIVE k(gate) AS (
+        (SELECT q.gate FROM flowreg.tasks q
+         WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+           AND q.flow_version = g.version AND q.gate >= v_from AND q.gate < v_upto
+         ORDER BY q.gate LIMIT 1)
+        UNION ALL
+        SELECT (SELECT q.gate FROM flowreg.tasks q
+                WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+                  AND q.flow_version = g.version AND q.gate > k.gate AND q.gate < v_upto
+                ORDER BY q.gate LIMIT 1)
+        FROM k WHERE k.gate IS NOT NULL
+      )
+      SELECT array_agg(x.gate) INTO v_keys
+      FROM (SELECT k.gate FROM k WHERE k.gate IS NOT NULL
+            LIMIT greatest(p_room - cardinality(v_ids), 16)) x;
+      IF v_keys IS NULL THEN
         EXIT WHEN v_wrapped;
         v_wrapped := true;
         v_from := g.gate_prefix;
+        v_upto := v_start || chr(1);  -- up to the cursor's key, included
         CONTINUE;
       END IF;
-      EXIT WHEN v_wrapped AND v_start IS NOT NULL AND v_next > v_start;
-      v_key := v_next;
-      v_from := v_key || chr(1);
-      v_visits := v_visits + 1;
-      CONTINUE WHEN NOT pg_try_advisory_xact_lock(hashtext(g.slug), hashtext(v_key));
+      v_last := v_keys[cardinality(v_keys)];
+      v_from := v_last || chr(1);
+      v_visits := v_visits + cardinality(v_keys);
+      -- Their locks, in one statement; the keys another claim holds are skipped.
+      SELECT array_agg(x.k ORDER BY x.i) INTO v_locked
+      FROM unnest(v_keys) WITH ORDINALITY AS x(k, i)
+      WHERE pg_try_advisory_xact_lock(hashtext(g.slug), hashtext(x.k));
+      CONTINUE WHEN v_locked IS NULL;
       v_got := NULL;
       IF g.gate_prefix = ':' THEN
-        -- A flow's gate: the runs holding the key's slots (new statements: snapshots taken after
-        -- the lock), less those that ended (or were pruned), whose rows go.
-        -- (Each holder's run read by primary key, a scalar subquery: never an anti join that a
-        -- plan could run over all of runs_pkey.)
+        -- A flow's gate. The runs holding the keys' slots that ended (or were pruned) let go
+        -- (each holder's run read by primary key, a scalar subquery: never an anti join that a
+        -- plan could run over all of runs_pkey); then, in a new statement (a snapshot taken
+        -- after the locks), per key its free slots, its oldest due tasks as many, their runs
+        -- (skipped when busy: a cancel, a completion) admitted, and the tasks claimed.
         DELETE FROM flowreg.gate_holders h
-        WHERE h.flow_slug = g.slug AND h.gate = v_key
+        WHERE h.flow_slug = g.slug AND h.gate = ANY (v_locked)
           AND (SELECT r.status FROM flowreg.runs r WHERE r.id = h.run_id)
               IS DISTINCT FROM 'started';
-        SELECT g.gate_limit - count(*) INTO v_free
-        FROM flowreg.gate_holders h WHERE h.flow_slug = g.slug AND h.gate = v_key;
-        CONTINUE WHEN v_free <= 0;
         WITH c AS (
-          SELECT q.id, q.run_id FROM flowreg.tasks q
-          WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-            AND q.flow_version = g.version AND q.gate = v_key AND q.available_at <= now()
-          ORDER BY q.available_at
-          LIMIT least(v_free, p_room - cardinality(v_ids))
-          FOR UPDATE SKIP LOCKED
+          SELECT q.id, q.run_id, q.gate
+          FROM unnest(v_locked) WITH ORDINALITY AS x(k, i)
+          CROSS JOIN LATERAL (
+            SELECT g.gate_limit - count(*) AS n FROM flowreg.gate_holders h
+            WHERE h.flow_slug = g.slug AND h.gate = x.k) f
+          CROSS JOIN LATERAL (
+            SELECT q.id, q.run_id, q.gate FROM flowreg.tasks q
+            WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+              AND q.flow_version = g.version AND q.gate = x.k AND q.available_at <= now()
+            ORDER BY q.available_at
+            LIMIT greatest(f.n, 0)
+            FOR UPDATE SKIP LOCKED) q
+          LIMIT p_room - cardinality(v_ids)
         ),
-        -- Their runs, skipped when busy (a cancel, a completion), never waited for.
         lk AS (
           SELECT r.id FROM flowreg.runs r WHERE r.id = ANY (ARRAY(SELECT c.run_id FROM c))
             AND r.status = 'started'
           ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
         ),
         admitted AS (
-          UPDATE flowreg.runs r SET gate = v_key
-          WHERE r.id = ANY (ARRAY(SELECT lk.id FROM lk))
-          RETURNING r.id
+          UPDATE flowreg.runs r SET gate = c.gate
+          FROM c
+          WHERE r.id = ANY (ARRAY(SELECT lk.id FROM lk)) AND c.run_id = r.id
+          RETURNING r.id, c.gate
         ),
         held AS (
           INSERT INTO flowreg.gate_holders (flow_slug, gate, run_id)
-          SELECT g.slug, v_key, a.id FROM admitted a
+          SELECT g.slug, a.gate, a.id FROM admitted a
           ON CONFLICT DO NOTHING
         ),
         claimed AS (
@@ -131,7 +157,7 @@ BEGIN
         )
         SELECT array_agg(claimed.id), array_agg(DISTINCT claimed.run_id) INTO v_got, v_runs
         FROM claimed;
-        IF v_runs IS NOT NULL THEN
+        IF v_runs IS NOT NULL AND g.spread THEN
           -- The admitted runs' other gated tasks (another root step's, a map root's elements):
           -- claimed as any task. Found by run (tasks_by_run; the status written `status || ''`,
           -- so that no plan walks tasks_gated instead).
@@ -140,20 +166,26 @@ BEGIN
             AND t.gate IS NOT NULL;
         END IF;
       ELSE
-        -- A step's gate: its tasks running with the key, of any version of the flow.
-        SELECT g.gate_limit - count(*) INTO v_free
-        FROM (SELECT FROM flowreg.tasks t
-              WHERE t.status = 'started' AND t.gate IS NOT NULL AND t.flow_slug = g.slug
-                AND t.gate = v_key
-              LIMIT g.gate_limit) a;
-        CONTINUE WHEN v_free <= 0;
+        -- A step's gate: per key (a new statement: a snapshot taken after the locks) its tasks
+        -- running, of any version of the flow (counted up to the limit), then its oldest due
+        -- tasks, as many as its free slots.
         WITH c AS (
-          SELECT q.id FROM flowreg.tasks q
-          WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-            AND q.flow_version = g.version AND q.gate = v_key AND q.available_at <= now()
-          ORDER BY q.available_at
-          LIMIT least(v_free, p_room - cardinality(v_ids))
-          FOR UPDATE SKIP LOCKED
+          SELECT q.id
+          FROM unnest(v_locked) WITH ORDINALITY AS x(k, i)
+          CROSS JOIN LATERAL (
+            SELECT g.gate_limit - count(*) AS n
+            FROM (SELECT FROM flowreg.tasks t
+                  WHERE t.status = 'started' AND t.gate IS NOT NULL AND t.flow_slug = g.slug
+                    AND t.gate = x.k
+                  LIMIT g.gate_limit) a) f
+          CROSS JOIN LATERAL (
+            SELECT q.id FROM flowreg.tasks q
+            WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+              AND q.flow_version = g.version AND q.gate = x.k AND q.available_at <= now()
+            ORDER BY q.available_at
+            LIMIT greatest(f.n, 0)
+            FOR UPDATE SKIP LOCKED) q
+          LIMIT p_room - cardinality(v_ids)
         ),
         claimed AS (
           UPDATE flowreg.tasks t
@@ -166,8 +198,8 @@ BEGIN
       END IF;
       v_ids := v_ids || coalesce(v_got, '{}');
     END LOOP;
-    IF v_key IS NOT NULL THEN
-      v_cursors := jsonb_set(v_cursors, ARRAY[v_name], to_jsonb(v_key));
+    IF v_last IS NOT NULL THEN
+      v_cursors := jsonb_set(v_cursors, ARRAY[v_name], to_jsonb(v_last));
     END IF;
   END LOOP;
   IF v_cursors <> '{}' THEN

@@ -299,7 +299,7 @@ TEST_SUITE("concurrency_keys") {
     REQUIRE(w->waiting.has_value());
     CHECK(w->waiting->step.empty());
     CHECK(flowreg::app::waiting_text(*w) ==
-          "concurrency limit 1 reached for key \"p\" (1 runs at once)");
+          "concurrency limit 1 reached for key \"p\" (1 run at once)");
     // c1's first step ends: its run still holds the slot; its next step is claimed, not c2.
     gate_complete(env.store, t1);
     auto t2 = gate_claim(env.store, {ckey}, 10);

@@ -817,6 +817,55 @@ TEST_SUITE("serve") {
     CHECK(js->body.find("innerHTML") == std::string::npos);
   }
 
+  TEST_CASE("a run waiting for a concurrency limit says which, by the API and on its page") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto store = std::optional<detail::RunStore>(scene_store(scene));
+    // A flow no worker of the scene serves: one task at once per /c, whose key holds markup.
+    FlowDef flow;
+    flow.slug = "limited";
+    flow.module = "servetest";
+    flow.steps.push_back(StepDef{"only", StepKind::single, {}, "nobody.none", {}});
+    Concurrency one;
+    one.key = "/c";
+    flow.steps[0].concurrency = one;
+    REQUIRE(store->upsert_flow(flow, "v1"));
+    std::vector<detail::RunId> runs;
+    for (int i = 0; i < 2; ++i) {
+      auto run = store->start_run("limited", "v1", detail::Json{{"c", "<b>k</b>"}});
+      REQUIRE_MESSAGE(run, testing::failure_text(run));
+      runs.push_back(*run);
+    }
+    const detail::FlowKey key{"limited", "v1"};
+    auto claimed = store->claim("test-worker", std::span(&key, 1), 10);
+    REQUIRE_MESSAGE(claimed, testing::failure_text(claimed));
+    REQUIRE(claimed->size() == 1);
+    const detail::RunId waiting = (*claimed)[0].run_id == runs[0] ? runs[1] : runs[0];
+
+    auto c = scene.client();
+    const json got = body_of(c.Get(("/api/v1/runs/" + waiting).c_str()));
+    CAPTURE(got.dump());
+    CHECK(got["concurrency"]["held_key"].is_null());
+    CHECK(got["concurrency"]["waiting"] ==
+          json{{"step", "only"},
+               {"key", "<b>k</b>"},
+               {"limit", 1},
+               {"holding", 1},
+               {"text",
+                "step 'only': concurrency limit 1 reached for key \"<b>k</b>\" (1 task "
+                "at once)"}});
+    // The running one waits for nothing.
+    CHECK(
+        body_of(c.Get(("/api/v1/runs/" + (*claimed)[0].run_id).c_str()))["concurrency"].is_null());
+    auto page = c.Get(("/runs/" + waiting).c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find("<dt>Waiting</dt><dd data-run-waiting>step &#39;only&#39;: concurrency "
+                          "limit 1 reached for key &quot;&lt;b&gt;k&lt;/b&gt;&quot;") !=
+          std::string::npos);
+    CHECK(page->body.find("<b>k</b>") == std::string::npos);
+  }
+
   TEST_CASE("a step waiting for its retry says when, and how its last attempt failed") {
     ServeScene& scene = shared_scene();
     REQUIRE_MESSAGE(scene.port > 0, scene.log());

@@ -129,8 +129,8 @@ std::string waiting_text(const detail::RunInfo& r) {
   const std::string who = w.step.empty() ? std::string() : fmt::format("step '{}': ", w.step);
   const std::string key = fmt::format("key {}", json(valid_text(w.key)).dump());
   if (w.holding >= w.limit)
-    return fmt::format("{}concurrency limit {} reached for {} ({} {} at once)", who, w.limit, key,
-                       w.limit, w.step.empty() ? "runs" : "tasks");
+    return fmt::format("{}concurrency limit {} reached for {} ({} {}{} at once)", who, w.limit, key,
+                       w.limit, w.step.empty() ? "run" : "task", w.limit == 1 ? "" : "s");
   return fmt::format("{}queued for {} ({} of {} slots in use)", who, key, w.holding, w.limit);
 }
 
