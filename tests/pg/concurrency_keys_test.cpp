@@ -321,6 +321,10 @@ TEST_SUITE("concurrency_keys") {
     CHECK(roots[0].run_id == d1);
     CHECK(roots[1].run_id == d1);
     CHECK(gate_claim(env.store, {dkey}, 10).empty());
+    // A limit without a key: every run has the default key "", and runs show says so.
+    CHECK(flowreg::app::waiting_text(*env.store.get_run(d2).value()) ==
+          "concurrency limit 1 reached for the default key \"\" (the run's input has no value at "
+          "the limit's key, or the limit has none) (1 run at once)");
     // A failed run frees its slot too.
     std::vector<fdc::Failure> failures{{roots[0].id, roots[0].attempt, "boom", true}};
     auto failed = env.store.fail(failures);
