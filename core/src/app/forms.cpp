@@ -128,10 +128,11 @@ std::string waiting_text(const detail::RunInfo& r) {
   const auto& w = *r.waiting;
   const std::string who = w.step.empty() ? std::string() : fmt::format("step '{}': ", w.step);
   // "": the default key (docs/flows.md#concurrency-limits), said so.
-  const std::string key =
-      w.key.empty() ? std::string("the default key \"\" (the run's input has no value at the "
-                                  "limit's key, or the limit has none)")
-                    : fmt::format("key {}", json(valid_text(w.key)).dump());
+  const std::string key = w.key.empty()
+                              ? std::string(
+                                    "the default key \"\" (the run's input has no value at the "
+                                    "limit's key, or the limit has none)")
+                              : fmt::format("key {}", json(valid_text(w.key)).dump());
   if (w.holding >= w.limit)
     return fmt::format("{}concurrency limit {} reached for {} ({} {}{} at once)", who, w.limit, key,
                        w.limit, w.step.empty() ? "run" : "task", w.limit == 1 ? "" : "s");
