@@ -52,7 +52,8 @@ CREATE INDEX tasks_queued ON flowreg.tasks
   (hashtextextended(flow_slug || ' ' || flow_version, 0), priority, available_at)
   WHERE status = 'queued' AND gate IS NULL;
 -- The gated queues, one per key, oldest first; and the keys' running tasks and active runs.
-CREATE INDEX IF NOT EXISTS tasks_gated ON flowreg.tasks (flow_slug, flow_version, gate, available_at)
+CREATE INDEX IF NOT EXISTS tasks_gated
+  ON flowreg.tasks (flow_slug, flow_version, gate, available_at)
   WHERE status = 'queued' AND gate IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_gate_running ON flowreg.tasks (flow_slug, gate)
   WHERE status = 'started' AND gate IS NOT NULL;

@@ -14,8 +14,8 @@
 -- Never exceeded: a key is taken with pg_try_advisory_xact_lock (a key another claim holds is
 -- skipped, never waited for) in a statement before the one that counts its running tasks, or its
 -- active runs, and claims: that statement's snapshot sees every claim of the key committed before,
--- and no other claim of it can commit before this transaction ends. (A completion frees a slot without
--- the lock: a claim that does not see it yet takes one task fewer, never one too many.)
+-- and no other claim of it can commit before this transaction ends. (A completion frees a slot
+-- without the lock: a claim that does not see it yet takes one task fewer, never one too many.)
 -- A step's gate counts its started tasks with the key (tasks_gate_running), over every version of
 -- the flow: a requeued lapsed lease frees its slot. A flow's gate counts its runs holding a slot
 -- of the key (gate_holders) that are still started, after it deleted those that ended: the claim

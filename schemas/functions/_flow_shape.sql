@@ -1,6 +1,6 @@
 -- A flow version's shape: its steps without their options and concurrency limits (migration
--- 0023), sorted by slug, each with its dependencies sorted, so that the order in which steps and dependencies are written does not
--- matter.
+-- 0023), sorted by slug, each with its dependencies sorted, so that the order in which steps and
+-- dependencies are written does not matter.
 CREATE OR REPLACE FUNCTION flowreg._flow_shape(p_def jsonb)
 RETURNS jsonb LANGUAGE sql IMMUTABLE AS $$
   SELECT coalesce(jsonb_agg(
