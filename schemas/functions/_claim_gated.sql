@@ -22,6 +22,14 @@
 -- of a run's first task admits the run (gate_holders, runs.gate) and ungates its tasks, so that
 -- its other root tasks, retries and lapsed leases are claimed as any task, with no slot of their
 -- own; its end frees the slot.
+--
+-- Rate limits (migration 0024), on a step's gate: a task claimed takes a token of its bucket (the
+-- key's, or the one of the step or flow), as the claim writes it (rate_buckets: the tokens at a
+-- time; refilled at rate_limit per rate_per_ms, up to rate_limit). A bucket is read and written
+-- under its lock, taken as the keys' are (the key's own lock serves a step's bucket per key), in a
+-- statement before the one that reads it: never two claims spending the same tokens. When a
+-- bucket visited is left without a token, the transaction setting flowreg.rate_due tells work()
+-- when it has one again (a worker claims then, rather than at its next poll).
 CREATE OR REPLACE FUNCTION flowreg._claim_gated(p_worker text, p_slugs text[], p_versions text[],
                                                 p_room int, p_lease_ms bigint)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
@@ -43,14 +51,30 @@ DECLARE
   v_cursors jsonb := coalesce(nullif(current_setting('flowreg.gate_cursors', true), ''),
                               '{}')::jsonb;
   v_set text;  -- set_config's value, unused
+  -- Rate limits (migration 0024) of the gate visited: v_rate, it has one; v_keyed, a bucket per
+  -- key (else one, v_tok its tokens); v_rlock, the buckets need locks of their own (they are the
+  -- flow's, shared by its steps; or one for all keys); v_plen, the prefix's length.
+  v_rate boolean;
+  v_keyed boolean;
+  v_rlock boolean;
+  v_plen int;
+  v_tok double precision;
+  v_min_tok double precision;
+  v_due timestamptz;  -- when a bucket found empty has a token again (see work)
 BEGIN
   FOR g IN
     -- (A flow's gate is on each of its root steps: one visit. spread: a run may have several
     -- gated tasks, of several root steps or a map root step's elements.)
+    -- (A step's gate has its step's rate limit, if any; a flow's gate none: the model refuses a
+    -- rate limit on a root step of a flow with a concurrency limit.)
     SELECT f.slug, f.version, s.gate_prefix, min(s.gate_limit) AS gate_limit,
-           count(*) > 1 OR bool_or(s.kind = 'map') AS spread
+           count(*) > 1 OR bool_or(s.kind = 'map') AS spread,
+           min(s.rate_limit) AS rate_limit, min(s.rate_per_ms) AS rate_per_ms,
+           min(s.rate_scope) AS rate_scope, bool_or(s.rate_keyed) AS rate_keyed
     FROM unnest(p_slugs, p_versions) AS f(slug, version)
-    CROSS JOIN LATERAL (SELECT fs.gate_prefix, fs.gate_limit, fs.kind FROM flowreg.flow_steps fs
+    CROSS JOIN LATERAL (SELECT fs.gate_prefix, fs.gate_limit, fs.kind, fs.rate_limit,
+                               fs.rate_per_ms, fs.rate_scope, fs.rate_keyed
+                        FROM flowreg.flow_steps fs
                         WHERE fs.flow_slug = f.slug AND fs.version = f.version
                           AND fs.gate_prefix IS NOT NULL OFFSET 0) s
     GROUP BY f.slug, f.version, s.gate_prefix
@@ -58,6 +82,31 @@ BEGIN
   LOOP
     EXIT WHEN cardinality(v_ids) >= p_room OR v_visits >= 4 * p_room + 32;
     v_name := g.slug || ' ' || g.version || ' ' || g.gate_prefix;
+    v_rate := g.rate_limit IS NOT NULL AND g.gate_prefix <> ':';
+    v_keyed := v_rate AND g.rate_keyed;
+    v_rlock := v_rate AND g.rate_scope = '' AND g.rate_keyed;
+    v_plen := length(g.gate_prefix);
+    v_tok := NULL;
+    IF v_rate AND NOT v_keyed THEN
+      -- One bucket for all the gate's keys: its lock (another claim holding it takes the tokens;
+      -- this one looks again soon), then its tokens now, in a new statement.
+      IF NOT pg_try_advisory_xact_lock(hashtext(g.slug), hashtext('rate ' || g.rate_scope || ':'))
+      THEN
+        v_due := least(v_due, now() + interval '20 ms');
+        CONTINUE;
+      END IF;
+      SELECT least(g.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
+                                            * g.rate_limit / g.rate_per_ms)
+      INTO v_tok
+      FROM flowreg.rate_buckets b
+      WHERE b.flow_slug = g.slug AND b.scope = g.rate_scope AND b.key = '';
+      v_tok := coalesce(v_tok, g.rate_limit);
+      IF v_tok < 1 THEN
+        v_due := least(v_due, now() + (least(g.rate_limit, p_room) - v_tok) * g.rate_per_ms
+                                      / g.rate_limit * interval '1 ms');
+        CONTINUE;
+      END IF;
+    END IF;
     -- The prefix's keys lie in [prefix, prefix with its last ':' turned into ';').
     v_end := left(g.gate_prefix, -1) || ';';
     v_last := NULL;
@@ -99,10 +148,14 @@ BEGIN
       v_last := v_keys[cardinality(v_keys)];
       v_from := v_last || chr(1);
       v_visits := v_visits + cardinality(v_keys);
-      -- Their locks, in one statement; the keys another claim holds are skipped.
+      -- Their locks, in one statement; the keys another claim holds are skipped. (And their
+      -- buckets' locks, when the flow's rate limit has a bucket per key.)
       SELECT array_agg(x.k ORDER BY x.i) INTO v_locked
       FROM unnest(v_keys) WITH ORDINALITY AS x(k, i)
-      WHERE pg_try_advisory_xact_lock(hashtext(g.slug), hashtext(x.k));
+      WHERE pg_try_advisory_xact_lock(hashtext(g.slug), hashtext(x.k))
+        AND (NOT v_rlock
+             OR pg_try_advisory_xact_lock(hashtext(g.slug),
+                                          hashtext('rate :' || substr(x.k, v_plen + 1))));
       CONTINUE WHEN v_locked IS NULL;
       v_got := NULL;
       IF g.gate_prefix = ':' THEN
@@ -167,34 +220,82 @@ BEGIN
         END IF;
       ELSE
         -- A step's gate: per key (a new statement: a snapshot taken after the locks) its tasks
-        -- running, of any version of the flow (counted up to the limit), then its oldest due
-        -- tasks, as many as its free slots.
-        WITH c AS (
-          SELECT q.id
+        -- running, of any version of the flow (counted up to the limit; none without a
+        -- concurrency limit) and its bucket's tokens (a rate limit with a bucket per key), then
+        -- its oldest due tasks, as many as both allow, and as many as the one bucket's tokens in
+        -- all. The tokens taken are written to the buckets.
+        WITH kk AS MATERIALIZED (
+          SELECT x.k, x.i,
+                 CASE WHEN g.gate_limit IS NULL THEN p_room
+                      ELSE g.gate_limit - (SELECT count(*)
+                                           FROM (SELECT FROM flowreg.tasks t
+                                                 WHERE t.status = 'started' AND t.gate IS NOT NULL
+                                                   AND t.flow_slug = g.slug AND t.gate = x.k
+                                                 LIMIT g.gate_limit) a) END AS n,
+                 CASE WHEN v_keyed THEN
+                   coalesce((SELECT least(g.rate_limit,
+                                          b.tokens + extract(epoch FROM now() - b.at)::float8
+                                                     * 1000 * g.rate_limit / g.rate_per_ms)
+                             FROM flowreg.rate_buckets b
+                             WHERE b.flow_slug = g.slug AND b.scope = g.rate_scope
+                               AND b.key = substr(x.k, v_plen + 1)), g.rate_limit) END AS tok
           FROM unnest(v_locked) WITH ORDINALITY AS x(k, i)
-          CROSS JOIN LATERAL (
-            SELECT g.gate_limit - count(*) AS n
-            FROM (SELECT FROM flowreg.tasks t
-                  WHERE t.status = 'started' AND t.gate IS NOT NULL AND t.flow_slug = g.slug
-                    AND t.gate = x.k
-                  LIMIT g.gate_limit) a) f
+        ),
+        c AS (
+          SELECT q.id
+          FROM kk
           CROSS JOIN LATERAL (
             SELECT q.id FROM flowreg.tasks q
             WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-              AND q.flow_version = g.version AND q.gate = x.k AND q.available_at <= now()
+              AND q.flow_version = g.version AND q.gate = kk.k AND q.available_at <= now()
             ORDER BY q.available_at
-            LIMIT greatest(f.n, 0)
+            LIMIT greatest(least(kk.n, floor(coalesce(kk.tok, kk.n))::bigint), 0)
             FOR UPDATE SKIP LOCKED) q
-          LIMIT p_room - cardinality(v_ids)
+          LIMIT least(p_room - cardinality(v_ids), floor(coalesce(v_tok, p_room))::bigint)
         ),
         claimed AS (
           UPDATE flowreg.tasks t
           SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker,
               started_at = now(), lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
           WHERE t.id = ANY (ARRAY(SELECT c.id FROM c))
-          RETURNING t.id
+          RETURNING t.id, t.gate
+        ),
+        spent AS (
+          INSERT INTO flowreg.rate_buckets AS b (flow_slug, scope, key, tokens, at)
+          SELECT g.slug, g.rate_scope,
+                 CASE WHEN v_keyed THEN substr(cl.gate, v_plen + 1) ELSE '' END,
+                 g.rate_limit - count(*), now()
+          FROM claimed cl WHERE v_rate
+          GROUP BY 3
+          ON CONFLICT (flow_slug, scope, key) DO UPDATE
+          SET tokens = least(g.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8
+                                                     * 1000 * g.rate_limit / g.rate_per_ms)
+                       - (g.rate_limit - excluded.tokens),
+              at = now()
         )
-        SELECT array_agg(claimed.id) INTO v_got FROM claimed;
+        SELECT (SELECT array_agg(cl.id) FROM claimed cl),
+               (SELECT min(kk.tok - (SELECT count(*) FROM claimed cl WHERE cl.gate = kk.k))
+                FROM kk WHERE v_keyed)
+        INTO v_got, v_min_tok;
+        IF v_rate THEN
+          -- A bucket left without a whole token: the worker claims again when it has one (the
+          -- one bucket: as many as a claim takes).
+          IF v_keyed AND v_min_tok < 1 THEN
+            v_due := least(v_due, now() + (1 - v_min_tok) * g.rate_per_ms / g.rate_limit
+                                          * interval '1 ms');
+          ELSIF NOT v_keyed THEN
+            v_tok := v_tok - coalesce(cardinality(v_got), 0);
+            IF v_tok < 1 THEN
+              v_due := least(v_due, now() + (least(g.rate_limit, p_room) - v_tok) * g.rate_per_ms
+                                            / g.rate_limit * interval '1 ms');
+              v_ids := v_ids || coalesce(v_got, '{}');
+              -- The keys after the last served wait for the next tokens: the cursor stays there.
+              v_last := coalesce((SELECT max(t.gate) FROM flowreg.tasks t
+                                  WHERE t.id = ANY (v_got)), v_last);
+              EXIT;
+            END IF;
+          END IF;
+        END IF;
       END IF;
       v_ids := v_ids || coalesce(v_got, '{}');
     END LOOP;
@@ -206,6 +307,10 @@ BEGIN
     -- Session-wide (not local): the next claim of this connection goes on from here. A cursor
     -- per gate of the flows served; a few hundred bytes.
     v_set := set_config('flowreg.gate_cursors', v_cursors::text, false);
+  END IF;
+  IF v_due IS NOT NULL THEN
+    -- For work(): the earliest time a rate-limited gate visited has tokens again.
+    v_set := set_config('flowreg.rate_due', v_due::text, true);
   END IF;
   RETURN v_ids;
 END $$;

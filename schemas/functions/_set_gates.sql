@@ -1,8 +1,12 @@
--- Writes the gates of a flow version's steps (migration 0023) from its stored definition: a step's
--- own `concurrency` ({"limit", "key"}: a JSON pointer, absent for one key), else the flow's for
--- its root steps. Like a timeout, a changed gate applies to the tasks created from then on, but a
--- step left without one frees its queued tasks at once (they join tasks_queued), so that none
--- waits for a gate that no longer exists.
+-- Writes the gates of a flow version's steps (migrations 0023, 0024) from its stored definition.
+-- Concurrency: a step's own `concurrency` ({"limit", "key"}: a JSON pointer, absent for one key),
+-- else the flow's for its root steps. Rate limits: a step's own `rate_limit` ({"limit", "per_ms",
+-- "key"}), else the flow's, for every step; a rate-limited step without a concurrency limit gets
+-- the gate '<step>:' keyed by the rate limit's key. (The model refuses a rate limit on a root step of a
+-- flow with a concurrency limit, and a rate limit keyed by another pointer than the concurrency
+-- limit over the same tasks.) Like a timeout, a changed gate applies to the tasks created from then
+-- on, but a step left without one frees its queued tasks at once (they join tasks_queued), so that
+-- none waits for a gate that no longer exists.
 CREATE OR REPLACE FUNCTION flowreg._set_gates(p_slug text, p_version text)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -11,33 +15,42 @@ DECLARE
 BEGIN
   SELECT f.definition INTO v_def FROM flowreg.flows f
   WHERE f.slug = p_slug AND f.version = p_version;
-  WITH g AS (
+  WITH s AS (
     SELECT s->>'slug' AS step_slug,
-           CASE WHEN s ? 'concurrency' THEN (s->>'slug') || ':'
-                WHEN v_def ? 'concurrency' AND jsonb_array_length(s->'depends_on') = 0 THEN ':'
-           END AS prefix,
            coalesce(s->'concurrency', CASE WHEN jsonb_array_length(s->'depends_on') = 0
-                                           THEN v_def->'concurrency' END) AS c
+                                           THEN v_def->'concurrency' END) AS c,
+           coalesce(s->'rate_limit', v_def->'rate_limit') AS r,
+           CASE WHEN s ? 'rate_limit' THEN s->>'slug' ELSE '' END AS scope,
+           s ? 'concurrency' OR jsonb_array_length(s->'depends_on') > 0 AS own
     FROM jsonb_array_elements(v_def->'steps') AS s
+  ),
+  g AS (
+    SELECT s.step_slug,
+           CASE WHEN s.c IS NOT NULL AND NOT s.own THEN ':'
+                WHEN s.c IS NOT NULL OR s.r IS NOT NULL THEN s.step_slug || ':' END AS prefix,
+           (s.c->>'limit')::int AS gate_limit,
+           -- "/a/b~1c" -> {a,b/c}; "" -> {} (the whole input); NULL: one key.
+           CASE WHEN coalesce(s.c, s.r) ? 'key' THEN
+             ARRAY(SELECT replace(replace(p.t, '~1', '/'), '~0', '~')
+                   FROM unnest((string_to_array(coalesce(s.c, s.r)->>'key', '/'))[2:])
+                        WITH ORDINALITY AS p(t, i)
+                   ORDER BY p.i) END AS path,
+           (s.r->>'limit')::int AS rate_limit, (s.r->>'per_ms')::bigint AS rate_per_ms,
+           CASE WHEN s.r IS NOT NULL THEN s.scope END AS rate_scope,
+           CASE WHEN s.r IS NOT NULL THEN s.r ? 'key' END AS rate_keyed
+    FROM s
   ),
   upd AS (
     UPDATE flowreg.flow_steps fs
-    SET gate_prefix = g.prefix,
-        gate_limit = CASE WHEN g.prefix IS NOT NULL THEN (g.c->>'limit')::int END,
-        -- "/a/b~1c" -> {a,b/c}; "" -> {} (the whole input).
-        gate_path = CASE WHEN g.prefix IS NOT NULL AND g.c ? 'key' THEN
-                      ARRAY(SELECT replace(replace(p.t, '~1', '/'), '~0', '~')
-                            FROM unnest((string_to_array(g.c->>'key', '/'))[2:])
-                                 WITH ORDINALITY AS p(t, i)
-                            ORDER BY p.i) END
+    SET gate_prefix = g.prefix, gate_limit = g.gate_limit, gate_path = g.path,
+        rate_limit = g.rate_limit, rate_per_ms = g.rate_per_ms, rate_scope = g.rate_scope,
+        rate_keyed = g.rate_keyed
     FROM g
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.step_slug = g.step_slug
-      AND (fs.gate_prefix, fs.gate_limit, fs.gate_path) IS DISTINCT FROM
-          (g.prefix, CASE WHEN g.prefix IS NOT NULL THEN (g.c->>'limit')::int END,
-           CASE WHEN g.prefix IS NOT NULL AND g.c ? 'key' THEN
-             ARRAY(SELECT replace(replace(p.t, '~1', '/'), '~0', '~')
-                   FROM unnest((string_to_array(g.c->>'key', '/'))[2:]) WITH ORDINALITY AS p(t, i)
-                   ORDER BY p.i) END)
+      AND (fs.gate_prefix, fs.gate_limit, fs.gate_path, fs.rate_limit, fs.rate_per_ms,
+           fs.rate_scope, fs.rate_keyed) IS DISTINCT FROM
+          (g.prefix, g.gate_limit, g.path, g.rate_limit, g.rate_per_ms, g.rate_scope,
+           g.rate_keyed)
     RETURNING fs.step_slug, fs.gate_prefix
   )
   SELECT array_agg(u.step_slug) INTO v_freed FROM upd u WHERE u.gate_prefix IS NULL;

@@ -9,7 +9,8 @@
 --                    task no longer started)
 --   kind 'claimed'   a claimed task, every column set
 --   kind 'due'       at most one: due_in_ms, the milliseconds until the next delayed (retrying)
---                    task of these flows becomes available, by the server's clock (so the
+--                    task of these flows becomes available, or a rate-limited gate visited has
+--                    tokens again (_claim_gated), by the server's clock (so the
 --                    worker's clock does not matter). timeout_ms holds the same number and
 --                    lease_expires_at that time, as they did before due_in_ms existed: workers
 --                    of the previous release, still running while a database is upgraded, read
@@ -39,6 +40,7 @@ DECLARE
   v_leases_c timestamptz[];
   v_taken bigint;  -- tasks claimed by this call (returned as 'claimed')
   v_set text;      -- set_config's value, unused
+  v_rate_due timestamptz;  -- when a rate-limited gate has tokens again (_claim_gated)
 BEGIN
   -- Each statement costs its plan's initialization (executor start-up) even with no rows to work
   -- on, and a call's fixed cost is the sum of those: a statement runs only when it has rows, and
@@ -125,11 +127,13 @@ BEGIN
   IF p_limit > 0 AND coalesce(cardinality(v_ids_c), 0) + v_taken >= p_limit THEN
     RETURN;
   END IF;
+  v_rate_due := nullif(current_setting('flowreg.rate_due', true), '')::timestamptz;
   RETURN QUERY
     SELECT 'due'::text, NULL::bigint, NULL::uuid, NULL::text, NULL::text, NULL::text, NULL::int,
            NULL::int, NULL::jsonb, NULL::int,
-           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint, min(d.at),
-           ceil(extract(epoch FROM min(d.at) - now()) * 1000)::bigint
+           ceil(extract(epoch FROM least(min(d.at), v_rate_due) - now()) * 1000)::bigint,
+           least(min(d.at), v_rate_due),
+           ceil(extract(epoch FROM least(min(d.at), v_rate_due) - now()) * 1000)::bigint
     FROM jsonb_to_recordset(p_flows) AS f(slug text, version text)
     -- Per priority level (see _claim), the level's first task not yet due.
     CROSS JOIN LATERAL unnest(ARRAY(SELECT l.priority FROM flowreg.queue_levels l
@@ -144,7 +148,7 @@ BEGIN
         AND q.flow_slug = f.slug AND q.flow_version = f.version
         AND q.available_at > now()
       ORDER BY q.available_at LIMIT 1) d
-    HAVING min(d.at) IS NOT NULL;
+    HAVING least(min(d.at), v_rate_due) IS NOT NULL;
 END $$;
 
 -- Sequential scans off, as in every function it calls: its own query of tasks (the next delayed

@@ -3,7 +3,8 @@
 -- (migration 0023): held_key, the key of its flow's limit whose slot it holds (its first task
 -- was claimed, and it has not ended); gate_*, a task of it waiting for a slot: its step ('' for
 -- the flow's limit), key, limit, and the runs or tasks holding the key's slots now (at most the
--- limit, counted).
+-- limit, counted; gate_limit NULL: no concurrency limit); rate_*, the rate limit over that task
+-- (migration 0024), and when its bucket has a token again, if it has none now.
 -- Timestamps travel as microseconds since the epoch, in columns whose names end in _us.
 SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS input,
  r.output::text AS output, r.error, (extract(epoch FROM r.created_at) * 1000000)::bigint AS
@@ -12,12 +13,25 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
  (extract(epoch FROM r.start_at) * 1000000)::bigint AS start_at_us, r.priority,
  (r.status = 'started' AND r.start_at > now()) IS TRUE AS scheduled,
  CASE WHEN r.status = 'started' THEN substr(r.gate, 2) END AS held_key,
- w.step_slug AS gate_step, w.key AS gate_key, w.gate_limit, w.holding AS gate_holding
+ w.step_slug AS gate_step, w.key AS gate_key, w.gate_limit, w.holding AS gate_holding,
+ w.rate_limit, w.rate_per_ms,
+ (extract(epoch FROM now() + (1 - w.tokens) * w.rate_per_ms / w.rate_limit * interval '1 ms')
+  * 1000000)::bigint AS rate_until_us
  FROM flowreg.runs r
  LEFT JOIN LATERAL (
   SELECT CASE WHEN fs.gate_prefix = ':' THEN '' ELSE t.step_slug END AS step_slug,
    substr(t.gate, length(fs.gate_prefix) + 1) AS key, fs.gate_limit,
-   CASE WHEN fs.gate_prefix = ':'
+   fs.rate_limit, fs.rate_per_ms,
+   (SELECT least(fs.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
+                                           * fs.rate_limit / fs.rate_per_ms)
+    FROM flowreg.rate_buckets b
+    WHERE fs.rate_limit IS NOT NULL AND b.flow_slug = r.flow_slug AND b.scope = fs.rate_scope
+     AND b.key = CASE WHEN fs.rate_keyed THEN substr(t.gate, length(fs.gate_prefix) + 1)
+                      ELSE '' END
+     AND b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
+                    * fs.rate_limit / fs.rate_per_ms < 1) AS tokens,
+   CASE WHEN fs.gate_limit IS NULL THEN NULL
+    WHEN fs.gate_prefix = ':'
     THEN (SELECT count(*) FROM (SELECT FROM flowreg.gate_holders h
           WHERE h.flow_slug = r.flow_slug AND h.gate = t.gate
            AND (SELECT a.status FROM flowreg.runs a WHERE a.id = h.run_id) = 'started'
