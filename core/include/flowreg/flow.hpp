@@ -60,6 +60,21 @@ struct Concurrency {
   friend bool operator==(const Concurrency&, const Concurrency&) = default;
 };
 
+// A rate limit per key (docs/flows.md#rate-limits): at most `limit` task starts per `per` with the
+// same key, a token bucket of `limit` tokens refilled at limit/per. On a flow, over the tasks of
+// all its steps; on a step, over its tasks. The key is read as a concurrency limit's is; unset: one
+// key (one bucket), also when the tasks have a concurrency limit with a key.
+struct RateLimit {
+  static constexpr int kMaxLimit = 1'000'000;
+  static constexpr Millis kMaxPer{24 * 3600 * 1000};
+
+  int limit = 1;
+  Millis per{1000};
+  std::optional<std::string> key;  // a JSON pointer (RFC 6901): "" or "/name/..."
+
+  friend bool operator==(const RateLimit&, const RateLimit&) = default;
+};
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
@@ -67,6 +82,7 @@ struct StepDef {
   std::string handler;                                    // "module.handler"
   OptionOverrides options;                                // on top of the flow's options
   std::optional<Concurrency> concurrency = std::nullopt;  // its tasks running at once per key
+  std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
 
   friend bool operator==(const StepDef&, const StepDef&) = default;
 };
@@ -82,6 +98,7 @@ struct FlowDef {
   std::optional<Isolation> isolation;
   HandlerLimits limits;  // of its handler processes, over the worker's
   std::optional<Concurrency> concurrency = std::nullopt;  // its runs active at once per key
+  std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
   std::string source;  // file it was read from, for messages ("" when built in code)
 
   // The options a step runs with: its overrides on top of the flow's options.

@@ -97,11 +97,18 @@ json run_concurrency_json(const detail::RunInfo& r) {
   json out{{"held_key", r.held_key ? json(valid_text(*r.held_key)) : json(nullptr)},
            {"waiting", nullptr}};
   if (r.waiting)
-    out["waiting"] = {{"step", r.waiting->step.empty() ? json(nullptr) : json(r.waiting->step)},
-                      {"key", valid_text(r.waiting->key)},
-                      {"limit", r.waiting->limit},
-                      {"holding", r.waiting->holding},
-                      {"text", waiting_text(r)}};
+    out["waiting"] = {
+        {"step", r.waiting->step.empty() ? json(nullptr) : json(r.waiting->step)},
+        {"key", valid_text(r.waiting->key)},
+        {"limit", r.waiting->limit > 0 ? json(r.waiting->limit) : json(nullptr)},
+        {"holding", r.waiting->holding},
+        {"rate_limit", r.waiting->rate_limit > 0
+                           ? json{{"limit", r.waiting->rate_limit},
+                                  {"per", format_duration(Millis{r.waiting->rate_per_ms})}}
+                           : json(nullptr)},
+        {"rate_limited_until",
+         r.waiting->rate_until ? json(iso_time_ms(*r.waiting->rate_until)) : json(nullptr)},
+        {"text", waiting_text(r)}};
   return out;
 }
 
@@ -133,16 +140,39 @@ std::string waiting_text(const detail::RunInfo& r) {
                                     "the default key \"\" (the run's input has no value at the "
                                     "limit's key, or the limit has none)")
                               : fmt::format("key {}", json(valid_text(w.key)).dump());
-  if (w.holding >= w.limit)
-    return fmt::format("{}concurrency limit {} reached for {} ({} {}{} at once)", who, w.limit, key,
-                       w.limit, w.step.empty() ? "run" : "task", w.limit == 1 ? "" : "s");
-  return fmt::format("{}queued for {} ({} of {} slots in use)", who, key, w.holding, w.limit);
+  const std::string rate = w.rate_limit > 0 ? fmt::format("rate limit {} per {}", w.rate_limit,
+                                                          format_duration(Millis{w.rate_per_ms}))
+                                            : std::string();
+  if (w.limit > 0 && w.holding >= w.limit)
+    return fmt::format("{}concurrency limit {} reached for {} ({} {}{} at once){}", who, w.limit,
+                       key, w.limit, w.step.empty() ? "run" : "task", w.limit == 1 ? "" : "s",
+                       w.rate_until ? fmt::format("; {} reached too", rate) : std::string());
+  if (w.rate_until)
+    return fmt::format("{}rate limited until {}: {} reached for {}", who,
+                       iso_time_ms(*w.rate_until), rate, key);
+  if (w.limit > 0)
+    return fmt::format("{}queued for {} ({} of {} slots in use{})", who, key, w.holding, w.limit,
+                       rate.empty() ? std::string() : ", " + rate);
+  return fmt::format("{}queued for {} ({}, a token left)", who, key, rate);
 }
 
 std::string concurrency_text(const Concurrency& c) {
   return c.key ? fmt::format("concurrency={} per {}", c.limit,
                              c.key->empty() ? std::string("\"\" (the whole input)") : *c.key)
                : fmt::format("concurrency={}", c.limit);
+}
+
+std::string rate_limit_text(const RateLimit& r) {
+  const std::string base = fmt::format("rate_limit={} per {}", r.limit, format_duration(r.per));
+  return r.key ? fmt::format("{} per {}", base,
+                             r.key->empty() ? std::string("\"\" (the whole input)") : *r.key)
+               : base;
+}
+
+json rate_limit_json(const RateLimit& r) {
+  json out{{"limit", r.limit}, {"per", format_duration(r.per)}};
+  if (r.key) out["key"] = *r.key;
+  return out;
 }
 
 std::string held_text(const detail::RunInfo& r) {
@@ -197,7 +227,8 @@ json flow_json(const RegisteredFlow& registered) {
          {"handler", s.handler},
          {"options", options_json(flow.step_options(s))},
          {"concurrency",
-          s.concurrency ? to_ordered(detail::concurrency_json(*s.concurrency)) : json(nullptr)}});
+          s.concurrency ? to_ordered(detail::concurrency_json(*s.concurrency)) : json(nullptr)},
+         {"rate_limit", s.rate_limit ? rate_limit_json(*s.rate_limit) : json(nullptr)}});
   return {{"slug", flow.slug},
           {"module", flow.module},
           {"version", flow_version(flow)},
@@ -207,6 +238,7 @@ json flow_json(const RegisteredFlow& registered) {
           {"input_schema", flow.input_schema ? to_ordered(*flow.input_schema) : json(nullptr)},
           {"concurrency", flow.concurrency ? to_ordered(detail::concurrency_json(*flow.concurrency))
                                            : json(nullptr)},
+          {"rate_limit", flow.rate_limit ? rate_limit_json(*flow.rate_limit) : json(nullptr)},
           {"steps", std::move(steps)}};
 }
 

@@ -44,6 +44,10 @@ json run_json(const detail::RunInfo& r);
 std::string waiting_text(const detail::RunInfo& r);
 // A concurrency limit as flows show it: "concurrency=2 per /customer_id", "concurrency=2".
 std::string concurrency_text(const Concurrency& c);
+// A rate limit as flows show it: "rate_limit=100 per 1s per /region", "rate_limit=5 per 1m".
+std::string rate_limit_text(const RateLimit& r);
+// {"limit", "per" (a duration: "1s"), "key" (when set)}, as the API gives a rate limit.
+json rate_limit_json(const RateLimit& r);
 // The slot a run holds under its flow's concurrency limit: "holds a slot of key \"42\"", or "".
 std::string held_text(const detail::RunInfo& r);
 // A run in a list: {id, flow, version, status, error, created_at, finished_at, duration_ms,

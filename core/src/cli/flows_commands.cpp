@@ -31,17 +31,22 @@ void print_flow_text(const RegisteredFlow& registered) {
   const auto concurrency = [](const std::optional<Concurrency>& c) {
     return c ? " " + app::concurrency_text(*c) : std::string();
   };
-  fmt::print("{}  module={} version={}{}{}{}\n", flow.slug, flow.module, registered.version,
-             priority(flow.options.priority), concurrency(flow.concurrency),
+  // Rate limits: the flow's (all its tasks), a step's own.
+  const auto rate = [](const std::optional<RateLimit>& r) {
+    return r ? " " + app::rate_limit_text(*r) : std::string();
+  };
+  fmt::print("{}  module={} version={}{}{}{}{}\n", flow.slug, flow.module, registered.version,
+             priority(flow.options.priority), concurrency(flow.concurrency), rate(flow.rate_limit),
              flow.description.empty() ? "" : "  " + flow.description);
   std::size_t width = 0;
   for (const auto& s : flow.steps) width = std::max(width, s.slug.size());
   for (const StepDef* s : topological_order(flow)) {
     const int own = flow.step_options(*s).priority;
-    fmt::print("  {:<{}}  {:<6}  {}{}{}{}\n", s->slug, width, to_string(s->kind), s->handler,
+    fmt::print("  {:<{}}  {:<6}  {}{}{}{}{}\n", s->slug, width, to_string(s->kind), s->handler,
                s->depends_on.empty() ? "" : fmt::format("  <- {}", fmt::join(s->depends_on, ", ")),
                own != flow.options.priority ? fmt::format("  (priority {})", own) : "",
-               s->concurrency ? fmt::format("  ({})", app::concurrency_text(*s->concurrency)) : "");
+               s->concurrency ? fmt::format("  ({})", app::concurrency_text(*s->concurrency)) : "",
+               s->rate_limit ? fmt::format("  ({})", app::rate_limit_text(*s->rate_limit)) : "");
   }
 }
 

@@ -89,6 +89,14 @@ Concurrency concurrency_of(const json& object) {
   return c;
 }
 
+RateLimit rate_limit_of(const json& object) {
+  RateLimit r;
+  r.limit = object.at("limit").get<int>();
+  r.per = duration_of(object.at("per"));
+  if (object.contains("key")) r.key = object["key"].get<std::string>();
+  return r;
+}
+
 FlowDef flow_of(const json& j, const std::string& module, const std::string& source) {
   FlowDef flow;
   flow.slug = j.at("slug").get<std::string>();
@@ -100,6 +108,7 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
   if (j.contains("isolation")) flow.isolation = parse_isolation(j["isolation"].get<std::string>());
   if (j.contains("limits")) flow.limits = limits_of(j["limits"]);
   if (j.contains("concurrency")) flow.concurrency = concurrency_of(j["concurrency"]);
+  if (j.contains("rate_limit")) flow.rate_limit = rate_limit_of(j["rate_limit"]);
   for (const auto& s : j.at("steps")) {
     StepDef step;
     step.slug = s.at("slug").get<std::string>();
@@ -108,6 +117,7 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
     step.handler = s.at("handler").get<std::string>();
     if (s.contains("options")) step.options = overrides_of(s["options"]);
     if (s.contains("concurrency")) step.concurrency = concurrency_of(s["concurrency"]);
+    if (s.contains("rate_limit")) step.rate_limit = rate_limit_of(s["rate_limit"]);
     flow.steps.push_back(std::move(step));
   }
   return flow;

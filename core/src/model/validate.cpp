@@ -62,6 +62,7 @@ class Checker {
                                          flow_.description.size(), kMaxDescriptionLength));
     check_options("/options", flow_.options, "");
     if (flow_.concurrency) check_concurrency("/concurrency", *flow_.concurrency, "");
+    if (flow_.rate_limit) check_rate_limit("/rate_limit", *flow_.rate_limit, "");
     if (flow_.steps.empty()) report("/steps", "has no steps; a flow needs at least one");
     if (flow_.steps.size() > kMaxSteps)
       report("/steps", fmt::format("has {} steps; the limit is {}", flow_.steps.size(), kMaxSteps));
@@ -121,8 +122,23 @@ class Checker {
     if (c.limit < 1 || c.limit > Concurrency::kMaxLimit)
       report(pointer + "/limit", fmt::format("{}concurrency limit {} is out of range 1..{}", who,
                                              c.limit, Concurrency::kMaxLimit));
-    if (!c.key) return;
-    const std::string& key = *c.key;
+    if (c.key) check_key(pointer + "/key", who + "concurrency key", *c.key);
+  }
+
+  // A limit and a period in range, a key that is a JSON pointer.
+  void check_rate_limit(const std::string& pointer, const RateLimit& r, std::string_view step) {
+    const std::string who = step.empty() ? std::string() : fmt::format("step '{}': ", step);
+    if (r.limit < 1 || r.limit > RateLimit::kMaxLimit)
+      report(pointer + "/limit", fmt::format("{}rate limit {} is out of range 1..{}", who, r.limit,
+                                             RateLimit::kMaxLimit));
+    if (r.per < Millis{1} || r.per > RateLimit::kMaxPer)
+      report(pointer + "/per",
+             fmt::format("{}rate limit period {} is out of range 1ms..{}", who,
+                         format_duration(r.per), format_duration(RateLimit::kMaxPer)));
+    if (r.key) check_key(pointer + "/key", who + "rate limit key", *r.key);
+  }
+
+  void check_key(const std::string& pointer, const std::string& what, const std::string& key) {
     std::string problem;
     if (key.size() > Concurrency::kMaxKeyLength)
       problem =
@@ -135,8 +151,35 @@ class Checker {
           problem = "is not a JSON pointer: '~' must be followed by 0 (for ~) or 1 (for /)";
           break;
         }
-    if (!problem.empty())
-      report(pointer + "/key", fmt::format("{}concurrency key '{}' {}", who, key, problem));
+    if (!problem.empty()) report(pointer, fmt::format("{} '{}' {}", what, key, problem));
+  }
+
+  // The rate limit over a step's tasks and the concurrency limit over them (migration 0024): the
+  // claim reads one key per task, so a keyed rate limit shares the concurrency limit's key; and a
+  // flow's concurrency limit, held by a run from its first task on, takes no rate limit over its
+  // root steps' tasks.
+  void check_rate_with_concurrency(const std::string& at, const StepDef& step) {
+    const bool root = step.depends_on.empty();
+    const RateLimit* rate = step.rate_limit    ? &*step.rate_limit
+                            : flow_.rate_limit ? &*flow_.rate_limit
+                                               : nullptr;
+    if (!rate) return;
+    const std::string where = step.rate_limit ? at + "/rate_limit" : std::string("/rate_limit");
+    if (root && !step.concurrency && flow_.concurrency) {
+      report(where, fmt::format("step '{}': a rate limit over a root step's tasks cannot be "
+                                "combined with its flow's concurrency limit (not supported); put "
+                                "the rate limit on a later step, or the concurrency limit on the "
+                                "step",
+                                step.slug));
+      return;
+    }
+    const Concurrency* conc = step.concurrency ? &*step.concurrency : nullptr;
+    if (conc && rate->key && rate->key != conc->key)
+      report(where + "/key",
+             fmt::format("step '{}': the rate limit's key '{}' is not its concurrency limit's "
+                         "key ('{}'): a rate limit over tasks with a concurrency limit has the "
+                         "same key, or none (one bucket)",
+                         step.slug, *rate->key, conc->key.value_or("")));
   }
 
   void check_steps() {
@@ -165,6 +208,15 @@ class Checker {
                              "on the flow, or on a later step",
                              step.slug));
       }
+      if (step.rate_limit) {
+        check_rate_limit(at + "/rate_limit", *step.rate_limit, step.slug);
+        if (flow_.rate_limit)
+          report(at + "/rate_limit",
+                 fmt::format("step '{}': a step cannot have a rate limit of its own when its "
+                             "flow has one (the flow's limit counts its tasks)",
+                             step.slug));
+      }
+      check_rate_with_concurrency(at, step);
     }
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
       const StepDef& step = flow_.steps[i];

@@ -469,14 +469,24 @@ std::string flows_page(const json& flows, const json& recent_runs, std::string_v
 
 namespace {
 
-// A flow's or a step's concurrency limit (flow_json's "concurrency"), after its options:
-// ", at most 2 runs at once per /customer_id"; "" for none.
+// A flow's or a step's concurrency and rate limits (flow_json's "concurrency", "rate_limit"),
+// after its options: ", at most 2 runs at once per key /customer_id, at most 100 task starts per
+// 1s"; "" for none.
 std::string concurrency_text(const json& j, std::string_view what) {
-  if (!j.contains("concurrency") || !j["concurrency"].is_object()) return {};
-  const json& c = j["concurrency"];
-  return fmt::format(
-      ", at most {} {} at once{}", esc(c, "limit"), what,
-      c.contains("key") ? " per key <code>" + esc(c, "key") + "</code>" : std::string());
+  std::string out;
+  if (j.contains("concurrency") && j["concurrency"].is_object()) {
+    const json& c = j["concurrency"];
+    out += fmt::format(
+        ", at most {} {} at once{}", esc(c, "limit"), what,
+        c.contains("key") ? " per key <code>" + esc(c, "key") + "</code>" : std::string());
+  }
+  if (j.contains("rate_limit") && j["rate_limit"].is_object()) {
+    const json& r = j["rate_limit"];
+    out += fmt::format(
+        ", at most {} task starts per {}{}", esc(r, "limit"), esc(r, "per"),
+        r.contains("key") ? " per key <code>" + esc(r, "key") + "</code>" : std::string());
+  }
+  return out;
 }
 
 }  // namespace

@@ -63,6 +63,12 @@ Json concurrency_json(const Concurrency& c) {
   return out;
 }
 
+Json rate_limit_json(const RateLimit& r) {
+  Json out{{"limit", r.limit}, {"per_ms", r.per.count()}};
+  if (r.key) out["key"] = *r.key;
+  return out;
+}
+
 Json flow_definition_json(const FlowDef& flow) {
   // Steps are stored dependencies first (the store numbers them in this order): a flow may list
   // them in any order that validates. topological_order is stable (each time the earliest
@@ -85,12 +91,15 @@ Json flow_definition_json(const FlowDef& flow) {
                 {"options", std::move(options)}};
     // Concurrency limits (migration 0023, upsert_flow's _set_gates), stored when set.
     if (step.concurrency) stored["concurrency"] = concurrency_json(*step.concurrency);
+    // Rate limits (migration 0024), stored when set.
+    if (step.rate_limit) stored["rate_limit"] = rate_limit_json(*step.rate_limit);
     steps.push_back(std::move(stored));
   }
   Json out{{"slug", flow.slug},
            {"steps", std::move(steps)},
            {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
   if (flow.concurrency) out["concurrency"] = concurrency_json(*flow.concurrency);
+  if (flow.rate_limit) out["rate_limit"] = rate_limit_json(*flow.rate_limit);
   return out;
 }
 

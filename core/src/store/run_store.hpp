@@ -212,8 +212,13 @@ struct RunInfo {
   struct GateWait {
     std::string step;  // "" for its flow's limit
     std::string key;
-    int limit = 0;
+    int limit = 0;    // 0: no concurrency limit (a rate limit only)
     int holding = 0;  // the runs (a flow's limit) or tasks (a step's) holding the key's slots
+    // The rate limit over the task (migration 0024): 0 for none; rate_until, when its bucket
+    // has a token again, set while it has none.
+    int rate_limit = 0;
+    std::int64_t rate_per_ms = 0;
+    std::optional<TimePoint> rate_until;
     friend bool operator==(const GateWait&, const GateWait&) = default;
   };
   std::optional<std::string> held_key;
@@ -403,6 +408,8 @@ struct RunSearch {
 Json flow_definition_json(const FlowDef& flow);
 // {"limit": N, "key": "/pointer"} (no key: one key), as definitions store it and the API gives it.
 Json concurrency_json(const Concurrency& c);
+// {"limit": N, "per_ms": M, "key": "/pointer"}, as definitions store a rate limit.
+Json rate_limit_json(const RateLimit& r);
 
 // The window of a RunStore::scrape_counts call: runs created, or ended, after since_us and at
 // most 3 s before the call. The runs of a flow ended in it are looked for among its stragglers

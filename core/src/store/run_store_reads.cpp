@@ -59,10 +59,17 @@ RunInfo run_of(const pqxx::row& r) {
 RunInfo run_with_gates_of(const pqxx::row& r) {
   RunInfo info = run_of(r);
   info.held_key = opt_text(r["held_key"]);
-  if (!r["gate_key"].is_null())
-    info.waiting =
-        RunInfo::GateWait{r["gate_step"].as<std::string>(), r["gate_key"].as<std::string>(),
-                          r["gate_limit"].as<int>(), r["gate_holding"].as<int>()};
+  if (!r["gate_key"].is_null()) {
+    RunInfo::GateWait w;
+    w.step = r["gate_step"].as<std::string>();
+    w.key = r["gate_key"].as<std::string>();
+    w.limit = r["gate_limit"].as<int>(0);
+    w.holding = r["gate_holding"].as<int>(0);
+    w.rate_limit = r["rate_limit"].as<int>(0);
+    w.rate_per_ms = r["rate_per_ms"].as<std::int64_t>(0);
+    w.rate_until = opt_time(r["rate_until_us"]);
+    info.waiting = std::move(w);
+  }
   return info;
 }
 

@@ -95,10 +95,18 @@ class WithOptions {
     if (!key.empty()) concurrency_["key"] = std::move(key);
     return static_cast<Self&>(*this);
   }
+  // A rate limit per key: at most `limit` task starts per `per` ("1s", "1m") with the same key;
+  // on a flow over all its steps' tasks, on a step over its own. `key`: as concurrency's.
+  Self& rate_limit(int limit, std::string per, std::string key = {}) {
+    rate_limit_ = {{"limit", limit}, {"per", std::move(per)}};
+    if (!key.empty()) rate_limit_["key"] = std::move(key);
+    return static_cast<Self&>(*this);
+  }
 
  protected:
   json options_ = json::object();
   json concurrency_;
+  json rate_limit_;
 
  private:
   template <class V>
@@ -124,6 +132,7 @@ class Step : public WithOptions<Step> {
     if (!deps_.empty()) j["depends_on"] = deps_;
     if (!options_.empty()) j["options"] = options_;
     if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
+    if (!rate_limit_.is_null()) j["rate_limit"] = rate_limit_;
     return j;
   }
 
@@ -171,6 +180,7 @@ class Flow : public WithOptions<Flow> {
     if (!isolation_.empty()) j["isolation"] = isolation_;
     if (!limits_.is_null()) j["limits"] = limits_;
     if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
+    if (!rate_limit_.is_null()) j["rate_limit"] = rate_limit_;
     j["steps"] = json::array();
     for (const auto& s : steps_) j["steps"].push_back(s.to_json(module));
     return j;
