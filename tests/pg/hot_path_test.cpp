@@ -1099,6 +1099,32 @@ TEST_SUITE("hot_path") {
       REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
       return fd::FlowKey{f.slug, version};
     }();
+    // Rate limits (migration 0024): a chain a -> b whose flow allows 1,000,000 task starts a second
+    // per /g (buckets of the flow, per key), its step b 1 task at once per /g; and a step allowed
+    // 1,000,000 starts a second (one bucket).
+    const auto store_rated = [&](const std::string& slug, bool chain) {
+      flowreg::FlowDef f;
+      f.slug = slug;
+      f.module = "test";
+      flowreg::RateLimit r;
+      r.limit = 1'000'000;
+      r.per = 1000ms;
+      if (chain) {
+        f.steps = {step("a"), step("b", {"a"})};
+        r.key = "/g";
+        f.rate_limit = r;
+        f.steps[1].concurrency = flowreg::Concurrency{1, std::string("/g")};
+      } else {
+        f.steps = {step("a")};
+        f.steps[0].rate_limit = r;
+      }
+      const std::string version = flowreg::flow_version(f);
+      auto stored = setup->upsert_flow(f, version);
+      REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
+      return fd::FlowKey{f.slug, version};
+    };
+    const fd::FlowKey rated = store_rated("rated", true);
+    const fd::FlowKey rated_one = store_rated("rated_one", false);
     long tasks = 0;
     int uses = 0;
     // A worker's session whose plans are made in the state the tables are in: it starts runs,
@@ -1201,37 +1227,39 @@ TEST_SUITE("hot_path") {
         claimed_ranked += static_cast<int>(claimed->size());
       }
       // Gated runs, 3 keys: started one by one and in a batch, drained by claims and work()
-      // calls, a waiting run read.
-      std::vector<fd::RunId> gated_runs;
-      for (int i = 0; i < 3; ++i) {
-        auto started = held->start_run(gated.slug, gated.version, Json{{"g", i % 3}});
-        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
-        gated_runs.push_back(*started);
-      }
-      {
-        const std::vector<Json> inputs(6, Json{{"g", 1}});
-        auto started = held->start_runs(gated.slug, gated.version, inputs);
-        REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
-        gated_runs.insert(gated_runs.end(), started->begin(), started->end());
-      }
-      std::vector<fd::Completion> gated_done;
-      const std::string gated_left =
-          "SELECT count(*) FROM flowreg.runs WHERE flow_slug = 'gated' AND status = 'started'";
-      for (int round = 0; round < 200; ++round) {
-        auto worked = held->work("w2", gated_done, {}, std::span(&gated, 1), 4, 5000ms);
-        REQUIRE_MESSAGE(worked, flowreg::testing::failure_text(worked));
-        gated_done.clear();
-        for (const auto& t : worked->claimed) gated_done.push_back(completion(t, Json{}));
-        auto waiting = held->get_run(gated_runs.back());
-        REQUIRE_MESSAGE(waiting, flowreg::testing::failure_text(waiting));
-        if (gated_done.empty() && query_one_or_empty(quiet, gated_left) == "0") break;
-      }
-      CHECK(gated_done.empty());
-      CHECK(query_one_or_empty(quiet, gated_left) == "0");
-      for (const auto& run : gated_runs) {
-        auto info = held->get_run(run);
-        REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
-        CHECK((*info)->status == fd::RunStatus::completed);
+      // calls, a waiting run read; the same of the rate-limited flows.
+      for (const fd::FlowKey& g : {gated, rated, rated_one}) {
+        std::vector<fd::RunId> gated_runs;
+        for (int i = 0; i < 3; ++i) {
+          auto started = held->start_run(g.slug, g.version, Json{{"g", i % 3}});
+          REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+          gated_runs.push_back(*started);
+        }
+        {
+          const std::vector<Json> inputs(6, Json{{"g", 1}});
+          auto started = held->start_runs(g.slug, g.version, inputs);
+          REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+          gated_runs.insert(gated_runs.end(), started->begin(), started->end());
+        }
+        std::vector<fd::Completion> gated_done;
+        const std::string gated_left = "SELECT count(*) FROM flowreg.runs WHERE flow_slug = '" +
+                                       g.slug + "' AND status = 'started'";
+        for (int round = 0; round < 200; ++round) {
+          auto worked = held->work("w2", gated_done, {}, std::span(&g, 1), 4, 5000ms);
+          REQUIRE_MESSAGE(worked, flowreg::testing::failure_text(worked));
+          gated_done.clear();
+          for (const auto& t : worked->claimed) gated_done.push_back(completion(t, Json{}));
+          auto waiting = held->get_run(gated_runs.back());
+          REQUIRE_MESSAGE(waiting, flowreg::testing::failure_text(waiting));
+          if (gated_done.empty() && query_one_or_empty(quiet, gated_left) == "0") break;
+        }
+        CHECK(gated_done.empty());
+        CHECK(query_one_or_empty(quiet, gated_left) == "0");
+        for (const auto& run : gated_runs) {
+          auto info = held->get_run(run);
+          REQUIRE_MESSAGE(info, flowreg::testing::failure_text(info));
+          CHECK((*info)->status == fd::RunStatus::completed);
+        }
       }
       CHECK(mix.left() == "0");
       me.stopped_at = std::chrono::system_clock::now();

@@ -8,6 +8,8 @@
 //   wchaos_quick  handler "quick": returns {"pid": the worker's pid, "n": input.n}
 //   wchaos_gated  handler "audited" on a step with a concurrency limit of 2 per /customer
 //   wchaos_gated_runs  a chain of two "audited" steps, its flow limited to 1 run per /customer
+//   wchaos_rated  handler "audited", its flow limited to 10 task starts per second per /customer
+//   wchaos_hourly  handler "audited" on a step limited to 1 task start per hour
 // "audited" appends "S|E <customer> <run> <step> <attempt> <pid> <steady clock ns>" lines to the
 // file input.audit (one write each, O_APPEND) when it starts and before it returns, and sleeps
 // input.ms milliseconds between them: tests/pg/concurrency_keys_test.cpp.
@@ -116,4 +118,14 @@ FLOWREG_PLUGIN(wchaos) {
       .concurrency(1, "/customer");
   gated_runs.step("a", "audited");
   gated_runs.step("b", "audited").depends_on({"a"});
+  plugin.flow("wchaos_rated")
+      .description("at most 10 task starts per second per customer")
+      .max_attempts(10)
+      .base_delay("10ms")
+      .rate_limit(10, "1s", "/customer")
+      .step("only", "audited");
+  plugin.flow("wchaos_hourly")
+      .description("one task start per hour")
+      .step("only", "audited")
+      .rate_limit(1, "1h");
 }

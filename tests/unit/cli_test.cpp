@@ -127,7 +127,7 @@ TEST_SUITE("cli") {
                                    "handler":"orders.ship",
                                    "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s",
                                               "priority":0},
-                                   "concurrency":null})"));
+                                   "concurrency":null,"rate_limit":null})"));
     CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
   }
 

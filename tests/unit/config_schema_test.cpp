@@ -77,6 +77,20 @@ TEST_SUITE("schema") {
               "inline.yaml:1:19: flows[0].concurrency: missing required key 'limit'"});
   }
 
+  TEST_CASE("a rate limit needs a limit and a period; its key is a JSON pointer") {
+    CHECK(problems_of_text("flows: [{slug: a, rate_limit: {limit: 5}, steps: [{slug: s, "
+                           "handler: m.s}]}]\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:19: flows[0].rate_limit: missing required key 'per'"});
+    CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s, handler: m.s, rate_limit: "
+                           "{limit: 0, per: 1s}}]}]\n") ==
+          std::vector<std::string>{"inline.yaml:1:64: flows[0].steps[0].rate_limit.limit: 0 is "
+                                   "out of range; it must be between 1 and 1000000"});
+    CHECK(problems_of_text("flows: [{slug: a, rate_limit: {limit: 5, per: 1 sec}, steps: [{slug: "
+                           "s, handler: m.s}]}]\n")
+              .size() == 1);
+  }
+
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
     const auto p = problems_of_text(
         "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "

@@ -184,6 +184,47 @@ TEST_SUITE("model") {
       f.concurrency.reset();
       CHECK(messages(f).empty());
     }
+    SUBCASE("rate limits") {
+      flowreg::RateLimit r;
+      r.limit = 0;
+      r.per = Millis{0};
+      f.rate_limit = r;
+      CHECK(has(messages(f), "rate limit 0 is out of range 1..1000000"));
+      CHECK(has(messages(f), "rate limit period 0ms is out of range 1ms..24h"));
+      r.limit = 100;
+      r.per = Millis{1000};
+      r.key = "region";
+      f.rate_limit = r;
+      CHECK(has(messages(f), "rate limit key 'region' is not a JSON pointer"));
+      r.key = "/region";
+      f.rate_limit = r;
+      CHECK(messages(f).empty());
+      // A step cannot have its own when the flow has one.
+      f.steps[0].rate_limit = r;
+      CHECK(has(messages(f),
+                "step 'a': a step cannot have a rate limit of its own when its flow "
+                "has one"));
+      f.rate_limit.reset();
+      CHECK(messages(f).empty());
+      // Under a concurrency limit: the same key, or none.
+      flowreg::Concurrency c;
+      c.limit = 2;
+      c.key = "/customer";
+      f.steps[0].concurrency = c;
+      CHECK(has(messages(f),
+                "step 'a': the rate limit's key '/region' is not its concurrency "
+                "limit's key ('/customer')"));
+      f.steps[0].rate_limit->key.reset();
+      CHECK(messages(f).empty());
+      f.steps[0].rate_limit->key = "/customer";
+      CHECK(messages(f).empty());
+      // Over a root step's tasks, not with the flow's concurrency limit.
+      f.steps[0].concurrency.reset();
+      f.concurrency = c;
+      CHECK(has(messages(f),
+                "step 'a': a rate limit over a root step's tasks cannot be combined "
+                "with its flow's concurrency limit"));
+    }
     SUBCASE("a step's override is checked on its own, inherited problems are not repeated") {
       f.options.base_delay = Millis{10'000};
       f.options.max_delay = Millis{1'000};

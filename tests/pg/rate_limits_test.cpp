@@ -1,0 +1,357 @@
+// Rate limits per key (migration 0024): a flow's or a step's `rate_limit: {limit, per, key}` lets
+// at most `limit` of its tasks start per `per` with the same key, a token bucket of `limit` tokens.
+// Claims through RunStore on the shared cluster (a period of an hour makes what a claim takes
+// exact: no token comes back during a test): a bucket per key, one bucket under a concurrency
+// limit per key, a flow's bucket shared by its steps, a waiting task that spends no attempt, what
+// get_run says of a waiting run; then real `flowreg worker` processes, one killed with SIGKILL,
+// audited by the handler of tests/plugins/wchaos.cpp; and the CLI.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <pqxx/pqxx>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/forms.hpp"
+#include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
+#include "store/migrations.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+#include "support/result_text.hpp"
+
+namespace {
+
+namespace fdr = flowreg::detail;
+using RateJson = nlohmann::json;
+using namespace std::chrono_literals;
+
+struct RateEnv {
+  std::string conninfo;
+  fdr::RunStore store;
+};
+
+RateEnv rate_env(const std::string& db) {
+  const auto conninfo = flowreg::pgtest::empty_database(db);
+  auto migrated = fdr::migrate(conninfo);
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  auto store = fdr::RunStore::connect(conninfo);
+  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+  return RateEnv{conninfo, std::move(*store)};
+}
+
+std::string rate_sql(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection c(conninfo);
+  pqxx::nontransaction tx(c);
+  const auto r = tx.exec(sql);
+  return r.empty() || r[0][0].is_null() ? std::string() : r[0][0].as<std::string>();
+}
+
+fdr::FlowKey rate_store(fdr::RunStore& store, flowreg::FlowDef flow) {
+  flow.module = "test";
+  const std::string version = flowreg::flow_version(flow);
+  auto stored = store.upsert_flow(flow, version);
+  REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
+  return fdr::FlowKey{flow.slug, version};
+}
+
+flowreg::RateLimit rate_of(int limit, flowreg::Millis per, std::optional<std::string> key) {
+  flowreg::RateLimit r;
+  r.limit = limit;
+  r.per = per;
+  r.key = std::move(key);
+  return r;
+}
+
+fdr::RunId rate_start(fdr::RunStore& store, const fdr::FlowKey& key, const RateJson& input) {
+  auto id = store.start_run(key.slug, key.version, input);
+  REQUIRE_MESSAGE(id, flowreg::testing::failure_text(id));
+  return *id;
+}
+
+std::vector<fdr::ClaimedTask> rate_claim(fdr::RunStore& store, std::vector<fdr::FlowKey> keys,
+                                         int limit) {
+  auto claimed = store.claim("rate-test", keys, limit);
+  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
+  return std::move(*claimed);
+}
+
+void rate_complete(fdr::RunStore& store, const std::vector<fdr::ClaimedTask>& tasks) {
+  std::vector<fdr::Completion> done;
+  for (const auto& t : tasks) done.push_back({t.id, t.attempt, RateJson(1)});
+  auto rejected = store.complete(done);
+  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
+  CHECK(rejected->empty());
+}
+
+std::map<std::string, int> rate_per_customer(const std::vector<fdr::ClaimedTask>& tasks) {
+  std::map<std::string, int> out;
+  for (const auto& t : tasks) ++out[t.input.value("customer", std::string())];
+  return out;
+}
+
+flowreg::pgtest::WorkerScene rate_scene(const std::string& name) {
+  namespace fs = std::filesystem;
+  flowreg::pgtest::WorkerScene s;
+  s.dir = flowreg::pgtest::test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.dir / "plugins");
+  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
+    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
+  fs::permissions(s.dir / "plugins" / "wchaos.so", fs::perms::owner_read | fs::perms::owner_write |
+                                                       fs::perms::group_read |
+                                                       fs::perms::others_read);
+  s.conninfo = flowreg::pgtest::empty_database(name);
+  auto migrated = fdr::migrate(s.conninfo);
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  std::ofstream config(s.config());
+  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
+         << RateJson(s.conninfo).dump() << "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("rate_limits") {
+  TEST_CASE(
+      "a bucket per key: a claim takes each key's tokens and no more; waiting costs no attempt") {
+    auto env = rate_env("rate_keyed");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "calls";
+    flow.steps = {step("call")};
+    flow.steps[0].rate_limit = rate_of(2, 3600s, "/customer");
+    const auto key = rate_store(env.store, flow);
+    std::vector<fdr::RunId> a;
+    for (int i = 0; i < 5; ++i) {
+      a.push_back(rate_start(env.store, key, {{"customer", "a"}}));
+      rate_start(env.store, key, {{"customer", "b"}});
+    }
+    rate_start(env.store, key, {{"customer", "c"}});
+    const auto first = rate_claim(env.store, {key}, 100);
+    CHECK(rate_per_customer(first) == std::map<std::string, int>{{"a", 2}, {"b", 2}, {"c", 1}});
+    rate_complete(env.store, first);
+    // The buckets of a and b are empty (no token comes back within the hour); c has one left.
+    CHECK(rate_claim(env.store, {key}, 100).empty());
+    const auto c2 = rate_start(env.store, key, {{"customer", "c"}});
+    const auto second = rate_claim(env.store, {key}, 100);
+    REQUIRE(second.size() == 1);
+    CHECK(second[0].run_id == c2);
+    CHECK(rate_claim(env.store, {key}, 100).empty());
+    // The waiting tasks spent no attempt, and say why they wait.
+    CHECK(rate_sql(env.conninfo,
+                   "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued' "
+                   "AND attempt = 0") == "6");
+    const auto waiting = env.store.get_run(a.back()).value();
+    REQUIRE(waiting.has_value());
+    REQUIRE(waiting->waiting.has_value());
+    CHECK(waiting->waiting->step == "call");
+    CHECK(waiting->waiting->key == "a");
+    CHECK(waiting->waiting->limit == 0);
+    CHECK(waiting->waiting->rate_limit == 2);
+    CHECK(waiting->waiting->rate_per_ms == 3600000);
+    REQUIRE(waiting->waiting->rate_until.has_value());
+    CHECK(*waiting->waiting->rate_until > std::chrono::system_clock::now() + 1700s);
+    const std::string text = flowreg::app::waiting_text(*waiting);
+    CAPTURE(text);
+    CHECK(text.starts_with("step 'call': rate limited until "));
+    CHECK(text.ends_with(": rate limit 2 per 1h reached for key \"a\""));
+    const auto j = flowreg::app::run_json(*waiting);
+    CHECK(j["concurrency"]["waiting"]["rate_limit"] == RateJson{{"limit", 2}, {"per", "1h"}});
+    CHECK(j["concurrency"]["waiting"]["rate_limited_until"].is_string());
+    CHECK(j["concurrency"]["waiting"]["limit"].is_null());
+  }
+
+  TEST_CASE("tokens come back at limit per period, never more than the limit at once") {
+    auto env = rate_env("rate_refill");
+    using flowreg::pgtest::step;
+    using Clock = std::chrono::steady_clock;
+    flowreg::FlowDef flow;
+    flow.slug = "ticks";
+    flow.steps = {step("tick")};
+    flow.steps[0].rate_limit = rate_of(5, 1000ms, std::nullopt);
+    const auto key = rate_store(env.store, flow);
+    for (int i = 0; i < 40; ++i) rate_start(env.store, key, {{"i", i}});
+    const auto begin = Clock::now();
+    std::size_t taken = rate_claim(env.store, {key}, 100).size();
+    CHECK(taken == 5);  // a full bucket
+    // Claims for about 1.5 s: at most 5 + 5 per second elapsed (measured after each claim, so
+    // that a slow machine only widens the bound), and tokens do come back.
+    while (Clock::now() - begin < 1500ms) {
+      std::this_thread::sleep_for(50ms);
+      taken += rate_claim(env.store, {key}, 100).size();
+      const double elapsed = std::chrono::duration<double>(Clock::now() - begin).count();
+      CAPTURE(elapsed);
+      CHECK(static_cast<double>(taken) <= 5 + 5 * elapsed + 1e-9);
+    }
+    CHECK(taken >= 7);
+    // After a pause longer than the period the bucket is full again, not fuller.
+    std::this_thread::sleep_for(2200ms);
+    CHECK(rate_claim(env.store, {key}, 100).size() == 5);
+  }
+
+  TEST_CASE("one bucket under a concurrency limit per key; a flow's bucket is its steps'") {
+    auto env = rate_env("rate_mixed");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "pushes";
+    flow.steps = {step("push")};
+    flow.steps[0].concurrency = flowreg::Concurrency{1, std::string("/customer")};
+    flow.steps[0].rate_limit = rate_of(3, 3600s, std::nullopt);
+    const auto key = rate_store(env.store, flow);
+    for (const char* c : {"a", "b", "c", "d", "e"}) {
+      rate_start(env.store, key, {{"customer", c}});
+      rate_start(env.store, key, {{"customer", c}});
+    }
+    const auto first = rate_claim(env.store, {key}, 100);
+    CHECK(first.size() == 3);  // the bucket's 3 tokens, one task per customer (limit 1)
+    for (const auto& [customer, n] : rate_per_customer(first)) CHECK(n == 1);
+    rate_complete(env.store, first);
+    CHECK(rate_claim(env.store, {key}, 100).empty());
+
+    // A chain under its flow's limit: the second step's tasks spend the same bucket.
+    flowreg::FlowDef chain;
+    chain.slug = "chain";
+    chain.steps = {step("a"), step("b", {"a"})};
+    chain.rate_limit = rate_of(3, 3600s, std::nullopt);
+    const auto ckey = rate_store(env.store, chain);
+    rate_start(env.store, ckey, {{"n", 1}});
+    rate_start(env.store, ckey, {{"n", 2}});
+    const auto roots = rate_claim(env.store, {ckey}, 100);
+    REQUIRE(roots.size() == 2);
+    rate_complete(env.store, roots);
+    const auto seconds = rate_claim(env.store, {ckey}, 100);
+    REQUIRE(seconds.size() == 1);  // one token left
+    CHECK(seconds[0].step_slug == "b");
+    CHECK(rate_claim(env.store, {ckey}, 100).empty());
+    CHECK(rate_sql(env.conninfo,
+                   "SELECT count(*) FROM flowreg.rate_buckets WHERE flow_slug = "
+                   "'chain' AND scope = '' AND key = '' AND tokens < 1") == "1");
+
+    // A step that loses its rate limit frees its queued tasks.
+    flowreg::FlowDef freed = chain;
+    freed.rate_limit.reset();
+    CHECK(rate_store(env.store, freed).version == ckey.version);
+    CHECK(rate_claim(env.store, {ckey}, 100).size() == 1);
+  }
+
+  TEST_CASE(
+      "3 workers, one killed with SIGKILL: no customer starts more tasks than its bucket "
+      "allows, and every run completes") {
+    namespace fs = std::filesystem;
+    using Clock = std::chrono::steady_clock;
+    auto s = rate_scene("rate_workers");
+    const fs::path audit = s.dir / "audit";
+    std::vector<flowreg::test::Child> workers;
+    for (const char* id : {"a", "b", "c"}) {
+      workers.push_back(s.worker(id, {"--lease", "1s", "--concurrency", "8", "--batch", "8"}));
+      s.wait_serving(id, "wchaos_rated");
+    }
+    // 2 customers, 40 runs each, under 10 task starts per second per customer.
+    std::vector<fdr::RunId> runs;
+    for (int i = 0; i < 40; ++i)
+      for (const char* c : {"c1", "c2"})
+        runs.push_back(
+            s.start("wchaos_rated", {{"customer", c}, {"audit", audit.string()}, {"ms", 20}}));
+    const std::string pid = std::to_string(workers[0].pid());
+    REQUIRE(flowreg::pgtest::eventually(
+        [&] {
+          return flowreg::pgtest::read_file(audit).find(" " + pid + " ") != std::string::npos;
+        },
+        60s));
+    workers[0].signal(SIGKILL);
+    CHECK(workers[0].wait(10s) == 128 + SIGKILL);
+    for (const auto& run : runs)
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 120s),
+                      std::string(s.err("b") + s.err("c")));
+    for (const auto& run : runs) CHECK(s.run_field(run, "status") == "completed");
+
+    // The starts per customer, in steady clock ns.
+    std::map<std::string, std::vector<long long>> starts;
+    std::ifstream in(audit);
+    std::string line;
+    int retried = 0;
+    while (std::getline(in, line)) {
+      std::istringstream words(line);
+      std::string what, customer, run, step, attempt;
+      long pid_of = 0;
+      long long t = 0;
+      words >> what >> customer >> run >> step >> attempt >> pid_of >> t;
+      if (what != "S") continue;
+      starts[customer].push_back(t);
+      retried += attempt != "1";
+    }
+    REQUIRE(starts.size() == 2);
+    for (auto& [customer, ts] : starts) {
+      CAPTURE(customer);
+      std::sort(ts.begin(), ts.end());
+      CHECK(ts.size() >= 40);
+      // A bucket of 10 refilled at 10/s: in any second at most 10 + 10 starts; the claim's time
+      // and the handler's start differ by the dispatch, so a window is widened by 300 ms.
+      std::size_t most = 0;
+      for (std::size_t i = 0; i < ts.size(); ++i) {
+        const auto end = std::upper_bound(ts.begin(), ts.end(), ts[i] + 1'000'000'000LL);
+        most = std::max(most, static_cast<std::size_t>(end - ts.begin()) - i);
+      }
+      CHECK(most <= 23);
+      // 40 starts need at least 3 s of refills after the first 10.
+      CHECK(ts.back() - ts.front() >= 2'700'000'000LL);
+    }
+    // The kill interrupted a few attempts at most; a task waiting for a token spent none.
+    CHECK(retried <= 8);
+    (void)Clock::now();
+    for (auto& w : workers)
+      if (w.wait(0ms) == std::nullopt) {
+        w.signal(SIGTERM);
+        CHECK(w.wait(30s) == 0);
+      }
+  }
+
+  TEST_CASE("flows show prints a rate limit; runs show says until when a run is rate limited") {
+    auto s = rate_scene("rate_cli");
+    const auto flowreg = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
+      return flowreg::test::run_process(args);
+    };
+    const auto shown = flowreg({"flows", "show", "wchaos_rated"});
+    REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
+    CHECK(shown.out.find("rate_limit=10 per 1s per /customer") != std::string::npos);
+    const auto as_json = flowreg({"flows", "show", "wchaos_rated", "--json"});
+    REQUIRE_MESSAGE(as_json.exit_code == 0, as_json.err);
+    CHECK(RateJson::parse(as_json.out)["rate_limit"] ==
+          RateJson{{"limit", 10}, {"per", "1s"}, {"key", "/customer"}});
+    // The flows are stored by a worker; of 2 runs of the hourly flow, one is claimed by hand
+    // (the bucket's one token), the other waits.
+    auto w = s.worker("a", {"--concurrency", "1"});
+    s.wait_serving("a", "wchaos_hourly");
+    w.signal(SIGTERM);
+    CHECK(w.wait(30s) == 0);
+    const auto first = s.start("wchaos_hourly", {{"n", 1}});
+    const auto second = s.start("wchaos_hourly", {{"n", 2}});
+    auto store = fdr::RunStore::connect(s.conninfo);
+    REQUIRE(store);
+    const fdr::FlowKey key{
+        "wchaos_hourly",
+        rate_sql(s.conninfo, "SELECT version FROM flowreg.flows WHERE slug = 'wchaos_hourly'")};
+    const auto claimed = rate_claim(*store, {key}, 100);
+    REQUIRE(claimed.size() == 1);
+    CHECK(claimed[0].run_id == first);
+    const std::string waiting_id = second;
+    const auto hourly = flowreg({"flows", "show", "wchaos_hourly"});
+    CHECK(hourly.out.find("(rate_limit=1 per 1h)") != std::string::npos);
+    const auto run = flowreg({"runs", "show", waiting_id});
+    REQUIRE_MESSAGE(run.exit_code == 0, run.err);
+    CAPTURE(run.out);
+    CHECK(run.out.find("waiting: step 'only': rate limited until ") != std::string::npos);
+    CHECK(run.out.find("rate limit 1 per 1h reached for the default key") != std::string::npos);
+  }
+}
