@@ -29,6 +29,8 @@ DECLARE
   v_direct bigint[] := string_to_array(nullif(current_setting('flowreg.claimed', true), ''),
                                        ',')::bigint[];
   v_set text;  -- set_config's value, unused (an assignment needs no query: see work)
+  v_gated flowreg.tasks[];  -- the tasks with a gate claimed, as _claim_gated claimed them
+  v_room int;  -- what is left of p_limit for the walks of tasks_queued
 BEGIN
   IF v_direct IS NOT NULL THEN
     v_set := set_config('flowreg.claimed', '', true);
@@ -103,19 +105,20 @@ BEGIN
   END IF;
 
   -- Tasks with a gate (concurrency limits per key, migration 0023) first, by _claim_gated, when a
-  -- flow served has one (a probe of flow_steps per flow): they are returned as the tasks this
-  -- transaction created claimed. The walks below take the tasks without a gate (tasks_queued).
+  -- flow served has one (a probe of flow_steps per flow): they are returned as it claimed them
+  -- (not read again). The walks below take the tasks without a gate (tasks_queued).
   -- (The probe reads flow_steps_gated: no row for a flow without a gate.)
   IF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
              CROSS JOIN LATERAL (SELECT FROM flowreg.flow_steps s
                                  WHERE s.flow_slug = f.slug AND s.version = f.version
                                    AND s.gate_prefix IS NOT NULL LIMIT 1) s)
      AND p_limit - p_taken - coalesce(cardinality(v_direct), 0) > 0 THEN
-    v_direct := coalesce(v_direct, '{}')
-                || flowreg._claim_gated(p_worker, v_slugs, v_versions,
-                                        p_limit - p_taken - coalesce(cardinality(v_direct), 0),
-                                        p_lease_ms);
+    v_gated := flowreg._claim_gated(p_worker, v_slugs, v_versions,
+                                    p_limit - p_taken - coalesce(cardinality(v_direct), 0),
+                                    p_lease_ms);
   END IF;
+  v_room := p_limit - p_taken - coalesce(cardinality(v_direct), 0)
+            - coalesce(cardinality(v_gated), 0);
 
   -- Two forms of one statement, which differ in cand only (the tasks it takes, locked): for flows
   -- whose tasks all have priority 0 (the common case), the walk of tasks_queued that the claim
@@ -154,11 +157,11 @@ BEGIN
             AND q.flow_slug = f.slug AND q.flow_version = f.version
             AND q.available_at <= now()
           ORDER BY q.available_at
-          LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
+          LIMIT greatest(v_room, 0)
           FOR UPDATE SKIP LOCKED) q
-        LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)) c
+        LIMIT greatest(v_room, 0)) c
       ORDER BY c.priority DESC, c.available_at
-      LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
+      LIMIT greatest(v_room, 0)
     ),
     -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
     -- array), never by a join the planner could turn into a merge join over a scan of tasks.
@@ -176,6 +179,10 @@ BEGIN
       SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
              t.input, t.timeout_ms, t.lease_expires_at
       FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
+      UNION ALL
+      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
+             g.input, g.timeout_ms, g.lease_expires_at
+      FROM unnest(v_gated) g
     )
     -- A single step's task stores no input (a map step's stores its element): it is the run's input
     -- for a root step, else the object of its dependencies' outputs by step slug, read here by
@@ -211,10 +218,10 @@ BEGIN
           AND q.flow_slug = f.slug AND q.flow_version = f.version
           AND q.available_at <= now()
         ORDER BY q.available_at
-        LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
+        LIMIT greatest(v_room, 0)
         FOR UPDATE SKIP LOCKED) c
       ORDER BY c.available_at
-      LIMIT greatest(p_limit - p_taken - coalesce(cardinality(v_direct), 0), 0)
+      LIMIT greatest(v_room, 0)
     ),
     -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
     -- array), never by a join the planner could turn into a merge join over a scan of tasks.
@@ -232,6 +239,10 @@ BEGIN
       SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
              t.input, t.timeout_ms, t.lease_expires_at
       FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
+      UNION ALL
+      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
+             g.input, g.timeout_ms, g.lease_expires_at
+      FROM unnest(v_gated) g
     )
     -- A single step's task stores no input (a map step's stores its element): it is the run's input
     -- for a root step, else the object of its dependencies' outputs by step slug, read here by

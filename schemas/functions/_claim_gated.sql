@@ -1,6 +1,6 @@
 -- Claims up to p_room tasks with a gate (concurrency limits per key, migration 0023) of the given
--- flow versions for p_worker, leased as _claim leases; returns their ids. Called by _claim, which
--- returns them with the tasks it claims itself.
+-- flow versions for p_worker, leased as _claim leases; returns them, as the claim wrote them.
+-- Called by _claim, which returns them with the tasks it claims itself.
 --
 -- Per gate (a step's own, or a flow's on its root steps), its keys are visited in key order from
 -- where this connection's last claim left off (a cursor per gate, kept in the session setting
@@ -27,16 +27,21 @@
 -- key's, or the one of the step or flow), as the claim writes it (rate_buckets: the tokens at a
 -- time; refilled at rate_limit per rate_per_ms, up to rate_limit). A bucket is read and written
 -- under its lock, taken as the keys' are (the key's own lock serves a step's bucket per key), in a
--- statement before the one that reads it: never two claims spending the same tokens. When a
+-- statement before the one that reads it: never two claims spending the same tokens. The one
+-- bucket of a limit without a key is the exception to "never waited for": the first one a call
+-- visits is waited for (no deadlock: a call waits for one lock at most, and a call that holds a
+-- bucket's lock waits for nothing after). When a
 -- bucket visited is left without a token, the transaction setting flowreg.rate_due tells work()
--- when it has one again (a worker claims then, rather than at its next poll).
+-- when it has one again (a worker claims then, rather than at its next poll); and when a key or a
+-- bucket was skipped because another claim held it, 2 ms from now (that claim's transaction ends
+-- meanwhile: its worker does not wait for the next poll to claim again).
 CREATE OR REPLACE FUNCTION flowreg._claim_gated(p_worker text, p_slugs text[], p_versions text[],
                                                 p_room int, p_lease_ms bigint)
-RETURNS bigint[] LANGUAGE plpgsql AS $$
+RETURNS flowreg.tasks[] LANGUAGE plpgsql AS $$
 DECLARE
   g record;
-  v_ids bigint[] := '{}';
-  v_got bigint[];
+  v_ids flowreg.tasks[] := '{}';  -- the tasks claimed, as claimed (see _claim)
+  v_got flowreg.tasks[];
   v_runs uuid[];
   v_keys text[];    -- the keys gathered by a round
   v_locked text[];  -- those whose lock it got
@@ -51,6 +56,7 @@ DECLARE
   v_cursors jsonb := coalesce(nullif(current_setting('flowreg.gate_cursors', true), ''),
                               '{}')::jsonb;
   v_set text;  -- set_config's value, unused
+  v_moved boolean := false;  -- a cursor moved
   -- Rate limits (migration 0024) of the gate visited: v_rate, it has one; v_keyed, a bucket per
   -- key (else one, v_tok its tokens); v_rlock, the buckets need locks of their own (they are the
   -- flow's, shared by its steps; or one for all keys); v_plen, the prefix's length.
@@ -61,6 +67,7 @@ DECLARE
   v_tok double precision;
   v_min_tok double precision;
   v_due timestamptz;  -- when a bucket found empty has a token again (see work)
+  v_waited boolean := false;  -- a bucket's lock was waited for
 BEGIN
   FOR g IN
     -- (A flow's gate is on each of its root steps: one visit. spread: a run may have several
@@ -70,10 +77,11 @@ BEGIN
     SELECT f.slug, f.version, s.gate_prefix, min(s.gate_limit) AS gate_limit,
            count(*) > 1 OR bool_or(s.kind = 'map') AS spread,
            min(s.rate_limit) AS rate_limit, min(s.rate_per_ms) AS rate_per_ms,
-           min(s.rate_scope) AS rate_scope, bool_or(s.rate_keyed) AS rate_keyed
+           min(s.rate_scope) AS rate_scope, bool_or(s.rate_keyed) AS rate_keyed,
+           bool_and(s.gate_path IS NULL) AS one_key
     FROM unnest(p_slugs, p_versions) AS f(slug, version)
     CROSS JOIN LATERAL (SELECT fs.gate_prefix, fs.gate_limit, fs.kind, fs.rate_limit,
-                               fs.rate_per_ms, fs.rate_scope, fs.rate_keyed
+                               fs.rate_per_ms, fs.rate_scope, fs.rate_keyed, fs.gate_path
                         FROM flowreg.flow_steps fs
                         WHERE fs.flow_slug = f.slug AND fs.version = f.version
                           AND fs.gate_prefix IS NOT NULL OFFSET 0) s
@@ -88,11 +96,16 @@ BEGIN
     v_plen := length(g.gate_prefix);
     v_tok := NULL;
     IF v_rate AND NOT v_keyed THEN
-      -- One bucket for all the gate's keys: its lock (another claim holding it takes the tokens;
-      -- this one looks again soon), then its tokens now, in a new statement.
-      IF NOT pg_try_advisory_xact_lock(hashtext(g.slug), hashtext('rate ' || g.rate_scope || ':'))
-      THEN
-        v_due := least(v_due, now() + interval '20 ms');
+      -- One bucket for all the gate's keys: its lock, then its tokens now, in a new statement.
+      -- The first such bucket of this call is waited for (every claim of the gate takes it, so
+      -- skipping it would leave all workers but one idle; its holder waits for no other lock,
+      -- so the wait ends with the holder's transaction); a later one is skipped when held.
+      IF NOT v_waited THEN
+        PERFORM pg_advisory_xact_lock(hashtext(g.slug), hashtext('rate ' || g.rate_scope || ':'));
+        v_waited := true;
+      ELSIF NOT pg_try_advisory_xact_lock(hashtext(g.slug),
+                                          hashtext('rate ' || g.rate_scope || ':')) THEN
+        v_due := least(v_due, clock_timestamp() + interval '2 ms');
         CONTINUE;
       END IF;
       SELECT least(g.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
@@ -121,29 +134,35 @@ BEGIN
     v_wrapped := v_start IS NULL;
     LOOP
       EXIT WHEN cardinality(v_ids) >= p_room OR v_visits >= 4 * p_room + 32;
-      -- The next keys with a queued task in [v_from, v_upto): a skip scan of tasks_gated, one
-      -- probe per key, stopped by the LIMIT below.
-      WITH RECURSIVE k(gate) AS (
-        (SELECT q.gate FROM flowreg.tasks q
-         WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-           AND q.flow_version = g.version AND q.gate >= v_from AND q.gate < v_upto
-         ORDER BY q.gate LIMIT 1)
-        UNION ALL
-        SELECT (SELECT q.gate FROM flowreg.tasks q
-                WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-                  AND q.flow_version = g.version AND q.gate > k.gate AND q.gate < v_upto
-                ORDER BY q.gate LIMIT 1)
-        FROM k WHERE k.gate IS NOT NULL
-      )
-      SELECT array_agg(x.gate) INTO v_keys
-      FROM (SELECT k.gate FROM k WHERE k.gate IS NOT NULL
-            LIMIT greatest(p_room - cardinality(v_ids), 16)) x;
-      IF v_keys IS NULL THEN
-        EXIT WHEN v_wrapped;
-        v_wrapped := true;
-        v_from := g.gate_prefix;
-        v_upto := v_start || chr(1);  -- up to the cursor's key, included
-        CONTINUE;
+      IF g.one_key THEN
+        -- A limit without `key`: its one key, "", once (no keys to look for, no cursor).
+        EXIT WHEN v_last IS NOT NULL;
+        v_keys := ARRAY[g.gate_prefix::text];
+      ELSE
+        -- The next keys with a queued task in [v_from, v_upto): a skip scan of tasks_gated, one
+        -- probe per key, stopped by the LIMIT below.
+        WITH RECURSIVE k(gate) AS (
+          (SELECT q.gate FROM flowreg.tasks q
+           WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+             AND q.flow_version = g.version AND q.gate >= v_from AND q.gate < v_upto
+           ORDER BY q.gate LIMIT 1)
+          UNION ALL
+          SELECT (SELECT q.gate FROM flowreg.tasks q
+                  WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+                    AND q.flow_version = g.version AND q.gate > k.gate AND q.gate < v_upto
+                  ORDER BY q.gate LIMIT 1)
+          FROM k WHERE k.gate IS NOT NULL
+        )
+        SELECT array_agg(x.gate) INTO v_keys
+        FROM (SELECT k.gate FROM k WHERE k.gate IS NOT NULL
+              LIMIT greatest(p_room - cardinality(v_ids), 16)) x;
+        IF v_keys IS NULL THEN
+          EXIT WHEN v_wrapped;
+          v_wrapped := true;
+          v_from := g.gate_prefix;
+          v_upto := v_start || chr(1);  -- up to the cursor's key, included
+          CONTINUE;
+        END IF;
       END IF;
       v_last := v_keys[cardinality(v_keys)];
       v_from := v_last || chr(1);
@@ -156,6 +175,11 @@ BEGIN
         AND (NOT v_rlock
              OR pg_try_advisory_xact_lock(hashtext(g.slug),
                                           hashtext('rate :' || substr(x.k, v_plen + 1))));
+      IF coalesce(cardinality(v_locked), 0) < cardinality(v_keys) THEN
+        -- A key another claim holds (until its transaction ends): this worker looks again soon,
+        -- not at its next poll.
+        v_due := least(v_due, clock_timestamp() + interval '2 ms');
+      END IF;
       CONTINUE WHEN v_locked IS NULL;
       v_got := NULL;
       IF g.gate_prefix = ':' THEN
@@ -206,9 +230,9 @@ BEGIN
               gate = NULL
           WHERE t.id = ANY (ARRAY(SELECT c.id FROM c WHERE c.run_id IN (SELECT a.id
                                                                          FROM admitted a)))
-          RETURNING t.id, t.run_id
+          RETURNING t AS task, t.run_id
         )
-        SELECT array_agg(claimed.id), array_agg(DISTINCT claimed.run_id) INTO v_got, v_runs
+        SELECT array_agg(claimed.task), array_agg(DISTINCT claimed.run_id) INTO v_got, v_runs
         FROM claimed;
         IF v_runs IS NOT NULL AND g.spread THEN
           -- The admitted runs' other gated tasks (another root step's, a map root's elements):
@@ -230,7 +254,8 @@ BEGIN
                       ELSE g.gate_limit - (SELECT count(*)
                                            FROM (SELECT FROM flowreg.tasks t
                                                  WHERE t.status = 'started' AND t.gate IS NOT NULL
-                                                   AND t.flow_slug = g.slug AND t.gate = x.k
+                                                   AND t.gate < '|' AND t.flow_slug = g.slug
+                                                   AND t.gate = x.k
                                                  LIMIT g.gate_limit) a) END AS n,
                  CASE WHEN v_keyed THEN
                    coalesce((SELECT least(g.rate_limit,
@@ -258,7 +283,7 @@ BEGIN
           SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker,
               started_at = now(), lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
           WHERE t.id = ANY (ARRAY(SELECT c.id FROM c))
-          RETURNING t.id, t.gate
+          RETURNING t AS task, t.id, t.gate
         ),
         spent AS (
           INSERT INTO flowreg.rate_buckets AS b (flow_slug, scope, key, tokens, at)
@@ -273,7 +298,7 @@ BEGIN
                        - (g.rate_limit - excluded.tokens),
               at = now()
         )
-        SELECT (SELECT array_agg(cl.id) FROM claimed cl),
+        SELECT (SELECT array_agg(cl.task) FROM claimed cl),
                (SELECT min(kk.tok - (SELECT count(*) FROM claimed cl WHERE cl.gate = kk.k))
                 FROM kk WHERE v_keyed)
         INTO v_got, v_min_tok;
@@ -290,8 +315,7 @@ BEGIN
                                             / g.rate_limit * interval '1 ms');
               v_ids := v_ids || coalesce(v_got, '{}');
               -- The keys after the last served wait for the next tokens: the cursor stays there.
-              v_last := coalesce((SELECT max(t.gate) FROM flowreg.tasks t
-                                  WHERE t.id = ANY (v_got)), v_last);
+              v_last := coalesce((SELECT max(x.gate) FROM unnest(v_got) x), v_last);
               EXIT;
             END IF;
           END IF;
@@ -299,11 +323,12 @@ BEGIN
       END IF;
       v_ids := v_ids || coalesce(v_got, '{}');
     END LOOP;
-    IF v_last IS NOT NULL THEN
+    IF v_last IS NOT NULL AND NOT g.one_key AND v_cursors->>v_name IS DISTINCT FROM v_last THEN
       v_cursors := jsonb_set(v_cursors, ARRAY[v_name], to_jsonb(v_last));
+      v_moved := true;
     END IF;
   END LOOP;
-  IF v_cursors <> '{}' THEN
+  IF v_moved THEN
     -- Session-wide (not local): the next claim of this connection goes on from here. A cursor
     -- per gate of the flows served; a few hundred bytes.
     v_set := set_config('flowreg.gate_cursors', v_cursors::text, false);

@@ -37,7 +37,8 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
            AND (SELECT a.status FROM flowreg.runs a WHERE a.id = h.run_id) = 'started'
           LIMIT fs.gate_limit) h)
     ELSE (SELECT count(*) FROM (SELECT FROM flowreg.tasks a
-          WHERE a.status = 'started' AND a.gate IS NOT NULL AND a.flow_slug = r.flow_slug
+          WHERE a.status = 'started' AND a.gate IS NOT NULL AND a.gate < '|'
+           AND a.flow_slug = r.flow_slug
            AND a.gate = t.gate LIMIT fs.gate_limit) h) END::int AS holding
   -- Its queued tasks with a gate: the solo task it names, or its others (by run: tasks_by_run;
   -- the status written `status || ''`, so that no plan walks tasks_gated instead).

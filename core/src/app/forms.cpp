@@ -153,7 +153,7 @@ std::string waiting_text(const detail::RunInfo& r) {
   if (w.limit > 0)
     return fmt::format("{}queued for {} ({} of {} slots in use{})", who, key, w.holding, w.limit,
                        rate.empty() ? std::string() : ", " + rate);
-  return fmt::format("{}queued for {} ({}, a token left)", who, key, rate);
+  return fmt::format("{}queued for {} ({}, tokens left)", who, key, rate);
 }
 
 std::string concurrency_text(const Concurrency& c) {

@@ -177,9 +177,10 @@ class Checker {
     if (conc && rate->key && rate->key != conc->key)
       report(where + "/key",
              fmt::format("step '{}': the rate limit's key '{}' is not its concurrency limit's "
-                         "key ('{}'): a rate limit over tasks with a concurrency limit has the "
+                         "key ({}): a rate limit over tasks with a concurrency limit has the "
                          "same key, or none (one bucket)",
-                         step.slug, *rate->key, conc->key.value_or("")));
+                         step.slug, *rate->key,
+                         conc->key ? "'" + *conc->key + "'" : std::string("none: one key")));
   }
 
   void check_steps() {
