@@ -169,6 +169,16 @@ TEST_SUITE("rate_limits") {
     CHECK(j["concurrency"]["waiting"]["rate_limit"] == RateJson{{"limit", 2}, {"per", "1h"}});
     CHECK(j["concurrency"]["waiting"]["rate_limited_until"].is_string());
     CHECK(j["concurrency"]["waiting"]["limit"].is_null());
+
+    // The step's rate limit becomes a concurrency limit of 1 per customer: its waiting tasks move
+    // to the new gate (none is left in one no claim visits), and a claim takes one per customer.
+    flow.steps[0].rate_limit.reset();
+    flow.steps[0].concurrency = flowreg::Concurrency{1, std::string("/customer")};
+    CHECK(rate_store(env.store, flow).version == key.version);
+    CHECK(rate_sql(env.conninfo, "SELECT string_agg(DISTINCT gate, ',' ORDER BY gate) FROM "
+                                 "flowreg.tasks WHERE status = 'queued'") == "call:a,call:b");
+    const auto moved = rate_claim(env.store, {key}, 100);
+    CHECK(rate_per_customer(moved) == std::map<std::string, int>{{"a", 1}, {"b", 1}});
   }
 
   TEST_CASE("tokens come back at limit per period, never more than the limit at once") {

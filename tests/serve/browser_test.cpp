@@ -185,8 +185,9 @@ TEST_SUITE("serve_browser") {
     CHECK(browser.eval("document.querySelector('[data-flow=\"marked\"] h2').textContent") ==
           "marked");
     CHECK(browser.eval("!!document.querySelector('[data-flow=\"wprobe_chain\"]')") == true);
-    // Every DAG picture loaded and has a size: the SVG rendered.
-    CHECK(browser.eval("Array.from(document.querySelectorAll('img.dag')).length") == 3);
+    // Every DAG picture (one per flow: the scene's two, the plugin's) loaded and has a size: the
+    // SVG rendered.
+    CHECK(browser.eval("Array.from(document.querySelectorAll('img.dag')).length") == 4);
     CHECK(
         browser.until("Array.from(document.querySelectorAll('img.dag')).every(i => i.complete && "
                       "i.naturalWidth > 0)"));

@@ -57,7 +57,12 @@ struct ServeScene {
                                   << "    description: \"" << kScript << " & more\"\n"
                                   << "    input_schema: {type: object, required: [order_id]}\n"
                                   << "    steps:\n"
-                                  << "      - {slug: fetch, handler: orders.fetch}\n";
+                                  << "      - {slug: fetch, handler: orders.fetch}\n"
+                                  << "  - slug: paced\n"
+                                  << "    rate_limit: {limit: 500, per: 1s, key: /tenant}\n"
+                                  << "    steps:\n"
+                                  << "      - {slug: fetch, handler: orders.fetch,\n"
+                                  << "         concurrency: {limit: 3, key: /tenant}}\n";
     const std::string err = (scratch.dir / "serve.err").string();
     server.emplace(test::Child::spawn(
         {FLOWREG_BINARY, "--config", scratch.config.string(), "serve", "--worker"},

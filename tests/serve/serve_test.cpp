@@ -817,7 +817,9 @@ TEST_SUITE("serve") {
     CHECK(js->body.find("innerHTML") == std::string::npos);
   }
 
-  TEST_CASE("a run waiting for a concurrency limit says which, by the API and on its page") {
+  TEST_CASE(
+      "a run waiting for a concurrency limit and a rate limit says which, by the API and on its "
+      "page") {
     ServeScene& scene = shared_scene();
     REQUIRE_MESSAGE(scene.port > 0, scene.log());
     auto store = std::optional<detail::RunStore>(scene_store(scene));
@@ -829,6 +831,10 @@ TEST_SUITE("serve") {
     Concurrency one;
     one.key = "/c";
     flow.steps[0].concurrency = one;
+    // And one task start an hour (one bucket): the first claim takes its token.
+    RateLimit hourly;
+    hourly.per = std::chrono::hours(1);
+    flow.steps[0].rate_limit = hourly;
     REQUIRE(store->upsert_flow(flow, "v1"));
     std::vector<detail::RunId> runs;
     for (int i = 0; i < 2; ++i) {
@@ -846,14 +852,18 @@ TEST_SUITE("serve") {
     const json got = body_of(c.Get(("/api/v1/runs/" + waiting).c_str()));
     CAPTURE(got.dump());
     CHECK(got["concurrency"]["held_key"].is_null());
-    CHECK(got["concurrency"]["waiting"] ==
-          json{{"step", "only"},
-               {"key", "<b>k</b>"},
-               {"limit", 1},
-               {"holding", 1},
-               {"text",
-                "step 'only': concurrency limit 1 reached for key \"<b>k</b>\" (1 task "
-                "at once)"}});
+    json wait = got["concurrency"]["waiting"];
+    REQUIRE(wait["rate_limited_until"].is_string());
+    CHECK(wait["rate_limited_until"].get<std::string>().ends_with("Z"));
+    wait.erase("rate_limited_until");
+    CHECK(wait == json{{"step", "only"},
+                       {"key", "<b>k</b>"},
+                       {"limit", 1},
+                       {"holding", 1},
+                       {"rate_limit", {{"limit", 1}, {"per", "1h"}}},
+                       {"text",
+                        "step 'only': concurrency limit 1 reached for key \"<b>k</b>\" (1 task "
+                        "at once); rate limit 1 per 1h reached too"}});
     // The running one waits for nothing.
     CHECK(
         body_of(c.Get(("/api/v1/runs/" + (*claimed)[0].run_id).c_str()))["concurrency"].is_null());
@@ -864,6 +874,18 @@ TEST_SUITE("serve") {
                           "limit 1 reached for key &quot;&lt;b&gt;k&lt;/b&gt;&quot;") !=
           std::string::npos);
     CHECK(page->body.find("<b>k</b>") == std::string::npos);
+    // A flow's page shows its rate limit, and its steps' limits.
+    auto flow_page = c.Get("/flows/paced");
+    REQUIRE(flow_page);
+    CHECK(flow_page->status == 200);
+    CHECK(flow_page->body.find(", at most 3 tasks at once per key <code>/tenant</code></td>") !=
+          std::string::npos);
+    CHECK(flow_page->body.find(
+              ", at most 500 task starts per 1s per key <code>/tenant</code></dd>") !=
+          std::string::npos);
+    const json paced = body_of(c.Get("/api/v1/flows/paced"));
+    CHECK(paced["rate_limit"] == json{{"limit", 500}, {"per", "1s"}, {"key", "/tenant"}});
+    CHECK(paced["steps"][0]["rate_limit"].is_null());
   }
 
   TEST_CASE("a step waiting for its retry says when, and how its last attempt failed") {
