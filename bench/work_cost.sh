@@ -4,13 +4,14 @@
 # the CPU, no worker, no handler): the precise way to compare two versions of the SQL functions.
 # worker_bench measures the whole system (workers, handlers, commits); this isolates the database.
 #
-# usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain] [--batch LIST] [--runs N]
+# usage: bench/work_cost.sh [--flowreg BIN] [--flow single|chain|rated_high] [--batch LIST] [--runs N]
 #                           [--rounds R] [--wal] [--start CALLS] [--sessions S] [--sql FILE]
 #                           [--workers N] [--worker-id PREFIX] [--keep]
 #   --flowreg BIN  the flowreg binary whose compiled-in functions are measured (default
 #                  build/flowreg next to this script's checkout); its plugins are
 #                  <its directory>/bench/worker_plugins
-#   --flow         bench_single (1 step, default) or bench_chain (a -> b -> c)
+#   --flow         bench_single (1 step, default), bench_chain (a -> b -> c) or bench_rated_high
+#                  (1 step under a rate limit far above any drain: every claim takes tokens)
 #   --batch LIST   work() batch sizes, comma-separated (default 64,512)
 #   --runs N       runs started per measurement (default 20000; 6000 is plenty for chain)
 #   --rounds R     measurements per batch size (default 2)
@@ -80,7 +81,7 @@ while [ $# -gt 0 ]; do
     *) echo "work_cost.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-case "$flow" in single|chain) ;; *) echo "work_cost.sh: --flow is single or chain" >&2; exit 2 ;; esac
+case "$flow" in single|chain|rated_high) ;; *) echo "work_cost.sh: --flow is single, chain or rated_high" >&2; exit 2 ;; esac
 [[ "$runs" =~ ^[0-9]+$ ]] && [ "$runs" -ge 500 ] || { echo "work_cost.sh: --runs is a number >= 500" >&2; exit 2; }
 [[ "$rounds" =~ ^[1-9][0-9]*$ ]] || { echo "work_cost.sh: --rounds is a positive number" >&2; exit 2; }
 [[ "$start_calls" =~ ^[0-9]+$ ]] || { echo "work_cost.sh: --start is a number of calls" >&2; exit 2; }

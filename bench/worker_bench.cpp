@@ -160,7 +160,7 @@ const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "bac
                                                     "start1", "startbatch", "latency"};
 const std::vector<std::string> kScenarios = {
     "single",  "chain",  "fanout",    "backlog",   "start1",     "startbatch", "latency",
-    "metrics", "scrape", "isolation", "schedules", "priorities", "keys"};
+    "metrics", "scrape", "isolation", "schedules", "priorities", "keys",       "rates"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -227,6 +227,11 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                step limited to 2 tasks at once per key) and bench_keyed_runs (a flow limited to
                2 runs at once per key), their runs spread over 1,000 keys; prints each round's
                rates and the mean ratios to bench_single
+  rates        (only when named) --priority-rounds R rounds of two burn-downs of --runs runs at
+               the first --batch and --workers, alternating: bench_single and bench_rated_high (a
+               rate limit of 1,000,000 task starts per second, far above the drain); then one
+               burn-down of 40,000 runs of bench_rated_1000 (1,000 per second): the completions
+               per second from 2 s after the first to 32 s (the bucket's first 1,000 excluded)
   schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
                `* * * * *`, fired by --schedule-workers W (default 3) workers for
                --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
@@ -251,7 +256,7 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --isolation-rounds R rounds of the isolation scenario (default 3)
-  --priority-rounds R  rounds of the priorities and keys scenarios (default 3)
+  --priority-rounds R  rounds of the priorities, keys and rates scenarios (default 3)
   --schedules S        schedules of the schedules scenario (default 10000)
   --schedule-minutes M ticks of the schedules scenario (default 2)
   --schedule-workers W workers of the schedules scenario (default 3)
@@ -531,8 +536,9 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
     auto scanned = value_or_throw(loader.scan(), "loading the plugins of " BENCH_WORKER_PLUGIN_DIR);
     for (const auto& p : scanned)
       if (p.error) throw std::runtime_error("plugin " + p.describe_error());
-    for (const char* slug : {"bench_single", "bench_chain", "bench_fanout", "bench_latency",
-                             "bench_keyed", "bench_keyed_runs"}) {
+    for (const char* slug :
+         {"bench_single", "bench_chain", "bench_fanout", "bench_latency", "bench_keyed",
+          "bench_keyed_runs", "bench_rated_high", "bench_rated_1000"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -851,6 +857,7 @@ struct BurnSpec {
   int round = 0;            // distinguishes repeated burn-downs of the same shape
   int priority_levels = 0;  // > 0: the backlog is started with this many priorities
   int keys = 0;             // > 0: the backlog's inputs spread over this many keys ("k")
+  bool times = false;       // keep each completion's time (BurnResult::times)
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -967,6 +974,7 @@ struct BurnResult {
   std::vector<std::string> ends;  // how each worker ended
   Row start, drain;               // costs: starting the backlog; spawn -> workers exited
   IdleProcesses processes;        // when spec.processes
+  std::vector<double> times;      // when spec.times: each completion, seconds after the spawn
 };
 
 BurnResult burn_down(Env& env, const BurnSpec& spec) {
@@ -1022,6 +1030,7 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       const std::string status = space == std::string::npos ? "" : n->payload.substr(space + 1);
       if (status == "completed" || status == "failed" || status == "cancelled") {
         (status == "completed" ? completed : failed) += 1;
+        if (spec.times) r.times.push_back(seconds_between(t0, now));
         if (completed + failed == 1) t_first = now;
         t_last = now;
       }
@@ -1873,6 +1882,8 @@ int run_bench(Env& env) {
   std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;   // without, with --metrics
   std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;  // priority 0, 10 priorities
   std::vector<std::vector<BurnResult>> key_rounds;  // bench_single, bench_keyed, bench_keyed_runs
+  std::vector<std::pair<BurnResult, BurnResult>> rate_pairs;  // bench_single, bench_rated_high
+  std::optional<BurnResult> rated_1000;
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
@@ -1988,6 +1999,34 @@ int run_bench(Env& env) {
       std::printf("mean rate ratio to bench_single: step %.3f, flow %.3f\n",
                   step_sum / static_cast<double>(key_rounds.size()),
                   flow_sum / static_cast<double>(key_rounds.size()));
+    }
+    if (!rate_pairs.empty()) {
+      std::printf(
+          "\nrates: burn-downs of bench_single and bench_rated_high (a rate limit of 1,000,000 "
+          "task starts per second)\n");
+      std::printf("%5s %8s %12s %12s %10s\n", "round", "runs", "plain r/s", "rated r/s", "ratio");
+      double sum = 0;
+      for (std::size_t i = 0; i < rate_pairs.size(); ++i) {
+        const auto& [plain, rated] = rate_pairs[i];
+        const double p = static_cast<double>(plain.spec.runs) / plain.total_s;
+        const double q = static_cast<double>(rated.spec.runs) / rated.total_s;
+        sum += q / p;
+        std::printf("%5zu %8ld %12.0f %12.0f %10.3f\n", i + 1, plain.spec.runs, p, q, q / p);
+      }
+      std::printf("mean rate ratio (rate limit above the drain / plain): %.3f\n",
+                  sum / static_cast<double>(rate_pairs.size()));
+    }
+    if (rated_1000 && !rated_1000->times.empty()) {
+      const auto& t = rated_1000->times;
+      const double from = t.front() + 2, to = from + 30;
+      const auto n =
+          std::count_if(t.begin(), t.end(), [&](double x) { return x >= from && x < to; });
+      std::printf(
+          "\nrates: bench_rated_1000 (1,000 task starts per second), %zu runs: %.1f completions "
+          "per second over the 30 s from 2 s after the first (%.3f of the limit); first %.2f s, "
+          "last %.2f s\n",
+          t.size(), static_cast<double>(n) / 30.0, static_cast<double>(n) / 30.0 / 1000.0,
+          t.front(), t.back());
     }
     if (!isolation_pairs.empty()) {
       std::vector<BurnResult> burns;
@@ -2140,6 +2179,21 @@ int run_bench(Env& env) {
         }
         key_rounds.push_back(std::move(burns));
       }
+    if (a.wants("rates")) {
+      for (int round = 1; round <= a.priority_rounds; ++round) {
+        std::pair<BurnResult, BurnResult> pair;
+        for (const char* slug : {"bench_single", "bench_rated_high"}) {
+          BurnSpec spec{"rates", slug, 1, a.workers.front(), a.batches.front(), a.runs, false};
+          spec.round = round;
+          (std::string(slug) == "bench_single" ? pair.first : pair.second) = burn_down(env, spec);
+        }
+        rate_pairs.push_back(std::move(pair));
+      }
+      BurnSpec spec{"rates", "bench_rated_1000", 1, a.workers.front(), a.batches.front(), 40'000,
+                    false};
+      spec.times = true;
+      rated_1000 = burn_down(env, spec);
+    }
     if (a.wants("scrape"))
       for (int size : a.scrape_backlog) scrapes.push_back(scrape_reads(env, size));
     if (a.wants("isolation")) {

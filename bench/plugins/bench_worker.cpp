@@ -54,6 +54,15 @@ FLOWREG_PLUGIN(bench_worker) {
       .description("worker_bench: one no-op step, at most 2 runs at once per /k")
       .concurrency(2, "/k")
       .step("only", "noop");
+  // Rate limits (docs/flows.md#rate-limits): one far above any drain rate, one of 1,000 per second.
+  plugin.flow("bench_rated_high")
+      .description("worker_bench: one no-op step, at most 1,000,000 task starts per second")
+      .step("only", "noop")
+      .rate_limit(1'000'000, "1s");
+  plugin.flow("bench_rated_1000")
+      .description("worker_bench: one no-op step, at most 1,000 task starts per second")
+      .step("only", "noop")
+      .rate_limit(1000, "1s");
   plugin.flow("bench_latency")
       .description("worker_bench: returns the time its handler was entered")
       .step("only", "stamp");
