@@ -128,7 +128,33 @@ BEGIN
   -- priorities: the walk per level for every flow drained at 0.90 of its rate at batch 64, two
   -- alternated pairs; this split at 0.98, and 1.00 at batch 512, six pairs).
   -- (A level other than 0 of any flow served: a probe of queue_levels_pkey per flow.)
-  IF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
+  -- A third form when the gated claims left no room (a backlog of gated tasks): the tasks claimed
+  -- already, without the walk or its update.
+  IF v_room <= 0 THEN
+    RETURN QUERY
+    WITH mine AS (
+      SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+             t.input, t.timeout_ms, t.lease_expires_at
+      FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
+      UNION ALL
+      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
+             g.input, g.timeout_ms, g.lease_expires_at
+      FROM unnest(v_gated) g
+    )
+    SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
+           coalesce(c.input,
+                    CASE WHEN cardinality(fs.deps) = 0
+                         THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
+                         ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
+                               FROM flowreg.step_states d
+                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)) END),
+           fs.max_attempts, c.timeout_ms, c.lease_expires_at
+    FROM mine c
+    LEFT JOIN LATERAL (
+      SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
+      WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
+      OFFSET 0) fs ON true;
+  ELSIF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
              CROSS JOIN LATERAL (SELECT FROM flowreg.queue_levels l
                                  WHERE l.flow_slug = f.slug AND l.flow_version = f.version
                                    AND l.priority <> 0 LIMIT 1) l) THEN

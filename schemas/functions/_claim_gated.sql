@@ -168,13 +168,18 @@ BEGIN
       v_from := v_last || chr(1);
       v_visits := v_visits + cardinality(v_keys);
       -- Their locks, in one statement; the keys another claim holds are skipped. (And their
-      -- buckets' locks, when the flow's rate limit has a bucket per key.)
-      SELECT array_agg(x.k ORDER BY x.i) INTO v_locked
-      FROM unnest(v_keys) WITH ORDINALITY AS x(k, i)
-      WHERE pg_try_advisory_xact_lock(hashtext(g.slug), hashtext(x.k))
-        AND (NOT v_rlock
-             OR pg_try_advisory_xact_lock(hashtext(g.slug),
-                                          hashtext('rate :' || substr(x.k, v_plen + 1))));
+      -- buckets' locks, when the flow's rate limit has a bucket per key. A gate without a
+      -- concurrency limit and with one bucket needs no key lock: the bucket's serves.)
+      IF g.gate_limit IS NULL AND v_rate AND NOT v_keyed THEN
+        v_locked := v_keys;
+      ELSE
+        SELECT array_agg(x.k ORDER BY x.i) INTO v_locked
+        FROM unnest(v_keys) WITH ORDINALITY AS x(k, i)
+        WHERE pg_try_advisory_xact_lock(hashtext(g.slug), hashtext(x.k))
+          AND (NOT v_rlock
+               OR pg_try_advisory_xact_lock(hashtext(g.slug),
+                                            hashtext('rate :' || substr(x.k, v_plen + 1))));
+      END IF;
       IF coalesce(cardinality(v_locked), 0) < cardinality(v_keys) THEN
         -- A key another claim holds (until its transaction ends): this worker looks again soon,
         -- not at its next poll.
