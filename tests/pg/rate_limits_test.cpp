@@ -175,8 +175,9 @@ TEST_SUITE("rate_limits") {
     flow.steps[0].rate_limit.reset();
     flow.steps[0].concurrency = flowreg::Concurrency{1, std::string("/customer")};
     CHECK(rate_store(env.store, flow).version == key.version);
-    CHECK(rate_sql(env.conninfo, "SELECT string_agg(DISTINCT gate, ',' ORDER BY gate) FROM "
-                                 "flowreg.tasks WHERE status = 'queued'") == "call:a,call:b");
+    CHECK(rate_sql(env.conninfo,
+                   "SELECT string_agg(DISTINCT gate, ',' ORDER BY gate) FROM "
+                   "flowreg.tasks WHERE status = 'queued'") == "call:a,call:b");
     const auto moved = rate_claim(env.store, {key}, 100);
     CHECK(rate_per_customer(moved) == std::map<std::string, int>{{"a", 1}, {"b", 1}});
   }
@@ -207,6 +208,15 @@ TEST_SUITE("rate_limits") {
     // After a pause longer than the period the bucket is full again, not fuller.
     std::this_thread::sleep_for(2200ms);
     CHECK(rate_claim(env.store, {key}, 100).size() == 5);
+    // A worker's call that finds the bucket empty is told when it has a token again (a refill of
+    // 5 a second: at most 200 ms, for one token, or for the 5 of a claim of 5), not left to its
+    // next poll.
+    auto worked = env.store.work("rate-test", {}, {}, std::span(&key, 1), 5, std::nullopt);
+    REQUIRE_MESSAGE(worked, flowreg::testing::failure_text(worked));
+    CHECK(worked->claimed.size() <= 1);
+    REQUIRE(worked->next_due_in.has_value());
+    CHECK(*worked->next_due_in <= 1001ms);
+    CHECK(*worked->next_due_in >= 0ms);
   }
 
   TEST_CASE("one bucket under a concurrency limit per key; a flow's bucket is its steps'") {
