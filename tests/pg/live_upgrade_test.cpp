@@ -1203,10 +1203,9 @@ TEST_SUITE("live_upgrade") {
           std::string::npos);
 
     // What the release before 0017 left: every step of a chain's run in step_states.
-    exec(
-        db,
-        kBefore0017 +
-            "DELETE FROM public.flowreg_migrations WHERE version IN (17, 18, 19, 20, 21, 22, 23, 24);");
+    exec(db, kBefore0017 +
+                 "DELETE FROM public.flowreg_migrations WHERE version IN (17, 18, 19, 20, 21, 22, "
+                 "23, 24);");
     REQUIRE(q(db,
               "SELECT count(*) FROM flowreg.step_states s JOIN flowreg.runs r ON"
               " r.id = s.run_id WHERE r.flow_slug IN ('pipe', 'trio')") == "21");
