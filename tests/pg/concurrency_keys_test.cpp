@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "app/forms.hpp"
+#include "pg/claim_env.hpp"
 #include "pg/pg_fixture.hpp"
 #include "pg/worker_scene.hpp"
 #include "store/migrations.hpp"
@@ -33,62 +34,11 @@ namespace fdc = flowreg::detail;
 using GateJson = nlohmann::json;
 using namespace std::chrono_literals;
 
-struct GateEnv {
-  std::string conninfo;
-  fdc::RunStore store;
-};
-
-GateEnv gate_env(const std::string& db) {
-  const auto conninfo = flowreg::pgtest::empty_database(db);
-  auto migrated = fdc::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
-  auto store = fdc::RunStore::connect(conninfo);
-  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-  return GateEnv{conninfo, std::move(*store)};
-}
-
-std::string gate_sql(const std::string& conninfo, const std::string& sql) {
-  pqxx::connection c(conninfo);
-  pqxx::nontransaction tx(c);
-  const auto r = tx.exec(sql);
-  return r.empty() || r[0][0].is_null() ? std::string() : r[0][0].as<std::string>();
-}
-
-// Stores `flow` (module "test") at the version of its shape.
-fdc::FlowKey gate_store(fdc::RunStore& store, flowreg::FlowDef flow) {
-  flow.module = "test";
-  const std::string version = flowreg::flow_version(flow);
-  auto stored = store.upsert_flow(flow, version);
-  REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
-  return fdc::FlowKey{flow.slug, version};
-}
-
 flowreg::Concurrency gate_limit(int limit, std::optional<std::string> key) {
   flowreg::Concurrency c;
   c.limit = limit;
   c.key = std::move(key);
   return c;
-}
-
-fdc::RunId gate_start(fdc::RunStore& store, const fdc::FlowKey& key, const GateJson& input) {
-  auto id = store.start_run(key.slug, key.version, input);
-  REQUIRE_MESSAGE(id, flowreg::testing::failure_text(id));
-  return *id;
-}
-
-std::vector<fdc::ClaimedTask> gate_claim(fdc::RunStore& store, std::vector<fdc::FlowKey> keys,
-                                         int limit) {
-  auto claimed = store.claim("gate-test", keys, limit);
-  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
-  return std::move(*claimed);
-}
-
-void gate_complete(fdc::RunStore& store, const std::vector<fdc::ClaimedTask>& tasks) {
-  std::vector<fdc::Completion> done;
-  for (const auto& t : tasks) done.push_back({t.id, t.attempt, GateJson(1)});
-  auto rejected = store.complete(done);
-  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
-  CHECK(rejected->empty());
 }
 
 // Claimed tasks per key (the input's "customer", "" when it has none).
@@ -103,21 +53,8 @@ std::map<std::string, int> per_customer(const std::vector<fdc::ClaimedTask>& tas
 
 // A scratch directory with plugins/wchaos.so and a configuration on a fresh database.
 flowreg::pgtest::WorkerScene gate_scene(const std::string& name) {
-  namespace fs = std::filesystem;
   flowreg::pgtest::WorkerScene s;
-  s.dir = flowreg::pgtest::test_root() / name;
-  fs::remove_all(s.dir);
-  fs::create_directories(s.dir / "plugins");
-  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
-    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                           fs::perms::others_read | fs::perms::others_exec);
-  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
-  fs::permissions(s.dir / "plugins" / "wchaos.so", fs::perms::owner_read | fs::perms::owner_write |
-                                                       fs::perms::group_read |
-                                                       fs::perms::others_read);
-  s.conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fdc::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  flowreg::pgtest::prepare_scene(s, name, "wchaos.so", "wchaos.so");
   std::ofstream config(s.config());
   config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
          << GateJson(s.conninfo).dump() << "\n";
@@ -188,29 +125,31 @@ TEST_SUITE("concurrency_keys") {
   TEST_CASE(
       "a step's limit bounds its tasks running at once per key; a completion or a lapsed "
       "lease frees a slot") {
-    auto env = gate_env("gate_step");
+    auto env = flowreg::pgtest::claim_env("gate_step");
     using flowreg::pgtest::step;
     flowreg::FlowDef flow;
     flow.slug = "charges";
     flow.options.timeout = 1500ms;
     flow.steps = {step("charge")};
     flow.steps[0].concurrency = gate_limit(2, "/customer");
-    const auto key = gate_store(env.store, flow);
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
     // 6 runs of customer a, 3 of b, 1 of 42 (a number: its JSON text), 2 with no customer.
     std::vector<fdc::RunId> a;
-    for (int i = 0; i < 6; ++i) a.push_back(gate_start(env.store, key, {{"customer", "a"}}));
-    for (int i = 0; i < 3; ++i) gate_start(env.store, key, {{"customer", "b"}});
-    gate_start(env.store, key, {{"customer", 42}});
-    gate_start(env.store, key, {{"other", 1}});
-    gate_start(env.store, key, GateJson::object());
-    CHECK(gate_sql(env.conninfo,
-                   "SELECT string_agg(DISTINCT gate, '|' ORDER BY gate) FROM flowreg.tasks") ==
+    for (int i = 0; i < 6; ++i)
+      a.push_back(flowreg::pgtest::start_one(env.store, key, {{"customer", "a"}}));
+    for (int i = 0; i < 3; ++i) flowreg::pgtest::start_one(env.store, key, {{"customer", "b"}});
+    flowreg::pgtest::start_one(env.store, key, {{"customer", 42}});
+    flowreg::pgtest::start_one(env.store, key, {{"other", 1}});
+    flowreg::pgtest::start_one(env.store, key, GateJson::object());
+    CHECK(flowreg::pgtest::query_one(
+              env.conninfo,
+              "SELECT string_agg(DISTINCT gate, '|' ORDER BY gate) FROM flowreg.tasks") ==
           "charge:|charge:42|charge:a|charge:b");
 
-    auto first = gate_claim(env.store, {key}, 100);
+    auto first = flowreg::pgtest::claim_some(env.store, {key}, 100, "gate-test");
     CHECK(per_customer(first) ==
           std::map<std::string, int>{{"", 2}, {"42", 1}, {"a", 2}, {"b", 2}});
-    CHECK(gate_claim(env.store, {key}, 100).empty());
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "gate-test").empty());
 
     // A waiting run says why.
     const auto waiting = env.store.get_run(a[5]).value();
@@ -228,69 +167,72 @@ TEST_SUITE("concurrency_keys") {
     std::vector<fdc::ClaimedTask> one_a;
     for (const auto& t : first)
       if (t.input.value("customer", GateJson("")) == "a" && one_a.empty()) one_a.push_back(t);
-    gate_complete(env.store, one_a);
-    auto next = gate_claim(env.store, {key}, 100);
+    flowreg::pgtest::complete_all(env.store, one_a);
+    auto next = flowreg::pgtest::claim_some(env.store, {key}, 100, "gate-test");
     CHECK(per_customer(next) == std::map<std::string, int>{{"a", 1}});
 
     // The workers holding the rest die: their leases lapse, and their slots come back (each task
     // once: requeued with its attempt, then claimed again within the limits).
     std::this_thread::sleep_for(1800ms);
-    auto again = gate_claim(env.store, {key}, 100);
+    auto again = flowreg::pgtest::claim_some(env.store, {key}, 100, "gate-test");
     CHECK(per_customer(again) ==
           std::map<std::string, int>{{"", 2}, {"42", 1}, {"a", 2}, {"b", 2}});
-    CHECK(gate_sql(env.conninfo,
-                   "SELECT count(*) FROM flowreg.tasks WHERE status = 'started' AND gate = "
-                   "'charge:a'") == "2");
-    CHECK(gate_sql(env.conninfo, "SELECT max(attempt) FROM flowreg.tasks") == "2");
+    CHECK(flowreg::pgtest::query_one(
+              env.conninfo,
+              "SELECT count(*) FROM flowreg.tasks WHERE status = 'started' AND gate = "
+              "'charge:a'") == "2");
+    CHECK(flowreg::pgtest::query_one(env.conninfo, "SELECT max(attempt) FROM flowreg.tasks") ==
+          "2");
   }
 
   TEST_CASE("one key with 100,000 queued runs does not delay another key's run by a claim") {
-    auto env = gate_env("gate_fair");
+    auto env = flowreg::pgtest::claim_env("gate_fair");
     using flowreg::pgtest::step;
     flowreg::FlowDef flow;
     flow.slug = "fair";
     flow.steps = {step("s")};
     flow.steps[0].concurrency = gate_limit(2, "/customer");
-    const auto key = gate_store(env.store, flow);
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
     for (int batch = 0; batch < 20; ++batch) {
       std::vector<GateJson> inputs(5'000, GateJson{{"customer", "big"}});
       auto ids = env.store.start_runs(key.slug, key.version, inputs);
       REQUIRE_MESSAGE(ids, flowreg::testing::failure_text(ids));
     }
-    gate_sql(env.conninfo, "ANALYZE flowreg.tasks");
-    auto busy = gate_claim(env.store, {key}, 64);
+    flowreg::pgtest::query_one(env.conninfo, "ANALYZE flowreg.tasks");
+    auto busy = flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test");
     CHECK(per_customer(busy) == std::map<std::string, int>{{"big", 2}});
     // Another key's runs, started after the backlog: the next claim takes them, whichever key
     // the claim's cursor stands at; the backlog's key stays at its limit.
-    const auto small1 = gate_start(env.store, key, {{"customer", "small"}});
-    const auto small2 = gate_start(env.store, key, {{"customer", "zz"}});
-    auto next = gate_claim(env.store, {key}, 64);
+    const auto small1 = flowreg::pgtest::start_one(env.store, key, {{"customer", "small"}});
+    const auto small2 = flowreg::pgtest::start_one(env.store, key, {{"customer", "zz"}});
+    auto next = flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test");
     std::set<fdc::RunId> got;
     for (const auto& t : next) got.insert(t.run_id);
     CHECK(got == std::set<fdc::RunId>{small1, small2});
-    gate_complete(env.store, busy);
-    CHECK(per_customer(gate_claim(env.store, {key}, 64)) == std::map<std::string, int>{{"big", 2}});
+    flowreg::pgtest::complete_all(env.store, busy);
+    CHECK(per_customer(flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test")) ==
+          std::map<std::string, int>{{"big", 2}});
   }
 
   TEST_CASE("a flow's limit bounds its runs active at once per key, from first claim to end") {
-    auto env = gate_env("gate_flow");
+    auto env = flowreg::pgtest::claim_env("gate_flow");
     using flowreg::pgtest::step;
     // A chain (a -> b) and a DAG of two roots (x, y -> z), one run active per key.
     flowreg::FlowDef chain;
     chain.slug = "chain";
     chain.steps = {step("a"), step("b", {"a"})};
     chain.concurrency = gate_limit(1, "/k");
-    const auto ckey = gate_store(env.store, chain);
+    const auto ckey = flowreg::pgtest::store_at_shape(env.store, chain);
     flowreg::FlowDef dag;
     dag.slug = "dag";
     dag.steps = {step("x"), step("y"), step("z", {"x", "y"})};
     dag.concurrency = gate_limit(1, std::nullopt);  // one key for the whole flow
-    const auto dkey = gate_store(env.store, dag);
+    const auto dkey = flowreg::pgtest::store_at_shape(env.store, dag);
 
-    const auto c1 = gate_start(env.store, ckey, {{"k", "p"}});
-    const auto c2 = gate_start(env.store, ckey, {{"k", "p"}});
-    const auto c3 = gate_start(env.store, ckey, {{"k", "q"}});
-    auto t1 = gate_claim(env.store, {ckey}, 10);
+    const auto c1 = flowreg::pgtest::start_one(env.store, ckey, {{"k", "p"}});
+    const auto c2 = flowreg::pgtest::start_one(env.store, ckey, {{"k", "p"}});
+    const auto c3 = flowreg::pgtest::start_one(env.store, ckey, {{"k", "q"}});
+    auto t1 = flowreg::pgtest::claim_some(env.store, {ckey}, 10, "gate-test");
     std::set<fdc::RunId> runs;
     for (const auto& t : t1) runs.insert(t.run_id);
     CHECK(runs == std::set<fdc::RunId>{c1, c3});
@@ -301,26 +243,26 @@ TEST_SUITE("concurrency_keys") {
     CHECK(flowreg::app::waiting_text(*w) ==
           "concurrency limit 1 reached for key \"p\" (1 run at once)");
     // c1's first step ends: its run still holds the slot; its next step is claimed, not c2.
-    gate_complete(env.store, t1);
-    auto t2 = gate_claim(env.store, {ckey}, 10);
+    flowreg::pgtest::complete_all(env.store, t1);
+    auto t2 = flowreg::pgtest::claim_some(env.store, {ckey}, 10, "gate-test");
     runs.clear();
     for (const auto& t : t2) runs.insert(t.run_id);
     CHECK(runs == std::set<fdc::RunId>{c1, c3});
     for (const auto& t : t2) CHECK(t.step_slug == "b");
-    gate_complete(env.store, t2);
+    flowreg::pgtest::complete_all(env.store, t2);
     // c1 has ended: c2 gets the slot.
-    auto t3 = gate_claim(env.store, {ckey}, 10);
+    auto t3 = flowreg::pgtest::claim_some(env.store, {ckey}, 10, "gate-test");
     REQUIRE(t3.size() == 1);
     CHECK(t3[0].run_id == c2);
 
     // The DAG: the first claim admits one run and takes both its roots; the other waits.
-    const auto d1 = gate_start(env.store, dkey, GateJson::object());
-    const auto d2 = gate_start(env.store, dkey, GateJson::object());
-    auto roots = gate_claim(env.store, {dkey}, 10);
+    const auto d1 = flowreg::pgtest::start_one(env.store, dkey, GateJson::object());
+    const auto d2 = flowreg::pgtest::start_one(env.store, dkey, GateJson::object());
+    auto roots = flowreg::pgtest::claim_some(env.store, {dkey}, 10, "gate-test");
     REQUIRE(roots.size() == 2);
     CHECK(roots[0].run_id == d1);
     CHECK(roots[1].run_id == d1);
-    CHECK(gate_claim(env.store, {dkey}, 10).empty());
+    CHECK(flowreg::pgtest::claim_some(env.store, {dkey}, 10, "gate-test").empty());
     // A limit without a key: every run has the default key "", and runs show says so.
     CHECK(flowreg::app::waiting_text(*env.store.get_run(d2).value()) ==
           "concurrency limit 1 reached for the default key \"\" (the run's input has no value at "
@@ -330,28 +272,30 @@ TEST_SUITE("concurrency_keys") {
     auto failed = env.store.fail(failures);
     REQUIRE_MESSAGE(failed, flowreg::testing::failure_text(failed));
     CHECK(env.store.get_run(d1).value()->status == fdc::RunStatus::failed);
-    auto d2roots = gate_claim(env.store, {dkey}, 10);
+    auto d2roots = flowreg::pgtest::claim_some(env.store, {dkey}, 10, "gate-test");
     CHECK(d2roots.size() == 2);
     for (const auto& t : d2roots) CHECK(t.run_id == d2);
   }
 
   TEST_CASE("a step that loses its limit frees its queued tasks; a long key is kept short") {
-    auto env = gate_env("gate_change");
+    auto env = flowreg::pgtest::claim_env("gate_change");
     using flowreg::pgtest::step;
     flowreg::FlowDef flow;
     flow.slug = "changing";
     flow.steps = {step("s")};
     flow.steps[0].concurrency = gate_limit(1, "/k");
-    const auto key = gate_store(env.store, flow);
-    for (int i = 0; i < 3; ++i) gate_start(env.store, key, {{"k", "same"}});
-    const auto long_run = gate_start(env.store, key, {{"k", std::string(5'000, 'x')}});
-    CHECK(gate_sql(env.conninfo, "SELECT max(octet_length(gate)) FROM flowreg.tasks") ==
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    for (int i = 0; i < 3; ++i) flowreg::pgtest::start_one(env.store, key, {{"k", "same"}});
+    const auto long_run =
+        flowreg::pgtest::start_one(env.store, key, {{"k", std::string(5'000, 'x')}});
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT max(octet_length(gate)) FROM flowreg.tasks") ==
           std::to_string(2 + 64 + 5 + 32));
-    CHECK(gate_claim(env.store, {key}, 10).size() == 2);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 10, "gate-test").size() == 2);
     // The same version without the limit (an option, not the shape): the queued tasks are free.
     flow.steps[0].concurrency.reset();
-    REQUIRE(gate_store(env.store, flow).version == key.version);
-    CHECK(gate_claim(env.store, {key}, 10).size() == 2);
+    REQUIRE(flowreg::pgtest::store_at_shape(env.store, flow).version == key.version);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 10, "gate-test").size() == 2);
     CHECK(env.store.get_run(long_run).value()->status == fdc::RunStatus::started);
   }
 
@@ -468,14 +412,15 @@ TEST_SUITE("concurrency_keys") {
     }
     auto store = fdc::RunStore::connect(s.conninfo);
     REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-    const fdc::FlowKey key{"wchaos_gated",
-                           gate_sql(s.conninfo,
-                                    "SELECT version FROM flowreg.flows WHERE slug = "
-                                    "'wchaos_gated'")};
-    CHECK(gate_claim(*store, {key}, 10).size() == 2);
+    const fdc::FlowKey key{
+        "wchaos_gated", flowreg::pgtest::query_one(s.conninfo,
+                                                   "SELECT version FROM flowreg.flows WHERE slug = "
+                                                   "'wchaos_gated'")};
+    CHECK(flowreg::pgtest::claim_some(*store, {key}, 10, "gate-test").size() == 2);
     std::string waiting_id;
     for (const auto& id : ids)
-      if (gate_sql(s.conninfo, "SELECT status FROM flowreg.tasks WHERE run_id = '" + id + "'") ==
+      if (flowreg::pgtest::query_one(
+              s.conninfo, "SELECT status FROM flowreg.tasks WHERE run_id = '" + id + "'") ==
           "queued")
         waiting_id = id;
     REQUIRE(!waiting_id.empty());

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "app/forms.hpp"
+#include "pg/claim_env.hpp"
 #include "pg/pg_fixture.hpp"
 #include "pg/worker_scene.hpp"
 #include "store/migrations.hpp"
@@ -33,62 +34,12 @@ namespace fdr = flowreg::detail;
 using RateJson = nlohmann::json;
 using namespace std::chrono_literals;
 
-struct RateEnv {
-  std::string conninfo;
-  fdr::RunStore store;
-};
-
-RateEnv rate_env(const std::string& db) {
-  const auto conninfo = flowreg::pgtest::empty_database(db);
-  auto migrated = fdr::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
-  auto store = fdr::RunStore::connect(conninfo);
-  REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-  return RateEnv{conninfo, std::move(*store)};
-}
-
-std::string rate_sql(const std::string& conninfo, const std::string& sql) {
-  pqxx::connection c(conninfo);
-  pqxx::nontransaction tx(c);
-  const auto r = tx.exec(sql);
-  return r.empty() || r[0][0].is_null() ? std::string() : r[0][0].as<std::string>();
-}
-
-fdr::FlowKey rate_store(fdr::RunStore& store, flowreg::FlowDef flow) {
-  flow.module = "test";
-  const std::string version = flowreg::flow_version(flow);
-  auto stored = store.upsert_flow(flow, version);
-  REQUIRE_MESSAGE(stored, flowreg::testing::failure_text(stored));
-  return fdr::FlowKey{flow.slug, version};
-}
-
 flowreg::RateLimit rate_of(int limit, flowreg::Millis per, std::optional<std::string> key) {
   flowreg::RateLimit r;
   r.limit = limit;
   r.per = per;
   r.key = std::move(key);
   return r;
-}
-
-fdr::RunId rate_start(fdr::RunStore& store, const fdr::FlowKey& key, const RateJson& input) {
-  auto id = store.start_run(key.slug, key.version, input);
-  REQUIRE_MESSAGE(id, flowreg::testing::failure_text(id));
-  return *id;
-}
-
-std::vector<fdr::ClaimedTask> rate_claim(fdr::RunStore& store, std::vector<fdr::FlowKey> keys,
-                                         int limit) {
-  auto claimed = store.claim("rate-test", keys, limit);
-  REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
-  return std::move(*claimed);
-}
-
-void rate_complete(fdr::RunStore& store, const std::vector<fdr::ClaimedTask>& tasks) {
-  std::vector<fdr::Completion> done;
-  for (const auto& t : tasks) done.push_back({t.id, t.attempt, RateJson(1)});
-  auto rejected = store.complete(done);
-  REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
-  CHECK(rejected->empty());
 }
 
 std::map<std::string, int> rate_per_customer(const std::vector<fdr::ClaimedTask>& tasks) {
@@ -98,21 +49,8 @@ std::map<std::string, int> rate_per_customer(const std::vector<fdr::ClaimedTask>
 }
 
 flowreg::pgtest::WorkerScene rate_scene(const std::string& name) {
-  namespace fs = std::filesystem;
   flowreg::pgtest::WorkerScene s;
-  s.dir = flowreg::pgtest::test_root() / name;
-  fs::remove_all(s.dir);
-  fs::create_directories(s.dir / "plugins");
-  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
-    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                           fs::perms::others_read | fs::perms::others_exec);
-  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
-  fs::permissions(s.dir / "plugins" / "wchaos.so", fs::perms::owner_read | fs::perms::owner_write |
-                                                       fs::perms::group_read |
-                                                       fs::perms::others_read);
-  s.conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fdr::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  flowreg::pgtest::prepare_scene(s, name, "wchaos.so", "wchaos.so");
   std::ofstream config(s.config());
   config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
          << RateJson(s.conninfo).dump() << "\n";
@@ -124,33 +62,33 @@ flowreg::pgtest::WorkerScene rate_scene(const std::string& name) {
 TEST_SUITE("rate_limits") {
   TEST_CASE(
       "a bucket per key: a claim takes each key's tokens and no more; waiting costs no attempt") {
-    auto env = rate_env("rate_keyed");
+    auto env = flowreg::pgtest::claim_env("rate_keyed");
     using flowreg::pgtest::step;
     flowreg::FlowDef flow;
     flow.slug = "calls";
     flow.steps = {step("call")};
     flow.steps[0].rate_limit = rate_of(2, 3600s, "/customer");
-    const auto key = rate_store(env.store, flow);
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
     std::vector<fdr::RunId> a;
     for (int i = 0; i < 5; ++i) {
-      a.push_back(rate_start(env.store, key, {{"customer", "a"}}));
-      rate_start(env.store, key, {{"customer", "b"}});
+      a.push_back(flowreg::pgtest::start_one(env.store, key, {{"customer", "a"}}));
+      flowreg::pgtest::start_one(env.store, key, {{"customer", "b"}});
     }
-    rate_start(env.store, key, {{"customer", "c"}});
-    const auto first = rate_claim(env.store, {key}, 100);
+    flowreg::pgtest::start_one(env.store, key, {{"customer", "c"}});
+    const auto first = flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test");
     CHECK(rate_per_customer(first) == std::map<std::string, int>{{"a", 2}, {"b", 2}, {"c", 1}});
-    rate_complete(env.store, first);
+    flowreg::pgtest::complete_all(env.store, first);
     // The buckets of a and b are empty (no token comes back within the hour); c has one left.
-    CHECK(rate_claim(env.store, {key}, 100).empty());
-    const auto c2 = rate_start(env.store, key, {{"customer", "c"}});
-    const auto second = rate_claim(env.store, {key}, 100);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").empty());
+    const auto c2 = flowreg::pgtest::start_one(env.store, key, {{"customer", "c"}});
+    const auto second = flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test");
     REQUIRE(second.size() == 1);
     CHECK(second[0].run_id == c2);
-    CHECK(rate_claim(env.store, {key}, 100).empty());
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").empty());
     // The waiting tasks spent no attempt, and say why they wait.
-    CHECK(rate_sql(env.conninfo,
-                   "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued' "
-                   "AND attempt = 0") == "6");
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued' "
+                                     "AND attempt = 0") == "6");
     const auto waiting = env.store.get_run(a.back()).value();
     REQUIRE(waiting.has_value());
     REQUIRE(waiting->waiting.has_value());
@@ -174,32 +112,32 @@ TEST_SUITE("rate_limits") {
     // to the new gate (none is left in one no claim visits), and a claim takes one per customer.
     flow.steps[0].rate_limit.reset();
     flow.steps[0].concurrency = flowreg::Concurrency{1, std::string("/customer")};
-    CHECK(rate_store(env.store, flow).version == key.version);
-    CHECK(rate_sql(env.conninfo,
-                   "SELECT string_agg(DISTINCT gate, ',' ORDER BY gate) FROM "
-                   "flowreg.tasks WHERE status = 'queued'") == "call:a,call:b");
-    const auto moved = rate_claim(env.store, {key}, 100);
+    CHECK(flowreg::pgtest::store_at_shape(env.store, flow).version == key.version);
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT string_agg(DISTINCT gate, ',' ORDER BY gate) FROM "
+                                     "flowreg.tasks WHERE status = 'queued'") == "call:a,call:b");
+    const auto moved = flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test");
     CHECK(rate_per_customer(moved) == std::map<std::string, int>{{"a", 1}, {"b", 1}});
   }
 
   TEST_CASE("tokens come back at limit per period, never more than the limit at once") {
-    auto env = rate_env("rate_refill");
+    auto env = flowreg::pgtest::claim_env("rate_refill");
     using flowreg::pgtest::step;
     using Clock = std::chrono::steady_clock;
     flowreg::FlowDef flow;
     flow.slug = "ticks";
     flow.steps = {step("tick")};
     flow.steps[0].rate_limit = rate_of(5, 1000ms, std::nullopt);
-    const auto key = rate_store(env.store, flow);
-    for (int i = 0; i < 40; ++i) rate_start(env.store, key, {{"i", i}});
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    for (int i = 0; i < 40; ++i) flowreg::pgtest::start_one(env.store, key, {{"i", i}});
     const auto begin = Clock::now();
-    std::size_t taken = rate_claim(env.store, {key}, 100).size();
+    std::size_t taken = flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").size();
     CHECK(taken == 5);  // a full bucket
     // Claims for about 1.5 s: at most 5 + 5 per second elapsed (measured after each claim, so
     // that a slow machine only widens the bound), and tokens do come back.
     while (Clock::now() - begin < 1500ms) {
       std::this_thread::sleep_for(50ms);
-      taken += rate_claim(env.store, {key}, 100).size();
+      taken += flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").size();
       const double elapsed = std::chrono::duration<double>(Clock::now() - begin).count();
       CAPTURE(elapsed);
       CHECK(static_cast<double>(taken) <= 5 + 5 * elapsed + 1e-9);
@@ -207,7 +145,7 @@ TEST_SUITE("rate_limits") {
     CHECK(taken >= 7);
     // After a pause longer than the period the bucket is full again, not fuller.
     std::this_thread::sleep_for(2200ms);
-    CHECK(rate_claim(env.store, {key}, 100).size() == 5);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").size() == 5);
     // A worker's call that finds the bucket empty is told when it has a token again (a refill of
     // 5 a second: at most 200 ms, for one token, or for the 5 of a claim of 5), not left to its
     // next poll.
@@ -220,48 +158,48 @@ TEST_SUITE("rate_limits") {
   }
 
   TEST_CASE("one bucket under a concurrency limit per key; a flow's bucket is its steps'") {
-    auto env = rate_env("rate_mixed");
+    auto env = flowreg::pgtest::claim_env("rate_mixed");
     using flowreg::pgtest::step;
     flowreg::FlowDef flow;
     flow.slug = "pushes";
     flow.steps = {step("push")};
     flow.steps[0].concurrency = flowreg::Concurrency{1, std::string("/customer")};
     flow.steps[0].rate_limit = rate_of(3, 3600s, std::nullopt);
-    const auto key = rate_store(env.store, flow);
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
     for (const char* c : {"a", "b", "c", "d", "e"}) {
-      rate_start(env.store, key, {{"customer", c}});
-      rate_start(env.store, key, {{"customer", c}});
+      flowreg::pgtest::start_one(env.store, key, {{"customer", c}});
+      flowreg::pgtest::start_one(env.store, key, {{"customer", c}});
     }
-    const auto first = rate_claim(env.store, {key}, 100);
+    const auto first = flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test");
     CHECK(first.size() == 3);  // the bucket's 3 tokens, one task per customer (limit 1)
     for (const auto& [customer, n] : rate_per_customer(first)) CHECK(n == 1);
-    rate_complete(env.store, first);
-    CHECK(rate_claim(env.store, {key}, 100).empty());
+    flowreg::pgtest::complete_all(env.store, first);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").empty());
 
     // A chain under its flow's limit: the second step's tasks spend the same bucket.
     flowreg::FlowDef chain;
     chain.slug = "chain";
     chain.steps = {step("a"), step("b", {"a"})};
     chain.rate_limit = rate_of(3, 3600s, std::nullopt);
-    const auto ckey = rate_store(env.store, chain);
-    rate_start(env.store, ckey, {{"n", 1}});
-    rate_start(env.store, ckey, {{"n", 2}});
-    const auto roots = rate_claim(env.store, {ckey}, 100);
+    const auto ckey = flowreg::pgtest::store_at_shape(env.store, chain);
+    flowreg::pgtest::start_one(env.store, ckey, {{"n", 1}});
+    flowreg::pgtest::start_one(env.store, ckey, {{"n", 2}});
+    const auto roots = flowreg::pgtest::claim_some(env.store, {ckey}, 100, "rate-test");
     REQUIRE(roots.size() == 2);
-    rate_complete(env.store, roots);
-    const auto seconds = rate_claim(env.store, {ckey}, 100);
+    flowreg::pgtest::complete_all(env.store, roots);
+    const auto seconds = flowreg::pgtest::claim_some(env.store, {ckey}, 100, "rate-test");
     REQUIRE(seconds.size() == 1);  // one token left
     CHECK(seconds[0].step_slug == "b");
-    CHECK(rate_claim(env.store, {ckey}, 100).empty());
-    CHECK(rate_sql(env.conninfo,
-                   "SELECT count(*) FROM flowreg.rate_buckets WHERE flow_slug = "
-                   "'chain' AND scope = '' AND key = '' AND tokens < 1") == "1");
+    CHECK(flowreg::pgtest::claim_some(env.store, {ckey}, 100, "rate-test").empty());
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT count(*) FROM flowreg.rate_buckets WHERE flow_slug = "
+                                     "'chain' AND scope = '' AND key = '' AND tokens < 1") == "1");
 
     // A step that loses its rate limit frees its queued tasks.
     flowreg::FlowDef freed = chain;
     freed.rate_limit.reset();
-    CHECK(rate_store(env.store, freed).version == ckey.version);
-    CHECK(rate_claim(env.store, {ckey}, 100).size() == 1);
+    CHECK(flowreg::pgtest::store_at_shape(env.store, freed).version == ckey.version);
+    CHECK(flowreg::pgtest::claim_some(env.store, {ckey}, 100, "rate-test").size() == 1);
   }
 
   TEST_CASE(
@@ -361,8 +299,9 @@ TEST_SUITE("rate_limits") {
     REQUIRE(store);
     const fdr::FlowKey key{
         "wchaos_hourly",
-        rate_sql(s.conninfo, "SELECT version FROM flowreg.flows WHERE slug = 'wchaos_hourly'")};
-    const auto claimed = rate_claim(*store, {key}, 100);
+        flowreg::pgtest::query_one(
+            s.conninfo, "SELECT version FROM flowreg.flows WHERE slug = 'wchaos_hourly'")};
+    const auto claimed = flowreg::pgtest::claim_some(*store, {key}, 100, "rate-test");
     REQUIRE(claimed.size() == 1);
     CHECK(claimed[0].run_id == first);
     const std::string waiting_id = second;

@@ -62,19 +62,7 @@ struct ScheduleScene : flowreg::pgtest::WorkerScene {
 
 ScheduleScene schedule_scene(const std::string& name) {
   ScheduleScene s;
-  s.dir = flowreg::pgtest::test_root() / name;
-  fs::remove_all(s.dir);
-  fs::create_directories(s.dir / "plugins");
-  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
-    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                           fs::perms::others_read | fs::perms::others_exec);
-  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wprobe_v1.so", s.dir / "plugins" / "wprobe.so");
-  fs::permissions(s.dir / "plugins" / "wprobe.so", fs::perms::owner_read | fs::perms::owner_write |
-                                                       fs::perms::group_read |
-                                                       fs::perms::others_read);
-  s.conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fd::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  flowreg::pgtest::prepare_scene(s, name, "wprobe_v1.so", "wprobe.so");
   return s;
 }
 

@@ -45,19 +45,7 @@ struct IsolationScene : flowreg::pgtest::WorkerScene {
 
 IsolationScene make_scene(const std::string& name) {
   IsolationScene s;
-  s.dir = flowreg::pgtest::test_root() / name;
-  fs::remove_all(s.dir);
-  fs::create_directories(s.dir / "plugins");
-  for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
-    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
-                           fs::perms::others_read | fs::perms::others_exec);
-  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wiso.so", s.dir / "plugins" / "wiso.so");
-  fs::permissions(s.dir / "plugins" / "wiso.so", fs::perms::owner_read | fs::perms::owner_write |
-                                                     fs::perms::group_read |
-                                                     fs::perms::others_read);
-  s.conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fd::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  flowreg::pgtest::prepare_scene(s, name, "wiso.so", "wiso.so");
   std::ofstream(s.config()) << "plugins:\n  dir: plugins\n  watch: false\n"
                             << "database:\n  url: " << Json(s.conninfo).dump()
                             << "\n  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";

@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "pg/pg_fixture.hpp"
+#include "store/migrations.hpp"
 #include "store/run_store.hpp"
 #include "support/process.hpp"
 #include "support/result_text.hpp"
@@ -120,5 +122,26 @@ struct WorkerScene {
     return version;
   }
 };
+
+// Makes `s` (a WorkerScene, or a scene derived from one) a fresh scratch directory `name` under
+// the test root, with the fixture plugin `fixture` (built into FLOWREG_FIXTURE_DIR) copied to
+// plugins/`as`, all readable by the cluster's user, and a migrated empty database named `name`.
+// The caller writes its configuration.
+inline void prepare_scene(WorkerScene& s, const std::string& name, const std::string& fixture,
+                          const std::string& as) {
+  namespace fs = std::filesystem;
+  s.dir = test_root() / name;
+  fs::remove_all(s.dir);
+  fs::create_directories(s.dir / "plugins");
+  for (const auto& d : {test_root(), s.dir, s.dir / "plugins"})
+    fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                           fs::perms::others_read | fs::perms::others_exec);
+  fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / fixture, s.dir / "plugins" / as);
+  fs::permissions(s.dir / "plugins" / as, fs::perms::owner_read | fs::perms::owner_write |
+                                              fs::perms::group_read | fs::perms::others_read);
+  s.conninfo = empty_database(name);
+  auto migrated = detail::migrate(s.conninfo);
+  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+}
 
 }  // namespace flowreg::pgtest
