@@ -10,8 +10,8 @@
 -- worker when it serves the flow and has room left (_claimed_here; _claim returns it). Returns
 -- the runs given
 -- that are still started and have a map step made ready (its tasks depend on its input's length:
--- _start_steps creates them). REQUIRES: the runs are locked and started, and the steps' outputs
--- are stored.
+-- _start_steps creates them) or a sleep step (its task is due when its sleep ends: migration
+-- 0025). REQUIRES: the runs are locked and started, and the steps' outputs are stored.
 --
 -- Cost per step flat in the number given, plans stable by construction (see _complete_locked):
 -- every statement is a nested loop driven by the steps given (or arrays made from them), probing
@@ -132,7 +132,7 @@ BEGIN
     SELECT (SELECT array_agg(DISTINCT st.flow_slug) FROM started st WHERE st.status = 'queued'),
            (SELECT array_agg(st.id) FROM started st WHERE st.status = 'started'),
            (SELECT array_agg(DISTINCT u.run_id) FROM upd u
-            WHERE u.kind = 'map' AND u.remaining_deps = 0)
+            WHERE u.kind <> 'single' AND u.remaining_deps = 0)
     INTO v_flows, v_mine, v_map_runs;
     PERFORM flowreg._claimed_here(v_claim, v_mine);
     IF v_flows IS NOT NULL THEN

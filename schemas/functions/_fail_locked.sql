@@ -6,7 +6,10 @@
 -- its step's (flow_steps, by primary key: migration 0014); a task whose step is gone has no attempt
 -- left. Each attempt accepted is kept in task_attempts (migration 0019) with its outcome: the
 -- entry's "outcome" when given ('lease_expired' from _claim, 'crashed' from report_crashes), else
--- 'failed' (for good) or 'retried' (queued again); its error cut to 4,000 characters.
+-- 'failed' (for good) or 'retried' (queued again); its error cut to 4,000 characters. An entry
+-- with "snooze_ms" (a handler's flowreg::snooze, migration 0025) queues its task again that much
+-- later without spending its attempt (given back, as release_tasks does for a task that never
+-- ran), keeps no attempt, and counts one more in tasks.snoozes.
 -- REQUIRES: the tasks' runs are locked.
 --
 -- Cost per task flat in the batch size, plans stable by construction, as in _complete_locked:
@@ -25,14 +28,16 @@ DECLARE
   v_fail_flows text[];
   v_fail_versions text[];
   v_flows text[];
+  v_snoozed bigint[];
 BEGIN
   WITH b AS MATERIALIZED (
     -- An id given twice: the last entry counts.
-    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent, x.outcome
+    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent, x.outcome, x.snooze_ms
     FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
                  coalesce(e->>'error', '') AS error,
                  coalesce((e->>'permanent')::boolean, false) AS permanent,
-                 coalesce(e->>'outcome', '') AS outcome, i
+                 coalesce(e->>'outcome', '') AS outcome, (e->>'snooze_ms')::bigint AS snooze_ms,
+                 i
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
     ORDER BY x.id, x.i DESC
   ),
@@ -40,6 +45,7 @@ BEGIN
     -- Failed for good: the task leaves the queue (its step and run fail below).
     DELETE FROM flowreg.tasks t USING b
     WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
+      AND b.snooze_ms IS NULL
       AND (b.permanent
            OR t.attempt >= coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
                                      WHERE fs.flow_slug = t.flow_slug
@@ -63,7 +69,7 @@ BEGIN
         finished_at = NULL, error = b.error, error_at = now(), lease_expires_at = NULL
     FROM b
     WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
-      AND NOT b.permanent
+      AND NOT b.permanent AND b.snooze_ms IS NULL
       AND t.attempt < coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
                                 WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
                                   AND fs.step_slug = t.step_slug), 0)
@@ -71,6 +77,17 @@ BEGIN
               t.flow_slug, t.available_at, t.worker_id, false AS permanent, t.flow_version,
               t.chained, t.created_at, t.started_at AS attempt_started, now() AS attempt_finished,
               b.outcome
+  ),
+  snoozed AS (
+    -- Snoozed: queued again for later, its attempt given back.
+    UPDATE flowreg.tasks t
+    SET status = 'queued', attempt = t.attempt - 1,
+        available_at = now() + greatest(b.snooze_ms, 1) * interval '1 ms',
+        lease_expires_at = NULL, snoozes = coalesce(t.snoozes, 0) + 1
+    FROM b
+    WHERE t.id = ANY (ARRAY[b.id]) AND t.status || '' = 'started' AND t.attempt = b.attempt
+      AND b.snooze_ms IS NOT NULL
+    RETURNING t.id
   ),
   upd AS (SELECT * FROM gone UNION ALL SELECT * FROM again),
   kept AS (
@@ -102,9 +119,10 @@ BEGIN
          array_agg(u.flow_slug) FILTER (WHERE u.status = 'failed'),
          array_agg(u.flow_version) FILTER (WHERE u.status = 'failed'),
          array_agg(DISTINCT u.flow_slug) FILTER (WHERE u.status = 'queued'
-                                                  AND u.available_at <= now())
+                                                  AND u.available_at <= now()),
+         (SELECT array_agg(z.id) FROM snoozed z)
   INTO v_acc, v_fail_runs, v_fail_steps, v_fail_errors, v_fail_attempts, v_fail_workers,
-       v_fail_chained, v_fail_started, v_fail_flows, v_fail_versions, v_flows
+       v_fail_chained, v_fail_started, v_fail_flows, v_fail_versions, v_flows, v_snoozed
   FROM upd u
   -- No step state: a run of a one-step flow (migration 0012), whose step is single.
   LEFT JOIN flowreg.step_states s ON s.run_id = ANY (ARRAY[u.run_id])
@@ -153,7 +171,7 @@ BEGIN
   IF v_flows IS NOT NULL THEN
     PERFORM pg_notify('flowreg_tasks', f) FROM unnest(v_flows) AS f;
   END IF;
-  RETURN coalesce(v_acc, '{}');
+  RETURN coalesce(v_acc, '{}') || coalesce(v_snoozed, '{}');
 END $$;
 
 ALTER FUNCTION flowreg._fail_locked(jsonb)

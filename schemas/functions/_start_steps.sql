@@ -1,7 +1,10 @@
 -- Starts every ready step (created, no remaining dependency) of the given runs: creates its tasks,
 -- or completes an empty map step at once with [] (and starts what that makes ready, repeatedly),
--- or fails the run when a map step's input is not an array. Within a work() call, the tasks are
--- created claimed by its worker as far as it has room, as in _account_steps; the rest are queued.
+-- or fails the run when a map step's input is not an array. A sleep step's one task (migration
+-- 0025) is created queued, available when its sleep ends: its duration from now, or the RFC 3339
+-- time at its pointer in its input (a time gone: at once); a run whose sleep step's input has no
+-- such time there fails. Within a work() call, the tasks are created claimed by its worker as far
+-- as it has room, as in _account_steps (a sleep step's never); the rest are queued.
 -- Then completes the runs that have no step left. Set-based: one pass handles every ready step of
 -- every run given. The ready steps are found from the given runs first (a materialized
 -- primary-key lookup), so the cost does not grow with the history of runs of the flow.
@@ -36,13 +39,19 @@ BEGIN
              -- Its tasks' gate (a concurrency limit, migration 0023), NULL for most.
              CASE WHEN fs.gate_prefix IS NOT NULL
                   THEN flowreg._gate_of(fs.gate_prefix, r.input, fs.gate_path) END AS gate,
-             -- Only a map step's input is needed here (its elements become its tasks' inputs).
-             CASE WHEN fs.kind <> 'map' THEN NULL
-                  WHEN cardinality(fs.deps) = 0 THEN r.input
-                  ELSE
-                    (SELECT d.output FROM flowreg.step_states d
-                     WHERE d.run_id = r.id AND d.step_slug = fs.deps[1])
-             END AS input
+             -- Only a map step's input is needed here (its elements become its tasks' inputs), and
+             -- that of a sleep step until a time in it (a single step's: {dependency: output}).
+             CASE WHEN fs.kind = 'map' THEN
+                    CASE WHEN cardinality(fs.deps) = 0 THEN r.input
+                         ELSE (SELECT d.output FROM flowreg.step_states d
+                               WHERE d.run_id = r.id AND d.step_slug = fs.deps[1]) END
+                  WHEN fs.sleep_path IS NOT NULL THEN
+                    CASE WHEN cardinality(fs.deps) = 0 THEN r.input
+                         ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
+                               FROM flowreg.step_states d
+                               WHERE d.run_id = r.id AND d.step_slug = ANY (fs.deps)) END
+             END AS input,
+             fs.sleep_ms, fs.sleep_path
       -- Driven by the run ids (primary key probes, materialized first), whatever the statistics
       -- say: each run's step states, then each step, by key in lateral subqueries (as joins, a
       -- plan made while the tables were small probed flow_steps by flow version, then walked
@@ -52,24 +61,30 @@ BEGIN
                           WHERE s.run_id = r.id AND s.status = 'created'
                             AND s.remaining_deps = 0 OFFSET 0) s
       CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority, f.gate_prefix,
-                                 f.gate_path
+                                 f.gate_path, f.sleep_ms, f.sleep_path
                           FROM flowreg.flow_steps f
                           WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                             AND f.step_slug = s.step_slug OFFSET 0) fs
     ),
     sized AS MATERIALIZED (
-      SELECT ready.*,
-             CASE WHEN kind <> 'map' THEN 1
+      SELECT w.*,
+             CASE WHEN kind = 'sleep' THEN CASE WHEN w.wake IS NULL THEN -1 ELSE 1 END
+                  WHEN kind <> 'map' THEN 1
                   WHEN jsonb_typeof(input) = 'array' THEN jsonb_array_length(input)
                   ELSE -1 END AS n
-      FROM ready
+      FROM (SELECT ready.*,
+                   -- A sleep step's end (NULL: no RFC 3339 time where it reads one).
+                   CASE WHEN kind <> 'sleep' THEN NULL
+                        WHEN sleep_ms IS NOT NULL THEN now() + sleep_ms * interval '1 ms'
+                        ELSE flowreg._rfc3339(input #>> sleep_path) END AS wake
+            FROM ready) w
     ),
     -- Within a work() call, the first `take` tasks of each step (in element order) are created
     -- claimed by its worker, step after step until its room is used up; none for a flow it does
     -- not serve, or outside a work() call, or with a gate (its tasks wait for _claim_gated).
     -- Decided per step (few rows), not per element.
     offered AS (
-      SELECT z.*, z.n > 0 AND z.gate IS NULL
+      SELECT z.*, z.n > 0 AND z.gate IS NULL AND z.kind <> 'sleep'
                   AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
                                false) AS served
       FROM sized z
@@ -88,7 +103,7 @@ BEGIN
       SELECT z.run_id, z.step_slug, (e.i - 1)::int AS task_index, z.flow_slug, z.flow_version,
              -- A map step's task keeps its element; a single step's reads its input when claimed.
              CASE WHEN z.kind = 'map' THEN e.elem END AS input,
-             z.timeout_ms, z.priority, z.gate, e.i <= z.take AS mine
+             z.timeout_ms, z.priority, z.gate, e.i <= z.take AS mine, z.wake
       FROM shared z
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
@@ -98,13 +113,14 @@ BEGIN
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
                                  timeout_ms, priority, gate, status, attempt, worker_id,
-                                 started_at, lease_expires_at)
+                                 started_at, lease_expires_at, available_at)
       SELECT k.run_id, k.step_slug, k.task_index, k.flow_slug, k.flow_version, k.input,
              k.timeout_ms, k.priority, k.gate,
              CASE WHEN k.mine THEN 'started' ELSE 'queued' END, CASE WHEN k.mine THEN 1 ELSE 0 END,
              CASE WHEN k.mine THEN v_claim->>'worker' END, CASE WHEN k.mine THEN now() END,
              CASE WHEN k.mine
-                  THEN flowreg._lease_end(k.timeout_ms, (v_claim->>'lease_ms')::bigint) END
+                  THEN flowreg._lease_end(k.timeout_ms, (v_claim->>'lease_ms')::bigint) END,
+             coalesce(k.wake, now())
       FROM elems k
       RETURNING id, flow_slug, status
     ),
@@ -116,7 +132,14 @@ BEGIN
           started_at = now(),
           finished_at = CASE WHEN z.n <= 0 THEN now() END,
           output = CASE WHEN z.n = 0 THEN '[]'::jsonb END,
-          error = CASE WHEN z.n < 0 THEN
+          error = CASE WHEN z.n < 0 AND z.kind = 'sleep' THEN
+            format('step %L sleeps until the time at %L of its input, but %s there, not an RFC '
+                   '3339 time such as "2026-11-28T09:00:00Z"', z.step_slug,
+                   CASE WHEN cardinality(z.sleep_path) = 0 THEN ''
+                        ELSE '/' || array_to_string(z.sleep_path, '/') END,
+                   CASE WHEN z.input #> z.sleep_path IS NULL THEN 'it has nothing'
+                        ELSE 'it has ' || left((z.input #> z.sleep_path)::text, 100) END)
+                       WHEN z.n < 0 THEN
             format('step %L is a map step but its input is %s, not an array', z.step_slug,
                    CASE jsonb_typeof(z.input) WHEN 'object' THEN 'an object' WHEN 'null' THEN 'null'
                         WHEN 'array' THEN 'an array' ELSE 'a ' || jsonb_typeof(z.input) END) END

@@ -10,7 +10,8 @@
 -- (migration 0013); a chain's run (migration 0017: single steps a -> b -> ...) gets no step state
 -- either (they are written as its steps end), and its root step's task is marked chained, with its
 -- start time;
--- _start_steps runs only when the flow has a map root step (its task count depends on the input).
+-- _start_steps runs only when the flow has a map root step (its task count depends on the input)
+-- or a sleep root step (its task is due when its sleep ends: migration 0025).
 -- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
 -- One generic plan per session, made at the first call: its shape is the same for 1 input or
 -- 1000 (nested loops over primary keys), and planning the statement anew at each call cost more
@@ -43,7 +44,8 @@ BEGIN
   -- (_guard_flow_delete).
   WITH meta AS MATERIALIZED (
     SELECT count(*) AS steps, count(*) FILTER (WHERE is_leaf) AS leaves,
-           coalesce(bool_or(kind = 'map' AND cardinality(deps) = 0), false) AS map_root,
+           -- A root step started by _start_steps: a map step, or a sleep step (migration 0025).
+           coalesce(bool_or(kind <> 'single' AND cardinality(deps) = 0), false) AS map_root,
            coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false) AS single_root,
            count(*) = 1 AND bool_and(kind = 'single') AS one_row,
            count(*) > 1 AND bool_and(kind = 'single') AND bool_and(cardinality(deps) <= 1)

@@ -6,7 +6,8 @@
 -- different shape under a stored (slug, version) is refused (SQLSTATE 22023), because runs pinned
 -- to it must never change. A step's priority (`options.priority`, absent: 0) is an option too;
 -- the version's priority levels (queue_levels, migration 0022) get its steps' priorities. So are
--- the flow's and the steps' concurrency limits (`concurrency`, migration 0023: _set_gates).
+-- the flow's and the steps' concurrency limits (`concurrency`, migration 0023: _set_gates). A
+-- sleep step's `sleep` ({"ms"} or {"until": pointer}, migration 0025) is shape.
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
@@ -39,14 +40,22 @@ BEGIN
   END IF;
   INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
                                   is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms,
-                                  priority)
+                                  priority, sleep_ms, sleep_path)
   SELECT p_slug, p_version, s->>'slug', (i - 1)::int, s->>'kind', coalesce(s->>'handler', ''),
          ARRAY(SELECT jsonb_array_elements_text(s->'depends_on')),
          NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_def->'steps') o
                      WHERE o->'depends_on' ? (s->>'slug')),
          (s->'options'->>'max_attempts')::int, (s->'options'->>'base_delay_ms')::bigint,
          (s->'options'->>'max_delay_ms')::bigint, (s->'options'->>'timeout_ms')::bigint,
-         coalesce((s->'options'->>'priority')::int, 0)
+         coalesce((s->'options'->>'priority')::int, 0),
+         -- A sleep step's (migration 0025): its duration, or the pointer to the time it sleeps
+         -- until as a path ("/a/b~1c" -> {a,b/c}).
+         (s->'sleep'->>'ms')::bigint,
+         CASE WHEN s->'sleep' ? 'until' THEN
+           ARRAY(SELECT replace(replace(p.t, '~1', '/'), '~0', '~')
+                 FROM unnest((string_to_array(s->'sleep'->>'until', '/'))[2:])
+                      WITH ORDINALITY AS p(t, i)
+                 ORDER BY p.i) END
   FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
   PERFORM flowreg._add_levels(p_slug, p_version);
   PERFORM flowreg._set_gates(p_slug, p_version);

@@ -14,7 +14,23 @@ SELECT s.step_slug, s.kind, s.status, s.task_count,
  AS attempts,
  (extract(epoch FROM s.started_at) * 1000000)::bigint AS started_at_us,
  (extract(epoch FROM s.finished_at) * 1000000)::bigint AS finished_at_us, s.error,
- s.output::text AS output, s.worker_id
+ s.output::text AS output, s.worker_id,
+-- When a task of the step queued for later becomes available (a sleep step's end, a snooze's or a
+-- retry's delay: migration 0025), and how many times its tasks were snoozed; its tasks found as
+-- above.
+ (extract(epoch FROM w.waits_until) * 1000000)::bigint AS waits_until_us,
+ coalesce(w.snoozes, 0) AS snoozes
 -- The view holds both layouts: step_states rows, and the one step of a run that keeps its state
 -- in its own row (migration 0012).
- FROM flowreg.steps s WHERE s.run_id = $1::uuid ORDER BY s.step_index
+ FROM flowreg.steps s
+ CROSS JOIN LATERAL (
+   SELECT min(x.available_at) FILTER (WHERE x.status = 'queued' AND x.available_at > now())
+            AS waits_until,
+          sum(x.snoozes)::int AS snoozes
+   FROM (SELECT t.status, t.available_at, t.snoozes FROM flowreg.tasks t
+         WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug AND NOT t.solo
+         UNION ALL
+         SELECT t.status, t.available_at, t.snoozes FROM flowreg.tasks t
+         WHERE t.id = (SELECT r.task_id FROM flowreg.runs r WHERE r.id = s.run_id)
+           AND t.run_id = s.run_id AND t.step_slug = s.step_slug) x) w
+ WHERE s.run_id = $1::uuid ORDER BY s.step_index

@@ -18,6 +18,8 @@ namespace flowreg {
 enum class StepKind {
   single,  // one task with the step's input
   map,     // one task per element of its input array; outputs aggregated in order
+  sleep,   // no handler: ends after a duration or at a time in its input (durable: a sleeping run
+           // holds no task lease, thread or claim)
 };
 
 std::string_view to_string(StepKind kind) noexcept;
@@ -75,14 +77,26 @@ struct RateLimit {
   friend bool operator==(const RateLimit&, const RateLimit&) = default;
 };
 
+// What a sleep step waits for (docs/flows.md#sleep-steps): exactly one of the two.
+struct Sleep {
+  static constexpr Millis kMaxDuration{366LL * 24 * 3600 * 1000};
+  static constexpr std::size_t kMaxPointerLength = 256;
+
+  std::optional<Millis> duration;    // from the step's start
+  std::optional<std::string> until;  // JSON pointer to an RFC 3339 time in the step's input
+
+  friend bool operator==(const Sleep&, const Sleep&) = default;
+};
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
   std::vector<std::string> depends_on;                    // slugs of steps of the same flow
-  std::string handler;                                    // "module.handler"
+  std::string handler;                                    // "module.handler"; "" for sleep
   OptionOverrides options;                                // on top of the flow's options
   std::optional<Concurrency> concurrency = std::nullopt;  // its tasks running at once per key
   std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
+  std::optional<Sleep> sleep = std::nullopt;              // kind sleep: what it waits for
 
   friend bool operator==(const StepDef&, const StepDef&) = default;
 };
@@ -108,7 +122,7 @@ struct FlowDef {
   friend bool operator==(const FlowDef&, const FlowDef&) = default;
 };
 
-// Content hash of the flow's shape: steps, kinds, dependencies and handlers, not its tuning
+// Content hash of the flow's shape: steps, kinds, dependencies, handlers and sleeps, not its tuning
 // options, description or schema. 16 lowercase hex digits. Two flows with the same shape have the
 // same version whatever the order their steps and dependencies were written in.
 std::string flow_version(const FlowDef& flow);

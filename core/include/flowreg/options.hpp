@@ -71,10 +71,12 @@ struct OptionOverrides {
 std::optional<Millis> parse_duration(std::string_view text,
                                      Millis max = Options::kMaxDuration) noexcept;
 // Why parse_duration(text, max) refused `text`, as a sentence that states the real limit:
-// "'1.5s' is not a duration: write a whole number and a unit (ms, s, m or h), such as ..." or
+// "'1.5s' is not a duration: write a whole number and a unit (ms, s, m, h or d), such as ..." or
 // "'169h' is longer than the limit of 168h (7 days)".
 std::string duration_problem(std::string_view text, Millis max = Options::kMaxDuration);
 // The shortest exact form: 1500 -> "1500ms", 60000 -> "1m".
 std::string format_duration(Millis value);
+// The same, in whole days when it is ("3d"): for what is counted in days (a sleep step's).
+std::string format_duration_days(Millis value);
 
 }  // namespace flowreg

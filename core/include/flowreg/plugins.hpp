@@ -102,9 +102,9 @@ struct PluginInfo {
 };
 
 struct HandlerOutcome {
-  enum class Status { ok, retry, permanent };
+  enum class Status { ok, retry, permanent, snooze };
   Status status = Status::ok;
-  std::string body;  // the output JSON (ok) or the error message
+  std::string body;  // the output JSON (ok), the error message, or a snooze's delay in ms
 };
 
 // A handler of a loaded plugin. Keeps that plugin's code loaded while it exists.

@@ -216,6 +216,16 @@ json options_json(const Options& o) {
           {"priority", o.priority}};
 }
 
+json sleep_json(const Sleep& s) {
+  if (s.duration) return {{"duration", format_duration_days(*s.duration)}};
+  return {{"until", s.until.value_or("")}};
+}
+
+std::string sleep_text(const Sleep& s) {
+  return s.duration ? "sleep " + format_duration_days(*s.duration)
+                    : "sleep until the time at " + s.until.value_or("") + " of its input";
+}
+
 json flow_json(const RegisteredFlow& registered) {
   const FlowDef& flow = registered.def;
   json steps = json::array();
@@ -228,7 +238,8 @@ json flow_json(const RegisteredFlow& registered) {
          {"options", options_json(flow.step_options(s))},
          {"concurrency",
           s.concurrency ? to_ordered(detail::concurrency_json(*s.concurrency)) : json(nullptr)},
-         {"rate_limit", s.rate_limit ? rate_limit_json(*s.rate_limit) : json(nullptr)}});
+         {"rate_limit", s.rate_limit ? rate_limit_json(*s.rate_limit) : json(nullptr)},
+         {"sleep", s.sleep ? sleep_json(*s.sleep) : json(nullptr)}});
   return {{"slug", flow.slug},
           {"module", flow.module},
           {"version", flow_version(flow)},
@@ -252,7 +263,17 @@ json step_json(const detail::StepInfo& s) {
           {"started_at", s.started_at ? json(iso_time(*s.started_at)) : json(nullptr)},
           {"finished_at", s.finished_at ? json(iso_time(*s.finished_at)) : json(nullptr)},
           {"error", s.error ? json(*s.error) : json(nullptr)},
-          {"output", s.output ? to_ordered(*s.output) : json(nullptr)}};
+          {"output", s.output ? to_ordered(*s.output) : json(nullptr)},
+          {"waits_until", s.waits_until ? json(iso_time_ms(*s.waits_until)) : json(nullptr)},
+          {"snoozes", s.snoozes}};
+}
+
+std::string step_wait_text(const detail::StepInfo& s) {
+  if (!s.waits_until) return s.snoozes > 0 ? fmt::format("snoozed {}x", s.snoozes) : "";
+  const std::string until = iso_time_ms(*s.waits_until);
+  if (s.kind == "sleep") return "sleeping until " + until;
+  if (s.snoozes > 0) return fmt::format("snoozed ({}x) until {}", s.snoozes, until);
+  return "next attempt at " + until;
 }
 
 std::string iso_time_ms(const detail::TimePoint& t) {

@@ -61,6 +61,13 @@ std::string excerpt(std::string_view text, std::size_t max_bytes);
 // A step of a run: {slug, kind, status, tasks, attempts, worker, started_at, finished_at, error,
 // output}.
 json step_json(const detail::StepInfo& s);
+// A sleep step's sleep: {"duration": "3d"} or {"until": "/pointer"}; "sleep 3d" or "sleep until
+// the time at /pointer of its input".
+json sleep_json(const Sleep& s);
+std::string sleep_text(const Sleep& s);
+// What a step waits for, when a task of it is queued for later ("sleeping until 2026-…Z",
+// "snoozed (2x) until …", "next attempt at …"), or "" (docs/flows.md#sleep-steps).
+std::string step_wait_text(const detail::StepInfo& s);
 // A time as ISO 8601 in UTC to the millisecond ("2026-01-02T03:04:05.678Z").
 std::string iso_time_ms(const detail::TimePoint& t);
 // An attempt of a task: {step, task, attempt, outcome, worker, started_at, finished_at,

@@ -89,9 +89,11 @@ std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string
       dot_quote(flow.slug));
   for (const auto& s : flow.steps) {
     const bool map = s.kind == StepKind::map;
+    // A sleep step has no handler: its second line says so.
+    const std::string handler = s.kind == StepKind::sleep ? "(sleep)" : s.handler;
     if (!states) {
       out += fmt::format("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
-                         dot_escape(s.handler), map ? " (map)" : "",
+                         dot_escape(handler), map ? " (map)" : "",
                          map ? ", shape=box3d, style=filled" : "");
       continue;
     }
@@ -107,8 +109,8 @@ std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string
     out += fmt::format(
         "  {} [label=\"{}\\n{}{}\\n{} {}\", shape={}, style=\"{}{}\", fillcolor=\"{}\", "
         "color=\"{}\", penwidth={}];\n",
-        dot_quote(s.slug), dot_escape(s.slug), dot_escape(s.handler), map ? " (map)" : "",
-        st.marker, st.word, map ? "box3d" : "box", map ? "" : "rounded,", style, st.fill, st.border,
+        dot_quote(s.slug), dot_escape(s.slug), dot_escape(handler), map ? " (map)" : "", st.marker,
+        st.word, map ? "box3d" : "box", map ? "" : "rounded,", style, st.fill, st.border,
         state == "failed" ? "2.5" : "1.2");
   }
   for (const auto& s : flow.steps)

@@ -113,9 +113,10 @@ int runs_show(RunStore& store, const RunsArgs& a) {
   }
   print_run_text(**info);
   for (const auto& s : *steps) {
-    fmt::print("  {:<16} {:<6} {:<10} tasks={} attempts={}{}{}\n", s.slug, s.kind, s.status,
+    const std::string waits = app::step_wait_text(s);
+    fmt::print("  {:<16} {:<6} {:<10} tasks={} attempts={}{}{}{}\n", s.slug, s.kind, s.status,
                s.task_count, s.attempts, s.worker ? " worker=" + *s.worker : "",
-               s.error ? "  error: " + *s.error : "");
+               waits.empty() ? "" : "  " + waits, s.error ? "  error: " + *s.error : "");
     if (s.attempts > s.task_count || s.status == "failed")
       print_step_attempts(s, attempts->attempts);
   }

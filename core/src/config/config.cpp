@@ -114,7 +114,17 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
     step.slug = s.at("slug").get<std::string>();
     step.kind = parse_step_kind(s.value("kind", "single")).value_or(StepKind::single);
     if (s.contains("depends_on")) step.depends_on = s["depends_on"].get<std::vector<std::string>>();
-    step.handler = s.at("handler").get<std::string>();
+    step.handler = s.value("handler", "");
+    // A sleep's range is checked by validate_flow, which names the value: not parsed against
+    // the options' limit of 7 days.
+    if (s.contains("duration"))
+      step.sleep = Sleep{
+          parse_duration(s["duration"].get<std::string>(), Millis::max()).value_or(Millis{-1}),
+          std::nullopt};
+    if (s.contains("until")) {
+      if (!step.sleep) step.sleep = Sleep{};
+      step.sleep->until = s["until"].get<std::string>();
+    }
     if (s.contains("options")) step.options = overrides_of(s["options"]);
     if (s.contains("concurrency")) step.concurrency = concurrency_of(s["concurrency"]);
     if (s.contains("rate_limit")) step.rate_limit = rate_limit_of(s["rate_limit"]);

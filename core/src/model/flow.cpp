@@ -1,5 +1,7 @@
 #include "flowreg/flow.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <unordered_map>
 
@@ -8,12 +10,13 @@
 namespace flowreg {
 
 std::string_view to_string(StepKind kind) noexcept {
-  return kind == StepKind::map ? "map" : "single";
+  return kind == StepKind::map ? "map" : kind == StepKind::sleep ? "sleep" : "single";
 }
 
 std::optional<StepKind> parse_step_kind(std::string_view text) noexcept {
   if (text == "single") return StepKind::single;
   if (text == "map") return StepKind::map;
+  if (text == "sleep") return StepKind::sleep;
   return std::nullopt;
 }
 
@@ -65,6 +68,11 @@ std::string flow_version(const FlowDef& flow) {
       text += d;
       text += ',';
     }
+    // A sleep (added later: a shape without one hashes as it did before).
+    if (s->sleep && s->sleep->duration)
+      text += fmt::format("|sleep {}ms", s->sleep->duration->count());
+    if (s->sleep && s->sleep->until)
+      text += fmt::format("|until {}:{}", s->sleep->until->size(), *s->sleep->until);
     text += '\n';
   }
   return detail::sha256_hex(text).substr(0, 16);

@@ -183,6 +183,41 @@ class Checker {
                          conc->key ? "'" + *conc->key + "'" : std::string("none: one key")));
   }
 
+  // A sleep step (docs/flows.md#sleep-steps): no handler, nothing that only a handler's tasks
+  // have, and exactly one of a duration in range or a pointer to the time it sleeps until.
+  void check_sleep(const std::string& at, const StepDef& step) {
+    if (step.kind != StepKind::sleep) {
+      report(at + "/kind", fmt::format("step '{}' has a sleep ({}) but is not a sleep step: give "
+                                       "it kind: sleep",
+                                       step.slug, step.sleep->duration ? "duration" : "until"));
+      return;
+    }
+    if (!step.handler.empty())
+      report(at + "/handler",
+             fmt::format("step '{}' is a sleep step and runs no handler; remove handler '{}'",
+                         step.slug, step.handler));
+    if (step.concurrency || step.rate_limit)
+      report(at + (step.concurrency ? "/concurrency" : "/rate_limit"),
+             fmt::format("step '{}' is a sleep step: it runs no handler, so it takes no "
+                         "concurrency or rate limit",
+                         step.slug));
+    const bool duration = step.sleep && step.sleep->duration;
+    const bool until = step.sleep && step.sleep->until;
+    if (duration == until) {
+      report(at, fmt::format("step '{}' is a sleep step: give it either duration (3d) or until "
+                             "(a JSON pointer to an RFC 3339 time in its input){}",
+                             step.slug, duration ? ", not both" : ""));
+      return;
+    }
+    if (duration &&
+        (*step.sleep->duration < Millis{1} || *step.sleep->duration > Sleep::kMaxDuration))
+      report(at + "/duration", fmt::format("step '{}': sleep duration {} is out of range 1ms..{}",
+                                           step.slug, format_duration_days(*step.sleep->duration),
+                                           format_duration_days(Sleep::kMaxDuration)));
+    if (until)
+      check_key(at + "/until", fmt::format("step '{}': until", step.slug), *step.sleep->until);
+  }
+
   void check_steps() {
     std::unordered_map<std::string_view, std::size_t> first_index;
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
@@ -192,7 +227,9 @@ class Checker {
       if (auto [it, inserted] = first_index.emplace(step.slug, i); !inserted && !step.slug.empty())
         report(at + "/slug", fmt::format("step slug '{}' is used twice (steps {} and {})",
                                          step.slug, it->second + 1, i + 1));
-      if (!is_valid_handler_name(step.handler))
+      if (step.kind == StepKind::sleep || step.sleep)
+        check_sleep(at, step);
+      else if (!is_valid_handler_name(step.handler))
         report(at + "/handler",
                fmt::format("step '{}': handler '{}' must be 'module.handler', both parts "
                            "lowercase identifiers",
@@ -217,7 +254,7 @@ class Checker {
                              "flow has one (the flow's limit counts its tasks)",
                              step.slug));
       }
-      check_rate_with_concurrency(at, step);
+      if (step.kind != StepKind::sleep) check_rate_with_concurrency(at, step);
     }
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
       const StepDef& step = flow_.steps[i];

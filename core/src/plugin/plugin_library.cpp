@@ -224,6 +224,8 @@ HandlerOutcome LoadedPlugin::invoke(std::uint32_t index, std::string_view input,
       return {HandlerOutcome::Status::retry, std::move(body)};
     case FLOWREG_PERMANENT:
       return {HandlerOutcome::Status::permanent, std::move(body)};
+    case FLOWREG_SNOOZE:
+      return {HandlerOutcome::Status::snooze, std::move(body)};
     default:
       return {
           HandlerOutcome::Status::permanent,

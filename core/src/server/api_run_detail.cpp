@@ -116,7 +116,7 @@ void register_run_detail_routes(http::Router& h, ServerState& state) {
       for (const auto& g : (*graph)->steps) {
         StepDef s;
         s.slug = app::valid_text(g.slug);
-        s.kind = g.kind == "map" ? StepKind::map : StepKind::single;
+        s.kind = parse_step_kind(g.kind).value_or(StepKind::single);
         s.handler = app::valid_text(g.handler);
         for (const auto& d : g.depends_on) s.depends_on.push_back(app::valid_text(d));
         flow.steps.push_back(std::move(s));

@@ -19,7 +19,8 @@ app::json plugins_json(const ServerState& state) {
   // handler -> the flows whose steps name it, from the registry (in memory: no database read).
   std::map<std::string, std::set<std::string>> uses;
   for (const auto& f : state.options.registry->list())
-    for (const auto& step : f->def.steps) uses[step.handler].insert(f->def.slug);
+    for (const auto& step : f->def.steps)
+      if (!step.handler.empty()) uses[step.handler].insert(f->def.slug);
   json out = json::array();
   for (const auto& p : state.options.plugins()) {
     json plugin = app::plugin_json(p);

@@ -499,12 +499,18 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
     for (const auto& d : s["depends_on"])
       deps += (deps.empty() ? "" : ", ") + escape(d.get<std::string>());
     const json& o = s["options"];
+    // A sleep step runs no handler: what it sleeps for instead.
+    const json& sleep = s.contains("sleep") ? s["sleep"] : json();
+    const std::string handler =
+        !sleep.is_object() ? "<code>" + esc(s, "handler") + "</code>"
+        : sleep.contains("duration")
+            ? "sleeps " + esc(sleep, "duration")
+            : "sleeps until the time at <code>" + esc(sleep, "until") + "</code> of its input";
     steps += fmt::format(
-        "<tr><td>{}</td><td>{}</td><td><code>{}</code></td><td>{}</td>"
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
         "<td class=\"wide\">{} attempts, {} → {}, timeout {}, priority {}{}</td></tr>",
-        esc(s, "slug"), esc(s, "kind"), esc(s, "handler"), deps, esc(o, "max_attempts"),
-        esc(o, "base_delay"), esc(o, "max_delay"), esc(o, "timeout"), esc(o, "priority"),
-        concurrency_text(s, "tasks"));
+        esc(s, "slug"), esc(s, "kind"), handler, deps, esc(o, "max_attempts"), esc(o, "base_delay"),
+        esc(o, "max_delay"), esc(o, "timeout"), esc(o, "priority"), concurrency_text(s, "tasks"));
   }
   const json& o = flow["options"];
   std::string content = fmt::format(
@@ -703,6 +709,15 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
           "<div class=\"retry\" data-step-retry=\"{}\">retrying at <time>{}</time> (attempt {} "
           "failed: <span class=\"error\">{}</span>)</div>",
           escape(slug), esc(s, "next_attempt_at"), esc(s, "failed_attempt"), esc(s, "last_error"));
+    // A sleep step's end, or a snoozed task's next run (docs/flows.md#sleep-steps, #snooze).
+    else if (!str(s, "waits_until").empty() && str(s, "kind") == "sleep")
+      retry = fmt::format(
+          "<div class=\"retry\" data-step-sleep=\"{}\">sleeping until <time>{}</time></div>",
+          escape(slug), esc(s, "waits_until"));
+    else if (!str(s, "waits_until").empty() && s.value("snoozes", 0) > 0)
+      retry = fmt::format(
+          "<div class=\"retry\" data-step-snooze=\"{}\">snoozed ({}x) until <time>{}</time></div>",
+          escape(slug), s.value("snoozes", 0), esc(s, "waits_until"));
     steps += fmt::format(
         "<tr><td>{0}</td><td>{1}</td><td>{2}{8}</td><td>{3}</td><td data-step-attempts=\"{0}\">{4}"
         "</td><td class=\"wide\"><div class=\"timeline\" role=\"img\" aria-label=\"{0}: {5} to "

@@ -93,6 +93,11 @@ Json flow_definition_json(const FlowDef& flow) {
     if (step.concurrency) stored["concurrency"] = concurrency_json(*step.concurrency);
     // Rate limits (migration 0024), stored when set.
     if (step.rate_limit) stored["rate_limit"] = rate_limit_json(*step.rate_limit);
+    // A sleep step's sleep (migration 0025: upsert_flow writes flow_steps.sleep_ms, sleep_path).
+    if (step.sleep && step.sleep->duration)
+      stored["sleep"] = Json{{"ms", step.sleep->duration->count()}};
+    else if (step.sleep && step.sleep->until)
+      stored["sleep"] = Json{{"until", *step.sleep->until}};
     steps.push_back(std::move(stored));
   }
   Json out{{"slug", flow.slug},

@@ -129,6 +129,9 @@ struct Failure {
   int attempt = 0;
   std::string error;
   bool permanent = false;  // fail the step and run at once, whatever the attempts left
+  // Not a failure: the handler snoozed its task (flowreg::sdk::snooze), which is queued again
+  // this much later without spending its attempt (migration 0025); `error` is unused.
+  std::optional<Millis> snooze = std::nullopt;
 };
 
 // A task a worker gives back on shutdown. ran = false: its handler never started (the attempt is
@@ -249,7 +252,7 @@ struct RunSummary {
 
 struct StepInfo {
   std::string slug;
-  std::string kind;    // "single" | "map"
+  std::string kind;    // "single" | "map" | "sleep"
   std::string status;  // created | started | completed | failed | cancelled
   int task_count = 0;
   int attempts = 0;  // attempts begun, summed over the step's tasks
@@ -259,6 +262,10 @@ struct StepInfo {
   std::optional<TimePoint> started_at, finished_at;
   std::optional<std::string> error;
   std::optional<Json> output;
+  // When its task queued for later becomes available: a sleep step's end, a snoozed task's or a
+  // retry's next attempt (migration 0025); none when no task of it waits for a time.
+  std::optional<TimePoint> waits_until;
+  int snoozes = 0;  // times its tasks were snoozed (flowreg::sdk::snooze)
 };
 
 // A step of a run's flow version as it was stored (RunStore::run_graph).
@@ -566,7 +573,8 @@ class RunStore {
   // rejected (attempt no longer current, task no longer started): their result is not recorded.
   Result<std::vector<TaskId>> complete(std::span<const Completion> completions);
   // Records failures: retried with backoff while attempts remain and not permanent, else the
-  // step and the run fail and the run's other tasks are cancelled. Returns the ids rejected.
+  // step and the run fail and the run's other tasks are cancelled; a snooze (Failure::snooze)
+  // queues its task again for later, its attempt given back. Returns the ids rejected.
   Result<std::vector<TaskId>> fail(std::span<const Failure> failures);
 
   // true when it cancelled the run, false when the run had already ended; Errc::not_found.

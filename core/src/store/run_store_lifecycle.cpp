@@ -84,6 +84,7 @@ Json failures_json(std::span<const Failure> failures) {
       error.replace(at, 1, "\xEF\xBF\xBD");
     batch.push_back(
         {{"id", f.id}, {"attempt", f.attempt}, {"error", error}, {"permanent", f.permanent}});
+    if (f.snooze) batch.back()["snooze_ms"] = f.snooze->count();
   }
   return batch;
 }

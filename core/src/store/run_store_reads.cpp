@@ -206,6 +206,8 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                      s.error = opt_text(r["error"]);
                      s.output = opt_json(r["output"]);
                      s.worker = opt_text(r["worker_id"]);
+                     s.waits_until = opt_time(r["waits_until_us"]);
+                     s.snoozes = r["snoozes"].as<int>();
                      out.push_back(std::move(s));
                    }
                    return out;

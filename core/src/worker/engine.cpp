@@ -328,6 +328,7 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
   spdlog::debug("worker {}: task {} of {} step '{}' attempt {}: {}", options_.worker_id, task.id,
                 state->label(), task.step_slug, task.attempt,
                 completion           ? "completed"
+                : failure->snooze    ? "snoozed"
                 : failure->permanent ? "failed"
                                      : "failed, to be retried");
   record_result(state, task, std::move(completion), std::move(failure));
@@ -347,6 +348,23 @@ std::pair<std::optional<Completion>, std::optional<Failure>> Engine::result_of(
       return failed(std::move(outcome.body), false);
     case HandlerOutcome::Status::permanent:
       return failed(std::move(outcome.body), true);
+    case HandlerOutcome::Status::snooze: {
+      // The delay is the plugin's text: digits only, in range, else the attempt fails.
+      const std::string& text = outcome.body;
+      long long ms = 0;
+      const bool digits =
+          !text.empty() && text.size() <= 12 &&
+          std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+      if (digits) ms = std::stoll(text);
+      if (!digits || ms < 1 || Millis{ms} > kMaxSnooze)
+        return failed(fmt::format("handler '{}' asked to snooze for '{}' ms; a snooze is 1 ms to "
+                                  "{} ms",
+                                  handler.name, utf8_prefix(text, 40), kMaxSnooze.count()),
+                      false);
+      Failure snoozed{task.id, task.attempt, {}, false};
+      snoozed.snooze = Millis{ms};
+      return {std::nullopt, std::move(snoozed)};
+    }
   }
   const std::size_t limit = std::min(options_.max_output_bytes, kMaxOutputBytes);
   if (outcome.body.size() > limit)

@@ -116,6 +116,8 @@ class Engine final : public LaneHost {
   // The largest handler output a worker accepts, whatever it is told: PostgreSQL stores at most
   // 255 MiB in one JSON value, and a run's output holds its leaf steps' outputs.
   static constexpr std::size_t kMaxOutputBytes = std::size_t{128} << 20;
+  // The longest snooze a handler may ask for (flowreg::sdk::snooze): 366 days.
+  static constexpr Millis kMaxSnooze{366LL * 24 * 3600 * 1000};
 
   // Runs a task claimed for `state`'s flow on the pool. REQUIRES: a slot acquired for it.
   void dispatch(const std::shared_ptr<FlowState>& state, ClaimedTask task);

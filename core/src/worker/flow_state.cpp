@@ -1,6 +1,9 @@
 #include "worker/flow_state.hpp"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <ctime>
 #include <iterator>
 #include <utility>
 
@@ -15,6 +18,26 @@ StepHandler step_handler(HandlerRef ref) {
   h.name = ref.name();
   h.invoke = [ref = std::move(ref)](std::string_view input, std::string_view context) {
     return ref.invoke(input, context);
+  };
+  return h;
+}
+
+StepHandler sleep_handler() {
+  StepHandler h;
+  h.name = "sleep";
+  h.invoke = [](std::string_view, std::string_view) {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t secs = std::chrono::system_clock::to_time_t(now);
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        1000;
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    return HandlerOutcome{
+        HandlerOutcome::Status::ok,
+        fmt::format(R"({{"woke_at":"{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z"}})",
+                    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                    ms)};
   };
   return h;
 }

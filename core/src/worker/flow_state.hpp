@@ -47,6 +47,11 @@ struct StepHandler {
   std::uint32_t process_index = 0;
 };
 StepHandler step_handler(HandlerRef ref);
+// A sleep step's (docs/flows.md#sleep-steps): its task is claimed only once its sleep has ended
+// (migration 0025: it is created available then), so it completes at once, with output
+// {"woke_at": the time it was claimed, RFC 3339 UTC}. Runs on the calling thread whatever the
+// flow's isolation.
+StepHandler sleep_handler();
 
 // How often a held task's lease is renewed: a third of the lease it gets, min(timeout, lease).
 Millis renew_period(Millis timeout, Millis lease);

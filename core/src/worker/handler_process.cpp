@@ -245,9 +245,10 @@ int handler_host_main(int argc, char** argv) {
     std::string reply;
     reply.reserve(kResultHeader + outcome.body.size());
     reply += 'R';
-    reply += static_cast<char>(outcome.status == HandlerOutcome::Status::ok      ? 0
-                               : outcome.status == HandlerOutcome::Status::retry ? 1
-                                                                                 : 2);
+    reply += static_cast<char>(outcome.status == HandlerOutcome::Status::ok       ? 0
+                               : outcome.status == HandlerOutcome::Status::retry  ? 1
+                               : outcome.status == HandlerOutcome::Status::snooze ? 3
+                                                                                  : 2);
     put_u64(reply, cpu_us_of(after) - cpu_us_of(before));
     put_u64(reply, static_cast<std::uint64_t>(after.ru_maxrss));
     put_u32(reply, static_cast<std::uint32_t>(std::max(left, 0)));
@@ -712,7 +713,8 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
     }
     if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) && !read_reply()) break;
   }
-  if (how == End::result && (got[4] != 'R' || static_cast<unsigned char>(got[5]) > 2)) {
+  // Status 0 ok, 1 retry, 2 permanent, 3 snooze.
+  if (how == End::result && (got[4] != 'R' || static_cast<unsigned char>(got[5]) > 3)) {
     how = End::broken;
     broken_why = "it sent a frame that is not a result";
   }
@@ -731,8 +733,10 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
     const auto status = static_cast<unsigned char>(got[5]);
     HandlerOutcome outcome{status == 0   ? HandlerOutcome::Status::ok
                            : status == 1 ? HandlerOutcome::Status::retry
+                           : status == 3 ? HandlerOutcome::Status::snooze
                                          : HandlerOutcome::Status::permanent,
                            got.substr(4 + kResultHeader)};
+    if (outcome.status == HandlerOutcome::Status::snooze) return outcome;
     if (outcome.status != HandlerOutcome::Status::ok && options_.limits.memory_mb > 0 &&
         outcome.body.find("bad_alloc") != std::string::npos)
       outcome.body += fmt::format(" (its process may use {} MiB of memory: limits.memory_mb)",

@@ -15,8 +15,9 @@
 //                    'T' u32 handler, u64 cpu limit (ms, 0: none), u32 context bytes, context,
 //                        input
 //   host -> worker   'Y' ready (the plugin loaded)   'E' message (it did not load; the host exits)
-//                    'R' u8 status (0 ok, 1 retry, 2 permanent), u64 CPU microseconds of the task,
-//                        u64 peak RSS KiB of the process, u32 processes it left (killed), body
+//                    'R' u8 status (0 ok, 1 retry, 2 permanent, 3 snooze), u64 CPU microseconds
+//                        of the task, u64 peak RSS KiB of the process, u32 processes it left
+//                        (killed), body
 // A frame's length is read first and bounded (max_output_bytes and a little) before its bytes are.
 // What the host writes to stdout and stderr reaches the worker through a pipe and its log, tagged
 // with flow, run and task, at most log_bytes per task.

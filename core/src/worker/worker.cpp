@@ -193,6 +193,7 @@ class FlowServices final : public Service {
       return make_error(Errc::not_found, "not in this worker's --flows");
     Servable s{FlowKey{def.slug, flow->version}, def, {}};
     for (const auto& step : def.steps) {
+      if (step.kind == StepKind::sleep) continue;  // no handler: the engine ends it (sleep_handler)
       HandlerRef ref;
       if (source_.loader) ref = source_.loader->handler(step.handler);
       if (!ref) {
@@ -236,6 +237,9 @@ class FlowServices final : public Service {
             warm.push_back(h.process);
         }
       }
+      // A sleep step's task is claimed once its sleep has ended: it completes at once.
+      for (const auto& step : def.steps)
+        if (step.kind == StepKind::sleep) steps.emplace(step.slug, sleep_handler());
       // One process per pool started now, so that the first task finds it warm.
       for (const auto& pool : warm)
         if (pool->stats().alive == 0) pool->prestart();

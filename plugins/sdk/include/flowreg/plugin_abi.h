@@ -24,16 +24,19 @@ extern "C" {
 /* "FLOWREG1" read as a little-endian 64-bit integer. */
 #define FLOWREG_PLUGIN_MAGIC UINT64_C(0x31474552574F4C46)
 #define FLOWREG_ABI_MAJOR 1
-#define FLOWREG_ABI_MINOR 0
+#define FLOWREG_ABI_MINOR 1
 #define FLOWREG_PLUGIN_SYMBOL "flowreg_plugin"
 #define FLOWREG_PLUGIN_SECTION "flowreg"
 
 /* Results of describe() and invoke(). */
 enum {
-  FLOWREG_OK = 0,        /* *out holds the JSON result */
-  FLOWREG_RETRY = 1,     /* *out holds an error message; the task may be retried */
-  FLOWREG_PERMANENT = 2, /* *out holds an error message; do not retry */
-  FLOWREG_NO_HANDLER = 3 /* no handler with that index */
+  FLOWREG_OK = 0,         /* *out holds the JSON result */
+  FLOWREG_RETRY = 1,      /* *out holds an error message; the task may be retried */
+  FLOWREG_PERMANENT = 2,  /* *out holds an error message; do not retry */
+  FLOWREG_NO_HANDLER = 3, /* no handler with that index */
+  /* ABI 1.1: *out holds a delay in milliseconds (decimal digits, 1 to 31622400000): run the task
+   * again that much later without spending an attempt (the SDK's flowreg::snooze). */
+  FLOWREG_SNOOZE = 4
 };
 
 /* Bytes allocated by the plugin; given back to it through release(). */

@@ -17,11 +17,13 @@
 // flowreg::sdk::retryable_error (retried with backoff until max_attempts) or
 // flowreg::sdk::permanent_error (fails the step at once). Any other exception is caught by the SDK
 // and treated as retryable; nothing thrown ever crosses into the host. Handlers run concurrently on
-// the host's worker threads: they must be thread-safe.
+// the host's worker threads: they must be thread-safe. A handler that waits for something outside
+// calls flowreg::sdk::snooze(30s): its task runs again 30 s later, without spending an attempt.
 //
 // Build with flowreg_add_plugin() (CMake), which sets the flags the host requires.
 
 #include <boost/dll/alias.hpp>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -66,6 +68,14 @@ struct retryable_error : std::runtime_error {
 struct permanent_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Thrown by snooze(); a handler never catches it.
+struct snooze_request {
+  std::chrono::milliseconds delay;
+};
+// Ends the handler's call and runs its task again `delay` later (1ms to 366 days), without
+// spending an attempt: for polling an outside system politely (docs/flows.md#snooze).
+[[noreturn]] inline void snooze(std::chrono::milliseconds delay) { throw snooze_request{delay}; }
 
 // What a handler knows about the task it runs for.
 struct Context {
@@ -119,16 +129,25 @@ class WithOptions {
 class Step : public WithOptions<Step> {
  public:
   Step(std::string slug, std::string handler, bool map)
-      : slug_(std::move(slug)), handler_(std::move(handler)), map_(map) {}
+      : slug_(std::move(slug)), handler_(std::move(handler)), kind_(map ? "map" : "") {}
+  // A sleep step (no handler): `field` is "duration" ("3d") or "until" (a JSON pointer to an
+  // RFC 3339 time in its input).
+  static Step sleep(std::string slug, const char* field, std::string value) {
+    Step s(std::move(slug), "", false);
+    s.kind_ = "sleep";
+    s.sleep_ = {{field, std::move(value)}};
+    return s;
+  }
   Step& depends_on(std::initializer_list<std::string> slugs) {
     deps_.insert(deps_.end(), slugs.begin(), slugs.end());
     return *this;
   }
   json to_json(const std::string& module) const {
-    json j = {
-        {"slug", slug_},
-        {"handler", handler_.find('.') == std::string::npos ? module + "." + handler_ : handler_}};
-    if (map_) j["kind"] = "map";
+    json j = {{"slug", slug_}};
+    if (kind_ != "sleep")
+      j["handler"] = handler_.find('.') == std::string::npos ? module + "." + handler_ : handler_;
+    if (!kind_.empty()) j["kind"] = kind_;
+    for (const auto& [k, v] : sleep_.items()) j[k] = v;
     if (!deps_.empty()) j["depends_on"] = deps_;
     if (!options_.empty()) j["options"] = options_;
     if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
@@ -137,8 +156,8 @@ class Step : public WithOptions<Step> {
   }
 
  private:
-  std::string slug_, handler_;
-  bool map_;
+  std::string slug_, handler_, kind_;
+  json sleep_ = json::object();
   std::vector<std::string> deps_;
 };
 
@@ -171,6 +190,15 @@ class Flow : public WithOptions<Flow> {
   }
   Step& map_step(std::string slug, std::string handler) {
     return steps_.emplace_back(std::move(slug), std::move(handler), true);
+  }
+  // A sleep step (docs/flows.md#sleep-steps): ends `duration` ("10m", "3d") after it starts,
+  // holding no worker while it waits.
+  Step& sleep_step(std::string slug, std::string duration) {
+    return steps_.emplace_back(Step::sleep(std::move(slug), "duration", std::move(duration)));
+  }
+  // A sleep step until the RFC 3339 time at `pointer` in its input ("/order/remind_at").
+  Step& sleep_until_step(std::string slug, std::string pointer) {
+    return steps_.emplace_back(Step::sleep(std::move(slug), "until", std::move(pointer)));
   }
   json to_json(const std::string& module) const {
     json j = {{"slug", slug_}};
@@ -291,6 +319,9 @@ inline int32_t invoke(uint32_t index, const char* input, size_t size, const char
     }
     fill(out, fn(parsed, ctx).dump());
     return FLOWREG_OK;
+  } catch (const snooze_request& r) {
+    fill(out, std::to_string(r.delay.count()));
+    return FLOWREG_SNOOZE;
   } catch (const permanent_error& e) {
     fill(out, e.what());
     return FLOWREG_PERMANENT;
