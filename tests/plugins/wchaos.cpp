@@ -10,6 +10,11 @@
 //   wchaos_gated_runs  a chain of two "audited" steps, its flow limited to 1 run per /customer
 //   wchaos_rated  handler "audited", its flow limited to 10 task starts per second per /customer
 //   wchaos_hourly  handler "audited" on a step limited to 1 task start per hour
+//   wchaos_nap    "quick" -> a sleep step of 2s -> "quick" (tests/pg/waits_test.cpp)
+//   wchaos_until  a root sleep step until the time at /at of the run's input -> "quick"
+//   wchaos_snooze handler "snoozy", 1 attempt: appends a line to the file input.calls, and
+//                 snoozes input.ms milliseconds while the file has at most input.snoozes lines;
+//                 then returns {"calls": its lines, "attempt": the context's attempt}
 // "audited" appends "S|E <customer> <run> <step> <attempt> <pid> <steady clock ns>" lines to the
 // file input.audit (one write each, O_APPEND) when it starts and before it returns, and sleeps
 // input.ms milliseconds between them: tests/pg/concurrency_keys_test.cpp.
@@ -77,6 +82,17 @@ json audited(const json& in, const Context& c) {
   return args;
 }
 
+json snoozy(const json& in, const Context& c) {
+  const std::string file = in["calls"].get<std::string>();
+  std::ofstream(file, std::ios::app) << c.run_id << "\n";
+  std::ifstream lines(file);
+  int calls = 0;
+  for (std::string line; std::getline(lines, line);) ++calls;
+  if (calls <= in.value("snoozes", 0))
+    flowreg::sdk::snooze(std::chrono::milliseconds(in.value("ms", 100)));
+  return json{{"calls", calls}, {"attempt", c.attempt}};
+}
+
 json quick(const json& in, const Context&) {
   mark_started(in);
   return json{{"pid", static_cast<int>(::getpid())}, {"n", in.value("n", 0)}};
@@ -90,6 +106,7 @@ FLOWREG_PLUGIN(wchaos) {
   plugin.handler("big", big);
   plugin.handler("quick", quick);
   plugin.handler("audited", audited);
+  plugin.handler("snoozy", snoozy);
   plugin.flow("wchaos_crash")
       .description("a handler that crashes its worker")
       .max_attempts(3)
@@ -128,4 +145,15 @@ FLOWREG_PLUGIN(wchaos) {
       .description("one task start per hour")
       .step("only", "audited")
       .rate_limit(1, "1h");
+  auto& nap = plugin.flow("wchaos_nap").description("a 2 s sleep between two steps");
+  nap.step("first", "quick");
+  nap.sleep_step("nap", "2s").depends_on({"first"});
+  nap.step("after", "quick").depends_on({"nap"});
+  auto& until = plugin.flow("wchaos_until").description("sleeps until input.at");
+  until.sleep_until_step("wait", "/at");
+  until.step("after", "quick").depends_on({"wait"});
+  plugin.flow("wchaos_snooze")
+      .description("snoozes input.snoozes times")
+      .max_attempts(1)
+      .step("only", "snoozy");
 }

@@ -939,6 +939,72 @@ TEST_SUITE("serve") {
   }
 
   TEST_CASE(
+      "a sleeping step and a snoozed one say until when, over the API and on the run's page") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto store = std::optional<detail::RunStore>(scene_store(scene));
+    // Flows no worker of the scene serves: a sleep of a day, and a step whose task is snoozed
+    // here for an hour.
+    FlowDef napping;
+    napping.slug = "napping";
+    napping.module = "servetest";
+    StepDef nap{"nap", StepKind::sleep, {}, "", {}};
+    nap.sleep = Sleep{Millis(86'400'000), std::nullopt};
+    napping.steps.push_back(nap);
+    napping.steps.push_back(StepDef{"after", StepKind::single, {"nap"}, "nobody.after", {}});
+    REQUIRE(store->upsert_flow(napping, "v1"));
+    auto asleep = store->start_run("napping", "v1", detail::Json::object());
+    REQUIRE_MESSAGE(asleep, testing::failure_text(asleep));
+    FlowDef polling;
+    polling.slug = "polling";
+    polling.module = "servetest";
+    polling.steps.push_back(StepDef{"poll", StepKind::single, {}, "nobody.poll", {}});
+    REQUIRE(store->upsert_flow(polling, "v1"));
+    auto snoozing = store->start_run("polling", "v1", detail::Json::object());
+    REQUIRE_MESSAGE(snoozing, testing::failure_text(snoozing));
+    const detail::FlowKey key{"polling", "v1"};
+    auto claimed = store->claim("test-worker", std::span(&key, 1), 1);
+    REQUIRE_MESSAGE(claimed, testing::failure_text(claimed));
+    REQUIRE(claimed->size() == 1);
+    detail::Failure snooze{(*claimed)[0].id, (*claimed)[0].attempt, {}, false};
+    snooze.snooze = Millis(3'600'000);
+    auto rejected = store->fail(std::span(&snooze, 1));
+    REQUIRE_MESSAGE(rejected, testing::failure_text(rejected));
+    REQUIRE(rejected->empty());
+
+    auto c = scene.client();
+    const json slept = body_of(c.Get(("/api/v1/runs/" + *asleep).c_str()));
+    CAPTURE(slept.dump());
+    const json nap_step = slept["steps"][0];
+    CHECK(nap_step["kind"] == "sleep");
+    CHECK(nap_step["status"] == "started");
+    CHECK(nap_step["snoozes"] == 0);
+    REQUIRE(nap_step["waits_until"].is_string());
+    CHECK(nap_step["waits_until"].get<std::string>() > slept["created_at"].get<std::string>());
+    CHECK(slept["steps"][1]["waits_until"].is_null());
+    auto page = c.Get(("/runs/" + *asleep).c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find("<div class=\"retry\" data-step-sleep=\"nap\">sleeping until <time>" +
+                          nap_step["waits_until"].get<std::string>() + "</time></div>") !=
+          std::string::npos);
+
+    const json polled = body_of(c.Get(("/api/v1/runs/" + *snoozing).c_str()));
+    CAPTURE(polled.dump());
+    const json poll_step = polled["steps"][0];
+    CHECK(poll_step["snoozes"] == 1);
+    CHECK(poll_step["attempts"] == 0);
+    CHECK(poll_step["next_attempt_at"].is_null());  // a snooze is no failed attempt
+    REQUIRE(poll_step["waits_until"].is_string());
+    page = c.Get(("/runs/" + *snoozing).c_str());
+    REQUIRE(page);
+    CHECK(page->body.find("<div class=\"retry\" data-step-snooze=\"poll\">snoozed (1x) until "
+                          "<time>" +
+                          poll_step["waits_until"].get<std::string>() + "</time></div>") !=
+          std::string::npos);
+  }
+
+  TEST_CASE(
       "a failed run is retried from its failed step over the API and from its page's button: its "
       "completed step keeps its output and is not run again") {
     ServeScene& scene = shared_scene();

@@ -127,7 +127,7 @@ TEST_SUITE("cli") {
                                    "handler":"orders.ship",
                                    "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s",
                                               "priority":0},
-                                   "concurrency":null,"rate_limit":null})"));
+                                   "concurrency":null,"rate_limit":null,"sleep":null})"));
     CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
   }
 
@@ -289,11 +289,11 @@ TEST_SUITE("cli") {
     CHECK(too_long.exit_code == 1);
     CHECK(too_long.err ==
           "flowreg: --older-than '876601h' is longer than the limit of 876600h (36525 days)\n");
-    auto malformed = flowreg({"runs", "prune", "--older-than", "30d"});
+    auto malformed = flowreg({"runs", "prune", "--older-than", "30 days"});
     CHECK(malformed.exit_code == 1);
     CHECK(malformed.err ==
-          "flowreg: --older-than '30d' is not a duration: write a whole number and a unit (ms, s, "
-          "m or h), such as 250ms, 30s, 5m or 720h\n");
+          "flowreg: --older-than '30 days' is not a duration: write a whole number and a unit (ms, "
+          "s, m, h or d), such as 250ms, 30s, 5m or 30d\n");
     // 720h passes the check and reaches the (absent) database.
     auto accepted = flowreg({"runs", "prune", "--older-than", "720h"});
     CHECK(accepted.exit_code == 1);

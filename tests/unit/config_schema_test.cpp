@@ -91,6 +91,48 @@ TEST_SUITE("schema") {
               .size() == 1);
   }
 
+  TEST_CASE("a sleep step: no handler, a duration or an until pointer, not both") {
+    // Valid: a duration, or a pointer; a step of another kind still needs its handler.
+    const auto valid = problems_of_text(
+        "flows: [{slug: a, steps: [{slug: s, kind: sleep, duration: 3d}, {slug: u, kind: sleep, "
+        "until: /at, depends_on: [s]}]}]\n");
+    CHECK(valid == std::vector<std::string>{});
+    CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s}]}]\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:27: flows[0].steps[0]: missing required key 'handler'"});
+    for (const auto& [yaml, expected] : std::vector<std::pair<std::string, std::string>>{
+             {"{slug: s, kind: sleep}",
+              "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
+              "or until (a JSON pointer to an RFC 3339 time in its input)"},
+             {"{slug: s, kind: sleep, duration: 1s, until: /at}",
+              "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
+              "or until (a JSON pointer to an RFC 3339 time in its input), not both"},
+             {"{slug: s, kind: sleep, duration: 1s, handler: m.s}",
+              "inline.yaml:1:64: flow 'a': step 's' is a sleep step and runs no handler; remove "
+              "handler 'm.s'"},
+             {"{slug: s, handler: m.s, duration: 1s}",
+              "inline.yaml:1:27: flow 'a': step 's' has a sleep (duration) but is not a sleep "
+              "step: give it kind: sleep"},
+             {"{slug: s, kind: sleep, duration: 400d}",
+              "inline.yaml:1:50: flow 'a': step 's': sleep duration 400d is out of range "
+              "1ms..366d"},
+             {"{slug: s, kind: sleep, duration: 1s, concurrency: {limit: 1}}",
+              "inline.yaml:1:64: flow 'a': step 's' is a sleep step: it runs no handler, so it "
+              "takes no concurrency or rate limit"},
+             {"{slug: s, kind: sleep, until: at}",
+              "inline.yaml:1:50: flows[0].steps[0].until: the string 'at' is not valid: expected "
+              "a JSON pointer into a sleep step's input (its run's input for a root step, else "
+              "{dependency: output}), such as /approve/remind_at, to an RFC 3339 time that the "
+              "step sleeps until"}}) {
+      CAPTURE(yaml);
+      const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
+      std::string text;
+      for (const auto& g : got) text += g + "\n";
+      CAPTURE(text);
+      CHECK(got == std::vector<std::string>{expected});
+    }
+  }
+
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
     const auto p = problems_of_text(
         "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "
@@ -105,7 +147,7 @@ TEST_SUITE("schema") {
           "inline.yaml:1:62: flows[0].steps[0].handler: the string 'x' is not valid: expected "
           "module.handler, both parts lowercase identifiers");
     CHECK(p[3] ==
-          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, got the "
+          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, got the "
           "string 'mapp' (did you mean 'map'?)");
   }
 

@@ -17,7 +17,12 @@ TEST_SUITE("model") {
     CHECK_FALSE(parse_duration("ms"));
     CHECK_FALSE(parse_duration("1.5s"));
     CHECK_FALSE(parse_duration("-1s"));
-    CHECK_FALSE(parse_duration("1d"));
+    CHECK(parse_duration("1d") == Millis{86'400'000});
+    CHECK_FALSE(parse_duration("8d"));  // over the 7-day limit
+    CHECK_FALSE(parse_duration("1w"));
+    // Days that do not fit in 64 bits of milliseconds, whatever the limit.
+    CHECK(parse_duration("106751991167d", Millis::max()) == Millis{106751991167LL * 86'400'000});
+    CHECK_FALSE(parse_duration("106751991168d", Millis::max()));
     CHECK_FALSE(parse_duration("169h"));  // over the 7-day limit
     CHECK_FALSE(parse_duration("99999999999999h"));
   }
@@ -34,11 +39,12 @@ TEST_SUITE("model") {
     CHECK(duration_problem("876601h", kCentury) ==
           "'876601h' is longer than the limit of 876600h (36525 days)");
     CHECK(duration_problem("1.5s") ==
-          "'1.5s' is not a duration: write a whole number and a unit (ms, s, m or h), such as "
-          "250ms, 30s, 5m or 720h");
-    CHECK(duration_problem("caf\xE9") ==
-          "'caf\xEF\xBF\xBD' is not a duration: write a whole number and a unit (ms, s, m or h), "
-          "such as 250ms, 30s, 5m or 720h");
+          "'1.5s' is not a duration: write a whole number and a unit (ms, s, m, h or d), such as "
+          "250ms, 30s, 5m or 30d");
+    CHECK(
+        duration_problem("caf\xE9") ==
+        "'caf\xEF\xBF\xBD' is not a duration: write a whole number and a unit (ms, s, m, h or d), "
+        "such as 250ms, 30s, 5m or 30d");
   }
 
   TEST_CASE("durations format in the largest exact unit") {

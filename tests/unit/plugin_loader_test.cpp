@@ -78,7 +78,7 @@ TEST_SUITE("plugin_loader") {
     CHECK(info.status == PluginStatus::loaded);
     CHECK_FALSE(info.error);
     CHECK(info.module == "good");
-    CHECK(info.abi == "1.0");
+    CHECK(info.abi == "1.1");
     CHECK(info.sha256.size() == 64);
     CHECK(info.fingerprint.starts_with("flowreg-sdk "));
     CHECK(info.flows == std::vector<std::string>{"good_flow"});
@@ -413,7 +413,7 @@ TEST_SUITE("plugin_loader") {
     CHECK(list[0]["module"] == "good");
     CHECK(list[0]["status"] == "loaded");
     CHECK(list[0]["error"].is_null());
-    CHECK(list[0]["abi"] == "1.0");
+    CHECK(list[0]["abi"] == "1.1");
     CHECK(list[0]["sha256"].get<std::string>().size() == 64);
     CHECK(list[0]["flows"] == nlohmann::json::array({"good_flow"}));
     CHECK(list[1]["status"] == "rejected");

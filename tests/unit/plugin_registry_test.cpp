@@ -239,7 +239,7 @@ TEST_SUITE("plugin_registry") {
         args.insert(args.end(), {"plugins", "check", file});
         const auto checked = flowreg::test::run_process(args, box.root.string());
         CHECK_MESSAGE(checked.exit_code == 0, checked.out << checked.err);
-        CHECK(checked.out == file + ": ok (module good, abi 1.0, flows: good_flow)\n");
+        CHECK(checked.out == file + ": ok (module good, abi 1.1, flows: good_flow)\n");
       }
     }
     // A different file of the same module still conflicts.

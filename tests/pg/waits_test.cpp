@@ -1,0 +1,283 @@
+// Durable waiting (migration 0025): sleep steps and snoozed tasks. Claims through RunStore on the
+// shared cluster: a sleep step's task is created queued for the end of its sleep (a duration, or
+// the RFC 3339 time at a pointer into its input), so no claim takes it before, and a run whose
+// input has no such time fails with a message naming the step and the pointer; a snoozed task is
+// queued again for later without spending its attempt. Then real `flowreg worker` processes: 20
+// runs of a flow with a 2 s sleep between two steps, one worker SIGKILLed while they sleep, each
+// run's sleep lasting its 2 s and no less; a handler (in a handler process) snoozing 3 times
+// before it completes on its one attempt; and the CLI (flows show, runs show while a run sleeps).
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <pqxx/pqxx>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "app/forms.hpp"
+#include "pg/claim_env.hpp"
+#include "pg/pg_fixture.hpp"
+#include "pg/worker_scene.hpp"
+#include "store/run_store.hpp"
+#include "support/process.hpp"
+#include "support/result_text.hpp"
+
+namespace {
+
+namespace fdr = flowreg::detail;
+using WaitJson = nlohmann::json;
+using namespace std::chrono_literals;
+
+flowreg::StepDef wait_sleep_step(const std::string& slug, std::vector<std::string> deps,
+                                 flowreg::Sleep sleep) {
+  flowreg::StepDef s;
+  s.slug = slug;
+  s.kind = flowreg::StepKind::sleep;
+  s.depends_on = std::move(deps);
+  s.sleep = std::move(sleep);
+  return s;
+}
+
+// The step `slug` of `run` as run_steps reads it.
+fdr::StepInfo wait_step_of(fdr::RunStore& store, const fdr::RunId& run, const std::string& slug) {
+  auto steps = store.run_steps(run);
+  REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+  for (const auto& s : *steps)
+    if (s.slug == slug) return s;
+  FAIL("no step " << slug);
+  return {};
+}
+
+flowreg::pgtest::WorkerScene wait_scene(const std::string& name) {
+  flowreg::pgtest::WorkerScene s;
+  flowreg::pgtest::prepare_scene(s, name, "wchaos.so", "wchaos.so");
+  std::ofstream config(s.config());
+  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
+         << WaitJson(s.conninfo).dump() << "\n";
+  return s;
+}
+
+}  // namespace
+
+TEST_SUITE("waits") {
+  TEST_CASE("a sleep step's task is claimable only when its sleep ends; then its run goes on") {
+    auto env = flowreg::pgtest::claim_env("wait_sleep");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "remind";
+    flow.steps = {step("order"), wait_sleep_step("nap", {"order"}, {flowreg::Millis{3600000}, {}}),
+                  step("remind", {"nap"})};
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    const auto run = flowreg::pgtest::start_one(env.store, key, {{"n", 1}});
+    auto first = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(first.size() == 1);
+    CHECK(first[0].step_slug == "order");
+    flowreg::pgtest::complete_all(env.store, first);
+
+    // Asleep: its task is queued for an hour from now, no claim takes it, and a worker's call is
+    // told when it is due (not left to its poll).
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test").empty());
+    CHECK(flowreg::pgtest::query_one(
+              env.conninfo,
+              "SELECT count(*) FROM flowreg.tasks WHERE step_slug = 'nap' AND status = 'queued' "
+              "AND attempt = 0 AND available_at BETWEEN now() + interval '59 min' AND now() + "
+              "interval '61 min'") == "1");
+    auto worked = env.store.work("wait-test", {}, {}, std::span(&key, 1), 10, std::nullopt);
+    REQUIRE_MESSAGE(worked, flowreg::testing::failure_text(worked));
+    CHECK(worked->claimed.empty());
+    REQUIRE(worked->next_due_in.has_value());
+    CHECK(*worked->next_due_in > 3500s);
+    const auto asleep = wait_step_of(env.store, run, "nap");
+    CHECK(asleep.kind == "sleep");
+    CHECK(asleep.status == "started");
+    REQUIRE(asleep.waits_until.has_value());
+    CHECK(*asleep.waits_until > std::chrono::system_clock::now() + 3500s);
+    CHECK(flowreg::app::step_wait_text(asleep).starts_with("sleeping until "));
+    CHECK(flowreg::app::step_json(asleep)["waits_until"].is_string());
+
+    // Its hour passes (moved by hand): the next claim takes it; its completion starts "remind".
+    flowreg::pgtest::query_one(env.conninfo,
+                               "UPDATE flowreg.tasks SET available_at = now() WHERE step_slug = "
+                               "'nap' RETURNING 1");
+    auto woke = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(woke.size() == 1);
+    CHECK(woke[0].step_slug == "nap");
+    flowreg::pgtest::complete_all(env.store, woke);
+    auto last = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(last.size() == 1);
+    CHECK(last[0].step_slug == "remind");
+    CHECK(last[0].input == WaitJson{{"nap", 1}});
+    flowreg::pgtest::complete_all(env.store, last);
+    auto ended = env.store.get_run(run).value();
+    REQUIRE(ended.has_value());
+    CHECK(ended->status == fdr::RunStatus::completed);
+  }
+
+  TEST_CASE(
+      "a sleep until a time in the input: the time read, a past time at once, a bad one "
+      "fails the run") {
+    auto env = flowreg::pgtest::claim_env("wait_until");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "until";
+    flow.steps = {wait_sleep_step("wait", {}, {std::nullopt, std::string("/at")}),
+                  step("after", {"wait"})};
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    const auto later = flowreg::pgtest::start_one(env.store, key, {{"at", "2099-01-02T03:04:05Z"}});
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT available_at = '2099-01-02T03:04:05Z' FROM "
+                                     "flowreg.tasks WHERE run_id = '" +
+                                         later + "'") == "t");
+    const auto past =
+        flowreg::pgtest::start_one(env.store, key, {{"at", "2020-01-02 03:04:05.250+02:00"}});
+    auto due = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(due.size() == 1);
+    CHECK(due[0].run_id == past);
+    CHECK(due[0].step_slug == "wait");
+
+    // What is not an RFC 3339 time (PostgreSQL's casts would take 'tomorrow' or a bare date)
+    // fails the run at once, naming the step, the pointer and what it found.
+    for (const WaitJson& bad : {WaitJson("tomorrow"), WaitJson("2026-11-28"), WaitJson(17),
+                                WaitJson("2026-02-30T00:00:00Z"), WaitJson(nullptr)}) {
+      CAPTURE(bad.dump());
+      WaitJson input = WaitJson::object();
+      if (!bad.is_null()) input["at"] = bad;
+      const auto run = flowreg::pgtest::start_one(env.store, key, input);
+      auto info = env.store.get_run(run).value();
+      REQUIRE(info.has_value());
+      CHECK(info->status == fdr::RunStatus::failed);
+      REQUIRE(info->error.has_value());
+      CHECK(info->error->find("step 'wait' sleeps until the time at '/at' of its input") !=
+            std::string::npos);
+      CHECK(info->error->find(bad.is_null() ? "it has nothing there" : "it has " + bad.dump()) !=
+            std::string::npos);
+    }
+  }
+
+  TEST_CASE("a snoozed task is queued again for later without spending its attempt") {
+    auto env = flowreg::pgtest::claim_env("wait_snooze");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "poll";
+    flow.options.max_attempts = 1;
+    flow.steps = {step("check"), step("next", {"check"})};
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    const auto run = flowreg::pgtest::start_one(env.store, key, {{"n", 1}});
+    for (int round = 1; round <= 3; ++round) {
+      CAPTURE(round);
+      auto claimed = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+      REQUIRE(claimed.size() == 1);
+      CHECK(claimed[0].attempt == 1);  // never more: a snooze gives its attempt back
+      fdr::Failure snoozed{claimed[0].id, claimed[0].attempt, {}, false};
+      snoozed.snooze = flowreg::Millis{3600000};
+      auto rejected = env.store.fail(std::span(&snoozed, 1));
+      REQUIRE_MESSAGE(rejected, flowreg::testing::failure_text(rejected));
+      CHECK(rejected->empty());
+      CHECK(flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test").empty());
+      const auto s = wait_step_of(env.store, run, "check");
+      CHECK(s.snoozes == round);
+      CHECK(s.attempts == 0);
+      REQUIRE(s.waits_until.has_value());
+      CHECK(*s.waits_until > std::chrono::system_clock::now() + 3500s);
+      CHECK(flowreg::app::step_wait_text(s).starts_with("snoozed (" + std::to_string(round) +
+                                                        "x) until "));
+      flowreg::pgtest::query_one(env.conninfo,
+                                 "UPDATE flowreg.tasks SET available_at = now() RETURNING 1");
+    }
+    // No attempt was kept (nothing failed), and the run goes on.
+    CHECK(flowreg::pgtest::query_one(env.conninfo, "SELECT count(*) FROM flowreg.task_attempts") ==
+          "0");
+    auto last = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(last.size() == 1);
+    flowreg::pgtest::complete_all(env.store, last);
+    auto next = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(next.size() == 1);
+    CHECK(next[0].step_slug == "next");
+    // A stale snooze (its attempt no longer current) is rejected like any stale result.
+    fdr::Failure stale{last[0].id, last[0].attempt, {}, false};
+    stale.snooze = flowreg::Millis{10};
+    auto rejected = env.store.fail(std::span(&stale, 1));
+    REQUIRE(rejected);
+    CHECK(*rejected == std::vector<fdr::TaskId>{last[0].id});
+  }
+
+  TEST_CASE(
+      "workers: runs sleep 2 s through a SIGKILL of one worker; a handler snoozes 3 times "
+      "on its one attempt") {
+    auto s = wait_scene("wait_workers");
+    // Worker b runs its handlers in handler processes: a snooze crosses its channel.
+    std::vector<flowreg::test::Child> workers;
+    for (const char* id : {"a", "b"}) {
+      workers.push_back(s.worker(id, {"--lease", "1s", "--concurrency", "4", "--isolation",
+                                      id == std::string("a") ? "thread" : "process"}));
+      s.wait_serving(id, "wchaos_nap");
+    }
+    std::vector<fdr::RunId> runs;
+    for (int i = 0; i < 20; ++i) runs.push_back(s.start("wchaos_nap", {{"n", i}}));
+    // Once they all sleep, worker a dies.
+    REQUIRE(flowreg::pgtest::eventually(
+        [&] {
+          return flowreg::pgtest::query_one(
+                     s.conninfo, "SELECT count(*) FROM flowreg.tasks WHERE step_slug = 'nap'") ==
+                 "20";
+        },
+        60s));
+    workers[0].signal(SIGKILL);
+    CHECK(workers[0].wait(10s) == 128 + SIGKILL);
+    for (const auto& run : runs)
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 60s), s.err("b"));
+    for (const auto& run : runs) CHECK(s.run_field(run, "status") == "completed");
+    // Every sleep lasted its 2 s (its step state's start to end), and took no attempt but the
+    // one that ended it.
+    CHECK(flowreg::pgtest::query_one(
+              s.conninfo,
+              "SELECT count(*) FROM flowreg.step_states WHERE step_slug = 'nap' AND status = "
+              "'completed' AND finished_at - started_at >= interval '2 s' AND attempts = 1") ==
+          "20");
+    CHECK(flowreg::pgtest::query_one(
+              s.conninfo,
+              "SELECT count(*) FROM flowreg.step_states WHERE step_slug = 'nap' AND output ? "
+              "'woke_at'") == "20");
+
+    // A handler that snoozes 100 ms 3 times completes on its one attempt.
+    const auto calls = s.dir / "calls";
+    const auto run =
+        s.start("wchaos_snooze", {{"calls", calls.string()}, {"snoozes", 3}, {"ms", 100}});
+    REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 30s), s.err("b"));
+    CHECK(s.run_field(run, "status") == "completed");
+    CHECK(WaitJson::parse(s.run_field(run, "output")) ==
+          WaitJson{{"only", {{"calls", 4}, {"attempt", 1}}}});
+    CHECK(s.run_field(run, "attempts") == "1");
+    workers[1].signal(SIGTERM);
+    CHECK(workers[1].wait(30s) == 0);
+  }
+
+  TEST_CASE("flows show prints a sleep step; runs show says until when a run sleeps") {
+    auto s = wait_scene("wait_cli");
+    const auto flowreg = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
+      return flowreg::test::run_process(args);
+    };
+    const auto shown = flowreg({"flows", "show", "wchaos_until"});
+    REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
+    CHECK(shown.out.find("sleep until the time at /at of its input") != std::string::npos);
+    const auto as_json = flowreg({"flows", "show", "wchaos_nap", "--json"});
+    REQUIRE_MESSAGE(as_json.exit_code == 0, as_json.err);
+    CHECK(WaitJson::parse(as_json.out)["steps"][1]["sleep"] == WaitJson{{"duration", "2s"}});
+    auto w = s.worker("a", {"--concurrency", "1"});
+    s.wait_serving("a", "wchaos_until");
+    const auto run = s.start("wchaos_until", {{"at", "2099-01-02T03:04:05Z"}});
+    const auto run_text = flowreg({"runs", "show", run});
+    REQUIRE_MESSAGE(run_text.exit_code == 0, run_text.err);
+    CAPTURE(run_text.out);
+    CHECK(run_text.out.find("sleeping until 2099-01-02T03:04:05.000Z") != std::string::npos);
+    const auto run_json = flowreg({"runs", "show", run, "--json"});
+    REQUIRE_MESSAGE(run_json.exit_code == 0, run_json.err);
+    CHECK(WaitJson::parse(run_json.out)["steps"][0]["waits_until"] == "2099-01-02T03:04:05.000Z");
+    w.signal(SIGTERM);
+    CHECK(w.wait(30s) == 0);
+  }
+}
