@@ -98,6 +98,7 @@
 // before starting runs, and the workers load the same directory.
 
 #include <fcntl.h>
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <signal.h>
 #include <spawn.h>
@@ -159,8 +160,8 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
 const std::vector<std::string> kScenarios = {
-    "single",  "chain",  "fanout",    "backlog",   "start1",     "startbatch", "latency",
-    "metrics", "scrape", "isolation", "schedules", "priorities", "keys",       "rates"};
+    "single", "chain",     "fanout",    "backlog",    "start1", "startbatch", "latency", "metrics",
+    "scrape", "isolation", "schedules", "priorities", "keys",   "rates",      "waits"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -178,6 +179,7 @@ struct Args {
   int metrics_rounds = 3;
   int isolation_rounds = 3;
   int priority_rounds = 3;   // rounds of the priorities scenario
+  long sleepers = 100'000;   // runs asleep of the waits scenario
   int schedules = 10000;     // the schedules scenario's schedules, each firing every minute
   int schedule_minutes = 2;  // ... for this many ticks
   int schedule_workers = 3;  // ... fired by this many workers
@@ -232,6 +234,14 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                rate limit of 1,000,000 task starts per second, far above the drain); then one
                burn-down of 40,000 runs of bench_rated_1000 (1,000 per second): the completions
                per second from 2 s after the first to 32 s (the bucket's first 1,000 excluded)
+  waits        (only when named) --priority-rounds R rounds of two burn-downs of --runs runs of
+               bench_single at the first --batch and --workers, alternating which goes first:
+               alone, and beside --sleepers N (default 100000) runs of bench_nap asleep (a sleep
+               step until 2099, then a no-op step) started before the workers; prints each
+               round's rates and the mean ratio. Then --sleepers runs of bench_nap whose sleep
+               ends at the same time, 30 s after their start began: the seconds from that time
+               to the last completion, and runs/s against a burn-down of as many bench_nap runs
+               whose sleeps ended before they started (the flow's drain rate)
   schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
                `* * * * *`, fired by --schedule-workers W (default 3) workers for
                --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
@@ -256,7 +266,8 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --isolation-rounds R rounds of the isolation scenario (default 3)
-  --priority-rounds R  rounds of the priorities, keys and rates scenarios (default 3)
+  --priority-rounds R  rounds of the priorities, keys, rates and waits scenarios (default 3)
+  --sleepers N         runs asleep in the waits scenario (default 100000)
   --schedules S        schedules of the schedules scenario (default 10000)
   --schedule-minutes M ticks of the schedules scenario (default 2)
   --schedule-workers W workers of the schedules scenario (default 3)
@@ -346,6 +357,8 @@ Args parse_args(int argc, char** argv) {
       a.schedule_workers = positive(opt, v);
     } else if (opt == "--priority-rounds") {
       a.priority_rounds = positive(opt, v);
+    } else if (opt == "--sleepers") {
+      a.sleepers = positive(opt, v);
     } else if (opt == "--scrape-backlog") {
       a.scrape_backlog = positive_list(opt, v);
     } else if (opt == "--scrape-reads") {
@@ -538,7 +551,7 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
       if (p.error) throw std::runtime_error("plugin " + p.describe_error());
     for (const char* slug :
          {"bench_single", "bench_chain", "bench_fanout", "bench_latency", "bench_keyed",
-          "bench_keyed_runs", "bench_rated_high", "bench_rated_1000"}) {
+          "bench_keyed_runs", "bench_rated_high", "bench_rated_1000", "bench_nap"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -825,11 +838,14 @@ void drop_database(const Env& env, const std::string& conninfo, const std::strin
 // Starts `runs` runs of `slug` in chunks of `chunk` (start_runs); seconds taken. With `levels`
 // (> 0), chunk k is started with priority (k % levels) - levels / 2.
 double start_backlog(RunStore& store, const std::string& slug, const std::string& version,
-                     long runs, int chunk, int levels = 0, int keys = 0) {
+                     long runs, int chunk, int levels = 0, int keys = 0,
+                     const std::string& at = {}) {
   const auto t0 = Clock::now();
   std::vector<Json> inputs;
   for (long i = 0; i < runs; i += chunk) {
-    inputs.assign(static_cast<std::size_t>(std::min<long>(chunk, runs - i)), Json{{"n", i}});
+    // With `at`: the time a sleep step of the flow sleeps until (bench_nap's /at).
+    inputs.assign(static_cast<std::size_t>(std::min<long>(chunk, runs - i)),
+                  at.empty() ? Json{{"n", i}} : Json{{"n", i}, {"at", at}});
     // With `keys`: run j's input has the key "k": j % keys (a concurrency limit's, bench_keyed).
     if (keys > 0)
       for (std::size_t j = 0; j < inputs.size(); ++j)
@@ -858,6 +874,9 @@ struct BurnSpec {
   int priority_levels = 0;  // > 0: the backlog is started with this many priorities
   int keys = 0;             // > 0: the backlog's inputs spread over this many keys ("k")
   bool times = false;       // keep each completion's time (BurnResult::times)
+  long sleepers = 0;        // > 0: this many bench_nap runs asleep until 2099 beside the backlog
+  int wake_in_s = 0;        // > 0: the backlog's (bench_nap's) sleeps end this long after its start
+  bool woke_before = false;  // the backlog's (bench_nap's) sleeps ended before it started
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -975,7 +994,15 @@ struct BurnResult {
   Row start, drain;               // costs: starting the backlog; spawn -> workers exited
   IdleProcesses processes;        // when spec.processes
   std::vector<double> times;      // when spec.times: each completion, seconds after the spawn
+  double wake_s = 0;              // when spec.wake_in_s: the sleeps' end -> last completion
 };
+
+// An RFC 3339 UTC time, to the millisecond.
+std::string rfc3339(std::chrono::system_clock::time_point t) {
+  const auto ms = std::chrono::floor<std::chrono::milliseconds>(t);
+  const auto s = std::chrono::floor<std::chrono::seconds>(ms);
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", s, (ms - s).count());
+}
 
 BurnResult burn_down(Env& env, const BurnSpec& spec) {
   const Args& a = env.args;
@@ -986,17 +1013,46 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
                   spec.isolation.empty() ? "" : "_" + spec.isolation,
                   spec.round > 0 ? fmt::format("_r{}", spec.round) : "") +
       (spec.priority_levels > 0 ? fmt::format("_p{}", spec.priority_levels) : "") +
-      (spec.keys > 0 ? fmt::format("_k{}", spec.keys) : "");
+      (spec.keys > 0 ? fmt::format("_k{}", spec.keys) : "") +
+      (spec.sleepers > 0 ? fmt::format("_s{}", spec.sleepers) : "") +
+      (spec.wake_in_s > 0 ? fmt::format("_wake{}", spec.wake_in_s) : "") +
+      (spec.woke_before ? "_woke" : "");
   BurnResult r;
   r.spec = spec;
 
   const std::string conninfo = fresh_database(env, "wb_" + name);
+  // bench_nap: the sleeps' end (wake_in_s) as the steady clock will read it.
+  Clock::time_point wake_at{};
   {
     auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+    if (spec.sleepers > 0) {
+      const FlowInfo& nap = env.flows.at("bench_nap");
+      value_or_throw(store.upsert_flow(nap.def, nap.version), "upsert bench_nap");
+      const double s = start_backlog(store, "bench_nap", nap.version, spec.sleepers, kStartChunk, 0,
+                                     0, "2099-01-01T00:00:00Z");
+      std::fprintf(stderr, "  %s: %ld runs of bench_nap asleep, started in %.2f s\n", name.c_str(),
+                   spec.sleepers, s);
+      // What their start leaves to do (autovacuum's vacuum and analyze of the tables they
+      // filled, a checkpoint of their WAL) is done now, not during the drain: the drain beside
+      // them measures what sleeping runs cost while they sleep.
+      psql(env, conninfo, "VACUUM (ANALYZE)");
+      psql(env, conninfo, "CHECKPOINT");
+    }
     value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + spec.slug);
     const auto before = snapshot(env, conninfo);
+    std::string at;
+    if (spec.wake_in_s > 0) {
+      wake_at = Clock::now() + std::chrono::seconds(spec.wake_in_s);
+      at = rfc3339(std::chrono::system_clock::now() + std::chrono::seconds(spec.wake_in_s));
+    }
+    if (spec.woke_before) at = "2000-01-01T00:00:00Z";
     r.enqueue_s = start_backlog(store, spec.slug, flow.version, spec.runs, kStartChunk,
-                                spec.priority_levels, spec.keys);
+                                spec.priority_levels, spec.keys, at);
+    if (spec.wake_in_s > 0 && Clock::now() >= wake_at)
+      throw ScenarioFailed(
+          fmt::format("{}: starting the runs took {:.1f} s, past their sleeps' "
+                      "end ({} s): use fewer --sleepers",
+                      name, r.enqueue_s, spec.wake_in_s));
     store = value_or_throw(RunStore::connect(conninfo), "connect");  // flushes the counters
     const auto after = snapshot(env, conninfo);
     r.start = cost_row(spec.scenario, fmt::format("start_runs x{}", kStartChunk), spec.runs,
@@ -1056,6 +1112,7 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
   }
   r.first_s = seconds_between(t0, t_first);
   r.total_s = seconds_between(t0, t_last);
+  if (spec.wake_in_s > 0) r.wake_s = seconds_between(wake_at, t_last);
   if (spec.processes) r.processes = idle_processes(workers);
 
   const auto t_stop = Clock::now();
@@ -1884,6 +1941,9 @@ int run_bench(Env& env) {
   std::vector<std::vector<BurnResult>> key_rounds;  // bench_single, bench_keyed, bench_keyed_runs
   std::vector<std::pair<BurnResult, BurnResult>> rate_pairs;  // bench_single, bench_rated_high
   std::optional<BurnResult> rated_1000;
+  std::vector<std::pair<BurnResult, BurnResult>> wait_pairs;  // bench_single alone, beside sleepers
+  std::optional<BurnResult> woken;                            // bench_nap, all waking at once
+  std::optional<BurnResult> awake;  // bench_nap, every sleep over before the runs started
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
   std::optional<LatencyResult> lat;
@@ -2015,6 +2075,35 @@ int run_bench(Env& env) {
       }
       std::printf("mean rate ratio (rate limit above the drain / plain): %.3f\n",
                   sum / static_cast<double>(rate_pairs.size()));
+    }
+    if (!wait_pairs.empty()) {
+      std::printf(
+          "\nwaits: burn-downs of bench_single alone and beside %ld runs of bench_nap "
+          "asleep\n",
+          a.sleepers);
+      std::printf("%5s %8s %12s %12s %10s\n", "round", "runs", "alone r/s", "beside r/s", "ratio");
+      double sum = 0, plain_sum = 0;
+      for (std::size_t i = 0; i < wait_pairs.size(); ++i) {
+        const auto& [alone, beside] = wait_pairs[i];
+        const double p = static_cast<double>(alone.spec.runs) / alone.total_s;
+        const double q = static_cast<double>(beside.spec.runs) / beside.total_s;
+        sum += q / p;
+        plain_sum += p;
+        std::printf("%5zu %8ld %12.0f %12.0f %10.3f\n", i + 1, alone.spec.runs, p, q, q / p);
+      }
+      const double plain = plain_sum / static_cast<double>(wait_pairs.size());
+      std::printf("mean rate ratio (beside the sleepers / alone): %.3f\n",
+                  sum / static_cast<double>(wait_pairs.size()));
+      if (woken && awake) {
+        const double woke = static_cast<double>(woken->spec.runs) / woken->wake_s;
+        const double drain = static_cast<double>(awake->spec.runs) / awake->total_s;
+        std::printf(
+            "waits: %ld runs of bench_nap (sleep -> no-op) whose sleeps ended at the same time: "
+            "the last completed %.2f s after that time, %.0f runs/s (%.0f tasks/s); the same "
+            "runs with their sleeps over before they started drained at %.0f runs/s: ratio "
+            "%.3f (bench_single alone above: %.0f runs/s)\n",
+            woken->spec.runs, woken->wake_s, woke, 2.0 * woke, drain, woke / drain, plain);
+      }
     }
     if (rated_1000 && !rated_1000->times.empty()) {
       const auto& t = rated_1000->times;
@@ -2193,6 +2282,28 @@ int run_bench(Env& env) {
                     false};
       spec.times = true;
       rated_1000 = burn_down(env, spec);
+    }
+    if (a.wants("waits")) {
+      for (int round = 1; round <= a.priority_rounds; ++round) {
+        std::pair<BurnResult, BurnResult> pair;
+        // Alone first in odd rounds, beside the sleepers first in even ones.
+        for (const bool sleepers : {round % 2 == 0, round % 2 == 1}) {
+          BurnSpec spec{"waits",           "bench_single", 1,    a.workers.front(),
+                        a.batches.front(), a.runs,         false};
+          spec.round = round;
+          spec.sleepers = sleepers ? a.sleepers : 0;
+          (sleepers ? pair.second : pair.first) = burn_down(env, spec);
+        }
+        wait_pairs.push_back(std::move(pair));
+      }
+      BurnSpec spec{"waits",           "bench_nap", 2,    a.workers.front(),
+                    a.batches.front(), a.sleepers,  false};
+      spec.wake_in_s = 30;
+      woken = burn_down(env, spec);
+      // The same runs with their sleeps over before they started: the flow's drain rate.
+      spec.wake_in_s = 0;
+      spec.woke_before = true;
+      awake = burn_down(env, spec);
     }
     if (a.wants("scrape"))
       for (int size : a.scrape_backlog) scrapes.push_back(scrape_reads(env, size));

@@ -9,6 +9,8 @@
 //   (CLOCK_REALTIME,
 //                   microseconds) at which the handler was entered, which worker_bench subtracts
 //                   from the time just before it started the run. Same machine, same clock.
+//   bench_nap       a sleep step until the time at /at of the run's input, then "after" (noop)
+//   (and the limited flows below)
 #include <time.h>
 
 #include <cstdint>
@@ -55,6 +57,10 @@ FLOWREG_PLUGIN(bench_worker) {
       .concurrency(2, "/k")
       .step("only", "noop");
   // Rate limits (docs/flows.md#rate-limits): one far above any drain rate, one of 1,000 per second.
+  // A sleep until /at of the run's input, then a no-op step (docs/flows.md#sleep-steps).
+  auto& nap = plugin.flow("bench_nap").description("worker_bench: sleep until /at, then no-op");
+  nap.sleep_until_step("nap", "/at");
+  nap.step("after", "noop").depends_on({"nap"});
   plugin.flow("bench_rated_high")
       .description("worker_bench: one no-op step, at most 1,000,000 task starts per second")
       .step("only", "noop")
