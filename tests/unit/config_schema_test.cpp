@@ -95,7 +95,7 @@ TEST_SUITE("schema") {
     // Valid: a duration, or a pointer; a step of another kind still needs its handler.
     const auto valid = problems_of_text(
         "flows: [{slug: a, steps: [{slug: s, kind: sleep, duration: 3d}, {slug: u, kind: sleep, "
-        "until: /at, depends_on: [s]}]}]\n");
+        "until: /s/woke_at, depends_on: [s]}]}]\n");
     CHECK(valid == std::vector<std::string>{});
     CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s}]}]\n") ==
           std::vector<std::string>{
@@ -119,6 +119,9 @@ TEST_SUITE("schema") {
              {"{slug: s, kind: sleep, duration: 1s, concurrency: {limit: 1}}",
               "inline.yaml:1:64: flow 'a': step 's' is a sleep step: it runs no handler, so it "
               "takes no concurrency or rate limit"},
+             {"{slug: s, handler: m.s}, {slug: w, kind: sleep, until: /x/at, depends_on: [s]}",
+              "inline.yaml:1:75: flow 'a': step 'w': until '/x/at' points into 'x', which is not "
+              "one of its dependencies (s): its input is {dependency: output}"},
              {"{slug: s, kind: sleep, until: at}",
               "inline.yaml:1:50: flows[0].steps[0].until: the string 'at' is not valid: expected "
               "a JSON pointer into a sleep step's input (its run's input for a root step, else "

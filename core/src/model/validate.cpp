@@ -214,8 +214,29 @@ class Checker {
       report(at + "/duration", fmt::format("step '{}': sleep duration {} is out of range 1ms..{}",
                                            step.slug, format_duration_days(*step.sleep->duration),
                                            format_duration_days(Sleep::kMaxDuration)));
-    if (until)
-      check_key(at + "/until", fmt::format("step '{}': until", step.slug), *step.sleep->until);
+    if (until) {
+      const std::string& pointer = *step.sleep->until;
+      check_key(at + "/until", fmt::format("step '{}': until", step.slug), pointer);
+      // Past a root step, its input is {dependency: output}: the pointer starts at one of them.
+      if (!step.depends_on.empty() && pointer.starts_with('/')) {
+        std::string first = pointer.substr(1, pointer.find('/', 1) - 1);
+        for (std::size_t i = 0; (i = first.find("~1", i)) != std::string::npos; ++i)
+          first.replace(i, 2, "/");
+        for (std::size_t i = 0; (i = first.find("~0", i)) != std::string::npos; ++i)
+          first.replace(i, 2, "~");
+        if (std::find(step.depends_on.begin(), step.depends_on.end(), first) ==
+            step.depends_on.end())
+          report(at + "/until",
+                 fmt::format("step '{}': until '{}' points into '{}', which is not one of its "
+                             "dependencies ({}): its input is {{dependency: output}}",
+                             step.slug, pointer, first, fmt::join(step.depends_on, ", ")));
+      } else if (!step.depends_on.empty()) {
+        report(at + "/until",
+               fmt::format("step '{}': until '{}' is its whole input, {{dependency: output}}, "
+                           "not a time: point into one of its dependencies ({})",
+                           step.slug, pointer, fmt::join(step.depends_on, ", ")));
+      }
+    }
   }
 
   void check_steps() {
