@@ -52,15 +52,6 @@ std::map<std::string, int> per_customer(const std::vector<fdc::ClaimedTask>& tas
 }
 
 // A scratch directory with plugins/wchaos.so and a configuration on a fresh database.
-flowreg::pgtest::WorkerScene gate_scene(const std::string& name) {
-  flowreg::pgtest::WorkerScene s;
-  flowreg::pgtest::prepare_scene(s, name, "wchaos.so", "wchaos.so");
-  std::ofstream config(s.config());
-  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
-         << GateJson(s.conninfo).dump() << "\n";
-  return s;
-}
-
 // One handler execution from the audit file: [start, end) in steady clock ns.
 struct GateSpan {
   std::string customer, run, step, attempt;
@@ -304,7 +295,7 @@ TEST_SUITE("concurrency_keys") {
       "limit, and every run completes") {
     namespace fs = std::filesystem;
     using Clock = std::chrono::steady_clock;
-    auto s = gate_scene("gate_workers");
+    auto s = flowreg::pgtest::wchaos_scene("gate_workers");
     const fs::path audit = s.dir / "audit";
     const auto now_ns = [] { return Clock::now().time_since_epoch().count(); };
     std::vector<flowreg::test::Child> workers;
@@ -387,7 +378,7 @@ TEST_SUITE("concurrency_keys") {
   }
 
   TEST_CASE("flows show prints the limits; runs show and the API's run say why a run waits") {
-    auto s = gate_scene("gate_cli");
+    auto s = flowreg::pgtest::wchaos_scene("gate_cli");
     const auto flowreg = [&](std::vector<std::string> args) {
       args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
       return flowreg::test::run_process(args);

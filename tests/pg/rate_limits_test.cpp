@@ -48,15 +48,6 @@ std::map<std::string, int> rate_per_customer(const std::vector<fdr::ClaimedTask>
   return out;
 }
 
-flowreg::pgtest::WorkerScene rate_scene(const std::string& name) {
-  flowreg::pgtest::WorkerScene s;
-  flowreg::pgtest::prepare_scene(s, name, "wchaos.so", "wchaos.so");
-  std::ofstream config(s.config());
-  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
-         << RateJson(s.conninfo).dump() << "\n";
-  return s;
-}
-
 }  // namespace
 
 TEST_SUITE("rate_limits") {
@@ -207,7 +198,7 @@ TEST_SUITE("rate_limits") {
       "allows, and every run completes") {
     namespace fs = std::filesystem;
     using Clock = std::chrono::steady_clock;
-    auto s = rate_scene("rate_workers");
+    auto s = flowreg::pgtest::wchaos_scene("rate_workers");
     const fs::path audit = s.dir / "audit";
     std::vector<flowreg::test::Child> workers;
     for (const char* id : {"a", "b", "c"}) {
@@ -275,7 +266,7 @@ TEST_SUITE("rate_limits") {
   }
 
   TEST_CASE("flows show prints a rate limit; runs show says until when a run is rate limited") {
-    auto s = rate_scene("rate_cli");
+    auto s = flowreg::pgtest::wchaos_scene("rate_cli");
     const auto flowreg = [&](std::vector<std::string> args) {
       args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
       return flowreg::test::run_process(args);

@@ -51,15 +51,6 @@ fdr::StepInfo wait_step_of(fdr::RunStore& store, const fdr::RunId& run, const st
   return {};
 }
 
-flowreg::pgtest::WorkerScene wait_scene(const std::string& name) {
-  flowreg::pgtest::WorkerScene s;
-  flowreg::pgtest::prepare_scene(s, name, "wchaos.so", "wchaos.so");
-  std::ofstream config(s.config());
-  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
-         << WaitJson(s.conninfo).dump() << "\n";
-  return s;
-}
-
 }  // namespace
 
 TEST_SUITE("waits") {
@@ -207,7 +198,7 @@ TEST_SUITE("waits") {
   TEST_CASE(
       "workers: runs sleep 2 s through a SIGKILL of one worker; a handler snoozes 3 times "
       "on its one attempt") {
-    auto s = wait_scene("wait_workers");
+    auto s = flowreg::pgtest::wchaos_scene("wait_workers");
     // Worker b runs its handlers in handler processes: a snooze crosses its channel.
     std::vector<flowreg::test::Child> workers;
     for (const char* id : {"a", "b"}) {
@@ -256,7 +247,7 @@ TEST_SUITE("waits") {
   }
 
   TEST_CASE("flows show prints a sleep step; runs show says until when a run sleeps") {
-    auto s = wait_scene("wait_cli");
+    auto s = flowreg::pgtest::wchaos_scene("wait_cli");
     const auto flowreg = [&](std::vector<std::string> args) {
       args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
       return flowreg::test::run_process(args);

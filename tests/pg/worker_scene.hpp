@@ -144,4 +144,15 @@ inline void prepare_scene(WorkerScene& s, const std::string& name, const std::st
   REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
 }
 
+// A scene of the wchaos plugin (tests/plugins/wchaos.cpp) and a configuration of its plugins
+// directory, not watched, and its database (concurrency keys, rate limits, waits).
+inline WorkerScene wchaos_scene(const std::string& name) {
+  WorkerScene s;
+  prepare_scene(s, name, "wchaos.so", "wchaos.so");
+  std::ofstream config(s.config());
+  config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  url: "
+         << nlohmann::json(s.conninfo).dump() << "\n";
+  return s;
+}
+
 }  // namespace flowreg::pgtest

@@ -48,6 +48,7 @@ class FakeStore final : public fd::WorkerStore {
   struct Trip {  // one work() call
     std::vector<fd::TaskId> completed, failed;
     std::vector<std::string> errors;
+    std::vector<long long> snoozes;  // per failure: its snooze in ms, or -1 for none
     std::size_t flows = 0;
     int limit = 0;
     int claimed = 0;
@@ -144,6 +145,7 @@ class FakeStore final : public fd::WorkerStore {
     for (const auto& f : failed) {
       trip.failed.push_back(f.id);
       trip.errors.push_back(f.error);
+      trip.snoozes.push_back(f.snooze ? f.snooze->count() : -1);
     }
     trip.flows = flows.size();
     trip.limit = limit;
@@ -371,6 +373,39 @@ TEST_SUITE("flow_service") {
     CHECK(claimed_in < recorded_in);
     CHECK(trips[recorded_in].flows == 1);  // recorded by the flow, which claims in the same trip
     CHECK(eventually([&] { return s.engine->held() == 0; }));
+  }
+
+  TEST_CASE("a snooze is recorded as one; a delay that is not 1 ms to 366 days fails the attempt") {
+    // The handler's text is the plugin's: each value its own task.
+    const std::vector<std::pair<std::string, long long>> cases = {
+        {"30000", 30'000},
+        {"1", 1},
+        {"31622400000", 31'622'400'000},  // 366 days
+        {"0", -1},
+        {"31622400001", -1},
+        {"soon", -1},
+        {"", -1},
+        {"-5", -1},
+        {"99999999999999999999", -1},
+        {"12 ", -1}};
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      const auto& [text, expected] = cases[i];
+      CAPTURE(text);
+      Scene s;
+      const fd::TaskId id = 40 + static_cast<fd::TaskId>(i);
+      s.store->add_ready(id);
+      s.start_service(s.state([text = text] {
+        return HandlerOutcome{HandlerOutcome::Status::snooze, text};
+      }));
+      REQUIRE(s.store->wait([&] { return s.store->count_failed(id) == 1; }));
+      const auto trips = s.store->trips();
+      for (const auto& t : trips)
+        for (std::size_t f = 0; f < t.failed.size(); ++f) {
+          if (t.failed[f] != id) continue;
+          CHECK(t.snoozes[f] == expected);
+          if (expected < 0) CHECK(t.errors[f].find("asked to snooze for '") != std::string::npos);
+        }
+    }
   }
 
   TEST_CASE("a notification for its flow wakes it: it claims without waiting for its poll") {
