@@ -146,6 +146,17 @@ TEST_SUITE("waits") {
       CHECK(info->error->find(bad.is_null() ? "it has nothing there" : "it has " + bad.dump()) !=
             std::string::npos);
     }
+    // One bad time among the runs of one start fails that run only.
+    const std::vector<WaitJson> batch = {
+        {{"at", "2099-01-01T00:00:00Z"}}, {{"at", "soon"}}, {{"at", "2099-01-01T00:00:00+01:00"}}};
+    auto started = env.store.start_runs(key.slug, key.version, batch);
+    REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+    REQUIRE(started->size() == 3);
+    for (std::size_t i = 0; i < 3; ++i) {
+      auto info = env.store.get_run((*started)[i]).value();
+      REQUIRE(info.has_value());
+      CHECK(info->status == (i == 1 ? fdr::RunStatus::failed : fdr::RunStatus::started));
+    }
   }
 
   TEST_CASE("a snoozed task is queued again for later without spending its attempt") {

@@ -100,7 +100,8 @@ TEST_SUITE("schema") {
     CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s}]}]\n") ==
           std::vector<std::string>{
               "inline.yaml:1:27: flows[0].steps[0]: missing required key 'handler'"});
-    for (const auto& [yaml, expected] : std::vector<std::pair<std::string, std::string>>{
+    // A pair, not a structured binding: clang 14 lets no lambda (CAPTURE's) refer to one.
+    for (const auto& item : std::vector<std::pair<std::string, std::string>>{
              {"{slug: s, kind: sleep}",
               "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
               "or until (a JSON pointer to an RFC 3339 time in its input)"},
@@ -127,12 +128,13 @@ TEST_SUITE("schema") {
               "a JSON pointer into a sleep step's input (its run's input for a root step, else "
               "{dependency: output}), such as /approve/remind_at, to an RFC 3339 time that the "
               "step sleeps until"}}) {
+      const std::string& yaml = item.first;
       CAPTURE(yaml);
       const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
       std::string text;
       for (const auto& g : got) text += g + "\n";
       CAPTURE(text);
-      CHECK(got == std::vector<std::string>{expected});
+      CHECK(got == std::vector<std::string>{item.second});
     }
   }
 

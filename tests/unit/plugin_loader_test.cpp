@@ -193,12 +193,12 @@ TEST_SUITE("plugin_loader") {
 
   TEST_CASE("a plugin of the next ABI major is refused, naming both versions") {
     check_fixture("abi_major_next", PluginStatus::rejected, "abi",
-                  "was built for plugin ABI 2.0; this flowreg supports ABI 1.0 to 1.0");
+                  "was built for plugin ABI 2.1; this flowreg supports ABI 1.0 to 1.1");
   }
 
   TEST_CASE("a plugin of a newer ABI minor is refused, naming both versions") {
     check_fixture("abi_minor_newer", PluginStatus::rejected, "abi",
-                  "was built for plugin ABI 1.1, newer than this flowreg's 1.0");
+                  "was built for plugin ABI 1.2, newer than this flowreg's 1.1");
   }
 
   TEST_CASE("a definition that throws is rejected with the exception's message") {
@@ -422,7 +422,7 @@ TEST_SUITE("plugin_loader") {
     auto [bad_status, bad_out] = run({"plugins", "check", (kFixtures / "other.so").string(),
                                       (kFixtures / "abi_major_next.so").string()});
     CHECK(bad_status == 1);
-    CHECK(bad_out.find("abi_major_next.so: [abi] was built for plugin ABI 2.0") !=
+    CHECK(bad_out.find("abi_major_next.so: [abi] was built for plugin ABI 2.1") !=
           std::string::npos);
   }
 }

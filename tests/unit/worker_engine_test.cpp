@@ -389,12 +389,14 @@ TEST_SUITE("flow_service") {
         {"99999999999999999999", -1},
         {"12 ", -1}};
     for (std::size_t i = 0; i < cases.size(); ++i) {
-      const auto& [text, expected] = cases[i];
+      // Not a structured binding: clang 14 lets no lambda (CAPTURE's) refer to one.
+      const std::string text = cases[i].first;
+      const long long expected = cases[i].second;
       CAPTURE(text);
       Scene s;
       const fd::TaskId id = 40 + static_cast<fd::TaskId>(i);
       s.store->add_ready(id);
-      s.start_service(s.state([text = text] {
+      s.start_service(s.state([text] {
         return HandlerOutcome{HandlerOutcome::Status::snooze, text};
       }));
       REQUIRE(s.store->wait([&] { return s.store->count_failed(id) == 1; }));
