@@ -666,7 +666,8 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25}));
+    CHECK(upgrade(db) ==
+          std::vector<int>({12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
