@@ -2,8 +2,9 @@
 -- The attempts of those still queued or started are added to their step states, or to their run
 -- when it keeps its one step's state (migration 0012) (a completed map task's were added when it
 -- completed). A chain's run (migration 0017) has no step state for the step whose task was queued
--- or started: it is written now, cancelled, with those attempts. Later results of these tasks are rejected: their rows are gone. REQUIRES: the runs
--- are locked.
+-- or started: it is written now, cancelled, with those attempts. Later results of these tasks are
+-- rejected: their rows are gone. Their wait steps stop waiting for events (migration 0026: their
+-- event_waits rows go, by primary key). REQUIRES: the runs are locked.
 --
 -- Plans stable by construction: tasks are found through tasks_by_run by run id, and a solo task
 -- (a one-step flow's, migration 0013) through tasks_pkey by its run's task_id; step states and
@@ -17,6 +18,7 @@ DECLARE
   v_steps text[];
   v_n int[];
 BEGIN
+  DELETE FROM flowreg.event_waits w WHERE w.run_id = ANY (p_runs);
   WITH by_run AS (
     DELETE FROM flowreg.tasks t WHERE t.run_id = ANY (p_runs) AND NOT t.solo
     RETURNING t.run_id, t.step_slug, t.attempt, t.status, t.chained, t.created_at, t.flow_slug,

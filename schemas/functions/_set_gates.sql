@@ -1,9 +1,9 @@
 -- Writes the gates of a flow version's steps (migrations 0023, 0024) from its stored definition.
 -- Concurrency: a step's own `concurrency` ({"limit", "key"}: a JSON pointer, absent for one key),
 -- else the flow's for its root steps. Rate limits: a step's own `rate_limit` ({"limit", "per_ms",
--- "key"}), else the flow's, for every step but a sleep step (migration 0025); a rate-limited step
--- without a concurrency limit gets the gate '|<step>:' keyed by the rate limit's key (migration
--- 0024: no running task counted).
+-- "key"}), else the flow's, for every step but a sleep or wait step (migrations 0025, 0026); a
+-- rate-limited step without a concurrency limit gets the gate '|<step>:' keyed by the rate
+-- limit's key (migration 0024: no running task counted).
 -- (The model refuses a rate limit on a root step of a flow with a concurrency limit, and a rate
 -- limit keyed by another pointer than the concurrency limit over the same tasks.) Like a timeout,
 -- a changed limit applies to the tasks created from then on, but a step left without one frees
@@ -22,8 +22,9 @@ BEGIN
     SELECT s->>'slug' AS step_slug,
            coalesce(s->'concurrency', CASE WHEN jsonb_array_length(s->'depends_on') = 0
                                            THEN v_def->'concurrency' END) AS c,
-           -- A sleep step's task (migration 0025) takes no token: it runs no handler.
-           CASE WHEN s->>'kind' IS DISTINCT FROM 'sleep'
+           -- A sleep or wait step's task (migrations 0025, 0026) takes no token: it runs no
+           -- handler.
+           CASE WHEN coalesce(s->>'kind', '') NOT IN ('sleep', 'wait')
                 THEN coalesce(s->'rate_limit', v_def->'rate_limit') END AS r,
            CASE WHEN s ? 'rate_limit' THEN s->>'slug' ELSE '' END AS scope,
            s ? 'concurrency' OR jsonb_array_length(s->'depends_on') > 0 AS own

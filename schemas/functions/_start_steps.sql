@@ -3,8 +3,13 @@
 -- or fails the run when a map step's input is not an array. A sleep step's one task (migration
 -- 0025) is created queued, available when its sleep ends: its duration from now, or the RFC 3339
 -- time at its pointer in its input (a time gone: at once); a run whose sleep step's input has no
--- such time there fails. Within a work() call, the tasks are created claimed by its worker as far
--- as it has room, as in _account_steps (a sleep step's never); the rest are queued.
+-- such time there fails. A wait step (migration 0026) that finds its signal kept for its run
+-- completes at once with its data (the signal is consumed); otherwise it starts to wait: with a
+-- task only when it has a timeout (queued, available when the timeout ends), and, waiting for an
+-- event, an event_waits row under the key of the values its match reads in its input (a run whose
+-- input has no value there fails). Within a work() call, the tasks are created claimed by its
+-- worker as far as it has room, as in _account_steps (a sleep or wait step's never); the rest are
+-- queued.
 -- Then completes the runs that have no step left. Set-based: one pass handles every ready step of
 -- every run given. The ready steps are found from the given runs first (a materialized
 -- primary-key lookup), so the cost does not grow with the history of runs of the flow.
@@ -45,13 +50,19 @@ BEGIN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT d.output FROM flowreg.step_states d
                                WHERE d.run_id = r.id AND d.step_slug = fs.deps[1]) END
-                  WHEN fs.sleep_path IS NOT NULL THEN
+                  WHEN fs.sleep_path IS NOT NULL OR jsonb_array_length(fs.wait_match) > 0 THEN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                                FROM flowreg.step_states d
                                WHERE d.run_id = r.id AND d.step_slug = ANY (fs.deps)) END
              END AS input,
-             fs.sleep_ms, fs.sleep_path
+             fs.sleep_ms, fs.sleep_path, fs.wait_signal, fs.wait_event, fs.wait_match,
+             fs.wait_timeout_ms,
+             -- A wait step's signal kept for its run (sent before it started).
+             CASE WHEN fs.wait_signal IS NOT NULL THEN
+               (SELECT g.data FROM flowreg.signals g
+                WHERE g.run_id = r.id AND g.name = fs.wait_signal AND g.step_slug IS NULL) END
+               AS signal_data
       -- Driven by the run ids (primary key probes, materialized first), whatever the statistics
       -- say: each run's step states, then each step, by key in lateral subqueries (as joins, a
       -- plan made while the tables were small probed flow_steps by flow version, then walked
@@ -61,7 +72,8 @@ BEGIN
                           WHERE s.run_id = r.id AND s.status = 'created'
                             AND s.remaining_deps = 0 OFFSET 0) s
       CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority, f.gate_prefix,
-                                 f.gate_path, f.sleep_ms, f.sleep_path
+                                 f.gate_path, f.sleep_ms, f.sleep_path, f.wait_signal,
+                                 f.wait_event, f.wait_match, f.wait_timeout_ms
                           FROM flowreg.flow_steps f
                           WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                             AND f.step_slug = s.step_slug OFFSET 0) fs
@@ -69,14 +81,23 @@ BEGIN
     sized AS MATERIALIZED (
       SELECT w.*,
              CASE WHEN kind = 'sleep' THEN CASE WHEN w.wake IS NULL THEN -1 ELSE 1 END
+                  WHEN kind = 'wait' THEN
+                    CASE WHEN w.signal_data IS NOT NULL THEN 0
+                         WHEN w.wait_event IS NOT NULL AND w.match_key IS NULL THEN -1
+                         ELSE 1 END
                   WHEN kind <> 'map' THEN 1
                   WHEN jsonb_typeof(input) = 'array' THEN jsonb_array_length(input)
                   ELSE -1 END AS n
       FROM (SELECT ready.*,
                    -- A sleep step's end (NULL: no RFC 3339 time where it reads one).
-                   CASE WHEN kind <> 'sleep' THEN NULL
+                   -- A wait step's timeout (NULL: none, it has no task).
+                   CASE WHEN kind = 'wait' THEN now() + wait_timeout_ms * interval '1 ms'
+                        WHEN kind <> 'sleep' THEN NULL
                         WHEN sleep_ms IS NOT NULL THEN now() + sleep_ms * interval '1 ms'
-                        ELSE flowreg._rfc3339(input #>> sleep_path) END AS wake
+                        ELSE flowreg._rfc3339(input #>> sleep_path) END AS wake,
+                   -- A wait step's on an event: the key it waits under (NULL: a value missing).
+                   CASE WHEN wait_event IS NOT NULL
+                        THEN flowreg._match_key(wait_match, input, 'run') END AS match_key
             FROM ready) w
     ),
     -- Within a work() call, the first `take` tasks of each step (in element order) are created
@@ -84,7 +105,7 @@ BEGIN
     -- not serve, or outside a work() call, or with a gate (its tasks wait for _claim_gated).
     -- Decided per step (few rows), not per element.
     offered AS (
-      SELECT z.*, z.n > 0 AND z.gate IS NULL AND z.kind <> 'sleep'
+      SELECT z.*, z.n > 0 AND z.gate IS NULL AND z.kind NOT IN ('sleep', 'wait')
                   AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
                                false) AS served
       FROM sized z
@@ -108,7 +129,7 @@ BEGIN
       CROSS JOIN LATERAL jsonb_array_elements(
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
         WITH ORDINALITY AS e(elem, i)
-      WHERE z.n > 0
+      WHERE z.n > 0 AND NOT (z.kind = 'wait' AND z.wake IS NULL)
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
@@ -131,8 +152,16 @@ BEGIN
           task_count = greatest(z.n, 0),
           started_at = now(),
           finished_at = CASE WHEN z.n <= 0 THEN now() END,
-          output = CASE WHEN z.n = 0 THEN '[]'::jsonb END,
-          error = CASE WHEN z.n < 0 AND z.kind = 'sleep' THEN
+          output = CASE WHEN z.n = 0 THEN coalesce(z.signal_data, '[]'::jsonb) END,
+          error = CASE WHEN z.n < 0 AND z.kind = 'wait' THEN
+            format('step %L waits for event %L where %s, but its input has nothing at %s',
+                   z.step_slug, z.wait_event,
+                   (SELECT string_agg(format('%s = the value at %s of its input', m->>'at',
+                                             m->>'from'), ' and ')
+                    FROM jsonb_array_elements(z.wait_match) m),
+                   (SELECT string_agg(m->>'from', ', ') FROM jsonb_array_elements(z.wait_match) m
+                    WHERE z.input #> ARRAY(SELECT jsonb_array_elements_text(m->'run')) IS NULL))
+                       WHEN z.n < 0 AND z.kind = 'sleep' THEN
             format('step %L sleeps until the time at %L of its input, but %s there, not an RFC '
                    '3339 time such as "2026-11-28T09:00:00Z"', z.step_slug,
                    CASE WHEN cardinality(z.sleep_path) = 0 THEN ''
@@ -146,6 +175,26 @@ BEGIN
       FROM sized z
       WHERE s.run_id = ANY (ARRAY[z.run_id]) AND s.step_slug = ANY (ARRAY[z.step_slug])
       RETURNING s.run_id, s.step_slug, s.status, s.error, z.flow_slug, z.flow_version
+    ),
+    -- A wait step on an event starts to wait under its key, with the values it waits for (shown).
+    waits AS (
+      INSERT INTO flowreg.event_waits (run_id, step_slug, event, match_key, match)
+      SELECT z.run_id, z.step_slug, z.wait_event, z.match_key,
+             coalesce((SELECT jsonb_object_agg(m->>'at',
+                                               z.input #> ARRAY(SELECT jsonb_array_elements_text(
+                                                                  m->'run')))
+                       FROM jsonb_array_elements(z.wait_match) m), '{}'::jsonb)
+      FROM sized z WHERE z.kind = 'wait' AND z.wait_event IS NOT NULL AND z.n > 0
+      ON CONFLICT (run_id, step_slug) DO UPDATE
+        SET event = excluded.event, match_key = excluded.match_key, match = excluded.match,
+            since = now()
+    ),
+    -- A wait step that found its signal kept consumes it.
+    took AS (
+      UPDATE flowreg.signals g SET step_slug = z.step_slug, consumed_at = now()
+      FROM sized z
+      WHERE z.kind = 'wait' AND z.n = 0 AND g.run_id = ANY (ARRAY[z.run_id])
+        AND g.name = z.wait_signal AND g.step_slug IS NULL
     )
     SELECT array_agg(u.run_id) FILTER (WHERE u.status = 'completed'),
            array_agg(u.step_slug) FILTER (WHERE u.status = 'completed'),

@@ -22,7 +22,8 @@
 -- here, by run id (tasks through tasks_by_run), and a solo task by its run's task_id (migration
 -- 0013). An ended run's tasks have left the queue already (migration 0009): these deletes are a
 -- safety net. The attempts kept of its tasks (task_attempts, migration 0019) go by run id too,
--- through their primary key (whose first column is the run).
+-- through their primary key (whose first column is the run), and the signals sent to it
+-- (migration 0026) through theirs (run, name).
 CREATE OR REPLACE FUNCTION flowreg.prune(p_before timestamptz, p_limit int, p_slug text,
                                          p_created timestamptz, OUT deleted bigint,
                                          OUT last_slug text, OUT last_created timestamptz)
@@ -49,6 +50,7 @@ LANGUAGE sql AS $$
   ),
   s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   a AS (DELETE FROM flowreg.task_attempts WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
+  g AS (DELETE FROM flowreg.signals WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)) AND NOT solo),
   solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d))
                                         AND run_id = ANY (ARRAY(SELECT id FROM d))),

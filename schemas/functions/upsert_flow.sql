@@ -7,7 +7,9 @@
 -- to it must never change. A step's priority (`options.priority`, absent: 0) is an option too;
 -- the version's priority levels (queue_levels, migration 0022) get its steps' priorities. So are
 -- the flow's and the steps' concurrency limits (`concurrency`, migration 0023: _set_gates). A
--- sleep step's `sleep` ({"ms"} or {"until": pointer}, migration 0025) is shape.
+-- sleep step's `sleep` ({"ms"} or {"until": pointer}, migration 0025) is shape, and so is a wait
+-- step's `wait` ({"signal"} or {"event", "match": {event pointer: input pointer}}, with
+-- "timeout_ms" and "default" when set: migration 0026).
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
@@ -40,7 +42,8 @@ BEGIN
   END IF;
   INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
                                   is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms,
-                                  priority, sleep_ms, sleep_path)
+                                  priority, sleep_ms, sleep_path, wait_signal, wait_event,
+                                  wait_match, wait_timeout_ms)
   SELECT p_slug, p_version, s->>'slug', (i - 1)::int, s->>'kind', coalesce(s->>'handler', ''),
          ARRAY(SELECT jsonb_array_elements_text(s->'depends_on')),
          NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_def->'steps') o
@@ -51,11 +54,17 @@ BEGIN
          -- A sleep step's (migration 0025): its duration, or the pointer to the time it sleeps
          -- until as a path ("/a/b~1c" -> {a,b/c}).
          (s->'sleep'->>'ms')::bigint,
-         CASE WHEN s->'sleep' ? 'until' THEN
-           ARRAY(SELECT replace(replace(p.t, '~1', '/'), '~0', '~')
-                 FROM unnest((string_to_array(s->'sleep'->>'until', '/'))[2:])
-                      WITH ORDINALITY AS p(t, i)
-                 ORDER BY p.i) END
+         CASE WHEN s->'sleep' ? 'until' THEN flowreg._pointer_path(s->'sleep'->>'until') END,
+         -- A wait step's (migration 0026): its match as pairs of paths, sorted by event pointer.
+         s->'wait'->>'signal', s->'wait'->>'event',
+         CASE WHEN s->'wait' ? 'event' THEN
+           coalesce((SELECT jsonb_agg(jsonb_build_object(
+                              'at', m.key, 'from', m.value #>> '{}',
+                              'event', to_jsonb(flowreg._pointer_path(m.key)),
+                              'run', to_jsonb(flowreg._pointer_path(m.value #>> '{}')))
+                            ORDER BY m.key)
+                     FROM jsonb_each(s->'wait'->'match') AS m), '[]'::jsonb) END,
+         (s->'wait'->>'timeout_ms')::bigint
   FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
   PERFORM flowreg._add_levels(p_slug, p_version);
   PERFORM flowreg._set_gates(p_slug, p_version);

@@ -19,7 +19,17 @@ SELECT s.step_slug, s.kind, s.status, s.task_count,
 -- retry's delay: migration 0025), and how many times its tasks were snoozed; its tasks found as
 -- above.
  (extract(epoch FROM w.waits_until) * 1000000)::bigint AS waits_until_us,
- coalesce(w.snoozes, 0) AS snoozes
+ coalesce(w.snoozes, 0) AS snoozes,
+-- What a wait step waits for (migration 0026): {"signal"}, or {"event", "match": the values it
+-- waits for, once it waits}; NULL for other kinds. Its flow step by key, through its run.
+ (SELECT CASE WHEN f.wait_signal IS NOT NULL THEN jsonb_build_object('signal', f.wait_signal)
+              ELSE jsonb_build_object('event', f.wait_event, 'match',
+                     (SELECT ew.match FROM flowreg.event_waits ew
+                      WHERE ew.run_id = s.run_id AND ew.step_slug = s.step_slug)) END
+  FROM flowreg.runs r
+  JOIN flowreg.flow_steps f ON f.flow_slug = r.flow_slug AND f.version = r.flow_version
+                           AND f.step_slug = s.step_slug
+  WHERE r.id = s.run_id AND s.kind = 'wait')::text AS waits_for
 -- The view holds both layouts: step_states rows, and the one step of a run that keeps its state
 -- in its own row (migration 0012).
  FROM flowreg.steps s

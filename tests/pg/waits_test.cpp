@@ -1,4 +1,5 @@
-// Durable waiting (migration 0025): sleep steps and snoozed tasks. Claims through RunStore on the
+// Durable waiting (migrations 0025, 0026): sleep steps, snoozed tasks, wait steps on signals and
+// events. Claims through RunStore on the
 // shared cluster: a sleep step's task is created queued for the end of its sleep (a duration, or
 // the RFC 3339 time at a pointer into its input), so no claim takes it before, and a run whose
 // input has no such time fails with a message naming the step and the pointer; a snoozed task is
@@ -12,7 +13,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <optional>
 #include <pqxx/pqxx>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -39,6 +43,22 @@ flowreg::StepDef wait_sleep_step(const std::string& slug, std::vector<std::strin
   s.depends_on = std::move(deps);
   s.sleep = std::move(sleep);
   return s;
+}
+
+flowreg::StepDef wait_step(const std::string& slug, std::vector<std::string> deps,
+                           flowreg::Wait wait) {
+  flowreg::StepDef s;
+  s.slug = slug;
+  s.kind = flowreg::StepKind::wait;
+  s.depends_on = std::move(deps);
+  s.wait = std::move(wait);
+  return s;
+}
+
+flowreg::Wait on_signal(const std::string& name) {
+  flowreg::Wait w;
+  w.signal = name;
+  return w;
 }
 
 // The step `slug` of `run` as run_steps reads it.
@@ -206,6 +226,162 @@ TEST_SUITE("waits") {
     CHECK(*rejected == std::vector<fdr::TaskId>{last[0].id});
   }
 
+  TEST_CASE("a signal ends its run's wait step; one sent before the wait is kept; refusals") {
+    auto env = flowreg::pgtest::claim_env("wait_signal");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "approval";
+    flow.steps = {step("order"), wait_step("approve", {"order"}, on_signal("approve")),
+                  step("ship", {"approve"})};
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    const auto waiting = flowreg::pgtest::start_one(env.store, key, {{"n", 1}});
+    const auto early = flowreg::pgtest::start_one(env.store, key, {{"n", 2}});
+
+    // Sent before its wait step starts: kept, then consumed when it starts.
+    auto kept = env.store.send_signal(early, "approve", {{"ok", "early"}});
+    REQUIRE_MESSAGE(kept, flowreg::testing::failure_text(kept));
+    CHECK(kept->outcome == "kept");
+    auto orders = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(orders.size() == 2);
+    flowreg::pgtest::complete_all(env.store, orders);
+    // The early run went on at once: its ship task is claimable, its wait's output the data.
+    auto shipped = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(shipped.size() == 1);
+    CHECK(shipped[0].run_id == early);
+    CHECK(shipped[0].input == WaitJson{{"approve", {{"ok", "early"}}}});
+
+    // The other waits: no task, no claim; runs show says what for.
+    CHECK(flowreg::pgtest::query_one(
+              env.conninfo,
+              "SELECT count(*) FROM flowreg.tasks WHERE run_id = '" + waiting + "'") == "0");
+    const auto w = wait_step_of(env.store, waiting, "approve");
+    CHECK(w.status == "started");
+    CHECK(flowreg::app::step_wait_text(w) == "waiting for signal 'approve'");
+    CHECK(flowreg::app::step_json(w)["waits_for"] == WaitJson{{"signal", "approve"}});
+
+    // A name its flow does not wait for: refused, naming what it waits for; nothing written.
+    auto unknown = env.store.send_signal(waiting, "aprove", {});
+    REQUIRE(!unknown);
+    CHECK(unknown.error().code == flowreg::Errc::invalid_argument);
+    CHECK(unknown.error().message.find("waits for no signal 'aprove': it waits for 'approve'") !=
+          std::string::npos);
+    // Delivered with a key; the same key again is a duplicate of it; another send is refused.
+    auto sent = env.store.send_signal(waiting, "approve", {{"ok", true}}, std::string("k1"));
+    REQUIRE_MESSAGE(sent, flowreg::testing::failure_text(sent));
+    CHECK(sent->outcome == "delivered");
+    auto again = env.store.send_signal(waiting, "approve", {{"ok", false}}, std::string("k1"));
+    REQUIRE_MESSAGE(again, flowreg::testing::failure_text(again));
+    CHECK(again->outcome == "duplicate");
+    CHECK(again->id == sent->id);
+    auto twice = env.store.send_signal(waiting, "approve", {{"ok", false}});
+    REQUIRE(!twice);
+    CHECK(twice.error().message.find("already got signal 'approve'") != std::string::npos);
+    CHECK(wait_step_of(env.store, waiting, "approve").output == WaitJson{{"ok", true}});
+    auto next = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(next.size() == 1);
+    CHECK(next[0].run_id == waiting);
+    CHECK(next[0].input == WaitJson{{"approve", {{"ok", true}}}});
+    flowreg::pgtest::complete_all(env.store, next);
+    flowreg::pgtest::complete_all(env.store, shipped);
+    // Ended runs take no signal; a run that does not exist is not found.
+    auto ended = env.store.send_signal(waiting, "approve", {}, std::string("k2"));
+    REQUIRE(!ended);
+    CHECK(ended.error().message.find("has ended (completed)") != std::string::npos);
+    auto none = env.store.send_signal("00000000-0000-0000-0000-000000000000", "approve", {});
+    REQUIRE(!none);
+    CHECK(none.error().code == flowreg::Errc::not_found);
+    CHECK(flowreg::pgtest::query_one(env.conninfo, "SELECT count(*) FROM flowreg.signals") == "2");
+  }
+
+  TEST_CASE("an event resumes exactly the runs waiting for its values, once; a timeout's task") {
+    auto env = flowreg::pgtest::claim_env("wait_event");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "paid";
+    flowreg::Wait paid;
+    paid.event = "paid";
+    paid.match = {{"/order", "/order/id"}, {"/shop", "/shop"}};
+    paid.timeout = flowreg::Millis{3600000};
+    flow.steps = {wait_step("paid", {}, paid), step("ship", {"paid"})};
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    std::vector<fdr::RunId> runs;
+    for (int i = 0; i < 6; ++i)
+      runs.push_back(flowreg::pgtest::start_one(
+          env.store, key, {{"order", {{"id", i % 3}}}, {"shop", i < 3 ? "a" : "b"}}));
+    // A run whose input has no value where its match reads one fails, naming the pointer.
+    const auto missing = flowreg::pgtest::start_one(env.store, key, {{"shop", "a"}});
+    auto failed = env.store.get_run(missing).value();
+    REQUIRE(failed.has_value());
+    CHECK(failed->status == fdr::RunStatus::failed);
+    CHECK(failed->error.value_or("").find("its input has nothing at /order/id") !=
+          std::string::npos);
+    // Each waits under its key, with one task: its timeout's, an hour ahead.
+    CHECK(flowreg::pgtest::query_one(env.conninfo, "SELECT count(*) FROM flowreg.event_waits") ==
+          "6");
+    CHECK(flowreg::pgtest::query_one(
+              env.conninfo,
+              "SELECT count(*) FROM flowreg.tasks WHERE step_slug = 'paid' AND available_at > "
+              "now() + interval '59 min'") == "6");
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test").empty());
+    const auto w = wait_step_of(env.store, runs[1], "paid");
+    CHECK(flowreg::app::step_wait_text(w).starts_with(
+        "waiting for event 'paid' where /order = 1 and /shop = \"a\", times out at "));
+
+    // Order 1 of shop a: run 1 only (run 4 is shop b's); numbers compare as JSON.
+    auto sent = env.store.send_event("paid", {{"order", 1}, {"shop", "a"}, {"sum", 5}});
+    REQUIRE_MESSAGE(sent, flowreg::testing::failure_text(sent));
+    CHECK(sent->resumed == 1);
+    CHECK(!sent->duplicate);
+    auto ship = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(ship.size() == 1);
+    CHECK(ship[0].run_id == runs[1]);
+    CHECK(ship[0].input["paid"]["sum"] == 5);
+    // Sent again: nothing waits for it any more. Other values, or a value missing: none.
+    CHECK(env.store.send_event("paid", {{"order", 1}, {"shop", "a"}}).value().resumed == 0);
+    CHECK(env.store.send_event("paid", {{"order", 7}, {"shop", "a"}}).value().resumed == 0);
+    CHECK(env.store.send_event("paid", {{"shop", "a"}}).value().resumed == 0);
+    CHECK(env.store.send_event("other", {{"order", 0}, {"shop", "a"}}).value().resumed == 0);
+    // Order 0 of shop b (run 3), with a key: the same key again resumes nothing more.
+    auto keyed = env.store.send_event("paid", {{"order", 0}, {"shop", "b"}}, std::string("e1"));
+    REQUIRE(keyed);
+    CHECK(keyed->resumed == 1);
+    auto dup = env.store.send_event("paid", {{"order", 2}, {"shop", "b"}}, std::string("e1"));
+    REQUIRE(dup);
+    CHECK(dup->duplicate);
+    CHECK(dup->id == keyed->id);
+    CHECK(dup->resumed == 1);
+    CHECK(wait_step_of(env.store, runs[5], "paid").status == "started");
+    // Their timeouts' tasks left with them; the others still wait.
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT count(*) FROM flowreg.tasks WHERE step_slug = "
+                                     "'paid'") == "4");
+    CHECK(flowreg::pgtest::query_one(env.conninfo, "SELECT count(*) FROM flowreg.event_waits") ==
+          "4");
+    // A cancelled run stops waiting.
+    REQUIRE(env.store.cancel_run(runs[0]).value());
+    CHECK(flowreg::pgtest::query_one(env.conninfo, "SELECT count(*) FROM flowreg.event_waits") ==
+          "3");
+    CHECK(env.store.send_event("paid", {{"order", 0}, {"shop", "a"}}).value().resumed == 0);
+    // A timeout's task, once due, is claimed (the worker then ends the step: wait_handler).
+    flowreg::pgtest::query_one(
+        env.conninfo, "UPDATE flowreg.tasks SET available_at = now() WHERE run_id = '" + runs[2] +
+                          "' RETURNING 1");
+    auto due = flowreg::pgtest::claim_some(env.store, {key}, 10, "wait-test");
+    REQUIRE(due.size() == 2);  // ship of run 3, the timeout of run 2
+    // An event that comes while the timeout's task is claimed still wins: the task's result is
+    // rejected.
+    CHECK(env.store.send_event("paid", {{"order", 2}, {"shop", "a"}}).value().resumed == 1);
+    for (const auto& t : due)
+      if (t.run_id == runs[2]) {
+        fdr::Failure late{t.id, t.attempt, "timed out", true};
+        auto rejected = env.store.fail(std::span(&late, 1));
+        REQUIRE(rejected);
+        CHECK(*rejected == std::vector<fdr::TaskId>{t.id});
+      }
+    CHECK(env.store.get_run(runs[2]).value()->status == fdr::RunStatus::started);
+    CHECK(wait_step_of(env.store, runs[2], "paid").status == "completed");
+  }
+
   TEST_CASE(
       "workers: runs sleep 2 s through a SIGKILL of one worker; a handler snoozes 3 times "
       "on its one attempt") {
@@ -255,6 +431,145 @@ TEST_SUITE("waits") {
     CHECK(s.run_field(run, "attempts") == "1");
     workers[1].signal(SIGTERM);
     CHECK(workers[1].wait(30s) == 0);
+  }
+
+  TEST_CASE(
+      "workers: events resume exactly their runs once through SIGKILLs of senders and workers; "
+      "timeouts take a default or fail; a signal from the CLI") {
+    auto s = flowreg::pgtest::wchaos_scene("wait_events");
+    const auto flowreg = [&](std::vector<std::string> args) {
+      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
+      return flowreg::test::run_process(args);
+    };
+    std::optional<flowreg::test::Child> a(s.worker("a", {"--lease", "1s", "--concurrency", "4"}));
+    auto b = s.worker("b", {"--lease", "1s", "--concurrency", "4"});
+    s.wait_serving("a", "wchaos_paid");
+    s.wait_serving("b", "wchaos_paid");
+    constexpr int kRuns = 40;
+    std::vector<fdr::RunId> runs;
+    for (int i = 0; i < kRuns; ++i) runs.push_back(s.start("wchaos_paid", {{"order", i}}));
+    const auto audit = s.dir / "audit";
+    // Each order's event from `flowreg events send` with a key; every third sender is SIGKILLed
+    // at once (committed or not), then sent again with the same key; worker a is SIGKILLed and
+    // started again every 10 events.
+    for (int i = 0; i < kRuns; ++i) {
+      const std::string data =
+          WaitJson{{"order", i}, {"customer", std::to_string(i)}, {"audit", audit.string()}}.dump();
+      const std::vector<std::string> argv = {FLOWREG_BINARY,
+                                             "--config",
+                                             s.config().string(),
+                                             "events",
+                                             "send",
+                                             "paid",
+                                             "--data",
+                                             data,
+                                             "--key",
+                                             "order-" + std::to_string(i)};
+      if (i % 3 == 0) {
+        auto killed = flowreg::test::Child::spawn(argv, (s.dir / "send.out").string(),
+                                                  (s.dir / "send.err").string());
+        std::this_thread::sleep_for(std::chrono::milliseconds(5 * (i % 7)));
+        killed.signal(SIGKILL);
+        killed.wait(10s);
+      }
+      const auto sent = flowreg::test::run_process(argv);
+      REQUIRE_MESSAGE(sent.exit_code == 0, sent.err);
+      CHECK((sent.out == "1 run(s) resumed\n" ||
+             sent.out.starts_with("already sent with this key (event ")));
+      if (i % 10 == 9) {
+        a->signal(SIGKILL);
+        CHECK(a->wait(10s) == 128 + SIGKILL);
+        a.emplace(s.worker("a", {"--lease", "1s", "--concurrency", "4"}));
+      }
+    }
+    // An event no run waits for resumes none.
+    const auto stray = flowreg({"events", "send", "paid", "--data", R"({"order": 1000})"});
+    REQUIRE_MESSAGE(stray.exit_code == 0, stray.err);
+    CHECK(stray.out == "0 run(s) resumed\n");
+    for (const auto& run : runs)
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 60s), s.err("b"));
+    // Every run completed once, its wait's output its own order's event; each event, recorded
+    // once per key, resumed one run.
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      CAPTURE(i);
+      CHECK(s.run_field(runs[i], "status") == "completed");
+      CHECK(WaitJson::parse(s.run_field(runs[i], "output"))["ship"]["order"] == i);
+    }
+    CHECK(flowreg::pgtest::query_one(
+              s.conninfo,
+              "SELECT count(*) FROM flowreg.events WHERE name = 'paid' AND resumed = 1 AND "
+              "idempotency_key = 'order-' || (data->>'order')") == std::to_string(kRuns));
+    CHECK(flowreg::pgtest::query_one(s.conninfo, "SELECT count(*) FROM flowreg.events") ==
+          std::to_string(kRuns + 1));
+    CHECK(flowreg::pgtest::query_one(s.conninfo, "SELECT count(*) FROM flowreg.event_waits") ==
+          "0");
+    // The audit: each run's "ship" ran with its own order's data, once per attempt.
+    std::map<std::string, std::set<std::string>> attempts_of;
+    std::ifstream in(audit);
+    int lines = 0;
+    for (std::string what, customer, run, step, attempt, pid, at;
+         in >> what >> customer >> run >> step >> attempt >> pid >> at;) {
+      ++lines;
+      CHECK(step == "ship");
+      const auto it = std::find(runs.begin(), runs.end(), run);
+      REQUIRE(it != runs.end());
+      CHECK(customer == std::to_string(it - runs.begin()));
+      CHECK_MESSAGE(attempts_of[run].insert(attempt).second, run << " attempt " << attempt);
+    }
+    CHECK(attempts_of.size() == static_cast<std::size_t>(kRuns));
+    CHECK(lines >= kRuns);
+
+    // Timeouts: a default output after 1 s, or the step and run failed.
+    const auto late = s.start("wchaos_deadline", WaitJson::object());
+    const auto expired = s.start("wchaos_expire", WaitJson::object());
+    for (const auto& run : {late, expired})
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 30s), s.err("b"));
+    CHECK(s.run_field(late, "status") == "completed");
+    CHECK(flowreg::pgtest::query_one(
+              s.conninfo, "SELECT output FROM flowreg.step_states WHERE run_id = '" + late +
+                              "' AND step_slug = 'go'") == R"({"late": true})");
+    CHECK(s.run_field(expired, "status") == "failed");
+    CHECK(s.run_field(expired, "error") ==
+          "step 'go' failed permanently on attempt 1: timed out after 1s waiting for signal 'go'");
+
+    // A signal from the command line, after runs show says what the run waits for.
+    const auto run = s.start("wchaos_approval", WaitJson::object());
+    REQUIRE(flowreg::pgtest::eventually(
+        [&] {
+          return flowreg::pgtest::query_one(
+                     s.conninfo, "SELECT status FROM flowreg.step_states WHERE run_id = '" + run +
+                                     "' AND step_slug = 'approve'") == "started";
+        },
+        30s));
+    const auto shown = flowreg({"runs", "show", run});
+    REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
+    CHECK(shown.out.find("waiting for signal 'approve'") != std::string::npos);
+    const auto wrong = flowreg({"runs", "signal", run, "approved"});
+    CHECK(wrong.exit_code != 0);
+    CHECK(wrong.err.find("waits for no signal 'approved': it waits for 'approve'") !=
+          std::string::npos);
+    const auto bad = flowreg({"runs", "signal", run, "approve", "--data", "{oops"});
+    CHECK(bad.exit_code != 0);
+    CHECK(bad.err.find("--data is not valid JSON") != std::string::npos);
+    const auto sent = flowreg(
+        {"runs", "signal", run, "approve", "--data",
+         WaitJson{{"by", "ops"}, {"customer", "sig"}, {"audit", (s.dir / "signal_audit").string()}}
+             .dump()});
+    REQUIRE_MESSAGE(sent.exit_code == 0, sent.err);
+    CHECK(sent.out == "delivered\n");
+    REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 30s), s.err("b"));
+    CHECK(s.run_field(run, "status") == "completed");
+    CHECK(WaitJson::parse(s.run_field(run, "output"))["done"]["by"] == "ops");
+    const auto after = flowreg({"runs", "signal", run, "approve"});
+    CHECK(after.exit_code != 0);
+    CHECK(after.err.find("has ended (completed)") != std::string::npos);
+    const auto flow_text = flowreg({"flows", "show", "wchaos_paid"});
+    REQUIRE_MESSAGE(flow_text.exit_code == 0, flow_text.err);
+    CHECK(flow_text.out.find("wait for event 'paid' where /order = /order") != std::string::npos);
+    for (auto* w : {&*a, &b}) {
+      w->signal(SIGTERM);
+      CHECK(w->wait(30s) == 0);
+    }
   }
 
   TEST_CASE("flows show prints a sleep step; runs show says until when a run sleeps") {

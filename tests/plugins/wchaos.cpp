@@ -15,6 +15,12 @@
 //   wchaos_snooze handler "snoozy", 1 attempt: appends a line to the file input.calls, and
 //                 snoozes input.ms milliseconds while the file has at most input.snoozes lines;
 //                 then returns {"calls": its lines, "attempt": the context's attempt}
+//   wchaos_approval "quick" -> a wait for signal "approve" -> "resumed"
+//   wchaos_paid   a wait for event "paid" matching /order of the run's input -> "resumed"
+//   wchaos_deadline a wait for signal "go", 1 s timeout, default {"late": true} -> "quick"
+//   wchaos_expire a wait for signal "go", failing after 1 s
+// "resumed" (after a wait step: its input {wait step: the signal's or event's data}) appends an
+// "E" audit line for the data, when it has input.audit, and returns it.
 // "audited" appends "S|E <customer> <run> <step> <attempt> <pid> <steady clock ns>" lines to the
 // file input.audit (one write each, O_APPEND) when it starts and before it returns, and sleeps
 // input.ms milliseconds between them: tests/pg/concurrency_keys_test.cpp.
@@ -92,6 +98,14 @@ json snoozy(const json& in, const Context& c) {
     flowreg::sdk::snooze(std::chrono::milliseconds(in.value("ms", 100)));
   return json{{"calls", calls}, {"attempt", c.attempt}};
 }
+json resumed(const json& in, const Context& c) {
+  for (const auto& [step, data] : in.items())
+    if (data.is_object() && data.contains("audit")) {
+      audit(data, c, 'E');
+      return data;
+    }
+  return in;
+}
 
 json quick(const json& in, const Context&) {
   mark_started(in);
@@ -106,6 +120,7 @@ FLOWREG_PLUGIN(wchaos) {
   plugin.handler("big", big);
   plugin.handler("quick", quick);
   plugin.handler("audited", audited);
+  plugin.handler("resumed", resumed);
   plugin.handler("snoozy", snoozy);
   plugin.flow("wchaos_crash")
       .description("a handler that crashes its worker")
@@ -156,4 +171,18 @@ FLOWREG_PLUGIN(wchaos) {
       .description("snoozes input.snoozes times")
       .max_attempts(1)
       .step("only", "snoozy");
+  auto& approval = plugin.flow("wchaos_approval").description("waits for signal approve");
+  approval.step("first", "quick");
+  approval.wait_signal_step("approve", "approve").depends_on({"first"});
+  approval.step("done", "resumed").depends_on({"approve"});
+  auto& paid = plugin.flow("wchaos_paid").description("waits for event paid with its /order");
+  paid.wait_event_step("paid", "paid").match("/order", "/order");
+  paid.step("ship", "resumed").depends_on({"paid"});
+  auto& deadline = plugin.flow("wchaos_deadline").description("signal go or a default after 1s");
+  deadline.wait_signal_step("go", "go").wait_timeout("1s", json{{"late", true}});
+  deadline.step("after", "quick").depends_on({"go"});
+  plugin.flow("wchaos_expire")
+      .description("signal go or fail after 1s")
+      .wait_signal_step("go", "go")
+      .wait_timeout("1s");
 }

@@ -138,6 +138,61 @@ TEST_SUITE("schema") {
     }
   }
 
+  TEST_CASE("a wait step: no handler, a signal or an event with a match, a timeout in range") {
+    const auto valid = problems_of_text(
+        "flows: [{slug: a, steps: [{slug: o, handler: m.o}, {slug: s, kind: wait, signal: "
+        "approve, timeout: 2d, depends_on: [o]}, {slug: e, kind: wait, event: pay.done, match: "
+        "{/id: /o/id}, timeout: 1h, default: {paid: false}, depends_on: [o]}]}]\n");
+    CHECK(valid == std::vector<std::string>{});
+    for (const auto& item : std::vector<std::pair<std::string, std::string>>{
+             {"{slug: s, kind: wait}",
+              "inline.yaml:1:27: flow 'a': step 's' is a wait step: give it either signal (a name "
+              "sent to its run) or event (a name, with match)"},
+             {"{slug: s, kind: wait, signal: x, event: y}",
+              "inline.yaml:1:27: flow 'a': step 's' is a wait step: give it either signal (a name "
+              "sent to its run) or event (a name, with match), not both"},
+             {"{slug: s, kind: wait, signal: x, handler: m.s}",
+              "inline.yaml:1:60: flow 'a': step 's' is a wait step and runs no handler; remove "
+              "handler 'm.s'"},
+             {"{slug: s, handler: m.s, timeout: 1s}",
+              "inline.yaml:1:27: flow 'a': step 's' has a wait (signal, event, match, timeout or "
+              "default) but is not a wait step: give it kind: wait (an attempt's timeout is "
+              "options: timeout)"},
+             {"{slug: s, kind: wait, signal: x, timeout: 400d}",
+              "inline.yaml:1:60: flow 'a': step 's': wait timeout 400d is out of range 1ms..366d"},
+             {"{slug: s, kind: wait, signal: x, default: 1}",
+              "inline.yaml:1:60: flow 'a': step 's': a default output is taken when the wait "
+              "times out; give it a timeout too"},
+             {"{slug: s, kind: wait, signal: x, match: {/a: /b}}",
+              "inline.yaml:1:60: flow 'a': step 's' waits for a signal, sent to its run: a match "
+              "is for an event"},
+             {"{slug: s, kind: wait, signal: x}, {slug: t, kind: wait, signal: x}",
+              "inline.yaml:1:83: flow 'a': step 't' waits for signal 'x', as step 's' does: a "
+              "signal is delivered to one wait step of its run; give each its own name"},
+             {"{slug: o, handler: m.o}, {slug: e, kind: wait, event: p, match: {/id: /x/id}, "
+              "depends_on: [o]}",
+              "inline.yaml:1:92: flow 'a': step 'e': match '/id' reads '/x/id' points into 'x', "
+              "which is not one of its dependencies (o): its input is {dependency: output}"},
+             {"{slug: s, kind: wait, event: p, match: {/id: id}}",
+              "inline.yaml:1:67: flows[0].steps[0].match./id: the string 'id' is not valid: "
+              "expected a JSON pointer, such as /order/id"},
+             {"{slug: s, kind: wait, signal: 'a b'}",
+              "inline.yaml:1:49: flows[0].steps[0].signal: the string 'a b' is not valid: "
+              "expected a signal or event name: 1 to 128 of A-Z a-z 0-9 _ . : -, starting with a "
+              "letter or a digit"},
+             {"{slug: s, kind: wait, signal: x, concurrency: {limit: 1}}",
+              "inline.yaml:1:60: flow 'a': step 's' is a wait step: it runs no handler, so it "
+              "takes no concurrency or rate limit"}}) {
+      const std::string& yaml = item.first;
+      CAPTURE(yaml);
+      const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
+      std::string text;
+      for (const auto& g : got) text += g + "\n";
+      CAPTURE(text);
+      CHECK(got == std::vector<std::string>{item.second});
+    }
+  }
+
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
     const auto p = problems_of_text(
         "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "
@@ -152,7 +207,8 @@ TEST_SUITE("schema") {
           "inline.yaml:1:62: flows[0].steps[0].handler: the string 'x' is not valid: expected "
           "module.handler, both parts lowercase identifiers");
     CHECK(p[3] ==
-          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, got the "
+          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, wait, got "
+          "the "
           "string 'mapp' (did you mean 'map'?)");
   }
 

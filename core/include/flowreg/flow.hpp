@@ -20,6 +20,8 @@ enum class StepKind {
   map,     // one task per element of its input array; outputs aggregated in order
   sleep,   // no handler: ends after a duration or at a time in its input (durable: a sleeping run
            // holds no task lease, thread or claim)
+  wait,    // no handler: ends when its run gets a signal, or an event matching its input arrives
+           // (durable, holding nothing while it waits); its output: their data
 };
 
 std::string_view to_string(StepKind kind) noexcept;
@@ -88,15 +90,41 @@ struct Sleep {
   friend bool operator==(const Sleep&, const Sleep&) = default;
 };
 
+// What a wait step waits for (docs/flows.md#wait-steps): a signal sent to its run by name, or an
+// event by name whose data matches values of its input; exactly one of the two. With a timeout,
+// the step fails when it ends, or completes with `default_output` when that is set.
+struct Wait {
+  static constexpr Millis kMaxTimeout{366LL * 24 * 3600 * 1000};
+  static constexpr std::size_t kMaxNameLength = 128;
+  static constexpr std::size_t kMaxMatch = 16;  // pairs in a match
+  static constexpr std::size_t kMaxDefaultBytes = 64 * 1024;
+
+  std::optional<std::string> signal;
+  std::optional<std::string> event;
+  // An event's match: (pointer into the event's data, pointer into the step's input: its run's
+  // input for a root step, else {dependency: output}); the event resumes the step when every
+  // pair's values are equal. None: every event of that name resumes it.
+  std::vector<std::pair<std::string, std::string>> match;
+  std::optional<Millis> timeout;
+  std::optional<nlohmann::json> default_output;  // its output when the timeout ends
+
+  friend bool operator==(const Wait&, const Wait&) = default;
+};
+
+// A signal's or an event's name: 1 to 128 of A-Z a-z 0-9 _ . : -, starting with a letter or a
+// digit (it is a segment of the API's paths).
+bool is_valid_wait_name(std::string_view name) noexcept;
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
   std::vector<std::string> depends_on;                    // slugs of steps of the same flow
-  std::string handler;                                    // "module.handler"; "" for sleep
+  std::string handler;                                    // "module.handler"; "" for sleep and wait
   OptionOverrides options;                                // on top of the flow's options
   std::optional<Concurrency> concurrency = std::nullopt;  // its tasks running at once per key
   std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
   std::optional<Sleep> sleep = std::nullopt;              // kind sleep: what it waits for
+  std::optional<Wait> wait = std::nullopt;                // kind wait: what it waits for
 
   friend bool operator==(const StepDef&, const StepDef&) = default;
 };
@@ -122,9 +150,9 @@ struct FlowDef {
   friend bool operator==(const FlowDef&, const FlowDef&) = default;
 };
 
-// Content hash of the flow's shape: steps, kinds, dependencies, handlers and sleeps, not its tuning
-// options, description or schema. 16 lowercase hex digits. Two flows with the same shape have the
-// same version whatever the order their steps and dependencies were written in.
+// Content hash of the flow's shape: steps, kinds, dependencies, handlers, sleeps and waits, not its
+// tuning options, description or schema. 16 lowercase hex digits. Two flows with the same shape
+// have the same version whatever the order their steps and dependencies were written in.
 std::string flow_version(const FlowDef& flow);
 
 // Steps in an order where every step comes after its dependencies (stable: declaration order among

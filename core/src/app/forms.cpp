@@ -2,6 +2,7 @@
 
 #include <fmt/chrono.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 
@@ -226,6 +227,32 @@ std::string sleep_text(const Sleep& s) {
                     : "sleep until the time at " + s.until.value_or("") + " of its input";
 }
 
+json wait_json(const Wait& w) {
+  json out = json::object();
+  if (w.signal) out["signal"] = *w.signal;
+  if (w.event) {
+    out["event"] = *w.event;
+    json match = json::object();
+    for (const auto& [at, from] : w.match) match[at] = from;
+    out["match"] = std::move(match);
+  }
+  out["timeout"] = w.timeout ? json(format_duration_days(*w.timeout)) : json(nullptr);
+  out["default"] = w.default_output ? to_ordered(*w.default_output) : json(nullptr);
+  return out;
+}
+
+std::string wait_text(const Wait& w) {
+  std::string text = w.signal ? fmt::format("wait for signal '{}'", *w.signal)
+                              : fmt::format("wait for event '{}'", w.event.value_or(""));
+  std::vector<std::string> pairs;
+  for (const auto& [at, from] : w.match) pairs.push_back(at + " = " + from);
+  if (!pairs.empty()) text += fmt::format(" where {}", fmt::join(pairs, " and "));
+  if (w.timeout)
+    text += fmt::format(", {} after {}", w.default_output ? "default output" : "failing",
+                        format_duration_days(*w.timeout));
+  return text;
+}
+
 json flow_json(const RegisteredFlow& registered) {
   const FlowDef& flow = registered.def;
   json steps = json::array();
@@ -239,7 +266,8 @@ json flow_json(const RegisteredFlow& registered) {
          {"concurrency",
           s.concurrency ? to_ordered(detail::concurrency_json(*s.concurrency)) : json(nullptr)},
          {"rate_limit", s.rate_limit ? rate_limit_json(*s.rate_limit) : json(nullptr)},
-         {"sleep", s.sleep ? sleep_json(*s.sleep) : json(nullptr)}});
+         {"sleep", s.sleep ? sleep_json(*s.sleep) : json(nullptr)},
+         {"wait", s.wait ? wait_json(*s.wait) : json(nullptr)}});
   return {{"slug", flow.slug},
           {"module", flow.module},
           {"version", flow_version(flow)},
@@ -265,10 +293,30 @@ json step_json(const detail::StepInfo& s) {
           {"error", s.error ? json(*s.error) : json(nullptr)},
           {"output", s.output ? to_ordered(*s.output) : json(nullptr)},
           {"waits_until", s.waits_until ? json(iso_time_ms(*s.waits_until)) : json(nullptr)},
-          {"snoozes", s.snoozes}};
+          {"snoozes", s.snoozes},
+          {"waits_for", s.waits_for ? to_ordered(*s.waits_for) : json(nullptr)}};
+}
+
+std::string waits_for_text(const json& waits_for) {
+  if (!waits_for.is_object()) return "";
+  if (waits_for.contains("signal") && waits_for["signal"].is_string())
+    return fmt::format("signal '{}'", waits_for["signal"].get<std::string>());
+  if (!waits_for.contains("event") || !waits_for["event"].is_string()) return "";
+  std::string text = fmt::format("event '{}'", waits_for["event"].get<std::string>());
+  std::vector<std::string> pairs;
+  if (waits_for.contains("match") && waits_for["match"].is_object())
+    for (const auto& [at, value] : waits_for["match"].items())
+      pairs.push_back(at + " = " + excerpt(value.dump(), 100));
+  if (!pairs.empty()) text += fmt::format(" where {}", fmt::join(pairs, " and "));
+  return text;
 }
 
 std::string step_wait_text(const detail::StepInfo& s) {
+  if (s.kind == "wait" && s.status == "started" && s.waits_for) {
+    std::string text = "waiting for " + waits_for_text(*s.waits_for);
+    if (s.waits_until) text += ", times out at " + iso_time_ms(*s.waits_until);
+    return text;
+  }
   if (!s.waits_until) return s.snoozes > 0 ? fmt::format("snoozed {}x", s.snoozes) : "";
   const std::string until = iso_time_ms(*s.waits_until);
   if (s.kind == "sleep") return "sleeping until " + until;

@@ -65,8 +65,16 @@ json step_json(const detail::StepInfo& s);
 // the time at /pointer of its input".
 json sleep_json(const Sleep& s);
 std::string sleep_text(const Sleep& s);
+// A wait step's wait: {"signal"} or {"event", "match"}, with "timeout" and "default" (null when
+// unset); "wait for signal 'approve', failing after 2d", "wait for event 'paid' where /id = /o/id".
+json wait_json(const Wait& w);
+std::string wait_text(const Wait& w);
+// What a waiting step of a run waits for (StepInfo::waits_for): "signal 'approve'", "event 'paid'
+// where /order_id = 42", or "".
+std::string waits_for_text(const json& waits_for);
 // What a step waits for, when a task of it is queued for later ("sleeping until 2026-…Z",
-// "snoozed (2x) until …", "next attempt at …"), or "" (docs/flows.md#sleep-steps).
+// "snoozed (2x) until …", "next attempt at …") or it is a waiting wait step ("waiting for signal
+// 'approve', times out at …"), or "" (docs/flows.md#sleep-steps, #wait-steps).
 std::string step_wait_text(const detail::StepInfo& s);
 // A time as ISO 8601 in UTC to the millisecond ("2026-01-02T03:04:05.678Z").
 std::string iso_time_ms(const detail::TimePoint& t);

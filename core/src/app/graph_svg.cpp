@@ -89,8 +89,10 @@ std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string
       dot_quote(flow.slug));
   for (const auto& s : flow.steps) {
     const bool map = s.kind == StepKind::map;
-    // A sleep step has no handler: its second line says so.
-    const std::string handler = s.kind == StepKind::sleep ? "(sleep)" : s.handler;
+    // A sleep or wait step has no handler: its second line says what it is.
+    const std::string handler = s.kind == StepKind::sleep  ? "(sleep)"
+                                : s.kind == StepKind::wait ? "(wait)"
+                                                           : s.handler;
     if (!states) {
       out += fmt::format("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
                          dot_escape(handler), map ? " (map)" : "",

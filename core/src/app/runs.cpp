@@ -68,6 +68,33 @@ Result<std::optional<std::string>> check_idempotency_key(std::string_view key) {
   return std::optional<std::string>(valid_text(key));
 }
 
+Result<nlohmann::json> check_wait_data(std::string_view text, std::string_view what) {
+  if (text.size() > kMaxWaitDataBytes)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("{} is {} bytes; the limit is {} (16 MiB, the output limit)",
+                                  what, text.size(), kMaxWaitDataBytes));
+  return check_input(text.empty() ? std::string_view("null") : text, FlowDef{}, what, nullptr);
+}
+
+Result<void> check_wait_name(std::string_view name, std::string_view what) {
+  if (is_valid_wait_name(name)) return {};
+  return make_error(
+      Errc::invalid_argument,
+      fmt::format("{} name '{}' is not 1 to {} of A-Z a-z 0-9 _ . : -, starting "
+                  "with a letter or a digit",
+                  what, detail::bounded_text(valid_text(name), 200), Wait::kMaxNameLength));
+}
+
+nlohmann::json signal_sent_json(std::string_view run, std::string_view name,
+                                const detail::SignalSent& sent) {
+  return {{"id", sent.id}, {"run", run}, {"signal", name}, {"outcome", sent.outcome}};
+}
+
+nlohmann::json event_sent_json(std::string_view name, const detail::EventSent& sent) {
+  return {
+      {"id", sent.id}, {"event", name}, {"resumed", sent.resumed}, {"duplicate", sent.duplicate}};
+}
+
 namespace {
 
 // `text` has RFC 3339's shape, the values aside (parse_time checks those): a date, T (or a space),

@@ -37,6 +37,22 @@ Result<nlohmann::json> check_input(std::string_view text, const FlowDef& flow,
 // otherwise), invalid UTF-8 replaced. Empty: none.
 Result<std::optional<std::string>> check_idempotency_key(std::string_view key);
 
+// The most bytes of JSON a signal's or an event's data may be (docs/flows.md#wait-steps): the
+// default limit of a handler's output (worker.max_output_bytes), which it becomes.
+inline constexpr std::size_t kMaxWaitDataBytes = std::size_t{16} << 20;
+// A signal's or an event's data from outside, as JSON text: checked as a run's input is
+// (check_input: nesting, syntax as Errc::parse, U+0000), and at most kMaxWaitDataBytes
+// (Errc::invalid_argument, "… is N bytes; the limit is …"). Empty text: null.
+Result<nlohmann::json> check_wait_data(std::string_view text, std::string_view what);
+// A signal's or an event's name from outside: is_valid_wait_name, else Errc::invalid_argument
+// naming `what` ("signal", "event") and the rule.
+Result<void> check_wait_name(std::string_view name, std::string_view what);
+// What a send answered: {"id", "run", "signal", "outcome"} and {"id", "event", "resumed",
+// "duplicate"}.
+nlohmann::json signal_sent_json(std::string_view run, std::string_view name,
+                                const detail::SignalSent& sent);
+nlohmann::json event_sent_json(std::string_view name, const detail::EventSent& sent);
+
 // How far ahead a delayed start may be: 10 years (3,653 days).
 inline constexpr Millis kMaxStartAhead{3'653LL * 24 * 3'600'000};
 

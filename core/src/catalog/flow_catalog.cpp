@@ -47,7 +47,7 @@ std::vector<Diagnostic> unresolved_handlers(const Config& config, const PluginLo
   std::vector<Diagnostic> out;
   for (const auto& flow : config.flows)
     for (const auto& step : flow.steps)
-      if (step.kind != StepKind::sleep && !loader.handler(step.handler)) {
+      if (!step.handler.empty() && !loader.handler(step.handler)) {
         const std::string hint = closest_match(step.handler, known);
         out.push_back(Diagnostic{
             Location{config.file.string()},

@@ -1,4 +1,4 @@
-// `flowreg runs`: list, show, cancel, retry and prune runs.
+// `flowreg runs`: list, show, cancel, retry, signal and prune runs; `flowreg events send`.
 
 #include <fmt/format.h>
 
@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "app/forms.hpp"
+#include "app/runs.hpp"
 #include "cli/commands.hpp"
 #include "util/json_text.hpp"
 
@@ -23,6 +24,7 @@ using detail::RunStore;
 
 struct RunsArgs {
   std::string flow, status, id, older_than, since, until, text;
+  std::string name, data, key;  // runs signal, events send
   bool as_json = false;
   bool from_failed = false;  // runs retry --from-failed
   int limit = 100;
@@ -137,6 +139,46 @@ int runs_cancel(RunStore& store, const RunsArgs& a) {
   return kExitOk;
 }
 
+// The data and key of `runs signal` and `events send`, checked before anything connects.
+Result<std::pair<nlohmann::json, std::optional<std::string>>> wait_args(const RunsArgs& a,
+                                                                        std::string_view what) {
+  if (auto named = app::check_wait_name(a.name, what); !named)
+    return tl::unexpected(std::move(named.error()));
+  auto data = app::check_wait_data(a.data, "--data");
+  if (!data) return tl::unexpected(std::move(data.error()));
+  auto key = app::check_idempotency_key(a.key);
+  if (!key) return tl::unexpected(std::move(key.error()));
+  return std::pair{std::move(*data), std::move(*key)};
+}
+
+int runs_signal(const Globals& g, const RunsArgs& a) {
+  auto args = wait_args(a, "signal");
+  if (!args) return report(args.error());
+  return with_store(g, [&](RunStore& store) {
+    auto sent = store.send_signal(a.id, a.name, args->first, args->second);
+    if (!sent) return report(sent.error());
+    fmt::print("{}\n", sent->outcome == "delivered" ? "delivered"
+                       : sent->outcome == "kept"    ? "kept: its wait step has not started yet"
+                                                    : "already sent with this key: nothing done");
+    return kExitOk;
+  });
+}
+
+int events_send(const Globals& g, const RunsArgs& a) {
+  auto args = wait_args(a, "event");
+  if (!args) return report(args.error());
+  return with_store(g, [&](RunStore& store) {
+    auto sent = store.send_event(a.name, args->first, args->second);
+    if (!sent) return report(sent.error());
+    if (sent->duplicate)
+      fmt::print("already sent with this key (event {}, {} run(s) resumed then): nothing done\n",
+                 sent->id, sent->resumed);
+    else
+      fmt::print("{} run(s) resumed\n", sent->resumed);
+    return kExitOk;
+  });
+}
+
 int runs_retry(RunStore& store, const RunsArgs& a) {
   auto fresh = store.retry_run(
       a.id, a.from_failed ? detail::RetryFrom::failed_step : detail::RetryFrom::start);
@@ -170,7 +212,7 @@ void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code) {
       exit_code = with_store(g, [&](RunStore& store) { return command(store, *args); });
     };
   };
-  auto* runs = app.add_subcommand("runs", "List, show, cancel, retry and prune runs");
+  auto* runs = app.add_subcommand("runs", "List, show, cancel, retry, signal and prune runs");
   runs->require_subcommand(1);
 
   auto* list = runs->add_subcommand("list", "Runs, newest first");
@@ -211,6 +253,26 @@ void add_runs_commands(CLI::App& app, const Globals& g, int& exit_code) {
                   "From the failed step of a failed run: its completed steps keep their outputs "
                   "and do not run again");
   retry->callback(on_store(runs_retry));
+
+  auto* signal = runs->add_subcommand(
+      "signal", "Send a signal to a run: its wait step on it ends, the data its output");
+  signal->add_option("id", args->id, "Run id")->required();
+  signal->add_option("name", args->name, "Signal name (the wait step's signal:)")->required();
+  signal->add_option("--data", args->data, "JSON: the wait step's output (default: null)");
+  signal->add_option("--key", args->key,
+                     "Idempotency key: a signal sent again with it is answered, not sent twice");
+  signal->callback([&g, &exit_code, args] { exit_code = runs_signal(g, *args); });
+
+  auto* events = app.add_subcommand("events", "Send events to the runs waiting for them");
+  events->require_subcommand(1);
+  auto* send = events->add_subcommand(
+      "send", "Send an event: every wait step waiting for it whose match holds ends");
+  send->add_option("name", args->name, "Event name (the wait steps' event:)")->required();
+  send->add_option("--data", args->data,
+                   "JSON: the wait steps' output, read by their match (default: null)");
+  send->add_option("--key", args->key,
+                   "Idempotency key: an event sent again with it is answered, not sent twice");
+  send->callback([&g, &exit_code, args] { exit_code = events_send(g, *args); });
 
   auto* prune = runs->add_subcommand("prune", "Delete finished runs older than a duration");
   prune

@@ -125,6 +125,21 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
       if (!step.sleep) step.sleep = Sleep{};
       step.sleep->until = s["until"].get<std::string>();
     }
+    // A wait (docs/flows.md#wait-steps): its timeout's range is checked by validate_flow too.
+    if (s.contains("signal") || s.contains("event") || s.contains("match") ||
+        s.contains("timeout") || s.contains("default")) {
+      Wait w;
+      if (s.contains("signal")) w.signal = s["signal"].get<std::string>();
+      if (s.contains("event")) w.event = s["event"].get<std::string>();
+      if (s.contains("match"))
+        for (const auto& [at, from] : s["match"].items())
+          w.match.emplace_back(at, from.get<std::string>());
+      if (s.contains("timeout"))
+        w.timeout =
+            parse_duration(s["timeout"].get<std::string>(), Millis::max()).value_or(Millis{-1});
+      if (s.contains("default")) w.default_output = s["default"];
+      step.wait = std::move(w);
+    }
     if (s.contains("options")) step.options = overrides_of(s["options"]);
     if (s.contains("concurrency")) step.concurrency = concurrency_of(s["concurrency"]);
     if (s.contains("rate_limit")) step.rate_limit = rate_limit_of(s["rate_limit"]);

@@ -10,14 +10,36 @@
 namespace flowreg {
 
 std::string_view to_string(StepKind kind) noexcept {
-  return kind == StepKind::map ? "map" : kind == StepKind::sleep ? "sleep" : "single";
+  switch (kind) {
+    case StepKind::map:
+      return "map";
+    case StepKind::sleep:
+      return "sleep";
+    case StepKind::wait:
+      return "wait";
+    case StepKind::single:
+      break;
+  }
+  return "single";
 }
 
 std::optional<StepKind> parse_step_kind(std::string_view text) noexcept {
   if (text == "single") return StepKind::single;
   if (text == "map") return StepKind::map;
   if (text == "sleep") return StepKind::sleep;
+  if (text == "wait") return StepKind::wait;
   return std::nullopt;
+}
+
+bool is_valid_wait_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > Wait::kMaxNameLength) return false;
+  const auto alnum = [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+  };
+  if (!alnum(name.front())) return false;
+  return std::all_of(name.begin(), name.end(), [&](char c) {
+    return alnum(c) || c == '_' || c == '.' || c == ':' || c == '-';
+  });
 }
 
 std::string_view to_string(Isolation isolation) noexcept {
@@ -73,6 +95,22 @@ std::string flow_version(const FlowDef& flow) {
       text += fmt::format("|sleep {}ms", s->sleep->duration->count());
     if (s->sleep && s->sleep->until)
       text += fmt::format("|until {}:{}", s->sleep->until->size(), *s->sleep->until);
+    // A wait (added later, as a sleep): each part with its length, so that no text in it can be
+    // read as another part.
+    if (s->wait) {
+      const Wait& w = *s->wait;
+      const auto part = [&](std::string_view name, std::string_view value) {
+        text += fmt::format("|{} {}:{}", name, value.size(), value);
+      };
+      if (w.signal) part("signal", *w.signal);
+      if (w.event) part("event", *w.event);
+      for (const auto& [at, from] : w.match) {
+        part("match", at);
+        part("from", from);
+      }
+      if (w.timeout) text += fmt::format("|timeout {}ms", w.timeout->count());
+      if (w.default_output) part("default", w.default_output->dump());
+    }
     text += '\n';
   }
   return detail::sha256_hex(text).substr(0, 16);

@@ -32,6 +32,24 @@ std::string slug_problem(std::string_view slug) {
   return {};
 }
 
+namespace {
+
+// `key` as one reference token of a JSON pointer (RFC 6901: ~ as ~0, / as ~1).
+std::string pointer_token(std::string_view key) {
+  std::string out;
+  for (char c : key) {
+    if (c == '~')
+      out += "~0";
+    else if (c == '/')
+      out += "~1";
+    else
+      out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
 bool is_valid_slug(std::string_view slug) noexcept {
   if (slug.empty() || slug.size() > kMaxSlugLength) return false;
   if (!(slug[0] >= 'a' && slug[0] <= 'z')) return false;
@@ -215,32 +233,112 @@ class Checker {
                                            step.slug, format_duration_days(*step.sleep->duration),
                                            format_duration_days(Sleep::kMaxDuration)));
     if (until) {
-      const std::string& pointer = *step.sleep->until;
-      check_key(at + "/until", fmt::format("step '{}': until", step.slug), pointer);
-      // Past a root step, its input is {dependency: output}: the pointer starts at one of them.
-      if (!step.depends_on.empty() && pointer.starts_with('/')) {
-        std::string first = pointer.substr(1, pointer.find('/', 1) - 1);
-        for (std::size_t i = 0; (i = first.find("~1", i)) != std::string::npos; ++i)
-          first.replace(i, 2, "/");
-        for (std::size_t i = 0; (i = first.find("~0", i)) != std::string::npos; ++i)
-          first.replace(i, 2, "~");
-        if (std::find(step.depends_on.begin(), step.depends_on.end(), first) ==
-            step.depends_on.end())
-          report(at + "/until",
-                 fmt::format("step '{}': until '{}' points into '{}', which is not one of its "
-                             "dependencies ({}): its input is {{dependency: output}}",
-                             step.slug, pointer, first, fmt::join(step.depends_on, ", ")));
-      } else if (!step.depends_on.empty()) {
-        report(at + "/until",
-               fmt::format("step '{}': until '{}' is its whole input, {{dependency: output}}, "
-                           "not a time: point into one of its dependencies ({})",
-                           step.slug, pointer, fmt::join(step.depends_on, ", ")));
-      }
+      check_key(at + "/until", fmt::format("step '{}': until", step.slug), *step.sleep->until);
+      check_input_pointer(at + "/until", step, "until", *step.sleep->until, "a time");
     }
+  }
+
+  // A pointer into a step's input (a sleep's until, a wait's match): past a root step, its input
+  // is {dependency: output}, so the pointer starts at one of them.
+  void check_input_pointer(const std::string& at, const StepDef& step, std::string_view what,
+                           const std::string& pointer, std::string_view wanted) {
+    if (step.depends_on.empty()) return;
+    if (!pointer.starts_with('/')) {
+      report(at, fmt::format("step '{}': {} '{}' is its whole input, {{dependency: output}}, "
+                             "not {}: point into one of its dependencies ({})",
+                             step.slug, what, pointer, wanted, fmt::join(step.depends_on, ", ")));
+      return;
+    }
+    std::string first = pointer.substr(1, pointer.find('/', 1) - 1);
+    for (std::size_t i = 0; (i = first.find("~1", i)) != std::string::npos; ++i)
+      first.replace(i, 2, "/");
+    for (std::size_t i = 0; (i = first.find("~0", i)) != std::string::npos; ++i)
+      first.replace(i, 2, "~");
+    if (std::find(step.depends_on.begin(), step.depends_on.end(), first) == step.depends_on.end())
+      report(at, fmt::format("step '{}': {} '{}' points into '{}', which is not one of its "
+                             "dependencies ({}): its input is {{dependency: output}}",
+                             step.slug, what, pointer, first, fmt::join(step.depends_on, ", ")));
+  }
+
+  // A wait step (docs/flows.md#wait-steps): no handler, nothing that only a handler's tasks have,
+  // exactly one of a signal or an event (a match only with an event), names that fit a path
+  // segment, a match of pointers into the event's data and into its input, a timeout in range
+  // and a default output only with a timeout. A signal names one wait step of its flow.
+  void check_wait(const std::string& at, const StepDef& step,
+                  std::unordered_map<std::string, std::string>& signals) {
+    if (step.kind != StepKind::wait) {
+      report(at + "/kind",
+             fmt::format("step '{}' has a wait (signal, event, match, timeout or "
+                         "default) but is not a wait step: give it kind: wait{}",
+                         step.slug,
+                         step.wait && step.wait->timeout && !step.wait->signal && !step.wait->event
+                             ? " (an attempt's timeout is options: timeout)"
+                             : ""));
+      return;
+    }
+    if (!step.handler.empty())
+      report(at + "/handler",
+             fmt::format("step '{}' is a wait step and runs no handler; remove handler '{}'",
+                         step.slug, step.handler));
+    if (step.concurrency || step.rate_limit)
+      report(at + (step.concurrency ? "/concurrency" : "/rate_limit"),
+             fmt::format("step '{}' is a wait step: it runs no handler, so it takes no "
+                         "concurrency or rate limit",
+                         step.slug));
+    const Wait w = step.wait.value_or(Wait{});
+    if (w.signal.has_value() == w.event.has_value()) {
+      report(at, fmt::format("step '{}' is a wait step: give it either signal (a name sent to its "
+                             "run) or event (a name, with match){}",
+                             step.slug, w.signal ? ", not both" : ""));
+      return;
+    }
+    const std::string& name = w.signal ? *w.signal : *w.event;
+    const std::string name_at = at + (w.signal ? "/signal" : "/event");
+    if (!is_valid_wait_name(name))
+      report(name_at,
+             fmt::format("step '{}': {} name '{}' must be 1 to {} of A-Z a-z 0-9 _ . : "
+                         "-, starting with a letter or a digit",
+                         step.slug, w.signal ? "signal" : "event", name, Wait::kMaxNameLength));
+    if (w.signal) {
+      if (auto [it, fresh] = signals.emplace(name, step.slug); !fresh)
+        report(name_at, fmt::format("step '{}' waits for signal '{}', as step '{}' does: a "
+                                    "signal is delivered to one wait step of its run; give "
+                                    "each its own name",
+                                    step.slug, name, it->second));
+      if (!w.match.empty())
+        report(at + "/match", fmt::format("step '{}' waits for a signal, sent to its run: a "
+                                          "match is for an event",
+                                          step.slug));
+    }
+    if (w.match.size() > Wait::kMaxMatch)
+      report(at + "/match", fmt::format("step '{}': its match has {} pairs; at most {}", step.slug,
+                                        w.match.size(), Wait::kMaxMatch));
+    for (const auto& [event_pointer, input_pointer] : w.match) {
+      const std::string pair_at = at + "/match/" + pointer_token(event_pointer);
+      check_key(pair_at, fmt::format("step '{}': match", step.slug), event_pointer);
+      check_key(pair_at, fmt::format("step '{}': match '{}' reads", step.slug, event_pointer),
+                input_pointer);
+      check_input_pointer(pair_at, step, fmt::format("match '{}' reads", event_pointer),
+                          input_pointer, "a value");
+    }
+    if (w.timeout && (*w.timeout < Millis{1} || *w.timeout > Wait::kMaxTimeout))
+      report(at + "/timeout", fmt::format("step '{}': wait timeout {} is out of range 1ms..{}",
+                                          step.slug, format_duration_days(*w.timeout),
+                                          format_duration_days(Wait::kMaxTimeout)));
+    if (w.default_output && !w.timeout)
+      report(at + "/default",
+             fmt::format("step '{}': a default output is taken when the wait times out; give it "
+                         "a timeout too",
+                         step.slug));
+    if (w.default_output && w.default_output->dump().size() > Wait::kMaxDefaultBytes)
+      report(at + "/default",
+             fmt::format("step '{}': its default output is {} bytes of JSON; at most {}", step.slug,
+                         w.default_output->dump().size(), Wait::kMaxDefaultBytes));
   }
 
   void check_steps() {
     std::unordered_map<std::string_view, std::size_t> first_index;
+    std::unordered_map<std::string, std::string> signals;  // name -> the step waiting for it
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
       const StepDef& step = flow_.steps[i];
       const std::string at = fmt::format("/steps/{}", i);
@@ -248,9 +346,12 @@ class Checker {
       if (auto [it, inserted] = first_index.emplace(step.slug, i); !inserted && !step.slug.empty())
         report(at + "/slug", fmt::format("step slug '{}' is used twice (steps {} and {})",
                                          step.slug, it->second + 1, i + 1));
-      if (step.kind == StepKind::sleep || step.sleep)
-        check_sleep(at, step);
-      else if (!is_valid_handler_name(step.handler))
+      // A sleep or wait step runs no handler (each check says what it takes instead).
+      const bool sleeps = step.kind == StepKind::sleep || step.sleep;
+      const bool waits = step.kind == StepKind::wait || step.wait;
+      if (sleeps) check_sleep(at, step);
+      if (waits) check_wait(at, step, signals);
+      if (!sleeps && !waits && !is_valid_handler_name(step.handler))
         report(at + "/handler",
                fmt::format("step '{}': handler '{}' must be 'module.handler', both parts "
                            "lowercase identifiers",
@@ -275,7 +376,8 @@ class Checker {
                              "flow has one (the flow's limit counts its tasks)",
                              step.slug));
       }
-      if (step.kind != StepKind::sleep) check_rate_with_concurrency(at, step);
+      if (step.kind != StepKind::sleep && step.kind != StepKind::wait)
+        check_rate_with_concurrency(at, step);
     }
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
       const StepDef& step = flow_.steps[i];

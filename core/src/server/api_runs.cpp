@@ -1,5 +1,5 @@
-// The runs of the JSON API: starting one, the list, one run with its steps, cancel and retry; and
-// the list's query, which the dashboard's /runs page reads the same way.
+// The runs of the JSON API: starting one, the list, one run with its steps, cancel, retry and
+// signals, and events; and the list's query, which the dashboard's /runs page reads the same way.
 
 #include <fmt/format.h>
 
@@ -33,6 +33,37 @@ constexpr std::size_t kMaxSearchText = 200;
 constexpr int kMaxAttemptsLimit = 1000;
 constexpr int kMaxAttemptsOffset = 10'000'000;
 constexpr std::size_t kMaxStepParamBytes = 200;
+
+// The data and idempotency key of a signal or an event (its name in req.matches[name_at]), or
+// false after answering the problem: 400 for a bad name, key or JSON, 413 for too much, 415 for
+// another type.
+bool wait_request(const Request& req, Response& res, std::size_t name_at, std::string_view what,
+                  json& data, std::optional<std::string>& key) {
+  if (auto named = app::check_wait_name(req.matches[name_at].str(), what); !named) {
+    problem(res, 400, named.error().message);
+    return false;
+  }
+  const std::string type = req.get_header_value("Content-Type");
+  if (!req.body.empty() && !type.empty() && !type.starts_with("application/json")) {
+    problem(res, 415,
+            fmt::format("the data must be application/json, not '{}'", app::valid_text(type)));
+    return false;
+  }
+  auto checked = app::check_wait_data(req.body, "the data");
+  if (!checked) {
+    const bool large = req.body.size() > app::kMaxWaitDataBytes;
+    problem(res, large ? 413 : 400, checked.error().message, checked.error().details);
+    return false;
+  }
+  auto k = app::check_idempotency_key(req.get_header_value("Idempotency-Key"));
+  if (!k) {
+    problem(res, 400, "Idempotency-Key is longer than 255 bytes");
+    return false;
+  }
+  data = std::move(*checked);
+  key = std::move(*k);
+  return true;
+}
 
 void post_run(ServerState& state, const Request& req, Response& res) {
   const std::string slug = req.matches[1];
@@ -349,6 +380,31 @@ void register_run_routes(http::Router& h, ServerState& state) {
     if (!*cancelled)
       return problem(res, 409, fmt::format("run {} is not running (nothing to cancel)", id));
     http::send_json(res, {{"id", id}, {"status", "cancelled"}});
+  });
+  // A signal to a run's wait step (docs/flows.md#wait-steps): 200 delivered, kept or duplicate;
+  // 404 no such run; 409 when the run takes no such signal now (the reason in the detail).
+  h.Post(R"(/api/v1/runs/([^/]+)/signals/([^/]+))", [&state](const Request& req, Response& res) {
+    const std::string id = req.matches[1];
+    if (!http::is_uuid(id)) return problem(res, 404, fmt::format("no run {}", app::valid_text(id)));
+    json data;
+    std::optional<std::string> key;
+    if (!wait_request(req, res, 2, "signal", data, key)) return;
+    const std::string name = req.matches[2];
+    auto sent =
+        state.stores.with([&](RunStore& store) { return store.send_signal(id, name, data, key); });
+    if (!sent) return http::send_error(res, sent.error());
+    http::send_json(res, app::signal_sent_json(id, name, *sent));
+  });
+  // An event: 200 with the number of wait steps it resumed (0 when none waits for it).
+  h.Post(R"(/api/v1/events/([^/]+))", [&state](const Request& req, Response& res) {
+    json data;
+    std::optional<std::string> key;
+    if (!wait_request(req, res, 1, "event", data, key)) return;
+    const std::string name = req.matches[1];
+    auto sent =
+        state.stores.with([&](RunStore& store) { return store.send_event(name, data, key); });
+    if (!sent) return http::send_error(res, sent.error());
+    http::send_json(res, app::event_sent_json(name, *sent));
   });
   h.Post(R"(/api/v1/runs/([^/]+)/retry)", [&state](const Request& req, Response& res) {
     const std::string id = req.matches[1];

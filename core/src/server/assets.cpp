@@ -81,6 +81,8 @@ button:disabled { opacity: .5; cursor: not-allowed; }
 .problem { border: 1px solid var(--bad); border-radius: 6px; padding: .4rem .8rem; }
 .problem p, .problem ul { margin: .2rem 0; }
 .retry { font-size: .8rem; color: var(--warn); margin-top: .2rem; }
+.send-signal { margin-top: .3rem; display: grid; gap: .2rem; max-width: 28rem; }
+.send-signal textarea { font-family: var(--mono, monospace); font-size: .8rem; }
 form.inline { display: inline; margin: 0; }
 td.row-actions form { display: block; margin: 0 0 .3rem; }
 td.row-actions button { white-space: nowrap; }
@@ -247,6 +249,33 @@ const char* const kJs = R"JS(
             }
           });
         });
+    });
+  });
+  // A waiting step's signal form (the run page): posts its data; the page reloads when it was
+  // taken, else shows the problem's detail.
+  each('form[data-signal-url]', function (f) {
+    f.addEventListener('submit', function (e) {
+      e.preventDefault();
+      var headers = authHeaders();
+      headers['Content-Type'] = 'application/json';
+      var box = f.querySelector('[data-signal-problem]');
+      box.hidden = true;
+      fetch(f.getAttribute('data-signal-url'), {
+        method: 'POST', headers: headers, credentials: 'same-origin',
+        referrerPolicy: 'same-origin', body: f.querySelector('textarea').value
+      }).then(function (r) {
+        return r.text().then(function (text) {
+          var j = null;
+          try { j = JSON.parse(text); } catch (err) { j = null; }
+          if (r.ok) { location.reload(); return; }
+          if (r.status === 401) askToken();
+          box.textContent = (j && (j.detail || j.title)) || ('HTTP ' + r.status);
+          box.hidden = false;
+        });
+      }).catch(function (err) {
+        box.textContent = 'The request failed: ' + err;
+        box.hidden = false;
+      });
     });
   });
   // The workers page: heartbeat ages, statuses and slots read again every 5 s (the age counts up

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <optional>
 
+#include "app/forms.hpp"
 #include "app/graph_svg.hpp"
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
@@ -499,13 +500,27 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
     for (const auto& d : s["depends_on"])
       deps += (deps.empty() ? "" : ", ") + escape(d.get<std::string>());
     const json& o = s["options"];
-    // A sleep step runs no handler: what it sleeps for instead.
+    // A sleep or wait step runs no handler: what it sleeps or waits for instead.
     const json& sleep = s.contains("sleep") ? s["sleep"] : json();
-    const std::string handler =
-        !sleep.is_object() ? "<code>" + esc(s, "handler") + "</code>"
-        : sleep.contains("duration")
-            ? "sleeps " + esc(sleep, "duration")
-            : "sleeps until the time at <code>" + esc(sleep, "until") + "</code> of its input";
+    const json& wait = s.contains("wait") ? s["wait"] : json();
+    std::string handler =
+        sleep.is_object()
+            ? (sleep.contains("duration") ? "sleeps " + esc(sleep, "duration")
+                                          : "sleeps until the time at <code>" +
+                                                esc(sleep, "until") + "</code> of its input")
+            : "<code>" + esc(s, "handler") + "</code>";
+    if (wait.is_object()) {
+      handler = wait.contains("signal")
+                    ? "waits for signal <code>" + esc(wait, "signal") + "</code>"
+                    : "waits for event <code>" + esc(wait, "event") + "</code>";
+      if (wait.contains("match") && wait["match"].is_object())
+        for (const auto& [at, from] : wait["match"].items())
+          handler += fmt::format(" where <code>{}</code> = <code>{}</code>", escape(at),
+                                 escape(from.is_string() ? from.get<std::string>() : from.dump()));
+      if (!str(wait, "timeout").empty())
+        handler += fmt::format(", {} after {}", wait["default"].is_null() ? "failing" : "default",
+                               esc(wait, "timeout"));
+    }
     steps += fmt::format(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
         "<td class=\"wide\">{} attempts, {} → {}, timeout {}, priority {}{}</td></tr>",
@@ -714,7 +729,28 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
       retry = fmt::format(
           "<div class=\"retry\" data-step-sleep=\"{}\">sleeping until <time>{}</time></div>",
           escape(slug), esc(s, "waits_until"));
-    else if (!str(s, "waits_until").empty() && s.value("snoozes", 0) > 0)
+    // A wait step waiting (docs/flows.md#wait-steps): what for, until when, and for a signal a
+    // form that sends it (assets.cpp posts it, its data the wait step's output).
+    else if (str(s, "kind") == "wait" && status == "started" && s.contains("waits_for") &&
+             s["waits_for"].is_object()) {
+      const json& w = s["waits_for"];
+      retry =
+          fmt::format("<div class=\"retry\" data-step-wait=\"{}\">waiting for {}{}</div>",
+                      escape(slug), escape(app::waits_for_text(w)),
+                      str(s, "waits_until").empty()
+                          ? std::string()
+                          : fmt::format(", times out at <time>{}</time>", esc(s, "waits_until")));
+      if (w.contains("signal") && w["signal"].is_string()) {
+        const std::string name = w["signal"].get<std::string>();
+        retry += fmt::format(
+            "<form class=\"send-signal\" data-signal-url=\"/api/v1/runs/{0}/signals/{1}\" "
+            "data-step-signal=\"{2}\"><label for=\"signal-{2}\">Data (JSON)</label>"
+            "<textarea id=\"signal-{2}\" rows=\"2\" spellcheck=\"false\">{{}}</textarea>"
+            "<button type=\"submit\">Send signal {3}</button>"
+            "<p class=\"error\" data-signal-problem hidden></p></form>",
+            url_part(id), url_part(name), escape(slug), escape(name));
+      }
+    } else if (!str(s, "waits_until").empty() && s.value("snoozes", 0) > 0)
       retry = fmt::format(
           "<div class=\"retry\" data-step-snooze=\"{}\">snoozed ({}x) until <time>{}</time></div>",
           escape(slug), s.value("snoozes", 0), esc(s, "waits_until"));

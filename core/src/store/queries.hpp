@@ -58,6 +58,8 @@ enum class Query {
   schedules_fire,
   schedules_retire,
   scrape_counts,
+  send_event,
+  send_signal,
   session_settings,
   start_copying,
   start_run,

@@ -98,6 +98,21 @@ Json flow_definition_json(const FlowDef& flow) {
       stored["sleep"] = Json{{"ms", step.sleep->duration->count()}};
     else if (step.sleep && step.sleep->until)
       stored["sleep"] = Json{{"until", *step.sleep->until}};
+    // A wait step's wait (migration 0026: upsert_flow writes flow_steps.wait_*).
+    if (step.wait) {
+      const Wait& w = *step.wait;
+      Json wait = Json::object();
+      if (w.signal) wait["signal"] = *w.signal;
+      if (w.event) {
+        wait["event"] = *w.event;
+        Json match = Json::object();
+        for (const auto& [at, from] : w.match) match[at] = from;
+        wait["match"] = std::move(match);
+      }
+      if (w.timeout) wait["timeout_ms"] = w.timeout->count();
+      if (w.default_output) wait["default"] = *w.default_output;
+      stored["wait"] = std::move(wait);
+    }
     steps.push_back(std::move(stored));
   }
   Json out{{"slug", flow.slug},

@@ -252,7 +252,7 @@ struct RunSummary {
 
 struct StepInfo {
   std::string slug;
-  std::string kind;    // "single" | "map" | "sleep"
+  std::string kind;    // "single" | "map" | "sleep" | "wait"
   std::string status;  // created | started | completed | failed | cancelled
   int task_count = 0;
   int attempts = 0;  // attempts begun, summed over the step's tasks
@@ -266,6 +266,22 @@ struct StepInfo {
   // retry's next attempt (migration 0025); none when no task of it waits for a time.
   std::optional<TimePoint> waits_until;
   int snoozes = 0;  // times its tasks were snoozed (flowreg::sdk::snooze)
+  // A wait step's (migration 0026): {"signal": name} or {"event": name, "match": {pointer:
+  // value}} (the values once it waits, else null); none for other kinds.
+  std::optional<Json> waits_for;
+};
+
+// What became of a signal sent (RunStore::send_signal).
+struct SignalSent {
+  std::int64_t id = 0;
+  std::string outcome;  // "delivered" | "kept" (its step has not started) | "duplicate"
+};
+
+// What an event sent did (RunStore::send_event).
+struct EventSent {
+  std::int64_t id = 0;
+  int resumed = 0;         // wait steps it ended
+  bool duplicate = false;  // its key was sent before: that event's id and count
 };
 
 // A step of a run's flow version as it was stored (RunStore::run_graph).
@@ -579,6 +595,17 @@ class RunStore {
 
   // true when it cancelled the run, false when the run had already ended; Errc::not_found.
   Result<bool> cancel_run(const RunId& run);
+  // Sends a signal to a run's wait step (docs/flows.md#wait-steps): delivered at once when the
+  // step waits, kept for it when it has not started yet. A key sent before under this run and
+  // name: that signal, outcome "duplicate", nothing written. Errc::not_found: no such run;
+  // Errc::invalid_argument (a conflict: HTTP 409) when the run's flow waits for no such signal,
+  // the run has ended, the signal was sent before (each is delivered once) or its step has ended.
+  Result<SignalSent> send_signal(const RunId& run, std::string_view name, const Json& data,
+                                 const std::optional<std::string>& key = std::nullopt);
+  // Sends an event: resumes every wait step waiting for it now whose match holds, in one call.
+  // A key sent before under this name: that event, duplicate true, nothing resumed again.
+  Result<EventSent> send_event(std::string_view name, const Json& data,
+                               const std::optional<std::string>& key = std::nullopt);
   // A new run of an ended run's flow version with its input, retry_of = run. Errc::not_found;
   // Errc::invalid_argument when the run is still running. From RetryFrom::failed_step: the steps
   // that completed in `run` are completed in the new run with their outputs, not run again, and

@@ -315,6 +315,27 @@ Result<bool> RunStore::cancel_run(const RunId& run) {
   });
 }
 
+Result<SignalSent> RunStore::send_signal(const RunId& run, std::string_view name, const Json& data,
+                                         const std::optional<std::string>& key) {
+  return guarded(
+      fmt::format("sending signal '{}' to run {}", shown_name(name), shown_name(run)),
+      [&]() -> Result<SignalSent> {
+        const auto row =
+            impl_->exec_once(Query::send_signal, run, std::string(name), json_text(data), key)[0];
+        return SignalSent{row["signal_id"].as<std::int64_t>(), row["outcome"].as<std::string>()};
+      });
+}
+
+Result<EventSent> RunStore::send_event(std::string_view name, const Json& data,
+                                       const std::optional<std::string>& key) {
+  return guarded(fmt::format("sending event '{}'", shown_name(name)), [&]() -> Result<EventSent> {
+    const auto row =
+        impl_->exec_once(Query::send_event, std::string(name), json_text(data), key)[0];
+    return EventSent{row["event_id"].as<std::int64_t>(), row["resumed"].as<int>(),
+                     row["duplicate"].as<bool>()};
+  });
+}
+
 Result<RunId> RunStore::retry_run(const RunId& run, RetryFrom from) {
   const bool failed_step = from == RetryFrom::failed_step;
   return guarded(

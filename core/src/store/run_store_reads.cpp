@@ -208,6 +208,7 @@ Result<std::vector<StepInfo>> RunStore::run_steps(const RunId& run) {
                      s.worker = opt_text(r["worker_id"]);
                      s.waits_until = opt_time(r["waits_until_us"]);
                      s.snoozes = r["snoozes"].as<int>();
+                     s.waits_for = opt_json(r["waits_for"]);
                      out.push_back(std::move(s));
                    }
                    return out;

@@ -42,6 +42,25 @@ StepHandler sleep_handler() {
   return h;
 }
 
+StepHandler wait_handler(const StepDef& step) {
+  StepHandler h;
+  h.name = "wait";
+  const Wait w = step.wait.value_or(Wait{});
+  if (w.default_output) {
+    h.invoke = [out = w.default_output->dump()](std::string_view, std::string_view) {
+      return HandlerOutcome{HandlerOutcome::Status::ok, out};
+    };
+    return h;
+  }
+  const std::string why = fmt::format(
+      "timed out after {} waiting for {} '{}'", format_duration_days(w.timeout.value_or(Millis{0})),
+      w.signal ? "signal" : "event", w.signal ? *w.signal : w.event.value_or(""));
+  h.invoke = [why](std::string_view, std::string_view) {
+    return HandlerOutcome{HandlerOutcome::Status::permanent, why};
+  };
+  return h;
+}
+
 Millis renew_period(Millis timeout, Millis lease) {
   const Millis granted = timeout.count() > 0 ? std::min(timeout, lease) : lease;
   return std::max(granted / 3, Millis(1));

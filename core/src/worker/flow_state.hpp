@@ -52,6 +52,11 @@ StepHandler step_handler(HandlerRef ref);
 // {"woke_at": the time it was claimed, RFC 3339 UTC}. Runs on the calling thread whatever the
 // flow's isolation.
 StepHandler sleep_handler();
+// A wait step's (docs/flows.md#wait-steps): its one task exists only with a timeout and is
+// claimable only once the timeout has ended (a signal or event that came first deleted it), so it
+// ends the step: with its default output, else failed for good ("timed out after 2d waiting for
+// signal 'approve'"). Runs on the calling thread whatever the flow's isolation.
+StepHandler wait_handler(const StepDef& step);
 
 // How often a held task's lease is renewed: a third of the lease it gets, min(timeout, lease).
 Millis renew_period(Millis timeout, Millis lease);

@@ -193,7 +193,8 @@ class FlowServices final : public Service {
       return make_error(Errc::not_found, "not in this worker's --flows");
     Servable s{FlowKey{def.slug, flow->version}, def, {}};
     for (const auto& step : def.steps) {
-      if (step.kind == StepKind::sleep) continue;  // no handler: the engine ends it (sleep_handler)
+      // No handler: the engine ends it (sleep_handler, wait_handler).
+      if (step.kind == StepKind::sleep || step.kind == StepKind::wait) continue;
       HandlerRef ref;
       if (source_.loader) ref = source_.loader->handler(step.handler);
       if (!ref) {
@@ -240,6 +241,9 @@ class FlowServices final : public Service {
       // A sleep step's task is claimed once its sleep has ended: it completes at once.
       for (const auto& step : def.steps)
         if (step.kind == StepKind::sleep) steps.emplace(step.slug, sleep_handler());
+      // A wait step's task is its timeout's: claimed once it has ended, it ends the step.
+      for (const auto& step : def.steps)
+        if (step.kind == StepKind::wait) steps.emplace(step.slug, wait_handler(step));
       // One process per pool started now, so that the first task finds it warm.
       for (const auto& pool : warm)
         if (pool->stats().alive == 0) pool->prestart();

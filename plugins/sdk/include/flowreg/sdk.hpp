@@ -135,8 +135,32 @@ class Step : public WithOptions<Step> {
   static Step sleep(std::string slug, const char* field, std::string value) {
     Step s(std::move(slug), "", false);
     s.kind_ = "sleep";
-    s.sleep_ = {{field, std::move(value)}};
+    s.fields_ = {{field, std::move(value)}};
     return s;
+  }
+  // A wait step (no handler): `field` is "signal" or "event", `name` its name.
+  static Step wait(std::string slug, const char* field, std::string name) {
+    Step s(std::move(slug), "", false);
+    s.kind_ = "wait";
+    s.fields_ = {{field, std::move(name)}};
+    return s;
+  }
+  // A wait step on an event: it takes only an event whose data has, at `event_pointer`, the
+  // value its input has at `input_pointer` ("/order_id", "/order/id"). Pairs add up (all hold).
+  Step& match(std::string event_pointer, std::string input_pointer) {
+    fields_["match"][std::move(event_pointer)] = std::move(input_pointer);
+    return *this;
+  }
+  // A wait step's timeout ("2d"): then the step fails.
+  Step& wait_timeout(std::string duration) {
+    fields_["timeout"] = std::move(duration);
+    return *this;
+  }
+  // A wait step's timeout ("2d"): then the step ends with `default_output` as its output.
+  Step& wait_timeout(std::string duration, json default_output) {
+    fields_["timeout"] = std::move(duration);
+    fields_["default"] = std::move(default_output);
+    return *this;
   }
   Step& depends_on(std::initializer_list<std::string> slugs) {
     deps_.insert(deps_.end(), slugs.begin(), slugs.end());
@@ -144,10 +168,10 @@ class Step : public WithOptions<Step> {
   }
   json to_json(const std::string& module) const {
     json j = {{"slug", slug_}};
-    if (kind_ != "sleep")
+    if (kind_ != "sleep" && kind_ != "wait")
       j["handler"] = handler_.find('.') == std::string::npos ? module + "." + handler_ : handler_;
     if (!kind_.empty()) j["kind"] = kind_;
-    for (const auto& [k, v] : sleep_.items()) j[k] = v;
+    for (const auto& [k, v] : fields_.items()) j[k] = v;
     if (!deps_.empty()) j["depends_on"] = deps_;
     if (!options_.empty()) j["options"] = options_;
     if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
@@ -157,7 +181,7 @@ class Step : public WithOptions<Step> {
 
  private:
   std::string slug_, handler_, kind_;
-  json sleep_ = json::object();
+  json fields_ = json::object();  // a sleep's or a wait's (duration, until, signal, event, ...)
   std::vector<std::string> deps_;
 };
 
@@ -199,6 +223,15 @@ class Flow : public WithOptions<Flow> {
   // A sleep step until the RFC 3339 time at `pointer` in its input ("/order/remind_at").
   Step& sleep_until_step(std::string slug, std::string pointer) {
     return steps_.emplace_back(Step::sleep(std::move(slug), "until", std::move(pointer)));
+  }
+  // A wait step (docs/flows.md#wait-steps): ends when signal `name` is sent to its run, its data
+  // the step's output; with .wait_timeout(...) it fails or takes a default then.
+  Step& wait_signal_step(std::string slug, std::string name) {
+    return steps_.emplace_back(Step::wait(std::move(slug), "signal", std::move(name)));
+  }
+  // A wait step ending when event `name` is sent whose data matches its input (.match(...)).
+  Step& wait_event_step(std::string slug, std::string name) {
+    return steps_.emplace_back(Step::wait(std::move(slug), "event", std::move(name)));
   }
   json to_json(const std::string& module) const {
     json j = {{"slug", slug_}};
