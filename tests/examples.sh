@@ -50,14 +50,21 @@ expect 'flow=text_stats'
 expect 'output: {"total":3}'
 expect 'flow=order_pipeline'
 expect 'output: {"ship":{"paid_cents":3097,"shipment_id":"ship-o-42","status":"shipped",'
-[ "$(grep -c '  completed$' "$out")" = 3 ] || fail "not 3 completed runs"
-echo "examples: command 1: 3 runs completed with their outputs"
+# The run that waited for its approval (a signal) and slept 2 s, then shipped.
+expect 'flow=order_approval'
+grep -qE '^(delivered|kept: its wait step has not started yet)$' "$out" || fail "no signal sent"
+expect '"shipment_id":"ship-o-43","status":"shipped"'
+expect 'approve          wait   completed'
+expect 'settle           sleep  completed'
+[ "$(grep -c '  completed$' "$out")" = 4 ] || fail "not 4 completed runs"
+echo "examples: command 1: 4 runs completed with their outputs"
 
 # What the README shows next, as written there.
 cd "$checkout"
 build/flowreg flows list >"$out" 2>&1 || fail "flows list failed"
 expect 'word_count  module=examples version='
 expect 'order_pipeline  module=examples version='
+expect 'order_approval  module=examples version='
 expect 'text_stats  module=text version='
 build/flowreg worker 2>"$home/worker.log" &
 worker=$!
@@ -72,7 +79,7 @@ expect 'flow=word_count'
 expect 'completed'
 expect 'output: {"total":3}'
 build/flowreg runs list >"$out" 2>&1 || fail "runs list failed"
-[ "$(grep -c ' completed ' "$out")" = 4 ] || fail "runs list does not show 4 completed runs"
+[ "$(grep -c ' completed ' "$out")" = 5 ] || fail "runs list does not show 5 completed runs"
 id=$(head -n 1 "$out" | cut -d ' ' -f 1)
 build/flowreg runs show "$id" >"$out" 2>&1 || fail "runs show failed"
 expect "run $id  flow=word_count"

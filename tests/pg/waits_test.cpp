@@ -8,6 +8,7 @@
 // run's sleep lasting its 2 s and no less; a handler (in a handler process) snoozing 3 times
 // before it completes on its one attempt; and the CLI (flows show, runs show while a run sleeps).
 #include <doctest/doctest.h>
+#include <fmt/chrono.h>
 #include <signal.h>
 
 #include <chrono>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "app/forms.hpp"
+#include "cluster/embedded_cluster.hpp"
 #include "pg/claim_env.hpp"
 #include "pg/pg_fixture.hpp"
 #include "pg/worker_scene.hpp"
@@ -570,6 +572,91 @@ TEST_SUITE("waits") {
       w->signal(SIGTERM);
       CHECK(w->wait(30s) == 0);
     }
+  }
+
+  TEST_CASE(
+      "the embedded cluster's postmaster SIGKILLed while runs sleep and wait: each sleep ends "
+      "once, on time; a signal and an event sent after the restart are delivered") {
+    namespace fs = std::filesystem;
+    // A scene on an embedded cluster of its own (its worker starts it, and starts it again).
+    flowreg::pgtest::WorkerScene s;
+    s.dir = flowreg::pgtest::test_root() / "wait_pg_crash";
+    fs::remove_all(s.dir);
+    fs::create_directories(s.dir / "plugins");
+    for (const auto& d : {flowreg::pgtest::test_root(), s.dir, s.dir / "plugins"})
+      fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                             fs::perms::others_read | fs::perms::others_exec);
+    fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / "wchaos.so", s.dir / "plugins" / "wchaos.so");
+    fs::permissions(s.dir / "plugins" / "wchaos.so",
+                    fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                        fs::perms::others_read);
+    std::ofstream(s.config()) << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n  data_dir: "
+                              << WaitJson((s.dir / "data").string()).dump() << "\n";
+    auto cluster = fdr::EmbeddedCluster::open(s.dir / "data");
+    REQUIRE_MESSAGE(cluster, flowreg::testing::failure_text(cluster));
+    flowreg::pgtest::track(*cluster);  // stopped at exit
+    s.conninfo = cluster->connection_string();
+    auto a = s.worker("a", {"--lease", "1s", "--heartbeat-interval", "500ms"});
+    s.wait_serving("a", "wchaos_until");
+
+    // 10 runs sleeping until 8 s from now, one waiting for a signal, one for an event.
+    const auto wake = std::chrono::system_clock::now() + 8s;
+    const std::string at = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z",
+                                       std::chrono::time_point_cast<std::chrono::seconds>(wake));
+    std::vector<fdr::RunId> sleepers;
+    for (int i = 0; i < 10; ++i) sleepers.push_back(s.start("wchaos_until", {{"at", at}}));
+    const auto approval = s.start("wchaos_approval", WaitJson::object());
+    const auto paid = s.start("wchaos_paid", {{"order", 5}});
+    REQUIRE(flowreg::pgtest::eventually(
+        [&] {
+          return flowreg::pgtest::query_one_or_empty(
+                     s.conninfo,
+                     "SELECT count(*) FROM flowreg.step_states WHERE status = 'started' AND "
+                     "step_slug IN ('wait', 'approve', 'paid')") == "12";
+        },
+        30s));
+
+    // PostgreSQL dies; nobody here starts it: the worker does.
+    auto status = cluster->status();
+    REQUIRE_MESSAGE(status, flowreg::testing::failure_text(status));
+    REQUIRE(status->running);
+    const pid_t postmaster = status->postmaster_pid;
+    REQUIRE(::kill(postmaster, SIGKILL) == 0);
+    REQUIRE_MESSAGE(flowreg::pgtest::eventually(
+                        [&] {
+                          auto now = cluster->status();
+                          return now && now->running && now->postmaster_pid != postmaster &&
+                                 flowreg::pgtest::query_one_or_empty(s.conninfo, "SELECT 1") == "1";
+                        },
+                        120s),
+                    s.err("a"));
+    auto store = fdr::RunStore::connect(s.conninfo);
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+    auto signalled = store->send_signal(approval, "approve", {{"by", "after the crash"}});
+    REQUIRE_MESSAGE(signalled, flowreg::testing::failure_text(signalled));
+    CHECK(signalled->outcome == "delivered");
+    auto event = store->send_event("paid", {{"order", 5}});
+    REQUIRE_MESSAGE(event, flowreg::testing::failure_text(event));
+    CHECK(event->resumed == 1);
+
+    for (const auto& run : sleepers)
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 60s), s.err("a"));
+    for (const auto& run : {approval, paid})
+      REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 60s), s.err("a"));
+    for (const auto& run : sleepers) CHECK(s.run_field(run, "status") == "completed");
+    // Each sleep ended once (one attempt, its task claimed once it was due), not before its time.
+    CHECK(flowreg::pgtest::query_one(
+              s.conninfo,
+              "SELECT count(*) FROM flowreg.step_states WHERE step_slug = 'wait' AND status = "
+              "'completed' AND attempts = 1 AND finished_at >= '" +
+                  at + "'") == "10");
+    CHECK(s.run_field(approval, "status") == "completed");
+    CHECK(WaitJson::parse(s.run_field(approval, "output"))["done"]["approve"]["by"] ==
+          "after the crash");
+    CHECK(s.run_field(paid, "status") == "completed");
+    CHECK(WaitJson::parse(s.run_field(paid, "output"))["ship"]["paid"]["order"] == 5);
+    a.signal(SIGTERM);
+    CHECK(a.wait(30s) == 0);
   }
 
   TEST_CASE("flows show prints a sleep step; runs show says until when a run sleeps") {

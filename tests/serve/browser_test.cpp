@@ -272,6 +272,38 @@ TEST_SUITE("serve_browser") {
     CHECK(browser.eval("document.querySelector('[data-schedule-status]').textContent") == "paused");
     CHECK(json::parse(c.Get("/api/v1/schedules/nightly")->body)["paused"] == true);
     browser.screenshot(artifacts / "schedules.png");
+    // A run waiting for a signal (its flow stored here, its next step served by no worker): its
+    // page says what it waits for; its form sends the signal, and the page shows the step ended.
+    auto store = scene_store(scene);
+    FlowDef approval;
+    approval.slug = "approval";
+    approval.module = "browsertest";
+    StepDef approve{"approve", StepKind::wait, {}, "", {}};
+    approve.wait = Wait{};
+    approve.wait->signal = "approve";
+    approve.wait->timeout = Millis(86'400'000);
+    approval.steps = {approve, StepDef{"ship", StepKind::single, {"approve"}, "nobody.ship", {}}};
+    REQUIRE(store.upsert_flow(approval, "v1"));
+    auto waiting = store.start_run("approval", "v1", detail::Json{{"order_id", "o-43"}});
+    REQUIRE_MESSAGE(waiting, testing::failure_text(waiting));
+    browser.open(base + "/runs/" + *waiting);
+    CHECK(browser.eval("document.querySelector('[data-step-wait=\"approve\"]').textContent")
+              .get<std::string>()
+              .starts_with("waiting for signal 'approve', times out at "));
+    browser.eval(
+        "document.querySelector('form[data-step-signal=\"approve\"] textarea').value = "
+        "'{\"by\": \"ana\"}'; true");
+    browser.screenshot(artifacts / "run-waiting.png");
+    browser.eval(
+        "document.querySelector('form[data-step-signal=\"approve\"] button').click(); true");
+    REQUIRE(
+        browser.until("!document.querySelector('form[data-step-signal]') && "
+                      "document.readyState === 'complete'"));
+    CHECK(browser.eval("document.querySelector('[data-step-status=\"approve\"]').textContent") ==
+          "completed");
+    browser.screenshot(artifacts / "run-signalled.png");
+    CHECK(json::parse(c.Get(("/api/v1/runs/" + *waiting).c_str())->body)["steps"][0]["output"] ==
+          json{{"by", "ana"}});
     // A phone's width.
     browser.viewport(390, 844, true);
     browser.open(base + "/runs");

@@ -15,8 +15,11 @@
 #include <string>
 #include <thread>
 
+#include "cluster/embedded_cluster.hpp"
 #include "pg/cli_scratch.hpp"
+#include "store/run_store.hpp"
 #include "support/process.hpp"
+#include "support/result_text.hpp"
 
 namespace flowreg::servetest {
 
@@ -122,5 +125,16 @@ struct ServeScene {
     return run;
   }
 };
+
+// A store on the scene's embedded cluster.
+inline detail::RunStore scene_store(const ServeScene& scene) {
+  auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+  REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+  auto url = cluster->ensure_running();
+  REQUIRE_MESSAGE(url, testing::failure_text(url));
+  auto store = detail::RunStore::connect(*url);
+  REQUIRE_MESSAGE(store, testing::failure_text(store));
+  return std::move(*store);
+}
 
 }  // namespace flowreg::servetest

@@ -480,6 +480,11 @@ TEST_SUITE("serve") {
         {"get", "/runs/{id}/steps/{step}/tasks", "/runs/" + done + "/steps/fetch/tasks?limit=501",
          "", 400},
         {"post", "/runs/{id}/cancel", "/runs/" + done + "/cancel", "", 409},
+        // Its flow has no wait step: every signal is a conflict; an event no run waits for.
+        {"post", "/runs/{id}/signals/{name}", "/runs/" + done + "/signals/approve", "{}", 409},
+        {"post", "/runs/{id}/signals/{name}", "/runs/" + done + "/signals/a~b", "{}", 400},
+        {"post", "/events/{name}", "/events/paid", R"({"order": 1})", 200},
+        {"post", "/events/{name}", "/events/paid", "{", 400},
         {"post", "/runs/{id}/retry", "/runs/" + done + "/retry", "", 201},
         {"post", "/runs/{id}/retry", "/runs/" + done + "/retry?from=failed", "", 409},
         {"post", "/runs/{id}/retry", "/runs/" + done + "/retry?from=elsewhere", "", 400},
@@ -538,17 +543,6 @@ namespace {
 
 // A store on the scene's cluster with the flow `slug` of one step that no worker serves (its
 // handler is in no plugin): its runs stay started, and nothing reads their inputs.
-// A store on the scene's embedded cluster.
-detail::RunStore scene_store(const ServeScene& scene) {
-  auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
-  REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
-  auto url = cluster->ensure_running();
-  REQUIRE_MESSAGE(url, testing::failure_text(url));
-  auto store = detail::RunStore::connect(*url);
-  REQUIRE_MESSAGE(store, testing::failure_text(store));
-  return std::move(*store);
-}
-
 detail::RunStore unserved_flow(const ServeScene& scene, const std::string& slug) {
   auto store = std::optional<detail::RunStore>(scene_store(scene));
   FlowDef flow;
@@ -1002,6 +996,86 @@ TEST_SUITE("serve") {
                           "<time>" +
                           poll_step["waits_until"].get<std::string>() + "</time></div>") !=
           std::string::npos);
+  }
+
+  TEST_CASE(
+      "a waiting step says what for over the API and on its page, with a signal form; signals and "
+      "events over the API, and their refusals") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto store = std::optional<detail::RunStore>(scene_store(scene));
+    // A flow no worker of the scene serves: a wait for signal "approve" (a timeout of a day), one
+    // for event "paid" matching the run's /order, then a step.
+    FlowDef waiting;
+    waiting.slug = "waiting";
+    waiting.module = "servetest";
+    StepDef approve{"approve", StepKind::wait, {}, "", {}};
+    approve.wait = Wait{};
+    approve.wait->signal = "approve";
+    approve.wait->timeout = Millis(86'400'000);
+    StepDef paid{"paid", StepKind::wait, {}, "", {}};
+    paid.wait = Wait{};
+    paid.wait->event = "paid";
+    paid.wait->match = {{"/order", "/order"}};
+    waiting.steps = {approve, paid,
+                     StepDef{"after", StepKind::single, {"approve", "paid"}, "nobody.after", {}}};
+    REQUIRE(store->upsert_flow(waiting, "v1"));
+    auto run = store->start_run("waiting", "v1", detail::Json{{"order", 7}});
+    REQUIRE_MESSAGE(run, testing::failure_text(run));
+
+    auto c = scene.client();
+    const json shown = body_of(c.Get(("/api/v1/runs/" + *run).c_str()));
+    CAPTURE(shown.dump());
+    CHECK(shown["steps"][0]["waits_for"] == json{{"signal", "approve"}});
+    CHECK(shown["steps"][0]["waits_until"].is_string());  // its timeout
+    CHECK(shown["steps"][1]["waits_for"] == json{{"event", "paid"}, {"match", {{"/order", 7}}}});
+    CHECK(shown["steps"][2]["waits_for"].is_null());
+    auto page = c.Get(("/runs/" + *run).c_str());
+    REQUIRE(page);
+    CHECK(page->status == 200);
+    CHECK(page->body.find("<div class=\"retry\" data-step-wait=\"approve\">waiting for signal "
+                          "&#39;approve&#39;, times out at <time>" +
+                          shown["steps"][0]["waits_until"].get<std::string>() + "</time></div>") !=
+          std::string::npos);
+    CHECK(page->body.find("data-signal-url=\"/api/v1/runs/" + *run + "/signals/approve\"") !=
+          std::string::npos);
+    CHECK(page->body.find("data-step-wait=\"paid\">waiting for event &#39;paid&#39; where "
+                          "/order = 7</div>") != std::string::npos);
+    // An event step has no form (an event is not sent to one run).
+    CHECK(page->body.find("/signals/paid") == std::string::npos);
+
+    // Refusals: a signal its flow does not wait for (409), a bad name (400), data that is not
+    // JSON (400), a run that does not exist (404).
+    const std::string signals = "/api/v1/runs/" + *run + "/signals/";
+    check_problem(c.Post((signals + "aprove").c_str(), "{}", "application/json"), 409);
+    check_problem(c.Post((signals + "a%20b").c_str(), "{}", "application/json"), 400);
+    check_problem(c.Post((signals + "approve").c_str(), "{oops", "application/json"), 400);
+    check_problem(c.Post("/api/v1/runs/00000000-0000-0000-0000-000000000000/signals/approve", "{}",
+                         "application/json"),
+                  404);
+    // Delivered, then the same key again: a duplicate; another send: 409.
+    httplib::Headers keyed{{"Idempotency-Key", "ok-1"}};
+    const json sent = body_of(
+        c.Post((signals + "approve").c_str(), keyed, R"({"by": "ana"})", "application/json"));
+    CHECK(sent["outcome"] == "delivered");
+    CHECK(sent["run"] == *run);
+    const json again = body_of(
+        c.Post((signals + "approve").c_str(), keyed, R"({"by": "bob"})", "application/json"));
+    CHECK(again["outcome"] == "duplicate");
+    CHECK(again["id"] == sent["id"]);
+    check_problem(c.Post((signals + "approve").c_str(), "{}", "application/json"), 409);
+    // An event: the one of another order resumes none; this order's resumes it.
+    CHECK(body_of(c.Post("/api/v1/events/paid", R"({"order": 8})",
+                         "application/json"))["resumed"] == 0);
+    const json event =
+        body_of(c.Post("/api/v1/events/paid", R"({"order": 7})", "application/json"));
+    CHECK(event["resumed"] == 1);
+    CHECK(event["duplicate"] == false);
+    const json after = body_of(c.Get(("/api/v1/runs/" + *run).c_str()));
+    CHECK(after["steps"][0]["status"] == "completed");
+    CHECK(after["steps"][0]["output"] == json{{"by", "ana"}});
+    CHECK(after["steps"][1]["output"] == json{{"order", 7}});
+    CHECK(after["steps"][2]["status"] == "started");
   }
 
   TEST_CASE(

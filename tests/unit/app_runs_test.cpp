@@ -1,10 +1,13 @@
-// app/runs: a run's input checked before anything is written.
+// app/runs: a run's input checked before anything is written; a signal's or an event's name and
+// data; how a wait step is shown (app/forms, the flow's page).
 
 #include <doctest/doctest.h>
 
 #include <string>
 
+#include "app/forms.hpp"
 #include "app/runs.hpp"
+#include "server/dashboard.hpp"
 
 using namespace flowreg;
 
@@ -75,5 +78,75 @@ TEST_SUITE("app_runs") {
       CHECK(p.error().message.find("priority '") == 0);
       CHECK(p.error().message.find("an integer from -100 to 100") != std::string::npos);
     }
+  }
+
+  TEST_CASE("a wait step as flows show, the API and the flow's page show it") {
+    FlowDef flow;
+    flow.slug = "approval";
+    StepDef approve;
+    approve.slug = "approve";
+    approve.kind = StepKind::wait;
+    approve.wait = Wait{};
+    approve.wait->signal = "approve";
+    approve.wait->timeout = Millis(2 * 86'400'000);
+    StepDef paid;
+    paid.slug = "paid";
+    paid.kind = StepKind::wait;
+    paid.wait = Wait{};
+    paid.wait->event = "pay.done";
+    paid.wait->match = {{"/id", "/approve/id"}};
+    paid.wait->timeout = Millis(3'600'000);
+    paid.wait->default_output = nlohmann::json{{"paid", false}};
+    paid.depends_on = {"approve"};
+    flow.steps = {approve, paid};
+    CHECK(app::wait_text(*approve.wait) == "wait for signal 'approve', failing after 2d");
+    CHECK(app::wait_text(*paid.wait) ==
+          "wait for event 'pay.done' where /id = /approve/id, default output after 1h");
+    CHECK(nlohmann::json(app::wait_json(*paid.wait)) ==
+          nlohmann::json{{"event", "pay.done"},
+                         {"match", {{"/id", "/approve/id"}}},
+                         {"timeout", "1h"},
+                         {"default", {{"paid", false}}}});
+    CHECK(app::waits_for_text(nlohmann::json{{"event", "pay.done"}, {"match", {{"/id", 42}}}}) ==
+          "event 'pay.done' where /id = 42");
+    CHECK(app::waits_for_text(nlohmann::json{{"signal", "approve"}}) == "signal 'approve'");
+    CHECK(app::waits_for_text(nullptr).empty());
+
+    const RegisteredFlow registered{flow, flow_version(flow), "m", "", {}};
+    const nlohmann::json j = app::flow_json(registered);
+    CHECK(j["steps"][0]["wait"] ==
+          nlohmann::json{{"signal", "approve"}, {"timeout", "2d"}, {"default", nullptr}});
+    CHECK(j["steps"][0]["handler"] == "");
+    const std::string page = detail::dashboard::flow_page(j, nlohmann::json::array());
+    CHECK(page.find("waits for signal <code>approve</code>, failing after 2d") !=
+          std::string::npos);
+    CHECK(page.find("waits for event <code>pay.done</code> where <code>/id</code> = "
+                    "<code>/approve/id</code>, default after 1h") != std::string::npos);
+  }
+
+  TEST_CASE("a signal's or an event's name and data from outside") {
+    CHECK(app::check_wait_name("payment.settled:v2-x_1", "event"));
+    for (const char* bad : {"", "-x", "a b", "a/b", "é"}) {
+      CAPTURE(bad);
+      const auto refused = app::check_wait_name(bad, "signal");
+      REQUIRE_FALSE(refused);
+      CHECK(refused.error().message.starts_with("signal name '"));
+    }
+    CHECK(app::check_wait_name(std::string(128, 'a'), "signal"));
+    CHECK_FALSE(app::check_wait_name(std::string(129, 'a'), "signal"));
+    CHECK(app::check_wait_data("", "--data").value().is_null());
+    CHECK(app::check_wait_data(R"({"by": "ana"})", "--data").value() ==
+          nlohmann::json{{"by", "ana"}});
+    const auto bad = app::check_wait_data("{oops", "--data");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == Errc::parse);
+    CHECK(bad.error().message.starts_with("--data is not valid JSON"));
+    const auto nul = app::check_wait_data(R"({"a": "\u0000"})", "--data");
+    REQUIRE_FALSE(nul);
+    CHECK(nul.error().code == Errc::invalid_argument);
+    const std::string big = "\"" + std::string(app::kMaxWaitDataBytes, 'x') + "\"";
+    const auto large = app::check_wait_data(big, "the data");
+    REQUIRE_FALSE(large);
+    CHECK(large.error().message.starts_with("the data is 16777218 bytes; the limit is 16777216"));
   }
 }

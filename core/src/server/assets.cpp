@@ -83,6 +83,7 @@ button:disabled { opacity: .5; cursor: not-allowed; }
 .retry { font-size: .8rem; color: var(--warn); margin-top: .2rem; }
 .send-signal { margin-top: .3rem; display: grid; gap: .2rem; max-width: 28rem; }
 .send-signal textarea { font-family: var(--mono, monospace); font-size: .8rem; }
+.send-signal button { justify-self: start; }
 form.inline { display: inline; margin: 0; }
 td.row-actions form { display: block; margin: 0 0 .3rem; }
 td.row-actions button { white-space: nowrap; }
