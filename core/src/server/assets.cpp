@@ -179,11 +179,19 @@ const char* const kJs = R"JS(
     live.textContent = text;
     live.className = on ? 'live on' : 'live';
   }
+  // The stream ends with the page: a page kept for the back button must not hold one of the few
+  // connections a browser opens to a server (6 in Chromium), which the next page needs. Shown
+  // again from that cache, it follows the changes again.
+  var stream = null;
+  window.addEventListener('pagehide', function () { if (stream) stream.abort(); });
+  window.addEventListener('pageshow', function (e) { if (e.persisted && live) connect(); });
   function connect() {
     var headers = authHeaders();
     if (lastId) headers['Last-Event-ID'] = lastId;
     var url = '/api/v1/events' + (watchRun ? '?run=' + encodeURIComponent(watchRun) : '');
-    fetch(url, { headers: headers, cache: 'no-store' }).then(function (r) {
+    var mine = stream = window.AbortController ? new AbortController() : null;
+    fetch(url, { headers: headers, cache: 'no-store',
+                 signal: mine ? mine.signal : undefined }).then(function (r) {
       if (r.status === 401) { showLive('live: needs the token', false); askToken(); return; }
       if (!r.ok || !r.body) throw new Error('HTTP ' + r.status);
       showLive('live', true);
@@ -202,6 +210,7 @@ const char* const kJs = R"JS(
       }
       return pump();
     }).catch(function () {
+      if (mine && mine.signal.aborted) return;  // the page was left
       showLive('live: reconnecting', false);
       setTimeout(connect, 2000);
     });
