@@ -41,13 +41,15 @@ BEGIN
                         WHERE w.event = p_name AND w.match_key = keys.k OFFSET 0) w
     WHERE keys.k IS NOT NULL
   ),
+  -- Each run probed by its primary key (a nested loop driven by the waits found: no plan can read
+  -- runs whole), locked in id order. (Filtering the waits by `run_id = ANY (the locked ids)`
+  -- compared each with every id: a cost per run growing with their number.)
   locked AS (
-    SELECT r.id FROM flowreg.runs r WHERE r.id = ANY (ARRAY(SELECT w.run_id FROM w))
-      AND r.status = 'started'
+    SELECT w.run_id, w.step_slug FROM w JOIN flowreg.runs r ON r.id = w.run_id
+    WHERE r.status = 'started'
     ORDER BY r.id FOR UPDATE OF r
   )
-  SELECT array_agg(w.run_id), array_agg(w.step_slug) INTO v_runs, v_steps
-  FROM w WHERE w.run_id = ANY (ARRAY(SELECT l.id FROM locked l));
+  SELECT array_agg(l.run_id), array_agg(l.step_slug) INTO v_runs, v_steps FROM locked l;
   resumed := 0;
   IF v_runs IS NOT NULL THEN
     -- Those still waiting once their runs are locked (another event may have resumed them).
@@ -57,4 +59,5 @@ BEGIN
   UPDATE flowreg.events SET resumed = send_event.resumed WHERE id = event_id;
 END $$;
 
-ALTER FUNCTION flowreg.send_event(text, jsonb, text) SET enable_seqscan = off SET jit = off;
+ALTER FUNCTION flowreg.send_event(text, jsonb, text)
+  SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off;
