@@ -62,3 +62,5 @@ CREATE TABLE IF NOT EXISTS flowreg.events (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_key ON flowreg.events (name, idempotency_key)
   WHERE idempotency_key IS NOT NULL;
+-- `runs prune` deletes the events sent before its cutoff, oldest first (RunStore::prune_events).
+CREATE INDEX IF NOT EXISTS events_by_time ON flowreg.events (sent_at);

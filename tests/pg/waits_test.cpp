@@ -382,6 +382,22 @@ TEST_SUITE("waits") {
       }
     CHECK(env.store.get_run(runs[2]).value()->status == fdr::RunStatus::started);
     CHECK(wait_step_of(env.store, runs[2], "paid").status == "completed");
+    // Pruning: the events sent before the cutoff go (oldest first, in batches); the key of one
+    // pruned is forgotten.
+    const std::string events = "SELECT count(*) FROM flowreg.events";
+    const std::string sent_before = flowreg::pgtest::query_one(env.conninfo, events);
+    flowreg::pgtest::query_one(env.conninfo,
+                               "UPDATE flowreg.events SET sent_at = now() - interval '2 days' "
+                               "WHERE idempotency_key = 'e1' OR resumed = 0 RETURNING 1");
+    auto pruned = env.store.prune_events(flowreg::Millis{86'400'000}, 2);
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(std::to_string(*pruned + std::stoll(flowreg::pgtest::query_one(env.conninfo, events))) ==
+          sent_before);
+    CHECK(*pruned >= 5);
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT count(*) FROM flowreg.events WHERE idempotency_key = "
+                                     "'e1' OR resumed = 0") == "0");
+    CHECK_FALSE(env.store.send_event("paid", {{"order", 9}}, std::string("e1")).value().duplicate);
   }
 
   TEST_CASE(

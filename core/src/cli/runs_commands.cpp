@@ -198,6 +198,10 @@ int runs_prune(const Globals& g, const RunsArgs& a) {
     auto pruned = store.prune(*age);
     if (!pruned) return report(pruned.error());
     fmt::print("{} run(s) pruned\n", *pruned);
+    // The events sent before the cutoff too (wait steps'): said only when there were some.
+    auto events = store.prune_events(*age);
+    if (!events) return report(events.error());
+    if (*events > 0) fmt::print("{} event(s) pruned\n", *events);
     return kExitOk;
   });
 }

@@ -40,6 +40,7 @@ enum class Query {
   probe_output,
   prune,
   prune_cutoff,
+  prune_events,
   release,
   renew,
   report_crashes,

@@ -617,6 +617,9 @@ class RunStore {
   // queue meanwhile. An error after some batches leaves those deleted (each batch is whole).
   static constexpr int kPruneBatch = 10'000;
   Result<std::int64_t> prune(Millis older_than, int batch = kPruneBatch);
+  // Deletes the events sent more than `older_than` ago (docs/flows.md#wait-steps), `batch` per
+  // statement, oldest first; returns how many. Their idempotency keys are forgotten with them.
+  Result<std::int64_t> prune_events(Millis older_than, int batch = kPruneBatch);
 
   Result<std::optional<RunInfo>> get_run(const RunId& run);
   // Newest first. Keyset pagination: with `before`, only the runs after that one in this order

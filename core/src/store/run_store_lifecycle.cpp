@@ -315,6 +315,25 @@ Result<bool> RunStore::cancel_run(const RunId& run) {
   });
 }
 
+Result<std::int64_t> RunStore::prune_events(Millis older_than, int batch) {
+  if (batch < 1)
+    return make_error(Errc::invalid_argument,
+                      fmt::format("pruning events: the batch is {}; it is at least 1", batch));
+  return guarded("pruning events", [&]() -> Result<std::int64_t> {
+    const auto cutoff = impl_
+                            ->exec(Query::prune_cutoff,
+                                   static_cast<std::int64_t>(older_than.count()))[0]["cutoff_us"]
+                            .as<std::int64_t>();
+    std::int64_t total = 0;
+    for (;;) {
+      const auto n =
+          impl_->exec(Query::prune_events, cutoff, batch)[0]["deleted"].as<std::int64_t>();
+      total += n;
+      if (n < batch) return total;
+    }
+  });
+}
+
 Result<SignalSent> RunStore::send_signal(const RunId& run, std::string_view name, const Json& data,
                                          const std::optional<std::string>& key) {
   return guarded(
