@@ -180,6 +180,7 @@ struct Args {
   int isolation_rounds = 3;
   int priority_rounds = 3;   // rounds of the priorities scenario
   long sleepers = 100'000;   // runs asleep of the waits scenario
+  long waiters = 100'000;    // runs waiting for a signal beside them
   int schedules = 10000;     // the schedules scenario's schedules, each firing every minute
   int schedule_minutes = 2;  // ... for this many ticks
   int schedule_workers = 3;  // ... fired by this many workers
@@ -237,7 +238,9 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
   waits        (only when named) --priority-rounds R rounds of two burn-downs of --runs runs of
                bench_single at the first --batch and --workers, alternating which goes first:
                alone, and beside --sleepers N (default 100000) runs of bench_nap asleep (a sleep
-               step until 2099, then a no-op step) started before the workers; prints each
+               step until 2099, then a no-op step) and --waiters M (default 100000) runs of
+               bench_approval waiting for a signal (a wait step, then a no-op step), started
+               before the workers; prints each
                round's rates and the mean ratio. Then --sleepers runs of bench_nap whose sleep
                ends at the same time, 30 s after their start began: the seconds from that time
                to the last completion, and runs/s against a burn-down of as many bench_nap runs
@@ -268,6 +271,7 @@ Options:
   --isolation-rounds R rounds of the isolation scenario (default 3)
   --priority-rounds R  rounds of the priorities, keys, rates and waits scenarios (default 3)
   --sleepers N         runs asleep in the waits scenario (default 100000)
+  --waiters N          runs waiting for a signal beside them (default 100000)
   --schedules S        schedules of the schedules scenario (default 10000)
   --schedule-minutes M ticks of the schedules scenario (default 2)
   --schedule-workers W workers of the schedules scenario (default 3)
@@ -359,6 +363,8 @@ Args parse_args(int argc, char** argv) {
       a.priority_rounds = positive(opt, v);
     } else if (opt == "--sleepers") {
       a.sleepers = positive(opt, v);
+    } else if (opt == "--waiters") {
+      a.waiters = positive(opt, v);
     } else if (opt == "--scrape-backlog") {
       a.scrape_backlog = positive_list(opt, v);
     } else if (opt == "--scrape-reads") {
@@ -549,9 +555,9 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
     auto scanned = value_or_throw(loader.scan(), "loading the plugins of " BENCH_WORKER_PLUGIN_DIR);
     for (const auto& p : scanned)
       if (p.error) throw std::runtime_error("plugin " + p.describe_error());
-    for (const char* slug :
-         {"bench_single", "bench_chain", "bench_fanout", "bench_latency", "bench_keyed",
-          "bench_keyed_runs", "bench_rated_high", "bench_rated_1000", "bench_nap"}) {
+    for (const char* slug : {"bench_single", "bench_chain", "bench_fanout", "bench_latency",
+                             "bench_keyed", "bench_keyed_runs", "bench_rated_high",
+                             "bench_rated_1000", "bench_nap", "bench_approval"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -875,6 +881,7 @@ struct BurnSpec {
   int keys = 0;             // > 0: the backlog's inputs spread over this many keys ("k")
   bool times = false;       // keep each completion's time (BurnResult::times)
   long sleepers = 0;        // > 0: this many bench_nap runs asleep until 2099 beside the backlog
+  long waiters = 0;         // > 0: this many bench_approval runs waiting for a signal beside it
   int wake_in_s = 0;        // > 0: the backlog's (bench_nap's) sleeps end this long after its start
   bool woke_before = false;  // the backlog's (bench_nap's) sleeps ended before it started
 };
@@ -1015,6 +1022,7 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       (spec.priority_levels > 0 ? fmt::format("_p{}", spec.priority_levels) : "") +
       (spec.keys > 0 ? fmt::format("_k{}", spec.keys) : "") +
       (spec.sleepers > 0 ? fmt::format("_s{}", spec.sleepers) : "") +
+      (spec.waiters > 0 ? fmt::format("_sig{}", spec.waiters) : "") +
       (spec.wake_in_s > 0 ? fmt::format("_wake{}", spec.wake_in_s) : "") +
       (spec.woke_before ? "_woke" : "");
   BurnResult r;
@@ -1032,6 +1040,14 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
                                      0, "2099-01-01T00:00:00Z");
       std::fprintf(stderr, "  %s: %ld runs of bench_nap asleep, started in %.2f s\n", name.c_str(),
                    spec.sleepers, s);
+      if (spec.waiters > 0) {
+        const FlowInfo& wait = env.flows.at("bench_approval");
+        value_or_throw(store.upsert_flow(wait.def, wait.version), "upsert bench_approval");
+        const double w =
+            start_backlog(store, "bench_approval", wait.version, spec.waiters, kStartChunk);
+        std::fprintf(stderr, "  %s: %ld runs of bench_approval waiting, started in %.2f s\n",
+                     name.c_str(), spec.waiters, w);
+      }
       // What their start leaves to do (autovacuum's vacuum and analyze of the tables they
       // filled, a checkpoint of their WAL) is done now, not during the drain: the drain beside
       // them measures what sleeping runs cost while they sleep.
@@ -2079,8 +2095,8 @@ int run_bench(Env& env) {
     if (!wait_pairs.empty()) {
       std::printf(
           "\nwaits: burn-downs of bench_single alone and beside %ld runs of bench_nap "
-          "asleep\n",
-          a.sleepers);
+          "asleep and %ld runs of bench_approval waiting for a signal\n",
+          a.sleepers, a.waiters);
       std::printf("%5s %8s %12s %12s %10s\n", "round", "runs", "alone r/s", "beside r/s", "ratio");
       double sum = 0, plain_sum = 0;
       for (std::size_t i = 0; i < wait_pairs.size(); ++i) {
@@ -2092,7 +2108,7 @@ int run_bench(Env& env) {
         std::printf("%5zu %8ld %12.0f %12.0f %10.3f\n", i + 1, alone.spec.runs, p, q, q / p);
       }
       const double plain = plain_sum / static_cast<double>(wait_pairs.size());
-      std::printf("mean rate ratio (beside the sleepers / alone): %.3f\n",
+      std::printf("mean rate ratio (beside the sleepers and waiters / alone): %.3f\n",
                   sum / static_cast<double>(wait_pairs.size()));
       if (woken && awake) {
         const double woke = static_cast<double>(woken->spec.runs) / woken->wake_s;
@@ -2292,6 +2308,7 @@ int run_bench(Env& env) {
                         a.batches.front(), a.runs,         false};
           spec.round = round;
           spec.sleepers = sleepers ? a.sleepers : 0;
+          spec.waiters = sleepers ? a.waiters : 0;
           (sleepers ? pair.second : pair.first) = burn_down(env, spec);
         }
         wait_pairs.push_back(std::move(pair));

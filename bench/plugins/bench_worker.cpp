@@ -10,6 +10,7 @@
 //                   microseconds) at which the handler was entered, which worker_bench subtracts
 //                   from the time just before it started the run. Same machine, same clock.
 //   bench_nap       a sleep step until the time at /at of the run's input, then "after" (noop)
+//   bench_approval  a wait step for signal "go" (no task while it waits), then "after" (noop)
 //   (and the limited flows below)
 #include <time.h>
 
@@ -61,6 +62,11 @@ FLOWREG_PLUGIN(bench_worker) {
   auto& nap = plugin.flow("bench_nap").description("worker_bench: sleep until /at, then no-op");
   nap.sleep_until_step("nap", "/at");
   nap.step("after", "noop").depends_on({"nap"});
+  // A wait for a signal, then a no-op step (docs/flows.md#wait-steps).
+  auto& approval =
+      plugin.flow("bench_approval").description("worker_bench: wait for signal go, then no-op");
+  approval.wait_signal_step("approve", "go");
+  approval.step("after", "noop").depends_on({"approve"});
   plugin.flow("bench_rated_high")
       .description("worker_bench: one no-op step, at most 1,000,000 task starts per second")
       .step("only", "noop")
