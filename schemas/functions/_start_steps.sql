@@ -164,8 +164,10 @@ BEGIN
                        WHEN z.n < 0 AND z.kind = 'sleep' THEN
             format('step %L sleeps until the time at %L of its input, but %s there, not an RFC '
                    '3339 time such as "2026-11-28T09:00:00Z"', z.step_slug,
-                   CASE WHEN cardinality(z.sleep_path) = 0 THEN ''
-                        ELSE '/' || array_to_string(z.sleep_path, '/') END,
+                   -- The pointer as written: each key escaped again (~ as ~0, / as ~1).
+                   (SELECT coalesce(string_agg('/' || replace(replace(k, '~', '~0'), '/', '~1'),
+                                               '' ORDER BY i), '')
+                    FROM unnest(z.sleep_path) WITH ORDINALITY AS p(k, i)),
                    CASE WHEN z.input #> z.sleep_path IS NULL THEN 'it has nothing'
                         ELSE 'it has ' || left((z.input #> z.sleep_path)::text, 100) END)
                        WHEN z.n < 0 THEN

@@ -168,6 +168,16 @@ TEST_SUITE("waits") {
       CHECK(info->error->find(bad.is_null() ? "it has nothing there" : "it has " + bad.dump()) !=
             std::string::npos);
     }
+    // The pointer is named as written, its keys escaped again ("a/b" as a~1b).
+    flowreg::FlowDef escaped;
+    escaped.slug = "until_escaped";
+    escaped.steps = {wait_sleep_step("wait", {}, {std::nullopt, std::string("/a~1b")}),
+                     step("after", {"wait"})};
+    const auto escaped_key = flowreg::pgtest::store_at_shape(env.store, escaped);
+    const auto odd = flowreg::pgtest::start_one(env.store, escaped_key, {{"a/b", "soon"}});
+    CHECK(env.store.get_run(odd).value()->error.value_or("").find(
+              "sleeps until the time at '/a~1b' of its input, but it has \"soon\" there") !=
+          std::string::npos);
     // One bad time among the runs of one start fails that run only.
     const std::vector<WaitJson> batch = {
         {{"at", "2099-01-01T00:00:00Z"}}, {{"at", "soon"}}, {{"at", "2099-01-01T00:00:00+01:00"}}};
