@@ -23,10 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "cluster/embedded_cluster.hpp"
 #include "flowreg/flow.hpp"
-#include "store/migrations.hpp"
 #include "store/run_store.hpp"
+#include "temp_cluster.hpp"
 
 namespace fs = std::filesystem;
 using namespace flowreg;
@@ -127,36 +126,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: event_bench [others=50000] [rounds=3]\n");
     return 2;
   }
-  char tmpl[] = "/tmp/flowreg_event_bench_XXXXXX";
-  if (!mkdtemp(tmpl)) {
-    std::perror("mkdtemp");
-    return 1;
-  }
-  const fs::path dir = tmpl;
-  // mkdtemp makes it 0700; when root runs the bench, the cluster's owner (postgres) must enter it.
-  fs::permissions(dir, fs::perms::others_exec | fs::perms::group_exec, fs::perm_options::add);
-  int rc = 0;
-  std::optional<EmbeddedCluster> cluster;
-  try {
-    ClusterOptions options;
-    options.data_dir = dir / "data";
-    options.sync_init = false;  // the cluster is thrown away; the server itself runs durably
-    cluster.emplace(value_or_die(EmbeddedCluster::open(options), "open cluster"));
-    auto started = value_or_die(cluster->start(), "start cluster");
-    value_or_die(migrate(started.connection_string), "migrate");
-    run_bench(started.connection_string, others, rounds);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "event_bench: %s\n", e.what());
-    rc = 1;
-  }
-  if (cluster) {
-    if (auto stopped = cluster->stop(); !stopped) {
-      std::fprintf(stderr, "event_bench: stopping the cluster: %s\n",
-                   stopped.error().format().c_str());
-      rc = 1;
-    }
-  }
-  std::error_code ec;
-  fs::remove_all(dir, ec);
-  return rc;
+  return flowreg::bench::on_temp_cluster(
+      "event_bench", [&](const std::string& conninfo) { run_bench(conninfo, others, rounds); });
 }

@@ -17,20 +17,6 @@
 
 namespace flowreg::detail {
 
-std::string pointer_append(std::string_view pointer, std::string_view token) {
-  std::string out(pointer);
-  out += '/';
-  for (char c : token) {
-    if (c == '~')
-      out += "~0";
-    else if (c == '/')
-      out += "~1";
-    else
-      out += c;
-  }
-  return out;
-}
-
 Location PositionedJson::locate(std::string_view pointer) const {
   std::string p(pointer);
   while (true) {

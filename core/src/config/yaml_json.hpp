@@ -53,7 +53,4 @@ tl::expected<PositionedJson, std::vector<Diagnostic>> load_yaml_file(
 tl::expected<std::string, Diagnostic> read_text_file(const std::filesystem::path& path,
                                                      std::size_t max_bytes);
 
-// Appends `token` to a JSON pointer, escaping '~' and '/'.
-std::string pointer_append(std::string_view pointer, std::string_view token);
-
 }  // namespace flowreg::detail

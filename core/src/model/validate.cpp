@@ -32,24 +32,6 @@ std::string slug_problem(std::string_view slug) {
   return {};
 }
 
-namespace {
-
-// `key` as one reference token of a JSON pointer (RFC 6901: ~ as ~0, / as ~1).
-std::string pointer_token(std::string_view key) {
-  std::string out;
-  for (char c : key) {
-    if (c == '~')
-      out += "~0";
-    else if (c == '/')
-      out += "~1";
-    else
-      out += c;
-  }
-  return out;
-}
-
-}  // namespace
-
 bool is_valid_slug(std::string_view slug) noexcept {
   if (slug.empty() || slug.size() > kMaxSlugLength) return false;
   if (!(slug[0] >= 'a' && slug[0] <= 'z')) return false;
@@ -314,7 +296,7 @@ class Checker {
       report(at + "/match", fmt::format("step '{}': its match has {} pairs; at most {}", step.slug,
                                         w.match.size(), Wait::kMaxMatch));
     for (const auto& [event_pointer, input_pointer] : w.match) {
-      const std::string pair_at = at + "/match/" + pointer_token(event_pointer);
+      const std::string pair_at = detail::pointer_append(at + "/match", event_pointer);
       check_key(pair_at, fmt::format("step '{}': match", step.slug), event_pointer);
       check_key(pair_at, fmt::format("step '{}': match '{}' reads", step.slug, event_pointer),
                 input_pointer);

@@ -141,4 +141,18 @@ std::string bounded_text(std::string_view text, std::size_t max_bytes) {
          " bytes)";
 }
 
+std::string pointer_append(std::string_view pointer, std::string_view token) {
+  std::string out(pointer);
+  out += '/';
+  for (char c : token) {
+    if (c == '~')
+      out += "~0";
+    else if (c == '/')
+      out += "~1";
+    else
+      out += c;
+  }
+  return out;
+}
+
 }  // namespace flowreg::detail

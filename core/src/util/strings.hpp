@@ -32,4 +32,7 @@ std::string_view utf8_prefix(std::string_view text, std::size_t max_bytes) noexc
 // utf8_prefix of `max_bytes` followed by "... (N bytes)", N being the size of `text` as given.
 std::string bounded_text(std::string_view text, std::size_t max_bytes);
 
+// Appends `token` to a JSON pointer, escaping '~' and '/' (RFC 6901: as ~0 and ~1).
+std::string pointer_append(std::string_view pointer, std::string_view token);
+
 }  // namespace flowreg::detail
