@@ -183,6 +183,20 @@ class Checker {
                          conc->key ? "'" + *conc->key + "'" : std::string("none: one key")));
   }
 
+  // A step of a kind that runs no handler (sleep, wait): no handler, and nothing that only a
+  // handler's tasks have.
+  void check_no_handler(const std::string& at, const StepDef& step, std::string_view kind) {
+    if (!step.handler.empty())
+      report(at + "/handler",
+             fmt::format("step '{}' is a {} step and runs no handler; remove handler '{}'",
+                         step.slug, kind, step.handler));
+    if (step.concurrency || step.rate_limit)
+      report(at + (step.concurrency ? "/concurrency" : "/rate_limit"),
+             fmt::format("step '{}' is a {} step: it runs no handler, so it takes no "
+                         "concurrency or rate limit",
+                         step.slug, kind));
+  }
+
   // A sleep step (docs/flows.md#sleep-steps): no handler, nothing that only a handler's tasks
   // have, and exactly one of a duration in range or a pointer to the time it sleeps until.
   void check_sleep(const std::string& at, const StepDef& step) {
@@ -192,15 +206,7 @@ class Checker {
                                        step.slug, step.sleep->duration ? "duration" : "until"));
       return;
     }
-    if (!step.handler.empty())
-      report(at + "/handler",
-             fmt::format("step '{}' is a sleep step and runs no handler; remove handler '{}'",
-                         step.slug, step.handler));
-    if (step.concurrency || step.rate_limit)
-      report(at + (step.concurrency ? "/concurrency" : "/rate_limit"),
-             fmt::format("step '{}' is a sleep step: it runs no handler, so it takes no "
-                         "concurrency or rate limit",
-                         step.slug));
+    check_no_handler(at, step, "sleep");
     const bool duration = step.sleep && step.sleep->duration;
     const bool until = step.sleep && step.sleep->until;
     if (duration == until) {
@@ -258,15 +264,7 @@ class Checker {
                              : ""));
       return;
     }
-    if (!step.handler.empty())
-      report(at + "/handler",
-             fmt::format("step '{}' is a wait step and runs no handler; remove handler '{}'",
-                         step.slug, step.handler));
-    if (step.concurrency || step.rate_limit)
-      report(at + (step.concurrency ? "/concurrency" : "/rate_limit"),
-             fmt::format("step '{}' is a wait step: it runs no handler, so it takes no "
-                         "concurrency or rate limit",
-                         step.slug));
+    check_no_handler(at, step, "wait");
     const Wait w = step.wait.value_or(Wait{});
     if (w.signal.has_value() == w.event.has_value()) {
       report(at, fmt::format("step '{}' is a wait step: give it either signal (a name sent to its "
