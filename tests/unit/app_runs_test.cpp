@@ -141,6 +141,18 @@ TEST_SUITE("app_runs") {
     REQUIRE_FALSE(bad);
     CHECK(bad.error().code == Errc::parse);
     CHECK(bad.error().message.starts_with("--data is not valid JSON"));
+    // Bytes that are not UTF-8, and nesting deeper than a run's input may be: refused as such.
+    const auto latin1 = app::check_wait_data("{\"by\": \"\xe9\"}", "--data");
+    REQUIRE_FALSE(latin1);
+    CHECK(latin1.error().code == Errc::parse);
+    const auto deep =
+        app::check_wait_data(std::string(100'000, '[') + std::string(100'000, ']'), "the data");
+    REQUIRE_FALSE(deep);
+    CHECK(deep.error().message.starts_with("the data nests deeper than"));
+    // A name that is not UTF-8 is refused, its message made valid UTF-8.
+    const auto bytes = app::check_wait_name("go\xff", "signal");
+    REQUIRE_FALSE(bytes);
+    CHECK(bytes.error().message.find("\xff") == std::string::npos);
     const auto nul = app::check_wait_data(R"({"a": "\u0000"})", "--data");
     REQUIRE_FALSE(nul);
     CHECK(nul.error().code == Errc::invalid_argument);
