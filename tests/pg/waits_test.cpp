@@ -591,6 +591,21 @@ TEST_SUITE("waits") {
     const auto after = flowreg({"runs", "signal", run, "approve"});
     CHECK(after.exit_code != 0);
     CHECK(after.err.find("has ended (completed)") != std::string::npos);
+    // A signal sent while the run's first step still runs (1.5 s) is kept, then consumed when the
+    // wait step starts.
+    const auto early =
+        s.start("wchaos_approval_slow",
+                {{"audit", (s.dir / "slow_audit").string()}, {"ms", 1500}, {"customer", "early"}});
+    const auto kept = flowreg({"runs", "signal", early, "approve", "--data", R"({"by": "early"})"});
+    REQUIRE_MESSAGE(kept.exit_code == 0, kept.err);
+    CHECK(kept.out == "kept: its wait step has not started yet\n");
+    REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(early); }, 30s), s.err("b"));
+    CHECK(s.run_field(early, "status") == "completed");
+    CHECK(WaitJson::parse(s.run_field(early, "output"))["done"]["approve"]["by"] == "early");
+    CHECK(flowreg::pgtest::query_one(s.conninfo,
+                                     "SELECT step_slug || ' ' || (consumed_at IS NOT NULL) FROM "
+                                     "flowreg.signals WHERE run_id = '" +
+                                         early + "'") == "approve true");
     const auto flow_text = flowreg({"flows", "show", "wchaos_paid"});
     REQUIRE_MESSAGE(flow_text.exit_code == 0, flow_text.err);
     CHECK(flow_text.out.find("wait for event 'paid' where /order = /order") != std::string::npos);

@@ -16,6 +16,7 @@
 //                 snoozes input.ms milliseconds while the file has at most input.snoozes lines;
 //                 then returns {"calls": its lines, "attempt": the context's attempt}
 //   wchaos_approval "quick" -> a wait for signal "approve" -> "resumed"
+//   wchaos_approval_slow "audited" (input.ms long) -> a wait for signal "approve" -> "resumed"
 //   wchaos_paid   a wait for event "paid" matching /order of the run's input -> "resumed"
 //   wchaos_deadline a wait for signal "go", 1 s timeout, default {"late": true} -> "quick"
 //   wchaos_expire a wait for signal "go", failing after 1 s
@@ -175,6 +176,11 @@ FLOWREG_PLUGIN(wchaos) {
   approval.step("first", "quick");
   approval.wait_signal_step("approve", "approve").depends_on({"first"});
   approval.step("done", "resumed").depends_on({"approve"});
+  auto& slow = plugin.flow("wchaos_approval_slow")
+                   .description("audited for input.ms, then waits for signal approve");
+  slow.step("first", "audited");
+  slow.wait_signal_step("approve", "approve").depends_on({"first"});
+  slow.step("done", "resumed").depends_on({"approve"});
   auto& paid = plugin.flow("wchaos_paid").description("waits for event paid with its /order");
   paid.wait_event_step("paid", "paid").match("/order", "/order");
   paid.step("ship", "resumed").depends_on({"paid"});
