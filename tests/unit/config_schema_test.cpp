@@ -193,6 +193,68 @@ TEST_SUITE("schema") {
     }
   }
 
+  TEST_CASE("a step's condition: its forms, pointers into its dependencies, its bounds") {
+    const auto valid = problems_of_text(
+        "flows: [{slug: a, steps: [{slug: o, handler: m.o, when: {at: /vip, exists: true}}, "
+        "{slug: p, handler: m.p, depends_on: [o], when: {all: [{at: /o/pay, in: [card, cash]}, "
+        "{not: {at: /o/n, equals: 3}}, {any: [{at: /o/x, exists: false}]}]}}, {slug: q, handler: "
+        "m.q, depends_on: [o, p], trigger: any}]}]\n");
+    CHECK(valid == std::vector<std::string>{});
+    for (const auto& item : std::vector<std::pair<std::string, std::string>>{
+             {"{slug: s, handler: m.s, when: {at: /a}}",
+              "inline.yaml:1:51: flow 'a': step 's': a condition has keys at; it must be one of "
+              "{at: /pointer, equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: "
+              "[conditions]}, {any: [conditions]} or {not: condition}"},
+             {"{slug: s, handler: m.s, when: {at: /a, equals: 1, in: [1]}}",
+              "inline.yaml:1:51: flow 'a': step 's': a condition has keys at, equals, in; it must "
+              "be one of {at: /pointer, equals: value}, {at, in: [values]}, {at, exists: "
+              "true|false}, {all: [conditions]}, {any: [conditions]} or {not: condition}"},
+             {"{slug: s, handler: m.s, when: {all: [{at: /a, equal: 1}]}}",
+              "inline.yaml:1:73: flow 'a': step 's': unknown key 'equal' in a condition; a "
+              "condition is {at: /pointer, equals: value}, {at, in: [values]}, {at, exists: "
+              "true|false}, {all: [conditions]}, {any: [conditions]} or {not: condition}"},
+             {"{slug: s, handler: m.s, when: {any: []}}",
+              "inline.yaml:1:58: flow 'a': step 's': any takes a list of 1 to 100 conditions"},
+             {"{slug: s, handler: m.s, when: {not: [1]}}",
+              "inline.yaml:1:58: flow 'a': step 's': a condition is an object, {at: /pointer, "
+              "equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: [conditions]}, "
+              "{any: [conditions]} or {not: condition}; got [1]"},
+             {"{slug: s, handler: m.s, when: {at: /a, in: 1}}",
+              "inline.yaml:1:66: flow 'a': step 's': in takes a list of 1 to 100 values"},
+             {"{slug: s, handler: m.s, when: {at: /a, exists: yes}}",
+              "inline.yaml:1:66: flow 'a': step 's': exists is true or false"},
+             {"{slug: s, handler: m.s, when: {at: a, equals: 1}}",
+              "inline.yaml:1:58: flow 'a': step 's': when at 'a' is not a JSON pointer: it must be "
+              "empty or start with '/' (/customer_id)"},
+             {"{slug: s, handler: m.s, when: {at: /a, equals: 1}, trigger: any}",
+              "inline.yaml:1:78: flow 'a': step 's' has trigger: any but no dependency: trigger "
+              "says which of its dependencies it needs completed"},
+             {"{slug: s, handler: m.s, trigger: some}",
+              "inline.yaml:1:51: flows[0].steps[0].trigger: expected one of all, any, got the "
+              "string 'some'"},
+             {"{slug: o, handler: m.o}, {slug: s, handler: m.s, depends_on: [o], when: {at: /x/id, "
+              "equals: 1}}",
+              "inline.yaml:1:100: flow 'a': step 's': when at '/x/id' points into 'x', which is "
+              "not one of its dependencies (o): its input is {dependency: output}"},
+             {"{slug: s, handler: m.s, when: {not: {not: {not: {not: {not: {not: {not: {not: "
+              "{at: /a, exists: true}}}}}}}}}}",
+              "inline.yaml:1:100: flow 'a': step 's': its condition nests deeper than 8 levels"}}) {
+      const std::string& yaml = item.first;
+      CAPTURE(yaml);
+      const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
+      std::string text;
+      for (const auto& g : got) text += g + "\n";
+      CAPTURE(text);
+      CHECK(got == std::vector<std::string>{item.second});
+    }
+    // 65 parts: over the bound, said once.
+    std::string many = "{slug: s, handler: m.s, when: {any: [";
+    for (int i = 0; i < 64; ++i) many += (i ? ", " : "") + std::string("{at: /a, exists: true}");
+    const auto got = problems_of_text("flows: [{slug: a, steps: [" + many + "]}}]}]\n");
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].ends_with("flow 'a': step 's': its condition has more than 64 parts"));
+  }
+
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
     const auto p = problems_of_text(
         "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "

@@ -115,6 +115,30 @@ struct Wait {
 // digit (it is a segment of the API's paths).
 bool is_valid_wait_name(std::string_view name) noexcept;
 
+// Which dependencies a step needs completed to start (docs/flows.md#conditional-steps): all of
+// them (a skipped one skips it too), or any one (it starts once each has completed or been
+// skipped, when at least one completed).
+enum class Trigger { all, any };
+std::string_view to_string(Trigger trigger) noexcept;
+
+// A step's `when` (docs/flows.md#conditional-steps): a condition over its input (its run's input
+// for a root step, else {dependency: output} of its completed dependencies), as JSON:
+//   {"at": pointer, "equals": value}   the value at the pointer equals it (JSON equality)
+//   {"at": pointer, "in": [values]}    ... equals one of them
+//   {"at": pointer, "exists": bool}    something (even null) is there, or nothing is
+//   {"all": [conditions]}, {"any": [conditions]}, {"not": condition}
+// A pointer that resolves to nothing makes `equals` and `in` false.
+struct Condition {
+  static constexpr std::size_t kMaxDepth = 8;
+  static constexpr std::size_t kMaxNodes = 64;
+  static constexpr std::size_t kMaxList = 100;         // values of an `in`, operands of all / any
+  static constexpr std::size_t kMaxBytes = 16 * 1024;  // of the whole condition as JSON
+};
+
+// The condition as one line of text ("/charge/status equals \"paid\" and not /x exists"), for
+// `flows show`, the dashboard and messages. REQUIRES: a condition validate_flow accepted.
+std::string condition_text(const nlohmann::json& condition);
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
@@ -125,6 +149,8 @@ struct StepDef {
   std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
   std::optional<Sleep> sleep = std::nullopt;              // kind sleep: what it waits for
   std::optional<Wait> wait = std::nullopt;                // kind wait: what it waits for
+  std::optional<nlohmann::json> when = std::nullopt;      // runs only when it holds (Condition)
+  Trigger trigger = Trigger::all;                         // which dependencies it needs completed
 
   friend bool operator==(const StepDef&, const StepDef&) = default;
 };
@@ -150,7 +176,8 @@ struct FlowDef {
   friend bool operator==(const FlowDef&, const FlowDef&) = default;
 };
 
-// Content hash of the flow's shape: steps, kinds, dependencies, handlers, sleeps and waits, not its
+// Content hash of the flow's shape: steps, kinds, dependencies, handlers, sleeps, waits, conditions
+// and triggers, not its
 // tuning options, description or schema. 16 lowercase hex digits. Two flows with the same shape
 // have the same version whatever the order their steps and dependencies were written in.
 std::string flow_version(const FlowDef& flow);

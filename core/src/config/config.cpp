@@ -140,6 +140,10 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
       if (s.contains("default")) w.default_output = s["default"];
       step.wait = std::move(w);
     }
+    // A condition (docs/flows.md#conditional-steps): its form is checked by validate_flow, which
+    // names the place of each problem in it.
+    if (s.contains("when")) step.when = s["when"];
+    if (s.value("trigger", "all") == "any") step.trigger = Trigger::any;
     if (s.contains("options")) step.options = overrides_of(s["options"]);
     if (s.contains("concurrency")) step.concurrency = concurrency_of(s["concurrency"]);
     if (s.contains("rate_limit")) step.rate_limit = rate_limit_of(s["rate_limit"]);

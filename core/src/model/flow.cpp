@@ -31,6 +31,54 @@ std::optional<StepKind> parse_step_kind(std::string_view text) noexcept {
   return std::nullopt;
 }
 
+std::string_view to_string(Trigger trigger) noexcept {
+  return trigger == Trigger::any ? "any" : "all";
+}
+
+namespace {
+
+void append_condition(std::string& out, const nlohmann::json& c, bool nested) {
+  if (!c.is_object()) return;
+  if (c.contains("all") || c.contains("any")) {
+    const bool all = c.contains("all");
+    const auto& list = c[all ? "all" : "any"];
+    if (!list.is_array()) return;
+    if (nested && list.size() > 1) out += '(';
+    for (std::size_t i = 0; i < list.size(); ++i) {
+      if (i > 0) out += all ? " and " : " or ";
+      append_condition(out, list[i], true);
+    }
+    if (nested && list.size() > 1) out += ')';
+    return;
+  }
+  if (c.contains("not")) {
+    out += "not ";
+    const auto& inner = c["not"];
+    const bool group = inner.is_object() && (inner.contains("all") || inner.contains("any"));
+    out += group ? "" : "(";
+    append_condition(out, inner, true);
+    out += group ? "" : ")";
+    return;
+  }
+  const std::string at =
+      c.contains("at") && c["at"].is_string() ? c["at"].get<std::string>() : std::string();
+  const std::string place = at.empty() ? std::string("the input") : at;
+  if (c.contains("equals"))
+    out += place + " equals " + c["equals"].dump();
+  else if (c.contains("in"))
+    out += place + " in " + c["in"].dump();
+  else if (c.contains("exists"))
+    out += place + (c["exists"] == true ? " exists" : " is missing");
+}
+
+}  // namespace
+
+std::string condition_text(const nlohmann::json& condition) {
+  std::string out;
+  append_condition(out, condition, false);
+  return out;
+}
+
 bool is_valid_wait_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > Wait::kMaxNameLength) return false;
   const auto alnum = [](char c) {
@@ -111,6 +159,12 @@ std::string flow_version(const FlowDef& flow) {
       if (w.timeout) text += fmt::format("|timeout {}ms", w.timeout->count());
       if (w.default_output) part("default", w.default_output->dump());
     }
+    // A condition and a trigger (added later, as a sleep).
+    if (s->when) {
+      const std::string c = s->when->dump();
+      text += fmt::format("|when {}:{}", c.size(), c);
+    }
+    if (s->trigger == Trigger::any) text += "|trigger any";
     text += '\n';
   }
   return detail::sha256_hex(text).substr(0, 16);

@@ -316,6 +316,94 @@ class Checker {
                          w.default_output->dump().size(), Wait::kMaxDefaultBytes));
   }
 
+  // A step's condition (docs/flows.md#conditional-steps): each node one of the forms of
+  // Condition, nested at most Condition::kMaxDepth deep, Condition::kMaxNodes nodes and
+  // Condition::kMaxBytes of JSON in all; each pointer into its input (past a root step, into one
+  // of its dependencies). Reports the first problem of each node, at its place.
+  void check_when(const std::string& at, const StepDef& step) {
+    const nlohmann::json& when = *step.when;
+    const std::size_t bytes = when.dump().size();
+    if (bytes > Condition::kMaxBytes) {
+      report(at, fmt::format("step '{}': its condition is {} bytes of JSON; at most {}", step.slug,
+                             bytes, Condition::kMaxBytes));
+      return;
+    }
+    std::size_t nodes = 0;
+    check_condition(at, step, when, 1, nodes);
+  }
+
+  void check_condition(const std::string& at, const StepDef& step, const nlohmann::json& c,
+                       std::size_t depth, std::size_t& nodes) {
+    static constexpr std::string_view kForms =
+        "{at: /pointer, equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: "
+        "[conditions]}, {any: [conditions]} or {not: condition}";
+    if (++nodes > Condition::kMaxNodes) {
+      if (nodes == Condition::kMaxNodes + 1)
+        report(at, fmt::format("step '{}': its condition has more than {} parts", step.slug,
+                               Condition::kMaxNodes));
+      return;
+    }
+    if (depth > Condition::kMaxDepth) {
+      report(at, fmt::format("step '{}': its condition nests deeper than {} levels", step.slug,
+                             Condition::kMaxDepth));
+      return;
+    }
+    if (!c.is_object()) {
+      report(at, fmt::format("step '{}': a condition is an object, {}; got {}", step.slug, kForms,
+                             detail::utf8_valid(c.dump().substr(0, 60))));
+      return;
+    }
+    std::vector<std::string> keys;
+    for (const auto& [k, v] : c.items()) keys.push_back(k);
+    const auto has = [&](const char* key) { return c.contains(key); };
+    const int tests = int{has("equals")} + int{has("in")} + int{has("exists")};
+    const int groups = int{has("all")} + int{has("any")} + int{has("not")};
+    for (const auto& k : keys)
+      if (k != "at" && k != "equals" && k != "in" && k != "exists" && k != "all" && k != "any" &&
+          k != "not") {
+        report(detail::pointer_append(at, k),
+               fmt::format("step '{}': unknown key '{}' in a condition; a condition is {}",
+                           step.slug, detail::utf8_valid(k), kForms));
+        return;
+      }
+    if (groups + tests != 1 || (groups == 1 && has("at")) || (tests == 1 && !has("at"))) {
+      report(at, fmt::format("step '{}': a condition has keys {}; it must be one of {}", step.slug,
+                             detail::utf8_valid(fmt::format("{}", fmt::join(keys, ", "))), kForms));
+      return;
+    }
+    if (has("all") || has("any")) {
+      const char* key = has("all") ? "all" : "any";
+      const nlohmann::json& list = c[key];
+      if (!list.is_array() || list.empty() || list.size() > Condition::kMaxList) {
+        report(at + "/" + key, fmt::format("step '{}': {} takes a list of 1 to {} conditions",
+                                           step.slug, key, Condition::kMaxList));
+        return;
+      }
+      for (std::size_t i = 0; i < list.size(); ++i)
+        check_condition(fmt::format("{}/{}/{}", at, key, i), step, list[i], depth + 1, nodes);
+      return;
+    }
+    if (has("not")) {
+      check_condition(at + "/not", step, c["not"], depth + 1, nodes);
+      return;
+    }
+    if (!c["at"].is_string()) {
+      report(at + "/at", fmt::format("step '{}': at is a JSON pointer into the step's input, "
+                                     "such as /charge/status",
+                                     step.slug));
+      return;
+    }
+    const std::string pointer = c["at"].get<std::string>();
+    check_key(at + "/at", fmt::format("step '{}': when at", step.slug), pointer);
+    check_input_pointer(at + "/at", step, "when at", pointer, "a value");
+    if (has("in") &&
+        (!c["in"].is_array() || c["in"].empty() || c["in"].size() > Condition::kMaxList))
+      report(at + "/in", fmt::format("step '{}': in takes a list of 1 to {} values", step.slug,
+                                     Condition::kMaxList));
+    if (has("exists") && !c["exists"].is_boolean())
+      report(at + "/exists", fmt::format("step '{}': exists is true or false", step.slug));
+  }
+
   void check_steps() {
     std::unordered_map<std::string_view, std::size_t> first_index;
     std::unordered_map<std::string, std::string> signals;  // name -> the step waiting for it
@@ -358,6 +446,12 @@ class Checker {
       }
       if (step.kind != StepKind::sleep && step.kind != StepKind::wait)
         check_rate_with_concurrency(at, step);
+      if (step.when) check_when(at + "/when", step);
+      if (step.trigger == Trigger::any && step.depends_on.empty())
+        report(at + "/trigger",
+               fmt::format("step '{}' has trigger: any but no dependency: trigger says which of "
+                           "its dependencies it needs completed",
+                           step.slug));
     }
     for (std::size_t i = 0; i < flow_.steps.size(); ++i) {
       const StepDef& step = flow_.steps[i];

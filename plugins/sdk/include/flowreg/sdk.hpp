@@ -162,6 +162,19 @@ class Step : public WithOptions<Step> {
     fields_["default"] = std::move(default_output);
     return *this;
   }
+  // Runs only when `condition` holds for its input, else is skipped (docs/flows.md#conditional-
+  // steps): {{"at", "/charge/status"}, {"equals", "paid"}}, {"in": [...]}, {"exists": true},
+  // {"all": [...]}, {"any": [...]}, {"not": {...}}.
+  Step& when(json condition) {
+    fields_["when"] = std::move(condition);
+    return *this;
+  }
+  // Starts once each dependency completed or was skipped, when at least one completed (default:
+  // every dependency must complete; a skipped one skips this step too).
+  Step& trigger_any() {
+    fields_["trigger"] = "any";
+    return *this;
+  }
   Step& depends_on(std::initializer_list<std::string> slugs) {
     deps_.insert(deps_.end(), slugs.begin(), slugs.end());
     return *this;
@@ -181,7 +194,7 @@ class Step : public WithOptions<Step> {
 
  private:
   std::string slug_, handler_, kind_;
-  json fields_ = json::object();  // a sleep's or a wait's (duration, until, signal, event, ...)
+  json fields_ = json::object();  // a sleep's, a wait's (duration, signal, ...), when, trigger
   std::vector<std::string> deps_;
 };
 
