@@ -1,17 +1,18 @@
--- Accounts for completed steps: their dependents have one dependency less; a completed leaf step
--- (one no step depends on) leaves its run one leaf less, and a run without leaves left is
--- completed (its output: its leaf steps' outputs) and announced, in the same UPDATE that
--- decrements it. (Every step is an ancestor of a leaf, which cannot complete before it: a run whose
--- leaves completed has no step left. So only a leaf's completion writes its run.) A single step
--- left without dependencies is
--- started in that same UPDATE of its state, and its task created (its input is read when it is
--- claimed): a chain's next step costs one write of its state and one task. Within a work() call
--- (transaction setting flowreg.claim, see work), that task is created claimed by the calling
--- worker when it serves the flow and has room left (_claimed_here; _claim returns it). Returns
--- the runs given
--- that are still started and have a map step made ready (its tasks depend on its input's length:
--- _start_steps creates them) or a sleep step (its task is due when its sleep ends: migration
--- 0025). REQUIRES: the runs are locked and started, and the steps' outputs are stored.
+-- Accounts for ended steps (completed, or skipped: migration 0027): their dependents have one
+-- dependency less; an ended leaf step (one no step depends on) leaves its run one leaf less, and a
+-- run without leaves left is completed (its output: its completed leaf steps' outputs; a skipped
+-- leaf has none) and announced, in the same UPDATE that decrements it. (Every step is an ancestor
+-- of a leaf, which cannot end before it: a run whose leaves ended has no step left. So only a
+-- leaf's end writes its run.) A single step left without dependencies is started in that same
+-- UPDATE of its state, and its task created (its input is read when it is claimed): a chain's
+-- next step costs one write of its state and one task. Within a work() call (transaction setting
+-- flowreg.claim, see work), that task is created claimed by the calling worker when it serves the
+-- flow and has room left (_claimed_here; _claim returns it). Returns the runs given that are still
+-- started and have a map step made ready (its tasks depend on its input's length: _start_steps
+-- creates them), a sleep or wait step (its task is due when its sleep or timeout ends: migrations
+-- 0025, 0026) or a step that may be skipped (flow_deps.checked, migration 0027: whether it starts
+-- depends on its dependencies' states and its condition).
+-- REQUIRES: the runs are locked and started, and the steps' outputs are stored.
 --
 -- Cost per step flat in the number given, plans stable by construction (see _complete_locked):
 -- every statement is a nested loop driven by the steps given (or arrays made from them), probing
@@ -31,6 +32,7 @@ DECLARE
   v_dflows text[];
   v_dversions text[];
   v_dn int[];
+  v_dchecked boolean[];  -- the dependent may be skipped: _start_steps decides (migration 0027)
   -- The leaves of the flows of the leaf steps given, keyed '<flow slug> <version> <step slug>'
   -- (slugs hold no space): a completed run's output is theirs.
   v_leaves jsonb;
@@ -53,8 +55,8 @@ BEGIN
   per_run AS (SELECT d.run_id, count(*)::int AS n FROM d WHERE d.is_leaf GROUP BY 1),
   per_dep AS (
     SELECT d.run_id, fd.step_slug, min(d.flow_slug) AS flow_slug,
-           min(d.flow_version) AS flow_version, count(*)::int AS n
-    FROM d CROSS JOIN LATERAL (SELECT fd.step_slug FROM flowreg.flow_deps fd
+           min(d.flow_version) AS flow_version, count(*)::int AS n, bool_or(fd.checked) AS checked
+    FROM d CROSS JOIN LATERAL (SELECT fd.step_slug, fd.checked FROM flowreg.flow_deps fd
                                WHERE fd.flow_slug = d.flow_slug AND fd.version = d.flow_version
                                  AND fd.dep_slug = d.step_slug OFFSET 0) fd
     GROUP BY 1, 2
@@ -66,32 +68,36 @@ BEGIN
           CROSS JOIN LATERAL (SELECT fs.step_slug FROM flowreg.flow_steps fs
                               WHERE fs.flow_slug = f.flow_slug AND fs.version = f.flow_version
                                 AND fs.is_leaf OFFSET 0) lf)
-  INTO v_lruns, v_ln, v_druns, v_dsteps, v_dflows, v_dversions, v_dn, v_leaves
+  INTO v_lruns, v_ln, v_druns, v_dsteps, v_dflows, v_dversions, v_dn, v_dchecked, v_leaves
   FROM (SELECT array_agg(run_id), array_agg(n) FROM per_run) lr,
        (SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug),
-               array_agg(flow_version), array_agg(n) FROM per_dep) dp;
+               array_agg(flow_version), array_agg(n), array_agg(checked) FROM per_dep) dp;
 
   IF v_druns IS NOT NULL THEN
-    -- go: a single step left without dependencies, started here.
+    -- go: a single step left without dependencies, started here (one that may be skipped is
+    -- left to _start_steps).
     WITH upd AS (
       UPDATE flowreg.step_states s
       SET remaining_deps = s.remaining_deps - p.n,
-          status = CASE WHEN s.kind = 'single' AND s.status = 'created' AND s.remaining_deps = p.n
+          status = CASE WHEN s.kind = 'single' AND NOT p.checked AND s.status = 'created'
+                             AND s.remaining_deps = p.n
                         THEN 'started' ELSE s.status END,
-          remaining_tasks = CASE WHEN s.kind = 'single' AND s.status = 'created'
+          remaining_tasks = CASE WHEN s.kind = 'single' AND NOT p.checked AND s.status = 'created'
                                       AND s.remaining_deps = p.n
                                  THEN 1 ELSE s.remaining_tasks END,
-          task_count = CASE WHEN s.kind = 'single' AND s.status = 'created'
+          task_count = CASE WHEN s.kind = 'single' AND NOT p.checked AND s.status = 'created'
                                  AND s.remaining_deps = p.n
                             THEN 1 ELSE s.task_count END,
-          started_at = CASE WHEN s.kind = 'single' AND s.status = 'created'
+          started_at = CASE WHEN s.kind = 'single' AND NOT p.checked AND s.status = 'created'
                                  AND s.remaining_deps = p.n
                             THEN now() ELSE s.started_at END
-      FROM unnest(v_druns, v_dsteps, v_dflows, v_dversions, v_dn)
-           AS p(run_id, step_slug, flow_slug, flow_version, n)
+      FROM unnest(v_druns, v_dsteps, v_dflows, v_dversions, v_dn, v_dchecked)
+           AS p(run_id, step_slug, flow_slug, flow_version, n, checked)
       WHERE s.run_id = ANY (ARRAY[p.run_id]) AND s.step_slug = ANY (ARRAY[p.step_slug])
       RETURNING s.run_id, s.step_slug, s.kind, s.remaining_deps, p.flow_slug, p.flow_version,
-                s.kind = 'single' AND s.remaining_deps = 0 AND s.status = 'started' AS go
+                p.checked,
+                s.kind = 'single' AND NOT p.checked AND s.remaining_deps = 0
+                  AND s.status = 'started' AS go
     ),
     go AS (
       SELECT u.run_id, u.step_slug, fs.flow_slug, fs.version, fs.timeout_ms,
@@ -132,7 +138,7 @@ BEGIN
     SELECT (SELECT array_agg(DISTINCT st.flow_slug) FROM started st WHERE st.status = 'queued'),
            (SELECT array_agg(st.id) FROM started st WHERE st.status = 'started'),
            (SELECT array_agg(DISTINCT u.run_id) FROM upd u
-            WHERE u.kind <> 'single' AND u.remaining_deps = 0)
+            WHERE (u.kind <> 'single' OR u.checked) AND u.remaining_deps = 0)
     INTO v_flows, v_mine, v_map_runs;
     PERFORM flowreg._claimed_here(v_claim, v_mine);
     IF v_flows IS NOT NULL THEN
@@ -152,7 +158,7 @@ BEGIN
                       ELSE coalesce(
                         (SELECT jsonb_object_agg(s.step_slug, s.output)
                          FROM flowreg.step_states s
-                         WHERE s.run_id = r.id
+                         WHERE s.run_id = r.id AND s.status = 'completed'
                            AND v_leaves ? (r.flow_slug || ' ' || r.flow_version || ' '
                                            || s.step_slug)), '{}'::jsonb) END
     FROM unnest(v_lruns, v_ln) AS p(id, n)

@@ -147,7 +147,8 @@ BEGIN
                          THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
                          ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                                FROM flowreg.step_states d
-                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)) END),
+                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
+                                 AND d.status = 'completed') END),
            fs.max_attempts, c.timeout_ms, c.lease_expires_at
     FROM mine c
     LEFT JOIN LATERAL (
@@ -211,7 +212,8 @@ BEGIN
       FROM unnest(v_gated) g
     )
     -- A single step's task stores no input (a map step's stores its element): it is the run's input
-    -- for a root step, else the object of its dependencies' outputs by step slug, read here by
+    -- for a root step, else the object of its completed dependencies' outputs by step slug (a
+    -- skipped one has none: migration 0027), read here by
     -- primary key (runs or step_states) after its step (flow_steps: its dependencies and attempts).
     SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
            coalesce(c.input,
@@ -219,7 +221,8 @@ BEGIN
                          THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
                          ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                                FROM flowreg.step_states d
-                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)) END),
+                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
+                                 AND d.status = 'completed') END),
            fs.max_attempts, c.timeout_ms, c.lease_expires_at
     FROM mine c
     LEFT JOIN LATERAL (
@@ -271,7 +274,8 @@ BEGIN
       FROM unnest(v_gated) g
     )
     -- A single step's task stores no input (a map step's stores its element): it is the run's input
-    -- for a root step, else the object of its dependencies' outputs by step slug, read here by
+    -- for a root step, else the object of its completed dependencies' outputs by step slug (a
+    -- skipped one has none: migration 0027), read here by
     -- primary key (runs or step_states) after its step (flow_steps: its dependencies and attempts).
     SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
            coalesce(c.input,
@@ -279,7 +283,8 @@ BEGIN
                          THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
                          ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                                FROM flowreg.step_states d
-                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)) END),
+                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
+                                 AND d.status = 'completed') END),
            fs.max_attempts, c.timeout_ms, c.lease_expires_at
     FROM mine c
     LEFT JOIN LATERAL (

@@ -94,7 +94,9 @@ BEGIN
   one_row AS (
     SELECT jsonb_object_agg(f.flow_slug || ' ' || f.flow_version, l.one_row) AS m
     FROM (SELECT DISTINCT d.flow_slug, d.flow_version FROM done d WHERE NOT d.chained) f
-    CROSS JOIN LATERAL (SELECT count(*) = 1 AND bool_and(fs.kind = 'single') AS one_row
+    -- (A step with a condition, migration 0027, never has that layout.)
+    CROSS JOIN LATERAL (SELECT count(*) = 1 AND bool_and(fs.kind = 'single' AND NOT fs.checked)
+                          AS one_row
                         FROM flowreg.flow_steps fs
                         WHERE fs.flow_slug = f.flow_slug AND fs.version = f.flow_version
                         OFFSET 0) l

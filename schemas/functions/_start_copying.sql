@@ -4,8 +4,8 @@
 -- and queues start_runs' notifications. The caller then writes the runs and their tasks with COPY,
 -- in the same transaction, the rows start_run's short path writes (the layout of migrations 0012
 -- and 0013: no step state, attempts 0, the run naming its solo task). Returns no row for any other
--- flow version (several steps, a map step, a step with a concurrency limit, not stored): the
--- caller calls start_runs instead, in the same transaction.
+-- flow version (several steps, a map step, a step with a concurrency limit or a condition, not
+-- stored): the caller calls start_runs instead, in the same transaction.
 --
 -- Why COPY: PostgreSQL logs the rows of one COPY into a table with one WAL record per page
 -- (heap_multi_insert) instead of one per row, which saves about 47 bytes of WAL per row (measured:
@@ -33,6 +33,7 @@ BEGIN
   FROM flowreg.flow_steps fs
   WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.kind = 'single'
     AND fs.gate_prefix IS NULL  -- a gated step's task is written with its key: start_runs
+    AND NOT fs.checked  -- a step with a condition is started by _start_steps (migration 0027)
     AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
                     WHERE o.flow_slug = p_slug AND o.version = p_version
                       AND o.step_slug <> fs.step_slug);

@@ -9,10 +9,15 @@
 -- event, an event_waits row under the key of the values its match reads in its input (a run whose
 -- input has no value there fails). Within a work() call, the tasks are created claimed by its
 -- worker as far as it has room, as in _account_steps (a sleep or wait step's never); the rest are
--- queued.
--- Then completes the runs that have no step left. Set-based: one pass handles every ready step of
--- every run given. The ready steps are found from the given runs first (a materialized
--- primary-key lookup), so the cost does not grow with the history of runs of the flow.
+-- queued. A step that may be skipped (flow_steps.checked, migration 0027) is skipped when a
+-- dependency was skipped (trigger all), when none completed (trigger any), or when its condition
+-- (_when) is false for its input (its run's input for a root step, else its completed
+-- dependencies' outputs by slug): its state 'skipped', no task, no output; that counts as its end
+-- for its dependents and its run, as a completion does.
+-- Then completes the runs that have no step left (their output: their completed leaves').
+-- Set-based: one pass handles every ready step of every run given. The ready steps are found
+-- from the given runs first (a materialized primary-key lookup), so the cost does not grow with
+-- the history of runs of the flow.
 -- REQUIRES: the runs are locked (or new in this transaction).
 --
 -- Plans stable by construction: sequential scans, hash joins and merge joins are off here, so
@@ -45,7 +50,8 @@ BEGIN
              CASE WHEN fs.gate_prefix IS NOT NULL
                   THEN flowreg._gate_of(fs.gate_prefix, r.input, fs.gate_path) END AS gate,
              -- Only a map step's input is needed here (its elements become its tasks' inputs), and
-             -- that of a sleep step until a time in it (a single step's: {dependency: output}).
+             -- that of a sleep step until a time in it, or of a wait step on an event (a single
+             -- step's: {dependency: output}, its completed dependencies' only).
              CASE WHEN fs.kind = 'map' THEN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT d.output FROM flowreg.step_states d
@@ -54,7 +60,8 @@ BEGIN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                                FROM flowreg.step_states d
-                               WHERE d.run_id = r.id AND d.step_slug = ANY (fs.deps)) END
+                               WHERE d.run_id = r.id AND d.step_slug = ANY (fs.deps)
+                                 AND d.status = 'completed') END
              END AS input,
              fs.sleep_ms, fs.sleep_path, fs.wait_signal, fs.wait_event, fs.wait_match,
              fs.wait_timeout_ms,
@@ -62,7 +69,16 @@ BEGIN
              CASE WHEN fs.wait_signal IS NOT NULL THEN
                (SELECT g.data FROM flowreg.signals g
                 WHERE g.run_id = r.id AND g.name = fs.wait_signal AND g.step_slug IS NULL) END
-               AS signal_data
+               AS signal_data,
+             -- Skipped (migration 0027): a dependency skipped (trigger all), none completed
+             -- (trigger any), or its condition false for its input.
+             fs.checked AND (
+               CASE WHEN cardinality(fs.deps) = 0 THEN false
+                    WHEN fs.trigger_any THEN dq.completed = 0
+                    ELSE dq.skipped > 0 END
+               OR (fs.when_cond IS NOT NULL AND NOT flowreg._when(
+                     fs.when_cond, CASE WHEN cardinality(fs.deps) = 0 THEN r.input
+                                        ELSE coalesce(dq.outputs, '{}'::jsonb) END))) AS skip
       -- Driven by the run ids (primary key probes, materialized first), whatever the statistics
       -- say: each run's step states, then each step, by key in lateral subqueries (as joins, a
       -- plan made while the tables were small probed flow_steps by flow version, then walked
@@ -73,14 +89,23 @@ BEGIN
                             AND s.remaining_deps = 0 OFFSET 0) s
       CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority, f.gate_prefix,
                                  f.gate_path, f.sleep_ms, f.sleep_path, f.wait_signal,
-                                 f.wait_event, f.wait_match, f.wait_timeout_ms
+                                 f.wait_event, f.wait_match, f.wait_timeout_ms, f.when_cond,
+                                 f.trigger_any, f.checked
                           FROM flowreg.flow_steps f
                           WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                             AND f.step_slug = s.step_slug OFFSET 0) fs
+      -- A step that may be skipped: its dependencies' states, and their outputs by slug.
+      CROSS JOIN LATERAL (SELECT count(*) FILTER (WHERE d.status = 'completed') AS completed,
+                                 count(*) FILTER (WHERE d.status = 'skipped') AS skipped,
+                                 jsonb_object_agg(d.step_slug, d.output)
+                                   FILTER (WHERE d.status = 'completed') AS outputs
+                          FROM flowreg.step_states d
+                          WHERE fs.checked AND d.run_id = r.id AND d.step_slug = ANY (fs.deps)) dq
     ),
     sized AS MATERIALIZED (
       SELECT w.*,
-             CASE WHEN kind = 'sleep' THEN CASE WHEN w.wake IS NULL THEN -1 ELSE 1 END
+             CASE WHEN w.skip THEN 0
+                  WHEN kind = 'sleep' THEN CASE WHEN w.wake IS NULL THEN -1 ELSE 1 END
                   WHEN kind = 'wait' THEN
                     CASE WHEN w.signal_data IS NOT NULL THEN 0
                          WHEN w.wait_event IS NOT NULL AND w.match_key IS NULL THEN -1
@@ -147,12 +172,13 @@ BEGIN
     ),
     upd AS (
       UPDATE flowreg.step_states s
-      SET status = CASE WHEN z.n > 0 THEN 'started' WHEN z.n = 0 THEN 'completed' ELSE 'failed' END,
+      SET status = CASE WHEN z.skip THEN 'skipped' WHEN z.n > 0 THEN 'started'
+                        WHEN z.n = 0 THEN 'completed' ELSE 'failed' END,
           remaining_tasks = greatest(z.n, 0),
           task_count = greatest(z.n, 0),
           started_at = now(),
           finished_at = CASE WHEN z.n <= 0 THEN now() END,
-          output = CASE WHEN z.n = 0 THEN coalesce(z.signal_data, '[]'::jsonb) END,
+          output = CASE WHEN z.n = 0 AND NOT z.skip THEN coalesce(z.signal_data, '[]'::jsonb) END,
           error = CASE WHEN z.n < 0 AND z.kind = 'wait' THEN
             format('step %L waits for event %L where %s, but its input has nothing at %s',
                    z.step_slug, z.wait_event,
@@ -195,13 +221,13 @@ BEGIN
     took AS (
       UPDATE flowreg.signals g SET step_slug = z.step_slug, consumed_at = now()
       FROM sized z
-      WHERE z.kind = 'wait' AND z.n = 0 AND g.run_id = ANY (ARRAY[z.run_id])
+      WHERE z.kind = 'wait' AND z.n = 0 AND NOT z.skip AND g.run_id = ANY (ARRAY[z.run_id])
         AND g.name = z.wait_signal AND g.step_slug IS NULL
     )
-    SELECT array_agg(u.run_id) FILTER (WHERE u.status = 'completed'),
-           array_agg(u.step_slug) FILTER (WHERE u.status = 'completed'),
-           array_agg(u.flow_slug) FILTER (WHERE u.status = 'completed'),
-           array_agg(u.flow_version) FILTER (WHERE u.status = 'completed'),
+    SELECT array_agg(u.run_id) FILTER (WHERE u.status IN ('completed', 'skipped')),
+           array_agg(u.step_slug) FILTER (WHERE u.status IN ('completed', 'skipped')),
+           array_agg(u.flow_slug) FILTER (WHERE u.status IN ('completed', 'skipped')),
+           array_agg(u.flow_version) FILTER (WHERE u.status IN ('completed', 'skipped')),
            array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
            array_agg(u.error) FILTER (WHERE u.status = 'failed'),
            (SELECT array_agg(DISTINCT t.flow_slug) FROM new_tasks t WHERE t.status = 'queued'),
@@ -233,7 +259,7 @@ BEGIN
            CROSS JOIN LATERAL (SELECT f.is_leaf FROM flowreg.flow_steps f
                                WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                                  AND f.step_slug = s.step_slug OFFSET 0) fs
-           WHERE s.run_id = r.id AND fs.is_leaf), '{}'::jsonb)
+           WHERE s.run_id = r.id AND s.status = 'completed' AND fs.is_leaf), '{}'::jsonb)
     WHERE r.id = ANY (p_runs) AND r.status = 'started' AND r.remaining_leaves = 0
     RETURNING r.id
   )

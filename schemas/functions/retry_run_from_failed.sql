@@ -1,5 +1,6 @@
 -- Starts a new run of a failed run's flow version with its input, linked by retry_of, from its
--- failed step: every step that completed in the failed run is written completed in the new one,
+-- failed step: every step that completed in the failed run is written completed in the new one
+-- (one skipped, migration 0027, skipped: its dependencies' outputs are the same),
 -- with its output (what its dependants read as their input, a map step's being its tasks' outputs
 -- in task order), 0 attempts and no worker (it does not run again), its start and end the new
 -- run's start; every other step starts as in a fresh run given those completed dependencies (one
@@ -42,7 +43,7 @@ BEGIN
   -- The steps that completed: each has a step state in every layout (a one-step flow's run has
   -- none, and its failed step did not complete).
   SELECT array_agg(s.step_slug) INTO v_done
-  FROM flowreg.step_states s WHERE s.run_id = p_run AND s.status = 'completed';
+  FROM flowreg.step_states s WHERE s.run_id = p_run AND s.status IN ('completed', 'skipped');
   IF v_done IS NULL THEN
     SELECT s.run_id INTO v_new
     FROM flowreg.start_runs(v_run.flow_slug, v_run.flow_version, ARRAY[v_run.input], NULL, p_run) s;
@@ -51,8 +52,8 @@ BEGIN
 
   -- The flow version's shape, as start_runs reads it; its leaves not completed are left to run.
   SELECT count(*), count(*) FILTER (WHERE fs.is_leaf AND fs.step_slug <> ALL (v_done)),
-         count(*) > 1 AND bool_and(fs.kind = 'single') AND bool_and(cardinality(fs.deps) <= 1)
-           AND count(*) FILTER (WHERE fs.is_leaf) = 1
+         count(*) > 1 AND bool_and(fs.kind = 'single' AND NOT fs.checked)
+           AND bool_and(cardinality(fs.deps) <= 1) AND count(*) FILTER (WHERE fs.is_leaf) = 1
   INTO v_steps, v_leaves, v_chained
   FROM flowreg.flow_steps fs
   WHERE fs.flow_slug = v_run.flow_slug AND fs.version = v_run.flow_version;
@@ -74,9 +75,9 @@ BEGIN
   INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps, status,
                                    remaining_tasks, task_count, output, started_at, finished_at,
                                    attempts, worker_id)
-  SELECT v_new, s.step_slug, s.step_index, s.kind, 0, 'completed', 0, s.task_count, s.output,
+  SELECT v_new, s.step_slug, s.step_index, s.kind, 0, s.status, 0, s.task_count, s.output,
          now(), now(), 0, NULL
-  FROM flowreg.step_states s WHERE s.run_id = p_run AND s.status = 'completed';
+  FROM flowreg.step_states s WHERE s.run_id = p_run AND s.status IN ('completed', 'skipped');
 
   IF v_chained THEN
     -- A chain's first step not completed (its one dependency completed, or none): its task, queued.

@@ -31,7 +31,7 @@ BEGIN
                   THEN flowreg._gate_of(fs.gate_prefix, p_input, fs.gate_path) END AS gate
       FROM flowreg.flow_steps fs
       WHERE fs.flow_slug = p_slug AND fs.version = p_version AND fs.kind = 'single'
-        AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
+        AND NOT fs.checked AND NOT EXISTS (SELECT FROM flowreg.flow_steps o
                         WHERE o.flow_slug = p_slug AND o.version = p_version
                           AND o.step_slug <> fs.step_slug)
     ),

@@ -10,8 +10,9 @@
 -- (migration 0013); a chain's run (migration 0017: single steps a -> b -> ...) gets no step state
 -- either (they are written as its steps end), and its root step's task is marked chained, with its
 -- start time;
--- _start_steps runs only when the flow has a map root step (its task count depends on the input)
--- or a sleep root step (its task is due when its sleep ends: migration 0025).
+-- _start_steps runs only when the flow has a map root step (its task count depends on the input),
+-- a sleep or wait root step (migrations 0025, 0026) or a root step with a condition (migration
+-- 0027: it may be skipped); a flow with a condition has neither of the two layouts above.
 -- Plans stable by construction: no sequential scan, hash join or merge join (see _start_steps).
 -- One generic plan per session, made at the first call: its shape is the same for 1 input or
 -- 1000 (nested loops over primary keys), and planning the statement anew at each call cost more
@@ -44,12 +45,16 @@ BEGIN
   -- (_guard_flow_delete).
   WITH meta AS MATERIALIZED (
     SELECT count(*) AS steps, count(*) FILTER (WHERE is_leaf) AS leaves,
-           -- A root step started by _start_steps: a map step, or a sleep step (migration 0025).
-           coalesce(bool_or(kind <> 'single' AND cardinality(deps) = 0), false) AS map_root,
-           coalesce(bool_or(kind = 'single' AND cardinality(deps) = 0), false) AS single_root,
-           count(*) = 1 AND bool_and(kind = 'single') AS one_row,
-           count(*) > 1 AND bool_and(kind = 'single') AND bool_and(cardinality(deps) <= 1)
-             AND count(*) FILTER (WHERE is_leaf) = 1 AS chained
+           -- A root step started by _start_steps: a map, sleep or wait step, or one with a
+           -- condition (migrations 0025 to 0027).
+           coalesce(bool_or((kind <> 'single' OR checked) AND cardinality(deps) = 0), false)
+             AS map_root,
+           coalesce(bool_or(kind = 'single' AND NOT checked AND cardinality(deps) = 0), false)
+             AS single_root,
+           count(*) = 1 AND bool_and(kind = 'single' AND NOT checked) AS one_row,
+           count(*) > 1 AND bool_and(kind = 'single' AND NOT checked)
+             AND bool_and(cardinality(deps) <= 1) AND count(*) FILTER (WHERE is_leaf) = 1
+             AS chained
     FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version
   ),
   given AS (
@@ -89,9 +94,10 @@ BEGIN
            x.n, x.n, CASE WHEN x.n = 1 THEN now() END
     FROM ins CROSS JOIN flowreg.flow_steps fs
     CROSS JOIN LATERAL (
-      SELECT CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' THEN 'started'
-                  ELSE 'created' END AS status,
-             CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' THEN 1 ELSE 0 END AS n) x
+      SELECT CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' AND NOT fs.checked
+                  THEN 'started' ELSE 'created' END AS status,
+             CASE WHEN cardinality(fs.deps) = 0 AND fs.kind = 'single' AND NOT fs.checked
+                  THEN 1 ELSE 0 END AS n) x
     WHERE fs.flow_slug = p_slug AND fs.version = p_version
       AND NOT (SELECT m.one_row OR m.chained FROM meta m)
   ),
@@ -107,7 +113,7 @@ BEGIN
                 THEN flowreg._gate_of(fs.gate_prefix, ins.input, fs.gate_path) END
     FROM ins CROSS JOIN meta m CROSS JOIN flowreg.flow_steps fs
     WHERE fs.flow_slug = p_slug AND fs.version = p_version AND cardinality(fs.deps) = 0
-      AND fs.kind = 'single'
+      AND fs.kind = 'single' AND NOT fs.checked
   )
   SELECT (SELECT array_agg(ins.id) FROM ins), m.steps, m.map_root, m.single_root
   INTO v_new, v_steps, v_map_root, v_single_root

@@ -9,11 +9,14 @@
 -- the flow's and the steps' concurrency limits (`concurrency`, migration 0023: _set_gates). A
 -- sleep step's `sleep` ({"ms"} or {"until": pointer}, migration 0025) is shape, and so is a wait
 -- step's `wait` ({"signal"} or {"event", "match": {event pointer: input pointer}}, with
--- "timeout_ms" and "default" when set: migration 0026).
+-- "timeout_ms" and "default" when set: migration 0026), and a step's condition (`when`) and
+-- `trigger` (migration 0027). A step is `checked` when it has a condition or a dependency that is
+-- checked: the steps that may be skipped, whose start _start_steps decides.
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
   v_stored jsonb;
+  v_checked text[];
 BEGIN
   INSERT INTO flowreg.flows (slug, version, definition) VALUES (p_slug, p_version, p_def)
   ON CONFLICT (slug, version) DO NOTHING;
@@ -40,10 +43,18 @@ BEGIN
     PERFORM flowreg._set_gates(p_slug, p_version);
     RETURN true;
   END IF;
+  -- The steps that may be skipped: those with a condition, and every step depending on one.
+  WITH RECURSIVE c(slug) AS (
+    SELECT s->>'slug' FROM jsonb_array_elements(p_def->'steps') AS s WHERE s ? 'when'
+    UNION
+    SELECT s->>'slug' FROM c CROSS JOIN jsonb_array_elements(p_def->'steps') AS s
+    WHERE s->'depends_on' ? c.slug
+  )
+  SELECT coalesce(array_agg(c.slug), '{}') INTO v_checked FROM c;
   INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
                                   is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms,
                                   priority, sleep_ms, sleep_path, wait_signal, wait_event,
-                                  wait_match, wait_timeout_ms)
+                                  wait_match, wait_timeout_ms, when_cond, trigger_any, checked)
   SELECT p_slug, p_version, s->>'slug', (i - 1)::int, s->>'kind', coalesce(s->>'handler', ''),
          ARRAY(SELECT jsonb_array_elements_text(s->'depends_on')),
          NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_def->'steps') o
@@ -64,12 +75,14 @@ BEGIN
                               'run', to_jsonb(flowreg._pointer_path(m.value #>> '{}')))
                             ORDER BY m.key)
                      FROM jsonb_each(s->'wait'->'match') AS m), '[]'::jsonb) END,
-         (s->'wait'->>'timeout_ms')::bigint
+         (s->'wait'->>'timeout_ms')::bigint,
+         -- A condition and a trigger (migration 0027).
+         s->'when', coalesce(s->>'trigger', 'all') = 'any', (s->>'slug') = ANY (v_checked)
   FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
   PERFORM flowreg._add_levels(p_slug, p_version);
   PERFORM flowreg._set_gates(p_slug, p_version);
-  INSERT INTO flowreg.flow_deps (flow_slug, version, dep_slug, step_slug)
-  SELECT p_slug, p_version, d, s->>'slug'
+  INSERT INTO flowreg.flow_deps (flow_slug, version, dep_slug, step_slug, checked)
+  SELECT p_slug, p_version, d, s->>'slug', (s->>'slug') = ANY (v_checked)
   FROM jsonb_array_elements(p_def->'steps') s, jsonb_array_elements_text(s->'depends_on') d;
   RETURN true;
 END $$;

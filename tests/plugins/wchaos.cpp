@@ -20,6 +20,12 @@
 //   wchaos_paid   a wait for event "paid" matching /order of the run's input -> "resumed"
 //   wchaos_deadline a wait for signal "go", 1 s timeout, default {"late": true} -> "quick"
 //   wchaos_expire a wait for signal "go", failing after 1 s
+//   wchaos_branch conditional steps (docs/flows.md#conditional-steps), each "routed":
+//     route; card (when /route/pay equals "card"); cash (when /route/pay in ["cash", "voucher"]);
+//     receipt <- card; notify <- card, cash (trigger any); vip, a root step (when /vip exists and
+//     is not false); close <- receipt, vip
+// "routed" passes the run's input on (a root step's input, else the first dependency's output
+// that has "audit"), appending an "E" audit line for it before it returns.
 // "resumed" (after a wait step: its input {wait step: the signal's or event's data}) appends an
 // "E" audit line for the data, when it has input.audit, and returns it.
 // "audited" appends "S|E <customer> <run> <step> <attempt> <pid> <steady clock ns>" lines to the
@@ -108,6 +114,18 @@ json resumed(const json& in, const Context& c) {
   return in;
 }
 
+json routed(const json& in, const Context& c) {
+  const json* args = &in;
+  if (!in.contains("audit"))
+    for (const auto& [step, data] : in.items())
+      if (data.is_object() && data.contains("audit")) {
+        args = &data;
+        break;
+      }
+  audit(*args, c, 'E');
+  return *args;
+}
+
 json quick(const json& in, const Context&) {
   mark_started(in);
   return json{{"pid", static_cast<int>(::getpid())}, {"n", in.value("n", 0)}};
@@ -122,6 +140,7 @@ FLOWREG_PLUGIN(wchaos) {
   plugin.handler("quick", quick);
   plugin.handler("audited", audited);
   plugin.handler("resumed", resumed);
+  plugin.handler("routed", routed);
   plugin.handler("snoozy", snoozy);
   plugin.flow("wchaos_crash")
       .description("a handler that crashes its worker")
@@ -187,6 +206,22 @@ FLOWREG_PLUGIN(wchaos) {
   auto& deadline = plugin.flow("wchaos_deadline").description("signal go or a default after 1s");
   deadline.wait_signal_step("go", "go").wait_timeout("1s", json{{"late", true}});
   deadline.step("after", "quick").depends_on({"go"});
+  auto& branch = plugin.flow("wchaos_branch").description("conditional steps on two branches");
+  branch.max_attempts(10).base_delay("10ms");
+  branch.step("route", "routed");
+  branch.step("card", "routed")
+      .depends_on({"route"})
+      .when({{"at", "/route/pay"}, {"equals", "card"}});
+  branch.step("cash", "routed")
+      .depends_on({"route"})
+      .when({{"at", "/route/pay"}, {"in", {"cash", "voucher"}}});
+  branch.step("receipt", "routed").depends_on({"card"});
+  branch.step("notify", "routed").depends_on({"card", "cash"}).trigger_any();
+  branch.step("vip", "routed")
+      .when(
+          {{"all",
+            {{{"at", "/vip"}, {"exists", true}}, {{"not", {{"at", "/vip"}, {"equals", false}}}}}}});
+  branch.step("close", "routed").depends_on({"receipt", "vip"});
   plugin.flow("wchaos_expire")
       .description("signal go or fail after 1s")
       .wait_signal_step("go", "go")

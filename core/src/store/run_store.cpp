@@ -113,6 +113,10 @@ Json flow_definition_json(const FlowDef& flow) {
       if (w.default_output) wait["default"] = *w.default_output;
       stored["wait"] = std::move(wait);
     }
+    // A condition and a trigger (migration 0027: upsert_flow writes flow_steps.when_cond,
+    // trigger_any, checked), stored when set.
+    if (step.when) stored["when"] = *step.when;
+    if (step.trigger == Trigger::any) stored["trigger"] = "any";
     steps.push_back(std::move(stored));
   }
   Json out{{"slug", flow.slug},
