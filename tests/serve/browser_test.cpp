@@ -282,7 +282,11 @@ TEST_SUITE("serve_browser") {
     approve.wait = Wait{};
     approve.wait->signal = "approve";
     approve.wait->timeout = Millis(86'400'000);
-    approval.steps = {approve, StepDef{"ship", StepKind::single, {"approve"}, "nobody.ship", {}}};
+    // Shipped only when the answer says approved (docs/flows.md#conditional-steps): this one
+    // does not, so the step is skipped and the run completes.
+    StepDef ship{"ship", StepKind::single, {"approve"}, "nobody.ship", {}};
+    ship.when = detail::Json{{"at", "/approve/approved"}, {"equals", true}};
+    approval.steps = {approve, ship};
     REQUIRE(store.upsert_flow(approval, "v1"));
     auto waiting = store.start_run("approval", "v1", detail::Json{{"order_id", "o-43"}});
     REQUIRE_MESSAGE(waiting, testing::failure_text(waiting));
@@ -301,6 +305,8 @@ TEST_SUITE("serve_browser") {
                       "document.readyState === 'complete'"));
     CHECK(browser.eval("document.querySelector('[data-step-status=\"approve\"]').textContent") ==
           "completed");
+    CHECK(browser.eval("document.querySelector('[data-step-status=\"ship\"]').textContent") ==
+          "skipped");
     browser.screenshot(artifacts / "run-signalled.png");
     CHECK(json::parse(c.Get(("/api/v1/runs/" + *waiting).c_str())->body)["steps"][0]["output"] ==
           json{{"by", "ana"}});

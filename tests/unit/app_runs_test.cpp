@@ -1,5 +1,5 @@
 // app/runs: a run's input checked before anything is written; a signal's or an event's name and
-// data; how a wait step is shown (app/forms, the flow's page).
+// data; how a wait step and a step's condition are shown (app/forms, the flow's page).
 
 #include <doctest/doctest.h>
 
@@ -122,6 +122,55 @@ TEST_SUITE("app_runs") {
           std::string::npos);
     CHECK(page.find("waits for event <code>pay.done</code> where <code>/id</code> = "
                     "<code>/approve/id</code>, default after 1h") != std::string::npos);
+  }
+
+  TEST_CASE("a step's condition as flows show, the API and the flow's page show it") {
+    CHECK(condition_text(nlohmann::json{{"at", "/o/pay"}, {"equals", "card"}}) ==
+          "/o/pay equals \"card\"");
+    CHECK(condition_text(nlohmann::json{{"at", ""}, {"exists", false}}) == "the input is missing");
+    CHECK(condition_text(nlohmann::json{{"any",
+                                         {{{"at", "/a"}, {"in", {1, 2}}},
+                                          {{"all",
+                                            {{{"at", "/b"}, {"exists", true}},
+                                             {{"not", {{"at", "/c"}, {"equals", 0}}}}}}}}}}) ==
+          "/a in [1,2] or (/b exists and not (/c equals 0))");
+    CHECK(condition_text(nlohmann::json{
+              {"not",
+               {{"any", {{{"at", "/a"}, {"exists", true}}, {{"at", "/b"}, {"exists", true}}}}}}}) ==
+          "not (/a exists or /b exists)");
+    // Whatever it is given (the dashboard reads it from JSON), it does not throw.
+    CHECK(condition_text(nlohmann::json{{"at", 3}, {"equals", 1}}) == "the input equals 1");
+    CHECK(condition_text(nlohmann::json{{"all", 1}}).empty());
+    CHECK(condition_text(nlohmann::json(7)).empty());
+
+    FlowDef flow = one_step_flow();
+    StepDef after;
+    after.slug = "after";
+    after.handler = "m.after";
+    after.depends_on = {"only"};
+    after.when = nlohmann::json{{"at", "/only/ok"}, {"equals", true}};
+    after.trigger = Trigger::any;
+    flow.steps.push_back(after);
+    CHECK(app::condition_suffix(flow.steps[0]).empty());
+    CHECK(app::condition_suffix(after) == "  when /only/ok equals true  (trigger any)");
+    // Shape: a condition or a trigger changes the version.
+    FlowDef plain = flow;
+    plain.steps[1].when.reset();
+    FlowDef all = flow;
+    all.steps[1].trigger = Trigger::all;
+    CHECK(flow_version(plain) != flow_version(flow));
+    CHECK(flow_version(all) != flow_version(flow));
+    CHECK(flow_version(all) != flow_version(plain));
+
+    const RegisteredFlow registered{flow, flow_version(flow), "m", "", {}};
+    const nlohmann::json j = app::flow_json(registered);
+    CHECK(j["steps"][0]["when"].is_null());
+    CHECK(j["steps"][0]["trigger"] == "all");
+    CHECK(j["steps"][1]["when"] == nlohmann::json{{"at", "/only/ok"}, {"equals", true}});
+    CHECK(j["steps"][1]["trigger"] == "any");
+    const std::string page = detail::dashboard::flow_page(j, nlohmann::json::array());
+    CHECK(page.find("when <code>/only/ok equals true</code>") != std::string::npos);
+    CHECK(page.find("trigger any") != std::string::npos);
   }
 
   TEST_CASE("a signal's or an event's name and data from outside") {

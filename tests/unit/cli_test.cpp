@@ -127,7 +127,8 @@ TEST_SUITE("cli") {
                                    "handler":"orders.ship",
                                    "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s",
                                               "priority":0},
-                                   "concurrency":null,"rate_limit":null,"sleep":null,"wait":null})"));
+                                   "concurrency":null,"rate_limit":null,"sleep":null,"wait":null,"when":null,
+                                   "trigger":"all"})"));
     CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
   }
 

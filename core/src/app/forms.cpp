@@ -253,6 +253,13 @@ std::string wait_text(const Wait& w) {
   return text;
 }
 
+std::string condition_suffix(const StepDef& s) {
+  std::string text;
+  if (s.when) text += "  when " + condition_text(*s.when);
+  if (s.trigger == Trigger::any) text += "  (trigger any)";
+  return text;
+}
+
 json flow_json(const RegisteredFlow& registered) {
   const FlowDef& flow = registered.def;
   json steps = json::array();
@@ -267,7 +274,9 @@ json flow_json(const RegisteredFlow& registered) {
           s.concurrency ? to_ordered(detail::concurrency_json(*s.concurrency)) : json(nullptr)},
          {"rate_limit", s.rate_limit ? rate_limit_json(*s.rate_limit) : json(nullptr)},
          {"sleep", s.sleep ? sleep_json(*s.sleep) : json(nullptr)},
-         {"wait", s.wait ? wait_json(*s.wait) : json(nullptr)}});
+         {"wait", s.wait ? wait_json(*s.wait) : json(nullptr)},
+         {"when", s.when ? to_ordered(*s.when) : json(nullptr)},
+         {"trigger", to_string(s.trigger)}});
   return {{"slug", flow.slug},
           {"module", flow.module},
           {"version", flow_version(flow)},

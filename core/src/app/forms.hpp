@@ -69,6 +69,9 @@ std::string sleep_text(const Sleep& s);
 // unset); "wait for signal 'approve', failing after 2d", "wait for event 'paid' where /id = /o/id".
 json wait_json(const Wait& w);
 std::string wait_text(const Wait& w);
+// A step's condition and trigger for `flows show` ("  when /charge/ok equals true  (trigger
+// any)"); "" for a step without either.
+std::string condition_suffix(const StepDef& s);
 // What a waiting step of a run waits for (StepInfo::waits_for): "signal 'approve'", "event 'paid'
 // where /order_id = 42", or "".
 std::string waits_for_text(const json& waits_for);

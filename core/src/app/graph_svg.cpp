@@ -71,7 +71,9 @@ const StateStyle& state_style(std::string_view state) {
   static constexpr StateStyle kCompleted{"#dcf3e2", "#1e7b34", "\u2713", "completed"};
   static constexpr StateStyle kFailed{"#fde0df", "#b3261e", "\u2717", "failed"};
   static constexpr StateStyle kCancelled{"#e5e7eb", "#4b5563", "\u2298", "cancelled"};
+  static constexpr StateStyle kSkipped{"#ffffff", "#6b7280", "\u21b7", "skipped"};
   if (state == "started") return kStarted;
+  if (state == "skipped") return kSkipped;
   if (state == "completed") return kCompleted;
   if (state == "failed") return kFailed;
   if (state == "cancelled") return kCancelled;
@@ -103,11 +105,12 @@ std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string
     const std::string_view state =
         it == states->end() ? std::string_view("created") : std::string_view(it->second);
     const StateStyle& st = state_style(state);
-    // A failed step's border is thicker, a waiting or cancelled one's dashed: the state shows in
-    // the shape too, not only in the colour.
-    const char* style = state == "failed"                            ? "filled,bold"
-                        : state == "created" || state == "cancelled" ? "filled,dashed"
-                                                                     : "filled";
+    // A failed step's border is thicker, a waiting, cancelled or skipped one's dashed: the state
+    // shows in the shape too, not only in the colour.
+    const char* style = state == "failed" ? "filled,bold"
+                        : state == "created" || state == "cancelled" || state == "skipped"
+                            ? "filled,dashed"
+                            : "filled";
     out += fmt::format(
         "  {} [label=\"{}\\n{}{}\\n{} {}\", shape={}, style=\"{}{}\", fillcolor=\"{}\", "
         "color=\"{}\", penwidth={}];\n",

@@ -23,9 +23,10 @@ std::string flow_dot(const FlowDef& flow);
 Result<std::string> flow_svg(const FlowDef& flow);
 
 // A run's DAG: `flow` (the run's flow version) with each step filled by its state in `states`
-// (step slug -> created, started, completed, failed or cancelled; a step not in it is drawn as
-// created), and the state written in its label with a marker (○ waiting, ▶ started, ✓ completed,
-// ✗ failed, ⊘ cancelled), so that it reads without colour. Errors as flow_svg.
+// (step slug -> created, started, completed, failed, cancelled or skipped; a step not in it is
+// drawn as created), and the state written in its label with a marker (○ waiting, ▶ started,
+// ✓ completed, ✗ failed, ⊘ cancelled, ↷ skipped), so that it reads without colour. Errors as
+// flow_svg.
 std::string run_dot(const FlowDef& flow, const std::map<std::string, std::string>& states);
 Result<std::string> run_svg(const FlowDef& flow, const std::map<std::string, std::string>& states);
 
@@ -39,7 +40,7 @@ struct StateStyle {
 // The style of `state`; created's for a state it does not know.
 const StateStyle& state_style(std::string_view state);
 // The states in the order a legend lists them, with their style.
-inline constexpr const char* kStepStates[] = {"created", "started", "completed", "failed",
-                                              "cancelled"};
+inline constexpr const char* kStepStates[] = {"created", "started",   "completed",
+                                              "failed",  "cancelled", "skipped"};
 
 }  // namespace flowreg::detail

@@ -521,6 +521,11 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
         handler += fmt::format(", {} after {}", wait["default"].is_null() ? "failing" : "default",
                                esc(wait, "timeout"));
     }
+    // A condition and a trigger (docs/flows.md#conditional-steps).
+    if (s.contains("when") && s["when"].is_object())
+      handler += "<br><span class=\"muted\" data-step-when>when <code>" +
+                 escape(condition_text(s["when"])) + "</code></span>";
+    if (str(s, "trigger") == "any") handler += "<br><span class=\"muted\">trigger any</span>";
     steps += fmt::format(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
         "<td class=\"wide\">{} attempts, {} → {}, timeout {}, priority {}{}</td></tr>",
