@@ -56,8 +56,13 @@ grep -qE '^(delivered|kept: its wait step has not started yet)$' "$out" || fail 
 expect '"shipment_id":"ship-o-43","status":"shipped"'
 expect 'approve          wait   completed'
 expect 'settle           sleep  completed'
-[ "$(grep -c '  completed$' "$out")" = 4 ] || fail "not 4 completed runs"
-echo "examples: command 1: 4 runs completed with their outputs"
+# The run whose answer was no: its charge and what follows it skipped, the run completed.
+expect "approve --data '{\"by\": \"scripts/examples\", \"approved\": false}'"
+expect 'charge           single skipped'
+expect 'ship             single skipped'
+[ "$(grep -c ' skipped ' "$out")" = 4 ] || fail "not 4 skipped steps"
+[ "$(grep -c '  completed$' "$out")" = 5 ] || fail "not 5 completed runs"
+echo "examples: command 1: 5 runs completed with their outputs, 4 steps skipped"
 
 # What the README shows next, as written there.
 cd "$checkout"
@@ -79,7 +84,7 @@ expect 'flow=word_count'
 expect 'completed'
 expect 'output: {"total":3}'
 build/flowreg runs list >"$out" 2>&1 || fail "runs list failed"
-[ "$(grep -c ' completed ' "$out")" = 5 ] || fail "runs list does not show 5 completed runs"
+[ "$(grep -c ' completed ' "$out")" = 6 ] || fail "runs list does not show 6 completed runs"
 id=$(head -n 1 "$out" | cut -d ' ' -f 1)
 build/flowreg runs show "$id" >"$out" 2>&1 || fail "runs show failed"
 expect "run $id  flow=word_count"
