@@ -159,9 +159,10 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {
-    "single", "chain",     "fanout",    "backlog",    "start1", "startbatch", "latency", "metrics",
-    "scrape", "isolation", "schedules", "priorities", "keys",   "rates",      "waits"};
+const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",    "backlog",
+                                             "start1", "startbatch", "latency",   "metrics",
+                                             "scrape", "isolation",  "schedules", "priorities",
+                                             "keys",   "rates",      "waits",     "conditions"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -245,6 +246,11 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                ends at the same time, 30 s after their start began: the seconds from that time
                to the last completion, and runs/s against a burn-down of as many bench_nap runs
                whose sleeps ended before they started (the flow's drain rate)
+  conditions   (only when named) --priority-rounds R rounds of three burn-downs of --runs runs
+               at the first --batch and --workers: bench_chain (a -> b -> c), bench_cond (b with
+               a condition that holds: the same three tasks, without the chain's layout) and
+               bench_cond_skip (b's condition false: one task, b and c skipped); prints each
+               round's run rates and the mean ratios to bench_chain
   schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
                `* * * * *`, fired by --schedule-workers W (default 3) workers for
                --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
@@ -269,7 +275,8 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --isolation-rounds R rounds of the isolation scenario (default 3)
-  --priority-rounds R  rounds of the priorities, keys, rates and waits scenarios (default 3)
+  --priority-rounds R  rounds of the priorities, keys, rates, waits and conditions scenarios
+                       (default 3)
   --sleepers N         runs asleep in the waits scenario (default 100000)
   --waiters N          runs waiting for a signal beside them (default 100000)
   --schedules S        schedules of the schedules scenario (default 10000)
@@ -555,9 +562,10 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
     auto scanned = value_or_throw(loader.scan(), "loading the plugins of " BENCH_WORKER_PLUGIN_DIR);
     for (const auto& p : scanned)
       if (p.error) throw std::runtime_error("plugin " + p.describe_error());
-    for (const char* slug : {"bench_single", "bench_chain", "bench_fanout", "bench_latency",
-                             "bench_keyed", "bench_keyed_runs", "bench_rated_high",
-                             "bench_rated_1000", "bench_nap", "bench_approval"}) {
+    for (const char* slug :
+         {"bench_single", "bench_chain", "bench_fanout", "bench_latency", "bench_keyed",
+          "bench_keyed_runs", "bench_rated_high", "bench_rated_1000", "bench_nap", "bench_approval",
+          "bench_cond", "bench_cond_skip"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -1959,6 +1967,7 @@ int run_bench(Env& env) {
   std::optional<BurnResult> rated_1000;
   std::vector<std::pair<BurnResult, BurnResult>> wait_pairs;  // bench_single alone, beside sleepers
   std::optional<BurnResult> woken;                            // bench_nap, all waking at once
+  std::vector<std::vector<BurnResult>> cond_rounds;  // bench_chain, bench_cond, bench_cond_skip
   std::optional<BurnResult> awake;  // bench_nap, every sleep over before the runs started
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
@@ -2120,6 +2129,28 @@ int run_bench(Env& env) {
             "%.3f (bench_single alone above: %.0f runs/s)\n",
             woken->spec.runs, woken->wake_s, woke, 2.0 * woke, drain, woke / drain, plain);
       }
+    }
+    if (!cond_rounds.empty()) {
+      std::printf(
+          "\nconditions: burn-downs of bench_chain (a -> b -> c), bench_cond (the same with a "
+          "condition on b that holds) and bench_cond_skip (one that does not: b and c skipped)\n");
+      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "chain r/s", "cond r/s",
+                  "skip r/s", "cond ratio", "skip ratio");
+      double cond_sum = 0, skip_sum = 0;
+      for (std::size_t i = 0; i < cond_rounds.size(); ++i) {
+        const auto& k = cond_rounds[i];
+        const auto rate = [](const BurnResult& b) {
+          return static_cast<double>(b.spec.runs) / b.total_s;
+        };
+        cond_sum += rate(k[1]) / rate(k[0]);
+        skip_sum += rate(k[2]) / rate(k[0]);
+        std::printf("%5zu %8ld %12.0f %12.0f %12.0f %12.3f %12.3f\n", i + 1, k[0].spec.runs,
+                    rate(k[0]), rate(k[1]), rate(k[2]), rate(k[1]) / rate(k[0]),
+                    rate(k[2]) / rate(k[0]));
+      }
+      std::printf("mean run rate ratio to bench_chain: cond %.3f, skip %.3f\n",
+                  cond_sum / static_cast<double>(cond_rounds.size()),
+                  skip_sum / static_cast<double>(cond_rounds.size()));
     }
     if (rated_1000 && !rated_1000->times.empty()) {
       const auto& t = rated_1000->times;
@@ -2299,6 +2330,22 @@ int run_bench(Env& env) {
       spec.times = true;
       rated_1000 = burn_down(env, spec);
     }
+    if (a.wants("conditions"))
+      for (int round = 1; round <= a.priority_rounds; ++round) {
+        std::vector<BurnResult> burns;
+        for (const char* slug : {"bench_chain", "bench_cond", "bench_cond_skip"}) {
+          BurnSpec spec{"conditions",
+                        slug,
+                        std::string(slug) == "bench_cond_skip" ? 1 : 3,
+                        a.workers.front(),
+                        a.batches.front(),
+                        a.runs,
+                        false};
+          spec.round = round;
+          burns.push_back(burn_down(env, spec));
+        }
+        cond_rounds.push_back(std::move(burns));
+      }
     if (a.wants("waits")) {
       for (int round = 1; round <= a.priority_rounds; ++round) {
         std::pair<BurnResult, BurnResult> pair;

@@ -44,6 +44,16 @@ FLOWREG_PLUGIN(bench_worker) {
   chain.step("a", "noop");
   chain.step("b", "noop").depends_on({"a"});
   chain.step("c", "noop").depends_on({"b"});
+  // Conditional steps (docs/flows.md#conditional-steps): bench_chain's shape with a condition on
+  // b, which holds (a's output exists: a, b and c run) or does not (b and c skipped).
+  auto& cond = plugin.flow("bench_cond").description("worker_bench: a -> b (when true) -> c");
+  cond.step("a", "noop");
+  cond.step("b", "noop").depends_on({"a"}).when({{"at", "/a/ok"}, {"equals", true}});
+  cond.step("c", "noop").depends_on({"b"});
+  auto& skip = plugin.flow("bench_cond_skip").description("worker_bench: a -> b (skipped) -> c");
+  skip.step("a", "noop");
+  skip.step("b", "noop").depends_on({"a"}).when({{"at", "/a/ok"}, {"equals", false}});
+  skip.step("c", "noop").depends_on({"b"});
   auto& fanout =
       plugin.flow("bench_fanout").description("worker_bench: split -> map of 8 no-op tasks");
   fanout.step("split", "split");

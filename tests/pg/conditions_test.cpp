@@ -52,6 +52,15 @@ std::string states_of(fdr::RunStore& store, const fdr::RunId& run) {
   return out;
 }
 
+// The output of `run`, which must have completed (none: nullopt).
+std::optional<CondJson> completed_output(fdr::RunStore& store, const fdr::RunId& run) {
+  auto got = store.get_run(run);
+  REQUIRE_MESSAGE(got, flowreg::testing::failure_text(got));
+  REQUIRE(got->has_value());
+  CHECK((*got)->status == fdr::RunStatus::completed);
+  return (*got)->output;
+}
+
 // Claims every task ready now and completes each with `output(step slug, input)`; the tasks
 // claimed, "slug" each, sorted.
 std::vector<std::string> drain_once(
@@ -111,11 +120,8 @@ TEST_SUITE("conditions") {
       CHECK(states_of(env.store, run) ==
             "card=completed cash=skipped close=skipped notify=completed receipt=completed "
             "route=completed vip=skipped");
-      auto ended = env.store.get_run(run).value();
-      REQUIRE(ended.has_value());
-      CHECK(ended->status == fdr::RunStatus::completed);
       // The completed leaves' outputs: close (a leaf) was skipped.
-      CHECK(ended->output == CondJson{{"notify", {{"by", "notify"}}}});
+      CHECK(completed_output(env.store, run) == CondJson{{"notify", {{"by", "notify"}}}});
     }
 
     SUBCASE("bank, vip: both branches skipped, so is notify (no dependency completed)") {
@@ -125,10 +131,7 @@ TEST_SUITE("conditions") {
       CHECK(states_of(env.store, run) ==
             "card=skipped cash=skipped close=skipped notify=skipped receipt=skipped "
             "route=completed vip=completed");
-      auto ended = env.store.get_run(run).value();
-      REQUIRE(ended.has_value());
-      CHECK(ended->status == fdr::RunStatus::completed);
-      CHECK(ended->output == CondJson::object());
+      CHECK(completed_output(env.store, run) == CondJson::object());
     }
 
     SUBCASE("card, vip: every step but cash runs, close on both") {
@@ -145,9 +148,7 @@ TEST_SUITE("conditions") {
       CHECK(states_of(env.store, run) ==
             "card=completed cash=skipped close=completed notify=completed receipt=completed "
             "route=completed vip=completed");
-      auto ended = env.store.get_run(run).value();
-      REQUIRE(ended.has_value());
-      CHECK(ended->output ==
+      CHECK(completed_output(env.store, run) ==
             CondJson{{"notify", {{"by", "notify"}}}, {"close", {{"by", "close"}}}});
     }
 
@@ -195,10 +196,7 @@ TEST_SUITE("conditions") {
     CHECK(states_of(env.store, off) == "only=skipped");
     CHECK(states_of(env.store, none) == "only=skipped");
     for (const auto& run : {off, none}) {
-      auto ended = env.store.get_run(run).value();
-      REQUIRE(ended.has_value());
-      CHECK(ended->status == fdr::RunStatus::completed);
-      CHECK(ended->output == CondJson::object());
+      CHECK(completed_output(env.store, run) == CondJson::object());
     }
     // A batch start (start_runs: by COPY for a one-step flow without a condition) too.
     const std::vector<CondJson> batch = {{{"n", 1}}, {{"n", 5}}};
@@ -208,7 +206,7 @@ TEST_SUITE("conditions") {
     CHECK(drain_once(env.store, one_key, echo) == std::vector<std::string>{"only"});
     CHECK(states_of(env.store, (*started)[0]) == "only=completed");
     CHECK(states_of(env.store, (*started)[1]) == "only=skipped");
-    CHECK(env.store.get_run((*started)[0]).value()->output == CondJson{{"only", {{"by", "only"}}}});
+    CHECK(completed_output(env.store, (*started)[0]) == CondJson{{"only", {{"by", "only"}}}});
     CHECK(flowreg::pgtest::query_one(env.conninfo,
                                      "SELECT count(*) FROM flowreg.runs WHERE attempts IS NOT NULL "
                                      "OR chained OR status <> 'completed'") == "0");
@@ -257,10 +255,7 @@ TEST_SUITE("conditions") {
     CHECK(states_of(env.store, *retried) == "a=completed end=created no=started yes=skipped");
     CHECK(drain_once(env.store, fork_key, echo) == std::vector<std::string>{"no"});
     CHECK(drain_once(env.store, fork_key, echo) == std::vector<std::string>{"end"});
-    auto ended = env.store.get_run(*retried).value();
-    REQUIRE(ended.has_value());
-    CHECK(ended->status == fdr::RunStatus::completed);
-    CHECK(ended->output == CondJson{{"end", {{"by", "end"}}}});
+    CHECK(completed_output(env.store, *retried) == CondJson{{"end", {{"by", "end"}}}});
   }
 
   TEST_CASE(

@@ -10,7 +10,23 @@ using namespace flowreg;
 using flowreg::test::problems_of_text;
 namespace fs = std::filesystem;
 
-namespace {}  // namespace
+namespace {
+
+// Each (steps, problem): the flow 'a' made of those steps (YAML) has exactly that one problem. (A
+// pair, not a structured binding: clang 14 lets no lambda, CAPTURE's, refer to one.)
+void check_one_problem_each(const std::vector<std::pair<std::string, std::string>>& cases) {
+  for (const auto& item : cases) {
+    const std::string& yaml = item.first;
+    CAPTURE(yaml);
+    const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
+    std::string text;
+    for (const auto& g : got) text += g + "\n";
+    CAPTURE(text);
+    CHECK(got == std::vector<std::string>{item.second});
+  }
+}
+
+}  // namespace
 
 TEST_SUITE("schema") {
   TEST_CASE("the compiled-in schema is the one in schemas/") {
@@ -100,42 +116,33 @@ TEST_SUITE("schema") {
     CHECK(problems_of_text("flows: [{slug: a, steps: [{slug: s}]}]\n") ==
           std::vector<std::string>{
               "inline.yaml:1:27: flows[0].steps[0]: missing required key 'handler'"});
-    // A pair, not a structured binding: clang 14 lets no lambda (CAPTURE's) refer to one.
-    for (const auto& item : std::vector<std::pair<std::string, std::string>>{
-             {"{slug: s, kind: sleep}",
-              "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
-              "or until (a JSON pointer to an RFC 3339 time in its input)"},
-             {"{slug: s, kind: sleep, duration: 1s, until: /at}",
-              "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
-              "or until (a JSON pointer to an RFC 3339 time in its input), not both"},
-             {"{slug: s, kind: sleep, duration: 1s, handler: m.s}",
-              "inline.yaml:1:64: flow 'a': step 's' is a sleep step and runs no handler; remove "
-              "handler 'm.s'"},
-             {"{slug: s, handler: m.s, duration: 1s}",
-              "inline.yaml:1:27: flow 'a': step 's' has a sleep (duration) but is not a sleep "
-              "step: give it kind: sleep"},
-             {"{slug: s, kind: sleep, duration: 400d}",
-              "inline.yaml:1:50: flow 'a': step 's': sleep duration 400d is out of range "
-              "1ms..366d"},
-             {"{slug: s, kind: sleep, duration: 1s, concurrency: {limit: 1}}",
-              "inline.yaml:1:64: flow 'a': step 's' is a sleep step: it runs no handler, so it "
-              "takes no concurrency or rate limit"},
-             {"{slug: s, handler: m.s}, {slug: w, kind: sleep, until: /x/at, depends_on: [s]}",
-              "inline.yaml:1:75: flow 'a': step 'w': until '/x/at' points into 'x', which is not "
-              "one of its dependencies (s): its input is {dependency: output}"},
-             {"{slug: s, kind: sleep, until: at}",
-              "inline.yaml:1:50: flows[0].steps[0].until: the string 'at' is not valid: expected "
-              "a JSON pointer into a sleep step's input (its run's input for a root step, else "
-              "{dependency: output}), such as /approve/remind_at, to an RFC 3339 time that the "
-              "step sleeps until"}}) {
-      const std::string& yaml = item.first;
-      CAPTURE(yaml);
-      const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
-      std::string text;
-      for (const auto& g : got) text += g + "\n";
-      CAPTURE(text);
-      CHECK(got == std::vector<std::string>{item.second});
-    }
+    check_one_problem_each(
+        {{"{slug: s, kind: sleep}",
+          "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
+          "or until (a JSON pointer to an RFC 3339 time in its input)"},
+         {"{slug: s, kind: sleep, duration: 1s, until: /at}",
+          "inline.yaml:1:27: flow 'a': step 's' is a sleep step: give it either duration (3d) "
+          "or until (a JSON pointer to an RFC 3339 time in its input), not both"},
+         {"{slug: s, kind: sleep, duration: 1s, handler: m.s}",
+          "inline.yaml:1:64: flow 'a': step 's' is a sleep step and runs no handler; remove "
+          "handler 'm.s'"},
+         {"{slug: s, handler: m.s, duration: 1s}",
+          "inline.yaml:1:27: flow 'a': step 's' has a sleep (duration) but is not a sleep "
+          "step: give it kind: sleep"},
+         {"{slug: s, kind: sleep, duration: 400d}",
+          "inline.yaml:1:50: flow 'a': step 's': sleep duration 400d is out of range "
+          "1ms..366d"},
+         {"{slug: s, kind: sleep, duration: 1s, concurrency: {limit: 1}}",
+          "inline.yaml:1:64: flow 'a': step 's' is a sleep step: it runs no handler, so it "
+          "takes no concurrency or rate limit"},
+         {"{slug: s, handler: m.s}, {slug: w, kind: sleep, until: /x/at, depends_on: [s]}",
+          "inline.yaml:1:75: flow 'a': step 'w': until '/x/at' points into 'x', which is not "
+          "one of its dependencies (s): its input is {dependency: output}"},
+         {"{slug: s, kind: sleep, until: at}",
+          "inline.yaml:1:50: flows[0].steps[0].until: the string 'at' is not valid: expected "
+          "a JSON pointer into a sleep step's input (its run's input for a root step, else "
+          "{dependency: output}), such as /approve/remind_at, to an RFC 3339 time that the "
+          "step sleeps until"}});
   }
 
   TEST_CASE("a wait step: no handler, a signal or an event with a match, a timeout in range") {
@@ -144,53 +151,45 @@ TEST_SUITE("schema") {
         "approve, timeout: 2d, depends_on: [o]}, {slug: e, kind: wait, event: pay.done, match: "
         "{/id: /o/id}, timeout: 1h, default: {paid: false}, depends_on: [o]}]}]\n");
     CHECK(valid == std::vector<std::string>{});
-    for (const auto& item : std::vector<std::pair<std::string, std::string>>{
-             {"{slug: s, kind: wait}",
-              "inline.yaml:1:27: flow 'a': step 's' is a wait step: give it either signal (a name "
-              "sent to its run) or event (a name, with match)"},
-             {"{slug: s, kind: wait, signal: x, event: y}",
-              "inline.yaml:1:27: flow 'a': step 's' is a wait step: give it either signal (a name "
-              "sent to its run) or event (a name, with match), not both"},
-             {"{slug: s, kind: wait, signal: x, handler: m.s}",
-              "inline.yaml:1:60: flow 'a': step 's' is a wait step and runs no handler; remove "
-              "handler 'm.s'"},
-             {"{slug: s, handler: m.s, timeout: 1s}",
-              "inline.yaml:1:27: flow 'a': step 's' has a wait (signal, event, match, timeout or "
-              "default) but is not a wait step: give it kind: wait (an attempt's timeout is "
-              "options: timeout)"},
-             {"{slug: s, kind: wait, signal: x, timeout: 400d}",
-              "inline.yaml:1:60: flow 'a': step 's': wait timeout 400d is out of range 1ms..366d"},
-             {"{slug: s, kind: wait, signal: x, default: 1}",
-              "inline.yaml:1:60: flow 'a': step 's': a default output is taken when the wait "
-              "times out; give it a timeout too"},
-             {"{slug: s, kind: wait, signal: x, match: {/a: /b}}",
-              "inline.yaml:1:60: flow 'a': step 's' waits for a signal, sent to its run: a match "
-              "is for an event"},
-             {"{slug: s, kind: wait, signal: x}, {slug: t, kind: wait, signal: x}",
-              "inline.yaml:1:83: flow 'a': step 't' waits for signal 'x', as step 's' does: a "
-              "signal is delivered to one wait step of its run; give each its own name"},
-             {"{slug: o, handler: m.o}, {slug: e, kind: wait, event: p, match: {/id: /x/id}, "
-              "depends_on: [o]}",
-              "inline.yaml:1:92: flow 'a': step 'e': match '/id' reads '/x/id' points into 'x', "
-              "which is not one of its dependencies (o): its input is {dependency: output}"},
-             {"{slug: s, kind: wait, event: p, match: {/id: id}}",
-              "inline.yaml:1:67: flows[0].steps[0].match./id: the string 'id' is not valid: "
-              "expected a JSON pointer, such as /order/id"},
-             {"{slug: s, kind: wait, signal: 'a b'}",
-              "inline.yaml:1:49: flows[0].steps[0].signal: the string 'a b' is not valid: "
-              "expected a signal or event name: 1 to 128 of A-Z a-z 0-9 _ . : -, starting with a "
-              "letter or a digit"},
-             {"{slug: s, kind: wait, signal: x, concurrency: {limit: 1}}",
-              "inline.yaml:1:60: flow 'a': step 's' is a wait step: it runs no handler, so it "
-              "takes no concurrency or rate limit"}}) {
-      const std::string& yaml = item.first;
-      CAPTURE(yaml);
-      const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
-      std::string text;
-      for (const auto& g : got) text += g + "\n";
-      CAPTURE(text);
-      CHECK(got == std::vector<std::string>{item.second});
-    }
+    check_one_problem_each(
+        {{"{slug: s, kind: wait}",
+          "inline.yaml:1:27: flow 'a': step 's' is a wait step: give it either signal (a name "
+          "sent to its run) or event (a name, with match)"},
+         {"{slug: s, kind: wait, signal: x, event: y}",
+          "inline.yaml:1:27: flow 'a': step 's' is a wait step: give it either signal (a name "
+          "sent to its run) or event (a name, with match), not both"},
+         {"{slug: s, kind: wait, signal: x, handler: m.s}",
+          "inline.yaml:1:60: flow 'a': step 's' is a wait step and runs no handler; remove "
+          "handler 'm.s'"},
+         {"{slug: s, handler: m.s, timeout: 1s}",
+          "inline.yaml:1:27: flow 'a': step 's' has a wait (signal, event, match, timeout or "
+          "default) but is not a wait step: give it kind: wait (an attempt's timeout is "
+          "options: timeout)"},
+         {"{slug: s, kind: wait, signal: x, timeout: 400d}",
+          "inline.yaml:1:60: flow 'a': step 's': wait timeout 400d is out of range 1ms..366d"},
+         {"{slug: s, kind: wait, signal: x, default: 1}",
+          "inline.yaml:1:60: flow 'a': step 's': a default output is taken when the wait "
+          "times out; give it a timeout too"},
+         {"{slug: s, kind: wait, signal: x, match: {/a: /b}}",
+          "inline.yaml:1:60: flow 'a': step 's' waits for a signal, sent to its run: a match "
+          "is for an event"},
+         {"{slug: s, kind: wait, signal: x}, {slug: t, kind: wait, signal: x}",
+          "inline.yaml:1:83: flow 'a': step 't' waits for signal 'x', as step 's' does: a "
+          "signal is delivered to one wait step of its run; give each its own name"},
+         {"{slug: o, handler: m.o}, {slug: e, kind: wait, event: p, match: {/id: /x/id}, "
+          "depends_on: [o]}",
+          "inline.yaml:1:92: flow 'a': step 'e': match '/id' reads '/x/id' points into 'x', "
+          "which is not one of its dependencies (o): its input is {dependency: output}"},
+         {"{slug: s, kind: wait, event: p, match: {/id: id}}",
+          "inline.yaml:1:67: flows[0].steps[0].match./id: the string 'id' is not valid: "
+          "expected a JSON pointer, such as /order/id"},
+         {"{slug: s, kind: wait, signal: 'a b'}",
+          "inline.yaml:1:49: flows[0].steps[0].signal: the string 'a b' is not valid: "
+          "expected a signal or event name: 1 to 128 of A-Z a-z 0-9 _ . : -, starting with a "
+          "letter or a digit"},
+         {"{slug: s, kind: wait, signal: x, concurrency: {limit: 1}}",
+          "inline.yaml:1:60: flow 'a': step 's' is a wait step: it runs no handler, so it "
+          "takes no concurrency or rate limit"}});
   }
 
   TEST_CASE("a step's condition: its forms, pointers into its dependencies, its bounds") {
@@ -200,53 +199,45 @@ TEST_SUITE("schema") {
         "{not: {at: /o/n, equals: 3}}, {any: [{at: /o/x, exists: false}]}]}}, {slug: q, handler: "
         "m.q, depends_on: [o, p], trigger: any}]}]\n");
     CHECK(valid == std::vector<std::string>{});
-    for (const auto& item : std::vector<std::pair<std::string, std::string>>{
-             {"{slug: s, handler: m.s, when: {at: /a}}",
-              "inline.yaml:1:51: flow 'a': step 's': a condition has keys at; it must be one of "
-              "{at: /pointer, equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: "
-              "[conditions]}, {any: [conditions]} or {not: condition}"},
-             {"{slug: s, handler: m.s, when: {at: /a, equals: 1, in: [1]}}",
-              "inline.yaml:1:51: flow 'a': step 's': a condition has keys at, equals, in; it must "
-              "be one of {at: /pointer, equals: value}, {at, in: [values]}, {at, exists: "
-              "true|false}, {all: [conditions]}, {any: [conditions]} or {not: condition}"},
-             {"{slug: s, handler: m.s, when: {all: [{at: /a, equal: 1}]}}",
-              "inline.yaml:1:73: flow 'a': step 's': unknown key 'equal' in a condition; a "
-              "condition is {at: /pointer, equals: value}, {at, in: [values]}, {at, exists: "
-              "true|false}, {all: [conditions]}, {any: [conditions]} or {not: condition}"},
-             {"{slug: s, handler: m.s, when: {any: []}}",
-              "inline.yaml:1:58: flow 'a': step 's': any takes a list of 1 to 100 conditions"},
-             {"{slug: s, handler: m.s, when: {not: [1]}}",
-              "inline.yaml:1:58: flow 'a': step 's': a condition is an object, {at: /pointer, "
-              "equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: [conditions]}, "
-              "{any: [conditions]} or {not: condition}; got [1]"},
-             {"{slug: s, handler: m.s, when: {at: /a, in: 1}}",
-              "inline.yaml:1:66: flow 'a': step 's': in takes a list of 1 to 100 values"},
-             {"{slug: s, handler: m.s, when: {at: /a, exists: yes}}",
-              "inline.yaml:1:66: flow 'a': step 's': exists is true or false"},
-             {"{slug: s, handler: m.s, when: {at: a, equals: 1}}",
-              "inline.yaml:1:58: flow 'a': step 's': when at 'a' is not a JSON pointer: it must be "
-              "empty or start with '/' (/customer_id)"},
-             {"{slug: s, handler: m.s, when: {at: /a, equals: 1}, trigger: any}",
-              "inline.yaml:1:78: flow 'a': step 's' has trigger: any but no dependency: trigger "
-              "says which of its dependencies it needs completed"},
-             {"{slug: s, handler: m.s, trigger: some}",
-              "inline.yaml:1:51: flows[0].steps[0].trigger: expected one of all, any, got the "
-              "string 'some'"},
-             {"{slug: o, handler: m.o}, {slug: s, handler: m.s, depends_on: [o], when: {at: /x/id, "
-              "equals: 1}}",
-              "inline.yaml:1:100: flow 'a': step 's': when at '/x/id' points into 'x', which is "
-              "not one of its dependencies (o): its input is {dependency: output}"},
-             {"{slug: s, handler: m.s, when: {not: {not: {not: {not: {not: {not: {not: {not: "
-              "{at: /a, exists: true}}}}}}}}}}",
-              "inline.yaml:1:100: flow 'a': step 's': its condition nests deeper than 8 levels"}}) {
-      const std::string& yaml = item.first;
-      CAPTURE(yaml);
-      const auto got = problems_of_text("flows: [{slug: a, steps: [" + yaml + "]}]\n");
-      std::string text;
-      for (const auto& g : got) text += g + "\n";
-      CAPTURE(text);
-      CHECK(got == std::vector<std::string>{item.second});
-    }
+    check_one_problem_each(
+        {{"{slug: s, handler: m.s, when: {at: /a}}",
+          "inline.yaml:1:51: flow 'a': step 's': a condition has keys at; it must be one of "
+          "{at: /pointer, equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: "
+          "[conditions]}, {any: [conditions]} or {not: condition}"},
+         {"{slug: s, handler: m.s, when: {at: /a, equals: 1, in: [1]}}",
+          "inline.yaml:1:51: flow 'a': step 's': a condition has keys at, equals, in; it must "
+          "be one of {at: /pointer, equals: value}, {at, in: [values]}, {at, exists: "
+          "true|false}, {all: [conditions]}, {any: [conditions]} or {not: condition}"},
+         {"{slug: s, handler: m.s, when: {all: [{at: /a, equal: 1}]}}",
+          "inline.yaml:1:73: flow 'a': step 's': unknown key 'equal' in a condition; a "
+          "condition is {at: /pointer, equals: value}, {at, in: [values]}, {at, exists: "
+          "true|false}, {all: [conditions]}, {any: [conditions]} or {not: condition}"},
+         {"{slug: s, handler: m.s, when: {any: []}}",
+          "inline.yaml:1:58: flow 'a': step 's': any takes a list of 1 to 100 conditions"},
+         {"{slug: s, handler: m.s, when: {not: [1]}}",
+          "inline.yaml:1:58: flow 'a': step 's': a condition is an object, {at: /pointer, "
+          "equals: value}, {at, in: [values]}, {at, exists: true|false}, {all: [conditions]}, "
+          "{any: [conditions]} or {not: condition}; got [1]"},
+         {"{slug: s, handler: m.s, when: {at: /a, in: 1}}",
+          "inline.yaml:1:66: flow 'a': step 's': in takes a list of 1 to 100 values"},
+         {"{slug: s, handler: m.s, when: {at: /a, exists: yes}}",
+          "inline.yaml:1:66: flow 'a': step 's': exists is true or false"},
+         {"{slug: s, handler: m.s, when: {at: a, equals: 1}}",
+          "inline.yaml:1:58: flow 'a': step 's': when at 'a' is not a JSON pointer: it must be "
+          "empty or start with '/' (/customer_id)"},
+         {"{slug: s, handler: m.s, when: {at: /a, equals: 1}, trigger: any}",
+          "inline.yaml:1:78: flow 'a': step 's' has trigger: any but no dependency: trigger "
+          "says which of its dependencies it needs completed"},
+         {"{slug: s, handler: m.s, trigger: some}",
+          "inline.yaml:1:51: flows[0].steps[0].trigger: expected one of all, any, got the "
+          "string 'some'"},
+         {"{slug: o, handler: m.o}, {slug: s, handler: m.s, depends_on: [o], when: {at: /x/id, "
+          "equals: 1}}",
+          "inline.yaml:1:100: flow 'a': step 's': when at '/x/id' points into 'x', which is "
+          "not one of its dependencies (o): its input is {dependency: output}"},
+         {"{slug: s, handler: m.s, when: {not: {not: {not: {not: {not: {not: {not: {not: "
+          "{at: /a, exists: true}}}}}}}}}}",
+          "inline.yaml:1:100: flow 'a': step 's': its condition nests deeper than 8 levels"}});
     // 65 parts: over the bound, said once.
     std::string many = "{slug: s, handler: m.s, when: {any: [";
     for (int i = 0; i < 64; ++i) many += (i ? ", " : "") + std::string("{at: /a, exists: true}");
