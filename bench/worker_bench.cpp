@@ -1834,12 +1834,17 @@ void print_burns(const char* title, const std::vector<BurnResult>& results) {
   }
   std::printf("cost per run:\n");
   print_rows_header();
+  // Burn-downs of several flows say whose each row is.
+  const bool flows = std::any_of(results.begin(), results.end(), [&](const BurnResult& r) {
+    return r.spec.slug != results.front().spec.slug;
+  });
   for (const auto& r : results) {
     const auto& s = r.spec;
     Row start = r.start, drain = r.drain;
-    const std::string note = s.analyze             ? " (ANALYZEd)"
-                             : s.isolation.empty() ? ""
-                                                   : fmt::format(" ({} r{})", s.isolation, s.round);
+    const std::string note = s.analyze              ? " (ANALYZEd)"
+                             : !s.isolation.empty() ? fmt::format(" ({} r{})", s.isolation, s.round)
+                             : flows                ? fmt::format(" ({} r{})", s.slug, s.round)
+                                                    : "";
     start.what = fmt::format("w{} b{} {}{}", s.workers, s.batch, start.what, note);
     drain.what = fmt::format("w{} b{} {}{}", s.workers, s.batch, drain.what, note);
     print_row(start);
@@ -2151,6 +2156,9 @@ int run_bench(Env& env) {
       std::printf("mean run rate ratio to bench_chain: cond %.3f, skip %.3f\n",
                   cond_sum / static_cast<double>(cond_rounds.size()),
                   skip_sum / static_cast<double>(cond_rounds.size()));
+      std::vector<BurnResult> burns;
+      for (const auto& k : cond_rounds) burns.insert(burns.end(), k.begin(), k.end());
+      print_burns("conditions: every burn-down, in the order run", burns);
     }
     if (rated_1000 && !rated_1000->times.empty()) {
       const auto& t = rated_1000->times;
