@@ -213,8 +213,8 @@ BEGIN
     )
     -- A single step's task stores no input (a map step's stores its element): it is the run's input
     -- for a root step, else the object of its completed dependencies' outputs by step slug (a
-    -- skipped one has none: migration 0027), read here by
-    -- primary key (runs or step_states) after its step (flow_steps: its dependencies and attempts).
+    -- skipped one has none: migration 0027), read here by primary key (runs or step_states) after
+    -- its step (flow_steps: its dependencies and attempts).
     SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
            coalesce(c.input,
                     CASE WHEN cardinality(fs.deps) = 0
@@ -275,8 +275,8 @@ BEGIN
     )
     -- A single step's task stores no input (a map step's stores its element): it is the run's input
     -- for a root step, else the object of its completed dependencies' outputs by step slug (a
-    -- skipped one has none: migration 0027), read here by
-    -- primary key (runs or step_states) after its step (flow_steps: its dependencies and attempts).
+    -- skipped one has none: migration 0027), read here by primary key (runs or step_states) after
+    -- its step (flow_steps: its dependencies and attempts).
     SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
            coalesce(c.input,
                     CASE WHEN cardinality(fs.deps) = 0

@@ -142,6 +142,9 @@ TEST_SUITE("app_runs") {
     CHECK(condition_text(nlohmann::json{{"at", 3}, {"equals", 1}}) == "the input equals 1");
     CHECK(condition_text(nlohmann::json{{"all", 1}}).empty());
     CHECK(condition_text(nlohmann::json(7)).empty());
+    // A control character in a pointer is not printed raw.
+    CHECK(condition_text(nlohmann::json{{"at", "/a\u001b[31m"}, {"exists", true}}) ==
+          "\"/a\\u001b[31m\" exists");
 
     FlowDef flow = one_step_flow();
     StepDef after;

@@ -62,7 +62,13 @@ void append_condition(std::string& out, const nlohmann::json& c, bool nested) {
   }
   const std::string at =
       c.contains("at") && c["at"].is_string() ? c["at"].get<std::string>() : std::string();
-  const std::string place = at.empty() ? std::string("the input") : at;
+  // A pointer with a control character (a plugin's text reaches terminals) is shown as JSON.
+  const bool plain = std::none_of(at.begin(), at.end(), [](char ch) {
+    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+  const std::string place = at.empty() ? std::string("the input")
+                            : plain    ? at
+                                       : nlohmann::json(at).dump();
   if (c.contains("equals"))
     out += place + " equals " + c["equals"].dump();
   else if (c.contains("in"))
