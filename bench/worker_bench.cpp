@@ -108,6 +108,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -1852,6 +1853,33 @@ void print_burns(const char* title, const std::vector<BurnResult>& results) {
   }
 }
 
+// Rounds of three burn-downs, a baseline then two others (`names`: what each is): each round's
+// rates and the two others' ratios to the baseline, then their mean ratios.
+void print_ratio_rounds(const char* title, const std::array<const char*, 3>& names,
+                        const std::vector<std::vector<BurnResult>>& rounds) {
+  std::fputs(title, stdout);
+  const auto col = [&](std::size_t i, const char* what) {
+    return fmt::format("{} {}", names[i], what);
+  };
+  std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", col(0, "r/s").c_str(),
+              col(1, "r/s").c_str(), col(2, "r/s").c_str(), col(1, "ratio").c_str(),
+              col(2, "ratio").c_str());
+  const auto rate = [](const BurnResult& b) {
+    return static_cast<double>(b.spec.runs) / b.total_s;
+  };
+  double sum1 = 0, sum2 = 0;
+  for (std::size_t i = 0; i < rounds.size(); ++i) {
+    const auto& k = rounds[i];
+    sum1 += rate(k[1]) / rate(k[0]);
+    sum2 += rate(k[2]) / rate(k[0]);
+    std::printf("%5zu %8ld %12.0f %12.0f %12.0f %12.3f %12.3f\n", i + 1, k[0].spec.runs, rate(k[0]),
+                rate(k[1]), rate(k[2]), rate(k[1]) / rate(k[0]), rate(k[2]) / rate(k[0]));
+  }
+  const auto n = static_cast<double>(rounds.size());
+  std::printf("mean rate ratio to %s: %s %.3f, %s %.3f\n", rounds[0][0].spec.slug.c_str(), names[1],
+              sum1 / n, names[2], sum2 / n);
+}
+
 // ---- schedules --------------------------------------------------------------------------------
 
 struct SchedulesResult {
@@ -2068,28 +2096,11 @@ int run_bench(Env& env) {
       std::printf("mean rate ratio (10 priorities / plain): %.3f\n",
                   sum / static_cast<double>(priority_pairs.size()));
     }
-    if (!key_rounds.empty()) {
-      std::printf(
+    if (!key_rounds.empty())
+      print_ratio_rounds(
           "\nkeys: burn-downs of bench_single, and of bench_keyed (step) and bench_keyed_runs "
-          "(flow), limited to 2 at once per key, over 1,000 keys\n");
-      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "plain r/s", "step r/s",
-                  "flow r/s", "step ratio", "flow ratio");
-      double step_sum = 0, flow_sum = 0;
-      for (std::size_t i = 0; i < key_rounds.size(); ++i) {
-        const auto& k = key_rounds[i];
-        const auto rate = [](const BurnResult& b) {
-          return static_cast<double>(b.spec.runs) / b.total_s;
-        };
-        step_sum += rate(k[1]) / rate(k[0]);
-        flow_sum += rate(k[2]) / rate(k[0]);
-        std::printf("%5zu %8ld %12.0f %12.0f %12.0f %12.3f %12.3f\n", i + 1, k[0].spec.runs,
-                    rate(k[0]), rate(k[1]), rate(k[2]), rate(k[1]) / rate(k[0]),
-                    rate(k[2]) / rate(k[0]));
-      }
-      std::printf("mean rate ratio to bench_single: step %.3f, flow %.3f\n",
-                  step_sum / static_cast<double>(key_rounds.size()),
-                  flow_sum / static_cast<double>(key_rounds.size()));
-    }
+          "(flow), limited to 2 at once per key, over 1,000 keys\n",
+          {"plain", "step", "flow"}, key_rounds);
     if (!rate_pairs.empty()) {
       std::printf(
           "\nrates: burn-downs of bench_single and bench_rated_high (a rate limit of 1,000,000 "
@@ -2136,26 +2147,10 @@ int run_bench(Env& env) {
       }
     }
     if (!cond_rounds.empty()) {
-      std::printf(
+      print_ratio_rounds(
           "\nconditions: burn-downs of bench_chain (a -> b -> c), bench_cond (the same with a "
-          "condition on b that holds) and bench_cond_skip (one that does not: b and c skipped)\n");
-      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "chain r/s", "cond r/s",
-                  "skip r/s", "cond ratio", "skip ratio");
-      double cond_sum = 0, skip_sum = 0;
-      for (std::size_t i = 0; i < cond_rounds.size(); ++i) {
-        const auto& k = cond_rounds[i];
-        const auto rate = [](const BurnResult& b) {
-          return static_cast<double>(b.spec.runs) / b.total_s;
-        };
-        cond_sum += rate(k[1]) / rate(k[0]);
-        skip_sum += rate(k[2]) / rate(k[0]);
-        std::printf("%5zu %8ld %12.0f %12.0f %12.0f %12.3f %12.3f\n", i + 1, k[0].spec.runs,
-                    rate(k[0]), rate(k[1]), rate(k[2]), rate(k[1]) / rate(k[0]),
-                    rate(k[2]) / rate(k[0]));
-      }
-      std::printf("mean run rate ratio to bench_chain: cond %.3f, skip %.3f\n",
-                  cond_sum / static_cast<double>(cond_rounds.size()),
-                  skip_sum / static_cast<double>(cond_rounds.size()));
+          "condition on b that holds) and bench_cond_skip (one that does not: b and c skipped)\n",
+          {"chain", "cond", "skip"}, cond_rounds);
       std::vector<BurnResult> burns;
       for (const auto& k : cond_rounds) burns.insert(burns.end(), k.begin(), k.end());
       print_burns("conditions: every burn-down, in the order run", burns);

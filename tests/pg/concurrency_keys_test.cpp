@@ -379,10 +379,7 @@ TEST_SUITE("concurrency_keys") {
 
   TEST_CASE("flows show prints the limits; runs show and the API's run say why a run waits") {
     auto s = flowreg::pgtest::wchaos_scene("gate_cli");
-    const auto flowreg = [&](std::vector<std::string> args) {
-      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
-      return flowreg::test::run_process(args);
-    };
+    const auto flowreg = [&](std::vector<std::string> args) { return s.cli(std::move(args)); };
     const auto shown = flowreg({"flows", "show", "wchaos_gated_runs"});
     REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
     CHECK(shown.out.find("concurrency=1 per /customer") != std::string::npos);

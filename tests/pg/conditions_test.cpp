@@ -262,10 +262,7 @@ TEST_SUITE("conditions") {
       "workers: each step runs exactly when its condition and trigger say, through SIGKILLs of "
       "a worker; runs show and flows show") {
     auto s = flowreg::pgtest::wchaos_scene("cond_workers");
-    const auto flowreg = [&](std::vector<std::string> args) {
-      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
-      return flowreg::test::run_process(args);
-    };
+    const auto flowreg = [&](std::vector<std::string> args) { return s.cli(std::move(args)); };
     std::optional<flowreg::test::Child> a(s.worker("a", {"--lease", "1s", "--concurrency", "4"}));
     auto b = s.worker("b", {"--lease", "1s", "--concurrency", "4"});
     s.wait_serving("a", "wchaos_branch");

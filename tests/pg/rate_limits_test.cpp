@@ -267,10 +267,7 @@ TEST_SUITE("rate_limits") {
 
   TEST_CASE("flows show prints a rate limit; runs show says until when a run is rate limited") {
     auto s = flowreg::pgtest::wchaos_scene("rate_cli");
-    const auto flowreg = [&](std::vector<std::string> args) {
-      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
-      return flowreg::test::run_process(args);
-    };
+    const auto flowreg = [&](std::vector<std::string> args) { return s.cli(std::move(args)); };
     const auto shown = flowreg({"flows", "show", "wchaos_rated"});
     REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
     CHECK(shown.out.find("rate_limit=10 per 1s per /customer") != std::string::npos);

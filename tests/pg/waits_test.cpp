@@ -465,10 +465,7 @@ TEST_SUITE("waits") {
       "workers: events resume exactly their runs once through SIGKILLs of senders and workers; "
       "timeouts take a default or fail; a signal from the CLI") {
     auto s = flowreg::pgtest::wchaos_scene("wait_events");
-    const auto flowreg = [&](std::vector<std::string> args) {
-      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
-      return flowreg::test::run_process(args);
-    };
+    const auto flowreg = [&](std::vector<std::string> args) { return s.cli(std::move(args)); };
     std::optional<flowreg::test::Child> a(s.worker("a", {"--lease", "1s", "--concurrency", "4"}));
     auto b = s.worker("b", {"--lease", "1s", "--concurrency", "4"});
     s.wait_serving("a", "wchaos_paid");
@@ -702,10 +699,7 @@ TEST_SUITE("waits") {
 
   TEST_CASE("flows show prints a sleep step; runs show says until when a run sleeps") {
     auto s = flowreg::pgtest::wchaos_scene("wait_cli");
-    const auto flowreg = [&](std::vector<std::string> args) {
-      args.insert(args.begin(), {FLOWREG_BINARY, "--config", s.config().string()});
-      return flowreg::test::run_process(args);
-    };
+    const auto flowreg = [&](std::vector<std::string> args) { return s.cli(std::move(args)); };
     const auto shown = flowreg({"flows", "show", "wchaos_until"});
     REQUIRE_MESSAGE(shown.exit_code == 0, shown.err);
     CHECK(shown.out.find("sleep until the time at /at of its input") != std::string::npos);

@@ -83,6 +83,12 @@ struct WorkerScene {
     return test::Child::spawn(argv, (dir / (id + ".out")).string(), (dir / (id + ".err")).string());
   }
 
+  // `flowreg --config <this scene's> ARGS...`, run to its end.
+  auto cli(std::vector<std::string> args) const {
+    args.insert(args.begin(), {FLOWREG_BINARY, "--config", config().string()});
+    return test::run_process(args);
+  }
+
   std::string err(const std::string& id) const { return read_file(dir / (id + ".err")); }
 
   // Starts a run of the newest version of `slug` stored on the scene's database.
