@@ -81,11 +81,16 @@ class Browser {
         call("Runtime.evaluate", {{"expression", expression}, {"returnByValue", true}}, session_);
     return r["result"].value("value", json());
   }
-  // Evaluates `condition` until it is true, at most 60 s; whether it became true.
+  // Evaluates `condition` until it is true, at most 60 s; whether it became true. The page may
+  // be navigating meanwhile (a click that reloads it): Chromium then answers "Inspected target
+  // navigated or closed", which counts as not yet.
   bool until(const std::string& condition) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     while (std::chrono::steady_clock::now() < deadline) {
-      if (eval("!!(" + condition + ")") == true) return true;
+      const json r = call("Runtime.evaluate",
+                          {{"expression", "!!(" + condition + ")"}, {"returnByValue", true}},
+                          session_, /*error_is_an_answer=*/true);
+      if (!r.contains("error") && r["result"].value("value", json()) == true) return true;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     return false;
@@ -105,7 +110,9 @@ class Browser {
   }
 
  private:
-  json call(const std::string& method, const json& params, const std::string& session = "") {
+  // The reply's result; with `error_is_an_answer`, the reply's {"error": ...} when it has one.
+  json call(const std::string& method, const json& params, const std::string& session = "",
+            bool error_is_an_answer = false) {
     const int id = next_id_++;
     json message = {{"id", id}, {"method", method}, {"params", params}};
     if (!session.empty()) message["sessionId"] = session;
@@ -125,6 +132,7 @@ class Browser {
         if (reply.value("id", -1) != id) continue;  // an event, or another reply
         CAPTURE(method);
         CAPTURE(reply.dump());
+        if (error_is_an_answer && reply.contains("error")) return {{"error", reply["error"]}};
         REQUIRE(!reply.contains("error"));
         return reply["result"];
       }
