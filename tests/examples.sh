@@ -50,19 +50,25 @@ expect 'flow=text_stats'
 expect 'output: {"total":3}'
 expect 'flow=order_pipeline'
 expect 'output: {"ship":{"paid_cents":3097,"shipment_id":"ship-o-42","status":"shipped",'
-# The run that waited for its approval (a signal) and slept 2 s, then shipped.
+# The run that waited for its approval (a signal), fulfilled by a child run that slept 2 s and
+# shipped; its output is the child's.
 expect 'flow=order_approval'
 grep -qE '^(delivered|kept: its wait step has not started yet)$' "$out" || fail "no signal sent"
 expect '"shipment_id":"ship-o-43","status":"shipped"'
 expect 'approve          wait   completed'
+expect 'fulfil           flow   completed'
+grep -qE '^child: run [0-9a-f-]{36}  flow=order_fulfilment  completed  step fulfil\[0\]$' "$out" ||
+  fail "no child run shown"
+grep -qE '^parent: run [0-9a-f-]{36}  step fulfil\[0\]$' "$out" || fail "no parent shown"
+expect 'flow=order_fulfilment'
 expect 'settle           sleep  completed'
-# The run whose answer was no: its charge and what follows it skipped, the run completed.
+# The run whose answer was no: its fulfilment skipped (no child run), the run completed.
 expect "approve --data '{\"by\": \"scripts/examples\", \"approved\": false}'"
-expect 'charge           single skipped'
-expect 'ship             single skipped'
-[ "$(grep -c ' skipped ' "$out")" = 4 ] || fail "not 4 skipped steps"
-[ "$(grep -c '  completed$' "$out")" = 5 ] || fail "not 5 completed runs"
-echo "examples: command 1: 5 runs completed with their outputs, 4 steps skipped"
+expect 'fulfil           flow   skipped'
+[ "$(grep -c ' skipped ' "$out")" = 1 ] || fail "not 1 skipped step"
+[ "$(grep -c '^child: run ' "$out")" = 1 ] || fail "not 1 child run"
+[ "$(grep -c '  completed$' "$out")" = 6 ] || fail "not 6 completed runs"
+echo "examples: command 1: 6 runs completed with their outputs (a child run among them), 1 step skipped"
 
 # What the README shows next, as written there.
 cd "$checkout"
@@ -70,6 +76,7 @@ build/flowreg flows list >"$out" 2>&1 || fail "flows list failed"
 expect 'word_count  module=examples version='
 expect 'order_pipeline  module=examples version='
 expect 'order_approval  module=examples version='
+expect 'order_fulfilment  module=examples version='
 expect 'text_stats  module=text version='
 build/flowreg worker 2>"$home/worker.log" &
 worker=$!
@@ -84,7 +91,7 @@ expect 'flow=word_count'
 expect 'completed'
 expect 'output: {"total":3}'
 build/flowreg runs list >"$out" 2>&1 || fail "runs list failed"
-[ "$(grep -c ' completed ' "$out")" = 6 ] || fail "runs list does not show 6 completed runs"
+[ "$(grep -c ' completed ' "$out")" = 7 ] || fail "runs list does not show 7 completed runs"
 id=$(head -n 1 "$out" | cut -d ' ' -f 1)
 build/flowreg runs show "$id" >"$out" 2>&1 || fail "runs show failed"
 expect "run $id  flow=word_count"

@@ -261,7 +261,8 @@ BEGIN
   END IF;
 
   -- A step whose last task completed is complete, with its output: a single step's is its one
-  -- task's (completed just now), a map step's its tasks' in task order (a separate statement from
+  -- task's (completed just now), a map step's its tasks' in task order (a flow step's: its
+  -- children's, migration 0028) (a separate statement from
   -- the one above, so that it sees their outputs). Skipped when every step given was a one-step
   -- flow's (the statements below then have nothing to do either).
   IF false = ANY (v_one_row) THEN
@@ -271,10 +272,16 @@ BEGIN
           status = CASE WHEN s.remaining_tasks = p.n THEN 'completed' ELSE s.status END,
           finished_at = CASE WHEN s.remaining_tasks = p.n THEN now() END,
           output = CASE WHEN s.remaining_tasks <> p.n THEN NULL
-                        WHEN s.kind = 'map' THEN
+                        WHEN s.kind IN ('map', 'flow_map') THEN
                           (SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM flowreg.tasks t
                            WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug
                              AND NOT t.solo)
+                        -- A flow step's (migration 0028): its one child's, handed back as a task
+                        -- that keeps its output too (it has an input).
+                        WHEN s.kind = 'flow' THEN
+                          (SELECT t.output FROM flowreg.tasks t
+                           WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug
+                             AND t.task_index = 0 AND NOT t.solo)
                         ELSE p.output END,
           attempts = s.attempts + p.attempts,
           worker_id = p.worker_id
@@ -286,14 +293,14 @@ BEGIN
       RETURNING s.run_id, s.step_slug, s.status, s.kind, p.flow_slug, p.flow_version
     )
     SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug), array_agg(flow_version),
-           array_agg(run_id) FILTER (WHERE kind = 'map'),
-           array_agg(step_slug) FILTER (WHERE kind = 'map')
+           array_agg(run_id) FILTER (WHERE kind IN ('map', 'flow', 'flow_map')),
+           array_agg(step_slug) FILTER (WHERE kind IN ('map', 'flow', 'flow_map'))
     INTO v_druns, v_dsteps, v_dflows, v_dversions, v_mruns, v_msteps
     FROM upd WHERE status = 'completed';
   END IF;
 
   IF v_mruns IS NOT NULL THEN
-    -- A completed map step's tasks leave the queue: its output is made of theirs.
+    -- A completed map or flow step's tasks leave the queue: its output is made of theirs.
     -- Each step's tasks are found by a probe of tasks_by_run in a lateral subquery, then deleted
     -- through tasks_pkey (as one join, a plan made while tasks was small walked all of
     -- tasks_by_run as the outer side).

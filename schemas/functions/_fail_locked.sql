@@ -106,7 +106,7 @@ BEGIN
          array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
          array_agg(u.step_slug) FILTER (WHERE u.status = 'failed'),
          array_agg(format('step %L%s failed %s: %s', u.step_slug,
-                          CASE WHEN u.task_index > 0 OR s.kind = 'map'
+                          CASE WHEN u.task_index > 0 OR s.kind IN ('map', 'flow_map')
                                THEN ' task ' || u.task_index ELSE '' END,
                           CASE WHEN u.permanent THEN 'permanently on attempt ' || u.attempt
                                ELSE 'after ' || u.attempt || ' attempt'

@@ -13,7 +13,11 @@
 -- dependency was skipped (trigger all), when none completed (trigger any), or when its condition
 -- (_when) is false for its input (its run's input for a root step, else its completed
 -- dependencies' outputs by slug): its state 'skipped', no task, no output; that counts as its end
--- for its dependents and its run, as a completion does.
+-- for its dependents and its run, as a completion does. A flow step (migration 0028) starts its
+-- child runs (_start_children): one, or one per element of its input array (kind flow_map, whose
+-- input is as a map step's; an empty array completes it at once with []); its state is started
+-- with a task counted per child run and none created: each child's end hands it one
+-- (_run_ended).
 -- Then completes the runs that have no step left (their output: their completed leaves').
 -- Set-based: one pass handles every ready step of every run given. The ready steps are found
 -- from the given runs first (a materialized primary-key lookup), so the cost does not grow with
@@ -36,6 +40,12 @@ DECLARE
   v_n bigint;
   v_claim jsonb;  -- see _account_steps: a work() call's worker takes what it has room for
   v_mine bigint[];
+  -- Flow steps started (migration 0028): their runs, slugs, flows, kinds and inputs.
+  v_child_runs uuid[];
+  v_child_steps text[];
+  v_child_flows text[];
+  v_child_kinds text[];
+  v_child_inputs jsonb[];
 BEGIN
   LOOP
     v_claim := nullif(current_setting('flowreg.claim', true), '')::jsonb;
@@ -52,11 +62,12 @@ BEGIN
              -- Only a map step's input is needed here (its elements become its tasks' inputs), and
              -- that of a sleep step until a time in it, or of a wait step on an event (a single
              -- step's: {dependency: output}, its completed dependencies' only).
-             CASE WHEN fs.kind = 'map' THEN
+             CASE WHEN fs.kind IN ('map', 'flow_map') THEN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT d.output FROM flowreg.step_states d
                                WHERE d.run_id = r.id AND d.step_slug = fs.deps[1]) END
-                  WHEN fs.sleep_path IS NOT NULL OR jsonb_array_length(fs.wait_match) > 0 THEN
+                  WHEN fs.sleep_path IS NOT NULL OR jsonb_array_length(fs.wait_match) > 0
+                       OR fs.kind = 'flow' THEN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
                                FROM flowreg.step_states d
@@ -64,7 +75,7 @@ BEGIN
                                  AND d.status = 'completed') END
              END AS input,
              fs.sleep_ms, fs.sleep_path, fs.wait_signal, fs.wait_event, fs.wait_match,
-             fs.wait_timeout_ms,
+             fs.wait_timeout_ms, fs.child_flow,
              -- A wait step's signal kept for its run (sent before it started).
              CASE WHEN fs.wait_signal IS NOT NULL THEN
                (SELECT g.data FROM flowreg.signals g
@@ -90,7 +101,7 @@ BEGIN
       CROSS JOIN LATERAL (SELECT f.kind, f.timeout_ms, f.deps, f.priority, f.gate_prefix,
                                  f.gate_path, f.sleep_ms, f.sleep_path, f.wait_signal,
                                  f.wait_event, f.wait_match, f.wait_timeout_ms, f.when_cond,
-                                 f.trigger_any, f.checked
+                                 f.trigger_any, f.checked, f.child_flow
                           FROM flowreg.flow_steps f
                           WHERE f.flow_slug = r.flow_slug AND f.version = r.flow_version
                             AND f.step_slug = s.step_slug OFFSET 0) fs
@@ -110,9 +121,11 @@ BEGIN
                     CASE WHEN w.signal_data IS NOT NULL THEN 0
                          WHEN w.wait_event IS NOT NULL AND w.match_key IS NULL THEN -1
                          ELSE 1 END
-                  WHEN kind <> 'map' THEN 1
-                  WHEN jsonb_typeof(input) = 'array' THEN jsonb_array_length(input)
-                  ELSE -1 END AS n
+                  WHEN kind NOT IN ('map', 'flow_map') THEN 1
+                  WHEN jsonb_typeof(input) <> 'array' THEN -1
+                  -- A map over a child flow starts at most 1000 runs (Child::kMaxRuns).
+                  WHEN kind = 'flow_map' AND jsonb_array_length(input) > 1000 THEN -2
+                  ELSE jsonb_array_length(input) END AS n
       FROM (SELECT ready.*,
                    -- A sleep step's end (NULL: no RFC 3339 time where it reads one).
                    -- A wait step's timeout (NULL: none, it has no task).
@@ -130,7 +143,7 @@ BEGIN
     -- not serve, or outside a work() call, or with a gate (its tasks wait for _claim_gated).
     -- Decided per step (few rows), not per element.
     offered AS (
-      SELECT z.*, z.n > 0 AND z.gate IS NULL AND z.kind NOT IN ('sleep', 'wait')
+      SELECT z.*, z.n > 0 AND z.gate IS NULL AND z.kind NOT IN ('sleep', 'wait', 'flow', 'flow_map')
                   AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
                                false) AS served
       FROM sized z
@@ -155,6 +168,7 @@ BEGIN
         CASE WHEN z.kind = 'map' THEN z.input ELSE jsonb_build_array(z.input) END)
         WITH ORDINALITY AS e(elem, i)
       WHERE z.n > 0 AND NOT (z.kind = 'wait' AND z.wake IS NULL)
+        AND z.kind NOT IN ('flow', 'flow_map')  -- their tasks come from their children's ends
     ),
     new_tasks AS (
       INSERT INTO flowreg.tasks (run_id, step_slug, task_index, flow_slug, flow_version, input,
@@ -196,13 +210,18 @@ BEGIN
                     FROM unnest(z.sleep_path) WITH ORDINALITY AS p(k, i)),
                    CASE WHEN z.input #> z.sleep_path IS NULL THEN 'it has nothing'
                         ELSE 'it has ' || left((z.input #> z.sleep_path)::text, 100) END)
+                       WHEN z.n = -2 THEN
+            format('step %L starts a run of flow %L per element of its input, at most 1000, but '
+                   'its input has %s elements', z.step_slug, z.child_flow,
+                   jsonb_array_length(z.input))
                        WHEN z.n < 0 THEN
             format('step %L is a map step but its input is %s, not an array', z.step_slug,
                    CASE jsonb_typeof(z.input) WHEN 'object' THEN 'an object' WHEN 'null' THEN 'null'
                         WHEN 'array' THEN 'an array' ELSE 'a ' || jsonb_typeof(z.input) END) END
       FROM sized z
       WHERE s.run_id = ANY (ARRAY[z.run_id]) AND s.step_slug = ANY (ARRAY[z.step_slug])
-      RETURNING s.run_id, s.step_slug, s.status, s.error, z.flow_slug, z.flow_version
+      RETURNING s.run_id, s.step_slug, s.status, s.error, z.flow_slug, z.flow_version, z.kind,
+                z.child_flow, z.input
     ),
     -- A wait step on an event starts to wait under its key, with the values it waits for (shown).
     waits AS (
@@ -231,9 +250,15 @@ BEGIN
            array_agg(u.run_id) FILTER (WHERE u.status = 'failed'),
            array_agg(u.error) FILTER (WHERE u.status = 'failed'),
            (SELECT array_agg(DISTINCT t.flow_slug) FROM new_tasks t WHERE t.status = 'queued'),
-           (SELECT array_agg(t.id) FROM new_tasks t WHERE t.status = 'started')
+           (SELECT array_agg(t.id) FROM new_tasks t WHERE t.status = 'started'),
+           array_agg(u.run_id) FILTER (WHERE u.child_flow IS NOT NULL AND u.status = 'started'),
+           array_agg(u.step_slug) FILTER (WHERE u.child_flow IS NOT NULL AND u.status = 'started'),
+           array_agg(u.child_flow) FILTER (WHERE u.child_flow IS NOT NULL AND u.status = 'started'),
+           array_agg(u.kind) FILTER (WHERE u.child_flow IS NOT NULL AND u.status = 'started'),
+           array_agg(u.input) FILTER (WHERE u.child_flow IS NOT NULL AND u.status = 'started')
     INTO v_done_runs, v_done_steps, v_done_flows, v_done_versions, v_fail_runs, v_fail_errors,
-         v_flows, v_mine
+         v_flows, v_mine, v_child_runs, v_child_steps, v_child_flows, v_child_kinds,
+         v_child_inputs
     FROM upd u;
     PERFORM flowreg._claimed_here(v_claim, v_mine);
 
@@ -242,6 +267,10 @@ BEGIN
     END IF;
     IF v_fail_runs IS NOT NULL THEN
       PERFORM flowreg._fail_runs(v_fail_runs, v_fail_errors);
+    END IF;
+    IF v_child_runs IS NOT NULL THEN
+      PERFORM flowreg._start_children(v_child_runs, v_child_steps, v_child_flows, v_child_kinds,
+                                      v_child_inputs);
     END IF;
     EXIT WHEN v_done_runs IS NULL;
     PERFORM flowreg._account_steps(v_done_runs, v_done_steps, v_done_flows, v_done_versions);

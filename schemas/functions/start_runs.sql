@@ -1,6 +1,10 @@
 -- Creates runs of a stored flow version, one per input, and starts their root steps.
 -- A key already used for that flow slug returns the run that used it (created = false).
 -- Errors: SQLSTATE P0002 when the flow version is not stored, 22023 when p_retry_of is unknown.
+-- With p_parent (migration 0028: _start_children), the runs are child runs of that run's flow step
+-- p_parent_step, one per element in input order (parent_index from 0), nested p_depth deep; their
+-- ids are greater than p_parent's (a time-ordered id of the millisecond after its own when the
+-- clock has not passed it), so that every function locks a parent before its children.
 --
 -- One statement creates the runs, their step states and the tasks of their single root steps
 -- (a root single step's state is written 'started' at once, not created and then updated; its
@@ -19,7 +23,10 @@
 -- than running it for one run (pgbench, one run per call: 0.120 ms a call, 0.107 ms generic).
 CREATE OR REPLACE FUNCTION flowreg.start_runs(p_slug text, p_version text, p_inputs jsonb[],
                                               p_keys text[] DEFAULT NULL,
-                                              p_retry_of uuid DEFAULT NULL)
+                                              p_retry_of uuid DEFAULT NULL,
+                                              p_parent uuid DEFAULT NULL,
+                                              p_parent_step text DEFAULT NULL,
+                                              p_depth int DEFAULT NULL)
 RETURNS TABLE (run_id uuid, created boolean) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -58,30 +65,38 @@ BEGIN
     FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version
   ),
   given AS (
-    SELECT x.input, x.key,
+    SELECT x.input, x.key, x.i,
            encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
-             substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+             substring(int8send(greatest((extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+                                         -- A child's: after its parent's millisecond (the
+                                         -- first 48 bits of its id).
+                                         ('x' || translate(left(p_parent::text, 13), '-', ''))
+                                           ::bit(48)::bigint + 1)) FROM 3)
              FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS id,
            -- A one-step flow's run names its task (migration 0013): the task's id comes first.
            CASE WHEN (SELECT m.one_row FROM meta m) THEN nextval('flowreg.tasks_id_seq') END
              AS task_id
     FROM unnest(p_inputs, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_inputs)])))
-      AS x(input, key)
+      WITH ORDINALITY AS x(input, key, i)
     WHERE (SELECT m.steps FROM meta m) > 0
   ),
   ins_plain AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, retry_of,
-                              attempts, task_id, chained)
+                              attempts, task_id, chained, parent_run_id, parent_step,
+                              parent_index, depth)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained
+           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained, p_parent, p_parent_step,
+           CASE WHEN p_parent IS NOT NULL THEN g.i - 1 END, p_depth
     FROM given g CROSS JOIN meta m WHERE g.key IS NULL
     RETURNING id, task_id, input
   ),
   ins_keyed AS (
     INSERT INTO flowreg.runs (id, flow_slug, flow_version, input, remaining_leaves, idempotency_key,
-                              retry_of, attempts, task_id, chained)
+                              retry_of, attempts, task_id, chained, parent_run_id, parent_step,
+                              parent_index, depth)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, g.key, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained
+           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained, p_parent, p_parent_step,
+           CASE WHEN p_parent IS NOT NULL THEN g.i - 1 END, p_depth
     FROM given g CROSS JOIN meta m WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, task_id, input
@@ -146,6 +161,6 @@ BEGIN
   END IF;
 END $$;
 
-ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid)
+ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid, uuid, text, int)
   SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
   SET enable_mergejoin = off SET jit = off;

@@ -11,7 +11,9 @@
 -- step's `wait` ({"signal"} or {"event", "match": {event pointer: input pointer}}, with
 -- "timeout_ms" and "default" when set: migration 0026), and a step's condition (`when`) and
 -- `trigger` (migration 0027). A step is `checked` when it has a condition or a dependency that is
--- checked: the steps that may be skipped, whose start _start_steps decides.
+-- checked: the steps that may be skipped, whose start _start_steps decides. A flow step's `child`
+-- ({"flow", "map"}, migration 0028) is shape: its kind is stored as flow_map for a map over the
+-- child flow, flow otherwise, and its flow's slug as child_flow.
 CREATE OR REPLACE FUNCTION flowreg.upsert_flow(p_slug text, p_version text, p_def jsonb)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
@@ -54,8 +56,12 @@ BEGIN
   INSERT INTO flowreg.flow_steps (flow_slug, version, step_slug, step_index, kind, handler, deps,
                                   is_leaf, max_attempts, base_delay_ms, max_delay_ms, timeout_ms,
                                   priority, sleep_ms, sleep_path, wait_signal, wait_event,
-                                  wait_match, wait_timeout_ms, when_cond, trigger_any, checked)
-  SELECT p_slug, p_version, s->>'slug', (i - 1)::int, s->>'kind', coalesce(s->>'handler', ''),
+                                  wait_match, wait_timeout_ms, when_cond, trigger_any, checked,
+                                  child_flow)
+  SELECT p_slug, p_version, s->>'slug', (i - 1)::int,
+         CASE WHEN s->>'kind' = 'flow' AND (s->'child'->>'map')::boolean THEN 'flow_map'
+              ELSE s->>'kind' END,
+         coalesce(s->>'handler', ''),
          ARRAY(SELECT jsonb_array_elements_text(s->'depends_on')),
          NOT EXISTS (SELECT 1 FROM jsonb_array_elements(p_def->'steps') o
                      WHERE o->'depends_on' ? (s->>'slug')),
@@ -77,7 +83,9 @@ BEGIN
                      FROM jsonb_each(s->'wait'->'match') AS m), '[]'::jsonb) END,
          (s->'wait'->>'timeout_ms')::bigint,
          -- A condition and a trigger (migration 0027).
-         s->'when', coalesce(s->>'trigger', 'all') = 'any', (s->>'slug') = ANY (v_checked)
+         s->'when', coalesce(s->>'trigger', 'all') = 'any', (s->>'slug') = ANY (v_checked),
+         -- A flow step's child flow (migration 0028).
+         s->'child'->>'flow'
   FROM jsonb_array_elements(p_def->'steps') WITH ORDINALITY AS x(s, i);
   PERFORM flowreg._add_levels(p_slug, p_version);
   PERFORM flowreg._set_gates(p_slug, p_version);

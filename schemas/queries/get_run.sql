@@ -5,6 +5,8 @@
 -- the flow's limit), key, limit, and the runs or tasks holding the key's slots now (at most the
 -- limit, counted; gate_limit NULL: no concurrency limit); rate_*, the rate limit over that task
 -- (migration 0024), and when its bucket has a token again, if it has none now.
+-- Child flows (migration 0028): parent_* (the run whose flow step started it), children (its
+-- child runs, the first 100 by step and element, as JSON) and children_total.
 -- Timestamps travel as microseconds since the epoch, in columns whose names end in _us.
 SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS input,
  r.output::text AS output, r.error, (extract(epoch FROM r.created_at) * 1000000)::bigint AS
@@ -16,7 +18,17 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
  w.step_slug AS gate_step, w.key AS gate_key, w.gate_limit, w.holding AS gate_holding,
  w.rate_limit, w.rate_per_ms,
  (extract(epoch FROM now() + (1 - w.tokens) * w.rate_per_ms / w.rate_limit * interval '1 ms')
-  * 1000000)::bigint AS rate_until_us
+  * 1000000)::bigint AS rate_until_us,
+ r.parent_run_id::text AS parent_run_id, r.parent_step, r.parent_index,
+ CASE WHEN r.has_children THEN
+  (SELECT jsonb_agg(jsonb_build_object('id', c.id, 'flow', c.flow_slug, 'step', c.parent_step,
+                                       'index', c.parent_index, 'status', c.status)
+                    ORDER BY c.parent_step, c.parent_index, c.id)
+   FROM (SELECT c.id, c.flow_slug, c.parent_step, c.parent_index, c.status FROM flowreg.runs c
+         WHERE c.parent_run_id = r.id ORDER BY c.parent_step, c.parent_index, c.id LIMIT 100) c)
+  ::text END AS children,
+ CASE WHEN r.has_children THEN
+  (SELECT count(*) FROM flowreg.runs c WHERE c.parent_run_id = r.id)::int END AS children_total
  FROM flowreg.runs r
  LEFT JOIN LATERAL (
   SELECT CASE WHEN fs.gate_prefix = ':' THEN '' ELSE t.step_slug END AS step_slug,

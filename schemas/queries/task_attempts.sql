@@ -44,14 +44,14 @@ live AS (
 ),
 ended AS (
   SELECT st.step_slug, i.task_index,
-         CASE WHEN st.kind = 'map'
+         CASE WHEN st.kind IN ('map', 'flow_map')
               THEN 1 + coalesce((SELECT max(k.attempt) FROM kept k
                                  WHERE k.step_slug = st.step_slug
                                    AND k.task_index = i.task_index), 0)
               ELSE st.attempts END AS attempt,
-         CASE WHEN st.kind = 'map' THEN NULL ELSE st.worker_id END AS worker_id,
+         CASE WHEN st.kind IN ('map', 'flow_map') THEN NULL ELSE st.worker_id END AS worker_id,
          NULL::timestamptz AS started_at,
-         CASE WHEN st.kind = 'map' THEN NULL ELSE st.finished_at END AS finished_at,
+         CASE WHEN st.kind IN ('map', 'flow_map') THEN NULL ELSE st.finished_at END AS finished_at,
          'completed' AS outcome, NULL::text AS error
   FROM st CROSS JOIN LATERAL generate_series(0, st.task_count - 1) AS i(task_index)
   WHERE st.status = 'completed'

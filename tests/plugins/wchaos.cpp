@@ -24,6 +24,13 @@
 //     route; card (when /route/pay equals "card"); cash (when /route/pay in ["cash", "voucher"]);
 //     receipt <- card; notify <- card, cash (trigger any); vip, a root step (when /vip exists and
 //     is not false); close <- receipt, vip
+//   wchaos_kid    handler "kid" (child flows, docs/flows.md#child-flows; 3 attempts): appends an
+//                 "E" audit line and returns {"kid": input.customer, "n": input.n}; fails for
+//                 good when input.fail is true
+//   wchaos_family "fanout" (returns input.items) -> kids, a flow step with map over wchaos_kid;
+//                 solo, a root flow step of wchaos_kid on the run's input; gather <- kids, solo
+//                 ("gathered": {"kids": the kids' outputs, "solo": solo's})
+//   wchaos_guardian a root flow step of wchaos_approval (for the cancel cascade)
 // "routed" passes the run's input on (a root step's input, else the first dependency's output
 // that has "audit"), appending an "E" audit line for it before it returns.
 // "resumed" (after a wait step: its input {wait step: the signal's or event's data}) appends an
@@ -126,6 +133,18 @@ json routed(const json& in, const Context& c) {
   return *args;
 }
 
+json kid(const json& in, const Context& c) {
+  if (in.value("fail", false)) throw flowreg::sdk::permanent_error("told to fail");
+  audit(in, c, 'E');
+  return json{{"kid", in.value("customer", std::string("-"))}, {"n", in.value("n", 0)}};
+}
+
+json fanout(const json& in, const Context&) { return in.value("items", json::array()); }
+
+json gathered(const json& in, const Context&) {
+  return json{{"kids", in.value("kids", json())}, {"solo", in.value("solo", json())}};
+}
+
 json quick(const json& in, const Context&) {
   mark_started(in);
   return json{{"pid", static_cast<int>(::getpid())}, {"n", in.value("n", 0)}};
@@ -142,6 +161,9 @@ FLOWREG_PLUGIN(wchaos) {
   plugin.handler("resumed", resumed);
   plugin.handler("routed", routed);
   plugin.handler("snoozy", snoozy);
+  plugin.handler("kid", kid);
+  plugin.handler("fanout", fanout);
+  plugin.handler("gathered", gathered);
   plugin.flow("wchaos_crash")
       .description("a handler that crashes its worker")
       .max_attempts(3)
@@ -226,4 +248,18 @@ FLOWREG_PLUGIN(wchaos) {
       .description("signal go or fail after 1s")
       .wait_signal_step("go", "go")
       .wait_timeout("1s");
+  plugin.flow("wchaos_kid")
+      .description("a child flow")
+      .max_attempts(3)
+      .base_delay("10ms")
+      .step("work", "kid");
+  auto& family = plugin.flow("wchaos_family").description("child runs: one, and one per item");
+  family.max_attempts(10).base_delay("10ms");
+  family.step("split", "fanout");
+  family.flow_map_step("kids", "wchaos_kid").depends_on({"split"});
+  family.flow_step("solo", "wchaos_kid");
+  family.step("gather", "gathered").depends_on({"kids", "solo"});
+  plugin.flow("wchaos_guardian")
+      .description("a child run waiting for a signal")
+      .flow_step("child", "wchaos_approval");
 }

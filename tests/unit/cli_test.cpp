@@ -49,14 +49,14 @@ TEST_SUITE("cli") {
   TEST_CASE("flows validate exits 0 on the example") {
     auto r = run_process({kBinary, "flows", "validate", kExample});
     CHECK(r.exit_code == 0);
-    CHECK(r.out.find("ok (3 flows)") != std::string::npos);
+    CHECK(r.out.find("ok (4 flows)") != std::string::npos);
     CHECK(r.err.empty());
   }
 
   TEST_CASE("flows validate exits 1 and prints PATH:LINE:COL: message for each problem") {
     auto r = run_process({kBinary, "flows", "validate", kExample, kData + "/bad_semantics.yaml"});
     CHECK(r.exit_code == 1);
-    CHECK(r.out.find("ok (3 flows)") != std::string::npos);  // the valid file is still reported
+    CHECK(r.out.find("ok (4 flows)") != std::string::npos);  // the valid file is still reported
     CHECK(r.err.find(kData + "/bad_semantics.yaml:6:61: flow 'billing': step 'charge' depends on "
                              "unknown step 'fetch2'\n") != std::string::npos);
     CHECK(r.err.find("dependency cycle a -> b -> c -> a") != std::string::npos);
@@ -112,8 +112,8 @@ TEST_SUITE("cli") {
     REQUIRE(r.exit_code == 0);
     auto flows = nlohmann::json::parse(r.out);
     REQUIRE(flows.is_array());
-    REQUIRE(flows.size() == 5);  // three YAML flows, and one of each example plugin but orders
-    const auto& f = flows[2];    // sorted by slug: file_report, order_approval, order_pipeline, ...
+    REQUIRE(flows.size() == 6);  // four YAML flows, and one of each example plugin but orders
+    const auto& f = flows[3];  // sorted by slug: file_report, order_approval, order_fulfilment, ...
     CHECK(f["slug"] == "order_pipeline");
     CHECK(f["module"] == "examples");
     CHECK(f["version"].get<std::string>().size() == 16);
@@ -128,8 +128,15 @@ TEST_SUITE("cli") {
                                    "options":{"max_attempts":3,"base_delay":"100ms","max_delay":"2s","timeout":"30s",
                                               "priority":0},
                                    "concurrency":null,"rate_limit":null,"sleep":null,"wait":null,"when":null,
-                                   "trigger":"all"})"));
+                                   "trigger":"all","flow":null,"map":false})"));
     CHECK(f["steps"][1]["options"]["max_attempts"] == 5);
+    // A flow step: its child flow and map, no handler.
+    const auto& approval = flows[1];
+    REQUIRE(approval["slug"] == "order_approval");
+    CHECK(approval["steps"][2]["kind"] == "flow");
+    CHECK(approval["steps"][2]["flow"] == "order_fulfilment");
+    CHECK(approval["steps"][2]["map"] == false);
+    CHECK(approval["steps"][2]["handler"] == "");
   }
 
   TEST_CASE("flows list prints slug, module, version and steps") {
@@ -192,8 +199,8 @@ TEST_SUITE("cli") {
     REQUIRE(r.exit_code == 0);
     std::vector<std::string> slugs;
     for (const auto& f : nlohmann::json::parse(r.out)) slugs.push_back(f["slug"]);
-    CHECK(slugs == std::vector<std::string>{"file_report", "order_approval", "order_pipeline",
-                                            "text_stats", "word_count"});
+    CHECK(slugs == std::vector<std::string>{"file_report", "order_approval", "order_fulfilment",
+                                            "order_pipeline", "text_stats", "word_count"});
   }
 
   TEST_CASE(

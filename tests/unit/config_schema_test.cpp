@@ -246,6 +246,49 @@ TEST_SUITE("schema") {
     CHECK(got[0].ends_with("flow 'a': step 's': its condition has more than 64 parts"));
   }
 
+  TEST_CASE("a flow step: its child flow, no handler; cycles of flows declared together") {
+    const auto valid = problems_of_text(
+        "flows: [{slug: a, steps: [{slug: o, handler: m.o}, {slug: c, kind: flow, flow: b, "
+        "depends_on: [o]}, {slug: m, kind: flow, flow: b, map: true, depends_on: [o]}]}, "
+        "{slug: b, steps: [{slug: x, handler: m.x}]}]\n");
+    CHECK(valid == std::vector<std::string>{});
+    check_one_problem_each(
+        {{"{slug: s, kind: flow}",
+          "inline.yaml:1:27: flow 'a': step 's' is a flow step: give it flow, the slug of the flow "
+          "whose run it starts"},
+         {"{slug: s, kind: flow, flow: b, handler: m.s}",
+          "inline.yaml:1:58: flow 'a': step 's' is a flow step and runs no handler; remove "
+          "handler 'm.s'"},
+         {"{slug: s, handler: m.s, flow: b}",
+          "inline.yaml:1:27: flow 'a': step 's' has flow but is not a flow step: give it kind: "
+          "flow"},
+         {"{slug: s, handler: m.s, map: true}",
+          "inline.yaml:1:27: flow 'a': step 's' has map but is not a flow step: give it kind: flow "
+          "(a map over a handler is kind: map)"},
+         {"{slug: s, kind: flow, flow: a}",
+          "inline.yaml:1:49: flow 'a': step 's' starts flow 'a', its own: a flow cannot start "
+          "itself (each run would start another)"},
+         {"{slug: s, kind: flow, flow: 'B!'}",
+          "inline.yaml:1:49: flows[0].steps[0].flow: the string 'B!' is not valid: expected "
+          "lowercase letters, digits and _, a letter first, at most 63 characters"},
+         {"{slug: o, handler: m.o}, {slug: p, handler: m.p}, {slug: s, kind: flow, flow: b, map: "
+          "true, depends_on: [o, p]}",
+          "inline.yaml:1:119: flow 'a': map step 's' has 2 dependencies (o, p); a map step takes "
+          "at "
+          "most one"},
+         {"{slug: s, kind: flow, flow: b, rate_limit: {limit: 1, per: 1s}}",
+          "inline.yaml:1:58: flow 'a': step 's' is a flow step: it runs no handler, so it takes no "
+          "concurrency or rate limit"}});
+    // a -> b -> c -> a, declared in one file: one problem, at the first flow's step.
+    CHECK(problems_of_text(
+              "flows: [{slug: a, steps: [{slug: s, kind: flow, flow: b}]}, {slug: b, steps: "
+              "[{slug: t, kind: flow, flow: c}]}, {slug: c, steps: [{slug: u, handler: m.u}, "
+              "{slug: v, kind: flow, flow: a, depends_on: [u]}]}]\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:49: flow 'a': step 's' starts flow 'b', and flows start one another "
+              "in a cycle (a -> b -> c -> a): each run would start another"});
+  }
+
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
     const auto p = problems_of_text(
         "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "
@@ -260,7 +303,7 @@ TEST_SUITE("schema") {
           "inline.yaml:1:62: flows[0].steps[0].handler: the string 'x' is not valid: expected "
           "module.handler, both parts lowercase identifiers");
     CHECK(p[3] ==
-          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, wait, got "
+          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, wait, flow, got "
           "the "
           "string 'mapp' (did you mean 'map'?)");
   }

@@ -32,22 +32,27 @@ std::vector<std::string> problems_of(const fs::path& file) {
 }  // namespace
 
 TEST_SUITE("config") {
-  TEST_CASE("the example configuration loads with its three flows and settings") {
+  TEST_CASE("the example configuration loads with its four flows and settings") {
     auto config = load_config(fs::path(FLOWREG_SOURCE_DIR) / "flows.example.yaml");
     REQUIRE_MESSAGE(config, flowreg::testing::failure_text(config));
     CHECK(config->module == "examples");
-    REQUIRE(config->flows.size() == 3);
+    REQUIRE(config->flows.size() == 4);
     CHECK(config->flows[0].slug == "word_count");
     CHECK(config->flows[0].steps[1].kind == StepKind::map);
     CHECK(config->flows[1].slug == "order_pipeline");
     CHECK(config->flows[1].find_step("charge")->options.max_attempts == 5);
     CHECK(config->flows[1].options.base_delay == Millis{100});
-    // Durable waiting: a wait for a signal with a timeout, a sleep of 2 s.
+    // Durable waiting: a wait for a signal with a timeout, a child flow (with map: false) whose
+    // flow sleeps 2 s.
     CHECK(config->flows[2].slug == "order_approval");
     REQUIRE(config->flows[2].find_step("approve") != nullptr);
     CHECK(config->flows[2].find_step("approve")->wait->signal == "approve");
     CHECK(config->flows[2].find_step("approve")->wait->timeout == Millis{24 * 3600 * 1000});
-    CHECK(config->flows[2].find_step("settle")->sleep->duration == Millis{2000});
+    REQUIRE(config->flows[2].find_step("fulfil") != nullptr);
+    CHECK(config->flows[2].find_step("fulfil")->kind == StepKind::flow);
+    CHECK(config->flows[2].find_step("fulfil")->child == Child{"order_fulfilment", false});
+    CHECK(config->flows[3].slug == "order_fulfilment");
+    CHECK(config->flows[3].find_step("settle")->sleep->duration == Millis{2000});
     CHECK(config->plugins.dir == fs::path(FLOWREG_SOURCE_DIR) / "build/plugins");
     CHECK(config->worker.batch_size == 32);
     CHECK(config->database.url.empty());

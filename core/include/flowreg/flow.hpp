@@ -22,6 +22,8 @@ enum class StepKind {
            // holds no task lease, thread or claim)
   wait,    // no handler: ends when its run gets a signal, or an event matching its input arrives
            // (durable, holding nothing while it waits); its output: their data
+  flow,    // no handler: starts a run of another flow (one per element with map) and ends with
+           // its end, its output the child run's (durable, holding nothing while it waits)
 };
 
 std::string_view to_string(StepKind kind) noexcept;
@@ -139,6 +141,19 @@ struct Condition {
 // `flows show`, the dashboard and messages. REQUIRES: a condition validate_flow accepted.
 std::string condition_text(const nlohmann::json& condition);
 
+// What a flow step starts (docs/flows.md#child-flows): a run of flow `flow`, at the version stored
+// last, with the step's input; with `map`, one per element of its input array (in order, the
+// step's output their outputs in that order).
+struct Child {
+  static constexpr int kMaxDepth = 8;  // runs nested in one another at most: the top one's is 0
+  static constexpr std::size_t kMaxRuns = 1000;  // child runs of one map step
+
+  std::string flow;
+  bool map = false;
+
+  friend bool operator==(const Child&, const Child&) = default;
+};
+
 struct StepDef {
   std::string slug;
   StepKind kind = StepKind::single;
@@ -149,6 +164,7 @@ struct StepDef {
   std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
   std::optional<Sleep> sleep = std::nullopt;              // kind sleep: what it waits for
   std::optional<Wait> wait = std::nullopt;                // kind wait: what it waits for
+  std::optional<Child> child = std::nullopt;              // kind flow: the flow it starts
   std::optional<nlohmann::json> when = std::nullopt;      // runs only when it holds (Condition)
   Trigger trigger = Trigger::all;                         // which dependencies it needs completed
 

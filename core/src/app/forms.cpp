@@ -115,6 +115,22 @@ json run_concurrency_json(const detail::RunInfo& r) {
 
 }  // namespace
 
+json run_parent_json(const detail::RunInfo& r) {
+  if (!r.parent) return nullptr;
+  return {{"run", r.parent->run}, {"step", r.parent->step}, {"index", r.parent->index}};
+}
+
+json run_children_json(const detail::RunInfo& r) {
+  json out = json::array();
+  for (const auto& c : r.children)
+    out.push_back({{"id", c.id},
+                   {"flow", c.flow},
+                   {"step", c.step},
+                   {"index", c.index},
+                   {"status", detail::to_string(c.status)}});
+  return out;
+}
+
 json run_json(const detail::RunInfo& r) {
   return {{"id", r.id},
           {"flow", r.flow_slug},
@@ -128,7 +144,10 @@ json run_json(const detail::RunInfo& r) {
           {"retry_of", r.retry_of ? json(*r.retry_of) : json(nullptr)},
           {"start_at", r.start_at ? json(iso_time(*r.start_at)) : json(nullptr)},
           {"priority", r.priority ? json(*r.priority) : json(nullptr)},
-          {"concurrency", run_concurrency_json(r)}};
+          {"concurrency", run_concurrency_json(r)},
+          {"parent", run_parent_json(r)},
+          {"children", run_children_json(r)},
+          {"children_total", r.children_total}};
 }
 
 std::string waiting_text(const detail::RunInfo& r) {
@@ -253,6 +272,10 @@ std::string wait_text(const Wait& w) {
   return text;
 }
 
+std::string child_text(const Child& c) {
+  return fmt::format("starts flow {}{}", c.flow, c.map ? " per element" : "");
+}
+
 std::string condition_suffix(const StepDef& s) {
   std::string text;
   if (s.when) text += "  when " + condition_text(*s.when);
@@ -276,7 +299,9 @@ json flow_json(const RegisteredFlow& registered) {
          {"sleep", s.sleep ? sleep_json(*s.sleep) : json(nullptr)},
          {"wait", s.wait ? wait_json(*s.wait) : json(nullptr)},
          {"when", s.when ? to_ordered(*s.when) : json(nullptr)},
-         {"trigger", to_string(s.trigger)}});
+         {"trigger", to_string(s.trigger)},
+         {"flow", s.child ? json(s.child->flow) : json(nullptr)},
+         {"map", s.child && s.child->map}});
   return {{"slug", flow.slug},
           {"module", flow.module},
           {"version", flow_version(flow)},

@@ -72,6 +72,12 @@ std::string wait_text(const Wait& w);
 // A step's condition and trigger for `flows show` ("  when /charge/ok equals true  (trigger
 // any)"); "" for a step without either.
 std::string condition_suffix(const StepDef& s);
+// A flow step's child flow, as `flows show` and the flow page say it: "starts flow receipt" (with
+// map: "... per element").
+std::string child_text(const Child& c);
+// A run's parent and children (migration 0028) as run_json gives them.
+json run_parent_json(const detail::RunInfo& r);
+json run_children_json(const detail::RunInfo& r);
 // What a waiting step of a run waits for (StepInfo::waits_for): "signal 'approve'", "event 'paid'
 // where /order_id = 42", or "".
 std::string waits_for_text(const json& waits_for);

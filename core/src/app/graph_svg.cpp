@@ -90,11 +90,14 @@ std::string dag_dot(const FlowDef& flow, const std::map<std::string, std::string
       "fontname=\"Helvetica\", fontsize=11];\n  edge [color=\"#4a6fa5\"];\n",
       dot_quote(flow.slug));
   for (const auto& s : flow.steps) {
-    const bool map = s.kind == StepKind::map;
-    // A sleep or wait step has no handler: its second line says what it is.
-    const std::string handler = s.kind == StepKind::sleep  ? "(sleep)"
-                                : s.kind == StepKind::wait ? "(wait)"
-                                                           : s.handler;
+    const bool map = s.kind == StepKind::map || (s.child && s.child->map);
+    // A sleep, wait or flow step has no handler: its second line says what it is.
+    const std::string handler =
+        s.kind == StepKind::sleep  ? "(sleep)"
+        : s.kind == StepKind::wait ? "(wait)"
+        : s.kind == StepKind::flow
+            ? (s.child && !s.child->flow.empty() ? "(flow " + s.child->flow + ")" : "(flow)")
+            : s.handler;
     if (!states) {
       out += fmt::format("  {} [label=\"{}\\n{}{}\"{}];\n", dot_quote(s.slug), dot_escape(s.slug),
                          dot_escape(handler), map ? " (map)" : "",

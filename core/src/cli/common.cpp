@@ -68,6 +68,13 @@ void print_run_text(const detail::RunInfo& r) {
   if (r.held_key) fmt::print("concurrency: {}\n", app::held_text(r));
   if (r.status == detail::RunStatus::started && r.waiting)
     fmt::print("waiting: {}\n", app::waiting_text(r));
+  if (r.parent)
+    fmt::print("parent: run {}  step {}[{}]\n", r.parent->run, r.parent->step, r.parent->index);
+  for (const auto& c : r.children)
+    fmt::print("child: run {}  flow={}  {}  step {}[{}]\n", c.id, c.flow, to_string(c.status),
+               c.step, c.index);
+  if (r.children_total > std::ssize(r.children))
+    fmt::print("  (the first {} of {} child runs)\n", r.children.size(), r.children_total);
   if (r.output) fmt::print("output: {}\n", detail::json_text(*r.output));
   if (r.error) fmt::print("error: {}\n", *r.error);
 }

@@ -43,9 +43,10 @@ void print_flow_text(const RegisteredFlow& registered) {
   for (const StepDef* s : topological_order(flow)) {
     const int own = flow.step_options(*s).priority;
     fmt::print("  {:<{}}  {:<6}  {}{}{}{}{}{}\n", s->slug, width, to_string(s->kind),
-               s->sleep  ? app::sleep_text(*s->sleep)
-               : s->wait ? app::wait_text(*s->wait)
-                         : s->handler,
+               s->sleep   ? app::sleep_text(*s->sleep)
+               : s->wait  ? app::wait_text(*s->wait)
+               : s->child ? app::child_text(*s->child)
+                          : s->handler,
                s->depends_on.empty() ? "" : fmt::format("  <- {}", fmt::join(s->depends_on, ", ")),
                own != flow.options.priority ? fmt::format("  (priority {})", own) : "",
                s->concurrency ? fmt::format("  ({})", app::concurrency_text(*s->concurrency)) : "",

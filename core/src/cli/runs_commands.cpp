@@ -88,8 +88,9 @@ void print_step_attempts(const detail::StepInfo& s, std::span<const detail::Atte
                                       *t.finished_at - *t.started_at)
                                       .count());
     fmt::print("    attempt {}{}  {:<13} {:<24}  {:>9}  worker={}{}\n", t.attempt,
-               s.kind == "map" ? fmt::format(" task {}", t.task_index) : std::string(), t.outcome,
-               t.started_at ? app::iso_time_ms(*t.started_at) : std::string("-"), took,
+               s.kind == "map" || s.kind == "flow_map" ? fmt::format(" task {}", t.task_index)
+                                                       : std::string(),
+               t.outcome, t.started_at ? app::iso_time_ms(*t.started_at) : std::string("-"), took,
                t.worker ? app::valid_text(*t.worker) : std::string("-"),
                t.error ? "  error: " + app::excerpt(*t.error, kAttemptErrorExcerpt) : "");
   }

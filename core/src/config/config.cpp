@@ -143,6 +143,9 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
     // A condition (docs/flows.md#conditional-steps): its form is checked by validate_flow, which
     // names the place of each problem in it.
     if (s.contains("when")) step.when = s["when"];
+    // A child flow (docs/flows.md#child-flows).
+    if (s.contains("flow") || s.contains("map"))
+      step.child = Child{s.value("flow", ""), s.value("map", false)};
     if (s.value("trigger", "all") == "any") step.trigger = Trigger::any;
     if (s.contains("options")) step.options = overrides_of(s["options"]);
     if (s.contains("concurrency")) step.concurrency = concurrency_of(s["concurrency"]);
@@ -187,6 +190,70 @@ long index_under(std::string_view pointer, std::string_view prefix) {
 // Index of the flow a JSON pointer lies in ("/flows/3/steps/0" -> 3), or -1.
 long flow_index_of(std::string_view pointer) { return index_under(pointer, "/flows/"); }
 
+// A cycle of flows declared together that start one another through flow steps (a -> b -> a;
+// a flow that starts itself is validate_flow's): one problem per cycle, at the step of its first
+// flow (in declaration order) that starts the next. A cycle through flows declared elsewhere is
+// stopped at run time (Child::kMaxDepth).
+void report_child_cycles(const std::vector<FlowDef>& checked, const json& flows,
+                         const std::function<Location(std::string_view)>& at,
+                         std::vector<Diagnostic>& problems) {
+  std::map<std::string, std::size_t> index;  // slug -> position in `checked`
+  for (std::size_t i = 0; i < checked.size(); ++i) index.emplace(checked[i].slug, i);
+  std::map<std::string, std::size_t> declared;  // slug -> its index in the document's flows
+  for (std::size_t i = 0; i < flows.size(); ++i)
+    if (flows[i].is_object() && flows[i].contains("slug") && flows[i]["slug"].is_string())
+      declared.emplace(flows[i]["slug"].get<std::string>(), i);
+  std::set<std::size_t> reported;  // flows already on a reported cycle
+  for (std::size_t start = 0; start < checked.size(); ++start) {
+    if (reported.contains(start)) continue;
+    // Depth-first from `start` along flow steps, iterative (each flow once): a path back to start.
+    std::vector<std::size_t> path{start};
+    std::vector<std::size_t> next_step{0};
+    std::set<std::size_t> seen{start};
+    bool found = false;
+    while (!path.empty() && !found) {
+      const FlowDef& f = checked[path.back()];
+      std::size_t& k = next_step.back();
+      if (k >= f.steps.size()) {
+        path.pop_back();
+        next_step.pop_back();
+        continue;
+      }
+      const StepDef& step = f.steps[k++];
+      if (!step.child || step.child->flow == f.slug) continue;
+      const auto it = index.find(step.child->flow);
+      if (it == index.end()) continue;
+      if (it->second == start) {
+        found = true;
+      } else if (seen.insert(it->second).second) {
+        path.push_back(it->second);
+        next_step.push_back(0);
+      }
+    }
+    if (!found) continue;
+    std::vector<std::string> names;
+    for (const std::size_t i : path) {
+      names.push_back(checked[i].slug);
+      reported.insert(i);
+    }
+    names.push_back(checked[start].slug);
+    const FlowDef& first = checked[start];
+    std::size_t step_index = 0;
+    for (std::size_t k = 0; k < first.steps.size(); ++k)
+      if (first.steps[k].child &&
+          first.steps[k].child->flow == (path.size() > 1 ? checked[path[1]].slug : first.slug))
+        step_index = k;
+    const auto where = declared.find(first.slug);
+    problems.push_back(Diagnostic{
+        at(where == declared.end()
+               ? std::string()
+               : fmt::format("/flows/{}/steps/{}/flow", where->second, step_index)),
+        fmt::format("flow '{}': step '{}' starts flow '{}', and flows start one another in a "
+                    "cycle ({}): each run would start another",
+                    first.slug, first.steps[step_index].slug, names[1], fmt::join(names, " -> "))});
+  }
+}
+
 // The checks every flow gets after the JSON Schema, whatever its source (a YAML file or a plugin's
 // definition): the semantic rules, a slug declared once per definition, and an input_schema that
 // is itself a valid JSON Schema. `flows` is the "flows" value of a document the schema accepted
@@ -218,6 +285,7 @@ std::vector<FlowDef> check_flows(const json& flows, const std::string& module,
     }
     out.push_back(std::move(flow));
   }
+  report_child_cycles(out, flows, at, problems);
   return out;
 }
 

@@ -17,6 +17,8 @@ std::string_view to_string(StepKind kind) noexcept {
       return "sleep";
     case StepKind::wait:
       return "wait";
+    case StepKind::flow:
+      return "flow";
     case StepKind::single:
       break;
   }
@@ -28,6 +30,7 @@ std::optional<StepKind> parse_step_kind(std::string_view text) noexcept {
   if (text == "map") return StepKind::map;
   if (text == "sleep") return StepKind::sleep;
   if (text == "wait") return StepKind::wait;
+  if (text == "flow") return StepKind::flow;
   return std::nullopt;
 }
 
@@ -171,6 +174,10 @@ std::string flow_version(const FlowDef& flow) {
       text += fmt::format("|when {}:{}", c.size(), c);
     }
     if (s->trigger == Trigger::any) text += "|trigger any";
+    // A child flow (added later, as a sleep).
+    if (s->child)
+      text += fmt::format("|flow {}:{}{}", s->child->flow.size(), s->child->flow,
+                          s->child->map ? " map" : "");
     text += '\n';
   }
   return detail::sha256_hex(text).substr(0, 16);

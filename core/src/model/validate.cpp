@@ -226,6 +226,34 @@ class Checker {
     }
   }
 
+  // A flow step (docs/flows.md#child-flows): no handler, nothing that only a handler's tasks have,
+  // the slug of the flow it starts, which is not its own (a cycle through other flows is found
+  // where they are read together, and stopped at run time at Child::kMaxDepth).
+  void check_child(const std::string& at, const StepDef& step) {
+    if (step.kind != StepKind::flow) {
+      report(at + "/kind",
+             fmt::format("step '{}' has {} but is not a flow step: give it kind: flow{}", step.slug,
+                         step.child && !step.child->flow.empty() ? "flow" : "map",
+                         step.child && step.child->flow.empty()
+                             ? " (a map over a handler is kind: map)"
+                             : ""));
+      return;
+    }
+    check_no_handler(at, step, "flow");
+    const Child c = step.child.value_or(Child{});
+    if (c.flow.empty()) {
+      report(at, fmt::format("step '{}' is a flow step: give it flow, the slug of the flow whose "
+                             "run it starts",
+                             step.slug));
+      return;
+    }
+    check_slug(at + "/flow", fmt::format("step '{}': flow", step.slug), c.flow);
+    if (c.flow == flow_.slug)
+      report(at + "/flow", fmt::format("step '{}' starts flow '{}', its own: a flow cannot start "
+                                       "itself (each run would start another)",
+                                       step.slug, c.flow));
+  }
+
   // A pointer into a step's input (a sleep's until, a wait's match): past a root step, its input
   // is {dependency: output}, so the pointer starts at one of them.
   void check_input_pointer(const std::string& at, const StepDef& step, std::string_view what,
@@ -417,9 +445,11 @@ class Checker {
       // A sleep or wait step runs no handler (each check says what it takes instead).
       const bool sleeps = step.kind == StepKind::sleep || step.sleep;
       const bool waits = step.kind == StepKind::wait || step.wait;
+      const bool starts = step.kind == StepKind::flow || step.child;
       if (sleeps) check_sleep(at, step);
       if (waits) check_wait(at, step, signals);
-      if (!sleeps && !waits && !is_valid_handler_name(step.handler))
+      if (starts) check_child(at, step);
+      if (!sleeps && !waits && !starts && !is_valid_handler_name(step.handler))
         report(at + "/handler",
                fmt::format("step '{}': handler '{}' must be 'module.handler', both parts "
                            "lowercase identifiers",
@@ -444,7 +474,8 @@ class Checker {
                              "flow has one (the flow's limit counts its tasks)",
                              step.slug));
       }
-      if (step.kind != StepKind::sleep && step.kind != StepKind::wait)
+      if (step.kind != StepKind::sleep && step.kind != StepKind::wait &&
+          step.kind != StepKind::flow)
         check_rate_with_concurrency(at, step);
       if (step.when) check_when(at + "/when", step);
       if (step.trigger == Trigger::any && step.depends_on.empty())
@@ -467,7 +498,8 @@ class Checker {
         else if (!first_index.contains(dep))
           report(dep_at, fmt::format("step '{}' depends on unknown step '{}'", step.slug, dep));
       }
-      if (step.kind == StepKind::map && step.depends_on.size() > 1)
+      if ((step.kind == StepKind::map || (step.child && step.child->map)) &&
+          step.depends_on.size() > 1)
         report(at + "/depends_on",
                fmt::format("map step '{}' has {} dependencies ({}); a map step takes at most one",
                            step.slug, step.depends_on.size(), fmt::join(step.depends_on, ", ")));

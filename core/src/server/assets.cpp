@@ -40,6 +40,7 @@ pre { background: var(--panel); padding: .6rem; border-radius: 6px; overflow-x: 
 .s-cancelled, .s-waiting, .s-stuck, .s-replacing, .s-stopped { color: var(--warn); }
 .s-started, .s-created, .s-scheduled { color: var(--run); }
 .s-skipped { color: var(--muted); }
+ul.plain { list-style: none; padding: 0; margin: 0; }
 .muted { color: var(--muted); }
 .error { color: var(--bad); white-space: pre-wrap; word-break: break-word; }
 .cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(320px, 1fr)); gap: 1rem;

@@ -521,6 +521,11 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
         handler += fmt::format(", {} after {}", wait["default"].is_null() ? "failing" : "default",
                                esc(wait, "timeout"));
     }
+    // A flow step's child flow (docs/flows.md#child-flows), linked to its page.
+    if (!str(s, "flow").empty())
+      handler = fmt::format("starts flow <a href=\"/flows/{}\" data-step-flow>{}</a>{}",
+                            url_part(str(s, "flow")), esc(s, "flow"),
+                            s.value("map", false) ? " per element" : "");
     // A condition and a trigger (docs/flows.md#conditional-steps).
     if (s.contains("when") && s["when"].is_object())
       handler += "<br><span class=\"muted\" data-step-when>when <code>" +
@@ -684,6 +689,34 @@ std::string attempts_section(std::string_view id, const json& page) {
 }
 
 // A run's concurrency limits (run_json's "concurrency"): the slot it holds, what it waits for.
+// A run's parent and child runs (docs/flows.md#child-flows), linked both ways: rows of the run
+// page's <dl>.
+std::string family_rows(const json& run) {
+  std::string out;
+  if (run.contains("parent") && run["parent"].is_object()) {
+    const json& p = run["parent"];
+    out += fmt::format(
+        "<dt>Parent</dt><dd><a href=\"/runs/{}\" class=\"mono\" data-run-parent>{}</a> step "
+        "<code>{}</code>[{}]</dd>",
+        url_part(str(p, "run")), esc(p, "run"), esc(p, "step"), esc(p, "index"));
+  }
+  if (run.contains("children") && run["children"].is_array() && !run["children"].empty()) {
+    std::string items;
+    for (const auto& c : run["children"])
+      items += fmt::format(
+          "<li><a href=\"/runs/{}\" class=\"mono\" data-run-child>{}</a> {} step <code>{}</code>"
+          "[{}] {}</li>",
+          url_part(str(c, "id")), esc(c, "id"), esc(c, "flow"), esc(c, "step"), esc(c, "index"),
+          status_badge(str(c, "status")));
+    const auto total = run.value("children_total", std::int64_t{0});
+    if (total > static_cast<std::int64_t>(run["children"].size()))
+      items +=
+          fmt::format("<li class=\"muted\">the first {} of {}</li>", run["children"].size(), total);
+    out += "<dt>Children</dt><dd><ul class=\"plain\">" + items + "</ul></dd>";
+  }
+  return out;
+}
+
 std::string concurrency_rows(const json& run) {
   if (!run.contains("concurrency") || !run["concurrency"].is_object()) return {};
   const json& c = run["concurrency"];
@@ -823,7 +856,7 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
       run.contains("priority") && run["priority"].is_number()
           ? esc(run, "priority") + " (the run's own)"
           : std::string("its steps'"),
-      concurrency_rows(run));
+      concurrency_rows(run) + family_rows(run));
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 

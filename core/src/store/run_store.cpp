@@ -117,6 +117,9 @@ Json flow_definition_json(const FlowDef& flow) {
     // trigger_any, checked), stored when set.
     if (step.when) stored["when"] = *step.when;
     if (step.trigger == Trigger::any) stored["trigger"] = "any";
+    // A flow step's child flow (migration 0028: upsert_flow writes flow_steps.child_flow, and the
+    // kind flow_map for a map over it).
+    if (step.child) stored["child"] = Json{{"flow", step.child->flow}, {"map", step.child->map}};
     steps.push_back(std::move(stored));
   }
   Json out{{"slug", flow.slug},

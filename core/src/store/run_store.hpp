@@ -226,6 +226,26 @@ struct RunInfo {
   };
   std::optional<std::string> held_key;
   std::optional<GateWait> waiting;
+  // Child flows (migration 0028), read by get_run only. parent: the run whose flow step started
+  // it, that step, and its element (0 without map). children: the child runs it started, by step
+  // and element, the first kMaxChildrenShown of children_total.
+  static constexpr int kMaxChildrenShown = 100;
+  struct Parent {
+    RunId run;
+    std::string step;
+    int index = 0;
+    friend bool operator==(const Parent&, const Parent&) = default;
+  };
+  struct ChildRun {
+    RunId id;
+    std::string flow, step;
+    int index = 0;
+    RunStatus status = RunStatus::started;
+    friend bool operator==(const ChildRun&, const ChildRun&) = default;
+  };
+  std::optional<Parent> parent;
+  std::vector<ChildRun> children;
+  int children_total = 0;
 };
 
 // A run as lists show it: a RunInfo without its input and output, which a list never reads (they

@@ -70,6 +70,15 @@ RunInfo run_with_gates_of(const pqxx::row& r) {
     w.rate_until = opt_time(r["rate_until_us"]);
     info.waiting = std::move(w);
   }
+  if (!r["parent_run_id"].is_null())
+    info.parent = RunInfo::Parent{r["parent_run_id"].as<std::string>(),
+                                  r["parent_step"].as<std::string>(), r["parent_index"].as<int>(0)};
+  if (!r["children"].is_null())
+    for (const auto& c : row_json(r["children"]))
+      info.children.push_back(RunInfo::ChildRun{
+          c.value("id", ""), c.value("flow", ""), c.value("step", ""), c.value("index", 0),
+          parse_run_status(c.value("status", "")).value_or(RunStatus::started)});
+  info.children_total = r["children_total"].as<int>(0);
   return info;
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <ctime>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <utility>
 
 #include "worker/worker_store.hpp"
@@ -57,6 +58,33 @@ StepHandler wait_handler(const StepDef& step) {
       w.signal ? "signal" : "event", w.signal ? *w.signal : w.event.value_or(""));
   h.invoke = [why](std::string_view, std::string_view) {
     return HandlerOutcome{HandlerOutcome::Status::permanent, why};
+  };
+  return h;
+}
+
+StepHandler child_handler() {
+  StepHandler h;
+  h.name = "flow";
+  h.invoke = [](std::string_view input, std::string_view) {
+    // Written by _run_ended from the child's row; parsed defensively all the same.
+    const auto end = nlohmann::json::parse(input, nullptr, /*allow_exceptions=*/false);
+    if (!end.is_object() || !end.contains("status"))
+      return HandlerOutcome{HandlerOutcome::Status::permanent,
+                            "a child run's end handed back without its status"};
+    const std::string status = end.value("status", "");
+    const std::string run = end.value("run", "");
+    const std::string flow = end.value("flow", "");
+    if (status == "completed")
+      return HandlerOutcome{HandlerOutcome::Status::ok,
+                            end.contains("output") ? end["output"].dump() : "null"};
+    std::string error = end.contains("error") && end["error"].is_string()
+                            ? end["error"].get<std::string>()
+                            : std::string();
+    return HandlerOutcome{
+        HandlerOutcome::Status::permanent,
+        status == "cancelled"
+            ? fmt::format("child run {} of flow '{}' was cancelled", run, flow)
+            : fmt::format("child run {} of flow '{}' {}: {}", run, flow, status, error)};
   };
   return h;
 }

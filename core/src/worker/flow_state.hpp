@@ -57,6 +57,10 @@ StepHandler sleep_handler();
 // ends the step: with its default output, else failed for good ("timed out after 2d waiting for
 // signal 'approve'"). Runs on the calling thread whatever the flow's isolation.
 StepHandler wait_handler(const StepDef& step);
+// A flow step's tasks (migration 0028) are its child runs' ends, handed back by the database as
+// their inputs ({run, flow, status, output, error}): each completes with the child's output, or
+// fails permanently with its error.
+StepHandler child_handler();
 
 // How often a held task's lease is renewed: a third of the lease it gets, min(timeout, lease).
 Millis renew_period(Millis timeout, Millis lease);

@@ -193,8 +193,10 @@ class FlowServices final : public Service {
       return make_error(Errc::not_found, "not in this worker's --flows");
     Servable s{FlowKey{def.slug, flow->version}, def, {}};
     for (const auto& step : def.steps) {
-      // No handler: the engine ends it (sleep_handler, wait_handler).
-      if (step.kind == StepKind::sleep || step.kind == StepKind::wait) continue;
+      // No handler: the engine ends it (sleep_handler, wait_handler, child_handler).
+      if (step.kind == StepKind::sleep || step.kind == StepKind::wait ||
+          step.kind == StepKind::flow)
+        continue;
       HandlerRef ref;
       if (source_.loader) ref = source_.loader->handler(step.handler);
       if (!ref) {
@@ -244,6 +246,9 @@ class FlowServices final : public Service {
       // A wait step's task is its timeout's: claimed once it has ended, it ends the step.
       for (const auto& step : def.steps)
         if (step.kind == StepKind::wait) steps.emplace(step.slug, wait_handler(step));
+      // A flow step's tasks are its children's ends (child_handler).
+      for (const auto& step : def.steps)
+        if (step.kind == StepKind::flow) steps.emplace(step.slug, child_handler());
       // One process per pool started now, so that the first task finds it warm.
       for (const auto& pool : warm)
         if (pool->stats().alive == 0) pool->prestart();

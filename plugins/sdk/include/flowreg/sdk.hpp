@@ -138,6 +138,14 @@ class Step : public WithOptions<Step> {
     s.fields_ = {{field, std::move(value)}};
     return s;
   }
+  // A flow step (no handler): starts a run of flow `flow`, one per element with `map`.
+  static Step child(std::string slug, std::string flow, bool map) {
+    Step s(std::move(slug), "", false);
+    s.kind_ = "flow";
+    s.fields_ = {{"flow", std::move(flow)}};
+    if (map) s.fields_["map"] = true;
+    return s;
+  }
   // A wait step (no handler): `field` is "signal" or "event", `name` its name.
   static Step wait(std::string slug, const char* field, std::string name) {
     Step s(std::move(slug), "", false);
@@ -181,7 +189,7 @@ class Step : public WithOptions<Step> {
   }
   json to_json(const std::string& module) const {
     json j = {{"slug", slug_}};
-    if (kind_ != "sleep" && kind_ != "wait")
+    if (kind_ != "sleep" && kind_ != "wait" && kind_ != "flow")
       j["handler"] = handler_.find('.') == std::string::npos ? module + "." + handler_ : handler_;
     if (!kind_.empty()) j["kind"] = kind_;
     for (const auto& [k, v] : fields_.items()) j[k] = v;
@@ -241,6 +249,15 @@ class Flow : public WithOptions<Flow> {
   // the step's output; with .wait_timeout(...) it fails or takes a default then.
   Step& wait_signal_step(std::string slug, std::string name) {
     return steps_.emplace_back(Step::wait(std::move(slug), "signal", std::move(name)));
+  }
+  // A flow step (docs/flows.md#child-flows): starts a run of flow `flow` with its input, waits
+  // for it holding no worker, and ends with its end: its output the child run's, or failed.
+  Step& flow_step(std::string slug, std::string flow) {
+    return steps_.emplace_back(Step::child(std::move(slug), std::move(flow), false));
+  }
+  // The same, one child run per element of its input array; its output their outputs in order.
+  Step& flow_map_step(std::string slug, std::string flow) {
+    return steps_.emplace_back(Step::child(std::move(slug), std::move(flow), true));
   }
   // A wait step ending when event `name` is sent whose data matches its input (.match(...)).
   Step& wait_event_step(std::string slug, std::string name) {
