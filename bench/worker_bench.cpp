@@ -160,10 +160,10 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
-const std::vector<std::string> kScenarios = {"single", "chain",      "fanout",    "backlog",
-                                             "start1", "startbatch", "latency",   "metrics",
-                                             "scrape", "isolation",  "schedules", "priorities",
-                                             "keys",   "rates",      "waits",     "conditions"};
+const std::vector<std::string> kScenarios = {
+    "single",  "chain",   "fanout", "backlog",    "start1",    "startbatch",
+    "latency", "metrics", "scrape", "isolation",  "schedules", "priorities",
+    "keys",    "rates",   "waits",  "conditions", "children"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -252,6 +252,11 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                a condition that holds: the same three tasks, without the chain's layout) and
                bench_cond_skip (b's condition false: one task, b and c skipped); prints each
                round's run rates and the mean ratios to bench_chain
+  children     (only when named) --priority-rounds R rounds of three burn-downs of --runs runs
+               at the first --batch and --workers: bench_single (one task), bench_chain (three
+               tasks) and bench_parent (a flow step starting a run of bench_single: two runs, two
+               tasks, the child's end handed back); prints each round's run rates (bench_parent's
+               counted as its parent runs) and the mean ratios to bench_single
   schedules    (only when named) --schedules S (default 10000) schedules of bench_single, each
                `* * * * *`, fired by --schedule-workers W (default 3) workers for
                --schedule-minutes M (default 2) ticks: runs per tick (each exactly --schedules),
@@ -566,7 +571,7 @@ std::map<std::string, FlowInfo> load_bench_flows(const fs::path& scratch) {
     for (const char* slug :
          {"bench_single", "bench_chain", "bench_fanout", "bench_latency", "bench_keyed",
           "bench_keyed_runs", "bench_rated_high", "bench_rated_1000", "bench_nap", "bench_approval",
-          "bench_cond", "bench_cond_skip"}) {
+          "bench_cond", "bench_cond_skip", "bench_parent"}) {
       FlowRef flow = registry.get(slug);
       if (!flow)
         throw std::runtime_error(fmt::format("flow '{}' not found in {}: is bench_worker built?",
@@ -893,6 +898,7 @@ struct BurnSpec {
   long waiters = 0;         // > 0: this many bench_approval runs waiting for a signal beside it
   int wake_in_s = 0;        // > 0: the backlog's (bench_nap's) sleeps end this long after its start
   bool woke_before = false;  // the backlog's (bench_nap's) sleeps ended before it started
+  std::string child{};       // the flow of the runs its flow steps start, stored beside it
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -1064,6 +1070,10 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       psql(env, conninfo, "CHECKPOINT");
     }
     value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert " + spec.slug);
+    if (!spec.child.empty()) {
+      const FlowInfo& child = env.flows.at(spec.child);
+      value_or_throw(store.upsert_flow(child.def, child.version), "upsert " + spec.child);
+    }
     const auto before = snapshot(env, conninfo);
     std::string at;
     if (spec.wake_in_s > 0) {
@@ -1102,8 +1112,10 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
   const long scale = std::max(1L, spec.runs / std::max(1, a.runs));
   const auto deadline = t0 + std::chrono::seconds(a.timeout_s * scale);
   long completed = 0, failed = 0;
+  // Every run ends once, and so does each child run of a flow step (one per run, spec.child).
+  const long ends = spec.child.empty() ? spec.runs : 2 * spec.runs;
   Clock::time_point t_first{}, t_last{}, next_check = t0;
-  while (completed + failed < spec.runs) {
+  while (completed + failed < ends) {
     auto n = value_or_throw(listener.wait(Millis(20)), "waiting for notifications");
     const auto now = Clock::now();
     if (n) {
@@ -2000,7 +2012,8 @@ int run_bench(Env& env) {
   std::optional<BurnResult> rated_1000;
   std::vector<std::pair<BurnResult, BurnResult>> wait_pairs;  // bench_single alone, beside sleepers
   std::optional<BurnResult> woken;                            // bench_nap, all waking at once
-  std::vector<std::vector<BurnResult>> cond_rounds;  // bench_chain, bench_cond, bench_cond_skip
+  std::vector<std::vector<BurnResult>> cond_rounds;   // bench_chain, bench_cond, bench_cond_skip
+  std::vector<std::vector<BurnResult>> child_rounds;  // bench_single, bench_chain, bench_parent
   std::optional<BurnResult> awake;  // bench_nap, every sleep over before the runs started
   std::optional<Start1Result> start1;
   std::vector<Row> startbatch;
@@ -2154,6 +2167,16 @@ int run_bench(Env& env) {
       std::vector<BurnResult> burns;
       for (const auto& k : cond_rounds) burns.insert(burns.end(), k.begin(), k.end());
       print_burns("conditions: every burn-down, in the order run", burns);
+    }
+    if (!child_rounds.empty()) {
+      print_ratio_rounds(
+          "\nchildren: burn-downs of bench_single (one task), bench_chain (a -> b -> c) and "
+          "bench_parent (a flow step starting a run of bench_single), in runs/s of the flow "
+          "named\n",
+          {"single", "chain", "parent"}, child_rounds);
+      std::vector<BurnResult> burns;
+      for (const auto& k : child_rounds) burns.insert(burns.end(), k.begin(), k.end());
+      print_burns("children: every burn-down, in the order run", burns);
     }
     if (rated_1000 && !rated_1000->times.empty()) {
       const auto& t = rated_1000->times;
@@ -2348,6 +2371,26 @@ int run_bench(Env& env) {
           burns.push_back(burn_down(env, spec));
         }
         cond_rounds.push_back(std::move(burns));
+      }
+    if (a.wants("children"))
+      for (int round = 1; round <= a.priority_rounds; ++round) {
+        std::vector<BurnResult> burns;
+        for (const char* slug : {"bench_single", "bench_chain", "bench_parent"}) {
+          const std::string s = slug;
+          BurnSpec spec{"children",
+                        s,
+                        s == "bench_chain"    ? 3
+                        : s == "bench_parent" ? 2
+                                              : 1,
+                        a.workers.front(),
+                        a.batches.front(),
+                        a.runs,
+                        false};
+          spec.round = round;
+          if (s == "bench_parent") spec.child = "bench_single";
+          burns.push_back(burn_down(env, spec));
+        }
+        child_rounds.push_back(std::move(burns));
       }
     if (a.wants("waits")) {
       for (int round = 1; round <= a.priority_rounds; ++round) {

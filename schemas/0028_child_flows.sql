@@ -18,6 +18,39 @@
 --   (its lock comes before the child's), and its step ends as a map step's does when its last
 --   task ends. When a run that has children ends otherwise (failed, cancelled), its started
 --   children are cancelled, and theirs in turn.
+--
+-- (IF NOT EXISTS, and the columns of runs moved last again: a database may run this file again
+-- after its record was lost, like 0020; migration 0018 run again moves its columns after these.
+-- The trigger runs_ended reads two of them: it is dropped while they move, then made again as it
+-- was.)
+DO $$
+DECLARE
+  v_trigger text;
+  c text;
+BEGIN
+  IF EXISTS (SELECT FROM pg_attribute a
+             WHERE a.attrelid = 'flowreg.runs'::regclass AND a.attname = 'has_children'
+               AND a.attnum < (SELECT max(l.attnum) FROM pg_attribute l
+                               WHERE l.attrelid = 'flowreg.runs'::regclass AND l.attnum > 0
+                                 AND NOT l.attisdropped)) THEN
+    SELECT pg_get_triggerdef(t.oid) INTO v_trigger FROM pg_trigger t
+    WHERE t.tgrelid = 'flowreg.runs'::regclass AND t.tgname = 'runs_ended';
+    DROP TRIGGER IF EXISTS runs_ended ON flowreg.runs;
+    FOREACH c IN ARRAY ARRAY['parent_run_id', 'parent_step', 'parent_index', 'depth',
+                             'has_children'] LOOP
+      EXECUTE format('ALTER TABLE flowreg.runs RENAME COLUMN %I TO %I', c, c || '_0027');
+      EXECUTE format('ALTER TABLE flowreg.runs ADD COLUMN %I %s', c,
+                     (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                      WHERE a.attrelid = 'flowreg.runs'::regclass AND a.attname = c || '_0027'));
+      EXECUTE format('UPDATE flowreg.runs SET %I = %I WHERE %I IS NOT NULL', c, c || '_0027',
+                     c || '_0027');
+      EXECUTE format('ALTER TABLE flowreg.runs DROP COLUMN %I', c || '_0027');
+    END LOOP;
+    IF v_trigger IS NOT NULL THEN
+      EXECUTE v_trigger;
+    END IF;
+  END IF;
+END $$;
 ALTER TABLE flowreg.flow_steps DROP CONSTRAINT IF EXISTS flow_steps_kind_check;
 ALTER TABLE flowreg.flow_steps ADD CONSTRAINT flow_steps_kind_check
   CHECK (kind IN ('single', 'map', 'sleep', 'wait', 'flow', 'flow_map'));

@@ -11,6 +11,8 @@
 //                   from the time just before it started the run. Same machine, same clock.
 //   bench_nap       a sleep step until the time at /at of the run's input, then "after" (noop)
 //   bench_approval  a wait step for signal "go" (no task while it waits), then "after" (noop)
+//   bench_parent    a flow step starting a run of bench_single (docs/flows.md#child-flows): two
+//                   runs, two tasks (the child's, and its end handed back) per run
 //   (and the limited flows below)
 #include <time.h>
 
@@ -77,6 +79,10 @@ FLOWREG_PLUGIN(bench_worker) {
       plugin.flow("bench_approval").description("worker_bench: wait for signal go, then no-op");
   approval.wait_signal_step("approve", "go");
   approval.step("after", "noop").depends_on({"approve"});
+  // A child flow (docs/flows.md#child-flows).
+  plugin.flow("bench_parent")
+      .description("worker_bench: a flow step starting a run of bench_single")
+      .flow_step("child", "bench_single");
   plugin.flow("bench_rated_high")
       .description("worker_bench: one no-op step, at most 1,000,000 task starts per second")
       .step("only", "noop")

@@ -149,6 +149,7 @@ std::vector<std::string> run_ids(const flowreg::Result<std::vector<fd::RunInfo>>
 // start (those the view shows, for the steps not ended), no chained marks, the view of 0012.
 // Cases that go back further start with this.
 const std::string kBefore0017 =
+    "DROP INDEX flowreg.runs_by_parent;"  // migration 0028's
     "CREATE TEMP TABLE chain_steps AS SELECT v.* FROM flowreg.steps v"
     "  JOIN flowreg.runs r ON r.id = v.run_id WHERE r.chained"
     "  AND NOT EXISTS (SELECT FROM flowreg.step_states s"
@@ -372,8 +373,8 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8,  9,  10, 11, 12, 13, 14, 15, 16, 17,
-                                           18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28}));
+    CHECK(upgrade(db) == std::vector<int>({8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18,
+                                           19, 20, 21, 22, 23, 24, 25, 26, 27, 28}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -574,8 +575,8 @@ TEST_SUITE("live_upgrade") {
             "5");
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) == std::vector<int>({9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
-                                           23, 24, 25, 26, 27, 28}));
+    CHECK(upgrade(db) == std::vector<int>({9,  10, 11, 12, 13, 14, 15, 16, 17, 18,
+                                           19, 20, 21, 22, 23, 24, 25, 26, 27, 28}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -1010,9 +1011,10 @@ TEST_SUITE("live_upgrade") {
     CHECK(counts_before ==
           std::map<std::string, std::int64_t>{{"fan", 3}, {"pipe", 4}, {"single", 6}});
 
-    // The upgrade: the index goes, nothing else changes.
-    CHECK(upgrade(db) == std::vector<int>({15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28}));
-    CHECK(q(db, indexes) == "runs_by_flow,runs_idempotency,runs_pkey,runs_retry_of");
+    // The upgrade: the index goes (0028 adds its index of child runs), nothing else changes.
+    CHECK(upgrade(db) ==
+          std::vector<int>({15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28}));
+    CHECK(q(db, indexes) == "runs_by_flow,runs_by_parent,runs_idempotency,runs_pkey,runs_retry_of");
     fd::RunStore after = connect(db);
     CHECK(lists(after) == lists_before);
     CHECK(started_counts(after) == counts_before);

@@ -318,6 +318,29 @@ TEST_SUITE("serve_browser") {
     browser.screenshot(artifacts / "run-signalled.png");
     CHECK(json::parse(c.Get(("/api/v1/runs/" + *waiting).c_str())->body)["steps"][0]["output"] ==
           json{{"by", "ana"}});
+    // A run whose flow step started a child run (docs/flows.md#child-flows), which waits for its
+    // signal: the parent's page links its child, the child's its parent.
+    FlowDef family;
+    family.slug = "family";
+    family.module = "browsertest";
+    StepDef fulfil{"fulfil", StepKind::flow, {}, "", {}};
+    fulfil.child = Child{"approval", false};
+    family.steps = {fulfil};
+    REQUIRE(store.upsert_flow(family, "v1"));
+    auto parent = store.start_run("family", "v1", detail::Json{{"order_id", "o-45"}});
+    REQUIRE_MESSAGE(parent, testing::failure_text(parent));
+    browser.open(base + "/runs/" + *parent);
+    const std::string child =
+        browser.eval("(document.querySelector('[data-run-child]') || {}).textContent || ''");
+    CHECK(child.size() == 36);
+    CHECK(browser.eval("document.querySelector('[data-step-status=\"fulfil\"]').textContent") ==
+          "started");
+    browser.screenshot(artifacts / "run-parent.png");
+    browser.eval("document.querySelector('[data-run-child]').click(); true");
+    REQUIRE(browser.until("location.pathname === '/runs/" + child +
+                          "' && document.readyState === 'complete'"));
+    CHECK(browser.eval("document.querySelector('[data-run-parent]').textContent") == *parent);
+    browser.screenshot(artifacts / "run-child.png");
     // A phone's width.
     browser.viewport(390, 844, true);
     browser.open(base + "/runs");

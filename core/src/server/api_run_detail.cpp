@@ -118,10 +118,9 @@ void register_run_detail_routes(http::Router& h, ServerState& state) {
         s.slug = app::valid_text(g.slug);
         s.kind = parse_step_kind(g.kind).value_or(StepKind::single);
         // A map over a child flow (migration 0028's kind flow_map).
-        if (g.kind == "flow_map") {
-          s.kind = StepKind::flow;
-          s.child = Child{"", true};
-        }
+        if (g.kind == "flow_map") s.kind = StepKind::flow;
+        if (s.kind == StepKind::flow)
+          s.child = Child{app::valid_text(g.child_flow), g.kind == "flow_map"};
         s.handler = app::valid_text(g.handler);
         for (const auto& d : g.depends_on) s.depends_on.push_back(app::valid_text(d));
         flow.steps.push_back(std::move(s));

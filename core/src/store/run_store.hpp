@@ -307,6 +307,7 @@ struct EventSent {
 // A step of a run's flow version as it was stored (RunStore::run_graph).
 struct GraphStep {
   std::string slug, kind, handler;
+  std::string child_flow;  // a flow step's (migration 0028), else ""
   std::vector<std::string> depends_on;
 };
 

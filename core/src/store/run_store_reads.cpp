@@ -237,6 +237,7 @@ Result<std::optional<RunGraph>> RunStore::run_graph(const RunId& run) {
                      s.slug = row_text(r["step_slug"]);
                      s.kind = row_text(r["kind"]);
                      s.handler = row_text(r["handler"]);
+                     if (!r["child_flow"].is_null()) s.child_flow = row_text(r["child_flow"]);
                      for (const auto& d : row_json(r["deps"]))
                        if (d.is_string()) s.depends_on.push_back(d.get<std::string>());
                      graph.steps.push_back(std::move(s));
