@@ -60,8 +60,9 @@ BEGIN
              CASE WHEN fs.gate_prefix IS NOT NULL
                   THEN flowreg._gate_of(fs.gate_prefix, r.input, fs.gate_path) END AS gate,
              -- Only a map step's input is needed here (its elements become its tasks' inputs), and
-             -- that of a sleep step until a time in it, or of a wait step on an event (a single
-             -- step's: {dependency: output}, its completed dependencies' only).
+             -- that of a sleep step until a time in it, of a wait step on an event, or of a flow
+             -- step (its child runs' inputs; a single step's: {dependency: output}, its completed
+             -- dependencies' only).
              CASE WHEN fs.kind IN ('map', 'flow_map') THEN
                     CASE WHEN cardinality(fs.deps) = 0 THEN r.input
                          ELSE (SELECT d.output FROM flowreg.step_states d
@@ -143,7 +144,8 @@ BEGIN
     -- not serve, or outside a work() call, or with a gate (its tasks wait for _claim_gated).
     -- Decided per step (few rows), not per element.
     offered AS (
-      SELECT z.*, z.n > 0 AND z.gate IS NULL AND z.kind NOT IN ('sleep', 'wait', 'flow', 'flow_map')
+      SELECT z.*, z.n > 0 AND z.gate IS NULL
+                  AND z.kind NOT IN ('sleep', 'wait', 'flow', 'flow_map')
                   AND coalesce(v_claim->'flows' ? (z.flow_slug || ' ' || z.flow_version),
                                false) AS served
       FROM sized z

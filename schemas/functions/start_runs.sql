@@ -1,10 +1,11 @@
 -- Creates runs of a stored flow version, one per input, and starts their root steps.
 -- A key already used for that flow slug returns the run that used it (created = false).
 -- Errors: SQLSTATE P0002 when the flow version is not stored, 22023 when p_retry_of is unknown.
--- With p_parent (migration 0028: _start_children), the runs are child runs of that run's flow step
--- p_parent_step, one per element in input order (parent_index from 0), nested p_depth deep; their
--- ids are greater than p_parent's (a time-ordered id of the millisecond after its own when the
--- clock has not passed it), so that every function locks a parent before its children.
+-- With p_parents (migration 0028: _start_children), the runs are child runs: input i's run is a
+-- child of run p_parents[i]'s flow step p_parent_steps[i], at its element p_parent_indexes[i],
+-- nested p_depths[i] deep; its id is greater than its parent's (a time-ordered id of the
+-- millisecond after its parent's when the clock has not passed it), so that every function locks
+-- a parent before its children.
 --
 -- One statement creates the runs, their step states and the tasks of their single root steps
 -- (a root single step's state is written 'started' at once, not created and then updated; its
@@ -24,9 +25,10 @@
 CREATE OR REPLACE FUNCTION flowreg.start_runs(p_slug text, p_version text, p_inputs jsonb[],
                                               p_keys text[] DEFAULT NULL,
                                               p_retry_of uuid DEFAULT NULL,
-                                              p_parent uuid DEFAULT NULL,
-                                              p_parent_step text DEFAULT NULL,
-                                              p_depth int DEFAULT NULL)
+                                              p_parents uuid[] DEFAULT NULL,
+                                              p_parent_steps text[] DEFAULT NULL,
+                                              p_parent_indexes int[] DEFAULT NULL,
+                                              p_depths int[] DEFAULT NULL)
 RETURNS TABLE (run_id uuid, created boolean) LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -65,19 +67,21 @@ BEGIN
     FROM flowreg.flow_steps WHERE flow_slug = p_slug AND version = p_version
   ),
   given AS (
-    SELECT x.input, x.key, x.i,
+    SELECT x.input, x.key, x.parent, x.parent_step, x.parent_index, x.depth,
            encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) PLACING
              substring(int8send(greatest((extract(epoch FROM clock_timestamp()) * 1000)::bigint,
                                          -- A child's: after its parent's millisecond (the
                                          -- first 48 bits of its id).
-                                         ('x' || translate(left(p_parent::text, 13), '-', ''))
+                                         ('x' || translate(left(x.parent::text, 13), '-', ''))
                                            ::bit(48)::bigint + 1)) FROM 3)
              FROM 1 FOR 6), 52, 1), 53, 1), 'hex')::uuid AS id,
            -- A one-step flow's run names its task (migration 0013): the task's id comes first.
            CASE WHEN (SELECT m.one_row FROM meta m) THEN nextval('flowreg.tasks_id_seq') END
              AS task_id
-    FROM unnest(p_inputs, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_inputs)])))
-      WITH ORDINALITY AS x(input, key, i)
+    -- (unnest pads the arrays not given, NULL, with NULLs.)
+    FROM unnest(p_inputs, coalesce(p_keys, array_fill(NULL::text, ARRAY[cardinality(p_inputs)])),
+                p_parents, p_parent_steps, p_parent_indexes, p_depths)
+      AS x(input, key, parent, parent_step, parent_index, depth)
     WHERE (SELECT m.steps FROM meta m) > 0
   ),
   ins_plain AS (
@@ -85,8 +89,8 @@ BEGIN
                               attempts, task_id, chained, parent_run_id, parent_step,
                               parent_index, depth)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained, p_parent, p_parent_step,
-           CASE WHEN p_parent IS NOT NULL THEN g.i - 1 END, p_depth
+           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained, g.parent, g.parent_step,
+           g.parent_index, g.depth
     FROM given g CROSS JOIN meta m WHERE g.key IS NULL
     RETURNING id, task_id, input
   ),
@@ -95,8 +99,8 @@ BEGIN
                               retry_of, attempts, task_id, chained, parent_run_id, parent_step,
                               parent_index, depth)
     SELECT g.id, p_slug, p_version, g.input, m.leaves, g.key, p_retry_of,
-           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained, p_parent, p_parent_step,
-           CASE WHEN p_parent IS NOT NULL THEN g.i - 1 END, p_depth
+           CASE WHEN m.one_row THEN 0 END, g.task_id, m.chained, g.parent, g.parent_step,
+           g.parent_index, g.depth
     FROM given g CROSS JOIN meta m WHERE g.key IS NOT NULL
     ON CONFLICT (flow_slug, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, task_id, input
@@ -161,6 +165,6 @@ BEGIN
   END IF;
 END $$;
 
-ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid, uuid, text, int)
+ALTER FUNCTION flowreg.start_runs(text, text, jsonb[], text[], uuid, uuid[], text[], int[], int[])
   SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_hashjoin = off
   SET enable_mergejoin = off SET jit = off;
