@@ -71,15 +71,15 @@ StepHandler child_handler() {
     if (!end.is_object() || !end.contains("status"))
       return HandlerOutcome{HandlerOutcome::Status::permanent,
                             "a child run's end handed back without its status"};
-    const std::string status = end.value("status", "");
-    const std::string run = end.value("run", "");
-    const std::string flow = end.value("flow", "");
+    const auto text = [&](const char* key) {
+      return end.contains(key) && end[key].is_string() ? end[key].get<std::string>()
+                                                       : std::string();
+    };
+    const std::string status = text("status"), run = text("run"), flow = text("flow");
     if (status == "completed")
       return HandlerOutcome{HandlerOutcome::Status::ok,
                             end.contains("output") ? end["output"].dump() : "null"};
-    std::string error = end.contains("error") && end["error"].is_string()
-                            ? end["error"].get<std::string>()
-                            : std::string();
+    const std::string error = text("error");
     return HandlerOutcome{
         HandlerOutcome::Status::permanent,
         status == "cancelled"
