@@ -3,7 +3,7 @@
 // Claims through RunStore on the shared cluster (a period of an hour makes what a claim takes
 // exact: no token comes back during a test): a bucket per key, one bucket under a concurrency
 // limit per key, a flow's bucket shared by its steps, a waiting task that spends no attempt, what
-// get_run says of a waiting run; then real `flowreg worker` processes, one killed with SIGKILL,
+// get_run says of a waiting run, the buckets idle for a day pruned; then real `flowreg worker` processes, one killed with SIGKILL,
 // audited by the handler of tests/plugins/wchaos.cpp; and the CLI.
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -146,6 +146,50 @@ TEST_SUITE("rate_limits") {
     REQUIRE(worked->next_due_in.has_value());
     CHECK(*worked->next_due_in <= 1001ms);
     CHECK(*worked->next_due_in >= 0ms);
+  }
+
+  TEST_CASE("runs prune deletes the buckets idle for a day (full), walking them in batches") {
+    auto env = flowreg::pgtest::claim_env("rate_prune");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "calls";
+    flow.steps = {step("call")};
+    flow.steps[0].rate_limit = rate_of(2, 3'600'000ms, "/customer");
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    // Seven customers, each with a bucket: two tokens taken from each (the hour's limit).
+    for (int c = 0; c < 7; ++c)
+      for (int i = 0; i < 3; ++i)
+        flowreg::pgtest::start_one(env.store, key, {{"customer", "c" + std::to_string(c)}});
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").size() == 14);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test").empty());
+    const auto buckets = [&] {
+      return flowreg::pgtest::query_one(
+          env.conninfo, "SELECT string_agg(key, ',' ORDER BY key) FROM flowreg.rate_buckets");
+    };
+    REQUIRE(buckets() == "c0,c1,c2,c3,c4,c5,c6");
+    // Five of them last taken from two days ago, one a day less a minute ago: only the five go,
+    // over batches of 2 buckets.
+    flowreg::pgtest::query_one(env.conninfo,
+                               "UPDATE flowreg.rate_buckets SET at = now() - interval '2 days' "
+                               "WHERE key IN ('c0', 'c2', 'c3', 'c5', 'c6') RETURNING 1");
+    flowreg::pgtest::query_one(env.conninfo,
+                               "UPDATE flowreg.rate_buckets SET at = now() - interval '1 day' + "
+                               "interval '1 minute' WHERE key = 'c4' RETURNING 1");
+    auto pruned = env.store.prune_rate_buckets(2);
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 5);
+    CHECK(buckets() == "c1,c4");
+    // A bucket pruned is a full one: the third tasks of its customers are claimed at once, and
+    // c4's (its bucket, kept, refilled over its hour); c1's waits for its tokens.
+    const auto third = flowreg::pgtest::claim_some(env.store, {key}, 100, "rate-test");
+    CHECK(rate_per_customer(third) ==
+          std::map<std::string, int>{
+              {"c0", 1}, {"c2", 1}, {"c3", 1}, {"c4", 1}, {"c5", 1}, {"c6", 1}});
+    CHECK(buckets() == "c0,c1,c2,c3,c4,c5,c6");
+    pruned = env.store.prune_rate_buckets();
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 0);
+    CHECK(!env.store.prune_rate_buckets(0).has_value());
   }
 
   TEST_CASE("one bucket under a concurrency limit per key; a flow's bucket is its steps'") {

@@ -203,6 +203,10 @@ int runs_prune(const Globals& g, const RunsArgs& a) {
     auto events = store.prune_events(*age);
     if (!events) return report(events.error());
     if (*events > 0) fmt::print("{} event(s) pruned\n", *events);
+    // And the buckets of rate limits idle for a day (full ones), whatever the cutoff.
+    auto buckets = store.prune_rate_buckets();
+    if (!buckets) return report(buckets.error());
+    if (*buckets > 0) fmt::print("{} idle rate-limit bucket(s) pruned\n", *buckets);
     return kExitOk;
   });
 }

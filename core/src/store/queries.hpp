@@ -41,6 +41,7 @@ enum class Query {
   prune,
   prune_cutoff,
   prune_events,
+  prune_rate_buckets,
   release,
   renew,
   report_crashes,

@@ -641,6 +641,10 @@ class RunStore {
   // Deletes the events sent more than `older_than` ago (docs/flows.md#wait-steps), `batch` per
   // statement, oldest first; returns how many. Their idempotency keys are forgotten with them.
   Result<std::int64_t> prune_events(Millis older_than, int batch = kPruneBatch);
+  // Deletes the buckets of rate limits (migration 0024) whose tokens were last taken more than a
+  // day ago: full buckets, which a missing row stands for. Walks them by key, `batch` at a time,
+  // each batch its own statement. Returns how many it deleted.
+  Result<std::int64_t> prune_rate_buckets(int batch = kPruneBatch);
 
   Result<std::optional<RunInfo>> get_run(const RunId& run);
   // Newest first. Keyset pagination: with `before`, only the runs after that one in this order

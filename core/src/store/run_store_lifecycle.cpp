@@ -334,6 +334,25 @@ Result<std::int64_t> RunStore::prune_events(Millis older_than, int batch) {
   });
 }
 
+Result<std::int64_t> RunStore::prune_rate_buckets(int batch) {
+  if (batch < 1)
+    return make_error(
+        Errc::invalid_argument,
+        fmt::format("pruning rate buckets: the batch is {}; it is at least 1", batch));
+  return guarded("pruning rate buckets", [&]() -> Result<std::int64_t> {
+    std::int64_t total = 0;
+    std::string flow, scope, key;  // the last bucket read; "" sorts before any
+    for (;;) {
+      const auto row = impl_->exec(Query::prune_rate_buckets, flow, scope, key, batch)[0];
+      total += row["deleted"].as<std::int64_t>();
+      if (row["last_flow"].is_null()) return total;
+      flow = row["last_flow"].as<std::string>();
+      scope = row["last_scope"].as<std::string>();
+      key = row["last_key"].as<std::string>();
+    }
+  });
+}
+
 Result<SignalSent> RunStore::send_signal(const RunId& run, std::string_view name, const Json& data,
                                          const std::optional<std::string>& key) {
   return guarded(
