@@ -102,6 +102,11 @@ TEST_SUITE("app_runs") {
     CHECK(app::wait_text(*approve.wait) == "wait for signal 'approve', failing after 2d");
     CHECK(app::wait_text(*paid.wait) ==
           "wait for event 'pay.done' where /id = /approve/id, default output after 1h");
+    // A pointer holding a control character (a plugin's text reaches terminals): as JSON.
+    Wait odd;
+    odd.event = "e";
+    odd.match = {{"/a\x1b[2J", "/b\n"}};
+    CHECK(app::wait_text(odd) == "wait for event 'e' where \"/a\\u001b[2J\" = \"/b\\n\"");
     CHECK(nlohmann::json(app::wait_json(*paid.wait)) ==
           nlohmann::json{{"event", "pay.done"},
                          {"match", {{"/id", "/approve/id"}}},

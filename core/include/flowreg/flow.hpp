@@ -137,6 +137,10 @@ struct Condition {
   static constexpr std::size_t kMaxBytes = 16 * 1024;  // of the whole condition as JSON
 };
 
+// A JSON pointer as `flows show` and the pages print it: as written, or as JSON text (quoted,
+// escaped) when it holds a control character (a plugin's text reaches terminals).
+std::string shown_pointer(const std::string& pointer);
+
 // The condition as one line of text ("/charge/status equals \"paid\" and not /x exists"), for
 // `flows show`, the dashboard and messages. REQUIRES: a condition validate_flow accepted.
 std::string condition_text(const nlohmann::json& condition);

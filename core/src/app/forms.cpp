@@ -264,7 +264,8 @@ std::string wait_text(const Wait& w) {
   std::string text = w.signal ? fmt::format("wait for signal '{}'", *w.signal)
                               : fmt::format("wait for event '{}'", w.event.value_or(""));
   std::vector<std::string> pairs;
-  for (const auto& [at, from] : w.match) pairs.push_back(at + " = " + from);
+  for (const auto& [at, from] : w.match)
+    pairs.push_back(shown_pointer(at) + " = " + shown_pointer(from));
   if (!pairs.empty()) text += fmt::format(" where {}", fmt::join(pairs, " and "));
   if (w.timeout)
     text += fmt::format(", {} after {}", w.default_output ? "default output" : "failing",

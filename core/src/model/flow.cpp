@@ -38,6 +38,13 @@ std::string_view to_string(Trigger trigger) noexcept {
   return trigger == Trigger::any ? "any" : "all";
 }
 
+std::string shown_pointer(const std::string& pointer) {
+  const bool plain = std::none_of(pointer.begin(), pointer.end(), [](char ch) {
+    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+  return plain ? pointer : nlohmann::json(pointer).dump();
+}
+
 namespace {
 
 void append_condition(std::string& out, const nlohmann::json& c, bool nested) {
@@ -65,13 +72,7 @@ void append_condition(std::string& out, const nlohmann::json& c, bool nested) {
   }
   const std::string at =
       c.contains("at") && c["at"].is_string() ? c["at"].get<std::string>() : std::string();
-  // A pointer with a control character (a plugin's text reaches terminals) is shown as JSON.
-  const bool plain = std::none_of(at.begin(), at.end(), [](char ch) {
-    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
-  });
-  const std::string place = at.empty() ? std::string("the input")
-                            : plain    ? at
-                                       : nlohmann::json(at).dump();
+  const std::string place = at.empty() ? std::string("the input") : shown_pointer(at);
   if (c.contains("equals"))
     out += place + " equals " + c["equals"].dump();
   else if (c.contains("in"))
