@@ -13,7 +13,6 @@
 #include <signal.h>
 
 #include <chrono>
-#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,17 +37,6 @@ flowreg::StepDef flow_step(const std::string& slug, std::vector<std::string> dep
   s.handler.clear();
   s.child = flowreg::Child{child, map};
   return s;
-}
-
-// Each step's state in `run`, "slug=status" sorted by slug.
-std::string family_states(fdr::RunStore& store, const fdr::RunId& run) {
-  auto steps = store.run_steps(run);
-  REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
-  std::map<std::string, std::string> by_slug;
-  for (const auto& s : *steps) by_slug[s.slug] = s.status;
-  std::string out;
-  for (const auto& [slug, status] : by_slug) out += (out.empty() ? "" : " ") + slug + "=" + status;
-  return out;
 }
 
 // Claims the tasks of `key` ready now and completes each with `output(task)`; the tasks claimed.
@@ -95,7 +83,7 @@ TEST_SUITE("child_flows") {
       parent.steps = {flow_step("c", {}, "kid"), flowreg::pgtest::step("after", {"c"})};
       const auto key = flowreg::pgtest::store_at_shape(env.store, parent);
       const auto run = flowreg::pgtest::start_one(env.store, key, {{"x", 1}});
-      CHECK(family_states(env.store, run) == "after=created c=started");
+      CHECK(flowreg::pgtest::step_states(env.store, run) == "after=created c=started");
       // Its child: started with the step's input, its id after its parent's.
       const auto child = flowreg::pgtest::query_one(
           env.conninfo, "SELECT id FROM flowreg.runs WHERE parent_run_id = '" + run +

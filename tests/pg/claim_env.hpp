@@ -5,6 +5,7 @@
 
 #include <doctest/doctest.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
@@ -56,6 +57,17 @@ inline std::vector<detail::ClaimedTask> claim_some(detail::RunStore& store,
   auto claimed = store.claim(worker, keys, limit);
   REQUIRE_MESSAGE(claimed, flowreg::testing::failure_text(claimed));
   return std::move(*claimed);
+}
+
+// Each step's state in `run`, "slug=status" sorted by slug.
+inline std::string step_states(detail::RunStore& store, const detail::RunId& run) {
+  auto steps = store.run_steps(run);
+  REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
+  std::map<std::string, std::string> by_slug;
+  for (const auto& s : *steps) by_slug[s.slug] = s.status;
+  std::string out;
+  for (const auto& [slug, status] : by_slug) out += (out.empty() ? "" : " ") + slug + "=" + status;
+  return out;
 }
 
 // Completes `tasks` (output 1); none is rejected.

@@ -41,17 +41,6 @@ flowreg::StepDef when_step(const std::string& slug, std::vector<std::string> dep
   return s;
 }
 
-// Each step's state in `run`, "slug=status" sorted by slug.
-std::string states_of(fdr::RunStore& store, const fdr::RunId& run) {
-  auto steps = store.run_steps(run);
-  REQUIRE_MESSAGE(steps, flowreg::testing::failure_text(steps));
-  std::map<std::string, std::string> by_slug;
-  for (const auto& s : *steps) by_slug[s.slug] = s.status;
-  std::string out;
-  for (const auto& [slug, status] : by_slug) out += (out.empty() ? "" : " ") + slug + "=" + status;
-  return out;
-}
-
 // The output of `run`, which must have completed (none: nullopt).
 std::optional<CondJson> completed_output(fdr::RunStore& store, const fdr::RunId& run) {
   auto got = store.get_run(run);
@@ -106,7 +95,7 @@ TEST_SUITE("conditions") {
     SUBCASE("card, not vip: cash skipped; notify runs on card alone; close skipped via vip") {
       const auto run = flowreg::pgtest::start_one(env.store, key, {{"pay", "card"}});
       // vip was skipped at the start: its condition reads the run's input.
-      CHECK(states_of(env.store, run) ==
+      CHECK(flowreg::pgtest::step_states(env.store, run) ==
             "card=created cash=created close=created notify=created receipt=created "
             "route=started vip=skipped");
       std::map<std::string, CondJson> inputs;
@@ -117,7 +106,7 @@ TEST_SUITE("conditions") {
       // A skipped dependency has no key in the input.
       CHECK(inputs["notify"] == CondJson{{"card", {{"by", "card"}}}});
       CHECK(drain_once(env.store, key, echo).empty());
-      CHECK(states_of(env.store, run) ==
+      CHECK(flowreg::pgtest::step_states(env.store, run) ==
             "card=completed cash=skipped close=skipped notify=completed receipt=completed "
             "route=completed vip=skipped");
       // The completed leaves' outputs: close (a leaf) was skipped.
@@ -128,7 +117,7 @@ TEST_SUITE("conditions") {
       const auto run = flowreg::pgtest::start_one(env.store, key, {{"pay", "bank"}, {"vip", 1}});
       CHECK(drain_once(env.store, key, echo) == std::vector<std::string>{"route", "vip"});
       CHECK(drain_once(env.store, key, echo).empty());
-      CHECK(states_of(env.store, run) ==
+      CHECK(flowreg::pgtest::step_states(env.store, run) ==
             "card=skipped cash=skipped close=skipped notify=skipped receipt=skipped "
             "route=completed vip=completed");
       CHECK(completed_output(env.store, run) == CondJson::object());
@@ -145,7 +134,7 @@ TEST_SUITE("conditions") {
       CHECK(drain_once(env.store, key, echo, &inputs) == std::vector<std::string>{"close"});
       CHECK(inputs["close"] ==
             CondJson{{"receipt", {{"by", "receipt"}}}, {"vip", {{"by", "vip"}}}});
-      CHECK(states_of(env.store, run) ==
+      CHECK(flowreg::pgtest::step_states(env.store, run) ==
             "card=completed cash=skipped close=completed notify=completed receipt=completed "
             "route=completed vip=completed");
       CHECK(completed_output(env.store, run) ==
@@ -157,13 +146,13 @@ TEST_SUITE("conditions") {
       CHECK(drain_once(env.store, key, echo) == std::vector<std::string>{"route"});
       CHECK(drain_once(env.store, key, echo) == std::vector<std::string>{"cash"});
       CHECK(drain_once(env.store, key, echo) == std::vector<std::string>{"notify"});
-      CHECK(states_of(env.store, run) ==
+      CHECK(flowreg::pgtest::step_states(env.store, run) ==
             "card=skipped cash=completed close=skipped notify=completed receipt=skipped "
             "route=completed vip=skipped");
       const auto other = flowreg::pgtest::start_one(env.store, key, {{"pay", CondJson::array()}});
       CHECK(drain_once(env.store, key, echo) == std::vector<std::string>{"route"});
       CHECK(drain_once(env.store, key, echo).empty());
-      CHECK(states_of(env.store, other) ==
+      CHECK(flowreg::pgtest::step_states(env.store, other) ==
             "card=skipped cash=skipped close=skipped notify=skipped receipt=skipped "
             "route=completed vip=skipped");
     }
@@ -190,11 +179,11 @@ TEST_SUITE("conditions") {
         flowreg::pgtest::start_one(env.store, one_key, {{"tags", {"x"}}, {"off", nullptr}});
     const auto none = flowreg::pgtest::start_one(env.store, one_key, {{"n", 2}});
     CHECK(drain_once(env.store, one_key, echo) == std::vector<std::string>{"only", "only"});
-    CHECK(states_of(env.store, by_n) == "only=completed");
-    CHECK(states_of(env.store, by_tag) == "only=completed");
+    CHECK(flowreg::pgtest::step_states(env.store, by_n) == "only=completed");
+    CHECK(flowreg::pgtest::step_states(env.store, by_tag) == "only=completed");
     // exists is true even for a null.
-    CHECK(states_of(env.store, off) == "only=skipped");
-    CHECK(states_of(env.store, none) == "only=skipped");
+    CHECK(flowreg::pgtest::step_states(env.store, off) == "only=skipped");
+    CHECK(flowreg::pgtest::step_states(env.store, none) == "only=skipped");
     for (const auto& run : {off, none}) {
       CHECK(completed_output(env.store, run) == CondJson::object());
     }
@@ -204,8 +193,8 @@ TEST_SUITE("conditions") {
     REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
     REQUIRE(started->size() == 2);
     CHECK(drain_once(env.store, one_key, echo) == std::vector<std::string>{"only"});
-    CHECK(states_of(env.store, (*started)[0]) == "only=completed");
-    CHECK(states_of(env.store, (*started)[1]) == "only=skipped");
+    CHECK(flowreg::pgtest::step_states(env.store, (*started)[0]) == "only=completed");
+    CHECK(flowreg::pgtest::step_states(env.store, (*started)[1]) == "only=skipped");
     CHECK(completed_output(env.store, (*started)[0]) == CondJson{{"only", {{"by", "only"}}}});
     CHECK(flowreg::pgtest::query_one(env.conninfo,
                                      "SELECT count(*) FROM flowreg.runs WHERE attempts IS NOT NULL "
@@ -227,8 +216,8 @@ TEST_SUITE("conditions") {
     REQUIRE(env.store.complete(done).has_value());
     CHECK(drain_once(env.store, chain_key, echo) == std::vector<std::string>{"b"});
     CHECK(drain_once(env.store, chain_key, echo) == std::vector<std::string>{"c"});
-    CHECK(states_of(env.store, go) == "a=completed b=completed c=completed");
-    CHECK(states_of(env.store, stop) == "a=completed b=skipped c=skipped");
+    CHECK(flowreg::pgtest::step_states(env.store, go) == "a=completed b=completed c=completed");
+    CHECK(flowreg::pgtest::step_states(env.store, stop) == "a=completed b=skipped c=skipped");
 
     // A failed run retried from its failed step: its skipped steps stay skipped, the failed one
     // runs again.
@@ -249,10 +238,12 @@ TEST_SUITE("conditions") {
     const std::vector<fdr::Failure> failure = {{no[0].id, no[0].attempt, "boom", true}};
     auto failed = env.store.fail(failure);
     REQUIRE_MESSAGE(failed, flowreg::testing::failure_text(failed));
-    CHECK(states_of(env.store, failing) == "a=completed end=cancelled no=failed yes=skipped");
+    CHECK(flowreg::pgtest::step_states(env.store, failing) ==
+          "a=completed end=cancelled no=failed yes=skipped");
     auto retried = env.store.retry_run(failing, fdr::RetryFrom::failed_step);
     REQUIRE_MESSAGE(retried, flowreg::testing::failure_text(retried));
-    CHECK(states_of(env.store, *retried) == "a=completed end=created no=started yes=skipped");
+    CHECK(flowreg::pgtest::step_states(env.store, *retried) ==
+          "a=completed end=created no=started yes=skipped");
     CHECK(drain_once(env.store, fork_key, echo) == std::vector<std::string>{"no"});
     CHECK(drain_once(env.store, fork_key, echo) == std::vector<std::string>{"end"});
     CHECK(completed_output(env.store, *retried) == CondJson{{"end", {{"by", "end"}}}});

@@ -3,8 +3,9 @@
 // Claims through RunStore on the shared cluster (a period of an hour makes what a claim takes
 // exact: no token comes back during a test): a bucket per key, one bucket under a concurrency
 // limit per key, a flow's bucket shared by its steps, a waiting task that spends no attempt, what
-// get_run says of a waiting run, the buckets idle for a day pruned; then real `flowreg worker` processes, one killed with SIGKILL,
-// audited by the handler of tests/plugins/wchaos.cpp; and the CLI.
+// get_run says of a waiting run, the buckets idle for a day pruned; then real `flowreg worker`
+// processes, one killed with SIGKILL, audited by the handler of tests/plugins/wchaos.cpp; and the
+// CLI.
 #include <doctest/doctest.h>
 #include <signal.h>
 

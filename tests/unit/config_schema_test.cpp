@@ -303,7 +303,8 @@ TEST_SUITE("schema") {
           "inline.yaml:1:62: flows[0].steps[0].handler: the string 'x' is not valid: expected "
           "module.handler, both parts lowercase identifiers");
     CHECK(p[3] ==
-          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, wait, flow, got "
+          "inline.yaml:1:74: flows[0].steps[0].kind: expected one of single, map, sleep, wait, "
+          "flow, got "
           "the "
           "string 'mapp' (did you mean 'map'?)");
   }
