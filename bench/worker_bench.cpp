@@ -163,7 +163,7 @@ const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "bac
 const std::vector<std::string> kScenarios = {
     "single",  "chain",   "fanout", "backlog",    "start1",    "startbatch",
     "latency", "metrics", "scrape", "isolation",  "schedules", "priorities",
-    "keys",    "rates",   "waits",  "conditions", "children"};
+    "keys",    "rates",   "waits",  "conditions", "children",  "longreader"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -180,12 +180,13 @@ struct Args {
   int samples = 300;
   int metrics_rounds = 3;
   int isolation_rounds = 3;
-  int priority_rounds = 3;   // rounds of the priorities scenario
-  long sleepers = 100'000;   // runs asleep of the waits scenario
-  long waiters = 100'000;    // runs waiting for a signal beside them
-  int schedules = 10000;     // the schedules scenario's schedules, each firing every minute
-  int schedule_minutes = 2;  // ... for this many ticks
-  int schedule_workers = 3;  // ... fired by this many workers
+  int priority_rounds = 3;    // rounds of the priorities scenario
+  int longreader_rounds = 2;  // rounds of the longreader scenario
+  long sleepers = 100'000;    // runs asleep of the waits scenario
+  long waiters = 100'000;     // runs waiting for a signal beside them
+  int schedules = 10000;      // the schedules scenario's schedules, each firing every minute
+  int schedule_minutes = 2;   // ... for this many ticks
+  int schedule_workers = 3;   // ... fired by this many workers
   std::vector<int> scrape_backlog{100000, 1000000};
   int scrape_reads = 5;
   int timeout_s = 120;
@@ -223,6 +224,11 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                alternating, --isolation-rounds times (runs/s, process/thread, medians); the
                memory and CPU of the workers and their handler processes after each burn-down;
                start -> handler latency (--samples runs per mode, alternating; p50, p99)
+  longreader   (only when named) --longreader-rounds R (default 2) rounds of two burn-downs of
+               --runs bench_single runs at the first --batch and --workers: plain, and with a
+               REPEATABLE READ transaction (as a pg_dump holds) opened before the runs start and
+               held to the end of the drain, the order alternating; rates, held/plain ratio and
+               the dead tuples of tasks and runs left by the held one
   priorities   (only when named) --priority-rounds R (default 3) rounds of two burn-downs of
                --runs bench_single runs at the first --batch and --workers: all at priority 0,
                then started with 10 priorities (-5..4, chunk by chunk), alternating; prints
@@ -280,6 +286,7 @@ Options:
   --start-chunks LIST  runs per start_runs() call in startbatch (default 10,100,500,1000)
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
+  --longreader-rounds R  rounds of the longreader scenario (default 2)
   --isolation-rounds R rounds of the isolation scenario (default 3)
   --priority-rounds R  rounds of the priorities, keys, rates, waits and conditions scenarios
                        (default 3)
@@ -362,6 +369,8 @@ Args parse_args(int argc, char** argv) {
       a.start_chunks = positive_list(opt, v);
     } else if (opt == "--samples") {
       a.samples = positive(opt, v);
+    } else if (opt == "--longreader-rounds") {
+      a.longreader_rounds = positive(opt, v);
     } else if (opt == "--metrics-rounds") {
       a.metrics_rounds = positive(opt, v);
     } else if (opt == "--isolation-rounds") {
@@ -897,8 +906,10 @@ struct BurnSpec {
   long sleepers = 0;        // > 0: this many bench_nap runs asleep until 2099 beside the backlog
   long waiters = 0;         // > 0: this many bench_approval runs waiting for a signal beside it
   int wake_in_s = 0;        // > 0: the backlog's (bench_nap's) sleeps end this long after its start
-  bool woke_before = false;  // the backlog's (bench_nap's) sleeps ended before it started
-  std::string child{};       // the flow of the runs its flow steps start, stored beside it
+  bool woke_before = false;    // the backlog's (bench_nap's) sleeps ended before it started
+  std::string child{};         // the flow of the runs its flow steps start, stored beside it
+  bool hold_snapshot = false;  // a REPEATABLE READ transaction held from before the starts to the
+                               // end of the drain (a pg_dump's)
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -1017,6 +1028,7 @@ struct BurnResult {
   IdleProcesses processes;        // when spec.processes
   std::vector<double> times;      // when spec.times: each completion, seconds after the spawn
   double wake_s = 0;              // when spec.wake_in_s: the sleeps' end -> last completion
+  long dead_tasks = -1, dead_runs = -1;  // when spec.hold_snapshot: n_dead_tup at the drain's end
 };
 
 // An RFC 3339 UTC time, to the millisecond.
@@ -1039,11 +1051,13 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       (spec.sleepers > 0 ? fmt::format("_s{}", spec.sleepers) : "") +
       (spec.waiters > 0 ? fmt::format("_sig{}", spec.waiters) : "") +
       (spec.wake_in_s > 0 ? fmt::format("_wake{}", spec.wake_in_s) : "") +
-      (spec.woke_before ? "_woke" : "");
+      (spec.woke_before ? "_woke" : "") + (spec.hold_snapshot ? "_held" : "");
   BurnResult r;
   r.spec = spec;
 
   const std::string conninfo = fresh_database(env, "wb_" + name);
+  std::optional<pqxx::connection> held_conn;  // spec.hold_snapshot's
+  std::optional<pqxx::transaction<pqxx::isolation_level::repeatable_read>> held;
   // bench_nap: the sleeps' end (wake_in_s) as the steady clock will read it.
   Clock::time_point wake_at{};
   {
@@ -1073,6 +1087,13 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
     if (!spec.child.empty()) {
       const FlowInfo& child = env.flows.at(spec.child);
       value_or_throw(store.upsert_flow(child.def, child.version), "upsert " + spec.child);
+    }
+    if (spec.hold_snapshot) {
+      // A snapshot taken now and held: the rows the drain deletes stay for VACUUM, as behind a
+      // pg_dump started before the runs.
+      held_conn.emplace(conninfo);
+      held.emplace(*held_conn, "held");
+      held->exec("SELECT count(*) FROM flowreg.runs");
     }
     const auto before = snapshot(env, conninfo);
     std::string at;
@@ -1152,6 +1173,19 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
   if (spec.wake_in_s > 0) r.wake_s = seconds_between(wake_at, t_last);
   if (spec.processes) r.processes = idle_processes(workers);
 
+  if (held) {
+    pqxx::connection c(conninfo);
+    pqxx::nontransaction tx(c);
+    tx.exec("SELECT pg_stat_force_next_flush()");
+    const auto dead = tx.exec(
+        "SELECT coalesce(sum(n_dead_tup) FILTER (WHERE relname = 'tasks'), 0), "
+        "coalesce(sum(n_dead_tup) FILTER (WHERE relname = 'runs'), 0) FROM pg_stat_user_tables "
+        "WHERE schemaname = 'flowreg'");
+    r.dead_tasks = dead[0][0].as<long>();
+    r.dead_runs = dead[0][1].as<long>();
+    held->abort();
+    held.reset();
+  }
   const auto t_stop = Clock::now();
   r.ends = stop_workers(workers);
   r.stop_s = seconds_between(t_stop, Clock::now());
@@ -2005,8 +2039,9 @@ void print_schedules(const SchedulesResult& r) {
 int run_bench(Env& env) {
   const Args& a = env.args;
   std::vector<BurnResult> singles, chains, fanouts, backlogs;
-  std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;   // without, with --metrics
-  std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;  // priority 0, 10 priorities
+  std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;     // without, with --metrics
+  std::vector<std::pair<BurnResult, BurnResult>> longreader_pairs;  // plain, snapshot held
+  std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;    // priority 0, 10 priorities
   std::vector<std::vector<BurnResult>> key_rounds;  // bench_single, bench_keyed, bench_keyed_runs
   std::vector<std::pair<BurnResult, BurnResult>> rate_pairs;  // bench_single, bench_rated_high
   std::optional<BurnResult> rated_1000;
@@ -2088,6 +2123,24 @@ int run_bench(Env& env) {
       }
       std::printf("mean time ratio (with / without): %.3f\n",
                   sum / static_cast<double>(metrics_pairs.size()));
+    }
+    if (!longreader_pairs.empty()) {
+      std::printf(
+          "\nlongreader: burn-downs of bench_single, plain and with a REPEATABLE READ snapshot "
+          "held from before the starts to the end of the drain\n");
+      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "plain r/s", "held r/s",
+                  "held/plain", "dead tasks", "dead runs");
+      std::vector<double> ratios;
+      for (std::size_t i = 0; i < longreader_pairs.size(); ++i) {
+        const auto& plain = longreader_pairs[i].first;
+        const auto& held = longreader_pairs[i].second;
+        const double p = static_cast<double>(plain.spec.runs) / plain.total_s;
+        const double h = static_cast<double>(held.spec.runs) / held.total_s;
+        ratios.push_back(h / p);
+        std::printf("%5zu %8ld %12.0f %12.0f %12.3f %12ld %12ld\n", i + 1, plain.spec.runs, p, h,
+                    h / p, held.dead_tasks, held.dead_runs);
+      }
+      std::printf("median rate ratio (held / plain): %.3f\n", median(ratios));
     }
     if (!priority_pairs.empty()) {
       std::printf(
@@ -2317,6 +2370,18 @@ int run_bench(Env& env) {
           (on ? pair.second : pair.first) = burn_down(env, spec);
         }
         metrics_pairs.push_back(pair);
+      }
+    if (a.wants("longreader"))
+      for (int round = 1; round <= a.longreader_rounds; ++round) {
+        std::pair<BurnResult, BurnResult> pair;  // plain, held
+        for (const bool hold : {round % 2 == 0, round % 2 != 0}) {
+          BurnSpec spec{"longreader",      "bench_single", 1,    a.workers.front(),
+                        a.batches.front(), a.runs,         false};
+          spec.round = round;
+          spec.hold_snapshot = hold;
+          (hold ? pair.second : pair.first) = burn_down(env, spec);
+        }
+        longreader_pairs.push_back(pair);
       }
     if (a.wants("priorities"))
       for (int round = 1; round <= a.priority_rounds; ++round) {

@@ -18,12 +18,7 @@
 -- started runs: 92,664 rows read per batch). The batch's runs are the first rows of that walk
 -- (a nested loop over the slugs in order, each range in index order, stopped at p_limit): were
 -- they not, the next batch would only skip runs that the next cutoff deletes.
--- Step states and tasks have no foreign key to their run (see migration 0008): they are deleted
--- here, by run id (tasks through tasks_by_run), and a solo task by its run's task_id (migration
--- 0013). An ended run's tasks have left the queue already (migration 0009): these deletes are a
--- safety net. The attempts kept of its tasks (task_attempts, migration 0019) go by run id too,
--- through their primary key (whose first column is the run), and the signals sent to it
--- (migration 0026) through theirs (run, name).
+-- The batch's runs are deleted, with what they keep in other tables, by _delete_runs.
 CREATE OR REPLACE FUNCTION flowreg.prune(p_before timestamptz, p_limit int, p_slug text,
                                          p_created timestamptz, OUT deleted bigint,
                                          OUT last_slug text, OUT last_created timestamptz)
@@ -44,21 +39,12 @@ LANGUAGE sql AS $$
       LIMIT p_limit) o
     LIMIT p_limit
   ),
-  d AS (
-    DELETE FROM flowreg.runs WHERE id = ANY (ARRAY(SELECT id FROM picked))
-    RETURNING id, task_id
-  ),
-  s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
-  a AS (DELETE FROM flowreg.task_attempts WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
-  g AS (DELETE FROM flowreg.signals WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
-  t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)) AND NOT solo),
-  solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d))
-                                        AND run_id = ANY (ARRAY(SELECT id FROM d))),
   last AS (
     SELECT p.slug, min(p.created_at) AS created_at FROM picked p
     WHERE p.slug = (SELECT max(q.slug) FROM picked q) GROUP BY p.slug
   )
-  SELECT (SELECT count(*) FROM d), (SELECT l.slug FROM last l), (SELECT l.created_at FROM last l)
+  SELECT flowreg._delete_runs(ARRAY(SELECT id FROM picked)), (SELECT l.slug FROM last l),
+         (SELECT l.created_at FROM last l)
 $$;
 
 -- The first batch of a cutoff (the form callers used before batches had positions).

@@ -1148,6 +1148,13 @@ TEST_SUITE("hot_path") {
       scrape(*held, scrape(*held, std::nullopt).next);
       auto pruned = held->prune(1h, 50);  // ended an hour ago: none, but each flow's runs walked
       REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+      // A round of retention (nothing ended a day ago: each flow's runs walked, none deleted).
+      flowreg::RetentionSettings day;
+      day.runs = {flowreg::Millis(86'400'000), flowreg::Millis(86'400'000),
+                  flowreg::Millis(86'400'000)};
+      auto retained = held->retain(day, "w2", 50);
+      REQUIRE_MESSAGE(retained, flowreg::testing::failure_text(retained));
+      CHECK(retained->runs == 0);
       // The calls apart from work(): a worker's heartbeat and the list of workers, starts with an
       // idempotency key (the same input twice, then another), and claims, renewals that skip
       // locked rows, completions and failures each in a call of its own.

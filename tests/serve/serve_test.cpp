@@ -9,9 +9,12 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
+#include <pqxx/pqxx>
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cluster/embedded_cluster.hpp"
@@ -491,6 +494,7 @@ TEST_SUITE("serve") {
         {"get", "/workers", "/workers", "", 200},
         {"post", "/workers/{id}/forget", "/workers/nobody/forget", "", 404},
         {"get", "/plugins", "/plugins", "", 200},
+        {"get", "/health", "/health", "", 200},
         {"get", "/openapi.json", "/openapi.json", "", 200},
         {"post", "/schedules", "/schedules", kSchedule, 201},
         {"post", "/schedules", "/schedules", kSchedule, 200},
@@ -1476,6 +1480,82 @@ TEST_SUITE("serve") {
     REQUIRE(page);
     CHECK(page->body.find("data-handler=\"wprobe.record\"") != std::string::npos);
     CHECK(page->body.find("<a href=\"/flows/wprobe_chain\">wprobe_chain</a>") != std::string::npos);
+  }
+
+  TEST_CASE("the database's health names a held snapshot and dead rows: API, readyz, dashboard") {
+    ServeScene& scene = shared_scene();
+    REQUIRE_MESSAGE(scene.port > 0, scene.log());
+    auto c = scene.client();
+    auto cluster = detail::EmbeddedCluster::open(scene.scratch.dir / "data");
+    REQUIRE_MESSAGE(cluster, testing::failure_text(cluster));
+    auto url = cluster->ensure_running();
+    REQUIRE_MESSAGE(url, testing::failure_text(url));
+    // A snapshot held (a pg_dump's), then 12,000 events sent and deleted behind it: dead rows
+    // that no VACUUM may remove while it is held.
+    pqxx::connection reader(*url);
+    std::optional<pqxx::transaction<pqxx::isolation_level::repeatable_read>> held;
+    held.emplace(reader, "held");
+    held->exec("SELECT count(*) FROM flowreg.events");
+    const std::string pid = std::to_string(reader.backendpid());
+    {
+      pqxx::connection writer(*url);
+      pqxx::work tx(writer);
+      tx.exec(
+          "INSERT INTO flowreg.events (name, data) SELECT 'health', '{}' FROM "
+          "generate_series(1, 12000)");
+      tx.commit();
+      pqxx::work del(writer);
+      del.exec("DELETE FROM flowreg.events WHERE name = 'health'");
+      del.exec("SELECT pg_stat_force_next_flush()");
+      del.commit();
+    }
+    json health;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    bool dead_seen = false;
+    while (!dead_seen && std::chrono::steady_clock::now() < deadline) {
+      health = body_of(c.Get("/api/v1/health"));
+      for (const auto& w : health["warnings"])
+        if (w.get<std::string>().find("table events has") != std::string::npos) dead_seen = true;
+      if (!dead_seen) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    CHECK_MESSAGE(dead_seen, health.dump());
+    CHECK(health["ok"] == false);
+    bool holder = false;
+    for (const auto& h : health["holders"])
+      if (h["kind"] == "session" && h["name"] == pid) holder = true;
+    CHECK_MESSAGE(holder, health.dump());
+    const json ready = body_of(c.Get("/readyz"));
+    CHECK(ready["status"] == "ready");  // a held snapshot takes no server out of service
+    CHECK(ready["health"]["ok"] == false);
+    auto home = c.Get("/");
+    REQUIRE(home);
+    CHECK(home->body.find("data-db-warning>table events has") != std::string::npos);
+    auto workers = c.Get("/workers");
+    REQUIRE(workers);
+    CHECK(workers->body.find("data-db-holder=\"" + pid + "\"") != std::string::npos);
+    CHECK(workers->body.find("data-db-table=\"events\"") != std::string::npos);
+    CHECK(workers->body.find("data-retention>") != std::string::npos);
+    auto metrics = c.Get("/metrics");
+    REQUIRE(metrics);
+    CHECK(metrics->body.find("flowreg_table_rows{table=\"events\",kind=\"dead\"}") !=
+          std::string::npos);
+    CHECK(metrics->body.find("flowreg_db_oldest_transaction_seconds ") != std::string::npos);
+    // Released and vacuumed: nothing to say any more.
+    held->abort();
+    held.reset();
+    {
+      pqxx::connection writer(*url);
+      pqxx::nontransaction tx(writer);
+      tx.exec("VACUUM flowreg.events");
+    }
+    bool clear = false;
+    while (!clear && std::chrono::steady_clock::now() < deadline + std::chrono::seconds(30)) {
+      health = body_of(c.Get("/api/v1/health"));
+      clear = health["ok"] == true;
+      if (!clear) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    CHECK_MESSAGE(clear, health.dump());
+    for (const auto& h : health["holders"]) CHECK(h["name"] != pid);
   }
 }
 

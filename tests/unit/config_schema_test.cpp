@@ -289,6 +289,50 @@ TEST_SUITE("schema") {
               "in a cycle (a -> b -> c -> a): each run would start another"});
   }
 
+  TEST_CASE("retention: a flow's ages over the worker's defaults, keep, and ages out of range") {
+    auto config = parse_config(
+        "worker: {retention: {completed: 2d, events: keep, interval: 30s}}\n"
+        "flows: [{slug: a, retention: {completed: keep, failed: 90d}, steps: [{slug: s, handler: "
+        "m.s}]}, {slug: b, steps: [{slug: s, handler: m.s}]}]\n",
+        "inline.yaml");
+    REQUIRE(config);
+    const auto& w = config->worker.retention;
+    CHECK(w.runs.completed == Millis(2 * 86'400'000LL));
+    CHECK(w.runs.failed == Millis(30 * 86'400'000LL));  // the defaults it does not set
+    CHECK(w.runs.cancelled == Millis(7 * 86'400'000LL));
+    CHECK(w.events == Retention::kKeep);
+    CHECK(w.interval == Millis(30'000));
+    CHECK(w.enabled);
+    const auto& a = config->flows.at(0).retention;
+    CHECK(a.completed == Retention::kKeep);
+    CHECK(a.failed == Millis(90 * 86'400'000LL));
+    CHECK_FALSE(a.cancelled);
+    CHECK(config->flows.at(1).retention.empty());
+    // The built-in defaults.
+    const RetentionSettings defaults;
+    CHECK(defaults.runs.completed == Millis(7 * 86'400'000LL));
+    CHECK(defaults.runs.failed == Millis(30 * 86'400'000LL));
+    CHECK(defaults.interval == Millis(60'000));
+
+    CHECK(problems_of_text("flows: [{slug: a, retention: {completed: 0s}, steps: [{slug: s, "
+                           "handler: m.s}]}]\n") ==
+          std::vector<std::string>{"inline.yaml:1:31: flow 'a': retention of completed runs: 0ms is "
+                                   "out of range 1s..3660d (or keep)"});
+    CHECK(problems_of_text("flows: [{slug: a, retention: {failed: 4000d}, steps: [{slug: s, "
+                           "handler: m.s}]}]\n") ==
+          std::vector<std::string>{"inline.yaml:1:31: flow 'a': retention of failed runs: 4000d is "
+                                   "out of range 1s..3660d (or keep)"});
+    CHECK(problems_of_text("flows: [{slug: a, retention: {done: 1d}, steps: [{slug: s, handler: "
+                           "m.s}]}]\n")
+              .size() == 1);
+    CHECK(problems_of_text("worker: {retention: {cancelled: forever}}\n").size() == 1);
+    CHECK(problems_of_text("worker: {retention: {events: 500ms, interval: 2d}}\n") ==
+          std::vector<std::string>{
+              "inline.yaml:1:22: worker retention of events: 500ms is out of range 1s..3660d (or "
+              "keep)",
+              "inline.yaml:1:37: worker retention interval 2d is out of range 1s..1d"});
+  }
+
   TEST_CASE("bad identifiers, durations and enum values explain the expected form") {
     const auto p = problems_of_text(
         "flows: [{slug: Bad, options: {timeout: 5}, steps: [{slug: s, handler: x, kind: "

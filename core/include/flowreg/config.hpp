@@ -59,6 +59,7 @@ struct WorkerSettings {
   std::int64_t max_output_bytes = std::int64_t{16} << 20;  // larger handler outputs fail the task
   Isolation isolation = Isolation::thread;  // where handlers run unless their flow says
   HandlerLimits limits;                     // of handler processes, unless their flow says
+  RetentionSettings retention;              // how long ended runs are kept, and who deletes them
 };
 
 // `flowreg serve` (the HTTP API and dashboard).

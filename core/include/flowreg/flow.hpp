@@ -81,6 +81,37 @@ struct RateLimit {
   friend bool operator==(const RateLimit&, const RateLimit&) = default;
 };
 
+// How long ended runs are kept (docs/operations.md#retention), per status: an age after the run's
+// end, or kKeep (forever). Unset: the worker's default (`worker.retention`). A worker deletes the
+// runs whose time is up, in small batches, one worker at a time (worker/retainer.hpp).
+struct Retention {
+  static constexpr Millis kKeep = Millis::max();
+  static constexpr Millis kMaxAge{3660LL * 24 * 3600 * 1000};  // about 10 years
+
+  std::optional<Millis> completed, failed, cancelled;
+
+  bool empty() const noexcept { return !completed && !failed && !cancelled; }
+  // These ages, each unset one taken from `base`.
+  Retention over(const Retention& base) const noexcept {
+    return {completed ? completed : base.completed, failed ? failed : base.failed,
+            cancelled ? cancelled : base.cancelled};
+  }
+  friend bool operator==(const Retention&, const Retention&) = default;
+};
+
+// Retention as a worker enforces it (`worker.retention`, docs/operations.md#retention): the
+// default ages of ended runs (a flow's own retention wins), the age of events, and how often.
+struct RetentionSettings {
+  static constexpr Millis kDay{24LL * 3600 * 1000};
+
+  Retention runs{7 * kDay, 30 * kDay, 7 * kDay};
+  Millis events = 7 * kDay;  // Retention::kKeep: forever
+  Millis interval{60'000};   // between two rounds of a worker's retention
+  bool enabled = true;       // whether this worker takes part
+
+  friend bool operator==(const RetentionSettings&, const RetentionSettings&) = default;
+};
+
 // What a sleep step waits for (docs/flows.md#sleep-steps): exactly one of the two.
 struct Sleep {
   static constexpr Millis kMaxDuration{366LL * 24 * 3600 * 1000};
@@ -187,7 +218,8 @@ struct FlowDef {
   HandlerLimits limits;  // of its handler processes, over the worker's
   std::optional<Concurrency> concurrency = std::nullopt;  // its runs active at once per key
   std::optional<RateLimit> rate_limit = std::nullopt;     // its task starts per period per key
-  std::string source;  // file it was read from, for messages ("" when built in code)
+  Retention retention;  // how long its ended runs are kept, over the worker's default
+  std::string source;   // file it was read from, for messages ("" when built in code)
 
   // The options a step runs with: its overrides on top of the flow's options.
   Options step_options(const StepDef& step) const noexcept { return step.options.apply(options); }

@@ -7,6 +7,8 @@
 // identifier fits a PostgreSQL identifier (NAMEDATALEN 64) and a LISTEN channel name unquoted.
 
 #include <functional>
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -29,6 +31,10 @@ using Locator = std::function<Location(std::string_view pointer)>;
 
 // Every problem of `flow`, each located through `locate`. Empty when the flow is valid.
 std::vector<Diagnostic> validate_flow(const FlowDef& flow, const Locator& locate = {});
+
+// Why a retention age (Retention) is refused, or nullopt: it is Retention::kKeep or 1s to
+// Retention::kMaxAge. "retention 0s is out of range 1s..3660d (or keep)".
+std::optional<std::string> retention_age_problem(Millis age);
 
 // The reason a slug is invalid ("" when it is valid), for messages: "must start with a letter", ...
 std::string slug_problem(std::string_view slug);

@@ -79,6 +79,7 @@ detail::WorkerOptions worker_options(const Config& config, std::string conninfo)
   options.max_output_bytes = static_cast<std::size_t>(config.worker.max_output_bytes);
   options.isolation = config.worker.isolation;
   options.limits = config.worker.limits;
+  options.retention = config.worker.retention;  // started unless retention.enabled is false
   // Crashes are journaled beside the embedded cluster's data (one file per worker process), and
   // the journals of workers that died there are reported when one starts.
   std::error_code ec;

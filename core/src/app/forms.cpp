@@ -189,6 +189,32 @@ std::string rate_limit_text(const RateLimit& r) {
                : base;
 }
 
+namespace {
+std::string retention_age_text(Millis age) {
+  return age == Retention::kKeep ? std::string("keep") : format_duration_days(age);
+}
+}  // namespace
+
+std::string retention_text(const Retention& r) {
+  std::string out;
+  const std::pair<const char*, const std::optional<Millis>*> ages[] = {
+      {"completed", &r.completed}, {"failed", &r.failed}, {"cancelled", &r.cancelled}};
+  for (const auto& [status, age] : ages)
+    if (*age)
+      out += fmt::format("{}{}={}", out.empty() ? "retention " : " ", status,
+                         retention_age_text(**age));
+  return out;
+}
+
+json retention_json(const Retention& r) {
+  if (r.empty()) return nullptr;
+  const auto age = [](const std::optional<Millis>& a) {
+    return a ? json(retention_age_text(*a)) : json(nullptr);
+  };
+  return {
+      {"completed", age(r.completed)}, {"failed", age(r.failed)}, {"cancelled", age(r.cancelled)}};
+}
+
 json rate_limit_json(const RateLimit& r) {
   json out{{"limit", r.limit}, {"per", format_duration(r.per)}};
   if (r.key) out["key"] = *r.key;
@@ -313,6 +339,7 @@ json flow_json(const RegisteredFlow& registered) {
           {"concurrency", flow.concurrency ? to_ordered(detail::concurrency_json(*flow.concurrency))
                                            : json(nullptr)},
           {"rate_limit", flow.rate_limit ? rate_limit_json(*flow.rate_limit) : json(nullptr)},
+          {"retention", retention_json(flow.retention)},
           {"steps", std::move(steps)}};
 }
 

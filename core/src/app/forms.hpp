@@ -48,6 +48,10 @@ std::string concurrency_text(const Concurrency& c);
 std::string rate_limit_text(const RateLimit& r);
 // {"limit", "per" (a duration: "1s"), "key" (when set)}, as the API gives a rate limit.
 json rate_limit_json(const RateLimit& r);
+// A flow's own retention (the ages it sets): "retention completed=keep failed=90d"; "" for none.
+std::string retention_text(const Retention& r);
+// {completed, failed, cancelled}: "7d", "keep", or null (the worker's default); null for none.
+json retention_json(const Retention& r);
 // The slot a run holds under its flow's concurrency limit: "holds a slot of key \"42\"", or "".
 std::string held_text(const detail::RunInfo& r);
 // A run in a list: {id, flow, version, status, error, created_at, finished_at, duration_ms,

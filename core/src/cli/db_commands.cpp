@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "app/health.hpp"
 #include "cli/commands.hpp"
 #include "cluster/embedded_cluster.hpp"
 #include "store/migrations.hpp"
@@ -131,6 +132,98 @@ int db_url(const Globals& g, const UrlArgs& args) {
   return kExitOk;
 }
 
+struct HealthArgs {
+  bool as_json = false;
+  bool check = false;
+  std::string held = "1m";
+};
+
+// What holds VACUUM back, flowreg's tables and retention (app/health.hpp). Exit 0; with --check,
+// kExitFailure when there is a warning.
+int db_health(const Globals& g, const HealthArgs& args) {
+  const auto held = parse_duration(args.held, Retention::kMaxAge);
+  if (!held)
+    return report(Error{Errc::invalid_argument,
+                        "--warn-held " + duration_problem(args.held, Retention::kMaxAge),
+                        {}});
+  app::HealthThresholds limits;
+  limits.held = *held;
+  return with_store(g, [&](detail::RunStore& store) {
+    auto health = app::db_health(store, limits);
+    if (!health) return report(health.error());
+    const auto& b = health->body;
+    if (args.as_json) {
+      fmt::print("{}\n", b.dump(2));
+    } else {
+      for (const auto& w : health->warnings) fmt::print("warning: {}\n", w);
+      if (health->warnings.empty()) fmt::print("ok: nothing holds VACUUM back\n");
+      fmt::print("\nholding back VACUUM ({} shown, the oldest first):\n", b["holders"].size());
+      if (b["holders"].empty()) fmt::print("  none\n");
+      for (const auto& h : b["holders"])
+        fmt::print("  {:<8} {:<10} {:<16} xmin age {:>10}  held {:>8}  {}\n",
+                   h["kind"].get<std::string>(), h["name"].get<std::string>(),
+                   h["application"].get<std::string>(), h["xmin_age"].get<std::int64_t>(),
+                   h["held_s"].is_null() ? std::string("-")
+                                         : app::age_text(Millis(static_cast<std::int64_t>(
+                                               h["held_s"].get<double>() * 1000))),
+                   h["state"].get<std::string>());
+      fmt::print("\n{:<18} {:>12} {:>10} {:>6} {:>12} {:>12} {:>12}  {}\n", "table", "live rows",
+                 "dead rows", "dead", "table bytes", "index bytes", "bloat (est)", "last vacuum");
+      for (const auto& t : b["tables"])
+        fmt::print("{:<18} {:>12} {:>10} {:>5.0f}% {:>12} {:>12} {:>12}  {}\n",
+                   t["name"].get<std::string>(), t["live_rows"].get<std::int64_t>(),
+                   t["dead_rows"].get<std::int64_t>(), t["dead_share"].get<double>() * 100,
+                   t["table_bytes"].get<std::int64_t>(), t["index_bytes"].get<std::int64_t>(),
+                   t["bloat_bytes"].get<std::int64_t>(),
+                   t["vacuumed_at"].is_null() ? std::string("never")
+                                              : t["vacuumed_at"].get<std::string>());
+      const auto& r = b["retention"];
+      fmt::print("\nretention: {} round(s), {} run(s) and {} event(s) removed in all{}\n",
+                 r["rounds"].get<std::int64_t>(), r["runs_removed"].get<std::int64_t>(),
+                 r["events_removed"].get<std::int64_t>(),
+                 r["running"].get<bool>() ? "; a round is running now" : "");
+      if (!r["last_round"].is_null()) {
+        const auto& l = r["last_round"];
+        fmt::print(
+            "  last round {} by worker {}: {} run(s) in {} ms{}\n", l["at"].get<std::string>(),
+            l["worker"].get<std::string>(), l["runs"].get<std::int64_t>(),
+            l["took_ms"].get<std::int64_t>(),
+            l["error"].is_null() ? std::string() : "; failed: " + l["error"].get<std::string>());
+      }
+      fmt::print("  oldest run kept: {}\n",
+                 r["oldest_run"].is_null()
+                     ? std::string("none")
+                     : fmt::format("{} ({} old)", r["oldest_run"].get<std::string>(),
+                                   app::age_text(Millis(static_cast<std::int64_t>(
+                                       r["oldest_run_age_s"].get<double>() * 1000)))));
+    }
+    return args.check && !health->warnings.empty() ? kExitFailure : kExitOk;
+  });
+}
+
+struct RetainArgs {
+  int batch = detail::RunStore::kRetainBatch;
+};
+
+// One round of retention now, with the configuration's worker.retention (docs/operations.md).
+int db_retain(const Globals& g, const RetainArgs& args) {
+  auto config = effective_config(g);
+  if (!config) return report(config.error());
+  const RetentionSettings settings = config->worker.retention;
+  return with_store(g, [&](detail::RunStore& store) {
+    auto round = store.retain(settings, "cli", args.batch);
+    if (!round) return report(round.error());
+    if (round->locked_out) {
+      // A worker's round is doing the same work now.
+      fmt::print("another session (a worker's round) is running retention now; nothing done\n");
+      return kExitOk;
+    }
+    fmt::print("{} run(s), {} event(s) and {} idle rate-limit bucket(s) removed in {} ms\n",
+               round->runs, round->events, round->buckets, round->took.count());
+    return kExitOk;
+  });
+}
+
 }  // namespace
 
 void add_db_commands(CLI::App& app, const Globals& g, int& exit_code) {
@@ -167,6 +260,27 @@ void add_db_commands(CLI::App& app, const Globals& g, int& exit_code) {
   url->add_option("--sslrootcert", url_args->sslrootcert,
                   "Path, on the worker's host, of the CA certificate that signed the server's");
   url->callback([&g, &exit_code, url_args] { exit_code = db_url(g, *url_args); });
+  auto health_args = std::make_shared<HealthArgs>();
+  auto* health = db->add_subcommand(
+      "health",
+      "What holds VACUUM back (old snapshots, prepared transactions, replication slots, "
+      "standbys), flowreg's tables (dead rows, bytes, bloat, last vacuum) and retention");
+  health->add_flag("--json", health_args->as_json, "Print JSON");
+  health->add_flag("--check", health_args->check, "Exit 1 when there is a warning");
+  health
+      ->add_option("--warn-held", health_args->held,
+                   "Warn about a snapshot or prepared transaction held this long")
+      ->capture_default_str();
+  health->callback([&g, &exit_code, health_args] { exit_code = db_health(g, *health_args); });
+  auto retain_args = std::make_shared<RetainArgs>();
+  auto* retain = db->add_subcommand(
+      "retain",
+      "Run one round of retention now: delete the ended runs whose time is up (their flow's "
+      "retention, else worker.retention), old events and idle rate-limit buckets");
+  retain->add_option("--batch", retain_args->batch, "Runs deleted per transaction")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100'000));
+  retain->callback([&g, &exit_code, retain_args] { exit_code = db_retain(g, *retain_args); });
   db->add_subcommand("stop", "Stop the embedded cluster")->callback([&g, &exit_code] {
     exit_code = db_stop(g);
   });

@@ -35,8 +35,10 @@ void print_flow_text(const RegisteredFlow& registered) {
   const auto rate = [](const std::optional<RateLimit>& r) {
     return r ? " " + app::rate_limit_text(*r) : std::string();
   };
-  fmt::print("{}  module={} version={}{}{}{}{}\n", flow.slug, flow.module, registered.version,
+  const std::string retention = app::retention_text(flow.retention);
+  fmt::print("{}  module={} version={}{}{}{}{}{}\n", flow.slug, flow.module, registered.version,
              priority(flow.options.priority), concurrency(flow.concurrency), rate(flow.rate_limit),
+             retention.empty() ? "" : " " + retention,
              flow.description.empty() ? "" : "  " + flow.description);
   std::size_t width = 0;
   for (const auto& s : flow.steps) width = std::max(width, s.slug.size());

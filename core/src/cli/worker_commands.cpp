@@ -58,6 +58,7 @@ struct WorkerArgs {
   std::string heartbeat_interval;  // a duration; "": 5s
   std::string metrics;             // HOST:PORT to serve /metrics on; "": none
   bool no_reexec = false;          // replacing itself: exit kExitReplaced, do not re-execute
+  bool no_retention = false;       // take no part in retention (worker.retention.enabled false)
 };
 
 Result<Millis> duration_or(const std::string& text, Millis fallback, std::string_view option) {
@@ -170,6 +171,7 @@ int worker_command(const Config& config, const std::string& conninfo,
   detail::WorkerOptions options = app::worker_options(config, conninfo);
   options.worker_id = args.id;
   if (args.concurrency > 0) options.concurrency = args.concurrency;
+  if (args.no_retention) options.retention.reset();
   if (args.batch_size > 0) options.batch_size = args.batch_size;
   if (!args.flows.empty()) options.flows = args.flows;
   auto lease = duration_or(args.lease, config.worker.lease, "--lease");
@@ -461,6 +463,9 @@ void add_worker_commands(CLI::App& app, const Globals& g, int& exit_code) {
   worker_cmd->add_option("--metrics", w.metrics,
                          "Serve Prometheus metrics at http://HOST:PORT/metrics (such as "
                          "127.0.0.1:9464; port 0: a free port, printed on startup)");
+  worker_cmd->add_flag("--no-retention", w.no_retention,
+                       "Take no part in retention: delete no ended runs (other workers may; "
+                       "default: worker.retention.enabled)");
   worker_cmd->add_flag("--no-reexec", w.no_reexec,
                        "When handlers that timed out hold its threads, exit with status 75 "
                        "instead of re-executing itself (under a supervisor that restarts it)");

@@ -97,6 +97,22 @@ RateLimit rate_limit_of(const json& object) {
   return r;
 }
 
+// A retention age: "keep", or a duration whose range validate_flow (a flow's) or
+// retention_problems (the worker's) checks; -1 when it does not parse.
+Millis retention_age_of(const json& value) {
+  const auto text = value.get<std::string>();
+  if (text == "keep") return Retention::kKeep;
+  return parse_duration(text, Millis::max()).value_or(Millis{-1});
+}
+
+Retention retention_of(const json& object) {
+  Retention r;
+  if (object.contains("completed")) r.completed = retention_age_of(object["completed"]);
+  if (object.contains("failed")) r.failed = retention_age_of(object["failed"]);
+  if (object.contains("cancelled")) r.cancelled = retention_age_of(object["cancelled"]);
+  return r;
+}
+
 FlowDef flow_of(const json& j, const std::string& module, const std::string& source) {
   FlowDef flow;
   flow.slug = j.at("slug").get<std::string>();
@@ -109,6 +125,7 @@ FlowDef flow_of(const json& j, const std::string& module, const std::string& sou
   if (j.contains("limits")) flow.limits = limits_of(j["limits"]);
   if (j.contains("concurrency")) flow.concurrency = concurrency_of(j["concurrency"]);
   if (j.contains("rate_limit")) flow.rate_limit = rate_limit_of(j["rate_limit"]);
+  if (j.contains("retention")) flow.retention = retention_of(j["retention"]);
   for (const auto& s : j.at("steps")) {
     StepDef step;
     step.slug = s.at("slug").get<std::string>();
@@ -408,6 +425,28 @@ Result<Config> parse_config(std::string_view text, const std::filesystem::path& 
         config.worker.isolation =
             parse_isolation((*w)["isolation"].get<std::string>()).value_or(Isolation::thread);
       if (w->contains("limits")) config.worker.limits = limits_of((*w)["limits"]);
+      if (auto r = w->find("retention"); r != w->end()) {
+        auto& retention = config.worker.retention;
+        const Retention given = retention_of(*r);
+        retention.runs = given.over(retention.runs);
+        if (r->contains("events")) retention.events = retention_age_of((*r)["events"]);
+        if (r->contains("interval")) retention.interval = duration_of((*r)["interval"]);
+        retention.enabled = r->value("enabled", retention.enabled);
+        const std::pair<const char*, Millis> ages[] = {{"completed", *retention.runs.completed},
+                                                       {"failed", *retention.runs.failed},
+                                                       {"cancelled", *retention.runs.cancelled},
+                                                       {"events", retention.events}};
+        for (const auto& [key, age] : ages)
+          if (auto problem = retention_age_problem(age); problem && r->contains(key))
+            problems.push_back(
+                Diagnostic{doc->locate(fmt::format("/worker/retention/{}", key)),
+                           fmt::format("worker retention of {}: {}", key, *problem)});
+        if (retention.interval < Millis{1'000} || retention.interval > RetentionSettings::kDay)
+          problems.push_back(
+              Diagnostic{doc->locate("/worker/retention/interval"),
+                         fmt::format("worker retention interval {} is out of range 1s..1d",
+                                     format_duration_days(retention.interval))});
+      }
     }
     if (auto v = root.find("server"); v != root.end()) {
       config.server.listen = v->value("listen", config.server.listen);

@@ -65,6 +65,50 @@ StoreMetrics::StoreMetrics(std::string conninfo, Registry& registry, Millis cach
           "of the last scrape; for the schedules of flowreg_schedule_next_fire_timestamp_seconds "
           "whose last firing started a run.",
           {"schedule"})),
+      table_rows_(registry.gauge(
+          "flowreg_table_rows",
+          "Rows of each of flowreg's tables by kind, live or dead (the statistics collector's "
+          "estimates), as of the last scrape. Dead rows that grow and stay: something holds "
+          "VACUUM back (flowreg db health).",
+          {"table", "kind"})),
+      table_bytes_(registry.gauge(
+          "flowreg_table_bytes",
+          "Bytes of each of flowreg's tables by part: table (with its TOAST), indexes, and bloat "
+          "(an estimate of the table's bytes beyond what its live rows need), as of the last "
+          "scrape.",
+          {"table", "part"})),
+      retention_removed_(registry.gauge(
+          "flowreg_retention_removed",
+          "What retention removed since the database was created, by kind (runs, events), as "
+          "the workers recorded it (flowreg.retention): a total that only grows.",
+          {"kind"})),
+      retention_last_(registry
+                          .gauge("flowreg_retention_last_round_timestamp_seconds",
+                                 "When retention's last round ended (seconds since the epoch); "
+                                 "0 before the first.",
+                                 {})
+                          .with({})),
+      oldest_run_(registry
+                      .gauge("flowreg_runs_oldest_age_seconds",
+                             "Age of the oldest run kept (since its creation), as of the last "
+                             "scrape; 0 when there is none.",
+                             {})
+                      .with({})),
+      oldest_snapshot_(registry
+                           .gauge("flowreg_db_oldest_transaction_seconds",
+                                  "How long the oldest transaction or snapshot of this database "
+                                  "(a session's, or a prepared transaction) has been open, as of "
+                                  "the last scrape; 0 when none. A long one (a pg_dump) keeps "
+                                  "VACUUM from removing dead rows: see flowreg db health.",
+                                  {})
+                           .with({})),
+      xmin_age_(registry
+                    .gauge("flowreg_db_xmin_age_transactions",
+                           "Transactions since the oldest xmin held by a session, a prepared "
+                           "transaction, a replication slot or a standby's "
+                           "hot_standby_feedback, as of the last scrape; 0 when none.",
+                           {})
+                    .with({})),
       up_(registry
               .gauge("flowreg_run_store_up",
                      "1 when this process's last read of the run store for metrics succeeded "
@@ -143,6 +187,34 @@ void StoreMetrics::refresh() {
     schedule_lag_.retain(lagged);
   } else if (schedules) {
     spdlog::debug("metrics: reading the schedules: {}", (*schedules).error().format());
+  }
+  // The database's health: flowreg's tables, what holds VACUUM back, retention.
+  if (auto health = store_->db_health(100)) {
+    for (const auto& t : health->tables) {
+      table_rows_.with({t.name, "live"}).set(static_cast<double>(t.live));
+      table_rows_.with({t.name, "dead"}).set(static_cast<double>(t.dead));
+      table_bytes_.with({t.name, "table"}).set(static_cast<double>(t.table_bytes));
+      table_bytes_.with({t.name, "indexes"}).set(static_cast<double>(t.index_bytes));
+      table_bytes_.with({t.name, "bloat"}).set(static_cast<double>(t.bloat_bytes));
+    }
+    const auto& r = health->retention;
+    retention_removed_.with({"runs"}).set(static_cast<double>(r.runs_removed));
+    retention_removed_.with({"events"}).set(static_cast<double>(r.events_removed));
+    retention_last_.set(
+        r.last_at ? std::chrono::duration<double>(r.last_at->time_since_epoch()).count() : 0.0);
+    oldest_run_.set(
+        r.oldest_run ? std::max(0.0, std::chrono::duration<double>(r.now - *r.oldest_run).count())
+                     : 0.0);
+    double held = 0, xmin = 0;
+    for (const auto& h : health->holders) {
+      xmin = std::max(xmin, static_cast<double>(h.xmin_age));
+      if (h.since && (h.kind == "session" || h.kind == "prepared"))
+        held = std::max(held, std::chrono::duration<double>(r.now - *h.since).count());
+    }
+    oldest_snapshot_.set(held);
+    xmin_age_.set(xmin);
+  } else {
+    spdlog::debug("metrics: reading the database's health: {}", health.error().format());
   }
   up_.set(1);
   // Flows that had tasks before and have none now read 0, not their last value.

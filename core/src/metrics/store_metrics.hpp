@@ -67,6 +67,13 @@ class StoreMetrics {
   Family<Gauge>& schedules_;
   Family<Gauge>& schedule_next_;
   Family<Gauge>& schedule_lag_;
+  Family<Gauge>& table_rows_;
+  Family<Gauge>& table_bytes_;
+  Family<Gauge>& retention_removed_;
+  Gauge& retention_last_;
+  Gauge& oldest_run_;
+  Gauge& oldest_snapshot_;
+  Gauge& xmin_age_;
   Gauge& up_;
   Gauge& read_seconds_;
 

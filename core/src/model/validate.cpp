@@ -32,6 +32,13 @@ std::string slug_problem(std::string_view slug) {
   return {};
 }
 
+std::optional<std::string> retention_age_problem(Millis age) {
+  if (age == Retention::kKeep || (age >= Millis{1'000} && age <= Retention::kMaxAge))
+    return std::nullopt;
+  if (age < Millis{0}) return std::string("is too long: it is 1s..3660d, or keep");
+  return fmt::format("{} is out of range 1s..3660d (or keep)", format_duration_days(age));
+}
+
 bool is_valid_slug(std::string_view slug) noexcept {
   if (slug.empty() || slug.size() > kMaxSlugLength) return false;
   if (!(slug[0] >= 'a' && slug[0] <= 'z')) return false;
@@ -63,6 +70,7 @@ class Checker {
     check_options("/options", flow_.options, "");
     if (flow_.concurrency) check_concurrency("/concurrency", *flow_.concurrency, "");
     if (flow_.rate_limit) check_rate_limit("/rate_limit", *flow_.rate_limit, "");
+    check_retention();
     if (flow_.steps.empty()) report("/steps", "has no steps; a flow needs at least one");
     if (flow_.steps.size() > kMaxSteps)
       report("/steps", fmt::format("has {} steps; the limit is {}", flow_.steps.size(), kMaxSteps));
@@ -123,6 +131,19 @@ class Checker {
       report(pointer + "/limit", fmt::format("{}concurrency limit {} is out of range 1..{}", who,
                                              c.limit, Concurrency::kMaxLimit));
     if (c.key) check_key(pointer + "/key", who + "concurrency key", *c.key);
+  }
+
+  // Each age of the flow's retention keep, or in range.
+  void check_retention() {
+    const std::pair<const char*, const std::optional<Millis>*> ages[] = {
+        {"completed", &flow_.retention.completed},
+        {"failed", &flow_.retention.failed},
+        {"cancelled", &flow_.retention.cancelled}};
+    for (const auto& [status, age] : ages)
+      if (*age)
+        if (auto problem = retention_age_problem(**age))
+          report(fmt::format("/retention/{}", status),
+                 fmt::format("retention of {} runs: {}", status, *problem));
   }
 
   // A limit and a period in range, a key that is a JSON pointer.

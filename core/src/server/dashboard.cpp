@@ -445,7 +445,22 @@ std::string escape(std::string_view text) {
   return out;
 }
 
-std::string flows_page(const json& flows, const json& recent_runs, std::string_view runs_error) {
+namespace {
+
+// The database's warnings (app::health_report's), each a notice; "" when there are none.
+std::string health_warnings(const json& warnings) {
+  std::string out;
+  if (!warnings.is_array()) return out;
+  for (const auto& w : warnings)
+    out += fmt::format("<p class=\"error\" role=\"alert\" data-db-warning>{}</p>",
+                       escape(w.is_string() ? w.get<std::string>() : std::string()));
+  return out;
+}
+
+}  // namespace
+
+std::string flows_page(const json& flows, const json& recent_runs, std::string_view runs_error,
+                       const json& db_warnings) {
   std::string cards;
   for (const auto& f : flows) {
     const std::string slug = str(f, "slug");
@@ -462,10 +477,10 @@ std::string flows_page(const json& flows, const json& recent_runs, std::string_v
                            : std::string("<p class=\"error\">The runs cannot be read.</p>"));
   }
   if (flows.empty()) cards = "<p class=\"muted\">No flows are registered.</p>";
-  return layout(
-      "Flows", "/",
-      fmt::format("<h1>Flows</h1>{}<div class=\"cards\">{}</div>",
-                  runs_error.empty() ? std::string() : runs_unreadable(runs_error), cards));
+  return layout("Flows", "/",
+                fmt::format("<h1>Flows</h1>{}{}<div class=\"cards\">{}</div>",
+                            runs_error.empty() ? std::string() : runs_unreadable(runs_error),
+                            health_warnings(db_warnings), cards));
 }
 
 namespace {
@@ -488,6 +503,22 @@ std::string concurrency_text(const json& j, std::string_view what) {
         r.contains("key") ? " per key <code>" + esc(r, "key") + "</code>" : std::string());
   }
   return out;
+}
+
+}  // namespace
+
+namespace {
+
+// A flow's retention (flow_json's): "completed: 1d, failed: keep; the others: the workers' default"
+std::string retention_shown(const json& flow) {
+  const json& r = flow.contains("retention") ? flow["retention"] : json(nullptr);
+  std::string own;
+  if (r.is_object())
+    for (const char* status : {"completed", "failed", "cancelled"})
+      if (r.contains(status) && r[status].is_string())
+        own += fmt::format("{}{}: {}", own.empty() ? "" : ", ", status, esc(r, status));
+  return own.empty() ? std::string("the workers' default (worker.retention)")
+                     : own + "; the others: the workers' default";
 }
 
 }  // namespace
@@ -542,7 +573,8 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
       "<h1>Flow {0}</h1><p>{1}</p><dl class=\"meta\"><dt>Module</dt><dd>{2}</dd><dt>Version</dt>"
       "<dd><code>{3}</code></dd><dt>Source</dt><dd>{4}</dd><dt>Options</dt><dd>{5} attempts, "
       "backoff {6} → {7}, timeout {8}, priority "
-      "{15}{16}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
+      "{15}{16}</dd><dt>Retention</dt><dd "
+      "data-flow-retention>{17}</dd></dl><h2>DAG</h2>{9}<h2>Steps</h2><div "
       "class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th><th "
       "scope=\"col\">Kind</th><th scope=\"col\">Handler</th><th scope=\"col\">Depends on</th><th "
       "scope=\"col\" class=\"wide\">Options</th></tr></thead><tbody>{10}</tbody></table></div>"
@@ -553,7 +585,8 @@ std::string flow_page(const json& flow, const json& runs, std::string_view runs_
       esc(o, "timeout"), dag_img(flow), steps,
       flow["input_schema"].is_null() ? "none" : escape(json_text(flow["input_schema"], 2)),
       runs_error.empty() ? runs_table(runs, false) : runs_unreadable(runs_error), url_part(slug),
-      start_form(slug, flow["input_schema"]), esc(o, "priority"), concurrency_text(flow, "runs"));
+      start_form(slug, flow["input_schema"]), esc(o, "priority"), concurrency_text(flow, "runs"),
+      retention_shown(flow));
   if (flow.contains("schedules") || flow.contains("schedules_error"))
     content += flow_schedules(flow);
   return layout("Flow " + slug, "/", content);
@@ -860,7 +893,71 @@ std::string run_page(const json& run, const json& tasks, const json& attempts) {
   return layout("Run " + id.substr(0, 8), "/runs", content, id);
 }
 
-std::string workers_page(const json& workers) {
+namespace {
+
+// The database's health (GET /api/v1/health): warnings, what holds VACUUM back, the tables and
+// retention.
+std::string health_section(const json& h) {
+  if (h.is_string())
+    return fmt::format(
+        "<section id=\"database\"><h2>Database</h2><p class=\"error\">The database's health "
+        "cannot be read: {}</p></section>",
+        escape(h.get<std::string>()));
+  if (!h.is_object()) return {};
+  std::string holders;
+  for (const auto& x : h["holders"])
+    holders += fmt::format(
+        "<tr data-db-holder=\"{0}\"><td>{1}</td><td class=\"mono\">{0}</td><td>{2}</td><td>{3}"
+        "</td><td>{4}</td><td>{5}</td><td class=\"wide mono\">{6}</td></tr>",
+        esc(x, "name"), esc(x, "kind"), esc(x, "application"), esc(x, "xmin_age"),
+        x["held_s"].is_number() ? fmt::format("{:.0f} s", x["held_s"].get<double>()) : "",
+        esc(x, "state"), esc(x, "query"));
+  std::string tables;
+  for (const auto& t : h["tables"])
+    tables += fmt::format(
+        "<tr data-db-table=\"{0}\"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3:.0f}%</td>"
+        "<td>{4}</td><td>{5}</td><td>{6}</td><td>{7}</td></tr>",
+        esc(t, "name"), esc(t, "live_rows"), esc(t, "dead_rows"), t.value("dead_share", 0.0) * 100,
+        esc(t, "table_bytes"), esc(t, "index_bytes"), esc(t, "bloat_bytes"),
+        t["vacuumed_at"].is_string() ? esc(t, "vacuumed_at") : "never");
+  const json& r = h["retention"];
+  std::string last = "no round yet";
+  if (r["last_round"].is_object()) {
+    const json& l = r["last_round"];
+    last =
+        fmt::format("last round {} by worker <span class=\"mono\">{}</span>: {} run(s) in {} ms{}",
+                    esc(l, "at"), esc(l, "worker"), esc(l, "runs"), esc(l, "took_ms"),
+                    l["error"].is_string() ? "; failed: " + esc(l, "error") : std::string());
+  }
+  return fmt::format(
+      "<section id=\"database\"><h2>Database</h2>{0}"
+      "<h3>Holding back VACUUM</h3>{1}"
+      "<h3>Tables</h3><div class=\"table-wrap\"><table id=\"db-tables\"><thead><tr>"
+      "<th scope=\"col\">Table</th><th scope=\"col\">Live rows</th><th scope=\"col\">Dead rows"
+      "</th><th scope=\"col\">Dead</th><th scope=\"col\">Table bytes</th><th scope=\"col\">"
+      "Index bytes</th><th scope=\"col\" title=\"estimated\">Bloat bytes</th><th scope=\"col\">"
+      "Last vacuum</th></tr></thead><tbody>{2}</tbody></table></div>"
+      "<h3>Retention</h3><p data-retention>{3} round(s), {4} run(s) and {5} event(s) removed in "
+      "all; {6}; oldest run kept: {7}.</p></section>",
+      h.value("ok", true) ? std::string("<p class=\"muted\" data-db-ok>Nothing holds VACUUM back."
+                                        "</p>")
+                          : health_warnings(h["warnings"]),
+      holders.empty()
+          ? std::string("<p class=\"muted\">No session, prepared transaction, slot or standby "
+                        "holds a snapshot.</p>")
+          : fmt::format("<div class=\"table-wrap\"><table id=\"db-holders\"><thead><tr><th "
+                        "scope=\"col\">Kind</th><th scope=\"col\">Name</th><th scope=\"col\">"
+                        "Application</th><th scope=\"col\">xmin age</th><th scope=\"col\">Held"
+                        "</th><th scope=\"col\">State</th><th scope=\"col\" class=\"wide\">"
+                        "Query</th></tr></thead><tbody>{}</tbody></table></div>",
+                        holders),
+      tables, esc(r, "rounds"), esc(r, "runs_removed"), esc(r, "events_removed"), last,
+      r["oldest_run"].is_string() ? esc(r, "oldest_run") : "none");
+}
+
+}  // namespace
+
+std::string workers_page(const json& workers, const json& health) {
   std::string rows;
   for (const auto& w : workers) {
     std::string flows;
@@ -895,6 +992,7 @@ std::string workers_page(const json& workers) {
                 "<th scope=\"col\">Actions</th></tr>"
                 "</thead><tbody>{}</tbody></table></div>",
                 rows);
+  content += health_section(health);
   return layout("Workers", "/workers", content);
 }
 

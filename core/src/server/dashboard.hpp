@@ -19,8 +19,9 @@ std::string escape(std::string_view text);
 
 // `runs_error`: why the runs could not be read (the database is unreachable), shown in their place;
 // empty when they were read.
-std::string flows_page(const json& flows, const json& recent_runs,
-                       std::string_view runs_error = {});
+// `db_warnings`: the database's warnings (app::health_report's), shown above the flows.
+std::string flows_page(const json& flows, const json& recent_runs, std::string_view runs_error = {},
+                       const json& db_warnings = nullptr);
 std::string flow_page(const json& flow, const json& runs, std::string_view runs_error = {});
 // The runs come as summaries (app::run_summary_json).
 // `filter`: {flow, status, id, key, since, until, text} as given (strings, possibly empty),
@@ -39,7 +40,9 @@ inline constexpr std::size_t kPreviewBytes = 4096;
 // `attempts`: a page of the run's attempts (ServerState::run_attempts), shown under the steps;
 // null: none shown.
 std::string run_page(const json& run, const json& tasks = nullptr, const json& attempts = nullptr);
-std::string workers_page(const json& workers);
+// `health`: the database's health (GET /api/v1/health's body), shown under the workers; a string:
+// why it could not be read; null: not shown.
+std::string workers_page(const json& workers, const json& health = nullptr);
 std::string plugins_page(const json& plugins);
 // The schedules (app::schedule_json's), by name, each with its buttons (forms POSTing to
 // /schedules/{name}/pause, resume, trigger and delete); `more`: there are more than those shown;

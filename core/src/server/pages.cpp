@@ -7,6 +7,7 @@
 #include <chrono>
 
 #include "app/forms.hpp"
+#include "app/health.hpp"
 #include "app/schedules.hpp"
 #include "server/dashboard.hpp"
 #include "server/http_helpers.hpp"
@@ -114,7 +115,11 @@ void register_page_routes(http::Router& h, ServerState& state) {
       res.status = http::status_of(runs.error());
       runs_error = runs.error().message;
     }
-    res.set_content(dashboard::flows_page(state.flows_json(), recent, runs_error), kHtml);
+    // The database's warnings (what holds VACUUM back, a failed retention round), when it answers.
+    auto health = state.stores.with([](RunStore& store) { return app::db_health(store); });
+    res.set_content(dashboard::flows_page(state.flows_json(), recent, runs_error,
+                                          health ? health->body["warnings"] : json(nullptr)),
+                    kHtml);
   });
   h.Get(R"(/flows/([^/]+))", [&state](const Request& req, Response& res) {
     const FlowRef flow = state.options.registry->get(req.matches[1].str());
@@ -198,7 +203,9 @@ void register_page_routes(http::Router& h, ServerState& state) {
     if (!workers) return html_error(res, http::status_of(workers.error()), workers.error().message);
     json out = json::array();
     for (const auto& w : *workers) out.push_back(app::worker_json(w));
-    res.set_content(dashboard::workers_page(out), kHtml);
+    auto health = state.stores.with([](RunStore& store) { return app::db_health(store); });
+    res.set_content(
+        dashboard::workers_page(out, health ? health->body : json(health.error().message)), kHtml);
   });
   h.Get("/plugins", [&state](const Request&, Response& res) {
     res.set_content(dashboard::plugins_page(plugins_json(state)), kHtml);

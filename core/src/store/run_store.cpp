@@ -127,6 +127,19 @@ Json flow_definition_json(const FlowDef& flow) {
            {"input_schema", flow.input_schema.value_or(Json(nullptr))}};
   if (flow.concurrency) out["concurrency"] = concurrency_json(*flow.concurrency);
   if (flow.rate_limit) out["rate_limit"] = rate_limit_json(*flow.rate_limit);
+  // Its retention (flowreg.retain reads the version stored last), the ages it sets: milliseconds,
+  // or null to keep. Stored when set, so that a definition stored before retention existed is the
+  // same definition.
+  if (!flow.retention.empty()) {
+    Json retention = Json::object();
+    const auto put = [&](const char* key, const std::optional<Millis>& age) {
+      if (age) retention[key] = *age == Retention::kKeep ? Json(nullptr) : Json(age->count());
+    };
+    put("completed_ms", flow.retention.completed);
+    put("failed_ms", flow.retention.failed);
+    put("cancelled_ms", flow.retention.cancelled);
+    out["retention"] = std::move(retention);
+  }
   return out;
 }
 

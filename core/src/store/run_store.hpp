@@ -497,6 +497,54 @@ struct ScrapeCounts {
   ScrapeWindow next;
 };
 
+// Retention (docs/operations.md#retention; flowreg.retain, migration 0029).
+// Key of the session advisory lock that one retention round at a time holds: "flowretn" in ASCII.
+inline constexpr std::int64_t kRetentionLockKey = 0x666c6f777265746e;
+
+// What one round of retention did.
+struct RetentionRound {
+  bool locked_out = false;  // another session held the retention lock: nothing was done
+  std::int64_t runs = 0;    // runs deleted (with their steps, tasks, attempts and signals)
+  std::int64_t events = 0;
+  std::int64_t buckets = 0;  // idle rate-limit buckets
+  Millis took{0};
+};
+
+// What the rounds of retention did, as flowreg.retention records them, and the history kept.
+struct RetentionState {
+  std::int64_t rounds = 0, runs_removed = 0, events_removed = 0;
+  std::optional<TimePoint> last_at;  // the end of the last round
+  Millis last_took{0};
+  std::int64_t last_runs = 0;
+  std::string last_worker, last_error;
+  std::optional<TimePoint> oldest_run;  // the creation of the oldest run kept; none: no runs
+  bool running = false;                 // a session holds the retention lock now
+  TimePoint now;                        // the server's clock
+};
+
+// What holds VACUUM back (health_holders.sql): a session with an old snapshot or transaction, a
+// prepared transaction, a replication slot, a standby's hot_standby_feedback.
+struct VacuumHolder {
+  std::string kind;  // session, prepared, slot, standby
+  std::string name;  // a pid, a prepared transaction's gid, a slot's name
+  std::string application, who, client, state, query;
+  std::int64_t xmin_age = 0;       // transactions since its xmin
+  std::optional<TimePoint> since;  // when its transaction started
+};
+
+// One of flowreg's tables (health_tables.sql).
+struct TableHealth {
+  std::string name;
+  std::int64_t live = 0, dead = 0, table_bytes = 0, index_bytes = 0, bloat_bytes = 0, vacuums = 0;
+  std::optional<TimePoint> vacuumed, analyzed;
+};
+
+struct DbHealth {
+  std::vector<VacuumHolder> holders;  // the oldest first
+  std::vector<TableHealth> tables;
+  RetentionState retention;
+};
+
 class RunStore {
  public:
   // Connects (Errc::database on failure). The database must hold the migrated schema.
@@ -645,6 +693,19 @@ class RunStore {
   // day ago: full buckets, which a missing row stands for. Walks them by key, `batch` at a time,
   // each batch its own statement. Returns how many it deleted.
   Result<std::int64_t> prune_rate_buckets(int batch = kPruneBatch);
+
+  // One round of retention (flowreg.retain): under the retention lock (taken at once, or the
+  // round is locked_out), the ended runs whose time is up by `settings` and their flows' own
+  // retention, in transactions of at most `batch` runs each; then the events older than
+  // settings.events and the idle rate-limit buckets; recorded in flowreg.retention as by
+  // `worker`. `stop` is asked between batches: true ends the round early (what was deleted stays
+  // deleted).
+  static constexpr int kRetainBatch = 1'000;
+  Result<RetentionRound> retain(const RetentionSettings& settings, std::string_view worker,
+                                int batch = kRetainBatch, const std::function<bool()>& stop = {});
+  Result<RetentionState> retention_state();
+  // What holds VACUUM back (the `holders` oldest), flowreg's tables, and retention's state.
+  Result<DbHealth> db_health(int holders = 10);
 
   Result<std::optional<RunInfo>> get_run(const RunId& run);
   // Newest first. Keyset pagination: with `before`, only the runs after that one in this order

@@ -17,6 +17,7 @@
 #include "util/host_name.hpp"
 #include "worker/flow_service.hpp"
 #include "worker/handler_process.hpp"
+#include "worker/retainer.hpp"
 
 namespace flowreg::detail {
 
@@ -318,6 +319,7 @@ struct Worker::Impl {
   std::shared_ptr<Supervisor> top;  // NAME, whose one child is NAME.loops
   // Fires the due schedules of the flows served (stopped first: a draining worker fires none).
   std::unique_ptr<schedule::Scheduler> scheduler;
+  std::unique_ptr<Retainer> retainer;
 
   AnnotatedMutex mu;
   std::condition_variable_any failed_cv;
@@ -422,6 +424,9 @@ Result<std::unique_ptr<Worker>> Worker::start(WorkerOptions options, FlowSourceF
       return out;
     });
   }
+  if (raw->options.retention && raw->options.retention->enabled)
+    raw->retainer = std::make_unique<Retainer>(raw->options.conninfo, raw->options.worker_id,
+                                               *raw->options.retention);
   return std::unique_ptr<Worker>(new Worker(std::move(impl)));
 }
 
@@ -462,6 +467,7 @@ void Worker::begin_replacing() { impl_->engine->begin_replacing(); }
 
 void Worker::begin_drain() {
   if (impl_->scheduler) impl_->scheduler->stop();
+  if (impl_->retainer) impl_->retainer->stop();
   impl_->engine->begin_drain();
 }
 
@@ -474,6 +480,7 @@ DrainReport Worker::stop(SteadyTime pool_deadline) {
     impl_->stopped = true;
   }
   if (impl_->scheduler) impl_->scheduler->stop();
+  if (impl_->retainer) impl_->retainer->stop();
   impl_->top->stop();
   if (impl_->source.loader) impl_->source.loader->stop();
   const DrainReport report = impl_->engine->finish(pool_deadline);

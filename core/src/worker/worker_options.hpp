@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,8 @@ struct WorkerOptions {
   int lanes = 2;
   std::vector<std::string> flows;  // slugs served; empty: every loaded flow
   bool schedules = true;  // fire the due schedules of the flows served (schedule/scheduler.hpp)
+  // Take part in retention (worker/retainer.hpp) with these settings; unset: not this worker.
+  std::optional<RetentionSettings> retention;
 
   // Where handlers run unless their flow says (flowreg/flow.hpp, Isolation), and the limits of
   // handler processes under the flow's own.

@@ -228,6 +228,12 @@ class Flow : public WithOptions<Flow> {
     limits_ = std::move(limits);
     return *this;
   }
+  // How long its ended runs are kept (docs/operations.md#retention): {"completed": "1d",
+  // "failed": "90d", "cancelled": "keep"} (any of them; the others: the worker's default).
+  Flow& retention(json retention) {
+    retention_ = std::move(retention);
+    return *this;
+  }
   // `handler` is a handler of this plugin ("count_words") or of another module
   // ("text.count_words").
   Step& step(std::string slug, std::string handler) {
@@ -272,6 +278,7 @@ class Flow : public WithOptions<Flow> {
     if (!limits_.is_null()) j["limits"] = limits_;
     if (!concurrency_.is_null()) j["concurrency"] = concurrency_;
     if (!rate_limit_.is_null()) j["rate_limit"] = rate_limit_;
+    if (!retention_.is_null()) j["retention"] = retention_;
     j["steps"] = json::array();
     for (const auto& s : steps_) j["steps"].push_back(s.to_json(module));
     return j;
@@ -279,7 +286,7 @@ class Flow : public WithOptions<Flow> {
 
  private:
   std::string slug_, description_, isolation_;
-  json input_schema_, limits_;
+  json input_schema_, limits_, retention_;
   std::vector<Step> steps_;
 };
 
