@@ -161,9 +161,9 @@ constexpr int kStartChunk = 500;  // runs per start_runs call of a burn-down's b
 const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "backlog",
                                                     "start1", "startbatch", "latency"};
 const std::vector<std::string> kScenarios = {
-    "single",  "chain",   "fanout", "backlog",    "start1",    "startbatch",
-    "latency", "metrics", "scrape", "isolation",  "schedules", "priorities",
-    "keys",    "rates",   "waits",  "conditions", "children",  "longreader"};
+    "single",  "chain",      "fanout",    "backlog",    "start1",     "startbatch", "latency",
+    "metrics", "scrape",     "isolation", "schedules",  "priorities", "keys",       "rates",
+    "waits",   "conditions", "children",  "longreader", "retention"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -224,6 +224,9 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                alternating, --isolation-rounds times (runs/s, process/thread, medians); the
                memory and CPU of the workers and their handler processes after each burn-down;
                start -> handler latency (--samples runs per mode, alternating; p50, p99)
+  retention    (only when named) a burn-down of --runs bench_single runs, aged 2 hours, then one
+               round of retention (RunStore::retain, completed: 1h, 1,000 runs per transaction)
+               that deletes them all: its time and its cost per run deleted
   longreader   (only when named) --longreader-rounds R (default 2) rounds of two burn-downs of
                --runs bench_single runs at the first --batch and --workers: plain, and with a
                REPEATABLE READ transaction (as a pg_dump holds) opened before the runs start and
@@ -910,6 +913,7 @@ struct BurnSpec {
   std::string child{};         // the flow of the runs its flow steps start, stored beside it
   bool hold_snapshot = false;  // a REPEATABLE READ transaction held from before the starts to the
                                // end of the drain (a pg_dump's)
+  bool retain = false;         // after the drain: the runs aged 2 hours, then a round of retention
 };
 
 // A burn-down's idle workers and their handler processes, read after the last run completed and
@@ -1029,6 +1033,7 @@ struct BurnResult {
   std::vector<double> times;      // when spec.times: each completion, seconds after the spawn
   double wake_s = 0;              // when spec.wake_in_s: the sleeps' end -> last completion
   long dead_tasks = -1, dead_runs = -1;  // when spec.hold_snapshot: n_dead_tup at the drain's end
+  std::optional<Row> retained;  // when spec.retain: the round of retention that deleted the runs
 };
 
 // An RFC 3339 UTC time, to the millisecond.
@@ -1051,7 +1056,8 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       (spec.sleepers > 0 ? fmt::format("_s{}", spec.sleepers) : "") +
       (spec.waiters > 0 ? fmt::format("_sig{}", spec.waiters) : "") +
       (spec.wake_in_s > 0 ? fmt::format("_wake{}", spec.wake_in_s) : "") +
-      (spec.woke_before ? "_woke" : "") + (spec.hold_snapshot ? "_held" : "");
+      (spec.woke_before ? "_woke" : "") + (spec.hold_snapshot ? "_held" : "") +
+      (spec.retain ? "_retain" : "");
   BurnResult r;
   r.spec = spec;
 
@@ -1212,6 +1218,28 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
     if (end != "exit code 0")
       throw ScenarioFailed(fmt::format("{}: a worker did not stop cleanly on SIGTERM: {}\n{}", name,
                                        end, describe_workers(workers)));
+  if (spec.retain) {
+    // Every run ended two hours ago (and vacuumed after the update that says so), then one round
+    // of retention with completed runs kept one hour: it deletes them all, 1,000 per transaction.
+    psql(env, conninfo,
+         "UPDATE flowreg.runs SET created_at = created_at - interval '2 hours', "
+         "finished_at = finished_at - interval '2 hours'");
+    psql(env, conninfo, "VACUUM (ANALYZE)");
+    psql(env, conninfo, "CHECKPOINT");
+    flowreg::RetentionSettings hour;
+    hour.runs = {Millis(3'600'000), Millis(3'600'000), Millis(3'600'000)};
+    auto retainer = value_or_throw(RunStore::connect(conninfo), "connect");
+    const auto before = snapshot(env, conninfo);
+    const auto t = Clock::now();
+    const auto round = value_or_throw(retainer.retain(hour, "bench"), "retain");
+    const double took = seconds_between(t, Clock::now());
+    retainer = value_or_throw(RunStore::connect(conninfo), "connect");  // flushes the counters
+    const auto after = snapshot(env, conninfo);
+    if (round.runs != spec.runs)
+      throw ScenarioFailed(
+          fmt::format("{}: retention deleted {} runs of {}", name, round.runs, spec.runs));
+    r.retained = cost_row(spec.scenario, "retain x1000", spec.runs, took, before, after);
+  }
   drop_database(env, conninfo, "wb_" + name);
   return r;
 }
@@ -2041,7 +2069,8 @@ int run_bench(Env& env) {
   std::vector<BurnResult> singles, chains, fanouts, backlogs;
   std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;     // without, with --metrics
   std::vector<std::pair<BurnResult, BurnResult>> longreader_pairs;  // plain, snapshot held
-  std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;    // priority 0, 10 priorities
+  std::optional<BurnResult> retention_burn;
+  std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;  // priority 0, 10 priorities
   std::vector<std::vector<BurnResult>> key_rounds;  // bench_single, bench_keyed, bench_keyed_runs
   std::vector<std::pair<BurnResult, BurnResult>> rate_pairs;  // bench_single, bench_rated_high
   std::optional<BurnResult> rated_1000;
@@ -2123,6 +2152,17 @@ int run_bench(Env& env) {
       }
       std::printf("mean time ratio (with / without): %.3f\n",
                   sum / static_cast<double>(metrics_pairs.size()));
+    }
+    if (retention_burn && retention_burn->retained) {
+      std::printf(
+          "\nretention: %ld bench_single runs drained, aged 2 hours, then one round of retention "
+          "(completed: 1h), 1,000 runs per transaction; cost per run deleted\n",
+          retention_burn->spec.runs);
+      print_rows_header();
+      print_row(retention_burn->drain);
+      print_row(*retention_burn->retained);
+      std::printf("deleted %.0f runs/s\n", static_cast<double>(retention_burn->spec.runs) /
+                                               retention_burn->retained->seconds);
     }
     if (!longreader_pairs.empty()) {
       std::printf(
@@ -2371,6 +2411,12 @@ int run_bench(Env& env) {
         }
         metrics_pairs.push_back(pair);
       }
+    if (a.wants("retention")) {
+      BurnSpec spec{"retention",       "bench_single", 1,    a.workers.front(),
+                    a.batches.front(), a.runs,         false};
+      spec.retain = true;
+      retention_burn = burn_down(env, spec);
+    }
     if (a.wants("longreader"))
       for (int round = 1; round <= a.longreader_rounds; ++round) {
         std::pair<BurnResult, BurnResult> pair;  // plain, held

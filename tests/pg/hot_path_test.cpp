@@ -1014,13 +1014,15 @@ TEST_SUITE("hot_path") {
     // Whole reads by design: the metrics scrape's counts of the tasks queued (with the oldest ready
     // among them) and running, which are what they count; the list of workers, which lists them
     // all with the tasks each holds (counted over the started tasks, as many as the slots), and a
-    // worker's first heartbeat, which forgets the workers long silent among them.
+    // worker's first heartbeat, which forgets the workers long silent among them; and the record
+    // of a round of retention, in flowreg.retention's one row (migration 0029).
     const std::string workers_list = "FROM flowreg.workers w\n LEFT JOIN (SELECT t.worker_id";
     const std::vector<std::pair<std::string, std::string>> by_design{
         {"Seq Scan on workers", workers_list},
         {"Index Scan on workers using workers_pkey", workers_list},
         {"Index Scan on tasks using tasks_leased", workers_list},
         {"Seq Scan on workers", "DELETE FROM flowreg.workers o"},
+        {"Seq Scan on retention", "UPDATE flowreg.retention SET rounds = rounds + 1"},
         {"Index Scan on tasks using tasks_queued",
          "FROM flowreg.tasks WHERE status = 'queued' AND gate IS NULL GROUP BY flow_slug"},
         {"Index Scan on tasks using tasks_gated",
