@@ -314,10 +314,11 @@ TEST_SUITE("schema") {
     CHECK(defaults.runs.failed == Millis(30 * 86'400'000LL));
     CHECK(defaults.interval == Millis(60'000));
 
-    CHECK(problems_of_text("flows: [{slug: a, retention: {completed: 0s}, steps: [{slug: s, "
-                           "handler: m.s}]}]\n") ==
-          std::vector<std::string>{"inline.yaml:1:31: flow 'a': retention of completed runs: 0ms is "
-                                   "out of range 1s..3660d (or keep)"});
+    CHECK(
+        problems_of_text("flows: [{slug: a, retention: {completed: 0s}, steps: [{slug: s, "
+                         "handler: m.s}]}]\n") ==
+        std::vector<std::string>{"inline.yaml:1:31: flow 'a': retention of completed runs: 0ms is "
+                                 "out of range 1s..3660d (or keep)"});
     CHECK(problems_of_text("flows: [{slug: a, retention: {failed: 4000d}, steps: [{slug: s, "
                            "handler: m.s}]}]\n") ==
           std::vector<std::string>{"inline.yaml:1:31: flow 'a': retention of failed runs: 4000d is "
