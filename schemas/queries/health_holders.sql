@@ -3,8 +3,9 @@
 -- this database with a snapshot or a transaction (backend_xmin, backend_xid; this one aside: it
 -- has a snapshot while it reads), prepared transactions, replication slots (xmin, catalog_xmin)
 -- and standbys whose hot_standby_feedback reports an xmin. since_us: when the transaction (or the
--- prepared one) started, -1 when unknown. A role without pg_read_all_stats sees other roles'
--- sessions without their query ('<insufficient privilege>').
+-- prepared one) started, -1 when unknown; query: a session's first 300 characters. A role
+-- without pg_read_all_stats sees other roles' sessions without their query ('<insufficient
+-- privilege>').
 SELECT h.* FROM (
  SELECT 'session' AS kind, a.pid::text AS name, coalesce(a.application_name, '') AS application,
   coalesce(a.usename::text, '') AS who, coalesce(a.client_addr::text, '') AS client,

@@ -119,6 +119,25 @@ void one_completed_now(fdr::RunStore& store, const fdr::FlowKey& key) {
   }
 }
 
+// The configuration of a `flowreg` on `conninfo`, written in `dir`: worker retention of completed
+// runs 1 hour, a round every second, and the flow `slug` of one sleep step (no plugin needed) with
+// `retention` (YAML, "" for none) of its own. Its path.
+std::filesystem::path retention_config(const std::filesystem::path& dir,
+                                       const std::string& conninfo, const std::string& slug,
+                                       const std::string& retention) {
+  std::filesystem::create_directories(dir / "plugins");
+  const auto config = dir / "flowreg.yaml";
+  std::ofstream(config) << "module: " << slug << "\ndatabase:\n  url: " << RetJson(conninfo).dump()
+                        << "\n  data_dir: " << RetJson((dir / "data").string()).dump()
+                        << "\nplugins: {dir: " << RetJson((dir / "plugins").string()).dump()
+                        << ", watch: false}\n"
+                        << "worker:\n  retention: {completed: 1h, interval: 1s}\n"
+                        << "flows:\n  - slug: " << slug << "\n"
+                        << (retention.empty() ? "" : "    retention: " + retention + "\n")
+                        << "    steps: [{slug: nap, kind: sleep, duration: 1ms}]\n";
+  return config;
+}
+
 // A round once no session holds the retention lock: a session that ended (closed, killed) holds
 // it until the server has ended its backend, a moment later. Up to 10 s.
 fdr::RetentionRound round_when_free(fdr::RunStore& store, const flowreg::RetentionSettings& s) {
@@ -252,19 +271,10 @@ TEST_SUITE("retention") {
     age_runs(env.conninfo, 3);
     REQUIRE(retention_counts(env.conninfo, "ret_many") == "completed=20000 started=1");
 
-    const auto dir = flowreg::pgtest::test_root() / "ret_kill";
-    std::filesystem::create_directories(dir);
-    const auto config = dir / "flowreg.yaml";
     // A worker's round (its first, 100 to 200 ms after it starts; 1,000 runs per batch), or one
     // of `db retain` in batches of 20.
-    std::ofstream(config) << "module: retk\ndatabase:\n  url: " << RetJson(env.conninfo).dump()
-                          << "\n  data_dir: " << RetJson((dir / "data").string()).dump()
-                          << "\nplugins: {dir: " << RetJson((dir / "plugins").string()).dump()
-                          << ", watch: false}\n"
-                          << "worker:\n  retention: {completed: 1h, interval: 1s}\n"
-                          << "flows:\n  - slug: retk_nap\n"
-                          << "    steps: [{slug: nap, kind: sleep, duration: 1ms}]\n";
-    std::filesystem::create_directories(dir / "plugins");
+    const auto dir = flowreg::pgtest::test_root() / "ret_kill";
+    const auto config = retention_config(dir, env.conninfo, "retk_nap", "");
     bool by_worker = false;
     std::vector<std::string> argv{FLOWREG_BINARY, "--config", config.string()};
     SUBCASE("db retain") { argv.insert(argv.end(), {"db", "retain", "--batch", "20"}); }
@@ -314,19 +324,10 @@ TEST_SUITE("retention") {
 
   TEST_CASE("a flowreg worker runs retention by itself, every interval, and says what it removed") {
     auto env = flowreg::pgtest::claim_env("ret_worker");
+    // A flow of one sleep step, kept 1 hour once completed by the worker's default, and cancelled
+    // runs kept for good by the flow's own retention.
     const auto dir = flowreg::pgtest::test_root() / "ret_worker";
-    std::filesystem::create_directories(dir);
-    const auto config = dir / "flowreg.yaml";
-    // A flow of one sleep step (no plugin needed), kept 1 hour once completed by the worker's
-    // default, and cancelled runs kept for good by the flow's own retention.
-    std::ofstream(config) << "module: retw\ndatabase:\n  url: " << RetJson(env.conninfo).dump()
-                          << "\n  data_dir: " << RetJson((dir / "data").string()).dump()
-                          << "\nplugins: {dir: " << RetJson((dir / "plugins").string()).dump()
-                          << ", watch: false}\n"
-                          << "worker:\n  retention: {completed: 1h, interval: 1s}\n"
-                          << "flows:\n  - slug: ret_nap\n    retention: {cancelled: keep}\n"
-                          << "    steps: [{slug: nap, kind: sleep, duration: 1ms}]\n";
-    std::filesystem::create_directories(dir / "plugins");
+    const auto config = retention_config(dir, env.conninfo, "ret_nap", "{cancelled: keep}");
     auto worker = flowreg::test::Child::spawn(
         {FLOWREG_BINARY, "--config", config.string(), "--log-level", "info", "worker"},
         (dir / "out").string(), (dir / "err").string());
