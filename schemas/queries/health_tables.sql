@@ -4,7 +4,8 @@
 -- table's bloat: its main fork's bytes beyond what its live rows need at their average width
 -- (pg_stats; a row's 24-byte header and 4-byte line pointer added, pages of 8,168 usable bytes),
 -- 0 when the table was never analyzed.
-SELECT c.relname::text AS name, coalesce(s.n_live_tup, 0) AS live, coalesce(s.n_dead_tup, 0) AS dead,
+SELECT c.relname::text AS name, coalesce(s.n_live_tup, 0) AS live,
+ coalesce(s.n_dead_tup, 0) AS dead,
  pg_table_size(c.oid) AS table_bytes, pg_indexes_size(c.oid) AS index_bytes,
  coalesce((extract(epoch FROM greatest(s.last_vacuum, s.last_autovacuum)) * 1000000)::bigint, -1)
   AS vacuumed_us,
