@@ -374,11 +374,14 @@ TEST_SUITE("retention") {
     CHECK_MESSAGE(log.find("retention removed 3 run(s)") != std::string::npos, log);
   }
 
-  TEST_CASE("db health names the pid of a session holding a snapshot, and the table's dead rows") {
+  TEST_CASE("db health names the pid of a session holding a snapshot, with its query cut short") {
     auto env = flowreg::pgtest::claim_env("ret_health");
     pqxx::connection reader(env.conninfo);
     pqxx::transaction<pqxx::isolation_level::repeatable_read> snapshot(reader, "held");
-    snapshot.exec("SELECT count(*) FROM flowreg.runs");
+    // A query of 10,000 characters, multi-byte ones among them: shown by its first 300.
+    std::string comment;
+    for (int i = 0; i < 2'500; ++i) comment += "é\n<b>";
+    snapshot.exec("SELECT count(*) FROM flowreg.runs /* " + comment + " */");
     const auto pid = std::to_string(reader.backendpid());
     std::this_thread::sleep_for(1100ms);
     flowreg::app::HealthThresholds limits;
@@ -390,14 +393,23 @@ TEST_SUITE("retention") {
     for (const auto& h : holders)
       if (h["kind"] == "session" && h["name"] == pid) {
         named = true;
-        CHECK(h["query"].get<std::string>().find("flowreg.runs") != std::string::npos);
+        const std::string query = h["query"].get<std::string>();
+        CHECK(query.find("flowreg.runs") != std::string::npos);
+        // 300 characters: 35 of the SELECT, then "é\n<b>" (6 bytes for 5 characters) repeated.
+        CHECK(query.size() <= 300 * 2);
+        CHECK(query.size() > 300);
         CHECK(h["held_s"].get<double>() >= 1.0);
       }
     CHECK(named);
     CHECK_FALSE(health->body["ok"].get<bool>());
     bool warned = false;
     for (const auto& w : health->warnings)
-      if (w.find("session pid " + pid) != std::string::npos) warned = true;
+      if (w.find("session pid " + pid) != std::string::npos) {
+        warned = true;
+        // The warning quotes the query's first 120 bytes or so, on one line.
+        CHECK(w.size() < 600);
+        CHECK(w.find('\n') == std::string::npos);
+      }
     CHECK_MESSAGE(warned, health->body["warnings"].dump());
     // Its tables: every flowreg table, with sizes.
     bool runs_table = false;

@@ -1495,7 +1495,7 @@ TEST_SUITE("serve") {
     pqxx::connection reader(*url);
     std::optional<pqxx::transaction<pqxx::isolation_level::repeatable_read>> held;
     held.emplace(reader, "held");
-    held->exec("SELECT count(*) FROM flowreg.events");
+    held->exec("SELECT count(*) FROM flowreg.events /* <script>alert(1)</script> */");
     const std::string pid = std::to_string(reader.backendpid());
     {
       pqxx::connection writer(*url);
@@ -1535,6 +1535,9 @@ TEST_SUITE("serve") {
     CHECK(workers->body.find("data-db-holder=\"" + pid + "\"") != std::string::npos);
     CHECK(workers->body.find("data-db-table=\"events\"") != std::string::npos);
     CHECK(workers->body.find("data-retention>") != std::string::npos);
+    // The holder's query, from outside, is escaped where it shows.
+    CHECK(workers->body.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);
+    CHECK(workers->body.find("<script>alert") == std::string::npos);
     auto metrics = c.Get("/metrics");
     REQUIRE(metrics);
     CHECK(metrics->body.find("flowreg_table_rows{table=\"events\",kind=\"dead\"}") !=
