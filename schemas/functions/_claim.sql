@@ -31,18 +31,66 @@ DECLARE
   v_set text;  -- set_config's value, unused (an assignment needs no query: see work)
   v_gated flowreg.tasks[];  -- the tasks with a gate claimed, as _claim_gated claimed them
   v_room int;  -- what is left of p_limit for the walks of tasks_queued
+  -- The claim frontier (see below): per flow of v_slugs, the hex of its hash, which names its
+  -- session settings, and whether this claim sweeps it; the tasks the walk took (locked), and per
+  -- task its flow's place in v_slugs, its level (NULL: the walk at level 0) and its available_at.
+  v_hexes text[];
+  v_sweeps boolean[];
+  v_ids bigint[];
+  v_ns int[];
+  v_levels int[];
+  v_ats timestamptz[];
+  v_leases_from timestamptz;  -- the lapsed leases this claim looks for expired since then
 BEGIN
   IF v_direct IS NOT NULL THEN
     v_set := set_config('flowreg.claimed', '', true);
   END IF;
-  SELECT array_agg(f.slug), array_agg(f.version) INTO v_slugs, v_versions
-  FROM jsonb_to_recordset(p_flows) AS f(slug text, version text);
+  -- The claim frontier (issue 52). A walk of tasks_queued from a flow's oldest entry steps over
+  -- the entries of every task claimed since the oldest snapshot still held (a pg_dump, a long
+  -- report, a replica's hot_standby_feedback): they stay in the index, dead but not yet removable,
+  -- so under a held snapshot each claim of a drain paid for all the claims before it. So a
+  -- session remembers, per flow and level, the newest available_at it claimed less 10 ms (session
+  -- settings read by _front), and its next walk of that level starts there. A task can be queued
+  -- behind a frontier: its transaction began (its now()) more than the 10 ms before it committed,
+  -- or a claim that had locked it rolled back, or its gate or level changed. Such a task is found
+  -- by the sweep: once a second per session and flow (flowreg.swept_<hex>, epoch seconds), a claim
+  -- walks the flow's levels from their oldest entries. Lapsed leases likewise: a claim looks for
+  -- the leases expired since its session's previous claim of the flow, less 10 ms
+  -- (flowreg.leased_<hex>), and a sweep for all of them (a probe of tasks_leased from the oldest
+  -- expiry steps over the entries of every task completed since the snapshot, its lease long
+  -- gone). A session's first claim of a flow sweeps it. (Per flow, not per session: a session
+  -- makes the round trips of many flows, worker/lanes.hpp.)
+  SELECT array_agg(f.slug ORDER BY f.n), array_agg(f.version ORDER BY f.n),
+         array_agg(f.hex ORDER BY f.n),
+         array_agg(coalesce(f.swept NOT BETWEEN extract(epoch FROM now())::float8 - 1.0
+                                            AND extract(epoch FROM now())::float8, true)
+                   ORDER BY f.n),
+         min(CASE WHEN f.swept BETWEEN extract(epoch FROM now())::float8 - 1.0
+                                   AND extract(epoch FROM now())::float8
+                  THEN to_timestamp(nullif(current_setting('flowreg.leased_' || f.hex, true),
+                                           '')::float8) - interval '10 ms' END)
+  INTO v_slugs, v_versions, v_hexes, v_sweeps, v_leases_from
+  FROM ROWS FROM (jsonb_to_recordset(p_flows) AS (slug text, version text))
+       WITH ORDINALITY AS j(slug, version, n)
+  CROSS JOIN LATERAL (
+    SELECT j.slug, j.version, j.n, h.hex,
+           nullif(current_setting('flowreg.swept_' || h.hex, true), '')::float8 AS swept
+    FROM (SELECT to_hex(hashtextextended(j.slug || ' ' || j.version, 0)) AS hex) h) f;
   IF v_slugs IS NULL OR p_limit <= 0 THEN
     RETURN;
   END IF;
+  -- Leases are looked for from the earliest of the flows' bounds (any flow swept: all of them).
+  IF EXISTS (SELECT FROM unnest(v_sweeps) w WHERE w) OR v_leases_from IS NULL THEN
+    v_leases_from := '-infinity';
+  END IF;
+  PERFORM set_config('flowreg.leased_' || h, extract(epoch FROM now())::text, false),
+          CASE WHEN w THEN set_config('flowreg.swept_' || h, extract(epoch FROM now())::text,
+                                      false) END
+  FROM unnest(v_hexes, v_sweeps) AS x(h, w);
 
   IF EXISTS (SELECT 1 FROM flowreg.tasks t
-             WHERE t.status = 'started' AND t.lease_expires_at < now()) THEN
+             WHERE t.status = 'started' AND t.lease_expires_at < now()
+               AND t.lease_expires_at >= v_leases_from) THEN
     -- Exhausted: lock the tasks, then their runs, skipping busy ones (so never waiting: a solo
     -- task is locked before its run, as every writer does, and another task's run, locked
     -- after it here, is skipped when busy). Here and below, rows are found by their ids as
@@ -53,6 +101,7 @@ BEGIN
              CASE WHEN t.error_at >= t.started_at THEN t.error END AS error
       FROM flowreg.tasks t
       WHERE t.status = 'started' AND t.lease_expires_at < now()
+        AND t.lease_expires_at >= v_leases_from
         AND t.attempt >= coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
                                    WHERE fs.flow_slug = t.flow_slug AND fs.version = t.flow_version
                                      AND fs.step_slug = t.step_slug), 0)
@@ -79,6 +128,7 @@ BEGIN
     WITH lapsed AS MATERIALIZED (
       SELECT e.id, e.lease_expires_at FROM flowreg.tasks e
       WHERE e.status = 'started' AND e.lease_expires_at < now()
+        AND e.lease_expires_at >= v_leases_from
         AND e.attempt < coalesce((SELECT fs.max_attempts FROM flowreg.flow_steps fs
                                   WHERE fs.flow_slug = e.flow_slug AND fs.version = e.flow_version
                                     AND fs.step_slug = e.step_slug), 0)
@@ -120,54 +170,32 @@ BEGIN
   v_room := p_limit - p_taken - coalesce(cardinality(v_direct), 0)
             - coalesce(cardinality(v_gated), 0);
 
-  -- Two forms of one statement, which differ in cand only (the tasks it takes, locked): for flows
-  -- whose tasks all have priority 0 (the common case), the walk of tasks_queued that the claim
-  -- made before priorities existed; for flows with other levels (queue_levels, migration 0022),
-  -- a walk per level. One statement each, so that the common claim pays for no level machinery
-  -- (worker_bench --only single --runs 200000 --workers 4 on 16 cores, against the release before
-  -- priorities: the walk per level for every flow drained at 0.90 of its rate at batch 64, two
-  -- alternated pairs; this split at 0.98, and 1.00 at batch 512, six pairs).
-  -- (A level other than 0 of any flow served: a probe of queue_levels_pkey per flow.)
-  -- A third form when the gated claims left no room (a backlog of gated tasks): the tasks claimed
-  -- already, without the walk or its update.
+  -- The walk of tasks_queued, in one of two forms: for flows whose tasks all have priority 0 (the
+  -- common case), the walk the claim made before priorities existed; for flows with other levels
+  -- (queue_levels, migration 0022), a walk per level. Separate, so that the common claim pays
+  -- for no level machinery (worker_bench --only single --runs 200000 --workers 4 on 16 cores,
+  -- against the release before priorities: the walk per level for every flow drained at 0.90 of
+  -- its rate at batch 64, two alternated pairs; this split at 0.98, and 1.00 at batch 512, six
+  -- pairs). (A level other than 0 of any flow served: a probe of queue_levels_pkey per flow.)
+  -- None when the gated claims left no room (a backlog of gated tasks). The tasks it gives are
+  -- locked; each (flow, level) walk's frontier moves to the newest of them, less its slack.
   IF v_room <= 0 THEN
-    RETURN QUERY
-    WITH mine AS (
-      SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-             t.input, t.timeout_ms, t.lease_expires_at
-      FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
-      UNION ALL
-      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
-             g.input, g.timeout_ms, g.lease_expires_at
-      FROM unnest(v_gated) g
-    )
-    SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
-           coalesce(c.input,
-                    CASE WHEN cardinality(fs.deps) = 0
-                         THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
-                         ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
-                               FROM flowreg.step_states d
-                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
-                                 AND d.status = 'completed') END),
-           fs.max_attempts, c.timeout_ms, c.lease_expires_at
-    FROM mine c
-    LEFT JOIN LATERAL (
-      SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
-      WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
-      OFFSET 0) fs ON true;
+    NULL;
   ELSIF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
              CROSS JOIN LATERAL (SELECT FROM flowreg.queue_levels l
                                  WHERE l.flow_slug = f.slug AND l.flow_version = f.version
                                    AND l.priority <> 0 LIMIT 1) l) THEN
-    RETURN QUERY
-    WITH cand AS (
-      -- Per flow, its priority levels highest first (queue_levels, and 0: migration 0022), and per
-      -- level its due tasks oldest first: a walk of tasks_queued that stops at its level's first
-      -- task not yet due, or when the flow has given p_limit tasks (the walks run lazily, one
-      -- level after the other, and lock only the rows they give). Then the flows' candidates,
-      -- highest priority first, then oldest.
-      SELECT c.id, c.priority, c.available_at
-      FROM unnest(v_slugs, v_versions) AS f(slug, version)
+    -- Per flow, its priority levels highest first (queue_levels, and 0: migration 0022), and per
+    -- level its due tasks oldest from the level's frontier: a walk of tasks_queued that stops at
+    -- its level's first task not yet due, or when the flow has given v_room tasks (the walks run
+    -- lazily, one level after the other, and lock only the rows they give). Then the flows'
+    -- candidates, highest priority first, then oldest.
+    SELECT array_agg(c.id), array_agg(c.n), array_agg(c.priority), array_agg(c.available_at)
+    INTO v_ids, v_ns, v_levels, v_ats
+    FROM (
+      SELECT c.id, f.n, c.priority, c.available_at
+      FROM unnest(v_slugs, v_versions, v_hexes, v_sweeps)
+           WITH ORDINALITY AS f(slug, version, hex, sweep, n)
       CROSS JOIN LATERAL (
         SELECT q.id, q.priority, q.available_at
         FROM unnest(ARRAY(SELECT l.priority FROM flowreg.queue_levels l
@@ -182,60 +210,24 @@ BEGIN
                 = hashtextextended(f.slug || ' ' || f.version, 0)
             AND q.priority = lv.priority AND q.gate IS NULL
             AND q.flow_slug = f.slug AND q.flow_version = f.version
+            AND q.available_at >= CASE WHEN f.sweep THEN '-infinity' ELSE coalesce(
+                  flowreg._front(f.hex, lv.priority), '-infinity') END
             AND q.available_at <= now()
           ORDER BY q.available_at
           LIMIT greatest(v_room, 0)
           FOR UPDATE SKIP LOCKED) q
         LIMIT greatest(v_room, 0)) c
       ORDER BY c.priority DESC, c.available_at
-      LIMIT greatest(v_room, 0)
-    ),
-    -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
-    -- array), never by a join the planner could turn into a merge join over a scan of tasks.
-    claimed AS (
-      UPDATE flowreg.tasks t
-      SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
-          lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
-      WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
-      RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-                t.input, t.timeout_ms, t.lease_expires_at
-    ),
-    mine AS (
-      SELECT * FROM claimed
-      UNION ALL
-      SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-             t.input, t.timeout_ms, t.lease_expires_at
-      FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
-      UNION ALL
-      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
-             g.input, g.timeout_ms, g.lease_expires_at
-      FROM unnest(v_gated) g
-    )
-    -- A single step's task stores no input (a map step's stores its element): it is the run's input
-    -- for a root step, else the object of its completed dependencies' outputs by step slug (a
-    -- skipped one has none: migration 0027), read here by primary key (runs or step_states) after
-    -- its step (flow_steps: its dependencies and attempts).
-    SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
-           coalesce(c.input,
-                    CASE WHEN cardinality(fs.deps) = 0
-                         THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
-                         ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
-                               FROM flowreg.step_states d
-                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
-                                 AND d.status = 'completed') END),
-           fs.max_attempts, c.timeout_ms, c.lease_expires_at
-    FROM mine c
-    LEFT JOIN LATERAL (
-      SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
-      WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
-      OFFSET 0) fs ON true;
+      LIMIT greatest(v_room, 0)) c;
   ELSE
-    RETURN QUERY
-    WITH cand AS (
-      -- Every flow's due tasks oldest first: a walk of tasks_queued at level 0 (migration 0022)
-      -- that stops at p_limit, or at the first task not yet due.
-      SELECT c.id, c.available_at
-      FROM unnest(v_slugs, v_versions) AS f(slug, version)
+    -- Every flow's due tasks oldest first from its frontier: a walk of tasks_queued at level 0
+    -- that stops at v_room, or at the first task not yet due.
+    SELECT array_agg(c.id), array_agg(c.n), array_agg(c.available_at)
+    INTO v_ids, v_ns, v_ats
+    FROM (
+      SELECT c.id, f.n, c.available_at
+      FROM unnest(v_slugs, v_versions, v_hexes, v_sweeps)
+           WITH ORDINALITY AS f(slug, version, hex, sweep, n)
       CROSS JOIN LATERAL (
         SELECT q.id, q.available_at FROM flowreg.tasks q
         -- tasks_queued's key (migration 0022), then the names, which tell apart flows whose
@@ -245,53 +237,64 @@ BEGIN
               = hashtextextended(f.slug || ' ' || f.version, 0)
           AND q.priority = 0 AND q.gate IS NULL
           AND q.flow_slug = f.slug AND q.flow_version = f.version
+          AND q.available_at >= CASE WHEN f.sweep THEN '-infinity' ELSE coalesce(
+                flowreg._front(f.hex, 0), '-infinity') END
           AND q.available_at <= now()
         ORDER BY q.available_at
         LIMIT greatest(v_room, 0)
         FOR UPDATE SKIP LOCKED) c
       ORDER BY c.available_at
-      LIMIT greatest(v_room, 0)
-    ),
-    -- The rows are locked by cand: the UPDATE finds them by primary key probes (`= ANY` of an
-    -- array), never by a join the planner could turn into a merge join over a scan of tasks.
-    claimed AS (
-      UPDATE flowreg.tasks t
-      SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
-          lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
-      WHERE t.id = ANY (ARRAY(SELECT cand.id FROM cand))
-      RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-                t.input, t.timeout_ms, t.lease_expires_at
-    ),
-    mine AS (
-      SELECT * FROM claimed
-      UNION ALL
-      SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
-             t.input, t.timeout_ms, t.lease_expires_at
-      FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
-      UNION ALL
-      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
-             g.input, g.timeout_ms, g.lease_expires_at
-      FROM unnest(v_gated) g
-    )
-    -- A single step's task stores no input (a map step's stores its element): it is the run's input
-    -- for a root step, else the object of its completed dependencies' outputs by step slug (a
-    -- skipped one has none: migration 0027), read here by primary key (runs or step_states) after
-    -- its step (flow_steps: its dependencies and attempts).
-    SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
-           coalesce(c.input,
-                    CASE WHEN cardinality(fs.deps) = 0
-                         THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
-                         ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
-                               FROM flowreg.step_states d
-                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
-                                 AND d.status = 'completed') END),
-           fs.max_attempts, c.timeout_ms, c.lease_expires_at
-    FROM mine c
-    LEFT JOIN LATERAL (
-      SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
-      WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
-      OFFSET 0) fs ON true;
+      LIMIT greatest(v_room, 0)) c;
   END IF;
+  IF v_ids IS NOT NULL THEN
+    PERFORM set_config('flowreg.front_' || v_hexes[m.n] || '_' || to_hex(m.priority),
+                       extract(epoch FROM m.at - interval '10 ms')::text, false)
+    FROM (SELECT u.n, u.priority, max(u.at) AS at
+          FROM unnest(v_ns, coalesce(v_levels, array_fill(0, ARRAY[cardinality(v_ns)])), v_ats)
+               AS u(n, priority, at)
+          GROUP BY u.n, u.priority) m;
+  END IF;
+
+  RETURN QUERY
+  -- The rows are locked by the walk: the UPDATE finds them by primary key probes (`= ANY` of an
+  -- array), never by a join the planner could turn into a merge join over a scan of tasks.
+  WITH claimed AS (
+    UPDATE flowreg.tasks t
+    SET status = 'started', attempt = t.attempt + 1, worker_id = p_worker, started_at = now(),
+        lease_expires_at = flowreg._lease_end(t.timeout_ms, p_lease_ms)
+    WHERE t.id = ANY (v_ids)
+    RETURNING t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+              t.input, t.timeout_ms, t.lease_expires_at
+  ),
+  mine AS (
+    SELECT * FROM claimed
+    UNION ALL
+    SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+           t.input, t.timeout_ms, t.lease_expires_at
+    FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
+    UNION ALL
+    SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
+           g.input, g.timeout_ms, g.lease_expires_at
+    FROM unnest(v_gated) g
+  )
+  -- A single step's task stores no input (a map step's stores its element): it is the run's input
+  -- for a root step, else the object of its completed dependencies' outputs by step slug (a
+  -- skipped one has none: migration 0027), read here by primary key (runs or step_states) after
+  -- its step (flow_steps: its dependencies and attempts).
+  SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
+         coalesce(c.input,
+                  CASE WHEN cardinality(fs.deps) = 0
+                       THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
+                       ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
+                             FROM flowreg.step_states d
+                             WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
+                               AND d.status = 'completed') END),
+         fs.max_attempts, c.timeout_ms, c.lease_expires_at
+  FROM mine c
+  LEFT JOIN LATERAL (
+    SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
+    WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
+    OFFSET 0) fs ON true;
 END $$;
 
 -- Bitmap scans off: a claim walks tasks_queued in available_at order and stops at its limit; a

@@ -1249,7 +1249,9 @@ TEST_SUITE("run_store") {
     auto first = claim(env.store, key, 10, "w1");
     REQUIRE(first.size() == 1);
     CHECK(claim(env.store, key, 10, "w2").empty());  // leased
-    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    // The lease ends now, after the session's previous claim: each claim looks for the leases
+    // that expired since (a lease that expired before is the sweep's, tests/pg/long_reader_test).
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now()");
     auto second = claim(env.store, key, 10, "w2");
     REQUIRE(second.size() == 1);
     CHECK(second[0].id == first[0].id);
@@ -1275,7 +1277,7 @@ TEST_SUITE("run_store") {
     auto key = store_flow(env.store, flow("lastlease", {a}));
     auto run = start(env.store, key, Json::object());
     REQUIRE(claim(env.store, key).size() == 1);
-    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now()");
     CHECK(claim(env.store, key).empty());
     auto info = run_info(env.store, run);
     CHECK(info.status == RunStatus::failed);
@@ -2758,7 +2760,7 @@ TEST_SUITE("run_store") {
     auto key = store_flow(env.store, flow("attempts_lease", {a}));
     auto run = start(env.store, key, Json::object());
     REQUIRE(claim(env.store, key, 10, "w1").size() == 1);
-    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now()");
     auto second = claim(env.store, key, 10, "w2");  // requeued at once, and claimed
     REQUIRE(second.size() == 1);
     CHECK(second[0].attempt == 2);
@@ -2771,7 +2773,7 @@ TEST_SUITE("run_store") {
       CHECK(page->attempts[1].outcome == "running");
       CHECK(page->attempts[1].worker == "w2");
     }
-    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'");
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET lease_expires_at = now()");
     CHECK(claim(env.store, key, 10, "w3").empty());  // the last attempt: the run fails
     REQUIRE(run_info(env.store, run).status == RunStatus::failed);
     auto page = env.store.task_attempts(run, "", 100, 0);

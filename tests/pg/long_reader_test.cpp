@@ -1,0 +1,212 @@
+// The claim under a long reader (issue 52): a REPEATABLE READ transaction opened before the runs
+// start and held to the end of their drain, as a pg_dump holds one. The entries in tasks_queued
+// of every task claimed since that snapshot stay in the index, dead but not removable; a claim
+// that walked the queue from its oldest entry stepped over all of them, each claim more than the
+// one before. Measured here by the server's counters, per claim transaction
+// (pg_stat_get_xact_tuples_returned of tasks_queued: the index entries the claim read): a claim
+// reads its batch and the entries since its session's frontier, whatever the number of claims
+// before it; once a second a claim sweeps the flow's whole queue (the session setting
+// flowreg.swept_<hex of the flow's hash> tells which did).
+// Then a task queued behind a session's frontier (its transaction began before the tasks that
+// moved the frontier, and committed after they were claimed) is claimed by the next sweep.
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <pqxx/pqxx>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "pg/claim_env.hpp"
+#include "pg/pg_fixture.hpp"
+
+namespace {
+
+namespace fdl = flowreg::detail;
+using LongJson = nlohmann::json;
+using namespace std::chrono_literals;
+
+// One work() call on `conn` in a transaction of its own: completes `done` (ids and attempts of
+// tasks claimed before), claims up to `limit` tasks of `key`, and reads what the transaction
+// read of tasks_queued and whether its claim swept.
+struct MeasuredClaim {
+  std::vector<std::pair<long, int>> claimed;  // id, attempt
+  long queued_entries = 0;                    // index entries of tasks_queued read
+  bool swept = false;
+};
+
+MeasuredClaim measured_claim(pqxx::connection& conn, const fdl::FlowKey& key,
+                             const std::vector<std::pair<long, int>>& done, int limit) {
+  LongJson completions = LongJson::array();
+  for (const auto& [id, attempt] : done)
+    completions.push_back({{"id", id}, {"attempt", attempt}, {"output", 1}});
+  const LongJson flows = LongJson::array({{{"slug", key.slug}, {"version", key.version}}});
+  pqxx::work tx(conn);
+  // The counts of this backend not yet sent to the statistics (PostgreSQL 15 sends them at most
+  // once a second: within one transaction, never), before and after the claim.
+  const std::string swept = "current_setting('flowreg.swept_' || to_hex(hashtextextended(" +
+                            tx.quote(key.slug + " " + key.version) + ", 0)), true)";
+  const auto before = tx.exec1("SELECT " + swept +
+                               ", pg_stat_get_xact_tuples_returned('flowreg.tasks_queued'"
+                               "::regclass)");
+  MeasuredClaim m;
+  for (const auto& row : tx.exec_params(
+           "SELECT id, attempt FROM flowreg.work('long-reader', $1::jsonb, '[]', $2::jsonb, $3,"
+           " NULL) WHERE kind = 'claimed'",
+           completions.dump(), flows.dump(), limit))
+    m.claimed.emplace_back(row[0].as<long>(), row[1].as<int>());
+  const auto after = tx.exec1("SELECT " + swept +
+                              ", pg_stat_get_xact_tuples_returned('flowreg.tasks_queued'"
+                              "::regclass)");
+  m.swept = before[0].is_null() || after[0].as<std::string>() != before[0].as<std::string>();
+  m.queued_entries = after[1].as<long>() - before[1].as<long>();
+  tx.commit();
+  return m;
+}
+
+long long_value(const std::string& conninfo, const std::string& sql) {
+  pqxx::connection conn(conninfo);
+  pqxx::nontransaction tx(conn);
+  return tx.exec1(sql)[0].as<long>();
+}
+
+fdl::FlowKey one_step_flow(fdl::RunStore& store, const std::string& slug = "drained") {
+  flowreg::FlowDef flow;
+  flow.slug = slug;
+  flow.steps = {flowreg::pgtest::step("only")};
+  return flowreg::pgtest::store_at_shape(store, flow);
+}
+
+}  // namespace
+
+TEST_SUITE("long_reader") {
+  TEST_CASE(
+      "a held snapshot: each claim reads its batch and its frontier, not every claim before") {
+    auto env = flowreg::pgtest::claim_env("long_reader_drain");
+    const auto key = one_step_flow(env.store);
+
+    // The long reader: its snapshot taken before the first run starts, held to the end.
+    pqxx::connection reader(env.conninfo);
+    pqxx::transaction<pqxx::isolation_level::repeatable_read> held(reader);
+    held.exec1("SELECT count(*) FROM flowreg.tasks");
+
+    constexpr int kRuns = 2'000;
+    constexpr int kBatch = 50;
+    for (int i = 0; i < kRuns; ++i) flowreg::pgtest::start_one(env.store, key, {{"i", i}});
+
+    pqxx::connection worker(env.conninfo);
+    std::vector<std::pair<long, int>> done;
+    std::vector<MeasuredClaim> claims;
+    long claimed = 0;
+    const auto began = std::chrono::steady_clock::now();
+    for (;;) {
+      auto m = measured_claim(worker, key, done, kBatch);
+      done = m.claimed;
+      claimed += static_cast<long>(m.claimed.size());
+      const bool last = m.claimed.empty();
+      claims.push_back(std::move(m));
+      if (last) break;
+      REQUIRE(claims.size() < 2 * kRuns / kBatch);
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+    CHECK(claimed == kRuns);
+    CHECK(long_value(env.conninfo,
+                     "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'") == kRuns);
+
+    // The snapshot kept every claimed task's entry: the last sweep (the first claim sweeps) read
+    // them all, as every claim read them before the frontier.
+    REQUIRE(claims.front().swept);
+    int sweeps = 0;
+    long most = 0;  // entries read by a claim that did not sweep
+    std::string reads;
+    for (std::size_t i = 0; i < claims.size(); ++i) {
+      reads += (claims[i].swept ? " S" : " ") + std::to_string(claims[i].queued_entries);
+      if (claims[i].swept) {
+        ++sweeps;
+      } else {
+        most = std::max(most, claims[i].queued_entries);
+      }
+    }
+    INFO("index entries of tasks_queued read per claim (S: swept):" << reads);
+    // One sweep a second of the session at most, and the first.
+    CHECK(sweeps <= 1 + static_cast<int>(seconds));
+    // A claim reads its batch, the entries within the frontier's 10 ms of slack behind the newest
+    // task it claimed before (here runs started one per transaction, a few per 10 ms), and the
+    // entries a claim that reads them all would have read at its 40th claim: at most a tenth.
+    CHECK(most <= 4 * kBatch);
+    CHECK(most < kRuns / 10);
+    held.commit();
+  }
+
+  TEST_CASE(
+      "a task queued behind a session's frontier, and a lease that lapsed before its previous "
+      "claim "
+      "of the flow, are the session's next sweep's, though it claims another flow in between") {
+    auto env = flowreg::pgtest::claim_env("long_reader_behind");
+    const auto key = one_step_flow(env.store);
+    const auto beside = one_step_flow(env.store, "beside");
+    pqxx::connection worker(env.conninfo);
+    // The first claim of each flow sweeps it. A task of `beside` claimed, its lease then set to
+    // have ended a second ago: before the claims of `beside` that follow, which look for the
+    // leases lapsed since the previous one.
+    CHECK(measured_claim(worker, beside, {}, 10).swept);
+    flowreg::pgtest::start_one(env.store, beside, {{"lapsed", true}});
+    const auto leased = measured_claim(worker, beside, {}, 10);
+    REQUIRE(leased.claimed.size() == 1);
+    long_value(env.conninfo,
+               "UPDATE flowreg.tasks SET lease_expires_at = now() - interval '1 s'"
+               " WHERE id = " +
+                   std::to_string(leased.claimed[0].first) + " RETURNING 1");
+    // The late task's transaction begins (its available_at is now() of that moment) and inserts,
+    // and does not commit yet.
+    CHECK(measured_claim(worker, key, {}, 10).swept);
+    pqxx::connection late_conn(env.conninfo);
+    pqxx::work late(late_conn);
+    const auto late_run = late.exec_params1(
+                                  "SELECT run_id::text FROM flowreg.start_run($1, $2,"
+                                  " '{\"late\": true}'::jsonb)",
+                                  key.slug, key.version)[0]
+                              .as<std::string>();
+    std::this_thread::sleep_for(50ms);
+    // A run started after it, committed before it, and claimed: the frontier moves past the late
+    // task's available_at (50 ms before, more than the slack).
+    const auto early_run = flowreg::pgtest::start_one(env.store, key, {{"late", false}});
+    auto first = measured_claim(worker, key, {}, 10);
+    REQUIRE(first.claimed.size() == 1);
+    late.commit();
+    // The late task is found, by a sweep, within about a second, and so is the lapsed lease (its
+    // task claimed again, its second attempt); not lost. The claims of the two flows alternate:
+    // each flow is swept once a second, whichever the session claimed last.
+    bool found = false, by_sweep = false, reclaimed = false, reclaimed_by_sweep = false;
+    std::vector<std::pair<long, int>> done = first.claimed;
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (!(found && reclaimed) && std::chrono::steady_clock::now() < deadline) {
+      if (!reclaimed) {
+        const auto b = measured_claim(worker, beside, {}, 10);
+        if (!b.claimed.empty()) {
+          CHECK(b.claimed == std::vector<std::pair<long, int>>{{leased.claimed[0].first, 2}});
+          reclaimed = true;
+          reclaimed_by_sweep = b.swept;
+        }
+      }
+      if (!found) {
+        auto m = measured_claim(worker, key, done, 10);
+        done = m.claimed;
+        found = !m.claimed.empty();
+        by_sweep = m.swept;
+      }
+      std::this_thread::sleep_for(50ms);
+    }
+    CHECK(found);
+    CHECK(by_sweep);
+    CHECK(reclaimed);
+    CHECK(reclaimed_by_sweep);
+    measured_claim(worker, key, done, 10);
+    CHECK(long_value(env.conninfo,
+                     "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'"
+                     " AND id IN ('" +
+                         late_run + "', '" + early_run + "')") == 2);
+  }
+}
