@@ -109,6 +109,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -163,7 +164,7 @@ const std::vector<std::string> kDefaultScenarios = {"single", "chain",      "bac
 const std::vector<std::string> kScenarios = {
     "single",  "chain",      "fanout",    "backlog",    "start1",     "startbatch", "latency",
     "metrics", "scrape",     "isolation", "schedules",  "priorities", "keys",       "rates",
-    "waits",   "conditions", "children",  "longreader", "retention"};
+    "waits",   "conditions", "children",  "longreader", "retention",  "soak"};
 
 struct Args {
   std::vector<std::string> only = kDefaultScenarios;
@@ -182,6 +183,10 @@ struct Args {
   int isolation_rounds = 3;
   int priority_rounds = 3;    // rounds of the priorities scenario
   int longreader_rounds = 2;  // rounds of the longreader scenario
+  int soak_minutes = 10;      // the soak scenario: its length,
+  int soak_rate = 2000;       // the runs it starts per second,
+  int soak_retention_s = 300;  // the workers' retention (completed, failed, cancelled, events),
+  int soak_stable_from = 5;    // and the minute whose sizes the later ones are compared with
   long sleepers = 100'000;    // runs asleep of the waits scenario
   long waiters = 100'000;     // runs waiting for a signal beside them
   int schedules = 10000;      // the schedules scenario's schedules, each firing every minute
@@ -224,6 +229,13 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                alternating, --isolation-rounds times (runs/s, process/thread, medians); the
                memory and CPU of the workers and their handler processes after each burn-down;
                start -> handler latency (--samples runs per mode, alternating; p50, p99)
+  soak         (only when named) --soak-minutes of bench_single runs started at a steady
+               --soak-rate per second (at most 500 per start_runs call, on a 100 ms clock), drained
+               by --workers workers whose retention keeps --soak-retention seconds of history (a
+               round every thirtieth of it); every minute the queued tasks, the runs kept and each
+               flowreg table's size (heap, indexes and TOAST); then each table's smallest and
+               largest size after --soak-stable-from against its size at that minute (fails
+               outside ±20% for a table of 1 MiB or more, or with more than 10 s of starts queued)
   retention    (only when named) a burn-down of --runs bench_single runs, aged 2 hours, then one
                round of retention (RunStore::retain, completed: 1h, 1,000 runs per transaction)
                that deletes them all: its time and its cost per run deleted
@@ -231,7 +243,9 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                --runs bench_single runs at the first --batch and --workers: plain, and with a
                REPEATABLE READ transaction (as a pg_dump holds) opened before the runs start and
                held to the end of the drain, the order alternating; rates, held/plain ratio and
-               the dead tuples of tasks and runs left by the held one
+               the dead tuples of tasks and runs left by the held one; then a third burn-down
+               with pg_dump running from the workers' start to the drain's end, of another
+               database as large (the dumps' CPU) and of the drained one, the order alternating
   priorities   (only when named) --priority-rounds R (default 3) rounds of two burn-downs of
                --runs bench_single runs at the first --batch and --workers: all at priority 0,
                then started with 10 priorities (-5..4, chunk by chunk), alternating; prints
@@ -290,6 +304,11 @@ Options:
   --samples S          latency samples (default 300)
   --metrics-rounds R   rounds of the metrics scenario (default 3)
   --longreader-rounds R  rounds of the longreader scenario (default 2)
+  --soak-minutes M     the soak scenario's length (default 10)
+  --soak-rate R        runs it starts per second (default 2000)
+  --soak-retention S   its workers' retention in seconds (default 300)
+  --soak-stable-from K the minute whose table sizes the later minutes' are compared with
+                       (default 5)
   --isolation-rounds R rounds of the isolation scenario (default 3)
   --priority-rounds R  rounds of the priorities, keys, rates, waits and conditions scenarios
                        (default 3)
@@ -374,6 +393,14 @@ Args parse_args(int argc, char** argv) {
       a.samples = positive(opt, v);
     } else if (opt == "--longreader-rounds") {
       a.longreader_rounds = positive(opt, v);
+    } else if (opt == "--soak-minutes") {
+      a.soak_minutes = positive(opt, v);
+    } else if (opt == "--soak-rate") {
+      a.soak_rate = positive(opt, v);
+    } else if (opt == "--soak-retention") {
+      a.soak_retention_s = positive(opt, v);
+    } else if (opt == "--soak-stable-from") {
+      a.soak_stable_from = positive(opt, v);
     } else if (opt == "--metrics-rounds") {
       a.metrics_rounds = positive(opt, v);
     } else if (opt == "--isolation-rounds") {
@@ -913,6 +940,10 @@ struct BurnSpec {
   std::string child{};         // the flow of the runs its flow steps start, stored beside it
   bool hold_snapshot = false;  // a REPEATABLE READ transaction held from before the starts to the
                                // end of the drain (a pg_dump's)
+  bool pg_dump = false;        // pg_dump of a database, one after the other, from the workers'
+                               // start to the end of the drain: of this burn-down's, or
+  std::string dump_other{};    // of this one (a connection string): the dumps' CPU without their
+                               // snapshot in the drained database
   bool retain = false;         // after the drain: the runs aged 2 hours, then a round of retention
 };
 
@@ -1033,6 +1064,7 @@ struct BurnResult {
   std::vector<double> times;      // when spec.times: each completion, seconds after the spawn
   double wake_s = 0;              // when spec.wake_in_s: the sleeps' end -> last completion
   long dead_tasks = -1, dead_runs = -1;  // when spec.hold_snapshot: n_dead_tup at the drain's end
+  int dumps = 0;                         // when spec.pg_dump: the dumps that ended
   std::optional<Row> retained;  // when spec.retain: the round of retention that deleted the runs
 };
 
@@ -1041,6 +1073,22 @@ std::string rfc3339(std::chrono::system_clock::time_point t) {
   const auto ms = std::chrono::floor<std::chrono::milliseconds>(t);
   const auto s = std::chrono::floor<std::chrono::seconds>(ms);
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", s, (ms - s).count());
+}
+
+// The database the longreader scenario's control dumps (BurnSpec::dump_other): --runs
+// bench_single runs queued, as a burn-down's database is when its workers start; made once.
+std::string dumpee(Env& env) {
+  static std::string conninfo;
+  if (conninfo.empty()) {
+    const std::string made = fresh_database(env, "wb_longreader_dumpee");
+    const FlowInfo& flow = env.flows.at("bench_single");
+    auto store = value_or_throw(RunStore::connect(made), "connect");
+    value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert bench_single");
+    start_backlog(store, "bench_single", flow.version, env.args.runs, kStartChunk);
+    psql(env, made, "VACUUM (ANALYZE)");
+    conninfo = made;
+  }
+  return conninfo;
 }
 
 BurnResult burn_down(Env& env, const BurnSpec& spec) {
@@ -1057,6 +1105,7 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
       (spec.waiters > 0 ? fmt::format("_sig{}", spec.waiters) : "") +
       (spec.wake_in_s > 0 ? fmt::format("_wake{}", spec.wake_in_s) : "") +
       (spec.woke_before ? "_woke" : "") + (spec.hold_snapshot ? "_held" : "") +
+      (spec.pg_dump ? (spec.dump_other.empty() ? "_dump" : "_dumpother") : "") +
       (spec.retain ? "_retain" : "");
   BurnResult r;
   r.spec = spec;
@@ -1136,6 +1185,30 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
   if (spec.metrics) extra.insert(extra.end(), {"--metrics", "127.0.0.1:0"});
   if (!spec.isolation.empty()) extra.insert(extra.end(), {"--isolation", spec.isolation});
   auto workers = spawn_workers(env, name, config, spec.workers, spec.batch, extra);
+  // spec.pg_dump: dumps of the database (its output thrown away), one after the other until the
+  // drain ends; each holds its snapshot for its whole run, as a nightly backup does.
+  std::atomic<bool> dumping{spec.pg_dump};
+  std::atomic<int> dumps{0};
+  std::thread dumper;
+  if (spec.pg_dump)
+    dumper = std::thread([&] {
+      const std::string command =
+          command_line({(env.psql.parent_path() / "pg_dump").string(), "-d",
+                        spec.dump_other.empty() ? conninfo : spec.dump_other, "-f", "/dev/null"}) +
+          " >/dev/null 2>&1";
+      while (dumping.load()) {
+        if (std::system(command.c_str()) != 0) return;
+        dumps.fetch_add(1);
+      }
+    });
+  struct JoinDumper {  // on every way out, a failed drain's too
+    std::atomic<bool>& dumping;
+    std::thread& dumper;
+    ~JoinDumper() {
+      dumping = false;
+      if (dumper.joinable()) dumper.join();
+    }
+  } join_dumper{dumping, dumper};
   const long scale = std::max(1L, spec.runs / std::max(1, a.runs));
   const auto deadline = t0 + std::chrono::seconds(a.timeout_s * scale);
   long completed = 0, failed = 0;
@@ -1176,6 +1249,12 @@ BurnResult burn_down(Env& env, const BurnSpec& spec) {
   }
   r.first_s = seconds_between(t0, t_first);
   r.total_s = seconds_between(t0, t_last);
+  if (dumper.joinable()) {
+    dumping = false;
+    dumper.join();
+    r.dumps = dumps.load();
+    if (r.dumps == 0) throw ScenarioFailed(name + ": no pg_dump of the database ended");
+  }
   if (spec.wake_in_s > 0) r.wake_s = seconds_between(wake_at, t_last);
   if (spec.processes) r.processes = idle_processes(workers);
 
@@ -1883,6 +1962,125 @@ std::vector<Row> start_batches(Env& env) {
   return rows;
 }
 
+// ---- soak --------------------------------------------------------------------------------------
+
+// Sizes of flowreg's tables (heap, indexes, TOAST) by name, in bytes.
+std::map<std::string, long> table_sizes(pqxx::connection& c) {
+  pqxx::nontransaction tx(c);
+  std::map<std::string, long> out;
+  for (const auto& row : tx.exec("SELECT relname, pg_total_relation_size(oid) FROM pg_class "
+                                 "WHERE relnamespace = 'flowreg'::regnamespace AND relkind = 'r'"))
+    out[row[0].as<std::string>()] = row[1].as<long>();
+  return out;
+}
+
+// The soak scenario (see the usage), printed as it goes: false when a table of a megabyte or more
+// left ±20% of its size at --soak-stable-from after it, or the queue held more than 10 s of starts.
+bool soak(Env& env) {
+  const Args& a = env.args;
+  const FlowInfo& flow = env.flows.at("bench_single");
+  const std::string name = fmt::format("soak_r{}_m{}", a.soak_rate, a.soak_minutes);
+  const std::string conninfo = fresh_database(env, "wb_" + name);
+  auto store = value_or_throw(RunStore::connect(conninfo), "connect");
+  value_or_throw(store.upsert_flow(flow.def, flow.version), "upsert bench_single");
+  const fs::path config = write_config(env, name, conninfo);
+  {
+    std::ofstream out(config, std::ios::app);
+    const std::string age = fmt::format("{}s", a.soak_retention_s);
+    out << "worker: {retention: {completed: " << age << ", failed: " << age
+        << ", cancelled: " << age << ", events: " << age
+        << ", interval: " << std::max(1, a.soak_retention_s / 30) << "s}}\n";
+    if (!out.flush()) throw std::runtime_error("cannot write " + config.string());
+  }
+  auto workers = spawn_workers(env, name, config, a.workers.front(), a.batches.front());
+  pqxx::connection reader(conninfo);
+  std::printf(
+      "\nsoak: %d bench_single runs/s for %d min, %d worker(s) at batch %d, retention %d s "
+      "(sizes in KiB)\n",
+      a.soak_rate, a.soak_minutes, a.workers.front(), a.batches.front(), a.soak_retention_s);
+  std::vector<std::map<std::string, long>> sizes;  // per minute
+  std::vector<long> queued;                        // per minute
+  long started = 0;
+  const auto t0 = Clock::now();
+  auto next_tick = t0;
+  int minute = 0;
+  std::vector<Json> inputs;
+  while (minute < a.soak_minutes) {
+    next_tick += Millis(100);
+    std::this_thread::sleep_until(next_tick);
+    const double elapsed = seconds_between(t0, Clock::now());
+    for (long due = static_cast<long>(elapsed * a.soak_rate) - started; due > 0;) {
+      const long n = std::min<long>(due, kStartChunk);
+      inputs.assign(static_cast<std::size_t>(n), Json{{"n", started}});
+      value_or_throw(store.start_runs("bench_single", flow.version, inputs), "start_runs");
+      started += n;
+      due -= n;
+    }
+    for (auto& w : workers)
+      if (w.poll()) {
+        const std::string why = name + ": a worker exited\n" + describe_workers(workers);
+        stop_workers(workers);
+        throw ScenarioFailed(why);
+      }
+    if (elapsed < 60.0 * (minute + 1)) continue;
+    ++minute;
+    long kept = 0;
+    {
+      pqxx::nontransaction tx(reader);
+      const auto counts = tx.exec1(
+          "SELECT (SELECT count(*) FROM flowreg.tasks WHERE status = 'queued'), "
+          "(SELECT count(*) FROM flowreg.runs)");
+      queued.push_back(counts[0].as<long>());
+      kept = counts[1].as<long>();
+    }
+    sizes.push_back(table_sizes(reader));
+    if (minute == 1) {
+      std::printf("%6s %9s %8s %9s", "minute", "started", "queued", "runs kept");
+      for (const auto& [table, bytes] : sizes.back())
+        std::printf(" %14s", table.substr(0, 14).c_str());
+      std::printf("\n");
+    }
+    std::printf("%6d %9ld %8ld %9ld", minute, started, queued.back(), kept);
+    for (const auto& [table, bytes] : sizes.back()) std::printf(" %14ld", bytes / 1024);
+    std::printf("\n");
+    std::fflush(stdout);
+  }
+  stop_workers(workers);
+  drop_database(env, conninfo, "wb_" + name);
+
+  const int from = a.soak_stable_from;
+  if (from >= static_cast<int>(sizes.size())) {
+    std::printf("soak: no minute after minute %d to compare with it\n", from);
+    return false;
+  }
+  bool ok = true;
+  std::printf("each table's smallest and largest size after minute %d, against its size then:\n",
+              from);
+  for (const auto& [table, base] : sizes[static_cast<std::size_t>(from - 1)]) {
+    long lo = base, hi = base;
+    for (std::size_t m = static_cast<std::size_t>(from); m < sizes.size(); ++m) {
+      const auto it = sizes[m].find(table);
+      const long b = it == sizes[m].end() ? 0 : it->second;
+      lo = std::min(lo, b);
+      hi = std::max(hi, b);
+    }
+    // Tables under a megabyte are left out of the verdict: a page more is a large share of them.
+    const bool small = hi < 1024 * 1024;
+    const double low = base > 0 ? static_cast<double>(lo) / static_cast<double>(base) - 1 : 0;
+    const double high = base > 0 ? static_cast<double>(hi) / static_cast<double>(base) - 1 : 0;
+    const bool within = small || (low >= -0.2 && high <= 0.2);
+    ok = ok && within;
+    std::printf("  %-24s %10ld KiB %+7.1f%% %+7.1f%%%s\n", table.c_str(), base / 1024,
+                100 * low, 100 * high, small ? "  (under 1 MiB)" : within ? "" : "  OUTSIDE 20%");
+  }
+  const long most_queued = *std::max_element(queued.begin() + (from - 1), queued.end());
+  std::printf("queued tasks from minute %d on: at most %ld (%.2f s of starts)\n", from,
+              most_queued, static_cast<double>(most_queued) / static_cast<double>(a.soak_rate));
+  if (most_queued > 10L * a.soak_rate) ok = false;
+  std::printf("soak: %s\n", ok ? "steady" : "NOT steady");
+  return ok;
+}
+
 // ---- report -----------------------------------------------------------------------------------
 
 void print_burns(const char* title, const std::vector<BurnResult>& results) {
@@ -2069,7 +2267,10 @@ int run_bench(Env& env) {
   std::vector<BurnResult> singles, chains, fanouts, backlogs;
   std::vector<std::pair<BurnResult, BurnResult>> metrics_pairs;     // without, with --metrics
   std::vector<std::pair<BurnResult, BurnResult>> longreader_pairs;  // plain, snapshot held
+  // pg_dump throughout the drain: of another database as large, of the drained one
+  std::vector<std::pair<BurnResult, BurnResult>> longreader_dumps;
   std::optional<BurnResult> retention_burn;
+  bool soak_steady = true;
   std::vector<std::pair<BurnResult, BurnResult>> priority_pairs;  // priority 0, 10 priorities
   std::vector<std::vector<BurnResult>> key_rounds;  // bench_single, bench_keyed, bench_keyed_runs
   std::vector<std::pair<BurnResult, BurnResult>> rate_pairs;  // bench_single, bench_rated_high
@@ -2167,20 +2368,32 @@ int run_bench(Env& env) {
     if (!longreader_pairs.empty()) {
       std::printf(
           "\nlongreader: burn-downs of bench_single, plain and with a REPEATABLE READ snapshot "
-          "held from before the starts to the end of the drain\n");
-      std::printf("%5s %8s %12s %12s %12s %12s %12s\n", "round", "runs", "plain r/s", "held r/s",
-                  "held/plain", "dead tasks", "dead runs");
-      std::vector<double> ratios;
+          "held from before the starts to the end of the drain; then with pg_dump running "
+          "throughout the drain (one dump after the other) of another database as large (other: "
+          "the dumps' CPU) and of the drained one (own: their CPU and their snapshots)\n");
+      std::printf("%5s %8s %10s %10s %10s %10s %10s %10s %10s %10s %6s\n", "round", "runs",
+                  "plain r/s", "held r/s", "held/plain", "dead tasks", "dead runs", "other r/s",
+                  "own r/s", "own/other", "dumps");
+      std::vector<double> ratios, dump_ratios;
       for (std::size_t i = 0; i < longreader_pairs.size(); ++i) {
         const auto& plain = longreader_pairs[i].first;
         const auto& held = longreader_pairs[i].second;
+        const auto& other = longreader_dumps.at(i).first;
+        const auto& own = longreader_dumps.at(i).second;
         const double p = static_cast<double>(plain.spec.runs) / plain.total_s;
         const double h = static_cast<double>(held.spec.runs) / held.total_s;
+        const double o = static_cast<double>(other.spec.runs) / other.total_s;
+        const double d = static_cast<double>(own.spec.runs) / own.total_s;
         ratios.push_back(h / p);
-        std::printf("%5zu %8ld %12.0f %12.0f %12.3f %12ld %12ld\n", i + 1, plain.spec.runs, p, h,
-                    h / p, held.dead_tasks, held.dead_runs);
+        dump_ratios.push_back(d / o);
+        std::printf("%5zu %8ld %10.0f %10.0f %10.3f %10ld %10ld %10.0f %10.0f %10.3f %3d+%d\n",
+                    i + 1, plain.spec.runs, p, h, h / p, held.dead_tasks, held.dead_runs, o, d,
+                    d / o, other.dumps, own.dumps);
       }
-      std::printf("median rate ratio (held / plain): %.3f\n", median(ratios));
+      std::printf(
+          "median rate ratios: held / plain %.3f; dumping its own database / another "
+          "%.3f\n",
+          median(ratios), median(dump_ratios));
     }
     if (!priority_pairs.empty()) {
       std::printf(
@@ -2411,6 +2624,7 @@ int run_bench(Env& env) {
         }
         metrics_pairs.push_back(pair);
       }
+    if (a.wants("soak") && !soak(env)) soak_steady = false;
     if (a.wants("retention")) {
       BurnSpec spec{"retention",       "bench_single", 1,    a.workers.front(),
                     a.batches.front(), a.runs,         false};
@@ -2428,6 +2642,16 @@ int run_bench(Env& env) {
           (hold ? pair.second : pair.first) = burn_down(env, spec);
         }
         longreader_pairs.push_back(pair);
+        std::pair<BurnResult, BurnResult> dumped;  // dumps of another database, of its own
+        for (const bool own : {round % 2 == 0, round % 2 != 0}) {
+          BurnSpec spec{"longreader",      "bench_single", 1,    a.workers.front(),
+                        a.batches.front(), a.runs,         false};
+          spec.round = round;
+          spec.pg_dump = true;
+          if (!own) spec.dump_other = dumpee(env);
+          (own ? dumped.second : dumped.first) = burn_down(env, spec);
+        }
+        longreader_dumps.push_back(dumped);
       }
     if (a.wants("priorities"))
       for (int round = 1; round <= a.priority_rounds; ++round) {
@@ -2556,7 +2780,7 @@ int run_bench(Env& env) {
     return 1;
   }
   report();
-  return 0;
+  return soak_steady ? 0 : 1;
 }
 
 }  // namespace
