@@ -60,33 +60,25 @@ BEGIN
   -- expiry steps over the entries of every task completed since the snapshot, its lease long
   -- gone). A session's first claim of a flow sweeps it. (Per flow, not per session: a session
   -- makes the round trips of many flows, worker/lanes.hpp.)
-  SELECT array_agg(f.slug ORDER BY f.n), array_agg(f.version ORDER BY f.n),
-         array_agg(f.hex ORDER BY f.n),
+  -- (The arrays are aggregated from one stream of rows: aligned, as the walks need them.)
+  SELECT array_agg(f.slug), array_agg(f.version), array_agg(f.hex),
          array_agg(coalesce(f.swept NOT BETWEEN extract(epoch FROM now())::float8 - 1.0
-                                            AND extract(epoch FROM now())::float8, true)
-                   ORDER BY f.n),
-         min(CASE WHEN f.swept BETWEEN extract(epoch FROM now())::float8 - 1.0
-                                   AND extract(epoch FROM now())::float8
-                  THEN to_timestamp(nullif(current_setting('flowreg.leased_' || f.hex, true),
-                                           '')::float8) - interval '10 ms' END)
+                                            AND extract(epoch FROM now())::float8, true)),
+         -- Leases are looked for from the earliest of the flows' bounds (any flow swept: all).
+         CASE WHEN bool_and(coalesce(f.swept BETWEEN extract(epoch FROM now())::float8 - 1.0
+                                                 AND extract(epoch FROM now())::float8, false))
+              THEN min(to_timestamp(nullif(current_setting('flowreg.leased_' || f.hex, true),
+                                           '')::float8) - interval '10 ms') END
   INTO v_slugs, v_versions, v_hexes, v_sweeps, v_leases_from
-  FROM ROWS FROM (jsonb_to_recordset(p_flows) AS (slug text, version text))
-       WITH ORDINALITY AS j(slug, version, n)
+  FROM jsonb_to_recordset(p_flows) AS j(slug text, version text)
   CROSS JOIN LATERAL (
-    SELECT j.slug, j.version, j.n, h.hex,
+    SELECT j.slug, j.version, h.hex,
            nullif(current_setting('flowreg.swept_' || h.hex, true), '')::float8 AS swept
     FROM (SELECT to_hex(hashtextextended(j.slug || ' ' || j.version, 0)) AS hex) h) f;
   IF v_slugs IS NULL OR p_limit <= 0 THEN
     RETURN;
   END IF;
-  -- Leases are looked for from the earliest of the flows' bounds (any flow swept: all of them).
-  IF EXISTS (SELECT FROM unnest(v_sweeps) w WHERE w) OR v_leases_from IS NULL THEN
-    v_leases_from := '-infinity';
-  END IF;
-  PERFORM set_config('flowreg.leased_' || h, extract(epoch FROM now())::text, false),
-          CASE WHEN w THEN set_config('flowreg.swept_' || h, extract(epoch FROM now())::text,
-                                      false) END
-  FROM unnest(v_hexes, v_sweeps) AS x(h, w);
+  v_leases_from := coalesce(v_leases_from, '-infinity');
 
   IF EXISTS (SELECT 1 FROM flowreg.tasks t
              WHERE t.status = 'started' AND t.lease_expires_at < now()
@@ -170,6 +162,45 @@ BEGIN
   v_room := p_limit - p_taken - coalesce(cardinality(v_direct), 0)
             - coalesce(cardinality(v_gated), 0);
 
+  -- No room for a walk (a chain's next steps created claimed by this call, or gated tasks, filled
+  -- it): the tasks claimed already, without the walk or its update. The session's settings are
+  -- left as they were (the next claim looks for these leases again), unless this claim swept: its
+  -- sweep of the leases is done, and its walk's waits a second more.
+  IF v_room <= 0 THEN
+    IF true = ANY (v_sweeps) THEN
+      PERFORM set_config('flowreg.leased_' || x.h, extract(epoch FROM now())::text, false),
+              CASE WHEN x.w THEN set_config('flowreg.swept_' || x.h,
+                                            extract(epoch FROM now())::text, false) END
+      FROM unnest(v_hexes, v_sweeps) AS x(h, w);
+    END IF;
+    RETURN QUERY
+    WITH mine AS (
+      SELECT t.id, t.run_id, t.flow_slug, t.flow_version, t.step_slug, t.task_index, t.attempt,
+             t.input, t.timeout_ms, t.lease_expires_at
+      FROM flowreg.tasks t WHERE t.id = ANY (v_direct)
+      UNION ALL
+      SELECT g.id, g.run_id, g.flow_slug, g.flow_version, g.step_slug, g.task_index, g.attempt,
+             g.input, g.timeout_ms, g.lease_expires_at
+      FROM unnest(v_gated) g
+    )
+    -- As below.
+    SELECT c.id, c.run_id, c.flow_slug, c.flow_version, c.step_slug, c.task_index, c.attempt,
+           coalesce(c.input,
+                    CASE WHEN cardinality(fs.deps) = 0
+                         THEN (SELECT r.input FROM flowreg.runs r WHERE r.id = c.run_id)
+                         ELSE (SELECT jsonb_object_agg(d.step_slug, d.output)
+                               FROM flowreg.step_states d
+                               WHERE d.run_id = c.run_id AND d.step_slug = ANY (fs.deps)
+                                 AND d.status = 'completed') END),
+           fs.max_attempts, c.timeout_ms, c.lease_expires_at
+    FROM mine c
+    LEFT JOIN LATERAL (
+      SELECT f.deps, f.max_attempts FROM flowreg.flow_steps f
+      WHERE f.flow_slug = c.flow_slug AND f.version = c.flow_version AND f.step_slug = c.step_slug
+      OFFSET 0) fs ON true;
+    RETURN;
+  END IF;
+
   -- The walk of tasks_queued, in one of two forms: for flows whose tasks all have priority 0 (the
   -- common case), the walk the claim made before priorities existed; for flows with other levels
   -- (queue_levels, migration 0022), a walk per level. Separate, so that the common claim pays
@@ -177,11 +208,9 @@ BEGIN
   -- against the release before priorities: the walk per level for every flow drained at 0.90 of
   -- its rate at batch 64, two alternated pairs; this split at 0.98, and 1.00 at batch 512, six
   -- pairs). (A level other than 0 of any flow served: a probe of queue_levels_pkey per flow.)
-  -- None when the gated claims left no room (a backlog of gated tasks). The tasks it gives are
-  -- locked; each (flow, level) walk's frontier moves to the newest of them, less its slack.
-  IF v_room <= 0 THEN
-    NULL;
-  ELSIF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
+  -- The tasks it gives are locked; each (flow, level) walk's frontier moves to the newest of
+  -- them, less its slack.
+  IF EXISTS (SELECT FROM unnest(v_slugs, v_versions) AS f(slug, version)
              CROSS JOIN LATERAL (SELECT FROM flowreg.queue_levels l
                                  WHERE l.flow_slug = f.slug AND l.flow_version = f.version
                                    AND l.priority <> 0 LIMIT 1) l) THEN
@@ -246,14 +275,21 @@ BEGIN
       ORDER BY c.available_at
       LIMIT greatest(v_room, 0)) c;
   END IF;
-  IF v_ids IS NOT NULL THEN
-    PERFORM set_config('flowreg.front_' || v_hexes[m.n] || '_' || to_hex(m.priority),
-                       extract(epoch FROM m.at - interval '10 ms')::text, false)
-    FROM (SELECT u.n, u.priority, max(u.at) AS at
-          FROM unnest(v_ns, coalesce(v_levels, array_fill(0, ARRAY[cardinality(v_ns)])), v_ats)
-               AS u(n, priority, at)
-          GROUP BY u.n, u.priority) m;
-  END IF;
+  -- The session's settings, in one statement: the frontiers the walk moved, when each flow's
+  -- leases were looked for, and when it was swept.
+  PERFORM set_config(x.name, x.value, false)
+  FROM (SELECT 'flowreg.front_' || v_hexes[m.n] || '_' || to_hex(m.priority),
+               extract(epoch FROM m.at - interval '10 ms')::text
+        FROM (SELECT u.n, u.priority, max(u.at) AS at
+              FROM unnest(v_ns, coalesce(v_levels, array_fill(0, ARRAY[coalesce(
+                                                       cardinality(v_ns), 0)])),
+                          v_ats) AS u(n, priority, at)
+              GROUP BY u.n, u.priority) m
+        UNION ALL
+        SELECT 'flowreg.leased_' || h, extract(epoch FROM now())::text FROM unnest(v_hexes) h
+        UNION ALL
+        SELECT 'flowreg.swept_' || x.h, extract(epoch FROM now())::text
+        FROM unnest(v_hexes, v_sweeps) AS x(h, w) WHERE x.w) x(name, value);
 
   RETURN QUERY
   -- The rows are locked by the walk: the UPDATE finds them by primary key probes (`= ANY` of an

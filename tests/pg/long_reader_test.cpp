@@ -4,15 +4,17 @@
 // that walked the queue from its oldest entry stepped over all of them, each claim more than the
 // one before. Measured here by the server's counters, per claim transaction
 // (pg_stat_get_xact_tuples_returned of tasks_queued: the index entries the claim read): a claim
-// reads its batch and the entries since its session's frontier, whatever the number of claims
-// before it; once a second a claim sweeps the flow's whole queue (the session setting
-// flowreg.swept_<hex of the flow's hash> tells which did).
-// Then a task queued behind a session's frontier (its transaction began before the tasks that
-// moved the frontier, and committed after they were claimed) is claimed by the next sweep.
+// reads its batch and the entries since its session's frontier of each level, whatever the number
+// of claims before it; once a second a claim sweeps the flow's whole queue (the session setting
+// flowreg.swept_<hex of the flow's hash> tells which did). Then a task queued behind a session's
+// frontier (its transaction began before the tasks that moved the frontier, and committed after
+// they were claimed), and a lease that lapsed before the session's previous claim of its flow,
+// are found by the session's next sweep of that flow.
 #include <doctest/doctest.h>
 
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <pqxx/pqxx>
 #include <string>
 #include <thread>
@@ -20,6 +22,7 @@
 
 #include "pg/claim_env.hpp"
 #include "pg/pg_fixture.hpp"
+#include "support/result_text.hpp"
 
 namespace {
 
@@ -78,66 +81,79 @@ fdl::FlowKey one_step_flow(fdl::RunStore& store, const std::string& slug = "drai
   return flowreg::pgtest::store_at_shape(store, flow);
 }
 
+// 2,000 runs of `key` started one by one (every other one at `priority`, when given), under a
+// REPEATABLE READ snapshot taken before the first and held to the end, claimed and completed 50
+// at a time by one session: every run completes, the session sweeps once a second at most, and
+// a claim that does not sweep reads its batch and the entries of its frontiers' 10 ms (a few per
+// level: runs start a few per 10 ms here), not the entries of the claims before it.
+void check_bounded_drain(flowreg::pgtest::ClaimEnv& env, const fdl::FlowKey& key,
+                         std::optional<int> priority) {
+  pqxx::connection reader(env.conninfo);
+  pqxx::transaction<pqxx::isolation_level::repeatable_read> held(reader);
+  held.exec1("SELECT count(*) FROM flowreg.tasks");
+
+  constexpr int kRuns = 2'000;
+  constexpr int kBatch = 50;
+  for (int i = 0; i < kRuns; ++i) {
+    const std::vector<LongJson> input = {{{"i", i}}};
+    auto started = env.store.start_runs(key.slug, key.version, input, std::nullopt,
+                                        i % 2 == 1 ? priority : std::nullopt);
+    REQUIRE_MESSAGE(started, flowreg::testing::failure_text(started));
+  }
+
+  pqxx::connection worker(env.conninfo);
+  std::vector<std::pair<long, int>> done;
+  std::vector<MeasuredClaim> claims;
+  long claimed = 0;
+  const auto began = std::chrono::steady_clock::now();
+  for (;;) {
+    auto m = measured_claim(worker, key, done, kBatch);
+    done = m.claimed;
+    claimed += static_cast<long>(m.claimed.size());
+    const bool last = m.claimed.empty();
+    claims.push_back(std::move(m));
+    if (last) break;
+    REQUIRE(claims.size() < 2 * kRuns / kBatch);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  CHECK(claimed == kRuns);
+  CHECK(long_value(env.conninfo, "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'") ==
+        kRuns);
+
+  REQUIRE(claims.front().swept);  // a session's first claim of a flow sweeps it
+  int sweeps = 0;
+  long most = 0;  // entries read by a claim that did not sweep
+  std::string reads;
+  for (const auto& c : claims) {
+    reads += (c.swept ? " S" : " ") + std::to_string(c.queued_entries);
+    if (c.swept) {
+      ++sweeps;
+    } else {
+      most = std::max(most, c.queued_entries);
+    }
+  }
+  INFO("index entries of tasks_queued read per claim (S: swept):" << reads);
+  CHECK(sweeps <= 1 + static_cast<int>(seconds));
+  // A claim that read from each level's oldest entry would have read about 50 times its number:
+  // 2,000 entries at the 40th claim. At most a tenth of that.
+  CHECK(most <= 4 * kBatch);
+  CHECK(most < kRuns / 10);
+  held.commit();
+}
+
 }  // namespace
 
 TEST_SUITE("long_reader") {
   TEST_CASE(
       "a held snapshot: each claim reads its batch and its frontier, not every claim before") {
     auto env = flowreg::pgtest::claim_env("long_reader_drain");
-    const auto key = one_step_flow(env.store);
+    check_bounded_drain(env, one_step_flow(env.store), std::nullopt);
+  }
 
-    // The long reader: its snapshot taken before the first run starts, held to the end.
-    pqxx::connection reader(env.conninfo);
-    pqxx::transaction<pqxx::isolation_level::repeatable_read> held(reader);
-    held.exec1("SELECT count(*) FROM flowreg.tasks");
-
-    constexpr int kRuns = 2'000;
-    constexpr int kBatch = 50;
-    for (int i = 0; i < kRuns; ++i) flowreg::pgtest::start_one(env.store, key, {{"i", i}});
-
-    pqxx::connection worker(env.conninfo);
-    std::vector<std::pair<long, int>> done;
-    std::vector<MeasuredClaim> claims;
-    long claimed = 0;
-    const auto began = std::chrono::steady_clock::now();
-    for (;;) {
-      auto m = measured_claim(worker, key, done, kBatch);
-      done = m.claimed;
-      claimed += static_cast<long>(m.claimed.size());
-      const bool last = m.claimed.empty();
-      claims.push_back(std::move(m));
-      if (last) break;
-      REQUIRE(claims.size() < 2 * kRuns / kBatch);
-    }
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-    CHECK(claimed == kRuns);
-    CHECK(long_value(env.conninfo,
-                     "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'") == kRuns);
-
-    // The snapshot kept every claimed task's entry: the last sweep (the first claim sweeps) read
-    // them all, as every claim read them before the frontier.
-    REQUIRE(claims.front().swept);
-    int sweeps = 0;
-    long most = 0;  // entries read by a claim that did not sweep
-    std::string reads;
-    for (std::size_t i = 0; i < claims.size(); ++i) {
-      reads += (claims[i].swept ? " S" : " ") + std::to_string(claims[i].queued_entries);
-      if (claims[i].swept) {
-        ++sweeps;
-      } else {
-        most = std::max(most, claims[i].queued_entries);
-      }
-    }
-    INFO("index entries of tasks_queued read per claim (S: swept):" << reads);
-    // One sweep a second of the session at most, and the first.
-    CHECK(sweeps <= 1 + static_cast<int>(seconds));
-    // A claim reads its batch, the entries within the frontier's 10 ms of slack behind the newest
-    // task it claimed before (here runs started one per transaction, a few per 10 ms), and the
-    // entries a claim that reads them all would have read at its 40th claim: at most a tenth.
-    CHECK(most <= 4 * kBatch);
-    CHECK(most < kRuns / 10);
-    held.commit();
+  TEST_CASE("a held snapshot, tasks at two priority levels: each level's walk has its frontier") {
+    auto env = flowreg::pgtest::claim_env("long_reader_levels");
+    check_bounded_drain(env, one_step_flow(env.store), 5);
   }
 
   TEST_CASE(
