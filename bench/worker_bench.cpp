@@ -181,17 +181,17 @@ struct Args {
   int samples = 300;
   int metrics_rounds = 3;
   int isolation_rounds = 3;
-  int priority_rounds = 3;    // rounds of the priorities scenario
-  int longreader_rounds = 2;  // rounds of the longreader scenario
-  int soak_minutes = 10;      // the soak scenario: its length,
-  int soak_rate = 2000;       // the runs it starts per second,
+  int priority_rounds = 3;     // rounds of the priorities scenario
+  int longreader_rounds = 2;   // rounds of the longreader scenario
+  int soak_minutes = 10;       // the soak scenario: its length,
+  int soak_rate = 2000;        // the runs it starts per second,
   int soak_retention_s = 300;  // the workers' retention (completed, failed, cancelled, events),
   int soak_stable_from = 5;    // and the minute whose sizes the later ones are compared with
-  long sleepers = 100'000;    // runs asleep of the waits scenario
-  long waiters = 100'000;     // runs waiting for a signal beside them
-  int schedules = 10000;      // the schedules scenario's schedules, each firing every minute
-  int schedule_minutes = 2;   // ... for this many ticks
-  int schedule_workers = 3;   // ... fired by this many workers
+  long sleepers = 100'000;     // runs asleep of the waits scenario
+  long waiters = 100'000;      // runs waiting for a signal beside them
+  int schedules = 10000;       // the schedules scenario's schedules, each firing every minute
+  int schedule_minutes = 2;    // ... for this many ticks
+  int schedule_workers = 3;    // ... fired by this many workers
   std::vector<int> scrape_backlog{100000, 1000000};
   int scrape_reads = 5;
   int timeout_s = 120;
@@ -2070,12 +2070,15 @@ bool soak(Env& env) {
     const double high = base > 0 ? static_cast<double>(hi) / static_cast<double>(base) - 1 : 0;
     const bool within = small || (low >= -0.2 && high <= 0.2);
     ok = ok && within;
-    std::printf("  %-24s %10ld KiB %+7.1f%% %+7.1f%%%s\n", table.c_str(), base / 1024,
-                100 * low, 100 * high, small ? "  (under 1 MiB)" : within ? "" : "  OUTSIDE 20%");
+    std::printf("  %-24s %10ld KiB %+7.1f%% %+7.1f%%%s\n", table.c_str(), base / 1024, 100 * low,
+                100 * high,
+                small    ? "  (under 1 MiB)"
+                : within ? ""
+                         : "  OUTSIDE 20%");
   }
   const long most_queued = *std::max_element(queued.begin() + (from - 1), queued.end());
-  std::printf("queued tasks from minute %d on: at most %ld (%.2f s of starts)\n", from,
-              most_queued, static_cast<double>(most_queued) / static_cast<double>(a.soak_rate));
+  std::printf("queued tasks from minute %d on: at most %ld (%.2f s of starts)\n", from, most_queued,
+              static_cast<double>(most_queued) / static_cast<double>(a.soak_rate));
   if (most_queued > 10L * a.soak_rate) ok = false;
   std::printf("soak: %s\n", ok ? "steady" : "NOT steady");
   return ok;
