@@ -120,7 +120,9 @@ void EventHub::run() {
     return true;
   };
   // Reads run `id` (after a notification, or to find a missed end): step changes, then the run's.
-  const auto on_run = [&](const RunId& id) {
+  // `start`: the notification was its start's. A run that ended before it was read (a fast worker)
+  // still gets its start published first: a page counts the runs started since it loaded by it.
+  const auto on_run = [&](const RunId& id, bool start) {
     if (ended.contains(id)) return;
     auto run = store->get_run(id);
     if (!run || !*run) {
@@ -135,9 +137,10 @@ void EventHub::run() {
     }
     const std::string status(to_string(info.status));
     if (fresh) {
-      app::json data = {{"id", id},
-                        {"flow", info.flow_slug},
-                        {"status", app::run_status(info.status, info.scheduled)}};
+      app::json data = {
+          {"id", id},
+          {"flow", info.flow_slug},
+          {"status", app::run_status(start ? RunStatus::started : info.status, info.scheduled)}};
       publish("run", id, info.flow_slug, json_text(data));
     }
     diff_steps(id, it->second);
@@ -182,7 +185,7 @@ void EventHub::run() {
         if (again && store) {
           std::vector<RunId> ids;
           for (const auto& [id, t] : tracked) ids.push_back(id);
-          for (const auto& id : ids) on_run(id);
+          for (const auto& id : ids) on_run(id, false);
         }
       }
     }
@@ -195,7 +198,8 @@ void EventHub::run() {
     if (note && *note) {
       const std::string& payload = (*note)->payload;
       const auto space = payload.find(' ');
-      on_run(payload.substr(0, space));
+      on_run(payload.substr(0, space),
+             space != std::string::npos && payload.substr(space + 1) == "started");
       continue;
     }
     if (std::chrono::steady_clock::now() >= next_poll) {
