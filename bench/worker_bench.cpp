@@ -653,7 +653,10 @@ fs::path write_config(const Env& env, const std::string& name, const std::string
 // ones.
 std::vector<std::string> worker_argv(const Env& env, const fs::path& config, int batch,
                                      const std::vector<std::string>& extra) {
-  std::vector<std::string> argv = {FLOWREG_BINARY,  "--config",
+  // WORKER_BENCH_FLOWREG: another build's flowreg, for workers of a build against another's.
+  const char* other = std::getenv("WORKER_BENCH_FLOWREG");
+  const std::string binary = other != nullptr && *other != '\0' ? other : FLOWREG_BINARY;
+  std::vector<std::string> argv = {binary,          "--config",
                                    config.string(), "worker",
                                    "--concurrency", std::to_string(env.args.concurrency),
                                    "--batch",       std::to_string(batch)};

@@ -161,6 +161,70 @@ TEST_SUITE("worker_isolation") {
   }
 
   TEST_CASE(
+      "isolation process: tasks written to a handler process together: one among them that "
+      "crashes, breaks its channel or hangs costs its task only, and the tasks behind it run in a "
+      "fresh process") {
+    auto s = make_scene("wi_ahead");
+    s.log_level = "debug";  // for the line that says how many tasks went together
+    auto w = s.worker("w", {"--concurrency", "1"});
+    s.wait_serving("w", "wiso_bad");
+    const auto together = [&] {
+      const std::string log = s.err("w");
+      std::size_t n = 0;
+      for (auto at = log.find("tasks written to it at once"); at != std::string::npos;
+           at = log.find("tasks written to it at once", at + 1))
+        ++n;
+      return n;
+    };
+    // A pool's tasks are written ahead once its handlers have run quickly: one run first.
+    const auto warm = s.start("wiso_bad", {{"how", "none"}});
+    REQUIRE_MESSAGE(eventually([&] { return s.ended(warm); }, 60s), s.err("w"));
+    CHECK(s.run_field(warm, "status") == "completed");
+    // The timeout last: after one, the pool's tasks go one at a time for a while.
+    const std::vector<Case> cases = {
+        {"segv", {}, "failed", {"crashed its process", "SIGSEGV"}},
+        {"garbage", {}, "failed", {"broke its channel to the worker"}},
+        {"sleep", {{"ms", 20000}}, "failed", {"timed out after 8000 ms", "was killed"}},
+    };
+    for (const auto& c : cases) {
+      CAPTURE(c.how);
+      const fs::path started = s.dir / (c.how + ".started");
+      Json bad = {{"how", c.how}, {"started", started.string()}};
+      for (const auto& [k, v] : c.extra.items()) bad[k] = v;
+      // Started in one transaction: one claim takes them all, the bad one in the middle.
+      std::vector<Json> inputs(3, Json{{"how", "none"}});
+      inputs.push_back(bad);
+      inputs.insert(inputs.end(), 3, Json{{"how", "none"}});
+      const std::size_t together_before = together();
+      const auto runs = s.start_many("wiso_bad", inputs);
+      for (const auto& r : runs)
+        REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("w"));
+      for (std::size_t i = 0; i < runs.size(); ++i) {
+        CAPTURE(i);
+        if (i == 3) {
+          CHECK(s.run_field(runs[i], "status") == c.status);
+          const std::string error = s.run_field(runs[i], "error");
+          for (const auto& words : c.says)
+            CHECK_MESSAGE(error.find(words) != std::string::npos, error);
+        } else {
+          // The others complete on their first attempt: none was blamed for the bad one.
+          CHECK(s.run_field(runs[i], "status") == "completed");
+          CHECK(s.attempts(runs[i]) == "0");
+        }
+      }
+      // The seven went to one process together (one line), and the three behind the bad one to
+      // a fresh process (one more).
+      CHECK_MESSAGE(together() >= together_before + 2, s.err("w"));
+      CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
+      const auto bad_pids = pids_in(started);
+      REQUIRE(bad_pids.size() == 1);
+      CHECK(eventually([&] { return !running(bad_pids[0]); }, 10s));
+    }
+    w.signal(SIGTERM);
+    CHECK(w.wait(60s) == 0);
+  }
+
+  TEST_CASE(
       "isolation process: a plugin whose handlers crash their processes 5 times within a minute "
       "is quarantined, as one that crashes while it loads; the worker lives on") {
     auto s = make_scene("wi_crash_loop");

@@ -64,6 +64,7 @@ bool eventually(F&& ready, std::chrono::milliseconds timeout) {
 struct WorkerScene {
   std::filesystem::path dir;
   std::string conninfo;
+  std::string log_level = "info";  // of the workers started
 
   std::filesystem::path config() const { return dir / "flowreg.yaml"; }
 
@@ -73,7 +74,7 @@ struct WorkerScene {
   // `--isolation process`: the same tests, every handler in a handler process.
   test::Child worker(const std::string& id, std::vector<std::string> extra = {}) const {
     std::vector<std::string> argv = {
-        FLOWREG_BINARY, "--config", config().string(), "--log-level", "info", "worker",
+        FLOWREG_BINARY, "--config", config().string(), "--log-level", log_level, "worker",
         "--id",         id,         "--poll-interval", "200ms"};
     if (const char* isolation = std::getenv("FLOWREG_TEST_ISOLATION"); isolation && *isolation) {
       argv.push_back("--isolation");
@@ -102,6 +103,19 @@ struct WorkerScene {
     auto run = store->start_run(slug, version, input);
     REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
     return *run;
+  }
+  // Starts runs of the newest version of `slug`, one per input, in one transaction.
+  std::vector<detail::RunId> start_many(const std::string& slug,
+                                        const std::vector<nlohmann::json>& inputs) const {
+    const std::string version =
+        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
+                                         "' ORDER BY created_at DESC LIMIT 1");
+    REQUIRE(!version.empty());
+    auto store = detail::RunStore::connect(conninfo);
+    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
+    auto runs = store->start_runs(slug, version, inputs);
+    REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
+    return *runs;
   }
   // A column of the run's row in flowreg.runs, as text ("" for NULL).
   std::string run_field(const detail::RunId& run, const std::string& column) const {

@@ -100,6 +100,7 @@ Engine::~Engine() { finish(SteadyTime::max()); }
 void Engine::attach(const std::shared_ptr<FlowState>& state) {
   MutexLock lock(mu_);
   states_.push_back(state);
+  if (state->in_processes()) ++process_flows_;
 }
 
 void Engine::retire(const std::shared_ptr<FlowState>& state) {
@@ -115,7 +116,10 @@ int Engine::capacity_locked() const {
   // A handler that timed out keeps its thread and its slot; the pool replaces up to `concurrency`
   // such threads, and each one beyond that leaves a thread fewer.
   const int healthy = options_.concurrency - std::max(0, stuck_ - options_.concurrency);
-  return healthy > 0 ? healthy + stuck_ + std::max(1, options_.lanes) * options_.batch_size : 0;
+  // Threads that run tasks in handler processes several at a time (dispatch()) hold that many.
+  const int ahead = process_flows_ > 0 ? static_cast<int>(kWrittenAheadMin) : 1;
+  return healthy > 0 ? healthy * ahead + stuck_ + std::max(1, options_.lanes) * options_.batch_size
+                     : 0;
 }
 
 int Engine::share_locked() const {
@@ -234,40 +238,104 @@ void Engine::dispatch(const std::shared_ptr<FlowState>& state, ClaimedTask task)
 
 void Engine::dispatch(const std::shared_ptr<FlowState>& state, std::vector<ClaimedTask> tasks) {
   if (tasks.empty()) return;
-  std::vector<HandlerPool::Job> jobs;
   std::vector<std::shared_ptr<ClaimedTask>> held;
-  jobs.reserve(tasks.size());
   held.reserve(tasks.size());
   const auto claimed = std::chrono::steady_clock::now();
   for (auto& task : tasks) {
     state->hold(task, parts_.now() + renew_period(task.timeout, options_.lease));
-    auto shared_task = std::make_shared<ClaimedTask>(std::move(task));
-    HandlerPool::Job job;
-    job.run = [this, state, shared_task, claimed] {
-      // Its flow reached its share of threads held by handlers that timed out while this task
-      // waited for a thread: back to the database, for other workers.
-      if (!may_claim(*state)) return give_back(*state, *shared_task, /*count_unstarted=*/false);
-      run_task(state, *shared_task, claimed);
-    };
-    job.fail = [this, state, shared_task](std::string what) {
-      // Thrown after its result was queued (by logging, say): that result stands.
-      if (state->result_queued(shared_task->id)) return;
-      record_result(
-          state, *shared_task, std::nullopt,
-          Failure{shared_task->id, shared_task->attempt,
-                  utf8_valid(fmt::format("step '{}': the worker failed running its handler: {}",
-                                         shared_task->step_slug, what)),
-                  /*permanent=*/true});
-    };
-    job.cancel = [this, state, shared_task] {
-      give_back(*state, *shared_task, /*count_unstarted=*/true);
-    };
-    jobs.push_back(std::move(job));
-    held.push_back(std::move(shared_task));
+    held.push_back(std::make_shared<ClaimedTask>(std::move(task)));
+  }
+  // Tasks of one pool of handler processes whose tasks have lately been quick go to its processes
+  // several at a time (HandlerProcessPool::invoke_all): as many per job as spreads the claim over
+  // the threads, at least kWrittenAheadMin (a thread that wakes once for 8 quick tasks does more
+  // than 8 threads that wake once each: measured in docs/performance.md), at most kWrittenAhead.
+  const std::size_t threads = static_cast<std::size_t>(std::max(1, pool_.healthy()));
+  const std::size_t spread = (held.size() + threads - 1) / threads;
+  const std::size_t per_job = std::min(std::max(spread, kWrittenAheadMin), kWrittenAhead);
+  std::vector<HandlerPool::Job> jobs;
+  jobs.reserve(held.size());
+  for (std::size_t at = 0; at < held.size();) {
+    std::size_t end = at + 1;
+    if (per_job > 1) {
+      const StepHandler* first = state->handler(held[at]->step_slug);
+      if (first && first->process && first->process->quick()) {
+        while (end < held.size() && end - at < per_job) {
+          const StepHandler* h = state->handler(held[end]->step_slug);
+          if (!h || h->process != first->process) break;
+          ++end;
+        }
+      }
+    }
+    if (end - at == 1) {
+      jobs.push_back(task_job(state, held[at], claimed));
+    } else {
+      jobs.push_back(process_job(state,
+                                 std::vector<std::shared_ptr<ClaimedTask>>(
+                                     held.begin() + static_cast<std::ptrdiff_t>(at),
+                                     held.begin() + static_cast<std::ptrdiff_t>(end)),
+                                 claimed));
+    }
+    at = end;
   }
   // Closed: the worker is finishing. Give the tasks back rather than drop them.
   if (!pool_.submit_all(std::move(jobs)))
     for (const auto& task : held) give_back(*state, *task, /*count_unstarted=*/false);
+}
+
+HandlerPool::Job Engine::task_job(const std::shared_ptr<FlowState>& state,
+                                  std::shared_ptr<ClaimedTask> task,
+                                  std::chrono::steady_clock::time_point claimed) {
+  HandlerPool::Job job;
+  job.run = [this, state, task, claimed] {
+    // Its flow reached its share of threads held by handlers that timed out while this task
+    // waited for a thread: back to the database, for other workers.
+    if (!may_claim(*state)) return give_back(*state, *task, /*count_unstarted=*/false);
+    run_task(state, *task, claimed);
+  };
+  job.fail = [this, state, task](std::string what) { fail_unrecorded(state, *task, what); };
+  job.cancel = [this, state, task] { give_back(*state, *task, /*count_unstarted=*/true); };
+  return job;
+}
+
+void Engine::fail_unrecorded(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
+                             const std::string& what) {
+  // Thrown after its result was queued (by logging, say): that result stands.
+  if (state->result_queued(task.id)) return;
+  record_result(
+      state, task, std::nullopt,
+      Failure{task.id, task.attempt,
+              utf8_valid(fmt::format("step '{}': the worker failed running its handler: {}",
+                                     task.step_slug, what)),
+              /*permanent=*/true});
+}
+
+HandlerPool::Job Engine::process_job(const std::shared_ptr<FlowState>& state,
+                                     std::vector<std::shared_ptr<ClaimedTask>> tasks,
+                                     std::chrono::steady_clock::time_point claimed) {
+  auto shared = std::make_shared<std::vector<std::shared_ptr<ClaimedTask>>>(std::move(tasks));
+  // How many of them started (their handler was written to and its time began): the others are
+  // given back when the job fails.
+  auto begun = std::make_shared<std::size_t>(0);
+  HandlerPool::Job job;
+  job.run = [this, state, shared, begun, claimed] {
+    if (!may_claim(*state)) {
+      for (const auto& task : *shared) give_back(*state, *task, /*count_unstarted=*/false);
+      return;
+    }
+    run_in_process(state, *shared, claimed, *begun);
+  };
+  job.fail = [this, state, shared, begun](std::string what) {
+    for (std::size_t i = 0; i < shared->size(); ++i) {
+      if (i < *begun)
+        fail_unrecorded(state, *(*shared)[i], what);
+      else
+        give_back(*state, *(*shared)[i], /*count_unstarted=*/false);
+    }
+  };
+  job.cancel = [this, state, shared] {
+    for (const auto& task : *shared) give_back(*state, *task, /*count_unstarted=*/true);
+  };
+  return job;
 }
 
 void Engine::give_back(FlowState& state, const ClaimedTask& task, bool count_unstarted) {
@@ -293,11 +361,6 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
                 fmt::format("no handler for step '{}' in this worker", task.step_slug), true});
     return;
   }
-  const nlohmann::json context = {{"run_id", task.run_id},
-                                  {"flow", task.flow_slug},
-                                  {"step", task.step_slug},
-                                  {"task_index", task.task_index},
-                                  {"attempt", task.attempt}};
   HandlerOutcome outcome;
   {
     if (journal_) journal_->begin(task.id, task.attempt);
@@ -314,17 +377,71 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
     if (handler->process) {
       ProcessFacts facts;
       outcome = handler->process->invoke(
-          handler->process_index, json_text(task.input), json_text(context), task.timeout,
+          handler->process_index, json_text(task.input), context_text(task), task.timeout,
           TaskTag{task.flow_slug, task.step_slug, task.run_id, task.id}, facts);
       record_process_facts(facts);
     } else {
-      outcome = handler->invoke(json_text(task.input), json_text(context));
+      outcome = handler->invoke(json_text(task.input), context_text(task));
     }
     if (handler->metrics)
       handler->metrics->task_seconds.observe(
           metrics::seconds(std::chrono::steady_clock::now() - entered));
   }
-  auto [completion, failure] = result_of(task, *handler, std::move(outcome));
+  finish_task(state, task, *handler, std::move(outcome));
+}
+
+std::string Engine::context_text(const ClaimedTask& task) {
+  const nlohmann::json context = {{"run_id", task.run_id},
+                                  {"flow", task.flow_slug},
+                                  {"step", task.step_slug},
+                                  {"task_index", task.task_index},
+                                  {"attempt", task.attempt}};
+  return json_text(context);
+}
+
+void Engine::run_in_process(const std::shared_ptr<FlowState>& state,
+                            const std::vector<std::shared_ptr<ClaimedTask>>& tasks,
+                            std::chrono::steady_clock::time_point claimed, std::size_t& begun) {
+  const std::size_t n = tasks.size();
+  std::vector<const StepHandler*> handlers(n);
+  std::vector<std::string> texts(2 * n);  // input, context: the views of `work` point here
+  std::vector<ProcessTask> work(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const ClaimedTask& task = *tasks[i];
+    handlers[i] = state->handler(task.step_slug);  // one pool's, as dispatch() checked
+    texts[2 * i] = json_text(task.input);
+    texts[2 * i + 1] = context_text(task);
+    work[i] = ProcessTask{handlers[i]->process_index, texts[2 * i], texts[2 * i + 1], task.timeout,
+                          TaskTag{task.flow_slug, task.step_slug, task.run_id, task.id}};
+  }
+  std::optional<logging::LogScope> log_scope;
+  auto entered = std::chrono::steady_clock::now();
+  const auto starting = [&](std::size_t i) {
+    const ClaimedTask& task = *tasks[i];
+    begun = i + 1;
+    log_scope.reset();
+    log_scope.emplace(
+        logging::LogFields{options_.worker_id, task.flow_slug, task.step_slug, task.run_id, {}});
+    state->started(task.id, parts_.now());
+    if (journal_) journal_->begin(task.id, task.attempt);
+    entered = std::chrono::steady_clock::now();
+    if (handlers[i]->metrics)
+      handlers[i]->metrics->latency_seconds.observe(metrics::seconds(entered - claimed));
+  };
+  const auto ended = [&](std::size_t i, HandlerOutcome outcome, const ProcessFacts& facts) {
+    if (journal_) journal_->end();
+    record_process_facts(facts);
+    if (handlers[i]->metrics)
+      handlers[i]->metrics->task_seconds.observe(
+          metrics::seconds(std::chrono::steady_clock::now() - entered));
+    finish_task(state, *tasks[i], *handlers[i], std::move(outcome));
+  };
+  handlers[0]->process->invoke_all(work, starting, ended);
+}
+
+void Engine::finish_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
+                         const StepHandler& handler, HandlerOutcome outcome) {
+  auto [completion, failure] = result_of(task, handler, std::move(outcome));
   spdlog::debug("worker {}: task {} of {} step '{}' attempt {}: {}", options_.worker_id, task.id,
                 state->label(), task.step_slug, task.attempt,
                 completion           ? "completed"
@@ -731,7 +848,9 @@ bool Engine::flush_retired() {
   if (!done.empty()) {
     MutexLock lock(mu_);
     std::erase_if(states_, [&](const std::shared_ptr<FlowState>& s) {
-      return std::find(done.begin(), done.end(), s) != done.end();
+      const bool gone = std::find(done.begin(), done.end(), s) != done.end();
+      if (gone && s->in_processes()) --process_flows_;
+      return gone;
     });
   }
   return ok;

@@ -99,7 +99,9 @@ class Engine final : public LaneHost {
 
   // Capacity: with h threads able to run handlers (h = concurrency while at most concurrency
   // handlers that timed out still run, see replacement_due(); one fewer for each beyond that), at
-  // most h + lanes * batch_size tasks held at once, besides the slots of handlers that timed out,
+  // most h + lanes * batch_size tasks held at once (h * kWrittenAheadMin + lanes * batch_size
+  // while a flow served runs handlers in processes: a thread runs that many there at once, see
+  // dispatch()), besides the slots of handlers that timed out,
   // so that each lane can claim a whole batch while the other's round trip is in flight (with room
   // for one batch only, two lanes split it and every round trip carries half as much); with h = 0,
   // none: a worker whose threads are all stuck claims nothing and gives back what waits for a
@@ -147,9 +149,36 @@ class Engine final : public LaneHost {
   void mark_stuck(int newly_stuck);
   void renew(const std::vector<std::pair<std::shared_ptr<FlowState>, TaskAttempt>>& due);
   std::vector<std::shared_ptr<FlowState>> states() const;
+  // A pool job running one task (run_task).
+  HandlerPool::Job task_job(const std::shared_ptr<FlowState>& state,
+                            std::shared_ptr<ClaimedTask> task,
+                            std::chrono::steady_clock::time_point claimed);
+  // A pool job running tasks of one pool of handler processes, written to a process together
+  // (run_in_process).
+  HandlerPool::Job process_job(const std::shared_ptr<FlowState>& state,
+                               std::vector<std::shared_ptr<ClaimedTask>> tasks,
+                               std::chrono::steady_clock::time_point claimed);
+  // Tasks written to a handler process together (see dispatch()), when its pool is quick(): at
+  // least the first (or all there are), at most the second. A handler that hangs delays at most
+  // kWrittenAhead - 1 tasks behind it, by its timeout; they then run in a fresh process.
+  static constexpr std::size_t kWrittenAheadMin = 8;
+  static constexpr std::size_t kWrittenAhead = 16;
   // `claimed`: when the task was dispatched (its start latency is measured from then).
   void run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                 std::chrono::steady_clock::time_point claimed);
+  // Runs `tasks` (handlers of one pool of handler processes) through HandlerProcessPool::
+  // invoke_all; `begun` counts the tasks started.
+  void run_in_process(const std::shared_ptr<FlowState>& state,
+                      const std::vector<std::shared_ptr<ClaimedTask>>& tasks,
+                      std::chrono::steady_clock::time_point claimed, std::size_t& begun);
+  // The handler's context argument: run, flow, step, task index, attempt.
+  static std::string context_text(const ClaimedTask& task);
+  // Records the result of a handler's outcome.
+  void finish_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
+                   const StepHandler& handler, HandlerOutcome outcome);
+  // A task whose job threw: failed for good, unless its result was queued already.
+  void fail_unrecorded(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
+                       const std::string& what);
   // The result of a handler's outcome: a completion, or a failure naming the handler.
   std::pair<std::optional<Completion>, std::optional<Failure>> result_of(
       const ClaimedTask& task, const StepHandler& handler, HandlerOutcome outcome) const;
@@ -198,6 +227,7 @@ class Engine final : public LaneHost {
   std::uint64_t served_changes_ FLOWREG_GUARDED_BY(mu_) = 0;
   std::uint64_t served_beaten_ FLOWREG_GUARDED_BY(mu_) = 0;
   int in_use_ FLOWREG_GUARDED_BY(mu_) = 0;         // slots taken
+  int process_flows_ FLOWREG_GUARDED_BY(mu_) = 0;  // states_ in_processes()
   int stuck_ FLOWREG_GUARDED_BY(mu_) = 0;          // threads held by handlers that timed out
   bool all_held_ FLOWREG_GUARDED_BY(mu_) = false;  // no thread could run a handler (logged once)
   std::optional<std::string> due_reason_ FLOWREG_GUARDED_BY(mu_);  // replacement_due()

@@ -95,7 +95,11 @@ Millis renew_period(Millis timeout, Millis lease) {
 }
 
 FlowState::FlowState(FlowKey key, std::unordered_map<std::string, StepHandler> handlers)
-    : key_(std::move(key)), label_(detail::label(key_)), handlers_(std::move(handlers)) {}
+    : key_(std::move(key)),
+      label_(detail::label(key_)),
+      handlers_(std::move(handlers)),
+      in_processes_(std::any_of(handlers_.begin(), handlers_.end(),
+                                [](const auto& h) { return h.second.process != nullptr; })) {}
 
 const StepHandler* FlowState::handler(const std::string& step) const {
   auto it = handlers_.find(step);

@@ -75,6 +75,8 @@ class FlowState {
   const std::string& label() const noexcept { return label_; }  // "slug@version"
   // The handler of a step of this flow version, or nullptr.
   const StepHandler* handler(const std::string& step) const;
+  // A step's handler runs in handler processes (isolation: process).
+  bool in_processes() const noexcept { return in_processes_; }
 
   // ---- The lanes' side (and the flow service's: stop, retire).
   // Called (with no lock held) whenever a round may be due: a claim wanted, a result put back, a
@@ -191,6 +193,7 @@ class FlowState {
   const FlowKey key_;
   const std::string label_;
   const std::unordered_map<std::string, StepHandler> handlers_;  // by step slug
+  const bool in_processes_;
 
   mutable AnnotatedMutex mu_;
   std::condition_variable_any cv_;  // outbox filled, claim wanted, stopping

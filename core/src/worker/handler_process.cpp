@@ -41,8 +41,8 @@ constexpr int kChannelFd = 3;
 constexpr int kExitChannelLost = 86;
 // The largest frame the host accepts from the worker (a task's input and context).
 constexpr std::uint32_t kMaxRequestBytes = 512u << 20;
-// Bytes of a result frame besides the body: kind, status, CPU, RSS, processes left.
-constexpr std::size_t kResultHeader = 1 + 1 + 8 + 8 + 4;
+// Bytes of a result frame besides the body: kind, status, CPU, RSS, processes left, handler time.
+constexpr std::size_t kResultHeader = 1 + 1 + 8 + 8 + 4 + 8;
 
 void put_u32(std::string& s, std::uint32_t v) { s.append(reinterpret_cast<const char*>(&v), 4); }
 void put_u64(std::string& s, std::uint64_t v) { s.append(reinterpret_cast<const char*>(&v), 8); }
@@ -99,6 +99,58 @@ bool read_frame(int fd, std::string& payload, std::uint32_t max) {
   payload.resize(n);
   return read_all(fd, payload.data(), n);
 }
+
+// Frames read from a blocking descriptor through a buffer: the frames of tasks written ahead
+// (HandlerProcessPool::invoke_all) arrive together and are read together.
+class FrameReader {
+ public:
+  explicit FrameReader(int fd) : fd_(fd) {}
+  // The next frame's payload; false at the end of the channel or on a frame over `max` (its
+  // length is checked before its bytes are awaited).
+  bool next(std::string& payload, std::uint32_t max) {
+    if (!fill(4)) return false;
+    const std::uint32_t n = get_u32(buf_.data() + at_);
+    if (n == 0 || n > max) return false;
+    if (!fill(4 + std::size_t{n})) return false;
+    payload.assign(buf_, at_ + 4, n);
+    at_ += 4 + std::size_t{n};
+    return true;
+  }
+
+ private:
+  // Until `n` bytes are buffered from at_ on; false at the end of the channel.
+  bool fill(std::size_t n) {
+    if (at_ == buf_.size()) {
+      buf_.clear();
+      if (buf_.capacity() > (std::size_t{1} << 20)) buf_.shrink_to_fit();  // a large one went
+      at_ = 0;
+    }
+    while (buf_.size() - at_ < n) {
+      if (at_ > 0) {
+        buf_.erase(0, at_);
+        at_ = 0;
+      }
+      constexpr std::size_t kChunk = 64 * 1024;
+      const std::size_t missing = n - buf_.size();
+      if (missing > kChunk) {  // a large frame: the rest of it, read in place
+        const std::size_t had = buf_.size();
+        buf_.resize(n);
+        if (!read_all(fd_, buf_.data() + had, missing)) return false;
+        continue;
+      }
+      char chunk[kChunk];
+      const ssize_t r = ::read(fd_, chunk, sizeof chunk);
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) return false;
+      buf_.append(chunk, static_cast<std::size_t>(r));
+    }
+    return true;
+  }
+
+  int fd_;
+  std::string buf_;
+  std::size_t at_ = 0;
+};
 
 bool write_frame(int fd, const std::string& payload) {
   const std::string f = framed(payload);
@@ -210,8 +262,9 @@ int handler_host_main(int argc, char** argv) {
 
   rusage last_usage{};
   ::getrusage(RUSAGE_SELF, &last_usage);
+  FrameReader tasks(kChannelFd);
   for (;;) {
-    if (!read_frame(kChannelFd, frame, kMaxRequestBytes)) return 0;  // the worker closed it
+    if (!tasks.next(frame, kMaxRequestBytes)) return 0;  // the worker closed it
     constexpr std::size_t kTaskHeader = 1 + 4 + 8 + 4;
     if (frame[0] != 'T' || frame.size() < kTaskHeader) return 1;
     const std::uint32_t index = get_u32(frame.data() + 1);
@@ -231,7 +284,10 @@ int handler_host_main(int argc, char** argv) {
       const rlimit l{static_cast<rlim_t>(used_s + (cpu_ms + 999) / 1000), RLIM_INFINITY};
       ::setrlimit(RLIMIT_CPU, &l);
     }
+    const auto entered = Clock::now();
     HandlerOutcome outcome = (*plugin)->invoke(index, input, context);
+    const auto handler_us =
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - entered).count();
     std::fflush(nullptr);  // what the handler printed goes out with its task
     // A subreaper without children has no descendant at all: the common case costs one waitid
     // (under a microsecond), not a listing of /proc (about 17 microseconds).
@@ -252,6 +308,7 @@ int handler_host_main(int argc, char** argv) {
     put_u64(reply, cpu_us_of(after) - cpu_us_of(before));
     put_u64(reply, static_cast<std::uint64_t>(after.ru_maxrss));
     put_u32(reply, static_cast<std::uint32_t>(std::max(left, 0)));
+    put_u64(reply, static_cast<std::uint64_t>(handler_us));
     reply += outcome.body;
     if (!write_frame(kChannelFd, reply)) return kExitChannelLost;
   }
@@ -264,6 +321,7 @@ struct HandlerProcessPool::Process {
   int channel = -1;           // our end of the socketpair (non-blocking)
   int output = -1;            // the read end of its stdout and stderr (non-blocking)
   bool output_ended = false;  // it closed its stdout and stderr: no more polling them
+  std::string inbox;          // bytes read from the channel and not yet taken as a reply
   bool reaped = false;
   int status = 0;                // when reaped
   rusage usage{};                // its whole life's, when reaped
@@ -618,57 +676,123 @@ void HandlerProcessPool::prestart() {
   put_back(std::move(p));
 }
 
+namespace {
+
+// A task's request frame, appended to `out`.
+void append_request(std::string& out, const ProcessTask& task, std::uint64_t cpu_ms) {
+  const std::size_t n = 17 + task.context.size() + task.input.size();
+  put_u32(out, static_cast<std::uint32_t>(n));
+  out += 'T';
+  put_u32(out, task.index);
+  put_u64(out, cpu_ms);
+  put_u32(out, static_cast<std::uint32_t>(task.context.size()));
+  out.append(task.context);
+  out.append(task.input);
+}
+
+}  // namespace
+
 HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view input,
                                           std::string_view context, milliseconds timeout,
                                           const TaskTag& tag, ProcessFacts& facts) {
-  const auto started = Clock::now();
-  const std::string handler = index < options_.handler_names.size()
-                                  ? fmt::format("handler '{}'", options_.handler_names[index])
-                                  : fmt::format("handler {}", index);
-  std::string error;
-  auto p = take(error);
-  if (!p) return {HandlerOutcome::Status::retry, std::move(error)};
-  facts.pid = p->pid;
+  const ProcessTask task{index, input, context, timeout, tag};
+  HandlerOutcome result;
+  invoke_all(std::span(&task, 1), {},
+             [&](std::size_t, HandlerOutcome outcome, const ProcessFacts& got) {
+               result = std::move(outcome);
+               facts = got;
+             });
+  return result;
+}
 
-  std::string request;
-  request.reserve(4 + 17 + context.size() + input.size());
-  put_u32(request, static_cast<std::uint32_t>(17 + context.size() + input.size()));
-  request += 'T';
-  put_u32(request, index);
-  put_u64(request, static_cast<std::uint64_t>(options_.limits.cpu.count()));
-  put_u32(request, static_cast<std::uint32_t>(context.size()));
-  request.append(context);
-  request.append(input);
+void HandlerProcessPool::note_time(Clock::duration took) noexcept {
+  const auto us = static_cast<std::uint32_t>(std::min<long long>(
+      std::chrono::duration_cast<std::chrono::microseconds>(took).count(), 1'000'000'000));
+  const std::uint32_t old = recent_us_.load(std::memory_order_relaxed);
+  // Racy by design (threads of the pool update it at once): an estimate.
+  recent_us_.store(old == ~0u ? us : static_cast<std::uint32_t>((old * 7ULL + us) / 8),
+                   std::memory_order_relaxed);
+}
 
-  // The deadline counts from the task's start, the wait for a process included.
-  const auto deadline = started + timeout;
+void HandlerProcessPool::invoke_all(std::span<const ProcessTask> tasks, const Starting& starting,
+                                    const Ended& ended) {
+  const std::uint64_t cpu_ms = static_cast<std::uint64_t>(options_.limits.cpu.count());
+  std::size_t next = 0;
+  while (next < tasks.size()) {
+    // The first task's time counts from here, the wait for a process included.
+    auto start = Clock::now();
+    if (starting) starting(next);
+    std::string error;
+    auto p = take(error);
+    if (!p) {
+      for (std::size_t i = next; i < tasks.size(); ++i) {
+        if (i > next && starting) starting(i);
+        ended(i, {HandlerOutcome::Status::retry, error}, ProcessFacts{});
+      }
+      return;
+    }
+    std::string request;
+    std::size_t bytes = 0;
+    for (std::size_t i = next; i < tasks.size(); ++i)
+      bytes += 4 + 17 + tasks[i].context.size() + tasks[i].input.size();
+    request.reserve(bytes);
+    for (std::size_t i = next; i < tasks.size(); ++i) append_request(request, tasks[i], cpu_ms);
+    if (tasks.size() - next > 1)
+      spdlog::debug("handler process {}: {} tasks written to it at once", p->pid,
+                    tasks.size() - next);
+    std::size_t sent = 0;
+    // The requests go out at once when the socket takes them whole (nearly always): no poll first.
+    if (const ssize_t w = ::send(p->channel, request.data(), request.size(), MSG_NOSIGNAL); w > 0)
+      sent = static_cast<std::size_t>(w);
+    for (std::size_t i = next; i < tasks.size(); ++i) {
+      if (i > next) {
+        start = Clock::now();
+        if (starting) starting(i);
+      }
+      ProcessFacts facts;
+      facts.pid = p->pid;
+      HandlerOutcome outcome = await_result(p, request, sent, tasks[i], start, facts);
+      ended(i, std::move(outcome), facts);
+      if (!p) {  // the process went: the tasks after this one never started
+        next = i + 1;
+        break;
+      }
+      if (i + 1 == tasks.size()) {
+        put_back(std::move(p));
+        return;
+      }
+    }
+  }
+}
+
+HandlerOutcome HandlerProcessPool::await_result(std::unique_ptr<Process>& p,
+                                                const std::string& request, std::size_t& sent,
+                                                const ProcessTask& task, Clock::time_point start,
+                                                ProcessFacts& facts) {
+  const milliseconds timeout = task.timeout;
+  const TaskTag& tag = task.tag;
+  const std::string handler = task.index < options_.handler_names.size()
+                                  ? fmt::format("handler '{}'", options_.handler_names[task.index])
+                                  : fmt::format("handler {}", task.index);
+  // The deadline counts from the task's start (for the first one on a process, the wait for it
+  // included).
+  const auto deadline = start + timeout;
   const std::size_t max_frame = options_.max_output_bytes + kResultHeader;
-  std::size_t sent = 0;
   std::string got;  // the reply frame as it arrives
   std::string kept;
   std::size_t dropped = 0;
   enum class End { result, timed_out, closed, broken } how = End::result;
   std::string broken_why;
-  // The request goes out at once when the socket takes it whole (nearly always): no poll first.
-  if (const ssize_t w = ::send(p->channel, request.data(), request.size(), MSG_NOSIGNAL); w > 0)
-    sent = static_cast<std::size_t>(w);
   bool complete = false;
-  // Reads what has arrived of the reply: its length first (checked), then at most its bytes, until
-  // the socket has no more; false when the reply cannot be read any further (`how` says why).
+  // Takes the reply from what has arrived, reading what the socket has (several replies at once
+  // when tasks were written ahead); a reply's length is checked before more than a chunk of it is
+  // read. False when the reply cannot be read any further (`how` says why); true with `complete`
+  // set, or when more must be awaited.
   const auto read_reply = [&]() -> bool {
+    std::string& in = p->inbox;
     for (;;) {
-      const std::size_t want = got.size() >= 4 ? 4 + get_u32(got.data()) : 4;
-      char buffer[64 * 1024];
-      const ssize_t r = ::read(p->channel, buffer, std::min(sizeof buffer, want - got.size()));
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && errno == EAGAIN) return true;
-      if (r <= 0) {
-        how = End::closed;
-        return false;
-      }
-      got.append(buffer, static_cast<std::size_t>(r));
-      if (got.size() == 4) {
-        const std::uint32_t n = get_u32(got.data());
+      if (in.size() >= 4) {
+        const std::uint32_t n = get_u32(in.data());
         if (n > max_frame) {
           how = End::broken;
           broken_why = fmt::format(
@@ -682,15 +806,33 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
           broken_why = fmt::format("it sent a frame of {} bytes, too short for a result", n);
           return false;
         }
-        got.reserve(4 + n);
+        if (in.size() >= 4 + std::size_t{n}) {
+          if (in.size() == 4 + std::size_t{n}) {
+            got.swap(in);
+            in.clear();
+          } else {
+            got.assign(in, 0, 4 + std::size_t{n});
+            in.erase(0, 4 + std::size_t{n});
+          }
+          complete = true;
+          return true;
+        }
+        in.reserve(4 + std::size_t{n});
       }
-      if (got.size() >= 4 && got.size() == 4 + get_u32(got.data())) {
-        complete = true;
-        return true;
+      char buffer[64 * 1024];
+      const ssize_t r = ::read(p->channel, buffer, sizeof buffer);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && errno == EAGAIN) return true;
+      if (r <= 0) {
+        how = End::closed;
+        return false;
       }
+      in.append(buffer, static_cast<std::size_t>(r));
     }
   };
-  while (!complete) {
+  // What came with an earlier reply may hold this one whole: then no poll.
+  bool readable = p->inbox.empty() || read_reply();
+  while (readable && !complete) {
     const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now()).count();
     if (left <= 0) {
       how = End::timed_out;
@@ -711,7 +853,7 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
           ::send(p->channel, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
       if (w > 0) sent += static_cast<std::size_t>(w);
     }
-    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) && !read_reply()) break;
+    if ((fds[0].revents & (POLLIN | POLLHUP | POLLERR)) && !read_reply()) readable = false;
   }
   // Status 0 ok, 1 retry, 2 permanent, 3 snooze.
   if (how == End::result && (got[4] != 'R' || static_cast<unsigned char>(got[5]) > 3)) {
@@ -724,6 +866,8 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
     facts.cpu_us = get_u64(got.data() + 6);
     facts.max_rss_kb = get_u64(got.data() + 14);
     facts.left_processes = get_u32(got.data() + 22);
+    facts.handler_us = get_u64(got.data() + 26);
+    note_time(std::chrono::microseconds(facts.handler_us));
     log_output(kept, dropped, tag, p->pid);
     if (facts.left_processes > 0)
       spdlog::warn(
@@ -753,7 +897,6 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
           "{} MiB",
           facts.pid, tag.task_id, tag.flow, tag.run_id, static_cast<double>(facts.cpu_us) / 1e6,
           (facts.max_rss_kb + 1023) / 1024);
-    put_back(std::move(p));
     return outcome;
   }
 
@@ -788,6 +931,7 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
     std::lock_guard lock(mu_);
     switch (how) {
       case End::timed_out:
+        note_time(timeout);  // not quick, for a while (quick())
         ++counts_.timed_out;
         metrics::handler_process_ends("timed_out").inc();
         why = fmt::format("{} timed out after {} ms; the handler process (pid {}) was killed",

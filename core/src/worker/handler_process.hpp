@@ -17,7 +17,9 @@
 //   host -> worker   'Y' ready (the plugin loaded)   'E' message (it did not load; the host exits)
 //                    'R' u8 status (0 ok, 1 retry, 2 permanent, 3 snooze), u64 CPU microseconds
 //                        of the task, u64 peak RSS KiB of the process, u32 processes it left
-//                        (killed), body
+//                        (killed), u64 microseconds the handler ran (wall clock), body
+// The worker may write several 'T' frames at once (invoke_all); the host runs them in order and
+// answers each as it ends, so that the worker knows which task a crash or a hang belongs to.
 // A frame's length is read first and bounded (max_output_bytes and a little) before its bytes are.
 // What the host writes to stdout and stderr reaches the worker through a pipe and its log, tagged
 // with flow, run and task, at most log_bytes per task.
@@ -46,6 +48,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -83,6 +86,7 @@ struct ProcessFacts {
   int signal = 0;                    // the signal that ended it during the task
   int exit_status = -1;              // its exit status when it exited during the task
   std::uint32_t left_processes = 0;  // processes the handler started and left running (killed)
+  std::uint64_t handler_us = 0;      // how long the handler ran, measured in its process
   bool killed = false;               // killed by the worker (timeout, protocol, output size)
 };
 
@@ -90,6 +94,14 @@ struct ProcessFacts {
 struct TaskTag {
   std::string flow, step, run_id;
   std::int64_t task_id = 0;
+};
+
+// One task of HandlerProcessPool::invoke_all. The views must outlive the call.
+struct ProcessTask {
+  std::uint32_t index = 0;  // the handler's
+  std::string_view input, context;
+  std::chrono::milliseconds timeout{0};
+  TaskTag tag;
 };
 
 class HandlerProcessPool {
@@ -109,6 +121,26 @@ class HandlerProcessPool {
   // max_processes run at once). Never throws; never lets the handler's misbehaviour out.
   HandlerOutcome invoke(std::uint32_t index, std::string_view input, std::string_view context,
                         std::chrono::milliseconds timeout, const TaskTag& tag, ProcessFacts& facts);
+
+  // Runs `tasks` in order in one of the pool's processes, all written to it at once: the process
+  // goes from one task to the next without waiting for the worker, and the worker's thread wakes
+  // once per reply it finds, not twice per task (a no-op task's cost was mostly those wake-ups).
+  // Task i starts when task i - 1 ended (the first one now, the wait for a process included):
+  // `starting(i)` is called then (may be empty), and `ended(i, outcome, facts)` when it ended, as
+  // invoke() would return it; both in order, on the caller's thread. When a task costs its process
+  // (a crash, its timeout, ...), the tasks written after it never started: they run in a fresh
+  // process. So a task that hangs delays the ones behind it by its timeout: the caller sends only
+  // tasks of a quick() pool, a few at a time. Never throws (but what the callbacks throw).
+  using Starting = std::function<void(std::size_t)>;
+  using Ended = std::function<void(std::size_t, HandlerOutcome, const ProcessFacts&)>;
+  void invoke_all(std::span<const ProcessTask> tasks, const Starting& starting, const Ended& ended);
+
+  // Its handlers have lately run within kQuickUs each: a moving average of their own times
+  // (measured in the process, so not lengthened by a busy machine), a timeout counting as its
+  // length and a crash not at all. Its tasks may then be written ahead (invoke_all). False before
+  // its first task.
+  bool quick() const noexcept { return recent_us_.load(std::memory_order_relaxed) <= kQuickUs; }
+  static constexpr std::uint32_t kQuickUs = 2'000;
 
   struct Stats {
     int alive = 0;                   // processes started and not ended
@@ -134,7 +166,16 @@ class HandlerProcessPool {
   const HandlerProcessOptions options_;
   mutable std::mutex mu_;
   std::condition_variable cv_;  // a process became idle, or room to start one
+  // Waits for task `task`'s reply on `p` (its request may still be partly unsent: `request` from
+  // `sent`), until `start` + its timeout: its outcome. `p` stays when the task ended with a result,
+  // else the process was ended (null).
+  HandlerOutcome await_result(std::unique_ptr<Process>& p, const std::string& request,
+                              std::size_t& sent, const ProcessTask& task,
+                              std::chrono::steady_clock::time_point start, ProcessFacts& facts);
+  void note_time(std::chrono::steady_clock::duration took) noexcept;
+
   std::vector<std::unique_ptr<Process>> idle_;
+  std::atomic<std::uint32_t> recent_us_{~0u};  // see quick()
   int alive_ = 0, busy_ = 0;
   Stats counts_;
   bool warned_cgroup_ = false;
