@@ -324,6 +324,9 @@ Options:
   --json FILE          also write every measured row to FILE as one JSON document
   --keep               keep the scratch directory (cluster data, worker logs)
   --help               this text
+
+environment: WORKER_BENCH_FLOWREG=PATH runs the workers from another build's flowreg binary (the
+database, plugins and measuring stay this build's), to compare two builds in one window
 )";
 
 [[noreturn]] void usage(const std::string& why) {
