@@ -6,7 +6,7 @@ SELECT w.id, w.host, w.pid, w.concurrency, w.flows::text AS flows,
  (extract(epoch FROM w.started_at) * 1000000)::bigint AS started_at_us,
  (extract(epoch FROM w.last_heartbeat_at) * 1000000)::bigint AS last_heartbeat_at_us,
  (extract(epoch FROM w.stopped_at) * 1000000)::bigint AS stopped_at_us, w.state,
- w.heartbeat_ms,
+ w.heartbeat_ms, w.handler_processes::text AS handler_processes,
  (extract(epoch FROM clock_timestamp() - w.last_heartbeat_at) * 1000)::bigint AS
  heartbeat_age_ms, coalesce(h.held, 0) AS held
  FROM flowreg.workers w

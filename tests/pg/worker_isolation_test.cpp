@@ -145,6 +145,29 @@ TEST_SUITE("worker_isolation") {
     }
     CHECK(s.err("w").find("left 1 process(es) running; they were killed") != std::string::npos);
 
+    // The worker's heartbeat carries its pool's state: `flowreg workers` (and the API, the
+    // dashboard) show how its processes ended. segv, abort, exit0: crashed; spin: a limit
+    // (SIGXCPU); sleep: timed out; garbage, close: broken.
+    Json processes;
+    const bool counted = eventually(
+        [&] {
+          const auto listed = s.cli({"workers", "--json"});
+          const Json workers = Json::parse(listed.out, nullptr, false);
+          if (!workers.is_array()) return false;
+          for (const auto& worker : workers)
+            if (worker.value("id", "") == "w") processes = worker["handler_processes"];
+          return processes.is_object() && processes.value("broken", 0) >= 2;
+        },
+        30s);
+    REQUIRE_MESSAGE(counted, processes.dump());
+    CHECK(processes["crashed"] == 3);
+    CHECK(processes["killed_by_limit"] == 1);
+    CHECK(processes["timed_out"] == 1);
+    CHECK(processes["broken"] == 2);
+    CHECK(processes["alive"].get<int>() >= 1);
+    CHECK(processes["started"].get<int>() >= 8);
+    CHECK(s.cli({"workers"}).out.find("handler processes: ") != std::string::npos);
+
     // A clean stop ends every handler process.
     w.signal(SIGTERM);
     CHECK(w.wait(60s) == 0);

@@ -1413,6 +1413,10 @@ TEST_SUITE("serve") {
     detail::WorkerRecord lost = gone;
     lost.id = "lost:2:x";
     lost.heartbeat_interval = Millis(10);
+    // Its handler processes as a row may hold them: what is not a count reads as 0.
+    lost.handler_processes = json::parse(
+        R"({"alive": 2, "busy": "<b>", "started": 3, "crashed": -5, "timed_out": 1.5,
+            "killed_by_limit": 1, "broken": 0, "extra": "<script>"})");
     REQUIRE(store->heartbeat(lost, false));
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     // The server's worker holds a task while its handler waits at a gate: 1 of its 2 slots.
@@ -1434,13 +1438,22 @@ TEST_SUITE("serve") {
         CHECK(w["held"] == 1);
         CHECK(w["concurrency"] == 2);
       }
+      if (w["status"] == "running") CHECK(w["handler_processes"].is_null());  // threads
       if (w["id"] == gone.id) CHECK(w["status"] == "stopped");
-      if (w["id"] == lost.id) CHECK(w["status"] == "stale");
+      if (w["id"] == lost.id) {
+        CHECK(w["status"] == "stale");
+        CHECK(w["handler_processes"] == json::parse(R"({"alive": 2, "busy": 0, "started": 3,
+            "crashed": 0, "timed_out": 0, "killed_by_limit": 1, "broken": 0})"));
+      }
     }
     REQUIRE(!running.empty());
     auto page = c.Get("/workers");
     REQUIRE(page);
     CHECK(page->body.find("data-worker-slots>1 / 2<") != std::string::npos);
+    CHECK(page->body.find("<td data-handler-processes>none (threads)</td>") != std::string::npos);
+    CHECK(page->body.find("<td data-handler-processes>2 alive (0 busy); 3 started, 0 crashed, 0 "
+                          "timed out, 1 killed by a limit, 0 broken</td>") != std::string::npos);
+    CHECK(page->body.find("<script>") == std::string::npos);
     CHECK(page->body.find("data-action=\"/api/v1/workers/gone%3A1%3A%3Cb%3E/forget\"") !=
           std::string::npos);
     CHECK(page->body.find("data-action=\"/api/v1/workers/lost%3A2%3Ax/forget\"") !=

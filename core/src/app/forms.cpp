@@ -431,6 +431,35 @@ std::string worker_status(const detail::WorkerRecord& w) {
   return "running";
 }
 
+namespace {
+
+// A worker's handler processes as its heartbeat stored them: the known counts only, each a
+// non-negative integer (0 when the row says otherwise), in a fixed order.
+json handler_processes_json(const std::optional<detail::Json>& stored) {
+  if (!stored || !stored->is_object()) return nullptr;
+  json out = json::object();
+  for (const char* key :
+       {"alive", "busy", "started", "crashed", "timed_out", "killed_by_limit", "broken"}) {
+    const auto it = stored->find(key);
+    out[key] = it != stored->end() && it->is_number_unsigned() ? it->get<std::uint64_t>()
+               : it != stored->end() && it->is_number_integer()
+                   ? static_cast<std::uint64_t>(std::max<std::int64_t>(0, it->get<std::int64_t>()))
+                   : std::uint64_t{0};
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string handler_processes_text(const json& processes) {
+  if (!processes.is_object()) return "";
+  const auto n = [&](const char* key) { return processes.value(key, std::uint64_t{0}); };
+  return fmt::format(
+      "{} alive ({} busy); {} started, {} crashed, {} timed out, {} killed by a limit, {} broken",
+      n("alive"), n("busy"), n("started"), n("crashed"), n("timed_out"), n("killed_by_limit"),
+      n("broken"));
+}
+
 json worker_json(const detail::WorkerRecord& w) {
   json flows = json::array();
   for (const auto& f : w.flows) flows.push_back({{"slug", f.slug}, {"version", f.version}});
@@ -444,7 +473,8 @@ json worker_json(const detail::WorkerRecord& w) {
           {"last_heartbeat_ms_ago", w.heartbeat_age.count()},
           {"held", w.held},
           {"heartbeat_interval_ms",
-           w.heartbeat_interval ? json(w.heartbeat_interval->count()) : json(nullptr)}};
+           w.heartbeat_interval ? json(w.heartbeat_interval->count()) : json(nullptr)},
+          {"handler_processes", handler_processes_json(w.handler_processes)}};
 }
 
 }  // namespace flowreg::app

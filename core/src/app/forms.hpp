@@ -108,5 +108,8 @@ json plugin_error_json(const PluginError& error);
 // A worker and its status from its heartbeat's age: running, stuck, replacing, stale or stopped.
 std::string worker_status(const detail::WorkerRecord& w);
 json worker_json(const detail::WorkerRecord& w);
+// worker_json's "handler_processes" in words ("2 alive (1 busy); 5 started, 1 crashed, 1 timed
+// out, 0 killed by a limit, 0 broken"); "" for null.
+std::string handler_processes_text(const json& processes);
 
 }  // namespace flowreg::app

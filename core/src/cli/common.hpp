@@ -46,6 +46,7 @@ using app::check_input;
 using app::Database;
 using app::database_url;
 using app::flow_json;
+using app::handler_processes_text;
 using app::iso_time;
 using app::json;
 using app::load_plugins;

@@ -334,6 +334,9 @@ int workers_command(detail::RunStore& store, bool as_json) {
     fmt::print("{}  {}  heartbeat {:.1f}s ago  concurrency {}  flows: {}\n", w.id, worker_status(w),
                static_cast<double>(w.heartbeat_age.count()) / 1000.0, w.concurrency,
                keys_text(keys));
+    if (const std::string processes = handler_processes_text(worker_json(w)["handler_processes"]);
+        !processes.empty())
+      fmt::print("  handler processes: {}\n", processes);
   }
   return kExitOk;
 }

@@ -314,6 +314,13 @@ const char* const kJs = R"JS(
             if (age) age.setAttribute('data-heartbeat-age', String(w.last_heartbeat_ms_ago));
             var slots = row.querySelector('[data-worker-slots]');
             if (slots) slots.textContent = w.held + ' / ' + w.concurrency;
+            var hp = row.querySelector('[data-handler-processes]'), p = w.handler_processes;
+            if (hp) {
+              hp.textContent = !p ? 'none (threads)' : p.alive + ' alive (' + p.busy +
+                ' busy); ' + p.started + ' started, ' + p.crashed + ' crashed, ' +
+                p.timed_out + ' timed out, ' + p.killed_by_limit + ' killed by a limit, ' +
+                p.broken + ' broken';
+            }
             var badge = row.querySelector('[data-worker-status] .status');
             if (badge) { badge.textContent = w.status; badge.className = 'status s-' + w.status; }
           });

@@ -973,11 +973,15 @@ std::string workers_page(const json& workers, const json& health) {
     rows += fmt::format(
         "<tr data-worker=\"{0}\"><td class=\"mono\">{0}</td><td data-worker-status>{1}</td>"
         "<td data-heartbeat-age=\"{2}\">{3:.1f} s</td><td data-worker-slots>{4} / {5}</td>"
-        "<td>{6}</td><td class=\"wide\">{7} (pid {8})</td><td>{9}</td></tr>",
+        "<td>{6}</td><td class=\"wide\">{7} (pid {8})</td><td data-handler-processes>{10}</td>"
+        "<td>{9}</td></tr>",
         escape(id), status_badge(status), w.value("last_heartbeat_ms_ago", std::int64_t{0}),
         static_cast<double>(w.value("last_heartbeat_ms_ago", std::int64_t{0})) / 1000.0,
         esc(w, "held"), esc(w, "concurrency"), flows.empty() ? "none" : flows, esc(w, "host"),
-        esc(w, "pid"), forget);
+        esc(w, "pid"), forget,
+        w.contains("handler_processes") && w["handler_processes"].is_object()
+            ? escape(app::handler_processes_text(w["handler_processes"]))
+            : std::string("none (threads)"));
   }
   std::string content =
       workers.empty()
@@ -989,7 +993,7 @@ std::string workers_page(const json& workers, const json& health) {
                 "Worker</th><th scope=\"col\">Status</th><th scope=\"col\">Heartbeat age</th>"
                 "<th scope=\"col\" title=\"tasks held / concurrency\">Slots used</th>"
                 "<th scope=\"col\">Flows</th><th scope=\"col\" class=\"wide\">Host</th>"
-                "<th scope=\"col\">Actions</th></tr>"
+                "<th scope=\"col\">Handler processes</th><th scope=\"col\">Actions</th></tr>"
                 "</thead><tbody>{}</tbody></table></div>",
                 rows);
   content += health_section(health);

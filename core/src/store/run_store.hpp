@@ -173,6 +173,9 @@ struct WorkerRecord {
   std::optional<Millis> heartbeat_interval;  // as the worker reported it (nullopt: not reported)
   Millis heartbeat_age{0};  // now - last_heartbeat_at, by the server's clock (list_workers)
   int held = 0;             // tasks it holds now: started, under its lease (list_workers)
+  // Its pools of handler processes (isolation: process), summed: {"alive", "busy", "started",
+  // "crashed", "timed_out", "killed_by_limit", "broken"}; nullopt when it has none.
+  std::optional<Json> handler_processes;
 };
 
 // What RunStore::forget_worker did.

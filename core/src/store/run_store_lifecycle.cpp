@@ -249,16 +249,18 @@ Result<std::vector<TaskId>> RunStore::release(std::string_view worker_id,
 
 Result<void> RunStore::heartbeat(const WorkerRecord& worker, bool stopped) {
   const std::string keys = json_text(flow_keys_json(worker.flows));
-  return guarded(fmt::format("recording the heartbeat of worker {}", worker.id),
-                 [&]() -> Result<void> {
-                   const std::int64_t every_ms =
-                       worker.heartbeat_interval
-                           ? static_cast<std::int64_t>(worker.heartbeat_interval->count())
-                           : -1;
-                   impl_->exec(Query::heartbeat, worker.id, worker.host, worker.pid, keys,
-                               worker.concurrency, stopped, worker.state, every_ms);
-                   return {};
-                 });
+  return guarded(
+      fmt::format("recording the heartbeat of worker {}", worker.id), [&]() -> Result<void> {
+        const std::int64_t every_ms =
+            worker.heartbeat_interval
+                ? static_cast<std::int64_t>(worker.heartbeat_interval->count())
+                : -1;
+        impl_->exec(
+            Query::heartbeat, worker.id, worker.host, worker.pid, keys, worker.concurrency, stopped,
+            worker.state, every_ms,
+            worker.handler_processes ? json_text(*worker.handler_processes) : std::string());
+        return {};
+      });
 }
 
 Result<std::vector<TaskId>> RunStore::complete(std::span<const Completion> completions) {

@@ -123,6 +123,7 @@ Result<std::vector<WorkerRecord>> RunStore::list_workers() {
         w.heartbeat_interval = Millis(r["heartbeat_ms"].as<std::int64_t>());
       w.heartbeat_age = Millis(std::max<std::int64_t>(0, r["heartbeat_age_ms"].as<std::int64_t>()));
       w.held = r["held"].as<int>();
+      if (!r["handler_processes"].is_null()) w.handler_processes = row_json(r["handler_processes"]);
       out.push_back(std::move(w));
     }
     return out;

@@ -875,6 +875,11 @@ bool Engine::flush_releases() {
   return true;
 }
 
+void Engine::set_process_stats(std::function<std::optional<Json>()> stats) {
+  MutexLock lock(mu_);
+  process_stats_ = std::move(stats);
+}
+
 void Engine::heartbeat(bool stopped) {
   static const std::string host = host_name();
   WorkerRecord record;
@@ -885,11 +890,14 @@ void Engine::heartbeat(bool stopped) {
   record.heartbeat_interval = options_.heartbeat_interval;
   record.state = state();
   std::uint64_t changes = 0;
+  std::function<std::optional<Json>()> process_stats;
   {
     MutexLock lock(mu_);
     record.flows = served_;
     changes = served_changes_;
+    process_stats = process_stats_;
   }
+  if (process_stats) record.handler_processes = process_stats();
   auto r = parts_.keeper_store->heartbeat(record, stopped);
   {
     MutexLock lock(mu_);

@@ -135,6 +135,10 @@ class Engine final : public LaneHost {
   int held() const;
   DrainReport finish(SteadyTime pool_deadline);
 
+  // Where heartbeats read the state of the worker's handler processes (isolation: process), summed
+  // over its pools; unset or nullopt: none (WorkerRecord::handler_processes).
+  void set_process_stats(std::function<std::optional<Json>()> stats);
+
   // What the flows served are, for heartbeats: the keeper writes a heartbeat with them at once.
   void set_served(std::vector<FlowKey> flows);
   // Waits up to `timeout` until a heartbeat carrying the flows last set_served has been written
@@ -226,6 +230,7 @@ class Engine final : public LaneHost {
   // once when they differ; await_heartbeat waits for them to meet, on stop_cv_).
   std::uint64_t served_changes_ FLOWREG_GUARDED_BY(mu_) = 0;
   std::uint64_t served_beaten_ FLOWREG_GUARDED_BY(mu_) = 0;
+  std::function<std::optional<Json>()> process_stats_ FLOWREG_GUARDED_BY(mu_);
   int in_use_ FLOWREG_GUARDED_BY(mu_) = 0;         // slots taken
   int process_flows_ FLOWREG_GUARDED_BY(mu_) = 0;  // states_ in_processes()
   int stuck_ FLOWREG_GUARDED_BY(mu_) = 0;          // threads held by handlers that timed out

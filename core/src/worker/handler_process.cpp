@@ -1039,6 +1039,12 @@ std::shared_ptr<HandlerProcessPool> HandlerProcessPools::get(
   return pool;
 }
 
+bool HandlerProcessPools::any() const {
+  std::lock_guard lock(mu_);
+  return std::any_of(pools_.begin(), pools_.end(),
+                     [](const auto& entry) { return !entry.second.expired(); });
+}
+
 HandlerProcessPool::Stats HandlerProcessPools::stats() const {
   HandlerProcessPool::Stats sum;
   std::vector<std::shared_ptr<HandlerProcessPool>> live;

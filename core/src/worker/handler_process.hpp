@@ -196,6 +196,8 @@ class HandlerProcessPools {
       std::function<void(const std::string& reason)> on_crash_loop = {});
   // Every live pool's stats, summed.
   HandlerProcessPool::Stats stats() const;
+  // Whether it has a live pool (a flow served runs its handlers in processes).
+  bool any() const;
 
  private:
   const std::filesystem::path exe_;

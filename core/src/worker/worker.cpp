@@ -170,7 +170,18 @@ class FlowServices final : public Service {
         source_(source),
         pools_(std::make_shared<HandlerProcessPools>(
             options.handler_exe.empty() ? this_executable() : options.handler_exe,
-            options.concurrency, options.max_output_bytes)) {}
+            options.concurrency, options.max_output_bytes)) {
+    // Heartbeats carry the pools' state (flowreg workers, the API, the dashboard); the pools
+    // outlive this object as long as the engine holds this function.
+    engine.set_process_stats([pools = pools_]() -> std::optional<Json> {
+      if (!pools->any()) return std::nullopt;
+      const auto s = pools->stats();
+      return Json{{"alive", s.alive},         {"busy", s.busy},
+                  {"started", s.started},     {"crashed", s.crashed},
+                  {"timed_out", s.timed_out}, {"killed_by_limit", s.killed_limit},
+                  {"broken", s.broken}};
+    });
+  }
 
   // The file this process runs (named in `ps` for the handler processes), or /proc/self/exe.
   static std::filesystem::path this_executable() {
