@@ -666,6 +666,13 @@ void HandlerProcessPool::put_back(std::unique_ptr<Process> p) {
   cv_.notify_one();
 }
 
+void HandlerProcessPool::discard(std::unique_ptr<Process> p) {
+  end(std::move(p), nullptr);
+  std::lock_guard lock(mu_);
+  --busy_;
+  count_busy(-1);
+}
+
 void HandlerProcessPool::prestart() {
   std::string error;
   auto p = take(error);
@@ -724,6 +731,15 @@ void HandlerProcessPool::invoke_all(std::span<const ProcessTask> tasks, const St
     if (starting) starting(next);
     std::string error;
     auto p = take(error);
+    // A callback that throws leaves the process with tasks written to it and not answered: it
+    // goes (a process put back so would answer the next task with an earlier one's result).
+    struct Discard {
+      HandlerProcessPool* pool;
+      std::unique_ptr<Process>* p;
+      ~Discard() {
+        if (*p) pool->discard(std::move(*p));
+      }
+    } discard_on_throw{this, &p};
     if (!p) {
       for (std::size_t i = next; i < tasks.size(); ++i) {
         if (i > next && starting) starting(i);
@@ -813,6 +829,9 @@ HandlerOutcome HandlerProcessPool::await_result(std::unique_ptr<Process>& p,
           } else {
             got.assign(in, 0, 4 + std::size_t{n});
             in.erase(0, 4 + std::size_t{n});
+            // What a large reply reserved is not kept for the small ones after it.
+            if (in.capacity() > (std::size_t{1} << 20) && in.size() < (std::size_t{1} << 16))
+              in.shrink_to_fit();
           }
           complete = true;
           return true;

@@ -157,6 +157,8 @@ class HandlerProcessPool {
   struct Process;
   std::unique_ptr<Process> take(std::string& error);
   void put_back(std::unique_ptr<Process> p);
+  // Ends a process taken and not misbehaving (its group killed, reaped), as if it had.
+  void discard(std::unique_ptr<Process> p);
   // Kills `p`'s group, reaps it, and fills facts.signal/exit_status when it ended by itself.
   void end(std::unique_ptr<Process> p, ProcessFacts* facts);
   std::unique_ptr<Process> spawn(std::string& error);

@@ -171,8 +171,9 @@ class FlowServices final : public Service {
         pools_(std::make_shared<HandlerProcessPools>(
             options.handler_exe.empty() ? this_executable() : options.handler_exe,
             options.concurrency, options.max_output_bytes)) {
-    // Heartbeats carry the pools' state (flowreg workers, the API, the dashboard); the pools
-    // outlive this object as long as the engine holds this function.
+    // Heartbeats carry the pools' state (flowreg workers, the API, the dashboard); their
+    // container outlives this object while the engine holds this function (a restart of the flow
+    // services replaces it).
     engine.set_process_stats([pools = pools_]() -> std::optional<Json> {
       if (!pools->any()) return std::nullopt;
       const auto s = pools->stats();
