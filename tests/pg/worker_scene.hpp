@@ -13,6 +13,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "pg/pg_fixture.hpp"
@@ -94,28 +95,28 @@ struct WorkerScene {
 
   // Starts a run of the newest version of `slug` stored on the scene's database.
   detail::RunId start(const std::string& slug, const nlohmann::json& input) const {
-    const std::string version =
-        query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
-                                         "' ORDER BY created_at DESC LIMIT 1");
-    REQUIRE(!version.empty());
-    auto store = detail::RunStore::connect(conninfo);
-    REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-    auto run = store->start_run(slug, version, input);
+    auto [store, version] = newest(slug);
+    auto run = store.start_run(slug, version, input);
     REQUIRE_MESSAGE(run, flowreg::testing::failure_text(run));
     return *run;
   }
   // Starts runs of the newest version of `slug`, one per input, in one transaction.
   std::vector<detail::RunId> start_many(const std::string& slug,
                                         const std::vector<nlohmann::json>& inputs) const {
+    auto [store, version] = newest(slug);
+    auto runs = store.start_runs(slug, version, inputs);
+    REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
+    return *runs;
+  }
+  // A store on the scene's database, and the newest version of `slug` stored there.
+  std::pair<detail::RunStore, std::string> newest(const std::string& slug) const {
     const std::string version =
         query_one_or_empty(conninfo, "SELECT version FROM flowreg.flows WHERE slug = '" + slug +
                                          "' ORDER BY created_at DESC LIMIT 1");
     REQUIRE(!version.empty());
     auto store = detail::RunStore::connect(conninfo);
     REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
-    auto runs = store->start_runs(slug, version, inputs);
-    REQUIRE_MESSAGE(runs, flowreg::testing::failure_text(runs));
-    return *runs;
+    return {std::move(*store), version};
   }
   // A column of the run's row in flowreg.runs, as text ("" for NULL).
   std::string run_field(const detail::RunId& run, const std::string& column) const {
