@@ -214,34 +214,45 @@ TEST_SUITE("worker_isolation") {
       const fs::path started = s.dir / (c.how + ".started");
       Json bad = {{"how", c.how}, {"started", started.string()}};
       for (const auto& [k, v] : c.extra.items()) bad[k] = v;
-      // Started in one transaction: one claim takes them all, the bad one in the middle.
+      // Started in one transaction: one claim takes them all, the bad one in the middle. A batch
+      // goes one task at a time when the pool is not quick (a busy machine preempted its quick
+      // handlers three times in a row): then another batch, at most three in all. Every batch's
+      // outcome is checked.
       std::vector<Json> inputs(3, Json{{"how", "none"}});
       inputs.push_back(bad);
       inputs.insert(inputs.end(), 3, Json{{"how", "none"}});
-      const std::size_t together_before = together();
-      const auto runs = s.start_many("wiso_bad", inputs);
-      for (const auto& r : runs)
-        REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("w"));
-      for (std::size_t i = 0; i < runs.size(); ++i) {
-        CAPTURE(i);
-        if (i == 3) {
-          CHECK(s.run_field(runs[i], "status") == c.status);
-          const std::string error = s.run_field(runs[i], "error");
-          for (const auto& words : c.says)
-            CHECK_MESSAGE(error.find(words) != std::string::npos, error);
-        } else {
-          // The others complete on their first attempt: none was blamed for the bad one.
-          CHECK(s.run_field(runs[i], "status") == "completed");
-          CHECK(s.attempts(runs[i]) == "0");
+      bool written_together = false;
+      for (int batch = 0; batch < 3 && !written_together; ++batch) {
+        CAPTURE(batch);
+        const std::size_t together_before = together();
+        const auto runs = s.start_many("wiso_bad", inputs);
+        for (const auto& r : runs)
+          REQUIRE_MESSAGE(eventually([&] { return s.ended(r); }, 60s), s.err("w"));
+        for (std::size_t i = 0; i < runs.size(); ++i) {
+          CAPTURE(i);
+          if (i == 3) {
+            CHECK(s.run_field(runs[i], "status") == c.status);
+            const std::string error = s.run_field(runs[i], "error");
+            for (const auto& words : c.says)
+              CHECK_MESSAGE(error.find(words) != std::string::npos, error);
+          } else {
+            // The others complete on their first attempt: none was blamed for the bad one.
+            CHECK(s.run_field(runs[i], "status") == "completed");
+            CHECK(s.attempts(runs[i]) == "0");
+          }
         }
+        // The seven went to one process together (one line), and the three behind the bad one
+        // to a fresh process (one more).
+        written_together = together() >= together_before + 2;
+        CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
       }
-      // The seven went to one process together (one line), and the three behind the bad one to
-      // a fresh process (one more).
-      CHECK_MESSAGE(together() >= together_before + 2, s.err("w"));
-      CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
+      CHECK_MESSAGE(written_together, s.err("w"));
       const auto bad_pids = pids_in(started);
-      REQUIRE(bad_pids.size() == 1);
-      CHECK(eventually([&] { return !running(bad_pids[0]); }, 10s));
+      REQUIRE(!bad_pids.empty());
+      for (const pid_t pid : bad_pids) {
+        CAPTURE(pid);
+        CHECK(eventually([&] { return !running(pid); }, 10s));
+      }
     }
     w.signal(SIGTERM);
     CHECK(w.wait(60s) == 0);

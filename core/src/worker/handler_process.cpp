@@ -712,9 +712,13 @@ HandlerOutcome HandlerProcessPool::invoke(std::uint32_t index, std::string_view 
   return result;
 }
 
-void HandlerProcessPool::note_time(Clock::duration took) noexcept {
-  const auto us = static_cast<std::uint32_t>(std::min<long long>(
-      std::chrono::duration_cast<std::chrono::microseconds>(took).count(), 1'000'000'000));
+void HandlerProcessPool::note_time(Clock::duration took, bool timed_out) noexcept {
+  // A handler's time counts at most 4 x kQuickUs: a quick handler that a busy machine preempted
+  // once does not make its pool slow (it takes three such in a row), one that takes longer every
+  // time does. A timeout counts whole: the pool is not quick for a while.
+  const auto us = static_cast<std::uint32_t>(
+      std::min<long long>(std::chrono::duration_cast<std::chrono::microseconds>(took).count(),
+                          timed_out ? 1'000'000'000 : 4 * kQuickUs));
   const std::uint32_t old = recent_us_.load(std::memory_order_relaxed);
   // Racy by design (threads of the pool update it at once): an estimate.
   recent_us_.store(old == ~0u ? us : static_cast<std::uint32_t>((old * 7ULL + us) / 8),
@@ -950,7 +954,7 @@ HandlerOutcome HandlerProcessPool::await_result(std::unique_ptr<Process>& p,
     std::lock_guard lock(mu_);
     switch (how) {
       case End::timed_out:
-        note_time(timeout);  // not quick, for a while (quick())
+        note_time(timeout, /*timed_out=*/true);  // not quick, for a while (quick())
         ++counts_.timed_out;
         metrics::handler_process_ends("timed_out").inc();
         why = fmt::format("{} timed out after {} ms; the handler process (pid {}) was killed",

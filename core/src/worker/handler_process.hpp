@@ -136,9 +136,9 @@ class HandlerProcessPool {
   void invoke_all(std::span<const ProcessTask> tasks, const Starting& starting, const Ended& ended);
 
   // Its handlers have lately run within kQuickUs each: a moving average of their own times
-  // (measured in the process, so not lengthened by a busy machine), a timeout counting as its
-  // length and a crash not at all. Its tasks may then be written ahead (invoke_all). False before
-  // its first task.
+  // (measured in the process; each counted at most 4 x kQuickUs, so that one preemption does not
+  // count as a slow handler), a timeout counting as its length and a crash not at all. Its tasks
+  // may then be written ahead (invoke_all). False before its first task.
   bool quick() const noexcept { return recent_us_.load(std::memory_order_relaxed) <= kQuickUs; }
   static constexpr std::uint32_t kQuickUs = 2'000;
 
@@ -174,7 +174,7 @@ class HandlerProcessPool {
   HandlerOutcome await_result(std::unique_ptr<Process>& p, const std::string& request,
                               std::size_t& sent, const ProcessTask& task,
                               std::chrono::steady_clock::time_point start, ProcessFacts& facts);
-  void note_time(std::chrono::steady_clock::duration took) noexcept;
+  void note_time(std::chrono::steady_clock::duration took, bool timed_out = false) noexcept;
 
   std::vector<std::unique_ptr<Process>> idle_;
   std::atomic<std::uint32_t> recent_us_{~0u};  // see quick()
