@@ -256,7 +256,7 @@ void Engine::dispatch(const std::shared_ptr<FlowState>& state, std::vector<Claim
   jobs.reserve(held.size());
   for (std::size_t at = 0; at < held.size();) {
     std::size_t end = at + 1;
-    if (per_job > 1) {
+    if (per_job > 1 && state->in_processes()) {  // under threads: no lookup per task
       const StepHandler* first = state->handler(held[at]->step_slug);
       if (first && first->process && first->process->quick()) {
         while (end < held.size() && end - at < per_job) {
