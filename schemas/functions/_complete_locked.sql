@@ -2,16 +2,17 @@
 -- tasks of a chain's next steps it created claimed by the worker of the work() call (claimed_*,
 -- NULL when none: ids, runs, flow slugs and versions, step slugs, inputs, attempts allowed,
 -- timeouts, lease ends; each at task index 0 and attempt 1), which work() returns as claimed.
--- p_batch: [{"id", "attempt", "output"}] (an id given twice: the last entry counts). A step whose
--- last task completed is complete, with its output (a single step's: its one task's; a map step's:
--- its tasks' in task order); then its dependents may start and its run may complete. A run of a
--- one-step flow (no step state: migration 0012) completes at once, its step's output, attempts
--- and worker written into it. A run of a chain (migration 0017: runs.chained, and so its tasks) has
--- no step state for a step not ended: its step's completion inserts the step's state, then creates
--- the next step's task (claimed by the worker within work(), as _account_steps does) or, for the
--- leaf, completes the run. A task leaves the queue when done (see migration 0009): a single
--- step's at once, a map step's when its step completes; its attempts and worker are added to its
--- step state (or its run, above).
+-- p_batch: [{"id", "attempt", "output", "process"}] (an id given twice: the last entry counts;
+-- "process": what the attempt cost in a handler process, kept in task_processes: migration 0031,
+-- _process_facts). A step whose last task completed is complete, with its output (a single step's:
+-- its one task's; a map step's: its tasks' in task order); then its dependents may start and its
+-- run may complete. A run of a one-step flow (no step state: migration 0012) completes at once, its
+-- step's output, attempts and worker written into it. A run of a chain (migration 0017:
+-- runs.chained, and so its tasks) has no step state for a step not ended: its step's completion
+-- inserts the step's state, then creates the next step's task (claimed by the worker within work(),
+-- as _account_steps does) or, for the leaf, completes the run. A task leaves the queue when done
+-- (see migration 0009): a single step's at once, a map step's when its step completes; its attempts
+-- and worker are added to its step state (or its run, above).
 -- REQUIRES: the runs of the tasks that are not solo are locked (_lock_step_runs_of). A solo task
 -- (a one-step flow's, migration 0013) is locked by its DELETE here, then its run by its UPDATE
 -- (the lock order: see README).
@@ -61,9 +62,9 @@ DECLARE
   v_ended uuid[];
 BEGIN
   WITH b AS MATERIALIZED (
-    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.output
+    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.output, x.process
     FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
-                 coalesce(e->'output', 'null'::jsonb) AS output, i
+                 coalesce(e->'output', 'null'::jsonb) AS output, e->'process' AS process, i
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
     ORDER BY x.id, x.i DESC
   ),
@@ -75,7 +76,7 @@ BEGIN
     WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NULL AND t.status || '' = 'started'
       AND t.attempt = b.attempt
     RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
-              b.output, t.chained, t.created_at
+              b.output, t.chained, t.created_at, t.task_index, b.process
   ),
   kept AS (
     UPDATE flowreg.tasks t
@@ -84,9 +85,20 @@ BEGIN
     WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NOT NULL AND t.status || '' = 'started'
       AND t.attempt = b.attempt
     RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
-              NULL::jsonb AS output, false AS chained, NULL::timestamptz AS created_at
+              NULL::jsonb AS output, false AS chained, NULL::timestamptz AS created_at,
+              t.task_index, b.process
   ),
   done AS (SELECT * FROM gone UNION ALL SELECT * FROM kept),
+  -- What the attempts run in a handler process cost (migration 0031): none under threads.
+  procs AS (
+    INSERT INTO flowreg.task_processes (run_id, step_slug, task_index, attempt, pid, cpu_us,
+                                        max_rss_kb, handler_us, signal, exit_status,
+                                        left_processes)
+    SELECT d.run_id, d.step_slug, d.task_index, d.attempt, p.*
+    FROM done d CROSS JOIN LATERAL flowreg._process_facts(d.process) p
+    WHERE d.process IS NOT NULL
+    ON CONFLICT DO NOTHING
+  ),
   -- Per flow version of the batch: whether it is one single step, whose runs keep their step's
   -- state (migration 0012 moved the live runs of such a flow; see below for one it did not): one
   -- lookup per flow version, not per task, keyed '<flow slug> <version>' (slugs hold no space).

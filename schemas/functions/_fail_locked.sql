@@ -1,15 +1,16 @@
 -- Fails or requeues started tasks whose attempt matches; returns the ids accepted. A task with
 -- attempts left (and not failed permanently) is queued again after retry_delay_ms; otherwise it
--- leaves the queue (its attempts and worker added to its step state, or to its run: migration
--- 0012; a chain's step state written with them: migration 0017) and its step and run fail.
--- p_batch: [{"id", "attempt", "error", "permanent", "outcome"}]. A task's attempts and delays are
+-- leaves the queue (its attempts and worker added to its step state, or to its run: migration 0012;
+-- a chain's step state written with them: migration 0017) and its step and run fail. p_batch:
+-- [{"id", "attempt", "error", "permanent", "outcome", "process"}]. A task's attempts and delays are
 -- its step's (flow_steps, by primary key: migration 0014); a task whose step is gone has no attempt
 -- left. Each attempt accepted is kept in task_attempts (migration 0019) with its outcome: the
 -- entry's "outcome" when given ('lease_expired' from _claim, 'crashed' from report_crashes), else
--- 'failed' (for good) or 'retried' (queued again); its error cut to 4,000 characters. An entry
+-- 'failed' (for good) or 'retried' (queued again); its error cut to 4,000 characters; what it cost
+-- in a handler process ("process", see _process_facts) in task_processes (migration 0031). An entry
 -- with "snooze_ms" (a handler's flowreg::snooze, migration 0025) queues its task again that much
--- later without spending its attempt (given back, as release_tasks does for a task that never
--- ran), keeps no attempt, and counts one more in tasks.snoozes.
+-- later without spending its attempt (given back, as release_tasks does for a task that never ran),
+-- keeps no attempt, and counts one more in tasks.snoozes.
 -- REQUIRES: the tasks' runs are locked.
 --
 -- Cost per task flat in the batch size, plans stable by construction, as in _complete_locked:
@@ -32,12 +33,13 @@ DECLARE
 BEGIN
   WITH b AS MATERIALIZED (
     -- An id given twice: the last entry counts.
-    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent, x.outcome, x.snooze_ms
+    SELECT DISTINCT ON (x.id) x.id, x.attempt, x.error, x.permanent, x.outcome, x.snooze_ms,
+                              x.process
     FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
                  coalesce(e->>'error', '') AS error,
                  coalesce((e->>'permanent')::boolean, false) AS permanent,
                  coalesce(e->>'outcome', '') AS outcome, (e->>'snooze_ms')::bigint AS snooze_ms,
-                 i
+                 e->'process' AS process, i
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
     ORDER BY x.id, x.i DESC
   ),
@@ -55,7 +57,7 @@ BEGIN
               t.attempt, t.flow_slug, t.available_at, t.worker_id, b.permanent, t.flow_version,
               t.chained, t.created_at, t.started_at AS attempt_started,
               CASE WHEN b.outcome = 'lease_expired' THEN least(t.lease_expires_at, now())
-                   ELSE now() END AS attempt_finished, b.outcome
+                   ELSE now() END AS attempt_finished, b.outcome, b.process
   ),
   again AS (
     -- Attempts left: queued again after its retry delay.
@@ -76,7 +78,7 @@ BEGIN
     RETURNING t.id, t.run_id, t.step_slug, t.task_index, t.status, t.error, t.attempt,
               t.flow_slug, t.available_at, t.worker_id, false AS permanent, t.flow_version,
               t.chained, t.created_at, t.started_at AS attempt_started, now() AS attempt_finished,
-              b.outcome
+              b.outcome, b.process
   ),
   snoozed AS (
     -- Snoozed: queued again for later, its attempt given back.
@@ -100,6 +102,16 @@ BEGIN
                 WHEN u.status = 'failed' THEN 'failed' ELSE 'retried' END,
            left(u.error, 4000)
     FROM upd u
+    ON CONFLICT DO NOTHING
+  ),
+  procs AS (
+    -- What the attempt cost in a handler process (migration 0031), when it ran in one.
+    INSERT INTO flowreg.task_processes (run_id, step_slug, task_index, attempt, pid, cpu_us,
+                                        max_rss_kb, handler_us, signal, exit_status,
+                                        left_processes)
+    SELECT u.run_id, u.step_slug, u.task_index, u.attempt, p.*
+    FROM upd u CROSS JOIN LATERAL flowreg._process_facts(u.process) p
+    WHERE u.process IS NOT NULL
     ON CONFLICT DO NOTHING
   )
   SELECT array_agg(u.id),

@@ -12,7 +12,8 @@
 --   worker or time. No start is kept for an attempt that completed once its task has left.
 -- A step that failed or was cancelled keeps only its attempts that did not complete: its other
 -- tasks left the queue with their run (_drop_tasks). The error is cut to its first 1,000
--- characters (the caller bounds it to bytes).
+-- characters (the caller bounds it to bytes). An attempt run in a handler process has what it
+-- cost there (task_processes, migration 0031: pid, cpu_us, ...; NULL otherwise).
 WITH st AS MATERIALIZED (
   SELECT s.step_slug, s.step_index, s.kind, s.status, s.task_count, s.attempts, s.worker_id,
          s.finished_at
@@ -56,11 +57,21 @@ ended AS (
   FROM st CROSS JOIN LATERAL generate_series(0, st.task_count - 1) AS i(task_index)
   WHERE st.status = 'completed'
 ),
-u AS (SELECT * FROM kept UNION ALL SELECT * FROM live UNION ALL SELECT * FROM ended)
-SELECT u.step_slug, u.task_index, u.attempt, u.worker_id,
-       (extract(epoch FROM u.started_at) * 1000000)::bigint AS started_at_us,
-       (extract(epoch FROM u.finished_at) * 1000000)::bigint AS finished_at_us,
-       u.outcome, u.error, count(*) OVER () AS total
-FROM u JOIN st ON st.step_slug = u.step_slug
-ORDER BY st.step_index, u.task_index, u.attempt
-LIMIT $3::int OFFSET $4::int
+u AS (SELECT * FROM kept UNION ALL SELECT * FROM live UNION ALL SELECT * FROM ended),
+page AS MATERIALIZED (
+  SELECT u.*, st.step_index, count(*) OVER () AS total
+  FROM u JOIN st ON st.step_slug = u.step_slug
+  ORDER BY st.step_index, u.task_index, u.attempt
+  LIMIT $3::int OFFSET $4::int
+)
+SELECT g.step_slug, g.task_index, g.attempt, g.worker_id,
+       (extract(epoch FROM g.started_at) * 1000000)::bigint AS started_at_us,
+       (extract(epoch FROM g.finished_at) * 1000000)::bigint AS finished_at_us,
+       g.outcome, g.error, g.total, p.pid, p.cpu_us, p.max_rss_kb, p.handler_us, p.signal,
+       p.exit_status, p.left_processes
+FROM page g
+-- What the attempt cost in a handler process (migration 0031), for the page's rows only.
+LEFT JOIN LATERAL (SELECT p.* FROM flowreg.task_processes p
+                   WHERE p.run_id = $1::uuid AND p.step_slug = g.step_slug
+                     AND p.task_index = g.task_index AND p.attempt = g.attempt) p ON true
+ORDER BY g.step_index, g.task_index, g.attempt

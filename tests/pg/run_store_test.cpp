@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fmt/format.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <array>
@@ -49,6 +50,7 @@ using flowreg::detail::RunId;
 using flowreg::detail::RunStatus;
 using flowreg::detail::RunStore;
 using flowreg::detail::TaskId;
+using flowreg::detail::TaskProcess;
 namespace fd = flowreg::detail;
 
 namespace {
@@ -2829,5 +2831,89 @@ TEST_SUITE("run_store") {
     CHECK(*pruned == 1);
     CHECK(sql_one(env.conninfo,
                   "SELECT string_agg(run_id::text, ',') FROM flowreg.task_attempts") == kept);
+  }
+
+  TEST_CASE(
+      "attempts run in a handler process keep what they cost; a bad entry fails nothing; a pruned "
+      "run takes them along") {
+    auto env = open_env("rs_attempts_process");
+    auto charge = step("charge");
+    charge.options.max_attempts = 3;
+    auto two = store_flow(env.store, flow("attempts_process", {step("fetch"), charge}));
+    auto run = start(env.store, two, Json::object());
+    auto first = claim(env.store, two, 100, "w1");
+    REQUIRE(first.size() == 2);
+    const auto& task = first[0].step_slug == "charge" ? first[0] : first[1];
+    const auto& other = first[0].step_slug == "charge" ? first[1] : first[0];
+    // charge: a crash (retried), then a completion, each in a process; fetch on a thread.
+    Failure crashed{task.id, 1, "crashed its process"};
+    crashed.process = TaskProcess{101, 2500, 4096, 1200, SIGSEGV, std::nullopt, 0};
+    CHECK(fail(env.store, {crashed}).empty());
+    CHECK(complete(env.store, {{other.id, other.attempt, 1}}).empty());
+    sql_exec(env.conninfo, "UPDATE flowreg.tasks SET available_at = now()");
+    auto again = claim(env.store, two, 100, "w2");
+    REQUIRE(again.size() == 1);
+    Completion paid{again[0].id, 2, "paid"};
+    paid.process = TaskProcess{102, 300, 5120, 150, std::nullopt, std::nullopt, 0};
+    CHECK(complete(env.store, {paid}).empty());
+    REQUIRE(run_info(env.store, run).status == RunStatus::completed);
+    auto page = env.store.task_attempts(run, "", 100, 0);
+    REQUIRE_MESSAGE(page, flowreg::testing::failure_text(page));
+    REQUIRE(page->attempts.size() == 3);
+    CHECK(page->attempts[0].step_slug == "fetch");
+    CHECK_FALSE(page->attempts[0].process);
+    REQUIRE(page->attempts[1].process);
+    CHECK(page->attempts[1].outcome == "retried");
+    CHECK(page->attempts[1].process->pid == 101);
+    CHECK(page->attempts[1].process->cpu_us == 2500);
+    CHECK(page->attempts[1].process->max_rss_kb == 4096);
+    CHECK(page->attempts[1].process->handler_us == 1200);
+    CHECK(page->attempts[1].process->signal == SIGSEGV);
+    CHECK_FALSE(page->attempts[1].process->exit_status);
+    REQUIRE(page->attempts[2].process);
+    CHECK(page->attempts[2].outcome == "completed");
+    CHECK(page->attempts[2].process->pid == 102);
+    CHECK_FALSE(page->attempts[2].process->signal);
+
+    // A one-step flow's runs, completed by one batch whose "process" entries are bad in every
+    // way a row can be: each run completes; what can be read is kept, held to its column's range.
+    auto one = store_flow(env.store, flow("attempts_process_one", {step("only")}));
+    std::vector<RunId> runs;
+    for (int i = 0; i < 4; ++i) runs.push_back(start(env.store, one, Json::object()));
+    auto tasks = claim(env.store, one, 100, "w3");
+    REQUIRE(tasks.size() == 4);
+    const Json entries = Json::array(
+        {Json{
+             {"pid", 7}, {"cpu_us", 10}, {"max_rss_kb", 20}, {"handler_us", 5}, {"exit_status", 3}},
+         "x", Json{{"pid", "<b>"}, {"cpu_us", 5}},
+         Json{{"pid", 1e30},
+              {"cpu_us", -7},
+              {"max_rss_kb", "big"},
+              {"signal", 1e9},
+              {"left_processes", 2.5}}});
+    Json batch = Json::array();
+    for (std::size_t i = 0; i < tasks.size(); ++i)
+      batch.push_back(
+          {{"id", tasks[i].id}, {"attempt", 1}, {"output", 1}, {"process", entries[i]}});
+    CHECK(sql_one(env.conninfo, "SELECT cardinality(flowreg.complete_tasks('" + batch.dump() +
+                                    "'::jsonb))") == "0");
+    for (const auto& r : runs) CHECK(run_info(env.store, r).status == RunStatus::completed);
+    CHECK(sql_one(env.conninfo,
+                  "SELECT string_agg(concat_ws(' ', pid, cpu_us, max_rss_kb, handler_us, "
+                  "coalesce(signal, -1), coalesce(exit_status, -1), left_processes), ',' "
+                  "ORDER BY pid) FROM flowreg.task_processes WHERE step_slug = 'only'") ==
+          "7 10 20 5 -1 3 0,2147483647 0 0 0 255 -1 2");
+
+    // A pruned run's rows go with it.
+    sql_exec(env.conninfo,
+             "UPDATE flowreg.runs SET finished_at = now() - interval '2 hours', created_at = "
+             "now() - interval '3 hours' WHERE id = '" +
+                 run + "'");
+    auto pruned = env.store.prune(Millis(3600'000));
+    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
+    CHECK(*pruned == 1);
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.task_processes WHERE run_id = '" +
+                                    run + "'") == "0");
+    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.task_processes") == "2");
   }
 }

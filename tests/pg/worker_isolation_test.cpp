@@ -73,7 +73,16 @@ struct Case {
   Json extra;
   std::string status;             // of the run
   std::vector<std::string> says;  // in its error (failed) or its output (completed)
+  Json ended = nullptr;           // what its attempt's "process" says of the process's end
 };
+
+// The one attempt of `run`, as `flowreg runs show --json` lists it.
+Json only_attempt(const IsolationScene& s, const fd::RunId& run) {
+  const Json shown = Json::parse(s.cli({"runs", "show", run, "--json"}).out, nullptr, false);
+  if (!shown.is_object() || !shown["attempts"].is_array() || shown["attempts"].size() != 1)
+    return shown;
+  return shown["attempts"][0];
+}
 
 }  // namespace
 
@@ -86,12 +95,28 @@ TEST_SUITE("worker_isolation") {
     s.wait_serving("w", "wiso_bad");
     s.wait_serving("w", "wiso_quick");
     const std::vector<Case> cases = {
-        {"segv", {}, "failed", {"crashed its process", "signal 11, SIGSEGV"}},
-        {"abort", {}, "failed", {"crashed its process", "SIGABRT"}},
-        {"exit0", {}, "failed", {"exit status 0 during the task"}},
+        {"segv",
+         {},
+         "failed",
+         {"crashed its process", "signal 11, SIGSEGV"},
+         {{"signal", SIGSEGV}, {"signal_name", "SIGSEGV"}, {"exit_status", nullptr}}},
+        {"abort",
+         {},
+         "failed",
+         {"crashed its process", "SIGABRT"},
+         {{"signal", SIGABRT}, {"signal_name", "SIGABRT"}}},
+        {"exit0",
+         {},
+         "failed",
+         {"exit status 0 during the task"},
+         {{"signal", nullptr}, {"exit_status", 0}}},
         {"spin", {}, "failed", {"CPU time limit of 1 s", "SIGXCPU"}},
         {"alloc", {}, "failed", {"bad_alloc", "512 MiB of memory"}},
-        {"sleep", {{"ms", 20000}}, "failed", {"timed out after 8000 ms", "was killed"}},
+        {"sleep",
+         {{"ms", 20000}},
+         "failed",
+         {"timed out after 8000 ms", "was killed"},
+         {{"signal", SIGKILL}, {"signal_name", "SIGKILL"}}},
         {"garbage", {}, "failed", {"broke its channel to the worker"}},
         {"close", {}, "failed", {"closed or broke its result channel"}},
         {"fork", {}, "completed", {"child"}},
@@ -117,12 +142,36 @@ TEST_SUITE("worker_isolation") {
         const Json out = Json::parse(s.run_field(r, "output"));
         CHECK(out["only"]["pid"].get<int>() != w.pid());
         handler_pids.insert(out["only"]["pid"].get<int>());
+        // The completed attempt keeps what it cost in its process: the process that ran it.
+        const Json attempt = only_attempt(s, r);
+        CAPTURE(attempt.dump());
+        REQUIRE(attempt.contains("process"));
+        REQUIRE(attempt["process"].is_object());
+        CHECK(attempt["process"]["pid"] == out["only"]["pid"]);
+        CHECK(attempt["process"]["max_rss_kb"].get<std::int64_t>() > 0);
+        CHECK(attempt["process"]["signal"].is_null());
+        CHECK(attempt["process"]["exit_status"].is_null());
       }
+      if (c.how == "segv")
+        CHECK(s.cli({"runs", "show", quick.front()}).out.find("    process: pid ") !=
+              std::string::npos);
       REQUIRE_MESSAGE(eventually([&] { return s.ended(bad); }, 60s), s.err("w"));
       CHECK(s.run_field(bad, "status") == c.status);
       const std::string said =
           c.status == "failed" ? s.run_field(bad, "error") : s.run_field(bad, "output");
       for (const auto& words : c.says) CHECK_MESSAGE(said.find(words) != std::string::npos, said);
+      // Its attempt keeps what it cost in the process that ran it, and how that process ended.
+      const Json attempt = only_attempt(s, bad);
+      CAPTURE(attempt.dump());
+      REQUIRE(attempt.contains("process"));
+      REQUIRE(attempt["process"].is_object());
+      CHECK(attempt["process"]["pid"].get<int>() > 0);
+      CHECK(attempt["process"]["pid"].get<int>() != w.pid());
+      const auto ran = pids_in(started);
+      if (!ran.empty()) CHECK(attempt["process"]["pid"].get<int>() == ran.front());
+      if (c.ended.is_object())
+        for (const auto& [key, value] : c.ended.items()) CHECK(attempt["process"][key] == value);
+      if (c.how == "spin") CHECK(attempt["process"]["cpu_us"].get<std::int64_t>() >= 900'000);
       // The worker lives on.
       CHECK_MESSAGE(!w.wait(0ms).has_value(), s.err("w"));
       for (const pid_t pid : pids_in(started)) handler_pids.insert(pid);

@@ -4,6 +4,7 @@
 
 #include <doctest/doctest.h>
 #include <fmt/chrono.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <fstream>
@@ -1224,8 +1225,10 @@ TEST_SUITE("serve") {
     auto claimed = store.claim("test-worker", std::span(&key, 1), 1);
     REQUIRE_MESSAGE(claimed, testing::failure_text(claimed));
     REQUIRE(claimed->size() == 1);
-    const detail::Failure failure{(*claimed)[0].id, 1, "<b>boom</b> " + std::string(5000, 'x'),
-                                  false};
+    detail::Failure failure{(*claimed)[0].id, 1, "<b>boom</b> " + std::string(5000, 'x'), false};
+    // It ran in a handler process, killed with two processes its handler had left; a negative
+    // count (no worker sends one) is stored as 0.
+    failure.process = detail::TaskProcess{4242, 1500, 2048, -700, SIGKILL, std::nullopt, 2};
     auto failed = store.fail(std::span(&failure, 1));
     REQUIRE_MESSAGE(failed, testing::failure_text(failed));
     REQUIRE(failed->empty());
@@ -1251,6 +1254,9 @@ TEST_SUITE("serve") {
     const std::string error = a["error"];
     CHECK(error.rfind("<b>boom</b> xxx", 0) == 0);
     CHECK(error.size() <= 1000 + 3);
+    CHECK(a["process"] == json::parse(R"({"pid": 4242, "cpu_us": 1500, "max_rss_kb": 2048,
+        "handler_us": 0, "signal": 9, "signal_name": "SIGKILL", "exit_status": null,
+        "left_processes": 2})"));
     // Another step: none; paging past the end: none, counted.
     CHECK(body_of(c.Get((base + "?step=other").c_str()))["total"] == 0);
     const json past = body_of(c.Get((base + "?offset=5&limit=1").c_str()));
@@ -1268,6 +1274,9 @@ TEST_SUITE("serve") {
     CHECK(page->body.find("<b>boom</b>") == std::string::npos);
     CHECK(page->body.find(a["started_at"].get<std::string>()) != std::string::npos);
     CHECK(page->body.find(std::string(400, 'x')) == std::string::npos);  // cut to 300 bytes
+    CHECK(page->body.find("<td data-attempt-process>pid 4242, CPU 1.50 ms, handler 0.00 ms, peak "
+                          "RSS 2.0 MiB, ended by signal 9 (SIGKILL), 2 processes it started "
+                          "killed with it</td>") != std::string::npos);
     auto bad = c.Get(("/runs/" + *run + "?attempts_offset=-1").c_str());
     REQUIRE(bad);
     CHECK(bad->status == 400);

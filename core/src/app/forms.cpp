@@ -5,6 +5,7 @@
 #include <fmt/ranges.h>
 
 #include <chrono>
+#include <cstring>
 
 #include "util/json_text.hpp"
 #include "util/strings.hpp"
@@ -392,6 +393,16 @@ std::string iso_time_ms(const detail::TimePoint& t) {
   return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", s, (ms - s).count());
 }
 
+namespace {
+
+// A signal's name ("SIGKILL"), or null for a number that names none.
+json signal_name_json(int signal) {
+  const char* abbrev = ::sigabbrev_np(signal);
+  return abbrev ? json(fmt::format("SIG{}", abbrev)) : json(nullptr);
+}
+
+}  // namespace
+
 json attempt_json(const detail::AttemptRecord& a) {
   json duration = nullptr;
   if (a.started_at && a.finished_at)
@@ -405,7 +416,41 @@ json attempt_json(const detail::AttemptRecord& a) {
           {"started_at", a.started_at ? json(iso_time_ms(*a.started_at)) : json(nullptr)},
           {"finished_at", a.finished_at ? json(iso_time_ms(*a.finished_at)) : json(nullptr)},
           {"duration_ms", duration},
-          {"error", a.error ? json(excerpt(*a.error, kAttemptErrorBytes)) : json(nullptr)}};
+          {"error", a.error ? json(excerpt(*a.error, kAttemptErrorBytes)) : json(nullptr)},
+          {"process", a.process ? task_process_json(*a.process) : json(nullptr)}};
+}
+
+json task_process_json(const detail::TaskProcess& p) {
+  return {{"pid", p.pid},
+          {"cpu_us", p.cpu_us},
+          {"max_rss_kb", p.max_rss_kb},
+          {"handler_us", p.handler_us},
+          {"signal", p.signal ? json(*p.signal) : json(nullptr)},
+          {"signal_name", p.signal ? signal_name_json(*p.signal) : json(nullptr)},
+          {"exit_status", p.exit_status ? json(*p.exit_status) : json(nullptr)},
+          {"left_processes", p.left_processes}};
+}
+
+std::string task_process_text(const json& p) {
+  if (!p.is_object()) return "";
+  const auto n = [&](const char* key) {
+    return p.contains(key) && p[key].is_number_integer() ? p[key].get<std::int64_t>() : 0;
+  };
+  std::string out = fmt::format("pid {}, CPU {:.2f} ms, handler {:.2f} ms, peak RSS {:.1f} MiB",
+                                n("pid"), static_cast<double>(n("cpu_us")) / 1e3,
+                                static_cast<double>(n("handler_us")) / 1e3,
+                                static_cast<double>(n("max_rss_kb")) / 1024.0);
+  if (p.contains("signal") && p["signal"].is_number_integer())
+    out += fmt::format(", ended by signal {}{}", n("signal"),
+                       p.contains("signal_name") && p["signal_name"].is_string()
+                           ? fmt::format(" ({})", valid_text(p["signal_name"].get<std::string>()))
+                           : std::string());
+  if (p.contains("exit_status") && p["exit_status"].is_number_integer())
+    out += fmt::format(", exited with status {}", n("exit_status"));
+  if (n("left_processes") > 0)
+    out += fmt::format(", {} process{} it started killed with it", n("left_processes"),
+                       n("left_processes") == 1 ? "" : "es");
+  return out;
 }
 
 json plugin_json(const PluginInfo& p) {

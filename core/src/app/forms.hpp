@@ -96,6 +96,10 @@ std::string iso_time_ms(const detail::TimePoint& t);
 // kAttemptErrorBytes bytes.
 inline constexpr std::size_t kAttemptErrorBytes = 1000;
 json attempt_json(const detail::AttemptRecord& a);
+// What an attempt cost in its handler process (attempt_json's "process"), and that as one line
+// for people ("" when `process` is not an object).
+json task_process_json(const detail::TaskProcess& p);
+std::string task_process_text(const json& process);
 // A flow: {slug, module, version, description, source, options, input_schema, steps}, and its
 // options {max_attempts, base_delay, max_delay, timeout}.
 json flow_json(const RegisteredFlow& registered);

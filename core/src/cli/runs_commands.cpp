@@ -87,12 +87,38 @@ void print_step_attempts(const detail::StepInfo& s, std::span<const detail::Atte
       took = fmt::format("{} ms", std::chrono::duration_cast<std::chrono::milliseconds>(
                                       *t.finished_at - *t.started_at)
                                       .count());
-    fmt::print("    attempt {}{}  {:<13} {:<24}  {:>9}  worker={}{}\n", t.attempt,
+    fmt::print("    attempt {}{}  {:<13} {:<24}  {:>9}  worker={}{}{}\n", t.attempt,
                s.kind == "map" || s.kind == "flow_map" ? fmt::format(" task {}", t.task_index)
                                                        : std::string(),
                t.outcome, t.started_at ? app::iso_time_ms(*t.started_at) : std::string("-"), took,
                t.worker ? app::valid_text(*t.worker) : std::string("-"),
-               t.error ? "  error: " + app::excerpt(*t.error, kAttemptErrorExcerpt) : "");
+               t.error ? "  error: " + app::excerpt(*t.error, kAttemptErrorExcerpt) : "",
+               t.process
+                   ? "  process: " + app::task_process_text(app::task_process_json(*t.process))
+                   : "");
+  }
+}
+
+// For a step whose attempts are not listed: what its attempts cost in handler processes, if they
+// ran in any (one attempt's facts, or the sums and peak of several).
+void print_step_processes(const detail::StepInfo& s, std::span<const detail::AttemptRecord> all) {
+  std::vector<const detail::TaskProcess*> ran;
+  for (const auto& t : all)
+    if (t.step_slug == s.slug && t.process) ran.push_back(&*t.process);
+  if (ran.size() == 1) {
+    fmt::print("    process: {}\n", app::task_process_text(app::task_process_json(*ran.front())));
+  } else if (ran.size() > 1) {
+    std::int64_t cpu_us = 0, handler_us = 0, peak_kb = 0;
+    for (const auto* p : ran) {
+      cpu_us += p->cpu_us;
+      handler_us += p->handler_us;
+      peak_kb = std::max(peak_kb, p->max_rss_kb);
+    }
+    fmt::print(
+        "    processes: {} attempts ran in handler processes, CPU {:.2f} ms and handler "
+        "{:.2f} ms in all, peak RSS up to {:.1f} MiB\n",
+        ran.size(), static_cast<double>(cpu_us) / 1e3, static_cast<double>(handler_us) / 1e3,
+        static_cast<double>(peak_kb) / 1024.0);
   }
 }
 
@@ -122,6 +148,8 @@ int runs_show(RunStore& store, const RunsArgs& a) {
                waits.empty() ? "" : "  " + waits, s.error ? "  error: " + *s.error : "");
     if (s.attempts > s.task_count || s.status == "failed")
       print_step_attempts(s, attempts->attempts);
+    else
+      print_step_processes(s, attempts->attempts);
   }
   if (attempts->total > std::ssize(attempts->attempts))
     fmt::print("  (the first {} of {} attempts: GET /api/v1/runs/{}/attempts lists them all)\n",

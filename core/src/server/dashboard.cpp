@@ -682,15 +682,18 @@ std::string attempts_section(std::string_view id, const json& page) {
     std::string error = str(a, "error");
     if (error.size() > kAttemptErrorShown)
       error = std::string(utf8_prefix(error, kAttemptErrorShown)) + "\u2026";
+    const std::string process =
+        a.contains("process") ? app::task_process_text(a["process"]) : std::string();
     rows += fmt::format(
         "<tr data-attempt=\"{0}/{1}/{2}\"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td>"
         "<td class=\"mono\">{4}</td><td>{5}</td><td class=\"mono\">{6}</td>"
-        "<td class=\"error\">{7}</td></tr>",
+        "<td data-attempt-process>{7}</td><td class=\"error\">{8}</td></tr>",
         esc(a, "step"), esc(a, "task"), esc(a, "attempt"),
         status_badge(str(a, "outcome"), " data-attempt-outcome"),
         a["started_at"].is_null() ? std::string("\u2014") : esc(a, "started_at"),
         a["duration_ms"].is_null() ? std::string("\u2014") : esc(a, "duration_ms") + " ms",
-        a["worker"].is_null() ? std::string("\u2014") : esc(a, "worker"), escape(error));
+        a["worker"].is_null() ? std::string("\u2014") : esc(a, "worker"),
+        process.empty() ? std::string("\u2014") : escape(process), escape(error));
   }
   const std::int64_t total = page.value("total", std::int64_t{0});
   const std::int64_t offset = page.value("offset", std::int64_t{0});
@@ -716,7 +719,8 @@ std::string attempts_section(std::string_view id, const json& page) {
       "<div class=\"table-wrap\"><table><thead><tr><th scope=\"col\">Step</th>"
       "<th scope=\"col\">Task</th><th scope=\"col\">Attempt</th><th scope=\"col\">Outcome</th>"
       "<th scope=\"col\">Started (UTC)</th><th scope=\"col\">Duration</th>"
-      "<th scope=\"col\">Worker</th><th scope=\"col\" class=\"wide\">Error</th></tr></thead>"
+      "<th scope=\"col\">Worker</th><th scope=\"col\">Handler process</th>"
+      "<th scope=\"col\" class=\"wide\">Error</th></tr></thead>"
       "<tbody>{4}</tbody></table></div>",
       total, count, pages, url_part(id), rows);
 }

@@ -117,11 +117,26 @@ struct TaskAttempt {
   int attempt = 0;
 };
 
+// What one attempt run in a handler process cost (isolation: process; migration 0031): the
+// process, the CPU time the task took, the process's peak resident set so far, how long the
+// handler ran (measured in the process), and, when the process ended during the task, its signal
+// or exit status and the processes the handler left running (killed with it).
+struct TaskProcess {
+  std::int64_t pid = 0;
+  std::int64_t cpu_us = 0;
+  std::int64_t max_rss_kb = 0;
+  std::int64_t handler_us = 0;
+  std::optional<int> signal;
+  std::optional<int> exit_status;
+  std::int64_t left_processes = 0;
+};
+
 struct Completion {
   TaskId id = 0;
   int attempt = 0;
   Json output;
   std::size_t bytes = 0;  // the output's size as JSON text, when known (batches are cut by it)
+  std::optional<TaskProcess> process = std::nullopt;  // kept with the attempt (task_processes)
 };
 
 struct Failure {
@@ -132,6 +147,7 @@ struct Failure {
   // Not a failure: the handler snoozed its task (flowreg::sdk::snooze), which is queued again
   // this much later without spending its attempt (migration 0025); `error` is unused.
   std::optional<Millis> snooze = std::nullopt;
+  std::optional<TaskProcess> process = std::nullopt;  // kept with the attempt (task_processes)
 };
 
 // A task a worker gives back on shutdown. ran = false: its handler never started (the attempt is
@@ -410,7 +426,8 @@ struct AttemptRecord {
   std::string outcome;
   std::optional<std::string> worker;
   std::optional<TimePoint> started_at, finished_at;
-  std::optional<std::string> error;  // at most 1,000 characters: an excerpt when longer
+  std::optional<std::string> error;    // at most 1,000 characters: an excerpt when longer
+  std::optional<TaskProcess> process;  // when it ran in a handler process (migration 0031)
 };
 
 // A page of a run's attempts, and how many there are in all.

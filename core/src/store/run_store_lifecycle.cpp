@@ -64,14 +64,30 @@ std::vector<TaskId> ids_of(const pqxx::result& rows) {
 
 // A completion the server cannot store, as the permanent failure recorded in its place.
 Failure refused_failure(const Completion& c, std::string_view why) {
-  return Failure{c.id, c.attempt, fmt::format("the database refused the handler's output: {}", why),
-                 true};
+  Failure failure{c.id, c.attempt,
+                  fmt::format("the database refused the handler's output: {}", why), true};
+  failure.process = c.process;
+  return failure;
+}
+
+// A result's "process" entry (schemas/functions/_process_facts.sql).
+Json process_json(const TaskProcess& p) {
+  Json out = {{"pid", p.pid},
+              {"cpu_us", p.cpu_us},
+              {"max_rss_kb", p.max_rss_kb},
+              {"handler_us", p.handler_us},
+              {"left_processes", p.left_processes}};
+  if (p.signal) out["signal"] = *p.signal;
+  if (p.exit_status) out["exit_status"] = *p.exit_status;
+  return out;
 }
 
 Json completions_json(std::span<const Completion> completions) {
   Json batch = Json::array();
-  for (const auto& c : completions)
+  for (const auto& c : completions) {
     batch.push_back({{"id", c.id}, {"attempt", c.attempt}, {"output", c.output}});
+    if (c.process) batch.back()["process"] = process_json(*c.process);
+  }
   return batch;
 }
 
@@ -85,6 +101,7 @@ Json failures_json(std::span<const Failure> failures) {
     batch.push_back(
         {{"id", f.id}, {"attempt", f.attempt}, {"error", error}, {"permanent", f.permanent}});
     if (f.snooze) batch.back()["snooze_ms"] = f.snooze->count();
+    if (f.process) batch.back()["process"] = process_json(*f.process);
   }
   return batch;
 }

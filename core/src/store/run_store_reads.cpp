@@ -301,6 +301,16 @@ Result<AttemptPage> RunStore::task_attempts(const RunId& run, const std::string&
           a.started_at = opt_time(r["started_at_us"]);
           a.finished_at = opt_time(r["finished_at_us"]);
           a.error = opt_text(r["error"]);
+          if (!r["pid"].is_null()) {
+            TaskProcess& p = a.process.emplace();
+            p.pid = r["pid"].as<std::int64_t>();
+            p.cpu_us = r["cpu_us"].as<std::int64_t>();
+            p.max_rss_kb = r["max_rss_kb"].as<std::int64_t>();
+            p.handler_us = r["handler_us"].as<std::int64_t>();
+            if (!r["signal"].is_null()) p.signal = r["signal"].as<int>();
+            if (!r["exit_status"].is_null()) p.exit_status = r["exit_status"].as<int>();
+            p.left_processes = r["left_processes"].as<std::int64_t>();
+          }
           page.total = r["total"].as<std::int64_t>();
           page.attempts.push_back(std::move(a));
         }

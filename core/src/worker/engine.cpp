@@ -1,6 +1,7 @@
 #include "worker/engine.hpp"
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -362,6 +363,7 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
     return;
   }
   HandlerOutcome outcome;
+  std::optional<ProcessFacts> facts;
   {
     if (journal_) journal_->begin(task.id, task.attempt);
     // The slot is cleared however the call ends (HandlerPool turns an exception into a failure).
@@ -375,11 +377,10 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
     if (handler->metrics)
       handler->metrics->latency_seconds.observe(metrics::seconds(entered - claimed));
     if (handler->process) {
-      ProcessFacts facts;
       outcome = handler->process->invoke(
           handler->process_index, json_text(task.input), context_text(task), task.timeout,
-          TaskTag{task.flow_slug, task.step_slug, task.run_id, task.id}, facts);
-      record_process_facts(facts);
+          TaskTag{task.flow_slug, task.step_slug, task.run_id, task.id}, facts.emplace());
+      record_process_facts(*facts);
     } else {
       outcome = handler->invoke(json_text(task.input), context_text(task));
     }
@@ -387,7 +388,7 @@ void Engine::run_task(const std::shared_ptr<FlowState>& state, const ClaimedTask
       handler->metrics->task_seconds.observe(
           metrics::seconds(std::chrono::steady_clock::now() - entered));
   }
-  finish_task(state, task, *handler, std::move(outcome));
+  finish_task(state, task, *handler, std::move(outcome), facts ? &*facts : nullptr);
 }
 
 std::string Engine::context_text(const ClaimedTask& task) {
@@ -434,14 +435,43 @@ void Engine::run_in_process(const std::shared_ptr<FlowState>& state,
     if (handlers[i]->metrics)
       handlers[i]->metrics->task_seconds.observe(
           metrics::seconds(std::chrono::steady_clock::now() - entered));
-    finish_task(state, *tasks[i], *handlers[i], std::move(outcome));
+    finish_task(state, *tasks[i], *handlers[i], std::move(outcome), &facts);
   };
   handlers[0]->process->invoke_all(work, starting, ended);
 }
 
+namespace {
+
+// What an attempt cost in its handler process, as the store keeps it; each count held to the
+// column's range (a handler process reports its handler's time itself).
+TaskProcess task_process(const ProcessFacts& facts) {
+  const auto held = [](std::uint64_t n) {
+    return static_cast<std::int64_t>(std::min<std::uint64_t>(n, std::int64_t{1} << 62));
+  };
+  TaskProcess p;
+  p.pid = facts.pid;
+  p.cpu_us = held(facts.cpu_us);
+  p.max_rss_kb = held(facts.max_rss_kb);
+  p.handler_us = held(facts.handler_us);
+  if (facts.signal > 0)
+    p.signal = facts.signal;
+  else if (facts.killed)
+    p.signal = SIGKILL;  // the worker ended it (a timeout, a broken channel): with SIGKILL
+  if (facts.exit_status >= 0) p.exit_status = facts.exit_status;
+  p.left_processes = facts.left_processes;
+  return p;
+}
+
+}  // namespace
+
 void Engine::finish_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
-                         const StepHandler& handler, HandlerOutcome outcome) {
+                         const StepHandler& handler, HandlerOutcome outcome,
+                         const ProcessFacts* facts) {
   auto [completion, failure] = result_of(task, handler, std::move(outcome));
+  if (facts && facts->pid > 0) {
+    if (completion) completion->process = task_process(*facts);
+    if (failure && !failure->snooze) failure->process = task_process(*facts);
+  }
   spdlog::debug("worker {}: task {} of {} step '{}' attempt {}: {}", options_.worker_id, task.id,
                 state->label(), task.step_slug, task.attempt,
                 completion           ? "completed"

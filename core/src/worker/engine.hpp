@@ -177,9 +177,11 @@ class Engine final : public LaneHost {
                       std::chrono::steady_clock::time_point claimed, std::size_t& begun);
   // The handler's context argument: run, flow, step, task index, attempt.
   static std::string context_text(const ClaimedTask& task);
-  // Records the result of a handler's outcome.
+  // Records the result of a handler's outcome, with what it cost in its handler process (facts:
+  // null for a handler run on a thread), kept with the attempt.
   void finish_task(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
-                   const StepHandler& handler, HandlerOutcome outcome);
+                   const StepHandler& handler, HandlerOutcome outcome,
+                   const ProcessFacts* facts = nullptr);
   // A task whose job threw: failed for good, unless its result was queued already.
   void fail_unrecorded(const std::shared_ptr<FlowState>& state, const ClaimedTask& task,
                        const std::string& what);
