@@ -3,16 +3,16 @@
 -- NULL when none: ids, runs, flow slugs and versions, step slugs, inputs, attempts allowed,
 -- timeouts, lease ends; each at task index 0 and attempt 1), which work() returns as claimed.
 -- p_batch: [{"id", "attempt", "output", "process"}] (an id given twice: the last entry counts;
--- "process": what the attempt cost in a handler process, kept in task_processes: migration 0031,
--- _process_facts). A step whose last task completed is complete, with its output (a single step's:
--- its one task's; a map step's: its tasks' in task order); then its dependents may start and its
--- run may complete. A run of a one-step flow (no step state: migration 0012) completes at once, its
--- step's output, attempts and worker written into it. A run of a chain (migration 0017:
--- runs.chained, and so its tasks) has no step state for a step not ended: its step's completion
--- inserts the step's state, then creates the next step's task (claimed by the worker within work(),
--- as _account_steps does) or, for the leaf, completes the run. A task leaves the queue when done
--- (see migration 0009): a single step's at once, a map step's when its step completes; its attempts
--- and worker are added to its step state (or its run, above).
+-- "process": what the attempt cost in a handler process, an array kept with the attempt where its
+-- worker is: migration 0031). A step whose last task completed is complete, with its output (a
+-- single step's: its one task's; a map step's: its tasks' in task order); then its dependents may
+-- start and its run may complete. A run of a one-step flow (no step state: migration 0012)
+-- completes at once, its step's output, attempts and worker written into it. A run of a chain
+-- (migration 0017: runs.chained, and so its tasks) has no step state for a step not ended: its
+-- step's completion inserts the step's state, then creates the next step's task (claimed by the
+-- worker within work(), as _account_steps does) or, for the leaf, completes the run. A task leaves
+-- the queue when done (see migration 0009): a single step's at once, a map step's when its step
+-- completes; its attempts and worker are added to its step state (or its run, above).
 -- REQUIRES: the runs of the tasks that are not solo are locked (_lock_step_runs_of). A solo task
 -- (a one-step flow's, migration 0013) is locked by its DELETE here, then its run by its UPDATE
 -- (the lock order: see README).
@@ -57,6 +57,7 @@ DECLARE
                         -- a chain's (v_chained)
   v_chained boolean[];  -- per step above: its run is a chain's (migration 0017)
   v_started timestamptz[];  -- per step above, a chain's: its start (its task's created_at)
+  v_processes jsonb[];  -- per step above, a single step's: what its task cost in a handler process
   v_claim jsonb;        -- see _account_steps: a work() call's worker takes what it has room for
   v_queued text[];      -- flows of the tasks created queued
   v_ended uuid[];
@@ -64,7 +65,9 @@ BEGIN
   WITH b AS MATERIALIZED (
     SELECT DISTINCT ON (x.id) x.id, x.attempt, x.output, x.process
     FROM (SELECT (e->>'id')::bigint AS id, (e->>'attempt')::int AS attempt,
-                 coalesce(e->'output', 'null'::jsonb) AS output, e->'process' AS process, i
+                 coalesce(e->'output', 'null'::jsonb) AS output,
+                 CASE WHEN jsonb_typeof(e->'process') = 'array' THEN e->'process' END AS process,
+                 i
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
     ORDER BY x.id, x.i DESC
   ),
@@ -76,29 +79,20 @@ BEGIN
     WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NULL AND t.status || '' = 'started'
       AND t.attempt = b.attempt
     RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
-              b.output, t.chained, t.created_at, t.task_index, b.process
+              b.output, t.chained, t.created_at, b.process
   ),
   kept AS (
     UPDATE flowreg.tasks t
-    SET status = 'completed', output = b.output, finished_at = now(), lease_expires_at = NULL
+    SET status = 'completed', output = b.output, finished_at = now(), lease_expires_at = NULL,
+        process = b.process
     FROM b
     WHERE t.id = ANY (ARRAY[b.id]) AND t.input IS NOT NULL AND t.status || '' = 'started'
       AND t.attempt = b.attempt
     RETURNING t.id, t.run_id, t.step_slug, t.flow_slug, t.flow_version, t.attempt, t.worker_id,
               NULL::jsonb AS output, false AS chained, NULL::timestamptz AS created_at,
-              t.task_index, b.process
+              NULL::jsonb AS process
   ),
   done AS (SELECT * FROM gone UNION ALL SELECT * FROM kept),
-  -- What the attempts run in a handler process cost (migration 0031): none under threads.
-  procs AS (
-    INSERT INTO flowreg.task_processes (run_id, step_slug, task_index, attempt, pid, cpu_us,
-                                        max_rss_kb, handler_us, signal, exit_status,
-                                        left_processes)
-    SELECT d.run_id, d.step_slug, d.task_index, d.attempt, p.*
-    FROM done d CROSS JOIN LATERAL flowreg._process_facts(d.process) p
-    WHERE d.process IS NOT NULL
-    ON CONFLICT DO NOTHING
-  ),
   -- Per flow version of the batch: whether it is one single step, whose runs keep their step's
   -- state (migration 0012 moved the live runs of such a flow; see below for one it did not): one
   -- lookup per flow version, not per task, keyed '<flow slug> <version>' (slugs hold no space).
@@ -122,16 +116,17 @@ BEGIN
                 THEN ((SELECT o.m FROM one_row o)
                         ->> (min(d.flow_slug) || ' ' || min(d.flow_version)))::boolean END
              AS one_row,
-           bool_or(d.chained) AS chained, min(d.created_at) AS started_at
+           bool_or(d.chained) AS chained, min(d.created_at) AS started_at,
+           (array_agg(d.process))[1] AS process
     FROM done d GROUP BY 1, 2
   )
   SELECT (SELECT array_agg(d.id) FROM done d), p.*
   INTO v_acc, v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
-       v_one_row, v_chained, v_started
+       v_one_row, v_chained, v_started, v_processes
   FROM (SELECT array_agg(run_id), array_agg(step_slug), array_agg(flow_slug),
                array_agg(flow_version), array_agg(n), array_agg(output), array_agg(attempts),
                array_agg(worker_id), array_agg(one_row), array_agg(chained),
-               array_agg(started_at)
+               array_agg(started_at), array_agg(process)
         FROM per) p;
   IF v_acc IS NULL THEN
     accepted := '{}';
@@ -146,17 +141,18 @@ BEGIN
       UPDATE flowreg.runs r
       SET status = 'completed', remaining_leaves = 0, finished_at = now(),
           output = jsonb_build_object(p.step_slug, p.output), attempts = r.attempts + p.attempts,
-          worker_id = CASE WHEN r.attempts IS NOT NULL THEN p.worker_id END
-      FROM unnest(v_runs, v_steps, v_outputs, v_attempts, v_workers, v_one_row)
-           AS p(run_id, step_slug, output, attempts, worker_id, one_row)
+          worker_id = CASE WHEN r.attempts IS NOT NULL THEN p.worker_id END,
+          process = CASE WHEN r.attempts IS NOT NULL THEN p.process END
+      FROM unnest(v_runs, v_steps, v_outputs, v_attempts, v_workers, v_one_row, v_processes)
+           AS p(run_id, step_slug, output, attempts, worker_id, one_row, process)
       WHERE p.one_row AND r.id = ANY (ARRAY[p.run_id]) AND r.status = 'started'
       RETURNING r.id, r.attempts IS NULL AS old_layout, p.step_slug, p.output, p.attempts,
-                p.worker_id
+                p.worker_id, p.process
     ),
     old_layout AS (
       UPDATE flowreg.step_states s
       SET status = 'completed', remaining_tasks = 0, finished_at = now(), output = e.output,
-          attempts = s.attempts + e.attempts, worker_id = e.worker_id
+          attempts = s.attempts + e.attempts, worker_id = e.worker_id, process = e.process
       FROM ended e
       WHERE e.old_layout AND s.run_id = ANY (ARRAY[e.id]) AND s.step_slug = ANY (ARRAY[e.step_slug])
         AND s.status = 'started'
@@ -178,7 +174,7 @@ BEGIN
     -- read back by _claim.
     WITH c AS MATERIALIZED (
       SELECT p.run_id, p.step_slug, p.flow_slug, p.flow_version, p.output, p.attempts, p.worker_id,
-             p.started_at, fs.step_index, fs.is_leaf, nx.step_slug AS next_slug,
+             p.started_at, p.process, fs.step_index, fs.is_leaf, nx.step_slug AS next_slug,
              nx.timeout_ms AS next_timeout, nx.max_attempts AS next_max_attempts,
              -- The run's own priority, else the next step's (migration 0022).
              CASE WHEN nx.step_slug IS NOT NULL
@@ -200,9 +196,9 @@ BEGIN
                             <= (v_claim->>'left')::int,
                       false) AS mine
       FROM unnest(v_runs, v_steps, v_flows, v_versions, v_outputs, v_attempts, v_workers,
-                  v_chained, v_started)
+                  v_chained, v_started, v_processes)
            AS p(run_id, step_slug, flow_slug, flow_version, output, attempts, worker_id, chained,
-                started_at)
+                started_at, process)
       CROSS JOIN LATERAL (SELECT f.step_index, f.is_leaf FROM flowreg.flow_steps f
                           WHERE f.flow_slug = p.flow_slug AND f.version = p.flow_version
                             AND f.step_slug = p.step_slug OFFSET 0) fs
@@ -223,9 +219,9 @@ BEGIN
     st AS (
       INSERT INTO flowreg.step_states (run_id, step_slug, step_index, kind, remaining_deps, status,
                                        remaining_tasks, task_count, output, started_at,
-                                       finished_at, attempts, worker_id)
+                                       finished_at, attempts, worker_id, process)
       SELECT c.run_id, c.step_slug, c.step_index, 'single', 0, 'completed', 0, 1, c.output,
-             c.started_at, now(), c.attempts, c.worker_id
+             c.started_at, now(), c.attempts, c.worker_id, c.process
       FROM c
     ),
     started AS (
@@ -296,10 +292,22 @@ BEGIN
                              AND t.task_index = 0 AND NOT t.solo)
                         ELSE p.output END,
           attempts = s.attempts + p.attempts,
-          worker_id = p.worker_id
+          worker_id = p.worker_id,
+          -- What its tasks cost in handler processes (migration 0031): a single step's task's; a
+          -- map step's tasks' in task order, when one of them ran in one.
+          process = CASE WHEN s.remaining_tasks <> p.n THEN NULL
+                         WHEN s.kind = 'map' THEN
+                           (SELECT CASE WHEN bool_or(t.process IS NOT NULL)
+                                        THEN jsonb_agg(t.process ORDER BY t.task_index) END
+                            FROM flowreg.tasks t
+                            WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug
+                              AND NOT t.solo)
+                         WHEN s.kind IN ('flow', 'flow_map') THEN NULL
+                         ELSE p.process END
       FROM unnest(v_runs, v_steps, v_flows, v_versions, v_n, v_outputs, v_attempts, v_workers,
-                  v_one_row)
-           AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id, one_row)
+                  v_one_row, v_processes)
+           AS p(run_id, step_slug, flow_slug, flow_version, n, output, attempts, worker_id, one_row,
+                process)
       WHERE NOT p.one_row AND s.run_id = ANY (ARRAY[p.run_id])
         AND s.step_slug = ANY (ARRAY[p.step_slug]) AND s.status = 'started'
       RETURNING s.run_id, s.step_slug, s.status, s.kind, p.flow_slug, p.flow_version

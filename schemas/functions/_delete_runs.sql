@@ -5,8 +5,7 @@
 -- here, by run id (tasks through tasks_by_run), and a solo task by its run's task_id (migration
 -- 0013). An ended run's tasks have left the queue already (migration 0009): these deletes are a
 -- safety net. The attempts kept of its tasks (task_attempts, migration 0019) go by run id too,
--- through their primary key (whose first column is the run), as what its attempts cost in handler
--- processes (task_processes, migration 0031), and the signals sent to it
+-- through their primary key (whose first column is the run), and the signals sent to it
 -- (migration 0026) through theirs (run, name). A run still started is never deleted, whatever
 -- the caller gives.
 CREATE OR REPLACE FUNCTION flowreg._delete_runs(p_ids uuid[])
@@ -17,7 +16,6 @@ RETURNS bigint LANGUAGE sql AS $$
   ),
   s AS (DELETE FROM flowreg.step_states WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   a AS (DELETE FROM flowreg.task_attempts WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
-  pr AS (DELETE FROM flowreg.task_processes WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   g AS (DELETE FROM flowreg.signals WHERE run_id = ANY (ARRAY(SELECT id FROM d))),
   t AS (DELETE FROM flowreg.tasks WHERE run_id = ANY (ARRAY(SELECT id FROM d)) AND NOT solo),
   solo AS (DELETE FROM flowreg.tasks WHERE id = ANY (ARRAY(SELECT task_id FROM d))

@@ -7,7 +7,7 @@
 -- left. Each attempt accepted is kept in task_attempts (migration 0019) with its outcome: the
 -- entry's "outcome" when given ('lease_expired' from _claim, 'crashed' from report_crashes), else
 -- 'failed' (for good) or 'retried' (queued again); its error cut to 4,000 characters; what it cost
--- in a handler process ("process", see _process_facts) in task_processes (migration 0031). An entry
+-- in a handler process ("process", an array) with it (migration 0031). An entry
 -- with "snooze_ms" (a handler's flowreg::snooze, migration 0025) queues its task again that much
 -- later without spending its attempt (given back, as release_tasks does for a task that never ran),
 -- keeps no attempt, and counts one more in tasks.snoozes.
@@ -39,7 +39,8 @@ BEGIN
                  coalesce(e->>'error', '') AS error,
                  coalesce((e->>'permanent')::boolean, false) AS permanent,
                  coalesce(e->>'outcome', '') AS outcome, (e->>'snooze_ms')::bigint AS snooze_ms,
-                 e->'process' AS process, i
+                 CASE WHEN jsonb_typeof(e->'process') = 'array' THEN e->'process' END AS process,
+                 i
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS j(e, i)) x
     ORDER BY x.id, x.i DESC
   ),
@@ -95,23 +96,13 @@ BEGIN
   kept AS (
     -- The attempt, kept (migration 0019): one insert per task, by primary key.
     INSERT INTO flowreg.task_attempts (run_id, step_slug, task_index, attempt, worker_id,
-                                       started_at, finished_at, outcome, error)
+                                       started_at, finished_at, outcome, error, process)
     SELECT u.run_id, u.step_slug, u.task_index, u.attempt, u.worker_id, u.attempt_started,
            u.attempt_finished,
            CASE WHEN u.outcome IN ('lease_expired', 'crashed') THEN u.outcome
                 WHEN u.status = 'failed' THEN 'failed' ELSE 'retried' END,
-           left(u.error, 4000)
+           left(u.error, 4000), u.process
     FROM upd u
-    ON CONFLICT DO NOTHING
-  ),
-  procs AS (
-    -- What the attempt cost in a handler process (migration 0031), when it ran in one.
-    INSERT INTO flowreg.task_processes (run_id, step_slug, task_index, attempt, pid, cpu_us,
-                                        max_rss_kb, handler_us, signal, exit_status,
-                                        left_processes)
-    SELECT u.run_id, u.step_slug, u.task_index, u.attempt, p.*
-    FROM upd u CROSS JOIN LATERAL flowreg._process_facts(u.process) p
-    WHERE u.process IS NOT NULL
     ON CONFLICT DO NOTHING
   )
   SELECT array_agg(u.id),

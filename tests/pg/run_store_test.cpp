@@ -2834,8 +2834,8 @@ TEST_SUITE("run_store") {
   }
 
   TEST_CASE(
-      "attempts run in a handler process keep what they cost; a bad entry fails nothing; a pruned "
-      "run takes them along") {
+      "attempts run in a handler process keep what they cost, wherever the attempt is kept; a bad "
+      "entry fails nothing") {
     auto env = open_env("rs_attempts_process");
     auto charge = step("charge");
     charge.options.max_attempts = 3;
@@ -2875,45 +2875,63 @@ TEST_SUITE("run_store") {
     CHECK(page->attempts[2].process->pid == 102);
     CHECK_FALSE(page->attempts[2].process->signal);
 
+    // A map step: each task's, while the step runs (the task holds it) and after (its step).
+    auto mapped =
+        store_flow(env.store, flow("attempts_process_map", {step("m", {}, StepKind::map)}));
+    auto fan = start(env.store, mapped, Json::array({1, 2}));
+    auto elements = claim(env.store, mapped, 100, "w4");
+    REQUIRE(elements.size() == 2);
+    const auto& e0 = elements[0].task_index == 0 ? elements[0] : elements[1];
+    const auto& e1 = elements[0].task_index == 0 ? elements[1] : elements[0];
+    Completion c1{e1.id, 1, 2};
+    c1.process = TaskProcess{201, 1, 1, 1, std::nullopt, std::nullopt, 0};
+    CHECK(complete(env.store, {c1}).empty());
+    const auto pids_of = [&](const RunId& r) {
+      std::string out;
+      auto attempts = env.store.task_attempts(r, "", 100, 0);
+      REQUIRE_MESSAGE(attempts, flowreg::testing::failure_text(attempts));
+      for (const auto& a : attempts->attempts)
+        out += fmt::format("{}{}:{}", out.empty() ? "" : ",", a.outcome,
+                           a.process ? std::to_string(a.process->pid) : "-");
+      return out;
+    };
+    CHECK(pids_of(fan) == "running:-,completed:201");
+    Completion c0{e0.id, 1, 1};
+    c0.process = TaskProcess{200, 1, 1, 1, std::nullopt, std::nullopt, 0};
+    CHECK(complete(env.store, {c0}).empty());
+    REQUIRE(run_info(env.store, fan).status == RunStatus::completed);
+    CHECK(pids_of(fan) == "completed:200,completed:201");
+
     // A one-step flow's runs, completed by one batch whose "process" entries are bad in every
-    // way a row can be: each run completes; what can be read is kept, held to its column's range.
+    // way a row can be: each run completes; what can be read is read, held to its range.
     auto one = store_flow(env.store, flow("attempts_process_one", {step("only")}));
-    std::vector<RunId> runs;
-    for (int i = 0; i < 4; ++i) runs.push_back(start(env.store, one, Json::object()));
+    for (int i = 0; i < 4; ++i) start(env.store, one, Json::object());
     auto tasks = claim(env.store, one, 100, "w3");
     REQUIRE(tasks.size() == 4);
-    const Json entries = Json::array(
-        {Json{
-             {"pid", 7}, {"cpu_us", 10}, {"max_rss_kb", 20}, {"handler_us", 5}, {"exit_status", 3}},
-         "x", Json{{"pid", "<b>"}, {"cpu_us", 5}},
-         Json{{"pid", 1e30},
-              {"cpu_us", -7},
-              {"max_rss_kb", "big"},
-              {"signal", 1e9},
-              {"left_processes", 2.5}}});
+    // ([pid, cpu_us, max_rss_kb, handler_us, signal, exit_status, left_processes].)
+    const Json entries =
+        Json::array({Json::array({7, 10, 20, 5, nullptr, 3}), "x", Json::array({"<b>", 5}),
+                     Json::array({1e30, -7, "big", 0, 1e9, nullptr, 2.5})});
     Json batch = Json::array();
     for (std::size_t i = 0; i < tasks.size(); ++i)
       batch.push_back(
           {{"id", tasks[i].id}, {"attempt", 1}, {"output", 1}, {"process", entries[i]}});
     CHECK(sql_one(env.conninfo, "SELECT cardinality(flowreg.complete_tasks('" + batch.dump() +
                                     "'::jsonb))") == "0");
-    for (const auto& r : runs) CHECK(run_info(env.store, r).status == RunStatus::completed);
-    CHECK(sql_one(env.conninfo,
-                  "SELECT string_agg(concat_ws(' ', pid, cpu_us, max_rss_kb, handler_us, "
-                  "coalesce(signal, -1), coalesce(exit_status, -1), left_processes), ',' "
-                  "ORDER BY pid) FROM flowreg.task_processes WHERE step_slug = 'only'") ==
-          "7 10 20 5 -1 3 0,2147483647 0 0 0 255 -1 2");
-
-    // A pruned run's rows go with it.
-    sql_exec(env.conninfo,
-             "UPDATE flowreg.runs SET finished_at = now() - interval '2 hours', created_at = "
-             "now() - interval '3 hours' WHERE id = '" +
-                 run + "'");
-    auto pruned = env.store.prune(Millis(3600'000));
-    REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
-    CHECK(*pruned == 1);
-    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.task_processes WHERE run_id = '" +
-                                    run + "'") == "0");
-    CHECK(sql_one(env.conninfo, "SELECT count(*) FROM flowreg.task_processes") == "2");
+    std::vector<std::string> read;
+    for (const auto& t : tasks) {
+      CHECK(run_info(env.store, t.run_id).status == RunStatus::completed);
+      auto attempts = env.store.task_attempts(t.run_id, "", 100, 0);
+      REQUIRE(attempts);
+      REQUIRE(attempts->attempts.size() == 1);
+      const auto& p = attempts->attempts[0].process;
+      read.push_back(!p ? "none"
+                        : fmt::format("{} {} {} {} {} {} {}", p->pid, p->cpu_us, p->max_rss_kb,
+                                      p->handler_us, p->signal.value_or(-1),
+                                      p->exit_status.value_or(-1), p->left_processes));
+    }
+    std::sort(read.begin(), read.end());
+    CHECK(read == std::vector<std::string>{"2147483647 0 0 0 255 -1 2", "7 10 20 5 -1 3 0", "none",
+                                           "none"});
   }
 }

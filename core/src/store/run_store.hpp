@@ -136,7 +136,7 @@ struct Completion {
   int attempt = 0;
   Json output;
   std::size_t bytes = 0;  // the output's size as JSON text, when known (batches are cut by it)
-  std::optional<TaskProcess> process = std::nullopt;  // kept with the attempt (task_processes)
+  std::optional<TaskProcess> process = std::nullopt;  // kept with the attempt (migration 0031)
 };
 
 struct Failure {
@@ -147,7 +147,7 @@ struct Failure {
   // Not a failure: the handler snoozed its task (flowreg::sdk::snooze), which is queued again
   // this much later without spending its attempt (migration 0025); `error` is unused.
   std::optional<Millis> snooze = std::nullopt;
-  std::optional<TaskProcess> process = std::nullopt;  // kept with the attempt (task_processes)
+  std::optional<TaskProcess> process = std::nullopt;  // kept with the attempt (migration 0031)
 };
 
 // A task a worker gives back on shutdown. ran = false: its handler never started (the attempt is

@@ -70,15 +70,17 @@ Failure refused_failure(const Completion& c, std::string_view why) {
   return failure;
 }
 
-// A result's "process" entry (schemas/functions/_process_facts.sql).
+// A result's "process" entry, kept with its attempt (schemas/0031_process_facts.sql): [pid,
+// cpu_us, max_rss_kb, handler_us], then [signal, exit_status, left_processes] when the process
+// ended during the task or the handler left processes (null: none). An array, not an object: it
+// is written into the run's row at each completion, and the keys would be two thirds of it.
 Json process_json(const TaskProcess& p) {
-  Json out = {{"pid", p.pid},
-              {"cpu_us", p.cpu_us},
-              {"max_rss_kb", p.max_rss_kb},
-              {"handler_us", p.handler_us},
-              {"left_processes", p.left_processes}};
-  if (p.signal) out["signal"] = *p.signal;
-  if (p.exit_status) out["exit_status"] = *p.exit_status;
+  Json out = Json::array({p.pid, p.cpu_us, p.max_rss_kb, p.handler_us});
+  if (p.signal || p.exit_status || p.left_processes > 0) {
+    out.push_back(p.signal ? Json(*p.signal) : Json(nullptr));
+    out.push_back(p.exit_status ? Json(*p.exit_status) : Json(nullptr));
+    out.push_back(p.left_processes);
+  }
   return out;
 }
 

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <pqxx/pqxx>
 
 #include "store/queries.hpp"
@@ -286,6 +287,37 @@ Result<std::vector<StepRetry>> RunStore::step_retries(const RunId& run) {
                  });
 }
 
+namespace {
+
+// An attempt's `process` (migration 0031), as its worker sent it: [pid, cpu_us, max_rss_kb,
+// handler_us, signal, exit_status, left_processes], the last three optional. Each value read as a
+// number, cut to a whole one and held to its range (0 to the largest; a signal or an exit status
+// 0 to 255); one that is not a number reads as 0 (a signal or an exit status: none). None unless
+// it is an array whose pid is 1 or more.
+std::optional<TaskProcess> task_process_of(const char* text) {
+  const auto value = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!value.is_array()) return std::nullopt;
+  const auto count = [&](std::size_t at, double top) -> std::optional<std::int64_t> {
+    if (at >= value.size() || !value[at].is_number()) return std::nullopt;
+    const double n = std::trunc(value[at].get<double>());
+    return static_cast<std::int64_t>(std::clamp(n, 0.0, top));
+  };
+  constexpr double kInt = 2147483647.0;
+  constexpr double kBig = 4611686018427387904.0;  // 2^62
+  TaskProcess p;
+  p.pid = count(0, kInt).value_or(0);
+  if (p.pid < 1) return std::nullopt;
+  p.cpu_us = count(1, kBig).value_or(0);
+  p.max_rss_kb = count(2, kBig).value_or(0);
+  p.handler_us = count(3, kBig).value_or(0);
+  if (const auto s = count(4, 255)) p.signal = static_cast<int>(*s);
+  if (const auto s = count(5, 255)) p.exit_status = static_cast<int>(*s);
+  p.left_processes = count(6, kInt).value_or(0);
+  return p;
+}
+
+}  // namespace
+
 Result<AttemptPage> RunStore::task_attempts(const RunId& run, const std::string& step, int limit,
                                             int offset) {
   return guarded(
@@ -301,16 +333,7 @@ Result<AttemptPage> RunStore::task_attempts(const RunId& run, const std::string&
           a.started_at = opt_time(r["started_at_us"]);
           a.finished_at = opt_time(r["finished_at_us"]);
           a.error = opt_text(r["error"]);
-          if (!r["pid"].is_null()) {
-            TaskProcess& p = a.process.emplace();
-            p.pid = r["pid"].as<std::int64_t>();
-            p.cpu_us = r["cpu_us"].as<std::int64_t>();
-            p.max_rss_kb = r["max_rss_kb"].as<std::int64_t>();
-            p.handler_us = r["handler_us"].as<std::int64_t>();
-            if (!r["signal"].is_null()) p.signal = r["signal"].as<int>();
-            if (!r["exit_status"].is_null()) p.exit_status = r["exit_status"].as<int>();
-            p.left_processes = r["left_processes"].as<std::int64_t>();
-          }
+          if (!r["process"].is_null()) a.process = task_process_of(r["process"].c_str());
           page.total = r["total"].as<std::int64_t>();
           page.attempts.push_back(std::move(a));
         }
