@@ -28,9 +28,12 @@
 -- time; refilled at rate_limit per rate_per_ms, up to rate_limit). A bucket is read and written
 -- under its lock, taken as the keys' are (the key's own lock serves a step's bucket per key), in a
 -- statement before the one that reads it: never two claims spending the same tokens. The one
--- bucket of a limit without a key is the exception to "never waited for": the first one a call
--- visits is waited for (no deadlock: a call waits for one lock at most, and a call that holds a
--- bucket's lock waits for nothing after). When a
+-- bucket of a limit without a key keeps its tokens in shards (_rate_shards: 4 for a limit of
+-- 1,024 or more a period), each locked as a bucket: a claim takes the shards it needs that no
+-- other claim holds, so that claims of several workers run side by side. It is the exception to
+-- "never waited for": when another claim holds every shard, the last one tried of the first such
+-- bucket a call visits is waited for (no deadlock: a call waits for one lock at most, and a call
+-- that holds a bucket's lock waits for nothing after). When a
 -- bucket visited is left without a token, the transaction setting flowreg.rate_due tells work()
 -- when it has one again (a worker claims then, rather than at its next poll); and when a key or a
 -- bucket was skipped because another claim held it, 2 ms from now (that claim's transaction ends
@@ -68,6 +71,20 @@ DECLARE
   v_min_tok double precision;
   v_due timestamptz;  -- when a bucket found empty has a token again (see work)
   v_waited boolean := false;  -- a bucket's lock was waited for
+  -- The one bucket's shards (_rate_shards): how many, each one's tokens at most (v_cap; a bucket
+  -- per key: the limit), those locked (keys, their tokens now), the one tried first, the shard.
+  v_shards int;
+  v_cap double precision;
+  v_skeys text[];
+  v_stoks double precision[];
+  v_first int;
+  v_shard int;
+  v_key text COLLATE "C";
+  v_t double precision;
+  v_held boolean;  -- a shard was held by another claim
+  v_n int;
+  v_i int;
+  v_take double precision;
 BEGIN
   FOR g IN
     -- (A flow's gate is on each of its root steps: one visit. spread: a run may have several
@@ -95,28 +112,53 @@ BEGIN
     v_rlock := v_rate AND g.rate_scope = '' AND g.rate_keyed;
     v_plen := length(g.gate_prefix);
     v_tok := NULL;
+    v_cap := g.rate_limit;
     IF v_rate AND NOT v_keyed THEN
-      -- One bucket for all the gate's keys: its lock, then its tokens now, in a new statement.
-      -- The first such bucket of this call is waited for (every claim of the gate takes it, so
-      -- skipping it would leave all workers but one idle; its holder waits for no other lock,
-      -- so the wait ends with the holder's transaction); a later one is skipped when held.
-      IF NOT v_waited THEN
-        PERFORM pg_advisory_xact_lock(hashtext(g.slug), hashtext('rate ' || g.rate_scope || ':'));
-        v_waited := true;
-      ELSIF NOT pg_try_advisory_xact_lock(hashtext(g.slug),
-                                          hashtext('rate ' || g.rate_scope || ':')) THEN
+      -- One bucket for all the gate's keys, in shards (_rate_shards): from the one this backend
+      -- tries first, each shard's lock (skipped when another claim holds it), then its tokens
+      -- now, in a new statement, until the shards locked have the tokens the room left needs.
+      -- v_tok: their whole tokens. When the others were held, the last shard it tries of the
+      -- first such bucket of this call is waited for (every claim of the gate takes one, so
+      -- skipping them all would leave workers idle; its holder waits for no other lock, so the
+      -- wait ends with the holder's transaction); a later bucket's is skipped.
+      v_shards := flowreg._rate_shards(g.rate_limit);
+      v_cap := g.rate_limit::float8 / v_shards;
+      v_first := pg_backend_pid() % v_shards;
+      v_skeys := '{}';
+      v_stoks := '{}';
+      v_tok := 0;
+      v_held := false;
+      FOR v_shard IN v_first .. v_first + v_shards - 1 LOOP
+        EXIT WHEN v_tok >= p_room - cardinality(v_ids);
+        v_key := flowreg._rate_shard_key(v_shard, v_shards);
+        IF cardinality(v_skeys) = 0 AND v_shard = v_first + v_shards - 1 AND NOT v_waited THEN
+          PERFORM pg_advisory_xact_lock(hashtext(g.slug),
+                                        hashtext('rate ' || g.rate_scope || ':' || v_key));
+          v_waited := true;
+        ELSIF NOT pg_try_advisory_xact_lock(hashtext(g.slug),
+                                            hashtext('rate ' || g.rate_scope || ':' || v_key)) THEN
+          v_held := true;
+          CONTINUE;
+        END IF;
+        SELECT least(v_cap, b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
+                                       * v_cap / g.rate_per_ms)
+        INTO v_t
+        FROM flowreg.rate_buckets b
+        WHERE b.flow_slug = g.slug AND b.scope = g.rate_scope AND b.key = v_key;
+        v_t := coalesce(v_t, v_cap);
+        v_skeys := v_skeys || v_key::text;
+        v_stoks := v_stoks || v_t;
+        v_tok := v_tok + floor(v_t);
+      END LOOP;
+      IF v_held AND v_tok < p_room - cardinality(v_ids) THEN
+        -- A shard another claim held (until its transaction ends): this worker looks again soon.
         v_due := least(v_due, clock_timestamp() + interval '2 ms');
-        CONTINUE;
       END IF;
-      SELECT least(g.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
-                                            * g.rate_limit / g.rate_per_ms)
-      INTO v_tok
-      FROM flowreg.rate_buckets b
-      WHERE b.flow_slug = g.slug AND b.scope = g.rate_scope AND b.key = '';
-      v_tok := coalesce(v_tok, g.rate_limit);
       IF v_tok < 1 THEN
-        v_due := least(v_due, now() + (least(g.rate_limit, p_room) - v_tok) * g.rate_per_ms
-                                      / g.rate_limit * interval '1 ms');
+        IF cardinality(v_skeys) > 0 THEN
+          v_due := least(v_due, now() + (least(g.rate_limit, p_room) - v_tok) * g.rate_per_ms
+                                        / g.rate_limit * interval '1 ms');
+        END IF;
         CONTINUE;
       END IF;
     END IF;
@@ -291,16 +333,25 @@ BEGIN
           RETURNING t AS task, t.id, t.gate
         ),
         spent AS (
+          -- (A bucket per key: the key's tasks claimed. The one bucket's shards: the tasks
+          -- claimed, taken from the shards locked in order, each up to its whole tokens.)
           INSERT INTO flowreg.rate_buckets AS b (flow_slug, scope, key, tokens, at)
-          SELECT g.slug, g.rate_scope,
-                 CASE WHEN v_keyed THEN substr(cl.gate, v_plen + 1) ELSE '' END,
-                 g.rate_limit - count(*), now()
-          FROM claimed cl WHERE v_rate
+          SELECT g.slug, g.rate_scope, substr(cl.gate, v_plen + 1), v_cap - count(*), now()
+          FROM claimed cl WHERE v_keyed
           GROUP BY 3
+          UNION ALL
+          SELECT g.slug, g.rate_scope, s.key, v_cap - s.take, now()
+          FROM (SELECT x.key,
+                       least(floor(x.tok),
+                             greatest(n.n - (sum(floor(x.tok)) OVER (ORDER BY x.i)
+                                             - floor(x.tok)), 0)) AS take
+                FROM unnest(v_skeys, v_stoks) WITH ORDINALITY AS x(key, tok, i)
+                CROSS JOIN (SELECT count(*) AS n FROM claimed) n) s
+          WHERE v_rate AND NOT v_keyed AND s.take > 0
           ON CONFLICT (flow_slug, scope, key) DO UPDATE
-          SET tokens = least(g.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8
-                                                     * 1000 * g.rate_limit / g.rate_per_ms)
-                       - (g.rate_limit - excluded.tokens),
+          SET tokens = least(v_cap, b.tokens + extract(epoch FROM now() - b.at)::float8
+                                               * 1000 * v_cap / g.rate_per_ms)
+                       - (v_cap - excluded.tokens),
               at = now()
         )
         SELECT (SELECT array_agg(cl.task) FROM claimed cl),
@@ -315,6 +366,13 @@ BEGIN
                                           * interval '1 ms');
           ELSIF NOT v_keyed THEN
             v_tok := v_tok - coalesce(cardinality(v_got), 0);
+            -- What each shard has left, for the next round's tasks (as `spent` took them).
+            v_n := coalesce(cardinality(v_got), 0);
+            FOR v_i IN 1 .. cardinality(v_stoks) LOOP
+              v_take := least(floor(v_stoks[v_i]), v_n);
+              v_stoks[v_i] := v_stoks[v_i] - v_take;
+              v_n := v_n - v_take;
+            END LOOP;
             IF v_tok < 1 THEN
               v_due := least(v_due, now() + (least(g.rate_limit, p_room) - v_tok) * g.rate_per_ms
                                             / g.rate_limit * interval '1 ms');

@@ -17,8 +17,8 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
  CASE WHEN r.status = 'started' THEN substr(r.gate, 2) END AS held_key,
  w.step_slug AS gate_step, w.key AS gate_key, w.gate_limit, w.holding AS gate_holding,
  w.rate_limit, w.rate_per_ms,
- (extract(epoch FROM now() + (1 - w.tokens) * w.rate_per_ms / w.rate_limit * interval '1 ms')
-  * 1000000)::bigint AS rate_until_us,
+ (extract(epoch FROM now() + (1 - w.tokens) * w.rate_per_ms * w.rate_shards / w.rate_limit
+                  * interval '1 ms') * 1000000)::bigint AS rate_until_us,
  r.parent_run_id::text AS parent_run_id, r.parent_step, r.parent_index,
  CASE WHEN r.has_children THEN
   (SELECT jsonb_agg(jsonb_build_object('id', c.id, 'flow', c.flow_slug, 'step', c.parent_step,
@@ -33,15 +33,20 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
  LEFT JOIN LATERAL (
   SELECT CASE WHEN fs.gate_prefix = ':' THEN '' ELSE t.step_slug END AS step_slug,
    substr(t.gate, length(fs.gate_prefix) + 1) AS key, fs.gate_limit,
-   fs.rate_limit, fs.rate_per_ms,
-   (SELECT least(fs.rate_limit, b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
-                                           * fs.rate_limit / fs.rate_per_ms)
-    FROM flowreg.rate_buckets b
-    WHERE fs.rate_limit IS NOT NULL AND b.flow_slug = r.flow_slug AND b.scope = fs.rate_scope
-     AND b.key = CASE WHEN fs.rate_keyed THEN substr(t.gate, length(fs.gate_prefix) + 1)
-                      ELSE '' END
-     AND b.tokens + extract(epoch FROM now() - b.at)::float8 * 1000
-                    * fs.rate_limit / fs.rate_per_ms < 1) AS tokens,
+   fs.rate_limit, fs.rate_per_ms, rs.n AS rate_shards,
+   -- The most tokens of its bucket's shards (a bucket per key, or a limit under 1,024: one
+   -- shard; _rate_shards), each of limit / shards; NULL unless below a whole token in all.
+   (SELECT max(coalesce(least(rs.cap, b.tokens + extract(epoch FROM now() - b.at)::float8
+                                                 * 1000 * rs.cap / fs.rate_per_ms), rs.cap))
+    FROM generate_series(0, rs.n - 1) AS i(shard)
+    LEFT JOIN flowreg.rate_buckets b
+     ON b.flow_slug = r.flow_slug AND b.scope = fs.rate_scope
+      AND b.key = CASE WHEN fs.rate_keyed THEN substr(t.gate, length(fs.gate_prefix) + 1)
+                       ELSE flowreg._rate_shard_key(i.shard, rs.n) END
+    WHERE fs.rate_limit IS NOT NULL
+    HAVING max(coalesce(least(rs.cap, b.tokens + extract(epoch FROM now() - b.at)::float8
+                                                * 1000 * rs.cap / fs.rate_per_ms), rs.cap)) < 1)
+    AS tokens,
    CASE WHEN fs.gate_limit IS NULL THEN NULL
     WHEN fs.gate_prefix = ':'
     THEN (SELECT count(*) FROM (SELECT FROM flowreg.gate_holders h
@@ -62,5 +67,10 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
          AND q.gate IS NOT NULL
         LIMIT 1) t
   JOIN flowreg.flow_steps fs ON fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
-   AND fs.step_slug = t.step_slug) w ON true
+   AND fs.step_slug = t.step_slug
+  CROSS JOIN LATERAL (
+   SELECT n, fs.rate_limit::float8 / n AS cap
+   FROM (SELECT CASE WHEN fs.rate_keyed THEN 1
+                     ELSE flowreg._rate_shards(coalesce(fs.rate_limit, 0)) END AS n) n) rs
+  ) w ON true
  WHERE r.id = $1::uuid

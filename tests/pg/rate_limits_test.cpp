@@ -7,6 +7,7 @@
 // processes, one killed with SIGKILL, audited by the handler of tests/plugins/wchaos.cpp; and the
 // CLI.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -147,6 +148,61 @@ TEST_SUITE("rate_limits") {
     REQUIRE(worked->next_due_in.has_value());
     CHECK(*worked->next_due_in <= 1001ms);
     CHECK(*worked->next_due_in >= 0ms);
+  }
+
+  TEST_CASE(
+      "a limit of 1,024 or more keeps its tokens in 4 shards: claims take them side by side, and "
+      "all of them together never more than the limit") {
+    auto env = flowreg::pgtest::claim_env("rate_shards");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef flow;
+    flow.slug = "bulk";
+    flow.steps = {step("hit")};
+    // A day's period: a token comes back every 43 s, none to a shard (500 each) within the test.
+    flow.steps[0].rate_limit = rate_of(2000, 24h, std::nullopt);
+    const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
+    for (int i = 0; i < 2100; ++i) flowreg::pgtest::start_one(env.store, key, {{"i", i}});
+    const std::string claim =
+        "SELECT cardinality(flowreg._claim_gated('{}', ARRAY['bulk'], "
+        "ARRAY['" +
+        key.version + "'], 100, 600000))";
+    // A claim holds the shard it took tokens from until its transaction ends; another claim, in
+    // the meantime, takes from another shard rather than waiting (a wait would time out here).
+    pqxx::connection a(env.conninfo);
+    pqxx::connection b(env.conninfo);
+    pqxx::work held(a);
+    CHECK(held.exec1(fmt::format(fmt::runtime(claim), "a"))[0].as<int>() == 100);
+    {
+      pqxx::work beside(b);
+      beside.exec0("SET LOCAL statement_timeout = '10s'");
+      CHECK(beside.exec1(fmt::format(fmt::runtime(claim), "b"))[0].as<int>() == 100);
+      beside.commit();
+    }
+    held.commit();
+    // Every claim after: 2,000 in all, then none (the shards are empty; 100 runs wait).
+    std::size_t taken = 200;
+    for (int i = 0; i < 100; ++i) {
+      const auto got = flowreg::pgtest::claim_some(env.store, {key}, 64, "rate-test").size();
+      if (got == 0) break;
+      taken += got;
+    }
+    CHECK(taken == 2000);
+    CHECK(flowreg::pgtest::claim_some(env.store, {key}, 64, "rate-test").empty());
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT count(*) || ' ' || sum(round(tokens)) FROM "
+                                     "flowreg.rate_buckets WHERE flow_slug = 'bulk'") == "4 0");
+    CHECK(flowreg::pgtest::query_one(env.conninfo,
+                                     "SELECT count(*) FROM flowreg.tasks WHERE status = 'queued' "
+                                     "AND attempt = 0") == "100");
+    // A waiting run says until when: the next token of a shard, in about 173 s (a day / 500).
+    const auto waiting_id = flowreg::pgtest::query_one(
+        env.conninfo, "SELECT run_id FROM flowreg.tasks WHERE status = 'queued' LIMIT 1");
+    const auto waiting = env.store.get_run(waiting_id).value();
+    REQUIRE(waiting.has_value());
+    REQUIRE(waiting->waiting.has_value());
+    REQUIRE(waiting->waiting->rate_until.has_value());
+    CHECK(*waiting->waiting->rate_until > std::chrono::system_clock::now() + 100s);
+    CHECK(*waiting->waiting->rate_until < std::chrono::system_clock::now() + 180s);
   }
 
   TEST_CASE("runs prune deletes the buckets idle for a day (full), walking them in batches") {
