@@ -7,9 +7,9 @@
 -- handler process's pid, the CPU time the task took (user and system), the process's peak resident
 -- set so far, how long the handler ran measured in the process; the signal or exit status that
 -- ended the process, and how many processes the handler had left running (killed with it). An
--- array rather than an object: written into a run's row at each completion, its keys would be two
--- thirds of it (and the row's room for its update on the same page, fillfactor 40: migration 0010,
--- would go sooner). Null for an attempt whose handler ran on a thread, and for those of workers of
+-- array rather than an object: written into a run's row at each completion, it takes 64 bytes
+-- where the same values with their keys take 138 (pg_column_size), and the row's room for its
+-- update on the same page (fillfactor 40: migration 0010) lasts longer. Null for an attempt whose handler ran on a thread, and for those of workers of
 -- releases before this one. Written where the attempt's other facts are, in the statement that
 -- writes them already (no row and no index entry more per task): the run of a one-step flow
 -- (migration 0012) and the step state of a single step hold their completing attempt's; a map
