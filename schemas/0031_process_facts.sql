@@ -6,17 +6,17 @@
 -- none), as the worker sent it with the attempt's result (store/run_store_lifecycle.cpp): the
 -- handler process's pid, the CPU time the task took (user and system), the process's peak resident
 -- set so far, how long the handler ran measured in the process; the signal or exit status that
--- ended the process, and how many processes the handler had left running (killed with it). An
--- array rather than an object: written into a run's row at each completion, it takes 64 bytes
--- where the same values with their keys take 138 (pg_column_size), and the row's room for its
--- update on the same page (fillfactor 40: migration 0010) lasts longer. Null for an attempt whose handler ran on a thread, and for those of workers of
--- releases before this one. Written where the attempt's other facts are, in the statement that
--- writes them already (no row and no index entry more per task): the run of a one-step flow
--- (migration 0012) and the step state of a single step hold their completing attempt's; a map
--- step's task holds its own while its step runs, then the step state holds theirs, an array in
--- task order; an attempt that did not complete, its task_attempts row (migration 0019). Stored as
--- sent when it is an array (_complete_locked, _fail_locked); its readers check each value
--- (store/run_store_reads.cpp).
+-- ended the process, and how many processes the handler had left running (killed with it). An array
+-- rather than an object: written into a run's row at each completion, it takes 64 bytes where the
+-- same values with their keys take 138 (pg_column_size), and the row's room for its update on the
+-- same page (fillfactor 40: migration 0010) lasts longer. Null for an attempt whose handler ran on
+-- a thread, and for those of workers of releases before this one. Written where the attempt's other
+-- facts are, in the statement that writes them already (no row and no index entry more per task):
+-- the run of a one-step flow (migration 0012) and the step state of a single step hold their
+-- completing attempt's; a map step's task holds its own while its step runs, then the step state
+-- holds theirs, an array in task order; an attempt that did not complete, its task_attempts row
+-- (migration 0019). Stored as sent when it is an array (_complete_locked, _fail_locked); its
+-- readers check each value (store/run_store_reads.cpp).
 --
 -- (IF NOT EXISTS, and the column moved last again in runs and tasks, as 0023 does: a database may
 -- run this file again after its record was lost, after 0018 and the migrations after it moved
