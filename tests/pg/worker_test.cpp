@@ -276,8 +276,17 @@ TEST_SUITE("worker") {
                                  {"gate", gate.string()},
                                  {"started", (s.dir / ("started_" + std::to_string(i))).string()}},
                                 1)[0]);
-    // a holds all 6 (2 running, 4 waiting for a thread).
+    // a holds all 6 (2 running, 4 waiting for a thread). Its two handlers must have begun
+    // before the SIGTERM: a task whose thread had not picked it up yet is given back too.
     REQUIRE(eventually([&] { return s.count("tasks WHERE status = 'started'") == 6; }, 30s));
+    REQUIRE(eventually(
+        [&] {
+          int begun = 0;
+          for (int i = 0; i < 6; ++i)
+            begun += fs::exists(s.dir / ("started_" + std::to_string(i))) ? 1 : 0;
+          return begun == 2;
+        },
+        30s));
     a.signal(SIGTERM);
     REQUIRE(eventually([&] { return s.count("tasks WHERE status = 'queued'") == 4; }, 10s));
     CHECK(s.count("tasks WHERE status = 'queued' AND attempt = 0") == 4);  // refunded
