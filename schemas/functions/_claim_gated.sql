@@ -4,12 +4,18 @@
 --
 -- Per gate (a step's own, or a flow's on its root steps), its keys are visited in key order from
 -- where this connection's last claim left off (a cursor per gate, kept in the session setting
--- flowreg.gate_cursors), wrapping around once: a key with a free slot gives its oldest due tasks,
--- as many as its free slots. So a key with 100,000 queued tasks gives at most its limit per claim,
--- and every other key with queued tasks is reached within the same round of claims. Set-based,
+-- flowreg.gate_cursors), wrapping around once: a key with a free slot gives its due tasks, highest
+-- priority first, then oldest (migration 0032), as many as its free slots. So a key with 100,000
+-- queued tasks gives at most its limit per claim, and every other key with queued tasks is
+-- reached within the same round of claims. Set-based,
 -- in rounds: a skip scan of tasks_gated gathers the next keys (as many as the room left, at least
 -- 16), one statement takes their locks, one claims from all those it got; p_room bounds the tasks
--- and 4 * p_room + 32 the keys visited per call.
+-- and 4 * p_room + 32 the keys visited per call. A key's tasks are read per priority level of the
+-- flow version (v_levels: queue_levels and 0, highest first), each level in available_at order up
+-- to its first task not yet due, as _claim walks tasks_queued: the levels' walks are a nested loop
+-- over unnest(v_levels), in the array's order, that the key's LIMIT stops once it has its tasks (no
+-- later level read, no task locked that is not taken); a flow that uses no priority has the one
+-- level 0: one walk.
 --
 -- Never exceeded: a key is taken with pg_try_advisory_xact_lock (a key another claim holds is
 -- skipped, never waited for) in a statement before the one that counts its running tasks, or its
@@ -85,6 +91,7 @@ DECLARE
   v_n int;
   v_i int;
   v_take double precision;
+  v_levels int[];  -- the priorities the flow version's tasks may have, highest first (0022)
 BEGIN
   FOR g IN
     -- (A flow's gate is on each of its root steps: one visit. spread: a run may have several
@@ -113,6 +120,9 @@ BEGIN
     v_plen := length(g.gate_prefix);
     v_tok := NULL;
     v_cap := g.rate_limit;
+    v_levels := ARRAY(SELECT l.priority FROM flowreg.queue_levels l
+                      WHERE l.flow_slug = g.slug AND l.flow_version = g.version
+                      UNION SELECT 0 ORDER BY 1 DESC);
     IF v_rate AND NOT v_keyed THEN
       -- One bucket for all the gate's keys, in shards (_rate_shards): from the one this backend
       -- tries first, each shard's lock (skipped when another claim holds it), then its tokens
@@ -233,7 +243,7 @@ BEGIN
         -- A flow's gate. The runs holding the keys' slots that ended (or were pruned) let go
         -- (each holder's run read by primary key, a scalar subquery: never an anti join that a
         -- plan could run over all of runs_pkey); then, in a new statement (a snapshot taken
-        -- after the locks), per key its free slots, its oldest due tasks as many, their runs
+        -- after the locks), per key its free slots, its first due tasks as many, their runs
         -- (skipped when busy: a cancel, a completion) admitted, and the tasks claimed.
         DELETE FROM flowreg.gate_holders h
         WHERE h.flow_slug = g.slug AND h.gate = ANY (v_locked)
@@ -246,12 +256,16 @@ BEGIN
             SELECT g.gate_limit - count(*) AS n FROM flowreg.gate_holders h
             WHERE h.flow_slug = g.slug AND h.gate = x.k) f
           CROSS JOIN LATERAL (
-            SELECT q.id, q.run_id, q.gate FROM flowreg.tasks q
-            WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-              AND q.flow_version = g.version AND q.gate = x.k AND q.available_at <= now()
-            ORDER BY q.available_at
-            LIMIT greatest(f.n, 0)
-            FOR UPDATE SKIP LOCKED) q
+            SELECT q.id, q.run_id, q.gate FROM unnest(v_levels) AS lv(p)
+            CROSS JOIN LATERAL (
+              SELECT q.id, q.run_id, q.gate FROM flowreg.tasks q
+              WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+                AND q.flow_version = g.version AND q.gate = x.k AND q.priority = lv.p
+                AND q.available_at <= now()
+              ORDER BY q.available_at
+              LIMIT greatest(f.n, 0)
+              FOR UPDATE SKIP LOCKED) q
+            LIMIT greatest(f.n, 0)) q
           LIMIT p_room - cardinality(v_ids)
         ),
         lk AS (
@@ -293,7 +307,7 @@ BEGIN
         -- A step's gate: per key (a new statement: a snapshot taken after the locks) its tasks
         -- running, of any version of the flow (counted up to the limit; none without a
         -- concurrency limit) and its bucket's tokens (a rate limit with a bucket per key), then
-        -- its oldest due tasks, as many as both allow, and as many as the one bucket's tokens in
+        -- its first due tasks, as many as both allow, and as many as the one bucket's tokens in
         -- all. The tokens taken are written to the buckets.
         WITH kk AS MATERIALIZED (
           SELECT x.k, x.i,
@@ -317,12 +331,16 @@ BEGIN
           SELECT q.id
           FROM kk
           CROSS JOIN LATERAL (
-            SELECT q.id FROM flowreg.tasks q
-            WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
-              AND q.flow_version = g.version AND q.gate = kk.k AND q.available_at <= now()
-            ORDER BY q.available_at
-            LIMIT greatest(least(kk.n, floor(coalesce(kk.tok, kk.n))::bigint), 0)
-            FOR UPDATE SKIP LOCKED) q
+            SELECT q.id FROM unnest(v_levels) AS lv(p)
+            CROSS JOIN LATERAL (
+              SELECT q.id FROM flowreg.tasks q
+              WHERE q.status = 'queued' AND q.gate IS NOT NULL AND q.flow_slug = g.slug
+                AND q.flow_version = g.version AND q.gate = kk.k AND q.priority = lv.p
+                AND q.available_at <= now()
+              ORDER BY q.available_at
+              LIMIT greatest(least(kk.n, floor(coalesce(kk.tok, kk.n))::bigint), 0)
+              FOR UPDATE SKIP LOCKED) q
+            LIMIT greatest(least(kk.n, floor(coalesce(kk.tok, kk.n))::bigint), 0)) q
           LIMIT least(p_room - cardinality(v_ids), floor(coalesce(v_tok, p_room))::bigint)
         ),
         claimed AS (

@@ -201,8 +201,78 @@ TEST_SUITE("concurrency_keys") {
     for (const auto& t : next) got.insert(t.run_id);
     CHECK(got == std::set<fdc::RunId>{small1, small2});
     flowreg::pgtest::complete_all(env.store, busy);
-    CHECK(per_customer(flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test")) ==
-          std::map<std::string, int>{{"big", 2}});
+    auto big = flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test");
+    CHECK(per_customer(big) == std::map<std::string, int>{{"big", 2}});
+
+    // Within the key, priority first: a run of the backlog's key started with priority 5 is the
+    // next of the key claimed, before its 99,996 older runs.
+    flowreg::detail::StartOptions urgent;
+    urgent.priority = 5;
+    const auto high = env.store.start_run(key.slug, key.version, {{"customer", "big"}}, urgent);
+    REQUIRE_MESSAGE(high, flowreg::testing::failure_text(high));
+    flowreg::pgtest::complete_all(env.store, std::vector<fdc::ClaimedTask>{big[0]});
+    auto first_free = flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test");
+    REQUIRE(first_free.size() == 1);
+    CHECK(first_free[0].run_id == *high);
+  }
+
+  TEST_CASE("within a key, tasks are claimed highest priority first, then oldest") {
+    // A step's limit per key, a flow's limit, and a step's rate limit without a concurrency limit
+    // (a gate of one bucket): in each, runs of one key started at priorities 0, 0, 7 (delayed by
+    // an hour), -3, 4, 4, 0 are claimed one at a time as 4, 4, 0, 0, 0, -3: the delayed run's
+    // level holds back none below it.
+    auto env = flowreg::pgtest::claim_env("gate_priorities");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef by_step;
+    by_step.slug = "by_step";
+    by_step.steps = {step("s")};
+    by_step.steps[0].concurrency = gate_limit(1, "/customer");
+    flowreg::FlowDef by_flow;
+    by_flow.slug = "by_flow";
+    by_flow.steps = {step("a"), step("b", {"a"})};
+    by_flow.concurrency = gate_limit(1, "/customer");
+    flowreg::FlowDef by_rate;
+    by_rate.slug = "by_rate";
+    by_rate.steps = {step("s")};
+    flowreg::RateLimit rate;
+    rate.limit = 1000;
+    rate.per = std::chrono::hours(1);
+    by_rate.steps[0].rate_limit = rate;
+    for (const auto* flow : {&by_step, &by_flow, &by_rate}) {
+      CAPTURE(flow->slug);
+      const auto key = flowreg::pgtest::store_at_shape(env.store, *flow);
+      std::map<fdc::RunId, std::string> names;
+      const auto start = [&](std::optional<int> priority, const std::string& name,
+                             std::optional<fdc::TimePoint> at = std::nullopt) {
+        fdc::StartOptions options;
+        options.priority = priority;
+        options.start_at = at;
+        auto id =
+            env.store.start_run(key.slug, key.version, {{"customer", "c"}, {"n", name}}, options);
+        REQUIRE_MESSAGE(id, flowreg::testing::failure_text(id));
+        names[*id] = name;
+      };
+      start(std::nullopt, "old");
+      start(0, "zero");
+      start(7, "later", std::chrono::system_clock::now() + std::chrono::hours(1));
+      start(-3, "low");
+      start(4, "high1");
+      start(4, "high2");
+      start(std::nullopt, "young");
+      // One task at a time (a limit of 1 per key; the rate-limited step: claims of room 1), each
+      // completed before the next claim (a flow's gate: its run holds the slot until its second
+      // step ends).
+      std::string order;  // the runs' names, in the order claimed
+      for (int i = 0; i < 20; ++i) {
+        auto got = flowreg::pgtest::claim_some(env.store, {key}, 1, "gate-test");
+        if (got.empty()) break;
+        REQUIRE(got.size() == 1);
+        const std::string name = names.at(got[0].run_id) + " ";
+        if (!order.ends_with(name)) order += name;
+        flowreg::pgtest::complete_all(env.store, got);
+      }
+      CHECK(order == "high1 high2 old zero young low ");
+    }
   }
 
   TEST_CASE("a flow's limit bounds its runs active at once per key, from first claim to end") {
