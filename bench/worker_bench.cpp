@@ -186,7 +186,9 @@ struct Args {
   int soak_minutes = 10;       // the soak scenario: its length,
   int soak_rate = 2000;        // the runs it starts per second,
   int soak_retention_s = 300;  // the workers' retention (completed, failed, cancelled, events),
-  int soak_stable_from = 5;    // and the minute whose sizes the later ones are compared with
+  int soak_stable_from = 5;    // and the minute whose sizes the later ones are compared with;
+  int soak_hold_from = 0;      // a snapshot held from the end of this minute (0: none)
+  int soak_hold_minutes = 0;   // for this many minutes
   long sleepers = 100'000;     // runs asleep of the waits scenario
   long waiters = 100'000;      // runs waiting for a signal beside them
   int schedules = 10000;       // the schedules scenario's schedules, each firing every minute
@@ -235,7 +237,10 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                round every thirtieth of it); every minute the queued tasks, the runs kept and each
                flowreg table's size (heap, indexes and TOAST); then each table's smallest and
                largest size after --soak-stable-from against its size at that minute (fails
-               outside ±20% for a table of 1 MiB or more, or with more than 10 s of starts queued)
+               outside ±20% for a table of 1 MiB or more, or with more than 10 s of starts queued);
+               with --soak-hold, a REPEATABLE READ transaction of another connection holds its
+               snapshot over some of the minutes (as a pg_dump does). Each minute also prints the
+               CPU seconds the cluster and the workers used in it
   retention    (only when named) a burn-down of --runs bench_single runs, aged 2 hours, then one
                round of retention (RunStore::retain, completed: 1h, 1,000 runs per transaction)
                that deletes them all: its time and its cost per run deleted
@@ -309,6 +314,7 @@ Options:
   --soak-retention S   its workers' retention in seconds (default 300)
   --soak-stable-from K the minute whose table sizes the later minutes' are compared with
                        (default 5)
+  --soak-hold M,N      a snapshot held from the end of minute M for N minutes (default: none)
   --isolation-rounds R rounds of the isolation scenario (default 3)
   --priority-rounds R  rounds of the priorities, keys, rates, waits and conditions scenarios
                        (default 3)
@@ -404,6 +410,11 @@ Args parse_args(int argc, char** argv) {
       a.soak_retention_s = positive(opt, v);
     } else if (opt == "--soak-stable-from") {
       a.soak_stable_from = positive(opt, v);
+    } else if (opt == "--soak-hold") {
+      const auto hold = positive_list(opt, v);
+      if (hold.size() != 2) throw std::invalid_argument("--soak-hold wants M,N: " + v);
+      a.soak_hold_from = hold[0];
+      a.soak_hold_minutes = hold[1];
     } else if (opt == "--metrics-rounds") {
       a.metrics_rounds = positive(opt, v);
     } else if (opt == "--isolation-rounds") {
@@ -2004,6 +2015,18 @@ bool soak(Env& env) {
       "\nsoak: %d bench_single runs/s for %d min, %d worker(s) at batch %d, retention %d s "
       "(sizes in KiB)\n",
       a.soak_rate, a.soak_minutes, a.workers.front(), a.batches.front(), a.soak_retention_s);
+  // The held snapshot (--soak-hold): its minutes are marked '*'.
+  std::optional<pqxx::connection> holder;
+  std::optional<pqxx::transaction<pqxx::isolation_level::repeatable_read>> held;
+  if (a.soak_hold_minutes > 0)
+    std::printf("a snapshot held after minute %d for %d minute(s)\n", a.soak_hold_from,
+                a.soak_hold_minutes);
+  const auto cpu_now = [&] {
+    double w = 0;
+    for (auto& worker : workers) w += process_cpu_s(worker.pid());
+    return std::pair(cluster_cpu_seconds(env.postmaster), w);
+  };
+  auto cpu_before = cpu_now();
   std::vector<std::map<std::string, long>> sizes;  // per minute
   std::vector<long> queued;                        // per minute
   long started = 0;
@@ -2040,16 +2063,28 @@ bool soak(Env& env) {
       kept = counts[1].as<long>();
     }
     sizes.push_back(table_sizes(reader));
+    const auto cpu = cpu_now();
     if (minute == 1) {
-      std::printf("%6s %9s %8s %9s", "minute", "started", "queued", "runs kept");
+      std::printf("%7s %9s %8s %9s %8s %8s", "minute", "started", "queued", "runs kept", "PG cpu",
+                  "wk cpu");
       for (const auto& [table, bytes] : sizes.back())
         std::printf(" %14s", table.substr(0, 14).c_str());
       std::printf("\n");
     }
-    std::printf("%6d %9ld %8ld %9ld", minute, started, queued.back(), kept);
+    std::printf("%6d%c %9ld %8ld %9ld %8.1f %8.1f", minute, held ? '*' : ' ', started,
+                queued.back(), kept, cpu.first - cpu_before.first, cpu.second - cpu_before.second);
     for (const auto& [table, bytes] : sizes.back()) std::printf(" %14ld", bytes / 1024);
     std::printf("\n");
     std::fflush(stdout);
+    cpu_before = cpu;
+    if (a.soak_hold_minutes > 0 && minute == a.soak_hold_from) {
+      holder.emplace(conninfo);
+      held.emplace(*holder);
+      held->exec("SELECT count(*) FROM flowreg.flows");  // the snapshot is taken here
+    } else if (held && minute == a.soak_hold_from + a.soak_hold_minutes) {
+      held->commit();
+      held.reset();
+    }
   }
   stop_workers(workers);
   drop_database(env, conninfo, "wb_" + name);
