@@ -41,6 +41,8 @@ DECLARE
   v_levels int[];
   v_ats timestamptz[];
   v_leases_from timestamptz;  -- the lapsed leases this claim looks for expired since then
+  v_began timestamptz := clock_timestamp();  -- when this claim began (a sweep's time)
+  v_next text;  -- when the flows this claim swept are swept again (epoch seconds)
 BEGIN
   IF v_direct IS NOT NULL THEN
     v_set := set_config('flowreg.claimed', '', true);
@@ -53,27 +55,31 @@ BEGIN
   -- settings read by _front), and its next walk of that level starts there. A task can be queued
   -- behind a frontier: its transaction began (its now()) more than the 10 ms before it committed,
   -- or a claim that had locked it rolled back, or its gate or level changed. Such a task is found
-  -- by the sweep: once a second per session and flow (flowreg.swept_<hex>, epoch seconds), a claim
-  -- walks the flow's levels from their oldest entries. Lapsed leases likewise: a claim looks for
-  -- the leases expired since its session's previous claim of the flow, less 10 ms
-  -- (flowreg.leased_<hex>), and a sweep for all of them (a probe of tasks_leased from the oldest
-  -- expiry steps over the entries of every task completed since the snapshot, its lease long
-  -- gone). A session's first claim of a flow sweeps it. (Per flow, not per session: a session
-  -- makes the round trips of many flows, worker/lanes.hpp.)
+  -- by the sweep: per session and flow, a claim walks the flow's levels from their oldest entries.
+  -- Lapsed leases likewise: a claim looks for the leases expired since its session's previous
+  -- claim of the flow, less 10 ms (flowreg.leased_<hex>), and a sweep for all of them. A session's
+  -- first claim of a flow sweeps it; then once a second, or less often when sweeping was slow:
+  -- under a held snapshot a sweep steps over the entries of every task claimed and completed since
+  -- it (in tasks_queued and tasks_leased), and a sweep a second of each session took most of the
+  -- server's CPU after minutes of a steady drain (worker_bench --only soak --soak-hold). So the
+  -- next sweep comes after 50 times what the sweeping claim took, at least 1 s and at most 60 s
+  -- (flowreg.swept_<hex>: when it is due, epoch seconds; one more than 60 s ahead, as after the
+  -- clock went back, is due now): sweeps cost a session at most a fiftieth of its time, or one
+  -- sweep a minute. (Per flow, not per session: a session makes the round trips of many flows,
+  -- worker/lanes.hpp.)
   -- (The arrays are aggregated from one stream of rows: aligned, as the walks need them.)
-  SELECT array_agg(f.slug), array_agg(f.version), array_agg(f.hex),
-         array_agg(coalesce(f.swept NOT BETWEEN extract(epoch FROM now())::float8 - 1.0
-                                            AND extract(epoch FROM now())::float8, true)),
+  SELECT array_agg(f.slug), array_agg(f.version), array_agg(f.hex), array_agg(f.sweep),
          -- Leases are looked for from the earliest of the flows' bounds (any flow swept: all).
-         CASE WHEN bool_and(coalesce(f.swept BETWEEN extract(epoch FROM now())::float8 - 1.0
-                                                 AND extract(epoch FROM now())::float8, false))
+         CASE WHEN NOT bool_or(f.sweep)
               THEN min(to_timestamp(nullif(current_setting('flowreg.leased_' || f.hex, true),
                                            '')::float8) - interval '10 ms') END
   INTO v_slugs, v_versions, v_hexes, v_sweeps, v_leases_from
   FROM jsonb_to_recordset(p_flows) AS j(slug text, version text)
   CROSS JOIN LATERAL (
     SELECT j.slug, j.version, h.hex,
-           nullif(current_setting('flowreg.swept_' || h.hex, true), '')::float8 AS swept
+           coalesce(nullif(current_setting('flowreg.swept_' || h.hex, true), '')::float8
+                    NOT BETWEEN extract(epoch FROM now())::float8 + 1e-6
+                            AND extract(epoch FROM now())::float8 + 60.0, true) AS sweep
     FROM (SELECT to_hex(hashtextextended(j.slug || ' ' || j.version, 0)) AS hex) h) f;
   IF v_slugs IS NULL OR p_limit <= 0 THEN
     RETURN;
@@ -165,12 +171,12 @@ BEGIN
   -- No room for a walk (a chain's next steps created claimed by this call, or gated tasks, filled
   -- it): the tasks claimed already, without the walk or its update. The session's settings are
   -- left as they were (the next claim looks for these leases again), unless this claim swept: its
-  -- sweep of the leases is done, and its walk's waits a second more.
+  -- sweep of the leases is done, and its walk's waits for its next sweep.
   IF v_room <= 0 THEN
     IF true = ANY (v_sweeps) THEN
+      v_next := flowreg._next_sweep(v_began);
       PERFORM set_config('flowreg.leased_' || x.h, extract(epoch FROM now())::text, false),
-              CASE WHEN x.w THEN set_config('flowreg.swept_' || x.h,
-                                            extract(epoch FROM now())::text, false) END
+              CASE WHEN x.w THEN set_config('flowreg.swept_' || x.h, v_next, false) END
       FROM unnest(v_hexes, v_sweeps) AS x(h, w);
     END IF;
     RETURN QUERY
@@ -276,7 +282,10 @@ BEGIN
       LIMIT greatest(v_room, 0)) c;
   END IF;
   -- The session's settings, in one statement: the frontiers the walk moved, when each flow's
-  -- leases were looked for, and when it was swept.
+  -- leases were looked for, and when the flows it swept are swept again.
+  IF true = ANY (v_sweeps) THEN
+    v_next := flowreg._next_sweep(v_began);
+  END IF;
   PERFORM set_config(x.name, x.value, false)
   FROM (SELECT 'flowreg.front_' || v_hexes[m.n] || '_' || to_hex(m.priority),
                extract(epoch FROM m.at - interval '10 ms')::text
@@ -288,7 +297,7 @@ BEGIN
         UNION ALL
         SELECT 'flowreg.leased_' || h, extract(epoch FROM now())::text FROM unnest(v_hexes) h
         UNION ALL
-        SELECT 'flowreg.swept_' || x.h, extract(epoch FROM now())::text
+        SELECT 'flowreg.swept_' || x.h, v_next
         FROM unnest(v_hexes, v_sweeps) AS x(h, w) WHERE x.w) x(name, value);
 
   RETURN QUERY

@@ -74,6 +74,26 @@ long long_value(const std::string& conninfo, const std::string& sql) {
   return tx.exec1(sql)[0].as<long>();
 }
 
+// Seconds from now() of a new transaction on `conn` to the session's next sweep of `key`
+// (flowreg.swept_<hex>: when it is due, epoch seconds).
+double sweep_due_in(pqxx::connection& conn, const fdl::FlowKey& key) {
+  pqxx::work tx(conn);
+  const double in = tx.exec1("SELECT current_setting('flowreg.swept_' || to_hex(hashtextextended(" +
+                             tx.quote(key.slug + " " + key.version) +
+                             ", 0)))::float8 - extract(epoch FROM now())::float8")[0]
+                        .as<double>();
+  tx.commit();
+  return in;
+}
+
+// Makes the session's next sweep of `key` due `in` seconds from now (negative: past due).
+void set_sweep_due(pqxx::connection& conn, const fdl::FlowKey& key, double in) {
+  pqxx::nontransaction tx(conn);
+  tx.exec("SELECT set_config('flowreg.swept_' || to_hex(hashtextextended(" +
+          tx.quote(key.slug + " " + key.version) + ", 0)), (extract(epoch FROM now())::float8 + " +
+          std::to_string(in) + ")::text, false)");
+}
+
 fdl::FlowKey one_step_flow(fdl::RunStore& store, const std::string& slug = "drained") {
   flowreg::FlowDef flow;
   flow.slug = slug;
@@ -224,5 +244,68 @@ TEST_SUITE("long_reader") {
                      "SELECT count(*) FROM flowreg.runs WHERE status = 'completed'"
                      " AND id IN ('" +
                          late_run + "', '" + early_run + "')") == 2);
+  }
+
+  TEST_CASE("a slow sweep puts the next one off: 50 times the claim's time, 1 s to 60 s") {
+    auto env = flowreg::pgtest::claim_env("long_reader_sweep_every");
+    const auto key = one_step_flow(env.store);
+    // A flow with a rate limit without a key (one bucket): a claim of it waits while another
+    // transaction holds the bucket, and so the claim that sweeps `key` with it is slow.
+    flowreg::FlowDef rated;
+    rated.slug = "rated";
+    rated.steps = {flowreg::pgtest::step("only")};
+    flowreg::RateLimit rate;
+    rate.limit = 1000;
+    rate.per = std::chrono::hours(1);
+    rated.steps[0].rate_limit = rate;
+    const auto rkey = flowreg::pgtest::store_at_shape(env.store, rated);
+    pqxx::connection worker(env.conninfo);
+
+    // A quick sweep: the next one a second later (at least: a claim preempted for more than
+    // 20 ms puts it off further), and the claims until then do not sweep.
+    CHECK(measured_claim(worker, key, {}, 10).swept);  // the session's first
+    set_sweep_due(worker, key, -1);
+    CHECK(measured_claim(worker, key, {}, 10).swept);
+    const double quick = sweep_due_in(worker, key);
+    CHECK(quick > 0.5);
+    CHECK(quick <= 60.0);
+    if (quick > 0.3) CHECK_FALSE(measured_claim(worker, key, {}, 10).swept);
+
+    // A claim of both flows that waits 400 ms for the bucket, and sweeps `key`: the next sweep of
+    // `key` at least 20 s later (50 times), at most 60 s.
+    set_sweep_due(worker, key, -1);
+    pqxx::connection blocker_conn(env.conninfo);
+    pqxx::work blocker(blocker_conn);
+    blocker.exec1("SELECT cardinality(flowreg._claim_gated('blocker', ARRAY[" +
+                  blocker.quote(rkey.slug) + "], ARRAY[" + blocker.quote(rkey.version) +
+                  "], 1, 5000))");
+    std::thread release([&] {
+      std::this_thread::sleep_for(400ms);
+      blocker.commit();
+    });
+    {
+      const LongJson flows = LongJson::array({{{"slug", rkey.slug}, {"version", rkey.version}},
+                                              {{"slug", key.slug}, {"version", key.version}}});
+      pqxx::work tx(worker);
+      const auto began = std::chrono::steady_clock::now();
+      tx.exec_params(
+          "SELECT count(*) FROM flowreg.work('long-reader', '[]'::jsonb, '[]',"
+          " $1::jsonb, 10, NULL)",
+          flows.dump());
+      CHECK(std::chrono::steady_clock::now() - began >= 300ms);
+      tx.commit();
+    }
+    release.join();
+    const double slow = sweep_due_in(worker, key);
+    CHECK(slow >= 19.0);
+    CHECK(slow <= 60.0);
+    CHECK_FALSE(measured_claim(worker, key, {}, 10).swept);
+
+    // Due: swept. Due more than 60 s ahead (the clock went back): swept too.
+    set_sweep_due(worker, key, -0.001);
+    CHECK(measured_claim(worker, key, {}, 10).swept);
+    set_sweep_due(worker, key, 3600);
+    CHECK(measured_claim(worker, key, {}, 10).swept);
+    CHECK(sweep_due_in(worker, key) <= 60.0);
   }
 }
