@@ -374,8 +374,8 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19,
-                                           20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32}));
+    CHECK(upgrade(db) == std::vector<int>({8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+                                           21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -669,8 +669,8 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-                                           22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                           23, 24, 25, 26, 27, 28, 29, 30, 31, 32}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -787,8 +787,8 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
     // new index (not solo) and their runs name none.
-    CHECK(upgrade(db) == std::vector<int>({13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26,
-                                           27, 28, 29, 30, 31, 32}));
+    CHECK(upgrade(db) == std::vector<int>({13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
+                                           23, 24, 25, 26, 27, 28, 29, 30, 31, 32}));
     CHECK(q(db, indexes) ==
           "tasks_by_run,tasks_gate_running,tasks_gated,tasks_leased,tasks_pkey,tasks_queued");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
@@ -1013,8 +1013,8 @@ TEST_SUITE("live_upgrade") {
           std::map<std::string, std::int64_t>{{"fan", 3}, {"pipe", 4}, {"single", 6}});
 
     // The upgrade: the index goes (0028 adds its index of child runs), nothing else changes.
-    CHECK(upgrade(db) ==
-          std::vector<int>({15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32}));
+    CHECK(upgrade(db) == std::vector<int>({15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
+                                           29, 30, 31, 32}));
     CHECK(q(db, indexes) == "runs_by_flow,runs_by_parent,runs_idempotency,runs_pkey,runs_retry_of");
     fd::RunStore after = connect(db);
     CHECK(lists(after) == lists_before);
