@@ -93,6 +93,26 @@ std::vector<GateSpan> gate_spans(const std::filesystem::path& file,
   return out;
 }
 
+// Whether process `pid` runs a handler now, by the audit file: an "S" line of it without its "E".
+bool runs_handler(const std::filesystem::path& file, long pid) {
+  std::set<std::string> open;  // by run, step and attempt
+  std::ifstream in(file);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream words(line);
+    std::string what, customer, run, step, attempt;
+    long of = 0;
+    words >> what >> customer >> run >> step >> attempt >> of;
+    if (of != pid) continue;
+    const std::string id = run + " " + step + " " + attempt;
+    if (what == "S")
+      open.insert(id);
+    else
+      open.erase(id);
+  }
+  return !open.empty();
+}
+
 // The most intervals open at once per key.
 std::map<std::string, int> gate_peaks(
     const std::vector<std::pair<std::string, std::pair<long long, long long>>>& intervals) {
@@ -373,24 +393,30 @@ TEST_SUITE("concurrency_keys") {
       workers.push_back(s.worker(id, {"--lease", "1s", "--concurrency", "8", "--batch", "8"}));
       s.wait_serving(id, "wchaos_gated");
     }
-    // 4 customers: 6 tasks each of a step limited to 2 per customer, 4 runs each of a chain
-    // limited to 1 run per customer.
-    std::vector<fdc::RunId> runs;
+    // 4 customers: 8 tasks each of a step limited to 2 per customer, 6 runs each of a chain
+    // limited to 1 run per customer; each flow's runs started in one transaction, so that every
+    // key has queued tasks from the start.
+    std::vector<nlohmann::json> step_inputs, chain_inputs;
+    for (int i = 0; i < 8; ++i)
+      for (const char* c : {"c1", "c2", "c3", "c4"})
+        step_inputs.push_back({{"customer", c}, {"audit", audit.string()}, {"ms", 150}});
     for (int i = 0; i < 6; ++i)
       for (const char* c : {"c1", "c2", "c3", "c4"})
-        runs.push_back(
-            s.start("wchaos_gated", {{"customer", c}, {"audit", audit.string()}, {"ms", 150}}));
-    for (int i = 0; i < 4; ++i)
-      for (const char* c : {"c1", "c2", "c3", "c4"})
-        runs.push_back(s.start("wchaos_gated_runs",
-                               {{"customer", c}, {"audit", audit.string()}, {"ms", 100}}));
-    // Kill a while it runs handlers, later b; a fourth worker takes over.
+        chain_inputs.push_back({{"customer", c}, {"audit", audit.string()}, {"ms", 150}});
+    std::vector<fdc::RunId> runs = s.start_many("wchaos_gated", step_inputs);
+    for (const auto& run : s.start_many("wchaos_gated_runs", chain_inputs)) runs.push_back(run);
+    // Twice, kill one of a, b and c while it runs a handler (one started and not ended, by the
+    // audit file); a fourth worker takes over.
     std::map<long, long long> killed;
-    for (std::size_t victim : {0u, 1u}) {
-      const std::string pid = std::to_string(workers[victim].pid());
+    for (int kill = 0; kill < 2; ++kill) {
+      std::size_t victim = 0;
       REQUIRE(flowreg::pgtest::eventually(
           [&] {
-            return flowreg::pgtest::read_file(audit).find(" " + pid + " ") != std::string::npos;
+            for (victim = 0; victim < 3; ++victim)
+              if (killed.count(workers[victim].pid()) == 0 &&
+                  runs_handler(audit, workers[victim].pid()))
+                return true;
+            return false;
           },
           60s));
       killed[workers[victim].pid()] = now_ns();
@@ -400,7 +426,7 @@ TEST_SUITE("concurrency_keys") {
     workers.push_back(s.worker("d", {"--lease", "1s", "--concurrency", "8", "--batch", "8"}));
     for (const auto& run : runs)
       REQUIRE_MESSAGE(flowreg::pgtest::eventually([&] { return s.ended(run); }, 120s),
-                      std::string(s.err("c") + s.err("d")));
+                      std::string(s.err("a") + s.err("b") + s.err("c") + s.err("d")));
     for (const auto& run : runs) CHECK(s.run_field(run, "status") == "completed");
 
     const auto spans = gate_spans(audit, killed);
@@ -424,7 +450,7 @@ TEST_SUITE("concurrency_keys") {
     }
     for (const auto& [run, entry] : by_run) chain_runs.push_back(entry);
     CHECK(killed_spans >= 1);  // the kills interrupted handlers
-    CHECK(by_run.size() == 16);
+    CHECK(by_run.size() == 24);
     const auto task_peaks = gate_peaks(tasks);
     const auto run_peaks = gate_peaks(chain_runs);
     REQUIRE(task_peaks.size() == 4);
