@@ -259,7 +259,7 @@ Scenarios (--only LIST, comma-separated; default: all of them, a few minutes on 
                at the first --batch and --workers, alternating: bench_single; bench_keyed (a
                step limited to 2 tasks at once per key) and bench_keyed_runs (a flow limited to
                2 runs at once per key), their runs spread over 1,000 keys; prints each round's
-               rates and the mean ratios to bench_single
+               rates, the mean ratios to bench_single, and every burn-down's costs
   rates        (only when named) --priority-rounds R rounds of two burn-downs of --runs runs at
                the first --batch and --workers, alternating: bench_single and bench_rated_high (a
                rate limit of 1,000,000 task starts per second, far above the drain); then one
@@ -2459,11 +2459,15 @@ int run_bench(Env& env) {
       std::printf("mean rate ratio (10 priorities / plain): %.3f\n",
                   sum / static_cast<double>(priority_pairs.size()));
     }
-    if (!key_rounds.empty())
+    if (!key_rounds.empty()) {
       print_ratio_rounds(
           "\nkeys: burn-downs of bench_single, and of bench_keyed (step) and bench_keyed_runs "
           "(flow), limited to 2 at once per key, over 1,000 keys\n",
           {"plain", "step", "flow"}, key_rounds);
+      std::vector<BurnResult> burns;
+      for (const auto& k : key_rounds) burns.insert(burns.end(), k.begin(), k.end());
+      print_burns("keys: every burn-down, in the order run", burns);
+    }
     if (!rate_pairs.empty()) {
       std::printf(
           "\nrates: burn-downs of bench_single and bench_rated_high (a rate limit of 1,000,000 "
