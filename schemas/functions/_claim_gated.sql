@@ -7,15 +7,17 @@
 -- flowreg.gate_cursors), wrapping around once: a key with a free slot gives its due tasks, highest
 -- priority first, then oldest (migration 0032), as many as its free slots. So a key with 100,000
 -- queued tasks gives at most its limit per claim, and every other key with queued tasks is
--- reached within the same round of claims. Set-based,
--- in rounds: a skip scan of tasks_gated gathers the next keys (as many as the room left, at least
--- 16), one statement takes their locks, one claims from all those it got; p_room bounds the tasks
--- and 4 * p_room + 32 the keys visited per call. A key's tasks are read per priority level of the
--- flow version (v_levels: queue_levels and 0, highest first), each level in available_at order up
--- to its first task not yet due, as _claim walks tasks_queued: the levels' walks are a nested loop
--- over unnest(v_levels), in the array's order, that the key's LIMIT stops once it has its tasks (no
--- later level read, no task locked that is not taken); a flow that uses no priority has the one
--- level 0: one walk.
+-- reached within the same round of claims. Set-based, in rounds: a skip scan of tasks_gated
+-- gathers the next keys (as many as the room left, at least 16: more than a limit above 1 needs,
+-- but fewer rounds when keys are busy), one statement takes their locks, one claims from all those
+-- it got; p_room bounds the tasks and 4 * p_room + 32 the keys visited per call. When that
+-- statement stops at the room left (or the one bucket's tokens), the keys after the last it
+-- reached were not served: the cursor stays at that key. A key's tasks are read per priority
+-- level of the flow version (v_levels: queue_levels and 0, highest first), each level in
+-- available_at order up to its first task not yet due, as _claim walks tasks_queued: the levels'
+-- walks are a nested loop over unnest(v_levels), in the array's order, that the key's LIMIT stops
+-- once it has its tasks (no later level read, no task locked that is not taken); a flow that uses
+-- no priority has the one level 0: one walk.
 --
 -- Never exceeded: a key is taken with pg_try_advisory_xact_lock (a key another claim holds is
 -- skipped, never waited for) in a statement before the one that counts its running tasks, or its
@@ -25,9 +27,9 @@
 -- A step's gate counts its started tasks with the key (tasks_gate_running), over every version of
 -- the flow: a requeued lapsed lease frees its slot. A flow's gate counts its runs holding a slot
 -- of the key (gate_holders) that are still started, after it deleted those that ended: the claim
--- of a run's first task admits the run (gate_holders, runs.gate) and ungates its tasks, so that
--- its other root tasks, retries and lapsed leases are claimed as any task, with no slot of their
--- own; its end frees the slot.
+-- of a run's first task admits the run (gate_holders; its row is locked, not written) and ungates
+-- its tasks, so that its other root tasks, retries and lapsed leases are claimed as any task,
+-- with no slot of their own; its end frees the slot.
 --
 -- Rate limits (migration 0024), on a step's gate: a task claimed takes a token of its bucket (the
 -- key's, or the one of the step or flow), as the claim writes it (rate_buckets: the tokens at a
@@ -92,6 +94,9 @@ DECLARE
   v_i int;
   v_take double precision;
   v_levels int[];  -- the priorities the flow version's tasks may have, highest first (0022)
+  v_lim int;  -- the most tasks a round's claim statement may take
+  v_reach text COLLATE "C";  -- the last key that statement reached, and its tasks (v_cn)
+  v_cn int;
 BEGIN
   FOR g IN
     -- (A flow's gate is on each of its root steps: one visit. spread: a run may have several
@@ -239,6 +244,8 @@ BEGIN
       END IF;
       CONTINUE WHEN v_locked IS NULL;
       v_got := NULL;
+      v_cn := 0;
+      v_lim := p_room - cardinality(v_ids);
       IF g.gate_prefix = ':' THEN
         -- A flow's gate. The runs holding the keys' slots that ended (or were pruned) let go
         -- (each holder's run read by primary key, a scalar subquery: never an anti join that a
@@ -266,18 +273,15 @@ BEGIN
               LIMIT greatest(f.n, 0)
               FOR UPDATE SKIP LOCKED) q
             LIMIT greatest(f.n, 0)) q
-          LIMIT p_room - cardinality(v_ids)
+          LIMIT v_lim
         ),
         lk AS (
           SELECT r.id FROM flowreg.runs r WHERE r.id = ANY (ARRAY(SELECT c.run_id FROM c))
             AND r.status = 'started'
           ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
         ),
-        admitted AS (
-          UPDATE flowreg.runs r SET gate = c.gate
-          FROM c
-          WHERE r.id = ANY (ARRAY(SELECT lk.id FROM lk)) AND c.run_id = r.id
-          RETURNING r.id, c.gate
+        admitted AS MATERIALIZED (
+          SELECT DISTINCT lk.id, c.gate FROM lk JOIN c ON c.run_id = lk.id
         ),
         held AS (
           INSERT INTO flowreg.gate_holders (flow_slug, gate, run_id)
@@ -293,7 +297,9 @@ BEGIN
                                                                          FROM admitted a)))
           RETURNING t AS task, t.run_id
         )
-        SELECT array_agg(claimed.task), array_agg(DISTINCT claimed.run_id) INTO v_got, v_runs
+        SELECT array_agg(claimed.task), array_agg(DISTINCT claimed.run_id),
+               (SELECT max(c.gate COLLATE "C") FROM c), (SELECT count(*) FROM c)
+        INTO v_got, v_runs, v_reach, v_cn
         FROM claimed;
         IF v_runs IS NOT NULL AND g.spread THEN
           -- The admitted runs' other gated tasks (another root step's, a map root's elements):
@@ -309,6 +315,7 @@ BEGIN
         -- concurrency limit) and its bucket's tokens (a rate limit with a bucket per key), then
         -- its first due tasks, as many as both allow, and as many as the one bucket's tokens in
         -- all. The tokens taken are written to the buckets.
+        v_lim := least(v_lim, floor(coalesce(v_tok, p_room))::int);
         WITH kk AS MATERIALIZED (
           SELECT x.k, x.i,
                  CASE WHEN g.gate_limit IS NULL THEN p_room
@@ -328,7 +335,7 @@ BEGIN
           FROM unnest(v_locked) WITH ORDINALITY AS x(k, i)
         ),
         c AS (
-          SELECT q.id
+          SELECT q.id, kk.k AS gate
           FROM kk
           CROSS JOIN LATERAL (
             SELECT q.id FROM unnest(v_levels) AS lv(p)
@@ -341,7 +348,7 @@ BEGIN
               LIMIT greatest(least(kk.n, floor(coalesce(kk.tok, kk.n))::bigint), 0)
               FOR UPDATE SKIP LOCKED) q
             LIMIT greatest(least(kk.n, floor(coalesce(kk.tok, kk.n))::bigint), 0)) q
-          LIMIT least(p_room - cardinality(v_ids), floor(coalesce(v_tok, p_room))::bigint)
+          LIMIT v_lim
         ),
         claimed AS (
           UPDATE flowreg.tasks t
@@ -374,8 +381,9 @@ BEGIN
         )
         SELECT (SELECT array_agg(cl.task) FROM claimed cl),
                (SELECT min(kk.tok - (SELECT count(*) FROM claimed cl WHERE cl.gate = kk.k))
-                FROM kk WHERE v_keyed)
-        INTO v_got, v_min_tok;
+                FROM kk WHERE v_keyed),
+               (SELECT max(c.gate COLLATE "C") FROM c), (SELECT count(*) FROM c)
+        INTO v_got, v_min_tok, v_reach, v_cn;
         IF v_rate THEN
           -- A bucket left without a whole token: the worker claims again when it has one (the
           -- one bucket: as many as a claim takes).
@@ -403,6 +411,12 @@ BEGIN
         END IF;
       END IF;
       v_ids := v_ids || coalesce(v_got, '{}');
+      IF v_cn >= v_lim THEN
+        -- The statement stopped at its limit, at the key v_reach: the keys after it were not
+        -- served. The cursor stays there, and the next round goes on after it.
+        v_last := v_reach;
+        v_from := v_reach || chr(1);
+      END IF;
     END LOOP;
     IF v_last IS NOT NULL AND NOT g.one_key AND v_cursors->>v_name IS DISTINCT FROM v_last THEN
       v_cursors := jsonb_set(v_cursors, ARRAY[v_name], to_jsonb(v_last));

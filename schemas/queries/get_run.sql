@@ -1,10 +1,12 @@
 -- A run by id, with the columns of a run (run_of reads them, the same as list_runs.sql's;
 -- start_at_us and scheduled: a delayed start's, migration 0020), and its concurrency limits
 -- (migration 0023): held_key, the key of its flow's limit whose slot it holds (its first task
--- was claimed, and it has not ended); gate_*, a task of it waiting for a slot: its step ('' for
--- the flow's limit), key, limit, and the runs or tasks holding the key's slots now (at most the
--- limit, counted; gate_limit NULL: no concurrency limit); rate_*, the rate limit over that task
--- (migration 0024), and when its bucket has a token again, if it has none now.
+-- was claimed, and it has not ended: its gate_holders row, found by the key its input gives; or
+-- runs.gate, which earlier releases wrote when they admitted a run); gate_*, a task of it waiting
+-- for a slot: its step ('' for the flow's limit), key, limit, and the runs or tasks holding the
+-- key's slots now (at most the limit, counted; gate_limit NULL: no concurrency limit); rate_*, the
+-- rate limit over that task (migration 0024), and when its bucket has a token again, if it has
+-- none now.
 -- Child flows (migration 0028): parent_* (the run whose flow step started it), children (its
 -- child runs, the first 100 by step and element, as JSON) and children_total.
 -- Timestamps travel as microseconds since the epoch, in columns whose names end in _us.
@@ -14,7 +16,14 @@ SELECT r.id::text AS id, r.flow_slug, r.flow_version, r.status, r.input::text AS
  r.retry_of::text AS retry_of, r.idempotency_key,
  (extract(epoch FROM r.start_at) * 1000000)::bigint AS start_at_us, r.priority,
  (r.status = 'started' AND r.start_at > now()) IS TRUE AS scheduled,
- CASE WHEN r.status = 'started' THEN substr(r.gate, 2) END AS held_key,
+ CASE WHEN r.status = 'started' THEN
+  coalesce(substr(r.gate, 2),
+           (SELECT substr(h.gate, 2) FROM flowreg.flow_steps fs
+            JOIN flowreg.gate_holders h ON h.flow_slug = r.flow_slug
+             AND h.gate = flowreg._gate_of(':', r.input, fs.gate_path) AND h.run_id = r.id
+            WHERE fs.flow_slug = r.flow_slug AND fs.version = r.flow_version
+             AND fs.gate_prefix = ':'
+            LIMIT 1)) END AS held_key,
  w.step_slug AS gate_step, w.key AS gate_key, w.gate_limit, w.holding AS gate_holding,
  w.rate_limit, w.rate_per_ms,
  (extract(epoch FROM now() + (1 - w.tokens) * w.rate_per_ms * w.rate_shards / w.rate_limit

@@ -236,6 +236,36 @@ TEST_SUITE("concurrency_keys") {
     CHECK(first_free[0].run_id == *high);
   }
 
+  TEST_CASE(
+      "a claim that fills its room stops at the last key it reached: the next goes on there") {
+    // A step's limit and a flow's: 6 keys, 2 runs each; a claim of 3 takes a's two and b's first;
+    // the next claim of 1 takes c's, not b's second (b was reached, c was not).
+    auto env = flowreg::pgtest::claim_env("gate_reach");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef by_step;
+    by_step.slug = "by_step";
+    by_step.steps = {step("s")};
+    by_step.steps[0].concurrency = gate_limit(2, "/customer");
+    flowreg::FlowDef by_flow;
+    by_flow.slug = "by_flow";
+    by_flow.steps = {step("s")};
+    by_flow.concurrency = gate_limit(2, "/customer");
+    for (const auto* flow : {&by_step, &by_flow}) {
+      CAPTURE(flow->slug);
+      const auto key = flowreg::pgtest::store_at_shape(env.store, *flow);
+      for (const char* c : {"a", "b", "c", "d", "e", "f"})
+        for (int i = 0; i < 2; ++i) flowreg::pgtest::start_one(env.store, key, {{"customer", c}});
+      const auto first = flowreg::pgtest::claim_some(env.store, {key}, 3, "gate-test");
+      CHECK(per_customer(first) == std::map<std::string, int>{{"a", 2}, {"b", 1}});
+      const auto next = flowreg::pgtest::claim_some(env.store, {key}, 1, "gate-test");
+      CHECK(per_customer(next) == std::map<std::string, int>{{"c", 1}});
+      // Then round the keys: the rest of c, d, e, f, and b's second once the cursor wraps.
+      const auto rest = flowreg::pgtest::claim_some(env.store, {key}, 100, "gate-test");
+      CHECK(per_customer(rest) ==
+            std::map<std::string, int>{{"b", 1}, {"c", 1}, {"d", 2}, {"e", 2}, {"f", 2}});
+    }
+  }
+
   TEST_CASE("within a key, tasks are claimed highest priority first, then oldest") {
     // A step's limit per key, a flow's limit, and a step's rate limit without a concurrency limit
     // (a gate of one bucket): in each, runs of one key started at priorities 0, 0, 7 (delayed by
