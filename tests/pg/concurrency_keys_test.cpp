@@ -41,6 +41,16 @@ flowreg::Concurrency gate_limit(int limit, std::optional<std::string> key) {
   return c;
 }
 
+// A flow of one step "s", limited to `limit` at once per /customer: its step's tasks, or (`runs`)
+// the flow's runs.
+flowreg::FlowDef one_step_limited(const char* slug, int limit, bool runs) {
+  flowreg::FlowDef flow;
+  flow.slug = slug;
+  flow.steps = {flowreg::pgtest::step("s")};
+  (runs ? flow.concurrency : flow.steps[0].concurrency) = gate_limit(limit, "/customer");
+  return flow;
+}
+
 // Claimed tasks per key (the input's "customer", "" when it has none).
 std::map<std::string, int> per_customer(const std::vector<fdc::ClaimedTask>& tasks) {
   std::map<std::string, int> out;
@@ -241,18 +251,10 @@ TEST_SUITE("concurrency_keys") {
     // A step's limit and a flow's: 6 keys, 2 runs each; a claim of 3 takes a's two and b's first;
     // the next claim of 1 takes c's, not b's second (b was reached, c was not).
     auto env = flowreg::pgtest::claim_env("gate_reach");
-    using flowreg::pgtest::step;
-    flowreg::FlowDef by_step;
-    by_step.slug = "by_step";
-    by_step.steps = {step("s")};
-    by_step.steps[0].concurrency = gate_limit(2, "/customer");
-    flowreg::FlowDef by_flow;
-    by_flow.slug = "by_flow";
-    by_flow.steps = {step("s")};
-    by_flow.concurrency = gate_limit(2, "/customer");
-    for (const auto* flow : {&by_step, &by_flow}) {
-      CAPTURE(flow->slug);
-      const auto key = flowreg::pgtest::store_at_shape(env.store, *flow);
+    for (const auto& flow :
+         {one_step_limited("by_step", 2, false), one_step_limited("by_flow", 2, true)}) {
+      CAPTURE(flow.slug);
+      const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
       for (const char* c : {"a", "b", "c", "d", "e", "f"})
         for (int i = 0; i < 2; ++i) flowreg::pgtest::start_one(env.store, key, {{"customer", c}});
       const auto first = flowreg::pgtest::claim_some(env.store, {key}, 3, "gate-test");
@@ -273,10 +275,7 @@ TEST_SUITE("concurrency_keys") {
     // level holds back none below it.
     auto env = flowreg::pgtest::claim_env("gate_priorities");
     using flowreg::pgtest::step;
-    flowreg::FlowDef by_step;
-    by_step.slug = "by_step";
-    by_step.steps = {step("s")};
-    by_step.steps[0].concurrency = gate_limit(1, "/customer");
+    flowreg::FlowDef by_step = one_step_limited("by_step", 1, false);
     flowreg::FlowDef by_flow;
     by_flow.slug = "by_flow";
     by_flow.steps = {step("a"), step("b", {"a"})};
