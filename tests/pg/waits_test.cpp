@@ -421,8 +421,12 @@ TEST_SUITE("waits") {
                                       id == std::string("a") ? "thread" : "process"}));
       s.wait_serving(id, "wchaos_nap");
     }
-    std::vector<fdr::RunId> runs;
-    for (int i = 0; i < 20; ++i) runs.push_back(s.start("wchaos_nap", {{"n", i}}));
+    // The 20 runs started in one transaction: their first steps are claimed together, so that all
+    // 20 sleep at once for a while (one at a time, on a loaded machine, the first could wake
+    // before the last was started).
+    std::vector<nlohmann::json> inputs;
+    for (int i = 0; i < 20; ++i) inputs.push_back({{"n", i}});
+    const std::vector<fdr::RunId> runs = s.start_many("wchaos_nap", inputs);
     // Once they all sleep, worker a dies.
     REQUIRE(flowreg::pgtest::eventually(
         [&] {
