@@ -466,9 +466,10 @@ TEST_SUITE("flow_service") {
     // the store until the two others (33 MiB each) wait in the outbox; the next round takes one
     // of them (two would pass kMaxRecordBytes), and nothing runs any more to wake the flow for
     // the last.
+    // Before the scene: the handlers copy it on the engine's threads, which the scene's end joins.
+    const std::string big = "\"" + std::string(std::size_t{33} << 20, 'x') + "\"";
     Scene s(/*concurrency=*/3, /*batch=*/4, /*lanes=*/1, /*poll=*/Millis(3'600'000),
             /*max_output_bytes=*/std::size_t{128} << 20);
-    const std::string big = "\"" + std::string(std::size_t{33} << 20, 'x') + "\"";
     Gate gate;
     struct OpenAtEnd {
       Gate& gate;
@@ -506,6 +507,8 @@ TEST_SUITE("flow_service") {
       CHECK(trip.completed.size() == 1);
     }
     CHECK(recording == 3);
+    s.service->stop();  // its threads end before the locals their handlers use
+    s.service.reset();
   }
 }
 
