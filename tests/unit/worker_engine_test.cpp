@@ -89,10 +89,11 @@ class FakeStore final : public fd::WorkerStore {
     fail_recording_ = n;
     fail_code_ = code;
   }
-  // Waits up to 30 s for pred() (called under the store's lock).
+  // Waits up to 90 s for pred() (called under the store's lock): a case that copies 33 MiB
+  // outputs takes over 30 s under ThreadSanitizer on a loaded two-core machine.
   bool wait(const std::function<bool()>& pred) {
     std::unique_lock lock(mu_);
-    return cv_.wait_for(lock, 30s, pred);
+    return cv_.wait_for(lock, 90s, pred);
   }
   std::vector<Trip> trips() {
     std::lock_guard lock(mu_);
@@ -345,9 +346,9 @@ struct Scene {
   std::optional<std::string> exit_reason;
 };
 
-// Waits up to 30 s for pred().
+// Waits up to 90 s for pred() (see FakeStore::wait).
 bool eventually(const std::function<bool()>& pred) {
-  const auto until = std::chrono::steady_clock::now() + 30s;
+  const auto until = std::chrono::steady_clock::now() + 90s;
   while (!pred()) {
     if (std::chrono::steady_clock::now() > until) return false;
     std::this_thread::sleep_for(1ms);
