@@ -5,6 +5,7 @@
 // keys, and what get_run says of a waiting run; then real `flowreg worker` processes, some killed
 // with SIGKILL, audited by the handler of tests/plugins/wchaos.cpp.
 #include <doctest/doctest.h>
+#include <fmt/format.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -321,6 +322,58 @@ TEST_SUITE("concurrency_keys") {
         flowreg::pgtest::complete_all(env.store, got);
       }
       CHECK(order == "high1 high2 old zero young low ");
+    }
+  }
+
+  TEST_CASE("between keys, a higher priority comes first, whichever key's turn it is") {
+    // A step's limit, a flow's limit, and a step's rate limit with a bucket per key: 300 keys
+    // with 2 queued runs each at priority 0, then one run of priority 5 of the last key and one of
+    // priority 1 of the middle one: the next claim of 1 takes the first, the one after the second;
+    // then a claim of 64 takes the first keys' runs of priority 0 in key order. Fails on the
+    // claim of migration 0032, which visited the keys in key order whatever their tasks' levels.
+    auto env = flowreg::pgtest::claim_env("gate_levels_first");
+    using flowreg::pgtest::step;
+    flowreg::FlowDef by_step = one_step_limited("by_step", 2, false);
+    flowreg::FlowDef by_flow;
+    by_flow.slug = "by_flow";
+    by_flow.steps = {step("a"), step("b", {"a"})};
+    by_flow.concurrency = gate_limit(2, "/customer");
+    flowreg::FlowDef by_rate;
+    by_rate.slug = "by_rate";
+    by_rate.steps = {step("s")};
+    flowreg::RateLimit rate;
+    rate.limit = 1000;
+    rate.per = std::chrono::hours(1);
+    rate.key = "/customer";
+    by_rate.steps[0].rate_limit = rate;
+    for (const auto* flow : {&by_step, &by_flow, &by_rate}) {
+      CAPTURE(flow->slug);
+      const auto key = flowreg::pgtest::store_at_shape(env.store, *flow);
+      std::vector<GateJson> inputs;
+      for (int k = 0; k < 300; ++k)
+        for (int i = 0; i < 2; ++i) inputs.push_back({{"customer", fmt::format("k{:03}", k)}});
+      auto ids = env.store.start_runs(key.slug, key.version, inputs);
+      REQUIRE_MESSAGE(ids, flowreg::testing::failure_text(ids));
+      const auto start = [&](int priority, const char* customer) {
+        fdc::StartOptions options;
+        options.priority = priority;
+        auto id = env.store.start_run(key.slug, key.version, {{"customer", customer}}, options);
+        REQUIRE_MESSAGE(id, flowreg::testing::failure_text(id));
+        return *id;
+      };
+      const auto urgent = start(5, "k299");
+      const auto sooner = start(1, "k150");
+      const auto first = flowreg::pgtest::claim_some(env.store, {key}, 1, "gate-test");
+      REQUIRE(first.size() == 1);
+      CHECK(first[0].run_id == urgent);
+      const auto second = flowreg::pgtest::claim_some(env.store, {key}, 1, "gate-test");
+      REQUIRE(second.size() == 1);
+      CHECK(second[0].run_id == sooner);
+      // The level-0 pass: from the first key, 2 runs per key, the 32 first keys.
+      const auto rest = flowreg::pgtest::claim_some(env.store, {key}, 64, "gate-test");
+      std::map<std::string, int> expected;
+      for (int k = 0; k < 32; ++k) expected[fmt::format("k{:03}", k)] = 2;
+      CHECK(per_customer(rest) == expected);
     }
   }
 
