@@ -33,9 +33,12 @@
 -- A step's gate counts its started tasks with the key (tasks_gate_running), over every version of
 -- the flow: a requeued lapsed lease frees its slot. A flow's gate counts its runs holding a slot
 -- of the key (gate_holders) that are still started, after it deleted those that ended: the claim
--- of a run's first task admits the run (gate_holders; its row is locked, not written) and ungates
--- its tasks, so that its other root tasks, retries and lapsed leases are claimed as any task,
--- with no slot of their own; its end frees the slot.
+-- of a run's first task admits the run (gate_holders; its row is read, neither locked nor written,
+-- as _claim claims any task) and ungates its tasks, so that its other root tasks, retries and
+-- lapsed leases are claimed as any task, with no slot of their own; its end frees the slot. (A
+-- run cancelled while a claim admits it: the task the claim locked first is claimed, and its
+-- result refused, as _claim's would be; the slot it took is deleted with the other ended runs'.
+-- A task the cancel deleted or locked first is not claimed.)
 --
 -- Rate limits (migration 0024), on a step's gate: a task claimed takes a token of its bucket (the
 -- key's, or the one of the step or flow), as the claim writes it (rate_buckets: the tokens at a
@@ -273,7 +276,7 @@ BEGIN
           -- (each holder's run read by primary key, a scalar subquery: never an anti join that a
           -- plan could run over all of runs_pkey); then, in a new statement (a snapshot taken
           -- after the locks), per key its free slots, its first due tasks as many, their runs
-          -- (skipped when busy: a cancel, a completion) admitted, and the tasks claimed.
+          -- still started admitted, and the tasks claimed.
           DELETE FROM flowreg.gate_holders h
           WHERE h.flow_slug = g.slug AND h.gate = ANY (v_locked)
             AND (SELECT r.status FROM flowreg.runs r WHERE r.id = h.run_id)
@@ -297,13 +300,12 @@ BEGIN
               LIMIT greatest(f.n, 0)) q
             LIMIT v_lim
           ),
-          lk AS (
+          live AS (
             SELECT r.id FROM flowreg.runs r WHERE r.id = ANY (ARRAY(SELECT c.run_id FROM c))
               AND r.status = 'started'
-            ORDER BY r.id FOR UPDATE OF r SKIP LOCKED
           ),
           admitted AS MATERIALIZED (
-            SELECT DISTINCT lk.id, c.gate FROM lk JOIN c ON c.run_id = lk.id
+            SELECT DISTINCT live.id, c.gate FROM live JOIN c ON c.run_id = live.id
           ),
           held AS (
             INSERT INTO flowreg.gate_holders (flow_slug, gate, run_id)
