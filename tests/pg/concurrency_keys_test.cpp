@@ -52,6 +52,26 @@ flowreg::FlowDef one_step_limited(const char* slug, int limit, bool runs) {
   return flow;
 }
 
+// Three gates on /customer: a step's limit of `limit` tasks at once per key ("by_step"), a flow's
+// of `limit` runs at once ("by_flow", a chain a -> b), and a step's rate limit of 1,000 an hour
+// without a concurrency limit ("by_rate"), with a bucket per `rate_key` (none: one bucket).
+std::vector<flowreg::FlowDef> three_gates(int limit, std::optional<std::string> rate_key) {
+  using flowreg::pgtest::step;
+  flowreg::FlowDef by_flow;
+  by_flow.slug = "by_flow";
+  by_flow.steps = {step("a"), step("b", {"a"})};
+  by_flow.concurrency = gate_limit(limit, "/customer");
+  flowreg::FlowDef by_rate;
+  by_rate.slug = "by_rate";
+  by_rate.steps = {step("s")};
+  flowreg::RateLimit rate;
+  rate.limit = 1000;
+  rate.per = std::chrono::hours(1);
+  rate.key = std::move(rate_key);
+  by_rate.steps[0].rate_limit = rate;
+  return {one_step_limited("by_step", limit, false), by_flow, by_rate};
+}
+
 // Claimed tasks per key (the input's "customer", "" when it has none).
 std::map<std::string, int> per_customer(const std::vector<fdc::ClaimedTask>& tasks) {
   std::map<std::string, int> out;
@@ -275,22 +295,9 @@ TEST_SUITE("concurrency_keys") {
     // an hour), -3, 4, 4, 0 are claimed one at a time as 4, 4, 0, 0, 0, -3: the delayed run's
     // level holds back none below it.
     auto env = flowreg::pgtest::claim_env("gate_priorities");
-    using flowreg::pgtest::step;
-    flowreg::FlowDef by_step = one_step_limited("by_step", 1, false);
-    flowreg::FlowDef by_flow;
-    by_flow.slug = "by_flow";
-    by_flow.steps = {step("a"), step("b", {"a"})};
-    by_flow.concurrency = gate_limit(1, "/customer");
-    flowreg::FlowDef by_rate;
-    by_rate.slug = "by_rate";
-    by_rate.steps = {step("s")};
-    flowreg::RateLimit rate;
-    rate.limit = 1000;
-    rate.per = std::chrono::hours(1);
-    by_rate.steps[0].rate_limit = rate;
-    for (const auto* flow : {&by_step, &by_flow, &by_rate}) {
-      CAPTURE(flow->slug);
-      const auto key = flowreg::pgtest::store_at_shape(env.store, *flow);
+    for (const auto& flow : three_gates(1, std::nullopt)) {
+      CAPTURE(flow.slug);
+      const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
       std::map<fdc::RunId, std::string> names;
       const auto start = [&](std::optional<int> priority, const std::string& name,
                              std::optional<fdc::TimePoint> at = std::nullopt) {
@@ -332,23 +339,9 @@ TEST_SUITE("concurrency_keys") {
     // then a claim of 64 takes the first keys' runs of priority 0 in key order. Fails on the
     // claim of migration 0032, which visited the keys in key order whatever their tasks' levels.
     auto env = flowreg::pgtest::claim_env("gate_levels_first");
-    using flowreg::pgtest::step;
-    flowreg::FlowDef by_step = one_step_limited("by_step", 2, false);
-    flowreg::FlowDef by_flow;
-    by_flow.slug = "by_flow";
-    by_flow.steps = {step("a"), step("b", {"a"})};
-    by_flow.concurrency = gate_limit(2, "/customer");
-    flowreg::FlowDef by_rate;
-    by_rate.slug = "by_rate";
-    by_rate.steps = {step("s")};
-    flowreg::RateLimit rate;
-    rate.limit = 1000;
-    rate.per = std::chrono::hours(1);
-    rate.key = "/customer";
-    by_rate.steps[0].rate_limit = rate;
-    for (const auto* flow : {&by_step, &by_flow, &by_rate}) {
-      CAPTURE(flow->slug);
-      const auto key = flowreg::pgtest::store_at_shape(env.store, *flow);
+    for (const auto& flow : three_gates(2, "/customer")) {
+      CAPTURE(flow.slug);
+      const auto key = flowreg::pgtest::store_at_shape(env.store, flow);
       std::vector<GateJson> inputs;
       for (int k = 0; k < 300; ++k)
         for (int i = 0; i < 2; ++i) inputs.push_back({{"customer", fmt::format("k{:03}", k)}});
