@@ -16,17 +16,22 @@
 -- from the top read every run not due again (a 90,000-run backlog of started runs: 92,664 rows
 -- read per batch). The batch's runs are the first rows of that walk (a nested loop over the slugs
 -- in order, each range in index order, stopped at p_limit): were they not, the next batch would
--- only skip runs that the next batch's walk deletes.
+-- only skip runs that the next batch's walk deletes. p_floors[i] (NULL, or a NULL array: none)
+-- bounds flow i's walk from below: its runs created before it are not read (retain's floors,
+-- migration 0034), so that the entries of the runs earlier rounds deleted, which a held snapshot
+-- keeps in the index, are not stepped over again.
 CREATE OR REPLACE FUNCTION flowreg._remove_ended(p_slugs text[], p_completed timestamptz[],
                                                  p_failed timestamptz[],
-                                                 p_cancelled timestamptz[], p_limit int,
-                                                 p_slug text, p_created timestamptz,
+                                                 p_cancelled timestamptz[], p_floors timestamptz[],
+                                                 p_limit int, p_slug text, p_created timestamptz,
                                                  OUT deleted bigint, OUT last_slug text,
                                                  OUT last_created timestamptz)
 LANGUAGE sql AS $$
   WITH f AS MATERIALIZED (
-    SELECT u.slug, u.c, u.x, u.k, greatest(u.c, u.x, u.k) AS top
-    FROM unnest(p_slugs, p_completed, p_failed, p_cancelled) AS u(slug, c, x, k)
+    SELECT u.slug, u.c, u.x, u.k, greatest(u.c, u.x, u.k) AS top,
+           coalesce(u.floor, '-infinity') AS floor
+    FROM unnest(p_slugs, p_completed, p_failed, p_cancelled, p_floors)
+         AS u(slug, c, x, k, floor)
     WHERE (p_slug IS NULL OR u.slug >= p_slug) AND greatest(u.c, u.x, u.k) IS NOT NULL
     ORDER BY u.slug
   ),
@@ -35,7 +40,7 @@ LANGUAGE sql AS $$
     FROM f CROSS JOIN LATERAL (
       SELECT r.id, r.created_at FROM flowreg.runs r
       WHERE hashtextextended(r.flow_slug, 0) = hashtextextended(f.slug, 0)
-        AND r.flow_slug = f.slug AND r.created_at < f.top
+        AND r.flow_slug = f.slug AND r.created_at < f.top AND r.created_at >= f.floor
         AND r.created_at <= CASE WHEN f.slug = p_slug THEN coalesce(p_created, 'infinity')
                                  ELSE 'infinity' END
         AND ((r.status = 'completed' AND r.finished_at < f.c)
@@ -55,6 +60,6 @@ $$;
 
 -- Bitmap scans off: a bitmap scan of runs_by_flow reads every entry of a flow's range before its
 -- first row (then sorts them), where the index scan stops after p_limit rows.
-ALTER FUNCTION flowreg._remove_ended(text[], timestamptz[], timestamptz[], timestamptz[], int, text,
-                                     timestamptz)
+ALTER FUNCTION flowreg._remove_ended(text[], timestamptz[], timestamptz[], timestamptz[],
+                                     timestamptz[], int, text, timestamptz)
   SET enable_seqscan = off SET enable_bitmapscan = off SET jit = off;

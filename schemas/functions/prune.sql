@@ -14,8 +14,8 @@ LANGUAGE sql AS $$
   SELECT d.deleted, d.last_slug, d.last_created
   FROM (SELECT array_agg(s.slug ORDER BY s.slug) AS slugs, array_agg(p_before) AS cutoffs
         FROM flowreg._run_slugs() AS s(slug)) a
-  CROSS JOIN LATERAL flowreg._remove_ended(a.slugs, a.cutoffs, a.cutoffs, a.cutoffs, p_limit,
-                                           p_slug, p_created) AS d
+  CROSS JOIN LATERAL flowreg._remove_ended(a.slugs, a.cutoffs, a.cutoffs, a.cutoffs,
+                                           NULL::timestamptz[], p_limit, p_slug, p_created) AS d
 $$;
 
 -- The first batch of a cutoff (the form callers used before batches had positions).

@@ -363,7 +363,7 @@ TEST_SUITE("live_upgrade") {
          "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
          "DELETE FROM public.flowreg_migrations"
          " WHERE version IN (8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, "
-         "26, 27, 28, 29, 30, 31, 32, 33);"
+         "26, 27, 28, 29, 30, 31, 32, 33, 34);"
          "DELETE FROM public.flowreg_functions;");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE input IS NULL") == "0");
     const std::string fkeys =
@@ -374,8 +374,8 @@ TEST_SUITE("live_upgrade") {
     REQUIRE(q(db, "SELECT remaining_steps FROM flowreg.runs WHERE id = '" + mapped + "'") == "2");
 
     // The upgrade, while the old worker still holds three tasks.
-    CHECK(upgrade(db) == std::vector<int>({8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
-                                           21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+    CHECK(upgrade(db) == std::vector<int>({8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                                           22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     CHECK(q(db, fkeys) == "0");
     // In the key's place, the trigger refuses to delete a flow version that has runs.
     {
@@ -569,7 +569,7 @@ TEST_SUITE("live_upgrade") {
              "';"
              "ALTER TABLE flowreg.step_states DROP COLUMN attempts, DROP COLUMN worker_id;"
              "DELETE FROM public.flowreg_migrations WHERE version IN (9, 10, 11, 12, 13, 14, 15, "
-             "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);"
+             "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);"
              "DELETE FROM public.flowreg_functions;");
     // Finished rows: done's, failed's, chain's a, cancelled's a, and mapped's completed task 0.
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.tasks WHERE status NOT IN ('queued', 'started')") ==
@@ -577,7 +577,7 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds two tasks.
     CHECK(upgrade(db) == std::vector<int>({9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-                                           22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+                                           22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     fd::RunStore after = connect(db);
     // Only the live tasks stay, with mapped's completed task 0 (its output is part of its step's).
     CHECK(q(db,
@@ -665,12 +665,12 @@ TEST_SUITE("live_upgrade") {
     // What the release before 0012 left: a step state for every run.
     exec(db, kBefore0012 +
                  "DELETE FROM public.flowreg_migrations WHERE version IN (12, 13, 14, 15, 16, 17, "
-                 "18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);");
+                 "18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);");
     REQUIRE(q(db, "SELECT count(*) FROM flowreg.step_states") == "8");
 
     // The upgrade, while the old worker holds one task.
-    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22,
-                                           23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+    CHECK(upgrade(db) == std::vector<int>({12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
+                                           24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     fd::RunStore after = connect(db);
     // The live runs of the one-step flow moved: their step's attempts and worker are in the run,
     // their step state is gone. Finished runs and the chain keep their rows.
@@ -776,7 +776,7 @@ TEST_SUITE("live_upgrade") {
     // What the release before 0013 left: the same rows, every task in the unique index by run.
     exec(db, kBefore0013 +
                  "DELETE FROM public.flowreg_migrations WHERE version IN (13, 14, 15, 16, 17, 18, "
-                 "19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);");
+                 "19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'tasks'";
@@ -788,7 +788,7 @@ TEST_SUITE("live_upgrade") {
     // The upgrade, while the old worker holds two tasks: nothing moves. The old tasks stay in the
     // new index (not solo) and their runs name none.
     CHECK(upgrade(db) == std::vector<int>({13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-                                           24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+                                           24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     CHECK(q(db, indexes) ==
           "tasks_by_run,tasks_gate_running,tasks_gated,tasks_leased,tasks_pkey,tasks_queued");
     CHECK(q(db, "SELECT count(*) FROM flowreg.tasks WHERE solo") == "0");
@@ -888,12 +888,12 @@ TEST_SUITE("live_upgrade") {
                  "UPDATE flowreg.tasks SET max_attempts = 1"
                  " WHERE status = 'started';"
                  "DELETE FROM public.flowreg_migrations WHERE version IN (14, 15, 16, 17, 18, 19, "
-                 "20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);");
+                 "20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);");
     REQUIRE(q(db, copies) == "7");
 
     // The upgrade, while the old worker holds three tasks: nothing moves, the copies stay unread.
-    CHECK(upgrade(db) == std::vector<int>({14, 15, 16, 17, 18, 19, 20, 21, 22, 23,
-                                           24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+    CHECK(upgrade(db) == std::vector<int>({14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                           25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     CHECK(q(db, copies) == "7");
     fd::RunStore after = connect(db);
 
@@ -989,7 +989,7 @@ TEST_SUITE("live_upgrade") {
     // What the release before 0015 had: the index of runs on created_at alone.
     exec(db, kBefore0015 +
                  "DELETE FROM public.flowreg_migrations WHERE version IN (15, 16, 17, 18, 19, 20, "
-                 "21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);");
+                 "21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);");
     const std::string indexes =
         "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname ="
         " 'flowreg' AND tablename = 'runs'";
@@ -1013,8 +1013,8 @@ TEST_SUITE("live_upgrade") {
           std::map<std::string, std::int64_t>{{"fan", 3}, {"pipe", 4}, {"single", 6}});
 
     // The upgrade: the index goes (0028 adds its index of child runs), nothing else changes.
-    CHECK(upgrade(db) == std::vector<int>({15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
-                                           29, 30, 31, 32, 33}));
+    CHECK(upgrade(db) == std::vector<int>({15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+                                           25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     CHECK(q(db, indexes) == "runs_by_flow,runs_by_parent,runs_idempotency,runs_pkey,runs_retry_of");
     fd::RunStore after = connect(db);
     CHECK(lists(after) == lists_before);
@@ -1068,7 +1068,7 @@ TEST_SUITE("live_upgrade") {
     // (they are made first: this release's functions write 0017's columns).
     exec(db, kBefore0016 +
                  "DELETE FROM public.flowreg_migrations WHERE version IN (16, 17, 18, 19, 20, 21, "
-                 "22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);");
+                 "22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);");
     const std::string keys =
         "SELECT string_agg(indexdef, ' | ' ORDER BY indexname) FROM pg_indexes WHERE schemaname"
         " = 'flowreg' AND indexname IN ('tasks_queued', 'runs_by_flow')";
@@ -1090,7 +1090,7 @@ TEST_SUITE("live_upgrade") {
 
     // The upgrade, while the old worker holds one task: both indexes are built again, hashed.
     CHECK(upgrade(db) == std::vector<int>({16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29,
-                                           30, 31, 32, 33}));
+                                           30, 31, 32, 33, 34}));
     CHECK(q(db, keys) ==
           "CREATE INDEX runs_by_flow ON flowreg.runs USING btree (hashtextextended(flow_slug, "
           "(0)::bigint), created_at DESC) | CREATE INDEX tasks_queued ON flowreg.tasks USING btree"
@@ -1213,15 +1213,15 @@ TEST_SUITE("live_upgrade") {
     // What the release before 0017 left: every step of a chain's run in step_states.
     exec(db, kBefore0017 +
                  "DELETE FROM public.flowreg_migrations WHERE version IN (17, 18, 19, 20, 21, 22, "
-                 "23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33);");
+                 "23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34);");
     REQUIRE(q(db,
               "SELECT count(*) FROM flowreg.step_states s JOIN flowreg.runs r ON"
               " r.id = s.run_id WHERE r.flow_slug IN ('pipe', 'trio')") == "21");
     for (const auto& r : all) CHECK_MESSAGE(step_rows_of(store, r) == rows_before[r], r);
 
     // The upgrade, while the old worker holds two tasks.
-    CHECK(upgrade(db) ==
-          std::vector<int>({17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+    CHECK(upgrade(db) == std::vector<int>({17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
+                                           31, 32, 33, 34}));
     fd::RunStore after = connect(db);
     // The started runs of chains moved: the states of their steps not ended are gone (the view
     // shows them), their tasks are marked, with their step's start. Ended runs keep their rows.

@@ -596,7 +596,7 @@ TEST_SUITE("migrations") {
     REQUIRE_MESSAGE(upgrade, flowreg::testing::failure_text(upgrade));
     CHECK(versions(*upgrade) ==
           std::vector<int>({7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
-                            21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33}));
+                            21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34}));
     CHECK(upgrade->functions.size() == fd::builtin_functions().size());
 
     // Alike but for the checksums recorded for 0001 to 0006, which stay those of their time.

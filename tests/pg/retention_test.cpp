@@ -57,12 +57,15 @@ std::string retention_orphans(const std::string& conninfo) {
       "r.id = a.run_id))");
 }
 
-// Every run, ended or not, as if it had been created and had ended `hours` earlier.
+// Every run, ended or not, as if it had been created and had ended `hours` earlier. Runs moved
+// below their flow's floor (migration 0034) are walked again by a round that walks every run: the
+// next one, as swept_at is cleared in the same transaction.
 void age_runs(const std::string& conninfo, int hours) {
   retention_sql(conninfo, "UPDATE flowreg.runs SET created_at = created_at - interval '" +
                               std::to_string(hours) +
                               " hours', finished_at = finished_at - interval '" +
-                              std::to_string(hours) + " hours'");
+                              std::to_string(hours) +
+                              " hours'; UPDATE flowreg.retention SET swept_at = NULL");
 }
 
 flowreg::RetentionSettings hours_settings(int completed, int failed, int cancelled) {
@@ -219,6 +222,85 @@ TEST_SUITE("retention") {
     REQUIRE_MESSAGE(total, flowreg::testing::failure_text(total));
     CHECK(total->rounds == 3);
     CHECK(total->runs_removed == 5);
+  }
+
+  TEST_CASE(
+      "under a held snapshot, a round reads the runs since its flow's floor, not those removed "
+      "before; an hourly round walks every run") {
+    // A REPEATABLE READ snapshot taken before the first run and held to the end, as a pg_dump
+    // holds one: the index entries of every run deleted since stay in runs_by_flow. Six rounds of
+    // 300 runs completed, each round's runs deleted by a call of flowreg.retain whose reads of
+    // runs_by_flow are counted (pg_stat_get_xact_tuples_returned, in its own transaction), then
+    // a round of RunStore::retain, which records each flow's floor. Without floors the sixth call
+    // read the entries of all 1,800 runs; with them, its own 300 and those of the runs created
+    // less than a second before the last floor (none: each round's runs are 1.2 s older than it).
+    auto env = flowreg::pgtest::claim_env("ret_floors");
+    const auto key =
+        flowreg::pgtest::store_flow(env.store, "ret_floor", {flowreg::pgtest::step("a")});
+    flowreg::RetentionSettings now_due;
+    now_due.runs = {Millis(0), Millis(0), Millis(0)};
+    now_due.events = flowreg::Retention::kKeep;
+    pqxx::connection reader(env.conninfo);
+    pqxx::transaction<pqxx::isolation_level::repeatable_read> held(reader);
+    held.exec1("SELECT count(*) FROM flowreg.runs");
+    auto first = env.store.retain(now_due, "tester");  // no run yet: swept_at is set
+    REQUIRE_MESSAGE(first, flowreg::testing::failure_text(first));
+    constexpr int kRuns = 300;
+    pqxx::connection measurer(env.conninfo);
+    std::vector<long> reads;
+    for (int round = 0; round < 6; ++round) {
+      std::vector<RetJson> inputs(kRuns, RetJson{{"round", round}});
+      auto ids = env.store.start_runs(key.slug, key.version, inputs);
+      REQUIRE_MESSAGE(ids, flowreg::testing::failure_text(ids));
+      auto claimed = flowreg::pgtest::claim_some(env.store, {key}, kRuns, "w");
+      REQUIRE(claimed.size() == static_cast<std::size_t>(kRuns));
+      flowreg::pgtest::complete_all(env.store, claimed);
+      std::this_thread::sleep_for(1200ms);
+      pqxx::work tx(measurer);
+      const std::string read =
+          "SELECT pg_stat_get_xact_tuples_returned('flowreg.runs_by_flow'::regclass)";
+      const long before = tx.exec1(read)[0].as<long>();
+      const long deleted =
+          tx.exec1("SELECT deleted FROM flowreg.retain(now(), 0, 0, 0, 100000, NULL, NULL)")[0]
+              .as<long>();
+      reads.push_back(tx.exec1(read)[0].as<long>() - before);
+      tx.commit();
+      CHECK(deleted == kRuns);
+      auto recorded = env.store.retain(now_due, "tester");
+      REQUIRE_MESSAGE(recorded, flowreg::testing::failure_text(recorded));
+      CHECK(recorded->runs == 0);
+    }
+    std::string listed;
+    for (const long r : reads) listed += " " + std::to_string(r);
+    MESSAGE("entries of runs_by_flow read by each round's deleting call:", listed);
+    CHECK(reads.back() < 3 * kRuns);
+    CHECK(reads.back() < reads.front() + kRuns);
+
+    // A run below its flow's floor (created by a transaction older than the floor, here moved
+    // there): a round that uses the floors does not reach it; one whose last walk of every run
+    // is an hour old does, and removes it.
+    const auto run = flowreg::pgtest::start_one(env.store, key, RetJson{{"late", true}});
+    auto late = flowreg::pgtest::claim_some(env.store, {key}, 1, "w");
+    REQUIRE(late.size() == 1);
+    flowreg::pgtest::complete_all(env.store, late);
+    retention_sql(
+        env.conninfo,
+        "UPDATE flowreg.runs SET created_at = created_at - interval '1 hour' WHERE id = '" + run +
+            "'");
+    auto missed = env.store.retain(now_due, "tester");
+    REQUIRE_MESSAGE(missed, flowreg::testing::failure_text(missed));
+    CHECK(missed->runs == 0);
+    CHECK(retention_counts(env.conninfo, "ret_floor") == "completed=1");
+    retention_sql(env.conninfo,
+                  "UPDATE flowreg.retention SET swept_at = now() - interval '61 minutes'");
+    auto swept = env.store.retain(now_due, "tester");
+    REQUIRE_MESSAGE(swept, flowreg::testing::failure_text(swept));
+    CHECK(swept->runs == 1);
+    CHECK(retention_counts(env.conninfo, "ret_floor").empty());
+    CHECK(retention_sql(env.conninfo,
+                        "SELECT swept_at > now() - interval '1 minute' FROM flowreg.retention") ==
+          "t");
+    held.commit();
   }
 
   TEST_CASE("one round at a time: a held retention lock makes a round do nothing until released") {

@@ -48,6 +48,7 @@ enum class Query {
   renew,
   report_crashes,
   retain,
+  retention_floors,
   retention_lock,
   retention_record,
   retention_state,

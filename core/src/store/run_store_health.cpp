@@ -66,6 +66,12 @@ Result<RetentionRound> RunStore::retain(const RetentionSettings& settings, std::
       if (*deleted < batch) break;
       if (stop && stop()) return {};
     }
+    // Every batch walked: each flow's floor, where the next round's walk stops (migration 0034).
+    auto floors = guarded("retention: recording where each flow's runs begin", [&]() {
+      impl_->exec(Query::retention_floors, *now);
+      return Result<void>{};
+    });
+    if (!floors) return tl::unexpected(std::move(floors.error()));
     if (settings.events != Retention::kKeep) {
       auto events = prune_events(settings.events, batch);
       if (!events) return tl::unexpected(std::move(events.error()));
