@@ -451,7 +451,7 @@ BEGIN
   END LOOP;
   IF v_moved THEN
     -- Session-wide (not local): the next claim of this connection goes on from here. A cursor
-    -- per gate of the flows served; a few hundred bytes.
+    -- per gate and priority level of the flows served; a few hundred bytes.
     v_set := set_config('flowreg.gate_cursors', v_cursors::text, false);
   END IF;
   IF v_due IS NOT NULL THEN
