@@ -1928,20 +1928,24 @@ TEST_SUITE("run_store") {
   TEST_CASE("start_runs refused by the server names the input it cannot store; none starts") {
     auto env = open_env("rs_refused_input");
     auto key = store_flow(env.store, flow("refused", {step("a")}));
-    // Nested 20,000 deep: more than the server's stack takes, and than kMaxStoredDepth.
-    Json deep = "leaf";
-    for (int i = 0; i < 20'000; ++i) deep = Json::array({deep});
-    for (const auto& [bad, reason] :
-         {std::pair{Json{{"s", std::string("a\0b", 3)}},
-                    "holds a string with the character U+0000"},
-          std::pair{Json{{std::string("k\0", 2), 1}}, "holds a key with the character U+0000"},
-          std::pair{deep, "nests deeper than 5000 levels"}}) {
+    // Each bad input is made where it is used, by moves: building the deep one by copies copied
+    // each level again at every level above it.
+    const auto bad_input = [](int which) {
+      if (which == 0) return Json{{"s", std::string("a\0b", 3)}};
+      if (which == 1) return Json{{std::string("k\0", 2), 1}};
+      // Nested 20,000 deep: more than the server's stack takes, and than kMaxStoredDepth.
+      return nested_array(20'000);
+    };
+    for (const auto& [which, reason] : {std::pair{0, "holds a string with the character U+0000"},
+                                        std::pair{1, "holds a key with the character U+0000"},
+                                        std::pair{2, "nests deeper than 5000 levels"}}) {
       // 4 inputs: one call of start_runs; kCopiedStartMin + 1: by COPY.
       for (const std::size_t n : {std::size_t{4}, kCopiedStartMin + 1}) {
         CAPTURE(reason);
         CAPTURE(n);
         std::vector<Json> inputs;
-        for (std::size_t i = 0; i < n; ++i) inputs.push_back(i == 2 ? bad : Json{{"i", i}});
+        for (std::size_t i = 0; i < n; ++i)
+          inputs.push_back(i == 2 ? bad_input(which) : Json{{"i", i}});
         auto started = env.store.start_runs(key.slug, key.version, inputs);
         REQUIRE_FALSE(started);
         CHECK(started.error().code == Errc::invalid_argument);
