@@ -26,9 +26,7 @@ struct ClaimEnv {
 
 // A RunStore on the empty, migrated database `db` of the shared cluster.
 inline ClaimEnv claim_env(const std::string& db) {
-  const auto conninfo = empty_database(db);
-  auto migrated = detail::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  const auto conninfo = migrated_database(db);
   auto store = detail::RunStore::connect(conninfo);
   REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
   return ClaimEnv{conninfo, std::move(*store)};

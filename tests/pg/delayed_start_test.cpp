@@ -31,9 +31,7 @@ struct DelayEnv {
 };
 
 DelayEnv delay_env(const std::string& db) {
-  const auto conninfo = flowreg::pgtest::empty_database(db);
-  auto migrated = fdd::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  const auto conninfo = flowreg::pgtest::migrated_database(db);
   auto store = fdd::RunStore::connect(conninfo);
   REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
   return DelayEnv{conninfo, std::move(*store)};

@@ -67,7 +67,9 @@ TEST_SUITE("embedded_cluster") {
     CHECK(query_one(*conninfo, "SELECT current_user") == expected_owner());
     // No TCP: the server listens on its unix socket only.
     CHECK(query_one(*conninfo, "SHOW listen_addresses") == "");
-    CHECK(query_one(*conninfo, "SHOW fsync") == "on");
+    // The tests' cluster is a throwaway one (ClusterOptions::fsync false); a cluster with
+    // flowreg's settings is checked in "two processes starting a new cluster at once".
+    CHECK(query_one(*conninfo, "SHOW fsync") == "off");
     CHECK(query_one(*conninfo, "SHOW synchronous_commit") == "on");
   }
 
@@ -263,6 +265,10 @@ TEST_SUITE("embedded_cluster") {
     REQUIRE(conninfo);
     CHECK(query_one(*conninfo, "SELECT count(*) FROM pg_database WHERE datname = 'flowreg'") ==
           "1");
+    // Production settings: durable commits.
+    CHECK(query_one(*conninfo, "SHOW fsync") == "on");
+    CHECK(query_one(*conninfo, "SHOW synchronous_commit") == "on");
+    CHECK(query_one(*conninfo, "SHOW full_page_writes") == "on");
     CHECK(cluster->stop());
     auto status = cluster->status();
     REQUIRE(status);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "cluster/embedded_cluster.hpp"
+#include "store/migrations.hpp"
 
 namespace flowreg::pgtest {
 
@@ -75,6 +76,7 @@ EmbeddedCluster& shared_cluster() {
     ClusterOptions options;
     options.data_dir = data_dir;
     options.sync_init = false;  // a throwaway cluster
+    options.fsync = false;
     auto opened = EmbeddedCluster::open(options);
     if (!opened) throw std::runtime_error(opened.error().format());
     track(*opened);
@@ -98,6 +100,44 @@ std::string empty_database(const std::string& name) {
   tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
   tx.exec0("CREATE DATABASE " + conn.quote_name(name));
   return cluster.connection_string(name);
+}
+
+std::string migrated_database(const std::string& name) {
+  static const std::string kTemplate = "flowreg_test_migrated";
+  static std::once_flag made;
+  std::call_once(made, [] {
+    const std::string conninfo = empty_database(kTemplate);
+    auto migrated = detail::migrate(conninfo);
+    if (!migrated) throw std::runtime_error(migrated.error().format());
+  });
+  auto& cluster = shared_cluster();
+  auto started = cluster.ensure_running();
+  if (!started) throw std::runtime_error(started.error().format());
+  pqxx::connection conn(cluster.connection_string("postgres"));
+  pqxx::nontransaction tx(conn);
+  tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
+  // Waits up to 5 s for the backend that migrated the template to go away.
+  tx.exec0("CREATE DATABASE " + conn.quote_name(name) + " TEMPLATE " + conn.quote_name(kTemplate));
+  return cluster.connection_string(name);
+}
+
+const fs::path& cluster_template() {
+  static const fs::path data_dir = [] {
+    const fs::path dir = test_root() / "cluster_template";
+    cleanup();  // constructed after test_root()'s path, which its destructor removes
+    ClusterOptions options;
+    options.data_dir = dir;
+    options.sync_init = false;  // flowreg processes start it with the settings they write
+    auto opened = EmbeddedCluster::open(options);
+    if (!opened) throw std::runtime_error(opened.error().format());
+    auto started = opened->ensure_running();  // creates the database "flowreg"
+    if (!started) throw std::runtime_error(started.error().format());
+    auto migrated = detail::migrate(*started);
+    if (!migrated) throw std::runtime_error(migrated.error().format());
+    if (auto stopped = opened->stop(); !stopped) throw std::runtime_error(stopped.error().format());
+    return dir;
+  }();
+  return data_dir;
 }
 
 StepDef step(const std::string& slug, std::vector<std::string> deps, StepKind kind) {

@@ -20,6 +20,15 @@ void track(const detail::EmbeddedCluster& cluster);
 // A new, empty database of the shared cluster (dropped first when it exists); its connection
 // string.
 std::string empty_database(const std::string& name);
+// A new database of the shared cluster with flowreg's migrations and functions applied (dropped
+// first when it exists); its connection string. A copy of a template database migrated once per
+// process: a third of the cost of migrating each. What migrate() does to an empty database is
+// tested by the migrations suite, on empty_database().
+std::string migrated_database(const std::string& name);
+// The data directory of a stopped cluster, made once per process: initialized (no sync), its
+// database "flowreg" created and migrated. CliScratch copies its pg/ for the clusters of the
+// flowreg processes a test starts, instead of an initdb for each.
+const std::filesystem::path& cluster_template();
 
 // A step of a test flow; its handler is "test.noop" (the run store never runs handlers).
 StepDef step(const std::string& slug, std::vector<std::string> deps = {},

@@ -29,9 +29,7 @@ struct PrioEnv {
 };
 
 PrioEnv prio_env(const std::string& db) {
-  const auto conninfo = flowreg::pgtest::empty_database(db);
-  auto migrated = fdp::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  const auto conninfo = flowreg::pgtest::migrated_database(db);
   auto store = fdp::RunStore::connect(conninfo);
   REQUIRE_MESSAGE(store, flowreg::testing::failure_text(store));
   return PrioEnv{conninfo, std::move(*store)};

@@ -57,10 +57,7 @@ namespace {
 
 // A new database of the shared cluster holding the migrated schema; returns its connection string.
 std::string fresh_database(const std::string& name) {
-  const auto conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fd::migrate(conninfo);
-  if (!migrated) throw std::runtime_error(migrated.error().format());
-  return conninfo;
+  return flowreg::pgtest::migrated_database(name);
 }
 
 std::string sql_one(const std::string& conninfo, const std::string& sql) {

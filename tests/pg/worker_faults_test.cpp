@@ -82,9 +82,7 @@ Scene make_scene(const std::string& name, bool embedded = false) {
   std::ofstream config(s.config());
   config << "plugins:\n  dir: plugins\n  watch: false\ndatabase:\n";
   if (!embedded) {
-    s.conninfo = flowreg::pgtest::empty_database(name);
-    auto migrated = fd::migrate(s.conninfo);
-    REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+    s.conninfo = flowreg::pgtest::migrated_database(name);
     config << "  url: " << Json(s.conninfo).dump() << "\n";
   }
   config << "  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";

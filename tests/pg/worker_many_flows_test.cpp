@@ -91,9 +91,7 @@ struct ManyFlows {
   std::unique_ptr<fd::Worker> worker;
 
   explicit ManyFlows(const std::string& name) {
-    conninfo = flowreg::pgtest::empty_database(name);
-    auto migrated = fd::migrate(conninfo);
-    REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+    conninfo = flowreg::pgtest::migrated_database(name);
     dir = flowreg::pgtest::test_root() / name;
     fs::remove_all(dir);
     fs::create_directories(dir / "plugins");

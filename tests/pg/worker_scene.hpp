@@ -49,14 +49,18 @@ inline std::string read_file(const std::filesystem::path& p) {
   return ss.str();
 }
 
-// Polls `ready` every 20 ms until it holds or `timeout` passes; whether it held.
+// Polls `ready` until it holds or `timeout` passes; whether it held. Every 10 ms at first, then
+// less often, every 100 ms from the first second on: a poll often opens a connection, and each
+// costs the server a backend (a fork and its page faults).
 template <class F>
 bool eventually(F&& ready, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::chrono::milliseconds pause(10);
   for (;;) {
     if (ready()) return true;
     if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(pause);
+    pause = std::min(std::chrono::milliseconds(100), pause * 3 / 2);
   }
 }
 
@@ -160,9 +164,7 @@ inline void prepare_scene(WorkerScene& s, const std::string& name, const std::st
   fs::copy_file(fs::path(FLOWREG_FIXTURE_DIR) / fixture, s.dir / "plugins" / as);
   fs::permissions(s.dir / "plugins" / as, fs::perms::owner_read | fs::perms::owner_write |
                                               fs::perms::group_read | fs::perms::others_read);
-  s.conninfo = empty_database(name);
-  auto migrated = detail::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  s.conninfo = migrated_database(name);
 }
 
 // A scene of the wchaos plugin (tests/plugins/wchaos.cpp) and a configuration of its plugins

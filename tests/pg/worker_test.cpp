@@ -115,9 +115,7 @@ Scene make_scene(const std::string& name) {
     fs::permissions(d, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                            fs::perms::others_read | fs::perms::others_exec);
   install_plugin(s, "wprobe_v1");
-  s.conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fd::migrate(s.conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  s.conninfo = flowreg::pgtest::migrated_database(name);
   std::ofstream(s.config()) << "plugins:\n  dir: plugins\n  watch: true\n"
                             << "database:\n  url: " << Json(s.conninfo).dump()  // quoted
                             << "\n  data_dir: " << Json((s.dir / "data").string()).dump() << "\n";
@@ -444,8 +442,7 @@ TEST_SUITE("worker") {
   TEST_CASE(
       "regression: `flowreg workers` run right after a worker said 'serving' could miss it; "
       "its heartbeat names what it serves before it says so") {
-    const std::string conninfo = flowreg::pgtest::empty_database("w_announce");
-    REQUIRE(fd::migrate(conninfo));
+    const std::string conninfo = flowreg::pgtest::migrated_database("w_announce");
     const fs::path dir = wprobe_dir("w_announce");
     fd::WorkerOptions options;
     options.name = "announce_test";
@@ -475,8 +472,7 @@ TEST_SUITE("worker") {
   }
 
   TEST_CASE("a flow loop that keeps failing restarts alone, then hits its restart limit") {
-    const std::string conninfo = flowreg::pgtest::empty_database("w_limit");
-    REQUIRE(fd::migrate(conninfo));
+    const std::string conninfo = flowreg::pgtest::migrated_database("w_limit");
     const fs::path dir = wprobe_dir("w_limit");
 
     std::mutex mu;

@@ -379,7 +379,7 @@ TEST_SUITE("serve") {
   }
 
   TEST_CASE("binding a non-loopback address without a token is refused before anything starts") {
-    pgtest::CliScratch scratch("flowreg_serve_bind");
+    pgtest::CliScratch scratch("flowreg_serve_bind", false);  // no cluster
     std::ofstream(scratch.config) << "plugins: {dir: none}\ndatabase: {data_dir: data}\n";
     const auto r = scratch.flowreg({"serve", "--listen", "0.0.0.0:0"});
     CHECK(r.exit_code == 1);

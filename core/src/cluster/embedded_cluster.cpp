@@ -790,12 +790,13 @@ struct Ops {
         "unix_socket_permissions = 0700\n"
         "max_connections = 100\n"
         "shared_buffers = 64MB\n"
-        "fsync = on\n"
+        "fsync = {}\n"
         "synchronous_commit = on\n"
         "full_page_writes = on\n"
         "logging_collector = off\n"
         "log_line_prefix = '%m [%p] '\n",
-        conf_value(addresses), tls_settings, listen.port, conf_value(socket_dir.string()));
+        conf_value(addresses), tls_settings, listen.port, conf_value(socket_dir.string()),
+        options.fsync ? "on" : "off");
     if (auto r = write_file(conf, text); !r) return r;
     if (as_other_user())
       if (auto r = chown_to(conf, uid, gid); !r) return r;
@@ -824,7 +825,8 @@ struct Ops {
       if (auto r = wait_for_dead_postmaster(deadline); !r) return r;
       const auto log_offset = file_size_or_zero(log_file);
       const auto left = std::max<std::chrono::seconds::rep>(
-          1, std::chrono::duration_cast<std::chrono::seconds>(deadline - MonotonicClock::now()).count());
+          1, std::chrono::duration_cast<std::chrono::seconds>(deadline - MonotonicClock::now())
+                 .count());
       std::vector<std::string> argv = {
           tool("pg_ctl"),    "start", "-D", cluster_dir.string(), "-l",
           log_file.string(), "-w",    "-t", std::to_string(left), "-s"};

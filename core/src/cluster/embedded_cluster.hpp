@@ -57,6 +57,10 @@ struct ClusterOptions {
   // initdb fsyncs the new cluster unless this is false (--no-sync: faster, for throwaway
   // clusters in tests; a machine crash right after init could then corrupt the cluster).
   bool sync_init = true;
+  // The server's fsync setting. Off only for the tests' throwaway clusters: a crash of PostgreSQL
+  // still loses nothing (what it wrote is in the kernel's cache), one of the machine can corrupt
+  // the cluster.
+  bool fsync = true;
   // TCP access for other hosts; listen.port names the unix socket too. Checked by open().
   DatabaseListen listen;
 };
