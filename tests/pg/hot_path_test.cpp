@@ -58,9 +58,7 @@ namespace {
 // A fresh, migrated database with autovacuum off on every table of schema flowreg: statistics and
 // cached plans change only when a test says so (ANALYZE), never in the middle of a measurement.
 std::string hot_database(const std::string& name) {
-  const std::string conninfo = flowreg::pgtest::empty_database(name);
-  auto migrated = fd::migrate(conninfo);
-  REQUIRE_MESSAGE(migrated, flowreg::testing::failure_text(migrated));
+  const std::string conninfo = flowreg::pgtest::migrated_database(name);
   pqxx::connection conn(conninfo);
   pqxx::nontransaction tx(conn);
   tx.exec(
@@ -132,13 +130,21 @@ long total(const Scans& scans) {
   return sum;
 }
 
-// The counters once a connection that stays open has flushed its own. A backend flushes them at
-// the end of a transaction only when its last flush is a second old; what is left pending then is
-// flushed once it has been idle for 10 s (PostgreSQL 15's PGSTAT_IDLE_INTERVAL). So wait longer
-// than that, then read until two readings 700 ms apart agree. (Waiting less counted the work just
-// before the measured window in it.)
-Scans settled_scans(const std::string& conninfo) {
-  std::this_thread::sleep_for(11s);
+// The counters once every backend has flushed its own. A backend that exited flushed them as it
+// exited (wait_alone). One still open, the stores in `open`, flushes them when a transaction ends
+// and its last flush is a second old (PostgreSQL 15's PGSTAT_MIN_INTERVAL); what it leaves pending
+// otherwise is flushed once it has been idle for 10 s (PGSTAT_IDLE_INTERVAL). So wait over a
+// second, have each open store read a run that does not exist (an index probe, before the
+// window), then read until two readings 700 ms apart agree. (Reading after a shorter wait without
+// that read counted the work just before the measured window in it; waiting 11 s instead cost the
+// suite minutes.)
+Scans settled_scans(const std::string& conninfo, std::initializer_list<fd::RunStore*> open = {}) {
+  if (open.size() > 0) std::this_thread::sleep_for(1100ms);
+  for (fd::RunStore* store : open) {
+    auto none = store->get_run("00000000-0000-0000-0000-000000000000");
+    REQUIRE_MESSAGE(none, flowreg::testing::failure_text(none));
+    REQUIRE_FALSE(none->has_value());
+  }
   Scans last = read_scans(conninfo);
   for (int i = 0; i < 40; ++i) {
     std::this_thread::sleep_for(700ms);
@@ -758,7 +764,7 @@ TEST_SUITE("hot_path") {
     }();
     CHECK(drained >= 10'000);
     for (int i = 0; i < 3; ++i) cycle();
-    const auto before = settled_scans(conninfo);
+    const auto before = settled_scans(conninfo, {&worker});
     for (int i = 0; i < 20; ++i) tasks += cycle();
     {
       auto done = worker.complete(pending);  // the last claim's results
@@ -803,7 +809,7 @@ TEST_SUITE("hot_path") {
       for (std::string id; queued >> id;) runs.push_back(id);
     }
     REQUIRE(runs.size() == 20);
-    const auto before_views = settled_scans(conninfo);
+    const auto before_views = settled_scans(conninfo, {&*viewer});
     std::string shown;
     for (const auto& run : runs) {
       auto run_steps = viewer->run_steps(run);
@@ -833,7 +839,7 @@ TEST_SUITE("hot_path") {
     // Listing the runs of every flow, newest first, in pages (as the API and the dashboard do),
     // walks runs_by_flow flow by flow (migration 0015): the rows listed, not the backlog.
     std::optional<fd::RunStore> lister(connect(conninfo));
-    const auto before_lists = settled_scans(conninfo);
+    const auto before_lists = settled_scans(conninfo, {&*lister});
     long listed = 0;
     std::optional<fd::RunId> after_run;
     for (int page = 0; page < 10; ++page) {
@@ -867,7 +873,7 @@ TEST_SUITE("hot_path") {
     fd::RunFilter ranged{std::nullopt, std::nullopt, 50};
     ranged.since = now - std::chrono::hours(1);
     ranged.until = now + std::chrono::hours(1);
-    const auto before_summaries = settled_scans(conninfo);
+    const auto before_summaries = settled_scans(conninfo, {&*summarist});
     long summarised = 0;
     std::optional<fd::RunCursor> cursor;
     for (int page = 0; page < 5; ++page) {
@@ -901,7 +907,7 @@ TEST_SUITE("hot_path") {
     fd::RunFilter searched{std::nullopt, std::nullopt, 50};
     searched.input_text = "a text no input holds";
     summarist.emplace(connect(conninfo));
-    const auto before_search = settled_scans(conninfo);
+    const auto before_search = settled_scans(conninfo, {&*summarist});
     auto found = summarist->list_run_summaries(searched);
     REQUIRE_MESSAGE(found, flowreg::testing::failure_text(found));
     CHECK(found->empty());
@@ -961,7 +967,7 @@ TEST_SUITE("hot_path") {
       for (const auto& key : keys) start_many(other, key, 100);
     }
     const auto uses_picked = mix.use_runs(10);
-    const auto before = settled_scans(conninfo);
+    const auto before = settled_scans(conninfo, {&worker});
     const int uses = uses_picked();
     const long tasks = mix.drain();
     held.reset();  // the measured backend exits and flushes its counters
@@ -1375,7 +1381,7 @@ TEST_SUITE("hot_path") {
                                "SELECT count(*) FROM flowreg.runs WHERE status = "
                                "'completed'") == "6010");
     for (const auto& key : keys) start_many(store, key, 15'000);
-    const auto before = settled_scans(conninfo);
+    const auto before = settled_scans(conninfo, {&store});
     auto pruned = store.prune(0ms, 200);
     REQUIRE_MESSAGE(pruned, flowreg::testing::failure_text(pruned));
     held.reset();  // the measured backend exits and flushes its counters
@@ -1613,7 +1619,7 @@ TEST_SUITE("hot_path") {
             "|| n) FROM generate_series($3::int, $3::int + 999) n))",
             key.slug, key.version, i);
     }
-    const auto before = settled_scans(conninfo);
+    const auto before = settled_scans(conninfo, {&app});
     constexpr int kCalls = 50;
     for (int i = 0; i < kCalls; ++i) {
       fd::StartOptions options;
