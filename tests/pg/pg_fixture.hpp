@@ -22,8 +22,8 @@ void track(const detail::EmbeddedCluster& cluster);
 std::string empty_database(const std::string& name);
 // A new database of the shared cluster with flowreg's migrations and functions applied (dropped
 // first when it exists); its connection string. A copy of a template database migrated once per
-// process: a third of the cost of migrating each. What migrate() does to an empty database is
-// tested by the migrations suite, on empty_database().
+// process (0.28 s, where creating an empty one and migrating it took 0.6 s). What migrate() does
+// to an empty database is tested by the migrations suite, on empty_database().
 std::string migrated_database(const std::string& name);
 // The data directory of a stopped cluster, made once per process: initialized (no sync), its
 // database "flowreg" created and migrated. CliScratch copies its pg/ for the clusters of the

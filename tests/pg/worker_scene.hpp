@@ -49,9 +49,9 @@ inline std::string read_file(const std::filesystem::path& p) {
   return ss.str();
 }
 
-// Polls `ready` until it holds or `timeout` passes; whether it held. Every 10 ms at first, then
-// less often, every 100 ms from the first second on: a poll often opens a connection, and each
-// costs the server a backend (a fork and its page faults).
+// Polls `ready` until it holds or `timeout` passes; whether it held. The first pause is 10 ms,
+// each next one half as long again, up to 100 ms (reached 0.2 s in): a poll often opens a
+// connection, and each costs the server a backend (a fork and its page faults).
 template <class F>
 bool eventually(F&& ready, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
