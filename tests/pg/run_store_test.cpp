@@ -405,17 +405,20 @@ TEST_SUITE("run_store") {
     auto env = open_env("rs_retries");
     auto flaky = step("flaky");
     flaky.options.max_attempts = 5;
-    flaky.options.base_delay = Millis(100);
-    flaky.options.max_delay = Millis(300);
+    // Seconds, not milliseconds: the test makes each retry due itself, and a shorter delay could
+    // pass between a failure and the claim that checks it is not due yet on a loaded machine (it
+    // did, with 100 ms, under CI).
+    flaky.options.base_delay = Millis(1000);
+    flaky.options.max_delay = Millis(3000);
     auto key = store_flow(env.store, flow("retries", {flaky, step("slow")}));
     auto run = start(env.store, key, Json::object());
     auto first = claim(env.store, key);
     REQUIRE(first.size() == 2);
     auto slow = first[0].step_slug == "slow" ? first[0] : first[1];
     auto task = first[0].step_slug == "flaky" ? first[0] : first[1];
-    // Retry n waits min(300, 100 * 2^(n-1) * [0.8, 1.2]) ms.
-    const double low[] = {80, 160, 240, 240};
-    const double high[] = {120, 240, 300, 300};
+    // Retry n waits min(3000, 1000 * 2^(n-1) * [0.8, 1.2]) ms.
+    const double low[] = {800, 1600, 2400, 2400};
+    const double high[] = {1200, 2400, 3000, 3000};
     for (int attempt = 1; attempt <= 5; ++attempt) {
       CAPTURE(attempt);
       REQUIRE(task.attempt == attempt);
