@@ -91,34 +91,35 @@ EmbeddedCluster& shared_cluster() {
   return *cluster;
 }
 
-std::string empty_database(const std::string& name) {
+namespace {
+
+// Database `name` of the shared cluster, dropped first when it exists, made from `from` (empty:
+// PostgreSQL's template1); its connection string.
+std::string new_database(const std::string& name, const std::string& from) {
   auto& cluster = shared_cluster();
   auto started = cluster.ensure_running();
   if (!started) throw std::runtime_error(started.error().format());
   pqxx::connection conn(cluster.connection_string("postgres"));
   pqxx::nontransaction tx(conn);
   tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
-  tx.exec0("CREATE DATABASE " + conn.quote_name(name));
+  // With a template: waits up to 5 s for the backend that last used it to go away.
+  tx.exec0("CREATE DATABASE " + conn.quote_name(name) +
+           (from.empty() ? "" : " TEMPLATE " + conn.quote_name(from)));
   return cluster.connection_string(name);
 }
+
+}  // namespace
+
+std::string empty_database(const std::string& name) { return new_database(name, ""); }
 
 std::string migrated_database(const std::string& name) {
   static const std::string kTemplate = "flowreg_test_migrated";
   static std::once_flag made;
   std::call_once(made, [] {
-    const std::string conninfo = empty_database(kTemplate);
-    auto migrated = detail::migrate(conninfo);
+    auto migrated = detail::migrate(empty_database(kTemplate));
     if (!migrated) throw std::runtime_error(migrated.error().format());
   });
-  auto& cluster = shared_cluster();
-  auto started = cluster.ensure_running();
-  if (!started) throw std::runtime_error(started.error().format());
-  pqxx::connection conn(cluster.connection_string("postgres"));
-  pqxx::nontransaction tx(conn);
-  tx.exec0("DROP DATABASE IF EXISTS " + conn.quote_name(name) + " WITH (FORCE)");
-  // Waits up to 5 s for the backend that migrated the template to go away.
-  tx.exec0("CREATE DATABASE " + conn.quote_name(name) + " TEMPLATE " + conn.quote_name(kTemplate));
-  return cluster.connection_string(name);
+  return new_database(name, kTemplate);
 }
 
 const fs::path& cluster_template() {
