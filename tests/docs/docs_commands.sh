@@ -66,41 +66,57 @@ anchors_of() {
   awk '/^```/ { fence = !fence; next } !fence && /^#+ / { sub(/^#+ +/, ""); print }' "$1" |
     tr '[:upper:]' '[:lower:]' | sed -e 's/[^a-z0-9 _-]//g' -e 's/ /-/g'
 }
+declare -A anchors  # a page's anchors, one per line between newlines, read once per page
 
+# A few processes per page, none per line or per link: the pages have thousands of lines (a grep
+# and a sed per line took a minute of the test's two, and most of its CPU).
 for doc in "${docs[@]}"; do
   [ -f "$doc" ] || { fail "$doc:1" "the page is missing"; continue; }
   dir=$(dirname "$doc")
-  # Links outside fenced blocks and outside `code`: [text](target).
-  awk '/^```/ { fence = !fence; next } !fence { gsub(/`[^`]*`/, ""); print NR "\t" $0 }' "$doc" |
-    while IFS=$'\t' read -r n text; do
-      grep -oE '\]\([^) ]+\)' <<<"$text" | sed -e 's/^](//' -e 's/)$//' | while read -r target; do
-        case "$target" in http://* | https://* | mailto:*) continue ;; esac
-        path=${target%%#*}
-        fragment=
-        [[ "$target" == *#* ]] && fragment=${target#*#}
-        if [ -z "$path" ]; then
-          file=$doc
-        else
-          file=$(realpath -m --relative-to="$source_dir" "$dir/$path")
-        fi
-        if [ ! -e "$file" ]; then
-          case " ${pending_pages[*]} " in
-            *" $file "*) continue ;;
-          esac
-          echo "FAIL $doc:$n: the link ($target) names $file, which does not exist"
-          continue
-        fi
-        if [ -n "$fragment" ] && [ -f "$file" ] && [[ "$file" == *.md ]] &&
-          ! anchors_of "$file" | grep -qxF -- "$fragment"; then
-          echo "FAIL $doc:$n: the link ($target): $file has no heading #$fragment"
-        fi
-      done
-    done >"${TMPDIR:-/tmp}/docs_links.$$"
-  while read -r line; do
-    failures=$((failures + 1))
-    echo "$line"
-  done <"${TMPDIR:-/tmp}/docs_links.$$"
-  rm -f "${TMPDIR:-/tmp}/docs_links.$$"
+  # Its links outside fenced blocks and outside `code`, [text](target), as LINE<tab>TARGET; the
+  # local ones' paths, resolved in one call.
+  mapfile -t links < <(awk '/^```/ { fence = !fence; next }
+    !fence { t = $0; gsub(/`[^`]*`/, "", t)
+             while (match(t, /\]\([^) ]+\)/)) {
+               print NR "\t" substr(t, RSTART + 2, RLENGTH - 3); t = substr(t, RSTART + RLENGTH)
+             } }' "$doc")
+  local_links=()
+  paths=()
+  for link in "${links[@]}"; do
+    target=${link#*$'\t'}
+    case "$target" in http://* | https://* | mailto:*) continue ;; esac
+    local_links+=("$link")
+    path=${target%%#*}
+    [ -n "$path" ] && paths+=("$dir/$path")
+  done
+  resolved=()
+  [ ${#paths[@]} -gt 0 ] && mapfile -t resolved < <(realpath -m --relative-to="$source_dir" -- "${paths[@]}")
+  i=0
+  for link in "${local_links[@]}"; do
+    n=${link%%$'\t'*}
+    target=${link#*$'\t'}
+    path=${target%%#*}
+    fragment=
+    [[ "$target" == *#* ]] && fragment=${target#*#}
+    if [ -z "$path" ]; then
+      file=$doc
+    else
+      file=${resolved[$i]}
+      i=$((i + 1))
+    fi
+    if [ ! -e "$file" ]; then
+      case " ${pending_pages[*]} " in
+        *" $file "*) continue ;;
+      esac
+      fail "$doc:$n" "the link ($target) names $file, which does not exist"
+      continue
+    fi
+    if [ -n "$fragment" ] && [ -f "$file" ] && [[ "$file" == *.md ]]; then
+      [ -n "${anchors[$file]+x}" ] || anchors[$file]=$'\n'$(anchors_of "$file")$'\n'
+      [[ "${anchors[$file]}" == *$'\n'"$fragment"$'\n'* ]] ||
+        fail "$doc:$n" "the link ($target): $file has no heading #$fragment"
+    fi
+  done
 
   # Fences: an info string from the list; nothing a reader would paste outside ```sh.
   n=0
