@@ -90,7 +90,8 @@ for doc in "${docs[@]}"; do
     [ -n "$path" ] && paths+=("$dir/$path")
   done
   resolved=()
-  [ ${#paths[@]} -gt 0 ] && mapfile -t resolved < <(realpath -m --relative-to="$source_dir" -- "${paths[@]}")
+  [ ${#paths[@]} -gt 0 ] &&
+    mapfile -t resolved < <(realpath -m --relative-to="$source_dir" -- "${paths[@]}")
   i=0
   for link in "${local_links[@]}"; do
     n=${link%%$'\t'*}
